@@ -1,0 +1,168 @@
+"""Hook specifications: the whole plugin API between the agent core and its plugins.
+
+Two kinds of objects implement these hooks (see ``docs/hooks.md``):
+
+* a **plugin module** (built in, or found through the ``agent.plugins`` entry-point group)
+  implements the registration hooks, once per start;
+* a **component instance**, built by the core from one TOML table such as
+  ``[[export.netflow]]``, is registered as a named plugin (``export.netflow[0]``); its methods
+  implement the lifecycle and stage hooks, so every instance sees every call.
+
+Stage hooks are called from the single pipeline thread only, one implementation at a time and
+always with keyword arguments: components need no locks. The core calls each implementation
+separately, so one that raises is logged and counted and the others still run.
+
+Data flow::
+
+    ingest ──PacketBatch/FlowBatch──▶ cache ──FlowRecord──▶ aggregate ──▶ export
+    ingest.conntrack ──NatEvent──────────────────────────────────────────▶ export
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from agent.config.model import AgentConfig
+    from agent.errors import ConfigIssue
+    from agent.model import FlowBatch, FlowRecord, NatEvent, PacketBatch
+    from agent.registry import ComponentRegistry
+    from agent.runtime import RunContext
+
+hookspec = pluggy.HookspecMarker("agent")
+
+# --- registration and configuration: plugin modules, once per start, in this order ---------
+
+
+@hookspec
+def agent_register_components(registry: ComponentRegistry) -> None:
+    """Register the component types this plugin provides.
+
+    :param registry: call ``registry.add(stage, name, factory, config_class, ...)`` once per
+        component type; ``stage`` is ``"ingest"``, ``"cache"``, ``"aggregate"`` or ``"export"``
+        and ``name`` is the TOML table name (``[[export.netflow]]`` has stage ``export``, name
+        ``netflow``).
+    """
+
+
+@hookspec
+def agent_check_config(config: AgentConfig, check_env: bool) -> list[ConfigIssue] | None:
+    """Check the whole, converted configuration beyond one section's own ``check()``.
+
+    Called by ``--dry-run`` and at every start and reload, after every section converted.
+
+    :param config: the converted configuration (all sections, all instances).
+    :param check_env: ``True`` under ``--dry-run --check-env`` and at real start: the hook may
+        probe the machine (capabilities, interfaces, kernel features) but must never attach,
+        bind or send. ``False`` means a pure check (config management validation).
+    :return: a list of :class:`~agent.errors.ConfigIssue`, or ``None`` for none.
+    """
+
+
+# --- lifecycle: component instances ---------------------------------------------------------
+
+
+@hookspec
+def agent_start(context: RunContext) -> None:
+    """Open sockets, attach programs, start reader threads.
+
+    Ingest components keep ``context`` and call ``context.emit(batch)`` from any thread.
+    Raising here stops start-up with the component's name and the error.
+
+    :param context: the running agent's services (emit, clock, start time, stats).
+    """
+
+
+@hookspec
+def agent_tick(now_ns: int) -> None:
+    """Periodic timer work (template refresh, reconnects, option records); about once a second.
+
+    :param now_ns: the pipeline clock, wall-clock ns (the capture clock during pcap replay).
+    """
+
+
+@hookspec
+def agent_stop() -> None:
+    """Stop. Ingest components stop producing; exporters send what they hold and close.
+
+    The core calls it on ingests first, then drains the cache through aggregation and export,
+    then on exporters.
+    """
+
+
+# --- ingest -> cache ------------------------------------------------------------------------
+
+
+@hookspec
+def agent_cache_packets(batch: PacketBatch, now_ns: int) -> None:
+    """Account a batch of packet observations (the cache stage implements this).
+
+    :param batch: packets from one ingest instance, with its parse counters.
+    :param now_ns: the pipeline clock when the batch is handled.
+    """
+
+
+@hookspec
+def agent_cache_flows(batch: FlowBatch, now_ns: int) -> None:
+    """Account flow deltas that were aggregated before the agent saw them (eBPF maps).
+
+    :param batch: flow deltas from one ingest instance.
+    :param now_ns: the pipeline clock.
+    """
+
+
+@hookspec
+def agent_cache_expire(now_ns: int, force: bool) -> list[FlowRecord] | None:
+    """Return the flows that are due for export and forget (or reset) them.
+
+    :param now_ns: the pipeline clock; inactive and active timeouts are measured against it.
+    :param force: ``True`` at shutdown: return every flow, with end reason "forced end".
+    :return: expired flow records (counters are deltas since their last export).
+    """
+
+
+# --- cache -> aggregate ---------------------------------------------------------------------
+
+
+@hookspec
+def agent_aggregate_flows(records: list[FlowRecord]) -> list[FlowRecord] | None:
+    """Transform expired records before export; implementations run as a chain.
+
+    Each implementation receives the previous one's result.
+
+    :param records: the records leaving the cache.
+    :return: the records to pass on, or ``None`` to pass ``records`` on unchanged.
+    """
+
+
+# --- aggregate -> export --------------------------------------------------------------------
+
+
+@hookspec
+def agent_export_flows(records: list[FlowRecord]) -> None:
+    """Export flow records (every exporter instance gets every record).
+
+    :param records: records to export; treat them as read-only, they are shared.
+    """
+
+
+@hookspec
+def agent_export_nat_events(events: list[NatEvent]) -> None:
+    """Export NAT translation events (exporters with ``natevents`` enabled).
+
+    :param events: start and stop events from conntrack; read-only, shared.
+    """
+
+
+# --- observability --------------------------------------------------------------------------
+
+
+@hookspec
+def agent_collect_stats() -> dict[str, Any] | None:
+    """Report this instance's counters for ``agent stats`` and metrics.
+
+    :return: a flat mapping of counter name to number (or a nested mapping per destination),
+        or ``None``.
+    """

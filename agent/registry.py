@@ -1,0 +1,118 @@
+"""Component types and the registry that plugins fill through ``agent_register_components``.
+
+A *component type* is one TOML table name under a stage (``[[export.netflow]]``) plus the
+``Config`` dataclass that describes the table and a factory that builds an instance from it.
+The core owns the registry; plugins only call :meth:`ComponentRegistry.add`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+STAGES = ("ingest", "cache", "aggregate", "export")
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """Something only one component instance may hold, e.g. an NFLOG group in one netns.
+
+    Two instances that claim equal resources are reported by dry-run.
+
+    :param kind: e.g. ``"nflog-group"``, ``"tc-hook"``, ``"udp-bind"``.
+    :param ident: the identity within that kind, e.g. ``"netns=router group=5"``.
+    """
+
+    kind: str
+    ident: str
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentType:
+    """A registered component type (see :meth:`ComponentRegistry.add`)."""
+
+    stage: str
+    name: str
+    factory: Callable[..., Any]
+    config_class: type
+    sample: str = ""
+    doc: str = ""
+    plugin: str = ""
+    unavailable: Callable[[], str | None] | None = None
+
+    @property
+    def table(self) -> str:
+        """The TOML table path: ``export.netflow``."""
+        return f"{self.stage}.{self.name}"
+
+    def unavailable_reason(self) -> str | None:
+        """Why this component cannot run here (missing extension, tool), or ``None``."""
+        return self.unavailable() if self.unavailable else None
+
+
+@dataclass
+class ComponentRegistry:
+    """All component types known to this agent, keyed by ``(stage, name)``."""
+
+    types: dict[tuple[str, str], ComponentType] = field(default_factory=dict)
+    current_plugin: str = ""
+
+    def add(
+        self,
+        stage: str,
+        name: str,
+        factory: Callable[..., Any],
+        config_class: type,
+        *,
+        sample: str = "",
+        doc: str = "",
+        unavailable: Callable[[], str | None] | None = None,
+    ) -> None:
+        """Register a component type.
+
+        :param stage: ``"ingest"``, ``"cache"``, ``"aggregate"`` or ``"export"``.
+        :param name: the table name, snake_case (``netflow`` for ``[[export.netflow]]``).
+        :param factory: ``factory(config, name) -> instance``; usually the component class.
+        :param config_class: a frozen dataclass describing the table's keys.
+        :param sample: commented TOML sample (``agent config sample``).
+        :param doc: one-line description (``agent plugins``).
+        :param unavailable: returns a reason string when the component cannot run here.
+        """
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+        key = (stage, name)
+        if key in self.types:
+            raise ValueError(f"component {stage}.{name} registered twice")
+        self.types[key] = ComponentType(
+            stage, name, factory, config_class, sample, doc, self.current_plugin, unavailable
+        )
+
+    def get(self, stage: str, name: str) -> ComponentType | None:
+        """The type registered for ``[stage.name]``, or ``None``."""
+        return self.types.get((stage, name))
+
+    def names(self, stage: str) -> list[str]:
+        """Registered names for one stage, sorted."""
+        return sorted(n for s, n in self.types if s == stage)
+
+
+class Component:
+    """Optional base class for component instances.
+
+    Subclasses set :attr:`stage` and :attr:`type_name`, receive their frozen ``Config`` and
+    instance name, and implement stage hooks as methods marked with ``@hookimpl``.
+    """
+
+    stage: ClassVar[str] = ""
+    type_name: ClassVar[str] = ""
+    #: ingest only: ``True`` when the source ends by itself (a pcap file).
+    finite: ClassVar[bool] = False
+
+    def __init__(self, config: Any, name: str):
+        self.config = config
+        self.name = name
+        self.log = logging.getLogger(f"agent.{self.stage}.{self.type_name}")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
