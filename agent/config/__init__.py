@@ -1,0 +1,1 @@
+"""Configuration: TOML loading (``load``), conversion to dataclasses (``convert``), checks."""
