@@ -1,0 +1,90 @@
+"""Suite-wide pytest setup: privileged markers, their skip policy and order, shared fixtures.
+
+Markers (declared in ``pyproject.toml``):
+
+* ``netns``: the test creates network namespaces (root). Skipped, with the reason, only when
+  not root; under root it always runs.
+* ``bpf``: the test loads eBPF programs (root/CAP_BPF and the built extension
+  ``plugins.ingest_ebpf._loader``). Skipped only when not root; under root a missing
+  extension **fails** the test, because CI must build it.
+
+Both kinds run after every other test (they are the slowest and touch the kernel), keeping
+their relative order. The summary line counts the skips (``-ra`` in ``pyproject.toml``).
+
+Fixtures from :mod:`tests.support` are re-exported here so every test directory can use them:
+``netns``, ``veth_pair_ns``, ``routed`` (namespaces), ``nfcapd``, ``udp_sink`` (collectors).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `from tests.support import ...` under any pytest rootdir/cwd
+    sys.path.insert(0, str(ROOT))
+
+from tests.support import is_root  # noqa: E402
+
+BPF_EXTENSION = "plugins.ingest_ebpf._loader"
+PRIVILEGED_MARKERS = ("netns", "bpf")
+
+
+def bpf_extension_error() -> str | None:
+    """Why the eBPF extension cannot be imported, or ``None`` when it can."""
+    try:
+        importlib.import_module(BPF_EXTENSION)
+    except Exception as exc:  # ImportError, or a load error from a half-built .so
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _skip_reason(item: pytest.Item, root: bool) -> str | None:
+    """The reason to skip a privileged test on this machine, or ``None`` to run it."""
+    if root:
+        return None
+    if item.get_closest_marker("bpf") is not None:
+        missing = bpf_extension_error()
+        extra = f"; also the extension is not importable ({missing})" if missing else ""
+        return f"bpf: needs root (CAP_BPF) to load eBPF programs{extra}"
+    if item.get_closest_marker("netns") is not None:
+        return "netns: needs root to create network namespaces"
+    return None
+
+
+def _is_privileged(item: pytest.Item) -> bool:
+    return any(item.get_closest_marker(m) is not None for m in PRIVILEGED_MARKERS)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip privileged tests without root and move them to the end (stable order)."""
+    root = is_root()
+    for item in items:
+        reason = _skip_reason(item, root)
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
+    items.sort(key=_is_privileged)  # sort is stable: False (plain) first, then privileged
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Under root, a bpf test fails loudly when the eBPF extension was not built."""
+    if item.get_closest_marker("bpf") is None or not is_root():
+        return
+    missing = bpf_extension_error()
+    if missing:
+        pytest.fail(
+            f"bpf test under root but {BPF_EXTENSION} is not importable ({missing}); "
+            "build it with `pip install -e .` (scripts/setup.sh) on a machine with clang and "
+            "libbpf-dev",
+            pytrace=False,
+        )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say up front whether privileged tests will run."""
+    if is_root():
+        return "privileged tests (netns, bpf): run (root)"
+    return "privileged tests (netns, bpf): skipped (not root)"
