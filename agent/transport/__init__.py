@@ -1,0 +1,16 @@
+"""Export transports shared by the NetFlow and IPFIX exporters.
+
+:mod:`agent.transport.udp` holds the non-blocking, per-destination UDP sender
+(:class:`~agent.transport.udp.UdpDestination`) with ipt_NETFLOW's ``sock:`` / ``sockX:``
+counters. Encoders never see sockets: they return ``list[bytes]`` and the exporter component
+hands those datagrams to every destination (mirroring).
+"""
+
+from agent.transport.udp import (
+    DestinationStats,
+    EndpointError,
+    UdpDestination,
+    parse_endpoint,
+)
+
+__all__ = ["DestinationStats", "EndpointError", "UdpDestination", "parse_endpoint"]

@@ -1,0 +1,344 @@
+"""One non-blocking, connected UDP socket per export destination, with loss accounting.
+
+This module owns the socket side of NetFlow v5/v9 and IPFIX-over-UDP export (RFC 7011
+section 10.3: UDP export tolerates loss, so loss must be *counted*, never waited for). It
+follows ipt_NETFLOW's behaviour and statistics (README "HOW TO READ STAT", ``sock:`` and
+``sockX:`` lines):
+
+* the socket is **connected** (``connect(2)`` on UDP only fixes the peer), so the kernel
+  reports ICMP port-unreachable from the collector as ``ECONNREFUSED`` on a later ``send`` or
+  through ``SO_ERROR``; each one is counted as ``cberr`` (ip(7), udp(7) "Error handling");
+* the socket is **non-blocking**: ``EAGAIN``/``EWOULDBLOCK`` (send buffer full) and
+  ``ENOBUFS`` drop that datagram, count it as ``err_sndbuf`` and its records as lost;
+* a destination that cannot be connected (no route, address not yet configured) is retried
+  at most once per ``retry_interval_ns``; every failed attempt is counted;
+* the send-queue fill is read with the ``SIOCOUTQ`` ioctl (= ``TIOCOUTQ``, 0x5411) after each
+  batch to keep the ``peak`` that ipt_NETFLOW shows next to ``sndbuf``;
+* a destination that was refused or unconnected and is reachable again raises a one-shot
+  :meth:`UdpDestination.take_reachable_again` signal, so template-based encoders (v9, IPFIX)
+  resend their templates first. While a destination is refused, :attr:`needs_templates`
+  stays true, so the very first datagram a restarting collector receives carries templates.
+
+Nothing here blocks: connect on UDP does not wait, sends are non-blocking, and the only name
+resolution is done at connect time for non-numeric hosts.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import socket
+import struct
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+#: ``SIOCOUTQ`` (linux/sockios.h, = TIOCOUTQ): bytes not yet sent from the socket's queue.
+SIOCOUTQ = 0x5411
+_INT = struct.Struct("i")
+_DROP_ERRNOS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS})
+#: How long a destination counts as "refused" after its last ICMP port-unreachable.
+REFUSED_HOLD_NS = 3_000_000_000
+
+
+class EndpointError(ValueError):
+    """A ``host:port`` string that cannot be parsed."""
+
+
+def parse_endpoint(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """Split ``"10.0.0.1:2055"``, ``"[::1]:2055"`` or ``"collector.example:2055"``.
+
+    :param text: the endpoint as written in the config.
+    :param default_port: used when ``text`` has no port; ``None`` makes the port required.
+    :return: ``(host, port)`` with IPv6 brackets removed.
+    :raises EndpointError: empty host, bad or missing port, unbalanced brackets.
+    """
+    text = text.strip()
+    host, port_text = _split_host_port(text)
+    if not host:
+        raise EndpointError(f"{text!r}: empty host")
+    if port_text is None:
+        if default_port is None:
+            raise EndpointError(f"{text!r}: missing port (write host:port, [v6addr]:port)")
+        return host, default_port
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise EndpointError(f"{text!r}: port must be a number 0-65535")
+    return host, int(port_text)
+
+
+def _split_host_port(text: str) -> tuple[str, str | None]:
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise EndpointError(f"{text!r}: missing ']' after IPv6 address")
+        rest = text[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise EndpointError(f"{text!r}: expected ':port' after ']'")
+        return text[1:end], (rest[1:] if rest else None)
+    if text.count(":") > 1:  # bare IPv6 address without a port
+        return text, None
+    host, sep, port = text.partition(":")
+    return host, (port if sep else None)
+
+
+def address_family(host: str) -> int | None:
+    """``AF_INET``/``AF_INET6`` for a numeric address, ``None`` for a host name."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return family
+        except OSError:
+            continue
+    return None
+
+
+@dataclass(slots=True)
+class DestinationStats:
+    """Counters of one destination (ipt_NETFLOW ``sock:`` and ``sockX:`` lines)."""
+
+    packets_ok: int = 0  # datagrams handed to the kernel ("sock: ok")
+    bytes_ok: int = 0  # their bytes ("sock: ... bytes")
+    fail: int = 0  # datagrams not sent, any reason ("sock: fail")
+    cberr: int = 0  # ICMP port/host unreachable reported by the kernel ("cberr")
+    err_sndbuf: int = 0  # dropped because the send buffer was full ("sndbuf reached")
+    err_connect: int = 0  # failed connect attempts ("connect")
+    err_other: int = 0  # other send errors ("other")
+    connect_attempts: int = 0  # all connect attempts, successful or not
+    lost_records: int = 0  # flow/event records inside datagrams that were not sent
+    sndbuf: int = 0  # socket send buffer size in bytes (SO_SNDBUF as the kernel reports it)
+    filled: int = 0  # bytes in the send queue at the last sample (SIOCOUTQ)
+    peak: int = 0  # largest ``filled`` seen
+
+
+class UdpDestination:
+    """A connected, non-blocking UDP socket to one collector, with its counters.
+
+    :param endpoint: ``"host:port"`` or ``"[v6]:port"``.
+    :param source: local address to bind, ``"addr"`` or ``"addr:port"``; ``""`` = any.
+    :param sndbuf: ``SO_SNDBUF`` in bytes; 0 keeps the system default.
+    :param retry_interval_ns: smallest gap between two connect attempts.
+    :param clock: monotonic ns clock (injectable for tests).
+    :param log: logger; defaults to ``agent.transport.udp``.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        source: str = "",
+        sndbuf: int = 0,
+        retry_interval_ns: int = 1_000_000_000,
+        clock: Callable[[], int] = time.monotonic_ns,
+        log: logging.Logger | None = None,
+    ):
+        self.endpoint = endpoint
+        self.host, self.port = parse_endpoint(endpoint)
+        self.source = parse_endpoint(source, 0) if source else None
+        self.sndbuf_request = sndbuf
+        self.retry_interval_ns = retry_interval_ns
+        self.stats = DestinationStats()
+        self._clock = clock
+        self._log = log or logging.getLogger("agent.transport.udp")
+        self._sock: socket.socket | None = None
+        self._last_attempt_ns: int | None = None
+        self._last_cberr_ns: int | None = None
+        self._was_down = False
+        self._reachable_again = False
+
+    # --- connection ----------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Whether the socket is connected (sends are attempted)."""
+        return self._sock is not None
+
+    def connect(self) -> bool:
+        """Open and connect the socket now; count the attempt.
+
+        :return: ``True`` when connected; on failure the error is counted and logged.
+        """
+        self._last_attempt_ns = self._clock()
+        self.stats.connect_attempts += 1
+        try:
+            self._sock = self._open()
+        except OSError as exc:
+            self.stats.err_connect += 1
+            self._was_down = True
+            self._log.warning("%s: cannot connect (attempt %d): %s",
+                              self.endpoint, self.stats.connect_attempts, exc)
+            return False
+        self.stats.sndbuf = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        if self._was_down:
+            self._mark_reachable()
+        self._log.info("%s: connected (sndbuf %d)", self.endpoint, self.stats.sndbuf)
+        return True
+
+    def _open(self) -> socket.socket:
+        family, address = self._resolve()
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            if self.sndbuf_request:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf_request)
+            if self.source:
+                sock.bind(self.source)
+            sock.connect(address)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+
+    def _resolve(self) -> tuple[int, tuple]:
+        family = address_family(self.host)
+        flags = socket.AI_NUMERICHOST if family else 0
+        infos = socket.getaddrinfo(self.host, self.port, family or 0, socket.SOCK_DGRAM, 0, flags)
+        family, _, _, _, address = infos[0]
+        return family, address
+
+    def maybe_reconnect(self) -> bool:
+        """Retry connecting when unconnected and the retry interval has passed.
+
+        :return: whether the socket is connected afterwards.
+        """
+        if self._sock is not None:
+            return True
+        last = self._last_attempt_ns
+        if last is not None and self._clock() - last < self.retry_interval_ns:
+            return False
+        return self.connect()
+
+    def close(self) -> None:
+        """Close the socket (counters stay)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+    # --- sending -------------------------------------------------------------------------
+
+    def send(self, datagram: bytes, records: int = 0) -> bool:
+        """Send one datagram without blocking; count the outcome.
+
+        :param datagram: the encoded export packet.
+        :param records: how many flow/event records it carries (counted as lost on failure).
+        :return: ``True`` if the kernel accepted it.
+        """
+        ok = self._send_one(datagram, records)
+        self._sample_fill()
+        return ok
+
+    def send_batch(self, datagrams: Sequence[bytes], records: Sequence[int]) -> int:
+        """Send several datagrams; the queue fill is sampled once at the end.
+
+        :param datagrams: encoded export packets, in order.
+        :param records: record count per datagram (same length as ``datagrams``).
+        :return: the number of datagrams the kernel accepted.
+        """
+        sent = 0
+        for datagram, count in zip(datagrams, records, strict=True):
+            sent += self._send_one(datagram, count)
+        self._sample_fill()
+        return sent
+
+    def _send_one(self, datagram: bytes, records: int) -> bool:
+        sock = self._sock
+        if sock is None and not self.maybe_reconnect():
+            return self._lost(records)
+        assert self._sock is not None
+        for _ in range(2):  # a pending ECONNREFUSED belongs to an earlier datagram: retry once
+            try:
+                self._sock.send(datagram)
+            except ConnectionRefusedError:
+                self._count_cberr()
+                continue
+            except OSError as exc:
+                return self._send_error(exc, records)
+            stats = self.stats
+            stats.packets_ok += 1
+            stats.bytes_ok += len(datagram)
+            return True
+        return self._lost(records)
+
+    def _send_error(self, exc: OSError, records: int) -> bool:
+        if exc.errno in _DROP_ERRNOS:
+            self.stats.err_sndbuf += 1
+        else:
+            self.stats.err_other += 1
+            self._log.debug("%s: send failed: %s", self.endpoint, exc)
+        return self._lost(records)
+
+    def _lost(self, records: int) -> bool:
+        self.stats.fail += 1
+        self.stats.lost_records += records
+        return False
+
+    def _count_cberr(self) -> None:
+        self.stats.cberr += 1
+        self._last_cberr_ns = self._clock()
+        self._was_down = True
+
+    def _sample_fill(self) -> None:
+        if self._sock is None:
+            return
+        try:
+            raw = fcntl.ioctl(self._sock.fileno(), SIOCOUTQ, b"\0\0\0\0")
+        except OSError:
+            return
+        filled = _INT.unpack(raw)[0]
+        self.stats.filled = filled
+        if filled > self.stats.peak:
+            self.stats.peak = filled
+
+    # --- periodic work and signals -------------------------------------------------------
+
+    def poll(self) -> None:
+        """Timer work: retry connecting, collect pending socket errors, update reachability.
+
+        Call about once a second. A pending ``ECONNREFUSED`` (ICMP port unreachable that no
+        send has picked up yet) is read through ``SO_ERROR`` and counted as ``cberr``.
+        """
+        if not self.maybe_reconnect():
+            return
+        assert self._sock is not None
+        err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err == errno.ECONNREFUSED:
+            self._count_cberr()
+        elif err:
+            self.stats.err_other += 1
+        self._sample_fill()
+        if self._was_down and not self.refused:
+            self._mark_reachable()
+
+    @property
+    def refused(self) -> bool:
+        """Unconnected, or an ICMP unreachable was seen within :data:`REFUSED_HOLD_NS`."""
+        if self._sock is None:
+            return True
+        last = self._last_cberr_ns
+        return last is not None and self._clock() - last < REFUSED_HOLD_NS
+
+    @property
+    def needs_templates(self) -> bool:
+        """Whether template-based encoders should put templates in the next datagram.
+
+        True while the collector is refused or unconnected (so the first datagram a restarted
+        collector sees carries templates) and once after it became reachable again.
+        """
+        return self.refused or self.take_reachable_again()
+
+    def _mark_reachable(self) -> None:
+        self._was_down = False
+        self._reachable_again = True
+        self._log.info("%s: reachable again", self.endpoint)
+
+    def take_reachable_again(self) -> bool:
+        """One-shot: ``True`` once after the destination came back (connect or no cberr)."""
+        value, self._reachable_again = self._reachable_again, False
+        return value
+
+    def snapshot(self) -> dict[str, int | str | bool]:
+        """The counters plus endpoint and state, for ``agent_collect_stats``."""
+        out: dict[str, int | str | bool] = {"destination": self.endpoint}
+        out.update(asdict(self.stats))
+        out["connected"] = self.connected
+        return out
