@@ -121,7 +121,7 @@ class PacketBatch:
     trunc: int = 0  # truncated or malformed packets, dropped (seed: "trunc")
     frag: int = 0  # fragments seen, accounted with ports 0 unless first (seed: "frag")
     dropped_packets: int = 0  # packets known lost before parsing (NFLOG seq gaps, ENOBUFS)
-    dropped_bytes: int = 0  # bytes of the dropped and truncated packets, when known
+    dropped_bytes: int = 0  # bytes of the dropped packets when known (trunc bytes are not counted)
     clock_ns: int = 0  # for replay ingests: the capture clock after this batch, else 0
 
 

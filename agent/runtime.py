@@ -19,13 +19,16 @@ ITEM_PACKETS = "packets"
 ITEM_FLOWS = "flows"
 ITEM_NAT = "nat"
 ITEM_DONE = "done"
+ITEM_STOP = "stop"
 
 
 @dataclass
 class RunContext:
     """Services the core offers to component instances.
 
-    :ivar start_ns: wall-clock ns when the agent started (NetFlow sysUpTime is relative to it).
+    :ivar start_ns: wall-clock ns when the agent started; NetFlow sysUpTime is
+        ``now_ns() - start_ns``. During a pcap replay it is moved to the capture's first
+        packet, so read it when encoding rather than caching it at start.
     :ivar debug: the ``[agent] debug`` level (0 = quiet).
     :ivar state_dir: a directory the agent may write to (spools, state), from ``[agent]``.
     """
@@ -51,8 +54,17 @@ class RunContext:
         self.inbox.put((ITEM_DONE, source))
 
     def now_ns(self) -> int:
-        """The pipeline clock (the capture clock during pcap replay), wall-clock ns."""
+        """The pipeline clock, wall-clock ns: use it for export times (header timestamps).
+
+        During a replay of finite sources (pcap) it is the capture's clock, so exported
+        times match the capture; before the first packet it is 0.
+        """
         return self.clock()
+
+    def wait_for_room(self, limit: int = 64) -> None:
+        """Block a fast finite reader while the pipeline has ``limit`` items queued."""
+        while self.inbox.qsize() > limit:
+            time.sleep(0.001)
 
     def stats(self) -> dict[str, Any]:
         """A snapshot of the core counters (ipt_NETFLOW names: ``traffic_packets``, ...)."""

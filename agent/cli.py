@@ -1,0 +1,195 @@
+"""The ``agent`` command line.
+
+::
+
+    agent -c FILE|DIR                 run in the foreground until SIGTERM/SIGINT
+    agent --dry-run -c FILE|DIR       validate, start nothing; exit 0 valid, 78 invalid
+    agent plugins                     list plugins with version and origin
+    agent config sample [NAME]        print a commented sample (all, or one component)
+
+Exit codes: 0 success, 1 runtime failure, 2 usage error, 78 (EX_CONFIG) invalid configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import signal
+import sys
+from typing import Any
+
+import pluggy
+
+from agent import __version__
+from agent.config.check import validate
+from agent.config.load import load
+from agent.errors import ConfigIssue
+from agent.pipeline import Pipeline, StartupError
+from agent.plugins import build_registry, make_manager
+from agent.registry import ComponentRegistry
+
+EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
+log = logging.getLogger("agent")
+
+AGENT_SAMPLE = """\
+[agent]
+## Debug level as in ipt_NETFLOW: 0 quiet, 1 info, 2-3 debug.
+debug = 0
+## How often timeouts are checked (ipt_NETFLOW's worker delay), in milliseconds.
+# scan_interval_ms = 1000
+## Directory for spools and saved state.
+# state_dir = "/var/lib/netflow-agent"
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="agent", description="NetFlow/IPFIX flow exporter "
+                                "(a userspace successor to ipt_NETFLOW).")
+    p.add_argument("-c", "--config", help="config file, or a directory of *.toml files")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the configuration and exit (0 valid, 78 invalid)")
+    p.add_argument("--check-env", action="store_true",
+                   help="with --dry-run: also probe this machine (interfaces, kernel features)")
+    p.add_argument("--strict", action="store_true", help="with --dry-run: warnings are errors")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                   help="log level (default from [agent] debug)")
+    p.add_argument("--version", action="version", version=f"netflow-agent {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("plugins", help="list discovered plugins")
+    cfg = sub.add_parser("config", help="configuration helpers")
+    cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    sample = cfg_sub.add_parser("sample", help="print a commented sample configuration")
+    sample.add_argument("name", nargs="?", help="component, e.g. netflow or export.netflow")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``agent`` console script."""
+    args = _parser().parse_args(argv)
+    level = args.log_level
+    logging.basicConfig(level=(level or "info").upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.command == "plugins":
+        return cmd_plugins()
+    if args.command == "config":
+        return cmd_sample(args.name)
+    if not args.config:
+        print("agent: error: -c/--config is required (or a COMMAND)", file=sys.stderr)
+        return EX_USAGE
+    if args.dry_run:
+        return cmd_dry_run(args.config, args.check_env, args.strict)
+    return cmd_run(args.config, level)
+
+
+def _manager_for(path: str | None) -> tuple[pluggy.PluginManager, ComponentRegistry, list[Any]]:
+    disabled: list[str] = []
+    if path:
+        raw, _ = load(path)
+        section = raw.data.get("agent", {})
+        value = section.get("disabled_plugins", []) if isinstance(section, dict) else []
+        disabled = [str(v) for v in value] if isinstance(value, list) else []
+    pm, loaded = make_manager(disabled)
+    return pm, build_registry(pm), loaded
+
+
+def _print_issues(issues: list[ConfigIssue], strict: bool) -> int:
+    errors = sum(1 for i in issues if i.severity == "error" or strict)
+    warnings = len(issues) - errors
+    for issue in issues:
+        print(issue.format(), file=sys.stderr)
+    return errors if errors else -warnings
+
+
+def cmd_dry_run(path: str, check_env: bool, strict: bool) -> int:
+    """Validate and report every issue; start nothing."""
+    try:
+        pm, registry, _ = _manager_for(path)
+    except Exception as exc:  # a plugin that fails to import or register
+        print(f"{path}: plugin loading failed: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    _, issues = validate(path, registry, pm.hook, check_env=check_env)
+    n = _print_issues(issues, strict)
+    if n > 0:
+        print(f"{n} error(s), {len(issues) - n} warning(s): configuration is invalid",
+              file=sys.stderr)
+        return EX_CONFIG
+    print(f"configuration OK ({-n} warning(s))", file=sys.stderr)
+    return EX_OK
+
+
+def cmd_plugins() -> int:
+    """Print one line per plugin module and the component types it registered."""
+    pm, registry, loaded = _manager_for(None)
+    for info in loaded:
+        origin = "builtin" if info.builtin else f"{info.distribution} (entry point)"
+        types = [t.table for t in registry.types.values() if t.plugin == info.name]
+        print(f"{info.name:<18} {info.version:<10} {origin:<40} {', '.join(types)}")
+        for t in registry.types.values():
+            if t.plugin == info.name:
+                reason = t.unavailable_reason()
+                status = f"  UNAVAILABLE: {reason}" if reason else ""
+                print(f"    [{t.table}] {t.doc}{status}")
+    return EX_OK
+
+
+def cmd_sample(name: str | None) -> int:
+    """Print the sample of one component, or of the whole agent."""
+    _, registry, _ = _manager_for(None)
+    if name:
+        stage, _, short = name.rpartition(".")
+        matches = [t for t in registry.types.values()
+                   if t.name == short and (not stage or t.stage == stage)]
+        if not matches:
+            known = ", ".join(sorted(t.table for t in registry.types.values()))
+            print(f"agent: unknown component '{name}'; known: {known}", file=sys.stderr)
+            return EX_USAGE
+        for t in matches:
+            print(t.sample.rstrip() or f"# {t.table}: no sample provided")
+        return EX_OK
+    parts = [AGENT_SAMPLE]
+    parts += [t.sample for t in registry.types.values() if t.stage in ("cache", "aggregate")]
+    parts += [t.sample for t in registry.types.values()
+              if t.stage in ("ingest", "export") and t.sample]
+    print("\n".join(p.rstrip() + "\n" for p in parts), end="")
+    return EX_OK
+
+
+def _tune_malloc() -> None:
+    """Keep glibc from raising its mmap threshold, so big flow tables return memory."""
+    try:
+        ctypes.CDLL(None).mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+def cmd_run(path: str, level: str | None) -> int:
+    """Validate, start, run until a signal or until finite ingests end, then flush."""
+    pm, registry, _ = _manager_for(path)
+    config, issues = validate(path, registry, pm.hook, check_env=True)
+    if _print_issues(issues, strict=False) > 0 or config is None:
+        return EX_CONFIG
+    if not level:
+        logging.getLogger().setLevel(logging.DEBUG if config.agent.debug >= 2 else logging.INFO)
+    _tune_malloc()
+    pipeline = Pipeline(config, pm)
+    pipeline.build()
+    try:
+        pipeline.start()
+    except StartupError as exc:
+        log.error("%s", exc)
+        return EX_FAIL
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: pipeline.request_stop())
+    log.info("running with %d components (%s)", len(pipeline.components),
+             ", ".join(pipeline.components))
+    try:
+        pipeline.run()
+    finally:
+        pipeline.shutdown()
+    log.info("stopped; %d flows exported", pipeline.exported_flows)
+    return EX_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,177 @@
+"""Validate a whole configuration: the engine behind ``agent --dry-run`` and every start.
+
+Order (every step runs, every issue is collected): load and merge TOML -> resolve table
+names to registered components -> convert each table (types, bounds, ``Config.check()``) ->
+availability of each component -> topology (at least one ingest and one export) -> resource
+conflicts (one NFLOG group or interface hook per instance) -> plugins' ``agent_check_config``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from pathlib import Path
+from typing import Any
+
+from agent.config.convert import convert
+from agent.config.load import RawConfig, load
+from agent.config.model import AgentConfig, AgentSection, Instance
+from agent.errors import ConfigIssue
+from agent.registry import ComponentRegistry
+
+TOP_LEVEL = ("agent", "cache", "aggregate", "ingest", "export")
+DEFAULT_CACHE = "memory"
+DEFAULT_AGGREGATE = "rules"
+
+
+def validate(
+    path: str | Path, registry: ComponentRegistry, hook: Any = None, check_env: bool = False
+) -> tuple[AgentConfig | None, list[ConfigIssue]]:
+    """Load, convert and check the configuration at ``path``.
+
+    :param hook: the plugin manager's ``pm.hook`` (for ``agent_check_config``), or ``None``.
+    :return: the configuration (``None`` when there are errors) and all issues, each with its
+        file filled in.
+    """
+    raw, issues = load(path)
+    if not raw.data and issues:
+        return None, issues
+    config, more = build(raw, registry)
+    issues += more
+    if config is not None and hook is not None and not _has_errors(issues):
+        for result in hook.agent_check_config(config=config, check_env=check_env):
+            issues += result or []
+    issues = [_with_file(i, raw) for i in issues]
+    return (None if _has_errors(issues) else config), issues
+
+
+def _has_errors(issues: list[ConfigIssue]) -> bool:
+    return any(i.severity == "error" for i in issues)
+
+
+def _with_file(issue: ConfigIssue, raw: RawConfig) -> ConfigIssue:
+    if issue.file:
+        return issue
+    return dataclasses.replace(issue, file=raw.origin(issue.path))
+
+
+def build(raw: RawConfig, registry: ComponentRegistry) -> tuple[AgentConfig | None, list[ConfigIssue]]:
+    """Convert merged TOML data into an :class:`AgentConfig`, collecting issues."""
+    issues: list[ConfigIssue] = []
+    data = raw.data
+    for key in data:
+        if key not in TOP_LEVEL:
+            issues.append(ConfigIssue(key, "unknown table" + _hint(key, TOP_LEVEL)
+                                      + f"; known: {', '.join(TOP_LEVEL)}"))
+    agent, agent_issues = convert(AgentSection, data.get("agent", {}), "agent")
+    issues += agent_issues
+    instances = _cache_instance(data.get("cache", {}), registry, issues)
+    instances += _aggregate_instances(data.get("aggregate", {}), registry, issues)
+    for stage in ("ingest", "export"):
+        instances += _stage_instances(stage, data.get(stage, {}), registry, issues)
+    _check_topology(instances, data, issues)
+    _check_resources(instances, issues)
+    if agent is None or _has_errors(issues):
+        return None, issues
+    return AgentConfig(agent=agent, instances=instances, raw=raw), issues
+
+
+def _hint(word: str, choices: Any) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _instance(stage: str, name: str, path: str, table: Any, registry: ComponentRegistry,
+              issues: list[ConfigIssue]) -> Instance | None:
+    ctype = registry.get(stage, name)
+    if ctype is None:
+        known = registry.names(stage)
+        issues.append(ConfigIssue(path.partition("[")[0], f"unknown {stage} plugin '{name}'"
+                                  + _hint(name, known) + f"; known: {', '.join(known) or 'none'}"))
+        return None
+    config, found = convert(ctype.config_class, table, path)
+    issues += found
+    reason = ctype.unavailable_reason()
+    if reason:
+        issues.append(ConfigIssue(path, f"{ctype.table} is unavailable on this machine: {reason}"))
+    if config is None:
+        return None
+    return Instance(stage, name, path, config, ctype)
+
+
+def _cache_instance(table: Any, registry: ComponentRegistry,
+                    issues: list[ConfigIssue]) -> list[Instance]:
+    if not isinstance(table, dict):
+        issues.append(ConfigIssue("cache", "must be a table ([cache])"))
+        return []
+    table = dict(table)
+    name = table.pop("type", DEFAULT_CACHE)
+    if not isinstance(name, str):
+        issues.append(ConfigIssue("cache.type", "expected a string"))
+        return []
+    inst = _instance("cache", name, "cache", table, registry, issues)
+    return [inst] if inst else []
+
+
+def _aggregate_instances(table: Any, registry: ComponentRegistry,
+                         issues: list[ConfigIssue]) -> list[Instance]:
+    """``[aggregate]`` keys configure the built-in rules; ``[[aggregate.X]]`` adds plugins."""
+    if not isinstance(table, dict):
+        issues.append(ConfigIssue("aggregate", "must be a table ([aggregate])"))
+        return []
+    builtin = {k: v for k, v in table.items() if not _is_table_array(v)}
+    plugins = {k: v for k, v in table.items() if _is_table_array(v)}
+    out = []
+    if builtin:
+        inst = _instance("aggregate", DEFAULT_AGGREGATE, "aggregate", builtin, registry, issues)
+        out += [inst] if inst else []
+    for name, entries in plugins.items():
+        for i, entry in enumerate(entries):
+            inst = _instance("aggregate", name, f"aggregate.{name}[{i}]", entry, registry, issues)
+            out += [inst] if inst else []
+    return out
+
+
+def _is_table_array(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def _stage_instances(stage: str, table: Any, registry: ComponentRegistry,
+                     issues: list[ConfigIssue]) -> list[Instance]:
+    if not isinstance(table, dict):
+        issues.append(ConfigIssue(stage, f"must contain tables like [[{stage}.NAME]]"))
+        return []
+    out = []
+    for name, entries in table.items():
+        if isinstance(entries, dict):
+            issues.append(ConfigIssue(f"{stage}.{name}", f"write [[{stage}.{name}]] (an array "
+                                      f"of tables), not [{stage}.{name}]"))
+            continue
+        if not _is_table_array(entries):
+            issues.append(ConfigIssue(f"{stage}.{name}", f"expected [[{stage}.{name}]] tables"))
+            continue
+        for i, entry in enumerate(entries):
+            inst = _instance(stage, name, f"{stage}.{name}[{i}]", entry, registry, issues)
+            out += [inst] if inst else []
+    return out
+
+
+def _check_topology(instances: list[Instance], data: dict[str, Any],
+                    issues: list[ConfigIssue]) -> None:
+    for stage, example in (("ingest", "[[ingest.pcap]] or [[ingest.nflog]]"),
+                           ("export", "[[export.netflow]] or [[export.log]]")):
+        if not data.get(stage):
+            issues.append(ConfigIssue(stage, f"no {stage} configured; add at least one, "
+                                      f"e.g. {example}"))
+
+
+def _check_resources(instances: list[Instance], issues: list[ConfigIssue]) -> None:
+    owners: dict[Any, str] = {}
+    for inst in instances:
+        resources = getattr(inst.config, "resources", None)
+        for res in (resources() if callable(resources) else []) or []:
+            if res in owners:
+                issues.append(ConfigIssue(inst.path, f"{res.kind} {res.ident} is already "
+                                          f"claimed by {owners[res]}"))
+            else:
+                owners[res] = inst.path

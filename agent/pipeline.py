@@ -1,0 +1,278 @@
+"""The pipeline: builds component instances, runs the stage loop, shuts down in order.
+
+::
+
+    reader threads (ingest)            pipeline thread (this module)
+    ───────────────────────            ─────────────────────────────────────────────────────
+    ingest.nflog[0] ─┐                  ┌─▶ agent_cache_packets / agent_cache_flows  (cache)
+    ingest.ebpf[0] ──┼─▶ inbox queue ───┤
+    ingest.pcap[0] ──┘                  ├─▶ agent_export_nat_events                (export)
+    ingest.conntrack[0] (NAT events) ───┘
+                                        every scan_interval_ms:
+                                          agent_cache_expire ─▶ agent_aggregate_flows (chain)
+                                          ─▶ agent_export_flows ─▶ agent_tick (all)
+
+Start order: exporters, cache and aggregation, then ingests (nothing is emitted before
+exporters are ready). Stop order: ingests stop, the inbox is drained, every flow is expired
+(end reason "forced"), aggregated and exported, then exporters stop.
+
+Stage hooks are called one implementation at a time (:meth:`Pipeline.call`): an
+implementation that raises is logged (rate-limited) and counted in ``hook_errors`` and the
+others still run. Clock: wall time, except when every ingest is a finite replay, where the
+capture's own timestamps drive timeouts, so results do not depend on the machine's speed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import time
+from collections import Counter
+from typing import Any
+
+import pluggy
+
+from agent.config.model import AgentConfig
+from agent.model import FlowRecord, PacketBatch
+from agent.runtime import ITEM_DONE, ITEM_FLOWS, ITEM_NAT, ITEM_PACKETS, ITEM_STOP, RunContext
+from agent.stats import RateMeter
+
+log = logging.getLogger("agent.pipeline")
+_TRACE = os.environ.get("AGENT_TRACE_HOOKS", "") in ("1", "true", "yes")
+_STAGE_ORDER = {"export": 0, "cache": 1, "aggregate": 2, "ingest": 3}
+
+
+class StartupError(Exception):
+    """A component failed in ``agent_start``; the message names it."""
+
+
+class Pipeline:
+    """One running agent: component instances, the inbox, the clock and the core counters."""
+
+    def __init__(self, config: AgentConfig, pm: pluggy.PluginManager):
+        self.config = config
+        self.pm = pm
+        self.context = RunContext(debug=config.agent.debug, state_dir=config.agent.state_dir,
+                                  clock=self.now_ns, core_stats=self.core_stats)
+        self.components: dict[str, Any] = {}
+        self.hook_errors: Counter[str] = Counter()
+        self.rates = RateMeter()
+        self.scan_ns = config.agent.scan_interval_ms * 1_000_000
+        self.replay = False
+        self.capture_ns = 0
+        self.pending_finite: set[str] = set()
+        self.stopping = False
+        self.started: list[str] = []
+        self.exported_flows = 0
+        self.nat_events = 0
+        self._error_log_at: dict[str, float] = {}
+
+    # --- building and starting ---------------------------------------------------------------
+
+    def build(self) -> None:
+        """Instantiate every configured component and register it as a named plugin."""
+        for inst in self.config.instances:
+            obj = inst.ctype.factory(inst.config, inst.path)
+            self.pm.register(obj, name=inst.path)
+            self.components[inst.path] = obj
+        self.pm.check_pending()
+        ingests = [c for p, c in self.components.items() if p.startswith("ingest.")]
+        self.pending_finite = {p for p, c in self.components.items()
+                               if p.startswith("ingest.") and getattr(c, "finite", False)}
+        self.replay = bool(ingests) and len(self.pending_finite) == len(ingests)
+
+    def start(self) -> None:
+        """Call ``agent_start`` on every component, exporters first, ingests last."""
+        order = sorted(self.config.instances, key=lambda i: _STAGE_ORDER[i.stage])
+        for inst in order:
+            impl = getattr(self.components[inst.path], "agent_start", None)
+            if impl is None:
+                continue
+            try:
+                impl(context=self.context)
+            except Exception as exc:
+                self.stop_started()
+                raise StartupError(f"{inst.path}: failed to start: {exc}") from exc
+            self.started.append(inst.path)
+
+    def stop_started(self) -> None:
+        """Stop whatever was started (used when start-up fails half way)."""
+        for path in reversed(self.started):
+            impl = getattr(self.components[path], "agent_stop", None)
+            if impl is not None:
+                try:
+                    impl()
+                except Exception:
+                    log.exception("%s: error while stopping", path)
+        self.started.clear()
+
+    # --- clock -------------------------------------------------------------------------------
+
+    def now_ns(self) -> int:
+        """Wall clock, or the capture clock while replaying finite sources only."""
+        return self.capture_ns if self.replay else time.time_ns()
+
+    # --- hook calls --------------------------------------------------------------------------
+
+    def call(self, name: str, **kwargs: Any) -> list[Any]:
+        """Call every implementation of hook ``name`` separately; isolate failures.
+
+        :return: the non-``None`` results, in registration order.
+        """
+        results = []
+        for impl in getattr(self.pm.hook, name).get_hookimpls():
+            if _TRACE:
+                log.debug("hook %s -> %s", name, impl.plugin_name)
+            try:
+                res = impl.function(*[kwargs[a] for a in impl.argnames])
+            except Exception:
+                self._hook_failed(name, impl.plugin_name)
+                continue
+            if res is not None:
+                results.append(res)
+        return results
+
+    def _hook_failed(self, hook: str, plugin: str) -> None:
+        self.hook_errors[plugin] += 1
+        now = time.monotonic()
+        if now - self._error_log_at.get(plugin, -1e9) >= 10:  # one traceback per 10 s
+            self._error_log_at[plugin] = now
+            log.exception("%s raised in %s (error %d; repeats are counted, logged every 10 s)",
+                          plugin, hook, self.hook_errors[plugin])
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Process the inbox until asked to stop or until every finite ingest is done."""
+        next_scan = 0
+        inbox = self.context.inbox
+        while not self.stopping:
+            wait = 0.0 if self.replay else max(0.0, (next_scan - self.now_ns()) / 1e9)
+            try:
+                kind, item = inbox.get(timeout=wait) if wait else inbox.get(timeout=0.05)
+            except queue.Empty:
+                kind, item = "", None
+            if kind:
+                self.dispatch(kind, item)
+            now = self.now_ns()
+            if not next_scan:
+                next_scan = now + self.scan_ns if now else 0  # replay: wait for the 1st packet
+            elif now >= next_scan:
+                self.scan(now)
+                next_scan = now + self.scan_ns
+            if self.replay and not self.pending_finite and inbox.empty():
+                log.info("all finite ingests are done")
+                break
+
+    def dispatch(self, kind: str, item: Any) -> None:
+        """Route one inbox item to its stage."""
+        if kind == ITEM_PACKETS:
+            self._packets(item)
+        elif kind == ITEM_FLOWS:
+            self.call("agent_cache_flows", batch=item, now_ns=self.now_ns())
+        elif kind == ITEM_NAT:
+            self.nat_events += len(item)
+            self.call("agent_export_nat_events", events=item)
+        elif kind == ITEM_DONE:
+            self.pending_finite.discard(item)
+        elif kind == ITEM_STOP:
+            self.stopping = True
+
+    def _packets(self, batch: PacketBatch) -> None:
+        if self.replay:
+            clock = batch.clock_ns or (batch.packets[-1][3] if batch.packets else 0)
+            if clock > self.capture_ns:
+                if not self.capture_ns:  # uptime counts from the capture's first packet
+                    self.context.start_ns = clock
+                self.capture_ns = clock
+        self.call("agent_cache_packets", batch=batch, now_ns=self.now_ns())
+
+    def scan(self, now: int, force: bool = False) -> None:
+        """Expire, aggregate and export flows, then run every component's timers."""
+        records: list[FlowRecord] = []
+        for part in self.call("agent_cache_expire", now_ns=now, force=force):
+            records.extend(part)
+        if records:
+            for impl in self.pm.hook.agent_aggregate_flows.get_hookimpls():
+                try:
+                    out = impl.function(records=records)
+                except Exception:
+                    self._hook_failed("agent_aggregate_flows", impl.plugin_name)
+                    continue
+                if out is not None:
+                    records = out
+            self.exported_flows += len(records)
+            self.call("agent_export_flows", records=records)
+        cache = self.core_stats()
+        self.rates.update(now, cache.get("traffic_packets", 0), cache.get("traffic_bytes", 0))
+        self.call("agent_tick", now_ns=now)
+
+    # --- stopping ----------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask the loop to stop (signal-handler safe: it only enqueues)."""
+        self.context.inbox.put((ITEM_STOP, None))
+
+    def shutdown(self) -> None:
+        """Stop ingests, drain, export every flow, stop the rest."""
+        ingests = [p for p in self.started if p.startswith("ingest.")]
+        for path in ingests:
+            self._stop_one(path)
+        self._drain()
+        self.scan(self.now_ns() or time.time_ns(), force=True)
+        for path in reversed([p for p in self.started if not p.startswith("ingest.")]):
+            self._stop_one(path)
+        self.started.clear()
+        for path in list(self.components):
+            self.pm.unregister(name=path)
+
+    def _stop_one(self, path: str) -> None:
+        impl = getattr(self.components[path], "agent_stop", None)
+        if impl is None:
+            return
+        try:
+            impl()
+        except Exception:
+            log.exception("%s: error while stopping", path)
+
+    def _drain(self) -> None:
+        inbox = self.context.inbox
+        while True:
+            try:
+                kind, item = inbox.get_nowait()
+            except queue.Empty:
+                return
+            if kind != ITEM_STOP:
+                self.dispatch(kind, item)
+
+    # --- counters ----------------------------------------------------------------------------
+
+    def cache_component(self) -> Any:
+        """The cache instance (there is exactly one)."""
+        return self.components.get("cache")
+
+    def core_stats(self) -> dict[str, Any]:
+        """Cache counters, rates and pipeline counters (flat)."""
+        cache = self.cache_component()
+        out: dict[str, Any] = {}
+        if cache is not None and hasattr(cache, "agent_collect_stats"):
+            out.update(cache.agent_collect_stats())
+        out.update(self.rates.as_dict())
+        out.update(exported_flows_total=self.exported_flows, nat_events=self.nat_events,
+                   hook_errors=sum(self.hook_errors.values()))
+        return out
+
+    def collect_stats(self) -> dict[str, Any]:
+        """Every instance's counters, keyed by instance name, plus ``core``."""
+        out: dict[str, Any] = {"core": self.core_stats()}
+        for path, comp in self.components.items():
+            impl = getattr(comp, "agent_collect_stats", None)
+            if impl is None:
+                continue
+            try:
+                out[path] = impl()
+            except Exception:
+                self._hook_failed("agent_collect_stats", path)
+        return out
+

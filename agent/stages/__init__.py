@@ -1,0 +1,36 @@
+"""Built-in stages, registered like any plugin: the flow cache and aggregation rules."""
+
+from __future__ import annotations
+
+from agent import hookimpl
+from agent.registry import ComponentRegistry
+
+CACHE_SAMPLE = """\
+[cache]
+## Export a flow after it has been idle this many seconds.
+inactive_timeout = 15
+## Export a long-lived flow after this many seconds.
+active_timeout = 1800
+## Most flows kept at once; 0 = unlimited. Packets of new flows beyond it are counted as dropped.
+maxflows = 2000000
+## Flows to allocate room for at start; 0 = grow automatically.
+# hashsize = 0
+"""
+
+AGGREGATE_SAMPLE = """\
+[aggregate]
+## ipt_NETFLOW aggregation rules: PREFIX/LEN=NEWLEN and LOW-HIGH=PORT, first match wins.
+rules = ["192.0.0.0/8=16", "10.0.0.0/8=16", "80-89=80", "3128=80"]
+"""
+
+
+@hookimpl
+def agent_register_components(registry: ComponentRegistry) -> None:
+    """Register the default cache and aggregation components."""
+    from agent.stages.aggregate import AggregateConfig, Aggregator
+    from agent.stages.cache import CacheConfig, FlowCache
+
+    registry.add("cache", "memory", FlowCache, CacheConfig, sample=CACHE_SAMPLE,
+                 doc="In-memory flow table with ipt_NETFLOW timeouts and maxflows")
+    registry.add("aggregate", "rules", Aggregator, AggregateConfig, sample=AGGREGATE_SAMPLE,
+                 doc="ipt_NETFLOW netmask and port aggregation rules")

@@ -1,0 +1,275 @@
+"""The flow cache: ipt_NETFLOW's flow table, as the built-in ``[cache]`` component.
+
+Semantics follow the ipt_NETFLOW README: a flow is keyed by IP version, addresses, protocol,
+ports (ICMP type/code in the destination port), TOS, input interface (and direction); it
+holds packets, bytes, first/last time, the OR of TCP flags and the output interface. A flow is
+exported when it has been idle for ``inactive_timeout`` seconds, when it has lived for
+``active_timeout`` seconds, or at the next scan after a TCP FIN or RST. When ``maxflows``
+flows exist, packets of new flows are dropped and counted (``maxflows`` and ``drop``
+counters); existing flows keep being updated.
+
+Layout (chosen for speed and memory, see docs/performance.md): a dict maps the packed key to a
+slot number; the counters live in typed columns (``array``), so a flow costs about 160 bytes
+instead of the ~350 of a Python object per flow. Timeout scans view the time columns as NumPy
+arrays and find expired slots without a Python loop.
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from agent import hookimpl
+from agent.config.schema import option
+from agent.model import (
+    END_ACTIVE,
+    END_FORCED,
+    END_IDLE,
+    END_OF_FLOW,
+    TCP_FIN,
+    TCP_RST,
+    FlowBatch,
+    FlowRecord,
+    PacketBatch,
+    split_key,
+)
+from agent.registry import Component
+
+_FREE = 2**63 - 1  # first/last time of an unused slot: never expires
+_NS = 1_000_000_000
+_END_FLAGS = TCP_FIN | TCP_RST
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheConfig:
+    """``[cache]``: the flow table (ipt_NETFLOW's module options of the same names)."""
+
+    inactive_timeout: int = option(15, doc="Export a flow after it has been idle this many "
+                                   "seconds.", min=1, max=86400)
+    active_timeout: int = option(1800, doc="Export a long-lived flow after this many seconds "
+                                 "(it continues as a new flow).", min=1, max=604800)
+    maxflows: int = option(2000000, doc="Most flows kept at once; packets of new flows beyond "
+                           "it are dropped and counted. 0 = unlimited.", min=0)
+    hashsize: int = option(0, doc="Flows to allocate room for at start (a sizing hint); "
+                           "0 = grow automatically.", min=0, max=1 << 28)
+
+
+class CacheStats:
+    """The seed's cache counters (``stat: search found new ... maxflows``, traffic, drop)."""
+
+    __slots__ = ("search", "found", "new", "maxflows", "trunc", "frag", "alloc",
+                 "traffic_packets", "traffic_bytes", "drop_packets", "drop_bytes",
+                 "exported_flows", "peak_flows", "peak_ns")
+
+    def __init__(self) -> None:
+        for name in self.__slots__:
+            setattr(self, name, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        """Counter name -> value."""
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class FlowCache(Component):
+    """The default cache stage (``[cache]``, type ``memory``)."""
+
+    stage = "cache"
+    type_name = "memory"
+
+    def __init__(self, config: CacheConfig, name: str = "cache"):
+        super().__init__(config, name)
+        self.stats = CacheStats()
+        self.index: dict[bytes, int] = {}
+        self.keys: list[bytes | None] = []
+        self.free: list[int] = []
+        self.ending: set[int] = set()
+        self._packets = array("Q")
+        self._octets = array("Q")
+        self._first = array("q")
+        self._last = array("q")
+        self._flags = array("B")
+        self._out_if = array("I")
+        self._grow(max(config.hashsize, 1024))
+
+    # --- sizing ----------------------------------------------------------------------------
+
+    def _grow(self, extra: int) -> None:
+        start = len(self.keys)
+        self.keys.extend([None] * extra)
+        self._packets.extend(array("Q", bytes(8 * extra)))
+        self._octets.extend(array("Q", bytes(8 * extra)))
+        self._first.extend(array("q", [_FREE]) * extra)
+        self._last.extend(array("q", [_FREE]) * extra)
+        self._flags.extend(array("B", bytes(extra)))
+        self._out_if.extend(array("I", bytes(4 * extra)))
+        self.free.extend(range(start + extra - 1, start - 1, -1))  # pop() hands out low first
+
+    def _new_slot(self, key: bytes, ts: int) -> int:
+        if not self.free:
+            self._grow(len(self.keys))
+        i = self.free.pop()
+        self.index[key] = i
+        self.keys[i] = key
+        self._first[i] = ts
+        self._last[i] = ts
+        self.stats.new += 1
+        if len(self.index) > self.stats.peak_flows:
+            self.stats.peak_flows = len(self.index)
+            self.stats.peak_ns = ts
+        return i
+
+    @property
+    def active_flows(self) -> int:
+        """Flows currently in the table."""
+        return len(self.index)
+
+    # --- ingest -> cache -------------------------------------------------------------------
+
+    @hookimpl
+    def agent_cache_packets(self, batch: PacketBatch, now_ns: int) -> None:
+        """Account every packet of the batch (the per-packet hot loop; kept flat on purpose)."""
+        st = self.stats
+        st.trunc += batch.trunc
+        st.frag += batch.frag
+        st.drop_packets += batch.dropped_packets + batch.trunc
+        st.drop_bytes += batch.dropped_bytes
+        index, maxflows = self.index, self.config.maxflows
+        pk, ob, la, fl, oi = self._packets, self._octets, self._last, self._flags, self._out_if
+        ending = self.ending
+        new_slot = self._new_slot
+        dropped = dropped_bytes = 0
+        total_bytes = 0
+        new_before = st.new
+        for key, length, flags, ts, out_if in batch.packets:
+            i = index.get(key)
+            if i is None:
+                if maxflows and len(index) >= maxflows:
+                    dropped += 1
+                    dropped_bytes += length
+                    continue
+                i = new_slot(key, ts)
+            pk[i] += 1
+            ob[i] += length
+            total_bytes += length
+            if ts > la[i]:
+                la[i] = ts
+            if flags:
+                fl[i] |= flags
+                if flags & _END_FLAGS:
+                    ending.add(i)
+            if out_if:
+                oi[i] = out_if
+        n = len(batch.packets)
+        st.search += n
+        st.maxflows += dropped
+        st.found += n - dropped - (st.new - new_before)
+        st.drop_packets += dropped
+        st.drop_bytes += dropped_bytes
+        st.traffic_packets += n - dropped
+        st.traffic_bytes += total_bytes
+
+    @hookimpl
+    def agent_cache_flows(self, batch: FlowBatch, now_ns: int) -> None:
+        """Merge flow deltas drained from a kernel map."""
+        st = self.stats
+        st.trunc += batch.trunc
+        st.frag += batch.frag
+        st.drop_packets += batch.dropped_packets
+        st.drop_bytes += batch.dropped_bytes
+        maxflows = self.config.maxflows
+        for d in batch.flows:
+            st.search += 1
+            i = self.index.get(d.key)
+            if i is None:
+                if maxflows and len(self.index) >= maxflows:
+                    st.maxflows += d.packets
+                    st.drop_packets += d.packets
+                    st.drop_bytes += d.octets
+                    continue
+                i = self._new_slot(d.key, d.start_ns)
+            else:
+                st.found += 1
+                if d.start_ns < self._first[i]:
+                    self._first[i] = d.start_ns
+            self._packets[i] += d.packets
+            self._octets[i] += d.octets
+            if d.end_ns > self._last[i]:
+                self._last[i] = d.end_ns
+            if d.tcp_flags:
+                self._flags[i] |= d.tcp_flags
+                if d.tcp_flags & _END_FLAGS:
+                    self.ending.add(i)
+            if d.out_if:
+                self._out_if[i] = d.out_if
+            st.traffic_packets += d.packets
+            st.traffic_bytes += d.octets
+
+    # --- cache -> aggregate ----------------------------------------------------------------
+
+    @hookimpl
+    def agent_cache_expire(self, now_ns: int, force: bool) -> list[FlowRecord]:
+        """Return flows that are idle, too old, ended by FIN/RST, or all of them (``force``)."""
+        if force:
+            ending = self.ending
+            due = [(i, END_OF_FLOW if i in ending else END_FORCED)
+                   for i in range(len(self.keys)) if self.keys[i] is not None]
+            ending.clear()
+        else:
+            due = self._due(now_ns)
+        records = [self._take(i, reason) for i, reason in due]
+        self.stats.exported_flows += len(records)
+        return records
+
+    def _due(self, now_ns: int) -> list[tuple[int, int]]:
+        first = np.frombuffer(self._first, dtype=np.int64)
+        last = np.frombuffer(self._last, dtype=np.int64)
+        idle = np.flatnonzero(last <= now_ns - self.config.inactive_timeout * _NS)
+        old = np.flatnonzero(first <= now_ns - self.config.active_timeout * _NS)
+        del first, last  # release the buffer views so the arrays may grow again
+        due = {int(i): END_IDLE for i in idle}
+        for i in old.tolist():
+            due.setdefault(i, END_ACTIVE)
+        for i in self.ending:
+            if self.keys[i] is not None:
+                due.setdefault(i, END_OF_FLOW)
+        self.ending.clear()
+        return sorted(due.items())
+
+    def _take(self, i: int, reason: int) -> FlowRecord:
+        key = self.keys[i]
+        assert key is not None
+        k = split_key(key)
+        rec = FlowRecord(
+            ip_version=k.ip_version, protocol=k.protocol, src_addr=k.src_addr,
+            dst_addr=k.dst_addr, src_port=k.src_port, dst_port=k.dst_port, tos=k.tos,
+            in_if=k.in_if, direction=k.direction, out_if=self._out_if[i],
+            packets=self._packets[i], octets=self._octets[i], start_ns=self._first[i],
+            end_ns=self._last[i], tcp_flags=self._flags[i], end_reason=reason,
+        )
+        del self.index[key]
+        self.keys[i] = None
+        self._packets[i] = self._octets[i] = 0
+        self._first[i] = self._last[i] = _FREE
+        self._flags[i] = 0
+        self._out_if[i] = 0
+        self.free.append(i)
+        return rec
+
+    # --- observability ---------------------------------------------------------------------
+
+    def mem_traffic(self) -> tuple[int, int]:
+        """Packets and bytes held by flows in the table (the seed's ``MemTraf``)."""
+        return int(sum(self._packets)), int(sum(self._octets))
+
+    @hookimpl
+    def agent_collect_stats(self) -> dict[str, Any]:
+        """Cache counters plus active/peak flows and MemTraf."""
+        out: dict[str, Any] = self.stats.as_dict()
+        mem_pkts, mem_bytes = self.mem_traffic()
+        out.update(active_flows=len(self.index), maxflows_limit=self.config.maxflows,
+                   memtraf_packets=mem_pkts, memtraf_bytes=mem_bytes,
+                   slots=len(self.keys))
+        return out

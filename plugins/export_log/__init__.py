@@ -1,0 +1,19 @@
+"""``[[export.log]]``: flows and NAT events as JSON lines or text, for debugging and pipes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent import hookimpl
+from agent.registry import ComponentRegistry
+
+
+@hookimpl
+def agent_register_components(registry: ComponentRegistry) -> None:
+    """Register ``[[export.log]]``."""
+    from .component import LogExporter
+    from .config import Config
+
+    registry.add("export", "log", LogExporter, Config,
+                 sample=(Path(__file__).parent / "sample.toml").read_text(),
+                 doc="Flows as JSON lines or text on stdout or a file")

@@ -1,0 +1,37 @@
+"""``[[ingest.pcap]]``: replay pcap/pcapng captures through the pipeline.
+
+Link types: Ethernet (with VLAN tags), raw IP, Linux cooked v1/v2, BSD loopback. The
+packets' own timestamps drive the flow timeouts, so results do not depend on replay speed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from agent import hookimpl
+from agent.errors import ConfigIssue
+from agent.registry import ComponentRegistry
+
+
+@hookimpl
+def agent_register_components(registry: ComponentRegistry) -> None:
+    """Register ``[[ingest.pcap]]``."""
+    from .component import PcapIngest
+    from .config import Config
+
+    registry.add("ingest", "pcap", PcapIngest, Config,
+                 sample=(Path(__file__).parent / "sample.toml").read_text(),
+                 doc="Replay pcap/pcapng files (Ethernet, VLAN, SLL, SLL2, raw IP)")
+
+
+@hookimpl
+def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue]:
+    """Every capture file must exist and be readable."""
+    issues = []
+    for inst in config.by_stage("ingest"):
+        if inst.type_name == "pcap" and not os.access(inst.config.path, os.R_OK):
+            issues.append(ConfigIssue(f"{inst.path}.path",
+                                      f"cannot read capture file '{inst.config.path}'"))
+    return issues

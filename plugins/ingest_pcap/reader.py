@@ -1,0 +1,138 @@
+"""pcap and pcapng file reading: ``(timestamp_ns, linktype, frame)`` for every packet.
+
+Formats: classic pcap (both byte orders, microsecond and nanosecond magic) and pcapng
+(draft-ietf-opsawg-pcapng: SHB, IDB with ``if_tsresol``, EPB, SPB, OPB; other blocks are
+skipped). A file that ends in the middle of a record stops the iteration and is reported by
+:attr:`PcapReader.truncated`; a file that is neither format raises :class:`PcapError`.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import BinaryIO
+
+PCAP_MAGIC_US = 0xA1B2C3D4
+PCAP_MAGIC_NS = 0xA1B23C4D
+PCAPNG_SHB = 0x0A0D0D0A
+PCAPNG_BOM = 0x1A2B3C4D
+_IDB, _SPB, _EPB, _OPB = 1, 3, 6, 2
+
+
+class PcapError(ValueError):
+    """The file is not a pcap or pcapng capture, or its headers are inconsistent."""
+
+
+class PcapReader:
+    """Iterate over the packets of one capture file."""
+
+    def __init__(self, f: BinaryIO):
+        self.f = f
+        self.truncated = False
+        head = f.read(4)
+        if len(head) < 4:
+            raise PcapError("file too short for a capture header")
+        self._head = head
+
+    def __iter__(self) -> Iterator[tuple[int, int, bytes]]:
+        le = struct.unpack("<I", self._head)[0]
+        be = struct.unpack(">I", self._head)[0]
+        if PCAPNG_SHB in (le, be):
+            return self._pcapng()
+        for order in ("<", ">"):
+            magic = struct.unpack(order + "I", self._head)[0]
+            if magic in (PCAP_MAGIC_US, PCAP_MAGIC_NS):
+                return self._pcap(order, 1 if magic == PCAP_MAGIC_NS else 1000)
+        raise PcapError(f"not a pcap/pcapng file (magic 0x{be:08x})")
+
+    # --- classic pcap ------------------------------------------------------------------------
+
+    def _pcap(self, order: str, ts_mult: int) -> Iterator[tuple[int, int, bytes]]:
+        rest = self.f.read(20)
+        if len(rest) < 20:
+            raise PcapError("truncated pcap file header")
+        _vmaj, _vmin, _zone, _sigfigs, _snap, linktype = struct.unpack(order + "HHiIII", rest)
+        linktype &= 0xFFFF
+        rec = struct.Struct(order + "IIII")
+        read = self.f.read
+        while True:
+            hdr = read(16)
+            if len(hdr) < 16:
+                self.truncated = bool(hdr)
+                return
+            sec, frac, incl, _orig = rec.unpack(hdr)
+            data = read(incl)
+            if len(data) < incl:
+                self.truncated = True
+                return
+            yield sec * 1_000_000_000 + frac * ts_mult, linktype, data
+
+    # --- pcapng ------------------------------------------------------------------------------
+
+    def _pcapng(self) -> Iterator[tuple[int, int, bytes]]:
+        order = "<"
+        interfaces: list[tuple[int, int]] = []  # (linktype, timestamp ticks per second)
+        block_type = PCAPNG_SHB
+        head = self._head
+        while True:
+            rest = self.f.read(4) if head else self.f.read(8)
+            if head:
+                raw = head + rest
+                head = b""
+            else:
+                raw = rest
+            if len(raw) < 8:
+                self.truncated = bool(raw)
+                return
+            if struct.unpack("<I", raw[:4])[0] == PCAPNG_SHB:
+                bom = self.f.read(4)
+                order = "<" if struct.unpack("<I", bom)[0] == PCAPNG_BOM else ">"
+                block_type, length = struct.unpack(order + "II", raw)
+                body = bom + self.f.read(length - 12)
+                interfaces = []
+            else:
+                block_type, length = struct.unpack(order + "II", raw)
+                if length < 12 or length % 4:
+                    raise PcapError(f"bad pcapng block length {length}")
+                body = self.f.read(length - 12)
+            trailer = self.f.read(4)
+            if len(body) < length - 12 or len(trailer) < 4:
+                self.truncated = True
+                return
+            if block_type == _IDB:
+                interfaces.append(_parse_idb(order, body))
+            elif block_type in (_EPB, _OPB):
+                pkt = _parse_epb(order, body, interfaces, block_type == _OPB)
+                if pkt:
+                    yield pkt
+            elif block_type == _SPB and interfaces:  # no timestamp: 0 = "same as before"
+                (orig_len,) = struct.unpack_from(order + "I", body)
+                yield 0, interfaces[0][0], body[4:4 + orig_len]
+
+
+def _parse_idb(order: str, body: bytes) -> tuple[int, int]:
+    linktype = struct.unpack_from(order + "H", body)[0]
+    ticks_per_s = 1_000_000  # default resolution: microseconds
+    off = 8
+    while off + 4 <= len(body):
+        code, olen = struct.unpack_from(order + "HH", body, off)
+        if code == 0:
+            break
+        if code == 9 and olen >= 1:  # if_tsresol
+            res = body[off + 4]
+            ticks_per_s = 2 ** (res & 0x7F) if res & 0x80 else 10 ** res
+        off += 4 + ((olen + 3) & ~3)
+    return linktype, ticks_per_s
+
+
+def _parse_epb(order: str, body: bytes, interfaces: list[tuple[int, int]],
+               obsolete: bool) -> tuple[int, int, bytes] | None:
+    if obsolete:
+        iface, _drops, ts_hi, ts_lo, incl, _orig = struct.unpack_from(order + "HHIIII", body)
+    else:
+        iface, ts_hi, ts_lo, incl, _orig = struct.unpack_from(order + "IIIII", body)
+    if iface >= len(interfaces):
+        raise PcapError(f"packet refers to undeclared interface {iface}")
+    linktype, ticks_per_s = interfaces[iface]
+    ticks = (ts_hi << 32) | ts_lo
+    return ticks * 1_000_000_000 // ticks_per_s, linktype, body[20:20 + incl]
