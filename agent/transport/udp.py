@@ -182,6 +182,8 @@ class UdpDestination:
             if self.sndbuf_request:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.sndbuf_request)
             if self.source:
+                if self.source[1]:  # mirrored destinations may share one fixed source port
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.bind(self.source)
             sock.connect(address)
         except OSError:

@@ -1,0 +1,208 @@
+"""``[[export.netflow]]`` component: owns sockets, batching, timers and counters.
+
+The encoders (:mod:`.v5`, :mod:`.v9`, :mod:`.nel`) are pure; this class feeds them records
+and NAT events with the instance's :class:`~.state.ExportState`, and hands every datagram to
+every destination (ipt_NETFLOW ``destination=a,b`` mirrors the same stream, so sequence numbers
+are the same on every collector). Sockets are :class:`agent.transport.udp.UdpDestination`:
+non-blocking, loss counted, never blocking the pipeline thread.
+
+Template-based export (v9) puts templates into the next packet whenever a destination is
+unconnected, refusing (ICMP port unreachable) or just came back, so a collector that starts
+late decodes the very first packet it receives.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, TypeVar
+
+from agent import hookimpl
+from agent.errors import EncodeError
+from agent.model import NAT_START, FlowRecord, NatEvent
+from agent.registry import Component
+from agent.runtime import RunContext
+from agent.transport.udp import UdpDestination
+
+from . import nel, v5, v9
+from .config import Config
+from .state import ExportState
+from .v5 import Tally
+
+T = TypeVar("T")
+_ENCODE_ERRORS = (struct.error, EncodeError, OverflowError, TypeError, ValueError)
+
+
+@dataclass(slots=True)
+class ExporterStats:
+    """Instance counters (ipt_NETFLOW's names where it has them)."""
+
+    flows_in: int = 0  # flow records received from the pipeline
+    nat_in: int = 0  # NAT events received
+    nat_start: int = 0  # "Natevents ... count start"
+    nat_stop: int = 0  # "Natevents ... count stop"
+    records_encoded: int = 0  # data records put into datagrams (after splits)
+    skipped: int = 0  # records the protocol cannot carry (IPv6 in v5)
+    split: int = 0  # extra records from splitting counters over 32 bits
+    encode_errors: int = 0  # records rejected by the encoder (out-of-range fields)
+    pdus: int = 0  # datagrams encoded
+
+
+class NetflowExporter(Component):
+    """One ``[[export.netflow]]`` instance: NetFlow v5 or v9 to one or more collectors.
+
+    :param config: the instance's :class:`~.config.Config`.
+    :param name: instance name, e.g. ``export.netflow[0]``.
+    """
+
+    stage = "export"
+    type_name = "netflow"
+
+    def __init__(self, config: Config, name: str):
+        super().__init__(config, name)
+        self.stats = ExporterStats()
+        self.destinations: list[UdpDestination] = []
+        self.context: RunContext | None = None
+        self.state = ExportState(boot_ns=0, source_id=config.engine_id,
+                                 engine_type=config.engine_type)
+        self.templates = v9.flow_templates(config.counters64)
+        self.policy = v9.RefreshPolicy(
+            mtu=config.mtu, refresh_packets=config.refresh_rate,
+            refresh_ns=config.timeout_rate * 60 * 1_000_000_000)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    @hookimpl
+    def agent_start(self, context: RunContext) -> None:
+        """Open one socket per destination; an unconnectable one is retried later."""
+        self.context = context
+        self.state.boot_ns = context.start_ns
+        for endpoint in self.config.destination:
+            dest = UdpDestination(endpoint, source=self.config.source,
+                                  sndbuf=self.config.sndbuf, log=self.log)
+            dest.connect()
+            self.destinations.append(dest)
+        self.log.info("%s: NetFlow v%d to %s", self.name, self.config.protocol,
+                      ", ".join(self.config.destination))
+
+    @hookimpl
+    def agent_tick(self, now_ns: int) -> None:
+        """Retry unconnected destinations and collect ICMP errors (``cberr``)."""
+        for dest in self.destinations:
+            dest.poll()
+
+    @hookimpl
+    def agent_stop(self) -> None:
+        """Close the sockets (everything was already sent: UDP keeps nothing back)."""
+        for dest in self.destinations:
+            dest.poll()
+            dest.close()
+
+    # --- export ----------------------------------------------------------------------------
+
+    @hookimpl
+    def agent_export_flows(self, records: list[FlowRecord]) -> None:
+        """Encode and send flow records (unless this instance carries NAT events only)."""
+        if not self.config.flows or not records:
+            return
+        self.stats.flows_in += len(records)
+        self._export(records, self._encode_flows)
+
+    @hookimpl
+    def agent_export_nat_events(self, events: list[NatEvent]) -> None:
+        """Encode and send NAT events when ``natevents`` is on."""
+        if not self.config.natevents or not events:
+            return
+        self.stats.nat_in += len(events)
+        starts = sum(1 for e in events if e.event == NAT_START)
+        self.stats.nat_start += starts
+        self.stats.nat_stop += len(events) - starts
+        self._export(events, self._encode_nat)
+
+    def _now_ns(self) -> int:
+        assert self.context is not None, "agent_start was not called"
+        return self.context.now_ns()
+
+    def _sync_boot(self) -> None:
+        """Until the first packet, follow the core's start time (replay moves it)."""
+        assert self.context is not None
+        if self.state.packets == 0:
+            self.state.boot_ns = self.context.start_ns
+
+    def _encode_flows(self, records: Sequence[FlowRecord], state: ExportState,
+                      now_ns: int, tally: Tally) -> list[bytes]:
+        if self.config.protocol == 5:
+            return v5.encode_flows(records, state, now_ns, tally)
+        return v9.encode_flows(records, state, self.templates, self.policy, now_ns,
+                               counters64=self.config.counters64, tally=tally)
+
+    def _encode_nat(self, events: Sequence[NatEvent], state: ExportState,
+                    now_ns: int, tally: Tally) -> list[bytes]:
+        if self.config.protocol == 5:
+            return nel.encode_v5(events, state, now_ns, tally)
+        return nel.encode_v9(events, state, self.policy, now_ns,
+                             values=self.config.nat_event_values, tally=tally)
+
+    def _export(self, items: Sequence[T],
+                encode: Callable[[Sequence[T], ExportState, int, Tally], list[bytes]]) -> None:
+        self._sync_boot()
+        if any(dest.needs_templates for dest in self.destinations):
+            self.state.force_templates = True
+        now = self._now_ns()
+        tally = Tally()
+        datagrams = self._encode_guarded(items, encode, now, tally)
+        self.stats.records_encoded += sum(tally.records)
+        self.stats.skipped += tally.skipped
+        self.stats.split += tally.split
+        self.stats.pdus += len(datagrams)
+        for dest in self.destinations:
+            dest.send_batch(datagrams, tally.records)
+
+    def _encode_guarded(self, items: Sequence[T], encode: Callable[..., list[bytes]],
+                        now: int, tally: Tally) -> list[bytes]:
+        """Encode; if a record has an out-of-range field, drop just that record and count it.
+
+        The encoders pack every record before touching sequence numbers or template marks,
+        so a failed attempt leaves the state unchanged (apart from the uptime origin, which
+        may only move back).
+        """
+        try:
+            return encode(items, self.state, now, tally)
+        except _ENCODE_ERRORS:
+            good = [item for item in items if self._encodable(item, encode, now)]
+        self.stats.encode_errors += len(items) - len(good)
+        self.log.warning("%s: %d record(s) could not be encoded and were dropped",
+                         self.name, len(items) - len(good))
+        tally.records.clear()
+        tally.skipped = tally.split = 0
+        return encode(good, self.state, now, tally) if good else []
+
+    def _encodable(self, item: Any, encode: Callable[..., list[bytes]], now: int) -> bool:
+        scratch = replace(self.state, templates=dict(self.state.templates))
+        try:
+            encode([item], scratch, now, Tally())
+        except _ENCODE_ERRORS:
+            return False
+        return True
+
+    # --- observability ---------------------------------------------------------------------
+
+    @hookimpl
+    def agent_collect_stats(self) -> dict[str, Any]:
+        """Instance counters, totals over destinations (``sock:``) and one ``sockN`` each."""
+        out: dict[str, Any] = {"protocol": self.config.protocol}
+        out.update(asdict(self.stats))
+        out["sequence"] = self.state.flows if self.config.protocol == 5 else self.state.packets
+        totals = {"sock_ok": 0, "sock_fail": 0, "sock_cberr": 0, "sock_bytes": 0,
+                  "lost_records": 0}
+        for i, dest in enumerate(self.destinations):
+            snap = dest.snapshot()
+            out[f"sock{i}"] = snap
+            totals["sock_ok"] += dest.stats.packets_ok
+            totals["sock_fail"] += dest.stats.fail
+            totals["sock_cberr"] += dest.stats.cberr
+            totals["sock_bytes"] += dest.stats.bytes_ok
+            totals["lost_records"] += dest.stats.lost_records
+        out.update(totals)
+        return out

@@ -1,0 +1,326 @@
+"""NetFlow v9 export packets (RFC 3954): templates, data FlowSets, packet assembly.
+
+This module owns the v9 wire layout and is a pure function of records plus an
+:class:`~.state.ExportState`; sockets and timers live in :mod:`.component`.
+
+* Header (RFC 3954 section 5.1): ``count`` = all records in the packet (template records and
+  data records); ``sequence`` = export packets sent before this one; Source ID fixed per
+  instance.
+* Template IDs are >= 256 (section 5.2); every FlowSet is padded to 4 bytes (section 5.3).
+* A packet never exceeds ``mtu`` bytes.
+* Templates are sent before the first data that uses them, again once ``refresh_packets``
+  packets or ``refresh_ns`` of export time have passed since they were last sent (ipt_NETFLOW
+  ``refresh-rate`` / ``timeout-rate``, Cisco defaults 20 packets / 30 min), and whenever
+  ``state.force_templates`` is set (a collector came back).
+
+Flow templates carry ipt_NETFLOW's base fields (interfaces, packets, octets, First/Last,
+protocol, TOS) plus addresses, ipVersion (60), ports (ICMP type/code in the destination port
+as ipt_NETFLOW does), TCP flags and direction (61); the "routed" variants add next hop and
+prefix lengths for records that know them (``shared/PROTOCOLS.md`` section 6.6).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from agent.model import FlowRecord
+
+from .state import UINT32_MASK, ExportState, TemplateMark
+from .v5 import Tally, split_counters
+
+VERSION = 9
+TEMPLATE_FLOWSET_ID = 0
+MIN_TEMPLATE_ID = 256
+COUNTER32_MAX = UINT32_MASK
+
+# Header, 20 bytes: version(2) count(2) sysUpTime(4, ms) unix_secs(4) sequence(4) source_id(4)
+HEADER = struct.Struct("!HHIIII")
+# FlowSet header: flowset_id(2) length(2, bytes incl. header and padding)
+FLOWSET_HEADER = struct.Struct("!HH")
+# Template record header: template_id(2) field_count(2), then (type(2), length(2)) pairs
+TEMPLATE_HEADER = struct.Struct("!HH")
+FIELD_SPEC = struct.Struct("!HH")
+
+_STRUCT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
+
+# Flow template ids of one exporter instance; NEL uses 260/261 (see nel.py).
+TEMPLATE_FLOW4 = 256
+TEMPLATE_FLOW6 = 257
+TEMPLATE_FLOW4_ROUTED = 258
+TEMPLATE_FLOW6_ROUTED = 259
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A v9 template: its id, its (field type, length) list and the matching record layout.
+
+    :param template_id: >= 256.
+    :param fields: ``((field_type, length), ...)`` in wire order.
+    :param addr_lengths: field types whose values are packed bytes (addresses), by length.
+    """
+
+    template_id: int
+    fields: tuple[tuple[int, int], ...]
+    record: struct.Struct = field(init=False, compare=False)
+    flowset: bytes = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        codes = "".join(_code(ftype, length) for ftype, length in self.fields)
+        object.__setattr__(self, "record", struct.Struct("!" + codes))
+        object.__setattr__(self, "flowset", _template_flowset(self.template_id, self.fields))
+
+
+_BYTES_FIELDS = frozenset({8, 12, 15, 27, 28, 62, 225, 226, 281, 282})
+
+
+def _code(field_type: int, length: int) -> str:
+    if field_type in _BYTES_FIELDS:
+        return f"{length}s"
+    return _STRUCT_CODES[length]
+
+
+def _template_flowset(template_id: int, fields: Sequence[tuple[int, int]]) -> bytes:
+    body = TEMPLATE_HEADER.pack(template_id, len(fields))
+    body += b"".join(FIELD_SPEC.pack(t, n) for t, n in fields)
+    return FLOWSET_HEADER.pack(TEMPLATE_FLOWSET_ID, 4 + len(body)) + body
+
+
+# --- flow templates -------------------------------------------------------------------------
+
+
+def _flow_fields(ip_version: int, counter_len: int, routed: bool) -> tuple[tuple[int, int], ...]:
+    alen = 4 if ip_version == 4 else 16
+    src, dst = (8, 12) if ip_version == 4 else (27, 28)
+    fields = [
+        (src, alen), (dst, alen),  # IPV4/IPV6_SRC_ADDR, _DST_ADDR
+        (7, 2), (11, 2),  # L4_SRC_PORT, L4_DST_PORT (ICMP: type << 8 | code)
+        (4, 1), (6, 1), (5, 1), (60, 1),  # PROTOCOL, TCP_FLAGS, SRC_TOS, IP_PROTOCOL_VERSION
+        (10, 4), (14, 4), (61, 1),  # INPUT_SNMP, OUTPUT_SNMP, DIRECTION
+        (2, counter_len), (1, counter_len),  # IN_PKTS, IN_BYTES
+        (22, 4), (21, 4),  # FIRST_SWITCHED, LAST_SWITCHED (sysUpTime ms)
+    ]
+    if routed:
+        hop, smask, dmask = (15, 9, 13) if ip_version == 4 else (62, 29, 30)
+        fields += [(hop, alen), (smask, 1), (dmask, 1)]  # NEXT_HOP, SRC_MASK, DST_MASK
+    return tuple(fields)
+
+
+def flow_templates(counters64: bool) -> dict[int, Template]:
+    """The four flow templates of an instance, keyed by template id.
+
+    :param counters64: 8-byte IN_PKTS/IN_BYTES instead of 4 (RFC 3954 allows N bytes).
+    """
+    clen = 8 if counters64 else 4
+    return {
+        tid: Template(tid, _flow_fields(version, clen, routed))
+        for tid, version, routed in (
+            (TEMPLATE_FLOW4, 4, False),
+            (TEMPLATE_FLOW6, 6, False),
+            (TEMPLATE_FLOW4_ROUTED, 4, True),
+            (TEMPLATE_FLOW6_ROUTED, 6, True),
+        )
+    }
+
+
+def _pack_plain(pack: Callable[..., bytes], r: FlowRecord, boot: int) -> bytes:
+    return pack(
+        r.src_addr, r.dst_addr, r.src_port, r.dst_port, r.protocol, r.tcp_flags & 0xFF,
+        r.tos, r.ip_version, r.in_if, r.out_if, r.direction, r.packets, r.octets,
+        ((r.start_ns - boot) // 1_000_000) & UINT32_MASK,
+        ((r.end_ns - boot) // 1_000_000) & UINT32_MASK,
+    )
+
+
+def _pack_routed(pack: Callable[..., bytes], r: FlowRecord, boot: int) -> bytes:
+    hop = r.next_hop or bytes(len(r.src_addr))
+    return pack(
+        r.src_addr, r.dst_addr, r.src_port, r.dst_port, r.protocol, r.tcp_flags & 0xFF,
+        r.tos, r.ip_version, r.in_if, r.out_if, r.direction, r.packets, r.octets,
+        ((r.start_ns - boot) // 1_000_000) & UINT32_MASK,
+        ((r.end_ns - boot) // 1_000_000) & UINT32_MASK,
+        hop, r.src_mask, r.dst_mask,
+    )
+
+
+def flow_groups(
+    records: Sequence[FlowRecord],
+    templates: dict[int, Template],
+    state: ExportState,
+    counters64: bool,
+    tally: Tally,
+) -> list[tuple[Template, list[bytes]]]:
+    """Pack each record with its template; group the packed records by template.
+
+    Records with next hop or prefix lengths use the routed templates. With 32-bit counters
+    a record whose counters do not fit is split (see :func:`.v5.split_counters`).
+    """
+    boot = state.boot_ns
+    groups: dict[int, list[bytes]] = {tid: [] for tid in templates}
+    packs = {tid: t.record.pack for tid, t in templates.items()}
+    for r in records:
+        routed = bool(r.next_hop or r.src_mask or r.dst_mask)
+        tid = (TEMPLATE_FLOW4 if r.ip_version == 4 else TEMPLATE_FLOW6) + 2 * routed
+        packer = _pack_routed if routed else _pack_plain
+        if not counters64 and (r.packets > COUNTER32_MAX or r.octets > COUNTER32_MAX):
+            parts = split_counters(r, COUNTER32_MAX)
+            tally.split += len(parts) - 1
+            groups[tid].extend(packer(packs[tid], p, boot) for p in parts)
+        else:
+            groups[tid].append(packer(packs[tid], r, boot))
+    return [(templates[tid], bodies) for tid, bodies in groups.items() if bodies]
+
+
+# --- packet assembly ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshPolicy:
+    """When templates are resent and how big packets may be.
+
+    :param mtu: largest export packet in bytes (v9 header included).
+    :param refresh_packets: resend a template after this many export packets.
+    :param refresh_ns: resend a template after this much export time.
+    """
+
+    mtu: int = 1400
+    refresh_packets: int = 20
+    refresh_ns: int = 30 * 60 * 1_000_000_000
+
+
+class _PacketBuilder:
+    """Collects FlowSets for one packet and closes it with a header (internal)."""
+
+    def __init__(self, state: ExportState, policy: RefreshPolicy, now_ns: int, tally: Tally):
+        self.state, self.policy, self.now_ns, self.tally = state, policy, now_ns, tally
+        self.datagrams: list[bytes] = []
+        self.forced: set[int] = set()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.parts: list[bytes] = []
+        self.room = self.policy.mtu - HEADER.size
+        self.count = 0
+        self.data_records = 0
+        self.templates_in: set[int] = set()
+
+    def template_due(self, tpl: Template) -> bool:
+        if tpl.template_id in self.templates_in:
+            return False
+        if self.state.force_templates and tpl.template_id not in self.forced:
+            return True
+        mark = self.state.templates.get(tpl.template_id)
+        return (
+            mark is None
+            or self.state.packets - mark.packet >= self.policy.refresh_packets
+            or self.now_ns - mark.time_ns >= self.policy.refresh_ns
+        )
+
+    def add_template(self, tpl: Template) -> None:
+        self.parts.append(tpl.flowset)
+        self.room -= len(tpl.flowset)
+        self.count += 1
+        self.templates_in.add(tpl.template_id)
+        self.forced.add(tpl.template_id)
+        self.state.templates[tpl.template_id] = TemplateMark(self.state.packets, self.now_ns)
+
+    def add_data(self, tpl: Template, bodies: Sequence[bytes]) -> None:
+        body = b"".join(bodies)
+        pad = -(4 + len(body)) % 4
+        self.parts.append(FLOWSET_HEADER.pack(tpl.template_id, 4 + len(body) + pad) + body)
+        if pad:
+            self.parts.append(bytes(pad))
+        self.room -= 4 + len(body) + pad
+        self.count += len(bodies)
+        self.data_records += len(bodies)
+
+    def fitting(self, tpl: Template, available: int) -> int:
+        """How many records of ``tpl`` fit into one padded data FlowSet in ``self.room``."""
+        size = tpl.record.size
+        k = min(available, max(self.room - 4, 0) // size)
+        while k and 4 + k * size + (-(4 + k * size) % 4) > self.room:
+            k -= 1
+        return k
+
+    def flush(self) -> None:
+        if not self.parts:
+            return
+        state = self.state
+        header = HEADER.pack(
+            VERSION, self.count, state.uptime_ms(self.now_ns),
+            (self.now_ns // 1_000_000_000) & UINT32_MASK, state.packets & UINT32_MASK,
+            state.source_id & UINT32_MASK,
+        )
+        self.datagrams.append(header + b"".join(self.parts))
+        self.tally.records.append(self.data_records)
+        state.packets += 1
+        self._reset()
+
+
+def assemble(
+    groups: Sequence[tuple[Template, Sequence[bytes]]],
+    state: ExportState,
+    policy: RefreshPolicy,
+    now_ns: int,
+    tally: Tally,
+) -> list[bytes]:
+    """Pack grouped data records (and due templates) into packets of at most ``policy.mtu``.
+
+    :param groups: ``(template, packed records)`` pairs; records must match the template.
+    :return: the datagrams; ``state.packets`` and template marks are updated.
+    :raises ValueError: the MTU cannot hold one template plus one record.
+    """
+    builder = _PacketBuilder(state, policy, now_ns, tally)
+    for tpl, bodies in groups:
+        _assemble_group(builder, tpl, bodies)
+    builder.flush()
+    state.force_templates = False
+    return builder.datagrams
+
+
+def _assemble_group(builder: _PacketBuilder, tpl: Template, bodies: Sequence[bytes]) -> None:
+    size, i, n = tpl.record.size, 0, len(bodies)
+    smallest = len(tpl.flowset) + 4 + size + 3
+    if smallest > builder.policy.mtu - HEADER.size:
+        raise ValueError(f"mtu {builder.policy.mtu} cannot hold template {tpl.template_id}")
+    while i < n:
+        if builder.template_due(tpl):
+            if builder.room < smallest:
+                builder.flush()
+                continue
+            builder.add_template(tpl)
+        k = builder.fitting(tpl, n - i)
+        if k == 0:
+            builder.flush()
+            continue
+        builder.add_data(tpl, bodies[i : i + k])
+        i += k
+
+
+def encode_flows(
+    records: Sequence[FlowRecord],
+    state: ExportState,
+    templates: dict[int, Template],
+    policy: RefreshPolicy,
+    now_ns: int,
+    *,
+    counters64: bool = False,
+    tally: Tally | None = None,
+) -> list[bytes]:
+    """Encode flow records as NetFlow v9 export packets.
+
+    :param records: expired flow records (IPv4 and IPv6).
+    :param state: this exporter's state (sequence, uptime origin, template marks).
+    :param templates: from :func:`flow_templates` (built once per instance).
+    :param policy: MTU and template refresh settings.
+    :param now_ns: the export clock, wall-clock ns.
+    :param counters64: must match how ``templates`` were built.
+    :param tally: optional; receives data records per packet and split counts.
+    :return: the datagrams, in order.
+    """
+    tally = tally if tally is not None else Tally()
+    earliest = min((r.start_ns for r in records if r.start_ns), default=0)
+    state.observe(now_ns, earliest)
+    groups = flow_groups(records, templates, state, counters64, tally)
+    return assemble(groups, state, policy, now_ns, tally)
