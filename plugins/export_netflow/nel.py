@@ -28,7 +28,7 @@ from agent.model import NAT_START, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, NatEvent
 from . import v5
 from .state import ExportState
 from .v5 import Tally
-from .v9 import RefreshPolicy, Template, assemble
+from .v9 import RefreshPolicy, Template, assemble, whole_second
 
 TEMPLATE_NEL4 = 260
 TEMPLATE_NEL6 = 261
@@ -123,7 +123,7 @@ def encode_v9(
     :param tally: optional; receives events per packet and the skipped count.
     """
     tally = tally if tally is not None else Tally()
-    state.observe(now_ns)
+    state.observe(whole_second(now_ns))
     return assemble(nel_groups(events, values, now_ns, tally), state, policy, now_ns, tally)
 
 

@@ -44,6 +44,7 @@ TEMPLATE_HEADER = struct.Struct("!HH")
 FIELD_SPEC = struct.Struct("!HH")
 
 _STRUCT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
+_ICMP_PROTOCOLS = frozenset({1, 58})
 
 # Flow template ids of one exporter instance; NEL uses 260/261 (see nel.py).
 TEMPLATE_FLOW4 = 256
@@ -58,7 +59,6 @@ class Template:
 
     :param template_id: >= 256.
     :param fields: ``((field_type, length), ...)`` in wire order.
-    :param addr_lengths: field types whose values are packed bytes (addresses), by length.
     """
 
     template_id: int
@@ -100,6 +100,7 @@ def _flow_fields(ip_version: int, counter_len: int, routed: bool) -> tuple[tuple
         (10, 4), (14, 4), (61, 1),  # INPUT_SNMP, OUTPUT_SNMP, DIRECTION
         (2, counter_len), (1, counter_len),  # IN_PKTS, IN_BYTES
         (22, 4), (21, 4),  # FIRST_SWITCHED, LAST_SWITCHED (sysUpTime ms)
+        (32, 2),  # ICMP_TYPE: type << 8 | code for ICMP/ICMPv6, else 0 (nfdump reads it)
     ]
     if routed:
         hop, smask, dmask = (15, 9, 13) if ip_version == 4 else (62, 29, 30)
@@ -130,6 +131,7 @@ def _pack_plain(pack: Callable[..., bytes], r: FlowRecord, boot: int) -> bytes:
         r.tos, r.ip_version, r.in_if, r.out_if, r.direction, r.packets, r.octets,
         ((r.start_ns - boot) // 1_000_000) & UINT32_MASK,
         ((r.end_ns - boot) // 1_000_000) & UINT32_MASK,
+        r.dst_port if r.protocol in _ICMP_PROTOCOLS else 0,
     )
 
 
@@ -140,6 +142,7 @@ def _pack_routed(pack: Callable[..., bytes], r: FlowRecord, boot: int) -> bytes:
         r.tos, r.ip_version, r.in_if, r.out_if, r.direction, r.packets, r.octets,
         ((r.start_ns - boot) // 1_000_000) & UINT32_MASK,
         ((r.end_ns - boot) // 1_000_000) & UINT32_MASK,
+        r.dst_port if r.protocol in _ICMP_PROTOCOLS else 0,
         hop, r.src_mask, r.dst_mask,
     )
 
@@ -173,6 +176,16 @@ def flow_groups(
 
 
 # --- packet assembly ------------------------------------------------------------------------
+
+
+def whole_second(ns: int) -> int:
+    """``ns`` rounded down to a whole second.
+
+    The v9 header has no sub-second export time, and collectors compute absolute times as
+    ``unix_secs * 1000 - sysUpTime + First``; taking sysUpTime at that whole second keeps
+    those times exact to the millisecond (instead of up to 999 ms early).
+    """
+    return ns - ns % 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,9 +260,10 @@ class _PacketBuilder:
         if not self.parts:
             return
         state = self.state
+        export_s = whole_second(self.now_ns)
         header = HEADER.pack(
-            VERSION, self.count, state.uptime_ms(self.now_ns),
-            (self.now_ns // 1_000_000_000) & UINT32_MASK, state.packets & UINT32_MASK,
+            VERSION, self.count, state.uptime_ms(export_s),
+            (export_s // 1_000_000_000) & UINT32_MASK, state.packets & UINT32_MASK,
             state.source_id & UINT32_MASK,
         )
         self.datagrams.append(header + b"".join(self.parts))
@@ -321,6 +335,6 @@ def encode_flows(
     """
     tally = tally if tally is not None else Tally()
     earliest = min((r.start_ns for r in records if r.start_ns), default=0)
-    state.observe(now_ns, earliest)
+    state.observe(whole_second(now_ns), earliest)
     groups = flow_groups(records, templates, state, counters64, tally)
     return assemble(groups, state, policy, now_ns, tally)
