@@ -109,6 +109,9 @@ def cmd_dry_run(path: str, check_env: bool, strict: bool) -> int:
         print(f"{path}: plugin loading failed: {exc}", file=sys.stderr)
         return EX_CONFIG
     _, issues = validate(path, registry, pm.hook, check_env=check_env)
+    issues += [ConfigIssue("", f"plugin '{f.name}' failed to load ({f.error}); its components "
+                           "are unavailable", severity="warning", file=path)
+               for f in getattr(pm, "load_failures", [])]
     n = _print_issues(issues, strict)
     if n > 0:
         print(f"{n} error(s), {len(issues) - n} warning(s): configuration is invalid",

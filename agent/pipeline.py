@@ -87,10 +87,9 @@ class Pipeline:
         order = sorted(self.config.instances, key=lambda i: _STAGE_ORDER[i.stage])
         for inst in order:
             impl = getattr(self.components[inst.path], "agent_start", None)
-            if impl is None:
-                continue
             try:
-                impl(context=self.context)
+                if impl is not None:
+                    impl(context=self.context)
             except Exception as exc:
                 self.stop_started()
                 raise StartupError(f"{inst.path}: failed to start: {exc}") from exc

@@ -47,9 +47,20 @@ def _distribution(ep: metadata.EntryPoint) -> tuple[str, str]:
     return dist.metadata["Name"] or "", dist.version or ""
 
 
+@dataclass(frozen=True, slots=True)
+class LoadFailure:
+    """A plugin whose module could not be imported or registered."""
+
+    name: str
+    error: str
+
+
 def make_manager(disabled: list[str] | tuple[str, ...] = ()) -> tuple[
         pluggy.PluginManager, list[PluginInfo]]:
     """Create the plugin manager and load every enabled plugin module.
+
+    A plugin that fails to import is logged and listed in ``pm.load_failures``; its
+    components are then unknown, which dry-run reports where the config uses them.
 
     :param disabled: entry-point names to skip (``[agent] disabled_plugins``).
     """
@@ -57,6 +68,7 @@ def make_manager(disabled: list[str] | tuple[str, ...] = ()) -> tuple[
     pm.add_hookspecs(hookspecs)
     autoload = os.environ.get("AGENT_DISABLE_PLUGIN_AUTOLOAD", "") not in ("1", "true", "yes")
     loaded = []
+    failures: list[LoadFailure] = []
     for ep in _entry_points():
         dist, version = _distribution(ep)
         builtin = _normalize(dist) == _normalize(OWN_DISTRIBUTION)
@@ -64,9 +76,14 @@ def make_manager(disabled: list[str] | tuple[str, ...] = ()) -> tuple[
             continue
         if pm.get_plugin(ep.name) is not None:
             continue
-        module = ep.load()
-        pm.register(module, name=ep.name)
+        try:
+            pm.register(ep.load(), name=ep.name)
+        except Exception as exc:  # noqa: BLE001 - any import error of a plugin is reported
+            log.error("plugin %s (%s) failed to load: %s", ep.name, ep.value, exc)
+            failures.append(LoadFailure(ep.name, f"{type(exc).__name__}: {exc}"))
+            continue
         loaded.append(PluginInfo(ep.name, ep.value, dist, version, builtin))
+    pm.load_failures = failures  # type: ignore[attr-defined]
     pm.check_pending()
     if os.environ.get("AGENT_TRACE_HOOKS", "") in ("1", "true", "yes"):
         _install_tracing(pm)

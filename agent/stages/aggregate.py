@@ -69,9 +69,9 @@ def _netmask_rule(text: str, left: str, right: str) -> NetmaskRule:
 
 
 def _port_rule(text: str, left: str, right: str) -> PortRule:
-    low_s, _, high_s = left.partition("-")
+    low_s, dash, high_s = left.partition("-")
     try:
-        low, high, port = int(low_s), int(high_s or low_s), int(right)
+        low, high, port = int(low_s), int(high_s if dash else low_s), int(right)
     except ValueError:
         raise ValueError(f"'{text}': ports must be numbers (LOW-HIGH=PORT)") from None
     if not (0 <= low <= high <= 65535 and 0 <= port <= 65535):

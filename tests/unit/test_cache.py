@@ -1,0 +1,131 @@
+"""Flow cache semantics (ipt_NETFLOW): timeouts, FIN/RST, maxflows, counters."""
+
+from __future__ import annotations
+
+import socket
+
+from agent.model import (
+    END_ACTIVE,
+    END_FORCED,
+    END_IDLE,
+    END_OF_FLOW,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_RST,
+    TCP_SYN,
+    FlowBatch,
+    FlowDelta,
+    PacketBatch,
+    make_key,
+)
+from agent.stages.cache import CacheConfig, FlowCache
+
+S = 1_000_000_000
+T0 = 1_700_000_000 * S
+
+
+def key(sport: int = 1000, proto: int = 17, dst: str = "10.0.0.2") -> bytes:
+    return make_key(4, proto, socket.inet_aton("10.0.0.1"), socket.inet_aton(dst), sport, 53)
+
+
+def feed(cache: FlowCache, *packets: tuple[bytes, int, int, int, int]) -> None:
+    cache.agent_cache_packets(batch=PacketBatch("test", list(packets)), now_ns=0)
+
+
+def test_packets_and_bytes_accumulate_per_key():
+    c = FlowCache(CacheConfig())
+    feed(c, (key(1), 100, 0, T0, 0), (key(1), 50, 0, T0 + S, 7), (key(2), 60, 0, T0, 0))
+    recs = {r.src_port: r for r in c.agent_cache_expire(now_ns=T0 + 2 * S, force=True)}
+    assert (recs[1].packets, recs[1].octets, recs[1].out_if) == (2, 150, 7)
+    assert (recs[1].start_ns, recs[1].end_ns) == (T0, T0 + S)
+    assert (recs[2].packets, recs[2].octets) == (1, 60)
+    assert all(r.end_reason == END_FORCED for r in recs.values())
+    assert c.active_flows == 0
+
+
+def test_inactive_timeout_exports_idle_flows_only():
+    c = FlowCache(CacheConfig(inactive_timeout=15))
+    feed(c, (key(1), 100, 0, T0, 0), (key(2), 100, 0, T0 + 10 * S, 0))
+    assert c.agent_cache_expire(now_ns=T0 + 14 * S, force=False) == []
+    out = c.agent_cache_expire(now_ns=T0 + 15 * S, force=False)
+    assert [(r.src_port, r.end_reason) for r in out] == [(1, END_IDLE)]
+    assert c.active_flows == 1
+
+
+def test_active_timeout_exports_long_flows_and_restarts_them():
+    # a packet every 5 s: never idle; exported at T0+60 s (active), then it restarts
+    c2 = FlowCache(CacheConfig(inactive_timeout=15, active_timeout=60))
+    exported = []
+    for s in range(0, 70, 5):
+        feed(c2, (key(1), 10, 0, T0 + s * S, 0))
+        exported += c2.agent_cache_expire(now_ns=T0 + s * S, force=False)
+    assert [(r.packets, r.end_reason) for r in exported] == [(13, END_ACTIVE)]
+    rest = c2.agent_cache_expire(now_ns=T0 + 70 * S, force=True)
+    assert sum(r.packets for r in exported + rest) == 14
+
+
+def test_fin_and_rst_end_a_flow_at_the_next_scan():
+    c = FlowCache(CacheConfig())
+    tcp1, tcp2 = key(1, proto=6), key(2, proto=6)
+    feed(c, (tcp1, 60, TCP_SYN, T0, 0), (tcp1, 52, TCP_ACK, T0, 0),
+         (tcp1, 52, TCP_FIN | TCP_ACK, T0 + S, 0), (tcp2, 40, TCP_RST, T0, 0),
+         (key(3), 40, 0, T0, 0))
+    out = c.agent_cache_expire(now_ns=T0 + 2 * S, force=False)
+    got = {r.src_port: (r.packets, r.tcp_flags, r.end_reason) for r in out}
+    assert got == {1: (3, TCP_SYN | TCP_ACK | TCP_FIN, END_OF_FLOW), 2: (1, TCP_RST, END_OF_FLOW)}
+    assert c.active_flows == 1
+
+
+def test_maxflows_drops_new_flows_and_counts_them_exactly():
+    c = FlowCache(CacheConfig(maxflows=3))
+    packets = [(key(p), 100, 0, T0, 0) for p in range(10)] + [(key(0), 100, 0, T0, 0)]
+    feed(c, *packets)
+    st = c.stats
+    assert c.active_flows == 3
+    assert st.maxflows == 7 and st.drop_packets == 7 and st.drop_bytes == 700
+    assert st.traffic_packets == 4 and st.traffic_bytes == 400
+    assert st.search == 11 and st.new == 3 and st.found == 1
+    out = c.agent_cache_expire(now_ns=T0, force=True)
+    assert sum(r.packets for r in out) + st.drop_packets == len(packets)
+
+
+def test_maxflows_zero_is_unlimited():
+    c = FlowCache(CacheConfig(maxflows=0))
+    feed(c, *[(key(p), 1, 0, T0, 0) for p in range(5000)])
+    assert c.active_flows == 5000 and c.stats.drop_packets == 0
+
+
+def test_trunc_and_frag_counters_come_from_the_batch():
+    c = FlowCache(CacheConfig())
+    c.agent_cache_packets(batch=PacketBatch("t", [], trunc=2, frag=3, dropped_packets=4,
+                                            dropped_bytes=400), now_ns=0)
+    st = c.stats
+    assert (st.trunc, st.frag, st.drop_packets, st.drop_bytes) == (2, 3, 6, 400)
+
+
+def test_flow_deltas_merge_with_min_start_and_max_end():
+    c = FlowCache(CacheConfig())
+    k = key(9, proto=6)
+    c.agent_cache_flows(batch=FlowBatch("ebpf", [FlowDelta(k, 3, 300, T0 + S, T0 + 2 * S, 2)]),
+                        now_ns=0)
+    c.agent_cache_flows(batch=FlowBatch("ebpf", [FlowDelta(k, 2, 200, T0, T0 + 3 * S, 0x10)]),
+                        now_ns=0)
+    (r,) = c.agent_cache_expire(now_ns=T0, force=True)
+    assert (r.packets, r.octets, r.start_ns, r.end_ns, r.tcp_flags) == (5, 500, T0, T0 + 3 * S,
+                                                                      0x12)
+
+
+def test_slots_are_reused_after_expiry():
+    c = FlowCache(CacheConfig(hashsize=1024))
+    for round_ in range(3):
+        feed(c, *[(key(p), 1, 0, T0 + round_ * 100 * S, 0) for p in range(1000)])
+        assert len(c.agent_cache_expire(now_ns=T0 + (round_ * 100 + 50) * S, force=False)) == 1000
+    assert len(c.keys) == 1024
+
+
+def test_stats_report_memtraf_and_peak():
+    c = FlowCache(CacheConfig())
+    feed(c, (key(1), 100, 0, T0, 0), (key(2), 50, 0, T0, 0))
+    st = c.agent_collect_stats()
+    assert st["active_flows"] == 2 and st["peak_flows"] == 2
+    assert (st["memtraf_packets"], st["memtraf_bytes"]) == (2, 150)

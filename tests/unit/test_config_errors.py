@@ -1,0 +1,144 @@
+"""Broken configurations: every one exits 78 and names its file and key path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+
+VALID = """
+[cache]
+inactive_timeout = 15
+[[ingest.pcap]]
+path = "{pcap}"
+[[export.log]]
+path = "-"
+"""
+
+# (name, config text, expected fragment of the error line: "key.path: message")
+BROKEN = [
+    ("syntax", "[cache\ninactive_timeout = 1\n", ":1:7: TOML syntax error"),
+    ("syntax-line-col", "[cache]\ninactive_timeout = = 3\n", ":2:20: TOML syntax error"),
+    ("misspelled-key", "[cache]\ninactive_timout = 3\n",
+     "cache.inactive_timout: unknown key (typo, or not supported in this version?); "
+     "did you mean 'inactive_timeout'?"),
+    ("wrong-type", '[cache]\nmaxflows = "many"\n',
+     "cache.maxflows: expected an integer, got a string"),
+    ("negative-timeout", "[cache]\ninactive_timeout = -5\n",
+     "cache.inactive_timeout: -5 is below the minimum 1"),
+    ("zero-active", "[cache]\nactive_timeout = 0\n", "cache.active_timeout: 0 is below"),
+    ("negative-maxflows", "[cache]\nmaxflows = -1\n", "cache.maxflows: -1 is below the minimum 0"),
+    ("float-for-int", "[cache]\nhashsize = 1.5\n", "cache.hashsize: expected an integer"),
+    ("unknown-table", "[cach]\nmaxflows = 1\n", "cach: unknown table; did you mean 'cache'?"),
+    ("unknown-plugin", '[[export.netflw]]\ndestination = ["127.0.0.1:2055"]\n',
+     "export.netflw: unknown export plugin 'netflw'"),
+    ("unknown-ingest", '[[ingest.nflgo]]\ngroup = 5\n', "ingest.nflgo: unknown ingest plugin"),
+    ("single-table", '#full\n[[ingest.pcap]]\npath = "{pcap}"\n[export.log]\npath = "-"\n',
+     "export.log: write [[export.log]] (an array of tables), not [export.log]"),
+    ("bad-aggregation", '[aggregate]\nrules = ["10.0.0.0/8=40"]\n',
+     "aggregate.rules[0]: '10.0.0.0/8=40': new prefix length must be 0..32"),
+    ("bad-aggregation-port", '[aggregate]\nrules = "80-70=80"\n',
+     "aggregate.rules: '80-70=80': ports must be 0..65535 with LOW <= HIGH"),
+    ("bad-aggregation-syntax", '[aggregate]\nrules = ["192.0.0.0/8"]\n',
+     "aggregate.rules[0]: '192.0.0.0/8': expected PREFIX/LEN=NEWLEN"),
+    ("bad-aggregation-net", '[aggregate]\nrules = ["300.0.0.0/8=16"]\n',
+     "aggregate.rules[0]: '300.0.0.0/8=16'"),
+    ("bad-literal", '[[ingest.pcap]]\npath = "{pcap}"\nspeed = "fast"\n',
+     "ingest.pcap[1].speed: expected one of 'max', 'recorded', got a string"),
+    ("missing-required", "[[ingest.pcap]]\nspeed = \"max\"\n",
+     "ingest.pcap[1].path: required key is missing"),
+    ("missing-file", '[[ingest.pcap]]\npath = "/nonexistent/x.pcap"\n',
+     "ingest.pcap[1].path: cannot read capture file"),
+    ("debug-range", "[agent]\ndebug = 9\n", "agent.debug: 9 is above the maximum 3"),
+    ("agent-typo", "[agent]\ndebgu = 1\n", "agent.debgu: unknown key"),
+    ("wrong-type-bool", "[[export.log]]\nflows = 1\n",
+     "export.log[1].flows: expected a boolean, got an integer"),
+    ("list-of-wrong-items", "[agent]\ndisabled_plugins = [1]\n",
+     "agent.disabled_plugins[0]: expected a string, got an integer"),
+    ("cache-type", '[cache]\ntype = "redis"\n', "cache: unknown cache plugin 'redis'"),
+]
+
+
+@pytest.fixture
+def pcap(tmp_path: Path) -> Path:
+    """Name: pcap. Scope: function. An empty but valid pcap file."""
+    p = tmp_path / "empty.pcap"
+    p.write_bytes(bytes.fromhex("d4c3b2a1020004000000000000000000ffff000001000000"))
+    return p
+
+
+def _dry_run(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    rc = main(["--dry-run", "-c", str(path)])
+    return rc, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name,text,expected", BROKEN, ids=[b[0] for b in BROKEN])
+def test_broken_config_exits_78_and_names_key(name, text, expected, tmp_path, pcap, capsys):
+    cfg = tmp_path / f"{name}.toml"
+    body = text.format(pcap=pcap)
+    if not body.startswith(("[cache", "#full")) and "TOML" not in expected:
+        body = VALID.format(pcap=pcap) + body
+    cfg.write_text(body)
+    rc, err = _dry_run(cfg, capsys)
+    assert rc == 78, err
+    assert expected in err, err
+    assert str(cfg) in err  # every line names the file
+
+
+def test_valid_config_exits_0(tmp_path, pcap, capsys):
+    cfg = tmp_path / "ok.toml"
+    cfg.write_text(VALID.format(pcap=pcap))
+    rc, err = _dry_run(cfg, capsys)
+    assert rc == 0, err
+    assert "configuration OK" in err
+
+
+def test_no_ingest_and_no_exporter(tmp_path, capsys):
+    cfg = tmp_path / "empty.toml"
+    cfg.write_text("[cache]\nmaxflows = 10\n")
+    rc, err = _dry_run(cfg, capsys)
+    assert rc == 78
+    assert "ingest: no ingest configured" in err
+    assert "export: no export configured" in err
+
+
+def test_all_problems_reported_at_once(tmp_path, pcap, capsys):
+    cfg = tmp_path / "many.toml"
+    cfg.write_text(VALID.format(pcap=pcap) + "[agent]\ndebgu = 1\n[aggregate]\nrules = 'x'\n"
+                   "[[export.log]]\nformat = 'xml'\n")
+    rc, err = _dry_run(cfg, capsys)
+    assert rc == 78
+    assert "agent.debgu" in err and "aggregate.rules" in err and "export.log[1].format" in err
+    assert "3 error(s)" in err
+
+
+def test_directory_merges_in_name_order_and_names_the_file(tmp_path, pcap, capsys):
+    d = tmp_path / "conf.d"
+    d.mkdir()
+    (d / "10-base.toml").write_text(VALID.format(pcap=pcap))
+    (d / "20-more.toml").write_text("[[export.log]]\nformat = 'yaml'\n")
+    rc, err = _dry_run(d, capsys)
+    assert rc == 78
+    assert f"{d / '20-more.toml'}: export.log[1].format" in err
+
+
+def test_usage_error_exits_2():
+    proc = subprocess.run([sys.executable, "-m", "agent.cli", "--bogus"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    proc = subprocess.run([sys.executable, "-m", "agent.cli"], capture_output=True, text=True)
+    assert proc.returncode == 2
+
+
+def test_dry_run_needs_no_root_and_starts_nothing(tmp_path, pcap):
+    """A dry run of a valid config must not open the capture or print flows."""
+    cfg = tmp_path / "ok.toml"
+    cfg.write_text(VALID.format(pcap=pcap))
+    proc = subprocess.run([sys.executable, "-m", "agent.cli", "--dry-run", "-c", str(cfg)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert proc.stdout == ""
