@@ -1,0 +1,79 @@
+"""``[[ingest.ebpf]]``: per-flow accounting in the kernel with tc/TCX or XDP eBPF programs.
+
+The fastest ingest: a BPF program (``bpf/flow.bpf.c``) keeps the flow table in a BPF map, as
+ipt_NETFLOW kept it in kernel memory, and Python only sees aggregated flow deltas. Needs the
+``_loader`` extension (built by ``pip install .`` when clang, bpftool and libbpf-dev are
+present) and root or CAP_BPF + CAP_NET_ADMIN at run time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from agent import hookimpl
+from agent.errors import ConfigIssue
+from agent.registry import ComponentRegistry
+
+CAP_NET_ADMIN = 12
+CAP_SYS_ADMIN = 21
+CAP_BPF = 39
+BUILD_HINT = ("install clang, llvm, bpftool and libbpf-dev (Debian) and reinstall the agent "
+              "with `pip install .`")
+
+
+def effective_caps() -> int:
+    """The effective capability mask of this process (``CapEff`` in /proc/self/status)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def unavailable_reason() -> str | None:
+    """Why ``ingest.ebpf`` cannot run here (extension, libbpf, privileges), or ``None``."""
+    try:
+        from . import _loader  # noqa: F401
+    except ImportError as exc:
+        text = str(exc)
+        if "libbpf" in text:
+            return f"the eBPF loader cannot load libbpf ({text}); install libbpf1"
+        return f"the eBPF extension was not built at install time ({text}); {BUILD_HINT}"
+    caps = effective_caps()
+    can_bpf = caps & (1 << CAP_BPF | 1 << CAP_SYS_ADMIN)
+    if not (can_bpf and caps & (1 << CAP_NET_ADMIN)):
+        return "loading and attaching eBPF programs needs root (or CAP_BPF and CAP_NET_ADMIN)"
+    return None
+
+
+@hookimpl
+def agent_register_components(registry: ComponentRegistry) -> None:
+    """Register ``[[ingest.ebpf]]``."""
+    from .component import EbpfIngest
+    from .config import Config
+
+    registry.add("ingest", "ebpf", EbpfIngest, Config,
+                 sample=(Path(__file__).parent / "sample.toml").read_text(),
+                 doc="Flows aggregated in the kernel by tc/TCX or XDP eBPF programs",
+                 unavailable=unavailable_reason)
+
+
+@hookimpl
+def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue]:
+    """With ``check_env``: the configured network namespace must exist."""
+    from .attach import netns_path
+
+    issues: list[ConfigIssue] = []
+    if not check_env:
+        return issues
+    for inst in config.by_stage("ingest"):
+        if inst.type_name != "ebpf" or not inst.config.netns:
+            continue
+        path = netns_path(inst.config.netns)
+        if not os.path.exists(path):
+            issues.append(ConfigIssue(f"{inst.path}.netns",
+                                      f"network namespace '{inst.config.netns}' not found "
+                                      f"({path} does not exist)"))
+    return issues

@@ -1,0 +1,469 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+/*
+ * _loader.c - CPython extension over libbpf for the eBPF flow ingest (plugins.ingest_ebpf).
+ *
+ * Mirrors libbpf-bootstrap's bootstrap.c: open the embedded object (bpftool skeleton of
+ * bpf/flow.bpf.c) -> set rodata knobs and map sizes -> load -> attach -> drain -> destroy.
+ * Attach: bpf_link_create() for TCX (attach types 46/47, kernel 6.6+) and XDP links, both of
+ * which die with the process; tc clsact through bpf_tc_* otherwise. All of them act in the
+ * calling thread's network namespace (the Python side wraps them in setns()).
+ * drain() empties one flow table with BPF_MAP_LOOKUP_AND_DELETE_BATCH and sums the per-CPU
+ * slots with the GIL released; it returns one bytes object of struct flow_record.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <stddef.h>
+#include <string.h>
+#include <unistd.h>
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+
+#include "bpf/flow.h"
+#include "flow.skel.h"
+
+#define LOG_CAP 8192
+
+/* libbpf's diagnostics (verifier log included) of the current load, for error messages. */
+static char libbpf_log[LOG_CAP];
+static size_t libbpf_log_len;
+
+static int log_to_buffer(enum libbpf_print_level level, const char *fmt, va_list ap)
+{
+	int n;
+
+	if (level == LIBBPF_DEBUG || libbpf_log_len >= LOG_CAP - 1)
+		return 0;
+	n = vsnprintf(libbpf_log + libbpf_log_len, LOG_CAP - libbpf_log_len, fmt, ap);
+	if (n > 0)
+		libbpf_log_len += (size_t)n < LOG_CAP - libbpf_log_len ? (size_t)n
+								: LOG_CAP - 1 - libbpf_log_len;
+	return 0;
+}
+
+/* Raise OSError(errno, "<what>: <strerror> [libbpf: ...]"). */
+static PyObject *raise_errno(int err, const char *what)
+{
+	PyObject *msg;
+
+	if (err < 0)
+		err = -err;
+	while (libbpf_log_len && libbpf_log[libbpf_log_len - 1] == '\n')
+		libbpf_log[--libbpf_log_len] = '\0';
+	libbpf_log[libbpf_log_len] = '\0';
+	msg = PyUnicode_FromFormat("%s: %s%s%s", what, strerror(err),
+				   libbpf_log_len ? "\nlibbpf: " : "", libbpf_log);
+	libbpf_log_len = 0;
+	if (msg) {
+		PyObject *exc = PyObject_CallFunction(PyExc_OSError, "iO", err, msg);
+
+		if (exc) {
+			PyErr_SetObject(PyExc_OSError, exc);
+			Py_DECREF(exc);
+		}
+		Py_DECREF(msg);
+	}
+	return NULL;
+}
+
+typedef struct {
+	PyObject_HEAD
+	struct flow_bpf *skel;
+	int flows_fd[FLOW_MAPS];
+	int ncpu;		/* value slots per key: possible CPUs, or 1 for the shared map */
+	__u32 capacity;		/* rows the drain buffers hold */
+	void *keys, *vals;	/* drain buffers */
+	struct flow_record *out;
+} Loader;
+
+static void loader_release(Loader *self)
+{
+	if (self->skel)
+		flow_bpf__destroy(self->skel);	/* closes fds: detaches links we did not close */
+	self->skel = NULL;
+	free(self->keys);
+	free(self->vals);
+	free(self->out);
+	self->keys = self->vals = self->out = NULL;
+}
+
+static void Loader_dealloc(Loader *self)
+{
+	loader_release(self);
+	Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
+{
+	static char *kwlist[] = { "maxflows", "sampling", "percpu", NULL };
+	unsigned int maxflows = 65536, sampling = 1;
+	int percpu = 1, err;
+	enum bpf_map_type type;
+
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "|IIp", kwlist, &maxflows, &sampling, &percpu))
+		return -1;
+	if (maxflows < 1 || sampling < 1) {
+		PyErr_SetString(PyExc_ValueError, "maxflows and sampling must be >= 1");
+		return -1;
+	}
+	loader_release(self);
+	libbpf_log_len = 0;
+	self->skel = flow_bpf__open();	/* open */
+	if (!self->skel) {
+		raise_errno(errno, "open BPF object");
+		return -1;
+	}
+	self->skel->rodata->sampling = sampling;	/* rodata knobs */
+	self->skel->rodata->percpu = (__u8)percpu;
+	type = percpu ? BPF_MAP_TYPE_PERCPU_HASH : BPF_MAP_TYPE_HASH;
+	struct bpf_map *maps[FLOW_MAPS] = { self->skel->maps.flows_a, self->skel->maps.flows_b };
+	for (int i = 0; i < FLOW_MAPS; i++) {
+		bpf_map__set_type(maps[i], type);
+		bpf_map__set_max_entries(maps[i], maxflows);
+	}
+	err = flow_bpf__load(self->skel);	/* verify and load */
+	if (err) {
+		raise_errno(err, "load BPF programs (verifier log below)");
+		loader_release(self);
+		return -1;
+	}
+	for (int i = 0; i < FLOW_MAPS; i++)
+		self->flows_fd[i] = bpf_map__fd(maps[i]);
+	self->ncpu = percpu ? libbpf_num_possible_cpus() : 1;
+	self->capacity = maxflows + 64;	/* slack: a drain never needs more than max_entries */
+	self->keys = calloc(self->capacity, sizeof(struct flow_key));
+	self->vals = calloc((size_t)self->capacity * self->ncpu, sizeof(struct flow_metrics));
+	self->out = calloc(self->capacity, sizeof(struct flow_record));
+	if (self->ncpu < 1 || !self->keys || !self->vals || !self->out) {
+		loader_release(self);
+		PyErr_NoMemory();
+		return -1;
+	}
+	return 0;
+}
+
+static int check_open(Loader *self)
+{
+	if (self->skel)
+		return 0;
+	PyErr_SetString(PyExc_ValueError, "loader is closed");
+	return -1;
+}
+
+static struct bpf_program *program(Loader *self, const char *name)
+{
+	struct bpf_program *p = bpf_object__find_program_by_name(self->skel->obj, name);
+
+	if (!p)
+		PyErr_Format(PyExc_ValueError, "no BPF program named %s", name);
+	return p;
+}
+
+/* link_create(prog, ifindex, attach_type, flags) -> link fd; closing the fd detaches. */
+static PyObject *Loader_link_create(Loader *self, PyObject *args)
+{
+	const char *name;
+	int ifindex, fd;
+	unsigned int attach_type, flags = 0;
+	struct bpf_program *p;
+
+	if (!PyArg_ParseTuple(args, "siI|I", &name, &ifindex, &attach_type, &flags) ||
+	    check_open(self) || !(p = program(self, name)))
+		return NULL;
+	LIBBPF_OPTS(bpf_link_create_opts, opts, .flags = flags);
+	fd = bpf_link_create(bpf_program__fd(p), ifindex, attach_type, &opts);
+	if (fd < 0)
+		return raise_errno(fd, "bpf_link_create");
+	return PyLong_FromLong(fd);
+}
+
+/* tc_attach(prog, ifindex, egress, handle, priority) -> True if it created the clsact qdisc.
+ * BPF_TC_F_REPLACE: a stale filter with our handle/priority (left by a crash) is replaced. */
+static PyObject *Loader_tc_attach(Loader *self, PyObject *args)
+{
+	const char *name;
+	int ifindex, egress, err, created;
+	unsigned int handle, priority;
+	struct bpf_program *p;
+
+	if (!PyArg_ParseTuple(args, "sipII", &name, &ifindex, &egress, &handle, &priority) ||
+	    check_open(self) || !(p = program(self, name)))
+		return NULL;
+	LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex,
+		    .attach_point = egress ? BPF_TC_EGRESS : BPF_TC_INGRESS);
+	err = bpf_tc_hook_create(&hook);
+	created = err == 0;
+	libbpf_log_len = 0;	/* "Exclusivity flag on" is expected when clsact exists */
+	if (err && err != -EEXIST)
+		return raise_errno(err, "create clsact qdisc");
+	LIBBPF_OPTS(bpf_tc_opts, opts, .handle = handle, .priority = priority,
+		    .prog_fd = bpf_program__fd(p), .flags = BPF_TC_F_REPLACE);
+	err = bpf_tc_attach(&hook, &opts);
+	if (err)
+		return raise_errno(err, "attach tc filter");
+	return PyBool_FromLong(created);
+}
+
+/* tc_detach(ifindex, egress, handle, priority) -> False when the filter was already gone. */
+static PyObject *Loader_tc_detach(Loader *self, PyObject *args)
+{
+	int ifindex, egress, err;
+	unsigned int handle, priority;
+
+	if (!PyArg_ParseTuple(args, "ipII", &ifindex, &egress, &handle, &priority))
+		return NULL;
+	LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex,
+		    .attach_point = egress ? BPF_TC_EGRESS : BPF_TC_INGRESS);
+	LIBBPF_OPTS(bpf_tc_opts, opts, .handle = handle, .priority = priority);
+	err = bpf_tc_detach(&hook, &opts);
+	libbpf_log_len = 0;
+	if (err == -ENOENT || err == -ENODEV || err == -EINVAL)
+		Py_RETURN_FALSE;
+	if (err)
+		return raise_errno(err, "detach tc filter");
+	Py_RETURN_TRUE;
+}
+
+/* tc_destroy_clsact(ifindex): remove the clsact qdisc (and every filter on it). */
+static PyObject *Loader_tc_destroy_clsact(Loader *self, PyObject *args)
+{
+	int ifindex, err;
+
+	if (!PyArg_ParseTuple(args, "i", &ifindex))
+		return NULL;
+	LIBBPF_OPTS(bpf_tc_hook, hook, .ifindex = ifindex,
+		    .attach_point = BPF_TC_INGRESS | BPF_TC_EGRESS);
+	err = bpf_tc_hook_destroy(&hook);
+	libbpf_log_len = 0;
+	if (err && err != -ENOENT && err != -ENODEV && err != -EINVAL)
+		return raise_errno(err, "remove clsact qdisc");
+	return PyBool_FromLong(err == 0);
+}
+
+/* set_active(index): the flow table (0 or 1) the programs write to from now on. */
+static PyObject *Loader_set_active(Loader *self, PyObject *args)
+{
+	__u32 zero = 0, index;
+	int err;
+
+	if (!PyArg_ParseTuple(args, "I", &index) || check_open(self))
+		return NULL;
+	if (index >= FLOW_MAPS)
+		return PyErr_Format(PyExc_ValueError, "flow table index %u out of range", index);
+	err = bpf_map_update_elem(bpf_map__fd(self->skel->maps.flow_active), &zero, &index, 0);
+	if (err)
+		return raise_errno(err, "select flow table");
+	Py_RETURN_NONE;
+}
+
+/* Sum the per-CPU slots of n drained entries into self->out; returns the records kept. */
+static __u32 sum_records(Loader *self, __u32 n)
+{
+	struct flow_key *keys = self->keys;
+	struct flow_metrics *vals = self->vals;
+	__u32 kept = 0;
+
+	for (__u32 i = 0; i < n; i++) {
+		struct flow_record *r = &self->out[kept];
+
+		memset(r, 0, sizeof(*r));
+		r->key = keys[i];
+		for (int c = 0; c < self->ncpu; c++) {
+			const struct flow_metrics *v = &vals[(size_t)i * self->ncpu + c];
+
+			if (!v->packets)	/* a CPU that never saw the flow */
+				continue;
+			r->m.packets += v->packets;
+			r->m.bytes += v->bytes;
+			if (v->first_ns && (!r->m.first_ns || v->first_ns < r->m.first_ns))
+				r->m.first_ns = v->first_ns;
+			if (v->last_ns > r->m.last_ns)
+				r->m.last_ns = v->last_ns;
+			r->m.tcp_flags |= v->tcp_flags;
+		}
+		if (r->m.packets)
+			kept++;
+	}
+	return kept;
+}
+
+/* drain(index) -> bytes: every entry of flow table `index`, deleted, as flow_record rows. */
+static PyObject *Loader_drain(Loader *self, PyObject *args)
+{
+	__u32 index, n = 0, kept = 0, in_batch = 0, out_batch = 0;
+	int fd, err = 0, first = 1;
+
+	if (!PyArg_ParseTuple(args, "I", &index) || check_open(self))
+		return NULL;
+	if (index >= FLOW_MAPS)
+		return PyErr_Format(PyExc_ValueError, "flow table index %u out of range", index);
+	fd = self->flows_fd[index];
+	Py_BEGIN_ALLOW_THREADS
+	while (n < self->capacity) {
+		__u32 count = self->capacity - n;
+
+		err = bpf_map_lookup_and_delete_batch(fd, first ? NULL : &in_batch, &out_batch,
+						      (struct flow_key *)self->keys + n,
+						      (struct flow_metrics *)self->vals +
+							      (size_t)n * self->ncpu,
+						      &count, NULL);
+		n += count;
+		first = 0;
+		if (err)
+			break;
+		in_batch = out_batch;
+	}
+	if (err == -ENOENT)	/* end of the table */
+		err = 0;
+	kept = sum_records(self, n);
+	Py_END_ALLOW_THREADS
+	if (err)
+		return raise_errno(err, "BPF_MAP_LOOKUP_AND_DELETE_BATCH");
+	return PyBytes_FromStringAndSize((const char *)self->out,
+					 (Py_ssize_t)kept * sizeof(struct flow_record));
+}
+
+/* counters() -> tuple of CNT_MAX ints, summed over CPUs, cumulative since load. */
+static PyObject *Loader_counters(Loader *self, PyObject *unused)
+{
+	int ncpu = libbpf_num_possible_cpus(), err;
+	struct flow_counters *per_cpu;
+	__u64 sum[CNT_MAX] = { 0 };
+	__u32 zero = 0;
+	PyObject *t;
+
+	if (check_open(self))
+		return NULL;
+	per_cpu = calloc(ncpu > 0 ? ncpu : 1, sizeof(*per_cpu));
+	if (!per_cpu)
+		return PyErr_NoMemory();
+	err = bpf_map_lookup_elem(bpf_map__fd(self->skel->maps.flow_stats), &zero, per_cpu);
+	for (int c = 0; !err && c < ncpu; c++)
+		for (int k = 0; k < CNT_MAX; k++)
+			sum[k] += per_cpu[c].v[k];
+	free(per_cpu);
+	if (err)
+		return raise_errno(err, "read counters");
+	t = PyTuple_New(CNT_MAX);
+	for (int k = 0; t && k < CNT_MAX; k++)
+		PyTuple_SET_ITEM(t, k, PyLong_FromUnsignedLongLong(sum[k]));
+	return t;
+}
+
+/* prog_ids() -> {name: kernel program id}: what `bpftool prog show` lists as ours. */
+static PyObject *Loader_prog_ids(Loader *self, PyObject *unused)
+{
+	struct bpf_program *p;
+	PyObject *d;
+
+	if (check_open(self) || !(d = PyDict_New()))
+		return NULL;
+	bpf_object__for_each_program(p, self->skel->obj) {
+		struct bpf_prog_info info = { 0 };
+		__u32 len = sizeof(info);
+		PyObject *id;
+
+		if (bpf_obj_get_info_by_fd(bpf_program__fd(p), &info, &len))
+			continue;
+		id = PyLong_FromUnsignedLong(info.id);
+		PyDict_SetItemString(d, bpf_program__name(p), id);
+		Py_XDECREF(id);
+	}
+	return d;
+}
+
+static PyObject *Loader_close(Loader *self, PyObject *unused)
+{
+	loader_release(self);
+	Py_RETURN_NONE;
+}
+
+static PyMethodDef Loader_methods[] = {
+	{ "link_create", (PyCFunction)Loader_link_create, METH_VARARGS,
+	  "link_create(prog, ifindex, attach_type, flags=0) -> link fd (close it to detach)" },
+	{ "tc_attach", (PyCFunction)Loader_tc_attach, METH_VARARGS,
+	  "tc_attach(prog, ifindex, egress, handle, priority) -> True if clsact was created" },
+	{ "tc_detach", (PyCFunction)Loader_tc_detach, METH_VARARGS,
+	  "tc_detach(ifindex, egress, handle, priority) -> False if it was already gone" },
+	{ "tc_destroy_clsact", (PyCFunction)Loader_tc_destroy_clsact, METH_VARARGS,
+	  "tc_destroy_clsact(ifindex) -> True if a clsact qdisc was removed" },
+	{ "set_active", (PyCFunction)Loader_set_active, METH_VARARGS,
+	  "set_active(index): flow table the programs write to" },
+	{ "drain", (PyCFunction)Loader_drain, METH_VARARGS,
+	  "drain(index) -> bytes of flow_record rows; the table is emptied" },
+	{ "counters", (PyCFunction)Loader_counters, METH_NOARGS,
+	  "counters() -> cumulative counters (enum flow_counter order)" },
+	{ "prog_ids", (PyCFunction)Loader_prog_ids, METH_NOARGS, "prog_ids() -> {name: id}" },
+	{ "close", (PyCFunction)Loader_close, METH_NOARGS, "destroy the object (detaches links)" },
+	{ NULL }
+};
+
+static PyTypeObject LoaderType = {
+	PyVarObject_HEAD_INIT(NULL, 0)
+	.tp_name = "plugins.ingest_ebpf._loader.Loader",
+	.tp_doc = "Loader(maxflows=65536, sampling=1, percpu=True): the loaded flow programs",
+	.tp_basicsize = sizeof(Loader),
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_new = PyType_GenericNew,
+	.tp_init = (initproc)Loader_init,
+	.tp_dealloc = (destructor)Loader_dealloc,
+	.tp_methods = Loader_methods,
+};
+
+static struct PyModuleDef loader_module = {
+	PyModuleDef_HEAD_INIT, .m_name = "plugins.ingest_ebpf._loader",
+	.m_doc = "libbpf loader for the eBPF flow ingest", .m_size = -1,
+};
+
+#define ADD_INT(m, name, value) \
+	if (PyModule_AddIntConstant(m, name, (long)(value))) goto fail
+
+PyMODINIT_FUNC PyInit__loader(void)
+{
+	PyObject *m;
+
+	if (PyType_Ready(&LoaderType) < 0)
+		return NULL;
+	m = PyModule_Create(&loader_module);
+	if (!m)
+		return NULL;
+	libbpf_set_print(log_to_buffer);
+	Py_INCREF(&LoaderType);
+	if (PyModule_AddObject(m, "Loader", (PyObject *)&LoaderType)) {
+		Py_DECREF(&LoaderType);
+		goto fail;
+	}
+	/* layout constants: decode.py's struct.Struct is checked against these */
+	ADD_INT(m, "RECORD_SIZE", sizeof(struct flow_record));
+	ADD_INT(m, "KEY_SIZE", sizeof(struct flow_key));
+	ADD_INT(m, "METRICS_SIZE", sizeof(struct flow_metrics));
+	ADD_INT(m, "OFF_SADDR", offsetof(struct flow_record, key.saddr));
+	ADD_INT(m, "OFF_DADDR", offsetof(struct flow_record, key.daddr));
+	ADD_INT(m, "OFF_IFINDEX", offsetof(struct flow_record, key.ifindex));
+	ADD_INT(m, "OFF_SPORT", offsetof(struct flow_record, key.sport));
+	ADD_INT(m, "OFF_DPORT", offsetof(struct flow_record, key.dport));
+	ADD_INT(m, "OFF_IP_VERSION", offsetof(struct flow_record, key.ip_version));
+	ADD_INT(m, "OFF_PROTO", offsetof(struct flow_record, key.proto));
+	ADD_INT(m, "OFF_TOS", offsetof(struct flow_record, key.tos));
+	ADD_INT(m, "OFF_DIRECTION", offsetof(struct flow_record, key.direction));
+	ADD_INT(m, "OFF_PACKETS", offsetof(struct flow_record, m.packets));
+	ADD_INT(m, "OFF_BYTES", offsetof(struct flow_record, m.bytes));
+	ADD_INT(m, "OFF_FIRST_NS", offsetof(struct flow_record, m.first_ns));
+	ADD_INT(m, "OFF_LAST_NS", offsetof(struct flow_record, m.last_ns));
+	ADD_INT(m, "OFF_TCP_FLAGS", offsetof(struct flow_record, m.tcp_flags));
+	ADD_INT(m, "FLOW_MAPS", FLOW_MAPS);
+	ADD_INT(m, "CNT_MAX", CNT_MAX);
+	ADD_INT(m, "CNT_PACKETS", CNT_PACKETS);
+	ADD_INT(m, "CNT_SAMPLED_OUT", CNT_SAMPLED_OUT);
+	ADD_INT(m, "CNT_NON_IP", CNT_NON_IP);
+	ADD_INT(m, "CNT_TRUNC", CNT_TRUNC);
+	ADD_INT(m, "CNT_TRUNC_BYTES", CNT_TRUNC_BYTES);
+	ADD_INT(m, "CNT_FRAG", CNT_FRAG);
+	ADD_INT(m, "CNT_FULL_PACKETS", CNT_FULL_PACKETS);
+	ADD_INT(m, "CNT_FULL_BYTES", CNT_FULL_BYTES);
+	ADD_INT(m, "CNT_UPDATE_ERR", CNT_UPDATE_ERR);
+	return m;
+fail:
+	Py_DECREF(m);
+	return NULL;
+}

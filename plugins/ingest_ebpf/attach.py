@@ -1,0 +1,172 @@
+"""Attaching the flow programs to interfaces, inside the configured network namespace.
+
+Owns the kernel attach points and their lifetime (KERNEL.md sections 2.4, 2.5 and 9):
+
+* **TCX** (Linux 6.6+, ``include/net/tcx.h``: ``BPF_LINK_CREATE`` with attach types
+  ``BPF_TCX_INGRESS``/``BPF_TCX_EGRESS``) and **XDP links** (5.9+) are BPF links: closing the
+  link fd detaches, and so does the death of the process, so a crash leaves nothing behind.
+* **tc clsact** (cls_bpf direct-action) is the fallback when TCX is missing. Filters outlive
+  the process, so ours use a fixed handle/priority (:data:`TC_HANDLE`, :data:`TC_PRIORITY`)
+  and are *replaced* at the next start; the clsact qdisc is removed at stop when we created it.
+
+Every attach call and the interface listing run in the target netns: TCX, XDP and libbpf's
+``bpf_tc_*`` resolve ``ifindex`` in the calling thread's netns, so :class:`NetnsScope` switches
+the current thread with ``setns(2)`` and switches it back afterwards.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fnmatch
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+CLONE_NEWNET = 0x40000000
+BPF_XDP = 37  # enum bpf_attach_type (UAPI)
+BPF_TCX_INGRESS = 46  # not in Debian 12's 6.1 UAPI header; see KERNEL.md 2.1
+BPF_TCX_EGRESS = 47
+#: tc filter handle and priority of our cls_bpf filters ("NFA" / 0x4e46): distinctive, so a
+#: stale filter left by a crashed agent is found and replaced, and nobody else's is touched.
+TC_HANDLE = 0x4E4641
+TC_PRIORITY = 0x4E46
+
+log = logging.getLogger("agent.ingest.ebpf")
+
+
+def netns_path(netns: str) -> str:
+    """The file to ``setns`` into: a name under /run/netns, or a path as given."""
+    return netns if netns.startswith("/") else os.path.join("/run/netns", netns)
+
+
+class NetnsScope:
+    """Context manager: run the current thread inside ``netns`` (no-op for ``""``)."""
+
+    def __init__(self, netns: str):
+        self.netns = netns
+        self._saved: int | None = None
+
+    def __enter__(self) -> NetnsScope:
+        if not self.netns:
+            return self
+        libc = ctypes.CDLL(None, use_errno=True)
+        target = os.open(netns_path(self.netns), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._saved = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            if libc.setns(target, CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                os.close(self._saved)
+                self._saved = None
+                raise OSError(err, f"setns into netns '{self.netns}': {os.strerror(err)}")
+        finally:
+            os.close(target)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._saved is None:
+            return
+        libc = ctypes.CDLL(None, use_errno=True)
+        try:
+            if libc.setns(self._saved, CLONE_NEWNET) != 0:  # never leave a thread behind
+                raise OSError(ctypes.get_errno(), "setns back to the agent's netns failed")
+        finally:
+            os.close(self._saved)
+            self._saved = None
+
+
+def matching_links(patterns: list[str]) -> dict[int, str]:
+    """``{ifindex: name}`` of the current thread's netns links matching any glob."""
+    return {
+        index: name
+        for index, name in socket.if_nameindex()
+        if any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    }
+
+
+@dataclass(slots=True)
+class Attachment:
+    """One program attached to one interface hook."""
+
+    ifindex: int
+    ifname: str
+    kind: str  # "tcx", "tc" or "xdp"
+    egress: bool
+    link_fd: int = -1  # tcx/xdp: closing it detaches
+    created_qdisc: bool = False  # tc: we added the clsact qdisc
+
+
+class Attacher:
+    """Attaches the loaded programs (a ``_loader.Loader``) and remembers what it attached.
+
+    :param loader: the loaded object.
+    :param mode: ``"tcx"``, ``"tc"`` or ``"xdp"``; ``"tcx"`` falls back to ``"tc"`` once when
+        the kernel rejects the TCX attach type.
+    :param direction: ``"ingress"``, ``"egress"`` or ``"both"``.
+    """
+
+    def __init__(self, loader: Any, mode: str, direction: str):
+        self.loader = loader
+        self.mode = mode
+        self.egress_flags = {"ingress": [False], "egress": [True], "both": [False, True]}[
+            direction
+        ]
+        self.attached: dict[int, list[Attachment]] = {}
+
+    def attach(self, ifindex: int, ifname: str) -> list[Attachment]:
+        """Attach to one interface (all directions); on error nothing stays attached."""
+        done: list[Attachment] = []
+        try:
+            for egress in self.egress_flags:
+                done.append(self._attach_one(ifindex, ifname, egress))
+        except OSError:
+            for att in done:
+                self.detach_one(att)
+            raise
+        self.attached[ifindex] = done
+        return done
+
+    def _attach_one(self, ifindex: int, ifname: str, egress: bool) -> Attachment:
+        prog = "flow_tc_egress" if egress else "flow_tc_ingress"
+        if self.mode == "xdp":
+            fd = self.loader.link_create("flow_xdp", ifindex, BPF_XDP, 0)
+            return Attachment(ifindex, ifname, "xdp", False, link_fd=fd)
+        if self.mode == "tcx":
+            try:
+                fd = self.loader.link_create(
+                    prog, ifindex, BPF_TCX_EGRESS if egress else BPF_TCX_INGRESS, 0
+                )
+                return Attachment(ifindex, ifname, "tcx", egress, link_fd=fd)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                log.warning("TCX is not available on this kernel (%s); using tc clsact", exc)
+                self.mode = "tc"
+        created = self.loader.tc_attach(prog, ifindex, egress, TC_HANDLE, TC_PRIORITY)
+        return Attachment(ifindex, ifname, "tc", egress, created_qdisc=created)
+
+    def detach_one(self, att: Attachment) -> None:
+        """Detach one attachment; a vanished interface is not an error."""
+        if att.link_fd >= 0:
+            os.close(att.link_fd)
+            att.link_fd = -1
+            return
+        if att.kind == "tc":
+            self.loader.tc_detach(att.ifindex, att.egress, TC_HANDLE, TC_PRIORITY)
+            if att.created_qdisc:
+                self.loader.tc_destroy_clsact(att.ifindex)
+
+    def detach(self, ifindex: int) -> None:
+        """Detach everything on one interface."""
+        for att in self.attached.pop(ifindex, []):
+            try:
+                self.detach_one(att)
+            except OSError as exc:
+                log.warning("detach %s from %s: %s", att.kind, att.ifname, exc)
+
+    def detach_all(self) -> None:
+        """Detach everything this attacher attached."""
+        for ifindex in list(self.attached):
+            self.detach(ifindex)

@@ -1,0 +1,335 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * flow.bpf.c - per-flow accounting in the kernel for the netflow-agent eBPF ingest.
+ *
+ * Parses Ethernet (up to two 802.1Q/802.1ad tags left in the frame), IPv4 (RFC 791, fragments),
+ * IPv6 (RFC 8200 extension headers, fragment header), TCP/UDP/UDP-Lite/DCCP/SCTP ports and
+ * ICMP/ICMPv6 type/code, exactly like agent/packet.py does for packet ingests, and adds each
+ * packet to a flow table keyed like the agent's cache (flow.h). Packets count wire segments
+ * (skb->gso_segs ?: 1) and bytes are the IP total length of each wire segment. The programs
+ * observe only: they always let the packet continue (TC_ACT_UNSPEC / TCX_NEXT, XDP_PASS).
+ *
+ * Only UAPI headers: packet layouts are ABI and __sk_buff/xdp_md are rewritten by the
+ * verifier, so no CO-RE relocation (and no vmlinux BTF at build time) is needed.
+ */
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#include "flow.h"
+#include "maps.h"
+
+#define E2BIG_ 7
+#define EEXIST_ 17
+#define ETH_P_8021AD_ 0x88A8
+#define MAX_VLAN_TAGS 2
+#define MAX_EXT_HEADERS 8
+#define PULL_LEN 256
+
+#define NEXTHDR_HOP 0
+#define NEXTHDR_ROUTING 43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_AUTH 51
+#define NEXTHDR_DEST 60
+#define NEXTHDR_MH 135
+#define IPPROTO_ICMPV6_ 58
+#define IPPROTO_DCCP_ 33
+
+/* Knobs set by the loader before load (rodata). */
+const volatile __u32 sampling = 1;	/* account 1 in `sampling` packets (1 = all) */
+const volatile __u8 percpu = 1;		/* flow maps are per-CPU (else shared with atomics) */
+
+enum parse_result { PARSE_OK, PARSE_NON_IP, PARSE_TRUNC };
+
+/* What one packet contributes, filled by parse(). */
+struct pkt_info {
+	struct flow_key key;
+	__u32 ip_len;		/* IP total length from the header */
+	__u32 hdr_len;		/* IP + extension + TCP/UDP header bytes (GSO byte accounting) */
+	__u32 l3_off;		/* offset of the IP header in the frame */
+	__u32 tcp_flags;
+	__u32 frag;		/* 1 when the packet is a fragment */
+};
+
+/* Ports and TCP flags/header length from the transport header at `l4`. */
+static __always_inline int parse_l4(void *l4, void *end, __u8 proto, struct pkt_info *pi)
+{
+	__u8 *b = l4;
+
+	switch (proto) {
+	case IPPROTO_TCP:
+		if ((void *)(b + 20) > end)
+			return PARSE_TRUNC;
+		pi->key.sport = ((__u16)b[0] << 8) | b[1];
+		pi->key.dport = ((__u16)b[2] << 8) | b[3];
+		pi->tcp_flags = b[13];
+		pi->hdr_len += (b[12] >> 4) * 4;
+		return PARSE_OK;
+	case IPPROTO_UDP:
+	case IPPROTO_UDPLITE:
+		if ((void *)(b + 8) > end)
+			return PARSE_TRUNC;
+		pi->hdr_len += 8;
+		/* fall through */
+	case IPPROTO_SCTP:
+	case IPPROTO_DCCP_:
+		if ((void *)(b + 4) > end)
+			return PARSE_TRUNC;
+		pi->key.sport = ((__u16)b[0] << 8) | b[1];
+		pi->key.dport = ((__u16)b[2] << 8) | b[3];
+		return PARSE_OK;
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6_:
+		if ((void *)(b + 2) > end)
+			return PARSE_TRUNC;
+		pi->key.dport = ((__u16)b[0] << 8) | b[1];	/* type << 8 | code */
+		return PARSE_OK;
+	}
+	return PARSE_OK;
+}
+
+static __always_inline int parse_ipv4(void *data, void *end, __u32 off, struct pkt_info *pi)
+{
+	struct iphdr *ip = data + off;
+	__u8 vihl;
+	__u16 frag;
+	__u32 ihl;
+
+	if ((void *)(ip + 1) > end)
+		return PARSE_TRUNC;
+	vihl = *(__u8 *)ip;	/* version/ihl by hand: no bitfields */
+	ihl = (vihl & 0x0f) * 4;
+	pi->ip_len = bpf_ntohs(ip->tot_len);
+	if ((vihl >> 4) != 4 || ihl < 20 || pi->ip_len < ihl)
+		return PARSE_TRUNC;
+	pi->key.ip_version = 4;
+	pi->key.proto = ip->protocol;
+	pi->key.tos = ip->tos;
+	__builtin_memcpy(pi->key.saddr, &ip->saddr, 4);
+	__builtin_memcpy(pi->key.daddr, &ip->daddr, 4);
+	pi->hdr_len = ihl;
+	frag = bpf_ntohs(ip->frag_off);
+	if (frag & 0x3fff) {			/* MF set or offset != 0 */
+		pi->frag = 1;
+		if (frag & 0x1fff)		/* non-first: no transport header */
+			return PARSE_OK;
+	}
+	return parse_l4((void *)ip + ihl, end, ip->protocol, pi);
+}
+
+static __always_inline int parse_ipv6(void *data, void *end, __u32 off, struct pkt_info *pi)
+{
+	struct ipv6hdr *ip6 = data + off;
+	__u8 *cur, nh;
+	__u32 vtf;
+
+	if ((void *)(ip6 + 1) > end)
+		return PARSE_TRUNC;
+	vtf = bpf_ntohl(*(__u32 *)ip6);
+	pi->key.ip_version = 6;
+	pi->key.tos = (vtf >> 20) & 0xff;
+	pi->ip_len = 40 + bpf_ntohs(ip6->payload_len);
+	__builtin_memcpy(pi->key.saddr, &ip6->saddr, 16);
+	__builtin_memcpy(pi->key.daddr, &ip6->daddr, 16);
+	pi->hdr_len = 40;
+	nh = ip6->nexthdr;
+	cur = (__u8 *)(ip6 + 1);
+#pragma unroll
+	for (int i = 0; i < MAX_EXT_HEADERS; i++) {
+		__u32 len;
+
+		if (nh != NEXTHDR_HOP && nh != NEXTHDR_ROUTING && nh != NEXTHDR_DEST &&
+		    nh != NEXTHDR_MH && nh != NEXTHDR_FRAGMENT && nh != NEXTHDR_AUTH)
+			break;
+		if ((void *)(cur + 8) > end)	/* every extension header is >= 8 bytes */
+			return PARSE_TRUNC;
+		if (nh == NEXTHDR_FRAGMENT) {
+			pi->frag = 1;
+			nh = cur[0];
+			pi->hdr_len += 8;
+			if ((((__u16)cur[2] << 8) | cur[3]) & 0xfff8) {	/* non-first */
+				pi->key.proto = nh;
+				return PARSE_OK;
+			}
+			cur += 8;
+			continue;
+		}
+		len = nh == NEXTHDR_AUTH ? ((__u32)cur[1] + 2) * 4 : ((__u32)cur[1] + 1) * 8;
+		nh = cur[0];
+		pi->hdr_len += len;
+		cur += len;
+	}
+	pi->key.proto = nh;
+	return parse_l4(cur, end, nh, pi);
+}
+
+/* Fill pi from the frame at data..end (Ethernet). */
+static __always_inline int parse(void *data, void *end, struct pkt_info *pi)
+{
+	struct ethhdr *eth = data;
+	__u32 off = sizeof(*eth);
+	__u16 proto;
+
+	if ((void *)(eth + 1) > end)
+		return PARSE_TRUNC;
+	proto = eth->h_proto;
+#pragma unroll
+	for (int i = 0; i < MAX_VLAN_TAGS; i++) {
+		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD_))
+			break;
+		if (data + off + 4 > end)
+			return PARSE_TRUNC;
+		proto = *(__u16 *)(data + off + 2);	/* encapsulated protocol */
+		off += 4;
+	}
+	pi->l3_off = off;
+	if (proto == bpf_htons(ETH_P_IP))
+		return parse_ipv4(data, end, off, pi);
+	if (proto == bpf_htons(ETH_P_IPV6))
+		return parse_ipv6(data, end, off, pi);
+	return PARSE_NON_IP;
+}
+
+/* Add one packet to the flow table `map`; count it as lost when the table is full. */
+static __always_inline void account(void *map, struct pkt_info *pi, __u64 segs, __u64 bytes,
+				    struct flow_counters *cnt)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct flow_metrics *m = bpf_map_lookup_elem(map, &pi->key);
+
+	if (!m) {
+		struct flow_metrics nm = { .packets = segs, .bytes = bytes, .first_ns = now,
+					   .last_ns = now, .tcp_flags = pi->tcp_flags };
+		long err = bpf_map_update_elem(map, &pi->key, &nm, BPF_NOEXIST);
+
+		if (!err)
+			return;
+		if (err == -EEXIST_)		/* another CPU created it just now */
+			m = bpf_map_lookup_elem(map, &pi->key);
+		if (!m) {
+			if (err == -E2BIG_) {
+				cnt->v[CNT_FULL_PACKETS] += segs;
+				cnt->v[CNT_FULL_BYTES] += bytes;
+			} else {
+				cnt->v[CNT_UPDATE_ERR] += segs;
+			}
+			return;
+		}
+	}
+	if (percpu) {			/* this CPU's slot: plain arithmetic */
+		m->packets += segs;
+		m->bytes += bytes;
+		if (!m->first_ns)	/* slot created zeroed by another CPU's insert */
+			m->first_ns = now;
+		m->last_ns = now;
+		m->tcp_flags |= pi->tcp_flags;
+	} else {			/* one slot for all CPUs */
+		__sync_fetch_and_add(&m->packets, segs);
+		__sync_fetch_and_add(&m->bytes, bytes);
+		if (now > m->last_ns)
+			m->last_ns = now;
+		if ((m->tcp_flags | pi->tcp_flags) != m->tcp_flags)
+			__sync_fetch_and_or(&m->tcp_flags, pi->tcp_flags);
+	}
+}
+
+/* Shared body of every program: sample, parse, account. `frame_len` is the whole frame,
+ * `segs` the GSO segment count (1 when not GSO). Returns nothing: the caller passes. */
+static __always_inline void observe(void *data, void *end, __u32 frame_len, __u32 ifindex,
+				    __u8 direction, __u32 segs, int result, struct pkt_info *pi,
+				    struct flow_counters *cnt)
+{
+	__u32 zero = 0, *active;
+	__u64 bytes;
+
+	if (result == PARSE_NON_IP) {
+		cnt->v[CNT_NON_IP]++;
+		return;
+	}
+	if (result == PARSE_TRUNC) {
+		cnt->v[CNT_TRUNC]++;
+		cnt->v[CNT_TRUNC_BYTES] += frame_len > pi->l3_off ? frame_len - pi->l3_off : 0;
+		return;
+	}
+	if (pi->frag)
+		cnt->v[CNT_FRAG]++;
+	pi->key.ifindex = ifindex;
+	pi->key.direction = direction;
+	if (segs > 1)	/* every segment repeats the headers: sum of the segments' IP lengths */
+		bytes = (frame_len - pi->l3_off) + (__u64)(segs - 1) * pi->hdr_len;
+	else
+		bytes = pi->ip_len;
+	active = bpf_map_lookup_elem(&flow_active, &zero);
+	if (active && *active)
+		account(&flows_b, pi, segs, bytes, cnt);
+	else
+		account(&flows_a, pi, segs, bytes, cnt);
+}
+
+/* Sampling and the counters entry; NULL means "skip this packet". */
+static __always_inline struct flow_counters *begin(void)
+{
+	__u32 zero = 0;
+	struct flow_counters *cnt = bpf_map_lookup_elem(&flow_stats, &zero);
+
+	if (!cnt)
+		return NULL;
+	cnt->v[CNT_PACKETS]++;
+	if (sampling > 1 && bpf_get_prandom_u32() % sampling) {
+		cnt->v[CNT_SAMPLED_OUT]++;
+		return NULL;
+	}
+	return cnt;
+}
+
+static __always_inline int tc_observe(struct __sk_buff *skb, __u8 direction)
+{
+	struct flow_counters *cnt = begin();
+	struct pkt_info pi = {};
+	int result;
+
+	if (!cnt)
+		return TC_ACT_UNSPEC;
+	result = parse((void *)(long)skb->data, (void *)(long)skb->data_end, &pi);
+	if (result == PARSE_TRUNC && skb->data_end - skb->data < skb->len) {
+		/* headers beyond the linear part: pull them in and parse again */
+		bpf_skb_pull_data(skb, skb->len < PULL_LEN ? skb->len : PULL_LEN);
+		__builtin_memset(&pi, 0, sizeof(pi));
+		result = parse((void *)(long)skb->data, (void *)(long)skb->data_end, &pi);
+	}
+	observe((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, skb->ifindex,
+		direction, skb->gso_segs ?: 1, result, &pi, cnt);
+	return TC_ACT_UNSPEC;	/* == TCX_NEXT: observe only, later filters/programs still run */
+}
+
+SEC("tc")
+int flow_tc_ingress(struct __sk_buff *skb)
+{
+	return tc_observe(skb, 0);
+}
+
+SEC("tc")
+int flow_tc_egress(struct __sk_buff *skb)
+{
+	return tc_observe(skb, 1);
+}
+
+SEC("xdp")
+int flow_xdp(struct xdp_md *ctx)
+{
+	struct flow_counters *cnt = begin();
+	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+	struct pkt_info pi = {};
+
+	if (cnt)
+		observe(data, end, end - data, ctx->ingress_ifindex, 0, 1, parse(data, end, &pi),
+			&pi, cnt);
+	return XDP_PASS;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

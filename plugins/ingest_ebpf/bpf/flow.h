@@ -1,0 +1,67 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * flow.h - the one layout shared by flow.bpf.c, _loader.c and decode.py.
+ *
+ * Every struct here is mirrored by a struct.Struct in decode.py; the extension exports
+ * sizeof/offsetof of each field and tests/ingest_ebpf/test_layout.py compares them.
+ * Fields are host byte order. IANA IPFIX Information Element ids in comments.
+ */
+#ifndef NFA_FLOW_H
+#define NFA_FLOW_H
+
+#include <linux/types.h>
+
+/* Flow key: the agent's key (agent/model.py make_key) plus the observation point. 44 bytes,
+ * no padding holes, so a zero-initialised key hashes the same on every path. */
+struct flow_key {
+	__u8 saddr[16];		/* sourceIPv4Address (8) in bytes 0..3 / sourceIPv6Address (27) */
+	__u8 daddr[16];		/* destinationIPv4Address (12) / destinationIPv6Address (28) */
+	__u32 ifindex;		/* ingressInterface (10) or egressInterface (14), see direction */
+	__u16 sport;		/* sourceTransportPort (7); 0 for non-first fragments */
+	__u16 dport;		/* destinationTransportPort (11); ICMP/ICMPv6: type << 8 | code */
+	__u8 ip_version;	/* ipVersion (60): 4 or 6 */
+	__u8 proto;		/* protocolIdentifier (4) */
+	__u8 tos;		/* ipClassOfService (5): IPv4 TOS byte / IPv6 traffic class */
+	__u8 direction;		/* flowDirection (61): 0 ingress, 1 egress */
+};
+
+/* Counters of one flow since the last drain. 40 bytes. */
+struct flow_metrics {
+	__u64 packets;		/* packetDeltaCount (2): wire segments (skb->gso_segs ?: 1) */
+	__u64 bytes;		/* octetDeltaCount (1): IP total length of every wire segment */
+	__u64 first_ns;		/* flowStartMilliseconds (152), CLOCK_MONOTONIC ns */
+	__u64 last_ns;		/* flowEndMilliseconds (153), CLOCK_MONOTONIC ns */
+	__u32 tcp_flags;	/* tcpControlBits (6): OR over all packets (u32 for atomic OR) */
+	__u32 pad;
+};
+
+/* What the loader's drain() hands to Python: key plus CPU-summed metrics. 88 bytes. */
+struct flow_record {
+	struct flow_key key;
+	__u32 pad;
+	struct flow_metrics m;
+};
+
+/* Slots of the per-CPU counters array entry (struct flow_counters). Cumulative since load. */
+enum flow_counter {
+	CNT_PACKETS = 0,	/* packets the program saw (before sampling) */
+	CNT_SAMPLED_OUT,	/* packets skipped by sampling */
+	CNT_NON_IP,		/* frames that are not IPv4/IPv6 (ARP, LLDP, ...): not flows */
+	CNT_TRUNC,		/* IP packets too short or inconsistent to parse: dropped */
+	CNT_TRUNC_BYTES,	/* bytes of those (frame length after the link header) */
+	CNT_FRAG,		/* IP fragments seen (accounted; non-first ones with ports 0) */
+	CNT_FULL_PACKETS,	/* packets not accounted because the flow map was full */
+	CNT_FULL_BYTES,		/* their bytes */
+	CNT_UPDATE_ERR,		/* other map update failures (ENOMEM), packets */
+	CNT_MAX,
+};
+
+struct flow_counters {
+	__u64 v[CNT_MAX];
+};
+
+/* The flow maps are double-buffered: the program writes to flows[active], userspace flips
+ * `active`, waits for in-flight programs, then drains the other map without racing them. */
+#define FLOW_MAPS 2
+
+#endif /* NFA_FLOW_H */

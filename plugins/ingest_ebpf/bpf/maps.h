@@ -1,0 +1,39 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * maps.h - every map of flow.bpf.c. The loader resizes flows_a/flows_b to `maxflows` and may
+ * switch them to BPF_MAP_TYPE_HASH (shared map with atomics) before load.
+ */
+#ifndef NFA_MAPS_H
+#define NFA_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "flow.h"
+
+/* Double-buffered flow tables (see FLOW_MAPS in flow.h). */
+struct flow_map {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct flow_key);
+	__type(value, struct flow_metrics);
+};
+struct flow_map flows_a SEC(".maps");
+struct flow_map flows_b SEC(".maps");
+
+/* Which flow table the program writes: 0 = flows_a, 1 = flows_b. Written by userspace. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} flow_active SEC(".maps");
+
+/* Cumulative per-CPU counters (enum flow_counter); userspace sums the CPUs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct flow_counters);
+} flow_stats SEC(".maps");
+
+#endif /* NFA_MAPS_H */

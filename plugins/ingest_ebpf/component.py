@@ -1,0 +1,165 @@
+"""``[[ingest.ebpf]]``: flows aggregated in the kernel, drained into the cache every tick.
+
+The BPF programs (``bpf/flow.bpf.c``) keep per-flow counters in a double-buffered hash map;
+every ``poll_interval_ms`` this component points the programs at the other table, waits for
+in-flight programs to leave the old one, drains it with ``BPF_MAP_LOOKUP_AND_DELETE_BATCH``
+(``_loader.c``, GIL released) and emits a :class:`~agent.model.FlowBatch`. The cache applies
+the active/inactive timeouts and FIN/RST, exactly as for packet ingests. Interfaces matching
+the configured globs are attached at start and whenever a rescan finds new ones.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from agent import hookimpl
+from agent.model import FlowBatch
+from agent.registry import Component
+from agent.runtime import RunContext
+
+from .attach import Attacher, NetnsScope, matching_links
+from .config import Config
+from .decode import CounterTracker, decode_records, monotonic_to_wall_offset
+
+#: time for programs that read the old table index to finish (they run for microseconds with
+#: bottom halves off); a straggler later than this lands in the idle table, drained next time.
+FLIP_GRACE_S = 0.005
+
+
+class EbpfIngest(Component):
+    """``[[ingest.ebpf]]``: loads and attaches the flow programs, drains the flow table."""
+
+    stage = "ingest"
+    type_name = "ebpf"
+
+    def __init__(self, config: Config, name: str):
+        super().__init__(config, name)
+        self.loader: Any = None
+        self.attacher: Attacher | None = None
+        self.context: RunContext | None = None
+        self.active = 0
+        self.tracker = CounterTracker()
+        self.kernel_counters: dict[str, int] = {}
+        self.stats = {"drains": 0, "flows_drained": 0, "drain_ms_last": 0.0,
+                      "attach_errors": 0, "interfaces": 0}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    @hookimpl
+    def agent_start(self, context: RunContext) -> None:
+        """Load the programs, attach to the matching interfaces, start the drain thread."""
+        from ._loader import Loader  # only here: dry-run works without the extension
+
+        cfg = self.config
+        self.context = context
+        self.loader = Loader(maxflows=cfg.maxflows, sampling=cfg.sampling,
+                             percpu=cfg.map_type == "percpu")
+        self.loader.set_active(self.active)
+        self.attacher = Attacher(self.loader, cfg.mode, cfg.direction)
+        try:
+            self._rescan(initial=True)
+        except BaseException:
+            self._release()
+            raise
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    @hookimpl
+    def agent_stop(self) -> None:
+        """Detach everything, emit what the tables still hold, unload."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self.loader is None:
+            return
+        with NetnsScope(self.config.netns):
+            self.attacher.detach_all()  # type: ignore[union-attr]
+        self._drain()  # the active table: flip and drain it
+        self._drain()  # the other one: stragglers of the previous flip
+        self._release()
+
+    def _release(self) -> None:
+        if self.attacher is not None:
+            with NetnsScope(self.config.netns):
+                self.attacher.detach_all()
+        if self.loader is not None:
+            self.loader.close()
+        self.loader = None
+
+    # --- drain thread ------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        poll_s = self.config.poll_interval_ms / 1000
+        rescan_every = self.config.rescan_interval_ms / 1000
+        next_rescan = time.monotonic() + rescan_every
+        while not self._stop.wait(poll_s):
+            try:
+                self._drain()
+                if time.monotonic() >= next_rescan:
+                    next_rescan = time.monotonic() + rescan_every
+                    self._rescan()
+            except Exception:  # keep draining: a lost tick must not stop accounting
+                self.log.exception("%s: drain or rescan failed", self.name)
+
+    def _drain(self) -> None:
+        """Flip the tables, drain the idle one, emit its flows and the kernel counters."""
+        started = time.perf_counter()
+        old, self.active = self.active, 1 - self.active
+        self.loader.set_active(self.active)
+        time.sleep(FLIP_GRACE_S)
+        data = self.loader.drain(old)
+        flows = decode_records(data, monotonic_to_wall_offset())
+        cnt = self.tracker.delta(self.loader.counters())
+        for name, value in cnt.values.items():
+            self.kernel_counters[name] = self.kernel_counters.get(name, 0) + value
+        self.stats["drains"] += 1
+        self.stats["flows_drained"] += len(flows)
+        self.stats["drain_ms_last"] = round((time.perf_counter() - started) * 1000, 3)
+        dropped = cnt["full_packets"] + cnt["update_errors"]
+        if flows or dropped or cnt["trunc"] or cnt["frag"]:
+            self.context.emit(FlowBatch(  # type: ignore[union-attr]
+                source=self.name, flows=flows, dropped_packets=dropped,
+                dropped_bytes=cnt["full_bytes"] + cnt["trunc_bytes"],
+                trunc=cnt["trunc"], frag=cnt["frag"]))
+
+    def _rescan(self, initial: bool = False) -> None:
+        """Attach to matching interfaces not attached yet; forget vanished ones."""
+        attacher = self.attacher
+        assert attacher is not None
+        with NetnsScope(self.config.netns):
+            links = matching_links(self.config.interfaces)
+            for ifindex in set(attacher.attached) - set(links):
+                self.log.info("%s: interface %d is gone", self.name, ifindex)
+                attacher.detach(ifindex)
+            for ifindex, ifname in sorted(links.items()):
+                if ifindex in attacher.attached:
+                    continue
+                try:
+                    atts = attacher.attach(ifindex, ifname)
+                except OSError as exc:
+                    if initial:
+                        raise OSError(exc.errno, f"attach to {ifname}: {exc}") from exc
+                    self.stats["attach_errors"] += 1
+                    self.log.warning("%s: attach to %s failed: %s", self.name, ifname, exc)
+                    continue
+                self.log.info("%s: attached %s to %s (%s)", self.name,
+                              atts[0].kind, ifname, self.config.direction)
+        if initial and not links:
+            self.log.warning("%s: no interface matches %s yet; rescanning every %d ms",
+                             self.name, self.config.interfaces, self.config.rescan_interval_ms)
+        self.stats["interfaces"] = len(attacher.attached)
+
+    # --- observability -----------------------------------------------------------------------
+
+    @hookimpl
+    def agent_collect_stats(self) -> dict[str, Any]:
+        """Drain statistics and the kernel's counters (cumulative)."""
+        out: dict[str, Any] = dict(self.stats)
+        out["mode"] = self.attacher.mode if self.attacher else self.config.mode
+        out.update({f"kernel_{k}": v for k, v in self.kernel_counters.items()})
+        return out

@@ -1,0 +1,65 @@
+"""``[[ingest.ebpf]]`` configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from agent.config.schema import option
+from agent.errors import ConfigIssue
+from agent.registry import Resource
+
+IFNAMSIZ = 16
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """Account flows in the kernel with a tc/TCX or XDP program; drain them every tick."""
+
+    interfaces: list[str] = option(
+        doc='Interface names or shell globs ("eth*"); matching interfaces that appear later '
+            "are attached too.", min_items=1)
+    mode: Literal["tcx", "tc", "xdp"] = option(
+        "tcx", doc='"tcx" (kernel 6.6+, falls back to "tc" when missing), "tc" (clsact '
+                   'filters), or "xdp" (ingress only).')
+    direction: Literal["ingress", "egress", "both"] = option(
+        "both", doc="Which traffic to account; xdp sees ingress only.")
+    sampling: int = option(
+        1, doc="Account 1 packet in N, chosen at random (1 = every packet); counters are not "
+               "scaled.", min=1, max=2**31 - 1)
+    netns: str = option(
+        "", doc='Network namespace to observe: a name under /run/netns or a path; "" = the '
+                "agent's own.")
+    maxflows: int = option(
+        65536, doc="Flow table size in the kernel: distinct flows per poll interval; packets "
+                   "of flows beyond it are counted as dropped.", min=16, max=2**24)
+    poll_interval_ms: int = option(
+        1000, doc="How often the flow table is drained into the cache.", min=20, max=60000)
+    rescan_interval_ms: int = option(
+        2000, doc="How often interfaces are listed to attach new matching ones.",
+        min=100, max=600000)
+    map_type: Literal["percpu", "shared"] = option(
+        "percpu", doc='"percpu": per-CPU hash, no atomics; "shared": one hash with atomic '
+                      "adds (kernel 5.12+, less memory on many CPUs).")
+
+    def check(self) -> list[ConfigIssue]:
+        """Interface patterns must fit IFNAMSIZ; xdp cannot see egress."""
+        issues = []
+        for i, pattern in enumerate(self.interfaces):
+            if not pattern or "/" in pattern or len(pattern) >= IFNAMSIZ and "*" not in pattern:
+                issues.append(ConfigIssue(
+                    f"interfaces[{i}]",
+                    f"'{pattern}' is not an interface name or glob (1-15 characters, no '/')"))
+        if self.mode == "xdp" and self.direction != "ingress":
+            issues.append(ConfigIssue(
+                "direction", 'mode = "xdp" sees only ingress traffic; set direction = '
+                             '"ingress" or use mode = "tcx"/"tc"'))
+        return issues
+
+    def resources(self) -> list[Resource]:
+        """tc filters use one fixed handle and XDP one program per interface: exclusive."""
+        if self.mode == "tcx":
+            return []
+        kind = "xdp-prog" if self.mode == "xdp" else "tc-ebpf-filter"
+        return [Resource(kind, f"netns={self.netns or '-'} interface={p}")
+                for p in self.interfaces]

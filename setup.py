@@ -1,0 +1,70 @@
+"""Build hook for the optional eBPF ingest extension (everything else is in pyproject.toml).
+
+``plugins.ingest_ebpf._loader`` is a CPython extension over libbpf. Building it first runs
+``make -C plugins/ingest_ebpf/bpf`` (clang compiles ``flow.bpf.c``, bpftool generates the
+skeleton that embeds the object), then compiles ``_loader.c`` against ``-lbpf``. The extension
+is ``optional``: without clang, bpftool or libbpf-dev the install still succeeds and
+``agent --dry-run`` reports ``ingest.ebpf`` as unavailable with the reason.
+The BPF object is embedded in the extension through the bpftool skeleton, so no ``.bpf.o``
+has to be found at run time, for regular and editable installs alike. Build outputs go to the
+build directory, never into the source tree (except the ``.so`` of an editable install, which
+.gitignore covers).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+from setuptools.errors import CompileError
+
+HERE = Path(__file__).resolve().parent
+EBPF_DIR = Path("plugins") / "ingest_ebpf"
+BPF_SRC = EBPF_DIR / "bpf"
+EBPF_EXT = "plugins.ingest_ebpf._loader"
+
+
+class BuildExtWithBpf(build_ext):
+    """``build_ext`` that builds the BPF object and skeleton before the loader extension."""
+
+    def build_extension(self, ext: Extension) -> None:
+        if ext.name != EBPF_EXT:
+            super().build_extension(ext)
+            return
+        output = Path(self.build_temp).resolve() / "ingest_ebpf_bpf"
+        self._make_bpf(output)
+        ext.include_dirs = [*ext.include_dirs, str(output)]
+        super().build_extension(ext)  # the skeleton embeds flow.bpf.o: nothing else to ship
+
+    def _make_bpf(self, output: Path) -> None:
+        """Run the BPF Makefile; a missing tool becomes a CompileError (optional extension)."""
+        for tool in ("make", os.environ.get("CLANG", "clang"), "bpftool"):
+            if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
+                raise CompileError(f"eBPF ingest not built: `{tool}` not found")
+        env = dict(os.environ)
+        env["PATH"] = env.get("PATH", "") + os.pathsep + "/usr/sbin" + os.pathsep + "/sbin"
+        cmd = ["make", "-C", str(HERE / BPF_SRC), f"OUTPUT={output}", "V=1"]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise CompileError(f"eBPF ingest not built: {' '.join(cmd)} failed:\n{proc.stderr}")
+
+
+setup(
+    ext_modules=[
+        Extension(
+            EBPF_EXT,
+            sources=[str(EBPF_DIR / "_loader.c")],
+            depends=[
+                str(BPF_SRC / name) for name in ("flow.bpf.c", "flow.h", "maps.h", "Makefile")
+            ],
+            include_dirs=[str(EBPF_DIR)],
+            libraries=["bpf"],
+            optional=True,
+        )
+    ],
+    cmdclass={"build_ext": BuildExtWithBpf},
+)
