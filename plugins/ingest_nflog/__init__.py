@@ -1,0 +1,40 @@
+"""``[[ingest.nflog]]``: account packets that netfilter rules send to NFLOG groups.
+
+The userspace replacement for ipt_NETFLOW's ``iptables -j NETFLOW``: point iptables, ip6tables
+or nftables ``log group`` rules at a group (or let the agent install them, ``manage_rules``)
+and every logged packet is accounted. See README.md in this folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from agent import hookimpl
+from agent.errors import ConfigIssue
+from agent.registry import ComponentRegistry
+
+
+@hookimpl
+def agent_register_components(registry: ComponentRegistry) -> None:
+    """Register ``[[ingest.nflog]]``."""
+    from .component import NflogIngest
+    from .config import Config
+
+    registry.add("ingest", "nflog", NflogIngest, Config,
+                 sample=(Path(__file__).parent / "sample.toml").read_text(),
+                 doc="Packets from netfilter NFLOG groups (iptables NFLOG, nft 'log group')")
+
+
+@hookimpl
+def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue]:
+    """With ``check_env``: namespace exists, privileges, ``nft`` present, groups free."""
+    if not check_env:
+        return []
+    from .environment import check_instance
+
+    issues: list[ConfigIssue] = []
+    for inst in config.by_stage("ingest"):
+        if inst.type_name == "nflog":
+            issues += check_instance(inst.path, inst.config)
+    return issues

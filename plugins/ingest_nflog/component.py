@@ -1,0 +1,213 @@
+"""``[[ingest.nflog]]``: one reader thread per NFLOG group, one PacketBatch per receive.
+
+Life cycle: ``agent_start`` opens and binds a socket per group (inside ``netns`` when set),
+then installs the managed nftables table if asked, then starts the readers, so no logged
+packet finds the group unbound. ``agent_stop`` deletes the table first, then each reader
+sends UNBIND (the kernel flushes its partial batch to us), reads up to the UNBIND ack, emits
+the last batch and ends.
+
+Loss accounting: every packet the kernel logs carries ``NFULA_SEQ``; a gap in the sequence is
+exactly the number of packets logged but never received (socket overruns, i.e. ENOBUFS, and
+anything else), and goes into the batch's ``dropped_packets``. ENOBUFS itself is counted as
+an event (``enobufs``) and reading continues.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import threading
+import time
+from typing import Any
+
+from agent import hookimpl
+from agent.model import Packet, PacketBatch
+from agent.registry import Component
+from agent.runtime import RunContext
+
+from .config import Config
+from .netlink import NLBUFSIZ_MAX, NflogDecoder, NflogSocket, find_ack
+from .rules import ManagedRules
+
+_POLL_S = 0.2  # how often an idle reader looks at the stop flag
+_STOP_DRAIN_S = 2.0  # longest wait for the UNBIND ack (and the kernel's last batch)
+#: batches queued in the pipeline before a reader waits (the kernel then drops, counted)
+_INBOX_LIMIT = 512
+
+
+class GroupReader:
+    """Reads one group's socket on its own thread and emits a batch per datagram.
+
+    :param pending: datagrams that arrived before the BIND ack (decoded first).
+    """
+
+    def __init__(self, owner: NflogIngest, sock: NflogSocket, pending: list[bytes]):
+        self.owner = owner
+        self.sock = sock
+        self.pending = pending
+        self.decoder = NflogDecoder()
+        self.counters = {"batches": 0, "packets": 0, "enobufs": 0, "recv_errors": 0,
+                         "datagrams_cut": 0}
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True,
+                                       name=f"{owner.name} group {sock.group}")
+        self._reported_gaps = 0
+        # a datagram is at most one kernel batch (nlbufsiz) or one big packet
+        self.buf = bytearray(max(NLBUFSIZ_MAX, owner.config.snaplen or 65535) + 4096)
+
+    def start(self, context: RunContext) -> None:
+        """Start the thread."""
+        self.context = context
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for data in self.pending:
+                self._handle(data, len(data))
+            self.pending = []
+            self.sock.sock.settimeout(_POLL_S)
+            while not self.stopping.is_set():
+                self._receive_one()
+            self._finish()
+        except Exception:
+            self.owner.log.exception("%s: group %d reader failed", self.owner.name,
+                                     self.sock.group)
+        finally:
+            self.sock.close()
+
+    def _receive_one(self) -> int:
+        """Read one datagram and emit its packets.
+
+        :return: its length, 0 after a receive error, -1 on timeout.
+        """
+        try:
+            n = self.sock.sock.recv_into(self.buf, 0, socket.MSG_TRUNC)
+        except TimeoutError:
+            return -1
+        except OSError as exc:
+            if exc.errno == errno.ENOBUFS:  # the kernel dropped batches: seq gaps count them
+                self.counters["enobufs"] += 1
+            else:
+                self.counters["recv_errors"] += 1
+                self.owner.log.warning("%s: group %d: recv: %s", self.owner.name,
+                                       self.sock.group, exc)
+                time.sleep(_POLL_S)
+            return 0
+        if n > len(self.buf):  # cannot happen with our buffer size; the cut part is a gap
+            self.counters["datagrams_cut"] += 1
+            n = len(self.buf)
+        self._handle(self.buf, n)
+        return n
+
+    def _handle(self, buf: bytearray | bytes, n: int) -> None:
+        packets: list[Packet] = []
+        self.decoder.decode(buf, n, time.time_ns(), packets)
+        self.counters["batches"] += 1
+        self.counters["packets"] += len(packets)
+        self._emit(packets)
+
+    def _emit(self, packets: list[Packet]) -> None:
+        trunc, frag, trunc_bytes = self.decoder.parser.take_counters()
+        gaps = self.decoder.seq_gaps - self._reported_gaps
+        self._reported_gaps = self.decoder.seq_gaps
+        if packets or trunc or frag or gaps:
+            self.context.wait_for_room(_INBOX_LIMIT)
+            self.context.emit(PacketBatch(self.owner.name, packets, trunc=trunc, frag=frag,
+                                          dropped_packets=gaps, dropped_bytes=trunc_bytes))
+
+    def _finish(self) -> None:
+        """UNBIND, then read until its ack: the kernel flushes its partial batch first."""
+        try:
+            self.sock.unbind_request()
+        except OSError as exc:
+            self.owner.log.warning("%s: group %d: unbind: %s", self.owner.name,
+                                   self.sock.group, exc)
+            return
+        deadline = time.monotonic() + _STOP_DRAIN_S
+        while time.monotonic() < deadline:
+            n = self._receive_one()
+            if n < 0 or (n > 0 and find_ack(self.buf, n, self.sock.last_seq) is not None):
+                break
+
+    def stop(self) -> None:
+        """Ask the thread to finish (it unbinds and drains) and wait for it."""
+        self.stopping.set()
+        self.thread.join(timeout=_POLL_S + _STOP_DRAIN_S + 1)
+
+    def stats(self) -> dict[str, int]:
+        """This group's counters."""
+        return {**self.counters, **self.decoder.stats(), "rcvbuf": self._rcvbuf()}
+
+    def _rcvbuf(self) -> int:
+        try:
+            return self.sock.rcvbuf
+        except OSError:
+            return 0
+
+
+class NflogIngest(Component):
+    """``[[ingest.nflog]]``: the userspace ``-j NETFLOW`` fed by NFLOG groups."""
+
+    stage = "ingest"
+    type_name = "nflog"
+
+    def __init__(self, config: Config, name: str):
+        super().__init__(config, name)
+        self.readers: list[GroupReader] = []
+        self.rules: ManagedRules | None = None
+
+    @hookimpl
+    def agent_start(self, context: RunContext) -> None:
+        """Bind every group, install the managed rules, start the readers."""
+        cfg = self.config
+        try:
+            for group in cfg.groups:
+                sock = NflogSocket(group, cfg.netns, cfg.rcvbuf)
+                try:
+                    pending = sock.bind(cfg.snaplen, cfg.qthreshold, cfg.nlbufsiz,
+                                        max(1, cfg.flush_timeout_ms // 10))
+                except OSError:
+                    sock.close()
+                    raise
+                self.readers.append(GroupReader(self, sock, pending))
+            if cfg.manage_rules:
+                self.rules = ManagedRules(cfg.netns, cfg.groups, list(cfg.chains), cfg.snaplen,
+                                          cfg.qthreshold, cfg.rule_priority)
+                self.rules.install()
+        except Exception:
+            for reader in self.readers:
+                reader.sock.close()
+            self.readers = []
+            raise
+        for reader in self.readers:
+            reader.start(context)
+            self.log.info("%s: reading NFLOG group %d%s (rcvbuf %d)", self.name,
+                          reader.sock.group, f" in netns {cfg.netns}" if cfg.netns else "",
+                          reader._rcvbuf())
+
+    @hookimpl
+    def agent_stop(self) -> None:
+        """Remove the managed rules, then unbind and drain every group."""
+        if self.rules is not None:
+            self.rules.remove()
+        for reader in self.readers:
+            reader.stopping.set()
+        for reader in self.readers:
+            reader.stop()
+        self.log.info("%s: stopped: %s", self.name, self._totals())
+
+    def _totals(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for reader in self.readers:
+            for key, value in reader.stats().items():
+                if key not in ("rcvbuf", "shapes"):
+                    totals[key] = totals.get(key, 0) + value
+        return totals
+
+    @hookimpl
+    def agent_collect_stats(self) -> dict[str, Any]:
+        """Totals over all groups plus one nested mapping per group."""
+        out: dict[str, Any] = dict(self._totals())
+        for reader in self.readers:
+            out[f"group {reader.sock.group}"] = reader.stats()
+        return out

@@ -1,0 +1,108 @@
+"""The ``[[ingest.nflog]]`` table: which NFLOG groups to read, where, and how."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from agent.config.schema import option
+from agent.errors import ConfigIssue
+from agent.registry import Resource
+
+from .netlink import NLBUFSIZ_MAX
+
+_NETNS_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
+GROUP_MAX = 65535
+#: bytes a snap length needs to reach the ports behind an IPv6 header plus one extension header
+SNAPLEN_MIN_USEFUL = 68
+NLBUFSIZ_MIN = 4096  # NLMSG_GOODSIZE on 4 KiB pages; the kernel raises smaller values to it
+RULES_TABLE = "netflow_agent"
+
+Chain = Literal["input", "forward", "output"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    """Packets from netfilter NFLOG groups: the userspace ``-j NETFLOW``."""
+
+    group: int | list[int] = option(
+        doc="NFLOG group(s) to read (--nflog-group / nft 'log group'), 0-65535; one reader "
+        "thread per group.")
+    snaplen: int = option(
+        128, doc="Bytes of each packet copied to the agent (the instance's copy range; the "
+        "rule's --nflog-size / snaplen caps it). 0 = whole packet.", min=0, max=65535)
+    qthreshold: int = option(
+        64, doc="Packets the kernel queues before it sends a batch (a rule's --nflog-threshold"
+        " / queue-threshold caps it).", min=1, max=65535)
+    nlbufsiz: int = option(
+        65536, doc="Size in bytes of the kernel's batch buffer per group (4096-131072).",
+        min=1, max=2**31 - 1)
+    flush_timeout_ms: int = option(
+        100, doc="Longest time in ms a packet waits in a partial batch (kernel default 1000).",
+        min=10, max=3_600_000)
+    rcvbuf: int = option(
+        8 * 1024 * 1024, doc="Socket receive buffer in bytes (SO_RCVBUFFORCE); overruns are "
+        "counted as dropped packets. 0 = system default.", min=0, max=1 << 30)
+    netns: str = option(
+        "", doc="Network namespace to read: a name under /run/netns or a path such as "
+        "/proc/PID/ns/net; empty = the agent's own.")
+    manage_rules: bool = option(
+        False, doc="Install an nftables table 'inet netflow_agent' with 'log group' rules for "
+        "`chains` at start and delete it at exit (IPv4 and IPv6).")
+    chains: list[Chain] = option(
+        ["input", "forward", "output"],
+        doc="Hooks that get a log rule when manage_rules is true.")
+    rule_priority: int = option(
+        -1, doc="Priority of the managed chains (-1: after DNAT, before the filter chains at 0,"
+        " like a NETFLOW rule inserted at the top of the filter table).",
+        min=-1000, max=1000)
+
+    @property
+    def groups(self) -> list[int]:
+        """The configured groups as a list."""
+        return [self.group] if isinstance(self.group, int) else list(self.group)
+
+    def check(self) -> list[ConfigIssue]:
+        """Pure checks: group range and duplicates, buffer sizes, namespace name, chains."""
+        issues = self._check_groups()
+        if not NLBUFSIZ_MIN <= self.nlbufsiz <= NLBUFSIZ_MAX:
+            issues.append(ConfigIssue("nlbufsiz", f"{self.nlbufsiz} is outside "
+                                      f"{NLBUFSIZ_MIN}-{NLBUFSIZ_MAX}; the kernel would clamp "
+                                      "it", "warning"))
+        if 0 < self.snaplen < SNAPLEN_MIN_USEFUL:
+            issues.append(ConfigIssue("snaplen", f"{self.snaplen} bytes may cut IPv6 or "
+                                      "IPv4-with-options headers before the ports (ports then "
+                                      f"read as 0); use at least {SNAPLEN_MIN_USEFUL}",
+                                      "warning"))
+        if self.netns and not (self.netns.startswith("/") or _NETNS_NAME.match(self.netns)):
+            issues.append(ConfigIssue("netns", f"{self.netns!r} is neither a namespace name "
+                                      "(letters, digits, '_', '.', '-') nor an absolute path"))
+        if self.manage_rules and not self.chains:
+            issues.append(ConfigIssue("chains", "manage_rules needs at least one chain "
+                                      "(input, forward, output)"))
+        if len(set(self.chains)) != len(self.chains):
+            issues.append(ConfigIssue("chains", "lists a chain twice"))
+        return issues
+
+    def _check_groups(self) -> list[ConfigIssue]:
+        issues = []
+        many = not isinstance(self.group, int)
+        if many and not self.groups:
+            return [ConfigIssue("group", "needs at least one group")]
+        seen: set[int] = set()
+        for i, g in enumerate(self.groups):
+            path = f"group[{i}]" if many else "group"
+            if not 0 <= g <= GROUP_MAX:
+                issues.append(ConfigIssue(path, f"{g} is not an NFLOG group (0-{GROUP_MAX})"))
+            elif g in seen:
+                issues.append(ConfigIssue(path, f"group {g} is listed twice"))
+            seen.add(g)
+        return issues
+
+    def resources(self) -> list[Resource]:
+        """One listener per group per namespace (the kernel refuses a second: EPERM)."""
+        out = [Resource("nflog-group", f"netns={self.netns} group={g}") for g in self.groups]
+        if self.manage_rules:
+            out.append(Resource("nft-table", f"netns={self.netns} inet {RULES_TABLE}"))
+        return out

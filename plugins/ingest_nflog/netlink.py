@@ -1,0 +1,584 @@
+"""nfnetlink_log on a raw ``NETLINK_NETFILTER`` socket: bind, configure, read, decode.
+
+This module owns the wire side of NFLOG: opening the socket (inside another network namespace
+when asked), binding one log group with copy mode, snap length, queue threshold, buffer size,
+flush timeout and the ``NFULNL_CFG_F_SEQ`` flag in a single config request, and decoding the
+``NFULNL_MSG_PACKET`` messages of a receive buffer into packet observations.
+
+References: ``include/uapi/linux/netfilter/nfnetlink_log.h`` (attribute and config names,
+kept verbatim below), ``include/uapi/linux/netfilter/nfnetlink.h`` (``nfgenmsg``) and
+``net/netfilter/nfnetlink_log.c`` (what the kernel puts in a message and in which order:
+PACKET_HDR, [PREFIX], [INDEV], [OUTDEV], [PHYS*], [MARK], [HWADDR], [HWTYPE, HWLEN, HWHEADER],
+[TIMESTAMP], [UID, GID], [SEQ], [SEQ_GLOBAL], [VLAN, L2HDR], PAYLOAD; batches end with
+``NLMSG_DONE``). Facts checked on this machine are in ``shared/KERNEL.md`` section 4.
+
+Hot path: pyroute2's message objects cost about 35 us per message, so :class:`NflogDecoder`
+walks the buffer with precompiled :class:`struct.Struct` objects instead. Messages of one
+rule and hook all have the same attribute chain (types and lengths) up to the payload, so the
+decoder learns each chain once ("shape") and then reads a message with a single
+``unpack_from`` whose result also carries every attribute header for verification; a message
+that does not match a known shape is walked attribute by attribute. :class:`nfulnl_msg`
+describes the same layout in pyroute2's terms; tests use it as an independent decoder.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import socket
+import struct
+import sys
+import threading
+from collections.abc import Callable
+from operator import itemgetter
+from typing import Any, TypeVar
+
+from pyroute2.netlink import nla
+from pyroute2.netlink.nfnetlink import nfgen_msg
+
+from agent.model import DIRECTION_EGRESS, DIRECTION_INGRESS, Packet
+from agent.packet import PacketParser
+
+# --- netlink / nfnetlink (linux/netlink.h, linux/netfilter/nfnetlink.h) ----------------------
+
+NETLINK_NETFILTER = 12
+SO_RCVBUFFORCE = 33
+NLMSG_NOOP = 1
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLMSG_OVERRUN = 4
+NLM_F_REQUEST = 0x001
+NLM_F_ACK = 0x004
+NFNETLINK_V0 = 0
+NLA_TYPE_MASK = 0x3FFF  # ~(NLA_F_NESTED | NLA_F_NET_BYTEORDER)
+
+# --- nfnetlink_log (linux/netfilter/nfnetlink_log.h) -----------------------------------------
+
+NFNL_SUBSYS_ULOG = 4
+NFULNL_MSG_PACKET = 0
+NFULNL_MSG_CONFIG = 1
+MSG_PACKET = NFNL_SUBSYS_ULOG << 8 | NFULNL_MSG_PACKET
+MSG_CONFIG = NFNL_SUBSYS_ULOG << 8 | NFULNL_MSG_CONFIG
+
+NFULA_UNSPEC = 0
+NFULA_PACKET_HDR = 1  # struct nfulnl_msg_packet_hdr
+NFULA_MARK = 2  # __be32 nfmark
+NFULA_TIMESTAMP = 3  # struct nfulnl_msg_packet_timestamp
+NFULA_IFINDEX_INDEV = 4  # __be32 ifindex
+NFULA_IFINDEX_OUTDEV = 5  # __be32 ifindex
+NFULA_IFINDEX_PHYSINDEV = 6  # __be32 ifindex
+NFULA_IFINDEX_PHYSOUTDEV = 7  # __be32 ifindex
+NFULA_HWADDR = 8  # struct nfulnl_msg_packet_hw
+NFULA_PAYLOAD = 9  # opaque data payload, starts at the network header
+NFULA_PREFIX = 10  # string prefix
+NFULA_UID = 11  # user id of socket
+NFULA_SEQ = 12  # __be32 instance-local sequence number
+NFULA_SEQ_GLOBAL = 13  # __be32 global sequence number
+NFULA_GID = 14  # group id of socket
+NFULA_HWTYPE = 15  # hardware type
+NFULA_HWHEADER = 16  # hardware header
+NFULA_HWLEN = 17  # hardware header length
+NFULA_CT = 18  # nfnetlink_conntrack.h
+NFULA_CT_INFO = 19  # enum ip_conntrack_info
+NFULA_VLAN = 20  # nested attribute: packet vlan info
+NFULA_L2HDR = 21  # full L2 header
+
+NFULNL_CFG_CMD_NONE = 0
+NFULNL_CFG_CMD_BIND = 1
+NFULNL_CFG_CMD_UNBIND = 2
+NFULNL_CFG_CMD_PF_BIND = 3
+NFULNL_CFG_CMD_PF_UNBIND = 4
+
+NFULA_CFG_UNSPEC = 0
+NFULA_CFG_CMD = 1  # struct nfulnl_msg_config_cmd { __u8 command; }
+NFULA_CFG_MODE = 2  # struct nfulnl_msg_config_mode { __be32 copy_range; __u8 copy_mode; _pad }
+NFULA_CFG_NLBUFSIZ = 3  # __be32 buffer size
+NFULA_CFG_TIMEOUT = 4  # __be32 in 1/100 s
+NFULA_CFG_QTHRESH = 5  # __be32
+NFULA_CFG_FLAGS = 6  # __be16
+
+NFULNL_COPY_NONE = 0x00
+NFULNL_COPY_META = 0x01
+NFULNL_COPY_PACKET = 0x02
+
+NFULNL_CFG_F_SEQ = 0x0001
+NFULNL_CFG_F_SEQ_GLOBAL = 0x0002
+NFULNL_CFG_F_CONNTRACK = 0x0004
+
+#: the kernel clamps NFULA_CFG_NLBUFSIZ to [NLMSG_GOODSIZE, 131072] (nfulnl_set_nlbufsiz)
+NLBUFSIZ_MAX = 131072
+
+# netfilter hooks (linux/netfilter.h: enum nf_inet_hooks)
+NF_INET_PRE_ROUTING = 0
+NF_INET_LOCAL_IN = 1
+NF_INET_FORWARD = 2
+NF_INET_LOCAL_OUT = 3
+NF_INET_POST_ROUTING = 4
+
+# --- layouts -------------------------------------------------------------------------------
+
+# struct nlmsghdr { __u32 nlmsg_len; __u16 nlmsg_type; __u16 nlmsg_flags; __u32 nlmsg_seq;
+#                   __u32 nlmsg_pid; }   (host byte order)
+NLMSGHDR = struct.Struct("=IHHII")
+_NLMSG_LEN_TYPE = struct.Struct("=IH")
+# struct nfgenmsg { __u8 nfgen_family; __u8 version; __be16 res_id; }   res_id = group
+NFGENMSG = struct.Struct("=BB2s")
+# struct nlattr { __u16 nla_len; __u16 nla_type; }   (host byte order)
+NLATTR = struct.Struct("=HH")
+# struct nlmsgerr { int error; struct nlmsghdr msg; }
+NLMSGERR = struct.Struct("=i")
+_BE32 = struct.Struct(">I")
+_BE16 = struct.Struct(">H")
+# struct nfulnl_msg_packet_hdr { __be16 hw_protocol; __u8 hook; __u8 _pad; }
+PACKET_HDR = struct.Struct(">HBx")
+# struct nfulnl_msg_packet_timestamp { __aligned_be64 sec; __aligned_be64 usec; }
+TIMESTAMP = struct.Struct(">QQ")
+# struct nfulnl_msg_config_mode { __be32 copy_range; __u8 copy_mode; __u8 _pad; } (packed)
+CFG_MODE = struct.Struct(">IBx")
+
+_HDRLEN = NLMSGHDR.size + NFGENMSG.size  # 20: where a message's attributes start
+
+
+# --- pyroute2 description (documentation and the tests' independent decoder) -------------
+
+
+class nfulnl_msg(nfgen_msg):
+    """An ``NFULNL_MSG_PACKET`` message in pyroute2 terms (not used on the packet path).
+
+    ``struct nfgenmsg`` header followed by ``NFULA_*`` attributes::
+
+        struct nfulnl_msg_packet_hdr { __be16 hw_protocol; __u8 hook; __u8 _pad; };
+        struct nfulnl_msg_packet_hw { __be16 hw_addrlen; __u16 _pad; __u8 hw_addr[8]; };
+        struct nfulnl_msg_packet_timestamp { __aligned_be64 sec; __aligned_be64 usec; };
+    """
+
+    nla_map = (
+        ("NFULA_UNSPEC", "none"),
+        ("NFULA_PACKET_HDR", "packet_hdr"),
+        ("NFULA_MARK", "be32"),
+        ("NFULA_TIMESTAMP", "timestamp"),
+        ("NFULA_IFINDEX_INDEV", "be32"),
+        ("NFULA_IFINDEX_OUTDEV", "be32"),
+        ("NFULA_IFINDEX_PHYSINDEV", "be32"),
+        ("NFULA_IFINDEX_PHYSOUTDEV", "be32"),
+        ("NFULA_HWADDR", "hwaddr"),
+        ("NFULA_PAYLOAD", "cdata"),
+        ("NFULA_PREFIX", "asciiz"),
+        ("NFULA_UID", "be32"),
+        ("NFULA_SEQ", "be32"),
+        ("NFULA_SEQ_GLOBAL", "be32"),
+        ("NFULA_GID", "be32"),
+        ("NFULA_HWTYPE", "be16"),
+        ("NFULA_HWHEADER", "cdata"),
+        ("NFULA_HWLEN", "be16"),
+        ("NFULA_CT", "cdata"),
+        ("NFULA_CT_INFO", "be32"),
+        ("NFULA_VLAN", "cdata"),
+        ("NFULA_L2HDR", "cdata"),
+    )
+
+    class packet_hdr(nla):
+        fields = (("hw_protocol", ">H"), ("hook", "B"), ("pad", "B"))
+
+    class timestamp(nla):
+        fields = (("sec", ">Q"), ("usec", ">Q"))
+
+    class hwaddr(nla):
+        fields = (("hw_addrlen", ">H"), ("pad", "H"), ("hw_addr", "8s"))
+
+
+# --- config requests ------------------------------------------------------------------------
+
+
+def _attr(atype: int, payload: bytes) -> bytes:
+    length = NLATTR.size + len(payload)
+    return NLATTR.pack(length, atype) + payload + b"\0" * (-length % 4)
+
+
+def config_request(group: int, seq: int, attrs: list[bytes]) -> bytes:
+    """One ``NFULNL_MSG_CONFIG`` request for ``group`` (REQUEST|ACK).
+
+    :param attrs: encoded ``NFULA_CFG_*`` attributes (see :func:`bind_attrs`).
+    """
+    body = NFGENMSG.pack(socket.AF_UNSPEC, NFNETLINK_V0, _BE16.pack(group)) + b"".join(attrs)
+    head = NLMSGHDR.pack(NLMSGHDR.size + len(body), MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, seq, 0)
+    return head + body
+
+
+def bind_attrs(snaplen: int, qthreshold: int, nlbufsiz: int, timeout_cs: int,
+               flags: int = NFULNL_CFG_F_SEQ) -> list[bytes]:
+    """BIND plus the whole instance config, so no packet is ever logged with defaults.
+
+    The kernel creates the instance for the CMD attribute and then applies MODE, TIMEOUT,
+    NLBUFSIZ, QTHRESH and FLAGS from the same request (``nfulnl_recv_config``).
+    """
+    return [
+        _attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_BIND])),
+        _attr(NFULA_CFG_MODE, CFG_MODE.pack(snaplen, NFULNL_COPY_PACKET)),
+        _attr(NFULA_CFG_NLBUFSIZ, _BE32.pack(nlbufsiz)),
+        _attr(NFULA_CFG_TIMEOUT, _BE32.pack(timeout_cs)),
+        _attr(NFULA_CFG_QTHRESH, _BE32.pack(qthreshold)),
+        _attr(NFULA_CFG_FLAGS, _BE16.pack(flags)),
+    ]
+
+
+def unbind_attrs() -> list[bytes]:
+    """UNBIND: the kernel flushes what it still holds for the group, then forgets it."""
+    return [_attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_UNBIND]))]
+
+
+# --- network namespaces --------------------------------------------------------------------
+
+_CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
+
+
+def netns_path(netns: str) -> str:
+    """``/run/netns/NAME`` for a name, the path itself for an absolute path."""
+    return netns if netns.startswith("/") else f"/run/netns/{netns}"
+
+
+def run_in_netns(netns: str, func: Callable[[], T]) -> T:
+    """Call ``func`` on a helper thread that has entered ``netns`` (``""`` = here).
+
+    Sockets keep the namespace they were created in, so a socket opened by ``func`` stays in
+    ``netns`` although the helper thread ends right after (setns(2) is per thread).
+    """
+    if not netns:
+        return func()
+    result: list[Any] = []
+
+    def enter_and_call() -> None:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                if libc.setns(fd, _CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns({netns_path(netns)}): {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            result.append((True, func()))
+        except BaseException as exc:  # handed to the caller's thread below
+            result.append((False, exc))
+
+    helper = threading.Thread(target=enter_and_call, name=f"netns-{netns}")
+    helper.start()
+    helper.join()
+    ok, value = result[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
+
+
+# --- the socket ----------------------------------------------------------------------------
+
+
+class NflogError(OSError):
+    """A config request was refused (EPERM: another process holds the group)."""
+
+
+class NflogSocket:
+    """One ``NETLINK_NETFILTER`` socket bound to one NFLOG group.
+
+    :param group: the log group (``--nflog-group`` / nft ``log group``).
+    :param netns: network namespace name or path; ``""`` = the agent's own.
+    :param rcvbuf: receive buffer in bytes (SO_RCVBUFFORCE, falling back to SO_RCVBUF);
+        0 keeps the system default.
+    """
+
+    def __init__(self, group: int, netns: str = "", rcvbuf: int = 0):
+        self.group = group
+        self.netns = netns
+        self._seq = 0
+        self.sock = run_in_netns(netns, self._open)
+        if rcvbuf:
+            self._set_rcvbuf(rcvbuf)
+
+    @staticmethod
+    def _open() -> socket.socket:
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                             NETLINK_NETFILTER)
+        sock.bind((0, 0))
+        return sock
+
+    def _set_rcvbuf(self, size: int) -> None:
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+        except PermissionError:  # no CAP_NET_ADMIN: capped by net.core.rmem_max
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+    @property
+    def rcvbuf(self) -> int:
+        """The receive buffer the kernel granted (it doubles the requested value)."""
+        return self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+    def request(self, attrs: list[bytes], pending: list[bytes] | None = None) -> None:
+        """Send a config request and wait for its ack.
+
+        Packets may be queued before the ack (the instance exists from the moment the kernel
+        handles BIND); such datagrams are appended to ``pending`` for the reader.
+
+        :raises NflogError: the kernel refused (errno from the ack).
+        """
+        self._seq += 1
+        seq = self._seq
+        self.sock.send(config_request(self.group, seq, attrs))
+        buf = bytearray(1 << 18)
+        while True:
+            n = self.sock.recv_into(buf)
+            err = find_ack(buf, n, seq)
+            if err is None:
+                if pending is not None:
+                    pending.append(bytes(buf[:n]))
+                continue
+            if err:
+                raise NflogError(err, f"NFLOG group {self.group}: {os.strerror(err)}"
+                                 + (" (another process is bound to this group)"
+                                    if err == errno.EPERM else ""))
+            if pending is not None and _has_packets(buf, n):
+                pending.append(bytes(buf[:n]))
+            return
+
+    def bind(self, snaplen: int, qthreshold: int, nlbufsiz: int, timeout_cs: int) -> list[bytes]:
+        """Bind the group and configure it; returns datagrams that arrived before the ack."""
+        pending: list[bytes] = []
+        self.request(bind_attrs(snaplen, qthreshold, nlbufsiz, timeout_cs), pending)
+        return pending
+
+    @property
+    def last_seq(self) -> int:
+        """The netlink sequence number of the last request sent."""
+        return self._seq
+
+    def unbind_request(self) -> None:
+        """Ask the kernel to flush and release the group; the ack arrives with the data."""
+        self._seq += 1
+        self.sock.send(config_request(self.group, self._seq, unbind_attrs()))
+
+    def close(self) -> None:
+        """Close the socket (the kernel also releases the group on close)."""
+        self.sock.close()
+
+
+def find_ack(buf: bytearray, n: int, seq: int) -> int | None:
+    """The errno of the NLMSG_ERROR answering ``seq`` in ``buf[:n]`` (0 = ok), else ``None``."""
+    off = 0
+    while off + NLMSGHDR.size <= n:
+        mlen, mtype, _flags, mseq, _pid = NLMSGHDR.unpack_from(buf, off)
+        if mlen < NLMSGHDR.size:
+            break
+        if mtype == NLMSG_ERROR and mseq == seq:
+            return -NLMSGERR.unpack_from(buf, off + NLMSGHDR.size)[0]
+        off += (mlen + 3) & ~3
+    return None
+
+
+def _has_packets(buf: bytearray, n: int) -> bool:
+    off = 0
+    while off + NLMSGHDR.size <= n:
+        mlen, mtype = _NLMSG_LEN_TYPE.unpack_from(buf, off)
+        if mtype == MSG_PACKET:
+            return True
+        if mlen < NLMSGHDR.size:
+            break
+        off += (mlen + 3) & ~3
+    return False
+
+
+# --- decoding ------------------------------------------------------------------------------
+
+_LITTLE_ENDIAN = sys.byteorder == "little"
+#: the values a message contributes, in this order; absent attributes read as these defaults
+_WANTED = ("hook", "indev", "outdev", "sec", "usec", "seq")
+_ABSENT = (0, 0, 0, 0, 0, -1)  # seq -1: the message carries no NFULA_SEQ
+#: attribute -> (big-endian struct code of its value, names of the values it holds)
+_FIELD_ATTRS: dict[int, tuple[str, tuple[str, ...]]] = {
+    NFULA_PACKET_HDR: ("2xBx", ("hook",)),
+    NFULA_IFINDEX_INDEV: ("I", ("indev",)),
+    NFULA_IFINDEX_OUTDEV: ("I", ("outdev",)),
+    NFULA_TIMESTAMP: ("QQ", ("sec", "usec")),
+    NFULA_SEQ: ("I", ("seq",)),
+}
+_FIELD_STRUCTS = {t: struct.Struct(">" + code) for t, (code, _names) in _FIELD_ATTRS.items()}
+
+
+def _nla_len_from_be(header_be: int) -> int:
+    """``nla_len`` (host order) of an attribute header that was read as a big-endian u32."""
+    if _LITTLE_ENDIAN:
+        return ((header_be >> 24) & 0xFF) | ((header_be >> 8) & 0xFF00)
+    return header_be >> 16
+
+
+class _Shape:
+    """A learned attribute chain, read with one big-endian struct, headers included.
+
+    Each attribute header before the payload is read as a big-endian u32 and compared with
+    the value seen when the shape was learned; so a match is exactly the chain that a full
+    walk would find. For the payload header only the type half is compared (its length
+    varies with the packet). The values tuple is extended as
+    ``struct values + (payload type half,) + _ABSENT``, so that ``fields`` can point absent
+    attributes at their defaults.
+    """
+
+    __slots__ = ("struct", "headers", "expected", "fields", "payload_at")
+
+    def __init__(self, chain: list[tuple[int, int, int]]):
+        """:param chain: ``(nla_type, nla_len, header as big-endian u32)`` of every attribute
+            of the message, the payload attribute last; at least two attributes."""
+        fmt = [">"]
+        header_idx: list[int] = []
+        expected: list[int] = []
+        where: dict[str, int] = {}
+        offset = 0
+        count = 0
+        for atype, alen, header_be in chain[:-1]:
+            fmt.append("I")
+            header_idx.append(count)
+            expected.append(header_be)
+            count += 1
+            padded = ((alen + 3) & ~3) - NLATTR.size
+            field = _FIELD_STRUCTS.get(atype & NLA_TYPE_MASK)
+            if field is not None and field.size == alen - NLATTR.size:
+                code, names = _FIELD_ATTRS[atype & NLA_TYPE_MASK]
+                fmt.append(f"{code}{padded - field.size}x")
+                for name in names:
+                    where[name] = count
+                    count += 1
+            else:
+                fmt.append(f"{padded}x")
+            offset += NLATTR.size + padded
+        fmt.append("I")  # the payload header: values[count]
+        self.struct = struct.Struct("".join(fmt))
+        self.payload_at = offset  # from the first attribute to the payload header
+        type_half = count + 1
+        self.headers = itemgetter(*header_idx, type_half)
+        self.expected = (*expected, chain[-1][2] & 0xFFFF)
+        self.fields = itemgetter(
+            *(where.get(name, type_half + 1 + i) for i, name in enumerate(_WANTED)))
+
+
+class NflogDecoder:
+    """Turns receive buffers of one group into :data:`~agent.model.Packet` tuples.
+
+    Owns the per-group state: the next expected ``NFULA_SEQ``, the learned shapes, the
+    :class:`~agent.packet.PacketParser` and the counters. One decoder per reader thread.
+
+    Direction follows the hook: PREROUTING, INPUT and FORWARD are ingress keyed on the input
+    interface; OUTPUT and POSTROUTING (no input interface) are egress keyed on the output
+    interface. Time is ``NFULA_TIMESTAMP`` (wall clock; the kernel sends it for PREROUTING,
+    INPUT and FORWARD) or else the receive time of the buffer.
+    """
+
+    MAX_SHAPES = 16
+
+    def __init__(self) -> None:
+        self.parser = PacketParser()
+        self.expect_seq = 0  # a fresh instance numbers its packets from 0
+        self.seq_gaps = 0  # packets the kernel logged that never reached us
+        self.seq_resets = 0  # the sequence jumped backwards (instance re-created)
+        self.malformed = 0  # messages whose lengths did not add up (skipped)
+        self.messages = 0
+        self.shapes: list[_Shape] = []
+
+    def decode(self, buf: bytearray | bytes, n: int, recv_ns: int, out: list[Packet]) -> None:
+        """Decode the NFLOG messages in ``buf[:n]`` and append their packets to ``out``.
+
+        This is the per-packet hot path: one flat loop with locals on purpose (see the module
+        docstring); the generic attribute walk is the fallback for unknown shapes.
+
+        :param recv_ns: wall-clock receive time, for messages without a timestamp.
+        """
+        view = memoryview(buf)
+        parse = self.parser.parse
+        append = out.append
+        unpack_head = _NLMSG_LEN_TYPE.unpack_from
+        shapes = self.shapes
+        expect = self.expect_seq
+        absent = _ABSENT
+        nla_len = _nla_len_from_be
+        messages = 0
+        off = 0
+        while off + NLMSGHDR.size <= n:
+            mlen, mtype = unpack_head(buf, off)
+            if mlen < NLMSGHDR.size or off + mlen > n:
+                self.malformed += 1
+                break
+            if mtype != MSG_PACKET:  # NLMSG_DONE ends each batch; acks; nothing else
+                off += (mlen + 3) & ~3
+                continue
+            a = off + _HDRLEN
+            end = off + mlen
+            off += (mlen + 3) & ~3
+            for shape in shapes:
+                p = a + shape.payload_at
+                if p + 4 > end:
+                    continue
+                vals = shape.struct.unpack_from(buf, a)
+                vals = (*vals, vals[-1] & 0xFFFF, *absent)
+                if shape.headers(vals) != shape.expected:
+                    continue
+                plen = nla_len(vals[-8]) - 4  # the payload header, before type half + absent
+                p += 4
+                if plen < 0 or p + plen > end:
+                    continue
+                hook, indev, outdev, sec, usec, seq = shape.fields(vals)
+                break
+            else:
+                found = self._walk(buf, a, end)
+                if found is None:
+                    continue
+                hook, indev, outdev, sec, usec, seq, p, plen = found
+            messages += 1
+            if seq >= 0:
+                if seq != expect:
+                    gap = (seq - expect) & 0xFFFFFFFF
+                    if gap < 0x80000000:
+                        self.seq_gaps += gap
+                    else:
+                        self.seq_resets += 1
+                expect = (seq + 1) & 0xFFFFFFFF
+            ts = sec * 1_000_000_000 + usec * 1000 if sec else recv_ns
+            if hook >= NF_INET_LOCAL_OUT and not indev:
+                pkt = parse(view[p:p + plen], ts, outdev, outdev, DIRECTION_EGRESS)
+            else:
+                pkt = parse(view[p:p + plen], ts, indev, outdev, DIRECTION_INGRESS)
+            if pkt is not None:
+                append(pkt)
+        self.expect_seq = expect
+        self.messages += messages
+
+    def _walk(self, buf: bytearray | bytes, a: int, end: int) -> tuple[int, ...] | None:
+        """Read one message attribute by attribute and learn its shape when it is regular.
+
+        :return: ``(hook, indev, outdev, sec, usec, seq, payload_offset, payload_len)``, or
+            ``None`` when the message has no payload or its lengths do not add up (counted
+            as malformed).
+        """
+        values = dict(zip(_WANTED, _ABSENT, strict=True))
+        chain: list[tuple[int, int, int]] = []
+        while a + NLATTR.size <= end:
+            alen, raw_type = NLATTR.unpack_from(buf, a)
+            if alen < NLATTR.size or a + alen > end:
+                break
+            chain.append((raw_type, alen, _BE32.unpack_from(buf, a)[0]))
+            atype = raw_type & NLA_TYPE_MASK
+            if atype == NFULA_PAYLOAD:
+                last = a + ((alen + 3) & ~3) >= end
+                if last and len(chain) >= 2 and len(self.shapes) < self.MAX_SHAPES:
+                    self.shapes.append(_Shape(chain))
+                return (*(values[k] for k in _WANTED), a + NLATTR.size, alen - NLATTR.size)
+            field = _FIELD_STRUCTS.get(atype)
+            if field is not None and field.size == alen - NLATTR.size:
+                names = _FIELD_ATTRS[atype][1]
+                values.update(zip(names, field.unpack_from(buf, a + 4), strict=True))
+            a += (alen + 3) & ~3
+        self.malformed += 1
+        return None
+
+    def stats(self) -> dict[str, int]:
+        """Decoder counters (cumulative)."""
+        return {"messages": self.messages, "seq_gaps": self.seq_gaps,
+                "seq_resets": self.seq_resets, "malformed": self.malformed,
+                "shapes": len(self.shapes)}

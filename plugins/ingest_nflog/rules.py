@@ -1,0 +1,101 @@
+"""``manage_rules``: the agent's own nftables table that sends packets to its NFLOG groups.
+
+Owns the ruleset text and its life cycle: at start the table ``inet netflow_agent`` is
+(re)created in one ``nft -f -`` transaction (a stale copy left by a crash is replaced, not
+duplicated); at exit it is deleted. An ``inet`` table hooks IPv4 and IPv6 with one rule per
+chain. Each rule is ``counter log group G snaplen S queue-threshold Q``: the counter lets
+``nft list table inet netflow_agent`` show how many packets were logged, the NFLOG expression
+is what ``iptables -j NFLOG --nflog-group G --nflog-size S --nflog-threshold Q`` becomes on an
+nf_tables kernel (KERNEL.md section 4.1). Several groups share the traffic round-robin through
+``numgen inc mod N`` (one jump chain per group), the nftables form of spreading load over
+NFLOG queues.
+
+Reference: nft(8) "LOG STATEMENT", "NUMGEN EXPRESSION"; ``net/netfilter/nft_log.c``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+
+from .config import RULES_TABLE
+from .netlink import run_in_netns
+
+log = logging.getLogger("agent.ingest.nflog")
+
+_HOOKS = ("input", "forward", "output")
+
+
+class RulesError(RuntimeError):
+    """``nft`` refused the ruleset or is missing; the message carries its stderr."""
+
+
+def ruleset(groups: list[int], chains: list[str], snaplen: int, qthreshold: int,
+            priority: int, table: str = RULES_TABLE) -> str:
+    """The ``nft -f`` text that (re)creates the table.
+
+    :param groups: NFLOG groups; more than one are used round-robin.
+    :param chains: hooks to log: ``input``, ``forward``, ``output``.
+    :param snaplen: copy length (0 = whole packet: no ``snaplen``).
+    """
+    log_stmt = "log group {g}" + (f" snaplen {snaplen}" if snaplen else "") \
+        + f" queue-threshold {qthreshold}"
+    lines = [f"table inet {table}", f"delete table inet {table}", f"table inet {table} {{"]
+    if len(groups) > 1:
+        for g in groups:
+            lines.append(f"  chain to_group_{g} {{ counter {log_stmt.format(g=g)}; }}")
+        spread = ", ".join(f"{i} : jump to_group_{g}" for i, g in enumerate(groups))
+        action = f"numgen inc mod {len(groups)} vmap {{ {spread} }}"
+    else:
+        action = f"counter {log_stmt.format(g=groups[0])}"
+    for hook in (h for h in _HOOKS if h in chains):
+        lines += [f"  chain {hook} {{",
+                  f"    type filter hook {hook} priority {priority}; policy accept;",
+                  f"    {action}",
+                  "  }"]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _nft(netns: str, script: str) -> None:
+    nft = shutil.which("nft")
+    if nft is None:
+        raise RulesError("manage_rules needs the 'nft' program (apt-get install nftables)")
+    # nft inherits the network namespace of the thread that starts it (run_in_netns)
+    res = run_in_netns(netns, lambda: subprocess.run(
+        [nft, "-f", "-"], input=script, capture_output=True, text=True, timeout=30))
+    if res.returncode != 0:
+        raise RulesError(f"nft -f failed ({res.returncode}): {res.stderr.strip()}")
+
+
+class ManagedRules:
+    """The table one ingest instance installs and removes.
+
+    :param netns: namespace name or path (``""`` = the agent's own).
+    """
+
+    def __init__(self, netns: str, groups: list[int], chains: list[str], snaplen: int,
+                 qthreshold: int, priority: int):
+        self.netns = netns
+        self.text = ruleset(groups, chains, snaplen, qthreshold, priority)
+        self.installed = False
+
+    def install(self) -> None:
+        """Create (or replace) the table. :raises RulesError: nft failed."""
+        _nft(self.netns, self.text)
+        self.installed = True
+        log.info("installed nftables table inet %s%s", RULES_TABLE,
+                 f" in netns {self.netns}" if self.netns else "")
+
+    def remove(self) -> None:
+        """Delete the table; failures are logged (the agent is exiting anyway)."""
+        if not self.installed:
+            return
+        try:
+            _nft(self.netns, f"delete table inet {RULES_TABLE}\n")
+        except (RulesError, OSError, subprocess.SubprocessError) as exc:
+            log.warning("could not delete nftables table inet %s: %s", RULES_TABLE, exc)
+            return
+        self.installed = False
+        log.info("deleted nftables table inet %s", RULES_TABLE)
