@@ -1,0 +1,19 @@
+"""``[[export.ipfix]]``: IPFIX (RFC 7011) over UDP or TCP, NEL, options records, IPFIX files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent import hookimpl
+from agent.registry import ComponentRegistry
+
+
+@hookimpl
+def agent_register_components(registry: ComponentRegistry) -> None:
+    """Register ``[[export.ipfix]]``."""
+    from .component import IpfixExporter
+    from .config import Config
+
+    registry.add("export", "ipfix", IpfixExporter, Config,
+                 sample=(Path(__file__).parent / "sample.toml").read_text(),
+                 doc="IPFIX export over UDP/TCP (RFC 7011) with NEL, options records, files")

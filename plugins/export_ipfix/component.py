@@ -1,0 +1,352 @@
+"""The ``[[export.ipfix]]`` component: hooks, destinations, timers, counters.
+
+This module owns the I/O side of IPFIX export; the encoders (``ipfix.py``, ``nel.py``,
+``options.py``) stay pure. Per instance:
+
+* **UDP** (RFC 7011 section 10.3): one :class:`~agent.transport.udp.UdpDestination` per
+  destination; messages are encoded once, with one shared :class:`~.ipfix.Session`, and sent
+  to every destination (mirroring: each destination sees the same stream, so the sequence
+  numbers are right for each). Templates are refreshed by time and by message count, and
+  at once when a destination becomes reachable again. Never any template withdrawal.
+* **TCP** (section 10.4): one :class:`~.tcp.TcpDestination` per destination with its own
+  session, spool and reconnect backoff.
+* **File** (RFC 5655): :class:`~.file.IpfixFile` when ``path`` is set.
+* Every ``options_interval_s``: the statistics Options Data Records and the interface names.
+
+Lost records (send errors, broken TCP connections, full spool, encode errors) are counted
+with their packets and octets; they feed ``notSent*`` in the exporting reliability record.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from operator import attrgetter
+from typing import Any
+
+from agent import hookimpl
+from agent.errors import EncodeError
+from agent.model import FlowRecord, NatEvent
+from agent.registry import Component
+from agent.runtime import RunContext
+from agent.transport.udp import UdpDestination, address_family
+
+from .config import Config
+from .file import IpfixFile
+from .ipfix import (
+    FLOW_LAYOUTS,
+    DataGroup,
+    Session,
+    Template,
+    encode_flow_groups,
+    encode_messages,
+    message_totals,
+)
+from .nel import NEL_LAYOUTS, encode_nat_groups
+from .options import (
+    OPTIONS_TEMPLATES,
+    InterfaceNames,
+    Statistics,
+    interface_names_group,
+    statistics_groups,
+)
+from .spool import KIND_FLOW, KIND_NAT, Item, Spool
+from .tcp import TcpDestination
+
+_IN_IF = attrgetter("in_if")
+_OUT_IF = attrgetter("out_if")
+
+
+class IpfixExporter(Component):
+    """IPFIX exporter instance (``export.ipfix[N]``)."""
+
+    stage = "export"
+    type_name = "ipfix"
+
+    def __init__(self, config: Config, name: str):
+        super().__init__(config, name)
+        self.cfg = config
+        self.context: RunContext | None = None
+        self.udp: list[UdpDestination] = []
+        self.tcp: list[TcpDestination] = []
+        self.file: IpfixFile | None = None
+        self.session = Session(config.observation_domain_id, config.refresh_rate,
+                               int(config.template_refresh_s * 1e9))
+        self.interfaces = InterfaceNames()
+        self.templates: dict[int, Template] = self._all_templates()
+        self.max_udp_message = 0
+        self._next_options_ns = 0
+        self._start_wall_ms = 0
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("flows_in", "nat_events_in", "encode_errors", "lost_records", "lost_packets",
+             "lost_octets", "nat_time_fixed", "udp_messages", "udp_records", "udp_octets",
+             "options_rounds"), 0)
+
+    def _all_templates(self) -> dict[int, Template]:
+        out: dict[int, Template] = {}
+        if self.cfg.flows:
+            out.update((tid, layout.template) for tid, layout in FLOW_LAYOUTS.items())
+        if self.cfg.natevents:
+            out.update((tid, tpl) for tid, (tpl, _) in NEL_LAYOUTS.items())
+        if self.cfg.options_interval_s:
+            out.update((t.template_id, t) for t in OPTIONS_TEMPLATES)
+        return out
+
+    def template_list(self) -> list[Template]:
+        """Every template this instance may use (sent on each new TCP connection and file)."""
+        return list(self.templates.values())
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    @hookimpl
+    def agent_start(self, context: RunContext) -> None:
+        """Open the destinations (UDP connect, TCP connect attempt) and the file."""
+        self.context = context
+        self._start_wall_ms = context.start_ns // 1_000_000
+        cfg = self.cfg
+        endpoints = cfg.endpoints()
+        if cfg.transport == "udp":
+            self.udp = [UdpDestination(e, source=cfg.source, sndbuf=cfg.sndbuf, log=self.log)
+                        for e in endpoints]
+            for d in self.udp:
+                d.connect()
+            self.max_udp_message = cfg.mtu - max(
+                (28 if address_family(d.host) == 2 else 48 for d in self.udp), default=28)
+        else:
+            self.tcp = [self._tcp_destination(e, context) for e in endpoints]
+            for d in self.tcp:
+                d.poll()
+        if cfg.path:
+            self.file = IpfixFile(cfg.path, observation_domain_id=cfg.observation_domain_id,
+                                  templates=self.template_list,
+                                  rotate_size_bytes=cfg.rotate_size_bytes,
+                                  rotate_interval_s=cfg.rotate_interval_s, log=self.log)
+        self._next_options_ns = time.monotonic_ns()
+        self.log.info("%s: %s export to %s%s", self.name, cfg.transport,
+                      ", ".join(endpoints) or "(none)", f", file {cfg.path}" if cfg.path else "")
+
+    def _tcp_destination(self, endpoint: str, context: RunContext) -> TcpDestination:
+        cfg = self.cfg
+        return TcpDestination(
+            endpoint,
+            observation_domain_id=cfg.observation_domain_id,
+            spool=Spool(cfg.spool_max_records, cfg.spool_memory_records,
+                        self._spool_path(endpoint, context), log=self.log),
+            encode=self._encode_items,
+            templates=self.template_list,
+            totals=self._message_totals,
+            max_message=cfg.mtu,
+            source=cfg.source,
+            sndbuf=cfg.sndbuf,
+            reconnect_min_ns=int(cfg.reconnect_interval_s * 1e9),
+            reconnect_max_ns=int(cfg.reconnect_max_interval_s * 1e9),
+            log=self.log,
+        )
+
+    def _spool_path(self, endpoint: str, context: RunContext) -> str:
+        directory = self.cfg.spool_dir or (
+            os.path.join(context.state_dir, "spool") if context.state_dir else "")
+        if not directory:
+            return ""
+        os.makedirs(directory, exist_ok=True)
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{self.name}-{endpoint}")
+        return os.path.join(directory, f"{safe}.msgpack")
+
+    @hookimpl
+    def agent_stop(self) -> None:
+        """Send final statistics; TCP: flush spool, withdraw templates, close."""
+        self._send_options()
+        for d in self.tcp:
+            left = d.close(self.cfg.flush_timeout_s, persist=bool(d.spool.path))
+            self.counters["lost_records"] += left
+        for u in self.udp:
+            u.close()
+        if self.file is not None:
+            self.file.close()
+
+    # --- export ----------------------------------------------------------------------------
+
+    @hookimpl
+    def agent_export_flows(self, records: list[FlowRecord]) -> None:
+        """Encode and send flow records (or spool them on TCP)."""
+        if not self.cfg.flows or not records:
+            return
+        self.counters["flows_in"] += len(records)
+        if self.cfg.options_interval_s:
+            self.interfaces.note(map(_IN_IF, records), map(_OUT_IF, records))
+        if self.tcp:
+            for d in self.tcp:
+                self._count_refused(d.submit(KIND_FLOW, records))
+        groups = None
+        if self.udp:
+            groups = encode_flow_groups(records, self._encode_failed)
+            self._send_udp(groups)
+        if self.file is not None:
+            self.file.write(groups or encode_flow_groups(records, self._encode_failed))
+        self._timers()
+
+    @hookimpl
+    def agent_export_nat_events(self, events: list[NatEvent]) -> None:
+        """Encode and send NAT events as NEL records (when ``natevents`` is on)."""
+        if not self.cfg.natevents or not events:
+            return
+        self.counters["nat_events_in"] += len(events)
+        for d in self.tcp:
+            self._count_refused(d.submit(KIND_NAT, events))
+        if self.udp or self.file is not None:
+            groups = self._encode_nat(events)
+            if self.udp:
+                self._send_udp(groups)
+            if self.file is not None:
+                self.file.write(groups)
+
+    @hookimpl
+    def agent_tick(self, now_ns: int) -> None:
+        """Reconnects, template refresh bookkeeping, options records, file rotation."""
+        self._timers()
+
+    def _timers(self) -> None:
+        for u in self.udp:
+            u.poll()
+        for d in self.tcp:
+            d.poll()
+        if self.file is not None:
+            self.file.maybe_rotate()
+        if self.cfg.options_interval_s and time.monotonic_ns() >= self._next_options_ns:
+            self._next_options_ns = time.monotonic_ns() + int(self.cfg.options_interval_s * 1e9)
+            self._send_options()
+
+    # --- encoding helpers ------------------------------------------------------------------
+
+    def _encode_nat(self, events: list[NatEvent]) -> list[DataGroup]:
+        return encode_nat_groups(events, self.cfg.nat_event_values, time.time_ns(),
+                                 self._nat_time_fixed)
+
+    def _encode_items(self, items: list[Item]) -> list[DataGroup]:
+        """Spool items -> data groups, keeping runs of the same kind in order."""
+        groups: list[DataGroup] = []
+        run: list[Any] = []
+        kind = None
+        for k, record in items:
+            if k != kind and run:
+                groups.extend(self._encode_run(kind, run))
+                run = []
+            kind = k
+            run.append(record)
+        if run:
+            groups.extend(self._encode_run(kind, run))
+        return groups
+
+    def _encode_run(self, kind: int | None, run: list[Any]) -> list[DataGroup]:
+        if kind == KIND_NAT:
+            return self._encode_nat(run)
+        return encode_flow_groups(run, self._encode_failed)
+
+    def _encode_failed(self, record: FlowRecord, exc: Exception) -> None:
+        self.counters["encode_errors"] += 1
+        self._lose(1, record.packets, record.octets)
+        self.log.debug("%s: cannot encode %s: %s", self.name, record, exc)
+
+    def _nat_time_fixed(self, event: NatEvent) -> None:
+        self.counters["nat_time_fixed"] += 1
+
+    def _message_totals(self, data: bytes) -> tuple[int, int, int]:
+        return message_totals(data, self.templates)
+
+    def _lose(self, records: int, packets: int, octets: int) -> None:
+        c = self.counters
+        c["lost_records"] += records
+        c["lost_packets"] += packets
+        c["lost_octets"] += octets
+
+    def _count_refused(self, refused: list[Any]) -> None:
+        if not refused:
+            return
+        packets = sum(getattr(r, "packets", 0) for r in refused)
+        octets = sum(getattr(r, "octets", 0) for r in refused)
+        self._lose(len(refused), packets, octets)
+        self.log.warning("%s: spool full, %d records lost", self.name, len(refused))
+
+    # --- UDP -------------------------------------------------------------------------------
+
+    def _send_udp(self, groups: list[DataGroup]) -> None:
+        if any(d.needs_templates for d in self.udp):
+            self.session.force_templates = True
+        try:
+            messages = encode_messages(self.session, groups, export_time=int(time.time()),
+                                       max_length=self.max_udp_message,
+                                       now_ns=time.monotonic_ns())
+        except EncodeError as exc:
+            self.counters["encode_errors"] += 1
+            self.log.warning("%s: %s", self.name, exc)
+            return
+        c = self.counters
+        for d in self.udp:
+            for m in messages:
+                if d.send(m.data, m.records):
+                    c["udp_messages"] += 1
+                    c["udp_records"] += m.records
+                    c["udp_octets"] += len(m.data)
+                else:
+                    self._lose(*message_totals(m.data, self.templates))
+
+    # --- options ---------------------------------------------------------------------------
+
+    def statistics(self) -> Statistics:
+        """The numbers for the statistics options records, now."""
+        core = self.context.stats() if self.context is not None else {}
+        c = self.counters
+        messages, records, octets = c["udp_messages"], c["udp_records"], c["udp_octets"]
+        lost, lost_p, lost_o = c["lost_records"], c["lost_packets"], c["lost_octets"]
+        for d in self.tcp:
+            messages, records, octets = (messages + d.stats.messages, records + d.stats.records,
+                                         octets + d.stats.octets)
+            lost += d.stats.lost_in_flight
+            lost_p += d.stats.lost_packets
+            lost_o += d.stats.lost_octets
+        if self.file is not None:
+            messages, records = messages + self.file.messages, records + self.file.records
+        return Statistics(
+            messages=messages, records=records, octets=octets,
+            observed_flows=int(core.get("new", 0)),
+            ignored_packets=int(core.get("drop_packets", 0)),
+            ignored_octets=int(core.get("drop_bytes", 0)),
+            lost_records=lost, lost_packets=lost_p, lost_octets=lost_o,
+            start_ms=self._start_wall_ms, end_ms=time.time_ns() // 1_000_000)
+
+    def options_groups(self) -> list[DataGroup]:
+        """Statistics records plus interface names, ready to send."""
+        odid = self.cfg.observation_domain_id
+        groups = statistics_groups(self.statistics(), odid, odid)
+        names = interface_names_group(self.interfaces.snapshot(), odid)
+        if names is not None:
+            groups.append(names)
+        return groups
+
+    def _send_options(self) -> None:
+        if not self.cfg.options_interval_s:
+            return
+        self.counters["options_rounds"] += 1
+        groups = self.options_groups()
+        if self.udp:
+            self._send_udp(groups)
+        for d in self.tcp:
+            d.send_now(groups)
+        if self.file is not None:
+            self.file.write(groups)
+
+    # --- stats -----------------------------------------------------------------------------
+
+    @hookimpl
+    def agent_collect_stats(self) -> dict[str, Any]:
+        """Instance counters plus one mapping per destination."""
+        out: dict[str, Any] = dict(self.counters)
+        out["sequence"] = self.session.sequence
+        dests = [d.snapshot() for d in self.udp] + [d.snapshot() for d in self.tcp]
+        out["destinations"] = {str(d["destination"]): d for d in dests}
+        if self.file is not None:
+            out["file"] = {"path": self.file.path, "messages": self.file.messages,
+                           "records": self.file.records, "rotations": self.file.rotations,
+                           "errors": self.file.errors}
+        return out
