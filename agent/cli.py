@@ -166,6 +166,14 @@ def _tune_malloc() -> None:
         pass
 
 
+def _revalidate(path: str, registry: ComponentRegistry, pm: pluggy.PluginManager) -> Any:
+    """Re-read the configuration for a reload; log its issues; ``None`` when invalid."""
+    config, issues = validate(path, registry, pm.hook, check_env=True)
+    for issue in issues:
+        (log.error if issue.severity == "error" else log.warning)("reload: %s", issue.format())
+    return config
+
+
 def cmd_run(path: str, level: str | None) -> int:
     """Validate, start, run until a signal or until finite ingests end, then flush."""
     pm, registry, _ = _manager_for(path)
@@ -184,6 +192,8 @@ def cmd_run(path: str, level: str | None) -> int:
         return EX_FAIL
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: pipeline.request_stop())
+    pipeline.reloader = lambda: _revalidate(path, registry, pm)
+    signal.signal(signal.SIGHUP, lambda *_: pipeline.request_reload())
     log.info("running with %d components (%s)", len(pipeline.components),
              ", ".join(pipeline.components))
     try:

@@ -29,13 +29,21 @@ import os
 import queue
 import time
 from collections import Counter
-from typing import Any
+from typing import Any, Callable
 
 import pluggy
 
-from agent.config.model import AgentConfig
+from agent.config.model import AgentConfig, Instance
 from agent.model import FlowRecord, PacketBatch
-from agent.runtime import ITEM_DONE, ITEM_FLOWS, ITEM_NAT, ITEM_PACKETS, ITEM_STOP, RunContext
+from agent.runtime import (
+    ITEM_DONE,
+    ITEM_FLOWS,
+    ITEM_NAT,
+    ITEM_PACKETS,
+    ITEM_RELOAD,
+    ITEM_STOP,
+    RunContext,
+)
 from agent.stats import RateMeter
 
 log = logging.getLogger("agent.pipeline")
@@ -67,6 +75,10 @@ class Pipeline:
         self.exported_flows = 0
         self.nat_events = 0
         self._error_log_at: dict[str, float] = {}
+        #: re-reads and validates the configuration for a reload; set by the CLI
+        self.reloader: Callable[[], AgentConfig | None] | None = None
+        self.reloads = 0
+        self.reload_failures = 0
 
     # --- building and starting ---------------------------------------------------------------
 
@@ -177,6 +189,8 @@ class Pipeline:
             self.pending_finite.discard(item)
         elif kind == ITEM_STOP:
             self.stopping = True
+        elif kind == ITEM_RELOAD:
+            self._reload_requested(item)
 
     def _packets(self, batch: PacketBatch) -> None:
         if self.replay:
@@ -207,6 +221,99 @@ class Pipeline:
         self.rates.update(now, cache.get("traffic_packets", 0), cache.get("traffic_bytes", 0))
         self.call("agent_tick", now_ns=now)
 
+    # --- reload ------------------------------------------------------------------------------
+
+    def request_reload(self, reply: Callable[[bool, str], None] | None = None) -> None:
+        """Ask the loop to re-read the configuration (signal-handler safe)."""
+        self.context.inbox.put((ITEM_RELOAD, reply))
+
+    def _reload_requested(self, reply: Callable[[bool, str], None] | None) -> None:
+        ok, message = False, "no configuration source to reload from"
+        try:
+            new = self.reloader() if self.reloader else None
+            if new is not None:
+                self.reload(new)
+                ok, message = True, f"reloaded ({len(new.instances)} components)"
+            elif self.reloader:
+                message = "new configuration is invalid; still running the old one"
+        except Exception as exc:  # a component failing to start: keep running what we have
+            log.exception("reload failed")
+            message = f"reload failed: {exc}"
+        if ok:
+            self.reloads += 1
+            log.info("%s", message)
+        else:
+            self.reload_failures += 1
+            log.error("%s", message)
+        if reply is not None:
+            reply(ok, message)
+
+    def reload(self, new: AgentConfig) -> None:
+        """Switch to ``new`` without losing flows.
+
+        Unchanged instances keep running; the cache keeps its flows and takes new timeouts and
+        maxflows in place; changed ingests are stopped before their replacement starts (an
+        NFLOG group has one listener); changed exporters are replaced, and the old instance
+        then stops and sends what it holds.
+        """
+        old_by_path = {i.path: i for i in self.config.instances}
+        new_by_path = {i.path: i for i in new.instances}
+        for path in [p for p in old_by_path if p not in new_by_path]:
+            self._retire(path)
+        for inst in sorted(new.instances, key=lambda i: _STAGE_ORDER[i.stage]):
+            old = old_by_path.get(inst.path)
+            if old is not None and old.type_name == inst.type_name and old.config == inst.config:
+                continue
+            if old is not None and inst.stage == "cache" and old.type_name == inst.type_name \
+                    and hasattr(self.components[inst.path], "reconfigure"):
+                self.components[inst.path].reconfigure(inst.config)
+                continue
+            self._replace(old, inst)
+        self.config = new
+        self.scan_ns = new.agent.scan_interval_ms * 1_000_000
+        self.context.debug = new.agent.debug
+
+    def _replace(self, old: Instance | None, inst: Instance) -> None:
+        if old is not None and inst.stage == "cache":  # a different cache type: hand over
+            self.scan(self.now_ns(), force=True)
+        if old is not None and inst.stage == "ingest":
+            self._retire(old.path)
+            old = None
+        retired = self._unregister(old.path) if old is not None else None
+        obj = inst.ctype.factory(inst.config, inst.path)
+        impl = getattr(obj, "agent_start", None)
+        if impl is not None:
+            impl(context=self.context)
+        self.pm.register(obj, name=inst.path)
+        self.components[inst.path] = obj
+        if inst.path not in self.started:
+            self.started.append(inst.path)
+        if getattr(obj, "finite", False) and inst.stage == "ingest":
+            self.pending_finite.add(inst.path)
+        if retired is not None:
+            self._stop_object(inst.path, retired)
+
+    def _unregister(self, path: str) -> Any:
+        obj = self.components.pop(path)
+        self.pm.unregister(name=path)
+        return obj
+
+    def _retire(self, path: str) -> None:
+        obj = self._unregister(path)
+        if path in self.started:
+            self.started.remove(path)
+        self.pending_finite.discard(path)
+        self._stop_object(path, obj)
+
+    def _stop_object(self, path: str, obj: Any) -> None:
+        impl = getattr(obj, "agent_stop", None)
+        if impl is None:
+            return
+        try:
+            impl()
+        except Exception:
+            log.exception("%s: error while stopping", path)
+
     # --- stopping ----------------------------------------------------------------------------
 
     def request_stop(self) -> None:
@@ -227,13 +334,7 @@ class Pipeline:
             self.pm.unregister(name=path)
 
     def _stop_one(self, path: str) -> None:
-        impl = getattr(self.components[path], "agent_stop", None)
-        if impl is None:
-            return
-        try:
-            impl()
-        except Exception:
-            log.exception("%s: error while stopping", path)
+        self._stop_object(path, self.components[path])
 
     def _drain(self) -> None:
         inbox = self.context.inbox

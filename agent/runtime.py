@@ -20,6 +20,7 @@ ITEM_FLOWS = "flows"
 ITEM_NAT = "nat"
 ITEM_DONE = "done"
 ITEM_STOP = "stop"
+ITEM_RELOAD = "reload"
 
 
 @dataclass

@@ -121,6 +121,12 @@ class FlowCache(Component):
             self.stats.peak_ns = ts
         return i
 
+    def reconfigure(self, config: CacheConfig) -> None:
+        """Take new timeouts and maxflows on reload; every flow in the table is kept."""
+        self.config = config
+        if config.hashsize > len(self.keys):
+            self._grow(config.hashsize - len(self.keys))
+
     @property
     def active_flows(self) -> int:
         """Flows currently in the table."""

@@ -194,3 +194,33 @@ def test_hook_agent_collect_stats(make_agent, collecting_plugin):
     stats = agent.pipeline.collect_stats()
     assert stats["aggregate.tagger[0]"] == {"tagged": 1}
     assert "active_flows" in stats["core"] and "pps_1m" in stats["core"]
+
+
+def test_reload_keeps_flows_and_applies_new_timeouts(make_agent, collecting_plugin, tmp_path):
+    agent = make_agent(BASE, [collecting_plugin])
+    agent.feed([pkt(1, ts=T0)])
+    cache = agent["cache"]
+    sink = agent["export.collect[0]"]
+    from agent.config.check import validate
+    from agent.plugins import build_registry
+
+    cfg = tmp_path / "new.toml"
+    cfg.write_text(BASE.replace("inactive_timeout = 15", "inactive_timeout = 5")
+                   + "[[export.collect]]\n")
+    new, issues = validate(cfg, build_registry(agent.pipeline.pm), None)
+    assert new is not None, issues
+    agent.pipeline.reload(new)
+    assert agent["cache"] is cache and agent["export.collect[0]"] is sink  # unchanged: kept
+    assert cache.active_flows == 1 and cache.config.inactive_timeout == 5
+    agent.scan(T0 + 6 * S)  # idle 6 s > new 5 s timeout: exported to both collectors
+    assert [len(agent[f"export.collect[{i}]"].flows) for i in (0, 1)] == [1, 1]
+
+
+def test_invalid_reload_keeps_the_old_configuration(make_agent, collecting_plugin):
+    agent = make_agent(BASE, [collecting_plugin])
+    replies = []
+    agent.pipeline.reloader = lambda: None  # what the CLI returns for an invalid file
+    agent.pipeline.request_reload(lambda ok, msg: replies.append((ok, msg)))
+    agent.process()
+    assert replies == [(False, "new configuration is invalid; still running the old one")]
+    assert agent.pipeline.reload_failures == 1 and "export.collect[0]" in agent.pipeline.components
