@@ -120,9 +120,10 @@ class Nfcapd:
         _wait_udp_bound(self.port)
         return self
 
-    def stop(self) -> None:
-        """Terminate (nfcapd flushes its file on SIGTERM) and wait."""
+    def stop(self, settle: float = 0.3) -> None:
+        """Let nfcapd read what is queued, terminate it (it flushes its file) and wait."""
         if self.proc and self.proc.poll() is None:
+            time.sleep(settle)
             self.proc.terminate()
             self.proc.wait(timeout=10)
 
