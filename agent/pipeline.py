@@ -29,7 +29,8 @@ import os
 import queue
 import time
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 
@@ -71,6 +72,7 @@ class Pipeline:
         self.capture_ns = 0
         self.pending_finite: set[str] = set()
         self.stopping = False
+        self.next_scan_ns = 0
         self.started: list[str] = []
         self.exported_flows = 0
         self.nat_events = 0
@@ -156,25 +158,29 @@ class Pipeline:
 
     def run(self) -> None:
         """Process the inbox until asked to stop or until every finite ingest is done."""
-        next_scan = 0
         inbox = self.context.inbox
         while not self.stopping:
-            wait = 0.0 if self.replay else max(0.0, (next_scan - self.now_ns()) / 1e9)
+            wait = 0.05
+            if not self.replay and self.next_scan_ns:
+                wait = min(1.0, max(0.0005, (self.next_scan_ns - self.now_ns()) / 1e9))
             try:
-                kind, item = inbox.get(timeout=wait) if wait else inbox.get(timeout=0.05)
+                kind, item = inbox.get(timeout=wait)
             except queue.Empty:
                 kind, item = "", None
             if kind:
                 self.dispatch(kind, item)
-            now = self.now_ns()
-            if not next_scan:
-                next_scan = now + self.scan_ns if now else 0  # replay: wait for the 1st packet
-            elif now >= next_scan:
-                self.scan(now)
-                next_scan = now + self.scan_ns
+            self._scan_if_due()
             if self.replay and not self.pending_finite and inbox.empty():
                 log.info("all finite ingests are done")
                 break
+
+    def _scan_if_due(self) -> None:
+        now = self.now_ns()
+        if not self.next_scan_ns:
+            self.next_scan_ns = now + self.scan_ns if now else 0  # replay: wait for a packet
+        elif now >= self.next_scan_ns:
+            self.scan(now)
+            self.next_scan_ns = now + self.scan_ns
 
     def dispatch(self, kind: str, item: Any) -> None:
         """Route one inbox item to its stage."""
@@ -193,13 +199,20 @@ class Pipeline:
             self._reload_requested(item)
 
     def _packets(self, batch: PacketBatch) -> None:
-        if self.replay:
-            clock = batch.clock_ns or (batch.packets[-1][3] if batch.packets else 0)
-            if clock > self.capture_ns:
-                if not self.capture_ns:  # uptime counts from the capture's first packet
-                    self.context.start_ns = clock
-                self.capture_ns = clock
+        if self.replay and batch.packets:
+            # expire what the capture's clock reached before this batch's first packet
+            self._advance_capture_clock(batch.packets[0][3])
+            self._scan_if_due()
         self.call("agent_cache_packets", batch=batch, now_ns=self.now_ns())
+        if self.replay:
+            self._advance_capture_clock(batch.clock_ns or
+                                        (batch.packets[-1][3] if batch.packets else 0))
+
+    def _advance_capture_clock(self, clock: int) -> None:
+        if clock > self.capture_ns:
+            if not self.capture_ns:  # uptime counts from the capture's first packet
+                self.context.start_ns = clock
+            self.capture_ns = clock
 
     def scan(self, now: int, force: bool = False) -> None:
         """Expire, aggregate and export flows, then run every component's timers."""

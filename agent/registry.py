@@ -8,8 +8,9 @@ The core owns the registry; plugins only call :meth:`ComponentRegistry.add`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 STAGES = ("ingest", "cache", "aggregate", "export")
 

@@ -55,7 +55,8 @@ def _with_file(issue: ConfigIssue, raw: RawConfig) -> ConfigIssue:
     return dataclasses.replace(issue, file=raw.origin(issue.path))
 
 
-def build(raw: RawConfig, registry: ComponentRegistry) -> tuple[AgentConfig | None, list[ConfigIssue]]:
+def build(raw: RawConfig,
+          registry: ComponentRegistry) -> tuple[AgentConfig | None, list[ConfigIssue]]:
     """Convert merged TOML data into an :class:`AgentConfig`, collecting issues."""
     issues: list[ConfigIssue] = []
     data = raw.data

@@ -16,6 +16,9 @@ from .config import Config
 from .linktype import SUPPORTED, ip_offset
 from .reader import PcapError, PcapReader
 
+#: A batch never spans more capture time than this, so timeouts see the gaps in a capture.
+_MAX_BATCH_SPAN_NS = 1_000_000_000
+
 
 class PcapIngest(Component):
     """``[[ingest.pcap]]``: a finite source; the agent exits after it is replayed and flushed."""
@@ -63,7 +66,7 @@ class PcapIngest(Component):
         direction = DIRECTION_EGRESS if cfg.direction == "egress" else DIRECTION_INGRESS
         parse = self.parser.parse
         batch: list[Any] = []
-        last_ts = 0
+        last_ts = batch_start = 0
         pace = _Pacer() if cfg.speed == "recorded" else None
         for ts, linktype, frame in packets:
             if self._stop.is_set():
@@ -75,14 +78,16 @@ class PcapIngest(Component):
             if off < 0:
                 self.counters["non_ip" if linktype in SUPPORTED else "bad_linktype"] += 1
                 continue
-            pkt = parse(frame[off:] if off else frame, ts, cfg.in_if, 0, direction)
-            if pkt is not None:
-                batch.append(pkt)
-            if len(batch) >= cfg.batch_size:
+            if batch and (len(batch) >= cfg.batch_size or ts - batch_start >= _MAX_BATCH_SPAN_NS):
                 if pace:
                     pace.wait_until(ts)
-                self._flush(context, batch, ts)
+                self._flush(context, batch, batch[-1][3])
                 batch = []
+            pkt = parse(frame[off:] if off else frame, ts, cfg.in_if, 0, direction)
+            if pkt is not None:
+                if not batch:
+                    batch_start = ts
+                batch.append(pkt)
         self._flush(context, batch, last_ts)
 
     def _flush(self, context: RunContext, packets: list[Any], clock_ns: int) -> None:

@@ -88,7 +88,7 @@ class PcapReader:
                 bom = self.f.read(4)
                 order = "<" if struct.unpack("<I", bom)[0] == PCAPNG_BOM else ">"
                 block_type, length = struct.unpack(order + "II", raw)
-                body = bom + self.f.read(length - 12)
+                body = bom + self.f.read(length - 16)
                 interfaces = []
             else:
                 block_type, length = struct.unpack(order + "II", raw)
