@@ -44,11 +44,12 @@ class UdpSink:
     """A UDP socket on loopback that keeps every datagram it receives.
 
     :param family: ``AF_INET`` (127.0.0.1) or ``AF_INET6`` (::1).
+    :param port: the port to bind; 0 = any free one.
     """
 
-    def __init__(self, family: int = socket.AF_INET):
+    def __init__(self, family: int = socket.AF_INET, port: int = 0):
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1" if family == socket.AF_INET else "::1", 0))
+        self.sock.bind(("127.0.0.1" if family == socket.AF_INET else "::1", port))
         self.port = self.sock.getsockname()[1]
         host = "127.0.0.1" if family == socket.AF_INET else "[::1]"
         self.endpoint = f"{host}:{self.port}"

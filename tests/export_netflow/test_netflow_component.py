@@ -1,0 +1,148 @@
+"""The ``[[export.netflow]]`` component driven through its hooks, without the pipeline."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.config.convert import convert
+from agent.model import NAT_START, NAT_STOP, FlowRecord, NatEvent
+from agent.runtime import RunContext
+from plugins.export_netflow.component import NetflowExporter
+from plugins.export_netflow.config import Config
+from tests.export_netflow.collect import UdpSink, decode, free_udp_port
+
+START = time.time_ns() - 30_000_000_000
+
+
+def ip(text: str) -> bytes:
+    return ipaddress.ip_address(text).packed
+
+
+def flows(n: int, version: int = 4, base_port: int = 1000) -> list[FlowRecord]:
+    src, dst = (ip("10.0.0.1"), ip("10.0.0.2")) if version == 4 else (ip("fd00::1"), ip("fd00::2"))
+    now = time.time_ns()
+    return [FlowRecord(version, 17, src, dst, base_port + i, 53, packets=2, octets=150,
+                       start_ns=now - 2_000_000_000, end_ns=now - 1_000_000_000)
+            for i in range(n)]
+
+
+def nat_events() -> list[NatEvent]:
+    now = time.time_ns()
+    args = dict(ip_version=4, protocol=6, src_addr=ip("10.99.2.1"), dst_addr=ip("10.99.3.1"),
+                src_port=47486, dst_port=8080, post_src_addr=ip("10.99.3.254"),
+                post_dst_addr=ip("10.99.3.1"), post_src_port=47486, post_dst_port=8080,
+                snat=True)
+    return [NatEvent(NAT_START, now - 1_000_000_000, **args), NatEvent(NAT_STOP, now, **args)]
+
+
+def started(config: Config) -> NetflowExporter:
+    exporter = NetflowExporter(config, "export.netflow[0]")
+    exporter.agent_start(context=RunContext(start_ns=START))
+    return exporter
+
+
+def test_sample_config_loads_without_issues():
+    import tomllib
+
+    sample = tomllib.loads((Path(__file__).parents[2] / "plugins/export_netflow/sample.toml")
+                           .read_text())
+    config, issues = convert(Config, sample["export"]["netflow"][0], "export.netflow[0]")
+    assert issues == [] and config.protocol == 5 and config.refresh_rate == 20
+
+
+@pytest.mark.parametrize(("table", "path", "fragment"), [
+    ({"destination": ["127.0.0.1"]}, "destination[0]", "missing port"),
+    ({"destination": ["127.0.0.1:2055"], "protocol": 10}, "protocol", ""),
+    ({"destination": ["[::1]:2055"], "source": "127.0.0.1"}, "destination[0]", "family"),
+    ({"destination": ["127.0.0.1:2055"], "flows": False}, "flows", "send nothing"),
+    ({"destination": ["127.0.0.1:2055"], "mtu": 100}, "mtu", ""),
+    ({"destination": ["127.0.0.1:2055"], "nat_event_values": "new"}, "nat_event_values", ""),
+])
+def test_config_errors_name_the_key(table, path, fragment):
+    _, issues = convert(Config, table, "export.netflow[0]")
+    errors = [i for i in issues if i.severity == "error"]
+    assert errors and errors[0].path == f"export.netflow[0].{path}"
+    assert fragment in errors[0].message
+
+
+def test_v9_mirrors_same_stream_to_ipv4_and_ipv6_collectors():
+    sinks = [UdpSink(), UdpSink(family=socket.AF_INET6)]
+    exporter = started(Config(destination=[s.endpoint for s in sinks], protocol=9))
+    exporter.agent_export_flows(records=flows(100) + flows(20, version=6))
+    a, b = (s.drain(expect=0) for s in sinks)
+    assert a == b and len(a) >= 3
+    assert sum(len(p.flows) for p in decode(a)) == 120
+    stats = exporter.agent_collect_stats()
+    assert stats["sock0"]["packets_ok"] == stats["sock1"]["packets_ok"] == len(a)
+    assert stats["records_encoded"] == 120 and stats["sequence"] == len(a)
+    exporter.agent_stop()
+
+
+def test_v5_counts_ipv6_as_skipped():
+    sink = UdpSink()
+    exporter = started(Config(destination=[sink.endpoint], protocol=5))
+    exporter.agent_export_flows(records=flows(3) + flows(2, version=6))
+    [pdu] = sink.drain()
+    assert len(decode([pdu])[0].flows) == 3
+    assert exporter.agent_collect_stats()["skipped"] == 2
+    exporter.agent_stop()
+
+
+def test_flows_only_nat_only_and_both():
+    sinks = {name: UdpSink() for name in ("flows", "nat", "both")}
+    exporters = [
+        started(Config(destination=[sinks["flows"].endpoint], protocol=9)),
+        started(Config(destination=[sinks["nat"].endpoint], protocol=9, flows=False,
+                       natevents=True, nat_event_values="rfc8158")),
+        started(Config(destination=[sinks["both"].endpoint], protocol=9, natevents=True)),
+    ]
+    for exporter in exporters:
+        exporter.agent_export_flows(records=flows(4))
+        exporter.agent_export_nat_events(events=nat_events())
+    got = {name: [f.data for p in decode(s.drain()) for f in p.flows]
+           for name, s in sinks.items()}
+    assert len(got["flows"]) == 4 and all("natEvent" not in d for d in got["flows"])
+    assert [d["natEvent"] for d in got["nat"]] == [4, 5]
+    assert len(got["both"]) == 6
+    stats = exporters[1].agent_collect_stats()
+    assert (stats["nat_start"], stats["nat_stop"], stats["flows_in"]) == (1, 1, 0)
+    for exporter in exporters:
+        exporter.agent_stop()
+
+
+def test_collector_down_then_up_decodes_first_packet():
+    """Closed port: cberr counted, nothing raised; the collector's first datagram decodes."""
+    port = free_udp_port()
+    exporter = started(Config(destination=[f"127.0.0.1:{port}"], protocol=9,
+                              refresh_rate=1000))
+    for _ in range(3):
+        exporter.agent_export_flows(records=flows(5))
+        time.sleep(0.01)
+        exporter.agent_tick(now_ns=time.time_ns())
+    stats = exporter.agent_collect_stats()
+    assert stats["sock_cberr"] >= 3 and stats["sock0"]["connected"]
+    sink = UdpSink(port=port)  # the collector starts
+    exporter.agent_export_flows(records=flows(5, base_port=2000))
+    [first] = sink.drain()
+    [packet] = decode([first])  # templates are in this very packet
+    assert [f.data["L4_SRC_PORT"] for f in packet.flows] == list(range(2000, 2005))
+    exporter.agent_stop()
+    sink.close()
+
+
+def test_bad_record_is_counted_and_the_rest_exported():
+    sink = UdpSink()
+    exporter = started(Config(destination=[sink.endpoint], protocol=9))
+    records = flows(3)
+    records[1].src_port = 70000  # does not fit 16 bits
+    exporter.agent_export_flows(records=records)
+    [packet] = decode(sink.drain())
+    assert [f.data["L4_SRC_PORT"] for f in packet.flows] == [1000, 1002]
+    assert exporter.agent_collect_stats()["encode_errors"] == 1
+    assert packet.header.sequence == 0  # the failed attempt consumed no sequence number
+    exporter.agent_stop()

@@ -1,0 +1,119 @@
+"""The shared UDP destination: cberr, drops on a full buffer, connect retries, reachability."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import time
+
+import pytest
+
+from agent.transport.udp import EndpointError, UdpDestination, parse_endpoint
+from tests.export_netflow.collect import UdpSink, free_udp_port
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000_000_000
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += int(seconds * 1e9)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("127.0.0.1:2055", ("127.0.0.1", 2055)),
+    ("[::1]:2055", ("::1", 2055)),
+    ("collector.example:9995", ("collector.example", 9995)),
+])
+def test_parse_endpoint(text, expected):
+    assert parse_endpoint(text) == expected
+
+
+@pytest.mark.parametrize("text", ["127.0.0.1", "[::1", ":2055", "host:99999", "[::1]x"])
+def test_parse_endpoint_errors(text):
+    with pytest.raises(EndpointError):
+        parse_endpoint(text)
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+def test_send_counts_packets_and_bytes(family):
+    sink = UdpSink(family)
+    dest = UdpDestination(sink.endpoint, sndbuf=65536)
+    assert dest.connect()
+    assert dest.send_batch([b"a" * 100, b"b" * 50], [3, 1]) == 2
+    assert sink.drain(expect=2) == [b"a" * 100, b"b" * 50]
+    s = dest.stats
+    assert (s.packets_ok, s.bytes_ok, s.fail, s.cberr) == (2, 150, 0, 0)
+    assert s.sndbuf >= 65536  # the kernel doubles the request
+    dest.close()
+    sink.close()
+
+
+def test_closed_port_counts_cberr_and_never_raises():
+    dest = UdpDestination(f"127.0.0.1:{free_udp_port()}")
+    dest.connect()
+    for _ in range(5):
+        dest.send(b"x" * 64, 2)
+        time.sleep(0.01)
+    dest.poll()
+    assert dest.stats.cberr == 5  # one ICMP port unreachable per datagram on loopback
+    assert dest.refused and dest.needs_templates
+    dest.close()
+
+
+def test_full_send_buffer_drops_and_counts_lost_records():
+    class FullSocket(socket.socket):
+        def send(self, data, flags=0):
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    dest = UdpDestination("127.0.0.1:9")
+    dest.connect()
+    dest._sock.close()
+    dest._sock = FullSocket(socket.AF_INET, socket.SOCK_DGRAM)
+    assert dest.send_batch([b"x", b"y"], [30, 7]) == 0
+    s = dest.stats
+    assert (s.fail, s.err_sndbuf, s.lost_records, s.packets_ok) == (2, 2, 37, 0)
+    dest.close()
+
+
+def test_unconnectable_destination_is_retried_and_attempts_counted():
+    clock = FakeClock()
+    # 192.0.2.0/24 (TEST-NET-1) is not configured here: bind fails with EADDRNOTAVAIL
+    dest = UdpDestination("127.0.0.1:2055", source="192.0.2.77", clock=clock)
+    assert not dest.connect()
+    assert not dest.send(b"x", 4)  # within the retry interval: no new attempt
+    assert (dest.stats.connect_attempts, dest.stats.err_connect) == (1, 1)
+    assert (dest.stats.fail, dest.stats.lost_records) == (1, 4)
+    clock.advance(1.5)
+    dest.poll()
+    assert dest.stats.connect_attempts == 2 and not dest.connected
+    dest.source = ("127.0.0.1", 0)  # the address appears (as when an interface comes up)
+    clock.advance(1.5)
+    dest.poll()
+    assert dest.connected and dest.stats.connect_attempts == 3
+    assert dest.take_reachable_again() and not dest.take_reachable_again()
+    dest.close()
+
+
+def test_reachable_again_after_refusals_stop():
+    clock = FakeClock()
+    port = free_udp_port()
+    dest = UdpDestination(f"127.0.0.1:{port}", clock=clock)
+    dest.connect()
+    dest.send(b"x")
+    time.sleep(0.02)
+    dest.poll()
+    assert dest.refused
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", port))
+    dest.send(b"y")
+    clock.advance(3.5)
+    dest.poll()
+    assert not dest.refused
+    assert dest.take_reachable_again()
+    assert not dest.needs_templates
+    sink.close()
+    dest.close()
