@@ -59,6 +59,9 @@ class EbpfIngest(Component):
         self.loader = Loader(maxflows=cfg.maxflows, sampling=cfg.sampling,
                              percpu=cfg.map_type == "percpu")
         self.loader.set_active(self.active)
+        self.log.info("%s: loaded BPF programs %s (maxflows %d, %s map, sampling 1/%d)",
+                      self.name, self.loader.prog_ids(), cfg.maxflows, cfg.map_type,
+                      cfg.sampling)
         self.attacher = Attacher(self.loader, cfg.mode, cfg.direction)
         try:
             self._rescan(initial=True)

@@ -1,0 +1,127 @@
+"""Unprivileged tests of the eBPF ingest: record layout, decoding, counters, config checks."""
+
+from __future__ import annotations
+
+import importlib
+import ipaddress
+
+import pytest
+
+from agent.model import DIRECTION_EGRESS, DIRECTION_INGRESS, make_key, split_key
+from plugins.ingest_ebpf import unavailable_reason
+from plugins.ingest_ebpf.config import Config
+from plugins.ingest_ebpf.decode import (
+    COUNTER_NAMES,
+    RECORD,
+    CounterTracker,
+    decode_records,
+)
+from tests.support import strict_environment
+
+# offsets of RECORD's fields, in RECORD's order (the mirror of bpf/flow.h)
+FIELD_OFFSETS = {
+    "SADDR": 0, "DADDR": 16, "IFINDEX": 32, "SPORT": 36, "DPORT": 38, "IP_VERSION": 40,
+    "PROTO": 41, "TOS": 42, "DIRECTION": 43, "PACKETS": 48, "BYTES": 56, "FIRST_NS": 64,
+    "LAST_NS": 72, "TCP_FLAGS": 80,
+}  # fmt: skip
+
+
+def loader_module():
+    """The extension, or skip (fail under root/CI, where it must have been built)."""
+    try:
+        return importlib.import_module("plugins.ingest_ebpf._loader")
+    except ImportError as exc:
+        if strict_environment():
+            pytest.fail(f"eBPF extension not built: {exc}", pytrace=False)
+        pytest.skip(f"eBPF extension not built: {exc}")
+
+
+def test_record_layout_matches_c():
+    ext = loader_module()
+    assert RECORD.size == ext.RECORD_SIZE == 88
+    assert ext.KEY_SIZE == 44 and ext.METRICS_SIZE == 40
+    for name, offset in FIELD_OFFSETS.items():
+        assert getattr(ext, f"OFF_{name}") == offset, name
+
+
+def test_struct_offsets_are_the_ones_listed():
+    """FIELD_OFFSETS really are RECORD's offsets (pack markers and find them)."""
+    raw = RECORD.pack(b"\x01" * 16, b"\x02" * 16, 0x03030303, 0x0404, 0x0505, 6, 7, 8, 9,
+                      10, 11, 12, 13, 14)
+    assert raw[FIELD_OFFSETS["DADDR"]] == 2 and raw[FIELD_OFFSETS["IFINDEX"]] == 3
+    assert raw[FIELD_OFFSETS["DPORT"]] == 5 and raw[FIELD_OFFSETS["DIRECTION"]] == 9
+    assert raw[FIELD_OFFSETS["PACKETS"]] == 10 and raw[FIELD_OFFSETS["TCP_FLAGS"]] == 14
+
+
+def test_counter_names_match_c_enum():
+    ext = loader_module()
+    assert ext.CNT_MAX == len(COUNTER_NAMES)
+    for i, name in enumerate(COUNTER_NAMES):
+        c_name = {"update_errors": "UPDATE_ERR"}.get(name, name.upper())
+        assert getattr(ext, f"CNT_{c_name}") == i
+
+
+def _record(src, dst, ifindex, sport, dport, proto, tos, direction, pk, by, first, last, fl):
+    s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+    return RECORD.pack(s.packed.ljust(16, b"\0"), d.packed.ljust(16, b"\0"), ifindex, sport,
+                       dport, s.version, proto, tos, direction, pk, by, first, last, fl)
+
+
+def test_decode_ipv4_ingress_and_ipv6_egress():
+    data = _record("10.0.0.1", "10.0.0.2", 7, 1234, 80, 6, 0x10, DIRECTION_INGRESS,
+                   5, 300, 1_000, 2_000, 0x1B)
+    data += _record("fd00::1", "fd00::2", 9, 0, 128 << 8, 58, 0, DIRECTION_EGRESS,
+                    2, 208, 3_000, 4_000, 0)
+    flows = decode_records(data, wall_offset_ns=10**18)
+    assert len(flows) == 2
+    v4, v6 = flows
+    assert v4.key == make_key(4, 6, ipaddress.ip_address("10.0.0.1").packed,
+                              ipaddress.ip_address("10.0.0.2").packed, 1234, 80, 0x10, 7,
+                              DIRECTION_INGRESS)
+    assert (v4.packets, v4.octets, v4.tcp_flags, v4.out_if) == (5, 300, 0x1B, 0)
+    assert (v4.start_ns, v4.end_ns) == (10**18 + 1_000, 10**18 + 2_000)
+    k6 = split_key(v6.key)
+    assert (k6.ip_version, k6.protocol, k6.dst_port, k6.in_if, k6.direction) == (
+        6, 58, 128 << 8, 0, DIRECTION_EGRESS)
+    assert v6.out_if == 9 and ipaddress.ip_address(k6.src_addr) == ipaddress.ip_address("fd00::1")
+
+
+def test_decode_rejects_partial_records():
+    with pytest.raises(ValueError, match="multiple"):
+        decode_records(b"\0" * (RECORD.size + 1), 0)
+    assert decode_records(b"", 0) == []
+
+
+def test_counter_tracker_deltas():
+    t = CounterTracker()
+    first = tuple(range(len(COUNTER_NAMES)))
+    assert t.delta(first)["frag"] == COUNTER_NAMES.index("frag")
+    second = tuple(v + 3 for v in first)
+    assert set(t.delta(second).values.values()) == {3}
+    with pytest.raises(ValueError):
+        t.delta((1, 2))
+
+
+def test_config_checks():
+    assert Config(interfaces=["veth*", "eth0"]).check() == []
+    issues = Config(interfaces=["eth0"], mode="xdp", direction="both").check()
+    assert [i.path for i in issues] == ["direction"]
+    bad = Config(interfaces=["a/b", "x" * 20]).check()
+    assert [i.path for i in bad] == ["interfaces[0]", "interfaces[1]"]
+    assert Config(interfaces=["e*"], mode="tc").resources()[0].kind == "tc-ebpf-filter"
+    assert Config(interfaces=["e*"]).resources() == []
+
+
+def test_unavailable_reason_is_clear():
+    reason = unavailable_reason()
+    try:
+        importlib.import_module("plugins.ingest_ebpf._loader")
+    except ImportError:
+        assert reason and "pip install ." in reason
+        return
+    import os
+
+    if os.geteuid() == 0:
+        assert reason is None
+    else:
+        assert reason and "root" in reason

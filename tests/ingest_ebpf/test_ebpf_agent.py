@@ -1,0 +1,144 @@
+"""Privileged end-to-end tests: the real ``agent`` binary with ``[[ingest.ebpf]]``.
+
+Known traffic crosses a veth observed by the agent (attached inside the namespace through
+``netns =``); the ``[[export.log]]`` JSON lines must show exactly the packets and IP bytes
+that were sent. After SIGTERM, neither ``bpftool prog show`` nor ``tc filter show`` may show
+anything of ours; after SIGKILL (a crash) the next start must work and clean up.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import require_tool
+from tests.support.netns import Netns, end_process, send_icmp_echo, send_udp, veth_pair
+from tests.support.truth import FlowId
+
+pytestmark = pytest.mark.bpf
+
+AGENT = [sys.executable, "-m", "agent.cli"]
+
+
+@pytest.fixture
+def pair():
+    with Netns() as a, Netns() as b:
+        yield veth_pair(a, b)
+
+
+def write_config(tmp: Path, ns: str, ifname: str, mode: str) -> tuple[Path, Path]:
+    out = tmp / "flows.jsonl"
+    conf = tmp / "agent.toml"
+    conf.write_text(f"""
+[cache]
+inactive_timeout = 60
+active_timeout = 1800
+
+[[ingest.ebpf]]
+interfaces = ["{ifname}"]
+netns = "{ns}"
+mode = "{mode}"
+poll_interval_ms = 100
+
+[[export.log]]
+path = "{out}"
+format = "json"
+""")
+    return conf, out
+
+
+def start_agent(conf: Path, log: Path) -> tuple[subprocess.Popen, dict[str, int]]:
+    """Start the agent; return it and the BPF program ids it logged once attached."""
+    proc = subprocess.Popen([*AGENT, "--log-level", "info", "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=open(log, "w"),  # noqa: SIM115
+                            cwd=Path(__file__).resolve().parents[2])
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        text = log.read_text()
+        if "attached" in text:
+            ids = ast.literal_eval(re.search(r"loaded BPF programs (\{.*?\})", text).group(1))
+            return proc, ids
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    end_process(proc)
+    raise AssertionError(f"agent did not attach:\n{log.read_text()}")
+
+
+def stop_agent(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+
+
+def exported(out: Path) -> dict[FlowId, tuple[int, int]]:
+    table: dict[FlowId, tuple[int, int]] = {}
+    for line in out.read_text().splitlines():
+        r = json.loads(line)
+        if r.get("type") != "flow":
+            continue
+        fid = FlowId.make(r["protocol"], r["src_addr"], r["dst_addr"], r["src_port"],
+                          r["dst_port"])
+        p, b = table.get(fid, (0, 0))
+        table[fid] = (p + r["packets"], b + r["octets"])
+    return table
+
+
+def bpf_prog_ids() -> set[int]:
+    out = subprocess.run([require_tool("bpftool"), "-j", "prog", "show"], check=True,
+                         capture_output=True, text=True).stdout
+    return {p["id"] for p in json.loads(out)}
+
+
+def tc_state(ns: Netns, ifname: str) -> str:
+    filters = "".join(ns.run(["tc", "filter", "show", "dev", ifname, d]).stdout
+                      for d in ("ingress", "egress"))
+    qdisc = ns.run(["tc", "qdisc", "show", "dev", ifname]).stdout
+    return filters + ("clsact" if "clsact" in qdisc else "")
+
+
+def test_agent_exports_exact_flows_and_leaves_nothing(pair, tmp_path):
+    a, b = pair.a, pair.b
+    conf, out = write_config(tmp_path, b.ns.name, b.ifname, "tcx")
+    proc, ids = start_agent(conf, tmp_path / "agent.log")
+    try:
+        assert set(ids.values()) <= bpf_prog_ids()
+        truth = send_udp(a.ns, b.addr, 9000, 12, 200, peer=b.ns).truth
+        truth.merge(send_udp(a.ns, b.addr6, 9001, 5, 40, peer=b.ns, tos=0x48).truth)
+        truth.merge(send_icmp_echo(a.ns, b.addr, 3).truth)
+        truth.merge(send_icmp_echo(a.ns, b.addr6, 2, 100).truth)
+        time.sleep(0.3)
+    finally:
+        stop_agent(proc)
+    assert exported(out) == truth.table()
+    assert not set(ids.values()) & bpf_prog_ids()
+    assert tc_state(b.ns, b.ifname) == ""
+
+
+def test_tc_mode_survives_a_crash(pair, tmp_path):
+    """SIGKILL leaves a tc filter behind; the next start replaces it and SIGTERM removes all."""
+    a, b = pair.a, pair.b
+    conf, out = write_config(tmp_path, b.ns.name, b.ifname, "tc")
+    proc, _ = start_agent(conf, tmp_path / "agent1.log")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert "handle 0x4e4641" in tc_state(b.ns, b.ifname)  # the crash's leftover
+    proc, ids = start_agent(conf, tmp_path / "agent2.log")
+    try:
+        filters = tc_state(b.ns, b.ifname)
+        assert filters.count("handle 0x4e4641") == 2  # one per direction: replaced, not added
+        truth = send_udp(a.ns, b.addr, 9002, 6, 80, peer=b.ns).truth
+        time.sleep(0.3)
+    finally:
+        stop_agent(proc)
+    assert exported(out) == truth.table()
+    assert "0x4e4641" not in tc_state(b.ns, b.ifname)
+    assert not set(ids.values()) & bpf_prog_ids()
