@@ -7,9 +7,10 @@ sends UNBIND (the kernel flushes its partial batch to us), reads up to the UNBIN
 the last batch and ends.
 
 Loss accounting: every packet the kernel logs carries ``NFULA_SEQ``; a gap in the sequence is
-exactly the number of packets logged but never received (socket overruns, i.e. ENOBUFS, and
-anything else), and goes into the batch's ``dropped_packets``. ENOBUFS itself is counted as
-an event (``enobufs``) and reading continues.
+exactly the number of packets logged but never received (socket overruns and anything else),
+and goes into the batch's ``dropped_packets``. Overruns (what ENOBUFS reports) are counted
+from the socket's drop counter (``overruns``, kernel batches lost) and reading continues; the
+socket sets NETLINK_NO_ENOBUFS (see ``netlink.NflogSocket._open`` for why).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class GroupReader:
         self.thread = threading.Thread(target=self._run, daemon=True,
                                        name=f"{owner.name} group {sock.group}")
         self._reported_gaps = 0
+        self._closed_overruns = 0
         # a datagram is at most one kernel batch (nlbufsiz) or one big packet
         self.buf = bytearray(max(NLBUFSIZ_MAX, owner.config.snaplen or 65535) + 4096)
 
@@ -73,6 +75,7 @@ class GroupReader:
             self.owner.log.exception("%s: group %d reader failed", self.owner.name,
                                      self.sock.group)
         finally:
+            self._closed_overruns = self._overruns()
             self.sock.close()
 
     def _receive_one(self) -> int:
@@ -136,7 +139,14 @@ class GroupReader:
 
     def stats(self) -> dict[str, int]:
         """This group's counters."""
-        return {**self.counters, **self.decoder.stats(), "rcvbuf": self._rcvbuf()}
+        return {**self.counters, **self.decoder.stats(), "overruns": self._overruns(),
+                "rcvbuf": self._rcvbuf()}
+
+    def _overruns(self) -> int:
+        try:
+            return self.sock.overruns()
+        except OSError:  # closed: the last value read
+            return self._closed_overruns
 
     def _rcvbuf(self) -> int:
         try:

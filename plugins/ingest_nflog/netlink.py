@@ -43,7 +43,11 @@ from agent.packet import PacketParser
 # --- netlink / nfnetlink (linux/netlink.h, linux/netfilter/nfnetlink.h) ----------------------
 
 NETLINK_NETFILTER = 12
+SOL_NETLINK = 270
+NETLINK_NO_ENOBUFS = 5
 SO_RCVBUFFORCE = 33
+SO_MEMINFO = 55
+SK_MEMINFO_DROPS = 8  # enum sk_meminfo (linux/sock_diag.h): datagrams the socket dropped
 NLMSG_NOOP = 1
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
@@ -300,6 +304,11 @@ class NflogSocket:
     def _open() -> socket.socket:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                              NETLINK_NETFILTER)
+        # Without this, an overrun sets ENOBUFS *and* marks the socket congested; on 6.18 an
+        # ENOBUFS read from an empty queue left it congested for good (every later batch,
+        # even the UNBIND ack, was dropped). Overruns are still counted (sk_drops, below)
+        # and the lost packets exactly by NFULA_SEQ gaps.
+        sock.setsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
         sock.bind((0, 0))
         return sock
 
@@ -313,6 +322,11 @@ class NflogSocket:
     def rcvbuf(self) -> int:
         """The receive buffer the kernel granted (it doubles the requested value)."""
         return self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+    def overruns(self) -> int:
+        """Batches the kernel could not queue for us (``sk_drops``: the ENOBUFS events)."""
+        raw = self.sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * (SK_MEMINFO_DROPS + 1))
+        return struct.unpack_from(f"={SK_MEMINFO_DROPS + 1}I", raw)[SK_MEMINFO_DROPS]
 
     def request(self, attrs: list[bytes], pending: list[bytes] | None = None) -> None:
         """Send a config request and wait for its ack.

@@ -175,7 +175,7 @@ def test_overload_loss_is_counted_exactly(topo: RoutedTopology, tmp_path: Path) 
     accounted = sum(r["packets"] for r in records)
     counters = agent.nflog_counters()
     assert counters["seq_gaps"] > 0, f"no loss provoked; {counters}"
-    assert counters["enobufs"] > 0
+    assert counters["overruns"] > 0  # kernel batches lost (what ENOBUFS reports)
     assert logged == accounted + counters["seq_gaps"], (logged, accounted, counters)
 
 
