@@ -1,0 +1,102 @@
+"""Records per second encoded and sent by ``[[export.netflow]]`` (NetFlow v5 and v9).
+
+What it measures, on one core (the pipeline thread does this work):
+
+* ``encode``: the pure encoder alone (records -> list[bytes]);
+* ``encode+send``: the component's ``agent_export_flows`` hook, i.e. encoding plus one
+  non-blocking ``send`` per datagram to a bound UDP socket on 127.0.0.1 that never reads
+  (the receiver drops; the sender still pays the full syscall and loopback path).
+
+Records are realistic IPv4/IPv6 mixes (90 % IPv4) handed over in batches, as the cache expires
+them. Each figure is the median of ``--runs`` runs (default 7); min and max are shown to judge
+the noise. Usage: ``python3 bench/export/bench_netflow.py [--records 200000] [--runs 7]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import socket
+import statistics
+import time
+
+from agent.model import FlowRecord
+from agent.runtime import RunContext
+from plugins.export_netflow import v5, v9
+from plugins.export_netflow.component import NetflowExporter
+from plugins.export_netflow.config import Config
+from plugins.export_netflow.state import ExportState
+
+BATCH = 4096
+
+
+def make_records(n: int, now_ns: int) -> list[FlowRecord]:
+    """``n`` distinct flows, 10 % IPv6, with plausible counters and times."""
+    out = []
+    v6s, v6d = ipaddress.ip_address("fd00::1").packed, ipaddress.ip_address("fd00::2").packed
+    for i in range(n):
+        if i % 10 == 9:
+            src, dst, ver = v6s, v6d, 6
+        else:
+            src, dst, ver = (0x0A000000 + i).to_bytes(4, "big"), b"\xc0\x00\x02\x01", 4
+        out.append(FlowRecord(ver, 6 if i % 3 else 17, src, dst, 1024 + i % 60000, 443,
+                              in_if=2, out_if=3, packets=10 + i % 50, octets=1500 * (10 + i % 50),
+                              start_ns=now_ns - 20_000_000_000, end_ns=now_ns - 1_000_000_000,
+                              tcp_flags=0x1B))
+    return out
+
+
+def batches(records: list[FlowRecord]) -> list[list[FlowRecord]]:
+    return [records[i : i + BATCH] for i in range(0, len(records), BATCH)]
+
+
+def time_encode(protocol: int, parts: list[list[FlowRecord]], now: int) -> float:
+    state = ExportState(boot_ns=now - 60_000_000_000)
+    templates, policy = v9.flow_templates(False), v9.RefreshPolicy()
+    t0 = time.perf_counter()
+    for part in parts:
+        if protocol == 5:
+            v5.encode_flows(part, state, now)
+        else:
+            v9.encode_flows(part, state, templates, policy, now)
+    return time.perf_counter() - t0
+
+
+def time_export(protocol: int, parts: list[list[FlowRecord]], now: int, endpoint: str) -> float:
+    exporter = NetflowExporter(Config(destination=[endpoint], protocol=protocol,
+                                      sndbuf=4 * 1024 * 1024), "export.netflow[0]")
+    exporter.agent_start(context=RunContext(start_ns=now - 60_000_000_000))
+    t0 = time.perf_counter()
+    for part in parts:
+        exporter.agent_export_flows(records=part)
+    elapsed = time.perf_counter() - t0
+    stats = exporter.agent_collect_stats()
+    exporter.agent_stop()
+    assert stats["sock_fail"] == 0, stats
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", type=int, default=200_000)
+    ap.add_argument("--runs", type=int, default=7)
+    args = ap.parse_args()
+    now = time.time_ns()
+    records = make_records(args.records, now)
+    parts = batches(records)
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))
+    endpoint = f"127.0.0.1:{sink.getsockname()[1]}"
+    print(f"{args.records} records (10 % IPv6; v5 skips them), batches of {BATCH}, "
+          f"{args.runs} runs, records/s median [min-max]")
+    for protocol in (5, 9):
+        for label, fn in (("encode", lambda: time_encode(protocol, parts, now)),
+                          ("encode+send", lambda: time_export(protocol, parts, now, endpoint))):
+            rates = [args.records / fn() for _ in range(args.runs)]
+            print(f"  v{protocol} {label:12s} {statistics.median(rates):>12,.0f} "
+                  f"[{min(rates):,.0f}-{max(rates):,.0f}]")
+    sink.close()
+
+
+if __name__ == "__main__":
+    main()
