@@ -518,6 +518,7 @@ class NflogDecoder:
             mlen, mtype = unpack_head(buf, off)
             if mlen < NLMSGHDR.size or off + mlen > n:
                 self.malformed += 1
+                off = n
                 break
             if mtype != MSG_PACKET:  # NLMSG_DONE ends each batch; acks; nothing else
                 off += (mlen + 3) & ~3
@@ -560,8 +561,15 @@ class NflogDecoder:
                 pkt = parse(view[p:p + plen], ts, indev, outdev, DIRECTION_INGRESS)
             if pkt is not None:
                 append(pkt)
+        if off < n and not self.padding_only(buf, off, n):
+            self.malformed += 1  # bytes left that cannot hold a netlink header
         self.expect_seq = expect
         self.messages += messages
+
+    @staticmethod
+    def padding_only(buf: bytearray | bytes, off: int, n: int) -> bool:
+        """``True`` when ``buf[off:n]`` is only zero padding (not an error)."""
+        return not any(memoryview(buf)[off:n])
 
     def _walk(self, buf: bytearray | bytes, a: int, end: int) -> tuple[int, ...] | None:
         """Read one message attribute by attribute and learn its shape when it is regular.

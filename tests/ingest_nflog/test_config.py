@@ -1,0 +1,73 @@
+"""``[[ingest.nflog]]`` configuration: checks, resources, sample, managed ruleset text."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from agent.config.convert import convert
+from plugins.ingest_nflog.config import Config
+from plugins.ingest_nflog.rules import ruleset
+
+SAMPLE = Path(__file__).parents[2] / "plugins" / "ingest_nflog" / "sample.toml"
+
+
+def _convert(table: dict) -> tuple[Config | None, list]:
+    return convert(Config, table, "ingest.nflog[0]")
+
+
+def test_sample_loads_without_issues() -> None:
+    data = tomllib.loads(SAMPLE.read_text())
+    cfg, issues = _convert(data["ingest"]["nflog"][0])
+    assert cfg is not None and issues == []
+    assert cfg.groups == [5] and cfg.snaplen == 128
+
+
+def test_readme_quotes_the_sample() -> None:
+    readme = (SAMPLE.parent / "README.md").read_text()
+    assert SAMPLE.read_text().strip() in readme
+
+
+@pytest.mark.parametrize("group, path", [(70000, "group"), (-1, "group"),
+                                         ([1, 70000], "group[1]"), ([3, 3], "group[1]")])
+def test_bad_groups_are_errors_with_paths(group: object, path: str) -> None:
+    cfg, issues = _convert({"group": group})
+    assert [i.path for i in issues if i.severity == "error"] == [f"ingest.nflog[0].{path}"]
+
+
+def test_group_list_and_resources() -> None:
+    cfg, issues = _convert({"group": [1, 2], "netns": "r1", "manage_rules": True})
+    assert cfg is not None and not issues
+    idents = [(r.kind, r.ident) for r in cfg.resources()]
+    assert ("nflog-group", "netns=r1 group=1") in idents
+    assert ("nflog-group", "netns=r1 group=2") in idents
+    assert ("nft-table", "netns=r1 inet netflow_agent") in idents
+
+
+def test_warnings_small_snaplen_and_clamped_buffer() -> None:
+    _cfg, issues = _convert({"group": 1, "snaplen": 40, "nlbufsiz": 1 << 20})
+    assert {i.path.rsplit(".", 1)[1] for i in issues} == {"snaplen", "nlbufsiz"}
+    assert all(i.severity == "warning" for i in issues)
+
+
+def test_bad_chain_and_netns() -> None:
+    _cfg, issues = _convert({"group": 1, "chains": ["prerouting"]})
+    assert issues and issues[0].path.endswith("chains[0]")
+    _cfg, issues = _convert({"group": 1, "netns": "bad name"})
+    assert [i.path for i in issues] == ["ingest.nflog[0].netns"]
+
+
+def test_ruleset_one_group() -> None:
+    text = ruleset([5], ["forward", "input"], 128, 32, -1)
+    assert "delete table inet netflow_agent" in text
+    assert "type filter hook input priority -1;" in text
+    assert "counter log group 5 snaplen 128 queue-threshold 32" in text
+    assert "hook output" not in text
+
+
+def test_ruleset_spreads_several_groups() -> None:
+    text = ruleset([5, 6], ["forward"], 0, 16, -1)
+    assert "numgen inc mod 2 vmap { 0 : jump to_group_5, 1 : jump to_group_6 }" in text
+    assert "snaplen" not in text  # 0 = whole packet
