@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -173,3 +174,44 @@ def _run_agent_args(*args: str) -> subprocess.CompletedProcess:
     cmd = [str(agent) if agent.exists() else "agent", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
 
+
+
+def test_agent_survives_collector_down_and_late_collector_decodes_first_datagram(tmp_path):
+    """Export to a closed port, then start the collector: its first datagram decodes.
+
+    ``refresh_rate`` is huge and ``timeout_rate`` 30 min, so only the exporter's reaction to
+    ICMP port unreachable (templates while refused) can make that first datagram decodable.
+    """
+    builder = PcapBuilder()
+    for i in range(25):  # one new UDP flow every 200 ms for 5 s, at the recorded pace
+        builder.add(FlowSpec("udp", "10.0.0.1", "10.0.0.2", 2000 + i, 53, payload=30,
+                             start_ns=SAMPLE_EPOCH_NS + i * 200_000_000))
+    builder.write(tmp_path / "slow.pcap")
+    port = free_udp_port()
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[agent]\nscan_interval_ms = 200\n\n[cache]\ninactive_timeout = 1\n\n'
+        f'[[ingest.pcap]]\npath = "{tmp_path / "slow.pcap"}"\nspeed = "recorded"\n\n'
+        f'[[export.netflow]]\nprotocol = 9\ndestination = ["127.0.0.1:{port}"]\n'
+        f"refresh_rate = 100000\n")
+    agent = Path(sys.executable).parent / "agent"
+    cmd = [str(agent) if agent.exists() else "agent", "--log-level", "info", "-c", str(config)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3.0)  # flows of the first ~2 s are exported to a closed port
+        assert proc.poll() is None, "the agent must keep running while the collector is down"
+        sink = UdpSink(port=port)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    datagrams = sink.drain()
+    sink.close()
+    assert proc.returncode == 0, stderr
+    assert datagrams, stderr
+    packets = decode(datagrams[:1])  # raises V9TemplateNotRecognized without templates
+    assert packets[0].flows
+    ports = {f.data["L4_SRC_PORT"] for p in decode(datagrams) for f in p.flows}
+    assert 2024 in ports and 2000 not in ports  # late flows arrive, early ones were refused
+    assert "Traceback" not in stderr and " ERROR " not in stderr
