@@ -146,3 +146,23 @@ def test_bad_record_is_counted_and_the_rest_exported():
     assert exporter.agent_collect_stats()["encode_errors"] == 1
     assert packet.header.sequence == 0  # the failed attempt consumed no sequence number
     exporter.agent_stop()
+
+
+def test_template_refresh_on_the_wire_by_packets_and_by_time():
+    """Through real sockets: templates again after refresh_rate datagrams and timeout_rate."""
+    clock = [time.time_ns()]
+    sink = UdpSink()
+    exporter = NetflowExporter(Config(destination=[sink.endpoint], protocol=9, refresh_rate=4,
+                                      timeout_rate=1), "export.netflow[0]")
+    exporter.agent_start(context=RunContext(start_ns=START, clock=lambda: clock[0]))
+    for _ in range(6):
+        exporter.agent_export_flows(records=flows(1))
+        clock[0] += 1_000_000_000
+    clock[0] += 61_000_000_000  # past timeout_rate (1 min)
+    exporter.agent_export_flows(records=flows(1))
+    datagrams = sink.drain()
+    has_template = [int.from_bytes(d[20:22], "big") == 0 for d in datagrams]
+    assert has_template == [True, False, False, False, True, False, True]
+    assert [int.from_bytes(d[12:16], "big") for d in datagrams] == list(range(7))  # sequence
+    decode(datagrams)
+    exporter.agent_stop()
