@@ -139,7 +139,7 @@ class ConntrackIngest(Component):
 
     @hookimpl
     def agent_collect_stats(self) -> dict[str, Any]:
-        """The seed's ``Natevents`` line plus overrun and resync counters."""
+        """The seed's ``Natevents ... count start N, stop M`` counters, overruns and resyncs."""
         t = self.tracker
         return {
             "natevents_start": t.starts,
@@ -153,7 +153,6 @@ class ConntrackIngest(Component):
             "skipped_untranslated": t.skipped,
             "duplicates": t.duplicates,
             "malformed": self.malformed,
-            "summary": f"Natevents enabled, count start {t.starts}, stop {t.stops}.",
         }
 
     # --- start-up helpers ----------------------------------------------------------------------
