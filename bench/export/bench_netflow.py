@@ -90,8 +90,9 @@ def main() -> None:
     print(f"{args.records} records (10 % IPv6; v5 skips them), batches of {BATCH}, "
           f"{args.runs} runs, records/s median [min-max]")
     for protocol in (5, 9):
-        for label, fn in (("encode", lambda: time_encode(protocol, parts, now)),
-                          ("encode+send", lambda: time_export(protocol, parts, now, endpoint))):
+        runs = {"encode": lambda p=protocol: time_encode(p, parts, now),
+                "encode+send": lambda p=protocol: time_export(p, parts, now, endpoint)}
+        for label, fn in runs.items():
             rates = [args.records / fn() for _ in range(args.runs)]
             print(f"  v{protocol} {label:12s} {statistics.median(rates):>12,.0f} "
                   f"[{min(rates):,.0f}-{max(rates):,.0f}]")
