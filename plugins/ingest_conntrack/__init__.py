@@ -6,9 +6,12 @@ Registers the component type; the work is in :mod:`.component`, :mod:`.ctnetlink
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 from agent import hookimpl
+from agent.errors import ConfigIssue
 
 
 @hookimpl
@@ -25,3 +28,33 @@ def agent_register_components(registry):  # type: ignore[no-untyped-def]
         sample=(Path(__file__).parent / "sample.toml").read_text(),
         doc="NAT translation start/stop events from conntrack (NEL, natevents)",
     )
+
+
+@hookimpl
+def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue]:
+    """With ``check_env``: the namespace exists and we may open ctnetlink sockets in it."""
+    if not check_env:
+        return []
+    from .ctnetlink import netns_path
+
+    issues = []
+    for inst in config.by_stage("ingest"):
+        if inst.type_name != "conntrack":
+            continue
+        netns = inst.config.netns
+        if netns and not os.path.exists(netns_path(netns)):
+            issues.append(
+                ConfigIssue(
+                    f"{inst.path}.netns",
+                    f"network namespace {netns!r} not found ({netns_path(netns)} does not exist)",
+                )
+            )
+        if os.geteuid() != 0:
+            issues.append(
+                ConfigIssue(
+                    inst.path,
+                    "conntrack events, setns and the sysctls "
+                    "need root (CAP_NET_ADMIN and CAP_SYS_ADMIN)",
+                )
+            )
+    return issues
