@@ -234,3 +234,27 @@ def reduced_length_ok(element: InformationElement, length: int) -> bool:
             not element.data_type.startswith("float") or length == 4
         )
     return False
+
+
+# --- natEvent (230) values, RFC 8158 section 4.3 ---------------------------------------------
+
+NAT_CREATE_HISTORIC, NAT_DELETE_HISTORIC = 1, 2  # ipt_NETFLOW, Cisco NEL ("legacy")
+NAT44_SESSION_CREATE, NAT44_SESSION_DELETE = 4, 5
+NAT64_SESSION_CREATE, NAT64_SESSION_DELETE = 6, 7
+
+
+def nat_event_value(start: bool, inside_len: int, outside_len: int, value_set: str) -> int:
+    """The natEvent (230) value both exporters write for a translation start or stop.
+
+    :param start: ``True`` for a translation start, ``False`` for a stop.
+    :param inside_len: length of the pre-NAT source address (4 or 16).
+    :param outside_len: length of the post-NAT source address (4 or 16).
+    :param value_set: ``"legacy"`` (1/2) or ``"rfc8158"``: 6/7 only for NAT64 (inside IPv6,
+        outside IPv4); same-family translation (NAT44, and NAT66, which RFC 8158 has no value
+        for) uses the session values 4/5.
+    """
+    if value_set == "legacy":
+        return NAT_CREATE_HISTORIC if start else NAT_DELETE_HISTORIC
+    if inside_len == 16 and outside_len == 4:
+        return NAT64_SESSION_CREATE if start else NAT64_SESSION_DELETE
+    return NAT44_SESSION_CREATE if start else NAT44_SESSION_DELETE

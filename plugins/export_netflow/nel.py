@@ -9,8 +9,9 @@ This module owns how a :class:`~agent.model.NatEvent` becomes bytes; it is pure,
   ports (7/11), post-NAT ports (227/228), protocol (4), natEvent (230, 1 byte). When the
   addresses are IPv6 the variant template uses 27/28/281/282.
 * **natEvent values** per instance: ``legacy`` = 1 create / 2 delete (ipt_NETFLOW, Cisco NEL);
-  ``rfc8158`` = 4/5 (NAT44 session create/delete) for IPv4 and 6/7 (NAT64 session
-  create/delete) when the inside (pre-NAT) side is IPv6; RFC 8158 has no NAT66 values.
+  ``rfc8158`` = 4/5 (session create/delete) for same-family translation (NAT44, and NAT66,
+  which RFC 8158 has no values for) and 6/7 (NAT64 session create/delete) when the inside is
+  IPv6 and the outside IPv4 (shared with IPFIX: :func:`agent.ie.nat_event_value`).
 * **v5 pseudo-flows** (packets = octets = 0 so accounting is unaffected): src = pre-NAT source,
   dst = post-NAT destination; SNAT: next hop = post-NAT source address, src_as = post-NAT source
   port; DNAT: next hop = pre-NAT destination address, dst_as = pre-NAT destination port; both
@@ -23,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
+from agent import ie
 from agent.model import NAT_START, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, NatEvent
 
 from . import v5
@@ -36,9 +38,6 @@ TEMPLATE_NEL6 = 261
 NatValues = Literal["legacy", "rfc8158"]
 
 #: natEvent (230) values, RFC 8158 section 4.3.
-NAT_CREATE_HISTORIC, NAT_DELETE_HISTORIC = 1, 2
-NAT44_SESSION_CREATE, NAT44_SESSION_DELETE = 4, 5
-NAT64_SESSION_CREATE, NAT64_SESSION_DELETE = 6, 7
 
 V5_START_FLAGS = TCP_SYN | TCP_ACK
 V5_STOP_FLAGS = TCP_RST | TCP_FIN
@@ -68,14 +67,10 @@ def nat_event_value(event: NatEvent, values: NatValues) -> int:
     """The natEvent (230) value for ``event`` under the instance's value set.
 
     :param event: the NAT event.
-    :param values: ``"legacy"`` (1/2) or ``"rfc8158"`` (4/5 NAT44, 6/7 NAT64).
+    :param values: ``"legacy"`` (1/2) or ``"rfc8158"`` (see :func:`agent.ie.nat_event_value`).
     """
-    start = event.event == NAT_START
-    if values == "legacy":
-        return NAT_CREATE_HISTORIC if start else NAT_DELETE_HISTORIC
-    if event.ip_version == 6:
-        return NAT64_SESSION_CREATE if start else NAT64_SESSION_DELETE
-    return NAT44_SESSION_CREATE if start else NAT44_SESSION_DELETE
+    return ie.nat_event_value(event.event == NAT_START, len(event.src_addr),
+                              len(event.post_src_addr), values)
 
 
 def _event_time_ns(event: NatEvent, now_ns: int) -> int:
