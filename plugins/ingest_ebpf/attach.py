@@ -130,6 +130,9 @@ class Attacher:
 
     def _attach_one(self, ifindex: int, ifname: str, egress: bool) -> Attachment:
         prog = "flow_tc_egress" if egress else "flow_tc_ingress"
+        if self.mode != "tc" and self.loader.tc_detach(ifindex, egress, TC_HANDLE, TC_PRIORITY):
+            log.info("removed a stale tc filter of ours from %s (a crashed tc-mode agent)",
+                     ifname)
         if self.mode == "xdp":
             fd = self.loader.link_create("flow_xdp", ifindex, BPF_XDP, 0)
             return Attachment(ifindex, ifname, "xdp", False, link_fd=fd)

@@ -82,6 +82,7 @@ class EbpfIngest(Component):
             return
         with NetnsScope(self.config.netns):
             self.attacher.detach_all()  # type: ignore[union-attr]
+        self.stats["interfaces"] = 0
         self._drain()  # the active table: flip and drain it
         self._drain()  # the other one: stragglers of the previous flip
         self._release()

@@ -30,6 +30,7 @@ class Observed:
     trunc: int = 0
     frag: int = 0
     stats: dict = field(default_factory=dict)
+    component: EbpfIngest | None = None
 
     def add(self, batch: FlowBatch) -> None:
         self.dropped_packets += batch.dropped_packets
@@ -68,7 +69,7 @@ def ebpf_ingest(**config: object) -> Iterator[Observed]:
     context = RunContext()
     comp = EbpfIngest(Config(**config), "ingest.ebpf[0]")  # type: ignore[arg-type]
     comp.agent_start(context)
-    observed = Observed()
+    observed = Observed(component=comp)
     try:
         yield observed
     finally:

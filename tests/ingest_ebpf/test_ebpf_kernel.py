@@ -8,6 +8,7 @@ kernel accounted with ground truth: exact packets and IP bytes per flow.
 from __future__ import annotations
 
 import sys
+import time
 
 import pytest
 
@@ -196,3 +197,75 @@ c.close()
 
 def open_snmp(ns: Netns) -> list[str]:
     return ns.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
+
+
+_RAW_L4 = r"""
+import socket, struct, sys
+ifname, dst_mac, src_mac = sys.argv[1], bytes.fromhex(sys.argv[2]), bytes.fromhex(sys.argv[3])
+S6, D6 = (socket.inet_pton(socket.AF_INET6, a) for a in ("fd00:251::1", "fd00:251::2"))
+def ipv6(nh, payload):
+    head = struct.pack("!IHBB", (6 << 28) | (0x2E << 20), len(payload), nh, 64)
+    return head + S6 + D6 + payload
+def ext(nh, units):  # hop-by-hop / routing / destination options: (units + 1) * 8 bytes
+    return struct.pack("!BB", nh, units) + bytes(6 + 8 * units)
+tcp = struct.pack("!HHIIBBHHH", 4000, 80, 1, 0, 5 << 4, 0x12, 1024, 0, 0) + bytes(10)
+sctp = struct.pack("!HHII", 5000, 6000, 0, 0) + bytes(16)
+icmp6 = struct.pack("!BBH", 1, 4, 0) + bytes(20)  # destination unreachable, port unreachable
+ah = struct.pack("!BBH", 6, 4, 0) + bytes(20)  # AH: (4 + 2) * 4 = 24 bytes, then TCP
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((ifname, 0))
+eth = dst_mac + src_mac + struct.pack("!H", 0x86DD)
+frames = [
+    ipv6(0, ext(60, 0) + ext(43, 1) + ext(6, 0) + tcp),  # HBH, DSTOPTS, ROUTING, TCP SYN+ACK
+    ipv6(51, ah + tcp),
+    ipv6(132, sctp),
+    ipv6(58, icmp6),
+    ipv6(0, ext(6, 40)),  # hop-by-hop header longer than the packet: truncated
+]
+for f in frames:
+    s.send(eth + f)
+print("sent", flush=True)
+"""
+
+
+def test_ipv6_extension_headers_sctp_icmp6(pair):
+    a, b = pair.a, pair.b
+    with ebpf_ingest(interfaces=[b.ifname], netns=b.ns.name, direction="ingress",
+                     poll_interval_ms=100) as seen:
+        a.ns.python(_RAW_L4, a.ifname, b.mac.replace(":", ""), a.mac.replace(":", ""))
+    src, dst = "fd00:251::1", "fd00:251::2"
+    tcp_len = 40 + 8 + 16 + 8 + 30  # IPv6, HBH, DSTOPTS, routing (16), TCP + 10
+    assert seen.table() == {
+        FlowId.make(6, src, dst, 4000, 80): (2, tcp_len + (40 + 24 + 30)),
+        FlowId.make(132, src, dst, 5000, 6000): (1, 40 + 28),
+        FlowId.make(58, src, dst, 0, 1 << 8 | 4): (1, 40 + 24),
+    }
+    assert seen.flows[FlowId.make(6, src, dst, 4000, 80)][2] == 0x12
+    assert seen.trunc == 1
+
+
+@pytest.mark.parametrize("map_type", ["percpu", "shared"])
+def test_sampling_and_map_types(pair, map_type):
+    """sampling = 4: the kernel sees every packet, accounts about 1 in 4, counts the rest."""
+    a, b = pair.a, pair.b
+    sent = 2000
+    with ebpf_ingest(interfaces=[b.ifname], netns=b.ns.name, direction="ingress",
+                     sampling=4, map_type=map_type, poll_interval_ms=100) as seen:
+        send_udp(a.ns, b.addr, 9300, sent, 10, peer=b.ns)
+    assert seen.stats["kernel_packets"] == sent
+    assert seen.packets + seen.stats["kernel_sampled_out"] == sent
+    assert 300 < seen.packets < 700  # binomial(2000, 1/4): 500 +- 5 sigma
+
+
+def test_interfaces_that_appear_later_are_attached(pair):
+    a, b = pair.a, pair.b
+    with ebpf_ingest(interfaces=["late*"], netns=b.ns.name, poll_interval_ms=100,
+                     rescan_interval_ms=100) as seen:
+        assert seen.component.stats["interfaces"] == 0
+        late = veth_pair(a.ns, b.ns, name_a="latea", name_b="lateb")
+        deadline = time.monotonic() + 5
+        while seen.component.stats["interfaces"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert seen.component.stats["interfaces"] == 1
+        truth = send_udp(a.ns, late.b.addr, 9400, 5, 30, peer=b.ns).truth
+    assert seen.table() == truth.table()
