@@ -6,6 +6,8 @@
     agent --dry-run -c FILE|DIR       validate, start nothing; exit 0 valid, 78 invalid
     agent plugins                     list plugins with version and origin
     agent config sample [NAME]        print a commented sample (all, or one component)
+    agent stats [--json] [--socket P] the running agent's statistics (control socket)
+    agent reload [--socket P]         make the running agent re-read its configuration
 
 Exit codes: 0 success, 1 runtime failure, 2 usage error, 78 (EX_CONFIG) invalid configuration.
 """
@@ -21,12 +23,14 @@ from typing import Any
 
 import pluggy
 
-from agent import __version__
+from agent import __version__, logutil
 from agent.config.check import validate
 from agent.config.load import load
 from agent.errors import ConfigIssue
+from agent.ops import Operations
 from agent.pipeline import Pipeline, StartupError
 from agent.plugins import build_registry, make_manager
+from agent.privileges import PrivilegeError
 from agent.registry import ComponentRegistry
 
 EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
@@ -61,6 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     sample = cfg_sub.add_parser("sample", help="print a commented sample configuration")
     sample.add_argument("name", nargs="?", help="component, e.g. netflow or export.netflow")
+    stats = sub.add_parser("stats", help="print the running agent's statistics")
+    stats.add_argument("--json", action="store_true", help="machine-readable JSON")
+    stats.add_argument("--socket", help="control socket (default: [agent] control_socket "
+                       "of -c FILE, else /run/netflow-agent/agent.sock)")
+    reload = sub.add_parser("reload", help="make the running agent re-read its configuration")
+    reload.add_argument("--socket", help="control socket (as for stats)")
     return p
 
 
@@ -70,10 +80,15 @@ def main(argv: list[str] | None = None) -> int:
     level = args.log_level
     logging.basicConfig(level=(level or "info").upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logutil.install()  # rate-limited repeats; journald priorities under systemd
     if args.command == "plugins":
         return cmd_plugins()
     if args.command == "config":
         return cmd_sample(args.name)
+    if args.command in ("stats", "reload"):
+        from agent.control import cmd_control
+
+        return cmd_control(args.command, args.socket, args.config, getattr(args, "json", False))
     if not args.config:
         print("agent: error: -c/--config is required (or a COMMAND)", file=sys.stderr)
         return EX_USAGE
@@ -183,12 +198,24 @@ def cmd_run(path: str, level: str | None) -> int:
     if not level:
         logging.getLogger().setLevel(logging.DEBUG if config.agent.debug >= 2 else logging.INFO)
     _tune_malloc()
+    try:
+        ops = Operations(config)  # before any thread starts (privilege drop preparation)
+    except PrivilegeError as exc:
+        log.error("%s", exc)
+        return EX_CONFIG
     pipeline = Pipeline(config, pm)
     pipeline.build()
     try:
         pipeline.start()
     except StartupError as exc:
         log.error("%s", exc)
+        return EX_FAIL
+    try:
+        ops.start(pipeline)  # control socket, metrics, drop root, READY=1
+    except (OSError, PrivilegeError) as exc:
+        log.error("start-up failed: %s", exc)
+        ops.stopping()
+        pipeline.shutdown()
         return EX_FAIL
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: pipeline.request_stop())
@@ -199,6 +226,7 @@ def cmd_run(path: str, level: str | None) -> int:
     try:
         pipeline.run()
     finally:
+        ops.stopping()
         pipeline.shutdown()
     log.info("stopped; %d flows exported", pipeline.exported_flows)
     return EX_OK

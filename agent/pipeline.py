@@ -34,9 +34,11 @@ from typing import Any
 
 import pluggy
 
+from agent import state
 from agent.config.model import AgentConfig, Instance
 from agent.model import FlowRecord, PacketBatch
 from agent.runtime import (
+    ITEM_CALL,
     ITEM_DONE,
     ITEM_FLOWS,
     ITEM_NAT,
@@ -81,6 +83,10 @@ class Pipeline:
         self.reloader: Callable[[], AgentConfig | None] | None = None
         self.reloads = 0
         self.reload_failures = 0
+        #: called once per loop iteration on the pipeline thread (systemd watchdog); set by
+        #: agent.ops
+        self.heartbeat: Callable[[], None] | None = None
+        self.restored_flows = 0
 
     # --- building and starting ---------------------------------------------------------------
 
@@ -99,6 +105,9 @@ class Pipeline:
     def start(self) -> None:
         """Call ``agent_start`` on every component, exporters first, ingests last."""
         order = sorted(self.config.instances, key=lambda i: _STAGE_ORDER[i.stage])
+        cache = self.cache_component()
+        if self.config.agent.state_file and hasattr(cache, "restore"):
+            self.restored_flows = state.restore(cache, self.config.agent.state_file)
         for inst in order:
             impl = getattr(self.components[inst.path], "agent_start", None)
             try:
@@ -170,6 +179,8 @@ class Pipeline:
             if kind:
                 self.dispatch(kind, item)
             self._scan_if_due()
+            if self.heartbeat is not None:
+                self.heartbeat()
             if self.replay and not self.pending_finite and inbox.empty():
                 log.info("all finite ingests are done")
                 break
@@ -197,6 +208,11 @@ class Pipeline:
             self.stopping = True
         elif kind == ITEM_RELOAD:
             self._reload_requested(item)
+        elif kind == ITEM_CALL:
+            try:
+                item(self)
+            except Exception:
+                self._hook_failed("pipeline call", getattr(item, "__qualname__", "call"))
 
     def _packets(self, batch: PacketBatch) -> None:
         if self.replay and batch.packets:
@@ -339,6 +355,10 @@ class Pipeline:
         for path in ingests:
             self._stop_one(path)
         self._drain()
+        cache = self.cache_component()
+        if self.stopping and self.config.agent.state_file and hasattr(cache, "dump"):
+            self.scan(self.now_ns() or time.time_ns())  # export what is due; save the rest
+            state.save(cache, self.config.agent.state_file)
         self.scan(self.now_ns() or time.time_ns(), force=True)
         for path in reversed([p for p in self.started if not p.startswith("ingest.")]):
             self._stop_one(path)

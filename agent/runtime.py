@@ -22,6 +22,8 @@ ITEM_NAT = "nat"
 ITEM_DONE = "done"
 ITEM_STOP = "stop"
 ITEM_RELOAD = "reload"
+#: a callable run on the pipeline thread with the pipeline as argument (control socket, metrics)
+ITEM_CALL = "call"
 
 
 @dataclass

@@ -7,6 +7,7 @@ from typing import Any
 
 from agent.config.load import RawConfig
 from agent.config.schema import option
+from agent.errors import ConfigIssue
 from agent.registry import ComponentType
 
 
@@ -22,6 +23,35 @@ class AgentSection:
         min=10, max=60000)
     disabled_plugins: list[str] = option(
         default_factory=list, doc="Entry-point plugin names not to load.")
+    # --- operations (agent/control.py, metrics.py, privileges.py, state.py) ---
+    control_socket: str = option(
+        "/run/netflow-agent/agent.sock", doc="Unix socket `agent stats` and `agent reload` "
+        'talk to (msgpack); "" = no control socket.')
+    control_socket_mode: int = option(
+        0o600, doc="Permission bits of the control socket (0o600: its owner and root only).",
+        min=0, max=0o777)
+    metrics_listen: str = option(
+        "", doc='Prometheus endpoint "host:port" (e.g. "127.0.0.1:9184"); "" = off.')
+    user: str = option(
+        "", doc="Drop root to this user after sockets, rules and BPF programs are set up; "
+        '"" = keep running as started.')
+    group: str = option("", doc='Group for `user`; "" = the user\'s primary group.')
+    keep_capabilities: list[str] = option(
+        default_factory=lambda: ["CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_BPF"],
+        doc="Capabilities kept after dropping to `user` (only those the process has).")
+    state_file: str = option(
+        "", doc="On SIGTERM save flows still in the cache here (msgpack) instead of exporting "
+        'them; restore them at the next start. "" = export on SIGTERM.')
+    log_repeat_interval: float = option(
+        60.0, doc="Identical log messages repeat at most once per this many seconds "
+        "(the rest are counted); 0 = no limit.", min=0, max=86400)
+
+    def check(self) -> list[ConfigIssue]:
+        """Pure checks of the operations keys (the ones that need the machine are in
+        :mod:`agent.ops`)."""
+        from agent.ops import check_agent_section
+
+        return check_agent_section(self)
 
 
 @dataclass(slots=True)

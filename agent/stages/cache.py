@@ -16,6 +16,7 @@ arrays and find expired slots without a Python loop.
 
 from __future__ import annotations
 
+import sys
 from array import array
 from dataclasses import dataclass
 from typing import Any
@@ -263,6 +264,60 @@ class FlowCache(Component):
         self._out_if[i] = 0
         self.free.append(i)
         return rec
+
+    # --- saved state (agent/state.py) ------------------------------------------------------
+
+    def dump(self) -> list[tuple[bytes, int, int, int, int, int, int]]:
+        """Take every flow out of the table, for saving across a restart.
+
+        :return: ``(key, packets, octets, first_ns, last_ns, tcp_flags, out_if)`` per flow;
+            the table is empty afterwards (put them back with :meth:`restore`).
+        """
+        rows = []
+        for key, i in list(self.index.items()):
+            rows.append((key, self._packets[i], self._octets[i], self._first[i], self._last[i],
+                         self._flags[i], self._out_if[i]))
+            self._take(i, END_FORCED)
+        self.ending.clear()
+        return rows
+
+    def restore(self, rows: list[tuple[bytes, int, int, int, int, int, int]]) -> int:
+        """Put flows from :meth:`dump` back; a key already present gets the counters added.
+
+        ``maxflows`` is not applied: these packets were already accounted once.
+
+        :return: the number of rows restored.
+        """
+        for key, packets, octets, first, last, flags, out_if in rows:
+            i = self.index.get(key)
+            if i is None:
+                i = self._new_slot(key, first)
+                self.stats.new -= 1  # not a lookup miss of this run
+            self._packets[i] += packets
+            self._octets[i] += octets
+            self._first[i] = min(self._first[i], first)
+            self._last[i] = max(self._last[i], last)
+            self._flags[i] |= flags
+            if flags & _END_FLAGS:
+                self.ending.add(i)
+            if out_if:
+                self._out_if[i] = out_if
+        return len(rows)
+
+    def memory_usage(self) -> tuple[int, int]:
+        """Approximate bytes of the flow index (the "hash") and of the whole table.
+
+        O(1): the size of one key object is taken as typical for all.
+
+        :return: ``(index_bytes, table_bytes)``; table includes the index.
+        """
+        index = sys.getsizeof(self.index)
+        columns = sum(a.buffer_info()[1] * a.itemsize for a in (
+            self._packets, self._octets, self._first, self._last, self._flags, self._out_if))
+        key_size = sys.getsizeof(next(iter(self.index), b"")) if self.index else 0
+        table = (index + sys.getsizeof(self.keys) + columns + key_size * len(self.index)
+                 + sys.getsizeof(self.free))
+        return index, table
 
     # --- observability ---------------------------------------------------------------------
 

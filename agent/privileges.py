@@ -1,0 +1,177 @@
+"""Dropping root after start-up: ``[agent] user``, ``group``, ``keep_capabilities``.
+
+Order (cmd_run): :func:`prepare` **before** any thread starts, then every component starts as
+root (sockets bound, NFLOG groups bound, nft rules and BPF programs in place), then
+:func:`drop` switches to the configured user, keeping only ``keep_capabilities``.
+
+How (capabilities(7), prctl(2), capset(2)):
+
+1. :func:`prepare` sets ``PR_SET_KEEPCAPS`` in the main thread; threads started later inherit
+   it, so no thread loses its permitted set at the UID switch and then can't stop cleanly.
+2. :func:`drop` calls ``setgroups``/``setgid``/``setuid`` through glibc, which applies them to
+   **every thread** of the process. After the switch the effective sets are empty.
+3. In the pipeline (main) thread, ``capset`` makes ``keep_capabilities`` (those the process
+   actually has) the effective and permitted set, then ``PR_SET_KEEPCAPS`` is cleared. The
+   pipeline thread is the one that reloads, adds/removes rules and detaches programs.
+
+Limitation: ``capset`` only changes the calling thread. Other threads (ingest readers) run
+as the user with an empty effective set, but their permitted set is what root had when they
+started. Under systemd the unit's ``CapabilityBoundingSet`` limits every thread to the
+listed capabilities, which is the boundary to rely on (packaging/systemd/netflow-agent.service).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import grp
+import logging
+import os
+import pwd
+from dataclasses import dataclass
+
+log = logging.getLogger("agent.privileges")
+
+PR_SET_KEEPCAPS = 8
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+#: capability numbers (linux/capability.h)
+CAPABILITIES = {name: n for n, name in enumerate((
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
+    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
+    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
+    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE"))}
+
+
+class PrivilegeError(Exception):
+    """The user/group does not exist, or a system call refused the switch."""
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32)]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who to become."""
+
+    user: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+
+
+def resolve(user: str, group: str = "") -> Identity:
+    """Look up ``user`` (and ``group``, default the user's primary group).
+
+    :raises PrivilegeError: unknown user or group.
+    """
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise PrivilegeError(f"user {user!r} does not exist") from None
+    gid = pw.pw_gid
+    if group:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise PrivilegeError(f"group {group!r} does not exist") from None
+    groups = tuple(sorted(set(os.getgrouplist(user, gid))))
+    return Identity(user, pw.pw_uid, gid, groups)
+
+
+def capability_mask(names: list[str]) -> int:
+    """Bit mask of capability names (``CAP_NET_ADMIN`` or ``net_admin``).
+
+    :raises PrivilegeError: an unknown name.
+    """
+    mask = 0
+    for name in names:
+        key = name.upper() if name.upper().startswith("CAP_") else f"CAP_{name.upper()}"
+        if key not in CAPABILITIES:
+            raise PrivilegeError(f"unknown capability {name!r}")
+        mask |= 1 << CAPABILITIES[key]
+    return mask
+
+
+def mask_names(mask: int) -> list[str]:
+    """Capability names in ``mask``."""
+    return [name for name, n in CAPABILITIES.items() if mask >> n & 1]
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _capget() -> tuple[int, int, int]:
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    if _libc().capget(ctypes.byref(header), data) != 0:
+        err = ctypes.get_errno()
+        raise PrivilegeError(f"capget: {os.strerror(err)}")
+    def join(field: str) -> int:
+        return getattr(data[0], field) | getattr(data[1], field) << 32
+    return join("effective"), join("permitted"), join("inheritable")
+
+
+def _capset(effective: int, permitted: int, inheritable: int = 0) -> None:
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in range(2):
+        shift = 32 * i
+        data[i].effective = effective >> shift & 0xFFFFFFFF
+        data[i].permitted = permitted >> shift & 0xFFFFFFFF
+        data[i].inheritable = inheritable >> shift & 0xFFFFFFFF
+    if _libc().capset(ctypes.byref(header), data) != 0:
+        err = ctypes.get_errno()
+        raise PrivilegeError(f"capset: {os.strerror(err)}")
+
+
+def _prctl(option: int, value: int) -> None:
+    if _libc().prctl(option, value, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise PrivilegeError(f"prctl({option}): {os.strerror(err)}")
+
+
+def prepare() -> None:
+    """Before any thread starts: keep permitted capabilities across the coming UID switch."""
+    if os.geteuid() == 0:
+        _prctl(PR_SET_KEEPCAPS, 1)
+
+
+def drop(identity: Identity, keep: list[str]) -> list[str]:
+    """Become ``identity``; keep the capabilities in ``keep`` that the process has.
+
+    :return: the capability names kept.
+    :raises PrivilegeError: not root, or a system call failed (the agent must then stop:
+        running as root when a user was configured is not acceptable).
+    """
+    if os.geteuid() != 0:
+        if os.geteuid() == identity.uid:
+            return mask_names(_capget()[0])
+        raise PrivilegeError(f"cannot switch to {identity.user!r}: not running as root")
+    _, permitted, _ = _capget()
+    wanted = capability_mask(keep) & permitted
+    try:
+        os.setgroups(list(identity.groups))
+        os.setgid(identity.gid)
+        os.setuid(identity.uid)  # glibc applies it to every thread
+    except OSError as exc:
+        raise PrivilegeError(f"switching to {identity.user!r} failed: {exc}") from None
+    _capset(wanted, wanted)
+    _prctl(PR_SET_KEEPCAPS, 0)
+    if os.getuid() != identity.uid or os.geteuid() != identity.uid:
+        raise PrivilegeError("the UID did not change")
+    kept = mask_names(wanted)
+    log.info("running as %s (uid %d, gid %d), capabilities: %s", identity.user, identity.uid,
+             identity.gid, ", ".join(kept) or "none")
+    return kept
