@@ -28,9 +28,16 @@ if str(ROOT) not in sys.path:  # `from tests.support import ...` under any pytes
     sys.path.insert(0, str(ROOT))
 
 from tests.support import is_root  # noqa: E402
+from tests.support.collectors import nfcapd, udp_sink  # noqa: E402
 from tests.support.netns import netns, routed, veth_pair_ns  # noqa: E402
 
-__all__ = ["netns", "routed", "veth_pair_ns"]  # fixtures, re-exported for every test directory
+__all__ = [
+    "netns",
+    "nfcapd",
+    "routed",
+    "udp_sink",
+    "veth_pair_ns",
+]  # fixtures, re-exported for every test directory
 
 BPF_EXTENSION = "plugins.ingest_ebpf._loader"
 PRIVILEGED_MARKERS = ("netns", "bpf")
