@@ -225,8 +225,8 @@ class PcapBuilder:
 
     :param linktype: one of the ``LINKTYPE_*`` constants.
     :param vlans: VLAN ids for Ethernet (outermost first); two tags use ``vlan_tpids``.
-    :param snaplen: when > 0, store at most this many bytes per frame (the IP header's total
-        length, and so the truth, is unchanged).
+    :param snaplen: when > 0, store at most this many bytes per frame. The truth (IP total
+        length, ports) holds as long as the snap length keeps the transport header.
     """
 
     linktype: int = LINKTYPE_ETHERNET
