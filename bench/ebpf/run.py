@@ -14,9 +14,9 @@ The sender is ``blast.c`` (sendmmsg, one core, bounded by ``--seconds`` and ``--
 (after tc, XDP and packet taps have seen them) so no socket work skews the numbers.
 Reported per scenario: sender rate (and ratio to ``none``), share of sent packets the tool
 accounted, the tool's CPU seconds (user+system, all its processes) during the flood, CPU
-seconds per million packets, and CPU as % of one core. For the agent, the BPF programs' own
-run time (``BPF_ENABLE_STATS``, held only during the flood) is reported too: that work runs
-in the sender's softirq and is not in the agent's process CPU. The libpcap tools' kernel-side
+seconds per million packets, and CPU as % of one core. With ``--bpf-stats``, the agent's BPF
+programs' own run time (``BPF_ENABLE_STATS``, held only during the flood) is reported too:
+that work runs in the sender's softirq and is not in the agent's process CPU. The libpcap tools' kernel-side
 copy cost is likewise only visible in the sender ratio.
 
 Run as root: ``python3 bench/ebpf/run.py [--rounds 3] [--seconds 5] [--flows 1000]``.
@@ -257,14 +257,15 @@ def one_run(kind: str, args: argparse.Namespace, blast: str) -> dict:
                f"{BASE_PORT}:{BASE_PORT + args.flows - 1}", "-j", "DROP"])
         tool = TOOLS[kind](a, b, pair.b.ifname, Path(t), args.flows)
         tool.start()
-        with BpfStats() if isinstance(tool, Agent) else contextlib.nullcontext():
-            k0 = tool.kernel_stats() if isinstance(tool, Agent) else (0, 0)
+        stats = args.bpf_stats and isinstance(tool, Agent)
+        with BpfStats() if stats else contextlib.nullcontext():
+            k0 = tool.kernel_stats() if stats else (0, 0)
             cpu0 = tool.cpu()
             out = a.run(["timeout", str(args.seconds + 10), blast, pair.b.addr,
                          str(BASE_PORT), str(args.flows), str(args.seconds),
                          str(args.max_packets), str(PAYLOAD)]).stdout.split()
             cpu = tool.cpu() - cpu0
-            k1 = tool.kernel_stats() if isinstance(tool, Agent) else (0, 0)
+            k1 = tool.kernel_stats() if stats else (0, 0)
         tool.stop()
         sent, elapsed = int(out[0]), float(out[1])
         accounted = tool.accounted()
@@ -300,6 +301,9 @@ def main() -> None:
     ap.add_argument("--max-packets", type=int, default=5_000_000)
     ap.add_argument("--flows", type=int, default=1000)
     ap.add_argument("--only", nargs="*", default=list(TOOLS))
+    ap.add_argument("--bpf-stats", action="store_true",
+                    help="measure the BPF programs' run time (BPF_ENABLE_STATS adds two clock "
+                         "reads per run, so sender ratios of such runs are pessimistic)")
     ap.add_argument("--json", help="write raw results here")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
