@@ -227,6 +227,9 @@ class _MessageBuilder:
                     size += len(wanted[taken])
                     taken += 1
                 if not taken:
+                    if not self.parts:
+                        raise EncodeError(f"a template record does not fit into "
+                                          f"{self.max_length} octets")
                     self.flush()
                     continue
                 self.add_set(set_id, b"".join(wanted[:taken]), 0)
