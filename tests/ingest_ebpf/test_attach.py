@@ -1,0 +1,90 @@
+"""Unprivileged tests of the attach logic with a fake loader: TCX fallback, rollback, cleanup."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from plugins.ingest_ebpf.attach import (
+    BPF_TCX_EGRESS,
+    BPF_TCX_INGRESS,
+    TC_HANDLE,
+    TC_PRIORITY,
+    Attacher,
+    NetnsScope,
+    netns_path,
+)
+
+
+class FakeLoader:
+    """Records calls; ``link_errno`` makes ``link_create`` fail like an old kernel."""
+
+    def __init__(self, link_errno: int = 0, fail_egress_tc: bool = False):
+        self.link_errno = link_errno
+        self.fail_egress_tc = fail_egress_tc
+        self.calls: list[tuple] = []
+
+    def link_create(self, prog, ifindex, attach_type, flags):
+        self.calls.append(("link", prog, ifindex, attach_type))
+        if self.link_errno:
+            raise OSError(self.link_errno, os.strerror(self.link_errno))
+        return os.open(os.devnull, os.O_RDONLY)
+
+    def tc_attach(self, prog, ifindex, egress, handle, priority):
+        self.calls.append(("tc_attach", prog, ifindex, egress, handle, priority))
+        if egress and self.fail_egress_tc:
+            raise OSError(errno.EPERM, "no")
+        return not egress  # the ingress attach creates clsact
+
+    def tc_detach(self, ifindex, egress, handle, priority):
+        self.calls.append(("tc_detach", ifindex, egress))
+        return False
+
+    def tc_destroy_clsact(self, ifindex):
+        self.calls.append(("destroy", ifindex))
+        return True
+
+
+def test_tcx_attaches_both_directions_and_closing_detaches():
+    loader = FakeLoader()
+    att = Attacher(loader, "tcx", "both")
+    done = att.attach(5, "eth0")
+    assert [a.kind for a in done] == ["tcx", "tcx"]
+    links = [c for c in loader.calls if c[0] == "link"]
+    assert [c[3] for c in links] == [BPF_TCX_INGRESS, BPF_TCX_EGRESS]
+    att.detach_all()
+    assert all(a.link_fd == -1 for a in done) and att.attached == {}
+
+
+def test_tcx_falls_back_to_tc_when_the_kernel_lacks_it():
+    loader = FakeLoader(link_errno=errno.EINVAL)
+    att = Attacher(loader, "tcx", "ingress")
+    (a,) = att.attach(3, "eth1")
+    assert (a.kind, att.mode, a.created_qdisc) == ("tc", "tc", True)
+    assert ("tc_attach", "flow_tc_ingress", 3, False, TC_HANDLE, TC_PRIORITY) in loader.calls
+    att.detach_all()
+    assert loader.calls[-2:] == [("tc_detach", 3, False), ("destroy", 3)]
+
+
+def test_other_link_errors_are_raised():
+    att = Attacher(FakeLoader(link_errno=errno.ENODEV), "tcx", "both")
+    with pytest.raises(OSError):
+        att.attach(9, "gone0")
+    assert att.mode == "tcx" and att.attached == {}
+
+
+def test_half_attached_interface_is_rolled_back():
+    loader = FakeLoader(fail_egress_tc=True)
+    att = Attacher(loader, "tc", "both")
+    with pytest.raises(OSError):
+        att.attach(4, "eth2")
+    assert ("destroy", 4) in loader.calls and att.attached == {}
+
+
+def test_netns_paths_and_noop_scope():
+    assert netns_path("blue") == "/run/netns/blue"
+    assert netns_path("/proc/1/ns/net") == "/proc/1/ns/net"
+    with NetnsScope("") as scope:
+        assert scope.netns == ""
