@@ -26,6 +26,7 @@ import os
 import socket
 import struct
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -117,11 +118,22 @@ def request(path: str, cmd: str, timeout: float = RELOAD_TIMEOUT_S + 5) -> dict[
 # --- calls into the pipeline thread ----------------------------------------------------------
 
 
+def _wait(done: threading.Event, timeout: float, cancel: threading.Event | None) -> bool:
+    """Wait for ``done``; give up at ``timeout`` or as soon as ``cancel`` is set."""
+    deadline = time.monotonic() + timeout
+    while not done.wait(0.05):
+        if time.monotonic() >= deadline or (cancel is not None and cancel.is_set()):
+            return False
+    return True
+
+
 def call_on_pipeline(pipeline: Any, fn: Callable[[Any], Any],
-                     timeout: float = STATS_TIMEOUT_S) -> Any:
+                     timeout: float = STATS_TIMEOUT_S,
+                     cancel: threading.Event | None = None) -> Any:
     """Run ``fn(pipeline)`` on the pipeline thread and return its result.
 
-    :raises TimeoutError: the pipeline did not get to it in ``timeout`` seconds.
+    :param cancel: set when the agent stops: stop waiting (the pipeline may never get to it).
+    :raises TimeoutError: the pipeline did not get to it in time (or the agent is stopping).
     """
     done = threading.Event()
     box: dict[str, Any] = {}
@@ -136,15 +148,18 @@ def call_on_pipeline(pipeline: Any, fn: Callable[[Any], Any],
             done.set()
 
     pipeline.context.inbox.put((ITEM_CALL, run))
-    if not done.wait(timeout):
+    if not _wait(done, timeout, cancel):
+        if cancel is not None and cancel.is_set():
+            raise TimeoutError("the agent is stopping")
         raise TimeoutError(f"the pipeline did not answer within {timeout:.0f} s")
     if "error" in box:
         raise box["error"]
     return box["value"]
 
 
-def reload_and_wait(pipeline: Any, timeout: float = RELOAD_TIMEOUT_S) -> tuple[bool, str]:
-    """Ask the pipeline to reload and wait for the outcome."""
+def reload_and_wait(pipeline: Any, timeout: float = RELOAD_TIMEOUT_S,
+                    cancel: threading.Event | None = None) -> tuple[bool, str]:
+    """Ask the pipeline to reload and wait for the outcome (see :func:`call_on_pipeline`)."""
     done = threading.Event()
     box: dict[str, Any] = {}
 
@@ -153,7 +168,9 @@ def reload_and_wait(pipeline: Any, timeout: float = RELOAD_TIMEOUT_S) -> tuple[b
         done.set()
 
     pipeline.request_reload(reply)
-    if not done.wait(timeout):
+    if not _wait(done, timeout, cancel):
+        if cancel is not None and cancel.is_set():
+            return False, "the agent is stopping; configuration not reloaded"
         return False, f"no reload result within {timeout:.0f} s"
     return box["result"]
 
@@ -178,6 +195,7 @@ class ControlServer:
         self.formatter = formatter
         self.mode = mode
         self.requests = 0
+        self._made_dir = False
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -188,7 +206,9 @@ class ControlServer:
         :raises OSError: the path is taken by a live agent, or cannot be created.
         """
         self._remove_stale()
-        Path(self.path).parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        parent = Path(self.path).parent
+        self._made_dir = not parent.exists()
+        parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)  # the file never exists with wider bits than 0600
         try:
@@ -207,8 +227,11 @@ class ControlServer:
         log.info("control socket %s (mode %04o)", self.path, self.mode)
 
     def chown(self, uid: int, gid: int) -> None:
-        """Hand the socket file to the user the agent drops to (it must unlink it at exit)."""
+        """Hand the socket file (and its directory, when we created it) to the user the agent
+        drops to, so it can still remove the socket at exit."""
         os.chown(self.path, uid, gid)
+        if self._made_dir:
+            os.chown(Path(self.path).parent, uid, gid)
 
     def _remove_stale(self) -> None:
         if not os.path.exists(self.path):
@@ -235,9 +258,10 @@ class ControlServer:
             self._sock = None
             try:
                 os.unlink(self.path)
-            except OSError as exc:
+            except OSError as exc:  # after dropping root, in a directory root owns
                 if exc.errno != errno.ENOENT:
-                    log.warning("cannot remove control socket %s: %s", self.path, exc)
+                    log.info("control socket %s left in place (%s); the next start replaces "
+                             "it", self.path, exc.strerror)
 
     def _serve(self) -> None:
         assert self._sock is not None
@@ -272,7 +296,7 @@ class ControlServer:
             if cmd == "stats-json":
                 return {"ok": True, "stats": self._snapshot()}
             if cmd == "reload":
-                ok, text = reload_and_wait(self.pipeline)
+                ok, text = reload_and_wait(self.pipeline, cancel=self._stop)
                 return {"ok": ok, "message": text}
         except TimeoutError as exc:
             return {"ok": False, "error": str(exc)}
@@ -282,7 +306,7 @@ class ControlServer:
         return {"ok": False, "error": f"unknown command {cmd!r} (stats, stats-json, reload)"}
 
     def _snapshot(self) -> dict[str, Any]:
-        return call_on_pipeline(self.pipeline, self.snapshot)
+        return call_on_pipeline(self.pipeline, self.snapshot, cancel=self._stop)
 
 
 # --- the `agent stats` / `agent reload` commands -----------------------------------------------

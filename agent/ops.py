@@ -156,10 +156,21 @@ class Operations:
         if state_dir is not None and not state_dir.exists() and os.geteuid() == 0:
             state_dir.mkdir(mode=0o750, parents=True)
             os.chown(state_dir, identity.uid, identity.gid)
-        privileges.drop(identity, self.section.keep_capabilities)
+        privileges.drop(identity, self._capabilities_to_keep())
         if state_dir is not None and not os.access(state_dir, os.W_OK):
             log.warning("%s is not writable by %s: flows cannot be saved at stop",
                         state_dir, identity.user)
+
+    def _capabilities_to_keep(self) -> list[str]:
+        """``keep_capabilities``, plus CAP_SYS_ADMIN when a component enters another network
+        namespace (``netns = ...``): setns(2) needs it, e.g. to remove managed rules at exit."""
+        keep = list(self.section.keep_capabilities)
+        other_netns = [i.path for i in self.pipeline.config.instances
+                       if getattr(i.config, "netns", "")]
+        if other_netns and "CAP_SYS_ADMIN" not in keep:
+            log.info("keeping CAP_SYS_ADMIN for setns(2): %s use netns", ", ".join(other_netns))
+            keep.append("CAP_SYS_ADMIN")
+        return keep
 
     def stopping(self) -> None:
         """Before the pipeline flushes: STOPPING=1; close the control socket and metrics."""

@@ -11,8 +11,10 @@ How (capabilities(7), prctl(2), capset(2)):
 2. :func:`drop` calls ``setgroups``/``setgid``/``setuid`` through glibc, which applies them to
    **every thread** of the process. After the switch the effective sets are empty.
 3. In the pipeline (main) thread, ``capset`` makes ``keep_capabilities`` (those the process
-   actually has) the effective and permitted set, then ``PR_SET_KEEPCAPS`` is cleared. The
-   pipeline thread is the one that reloads, adds/removes rules and detaches programs.
+   actually has) the effective, permitted and inheritable set and raises them as **ambient**
+   capabilities, so programs the agent runs (``nft`` for managed rules) keep them across
+   ``execve``; then ``PR_SET_KEEPCAPS`` is cleared. The pipeline thread is the one that
+   reloads, adds/removes rules and detaches programs; threads it starts later inherit its set.
 
 Limitation: ``capset`` only changes the calling thread. Other threads (ingest readers) run
 as the user with an empty effective set, but their permitted set is what root had when they
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 log = logging.getLogger("agent.privileges")
 
 PR_SET_KEEPCAPS = 8
+PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE = 47, 2
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 #: capability numbers (linux/capability.h)
@@ -142,6 +145,12 @@ def _prctl(option: int, value: int) -> None:
         raise PrivilegeError(f"prctl({option}): {os.strerror(err)}")
 
 
+def _prctl_ambient_raise(cap: int) -> None:
+    if _libc().prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise PrivilegeError(f"PR_CAP_AMBIENT_RAISE {mask_names(1 << cap)}: {os.strerror(err)}")
+
+
 def prepare() -> None:
     """Before any thread starts: keep permitted capabilities across the coming UID switch."""
     if os.geteuid() == 0:
@@ -167,7 +176,10 @@ def drop(identity: Identity, keep: list[str]) -> list[str]:
         os.setuid(identity.uid)  # glibc applies it to every thread
     except OSError as exc:
         raise PrivilegeError(f"switching to {identity.user!r} failed: {exc}") from None
-    _capset(wanted, wanted)
+    _capset(wanted, wanted, wanted)
+    for n in range(64):
+        if wanted >> n & 1:  # programs we run (nft) keep them across execve(2)
+            _prctl_ambient_raise(n)
     _prctl(PR_SET_KEEPCAPS, 0)
     if os.getuid() != identity.uid or os.geteuid() != identity.uid:
         raise PrivilegeError("the UID did not change")

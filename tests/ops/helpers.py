@@ -72,7 +72,8 @@ class RunningAgent:
 
     def log(self) -> str:
         """What the agent wrote to stderr so far."""
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text()
 
     def signal(self, sig: int) -> None:
