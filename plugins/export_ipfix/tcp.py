@@ -167,6 +167,7 @@ class TcpDestination:
             return
         if self._alive():
             self._account_acks()
+            self._flush_pending()
             self.pump()
 
     def _start_connect(self) -> None:
@@ -241,6 +242,8 @@ class TcpDestination:
 
     def pump(self) -> None:
         """Move records from the spool into the connection while it takes them."""
+        if not self.connected or not self.spool or not self._alive():
+            return
         while self.connected and self.spool and len(self._pending) < PENDING_LIMIT:
             items = self.spool.peek(PUMP_BATCH)
             groups = self._encode(items)
