@@ -115,8 +115,8 @@ class IpfixExporter(Component):
                 (28 if address_family(d.host) == 2 else 48 for d in self.udp), default=28)
         else:
             self.tcp = [self._tcp_destination(e, context) for e in endpoints]
-            for d in self.tcp:
-                d.poll()
+            for t in self.tcp:
+                t.poll()
         if cfg.path:
             self.file = IpfixFile(cfg.path, observation_domain_id=cfg.observation_domain_id,
                                   templates=self.template_list,

@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from typing import BinaryIO
 
 from .ipfix import MAX_MESSAGE_LENGTH, DataGroup, Session, Template, encode_messages
 
@@ -53,7 +54,7 @@ class IpfixFile:
         self._clock = clock
         self._wall = wall
         self.log = log or logging.getLogger("agent.export.ipfix")
-        self._file: object | None = None
+        self._file: BinaryIO | None = None
         self._opened_ns = 0
         self._size = 0
         self.session = Session(observation_domain_id)
@@ -73,8 +74,8 @@ class IpfixFile:
             messages = encode_messages(self.session, groups, export_time=int(self._wall()),
                                        max_length=MAX_MESSAGE_LENGTH, now_ns=self._clock())
             data = b"".join(m.data for m in messages)
-            f.write(data)  # type: ignore[attr-defined]
-            f.flush()  # type: ignore[attr-defined]
+            f.write(data)
+            f.flush()
         except OSError as exc:
             self.errors += 1
             self.log.warning("%s: write failed: %s", self.path, exc)
@@ -86,7 +87,7 @@ class IpfixFile:
         self.records += count
         return count
 
-    def _ensure_open(self) -> object:
+    def _ensure_open(self) -> BinaryIO:
         if self._file is None:
             self._file = open(self.path, "ab")  # noqa: SIM115 - kept open across calls
             self._size = os.fstat(self._file.fileno()).st_size
@@ -129,7 +130,7 @@ class IpfixFile:
     def _close_file(self) -> None:
         if self._file is not None:
             try:
-                self._file.close()  # type: ignore[attr-defined]
+                self._file.close()
             except OSError as exc:
                 self.log.warning("%s: close failed: %s", self.path, exc)
             self._file = None

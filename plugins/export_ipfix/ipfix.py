@@ -487,16 +487,16 @@ def flow_layout_key(r: FlowRecord) -> int:
 
 def group_flows(records: Iterable[FlowRecord]) -> dict[int, list[FlowRecord]]:
     """Split records by flow template, keeping their order within each template."""
-    buckets: dict[int, list[FlowRecord]] = {}
     base, icmp = FLOW_TEMPLATE_BASE, ICMP_PROTOCOLS
-    for r in records:
-        tid = (base + (r.ip_version == 6) + 2 * (r.protocol in icmp)
-               + 4 * bool(r.next_hop or r.src_mask or r.dst_mask))
-        bucket = buckets.get(tid)
-        if bucket is None:
-            buckets[tid] = bucket = []
-        bucket.append(r)
-    return buckets
+    buckets: dict[int, list[FlowRecord]] = {tid: [] for tid in range(base, base + 8)}
+    for r in records:  # hot loop: same rule as flow_layout_key(), spelled out
+        tid = base + (r.ip_version == 6)
+        if r.protocol in icmp:
+            tid += 2
+        if r.next_hop or r.src_mask or r.dst_mask:
+            tid += 4
+        buckets[tid].append(r)
+    return {tid: bucket for tid, bucket in buckets.items() if bucket}
 
 
 def encode_flow_groups(

@@ -1,0 +1,127 @@
+"""The component over UDP and to files: mirroring, loss counting, NEL, ifName, rotation."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from agent.runtime import RunContext
+from plugins.export_ipfix.component import IpfixExporter
+from plugins.export_ipfix.config import Config
+from tests.export_ipfix.helpers import decodable, flow, nat_event, sets_of, split_stream
+from tests.support.collectors import UdpSink, cflow_records, netflow_decode, tshark_decode
+
+
+def start(cfg: Config, **ctx) -> IpfixExporter:
+    exporter = IpfixExporter(cfg, "export.ipfix[0]")
+    exporter.agent_start(RunContext(**ctx))
+    return exporter
+
+
+def closed_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_udp_mirrors_and_counts_loss_to_a_dead_collector():
+    dead = closed_udp_port()
+    with UdpSink() as sink:
+        exporter = start(Config(destination=[f"127.0.0.1:{sink.port}", f"127.0.0.1:{dead}"],
+                                options_interval_s=0))
+        for _ in range(3):
+            exporter.agent_export_flows(records=[flow(i) for i in range(50)])
+            time.sleep(0.05)  # let the ICMP port unreachable come back
+        exporter.agent_stop()
+        got = sink.wait(1)
+    _, records = netflow_decode(got)
+    assert len([r for r in records if "packetDeltaCount" in r]) == 150
+    stats = exporter.agent_collect_stats()
+    assert stats["destinations"][f"127.0.0.1:{dead}"]["cberr"] > 0  # ICMP unreachable seen
+
+
+def test_udp_send_failures_are_counted_with_packets_and_octets():
+    records = [flow(i) for i in range(50)]
+    # a source address this host does not have: the socket cannot be bound, nothing is sent
+    exporter = start(Config(destination=["127.0.0.1:9"], source="192.0.2.1",
+                            options_interval_s=0))
+    exporter.agent_export_flows(records=records)
+    exporter.agent_stop()
+    stats = exporter.statistics()
+    assert stats.lost_records == 50
+    assert stats.lost_packets == sum(r.packets for r in records)
+    assert stats.lost_octets == sum(r.octets for r in records)
+    assert exporter.agent_collect_stats()["destinations"]["127.0.0.1:9"]["err_connect"] >= 1
+
+
+def test_nel_over_udp_decodes_in_tshark_and_netflow():
+    with UdpSink() as sink:
+        exporter = start(Config(destination=[f"127.0.0.1:{sink.port}"], flows=False,
+                                natevents=True, nat_event_values="rfc8158",
+                                options_interval_s=0))
+        events = [nat_event(0), nat_event(1, start=False), nat_event(2, v6=True)]
+        exporter.agent_export_nat_events(events=events)
+        exporter.agent_export_flows(records=[flow(0)])  # flows = false: ignored
+        exporter.agent_stop()
+        got = sink.wait(1)
+        layers = tshark_decode(got, sink.port)
+    _, records = netflow_decode(got)
+    assert sorted(r["natEvent"] for r in records) == [4, 4, 5]
+    assert all(r["observationTimeMilliseconds"] // 1000 > 1_700_000_000 for r in records)
+    v4 = [r for r in records if "postNATSourceIPv4Address" in r]
+    assert {r["postNAPTSourceTransportPort"] for r in v4} == {50000, 50001}
+    assert any("postNATSourceIPv6Address" in r for r in records)
+    assert len(cflow_records(layers)) >= 3
+
+
+def test_interface_names_for_interfaces_seen():
+    lo = socket.if_nametoindex("lo")
+    with UdpSink() as sink:
+        exporter = start(Config(destination=[f"127.0.0.1:{sink.port}"], options_interval_s=60))
+        exporter.agent_export_flows(records=[flow(0, in_if=lo, out_if=0)])
+        exporter._send_options()
+        exporter.agent_stop()
+        got = sink.wait(2)
+        layers = tshark_decode(got, sink.port)
+    names = [v for layer in layers for v in _values(layer, "cflow.if_name")]
+    assert names and set(names) == {"lo"}
+    _, records = netflow_decode(decodable(got))
+    assert any("ignoredPacketTotalCount" in r for r in records)
+
+
+def _values(node, wanted: str) -> list:
+    if isinstance(node, dict):
+        return [x for k, v in node.items()
+                for x in ([v] if k == wanted else _values(v, wanted))]
+    if isinstance(node, list):
+        return [x for v in node for x in _values(v, wanted)]
+    return []
+
+
+def test_file_output_rotates_and_each_file_stands_alone(tmp_path):
+    path = tmp_path / "flows.ipfix"
+    exporter = start(Config(path=str(path), rotate_size_bytes=3000, options_interval_s=0))
+    for i in range(0, 200, 20):
+        exporter.agent_export_flows(records=[flow(j) for j in range(i, i + 20)])
+    exporter.agent_stop()
+    files = sorted(tmp_path.glob("flows.ipfix*"))
+    assert len(files) > 2 and exporter.file is not None and exporter.file.rotations > 1
+    total = []
+    for f in files:
+        messages = split_stream(f.read_bytes())
+        assert sets_of(messages[0])[0][0] == 2  # every file starts with templates
+        _, records = netflow_decode(messages)  # each file decodes on its own
+        total += [r["sourceTransportPort"] for r in records if "packetDeltaCount" in r]
+    assert sorted(total) == sorted(flow(i).src_port for i in range(200))
+
+
+def test_config_checks():
+    assert Config(destination=["10.0.0.1"]).endpoints() == ["10.0.0.1:4739"]
+    assert Config(destination=["[::1]:9"]).endpoints() == ["[::1]:9"]
+    assert [i.path for i in Config().check()] == ["destination"]
+    assert [i.path for i in Config(destination=["x:99999"]).check()] == ["destination[0]"]
+    assert Config(destination=["a:1"], flows=False).check()[0].path == "flows"
+    with pytest.raises(TypeError):
+        Config(destination=["a:1"], unknown=1)  # type: ignore[call-arg]
