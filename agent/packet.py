@@ -122,6 +122,7 @@ class PacketParser:
         off = 40
         n = len(data)
         sport = dport = flags = 0
+        fragmented = False
         for _ in range(_MAX_EXT_HEADERS):
             if nh in _EXT_LEN8:
                 if n < off + 2:
@@ -130,7 +131,9 @@ class PacketParser:
             elif nh == IPPROTO_FRAGMENT:
                 if n < off + 8:
                     break
-                self.frag += 1
+                if not fragmented:  # a packet is one fragment, however many headers say so
+                    self.frag += 1
+                    fragmented = True
                 offset_flags = (data[off + 2] << 8) | data[off + 3]
                 nh, off = data[off], off + 8
                 if offset_flags & 0xFFF8:  # non-first fragment

@@ -183,6 +183,15 @@ def iter_attrs(buf: Buffer, start: int, end: int) -> Iterator[tuple[int, int, in
         pos += (length + 3) & ~3
 
 
+def _fixed(buf: Buffer, a: int, b: int, layout: struct.Struct) -> int:
+    """The value of a fixed-size attribute payload ``buf[a:b]``; a short payload is malformed
+    (reading it anyway would take the next attribute's bytes, or fail at the buffer end)."""
+    if b - a < layout.size:
+        raise MalformedMessage(f"attribute payload of {b - a} bytes at offset {a}, "
+                               f"expected {layout.size}")
+    return layout.unpack_from(buf, a)[0]  # type: ignore[no-any-return]
+
+
 def _parse_ip(buf: Buffer, start: int, end: int) -> tuple[bytes, bytes]:
     src = dst = b""
     for kind, a, b in iter_attrs(buf, start, end):
@@ -190,23 +199,29 @@ def _parse_ip(buf: Buffer, start: int, end: int) -> tuple[bytes, bytes]:
             src = bytes(buf[a:b])
         elif kind in (CTA_IP_V4_DST, CTA_IP_V6_DST):
             dst = bytes(buf[a:b])
+        else:
+            continue
+        if b - a != (4 if kind <= CTA_IP_V4_DST else 16):
+            raise MalformedMessage(f"address attribute of {b - a} bytes at offset {a}")
+    if src and dst and len(src) != len(dst):
+        raise MalformedMessage("IPv4 and IPv6 addresses mixed in one tuple")
     return src, dst
 
 
 def _parse_proto(buf: Buffer, start: int, end: int) -> tuple[int, int, int]:
     """``(protocol, src_port, dst_port)``; ICMP id/type/code folded into the ports."""
     proto = sport = dport = icmp_type = icmp_code = 0
-    for kind, a, _b in iter_attrs(buf, start, end):
+    for kind, a, b in iter_attrs(buf, start, end):
         if kind == CTA_PROTO_NUM:
-            proto = buf[a]
+            proto = _fixed(buf, a, b, BE8)
         elif kind == CTA_PROTO_SRC_PORT or kind == CTA_PROTO_ICMP_ID or kind == CTA_PROTO_ICMPV6_ID:
-            sport = BE16.unpack_from(buf, a)[0]
+            sport = _fixed(buf, a, b, BE16)
         elif kind == CTA_PROTO_DST_PORT:
-            dport = BE16.unpack_from(buf, a)[0]
+            dport = _fixed(buf, a, b, BE16)
         elif kind == CTA_PROTO_ICMP_TYPE or kind == CTA_PROTO_ICMPV6_TYPE:
-            icmp_type = buf[a]
+            icmp_type = _fixed(buf, a, b, BE8)
         elif kind == CTA_PROTO_ICMP_CODE or kind == CTA_PROTO_ICMPV6_CODE:
-            icmp_code = buf[a]
+            icmp_code = _fixed(buf, a, b, BE8)
     if icmp_type or icmp_code:
         dport = icmp_type << 8 | icmp_code
     return proto, sport, dport
@@ -228,7 +243,7 @@ def _parse_pair(buf: Buffer, start: int, end: int, first: int, second: int) -> t
     """Two u64 attributes of one nest (counters: packets/bytes; timestamps: start/stop)."""
     one = two = 0
     for kind, a, b in iter_attrs(buf, start, end):
-        value = BE64.unpack_from(buf, a)[0] if b - a == 8 else BE32.unpack_from(buf, a)[0]
+        value = BE64.unpack_from(buf, a)[0] if b - a == 8 else _fixed(buf, a, b, BE32)
         if kind == first:
             one = value
         elif kind == second:
@@ -253,9 +268,9 @@ def parse_conntrack(buf: Buffer, start: int, end: int, msg_type: int, flags: int
         elif kind == CTA_TUPLE_REPLY:
             reply = parse_tuple(buf, a, b)
         elif kind == CTA_STATUS:
-            status = BE32.unpack_from(buf, a)[0]
+            status = _fixed(buf, a, b, BE32)
         elif kind == CTA_ID:
-            ct_id = BE32.unpack_from(buf, a)[0]
+            ct_id = _fixed(buf, a, b, BE32)
         elif kind == CTA_COUNTERS_ORIG:
             counters_orig = _parse_pair(buf, a, b, CTA_COUNTERS_PACKETS, CTA_COUNTERS_BYTES)
         elif kind == CTA_COUNTERS_REPLY:

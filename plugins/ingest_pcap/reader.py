@@ -17,6 +17,8 @@ PCAP_MAGIC_NS = 0xA1B23C4D
 PCAPNG_SHB = 0x0A0D0D0A
 PCAPNG_BOM = 0x1A2B3C4D
 _IDB, _SPB, _EPB, _OPB = 1, 3, 6, 2
+#: larger records are refused rather than allocated (snap lengths stop at 256 KiB in practice)
+MAX_RECORD = 64 << 20
 
 
 class PcapError(ValueError):
@@ -61,6 +63,8 @@ class PcapReader:
                 self.truncated = bool(hdr)
                 return
             sec, frac, incl, _orig = rec.unpack(hdr)
+            if incl > MAX_RECORD:
+                raise PcapError(f"pcap record of {incl} bytes (limit {MAX_RECORD})")
             data = read(incl)
             if len(data) < incl:
                 self.truncated = True
@@ -86,13 +90,18 @@ class PcapReader:
                 return
             if struct.unpack("<I", raw[:4])[0] == PCAPNG_SHB:
                 bom = self.f.read(4)
+                if len(bom) < 4:
+                    self.truncated = True
+                    return
                 order = "<" if struct.unpack("<I", bom)[0] == PCAPNG_BOM else ">"
                 block_type, length = struct.unpack(order + "II", raw)
+                if length < 28 or length % 4 or length > MAX_RECORD:
+                    raise PcapError(f"bad pcapng section header length {length}")
                 body = bom + self.f.read(length - 16)
                 interfaces = []
             else:
                 block_type, length = struct.unpack(order + "II", raw)
-                if length < 12 or length % 4:
+                if length < 12 or length % 4 or length > MAX_RECORD:
                     raise PcapError(f"bad pcapng block length {length}")
                 body = self.f.read(length - 12)
             trailer = self.f.read(4)
@@ -106,17 +115,23 @@ class PcapReader:
                 if pkt:
                     yield pkt
             elif block_type == _SPB and interfaces:  # no timestamp: 0 = "same as before"
+                if len(body) < 4:
+                    raise PcapError("pcapng simple packet block too short")
                 (orig_len,) = struct.unpack_from(order + "I", body)
                 yield 0, interfaces[0][0], body[4:4 + orig_len]
 
 
 def _parse_idb(order: str, body: bytes) -> tuple[int, int]:
+    if len(body) < 8:
+        raise PcapError("pcapng interface description block too short")
     linktype = struct.unpack_from(order + "H", body)[0]
     ticks_per_s = 1_000_000  # default resolution: microseconds
     off = 8
     while off + 4 <= len(body):
         code, olen = struct.unpack_from(order + "HH", body, off)
         if code == 0:
+            break
+        if off + 4 + olen > len(body):
             break
         if code == 9 and olen >= 1:  # if_tsresol
             res = body[off + 4]
@@ -127,6 +142,8 @@ def _parse_idb(order: str, body: bytes) -> tuple[int, int]:
 
 def _parse_epb(order: str, body: bytes, interfaces: list[tuple[int, int]],
                obsolete: bool) -> tuple[int, int, bytes] | None:
+    if len(body) < 20:
+        raise PcapError("pcapng packet block too short")
     if obsolete:
         iface, _drops, ts_hi, ts_lo, incl, _orig = struct.unpack_from(order + "HHIIII", body)
     else:

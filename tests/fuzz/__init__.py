@@ -1,0 +1,1 @@
+"""Property-based fuzz tests (hypothesis): the parsers never raise undocumented errors."""

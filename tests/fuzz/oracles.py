@@ -1,0 +1,195 @@
+"""Property oracles for the parsers under fuzzing: feed bytes, check every documented rule.
+
+Each ``check_*`` function takes raw bytes, runs one parser the way the agent runs it, and
+raises :class:`AssertionError` when a property is broken; any other exception escaping is a
+crash (the documented errors are caught here and only there). The same oracles back the short
+hypothesis tests in ``tests/fuzz/`` and the long coverage-guided runs in ``bench/fuzz/``.
+
+Targets and their contracts:
+
+* :func:`check_packet`: ``agent.packet.PacketParser.parse`` returns ``None`` (and counts one
+  ``trunc``) or a packet tuple whose key decodes to the header's addresses, never raises.
+* :func:`check_nflog`: ``NflogDecoder.decode`` never raises; every ``NFULNL_MSG_PACKET`` message
+  it accepts becomes a packet or a ``trunc``; the learned-shape fast path gives exactly what
+  the attribute-by-attribute walk gives; bytes after ``n`` in the receive buffer are never read.
+* :func:`check_conntrack`: ``ctnetlink.iter_messages`` / ``parse_conntrack`` raise only
+  ``MalformedMessage``, never read past the message, and ``to_nat_event`` accepts every entry.
+* :func:`check_pcap`: ``PcapReader`` raises only ``PcapError``; a clean file is read to the
+  end; ``truncated`` is set exactly when the file stops inside a record.
+* :func:`check_config_text`: ``agent.config.check.validate`` returns only ``ConfigIssue`` lists.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from agent.config.check import validate
+from agent.errors import ConfigIssue
+from agent.model import KEY4, KEY6, NAT_START, NAT_STOP, split_key
+from agent.packet import PacketParser
+from plugins.ingest_conntrack import ctnetlink
+from plugins.ingest_conntrack.events import to_nat_event
+from plugins.ingest_nflog.netlink import NflogDecoder
+from plugins.ingest_pcap.reader import PcapError, PcapReader
+
+TS_NS = 1_700_000_000_123_456_789
+RECV_NS = 1_700_000_001_000_000_000
+#: junk placed after ``n`` in receive buffers: a parser that reads it changes its answer
+TAIL = bytes(range(256)) * 2
+
+
+# --- packet parser -------------------------------------------------------------------------
+
+
+def check_packet(data: bytes, in_if: int = 7, out_if: int = 9, direction: int = 1) -> None:
+    """``PacketParser.parse`` on one IP packet: ``None`` + one ``trunc``, or a sound tuple."""
+    parser = PacketParser()
+    pkt = parser.parse(data, TS_NS, in_if, out_if, direction)
+    if pkt is None:
+        assert (parser.trunc, parser.frag) == (1, 0), (parser.trunc, parser.frag)
+        assert parser.take_counters()[0] == 1 and parser.trunc == 0
+        return
+    assert parser.trunc == 0 and parser.frag in (0, 1)
+    key, length, flags, ts, out = pkt
+    version = data[0] >> 4
+    assert len(key) == (KEY4.size if version == 4 else KEY6.size)
+    fk = split_key(key)
+    assert fk.ip_version == version and fk.in_if == in_if and fk.direction == direction
+    assert ts == TS_NS and out == out_if and 0 <= flags <= 255
+    if version == 4:
+        assert fk.src_addr == data[12:16] and fk.dst_addr == data[16:20]
+        assert length == struct.unpack_from("!H", data, 2)[0]
+        assert fk.tos == data[1] and fk.protocol == data[9]
+    else:
+        assert fk.src_addr == data[8:24] and fk.dst_addr == data[24:40]
+        assert length == 40 + struct.unpack_from("!H", data, 4)[0]
+    # the memoryview path (NFLOG hands slices of its receive buffer) gives the same answer
+    assert PacketParser().parse(memoryview(bytearray(data)), TS_NS, in_if, out_if,
+                                direction) == pkt
+
+
+# --- NFLOG ---------------------------------------------------------------------------------
+
+
+def _nflog_run(datagrams: list[bytes], shapes: bool) -> tuple[list[Any], dict[str, int], int]:
+    decoder = NflogDecoder()
+    if not shapes:
+        decoder.MAX_SHAPES = 0  # walk every message attribute by attribute
+    out: list[Any] = []
+    for data in datagrams:
+        buf = bytearray(data + TAIL)  # a receive buffer is larger than what recv() filled
+        decoder.decode(buf, len(data), RECV_NS, out)
+    stats = decoder.stats()
+    stats.pop("shapes")
+    assert len(out) + decoder.parser.trunc == decoder.messages, (len(out), stats)
+    for pkt in out:
+        assert isinstance(pkt, tuple) and len(pkt) == 5 and isinstance(pkt[0], bytes)
+    return out, stats, decoder.parser.trunc
+
+
+def check_nflog(data: bytes) -> None:
+    """One NFLOG receive buffer, twice (so learned shapes are used): fast path == slow path."""
+    datagrams = [data, data]
+    fast = _nflog_run(datagrams, shapes=True)
+    slow = _nflog_run(datagrams, shapes=False)
+    assert fast == slow, "shape fast path and attribute walk disagree"
+
+
+# --- conntrack -----------------------------------------------------------------------------
+
+
+def _ct_run(buf: bytes | bytearray, length: int) -> list[Any]:
+    """What the conntrack reader gets from one datagram: entries, then the error if any."""
+    out: list[Any] = []
+    try:
+        for msg in ctnetlink.iter_messages(buf, length):
+            assert msg.start <= msg.end <= length
+            if msg.msg_type in (ctnetlink.MSG_CT_NEW, ctnetlink.MSG_CT_DELETE):
+                try:
+                    entry = ctnetlink.parse_conntrack(buf, msg.start, msg.end, msg.msg_type,
+                                                      msg.flags)
+                except ctnetlink.MalformedMessage as exc:
+                    out.append(("malformed", str(exc)))
+                    continue
+                for event in (NAT_START, NAT_STOP):
+                    nat = to_nat_event(entry, event, RECV_NS)
+                    assert nat.ip_version in (4, 6)
+                    size = 4 if nat.ip_version == 4 else 16
+                    assert len(nat.src_addr) == len(nat.dst_addr) == size
+                out.append(entry)
+    except ctnetlink.MalformedMessage as exc:
+        out.append(("bad header", str(exc)))
+    return out
+
+
+
+def check_conntrack(data: bytes) -> None:
+    """One ctnetlink datagram: only ``MalformedMessage``; nothing read beyond the length."""
+    exact = _ct_run(data, len(data))
+    padded = _ct_run(bytearray(data + TAIL), len(data))
+    assert exact == padded, "parser read bytes beyond the datagram"
+
+
+# --- pcap reader ---------------------------------------------------------------------------
+
+
+def read_pcap(data: bytes) -> tuple[list[tuple[int, int, bytes]], bool, str]:
+    """Every packet the reader yields, its ``truncated`` flag and its ``PcapError`` (or "")."""
+    packets: list[tuple[int, int, bytes]] = []
+    reader = None
+    try:
+        reader = PcapReader(io.BytesIO(data))
+        for ts, linktype, frame in reader:
+            assert isinstance(ts, int) and ts >= 0 and isinstance(frame, bytes)
+            assert 0 <= linktype <= 0xFFFFFFFF
+            packets.append((ts, linktype, frame))
+    except PcapError as exc:
+        return packets, bool(reader and reader.truncated), str(exc) or "PcapError"
+    return packets, reader.truncated, ""
+
+
+def check_pcap(data: bytes) -> None:
+    """Arbitrary bytes as a capture file: clean iteration or ``PcapError``, nothing else."""
+    read_pcap(data)
+
+
+def check_pcap_cut(data: bytes, boundaries: list[int], packet_ends: list[int], cut: int) -> None:
+    """A valid capture cut at ``cut``: the whole packets before it, ``truncated`` iff mid-block.
+
+    :param boundaries: file offsets where blocks end (the end of the file header(s) first).
+    :param packet_ends: the offsets where packet records end.
+    """
+    got, truncated, error = read_pcap(data[:cut])
+    if cut < boundaries[0]:  # inside the file header(s)
+        assert error or truncated or not got, (cut, error)
+        return
+    assert not error, error
+    assert len(got) == sum(1 for end in packet_ends if end <= cut)
+    assert truncated == (cut not in boundaries), (cut, truncated)
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+def check_config_text(text: str, registry: Any, hook: Any = None) -> list[ConfigIssue]:
+    """Validate TOML text from a file: a list of ``ConfigIssue``, never an exception."""
+    fd, name = tempfile.mkstemp(suffix=".toml")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogatepass") as f:
+            f.write(text)
+        config, issues = validate(Path(name), registry, hook)
+    finally:
+        os.unlink(name)
+    assert isinstance(issues, list)
+    assert all(isinstance(i, ConfigIssue) for i in issues)
+    assert all(i.severity in ("error", "warning") and isinstance(i.message, str) for i in issues)
+    if any(i.severity == "error" for i in issues):
+        assert config is None
+    else:
+        assert config is not None
+    return issues
