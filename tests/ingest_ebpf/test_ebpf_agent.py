@@ -21,7 +21,16 @@ from pathlib import Path
 import pytest
 
 from tests.support import require_tool
-from tests.support.netns import Netns, end_process, send_icmp_echo, send_udp, veth_pair
+from tests.support.collectors import Nfcapd, flow_table
+from tests.support.netns import (
+    Netns,
+    end_process,
+    send_icmp_echo,
+    send_udp,
+    set_offloads,
+    tcp_connections,
+    veth_pair,
+)
 from tests.support.truth import FlowId
 
 pytestmark = pytest.mark.bpf
@@ -35,9 +44,11 @@ def pair():
         yield veth_pair(a, b)
 
 
-def write_config(tmp: Path, ns: str, ifname: str, mode: str) -> tuple[Path, Path]:
+def write_config(tmp: Path, ns: str, ifname: str, mode: str,
+                 export: str = "") -> tuple[Path, Path]:
     out = tmp / "flows.jsonl"
     conf = tmp / "agent.toml"
+    export = export or f'[[export.log]]\npath = "{out}"\nformat = "json"\n'
     conf.write_text(f"""
 [cache]
 inactive_timeout = 60
@@ -49,9 +60,7 @@ netns = "{ns}"
 mode = "{mode}"
 poll_interval_ms = 100
 
-[[export.log]]
-path = "{out}"
-format = "json"
+{export}
 """)
     return conf, out
 
@@ -141,4 +150,26 @@ def test_tc_mode_survives_a_crash(pair, tmp_path):
         stop_agent(proc)
     assert exported(out) == truth.table()
     assert "0x4e4641" not in tc_state(b.ns, b.ifname)
+    assert not set(ids.values()) & bpf_prog_ids()
+
+
+def test_agent_netflow_v9_to_nfcapd_exact(pair, tmp_path):
+    """nfdump, an independent decoder, shows exactly the packets and bytes that were sent."""
+    a, b = pair.a, pair.b
+    set_offloads(a, False)  # wire-sized TCP segments: the capture truth is per segment
+    set_offloads(b, False)
+    with Nfcapd(tmp_path / "nfcapd") as cap:
+        export = f'[[export.netflow]]\ndestination = ["127.0.0.1:{cap.port}"]\nprotocol = 9\n'
+        conf, _ = write_config(tmp_path, b.ns.name, b.ifname, "tcx", export)
+        proc, ids = start_agent(conf, tmp_path / "agent.log")
+        try:
+            truth = send_udp(a.ns, b.addr, 9100, 9, 500, peer=b.ns).truth
+            truth.merge(send_udp(a.ns, b.addr6, 9101, 4, 1000, peer=b.ns).truth)
+            truth.merge(send_icmp_echo(a.ns, b.addr6, 3).truth)
+            truth.merge(tcp_connections(a.ns, b.ns, b.addr, 7200, 2, 30000).truth)
+            time.sleep(0.3)
+        finally:
+            stop_agent(proc)
+        records = cap.flows()
+    assert flow_table(records) == {f[1:]: v for f, v in truth.table().items()}
     assert not set(ids.values()) & bpf_prog_ids()
