@@ -131,9 +131,7 @@ class Operations:
         self.monitor = OpsMonitor(pipeline)
         pipeline.pm.register(self.monitor, name="agent.ops.monitor")
         if self.section.control_socket:
-            self.control = ControlServer(self.section.control_socket, pipeline, self.snapshot,
-                                         format_report, mode=self.section.control_socket_mode)
-            self.control.start()
+            self._start_control(pipeline)
         if self.section.metrics_listen:
             from agent.metrics import MetricsServer
 
@@ -146,6 +144,23 @@ class Operations:
             pipeline.heartbeat = self.notifier.heartbeat
         self.notifier.notify("READY=1", f"STATUS=running {len(pipeline.components)} "
                              "components", f"MAINPID={os.getpid()}")
+
+    def _start_control(self, pipeline: Any) -> None:
+        """Serve the control socket; a failure is logged, the agent runs on without it.
+
+        (Statistics are worth less than the flows: a second agent started by hand, or a
+        user without /run access replaying a capture, must not fail for the socket.)
+        """
+        control = ControlServer(self.section.control_socket, pipeline, self.snapshot,
+                                format_report, mode=self.section.control_socket_mode)
+        try:
+            control.start()
+        except OSError as exc:
+            log.warning("control socket %s unavailable (%s): `agent stats` and `agent reload` "
+                        "will not reach this agent; set [agent] control_socket",
+                        self.section.control_socket, exc.strerror or exc)
+            return
+        self.control = control
 
     def _drop_root(self) -> None:
         identity = self.identity
