@@ -315,26 +315,31 @@ class IpfixExporter(Component):
             lost_records=lost, lost_packets=lost_p, lost_octets=lost_o,
             start_ms=self._start_wall_ms, end_ms=time.time_ns() // 1_000_000)
 
-    def options_groups(self) -> list[DataGroup]:
-        """Statistics records plus interface names, ready to send."""
+    def options_groups(self) -> list[list[DataGroup]]:
+        """Statistics records, then interface names, each list to be sent as its own message.
+
+        Interface names travel in a message of their own: they are the only variable-length
+        records, which some decoders (the PyPI ``netflow`` package) cannot parse, and a
+        decoder that drops them then loses nothing else.
+        """
         odid = self.cfg.observation_domain_id
-        groups = statistics_groups(self.statistics(), odid, odid)
+        out = [statistics_groups(self.statistics(), odid, odid)]
         names = interface_names_group(self.interfaces.snapshot(), odid)
         if names is not None:
-            groups.append(names)
-        return groups
+            out.append([names])
+        return out
 
     def _send_options(self) -> None:
         if not self.cfg.options_interval_s:
             return
         self.counters["options_rounds"] += 1
-        groups = self.options_groups()
-        if self.udp:
-            self._send_udp(groups)
-        for d in self.tcp:
-            d.send_now(groups)
-        if self.file is not None:
-            self.file.write(groups)
+        for groups in self.options_groups():
+            if self.udp:
+                self._send_udp(groups)
+            for d in self.tcp:
+                d.send_now(groups)
+            if self.file is not None:
+                self.file.write(groups)
 
     # --- stats -----------------------------------------------------------------------------
 
