@@ -23,6 +23,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable
 
+from agent import ie
 from agent.model import NAT_START, NatEvent
 
 from .ipfix import DataGroup, Template
@@ -32,9 +33,6 @@ NEL_TEMPLATE_BASE = 264  # 264..267, see nel_template_id()
 #: Earliest plausible event time (2000-01-01); older values are clock-conversion bugs.
 MIN_EVENT_TIME_NS = 946_684_800 * 1_000_000_000
 
-LEGACY = {True: 1, False: 2}  # NAT translation create / delete (historic)
-RFC8158_SAME_FAMILY = {True: 4, False: 5}  # NAT44 session create / delete
-RFC8158_NAT64 = {True: 6, False: 7}  # NAT64 session create / delete
 
 
 def nel_template_id(pre_v6: bool, post_v6: bool) -> int:
@@ -68,11 +66,8 @@ NEL_LAYOUTS: dict[int, tuple[Template, struct.Struct]] = {
 
 def event_value(event: NatEvent, value_set: str) -> int:
     """The natEvent (230) value for ``event`` under ``value_set`` (``legacy``/``rfc8158``)."""
-    start = event.event == NAT_START
-    if value_set == "legacy":
-        return LEGACY[start]
-    nat64 = len(event.src_addr) == 16 and len(event.post_src_addr) == 4
-    return (RFC8158_NAT64 if nat64 else RFC8158_SAME_FAMILY)[start]
+    return ie.nat_event_value(event.event == NAT_START, len(event.src_addr),
+                              len(event.post_src_addr), value_set)
 
 
 def encode_nat_groups(

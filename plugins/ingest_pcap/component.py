@@ -67,7 +67,7 @@ class PcapIngest(Component):
         parse = self.parser.parse
         batch: list[Any] = []
         last_ts = batch_start = 0
-        pace = _Pacer() if cfg.speed == "recorded" else None
+        pace = _Pacer(self._stop) if cfg.speed == "recorded" else None
         for ts, linktype, frame in packets:
             if self._stop.is_set():
                 break
@@ -109,10 +109,11 @@ class PcapIngest(Component):
 
 
 class _Pacer:
-    """Sleeps so that capture time and wall time advance together."""
+    """Sleeps so that capture time and wall time advance together; wakes early on stop."""
 
-    def __init__(self) -> None:
+    def __init__(self, stop: threading.Event) -> None:
         self.offset: int | None = None
+        self.stop = stop
 
     def wait_until(self, ts_ns: int) -> None:
         now = time.monotonic_ns()
@@ -121,4 +122,4 @@ class _Pacer:
             return
         delay = (ts_ns + self.offset - now) / 1e9
         if delay > 0:
-            time.sleep(delay)
+            self.stop.wait(delay)
