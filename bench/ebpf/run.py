@@ -16,8 +16,8 @@ Reported per scenario: sender rate (and ratio to ``none``), share of sent packet
 accounted, the tool's CPU seconds (user+system, all its processes) during the flood, CPU
 seconds per million packets, and CPU as % of one core. With ``--bpf-stats``, the agent's BPF
 programs' own run time (``BPF_ENABLE_STATS``, held only during the flood) is reported too:
-that work runs in the sender's softirq and is not in the agent's process CPU. The libpcap tools' kernel-side
-copy cost is likewise only visible in the sender ratio.
+that work runs in the sender's softirq and is not in the agent's process CPU. The libpcap
+tools' kernel-side copy cost is likewise only visible in the sender ratio.
 
 Run as root: ``python3 bench/ebpf/run.py [--rounds 3] [--seconds 5] [--flows 1000]``.
 Traffic stays inside the namespaces created here.

@@ -9,6 +9,7 @@
  * calling thread's network namespace (the Python side wraps them in setns()).
  * drain() empties one flow table with BPF_MAP_LOOKUP_AND_DELETE_BATCH and sums the per-CPU
  * slots with the GIL released; it returns one bytes object of struct flow_record.
+ * consume() turns the overflow ring's per-packet events into the same rows.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -74,10 +75,18 @@ typedef struct {
 	__u32 capacity;		/* rows the drain buffers hold */
 	void *keys, *vals;	/* drain buffers */
 	struct flow_record *out;
+	struct ring_buffer *rb;	/* overflow ring, NULL when off */
+	struct flow_record *ring_out;	/* overflow events of one consume() */
+	size_t ring_len, ring_cap;
 } Loader;
 
 static void loader_release(Loader *self)
 {
+	ring_buffer__free(self->rb);
+	self->rb = NULL;
+	free(self->ring_out);
+	self->ring_out = NULL;
+	self->ring_len = self->ring_cap = 0;
 	if (self->skel)
 		flow_bpf__destroy(self->skel);	/* closes fds: detaches links we did not close */
 	self->skel = NULL;
@@ -93,19 +102,51 @@ static void Loader_dealloc(Loader *self)
 	Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* ring_buffer__consume() callback: one overflow_event becomes one flow_record row. */
+static int on_overflow_event(void *ctx, void *data, size_t size)
+{
+	Loader *self = ctx;
+	const struct overflow_event *e = data;
+	struct flow_record *r;
+
+	if (size < sizeof(*e))
+		return 0;
+	if (self->ring_len == self->ring_cap) {
+		size_t cap = self->ring_cap ? self->ring_cap * 2 : 1024;
+		void *grown = realloc(self->ring_out, cap * sizeof(*r));
+
+		if (!grown)
+			return -ENOMEM;
+		self->ring_out = grown;
+		self->ring_cap = cap;
+	}
+	r = &self->ring_out[self->ring_len++];
+	memset(r, 0, sizeof(*r));
+	r->key = e->key;
+	r->m.packets = e->packets;
+	r->m.bytes = e->bytes;
+	r->m.first_ns = r->m.last_ns = e->ts_ns;
+	r->m.tcp_flags = e->tcp_flags;
+	return 0;
+}
+
 static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 {
-	static char *kwlist[] = { "maxflows", "sampling", "percpu", NULL };
-	unsigned int maxflows = 65536, sampling = 1;
+	static char *kwlist[] = { "maxflows", "sampling", "percpu", "overflow_ring_bytes", NULL };
+	unsigned int maxflows = 65536, sampling = 1, ring_bytes = 0, ring_size = 4096;
 	int percpu = 1, err;
 	enum bpf_map_type type;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "|IIp", kwlist, &maxflows, &sampling, &percpu))
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "|IIpI", kwlist, &maxflows, &sampling, &percpu,
+					 &ring_bytes))
 		return -1;
-	if (maxflows < 1 || sampling < 1) {
-		PyErr_SetString(PyExc_ValueError, "maxflows and sampling must be >= 1");
+	if (maxflows < 1 || sampling < 1 || ring_bytes > (1u << 30)) {
+		PyErr_SetString(PyExc_ValueError,
+				"maxflows and sampling must be >= 1, overflow_ring_bytes <= 1 GiB");
 		return -1;
 	}
+	while (ring_size < ring_bytes)	/* a power of two, at least a page */
+		ring_size <<= 1;
 	loader_release(self);
 	libbpf_log_len = 0;
 	self->skel = flow_bpf__open();	/* open */
@@ -115,6 +156,8 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	}
 	self->skel->rodata->sampling = sampling;	/* rodata knobs */
 	self->skel->rodata->percpu = (__u8)percpu;
+	self->skel->rodata->use_overflow = ring_bytes > 0;
+	bpf_map__set_max_entries(self->skel->maps.overflow, ring_size);
 	type = percpu ? BPF_MAP_TYPE_PERCPU_HASH : BPF_MAP_TYPE_HASH;
 	struct bpf_map *maps[FLOW_MAPS] = { self->skel->maps.flows_a, self->skel->maps.flows_b };
 	for (int i = 0; i < FLOW_MAPS; i++) {
@@ -129,6 +172,15 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	}
 	for (int i = 0; i < FLOW_MAPS; i++)
 		self->flows_fd[i] = bpf_map__fd(maps[i]);
+	if (ring_bytes) {
+		self->rb = ring_buffer__new(bpf_map__fd(self->skel->maps.overflow),
+					    on_overflow_event, self, NULL);
+		if (!self->rb) {
+			raise_errno(errno, "open the overflow ring buffer");
+			loader_release(self);
+			return -1;
+		}
+	}
 	self->ncpu = percpu ? libbpf_num_possible_cpus() : 1;
 	self->capacity = maxflows + 64;	/* slack: a drain never needs more than max_entries */
 	self->keys = calloc(self->capacity, sizeof(struct flow_key));
@@ -323,6 +375,30 @@ static PyObject *Loader_drain(Loader *self, PyObject *args)
 					 (Py_ssize_t)kept * sizeof(struct flow_record));
 }
 
+/* consume() -> bytes: flow_record rows, one per packet the overflow ring carried since the
+ * last call (b"" when the ring is off). */
+static PyObject *Loader_consume(Loader *self, PyObject *unused)
+{
+	PyObject *out;
+	int err = 0;
+
+	if (check_open(self))
+		return NULL;
+	if (!self->rb)
+		return PyBytes_FromStringAndSize("", 0);
+	Py_BEGIN_ALLOW_THREADS
+	err = ring_buffer__consume(self->rb);
+	Py_END_ALLOW_THREADS
+	out = PyBytes_FromStringAndSize((const char *)self->ring_out,
+					(Py_ssize_t)(self->ring_len * sizeof(struct flow_record)));
+	self->ring_len = 0;
+	if (err < 0) {
+		Py_XDECREF(out);
+		return raise_errno(err, "consume the overflow ring buffer");
+	}
+	return out;
+}
+
 /* counters() -> tuple of CNT_MAX ints, summed over CPUs, cumulative since load. */
 static PyObject *Loader_counters(Loader *self, PyObject *unused)
 {
@@ -391,6 +467,8 @@ static PyMethodDef Loader_methods[] = {
 	  "set_active(index): flow table the programs write to" },
 	{ "drain", (PyCFunction)Loader_drain, METH_VARARGS,
 	  "drain(index) -> bytes of flow_record rows; the table is emptied" },
+	{ "consume", (PyCFunction)Loader_consume, METH_NOARGS,
+	  "consume() -> bytes of flow_record rows from the overflow ring (one per packet)" },
 	{ "counters", (PyCFunction)Loader_counters, METH_NOARGS,
 	  "counters() -> cumulative counters (enum flow_counter order)" },
 	{ "prog_ids", (PyCFunction)Loader_prog_ids, METH_NOARGS, "prog_ids() -> {name: id}" },
@@ -401,7 +479,7 @@ static PyMethodDef Loader_methods[] = {
 static PyTypeObject LoaderType = {
 	PyVarObject_HEAD_INIT(NULL, 0)
 	.tp_name = "plugins.ingest_ebpf._loader.Loader",
-	.tp_doc = "Loader(maxflows=65536, sampling=1, percpu=True): the loaded flow programs",
+	.tp_doc = "Loader(maxflows=65536, sampling=1, percpu=True, overflow_ring_bytes=0)",
 	.tp_basicsize = sizeof(Loader),
 	.tp_flags = Py_TPFLAGS_DEFAULT,
 	.tp_new = PyType_GenericNew,
@@ -462,6 +540,7 @@ PyMODINIT_FUNC PyInit__loader(void)
 	ADD_INT(m, "CNT_FULL_PACKETS", CNT_FULL_PACKETS);
 	ADD_INT(m, "CNT_FULL_BYTES", CNT_FULL_BYTES);
 	ADD_INT(m, "CNT_UPDATE_ERR", CNT_UPDATE_ERR);
+	ADD_INT(m, "CNT_RING_PACKETS", CNT_RING_PACKETS);
 	return m;
 fail:
 	Py_DECREF(m);

@@ -21,7 +21,7 @@ from agent.runtime import RunContext
 
 from .attach import Attacher, NetnsScope, matching_links
 from .config import Config
-from .decode import CounterTracker, decode_records, monotonic_to_wall_offset
+from .decode import CounterTracker, decode_records, merge_deltas, monotonic_to_wall_offset
 
 #: time for programs that read the old table index to finish (they run for microseconds with
 #: bottom halves off); a straggler later than this lands in the idle table, drained next time.
@@ -42,7 +42,7 @@ class EbpfIngest(Component):
         self.active = 0
         self.tracker = CounterTracker()
         self.kernel_counters: dict[str, int] = {}
-        self.stats = {"drains": 0, "flows_drained": 0, "drain_ms_last": 0.0,
+        self.stats = {"drains": 0, "flows_drained": 0, "overflow_flows": 0, "drain_ms_last": 0.0,
                       "attach_errors": 0, "interfaces": 0}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -57,7 +57,8 @@ class EbpfIngest(Component):
         cfg = self.config
         self.context = context
         self.loader = Loader(maxflows=cfg.maxflows, sampling=cfg.sampling,
-                             percpu=cfg.map_type == "percpu")
+                             percpu=cfg.map_type == "percpu",
+                             overflow_ring_bytes=cfg.overflow_ring_kb * 1024)
         self.loader.set_active(self.active)
         self.log.info("%s: loaded BPF programs %s (maxflows %d, %s map, sampling 1/%d)",
                       self.name, self.loader.prog_ids(), cfg.maxflows, cfg.map_type,
@@ -117,12 +118,16 @@ class EbpfIngest(Component):
         self.loader.set_active(self.active)
         time.sleep(FLIP_GRACE_S)
         data = self.loader.drain(old)
-        flows = decode_records(data, monotonic_to_wall_offset())
+        offset = monotonic_to_wall_offset()
+        flows = decode_records(data, offset)
+        overflow = merge_deltas(decode_records(self.loader.consume(), offset))
+        flows.extend(overflow)
         cnt = self.tracker.delta(self.loader.counters())
         for name, value in cnt.values.items():
             self.kernel_counters[name] = self.kernel_counters.get(name, 0) + value
         self.stats["drains"] += 1
-        self.stats["flows_drained"] += len(flows)
+        self.stats["flows_drained"] += len(flows) - len(overflow)
+        self.stats["overflow_flows"] += len(overflow)
         self.stats["drain_ms_last"] = round((time.perf_counter() - started) * 1000, 3)
         dropped = cnt["full_packets"] + cnt["update_errors"]
         if flows or dropped or cnt["trunc"] or cnt["frag"]:

@@ -33,6 +33,10 @@ class Config:
     maxflows: int = option(
         65536, doc="Flow table size in the kernel: distinct flows per poll interval; packets "
                    "of flows beyond it are counted as dropped.", min=16, max=2**24)
+    overflow_ring_kb: int = option(
+        256, doc="Ring buffer that carries packets of new flows while the kernel table is "
+                 "full (rounded up to a power of two); 0 = count them as dropped instead.",
+        min=0, max=1024 * 1024)
     poll_interval_ms: int = option(
         1000, doc="How often the flow table is drained into the cache.", min=20, max=60000)
     rescan_interval_ms: int = option(

@@ -31,6 +31,7 @@ COUNTER_NAMES = (
     "full_packets",
     "full_bytes",
     "update_errors",
+    "ring_packets",
 )
 
 
@@ -77,6 +78,26 @@ def decode_records(data: bytes, wall_offset_ns: int) -> list[FlowDelta]:
             )
         )
     return deltas
+
+
+def merge_deltas(deltas: list[FlowDelta]) -> list[FlowDelta]:
+    """Sum deltas with equal keys (the overflow ring carries one row per packet).
+
+    :param deltas: flow deltas, e.g. from :func:`decode_records` on ``Loader.consume()``.
+    """
+    merged: dict[bytes, FlowDelta] = {}
+    for d in deltas:
+        m = merged.get(d.key)
+        if m is None:
+            merged[d.key] = FlowDelta(d.key, d.packets, d.octets, d.start_ns, d.end_ns,
+                                      d.tcp_flags, d.out_if)
+            continue
+        m.packets += d.packets
+        m.octets += d.octets
+        m.start_ns = min(m.start_ns, d.start_ns)
+        m.end_ns = max(m.end_ns, d.end_ns)
+        m.tcp_flags |= d.tcp_flags
+    return list(merged.values())
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,3 +125,14 @@ def test_unavailable_reason_is_clear():
         assert reason is None
     else:
         assert reason and "root" in reason
+
+
+def test_merge_deltas_sums_equal_keys():
+    from agent.model import FlowDelta
+    from plugins.ingest_ebpf.decode import merge_deltas
+
+    k1, k2 = b"k1", b"k2"
+    merged = merge_deltas([FlowDelta(k1, 1, 100, 5, 5, 0x02), FlowDelta(k2, 1, 40, 7, 7),
+                           FlowDelta(k1, 2, 200, 3, 9, 0x10)])
+    assert [(d.key, d.packets, d.octets, d.start_ns, d.end_ns, d.tcp_flags) for d in merged] == [
+        (k1, 3, 300, 3, 9, 0x12), (k2, 1, 40, 7, 7, 0)]

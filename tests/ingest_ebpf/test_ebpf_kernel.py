@@ -135,18 +135,33 @@ def test_fragments(pair, dst_attr):
 
 
 def test_full_map_counts_what_it_cannot_account(pair):
-    """maxflows = 16 and 40 flows in one table: accounted + counted drops = sent."""
+    """maxflows = 16, no overflow ring, 40 flows in one table: accounted + drops = sent."""
     a, b = pair.a, pair.b
     flows, per_flow, payload = 40, 3, 20
     with ebpf_ingest(interfaces=[b.ifname], netns=b.ns.name, direction="ingress",
-                     maxflows=16, poll_interval_ms=60000) as seen:
+                     maxflows=16, overflow_ring_kb=0, poll_interval_ms=60000) as seen:
         for i in range(flows):
             send_udp(a.ns, b.addr, 9200, per_flow, payload, sport=20000 + i)
     size = 20 + 8 + payload
     assert len(seen.flows) == 16
-    assert seen.dropped_packets > 0
+    assert seen.dropped_packets == (flows - 16) * per_flow
     assert seen.packets + seen.dropped_packets == flows * per_flow
     assert seen.bytes + seen.dropped_bytes == flows * per_flow * size
+
+
+def test_full_map_overflow_ring_accounts_everything(pair):
+    """maxflows = 16 with the overflow ring: every packet of all 40 flows is accounted."""
+    a, b = pair.a, pair.b
+    truth = None
+    with ebpf_ingest(interfaces=[b.ifname], netns=b.ns.name, direction="ingress",
+                     maxflows=16, poll_interval_ms=60000) as seen:
+        for i in range(40):
+            sent = send_udp(a.ns, b.addr, 9250, 3, 20, sport=21000 + i).truth
+            truth = sent if truth is None else truth.merge(sent)
+    assert seen.table() == truth.table()
+    assert seen.dropped_packets == 0
+    assert seen.stats["kernel_ring_packets"] == 24 * 3
+    assert seen.stats["overflow_flows"] == 24
 
 
 def test_gso_counts_wire_segments(pair):

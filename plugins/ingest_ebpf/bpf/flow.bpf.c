@@ -5,7 +5,8 @@
  * Parses Ethernet (up to two 802.1Q/802.1ad tags left in the frame), IPv4 (RFC 791, fragments),
  * IPv6 (RFC 8200 extension headers, fragment header), TCP/UDP/UDP-Lite/DCCP/SCTP ports and
  * ICMP/ICMPv6 type/code, exactly like agent/packet.py does for packet ingests, and adds each
- * packet to a flow table keyed like the agent's cache (flow.h). Packets count wire segments
+ * packet to a flow table keyed like the agent's cache (flow.h). Packets of new flows that do
+ * not fit in the full table go through a ring buffer instead, or are counted as lost. Packets count wire segments
  * (skb->gso_segs ?: 1) and bytes are the IP total length of each wire segment. The programs
  * observe only: they always let the packet continue (TC_ACT_UNSPEC / TCX_NEXT, XDP_PASS).
  *
@@ -43,6 +44,7 @@
 /* Knobs set by the loader before load (rodata). */
 const volatile __u32 sampling = 1;	/* account 1 in `sampling` packets (1 = all) */
 const volatile __u8 percpu = 1;		/* flow maps are per-CPU (else shared with atomics) */
+const volatile __u8 use_overflow = 1;	/* send full-table packets through the ring buffer */
 
 enum parse_result { PARSE_OK, PARSE_NON_IP, PARSE_TRUNC };
 
@@ -195,6 +197,22 @@ static __always_inline int parse(void *data, void *end, struct pkt_info *pi)
 	return PARSE_NON_IP;
 }
 
+/* Hand one packet of a flow the full table could not take to userspace; 0 if the ring is full. */
+static __always_inline int overflow_event(struct pkt_info *pi, __u64 segs, __u64 bytes, __u64 now)
+{
+	struct overflow_event *e = bpf_ringbuf_reserve(&overflow, sizeof(*e), 0);
+
+	if (!e)
+		return 0;
+	e->key = pi->key;
+	e->tcp_flags = pi->tcp_flags;
+	e->packets = segs;
+	e->bytes = bytes;
+	e->ts_ns = now;
+	bpf_ringbuf_submit(e, 0);
+	return 1;
+}
+
 /* Add one packet to the flow table `map`; count it as lost when the table is full. */
 static __always_inline void account(void *map, struct pkt_info *pi, __u64 segs, __u64 bytes,
 				    struct flow_counters *cnt)
@@ -212,12 +230,16 @@ static __always_inline void account(void *map, struct pkt_info *pi, __u64 segs, 
 		if (err == -EEXIST_)		/* another CPU created it just now */
 			m = bpf_map_lookup_elem(map, &pi->key);
 		if (!m) {
-			if (err == -E2BIG_) {
-				cnt->v[CNT_FULL_PACKETS] += segs;
-				cnt->v[CNT_FULL_BYTES] += bytes;
-			} else {
+			if (err != -E2BIG_) {
 				cnt->v[CNT_UPDATE_ERR] += segs;
+				return;
 			}
+			if (use_overflow && overflow_event(pi, segs, bytes, now)) {
+				cnt->v[CNT_RING_PACKETS] += segs;
+				return;
+			}
+			cnt->v[CNT_FULL_PACKETS] += segs;
+			cnt->v[CNT_FULL_BYTES] += bytes;
 			return;
 		}
 	}

@@ -42,6 +42,16 @@ struct flow_record {
 	struct flow_metrics m;
 };
 
+/* One packet the full flow table could not take, sent through the overflow ring buffer.
+ * The loader turns it into a flow_record (first = last = ts_ns). 72 bytes. */
+struct overflow_event {
+	struct flow_key key;
+	__u32 tcp_flags;
+	__u64 packets;
+	__u64 bytes;
+	__u64 ts_ns;
+};
+
 /* Slots of the per-CPU counters array entry (struct flow_counters). Cumulative since load. */
 enum flow_counter {
 	CNT_PACKETS = 0,	/* packets the program saw (before sampling) */
@@ -50,9 +60,10 @@ enum flow_counter {
 	CNT_TRUNC,		/* IP packets too short or inconsistent to parse: dropped */
 	CNT_TRUNC_BYTES,	/* bytes of those (frame length after the link header) */
 	CNT_FRAG,		/* IP fragments seen (accounted; non-first ones with ports 0) */
-	CNT_FULL_PACKETS,	/* packets not accounted because the flow map was full */
+	CNT_FULL_PACKETS,	/* packets lost: flow table full and overflow ring full/off */
 	CNT_FULL_BYTES,		/* their bytes */
 	CNT_UPDATE_ERR,		/* other map update failures (ENOMEM), packets */
+	CNT_RING_PACKETS,	/* packets of full-table flows sent through the overflow ring */
 	CNT_MAX,
 };
 

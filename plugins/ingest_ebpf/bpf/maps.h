@@ -28,6 +28,13 @@ struct {
 	__type(value, __u32);
 } flow_active SEC(".maps");
 
+/* Packets of flows the full table could not take (struct overflow_event); the loader sizes
+ * it from the config and consumes it every tick [netobserv direct_flows]. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} overflow SEC(".maps");
+
 /* Cumulative per-CPU counters (enum flow_counter); userspace sums the CPUs. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
