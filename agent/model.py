@@ -177,23 +177,6 @@ class FlowRecord:
     dst_mask: int = 0  # destinationIPv4PrefixLength (13) / destinationIPv6PrefixLength (30)
     next_hop: bytes = b""  # ipNextHopIPv4Address (15) / ipNextHopIPv6Address (62); b"" = unknown
 
-    @classmethod
-    def from_key(cls, key: bytes, **values: int) -> FlowRecord:
-        """Build a record from a packed key plus counter fields."""
-        k = split_key(key)
-        return cls(
-            ip_version=k.ip_version,
-            protocol=k.protocol,
-            src_addr=k.src_addr,
-            dst_addr=k.dst_addr,
-            src_port=k.src_port,
-            dst_port=k.dst_port,
-            tos=k.tos,
-            in_if=k.in_if,
-            direction=k.direction,
-            **values,
-        )
-
     def key(self) -> bytes:
         """The packed flow key of this record."""
         return make_key(

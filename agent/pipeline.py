@@ -30,7 +30,7 @@ import queue
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 
@@ -243,7 +243,7 @@ class Pipeline:
                     self._hook_failed("agent_aggregate_flows", impl.plugin_name)
                     continue
                 if out is not None:
-                    records = out
+                    records = cast("list[FlowRecord]", out)
             self.exported_flows += len(records)
             self.call("agent_export_flows", records=records)
         cache = self.core_stats()

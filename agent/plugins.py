@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -99,10 +100,11 @@ def _normalize(name: str) -> str:
 def _install_tracing(pm: pluggy.PluginManager) -> None:
     tracer = logging.getLogger("agent.hooks")
 
-    def before(hook_name: str, impls: Any, kwargs: dict[str, Any]) -> None:
+    def before(hook_name: str, impls: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
         tracer.debug("call %s(%s) -> %d impls", hook_name, ", ".join(kwargs), len(impls))
 
-    def after(outcome: Any, hook_name: str, impls: Any, kwargs: dict[str, Any]) -> None:
+    def after(outcome: Any, hook_name: str, impls: Sequence[Any],
+              kwargs: Mapping[str, Any]) -> None:
         tracer.debug("done %s", hook_name)
 
     pm.add_hookcall_monitoring(before, after)

@@ -23,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,7 @@ class AgentUnderTest:
         self.pipeline.shutdown()
 
 
-def build_agent(toml_text: str, tmp_path: Path, plugins: list[Any] = ()) -> AgentUnderTest:
+def build_agent(toml_text: str, tmp_path: Path, plugins: Sequence[Any] = ()) -> AgentUnderTest:
     """Validate ``toml_text``, build and start a pipeline; raise ConfigError on issues."""
     cfg = tmp_path / "agent.toml"
     cfg.write_text(toml_text)
@@ -187,7 +188,7 @@ def make_agent(tmp_path: Path) -> Any:
     """Name: make_agent. Scope: function. Depends: tmp_path. ``make_agent(toml, plugins=[])``."""
     built: list[AgentUnderTest] = []
 
-    def factory(toml_text: str, plugins: list[Any] = ()) -> AgentUnderTest:
+    def factory(toml_text: str, plugins: Sequence[Any] = ()) -> AgentUnderTest:
         agent = build_agent(toml_text, tmp_path, list(plugins))
         built.append(agent)
         return agent

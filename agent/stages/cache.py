@@ -58,16 +58,24 @@ class CacheConfig:
                            "0 = grow automatically.", min=0, max=1 << 28)
 
 
+@dataclass(slots=True)
 class CacheStats:
     """The seed's cache counters (``stat: search found new ... maxflows``, traffic, drop)."""
 
-    __slots__ = ("search", "found", "new", "maxflows", "trunc", "frag", "alloc",
-                 "traffic_packets", "traffic_bytes", "drop_packets", "drop_bytes",
-                 "exported_flows", "peak_flows", "peak_ns")
-
-    def __init__(self) -> None:
-        for name in self.__slots__:
-            setattr(self, name, 0)
+    search: int = 0  # lookups in the flow table
+    found: int = 0  # lookups that found their flow
+    new: int = 0  # flows created
+    maxflows: int = 0  # packets of new flows dropped because maxflows was reached
+    trunc: int = 0  # truncated/malformed packets (also in drop_packets)
+    frag: int = 0  # fragments seen
+    alloc: int = 0  # allocation failures (kept for the seed's layout; Python raises instead)
+    traffic_packets: int = 0  # packets accounted
+    traffic_bytes: int = 0
+    drop_packets: int = 0  # packets not accounted: trunc, maxflows, ingest losses
+    drop_bytes: int = 0
+    exported_flows: int = 0
+    peak_flows: int = 0
+    peak_ns: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """Counter name -> value."""
