@@ -170,6 +170,16 @@ class Attacher:
                 log.warning("detach %s from %s: %s", att.kind, att.ifname, exc)
 
     def detach_all(self) -> None:
-        """Detach everything this attacher attached."""
+        """Detach everything this attacher attached (call it inside the netns)."""
         for ifindex in list(self.attached):
             self.detach(ifindex)
+
+    def forget_all(self) -> None:
+        """Close link fds and forget the rest: for when the netns itself is gone (its
+        interfaces, qdiscs and filters went with it)."""
+        for atts in self.attached.values():
+            for att in atts:
+                if att.link_fd >= 0:
+                    os.close(att.link_fd)
+                    att.link_fd = -1
+        self.attached.clear()

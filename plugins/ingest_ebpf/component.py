@@ -81,17 +81,27 @@ class EbpfIngest(Component):
             self._thread = None
         if self.loader is None:
             return
-        with NetnsScope(self.config.netns):
-            self.attacher.detach_all()  # type: ignore[union-attr]
-        self.stats["interfaces"] = 0
+        self._detach_everything()
         self._drain()  # the active table: flip and drain it
         self._drain()  # the other one: stragglers of the previous flip
         self._release()
 
-    def _release(self) -> None:
-        if self.attacher is not None:
+    def _detach_everything(self) -> None:
+        """Detach from every interface; a vanished netns took everything with it."""
+        attacher = self.attacher
+        if attacher is None or not attacher.attached:
+            return
+        try:
             with NetnsScope(self.config.netns):
-                self.attacher.detach_all()
+                attacher.detach_all()
+        except OSError as exc:
+            self.log.warning("%s: cannot enter netns %r to detach (%s); its interfaces and "
+                             "filters are gone with it", self.name, self.config.netns, exc)
+            attacher.forget_all()
+        self.stats["interfaces"] = 0
+
+    def _release(self) -> None:
+        self._detach_everything()
         if self.loader is not None:
             self.loader.close()
         self.loader = None
@@ -102,14 +112,22 @@ class EbpfIngest(Component):
         poll_s = self.config.poll_interval_ms / 1000
         rescan_every = self.config.rescan_interval_ms / 1000
         next_rescan = time.monotonic() + rescan_every
+        last_rescan_error = ""
         while not self._stop.wait(poll_s):
             try:
                 self._drain()
-                if time.monotonic() >= next_rescan:
-                    next_rescan = time.monotonic() + rescan_every
-                    self._rescan()
             except Exception:  # keep draining: a lost tick must not stop accounting
-                self.log.exception("%s: drain or rescan failed", self.name)
+                self.log.exception("%s: drain failed", self.name)
+            if time.monotonic() < next_rescan:
+                continue
+            next_rescan = time.monotonic() + rescan_every
+            try:
+                self._rescan()
+                last_rescan_error = ""
+            except OSError as exc:  # e.g. the netns is gone: say so once, keep trying
+                if str(exc) != last_rescan_error:
+                    self.log.warning("%s: interface rescan failed: %s", self.name, exc)
+                last_rescan_error = str(exc)
 
     def _drain(self) -> None:
         """Flip the tables, drain the idle one, emit its flows and the kernel counters."""

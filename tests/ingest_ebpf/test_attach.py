@@ -88,3 +88,10 @@ def test_netns_paths_and_noop_scope():
     assert netns_path("/proc/1/ns/net") == "/proc/1/ns/net"
     with NetnsScope("") as scope:
         assert scope.netns == ""
+
+
+def test_forget_all_closes_links():
+    att = Attacher(FakeLoader(), "tcx", "both")
+    done = att.attach(5, "eth0")
+    att.forget_all()
+    assert att.attached == {} and all(a.link_fd == -1 for a in done)

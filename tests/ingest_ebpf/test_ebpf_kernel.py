@@ -284,3 +284,18 @@ def test_interfaces_that_appear_later_are_attached(pair):
         assert seen.component.stats["interfaces"] == 1
         truth = send_udp(a.ns, late.b.addr, 9400, 5, 30, peer=b.ns).truth
     assert seen.table() == truth.table()
+
+
+def test_stop_after_the_netns_vanished():
+    """The observed namespace is deleted under the agent: stop still succeeds."""
+    with Netns() as a:
+        b = Netns().create()
+        try:
+            pair = veth_pair(a, b)
+            with ebpf_ingest(interfaces=[pair.b.ifname], netns=b.name,
+                             poll_interval_ms=100) as seen:
+                truth = send_udp(a, pair.b.addr, 9500, 2, 10, peer=b).truth
+                b.delete()
+            assert seen.table() == truth.table()
+        finally:
+            b.delete()
