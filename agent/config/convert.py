@@ -139,6 +139,9 @@ def _coerce(tp: Any, value: Any, path: str, issues: list[ConfigIssue]) -> Any:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         return float(value) if ok else _NOTHING
     if tp is str:
+        if isinstance(value, str) and "\0" in value:  # no path, name or address holds one
+            issues.append(ConfigIssue(path, "contains a NUL character (\\u0000)"))
+            return _NOTHING
         return value if isinstance(value, str) else _NOTHING
     return value if isinstance(value, tp) else _NOTHING
 

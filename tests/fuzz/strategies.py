@@ -363,3 +363,44 @@ def toml_text(draw: st.DrawFn, keys: dict[str, list[str]]) -> str:
                  "0x7fffffff", "1979-05-27T07:32:00Z", '"""\n"""', "'a'", "= =", '"\\u0000"']))
             lines.append(f"{key} = {value}")
     return "\n".join(lines)
+
+
+#: the smallest valid table of each component; near-valid configs start from these
+BASE_TABLES: dict[str, dict[str, Any]] = {
+    "ingest.pcap": {"path": "/dev/null"},
+    "ingest.nflog": {"group": 5},
+    "ingest.ebpf": {"interfaces": ["lo"]},
+    "ingest.conntrack": {},
+    "export.log": {"path": "-"},
+    "export.netflow": {"destination": ["127.0.0.1:2055"]},
+    "export.ipfix": {"destination": ["127.0.0.1:4739"]},
+}
+NASTY = st.one_of(VALUES, st.sampled_from(
+    ["a\x00b", "\x00", "/proc/self/ns/net", "/", "..", "eth0" * 40, "1.2.3.4:0", "[::1]",
+     ":2055", "host:99999", "::1:2055", "[fe80::1%lo]:2055", -1, 0, 1 << 31, 1 << 40, 2.5,
+     [], [""], ["x"], {}]))
+
+
+@st.composite
+def near_valid_config(draw: st.DrawFn, keys: dict[str, list[str]]) -> dict[str, Any]:
+    """A valid configuration (one ingest, one export, maybe more) with 1-3 values changed,
+    so the later checks (resources, plugins' ``agent_check_config``) run on odd values."""
+    ingests = [t for t in BASE_TABLES if t.startswith("ingest.")]
+    exports = [t for t in BASE_TABLES if t.startswith("export.")]
+    chosen = [draw(st.sampled_from(ingests)), draw(st.sampled_from(exports))]
+    chosen += draw(st.lists(st.sampled_from(sorted(BASE_TABLES)), max_size=2))
+    data: dict[str, Any] = {}
+    entries: list[dict[str, Any]] = []
+    for table in chosen:
+        stage, name = table.split(".")
+        entry = dict(BASE_TABLES[table])
+        data.setdefault(stage, {}).setdefault(name, []).append(entry)
+        entries.append((table, entry))  # type: ignore[arg-type]
+    for top in ("agent", "cache", "aggregate"):
+        if draw(st.booleans()):
+            data[top] = {}
+            entries.append((top, data[top]))  # type: ignore[arg-type]
+    for _ in range(draw(st.integers(1, 3))):
+        table, entry = draw(st.sampled_from(entries))
+        entry[draw(st.sampled_from(keys.get(table, ["x"])))] = draw(NASTY)
+    return data

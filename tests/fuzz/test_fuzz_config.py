@@ -20,7 +20,13 @@ from hypothesis import strategies as st
 from agent.cli import main
 from agent.plugins import build_registry, make_manager
 from tests.fuzz.oracles import check_config_text
-from tests.fuzz.strategies import config_dict, config_keys, fuzz_settings, toml_text
+from tests.fuzz.strategies import (
+    config_dict,
+    config_keys,
+    fuzz_settings,
+    near_valid_config,
+    toml_text,
+)
 
 PM, _ = make_manager([])
 REGISTRY = build_registry(PM)
@@ -53,14 +59,22 @@ def test_structured_configs(data: dict[str, Any]) -> None:
     check_config_text(_dumps(data), REGISTRY, PM.hook)
 
 
-@fuzz_settings(scale=0.2)
-@given(st.one_of(config_dict(KEYS).map(_dumps), toml_text(KEYS)))
-def test_dry_run_exit_codes(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
+@fuzz_settings(scale=2)
+@given(near_valid_config(KEYS))
+def test_near_valid_configs(data: dict[str, Any]) -> None:
+    check_config_text(_dumps(data), REGISTRY, PM.hook)
+
+
+@fuzz_settings(scale=0.3)
+@given(st.one_of(near_valid_config(KEYS).map(_dumps), config_dict(KEYS).map(_dumps),
+                 toml_text(KEYS)), st.booleans())
+def test_dry_run_exit_codes(tmp_path_factory: pytest.TempPathFactory, text: str,
+                            check_env: bool) -> None:
     path = Path(tmp_path_factory.mktemp("cfg")) / "agent.toml"
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        code = main(["--dry-run", "-c", str(path)])
+        code = main(["--dry-run", "-c", str(path)] + ["--check-env"] * check_env)
     assert code in (0, 78), err.getvalue()
     if code == 78:
         assert "configuration is invalid" in err.getvalue()

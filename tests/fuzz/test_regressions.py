@@ -9,6 +9,8 @@
 * ctnetlink: an address attribute of the wrong size (or v4 and v6 mixed in one tuple) made a
   NAT event with 3- or 7-byte addresses, which every exporter then had to reject.
 * packet parser: an IPv6 packet with two fragment headers counted two fragments.
+* config: a string option holding a NUL character (`path = "a\\u0000b"`) passed conversion
+  and crashed `--dry-run` in `os.access` (exit 1 instead of 78).
 """
 
 from __future__ import annotations
@@ -129,3 +131,12 @@ def test_address_sizes_must_match_their_family(addrs: tuple[bytes, bytes]) -> No
     msg = next(ctnetlink.iter_messages(data, len(data)))
     with pytest.raises(ctnetlink.MalformedMessage):
         ctnetlink.parse_conntrack(data, msg.start, msg.end, msg.msg_type, msg.flags)
+
+
+def test_nul_in_a_string_option_is_a_config_issue(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``path = "a\\u0000b"`` used to crash ``--dry-run`` (exit 1, ValueError from os.access)."""
+    from agent.cli import main
+
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('[[ingest.pcap]]\npath = "a\\u0000b"\n[[export.log]]\npath = "-"\n')
+    assert main(["--dry-run", "-c", str(cfg)]) == 78
