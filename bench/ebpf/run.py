@@ -105,6 +105,10 @@ class Tool:
     def accounted(self) -> int | None:
         return None
 
+    def kernel_stats(self) -> tuple[int, int]:
+        """BPF ``(run_time_ns, run_cnt)`` of this tool's programs (none by default)."""
+        return (0, 0)
+
 
 def bpf_run_stats(prog_ids: set[int]) -> tuple[int, int]:
     """``(run_time_ns, run_cnt)`` summed over the given programs (needs stats enabled)."""
@@ -139,9 +143,10 @@ class Agent(Tool):
 
     def kernel_stats(self) -> tuple[int, int]:
         """The agent's programs' ``(run_time_ns, run_cnt)`` so far."""
-        text = self.log.read_text()
-        ids = ast.literal_eval(re.search(r"loaded BPF programs (\{.*?\})", text).group(1))
-        return bpf_run_stats(set(ids.values()))
+        found = re.search(r"loaded BPF programs (\{.*?\})", self.log.read_text())
+        if found is None:
+            raise RuntimeError("the agent did not log its BPF program ids")
+        return bpf_run_stats(set(ast.literal_eval(found.group(1)).values()))
 
     def start(self) -> None:
         self.out = self.tmp / "agent.jsonl"
@@ -259,13 +264,13 @@ def one_run(kind: str, args: argparse.Namespace, blast: str) -> dict:
         tool.start()
         stats = args.bpf_stats and isinstance(tool, Agent)
         with BpfStats() if stats else contextlib.nullcontext():
-            k0 = tool.kernel_stats() if stats else (0, 0)
+            k0 = tool.kernel_stats()
             cpu0 = tool.cpu()
             out = a.run(["timeout", str(args.seconds + 10), blast, pair.b.addr,
                          str(BASE_PORT), str(args.flows), str(args.seconds),
                          str(args.max_packets), str(PAYLOAD)]).stdout.split()
             cpu = tool.cpu() - cpu0
-            k1 = tool.kernel_stats() if stats else (0, 0)
+            k1 = tool.kernel_stats() if stats else k0
         tool.stop()
         sent, elapsed = int(out[0]), float(out[1])
         accounted = tool.accounted()

@@ -74,8 +74,9 @@ def start_agent(conf: Path, log: Path) -> tuple[subprocess.Popen, dict[str, int]
     while time.monotonic() < deadline:
         text = log.read_text()
         if "attached" in text:
-            ids = ast.literal_eval(re.search(r"loaded BPF programs (\{.*?\})", text).group(1))
-            return proc, ids
+            found = re.search(r"loaded BPF programs (\{.*?\})", text)
+            assert found, text
+            return proc, ast.literal_eval(found.group(1))
         if proc.poll() is not None:
             break
         time.sleep(0.05)
