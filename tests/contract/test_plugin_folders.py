@@ -49,6 +49,8 @@ def test_sample_validates(folder, registry, tmp_path):
     pcap.write_bytes(bytes.fromhex("d4c3b2a1020004000000000000000000ffff000001000000"))
     partner = ('[[export.log]]\npath = "-"\n' if stage == "ingest"
                else f'[[ingest.pcap]]\npath = "{pcap}"\n')
+    if stage in ("cache", "aggregate"):  # a middle stage needs both ends
+        partner += '[[export.log]]\npath = "-"\n'
     cfg = tmp_path / "sample.toml"
     cfg.write_text(sample.replace('"examples/sample.pcap"', f'"{pcap}"') + "\n" + partner)
     _, issues = validate(cfg, reg, pm.hook)
