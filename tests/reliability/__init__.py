@@ -1,0 +1,1 @@
+"""Reliability tests: floods, collector faults, resource limits (real agent process)."""
