@@ -29,7 +29,8 @@ from typing import NamedTuple
 # byte  1  protocol       protocolIdentifier (4)
 # byte  2  tos            ipClassOfService (5)
 # byte  3  direction      flowDirection (61): 0 ingress, 1 egress
-# bytes 4  in_if          ingressInterface (10), u32
+# bytes 4  in_if          the observation interface, u32: ingressInterface (10) for ingress
+#                         flows, egressInterface (14) for egress flows (the cache maps it)
 # bytes 8  src_port       sourceTransportPort (7), u16
 # bytes 10 dst_port       destinationTransportPort (11), u16; ICMP: type << 8 | code
 # bytes 12 src_addr       sourceIPv4Address (8) / sourceIPv6Address (27)
@@ -72,6 +73,9 @@ def make_key(
     :param ip_version: 4 or 6; decides the layout (:data:`KEY4` or :data:`KEY6`).
     :param src_addr: packed source address, 4 or 16 bytes to match ``ip_version``.
     :param dst_port: destination port, or ``type << 8 | code`` for ICMP/ICMPv6.
+    :param in_if: the observation interface: where an ingress flow entered, or where an
+        egress flow left (``direction=DIRECTION_EGRESS``). Keying egress flows on their
+        interface keeps two egress interfaces with the same 5-tuple apart.
     """
     layout = KEY4 if ip_version == 4 else KEY6
     return layout.pack(
@@ -103,8 +107,9 @@ def split_key(key: bytes) -> FlowKey:
 
 #: ``(key, length, tcp_flags, ts_ns, out_if)``: one packet, as ingest plugins emit it.
 #: ``length`` is the IP length in bytes (octetDeltaCount), ``tcp_flags`` the TCP header's flag
-#: byte (0 when not TCP), ``ts_ns`` the wall-clock capture time, ``out_if`` the egress
-#: interface index or 0 when unknown.
+#: byte (0 when not TCP), ``ts_ns`` the wall-clock capture time, ``out_if`` the *other*
+#: interface when known, else 0: the egress interface of an ingress observation, the ingress
+#: interface of an egress one (the key holds the observation interface).
 Packet = tuple[bytes, int, int, int, int]
 
 
@@ -135,7 +140,7 @@ class FlowDelta:
     start_ns: int
     end_ns: int
     tcp_flags: int = 0
-    out_if: int = 0
+    out_if: int = 0  # the other interface (see Packet), 0 when unknown
 
 
 @dataclass(slots=True)

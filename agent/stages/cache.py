@@ -26,6 +26,7 @@ import numpy as np
 from agent import hookimpl
 from agent.config.schema import option
 from agent.model import (
+    DIRECTION_EGRESS,
     END_ACTIVE,
     END_FORCED,
     END_IDLE,
@@ -80,6 +81,13 @@ class CacheStats:
     def as_dict(self) -> dict[str, int]:
         """Counter name -> value."""
         return {name: getattr(self, name) for name in self.__slots__}
+
+
+def _interfaces(key_if: int, other_if: int, direction: int) -> tuple[int, int]:
+    """``(ingressInterface, egressInterface)`` from the key's observation interface."""
+    if direction == DIRECTION_EGRESS:
+        return (other_if if other_if != key_if else 0), key_if
+    return key_if, other_if
 
 
 class FlowCache(Component):
@@ -257,10 +265,11 @@ class FlowCache(Component):
         key = self.keys[i]
         assert key is not None
         k = split_key(key)
+        in_if, out_if = _interfaces(k.in_if, self._out_if[i], k.direction)
         rec = FlowRecord(
             ip_version=k.ip_version, protocol=k.protocol, src_addr=k.src_addr,
             dst_addr=k.dst_addr, src_port=k.src_port, dst_port=k.dst_port, tos=k.tos,
-            in_if=k.in_if, direction=k.direction, out_if=self._out_if[i],
+            in_if=in_if, direction=k.direction, out_if=out_if,
             packets=self._packets[i], octets=self._octets[i], start_ns=self._first[i],
             end_ns=self._last[i], tcp_flags=self._flags[i], end_reason=reason,
         )

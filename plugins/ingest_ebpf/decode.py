@@ -46,8 +46,8 @@ def monotonic_to_wall_offset() -> int:
 def decode_records(data: bytes, wall_offset_ns: int) -> list[FlowDelta]:
     """Turn drained ``flow_record`` rows into flow deltas with agent keys.
 
-    Egress observations carry the interface as ``out_if`` (egressInterface) and 0 as the key's
-    ``in_if``; ingress ones carry it in the key's ``in_if`` (ingressInterface).
+    The key's interface is the observation interface for both directions (see
+    :func:`agent.model.make_key`); the cache reports it as egressInterface for egress flows.
 
     :param data: the bytes returned by ``Loader.drain()``; a multiple of :data:`RECORD` size.
     :param wall_offset_ns: from :func:`monotonic_to_wall_offset`, taken at drain time.
@@ -61,10 +61,8 @@ def decode_records(data: bytes, wall_offset_ns: int) -> list[FlowDelta]:
         packets, octets, first_ns, last_ns, tcp_flags,
     ) in RECORD.iter_unpack(data):  # fmt: skip
         alen = 4 if version == 4 else 16
-        egress = direction == DIRECTION_EGRESS
         key = make_key(
-            version, proto, saddr[:alen], daddr[:alen], sport, dport, tos,
-            0 if egress else ifindex, direction,
+            version, proto, saddr[:alen], daddr[:alen], sport, dport, tos, ifindex, direction,
         )  # fmt: skip
         deltas.append(
             FlowDelta(
@@ -74,7 +72,6 @@ def decode_records(data: bytes, wall_offset_ns: int) -> list[FlowDelta]:
                 start_ns=first_ns + wall_offset_ns,
                 end_ns=last_ns + wall_offset_ns,
                 tcp_flags=tcp_flags & 0xFF,
-                out_if=ifindex if egress else 0,
             )
         )
     return deltas

@@ -82,8 +82,8 @@ def test_decode_ipv4_ingress_and_ipv6_egress():
     assert (v4.start_ns, v4.end_ns) == (10**18 + 1_000, 10**18 + 2_000)
     k6 = split_key(v6.key)
     assert (k6.ip_version, k6.protocol, k6.dst_port, k6.in_if, k6.direction) == (
-        6, 58, 128 << 8, 0, DIRECTION_EGRESS)
-    assert v6.out_if == 9 and ipaddress.ip_address(k6.src_addr) == ipaddress.ip_address("fd00::1")
+        6, 58, 128 << 8, 9, DIRECTION_EGRESS)  # keyed on the observation interface
+    assert v6.out_if == 0 and ipaddress.ip_address(k6.src_addr) == ipaddress.ip_address("fd00::1")
 
 
 def test_decode_rejects_partial_records():

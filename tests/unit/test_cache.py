@@ -129,3 +129,16 @@ def test_stats_report_memtraf_and_peak():
     st = c.agent_collect_stats()
     assert st["active_flows"] == 2 and st["peak_flows"] == 2
     assert (st["memtraf_packets"], st["memtraf_bytes"]) == (2, 150)
+
+
+def test_egress_flows_are_keyed_on_their_interface_and_reported_as_egress():
+    from agent.model import DIRECTION_EGRESS
+
+    c = FlowCache(CacheConfig())
+    src, dst = socket.inet_aton("10.0.0.1"), socket.inet_aton("10.0.0.2")
+    out2 = make_key(4, 17, src, dst, 1, 2, in_if=2, direction=DIRECTION_EGRESS)
+    out3 = make_key(4, 17, src, dst, 1, 2, in_if=3, direction=DIRECTION_EGRESS)
+    feed(c, (out2, 100, 0, T0, 7), (out3, 100, 0, T0, 0), (key(1), 100, 0, T0, 9))
+    recs = sorted(c.agent_cache_expire(now_ns=T0, force=True), key=lambda r: r.out_if)
+    assert [(r.direction, r.in_if, r.out_if) for r in recs] == [
+        (DIRECTION_EGRESS, 7, 2), (DIRECTION_EGRESS, 0, 3), (0, 0, 9)]
