@@ -56,7 +56,7 @@ class RouteAggregator(Component):
         self._injected = lookup
         self._kernel: KernelRoutes | None = None
         self.counters = dict.fromkeys(
-            ("records", "enriched", "lookups", "cache_hits", "unroutable",
+            ("records", "enriched", "lookups", "lookups_deferred", "cache_hits", "unroutable",
              "unroutable_records", "errors"), 0)
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -98,9 +98,9 @@ class RouteAggregator(Component):
         enriched = 0
         for rec, dst, src in todo:
             found = False
-            if dst:
+            if dst and rec.dst_addr in routes:
                 found = self._apply_dst(rec, routes[rec.dst_addr])
-            if src and (route := routes[rec.src_addr]) is not None:
+            if src and (route := routes.get(rec.src_addr)) is not None:
                 rec.src_mask = route.prefix_len
                 found = True
             enriched += found
@@ -132,10 +132,15 @@ class RouteAggregator(Component):
     def resolve(self, addrs: Iterable[bytes]) -> dict[bytes, Route | None]:
         """One answer per distinct address: from the cache, else one kernel lookup each.
 
+        At most ``max_lookups_per_round`` kernel lookups: the pipeline thread must not stall
+        on a burst of new addresses. Addresses beyond it are left out (and counted).
+
         :param addrs: packed addresses (deduplicated by the caller or not).
-        :return: address -> :class:`Route`, or ``None`` when unroutable or the lookup failed.
+        :return: address -> :class:`Route`, or ``None`` when unroutable or the lookup failed;
+            deferred addresses are missing.
         """
         now = self.clock()
+        budget = self.config.max_lookups_per_round or -1
         out: dict[bytes, Route | None] = {}
         for addr in addrs:
             if addr in out:
@@ -143,7 +148,11 @@ class RouteAggregator(Component):
             hit, route = self.cache.get(addr, now)
             if hit:
                 self.counters["cache_hits"] += 1
+            elif budget == 0:
+                self.counters["lookups_deferred"] += 1
+                continue
             else:
+                budget -= 1
                 route = self._lookup(addr, now)
             out[addr] = route
         return out

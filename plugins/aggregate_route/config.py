@@ -28,6 +28,10 @@ class Config:
     max_cache_entries: int = option(
         65536, doc="Addresses kept in the route cache; the least recently used go first.",
         min=1, max=10_000_000)
+    max_lookups_per_round: int = option(
+        1000, doc="Kernel lookups per export round at most (about 0.25 ms each); addresses "
+        "beyond it stay unknown in that round and are counted as deferred. 0 = no limit.",
+        min=0)
     fields: list[Field] = option(
         list(ALL_FIELDS), doc="Record fields to fill: next_hop, src_mask, dst_mask, out_if.",
         min_items=1)

@@ -132,6 +132,21 @@ def test_cache_is_bounded_least_recently_used_first():
     assert routes.asked.count(ip("10.1.0.2")) == 2
 
 
+def test_lookups_per_round_are_bounded_and_the_rest_deferred():
+    routes = FakeRoutes()
+    agg = make(routes, max_lookups_per_round=2, fields=["dst_mask"])
+    recs = [record("10.2.0.1", f"10.1.0.{n}") for n in range(1, 6)]
+    agg.agent_aggregate_flows(records=recs)
+    assert len(routes.asked) == 2
+    assert sorted(r.dst_mask for r in recs) == [0, 0, 0, 16, 16]
+    stats = agg.agent_collect_stats()
+    assert (stats["lookups_deferred"], stats["unroutable_records"], stats["enriched"]) == (3, 0, 2)
+    for _ in range(2):  # later rounds answer the rest; cached ones cost nothing
+        agg.agent_aggregate_flows(records=recs)
+    assert [r.dst_mask for r in recs] == [16] * 5
+    assert len(routes.asked) == 5
+
+
 def test_route_cache_directly():
     cache = RouteCache(ttl_s=10, max_entries=1)
     cache.put(b"a", None, now=0)
