@@ -308,8 +308,8 @@ class TcpDestination:
         while self._in_flight and self._in_flight[0].end <= acked:
             self.stats.acked_records += self._in_flight.popleft().records
 
-    def _broken(self, exc: BaseException) -> None:
-        self._account_acks()
+    def _lose_in_flight(self) -> int:
+        """Count the records of every unacknowledged message as lost; return how many."""
         lost = packets = octets = 0
         for m in self._in_flight:
             r, p, o = self._totals(m.data)
@@ -317,6 +317,12 @@ class TcpDestination:
         self.stats.lost_in_flight += lost
         self.stats.lost_packets += packets
         self.stats.lost_octets += octets
+        self._in_flight.clear()
+        return lost
+
+    def _broken(self, exc: BaseException) -> None:
+        self._account_acks()
+        lost = self._lose_in_flight()
         self.stats.disconnects += 1
         self.log.warning("%s: connection lost (%s); %d records in flight lost, %d spooled",
                          self.endpoint, exc, lost, len(self.spool))
@@ -354,6 +360,13 @@ class TcpDestination:
             self._withdraw()
         if self._sock is not None:
             self._account_acks()
+            while self._in_flight and time.monotonic() < deadline:  # let TCP acknowledge
+                time.sleep(0.005)
+                self._account_acks()
+            if self._in_flight:  # never acknowledged (collector not reading): counted lost
+                lost = self._lose_in_flight()
+                self.log.warning("%s: closing with %d records unacknowledged (counted lost)",
+                                 self.endpoint, lost)
             try:
                 self._sock.shutdown(socket.SHUT_WR)
             except OSError:
