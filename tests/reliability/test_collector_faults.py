@@ -1,19 +1,19 @@
 """Collectors that refuse, never read, answer slowly, or come back: ingest never waits.
 
 The real pipeline (config validation, ``ingest.pcap`` replay, cache, the NetFlow and IPFIX
-exporters) runs in this process so every counter can be read after shutdown. A capture of
-3000 one-packet UDP flows spread over 30 s of capture time (``inactive_timeout = 1``, so
-exports happen throughout the replay, not only at the end) is replayed at full speed.
-Checked per fault:
+exporters) runs in this process so every counter can be read after shutdown. A capture of 3000
+one-packet UDP flows spread over 30 s of capture time (``inactive_timeout = 1``, so exports
+happen throughout the replay, not only at the end) is replayed at full speed. Checked per
+fault:
 
 * the replay and the shutdown finish in bounded time (ingest never blocks on a collector);
 * no hook raised (``hook_errors`` empty);
-* every record is delivered or counted: for IPFIX over TCP
-  ``flows_in == acked_records + lost_in_flight + lost_records`` (spool refusals and records
-  left at shutdown are ``lost_records``; records TCP had not acknowledged when
-  ``flush_timeout_s`` ran out are ``lost_in_flight``), and the collector decoded at least
-  ``acked_records`` and at most ``acked_records + lost_in_flight``; for UDP to a closed port the ICMP errors are counted (``cberr``) while a
-  mirrored live collector still gets every record;
+* every record is delivered or counted: for IPFIX over TCP ``flows_in == acked_records +
+  lost_in_flight + lost_records`` (spool refusals and records left at shutdown are
+  ``lost_records``; records TCP had not acknowledged when ``flush_timeout_s`` ran out are
+  ``lost_in_flight``), and the collector decoded at least ``acked_records`` and at most
+  ``acked_records + lost_in_flight``; for UDP to a closed port the ICMP errors are counted
+  (``cberr``) while a mirrored live collector still gets every record;
 * after a collector comes back the agent reconnects by itself and delivers the spool.
 """
 
