@@ -29,7 +29,8 @@ Each observer exports NetFlow to its own ``nfcapd``; ``nfdump`` output is compar
 flow with the ground truth. Reported per observer: sender rate and its ratio to ``none``;
 share of sent packets accounted (per flow, never more than was sent) and share of flows whose
 packet count is exactly right; CPU seconds (user + system of the observer's whole process
-tree, during the flood) per million packets sent; peak RSS (sum of ``VmHWM`` over its
+tree, during the flood and the drain after it) per million packets sent; peak RSS (sum of
+``VmHWM`` over its
 processes). Traffic stays inside the namespaces created here; everything started is stopped
 by PID and the namespaces are deleted.
 """
@@ -351,7 +352,7 @@ def summarise(results: dict[str, list[dict]]) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     def pct(x: float | None) -> str:
-        return "-" if x is None else f"{100 * x:.2f} %"
+        return "-" if x is None else f"{100 * x:.3f} %"
 
     lines = ["| observer | sender kpps | vs none | packets accounted | flows exact "
              "| CPU s / M packets | peak RSS MB |", "|---|---|---|---|---|---|---|"]
@@ -380,7 +381,11 @@ def main() -> int:
     ap.add_argument("--flows", type=int, default=1000)
     ap.add_argument("--only", nargs="*", default=[k for k in OBSERVERS if k != "none"])
     ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--table-from", help="print the table of raw results saved by --json")
     args = ap.parse_args()
+    if args.table_from:
+        print(table(summarise(json.loads(Path(args.table_from).read_text()))))
+        return 0
     if os.geteuid() != 0:
         print("bench/compare needs root (network namespaces, NFLOG, BPF)", file=sys.stderr)
         return 2
