@@ -9,6 +9,10 @@ The BPF object is embedded in the extension through the bpftool skeleton, so no 
 has to be found at run time, for regular and editable installs alike. Build outputs go to the
 build directory, never into the source tree (except the ``.so`` of an editable install, which
 .gitignore covers).
+
+``plugins.ingest_nflog._nflog`` (the NFLOG decoder's per-packet loop) is a plain optional
+extension without a build step of its own; without a compiler ``ingest.nflog`` uses its
+Python decoder.
 """
 
 from __future__ import annotations
@@ -64,7 +68,13 @@ setup(
             include_dirs=[str(EBPF_DIR)],
             libraries=["bpf"],
             optional=True,
-        )
+        ),
+        Extension(  # NFLOG per-packet loop; plain C over the Python API, optional
+            "plugins.ingest_nflog._nflog",
+            sources=["plugins/ingest_nflog/_nflog.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
+            optional=True,
+        ),
     ],
     cmdclass={"build_ext": BuildExtWithBpf},
 )

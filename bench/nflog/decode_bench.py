@@ -1,7 +1,10 @@
 """Offline decoder throughput on the recorded buffers: ``python3 bench/nflog/decode_bench.py``.
 
-Decodes ``tests/ingest_nflog/data/router.nflog`` repeatedly with the shape cache (normal) and
-with the attribute walk only, and the pyroute2 reference for scale. Medians of 5 runs.
+Decodes ``tests/ingest_nflog/data/router.nflog`` repeatedly: the Python decoder with the shape
+cache (normal) and with the attribute walk only, the pyroute2 reference for scale, the C
+aggregator (``plugins.ingest_nflog._nflog``, when built), and both decoders end to end into
+the flow cache (receive buffer -> batch -> ``agent_cache_packets`` / ``agent_cache_flows``),
+which is the agent's per-packet CPU without the socket. Medians of 5 runs, packets/s.
 """
 
 from __future__ import annotations
@@ -15,12 +18,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pyroute2.netlink.marshal import Marshal  # noqa: E402
 
+from agent.model import FlowBatch  # noqa: E402
+from agent.stages.cache import CacheConfig, FlowCache  # noqa: E402
+from plugins.ingest_nflog import decoders  # noqa: E402
 from plugins.ingest_nflog.netlink import MSG_PACKET, NflogDecoder, nfulnl_msg  # noqa: E402
 from tests.ingest_nflog.test_decoder import DATAGRAMS  # noqa: E402
 
+BUFS = [bytearray(d) for d in DATAGRAMS]
+
 
 def rate(walk_only: bool, rounds: int = 300) -> float:
-    bufs = [bytearray(d) for d in DATAGRAMS]
     dec = NflogDecoder()
     if walk_only:
         dec.MAX_SHAPES = 0  # type: ignore[misc]
@@ -28,9 +35,37 @@ def rate(walk_only: bool, rounds: int = 300) -> float:
     t = time.perf_counter()
     for _ in range(rounds):
         out.clear()
-        for b in bufs:
+        for b in BUFS:
             dec.decode(b, len(b), 0, out)
     return rounds * len(out) / (time.perf_counter() - t)
+
+
+def c_rate(rounds: int = 3000) -> float:
+    agg = decoders.c_extension().Aggregator()  # type: ignore[union-attr]
+    n = 0
+    t = time.perf_counter()
+    for _ in range(rounds):
+        for b in BUFS:
+            n += agg.feed(b, len(b), 0)
+        agg.take()
+    return n / (time.perf_counter() - t)
+
+
+def end_to_end(name: str, rounds: int = 300) -> float:
+    """Buffers -> one batch per burst -> cache, with the table's flows kept (no expiry)."""
+    batcher = decoders.CBatcher() if name == "c" else decoders.PythonBatcher()
+    cache = FlowCache(CacheConfig())
+    n = 0
+    t = time.perf_counter()
+    for _ in range(rounds):
+        for b in BUFS:  # one burst: every recorded datagram, then one batch
+            n += batcher.feed(b, len(b), 0)
+        batch = batcher.take("bench")
+        if isinstance(batch, FlowBatch):
+            cache.agent_cache_flows(batch, 0)
+        elif batch is not None:
+            cache.agent_cache_packets(batch, 0)
+    return n / (time.perf_counter() - t)
 
 
 def pyroute2_rate(rounds: int = 20) -> float:
@@ -47,6 +82,12 @@ def pyroute2_rate(rounds: int = 20) -> float:
 
 
 if __name__ == "__main__":
-    for name, fn in (("shape cache", lambda: rate(False)), ("attribute walk", lambda: rate(True)),
-                     ("pyroute2 Marshal", pyroute2_rate)):
+    cases = [("shape cache", lambda: rate(False)), ("attribute walk", lambda: rate(True)),
+             ("pyroute2 Marshal", pyroute2_rate),
+             ("python -> cache", lambda: end_to_end("python"))]
+    if decoders.c_extension() is not None:
+        cases += [("C aggregator", c_rate), ("C -> cache", lambda: end_to_end("c"))]
+    else:
+        print("C decoder not built: C rows skipped")
+    for name, fn in cases:
         print(f"{name:18} {statistics.median(fn() for _ in range(5)) / 1e3:8.0f} k packets/s")

@@ -1,6 +1,6 @@
 """NFLOG ingest benchmark: the agent and pmacct's uacctd on the same NFLOG traffic (root).
 
-``python3 bench/nflog/run.py [--seconds 3] [--runs 3]``
+``python3 bench/nflog/run.py [--seconds 3] [--runs 3] [--flows 1] [--decoder auto]``
 
 Two namespaces joined by a quiet veth; ``blast.c`` (compiled here; sendmmsg, 64-byte frames)
 floods UDP from one into the other for a bounded time. The receiver's nft input chain logs the
@@ -116,7 +116,7 @@ def _uacctd_packets(csv: Path) -> int:
 
 
 def one_run(scenario: str, a: Netns, b: Netns, dst: str, seconds: float,
-            work: Path, blast: str) -> dict:
+            work: Path, blast: str, flows: int = 1, decoder: str = "auto") -> dict:
     groups = {"baseline": [], "rules": [1, 2], "agent": [1], "uacctd": [2],
               "both": [1, 2]}[scenario]
     _rules(b, groups)
@@ -124,12 +124,13 @@ def one_run(scenario: str, a: Netns, b: Netns, dst: str, seconds: float,
     if scenario in ("agent", "both"):
         agent = AgentProcess(work, f'[[ingest.nflog]]\ngroup = 1\nnetns = "{b.name}"\n'
                              f'qthreshold = 64\nnlbufsiz = {NLBUFSIZ}\nrcvbuf = 33554432\n'
+                             f'decoder = "{decoder}"\n'
                              '[[export.log]]\npath = "/dev/null"\n').start()
     if scenario in ("uacctd", "both"):
         uacctd, csv = _start_uacctd(b, work)
     cpu0 = {"agent": _cpu_seconds(agent.proc.pid) if agent else 0.0,
             "uacctd": _cpu_seconds(uacctd.pid) if uacctd else 0.0}
-    out = a.run([blast, dst, str(PORT), str(seconds), "50000000"]).stdout.split()
+    out = a.run([blast, dst, str(PORT), str(seconds), "50000000", str(flows)]).stdout.split()
     sent, elapsed = int(out[1]), float(out[2])
     time.sleep(1.5)  # let listeners finish the backlog
     cpu = {"agent": _cpu_seconds(agent.proc.pid) - cpu0["agent"] if agent else 0.0,
@@ -170,6 +171,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--flows", type=int, default=1, help="UDP flows (source ports), 1-256")
+    ap.add_argument("--decoder", default="auto", choices=["auto", "c", "python"],
+                    help="the agent's [[ingest.nflog]] decoder")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="nfa-bench-nflog-"))
     blast = str(work / "blast")
@@ -184,7 +188,8 @@ def main() -> None:
         try:
             for _ in range(args.runs):
                 for scen in ("baseline", "rules", "agent", "uacctd", "both"):
-                    r = one_run(scen, a, b, pair.b.addr, args.seconds, work, blast)
+                    r = one_run(scen, a, b, pair.b.addr, args.seconds, work, blast,
+                                args.flows, args.decoder)
                     print(json.dumps(r), flush=True)
                     results.append(r)
         finally:

@@ -28,13 +28,17 @@ def agent_register_components(registry: ComponentRegistry) -> None:
 
 @hookimpl
 def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue]:
-    """With ``check_env``: namespace exists, privileges, ``nft`` present, groups free."""
-    if not check_env:
-        return []
+    """``decoder = "c"`` needs the built extension; with ``check_env`` also: namespace
+    exists, privileges, ``nft`` present, groups free."""
+    from .decoders import c_unavailable_reason
     from .environment import check_instance
 
     issues: list[ConfigIssue] = []
     for inst in config.by_stage("ingest"):
-        if inst.type_name == "nflog":
+        if inst.type_name != "nflog":
+            continue
+        if inst.config.decoder == "c" and (reason := c_unavailable_reason()) is not None:
+            issues.append(ConfigIssue(f"{inst.path}.decoder", reason))
+        if check_env:
             issues += check_instance(inst.path, inst.config)
     return issues

@@ -1,4 +1,8 @@
-"""``[[ingest.nflog]]``: one reader thread per NFLOG group, one PacketBatch per receive.
+"""``[[ingest.nflog]]``: one reader thread per NFLOG group, one batch per burst of datagrams.
+
+The datagrams waiting on a socket are read back to back into one batch (``decoders.py``):
+with the C decoder a FlowBatch of per-flow sums, with the Python decoder a PacketBatch of
+packets (``decoder`` option).
 
 Life cycle: ``agent_start`` opens and binds a socket per group (inside ``netns`` when set),
 then installs the managed nftables table if asked, then starts the readers, so no logged
@@ -16,28 +20,38 @@ socket sets NETLINK_NO_ENOBUFS (see ``netlink.NflogSocket._open`` for why).
 from __future__ import annotations
 
 import errno
+import select
 import socket
 import threading
 import time
 from typing import Any
 
 from agent import hookimpl
-from agent.model import Packet, PacketBatch
+from agent.errors import ComponentUnavailable
 from agent.registry import Component
 from agent.runtime import RunContext
 
 from .config import Config
-from .netlink import NLBUFSIZ_MAX, NflogDecoder, NflogSocket, find_ack
+from .decoders import c_unavailable_reason, make_batcher
+from .netlink import NLBUFSIZ_MAX, NflogSocket, find_ack
 from .rules import ManagedRules
 
 _POLL_S = 0.2  # how often an idle reader looks at the stop flag
 _STOP_DRAIN_S = 2.0  # longest wait for the UNBIND ack (and the kernel's last batch)
 #: batches queued in the pipeline before a reader waits (the kernel then drops, counted)
 _INBOX_LIMIT = 512
+#: most datagrams, and bytes, read back to back into one batch
+_DRAIN_DATAGRAMS = 64
+_DRAIN_BYTES = 1 << 20
 
 
 class GroupReader:
-    """Reads one group's socket on its own thread and emits a batch per datagram.
+    """Reads one group's socket on its own thread and emits a batch per burst of datagrams.
+
+    The socket is non-blocking; the thread waits in ``poll()``, then reads every datagram
+    already queued (up to :data:`_DRAIN_DATAGRAMS` / :data:`_DRAIN_BYTES`) into the decoder
+    and emits them as one batch, so the per-batch Python work is shared by many kernel
+    batches when traffic is heavy.
 
     :param pending: datagrams that arrived before the BIND ack (decoded first).
     """
@@ -46,14 +60,14 @@ class GroupReader:
         self.owner = owner
         self.sock = sock
         self.pending = pending
-        self.decoder = NflogDecoder()
+        self.decoder = make_batcher(owner.config.decoder)
         self.counters = {"batches": 0, "packets": 0, "enobufs": 0, "recv_errors": 0,
                          "datagrams_cut": 0}
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True,
                                        name=f"{owner.name} group {sock.group}")
-        self._reported_gaps = 0
         self._closed_overruns = 0
+        self.poller = select.poll()
         # a datagram is at most one kernel batch (nlbufsiz) or one big packet
         self.buf = bytearray(max(NLBUFSIZ_MAX, owner.config.snaplen or 65535) + 4096)
 
@@ -65,11 +79,15 @@ class GroupReader:
     def _run(self) -> None:
         try:
             for data in self.pending:
-                self._handle(data, len(data))
+                self._feed(data, len(data))
             self.pending = []
-            self.sock.sock.settimeout(_POLL_S)
+            self._emit()
+            self.sock.sock.setblocking(False)  # waits happen in poll(); reads never block
+            self.poller.register(self.sock.sock.fileno(), select.POLLIN)
+            pause = self.owner.config.coalesce_ms / 1000
             while not self.stopping.is_set():
-                self._receive_one()
+                if self.poller.poll(_POLL_S * 1000) and not self._drain() and pause:
+                    self.stopping.wait(pause)  # let kernel batches gather: one wakeup for many
             self._finish()
         except Exception:
             self.owner.log.exception("%s: group %d reader failed", self.owner.name,
@@ -78,14 +96,32 @@ class GroupReader:
             self._closed_overruns = self._overruns()
             self.sock.close()
 
-    def _receive_one(self) -> int:
-        """Read one datagram and emit its packets.
+    def _drain(self) -> bool:
+        """Read the datagrams waiting on the socket and emit them as one batch.
 
-        :return: its length, 0 after a receive error, -1 on timeout.
+        :return: ``True`` when it stopped at the bound (more may be waiting).
+        """
+        fed = 0
+        full = True
+        for _ in range(_DRAIN_DATAGRAMS):
+            n = self._receive_one()
+            if n < 0:
+                full = False
+                break
+            fed += n
+            if fed >= _DRAIN_BYTES:
+                break
+        self._emit()
+        return full
+
+    def _receive_one(self) -> int:
+        """Read one datagram, if one is waiting, into the decoder.
+
+        :return: its length, 0 after a receive error, -1 when none is waiting.
         """
         try:
             n = self.sock.sock.recv_into(self.buf, 0, socket.MSG_TRUNC)
-        except TimeoutError:
+        except BlockingIOError:
             return -1
         except OSError as exc:
             if exc.errno == errno.ENOBUFS:  # the kernel dropped batches: seq gaps count them
@@ -99,24 +135,18 @@ class GroupReader:
         if n > len(self.buf):  # cannot happen with our buffer size; the cut part is a gap
             self.counters["datagrams_cut"] += 1
             n = len(self.buf)
-        self._handle(self.buf, n)
+        self._feed(self.buf, n)
         return n
 
-    def _handle(self, buf: bytearray | bytes, n: int) -> None:
-        packets: list[Packet] = []
-        self.decoder.decode(buf, n, time.time_ns(), packets)
+    def _feed(self, buf: bytearray | bytes, n: int) -> None:
+        self.counters["packets"] += self.decoder.feed(buf, n, time.time_ns())
         self.counters["batches"] += 1
-        self.counters["packets"] += len(packets)
-        self._emit(packets)
 
-    def _emit(self, packets: list[Packet]) -> None:
-        trunc, frag, trunc_bytes = self.decoder.parser.take_counters()
-        gaps = self.decoder.seq_gaps - self._reported_gaps
-        self._reported_gaps = self.decoder.seq_gaps
-        if packets or trunc or frag or gaps:
+    def _emit(self) -> None:
+        batch = self.decoder.take(self.owner.name)
+        if batch is not None:
             self.context.wait_for_room(_INBOX_LIMIT)
-            self.context.emit(PacketBatch(self.owner.name, packets, trunc=trunc, frag=frag,
-                                          dropped_packets=gaps, dropped_bytes=trunc_bytes))
+            self.context.emit(batch)
 
     def _finish(self) -> None:
         """UNBIND, then read until its ack: the kernel flushes its partial batch first."""
@@ -127,10 +157,11 @@ class GroupReader:
                                    self.sock.group, exc)
             return
         deadline = time.monotonic() + _STOP_DRAIN_S
-        while time.monotonic() < deadline:
+        while (left := deadline - time.monotonic()) > 0 and self.poller.poll(left * 1000):
             n = self._receive_one()
-            if n < 0 or (n > 0 and find_ack(self.buf, n, self.sock.last_seq) is not None):
+            if n > 0 and find_ack(self.buf, n, self.sock.last_seq) is not None:
                 break
+        self._emit()
 
     def stop(self) -> None:
         """Ask the thread to finish (it unbinds and drains) and wait for it."""
@@ -170,6 +201,8 @@ class NflogIngest(Component):
     def agent_start(self, context: RunContext) -> None:
         """Bind every group, install the managed rules, start the readers."""
         cfg = self.config
+        if cfg.decoder == "c" and (reason := c_unavailable_reason()) is not None:
+            raise ComponentUnavailable(f"{self.name}: {reason}")
         try:
             for group in cfg.groups:
                 sock = NflogSocket(group, cfg.netns, cfg.rcvbuf)
@@ -191,9 +224,9 @@ class NflogIngest(Component):
             raise
         for reader in self.readers:
             reader.start(context)
-            self.log.info("%s: reading NFLOG group %d%s (rcvbuf %d)", self.name,
+            self.log.info("%s: reading NFLOG group %d%s (rcvbuf %d, %s decoder)", self.name,
                           reader.sock.group, f" in netns {cfg.netns}" if cfg.netns else "",
-                          reader._rcvbuf())
+                          reader._rcvbuf(), reader.decoder.name)
 
     @hookimpl
     def agent_stop(self) -> None:

@@ -407,6 +407,7 @@ _LITTLE_ENDIAN = sys.byteorder == "little"
 #: the values a message contributes, in this order; absent attributes read as these defaults
 _WANTED = ("hook", "indev", "outdev", "sec", "usec", "seq")
 _ABSENT = (0, 0, 0, 0, 0, -1)  # seq -1: the message carries no NFULA_SEQ
+_TS_MAX = 2**63 - 1  # latest wall-clock ns a timestamp may give (int64, as in _nflog.c)
 #: attribute -> (big-endian struct code of its value, names of the values it holds)
 _FIELD_ATTRS: dict[int, tuple[str, tuple[str, ...]]] = {
     NFULA_PACKET_HDR: ("2xBx", ("hook",)),
@@ -555,6 +556,8 @@ class NflogDecoder:
                         self.seq_resets += 1
                 expect = (seq + 1) & 0xFFFFFFFF
             ts = sec * 1_000_000_000 + usec * 1000 if sec else recv_ns
+            if ts > _TS_MAX:  # garbage: the cache's time columns are int64 ns
+                ts = recv_ns
             if hook >= NF_INET_LOCAL_OUT and not indev:
                 pkt = parse(view[p:p + plen], ts, outdev, outdev, DIRECTION_EGRESS)
             else:

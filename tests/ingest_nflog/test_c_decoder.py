@@ -1,0 +1,467 @@
+"""The C decoder (``plugins.ingest_nflog._nflog``) against the Python decoder, the reference.
+
+For every receive buffer the C aggregator must give exactly what the Python decoder's packets
+give once summed per flow key (same keys, byte for byte ``make_key``; packets, bytes, first
+and last time, OR of TCP flags, last output interface; order of first appearance) and the
+same counters (trunc, frag, trunc bytes, sequence gaps and resets, malformed, messages).
+Inputs: the buffers recorded on this machine, hand-built messages for every parse case,
+hypothesis-generated netlink datagrams, and a few thousand cut/garbled/random buffers (a C
+crash would kill the interpreter, so these run in-process on purpose). The cache then gets
+the same flows and the same ``traffic``/``drop`` counters from either decoder.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+import socket
+import struct
+from typing import Any
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from agent.model import (
+    DIRECTION_EGRESS,
+    END_OF_FLOW,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_SYN,
+    FlowBatch,
+    PacketBatch,
+    make_key,
+)
+from agent.stages.cache import CacheConfig, FlowCache
+from plugins.ingest_nflog import decoders
+from plugins.ingest_nflog.netlink import NflogDecoder
+from tests.fuzz.strategies import fuzz_settings, nflog_datagrams
+from tests.ingest_nflog.test_decoder import DATAGRAMS
+from tests.support import strict_environment
+
+NS = 1_000_000_000
+RECV_NS = 1_700_000_001_000_000_000
+TAIL = bytes(range(256)) * 2  # junk after n: reading it would change the answer
+
+
+def _ext() -> Any:
+    try:
+        return importlib.import_module("plugins.ingest_nflog._nflog")
+    except ImportError as exc:
+        if strict_environment():
+            pytest.fail(f"NFLOG C decoder not built: {exc}", pytrace=False)
+        pytest.skip(f"NFLOG C decoder not built: {exc}")
+
+
+# --- the two decoders, compared per buffer ---------------------------------------------------
+
+
+def _summed(packets: list) -> list[tuple]:
+    """Packets summed per key the way the C decoder does (and the cache would)."""
+    rows: dict[bytes, list] = {}
+    for key, length, flags, ts, out_if in packets:
+        r = rows.get(key)
+        if r is None:
+            rows[key] = [key, 1, length, ts, ts, flags, out_if]
+            continue
+        r[1] += 1
+        r[2] += length
+        r[3], r[4] = min(r[3], ts), max(r[4], ts)
+        r[5] |= flags
+        if out_if:
+            r[6] = out_if
+    return [tuple(r) for r in rows.values()]
+
+
+def _python_run(datagrams: list[bytes]) -> tuple[list, dict[str, int]]:
+    dec = NflogDecoder()
+    out = []
+    for data in datagrams:
+        packets: list = []
+        gaps = dec.seq_gaps
+        dec.decode(bytearray(data + TAIL), len(data), RECV_NS, packets)
+        trunc, frag, trunc_bytes = dec.parser.take_counters()
+        out.append((_summed(packets), len(packets), trunc, frag, trunc_bytes,
+                    dec.seq_gaps - gaps))
+    stats = dec.stats()
+    stats.pop("shapes")
+    return out, stats | {"expect_seq": dec.expect_seq}
+
+
+def _c_run(datagrams: list[bytes]) -> tuple[list, dict[str, int]]:
+    agg = _ext().Aggregator()
+    out = [agg.decode(bytearray(data + TAIL), len(data), RECV_NS) for data in datagrams]
+    return out, {"messages": agg.messages, "seq_gaps": agg.seq_gaps,
+                 "seq_resets": agg.seq_resets, "malformed": agg.malformed,
+                 "expect_seq": agg.expect_seq}
+
+
+def _same(datagrams: list[bytes]) -> tuple[list, dict[str, int]]:
+    c, py = _c_run(datagrams), _python_run(datagrams)
+    assert c == py
+    return c
+
+
+def test_recorded_buffers_identical() -> None:
+    results, stats = _same(DATAGRAMS)
+    assert stats["malformed"] == 0 and stats["seq_gaps"] == 0
+    assert sum(r[1] for r in results) == stats["messages"] >= 50
+    assert sum(r[3] for r in results) >= 2 * 3 + 2 * 2  # the recorder's fragments
+
+
+def test_recorded_buffers_with_a_lost_datagram() -> None:
+    _results, stats = _same(DATAGRAMS[:3] + DATAGRAMS[4:])
+    assert stats["seq_gaps"] > 0
+
+
+def test_feeding_several_buffers_then_taking_sums_them_all() -> None:
+    """A burst of datagrams fed one by one gives the sums of all, counters included."""
+    agg = _ext().Aggregator()
+    fed = [agg.feed(bytearray(d + TAIL), len(d), RECV_NS) for d in DATAGRAMS]
+    rows, packets, trunc, frag, trunc_bytes, gaps = agg.take()
+    per_buffer, _stats = _python_run(DATAGRAMS)
+    assert fed == [r[1] for r in per_buffer] and packets == sum(fed)
+    dec = NflogDecoder()
+    everything: list = []
+    for d in DATAGRAMS:
+        dec.decode(bytearray(d), len(d), RECV_NS, everything)
+    assert rows == _summed(everything)
+    assert (trunc, frag, trunc_bytes, gaps) == (*dec.parser.take_counters(), 0)
+    assert agg.take() == ([], 0, 0, 0, 0, 0)  # take starts over
+    many = [_message(_ip4(17, struct.pack("!HHHH", p, 53, 8, 0))) for p in range(3000)]
+    agg.feed(b"".join(many), sum(map(len, many)), RECV_NS)  # grows the table several times
+    rows = agg.take()[0]
+    assert len(rows) == 3000 and [r[0][8:10] for r in rows] == \
+        [struct.pack("!H", p) for p in range(3000)]
+
+
+def test_buffer_types_and_bad_arguments() -> None:
+    ext = _ext()
+    data = DATAGRAMS[0]
+    want = ext.Aggregator().decode(data, len(data), RECV_NS)
+    for buf in (bytearray(data), memoryview(data), memoryview(bytearray(data + TAIL))):
+        assert ext.Aggregator().decode(buf, len(data), RECV_NS) == want
+    agg = ext.Aggregator()
+    with pytest.raises(ValueError):
+        agg.decode(data, len(data) + 1, 0)
+    with pytest.raises(ValueError):
+        agg.decode(data, -1, 0)
+    with pytest.raises(TypeError):
+        agg.decode("text", 4, 0)
+    assert agg.decode(b"", 0, 0) == ([], 0, 0, 0, 0, 0)
+
+
+# --- hand-built messages: every parse case, keys compared with make_key ----------------------
+
+
+def _attr(atype: int, value: bytes) -> bytes:
+    alen = 4 + len(value)
+    return struct.pack("=HH", alen, atype) + value + b"\0" * (-alen % 4)
+
+
+def _message(payload: bytes, hook: int = 2, indev: int = 2, outdev: int = 3,
+             ts: tuple[int, int] | None = (1_700_000_000, 250_000), seq: int | None = None,
+             ) -> bytes:
+    attrs = [_attr(1, struct.pack(">HBx", 0x0800, hook))]
+    if indev:
+        attrs.append(_attr(4, struct.pack(">I", indev)))
+    if outdev:
+        attrs.append(_attr(5, struct.pack(">I", outdev)))
+    if ts is not None:
+        attrs.append(_attr(3, struct.pack(">QQ", *ts)))
+    if seq is not None:
+        attrs.append(_attr(12, struct.pack(">I", seq)))
+    attrs.append(_attr(9, payload))
+    body = struct.pack("=BB2s", socket.AF_INET, 0, b"\0\x05") + b"".join(attrs)
+    return struct.pack("=IHHII", 16 + len(body), 0x400, 0, 0, 0) + body
+
+
+def _done() -> bytes:
+    return struct.pack("=IHHII", 20, 3, 2, 0, 0) + b"\0" * 4
+
+
+A4, B4 = bytes([10, 1, 0, 1]), bytes([10, 2, 0, 2])
+A6 = bytes.fromhex("fd000000000000000000000000000001")
+B6 = bytes.fromhex("fd000000000000000000000000000002")
+
+
+def _ip4(proto: int, l4: bytes, tos: int = 0, frag: int = 0, options: bytes = b"",
+         total: int | None = None) -> bytes:
+    ihl = 5 + len(options) // 4
+    total = 20 + len(options) + len(l4) if total is None else total
+    return struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, tos, total, 1, frag, 64, proto, 0,
+                       A4, B4) + options + l4
+
+
+def _ip6(nh: int, rest: bytes, tclass: int = 0, payload_len: int | None = None) -> bytes:
+    plen = len(rest) if payload_len is None else payload_len
+    return struct.pack("!IHBB16s16s", 6 << 28 | tclass << 20, plen, nh, 64, A6, B6) + rest
+
+
+def _tcp(sport: int, dport: int, flags: int) -> bytes:
+    return struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 0x50, flags, 512, 0, 0)
+
+
+UDP = struct.pack("!HHHH", 4000, 53, 8, 0)
+TCP_SA = _tcp(443, 51000, TCP_SYN | TCP_ACK)
+#: (id, payload, hook, indev, outdev, make_key arguments after ip_version/protocol, frag)
+CASES = [
+    ("v4 udp forward", _ip4(17, UDP), 2, 2, 3, (4, 17, A4, B4, 4000, 53, 0, 2, 0), 0),
+    ("v4 tcp tos", _ip4(6, TCP_SA, tos=0xB8), 2, 2, 3, (4, 6, A4, B4, 443, 51000, 0xB8, 2, 0),
+     0),
+    ("v4 options", _ip4(6, TCP_SA, options=b"\x01" * 8), 2, 2, 3,
+     (4, 6, A4, B4, 443, 51000, 0, 2, 0), 0),
+    ("v4 icmp echo", _ip4(1, b"\x08\x00\0\0\0\1\0\1"), 1, 2, 0,
+     (4, 1, A4, B4, 0, 0x0800, 0, 2, 0), 0),
+    ("v4 icmp unreach", _ip4(1, b"\x03\x03\0\0"), 2, 2, 3, (4, 1, A4, B4, 0, 0x0303, 0, 2, 0),
+     0),
+    ("v4 first fragment", _ip4(17, UDP, frag=0x2000), 2, 2, 3,
+     (4, 17, A4, B4, 4000, 53, 0, 2, 0), 1),
+    ("v4 later fragment", _ip4(17, UDP, frag=0x00B9), 2, 2, 3, (4, 17, A4, B4, 0, 0, 0, 2, 0),
+     1),
+    ("v4 sctp", _ip4(132, struct.pack("!HHII", 36412, 36412, 0, 0)), 2, 2, 3,
+     (4, 132, A4, B4, 36412, 36412, 0, 2, 0), 0),
+    ("v4 dccp", _ip4(33, struct.pack("!HH", 5004, 5005) + b"\0" * 12), 2, 2, 3,
+     (4, 33, A4, B4, 5004, 5005, 0, 2, 0), 0),
+    ("v4 udplite", _ip4(136, UDP), 2, 2, 3, (4, 136, A4, B4, 4000, 53, 0, 2, 0), 0),
+    ("v4 gre", _ip4(47, b"\0" * 8), 2, 2, 3, (4, 47, A4, B4, 0, 0, 0, 2, 0), 0),
+    ("v4 tcp cut before flags", _ip4(6, TCP_SA[:8], total=60), 2, 2, 3,
+     (4, 6, A4, B4, 443, 51000, 0, 2, 0), 0),
+    ("v4 udp cut before ports", _ip4(17, b"\x0f", total=28), 2, 2, 3,
+     (4, 17, A4, B4, 0, 0, 0, 2, 0), 0),
+    ("v4 output", _ip4(17, UDP), 3, 0, 5, (4, 17, A4, B4, 4000, 53, 0, 5, DIRECTION_EGRESS), 0),
+    ("v4 postrouting", _ip4(17, UDP), 4, 0, 5,
+     (4, 17, A4, B4, 4000, 53, 0, 5, DIRECTION_EGRESS), 0),
+    ("v4 postrouting forwarded", _ip4(17, UDP), 4, 2, 5, (4, 17, A4, B4, 4000, 53, 0, 2, 0), 0),
+    ("v4 prerouting", _ip4(17, UDP), 0, 7, 0, (4, 17, A4, B4, 4000, 53, 0, 7, 0), 0),
+    ("v4 big ifindex", _ip4(17, UDP), 2, 0xFFFFFFF0, 1,
+     (4, 17, A4, B4, 4000, 53, 0, 0xFFFFFFF0, 0), 0),
+    ("v6 udp tclass", _ip6(17, UDP, tclass=0x2E), 2, 2, 3,
+     (6, 17, A6, B6, 4000, 53, 0x2E, 2, 0), 0),
+    ("v6 tcp hop+dst opts", _ip6(0, bytes([60, 0]) + b"\0" * 6 + bytes([6, 1]) + b"\0" * 14
+                                 + TCP_SA), 2, 2, 3, (6, 6, A6, B6, 443, 51000, 0, 2, 0), 0),
+    ("v6 routing", _ip6(43, bytes([17, 0]) + b"\0" * 6 + UDP), 2, 2, 3,
+     (6, 17, A6, B6, 4000, 53, 0, 2, 0), 0),
+    ("v6 ah", _ip6(51, bytes([6, 4]) + b"\0" * 22 + TCP_SA), 2, 2, 3,
+     (6, 6, A6, B6, 443, 51000, 0, 2, 0), 0),
+    ("v6 mobility", _ip6(135, bytes([59, 0]) + b"\0" * 6), 2, 2, 3,
+     (6, 59, A6, B6, 0, 0, 0, 2, 0), 0),
+    ("v6 icmpv6 echo", _ip6(58, b"\x80\x00\0\0\0\1\0\1"), 1, 2, 0,
+     (6, 58, A6, B6, 0, 0x8000, 0, 2, 0), 0),
+    ("v6 first fragment", _ip6(44, bytes([17, 0, 0, 1]) + b"\0\0\0\7" + UDP), 2, 2, 3,
+     (6, 17, A6, B6, 4000, 53, 0, 2, 0), 1),
+    ("v6 later fragment", _ip6(44, bytes([17, 0, 0x05, 0xA8]) + b"\0\0\0\7" + b"x" * 8), 2, 2,
+     3, (6, 17, A6, B6, 0, 0, 0, 2, 0), 1),
+    ("v6 two fragment headers", _ip6(44, bytes([44, 0, 0, 1]) + b"\0" * 4
+                                     + bytes([17, 0, 0, 1]) + b"\0" * 4 + UDP), 2, 2, 3,
+     (6, 17, A6, B6, 4000, 53, 0, 2, 0), 1),
+    ("v6 nine ext headers", _ip6(60, b"".join(bytes([60, 0]) + b"\0" * 6 for _ in range(9))
+                                 + UDP), 2, 2, 3, (6, 60, A6, B6, 0, 0, 0, 2, 0), 0),
+    ("v6 ext cut", _ip6(0, b"\x11"), 2, 2, 3, (6, 0, A6, B6, 0, 0, 0, 2, 0), 0),
+    ("v6 output", _ip6(6, _tcp(22, 50000, TCP_FIN | TCP_ACK)), 3, 0, 4,
+     (6, 6, A6, B6, 22, 50000, 0, 4, DIRECTION_EGRESS), 0),
+]
+
+
+@pytest.mark.parametrize("payload, hook, indev, outdev, key_args, frag",
+                         [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_keys_are_make_key(payload: bytes, hook: int, indev: int, outdev: int,
+                           key_args: tuple, frag: int) -> None:
+    """One message per case: the C key is exactly ``make_key``; the Python decoder agrees."""
+    data = _message(payload, hook, indev, outdev, ts=(1_700_000_000, 5)) + _done()
+    (rows, packets, trunc, nfrag, _tb, _gaps) = _same([data])[0][0]
+    assert (packets, trunc, nfrag) == (1, 0, frag)
+    [(key, npk, octets, first, last, _flags, out_if)] = rows
+    version, proto, src, dst, sport, dport, tos, in_if, direction = key_args
+    assert key == make_key(version, proto, src, dst, sport, dport, tos, in_if, direction)
+    total = struct.unpack_from("!H", payload, 2)[0] if version == 4 else \
+        40 + struct.unpack_from("!H", payload, 4)[0]
+    assert (npk, octets, out_if) == (1, total, outdev)
+    assert first == last == 1_700_000_000 * NS + 5000
+
+
+def test_tcp_flags_or_times_and_out_if_per_flow() -> None:
+    msgs = [_message(_ip4(6, _tcp(1000, 80, TCP_SYN)), ts=(1_700_000_000, 3), outdev=0),
+            _message(_ip4(6, _tcp(1000, 80, TCP_ACK)), ts=(1_700_000_000, 1), outdev=9),
+            _message(_ip4(17, UDP), ts=None),
+            _message(_ip4(6, _tcp(1000, 80, TCP_FIN | TCP_ACK)), ts=(1_700_000_001, 0),
+                     outdev=0)]
+    [((tcp, udp), packets, *_rest)], _ = _same([b"".join(msgs) + _done()])
+    assert packets == 4
+    assert tcp[1:] == (3, 120, 1_700_000_000 * NS + 1000, 1_700_000_001 * NS,
+                       TCP_SYN | TCP_ACK | TCP_FIN, 9)
+    assert udp[3] == udp[4] == RECV_NS  # no NFULA_TIMESTAMP (OUTPUT): receive time
+
+
+@pytest.mark.parametrize("payload, trunc_bytes", [
+    (b"\x45" + b"\0" * 10, 0),  # shorter than an IPv4 header
+    (_ip4(17, UDP)[:19], 0),
+    (bytes([0x44]) + _ip4(17, UDP)[1:], 28),  # ihl 16 bytes
+    (_ip4(17, UDP, total=12), 12),  # total length below the header length
+    (bytes([0x55]) + _ip4(17, UDP)[1:], 0),  # version 5
+    (_ip6(17, UDP)[:39], 0),
+    (b"", 0),
+], ids=["short", "19 bytes", "ihl<5", "total<ihl", "version 5", "v6 short", "empty"])
+def test_truncated_payloads(payload: bytes, trunc_bytes: int) -> None:
+    [(rows, packets, trunc, _frag, tb, _gaps)], stats = _same([_message(payload)])
+    assert (rows, packets, trunc, tb) == ([], 0, 1, trunc_bytes)
+    assert stats["messages"] == 1
+
+
+def test_sequence_gaps_and_resets() -> None:
+    pkt = _ip4(17, UDP)
+    bufs = [_message(pkt, seq=0) + _message(pkt, seq=1), _message(pkt, seq=5),
+            _message(pkt, seq=2), _message(pkt, seq=0xFFFFFFFF), _message(pkt, seq=3)]
+    results, stats = _same(bufs)
+    # 5 after 1: 3 lost; 2 after 5 and 2**32-1 after 2: resets; 3 after 2**32-1: 0, 1, 2 lost
+    assert [r[5] for r in results] == [0, 3, 0, 0, 3]
+    assert stats["seq_resets"] == 2 and stats["expect_seq"] == 4
+
+
+def test_garbage_timestamps_use_the_receive_time() -> None:
+    pkt = _ip4(17, UDP)
+    bufs = [_message(pkt, ts=(2**64 - 1, 0)), _message(pkt, ts=(9_223_372_036, 854_775)),
+            _message(pkt, ts=(9_223_372_036, 854_776)), _message(pkt, ts=(1, 2**64 - 1))]
+    results, _ = _same(bufs)
+    assert [r[0][0][3] for r in results] == [RECV_NS, 9_223_372_036_854_775_000, RECV_NS,
+                                             RECV_NS]
+
+
+def test_malformed_framing() -> None:
+    good = _message(_ip4(17, UDP))
+    cases = [good[:30], good + b"\0\0\0", good + b"\1\0\0", struct.pack("=IH", 8, 0x400),
+             struct.pack("=IHHII", 18, 0x400, 0, 0, 0) + b"\0\0" + good,
+             good[:24] + struct.pack("=HH", 2, 9) + good[28:],
+             _done() + struct.pack("=IHHII", 100, 3, 0, 0, 0)]
+    for data in cases:
+        _same([data])
+
+
+# --- fuzzing: never crash, always equal ------------------------------------------------------
+
+
+@fuzz_settings(scale=2)
+@given(nflog_datagrams())
+@example(b"")
+@example(b"\x14\0\0\0\0\x04" + b"\0" * 14)
+def test_fuzzed_datagrams_equal_python(data: bytes) -> None:
+    _same([data, data])
+
+
+@fuzz_settings()
+@given(st.binary(max_size=300))
+def test_random_bytes_equal_python(data: bytes) -> None:
+    _same([data])
+
+
+def test_thousands_of_cut_and_garbled_buffers() -> None:
+    """Deterministic stress: cuts, byte flips, splices and noise over the recorded buffers."""
+    ext = _ext()
+    rng = random.Random(20261130)
+    for i in range(3000):
+        base = bytearray(DATAGRAMS[i % len(DATAGRAMS)])
+        kind = i % 4
+        if kind == 0:
+            data = bytes(base[:rng.randrange(len(base) + 1)])
+        elif kind == 1:
+            for _ in range(rng.randrange(1, 8)):
+                base[rng.randrange(len(base))] = rng.randrange(256)
+            data = bytes(base)
+        elif kind == 2:
+            at = rng.randrange(len(base))
+            data = bytes(base[:at]) + rng.randbytes(rng.randrange(64)) + bytes(base[at:])
+        else:
+            data = rng.randbytes(rng.randrange(400))
+        if i % 10 == 0:  # the full comparison for a tenth; the rest must simply not crash
+            _same([data])
+        else:
+            ext.Aggregator().decode(data, rng.randrange(len(data) + 1), RECV_NS)
+
+
+# --- the cache sees the same flows and counters ----------------------------------------------
+
+
+def _through_cache(datagrams: list[bytes], use_c: bool, maxflows: int = 0) -> FlowCache:
+    cache = FlowCache(CacheConfig(maxflows=maxflows))
+    batcher = decoders.CBatcher() if use_c else decoders.PythonBatcher()
+    for i, data in enumerate(datagrams):
+        batcher.feed(bytearray(data), len(data), RECV_NS)
+        if i % 3 == 1:  # bursts of several datagrams in one batch, as the reader does
+            continue
+        batch = batcher.take("ingest.nflog[0]")
+        if isinstance(batch, FlowBatch):
+            assert use_c
+            cache.agent_cache_flows(batch, RECV_NS)
+        elif isinstance(batch, PacketBatch):
+            assert not use_c
+            cache.agent_cache_packets(batch, RECV_NS)
+    return cache
+
+
+def _records(cache: FlowCache) -> list[tuple]:
+    recs = cache.agent_cache_expire(RECV_NS, True)
+    return sorted((r.key(), r.packets, r.octets, r.start_ns, r.end_ns, r.tcp_flags, r.out_if,
+                   r.end_reason) for r in recs)
+
+
+PACKET_COUNTERS = ("traffic_packets", "traffic_bytes", "drop_packets", "drop_bytes", "trunc",
+                   "frag", "maxflows", "new")
+
+
+@pytest.mark.parametrize("maxflows", [0, 3])
+def test_cache_gets_the_same_flows_and_packet_counters(maxflows: int) -> None:
+    """traffic and drop count packets with either decoder (trunc, seq gaps, maxflows)."""
+    _ext()
+    lossy = DATAGRAMS[:5] + DATAGRAMS[6:]  # a lost datagram: seq gap
+    bad = _message(_ip4(17, UDP)[:12]) + _message(bytes([0x44]) + _ip4(17, UDP)[1:])
+    stream = lossy + [bad]
+    py, c = _through_cache(stream, False, maxflows), _through_cache(stream, True, maxflows)
+    py_stats, c_stats = py.stats.as_dict(), c.stats.as_dict()
+    assert {k: c_stats[k] for k in PACKET_COUNTERS} == {k: py_stats[k] for k in PACKET_COUNTERS}
+    assert c_stats["trunc"] == 2 and c_stats["drop_bytes"] >= 28
+    assert c_stats["drop_packets"] == 2 + _python_run(lossy)[1]["seq_gaps"] + c_stats["maxflows"]
+    assert (c_stats["maxflows"] > 0) == bool(maxflows)
+    assert c_stats["search"] < py_stats["search"]  # one lookup per flow and buffer
+    if not maxflows:  # (with it, maxflows counts packets and search lookups)
+        assert c_stats["search"] == c_stats["found"] + c_stats["new"]
+    assert _records(c) == _records(py)
+
+
+def test_fin_in_a_delta_ends_the_flow() -> None:
+    _ext()
+    data = b"".join(_message(_ip4(6, _tcp(1000, 80, f))) for f in
+                    (TCP_SYN, TCP_ACK, TCP_FIN | TCP_ACK)) + _message(_ip4(17, UDP))
+    cache = _through_cache([data], True)
+    recs = cache.agent_cache_expire(RECV_NS, False)  # nothing idle yet: only the ended flow
+    assert [(r.protocol, r.packets, r.end_reason) for r in recs] == [(6, 3, END_OF_FLOW)]
+
+
+# --- decoder choice --------------------------------------------------------------------------
+
+
+def test_decoder_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    _ext()
+    assert decoders.resolve("auto") == "c" and decoders.resolve("python") == "python"
+    assert isinstance(decoders.make_batcher("auto"), decoders.CBatcher)
+    monkeypatch.setattr(decoders, "c_extension", lambda: None)
+    assert decoders.resolve("auto") == "python"
+    assert isinstance(decoders.make_batcher("auto"), decoders.PythonBatcher)
+    with pytest.raises(RuntimeError, match="not built"):
+        decoders.resolve("c")
+
+
+def test_dry_run_rejects_c_without_the_extension(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from plugins.ingest_nflog import agent_check_config
+    from plugins.ingest_nflog.config import Config
+
+    class _Cfg:
+        def by_stage(self, stage: str) -> list[Any]:
+            return [SimpleNamespace(type_name="nflog", path="ingest.nflog[0]",
+                                    config=Config(group=1, decoder="c"))]
+
+    assert agent_check_config(_Cfg(), False) == []
+    monkeypatch.setattr(decoders, "c_extension", lambda: None)
+    [issue] = agent_check_config(_Cfg(), False)
+    assert issue.path == "ingest.nflog[0].decoder" and "not built" in issue.message
