@@ -30,9 +30,8 @@ flow with the ground truth. Reported per observer: sender rate and its ratio to 
 share of sent packets accounted (per flow, never more than was sent) and share of flows whose
 packet count is exactly right; CPU seconds (user + system of the observer's whole process
 tree, during the flood and the drain after it) per million packets sent; peak RSS (sum of
-``VmHWM`` over its
-processes). Traffic stays inside the namespaces created here; everything started is stopped
-by PID and the namespaces are deleted.
+``VmHWM`` over its processes). Traffic stays inside the namespaces created here; everything
+started is stopped by PID and the namespaces are deleted.
 """
 
 from __future__ import annotations
