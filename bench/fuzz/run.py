@@ -4,13 +4,14 @@ Usage::
 
     python bench/fuzz/run.py [--runs 1000000] [--max-time 900] [--only nflog,pcap] [--out DIR]
 
-For each target in ``target.py`` (packet parser, NFLOG decoder, ctnetlink parser, pcap reader,
-config loader) it writes a seed corpus (recorded NFLOG/ctnetlink datagrams from the ingest
-tests, generated pcap/pcapng files, IP packets, the components' sample configurations), runs
-atheris/libFuzzer for ``--runs`` inputs or ``--max-time`` seconds, whichever comes first, and
-prints one line per target: inputs executed, seconds, inputs/s, corpus size, crashes. A crash
-leaves libFuzzer's ``crash-*`` file in the output directory (replay it with
-``python bench/fuzz/target.py NAME crash-file``). Exit status 1 when any target crashed.
+For each target in ``target.py`` (packet parser, NFLOG decoder, the C NFLOG decoder against the
+Python one, ctnetlink parser, pcap reader, config loader) it writes a seed corpus (recorded
+NFLOG/ctnetlink datagrams from the ingest tests, generated pcap/pcapng files, IP packets, the
+components' sample configurations), runs atheris/libFuzzer for ``--runs`` inputs or ``--max-
+time`` seconds, whichever comes first, and prints one line per target: inputs executed,
+seconds, inputs/s, corpus size, crashes. A crash leaves libFuzzer's ``crash-*`` file in the
+output directory (replay it with ``python bench/fuzz/target.py NAME crash-file``). Exit status
+1 when any target crashed.
 Record the result in ``docs/reliability.md``.
 """
 
@@ -31,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from tests.fuzz.strategies import BASE_TABLES, CT_SEEDS, NFLOG_SEEDS  # noqa: E402
 from tests.support.pcapgen import FlowSpec, PcapBuilder  # noqa: E402
 
-TARGETS = ("packet", "nflog", "conntrack", "pcap", "config")
+TARGETS = ("packet", "nflog", "nflog_c", "conntrack", "pcap", "config")
 _DONE = re.compile(r"Done (\d+) runs in (\d+) second")
 _STAT = re.compile(r"#(\d+)\s+\w+.*?corp: (\d+)")
 
@@ -89,6 +90,7 @@ def seeds(name: str, tmp: Path) -> list[bytes]:
     return {
         "packet": _ip_payloads,
         "nflog": lambda: list(NFLOG_SEEDS),
+        "nflog_c": lambda: list(NFLOG_SEEDS),
         "conntrack": lambda: list(CT_SEEDS),
         "pcap": lambda: _captures(tmp),
         "config": _configs,

@@ -21,6 +21,7 @@ with atheris.instrument_imports():
     import agent.config.convert
     import agent.packet
     import plugins.ingest_conntrack.ctnetlink
+    import plugins.ingest_nflog.decoders
     import plugins.ingest_nflog.netlink
     import plugins.ingest_pcap.reader  # noqa: F401
     from tests.fuzz import oracles
@@ -53,6 +54,7 @@ def _config_target() -> object:
 TARGETS = {
     "packet": lambda: oracles.check_packet,
     "nflog": lambda: oracles.check_nflog,
+    "nflog_c": lambda: oracles.check_nflog_c,
     "conntrack": lambda: oracles.check_conntrack,
     "pcap": lambda: oracles.check_pcap,
     "config": _config_target,

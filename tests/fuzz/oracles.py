@@ -12,6 +12,8 @@ Targets and their contracts:
 * :func:`check_nflog`: ``NflogDecoder.decode`` never raises; every ``NFULNL_MSG_PACKET`` message
   it accepts becomes a packet or a ``trunc``; the learned-shape fast path gives exactly what
   the attribute-by-attribute walk gives; bytes after ``n`` in the receive buffer are never read.
+* :func:`check_nflog_c`: the optional C decoder (``_nflog.Aggregator``) gives exactly the
+  Python decoder's flows (packets, bytes, first/last time, flags, out_if) and counters.
 * :func:`check_conntrack`: ``ctnetlink.iter_messages`` / ``parse_conntrack`` raise only
   ``MalformedMessage``, never read past the message, and ``to_nat_event`` accepts every entry.
 * :func:`check_pcap`: ``PcapReader`` raises only ``PcapError``; a clean file is read to the
@@ -98,6 +100,53 @@ def check_nflog(data: bytes) -> None:
     fast = _nflog_run(datagrams, shapes=True)
     slow = _nflog_run(datagrams, shapes=False)
     assert fast == slow, "shape fast path and attribute walk disagree"
+
+
+def _python_flows(datagrams: list[bytes]) -> tuple[dict[bytes, list[int]], tuple[int, ...],
+                                                  dict[str, int]]:
+    """What ``decoder = "python"`` gives, summed per flow key like the C aggregator."""
+    from plugins.ingest_nflog.decoders import PythonBatcher
+
+    batcher = PythonBatcher()
+    for data in datagrams:
+        batcher.feed(bytearray(data + TAIL), len(data), RECV_NS)
+    batch = batcher.take("fuzz")
+    flows: dict[bytes, list[int]] = {}
+    counters = (0, 0, 0, 0)
+    if batch is not None:
+        for key, length, flags, ts, out_if in batch.packets:
+            f = flows.setdefault(key, [0, 0, ts, ts, 0, 0])
+            f[0] += 1
+            f[1] += length
+            f[2], f[3] = min(f[2], ts), max(f[3], ts)
+            f[4] |= flags
+            if out_if:  # the cache keeps the last non-zero output interface
+                f[5] = out_if
+        counters = (batch.trunc, batch.frag, batch.dropped_bytes, batch.dropped_packets)
+    return flows, counters, batcher.stats()
+
+
+def check_nflog_c(data: bytes) -> None:
+    """The C decoder (``_nflog.Aggregator``) against the Python one, same buffers twice."""
+    from plugins.ingest_nflog.decoders import CBatcher
+
+    datagrams = [data, data]
+    want, (trunc, frag, trunc_bytes, gaps), want_stats = _python_flows(datagrams)
+    batcher = CBatcher()
+    for d in datagrams:
+        batcher.feed(bytearray(d + TAIL), len(d), RECV_NS)
+    batch = batcher.take("fuzz")
+    got: dict[bytes, list[int]] = {}
+    if batch is not None:
+        assert (batch.trunc, batch.frag, batch.dropped_bytes) == (trunc, frag, trunc_bytes)
+        assert batch.dropped_packets == gaps + trunc
+        for d in batch.flows:
+            assert d.key not in got, "one row per flow key"
+            got[d.key] = [d.packets, d.octets, d.start_ns, d.end_ns, d.tcp_flags, d.out_if]
+    else:
+        assert not want and (trunc, frag, gaps) == (0, 0, 0)
+    assert got == want, "C and Python decoders disagree"
+    assert batcher.stats() == {k: want_stats[k] for k in batcher.stats()}
 
 
 # --- conntrack -----------------------------------------------------------------------------
