@@ -215,7 +215,8 @@ class NflogIngest(Component):
                 self.readers.append(GroupReader(self, sock, pending))
             if cfg.manage_rules:
                 self.rules = ManagedRules(cfg.netns, cfg.groups, list(cfg.chains), cfg.snaplen,
-                                          cfg.qthreshold, cfg.rule_priority)
+                                          cfg.qthreshold, cfg.rule_priority,
+                                          families=tuple(cfg.families))
                 self.rules.install()
         except Exception:
             for reader in self.readers:

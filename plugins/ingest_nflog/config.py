@@ -20,6 +20,7 @@ NLBUFSIZ_MIN = 4096  # NLMSG_GOODSIZE on 4 KiB pages; the kernel raises smaller 
 RULES_TABLE = "netflow_agent"
 
 Chain = Literal["input", "forward", "output"]
+Family = Literal["ipv4", "ipv6"]
 Decoder = Literal["auto", "c", "python"]
 
 
@@ -59,6 +60,9 @@ class Config:
     chains: list[Chain] = option(
         ["input", "forward", "output"],
         doc="Hooks that get a log rule when manage_rules is true.")
+    families: list[Family] = option(
+        ["ipv4", "ipv6"], doc="Address families the managed rules log (like choosing "
+        "iptables, ip6tables or both).", min_items=1)
     decoder: Decoder = option(
         "auto", doc="Per-packet decoding: \"c\" sums each receive buffer per flow in the C "
         "extension (plugins.ingest_nflog._nflog), \"python\" hands every packet to the cache, "
@@ -67,6 +71,12 @@ class Config:
         -1, doc="Priority of the managed chains (-1: after DNAT, before the filter chains at 0,"
         " like a NETFLOW rule inserted at the top of the filter table).",
         min=-1000, max=1000)
+
+    def ip_versions(self) -> frozenset[int]:
+        """IP versions this instance can produce: only the managed rules' families are known."""
+        if not self.manage_rules:
+            return frozenset({4, 6})
+        return frozenset(4 if f == "ipv4" else 6 for f in self.families)
 
     @property
     def groups(self) -> list[int]:

@@ -32,12 +32,14 @@ class RulesError(RuntimeError):
 
 
 def ruleset(groups: list[int], chains: list[str], snaplen: int, qthreshold: int,
-            priority: int, table: str = RULES_TABLE) -> str:
+            priority: int, table: str = RULES_TABLE,
+            families: tuple[str, ...] = ("ipv4", "ipv6")) -> str:
     """The ``nft -f`` text that (re)creates the table.
 
     :param groups: NFLOG groups; more than one are used round-robin.
     :param chains: hooks to log: ``input``, ``forward``, ``output``.
     :param snaplen: copy length (0 = whole packet: no ``snaplen``).
+    :param families: ``ipv4`` and/or ``ipv6``; one family adds a ``meta nfproto`` match.
     """
     log_stmt = "log group {g}" + (f" snaplen {snaplen}" if snaplen else "") \
         + f" queue-threshold {qthreshold}"
@@ -49,6 +51,8 @@ def ruleset(groups: list[int], chains: list[str], snaplen: int, qthreshold: int,
         action = f"numgen inc mod {len(groups)} vmap {{ {spread} }}"
     else:
         action = f"counter {log_stmt.format(g=groups[0])}"
+    if len(set(families)) == 1:
+        action = f"meta nfproto {families[0]} {action}"
     for hook in (h for h in _HOOKS if h in chains):
         lines += [f"  chain {hook} {{",
                   f"    type filter hook {hook} priority {priority}; policy accept;",
@@ -76,9 +80,10 @@ class ManagedRules:
     """
 
     def __init__(self, netns: str, groups: list[int], chains: list[str], snaplen: int,
-                 qthreshold: int, priority: int):
+                 qthreshold: int, priority: int, families: tuple[str, ...] = ("ipv4", "ipv6")):
         self.netns = netns
-        self.text = ruleset(groups, chains, snaplen, qthreshold, priority)
+        self.text = ruleset(groups, chains, snaplen, qthreshold, priority,
+                            families=families)
         self.installed = False
 
     def install(self) -> None:

@@ -71,3 +71,9 @@ def test_ruleset_spreads_several_groups() -> None:
     text = ruleset([5, 6], ["forward"], 0, 16, -1)
     assert "numgen inc mod 2 vmap { 0 : jump to_group_5, 1 : jump to_group_6 }" in text
     assert "snaplen" not in text  # 0 = whole packet
+
+
+def test_ruleset_for_one_family_matches_nfproto():
+    text = ruleset([5], ["forward"], 128, 32, -1, families=("ipv6",))
+    assert "meta nfproto ipv6 counter log group 5" in text
+    assert "nfproto" not in ruleset([5], ["forward"], 128, 32, -1)

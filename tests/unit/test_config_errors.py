@@ -142,3 +142,16 @@ def test_dry_run_needs_no_root_and_starts_nothing(tmp_path, pcap):
                           capture_output=True, text=True)
     assert proc.returncode == 0
     assert proc.stdout == ""
+
+
+def test_v5_with_ipv6_only_ingest_is_a_warning(tmp_path, capsys):
+    cfg = tmp_path / "v6only.toml"
+    cfg.write_text('[[ingest.nflog]]\ngroup = 5\nmanage_rules = true\nfamilies = ["ipv6"]\n'
+                   '[[export.netflow]]\nprotocol = 5\ndestination = ["127.0.0.1:2055"]\n')
+    rc, err = _dry_run(cfg, capsys)
+    assert rc == 0 and "export.netflow[0].protocol: warning: NetFlow v5 cannot carry IPv6" in err
+    assert main(["--dry-run", "--strict", "-c", str(cfg)]) == 78
+    capsys.readouterr()
+    cfg.write_text(cfg.read_text().replace('["ipv6"]', '["ipv4", "ipv6"]'))
+    rc, err = _dry_run(cfg, capsys)
+    assert rc == 0 and "warning:" not in err
