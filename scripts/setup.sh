@@ -16,12 +16,13 @@ VENV="${VENV:-.venv}"
 # System packages: eBPF build (clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev
 # pkg-config make gcc), Python (python3-dev python3-venv), kernel interfaces used by the
 # agent and its privileged tests (iproute2 iptables nftables conntrack procps), reference
-# collectors and exporters (tshark nfdump softflowd pmacct), traffic and capture tools.
+# collectors and exporters (tshark nfdump softflowd pmacct fprobe: bench/compare), traffic
+# and capture tools.
 APT_PACKAGES=(
   clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config make gcc
   python3 python3-dev python3-venv
   iproute2 iptables nftables conntrack procps
-  tshark nfdump softflowd pmacct
+  tshark nfdump softflowd pmacct fprobe
   iputils-ping netcat-openbsd socat ethtool tcpdump
   git ca-certificates
 )
