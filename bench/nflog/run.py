@@ -2,9 +2,10 @@
 
 ``python3 bench/nflog/run.py [--seconds 3] [--runs 3] [--flows 1] [--decoder auto]``
 
-Two namespaces joined by a quiet veth; ``blast.c`` (compiled here; sendmmsg, 64-byte frames)
-floods UDP from one into the other for a bounded time. The receiver's nft input chain logs the
-flood to group 1 (agent) and/or group 2 (uacctd), same rule text. Scenarios per round:
+Two namespaces joined by a quiet veth; ``bench/ebpf/blast.c`` (compiled here; sendmmsg, 64-byte
+frames; ``sport`` mode: one source port per flow, one destination port) floods UDP from one
+into the other for a bounded time. The receiver's nft input chain logs the flood to group 1
+(agent) and/or group 2 (uacctd), same rule text. Scenarios per round:
 
 * ``baseline``: no rules; ``rules``: both rules, no listener;
 * ``agent`` / ``uacctd``: one rule and its listener; ``both``: both, side by side.
@@ -33,6 +34,7 @@ from tests.ingest_nflog.agentproc import AgentProcess  # noqa: E402
 from tests.support.netns import Netns, end_process, veth_pair  # noqa: E402
 
 PORT = 7000
+PAYLOAD = 18  # 14 + 20 + 8 + 18 = 60-byte frame (64 on a real wire with FCS)
 NLBUFSIZ = int(os.environ.get("NFA_BENCH_NLBUFSIZ", "65536"))
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -130,8 +132,9 @@ def one_run(scenario: str, a: Netns, b: Netns, dst: str, seconds: float,
         uacctd, csv = _start_uacctd(b, work)
     cpu0 = {"agent": _cpu_seconds(agent.proc.pid) if agent else 0.0,
             "uacctd": _cpu_seconds(uacctd.pid) if uacctd else 0.0}
-    out = a.run([blast, dst, str(PORT), str(seconds), "50000000", str(flows)]).stdout.split()
-    sent, elapsed = int(out[1]), float(out[2])
+    out = a.run([blast, dst, str(PORT), str(flows), str(seconds), "50000000", str(PAYLOAD),
+                 "sport"]).stdout.split()
+    sent, elapsed = int(out[0]), float(out[1])
     time.sleep(1.5)  # let listeners finish the backlog
     cpu = {"agent": _cpu_seconds(agent.proc.pid) - cpu0["agent"] if agent else 0.0,
            "uacctd": _cpu_seconds(uacctd.pid) - cpu0["uacctd"] if uacctd else 0.0}
@@ -177,7 +180,7 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="nfa-bench-nflog-"))
     blast = str(work / "blast")
-    subprocess.run(["cc", "-O2", "-o", blast, str(Path(__file__).with_name("blast.c"))],
+    subprocess.run(["cc", "-O2", "-o", blast, str(ROOT / "bench" / "ebpf" / "blast.c")],
                    check=True)
     results = []
     with Netns() as a, Netns() as b:
