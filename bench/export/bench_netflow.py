@@ -15,39 +15,21 @@ the noise. Usage: ``python3 bench/export/bench_netflow.py [--records 200000] [--
 from __future__ import annotations
 
 import argparse
-import ipaddress
-import socket
 import statistics
+import sys
 import time
+from pathlib import Path
 
-from agent.model import FlowRecord
-from agent.runtime import RunContext
-from plugins.export_netflow import v5, v9
-from plugins.export_netflow.component import NetflowExporter
-from plugins.export_netflow.config import Config
-from plugins.export_netflow.state import ExportState
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
 
-BATCH = 4096
-
-
-def make_records(n: int, now_ns: int) -> list[FlowRecord]:
-    """``n`` distinct flows, 10 % IPv6, with plausible counters and times."""
-    out = []
-    v6s, v6d = ipaddress.ip_address("fd00::1").packed, ipaddress.ip_address("fd00::2").packed
-    for i in range(n):
-        if i % 10 == 9:
-            src, dst, ver = v6s, v6d, 6
-        else:
-            src, dst, ver = (0x0A000000 + i).to_bytes(4, "big"), b"\xc0\x00\x02\x01", 4
-        out.append(FlowRecord(ver, 6 if i % 3 else 17, src, dst, 1024 + i % 60000, 443,
-                              in_if=2, out_if=3, packets=10 + i % 50, octets=1500 * (10 + i % 50),
-                              start_ns=now_ns - 20_000_000_000, end_ns=now_ns - 1_000_000_000,
-                              tcp_flags=0x1B))
-    return out
-
-
-def batches(records: list[FlowRecord]) -> list[list[FlowRecord]]:
-    return [records[i : i + BATCH] for i in range(0, len(records), BATCH)]
+from agent.model import FlowRecord  # noqa: E402
+from agent.runtime import RunContext  # noqa: E402
+from bench.export.workload import BATCH, batches, discard_sink, make_records  # noqa: E402
+from plugins.export_netflow import v5, v9  # noqa: E402
+from plugins.export_netflow.component import NetflowExporter  # noqa: E402
+from plugins.export_netflow.config import Config  # noqa: E402
+from plugins.export_netflow.state import ExportState  # noqa: E402
 
 
 def time_encode(protocol: int, parts: list[list[FlowRecord]], now: int) -> float:
@@ -84,19 +66,16 @@ def main() -> None:
     now = time.time_ns()
     records = make_records(args.records, now)
     parts = batches(records)
-    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sink.bind(("127.0.0.1", 0))
-    endpoint = f"127.0.0.1:{sink.getsockname()[1]}"
     print(f"{args.records} records (10 % IPv6; v5 skips them), batches of {BATCH}, "
           f"{args.runs} runs, records/s median [min-max]")
-    for protocol in (5, 9):
-        runs = {"encode": lambda p=protocol: time_encode(p, parts, now),
-                "encode+send": lambda p=protocol: time_export(p, parts, now, endpoint)}
-        for label, fn in runs.items():
-            rates = [args.records / fn() for _ in range(args.runs)]
-            print(f"  v{protocol} {label:12s} {statistics.median(rates):>12,.0f} "
-                  f"[{min(rates):,.0f}-{max(rates):,.0f}]")
-    sink.close()
+    with discard_sink() as endpoint:
+        for protocol in (5, 9):
+            runs = {"encode": lambda p=protocol: time_encode(p, parts, now),
+                    "encode+send": lambda p=protocol: time_export(p, parts, now, endpoint)}
+            for label, fn in runs.items():
+                rates = [args.records / fn() for _ in range(args.runs)]
+                print(f"  v{protocol} {label:12s} {statistics.median(rates):>12,.0f} "
+                      f"[{min(rates):,.0f}-{max(rates):,.0f}]")
 
 
 if __name__ == "__main__":

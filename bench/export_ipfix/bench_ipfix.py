@@ -19,35 +19,21 @@ Usage: ``python3 bench/export_ipfix/bench_ipfix.py [--records 200000] [--runs 7]
 from __future__ import annotations
 
 import argparse
-import ipaddress
-import socket
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from agent.model import FlowRecord
-from agent.runtime import RunContext
-from plugins.export_ipfix.component import IpfixExporter
-from plugins.export_ipfix.config import Config
-from plugins.export_ipfix.ipfix import Session, encode_flow_groups, encode_messages
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
 
-BATCH = 4096
-
-
-def make_records(n: int, now_ns: int) -> list[FlowRecord]:
-    """``n`` distinct flows, 10 % IPv6, with plausible counters and times."""
-    out = []
-    v6s, v6d = ipaddress.ip_address("fd00::1").packed, ipaddress.ip_address("fd00::2").packed
-    for i in range(n):
-        if i % 10 == 9:
-            src, dst, ver = v6s, v6d, 6
-        else:
-            src, dst, ver = (0x0A000000 + i).to_bytes(4, "big"), b"\xc0\x00\x02\x01", 4
-        out.append(FlowRecord(ver, 6 if i % 3 else 17, src, dst, 1024 + i % 60000, 443,
-                              in_if=2, out_if=3, packets=10 + i % 50,
-                              octets=1500 * (10 + i % 50), start_ns=now_ns - 20_000_000_000,
-                              end_ns=now_ns - 1_000_000_000, tcp_flags=0x1B, end_reason=1))
-    return out
+from agent.model import END_IDLE, FlowRecord  # noqa: E402
+from agent.runtime import RunContext  # noqa: E402
+from bench.export.workload import BATCH, batches, discard_sink, make_records  # noqa: E402
+from plugins.export_ipfix.component import IpfixExporter  # noqa: E402
+from plugins.export_ipfix.config import Config  # noqa: E402
+from plugins.export_ipfix.ipfix import Session, encode_flow_groups, encode_messages  # noqa: E402
 
 
 def time_encode(parts: list[list[FlowRecord]]) -> tuple[float, float]:
@@ -105,18 +91,14 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--runs", type=int, default=7)
     args = ap.parse_args()
-    records = make_records(args.records, time.time_ns())
-    parts = [records[i:i + BATCH] for i in range(0, len(records), BATCH)]
-    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sink.bind(("127.0.0.1", 0))
-    endpoint = f"127.0.0.1:{sink.getsockname()[1]}"
+    parts = batches(make_records(args.records, time.time_ns(), end_reason=END_IDLE))
     print(f"{args.records} records (10 % IPv6), batches of {BATCH}, {args.runs} runs, "
           "median [min-max]")
     n = args.records
-    report("ipfix encode", n, args.runs, lambda: time_encode(parts))
-    report("ipfix encode+send", n, args.runs, lambda: time_ipfix_export(parts, endpoint))
-    report("v9 encode+send", n, args.runs, lambda: time_v9_export(parts, endpoint))
-    sink.close()
+    with discard_sink() as endpoint:
+        report("ipfix encode", n, args.runs, lambda: time_encode(parts))
+        report("ipfix encode+send", n, args.runs, lambda: time_ipfix_export(parts, endpoint))
+        report("v9 encode+send", n, args.runs, lambda: time_v9_export(parts, endpoint))
 
 
 if __name__ == "__main__":
