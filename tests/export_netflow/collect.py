@@ -1,12 +1,16 @@
 """Independent decoders for the NetFlow export tests: a UDP sink, nfcapd/nfdump, tshark, netflow.
 
-Local to ``tests/export_netflow`` until ``tests/support/collectors.py`` lands; then these
-helpers move to (or are replaced by) the shared ones. Everything runs on loopback only.
+Written before ``tests/support/collectors.py`` landed. Tool lookup and free ports come from
+``tests.support``; what stays here has no equivalent there with the same behaviour, which these
+tests' assertions rely on: nfdump rows in a chosen ``-o fmt:`` text layout (the shared helper
+returns normalised JSON), tshark flagging *any* expert info (the shared one fails only on
+errors), a sink drained until quiet (the shared one waits for a count) and the ``netflow``
+package's parser without retries (so a datagram that needs earlier templates fails).
+Everything runs on loopback only.
 """
 
 from __future__ import annotations
 
-import shutil
 import socket
 import struct
 import subprocess
@@ -16,10 +20,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import netflow.v9
-import pytest
 from netflow.utils import parse_packet
 
-from tests.support import strict_environment
+from tests.support import require_tool
 from tests.support.pcapgen import LINKTYPE_RAW, ipv4_packet, write_pcap
 
 # netflow 0.12.2's v9 field table lacks natEvent (230); add the IANA name so the package's
@@ -27,17 +30,6 @@ from tests.support.pcapgen import LINKTYPE_RAW, ipv4_packet, write_pcap
 netflow.v9.V9_FIELD_TYPES.setdefault(230, "natEvent")
 
 EXPORT_PORT = 2055
-
-
-def require(tool: str) -> str:
-    """Path of ``tool``; fail under root/CI (CI must install it), else skip."""
-    path = shutil.which(tool)
-    if path is None:
-        message = f"{tool} is not installed"
-        if strict_environment():
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 class UdpSink:
@@ -88,7 +80,7 @@ def write_capture(datagrams: list[bytes], path: Path, port: int = EXPORT_PORT) -
 
 def tshark(path: Path, *args: str, port: int = EXPORT_PORT) -> str:
     """Run tshark on ``path`` with UDP ``port`` decoded as cflow; return stdout."""
-    cmd = [require("tshark"), "-r", str(path), "-d", f"udp.port=={port},cflow", *args]
+    cmd = [require_tool("tshark"), "-r", str(path), "-d", f"udp.port=={port},cflow", *args]
     return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60).stdout
 
 
@@ -115,7 +107,7 @@ class Nfcapd:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> Nfcapd:
-        cmd = [require("nfcapd"), "-w", str(self.directory), "-b", "127.0.0.1",
+        cmd = [require_tool("nfcapd"), "-w", str(self.directory), "-b", "127.0.0.1",
                "-p", str(self.port)]
         self.proc = subprocess.Popen(cmd, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
         _wait_udp_bound(self.port)
@@ -130,19 +122,12 @@ class Nfcapd:
 
     def flows(self, fmt: str = "%pr|%sa|%da|%sp|%dp|%pkt|%byt|%flg|%ts|%te") -> list[list[str]]:
         """nfdump rows (fields stripped) for everything collected."""
-        cmd = [require("nfdump"), "-R", str(self.directory), "-q", "-N", "-o", f"fmt:{fmt}"]
+        cmd = [require_tool("nfdump"), "-R", str(self.directory), "-q", "-N", "-o", f"fmt:{fmt}"]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60).stdout
         return [[c.strip() for c in line.split("|")] for line in out.splitlines() if line]
 
     def log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
-
-
-def free_udp_port() -> int:
-    """A UDP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_udp_bound(port: int, timeout: float = 5.0) -> None:

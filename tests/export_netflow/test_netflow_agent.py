@@ -21,10 +21,10 @@ from tests.export_netflow.collect import (
     Nfcapd,
     UdpSink,
     decode,
-    free_udp_port,
     tshark_problems,
     write_capture,
 )
+from tests.support.collectors import free_udp_port
 from tests.support.pcapgen import SAMPLE_EPOCH_NS, FlowSpec, PcapBuilder
 
 GAP_NS = 3_000_000  # 3 ms between packets of a flow

@@ -14,7 +14,8 @@ from agent.model import NAT_START, NAT_STOP, FlowRecord, NatEvent
 from agent.runtime import RunContext
 from plugins.export_netflow.component import NetflowExporter
 from plugins.export_netflow.config import Config
-from tests.export_netflow.collect import UdpSink, decode, free_udp_port
+from tests.export_netflow.collect import UdpSink, decode
+from tests.support.collectors import free_udp_port
 
 START = time.time_ns() - 30_000_000_000
 

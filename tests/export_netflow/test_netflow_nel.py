@@ -16,12 +16,12 @@ from plugins.export_netflow.state import ExportState
 from plugins.export_netflow.v5 import Tally
 from tests.export_netflow.collect import (
     decode,
-    free_udp_port,
     nfcapd,
     tshark_fields,
     tshark_problems,
     write_capture,
 )
+from tests.support.collectors import free_udp_port
 
 BOOT = 1_700_000_000_000_000_000
 NOW = BOOT + 90_000_000_000

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from agent.transport.udp import EndpointError, UdpDestination, parse_endpoint
-from tests.export_netflow.collect import UdpSink, free_udp_port
+from tests.export_netflow.collect import UdpSink
+from tests.support.collectors import free_udp_port
 
 
 class FakeClock:
