@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.support.agentproc import run_agent
 from tests.support.collectors import (
     Nfcapd,
     UdpSink,
@@ -50,12 +48,6 @@ def capture(tmp_path):
     return tmp_path / "flows.pcap", truth
 
 
-def run_agent(config: Path) -> subprocess.CompletedProcess:
-    agent = Path(sys.executable).parent / "agent"
-    cmd = [str(agent) if agent.exists() else "agent", "-c", str(config)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-
-
 def test_agent_exports_ipfix_over_udp(tmp_path, capture):
     pcap, truth = capture
     sink = UdpSink()
@@ -68,7 +60,7 @@ def test_agent_exports_ipfix_over_udp(tmp_path, capture):
                 f'destination = ["127.0.0.1:{cap.port}", "127.0.0.1:{sink.port}"]\n'
                 f"observation_domain_id = 77\nmtu = 576\nrefresh_rate = 3\n"
                 f"options_interval_s = 1\n")
-            result = run_agent(config)
+            result = run_agent("-c", str(config))
             assert result.returncode == 0, result.stderr
             flows = cap.flows()
         datagrams = sink.payloads()

@@ -10,7 +10,6 @@ wire. Loopback only, no root needed.
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +23,7 @@ from tests.export_netflow.collect import (
     tshark_problems,
     write_capture,
 )
+from tests.support.agentproc import agent_script, run_agent
 from tests.support.collectors import free_udp_port
 from tests.support.pcapgen import SAMPLE_EPOCH_NS, FlowSpec, PcapBuilder
 
@@ -82,12 +82,6 @@ def _config(pcap: Path, v5_dest: list[str], v9_dest: list[str]) -> str:
             f"engine_id = 9\nrefresh_rate = 2\n")
 
 
-def _run_agent(config_path: Path) -> subprocess.CompletedProcess:
-    agent = Path(sys.executable).parent / "agent"
-    cmd = [str(agent) if agent.exists() else "agent", "-c", str(config_path)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-
-
 def test_agent_exports_v5_and_mirrored_v9_to_collectors(tmp_path, capture):
     pcap, specs, truth = capture
     collectors = {name: Nfcapd(tmp_path / name, free_udp_port()) for name in ("v5", "v9a", "v9b")}
@@ -101,7 +95,7 @@ def test_agent_exports_v5_and_mirrored_v9_to_collectors(tmp_path, capture):
             pcap,
             [f"127.0.0.1:{collectors['v5'].port}", sink5.endpoint],
             [f"127.0.0.1:{collectors['v9a'].port}", f"127.0.0.1:{v9b.port}", sink9.endpoint]))
-        result = _run_agent(config)
+        result = run_agent("-c", str(config))
         assert result.returncode == 0, result.stderr
         raw5, raw9 = sink5.drain(), sink9.drain()
     finally:
@@ -161,19 +155,12 @@ def test_agent_dry_run_accepts_and_rejects(tmp_path, capture):
     pcap = capture[0]
     good = tmp_path / "good.toml"
     good.write_text(_config(pcap, ["127.0.0.1:2055"], ["[::1]:2055"]))
-    assert _run_agent_args("--dry-run", "-c", str(good)).returncode == 0
+    assert run_agent("--dry-run", "-c", str(good)).returncode == 0
     bad = tmp_path / "bad.toml"
     bad.write_text(_config(pcap, ["127.0.0.1"], ["[::1]:2055"]))
-    result = _run_agent_args("--dry-run", "-c", str(bad))
+    result = run_agent("--dry-run", "-c", str(bad))
     assert result.returncode == 78
     assert "export.netflow[0].destination[0]" in result.stdout + result.stderr
-
-
-def _run_agent_args(*args: str) -> subprocess.CompletedProcess:
-    agent = Path(sys.executable).parent / "agent"
-    cmd = [str(agent) if agent.exists() else "agent", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-
 
 
 def test_agent_survives_collector_down_and_late_collector_decodes_first_datagram(tmp_path):
@@ -194,8 +181,7 @@ def test_agent_survives_collector_down_and_late_collector_decodes_first_datagram
         f'[[ingest.pcap]]\npath = "{tmp_path / "slow.pcap"}"\nspeed = "recorded"\n\n'
         f'[[export.netflow]]\nprotocol = 9\ndestination = ["127.0.0.1:{port}"]\n'
         f"refresh_rate = 100000\n")
-    agent = Path(sys.executable).parent / "agent"
-    cmd = [str(agent) if agent.exists() else "agent", "--log-level", "info", "-c", str(config)]
+    cmd = [agent_script(), "--log-level", "info", "-c", str(config)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(3.0)  # flows of the first ~2 s are exported to a closed port

@@ -17,9 +17,6 @@ short-lived translations: every one still yields its start and stop exactly once
 from __future__ import annotations
 
 import ipaddress
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,12 +29,12 @@ from agent.runtime import RunContext
 from plugins.ingest_conntrack.component import ConntrackIngest
 from plugins.ingest_conntrack.config import Config
 from tests.support import require_tool
+from tests.support.agentproc import start_agent, stop_agent
 from tests.support.collectors import Nfcapd, UdpSink, netflow_decode, tshark_decode
-from tests.support.netns import end_process, routed_topology
+from tests.support.netns import routed_topology
 
 pytestmark = pytest.mark.netns
 
-AGENT = [sys.executable, "-m", "agent.cli"]
 DNAT_PORT, INSIDE_PORT = 8080, 8000
 
 
@@ -173,30 +170,6 @@ nat_event_values = "rfc8158"
     return conf
 
 
-def run_agent(conf: Path, log: Path) -> subprocess.Popen:
-    """Start the agent and wait until the conntrack listener is up."""
-    proc = subprocess.Popen(
-        [*AGENT, "--log-level", "info", "-c", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("w"),
-        cwd=Path(__file__).resolve().parents[2],
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if "natevents enabled" in log.read_text():
-            return proc
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    end_process(proc)
-    raise AssertionError(f"agent did not start:\n{log.read_text()}")
-
-
-def stop_agent(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=20) == 0
-
-
 def _tuple(conn: Conn) -> tuple:
     return (
         conn.proto,
@@ -216,7 +189,7 @@ def test_agent_exports_every_nat_start_and_stop(nat, tmp_path):
     with UdpSink() as v5_sink, UdpSink() as ipfix_sink:
         conf = write_config(tmp_path, nat.router_ns.name, nf9.port, v5_sink.port, ipfix_sink.port)
         log = tmp_path / "agent.log"
-        proc = run_agent(conf, log)
+        proc = start_agent(conf, log, ready="natevents enabled")  # the conntrack listener is up
         try:
             conns = open_connections(nat)
             end_connections(nat)

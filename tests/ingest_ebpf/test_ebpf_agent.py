@@ -14,17 +14,17 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.support import require_tool
+from tests.support.agentproc import start_agent as start_agent_process
+from tests.support.agentproc import stop_agent
 from tests.support.collectors import Nfcapd, flow_table
 from tests.support.netns import (
     Netns,
-    end_process,
     send_icmp_echo,
     send_udp,
     set_offloads,
@@ -34,8 +34,6 @@ from tests.support.netns import (
 from tests.support.truth import FlowId
 
 pytestmark = pytest.mark.bpf
-
-AGENT = [sys.executable, "-m", "agent.cli"]
 
 
 @pytest.fixture
@@ -67,26 +65,11 @@ poll_interval_ms = 100
 
 def start_agent(conf: Path, log: Path) -> tuple[subprocess.Popen, dict[str, int]]:
     """Start the agent; return it and the BPF program ids it logged once attached."""
-    proc = subprocess.Popen([*AGENT, "--log-level", "info", "-c", str(conf)],
-                            stdout=subprocess.DEVNULL, stderr=open(log, "w"),  # noqa: SIM115
-                            cwd=Path(__file__).resolve().parents[2])
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        text = log.read_text()
-        if "attached" in text:
-            found = re.search(r"loaded BPF programs (\{.*?\})", text)
-            assert found, text
-            return proc, ast.literal_eval(found.group(1))
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    end_process(proc)
-    raise AssertionError(f"agent did not attach:\n{log.read_text()}")
-
-
-def stop_agent(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=20) == 0
+    proc = start_agent_process(conf, log, ready="attached")
+    text = log.read_text()
+    found = re.search(r"loaded BPF programs (\{.*?\})", text)
+    assert found, text
+    return proc, ast.literal_eval(found.group(1))
 
 
 def exported(out: Path) -> dict[FlowId, tuple[int, int]]:
