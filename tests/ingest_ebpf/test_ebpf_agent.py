@@ -29,7 +29,6 @@ from tests.support.netns import (
     send_udp,
     set_offloads,
     tcp_connections,
-    veth_pair,
 )
 from tests.support.truth import FlowId
 
@@ -37,9 +36,9 @@ pytestmark = pytest.mark.bpf
 
 
 @pytest.fixture
-def pair():
-    with Netns() as a, Netns() as b:
-        yield veth_pair(a, b)
+def pair(veth_pair_ns):
+    """Name: pair. Scope: function. The shared quiet veth pair (tests/support/netns.py)."""
+    return veth_pair_ns
 
 
 def write_config(tmp: Path, ns: str, ifname: str, mode: str,

@@ -28,9 +28,9 @@ pytestmark = pytest.mark.bpf
 
 
 @pytest.fixture
-def pair():
-    with Netns() as a, Netns() as b:
-        yield veth_pair(a, b)
+def pair(veth_pair_ns):
+    """Name: pair. Scope: function. The shared quiet veth pair (tests/support/netns.py)."""
+    return veth_pair_ns
 
 
 @pytest.mark.parametrize("mode", ["tcx", "tc"])
