@@ -144,16 +144,20 @@ class Pipeline:
         """
         results = []
         for impl in getattr(self.pm.hook, name).get_hookimpls():
-            if _TRACE:
-                log.debug("hook %s -> %s", name, impl.plugin_name)
-            try:
-                res = impl.function(*[kwargs[a] for a in impl.argnames])
-            except Exception:
-                self._hook_failed(name, impl.plugin_name)
-                continue
+            res = self._call_one(impl, name, kwargs)
             if res is not None:
                 results.append(res)
         return results
+
+    def _call_one(self, impl: Any, name: str, kwargs: dict[str, Any]) -> Any:
+        """Call one implementation; a raise is logged and counted and gives ``None``."""
+        if _TRACE:
+            log.debug("hook %s -> %s", name, impl.plugin_name)
+        try:
+            return impl.function(*[kwargs[a] for a in impl.argnames])
+        except Exception:
+            self._hook_failed(name, impl.plugin_name)
+            return None
 
     def _hook_failed(self, hook: str, plugin: str) -> None:
         self.hook_errors[plugin] += 1
@@ -236,19 +240,23 @@ class Pipeline:
         for part in self.call("agent_cache_expire", now_ns=now, force=force):
             records.extend(part)
         if records:
-            for impl in self.pm.hook.agent_aggregate_flows.get_hookimpls():
-                try:
-                    out = impl.function(records=records)
-                except Exception:
-                    self._hook_failed("agent_aggregate_flows", impl.plugin_name)
-                    continue
+            for impl in self.pm.hook.agent_aggregate_flows.get_hookimpls():  # a chain
+                out = self._call_one(impl, "agent_aggregate_flows", {"records": records})
                 if out is not None:
                     records = cast("list[FlowRecord]", out)
             self.exported_flows += len(records)
             self.call("agent_export_flows", records=records)
-        cache = self.core_stats()
-        self.rates.update(now, cache.get("traffic_packets", 0), cache.get("traffic_bytes", 0))
+        self.rates.update(now, *self._traffic_totals())
         self.call("agent_tick", now_ns=now)
+
+    def _traffic_totals(self) -> tuple[int, int]:
+        """Accounted packets and bytes so far, read without building a whole stats report."""
+        cache = self.cache_component()
+        counters = getattr(cache, "stats", None)
+        if counters is not None and hasattr(counters, "traffic_packets"):
+            return counters.traffic_packets, counters.traffic_bytes
+        stats = self.core_stats()
+        return stats.get("traffic_packets", 0), stats.get("traffic_bytes", 0)
 
     # --- reload ------------------------------------------------------------------------------
 

@@ -340,7 +340,9 @@ class FlowCache(Component):
 
     def mem_traffic(self) -> tuple[int, int]:
         """Packets and bytes held by flows in the table (the seed's ``MemTraf``)."""
-        return int(sum(self._packets)), int(sum(self._octets))
+        packets = np.frombuffer(self._packets, dtype=np.uint64).sum(dtype=np.uint64)
+        octets = np.frombuffer(self._octets, dtype=np.uint64).sum(dtype=np.uint64)
+        return int(packets), int(octets)  # free slots hold 0, so whole columns sum right
 
     @hookimpl
     def agent_collect_stats(self) -> dict[str, Any]:
