@@ -8,7 +8,9 @@ This module owns the one layout every stage agrees on:
 * a **packet observation** is a plain tuple ``(key, length, tcp_flags, ts_ns, out_if)``
   (:data:`Packet`); ingest plugins emit lists of them in a :class:`PacketBatch`;
 * a **flow record** (:class:`FlowRecord`) is what the cache hands to aggregation and export;
-* a **NAT event** (:class:`NatEvent`) is a translation start or stop, from conntrack.
+* a **NAT event** (:class:`NatEvent`) is a translation start or stop, from conntrack;
+* a :class:`Sampling` says that an ingest accounts one packet in N (declared once per
+  ingest, never per record).
 
 Addresses are packed network-order ``bytes`` (4 or 16): exactly what the encoders write.
 Times are wall-clock nanoseconds since the Unix epoch; ingests convert kernel clocks at the
@@ -203,6 +205,47 @@ class FlowRecord:
         out["dst_addr"] = str(ipaddress.ip_address(self.dst_addr))
         out["next_hop"] = str(ipaddress.ip_address(self.next_hop)) if self.next_hop else ""
         return out
+
+
+# --- packet sampling -----------------------------------------------------------------------
+
+# samplingAlgorithm (35) / NetFlow v9 SAMPLING_ALGORITHM values (RFC 3954, Cisco); the v5
+# header's 2-bit sampling mode uses the same numbers (01 deterministic, 10 random).
+SAMPLING_DETERMINISTIC = 1  # 1 in N, every N-th packet (count-based)
+SAMPLING_RANDOM = 2  # 1 in N on average, each packet chosen at random
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """How an ingest chooses the packets it accounts: one in ``interval``.
+
+    Counters of sampled flows are not scaled: exporters announce the sampling so collectors
+    can multiply (``RunContext.declare_sampling``, docs/hooks.md).
+
+    :param interval: samplingInterval (34): account 1 packet in N; 1 = every packet.
+    :param algorithm: samplingAlgorithm (35): :data:`SAMPLING_DETERMINISTIC` or
+        :data:`SAMPLING_RANDOM`.
+    """
+
+    interval: int
+    algorithm: int = SAMPLING_RANDOM
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.interval, int) or not 1 <= self.interval <= 0xFFFFFFFF:
+            raise ValueError(f"sampling interval {self.interval!r} outside 1..2**32-1")
+        if self.algorithm not in (SAMPLING_DETERMINISTIC, SAMPLING_RANDOM):
+            raise ValueError(f"sampling algorithm {self.algorithm!r}: expected "
+                             f"{SAMPLING_DETERMINISTIC} (deterministic) or {SAMPLING_RANDOM} "
+                             "(random)")
+
+    @property
+    def sampled(self) -> bool:
+        """Whether packets are left out (``interval`` > 1)."""
+        return self.interval > 1
+
+    def __str__(self) -> str:
+        kind = "deterministic" if self.algorithm == SAMPLING_DETERMINISTIC else "random"
+        return f"{kind} 1/{self.interval}"
 
 
 # --- NAT events -----------------------------------------------------------------------------

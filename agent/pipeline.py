@@ -87,6 +87,8 @@ class Pipeline:
         #: agent.ops
         self.heartbeat: Callable[[], None] | None = None
         self.restored_flows = 0
+        #: sources that emitted unsampled batches while a sampling was declared (warned once)
+        self._unsampled_sources: set[str] = set()
 
     # --- building and starting ---------------------------------------------------------------
 
@@ -202,6 +204,8 @@ class Pipeline:
         if kind == ITEM_PACKETS:
             self._packets(item)
         elif kind == ITEM_FLOWS:
+            if self.context.samplings:
+                self._check_sampled(item.source)
             self.call("agent_cache_flows", batch=item, now_ns=self.now_ns())
         elif kind == ITEM_NAT:
             self.nat_events += len(item)
@@ -218,7 +222,18 @@ class Pipeline:
             except Exception:
                 self._hook_failed("pipeline call", getattr(item, "__qualname__", "call"))
 
+    def _check_sampled(self, source: str) -> None:
+        """Warn once per source that emits unsampled flows next to a declared sampling."""
+        if source in self.context.samplings or source in self._unsampled_sources:
+            return
+        self._unsampled_sources.add(source)
+        log.warning("%s accounts every packet but %s declared sampling %s: exporters announce "
+                    "that sampling for all flows, so collectors will scale %s's flows too",
+                    source, next(iter(self.context.samplings)), self.context.sampling(), source)
+
     def _packets(self, batch: PacketBatch) -> None:
+        if self.context.samplings:
+            self._check_sampled(batch.source)
         if self.replay and batch.packets:
             # expire what the capture's clock reached before this batch's first packet
             self._advance_capture_clock(batch.packets[0][3])
@@ -337,6 +352,8 @@ class Pipeline:
 
     def _retire(self, path: str) -> None:
         obj = self._unregister(path)
+        self.context.forget_sampling(path)
+        self._unsampled_sources.discard(path)
         if path in self.started:
             self.started.remove(path)
         self.pending_finite.discard(path)
@@ -400,8 +417,10 @@ class Pipeline:
         if cache is not None and hasattr(cache, "agent_collect_stats"):
             out.update(cache.agent_collect_stats())
         out.update(self.rates.as_dict())
+        sampling = self.context.sampling()
         out.update(exported_flows_total=self.exported_flows, nat_events=self.nat_events,
-                   hook_errors=sum(self.hook_errors.values()))
+                   hook_errors=sum(self.hook_errors.values()),
+                   sampling_interval=sampling.interval if sampling else 1)
         return out
 
     def collect_stats(self) -> dict[str, Any]:

@@ -3,6 +3,12 @@
 Components receive it in ``agent_start(context)``. Ingest threads may call :meth:`emit`,
 :meth:`emit_nat_events` and :meth:`done` from any thread; everything else is for the pipeline
 thread.
+
+Packet sampling is a property of an ingest *source*, declared once
+(:meth:`RunContext.declare_sampling`) and read by exporters (:meth:`RunContext.sampling`), so
+nothing is added per packet or per record. The flow cache merges records of every source and
+keeps no source per flow, so one agent carries one sampling: a second source that declares a
+different one is refused at its start (run a second agent for it).
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.model import FlowBatch, NatEvent, PacketBatch
+from agent.model import SAMPLING_RANDOM, FlowBatch, NatEvent, PacketBatch, Sampling
 
 #: Queue item kinds understood by the pipeline loop.
 ITEM_PACKETS = "packets"
@@ -43,6 +49,8 @@ class RunContext:
     inbox: queue.SimpleQueue[tuple[str, Any]] = field(default_factory=queue.SimpleQueue)
     clock: Callable[[], int] = time.time_ns
     core_stats: Callable[[], dict[str, Any]] = dict
+    #: sampled sources: instance name -> its sampling (see :meth:`declare_sampling`)
+    samplings: dict[str, Sampling] = field(default_factory=dict)
 
     def emit(self, batch: PacketBatch | FlowBatch) -> None:
         """Hand a batch of packets or flow deltas to the pipeline (thread-safe, never blocks)."""
@@ -73,3 +81,40 @@ class RunContext:
     def stats(self) -> dict[str, Any]:
         """A snapshot of the core counters (ipt_NETFLOW names: ``traffic_packets``, ...)."""
         return self.core_stats()
+
+    def declare_sampling(self, source: str, interval: int,
+                         algorithm: int = SAMPLING_RANDOM) -> None:
+        """Say that ``source`` accounts one packet in ``interval`` and does not scale counters.
+
+        Call it from ``agent_start`` (pipeline thread), before emitting. Exporters then
+        announce it (NetFlow v5 header, v9 and IPFIX sampling options) so that collectors
+        scale the counts. ``interval`` 1 withdraws a declaration.
+
+        :param source: the ingest instance name (``self.name``), as in its batches.
+        :param interval: 1 packet in N is accounted (samplingInterval, IE 34).
+        :param algorithm: :data:`~agent.model.SAMPLING_RANDOM` or
+            :data:`~agent.model.SAMPLING_DETERMINISTIC` (samplingAlgorithm, IE 35).
+        :raises ValueError: bad values, or another source declared a different sampling:
+            flows of both meet in one cache and no collector could tell them apart.
+        """
+        sampling = Sampling(interval, algorithm)
+        if not sampling.sampled:
+            self.samplings.pop(source, None)
+            return
+        for other, theirs in self.samplings.items():
+            if other != source and theirs != sampling:
+                raise ValueError(
+                    f"{source} samples {sampling} but {other} samples {theirs}: one agent "
+                    "exports one sampling (flows of all sources share the cache); use the "
+                    "same sampling, or run a second agent for one of them")
+        self.samplings[source] = sampling
+
+    def forget_sampling(self, source: str) -> None:
+        """Drop ``source``'s declaration (the core calls it when the ingest is retired)."""
+        self.samplings.pop(source, None)
+
+    def sampling(self) -> Sampling | None:
+        """The sampling of the exported flows, or ``None`` when every packet is accounted."""
+        for sampling in self.samplings.values():
+            return sampling
+        return None
