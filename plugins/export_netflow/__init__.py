@@ -13,6 +13,10 @@ from agent import hookimpl
 from agent.errors import ConfigIssue
 from agent.registry import ComponentRegistry
 
+#: the NetFlow v5 header's 14-bit sampling interval limit (same as ``v5.SAMPLING_INTERVAL_MAX``;
+#: kept here so that a dry run does not import the encoders)
+SAMPLING_INTERVAL_MAX = 0x3FFF
+
 
 @hookimpl
 def agent_register_components(registry: ComponentRegistry) -> None:
@@ -27,6 +31,28 @@ def agent_register_components(registry: ComponentRegistry) -> None:
 
 @hookimpl
 def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue]:
+    """Cross-checks of v5 instances against the ingests (see the two helpers)."""
+    return _check_v5_ipv6_only(config) + _check_v5_sampling(config)
+
+
+def _check_v5_sampling(config: Any) -> list[ConfigIssue]:
+    """Refuse a v5 instance when an ingest samples beyond the v5 header's 14 bits.
+
+    The header holds intervals up to 16383; a clamped value would make collectors scale
+    every flow wrongly. Ingests that sample have an integer ``sampling`` key (1 in N).
+    """
+    worst = max((getattr(inst.config, "sampling", 1) for inst in config.by_stage("ingest")
+                 if isinstance(getattr(inst.config, "sampling", 1), int)), default=1)
+    if worst <= SAMPLING_INTERVAL_MAX:
+        return []
+    return [ConfigIssue(f"{inst.path}.protocol", f"an ingest samples 1/{worst} but the NetFlow "
+                        f"v5 header holds at most 1/{SAMPLING_INTERVAL_MAX}; use protocol = 9 "
+                        "or [[export.ipfix]], or a smaller sampling")
+            for inst in config.by_stage("export")
+            if inst.type_name == "netflow" and inst.config.protocol == 5 and inst.config.flows]
+
+
+def _check_v5_ipv6_only(config: Any) -> list[ConfigIssue]:
     """Warn when a v5 instance exports flows but every ingest can only see IPv6.
 
     NetFlow v5 cannot carry IPv6 (the seed: "use protocol 9 or 10"); such flows would all be

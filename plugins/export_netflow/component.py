@@ -9,6 +9,12 @@ non-blocking, loss counted, never blocking the pipeline thread.
 Template-based export (v9) puts templates into the next packet whenever a destination is
 unconnected, refusing (ICMP port unreachable) or just came back, so a collector that starts
 late decodes the very first packet it receives.
+
+Sampling: before each flow export the instance reads the agent's sampling
+(:meth:`agent.runtime.RunContext.sampling`, declared by the ingests); v5 puts it into every
+flow packet's header, v9 sends the sampling options record with the templates (and at once
+when the sampling changes). An interval over v5's 14 bits is not clamped: the header says 0
+and an error is logged, since a wrong rate would silently mis-scale every flow.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from typing import Any, TypeVar
 
 from agent import hookimpl
 from agent.errors import EncodeError
-from agent.model import NAT_START, FlowRecord, NatEvent
+from agent.model import NAT_START, FlowRecord, NatEvent, Sampling
 from agent.registry import Component
 from agent.runtime import RunContext
 from agent.transport.udp import UdpDestination
@@ -47,6 +53,7 @@ class ExporterStats:
     split: int = 0  # extra records from splitting counters over 32 bits
     encode_errors: int = 0  # records rejected by the encoder (out-of-range fields)
     pdus: int = 0  # datagrams encoded
+    sampling_interval: int = 1  # the sampling interval announced to collectors (1 = none)
 
 
 class NetflowExporter(Component):
@@ -70,6 +77,8 @@ class NetflowExporter(Component):
         self.policy = v9.RefreshPolicy(
             mtu=config.mtu, refresh_packets=config.refresh_rate,
             refresh_ns=config.timeout_rate * 60 * 1_000_000_000)
+        self.sampling: Sampling | None = None
+        self.sampling_options: list[tuple[v9.Template, bytes]] = []
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -107,6 +116,7 @@ class NetflowExporter(Component):
         if not self.config.flows or not records:
             return
         self.stats.flows_in += len(records)
+        self._sync_sampling()
         self._export(records, self._encode_flows)
 
     @hookimpl
@@ -119,6 +129,30 @@ class NetflowExporter(Component):
         self.stats.nat_start += starts
         self.stats.nat_stop += len(events) - starts
         self._export(events, self._encode_nat)
+
+    def _sync_sampling(self) -> None:
+        """Follow the agent's sampling; a change is announced with the next flows."""
+        assert self.context is not None, "agent_start was not called"
+        sampling = self.context.sampling()
+        if sampling == self.sampling:
+            return
+        self.sampling = sampling
+        interval = sampling.interval if sampling else 1
+        if self.config.protocol == 5:
+            try:
+                self.state.sampling_interval = v5.sampling_field(sampling)
+            except EncodeError as exc:
+                self.state.sampling_interval, interval = 0, 1
+                self.log.error("%s: %s: headers say 'not sampled'; use protocol = 9 or "
+                               "[[export.ipfix]] to announce it", self.name, exc)
+        else:
+            # after sampling stops, keep announcing 1/1 so the collector stops scaling
+            announce = sampling or (Sampling(1) if self.sampling_options else None)
+            self.sampling_options = v9.sampling_options(announce, self.config.engine_id)
+            for tpl, _ in self.sampling_options:  # resend at once
+                self.state.templates.pop(tpl.template_id, None)
+        self.stats.sampling_interval = interval
+        self.log.info("%s: announcing sampling %s", self.name, sampling or "off (1/1)")
 
     def _now_ns(self) -> int:
         assert self.context is not None, "agent_start was not called"
@@ -135,7 +169,8 @@ class NetflowExporter(Component):
         if self.config.protocol == 5:
             return v5.encode_flows(records, state, now_ns, tally)
         return v9.encode_flows(records, state, self.templates, self.policy, now_ns,
-                               counters64=self.config.counters64, tally=tally)
+                               counters64=self.config.counters64, tally=tally,
+                               options=self.sampling_options)
 
     def _encode_nat(self, events: Sequence[NatEvent], state: ExportState,
                     now_ns: int, tally: Tally) -> list[bytes]:

@@ -39,6 +39,8 @@ class ExportState:
     :param templates: template id -> when it was last sent.
     :param force_templates: put every needed template into the next packet (collector came
         back, or is refusing); cleared by the encoder after use.
+    :param sampling_interval: the v5 header's sampling field for flow packets (mode << 14 |
+        interval, see :func:`.v5.sampling_field`); 0 = every packet accounted.
     """
 
     boot_ns: int
@@ -48,6 +50,7 @@ class ExportState:
     flows: int = 0
     templates: dict[int, TemplateMark] = field(default_factory=dict)
     force_templates: bool = False
+    sampling_interval: int = 0
 
     def observe(self, now_ns: int, earliest_ns: int = 0) -> None:
         """Move the sysUpTime origin back so that ``now_ns`` and ``earliest_ns`` are >= it.

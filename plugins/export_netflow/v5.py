@@ -14,6 +14,9 @@ sysUpTime counts from the agent's start.
   records that share its key and times (:func:`split_counters`), as ipt_NETFLOW exports and
   restarts a flow before its counters wrap.
 * ICMP type/code travel in the destination port (``type << 8 | code``).
+* ``sampling_interval`` (header): mode in the top 2 bits (01 deterministic, 10 random), the
+  interval in the low 14 bits (:func:`sampling_field`); 0 when every packet is accounted.
+  NAT pseudo-flows are never sampled and always carry 0.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from agent.model import FlowRecord
+from agent.errors import EncodeError
+from agent.model import SAMPLING_DETERMINISTIC, FlowRecord, Sampling
 
 from .state import UINT32_MASK, ExportState
 
@@ -42,6 +46,28 @@ HEADER = struct.Struct("!HHIIIIBBH")
 RECORD = struct.Struct("!4s4s4sHHIIIIHHxBBBHHBB2x")
 
 _NO_ADDR = b"\0\0\0\0"
+
+#: the largest interval the header's 14 bits hold (ipt_NETFLOW's sampler limit too)
+SAMPLING_INTERVAL_MAX = 0x3FFF  # also in __init__.py (dry-run check)
+_MODE_DETERMINISTIC = 0b01
+_MODE_RANDOM = 0b10
+
+
+def sampling_field(sampling: Sampling | None) -> int:
+    """The header's ``sampling_interval`` for ``sampling``: mode << 14 | interval.
+
+    :param sampling: the agent's sampling, or ``None`` (every packet: 0).
+    :raises EncodeError: the interval exceeds :data:`SAMPLING_INTERVAL_MAX`; scaling by a
+        clamped value would be wrong, so the caller must decide (the exporter sends 0 and
+        says so).
+    """
+    if sampling is None or not sampling.sampled:
+        return 0
+    if sampling.interval > SAMPLING_INTERVAL_MAX:
+        raise EncodeError(f"sampling 1/{sampling.interval} does not fit the NetFlow v5 header "
+                          f"(14 bits, at most 1/{SAMPLING_INTERVAL_MAX})")
+    mode = _MODE_DETERMINISTIC if sampling.algorithm == SAMPLING_DETERMINISTIC else _MODE_RANDOM
+    return mode << 14 | sampling.interval
 
 
 @dataclass(slots=True)
@@ -123,11 +149,13 @@ def flow_bodies(
 
 
 def packets_from_bodies(
-    bodies: Sequence[bytes], state: ExportState, now_ns: int, tally: Tally
+    bodies: Sequence[bytes], state: ExportState, now_ns: int, tally: Tally, sampling: int = 0
 ) -> list[bytes]:
     """Cut packed records into packets of at most :data:`MAX_RECORDS`, with headers.
 
     Advances ``state.flows`` (flow_sequence) and ``state.packets``.
+
+    :param sampling: the header's ``sampling_interval`` (:func:`sampling_field`).
     """
     uptime = state.uptime_ms(now_ns)
     secs, nsecs = divmod(now_ns, 1_000_000_000)
@@ -136,7 +164,7 @@ def packets_from_bodies(
         chunk = bodies[start : start + MAX_RECORDS]
         header = HEADER.pack(
             VERSION, len(chunk), uptime, secs & UINT32_MASK, nsecs,
-            state.flows & UINT32_MASK, state.engine_type, state.source_id & 0xFF, 0,
+            state.flows & UINT32_MASK, state.engine_type, state.source_id & 0xFF, sampling,
         )
         datagrams.append(header + b"".join(chunk))
         state.flows += len(chunk)
@@ -154,9 +182,10 @@ def encode_flows(
     :param state: this exporter's state; sequence and uptime origin are updated.
     :param now_ns: the export clock (wall-clock ns; the capture clock during replay).
     :param tally: optional; receives per-packet record counts and the skipped count.
-    :return: the datagrams, in order.
+    :return: the datagrams, in order; their headers carry ``state.sampling_interval``.
     """
     tally = tally if tally is not None else Tally()
     earliest = min((r.start_ns for r in records if r.start_ns), default=0)
     state.observe(now_ns, earliest)
-    return packets_from_bodies(flow_bodies(records, state, tally), state, now_ns, tally)
+    return packets_from_bodies(flow_bodies(records, state, tally), state, now_ns, tally,
+                               state.sampling_interval)

@@ -17,6 +17,18 @@ Flow templates carry ipt_NETFLOW's base fields (interfaces, packets, octets, Fir
 protocol, TOS) plus addresses, ipVersion (60), ports (ICMP type/code in the destination port
 as ipt_NETFLOW does), TCP flags and direction (61); the "routed" variants add next hop and
 prefix lengths for records that know them (``shared/PROTOCOLS.md`` section 6.6).
+
+Sampling (RFC 3954 section 6.1 Options Templates, Cisco field types 34/35): when the agent's
+ingest samples, two Options Templates (FlowSet ID 1, scope System = the Source ID) and one
+record each open the packets that carry template refreshes, so a collector knows the rate
+before the flows it applies to. Data templates do not change.
+
+* 262: SAMPLING_INTERVAL (34, 4 bytes) + SAMPLING_ALGORITHM (35, 1 byte: 1 deterministic,
+  2 random), the complete description (softflowd sends this pair; pmacct, Wireshark and
+  current nfdump read it);
+* 263: SAMPLING_INTERVAL alone, because nfcapd 1.7.1 (Debian 12) ignores an options template
+  that also holds 35 but scales flows by one that holds 34 only (tested in
+  ``tests/export_netflow/test_netflow_sampling.py``).
 """
 
 from __future__ import annotations
@@ -25,13 +37,14 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from agent.model import FlowRecord
+from agent.model import FlowRecord, Sampling
 
 from .state import UINT32_MASK, ExportState, TemplateMark
 from .v5 import Tally, split_counters
 
 VERSION = 9
 TEMPLATE_FLOWSET_ID = 0
+OPTIONS_FLOWSET_ID = 1
 MIN_TEMPLATE_ID = 256
 COUNTER32_MAX = UINT32_MASK
 
@@ -41,6 +54,8 @@ HEADER = struct.Struct("!HHIIII")
 FLOWSET_HEADER = struct.Struct("!HH")
 # Template record header: template_id(2) field_count(2), then (type(2), length(2)) pairs
 TEMPLATE_HEADER = struct.Struct("!HH")
+# Options template header: template_id(2) option_scope_length(2) option_length(2), in bytes
+OPTIONS_TEMPLATE_HEADER = struct.Struct("!HHH")
 FIELD_SPEC = struct.Struct("!HH")
 
 _STRUCT_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}
@@ -51,6 +66,10 @@ TEMPLATE_FLOW4 = 256
 TEMPLATE_FLOW6 = 257
 TEMPLATE_FLOW4_ROUTED = 258
 TEMPLATE_FLOW6_ROUTED = 259
+TEMPLATE_SAMPLING = 262  # options: sampling interval and algorithm
+TEMPLATE_SAMPLING_INTERVAL = 263  # options: sampling interval only (nfdump 1.7.1)
+
+SCOPE_SYSTEM = 1  # RFC 3954 section 6.1 scope field types
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,17 +78,24 @@ class Template:
 
     :param template_id: >= 256.
     :param fields: ``((field_type, length), ...)`` in wire order.
+    :param scope_fields: > 0 makes an Options Template whose first ``scope_fields`` fields
+        are scope fields (types 1-5 of RFC 3954 section 6.1).
     """
 
     template_id: int
     fields: tuple[tuple[int, int], ...]
+    scope_fields: int = 0
     record: struct.Struct = field(init=False, compare=False)
     flowset: bytes = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         codes = "".join(_code(ftype, length) for ftype, length in self.fields)
         object.__setattr__(self, "record", struct.Struct("!" + codes))
-        object.__setattr__(self, "flowset", _template_flowset(self.template_id, self.fields))
+        if self.scope_fields:
+            flowset = _options_flowset(self.template_id, self.fields, self.scope_fields)
+        else:
+            flowset = _template_flowset(self.template_id, self.fields)
+        object.__setattr__(self, "flowset", flowset)
 
 
 _BYTES_FIELDS = frozenset({8, 12, 15, 27, 28, 62, 225, 226, 281, 282})
@@ -85,6 +111,40 @@ def _template_flowset(template_id: int, fields: Sequence[tuple[int, int]]) -> by
     body = TEMPLATE_HEADER.pack(template_id, len(fields))
     body += b"".join(FIELD_SPEC.pack(t, n) for t, n in fields)
     return FLOWSET_HEADER.pack(TEMPLATE_FLOWSET_ID, 4 + len(body)) + body
+
+
+def _options_flowset(template_id: int, fields: Sequence[tuple[int, int]], scopes: int) -> bytes:
+    """An Options Template FlowSet (ID 1) with one options template, padded to 4 bytes."""
+    scope_len, option_len = 4 * scopes, 4 * (len(fields) - scopes)
+    body = OPTIONS_TEMPLATE_HEADER.pack(template_id, scope_len, option_len)
+    body += b"".join(FIELD_SPEC.pack(t, n) for t, n in fields)
+    pad = -(4 + len(body)) % 4
+    return FLOWSET_HEADER.pack(OPTIONS_FLOWSET_ID, 4 + len(body) + pad) + body + bytes(pad)
+
+
+#: scope System (4 bytes: the Source ID), SAMPLING_INTERVAL, SAMPLING_ALGORITHM
+SAMPLING_TEMPLATE = Template(TEMPLATE_SAMPLING, ((SCOPE_SYSTEM, 4), (34, 4), (35, 1)), 1)
+#: scope System, SAMPLING_INTERVAL
+SAMPLING_INTERVAL_TEMPLATE = Template(TEMPLATE_SAMPLING_INTERVAL,
+                                      ((SCOPE_SYSTEM, 4), (34, 4)), 1)
+
+
+def sampling_options(sampling: Sampling | None, source_id: int) -> list[tuple[Template, bytes]]:
+    """The sampling options records for :func:`encode_flows` (see the module docstring).
+
+    :param sampling: the agent's sampling; ``None`` = nothing to announce (empty list). An
+        interval of 1 is encoded too: it tells a collector that sampling has stopped.
+    :param source_id: the scope value (System): this exporter's Source ID.
+    """
+    if sampling is None:
+        return []
+    scope = source_id & UINT32_MASK
+    return [
+        (SAMPLING_TEMPLATE,
+         SAMPLING_TEMPLATE.record.pack(scope, sampling.interval, sampling.algorithm)),
+        (SAMPLING_INTERVAL_TEMPLATE,
+         SAMPLING_INTERVAL_TEMPLATE.record.pack(scope, sampling.interval)),
+    ]
 
 
 # --- flow templates -------------------------------------------------------------------------
@@ -238,7 +298,8 @@ class _PacketBuilder:
         self.forced.add(tpl.template_id)
         self.state.templates[tpl.template_id] = TemplateMark(self.state.packets, self.now_ns)
 
-    def add_data(self, tpl: Template, bodies: Sequence[bytes]) -> None:
+    def add_data(self, tpl: Template, bodies: Sequence[bytes], data: bool = True) -> None:
+        """Add a data FlowSet; ``data=False`` for options records (not flow records)."""
         body = b"".join(bodies)
         pad = -(4 + len(body)) % 4
         self.parts.append(FLOWSET_HEADER.pack(tpl.template_id, 4 + len(body) + pad) + body)
@@ -246,7 +307,8 @@ class _PacketBuilder:
             self.parts.append(bytes(pad))
         self.room -= 4 + len(body) + pad
         self.count += len(bodies)
-        self.data_records += len(bodies)
+        if data:
+            self.data_records += len(bodies)
 
     def fitting(self, tpl: Template, available: int) -> int:
         """How many records of ``tpl`` fit into one padded data FlowSet in ``self.room``."""
@@ -278,14 +340,21 @@ def assemble(
     policy: RefreshPolicy,
     now_ns: int,
     tally: Tally,
+    options: Sequence[tuple[Template, bytes]] = (),
 ) -> list[bytes]:
     """Pack grouped data records (and due templates) into packets of at most ``policy.mtu``.
 
     :param groups: ``(template, packed records)`` pairs; records must match the template.
+    :param options: ``(options template, record)`` pairs sent first, only when their
+        template is due (first use, refresh, forced), so they follow the template cadence.
     :return: the datagrams; ``state.packets`` and template marks are updated.
     :raises ValueError: the MTU cannot hold one template plus one record.
     """
     builder = _PacketBuilder(state, policy, now_ns, tally)
+    if groups:
+        for tpl, record in options:
+            if builder.template_due(tpl):
+                _assemble_group(builder, tpl, [record], data=False)
     for tpl, bodies in groups:
         _assemble_group(builder, tpl, bodies)
     builder.flush()
@@ -293,7 +362,8 @@ def assemble(
     return builder.datagrams
 
 
-def _assemble_group(builder: _PacketBuilder, tpl: Template, bodies: Sequence[bytes]) -> None:
+def _assemble_group(builder: _PacketBuilder, tpl: Template, bodies: Sequence[bytes],
+                    data: bool = True) -> None:
     size, i, n = tpl.record.size, 0, len(bodies)
     smallest = len(tpl.flowset) + 4 + size + 3
     if smallest > builder.policy.mtu - HEADER.size:
@@ -308,7 +378,7 @@ def _assemble_group(builder: _PacketBuilder, tpl: Template, bodies: Sequence[byt
         if k == 0:
             builder.flush()
             continue
-        builder.add_data(tpl, bodies[i : i + k])
+        builder.add_data(tpl, bodies[i : i + k], data)
         i += k
 
 
@@ -321,6 +391,7 @@ def encode_flows(
     *,
     counters64: bool = False,
     tally: Tally | None = None,
+    options: Sequence[tuple[Template, bytes]] = (),
 ) -> list[bytes]:
     """Encode flow records as NetFlow v9 export packets.
 
@@ -331,10 +402,12 @@ def encode_flows(
     :param now_ns: the export clock, wall-clock ns.
     :param counters64: must match how ``templates`` were built.
     :param tally: optional; receives data records per packet and split counts.
+    :param options: options records (:func:`sampling_options`) that open the packet whenever
+        their template is due.
     :return: the datagrams, in order.
     """
     tally = tally if tally is not None else Tally()
     earliest = min((r.start_ns for r in records if r.start_ns), default=0)
     state.observe(whole_second(now_ns), earliest)
     groups = flow_groups(records, templates, state, counters64, tally)
-    return assemble(groups, state, policy, now_ns, tally)
+    return assemble(groups, state, policy, now_ns, tally, options)
