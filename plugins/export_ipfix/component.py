@@ -11,7 +11,10 @@ This module owns the I/O side of IPFIX export; the encoders (``ipfix.py``, ``nel
 * **TCP** (section 10.4): one :class:`~.tcp.TcpDestination` per destination with its own
   session, spool and reconnect backoff.
 * **File** (RFC 5655): :class:`~.file.IpfixFile` when ``path`` is set.
-* Every ``options_interval_s``: the statistics Options Data Records and the interface names.
+* Every ``options_interval_s``: the statistics Options Data Records and the interface names,
+  and, while an ingest samples (``RunContext.sampling``), the sampling records; these are
+  also sent at once when the sampling changes (before the flows it applies to) and on every
+  new TCP connection before the spool.
 
 Lost records (send errors, broken TCP connections, full spool, encode errors) are counted
 with their packets and octets; they feed ``notSent*`` in the exporting reliability record.
@@ -27,7 +30,7 @@ from typing import Any
 
 from agent import hookimpl
 from agent.errors import EncodeError
-from agent.model import FlowRecord, NatEvent
+from agent.model import FlowRecord, NatEvent, Sampling
 from agent.registry import Component
 from agent.runtime import RunContext
 from agent.transport.udp import UdpDestination, address_family
@@ -46,9 +49,11 @@ from .ipfix import (
 from .nel import NEL_LAYOUTS, encode_nat_groups
 from .options import (
     OPTIONS_TEMPLATES,
+    SAMPLING_TEMPLATES,
     InterfaceNames,
     Statistics,
     interface_names_group,
+    sampling_groups,
     statistics_groups,
 )
 from .spool import KIND_FLOW, KIND_NAT, Item, Spool
@@ -76,12 +81,15 @@ class IpfixExporter(Component):
         self.interfaces = InterfaceNames()
         self.templates: dict[int, Template] = self._all_templates()
         self.max_udp_message = 0
+        self.sampling: Sampling | None = None
+        self.sampling_records: list[DataGroup] = []
         self._next_options_ns = 0
         self._start_wall_ms = 0
         self.counters: dict[str, int] = dict.fromkeys(
             ("flows_in", "nat_events_in", "encode_errors", "lost_records", "lost_packets",
              "lost_octets", "nat_time_fixed", "udp_messages", "udp_records", "udp_octets",
              "options_rounds"), 0)
+        self.counters["sampling_interval"] = 1  # announced to collectors (1 = none)
 
     def _all_templates(self) -> dict[int, Template]:
         out: dict[int, Template] = {}
@@ -135,6 +143,7 @@ class IpfixExporter(Component):
                         self._spool_path(endpoint, context), log=self.log),
             encode=self._encode_items,
             templates=self.template_list,
+            connect_records=self._sampling_copy,
             totals=self._message_totals,
             max_message=cfg.mtu,
             source=cfg.source,
@@ -173,6 +182,7 @@ class IpfixExporter(Component):
         if not self.cfg.flows or not records:
             return
         self.counters["flows_in"] += len(records)
+        self._sync_sampling()
         if self.cfg.options_interval_s:
             self.interfaces.note(map(_IN_IF, records), map(_OUT_IF, records))
         if self.tcp:
@@ -216,6 +226,24 @@ class IpfixExporter(Component):
         if self.cfg.options_interval_s and time.monotonic_ns() >= self._next_options_ns:
             self._next_options_ns = time.monotonic_ns() + int(self.cfg.options_interval_s * 1e9)
             self._send_options()
+
+    def _sync_sampling(self) -> None:
+        """Follow the agent's sampling; announce a change before the flows it applies to."""
+        sampling = self.context.sampling() if self.context is not None else None
+        if sampling == self.sampling:
+            return
+        self.sampling = sampling
+        # after sampling stops, keep announcing 1/1 so that collectors stop scaling
+        announce = sampling or (Sampling(1) if self.sampling_records else None)
+        self.sampling_records = sampling_groups(announce, self.cfg.observation_domain_id)
+        if self.sampling_records:
+            self.templates.update((t.template_id, t) for t in SAMPLING_TEMPLATES)
+            self._send_groups(self._sampling_copy())
+        self.counters["sampling_interval"] = sampling.interval if sampling else 1
+        self.log.info("%s: announcing sampling %s", self.name, sampling or "off (1/1)")
+
+    def _sampling_copy(self) -> list[DataGroup]:
+        return list(self.sampling_records)
 
     # --- encoding helpers ------------------------------------------------------------------
 
@@ -323,7 +351,7 @@ class IpfixExporter(Component):
         decoder that drops them then loses nothing else.
         """
         odid = self.cfg.observation_domain_id
-        out = [statistics_groups(self.statistics(), odid, odid)]
+        out = [statistics_groups(self.statistics(), odid, odid) + self.sampling_records]
         names = interface_names_group(self.interfaces.snapshot(), odid)
         if names is not None:
             out.append([names])
@@ -334,12 +362,16 @@ class IpfixExporter(Component):
             return
         self.counters["options_rounds"] += 1
         for groups in self.options_groups():
-            if self.udp:
-                self._send_udp(groups)
-            for d in self.tcp:
-                d.send_now(groups)
-            if self.file is not None:
-                self.file.write(groups)
+            self._send_groups(groups)
+
+    def _send_groups(self, groups: list[DataGroup]) -> None:
+        """Send options records now to every destination (not spooled) and the file."""
+        if self.udp:
+            self._send_udp(groups)
+        for d in self.tcp:
+            d.send_now(groups)
+        if self.file is not None:
+            self.file.write(groups)
 
     # --- stats -----------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""IPFIX Options Templates and Options Data Records: reliability statistics and ifName.
+"""IPFIX Options Templates and Options Data Records: statistics, ifName and sampling.
 
 RFC 7011 section 4 recommends three statistics Options Templates; ipt_NETFLOW sends the same
 three (PROTOCOLS.md 6.6), and this module follows its field choice:
@@ -15,6 +15,13 @@ three (PROTOCOLS.md 6.6), and this module follows its field choice:
 
 Interface names: scope observationDomainId(149) + ingressInterface(10) (the ifIndex that flow
 records carry in 10 and 14), value interfaceName(82) as a variable-length string (section 7).
+Sampling (sent only while an ingest samples): scope observationDomainId(149) with
+samplingInterval(34) and samplingAlgorithm(35) (1 deterministic, 2 random), the complete
+description; and scope 149 with samplingInterval(34) alone, because nfcapd 1.7.1 (Debian 12)
+ignores a record that also carries 35 but scales flows by one with 34 only. IANA marks 34/35
+deprecated in favour of the RFC 5477 selector IEs (302-311), but the selector reports
+(selectorAlgorithm 304) are not understood by nfcapd 1.7.1 at all, so 34/35 it is.
+
 Every Options Template has a scope field count > 0 (section 3.4.2.2).
 """
 
@@ -26,6 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from agent.ie import VARIABLE_LENGTH
+from agent.model import Sampling
 
 from .ipfix import DataGroup, Template, encode_varlen
 
@@ -33,6 +41,8 @@ METERING_STATS_ID = 272
 METERING_RELIABILITY_ID = 273
 EXPORTING_RELIABILITY_ID = 274
 INTERFACE_NAMES_ID = 275
+SAMPLING_ID = 276
+SAMPLING_INTERVAL_ID = 277
 
 METERING_STATS = Template(
     METERING_STATS_ID, ((149, 4), (41, 8), (42, 8), (40, 8), (163, 8)), 1, "metering-stats")
@@ -45,7 +55,12 @@ EXPORTING_RELIABILITY = Template(
 INTERFACE_NAMES = Template(
     INTERFACE_NAMES_ID, ((149, 4), (10, 4), (82, VARIABLE_LENGTH)), 2, "interface-names")
 
-#: Every Options Template this exporter sends.
+SAMPLING = Template(SAMPLING_ID, ((149, 4), (34, 4), (35, 1)), 1, "sampling")
+SAMPLING_INTERVAL = Template(SAMPLING_INTERVAL_ID, ((149, 4), (34, 4)), 1, "sampling-interval")
+#: the sampling Options Templates (announced only once an ingest declared a sampling)
+SAMPLING_TEMPLATES = (SAMPLING, SAMPLING_INTERVAL)
+
+#: Every Options Template this exporter sends from the start.
 OPTIONS_TEMPLATES = (METERING_STATS, METERING_RELIABILITY, EXPORTING_RELIABILITY,
                      INTERFACE_NAMES)
 
@@ -53,6 +68,8 @@ _METERING_STATS = struct.Struct("!IQQQQ")
 _METERING_RELIABILITY = struct.Struct("!IQQQQ")
 _EXPORTING_RELIABILITY = struct.Struct("!IQQQQQ")
 _INTERFACE_SCOPE = struct.Struct("!II")
+_SAMPLING = struct.Struct("!IIB")
+_SAMPLING_INTERVAL = struct.Struct("!II")
 _U64 = (1 << 64) - 1
 
 
@@ -154,3 +171,19 @@ class InterfaceNames:
             except OSError:
                 self.unresolved += 1
         return names
+
+
+def sampling_groups(sampling: Sampling | None, observation_domain_id: int) -> list[DataGroup]:
+    """The two sampling Options Data Records (see the module docstring).
+
+    :param sampling: the agent's sampling; ``None`` = nothing to announce (empty list). An
+        interval of 1 is encoded too: it tells a collector that sampling has stopped.
+    :param observation_domain_id: the scope field.
+    """
+    if sampling is None:
+        return []
+    odid = observation_domain_id
+    return [
+        DataGroup(SAMPLING, [_SAMPLING.pack(odid, sampling.interval, sampling.algorithm)]),
+        DataGroup(SAMPLING_INTERVAL, [_SAMPLING_INTERVAL.pack(odid, sampling.interval)]),
+    ]

@@ -77,6 +77,8 @@ class TcpDestination:
     :param spool: the queue for this destination.
     :param encode: turns spool items into data groups (flows, NAT events).
     :param templates: every template of the exporter, sent on each new connection.
+    :param connect_records: records sent right after the templates on each new connection,
+        before the spool (sampling options: the collector must know the rate first).
     :param totals: ``totals(message) -> (records, packets, octets)`` for loss accounting.
     :param max_message: largest message in octets.
     :param source: local ``addr[:port]`` to bind, ``""`` = any.
@@ -94,6 +96,7 @@ class TcpDestination:
         spool: Spool,
         encode: Callable[[list[Item]], list[DataGroup]],
         templates: Callable[[], Sequence[Template]],
+        connect_records: Callable[[], list[DataGroup]] | None = None,
         totals: Callable[[bytes], tuple[int, int, int]],
         max_message: int = 65535,
         source: str = "",
@@ -111,6 +114,7 @@ class TcpDestination:
         self.spool = spool
         self._encode = encode
         self._templates = templates
+        self._connect_records = connect_records
         self._totals = totals
         self.max_message = max_message
         self.sndbuf = sndbuf
@@ -234,7 +238,8 @@ class TcpDestination:
         self._in_flight.clear()
         self.log.info("%s: connected (session %d, %d records spooled)", self.endpoint,
                       self.stats.connects, len(self.spool))
-        self._queue_messages([], templates=self._templates())
+        first = self._connect_records() if self._connect_records is not None else []
+        self._queue_messages(first, templates=self._templates())
         self._flush_pending()
         self.pump()
 
