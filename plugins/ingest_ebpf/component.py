@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from agent import hookimpl
-from agent.model import FlowBatch
+from agent.model import SAMPLING_RANDOM, FlowBatch
 from agent.registry import Component
 from agent.runtime import RunContext
 
@@ -56,6 +56,9 @@ class EbpfIngest(Component):
 
         cfg = self.config
         self.context = context
+        # the kernel keeps 1 packet in N at random (bpf_get_prandom_u32() % N) and counts
+        # unscaled: exporters announce it to collectors (raises on a conflicting declaration)
+        context.declare_sampling(self.name, cfg.sampling, SAMPLING_RANDOM)
         self.loader = Loader(maxflows=cfg.maxflows, sampling=cfg.sampling,
                              percpu=cfg.map_type == "percpu",
                              overflow_ring_bytes=cfg.overflow_ring_kb * 1024)
