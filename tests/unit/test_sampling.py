@@ -52,16 +52,30 @@ def test_a_different_sampling_from_another_source_is_refused(other):
     ctx.declare_sampling("ingest.ebpf[0]", *other)  # the same source may change its own
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def test_pipeline_warns_once_about_unsampled_flows_and_reports_the_interval(
-        make_agent, collecting_plugin, caplog):
+        make_agent, collecting_plugin):
     agent = make_agent("[[ingest.fake]]\n[[export.collect]]\n", [collecting_plugin])
     pipeline = agent.pipeline
     pipeline.context.declare_sampling("ingest.ebpf[0]", 10)
     key = make_key(4, 17, b"\x0a\0\0\1", b"\x0a\0\0\2", 1, 2)
-    with caplog.at_level(logging.WARNING, logger="agent.pipeline"):
+    handler = _Records()  # the CLI tests may have stopped propagation to the root logger
+    logger = logging.getLogger("agent.pipeline")
+    logger.addHandler(handler)
+    try:
         for _ in range(2):
             pipeline.dispatch("packets", PacketBatch("ingest.pcap[0]", [(key, 100, 0, 1, 0)]))
             pipeline.dispatch("flows", FlowBatch("ingest.ebpf[0]", [FlowDelta(key, 1, 100, 1, 2)]))
-    warnings = [r for r in caplog.records if "accounts every packet" in r.getMessage()]
+    finally:
+        logger.removeHandler(handler)
+    warnings = [r for r in handler.records if "accounts every packet" in r.getMessage()]
     assert len(warnings) == 1 and "ingest.pcap[0]" in warnings[0].getMessage()
     assert pipeline.core_stats()["sampling_interval"] == 10
