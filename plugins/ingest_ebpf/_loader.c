@@ -17,6 +17,9 @@
 #include <stddef.h>
 #include <string.h>
 #include <unistd.h>
+#include <linux/membarrier.h>
+#include <sys/random.h>
+#include <sys/syscall.h>
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
@@ -74,7 +77,12 @@ typedef struct {
 	int ncpu;		/* value slots per key: possible CPUs, or 1 for the shared map */
 	__u32 capacity;		/* rows the drain buffers hold */
 	void *keys, *vals;	/* drain buffers */
-	struct flow_record *out;
+	int slots_fd[FLOW_MAPS];
+	__u32 slots;		/* per-CPU flow slots (0 = none) */
+	int slot_ncpu;		/* possible CPUs: values per slot index */
+	__u32 *slot_keys;	/* 0..slots-1, then the indexes a drain zeroes */
+	struct flow_record *slot_vals, *slot_zero;
+	struct flow_record *out;	/* capacity + slots * slot_ncpu rows */
 	struct ring_buffer *rb;	/* overflow ring, NULL when off */
 	struct flow_record *ring_out;	/* overflow events of one consume() */
 	size_t ring_len, ring_cap;
@@ -93,7 +101,12 @@ static void loader_release(Loader *self)
 	free(self->keys);
 	free(self->vals);
 	free(self->out);
+	free(self->slot_keys);
+	free(self->slot_vals);
+	free(self->slot_zero);
 	self->keys = self->vals = self->out = NULL;
+	self->slot_keys = NULL;
+	self->slot_vals = self->slot_zero = NULL;
 }
 
 static void Loader_dealloc(Loader *self)
@@ -132,17 +145,25 @@ static int on_overflow_event(void *ctx, void *data, size_t size)
 
 static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 {
-	static char *kwlist[] = { "maxflows", "sampling", "percpu", "overflow_ring_bytes", NULL };
-	unsigned int maxflows = 65536, sampling = 1, ring_bytes = 0, ring_size = 4096;
-	int percpu = 1, err;
+	static char *kwlist[] = { "maxflows", "sampling", "percpu", "overflow_ring_bytes",
+				  "precise_clock", "slots", NULL };
+	unsigned int maxflows = 65536, sampling = 1, ring_bytes = 0, ring_size = 4096, slots = 0;
+	int percpu = 1, precise_clock = 0, err;
 	enum bpf_map_type type;
+	__u64 seed = 0;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "|IIpI", kwlist, &maxflows, &sampling, &percpu,
-					 &ring_bytes))
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "|IIpIpI", kwlist, &maxflows, &sampling,
+					 &percpu, &ring_bytes, &precise_clock, &slots))
 		return -1;
-	if (maxflows < 1 || sampling < 1 || ring_bytes > (1u << 30)) {
+	if (maxflows < 1 || sampling < 1 || ring_bytes > (1u << 30) ||
+	    (slots & (slots - 1)) || slots > (1u << 24)) {
 		PyErr_SetString(PyExc_ValueError,
-				"maxflows and sampling must be >= 1, overflow_ring_bytes <= 1 GiB");
+				"maxflows and sampling must be >= 1, overflow_ring_bytes <= 1 GiB, "
+				"slots 0 or a power of two <= 2^24");
+		return -1;
+	}
+	if (slots && getrandom(&seed, sizeof(seed), 0) != sizeof(seed)) {
+		raise_errno(errno, "getrandom (slot seed)");
 		return -1;
 	}
 	while (ring_size < ring_bytes)	/* a power of two, at least a page */
@@ -157,6 +178,11 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	self->skel->rodata->sampling = sampling;	/* rodata knobs */
 	self->skel->rodata->percpu = (__u8)percpu;
 	self->skel->rodata->use_overflow = ring_bytes > 0;
+	self->skel->rodata->precise_clock = (__u8)precise_clock;
+	self->skel->rodata->slot_mask = slots ? slots - 1 : 0;
+	self->skel->rodata->slot_seed = seed;
+	bpf_map__set_max_entries(self->skel->maps.slots_a, slots ? slots : 1);
+	bpf_map__set_max_entries(self->skel->maps.slots_b, slots ? slots : 1);
 	bpf_map__set_max_entries(self->skel->maps.overflow, ring_size);
 	type = percpu ? BPF_MAP_TYPE_PERCPU_HASH : BPF_MAP_TYPE_HASH;
 	struct bpf_map *maps[FLOW_MAPS] = { self->skel->maps.flows_a, self->skel->maps.flows_b };
@@ -172,6 +198,9 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	}
 	for (int i = 0; i < FLOW_MAPS; i++)
 		self->flows_fd[i] = bpf_map__fd(maps[i]);
+	self->slots_fd[0] = bpf_map__fd(self->skel->maps.slots_a);
+	self->slots_fd[1] = bpf_map__fd(self->skel->maps.slots_b);
+	self->slots = slots;
 	if (ring_bytes) {
 		self->rb = ring_buffer__new(bpf_map__fd(self->skel->maps.overflow),
 					    on_overflow_event, self, NULL);
@@ -185,8 +214,27 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	self->capacity = maxflows + 64;	/* slack: a drain never needs more than max_entries */
 	self->keys = calloc(self->capacity, sizeof(struct flow_key));
 	self->vals = calloc((size_t)self->capacity * self->ncpu, sizeof(struct flow_metrics));
-	self->out = calloc(self->capacity, sizeof(struct flow_record));
-	if (self->ncpu < 1 || !self->keys || !self->vals || !self->out) {
+	self->slot_ncpu = libbpf_num_possible_cpus();
+	if (self->ncpu < 1 || self->slot_ncpu < 1) {
+		loader_release(self);
+		PyErr_SetString(PyExc_OSError, "cannot count the possible CPUs");
+		return -1;
+	}
+	if (slots) {
+		size_t rows = (size_t)slots * self->slot_ncpu;
+
+		self->slot_keys = calloc(slots, sizeof(__u32));
+		self->slot_vals = calloc(rows, sizeof(struct flow_record));
+		self->slot_zero = calloc(rows, sizeof(struct flow_record));
+		if (!self->slot_keys || !self->slot_vals || !self->slot_zero) {
+			loader_release(self);
+			PyErr_NoMemory();
+			return -1;
+		}
+	}
+	self->out = calloc(self->capacity + (size_t)slots * self->slot_ncpu,
+			   sizeof(struct flow_record));
+	if (!self->keys || !self->vals || !self->out) {
 		loader_release(self);
 		PyErr_NoMemory();
 		return -1;
@@ -308,6 +356,22 @@ static PyObject *Loader_set_active(Loader *self, PyObject *args)
 	Py_RETURN_NONE;
 }
 
+/*
+ * synchronize() -> True once every BPF program that was running has returned; False when the
+ * kernel cannot say (nohz_full, or no membarrier). MEMBARRIER_CMD_GLOBAL is synchronize_rcu(),
+ * and the programs run inside RCU read-side sections (softirq / bottom halves off), so after
+ * set_active() + synchronize() no program still writes to the old table.
+ */
+static PyObject *Loader_synchronize(Loader *self, PyObject *unused)
+{
+	long err;
+
+	Py_BEGIN_ALLOW_THREADS
+	err = syscall(__NR_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0);
+	Py_END_ALLOW_THREADS
+	return PyBool_FromLong(err == 0);
+}
+
 /* Sum the per-CPU slots of n drained entries into self->out; returns the records kept. */
 static __u32 sum_records(Loader *self, __u32 n)
 {
@@ -339,7 +403,51 @@ static __u32 sum_records(Loader *self, __u32 n)
 	return kept;
 }
 
-/* drain(index) -> bytes: every entry of flow table `index`, deleted, as flow_record rows. */
+/*
+ * Append the taken slots of slot array `index` to self->out[*kept...] (one row per CPU's slot:
+ * different CPUs may hold different flows at one index) and zero them again. Exact without
+ * atomics because no program writes to this array until the next set_active().
+ */
+static int drain_slots(Loader *self, __u32 index, __u32 *kept)
+{
+	__u32 in_batch = 0, out_batch = 0, n = 0, used = 0, count;
+	int fd = self->slots_fd[index], err = 0, first = 1;
+
+	while (n < self->slots) {
+		count = self->slots - n;
+		err = bpf_map_lookup_batch(fd, first ? NULL : &in_batch, &out_batch,
+					   self->slot_keys + n,
+					   self->slot_vals + (size_t)n * self->slot_ncpu, &count, NULL);
+		n += count;
+		first = 0;
+		if (err)
+			break;
+		in_batch = out_batch;
+	}
+	if (err && err != -ENOENT)
+		return err;
+	for (__u32 i = 0; i < n; i++) {
+		int taken = 0;
+
+		for (int c = 0; c < self->slot_ncpu; c++) {
+			const struct flow_record *r = &self->slot_vals[(size_t)i * self->slot_ncpu + c];
+
+			if (!r->m.packets)
+				continue;
+			self->out[(*kept)++] = *r;
+			taken = 1;
+		}
+		if (taken)
+			self->slot_keys[used++] = self->slot_keys[i];	/* i >= used: in place */
+	}
+	if (!used)
+		return 0;
+	count = used;
+	return bpf_map_update_batch(fd, self->slot_keys, self->slot_zero, &count, NULL);
+}
+
+/* drain(index) -> bytes: every entry of flow table `index` (and its slots), emptied, as
+ * flow_record rows. */
 static PyObject *Loader_drain(Loader *self, PyObject *args)
 {
 	__u32 index, n = 0, kept = 0, in_batch = 0, out_batch = 0;
@@ -368,9 +476,12 @@ static PyObject *Loader_drain(Loader *self, PyObject *args)
 	if (err == -ENOENT)	/* end of the table */
 		err = 0;
 	kept = sum_records(self, n);
+	if (!err && self->slots)
+		err = drain_slots(self, index, &kept);
 	Py_END_ALLOW_THREADS
 	if (err)
-		return raise_errno(err, "BPF_MAP_LOOKUP_AND_DELETE_BATCH");
+		return raise_errno(err, self->slots ? "drain the flow table and slots"
+						   : "BPF_MAP_LOOKUP_AND_DELETE_BATCH");
 	return PyBytes_FromStringAndSize((const char *)self->out,
 					 (Py_ssize_t)kept * sizeof(struct flow_record));
 }
@@ -465,6 +576,8 @@ static PyMethodDef Loader_methods[] = {
 	  "tc_destroy_clsact(ifindex) -> True if a clsact qdisc was removed" },
 	{ "set_active", (PyCFunction)Loader_set_active, METH_VARARGS,
 	  "set_active(index): flow table the programs write to" },
+	{ "synchronize", (PyCFunction)Loader_synchronize, METH_NOARGS,
+	  "synchronize() -> True when every running BPF program has returned (RCU grace period)" },
 	{ "drain", (PyCFunction)Loader_drain, METH_VARARGS,
 	  "drain(index) -> bytes of flow_record rows; the table is emptied" },
 	{ "consume", (PyCFunction)Loader_consume, METH_NOARGS,
@@ -479,7 +592,8 @@ static PyMethodDef Loader_methods[] = {
 static PyTypeObject LoaderType = {
 	PyVarObject_HEAD_INIT(NULL, 0)
 	.tp_name = "plugins.ingest_ebpf._loader.Loader",
-	.tp_doc = "Loader(maxflows=65536, sampling=1, percpu=True, overflow_ring_bytes=0)",
+	.tp_doc = "Loader(maxflows=65536, sampling=1, percpu=True, overflow_ring_bytes=0, "
+		  "precise_clock=False, slots=0)",
 	.tp_basicsize = sizeof(Loader),
 	.tp_flags = Py_TPFLAGS_DEFAULT,
 	.tp_new = PyType_GenericNew,
@@ -541,6 +655,7 @@ PyMODINIT_FUNC PyInit__loader(void)
 	ADD_INT(m, "CNT_FULL_BYTES", CNT_FULL_BYTES);
 	ADD_INT(m, "CNT_UPDATE_ERR", CNT_UPDATE_ERR);
 	ADD_INT(m, "CNT_RING_PACKETS", CNT_RING_PACKETS);
+	ADD_INT(m, "CNT_SLOT_PACKETS", CNT_SLOT_PACKETS);
 	return m;
 fail:
 	Py_DECREF(m);

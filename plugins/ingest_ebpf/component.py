@@ -2,10 +2,11 @@
 
 The BPF programs (``bpf/flow.bpf.c``) keep per-flow counters in a double-buffered hash map;
 every ``poll_interval_ms`` this component points the programs at the other table, waits for
-in-flight programs to leave the old one, drains it with ``BPF_MAP_LOOKUP_AND_DELETE_BATCH``
-(``_loader.c``, GIL released) and emits a :class:`~agent.model.FlowBatch`. The cache applies
-the active/inactive timeouts and FIN/RST, exactly as for packet ingests. Interfaces matching
-the configured globs are attached at start and whenever a rescan finds new ones.
+in-flight programs to leave the old one (an RCU grace period), drains it with
+``BPF_MAP_LOOKUP_AND_DELETE_BATCH`` (``_loader.c``, GIL released) and emits a
+:class:`~agent.model.FlowBatch`. The cache applies the active/inactive timeouts and FIN/RST,
+exactly as for packet ingests. Interfaces matching the configured globs are attached at start
+and whenever a rescan finds new ones.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from .attach import Attacher, NetnsScope, matching_links
 from .config import Config
 from .decode import CounterTracker, decode_records, merge_deltas, monotonic_to_wall_offset
 
-#: time for programs that read the old table index to finish (they run for microseconds with
-#: bottom halves off); a straggler later than this lands in the idle table, drained next time.
+#: when the kernel cannot wait for an RCU grace period (nohz_full): time for programs that read
+#: the old table index to finish (they run for microseconds with bottom halves off); a
+#: straggler later than this lands in the idle table and is drained next time.
 FLIP_GRACE_S = 0.005
 
 
@@ -61,11 +63,12 @@ class EbpfIngest(Component):
         context.declare_sampling(self.name, cfg.sampling, SAMPLING_RANDOM)
         self.loader = Loader(maxflows=cfg.maxflows, sampling=cfg.sampling,
                              percpu=cfg.map_type == "percpu",
-                             overflow_ring_bytes=cfg.overflow_ring_kb * 1024)
+                             overflow_ring_bytes=cfg.overflow_ring_kb * 1024,
+                             precise_clock=cfg.timestamps == "precise", slots=cfg.cpu_slots)
         self.loader.set_active(self.active)
-        self.log.info("%s: loaded BPF programs %s (maxflows %d, %s map, sampling 1/%d)",
-                      self.name, self.loader.prog_ids(), cfg.maxflows, cfg.map_type,
-                      cfg.sampling)
+        self.log.info("%s: loaded BPF programs %s (maxflows %d, %s map, %d slots per CPU, "
+                      "sampling 1/%d)", self.name, self.loader.prog_ids(), cfg.maxflows,
+                      cfg.map_type, cfg.cpu_slots, cfg.sampling)
         self.attacher = Attacher(self.loader, cfg.mode, cfg.direction)
         try:
             self._rescan(initial=True)
@@ -137,7 +140,8 @@ class EbpfIngest(Component):
         started = time.perf_counter()
         old, self.active = self.active, 1 - self.active
         self.loader.set_active(self.active)
-        time.sleep(FLIP_GRACE_S)
+        if not self.loader.synchronize():  # an RCU grace period: no program is still in `old`
+            time.sleep(FLIP_GRACE_S)
         data = self.loader.drain(old)
         offset = monotonic_to_wall_offset()
         flows = decode_records(data, offset)

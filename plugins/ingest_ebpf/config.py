@@ -33,6 +33,11 @@ class Config:
     maxflows: int = option(
         65536, doc="Flow table size in the kernel: distinct flows per poll interval; packets "
                    "of flows beyond it are counted as dropped.", min=16, max=2**24)
+    cpu_slots: int = option(
+        4096, doc="Per-CPU flow slots checked before the hash table (a power of two; 0 = "
+                  "none): a flow in a slot costs one array lookup instead of a hash walk. "
+                  "The kernel then holds up to maxflows + cpu_slots per CPU flows per poll "
+                  "interval; memory 2 x cpu_slots x CPUs x 88 bytes.", min=0, max=2**20)
     overflow_ring_kb: int = option(
         256, doc="Ring buffer that carries packets of new flows while the kernel table is "
                  "full (rounded up to a power of two); 0 = count them as dropped instead.",
@@ -42,6 +47,10 @@ class Config:
     rescan_interval_ms: int = option(
         2000, doc="How often interfaces are listed to attach new matching ones.",
         min=100, max=600000)
+    timestamps: Literal["tick", "precise"] = option(
+        "tick", doc='Flow start/end times: "tick" reads the clock once per jiffy and CPU '
+                    '(precision 1/HZ, 4 ms at HZ=250, as ipt_NETFLOW; about 30 ns per packet '
+                    'less) or "precise" (read for every packet).')
     map_type: Literal["percpu", "shared"] = option(
         "percpu", doc='"percpu": per-CPU hash, no atomics; "shared": one hash with atomic '
                       "adds (kernel 5.12+, less memory on many CPUs).")
@@ -54,6 +63,9 @@ class Config:
                 issues.append(ConfigIssue(
                     f"interfaces[{i}]",
                     f"'{pattern}' is not an interface name or glob (1-15 characters, no '/')"))
+        if self.cpu_slots & (self.cpu_slots - 1):
+            issues.append(ConfigIssue(
+                "cpu_slots", f"{self.cpu_slots} is not a power of two (or 0 for none)"))
         if self.mode == "xdp" and self.direction != "ingress":
             issues.append(ConfigIssue(
                 "direction", 'mode = "xdp" sees only ingress traffic; set direction = '

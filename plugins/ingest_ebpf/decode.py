@@ -32,6 +32,7 @@ COUNTER_NAMES = (
     "full_bytes",
     "update_errors",
     "ring_packets",
+    "slot_packets",
 )
 
 

@@ -64,11 +64,15 @@ enum flow_counter {
 	CNT_FULL_BYTES,		/* their bytes */
 	CNT_UPDATE_ERR,		/* other map update failures (ENOMEM), packets */
 	CNT_RING_PACKETS,	/* packets of full-table flows sent through the overflow ring */
+	CNT_SLOT_PACKETS,	/* packets accounted in a per-CPU slot (the rest went to the hash) */
 	CNT_MAX,
 };
 
+/* One per CPU: the counters, then the tick clock's cache (not counters: never summed). */
 struct flow_counters {
 	__u64 v[CNT_MAX];
+	__u64 clock_jiffies;	/* jiffies when this CPU last read the monotonic clock */
+	__u64 clock_ns;		/* what it read then (CLOCK_MONOTONIC ns) */
 };
 
 /* The flow maps are double-buffered: the program writes to flows[active], userspace flips

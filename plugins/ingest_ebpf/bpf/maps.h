@@ -20,6 +20,19 @@ struct flow_map {
 struct flow_map flows_a SEC(".maps");
 struct flow_map flows_b SEC(".maps");
 
+/* Per-CPU direct-mapped flow slots, checked before the hash: one array lookup (inlined by
+ * the verifier) and a key compare instead of a hash walk. A flow whose slot another flow holds
+ * goes to the hash. Double-buffered with the hash tables (flow_active picks both); the loader
+ * sizes them (a power of two) or leaves them at one entry when `cpu_slots = 0`. */
+struct slot_map {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct flow_record);
+};
+struct slot_map slots_a SEC(".maps");
+struct slot_map slots_b SEC(".maps");
+
 /* Which flow table the program writes: 0 = flows_a, 1 = flows_b. Written by userspace. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
