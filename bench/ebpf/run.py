@@ -4,7 +4,10 @@ Scenarios, run in turn in the same invocation (rounds interleaved, medians repor
 observing the receiving end of one veth link between two fresh namespaces:
 
 * ``none``: nothing attached (the sender's unobserved rate);
+* ``empty-tcx``: a TCX program that returns at once (``empty.bpf.c``): what any tc observer
+  costs before it does any work;
 * ``agent``: ``agent`` with ``[[ingest.ebpf]]`` (TCX, both directions) exporting JSON lines;
+* ``agent-hash``: the same with ``cpu_slots = 0`` (every packet walks the hash table);
 * ``agent-shared``: the same with ``map_type = "shared"`` (one hash, atomic adds);
 * ``softflowd``: softflowd on the interface (libpcap) exporting NetFlow v9 to nfcapd;
 * ``pmacctd``: pmacctd (libpcap) with the nfprobe plugin exporting NetFlow v9 to nfcapd.
@@ -140,6 +143,7 @@ class BpfStats:
 class Agent(Tool):
     name = "agent"
     map_type = "percpu"
+    extra = ""
 
     def kernel_stats(self) -> tuple[int, int]:
         """The agent's programs' ``(run_time_ns, run_cnt)`` so far."""
@@ -157,6 +161,7 @@ interfaces = ["{self.ifname}"]
 netns = "{self.b.name}"
 mode = "tcx"
 map_type = "{self.map_type}"
+{self.extra}
 
 [[export.log]]
 path = "{self.out}"
@@ -185,6 +190,38 @@ class AgentShared(Agent):
 
     name = "agent-shared"
     map_type = "shared"
+
+
+TCX_ATTACH = """
+import ctypes, socket, sys
+lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+fd = lib.bpf_obj_get(sys.argv[1].encode())
+err = lib.bpf_prog_attach(fd, socket.if_nametoindex(sys.argv[2]), 46, 0)  # BPF_TCX_INGRESS
+sys.exit(f"TCX attach failed: {err}" if fd < 0 or err else 0)
+"""
+
+
+class EmptyTcx(Tool):
+    """A TCX program that only returns ``TCX_NEXT``: the floor any tc observer pays here."""
+
+    name = "empty-tcx"
+
+    def start(self) -> None:
+        obj = self.tmp / "empty.bpf.o"
+        subprocess.run(["clang", "-O2", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu",
+                        "-c", str(Path(__file__).with_name("empty.bpf.c")), "-o", str(obj)],
+                       check=True)
+        self.fs = self.tmp / "bpffs"
+        self.fs.mkdir()
+        subprocess.run(["mount", "-t", "bpf", "bpf", str(self.fs)], check=True)
+        pin = self.fs / "empty"
+        subprocess.run(["bpftool", "prog", "load", str(obj), str(pin), "type", "tc"], check=True)
+        # bpftool 7.1 cannot attach TCX: libbpf's bpf_prog_attach(fd, ifindex, BPF_TCX_INGRESS)
+        self.b.run([sys.executable, "-c", TCX_ATTACH, str(pin), self.ifname])
+
+    def stop(self) -> None:
+        """The namespace's veth takes the attachment with it; the pin goes with the mount."""
+        subprocess.run(["umount", str(self.fs)], check=True)
 
 
 class NfcapdTool(Tool):
@@ -251,7 +288,15 @@ plugin_buffer_size: 20480
         return ["pmacctd", "-f", str(conf)]
 
 
-TOOLS = {"none": Tool, "agent": Agent, "agent-shared": AgentShared, "softflowd": Softflowd,
+class AgentHashOnly(Agent):
+    """The agent without per-CPU slots: every packet walks the kernel hash table."""
+
+    name = "agent-hash"
+    extra = "cpu_slots = 0"
+
+
+TOOLS = {"none": Tool, "empty-tcx": EmptyTcx, "agent": Agent, "agent-hash": AgentHashOnly,
+         "agent-shared": AgentShared, "softflowd": Softflowd,
          "pmacctd": Pmacctd}
 
 
