@@ -216,8 +216,14 @@ class EmptyTcx(Tool):
         subprocess.run(["mount", "-t", "bpf", "bpf", str(self.fs)], check=True)
         pin = self.fs / "empty"
         subprocess.run(["bpftool", "prog", "load", str(obj), str(pin), "type", "tc"], check=True)
+        prog = json.loads(subprocess.run(["bpftool", "-j", "prog", "show", "pinned", str(pin)],
+                                         capture_output=True, text=True, check=True).stdout)
+        self.prog_id = prog["id"]
         # bpftool 7.1 cannot attach TCX: libbpf's bpf_prog_attach(fd, ifindex, BPF_TCX_INGRESS)
         self.b.run([sys.executable, "-c", TCX_ATTACH, str(pin), self.ifname])
+
+    def kernel_stats(self) -> tuple[int, int]:
+        return bpf_run_stats({self.prog_id})
 
     def stop(self) -> None:
         """The namespace's veth takes the attachment with it; the pin goes with the mount."""
@@ -307,11 +313,13 @@ def one_run(kind: str, args: argparse.Namespace, blast: str) -> dict:
                f"{BASE_PORT}:{BASE_PORT + args.flows - 1}", "-j", "DROP"])
         tool = TOOLS[kind](a, b, pair.b.ifname, Path(t), args.flows)
         tool.start()
-        stats = args.bpf_stats and isinstance(tool, Agent)
+        time.sleep(args.settle)  # start-up work (imports, first scans) is not flood work
+        stats = args.bpf_stats and isinstance(tool, (Agent, EmptyTcx))
         with BpfStats() if stats else contextlib.nullcontext():
             k0 = tool.kernel_stats()
             cpu0 = tool.cpu()
-            out = a.run(["timeout", str(args.seconds + 10), blast, pair.b.addr,
+            pin = ["taskset", "-c", str(args.pin)] if args.pin is not None else []
+            out = a.run([*pin, "timeout", str(args.seconds + 10), blast, pair.b.addr,
                          str(BASE_PORT), str(args.flows), str(args.seconds),
                          str(args.max_packets), str(PAYLOAD)]).stdout.split()
             cpu = tool.cpu() - cpu0
@@ -354,8 +362,15 @@ def main() -> None:
     ap.add_argument("--bpf-stats", action="store_true",
                     help="measure the BPF programs' run time (BPF_ENABLE_STATS adds two clock "
                          "reads per run, so sender ratios of such runs are pessimistic)")
+    ap.add_argument("--settle", type=float, default=2.0,
+                    help="seconds between a tool's start and the flood, for every tool")
+    ap.add_argument("--pin", type=int, metavar="CPU",
+                    help="run the sender (and so the receive path it drives) on CPU and "
+                         "everything else, the observers included, on the other CPUs")
     ap.add_argument("--json", help="write raw results here")
     args = ap.parse_args()
+    if args.pin is not None:
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)) - {args.pin})
     with tempfile.TemporaryDirectory() as tmp:
         blast = build_blast(Path(tmp))
         results: dict[str, list[dict]] = {k: [] for k in ["none", *args.only] if k in TOOLS}
