@@ -142,6 +142,7 @@ class BpfStats:
 
 class Agent(Tool):
     name = "agent"
+    mode = "tcx"
     map_type = "percpu"
     extra = ""
 
@@ -159,7 +160,7 @@ class Agent(Tool):
 [[ingest.ebpf]]
 interfaces = ["{self.ifname}"]
 netns = "{self.b.name}"
-mode = "tcx"
+mode = "{self.mode}"
 map_type = "{self.map_type}"
 {self.extra}
 
@@ -294,6 +295,14 @@ plugin_buffer_size: 20480
         return ["pmacctd", "-f", str(conf)]
 
 
+class AgentXdp(Agent):
+    """The agent with ``mode = "xdp"`` (ingress only; veth then receives through NAPI)."""
+
+    name = "agent-xdp"
+    mode = "xdp"
+    extra = 'direction = "ingress"'
+
+
 class AgentHashOnly(Agent):
     """The agent without per-CPU slots: every packet walks the kernel hash table."""
 
@@ -302,7 +311,7 @@ class AgentHashOnly(Agent):
 
 
 TOOLS = {"none": Tool, "empty-tcx": EmptyTcx, "agent": Agent, "agent-hash": AgentHashOnly,
-         "agent-shared": AgentShared, "softflowd": Softflowd,
+         "agent-xdp": AgentXdp,          "agent-shared": AgentShared, "softflowd": Softflowd,
          "pmacctd": Pmacctd}
 
 

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <linux/membarrier.h>
+#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/syscall.h>
 #include <bpf/bpf.h>
@@ -77,11 +78,10 @@ typedef struct {
 	int ncpu;		/* value slots per key: possible CPUs, or 1 for the shared map */
 	__u32 capacity;		/* rows the drain buffers hold */
 	void *keys, *vals;	/* drain buffers */
-	int slots_fd[FLOW_MAPS];
 	__u32 slots;		/* per-CPU flow slots (0 = none) */
-	int slot_ncpu;		/* possible CPUs: values per slot index */
-	__u32 *slot_keys;	/* 0..slots-1, then the indexes a drain zeroes */
-	struct flow_record *slot_vals, *slot_zero;
+	int slot_ncpu;		/* possible CPUs: slot arrays hold slots * slot_ncpu entries */
+	struct flow_record *slot_mem[FLOW_MAPS];	/* the slot arrays, mmapped */
+	size_t slot_len;	/* bytes of each mapping */
 	struct flow_record *out;	/* capacity + slots * slot_ncpu rows */
 	struct ring_buffer *rb;	/* overflow ring, NULL when off */
 	struct flow_record *ring_out;	/* overflow events of one consume() */
@@ -101,12 +101,12 @@ static void loader_release(Loader *self)
 	free(self->keys);
 	free(self->vals);
 	free(self->out);
-	free(self->slot_keys);
-	free(self->slot_vals);
-	free(self->slot_zero);
+	for (int i = 0; i < FLOW_MAPS; i++) {
+		if (self->slot_mem[i])
+			munmap(self->slot_mem[i], self->slot_len);
+		self->slot_mem[i] = NULL;
+	}
 	self->keys = self->vals = self->out = NULL;
-	self->slot_keys = NULL;
-	self->slot_vals = self->slot_zero = NULL;
 }
 
 static void Loader_dealloc(Loader *self)
@@ -140,6 +140,27 @@ static int on_overflow_event(void *ctx, void *data, size_t size)
 	r->m.bytes = e->bytes;
 	r->m.first_ns = r->m.last_ns = e->ts_ns;
 	r->m.tcp_flags = e->tcp_flags;
+	return 0;
+}
+
+/* mmap both slot arrays (BPF_F_MMAPABLE, kernel 5.5+); raises and returns -1 on failure. */
+static int map_slots(Loader *self)
+{
+	struct bpf_map *maps[FLOW_MAPS] = { self->skel->maps.slots_a, self->skel->maps.slots_b };
+	long page = sysconf(_SC_PAGESIZE);
+	size_t len = (size_t)self->slots * self->slot_ncpu * sizeof(struct flow_record);
+
+	self->slot_len = (len + page - 1) / page * page;
+	for (int i = 0; i < FLOW_MAPS; i++) {
+		void *mem = mmap(NULL, self->slot_len, PROT_READ | PROT_WRITE, MAP_SHARED,
+				 bpf_map__fd(maps[i]), 0);
+
+		if (mem == MAP_FAILED) {
+			raise_errno(errno, "mmap the flow slots");
+			return -1;
+		}
+		self->slot_mem[i] = mem;
+	}
 	return 0;
 }
 
@@ -179,10 +200,16 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	self->skel->rodata->percpu = (__u8)percpu;
 	self->skel->rodata->use_overflow = ring_bytes > 0;
 	self->skel->rodata->precise_clock = (__u8)precise_clock;
+	self->slot_ncpu = libbpf_num_possible_cpus();
+	if (self->slot_ncpu < 1) {
+		raise_errno(self->slot_ncpu, "count the possible CPUs");
+		loader_release(self);
+		return -1;
+	}
 	self->skel->rodata->slot_mask = slots ? slots - 1 : 0;
 	self->skel->rodata->slot_seed = seed;
-	bpf_map__set_max_entries(self->skel->maps.slots_a, slots ? slots : 1);
-	bpf_map__set_max_entries(self->skel->maps.slots_b, slots ? slots : 1);
+	bpf_map__set_max_entries(self->skel->maps.slots_a, slots ? slots * self->slot_ncpu : 1);
+	bpf_map__set_max_entries(self->skel->maps.slots_b, slots ? slots * self->slot_ncpu : 1);
 	bpf_map__set_max_entries(self->skel->maps.overflow, ring_size);
 	type = percpu ? BPF_MAP_TYPE_PERCPU_HASH : BPF_MAP_TYPE_HASH;
 	struct bpf_map *maps[FLOW_MAPS] = { self->skel->maps.flows_a, self->skel->maps.flows_b };
@@ -198,9 +225,11 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	}
 	for (int i = 0; i < FLOW_MAPS; i++)
 		self->flows_fd[i] = bpf_map__fd(maps[i]);
-	self->slots_fd[0] = bpf_map__fd(self->skel->maps.slots_a);
-	self->slots_fd[1] = bpf_map__fd(self->skel->maps.slots_b);
 	self->slots = slots;
+	if (slots && map_slots(self)) {
+		loader_release(self);
+		return -1;
+	}
 	if (ring_bytes) {
 		self->rb = ring_buffer__new(bpf_map__fd(self->skel->maps.overflow),
 					    on_overflow_event, self, NULL);
@@ -214,23 +243,10 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	self->capacity = maxflows + 64;	/* slack: a drain never needs more than max_entries */
 	self->keys = calloc(self->capacity, sizeof(struct flow_key));
 	self->vals = calloc((size_t)self->capacity * self->ncpu, sizeof(struct flow_metrics));
-	self->slot_ncpu = libbpf_num_possible_cpus();
-	if (self->ncpu < 1 || self->slot_ncpu < 1) {
+	if (self->ncpu < 1) {
 		loader_release(self);
 		PyErr_SetString(PyExc_OSError, "cannot count the possible CPUs");
 		return -1;
-	}
-	if (slots) {
-		size_t rows = (size_t)slots * self->slot_ncpu;
-
-		self->slot_keys = calloc(slots, sizeof(__u32));
-		self->slot_vals = calloc(rows, sizeof(struct flow_record));
-		self->slot_zero = calloc(rows, sizeof(struct flow_record));
-		if (!self->slot_keys || !self->slot_vals || !self->slot_zero) {
-			loader_release(self);
-			PyErr_NoMemory();
-			return -1;
-		}
 	}
 	self->out = calloc(self->capacity + (size_t)slots * self->slot_ncpu,
 			   sizeof(struct flow_record));
@@ -404,46 +420,22 @@ static __u32 sum_records(Loader *self, __u32 n)
 }
 
 /*
- * Append the taken slots of slot array `index` to self->out[*kept...] (one row per CPU's slot:
- * different CPUs may hold different flows at one index) and zero them again. Exact without
- * atomics because no program writes to this array until the next set_active().
+ * Append the taken slots of slot array `index` to self->out[*kept...] and zero them. The
+ * array is mmapped: no syscall per slot. Exact without atomics because no program writes to
+ * this array between synchronize() and the next set_active(). One row per taken slot: two
+ * CPUs may hold the same flow, or one flow may also be in the hash; the cache adds them.
  */
-static int drain_slots(Loader *self, __u32 index, __u32 *kept)
+static void drain_slots(Loader *self, __u32 index, __u32 *kept)
 {
-	__u32 in_batch = 0, out_batch = 0, n = 0, used = 0, count;
-	int fd = self->slots_fd[index], err = 0, first = 1;
+	struct flow_record *slot = self->slot_mem[index];
+	size_t n = (size_t)self->slots * self->slot_ncpu;
 
-	while (n < self->slots) {
-		count = self->slots - n;
-		err = bpf_map_lookup_batch(fd, first ? NULL : &in_batch, &out_batch,
-					   self->slot_keys + n,
-					   self->slot_vals + (size_t)n * self->slot_ncpu, &count, NULL);
-		n += count;
-		first = 0;
-		if (err)
-			break;
-		in_batch = out_batch;
+	for (size_t i = 0; i < n; i++, slot++) {
+		if (!slot->m.packets)
+			continue;
+		self->out[(*kept)++] = *slot;
+		memset(slot, 0, sizeof(*slot));
 	}
-	if (err && err != -ENOENT)
-		return err;
-	for (__u32 i = 0; i < n; i++) {
-		int taken = 0;
-
-		for (int c = 0; c < self->slot_ncpu; c++) {
-			const struct flow_record *r = &self->slot_vals[(size_t)i * self->slot_ncpu + c];
-
-			if (!r->m.packets)
-				continue;
-			self->out[(*kept)++] = *r;
-			taken = 1;
-		}
-		if (taken)
-			self->slot_keys[used++] = self->slot_keys[i];	/* i >= used: in place */
-	}
-	if (!used)
-		return 0;
-	count = used;
-	return bpf_map_update_batch(fd, self->slot_keys, self->slot_zero, &count, NULL);
 }
 
 /* drain(index) -> bytes: every entry of flow table `index` (and its slots), emptied, as
@@ -477,11 +469,10 @@ static PyObject *Loader_drain(Loader *self, PyObject *args)
 		err = 0;
 	kept = sum_records(self, n);
 	if (!err && self->slots)
-		err = drain_slots(self, index, &kept);
+		drain_slots(self, index, &kept);
 	Py_END_ALLOW_THREADS
 	if (err)
-		return raise_errno(err, self->slots ? "drain the flow table and slots"
-						   : "BPF_MAP_LOOKUP_AND_DELETE_BATCH");
+		return raise_errno(err, "BPF_MAP_LOOKUP_AND_DELETE_BATCH");
 	return PyBytes_FromStringAndSize((const char *)self->out,
 					 (Py_ssize_t)kept * sizeof(struct flow_record));
 }

@@ -310,13 +310,13 @@ static __always_inline int key_equal(const struct flow_key *a, const struct flow
 }
 
 /* Account the packet in this CPU's slot for its key; 0 when another flow holds the slot (the
- * caller then uses the hash). No atomics: a per-CPU value is only written by its own CPU, and
- * the programs do not nest on one CPU. */
+ * caller then uses the hash). No atomics: a CPU's slots are only written by that CPU, and the
+ * programs do not nest on one CPU (softirq / bottom halves off). */
 static __always_inline int slot_account(void *slots, struct pkt_info *pi, __u64 segs,
 					__u64 bytes, struct flow_counters *cnt)
 {
-	__u32 idx = slot_index(&pi->key);
-	struct flow_record *s = bpf_map_lookup_elem(slots, &idx);
+	__u32 idx = bpf_get_smp_processor_id() * (slot_mask + 1) + slot_index(&pi->key);
+	struct flow_record *s = bpf_map_lookup_elem(slots, &idx);	/* NULL past the end */
 
 	if (!s)
 		return 0;

@@ -22,10 +22,13 @@ struct flow_map flows_b SEC(".maps");
 
 /* Per-CPU direct-mapped flow slots, checked before the hash: one array lookup (inlined by
  * the verifier) and a key compare instead of a hash walk. A flow whose slot another flow holds
- * goes to the hash. Double-buffered with the hash tables (flow_active picks both); the loader
- * sizes them (a power of two) or leaves them at one entry when `cpu_slots = 0`. */
+ * goes to the hash. CPU c owns entries [c * slots, (c + 1) * slots): a plain array rather
+ * than a per-CPU one so that userspace can mmap it and drain it without a syscall per slot.
+ * Double-buffered with the hash tables (flow_active picks both); the loader sizes them
+ * (slots x possible CPUs) or leaves them at one entry when `cpu_slots = 0`. */
 struct slot_map {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct flow_record);
