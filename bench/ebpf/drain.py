@@ -2,8 +2,9 @@
 
 Fills the kernel flow table with N distinct flows (one UDP packet per destination port from
 ``blast.c`` through a veth in fresh namespaces), then times ``Loader.drain()`` (the C part:
-``BPF_MAP_LOOKUP_AND_DELETE_BATCH`` and the per-CPU sum, GIL released) and
-``decode_records()`` (Python: agent keys and FlowDelta objects). Medians of ``--runs``.
+``BPF_MAP_LOOKUP_AND_DELETE_BATCH`` and the per-CPU sum, plus the scan of the mmapped
+per-CPU slots, GIL released) and ``decode_records()`` (Python: agent keys and FlowDelta
+objects). Medians of ``--runs``.
 
 Run as root: ``python3 bench/ebpf/drain.py [--runs 5]``.
 """
@@ -32,6 +33,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--flows", type=int, nargs="*", default=[1000, 10000, 60000])
+    ap.add_argument("--slots", type=int, default=4096,
+                    help="per-CPU flow slots (the agent's cpu_slots; 0 = hash only)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, Netns() as a, Netns() as b:
         blast = str(Path(tmp) / "blast")
@@ -39,7 +42,7 @@ def main() -> None:
                        check=True)
         pair = veth_pair(a, b)
         b.run(["iptables", "-t", "raw", "-A", "PREROUTING", "-p", "udp", "-j", "DROP"])
-        loader = Loader(maxflows=65536)
+        loader = Loader(maxflows=65536, slots=args.slots)
         loader.set_active(0)
         attacher = Attacher(loader, "tcx", "ingress")
         with NetnsScope(b.name):
