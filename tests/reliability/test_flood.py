@@ -150,7 +150,8 @@ table inet nfaflood {{
 def test_ebpf_flood_small_maxflows(pair, tmp_path):
     a, b = pair.a, pair.b
     ingest = (f'[[ingest.ebpf]]\ninterfaces = ["{b.ifname}"]\nnetns = "{b.ns.name}"\n'
-              f'mode = "tcx"\ndirection = "ingress"\nmaxflows = 1024\npoll_interval_ms = 100\n')
+              f'mode = "tcx"\ndirection = "ingress"\nmaxflows = 1024\ncpu_slots = 16\n'
+              f'poll_interval_ms = 100\n')
     with AgentProc(tmp_path, _config(tmp_path, ingest)) as agent:
         agent.start(ready="attached")
         rx_before = _rx_packets(b)
