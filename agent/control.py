@@ -33,6 +33,7 @@ from typing import Any
 
 import msgpack
 
+from agent import privileges
 from agent.runtime import ITEM_CALL
 
 log = logging.getLogger("agent.control")
@@ -276,6 +277,7 @@ class ControlServer:
                 log.warning("control socket accept failed: %s", exc)
                 continue
             with conn:
+                privileges.follow()  # before the request: give up root's capabilities
                 self._handle(conn)
 
     def _handle(self, conn: socket.socket) -> None:

@@ -15,11 +15,14 @@ How (capabilities(7), prctl(2), capset(2)):
    capabilities, so programs the agent runs (``nft`` for managed rules) keep them across
    ``execve``; then ``PR_SET_KEEPCAPS`` is cleared. The pipeline thread is the one that
    reloads, adds/removes rules and detaches programs; threads it starts later inherit its set.
-
-Limitation: ``capset`` only changes the calling thread. Other threads (ingest readers) run
-as the user with an empty effective set, but their permitted set is what root had when they
-started. Under systemd the unit's ``CapabilityBoundingSet`` limits every thread to the
-listed capabilities, which is the boundary to rely on (packaging/systemd/netflow-agent.service).
+4. ``capset`` only changes the calling thread: threads started before the drop (ingest
+   readers, the control server) still hold root's permitted set, with an empty effective set.
+   Each of them calls :func:`follow` in its loop **before it handles input** (a datagram, an
+   event, a request, a drained table), which gives that thread the pipeline thread's sets once;
+   later calls cost an attribute lookup. Input that could exploit a parser therefore never
+   meets a thread that could raise root's capabilities. Plugin threads do the same
+   (docs/hooks.md). Under systemd the unit's ``CapabilityBoundingSet`` bounds every thread in
+   addition (packaging/systemd/netflow-agent.service).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import grp
 import logging
 import os
 import pwd
+import threading
 from dataclasses import dataclass
 
 log = logging.getLogger("agent.privileges")
@@ -151,6 +155,30 @@ def _prctl_ambient_raise(cap: int) -> None:
         raise PrivilegeError(f"PR_CAP_AMBIENT_RAISE {mask_names(1 << cap)}: {os.strerror(err)}")
 
 
+class _DropState:
+    """What :func:`drop` left the pipeline thread with (capabilities are per thread)."""
+
+    def __init__(self) -> None:
+        self.mask: int | None = None  # None: no drop happened (still root, or no user)
+        self.thread = threading.local()  # .followed: this thread already took the mask
+
+
+_DROP = _DropState()
+
+
+def follow() -> None:
+    """In a thread of the agent: take the capability sets the drop left (once; cheap after).
+
+    Call it in every loop that handles input, before handling it. A no-op until
+    :func:`drop` ran, and in threads that already followed or started after the drop.
+    """
+    mask = _DROP.mask
+    if mask is None or getattr(_DROP.thread, "followed", False):
+        return
+    _capset(mask, mask, mask)  # this thread only: permitted shrinks to the kept set
+    _DROP.thread.followed = True
+
+
 def prepare() -> None:
     """Before any thread starts: keep permitted capabilities across the coming UID switch."""
     if os.geteuid() == 0:
@@ -181,6 +209,8 @@ def drop(identity: Identity, keep: list[str]) -> list[str]:
         if wanted >> n & 1:  # programs we run (nft) keep them across execve(2)
             _prctl_ambient_raise(n)
     _prctl(PR_SET_KEEPCAPS, 0)
+    _DROP.mask = wanted
+    _DROP.thread.followed = True
     if os.getuid() != identity.uid or os.geteuid() != identity.uid:
         raise PrivilegeError("the UID did not change")
     kept = mask_names(wanted)

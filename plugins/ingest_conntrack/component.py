@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any
 
-from agent import hookimpl
+from agent import hookimpl, privileges
 from agent.model import NAT_START, NAT_STOP, NatEvent
 from agent.registry import Component
 from agent.runtime import RunContext
@@ -194,6 +194,7 @@ class ConntrackIngest(Component):
             poller.poll(self._poll_timeout_ms(next_resync if interval_ns else None))
             if self._stop.is_set():
                 return
+            privileges.follow()  # before reading: this thread gives up root's capabilities
             try:
                 if self._drain():
                     self._resync(reason="overrun")

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from agent import hookimpl
+from agent import hookimpl, privileges
 from agent.model import SAMPLING_RANDOM, FlowBatch
 from agent.registry import Component
 from agent.runtime import RunContext
@@ -120,6 +120,7 @@ class EbpfIngest(Component):
         next_rescan = time.monotonic() + rescan_every
         last_rescan_error = ""
         while not self._stop.wait(poll_s):
+            privileges.follow()  # this thread gives up root's capabilities after the drop
             try:
                 self._drain()
             except Exception:  # keep draining: a lost tick must not stop accounting

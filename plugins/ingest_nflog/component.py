@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Any
 
-from agent import hookimpl
+from agent import hookimpl, privileges
 from agent.errors import ComponentUnavailable
 from agent.registry import Component
 from agent.runtime import RunContext
@@ -86,7 +86,9 @@ class GroupReader:
             self.poller.register(self.sock.sock.fileno(), select.POLLIN)
             pause = self.owner.config.coalesce_ms / 1000
             while not self.stopping.is_set():
-                if self.poller.poll(_POLL_S * 1000) and not self._drain() and pause:
+                ready = self.poller.poll(_POLL_S * 1000)
+                privileges.follow()  # before reading: this thread gives up root's capabilities
+                if ready and not self._drain() and pause:
                     self.stopping.wait(pause)  # let kernel batches gather: one wakeup for many
             self._finish()
         except Exception:

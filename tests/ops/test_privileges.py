@@ -1,6 +1,7 @@
 """``[agent] user``: the agent sets up NFLOG (socket, managed nft rules) as root, then runs as
-the configured user with only the kept capabilities, keeps accounting traffic, answers
-``agent stats``, and removes its rules at exit (which needs the kept CAP_NET_ADMIN)."""
+the configured user with only the kept capabilities (in every thread, the readers started as
+root included), keeps accounting traffic, answers ``agent stats``, and removes its rules at
+exit (which needs the kept CAP_NET_ADMIN)."""
 
 from __future__ import annotations
 
@@ -35,8 +36,10 @@ def system_user() -> Iterator[pwd.struct_passwd]:
         subprocess.run(["userdel", USER], check=True)
 
 
-def proc_status(pid: int) -> dict[str, str]:
-    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+def proc_status(pid: int, tid: str = "") -> dict[str, str]:
+    """``/proc/PID/status`` (or one thread's) as a dict."""
+    path = Path(f"/proc/{pid}/task/{tid}/status" if tid else f"/proc/{pid}/status")
+    lines = path.read_text().splitlines()
     return {k: v.strip() for k, _, v in (line.partition(":") for line in lines)}
 
 
@@ -75,6 +78,11 @@ path = "{out}"
         traffic = send_udp(pair.a.ns, pair.b.addr, 5001, 12, 64, peer=pair.b.ns)
         expected = traffic.truth.table()
         agent.wait_for(lambda s: s["cache"]["traffic_packets"] >= 12, what="UDP accounted")
+        for task in Path(f"/proc/{agent.proc.pid}/task").iterdir():
+            thread = proc_status(agent.proc.pid, task.name)
+            # never more than the kept set (a thread that held none at the switch has none)
+            assert int(thread["CapPrm"], 16) & ~effective == 0, (task.name, thread["CapPrm"])
+            assert int(thread["CapEff"], 16) & ~effective == 0, (task.name, thread["CapEff"])
     finally:
         code = agent.stop()
     assert code == 0, agent.log()
