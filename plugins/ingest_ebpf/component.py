@@ -1,16 +1,20 @@
 """``[[ingest.ebpf]]``: flows aggregated in the kernel, drained into the cache every tick.
 
-The BPF programs (``bpf/flow.bpf.c``) keep per-flow counters in a double-buffered hash map;
+The BPF programs (``bpf/flow.bpf.c``) keep per-flow counters in double-buffered per-CPU slots
+and hash map;
 every ``poll_interval_ms`` this component points the programs at the other table, waits for
 in-flight programs to leave the old one (an RCU grace period), drains it with
 ``BPF_MAP_LOOKUP_AND_DELETE_BATCH`` (``_loader.c``, GIL released) and emits a
 :class:`~agent.model.FlowBatch`. The cache applies the active/inactive timeouts and FIN/RST,
 exactly as for packet ingests. Interfaces matching the configured globs are attached at start
-and whenever a rescan finds new ones.
+and whenever a rescan finds new ones: at once on a link notification (``linkwatch.py``), and
+every ``rescan_interval_ms`` in any case.
 """
 
 from __future__ import annotations
 
+import os
+import select
 import threading
 import time
 from typing import Any
@@ -23,6 +27,7 @@ from agent.runtime import RunContext
 from .attach import Attacher, NetnsScope, matching_links
 from .config import Config
 from .decode import CounterTracker, decode_records, merge_deltas, monotonic_to_wall_offset
+from .linkwatch import LinkWatch
 
 #: when the kernel cannot wait for an RCU grace period (nohz_full): time for programs that read
 #: the old table index to finish (they run for microseconds with bottom halves off); a
@@ -47,6 +52,8 @@ class EbpfIngest(Component):
         self.stats = {"drains": 0, "flows_drained": 0, "overflow_flows": 0, "drain_ms_last": 0.0,
                       "attach_errors": 0, "interfaces": 0}
         self._stop = threading.Event()
+        self._wake = -1  # eventfd that ends the drain thread's wait at stop
+        self._last_rescan_error = ""
         self._thread: threading.Thread | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -75,6 +82,7 @@ class EbpfIngest(Component):
         except BaseException:
             self._release()
             raise
+        self._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
@@ -83,8 +91,12 @@ class EbpfIngest(Component):
         """Detach everything, emit what the tables still hold, unload."""
         self._stop.set()
         if self._thread is not None:
+            os.eventfd_write(self._wake, 1)
             self._thread.join()
             self._thread = None
+        if self._wake >= 0:
+            os.close(self._wake)
+            self._wake = -1
         if self.loader is None:
             return
         self._detach_everything()
@@ -115,26 +127,58 @@ class EbpfIngest(Component):
     # --- drain thread ------------------------------------------------------------------------
 
     def _run(self) -> None:
+        """Drain every ``poll_interval_ms``; rescan on link events and every rescan interval."""
         poll_s = self.config.poll_interval_ms / 1000
         rescan_every = self.config.rescan_interval_ms / 1000
+        links = self._watch_links()
+        poller = select.poll()
+        poller.register(self._wake, select.POLLIN)
+        if links is not None:
+            poller.register(links.fileno(), select.POLLIN)
+        next_drain = time.monotonic() + poll_s
         next_rescan = time.monotonic() + rescan_every
-        last_rescan_error = ""
-        while not self._stop.wait(poll_s):
-            privileges.follow()  # this thread gives up root's capabilities after the drop
-            try:
-                self._drain()
-            except Exception:  # keep draining: a lost tick must not stop accounting
-                self.log.exception("%s: drain failed", self.name)
-            if time.monotonic() < next_rescan:
-                continue
-            next_rescan = time.monotonic() + rescan_every
-            try:
-                self._rescan()
-                last_rescan_error = ""
-            except OSError as exc:  # e.g. the netns is gone: say so once, keep trying
-                if str(exc) != last_rescan_error:
-                    self.log.warning("%s: interface rescan failed: %s", self.name, exc)
-                last_rescan_error = str(exc)
+        try:
+            while True:
+                wait_s = max(0.0, min(next_drain, next_rescan) - time.monotonic())
+                poller.poll(wait_s * 1000)
+                if self._stop.is_set():
+                    return
+                privileges.follow()  # this thread gives up root's capabilities after the drop
+                link_event = links is not None and links.pending()
+                now = time.monotonic()
+                if now >= next_drain:
+                    next_drain = max(next_drain + poll_s, now)
+                    self._drain_logged()
+                if link_event or now >= next_rescan:
+                    next_rescan = now + rescan_every
+                    self._rescan_logged()
+        finally:
+            if links is not None:
+                links.close()
+
+    def _watch_links(self) -> LinkWatch | None:
+        """Subscribe to link events in the observed netns; ``None``: rescan by timer only."""
+        try:
+            return LinkWatch(self.config.netns)
+        except OSError as exc:
+            self.log.warning("%s: no link notifications (%s); rescanning every %d ms", self.name,
+                             exc, self.config.rescan_interval_ms)
+            return None
+
+    def _drain_logged(self) -> None:
+        try:
+            self._drain()
+        except Exception:  # keep draining: a lost tick must not stop accounting
+            self.log.exception("%s: drain failed", self.name)
+
+    def _rescan_logged(self) -> None:
+        try:
+            self._rescan()
+            self._last_rescan_error = ""
+        except OSError as exc:  # e.g. the netns is gone: say so once, keep trying
+            if str(exc) != self._last_rescan_error:
+                self.log.warning("%s: interface rescan failed: %s", self.name, exc)
+            self._last_rescan_error = str(exc)
 
     def _drain(self) -> None:
         """Flip the tables, drain the idle one, emit its flows and the kernel counters."""

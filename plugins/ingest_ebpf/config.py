@@ -45,7 +45,8 @@ class Config:
     poll_interval_ms: int = option(
         1000, doc="How often the flow table is drained into the cache.", min=20, max=60000)
     rescan_interval_ms: int = option(
-        2000, doc="How often interfaces are listed to attach new matching ones.",
+        2000, doc="How often interfaces are listed to attach new matching ones, in addition "
+                  "to the rescan that every link notification (RTM_NEWLINK) triggers at once.",
         min=100, max=600000)
     timestamps: Literal["tick", "precise"] = option(
         "tick", doc='Flow start/end times: "tick" reads the clock once per jiffy and CPU '
