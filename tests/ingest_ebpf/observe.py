@@ -25,6 +25,7 @@ class Observed:
 
     flows: dict[FlowId, list[int]] = field(default_factory=dict)  # packets, bytes, flags
     directions: dict[FlowId, set[int]] = field(default_factory=dict)
+    times: dict[FlowId, list[int]] = field(default_factory=dict)  # first start, last end (ns)
     dropped_packets: int = 0
     dropped_bytes: int = 0
     trunc: int = 0
@@ -46,6 +47,8 @@ class Observed:
             acc[1] += d.octets
             acc[2] |= d.tcp_flags
             self.directions.setdefault(fid, set()).add(k.direction)
+            span = self.times.setdefault(fid, [d.start_ns, d.end_ns])
+            span[0], span[1] = min(span[0], d.start_ns), max(span[1], d.end_ns)
 
     def table(self) -> dict[FlowId, tuple[int, int]]:
         """``FlowId -> (packets, bytes)``, like ``GroundTruth.table()``."""

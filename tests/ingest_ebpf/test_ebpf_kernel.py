@@ -198,6 +198,28 @@ def test_slots_keep_the_drain_exact_across_flips(pair):
     assert seen.stats["drains"] > 8
 
 
+@pytest.mark.parametrize("timestamps", ["tick", "precise"])
+def test_flow_times_bracket_the_traffic(pair, timestamps):
+    """First and last packet times fall within the wall-clock windows of the first and last
+    burst, to a jiffy (4 ms at HZ=250) for "tick", plus conversion slack."""
+    a, b = pair.a, pair.b
+    slack_ns = 20_000_000
+    with ebpf_ingest(interfaces=[b.ifname], netns=b.ns.name, direction="ingress",
+                     timestamps=timestamps, poll_interval_ms=100) as seen:
+        t0 = time.time_ns()
+        first = send_udp(a.ns, b.addr, 9280, 20, 10, sport=24000).truth
+        t1 = time.time_ns()
+        time.sleep(0.4)
+        t2 = time.time_ns()
+        last = send_udp(a.ns, b.addr, 9280, 20, 10, sport=24000).truth
+        t3 = time.time_ns()
+    fid = next(iter(first.table()))
+    assert seen.table() == first.merge(last).table()
+    start, end = seen.times[fid]
+    assert t0 - slack_ns <= start <= t1, (start - t0, t1 - start)
+    assert t2 - slack_ns <= end <= t3, (end - t2, t3 - end)
+
+
 def test_gso_counts_wire_segments(pair):
     """With TSO/GSO on, packets are wire segments: equal to TCP's own OutSegs counters."""
     a, b = pair.a, pair.b
