@@ -353,6 +353,7 @@ class Pipeline:
     def _retire(self, path: str) -> None:
         obj = self._unregister(path)
         self.context.forget_sampling(path)
+        self.context.forget_netns(path)
         self._unsampled_sources.discard(path)
         if path in self.started:
             self.started.remove(path)

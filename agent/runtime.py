@@ -9,17 +9,25 @@ Packet sampling is a property of an ingest *source*, declared once
 nothing is added per packet or per record. The flow cache merges records of every source and
 keeps no source per flow, so one agent carries one sampling: a second source that declares a
 different one is refused at its start (run a second agent for it).
+
+The network namespace an ingest observes is a property of the source too
+(:meth:`RunContext.declare_netns`): ifIndexes in flows are that namespace's, so exporters
+resolve interface names there (:meth:`RunContext.interface_names`), never in the agent's own.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent import netns as _netns
 from agent.model import SAMPLING_RANDOM, FlowBatch, NatEvent, PacketBatch, Sampling
+
+log = logging.getLogger("agent.runtime")
 
 #: Queue item kinds understood by the pipeline loop.
 ITEM_PACKETS = "packets"
@@ -51,6 +59,11 @@ class RunContext:
     core_stats: Callable[[], dict[str, Any]] = dict
     #: sampled sources: instance name -> its sampling (see :meth:`declare_sampling`)
     samplings: dict[str, Sampling] = field(default_factory=dict)
+    #: observed namespaces: instance name -> netns ("" = the agent's own), see
+    #: :meth:`declare_netns`
+    observed_netns: dict[str, str] = field(default_factory=dict)
+    #: problems already logged by :meth:`interface_names` (each is logged once)
+    _netns_warned: set[str] = field(default_factory=set, init=False, repr=False)
 
     def emit(self, batch: PacketBatch | FlowBatch) -> None:
         """Hand a batch of packets or flow deltas to the pipeline (thread-safe, never blocks)."""
@@ -118,3 +131,59 @@ class RunContext:
         for sampling in self.samplings.values():
             return sampling
         return None
+
+    def declare_netns(self, source: str, netns: str) -> None:
+        """Say that the ifIndexes in ``source``'s flows belong to network namespace ``netns``.
+
+        Call it from ``agent_start`` (pipeline thread). Exporters then resolve interface
+        names there (:meth:`interface_names`).
+
+        :param source: the ingest instance name (``self.name``).
+        :param netns: a name under ``/run/netns``, a path (``/proc/PID/ns/net``), or ``""``
+            for the agent's own namespace.
+        """
+        self.observed_netns[source] = _netns.netns_path(netns) if netns else ""
+
+    def forget_netns(self, source: str) -> None:
+        """Drop ``source``'s declaration (the core calls it when the ingest is retired)."""
+        self.observed_netns.pop(source, None)
+
+    def interface_netns(self) -> str | None:
+        """The namespace the exported ifIndexes belong to: ``""`` for the agent's own (also
+        when no ingest declared one), or ``None`` when ingests declared different ones."""
+        spaces = set(self.observed_netns.values())
+        if len(spaces) > 1:
+            return None
+        return next(iter(spaces), "")
+
+    def interface_names(self, indexes: Iterable[int]) -> dict[int, str]:
+        """ifIndex -> interface name, resolved in the namespace the ingests observe.
+
+        ``if_indextoname(3)`` runs on a short-lived helper thread inside that namespace, so
+        the calling thread never changes namespace; one call resolves the whole set, so call
+        it once per options round. Indexes that do not resolve (0, interfaces that are gone)
+        are left out. Ingests that declared different namespaces make every ifIndex
+        ambiguous: nothing is resolved (an empty mapping) and one warning names the sources.
+        A namespace that cannot be entered any more resolves nothing either (logged once).
+        """
+        netns = self.interface_netns()
+        if netns is None:
+            self._warn_once(
+                "ambiguous " + repr(sorted(self.observed_netns.items())),
+                "interface names not exported: ifIndexes are ambiguous, ingests observe "
+                "different network namespaces (%s); run one agent per namespace",
+                ", ".join(f"{src} in {ns or 'the agent netns'}"
+                          for src, ns in sorted(self.observed_netns.items())))
+            return {}
+        try:
+            return _netns.interface_names(netns, indexes)
+        except OSError as exc:
+            self._warn_once(f"enter {netns}",
+                            "interface names not exported: cannot enter netns %s: %s",
+                            netns, exc)
+            return {}
+
+    def _warn_once(self, key: str, message: str, *args: object) -> None:
+        if key not in self._netns_warned:
+            self._netns_warned.add(key)
+            log.warning(message, *args)

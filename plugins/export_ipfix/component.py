@@ -31,6 +31,7 @@ from typing import Any
 from agent import hookimpl
 from agent.errors import EncodeError
 from agent.model import FlowRecord, NatEvent, Sampling
+from agent.netns import names_here
 from agent.registry import Component
 from agent.runtime import RunContext
 from agent.transport.udp import UdpDestination, address_family
@@ -352,7 +353,8 @@ class IpfixExporter(Component):
         """
         odid = self.cfg.observation_domain_id
         out = [statistics_groups(self.statistics(), odid, odid) + self.sampling_records]
-        names = interface_names_group(self.interfaces.snapshot(), odid)
+        resolve = self.context.interface_names if self.context is not None else names_here
+        names = interface_names_group(self.interfaces.snapshot(resolve), odid)
         if names is not None:
             out.append([names])
         return out

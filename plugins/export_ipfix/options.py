@@ -14,7 +14,8 @@ three (PROTOCOLS.md 6.6), and this module follows its field choice:
   flowStartMilliseconds(152) / flowEndMilliseconds(153).
 
 Interface names: scope observationDomainId(149) + ingressInterface(10) (the ifIndex that flow
-records carry in 10 and 14), value interfaceName(82) as a variable-length string (section 7).
+records carry in 10 and 14), value interfaceName(82) as a variable-length string (section 7);
+names come from the network namespace the ingests observe (``RunContext.interface_names``).
 Sampling (sent only while an ingest samples): scope observationDomainId(149) with
 samplingInterval(34) and samplingAlgorithm(35) (1 deterministic, 2 random), the complete
 description; and scope 149 with samplingInterval(34) alone, because nfcapd 1.7.1 (Debian 12)
@@ -27,13 +28,13 @@ Every Options Template has a scope field count > 0 (section 3.4.2.2).
 
 from __future__ import annotations
 
-import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from agent.ie import VARIABLE_LENGTH
 from agent.model import Sampling
+from agent.netns import names_here
 
 from .ipfix import DataGroup, Template, encode_varlen
 
@@ -145,10 +146,12 @@ def interface_names_group(
 class InterfaceNames:
     """The interfaces that flows were seen on, with their names.
 
-    Names are resolved with ``if_indextoname(3)`` in the agent's network namespace (the same
-    table as ``/sys/class/net``), refreshed on every :meth:`snapshot`, since an index can be
-    reused by a new interface. Indexes that do not resolve (0, or an interface that is gone)
-    are left out.
+    The ifIndexes in flow records belong to the network namespace the ingests observe
+    (``netns = "..."``), so names are resolved there by the core
+    (:meth:`agent.runtime.RunContext.interface_names`: ``if_indextoname(3)`` inside that
+    namespace), refreshed on every :meth:`snapshot`, since an index can be reused by a new
+    interface. Indexes that do not resolve (0, an interface that is gone, ingests observing
+    different namespaces) are left out.
     """
 
     def __init__(self) -> None:
@@ -160,16 +163,19 @@ class InterfaceNames:
         self.seen.update(in_if)
         self.seen.update(out_if)
 
-    def snapshot(self) -> dict[int, str]:
-        """ifIndex -> name for every seen interface that exists now."""
-        names = {}
-        for index in sorted(self.seen):
-            if index <= 0:
-                continue
-            try:
-                names[index] = socket.if_indextoname(index)
-            except OSError:
-                self.unresolved += 1
+    def snapshot(self, resolve: Callable[[Iterable[int]], dict[int, str]] = names_here
+                 ) -> dict[int, str]:
+        """ifIndex -> name for every seen interface that exists now.
+
+        :param resolve: ifIndexes -> names; the exporter passes the core's
+            ``context.interface_names``. The default resolves in the calling thread's
+            namespace (only right when no ingest observes another one).
+        """
+        wanted = sorted(index for index in self.seen if index > 0)
+        if not wanted:
+            return {}
+        names = resolve(wanted)
+        self.unresolved += len(wanted) - len(names)
         return names
 
 

@@ -68,6 +68,7 @@ class EbpfIngest(Component):
         # the kernel keeps 1 packet in N at random (bpf_get_prandom_u32() % N) and counts
         # unscaled: exporters announce it to collectors (raises on a conflicting declaration)
         context.declare_sampling(self.name, cfg.sampling, SAMPLING_RANDOM)
+        context.declare_netns(self.name, cfg.netns)  # exporters resolve ifIndexes there
         self.loader = Loader(maxflows=cfg.maxflows, sampling=cfg.sampling,
                              percpu=cfg.map_type == "percpu",
                              overflow_ring_bytes=cfg.overflow_ring_kb * 1024,

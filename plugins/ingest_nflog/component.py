@@ -203,6 +203,7 @@ class NflogIngest(Component):
     def agent_start(self, context: RunContext) -> None:
         """Bind every group, install the managed rules, start the readers."""
         cfg = self.config
+        context.declare_netns(self.name, cfg.netns)  # exporters resolve ifIndexes there
         if cfg.decoder == "c" and (reason := c_unavailable_reason()) is not None:
             raise ComponentUnavailable(f"{self.name}: {reason}")
         try:

@@ -1,0 +1,102 @@
+"""Observed-namespace declarations: ``RunContext.declare_netns`` / ``interface_names``.
+
+The ambiguity rule (two ingests observing different namespaces: no names, one warning naming
+the sources), the single-namespace and no-declaration cases, retirement, and the IPFIX
+exporter's :class:`InterfaceNames` using the resolver it is given. No root needed: the
+namespaces here are only declared, never entered, except the agent's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import pytest
+
+from agent import netns as core_netns
+from agent.runtime import RunContext
+from plugins.export_ipfix.options import InterfaceNames
+
+LO = socket.if_nametoindex("lo")
+
+
+@pytest.fixture
+def warnings_logged():
+    """Name: warnings_logged. Scope: function. Messages logged at WARNING by agent.runtime.
+
+    A handler of its own on that logger, not caplog: the CLI tests leave the core's repeat
+    filter (agent.logutil) on pytest's root handlers, where it would swallow records.
+    """
+    got: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: got.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("agent.runtime")
+    logger.addHandler(handler)
+    yield got
+    logger.removeHandler(handler)
+
+
+def test_no_declaration_resolves_in_the_agent_namespace():
+    ctx = RunContext()
+    assert ctx.interface_netns() == ""
+    assert ctx.interface_names([LO, 0, -1]) == {LO: "lo"}
+
+
+def test_one_namespace_is_used_and_names_and_paths_compare_equal(monkeypatch):
+    calls = []
+    monkeypatch.setattr(core_netns, "interface_names",
+                        lambda ns, idx: calls.append((ns, sorted(idx))) or {2: "veth-b"})
+    ctx = RunContext()
+    ctx.declare_netns("ingest.nflog[0]", "b")
+    ctx.declare_netns("ingest.ebpf[0]", "/run/netns/b")  # the same namespace
+    assert ctx.interface_netns() == "/run/netns/b"
+    assert ctx.interface_names([2, 3]) == {2: "veth-b"}
+    assert calls == [("/run/netns/b", [2, 3])]
+
+
+def test_different_namespaces_resolve_nothing_and_warn_once(monkeypatch, warnings_logged):
+    monkeypatch.setattr(core_netns, "interface_names",
+                        lambda ns, idx: pytest.fail("ambiguous ifIndexes were resolved"))
+    ctx = RunContext()
+    ctx.declare_netns("ingest.nflog[0]", "a")
+    ctx.declare_netns("ingest.ebpf[0]", "")
+    assert ctx.interface_netns() is None
+    assert ctx.interface_names([1, 2]) == {}
+    assert ctx.interface_names([1, 2]) == {}
+    warnings = warnings_logged
+    assert len(warnings) == 1
+    assert "ingest.nflog[0] in /run/netns/a" in warnings[0]
+    assert "ingest.ebpf[0] in the agent netns" in warnings[0]
+
+
+def test_forgetting_a_source_ends_the_ambiguity():
+    ctx = RunContext()
+    ctx.declare_netns("ingest.nflog[0]", "/nonexistent/netns-a")
+    ctx.declare_netns("ingest.nflog[1]", "")
+    assert ctx.interface_netns() is None
+    ctx.forget_netns("ingest.nflog[0]")
+    assert ctx.interface_netns() == ""
+    assert ctx.interface_names([LO]) == {LO: "lo"}
+
+
+def test_a_namespace_that_cannot_be_entered_resolves_nothing(warnings_logged):
+    ctx = RunContext()
+    ctx.declare_netns("ingest.nflog[0]", "/nonexistent/netns-a")
+    assert ctx.interface_names([LO]) == {}
+    assert ctx.interface_names([LO]) == {}
+    assert len([m for m in warnings_logged if "cannot enter" in m]) == 1
+
+
+def test_interface_names_snapshot_uses_the_resolver_and_counts_misses():
+    names = InterfaceNames()
+    names.note([0, 2, 5], [2, 7])
+    asked = []
+
+    def resolve(indexes):
+        asked.append(list(indexes))
+        return {2: "veth-b", 7: "eth1"}
+
+    assert names.snapshot(resolve) == {2: "veth-b", 7: "eth1"}
+    assert asked == [[2, 5, 7]]  # 0 is "no interface": never asked
+    assert names.unresolved == 1
+    assert InterfaceNames().snapshot(resolve) == {} and len(asked) == 1
