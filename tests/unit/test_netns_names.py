@@ -100,3 +100,15 @@ def test_interface_names_snapshot_uses_the_resolver_and_counts_misses():
     assert asked == [[2, 5, 7]]  # 0 is "no interface": never asked
     assert names.unresolved == 1
     assert InterfaceNames().snapshot(resolve) == {} and len(asked) == 1
+
+
+def test_a_retired_ingest_is_forgotten(make_agent, collecting_plugin):
+    agent = make_agent("[[ingest.fake]]\n[[ingest.fake]]\n[[export.collect]]\n",
+                       [collecting_plugin])
+    pipeline = agent.pipeline
+    pipeline.context.declare_netns("ingest.fake[0]", "/nonexistent/netns-a")
+    pipeline.context.declare_netns("ingest.fake[1]", "")
+    assert pipeline.context.interface_netns() is None
+    pipeline._retire("ingest.fake[0]")
+    assert pipeline.context.observed_netns == {"ingest.fake[1]": ""}
+    assert pipeline.context.interface_netns() == ""
