@@ -32,7 +32,7 @@ def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue]:
     """With ``check_env``: every configured namespace exists (it is never created)."""
     if not check_env:
         return []
-    from .routes import netns_path
+    from agent.netns import netns_path
 
     issues = []
     for inst in config.by_stage("aggregate"):

@@ -26,6 +26,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from agent.netns import netns_path
+
 RTM_F_FIB_MATCH = 0x2000  # include/uapi/linux/rtnetlink.h: return the matching FIB entry
 
 #: errors ``route get`` returns when the FIB has no usable route for the address:
@@ -50,11 +52,6 @@ class Route(NamedTuple):
 
 #: ``lookup(addr) -> Route | None``: ``None`` when the address has no route.
 Lookup = Callable[[bytes], "Route | None"]
-
-
-def netns_path(netns: str) -> str:
-    """The file that names a network namespace: a path as is, else ``/run/netns/NAME``."""
-    return netns if netns.startswith("/") else f"/run/netns/{netns}"
 
 
 def _packed(text: str | None) -> bytes:

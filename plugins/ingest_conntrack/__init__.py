@@ -35,7 +35,7 @@ def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue]:
     """With ``check_env``: the namespace exists and we may open ctnetlink sockets in it."""
     if not check_env:
         return []
-    from .ctnetlink import netns_path
+    from agent.netns import netns_path
 
     issues = []
     for inst in config.by_stage("ingest"):

@@ -24,6 +24,7 @@ from typing import Any
 
 from agent import hookimpl, privileges
 from agent.model import NAT_START, NAT_STOP, NatEvent
+from agent.netns import run_in_netns
 from agent.registry import Component
 from agent.runtime import RunContext
 
@@ -101,14 +102,14 @@ class ConntrackIngest(Component):
         self._context = context
         where = f"netns {self.config.netns}" if self.config.netns else "the agent's netns"
         if self.config.set_sysctls:
-            results = ctnetlink.run_in_netns(
+            results = run_in_netns(
                 self.config.netns,
                 lambda: apply_sysctls(
                     {name: value for name, (value, _why) in WANTED_SYSCTLS.items()}
                 ),
             )
             self._log_sysctls(results, where)
-        self._events, self._dump = ctnetlink.run_in_netns(self.config.netns, self._open_sockets)
+        self._events, self._dump = run_in_netns(self.config.netns, self._open_sockets)
         self._wake_r, self._wake_w = os.pipe()
         self._resync(reason="start")
         self.log.info(

@@ -17,13 +17,11 @@ timestamps) and skips everything else by length.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 import struct
-import threading
-from collections.abc import Callable, Iterator
-from typing import NamedTuple, TypeVar
+from collections.abc import Iterator
+from typing import NamedTuple
 
 # --- netlink / nfnetlink constants (linux/netlink.h, linux/netfilter/nfnetlink.h) ------------
 
@@ -413,53 +411,3 @@ def dump_table(
                 yield data, msg
 
 
-# --- network namespaces ----------------------------------------------------------------------
-
-CLONE_NEWNET = 0x40000000
-_T = TypeVar("_T")
-
-
-def netns_path(netns: str) -> str:
-    """The file that names a network namespace: a path as is, else ``/run/netns/NAME``."""
-    return netns if netns.startswith("/") else f"/run/netns/{netns}"
-
-
-def run_in_netns(netns: str, func: Callable[[], _T]) -> _T:
-    """Run ``func`` in a short-lived thread that has joined ``netns`` and return its result.
-
-    Sockets keep the namespace they were created in, and ``/proc/sys/net`` resolves to the
-    opener's namespace, so sockets and sysctl writes made this way act on ``netns`` while the
-    rest of the process stays where it is (``setns(2)`` changes only the calling thread).
-
-    :param netns: a name under ``/run/netns`` or a path (``/proc/PID/ns/net``); ``""`` runs
-        ``func`` directly in the current namespace.
-    """
-    if not netns:
-        return func()
-    result: list[_T] = []
-    error: list[BaseException] = []
-
-    def body() -> None:
-        try:
-            _setns(netns_path(netns))
-            result.append(func())
-        except BaseException as exc:  # handed to the caller's thread below
-            error.append(exc)
-
-    thread = threading.Thread(target=body, name=f"netns-{netns}", daemon=True)
-    thread.start()
-    thread.join()
-    if error:
-        raise error[0]
-    return result[0]
-
-
-def _setns(path: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({path}): {os.strerror(err)}")
-    finally:
-        os.close(fd)

@@ -63,7 +63,7 @@ def agent_register_components(registry: ComponentRegistry) -> None:
 @hookimpl
 def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue]:
     """With ``check_env``: the configured network namespace must exist."""
-    from .attach import netns_path
+    from agent.netns import netns_path
 
     issues: list[ConfigIssue] = []
     if not check_env:

@@ -25,7 +25,8 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-CLONE_NEWNET = 0x40000000
+from agent.netns import CLONE_NEWNET, netns_path
+
 BPF_XDP = 37  # enum bpf_attach_type (UAPI)
 BPF_TCX_INGRESS = 46  # not in Debian 12's 6.1 UAPI header; see KERNEL.md 2.1
 BPF_TCX_EGRESS = 47
@@ -35,11 +36,6 @@ TC_HANDLE = 0x4E4641
 TC_PRIORITY = 0x4E46
 
 log = logging.getLogger("agent.ingest.ebpf")
-
-
-def netns_path(netns: str) -> str:
-    """The file to ``setns`` into: a name under /run/netns, or a path as given."""
-    return netns if netns.startswith("/") else os.path.join("/run/netns", netns)
 
 
 class NetnsScope:

@@ -12,9 +12,9 @@ import os
 import shutil
 
 from agent.errors import ConfigIssue
+from agent.netns import netns_path, run_in_netns
 
 from .config import Config
-from .netlink import netns_path, run_in_netns
 
 _PROC_FILE = "/proc/thread-self/net/netfilter/nfnetlink_log"
 

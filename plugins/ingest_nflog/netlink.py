@@ -23,21 +23,18 @@ describes the same layout in pyroute2's terms; tests use it as an independent de
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import socket
 import struct
 import sys
-import threading
-from collections.abc import Callable
 from operator import itemgetter
-from typing import Any, TypeVar
 
 from pyroute2.netlink import nla
 from pyroute2.netlink.nfnetlink import nfgen_msg
 
 from agent.model import DIRECTION_EGRESS, DIRECTION_INGRESS, Packet
+from agent.netns import run_in_netns
 from agent.packet import PacketParser
 
 # --- netlink / nfnetlink (linux/netlink.h, linux/netfilter/nfnetlink.h) ----------------------
@@ -230,50 +227,6 @@ def bind_attrs(snaplen: int, qthreshold: int, nlbufsiz: int, timeout_cs: int,
 def unbind_attrs() -> list[bytes]:
     """UNBIND: the kernel flushes what it still holds for the group, then forgets it."""
     return [_attr(NFULA_CFG_CMD, bytes([NFULNL_CFG_CMD_UNBIND]))]
-
-
-# --- network namespaces --------------------------------------------------------------------
-
-_CLONE_NEWNET = 0x40000000
-T = TypeVar("T")
-
-
-def netns_path(netns: str) -> str:
-    """``/run/netns/NAME`` for a name, the path itself for an absolute path."""
-    return netns if netns.startswith("/") else f"/run/netns/{netns}"
-
-
-def run_in_netns(netns: str, func: Callable[[], T]) -> T:
-    """Call ``func`` on a helper thread that has entered ``netns`` (``""`` = here).
-
-    Sockets keep the namespace they were created in, so a socket opened by ``func`` stays in
-    ``netns`` although the helper thread ends right after (setns(2) is per thread).
-    """
-    if not netns:
-        return func()
-    result: list[Any] = []
-
-    def enter_and_call() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                if libc.setns(fd, _CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, f"setns({netns_path(netns)}): {os.strerror(err)}")
-            finally:
-                os.close(fd)
-            result.append((True, func()))
-        except BaseException as exc:  # handed to the caller's thread below
-            result.append((False, exc))
-
-    helper = threading.Thread(target=enter_and_call, name=f"netns-{netns}")
-    helper.start()
-    helper.join()
-    ok, value = result[0]
-    if not ok:
-        raise value
-    return value  # type: ignore[no-any-return]
 
 
 # --- the socket ----------------------------------------------------------------------------

@@ -19,8 +19,9 @@ import logging
 import shutil
 import subprocess
 
+from agent.netns import run_in_netns
+
 from .config import RULES_TABLE
-from .netlink import run_in_netns
 
 log = logging.getLogger("agent.ingest.nflog")
 

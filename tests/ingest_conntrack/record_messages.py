@@ -18,6 +18,7 @@ import socket
 import time
 from pathlib import Path
 
+from agent.netns import run_in_netns
 from plugins.ingest_conntrack import ctnetlink
 from plugins.ingest_conntrack.component import WANTED_SYSCTLS, apply_sysctls
 
@@ -62,12 +63,12 @@ def _drain(sock: socket.socket, label: str, out: list[str]) -> None:
 
 def record(t: NatTopology) -> None:
     """Run the connections in ``t`` and write the recordings."""
-    ctnetlink.run_in_netns(
+    run_in_netns(
         t.router,
         lambda: apply_sysctls({name: value for name, (value, _why) in WANTED_SYSCTLS.items()}),
     )
-    events = ctnetlink.run_in_netns(t.router, lambda: ctnetlink.open_event_socket(1 << 20))
-    dump = ctnetlink.run_in_netns(t.router, lambda: ctnetlink.open_dump_socket(1 << 20))
+    events = run_in_netns(t.router, lambda: ctnetlink.open_event_socket(1 << 20))
+    dump = run_in_netns(t.router, lambda: ctnetlink.open_dump_socket(1 << 20))
     servers = [
         t.popen(t.server, "socat", "-u", "TCP-LISTEN:9000,reuseaddr", "/dev/null"),
         t.popen(t.server, "socat", "-u", "TCP6-LISTEN:9000,reuseaddr,ipv6only=1", "/dev/null"),
