@@ -18,7 +18,9 @@ Fixtures from :mod:`tests.support` are re-exported here so every test directory 
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -98,3 +100,19 @@ def pytest_report_header(config: pytest.Config) -> str:
     if is_root():
         return "privileged tests (netns, bpf): run (root)"
     return "privileged tests (netns, bpf): skipped (not root)"
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_repeat_filter() -> Iterator[None]:
+    """Name: _no_leftover_repeat_filter. Scope: function, autouse.
+
+    A test that runs ``agent.cli.main`` in-process installs the CLI's repeat filter on the root
+    logging handlers, which pytest's own handlers are during a test; it would then swallow
+    repeated warnings that later tests read through ``caplog``. Remove it after every test.
+    """
+    yield
+    from agent.logutil import RepeatFilter
+
+    for handler in logging.getLogger().handlers:
+        for f in [f for f in handler.filters if isinstance(f, RepeatFilter)]:
+            handler.removeFilter(f)
