@@ -228,8 +228,19 @@ def cmd_run(path: str, level: str | None) -> int:
     finally:
         ops.stopping()
         pipeline.shutdown()
-    log.info("stopped; %d flows exported", pipeline.exported_flows)
+    log.info("stopped; %s", final_summary(pipeline))
     return EX_OK
+
+
+def final_summary(pipeline: Pipeline) -> str:
+    """The totals of the run, for the last log line (a finite replay has no later chance to
+    ask ``agent stats``): flows exported, traffic accounted, and what was lost or refused."""
+    core = pipeline.core_stats()
+    return (f"{pipeline.exported_flows} flows exported; traffic "
+            f"{core.get('traffic_packets', 0)} packets, {core.get('traffic_bytes', 0)} bytes; "
+            f"dropped {core.get('drop_packets', 0)} packets, {core.get('drop_bytes', 0)} bytes "
+            f"(refused at maxflows {core.get('maxflows', 0)}, truncated "
+            f"{core.get('trunc', 0)}); fragments {core.get('frag', 0)}")
 
 
 if __name__ == "__main__":

@@ -54,3 +54,18 @@ def test_quickstart_prints_the_sample_capture_flows():
     lines = proc.stdout.splitlines()
     assert lines and all("pkts=" in line for line in lines)
     assert any("->" in line and "[" in line for line in lines)  # an IPv6 flow is printed
+
+
+def test_a_finished_replay_logs_its_totals():
+    """The last log line of a finite run sums what was exported (replays end before anyone
+    can ask ``agent stats``)."""
+    proc = subprocess.run([sys.executable, "-m", "agent.cli", "-c", "examples/quickstart.toml"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    flows = [dict(f.split("=") for f in line.split() if "=" in f)
+             for line in proc.stdout.splitlines()]
+    packets = sum(int(f["pkts"]) for f in flows)
+    octets = sum(int(f["bytes"]) for f in flows)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert f"stopped; {len(flows)} flows exported; traffic {packets} packets, {octets} bytes; " \
+           "dropped 0 packets, 0 bytes" in last, last
