@@ -74,6 +74,11 @@ class EbpfIngest(Component):
                              overflow_ring_bytes=cfg.overflow_ring_kb * 1024,
                              precise_clock=cfg.timestamps == "precise", slots=cfg.cpu_slots)
         self.loader.set_active(self.active)
+        if not self.loader.synchronize() and cfg.cpu_slots:
+            self.log.warning("%s: this kernel refuses membarrier(MEMBARRIER_CMD_GLOBAL) "
+                             "(nohz_full?): drains wait 5 ms instead of an RCU grace period, "
+                             "and a program later than that can lose packets in a slot; set "
+                             "cpu_slots = 0 for exact accounting", self.name)
         self.log.info("%s: loaded BPF programs %s (maxflows %d, %s map, %d slots per CPU, "
                       "sampling 1/%d)", self.name, self.loader.prog_ids(), cfg.maxflows,
                       cfg.map_type, cfg.cpu_slots, cfg.sampling)
