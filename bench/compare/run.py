@@ -143,11 +143,7 @@ class Observer:
     def stop(self) -> None:
         """Make the probe export everything, stop it, then stop the collector."""
         if self.proc is not None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                end_process(self.proc)
+            end_process(self.proc, timeout=30)
         if self.nfcapd is not None:
             time.sleep(1.0)  # the last datagrams
             self.nfcapd.send_signal(signal.SIGTERM)

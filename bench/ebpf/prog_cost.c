@@ -8,6 +8,7 @@
  * mean ns per run (the test-run loop included: subtract the empty program's figure).
  *
  *   prog_cost SLOTS PRECISE_CLOCK FLOWS REPEAT
+ *   prog_cost --empty OBJECT REPEAT      the same frame through empty.bpf.c's program
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,16 +36,48 @@ static void make_frame(unsigned char *pkt, int flow)
 	udp[5] = 26;
 }
 
+/* Mean ns per run of `fd` over `repeat` runs of the frame of `flow`; < 0 on failure. */
+static double test_run(int fd, int flow, unsigned int repeat)
+{
+	unsigned char pkt[60];
+	LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = pkt, .data_size_in = sizeof(pkt),
+		    .repeat = repeat);
+
+	make_frame(pkt, flow);
+	if (bpf_prog_test_run_opts(fd, &opts))
+		return -1;
+	return opts.duration;
+}
+
+/* The test-run loop's own cost: empty.bpf.c's program on the same frame. */
+static int run_empty(const char *path, unsigned int repeat)
+{
+	struct bpf_object *obj = bpf_object__open_file(path, NULL);
+	double ns;
+
+	if (!obj || bpf_object__load(obj))
+		return perror("load empty program"), 1;
+	ns = test_run(bpf_program__fd(bpf_object__find_program_by_name(obj, "empty_tc")), 0,
+		      repeat);
+	if (ns < 0)
+		return perror("BPF_PROG_TEST_RUN"), 1;
+	printf("%.1f\n", ns);
+	bpf_object__close(obj);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	unsigned int slots, precise, flows, repeat;
-	unsigned long long total = 0;
-	unsigned char pkt[60];
+	double total = 0, ns;
 	struct flow_bpf *skel;
 	int fd;
 
+	if (argc == 4 && !strcmp(argv[1], "--empty"))
+		return run_empty(argv[2], atoi(argv[3]));
 	if (argc != 5) {
-		fprintf(stderr, "usage: %s SLOTS PRECISE_CLOCK FLOWS REPEAT\n", argv[0]);
+		fprintf(stderr, "usage: %s SLOTS PRECISE_CLOCK FLOWS REPEAT | --empty OBJECT "
+			"REPEAT\n", argv[0]);
 		return 2;
 	}
 	slots = atoi(argv[1]), precise = atoi(argv[2]), flows = atoi(argv[3]);
@@ -62,15 +95,12 @@ int main(int argc, char **argv)
 		return perror("load"), 1;
 	fd = bpf_program__fd(skel->progs.flow_tc_ingress);
 	for (unsigned int f = 0; f < flows; f++) {
-		LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = pkt, .data_size_in = sizeof(pkt),
-			    .repeat = repeat);
-
-		make_frame(pkt, f);
-		if (bpf_prog_test_run_opts(fd, &opts))
+		ns = test_run(fd, f, repeat);
+		if (ns < 0)
 			return perror("BPF_PROG_TEST_RUN"), 1;
-		total += opts.duration;
+		total += ns;
 	}
-	printf("%.1f\n", (double)total / flows);
+	printf("%.1f\n", total / flows);
 	flow_bpf__destroy(skel);
 	return 0;
 }

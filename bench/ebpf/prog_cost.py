@@ -21,6 +21,10 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from run import build_empty_program  # noqa: E402  (bench/ebpf/run.py)
+
 BPF_DIR = HERE.parents[1] / "plugins" / "ingest_ebpf" / "bpf"
 
 VARIANTS = [  # (label, slots, precise clock)
@@ -37,38 +41,13 @@ def build(tmp: Path) -> tuple[Path, Path]:
     exe = tmp / "prog_cost"
     subprocess.run(["gcc", "-O2", f"-I{tmp}", "-o", str(exe), str(HERE / "prog_cost.c"),
                     "-lbpf"], check=True)
-    empty = tmp / "empty.bpf.o"
-    subprocess.run(["clang", "-O2", "-g", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu",
-                    "-c", str(HERE / "empty.bpf.c"), "-o", str(empty)], check=True)
-    return exe, empty
+    return exe, build_empty_program(tmp)
 
 
-EMPTY_RUN = """
-import ctypes, sys
-lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
-lib.bpf_object__open.restype = ctypes.c_void_p
-lib.bpf_object__find_program_by_name.restype = ctypes.c_void_p
-obj = lib.bpf_object__open(sys.argv[1].encode())
-assert obj and lib.bpf_object__load(ctypes.c_void_p(obj)) == 0
-prog = lib.bpf_object__find_program_by_name(ctypes.c_void_p(obj), b"empty_tc")
-fd = lib.bpf_program__fd(ctypes.c_void_p(prog))
-
-class Opts(ctypes.Structure):
-    _fields_ = [("sz", ctypes.c_size_t), ("data_in", ctypes.c_void_p),
-                ("data_out", ctypes.c_void_p), ("data_size_in", ctypes.c_uint32),
-                ("data_size_out", ctypes.c_uint32), ("ctx_in", ctypes.c_void_p),
-                ("ctx_out", ctypes.c_void_p), ("ctx_size_in", ctypes.c_uint32),
-                ("ctx_size_out", ctypes.c_uint32), ("retval", ctypes.c_uint32),
-                ("repeat", ctypes.c_int), ("duration", ctypes.c_uint32),
-                ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32),
-                ("batch_size", ctypes.c_uint32)]
-
-frame = ctypes.create_string_buffer(b"\\x02" * 12 + b"\\x08\\x00" + b"\\x00" * 46, 60)
-opts = Opts(sz=ctypes.sizeof(Opts), data_in=ctypes.addressof(frame), data_size_in=60,
-            repeat=int(sys.argv[2]))
-assert lib.bpf_prog_test_run_opts(fd, ctypes.byref(opts)) == 0
-print(opts.duration)
-"""
+def measure(exe: Path, *args: object) -> float:
+    """One run of the harness: mean ns per program run."""
+    return float(subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True,
+                                check=True).stdout)
 
 
 def main() -> None:
@@ -78,10 +57,8 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="nfa-prog-cost-") as t:
         exe, empty = build(Path(t))
-        floor = statistics.median(
-            float(subprocess.run([sys.executable, "-c", EMPTY_RUN, str(empty),
-                                  str(args.repeat)], capture_output=True, text=True,
-                                 check=True).stdout) for _ in range(args.runs))
+        floor = statistics.median(measure(exe, "--empty", empty, args.repeat)
+                                  for _ in range(args.runs))
         print(f"empty TCX program (test-run loop): {floor:.1f} ns/run\n")
         print("| variant | 1 flow, ns/run | 1,000 flows, ns/run | program, ns (1,000 flows "
               "- empty) |")
@@ -89,11 +66,8 @@ def main() -> None:
         for label, slots, precise in VARIANTS:
             cells = []
             for flows in (1, 1000):
-                runs = [float(subprocess.run(
-                    [str(exe), str(slots), str(precise), str(flows),
-                     str(max(1, args.repeat // flows))],
-                    capture_output=True, text=True, check=True).stdout)
-                    for _ in range(args.runs)]
+                runs = [measure(exe, slots, precise, flows, max(1, args.repeat // flows))
+                        for _ in range(args.runs)]
                 cells.append(statistics.median(runs))
             print(f"| {label} | {cells[0]:.1f} | {cells[1]:.1f} | {cells[1] - floor:.1f} |")
 

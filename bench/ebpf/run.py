@@ -52,6 +52,16 @@ BASE_PORT = 20000
 PAYLOAD = 18  # 14 + 20 + 8 + 18 = 60-byte frame (64 on a real wire with FCS)
 
 
+def build_empty_program(tmp: Path) -> Path:
+    """Compile ``empty.bpf.c`` (the floor peer) into ``tmp``; returns the object's path."""
+    obj = tmp / "empty.bpf.o"
+    multiarch = subprocess.run(["gcc", "-print-multiarch"], capture_output=True, text=True,
+                               check=True).stdout.strip()  # asm/types.h lives there (Debian)
+    subprocess.run(["clang", "-O2", "-g", "-target", "bpf", f"-I/usr/include/{multiarch}", "-c",
+                    str(Path(__file__).with_name("empty.bpf.c")), "-o", str(obj)], check=True)
+    return obj
+
+
 def build_blast(tmp: Path) -> str:
     out = tmp / "blast"
     subprocess.run(["gcc", "-O2", "-o", str(out), str(Path(__file__).with_name("blast.c"))],
@@ -99,11 +109,7 @@ class Tool:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                end_process(self.proc)
+            end_process(self.proc, timeout=30)
 
     def accounted(self) -> int | None:
         return None
@@ -208,10 +214,7 @@ class EmptyTcx(Tool):
     name = "empty-tcx"
 
     def start(self) -> None:
-        obj = self.tmp / "empty.bpf.o"
-        subprocess.run(["clang", "-O2", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu",
-                        "-c", str(Path(__file__).with_name("empty.bpf.c")), "-o", str(obj)],
-                       check=True)
+        obj = build_empty_program(self.tmp)
         self.fs = self.tmp / "bpffs"
         self.fs.mkdir()
         subprocess.run(["mount", "-t", "bpf", "bpf", str(self.fs)], check=True)
