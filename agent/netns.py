@@ -54,14 +54,52 @@ def run_in_netns(netns: str, func: Callable[[], T]) -> T:
 
 
 def _setns(path: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({path}): {os.strerror(err)}")
+        _setns_fd(fd, path)
     finally:
         os.close(fd)
+
+
+def _setns_fd(fd: int, what: str) -> None:
+    """Move the calling thread into the network namespace open as ``fd``."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"setns({what}): {os.strerror(err)}")
+
+
+class NetnsScope:
+    """Context manager: run the *calling* thread inside ``netns`` (no-op for ``""``), and back.
+
+    For work that must happen in this thread (libbpf attach calls resolve ifindexes in the
+    calling thread's namespace); otherwise prefer :func:`run_in_netns`.
+    """
+
+    def __init__(self, netns: str):
+        self.netns = netns
+        self._saved: int | None = None
+
+    def __enter__(self) -> NetnsScope:
+        if not self.netns:
+            return self
+        saved = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            _setns(netns_path(self.netns))
+        except OSError:
+            os.close(saved)
+            raise
+        self._saved = saved
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._saved is None:
+            return
+        try:
+            _setns_fd(self._saved, "back to the agent's netns")  # never leave a thread behind
+        finally:
+            os.close(self._saved)
+            self._saved = None
 
 
 def names_here(indexes: Iterable[int]) -> dict[int, str]:

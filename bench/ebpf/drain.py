@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from plugins.ingest_ebpf._loader import Loader  # noqa: E402
 
-from plugins.ingest_ebpf.attach import Attacher, NetnsScope  # noqa: E402
+from agent.netns import NetnsScope  # noqa: E402
+from plugins.ingest_ebpf.attach import Attacher  # noqa: E402
 from plugins.ingest_ebpf.decode import decode_records, monotonic_to_wall_offset  # noqa: E402
 from tests.support.netns import Netns, veth_pair  # noqa: E402
 

@@ -10,13 +10,12 @@ Owns the kernel attach points and their lifetime (KERNEL.md sections 2.4, 2.5 an
   and are *replaced* at the next start; the clsact qdisc is removed at stop when we created it.
 
 Every attach call and the interface listing run in the target netns: TCX, XDP and libbpf's
-``bpf_tc_*`` resolve ``ifindex`` in the calling thread's netns, so :class:`NetnsScope` switches
-the current thread with ``setns(2)`` and switches it back afterwards.
+``bpf_tc_*`` resolve ``ifindex`` in the calling thread's netns, so
+:class:`agent.netns.NetnsScope` switches the current thread with ``setns(2)`` and back.
 """
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import fnmatch
 import logging
@@ -24,8 +23,6 @@ import os
 import socket
 from dataclasses import dataclass
 from typing import Any
-
-from agent.netns import CLONE_NEWNET, netns_path
 
 BPF_XDP = 37  # enum bpf_attach_type (UAPI)
 BPF_TCX_INGRESS = 46  # not in Debian 12's 6.1 UAPI header; see KERNEL.md 2.1
@@ -36,41 +33,6 @@ TC_HANDLE = 0x4E4641
 TC_PRIORITY = 0x4E46
 
 log = logging.getLogger("agent.ingest.ebpf")
-
-
-class NetnsScope:
-    """Context manager: run the current thread inside ``netns`` (no-op for ``""``)."""
-
-    def __init__(self, netns: str):
-        self.netns = netns
-        self._saved: int | None = None
-
-    def __enter__(self) -> NetnsScope:
-        if not self.netns:
-            return self
-        libc = ctypes.CDLL(None, use_errno=True)
-        target = os.open(netns_path(self.netns), os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            self._saved = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            if libc.setns(target, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                os.close(self._saved)
-                self._saved = None
-                raise OSError(err, f"setns into netns '{self.netns}': {os.strerror(err)}")
-        finally:
-            os.close(target)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._saved is None:
-            return
-        libc = ctypes.CDLL(None, use_errno=True)
-        try:
-            if libc.setns(self._saved, CLONE_NEWNET) != 0:  # never leave a thread behind
-                raise OSError(ctypes.get_errno(), "setns back to the agent's netns failed")
-        finally:
-            os.close(self._saved)
-            self._saved = None
 
 
 def matching_links(patterns: list[str]) -> dict[int, str]:

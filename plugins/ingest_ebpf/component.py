@@ -21,10 +21,11 @@ from typing import Any
 
 from agent import hookimpl, privileges
 from agent.model import SAMPLING_RANDOM, FlowBatch
+from agent.netns import NetnsScope
 from agent.registry import Component
 from agent.runtime import RunContext
 
-from .attach import Attacher, NetnsScope, matching_links
+from .attach import Attacher, matching_links
 from .config import Config
 from .decode import CounterTracker, decode_records, merge_deltas, monotonic_to_wall_offset
 from .linkwatch import LinkWatch

@@ -7,14 +7,13 @@ import os
 
 import pytest
 
+from agent.netns import NetnsScope, netns_path
 from plugins.ingest_ebpf.attach import (
     BPF_TCX_EGRESS,
     BPF_TCX_INGRESS,
     TC_HANDLE,
     TC_PRIORITY,
     Attacher,
-    NetnsScope,
-    netns_path,
 )
 
 
