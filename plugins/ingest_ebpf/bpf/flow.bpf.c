@@ -329,16 +329,15 @@ static __always_inline int slot_account(void *slots, struct pkt_info *pi, __u64 
 		s->m.first_ns = now;
 		s->m.last_ns = now;
 		s->m.tcp_flags = pi->tcp_flags;
-		cnt->v[CNT_SLOT_PACKETS] += segs;
-		return 1;
+	} else if (key_equal(&s->key, &pi->key)) {
+		s->m.packets += segs;
+		s->m.bytes += bytes;
+		s->m.last_ns = clock_now(cnt, 0);
+		s->m.tcp_flags |= pi->tcp_flags;
+	} else {
+		return 0;		/* another flow's slot */
 	}
-	if (!key_equal(&s->key, &pi->key))
-		return 0;
 	cnt->v[CNT_SLOT_PACKETS] += segs;
-	s->m.packets += segs;
-	s->m.bytes += bytes;
-	s->m.last_ns = clock_now(cnt, 0);
-	s->m.tcp_flags |= pi->tcp_flags;
 	return 1;
 }
 
