@@ -18,7 +18,7 @@ from tests.support.pcapgen import (
     FlowSpec,
     PcapBuilder,
 )
-from tests.support.truth import FlowId, GroundTruth
+from tests.support.truth import FlowId, GroundTruth, record_table
 
 
 def mixed_capture(builder: PcapBuilder) -> PcapBuilder:
@@ -40,13 +40,7 @@ def mixed_capture(builder: PcapBuilder) -> PcapBuilder:
 
 
 def exported_table(lines: list[dict]) -> dict[FlowId, tuple[int, int]]:
-    out: dict[FlowId, tuple[int, int]] = {}
-    for r in lines:
-        fid = FlowId.make(r["protocol"], r["src_addr"], r["dst_addr"], r["src_port"],
-                          r["dst_port"])
-        p, b = out.get(fid, (0, 0))
-        out[fid] = (p + r["packets"], b + r["octets"])
-    return out
+    return record_table(lines)
 
 
 def run_cli(config: Path) -> subprocess.CompletedProcess[str]:

@@ -30,7 +30,7 @@ from tests.support.netns import (
     set_offloads,
     tcp_connections,
 )
-from tests.support.truth import FlowId
+from tests.support.truth import FlowId, record_table
 
 pytestmark = pytest.mark.bpf
 
@@ -72,16 +72,8 @@ def start_agent(conf: Path, log: Path) -> tuple[subprocess.Popen, dict[str, int]
 
 
 def exported(out: Path) -> dict[FlowId, tuple[int, int]]:
-    table: dict[FlowId, tuple[int, int]] = {}
-    for line in out.read_text().splitlines():
-        r = json.loads(line)
-        if r.get("type") != "flow":
-            continue
-        fid = FlowId.make(r["protocol"], r["src_addr"], r["dst_addr"], r["src_port"],
-                          r["dst_port"])
-        p, b = table.get(fid, (0, 0))
-        table[fid] = (p + r["packets"], b + r["octets"])
-    return table
+    records = map(json.loads, out.read_text().splitlines())
+    return record_table(r for r in records if r.get("type") == "flow")
 
 
 def bpf_prog_ids() -> set[int]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from agent.control import ControlError, request
 from tests.support.pcapgen import SAMPLE_EPOCH_NS, FlowSpec, PcapBuilder
-from tests.support.truth import FlowId
+from tests.support.truth import FlowId, record_table
 
 T0 = SAMPLE_EPOCH_NS
 MS = 1_000_000
@@ -110,21 +110,14 @@ def exported(path: Path) -> list[dict[str, Any]]:
 
 def table(records: list[dict[str, Any]]) -> dict[FlowId, tuple[int, int]]:
     """Packets and bytes per flow id, summed over records."""
-    out: dict[FlowId, tuple[int, int]] = {}
-    for r in records:
-        fid = FlowId.make(r["protocol"], r["src_addr"], r["dst_addr"], r["src_port"],
-                          r["dst_port"])
-        p, b = out.get(fid, (0, 0))
-        out[fid] = (p + r["packets"], b + r["octets"])
-    return out
+    return record_table(records)
 
 
 def count_by_flow(records: list[dict[str, Any]]) -> dict[FlowId, int]:
     """How many records each flow id was exported in."""
     out: dict[FlowId, int] = {}
     for r in records:
-        fid = FlowId.make(r["protocol"], r["src_addr"], r["dst_addr"], r["src_port"],
-                          r["dst_port"])
+        fid = FlowId.of_record(r)
         out[fid] = out.get(fid, 0) + 1
     return out
 

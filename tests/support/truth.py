@@ -16,7 +16,7 @@ import ipaddress
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 PROTO_ICMP = 1
 PROTO_TCP = 6
@@ -43,9 +43,25 @@ class FlowId(NamedTuple):
         s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
         return cls(s.version, proto, str(s), str(d), sport, dport)
 
+    @classmethod
+    def of_record(cls, r: dict[str, Any]) -> FlowId:
+        """The id of one ``[[export.log]]`` JSON flow record."""
+        return cls.make(r["protocol"], r["src_addr"], r["dst_addr"], r["src_port"],
+                        r["dst_port"])
+
     def reverse(self) -> FlowId:
         """The reply direction (ports swapped; meaningless for ICMP)."""
         return self._replace(src=self.dst, dst=self.src, sport=self.dport, dport=self.sport)
+
+
+def record_table(records: Iterable[dict[str, Any]]) -> dict[FlowId, tuple[int, int]]:
+    """Packets and bytes per flow id, summed over ``[[export.log]]`` JSON flow records."""
+    out: dict[FlowId, tuple[int, int]] = {}
+    for r in records:
+        fid = FlowId.of_record(r)
+        p, b = out.get(fid, (0, 0))
+        out[fid] = (p + r["packets"], b + r["octets"])
+    return out
 
 
 @dataclass
