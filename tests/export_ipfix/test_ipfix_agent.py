@@ -22,15 +22,10 @@ from tests.support.collectors import (
     netflow_decode,
     tshark_decode,
 )
-from tests.support.pcapgen import SAMPLE_EPOCH_NS, FlowSpec, PcapBuilder
+from tests.support.pcapgen import MIXED_FLOWS, SAMPLE_EPOCH_NS, FlowSpec, PcapBuilder
 
 SPECS = [
-    FlowSpec("udp", "10.0.0.1", "10.0.0.2", 1000, 53, packets=3, payload=40),
-    FlowSpec("tcp", "10.0.0.1", "10.0.0.3", 40000, 80, packets=7, payload=900),
-    FlowSpec("icmp", "10.0.0.5", "10.0.0.1", packets=2, payload=56),
-    FlowSpec("udp", "10.0.0.9", "10.0.0.2", 5000, 5001, packets=40, payload=1200),
-    FlowSpec("tcp", "fd00::1", "fd00::2", 40001, 443, packets=5, payload=300),
-    FlowSpec("udp", "fd00::3", "fd00::2", 7000, 53, packets=2, payload=20),
+    *MIXED_FLOWS,
     FlowSpec("icmpv6", "fd00::3", "fd00::2", packets=3, payload=16, icmp_type=128),
 ]
 # many small flows so that the export needs several MTU-bounded messages

@@ -25,17 +25,10 @@ from tests.export_netflow.collect import (
 )
 from tests.support.agentproc import agent_script, run_agent
 from tests.support.collectors import free_udp_port
-from tests.support.pcapgen import SAMPLE_EPOCH_NS, FlowSpec, PcapBuilder
+from tests.support.pcapgen import MIXED_FLOWS, SAMPLE_EPOCH_NS, FlowSpec, PcapBuilder
 
 GAP_NS = 3_000_000  # 3 ms between packets of a flow
-SPECS = [
-    FlowSpec("udp", "10.0.0.1", "10.0.0.2", 1000, 53, packets=3, payload=40),
-    FlowSpec("tcp", "10.0.0.1", "10.0.0.3", 40000, 80, packets=7, payload=900),
-    FlowSpec("icmp", "10.0.0.5", "10.0.0.1", packets=2, payload=56),
-    FlowSpec("udp", "10.0.0.9", "10.0.0.2", 5000, 5001, packets=40, payload=1200),
-    FlowSpec("tcp", "fd00::1", "fd00::2", 40001, 443, packets=5, payload=300),
-    FlowSpec("udp", "fd00::3", "fd00::2", 7000, 53, packets=2, payload=20),
-]
+SPECS = list(MIXED_FLOWS)
 
 
 def _spec_times(i: int, spec: FlowSpec) -> FlowSpec:

@@ -133,6 +133,17 @@ class FlowSpec:
         return TCP_PSH | TCP_ACK if self.payload else TCP_ACK
 
 
+#: A small mix for exporter tests: IPv4 and IPv6; UDP, TCP, ICMP; tiny to MTU-sized packets.
+MIXED_FLOWS = (
+    FlowSpec("udp", "10.0.0.1", "10.0.0.2", 1000, 53, packets=3, payload=40),
+    FlowSpec("tcp", "10.0.0.1", "10.0.0.3", 40000, 80, packets=7, payload=900),
+    FlowSpec("icmp", "10.0.0.5", "10.0.0.1", packets=2, payload=56),
+    FlowSpec("udp", "10.0.0.9", "10.0.0.2", 5000, 5001, packets=40, payload=1200),
+    FlowSpec("tcp", "fd00::1", "fd00::2", 40001, 443, packets=5, payload=300),
+    FlowSpec("udp", "fd00::3", "fd00::2", 7000, 53, packets=2, payload=20),
+)
+
+
 class Frame(NamedTuple):
     """One captured frame: time, link type, captured bytes and original length."""
 
