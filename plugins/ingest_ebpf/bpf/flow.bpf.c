@@ -368,6 +368,8 @@ static __always_inline void observe(void *data, void *end, __u32 frame_len, __u3
 	else
 		bytes = pi->ip_len;
 	active = bpf_map_lookup_elem(&flow_active, &zero);
+	/* One call site per map, not a pointer chosen at run time: the verifier inlines a map
+	 * lookup only when a single map reaches the call instruction. */
 	if (active && *active) {
 		if (!slot_mask || !slot_account(&slots_b, pi, segs, bytes, cnt))
 			account(&flows_b, pi, segs, bytes, cnt);
