@@ -5,11 +5,12 @@ Used by :func:`agent.config.check.validate` (every dry-run, start and reload) an
 permissions"):
 
 * :func:`config_permission_issues`: a configuration file others may change configures what
-  root runs. As root, a world-writable file is an error (the agent refuses to start or
-  reload with it, ``--dry-run`` exits 78); a file in a directory anyone may replace it in
-  (world-writable without the sticky bit), a file or directory writable by a non-root user
-  or group, or a conf.d directory others may add files to, is a warning (an error under
-  ``--strict``). As another user, a world-writable file is a warning;
+  root runs. As root (or at a reload after root was dropped), a world-writable file is an
+  error (the agent refuses to start or reload with it, ``--dry-run`` exits 78); a file in a
+  directory anyone may replace it in (world-writable without the sticky bit), a file or
+  directory writable by a non-root user or group, or a conf.d directory others may add files
+  to, is a warning (an error under ``--strict``). As another user, a world-writable file is a
+  warning;
 * :func:`agent_file_issues`: the control socket path must be free or a socket; a state file
   that would be quarantined at start is announced;
 * :func:`output_issues`: an output file (IPFIX file, ``export.log``) must be writable by the
@@ -28,8 +29,11 @@ from agent.errors import ConfigIssue, Severity
 
 
 def config_permission_issues(path: str | Path, files: list[str]) -> list[ConfigIssue]:
-    """Issues for configuration files (and their directories) others may change."""
-    root = os.geteuid() == 0
+    """Issues for configuration files (and their directories) others may change.
+
+    "As root" includes a reload after root was dropped (the agent still acts for root).
+    """
+    root = privileges.started_as_root()
     issues: list[ConfigIssue] = []
     if Path(path).is_dir():
         issues += _conf_dir_issues(str(path), root)

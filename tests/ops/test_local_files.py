@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.control import ControlServer
-from tests.ops.helpers import AGENT, MS, T0, cli
+from tests.ops.helpers import AGENT, MS, T0, RunningAgent, cli, steady_capture
 from tests.support.pcapgen import FlowSpec, PcapBuilder
 
 NOBODY = 65534
@@ -129,6 +129,28 @@ def test_world_writable_config_is_refused_as_root(tmp_path: Path) -> None:
     run = start(config)
     assert run.returncode == 78 and "writable by everyone" in run.stderr
     assert "flows exported" not in run.stderr
+
+
+@root_only
+def test_world_writable_config_is_refused_at_reload_after_the_drop(shared_dir: Path) -> None:
+    """The agent runs as ``nobody`` but still acts for root (kept capabilities): a reload of a
+    configuration made world-writable meanwhile is refused; the agent keeps running."""
+    sock, pcap = shared_dir / "agent.sock", shared_dir / "c.pcap"
+    steady_capture(pcap, seconds=30, flows=1, pps_per_flow=2)
+    config = write_config(shared_dir / "a.toml", sock=str(sock), pcap=pcap,
+                          out=str(shared_dir / "out.jsonl"))
+    config.write_text(config.read_text().replace("[agent]\n", '[agent]\nuser = "nobody"\n')
+                      .replace(f'path = "{pcap}"', f'path = "{pcap}"\nspeed = "recorded"'))
+    agent = RunningAgent(config, sock)
+    try:
+        agent.wait_for(lambda s: s["agent"]["uid"] == NOBODY, what="running as nobody")
+        config.chmod(0o666)
+        reload = cli("reload", "--socket", str(sock))
+        assert reload.returncode == 1 and "invalid" in reload.stderr, reload
+        assert "writable by everyone" in agent.log()
+        assert agent.stats()["agent"]["reload_failures"] == 1
+    finally:
+        assert agent.stop() == 0, agent.log()
 
 
 @root_only
