@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from agent.control import ControlServer
-from tests.ops.helpers import AGENT, MS, T0, RunningAgent, cli, steady_capture
+from tests.ops.helpers import MS, T0, RunningAgent, cli, steady_capture
 from tests.support.pcapgen import FlowSpec, PcapBuilder
 
 NOBODY = 65534
@@ -51,8 +51,7 @@ def dry_run(config: Path, *flags: str) -> subprocess.CompletedProcess[str]:
 
 def start(config: Path, umask: int = 0o022) -> subprocess.CompletedProcess[str]:
     """Run the agent on ``config`` to completion (a finite replay)."""
-    return subprocess.run([*AGENT, "-c", str(config)], capture_output=True, text=True,
-                          timeout=60, umask=umask)
+    return cli("-c", str(config), timeout=60, umask=umask)
 
 
 @pytest.fixture
