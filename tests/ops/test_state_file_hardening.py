@@ -17,22 +17,12 @@ import pytest
 from agent import state
 from agent.model import END_IDLE, make_key
 from tests.ops.helpers import MS, T0, RunningAgent, cli, exported, steady_capture
+from tests.ops.test_state import CONFIG
 from tests.support.pcapgen import FlowSpec, PcapBuilder
 from tests.support.truth import FlowId
 
-REPLAY = """
-[agent]
-control_socket = "{sock}"
-state_file = "{state}"
-scan_interval_ms = 100
-[cache]
-inactive_timeout = {inactive}
-[[ingest.pcap]]
-path = "{capture}"
-speed = "{speed}"
-[[export.log]]
-path = "{out}"
-"""
+#: the restart test's configuration, with a chosen idle timeout
+REPLAY = CONFIG + "[cache]\ninactive_timeout = {inactive}\n"
 NOBODY = 65534
 
 
