@@ -240,7 +240,18 @@ def final_summary(pipeline: Pipeline) -> str:
             f"{core.get('traffic_packets', 0)} packets, {core.get('traffic_bytes', 0)} bytes; "
             f"dropped {core.get('drop_packets', 0)} packets, {core.get('drop_bytes', 0)} bytes "
             f"(refused at maxflows {core.get('maxflows', 0)}, truncated "
-            f"{core.get('trunc', 0)}); fragments {core.get('frag', 0)}")
+            f"{core.get('trunc', 0)}); fragments {core.get('frag', 0)}"
+            f"{_state_summary(pipeline)}")
+
+
+def _state_summary(pipeline: Pipeline) -> str:
+    """What the start took from ``[agent] state_file``, when it had a file to read."""
+    st = pipeline.state_restore
+    if not (st.flows or st.rejected or st.quarantined):
+        return ""
+    moved = f", file quarantined as {st.moved_to or '(not moved)'}" if st.quarantined else ""
+    return (f"; state file: restored {st.flows} flows, rejected {st.rejected}, clamped "
+            f"{st.clamped}{moved}")
 
 
 if __name__ == "__main__":

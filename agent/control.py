@@ -33,7 +33,7 @@ from typing import Any
 
 import msgpack
 
-from agent import privileges
+from agent import localfiles, privileges
 from agent.runtime import ITEM_CALL
 
 log = logging.getLogger("agent.control")
@@ -235,7 +235,10 @@ class ControlServer:
             os.chown(Path(self.path).parent, uid, gid)
 
     def _remove_stale(self) -> None:
-        if not os.path.exists(self.path):
+        problem = localfiles.socket_path_problem(self.path)  # only a socket may be replaced
+        if problem:
+            raise OSError(errno.EEXIST, problem)
+        if not os.path.lexists(self.path):
             return
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:

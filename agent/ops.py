@@ -18,10 +18,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
-from agent import hookimpl, logutil, privileges
+from agent import hookimpl, localfiles, logutil, privileges, state
+from agent.config import files
 from agent.control import ControlServer, call_on_pipeline
 from agent.errors import ConfigIssue
 from agent.report import OpsMonitor, build_snapshot, format_report
@@ -74,7 +74,7 @@ def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue] | None
     if not check_env:
         return None
     section = config.agent
-    issues = []
+    issues = files.agent_file_issues(section)  # control socket path, state file
     if section.user:
         try:
             privileges.resolve(section.user, section.group)
@@ -109,6 +109,7 @@ class Operations:
         if self.section.user:
             self.identity = privileges.resolve(self.section.user, self.section.group)
             privileges.prepare()
+            localfiles.set_output_owner(self.identity.uid, self.identity.gid)
         repeat = logutil.find_filter()
         if repeat is not None:
             repeat.interval = self.section.log_repeat_interval
@@ -167,14 +168,9 @@ class Operations:
         assert identity is not None
         if self.control is not None and os.geteuid() == 0:
             self.control.chown(identity.uid, identity.gid)
-        state_dir = Path(self.section.state_file).parent if self.section.state_file else None
-        if state_dir is not None and not state_dir.exists() and os.geteuid() == 0:
-            state_dir.mkdir(mode=0o750, parents=True)
-            os.chown(state_dir, identity.uid, identity.gid)
+        if self.section.state_file and os.geteuid() == 0:
+            state.reserve(self.section.state_file)  # root's file, written after the drop
         privileges.drop(identity, self._capabilities_to_keep())
-        if state_dir is not None and not os.access(state_dir, os.W_OK):
-            log.warning("%s is not writable by %s: flows cannot be saved at stop",
-                        state_dir, identity.user)
 
     def _capabilities_to_keep(self) -> list[str]:
         """``keep_capabilities``, plus CAP_SYS_ADMIN when a component enters another network

@@ -87,6 +87,8 @@ class Pipeline:
         #: agent.ops
         self.heartbeat: Callable[[], None] | None = None
         self.restored_flows = 0
+        #: what the start made of ``[agent] state_file`` (restored, rejected, quarantined)
+        self.state_restore = state.RestoreOutcome()
         #: sources that emitted unsampled batches while a sampling was declared (warned once)
         self._unsampled_sources: set[str] = set()
 
@@ -109,7 +111,8 @@ class Pipeline:
         order = sorted(self.config.instances, key=lambda i: _STAGE_ORDER[i.stage])
         cache = self.cache_component()
         if self.config.agent.state_file and hasattr(cache, "restore"):
-            self.restored_flows = state.restore(cache, self.config.agent.state_file)
+            self.state_restore = state.restore(cache, self.config.agent.state_file)
+            self.restored_flows = self.state_restore.flows
         for inst in order:
             impl = getattr(self.components[inst.path], "agent_start", None)
             try:

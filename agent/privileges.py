@@ -217,3 +217,9 @@ def drop(identity: Identity, keep: list[str]) -> list[str]:
     log.info("running as %s (uid %d, gid %d), capabilities: %s", identity.user, identity.uid,
              identity.gid, ", ".join(kept) or "none")
     return kept
+
+
+def started_as_root() -> bool:
+    """``True`` when running as root, or after :func:`drop` left root (the process still acts
+    for root: it holds kept capabilities and root's files)."""
+    return os.geteuid() == 0 or _DROP.mask is not None

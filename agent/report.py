@@ -143,6 +143,7 @@ def _agent_part(pipeline: Any, monitor: OpsMonitor | None, now: int) -> dict[str
         "last_scan_interval_ms": (monitor.tick_interval_ns / 1e6) if monitor else 0.0,
         "reloads": pipeline.reloads, "reload_failures": pipeline.reload_failures,
         "hook_errors": dict(pipeline.hook_errors), "restored_flows": pipeline.restored_flows,
+        "state_file": pipeline.state_restore.as_dict(),
         "exported_flows": pipeline.exported_flows, "nat_events": pipeline.nat_events,
         "uid": os.geteuid(), "gid": os.getegid(),
     }
@@ -270,7 +271,15 @@ def _header(snap: dict[str, Any]) -> str:
     return (f"netflow-agent {a['version']} (pid {a['pid']}, uid {a['uid']}), up "
             f"{_age(a['uptime_s'])}{' (replay clock)' if a['replay'] else ''}, reloads "
             f"{a['reloads']} (failed {a['reload_failures']}), hook errors {errors}, "
-            f"restored flows {a['restored_flows']}")
+            f"restored flows {a['restored_flows']}{_state_note(a.get('state_file'))}")
+
+
+def _state_note(st: dict[str, Any] | None) -> str:
+    """`` (rejected R, clamped C, state file quarantined)`` when the restore was not clean."""
+    if not st or not (st["rejected"] or st["clamped"] or st["quarantined"]):
+        return ""
+    moved = ", state file quarantined" if st["quarantined"] else ""
+    return f" (rejected {st['rejected']}, clamped {st['clamped']}{moved})"
 
 
 def _flows_line(snap: dict[str, Any]) -> str:
