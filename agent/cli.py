@@ -181,12 +181,10 @@ def _tune_malloc() -> None:
         pass
 
 
-def _revalidate(path: str, registry: ComponentRegistry, pm: pluggy.PluginManager) -> Any:
-    """Re-read the configuration for a reload; log its issues; ``None`` when invalid."""
-    config, issues = validate(path, registry, pm.hook, check_env=True)
-    for issue in issues:
-        (log.error if issue.severity == "error" else log.warning)("reload: %s", issue.format())
-    return config
+def _revalidate(path: str, registry: ComponentRegistry,
+                pm: pluggy.PluginManager) -> tuple[Any, list[ConfigIssue]]:
+    """Re-read the configuration for a reload (:mod:`agent.reloading` logs the issues)."""
+    return validate(path, registry, pm.hook, check_env=True)
 
 
 def cmd_run(path: str, level: str | None) -> int:
