@@ -331,7 +331,10 @@ class Pipeline:
         obj = inst.ctype.factory(inst.config, inst.path)
         impl = getattr(obj, "agent_start", None)
         if impl is not None:
-            impl(context=self.context)  # raises: the old instance keeps running
+            try:
+                impl(context=self.context)
+            except Exception as exc:  # the old instance (not an ingest) keeps running
+                raise StartupError(f"{inst.path}: failed to start: {exc}") from exc
         retired = self._unregister(old.path) if old is not None else None
         self.pm.register(obj, name=inst.path)
         self.components[inst.path] = obj

@@ -157,7 +157,7 @@ def _roll_back(pipeline: Any, previous: AgentConfig, history: ReloadHistory,
         return ReloadOutcome("failed", f"not applied: {exc}; restoring generation "
                              f"{history.generation} failed too ({again}); running now: "
                              f"{running}", generation=history.generation)
-    return _failed(history, str(exc))
+    return _failed(history, f"{exc} (the previous configuration was restored)")
 
 
 def start_only_changes(old: AgentSection, new: AgentSection) -> list[str]:
