@@ -26,25 +26,25 @@ import pluggy
 from agent import __version__, logutil
 from agent.config.check import validate
 from agent.config.load import load
+from agent.config.model import AgentSection
+from agent.config.sample import section_sample
 from agent.errors import ConfigIssue
 from agent.ops import Operations
 from agent.pipeline import Pipeline, StartupError
 from agent.plugins import build_registry, make_manager
 from agent.privileges import PrivilegeError
 from agent.registry import ComponentRegistry
+from agent.reloading import START_ONLY_KEYS
 
 EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 log = logging.getLogger("agent")
 
-AGENT_SAMPLE = """\
-[agent]
-## Debug level as in ipt_NETFLOW: 0 quiet, 1 info, 2-3 debug.
-debug = 0
-## How often timeouts are checked (ipt_NETFLOW's worker delay), in milliseconds.
-# scan_interval_ms = 1000
-## Directory for spools and saved state.
-# state_dir = "/var/lib/netflow-agent"
-"""
+#: example values the ``[agent]`` sample shows instead of an empty default
+AGENT_EXAMPLES = {
+    "state_dir": '"/var/lib/netflow-agent"', "control_socket_mode": "0o600",
+    "metrics_listen": '"127.0.0.1:9184"', "user": '"netflow"',
+    "state_file": '"/var/lib/netflow-agent/flows.state"',
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -165,7 +165,9 @@ def cmd_sample(name: str | None) -> int:
         for t in matches:
             print(t.sample.rstrip() or f"# {t.table}: no sample provided")
         return EX_OK
-    parts = [AGENT_SAMPLE]
+    restart = "Restart to change it (a reload refuses)."
+    parts = [section_sample("agent", AgentSection, AGENT_EXAMPLES, active=("debug",),
+                            note=dict.fromkeys(START_ONLY_KEYS, restart))]
     parts += [t.sample for t in registry.types.values() if t.stage in ("cache", "aggregate")]
     parts += [t.sample for t in registry.types.values()
               if t.stage in ("ingest", "export") and t.sample]
