@@ -6,6 +6,8 @@
     agent --dry-run -c FILE|DIR       validate, start nothing; exit 0 valid, 78 invalid
     agent plugins                     list plugins with version and origin
     agent config sample [NAME]        print a commented sample (all, or one component)
+    agent config import-ipt-netflow --modprobe F --sysctl F [-o OUT]
+                                      ipt_NETFLOW settings as TOML
     agent stats [--json] [--socket P] the running agent's statistics (control socket)
     agent reload [--socket P]         make the running agent re-read its configuration
 
@@ -65,6 +67,21 @@ def _parser() -> argparse.ArgumentParser:
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     sample = cfg_sub.add_parser("sample", help="print a commented sample configuration")
     sample.add_argument("name", nargs="?", help="component, e.g. netflow or export.netflow")
+    imp = cfg_sub.add_parser(
+        "import-ipt-netflow", help="convert ipt_NETFLOW module options and sysctls to TOML",
+        description="Read ipt_NETFLOW settings (modprobe.d 'options ipt_NETFLOW ...' lines, "
+        "'sysctl -a' net.netflow.* lines; later ones win) and write the equivalent "
+        "configuration, with a comment for every option that has no equivalent. Exit 0: "
+        "written and valid; 1: written, but --dry-run would refuse it; 2: unusable input.")
+    imp.add_argument("--modprobe", action="append", default=[], metavar="FILE",
+                     help="a modprobe.d file, '-' = stdin (repeatable)")
+    imp.add_argument("--sysctl", action="append", default=[], metavar="FILE",
+                     help="'sysctl -a' output or a sysctl.conf, '-' = stdin (repeatable)")
+    imp.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+    imp.add_argument("--nflog-group", type=int, default=5, metavar="N",
+                     help="NFLOG group replacing -j NETFLOW (default 5)")
+    imp.add_argument("--manage-rules", action="store_true",
+                     help="let the agent install its nftables rules (manage_rules = true)")
     stats = sub.add_parser("stats", help="print the running agent's statistics")
     stats.add_argument("--json", action="store_true", help="machine-readable JSON")
     stats.add_argument("--socket", help="control socket (default: [agent] control_socket "
@@ -83,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     logutil.install()  # rate-limited repeats; journald priorities under systemd
     if args.command == "plugins":
         return cmd_plugins()
+    if args.command == "config" and args.config_command == "import-ipt-netflow":
+        from agent.config.ipt_netflow import cmd_import
+
+        return cmd_import(args.modprobe, args.sysctl, args.output, args.nflog_group,
+                          args.manage_rules)
     if args.command == "config":
         return cmd_sample(args.name)
     if args.command in ("stats", "reload"):
