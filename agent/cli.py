@@ -9,7 +9,7 @@
     agent config import-ipt-netflow --modprobe F --sysctl F [-o OUT]
                                       ipt_NETFLOW settings as TOML
     agent stats [--json] [--socket P] the running agent's statistics (control socket)
-    agent reload [--socket P]         make the running agent re-read its configuration
+    agent reload [--socket P]         re-read the configuration; 0 applied, 1 not (reason)
 
 Exit codes: 0 success, 1 runtime failure, 2 usage error, 78 (EX_CONFIG) invalid configuration.
 """
@@ -86,7 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="machine-readable JSON")
     stats.add_argument("--socket", help="control socket (default: [agent] control_socket "
                        "of -c FILE, else /run/netflow-agent/agent.sock)")
-    reload = sub.add_parser("reload", help="make the running agent re-read its configuration")
+    reload = sub.add_parser(
+        "reload", help="make the running agent re-read its configuration and wait for the "
+        "outcome", description="Ask the running agent to re-read its configuration and wait "
+        "until it is applied. Exit 0: the new configuration runs (or nothing changed); 1: not "
+        "applied, the old configuration keeps running, the reason (file: key: problem) on "
+        "stderr, or no agent to ask; 75: asked, but no outcome came back in time.")
     reload.add_argument("--socket", help="control socket (as for stats)")
     return p
 
