@@ -7,12 +7,23 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.config.check import validate
+from agent.config.ipt_netflow import (
+    InputError,
+    convert,
+    parse_modprobe,
+    parse_sysctl,
+    render,
+    validate_draft,
+)
 from agent.plugins import build_registry, make_manager
 
 AGENT = [sys.executable, "-m", "agent.cli"]
@@ -166,3 +177,28 @@ def test_stdin_stdout_and_nflog_choices() -> None:
 def test_unusable_input_writes_nothing(args: list[str], message: str) -> None:
     proc = run("config", "import-ipt-netflow", *args)
     assert proc.returncode == 2 and message in proc.stderr and proc.stdout == ""
+
+
+_REGISTRY = build_registry(make_manager([])[0])
+_WORDS = st.sampled_from(["options", "install", "ipt_NETFLOW", "ipt-NETFLOW", "destination=",
+                          "protocol=", "10", "9", "5", "0", "-1", "@", "%", ",", ":", "[", "]",
+                          "::1", "10.0.0.1", "eth0", '"', "\\", "\n", " ", "=", "#",
+                          "aggregation=", "1.2.3.0/24=16", "80-89=80", "net.netflow.",
+                          "natevents=1", "sampler=", "x", "é", "\t"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_WORDS, max_size=40).map("".join), st.lists(_WORDS, max_size=40).map("".join))
+def test_any_input_gives_toml_or_a_clear_input_error(modprobe: str, sysctl: str) -> None:
+    """Whatever the files hold, the result is TOML that loads (or the input is refused with
+    file:line), and every value in it passed the agent's own validation."""
+    try:
+        found, notes = parse_modprobe(modprobe, "m.conf")
+    except InputError as exc:
+        assert str(exc).startswith("m.conf:")
+        return
+    draft = convert(found + parse_sysctl(sysctl, "s.txt"), registry=_REGISTRY)
+    data = tomllib.loads(render(draft, ["m.conf", "s.txt"]))
+    assert set(data) <= {"agent", "cache", "aggregate", "ingest", "export"}
+    refused = [i for i in validate_draft(draft, _REGISTRY) if i.severity == "error"]
+    assert all(i.path == "export" or i.path.startswith("export.") for i in refused), refused
