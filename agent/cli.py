@@ -6,8 +6,10 @@
     agent --dry-run -c FILE|DIR       validate, start nothing; exit 0 valid, 78 invalid
     agent plugins                     list plugins with version and origin
     agent config sample [NAME]        print a commented sample (all, or one component)
+    agent config import-ipt-netflow --modprobe F --sysctl F [-o OUT]
+                                      ipt_NETFLOW settings as TOML
     agent stats [--json] [--socket P] the running agent's statistics (control socket)
-    agent reload [--socket P]         make the running agent re-read its configuration
+    agent reload [--socket P]         re-read the configuration; 0 applied, 1 not (reason)
 
 Exit codes: 0 success, 1 runtime failure, 2 usage error, 78 (EX_CONFIG) invalid configuration.
 """
@@ -26,25 +28,25 @@ import pluggy
 from agent import __version__, logutil
 from agent.config.check import validate
 from agent.config.load import load
+from agent.config.model import AgentSection
+from agent.config.sample import section_sample
 from agent.errors import ConfigIssue
 from agent.ops import Operations
 from agent.pipeline import Pipeline, StartupError
 from agent.plugins import build_registry, make_manager
 from agent.privileges import PrivilegeError
 from agent.registry import ComponentRegistry
+from agent.reloading import START_ONLY_KEYS
 
 EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 log = logging.getLogger("agent")
 
-AGENT_SAMPLE = """\
-[agent]
-## Debug level as in ipt_NETFLOW: 0 quiet, 1 info, 2-3 debug.
-debug = 0
-## How often timeouts are checked (ipt_NETFLOW's worker delay), in milliseconds.
-# scan_interval_ms = 1000
-## Directory for spools and saved state.
-# state_dir = "/var/lib/netflow-agent"
-"""
+#: example values the ``[agent]`` sample shows instead of an empty default
+AGENT_EXAMPLES = {
+    "state_dir": '"/var/lib/netflow-agent"', "control_socket_mode": "0o600",
+    "metrics_listen": '"127.0.0.1:9184"', "user": '"netflow"',
+    "state_file": '"/var/lib/netflow-agent/flows.state"',
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,11 +67,31 @@ def _parser() -> argparse.ArgumentParser:
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     sample = cfg_sub.add_parser("sample", help="print a commented sample configuration")
     sample.add_argument("name", nargs="?", help="component, e.g. netflow or export.netflow")
+    imp = cfg_sub.add_parser(
+        "import-ipt-netflow", help="convert ipt_NETFLOW module options and sysctls to TOML",
+        description="Read ipt_NETFLOW settings (modprobe.d 'options ipt_NETFLOW ...' lines, "
+        "'sysctl -a' net.netflow.* lines; later ones win) and write the equivalent "
+        "configuration, with a comment for every option that has no equivalent. Exit 0: "
+        "written and valid; 1: written, but --dry-run would refuse it; 2: unusable input.")
+    imp.add_argument("--modprobe", action="append", default=[], metavar="FILE",
+                     help="a modprobe.d file, '-' = stdin (repeatable)")
+    imp.add_argument("--sysctl", action="append", default=[], metavar="FILE",
+                     help="'sysctl -a' output or a sysctl.conf, '-' = stdin (repeatable)")
+    imp.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+    imp.add_argument("--nflog-group", type=int, default=5, metavar="N",
+                     help="NFLOG group replacing -j NETFLOW (default 5)")
+    imp.add_argument("--manage-rules", action="store_true",
+                     help="let the agent install its nftables rules (manage_rules = true)")
     stats = sub.add_parser("stats", help="print the running agent's statistics")
     stats.add_argument("--json", action="store_true", help="machine-readable JSON")
     stats.add_argument("--socket", help="control socket (default: [agent] control_socket "
                        "of -c FILE, else /run/netflow-agent/agent.sock)")
-    reload = sub.add_parser("reload", help="make the running agent re-read its configuration")
+    reload = sub.add_parser(
+        "reload", help="make the running agent re-read its configuration and wait for the "
+        "outcome", description="Ask the running agent to re-read its configuration and wait "
+        "until it is applied. Exit 0: the new configuration runs (or nothing changed); 1: not "
+        "applied, the old configuration keeps running, the reason (file: key: problem) on "
+        "stderr, or no agent to ask; 75: asked, but no outcome came back in time.")
     reload.add_argument("--socket", help="control socket (as for stats)")
     return p
 
@@ -83,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     logutil.install()  # rate-limited repeats; journald priorities under systemd
     if args.command == "plugins":
         return cmd_plugins()
+    if args.command == "config" and args.config_command == "import-ipt-netflow":
+        from agent.config.ipt_netflow import cmd_import
+
+        return cmd_import(args.modprobe, args.sysctl, args.output, args.nflog_group,
+                          args.manage_rules)
     if args.command == "config":
         return cmd_sample(args.name)
     if args.command in ("stats", "reload"):
@@ -165,7 +192,9 @@ def cmd_sample(name: str | None) -> int:
         for t in matches:
             print(t.sample.rstrip() or f"# {t.table}: no sample provided")
         return EX_OK
-    parts = [AGENT_SAMPLE]
+    restart = "Restart to change it (a reload refuses)."
+    parts = [section_sample("agent", AgentSection, AGENT_EXAMPLES, active=("debug",),
+                            note=dict.fromkeys(START_ONLY_KEYS, restart))]
     parts += [t.sample for t in registry.types.values() if t.stage in ("cache", "aggregate")]
     parts += [t.sample for t in registry.types.values()
               if t.stage in ("ingest", "export") and t.sample]
@@ -181,12 +210,10 @@ def _tune_malloc() -> None:
         pass
 
 
-def _revalidate(path: str, registry: ComponentRegistry, pm: pluggy.PluginManager) -> Any:
-    """Re-read the configuration for a reload; log its issues; ``None`` when invalid."""
-    config, issues = validate(path, registry, pm.hook, check_env=True)
-    for issue in issues:
-        (log.error if issue.severity == "error" else log.warning)("reload: %s", issue.format())
-    return config
+def _revalidate(path: str, registry: ComponentRegistry,
+                pm: pluggy.PluginManager) -> tuple[Any, list[ConfigIssue]]:
+    """Re-read the configuration for a reload (:mod:`agent.reloading` logs the issues)."""
+    return validate(path, registry, pm.hook, check_env=True)
 
 
 def cmd_run(path: str, level: str | None) -> int:

@@ -15,7 +15,7 @@ import pytest
 from agent import state
 from agent.config.model import AgentSection
 from agent.control import ControlError, recv_message, send_message
-from agent.logutil import RepeatFilter
+from agent.logutil import NEVER_FOLD, RepeatFilter
 from agent.model import make_key
 from agent.ops import check_agent_section
 from agent.privileges import PrivilegeError, capability_mask, mask_names, resolve
@@ -43,6 +43,14 @@ def test_repeat_filter_holds_back_identical_messages_and_says_how_many() -> None
     assert f.filter(passed)
     assert "[98 similar message(s) suppressed in the last 61 s]" in passed.getMessage()
     assert RepeatFilter(0).filter(record("x")) and RepeatFilter(0).filter(record("x"))
+
+
+def test_repeat_filter_never_folds_records_marked_never_fold() -> None:
+    f = RepeatFilter(60, clock=lambda: 0.0)
+    for _ in range(5):  # e.g. the same failed reload, five times in a second
+        marked = record("reload: %s", "not applied: same reason")
+        marked.__dict__.update(NEVER_FOLD)
+        assert f.filter(marked) and "suppressed" not in marked.getMessage()
 
 
 def test_hash_meter_is_lookups_per_match_with_ewma() -> None:
