@@ -63,6 +63,16 @@ def shared_dir() -> Iterator[Path]:
     shutil.rmtree(path)
 
 
+@pytest.fixture
+def conf_dir() -> Iterator[Path]:
+    """Root's directory, readable by all: where an operator keeps a config that the dropped
+    user must still read at reload."""
+    path = Path(tempfile.mkdtemp(prefix="nfa-conf-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
 # --- item 11: the control socket path --------------------------------------------------------
 
 
@@ -211,12 +221,12 @@ def test_output_files_are_created_0640_whatever_the_umask(tmp_path: Path) -> Non
 
 
 @root_only
-def test_check_env_refuses_an_ipfix_file_the_user_cannot_write(tmp_path: Path,
+def test_check_env_refuses_an_ipfix_file_the_user_cannot_write(tmp_path: Path, conf_dir: Path,
                                                                 shared_dir: Path) -> None:
     """Was: dry-run OK, then at run time every write failed while the agent exited 0 saying
     "10 flows exported"."""
     out = shared_dir / "flows.ipfix"
-    config = write_config(tmp_path / "a.toml", pcap=capture(tmp_path / "c.pcap"),
+    config = write_config(conf_dir / "a.toml", pcap=capture(tmp_path / "c.pcap"),
                           extra=f'[[export.ipfix]]\npath = "{out}"\n')
     config.write_text(config.read_text().replace("[agent]\n", '[agent]\nuser = "nobody"\n'))
     check = dry_run(config, "--check-env")
@@ -236,11 +246,11 @@ def test_check_env_refuses_an_ipfix_file_the_user_cannot_write(tmp_path: Path,
 
 @root_only
 def test_check_env_warns_about_an_export_log_file_the_user_cannot_reopen(
-        tmp_path: Path, shared_dir: Path) -> None:
+        conf_dir: Path, shared_dir: Path) -> None:
     out = shared_dir / "out.jsonl"
     out.write_text("")
     out.chmod(0o644)  # root's, readable by all
-    config = write_config(tmp_path / "a.toml", out=str(out))
+    config = write_config(conf_dir / "a.toml", out=str(out))
     config.write_text(config.read_text().replace("[agent]\n", '[agent]\nuser = "nobody"\n'))
     check = dry_run(config, "--check-env")
     assert check.returncode == 0, check.stderr
