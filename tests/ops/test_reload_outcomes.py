@@ -127,11 +127,12 @@ def test_invalid_config_is_refused_with_the_key_and_every_failure_is_logged(
 def test_a_component_that_fails_to_start_leaves_the_old_one_running(
         setup: tuple[Setup, RunningAgent], tmp_path: Path) -> None:
     s, agent = setup
-    s.write(active=2, out=tmp_path / "missing-dir" / "flows.jsonl")
+    (tmp_path / "a-directory").mkdir()  # passes validation (writable), fails to open
+    s.write(active=2, out=tmp_path / "a-directory")
     proc = s.reload()
     assert proc.returncode == 1
-    assert "not applied: export.log[0]: failed to start: [Errno 2] No such file or " \
-           "directory" in proc.stderr
+    assert "not applied: export.log[0]: failed to start: [Errno 21] Is a directory" \
+        in proc.stderr
     assert "(the previous configuration was restored); still running generation 1" \
         in proc.stderr
     before = len(exported(s.out))
