@@ -29,7 +29,7 @@ from setuptools.errors import CompileError
 HERE = Path(__file__).resolve().parent
 EBPF_DIR = Path("plugins") / "ingest_ebpf"
 BPF_SRC = EBPF_DIR / "bpf"
-EBPF_EXT = "plugins.ingest_ebpf._loader"
+EBPF_EXT = "netflow_agent.plugins.ingest_ebpf._loader"
 
 
 class BuildExtWithBpf(build_ext):
@@ -70,7 +70,7 @@ setup(
             optional=True,
         ),
         Extension(  # NFLOG per-packet loop; plain C over the Python API, optional
-            "plugins.ingest_nflog._nflog",
+            "netflow_agent.plugins.ingest_nflog._nflog",
             sources=["plugins/ingest_nflog/_nflog.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
             optional=True,

@@ -25,18 +25,18 @@ from typing import Any
 
 import pluggy
 
-from agent import __version__, logutil
-from agent.config.check import validate
-from agent.config.load import load
-from agent.config.model import AgentSection
-from agent.config.sample import section_sample
-from agent.errors import ConfigIssue
-from agent.ops import Operations
-from agent.pipeline import Pipeline, StartupError
-from agent.plugins import build_registry, make_manager
-from agent.privileges import PrivilegeError
-from agent.registry import ComponentRegistry
-from agent.reloading import START_ONLY_KEYS
+from netflow_agent import __version__, logutil
+from netflow_agent.config.check import validate
+from netflow_agent.config.load import load
+from netflow_agent.config.model import AgentSection
+from netflow_agent.config.sample import section_sample
+from netflow_agent.discovery import build_registry, make_manager
+from netflow_agent.errors import ConfigIssue
+from netflow_agent.ops import Operations
+from netflow_agent.pipeline import Pipeline, StartupError
+from netflow_agent.privileges import PrivilegeError
+from netflow_agent.registry import ComponentRegistry
+from netflow_agent.reloading import START_ONLY_KEYS
 
 EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 log = logging.getLogger("agent")
@@ -106,14 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "plugins":
         return cmd_plugins()
     if args.command == "config" and args.config_command == "import-ipt-netflow":
-        from agent.config.ipt_netflow import cmd_import
+        from netflow_agent.config.ipt_netflow import cmd_import
 
         return cmd_import(args.modprobe, args.sysctl, args.output, args.nflog_group,
                           args.manage_rules)
     if args.command == "config":
         return cmd_sample(args.name)
     if args.command in ("stats", "reload"):
-        from agent.control import cmd_control
+        from netflow_agent.control import cmd_control
 
         return cmd_control(args.command, args.socket, args.config, getattr(args, "json", False))
     if not args.config:

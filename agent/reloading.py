@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from agent import logutil
-from agent.config.model import AgentConfig, AgentSection
-from agent.errors import ConfigIssue
+from netflow_agent import logutil
+from netflow_agent.config.model import AgentConfig, AgentSection
+from netflow_agent.errors import ConfigIssue
 
 log = logging.getLogger("agent.reload")
 

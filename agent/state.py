@@ -46,7 +46,7 @@ from typing import Any
 
 import msgpack
 
-from agent import __version__, localfiles
+from netflow_agent import __version__, localfiles
 
 log = logging.getLogger("agent.state")
 FORMAT = "netflow-agent-state"

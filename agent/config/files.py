@@ -24,8 +24,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from agent import localfiles, privileges
-from agent.errors import ConfigIssue, Severity
+from netflow_agent import localfiles, privileges
+from netflow_agent.errors import ConfigIssue, Severity
 
 
 def config_permission_issues(path: str | Path, files: list[str]) -> list[ConfigIssue]:

@@ -24,10 +24,10 @@ from typing import Any
 
 import toml
 
-from agent.config.check import build
-from agent.config.load import RawConfig
-from agent.errors import ConfigIssue
-from agent.registry import ComponentRegistry
+from netflow_agent.config.check import build
+from netflow_agent.config.load import RawConfig
+from netflow_agent.errors import ConfigIssue
+from netflow_agent.registry import ComponentRegistry
 
 MODULE = "ipt_NETFLOW"
 DEFAULT_DESTINATION = "127.0.0.1:2055"
@@ -452,7 +452,7 @@ def cmd_import(modprobe: list[str], sysctl: list[str], output: str | None,
     would refuse it (issues on stderr), 2 unusable input (nothing written)."""
     import sys
 
-    from agent.plugins import build_registry, make_manager
+    from netflow_agent.discovery import build_registry, make_manager
 
     if not modprobe and not sysctl:
         print("agent config import-ipt-netflow: give --modprobe FILE and/or --sysctl FILE "

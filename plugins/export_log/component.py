@@ -8,11 +8,11 @@ import os
 import sys
 from typing import Any, TextIO
 
-from agent import hookimpl
-from agent.localfiles import open_output
-from agent.model import FlowRecord, NatEvent
-from agent.registry import Component
-from agent.runtime import RunContext
+from netflow_agent import hookimpl
+from netflow_agent.localfiles import open_output
+from netflow_agent.model import FlowRecord, NatEvent
+from netflow_agent.registry import Component
+from netflow_agent.runtime import RunContext
 
 from .config import Config
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.control import ControlServer
+from netflow_agent.control import ControlServer
 from tests.ops.helpers import MS, T0, RunningAgent, cli, steady_capture
 from tests.support.pcapgen import FlowSpec, PcapBuilder
 

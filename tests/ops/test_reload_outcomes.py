@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from agent.metrics import metric_families
+from netflow_agent.metrics import metric_families
 from tests.ops.helpers import RunningAgent, cli, exported, steady_capture
 
 CONFIG = """

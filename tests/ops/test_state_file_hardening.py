@@ -14,8 +14,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from agent import state
-from agent.model import END_IDLE, make_key
+from netflow_agent import state
+from netflow_agent.model import END_IDLE, make_key
 from tests.ops.helpers import MS, T0, RunningAgent, cli, exported, steady_capture
 from tests.ops.test_state import CONFIG
 from tests.support.pcapgen import FlowSpec, PcapBuilder

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.config.check import validate
-from agent.config.ipt_netflow import (
+from netflow_agent.config.check import validate
+from netflow_agent.config.ipt_netflow import (
     InputError,
     convert,
     parse_modprobe,
@@ -24,9 +24,9 @@ from agent.config.ipt_netflow import (
     render,
     validate_draft,
 )
-from agent.plugins import build_registry, make_manager
+from netflow_agent.discovery import build_registry, make_manager
 
-AGENT = [sys.executable, "-m", "agent.cli"]
+AGENT = [sys.executable, "-m", "netflow_agent.cli"]
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

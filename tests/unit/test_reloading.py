@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent import hookimpl
-from agent.config.check import validate
-from agent.config.schema import option
-from agent.plugins import build_registry
-from agent.registry import Component
+from netflow_agent import hookimpl
+from netflow_agent.config.check import validate
+from netflow_agent.config.schema import option
+from netflow_agent.discovery import build_registry
+from netflow_agent.registry import Component
 
 BASE = """
 [[ingest.fake]]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from agent import state
-from agent.model import make_key
+from netflow_agent import state
+from netflow_agent.model import make_key
 
 NOW = 1_700_000_000 * 10**9
 KEY4 = make_key(4, 6, b"\x0a\0\0\x01", b"\x0a\0\0\x02", 1, 2)
