@@ -6,8 +6,10 @@
     agent --dry-run -c FILE|DIR       validate, start nothing; exit 0 valid, 78 invalid
     agent plugins                     list plugins with version and origin
     agent config sample [NAME]        print a commented sample (all, or one component)
+    agent config import-ipt-netflow --modprobe F --sysctl F [-o OUT]
+                                      ipt_NETFLOW settings as TOML
     agent stats [--json] [--socket P] the running agent's statistics (control socket)
-    agent reload [--socket P]         make the running agent re-read its configuration
+    agent reload [--socket P]         re-read the configuration; 0 applied, 1 not (reason)
 
 Exit codes: 0 success, 1 runtime failure, 2 usage error, 78 (EX_CONFIG) invalid configuration.
 """
@@ -26,25 +28,25 @@ import pluggy
 from netflow_agent import __version__, logutil
 from netflow_agent.config.check import validate
 from netflow_agent.config.load import load
+from netflow_agent.config.model import AgentSection
+from netflow_agent.config.sample import section_sample
 from netflow_agent.discovery import build_registry, make_manager
 from netflow_agent.errors import ConfigIssue
 from netflow_agent.ops import Operations
 from netflow_agent.pipeline import Pipeline, StartupError
 from netflow_agent.privileges import PrivilegeError
 from netflow_agent.registry import ComponentRegistry
+from netflow_agent.reloading import START_ONLY_KEYS
 
 EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 log = logging.getLogger("agent")
 
-AGENT_SAMPLE = """\
-[agent]
-## Debug level as in ipt_NETFLOW: 0 quiet, 1 info, 2-3 debug.
-debug = 0
-## How often timeouts are checked (ipt_NETFLOW's worker delay), in milliseconds.
-# scan_interval_ms = 1000
-## Directory for spools and saved state.
-# state_dir = "/var/lib/netflow-agent"
-"""
+#: example values the ``[agent]`` sample shows instead of an empty default
+AGENT_EXAMPLES = {
+    "state_dir": '"/var/lib/netflow-agent"', "control_socket_mode": "0o600",
+    "metrics_listen": '"127.0.0.1:9184"', "user": '"netflow"',
+    "state_file": '"/var/lib/netflow-agent/flows.state"',
+}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,11 +67,31 @@ def _parser() -> argparse.ArgumentParser:
     cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     sample = cfg_sub.add_parser("sample", help="print a commented sample configuration")
     sample.add_argument("name", nargs="?", help="component, e.g. netflow or export.netflow")
+    imp = cfg_sub.add_parser(
+        "import-ipt-netflow", help="convert ipt_NETFLOW module options and sysctls to TOML",
+        description="Read ipt_NETFLOW settings (modprobe.d 'options ipt_NETFLOW ...' lines, "
+        "'sysctl -a' net.netflow.* lines; later ones win) and write the equivalent "
+        "configuration, with a comment for every option that has no equivalent. Exit 0: "
+        "written and valid; 1: written, but --dry-run would refuse it; 2: unusable input.")
+    imp.add_argument("--modprobe", action="append", default=[], metavar="FILE",
+                     help="a modprobe.d file, '-' = stdin (repeatable)")
+    imp.add_argument("--sysctl", action="append", default=[], metavar="FILE",
+                     help="'sysctl -a' output or a sysctl.conf, '-' = stdin (repeatable)")
+    imp.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
+    imp.add_argument("--nflog-group", type=int, default=5, metavar="N",
+                     help="NFLOG group replacing -j NETFLOW (default 5)")
+    imp.add_argument("--manage-rules", action="store_true",
+                     help="let the agent install its nftables rules (manage_rules = true)")
     stats = sub.add_parser("stats", help="print the running agent's statistics")
     stats.add_argument("--json", action="store_true", help="machine-readable JSON")
     stats.add_argument("--socket", help="control socket (default: [agent] control_socket "
                        "of -c FILE, else /run/netflow-agent/agent.sock)")
-    reload = sub.add_parser("reload", help="make the running agent re-read its configuration")
+    reload = sub.add_parser(
+        "reload", help="make the running agent re-read its configuration and wait for the "
+        "outcome", description="Ask the running agent to re-read its configuration and wait "
+        "until it is applied. Exit 0: the new configuration runs (or nothing changed); 1: not "
+        "applied, the old configuration keeps running, the reason (file: key: problem) on "
+        "stderr, or no agent to ask; 75: asked, but no outcome came back in time.")
     reload.add_argument("--socket", help="control socket (as for stats)")
     return p
 
@@ -83,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     logutil.install()  # rate-limited repeats; journald priorities under systemd
     if args.command == "plugins":
         return cmd_plugins()
+    if args.command == "config" and args.config_command == "import-ipt-netflow":
+        from netflow_agent.config.ipt_netflow import cmd_import
+
+        return cmd_import(args.modprobe, args.sysctl, args.output, args.nflog_group,
+                          args.manage_rules)
     if args.command == "config":
         return cmd_sample(args.name)
     if args.command in ("stats", "reload"):
@@ -165,7 +192,9 @@ def cmd_sample(name: str | None) -> int:
         for t in matches:
             print(t.sample.rstrip() or f"# {t.table}: no sample provided")
         return EX_OK
-    parts = [AGENT_SAMPLE]
+    restart = "Restart to change it (a reload refuses)."
+    parts = [section_sample("agent", AgentSection, AGENT_EXAMPLES, active=("debug",),
+                            note=dict.fromkeys(START_ONLY_KEYS, restart))]
     parts += [t.sample for t in registry.types.values() if t.stage in ("cache", "aggregate")]
     parts += [t.sample for t in registry.types.values()
               if t.stage in ("ingest", "export") and t.sample]
@@ -181,12 +210,10 @@ def _tune_malloc() -> None:
         pass
 
 
-def _revalidate(path: str, registry: ComponentRegistry, pm: pluggy.PluginManager) -> Any:
-    """Re-read the configuration for a reload; log its issues; ``None`` when invalid."""
-    config, issues = validate(path, registry, pm.hook, check_env=True)
-    for issue in issues:
-        (log.error if issue.severity == "error" else log.warning)("reload: %s", issue.format())
-    return config
+def _revalidate(path: str, registry: ComponentRegistry,
+                pm: pluggy.PluginManager) -> tuple[Any, list[ConfigIssue]]:
+    """Re-read the configuration for a reload (:mod:`agent.reloading` logs the issues)."""
+    return validate(path, registry, pm.hook, check_env=True)
 
 
 def cmd_run(path: str, level: str | None) -> int:
@@ -240,7 +267,18 @@ def final_summary(pipeline: Pipeline) -> str:
             f"{core.get('traffic_packets', 0)} packets, {core.get('traffic_bytes', 0)} bytes; "
             f"dropped {core.get('drop_packets', 0)} packets, {core.get('drop_bytes', 0)} bytes "
             f"(refused at maxflows {core.get('maxflows', 0)}, truncated "
-            f"{core.get('trunc', 0)}); fragments {core.get('frag', 0)}")
+            f"{core.get('trunc', 0)}); fragments {core.get('frag', 0)}"
+            f"{_state_summary(pipeline)}")
+
+
+def _state_summary(pipeline: Pipeline) -> str:
+    """What the start took from ``[agent] state_file``, when it had a file to read."""
+    st = pipeline.state_restore
+    if not (st.flows or st.rejected or st.quarantined):
+        return ""
+    moved = f", file quarantined as {st.moved_to or '(not moved)'}" if st.quarantined else ""
+    return (f"; state file: restored {st.flows} flows, rejected {st.rejected}, clamped "
+            f"{st.clamped}{moved}")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,11 @@ Requests (``{"cmd": ...}``) and replies:
 
 * ``stats``: ``{"ok": true, "text": <report>}`` (the seed's stat text, :mod:`agent.report`);
 * ``stats-json``: ``{"ok": true, "stats": <snapshot>}``;
-* ``reload``: ``{"ok": <bool>, "message": <str>}``, the outcome of the reload the
-  pipeline performed (an invalid configuration gives ``ok: false`` and the agent keeps the
-  old one);
+* ``reload``: ``{"ok": <bool>, "result": "ok"|"unchanged"|"failed"|"unknown",
+  "message": <str>, "generation": <int>}``, sent once the pipeline finished the reload
+  (:mod:`agent.reloading`): ``ok`` is true only when the new configuration runs (or nothing
+  changed); otherwise ``message`` gives the reason and the old configuration keeps running.
+  ``unknown``: no outcome within ``RELOAD_TIMEOUT_S`` (the reload may still finish);
 * anything else: ``{"ok": false, "error": "unknown command ..."}``.
 
 Threading: the server runs on its own thread and never touches pipeline state. Snapshots are
@@ -33,7 +35,7 @@ from typing import Any
 
 import msgpack
 
-from netflow_agent import privileges
+from netflow_agent import localfiles, privileges
 from netflow_agent.runtime import ITEM_CALL
 
 log = logging.getLogger("agent.control")
@@ -44,7 +46,12 @@ RELOAD_TIMEOUT_S = 60.0
 
 
 class ControlError(Exception):
-    """The agent could not be reached, or it answered with an error."""
+    """The agent could not be reached, or it answered with an error.
+
+    :ivar sent: the request reached the agent before the failure (no reply, a bad reply).
+    """
+
+    sent = False
 
 
 # --- framing ---------------------------------------------------------------------------------
@@ -95,25 +102,36 @@ def request(path: str, cmd: str, timeout: float = RELOAD_TIMEOUT_S + 5) -> dict[
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
+        _send_request(sock, path, cmd)
         try:
-            sock.connect(path)
-        except FileNotFoundError:
-            raise ControlError(f"{path}: no such socket (is the agent running? "
-                               "is [agent] control_socket set?)") from None
-        except PermissionError:
-            raise ControlError(f"{path}: permission denied (run as the agent's user or root)"
-                               ) from None
-        except ConnectionRefusedError:
-            raise ControlError(f"{path}: connection refused (stale socket; agent not running)"
-                               ) from None
-        send_message(sock, {"cmd": cmd})
-        return recv_message(sock)
-    except TimeoutError:
-        raise ControlError(f"{path}: no reply within {timeout:.0f} s") from None
-    except OSError as exc:
-        raise ControlError(f"{path}: {exc}") from None
+            return recv_message(sock)
+        except (ControlError, OSError) as exc:  # asked, but no answer: the outcome is unknown
+            text = f"no reply within {timeout:.0f} s" if isinstance(exc, TimeoutError) else exc
+            error = ControlError(f"{path}: {text}")
+            error.sent = True
+            raise error from None
     finally:
         sock.close()
+
+
+def _send_request(sock: socket.socket, path: str, cmd: str) -> None:
+    try:
+        sock.connect(path)
+    except FileNotFoundError:
+        raise ControlError(f"{path}: no such socket (is the agent running? "
+                           "is [agent] control_socket set?)") from None
+    except PermissionError:
+        raise ControlError(f"{path}: permission denied (run as the agent's user or root)"
+                           ) from None
+    except ConnectionRefusedError:
+        raise ControlError(f"{path}: connection refused (stale socket; agent not running)"
+                           ) from None
+    except OSError as exc:
+        raise ControlError(f"{path}: {exc}") from None
+    try:
+        send_message(sock, {"cmd": cmd})
+    except OSError as exc:
+        raise ControlError(f"{path}: {exc}") from None
 
 
 # --- calls into the pipeline thread ----------------------------------------------------------
@@ -159,21 +177,23 @@ def call_on_pipeline(pipeline: Any, fn: Callable[[Any], Any],
 
 
 def reload_and_wait(pipeline: Any, timeout: float = RELOAD_TIMEOUT_S,
-                    cancel: threading.Event | None = None) -> tuple[bool, str]:
-    """Ask the pipeline to reload and wait for the outcome (see :func:`call_on_pipeline`)."""
+                    cancel: threading.Event | None = None) -> dict[str, Any]:
+    """Ask the pipeline to reload and wait for the outcome: the ``reload`` reply."""
     done = threading.Event()
     box: dict[str, Any] = {}
 
-    def reply(ok: bool, message: str) -> None:
-        box["result"] = (ok, message)
+    def reply(outcome: Any) -> None:
+        box["reply"] = {"ok": outcome.ok, "result": outcome.result,
+                        "message": outcome.text(), "generation": outcome.generation}
         done.set()
 
     pipeline.request_reload(reply)
     if not _wait(done, timeout, cancel):
-        if cancel is not None and cancel.is_set():
-            return False, "the agent is stopping; configuration not reloaded"
-        return False, f"no reload result within {timeout:.0f} s"
-    return box["result"]
+        why = ("the agent is stopping" if cancel is not None and cancel.is_set()
+               else f"no reload result within {timeout:.0f} s")
+        return {"ok": False, "result": "unknown", "message": f"{why}; the reload may or may "
+                "not happen: see `agent stats` (Reload:) or the log"}
+    return box["reply"]
 
 
 # --- server ----------------------------------------------------------------------------------
@@ -235,7 +255,10 @@ class ControlServer:
             os.chown(Path(self.path).parent, uid, gid)
 
     def _remove_stale(self) -> None:
-        if not os.path.exists(self.path):
+        problem = localfiles.socket_path_problem(self.path)  # only a socket may be replaced
+        if problem:
+            raise OSError(errno.EEXIST, problem)
+        if not os.path.lexists(self.path):
             return
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -298,8 +321,7 @@ class ControlServer:
             if cmd == "stats-json":
                 return {"ok": True, "stats": self._snapshot()}
             if cmd == "reload":
-                ok, text = reload_and_wait(self.pipeline, cancel=self._stop)
-                return {"ok": ok, "message": text}
+                return reload_and_wait(self.pipeline, cancel=self._stop)
         except TimeoutError as exc:
             return {"ok": False, "error": str(exc)}
         except Exception as exc:  # a bug in a stats path must not kill the server
@@ -330,9 +352,19 @@ def socket_path(explicit: str | None, config_path: str | None) -> str:
     return DEFAULT_SOCKET
 
 
+#: ``agent reload`` exit status when the agent did not answer in time: the outcome is
+#: unknown (sysexits EX_TEMPFAIL)
+EX_RELOAD_UNKNOWN = 75
+
+
 def cmd_control(command: str, explicit: str | None, config_path: str | None,
                 as_json: bool = False) -> int:
-    """``agent stats [--json]`` and ``agent reload``: print the reply; 0 ok, 1 failure."""
+    """``agent stats [--json]`` and ``agent reload``: print the reply.
+
+    :return: 0 success (for reload: the new configuration runs, or it was unchanged); 1
+        failure (reload: not applied, or no agent to ask), the reason on stderr;
+        :data:`EX_RELOAD_UNKNOWN` when a reload was asked but no outcome came back.
+    """
     import json
     import sys
 
@@ -342,10 +374,10 @@ def cmd_control(command: str, explicit: str | None, config_path: str | None,
         reply = request(path, cmd)
     except ControlError as exc:
         print(f"agent {command}: {exc}", file=sys.stderr)
-        return 1
+        return EX_RELOAD_UNKNOWN if cmd == "reload" and exc.sent else 1
     if not reply.get("ok"):
         print(f"agent {command}: {reply.get('error') or reply.get('message')}", file=sys.stderr)
-        return 1
+        return EX_RELOAD_UNKNOWN if reply.get("result") == "unknown" else 1
     if cmd == "stats-json":
         print(json.dumps(reply["stats"], indent=2, sort_keys=True))
     elif cmd == "stats":

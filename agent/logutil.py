@@ -6,7 +6,8 @@ hides everything else. :class:`RepeatFilter` lets a message through, then holds 
 identical ones for ``interval`` seconds and says how many it held back when the next one
 passes. Two messages are "identical" when they come from the same logger, at the same
 level, with the same format string and the same first argument (components put their
-instance name or endpoint first, so two dead collectors are still both reported).
+instance name or endpoint first, so two dead collectors are still both reported). A record
+logged with ``extra=NEVER_FOLD`` always passes (each failed reload is an event of its own).
 
 Under systemd (``$JOURNAL_STREAM`` set, see systemd.exec(5)) each line starts with the
 sd-daemon(3) ``<N>`` priority prefix instead of a timestamp, so ``journalctl -p warning``
@@ -21,6 +22,8 @@ import sys
 import time
 from collections.abc import Callable
 
+#: ``log.error(..., extra=NEVER_FOLD)``: the repeat filter lets this record through
+NEVER_FOLD = {"never_fold": True}
 #: syslog priorities for the sd-daemon(3) ``<N>`` prefix
 _SD_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
                 logging.CRITICAL: 2}
@@ -50,7 +53,7 @@ class RepeatFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Return whether ``record`` is written; count the ones held back."""
-        if self.interval <= 0:
+        if self.interval <= 0 or getattr(record, "never_fold", False):
             return True
         key = self._key(record)
         now = self._clock()

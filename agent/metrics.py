@@ -14,6 +14,7 @@ Families (see docs/operations.md for the full table): ``netflow_agent_traffic_pa
 ``..._memtraf_bytes``, ``..._hash_metric{window}``, ``..._rate_packets_per_second{window}``,
 ``..._rate_bits_per_second{window}``, ``..._export_*{exporter,destination}`` (the sockX
 lines), ``..._natevents_total{event}``, ``..._reloads_total{result}``,
+``..._reload_last_timestamp_seconds``, ``..._reload_last_success``, ``..._config_generation``,
 ``..._component_stat{component,stat}`` (every numeric counter a component reports).
 """
 
@@ -124,8 +125,16 @@ def _destination_families(sockets: list[dict[str, Any]], counter: Any,
 
 
 def _agent_families(agent: dict[str, Any], counter: Any, gauge: Any) -> Iterator[Any]:
-    yield _labelled(counter, "reloads", "Configuration reloads.", ["result"],
-                    [(["ok"], agent["reloads"]), (["failed"], agent["reload_failures"])])
+    reload = agent["reload"]
+    yield _labelled(counter, "reloads", "Configuration reloads by result.", ["result"],
+                    [([r], reload[r]) for r in ("ok", "unchanged", "failed")])
+    yield gauge(PREFIX + "reload_last_timestamp_seconds", "When the last reload finished "
+                "(Unix time; 0 = none since start).", value=reload["last_time"])
+    yield gauge(PREFIX + "reload_last_success", "1 when the last reload applied its "
+                "configuration or found it unchanged (or none happened), 0 when it failed.",
+                value=0 if reload["last_result"] == "failed" else 1)
+    yield gauge(PREFIX + "config_generation", "Configurations applied since start "
+                "(1 = the one started with).", value=reload["generation"])
     yield _labelled(counter, "hook_errors", "Hook implementations that raised.",
                     ["component"], [([k], v) for k, v in agent["hook_errors"].items()])
     yield counter(PREFIX + "exported_flows", "Flow records handed to exporters.",

@@ -10,7 +10,8 @@
     pipeline.shutdown()         # flows exported (or saved with state_file)
 
 It is also the ``core_ops`` plugin: :func:`agent_check_config` checks the ``[agent]``
-operations keys against the machine (user exists, prometheus-client installed).
+operations keys against the machine (user exists and can read the configuration,
+prometheus-client installed).
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
-from netflow_agent import hookimpl, logutil, privileges
+from netflow_agent import hookimpl, localfiles, logutil, privileges, state
+from netflow_agent.config import files
 from netflow_agent.control import ControlServer, call_on_pipeline
 from netflow_agent.errors import ConfigIssue
 from netflow_agent.report import OpsMonitor, build_snapshot, format_report
@@ -70,19 +71,22 @@ def _check_listen(text: str) -> list[ConfigIssue]:
 
 @hookimpl
 def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue] | None:
-    """Machine checks: the user/group exist, prometheus-client is installed."""
+    """Machine checks: the user/group exist and can read the configuration files,
+    prometheus-client is installed."""
     if not check_env:
         return None
     section = config.agent
-    issues = []
+    issues = files.agent_file_issues(section)  # control socket path, state file
     if section.user:
         try:
-            privileges.resolve(section.user, section.group)
+            identity = privileges.resolve(section.user, section.group)
         except privileges.PrivilegeError as exc:
             issues.append(ConfigIssue("agent.user", str(exc)))
-        if os.geteuid() != 0:
-            issues.append(ConfigIssue("agent.user", "not running as root: the agent cannot "
-                                      f"switch to {section.user!r}", severity="warning"))
+        else:
+            if os.geteuid() not in (0, identity.uid):
+                issues.append(ConfigIssue("agent.user", "not running as root: the agent "
+                                          f"cannot switch to {section.user!r}", "warning"))
+            issues += config_access_issues(config, identity)
     if section.metrics_listen:
         try:
             import prometheus_client  # noqa: F401
@@ -90,6 +94,41 @@ def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue] | None
             issues.append(ConfigIssue("agent.metrics_listen", "the Python package "
                                       "prometheus-client is not installed"))
     return issues
+
+
+#: kept capabilities with which the dropped user reads any file anyway
+_DAC_CAPABILITIES = {"CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH"}
+
+
+def config_access_issues(config: Any, identity: privileges.Identity) -> list[ConfigIssue]:
+    """A warning per configuration file (and conf.d directory) the dropped user cannot read:
+    every reload after the drop would fail on it."""
+    raw = config.raw
+    kept = {c.upper() if c.upper().startswith("CAP_") else f"CAP_{c.upper()}"
+            for c in config.agent.keep_capabilities}
+    if kept & _DAC_CAPABILITIES:
+        return []
+    paths = list(raw.files)
+    if raw.source and os.path.isdir(raw.source):
+        paths.insert(0, raw.source)
+    issues = []
+    for path in privileges.unreadable_as(identity, paths):
+        what = "list this directory" if os.path.isdir(path) else "read this file"
+        issues.append(ConfigIssue(
+            "agent.user", f"user {identity.user!r} cannot {what}: after start-up "
+            "the agent drops to this user, so every reload will fail; make it readable by "
+            f"{identity.user!r} (e.g. chgrp {_group_name(identity.gid)} + chmod g+r"
+            f"{'x' if os.path.isdir(path) else ''})", "warning", file=path))
+    return issues
+
+
+def _group_name(gid: int) -> str:
+    import grp
+
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
 
 
 # --- the services ----------------------------------------------------------------------------
@@ -109,6 +148,7 @@ class Operations:
         if self.section.user:
             self.identity = privileges.resolve(self.section.user, self.section.group)
             privileges.prepare()
+            localfiles.set_output_owner(self.identity.uid, self.identity.gid)
         repeat = logutil.find_filter()
         if repeat is not None:
             repeat.interval = self.section.log_repeat_interval
@@ -167,14 +207,9 @@ class Operations:
         assert identity is not None
         if self.control is not None and os.geteuid() == 0:
             self.control.chown(identity.uid, identity.gid)
-        state_dir = Path(self.section.state_file).parent if self.section.state_file else None
-        if state_dir is not None and not state_dir.exists() and os.geteuid() == 0:
-            state_dir.mkdir(mode=0o750, parents=True)
-            os.chown(state_dir, identity.uid, identity.gid)
+        if self.section.state_file and os.geteuid() == 0:
+            state.reserve(self.section.state_file)  # root's file, written after the drop
         privileges.drop(identity, self._capabilities_to_keep())
-        if state_dir is not None and not os.access(state_dir, os.W_OK):
-            log.warning("%s is not writable by %s: flows cannot be saved at stop",
-                        state_dir, identity.user)
 
     def _capabilities_to_keep(self) -> list[str]:
         """``keep_capabilities``, plus CAP_SYS_ADMIN when a component enters another network

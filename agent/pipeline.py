@@ -34,7 +34,7 @@ from typing import Any, cast
 
 import pluggy
 
-from netflow_agent import state
+from netflow_agent import reloading, state
 from netflow_agent.config.model import AgentConfig, Instance
 from netflow_agent.model import FlowRecord, PacketBatch
 from netflow_agent.runtime import (
@@ -80,13 +80,14 @@ class Pipeline:
         self.nat_events = 0
         self._error_log_at: dict[str, float] = {}
         #: re-reads and validates the configuration for a reload; set by the CLI
-        self.reloader: Callable[[], AgentConfig | None] | None = None
-        self.reloads = 0
-        self.reload_failures = 0
+        self.reloader: reloading.Reader | None = None
+        self.reload_history = reloading.ReloadHistory()
         #: called once per loop iteration on the pipeline thread (systemd watchdog); set by
         #: agent.ops
         self.heartbeat: Callable[[], None] | None = None
         self.restored_flows = 0
+        #: what the start made of ``[agent] state_file`` (restored, rejected, quarantined)
+        self.state_restore = state.RestoreOutcome()
         #: sources that emitted unsampled batches while a sampling was declared (warned once)
         self._unsampled_sources: set[str] = set()
 
@@ -109,7 +110,8 @@ class Pipeline:
         order = sorted(self.config.instances, key=lambda i: _STAGE_ORDER[i.stage])
         cache = self.cache_component()
         if self.config.agent.state_file and hasattr(cache, "restore"):
-            self.restored_flows = state.restore(cache, self.config.agent.state_file)
+            self.state_restore = state.restore(cache, self.config.agent.state_file)
+            self.restored_flows = self.state_restore.flows
         for inst in order:
             impl = getattr(self.components[inst.path], "agent_start", None)
             try:
@@ -275,30 +277,16 @@ class Pipeline:
 
     # --- reload ------------------------------------------------------------------------------
 
-    def request_reload(self, reply: Callable[[bool, str], None] | None = None) -> None:
+    def request_reload(self, reply: Callable[[reloading.ReloadOutcome], None] | None = None
+                       ) -> None:
         """Ask the loop to re-read the configuration (signal-handler safe)."""
         self.context.inbox.put((ITEM_RELOAD, reply))
 
-    def _reload_requested(self, reply: Callable[[bool, str], None] | None) -> None:
-        ok, message = False, "no configuration source to reload from"
-        try:
-            new = self.reloader() if self.reloader else None
-            if new is not None:
-                self.reload(new)
-                ok, message = True, f"reloaded ({len(new.instances)} components)"
-            elif self.reloader:
-                message = "new configuration is invalid; still running the old one"
-        except Exception as exc:  # a component failing to start: keep running what we have
-            log.exception("reload failed")
-            message = f"reload failed: {exc}"
-        if ok:
-            self.reloads += 1
-            log.info("%s", message)
-        else:
-            self.reload_failures += 1
-            log.error("%s", message)
+    def _reload_requested(self, reply: Callable[[reloading.ReloadOutcome], None] | None
+                          ) -> None:
+        outcome = reloading.reload(self, self.reloader)  # logs and counts it
         if reply is not None:
-            reply(ok, message)
+            reply(outcome)
 
     def reload(self, new: AgentConfig) -> None:
         """Switch to ``new`` without losing flows.
@@ -306,21 +294,33 @@ class Pipeline:
         Unchanged instances keep running; the cache keeps its flows and takes new timeouts and
         maxflows in place; changed ingests are stopped before their replacement starts (an
         NFLOG group has one listener); changed exporters are replaced, and the old instance
-        then stops and sends what it holds.
+        then stops and sends what it holds. When a component fails to start this raises, with
+        ``self.config`` describing what runs then: reloading the previous configuration
+        restores it (:mod:`agent.reloading` does).
         """
         old_by_path = {i.path: i for i in self.config.instances}
         new_by_path = {i.path: i for i in new.instances}
-        for path in [p for p in old_by_path if p not in new_by_path]:
-            self._retire(path)
-        for inst in sorted(new.instances, key=lambda i: _STAGE_ORDER[i.stage]):
-            old = old_by_path.get(inst.path)
-            if old is not None and old.type_name == inst.type_name and old.config == inst.config:
-                continue
-            if old is not None and inst.stage == "cache" and old.type_name == inst.type_name \
-                    and hasattr(self.components[inst.path], "reconfigure"):
-                self.components[inst.path].reconfigure(inst.config)
-                continue
-            self._replace(old, inst)
+        running = dict(old_by_path)  # what runs, should a component fail to start
+        try:
+            for path in [p for p in old_by_path if p not in new_by_path]:
+                self._retire(path)
+                del running[path]
+            for inst in sorted(new.instances, key=lambda i: _STAGE_ORDER[i.stage]):
+                old = old_by_path.get(inst.path)
+                if old is not None and old.type_name == inst.type_name \
+                        and old.config == inst.config:
+                    continue
+                if old is not None and inst.stage == "cache" and old.type_name == inst.type_name \
+                        and hasattr(self.components[inst.path], "reconfigure"):
+                    self.components[inst.path].reconfigure(inst.config)
+                else:
+                    self._replace(old, inst)
+                running[inst.path] = inst
+        except Exception:
+            # describe what really runs, so that reloading the previous config restores it
+            self.config = AgentConfig(agent=self.config.agent, raw=self.config.raw, instances=[
+                i for i in running.values() if i.path in self.components])
+            raise
         self.config = new
         self.scan_ns = new.agent.scan_interval_ms * 1_000_000
         self.context.debug = new.agent.debug
@@ -331,11 +331,14 @@ class Pipeline:
         if old is not None and inst.stage == "ingest":
             self._retire(old.path)
             old = None
-        retired = self._unregister(old.path) if old is not None else None
         obj = inst.ctype.factory(inst.config, inst.path)
         impl = getattr(obj, "agent_start", None)
         if impl is not None:
-            impl(context=self.context)
+            try:
+                impl(context=self.context)
+            except Exception as exc:  # the old instance (not an ingest) keeps running
+                raise StartupError(f"{inst.path}: failed to start: {exc}") from exc
+        retired = self._unregister(old.path) if old is not None else None
         self.pm.register(obj, name=inst.path)
         self.components[inst.path] = obj
         if inst.path not in self.started:

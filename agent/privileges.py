@@ -217,3 +217,41 @@ def drop(identity: Identity, keep: list[str]) -> list[str]:
     log.info("running as %s (uid %d, gid %d), capabilities: %s", identity.user, identity.uid,
              identity.gid, ", ".join(kept) or "none")
     return kept
+
+
+def started_as_root() -> bool:
+    """``True`` when running as root, or after :func:`drop` left root (the process still acts
+    for root: it holds kept capabilities and root's files)."""
+    return os.geteuid() == 0 or _DROP.mask is not None
+
+
+#: run as the dropped user by :func:`unreadable_as` (sh: any user may run it; test(1) asks
+#: access(2), so the kernel's answer counts): prints each path that user cannot read
+_READ_PROBE = ('for p do if [ -d "$p" ]; then [ -r "$p" ] && [ -x "$p" ] || echo "$p"; '
+               'else [ -r "$p" ] || echo "$p"; fi; done')
+
+
+def unreadable_as(identity: Identity, paths: list[str]) -> list[str]:
+    """Which of ``paths`` (files, or directories to list) ``identity`` cannot read.
+
+    Asks the kernel rather than reading mode bits (ACLs and every parent directory's search
+    permission count): directly when the process already runs as ``identity``, else, as
+    root, in a short ``sh`` started as that user. Not root and not that user: unknown, ``[]``.
+    """
+    paths = [os.path.abspath(p) for p in paths]
+    if os.geteuid() == identity.uid:
+        return [p for p in paths
+                if not os.access(p, os.R_OK | (os.X_OK if os.path.isdir(p) else 0))]
+    if os.geteuid() != 0:
+        return []
+    import subprocess
+
+    try:
+        proc = subprocess.run(["/bin/sh", "-c", _READ_PROBE, "sh", *paths], user=identity.uid,
+                              group=identity.gid, extra_groups=list(identity.groups),
+                              capture_output=True, text=True, timeout=30, check=False,
+                              cwd="/")
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("cannot check what %s may read: %s", identity.user, exc)
+        return []
+    return proc.stdout.splitlines()

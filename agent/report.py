@@ -136,13 +136,16 @@ def build_snapshot(pipeline: Any, monitor: OpsMonitor | None = None) -> dict[str
 
 def _agent_part(pipeline: Any, monitor: OpsMonitor | None, now: int) -> dict[str, Any]:
     start = pipeline.context.start_ns
+    reloads = pipeline.reload_history.as_dict()
     return {
         "version": __version__, "pid": os.getpid(), "now_ns": now,
         "uptime_s": max(0, now - start) / _NS if start else 0.0,
         "replay": pipeline.replay, "scan_interval_ms": pipeline.config.agent.scan_interval_ms,
         "last_scan_interval_ms": (monitor.tick_interval_ns / 1e6) if monitor else 0.0,
-        "reloads": pipeline.reloads, "reload_failures": pipeline.reload_failures,
+        "reloads": reloads["ok"] + reloads["unchanged"], "reload_failures": reloads["failed"],
+        "reload": reloads,
         "hook_errors": dict(pipeline.hook_errors), "restored_flows": pipeline.restored_flows,
+        "state_file": pipeline.state_restore.as_dict(),
         "exported_flows": pipeline.exported_flows, "nat_events": pipeline.nat_events,
         "uid": os.geteuid(), "gid": os.getegid(),
     }
@@ -252,7 +255,8 @@ def _mb(n: float) -> str:
 
 def format_report(snap: dict[str, Any]) -> str:
     """The seed's stat text for one snapshot (one string, lines joined by newlines)."""
-    lines = [_header(snap), _flows_line(snap), _hash_line(snap)]
+    lines = [_header(snap), _reload_line(snap["agent"]["reload"]), _flows_line(snap),
+             _hash_line(snap)]
     lines += _protocol_lines(snap)
     lines.append(_rate_line(snap["rates"]))
     lines += _stat_lines(snap)
@@ -270,7 +274,25 @@ def _header(snap: dict[str, Any]) -> str:
     return (f"netflow-agent {a['version']} (pid {a['pid']}, uid {a['uid']}), up "
             f"{_age(a['uptime_s'])}{' (replay clock)' if a['replay'] else ''}, reloads "
             f"{a['reloads']} (failed {a['reload_failures']}), hook errors {errors}, "
-            f"restored flows {a['restored_flows']}")
+            f"restored flows {a['restored_flows']}{_state_note(a.get('state_file'))}")
+
+
+def _state_note(st: dict[str, Any] | None) -> str:
+    """`` (rejected R, clamped C, state file quarantined)`` when the restore was not clean."""
+    if not st or not (st["rejected"] or st["clamped"] or st["quarantined"]):
+        return ""
+    moved = ", state file quarantined" if st["quarantined"] else ""
+    return f" (rejected {st['rejected']}, clamped {st['clamped']}{moved})"
+
+
+def _reload_line(r: dict[str, Any]) -> str:
+    """``Reload: last 2026-12-05 20:01:02 ok (generation 3)``, or why the last one failed."""
+    if not r["last_result"]:
+        return f"Reload: none since start (generation {r['generation']})"
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["last_time"]))
+    if r["last_result"] != "failed":
+        return f"Reload: last {when} {r['last_result']} (generation {r['generation']})"
+    return f"Reload: last {when} failed, {r['last_reason'].replace(chr(10) + '  ', '; ')}"
 
 
 def _flows_line(snap: dict[str, Any]) -> str:

@@ -1,6 +1,7 @@
 """Validate a whole configuration: the engine behind ``agent --dry-run`` and every start.
 
-Order (every step runs, every issue is collected): load and merge TOML -> resolve table
+Order (every step runs, every issue is collected): load and merge TOML -> who may change
+those files (:mod:`agent.config.files`) -> resolve table
 names to registered components -> convert each table (types, bounds, ``Config.check()``) ->
 availability of each component -> topology (at least one ingest and one export) -> resource
 conflicts (one NFLOG group or interface hook per instance) -> plugins' ``agent_check_config``.
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from netflow_agent.config.convert import convert
+from netflow_agent.config.files import config_permission_issues
 from netflow_agent.config.load import RawConfig, load
 from netflow_agent.config.model import AgentConfig, AgentSection, Instance
 from netflow_agent.errors import ConfigIssue
@@ -34,7 +36,8 @@ def validate(
         file filled in.
     """
     raw, issues = load(path)
-    if not raw.data and issues:
+    issues += config_permission_issues(path, raw.files)
+    if not raw.data and _has_errors(issues):
         return None, issues
     config, more = build(raw, registry)
     issues += more

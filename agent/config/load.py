@@ -8,6 +8,8 @@ Syntax errors are reported with file, line and column, as ``tomllib`` gives them
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
 import tomllib
 from dataclasses import dataclass, field
@@ -24,11 +26,13 @@ class RawConfig:
     """Merged TOML data plus where each top-level table and table-array entry came from.
 
     :ivar origins: dotted path (``cache``, ``export.netflow[1]``) -> file name.
+    :ivar source: what ``-c`` named: the file, or the conf.d directory.
     """
 
     data: dict[str, Any] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    source: str = ""
 
     def origin(self, path: str) -> str:
         """The file that defined ``path`` or its closest enclosing table."""
@@ -49,7 +53,7 @@ def config_files(path: str | Path) -> list[Path]:
 
 def load(path: str | Path) -> tuple[RawConfig, list[ConfigIssue]]:
     """Read and merge the configuration at ``path``; collect every file's problems."""
-    raw = RawConfig()
+    raw = RawConfig(source=str(path))
     issues: list[ConfigIssue] = []
     files = config_files(path)
     if not files:
@@ -68,6 +72,12 @@ def _read_one(path: Path, issues: list[ConfigIssue]) -> dict[str, Any] | None:
     except FileNotFoundError:
         issues.append(ConfigIssue("", "file not found", file=str(path)))
         return None
+    except PermissionError:
+        issues.append(ConfigIssue("", f"cannot read: permission denied for {_whoami()}; the "
+                                  "agent re-reads its configuration as [agent] user at every "
+                                  "reload: make the file readable by that user (e.g. owned by "
+                                  "root, its group, mode 0640)", file=str(path)))
+        return None
     except (OSError, UnicodeDecodeError) as exc:
         issues.append(ConfigIssue("", f"cannot read: {exc}", file=str(path)))
         return None
@@ -80,6 +90,14 @@ def _read_one(path: Path, issues: list[ConfigIssue]) -> dict[str, Any] | None:
         text = _LINE_COL.sub("", msg).strip()
         issues.append(ConfigIssue("", f"TOML syntax error: {text}", file=where))
         return None
+
+
+def _whoami() -> str:
+    uid = os.geteuid()
+    try:
+        return f"user {pwd.getpwuid(uid).pw_name!r} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def _merge(raw: RawConfig, data: dict[str, Any], origin: str) -> None:

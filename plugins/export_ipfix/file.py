@@ -8,7 +8,8 @@ readable on its own (RFC 5655 section 8.1.1: templates before the data that uses
 Rotation: when the current file reaches ``rotate_size_bytes`` or has been open for
 ``rotate_interval_s``, it is closed and renamed to ``<path>.<UTC time of rotation>``
 (``flows.ipfix.20261130-211500``; ``.1``, ``.2`` ... on a clash) and a new ``<path>`` is
-started. Files are never deleted by the agent. Messages are written whole, so a reader never
+started. Files are created with mode 0640 (:func:`agent.localfiles.open_output`). Files are
+never deleted by the agent. Messages are written whole, so a reader never
 sees half a message in a rotated file.
 """
 
@@ -19,6 +20,8 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from typing import BinaryIO
+
+from netflow_agent.localfiles import open_output
 
 from .ipfix import MAX_MESSAGE_LENGTH, DataGroup, Session, Template, encode_messages
 
@@ -89,7 +92,7 @@ class IpfixFile:
 
     def _ensure_open(self) -> BinaryIO:
         if self._file is None:
-            self._file = open(self.path, "ab")  # noqa: SIM115 - kept open across calls
+            self._file = os.fdopen(open_output(self.path), "ab")  # kept open across calls
             self._size = os.fstat(self._file.fileno()).st_size
             self._opened_ns = self._clock()
             self.session = Session(self.odid)

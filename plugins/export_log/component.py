@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import sys
 from typing import Any, TextIO
 
 from netflow_agent import hookimpl
+from netflow_agent.localfiles import open_output
 from netflow_agent.model import FlowRecord, NatEvent
 from netflow_agent.registry import Component
 from netflow_agent.runtime import RunContext
@@ -40,9 +42,10 @@ class LogExporter(Component):
 
     @hookimpl
     def agent_start(self, context: RunContext) -> None:
-        """Open the output."""
+        """Open the output (a file it creates is 0640, see :func:`open_output`)."""
         path = self.config.path
-        self.stream = sys.stdout if path == "-" else open(path, "a", encoding="utf-8")  # noqa: SIM115
+        self.stream = sys.stdout if path == "-" else os.fdopen(open_output(path), "a",
+                                                                encoding="utf-8")
 
     def _write(self, lines: list[str]) -> None:
         assert self.stream is not None

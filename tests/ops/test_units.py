@@ -15,7 +15,7 @@ import pytest
 from netflow_agent import state
 from netflow_agent.config.model import AgentSection
 from netflow_agent.control import ControlError, recv_message, send_message
-from netflow_agent.logutil import RepeatFilter
+from netflow_agent.logutil import NEVER_FOLD, RepeatFilter
 from netflow_agent.model import make_key
 from netflow_agent.ops import check_agent_section
 from netflow_agent.privileges import PrivilegeError, capability_mask, mask_names, resolve
@@ -43,6 +43,14 @@ def test_repeat_filter_holds_back_identical_messages_and_says_how_many() -> None
     assert f.filter(passed)
     assert "[98 similar message(s) suppressed in the last 61 s]" in passed.getMessage()
     assert RepeatFilter(0).filter(record("x")) and RepeatFilter(0).filter(record("x"))
+
+
+def test_repeat_filter_never_folds_records_marked_never_fold() -> None:
+    f = RepeatFilter(60, clock=lambda: 0.0)
+    for _ in range(5):  # e.g. the same failed reload, five times in a second
+        marked = record("reload: %s", "not applied: same reason")
+        marked.__dict__.update(NEVER_FOLD)
+        assert f.filter(marked) and "suppressed" not in marked.getMessage()
 
 
 def test_hash_meter_is_lookups_per_match_with_ewma() -> None:
@@ -107,16 +115,18 @@ def test_state_save_restore_sums_and_rejects_damage(tmp_path: Path) -> None:
     assert cache.active_flows == 0 and os.stat(path).st_mode & 0o777 == 0o600
     other = FlowCache(CacheConfig())
     other.restore([(KEY, 2, 100, T0 + 10, T0 + 20, 0x01, 0)])  # seen again before the restore
-    assert state.restore(other, path) == 1 and not os.path.exists(path)
+    assert state.restore(other, path).flows == 1 and not os.path.exists(path)
     [(key, packets, octets, first, last, flags, out_if)] = other.dump()
     assert (key, packets, octets, first, last, flags, out_if) == \
         (KEY, 5, 400, T0, T0 + 20, 0x19, 7)
     Path(path).write_bytes(msgpack.packb({"format": "other"}))
-    assert state.restore(other, path) == 0 and os.path.exists(path + ".bad")
+    outcome = state.restore(other, path)
+    assert outcome.flows == 0 and outcome.quarantined == 1 and not os.path.exists(path)
+    assert os.path.exists(outcome.moved_to) and ".bad-" in outcome.moved_to
     Path(path).write_bytes(msgpack.packb({"format": state.FORMAT, "version": 1,
                                           "flows": [[b"\x09", 1, 1, 1, 1, 0, 0]]}))
-    with pytest.raises(state.StateError, match="flow 0"):
-        state.load(path)
+    parsed = state.load(path)
+    assert parsed.rows == [] and parsed.rejected == 1 and "flow 0: key" in parsed.first_problem
 
 
 def test_state_save_failure_keeps_flows_for_export(tmp_path: Path) -> None:

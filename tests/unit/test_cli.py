@@ -71,3 +71,27 @@ def test_a_finished_replay_logs_its_totals():
     last = proc.stderr.strip().splitlines()[-1]
     assert f"stopped; {len(flows)} flows exported; traffic {packets} packets, {octets} bytes; " \
            "dropped 0 packets, 0 bytes" in last, last
+
+
+def test_agent_sample_has_every_agent_key_with_its_doc_and_valid_values(capsys):
+    """Uncommented, the sample's [agent] table converts without an issue and sets every key
+    of AgentSection (a key added to the dataclass cannot be missing from the sample)."""
+    import dataclasses
+    import re
+    import tomllib
+
+    from netflow_agent.config.convert import convert
+    from netflow_agent.config.model import AgentSection
+
+    assert main(["config", "sample"]) == 0
+    agent_part = capsys.readouterr().out.split("\n\n")[0]
+    fields = dataclasses.fields(AgentSection)
+    for f in fields:
+        doc_start = " ".join(f.metadata["doc"].split()[:3])
+        assert re.search(rf"^## .*\n(## .*\n)*(# )?{f.name} = ", agent_part, re.M), f.name
+        assert doc_start in agent_part.replace("\n## ", " "), f.name
+    data = tomllib.loads(re.sub(r"^# ", "", agent_part, flags=re.M))["agent"]
+    assert set(data) == {f.name for f in fields}
+    section, issues = convert(AgentSection, data, "agent")
+    assert section is not None and issues == [], issues
+    assert section.control_socket_mode == 0o600 and section.user == "netflow"

@@ -219,8 +219,14 @@ def test_reload_keeps_flows_and_applies_new_timeouts(make_agent, collecting_plug
 def test_invalid_reload_keeps_the_old_configuration(make_agent, collecting_plugin):
     agent = make_agent(BASE, [collecting_plugin])
     replies = []
-    agent.pipeline.reloader = lambda: None  # what the CLI returns for an invalid file
-    agent.pipeline.request_reload(lambda ok, msg: replies.append((ok, msg)))
+    issue = ConfigIssue("cache.active_timeout", "-1 is below the minimum 1", file="a.toml")
+    agent.pipeline.reloader = lambda: (None, [issue])  # what the CLI returns for a bad file
+    agent.pipeline.request_reload(replies.append)
     agent.process()
-    assert replies == [(False, "new configuration is invalid; still running the old one")]
-    assert agent.pipeline.reload_failures == 1 and "export.collect[0]" in agent.pipeline.components
+    [outcome] = replies
+    assert (outcome.ok, outcome.result, outcome.generation) == (False, "failed", 1)
+    assert outcome.text() == ("not applied: the new configuration is invalid (1 error(s)); "
+                              "still running generation 1\n"
+                              "  a.toml: cache.active_timeout: -1 is below the minimum 1")
+    assert agent.pipeline.reload_history.counts["failed"] == 1
+    assert "export.collect[0]" in agent.pipeline.components

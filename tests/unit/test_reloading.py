@@ -1,0 +1,105 @@
+"""Reload outcomes at the pipeline (agent/reloading.py): a component that fails to start half
+way through a reload leaves the previous configuration running, restored instance by
+instance; a file identical to what runs is "unchanged"; [agent] keys read at start only are
+refused, not silently ignored."""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from netflow_agent import hookimpl
+from netflow_agent.config.check import validate
+from netflow_agent.config.schema import option
+from netflow_agent.discovery import build_registry
+from netflow_agent.registry import Component
+
+BASE = """
+[[ingest.fake]]
+[[ingest.flaky]]
+mark = 1
+[[export.collect]]
+"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FlakyConfig:
+    mark: int = option(0, doc="Tells instances apart.")
+    fail: bool = option(False, doc="agent_start raises.")
+
+
+class Flaky(Component):
+    """An ingest whose start fails when configured to; records which instances run."""
+
+    stage, type_name = "ingest", "flaky"
+    running: list[int] = []
+
+    @hookimpl
+    def agent_start(self, context: Any) -> None:
+        if self.config.fail:
+            raise OSError("boom")
+        Flaky.running.append(self.config.mark)
+
+    @hookimpl
+    def agent_stop(self) -> None:
+        Flaky.running.remove(self.config.mark)
+
+
+FLAKY = types.SimpleNamespace(agent_register_components=hookimpl(
+    lambda registry: registry.add("ingest", "flaky", Flaky, FlakyConfig, doc="test ingest")))
+
+
+def reload_to(agent: Any, tmp_path: Path, text: str) -> Any:
+    """Point the agent's reloader at ``text`` and run one reload; return the outcome."""
+    path = tmp_path / "next.toml"
+    path.write_text(text)
+    pm = agent.pipeline.pm
+    agent.pipeline.reloader = lambda: validate(path, build_registry(pm), None)
+    outcomes: list[Any] = []
+    agent.pipeline.request_reload(outcomes.append)
+    agent.process()
+    [outcome] = outcomes
+    return outcome
+
+
+def test_failed_start_restores_the_previous_configuration(make_agent, collecting_plugin,
+                                                          tmp_path: Path) -> None:
+    Flaky.running = []
+    agent = make_agent(BASE, [collecting_plugin, FLAKY])
+    before = list(agent.pipeline.components)
+    # the new exporter starts first, then the changed ingest is stopped and its successor fails
+    outcome = reload_to(agent, tmp_path, BASE.replace("mark = 1", "mark = 2\nfail = true")
+                        + "[[export.collect]]\n")
+    assert (outcome.result, outcome.generation) == ("failed", 1)
+    assert outcome.reason == ("not applied: ingest.flaky[0]: failed to start: boom (the "
+                              "previous configuration was restored); still running generation 1")
+    assert sorted(agent.pipeline.components) == sorted(before)  # export.collect[1] is gone
+    assert Flaky.running == [1]  # the old ingest runs again, once
+    assert sorted(i.path for i in agent.pipeline.config.instances) == sorted(before)
+    assert agent.pipeline.config.by_stage("ingest")[1].config.mark == 1
+    assert agent.pipeline.reload_history.counts == {"failed": 1}
+
+
+def test_unchanged_and_start_only_outcomes(make_agent, collecting_plugin,
+                                           tmp_path: Path) -> None:
+    Flaky.running = []
+    agent = make_agent(BASE, [collecting_plugin, FLAKY])
+    flaky = agent["ingest.flaky[0]"]
+    outcome = reload_to(agent, tmp_path, BASE)
+    assert (outcome.result, outcome.ok, outcome.reason) == \
+        ("unchanged", True, "configuration unchanged (generation 1)")
+    assert agent["ingest.flaky[0]"] is flaky
+    outcome = reload_to(agent, tmp_path, '[agent]\nuser = "nobody"\n'
+                        + BASE.replace("mark = 1", "mark = 3"))
+    assert not outcome.ok
+    assert outcome.details == ("agent.user: '' -> 'nobody' (read at start only)",)
+    assert agent["ingest.flaky[0]"] is flaky and Flaky.running == [1]
+    outcome = reload_to(agent, tmp_path, BASE.replace("mark = 1", "mark = 3"))
+    assert (outcome.result, outcome.generation, outcome.details) == \
+        ("ok", 2, ("ingest.flaky[0]: changed",))
+    assert Flaky.running == [3]
+    history = agent.pipeline.reload_history.as_dict()
+    assert (history["ok"], history["unchanged"], history["failed"]) == (1, 1, 1)
+    assert history["last_result"] == "ok" and history["generation"] == 2
