@@ -83,6 +83,10 @@ class Pipeline:
         self.reloader: Callable[[], AgentConfig | None] | None = None
         self.reloads = 0
         self.reload_failures = 0
+        #: outcome and wall-clock time (Unix s) of the last configuration load: the start,
+        #: then every reload attempt (metrics: netflow_agent_last_reload_success)
+        self.last_reload_ok = True
+        self.last_reload_s = time.time()
         #: called once per loop iteration on the pipeline thread (systemd watchdog); set by
         #: agent.ops
         self.heartbeat: Callable[[], None] | None = None
@@ -291,6 +295,7 @@ class Pipeline:
         except Exception as exc:  # a component failing to start: keep running what we have
             log.exception("reload failed")
             message = f"reload failed: {exc}"
+        self.last_reload_ok, self.last_reload_s = ok, time.time()
         if ok:
             self.reloads += 1
             log.info("%s", message)

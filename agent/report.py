@@ -142,6 +142,7 @@ def _agent_part(pipeline: Any, monitor: OpsMonitor | None, now: int) -> dict[str
         "replay": pipeline.replay, "scan_interval_ms": pipeline.config.agent.scan_interval_ms,
         "last_scan_interval_ms": (monitor.tick_interval_ns / 1e6) if monitor else 0.0,
         "reloads": pipeline.reloads, "reload_failures": pipeline.reload_failures,
+        "last_reload_ok": pipeline.last_reload_ok, "last_reload_s": pipeline.last_reload_s,
         "hook_errors": dict(pipeline.hook_errors), "restored_flows": pipeline.restored_flows,
         "exported_flows": pipeline.exported_flows, "nat_events": pipeline.nat_events,
         "uid": os.geteuid(), "gid": os.getegid(),

@@ -1,0 +1,243 @@
+"""The agent's side of ``agent top``: the biggest flows in the cache, with bounded work.
+
+What it owns: the ``top`` control command's parameters (:class:`TopQuery`), the per-flow
+baseline that turns cumulative counters into rates over the last interval
+(:class:`RateBaseline`), and the selection itself (:class:`FlowTop`), run on the pipeline
+thread over the cache's counter columns (:meth:`agent.stages.cache.FlowCache.columns`).
+
+Bounded work at any table size: every step is a NumPy operation over whole columns
+(``argpartition`` picks the top N in O(flows)), and Python objects are built for the N rows
+returned only, never one per flow. A filter needs the key fields: the keys (``bytes``) are
+joined into one buffer in C (``b"".join``) and decoded as arrays; without a filter they are
+not touched. docs/operations.md gives the measured cost at 1 M flows.
+
+Rates: the cache keeps cumulative counters per flow; a request compares them with a copy
+taken by an earlier request (:class:`RateBaseline`), at least :data:`MIN_INTERVAL_S` old. A
+slot whose flow changed since (its start time differs) counts from zero. Without a baseline
+(the first request, ``agent top --once``) the rate is the flow's average over its life.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from agent.model import split_key
+
+SORTS = ("bytes", "packets", "rate")
+MAX_ROWS = 500
+#: a baseline is replaced by a newer copy once it is this old (rates over ~1 s windows)
+MIN_INTERVAL_S = 1.0
+_NS = 1_000_000_000
+_NO_PORTS = (1, 58)  # ICMP and ICMPv6 carry type/code where ports are
+
+
+@dataclass(frozen=True)
+class TopQuery:
+    """What one ``top`` request asks for.
+
+    :ivar n: rows wanted (1..:data:`MAX_ROWS`).
+    :ivar sort: ``bytes``, ``packets`` or ``rate`` (bytes per second over the interval).
+    :ivar proto: IP protocol number, or ``None``.
+    :ivar port: a source or destination port, or ``None`` (never matches ICMP).
+    :ivar net: flows whose source or destination is in this network, or ``None``.
+    """
+
+    n: int = 20
+    sort: str = "bytes"
+    proto: int | None = None
+    port: int | None = None
+    net: ipaddress.IPv4Network | ipaddress.IPv6Network | None = None
+
+    @classmethod
+    def from_request(cls, message: dict[str, Any]) -> TopQuery:
+        """Validate a request's fields.
+
+        :raises ValueError: a bad parameter (the message names the parameter, not its value).
+        """
+        n, sort = message.get("n", 20), message.get("sort", "bytes")
+        if not isinstance(n, int) or not 1 <= n <= MAX_ROWS:
+            raise ValueError(f"n must be an integer from 1 to {MAX_ROWS}")
+        if sort not in SORTS:
+            raise ValueError(f"sort must be one of {', '.join(SORTS)}")
+        filt = message.get("filter") or {}
+        if not isinstance(filt, dict):
+            raise ValueError("filter must be a map")
+        return cls(n=n, sort=sort, proto=_int_field(filt, "proto", 255),
+                   port=_int_field(filt, "port", 65535), net=_net_field(filt))
+
+    @property
+    def filtered(self) -> bool:
+        """Whether any filter is set."""
+        return self.proto is not None or self.port is not None or self.net is not None
+
+
+def _int_field(filt: dict[str, Any], name: str, top: int) -> int | None:
+    value = filt.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or not 0 <= value <= top:
+        raise ValueError(f"filter {name} must be an integer from 0 to {top}")
+    return value
+
+
+def _net_field(filt: dict[str, Any]) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    value = filt.get("net")
+    if value is None:
+        return None
+    try:
+        return ipaddress.ip_network(str(value), strict=False)
+    except ValueError:
+        raise ValueError("filter net must be an address or a network (10.0.0.0/8)") from None
+
+
+class RateBaseline:
+    """Per-slot counters (and start times, to see reused slots) at an earlier request."""
+
+    def __init__(self) -> None:
+        self.t_ns = 0
+        self.packets = np.zeros(0, np.uint64)
+        self.octets = np.zeros(0, np.uint64)
+        self.first = np.zeros(0, np.int64)
+        self.drops = 0
+
+    def deltas(self, idx: np.ndarray, packets: np.ndarray, octets: np.ndarray,
+               first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Packets and bytes of slots ``idx`` since the baseline (whole counts for slots that
+        were free, beyond the baseline, or now hold another flow)."""
+        dp, db = packets[idx].astype(np.int64), octets[idx].astype(np.int64)
+        known = idx[idx < len(self.first)]
+        same = self.first[known] == first[known]
+        rows = np.flatnonzero(idx < len(self.first))[same]
+        dp[rows] -= self.packets[known[same]].astype(np.int64)
+        db[rows] -= self.octets[known[same]].astype(np.int64)
+        return np.maximum(dp, 0), np.maximum(db, 0)
+
+    def advance(self, now_ns: int, packets: np.ndarray, octets: np.ndarray, first: np.ndarray,
+                drops: int) -> None:
+        """Take copies of the columns as the next baseline, when the current one is old."""
+        if self.t_ns and now_ns - self.t_ns < MIN_INTERVAL_S * _NS:
+            return
+        self.t_ns, self.drops = now_ns, drops
+        self.packets, self.octets, self.first = packets.copy(), octets.copy(), first.copy()
+
+
+class FlowTop:
+    """Answers ``top`` requests on the pipeline thread; keeps the rate baseline."""
+
+    def __init__(self) -> None:
+        self.baseline = RateBaseline()
+
+    def answer(self, pipeline: Any, message: dict[str, Any]) -> dict[str, Any]:
+        """The reply's ``top`` map for one request (pipeline thread).
+
+        :raises ValueError: bad parameters, or no flow cache with columns.
+        """
+        query = TopQuery.from_request(message)
+        cache = pipeline.cache_component()
+        if cache is None or not hasattr(cache, "columns"):
+            raise ValueError("this agent's cache does not list flows")
+        core = pipeline.core_stats()
+        now = pipeline.now_ns()
+        return self.select(cache.columns(), query, now, core)
+
+    def select(self, cols: Any, query: TopQuery, now_ns: int,
+               core: dict[str, Any]) -> dict[str, Any]:
+        """Pick the top ``query.n`` flows of ``cols`` (a :class:`~agent.stages.cache.Columns`)."""
+        idx = cols.occupied()
+        base = self.baseline
+        interval = (now_ns - base.t_ns) / _NS if base.t_ns and now_ns > base.t_ns else 0.0
+        if query.filtered:
+            keep = _key_filter(cols.keys, len(idx), query)
+            idx = idx[keep]
+        if interval:
+            dp, db = base.deltas(idx, cols.packets, cols.octets, cols.first)
+            pps, bps = dp / interval, db / interval
+        else:  # no earlier copy: each flow's average over its life
+            life = np.maximum((now_ns - cols.first[idx]) / _NS, 1e-3)
+            pps = cols.packets[idx] / life
+            bps = cols.octets[idx] / life
+        score = {"bytes": cols.octets[idx], "packets": cols.packets[idx], "rate": bps}
+        order = _top_order(np.asarray(score[query.sort], dtype=np.float64), query.n)
+        drops = int(core.get("drop_packets", 0))
+        rows = [_row(cols, int(idx[r]), float(pps[r]), float(bps[r]), now_ns) for r in order]
+        reply = {
+            "flows": rows, "matched": int(len(idx)), "active": int(core.get("active_flows", 0)),
+            "sort": query.sort, "interval_s": interval, "rate_basis":
+                "interval" if interval else "lifetime",
+            "packets_per_s": float(core.get("pps", 0.0)),
+            "bytes_per_s": float(core.get("bps", 0.0)) / 8,
+            "drops": drops,
+            "drops_per_s": (drops - base.drops) / interval if interval else 0.0,
+            "now_ns": now_ns,
+        }
+        base.advance(now_ns, cols.packets, cols.octets, cols.first, drops)
+        return reply
+
+
+def _top_order(score: np.ndarray, n: int) -> np.ndarray:
+    """Row numbers of the ``n`` largest scores, largest first (O(len) + O(n log n))."""
+    if len(score) > n:
+        part = np.argpartition(-score, n - 1)[:n]
+    else:
+        part = np.arange(len(score))
+    return part[np.lexsort((part, -score[part]))]
+
+
+def _key_fields(keys: list[Any], count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The occupied keys joined into one buffer, and where each starts (slot order)."""
+    joined = np.frombuffer(b"".join(filter(None, keys)), dtype=np.uint8)
+    lengths = np.fromiter(map(len, filter(None, keys)), dtype=np.int64, count=count)
+    starts = np.zeros(count, dtype=np.int64)
+    if count:
+        np.cumsum(lengths[:-1], out=starts[1:])
+    return joined, starts
+
+
+def _key_filter(keys: list[Any], count: int, query: TopQuery) -> np.ndarray:
+    """Boolean mask over the occupied slots (slot order) matching every filter of ``query``.
+
+    Key layout: :data:`agent.model.KEY4` / :data:`~agent.model.KEY6`.
+    """
+    buf, at = _key_fields(keys, count)
+    version, proto = buf[at], buf[at + 1]
+    keep = np.ones(count, dtype=bool)
+    if query.proto is not None:
+        keep &= proto == query.proto
+    if query.port is not None:
+        sport = buf[at + 8].astype(np.uint16) << 8 | buf[at + 9]
+        dport = buf[at + 10].astype(np.uint16) << 8 | buf[at + 11]
+        keep &= ((sport == query.port) | (dport == query.port)) & ~np.isin(proto, _NO_PORTS)
+    if query.net is not None:
+        keep &= _in_network(buf, at, version, query.net)
+    return keep
+
+
+def _in_network(buf: np.ndarray, at: np.ndarray, version: np.ndarray,
+                net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> np.ndarray:
+    """Source or destination address of each key inside ``net``."""
+    width = 4 if net.version == 4 else 16
+    mask = np.frombuffer(net.netmask.packed, dtype=np.uint8)
+    prefix = np.frombuffer(net.network_address.packed, dtype=np.uint8)
+    match = np.zeros(len(at), dtype=bool)
+    rows = np.flatnonzero(version == net.version)
+    span = np.arange(width)
+    for offset in (12, 12 + width):  # source, then destination
+        addr = buf[at[rows, None] + offset + span]
+        match[rows] |= ((addr & mask) == prefix).all(axis=1)
+    return match
+
+
+def _row(cols: Any, slot: int, pps: float, bps: float, now_ns: int) -> dict[str, Any]:
+    k = split_key(cols.keys[slot])
+    return {
+        "proto": k.protocol, "src": str(ipaddress.ip_address(k.src_addr)), "sport": k.src_port,
+        "dst": str(ipaddress.ip_address(k.dst_addr)), "dport": k.dst_port,
+        "packets": int(cols.packets[slot]), "bytes": int(cols.octets[slot]),
+        "packets_per_s": pps, "bytes_per_s": bps,
+        "age_s": max(0, now_ns - int(cols.first[slot])) / _NS,
+        "in_if": k.in_if,
+    }
