@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Any
 
-from agent import hookimpl
+from agent import hookimpl, privileges
 from agent.model import DIRECTION_EGRESS, DIRECTION_INGRESS, PacketBatch
 from agent.packet import PacketParser
 from agent.registry import Component
@@ -91,6 +91,7 @@ class PcapIngest(Component):
         self._flush(context, batch, last_ts)
 
     def _flush(self, context: RunContext, packets: list[Any], clock_ns: int) -> None:
+        privileges.follow()  # a replay outlives the drop: give up root's capabilities then
         trunc, frag, _ = self.parser.take_counters()
         context.wait_for_room()
         context.emit(PacketBatch(self.name, packets, trunc=trunc, frag=frag, clock_ns=clock_ns))
@@ -123,3 +124,4 @@ class _Pacer:
         delay = (ts_ns + self.offset - now) / 1e9
         if delay > 0:
             self.stop.wait(delay)
+            privileges.follow()  # the drop may have happened while this thread slept
