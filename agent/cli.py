@@ -8,6 +8,7 @@
     agent config sample [NAME]        print a commented sample (all, or one component)
     agent stats [--json] [--socket P] the running agent's statistics (control socket)
     agent reload [--socket P]         make the running agent re-read its configuration
+    agent top [--once] [--json] ...   the running agent's biggest flows, live (control socket)
 
 Exit codes: 0 success, 1 runtime failure, 2 usage error, 78 (EX_CONFIG) invalid configuration.
 """
@@ -71,7 +72,22 @@ def _parser() -> argparse.ArgumentParser:
                        "of -c FILE, else /run/netflow-agent/agent.sock)")
     reload = sub.add_parser("reload", help="make the running agent re-read its configuration")
     reload.add_argument("--socket", help="control socket (as for stats)")
+    _top_parser(sub)
     return p
+
+
+def _top_parser(sub: Any) -> None:
+    top = sub.add_parser("top", help="the running agent's biggest flows, refreshed every "
+                         "second (keys: b/p/r sort, / filter, q quit)")
+    top.add_argument("--socket", help="control socket (as for stats)")
+    top.add_argument("-n", type=int, default=20, help="flows to list without a terminal "
+                     "(default 20; live: as many as fit)")
+    top.add_argument("--sort", choices=["bytes", "packets", "rate"], default="bytes",
+                     help="initial sort (rate: bytes/s over the last interval)")
+    top.add_argument("--filter", default="", help='e.g. "tcp port 443 10.0.0.0/8"')
+    top.add_argument("--once", action="store_true", help="print one table and exit")
+    top.add_argument("--json", action="store_true", help="one JSON reply (implies --once)")
+    top.add_argument("--interval", type=float, default=1.0, help="refresh period, seconds")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_plugins()
     if args.command == "config":
         return cmd_sample(args.name)
+    if args.command == "top":
+        from agent.control import socket_path
+        from agent.topview import cmd_top
+
+        return cmd_top(socket_path(args.socket, args.config), args.n, args.sort, args.filter,
+                       args.once, args.json, args.interval)
     if args.command in ("stats", "reload"):
         from agent.control import cmd_control
 

@@ -94,35 +94,53 @@ def _net_field(filt: dict[str, Any]) -> ipaddress.IPv4Network | ipaddress.IPv6Ne
         raise ValueError("filter net must be an address or a network (10.0.0.0/8)") from None
 
 
+@dataclass
+class _Copy:
+    t_ns: int
+    packets: np.ndarray
+    octets: np.ndarray
+    first: np.ndarray
+    drops: int
+
+
 class RateBaseline:
-    """Per-slot counters (and start times, to see reused slots) at an earlier request."""
+    """Per-slot counters (and start times, to see reused slots) at earlier requests.
+
+    Two copies are kept: the newest, and the one before it, used when the clock has not moved
+    since the newest (a replay's clock advances by whole batches).
+    """
 
     def __init__(self) -> None:
-        self.t_ns = 0
-        self.packets = np.zeros(0, np.uint64)
-        self.octets = np.zeros(0, np.uint64)
-        self.first = np.zeros(0, np.int64)
-        self.drops = 0
+        self.copies: list[_Copy] = []
 
-    def deltas(self, idx: np.ndarray, packets: np.ndarray, octets: np.ndarray,
+    def pick(self, now_ns: int) -> _Copy | None:
+        """The newest copy older than ``now_ns``, or ``None``."""
+        for copy in reversed(self.copies):
+            if copy.t_ns < now_ns:
+                return copy
+        return None
+
+    @staticmethod
+    def deltas(copy: _Copy, idx: np.ndarray, packets: np.ndarray, octets: np.ndarray,
                first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Packets and bytes of slots ``idx`` since the baseline (whole counts for slots that
-        were free, beyond the baseline, or now hold another flow)."""
+        """Packets and bytes of slots ``idx`` since ``copy`` (whole counts for slots that
+        were free, beyond the copy, or now hold another flow)."""
         dp, db = packets[idx].astype(np.int64), octets[idx].astype(np.int64)
-        known = idx[idx < len(self.first)]
-        same = self.first[known] == first[known]
-        rows = np.flatnonzero(idx < len(self.first))[same]
-        dp[rows] -= self.packets[known[same]].astype(np.int64)
-        db[rows] -= self.octets[known[same]].astype(np.int64)
+        inside = idx < len(copy.first)
+        known = idx[inside]
+        same = copy.first[known] == first[known]
+        rows = np.flatnonzero(inside)[same]
+        dp[rows] -= copy.packets[known[same]].astype(np.int64)
+        db[rows] -= copy.octets[known[same]].astype(np.int64)
         return np.maximum(dp, 0), np.maximum(db, 0)
 
     def advance(self, now_ns: int, packets: np.ndarray, octets: np.ndarray, first: np.ndarray,
                 drops: int) -> None:
-        """Take copies of the columns as the next baseline, when the current one is old."""
-        if self.t_ns and now_ns - self.t_ns < MIN_INTERVAL_S * _NS:
+        """Copy the columns as the newest baseline, when the newest is old enough."""
+        if self.copies and now_ns - self.copies[-1].t_ns < MIN_INTERVAL_S * _NS:
             return
-        self.t_ns, self.drops = now_ns, drops
-        self.packets, self.octets, self.first = packets.copy(), octets.copy(), first.copy()
+        self.copies = self.copies[-1:] + [_Copy(now_ns, packets.copy(), octets.copy(),
+                                                first.copy(), drops)]
 
 
 class FlowTop:
@@ -148,13 +166,13 @@ class FlowTop:
                core: dict[str, Any]) -> dict[str, Any]:
         """Pick the top ``query.n`` flows of ``cols`` (a :class:`~agent.stages.cache.Columns`)."""
         idx = cols.occupied()
-        base = self.baseline
-        interval = (now_ns - base.t_ns) / _NS if base.t_ns and now_ns > base.t_ns else 0.0
+        base = self.baseline.pick(now_ns)
+        interval = (now_ns - base.t_ns) / _NS if base is not None else 0.0
         if query.filtered:
             keep = _key_filter(cols.keys, len(idx), query)
             idx = idx[keep]
-        if interval:
-            dp, db = base.deltas(idx, cols.packets, cols.octets, cols.first)
+        if base is not None:
+            dp, db = RateBaseline.deltas(base, idx, cols.packets, cols.octets, cols.first)
             pps, bps = dp / interval, db / interval
         else:  # no earlier copy: each flow's average over its life
             life = np.maximum((now_ns - cols.first[idx]) / _NS, 1e-3)
@@ -171,10 +189,10 @@ class FlowTop:
             "packets_per_s": float(core.get("pps", 0.0)),
             "bytes_per_s": float(core.get("bps", 0.0)) / 8,
             "drops": drops,
-            "drops_per_s": (drops - base.drops) / interval if interval else 0.0,
+            "drops_per_s": (drops - base.drops) / interval if base is not None else 0.0,
             "now_ns": now_ns,
         }
-        base.advance(now_ns, cols.packets, cols.octets, cols.first, drops)
+        self.baseline.advance(now_ns, cols.packets, cols.octets, cols.first, drops)
         return reply
 
 

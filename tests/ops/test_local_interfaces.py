@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -89,25 +90,51 @@ def test_idle_connections_do_not_delay_stats(agent: tuple[RunningAgent, int]) ->
             s.close()
 
 
+class Trickle:
+    """A client sending ``message`` one byte every 0.25 s on its own thread (slowloris)."""
+
+    def __init__(self, sock: socket.socket, message: bytes):
+        self.sock, self.message = sock, message
+        self.sent = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        for i in range(len(self.message)):
+            try:
+                self.sock.send(self.message[i:i + 1])
+            except OSError:
+                return
+            self.sent = i + 1
+            if self.stop.wait(0.25):  # the attack's own pace, not a wait for the agent
+                return
+
+    def wait_sent(self, count: int) -> None:
+        deadline = time.monotonic() + 20
+        while self.sent < count and self.thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def wait_cut(self) -> bool:
+        """Until the server closed the connection (``False`` after 30 s)."""
+        deadline = time.monotonic() + 30
+        while still_open(self.sock) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.stop.set()
+        self.thread.join(5)
+        return not still_open(self.sock)
+
+
 def test_a_slow_client_is_cut_at_the_request_deadline(agent: tuple[RunningAgent, int]) -> None:
     running, _ = agent
+    body = msgpack.packb({"cmd": "stats", "pad": "x" * 1000})
     slow = connect(running.socket)
-    body = msgpack.packb({"cmd": "stats", "pad": "x" * 200})
-    message = struct.pack("!I", len(body)) + body
-    sent = 0
     try:
-        slow.sendall(message[:4])
+        trickle = Trickle(slow, struct.pack("!I", len(body)) + body)  # 250 s for the whole
+        trickle.wait_sent(8)
         stats_ok(running)  # while the slow client is in the middle of its request
-        for sent in range(4, len(message)):  # one byte every 0.25 s: 50 s for the whole
-            if not still_open(slow):
-                break
-            try:
-                slow.send(message[sent:sent + 1])
-            except OSError:
-                break
-            time.sleep(0.25)  # the attack's own pace, not a wait for the agent
-        assert sent < len(message) - 1, "the agent waited for the whole slow request"
-        assert not still_open(slow)
+        assert trickle.wait_cut(), "the agent still waits for the slow request"
+        assert trickle.sent < 4 + len(body)
     finally:
         slow.close()
 
@@ -170,17 +197,10 @@ def test_metrics_slow_and_oversized_requests(agent: tuple[RunningAgent, int]) ->
     running, port = agent
     slow = socket.create_connection(("127.0.0.1", port))
     try:
-        slow.sendall(b"GET /metrics HTTP/1.1\r\n")
+        trickle = Trickle(slow, b"GET /metrics HTTP/1.1\r\nX-Slow: " + b"x" * 1000)
+        trickle.wait_sent(30)
         scrape(port)
-        sent = 0
-        while sent < 200 and still_open(slow):  # a header byte every 0.25 s, never ending
-            try:
-                slow.sendall(b"X")
-            except OSError:
-                break
-            sent += 1
-            time.sleep(0.25)  # the attack's own pace
-        assert sent < 200 and not still_open(slow)
+        assert trickle.wait_cut(), "the endpoint still waits for the slow request head"
     finally:
         slow.close()
     with socket.create_connection(("127.0.0.1", port)) as big:
