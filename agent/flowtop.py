@@ -237,15 +237,23 @@ def _key_filter(keys: list[Any], count: int, query: TopQuery) -> np.ndarray:
 def _in_network(buf: np.ndarray, at: np.ndarray, version: np.ndarray,
                 net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> np.ndarray:
     """Source or destination address of each key inside ``net``."""
-    width = 4 if net.version == 4 else 16
-    mask = np.frombuffer(net.netmask.packed, dtype=np.uint8)
-    prefix = np.frombuffer(net.network_address.packed, dtype=np.uint8)
     match = np.zeros(len(at), dtype=bool)
     rows = np.flatnonzero(version == net.version)
-    span = np.arange(width)
-    for offset in (12, 12 + width):  # source, then destination
-        addr = buf[at[rows, None] + offset + span]
-        match[rows] |= ((addr & mask) == prefix).all(axis=1)
+    starts = at[rows]
+    if net.version == 4:  # one uint32 per address: four byte gathers, no index matrix
+        mask, prefix = int(net.netmask), int(net.network_address)
+        for offset in (12, 16):  # source, then destination
+            addr = np.zeros(len(rows), dtype=np.uint32)
+            for byte in range(4):
+                addr = addr << 8 | buf[starts + offset + byte]
+            match[rows] |= (addr & mask) == prefix
+        return match
+    mask6 = np.frombuffer(net.netmask.packed, dtype=np.uint8)
+    prefix6 = np.frombuffer(net.network_address.packed, dtype=np.uint8)
+    span = np.arange(16)
+    for offset in (12, 28):
+        addr6 = buf[starts[:, None] + offset + span]
+        match[rows] |= ((addr6 & mask6) == prefix6).all(axis=1)
     return match
 
 
