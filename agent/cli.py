@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="with --dry-run: warnings are errors")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    help="log level (default from [agent] debug)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show replay progress on stderr (default: when stderr is a terminal)")
     p.add_argument("--version", action="version", version=f"netflow-agent {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("plugins", help="list discovered plugins")
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         return EX_USAGE
     if args.dry_run:
         return cmd_dry_run(args.config, args.check_env, args.strict)
-    return cmd_run(args.config, level)
+    return cmd_run(args.config, level, args.progress)
 
 
 def _manager_for(path: str | None) -> tuple[pluggy.PluginManager, ComponentRegistry, list[Any]]:
@@ -211,8 +213,11 @@ def _revalidate(path: str, registry: ComponentRegistry, pm: pluggy.PluginManager
     return config
 
 
-def cmd_run(path: str, level: str | None) -> int:
-    """Validate, start, run until a signal or until finite ingests end, then flush."""
+def cmd_run(path: str, level: str | None, progress: bool | None = None) -> int:
+    """Validate, start, run until a signal or until finite ingests end, then flush.
+
+    :param progress: replay progress on stderr: forced on/off, or ``None`` (on a terminal).
+    """
     pm, registry, _ = _manager_for(path)
     config, issues = validate(path, registry, pm.hook, check_env=True)
     if _print_issues(issues, strict=False) > 0 or config is None:
@@ -226,6 +231,7 @@ def cmd_run(path: str, level: str | None) -> int:
         log.error("%s", exc)
         return EX_CONFIG
     pipeline = Pipeline(config, pm)
+    _show_progress(pipeline, progress)
     pipeline.build()
     try:
         pipeline.start()
@@ -252,6 +258,16 @@ def cmd_run(path: str, level: str | None) -> int:
         pipeline.shutdown()
     log.info("stopped; %s", final_summary(pipeline))
     return EX_OK
+
+
+def _show_progress(pipeline: Pipeline, flag: bool | None) -> None:
+    """Install the replay progress line on stderr when wanted (agent.progress)."""
+    from agent import progress
+
+    if progress.wanted(sys.stderr, flag):
+        line = progress.Progress(sys.stderr)
+        line.install()
+        pipeline.context.progress = line.update
 
 
 def final_summary(pipeline: Pipeline) -> str:
