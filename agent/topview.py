@@ -112,11 +112,10 @@ def human(value: float) -> str:
     return f"{value:.0f}P"
 
 
-def _endpoint(addr: str, port: int, proto: int) -> str:
-    text = f"[{addr}]" if ":" in addr else addr
-    if proto in (1, 58):
-        return f"{text} {port >> 8}/{port & 0xFF}"  # ICMP type/code
-    return f"{text}:{port}"
+def _endpoint(addr: str, port: int, proto: int, source: bool) -> str:
+    if proto in (1, 58):  # ICMP: no ports; the destination "port" is type << 8 | code
+        return addr if source else f"{addr} {port >> 8}/{port & 0xFF}"
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
 def header_lines(top: dict[str, Any], state: ViewState) -> list[str]:
@@ -137,8 +136,8 @@ COLUMNS = f"{'PROTO':<5} {'SOURCE':<22} {'DESTINATION':<22} {'PKTS':>8} {'BYTES'
 def flow_line(row: dict[str, Any]) -> str:
     """One flow in 79 columns (addresses cut to fit)."""
     proto = _NAMES.get(row["proto"], str(row["proto"]))
-    src = _endpoint(row["src"], row["sport"], row["proto"])
-    dst = _endpoint(row["dst"], row["dport"], row["proto"])
+    src = _endpoint(row["src"], row["sport"], row["proto"], source=True)
+    dst = _endpoint(row["dst"], row["dport"], row["proto"], source=False)
     return (f"{proto:<5} {src[-22:]:<22} {dst[-22:]:<22} {human(row['packets']):>8} "
             f"{human(row['bytes']) + 'B':>8} {human(row['bytes_per_s']) + 'B/s':>9}")
 
