@@ -169,19 +169,16 @@ class FlowTop:
         base = self.baseline.pick(now_ns)
         interval = (now_ns - base.t_ns) / _NS if base is not None else 0.0
         if query.filtered:
-            keep = _key_filter(cols.keys, len(idx), query)
-            idx = idx[keep]
-        if base is not None:
-            dp, db = RateBaseline.deltas(base, idx, cols.packets, cols.octets, cols.first)
-            pps, bps = dp / interval, db / interval
-        else:  # no earlier copy: each flow's average over its life
-            life = np.maximum((now_ns - cols.first[idx]) / _NS, 1e-3)
-            pps = cols.packets[idx] / life
-            bps = cols.octets[idx] / life
-        score = {"bytes": cols.octets[idx], "packets": cols.packets[idx], "rate": bps}
-        order = _top_order(np.asarray(score[query.sort], dtype=np.float64), query.n)
+            idx = idx[_key_filter(cols.keys, len(idx), query)]
+        if query.sort == "rate":  # the only sort that needs every flow's rate
+            score = _rates(cols, idx, base, now_ns)[1]
+        else:
+            score = (cols.octets if query.sort == "bytes" else cols.packets)[idx]
+        chosen = idx[_top_order(score, query.n)]
+        pps, bps = _rates(cols, chosen, base, now_ns)  # again, for the rows shown only
         drops = int(core.get("drop_packets", 0))
-        rows = [_row(cols, int(idx[r]), float(pps[r]), float(bps[r]), now_ns) for r in order]
+        rows = [_row(cols, int(slot), float(pps[r]), float(bps[r]), now_ns)
+                for r, slot in enumerate(chosen)]
         reply = {
             "flows": rows, "matched": int(len(idx)), "active": int(core.get("active_flows", 0)),
             "sort": query.sort, "interval_s": interval, "rate_basis":
@@ -196,13 +193,25 @@ class FlowTop:
         return reply
 
 
+def _rates(cols: Any, slots: np.ndarray, base: _Copy | None,
+           now_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    """Packets/s and bytes/s of ``slots``: since ``base``, or over each flow's life."""
+    if base is not None:
+        dp, db = RateBaseline.deltas(base, slots, cols.packets, cols.octets, cols.first)
+        interval = (now_ns - base.t_ns) / _NS
+        return dp / interval, db / interval
+    life = np.maximum((now_ns - cols.first[slots]) / _NS, 1e-3)
+    return cols.packets[slots] / life, cols.octets[slots] / life
+
+
 def _top_order(score: np.ndarray, n: int) -> np.ndarray:
-    """Row numbers of the ``n`` largest scores, largest first (O(len) + O(n log n))."""
+    """Row numbers of the ``n`` largest scores, largest first, ties by row (O(len) for the
+    selection, O(n log n) for the order)."""
     if len(score) > n:
-        part = np.argpartition(-score, n - 1)[:n]
+        part = np.argpartition(score, len(score) - n)[len(score) - n:]
     else:
         part = np.arange(len(score))
-    return part[np.lexsort((part, -score[part]))]
+    return part[np.lexsort((part, -score[part].astype(np.float64)))]
 
 
 def _key_fields(keys: list[Any], count: int) -> tuple[np.ndarray, np.ndarray]:
