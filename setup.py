@@ -1,7 +1,10 @@
 """Build hook for the optional eBPF ingest extension (everything else is in pyproject.toml).
 
-``plugins.ingest_ebpf._loader`` is a CPython extension over libbpf. Building it first runs
-``make -C plugins/ingest_ebpf/bpf`` (clang compiles ``flow.bpf.c``, bpftool generates the
+Packages: the repository folders ``agent/`` and ``plugins/`` install as ``netflow_agent`` and
+``netflow_agent.plugins`` (:func:`installed_packages`), one distinctive import namespace.
+
+``netflow_agent.plugins.ingest_ebpf._loader`` is a CPython extension over libbpf. Building it
+first runs ``make -C plugins/ingest_ebpf/bpf`` (clang compiles ``flow.bpf.c``, bpftool generates the
 skeleton that embeds the object), then compiles ``_loader.c`` against ``-lbpf``. The extension
 is ``optional``: without clang, bpftool or libbpf-dev the install still succeeds and
 ``agent --dry-run`` reports ``ingest.ebpf`` as unavailable with the reason.
@@ -10,8 +13,8 @@ has to be found at run time, for regular and editable installs alike. Build outp
 build directory, never into the source tree (except the ``.so`` of an editable install, which
 .gitignore covers).
 
-``plugins.ingest_nflog._nflog`` (the NFLOG decoder's per-packet loop) is a plain optional
-extension without a build step of its own; without a compiler ``ingest.nflog`` uses its
+``netflow_agent.plugins.ingest_nflog._nflog`` (the NFLOG decoder's per-packet loop) is a plain
+optional extension without a build step of its own; without a compiler ``ingest.nflog`` uses its
 Python decoder.
 """
 
@@ -22,14 +25,26 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from setuptools import Extension, setup
+from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.errors import CompileError
 
 HERE = Path(__file__).resolve().parent
 EBPF_DIR = Path("plugins") / "ingest_ebpf"
 BPF_SRC = EBPF_DIR / "bpf"
-EBPF_EXT = "plugins.ingest_ebpf._loader"
+EBPF_EXT = "netflow_agent.plugins.ingest_ebpf._loader"
+
+
+PACKAGE_DIRS = {"netflow_agent": "agent", "netflow_agent.plugins": "plugins"}
+
+
+def installed_packages() -> list[str]:
+    """Every package below agent/ and plugins/, under its installed name."""
+    names = []
+    for prefix, folder in PACKAGE_DIRS.items():
+        names.append(prefix)
+        names += [f"{prefix}.{sub}" for sub in find_packages(folder)]
+    return names
 
 
 class BuildExtWithBpf(build_ext):
@@ -58,6 +73,8 @@ class BuildExtWithBpf(build_ext):
 
 
 setup(
+    packages=installed_packages(),
+    package_dir=PACKAGE_DIRS,
     ext_modules=[
         Extension(
             EBPF_EXT,
@@ -70,7 +87,7 @@ setup(
             optional=True,
         ),
         Extension(  # NFLOG per-packet loop; plain C over the Python API, optional
-            "plugins.ingest_nflog._nflog",
+            "netflow_agent.plugins.ingest_nflog._nflog",
             sources=["plugins/ingest_nflog/_nflog.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
             optional=True,

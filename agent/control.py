@@ -41,8 +41,8 @@ from typing import Any
 
 import msgpack
 
-from agent.localserver import LocalServer, Rejected
-from agent.runtime import ITEM_CALL
+from netflow_agent.localserver import LocalServer, Rejected
+from netflow_agent.runtime import ITEM_CALL
 
 log = logging.getLogger("agent.control")
 _LEN = struct.Struct("!I")
@@ -371,7 +371,7 @@ def socket_path(explicit: str | None, config_path: str | None) -> str:
     if explicit:
         return explicit
     if config_path:
-        from agent.config.load import load
+        from netflow_agent.config.load import load
 
         raw, _ = load(config_path)
         section = raw.data.get("agent", {})

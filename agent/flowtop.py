@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.model import split_key
+from netflow_agent.model import split_key
 
 SORTS = ("bytes", "packets", "rate")
 MAX_ROWS = 500

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent import privileges
+from netflow_agent import privileges
 
 log = logging.getLogger("agent.localserver")
 

@@ -36,8 +36,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from agent.localserver import LocalServer, Rejected
-from agent.transport.udp import parse_endpoint
+from netflow_agent.localserver import LocalServer, Rejected
+from netflow_agent.transport.udp import parse_endpoint
 
 log = logging.getLogger("agent.metrics")
 PREFIX = "netflow_agent_"

@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.control import ControlError, request
+from netflow_agent.control import ControlError, request
 
 WIDTH = 80
 KEYS_HELP = "b/p/r sort  / filter  q quit"

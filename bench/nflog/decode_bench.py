@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pyroute2.netlink.marshal import Marshal  # noqa: E402
 
-from agent.model import FlowBatch  # noqa: E402
-from agent.stages.cache import CacheConfig, FlowCache  # noqa: E402
-from plugins.ingest_nflog import decoders  # noqa: E402
-from plugins.ingest_nflog.netlink import MSG_PACKET, NflogDecoder, nfulnl_msg  # noqa: E402
+from netflow_agent.model import FlowBatch  # noqa: E402
+from netflow_agent.plugins.ingest_nflog import decoders  # noqa: E402
+from netflow_agent.plugins.ingest_nflog.netlink import MSG_PACKET, NflogDecoder, nfulnl_msg  # noqa: E402
+from netflow_agent.stages.cache import CacheConfig, FlowCache  # noqa: E402
 from tests.ingest_nflog.test_decoder import DATAGRAMS  # noqa: E402
 
 BUFS = [bytearray(d) for d in DATAGRAMS]

@@ -6,9 +6,9 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.config.schema import option
-from agent.errors import ConfigIssue
-from agent.registry import Resource
+from netflow_agent.config.schema import option
+from netflow_agent.errors import ConfigIssue
+from netflow_agent.registry import Resource
 
 from .netlink import NLBUFSIZ_MAX
 

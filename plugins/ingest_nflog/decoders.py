@@ -23,12 +23,12 @@ from __future__ import annotations
 import importlib
 from typing import Any, Protocol
 
-from agent.model import FlowBatch, FlowDelta, Packet, PacketBatch
+from netflow_agent.model import FlowBatch, FlowDelta, Packet, PacketBatch
 
 from .netlink import NflogDecoder
 
 DECODERS = ("auto", "c", "python")
-_EXTENSION = "plugins.ingest_nflog._nflog"
+_EXTENSION = "netflow_agent.plugins.ingest_nflog._nflog"
 
 
 class Batcher(Protocol):

@@ -34,7 +34,8 @@ class AgentProcess:
     def start(self, timeout: float = 15) -> AgentProcess:
         """Start and wait until every group is bound (and managed rules are in place)."""
         self._log_file = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "-c", str(self.path)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "netflow_agent.cli", "-c",
+                                      str(self.path)],
                                      stdout=subprocess.DEVNULL, stderr=self._log_file)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

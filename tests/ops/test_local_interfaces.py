@@ -21,8 +21,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from agent.control import MAX_REQUEST, ControlError, recv_message, request
-from agent.privileges import CAPABILITIES
+from netflow_agent.control import MAX_REQUEST, ControlError, recv_message, request
+from netflow_agent.privileges import CAPABILITIES
 from tests.ops.helpers import RunningAgent, cli, steady_capture
 from tests.ops.test_privileges import proc_status
 from tests.ops.test_stats_cli import free_tcp_port, scrape

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.progress import DELAY_S, Progress
+from netflow_agent.progress import DELAY_S, Progress
 from tests.ops.helpers import AGENT, steady_capture
 
 REPLAY_S = 4  # longer than DELAY_S: the line shows
@@ -134,7 +134,7 @@ def test_progress_line_share_rate_and_eta() -> None:
 @pytest.mark.parametrize("flag,tty,want", [(None, True, True), (None, False, False),
                                            (True, False, True), (False, True, False)])
 def test_when_it_shows(flag: bool | None, tty: bool, want: bool) -> None:
-    from agent.progress import wanted
+    from netflow_agent.progress import wanted
 
     class Stream(io.StringIO):
         def isatty(self) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from agent import __version__
+from netflow_agent import __version__
 from tests.ops.helpers import MS, T0, RunningAgent, cli, exported, table
 from tests.support.pcapgen import FlowSpec, PcapBuilder
 from tests.support.truth import FlowId, GroundTruth

@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
-from agent.control import ControlServer, request
-from agent.flowtop import FlowTop, TopQuery
-from agent.model import PacketBatch, make_key
-from agent.runtime import RunContext
-from agent.stages.cache import CacheConfig, FlowCache
-from agent.topview import WIDTH, parse_filter
+from netflow_agent.control import ControlServer, request
+from netflow_agent.flowtop import FlowTop, TopQuery
+from netflow_agent.model import PacketBatch, make_key
+from netflow_agent.runtime import RunContext
+from netflow_agent.stages.cache import CacheConfig, FlowCache
+from netflow_agent.topview import WIDTH, parse_filter
 from tests.ops.helpers import MS, T0, RunningAgent, cli
 from tests.support.pcapgen import FlowSpec, PcapBuilder
 
@@ -110,7 +110,7 @@ def first_flow(screen: list[str]) -> str:
 
 
 def test_top_in_a_terminal_sorts_filters_and_quits(agent: RunningAgent) -> None:
-    tmux = Tmux([sys.executable, "-m", "agent.cli", "top", "--socket", str(agent.socket)])
+    tmux = Tmux([sys.executable, "-m", "netflow_agent.cli", "top", "--socket", str(agent.socket)])
     try:
         screen = tmux.wait(lambda s: "sort: bytes" in "\n".join(s) and "10.8.0.3:6000" in
                            first_flow(s), "the burst first by bytes")

@@ -21,10 +21,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from agent.control import ControlError, request
+from netflow_agent.control import ControlError, request
 
 ROOT = Path(__file__).resolve().parents[2]
-AGENT = [sys.executable, "-m", "agent.cli"]
+AGENT = [sys.executable, "-m", "netflow_agent.cli"]
 
 
 class AgentProc:

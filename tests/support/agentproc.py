@@ -20,7 +20,7 @@ from pathlib import Path
 from tests.support.netns import end_process
 
 #: the agent as a module of this interpreter (no console script needed)
-AGENT_MODULE = [sys.executable, "-m", "agent.cli"]
+AGENT_MODULE = [sys.executable, "-m", "netflow_agent.cli"]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
