@@ -135,7 +135,7 @@ class Operations:
         """
         self.pipeline = pipeline
         self.monitor = OpsMonitor(pipeline)
-        pipeline.pm.register(self.monitor, name="agent.ops.monitor")
+        pipeline.pm.register(self.monitor, name="netflow_agent.ops.monitor")
         if self.section.control_socket:
             self._start_control(pipeline)
         if self.section.metrics_listen:

@@ -2,7 +2,7 @@
 
 Decodes ``tests/ingest_nflog/data/router.nflog`` repeatedly: the Python decoder with the shape
 cache (normal) and with the attribute walk only, the pyroute2 reference for scale, the C
-aggregator (``plugins.ingest_nflog._nflog``, when built), and both decoders end to end into
+aggregator (``netflow_agent.plugins.ingest_nflog._nflog``, when built), and both decoders end to end into
 the flow cache (receive buffer -> batch -> ``agent_cache_packets`` / ``agent_cache_flows``),
 which is the agent's per-packet CPU without the socket. Medians of 5 runs, packets/s.
 """
