@@ -10,6 +10,7 @@
                                       ipt_NETFLOW settings as TOML
     agent stats [--json] [--socket P] the running agent's statistics (control socket)
     agent reload [--socket P]         re-read the configuration; 0 applied, 1 not (reason)
+    agent top [--once] [--json] ...   the running agent's biggest flows, live (control socket)
 
 Exit codes: 0 success, 1 runtime failure, 2 usage error, 78 (EX_CONFIG) invalid configuration.
 """
@@ -60,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="with --dry-run: warnings are errors")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                    help="log level (default from [agent] debug)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show replay progress on stderr (default: when stderr is a terminal)")
     p.add_argument("--version", action="version", version=f"netflow-agent {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("plugins", help="list discovered plugins")
@@ -93,7 +96,22 @@ def _parser() -> argparse.ArgumentParser:
         "applied, the old configuration keeps running, the reason (file: key: problem) on "
         "stderr, or no agent to ask; 75: asked, but no outcome came back in time.")
     reload.add_argument("--socket", help="control socket (as for stats)")
+    _top_parser(sub)
     return p
+
+
+def _top_parser(sub: Any) -> None:
+    top = sub.add_parser("top", help="the running agent's biggest flows, refreshed every "
+                         "second (keys: b/p/r sort, / filter, q quit)")
+    top.add_argument("--socket", help="control socket (as for stats)")
+    top.add_argument("-n", type=int, default=20, help="flows to list without a terminal "
+                     "(default 20; live: as many as fit)")
+    top.add_argument("--sort", choices=["bytes", "packets", "rate"], default="bytes",
+                     help="initial sort (rate: bytes/s over the last interval)")
+    top.add_argument("--filter", default="", help='e.g. "tcp port 443 10.0.0.0/8"')
+    top.add_argument("--once", action="store_true", help="print one table and exit")
+    top.add_argument("--json", action="store_true", help="one JSON reply (implies --once)")
+    top.add_argument("--interval", type=float, default=1.0, help="refresh period, seconds")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
                           args.manage_rules)
     if args.command == "config":
         return cmd_sample(args.name)
+    if args.command == "top":
+        from netflow_agent.control import socket_path
+        from netflow_agent.topview import cmd_top
+
+        return cmd_top(socket_path(args.socket, args.config), args.n, args.sort, args.filter,
+                       args.once, args.json, args.interval)
     if args.command in ("stats", "reload"):
         from netflow_agent.control import cmd_control
 
@@ -121,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         return EX_USAGE
     if args.dry_run:
         return cmd_dry_run(args.config, args.check_env, args.strict)
-    return cmd_run(args.config, level)
+    return cmd_run(args.config, level, args.progress)
 
 
 def _manager_for(path: str | None) -> tuple[pluggy.PluginManager, ComponentRegistry, list[Any]]:
@@ -216,8 +240,11 @@ def _revalidate(path: str, registry: ComponentRegistry,
     return validate(path, registry, pm.hook, check_env=True)
 
 
-def cmd_run(path: str, level: str | None) -> int:
-    """Validate, start, run until a signal or until finite ingests end, then flush."""
+def cmd_run(path: str, level: str | None, progress: bool | None = None) -> int:
+    """Validate, start, run until a signal or until finite ingests end, then flush.
+
+    :param progress: replay progress on stderr: forced on/off, or ``None`` (on a terminal).
+    """
     pm, registry, _ = _manager_for(path)
     config, issues = validate(path, registry, pm.hook, check_env=True)
     if _print_issues(issues, strict=False) > 0 or config is None:
@@ -231,6 +258,7 @@ def cmd_run(path: str, level: str | None) -> int:
         log.error("%s", exc)
         return EX_CONFIG
     pipeline = Pipeline(config, pm)
+    _show_progress(pipeline, progress)
     pipeline.build()
     try:
         pipeline.start()
@@ -257,6 +285,16 @@ def cmd_run(path: str, level: str | None) -> int:
         pipeline.shutdown()
     log.info("stopped; %s", final_summary(pipeline))
     return EX_OK
+
+
+def _show_progress(pipeline: Pipeline, flag: bool | None) -> None:
+    """Install the replay progress line on stderr when wanted (agent.progress)."""
+    from netflow_agent import progress
+
+    if progress.wanted(sys.stderr, flag):
+        line = progress.Progress(sys.stderr)
+        line.install()
+        pipeline.context.progress = line.update
 
 
 def final_summary(pipeline: Pipeline) -> str:

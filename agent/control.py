@@ -13,11 +13,19 @@ Requests (``{"cmd": ...}``) and replies:
   (:mod:`agent.reloading`): ``ok`` is true only when the new configuration runs (or nothing
   changed); otherwise ``message`` gives the reason and the old configuration keeps running.
   ``unknown``: no outcome within ``RELOAD_TIMEOUT_S`` (the reload may still finish);
-* anything else: ``{"ok": false, "error": "unknown command ..."}``.
+* ``top`` (with ``n``, ``sort``, ``filter``, see :mod:`agent.flowtop`): ``{"ok": true,
+  "top": {...}}``, the biggest flows in the cache and the header totals of ``agent top``;
+* anything else: ``{"ok": false, "error": "unknown command ..."}`` (errors never repeat the
+  request: a client learns nothing it did not know, and a log line cannot be flooded).
 
-Threading: the server runs on its own thread and never touches pipeline state. Snapshots are
-built on the pipeline thread through an ``ITEM_CALL`` inbox item (:func:`call_on_pipeline`),
-reloads through :meth:`Pipeline.request_reload` with a reply callback.
+Limits (issue 18 item 9): a request is at most :data:`MAX_REQUEST` bytes and must arrive
+whole within :data:`agent.localserver.REQUEST_DEADLINE_S` of the connection; at most a few
+requests are computed at once (workers), and idle or slow clients hold no thread
+(:class:`agent.localserver.LocalServer`). Replies may be larger (:data:`MAX_REPLY`).
+
+Threading: the server threads never touch pipeline state. Snapshots are built on the pipeline
+thread through an ``ITEM_CALL`` inbox item (:func:`call_on_pipeline`), reloads through
+:meth:`Pipeline.request_reload` with a reply callback.
 """
 
 from __future__ import annotations
@@ -35,12 +43,18 @@ from typing import Any
 
 import msgpack
 
-from netflow_agent import localfiles, privileges
+from netflow_agent import localfiles
+from netflow_agent.localserver import LocalServer, Rejected
 from netflow_agent.runtime import ITEM_CALL
 
 log = logging.getLogger("agent.control")
 _LEN = struct.Struct("!I")
-MAX_MESSAGE = 64 * 1024 * 1024
+#: the largest request the agent reads (a command and a few parameters)
+MAX_REQUEST = 64 * 1024
+#: the largest reply a client reads (``stats-json`` of many components, ``top``)
+MAX_REPLY = 16 * 1024 * 1024
+#: commands the server knows (the error for an unknown one lists them)
+COMMANDS = ("stats", "stats-json", "reload", "top")
 STATS_TIMEOUT_S = 10.0
 RELOAD_TIMEOUT_S = 60.0
 
@@ -57,10 +71,15 @@ class ControlError(Exception):
 # --- framing ---------------------------------------------------------------------------------
 
 
+def frame(message: dict[str, Any]) -> bytes:
+    """One length-prefixed msgpack map, as bytes."""
+    data = msgpack.packb(message, use_bin_type=True)
+    return _LEN.pack(len(data)) + data
+
+
 def send_message(sock: socket.socket, message: dict[str, Any]) -> None:
     """Write one length-prefixed msgpack map."""
-    data = msgpack.packb(message, use_bin_type=True)
-    sock.sendall(_LEN.pack(len(data)) + data)
+    sock.sendall(frame(message))
 
 
 def _recv_exact(sock: socket.socket, n: int) -> bytes:
@@ -74,35 +93,64 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def recv_message(sock: socket.socket) -> dict[str, Any]:
-    """Read one length-prefixed msgpack map.
+def recv_message(sock: socket.socket, limit: int = MAX_REPLY) -> dict[str, Any]:
+    """Read one length-prefixed msgpack map (a client reading a reply).
 
     :raises ControlError: short read, oversized or malformed message.
     """
     (size,) = _LEN.unpack(_recv_exact(sock, _LEN.size))
-    if size > MAX_MESSAGE:
-        raise ControlError(f"message of {size} bytes is too large")
+    if size > limit:
+        raise ControlError(f"message of {size} bytes is too large (limit {limit})")
+    return _decode(_recv_exact(sock, size))
+
+
+def _decode(data: bytes) -> dict[str, Any]:
+    """A msgpack map; errors say what was wrong, never what the bytes were."""
     try:
-        message = msgpack.unpackb(_recv_exact(sock, size), raw=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise ControlError(f"malformed message: {exc}") from None
+        message = msgpack.unpackb(data, raw=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        raise ControlError("malformed message (not one msgpack map)") from None
     if not isinstance(message, dict):
         raise ControlError("message is not a map")
     return message
 
 
+def parse_request(buf: bytes) -> dict[str, Any] | None:
+    """The server's reader: ``None`` until one whole request is in ``buf``.
+
+    :raises Rejected: larger than :data:`MAX_REQUEST`, bytes after the request, or not a
+        msgpack map; the reply says which, without repeating any of the input.
+    """
+    if len(buf) < _LEN.size:
+        return None
+    (size,) = _LEN.unpack_from(buf)
+    if size > MAX_REQUEST:
+        raise Rejected(frame({"ok": False, "error": f"request too large (limit {MAX_REQUEST} "
+                              "bytes)"}), "request too large")
+    if len(buf) < _LEN.size + size:
+        return None
+    if len(buf) > _LEN.size + size:
+        raise Rejected(frame({"ok": False, "error": "one request per connection"}),
+                       "bytes after the request")
+    try:
+        return _decode(buf[_LEN.size:])
+    except ControlError as exc:
+        raise Rejected(frame({"ok": False, "error": str(exc)}), str(exc)) from None
+
+
 # --- client ----------------------------------------------------------------------------------
 
 
-def request(path: str, cmd: str, timeout: float = RELOAD_TIMEOUT_S + 5) -> dict[str, Any]:
-    """Send one command to the agent listening at ``path`` and return its reply.
+def request(path: str, cmd: str, timeout: float = RELOAD_TIMEOUT_S + 5,
+            **params: Any) -> dict[str, Any]:
+    """Send one command (and its ``params``) to the agent at ``path``; return its reply.
 
     :raises ControlError: no agent there, permission denied, timeout, bad reply.
     """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        _send_request(sock, path, cmd)
+        _send_request(sock, path, {"cmd": cmd, **params})
         try:
             return recv_message(sock)
         except (ControlError, OSError) as exc:  # asked, but no answer: the outcome is unknown
@@ -114,7 +162,7 @@ def request(path: str, cmd: str, timeout: float = RELOAD_TIMEOUT_S + 5) -> dict[
         sock.close()
 
 
-def _send_request(sock: socket.socket, path: str, cmd: str) -> None:
+def _send_request(sock: socket.socket, path: str, message: dict[str, Any]) -> None:
     try:
         sock.connect(path)
     except FileNotFoundError:
@@ -129,7 +177,7 @@ def _send_request(sock: socket.socket, path: str, cmd: str) -> None:
     except OSError as exc:
         raise ControlError(f"{path}: {exc}") from None
     try:
-        send_message(sock, {"cmd": cmd})
+        send_message(sock, message)
     except OSError as exc:
         raise ControlError(f"{path}: {exc}") from None
 
@@ -200,29 +248,35 @@ def reload_and_wait(pipeline: Any, timeout: float = RELOAD_TIMEOUT_S,
 
 
 class ControlServer:
-    """Accepts control connections on a thread; answers with :mod:`agent.report` data.
+    """Serves the control socket (see the module docstring for the commands and limits).
 
     :param path: socket path.
-    :param snapshot: ``pipeline -> dict`` run on the pipeline thread (see :func:`build_snapshot`).
     :param pipeline: the running :class:`~agent.pipeline.Pipeline`.
+    :param snapshot: ``pipeline -> dict`` run on the pipeline thread (see
+        :func:`agent.report.build_snapshot`).
+    :param formatter: snapshot -> the ``agent stats`` text.
     :param mode: permission bits of the socket file.
+    :param top: ``(pipeline, request) -> dict`` run on the pipeline thread for ``top``
+        (:class:`agent.flowtop.FlowTop`); ``None``: the command is unavailable.
     """
 
     def __init__(self, path: str, pipeline: Any, snapshot: Callable[[Any], dict[str, Any]],
-                 formatter: Callable[[dict[str, Any]], str], mode: int = 0o600):
+                 formatter: Callable[[dict[str, Any]], str], mode: int = 0o600,
+                 top: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None):
         self.path = path
         self.pipeline = pipeline
         self.snapshot = snapshot
         self.formatter = formatter
         self.mode = mode
+        self.top = top
         self.requests = 0
         self._made_dir = False
         self._sock: socket.socket | None = None
-        self._thread: threading.Thread | None = None
+        self.server: LocalServer | None = None
         self._stop = threading.Event()
 
     def start(self) -> None:
-        """Bind (replacing a stale socket file), listen and start the thread.
+        """Bind (replacing a stale socket file) and listen; :meth:`serve` answers.
 
         :raises OSError: the path is taken by a live agent, or cannot be created.
         """
@@ -241,11 +295,22 @@ class ControlServer:
             os.umask(old)
         os.chmod(self.path, self.mode)
         sock.listen(16)
-        sock.settimeout(0.5)
         self._sock = sock
-        self._thread = threading.Thread(target=self._serve, name="control", daemon=True)
-        self._thread.start()
         log.info("control socket %s (mode %04o)", self.path, self.mode)
+
+    def serve(self, **limits: Any) -> None:
+        """Start answering (after the privilege drop: the threads start with its set).
+
+        :param limits: :class:`~agent.localserver.LocalServer` keywords (tests shorten the
+            deadlines).
+        """
+        assert self._sock is not None
+        busy = frame({"ok": False, "error": "the agent is busy with other control requests; "
+                      "try again"})
+        self.server = LocalServer(self._sock, "control", parse_request, self._reply, busy,
+                                  **limits)
+        self._stop = self.server.stop
+        self.server.serve()
 
     def chown(self, uid: int, gid: int) -> None:
         """Hand the socket file (and its directory, when we created it) to the user the agent
@@ -273,10 +338,11 @@ class ControlServer:
         raise OSError(errno.EADDRINUSE, f"{self.path}: another agent is listening there")
 
     def close(self) -> None:
-        """Stop the thread and remove the socket file."""
+        """Stop the threads and remove the socket file."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        if self.server is not None:
+            self.server.close()  # closes the listening socket too
+            self.server = None
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -287,30 +353,10 @@ class ControlServer:
                     log.info("control socket %s left in place (%s); the next start replaces "
                              "it", self.path, exc.strerror)
 
-    def _serve(self) -> None:
-        assert self._sock is not None
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError as exc:
-                if self._stop.is_set():
-                    return
-                log.warning("control socket accept failed: %s", exc)
-                continue
-            with conn:
-                privileges.follow()  # before the request: give up root's capabilities
-                self._handle(conn)
-
-    def _handle(self, conn: socket.socket) -> None:
-        conn.settimeout(STATS_TIMEOUT_S)
-        try:
-            message = recv_message(conn)
-            self.requests += 1
-            send_message(conn, self.answer(message))
-        except (ControlError, OSError) as exc:
-            log.warning("control request failed: %s", exc)
+    def _reply(self, message: dict[str, Any]) -> bytes:
+        """A worker's answer to one parsed request, framed."""
+        self.requests += 1
+        return frame(self.answer(message))
 
     def answer(self, message: dict[str, Any]) -> dict[str, Any]:
         """The reply to one request (never raises)."""
@@ -322,12 +368,17 @@ class ControlServer:
                 return {"ok": True, "stats": self._snapshot()}
             if cmd == "reload":
                 return reload_and_wait(self.pipeline, cancel=self._stop)
-        except TimeoutError as exc:
+            if cmd == "top" and self.top is not None:
+                top = self.top
+                return {"ok": True, "top": call_on_pipeline(
+                    self.pipeline, lambda p: top(p, message), cancel=self._stop)}
+        except (TimeoutError, ValueError) as exc:  # ValueError: bad top parameters
             return {"ok": False, "error": str(exc)}
         except Exception as exc:  # a bug in a stats path must not kill the server
-            log.exception("control command %r failed", cmd)
-            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-        return {"ok": False, "error": f"unknown command {cmd!r} (stats, stats-json, reload)"}
+            log.exception("control command failed")
+            return {"ok": False, "error": f"internal error ({type(exc).__name__}); see the "
+                    "agent's log"}
+        return {"ok": False, "error": f"unknown command (known: {', '.join(COMMANDS)})"}
 
     def _snapshot(self) -> dict[str, Any]:
         return call_on_pipeline(self.pipeline, self.snapshot, cancel=self._stop)

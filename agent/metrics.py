@@ -4,26 +4,40 @@ The same counters as ``agent stats``, named by the Prometheus conventions (``net
 prefix, base units, ``_total`` on counters, ``_bytes``/``_seconds`` units, labels instead of
 names with numbers in them). Each scrape takes one snapshot on the pipeline thread (the same
 :func:`agent.report.build_snapshot` the control socket uses), so the values of one scrape are
-consistent with each other. Served by prometheus-client's HTTP server on its own thread.
+consistent with each other.
 
-Families (see docs/operations.md for the full table): ``netflow_agent_traffic_packets_total``,
+Families (docs/operations.md has the full table): ``netflow_agent_traffic_packets_total``,
 ``..._traffic_bytes_total``, ``..._drop_packets_total``, ``..._drop_bytes_total``,
 ``..._cache_searches_total``/``found``/``new_flows``, ``..._truncated_packets_total``,
 ``..._fragments_total``, ``..._alloc_failures_total``, ``..._maxflows_dropped_packets_total``,
-``..._flows_active``, ``..._flows_peak``, ``..._flows_limit``, ``..._memtraf_packets``,
-``..._memtraf_bytes``, ``..._hash_metric{window}``, ``..._rate_packets_per_second{window}``,
+``..._flows_active``, ``..._flows_peak``, ``..._flows_peak_timestamp_seconds``,
+``..._flows_limit``, ``..._memtraf_packets``, ``..._memtraf_bytes``,
+``..._hash_metric{window}``, ``..._rate_packets_per_second{window}``,
 ``..._rate_bits_per_second{window}``, ``..._export_*{exporter,destination}`` (the sockX
 lines), ``..._natevents_total{event}``, ``..._reloads_total{result}``,
 ``..._reload_last_timestamp_seconds``, ``..._reload_last_success``, ``..._config_generation``,
-``..._component_stat{component,stat}`` (every numeric counter a component reports).
+``..._build_info``, and
+what components report through ``agent_collect_stats``, typed (:func:`classify_stat`):
+``..._component_events_total{component,stat}`` (counters), ``..._component_value{component,
+stat}`` (gauges), ``..._component_setting{component,setting}`` (configuration) and
+``..._component_timestamp_seconds{component,stat}``. prometheus-client's process
+(``process_*``) and platform (``python_info``) collectors are included.
+
+Serving (issue 18 item 10): a :class:`agent.localserver.LocalServer` on a socket bound before
+the privilege drop; a request head of at most :data:`MAX_HEAD` bytes within the request
+deadline, two workers, ``Connection: close``. Only ``GET``/``HEAD`` of ``/metrics`` (and
+``/``) are answered.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from netflow_agent.localserver import LocalServer, Rejected
 from netflow_agent.transport.udp import parse_endpoint
 
 log = logging.getLogger("agent.metrics")
@@ -44,6 +58,18 @@ CACHE_COUNTERS = {
     "maxflows": ("maxflows_dropped_packets", "Packets dropped because maxflows was reached."),
     "exported_flows": ("cache_expired_flows", "Flows expired from the cache."),
 }
+#: the largest HTTP request head read (request line and headers)
+MAX_HEAD = 8192
+#: component stats that are configuration, not measurements
+SETTING_STATS = frozenset({"protocol", "sampling_interval", "maxflows_limit", "rcvbuf",
+                           "sndbuf", "group", "snaplen", "batch_size"})
+#: component stats that go up and down (everything else numeric is a counter)
+GAUGE_STATS = frozenset({"active_flows", "peak_flows", "slots", "memtraf_packets",
+                         "memtraf_bytes", "natevents_active", "cache_entries", "interfaces",
+                         "sequence", "templates", "templates_active", "connected", "filled",
+                         "peak", "spool_records", "spool_bytes", "queued", "in_flight"})
+#: suffixes of gauge names (a current size, the last measurement)
+GAUGE_SUFFIXES = ("_active", "_entries", "_last", "_current", "_queued", "_size")
 CACHE_GAUGES = {
     "active_flows": ("flows_active", "Flows in the cache."),
     "peak_flows": ("flows_peak", "Most flows in the cache since start."),
@@ -87,6 +113,9 @@ def metric_families(snap: dict[str, Any]) -> Iterator[Any]:
         yield CounterMetricFamily(PREFIX + name, doc, value=cache.get(key, 0))
     for key, (name, doc) in CACHE_GAUGES.items():
         yield GaugeMetricFamily(PREFIX + name, doc, value=cache.get(key, 0))
+    yield GaugeMetricFamily(PREFIX + "flows_peak_timestamp_seconds", "When the peak of active "
+                            "flows was reached (Unix seconds; 0 = never).",
+                            value=cache.get("peak_ns", 0) / 1e9)
     yield _labelled(GaugeMetricFamily, "hash_metric", "Flow table lookups per match "
                     "(1 = every packet found its flow).", ["window"],
                     [(["now"], cache["metric"])]
@@ -103,7 +132,7 @@ def metric_families(snap: dict[str, Any]) -> Iterator[Any]:
     yield _labelled(CounterMetricFamily, "natevents", "NAT translation events.", ["event"],
                     [(["start"], nat["start"]), (["stop"], nat["stop"])])
     yield from _agent_families(snap["agent"], CounterMetricFamily, GaugeMetricFamily)
-    yield _component_family(snap["components"], GaugeMetricFamily)
+    yield from _component_families(snap["components"], CounterMetricFamily, GaugeMetricFamily)
 
 
 def _labelled(kind: Any, name: str, doc: str, labels: list[str],
@@ -143,18 +172,55 @@ def _agent_families(agent: dict[str, Any], counter: Any, gauge: Any) -> Iterator
                 value=agent["restored_flows"])
     yield gauge(PREFIX + "uptime_seconds", "Seconds since start (capture time in a replay).",
                 value=agent["uptime_s"])
+    info = gauge(PREFIX + "build_info", "Constant 1, labelled with the agent's version.",
+                 labels=["version"])
+    info.add_metric([agent["version"]], 1.0)
+    yield info
 
 
-def _component_family(components: dict[str, Any], gauge: Any) -> Any:
-    samples = []
+def classify_stat(key: str, value: float) -> tuple[str, str, float]:
+    """The family of one numeric component stat: ``(kind, name, value)``.
+
+    ``kind`` is ``"setting"``, ``"timestamp"`` (``*_ns`` in seconds, name without ``_ns``),
+    ``"gauge"`` (``*_ms_*`` durations in seconds, renamed ``*_seconds_*``) or ``"counter"``.
+    """
+    if key in SETTING_STATS:
+        return "setting", key, value
+    if key.endswith("_ns"):
+        return "timestamp", key[:-3], value / 1e9
+    if key in GAUGE_STATS or key.endswith(GAUGE_SUFFIXES):
+        if "_ms" in key:
+            return "gauge", key.replace("_ms", "_seconds"), value / 1e3
+        return "gauge", key, value
+    return "counter", key, value
+
+
+_COMPONENT_FAMILIES = {  # kind -> (name, help, label of the stat)
+    "counter": ("component_events", "A counter a component reports (agent_collect_stats).",
+                "stat"),
+    "gauge": ("component_value", "A current value a component reports.", "stat"),
+    "setting": ("component_setting", "A configuration value a component reports.",
+                "setting"),
+    "timestamp": ("component_timestamp_seconds", "A time a component reports (Unix "
+                  "seconds).", "stat"),
+}
+
+
+def _component_families(components: dict[str, Any], counter: Any,
+                        gauge: Any) -> Iterator[Any]:
+    """Every numeric top-level stat of every component but the cache (typed families above),
+    in the family :func:`classify_stat` says."""
+    samples: dict[str, list[tuple[list[str], float]]] = {k: [] for k in _COMPONENT_FAMILIES}
     for comp, stats in components.items():
-        if not isinstance(stats, dict):
+        if comp == "cache" or not isinstance(stats, dict):
             continue
         for key, value in stats.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                samples.append(([comp, key], float(value)))
-    return _labelled(gauge, "component_stat", "A numeric counter reported by a component "
-                     "(agent_collect_stats).", ["component", "stat"], samples)
+                kind, name, number = classify_stat(key, float(value))
+                samples[kind].append(([comp, name], number))
+    for kind, (name, doc, label) in _COMPONENT_FAMILIES.items():
+        yield _labelled(counter if kind == "counter" else gauge, name, doc,
+                        ["component", label], samples[kind])
 
 
 class _SnapshotCollector:
@@ -174,7 +240,7 @@ class _SnapshotCollector:
 
 
 class MetricsServer:
-    """The HTTP endpoint.
+    """The HTTP endpoint: :meth:`start` binds (as root), :meth:`serve` answers (after the drop).
 
     :param listen: ``"host:port"``.
     :param snapshot: returns a fresh snapshot (thread-safe: goes through the pipeline thread).
@@ -183,25 +249,103 @@ class MetricsServer:
     def __init__(self, listen: str, snapshot: Callable[[], dict[str, Any]]):
         self.host, self.port = parse_listen(listen)
         self.snapshot = snapshot
-        self._server: Any = None
-        self._thread: Any = None
+        self.registry: Any = None
+        self._sock: socket.socket | None = None
+        self.server: LocalServer | None = None
 
     def start(self) -> None:
-        """Bind and serve (raises ``OSError`` when the address is taken)."""
-        from prometheus_client import CollectorRegistry, start_http_server
+        """Bind and listen (raises ``OSError`` when the address is taken)."""
+        from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_SnapshotCollector(self.snapshot))  # type: ignore[arg-type]
-        result = start_http_server(self.port, addr=self.host, registry=registry)
-        if isinstance(result, tuple):
-            self._server, self._thread = result
-        if self._server is not None:
-            self.port = self._server.server_address[1]
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        self.registry = registry
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(64)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self.port = sock.getsockname()[1]
         log.info("metrics on http://%s:%d/metrics", self.host, self.port)
+
+    def serve(self, **limits: Any) -> None:
+        """Start answering (threads born after the privilege drop).
+
+        :param limits: :class:`~agent.localserver.LocalServer` keywords.
+        """
+        assert self._sock is not None
+        limits.setdefault("workers", 2)
+        self.server = LocalServer(self._sock, "metrics", parse_http_head, self._reply,
+                                  http_reply(503, b"busy\n"), **limits)
+        self.server.serve()
+
+    def _reply(self, request: tuple[str, str]) -> bytes:
+        method, target = request
+        path = target.split("?", 1)[0]
+        if method not in ("GET", "HEAD"):
+            return http_reply(405, b"only GET\n", extra="Allow: GET, HEAD\r\n")
+        if path == "/":
+            body = b"<html><body><a href=\"/metrics\">metrics</a></body></html>\n"
+            return http_reply(200, body, "text/html", head_only=method == "HEAD")
+        if path != "/metrics":
+            return http_reply(404, b"not found: try /metrics\n")
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+        try:
+            body = generate_latest(self.registry)
+        except Exception:  # a collector bug shows as a failed scrape, never a dead server
+            log.exception("metrics: scrape failed")
+            return http_reply(500, b"scrape failed; see the agent's log\n")
+        return http_reply(200, body, CONTENT_TYPE_LATEST, head_only=method == "HEAD")
 
     def close(self) -> None:
         """Stop serving."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        elif self._sock is not None:
+            self._sock.close()
+        self._sock = None
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error",
+            503: "Service Unavailable"}
+
+
+def http_reply(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
+               head_only: bool = False, extra: str = "") -> bytes:
+    """A whole HTTP/1.1 response that closes the connection."""
+    head = (f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n{extra}"
+            f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S GMT', time.gmtime())}\r\n\r\n")
+    return head.encode() + (b"" if head_only else body)
+
+
+def parse_http_head(buf: bytes) -> tuple[str, str] | None:
+    """``(method, target)`` once the request head is complete; ``None`` before.
+
+    :raises Rejected: a head over :data:`MAX_HEAD` bytes, or a malformed request line (the
+        reply names the problem, never the request's bytes).
+    """
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buf) > MAX_HEAD:
+            raise Rejected(http_reply(431, b"request head too large\n"), "head too large")
+        return None
+    if end > MAX_HEAD:
+        raise Rejected(http_reply(431, b"request head too large\n"), "head too large")
+    parts = buf[:buf.find(b"\r\n")].split(b" ")
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1.") or not parts[1].startswith(b"/"):
+        raise Rejected(http_reply(400, b"bad request line\n"), "bad request line")
+    try:
+        return parts[0].decode("ascii"), parts[1].decode("ascii")
+    except UnicodeDecodeError:
+        raise Rejected(http_reply(400, b"bad request line\n"), "bad request line") from None

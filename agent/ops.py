@@ -4,7 +4,8 @@
 
     ops = Operations(config)    # before any thread: resolve the user, PR_SET_KEEPCAPS
     pipeline.start()            # as root: sockets, NFLOG groups, rules, BPF programs
-    ops.start(pipeline)         # monitor, control socket, metrics, drop root, READY=1
+    ops.start(pipeline)         # monitor; bind control socket and metrics; drop root; start
+                                # their threads (born with the reduced set); READY=1
     pipeline.run()
     ops.stopping()              # STOPPING=1, control socket and metrics closed
     pipeline.shutdown()         # flows exported (or saved with state_file)
@@ -25,6 +26,7 @@ from netflow_agent import hookimpl, localfiles, logutil, privileges, state
 from netflow_agent.config import files
 from netflow_agent.control import ControlServer, call_on_pipeline
 from netflow_agent.errors import ConfigIssue
+from netflow_agent.flowtop import FlowTop
 from netflow_agent.report import OpsMonitor, build_snapshot, format_report
 from netflow_agent.sdnotify import Notifier
 from netflow_agent.transport.udp import EndpointError, parse_endpoint
@@ -162,7 +164,11 @@ class Operations:
         return build_snapshot(pipeline, self.monitor)
 
     def start(self, pipeline: Any) -> None:
-        """After the components started: serve, drop root, tell systemd we are ready.
+        """After the components started: bind, drop root, serve, tell systemd we are ready.
+
+        The control and metrics sockets are bound as root (a path in /run, a low port); their
+        threads start after the drop, so they never hold root's capabilities (issue 18
+        item 3).
 
         :raises OSError: the control socket or metrics address cannot be bound.
         :raises privileges.PrivilegeError: the switch to ``user`` failed.
@@ -180,6 +186,10 @@ class Operations:
             self.metrics.start()
         if self.identity is not None:
             self._drop_root()
+        if self.control is not None:
+            self.control.serve()
+        if self.metrics is not None:
+            self.metrics.serve()
         if self.notifier.watchdog_s:
             pipeline.heartbeat = self.notifier.heartbeat
         self.notifier.notify("READY=1", f"STATUS=running {len(pipeline.components)} "
@@ -192,7 +202,8 @@ class Operations:
         user without /run access replaying a capture, must not fail for the socket.)
         """
         control = ControlServer(self.section.control_socket, pipeline, self.snapshot,
-                                format_report, mode=self.section.control_socket_mode)
+                                format_report, mode=self.section.control_socket_mode,
+                                top=FlowTop().answer)
         try:
             control.start()
         except OSError as exc:

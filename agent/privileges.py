@@ -155,6 +155,13 @@ def _prctl_ambient_raise(cap: int) -> None:
         raise PrivilegeError(f"PR_CAP_AMBIENT_RAISE {mask_names(1 << cap)}: {os.strerror(err)}")
 
 
+def _raise_ambient(mask: int) -> None:
+    """Raise every capability of ``mask`` in this thread's ambient set."""
+    for n in range(64):
+        if mask >> n & 1:
+            _prctl_ambient_raise(n)
+
+
 class _DropState:
     """What :func:`drop` left the pipeline thread with (capabilities are per thread)."""
 
@@ -176,6 +183,7 @@ def follow() -> None:
     if mask is None or getattr(_DROP.thread, "followed", False):
         return
     _capset(mask, mask, mask)  # this thread only: permitted shrinks to the kept set
+    _raise_ambient(mask)  # the same ambient set as the pipeline thread
     _DROP.thread.followed = True
 
 
@@ -205,9 +213,7 @@ def drop(identity: Identity, keep: list[str]) -> list[str]:
     except OSError as exc:
         raise PrivilegeError(f"switching to {identity.user!r} failed: {exc}") from None
     _capset(wanted, wanted, wanted)
-    for n in range(64):
-        if wanted >> n & 1:  # programs we run (nft) keep them across execve(2)
-            _prctl_ambient_raise(n)
+    _raise_ambient(wanted)  # programs we run (nft) keep them across execve(2)
     _prctl(PR_SET_KEEPCAPS, 0)
     _DROP.mask = wanted
     _DROP.thread.followed = True

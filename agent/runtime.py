@@ -62,6 +62,9 @@ class RunContext:
     #: observed namespaces: instance name -> netns ("" = the agent's own), see
     #: :meth:`declare_netns`
     observed_netns: dict[str, str] = field(default_factory=dict)
+    #: replay progress display (``agent.progress.Progress.update``), installed by the CLI;
+    #: ``None``: nobody shows progress (see :meth:`report_progress`)
+    progress: Callable[..., None] | None = None
     #: problems already logged by :meth:`interface_names` (each is logged once)
     _netns_warned: set[str] = field(default_factory=set, init=False, repr=False)
 
@@ -77,6 +80,19 @@ class RunContext:
     def done(self, source: str) -> None:
         """A finite ingest (pcap replay) calls this once when it has emitted everything."""
         self.inbox.put((ITEM_DONE, source))
+
+    def report_progress(self, source: str, done: int, total: int, packets: int,
+                        finished: bool = False) -> None:
+        """A finite reader (pcap replay) says how far it got (thread-safe, cheap; call it per
+        batch). Shown on a terminal as one line (:mod:`agent.progress`), else ignored.
+
+        :param source: what is read (a file path).
+        :param done: bytes read so far, of ``total``.
+        :param packets: packets read so far.
+        :param finished: the reader reached the end, or stopped.
+        """
+        if self.progress is not None:
+            self.progress(source, done, total, packets, finished)
 
     def now_ns(self) -> int:
         """The pipeline clock, wall-clock ns: use it for export times (header timestamps).

@@ -25,6 +25,7 @@ APT_PACKAGES=(
   tshark nfdump softflowd pmacct fprobe
   iputils-ping netcat-openbsd socat ethtool tcpdump
   git ca-certificates
+  tmux prometheus
 )
 
 log() { printf '==> %s\n' "$*"; }

@@ -41,6 +41,7 @@ from netflow_agent.model import (
 from netflow_agent.registry import Component
 
 _FREE = 2**63 - 1  # first/last time of an unused slot: never expires
+FREE_SLOT_NS = _FREE
 _NS = 1_000_000_000
 _END_FLAGS = TCP_FIN | TCP_RST
 
@@ -88,6 +89,21 @@ def _interfaces(key_if: int, other_if: int, direction: int) -> tuple[int, int]:
     if direction == DIRECTION_EGRESS:
         return (other_if if other_if != key_if else 0), key_if
     return key_if, other_if
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """The flow table as columns: slot ``i`` holds ``keys[i]`` (``None`` when free) and its
+    cumulative counters; a free slot's ``first`` is :data:`FREE_SLOT_NS`."""
+
+    keys: list[bytes | None]
+    packets: np.ndarray  # uint64, packetDeltaCount so far
+    octets: np.ndarray  # uint64, octetDeltaCount so far
+    first: np.ndarray  # int64, flow start (ns); FREE_SLOT_NS when the slot is free
+
+    def occupied(self) -> np.ndarray:
+        """Slot numbers that hold a flow, ascending (the order of ``filter(None, keys)``)."""
+        return np.flatnonzero(self.first != FREE_SLOT_NS)
 
 
 class FlowCache(Component):
@@ -337,6 +353,16 @@ class FlowCache(Component):
         return index, table
 
     # --- observability ---------------------------------------------------------------------
+
+    def columns(self) -> Columns:
+        """Read-only NumPy views of the counter columns, for :mod:`agent.flowtop`.
+
+        Pipeline thread only; drop the result before the table changes (a view pins the
+        column's buffer, so the table could not grow).
+        """
+        return Columns(self.keys, np.frombuffer(self._packets, dtype=np.uint64),
+                       np.frombuffer(self._octets, dtype=np.uint64),
+                       np.frombuffer(self._first, dtype=np.int64))
 
     def mem_traffic(self) -> tuple[int, int]:
         """Packets and bytes held by flows in the table (the seed's ``MemTraf``)."""

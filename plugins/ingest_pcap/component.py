@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
 
-from netflow_agent import hookimpl
+from netflow_agent import hookimpl, privileges
 from netflow_agent.model import DIRECTION_EGRESS, DIRECTION_INGRESS, PacketBatch
 from netflow_agent.packet import PacketParser
 from netflow_agent.registry import Component
@@ -33,6 +34,8 @@ class PcapIngest(Component):
         self.counters = {"packets": 0, "non_ip": 0, "bad_linktype": 0, "file_truncated": 0}
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._file: Any = None  # the open capture, for progress (bytes read of _size)
+        self._size = 0
 
     @hookimpl
     def agent_start(self, context: RunContext) -> None:
@@ -49,11 +52,14 @@ class PcapIngest(Component):
         self._thread.start()
 
     def _replay(self, context: RunContext, f: Any, reader: PcapReader, packets: Any) -> None:
+        self._file, self._size = f, os.fstat(f.fileno()).st_size
         try:
             self._emit_all(context, packets)
         except PcapError as exc:
             self.log.error("%s: %s: %s", self.name, self.config.path, exc)
         finally:
+            context.report_progress(self.config.path, f.tell(), self._size,
+                                    self.counters["packets"], finished=True)
             f.close()
             if reader.truncated:
                 self.counters["file_truncated"] += 1
@@ -91,6 +97,9 @@ class PcapIngest(Component):
         self._flush(context, batch, last_ts)
 
     def _flush(self, context: RunContext, packets: list[Any], clock_ns: int) -> None:
+        privileges.follow()  # a replay outlives the drop: give up root's capabilities then
+        context.report_progress(self.config.path, self._file.tell(), self._size,
+                                self.counters["packets"])
         trunc, frag, _ = self.parser.take_counters()
         context.wait_for_room()
         context.emit(PacketBatch(self.name, packets, trunc=trunc, frag=frag, clock_ns=clock_ns))
@@ -123,3 +132,4 @@ class _Pacer:
         delay = (ts_ns + self.offset - now) / 1e9
         if delay > 0:
             self.stop.wait(delay)
+            privileges.follow()  # the drop may have happened while this thread slept

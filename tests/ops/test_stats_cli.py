@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from netflow_agent import __version__
 from tests.ops.helpers import MS, T0, RunningAgent, cli, exported, table
 from tests.support.pcapgen import FlowSpec, PcapBuilder
 from tests.support.truth import FlowId, GroundTruth
@@ -273,7 +274,14 @@ def check_metrics(m: dict[str, float], exp: Expected) -> None:
     assert sorted(dests.values()) == [1.0, 1.0]
     assert sum(v for k, v in m.items() if k.startswith(p + "export_cberr_total{")) == 1
     assert m[p + 'reloads_total{result="ok"}'] == 0
-    assert m[p + 'component_stat{component="export.log[0]",stat="written"}'] == 1
+    assert m[p + 'component_events_total{component="export.log[0]",stat="written"}'] == 1
+    assert m[p + 'component_setting{component="export.netflow[0]",setting="protocol"}'] == 5
+    assert m[p + 'component_events_total{component="ingest.pcap[0]",stat="packets"}'] >= 30
+    assert not any(k.startswith(p + "component_stat") for k in m)  # the old mixed family
+    assert T0 / 1e9 <= m[p + "flows_peak_timestamp_seconds"] <= T0 / 1e9 + 1
+    assert m[p + "reload_last_success"] == 1
+    assert m[p + f'build_info{{version="{__version__}"}}'] == 1
+    assert m["process_resident_memory_bytes"] > 0 and m["process_cpu_seconds_total"] > 0
 
 
 def test_stats_without_agent_fails_clearly(tmp_path: Path) -> None:

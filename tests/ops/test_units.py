@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import pytest
@@ -105,6 +107,37 @@ def test_control_framing_round_trip_and_bad_input() -> None:
     with pytest.raises(ControlError, match="closed"):
         recv_message(b)
     b.close()
+
+
+def test_server_side_parsers_wait_refuse_and_never_echo() -> None:
+    from netflow_agent.control import MAX_REQUEST, frame, parse_request
+    from netflow_agent.localserver import Rejected
+    from netflow_agent.metrics import MAX_HEAD, parse_http_head
+
+    whole = frame({"cmd": "stats"})
+    assert [parse_request(whole[:n]) for n in range(len(whole))] == [None] * len(whole)
+    assert parse_request(whole) == {"cmd": "stats"}
+    for bad, reason in ((struct.pack("!I", MAX_REQUEST + 1), "too large"),
+                        (whole + b"SECRET", "one request per connection"),
+                        (struct.pack("!I", 7) + b"\xc1SECRET", "malformed")):
+        with pytest.raises(Rejected) as err:
+            parse_request(bad)
+        assert reason in recv_message_of(err.value.reply)["error"]
+        assert b"SECRET" not in err.value.reply
+    assert parse_http_head(b"GET /metrics HTTP/1.1\r\nHost: x\r\n") is None
+    assert parse_http_head(b"GET /metrics?a=1 HTTP/1.1\r\n\r\n") == ("GET", "/metrics?a=1")
+    for bad, status in ((b"GET /m HTTP/1.1\r\nX: " + b"S" * MAX_HEAD, b"431"),
+                        (b"SECRET\r\n\r\n", b"400"), (b"GET SECRET HTTP/1.1\r\n\r\n", b"400")):
+        with pytest.raises(Rejected) as err:
+            parse_http_head(bad)
+        assert err.value.reply.split(b" ")[1] == status and b"SECRET" not in err.value.reply
+
+
+def recv_message_of(data: bytes) -> dict[str, Any]:
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(data)
+        return recv_message(b)
 
 
 def test_state_save_restore_sums_and_rejects_damage(tmp_path: Path) -> None:
