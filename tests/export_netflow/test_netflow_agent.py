@@ -25,6 +25,7 @@ from tests.export_netflow.collect import (
 )
 from tests.support.agentproc import agent_script, run_agent
 from tests.support.collectors import free_udp_port
+from tests.support.exportclock import assert_export_clock
 from tests.support.pcapgen import MIXED_FLOWS, SAMPLE_EPOCH_NS, FlowSpec, PcapBuilder
 
 GAP_NS = 3_000_000  # 3 ms between packets of a flow
@@ -106,6 +107,8 @@ def test_agent_exports_v5_and_mirrored_v9_to_collectors(tmp_path, capture):
 
     _check_v5_wire(raw5, truth)
     _check_v9_wire(raw9, truth)
+    assert_export_clock(raw5, min_records=len(raw5))
+    assert_export_clock(raw9, min_records=len(SPECS))
     for name, raw in (("v5", raw5), ("v9", raw9)):
         assert tshark_problems(write_capture(raw, tmp_path / f"{name}.pcap")) == ""
 

@@ -17,6 +17,7 @@ short-lived translations: every one still yields its start and stop exactly once
 from __future__ import annotations
 
 import ipaddress
+import struct
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +32,7 @@ from plugins.ingest_conntrack.config import Config
 from tests.support import require_tool
 from tests.support.agentproc import start_agent, stop_agent
 from tests.support.collectors import Nfcapd, UdpSink, netflow_decode, tshark_decode
+from tests.support.exportclock import assert_export_clock
 from tests.support.netns import routed_topology
 
 pytestmark = pytest.mark.netns
@@ -193,16 +195,27 @@ def test_agent_exports_every_nat_start_and_stop(nat, tmp_path):
         try:
             conns = open_connections(nat)
             end_connections(nat)
-            time.sleep(1.0)  # events travel agent -> exporters -> collectors
+            # every start and stop reached the exporters (v5: one datagram per event batch)
+            v5_sink.wait_for(lambda pdus: _v5_records(pdus) >= 2 * _v4(conns), timeout=20)
         finally:
             stop_agent(proc)
-        time.sleep(0.2)
-        v5, ipfix = v5_sink.payloads(), ipfix_sink.payloads()
+        v5, ipfix = v5_sink.collect(), ipfix_sink.collect()
+    assert_export_clock(v5)
+    assert_export_clock(ipfix)
     text = log.read_text()
     assert "set net.netfilter.nf_conntrack_events=1" in text, text
     check_nfdump(nf9.flows(), conns)
     check_v5(v5, [c for c in conns if ":" not in c.src])
     check_ipfix(ipfix, ipfix_sink.port, conns)
+
+
+def _v4(conns: list[Conn]) -> int:
+    """IPv4 connections: v5 carries one pseudo-flow per event of each (one side translated)."""
+    return len([c for c in conns if ":" not in c.src])
+
+
+def _v5_records(pdus: list[bytes]) -> int:
+    return sum(struct.unpack_from("!H", p, 2)[0] for p in pdus)
 
 
 def check_nfdump(records, conns: list[Conn]) -> None:

@@ -2,8 +2,10 @@
 
 Known traffic crosses a veth observed by the agent (attached inside the namespace through
 ``netns =``); the ``[[export.log]]`` JSON lines must show exactly the packets and IP bytes
-that were sent. After SIGTERM, neither ``bpftool prog show`` nor ``tc filter show`` may show
-anything of ours; after SIGKILL (a crash) the next start must work and clean up.
+that were sent. The NetFlow export is mirrored to a tap that checks the export clock of every
+packet (tests/support/exportclock.py). After SIGTERM, neither ``bpftool prog show`` nor
+``tc filter show`` may show anything of ours; after SIGKILL (a crash) the next start must
+work and clean up.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tests.support import require_tool
 from tests.support.agentproc import start_agent as start_agent_process
 from tests.support.agentproc import stop_agent
 from tests.support.collectors import Nfcapd, flow_table
+from tests.support.exportclock import clock_tap
 from tests.support.netns import (
     Netns,
     send_icmp_echo,
@@ -133,8 +136,9 @@ def test_agent_netflow_v9_to_nfcapd_exact(pair, tmp_path):
     a, b = pair.a, pair.b
     set_offloads(a, False)  # wire-sized TCP segments: the capture truth is per segment
     set_offloads(b, False)
-    with Nfcapd(tmp_path / "nfcapd") as cap:
-        export = f'[[export.netflow]]\ndestination = ["127.0.0.1:{cap.port}"]\nprotocol = 9\n'
+    with Nfcapd(tmp_path / "nfcapd") as cap, clock_tap() as tap:  # every packet's clock
+        export = (f'[[export.netflow]]\ndestination = ["127.0.0.1:{cap.port}", '
+                  f'"{tap.endpoint}"]\nprotocol = 9\n')
         conf, _ = write_config(tmp_path, b.ns.name, b.ifname, "tcx", export)
         proc, ids = start_agent(conf, tmp_path / "agent.log")
         try:

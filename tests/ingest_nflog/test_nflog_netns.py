@@ -2,7 +2,8 @@
 
 Topology (tests.support.netns): client -- router -- server, offloads off so every packet is
 wire-sized. The agent runs in the host namespace and reads the router's NFLOG group
-(``netns = <router>``), exporting NetFlow v9 to nfcapd on 127.0.0.1. Ground truth is
+(``netns = <router>``), exporting NetFlow v9 to nfcapd on 127.0.0.1 and to a tap that checks
+every packet's export clock (tests/support/exportclock.py). Ground truth is
 independent of the agent: tcpdump captures on the router's interfaces, and the kernel's own
 nft rule counter for the loss test.
 
@@ -24,6 +25,7 @@ import pytest
 from agent.control import request
 from tests.ingest_nflog.agentproc import AgentProcess
 from tests.support.collectors import Nfcapd, flow_table
+from tests.support.exportclock import clock_tap
 from tests.support.netns import (
     Capture,
     RoutedTopology,
@@ -50,13 +52,14 @@ def topo():
         yield t
 
 
-def _config(topo: RoutedTopology, port: int, decoder: str, sock: Path,
+def _config(topo: RoutedTopology, port: int, decoder: str, sock: Path, tap: str = "",
             **extra: object) -> str:
     lines = ["[agent]", "scan_interval_ms = 200", f'control_socket = "{sock}"', "",
              "[[ingest.nflog]]", f"group = {GROUP}", f'netns = "{topo.router_ns.name}"',
              "flush_timeout_ms = 50", f'decoder = "{decoder}"']
     lines += [f"{k} = {_toml(v)}" for k, v in extra.items()]
-    lines += ["", "[[export.netflow]]", f'destination = ["127.0.0.1:{port}"]', "protocol = 9"]
+    dests = ", ".join(f'"{d}"' for d in (f"127.0.0.1:{port}", tap) if d)
+    lines += ["", "[[export.netflow]]", f"destination = [{dests}]", "protocol = 9"]
     return "\n".join(lines) + "\n"
 
 
@@ -139,9 +142,9 @@ def test_forward_flows_match_capture_exactly(topo: RoutedTopology, tmp_path: Pat
     else:
         _add_rules(topo, rules, ("forward",))
     sock = tmp_path / "agent.sock"
-    with Nfcapd(tmp_path / "flows") as cap:
+    with Nfcapd(tmp_path / "flows") as cap, clock_tap() as tap:
         agent = _started(AgentProcess(tmp_path, _config(topo, cap.port, decoder, sock,
-                                                        **extra)), decoder)
+                                                        tap.endpoint, **extra)), decoder)
         try:
             captures = [Capture(topo.router_ns, "rc", direction="in").start(),
                         Capture(topo.router_ns, "rs", direction="in").start()]
@@ -170,9 +173,10 @@ def test_input_output_hooks_directions(topo: RoutedTopology, tmp_path: Path,
     """Traffic to and from the router itself (INPUT/OUTPUT): flows exact, directions right."""
     _add_rules(topo, "iptables", ("input", "output"))
     router, c = topo.router_client, topo.client_ns
-    with Nfcapd(tmp_path / "flows") as cap:
+    with Nfcapd(tmp_path / "flows") as cap, clock_tap() as tap:
         agent = _started(AgentProcess(tmp_path, _config(topo, cap.port, decoder,
-                                                        tmp_path / "agent.sock")), decoder)
+                                                        tmp_path / "agent.sock",
+                                                        tap.endpoint)), decoder)
         try:
             # both directions on both links: the router's own MLD reports leave on either
             captures = [Capture(topo.router_ns, "rc").start(),
@@ -204,9 +208,9 @@ def test_overload_loss_is_counted_exactly(topo: RoutedTopology, tmp_path: Path,
     """A tiny receive buffer under a burst: kernel-logged = accounted + counted drops."""
     _add_rules(topo, "nft", ("forward",))
     sock = tmp_path / "agent.sock"
-    with Nfcapd(tmp_path / "flows") as cap:
+    with Nfcapd(tmp_path / "flows") as cap, clock_tap() as tap:
         agent = _started(AgentProcess(tmp_path, _config(topo, cap.port, decoder, sock,
-                                                        rcvbuf=1, qthreshold=64,
+                                                        tap.endpoint, rcvbuf=1, qthreshold=64,
                                                         nlbufsiz=131072)), decoder)
         try:
             send_udp(topo.client_ns, topo.server.addr, 5201, 30000, 18, peer=topo.server_ns,

@@ -29,7 +29,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -339,9 +339,47 @@ class UdpSink:
             raise CollectorError(f"UdpSink:{self.port}: {len(got)} of {count} datagrams")
         return got
 
+    @property
+    def endpoint(self) -> str:
+        """``host:port`` as an exporter's ``destination`` entry (IPv6 in brackets)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def wait_for(self, predicate: Callable[[list[bytes]], bool],
+                 timeout: float = 10) -> list[bytes]:
+        """Wait until ``predicate(payloads so far)`` holds; return the payloads.
+
+        :raise CollectorError: on timeout, with how many datagrams arrived.
+        """
+        with self._cond:
+            ok = self._cond.wait_for(lambda: predicate([d.data for d in self.datagrams]),
+                                     timeout)
+            got = [d.data for d in self.datagrams]
+        if not ok:
+            raise CollectorError(f"UdpSink:{self.port}: condition not met with {len(got)} "
+                                 "datagrams")
+        return got
+
     def payloads(self) -> list[bytes]:
         """Every payload received so far, in arrival order."""
         with self._cond:
+            return [d.data for d in self.datagrams]
+
+    def collect(self) -> list[bytes]:
+        """Stop receiving, take what is still queued in the socket, return every payload.
+
+        Call it once the sender is done (the agent stopped): everything it sent is then
+        either received or queued, so nothing depends on timing.
+        """
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.setblocking(False)
+        with self._cond:
+            while True:
+                try:
+                    data, peer = self.sock.recvfrom(65535)
+                except (BlockingIOError, OSError):
+                    break
+                self.datagrams.append(Datagram(time.time_ns(), peer[:2], data))
             return [d.data for d in self.datagrams]
 
     def write_pcap(self, path: str | Path) -> Path:

@@ -16,13 +16,19 @@ time a record carries, and :func:`assert_export_clock`, which fails a test on an
   checked nothing).
 
 It does not use the agent's encoders, so it is a second opinion on what they wrote.
+:func:`clock_tap` is the way live tests use it: a UDP sink to add to an exporter's
+``destination`` list (exporters mirror every datagram), checked when the block ends.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+
+from tests.support.collectors import UdpSink
+from tests.support.netns import Netns
 
 V5_HEADER = struct.Struct("!HHIIIIBBH")
 V5_RECORD = struct.Struct("!4s4s4sHHIIIIHHxBBBHHBB2x")
@@ -253,3 +259,23 @@ def assert_export_clock(datagrams: Iterable[bytes], min_records: int = 1) -> Clo
     assert report.records >= min_records, (f"only {report.records} timed records in "
                                            f"{report.packets} packets")
     return report
+
+
+@contextmanager
+def clock_tap(min_records: int = 1, host: str = "127.0.0.1",
+              netns: Netns | None = None) -> Iterator[UdpSink]:
+    """A :class:`~tests.support.collectors.UdpSink` whose datagrams must pass
+    :func:`assert_export_clock` when the block ends without an error.
+
+    Add ``tap.endpoint`` to the exporter's destinations and stop the agent inside the block
+    (its last flush is checked too)::
+
+        with Nfcapd(dir) as cap, clock_tap() as tap:
+            ...destination = ["127.0.0.1:{cap.port}", "{tap.endpoint}"]...
+    """
+    sink = UdpSink(host=host, netns=netns)
+    try:
+        yield sink
+        assert_export_clock(sink.collect(), min_records)
+    finally:
+        sink.close()
