@@ -38,7 +38,8 @@ log = logging.getLogger("agent")
 
 AGENT_SAMPLE = """\
 [agent]
-## Debug level as in ipt_NETFLOW: 0 quiet, 1 info, 2-3 debug.
+## Debug level as in ipt_NETFLOW: 0 info logging, 1 debug logging, 2-3 also one line per
+## flow created and exported (applied at reload too; --log-level overrides it).
 debug = 0
 ## How often timeouts are checked (ipt_NETFLOW's worker delay), in milliseconds.
 # scan_interval_ms = 1000
@@ -57,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --dry-run: also probe this machine (interfaces, kernel features)")
     p.add_argument("--strict", action="store_true", help="with --dry-run: warnings are errors")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                   help="log level (default from [agent] debug)")
+                   help="log level; overrides [agent] debug (0 info, 1 debug, 2-3 debug "
+                   "and one line per flow created and exported), also at reload")
     p.add_argument("--version", action="version", version=f"netflow-agent {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("plugins", help="list discovered plugins")
@@ -181,11 +183,17 @@ def _tune_malloc() -> None:
         pass
 
 
-def _revalidate(path: str, registry: ComponentRegistry, pm: pluggy.PluginManager) -> Any:
-    """Re-read the configuration for a reload; log its issues; ``None`` when invalid."""
+def _revalidate(path: str, registry: ComponentRegistry, pm: pluggy.PluginManager,
+                level: str | None) -> Any:
+    """Re-read the configuration for a reload; log its issues; ``None`` when invalid.
+
+    A valid configuration's ``[agent] debug`` takes effect at once (unless ``--log-level``).
+    """
     config, issues = validate(path, registry, pm.hook, check_env=True)
     for issue in issues:
         (log.error if issue.severity == "error" else log.warning)("reload: %s", issue.format())
+    if config is not None and not level:
+        logutil.apply_debug(config.agent.debug)
     return config
 
 
@@ -196,7 +204,7 @@ def cmd_run(path: str, level: str | None) -> int:
     if _print_issues(issues, strict=False) > 0 or config is None:
         return EX_CONFIG
     if not level:
-        logging.getLogger().setLevel(logging.DEBUG if config.agent.debug >= 2 else logging.INFO)
+        logutil.apply_debug(config.agent.debug)
     _tune_malloc()
     try:
         ops = Operations(config)  # before any thread starts (privilege drop preparation)
@@ -219,7 +227,7 @@ def cmd_run(path: str, level: str | None) -> int:
         return EX_FAIL
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: pipeline.request_stop())
-    pipeline.reloader = lambda: _revalidate(path, registry, pm)
+    pipeline.reloader = lambda: _revalidate(path, registry, pm, level)
     signal.signal(signal.SIGHUP, lambda *_: pipeline.request_reload())
     log.info("running with %d components (%s)", len(pipeline.components),
              ", ".join(pipeline.components))

@@ -36,7 +36,8 @@ def _replay(tmp_path: Path, sinks: dict[str, UdpSink]) -> tuple[int, int]:
     first, last = _capture(tmp_path / "clock.pcap")
     conf = tmp_path / "agent.toml"
     conf.write_text(
-        f'[agent]\nscan_interval_ms = 100\n\n[cache]\ninactive_timeout = 1\n\n'
+        f'[agent]\nscan_interval_ms = 100\ncontrol_socket = "{tmp_path / "agent.sock"}"\n\n'
+        f'[cache]\ninactive_timeout = 1\n\n'
         f'[[ingest.pcap]]\npath = "{tmp_path / "clock.pcap"}"\n\n'
         f'[[export.netflow]]\nprotocol = 5\ndestination = ["{sinks["v5"].endpoint}"]\n\n'
         f'[[export.netflow]]\nprotocol = 9\ndestination = ["{sinks["v9"].endpoint}"]\n\n'
