@@ -281,3 +281,26 @@ def test_dry_run_group_conflicts(topo: RoutedTopology, tmp_path: Path) -> None:
     finally:
         held.close()
     assert res.returncode == 0 and "group 11 is already bound" in res.stderr, res.stderr
+
+
+def test_reload_does_not_warn_about_the_agents_own_groups(topo: RoutedTopology,
+                                                          tmp_path: Path) -> None:
+    """Issue 18 item 15: a reload re-checks the groups while the agent holds them; its own
+    sockets are not "another process". Another process's check still names the agent."""
+    import subprocess
+    import sys
+
+    sock = tmp_path / "agent.sock"
+    ns = topo.router_ns.name  # two sockets: the first gets the PID as port id, not the second
+    conf = (f'[agent]\ncontrol_socket = "{sock}"\n[[ingest.nflog]]\ngroup = 12\n'
+            f'netns = "{ns}"\n[[ingest.nflog]]\ngroup = 13\nnetns = "{ns}"\n'
+            f'[[export.log]]\npath = "-"\n')
+    with AgentProcess(tmp_path, conf, groups=2) as agent:
+        agent.path.write_text(conf.replace('path = "-"', 'path = "-"\nformat = "json"'))
+        reply = request(str(sock), "reload", timeout=10)
+        assert reply["ok"], reply
+        log = agent.log_path.read_text()
+        other = subprocess.run([sys.executable, "-m", "agent.cli", "--dry-run", "--check-env",
+                                "-c", str(agent.path)], capture_output=True, text=True)
+    assert "reloaded" in log and "already bound" not in log, log
+    assert other.returncode == 0 and "group 12 is already bound" in other.stderr, other.stderr
