@@ -10,7 +10,8 @@
     pipeline.shutdown()         # flows exported (or saved with state_file)
 
 It is also the ``core_ops`` plugin: :func:`agent_check_config` checks the ``[agent]``
-operations keys against the machine (user exists, prometheus-client installed).
+operations keys against the machine (user exists, prometheus-client installed, the metrics
+address and the control socket free: :mod:`agent.listeners`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from agent import hookimpl, logutil, privileges
+from agent import hookimpl, listeners, logutil, privileges
 from agent.control import ControlServer, call_on_pipeline
 from agent.errors import ConfigIssue
 from agent.report import OpsMonitor, build_snapshot, format_report
@@ -70,7 +71,8 @@ def _check_listen(text: str) -> list[ConfigIssue]:
 
 @hookimpl
 def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue] | None:
-    """Machine checks: the user/group exist, prometheus-client is installed."""
+    """Machine checks: the user/group exist, prometheus-client is installed, the metrics
+    address and the control socket can be served (before anything is started)."""
     if not check_env:
         return None
     section = config.agent
@@ -89,6 +91,9 @@ def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue] | None
         except ImportError:
             issues.append(ConfigIssue("agent.metrics_listen", "the Python package "
                                       "prometheus-client is not installed"))
+        issues += listeners.check_metrics_listen(section.metrics_listen)
+    if section.control_socket:
+        issues += listeners.check_control_socket(section.control_socket)
     return issues
 
 
