@@ -50,7 +50,8 @@ def test_agent_exports_ipfix_over_udp(tmp_path, capture):
     try:
         with Nfcapd(tmp_path / "nfcapd") as cap:
             config = tmp_path / "agent.toml"
-            config.write_text(
+            config.write_text(  # its own control socket: others may hold the default one
+                f'[agent]\ncontrol_socket = "{tmp_path / "agent.sock"}"\n\n'
                 f'[[ingest.pcap]]\npath = "{pcap}"\n\n'
                 f"[[export.ipfix]]\n"
                 f'destination = ["127.0.0.1:{cap.port}", "127.0.0.1:{sink.port}"]\n'

@@ -12,7 +12,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from tests.ops.helpers import RunningAgent, cli
+from tests.ops.helpers import cli
+from tests.support.agentproc import Agent
 from tests.support.netns import Netns
 
 
@@ -85,9 +86,8 @@ def test_reload_is_not_a_conflict_with_the_agents_own_listeners(tmp_path):
     conf = _conf(tmp_path, f'metrics_listen = "127.0.0.1:{port}"\ncontrol_socket = "{sock}"',
                  f'[[ingest.pcap]]\npath = "{_long_capture(tmp_path)}"\nspeed = "recorded"\n'
                  '[[export.log]]\npath = "/dev/null"\n')
-    agent = RunningAgent(conf, sock)
+    agent = Agent(conf, sock).start()
     try:
-        agent.wait_ready()
         proc = cli("reload", "--socket", str(sock))
         assert proc.returncode == 0 and "reloaded" in proc.stdout, proc.stdout + proc.stderr
         assert "cannot listen" not in agent.log() and "another agent" not in agent.log()

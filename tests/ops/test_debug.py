@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.ops.helpers import RunningAgent, cli, exported, steady_capture
+from tests.ops.helpers import cli, exported, steady_capture
+from tests.support.agentproc import Agent
 from tests.support.pcapgen import MIXED_FLOWS, PcapBuilder
 
 DEBUG_LINE = re.compile(r" DEBUG ")
@@ -68,9 +69,8 @@ def test_reload_applies_a_new_debug_level_at_once(tmp_path):
     steady_capture(capture, seconds=30.0)
     conf = tmp_path / "agent.toml"
     conf.write_text(CONFIG.format(debug=0, sock=sock, capture=capture, out=out))
-    agent = RunningAgent(conf, sock)
+    agent = Agent(conf, sock, log_level=None).start()  # the level comes from [agent] debug
     try:
-        agent.wait_ready()
         agent.wait_for(lambda s: len(exported(out)) > 0, what="flows exported at debug 0")
         assert "flow exported" not in agent.log() and " DEBUG " not in agent.log()
         conf.write_text(CONFIG.format(debug=2, sock=sock, capture=capture, out=out))

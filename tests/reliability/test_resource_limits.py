@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.harness import AgentProc, exported_flows, flood
+from tests.reliability.harness import exported_flows, flood
+from tests.support.agentproc import Agent
 from tests.support.collectors import UdpSink
 from tests.support.netns import Netns, veth_pair
 
@@ -82,13 +83,13 @@ table inet nfalimit {{
             conf = _conf(tmp_path, group, f"{bc.b.addr}:{sink.port}")
             in_b = ["ip", "netns", "exec", b.name]
             (tmp_path / "probe").mkdir()
-            with AgentProc(tmp_path / "probe", conf, prefix=in_b) as probe:
+            with Agent.in_dir(tmp_path / "probe", conf, prefix=in_b) as probe:
                 probe.start(ready="reading NFLOG group")
                 idle_peak_kb = _vm_kb(probe.proc.pid, "VmPeak")  # type: ignore[union-attr]
                 assert probe.stop() == 0
             limit = idle_peak_kb * 1024 + HEADROOM
             prefix = [*in_b, "prlimit", f"--as={limit}"]
-            with AgentProc(tmp_path, conf, prefix=prefix) as agent:
+            with Agent.in_dir(tmp_path, conf, prefix=prefix) as agent:
                 agent.start(ready="reading NFLOG group")
                 result = flood(a, ab.b.addr, DPORT, PACKETS, SOURCES, "198.18.0.1", limit_s=30)
                 assert result["failed"] == 0
@@ -97,8 +98,7 @@ table inet nfalimit {{
                 peak_kb = _vm_kb(agent.proc.pid, "VmPeak")  # type: ignore[union-attr]
                 code = agent.stop()
                 log = agent.log()
-            time.sleep(0.5)
-            received = len(sink.payloads())
+            received = len(sink.collect())  # the agent stopped: all it sent is queued
     cache = snap["cache"]
     flows = [f for f in exported_flows(tmp_path / "flows.jsonl") if f["dst_port"] == DPORT]
     accounted = sum(f["packets"] for f in flows)

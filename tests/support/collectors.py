@@ -147,6 +147,21 @@ class Nfcapd:
             time.sleep(0.05)
         raise CollectorError(f"nfcapd did not bind {self.bind}:{self.port}")
 
+    def wait_drained(self, timeout: float = 10) -> None:
+        """Until nfcapd has read every datagram queued on its socket (``ss`` Recv-Q 0).
+
+        Datagrams sent before this call are then in nfcapd's hands: a stop right after it
+        loses none of them, without guessing how long they take.
+        """
+        deadline = time.monotonic() + timeout
+        ss = ["ss", "-Hnul", f"sport = :{self.port}"]
+        while time.monotonic() < deadline:
+            out = (self.netns.run(ss) if self.netns else _host_run(ss)).stdout.split()
+            if len(out) >= 2 and out[1] == "0":
+                return
+            time.sleep(0.02)
+        raise CollectorError(f"nfcapd:{self.port} did not read its queue in {timeout} s")
+
     def stop(self) -> None:
         """SIGTERM by PID: nfcapd writes and renames its current file, then exits."""
         if self.proc is None:
@@ -168,7 +183,10 @@ class Nfcapd:
         self.start()
 
     def flows(self) -> list[dict[str, Any]]:
-        """Stop (flush) and return every record received, see :func:`nfdump_flows`."""
+        """Wait until it read what was sent, stop (flush), and return every record received,
+        see :func:`nfdump_flows`."""
+        if self.proc is not None:
+            self.wait_drained()
         self.stop()
         return nfdump_flows(self.dir)
 
