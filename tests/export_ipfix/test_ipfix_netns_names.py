@@ -23,6 +23,7 @@ from plugins.export_ipfix.options import INTERFACE_NAMES_ID
 from tests.export_ipfix.helpers import decodable, flow, sets_of
 from tests.support.agentproc import Agent
 from tests.support.collectors import UdpSink, netflow_decode, tshark_decode
+from tests.support.exportclock import assert_export_clock
 from tests.support.netns import VethPair, send_udp
 
 pytestmark = pytest.mark.netns
@@ -130,6 +131,7 @@ options_interval_s = 1
         finally:
             assert agent.stop() == 0, agent.log()
         messages = sink.collect()
+    assert_export_clock(messages)
 
     assert interface_names(messages).get(b.ifindex) == b.ifname, agent.log()
     assert b.ifname in tshark_names(messages, sink.port)

@@ -30,6 +30,7 @@ import pytest
 
 from agent.testing import build_agent
 from tests.support.collectors import UdpSink, free_udp_port, netflow_decode
+from tests.support.exportclock import assert_export_clock
 from tests.support.pcapgen import FlowSpec, PcapBuilder
 
 FLOWS = 3000
@@ -206,7 +207,9 @@ protocol = 9
 destination = ["127.0.0.1:{closed_ipfix}"]
 options_interval_s = 0
 """, tmp_path)
-        _, flows = netflow_decode(mirror.collect())  # the agent exited: everything is queued
+        datagrams = mirror.collect()  # the agent exited: everything it sent is queued
+        assert_export_clock(datagrams)
+        _, flows = netflow_decode(datagrams)
     v9 = stats["export.netflow[0]"]
     print({"replay_s": round(replay_s, 2), "shutdown_s": round(shutdown_s, 2),
            "v9_cberr": v9["sock_cberr"], "v9_fail": v9["sock_fail"],

@@ -18,7 +18,6 @@ more datagrams than the agent counted as sent.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ import pytest
 from tests.reliability.harness import exported_flows, flood
 from tests.support.agentproc import Agent
 from tests.support.collectors import UdpSink
+from tests.support.exportclock import assert_export_clock
 from tests.support.netns import Netns, veth_pair
 
 HEADROOM = 96 << 20
@@ -93,12 +93,16 @@ table inet nfalimit {{
                 agent.start(ready="reading NFLOG group")
                 result = flood(a, ab.b.addr, DPORT, PACKETS, SOURCES, "198.18.0.1", limit_s=30)
                 assert result["failed"] == 0
-                time.sleep(2.5)  # inactive_timeout 1 s: every flow is exported while running
+                # inactive_timeout 1 s: every flow is exported while the agent runs
+                agent.wait_for(lambda s: s["cache"]["active_flows"] == 0, timeout=60,
+                               what="every flow expired")
                 snap = agent.settled_stats(_progress, quiet=1.5)
                 peak_kb = _vm_kb(agent.proc.pid, "VmPeak")  # type: ignore[union-attr]
                 code = agent.stop()
                 log = agent.log()
-            received = len(sink.collect())  # the agent stopped: all it sent is queued
+            datagrams = sink.collect()  # the agent stopped: all it sent is queued
+            received = len(datagrams)
+    assert_export_clock(datagrams)
     cache = snap["cache"]
     flows = [f for f in exported_flows(tmp_path / "flows.jsonl") if f["dst_port"] == DPORT]
     accounted = sum(f["packets"] for f in flows)
