@@ -41,7 +41,6 @@ V9_FIRST, V9_LAST = 22, 21
 #: absolute start/end pairs (IE id -> ms per unit, start/end); 323 is one time (NAT events)
 ABSOLUTE_UNITS = {150: 1000, 151: 1000, 152: 1, 153: 1, 323: 1}
 STARTS, ENDS = frozenset({150, 152, 22}), frozenset({151, 153, 21, 323})
-_MICRO = {154: "start", 155: "end"}
 
 
 @dataclass
