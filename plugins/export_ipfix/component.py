@@ -373,8 +373,10 @@ class IpfixExporter(Component):
         if self.file is not None:
             messages, records = messages + self.file.messages, records + self.file.records
         start_ns = self.context.start_ns if self.context is not None else 0
-        end_ns = max(self._now_ns(), start_ns)
-        self._note_time(end_ns)
+        now = self._now_ns()  # 0 in a replay before its first packet: no time yet
+        end_ns = max(now, start_ns)
+        if now:
+            self._note_time(end_ns)
         return Statistics(
             messages=messages, records=records, octets=octets,
             observed_flows=int(core.get("new", 0)),
