@@ -148,19 +148,9 @@ class Nfcapd:
         raise CollectorError(f"nfcapd did not bind {self.bind}:{self.port}")
 
     def wait_drained(self, timeout: float = 10) -> None:
-        """Until nfcapd has read every datagram queued on its socket (``ss`` Recv-Q 0).
-
-        Datagrams sent before this call are then in nfcapd's hands: a stop right after it
-        loses none of them, without guessing how long they take.
-        """
-        deadline = time.monotonic() + timeout
-        ss = ["ss", "-Hnul", f"sport = :{self.port}"]
-        while time.monotonic() < deadline:
-            out = (self.netns.run(ss) if self.netns else _host_run(ss)).stdout.split()
-            if len(out) >= 2 and out[1] == "0":
-                return
-            time.sleep(0.02)
-        raise CollectorError(f"nfcapd:{self.port} did not read its queue in {timeout} s")
+        """Until nfcapd has read every datagram queued on its socket, see
+        :func:`wait_udp_drained`."""
+        wait_udp_drained(self.port, self.netns, timeout)
 
     def stop(self) -> None:
         """SIGTERM by PID: nfcapd writes and renames its current file, then exits."""
@@ -195,6 +185,24 @@ class Nfcapd:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def wait_udp_drained(port: int, netns: Netns | None = None, timeout: float = 10) -> None:
+    """Until the UDP socket bound to ``port`` has nothing queued (``ss`` Recv-Q 0).
+
+    Datagrams sent before the call are then in the receiving program's hands: stopping it
+    right after loses none of them, without guessing how long they take to be read.
+
+    :raise CollectorError: still something queued after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    ss = ["ss", "-Hnul", f"sport = :{port}"]
+    while time.monotonic() < deadline:
+        out = (netns.run(ss) if netns else _host_run(ss)).stdout.split()
+        if len(out) >= 2 and out[1] == "0":
+            return
+        time.sleep(0.02)
+    raise CollectorError(f"UDP port {port}: the receiver did not read its queue in {timeout} s")
 
 
 def _host_popen(cmd: Sequence[str], **kwargs: Any) -> subprocess.Popen:
