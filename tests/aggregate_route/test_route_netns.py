@@ -13,13 +13,12 @@ topology (tests/support/netns.py), with extra routes behind both neighbours.
 from __future__ import annotations
 
 import ipaddress
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from plugins.aggregate_route.routes import KernelRoutes, Route
+from tests.support.agentproc import run_agent
 from tests.support.collectors import Nfcapd, UdpSink, netflow_decode, netflow_records
 from tests.support.exportclock import assert_export_clock, clock_tap
 from tests.support.netns import RoutedTopology
@@ -27,8 +26,6 @@ from tests.support.pcapgen import FlowSpec, PcapBuilder
 
 pytestmark = pytest.mark.netns
 
-AGENT = [sys.executable, "-m", "agent.cli"]
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def ip(text: str) -> bytes:
@@ -149,8 +146,7 @@ def test_agent_exports_next_hop_and_masks_from_the_router(router, tmp_path):
         conf = tmp_path / "agent.toml"
         conf.write_text(_config(pcap, router.router_ns.name, (v9.port, tap9.port),
                                 (v5.port, sink5.port)))
-        run = subprocess.run([*AGENT, "-c", str(conf)], capture_output=True, text=True,
-                             timeout=60, cwd=ROOT)
+        run = run_agent("-c", str(conf))
         assert run.returncode == 0, run.stderr
         datagrams5 = sink5.collect()  # the agent exited: everything it sent is queued
         flows9, flows5 = v9.flows(), v5.flows()
