@@ -9,7 +9,8 @@ installed, instead of after.
 * metrics: the address is bound for an instant (``SO_REUSEADDR``, as the HTTP server binds
   it, never listening) and released; ``EADDRINUSE`` means another listener holds it.
 * control socket: a live socket at the path belongs to another agent; a path that is not a
-  socket is never replaced; a parent directory that is missing must be creatable.
+  socket is never replaced; a parent directory that is missing must be creatable; the path
+  must fit ``sockaddr_un`` (107 bytes).
 
 A reload validates again while this agent serves on both: a listener whose socket is one of
 this process's own file descriptors (matched by inode through ``/proc/self/fd`` and
@@ -28,6 +29,7 @@ from agent.errors import ConfigIssue
 from agent.transport.udp import EndpointError, parse_endpoint
 
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's "st" column
+_SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 (unix(7))
 
 
 def check_metrics_listen(text: str) -> list[ConfigIssue]:
@@ -60,6 +62,9 @@ def check_control_socket(path: str) -> list[ConfigIssue]:
     if not path.startswith("/"):
         return []  # the pure configuration check reports it
     key = "agent.control_socket"
+    if len(os.fsencode(path)) > _SUN_PATH_MAX:
+        return [ConfigIssue(key, f"{path}: longer than the {_SUN_PATH_MAX} bytes a Unix "
+                            "socket path may have (unix(7))")]
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:

@@ -62,6 +62,9 @@ def test_check_env_reports_control_socket_problems(tmp_path):
         code, out = _check_env(_conf(tmp_path, f'control_socket = "{live}"'))
     assert code == 78 and "another agent is listening there" in out, out
     assert _check_env(_conf(tmp_path, f'control_socket = "{live}"'))[0] == 0  # stale: replaced
+    long = "/tmp/" + "x" * 120 + ".sock"
+    code, out = _check_env(_conf(tmp_path, f'control_socket = "{long}"'))
+    assert code == 78 and "longer than the 107 bytes" in out, out
 
 
 def test_start_refuses_a_taken_metrics_port_before_installing_anything(tmp_path):
