@@ -10,7 +10,10 @@ installed, instead of after.
   it, never listening) and released; ``EADDRINUSE`` means another listener holds it.
 * control socket: a live socket at the path belongs to another agent; a path that is not a
   socket is never replaced; a parent directory that is missing must be creatable; the path
-  must fit ``sockaddr_un`` (107 bytes).
+  must fit ``sockaddr_un`` (107 bytes). These are **warnings**: the agent runs on without a
+  control socket (statistics are worth less than the flows, see ``agent.ops``), and
+  ``--strict`` makes them errors. A metrics address that cannot be bound is an error: the
+  start fails on it.
 
 A reload validates again while this agent serves on both: a listener whose socket is one of
 this process's own file descriptors (matched by inode through ``/proc/self/fd`` and
@@ -58,38 +61,44 @@ def _reason(exc: OSError) -> str:
 
 
 def check_control_socket(path: str) -> list[ConfigIssue]:
-    """Issues with serving the control socket at ``path`` (empty = it can be created)."""
+    """Why the control socket could not be served at ``path`` (warnings; empty = it can)."""
     if not path.startswith("/"):
         return []  # the pure configuration check reports it
-    key = "agent.control_socket"
+    problem = _control_socket_problem(path)
+    if not problem:
+        return []
+    return [ConfigIssue("agent.control_socket", f"{problem}; the agent would run without a "
+                        "control socket (`agent stats` and `agent reload` would not reach it)",
+                        severity="warning")]
+
+
+def _control_socket_problem(path: str) -> str:
     if len(os.fsencode(path)) > _SUN_PATH_MAX:
-        return [ConfigIssue(key, f"{path}: longer than the {_SUN_PATH_MAX} bytes a Unix "
-                            "socket path may have (unix(7))")]
+        return f"{path}: longer than the {_SUN_PATH_MAX} bytes a Unix socket path may have"
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
-        return _check_parent(Path(path).parent, key)
+        return _parent_problem(Path(path).parent)
     except OSError as exc:
-        return [ConfigIssue(key, f"{path}: {exc.strerror}")]
+        return f"{path}: {exc.strerror}"
     if not stat.S_ISSOCK(mode):
-        return [ConfigIssue(key, f"{path} exists and is not a socket; the agent replaces only "
-                            "a stale control socket: remove it or choose another path")]
+        return (f"{path} exists and is not a socket (only a stale control socket is "
+                "replaced): remove it or choose another path")
     if _socket_is_live(path) and path not in _own_unix_listeners():
-        return [ConfigIssue(key, f"{path}: another agent is listening there")]
-    return []  # a stale socket: the start replaces it
+        return f"{path}: another agent is listening there"
+    return ""  # a stale socket: the start replaces it
 
 
-def _check_parent(parent: Path, key: str) -> list[ConfigIssue]:
-    """The nearest existing ancestor must let root create the missing directories."""
+def _parent_problem(parent: Path) -> str:
+    """The nearest existing ancestor must let us create the missing directories."""
     ancestor = parent
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        return [ConfigIssue(key, f"{ancestor} is not a directory")]
-    if not os.access(ancestor, os.W_OK | os.X_OK):  # root passes; a dry run as a user may not
-        return [ConfigIssue(key, f"cannot create the control socket under {ancestor}: "
-                            "permission denied", severity="warning")]
-    return []
+        return f"{ancestor} is not a directory"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"cannot create the control socket under {ancestor}: permission denied"
+    return ""
 
 
 def _socket_is_live(path: str) -> bool:

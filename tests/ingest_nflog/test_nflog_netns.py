@@ -312,6 +312,6 @@ def test_reload_does_not_warn_about_the_agents_own_groups(topo: RoutedTopology,
         other = subprocess.run([sys.executable, "-m", "agent.cli", "--dry-run", "--check-env",
                                 "-c", str(agent.config)], capture_output=True, text=True)
     assert "reloaded" in log and "already bound" not in log, log
-    # another process: the groups and the control socket are the running agent's
+    # another process: the groups and the control socket are the running agent's (warnings)
     assert "group 12 is already bound" in other.stderr, other.stderr
-    assert other.returncode == 78 and "another agent is listening there" in other.stderr
+    assert other.returncode == 0 and "another agent is listening there" in other.stderr

@@ -1,10 +1,11 @@
 """``--check-env`` and the start check where the agent will listen (issue 18 item 16).
 
-A metrics port held by another process, or a control socket path that is a live socket of
-another agent or not a socket at all, is an error of ``--dry-run --check-env``; the start
+A metrics port held by another process is an error of ``--dry-run --check-env``; the start
 runs the same checks before any component starts, so an NFLOG ingest with managed nft rules
-never binds its group or installs its table. A reload, while the agent itself serves both,
-is not a conflict.
+never binds its group or installs its table. A control socket that cannot be served (a live
+socket of another agent, not a socket, a path too long) is a warning, an error under
+``--strict``: the agent runs on without it, as it always did. A reload, while the agent
+itself serves both, is not a conflict.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ def _listening() -> socket.socket:
     return held
 
 
-def _check_env(conf: Path) -> tuple[int, str]:
-    proc = cli("--dry-run", "--check-env", "-c", str(conf))
+def _check_env(conf: Path, *flags: str) -> tuple[int, str]:
+    proc = cli("--dry-run", "--check-env", *flags, "-c", str(conf))
     return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -49,22 +50,29 @@ def test_check_env_reports_a_metrics_port_in_use(tmp_path):
     assert _check_env(conf)[0] == 0  # released: fine again
 
 
+def _warned(conf: Path, text: str) -> None:
+    """A warning (exit 0) naming ``text``; an error under ``--strict``."""
+    code, out = _check_env(conf)
+    assert code == 0 and "warning" in out and text in out, out
+    code, out = _check_env(conf, "--strict")
+    assert code == 78 and text in out, out
+
+
 def test_check_env_reports_control_socket_problems(tmp_path):
     plain = tmp_path / "plain"
     plain.write_text("not a socket")
-    code, out = _check_env(_conf(tmp_path, f'control_socket = "{plain}"'))
-    assert code == 78 and "exists and is not a socket" in out, out
+    _warned(_conf(tmp_path, f'control_socket = "{plain}"'), "exists and is not a socket")
     assert plain.read_text() == "not a socket"
     live = tmp_path / "live.sock"
     with socket.socket(socket.AF_UNIX) as other:
         other.bind(str(live))
         other.listen(1)
-        code, out = _check_env(_conf(tmp_path, f'control_socket = "{live}"'))
-    assert code == 78 and "another agent is listening there" in out, out
-    assert _check_env(_conf(tmp_path, f'control_socket = "{live}"'))[0] == 0  # stale: replaced
-    long = "/tmp/" + "x" * 120 + ".sock"
-    code, out = _check_env(_conf(tmp_path, f'control_socket = "{long}"'))
-    assert code == 78 and "longer than the 107 bytes" in out, out
+        _warned(_conf(tmp_path, f'control_socket = "{live}"'),
+                "another agent is listening there")
+    code, out = _check_env(_conf(tmp_path, f'control_socket = "{live}"'), "--strict")
+    assert code == 0, out  # a stale socket: the start replaces it
+    _warned(_conf(tmp_path, f'control_socket = "/tmp/{"x" * 120}.sock"'),
+            "longer than the 107 bytes")
 
 
 def test_start_refuses_a_taken_metrics_port_before_installing_anything(tmp_path):
