@@ -28,8 +28,8 @@ import socket
 import stat
 from pathlib import Path
 
-from agent.errors import ConfigIssue
-from agent.transport.udp import EndpointError, parse_endpoint
+from netflow_agent.errors import ConfigIssue
+from netflow_agent.transport.udp import EndpointError, parse_endpoint
 
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's "st" column
 _SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 (unix(7))

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from agent.model import FlowRecord
+    from netflow_agent.model import FlowRecord
 
 #: syslog priorities for the sd-daemon(3) ``<N>`` prefix
 _SD_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
@@ -133,7 +133,7 @@ def apply_debug(debug: int) -> None:
 
 def key_text(key: bytes) -> str:
     """``UDP 10.0.0.1:53 -> 10.0.0.2:5000 tos=0 if=3 dir=0`` for a packed flow key."""
-    from agent.model import split_key
+    from netflow_agent.model import split_key
 
     k = split_key(key)
     return _endpoints(k.ip_version, k.protocol, k.src_addr, k.src_port, k.dst_addr,

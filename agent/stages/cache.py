@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from agent import hookimpl
-from agent.config.schema import option
-from agent.logutil import FLOW_DEBUG, log_created
-from agent.model import (
+from netflow_agent import hookimpl
+from netflow_agent.config.schema import option
+from netflow_agent.logutil import FLOW_DEBUG, log_created
+from netflow_agent.model import (
     DIRECTION_EGRESS,
     END_ACTIVE,
     END_FORCED,
@@ -39,8 +39,8 @@ from agent.model import (
     PacketBatch,
     split_key,
 )
-from agent.registry import Component
-from agent.runtime import RunContext
+from netflow_agent.registry import Component
+from netflow_agent.runtime import RunContext
 
 _FREE = 2**63 - 1  # first/last time of an unused slot: never expires
 _NS = 1_000_000_000

@@ -34,14 +34,14 @@ import time
 from operator import attrgetter
 from typing import Any
 
-from agent import hookimpl
-from agent.errors import EncodeError
-from agent.exportclock import NS_PER_S, export_stamp
-from agent.model import FlowRecord, NatEvent, Sampling
-from agent.netns import names_here
-from agent.registry import Component
-from agent.runtime import RunContext
-from agent.transport.udp import UdpDestination, address_family
+from netflow_agent import hookimpl
+from netflow_agent.errors import EncodeError
+from netflow_agent.exportclock import NS_PER_S, export_stamp
+from netflow_agent.model import FlowRecord, NatEvent, Sampling
+from netflow_agent.netns import names_here
+from netflow_agent.registry import Component
+from netflow_agent.runtime import RunContext
+from netflow_agent.transport.udp import UdpDestination, address_family
 
 from .config import Config
 from .file import IpfixFile

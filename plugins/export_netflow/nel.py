@@ -24,9 +24,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from agent import ie
-from agent.exportclock import NS_PER_S
-from agent.model import NAT_START, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, NatEvent
+from netflow_agent import ie
+from netflow_agent.exportclock import NS_PER_S
+from netflow_agent.model import NAT_START, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, NatEvent
 
 from . import v5
 from .state import ExportState

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from plugins.aggregate_route.routes import KernelRoutes, Route
+from netflow_agent.plugins.aggregate_route.routes import KernelRoutes, Route
 from tests.support.agentproc import run_agent
 from tests.support.collectors import Nfcapd, UdpSink, netflow_decode, netflow_records
 from tests.support.exportclock import assert_export_clock, clock_tap

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from agent.testing import build_agent, collecting_plugin_module
+from netflow_agent.testing import build_agent, collecting_plugin_module
 from tests.support.agentproc import run_agent
 from tests.support.pcapgen import (
     LINKTYPE_ETHERNET,

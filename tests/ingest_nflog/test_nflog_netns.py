@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from agent.control import request
+from netflow_agent.control import request
 from tests.support.agentproc import Agent
 from tests.support.collectors import Nfcapd, flow_table
 from tests.support.exportclock import clock_tap
@@ -259,7 +259,7 @@ def _rule_packets(topo: RoutedTopology) -> int:
 
 def test_multi_group_ruleset_is_accepted_by_nft(topo: RoutedTopology) -> None:
     """The round-robin ruleset for several groups passes ``nft -c`` (check only)."""
-    from plugins.ingest_nflog.rules import ruleset
+    from netflow_agent.plugins.ingest_nflog.rules import ruleset
 
     text = ruleset([7, 8], ["input", "forward", "output"], 128, 16, -1)
     topo.router_ns.run(["nft", "-c", "-f", "-"], input=text)
@@ -270,13 +270,13 @@ def test_dry_run_group_conflicts(topo: RoutedTopology, tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from plugins.ingest_nflog.netlink import NflogSocket
+    from netflow_agent.plugins.ingest_nflog.netlink import NflogSocket
 
     ns = topo.router_ns.name
     two = (f'[[ingest.nflog]]\ngroup = 9\nnetns = "{ns}"\n[[ingest.nflog]]\ngroup = [8, 9]\n'
            f'netns = "{ns}"\n[[export.log]]\npath = "-"\n')
     (tmp_path / "two.toml").write_text(two)
-    res = subprocess.run([sys.executable, "-m", "agent.cli", "--dry-run", "-c",
+    res = subprocess.run([sys.executable, "-m", "netflow_agent.cli", "--dry-run", "-c",
                           str(tmp_path / "two.toml")], capture_output=True, text=True)
     assert res.returncode == 78 and "nflog-group netns=" in res.stderr, res.stderr
     held = NflogSocket(11, ns)
@@ -284,7 +284,7 @@ def test_dry_run_group_conflicts(topo: RoutedTopology, tmp_path: Path) -> None:
         held.bind(128, 1, 4096, 100)
         (tmp_path / "one.toml").write_text(f'[[ingest.nflog]]\ngroup = 11\nnetns = "{ns}"\n'
                                            '[[export.log]]\npath = "-"\n')
-        res = subprocess.run([sys.executable, "-m", "agent.cli", "--dry-run", "--check-env",
+        res = subprocess.run([sys.executable, "-m", "netflow_agent.cli", "--dry-run", "--check-env",
                               "-c", str(tmp_path / "one.toml")], capture_output=True, text=True)
     finally:
         held.close()
@@ -309,7 +309,7 @@ def test_reload_does_not_warn_about_the_agents_own_groups(topo: RoutedTopology,
         reply = request(str(sock), "reload", timeout=10)
         assert reply["ok"], reply
         log = agent.log()
-        other = subprocess.run([sys.executable, "-m", "agent.cli", "--dry-run", "--check-env",
+        other = subprocess.run([sys.executable, "-m", "netflow_agent.cli", "--dry-run", "--check-env",
                                 "-c", str(agent.config)], capture_output=True, text=True)
     assert "reloaded" in log and "already bound" not in log, log
     # another process: the groups and the control socket are the running agent's (warnings)

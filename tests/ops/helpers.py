@@ -17,7 +17,7 @@ from tests.support.truth import FlowId, record_table
 
 T0 = SAMPLE_EPOCH_NS
 MS = 1_000_000
-AGENT = [sys.executable, "-m", "agent.cli"]
+AGENT = [sys.executable, "-m", "netflow_agent.cli"]
 
 
 def cli(*args: str, timeout: float = 30, **kwargs: Any) -> subprocess.CompletedProcess[str]:

@@ -4,7 +4,7 @@ The one helper for agent processes in tests (it replaced four near-copies):
 
 * :func:`agent_script`: the installed ``agent`` console script (the entry point users run);
 * :func:`run_agent`: run that script with arguments to completion, output captured;
-* :class:`Agent`: ``python -m agent.cli [--log-level L] -c FILE`` in the background (under a
+* :class:`Agent`: ``python -m netflow_agent.cli [--log-level L] -c FILE`` in the background (under a
   ``prefix`` such as ``prlimit`` when asked), stderr in a log file; :meth:`Agent.start` waits
   until a log fragment appears and the control socket answers; :meth:`Agent.wait_for` polls
   its statistics (what ``agent stats --json`` prints) until a condition holds;
@@ -24,10 +24,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.control import ControlError, request
+from netflow_agent.control import ControlError, request
 
 #: the agent as a module of this interpreter (no console script needed)
-AGENT_MODULE = [sys.executable, "-m", "agent.cli"]
+AGENT_MODULE = [sys.executable, "-m", "netflow_agent.cli"]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
