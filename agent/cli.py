@@ -60,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --dry-run: also probe this machine (interfaces, kernel features)")
     p.add_argument("--strict", action="store_true", help="with --dry-run: warnings are errors")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                   help="log level (default from [agent] debug)")
+                   help="log level; overrides [agent] debug (0 info, 1 debug, 2-3 debug "
+                   "and one line per flow created and exported), also at reload")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show replay progress on stderr (default: when stderr is a terminal)")
     p.add_argument("--version", action="version", version=f"netflow-agent {__version__}")
@@ -249,8 +250,10 @@ def cmd_run(path: str, level: str | None, progress: bool | None = None) -> int:
     config, issues = validate(path, registry, pm.hook, check_env=True)
     if _print_issues(issues, strict=False) > 0 or config is None:
         return EX_CONFIG
-    if not level:
-        logging.getLogger().setLevel(logging.DEBUG if config.agent.debug >= 2 else logging.INFO)
+    if level:
+        logutil.pin_level()  # --log-level wins over [agent] debug, at reloads too
+    else:
+        logutil.apply_debug(config.agent.debug)
     _tune_malloc()
     try:
         ops = Operations(config)  # before any thread starts (privilege drop preparation)

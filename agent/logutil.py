@@ -12,6 +12,11 @@ logged with ``extra=NEVER_FOLD`` always passes (each failed reload is an event o
 Under systemd (``$JOURNAL_STREAM`` set, see systemd.exec(5)) each line starts with the
 sd-daemon(3) ``<N>`` priority prefix instead of a timestamp, so ``journalctl -p warning``
 works and timestamps are not doubled.
+
+``[agent] debug`` has one meaning, ipt_NETFLOW's ``debug=`` (:func:`apply_debug`): 0 logs at
+info level (start, stop, reload, problems), 1 adds debug logging, 2 and more add one line per
+flow, logged by ``agent.flows`` when the cache creates it and when it is exported. It is
+applied at start and at every reload, unless ``--log-level`` was given.
 """
 
 from __future__ import annotations
@@ -20,7 +25,11 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from netflow_agent.model import FlowRecord
 
 #: ``log.error(..., extra=NEVER_FOLD)``: the repeat filter lets this record through
 NEVER_FOLD = {"never_fold": True}
@@ -107,6 +116,68 @@ def install(interval: float = 60.0) -> RepeatFilter:
         if journal:
             handler.setFormatter(JournalFormatter("%(name)s: %(message)s"))
     return repeat
+
+
+#: ``[agent] debug`` from which every flow is logged when created and when exported
+FLOW_DEBUG = 2
+_PROTO = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP"}
+flow_log = logging.getLogger("agent.flows")
+
+
+def level_for_debug(debug: int) -> int:
+    """The root log level for an ``[agent] debug`` value: 0 info, 1 and more debug."""
+    return logging.DEBUG if debug >= 1 else logging.INFO
+
+
+_level_pinned = False
+
+
+def pin_level() -> None:
+    """``--log-level`` was given: :func:`apply_debug` leaves the root level alone from now on."""
+    global _level_pinned
+    _level_pinned = True
+
+
+def apply_debug(debug: int) -> None:
+    """Set the root log level from ``[agent] debug`` (at start and at every reload), unless
+    :func:`pin_level` was called."""
+    if not _level_pinned:
+        logging.getLogger().setLevel(level_for_debug(debug))
+
+
+def key_text(key: bytes) -> str:
+    """``UDP 10.0.0.1:53 -> 10.0.0.2:5000 tos=0 if=3 dir=0`` for a packed flow key."""
+    from netflow_agent.model import split_key
+
+    k = split_key(key)
+    return _endpoints(k.ip_version, k.protocol, k.src_addr, k.src_port, k.dst_addr,
+                      k.dst_port) + f" tos={k.tos} if={k.in_if} dir={k.direction}"
+
+
+def _endpoints(version: int, proto: int, src: bytes, sport: int, dst: bytes,
+               dport: int) -> str:
+    import ipaddress
+
+    fmt = "[{}]:{}" if version == 6 else "{}:{}"
+    return (f"{_PROTO.get(proto, str(proto))} "
+            f"{fmt.format(ipaddress.ip_address(src), sport)} -> "
+            f"{fmt.format(ipaddress.ip_address(dst), dport)}")
+
+
+def log_created(key: bytes) -> None:
+    """One debug line for a flow the cache just created (``[agent] debug >= 2``)."""
+    flow_log.debug("flow created: %s", key_text(key))
+
+
+def log_exported(records: Iterable[FlowRecord]) -> None:
+    """One debug line per exported flow record (``[agent] debug >= 2``)."""
+    for r in records:
+        flow_log.debug("flow exported: %s pkts=%d bytes=%d flags=0x%02x in=%d out=%d "
+                       "first=%d last=%d end=%d",
+                       _endpoints(r.ip_version, r.protocol, r.src_addr, r.src_port,
+                                  r.dst_addr, r.dst_port),
+                       r.packets, r.octets, r.tcp_flags, r.in_if, r.out_if, r.start_ns,
+                       r.end_ns, r.end_reason)
 
 
 def find_filter() -> RepeatFilter | None:

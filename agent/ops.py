@@ -12,7 +12,8 @@
 
 It is also the ``core_ops`` plugin: :func:`agent_check_config` checks the ``[agent]``
 operations keys against the machine (user exists and can read the configuration,
-prometheus-client installed).
+prometheus-client installed, the metrics address and the control socket free:
+:mod:`agent.listeners`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import logging
 import os
 from typing import Any
 
-from netflow_agent import hookimpl, localfiles, logutil, privileges, state
+from netflow_agent import hookimpl, listeners, localfiles, logutil, privileges, state
 from netflow_agent.config import files
 from netflow_agent.control import ControlServer, call_on_pipeline
 from netflow_agent.errors import ConfigIssue
@@ -74,7 +75,8 @@ def _check_listen(text: str) -> list[ConfigIssue]:
 @hookimpl
 def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue] | None:
     """Machine checks: the user/group exist and can read the configuration files,
-    prometheus-client is installed."""
+    prometheus-client is installed, the metrics address and the control socket can be served
+    (before anything is started)."""
     if not check_env:
         return None
     section = config.agent
@@ -95,6 +97,9 @@ def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue] | None
         except ImportError:
             issues.append(ConfigIssue("agent.metrics_listen", "the Python package "
                                       "prometheus-client is not installed"))
+        issues += listeners.check_metrics_listen(section.metrics_listen)
+    if section.control_socket:
+        issues += listeners.check_control_socket(section.control_socket)
     return issues
 
 

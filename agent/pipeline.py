@@ -34,7 +34,7 @@ from typing import Any, cast
 
 import pluggy
 
-from netflow_agent import reloading, state
+from netflow_agent import logutil, reloading, state
 from netflow_agent.config.model import AgentConfig, Instance
 from netflow_agent.model import FlowRecord, PacketBatch
 from netflow_agent.runtime import (
@@ -262,6 +262,9 @@ class Pipeline:
                 if out is not None:
                     records = cast("list[FlowRecord]", out)
             self.exported_flows += len(records)
+            log.debug("scan: %d flow records to export", len(records))
+            if self.context.debug >= logutil.FLOW_DEBUG:
+                logutil.log_exported(records)
             self.call("agent_export_flows", records=records)
         self.rates.update(now, *self._traffic_totals())
         self.call("agent_tick", now_ns=now)

@@ -185,7 +185,9 @@ def describe_changes(old: AgentConfig, new: AgentConfig) -> list[str]:
 
 
 def apply_log_settings(section: AgentSection) -> None:
-    """Take a new ``log_repeat_interval`` (the other ``[agent]`` keys are the pipeline's)."""
+    """Take a new ``debug`` level (unless ``--log-level`` pinned it) and
+    ``log_repeat_interval`` (the other ``[agent]`` keys are the pipeline's)."""
+    logutil.apply_debug(section.debug)
     repeat = logutil.find_filter()
     if repeat is not None:
         repeat.interval = section.log_repeat_interval

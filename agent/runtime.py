@@ -47,7 +47,8 @@ class RunContext:
     :ivar start_ns: wall-clock ns when the agent started; NetFlow sysUpTime is
         ``now_ns() - start_ns``. During a pcap replay it is moved to the capture's first
         packet, so read it when encoding rather than caching it at start.
-    :ivar debug: the ``[agent] debug`` level (0 = quiet).
+    :ivar debug: the ``[agent] debug`` level (0 info, 1 debug logging, 2-3 also per-flow
+        lines; see :mod:`agent.logutil`); a reload changes it.
     :ivar state_dir: a directory the agent may write to (spools, state), from ``[agent]``.
     """
 

@@ -15,8 +15,9 @@ from netflow_agent.registry import ComponentType
 class AgentSection:
     """``[agent]``: process-wide settings."""
 
-    debug: int = option(0, doc="Debug level as in ipt_NETFLOW: 0 none, 1 info, 2-3 debug.",
-                        min=0, max=3)
+    debug: int = option(0, doc="Debug level as in ipt_NETFLOW: 0 info logging, 1 debug "
+                        "logging, 2-3 also one line per flow created and exported; applied "
+                        "at reload; --log-level overrides it.", min=0, max=3)
     state_dir: str = option("", doc="Directory for spools and saved state; empty = none.")
     scan_interval_ms: int = option(
         1000, doc="How often timeouts are checked and timers run (ipt_NETFLOW worker delay).",

@@ -25,6 +25,7 @@ import numpy as np
 
 from netflow_agent import hookimpl
 from netflow_agent.config.schema import option
+from netflow_agent.logutil import FLOW_DEBUG, log_created
 from netflow_agent.model import (
     DIRECTION_EGRESS,
     END_ACTIVE,
@@ -39,6 +40,7 @@ from netflow_agent.model import (
     split_key,
 )
 from netflow_agent.registry import Component
+from netflow_agent.runtime import RunContext
 
 _FREE = 2**63 - 1  # first/last time of an unused slot: never expires
 FREE_SLOT_NS = _FREE
@@ -126,6 +128,12 @@ class FlowCache(Component):
         self._flags = array("B")
         self._out_if = array("I")
         self._grow(max(config.hashsize, 1024))
+        self.context: RunContext | None = None
+
+    @hookimpl
+    def agent_start(self, context: RunContext) -> None:
+        """Keep the context: its ``debug`` (changed by reloads) decides per-flow debug lines."""
+        self.context = context
 
     # --- sizing ----------------------------------------------------------------------------
 
@@ -149,6 +157,8 @@ class FlowCache(Component):
         self._first[i] = ts
         self._last[i] = ts
         self.stats.new += 1
+        if self.context is not None and self.context.debug >= FLOW_DEBUG:
+            log_created(key)
         if len(self.index) > self.stats.peak_flows:
             self.stats.peak_flows = len(self.index)
             self.stats.peak_ns = ts

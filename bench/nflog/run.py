@@ -30,7 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.ingest_nflog.agentproc import AgentProcess  # noqa: E402
+from tests.ingest_nflog.test_nflog_netns import nflog_counters  # noqa: E402
+from tests.support.agentproc import Agent  # noqa: E402
 from tests.support.netns import Netns, end_process, veth_pair  # noqa: E402
 
 PORT = 7000
@@ -124,10 +125,11 @@ def one_run(scenario: str, a: Netns, b: Netns, dst: str, seconds: float,
     _rules(b, groups)
     agent = uacctd = None
     if scenario in ("agent", "both"):
-        agent = AgentProcess(work, f'[[ingest.nflog]]\ngroup = 1\nnetns = "{b.name}"\n'
+        agent = Agent.in_dir(work, f'[[ingest.nflog]]\ngroup = 1\nnetns = "{b.name}"\n'
                              f'qthreshold = 64\nnlbufsiz = {NLBUFSIZ}\nrcvbuf = 33554432\n'
                              f'decoder = "{decoder}"\n'
-                             '[[export.log]]\npath = "/dev/null"\n').start()
+                             '[[export.log]]\npath = "/dev/null"\n'
+                             ).start("reading NFLOG group")
     if scenario in ("uacctd", "both"):
         uacctd, csv = _start_uacctd(b, work)
     cpu0 = {"agent": _cpu_seconds(agent.proc.pid) if agent else 0.0,
@@ -142,7 +144,7 @@ def one_run(scenario: str, a: Netns, b: Netns, dst: str, seconds: float,
     res = {"scenario": scenario, "sent": sent, "pps": sent / elapsed, "logged": logged}
     if agent:
         agent.stop()
-        c = agent.nflog_counters()
+        c = nflog_counters(agent.log())
         res["agent"] = {"accounted": c["packets"], "lost": c["seq_gaps"], "cpu_s": cpu["agent"]}
     if uacctd:
         time.sleep(1.2)  # one more print refresh

@@ -18,6 +18,12 @@ This module owns the I/O side of IPFIX export; the encoders (``ipfix.py``, ``nel
 
 Lost records (send errors, broken TCP connections, full spool, encode errors) are counted
 with their packets and octets; they feed ``notSent*`` in the exporting reliability record.
+
+Clock: every time this instance writes (Export Time, NAT event times without their own,
+the statistics window) comes from the pipeline clock (``RunContext.now_ns``: the capture's
+clock in a replay, as for NetFlow). Export Time follows :mod:`agent.exportclock`: never
+before the latest record time handed to this instance, rounded up to a whole second, never
+going back, on UDP, TCP and in files alike.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any
 
 from netflow_agent import hookimpl
 from netflow_agent.errors import EncodeError
+from netflow_agent.exportclock import NS_PER_S, export_stamp
 from netflow_agent.model import FlowRecord, NatEvent, Sampling
 from netflow_agent.netns import names_here
 from netflow_agent.registry import Component
@@ -85,7 +92,9 @@ class IpfixExporter(Component):
         self.sampling: Sampling | None = None
         self.sampling_records: list[DataGroup] = []
         self._next_options_ns = 0
-        self._start_wall_ms = 0
+        #: the latest record time handed to this instance, and the last Export Time (ns)
+        self._latest_ns = 0
+        self._export_ns = 0
         self.counters: dict[str, int] = dict.fromkeys(
             ("flows_in", "nat_events_in", "encode_errors", "lost_records", "lost_packets",
              "lost_octets", "nat_time_fixed", "udp_messages", "udp_records", "udp_octets",
@@ -112,7 +121,6 @@ class IpfixExporter(Component):
     def agent_start(self, context: RunContext) -> None:
         """Open the destinations (UDP connect, TCP connect attempt) and the file."""
         self.context = context
-        self._start_wall_ms = context.start_ns // 1_000_000
         cfg = self.cfg
         endpoints = cfg.endpoints()
         if cfg.transport == "udp":
@@ -130,7 +138,8 @@ class IpfixExporter(Component):
             self.file = IpfixFile(cfg.path, observation_domain_id=cfg.observation_domain_id,
                                   templates=self.template_list,
                                   rotate_size_bytes=cfg.rotate_size_bytes,
-                                  rotate_interval_s=cfg.rotate_interval_s, log=self.log)
+                                  rotate_interval_s=cfg.rotate_interval_s, log=self.log,
+                                  wall=self._export_seconds)
         self._next_options_ns = time.monotonic_ns()
         self.log.info("%s: %s export to %s%s", self.name, cfg.transport,
                       ", ".join(endpoints) or "(none)", f", file {cfg.path}" if cfg.path else "")
@@ -152,6 +161,7 @@ class IpfixExporter(Component):
             reconnect_min_ns=int(cfg.reconnect_interval_s * 1e9),
             reconnect_max_ns=int(cfg.reconnect_max_interval_s * 1e9),
             log=self.log,
+            wall=self._export_seconds,
         )
 
     def _spool_path(self, endpoint: str, context: RunContext) -> str:
@@ -183,6 +193,7 @@ class IpfixExporter(Component):
         if not self.cfg.flows or not records:
             return
         self.counters["flows_in"] += len(records)
+        self._note_time(max(max(r.start_ns, r.end_ns) for r in records))
         self._sync_sampling()
         if self.cfg.options_interval_s:
             self.interfaces.note(map(_IN_IF, records), map(_OUT_IF, records))
@@ -203,6 +214,7 @@ class IpfixExporter(Component):
         if not self.cfg.natevents or not events:
             return
         self.counters["nat_events_in"] += len(events)
+        self._note_time(max(e.time_ns for e in events))
         for d in self.tcp:
             self._count_refused(d.submit(KIND_NAT, events))
         if self.udp or self.file is not None:
@@ -246,11 +258,35 @@ class IpfixExporter(Component):
     def _sampling_copy(self) -> list[DataGroup]:
         return list(self.sampling_records)
 
+    # --- clock -----------------------------------------------------------------------------
+
+    def _now_ns(self) -> int:
+        """The pipeline clock (the capture's in a replay; 0 before a replay's first packet)."""
+        return self.context.now_ns() if self.context is not None else time.time_ns()
+
+    def _note_time(self, ns: int) -> None:
+        """Remember a time this instance was given to export (Export Time must not precede it)."""
+        self._latest_ns = max(self._latest_ns, ns)
+
+    def _export_seconds(self) -> int:
+        """Export Time for a message sent now (UDP, TCP and file; see the module docstring).
+
+        Every record handed to this instance so far is covered, so a message sent later (TCP
+        spool, file) never carries a record after its Export Time. A replay that has no
+        packet yet has no time: its template-only messages say the agent's start.
+        """
+        now = self._now_ns()
+        if not now and not self._latest_ns:
+            start = self.context.start_ns if self.context is not None else time.time_ns()
+            return start // NS_PER_S
+        self._export_ns = export_stamp(now, self._latest_ns, self._export_ns, NS_PER_S)
+        return self._export_ns // NS_PER_S
+
     # --- encoding helpers ------------------------------------------------------------------
 
     def _encode_nat(self, events: list[NatEvent]) -> list[DataGroup]:
-        return encode_nat_groups(events, self.cfg.nat_event_values, time.time_ns(),
-                                 self._nat_time_fixed)
+        return encode_nat_groups(events, self.cfg.nat_event_values,
+                                 self._now_ns() or time.time_ns(), self._nat_time_fixed)
 
     def _encode_items(self, items: list[Item]) -> list[DataGroup]:
         """Spool items -> data groups, keeping runs of the same kind in order."""
@@ -303,7 +339,7 @@ class IpfixExporter(Component):
         if any(d.needs_templates for d in self.udp):
             self.session.force_templates = True
         try:
-            messages = encode_messages(self.session, groups, export_time=int(time.time()),
+            messages = encode_messages(self.session, groups, export_time=self._export_seconds(),
                                        max_length=self.max_udp_message,
                                        now_ns=time.monotonic_ns())
         except EncodeError as exc:
@@ -336,13 +372,18 @@ class IpfixExporter(Component):
             lost_o += d.stats.lost_octets
         if self.file is not None:
             messages, records = messages + self.file.messages, records + self.file.records
+        start_ns = self.context.start_ns if self.context is not None else 0
+        now = self._now_ns()  # 0 in a replay before its first packet: no time yet
+        end_ns = max(now, start_ns)
+        if now:
+            self._note_time(end_ns)
         return Statistics(
             messages=messages, records=records, octets=octets,
             observed_flows=int(core.get("new", 0)),
             ignored_packets=int(core.get("drop_packets", 0)),
             ignored_octets=int(core.get("drop_bytes", 0)),
             lost_records=lost, lost_packets=lost_p, lost_octets=lost_o,
-            start_ms=self._start_wall_ms, end_ms=time.time_ns() // 1_000_000)
+            start_ms=start_ns // 1_000_000, end_ms=end_ns // 1_000_000)
 
     def options_groups(self) -> list[list[DataGroup]]:
         """Statistics records, then interface names, each list to be sent as its own message.

@@ -34,7 +34,9 @@ class IpfixFile:
     :param templates: every template of the exporter (written at the top of each file).
     :param rotate_size_bytes: rotate when the file reaches this size; 0 = never.
     :param rotate_interval_s: rotate after this many seconds; 0 = never.
-    :param clock: monotonic ns; ``wall``: seconds since the epoch.
+    :param clock: monotonic ns; ``wall``: the Export Time of a message written now, seconds
+        since the epoch (the exporter passes its export clock). Rotated names say the
+        machine's wall clock.
     """
 
     def __init__(
@@ -122,7 +124,7 @@ class IpfixFile:
         return True
 
     def _rotated_name(self) -> str:
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(self._wall()))
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
         base = f"{self.path}.{stamp}"
         name, n = base, 0
         while os.path.exists(name):

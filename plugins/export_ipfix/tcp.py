@@ -85,7 +85,8 @@ class TcpDestination:
     :param sndbuf: ``SO_SNDBUF``; 0 = system default.
     :param reconnect_min_ns: smallest gap between connect attempts.
     :param reconnect_max_ns: largest gap (the backoff doubles up to it).
-    :param clock: monotonic ns clock; ``wall``: seconds since the epoch (Export Time).
+    :param clock: monotonic ns clock; ``wall``: seconds since the epoch (Export Time; the
+        exporter passes its export clock).
     """
 
     def __init__(

@@ -25,12 +25,13 @@ from collections.abc import Sequence
 from typing import Literal
 
 from netflow_agent import ie
+from netflow_agent.exportclock import NS_PER_S
 from netflow_agent.model import NAT_START, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, NatEvent
 
 from . import v5
 from .state import ExportState
 from .v5 import Tally
-from .v9 import RefreshPolicy, Template, assemble, whole_second
+from .v9 import RefreshPolicy, Template, assemble
 
 TEMPLATE_NEL4 = 260
 TEMPLATE_NEL6 = 261
@@ -118,8 +119,14 @@ def encode_v9(
     :param tally: optional; receives events per packet and the skipped count.
     """
     tally = tally if tally is not None else Tally()
-    state.observe(whole_second(now_ns))
-    return assemble(nel_groups(events, values, now_ns, tally), state, policy, now_ns, tally)
+    export_ns = state.stamp(now_ns, _latest_event(events), NS_PER_S)
+    state.observe(export_ns)
+    return assemble(nel_groups(events, values, now_ns, tally), state, policy, export_ns, tally)
+
+
+def _latest_event(events: Sequence[NatEvent]) -> int:
+    """The latest event time (0 = none): the header must not precede it."""
+    return max((e.time_ns for e in events), default=0)
 
 
 # --- NetFlow v5 pseudo-flows ----------------------------------------------------------------
@@ -170,12 +177,13 @@ def encode_v5(
     """
     tally = tally if tally is not None else Tally()
     earliest = min((e.time_ns for e in events if e.time_ns), default=0)
-    state.observe(now_ns, earliest)
+    export_ns = state.stamp(now_ns, _latest_event(events))
+    state.observe(export_ns, earliest)
     bodies: list[bytes] = []
     for e in events:
         if len(e.src_addr) != 4 or len(e.post_dst_addr) != 4 or len(e.post_src_addr) != 4:
             tally.skipped += 1
             continue
         bodies.extend(v5_pseudo_records(e, state, now_ns))
-    return v5.packets_from_bodies(bodies, state, now_ns, tally)
+    return v5.packets_from_bodies(bodies, state, export_ns, tally)
 

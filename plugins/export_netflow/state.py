@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from netflow_agent.exportclock import export_stamp
+
 UINT32_MASK = 0xFFFFFFFF
 NS_PER_MS = 1_000_000
 
@@ -41,6 +43,7 @@ class ExportState:
         back, or is refusing); cleared by the encoder after use.
     :param sampling_interval: the v5 header's sampling field for flow packets (mode << 14 |
         interval, see :func:`.v5.sampling_field`); 0 = every packet accounted.
+    :param export_ns: the header time of the last packet (see :meth:`stamp`); 0 = none yet.
     """
 
     boot_ns: int
@@ -51,6 +54,16 @@ class ExportState:
     templates: dict[int, TemplateMark] = field(default_factory=dict)
     force_templates: bool = False
     sampling_interval: int = 0
+    export_ns: int = 0
+
+    def stamp(self, now_ns: int, latest_ns: int = 0, unit_ns: int = 1) -> int:
+        """The header time of the next packets: never before ``latest_ns`` nor a previous one.
+
+        See :mod:`agent.exportclock`: ``now_ns`` moved forward to the latest record time,
+        rounded up to ``unit_ns`` (v9: whole seconds; v5: exact), never going back.
+        """
+        self.export_ns = export_stamp(now_ns, latest_ns, self.export_ns, unit_ns)
+        return self.export_ns
 
     def observe(self, now_ns: int, earliest_ns: int = 0) -> None:
         """Move the sysUpTime origin back so that ``now_ns`` and ``earliest_ns`` are >= it.

@@ -180,12 +180,19 @@ def encode_flows(
 
     :param records: expired flow records (IPv6 ones are skipped and counted).
     :param state: this exporter's state; sequence and uptime origin are updated.
-    :param now_ns: the export clock (wall-clock ns; the capture clock during replay).
+    :param now_ns: the export clock (wall-clock ns; the capture clock during replay); the
+        header says the later of it and the latest record time (:meth:`.ExportState.stamp`).
     :param tally: optional; receives per-packet record counts and the skipped count.
     :return: the datagrams, in order; their headers carry ``state.sampling_interval``.
     """
     tally = tally if tally is not None else Tally()
     earliest = min((r.start_ns for r in records if r.start_ns), default=0)
-    state.observe(now_ns, earliest)
-    return packets_from_bodies(flow_bodies(records, state, tally), state, now_ns, tally,
+    export_ns = state.stamp(now_ns, latest_time(records))
+    state.observe(export_ns, earliest)
+    return packets_from_bodies(flow_bodies(records, state, tally), state, export_ns, tally,
                                state.sampling_interval)
+
+
+def latest_time(records: Iterable[FlowRecord]) -> int:
+    """The latest start or end time of ``records`` (0 = none): the header must not precede it."""
+    return max((max(r.start_ns, r.end_ns) for r in records), default=0)

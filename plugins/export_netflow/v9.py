@@ -37,10 +37,11 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from netflow_agent.exportclock import NS_PER_S
 from netflow_agent.model import FlowRecord, Sampling
 
 from .state import UINT32_MASK, ExportState, TemplateMark
-from .v5 import Tally, split_counters
+from .v5 import Tally, latest_time, split_counters
 
 VERSION = 9
 TEMPLATE_FLOWSET_ID = 0
@@ -238,16 +239,6 @@ def flow_groups(
 # --- packet assembly ------------------------------------------------------------------------
 
 
-def whole_second(ns: int) -> int:
-    """``ns`` rounded down to a whole second.
-
-    The v9 header has no sub-second export time, and collectors compute absolute times as
-    ``unix_secs * 1000 - sysUpTime + First``; taking sysUpTime at that whole second keeps
-    those times exact to the millisecond (instead of up to 999 ms early).
-    """
-    return ns - ns % 1_000_000_000
-
-
 @dataclass(frozen=True, slots=True)
 class RefreshPolicy:
     """When templates are resent and how big packets may be.
@@ -322,10 +313,9 @@ class _PacketBuilder:
         if not self.parts:
             return
         state = self.state
-        export_s = whole_second(self.now_ns)
-        header = HEADER.pack(
-            VERSION, self.count, state.uptime_ms(export_s),
-            (export_s // 1_000_000_000) & UINT32_MASK, state.packets & UINT32_MASK,
+        header = HEADER.pack(  # now_ns is a whole second (see encode_flows)
+            VERSION, self.count, state.uptime_ms(self.now_ns),
+            (self.now_ns // NS_PER_S) & UINT32_MASK, state.packets & UINT32_MASK,
             state.source_id & UINT32_MASK,
         )
         self.datagrams.append(header + b"".join(self.parts))
@@ -399,7 +389,11 @@ def encode_flows(
     :param state: this exporter's state (sequence, uptime origin, template marks).
     :param templates: from :func:`flow_templates` (built once per instance).
     :param policy: MTU and template refresh settings.
-    :param now_ns: the export clock, wall-clock ns.
+    :param now_ns: the export clock, wall-clock ns. The header time is the later of it and
+        the latest record time, rounded **up** to a whole second (:meth:`.ExportState.stamp`):
+        the header has no sub-second time, collectors compute absolute times as
+        ``unix_secs * 1000 - sysUpTime + First``, and rounding up keeps those exact to the
+        millisecond while no First/Last lies after sysUpTime (RFC 3954 section 5.1).
     :param counters64: must match how ``templates`` were built.
     :param tally: optional; receives data records per packet and split counts.
     :param options: options records (:func:`sampling_options`) that open the packet whenever
@@ -408,6 +402,7 @@ def encode_flows(
     """
     tally = tally if tally is not None else Tally()
     earliest = min((r.start_ns for r in records if r.start_ns), default=0)
-    state.observe(whole_second(now_ns), earliest)
+    export_ns = state.stamp(now_ns, latest_time(records), NS_PER_S)
+    state.observe(export_ns, earliest)
     groups = flow_groups(records, templates, state, counters64, tally)
-    return assemble(groups, state, policy, now_ns, tally, options)
+    return assemble(groups, state, policy, export_ns, tally, options)

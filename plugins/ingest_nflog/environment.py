@@ -3,7 +3,9 @@
 Reads ``/proc/net/netfilter/nfnetlink_log`` (one line per bound group:
 ``group portid qlen copy_mode copy_range flush_timeout use``, from
 ``net/netfilter/nfnetlink_log.c: seq_show``) inside the configured namespace, so a group that
-another process already holds is reported before start-up fails with EPERM.
+another process already holds is reported before start-up fails with EPERM. Groups this
+agent holds itself (a reload re-checks while its ingest runs) are recognised by the netlink
+port id of its own sockets and not reported.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from netflow_agent.errors import ConfigIssue
 from netflow_agent.netns import netns_path, run_in_netns
 
 from .config import Config
+from .netlink import own_portid
 
 _PROC_FILE = "/proc/thread-self/net/netfilter/nfnetlink_log"
 
@@ -52,7 +55,7 @@ def check_instance(path: str, config: Config) -> list[ConfigIssue]:
                                   "(apt-get install nftables)"))
     held = bound_groups(config.netns) if os.geteuid() == 0 else None
     for group in config.groups:
-        if held and group in held:
+        if held and group in held and held[group] != own_portid(config.netns, group):
             issues.append(ConfigIssue(f"{path}.group", f"NFLOG group {group} is already bound"
                                       f" by another process (netlink port {held[group]}); "
                                       "only one listener per group is possible", "warning"))

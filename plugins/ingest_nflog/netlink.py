@@ -34,7 +34,7 @@ from pyroute2.netlink import nla
 from pyroute2.netlink.nfnetlink import nfgen_msg
 
 from netflow_agent.model import DIRECTION_EGRESS, DIRECTION_INGRESS, Packet
-from netflow_agent.netns import run_in_netns
+from netflow_agent.netns import netns_path, run_in_netns
 from netflow_agent.packet import PacketParser
 
 # --- netlink / nfnetlink (linux/netlink.h, linux/netfilter/nfnetlink.h) ----------------------
@@ -250,6 +250,8 @@ class NflogSocket:
         self.netns = netns
         self._seq = 0
         self.sock = run_in_netns(netns, self._open)
+        #: the netlink port id the kernel gave this socket (what nfnetlink_log lists)
+        self.portid: int = self.sock.getsockname()[0]
         if rcvbuf:
             self._set_rcvbuf(rcvbuf)
 
@@ -312,6 +314,7 @@ class NflogSocket:
         """Bind the group and configure it; returns datagrams that arrived before the ack."""
         pending: list[bytes] = []
         self.request(bind_attrs(snaplen, qthreshold, nlbufsiz, timeout_cs), pending)
+        _OWN_BINDINGS[_binding_key(self.netns, self.group)] = self.portid
         return pending
 
     @property
@@ -326,7 +329,27 @@ class NflogSocket:
 
     def close(self) -> None:
         """Close the socket (the kernel also releases the group on close)."""
+        key = _binding_key(self.netns, self.group)
+        if _OWN_BINDINGS.get(key) == self.portid:
+            del _OWN_BINDINGS[key]
         self.sock.close()
+
+
+#: the groups this process has bound: (namespace path, group) -> netlink port id
+_OWN_BINDINGS: dict[tuple[str, int], int] = {}
+
+
+def _binding_key(netns: str, group: int) -> tuple[str, int]:
+    return (netns_path(netns) if netns else "", group)
+
+
+def own_portid(netns: str, group: int) -> int | None:
+    """The port id of this process's socket bound to ``group`` in ``netns``, else ``None``.
+
+    A reload re-checks the environment while the running ingest still holds its groups;
+    ``/proc/.../nfnetlink_log`` then lists the agent's own sockets, which are not a conflict.
+    """
+    return _OWN_BINDINGS.get(_binding_key(netns, group))
 
 
 def find_ack(buf: bytearray, n: int, seq: int) -> int | None:

@@ -13,21 +13,19 @@ topology (tests/support/netns.py), with extra routes behind both neighbours.
 from __future__ import annotations
 
 import ipaddress
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from netflow_agent.plugins.aggregate_route.routes import KernelRoutes, Route
+from tests.support.agentproc import run_agent
 from tests.support.collectors import Nfcapd, UdpSink, netflow_decode, netflow_records
+from tests.support.exportclock import assert_export_clock, clock_tap
 from tests.support.netns import RoutedTopology
 from tests.support.pcapgen import FlowSpec, PcapBuilder
 
 pytestmark = pytest.mark.netns
 
-AGENT = [sys.executable, "-m", "netflow_agent.cli"]
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def ip(text: str) -> bytes:
@@ -93,12 +91,15 @@ def _pcap(tmp_path: Path, topo: RoutedTopology) -> Path:
     return path
 
 
-def _config(pcap: Path, router_ns: str, v9_port: int, v5_ports: tuple[int, int]) -> str:
+def _config(pcap: Path, router_ns: str, v9_ports: tuple[int, int],
+            v5_ports: tuple[int, int]) -> str:
+    v9_dest = ", ".join(f'"127.0.0.1:{p}"' for p in v9_ports)
     v5_dest = ", ".join(f'"127.0.0.1:{p}"' for p in v5_ports)
-    return (f'[[ingest.pcap]]\npath = "{pcap}"\n\n'
+    return (f'[agent]\ncontrol_socket = "{pcap.parent / "agent.sock"}"\n\n'
+            f'[[ingest.pcap]]\npath = "{pcap}"\n\n'
             '[aggregate]\nrules = ["10.201.8.0/24=24"]\n\n'
             f'[[aggregate.route]]\nnetns = "{router_ns}"\n\n'
-            f'[[export.netflow]]\nprotocol = 9\ndestination = ["127.0.0.1:{v9_port}"]\n\n'
+            f'[[export.netflow]]\nprotocol = 9\ndestination = [{v9_dest}]\n\n'
             f'[[export.netflow]]\nprotocol = 5\ndestination = [{v5_dest}]\n')
 
 
@@ -140,14 +141,16 @@ def _v5_rows(datagrams: list[bytes]) -> set[tuple]:
 
 def test_agent_exports_next_hop_and_masks_from_the_router(router, tmp_path):
     pcap = _pcap(tmp_path, router)
-    with Nfcapd(tmp_path / "v9") as v9, Nfcapd(tmp_path / "v5") as v5, UdpSink() as sink5:
+    with (Nfcapd(tmp_path / "v9") as v9, Nfcapd(tmp_path / "v5") as v5, UdpSink() as sink5,
+          clock_tap() as tap9):
         conf = tmp_path / "agent.toml"
-        conf.write_text(_config(pcap, router.router_ns.name, v9.port, (v5.port, sink5.port)))
-        run = subprocess.run([*AGENT, "-c", str(conf)], capture_output=True, text=True,
-                             timeout=60, cwd=ROOT)
+        conf.write_text(_config(pcap, router.router_ns.name, (v9.port, tap9.port),
+                                (v5.port, sink5.port)))
+        run = run_agent("-c", str(conf))
         assert run.returncode == 0, run.stderr
-        datagrams5 = sink5.wait(1)
+        datagrams5 = sink5.collect()  # the agent exited: everything it sent is queued
         flows9, flows5 = v9.flows(), v5.flows()
+    assert_export_clock(datagrams5)
     assert _rows(flows9) == _expected(router, ipv6=True)
     v4 = _expected(router, ipv6=False)
     assert _v5_rows(datagrams5) == v4

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from netflow_agent.testing import build_agent, collecting_plugin_module
+from tests.support.agentproc import run_agent
 from tests.support.pcapgen import (
     LINKTYPE_ETHERNET,
     LINKTYPE_LINUX_SLL,
@@ -43,11 +41,6 @@ def exported_table(lines: list[dict]) -> dict[FlowId, tuple[int, int]]:
     return record_table(lines)
 
 
-def run_cli(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "netflow_agent.cli", "-c", str(config)],
-                          capture_output=True, text=True, timeout=60)
-
-
 @pytest.mark.parametrize("linktype,vlans,fmt", [
     (LINKTYPE_ETHERNET, (), "pcap"),
     (LINKTYPE_ETHERNET, (100,), "pcapng"),
@@ -61,9 +54,10 @@ def test_cli_replay_exports_every_flow_exactly(tmp_path, linktype, vlans, fmt):
     truth = mixed_capture(PcapBuilder(linktype=linktype, vlans=vlans)).write(capture, fmt=fmt)
     out = tmp_path / "flows.jsonl"
     config = tmp_path / "agent.toml"
-    config.write_text(f'[[ingest.pcap]]\npath = "{capture}"\n'
+    config.write_text(f'[agent]\ncontrol_socket = "{tmp_path / "agent.sock"}"\n'
+                      f'[[ingest.pcap]]\npath = "{capture}"\n'
                       f'[[export.log]]\npath = "{out}"\nformat = "json"\n')
-    proc = run_cli(config)
+    proc = run_agent("-c", str(config))
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert exported_table(lines) == truth.table()

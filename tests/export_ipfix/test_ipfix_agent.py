@@ -22,6 +22,7 @@ from tests.support.collectors import (
     netflow_decode,
     tshark_decode,
 )
+from tests.support.exportclock import assert_export_clock
 from tests.support.pcapgen import MIXED_FLOWS, SAMPLE_EPOCH_NS, FlowSpec, PcapBuilder
 
 SPECS = [
@@ -49,7 +50,8 @@ def test_agent_exports_ipfix_over_udp(tmp_path, capture):
     try:
         with Nfcapd(tmp_path / "nfcapd") as cap:
             config = tmp_path / "agent.toml"
-            config.write_text(
+            config.write_text(  # its own control socket: others may hold the default one
+                f'[agent]\ncontrol_socket = "{tmp_path / "agent.sock"}"\n\n'
                 f'[[ingest.pcap]]\npath = "{pcap}"\n\n'
                 f"[[export.ipfix]]\n"
                 f'destination = ["127.0.0.1:{cap.port}", "127.0.0.1:{sink.port}"]\n'
@@ -58,7 +60,7 @@ def test_agent_exports_ipfix_over_udp(tmp_path, capture):
             result = run_agent("-c", str(config))
             assert result.returncode == 0, result.stderr
             flows = cap.flows()
-        datagrams = sink.payloads()
+        datagrams = sink.collect()
     finally:
         sink.close()
 
@@ -68,6 +70,7 @@ def test_agent_exports_ipfix_over_udp(tmp_path, capture):
     assert {r["src"] for r in flows if ":" in str(r["src"])}  # IPv6 flows made it
 
     _check_wire(datagrams)
+    assert_export_clock(datagrams, min_records=len(expected))
     _check_netflow_package(datagrams, expected)
     _check_tshark(datagrams, sink.port, expected)
 

@@ -83,7 +83,7 @@ def test_interface_names_for_interfaces_seen():
         exporter.agent_export_flows(records=[flow(0, in_if=lo, out_if=0)])
         exporter._send_options()
         exporter.agent_stop()
-        got = sink.wait(2)
+        got = sink.collect()  # every message (names travel in their own), all queued
         layers = tshark_decode(got, sink.port)
     names = [v for layer in layers for v in _values(layer, "cflow.if_name")]
     assert names and set(names) == {"lo"}
@@ -128,3 +128,30 @@ def test_config_checks():
     assert Config(destination=["a:1"], flows=False).check()[0].path == "flows"
     with pytest.raises(TypeError):
         Config(destination=["a:1"], unknown=1)  # type: ignore[call-arg]
+
+
+def test_file_and_udp_export_time_is_the_pipeline_clock_never_before_a_record(tmp_path):
+    """Issue 18 items 1, 2: Export Time follows RunContext.now_ns (the capture clock in a
+    replay), rounded up so no flowEnd/statistics end is after it, even for a record ahead of
+    the clock; the same on UDP and in the file."""
+    from tests.export_ipfix.helpers import T0
+    from tests.support.exportclock import assert_export_clock
+
+    capture_now = T0 + 2_400_000_000  # 2.4 s after T0: the replay's clock, not the wall clock
+    path = tmp_path / "flows.ipfix"
+    with UdpSink() as sink:
+        exporter = start(Config(destination=[f"127.0.0.1:{sink.port}"], path=str(path),
+                                options_interval_s=1), clock=lambda: capture_now, start_ns=T0)
+        exporter.agent_export_flows(records=[flow(i) for i in range(5)])
+        ahead = flow(9, end_ns=capture_now + 1_300_000_000)  # a record 1.3 s ahead
+        exporter.agent_export_flows(records=[ahead])
+        exporter.agent_stop()
+        udp = sink.collect()
+    stamps = {}
+    for name, messages in (("udp", udp), ("file", split_stream(path.read_bytes()))):
+        assert_export_clock(messages, min_records=6)
+        stamps[name] = [int.from_bytes(m[4:8], "big") for m in messages]
+    for times in stamps.values():
+        assert times[0] == -(-capture_now // 1_000_000_000)  # 2.4 s rounded up
+        assert times[-1] == -(-(capture_now + 1_300_000_000) // 1_000_000_000)
+        assert times == sorted(times)  # never back

@@ -11,7 +11,6 @@ the flow records (PyPI ``netflow``) must carry the same ifIndex as ingressInterf
 from __future__ import annotations
 
 import struct
-import time
 from pathlib import Path
 
 import pytest
@@ -22,8 +21,9 @@ from netflow_agent.plugins.export_ipfix.config import Config
 from netflow_agent.plugins.export_ipfix.options import INTERFACE_NAMES_ID
 from netflow_agent.runtime import RunContext
 from tests.export_ipfix.helpers import decodable, flow, sets_of
-from tests.support.agentproc import start_agent, stop_agent
+from tests.support.agentproc import Agent
 from tests.support.collectors import UdpSink, netflow_decode, tshark_decode
+from tests.support.exportclock import assert_export_clock
 from tests.support.netns import VethPair, send_udp
 
 pytestmark = pytest.mark.netns
@@ -79,8 +79,7 @@ def _exported_names(ctx: RunContext, index: int) -> list[bytes]:
         exporter.agent_export_flows(records=[flow(0, in_if=index, out_if=0)])
         exporter._send_options()
         exporter.agent_stop()
-        time.sleep(0.2)
-        return sink.payloads()
+        return sink.collect()  # sent on loopback before agent_stop returned: all queued
 
 
 def test_exporter_resolves_in_the_declared_namespace(veth_pair_ns: VethPair):
@@ -107,6 +106,7 @@ def test_agent_with_nflog_in_netns_exports_the_names_there(veth_pair_ns: VethPai
         conf.write_text(f"""
 [agent]
 scan_interval_ms = 200
+control_socket = "{tmp_path / 'agent.sock'}"
 
 [cache]
 inactive_timeout = 1
@@ -123,20 +123,17 @@ flush_timeout_ms = 50
 destination = ["127.0.0.1:{sink.port}"]
 options_interval_s = 1
 """)
-        proc = start_agent(conf, tmp_path / "agent.log", ready="reading NFLOG group")
+        agent = Agent(conf).start(ready="reading NFLOG group")
         try:
             traffic = send_udp(a.ns, b.addr, 9200, 5, 100, peer=b.ns)
             assert traffic.received == 5
-            deadline = time.monotonic() + 15
-            while (b.ifindex not in interface_names(sink.payloads())
-                   and time.monotonic() < deadline):
-                time.sleep(0.2)
+            sink.wait_for(lambda got: b.ifindex in interface_names(got), timeout=15)
         finally:
-            stop_agent(proc)
-        messages = sink.payloads()
+            assert agent.stop() == 0, agent.log()
+        messages = sink.collect()
+    assert_export_clock(messages)
 
-    assert interface_names(messages).get(b.ifindex) == b.ifname, (tmp_path / "agent.log") \
-        .read_text()
+    assert interface_names(messages).get(b.ifindex) == b.ifname, agent.log()
     assert b.ifname in tshark_names(messages, sink.port)
     _, records = netflow_decode(decodable(messages))
     ours = [r for r in records if r.get("destinationTransportPort") == 9200]

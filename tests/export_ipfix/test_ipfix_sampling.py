@@ -9,7 +9,6 @@ messages do not change.
 from __future__ import annotations
 
 import struct
-import time
 
 from netflow_agent.model import SAMPLING_DETERMINISTIC, SAMPLING_RANDOM, Sampling
 from netflow_agent.plugins.export_ipfix.component import IpfixExporter
@@ -66,8 +65,7 @@ def test_udp_announces_before_the_flows_and_in_every_options_round():
         exporter.agent_export_flows(records=[flow(i) for i in range(4)])
         exporter._send_options()
         exporter.agent_stop()
-        time.sleep(0.2)
-        messages = sink.payloads()
+        messages = sink.collect()  # sent on loopback before agent_stop returned
     first_flows = next(i for i, m in enumerate(messages)
                        if any(sid == 256 for sid, _ in sets_of(m)))
     assert sampling_values(messages[:first_flows]) == [(3, 100, 2), (3, 100)]
@@ -89,8 +87,7 @@ def test_sampling_change_is_announced_at_once_and_stop_says_1():
         exporter.agent_export_flows(records=[flow(2)])
         ctx.forget_sampling(SOURCE)
         exporter.agent_export_flows(records=[flow(3)])
-        time.sleep(0.2)
-        messages = sink.payloads()
+        messages = sink.collect()  # sent on loopback before the call returned
     assert sampling_values(messages) == [(0, 100, 2), (0, 100), (0, 10, 1), (0, 10),
                                          (0, 1, 2), (0, 1)]
 
@@ -100,8 +97,7 @@ def test_nfcapd_scales_sampled_flows(tmp_path):
         exporter, _ = start(Config(destination=[f"127.0.0.1:{cap.port}"]), interval=32)
         records = [flow(i) for i in range(3)] + [flow(i, v6=True) for i in range(2)]
         exporter.agent_export_flows(records=records)
-        time.sleep(0.3)
-        got = cap.flows()
+        got = cap.flows()  # waits until nfcapd read what was sent
     assert "packet interval: 1, packet space: 31" in cap.log
     expected = sorted((r.packets * 32, r.octets * 32, 1) for r in records)
     assert sorted((f["packets"], f["bytes"], f["raw"]["sampled"]) for f in got) == expected

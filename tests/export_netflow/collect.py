@@ -23,6 +23,7 @@ import netflow.v9
 from netflow.utils import parse_packet
 
 from tests.support import require_tool
+from tests.support.collectors import wait_udp_drained
 from tests.support.pcapgen import LINKTYPE_RAW, ipv4_packet, write_pcap
 
 # netflow 0.12.2's v9 field table lacks natEvent (230); add the IANA name so the package's
@@ -113,10 +114,10 @@ class Nfcapd:
         _wait_udp_bound(self.port)
         return self
 
-    def stop(self, settle: float = 0.3) -> None:
-        """Let nfcapd read what is queued, terminate it (it flushes its file) and wait."""
+    def stop(self) -> None:
+        """Wait until nfcapd read what is queued, terminate it (it flushes its file), wait."""
         if self.proc and self.proc.poll() is None:
-            time.sleep(settle)
+            wait_udp_drained(self.port)
             self.proc.terminate()
             self.proc.wait(timeout=10)
 

@@ -9,8 +9,6 @@ wire. Loopback only, no root needed.
 
 from __future__ import annotations
 
-import subprocess
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -23,8 +21,9 @@ from tests.export_netflow.collect import (
     tshark_problems,
     write_capture,
 )
-from tests.support.agentproc import agent_script, run_agent
+from tests.support.agentproc import Agent, run_agent
 from tests.support.collectors import free_udp_port
+from tests.support.exportclock import assert_export_clock
 from tests.support.pcapgen import MIXED_FLOWS, SAMPLE_EPOCH_NS, FlowSpec, PcapBuilder
 
 GAP_NS = 3_000_000  # 3 ms between packets of a flow
@@ -68,7 +67,9 @@ def _config(pcap: Path, v5_dest: list[str], v9_dest: list[str]) -> str:
     def arr(items):
         return "[" + ", ".join(f'"{d}"' for d in items) + "]"
 
-    return (f'[[ingest.pcap]]\npath = "{pcap}"\n\n'
+    # a control socket of its own: other agents on this machine may hold the default one
+    return (f'[agent]\ncontrol_socket = "{pcap.parent / "agent.sock"}"\n\n'
+            f'[[ingest.pcap]]\npath = "{pcap}"\n\n'
             f"[[export.netflow]]\nprotocol = 5\ndestination = {arr(v5_dest)}\n"
             f"engine_id = 5\n\n"
             f"[[export.netflow]]\nprotocol = 9\ndestination = {arr(v9_dest)}\n"
@@ -106,6 +107,8 @@ def test_agent_exports_v5_and_mirrored_v9_to_collectors(tmp_path, capture):
 
     _check_v5_wire(raw5, truth)
     _check_v9_wire(raw9, truth)
+    assert_export_clock(raw5, min_records=len(raw5))
+    assert_export_clock(raw9, min_records=len(SPECS))
     for name, raw in (("v5", raw5), ("v9", raw9)):
         assert tshark_problems(write_capture(raw, tmp_path / f"{name}.pcap")) == ""
 
@@ -169,28 +172,27 @@ def test_agent_survives_collector_down_and_late_collector_decodes_first_datagram
     builder.write(tmp_path / "slow.pcap")
     port = free_udp_port()
     config = tmp_path / "agent.toml"
+    sock = tmp_path / "agent.sock"
     config.write_text(
-        f'[agent]\nscan_interval_ms = 200\n\n[cache]\ninactive_timeout = 1\n\n'
+        f'[agent]\nscan_interval_ms = 200\ncontrol_socket = "{sock}"\n\n'
+        f'[cache]\ninactive_timeout = 1\n\n'
         f'[[ingest.pcap]]\npath = "{tmp_path / "slow.pcap"}"\nspeed = "recorded"\n\n'
         f'[[export.netflow]]\nprotocol = 9\ndestination = ["127.0.0.1:{port}"]\n'
         f"refresh_rate = 100000\n")
-    cmd = [agent_script(), "--log-level", "info", "-c", str(config)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        time.sleep(3.0)  # flows of the first ~2 s are exported to a closed port
-        assert proc.poll() is None, "the agent must keep running while the collector is down"
+    with Agent(config, sock) as agent:
+        agent.start()
+        # the first flows went to a closed port: the kernel said so (ICMP, counted as cberr)
+        agent.wait_for(lambda s: s["components"]["export.netflow[0]"]["sock_cberr"] > 0,
+                       what="a datagram refused by the closed port")
         sink = UdpSink(port=port)
-        _, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        assert agent.wait_exit(30) == 0, agent.log()
     datagrams = sink.drain()
     sink.close()
-    assert proc.returncode == 0, stderr
+    stderr = agent.log()
     assert datagrams, stderr
     packets = decode(datagrams[:1])  # raises V9TemplateNotRecognized without templates
     assert packets[0].flows
     ports = {f.data["L4_SRC_PORT"] for p in decode(datagrams) for f in p.flows}
     assert 2024 in ports and 2000 not in ports  # late flows arrive, early ones were refused
+    assert_export_clock(datagrams)
     assert "Traceback" not in stderr and " ERROR " not in stderr

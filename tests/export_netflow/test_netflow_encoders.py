@@ -120,8 +120,8 @@ def test_v9_golden_bytes():
     [pdu] = v9_encode([tcp4()], state)
     header = bytes.fromhex(
         "0009" "0002"  # version 9, count 2 = 1 template record + 1 data record
-        "0000ea60"  # sysUpTime 60000 ms, taken at the whole export second (60.000)
-        "6553f13c"  # unix_secs 1700000060
+        "0000ee48"  # sysUpTime 61000 ms: the export second rounded up (61.000)
+        "6553f13d"  # unix_secs 1700000061
         "00000000"  # sequence: 0 packets before this one
         "01020304"  # source id
     )
@@ -248,6 +248,37 @@ def test_v9_times_exact_for_collectors():
     h, f = packet.header, packet.flows[0].data
     assert h.timestamp * 1000 - h.uptime + f["FIRST_SWITCHED"] == rec.start_ns // 1_000_000
     assert h.timestamp * 1000 - h.uptime + f["LAST_SWITCHED"] == rec.end_ns // 1_000_000
+
+
+def test_v9_records_of_the_export_second_are_not_after_the_header():
+    """Issue 18 item 1: a flow ending 0.9 s into the export second; the header covers it."""
+    state = ExportState(boot_ns=BOOT)
+    rec = tcp4(end_ns=NOW - 1_000_000)  # 60.122 s: after the whole second 60.000
+    [packet] = decode(v9_encode([rec], state))
+    h, f = packet.header, packet.flows[0].data
+    assert f["FIRST_SWITCHED"] <= f["LAST_SWITCHED"] <= h.uptime
+    assert h.timestamp * 1000 - h.uptime + f["LAST_SWITCHED"] == rec.end_ns // 1_000_000
+
+
+def test_v9_record_ahead_of_the_clock_moves_the_header_and_it_never_goes_back():
+    """A record time after ``now`` (a clock step) moves the header forward, not the record;
+    the next packet's header does not go back, and the boot time stays the same."""
+    state = ExportState(boot_ns=BOOT)
+    ahead = tcp4(start_ns=NOW, end_ns=NOW + 2_500_000_000)
+    first, second = decode(v9_encode([ahead], state) + v9_encode([tcp4()], state))
+    assert first.flows[0].data["LAST_SWITCHED"] <= first.header.uptime == 63000
+    assert second.header.uptime == 63000 and second.header.timestamp == first.header.timestamp
+    for h in (first.header, second.header):
+        assert h.timestamp * 1000 - h.uptime == BOOT // 1_000_000
+
+
+def test_v5_record_ahead_of_the_clock_moves_the_header():
+    state = ExportState(boot_ns=BOOT)
+    [pdu] = v5.encode_flows([tcp4(end_ns=NOW + 700_000_000)], state, NOW)
+    packet = decode([pdu])[0]
+    h = packet.header
+    assert packet.flows[0].LAST_SWITCHED <= h.uptime == 60823
+    assert h.timestamp * 1000 + h.timestamp_nano // 1_000_000 - h.uptime == BOOT // 1_000_000
 
 
 @settings(max_examples=40, deadline=None)

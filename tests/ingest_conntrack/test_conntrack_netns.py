@@ -17,6 +17,7 @@ short-lived translations: every one still yields its start and stop exactly once
 from __future__ import annotations
 
 import ipaddress
+import struct
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,8 +30,9 @@ from netflow_agent.plugins.ingest_conntrack.component import ConntrackIngest
 from netflow_agent.plugins.ingest_conntrack.config import Config
 from netflow_agent.runtime import RunContext
 from tests.support import require_tool
-from tests.support.agentproc import start_agent, stop_agent
+from tests.support.agentproc import Agent
 from tests.support.collectors import Nfcapd, UdpSink, netflow_decode, tshark_decode
+from tests.support.exportclock import assert_export_clock
 from tests.support.netns import routed_topology
 
 pytestmark = pytest.mark.netns
@@ -103,6 +105,16 @@ def _connect(ns, proto: str, host: str, port: int, sport: int) -> None:  # type:
     ns.run(["sh", "-c", f"echo hi | socat -u - {kind}:{addr}:{port},sourceport={sport}"])
 
 
+def _wait_listening(ns, port: int, listeners: int, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
+    """Until ``listeners`` TCP sockets listen on ``port`` in ``ns`` (socat has bound)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(ns.run(["ss", "-Hltn", f"sport = :{port}"]).stdout.splitlines()) >= listeners:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"nothing listens on port {port} after {timeout} s")
+
+
 def open_connections(topo) -> list[Conn]:  # type: ignore[no-untyped-def]
     """Masqueraded TCP/UDP over v4 and v6, and a DNAT port forward per family."""
     c, s, rs = topo.client, topo.server, topo.router_server
@@ -121,7 +133,8 @@ def open_connections(topo) -> list[Conn]:  # type: ignore[no-untyped-def]
                 "/dev/null",
             ]
         )
-    time.sleep(0.3)
+    _wait_listening(topo.server_ns, 9000, listeners=2)
+    _wait_listening(topo.client_ns, INSIDE_PORT, listeners=1)
     conns = [
         Conn(6, c.addr, s.addr, 41000, 9000, rs.addr, s.addr, 41000, 9000),
         Conn(17, c.addr, s.addr, 41001, 9001, rs.addr, s.addr, 41001, 9001),
@@ -145,6 +158,9 @@ def end_connections(topo) -> None:  # type: ignore[no-untyped-def]
 def write_config(tmp: Path, router: str, nf9: int, nf5: int, ipfix: int) -> Path:
     conf = tmp / "agent.toml"
     conf.write_text(f"""
+[agent]
+control_socket = "{tmp / 'agent.sock'}"
+
 [[ingest.conntrack]]
 netns = "{router}"
 resync_interval = 0
@@ -189,20 +205,31 @@ def test_agent_exports_every_nat_start_and_stop(nat, tmp_path):
     with UdpSink() as v5_sink, UdpSink() as ipfix_sink:
         conf = write_config(tmp_path, nat.router_ns.name, nf9.port, v5_sink.port, ipfix_sink.port)
         log = tmp_path / "agent.log"
-        proc = start_agent(conf, log, ready="natevents enabled")  # the conntrack listener is up
+        agent = Agent(conf, log_path=log).start(ready="natevents enabled")  # listener is up
         try:
             conns = open_connections(nat)
             end_connections(nat)
-            time.sleep(1.0)  # events travel agent -> exporters -> collectors
+            # every start and stop reached the exporters (v5: one datagram per event batch)
+            v5_sink.wait_for(lambda pdus: _v5_records(pdus) >= 2 * _v4(conns), timeout=20)
         finally:
-            stop_agent(proc)
-        time.sleep(0.2)
-        v5, ipfix = v5_sink.payloads(), ipfix_sink.payloads()
+            assert agent.stop() == 0, agent.log()
+        v5, ipfix = v5_sink.collect(), ipfix_sink.collect()
+    assert_export_clock(v5)
+    assert_export_clock(ipfix)
     text = log.read_text()
     assert "set net.netfilter.nf_conntrack_events=1" in text, text
     check_nfdump(nf9.flows(), conns)
     check_v5(v5, [c for c in conns if ":" not in c.src])
     check_ipfix(ipfix, ipfix_sink.port, conns)
+
+
+def _v4(conns: list[Conn]) -> int:
+    """IPv4 connections: v5 carries one pseudo-flow per event of each (one side translated)."""
+    return len([c for c in conns if ":" not in c.src])
+
+
+def _v5_records(pdus: list[bytes]) -> int:
+    return sum(struct.unpack_from("!H", p, 2)[0] for p in pdus)
 
 
 def check_nfdump(records, conns: list[Conn]) -> None:

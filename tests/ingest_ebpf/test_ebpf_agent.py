@@ -2,27 +2,28 @@
 
 Known traffic crosses a veth observed by the agent (attached inside the namespace through
 ``netns =``); the ``[[export.log]]`` JSON lines must show exactly the packets and IP bytes
-that were sent. After SIGTERM, neither ``bpftool prog show`` nor ``tc filter show`` may show
-anything of ours; after SIGKILL (a crash) the next start must work and clean up.
+that were sent. Nothing waits a fixed time: the traffic helpers return once the peer got
+every packet, and SIGTERM drains the kernel tables. The NetFlow export is mirrored to a tap
+that checks the export clock of every packet (tests/support/exportclock.py). After SIGTERM,
+neither ``bpftool prog show`` nor ``tc filter show`` may show anything of ours; after SIGKILL
+(a crash) the next start must work and clean up.
 """
 
 from __future__ import annotations
 
 import ast
 import json
-import os
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.support import require_tool
-from tests.support.agentproc import start_agent as start_agent_process
-from tests.support.agentproc import stop_agent
+from tests.support.agentproc import Agent
 from tests.support.collectors import Nfcapd, flow_table
+from tests.support.exportclock import clock_tap
 from tests.support.netns import (
     Netns,
     send_icmp_echo,
@@ -47,6 +48,9 @@ def write_config(tmp: Path, ns: str, ifname: str, mode: str,
     conf = tmp / "agent.toml"
     export = export or f'[[export.log]]\npath = "{out}"\nformat = "json"\n'
     conf.write_text(f"""
+[agent]
+control_socket = "{tmp / 'agent.sock'}"
+
 [cache]
 inactive_timeout = 60
 active_timeout = 1800
@@ -62,13 +66,18 @@ poll_interval_ms = 100
     return conf, out
 
 
-def start_agent(conf: Path, log: Path) -> tuple[subprocess.Popen, dict[str, int]]:
+def start_agent(conf: Path, log: Path) -> tuple[Agent, dict[str, int]]:
     """Start the agent; return it and the BPF program ids it logged once attached."""
-    proc = start_agent_process(conf, log, ready="attached")
-    text = log.read_text()
+    agent = Agent(conf, log_path=log).start(ready="attached")
+    text = agent.log()
     found = re.search(r"loaded BPF programs (\{.*?\})", text)
     assert found, text
-    return proc, ast.literal_eval(found.group(1))
+    return agent, ast.literal_eval(found.group(1))
+
+
+def stop_agent(agent: Agent) -> None:
+    """SIGTERM by PID; the agent must exit 0 (it detaches everything first)."""
+    assert agent.stop() == 0, agent.log()
 
 
 def exported(out: Path) -> dict[FlowId, tuple[int, int]]:
@@ -99,7 +108,6 @@ def test_agent_exports_exact_flows_and_leaves_nothing(pair, tmp_path):
         truth.merge(send_udp(a.ns, b.addr6, 9001, 5, 40, peer=b.ns, tos=0x48).truth)
         truth.merge(send_icmp_echo(a.ns, b.addr, 3).truth)
         truth.merge(send_icmp_echo(a.ns, b.addr6, 2, 100).truth)
-        time.sleep(0.3)
     finally:
         stop_agent(proc)
     assert exported(out) == truth.table()
@@ -112,15 +120,14 @@ def test_tc_mode_survives_a_crash(pair, tmp_path):
     a, b = pair.a, pair.b
     conf, out = write_config(tmp_path, b.ns.name, b.ifname, "tc")
     proc, _ = start_agent(conf, tmp_path / "agent1.log")
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
+    proc.signal(signal.SIGKILL)
+    proc.wait_exit(timeout=10)
     assert "handle 0x4e4641" in tc_state(b.ns, b.ifname)  # the crash's leftover
     proc, ids = start_agent(conf, tmp_path / "agent2.log")
     try:
         filters = tc_state(b.ns, b.ifname)
         assert filters.count("handle 0x4e4641") == 2  # one per direction: replaced, not added
         truth = send_udp(a.ns, b.addr, 9002, 6, 80, peer=b.ns).truth
-        time.sleep(0.3)
     finally:
         stop_agent(proc)
     assert exported(out) == truth.table()
@@ -133,8 +140,9 @@ def test_agent_netflow_v9_to_nfcapd_exact(pair, tmp_path):
     a, b = pair.a, pair.b
     set_offloads(a, False)  # wire-sized TCP segments: the capture truth is per segment
     set_offloads(b, False)
-    with Nfcapd(tmp_path / "nfcapd") as cap:
-        export = f'[[export.netflow]]\ndestination = ["127.0.0.1:{cap.port}"]\nprotocol = 9\n'
+    with Nfcapd(tmp_path / "nfcapd") as cap, clock_tap() as tap:  # every packet's clock
+        export = (f'[[export.netflow]]\ndestination = ["127.0.0.1:{cap.port}", '
+                  f'"{tap.endpoint}"]\nprotocol = 9\n')
         conf, _ = write_config(tmp_path, b.ns.name, b.ifname, "tcx", export)
         proc, ids = start_agent(conf, tmp_path / "agent.log")
         try:
@@ -142,7 +150,6 @@ def test_agent_netflow_v9_to_nfcapd_exact(pair, tmp_path):
             truth.merge(send_udp(a.ns, b.addr6, 9101, 4, 1000, peer=b.ns).truth)
             truth.merge(send_icmp_echo(a.ns, b.addr6, 3).truth)
             truth.merge(tcp_connections(a.ns, b.ns, b.addr, 7200, 2, 30000).truth)
-            time.sleep(0.3)
         finally:
             stop_agent(proc)
         records = cap.flows()

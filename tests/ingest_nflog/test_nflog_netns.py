@@ -2,7 +2,8 @@
 
 Topology (tests.support.netns): client -- router -- server, offloads off so every packet is
 wire-sized. The agent runs in the host namespace and reads the router's NFLOG group
-(``netns = <router>``), exporting NetFlow v9 to nfcapd on 127.0.0.1. Ground truth is
+(``netns = <router>``), exporting NetFlow v9 to nfcapd on 127.0.0.1 and to a tap that checks
+every packet's export clock (tests/support/exportclock.py). Ground truth is
 independent of the agent: tcpdump captures on the router's interfaces, and the kernel's own
 nft rule counter for the loss test.
 
@@ -14,7 +15,8 @@ packets exactly with either.
 
 from __future__ import annotations
 
-import time
+import ast
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,8 +24,9 @@ from typing import Any
 import pytest
 
 from netflow_agent.control import request
-from tests.ingest_nflog.agentproc import AgentProcess
+from tests.support.agentproc import Agent
 from tests.support.collectors import Nfcapd, flow_table
+from tests.support.exportclock import clock_tap
 from tests.support.netns import (
     Capture,
     RoutedTopology,
@@ -50,13 +53,14 @@ def topo():
         yield t
 
 
-def _config(topo: RoutedTopology, port: int, decoder: str, sock: Path,
+def _config(topo: RoutedTopology, port: int, decoder: str, sock: Path, tap: str = "",
             **extra: object) -> str:
     lines = ["[agent]", "scan_interval_ms = 200", f'control_socket = "{sock}"', "",
              "[[ingest.nflog]]", f"group = {GROUP}", f'netns = "{topo.router_ns.name}"',
              "flush_timeout_ms = 50", f'decoder = "{decoder}"']
     lines += [f"{k} = {_toml(v)}" for k, v in extra.items()]
-    lines += ["", "[[export.netflow]]", f'destination = ["127.0.0.1:{port}"]', "protocol = 9"]
+    dests = ", ".join(f'"{d}"' for d in (f"127.0.0.1:{port}", tap) if d)
+    lines += ["", "[[export.netflow]]", f"destination = [{dests}]", "protocol = 9"]
     return "\n".join(lines) + "\n"
 
 
@@ -99,21 +103,29 @@ def _forward_traffic(topo: RoutedTopology) -> None:
     tcp_connections(c, s, topo.server.addr6, 6002, 1, 3000, capture=(topo.router_ns, "rc"))
 
 
-def _cache_when(sock: Path, ready: Callable[[dict[str, Any]], bool],
-                timeout: float = 5.0) -> dict[str, Any]:
-    """The cache counters once ``ready`` holds for them (or at the timeout)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        cache = request(str(sock), "stats-json", timeout=2)["stats"]["cache"]
-        if ready(cache) or time.monotonic() > deadline:
-            return cache
-        time.sleep(0.05)
+def _cache_when(agent: Agent, ready: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """The cache counters once ``ready`` holds for them."""
+    return agent.wait_for(lambda s: ready(s["cache"]), what="cache counters")["cache"]
 
 
-def _started(agent: AgentProcess, decoder: str) -> AgentProcess:
-    agent.start()
-    assert f"{decoder} decoder)" in agent.log_path.read_text(), "wrong decoder in use"
+def _started(workdir: Path, toml: str, decoder: str) -> Agent:
+    """The agent on ``toml``, once it reads its group (and its control socket answers)."""
+    agent = Agent.in_dir(workdir, toml, socket=workdir / "agent.sock")
+    agent.start(ready="reading NFLOG group")
+    assert f"{decoder} decoder)" in agent.log(), "wrong decoder in use"
     return agent
+
+
+_STOPPED = re.compile(r"ingest\.nflog\[\d+\]: stopped: (\{.*\})")
+
+
+def nflog_counters(log: str) -> dict[str, int]:
+    """The reader counters the agent logged at stop (summed over instances)."""
+    out: dict[str, int] = {}
+    for match in _STOPPED.finditer(log):
+        for key, value in ast.literal_eval(match.group(1)).items():
+            out[key] = out.get(key, 0) + value
+    return out
 
 
 def _truth_of(captures: list[Capture]) -> GroundTruth:
@@ -139,22 +151,22 @@ def test_forward_flows_match_capture_exactly(topo: RoutedTopology, tmp_path: Pat
     else:
         _add_rules(topo, rules, ("forward",))
     sock = tmp_path / "agent.sock"
-    with Nfcapd(tmp_path / "flows") as cap:
-        agent = _started(AgentProcess(tmp_path, _config(topo, cap.port, decoder, sock,
-                                                        **extra)), decoder)
+    with Nfcapd(tmp_path / "flows") as cap, clock_tap() as tap:
+        agent = _started(tmp_path, _config(topo, cap.port, decoder, sock, tap.endpoint,
+                                           **extra), decoder)
         try:
             captures = [Capture(topo.router_ns, "rc", direction="in").start(),
                         Capture(topo.router_ns, "rs", direction="in").start()]
             _forward_traffic(topo)
             truth = _truth_of(captures)
-            cache = _cache_when(sock, lambda c: c["traffic_packets"] >= truth.packets)
+            cache = _cache_when(agent, lambda c: c["traffic_packets"] >= truth.packets)
         finally:
-            agent.stop()
+            assert agent.stop() == 0, agent.log()
         records = cap.flows()
-    counters = agent.nflog_counters()
-    assert counters["seq_gaps"] == 0 and counters["malformed"] == 0, agent.log
+    counters = nflog_counters(agent.log())
+    assert counters["seq_gaps"] == 0 and counters["malformed"] == 0, agent.log()
     assert truth.frag >= 3 * 3 + 2 * 2, "the test traffic must contain fragments"
-    assert flow_table(records) == _expected(truth), agent.log
+    assert flow_table(records) == _expected(truth), agent.log()
     assert counters["packets"] == truth.packets
     assert (cache["traffic_packets"], cache["traffic_bytes"]) == (
         truth.packets, sum(b for _p, b in truth.table().values()))
@@ -170,9 +182,9 @@ def test_input_output_hooks_directions(topo: RoutedTopology, tmp_path: Path,
     """Traffic to and from the router itself (INPUT/OUTPUT): flows exact, directions right."""
     _add_rules(topo, "iptables", ("input", "output"))
     router, c = topo.router_client, topo.client_ns
-    with Nfcapd(tmp_path / "flows") as cap:
-        agent = _started(AgentProcess(tmp_path, _config(topo, cap.port, decoder,
-                                                        tmp_path / "agent.sock")), decoder)
+    with Nfcapd(tmp_path / "flows") as cap, clock_tap() as tap:
+        agent = _started(tmp_path, _config(topo, cap.port, decoder, tmp_path / "agent.sock",
+                                           tap.endpoint), decoder)
         try:
             # both directions on both links: the router's own MLD reports leave on either
             captures = [Capture(topo.router_ns, "rc").start(),
@@ -185,11 +197,11 @@ def test_input_output_hooks_directions(topo: RoutedTopology, tmp_path: Path,
                             capture=(topo.router_ns, "rc"))
             truth = _truth_of(captures)
         finally:
-            agent.stop()
+            assert agent.stop() == 0, agent.log()
         records = cap.flows()
     # the router's own MLD reports (to ff02::16, sent at random times after the addresses
     # were set up) may leave between the agent's start and the captures' start: not compared
-    assert _link_unicast(flow_table(records)) == _link_unicast(_expected(truth)), agent.log
+    assert _link_unicast(flow_table(records)) == _link_unicast(_expected(truth)), agent.log()
     by_dst = {(r["dst"], r["proto"]): r for r in records}
     # echo requests arrive (INPUT: ingress on rc), echo replies leave (OUTPUT: egress on rc)
     request = by_dst[(router.addr, 1)]
@@ -204,10 +216,10 @@ def test_overload_loss_is_counted_exactly(topo: RoutedTopology, tmp_path: Path,
     """A tiny receive buffer under a burst: kernel-logged = accounted + counted drops."""
     _add_rules(topo, "nft", ("forward",))
     sock = tmp_path / "agent.sock"
-    with Nfcapd(tmp_path / "flows") as cap:
-        agent = _started(AgentProcess(tmp_path, _config(topo, cap.port, decoder, sock,
-                                                        rcvbuf=1, qthreshold=64,
-                                                        nlbufsiz=131072)), decoder)
+    with Nfcapd(tmp_path / "flows") as cap, clock_tap() as tap:
+        agent = _started(tmp_path, _config(topo, cap.port, decoder, sock,
+                                           tap.endpoint, rcvbuf=1, qthreshold=64,
+                                           nlbufsiz=131072), decoder)
         try:
             send_udp(topo.client_ns, topo.server.addr, 5201, 30000, 18, peer=topo.server_ns,
                      timeout=30)
@@ -215,12 +227,12 @@ def test_overload_loss_is_counted_exactly(topo: RoutedTopology, tmp_path: Path,
             send_udp(topo.client_ns, topo.server.addr, 5202, 3, 18, peer=topo.server_ns)
             logged = _rule_packets(topo)
             cache = _cache_when(
-                sock, lambda c: c["traffic_packets"] + c["drop_packets"] >= logged)
+                agent, lambda c: c["traffic_packets"] + c["drop_packets"] >= logged)
         finally:
-            agent.stop()
+            assert agent.stop() == 0, agent.log()
         records = cap.flows()
     accounted = sum(r["packets"] for r in records)
-    counters = agent.nflog_counters()
+    counters = nflog_counters(agent.log())
     assert counters["seq_gaps"] > 0, f"no loss provoked; {counters}"
     assert counters["overruns"] > 0  # kernel batches lost (what ENOBUFS reports)
     assert logged == accounted + counters["seq_gaps"], (logged, accounted, counters)
@@ -277,3 +289,30 @@ def test_dry_run_group_conflicts(topo: RoutedTopology, tmp_path: Path) -> None:
     finally:
         held.close()
     assert res.returncode == 0 and "group 11 is already bound" in res.stderr, res.stderr
+
+
+def test_reload_does_not_warn_about_the_agents_own_groups(topo: RoutedTopology,
+                                                          tmp_path: Path) -> None:
+    """Issue 18 item 15: a reload re-checks the groups while the agent holds them; its own
+    sockets are not "another process". Another process's check still names the agent."""
+    import subprocess
+    import sys
+
+    sock = tmp_path / "agent.sock"
+    ns = topo.router_ns.name  # two sockets: the first gets the PID as port id, not the second
+    conf = (f'[agent]\ncontrol_socket = "{sock}"\n[[ingest.nflog]]\ngroup = 12\n'
+            f'netns = "{ns}"\n[[ingest.nflog]]\ngroup = 13\nnetns = "{ns}"\n'
+            f'[[export.log]]\npath = "-"\n')
+    with Agent.in_dir(tmp_path, conf) as agent:
+        agent.start(ready="reading NFLOG group", count=2)
+        agent.config.write_text(conf.replace('path = "-"', 'path = "-"\nformat = "json"'))
+        reply = request(str(sock), "reload", timeout=10)
+        assert reply["ok"], reply
+        log = agent.log()
+        other = subprocess.run([sys.executable, "-m", "netflow_agent.cli", "--dry-run",
+                                "--check-env", "-c", str(agent.config)],
+                               capture_output=True, text=True)
+    assert "reloaded" in log and "already bound" not in log, log
+    # another process: the groups and the control socket are the running agent's (warnings)
+    assert "group 12 is already bound" in other.stderr, other.stderr
+    assert other.returncode == 0 and "another agent is listening there" in other.stderr

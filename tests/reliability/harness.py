@@ -1,9 +1,9 @@
-"""Helpers for the reliability tests: the real agent process, its stats, memory and a flood.
+"""Helpers for the reliability tests: exported flows and a bounded flood.
 
-* :class:`AgentProc`: ``python -m netflow_agent.cli -c FILE`` (optionally under ``prlimit``), with
-  its control socket in the test's directory; :meth:`AgentProc.stats` asks it over the
-  control socket (what ``agent stats --json`` prints) and times the answer; memory is read
-  from ``/proc/PID/status``; :meth:`AgentProc.stop` sends SIGTERM by PID and times the exit.
+The agent process (under ``prlimit`` when asked, its control socket in the test's directory,
+stats answer times, memory, timed SIGTERM) is :class:`tests.support.agentproc.Agent`
+(``Agent.in_dir``).
+
 * :data:`FLOOD`: a bounded UDP flood from many source addresses through a raw socket
   (``IP_HDRINCL``), run inside the sender's namespace; it prints how many packets it sent
   and the per-source ground truth is implied by the round-robin order (see :func:`flood`).
@@ -12,114 +12,9 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
-
-from netflow_agent.control import ControlError, request
-
-ROOT = Path(__file__).resolve().parents[2]
-AGENT = [sys.executable, "-m", "netflow_agent.cli"]
-
-
-class AgentProc:
-    """The agent CLI in the foreground, stopped by PID.
-
-    :param conf: configuration text; ``{socket}`` is replaced by the control socket path.
-    :param prefix: a command to run the agent under (e.g. ``["prlimit", "--as=..."]``).
-    """
-
-    def __init__(self, workdir: Path, conf: str, prefix: list[str] | None = None):
-        self.socket = str(workdir / "agent.sock")
-        self.path = workdir / "agent.toml"
-        self.path.write_text(conf.replace("{socket}", self.socket))
-        self.log_path = workdir / "agent.log"
-        self.prefix = prefix or []
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.exit_seconds = -1.0
-        self.stats_latency: list[float] = []
-
-    def start(self, ready: str, timeout: float = 20) -> AgentProc:
-        """Start; wait until the log contains ``ready`` and the control socket answers."""
-        log = open(self.log_path, "w")  # noqa: SIM115 - the child keeps it
-        self.proc = subprocess.Popen([*self.prefix, *AGENT, "--log-level", "info", "-c",
-                                      str(self.path)], stdout=subprocess.DEVNULL, stderr=log,
-                                     cwd=ROOT)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if ready in self.log() and os.path.exists(self.socket):
-                return self
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.kill()
-        raise AssertionError(f"agent did not start:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text() if self.log_path.exists() else ""
-
-    def stats(self, timeout: float = 10) -> dict[str, Any]:
-        """The ``agent stats --json`` snapshot; the answer time is kept in stats_latency."""
-        started = time.monotonic()
-        reply = request(self.socket, "stats-json", timeout=timeout)
-        self.stats_latency.append(time.monotonic() - started)
-        assert reply.get("ok"), reply
-        return reply["stats"]  # type: ignore[no-any-return]
-
-    def settled_stats(self, key: Any, quiet: float = 1.0, timeout: float = 30) -> dict[str, Any]:
-        """Poll stats until ``key(stats)`` has not changed for ``quiet`` seconds."""
-        last, since = None, time.monotonic()
-        deadline = since + timeout
-        while time.monotonic() < deadline:
-            snap = self.stats()
-            value = key(snap)
-            if value != last:
-                last, since = value, time.monotonic()
-            elif time.monotonic() - since >= quiet:
-                return snap
-            time.sleep(0.1)
-        raise AssertionError(f"counters never settled: {last}")
-
-    def memory_kb(self) -> dict[str, int]:
-        """``VmRSS`` and ``VmHWM`` (peak RSS) of the agent process, in KiB."""
-        assert self.proc is not None
-        out = {}
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(value.split()[0])
-        return out
-
-    def stop(self, timeout: float = 30) -> int:
-        """SIGTERM by PID; the agent flushes and exports. Returns the exit code."""
-        assert self.proc is not None
-        started = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"agent ignored SIGTERM for {timeout} s:\n{self.log()}"
-                                 ) from None
-        self.exit_seconds = time.monotonic() - started
-        return code
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def __enter__(self) -> AgentProc:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.kill()
 
 
 def exported_flows(path: Path) -> list[dict[str, Any]]:
@@ -180,4 +75,4 @@ def flood(ns: Any, dst: str, dport: int, packets: int, sources: int, first: str,
     return out
 
 
-__all__ = ["AgentProc", "ControlError", "exported_flows", "flood"]
+__all__ = ["exported_flows", "flood"]

@@ -30,6 +30,7 @@ import pytest
 
 from netflow_agent.testing import build_agent
 from tests.support.collectors import UdpSink, free_udp_port, netflow_decode
+from tests.support.exportclock import assert_export_clock
 from tests.support.pcapgen import FlowSpec, PcapBuilder
 
 FLOWS = 3000
@@ -97,6 +98,7 @@ class TcpCollector:
         self.rate = rate
         self.stream = bytearray()
         self.conns: list[socket.socket] = []
+        self.readers: list[threading.Thread] = []
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -112,7 +114,9 @@ class TcpCollector:
                 return
             self.conns.append(conn)
             if self.rate:
-                threading.Thread(target=self._read, args=(conn,), daemon=True).start()
+                reader = threading.Thread(target=self._read, args=(conn,), daemon=True)
+                self.readers.append(reader)
+                reader.start()
 
     def _read(self, conn: socket.socket) -> None:
         chunk = max(1, self.rate // 20)
@@ -136,7 +140,8 @@ class TcpCollector:
         self._stop.set()
         self.thread.join(5)
         self.listener.close()
-        time.sleep(0.3)  # readers drain to EOF (the agent closed its side)
+        for reader in self.readers:  # each reads to EOF (the agent closed its side) or stops
+            reader.join(5)
         for conn in self.conns:
             conn.close()
 
@@ -202,8 +207,9 @@ protocol = 9
 destination = ["127.0.0.1:{closed_ipfix}"]
 options_interval_s = 0
 """, tmp_path)
-        time.sleep(0.3)
-        _, flows = netflow_decode(mirror.payloads())
+        datagrams = mirror.collect()  # the agent exited: everything it sent is queued
+        assert_export_clock(datagrams)
+        _, flows = netflow_decode(datagrams)
     v9 = stats["export.netflow[0]"]
     print({"replay_s": round(replay_s, 2), "shutdown_s": round(shutdown_s, 2),
            "v9_cberr": v9["sock_cberr"], "v9_fail": v9["sock_fail"],
@@ -282,7 +288,8 @@ def test_tcp_collector_comes_back(tmp_path):
         time.sleep(0.5)
         holder["c"] = TcpCollector(rate=10_000_000, port=port)
 
-    threading.Thread(target=come_back, daemon=True).start()
+    returning = threading.Thread(target=come_back, daemon=True)
+    returning.start()
     try:
         stats, replay_s, shutdown_s = replay(capture, f"""
 [[export.ipfix]]
@@ -294,7 +301,7 @@ flush_timeout_s = 5
 options_interval_s = 0
 """, tmp_path, speed="recorded", flows=flows)
     finally:
-        time.sleep(0.6)
+        returning.join(5)
         if "c" in holder:
             holder["c"].close()
     exporter, dest = _tcp_totals(stats, "export.ipfix[0]")

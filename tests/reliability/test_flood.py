@@ -26,7 +26,8 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.harness import AgentProc, exported_flows, flood
+from tests.reliability.harness import exported_flows, flood
+from tests.support.agentproc import Agent
 from tests.support.netns import Netns, veth_pair
 
 PACKETS = 60_000
@@ -62,7 +63,7 @@ format = "json"
 """
 
 
-def _flood_while_polling(agent: AgentProc, sender: Netns, dst: str) -> dict[str, Any]:
+def _flood_while_polling(agent: Agent, sender: Netns, dst: str) -> dict[str, Any]:
     """Flood from ``sender`` while asking the agent for stats every 0.2 s."""
     result: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: result.update(
@@ -79,7 +80,7 @@ def _flood_while_polling(agent: AgentProc, sender: Netns, dst: str) -> dict[str,
     return result
 
 
-def _check_accounting(agent: AgentProc, workdir: Path, sent: int, seen_by_kernel: int,
+def _check_accounting(agent: Agent, workdir: Path, sent: int, seen_by_kernel: int,
                       truth: dict[tuple[str, int], int], rss_before: int,
                       whole_flows: bool) -> dict[str, Any]:
     """Check the totals, memory and answer times; ``whole_flows``: a flow in the table has
@@ -134,7 +135,7 @@ table inet nfaflood {{
 }}
 """)
     ingest = f'[[ingest.nflog]]\ngroup = {group}\nnetns = "{b.ns.name}"\nrcvbuf = 8388608\n'
-    with AgentProc(tmp_path, _config(tmp_path, ingest)) as agent:
+    with Agent.in_dir(tmp_path, _config(tmp_path, ingest)) as agent:
         agent.start(ready="reading NFLOG group")
         rss_before = agent.memory_kb()["VmRSS"]
         result = _flood_while_polling(agent, a.ns, b.addr)
@@ -152,7 +153,7 @@ def test_ebpf_flood_small_maxflows(pair, tmp_path):
     ingest = (f'[[ingest.ebpf]]\ninterfaces = ["{b.ifname}"]\nnetns = "{b.ns.name}"\n'
               f'mode = "tcx"\ndirection = "ingress"\nmaxflows = 1024\ncpu_slots = 16\n'
               f'poll_interval_ms = 100\n')
-    with AgentProc(tmp_path, _config(tmp_path, ingest)) as agent:
+    with Agent.in_dir(tmp_path, _config(tmp_path, ingest)) as agent:
         agent.start(ready="attached")
         rx_before = _rx_packets(b)
         rss_before = agent.memory_kb()["VmRSS"]

@@ -18,13 +18,14 @@ more datagrams than the agent counted as sent.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.reliability.harness import AgentProc, exported_flows, flood
+from tests.reliability.harness import exported_flows, flood
+from tests.support.agentproc import Agent
 from tests.support.collectors import UdpSink
+from tests.support.exportclock import assert_export_clock
 from tests.support.netns import Netns, veth_pair
 
 HEADROOM = 96 << 20
@@ -82,23 +83,26 @@ table inet nfalimit {{
             conf = _conf(tmp_path, group, f"{bc.b.addr}:{sink.port}")
             in_b = ["ip", "netns", "exec", b.name]
             (tmp_path / "probe").mkdir()
-            with AgentProc(tmp_path / "probe", conf, prefix=in_b) as probe:
+            with Agent.in_dir(tmp_path / "probe", conf, prefix=in_b) as probe:
                 probe.start(ready="reading NFLOG group")
                 idle_peak_kb = _vm_kb(probe.proc.pid, "VmPeak")  # type: ignore[union-attr]
                 assert probe.stop() == 0
             limit = idle_peak_kb * 1024 + HEADROOM
             prefix = [*in_b, "prlimit", f"--as={limit}"]
-            with AgentProc(tmp_path, conf, prefix=prefix) as agent:
+            with Agent.in_dir(tmp_path, conf, prefix=prefix) as agent:
                 agent.start(ready="reading NFLOG group")
                 result = flood(a, ab.b.addr, DPORT, PACKETS, SOURCES, "198.18.0.1", limit_s=30)
                 assert result["failed"] == 0
-                time.sleep(2.5)  # inactive_timeout 1 s: every flow is exported while running
+                # inactive_timeout 1 s: every flow is exported while the agent runs
+                agent.wait_for(lambda s: s["cache"]["active_flows"] == 0, timeout=60,
+                               what="every flow expired")
                 snap = agent.settled_stats(_progress, quiet=1.5)
                 peak_kb = _vm_kb(agent.proc.pid, "VmPeak")  # type: ignore[union-attr]
                 code = agent.stop()
                 log = agent.log()
-            time.sleep(0.5)
-            received = len(sink.payloads())
+            datagrams = sink.collect()  # the agent stopped: all it sent is queued
+            received = len(datagrams)
+    assert_export_clock(datagrams)
     cache = snap["cache"]
     flows = [f for f in exported_flows(tmp_path / "flows.jsonl") if f["dst_port"] == DPORT]
     accounted = sum(f["packets"] for f in flows)

@@ -29,7 +29,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,6 +147,11 @@ class Nfcapd:
             time.sleep(0.05)
         raise CollectorError(f"nfcapd did not bind {self.bind}:{self.port}")
 
+    def wait_drained(self, timeout: float = 10) -> None:
+        """Until nfcapd has read every datagram queued on its socket, see
+        :func:`wait_udp_drained`."""
+        wait_udp_drained(self.port, self.netns, timeout)
+
     def stop(self) -> None:
         """SIGTERM by PID: nfcapd writes and renames its current file, then exits."""
         if self.proc is None:
@@ -168,7 +173,10 @@ class Nfcapd:
         self.start()
 
     def flows(self) -> list[dict[str, Any]]:
-        """Stop (flush) and return every record received, see :func:`nfdump_flows`."""
+        """Wait until it read what was sent, stop (flush), and return every record received,
+        see :func:`nfdump_flows`."""
+        if self.proc is not None:
+            self.wait_drained()
         self.stop()
         return nfdump_flows(self.dir)
 
@@ -177,6 +185,24 @@ class Nfcapd:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def wait_udp_drained(port: int, netns: Netns | None = None, timeout: float = 10) -> None:
+    """Until the UDP socket bound to ``port`` has nothing queued (``ss`` Recv-Q 0).
+
+    Datagrams sent before the call are then in the receiving program's hands: stopping it
+    right after loses none of them, without guessing how long they take to be read.
+
+    :raise CollectorError: still something queued after ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    ss = ["ss", "-Hnul", f"sport = :{port}"]
+    while time.monotonic() < deadline:
+        out = (netns.run(ss) if netns else _host_run(ss)).stdout.split()
+        if len(out) >= 2 and out[1] == "0":
+            return
+        time.sleep(0.02)
+    raise CollectorError(f"UDP port {port}: the receiver did not read its queue in {timeout} s")
 
 
 def _host_popen(cmd: Sequence[str], **kwargs: Any) -> subprocess.Popen:
@@ -339,9 +365,47 @@ class UdpSink:
             raise CollectorError(f"UdpSink:{self.port}: {len(got)} of {count} datagrams")
         return got
 
+    @property
+    def endpoint(self) -> str:
+        """``host:port`` as an exporter's ``destination`` entry (IPv6 in brackets)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def wait_for(self, predicate: Callable[[list[bytes]], bool],
+                 timeout: float = 10) -> list[bytes]:
+        """Wait until ``predicate(payloads so far)`` holds; return the payloads.
+
+        :raise CollectorError: on timeout, with how many datagrams arrived.
+        """
+        with self._cond:
+            ok = self._cond.wait_for(lambda: predicate([d.data for d in self.datagrams]),
+                                     timeout)
+            got = [d.data for d in self.datagrams]
+        if not ok:
+            raise CollectorError(f"UdpSink:{self.port}: condition not met with {len(got)} "
+                                 "datagrams")
+        return got
+
     def payloads(self) -> list[bytes]:
         """Every payload received so far, in arrival order."""
         with self._cond:
+            return [d.data for d in self.datagrams]
+
+    def collect(self) -> list[bytes]:
+        """Stop receiving, take what is still queued in the socket, return every payload.
+
+        Call it once the sender is done (the agent stopped): everything it sent is then
+        either received or queued, so nothing depends on timing.
+        """
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.setblocking(False)
+        with self._cond:
+            while True:
+                try:
+                    data, peer = self.sock.recvfrom(65535)
+                except (BlockingIOError, OSError):
+                    break
+                self.datagrams.append(Datagram(time.time_ns(), peer[:2], data))
             return [d.data for d in self.datagrams]
 
     def write_pcap(self, path: str | Path) -> Path:
