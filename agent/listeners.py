@@ -82,8 +82,7 @@ def _control_socket_problem(path: str) -> str:
     except OSError as exc:
         return f"{path}: {exc.strerror}"
     if not stat.S_ISSOCK(mode):
-        return (f"{path} exists and is not a socket (only a stale control socket is "
-                "replaced): remove it or choose another path")
+        return ""  # an error of its own: localfiles.socket_path_problem (agent/ops.py)
     if _socket_is_live(path) and path not in _own_unix_listeners():
         return f"{path}: another agent is listening there"
     return ""  # a stale socket: the start replaces it

@@ -305,7 +305,7 @@ def test_reload_does_not_warn_about_the_agents_own_groups(topo: RoutedTopology,
             f'[[export.log]]\npath = "-"\n')
     with Agent.in_dir(tmp_path, conf) as agent:
         agent.start(ready="reading NFLOG group", count=2)
-        agent.config.write_text(conf.replace('path = "-"', 'path = "-"\nformat = "json"'))
+        agent.config.write_text(conf.replace('path = "-"', 'path = "-"\nformat = "text"'))
         reply = request(str(sock), "reload", timeout=10)
         assert reply["ok"], reply
         log = agent.log()

@@ -61,7 +61,9 @@ def _warned(conf: Path, text: str) -> None:
 def test_check_env_reports_control_socket_problems(tmp_path):
     plain = tmp_path / "plain"
     plain.write_text("not a socket")
-    _warned(_conf(tmp_path, f'control_socket = "{plain}"'), "exists and is not a socket")
+    code, out = _check_env(_conf(tmp_path, f'control_socket = "{plain}"'))
+    assert code == 78 and "is a regular file, not a socket" in out, out  # an error: item 11
+    assert "1 error(s), 0 warning(s)" in out, out  # said once
     assert plain.read_text() == "not a socket"
     live = tmp_path / "live.sock"
     with socket.socket(socket.AF_UNIX) as other:
@@ -99,6 +101,7 @@ def test_reload_is_not_a_conflict_with_the_agents_own_listeners(tmp_path):
                  '[[export.log]]\npath = "/dev/null"\n')
     agent = Agent(conf, sock).start()
     try:
+        conf.write_text(conf.read_text() + "[cache]\ninactive_timeout = 7\n")  # a change
         proc = cli("reload", "--socket", str(sock))
         assert proc.returncode == 0 and "reloaded" in proc.stdout, proc.stdout + proc.stderr
         assert "cannot listen" not in agent.log() and "another agent" not in agent.log()
