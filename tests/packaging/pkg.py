@@ -1,0 +1,117 @@
+"""The Debian package from the tests' side: build it, install and purge it, read its unit.
+
+What it owns:
+
+* :func:`build_deb`: ``scripts/build-deb`` into a directory, returning the ``.deb``;
+* :func:`install` / :func:`purge` / :func:`installed`: ``apt-get install ./x.deb``,
+  ``apt-get purge`` (waiting for the dpkg lock other apt users on the machine may hold);
+* :func:`leftovers`: what a purge left behind of the package's files and directories;
+* :func:`unit_setting` / :func:`unit_command` / :func:`sandboxed`: the installed unit's
+  settings, and an ``Exec*=`` command wrapped the way systemd would run it where systemd is
+  not PID 1: ``setpriv`` applies ``CapabilityBoundingSet=`` and ``NoNewPrivileges=``, a
+  ``prctl(PR_SET_MDWE)`` wrapper ``MemoryDenyWriteExecute=`` and ``UMask=``.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE = "netflow-agent"
+UNIT = Path("/lib/systemd/system/netflow-agent.service")
+#: created outside the package's file list, by postinst, tmpfiles.d or the agent
+RUNTIME_PATHS = ("/etc/netflow-agent", "/var/lib/netflow-agent", "/run/netflow-agent",
+                 "/opt/netflow-agent")
+_APT = ["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=300"]
+# PR_SET_MDWE (65) with PR_MDWE_REFUSE_EXEC_GAIN: what MemoryDenyWriteExecute=yes refuses
+_MDWE_EXEC = ("import ctypes, os, sys\n"
+              "if ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0) != 0:\n"
+              "    sys.exit(f'PR_SET_MDWE: {os.strerror(ctypes.get_errno())}')\n"
+              "os.umask(int(sys.argv[1], 8))\n"
+              "os.execv(sys.argv[2], sys.argv[2:])\n")
+
+
+def run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run a command to completion, text output captured, never raising on its status."""
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def build_deb(out_dir: Path) -> Path:
+    """``scripts/build-deb OUT_DIR``; the one ``.deb`` it wrote (the build log on failure)."""
+    proc = run([str(REPO / "scripts" / "build-deb"), str(out_dir)], timeout=540)
+    assert proc.returncode == 0, f"build-deb failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-4000:]}"
+    debs = sorted(out_dir.glob(f"{PACKAGE}_*.deb"))
+    assert len(debs) == 1, debs
+    return debs[0]
+
+
+def installed() -> bool:
+    """Whether dpkg knows the package in any state other than not-installed."""
+    proc = run(["dpkg-query", "-W", "-f=${db:Status-Abbrev}", PACKAGE])
+    return proc.returncode == 0 and proc.stdout.strip() not in ("", "un")
+
+
+def install(deb: Path) -> subprocess.CompletedProcess[str]:
+    """``apt-get install ./PACKAGE.deb`` (dependencies from the configured apt sources)."""
+    return run([*_APT, "install", str(deb.resolve())])
+
+
+def purge() -> subprocess.CompletedProcess[str]:
+    """``apt-get purge`` the package."""
+    return run([*_APT, "purge", PACKAGE])
+
+
+def package_files() -> list[str]:
+    """``dpkg -L``: every path the installed package owns (directories included)."""
+    return run(["dpkg", "-L", PACKAGE]).stdout.split("\n")
+
+
+def leftovers(owned: list[str]) -> list[str]:
+    """Paths of ``owned`` (files, links) and :data:`RUNTIME_PATHS` that still exist.
+
+    Directories (``/usr/bin``, ``/etc``, the ``/lib`` link) are shared with other packages;
+    those of the package itself are in :data:`RUNTIME_PATHS`.
+    """
+    left = [p for p in owned if p and os.path.lexists(p) and not os.path.isdir(p)]
+    left += [p for p in RUNTIME_PATHS if Path(p).exists()]
+    return left
+
+
+def unit_setting(name: str, unit: Path = UNIT) -> list[str]:
+    """Every value of ``Name=`` in the unit's [Service] section, in order."""
+    values, section = [], ""
+    for line in unit.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]" and line.startswith(f"{name}="):
+            values.append(line.split("=", 1)[1])
+    return values
+
+
+def unit_command(name: str, unit: Path = UNIT) -> list[str]:
+    """The argv of ``ExecStart=``/``ExecStartPre=``/``ExecReload=`` (exactly one line)."""
+    values = unit_setting(name, unit)
+    assert len(values) == 1, f"{name}= lines in {unit}: {values}"
+    return shlex.split(values[0].lstrip("-@+!:"))
+
+
+def sandboxed(argv: list[str], unit: Path = UNIT) -> list[str]:
+    """``argv`` under the unit's capability bounding set, no_new_privs, W^X memory and umask.
+
+    What systemd would apply and this machine (no systemd as PID 1) can: the filesystem
+    protections, ``SystemCallFilter=`` and ``RestrictNamespaces=`` are not reproduced.
+    """
+    caps = " ".join(unit_setting("CapabilityBoundingSet", unit)).split()
+    bounding = ",".join(["-all", *(f"+{c.lower().removeprefix('cap_')}" for c in caps)])
+    wrapper = ["setpriv", f"--bounding-set={bounding}"]
+    if unit_setting("NoNewPrivileges", unit) == ["yes"]:
+        wrapper.append("--no-new-privs")
+    mdwe = unit_setting("MemoryDenyWriteExecute", unit) == ["yes"]
+    umask = (unit_setting("UMask", unit) or ["0022"])[-1]
+    if mdwe:
+        wrapper += ["/usr/bin/python3", "-c", _MDWE_EXEC, umask]
+    return [*wrapper, *argv]
