@@ -8,13 +8,14 @@ What it owns:
 * :func:`leftovers`: what a purge left behind of the package's files and directories;
 * :func:`unit_setting` / :func:`unit_command` / :func:`sandboxed`: the installed unit's
   settings, and an ``Exec*=`` command wrapped the way systemd would run it where systemd is
-  not PID 1: ``setpriv`` applies ``CapabilityBoundingSet=`` and ``NoNewPrivileges=``, a
-  ``prctl(PR_SET_MDWE)`` wrapper ``MemoryDenyWriteExecute=`` and ``UMask=``.
+  not PID 1: ``setpriv`` applies ``CapabilityBoundingSet=`` and ``NoNewPrivileges=``,
+  ``sandbox_exec.py`` ``MemoryDenyWriteExecute=``, ``UMask=`` and ``SystemCallFilter=``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 from pathlib import Path
@@ -26,12 +27,8 @@ UNIT = Path("/lib/systemd/system/netflow-agent.service")
 RUNTIME_PATHS = ("/etc/netflow-agent", "/var/lib/netflow-agent", "/run/netflow-agent",
                  "/opt/netflow-agent")
 _APT = ["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=300"]
-# PR_SET_MDWE (65) with PR_MDWE_REFUSE_EXEC_GAIN: what MemoryDenyWriteExecute=yes refuses
-_MDWE_EXEC = ("import ctypes, os, sys\n"
-              "if ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0) != 0:\n"
-              "    sys.exit(f'PR_SET_MDWE: {os.strerror(ctypes.get_errno())}')\n"
-              "os.umask(int(sys.argv[1], 8))\n"
-              "os.execv(sys.argv[2], sys.argv[2:])\n")
+SANDBOX_EXEC = Path(__file__).with_name("sandbox_exec.py")
+UNISTD = Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
 
 
 def run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -100,18 +97,52 @@ def unit_command(name: str, unit: Path = UNIT) -> list[str]:
 
 
 def sandboxed(argv: list[str], unit: Path = UNIT) -> list[str]:
-    """``argv`` under the unit's capability bounding set, no_new_privs, W^X memory and umask.
+    """``argv`` as the unit would run it, as far as this machine (no systemd as PID 1) can.
 
-    What systemd would apply and this machine (no systemd as PID 1) can: the filesystem
-    protections, ``SystemCallFilter=`` and ``RestrictNamespaces=`` are not reproduced.
+    ``CapabilityBoundingSet=`` and ``NoNewPrivileges=`` through ``setpriv``;
+    ``MemoryDenyWriteExecute=``, ``UMask=``, ``SystemCallFilter=`` (with
+    ``SystemCallErrorNumber=`` and ``SystemCallArchitectures=native``) through
+    ``sandbox_exec.py``. The filesystem protections, ``RestrictNamespaces=`` and
+    ``RestrictAddressFamilies=`` are not reproduced.
     """
     caps = " ".join(unit_setting("CapabilityBoundingSet", unit)).split()
     bounding = ",".join(["-all", *(f"+{c.lower().removeprefix('cap_')}" for c in caps)])
     wrapper = ["setpriv", f"--bounding-set={bounding}"]
     if unit_setting("NoNewPrivileges", unit) == ["yes"]:
         wrapper.append("--no-new-privs")
-    mdwe = unit_setting("MemoryDenyWriteExecute", unit) == ["yes"]
-    umask = (unit_setting("UMask", unit) or ["0022"])[-1]
-    if mdwe:
-        wrapper += ["/usr/bin/python3", "-c", _MDWE_EXEC, umask]
-    return [*wrapper, *argv]
+    wrapper += ["/usr/bin/python3", str(SANDBOX_EXEC),
+                "--umask", (unit_setting("UMask", unit) or ["0022"])[-1]]
+    if unit_setting("MemoryDenyWriteExecute", unit) == ["yes"]:
+        wrapper.append("--mdwe")
+    allowed = syscall_allow_list(unit_setting("SystemCallFilter", unit))
+    if allowed:
+        errno = {"EPERM": 1, "EACCES": 13, "ENOSYS": 38}
+        names = unit_setting("SystemCallErrorNumber", unit) or ["EPERM"]
+        wrapper += ["--allow", ",".join(map(str, allowed)), "--errno", str(errno[names[-1]])]
+    return [*wrapper, "--", *argv]
+
+
+def syscall_allow_list(lines: list[str]) -> list[int]:
+    """x86-64 numbers of the calls ``SystemCallFilter=`` lines allow (an allow list first).
+
+    Groups are expanded with ``systemd-analyze syscall-filter``; a ``~`` line removes its
+    calls, a later positive line adds. Calls this architecture lacks are dropped.
+    """
+    if not lines or lines[0].startswith("~"):
+        return []
+    allowed: set[str] = set()
+    for line in lines:
+        deny = line.startswith("~")
+        names = set().union(*(_expand(e) for e in line.lstrip("~").split()))
+        allowed = allowed - names if deny else allowed | names
+    numbers = dict(re.findall(r"^#define __NR_(\w+)\s+(\d+)$", UNISTD.read_text(), re.M))
+    return sorted(int(numbers[n]) for n in allowed if n in numbers)
+
+
+def _expand(entry: str) -> set[str]:
+    """A system call name, or the calls of an ``@group`` (recursively)."""
+    if not entry.startswith("@"):
+        return {entry}
+    out = run(["systemd-analyze", "syscall-filter", entry]).stdout.splitlines()[1:]
+    names = {t.strip() for t in out if t.strip() and not t.strip().startswith("#")}
+    return set().union(*(_expand(n) for n in names)) if names else set()
