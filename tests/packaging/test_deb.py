@@ -6,7 +6,8 @@ shipped capture replayed from /usr/share/netflow-agent/examples; the unit checke
 ``systemd-analyze verify`` and ``security``; the unit's ExecStartPre, ExecStart and
 ExecReload run by hand (systemd is not PID 1 here) under its capability bounding set,
 no_new_privs, W^X memory, umask and system call filter (``pkg.sandboxed``), in a network
-namespace of this test, with NFLOG and eBPF ingests feeding a NetFlow v9 exporter; then ``apt-get purge`` must leave none of its files.
+namespace of this test, with NFLOG and eBPF ingests feeding a NetFlow v9 exporter; then
+``apt-get purge`` must leave none of its files.
 Marked ``netns`` (root; it creates a namespace and installs a package).
 """
 
