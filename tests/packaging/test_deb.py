@@ -82,6 +82,9 @@ def check_contents(deb: Path) -> None:
     assert not [p for p in paths if p.endswith(".pyc")]  # compiled by postinst
     conffiles = pkg.run(["dpkg-deb", "-I", str(deb), "conffiles"]).stdout
     assert conffiles.split() == ["/etc/netflow-agent/netflow-agent.toml"]
+    # removal stops a running service (not reproducible here: no systemd as PID 1)
+    prerm = pkg.run(["dpkg-deb", "-I", str(deb), "prerm"]).stdout
+    assert "deb-systemd-invoke stop 'netflow-agent.service'" in prerm, prerm
 
 
 def check_installed_layout() -> None:
