@@ -27,6 +27,8 @@ UNIT = Path("/lib/systemd/system/netflow-agent.service")
 RUNTIME_PATHS = ("/etc/netflow-agent", "/var/lib/netflow-agent", "/run/netflow-agent",
                  "/opt/netflow-agent")
 _APT = ["apt-get", "-y", "-q", "-o", "DPkg::Lock::Timeout=300"]
+#: flows of examples/sample.pcap (README: 10 IPv4/IPv6 flows)
+SAMPLE_FLOWS = 10
 SANDBOX_EXEC = Path(__file__).with_name("sandbox_exec.py")
 UNISTD = Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
 
@@ -34,6 +36,11 @@ UNISTD = Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
 def run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run a command to completion, text output captured, never raising on its status."""
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def flow_lines(text: str) -> list[str]:
+    """The flow lines of ``[[export.log]] format = "text"`` output."""
+    return re.findall(r"^(?:TCP|UDP|ICMP|ICMPv6) .*$", text, re.M)
 
 
 def build_deb(out_dir: Path) -> Path:

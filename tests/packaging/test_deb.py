@@ -33,8 +33,6 @@ pytestmark = pytest.mark.netns
 CONF_DIR = Path("/etc/netflow-agent")
 SOCKET = "/run/netflow-agent/agent.sock"
 SECURITY_LIMIT = 3.0
-#: flows of examples/sample.pcap (README: 10 IPv4/IPv6 flows)
-SAMPLE_FLOWS = 10
 
 
 def test_deb_install_run_purge(built_deb: Path, clean_machine: None, tmp_path: Path) -> None:
@@ -48,8 +46,7 @@ def test_deb_install_run_purge(built_deb: Path, clean_machine: None, tmp_path: P
     assert dry.returncode == 0, dry.stderr
     replay = pkg.run(["netflow-agent", "-c", "/usr/share/netflow-agent/examples/replay.toml"])
     assert replay.returncode == 0, replay.stderr
-    flows = [ln for ln in replay.stdout.splitlines() if re.match(r"(TCP|UDP|ICMP|ICMPv6) ", ln)]
-    assert len(flows) == SAMPLE_FLOWS, replay.stdout
+    assert len(pkg.flow_lines(replay.stdout)) == pkg.SAMPLE_FLOWS, replay.stdout
 
     check_unit()
     with Netns() as ns, UdpSink(netns=ns) as sink:
