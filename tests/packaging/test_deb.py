@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.privileges import capability_mask, mask_names
+from netflow_agent.privileges import capability_mask, mask_names
 from tests.packaging import pkg
 from tests.support import require_tool
 from tests.support.collectors import UdpSink
