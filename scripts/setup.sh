@@ -17,7 +17,9 @@ VENV="${VENV:-.venv}"
 # pkg-config make gcc), Python (python3-dev python3-venv), kernel interfaces used by the
 # agent and its privileged tests (iproute2 iptables nftables conntrack procps), reference
 # collectors and exporters (tshark nfdump softflowd pmacct fprobe: bench/compare), traffic
-# and capture tools.
+# and capture tools; the Debian package build (debhelper dh-virtualenv python3.11-venv,
+# scripts/build-deb) and its tests (systemd for systemd-analyze, man-db, python3-apt for
+# the Ansible role's apt module).
 APT_PACKAGES=(
   clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev pkg-config make gcc
   python3 python3-dev python3-venv
@@ -26,6 +28,7 @@ APT_PACKAGES=(
   iputils-ping netcat-openbsd socat ethtool tcpdump
   git ca-certificates
   tmux prometheus
+  debhelper dh-virtualenv python3.11-dev python3.11-venv systemd man-db python3-apt
 )
 
 log() { printf '==> %s\n' "$*"; }

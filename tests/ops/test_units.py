@@ -238,9 +238,15 @@ def test_systemd_unit_has_the_operational_contract() -> None:
     keys = {line.partition("=")[0] for line in text.splitlines() if "=" in line
             and not line.startswith("#")}
     for key in ("Type", "WatchdogSec", "ExecStartPre", "ExecReload", "CapabilityBoundingSet",
-                "NoNewPrivileges", "ProtectSystem", "RuntimeDirectory", "StateDirectory"):
+                "NoNewPrivileges", "ProtectSystem", "ReadWritePaths", "SystemCallFilter",
+                "UMask"):
         assert key in keys, key
-    assert "Type=notify\n" in text and "--dry-run" in text and "kill -HUP $MAINPID" in text
+    assert "Type=notify\n" in text and "--dry-run" in text
+    assert "ExecReload=/usr/bin/netflow-agent -c /etc/netflow-agent/ reload\n" in text
+    # the writable directories come from tmpfiles.d, owned by the user the agent switches to
+    tmpfiles = (UNIT.parent / "netflow-agent.tmpfiles").read_text()
+    for path in ("/run/netflow-agent", "/var/lib/netflow-agent"):
+        assert f"d {path}" in tmpfiles and path in text
     if not os.path.exists("/usr/bin/systemd-analyze"):
         return
     proc = subprocess.run(["systemd-analyze", "verify", "--man=no", str(UNIT)],
