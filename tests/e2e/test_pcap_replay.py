@@ -58,7 +58,8 @@ def run_cli(config: Path) -> subprocess.CompletedProcess[str]:
 ], ids=["eth", "vlan-pcapng", "qinq", "sll", "sll2-pcapng", "raw"])
 def test_cli_replay_exports_every_flow_exactly(tmp_path, linktype, vlans, fmt):
     capture = tmp_path / f"mixed.{fmt}"
-    truth = mixed_capture(PcapBuilder(linktype=linktype, vlans=vlans)).write(capture, fmt=fmt)
+    truth = mixed_capture(PcapBuilder(linktype=linktype, vlans=vlans, fragments="track")).write(
+        capture, fmt=fmt)
     out = tmp_path / "flows.jsonl"
     config = tmp_path / "agent.toml"
     config.write_text(f'[[ingest.pcap]]\npath = "{capture}"\n'
@@ -71,7 +72,7 @@ def test_cli_replay_exports_every_flow_exactly(tmp_path, linktype, vlans, fmt):
 
 def test_counters_frag_trunc_and_traffic(tmp_path):
     capture = tmp_path / "mixed.pcap"
-    truth: GroundTruth = mixed_capture(PcapBuilder()).write(capture)
+    truth: GroundTruth = mixed_capture(PcapBuilder(fragments="track")).write(capture)
     agent = build_agent(f'[[ingest.pcap]]\npath = "{capture}"\n[[export.collect]]\n',
                         tmp_path, [collecting_plugin_module])
     agent.pipeline.run()

@@ -39,7 +39,7 @@ V5_HEADER, V5_RECORD = 24, 48
 
 
 def truth_of(*specs: FlowSpec, trunc_at: int | None = None) -> GroundTruth:
-    b = PcapBuilder()
+    b = PcapBuilder(fragments="track")  # the agent's default [cache] fragments
     for spec in specs:
         b.add(spec)
     if trunc_at is not None:
@@ -48,7 +48,7 @@ def truth_of(*specs: FlowSpec, trunc_at: int | None = None) -> GroundTruth:
 
 
 def write_capture(path: Path) -> GroundTruth:
-    b = PcapBuilder()
+    b = PcapBuilder(fragments="track")  # the agent's default [cache] fragments
     for spec in (F1, F2, F3, F4, F5, SENTINEL, LAST):
         b.add(spec)
     b.add_truncated(T0 + 100 * MS)
