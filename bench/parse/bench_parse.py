@@ -19,8 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from netflow_agent.fragments import PORTS0, FragmentPolicy  # noqa: E402
 from netflow_agent.packet import PacketParser  # noqa: E402
 from netflow_agent.plugins.ingest_pcap import linktype  # noqa: E402
+from netflow_agent.tunnels import DecapParser  # noqa: E402
 from tests.support.pcapgen import FlowSpec, PcapBuilder  # noqa: E402
 
 ROUNDS = 20
@@ -65,17 +67,42 @@ def time_parse(packets: list[bytes], parser: PacketParser) -> float:
     return (time.perf_counter() - t) * 1e9 / (ROUNDS * len(packets))
 
 
+def link_facts_offset(lt: int, frame: bytes) -> int:
+    return linktype.link_facts(lt, frame).ip_offset
+
+
 def cases() -> dict[str, object]:
-    """name -> a zero-argument function returning ns/packet (what this version offers)."""
+    """name -> a zero-argument function returning ns/packet."""
     data = mix()
     ips = [f[linktype.ip_offset(1, f):] for f in data]
-    out: dict[str, object] = {
-        "link + parse (defaults)": lambda: time_link_and_parse(data, PacketParser(),
+    frags = [f[linktype.ip_offset(1, f):] for f in frames(fragment=1)]
+    track = FragmentPolicy()
+    return {
+        "link + parse (defaults)": lambda: time_link_and_parse(data, PacketParser(track),
                                                                linktype.ip_offset),
-        "parse only (defaults)": lambda: time_parse(ips, PacketParser()),
+        "parse only (defaults)": lambda: time_parse(ips, PacketParser(track)),
+        "link + parse, opt-in L2 facts": lambda: time_link_and_parse(
+            data, PacketParser(track), link_facts_offset),
+        "parse only, decapsulate all (no tunnels)": lambda: time_parse(
+            ips, DecapParser(["gre", "vxlan", "geneve", "ipip"], fragments=track)),
+        "parse fragmented mix, ports0": lambda: time_parse(frags, PacketParser(PORTS0)),
+        "parse fragmented mix, track": lambda: time_parse(frags, _drained(track)),
     }
-    out.update(getattr(linktype, "bench_cases", lambda d, i: {})(data, ips))
-    return out
+
+
+def _drained(policy: FragmentPolicy) -> PacketParser:
+    parser = PacketParser(policy)
+    parser.extra = _Sink()  # type: ignore[misc,assignment]
+    assert parser.tracker is not None
+    parser.tracker.out = parser.extra
+    return parser
+
+
+class _Sink(list):  # type: ignore[type-arg]
+    """A list that forgets what is appended (released fragments would pile up)."""
+
+    def append(self, _item: object) -> None:
+        pass
 
 
 def main() -> None:

@@ -61,6 +61,10 @@ _PPP_ETHERTYPES = {PPP_IP: 0x0800, PPP_IPV6: 0x86DD, PPP_MPLS_UC: 0x8847}
 def ip_offset(linktype: int, frame: bytes) -> int:
     """Offset of the IP header in ``frame``, or a negative code when it does not carry IP."""
     if linktype == LINKTYPE_ETHERNET:
+        if len(frame) >= 14:  # untagged IP inline: the common case pays no call
+            etype = (frame[12] << 8) | frame[13]
+            if etype == 0x0800 or etype == 0x86DD:
+                return 14
         return ethernet_ip_offset(frame)
     if linktype in _RAW_ALIASES:
         return 0
