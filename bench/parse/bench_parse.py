@@ -5,16 +5,21 @@ Times the Python per-packet path of the pcap ingest on a fixed mix of Ethernet f
 (``linktype.ip_offset``) plus ``PacketParser.parse``, then ``parse`` alone on the IP packets (the
 NFLOG Python decoder's share). Also, when this version has them, the same with the opt-in L2
 facts, with fragment tracking on a fragmented mix, and with decapsulation on (plain traffic:
-what enabling ``decapsulate`` costs packets that are not tunnelled). Prints nanoseconds per
-packet, median of the runs. Noisy on shared machines: compare figures of the same run.
+what enabling ``decapsulate`` costs packets that are not tunnelled). ``--baseline REV`` also
+times the parser and link layer of a git revision, interleaved in the same run. Prints
+nanoseconds per packet, median of the runs. Noisy on shared machines: compare figures of the
+same run.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
+import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -105,13 +110,43 @@ class _Sink(list):  # type: ignore[type-arg]
         pass
 
 
+def _module_at(rev: str, path: str, name: str) -> types.ModuleType:
+    """``path`` as it was at git revision ``rev``, imported as module ``name``."""
+    root = Path(__file__).resolve().parents[2]
+    source = subprocess.run(["git", "-C", str(root), "show", f"{rev}:{path}"], check=True,
+                            capture_output=True, text=True).stdout
+    spec = importlib.util.spec_from_loader(name, loader=None)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    exec(compile(source, f"{rev}:{path}", "exec"), module.__dict__)  # noqa: S102
+    return module
+
+
+def baseline_cases(rev: str) -> dict[str, object]:
+    """The two default cases with the parser and link layer of revision ``rev``."""
+    packet = _module_at(rev, "agent/packet.py", "baseline_packet")
+    link = _module_at(rev, "plugins/ingest_pcap/linktype.py", "baseline_linktype")
+    data = mix()
+    ips = [f[link.ip_offset(1, f):] for f in data]
+    return {
+        f"link + parse (defaults) at {rev}": lambda: time_link_and_parse(
+            data, packet.PacketParser(), link.ip_offset),
+        f"parse only (defaults) at {rev}": lambda: time_parse(ips, packet.PacketParser()),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--baseline", metavar="REV", help="also time the parser of this git "
+                    "revision, interleaved with this one (before/after in the same run)")
     args = ap.parse_args()
     results: dict[str, list[float]] = {}
     for _ in range(args.runs):
-        for name, fn in cases().items():
+        todo = cases()
+        if args.baseline:
+            todo.update(baseline_cases(args.baseline))
+        for name, fn in todo.items():
             results.setdefault(name, []).append(fn())  # type: ignore[operator]
     for name, values in results.items():
         print(f"{name:45s} {statistics.median(values):7.0f} ns/packet "

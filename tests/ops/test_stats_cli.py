@@ -192,6 +192,9 @@ def check_snapshot(snap: dict[str, Any], exp: Expected) -> None:
     assert snap["aggregation"] == ["192.0.0.0/8=16", "3128=80"]
     assert snap["natevents"] == {"enabled": False, "start": 0, "stop": 0}
     assert [e["protocol"] for e in snap["exporters"]] == [None, 5]
+    pcap = snap["components"]["ingest.pcap[0]"]  # F3's 2 datagrams, 3 fragments each, in order
+    assert (pcap["frag_tracked"], pcap["frag_held"], pcap["frag_unmatched"]) == (4, 0, 0)
+    assert pcap["non_ip"] == 0 and pcap["non_ip_reasons"] == {}
 
 
 def check_sockets(snap: dict[str, Any], sink: socket.socket) -> None:
