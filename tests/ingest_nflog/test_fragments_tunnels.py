@@ -166,3 +166,31 @@ def test_random_fragment_sequences_identical(packets, table, held, timeout, rele
     release = {i: 1_700_000_000 * 10**9 + i * 10**9 for i in release_points}
     rows, _stats = both(grams, fragments=policy, release_at=release)
     assert sum(r[1] for r in rows) == len(packets), "every fragment accounted exactly once"
+
+
+@st.composite
+def tunnel_garbage(draw: Any) -> bytes:
+    """An outer IPv4/IPv6 header naming a tunnel, then anything (often a plausible inner)."""
+    kind = draw(st.sampled_from(["gre", "vxlan", "geneve", "ipip4", "ipip6"]))
+    proto = {"gre": 47, "ipip4": 4, "ipip6": 41}.get(kind, 17)
+    head = b""
+    if kind in ("vxlan", "geneve"):
+        head = struct.pack("!HHHH", 1, 4789 if kind == "vxlan" else 6081, 0, 0)
+    inner = draw(st.sampled_from([b"", b"\x45" + bytes(19), b"\x60" + bytes(39),
+                                  b"\x02" * 12 + b"\x08\x00" + b"\x45" + bytes(19),
+                                  b"\x08\x00\x00\x00\x00\x00\x2a\x00"]))
+    body = head + draw(st.binary(max_size=24)) + inner + draw(st.binary(max_size=40))
+    src, dst = b"\x0a\0\0\x01", b"\x0a\0\0\x02"
+    if draw(st.booleans()):
+        return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 1,
+                           draw(st.sampled_from([0, 0x2000, 0x0004])), 64, proto, 0, src,
+                           dst) + body
+    return struct.pack("!IHBB16s16s", 6 << 28, len(body), proto, 64, bytes(16),
+                       bytes(15) + b"\x01") + body
+
+
+@fuzz_settings()
+@given(st.lists(tunnel_garbage(), min_size=1, max_size=6), st.booleans())
+def test_random_tunnel_packets_identical(packets: list[bytes], keep_outer: bool) -> None:
+    grams = datagrams_of([(1_700_000_000 * 10**9 + i, p) for i, p in enumerate(packets)])
+    both(grams, decapsulate=("gre", "vxlan", "geneve", "ipip"), keep_outer=keep_outer)

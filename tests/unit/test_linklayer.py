@@ -47,6 +47,8 @@ def test_pseudowire_pppoe_and_snap() -> None:
     assert facts.ip_offset == 22 and facts.pppoe_session == 0x42 and facts.payload_type == 0x21
     snap = b"\x02" * 12 + struct.pack("!H", 8 + len(IP)) + b"\xaa\xaa\x03\0\0\0\x08\x00" + IP
     assert lt.ip_offset(1, snap) == 22
+    multicast = b"\x02" * 12 + b"\x88\x48" + mpls_stack([5, 6]) + IP
+    assert lt.ip_offset(1, multicast) == 22
 
 
 def test_not_ip_reasons_and_bounds() -> None:
