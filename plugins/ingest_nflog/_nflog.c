@@ -262,8 +262,9 @@ static int grow(Aggregator *self)
 	return 0;
 }
 
-/* Add one packet to its flow. Returns 0, or -1 when the table cannot grow. */
-static int account(Aggregator *self, const struct packet *pkt, int64_t ts, uint32_t out_if)
+/* Add one packet to its flow. Returns 0, or -1 when the table cannot grow. Inlined: it is
+ * most of the per-packet work. */
+static inline __attribute__((always_inline)) int account(Aggregator *self, const struct packet *pkt, int64_t ts, uint32_t out_if)
 {
 	uint64_t h = key_hash(pkt->key, pkt->key_len);
 	size_t mask, s;
@@ -301,8 +302,8 @@ found:
 	return 0;
 }
 
-/* Count and account one packet. */
-static inline void add_packet(Aggregator *self, const struct packet *pkt, int64_t ts,
+/* Count and account one packet (fragments released, outer flows: off the hot path). */
+static __attribute__((noinline)) void add_packet(Aggregator *self, const struct packet *pkt, int64_t ts,
 			      uint32_t out_if)
 {
 	self->acc.packets++;
@@ -740,69 +741,99 @@ static inline void frag_key6(struct frag_key *k, const uint8_t *d, size_t frag_h
 	memcpy(k->dst, d + 24, 16);
 }
 
-/* IPv4 (RFC 791), as PacketParser._ipv4/_fragment4. 1 with a packet to account, 0 when
- * truncated (counted) or held. */
-static int parse_ipv4(const struct pctx *c, const uint8_t *d, size_t len, struct packet *pkt)
+/* The transport ports (ICMP type/code in dport) and TCP flags at d + off. */
+static inline void transport(const uint8_t *d, size_t len, size_t off, unsigned int proto,
+			     unsigned int icmp, unsigned int *sport, unsigned int *dport,
+			     unsigned int *flags)
+{
+	if (port_protocol(proto)) {
+		if (len >= off + 4) {
+			*sport = be16(d + off);
+			*dport = be16(d + off + 2);
+			if (proto == IPPROTO_TCP_ && len >= off + 14)
+				*flags = d[off + 13];
+		}
+	} else if (proto == icmp && len >= off + 2) {
+		*dport = (unsigned int)d[off] << 8 | d[off + 1];
+	}
+}
+
+/* Fill pkt for an IPv4 packet with these ports and flags. */
+static inline void ipv4_packet(const struct pctx *c, const uint8_t *d, struct packet *pkt,
+			       unsigned int sport, unsigned int dport, unsigned int flags)
+{
+	key_head(pkt->key, 4, d[9], d[1], c->direction, c->in_if, sport, dport);
+	memcpy(pkt->key + 12, d + 12, 8); /* source and destination address */
+	pkt->key_len = KEY4_LEN;
+	pkt->tcp_flags = (uint8_t)flags;
+	pkt->octets = be16(d + 2);
+}
+
+/* An IPv4 fragment, as PacketParser._fragment4 (out of the hot path). */
+static __attribute__((noinline)) int parse_fragment4(const struct pctx *c, const uint8_t *d,
+						    size_t len, size_t ihl, struct packet *pkt)
+{
+	unsigned int sport = 0, dport = 0, flags = 0;
+	int track = c->self->frag_timeout_ns > 0;
+	struct frag_key fk;
+
+	c->cc->frag++;
+	if (track)
+		frag_key4(&fk, d);
+	if (be16(d + 6) & 0x1FFF) { /* not the first fragment: no transport header */
+		ipv4_packet(c, d, pkt, 0, 0, 0);
+		return !track || frag_later(c->self, &fk, pkt, c->ts, c->out_if);
+	}
+	transport(d, len, ihl, d[9], IPPROTO_ICMP_, &sport, &dport, &flags);
+	if (track)
+		frag_first(c->self, &fk, d[9], sport, dport, c->ts);
+	ipv4_packet(c, d, pkt, sport, dport, flags);
+	return 1;
+}
+
+/* IPv4 (RFC 791), as PacketParser._ipv4. 1 with a packet to account, 0 when truncated
+ * (counted) or held. */
+static inline __attribute__((always_inline)) int parse_ipv4(const struct pctx *c,
+							       const uint8_t *d, size_t len,
+							       struct packet *pkt)
 {
 	size_t ihl = (size_t)(d[0] & 0x0F) * 4;
-	unsigned int tos = d[1], total = be16(d + 2), frag = be16(d + 6), proto = d[9];
-	unsigned int sport = 0, dport = 0, flags = 0;
-	int track = c->self->frag_timeout_ns > 0, first = 0;
-	struct frag_key fk;
+	unsigned int total = be16(d + 2), sport = 0, dport = 0, flags = 0;
 
 	if (ihl < 20 || total < ihl) {
 		c->cc->trunc++;
 		c->cc->trunc_bytes += total;
 		return 0;
 	}
-	if (frag & 0x3FFF) { /* MF set or offset != 0 */
-		c->cc->frag++;
-		if (track)
-			frag_key4(&fk, d);
-		if (frag & 0x1FFF) { /* not the first fragment: no transport header */
-			key_head(pkt->key, 4, proto, tos, c->direction, c->in_if, 0, 0);
-			memcpy(pkt->key + 12, d + 12, 8);
-			pkt->key_len = KEY4_LEN;
-			pkt->tcp_flags = 0;
-			pkt->octets = total;
-			return !track || frag_later(c->self, &fk, pkt, c->ts, c->out_if);
-		}
-		first = track;
-	}
-	if (port_protocol(proto)) {
-		if (len >= ihl + 4) {
-			sport = be16(d + ihl);
-			dport = be16(d + ihl + 2);
-			if (proto == IPPROTO_TCP_ && len >= ihl + 14)
-				flags = d[ihl + 13];
-		}
-	} else if (proto == IPPROTO_ICMP_ && len >= ihl + 2) {
-		dport = (unsigned int)d[ihl] << 8 | d[ihl + 1];
-	}
-	if (first)
-		frag_first(c->self, &fk, proto, sport, dport, c->ts);
-	key_head(pkt->key, 4, proto, tos, c->direction, c->in_if, sport, dport);
-	memcpy(pkt->key + 12, d + 12, 8); /* source and destination address */
-	pkt->key_len = KEY4_LEN;
-	pkt->tcp_flags = (uint8_t)flags;
-	pkt->octets = total;
+	if (be16(d + 6) & 0x3FFF) /* MF set or offset != 0 */
+		return parse_fragment4(c, d, len, ihl, pkt);
+	transport(d, len, ihl, d[9], IPPROTO_ICMP_, &sport, &dport, &flags);
+	ipv4_packet(c, d, pkt, sport, dport, flags);
 	return 1;
 }
 
-/* IPv6 (RFC 8200) with extension headers, as PacketParser._ipv6. 1 with a packet, 0 held. */
-static int parse_ipv6(const struct pctx *c, const uint8_t *d, size_t n, struct packet *pkt)
+/* Fill pkt for an IPv6 packet with these protocol, ports and flags. */
+static inline void ipv6_packet(const struct pctx *c, const uint8_t *d, struct packet *pkt,
+			       unsigned int nh, unsigned int sport, unsigned int dport,
+			       unsigned int flags)
 {
-	unsigned int tos = (be32(d) >> 20) & 0xFF, nh = d[6];
-	unsigned int sport = 0, dport = 0, flags = 0;
-	size_t off = 40;
-	int fragmented = 0, track = c->self->frag_timeout_ns > 0;
-	struct frag_key fk;
-
-	key_head(pkt->key, 6, 0, tos, c->direction, c->in_if, 0, 0);
+	key_head(pkt->key, 6, nh, (be32(d) >> 20) & 0xFF, c->direction, c->in_if, sport, dport);
 	memcpy(pkt->key + 12, d + 8, 32); /* source and destination address */
 	pkt->key_len = KEY6_LEN;
-	pkt->tcp_flags = 0;
+	pkt->tcp_flags = (uint8_t)flags;
 	pkt->octets = 40 + (uint64_t)be16(d + 4);
+}
+
+/* IPv6 (RFC 8200) with extension headers, as PacketParser._ipv6. 1 with a packet, 0 held. */
+static inline __attribute__((always_inline)) int parse_ipv6(const struct pctx *c,
+							       const uint8_t *d, size_t n,
+							       struct packet *pkt)
+{
+	unsigned int nh = d[6], sport = 0, dport = 0, flags = 0;
+	size_t off = 40;
+	int fragmented = 0, track = 0;
+	struct frag_key fk;
+
 	for (int i = 0; i < MAX_EXT_HEADERS; i++) {
 		if (ext_len8(nh)) {
 			if (n < off + 2)
@@ -815,6 +846,7 @@ static int parse_ipv6(const struct pctx *c, const uint8_t *d, size_t n, struct p
 			if (!fragmented) { /* a packet is one fragment, however many headers */
 				c->cc->frag++;
 				fragmented = 1;
+				track = c->self->frag_timeout_ns > 0;
 				if (track)
 					frag_key6(&fk, d, off);
 			}
@@ -823,7 +855,7 @@ static int parse_ipv6(const struct pctx *c, const uint8_t *d, size_t n, struct p
 			nh = d[off];
 			off += 8;
 			if (offset_flags & 0xFFF8) { /* non-first fragment */
-				pkt->key[1] = (uint8_t)nh;
+				ipv6_packet(c, d, pkt, nh, 0, 0, 0);
 				return !track || frag_later(c->self, &fk, pkt, c->ts, c->out_if);
 			}
 		} else if (nh == IPPROTO_AH_) {
@@ -835,20 +867,10 @@ static int parse_ipv6(const struct pctx *c, const uint8_t *d, size_t n, struct p
 			break;
 		}
 	}
-	if (port_protocol(nh)) {
-		if (n >= off + 4) {
-			sport = be16(d + off);
-			dport = be16(d + off + 2);
-			if (nh == IPPROTO_TCP_ && n >= off + 14)
-				flags = d[off + 13];
-		}
-	} else if (nh == IPPROTO_ICMPV6_ && n >= off + 2) {
-		dport = (unsigned int)d[off] << 8 | d[off + 1];
-	}
-	if (fragmented && track)
+	transport(d, n, off, nh, IPPROTO_ICMPV6_, &sport, &dport, &flags);
+	if (track)
 		frag_first(c->self, &fk, nh, sport, dport, c->ts);
-	set_ports(pkt, nh, sport, dport);
-	pkt->tcp_flags = (uint8_t)flags;
+	ipv6_packet(c, d, pkt, nh, sport, dport, flags);
 	return 1;
 }
 
@@ -885,20 +907,26 @@ static int decapsulate(const struct pctx *c, const uint8_t *d, size_t len, struc
 	return 1;
 }
 
-/* One IP packet: 1 with the packet to account in *pkt, 0 when truncated (counted) or held. */
+/* One IP packet, no tunnels: 1 with the packet to account in *pkt, 0 when truncated
+ * (counted) or held. Inlined into the per-message path. */
+static inline __attribute__((always_inline)) int parse_packet(const struct pctx *c,
+								 const uint8_t *d, size_t len,
+								 struct packet *pkt)
+{
+	if (len >= 20 && d[0] >> 4 == 4)
+		return parse_ipv4(c, d, len, pkt);
+	if (len >= 40 && d[0] >> 4 == 6)
+		return parse_ipv6(c, d, len, pkt);
+	c->cc->trunc++; /* no IP header */
+	return 0;
+}
+
+/* As parse_packet, and a tunnel packet gives its inner packet (DecapParser.parse). */
 static int parse_ip(const struct pctx *c, const uint8_t *d, size_t len, struct packet *pkt,
 		    int depth)
 {
-	int ok;
+	int ok = parse_packet(c, d, len, pkt);
 
-	if (len >= 20 && d[0] >> 4 == 4) {
-		ok = parse_ipv4(c, d, len, pkt);
-	} else if (len >= 40 && d[0] >> 4 == 6) {
-		ok = parse_ipv6(c, d, len, pkt);
-	} else {
-		c->cc->trunc++; /* no IP header */
-		return 0;
-	}
 	if (!ok || !c->self->decap_mask || depth >= MAX_DECAP_DEPTH ||
 	    !tunnel_candidate(c->self->decap_mask, pkt))
 		return ok;
@@ -1005,8 +1033,14 @@ static void packet_message(Aggregator *self, const struct msg_attrs *m, int64_t 
 		c.in_if = m->outdev;
 		c.direction = DIRECTION_EGRESS;
 	}
-	if (parse_ip(&c, m->payload, m->payload_len, &pkt, 0))
-		add_packet(self, &pkt, c.ts, m->outdev);
+	if (!parse_packet(&c, m->payload, m->payload_len, &pkt))
+		return;
+	if (self->decap_mask && tunnel_candidate(self->decap_mask, &pkt) &&
+	    !decapsulate(&c, m->payload, m->payload_len, &pkt, 0))
+		return;
+	self->acc.packets++; /* add_packet, with account inlined on the hot path */
+	if (account(self, &pkt, c.ts, m->outdev) < 0)
+		self->nomem = 1;
 }
 
 /* Walk buf[:n] into the flow table (GIL released). */
