@@ -15,6 +15,12 @@
  *     buffer as malformed, non-zero bytes after the last message are malformed);
  *   - IP parse: agent/packet.py PacketParser (RFC 791, RFC 8200 extension headers,
  *     fragments, ICMP type << 8 | code in the destination port, trunc);
+ *   - fragment tracking (frag_timeout_ns > 0): agent/fragments.py FragmentTracker, rule for
+ *     rule (first fragments in insertion order, refreshed in place, the oldest forgotten when
+ *     full; early fragments held in arrival order; released ones accounted before the packet
+ *     that released them);
+ *   - tunnels (decapsulate mask): agent/tunnels.py DecapParser and agent/linklayer.py ip_after
+ *     (outer flow accounted before the inner one with keep_outer);
  *   - keys: agent/model.py KEY4/KEY6 (make_key), byte for byte.
  * tests/ingest_nflog/test_c_decoder.py compares both on recorded and fuzzed buffers.
  */

@@ -10,7 +10,11 @@ a receive buffer into one batch for the cache, with the same accounting:
   the buffer, parses the IP headers and sums the packets per flow key in C, with the GIL
   released; the buffer becomes one :class:`~agent.model.FlowDelta` per flow in a
   :class:`~agent.model.FlowBatch` (``agent_cache_flows``). Same keys, packets, bytes, TCP
-  flags (so FIN/RST still end flows), output interface, times and counters.
+  flags (so FIN/RST still end flows), output interface, times and counters, and the same
+  fragment tracking (``[cache] fragments``) and tunnel decapsulation (``decapsulate``).
+
+Fragments that waited for their first fragment too long are released by
+:meth:`Batcher.release`, which the reader calls before every take (and with ``None`` at stop).
 
 Cache counters: ``traffic`` and ``drop`` count packets either way. ``agent_cache_flows`` does
 not add a batch's ``trunc`` to ``drop`` (``agent_cache_packets`` does), so :class:`CBatcher`
