@@ -5,7 +5,7 @@ Markers (declared in ``pyproject.toml``):
 * ``netns``: the test creates network namespaces (root). Skipped, with the reason, only when
   not root; under root it always runs.
 * ``bpf``: the test loads eBPF programs (root/CAP_BPF and the built extension
-  ``plugins.ingest_ebpf._loader``). Skipped only when not root; under root a missing
+  ``netflow_agent.plugins.ingest_ebpf._loader``). Skipped only when not root; under root a missing
   extension **fails** the test, because CI must build it.
 
 Both kinds run after every other test (they are the slowest and touch the kernel), keeping

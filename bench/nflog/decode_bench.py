@@ -2,7 +2,7 @@
 
 Decodes ``tests/ingest_nflog/data/router.nflog`` repeatedly: the Python decoder with the shape
 cache (normal) and with the attribute walk only, the pyroute2 reference for scale, the C
-aggregator (``plugins.ingest_nflog._nflog``, when built; also with fragment tracking, the
+aggregator (``netflow_agent.plugins.ingest_nflog._nflog``, when built; also with fragment tracking, the
 agent's default, and with every tunnel decapsulated; an argument names another build of the
 extension, e.g. an older revision's, to time side by side), and both decoders end to end into
 the flow cache (receive buffer -> batch -> ``agent_cache_packets`` / ``agent_cache_flows``),

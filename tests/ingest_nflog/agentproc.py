@@ -17,7 +17,7 @@ _STOPPED = re.compile(r"ingest\.nflog\[\d+\]: stopped: (\{.*\})")
 
 
 class AgentProcess:
-    """``python -m agent.cli -c FILE`` with its log captured.
+    """``python -m netflow_agent.cli -c FILE`` with its log captured.
 
     :param toml: the configuration text, written to ``workdir/agent.toml``.
     :param groups: how many "reading NFLOG group" lines to wait for before traffic starts.

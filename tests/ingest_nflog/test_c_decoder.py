@@ -1,4 +1,4 @@
-"""The C decoder (``plugins.ingest_nflog._nflog``) against the Python decoder, the reference.
+"""The C decoder (``netflow_agent.plugins.ingest_nflog._nflog``) against the Python decoder, the reference.
 
 For every receive buffer the C aggregator must give exactly what the Python decoder's packets
 give once summed per flow key (same keys, byte for byte ``make_key``; packets, bytes, first

@@ -1,6 +1,6 @@
 """Helpers for the reliability tests: the real agent process, its stats, memory and a flood.
 
-* :class:`AgentProc`: ``python -m agent.cli -c FILE`` (optionally under ``prlimit``), with
+* :class:`AgentProc`: ``python -m netflow_agent.cli -c FILE`` (optionally under ``prlimit``), with
   its control socket in the test's directory; :meth:`AgentProc.stats` asks it over the
   control socket (what ``agent stats --json`` prints) and times the answer; memory is read
   from ``/proc/PID/status``; :meth:`AgentProc.stop` sends SIGTERM by PID and times the exit.

@@ -4,7 +4,7 @@ What it owns:
 
 * :func:`agent_script`: the installed ``agent`` console script (the entry point users run);
 * :func:`run_agent`: run that script with arguments to completion, output captured;
-* :func:`start_agent` / :func:`stop_agent`: ``python -m agent.cli --log-level info -c FILE``
+* :func:`start_agent` / :func:`stop_agent`: ``python -m netflow_agent.cli --log-level info -c FILE``
   in the background with stderr in a log file, wait for a readiness line, and stop it by PID
   with SIGTERM, requiring exit status 0 (the agent drains, flushes and exports first).
 """
