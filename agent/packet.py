@@ -5,10 +5,17 @@ RFC 8200 with extension headers), the transport ports (TCP, UDP, UDP-Lite, SCTP,
 TCP flags, ICMP/ICMPv6 type and code (carried in the destination port as NetFlow does), and
 classify fragments and truncated packets with the seed's counters:
 
-* ``frag``: every fragment is counted; non-first fragments have no transport header, so their
-  ports (and flags) are 0. They are still accounted.
+* ``frag``: every fragment is counted and accounted. Non-first fragments have no transport
+  header: with a :class:`~agent.fragments.FragmentPolicy` of mode ``"track"`` they get the
+  ports of their first fragment (``agent/fragments.py``), otherwise (``"ports0"``, and a parser
+  built without a policy) their ports and flags are 0, as in ipt_NETFLOW.
 * ``trunc``: the network header itself is missing or inconsistent. The packet is dropped,
   counted, and never raises.
+
+:meth:`PacketParser.parse` returns the packet it parsed, or ``None``; packets that become
+ready later (fragments released from the hold, outer flows of tunnels) are appended to
+:attr:`PacketParser.extra`, which the caller drains: ``if parser.extra`` after each call, and
+after :meth:`PacketParser.expire` / :meth:`PacketParser.flush`.
 
 The input starts at the network header (NFLOG payloads, raw-IP pcaps); link layers are
 stripped by the caller (see ``plugins/ingest_pcap/linktype.py``). Bytes accounted are the
@@ -18,7 +25,9 @@ header's total length, not the captured length, so a small snap length does not 
 from __future__ import annotations
 
 import struct
+from typing import Any
 
+from netflow_agent.fragments import FragmentPolicy, FragmentTracker
 from netflow_agent.model import KEY4, KEY6, Packet
 
 _IP4 = struct.Struct("!BBHHHBBH4s4s")  # ver_ihl tos total_len id frag ttl proto csum src dst
@@ -51,20 +60,40 @@ class PacketParser:
 
     One parser per ingest thread; :attr:`trunc`, :attr:`frag` and :attr:`trunc_bytes` are
     cumulative and read by the owner when it builds a batch.
+
+    :param fragments: how to account non-first fragments; ``None`` = ports 0, no state.
     """
 
-    __slots__ = ("trunc", "frag", "trunc_bytes")
+    __slots__ = ("trunc", "frag", "trunc_bytes", "extra", "tracker")
 
-    def __init__(self) -> None:
+    def __init__(self, fragments: FragmentPolicy | None = None) -> None:
         self.trunc = 0
         self.frag = 0
         self.trunc_bytes = 0
+        #: packets ready besides the one :meth:`parse` returned; the caller drains it
+        self.extra: list[Packet] = []
+        self.tracker = (FragmentTracker(fragments, self.extra)
+                        if fragments is not None and fragments.tracking else None)
 
     def take_counters(self) -> tuple[int, int, int]:
         """Return and reset ``(trunc, frag, trunc_bytes)``."""
         out = (self.trunc, self.frag, self.trunc_bytes)
         self.trunc = self.frag = self.trunc_bytes = 0
         return out
+
+    def expire(self, now_ns: int) -> None:
+        """Release fragments that waited for their first fragment too long (to :attr:`extra`)."""
+        if self.tracker is not None:
+            self.tracker.expire(now_ns)
+
+    def flush(self) -> None:
+        """Release every waiting fragment (to :attr:`extra`); call it when the ingest stops."""
+        if self.tracker is not None:
+            self.tracker.flush()
+
+    def stats(self) -> dict[str, int]:
+        """Fragment tracking counters (empty without tracking)."""
+        return self.tracker.stats() if self.tracker is not None else {}
 
     def parse(
         self,
@@ -76,7 +105,8 @@ class PacketParser:
     ) -> Packet | None:
         """Parse one packet that starts at its IP header.
 
-        :return: the packet tuple, or ``None`` when it was truncated (then counted).
+        :return: the packet tuple, or ``None`` when it was truncated (then counted) or is a
+            fragment waiting for its first fragment.
         """
         if len(data) >= 20 and data[0] >> 4 == 4:
             return self._ipv4(data, ts_ns, in_if, out_if, direction)
@@ -86,23 +116,19 @@ class PacketParser:
         return None
 
     # Both methods below are the per-packet hot path: flat code, no helper calls on the
-    # common TCP/UDP path.
+    # common TCP/UDP path (fragments take the slower ``_fragment*`` methods).
 
     def _ipv4(self, data, ts_ns, in_if, out_if, direction):  # type: ignore[no-untyped-def]
-        ver_ihl, tos, total, _id, frag, _ttl, proto, _csum, src, dst = _IP4.unpack_from(data)
+        ver_ihl, tos, total, ident, frag, _ttl, proto, _csum, src, dst = _IP4.unpack_from(data)
         ihl = (ver_ihl & 0x0F) * 4
         if ihl < 20 or total < ihl:
             self.trunc += 1
             self.trunc_bytes += total
             return None
-        sport = dport = flags = 0
         if frag & 0x3FFF:  # MF set or offset != 0
-            self.frag += 1
-            if frag & 0x1FFF:  # not the first fragment: no transport header
-                return (
-                    KEY4.pack(4, proto, tos, direction, in_if, 0, 0, src, dst),
-                    total, 0, ts_ns, out_if,
-                )
+            return self._fragment4(data, ihl, tos, total, ident, frag, proto, src, dst, ts_ns,
+                                   in_if, out_if, direction)
+        sport = dport = flags = 0
         if proto in PORT_PROTOCOLS:
             if len(data) >= ihl + 4:
                 sport, dport = _PORTS.unpack_from(data, ihl)
@@ -115,6 +141,23 @@ class PacketParser:
             total, flags, ts_ns, out_if,
         )
 
+    def _fragment4(self, data, ihl, tos, total, ident, frag, proto, src, dst,  # type: ignore[no-untyped-def]
+                   ts_ns, in_if, out_if, direction):
+        self.frag += 1
+        tracker = self.tracker
+        if frag & 0x1FFF:  # not the first fragment: no transport header
+            pkt = (KEY4.pack(4, proto, tos, direction, in_if, 0, 0, src, dst), total, 0, ts_ns,
+                   out_if)
+            return pkt if tracker is None else tracker.later((src, dst, proto, ident), pkt,
+                                                             ts_ns)
+        sport, dport, flags = transport(data, ihl, proto, IPPROTO_ICMP)
+        if tracker is not None:
+            tracker.first((src, dst, proto, ident), proto, sport, dport, ts_ns)
+        return (
+            KEY4.pack(4, proto, tos, direction, in_if, sport, dport, src, dst),
+            total, flags, ts_ns, out_if,
+        )
+
     def _ipv6(self, data, ts_ns, in_if, out_if, direction):  # type: ignore[no-untyped-def]
         vtf, payload_len, nh, _hop, src, dst = _IP6.unpack_from(data)
         tos = (vtf >> 20) & 0xFF
@@ -122,7 +165,7 @@ class PacketParser:
         off = 40
         n = len(data)
         sport = dport = flags = 0
-        fragmented = False
+        frag_id = None
         for _ in range(_MAX_EXT_HEADERS):
             if nh in _EXT_LEN8:
                 if n < off + 2:
@@ -131,16 +174,16 @@ class PacketParser:
             elif nh == IPPROTO_FRAGMENT:
                 if n < off + 8:
                     break
-                if not fragmented:  # a packet is one fragment, however many headers say so
+                if frag_id is None:  # a packet is one fragment, however many headers say so
                     self.frag += 1
-                    fragmented = True
+                    frag_id = (src, dst, bytes(data[off + 4:off + 8]))
                 offset_flags = (data[off + 2] << 8) | data[off + 3]
                 nh, off = data[off], off + 8
                 if offset_flags & 0xFFF8:  # non-first fragment
-                    return (
-                        KEY6.pack(6, nh, tos, direction, in_if, 0, 0, src, dst),
-                        total, 0, ts_ns, out_if,
-                    )
+                    pkt = (KEY6.pack(6, nh, tos, direction, in_if, 0, 0, src, dst),
+                           total, 0, ts_ns, out_if)
+                    tracker = self.tracker
+                    return pkt if tracker is None else tracker.later(frag_id, pkt, ts_ns)
             elif nh == IPPROTO_AH:
                 if n < off + 2:
                     break
@@ -154,7 +197,24 @@ class PacketParser:
                     flags = data[off + 13]
         elif nh == IPPROTO_ICMPV6 and n >= off + 2:
             dport = (data[off] << 8) | data[off + 1]
+        if frag_id is not None and self.tracker is not None:
+            self.tracker.first(frag_id, nh, sport, dport, ts_ns)
         return (
             KEY6.pack(6, nh, tos, direction, in_if, sport, dport, src, dst),
             total, flags, ts_ns, out_if,
         )
+
+
+def transport(data: Any, off: int, proto: int, icmp: int) -> tuple[int, int, int]:
+    """``(sport, dport, tcp_flags)`` of the transport header at ``off`` (ICMP type and code
+    in ``dport``; ``icmp`` is the ICMP protocol number of the IP version); zeros when absent."""
+    n = len(data)
+    if proto in PORT_PROTOCOLS:
+        if n < off + 4:
+            return 0, 0, 0
+        sport, dport = _PORTS.unpack_from(data, off)
+        flags = data[off + 13] if proto == IPPROTO_TCP and n >= off + 14 else 0
+        return sport, dport, flags
+    if proto == icmp and n >= off + 2:
+        return 0, (data[off] << 8) | data[off + 1], 0
+    return 0, 0, 0

@@ -36,6 +36,7 @@ import pluggy
 
 from netflow_agent import logutil, reloading, state
 from netflow_agent.config.model import AgentConfig, Instance
+from netflow_agent.fragments import DEFAULT_POLICY, FragmentPolicy
 from netflow_agent.model import FlowRecord, PacketBatch
 from netflow_agent.runtime import (
     ITEM_CALL,
@@ -54,6 +55,15 @@ _TRACE = os.environ.get("AGENT_TRACE_HOOKS", "") in ("1", "true", "yes")
 _STAGE_ORDER = {"export": 0, "cache": 1, "aggregate": 2, "ingest": 3}
 
 
+def fragment_policy(config: AgentConfig) -> FragmentPolicy:
+    """The ``[cache]`` fragment options for the packet ingests (defaults for a cache type
+    without them)."""
+    for inst in config.instances:
+        if inst.stage == "cache" and hasattr(inst.config, "fragment_policy"):
+            return cast(FragmentPolicy, inst.config.fragment_policy())
+    return DEFAULT_POLICY
+
+
 class StartupError(Exception):
     """A component failed in ``agent_start``; the message names it."""
 
@@ -65,7 +75,8 @@ class Pipeline:
         self.config = config
         self.pm = pm
         self.context = RunContext(debug=config.agent.debug, state_dir=config.agent.state_dir,
-                                  clock=self.now_ns, core_stats=self.core_stats)
+                                  clock=self.now_ns, core_stats=self.core_stats,
+                                  fragments=fragment_policy(config))
         self.components: dict[str, Any] = {}
         self.hook_errors: Counter[str] = Counter()
         self.rates = RateMeter()
@@ -327,6 +338,7 @@ class Pipeline:
         self.config = new
         self.scan_ns = new.agent.scan_interval_ms * 1_000_000
         self.context.debug = new.agent.debug
+        self.context.fragments = fragment_policy(new)
 
     def _replace(self, old: Instance | None, inst: Instance) -> None:
         if old is not None and inst.stage == "cache":  # a different cache type: hand over

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from netflow_agent import netns as _netns
+from netflow_agent.fragments import DEFAULT_POLICY, FragmentPolicy
 from netflow_agent.model import SAMPLING_RANDOM, FlowBatch, NatEvent, PacketBatch, Sampling
 
 log = logging.getLogger("agent.runtime")
@@ -50,11 +51,15 @@ class RunContext:
     :ivar debug: the ``[agent] debug`` level (0 info, 1 debug logging, 2-3 also per-flow
         lines; see :mod:`agent.logutil`); a reload changes it.
     :ivar state_dir: a directory the agent may write to (spools, state), from ``[agent]``.
+    :ivar fragments: how packet ingests account non-first IP fragments, from ``[cache]``
+        (``fragments``, ``fragment_*``); read it in ``agent_start`` and hand it to the
+        :class:`~agent.packet.PacketParser` (a reload changes it for ingests started after).
     """
 
     start_ns: int = field(default_factory=time.time_ns)
     debug: int = 0
     state_dir: str = ""
+    fragments: FragmentPolicy = DEFAULT_POLICY
     inbox: queue.SimpleQueue[tuple[str, Any]] = field(default_factory=queue.SimpleQueue)
     clock: Callable[[], int] = time.time_ns
     core_stats: Callable[[], dict[str, Any]] = dict

@@ -15,6 +15,15 @@ active_timeout = 1800
 maxflows = 2000000
 ## Flows to allocate room for at start; 0 = grow automatically.
 # hashsize = 0
+## Non-first IP fragments (pcap and NFLOG ingests): "track" gives them the ports of their
+## first fragment (one flow per 5-tuple); "ports0" accounts them as a flow with ports 0,
+## as ipt_NETFLOW does.
+# fragments = "track"
+## Seconds a first fragment's ports are kept, and an early fragment waits for its first one.
+# fragment_timeout = 30
+## First fragments remembered, and fragments waiting for theirs, per ingest thread.
+# fragment_table = 4096
+# fragment_held = 256
 """
 
 AGGREGATE_SAMPLE = """\

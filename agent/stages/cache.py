@@ -19,12 +19,13 @@ from __future__ import annotations
 import sys
 from array import array
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from netflow_agent import hookimpl
 from netflow_agent.config.schema import option
+from netflow_agent.fragments import FragmentPolicy
 from netflow_agent.logutil import FLOW_DEBUG, log_created
 from netflow_agent.model import (
     DIRECTION_EGRESS,
@@ -60,6 +61,24 @@ class CacheConfig:
                            "it are dropped and counted. 0 = unlimited.", min=0)
     hashsize: int = option(0, doc="Flows to allocate room for at start (a sizing hint); "
                            "0 = grow automatically.", min=0, max=1 << 28)
+    fragments: Literal["track", "ports0"] = option(
+        "track", doc='Non-first IP fragments: "track" gives them the ports of their first '
+        'fragment (one flow per 5-tuple, as pmacct); "ports0" accounts them with ports 0 (a '
+        "flow of their own, as ipt_NETFLOW). Applies to the packet ingests (pcap, NFLOG).")
+    fragment_timeout: int = option(
+        30, doc="Seconds a first fragment's ports are kept, and a fragment that arrived "
+        "before its first one waits (then it is accounted with ports 0).", min=1, max=3600)
+    fragment_table: int = option(
+        4096, doc="First fragments remembered at once per ingest thread (the oldest is "
+        "forgotten beyond).", min=1, max=1 << 20)
+    fragment_held: int = option(
+        256, doc="Fragments waiting for their first fragment at once per ingest thread (more "
+        "are accounted with ports 0 at once).", min=0, max=65536)
+
+    def fragment_policy(self) -> FragmentPolicy:
+        """The fragment options as the packet parsers take them."""
+        return FragmentPolicy(self.fragments, self.fragment_timeout, self.fragment_table,
+                              self.fragment_held)
 
 
 @dataclass(slots=True)

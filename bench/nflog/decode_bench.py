@@ -2,7 +2,9 @@
 
 Decodes ``tests/ingest_nflog/data/router.nflog`` repeatedly: the Python decoder with the shape
 cache (normal) and with the attribute walk only, the pyroute2 reference for scale, the C
-aggregator (``netflow_agent.plugins.ingest_nflog._nflog``, when built), and both decoders end
+aggregator (``netflow_agent.plugins.ingest_nflog._nflog``, when built; also with fragment
+tracking, the agent's default, and with every tunnel decapsulated; an argument names another
+build of the extension, e.g. an older revision's, to time side by side), and both decoders end
 to end into the flow cache (receive buffer -> batch -> ``agent_cache_packets`` /
 ``agent_cache_flows``), which is the agent's per-packet CPU without the socket. Medians of 5
 runs, packets/s.
@@ -10,15 +12,18 @@ runs, packets/s.
 
 from __future__ import annotations
 
+import importlib.util
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pyroute2.netlink.marshal import Marshal  # noqa: E402
 
+from netflow_agent.fragments import DEFAULT_POLICY  # noqa: E402
 from netflow_agent.model import FlowBatch  # noqa: E402
 from netflow_agent.plugins.ingest_nflog import decoders  # noqa: E402
 from netflow_agent.plugins.ingest_nflog.netlink import MSG_PACKET, NflogDecoder, nfulnl_msg  # noqa: E402
@@ -41,8 +46,10 @@ def rate(walk_only: bool, rounds: int = 300) -> float:
     return rounds * len(out) / (time.perf_counter() - t)
 
 
-def c_rate(rounds: int = 3000) -> float:
-    agg = decoders.c_extension().Aggregator()  # type: ignore[union-attr]
+def c_rate(rounds: int = 3000, module: Any = None, **options: int) -> float:
+    """The C aggregator alone; ``options`` as ``decoders.c_options`` gives them."""
+    ext = module or decoders.c_extension()
+    agg = ext.Aggregator(**options)  # type: ignore[union-attr]
     n = 0
     t = time.perf_counter()
     for _ in range(rounds):
@@ -87,7 +94,19 @@ if __name__ == "__main__":
              ("pyroute2 Marshal", pyroute2_rate),
              ("python -> cache", lambda: end_to_end("python"))]
     if decoders.c_extension() is not None:
-        cases += [("C aggregator", c_rate), ("C -> cache", lambda: end_to_end("c"))]
+        track = decoders.c_options(DEFAULT_POLICY, (), False)
+        decap = decoders.c_options(DEFAULT_POLICY, ("gre", "vxlan", "geneve", "ipip"), False)
+        cases += [("C aggregator", c_rate),
+                  ("C, fragments track", lambda: c_rate(**track)),
+                  ("C, track + decap", lambda: c_rate(**decap)),
+                  ("C -> cache", lambda: end_to_end("c"))]
+        if len(sys.argv) > 1:  # an older build of _nflog to compare with, side by side
+            spec = importlib.util.spec_from_file_location("_nflog", sys.argv[1])
+            assert spec is not None and spec.loader is not None
+            old = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(old)
+            cases.append((f"C aggregator, {Path(sys.argv[1]).name}", lambda: c_rate(
+                module=old)))
     else:
         print("C decoder not built: C rows skipped")
     for name, fn in cases:

@@ -15,6 +15,12 @@
  *     buffer as malformed, non-zero bytes after the last message are malformed);
  *   - IP parse: agent/packet.py PacketParser (RFC 791, RFC 8200 extension headers,
  *     fragments, ICMP type << 8 | code in the destination port, trunc);
+ *   - fragment tracking (frag_timeout_ns > 0): agent/fragments.py FragmentTracker, rule for
+ *     rule (first fragments in insertion order, refreshed in place, the oldest forgotten when
+ *     full; early fragments held in arrival order; released ones accounted before the packet
+ *     that released them);
+ *   - tunnels (decapsulate mask): agent/tunnels.py DecapParser and agent/linklayer.py ip_after
+ *     (outer flow accounted before the inner one with keep_outer);
  *   - keys: agent/model.py KEY4/KEY6 (make_key), byte for byte.
  * tests/ingest_nflog/test_c_decoder.py compares both on recorded and fuzzed buffers.
  */
@@ -87,6 +93,43 @@ struct call_counts {
 	uint64_t seq_gaps; /* packets the kernel logged that never arrived */
 };
 
+/* One parsed packet. */
+struct packet {
+	uint8_t key[KEY6_LEN];
+	uint8_t key_len;
+	uint8_t tcp_flags;
+	uint64_t octets;
+};
+
+/* A fragment's identity (agent/fragments.py): RFC 791 (src, dst, proto, id) or RFC 8200
+ * (src, dst, id, with proto 0); zero-padded so that it hashes and compares as bytes. */
+struct frag_key {
+	uint8_t version;
+	uint8_t proto;
+	uint8_t pad[2];
+	uint32_t id;
+	uint8_t src[16];
+	uint8_t dst[16];
+};
+
+/* A first fragment's protocol and ports, kept until deadline (FragmentTracker.firsts). */
+struct frag_first {
+	struct frag_key k;
+	int64_t deadline;
+	int32_t next; /* next entry in the same hash bucket, -1 = none */
+	uint32_t bucket;
+	uint16_t sport, dport;
+	uint8_t proto;
+};
+
+/* A non-first fragment waiting for its first one (FragmentTracker.held). */
+struct frag_held {
+	struct frag_key k;
+	struct packet pkt;
+	int64_t ts, deadline;
+	uint32_t out_if;
+};
+
 typedef struct {
 	PyObject_HEAD
 	/* decoder state and cumulative counters (same names as NflogDecoder) */
@@ -103,6 +146,18 @@ typedef struct {
 	size_t slots_cap; /* a power of two, or 0 before the first packet */
 	int nomem; /* a packet was lost for want of memory (reported as MemoryError) */
 	int busy; /* feed() running with the GIL released */
+	/* options (Aggregator keywords) */
+	int64_t frag_timeout_ns; /* > 0: fragments = "track" */
+	uint32_t frag_cap, held_cap;
+	unsigned int decap_mask; /* TUNNEL_* bits */
+	int keep_outer;
+	/* fragment tracking: a ring of first fragments in insertion order, hashed by identity */
+	struct frag_first *firsts;
+	int32_t *fbuckets;
+	uint32_t fbucket_mask, fhead, fcount;
+	struct frag_held *held; /* arrival order */
+	uint32_t nheld;
+	unsigned long long frag_tracked, frag_held, frag_unmatched, decapsulated, decap_failed;
 } Aggregator;
 
 static inline uint16_t be16(const uint8_t *p)
@@ -167,107 +222,6 @@ static inline void key_head(uint8_t *key, unsigned int version, unsigned int pro
 	key[11] = (uint8_t)dport;
 }
 
-/* One parsed packet. */
-struct packet {
-	uint8_t key[KEY6_LEN];
-	uint8_t key_len;
-	uint8_t tcp_flags;
-	uint64_t octets;
-};
-
-/* IPv4 (RFC 791), as PacketParser._ipv4. Returns 1 with a packet, 0 when truncated. */
-static int parse_ipv4(const uint8_t *d, size_t len, uint32_t in_if, unsigned int direction,
-		      struct packet *pkt, struct call_counts *cc)
-{
-	size_t ihl = (size_t)(d[0] & 0x0F) * 4;
-	unsigned int tos = d[1], total = be16(d + 2), frag = be16(d + 6), proto = d[9];
-	unsigned int sport = 0, dport = 0, flags = 0;
-
-	if (ihl < 20 || total < ihl) {
-		cc->trunc++;
-		cc->trunc_bytes += total;
-		return 0;
-	}
-	if (frag & 0x3FFF) { /* MF set or offset != 0 */
-		cc->frag++;
-		if (frag & 0x1FFF) /* not the first fragment: no transport header */
-			goto done;
-	}
-	if (port_protocol(proto)) {
-		if (len >= ihl + 4) {
-			sport = be16(d + ihl);
-			dport = be16(d + ihl + 2);
-			if (proto == IPPROTO_TCP_ && len >= ihl + 14)
-				flags = d[ihl + 13];
-		}
-	} else if (proto == IPPROTO_ICMP_ && len >= ihl + 2) {
-		dport = (unsigned int)d[ihl] << 8 | d[ihl + 1];
-	}
-done:
-	key_head(pkt->key, 4, proto, tos, direction, in_if, sport, dport);
-	memcpy(pkt->key + 12, d + 12, 8); /* source and destination address */
-	pkt->key_len = KEY4_LEN;
-	pkt->tcp_flags = (uint8_t)flags;
-	pkt->octets = total;
-	return 1;
-}
-
-/* IPv6 (RFC 8200) with extension headers, as PacketParser._ipv6. Always a packet. */
-static int parse_ipv6(const uint8_t *d, size_t n, uint32_t in_if, unsigned int direction,
-		      struct packet *pkt, struct call_counts *cc)
-{
-	unsigned int tos = (be32(d) >> 20) & 0xFF, nh = d[6];
-	unsigned int sport = 0, dport = 0, flags = 0;
-	size_t off = 40;
-	int fragmented = 0;
-
-	for (int i = 0; i < MAX_EXT_HEADERS; i++) {
-		if (ext_len8(nh)) {
-			if (n < off + 2)
-				break;
-			nh = d[off];
-			off += ((size_t)d[off + 1] + 1) * 8;
-		} else if (nh == IPPROTO_FRAGMENT_) {
-			if (n < off + 8)
-				break;
-			if (!fragmented) { /* a packet is one fragment, however many headers */
-				cc->frag++;
-				fragmented = 1;
-			}
-			unsigned int offset_flags = be16(d + off + 2);
-
-			nh = d[off];
-			off += 8;
-			if (offset_flags & 0xFFF8) /* non-first fragment */
-				goto done;
-		} else if (nh == IPPROTO_AH_) {
-			if (n < off + 2)
-				break;
-			nh = d[off];
-			off += ((size_t)d[off + 1] + 2) * 4;
-		} else {
-			break;
-		}
-	}
-	if (port_protocol(nh)) {
-		if (n >= off + 4) {
-			sport = be16(d + off);
-			dport = be16(d + off + 2);
-			if (nh == IPPROTO_TCP_ && n >= off + 14)
-				flags = d[off + 13];
-		}
-	} else if (nh == IPPROTO_ICMPV6_ && n >= off + 2) {
-		dport = (unsigned int)d[off] << 8 | d[off + 1];
-	}
-done:
-	key_head(pkt->key, 6, nh, tos, direction, in_if, sport, dport);
-	memcpy(pkt->key + 12, d + 8, 32); /* source and destination address */
-	pkt->key_len = KEY6_LEN;
-	pkt->tcp_flags = (uint8_t)flags;
-	pkt->octets = 40 + (uint64_t)be16(d + 4);
-	return 1;
-}
-
 static inline uint64_t key_hash(const uint8_t *key, size_t len)
 {
 	uint64_t h = len, w;
@@ -314,8 +268,9 @@ static int grow(Aggregator *self)
 	return 0;
 }
 
-/* Add one packet to its flow. Returns 0, or -1 when the table cannot grow. */
-static int account(Aggregator *self, const struct packet *pkt, int64_t ts, uint32_t out_if)
+/* Add one packet to its flow. Returns 0, or -1 when the table cannot grow. Inlined: it is
+ * most of the per-packet work. */
+static inline __attribute__((always_inline)) int account(Aggregator *self, const struct packet *pkt, int64_t ts, uint32_t out_if)
 {
 	uint64_t h = key_hash(pkt->key, pkt->key_len);
 	size_t mask, s;
@@ -351,6 +306,637 @@ found:
 	if (out_if)
 		f->out_if = out_if;
 	return 0;
+}
+
+/* Count and account one packet (fragments released, outer flows: off the hot path). */
+static __attribute__((noinline)) void add_packet(Aggregator *self, const struct packet *pkt, int64_t ts,
+			      uint32_t out_if)
+{
+	self->acc.packets++;
+	if (account(self, pkt, ts, out_if) < 0)
+		self->nomem = 1;
+}
+
+/* --- link layer: agent/linklayer.py ip_after, same results ------------------------------ */
+
+#define ETH_P_IP_ 0x0800
+#define ETH_P_IPV6_ 0x86DD
+#define ETH_P_MPLS_UC_ 0x8847
+#define ETH_P_MPLS_MC_ 0x8848
+#define ETH_P_PPP_SES_ 0x8864
+#define ETH_P_TEB_ 0x6558
+#define ETH_P_ERSPAN2_ 0x88BE
+#define ETH_P_ERSPAN3_ 0x22EB
+#define MAX_VLAN_TAGS 8
+#define MAX_MPLS_LABELS 16
+#define MAX_NESTING 2
+#define L2_NOT_IP (-1)
+#define L2_TRUNCATED (-2)
+#define L2_TOO_DEEP (-3)
+
+static inline int vlan_tpid(unsigned int t)
+{
+	return t == 0x8100 || t == 0x88A8 || t == 0x9100 || t == 0x9200 || t == 0x9300;
+}
+
+static long ip_after(const uint8_t *f, size_t n, unsigned int etype, size_t off, int depth);
+
+static long ethernet_ip_offset(const uint8_t *f, size_t n, size_t off, int depth)
+{
+	if (n < off + 14)
+		return L2_TRUNCATED;
+	return ip_after(f, n, be16(f + off + 12), off + 14, depth);
+}
+
+static long mpls_payload(const uint8_t *f, size_t n, size_t off, int depth)
+{
+	int i;
+
+	for (i = 0; i < MAX_MPLS_LABELS; i++) {
+		int bottom;
+
+		if (n < off + 4)
+			return L2_TRUNCATED;
+		bottom = f[off + 2] & 1;
+		off += 4;
+		if (bottom)
+			break;
+	}
+	if (i == MAX_MPLS_LABELS)
+		return L2_TOO_DEEP;
+	if (n <= off)
+		return L2_TRUNCATED;
+	switch (f[off] >> 4) {
+	case 4:
+	case 6:
+		return (long)off;
+	case 0: /* pseudowire control word, then an Ethernet frame */
+		if (depth >= MAX_NESTING)
+			return L2_TOO_DEEP;
+		return ethernet_ip_offset(f, n, off + 4, depth + 1);
+	}
+	return L2_NOT_IP;
+}
+
+static long pppoe_payload(const uint8_t *f, size_t n, size_t off, int depth)
+{
+	unsigned int proto;
+
+	if (n < off + 8)
+		return L2_TRUNCATED;
+	if (f[off] != 0x11 || f[off + 1] != 0)
+		return L2_NOT_IP;
+	proto = be16(f + off + 6);
+	if (proto == 0x0021 || proto == 0x0057)
+		return (long)(off + 8);
+	if (proto == 0x0281)
+		return mpls_payload(f, n, off + 8, depth);
+	return L2_NOT_IP;
+}
+
+static long snap_payload(const uint8_t *f, size_t n, size_t off, int depth)
+{
+	static const uint8_t snap[6] = {0xAA, 0xAA, 0x03, 0, 0, 0};
+	unsigned int etype;
+
+	if (n < off + 8)
+		return L2_TRUNCATED;
+	if (memcmp(f + off, snap, sizeof(snap)) != 0)
+		return L2_NOT_IP;
+	etype = be16(f + off + 6);
+	if (etype < 0x0600)
+		return L2_NOT_IP;
+	return ip_after(f, n, etype, off + 8, depth);
+}
+
+static long ip_after(const uint8_t *f, size_t n, unsigned int etype, size_t off, int depth)
+{
+	int i;
+
+	if (etype == ETH_P_IP_ || etype == ETH_P_IPV6_)
+		return (long)off;
+	for (i = 0; i < MAX_VLAN_TAGS; i++) {
+		if (!vlan_tpid(etype))
+			break;
+		if (n < off + 4)
+			return L2_TRUNCATED;
+		etype = be16(f + off + 2);
+		off += 4;
+		if (etype == ETH_P_IP_ || etype == ETH_P_IPV6_)
+			return (long)off;
+	}
+	if (i == MAX_VLAN_TAGS && vlan_tpid(etype))
+		return L2_TOO_DEEP;
+	if (etype == ETH_P_MPLS_UC_ || etype == ETH_P_MPLS_MC_)
+		return mpls_payload(f, n, off, depth);
+	if (etype == ETH_P_PPP_SES_)
+		return pppoe_payload(f, n, off, depth);
+	if (etype < 0x0600)
+		return snap_payload(f, n, off, depth);
+	return L2_NOT_IP;
+}
+
+/* --- tunnels: agent/tunnels.py find_inner, same results ---------------------------------- */
+
+#define TUNNEL_GRE 1 /* bits in agent/tunnels.py TUNNELS order */
+#define TUNNEL_VXLAN 2
+#define TUNNEL_GENEVE 4
+#define TUNNEL_IPIP 8
+#define IPPROTO_IPIP_ 4
+#define IPPROTO_IPV6_ 41
+#define IPPROTO_GRE_ 47
+#define MAX_DECAP_DEPTH 2
+
+/* Protocol of an unfragmented packet and where its transport header starts, or -1. */
+static int transport_offset(const uint8_t *d, size_t n, size_t *off)
+{
+	unsigned int nh;
+	size_t o = 40;
+
+	if (d[0] >> 4 == 4) {
+		size_t ihl = (size_t)(d[0] & 0x0F) * 4;
+
+		if (be16(d + 6) & 0x3FFF || n < ihl)
+			return -1;
+		*off = ihl;
+		return d[9];
+	}
+	nh = d[6];
+	for (int i = 0; i < 8; i++) {
+		if (!ext_len8(nh))
+			break;
+		if (n < o + 2)
+			return -1;
+		nh = d[o];
+		o += ((size_t)d[o + 1] + 1) * 8;
+	}
+	if (nh == IPPROTO_FRAGMENT_)
+		return -1;
+	*off = o;
+	return (int)nh;
+}
+
+static long vxlan_inner(const uint8_t *d, size_t n, size_t off)
+{
+	if (n < off + 8 || !(d[off] & 0x08)) /* the I flag: the VNI is valid */
+		return -1;
+	return ethernet_ip_offset(d, n, off + 8, 0);
+}
+
+static long geneve_inner(const uint8_t *d, size_t n, size_t off)
+{
+	unsigned int proto;
+	size_t payload;
+
+	if (n < off + 8 || d[off] >> 6) /* version 0 */
+		return -1;
+	proto = be16(d + off + 2);
+	payload = off + 8 + (size_t)(d[off] & 0x3F) * 4;
+	if (proto == ETH_P_TEB_)
+		return ethernet_ip_offset(d, n, payload, 0);
+	return ip_after(d, n, proto, payload, 0);
+}
+
+static long erspan_inner(const uint8_t *d, size_t n, size_t pos, unsigned int proto,
+			 unsigned int sequenced)
+{
+	if (proto == ETH_P_ERSPAN2_ && !sequenced) /* type I: the frame follows GRE */
+		return ethernet_ip_offset(d, n, pos, 0);
+	if (n < pos + 12)
+		return -1;
+	if (proto == ETH_P_ERSPAN2_)
+		return ethernet_ip_offset(d, n, pos + 8, 0);
+	return ethernet_ip_offset(d, n, pos + 12 + ((d[pos + 11] & 1) ? 8 : 0), 0);
+}
+
+static long gre_inner(const uint8_t *d, size_t n, size_t off)
+{
+	unsigned int flags, proto;
+	size_t pos;
+
+	if (n < off + 4)
+		return -1;
+	flags = be16(d + off);
+	if (flags & 0x0007) /* version 1 (PPTP) and others */
+		return -1;
+	proto = be16(d + off + 2);
+	pos = off + 4 + ((flags & 0x8000) ? 4 : 0);
+	if (flags & 0x2000) { /* key */
+		if (n < pos + 4)
+			return -1;
+		pos += 4;
+	}
+	if (flags & 0x1000) /* sequence number */
+		pos += 4;
+	if (proto == ETH_P_TEB_)
+		return ethernet_ip_offset(d, n, pos, 0);
+	if (proto == ETH_P_ERSPAN2_ || proto == ETH_P_ERSPAN3_)
+		return erspan_inner(d, n, pos, proto, flags & 0x1000);
+	return ip_after(d, n, proto, pos, 0);
+}
+
+/* Offset of the inner IP packet of a tunnel packet, or < 0. */
+static long find_inner(const uint8_t *d, size_t n, unsigned int mask)
+{
+	size_t off = 0;
+	int proto = transport_offset(d, n, &off);
+
+	if (proto == IPPROTO_UDP_ && n >= off + 8) {
+		unsigned int dport = be16(d + off + 2);
+
+		if ((dport == 4789 || dport == 8472) && (mask & TUNNEL_VXLAN))
+			return vxlan_inner(d, n, off + 8);
+		if (dport == 6081 && (mask & TUNNEL_GENEVE))
+			return geneve_inner(d, n, off + 8);
+		return -1;
+	}
+	if (proto == IPPROTO_GRE_ && (mask & TUNNEL_GRE))
+		return gre_inner(d, n, off);
+	if ((proto == IPPROTO_IPIP_ || proto == IPPROTO_IPV6_) && (mask & TUNNEL_IPIP))
+		return n > off ? (long)off : -1;
+	return -1;
+}
+
+/* Whether a parsed packet's key names a tunnel this aggregator decapsulates. */
+static inline int tunnel_candidate(unsigned int mask, const struct packet *pkt)
+{
+	unsigned int proto = pkt->key[1], dport = (unsigned int)pkt->key[10] << 8 | pkt->key[11];
+
+	if (proto == IPPROTO_GRE_)
+		return mask & TUNNEL_GRE;
+	if (proto == IPPROTO_IPIP_ || proto == IPPROTO_IPV6_)
+		return mask & TUNNEL_IPIP;
+	if (proto != IPPROTO_UDP_)
+		return 0;
+	if (dport == 4789 || dport == 8472)
+		return mask & TUNNEL_VXLAN;
+	return dport == 6081 && (mask & TUNNEL_GENEVE);
+}
+
+/* --- fragments: agent/fragments.py FragmentTracker, same rules --------------------------- */
+
+static inline int64_t deadline_after(int64_t ts, int64_t timeout)
+{
+	return ts > INT64_MAX - timeout ? INT64_MAX : ts + timeout;
+}
+
+static inline void set_ports(struct packet *pkt, unsigned int proto, unsigned int sport,
+			     unsigned int dport)
+{
+	pkt->key[1] = (uint8_t)proto;
+	pkt->key[8] = (uint8_t)(sport >> 8);
+	pkt->key[9] = (uint8_t)sport;
+	pkt->key[10] = (uint8_t)(dport >> 8);
+	pkt->key[11] = (uint8_t)dport;
+}
+
+static inline uint32_t frag_bucket(const Aggregator *self, const struct frag_key *k)
+{
+	return (uint32_t)key_hash((const uint8_t *)k, sizeof(*k)) & self->fbucket_mask;
+}
+
+static int32_t first_find(const Aggregator *self, const struct frag_key *k, uint32_t bucket)
+{
+	for (int32_t i = self->fbuckets[bucket]; i >= 0; i = self->firsts[i].next)
+		if (memcmp(&self->firsts[i].k, k, sizeof(*k)) == 0)
+			return i;
+	return -1;
+}
+
+/* Forget the oldest first fragment. */
+static void first_pop(Aggregator *self)
+{
+	uint32_t i = self->fhead;
+	int32_t *p = &self->fbuckets[self->firsts[i].bucket];
+
+	while (*p != (int32_t)i)
+		p = &self->firsts[*p].next;
+	*p = self->firsts[i].next;
+	self->fhead = (self->fhead + 1) % self->frag_cap;
+	self->fcount--;
+}
+
+/* Account the held fragments of k with these ports, in arrival order; keep the others. */
+static void release_waiting(Aggregator *self, const struct frag_key *k, unsigned int proto,
+			    unsigned int sport, unsigned int dport)
+{
+	uint32_t j = 0;
+
+	for (uint32_t i = 0; i < self->nheld; i++) {
+		struct frag_held *h = &self->held[i];
+
+		if (memcmp(&h->k, k, sizeof(*k)) == 0) {
+			set_ports(&h->pkt, proto, sport, dport);
+			self->frag_tracked++;
+			add_packet(self, &h->pkt, h->ts, h->out_if);
+		} else {
+			if (j != i)
+				self->held[j] = *h;
+			j++;
+		}
+	}
+	self->nheld = j;
+}
+
+/* A first fragment: remember its ports, release the fragments that waited for it. */
+static void frag_first(Aggregator *self, const struct frag_key *k, unsigned int proto,
+		       unsigned int sport, unsigned int dport, int64_t ts)
+{
+	uint32_t bucket = frag_bucket(self, k);
+	int32_t i = first_find(self, k, bucket);
+	struct frag_first *e;
+
+	if (i < 0) {
+		if (self->fcount == self->frag_cap)
+			first_pop(self);
+		i = (int32_t)((self->fhead + self->fcount) % self->frag_cap);
+		e = &self->firsts[i];
+		e->k = *k;
+		e->bucket = bucket;
+		e->next = self->fbuckets[bucket];
+		self->fbuckets[bucket] = i;
+		self->fcount++;
+	}
+	e = &self->firsts[i];
+	e->proto = (uint8_t)proto;
+	e->sport = (uint16_t)sport;
+	e->dport = (uint16_t)dport;
+	e->deadline = deadline_after(ts, self->frag_timeout_ns);
+	if (self->nheld)
+		release_waiting(self, k, proto, sport, dport);
+}
+
+/* A non-first fragment: 1 = account pkt (with its first fragment's ports when known),
+ * 0 = held until its first fragment comes. */
+static int frag_later(Aggregator *self, const struct frag_key *k, struct packet *pkt,
+		      int64_t ts, uint32_t out_if)
+{
+	int32_t i = first_find(self, k, frag_bucket(self, k));
+	struct frag_held *h;
+
+	if (i >= 0 && ts <= self->firsts[i].deadline) {
+		const struct frag_first *e = &self->firsts[i];
+
+		self->frag_tracked++;
+		set_ports(pkt, e->proto, e->sport, e->dport);
+		return 1;
+	}
+	if (self->nheld >= self->held_cap) {
+		self->frag_unmatched++;
+		return 1;
+	}
+	h = &self->held[self->nheld++];
+	h->k = *k;
+	h->pkt = *pkt;
+	h->ts = ts;
+	h->out_if = out_if;
+	h->deadline = deadline_after(ts, self->frag_timeout_ns);
+	self->frag_held++;
+	return 0;
+}
+
+/* Account held fragments older than now (all when now < 0) with ports 0; forget old firsts. */
+static void frag_release(Aggregator *self, int64_t now)
+{
+	uint32_t j = 0;
+
+	for (uint32_t i = 0; i < self->nheld; i++) {
+		struct frag_held *h = &self->held[i];
+
+		if (now < 0 || h->deadline < now) {
+			self->frag_unmatched++;
+			add_packet(self, &h->pkt, h->ts, h->out_if);
+		} else {
+			if (j != i)
+				self->held[j] = *h;
+			j++;
+		}
+	}
+	self->nheld = j;
+	while (now >= 0 && self->fcount && self->firsts[self->fhead].deadline < now)
+		first_pop(self);
+}
+
+/* --- IP: agent/packet.py PacketParser (and DecapParser), same results --------------------- */
+
+/* Where a message's packets go. */
+struct pctx {
+	Aggregator *self;
+	struct call_counts *cc;
+	int64_t ts;
+	uint32_t in_if, out_if;
+	unsigned int direction;
+};
+
+static inline void frag_key4(struct frag_key *k, const uint8_t *d)
+{
+	memset(k, 0, sizeof(*k));
+	k->version = 4;
+	k->proto = d[9];
+	k->id = be16(d + 4);
+	memcpy(k->src, d + 12, 4);
+	memcpy(k->dst, d + 16, 4);
+}
+
+static inline void frag_key6(struct frag_key *k, const uint8_t *d, size_t frag_hdr)
+{
+	memset(k, 0, sizeof(*k));
+	k->version = 6;
+	k->id = be32(d + frag_hdr + 4);
+	memcpy(k->src, d + 8, 16);
+	memcpy(k->dst, d + 24, 16);
+}
+
+/* The transport ports (ICMP type/code in dport) and TCP flags at d + off. */
+static inline void transport(const uint8_t *d, size_t len, size_t off, unsigned int proto,
+			     unsigned int icmp, unsigned int *sport, unsigned int *dport,
+			     unsigned int *flags)
+{
+	if (port_protocol(proto)) {
+		if (len >= off + 4) {
+			*sport = be16(d + off);
+			*dport = be16(d + off + 2);
+			if (proto == IPPROTO_TCP_ && len >= off + 14)
+				*flags = d[off + 13];
+		}
+	} else if (proto == icmp && len >= off + 2) {
+		*dport = (unsigned int)d[off] << 8 | d[off + 1];
+	}
+}
+
+/* Fill pkt for an IPv4 packet with these ports and flags. */
+static inline void ipv4_packet(const struct pctx *c, const uint8_t *d, struct packet *pkt,
+			       unsigned int sport, unsigned int dport, unsigned int flags)
+{
+	key_head(pkt->key, 4, d[9], d[1], c->direction, c->in_if, sport, dport);
+	memcpy(pkt->key + 12, d + 12, 8); /* source and destination address */
+	pkt->key_len = KEY4_LEN;
+	pkt->tcp_flags = (uint8_t)flags;
+	pkt->octets = be16(d + 2);
+}
+
+/* An IPv4 fragment, as PacketParser._fragment4 (out of the hot path). */
+static __attribute__((noinline)) int parse_fragment4(const struct pctx *c, const uint8_t *d,
+						    size_t len, size_t ihl, struct packet *pkt)
+{
+	unsigned int sport = 0, dport = 0, flags = 0;
+	int track = c->self->frag_timeout_ns > 0;
+	struct frag_key fk;
+
+	c->cc->frag++;
+	if (track)
+		frag_key4(&fk, d);
+	if (be16(d + 6) & 0x1FFF) { /* not the first fragment: no transport header */
+		ipv4_packet(c, d, pkt, 0, 0, 0);
+		return !track || frag_later(c->self, &fk, pkt, c->ts, c->out_if);
+	}
+	transport(d, len, ihl, d[9], IPPROTO_ICMP_, &sport, &dport, &flags);
+	if (track)
+		frag_first(c->self, &fk, d[9], sport, dport, c->ts);
+	ipv4_packet(c, d, pkt, sport, dport, flags);
+	return 1;
+}
+
+/* IPv4 (RFC 791), as PacketParser._ipv4. 1 with a packet to account, 0 when truncated
+ * (counted) or held. */
+static inline __attribute__((always_inline)) int parse_ipv4(const struct pctx *c,
+							       const uint8_t *d, size_t len,
+							       struct packet *pkt)
+{
+	size_t ihl = (size_t)(d[0] & 0x0F) * 4;
+	unsigned int total = be16(d + 2), sport = 0, dport = 0, flags = 0;
+
+	if (ihl < 20 || total < ihl) {
+		c->cc->trunc++;
+		c->cc->trunc_bytes += total;
+		return 0;
+	}
+	if (be16(d + 6) & 0x3FFF) /* MF set or offset != 0 */
+		return parse_fragment4(c, d, len, ihl, pkt);
+	transport(d, len, ihl, d[9], IPPROTO_ICMP_, &sport, &dport, &flags);
+	ipv4_packet(c, d, pkt, sport, dport, flags);
+	return 1;
+}
+
+/* Fill pkt for an IPv6 packet with these protocol, ports and flags. */
+static inline void ipv6_packet(const struct pctx *c, const uint8_t *d, struct packet *pkt,
+			       unsigned int nh, unsigned int sport, unsigned int dport,
+			       unsigned int flags)
+{
+	key_head(pkt->key, 6, nh, (be32(d) >> 20) & 0xFF, c->direction, c->in_if, sport, dport);
+	memcpy(pkt->key + 12, d + 8, 32); /* source and destination address */
+	pkt->key_len = KEY6_LEN;
+	pkt->tcp_flags = (uint8_t)flags;
+	pkt->octets = 40 + (uint64_t)be16(d + 4);
+}
+
+/* IPv6 (RFC 8200) with extension headers, as PacketParser._ipv6. 1 with a packet, 0 held. */
+static inline __attribute__((always_inline)) int parse_ipv6(const struct pctx *c,
+							       const uint8_t *d, size_t n,
+							       struct packet *pkt)
+{
+	unsigned int nh = d[6], sport = 0, dport = 0, flags = 0;
+	size_t off = 40;
+	int fragmented = 0, track = 0;
+	struct frag_key fk;
+
+	for (int i = 0; i < MAX_EXT_HEADERS; i++) {
+		if (ext_len8(nh)) {
+			if (n < off + 2)
+				break;
+			nh = d[off];
+			off += ((size_t)d[off + 1] + 1) * 8;
+		} else if (nh == IPPROTO_FRAGMENT_) {
+			if (n < off + 8)
+				break;
+			if (!fragmented) { /* a packet is one fragment, however many headers */
+				c->cc->frag++;
+				fragmented = 1;
+				track = c->self->frag_timeout_ns > 0;
+				if (track)
+					frag_key6(&fk, d, off);
+			}
+			unsigned int offset_flags = be16(d + off + 2);
+
+			nh = d[off];
+			off += 8;
+			if (offset_flags & 0xFFF8) { /* non-first fragment */
+				ipv6_packet(c, d, pkt, nh, 0, 0, 0);
+				return !track || frag_later(c->self, &fk, pkt, c->ts, c->out_if);
+			}
+		} else if (nh == IPPROTO_AH_) {
+			if (n < off + 2)
+				break;
+			nh = d[off];
+			off += ((size_t)d[off + 1] + 2) * 4;
+		} else {
+			break;
+		}
+	}
+	transport(d, n, off, nh, IPPROTO_ICMPV6_, &sport, &dport, &flags);
+	if (track)
+		frag_first(c->self, &fk, nh, sport, dport, c->ts);
+	ipv6_packet(c, d, pkt, nh, sport, dport, flags);
+	return 1;
+}
+
+static int parse_ip(const struct pctx *c, const uint8_t *d, size_t len, struct packet *pkt,
+		    int depth);
+
+/* A tunnel packet (pkt parsed from d): its inner packet instead, as DecapParser. */
+static int decapsulate(const struct pctx *c, const uint8_t *d, size_t len, struct packet *pkt,
+		       int depth)
+{
+	Aggregator *self = c->self;
+	long inner_off = find_inner(d, len, self->decap_mask);
+	uint64_t trunc = c->cc->trunc, trunc_bytes = c->cc->trunc_bytes;
+	struct packet inner;
+	int ok;
+
+	if (inner_off < 0 || (size_t)inner_off > len) {
+		self->decap_failed++;
+		return 1;
+	}
+	ok = parse_ip(c, d + inner_off, len - (size_t)inner_off, &inner, depth + 1);
+	if (!ok && c->cc->trunc != trunc) { /* no IP packet inside after all */
+		c->cc->trunc = trunc;
+		c->cc->trunc_bytes = trunc_bytes;
+		self->decap_failed++;
+		return 1;
+	}
+	self->decapsulated++;
+	if (self->keep_outer)
+		add_packet(self, pkt, c->ts, c->out_if);
+	if (!ok)
+		return 0;
+	*pkt = inner;
+	return 1;
+}
+
+/* One IP packet, no tunnels: 1 with the packet to account in *pkt, 0 when truncated
+ * (counted) or held. Inlined into the per-message path. */
+static inline __attribute__((always_inline)) int parse_packet(const struct pctx *c,
+								 const uint8_t *d, size_t len,
+								 struct packet *pkt)
+{
+	if (len >= 20 && d[0] >> 4 == 4)
+		return parse_ipv4(c, d, len, pkt);
+	if (len >= 40 && d[0] >> 4 == 6)
+		return parse_ipv6(c, d, len, pkt);
+	c->cc->trunc++; /* no IP header */
+	return 0;
+}
+
+/* As parse_packet, and a tunnel packet gives its inner packet (DecapParser.parse). */
+static int parse_ip(const struct pctx *c, const uint8_t *d, size_t len, struct packet *pkt,
+		    int depth)
+{
+	int ok = parse_packet(c, d, len, pkt);
+
+	if (!ok || !c->self->decap_mask || depth >= MAX_DECAP_DEPTH ||
+	    !tunnel_candidate(c->self->decap_mask, pkt))
+		return ok;
+	return decapsulate(c, d, len, pkt, depth);
 }
 
 /* The values of one message's attributes (absent ones keep these defaults). */
@@ -441,33 +1027,26 @@ static inline void track_seq(Aggregator *self, uint32_t seq, struct call_counts 
 	self->expect_seq = (uint32_t)(seq + 1);
 }
 
-/* One message's payload into the flow table. Returns -1 only when memory ran out. */
-static int packet_message(Aggregator *self, const struct msg_attrs *m, int64_t recv_ns,
-			  struct call_counts *cc)
+/* One message's payload into the flow table (self->nomem when memory ran out). */
+static void packet_message(Aggregator *self, const struct msg_attrs *m, int64_t recv_ns,
+			   struct call_counts *cc)
 {
-	const uint8_t *d = m->payload;
-	size_t len = m->payload_len;
-	uint32_t in_if = m->indev;
-	unsigned int direction = DIRECTION_INGRESS;
+	struct pctx c = {self, cc, message_time(m, recv_ns), m->indev, m->outdev,
+			 DIRECTION_INGRESS};
 	struct packet pkt;
-	int ok;
 
 	if (m->hook >= NF_INET_LOCAL_OUT && !m->indev) { /* OUTPUT, POSTROUTING */
-		in_if = m->outdev;
-		direction = DIRECTION_EGRESS;
+		c.in_if = m->outdev;
+		c.direction = DIRECTION_EGRESS;
 	}
-	if (len >= 20 && d[0] >> 4 == 4) {
-		ok = parse_ipv4(d, len, in_if, direction, &pkt, cc);
-	} else if (len >= 40 && d[0] >> 4 == 6) {
-		ok = parse_ipv6(d, len, in_if, direction, &pkt, cc);
-	} else {
-		cc->trunc++; /* no IP header */
-		ok = 0;
-	}
-	if (!ok)
-		return 0;
-	cc->packets++;
-	return account(self, &pkt, message_time(m, recv_ns), m->outdev);
+	if (!parse_packet(&c, m->payload, m->payload_len, &pkt))
+		return;
+	if (self->decap_mask && tunnel_candidate(self->decap_mask, &pkt) &&
+	    !decapsulate(&c, m->payload, m->payload_len, &pkt, 0))
+		return;
+	self->acc.packets++; /* add_packet, with account inlined on the hot path */
+	if (account(self, &pkt, c.ts, m->outdev) < 0)
+		self->nomem = 1;
 }
 
 /* Walk buf[:n] into the flow table (GIL released). */
@@ -496,8 +1075,7 @@ static void walk(Aggregator *self, const uint8_t *buf, size_t n, int64_t recv_ns
 		self->messages++;
 		if (m.has_seq)
 			track_seq(self, m.seq, cc);
-		if (packet_message(self, &m, recv_ns, cc) < 0)
-			self->nomem = 1;
+		packet_message(self, &m, recv_ns, cc);
 	}
 	for (size_t i = off; i < n; i++) { /* anything but zero padding left over */
 		if (buf[i]) {
@@ -625,14 +1203,81 @@ static PyObject *Aggregator_decode(Aggregator *self, PyObject *args)
 	return Aggregator_take(self, NULL);
 }
 
+PyDoc_STRVAR(release_doc,
+	     "release(now_ns)\n\n"
+	     "Account the fragments that waited for their first fragment since before\n"
+	     "now_ns - timeout with ports 0 (all of them when now_ns < 0: the reader stops), and\n"
+	     "forget first fragments older than the timeout; take() returns them.");
+
+static PyObject *Aggregator_release(Aggregator *self, PyObject *arg)
+{
+	long long now = PyLong_AsLongLong(arg);
+
+	if (now == -1 && PyErr_Occurred())
+		return NULL;
+	if (self->busy) {
+		PyErr_SetString(PyExc_RuntimeError, "feed() is running on this object");
+		return NULL;
+	}
+	if (self->frag_timeout_ns > 0)
+		frag_release(self, now);
+	if (self->nomem) {
+		self->nomem = 0;
+		return PyErr_NoMemory();
+	}
+	Py_RETURN_NONE;
+}
+
+/* Free the fragment tables. */
+static void free_fragments(Aggregator *self)
+{
+	PyMem_RawFree(self->firsts);
+	PyMem_RawFree(self->fbuckets);
+	PyMem_RawFree(self->held);
+	self->firsts = NULL;
+	self->fbuckets = NULL;
+	self->held = NULL;
+	self->fhead = self->fcount = self->nheld = 0;
+}
+
+/* Allocate the fragment tables for the options in self. Returns 0, or -1 (exception set). */
+static int alloc_fragments(Aggregator *self)
+{
+	uint32_t buckets = 1;
+
+	while (buckets < 2 * self->frag_cap)
+		buckets <<= 1;
+	self->firsts = PyMem_RawCalloc(self->frag_cap, sizeof(*self->firsts));
+	self->fbuckets = PyMem_RawMalloc(buckets * sizeof(*self->fbuckets));
+	self->held = PyMem_RawCalloc(self->held_cap ? self->held_cap : 1, sizeof(*self->held));
+	if (!self->firsts || !self->fbuckets || !self->held) {
+		free_fragments(self);
+		PyErr_NoMemory();
+		return -1;
+	}
+	memset(self->fbuckets, 0xFF, buckets * sizeof(*self->fbuckets)); /* all -1: empty */
+	self->fbucket_mask = buckets - 1;
+	return 0;
+}
+
 static int Aggregator_init(Aggregator *self, PyObject *args, PyObject *kwds)
 {
-	static char *kwlist[] = {NULL};
+	static char *kwlist[] = {"frag_timeout_ns", "frag_table", "frag_held", "decapsulate",
+				 "keep_outer", NULL};
+	long long timeout = 0;
+	unsigned int table = 4096, held = 256, decap = 0;
+	int keep_outer = 0;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, ":Aggregator", kwlist))
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$LIIIp:Aggregator", kwlist, &timeout,
+					 &table, &held, &decap, &keep_outer))
 		return -1;
 	if (self->busy) {
 		PyErr_SetString(PyExc_RuntimeError, "feed() is running on this object");
+		return -1;
+	}
+	if (timeout < 0 || table < 1 || table > (1u << 24) || held > (1u << 20) || decap > 15) {
+		PyErr_SetString(PyExc_ValueError, "frag_timeout_ns >= 0, frag_table 1-2**24, "
+				"frag_held 0-2**20, decapsulate a 4-bit mask");
 		return -1;
 	}
 	self->expect_seq = 0; /* a fresh instance numbers its packets from 0 */
@@ -641,13 +1286,22 @@ static int Aggregator_init(Aggregator *self, PyObject *args, PyObject *kwds)
 		self->slots[self->flows[i].slot] = 0;
 	self->nflows = 0;
 	memset(&self->acc, 0, sizeof(self->acc));
-	return 0;
+	free_fragments(self);
+	self->frag_tracked = self->frag_held = self->frag_unmatched = 0;
+	self->decapsulated = self->decap_failed = 0;
+	self->frag_timeout_ns = timeout;
+	self->frag_cap = table;
+	self->held_cap = held;
+	self->decap_mask = decap;
+	self->keep_outer = keep_outer;
+	return timeout > 0 ? alloc_fragments(self) : 0;
 }
 
 static void Aggregator_dealloc(Aggregator *self)
 {
 	PyMem_RawFree(self->flows);
 	PyMem_RawFree(self->slots);
+	free_fragments(self);
 	Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -655,6 +1309,7 @@ static PyMethodDef Aggregator_methods[] = {
 	{"feed", (PyCFunction)Aggregator_feed, METH_VARARGS, feed_doc},
 	{"take", (PyCFunction)Aggregator_take, METH_NOARGS, take_doc},
 	{"decode", (PyCFunction)Aggregator_decode, METH_VARARGS, decode_doc},
+	{"release", (PyCFunction)Aggregator_release, METH_O, release_doc},
 	{NULL, NULL, 0, NULL},
 };
 
@@ -669,13 +1324,34 @@ static PyMemberDef Aggregator_members[] = {
 	 "times the sequence jumped backwards (instance re-created)"},
 	{"malformed", T_ULONGLONG, offsetof(Aggregator, malformed), READONLY,
 	 "messages or buffer tails whose lengths did not add up (skipped)"},
+	{"frag_timeout_ns", T_LONGLONG, offsetof(Aggregator, frag_timeout_ns), READONLY,
+	 "fragment tracking timeout (0: non-first fragments keep ports 0)"},
+	{"frag_tracked", T_ULONGLONG, offsetof(Aggregator, frag_tracked), READONLY,
+	 "non-first fragments accounted with their first fragment's ports"},
+	{"frag_held", T_ULONGLONG, offsetof(Aggregator, frag_held), READONLY,
+	 "non-first fragments that waited for their first fragment"},
+	{"frag_unmatched", T_ULONGLONG, offsetof(Aggregator, frag_unmatched), READONLY,
+	 "non-first fragments accounted with ports 0 (first never seen, hold full)"},
+	{"frag_waiting", T_UINT, offsetof(Aggregator, nheld), READONLY,
+	 "fragments waiting now"},
+	{"frag_table", T_UINT, offsetof(Aggregator, fcount), READONLY,
+	 "first fragments remembered now"},
+	{"decapsulate", T_UINT, offsetof(Aggregator, decap_mask), READONLY,
+	 "tunnels decapsulated (bits in agent.tunnels.TUNNELS order)"},
+	{"decapsulated", T_ULONGLONG, offsetof(Aggregator, decapsulated), READONLY,
+	 "packets accounted to their inner flow"},
+	{"decap_failed", T_ULONGLONG, offsetof(Aggregator, decap_failed), READONLY,
+	 "tunnel packets accounted as their outer flow (fragment, no IP inside)"},
 	{NULL, 0, 0, 0, NULL},
 };
 
 PyDoc_STRVAR(Aggregator_doc,
-	     "Aggregator()\n\n"
+	     "Aggregator(*, frag_timeout_ns=0, frag_table=4096, frag_held=256, decapsulate=0,\n"
+	     "           keep_outer=False)\n\n"
 	     "Decodes the receive buffers of one NFLOG group into per-flow sums. Holds the\n"
-	     "group's sequence state and cumulative counters; one per reader thread.");
+	     "group's sequence state and cumulative counters; one per reader thread.\n"
+	     "frag_timeout_ns > 0 tracks fragments (agent/fragments.py); decapsulate is a\n"
+	     "bit mask of agent/tunnels.py TUNNELS (gre 1, vxlan 2, geneve 4, ipip 8).");
 
 static PyTypeObject AggregatorType = {
 	PyVarObject_HEAD_INIT(NULL, 0)

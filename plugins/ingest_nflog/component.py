@@ -28,6 +28,7 @@ from typing import Any
 
 from netflow_agent import hookimpl, privileges
 from netflow_agent.errors import ComponentUnavailable
+from netflow_agent.fragments import FragmentPolicy
 from netflow_agent.registry import Component
 from netflow_agent.runtime import RunContext
 
@@ -60,7 +61,9 @@ class GroupReader:
         self.owner = owner
         self.sock = sock
         self.pending = pending
-        self.decoder = make_batcher(owner.config.decoder)
+        cfg = owner.config
+        self.decoder = make_batcher(cfg.decoder, owner.fragments, cfg.decapsulate,
+                                    cfg.keep_outer)
         self.counters = {"batches": 0, "packets": 0, "enobufs": 0, "recv_errors": 0,
                          "datagrams_cut": 0}
         self.stopping = threading.Event()
@@ -88,7 +91,9 @@ class GroupReader:
             while not self.stopping.is_set():
                 ready = self.poller.poll(_POLL_S * 1000)
                 privileges.follow()  # before reading: this thread gives up root's capabilities
-                if ready and not self._drain() and pause:
+                if not ready:
+                    self._emit()  # fragments that waited too long for their first one
+                elif not self._drain() and pause:
                     self.stopping.wait(pause)  # let kernel batches gather: one wakeup for many
             self._finish()
         except Exception:
@@ -144,7 +149,8 @@ class GroupReader:
         self.counters["packets"] += self.decoder.feed(buf, n, time.time_ns())
         self.counters["batches"] += 1
 
-    def _emit(self) -> None:
+    def _emit(self, final: bool = False) -> None:
+        self.decoder.release(None if final else time.time_ns())
         batch = self.decoder.take(self.owner.name)
         if batch is not None:
             self.context.wait_for_room(_INBOX_LIMIT)
@@ -163,7 +169,7 @@ class GroupReader:
             n = self._receive_one()
             if n > 0 and find_ack(self.buf, n, self.sock.last_seq) is not None:
                 break
-        self._emit()
+        self._emit(final=True)
 
     def stop(self) -> None:
         """Ask the thread to finish (it unbinds and drains) and wait for it."""
@@ -198,11 +204,13 @@ class NflogIngest(Component):
         super().__init__(config, name)
         self.readers: list[GroupReader] = []
         self.rules: ManagedRules | None = None
+        self.fragments: FragmentPolicy | None = None
 
     @hookimpl
     def agent_start(self, context: RunContext) -> None:
         """Bind every group, install the managed rules, start the readers."""
         cfg = self.config
+        self.fragments = context.fragments
         context.declare_netns(self.name, cfg.netns)  # exporters resolve ifIndexes there
         if cfg.decoder == "c" and (reason := c_unavailable_reason()) is not None:
             raise ComponentUnavailable(f"{self.name}: {reason}")

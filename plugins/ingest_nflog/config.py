@@ -9,6 +9,12 @@ from typing import Literal
 from netflow_agent.config.schema import option
 from netflow_agent.errors import ConfigIssue
 from netflow_agent.registry import Resource
+from netflow_agent.tunnels import (
+    TunnelName,
+    check_decapsulate,
+    decapsulate_option,
+    keep_outer_option,
+)
 
 from .netlink import NLBUFSIZ_MAX
 
@@ -16,6 +22,8 @@ _NETNS_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
 GROUP_MAX = 65535
 #: bytes a snap length needs to reach the ports behind an IPv6 header plus one extension header
 SNAPLEN_MIN_USEFUL = 68
+#: ... and the inner ports of IPv6 in VXLAN in IPv6 with a VLAN tag (40+8+8+18+40+4)
+SNAPLEN_MIN_DECAP = 118
 NLBUFSIZ_MIN = 4096  # NLMSG_GOODSIZE on 4 KiB pages; the kernel raises smaller values to it
 RULES_TABLE = "netflow_agent"
 
@@ -71,6 +79,8 @@ class Config:
         -1, doc="Priority of the managed chains (-1: after DNAT, before the filter chains at 0,"
         " like a NETFLOW rule inserted at the top of the filter table).",
         min=-1000, max=1000)
+    decapsulate: list[TunnelName] = decapsulate_option()
+    keep_outer: bool = keep_outer_option()
 
     def ip_versions(self) -> frozenset[int]:
         """IP versions this instance can produce: only the managed rules' families are known."""
@@ -103,7 +113,12 @@ class Config:
                                       "(input, forward, output)"))
         if len(set(self.chains)) != len(self.chains):
             issues.append(ConfigIssue("chains", "lists a chain twice"))
-        return issues
+        if self.decapsulate and 0 < self.snaplen < SNAPLEN_MIN_DECAP:
+            issues.append(ConfigIssue("snaplen", f"{self.snaplen} bytes may cut tunnelled "
+                                      "packets before their inner ports (the packet is then "
+                                      "accounted as its outer flow); use at least "
+                                      f"{SNAPLEN_MIN_DECAP} with decapsulate", "warning"))
+        return issues + check_decapsulate(list(self.decapsulate), self.keep_outer)
 
     def _check_groups(self) -> list[ConfigIssue]:
         issues = []

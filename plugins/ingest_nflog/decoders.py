@@ -10,7 +10,11 @@ a receive buffer into one batch for the cache, with the same accounting:
   (``_nflog.c``) walks the buffer, parses the IP headers and sums the packets per flow key in
   C, with the GIL released; the buffer becomes one :class:`~agent.model.FlowDelta` per flow in a
   :class:`~agent.model.FlowBatch` (``agent_cache_flows``). Same keys, packets, bytes, TCP
-  flags (so FIN/RST still end flows), output interface, times and counters.
+  flags (so FIN/RST still end flows), output interface, times and counters, and the same
+  fragment tracking (``[cache] fragments``) and tunnel decapsulation (``decapsulate``).
+
+Fragments that waited for their first fragment too long are released by
+:meth:`Batcher.release`, which the reader calls before every take (and with ``None`` at stop).
 
 Cache counters: ``traffic`` and ``drop`` count packets either way. ``agent_cache_flows`` does
 not add a batch's ``trunc`` to ``drop`` (``agent_cache_packets`` does), so :class:`CBatcher`
@@ -23,7 +27,9 @@ from __future__ import annotations
 import importlib
 from typing import Any, Protocol
 
+from netflow_agent.fragments import FragmentPolicy
 from netflow_agent.model import FlowBatch, FlowDelta, Packet, PacketBatch
+from netflow_agent.tunnels import TUNNELS, make_parser
 
 from .netlink import NflogDecoder
 
@@ -42,6 +48,11 @@ class Batcher(Protocol):
 
     def take(self, source: str) -> PacketBatch | FlowBatch | None:
         """The pending batch (``None`` when there is nothing to emit), then start over."""
+        ...
+
+    def release(self, now_ns: int | None) -> None:
+        """Add the fragments that waited for their first fragment since before ``now_ns`` -
+        timeout (all of them when ``None``: the reader stops) to the pending batch."""
         ...
 
     def stats(self) -> dict[str, int]:
@@ -80,9 +91,14 @@ def resolve(choice: str) -> str:
     return "python"
 
 
-def make_batcher(choice: str) -> Batcher:
-    """A fresh batcher for one group; ``choice`` as in :func:`resolve`."""
-    return CBatcher() if resolve(choice) == "c" else PythonBatcher()
+def make_batcher(choice: str, fragments: FragmentPolicy | None = None,
+                 decapsulate: list[str] | tuple[str, ...] = (), keep_outer: bool = False
+                 ) -> Batcher:
+    """A fresh batcher for one group; ``choice`` as in :func:`resolve`; the other arguments
+    as :func:`~agent.tunnels.make_parser` (the same accounting with either decoder)."""
+    if resolve(choice) == "c":
+        return CBatcher(fragments, decapsulate, keep_outer)
+    return PythonBatcher(fragments, decapsulate, keep_outer)
 
 
 class PythonBatcher:
@@ -90,8 +106,10 @@ class PythonBatcher:
 
     name = "python"
 
-    def __init__(self) -> None:
-        self.decoder = NflogDecoder()
+    def __init__(self, fragments: FragmentPolicy | None = None,
+                 decapsulate: list[str] | tuple[str, ...] = (), keep_outer: bool = False
+                 ) -> None:
+        self.decoder = NflogDecoder(make_parser(fragments, decapsulate, keep_outer))
         self.packets: list[Packet] = []
         self._reported_gaps = 0
 
@@ -112,9 +130,20 @@ class PythonBatcher:
         return PacketBatch(source, packets, trunc=trunc, frag=frag, dropped_packets=gaps,
                            dropped_bytes=trunc_bytes)
 
+    def release(self, now_ns: int | None) -> None:
+        """See :class:`Batcher`."""
+        parser = self.decoder.parser
+        if now_ns is None:
+            parser.flush()
+        else:
+            parser.expire(now_ns)
+        if parser.extra:
+            self.packets.extend(parser.extra)
+            parser.extra.clear()
+
     def stats(self) -> dict[str, int]:
         """See :class:`Batcher`."""
-        return self.decoder.stats()
+        return {**self.decoder.stats(), **self.decoder.parser.stats()}
 
 
 class CBatcher:
@@ -122,11 +151,13 @@ class CBatcher:
 
     name = "c"
 
-    def __init__(self) -> None:
+    def __init__(self, fragments: FragmentPolicy | None = None,
+                 decapsulate: list[str] | tuple[str, ...] = (), keep_outer: bool = False
+                 ) -> None:
         ext = c_extension()
         if ext is None:
             raise RuntimeError(c_unavailable_reason())
-        self.aggregator = ext.Aggregator()
+        self.aggregator = ext.Aggregator(**c_options(fragments, decapsulate, keep_outer))
 
     def feed(self, buf: bytearray | bytes, n: int, recv_ns: int) -> int:
         """See :class:`Batcher`."""
@@ -141,8 +172,32 @@ class CBatcher:
                          dropped_packets=gaps + trunc, dropped_bytes=trunc_bytes,
                          trunc=trunc, frag=frag)
 
+    def release(self, now_ns: int | None) -> None:
+        """See :class:`Batcher`."""
+        self.aggregator.release(-1 if now_ns is None else now_ns)
+
     def stats(self) -> dict[str, int]:
-        """See :class:`Batcher`; the same names as :meth:`.NflogDecoder.stats`."""
+        """See :class:`Batcher`; the same names as :meth:`.NflogDecoder.stats` and
+        :meth:`~agent.packet.PacketParser.stats`."""
         agg = self.aggregator
-        return {"messages": agg.messages, "seq_gaps": agg.seq_gaps,
-                "seq_resets": agg.seq_resets, "malformed": agg.malformed}
+        out = {"messages": agg.messages, "seq_gaps": agg.seq_gaps,
+               "seq_resets": agg.seq_resets, "malformed": agg.malformed}
+        if agg.frag_timeout_ns:
+            out.update(frag_tracked=agg.frag_tracked, frag_held=agg.frag_held,
+                       frag_unmatched=agg.frag_unmatched, frag_waiting=agg.frag_waiting,
+                       frag_table=agg.frag_table)
+        if agg.decapsulate:
+            out.update(decapsulated=agg.decapsulated, decap_failed=agg.decap_failed)
+        return out
+
+
+def c_options(fragments: FragmentPolicy | None, decapsulate: list[str] | tuple[str, ...],
+              keep_outer: bool) -> dict[str, int]:
+    """The ``_nflog.Aggregator`` keywords for these options (tunnels as a bit mask in
+    :data:`~agent.tunnels.TUNNELS` order)."""
+    out = {"decapsulate": sum(1 << TUNNELS.index(t) for t in set(decapsulate)),
+           "keep_outer": int(keep_outer)}
+    if fragments is not None and fragments.tracking:
+        out.update(frag_timeout_ns=fragments.timeout * 1_000_000_000,
+                   frag_table=fragments.table, frag_held=fragments.held)
+    return out

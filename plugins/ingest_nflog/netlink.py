@@ -464,8 +464,8 @@ class NflogDecoder:
 
     MAX_SHAPES = 16
 
-    def __init__(self) -> None:
-        self.parser = PacketParser()
+    def __init__(self, parser: PacketParser | None = None) -> None:
+        self.parser = parser if parser is not None else PacketParser()
         self.expect_seq = 0  # a fresh instance numbers its packets from 0
         self.seq_gaps = 0  # packets the kernel logged that never reached us
         self.seq_resets = 0  # the sequence jumped backwards (instance re-created)
@@ -483,6 +483,7 @@ class NflogDecoder:
         """
         view = memoryview(buf)
         parse = self.parser.parse
+        extra = self.parser.extra  # released fragments, outer flows of tunnels
         append = out.append
         unpack_head = _NLMSG_LEN_TYPE.unpack_from
         shapes = self.shapes
@@ -538,6 +539,9 @@ class NflogDecoder:
                 pkt = parse(view[p:p + plen], ts, outdev, outdev, DIRECTION_EGRESS)
             else:
                 pkt = parse(view[p:p + plen], ts, indev, outdev, DIRECTION_INGRESS)
+            if extra:
+                out.extend(extra)
+                extra.clear()
             if pkt is not None:
                 append(pkt)
         if off < n and not self.padding_only(buf, off, n):

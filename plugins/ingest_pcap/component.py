@@ -12,13 +12,16 @@ from netflow_agent.model import DIRECTION_EGRESS, DIRECTION_INGRESS, PacketBatch
 from netflow_agent.packet import PacketParser
 from netflow_agent.registry import Component
 from netflow_agent.runtime import RunContext
+from netflow_agent.tunnels import make_parser
 
 from .config import Config
-from .linktype import SUPPORTED, ip_offset
+from .linktype import SUPPORTED, ip_offset, link_facts
 from .reader import PcapError, PcapReader
 
 #: A batch never spans more capture time than this, so timeouts see the gaps in a capture.
 _MAX_BATCH_SPAN_NS = 1_000_000_000
+#: distinct reasons counted under ``non_ip_reasons`` (the rest under "other")
+_MAX_REASONS = 32
 
 
 class PcapIngest(Component):
@@ -32,6 +35,8 @@ class PcapIngest(Component):
         super().__init__(config, name)
         self.parser = PacketParser()
         self.counters = {"packets": 0, "non_ip": 0, "bad_linktype": 0, "file_truncated": 0}
+        #: why frames were not accounted: "ethertype 0x0806", "mpls payload not IP", ...
+        self.non_ip_reasons: dict[str, int] = {}
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._file: Any = None  # the open capture, for progress (bytes read of _size)
@@ -40,6 +45,8 @@ class PcapIngest(Component):
     @hookimpl
     def agent_start(self, context: RunContext) -> None:
         """Open the file (errors stop start-up) and replay it on a thread."""
+        cfg = self.config
+        self.parser = make_parser(context.fragments, cfg.decapsulate, cfg.keep_outer)
         f = open(self.config.path, "rb")  # noqa: SIM115 - closed by the thread
         try:
             reader = PcapReader(f)
@@ -71,6 +78,7 @@ class PcapIngest(Component):
         cfg = self.config
         direction = DIRECTION_EGRESS if cfg.direction == "egress" else DIRECTION_INGRESS
         parse = self.parser.parse
+        extra = self.parser.extra
         batch: list[Any] = []
         last_ts = batch_start = 0
         pace = _Pacer(self._stop) if cfg.speed == "recorded" else None
@@ -82,24 +90,44 @@ class PcapIngest(Component):
             self.counters["packets"] += 1
             off = ip_offset(linktype, frame)
             if off < 0:
-                self.counters["non_ip" if linktype in SUPPORTED else "bad_linktype"] += 1
+                self._not_ip(linktype, frame)
                 continue
             if batch and (len(batch) >= cfg.batch_size or ts - batch_start >= _MAX_BATCH_SPAN_NS):
                 if pace:
                     pace.wait_until(ts)
                 self._flush(context, batch, batch[-1][3])
                 batch = []
+            if not batch:
+                batch_start = ts
             pkt = parse(frame[off:] if off else frame, ts, cfg.in_if, 0, direction)
+            if extra:  # fragments released from the hold, outer flows of tunnels
+                batch.extend(extra)
+                extra.clear()
             if pkt is not None:
-                if not batch:
-                    batch_start = ts
                 batch.append(pkt)
+        self.parser.flush()  # the end of the capture: nothing more can arrive
         self._flush(context, batch, last_ts)
+
+    def _not_ip(self, linktype: int, frame: bytes) -> None:
+        """Count a frame that carries no IP packet, by reason (the slow path)."""
+        if linktype not in SUPPORTED:
+            self.counters["bad_linktype"] += 1
+            return
+        self.counters["non_ip"] += 1
+        reason = link_facts(linktype, frame).reason or "not IP"
+        reasons = self.non_ip_reasons
+        if reason not in reasons and len(reasons) >= _MAX_REASONS:
+            reason = "other"
+        reasons[reason] = reasons.get(reason, 0) + 1
 
     def _flush(self, context: RunContext, packets: list[Any], clock_ns: int) -> None:
         privileges.follow()  # a replay outlives the drop: give up root's capabilities then
         context.report_progress(self.config.path, self._file.tell(), self._size,
                                 self.counters["packets"])
+        self.parser.expire(clock_ns)
+        if self.parser.extra:  # fragments whose first fragment never came
+            packets.extend(self.parser.extra)
+            self.parser.extra.clear()
         trunc, frag, _ = self.parser.take_counters()
         context.wait_for_room()
         context.emit(PacketBatch(self.name, packets, trunc=trunc, frag=frag, clock_ns=clock_ns))
@@ -113,8 +141,10 @@ class PcapIngest(Component):
 
     @hookimpl
     def agent_collect_stats(self) -> dict[str, Any]:
-        """Frames read, frames without IP, unsupported link types, truncated files."""
-        return dict(self.counters)
+        """Frames read, frames without IP (and why), unsupported link types, truncated files,
+        fragment tracking and tunnel counters."""
+        return {**self.counters, "non_ip_reasons": dict(self.non_ip_reasons),
+                **self.parser.stats()}
 
 
 class _Pacer:

@@ -6,6 +6,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from netflow_agent.config.schema import option
+from netflow_agent.errors import ConfigIssue
+from netflow_agent.tunnels import (
+    TunnelName,
+    check_decapsulate,
+    decapsulate_option,
+    keep_outer_option,
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -21,3 +28,9 @@ class Config:
         "ingress", doc="Direction to record for every packet.")
     batch_size: int = option(1024, doc="Packets per batch handed to the cache.",
                              min=1, max=65536)
+    decapsulate: list[TunnelName] = decapsulate_option()
+    keep_outer: bool = keep_outer_option()
+
+    def check(self) -> list[ConfigIssue]:
+        """Pure checks of the tunnel options."""
+        return check_decapsulate(list(self.decapsulate), self.keep_outer)

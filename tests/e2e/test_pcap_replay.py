@@ -51,7 +51,8 @@ def exported_table(lines: list[dict]) -> dict[FlowId, tuple[int, int]]:
 ], ids=["eth", "vlan-pcapng", "qinq", "sll", "sll2-pcapng", "raw"])
 def test_cli_replay_exports_every_flow_exactly(tmp_path, linktype, vlans, fmt):
     capture = tmp_path / f"mixed.{fmt}"
-    truth = mixed_capture(PcapBuilder(linktype=linktype, vlans=vlans)).write(capture, fmt=fmt)
+    truth = mixed_capture(PcapBuilder(linktype=linktype, vlans=vlans, fragments="track")).write(
+        capture, fmt=fmt)
     out = tmp_path / "flows.jsonl"
     config = tmp_path / "agent.toml"
     config.write_text(f'[agent]\ncontrol_socket = "{tmp_path / "agent.sock"}"\n'
@@ -65,7 +66,7 @@ def test_cli_replay_exports_every_flow_exactly(tmp_path, linktype, vlans, fmt):
 
 def test_counters_frag_trunc_and_traffic(tmp_path):
     capture = tmp_path / "mixed.pcap"
-    truth: GroundTruth = mixed_capture(PcapBuilder()).write(capture)
+    truth: GroundTruth = mixed_capture(PcapBuilder(fragments="track")).write(capture)
     agent = build_agent(f'[[ingest.pcap]]\npath = "{capture}"\n[[export.collect]]\n',
                         tmp_path, [collecting_plugin_module])
     agent.pipeline.run()

@@ -30,10 +30,8 @@ from tests.support.exportclock import clock_tap
 from tests.support.netns import (
     Capture,
     RoutedTopology,
-    routed_topology,
     send_icmp_echo,
     send_udp,
-    set_offloads,
     tcp_connections,
 )
 from tests.support.truth import GroundTruth
@@ -42,15 +40,6 @@ pytestmark = pytest.mark.netns
 
 GROUP = 7
 DECODERS = ["c", "python"]
-
-
-@pytest.fixture
-def topo():
-    """Name: topo. Scope: function. Depends: root. A routed topology with offloads off."""
-    with routed_topology() as t:
-        for end in (t.client, t.router_client, t.router_server, t.server):
-            set_offloads(end, False)
-        yield t
 
 
 def _config(topo: RoutedTopology, port: int, decoder: str, sock: Path, tap: str = "",
@@ -155,8 +144,9 @@ def test_forward_flows_match_capture_exactly(topo: RoutedTopology, tmp_path: Pat
         agent = _started(tmp_path, _config(topo, cap.port, decoder, sock, tap.endpoint,
                                            **extra), decoder)
         try:
-            captures = [Capture(topo.router_ns, "rc", direction="in").start(),
-                        Capture(topo.router_ns, "rs", direction="in").start()]
+            # the agent's default [cache] fragments = "track": one flow per datagram's 5-tuple
+            captures = [Capture(topo.router_ns, "rc", direction="in", fragments="track").start(),
+                        Capture(topo.router_ns, "rs", direction="in", fragments="track").start()]
             _forward_traffic(topo)
             truth = _truth_of(captures)
             cache = _cache_when(agent, lambda c: c["traffic_packets"] >= truth.packets)

@@ -40,7 +40,7 @@ V5_HEADER, V5_RECORD = 24, 48
 
 
 def truth_of(*specs: FlowSpec, trunc_at: int | None = None) -> GroundTruth:
-    b = PcapBuilder()
+    b = PcapBuilder(fragments="track")  # the agent's default [cache] fragments
     for spec in specs:
         b.add(spec)
     if trunc_at is not None:
@@ -49,7 +49,7 @@ def truth_of(*specs: FlowSpec, trunc_at: int | None = None) -> GroundTruth:
 
 
 def write_capture(path: Path) -> GroundTruth:
-    b = PcapBuilder()
+    b = PcapBuilder(fragments="track")  # the agent's default [cache] fragments
     for spec in (F1, F2, F3, F4, F5, SENTINEL, LAST):
         b.add(spec)
     b.add_truncated(T0 + 100 * MS)
@@ -193,6 +193,9 @@ def check_snapshot(snap: dict[str, Any], exp: Expected) -> None:
     assert snap["aggregation"] == ["192.0.0.0/8=16", "3128=80"]
     assert snap["natevents"] == {"enabled": False, "start": 0, "stop": 0}
     assert [e["protocol"] for e in snap["exporters"]] == [None, 5]
+    pcap = snap["components"]["ingest.pcap[0]"]  # F3's 2 datagrams, 3 fragments each, in order
+    assert (pcap["frag_tracked"], pcap["frag_held"], pcap["frag_unmatched"]) == (4, 0, 0)
+    assert pcap["non_ip"] == 0 and pcap["non_ip_reasons"] == {}
 
 
 def check_sockets(snap: dict[str, Any], sink: socket.socket) -> None:

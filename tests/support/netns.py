@@ -560,6 +560,8 @@ class Capture:
 
     :param direction: ``"inout"`` (default), ``"in"`` or ``"out"`` (tcpdump ``-Q``).
     :param bpf_filter: optional tcpdump filter expression.
+    :param fragments: how the truth accounts non-first fragments (``"ports0"`` or ``"track"``,
+        as the ingest under test: :class:`~tests.support.truth.GroundTruth`).
     """
 
     def __init__(
@@ -569,8 +571,10 @@ class Capture:
         path: str | Path | None = None,
         direction: str = "inout",
         bpf_filter: str = "",
+        fragments: str = "ports0",
     ):
         self.ns, self.ifname, self.direction, self.bpf_filter = ns, ifname, direction, bpf_filter
+        self.fragments = fragments
         self._tmp = None if path else tempfile.TemporaryDirectory(prefix="nfa-cap-")
         self.path = Path(path) if path else Path(self._tmp.name) / "capture.pcap"  # type: ignore[union-attr]
         self.proc: subprocess.Popen | None = None
@@ -617,7 +621,7 @@ class Capture:
                 self.dropped = int(line.split()[0])
         if self.dropped:
             raise NetnsError(f"tcpdump dropped {self.dropped} packets; truth would be wrong")
-        self.truth = truth_from_file(self.path)
+        self.truth = truth_from_file(self.path, self.fragments)
         return self.truth
 
     def __enter__(self) -> Capture:

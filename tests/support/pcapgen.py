@@ -5,8 +5,14 @@ What it owns:
 * packet construction: IPv4 (RFC 791) and IPv6 (RFC 8200, optional extension headers),
   TCP/UDP/ICMP/ICMPv6 with correct checksums, IPv4 and IPv6 fragments, and deliberately
   truncated packets (an IPv4 header whose IHL is below 5);
-* link layers: Ethernet, 802.1Q/802.1ad VLAN tags (one or two), Linux cooked capture v1 (SLL)
-  and v2 (SLL2), raw IP (LINKTYPE_RAW, LINKTYPE_IPV4/IPV6), per the tcpdump.org link-type list;
+* link layers: Ethernet, 802.1Q/802.1ad/QinQ VLAN tags (any number, any TPIDs), MPLS label
+  stacks (RFC 3032; with an Ethernet pseudowire and control word, RFC 4448), PPPoE sessions
+  (RFC 2516), Linux cooked capture v1 (SLL) and v2 (SLL2), raw IP (LINKTYPE_RAW,
+  LINKTYPE_IPV4/IPV6), BSD/OpenBSD loopback, PPP, per the tcpdump.org link-type list; frames
+  that carry no IP (:meth:`PcapBuilder.add_frame`);
+* tunnels around the IP packets (:func:`encapsulate`): GRE (plain, with a key, transparent
+  Ethernet bridging, ERSPAN II and III), VXLAN, Geneve, IP-in-IP; the truth then holds the
+  inner flows and :attr:`PcapBuilder.outer_truth` the outer ones;
 * the file formats: classic pcap (microsecond or nanosecond magic) and pcapng (SHB, IDB with
   ``if_tsresol``, EPB; draft-ietf-opsawg-pcapng);
 * ground truth (:class:`~tests.support.truth.GroundTruth`): per flow id the packets, IP bytes
@@ -42,8 +48,11 @@ from tests.support.truth import (
 )
 
 # --- link types (https://www.tcpdump.org/linktypes.html) ---------------------------------
+LINKTYPE_NULL = 0
 LINKTYPE_ETHERNET = 1
+LINKTYPE_PPP = 9
 LINKTYPE_RAW = 101
+LINKTYPE_LOOP = 108
 LINKTYPE_LINUX_SLL = 113
 LINKTYPE_IPV4 = 228
 LINKTYPE_IPV6 = 229
@@ -53,6 +62,13 @@ ETHERTYPE_IPV4 = 0x0800
 ETHERTYPE_IPV6 = 0x86DD
 TPID_8021Q = 0x8100
 TPID_8021AD = 0x88A8
+TPID_QINQ = 0x9100
+ETHERTYPE_ARP = 0x0806
+ETHERTYPE_MPLS = 0x8847
+ETHERTYPE_MPLS_MC = 0x8848
+ETHERTYPE_PPPOE = 0x8864
+ETHERTYPE_TEB = 0x6558
+TUNNELS = ("gre", "gre-key", "gre-teb", "erspan2", "erspan3", "vxlan", "geneve", "ipip")
 
 TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
 PROTO_NUMBERS = {"icmp": PROTO_ICMP, "tcp": PROTO_TCP, "udp": PROTO_UDP, "icmpv6": PROTO_ICMPV6}
@@ -82,8 +98,10 @@ class FlowSpec:
         43 routing type 0 with no addresses left), 8 bytes each.
     :param fragment: when > 0, fragment every packet with this many payload bytes per fragment
         (rounded down to a multiple of 8).
+    :param reorder: send the fragments of each packet last first (out of order).
     :param start_ns: time of the first packet (default: after the previous flow).
     :param gap_ns: time between packets of this flow.
+    :param fragment_gap_ns: time between the fragments of one packet.
     """
 
     proto: str | int
@@ -100,8 +118,10 @@ class FlowSpec:
     ttl: int = 64
     ext_headers: tuple[int, ...] = ()
     fragment: int = 0
+    reorder: bool = False
     start_ns: int | None = None
     gap_ns: int = 1_000_000
+    fragment_gap_ns: int = 0
 
     @property
     def proto_number(self) -> int:
@@ -238,6 +258,13 @@ class PcapBuilder:
     :param vlans: VLAN ids for Ethernet (outermost first); two tags use ``vlan_tpids``.
     :param snaplen: when > 0, store at most this many bytes per frame. The truth (IP total
         length, ports) holds as long as the snap length keeps the transport header.
+    :param fragments: how the truth accounts non-first fragments, as ``[cache] fragments``:
+        ``"ports0"`` or ``"track"`` (see :class:`~tests.support.truth.GroundTruth`).
+    :param mpls: MPLS labels (outermost first) between the VLAN tags and the packet.
+    :param mpls_pw: with ``mpls``: carry an Ethernet pseudowire (control word + Ethernet).
+    :param pppoe_session: put the packets in this PPPoE session (after VLAN tags).
+    :param tunnel: one of :data:`TUNNELS`: wrap every IP packet in it (:func:`encapsulate`),
+        with ``tunnel_id`` (key, session or VNI) between the ``tunnel_outer`` addresses.
     """
 
     linktype: int = LINKTYPE_ETHERNET
@@ -247,18 +274,43 @@ class PcapBuilder:
     start_ns: int = SAMPLE_EPOCH_NS
     truth: GroundTruth = field(default_factory=GroundTruth)
     packets: list[tuple[int, bytes]] = field(default_factory=list)  # (ts_ns, IP packet)
+    fragments: str = "ports0"
+    mpls: tuple[int, ...] = ()
+    mpls_pw: bool = False
+    pppoe_session: int | None = None
+    tunnel: str = ""
+    tunnel_id: int = 0
+    tunnel_outer: tuple[str, str] = ("192.0.2.1", "192.0.2.2")
+    outer_truth: GroundTruth = field(default_factory=GroundTruth)
+    raw_frames: list[tuple[int, bytes]] = field(default_factory=list)  # (ts_ns, frame)
+    non_ip: int = 0
     _clock_ns: int = 0
     _ident: int = 0
+
+    def __post_init__(self) -> None:
+        self.truth.fragments = self.fragments
 
     def add(self, spec: FlowSpec) -> FlowSpec:
         """Generate every packet of ``spec`` and account it in :attr:`truth`."""
         ts = spec.start_ns if spec.start_ns is not None else self.start_ns + self._clock_ns
         for index in range(spec.packets):
-            for ip, fid, first in self._ip_packets(spec, index):
-                self.packets.append((ts, ip))
-                self.truth.frag += spec.fragment > 0
+            fragments = self._ip_packets(spec, index)
+            if spec.reorder:
+                fragments.reverse()
+            for ip, fid, first in fragments:
+                outer = ip
+                if self.tunnel:
+                    outer = encapsulate(ip, self.tunnel, self.tunnel_id, *self.tunnel_outer)
+                    self.outer_truth.add_ip_packet(outer)
+                self.packets.append((ts, outer))
                 tcp = spec.proto_number == PROTO_TCP and first
-                self.truth.add(fid, len(ip), spec.flags_for(index) if tcp else 0)
+                flags = spec.flags_for(index) if tcp else 0
+                if spec.fragment > 0:
+                    self.truth.add_fragment((spec.src, spec.dst, self._ident), fid, len(ip),
+                                            first, flags)
+                else:
+                    self.truth.add(fid, len(ip), flags)
+                ts += spec.fragment_gap_ns
             ts += spec.gap_ns
         self._clock_ns = max(self._clock_ns, ts - self.start_ns)
         return spec
@@ -271,14 +323,31 @@ class PcapBuilder:
         self.packets.append((ts, bytes(bad)))
         self.truth.trunc += 1
 
+    def add_frame(self, frame: bytes, ts_ns: int | None = None) -> None:
+        """Add a link-layer frame as is (one that carries no IP): counted as ``non_ip``."""
+        ts = ts_ns if ts_ns is not None else self.start_ns + self._clock_ns
+        self.raw_frames.append((ts, frame))
+        self.non_ip += 1
+
     def frames(self) -> list[tuple[int, bytes, int]]:
         """``(ts_ns, frame, orig_len)`` in time order, link layer added, snaplen applied."""
-        out = []
-        for ts, ip in sorted(self.packets, key=lambda p: p[0]):
-            frame = link_header(self.linktype, ip, self.vlans, self.vlan_tpids) + ip
+        out = [(ts, self._frame(ip)) for ts, ip in self.packets] + self.raw_frames
+        capped = []
+        for ts, frame in sorted(out, key=lambda p: p[0]):
             cap = frame[: self.snaplen] if self.snaplen else frame
-            out.append((ts, cap, len(frame)))
-        return out
+            capped.append((ts, cap, len(frame)))
+        return capped
+
+    def _frame(self, ip: bytes) -> bytes:
+        """One IP packet in its link layer (MPLS and PPPoE need Ethernet or SLL)."""
+        payload, ethertype = ip, _ethertype(ip)
+        if self.mpls:
+            inner = b"\0\0\0\0" + ethernet_frame(ip) if self.mpls_pw else ip
+            payload, ethertype = mpls_stack(self.mpls) + inner, ETHERTYPE_MPLS
+        if self.pppoe_session is not None:
+            payload = pppoe_header(self.pppoe_session, payload, ethertype) + payload
+            ethertype = ETHERTYPE_PPPOE
+        return link_header(self.linktype, ip, self.vlans, self.vlan_tpids, ethertype) + payload
 
     def write(self, path: str | Path, fmt: str = "pcap", nanosecond: bool = False) -> GroundTruth:
         """Write the capture (``fmt`` is ``"pcap"`` or ``"pcapng"``) and return the truth."""
@@ -334,9 +403,11 @@ def link_header(
     ip: bytes,
     vlans: Sequence[int] = (),
     tpids: Sequence[int] = (TPID_8021AD, TPID_8021Q),
+    ethertype: int | None = None,
 ) -> bytes:
-    """The link-layer header to put in front of ``ip`` for ``linktype``."""
-    ethertype = ETHERTYPE_IPV6 if ip and ip[0] >> 4 == 6 else ETHERTYPE_IPV4
+    """The link-layer header to put in front of ``ip`` (or of a payload of ``ethertype``)."""
+    if ethertype is None:
+        ethertype = _ethertype(ip)
     if linktype == LINKTYPE_ETHERNET:
         tags = b""
         tpid_list = [TPID_8021Q] * len(vlans)
@@ -351,7 +422,83 @@ def link_header(
         return struct.pack("!HHIHBB8s", ethertype, 0, 2, 1, 0, 6, b"\x02\0\0\0\0\x01")
     if linktype in (LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6):
         return b""
+    family = 2 if ethertype == ETHERTYPE_IPV4 else 10
+    if linktype == LINKTYPE_NULL:  # address family in the writer's (here: little) byte order
+        return struct.pack("<I", family)
+    if linktype == LINKTYPE_LOOP:  # OpenBSD: network byte order, AF_INET6 is 24
+        return struct.pack("!I", 2 if family == 2 else 24)
+    if linktype == LINKTYPE_PPP:  # HDLC-like framing, then the PPP protocol
+        return b"\xff\x03" + struct.pack("!H", _PPP_PROTOCOLS[ethertype])
     raise ValueError(f"unsupported link type {linktype}")
+
+
+_PPP_PROTOCOLS = {ETHERTYPE_IPV4: 0x0021, ETHERTYPE_IPV6: 0x0057, ETHERTYPE_MPLS: 0x0281}
+
+
+def _ethertype(ip: bytes) -> int:
+    return ETHERTYPE_IPV6 if ip and ip[0] >> 4 == 6 else ETHERTYPE_IPV4
+
+
+def ethernet_frame(ip: bytes, vlans: Sequence[int] = ()) -> bytes:
+    """``ip`` in an Ethernet II frame (tunnel payloads, pseudowires)."""
+    return link_header(LINKTYPE_ETHERNET, ip, vlans) + ip
+
+
+def mpls_stack(labels: Sequence[int], tc: int = 0, ttl: int = 64) -> bytes:
+    """RFC 3032 label stack entries, the bottom-of-stack bit on the last one."""
+    return b"".join(
+        struct.pack("!I", (label & 0xFFFFF) << 12 | tc << 9 | (i == len(labels) - 1) << 8 | ttl)
+        for i, label in enumerate(labels)
+    )
+
+
+def pppoe_header(session: int, payload: bytes, ethertype: int) -> bytes:
+    """RFC 2516 session header plus the PPP protocol field for a payload of ``ethertype``."""
+    return struct.pack("!BBHHH", 0x11, 0, session, len(payload) + 2, _PPP_PROTOCOLS[ethertype])
+
+
+def encapsulate(ip: bytes, tunnel: str, tunnel_id: int, outer_src: str, outer_dst: str,
+                frame: bytes | None = None) -> bytes:
+    """``ip`` inside one of :data:`TUNNELS`, in an outer IPv4/IPv6 packet between the two
+    addresses (GRE flags and ERSPAN headers per RFC 2784/2890 and draft-foschiano-erspan).
+
+    :param frame: for tunnels of Ethernet frames: this frame instead of ``ip`` in Ethernet.
+    """
+    frame = ethernet_frame(ip) if frame is None else frame
+    if tunnel == "ipip":
+        return _outer(outer_src, outer_dst, 4 if ip[0] >> 4 == 4 else 41, ip)
+    if tunnel in ("vxlan", "geneve"):
+        if tunnel == "vxlan":
+            head, dport = struct.pack("!B3xI", 0x08, tunnel_id << 8), 4789
+        else:  # 8 bytes of options (one experimental TLV) before the frame
+            head = struct.pack("!BBHI", 2, 0, ETHERTYPE_TEB, tunnel_id << 8)
+            head += struct.pack("!HBB4x", 0xFFFF, 0x80, 1)
+            dport = 6081
+        body = head + frame
+        udp = struct.pack("!HHHH", 49152 + tunnel_id % 1000, dport, 8 + len(body), 0)
+        return _outer(outer_src, outer_dst, PROTO_UDP, udp + body)
+    if tunnel == "gre":
+        gre = struct.pack("!HH", 0, _ethertype(ip)) + ip
+    elif tunnel == "gre-key":
+        gre = struct.pack("!HHI", 0x2000, _ethertype(ip), tunnel_id) + ip
+    elif tunnel == "gre-teb":
+        gre = struct.pack("!HHI", 0x2000, ETHERTYPE_TEB, tunnel_id) + frame
+    elif tunnel == "erspan2":  # ver 1, vlan 0; cos, en, t, session; reserved, index
+        gre = struct.pack("!HHI", 0x1000, 0x88BE, 7) + struct.pack(
+            "!HHI", 1 << 12, tunnel_id & 0x3FF, 0) + frame
+    elif tunnel == "erspan3":  # ver 2; session; timestamp; sgt, p/ft/hw/d/gra/o (o = 0)
+        gre = struct.pack("!HHI", 0x1000, 0x22EB, 7) + struct.pack(
+            "!HHIHH", 2 << 12, tunnel_id & 0x3FF, 12345, 0, 0) + frame
+    else:
+        raise ValueError(f"unknown tunnel {tunnel!r}")
+    return _outer(outer_src, outer_dst, 47, gre)
+
+
+def _outer(src: str, dst: str, proto: int, body: bytes) -> bytes:
+    s, d = ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed
+    if len(s) == 4:
+        return ipv4_packet(s, d, proto, body)
+    return ipv6_packet(s, d, proto, body)
 
 
 # --- file formats -------------------------------------------------------------------------
@@ -472,16 +619,26 @@ def ip_of_frame(frame: Frame) -> bytes | None:
         off, ethertype = 20, struct.unpack_from("!H", data, 0)[0]
     elif lt == LINKTYPE_ETHERNET:
         off, ethertype = 14, struct.unpack_from("!H", data, 12)[0]
-        while ethertype in (TPID_8021Q, TPID_8021AD) and len(data) >= off + 4:
+        while ethertype in (TPID_8021Q, TPID_8021AD, TPID_QINQ) and len(data) >= off + 4:
             ethertype, off = struct.unpack_from("!H", data, off + 2)[0], off + 4
     else:
         raise ValueError(f"unsupported link type {lt}")
+    if ethertype == ETHERTYPE_PPPOE and len(data) >= off + 8:
+        ppp = struct.unpack_from("!H", data, off + 6)[0]
+        ethertype = {v: k for k, v in _PPP_PROTOCOLS.items()}.get(ppp, 0)
+        off += 8
+    if ethertype in (ETHERTYPE_MPLS, ETHERTYPE_MPLS_MC):
+        while len(data) >= off + 4 and not data[off + 2] & 1:
+            off += 4
+        off += 4
+        ethertype = {4: ETHERTYPE_IPV4, 6: ETHERTYPE_IPV6}.get(data[off] >> 4 if len(data) > off
+                                                               else 0, 0)
     return data[off:] if ethertype in (ETHERTYPE_IPV4, ETHERTYPE_IPV6) else None
 
 
-def truth_from_file(path: str | Path) -> GroundTruth:
+def truth_from_file(path: str | Path, fragments: str = "ports0") -> GroundTruth:
     """Derive ground truth from any capture file (independently of the builder)."""
-    truth = GroundTruth()
+    truth = GroundTruth(fragments=fragments)
     for frame in read_frames(path):
         ip = ip_of_frame(frame)
         if ip is not None:

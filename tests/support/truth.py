@@ -2,8 +2,14 @@
 
 A :class:`FlowId` is the tuple a NetFlow collector shows (IP version, protocol, source and
 destination address and port; ICMP/ICMPv6 ``type << 8 | code`` as the destination port, source
-port 0; non-first fragments have both ports 0), and :class:`Counts` the packets, IP bytes (the
-IP header's total length, RFC 791 / RFC 8200 payload length + 40) and OR of TCP flags.
+port 0), and :class:`Counts` the packets, IP bytes (the IP header's total length, RFC 791 /
+RFC 8200 payload length + 40) and OR of TCP flags.
+
+Non-first fragments have no ports. A :class:`GroundTruth` accounts them the way the agent is
+configured (``[cache] fragments``): ``fragments="ports0"`` (ipt_NETFLOW, and the eBPF ingest)
+as their own flow with ports 0, ``"track"`` (the pcap and NFLOG ingests' default) to the flow
+of their first fragment, in whatever order the fragments come (a fragment whose first one
+never comes keeps ports 0).
 
 :func:`parse_ip` is a small, independent IP header reader (written for the tests, deliberately
 not ``agent.packet``), so captured traffic can be turned into ground truth without trusting the
@@ -85,10 +91,48 @@ class GroundTruth:
     flows: dict[FlowId, Counts] = field(default_factory=dict)
     frag: int = 0  # fragments seen (first and non-first)
     trunc: int = 0  # packets whose IP header is missing or inconsistent (not in flows)
+    fragments: str = "ports0"  # how non-first fragments are accounted: "ports0" or "track"
+    #: "track": fragment id -> the flow of its first fragment
+    _firsts: dict[tuple, FlowId] = field(default_factory=dict, repr=False)
+    #: "track": non-first fragments still waiting for their first one (fragment id, bytes)
+    _orphans: list[tuple[tuple, FlowId, int]] = field(default_factory=list, repr=False)
 
     def add(self, fid: FlowId, ip_bytes: int, tcp_flags: int = 0, packets: int = 1) -> None:
         """Account ``packets`` packets of ``ip_bytes`` bytes in total to ``fid``."""
         self.flows.setdefault(fid, Counts()).add(ip_bytes, tcp_flags, packets)
+
+    def add_fragment(self, frag_id: tuple, fid: FlowId, ip_bytes: int, first: bool,
+                     tcp_flags: int = 0) -> None:
+        """Account one fragment; ``fid`` is its own id (ports 0 when not ``first``)."""
+        self.frag += 1
+        track = self.fragments == "track"
+        if first or not track:
+            self.add(fid, ip_bytes, tcp_flags)
+            if first and track:
+                self._firsts[frag_id] = fid
+                self._adopt(frag_id, fid)
+            return
+        owner = self._firsts.get(frag_id)
+        if owner is not None:
+            self.add(owner, ip_bytes)
+            return
+        self.add(fid, ip_bytes)  # ports 0 until its first fragment shows up
+        self._orphans.append((frag_id, fid, ip_bytes))
+
+    def _adopt(self, frag_id: tuple, owner: FlowId) -> None:
+        """Move the fragments that came before their first one to its flow."""
+        keep = []
+        for item in self._orphans:
+            if item[0] != frag_id:
+                keep.append(item)
+                continue
+            counts = self.flows[item[1]]
+            counts.packets -= 1
+            counts.bytes -= item[2]
+            if not counts.packets:
+                del self.flows[item[1]]
+            self.add(owner, item[2])
+        self._orphans = keep
 
     def merge(self, other: GroundTruth) -> GroundTruth:
         """Add another truth into this one; returns ``self``."""
@@ -119,13 +163,17 @@ class GroundTruth:
             self.trunc += 1
             return
         fid, total, flags, is_frag = parsed
-        self.frag += is_frag
-        self.add(fid, total, flags)
+        if is_frag:
+            frag_id, first = fragment_id(data)
+            self.add_fragment(frag_id, fid, total, first, flags)
+        else:
+            self.add(fid, total, flags)
 
     @classmethod
-    def from_ip_packets(cls, packets: Iterable[bytes]) -> GroundTruth:
+    def from_ip_packets(cls, packets: Iterable[bytes], fragments: str = "ports0"
+                        ) -> GroundTruth:
         """Truth for a sequence of raw IP packets."""
-        truth = cls()
+        truth = cls(fragments=fragments)
         for data in packets:
             truth.add_ip_packet(data)
         return truth
@@ -173,6 +221,19 @@ def _parse_ipv6(data: bytes) -> tuple[FlowId, int, int, bool] | None:
             nh, off = data[off], off + (data[off + 1] + 1) * 8
     sport, dport, flags = _transport(data, off, nh)
     return FlowId(6, nh, src, dst, sport, dport), total, flags, is_frag
+
+
+def fragment_id(data: bytes) -> tuple[tuple, bool]:
+    """``(identity, is the first fragment)`` of a fragment that :func:`parse_ip` accepted:
+    RFC 791's (source, destination, protocol, id) or RFC 8200's (source, destination, id)."""
+    if data[0] >> 4 == 4:
+        ident, frag = struct.unpack_from("!HH", data, 4)
+        return (data[12:16], data[16:20], data[9], ident), not frag & 0x1FFF
+    nh, off = data[6], 40
+    while nh != _IPV6_FRAG:
+        nh, off = data[off], off + (data[off + 1] + 1) * 8
+    offset, ident = struct.unpack_from("!2xHI", data, off)
+    return (data[8:24], data[24:40], ident), not offset & 0xFFF8
 
 
 def _transport(data: bytes, off: int, proto: int) -> tuple[int, int, int]:

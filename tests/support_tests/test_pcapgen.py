@@ -191,3 +191,42 @@ def test_parse_ip_rejects_bad_headers() -> None:
     assert parse_ip(b"") is None
     assert parse_ip(bytes([0x44]) + bytes(19)) is None  # IHL 4
     assert parse_ip(bytes([0x60]) + bytes(20)) is None  # IPv6 shorter than 40 bytes
+
+
+ENCAPSULATED = {  # builder arguments -> protocols tshark must see, outermost first
+    "qinq-9100": ({"vlans": (10, 20), "vlan_tpids": (0x9100, 0x8100)},
+                  "vlan:ethertype:vlan:ethertype:ip:udp"),
+    "mpls-2": ({"mpls": (16, 1000)}, "mpls:ip:udp"),
+    "pppoe": ({"pppoe_session": 7, "vlans": (3,)}, "vlan:ethertype:pppoes:ppp:ip:udp"),
+    "gre-key": ({"tunnel": "gre-key", "tunnel_id": 9}, "ip:gre:ip:udp"),
+    "gre-teb": ({"tunnel": "gre-teb", "tunnel_id": 9}, "ip:gre:eth:ethertype:ip:udp"),
+    "erspan2": ({"tunnel": "erspan2", "tunnel_id": 9}, "ip:gre:erspan:eth:ethertype:ip:udp"),
+    "erspan3": ({"tunnel": "erspan3", "tunnel_id": 9}, "ip:gre:erspan:eth:ethertype:ip:udp"),
+    "vxlan": ({"tunnel": "vxlan", "tunnel_id": 9}, "ip:udp:vxlan:eth:ethertype:ip:udp"),
+    "geneve": ({"tunnel": "geneve", "tunnel_id": 9}, "ip:udp:geneve:eth:ethertype:ip:udp"),
+    "ipip-6in4": ({"tunnel": "ipip", "tunnel_outer": ("192.0.2.1", "192.0.2.2")},
+                  "ip:ipv6:udp"),
+}
+
+
+@pytest.mark.parametrize("kwargs,chain", ENCAPSULATED.values(), ids=ENCAPSULATED.keys())
+def test_encapsulations_decode_in_tshark(tmp_path, kwargs, chain):
+    """tshark, an independent dissector, finds the inner UDP packet where pcapgen put it."""
+    tshark = require_tool("tshark")
+    src = "fd00::1" if chain.endswith("ipv6:udp") else "10.0.0.1"
+    dst = "fd00::2" if src.startswith("fd") else "10.0.0.2"
+    b = PcapBuilder(**kwargs)
+    b.add(FlowSpec("udp", src, dst, 1111, 2222, packets=2, payload=30))
+    b.write(tmp_path / "e.pcap")
+    out = subprocess.run([tshark, "-r", str(tmp_path / "e.pcap"), "-T", "fields",
+                          "-E", "separator=|", "-e", "frame.protocols", "-e", "ip.src",
+                          "-e", "ipv6.src", "-e", "udp.dstport", "-e", "mpls.label",
+                          "-e", "vxlan.vni", "-e", "geneve.vni", "-e", "erspan.spanid",
+                          "-e", "gre.key"],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert len(out) == 2
+    protocols, ip4, ip6, dport, labels, vni, gvni, span, key = out[0].split("|")
+    assert chain in protocols, protocols
+    assert (ip6 or ip4).split(",")[-1] == src and dport.split(",")[-1] == "2222"
+    assert labels in ("", "16,1000")
+    assert {vni, gvni, span, key} <= {"", "9", "0x000009", "0x00000009"}

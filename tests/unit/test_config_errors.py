@@ -60,6 +60,14 @@ BROKEN = [
     ("list-of-wrong-items", "[agent]\ndisabled_plugins = [1]\n",
      "agent.disabled_plugins[0]: expected a string, got an integer"),
     ("cache-type", '[cache]\ntype = "redis"\n', "cache: unknown cache plugin 'redis'"),
+    ("fragments-mode", '[cache]\nfragments = "reassemble"\n',
+     "cache.fragments: expected one of 'track', 'ports0'"),
+    ("fragment-timeout", "[cache]\nfragment_timeout = 0\n",
+     "cache.fragment_timeout: 0 is below the minimum 1"),
+    ("decapsulate-name", '[[ingest.pcap]]\npath = "{pcap}"\ndecapsulate = ["mpls"]\n',
+     "ingest.pcap[1].decapsulate[0]: expected one of 'gre', 'vxlan', 'geneve', 'ipip'"),
+    ("decapsulate-twice", '[[ingest.pcap]]\npath = "{pcap}"\ndecapsulate = ["gre", "gre"]\n',
+     "ingest.pcap[1].decapsulate: lists a tunnel twice"),
 ]
 
 
@@ -95,6 +103,18 @@ def test_valid_config_exits_0(tmp_path, pcap, capsys):
     rc, err = _dry_run(cfg, capsys)
     assert rc == 0, err
     assert "configuration OK" in err
+
+
+def test_tunnel_option_warnings(tmp_path, pcap, capsys):
+    """keep_outer without tunnels and a snap length too short for inner headers: warnings."""
+    cfg = tmp_path / "warn.toml"
+    cfg.write_text(VALID.format(pcap=pcap) + '[[ingest.pcap]]\npath = "' + str(pcap) + '"\n'
+                   "keep_outer = true\n[[ingest.nflog]]\ngroup = 3\nsnaplen = 96\n"
+                   'decapsulate = ["vxlan"]\n')
+    rc, err = _dry_run(cfg, capsys)
+    assert rc == 0, err
+    assert "ingest.pcap[1].keep_outer: warning: has no effect without decapsulate" in err
+    assert "ingest.nflog[0].snaplen: warning: 96 bytes may cut tunnelled packets" in err
 
 
 def test_no_ingest_and_no_exporter(tmp_path, capsys):
