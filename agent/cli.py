@@ -29,7 +29,7 @@ from agent.config.load import load
 from agent.errors import ConfigIssue
 from agent.ops import Operations
 from agent.pipeline import Pipeline, StartupError
-from agent.plugins import build_registry, make_manager
+from agent.plugins import AgentPluginManager, build_registry, make_manager
 from agent.privileges import PrivilegeError
 from agent.registry import ComponentRegistry
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     return cmd_run(args.config, level)
 
 
-def _manager_for(path: str | None) -> tuple[pluggy.PluginManager, ComponentRegistry, list[Any]]:
+def _manager_for(path: str | None) -> tuple[AgentPluginManager, ComponentRegistry, list[Any]]:
     disabled: list[str] = []
     if path:
         raw, _ = load(path)
@@ -126,7 +126,7 @@ def cmd_dry_run(path: str, check_env: bool, strict: bool) -> int:
     _, issues = validate(path, registry, pm.hook, check_env=check_env)
     issues += [ConfigIssue("", f"plugin '{f.name}' failed to load ({f.error}); its components "
                            "are unavailable", severity="warning", file=path)
-               for f in getattr(pm, "load_failures", [])]
+               for f in pm.load_failures]
     n = _print_issues(issues, strict)
     if n > 0:
         print(f"{n} error(s), {len(issues) - n} warning(s): configuration is invalid",

@@ -1,9 +1,17 @@
 """Component instances from build to shutdown: build, start, reload, stop.
 
-Start order: exporters, cache and aggregation, then ingests (nothing is emitted before
-exporters are ready). Stop order: ingests stop, the inbox is drained, every flow is expired
-(end reason "forced"), aggregated and exported, then exporters stop. A reload keeps unchanged
-instances, reconfigures the cache in place and replaces what changed.
+Instances are registered with pluggy so that its default order (last registered first) is
+the core's: exporters, the cache, aggregators, ingests, each in configuration order. Every
+call goes through pluggy, so ``tryfirst``/``trylast`` and wrappers apply to lifecycle hooks
+too; ``agent_start`` and ``agent_stop`` reach only the instances of the step at hand
+(``AgentPluginManager.subset``), never plugin modules.
+
+* start: ``agent_start`` on every instance (exporters are ready before anything is
+  emitted); one that raises stops start-up, and what had started is stopped;
+* reload: unchanged instances keep running; the cache takes new timeouts in place; a
+  changed or removed instance is stopped, then its replacement is built and started;
+* stop: ingests stop, the inbox is drained, every flow is expired (end reason "forced"),
+  aggregated and exported, then the other instances stop.
 """
 
 from __future__ import annotations
@@ -11,13 +19,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
-
-import pluggy
 
 from agent import state
 from agent.config.model import AgentConfig, Instance
 from agent.loop import Loop
+from agent.plugins import AgentPluginManager
+from agent.registry import Component
+from agent.roles import Cache
+from agent.runner import HookFailed
 from agent.runtime import RunContext
 
 log = logging.getLogger("agent.pipeline")
@@ -33,17 +42,19 @@ class Lifecycle:
 
     :param config: the validated configuration to build from.
     :param pm: the plugin manager instances are registered with (as named plugins).
+    :ivar cache: the cache instance (exactly one after :meth:`build`).
     :param context: handed to every ``agent_start``.
     :param loop: the pipeline loop (its scans flush flows at shutdown and cache handover).
     """
 
-    def __init__(self, config: AgentConfig, pm: pluggy.PluginManager, context: RunContext,
+    def __init__(self, config: AgentConfig, pm: AgentPluginManager, context: RunContext,
                  loop: Loop):
         self.config = config
         self.pm = pm
         self.context = context
         self.loop = loop
-        self.components: dict[str, Any] = {}
+        self.components: dict[str, Component] = {}
+        self.cache: Cache | None = None
         self.started: list[str] = []
         self.pending_finite: set[str] = set()
         #: re-reads and validates the configuration for a reload; set by the CLI
@@ -58,43 +69,64 @@ class Lifecycle:
         """Instantiate every configured component and register it as a named plugin.
 
         :return: whether every ingest is a finite replay (the capture clock applies).
+        :raises StartupError: an instance does not have its stage's role.
         """
         for inst in self.config.instances:
-            obj = inst.ctype.factory(inst.config, inst.path)
-            self.pm.register(obj, name=inst.path)
-            self.components[inst.path] = obj
+            self.components[inst.path] = self._make(inst)
+        for path in reversed(self._call_order()):
+            self.pm.register(self.components[path], name=path)
         self.pm.check_pending()
-        ingests = [c for p, c in self.components.items() if p.startswith("ingest.")]
-        self.pending_finite = {p for p, c in self.components.items()
-                               if p.startswith("ingest.") and getattr(c, "finite", False)}
+        ingests = [p for p in self.components if p.startswith("ingest.")]
+        self.pending_finite = {p for p in ingests if self.components[p].finite}
         return bool(ingests) and len(self.pending_finite) == len(ingests)
 
+    def _make(self, inst: Instance) -> Component:
+        """Build one instance and check its role."""
+        obj = inst.ctype.factory(inst.config, inst.path)
+        if not isinstance(obj, Component):
+            raise StartupError(f"{inst.path}: {type(obj).__name__} is not an agent.api.Component")
+        if inst.stage == "cache":
+            if not isinstance(obj, Cache):
+                raise StartupError(f"{inst.path}: {type(obj).__name__} is not an agent.api.Cache")
+            self.cache = obj
+        return obj
+
+    def _call_order(self) -> list[str]:
+        """Instance names in the core's order: exporters, cache, aggregators, ingests."""
+        return [i.path for i in sorted(self.config.instances, key=lambda i: _STAGE_ORDER[i.stage])
+                if i.path in self.components]
+
     def start(self) -> None:
-        """Call ``agent_start`` on every component, exporters first, ingests last."""
-        order = sorted(self.config.instances, key=lambda i: _STAGE_ORDER[i.stage])
-        cache = self.cache_component()
-        if self.config.agent.state_file and hasattr(cache, "restore"):
-            self.restored_flows = state.restore(cache, self.config.agent.state_file)
-        for inst in order:
-            impl = getattr(self.components[inst.path], "agent_start", None)
-            try:
-                if impl is not None:
-                    impl(context=self.context)
-            except Exception as exc:
-                self.stop_started()
-                raise StartupError(f"{inst.path}: failed to start: {exc}") from exc
-            self.started.append(inst.path)
+        """Call ``agent_start`` on every component, exporters first, ingests last.
+
+        :raises StartupError: an instance raised; the message names it. What had started is
+            stopped again.
+        """
+        if self.config.agent.state_file and self.cache is not None:
+            self.restored_flows = state.restore(self.cache, self.config.agent.state_file)
+        order = self._call_order()
+        try:
+            self.pm.subset("agent_start", order)(context=self.context)
+        except HookFailed as exc:
+            runners = self.pm.runners
+            self.started = [p for p in order if not runners[p].implements("agent_start")
+                            or runners[p].succeeded("agent_start")]
+            self.stop_started()
+            raise StartupError(f"{exc.plugin}: failed to start: {exc.error}") from exc.error
+        self.started = order
 
     def stop_started(self) -> None:
         """Stop whatever was started (used when start-up fails half way)."""
-        for path in reversed(self.started):
-            impl = getattr(self.components[path], "agent_stop", None)
-            if impl is not None:
-                try:
-                    impl()
-                except Exception:
-                    log.exception("%s: error while stopping", path)
-        self.started.clear()
+        self._stop(self.started)
+        self.started = []
+
+    def _stop(self, paths: list[str]) -> None:
+        """``agent_stop`` on ``paths``: ingests first, then the others (isolated: one that
+        raises is logged and counted, the others still stop)."""
+        ingests = [p for p in paths if p.startswith("ingest.")]
+        for group in (ingests, [p for p in paths if p not in ingests]):
+            if group:
+                self.pm.subset("agent_stop", group)()
 
     def finite_done(self, source: str) -> None:
         """A finite ingest emitted everything (``ITEM_DONE``)."""
@@ -103,10 +135,6 @@ class Lifecycle:
     def all_finite_done(self) -> bool:
         """Whether no finite ingest is still emitting."""
         return not self.pending_finite
-
-    def cache_component(self) -> Any:
-        """The cache instance (there is exactly one)."""
-        return self.components.get("cache")
 
     # --- reload ------------------------------------------------------------------------------
 
@@ -149,77 +177,61 @@ class Lifecycle:
             if old is not None and old.type_name == inst.type_name and old.config == inst.config:
                 continue
             if old is not None and inst.stage == "cache" and old.type_name == inst.type_name \
-                    and hasattr(self.components[inst.path], "reconfigure"):
-                self.components[inst.path].reconfigure(inst.config)
+                    and self.cache is not None:
+                self.cache.reconfigure(inst.config)
                 continue
             self._replace(old, inst)
         self.config = new
+        self.pm.call_order(self._call_order())
         self.loop.scan_ns = new.agent.scan_interval_ms * 1_000_000
         self.context.debug = new.agent.debug
 
     def _replace(self, old: Instance | None, inst: Instance) -> None:
+        """Stop ``old`` (if any), then build, register and start ``inst``."""
         if old is not None and inst.stage == "cache":  # a different cache type: hand over
             self.loop.scan(self.loop.clock.now_ns(), force=True)
-        if old is not None and inst.stage == "ingest":
+        if old is not None:
             self._retire(old.path)
-            old = None
-        retired = self._unregister(old.path) if old is not None else None
-        obj = inst.ctype.factory(inst.config, inst.path)
-        impl = getattr(obj, "agent_start", None)
-        if impl is not None:
-            impl(context=self.context)
+        obj = self._make(inst)
         self.pm.register(obj, name=inst.path)
         self.components[inst.path] = obj
-        if inst.path not in self.started:
-            self.started.append(inst.path)
-        if getattr(obj, "finite", False) and inst.stage == "ingest":
+        try:
+            self.pm.subset("agent_start", [inst.path])(context=self.context)
+        except HookFailed as exc:
+            self._unregister(inst.path)
+            raise StartupError(f"{inst.path}: failed to start: {exc.error}") from exc.error
+        self.started.append(inst.path)
+        if inst.stage == "ingest" and obj.finite:
             self.pending_finite.add(inst.path)
-        if retired is not None:
-            self._stop_object(inst.path, retired)
 
-    def _unregister(self, path: str) -> Any:
+    def _unregister(self, path: str) -> Component:
         obj = self.components.pop(path)
         self.pm.unregister(name=path)
         return obj
 
     def _retire(self, path: str) -> None:
-        obj = self._unregister(path)
+        """Stop a removed or changed instance and forget it."""
+        self._stop([path])
+        self._unregister(path)
         self.context.forget_sampling(path)
         self.context.forget_netns(path)
         self.loop.forget_source(path)
         if path in self.started:
             self.started.remove(path)
         self.pending_finite.discard(path)
-        self._stop_object(path, obj)
-
-    def _stop_object(self, path: str, obj: Any) -> None:
-        impl = getattr(obj, "agent_stop", None)
-        if impl is None:
-            return
-        try:
-            impl()
-        except Exception:
-            log.exception("%s: error while stopping", path)
 
     # --- stopping ----------------------------------------------------------------------------
 
     def shutdown(self) -> None:
         """Stop ingests, drain, export every flow, stop the rest."""
-        ingests = [p for p in self.started if p.startswith("ingest.")]
-        for path in ingests:
-            self._stop_one(path)
+        self._stop([p for p in self.started if p.startswith("ingest.")])
         self.loop.drain()
-        cache = self.cache_component()
         now = self.loop.clock.now_ns
-        if self.loop.stopping and self.config.agent.state_file and hasattr(cache, "dump"):
+        if self.loop.stopping and self.config.agent.state_file and self.cache is not None:
             self.loop.scan(now() or time.time_ns())  # export what is due; save the rest
-            state.save(cache, self.config.agent.state_file)
+            state.save(self.cache, self.config.agent.state_file)
         self.loop.scan(now() or time.time_ns(), force=True)
-        for path in reversed([p for p in self.started if not p.startswith("ingest.")]):
-            self._stop_one(path)
-        self.started.clear()
+        self._stop([p for p in self.started if not p.startswith("ingest.")])
+        self.started = []
         for path in list(self.components):
             self.pm.unregister(name=path)
-
-    def _stop_one(self, path: str) -> None:
-        self._stop_object(path, self.components[path])

@@ -12,8 +12,10 @@
                                           agent_cache_expire ─▶ agent_aggregate_flows (chain)
                                           ─▶ agent_export_flows ─▶ agent_tick (all)
 
-Items that are not data (a finite ingest's end, a reload request, a call from the control
-socket) go to the handler the owner registered in :attr:`Loop.handlers`.
+Every stage call goes through pluggy (``pm.hook``), whose runners isolate and count each
+implementation (:mod:`agent.runner`). Items that are not data (a finite ingest's end, a
+reload request, a call from the control socket) go to the handler the owner registered in
+:attr:`Loop.handlers`.
 """
 
 from __future__ import annotations
@@ -21,11 +23,10 @@ from __future__ import annotations
 import logging
 import queue
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from agent.clock import Clock
 from agent.model import FlowBatch, FlowRecord, NatEvent, PacketBatch
-from agent.runner import HookCalls
 from agent.runtime import ITEM_FLOWS, ITEM_NAT, ITEM_PACKETS, ITEM_STOP, RunContext
 from agent.stats import RateMeter
 
@@ -37,14 +38,14 @@ class Loop:
 
     :param context: the run context whose inbox the ingests fill.
     :param clock: the pipeline clock (advanced by replayed packets).
-    :param hooks: how stage hooks are called.
+    :param hook: the plugin manager's hook relay (``pm.hook``).
     :param scan_ns: the scan interval (``[agent] scan_interval_ms``), in ns.
     """
 
-    def __init__(self, context: RunContext, clock: Clock, hooks: HookCalls, scan_ns: int):
+    def __init__(self, context: RunContext, clock: Clock, hook: Any, scan_ns: int):
         self.context = context
         self.clock = clock
-        self.hooks = hooks
+        self.hook = hook
         self.scan_ns = scan_ns
         self.next_scan_ns = 0
         self.stopping = False
@@ -120,12 +121,12 @@ class Loop:
 
     def _nat(self, events: list[NatEvent]) -> None:
         self.nat_events += len(events)
-        self.hooks.call("agent_export_nat_events", events=events)
+        self.hook.agent_export_nat_events(events=events)
 
     def _flows(self, batch: FlowBatch) -> None:
         if self.context.samplings:
             self._check_sampled(batch.source)
-        self.hooks.call("agent_cache_flows", batch=batch, now_ns=self.clock.now_ns())
+        self.hook.agent_cache_flows(batch=batch, now_ns=self.clock.now_ns())
 
     def _check_sampled(self, source: str) -> None:
         """Warn once per source that emits unsampled flows next to a declared sampling."""
@@ -144,7 +145,7 @@ class Loop:
             # expire what the capture's clock reached before this batch's first packet
             self._advance_clock(batch.packets[0][3])
             self._scan_if_due()
-        self.hooks.call("agent_cache_packets", batch=batch, now_ns=self.clock.now_ns())
+        self.hook.agent_cache_packets(batch=batch, now_ns=self.clock.now_ns())
         if replay:
             self._advance_clock(batch.clock_ns or (batch.packets[-1][3] if batch.packets else 0))
 
@@ -157,14 +158,11 @@ class Loop:
     def scan(self, now: int, force: bool = False) -> None:
         """Expire, aggregate and export flows, then run every component's timers."""
         records: list[FlowRecord] = []
-        for part in self.hooks.call("agent_cache_expire", now_ns=now, force=force):
+        for part in self.hook.agent_cache_expire(now_ns=now, force=force):
             records.extend(part)
         if records:
-            for impl in self.hooks.pm.hook.agent_aggregate_flows.get_hookimpls():  # a chain
-                out = self.hooks.call_one(impl, "agent_aggregate_flows", {"records": records})
-                if out is not None:
-                    records = cast("list[FlowRecord]", out)
+            self.hook.agent_aggregate_flows(records=records)  # a chain on this list
             self.exported_flows += len(records)
-            self.hooks.call("agent_export_flows", records=records)
+            self.hook.agent_export_flows(records=records)
         self.rates.update(now, *self.traffic_totals())
-        self.hooks.call("agent_tick", now_ns=now)
+        self.hook.agent_tick(now_ns=now)

@@ -14,6 +14,8 @@ Families (see docs/operations.md for the full table): ``netflow_agent_traffic_pa
 ``..._memtraf_bytes``, ``..._hash_metric{window}``, ``..._rate_packets_per_second{window}``,
 ``..._rate_bits_per_second{window}``, ``..._export_*{exporter,destination}`` (the sockX
 lines), ``..._natevents_total{event}``, ``..._reloads_total{result}``,
+``..._hook_calls_total{component,hook}``, ``..._hook_call_errors_total{component,hook}``,
+``..._hook_seconds_total{component,hook}`` (per plugin or instance, agent/runner.py),
 ``..._component_stat{component,stat}`` (every numeric counter a component reports).
 """
 
@@ -102,6 +104,7 @@ def metric_families(snap: dict[str, Any]) -> Iterator[Any]:
     yield _labelled(CounterMetricFamily, "natevents", "NAT translation events.", ["event"],
                     [(["start"], nat["start"]), (["stop"], nat["stop"])])
     yield from _agent_families(snap["agent"], CounterMetricFamily, GaugeMetricFamily)
+    yield from _hook_families(snap.get("hooks", {}), CounterMetricFamily)
     yield _component_family(snap["components"], GaugeMetricFamily)
 
 
@@ -134,6 +137,21 @@ def _agent_families(agent: dict[str, Any], counter: Any, gauge: Any) -> Iterator
                 value=agent["restored_flows"])
     yield gauge(PREFIX + "uptime_seconds", "Seconds since start (capture time in a replay).",
                 value=agent["uptime_s"])
+
+
+#: hook counter (agent.runner.HookCounters) -> (metric, help)
+HOOK_COUNTERS = {
+    "calls": ("hook_calls", "Calls of a hook implementation."),
+    "errors": ("hook_call_errors", "Calls of a hook implementation that raised."),
+    "seconds": ("hook_seconds", "Seconds spent in a hook implementation."),
+}
+
+
+def _hook_families(hooks: dict[str, Any], counter: Any) -> Iterator[Any]:
+    for key, (name, doc) in HOOK_COUNTERS.items():
+        yield _labelled(counter, name, doc, ["component", "hook"],
+                        [([comp, hook], float(c[key])) for comp, per_hook in hooks.items()
+                         for hook, c in per_hook.items()])
 
 
 def _component_family(components: dict[str, Any], gauge: Any) -> Any:

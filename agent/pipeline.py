@@ -7,9 +7,10 @@
     ├── Loop       agent/loop.py       inbox dispatch and scans, on the pipeline thread
     └── Clock      agent/clock.py      wall time, or the capture's time in a replay
 
-Stage hooks are called one implementation at a time (:mod:`agent.runner`): an
-implementation that raises is logged (rate-limited) and counted in ``hook_errors`` and the
-others still run.
+Every hook is called through pluggy; the plugin manager registers each plugin through a
+runner (:mod:`agent.runner`) that isolates and counts its implementations: one that raises
+in a stage hook is logged (rate-limited) and counted in ``hook_errors`` and the others still
+run. Per instance and hook, calls, errors and seconds are in :meth:`Pipeline.hook_stats`.
 """
 
 from __future__ import annotations
@@ -18,13 +19,12 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import pluggy
-
 from agent.clock import Clock
 from agent.config.model import AgentConfig
 from agent.lifecycle import Lifecycle, StartupError
 from agent.loop import Loop
-from agent.runner import HookCalls
+from agent.plugins import AgentPluginManager
+from agent.roles import Cache
 from agent.runtime import ITEM_CALL, ITEM_DONE, ITEM_RELOAD, ITEM_STOP, RunContext
 
 __all__ = ["Pipeline", "StartupError"]
@@ -33,13 +33,12 @@ __all__ = ["Pipeline", "StartupError"]
 class Pipeline:
     """One running agent: component instances, the inbox, the clock and the core counters."""
 
-    def __init__(self, config: AgentConfig, pm: pluggy.PluginManager):
+    def __init__(self, config: AgentConfig, pm: AgentPluginManager):
         self.pm = pm
         self.clock = Clock()
         self.context = RunContext(debug=config.agent.debug, state_dir=config.agent.state_dir,
                                   clock=self.clock.now_ns, core_stats=self.core_stats)
-        self.hooks = HookCalls(pm)
-        self.loop = Loop(self.context, self.clock, self.hooks,
+        self.loop = Loop(self.context, self.clock, pm.hook,
                          config.agent.scan_interval_ms * 1_000_000)
         self.lifecycle = Lifecycle(config, pm, self.context, self.loop)
         self.loop.finished = self.lifecycle.all_finite_done
@@ -104,7 +103,7 @@ class Pipeline:
         try:
             item(self)
         except Exception:
-            self.hooks.failed("pipeline call", getattr(item, "__qualname__", "call"))
+            self.pm.errors.failed("pipeline call", getattr(item, "__qualname__", "call"))
 
     # --- state, read by operations and tests ---------------------------------------------------
 
@@ -179,29 +178,27 @@ class Pipeline:
     @property
     def hook_errors(self) -> Counter[str]:
         """Plugin name -> hook implementations of it that raised."""
-        return self.hooks.errors
+        return self.pm.errors.errors
+
+    def hook_stats(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Plugin or instance name -> hook name -> calls, errors and seconds."""
+        return self.pm.stats()
 
     # --- counters ----------------------------------------------------------------------------
 
-    def cache_component(self) -> Any:
+    def cache_component(self) -> Cache | None:
         """The cache instance (there is exactly one)."""
-        return self.lifecycle.cache_component()
+        return self.lifecycle.cache
 
     def _traffic_totals(self) -> tuple[int, int]:
         """Accounted packets and bytes so far, read without building a whole stats report."""
-        cache = self.cache_component()
-        counters = getattr(cache, "stats", None)
-        if counters is not None and hasattr(counters, "traffic_packets"):
-            return counters.traffic_packets, counters.traffic_bytes
-        stats = self.core_stats()
-        return stats.get("traffic_packets", 0), stats.get("traffic_bytes", 0)
+        cache = self.lifecycle.cache
+        return (cache.stats.traffic_packets, cache.stats.traffic_bytes) if cache else (0, 0)
 
     def core_stats(self) -> dict[str, Any]:
         """Cache counters, rates and pipeline counters (flat)."""
-        cache = self.cache_component()
-        out: dict[str, Any] = {}
-        if cache is not None and hasattr(cache, "agent_collect_stats"):
-            out.update(cache.agent_collect_stats())
+        cache = self.lifecycle.cache
+        out: dict[str, Any] = cache.counters() if cache is not None else {}
         out.update(self.loop.rates.as_dict())
         sampling = self.context.sampling()
         out.update(exported_flows_total=self.exported_flows, nat_events=self.nat_events,
@@ -210,14 +207,15 @@ class Pipeline:
         return out
 
     def collect_stats(self) -> dict[str, Any]:
-        """Every instance's counters, keyed by instance name, plus ``core``."""
+        """Every instance's counters (``agent_collect_stats`` through pluggy), keyed by
+        instance name, plus ``core``."""
         out: dict[str, Any] = {"core": self.core_stats()}
-        for path, comp in self.components.items():
-            impl = getattr(comp, "agent_collect_stats", None)
-            if impl is None:
-                continue
-            try:
-                out[path] = impl()
-            except Exception:
-                self.hooks.failed("agent_collect_stats", path)
+        runners = self.pm.runners
+        for path in self.components:
+            runners[path].results.pop("agent_collect_stats", None)
+        self.pm.hook.agent_collect_stats()
+        for path in self.components:
+            result = runners[path].results.get("agent_collect_stats")
+            if result is not None:
+                out[path] = result
         return out

@@ -380,7 +380,9 @@ class IpfixExporter(Component):
     @hookimpl
     def agent_collect_stats(self) -> dict[str, Any]:
         """Instance counters plus one mapping per destination."""
-        out: dict[str, Any] = dict(self.counters)
+        out: dict[str, Any] = {"protocol": 10, "refresh_rate": self.config.refresh_rate,
+                               "natevents": self.config.natevents}
+        out.update(self.counters)
         out["sequence"] = self.session.sequence
         dests = [d.snapshot() for d in self.udp] + [d.snapshot() for d in self.tcp]
         out["destinations"] = {str(d["destination"]): d for d in dests}

@@ -226,7 +226,9 @@ class NetflowExporter(Component):
     @hookimpl
     def agent_collect_stats(self) -> dict[str, Any]:
         """Instance counters, totals over destinations (``sock:``) and one ``sockN`` each."""
-        out: dict[str, Any] = {"protocol": self.config.protocol}
+        cfg = self.config
+        out: dict[str, Any] = {"protocol": cfg.protocol, "refresh_rate": cfg.refresh_rate,
+                               "timeout_rate": cfg.timeout_rate, "natevents": cfg.natevents}
         out.update(asdict(self.stats))
         out["sequence"] = self.state.flows if self.config.protocol == 5 else self.state.packets
         totals = {"sock_ok": 0, "sock_fail": 0, "sock_cberr": 0, "sock_bytes": 0,
