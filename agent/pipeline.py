@@ -15,6 +15,7 @@ run. Per instance and hook, calls, errors and seconds are in :meth:`Pipeline.hoo
 
 from __future__ import annotations
 
+import inspect
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -103,7 +104,8 @@ class Pipeline:
         try:
             item(self)
         except Exception:
-            self.pm.errors.failed("pipeline call", getattr(item, "__qualname__", "call"))
+            name = item.__qualname__ if inspect.isroutine(item) else type(item).__qualname__
+            self.pm.errors.failed("pipeline call", name)
 
     # --- state, read by operations and tests ---------------------------------------------------
 

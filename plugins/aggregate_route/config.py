@@ -6,8 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.config.schema import option
-from agent.errors import ConfigIssue
+from agent.api import ConfigIssue, option
 
 _NETNS_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
 

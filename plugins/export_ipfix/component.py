@@ -28,13 +28,18 @@ import time
 from operator import attrgetter
 from typing import Any
 
-from agent import hookimpl
-from agent.errors import EncodeError
-from agent.model import FlowRecord, NatEvent, Sampling
-from agent.netns import names_here
-from agent.registry import Component
-from agent.runtime import RunContext
-from agent.transport.udp import UdpDestination, address_family
+from agent.api import (
+    EncodeError,
+    FlowRecord,
+    NatEvent,
+    NatExporter,
+    RunContext,
+    Sampling,
+    UdpDestination,
+    address_family,
+    hookimpl,
+    names_here,
+)
 
 from .config import Config
 from .file import IpfixFile
@@ -64,7 +69,7 @@ _IN_IF = attrgetter("in_if")
 _OUT_IF = attrgetter("out_if")
 
 
-class IpfixExporter(Component):
+class IpfixExporter(NatExporter):
     """IPFIX exporter instance (``export.ipfix[N]``)."""
 
     stage = "export"

@@ -32,9 +32,7 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from agent.ie import VARIABLE_LENGTH
-from agent.model import Sampling
-from agent.netns import names_here
+from agent.api import VARIABLE_LENGTH, Sampling, names_here
 
 from .ipfix import DataGroup, Template, encode_varlen
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent import hookimpl
-from agent.registry import ComponentRegistry
+from agent.api import ComponentRegistry, hookimpl
 
 
 @hookimpl

@@ -7,10 +7,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from agent import hookimpl
-from agent.model import FlowRecord, NatEvent
-from agent.registry import Component
-from agent.runtime import RunContext
+from agent.api import FlowRecord, NatEvent, NatExporter, RunContext, hookimpl
 
 from .config import Config
 
@@ -27,7 +24,7 @@ def flow_text(rec: FlowRecord) -> str:
             f"in={rec.in_if} out={rec.out_if} end={rec.end_reason}")
 
 
-class LogExporter(Component):
+class LogExporter(NatExporter):
     """``[[export.log]]``."""
 
     stage = "export"

@@ -24,12 +24,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
 
-from agent import hookimpl
-from agent.errors import EncodeError
-from agent.model import NAT_START, FlowRecord, NatEvent, Sampling
-from agent.registry import Component
-from agent.runtime import RunContext
-from agent.transport.udp import UdpDestination
+from agent.api import (
+    NAT_START,
+    EncodeError,
+    FlowRecord,
+    NatEvent,
+    NatExporter,
+    RunContext,
+    Sampling,
+    UdpDestination,
+    hookimpl,
+)
 
 from . import nel, v5, v9
 from .config import Config
@@ -56,7 +61,7 @@ class ExporterStats:
     sampling_interval: int = 1  # the sampling interval announced to collectors (1 = none)
 
 
-class NetflowExporter(Component):
+class NetflowExporter(NatExporter):
     """One ``[[export.netflow]]`` instance: NetFlow v5 or v9 to one or more collectors.
 
     :param config: the instance's :class:`~.config.Config`.

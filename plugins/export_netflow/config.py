@@ -9,10 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.config.schema import option
-from agent.errors import ConfigIssue
-from agent.registry import Resource
-from agent.transport.udp import EndpointError, address_family, parse_endpoint
+from agent.api import ConfigIssue, EndpointError, Resource, address_family, option, parse_endpoint
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

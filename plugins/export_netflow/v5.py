@@ -25,8 +25,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from agent.errors import EncodeError
-from agent.model import SAMPLING_DETERMINISTIC, FlowRecord, Sampling
+from agent.api import SAMPLING_DETERMINISTIC, EncodeError, FlowRecord, Sampling
 
 from .state import UINT32_MASK, ExportState
 

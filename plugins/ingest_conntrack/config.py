@@ -5,9 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from agent.config.schema import option
-from agent.errors import ConfigIssue
-from agent.registry import Resource
+from agent.api import ConfigIssue, Resource, option
 
 _NETNS_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
 

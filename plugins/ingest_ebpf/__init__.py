@@ -12,9 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from agent import hookimpl
-from agent.errors import ConfigIssue
-from agent.registry import ComponentRegistry
+from agent.api import ComponentRegistry, ConfigIssue, hookimpl
 
 CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
@@ -63,7 +61,7 @@ def agent_register_components(registry: ComponentRegistry) -> None:
 @hookimpl
 def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue]:
     """With ``check_env``: the configured network namespace must exist."""
-    from agent.netns import netns_path
+    from agent.api import netns_path
 
     issues: list[ConfigIssue] = []
     if not check_env:

@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.config.schema import option
-from agent.errors import ConfigIssue
-from agent.registry import Resource
+from agent.api import ConfigIssue, Resource, option
 
 IFNAMSIZ = 16
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agent import hookimpl
-from agent.errors import ConfigIssue
-from agent.registry import ComponentRegistry
+from agent.api import ComponentRegistry, ConfigIssue, hookimpl
 
 
 @hookimpl

@@ -26,10 +26,7 @@ import threading
 import time
 from typing import Any
 
-from agent import hookimpl, privileges
-from agent.errors import ComponentUnavailable
-from agent.registry import Component
-from agent.runtime import RunContext
+from agent.api import ComponentUnavailable, Ingest, RunContext, follow_privileges, hookimpl
 
 from .config import Config
 from .decoders import c_unavailable_reason, make_batcher
@@ -87,7 +84,7 @@ class GroupReader:
             pause = self.owner.config.coalesce_ms / 1000
             while not self.stopping.is_set():
                 ready = self.poller.poll(_POLL_S * 1000)
-                privileges.follow()  # before reading: this thread gives up root's capabilities
+                follow_privileges()  # before reading: this thread gives up root's capabilities
                 if ready and not self._drain() and pause:
                     self.stopping.wait(pause)  # let kernel batches gather: one wakeup for many
             self._finish()
@@ -188,7 +185,7 @@ class GroupReader:
             return 0
 
 
-class NflogIngest(Component):
+class NflogIngest(Ingest):
     """``[[ingest.nflog]]``: the userspace ``-j NETFLOW`` fed by NFLOG groups."""
 
     stage = "ingest"

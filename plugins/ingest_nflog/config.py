@@ -6,9 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.config.schema import option
-from agent.errors import ConfigIssue
-from agent.registry import Resource
+from agent.api import ConfigIssue, Resource, option
 
 from .netlink import NLBUFSIZ_MAX
 

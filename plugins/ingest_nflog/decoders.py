@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Protocol
 
-from agent.model import FlowBatch, FlowDelta, Packet, PacketBatch
+from agent.api import FlowBatch, FlowDelta, Packet, PacketBatch
 
 from .netlink import NflogDecoder
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from agent.errors import ConfigIssue
-from agent.netns import netns_path, run_in_netns
+from agent.api import ConfigIssue, netns_path, run_in_netns
 
 from .config import Config
 

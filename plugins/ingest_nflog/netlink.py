@@ -33,9 +33,7 @@ from operator import itemgetter
 from pyroute2.netlink import nla
 from pyroute2.netlink.nfnetlink import nfgen_msg
 
-from agent.model import DIRECTION_EGRESS, DIRECTION_INGRESS, Packet
-from agent.netns import run_in_netns
-from agent.packet import PacketParser
+from agent.api import DIRECTION_EGRESS, DIRECTION_INGRESS, Packet, PacketParser, run_in_netns
 
 # --- netlink / nfnetlink (linux/netlink.h, linux/netfilter/nfnetlink.h) ----------------------
 

@@ -6,11 +6,15 @@ import threading
 import time
 from typing import Any
 
-from agent import hookimpl
-from agent.model import DIRECTION_EGRESS, DIRECTION_INGRESS, PacketBatch
-from agent.packet import PacketParser
-from agent.registry import Component
-from agent.runtime import RunContext
+from agent.api import (
+    DIRECTION_EGRESS,
+    DIRECTION_INGRESS,
+    Ingest,
+    PacketBatch,
+    PacketParser,
+    RunContext,
+    hookimpl,
+)
 
 from .config import Config
 from .linktype import SUPPORTED, ip_offset
@@ -20,7 +24,7 @@ from .reader import PcapError, PcapReader
 _MAX_BATCH_SPAN_NS = 1_000_000_000
 
 
-class PcapIngest(Component):
+class PcapIngest(Ingest):
     """``[[ingest.pcap]]``: a finite source; the agent exits after it is replayed and flushed."""
 
     stage = "ingest"

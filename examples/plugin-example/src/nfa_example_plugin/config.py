@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.config.schema import option
-from agent.errors import ConfigIssue
+from agent.api import ConfigIssue, option
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
