@@ -223,7 +223,11 @@ class Lifecycle:
     # --- stopping ----------------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """Stop ingests, drain, export every flow, stop the rest."""
+        """Stop ingests, drain, export every flow, stop the rest.
+
+        The stopped instances stay registered, so their last counters (``agent_collect_stats``,
+        hook counters) can still be read.
+        """
         self._stop([p for p in self.started if p.startswith("ingest.")])
         self.loop.drain()
         now = self.loop.clock.now_ns
@@ -233,5 +237,3 @@ class Lifecycle:
         self.loop.scan(now() or time.time_ns(), force=True)
         self._stop([p for p in self.started if not p.startswith("ingest.")])
         self.started = []
-        for path in list(self.components):
-            self.pm.unregister(name=path)
