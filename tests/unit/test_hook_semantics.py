@@ -186,6 +186,27 @@ def test_a_wrapper_that_raises_is_isolated(make_agent, collecting_plugin):
     assert agent.pipeline.hook_errors["export.badwrap[0]"] == 1
 
 
+def test_opt_in_and_defaulted_arguments_reach_the_implementation(make_agent,
+                                                                   collecting_plugin):
+    """pluggy passes an argument with a default as a keyword; the runner passes it on."""
+    seen: list[tuple[int, bool]] = []
+
+    class Expirer(Component):
+        stage, type_name = "export", "expirer"
+
+        @hookimpl
+        def agent_cache_expire(self, now_ns, force=False):
+            seen.append((now_ns, force))
+
+    def register(registry):
+        registry.add("export", "expirer", Expirer, NoConfig)
+
+    agent = make_agent(BASE + "[[export.expirer]]\n", [collecting_plugin, types.SimpleNamespace(
+        agent_register_components=hookimpl(register))])
+    agent.scan(T0)
+    assert seen == [(T0, False)]
+
+
 def test_aggregate_chain_sees_the_previous_result(make_agent, collecting_plugin):
     """A list returned by one aggregator is what the next one and the exporters get."""
     seen: list[int] = []
