@@ -204,8 +204,8 @@ def cmd_run(path: str, level: str | None) -> int:
         log.error("%s", exc)
         return EX_CONFIG
     pipeline = Pipeline(config, pm)
-    pipeline.build()
     try:
+        pipeline.build()
         pipeline.start()
     except StartupError as exc:
         log.error("%s", exc)

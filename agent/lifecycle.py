@@ -42,9 +42,9 @@ class Lifecycle:
 
     :param config: the validated configuration to build from.
     :param pm: the plugin manager instances are registered with (as named plugins).
-    :ivar cache: the cache instance (exactly one after :meth:`build`).
     :param context: handed to every ``agent_start``.
     :param loop: the pipeline loop (its scans flush flows at shutdown and cache handover).
+    :ivar cache: the cache instance (exactly one after :meth:`build`).
     """
 
     def __init__(self, config: AgentConfig, pm: AgentPluginManager, context: RunContext,

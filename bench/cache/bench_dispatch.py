@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 if not any(Path(p, "agent", "__init__.py").exists() for p in sys.path if p):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench_cache import BATCH, PACKETS, workload  # noqa: E402
+from bench_cache import PACKETS, workload  # noqa: E402
 
 from agent.model import PacketBatch  # noqa: E402
 from agent.stages.cache import CacheConfig, FlowCache  # noqa: E402
