@@ -255,3 +255,11 @@ def test_hook_counters_are_in_the_snapshot(make_agent, collecting_plugin):
     assert hooks["cache"]["agent_cache_packets"]["errors"] == 0
     assert hooks["cache"]["agent_cache_packets"]["seconds"] > 0
     assert hooks["ingest.fake[0]"]["agent_start"]["calls"] == 1
+    from agent.metrics import metric_families
+
+    samples = {(f.name, s.labels["component"], s.labels["hook"]): s.value
+               for f in metric_families(build_snapshot(agent.pipeline))
+               if f.name.startswith("netflow_agent_hook_") for s in f.samples}
+    assert samples[("netflow_agent_hook_calls", "cache", "agent_cache_packets")] == 2
+    assert samples[("netflow_agent_hook_call_errors", "cache", "agent_cache_packets")] == 0
+    assert samples[("netflow_agent_hook_seconds", "cache", "agent_cache_packets")] > 0
