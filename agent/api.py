@@ -10,7 +10,7 @@ and may change without notice. :data:`API_VERSION` says what to expect:
 
 A plugin that needs a newer API than it finds can refuse to register::
 
-    from agent.api import API_VERSION, hookimpl
+    from netflow_agent.api import API_VERSION, hookimpl
 
     @hookimpl
     def agent_register_components(registry):
@@ -41,13 +41,13 @@ Groups (see ``docs/hooks.md``):
 
 from __future__ import annotations
 
-from agent import hookimpl
-from agent.config.schema import option
-from agent.errors import ComponentUnavailable, ConfigIssue, EncodeError
-from agent.ie import BY_ID as IE_BY_ID
-from agent.ie import VARIABLE_LENGTH, InformationElement, nat_event_value
-from agent.ie import ie as information_element
-from agent.model import (
+from netflow_agent import hookimpl
+from netflow_agent.config.schema import option
+from netflow_agent.errors import ComponentUnavailable, ConfigIssue, EncodeError
+from netflow_agent.ie import BY_ID as IE_BY_ID
+from netflow_agent.ie import VARIABLE_LENGTH, InformationElement, nat_event_value
+from netflow_agent.ie import ie as information_element
+from netflow_agent.model import (
     DIRECTION_EGRESS,
     DIRECTION_INGRESS,
     END_ACTIVE,
@@ -75,13 +75,26 @@ from agent.model import (
     make_key,
     split_key,
 )
-from agent.netns import NetnsScope, names_here, netns_path, run_in_netns
-from agent.packet import PacketParser
-from agent.privileges import follow as follow_privileges
-from agent.registry import Component, ComponentRegistry, Resource
-from agent.roles import Aggregator, Cache, CacheStats, Exporter, FlowRow, Ingest, NatExporter
-from agent.runtime import RunContext
-from agent.transport.udp import EndpointError, UdpDestination, address_family, parse_endpoint
+from netflow_agent.netns import NetnsScope, names_here, netns_path, run_in_netns
+from netflow_agent.packet import PacketParser
+from netflow_agent.privileges import follow as follow_privileges
+from netflow_agent.registry import Component, ComponentRegistry, Resource
+from netflow_agent.roles import (
+    Aggregator,
+    Cache,
+    CacheStats,
+    Exporter,
+    FlowRow,
+    Ingest,
+    NatExporter,
+)
+from netflow_agent.runtime import RunContext
+from netflow_agent.transport.udp import (
+    EndpointError,
+    UdpDestination,
+    address_family,
+    parse_endpoint,
+)
 
 #: ``(major, minor)`` of this plugin API (see the module docstring).
 API_VERSION = (2, 0)

@@ -15,7 +15,7 @@ order; ``tryfirst``/``trylast``; wrappers). Each implementation is called throug
 runner (:mod:`agent.runner`): in a stage hook one that raises is logged and counted and the
 others still run; in ``agent_start``, ``agent_register_components`` and
 ``agent_check_config`` a raise stops the caller. Plugins import what they need from
-:mod:`agent.api`. Per hook: ``docs/hooks.md`` (*Threads, and what happens when a hook
+:mod:`netflow_agent.api`. Per hook: ``docs/hooks.md`` (*Threads, and what happens when a hook
 raises*).
 
 Data flow::
@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from agent.config.model import AgentConfig
-    from agent.errors import ConfigIssue
-    from agent.model import FlowBatch, FlowRecord, NatEvent, PacketBatch
-    from agent.registry import ComponentRegistry
-    from agent.runtime import RunContext
+    from netflow_agent.config.model import AgentConfig
+    from netflow_agent.errors import ConfigIssue
+    from netflow_agent.model import FlowBatch, FlowRecord, NatEvent, PacketBatch
+    from netflow_agent.registry import ComponentRegistry
+    from netflow_agent.runtime import RunContext
 
 hookspec = pluggy.HookspecMarker("agent")
 

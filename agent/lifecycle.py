@@ -20,14 +20,14 @@ import logging
 import time
 from collections.abc import Callable
 
-from agent import state
-from agent.config.model import AgentConfig, Instance
-from agent.loop import Loop
-from agent.plugins import AgentPluginManager
-from agent.registry import Component
-from agent.roles import Cache
-from agent.runner import HookFailed
-from agent.runtime import RunContext
+from netflow_agent import state
+from netflow_agent.config.model import AgentConfig, Instance
+from netflow_agent.discovery import AgentPluginManager
+from netflow_agent.loop import Loop
+from netflow_agent.registry import Component
+from netflow_agent.roles import Cache
+from netflow_agent.runner import HookFailed
+from netflow_agent.runtime import RunContext
 
 log = logging.getLogger("agent.pipeline")
 _STAGE_ORDER = {"export": 0, "cache": 1, "aggregate": 2, "ingest": 3}
@@ -84,10 +84,10 @@ class Lifecycle:
         """Build one instance and check its role."""
         obj = inst.ctype.factory(inst.config, inst.path)
         if not isinstance(obj, Component):
-            raise StartupError(f"{inst.path}: {type(obj).__name__} is not an agent.api.Component")
+            raise StartupError(f"{inst.path}: {type(obj).__name__} is not an netflow_agent.api.Component")
         if inst.stage == "cache":
             if not isinstance(obj, Cache):
-                raise StartupError(f"{inst.path}: {type(obj).__name__} is not an agent.api.Cache")
+                raise StartupError(f"{inst.path}: {type(obj).__name__} is not an netflow_agent.api.Cache")
             self.cache = obj
         return obj
 

@@ -25,10 +25,10 @@ import queue
 from collections.abc import Callable
 from typing import Any
 
-from agent.clock import Clock
-from agent.model import FlowBatch, FlowRecord, NatEvent, PacketBatch
-from agent.runtime import ITEM_FLOWS, ITEM_NAT, ITEM_PACKETS, ITEM_STOP, RunContext
-from agent.stats import RateMeter
+from netflow_agent.clock import Clock
+from netflow_agent.model import FlowBatch, FlowRecord, NatEvent, PacketBatch
+from netflow_agent.runtime import ITEM_FLOWS, ITEM_NAT, ITEM_PACKETS, ITEM_STOP, RunContext
+from netflow_agent.stats import RateMeter
 
 log = logging.getLogger("agent.pipeline")
 

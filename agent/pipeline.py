@@ -20,13 +20,13 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from agent.clock import Clock
-from agent.config.model import AgentConfig
-from agent.lifecycle import Lifecycle, StartupError
-from agent.loop import Loop
-from agent.plugins import AgentPluginManager
-from agent.roles import Cache
-from agent.runtime import ITEM_CALL, ITEM_DONE, ITEM_RELOAD, ITEM_STOP, RunContext
+from netflow_agent.clock import Clock
+from netflow_agent.config.model import AgentConfig
+from netflow_agent.discovery import AgentPluginManager
+from netflow_agent.lifecycle import Lifecycle, StartupError
+from netflow_agent.loop import Loop
+from netflow_agent.roles import Cache
+from netflow_agent.runtime import ITEM_CALL, ITEM_DONE, ITEM_RELOAD, ITEM_STOP, RunContext
 
 __all__ = ["Pipeline", "StartupError"]
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from agent.runner import current_plugin
+from netflow_agent.runner import current_plugin
 
 STAGES = ("ingest", "cache", "aggregate", "export")
 

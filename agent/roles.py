@@ -27,7 +27,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from agent.registry import Component
+from netflow_agent.registry import Component
 
 #: One flow of a saved state: ``(key, packets, octets, first_ns, last_ns, tcp_flags, out_if)``.
 FlowRow = tuple[bytes, int, int, int, int, int, int]

@@ -6,12 +6,12 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent import privileges
-from agent.config.load import RawConfig
-from agent.config.schema import option
-from agent.errors import ConfigIssue
-from agent.registry import ComponentType
-from agent.transport.udp import EndpointError, parse_endpoint
+from netflow_agent import privileges
+from netflow_agent.config.load import RawConfig
+from netflow_agent.config.schema import option
+from netflow_agent.errors import ConfigIssue
+from netflow_agent.registry import ComponentType
+from netflow_agent.transport.udp import EndpointError, parse_endpoint
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -19,11 +19,11 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from agent import hookimpl, roles
-from agent.config.schema import option
-from agent.errors import ConfigIssue
-from agent.model import FlowRecord
-from agent.packet import PORT_PROTOCOLS
+from netflow_agent import hookimpl, roles
+from netflow_agent.config.schema import option
+from netflow_agent.errors import ConfigIssue
+from netflow_agent.model import FlowRecord
+from netflow_agent.packet import PORT_PROTOCOLS
 
 
 class NetmaskRule(NamedTuple):

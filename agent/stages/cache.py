@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from agent import hookimpl
-from agent.config.schema import option
-from agent.model import (
+from netflow_agent import hookimpl
+from netflow_agent.config.schema import option
+from netflow_agent.model import (
     DIRECTION_EGRESS,
     END_ACTIVE,
     END_FORCED,
@@ -38,7 +38,7 @@ from agent.model import (
     PacketBatch,
     split_key,
 )
-from agent.roles import Cache, CacheStats, FlowRow
+from netflow_agent.roles import Cache, CacheStats, FlowRow
 
 __all__ = ["CacheConfig", "CacheStats", "FlowCache"]
 

@@ -139,7 +139,7 @@ class UdpDestination:
         self.retry_interval_ns = retry_interval_ns
         self.stats = DestinationStats()
         self._clock = clock
-        self._log = log or logging.getLogger("agent.transport.udp")
+        self._log = log or logging.getLogger("netflow_agent.transport.udp")
         self._sock: socket.socket | None = None
         self._last_attempt_ns: int | None = None
         self._last_cberr_ns: int | None = None

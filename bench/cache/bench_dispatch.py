@@ -32,9 +32,9 @@ if not any(Path(p, "agent", "__init__.py").exists() for p in sys.path if p):
 
 from bench_cache import PACKETS, workload  # noqa: E402
 
-from agent.model import PacketBatch  # noqa: E402
-from agent.stages.cache import CacheConfig, FlowCache  # noqa: E402
-from agent.testing import build_agent, collecting_plugin_module  # noqa: E402
+from netflow_agent.model import PacketBatch  # noqa: E402
+from netflow_agent.stages.cache import CacheConfig, FlowCache  # noqa: E402
+from netflow_agent.testing import build_agent, collecting_plugin_module  # noqa: E402
 
 CONFIG = "[cache]\nmaxflows = 0\n[[ingest.fake]]\n[[export.collect]]\n"
 CALLS = 100_000

@@ -25,9 +25,9 @@ from pathlib import Path
 TREE, MODE = sys.argv[1], sys.argv[2]
 sys.path.insert(0, TREE)
 
-from agent.model import PacketBatch, make_key  # noqa: E402
-from agent.stages.cache import CacheConfig, FlowCache  # noqa: E402
-from agent.testing import build_agent, collecting_plugin_module  # noqa: E402
+from netflow_agent.model import PacketBatch, make_key  # noqa: E402
+from netflow_agent.stages.cache import CacheConfig, FlowCache  # noqa: E402
+from netflow_agent.testing import build_agent, collecting_plugin_module  # noqa: E402
 
 PACKETS, FLOWS, BATCH = 200_000, 20_000, 1024
 CONFIG = "[cache]\nmaxflows = 0\n[[ingest.fake]]\n[[export.collect]]\n"

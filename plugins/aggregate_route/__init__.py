@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from agent.api import ComponentRegistry, ConfigIssue, hookimpl
+from netflow_agent.api import ComponentRegistry, ConfigIssue, hookimpl
 
 
 @hookimpl
@@ -30,7 +30,7 @@ def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue]:
     """With ``check_env``: every configured namespace exists (it is never created)."""
     if not check_env:
         return []
-    from agent.api import netns_path
+    from netflow_agent.api import netns_path
 
     issues = []
     for inst in config.by_stage("aggregate"):

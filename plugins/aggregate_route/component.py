@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from agent.api import Aggregator, FlowRecord, RunContext, hookimpl
+from netflow_agent.api import Aggregator, FlowRecord, RunContext, hookimpl
 
 from .config import Config
 from .routes import KernelRoutes, Lookup, Route, RouteCache

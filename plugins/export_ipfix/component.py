@@ -28,7 +28,7 @@ import time
 from operator import attrgetter
 from typing import Any
 
-from agent.api import (
+from netflow_agent.api import (
     EncodeError,
     FlowRecord,
     NatEvent,

@@ -25,7 +25,7 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from agent.api import IE_BY_ID, VARIABLE_LENGTH, EncodeError, FlowRecord
+from netflow_agent.api import IE_BY_ID, VARIABLE_LENGTH, EncodeError, FlowRecord
 
 VERSION = 10
 SET_ID_TEMPLATE = 2

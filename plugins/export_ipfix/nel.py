@@ -23,7 +23,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable
 
-from agent.api import NAT_START, NatEvent, nat_event_value
+from netflow_agent.api import NAT_START, NatEvent, nat_event_value
 
 from .ipfix import DataGroup, Template
 

@@ -32,7 +32,7 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from agent.api import VARIABLE_LENGTH, Sampling, names_here
+from netflow_agent.api import VARIABLE_LENGTH, Sampling, names_here
 
 from .ipfix import DataGroup, Template, encode_varlen
 

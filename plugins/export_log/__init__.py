@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.api import ComponentRegistry, hookimpl
+from netflow_agent.api import ComponentRegistry, hookimpl
 
 
 @hookimpl

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from agent.api import FlowRecord, NatEvent, NatExporter, RunContext, hookimpl
+from netflow_agent.api import FlowRecord, NatEvent, NatExporter, RunContext, hookimpl
 
 from .config import Config
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agent.api import ComponentRegistry, ConfigIssue, hookimpl
+from netflow_agent.api import ComponentRegistry, ConfigIssue, hookimpl
 
 #: the NetFlow v5 header's 14-bit sampling interval limit (same as ``v5.SAMPLING_INTERVAL_MAX``;
 #: kept here so that a dry run does not import the encoders)

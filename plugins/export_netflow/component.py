@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
 
-from agent.api import (
+from netflow_agent.api import (
     NAT_START,
     EncodeError,
     FlowRecord,

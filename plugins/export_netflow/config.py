@@ -9,7 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.api import ConfigIssue, EndpointError, Resource, address_family, option, parse_endpoint
+from netflow_agent.api import (
+    ConfigIssue,
+    EndpointError,
+    Resource,
+    address_family,
+    option,
+    parse_endpoint,
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -25,7 +25,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from agent.api import SAMPLING_DETERMINISTIC, EncodeError, FlowRecord, Sampling
+from netflow_agent.api import SAMPLING_DETERMINISTIC, EncodeError, FlowRecord, Sampling
 
 from .state import UINT32_MASK, ExportState
 

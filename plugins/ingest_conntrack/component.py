@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any
 
-from agent.api import (
+from netflow_agent.api import (
     NAT_START,
     NAT_STOP,
     Ingest,

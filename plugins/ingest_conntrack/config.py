@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from agent.api import ConfigIssue, Resource, option
+from netflow_agent.api import ConfigIssue, Resource, option
 
 _NETNS_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
 

@@ -19,7 +19,7 @@ import threading
 import time
 from typing import Any
 
-from agent.api import (
+from netflow_agent.api import (
     SAMPLING_RANDOM,
     FlowBatch,
     Ingest,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.api import ConfigIssue, Resource, option
+from netflow_agent.api import ConfigIssue, Resource, option
 
 IFNAMSIZ = 16
 

@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Any
 
-from agent.api import ComponentUnavailable, Ingest, RunContext, follow_privileges, hookimpl
+from netflow_agent.api import ComponentUnavailable, Ingest, RunContext, follow_privileges, hookimpl
 
 from .config import Config
 from .decoders import c_unavailable_reason, make_batcher

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from agent.api import ConfigIssue, netns_path, run_in_netns
+from netflow_agent.api import ConfigIssue, netns_path, run_in_netns
 
 from .config import Config
 

@@ -33,7 +33,13 @@ from operator import itemgetter
 from pyroute2.netlink import nla
 from pyroute2.netlink.nfnetlink import nfgen_msg
 
-from agent.api import DIRECTION_EGRESS, DIRECTION_INGRESS, Packet, PacketParser, run_in_netns
+from netflow_agent.api import (
+    DIRECTION_EGRESS,
+    DIRECTION_INGRESS,
+    Packet,
+    PacketParser,
+    run_in_netns,
+)
 
 # --- netlink / nfnetlink (linux/netlink.h, linux/netfilter/nfnetlink.h) ----------------------
 

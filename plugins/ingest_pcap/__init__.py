@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from agent.api import ComponentRegistry, ConfigIssue, hookimpl
+from netflow_agent.api import ComponentRegistry, ConfigIssue, hookimpl
 
 
 @hookimpl

@@ -6,7 +6,7 @@ import threading
 import time
 from typing import Any
 
-from agent.api import (
+from netflow_agent.api import (
     DIRECTION_EGRESS,
     DIRECTION_INGRESS,
     Ingest,

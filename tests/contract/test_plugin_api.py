@@ -1,8 +1,8 @@
 """The plugin API boundary and the core's layers, read from the source with ``ast``.
 
-* built-in plugins and the example plugin import from the core only through ``agent.api``,
+* built-in plugins and the example plugin import from the core only through ``netflow_agent.api``,
   so a third party can do everything a built-in plugin does with the same names;
-* ``agent.api`` exports what it lists, with an ``API_VERSION``;
+* ``netflow_agent.api`` exports what it lists, with an ``API_VERSION``;
 * the configuration layer never imports operations (ops, control, report, metrics) or the
   running pipeline;
 * the core calls component roles directly: no ``hasattr``/``getattr`` probing in the modules
@@ -16,18 +16,19 @@ from pathlib import Path
 
 import pytest
 
-from agent import api, roles
+from netflow_agent import api, roles
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN_FILES = sorted((ROOT / "plugins").rglob("*.py")) + sorted(
     (ROOT / "examples" / "plugin-example" / "src").rglob("*.py"))
 CORE_RUNNING = ("pipeline.py", "lifecycle.py", "loop.py", "clock.py", "report.py", "runtime.py")
-UPPER_LAYERS = ("agent.ops", "agent.control", "agent.report", "agent.metrics", "agent.cli",
-                "agent.pipeline", "agent.lifecycle", "agent.loop")
+UPPER_LAYERS = tuple(f"netflow_agent.{m}" for m in (
+    "ops", "control", "report", "metrics", "cli", "pipeline", "lifecycle", "loop"))
 
 
 def core_imports(path: Path) -> list[str]:
-    """Every ``agent``/``agent.x`` module ``path`` imports, anywhere in the file."""
+    """Every core module (``netflow_agent``, ``netflow_agent.x``; not the plugins package)
+    ``path`` imports, anywhere in the file."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
@@ -36,14 +37,15 @@ def core_imports(path: Path) -> list[str]:
             modules = [a.name for a in node.names]
         else:
             continue
-        found += [m for m in modules if m == "agent" or m.startswith("agent.")]
+        found += [m for m in modules if (m == "netflow_agent" or m.startswith("netflow_agent."))
+                  and not m.startswith("netflow_agent.plugins")]
     return found
 
 
 @pytest.mark.parametrize("path", PLUGIN_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_plugins_import_the_core_only_through_agent_api(path: Path) -> None:
-    others = [m for m in core_imports(path) if m != "agent.api"]
-    assert not others, f"{path.relative_to(ROOT)} imports {others}; use agent.api"
+    others = [m for m in core_imports(path) if m != "netflow_agent.api"]
+    assert not others, f"{path.relative_to(ROOT)} imports {others}; use netflow_agent.api"
 
 
 def test_api_exports_what_it_lists() -> None:
@@ -55,7 +57,7 @@ def test_api_exports_what_it_lists() -> None:
 
 
 def test_builtin_components_have_their_stage_role() -> None:
-    from agent.plugins import build_registry, make_manager
+    from netflow_agent.discovery import build_registry, make_manager
 
     registry = build_registry(make_manager()[0])
     role_of = {"ingest": roles.Ingest, "cache": roles.Cache, "aggregate": roles.Aggregator,

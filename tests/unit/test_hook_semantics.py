@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from agent import hookimpl, hookspecs
-from agent.model import FlowBatch, FlowDelta, NatEvent, make_key
-from agent.registry import Component
-from agent.report import build_snapshot
-from agent.runner import ISOLATED, RAISING
+from netflow_agent import hookimpl, hookspecs
+from netflow_agent.model import FlowBatch, FlowDelta, NatEvent, make_key
+from netflow_agent.registry import Component
+from netflow_agent.report import build_snapshot
+from netflow_agent.runner import ISOLATED, RAISING
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S
@@ -255,7 +255,7 @@ def test_hook_counters_are_in_the_snapshot(make_agent, collecting_plugin):
     assert hooks["cache"]["agent_cache_packets"]["errors"] == 0
     assert hooks["cache"]["agent_cache_packets"]["seconds"] > 0
     assert hooks["ingest.fake[0]"]["agent_start"]["calls"] == 1
-    from agent.metrics import metric_families
+    from netflow_agent.metrics import metric_families
 
     samples = {(f.name, s.labels["component"], s.labels["hook"]): s.value
                for f in metric_families(build_snapshot(agent.pipeline))

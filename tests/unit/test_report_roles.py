@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from agent.api import Component, Exporter, hookimpl, option
-from agent.pipeline import StartupError
-from agent.report import build_snapshot, format_report
+from netflow_agent.api import Component, Exporter, hookimpl, option
+from netflow_agent.pipeline import StartupError
+from netflow_agent.report import build_snapshot, format_report
 
 BASE = "[[ingest.fake]]\n[[export.collect]]\n"
 
@@ -66,6 +66,6 @@ def test_cache_part_comes_from_the_cache_role(make_agent, collecting_plugin):
 
 
 def test_a_cache_without_the_cache_role_is_refused(make_agent, collecting_plugin):
-    with pytest.raises(StartupError, match=r"cache: NotACache is not an agent.api.Cache"):
+    with pytest.raises(StartupError, match=r"cache: NotACache is not an netflow_agent.api.Cache"):
         make_agent('[cache]\ntype = "plain"\n' + BASE,
                    [collecting_plugin, plugin("cache", "plain", NotACache)])

@@ -2,14 +2,14 @@
 
 Loaded by the agent through the ``agent.plugins`` entry point ``example_counter``; this module
 holds only the registration hook, as every plugin module should. Like every plugin it uses
-the core only through ``agent.api``, and it checks the plugin API's major version first.
+the core only through ``netflow_agent.api``, and it checks the plugin API's major version first.
 """
 
 from __future__ import annotations
 
 from importlib.resources import files
 
-from agent.api import API_VERSION, ComponentRegistry, hookimpl
+from netflow_agent.api import API_VERSION, ComponentRegistry, hookimpl
 
 #: the plugin API major version this plugin is written for
 API_MAJOR = 2

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from agent.api import Exporter, FlowRecord, RunContext, hookimpl
+from netflow_agent.api import Exporter, FlowRecord, RunContext, hookimpl
 
 from .config import Config
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.api import ConfigIssue, option
+from netflow_agent.api import ConfigIssue, option
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

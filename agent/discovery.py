@@ -22,9 +22,9 @@ from typing import Any
 
 import pluggy
 
-from agent import hookspecs
-from agent.registry import ComponentRegistry
-from agent.runner import ErrorLog, HookRunner
+from netflow_agent import hookspecs
+from netflow_agent.registry import ComponentRegistry
+from netflow_agent.runner import ErrorLog, HookRunner
 
 GROUP = "agent.plugins"
 OWN_DISTRIBUTION = "netflow-agent"
