@@ -31,7 +31,7 @@ from netflow_agent.config.check import validate
 from netflow_agent.config.load import load
 from netflow_agent.config.model import AgentSection
 from netflow_agent.config.sample import section_sample
-from netflow_agent.discovery import build_registry, make_manager
+from netflow_agent.discovery import AgentPluginManager, build_registry, make_manager
 from netflow_agent.errors import ConfigIssue
 from netflow_agent.ops import Operations
 from netflow_agent.pipeline import Pipeline, StartupError
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     return cmd_run(args.config, level, args.progress)
 
 
-def _manager_for(path: str | None) -> tuple[pluggy.PluginManager, ComponentRegistry, list[Any]]:
+def _manager_for(path: str | None) -> tuple[AgentPluginManager, ComponentRegistry, list[Any]]:
     disabled: list[str] = []
     if path:
         raw, _ = load(path)
@@ -178,7 +178,7 @@ def cmd_dry_run(path: str, check_env: bool, strict: bool) -> int:
     _, issues = validate(path, registry, pm.hook, check_env=check_env)
     issues += [ConfigIssue("", f"plugin '{f.name}' failed to load ({f.error}); its components "
                            "are unavailable", severity="warning", file=path)
-               for f in getattr(pm, "load_failures", [])]
+               for f in pm.load_failures]
     n = _print_issues(issues, strict)
     if n > 0:
         print(f"{n} error(s), {len(issues) - n} warning(s): configuration is invalid",
@@ -262,8 +262,8 @@ def cmd_run(path: str, level: str | None, progress: bool | None = None) -> int:
         return EX_CONFIG
     pipeline = Pipeline(config, pm)
     _show_progress(pipeline, progress)
-    pipeline.build()
     try:
+        pipeline.build()
         pipeline.start()
     except StartupError as exc:
         log.error("%s", exc)

@@ -5,13 +5,17 @@ group, so they load exactly like third-party ones. Environment switches:
 
 * ``AGENT_DISABLE_PLUGIN_AUTOLOAD=1``: load only this distribution's own plugins;
 * ``AGENT_TRACE_HOOKS=1``: log every hook call and result at DEBUG (pluggy monitoring).
+
+Every plugin is registered through a :class:`~agent.runner.HookRunner`
+(:class:`AgentPluginManager`), so each hook implementation is isolated and counted while
+pluggy keeps its documented call order, ``tryfirst``/``trylast`` and wrappers.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
@@ -20,6 +24,7 @@ import pluggy
 
 from netflow_agent import hookspecs
 from netflow_agent.registry import ComponentRegistry
+from netflow_agent.runner import ErrorLog, HookRunner
 
 GROUP = "agent.plugins"
 OWN_DISTRIBUTION = "netflow-agent"
@@ -56,8 +61,83 @@ class LoadFailure:
     error: str
 
 
+class AgentPluginManager(pluggy.PluginManager):
+    """pluggy's plugin manager for the project ``agent``, with one runner per plugin.
+
+    :meth:`register` wraps the plugin in a :class:`~agent.runner.HookRunner` and registers
+    the runner: pluggy orders and calls the runner's functions exactly as it would the
+    plugin's own implementations (same options), and the runner isolates and counts them.
+    ``get_plugin(name)`` therefore returns the runner; :meth:`target` the plugin itself.
+
+    :ivar errors: implementations that raised, per plugin name (kept across reloads).
+    :ivar runners: registered name -> runner.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("agent")
+        self.add_hookspecs(hookspecs)
+        self.errors = ErrorLog()
+        self.runners: dict[str, HookRunner] = {}
+        #: plugins that failed to import (``agent plugins`` lists them)
+        self.load_failures: list[LoadFailure] = []
+
+    def register(self, plugin: Any, name: str | None = None) -> str | None:
+        """Register ``plugin`` (through its runner) under ``name``; see pluggy."""
+        if plugin is None:
+            return None
+        if any(r.target is plugin for r in self.runners.values()):
+            raise ValueError(f"plugin already registered: {plugin!r}")
+        name = name or self.get_canonical_name(plugin)
+        impls = {attr: opts for attr in dir(plugin)
+                 if (opts := self.parse_hookimpl_opts(plugin, attr)) is not None}
+        runner = HookRunner(plugin, name, impls, self.errors)  # type: ignore[arg-type]
+        registered = super().register(runner, name)
+        if registered is not None:
+            self.runners[registered] = runner
+        return registered
+
+    def unregister(self, plugin: Any = None, name: str | None = None) -> Any:
+        """Unregister a plugin, given as the object :meth:`register` got, or by name.
+
+        :return: the plugin object, or ``None`` when it was not registered.
+        """
+        if name is None:
+            name = next((n for n, r in self.runners.items() if plugin in (r, r.target)), None)
+            if name is None:
+                return None
+        runner = super().unregister(name=name)
+        self.runners.pop(name, None)
+        return runner.target if isinstance(runner, HookRunner) else runner
+
+    def target(self, name: str) -> Any:
+        """The plugin registered under ``name`` (not its runner), or ``None``."""
+        runner = self.runners.get(name)
+        return runner.target if runner is not None else None
+
+    def call_order(self, names: Sequence[str]) -> None:
+        """Re-register ``names`` so that pluggy calls them in this order (before every plugin
+        registered earlier, as pluggy calls the last registered first)."""
+        runners = [self.runners[n] for n in names]
+        for runner in runners:
+            super().unregister(name=runner.name)
+        for runner in reversed(runners):
+            super().register(runner, runner.name)
+
+    def subset(self, hook: str, names: Iterable[str]) -> Any:
+        """A caller of ``hook`` that reaches only the plugins ``names`` (pluggy
+        ``subset_hook_caller``: their order, ``tryfirst``/``trylast`` and wrappers apply)."""
+        keep = set(names)
+        return self.subset_hook_caller(
+            hook, remove_plugins=[r for n, r in self.runners.items() if n not in keep])
+
+    def stats(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Plugin name -> hook name -> calls, errors and seconds."""
+        return {name: runner.stats() for name, runner in self.runners.items()
+                if runner.counters}
+
+
 def make_manager(disabled: list[str] | tuple[str, ...] = ()) -> tuple[
-        pluggy.PluginManager, list[PluginInfo]]:
+        AgentPluginManager, list[PluginInfo]]:
     """Create the plugin manager and load every enabled plugin module.
 
     A plugin that fails to import is logged and listed in ``pm.load_failures``; its
@@ -65,8 +145,7 @@ def make_manager(disabled: list[str] | tuple[str, ...] = ()) -> tuple[
 
     :param disabled: entry-point names to skip (``[agent] disabled_plugins``).
     """
-    pm = pluggy.PluginManager("agent")
-    pm.add_hookspecs(hookspecs)
+    pm = AgentPluginManager()
     autoload = os.environ.get("AGENT_DISABLE_PLUGIN_AUTOLOAD", "") not in ("1", "true", "yes")
     loaded = []
     failures: list[LoadFailure] = []
@@ -84,7 +163,8 @@ def make_manager(disabled: list[str] | tuple[str, ...] = ()) -> tuple[
             failures.append(LoadFailure(ep.name, f"{type(exc).__name__}: {exc}"))
             continue
         loaded.append(PluginInfo(ep.name, ep.value, dist, version, builtin))
-    pm.load_failures = failures  # type: ignore[attr-defined]
+    pm.load_failures = failures
+    pm.call_order([p.name for p in loaded])  # module hooks run in entry-point name order
     pm.check_pending()
     if os.environ.get("AGENT_TRACE_HOOKS", "") in ("1", "true", "yes"):
         _install_tracing(pm)
@@ -111,13 +191,8 @@ def _install_tracing(pm: pluggy.PluginManager) -> None:
 
 
 def build_registry(pm: pluggy.PluginManager) -> ComponentRegistry:
-    """Ask every plugin module to register its component types."""
+    """Ask every plugin module to register its component types (``registry.add`` records
+    which plugin added each type)."""
     registry = ComponentRegistry()
-    for name, plugin in pm.list_name_plugin():
-        impl = getattr(plugin, "agent_register_components", None)
-        if impl is None:
-            continue
-        registry.current_plugin = name
-        impl(registry=registry)
-    registry.current_plugin = ""
+    pm.hook.agent_register_components(registry=registry)
     return registry

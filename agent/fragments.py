@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from netflow_agent.model import Packet
 
@@ -62,6 +62,15 @@ class FragmentPolicy:
 
 #: the policy when nothing is configured (the ``[cache]`` defaults)
 DEFAULT_POLICY = FragmentPolicy()
+
+
+@runtime_checkable
+class FragmentOptions(Protocol):
+    """A cache configuration that carries the fragment options (``[cache] fragments``)."""
+
+    def fragment_policy(self) -> FragmentPolicy:
+        """The options as the packet parsers take them."""
+        ...
 PORTS0 = FragmentPolicy("ports0")
 
 

@@ -8,9 +8,15 @@ Two kinds of objects implement these hooks (see ``docs/hooks.md``):
   ``[[export.netflow]]``, is registered as a named plugin (``export.netflow[0]``); its methods
   implement the lifecycle and stage hooks, so every instance sees every call.
 
-Stage hooks are called from the single pipeline thread only, one implementation at a time and
-always with keyword arguments: components need no locks. The core calls each implementation
-separately, so one that raises is logged and counted and the others still run.
+Every hook is called through pluggy on the single pipeline thread, always with keyword
+arguments: components need no locks. pluggy's semantics hold (last registered first, with
+instances registered so that exporters, the cache, aggregators and ingests come in that
+order; ``tryfirst``/``trylast``; wrappers). Each implementation is called through its plugin's
+runner (:mod:`agent.runner`): in a stage hook one that raises is logged and counted and the
+others still run; in ``agent_start``, ``agent_register_components`` and
+``agent_check_config`` a raise stops the caller. Plugins import what they need from
+:mod:`netflow_agent.api`. Per hook: ``docs/hooks.md`` (*Threads, and what happens when a hook
+raises*).
 
 Data flow::
 
@@ -69,7 +75,9 @@ def agent_start(context: RunContext) -> None:
     """Open sockets, attach programs, start reader threads.
 
     Ingest components keep ``context`` and call ``context.emit(batch)`` from any thread.
-    Raising here stops start-up with the component's name and the error.
+    Raising here stops start-up with the component's name and the error (at reload: the
+    reload fails). Called on the instances of one lifecycle step only, never on plugin
+    modules.
 
     :param context: the running agent's services (emit, clock, start time, stats).
     """
@@ -88,7 +96,8 @@ def agent_stop() -> None:
     """Stop. Ingest components stop producing; exporters send what they hold and close.
 
     The core calls it on ingests first, then drains the cache through aggregation and export,
-    then on exporters.
+    then on the other instances; at reload, on a changed or removed instance before its
+    replacement starts. Isolated: a raise is logged and counted, the others still stop.
     """
 
 
@@ -130,9 +139,10 @@ def agent_cache_expire(now_ns: int, force: bool) -> list[FlowRecord] | None:
 def agent_aggregate_flows(records: list[FlowRecord]) -> list[FlowRecord] | None:
     """Transform expired records before export; implementations run as a chain.
 
-    Each implementation receives the previous one's result.
+    All implementations get the same list, in pluggy order: edit it in place, or return a new
+    list, which replaces the list's content for the next implementation and the exporters.
 
-    :param records: the records leaving the cache.
+    :param records: the records leaving the cache (as the previous implementation left them).
     :return: the records to pass on, or ``None`` to pass ``records`` on unchanged.
     """
 

@@ -16,7 +16,9 @@ Families (docs/operations.md has the full table): ``netflow_agent_traffic_packet
 ``..._rate_bits_per_second{window}``, ``..._export_*{exporter,destination}`` (the sockX
 lines), ``..._natevents_total{event}``, ``..._reloads_total{result}``,
 ``..._reload_last_timestamp_seconds``, ``..._reload_last_success``, ``..._config_generation``,
-``..._build_info``, and
+``..._build_info``, ``..._hook_calls_total{component,hook}``,
+``..._hook_call_errors_total{component,hook}``, ``..._hook_seconds_total{component,hook}``
+(per plugin or instance, agent/runner.py), and
 what components report through ``agent_collect_stats``, typed (:func:`classify_stat`):
 ``..._component_events_total{component,stat}`` (counters), ``..._component_value{component,
 stat}`` (gauges), ``..._component_setting{component,setting}`` (configuration) and
@@ -132,6 +134,7 @@ def metric_families(snap: dict[str, Any]) -> Iterator[Any]:
     yield _labelled(CounterMetricFamily, "natevents", "NAT translation events.", ["event"],
                     [(["start"], nat["start"]), (["stop"], nat["stop"])])
     yield from _agent_families(snap["agent"], CounterMetricFamily, GaugeMetricFamily)
+    yield from _hook_families(snap.get("hooks", {}), CounterMetricFamily)
     yield from _component_families(snap["components"], CounterMetricFamily, GaugeMetricFamily)
 
 
@@ -176,6 +179,21 @@ def _agent_families(agent: dict[str, Any], counter: Any, gauge: Any) -> Iterator
                  labels=["version"])
     info.add_metric([agent["version"]], 1.0)
     yield info
+
+
+#: hook counter (agent.runner.HookCounters) -> (metric, help)
+HOOK_COUNTERS = {
+    "calls": ("hook_calls", "Calls of a hook implementation."),
+    "errors": ("hook_call_errors", "Calls of a hook implementation that raised."),
+    "seconds": ("hook_seconds", "Seconds spent in a hook implementation."),
+}
+
+
+def _hook_families(hooks: dict[str, Any], counter: Any) -> Iterator[Any]:
+    for key, (name, doc) in HOOK_COUNTERS.items():
+        yield _labelled(counter, name, doc, ["component", "hook"],
+                        [([comp, hook], float(c[key])) for comp, per_hook in hooks.items()
+                         for hook, c in per_hook.items()])
 
 
 def classify_stat(key: str, value: float) -> tuple[str, str, float]:

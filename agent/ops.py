@@ -18,7 +18,6 @@ prometheus-client installed, the metrics address and the control socket free:
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 from typing import Any
@@ -30,46 +29,11 @@ from netflow_agent.errors import ConfigIssue
 from netflow_agent.flowtop import FlowTop
 from netflow_agent.report import OpsMonitor, build_snapshot, format_report
 from netflow_agent.sdnotify import Notifier
-from netflow_agent.transport.udp import EndpointError, parse_endpoint
 
 log = logging.getLogger("agent.ops")
 
 
-# --- configuration checks --------------------------------------------------------------------
-
-
-def check_agent_section(section: Any) -> list[ConfigIssue]:
-    """Pure checks of ``[agent]`` operations keys (called from ``AgentSection.check``)."""
-    issues: list[ConfigIssue] = []
-    if section.metrics_listen:
-        issues += _check_listen(section.metrics_listen)
-    try:
-        privileges.capability_mask(section.keep_capabilities)
-    except privileges.PrivilegeError as exc:
-        issues.append(ConfigIssue("keep_capabilities", str(exc)))
-    if section.control_socket and not section.control_socket.startswith("/"):
-        issues.append(ConfigIssue("control_socket", "must be an absolute path"))
-    if section.state_file and not section.state_file.startswith("/"):
-        issues.append(ConfigIssue("state_file", "must be an absolute path"))
-    if section.group and not section.user:
-        issues.append(ConfigIssue("group", "group is only used together with user",
-                                  severity="warning"))
-    return issues
-
-
-def _check_listen(text: str) -> list[ConfigIssue]:
-    try:
-        host, port = parse_endpoint(text)
-        ipaddress.ip_address(host)
-    except (EndpointError, ValueError) as exc:
-        return [ConfigIssue("metrics_listen", f"{exc} (expected e.g. \"127.0.0.1:9184\")")]
-    issues = []
-    if port == 0:
-        issues.append(ConfigIssue("metrics_listen", "port 0"))
-    if not ipaddress.ip_address(host).is_loopback:
-        issues.append(ConfigIssue("metrics_listen", f"{host} is not a loopback address: the "
-                                  "endpoint has no authentication", severity="warning"))
-    return issues
+# --- configuration checks (the pure ones are AgentSection.check, agent/config/model.py) ------
 
 
 @hookimpl

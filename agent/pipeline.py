@@ -1,441 +1,210 @@
-"""The pipeline: builds component instances, runs the stage loop, shuts down in order.
+"""The pipeline: one running agent, put together from its three parts.
 
 ::
 
-    reader threads (ingest)            pipeline thread (this module)
-    ───────────────────────            ─────────────────────────────────────────────────────
-    ingest.nflog[0] ─┐                  ┌─▶ agent_cache_packets / agent_cache_flows  (cache)
-    ingest.ebpf[0] ──┼─▶ inbox queue ───┤
-    ingest.pcap[0] ──┘                  ├─▶ agent_export_nat_events                (export)
-    ingest.conntrack[0] (NAT events) ───┘
-                                        every scan_interval_ms:
-                                          agent_cache_expire ─▶ agent_aggregate_flows (chain)
-                                          ─▶ agent_export_flows ─▶ agent_tick (all)
+    Pipeline (this module: the facade, the core counters)
+    ├── Lifecycle  agent/lifecycle.py  build, start, reload, stop: the component instances
+    ├── Loop       agent/loop.py       inbox dispatch and scans, on the pipeline thread
+    └── Clock      agent/clock.py      wall time, or the capture's time in a replay
 
-Start order: exporters, cache and aggregation, then ingests (nothing is emitted before
-exporters are ready). Stop order: ingests stop, the inbox is drained, every flow is expired
-(end reason "forced"), aggregated and exported, then exporters stop.
-
-Stage hooks are called one implementation at a time (:meth:`Pipeline.call`): an
-implementation that raises is logged (rate-limited) and counted in ``hook_errors`` and the
-others still run. Clock: wall time, except when every ingest is a finite replay, where the
-capture's own timestamps drive timeouts, so results do not depend on the machine's speed.
+Every hook is called through pluggy; the plugin manager registers each plugin through a
+runner (:mod:`agent.runner`) that isolates and counts its implementations: one that raises
+in a stage hook is logged (rate-limited) and counted in ``hook_errors`` and the others still
+run. Per instance and hook, calls, errors and seconds are in :meth:`Pipeline.hook_stats`.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import queue
-import time
+import inspect
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
-import pluggy
+from netflow_agent import reloading, state
+from netflow_agent.clock import Clock
+from netflow_agent.config.model import AgentConfig
+from netflow_agent.discovery import AgentPluginManager
+from netflow_agent.lifecycle import Lifecycle, StartupError, fragment_policy
+from netflow_agent.loop import Loop
+from netflow_agent.roles import Cache
+from netflow_agent.runtime import ITEM_CALL, ITEM_DONE, ITEM_RELOAD, ITEM_STOP, RunContext
 
-from netflow_agent import logutil, reloading, state
-from netflow_agent.config.model import AgentConfig, Instance
-from netflow_agent.fragments import DEFAULT_POLICY, FragmentPolicy
-from netflow_agent.model import FlowRecord, PacketBatch
-from netflow_agent.runtime import (
-    ITEM_CALL,
-    ITEM_DONE,
-    ITEM_FLOWS,
-    ITEM_NAT,
-    ITEM_PACKETS,
-    ITEM_RELOAD,
-    ITEM_STOP,
-    RunContext,
-)
-from netflow_agent.stats import RateMeter
-
-log = logging.getLogger("agent.pipeline")
-_TRACE = os.environ.get("AGENT_TRACE_HOOKS", "") in ("1", "true", "yes")
-_STAGE_ORDER = {"export": 0, "cache": 1, "aggregate": 2, "ingest": 3}
-
-
-def fragment_policy(config: AgentConfig) -> FragmentPolicy:
-    """The ``[cache]`` fragment options for the packet ingests (defaults for a cache type
-    without them)."""
-    for inst in config.instances:
-        if inst.stage == "cache" and hasattr(inst.config, "fragment_policy"):
-            return cast(FragmentPolicy, inst.config.fragment_policy())
-    return DEFAULT_POLICY
-
-
-class StartupError(Exception):
-    """A component failed in ``agent_start``; the message names it."""
+__all__ = ["Pipeline", "StartupError"]
 
 
 class Pipeline:
     """One running agent: component instances, the inbox, the clock and the core counters."""
 
-    def __init__(self, config: AgentConfig, pm: pluggy.PluginManager):
-        self.config = config
+    def __init__(self, config: AgentConfig, pm: AgentPluginManager):
         self.pm = pm
+        self.clock = Clock()
         self.context = RunContext(debug=config.agent.debug, state_dir=config.agent.state_dir,
-                                  clock=self.now_ns, core_stats=self.core_stats,
+                                  clock=self.clock.now_ns, core_stats=self.core_stats,
                                   fragments=fragment_policy(config))
-        self.components: dict[str, Any] = {}
-        self.hook_errors: Counter[str] = Counter()
-        self.rates = RateMeter()
-        self.scan_ns = config.agent.scan_interval_ms * 1_000_000
-        self.replay = False
-        self.capture_ns = 0
-        self.pending_finite: set[str] = set()
-        self.stopping = False
-        self.next_scan_ns = 0
-        self.started: list[str] = []
-        self.exported_flows = 0
-        self.nat_events = 0
-        self._error_log_at: dict[str, float] = {}
-        #: re-reads and validates the configuration for a reload; set by the CLI
-        self.reloader: reloading.Reader | None = None
-        self.reload_history = reloading.ReloadHistory()
-        #: called once per loop iteration on the pipeline thread (systemd watchdog); set by
-        #: agent.ops
-        self.heartbeat: Callable[[], None] | None = None
-        self.restored_flows = 0
-        #: what the start made of ``[agent] state_file`` (restored, rejected, quarantined)
-        self.state_restore = state.RestoreOutcome()
-        #: sources that emitted unsampled batches while a sampling was declared (warned once)
-        self._unsampled_sources: set[str] = set()
+        self.loop = Loop(self.context, self.clock, pm.hook,
+                         config.agent.scan_interval_ms * 1_000_000)
+        self.lifecycle = Lifecycle(config, pm, self.context, self.loop)
+        self.loop.finished = self.lifecycle.all_finite_done
+        self.loop.traffic_totals = self._traffic_totals
+        self.loop.handlers.update({ITEM_DONE: self.lifecycle.finite_done,
+                                   ITEM_RELOAD: self.lifecycle.reload_requested,
+                                   ITEM_CALL: self._call})
 
-    # --- building and starting ---------------------------------------------------------------
+    # --- lifecycle ---------------------------------------------------------------------------
 
     def build(self) -> None:
         """Instantiate every configured component and register it as a named plugin."""
-        for inst in self.config.instances:
-            obj = inst.ctype.factory(inst.config, inst.path)
-            self.pm.register(obj, name=inst.path)
-            self.components[inst.path] = obj
-        self.pm.check_pending()
-        ingests = [c for p, c in self.components.items() if p.startswith("ingest.")]
-        self.pending_finite = {p for p, c in self.components.items()
-                               if p.startswith("ingest.") and getattr(c, "finite", False)}
-        self.replay = bool(ingests) and len(self.pending_finite) == len(ingests)
+        self.clock.replay = self.lifecycle.build()
 
     def start(self) -> None:
         """Call ``agent_start`` on every component, exporters first, ingests last."""
-        order = sorted(self.config.instances, key=lambda i: _STAGE_ORDER[i.stage])
-        cache = self.cache_component()
-        if self.config.agent.state_file and hasattr(cache, "restore"):
-            self.state_restore = state.restore(cache, self.config.agent.state_file)
-            self.restored_flows = self.state_restore.flows
-        for inst in order:
-            impl = getattr(self.components[inst.path], "agent_start", None)
-            try:
-                if impl is not None:
-                    impl(context=self.context)
-            except Exception as exc:
-                self.stop_started()
-                raise StartupError(f"{inst.path}: failed to start: {exc}") from exc
-            self.started.append(inst.path)
+        self.lifecycle.start()
 
     def stop_started(self) -> None:
         """Stop whatever was started (used when start-up fails half way)."""
-        for path in reversed(self.started):
-            impl = getattr(self.components[path], "agent_stop", None)
-            if impl is not None:
-                try:
-                    impl()
-                except Exception:
-                    log.exception("%s: error while stopping", path)
-        self.started.clear()
+        self.lifecycle.stop_started()
 
-    # --- clock -------------------------------------------------------------------------------
+    def reload(self, new: AgentConfig) -> None:
+        """Switch to ``new`` without losing flows (see :meth:`Lifecycle.reload`)."""
+        self.lifecycle.reload(new)
 
-    def now_ns(self) -> int:
-        """Wall clock, or the capture clock while replaying finite sources only."""
-        return self.capture_ns if self.replay else time.time_ns()
+    def shutdown(self) -> None:
+        """Stop ingests, drain, export every flow, stop the rest."""
+        self.lifecycle.shutdown()
 
-    # --- hook calls --------------------------------------------------------------------------
-
-    def call(self, name: str, **kwargs: Any) -> list[Any]:
-        """Call every implementation of hook ``name`` separately; isolate failures.
-
-        :return: the non-``None`` results, in registration order.
-        """
-        results = []
-        for impl in getattr(self.pm.hook, name).get_hookimpls():
-            res = self._call_one(impl, name, kwargs)
-            if res is not None:
-                results.append(res)
-        return results
-
-    def _call_one(self, impl: Any, name: str, kwargs: dict[str, Any]) -> Any:
-        """Call one implementation; a raise is logged and counted and gives ``None``."""
-        if _TRACE:
-            log.debug("hook %s -> %s", name, impl.plugin_name)
-        try:
-            return impl.function(*[kwargs[a] for a in impl.argnames])
-        except Exception:
-            self._hook_failed(name, impl.plugin_name)
-            return None
-
-    def _hook_failed(self, hook: str, plugin: str) -> None:
-        self.hook_errors[plugin] += 1
-        now = time.monotonic()
-        if now - self._error_log_at.get(plugin, -1e9) >= 10:  # one traceback per 10 s
-            self._error_log_at[plugin] = now
-            log.exception("%s raised in %s (error %d; repeats are counted, logged every 10 s)",
-                          plugin, hook, self.hook_errors[plugin])
+    def _retire(self, path: str) -> None:
+        self.lifecycle._retire(path)
 
     # --- the loop ----------------------------------------------------------------------------
 
     def run(self) -> None:
         """Process the inbox until asked to stop or until every finite ingest is done."""
-        inbox = self.context.inbox
-        while not self.stopping:
-            wait = 0.05
-            if not self.replay and self.next_scan_ns:
-                wait = min(1.0, max(0.0005, (self.next_scan_ns - self.now_ns()) / 1e9))
-            try:
-                kind, item = inbox.get(timeout=wait)
-            except queue.Empty:
-                kind, item = "", None
-            if kind:
-                self.dispatch(kind, item)
-            self._scan_if_due()
-            if self.heartbeat is not None:
-                self.heartbeat()
-            if self.replay and not self.pending_finite and inbox.empty():
-                log.info("all finite ingests are done")
-                break
-
-    def _scan_if_due(self) -> None:
-        now = self.now_ns()
-        if not self.next_scan_ns:
-            self.next_scan_ns = now + self.scan_ns if now else 0  # replay: wait for a packet
-        elif now >= self.next_scan_ns:
-            self.scan(now)
-            self.next_scan_ns = now + self.scan_ns
+        self.loop.run()
 
     def dispatch(self, kind: str, item: Any) -> None:
         """Route one inbox item to its stage."""
-        if kind == ITEM_PACKETS:
-            self._packets(item)
-        elif kind == ITEM_FLOWS:
-            if self.context.samplings:
-                self._check_sampled(item.source)
-            self.call("agent_cache_flows", batch=item, now_ns=self.now_ns())
-        elif kind == ITEM_NAT:
-            self.nat_events += len(item)
-            self.call("agent_export_nat_events", events=item)
-        elif kind == ITEM_DONE:
-            self.pending_finite.discard(item)
-        elif kind == ITEM_STOP:
-            self.stopping = True
-        elif kind == ITEM_RELOAD:
-            self._reload_requested(item)
-        elif kind == ITEM_CALL:
-            try:
-                item(self)
-            except Exception:
-                self._hook_failed("pipeline call", getattr(item, "__qualname__", "call"))
-
-    def _check_sampled(self, source: str) -> None:
-        """Warn once per source that emits unsampled flows next to a declared sampling."""
-        if source in self.context.samplings or source in self._unsampled_sources:
-            return
-        self._unsampled_sources.add(source)
-        log.warning("%s accounts every packet but %s declared sampling %s: exporters announce "
-                    "that sampling for all flows, so collectors will scale %s's flows too",
-                    source, next(iter(self.context.samplings)), self.context.sampling(), source)
-
-    def _packets(self, batch: PacketBatch) -> None:
-        if self.context.samplings:
-            self._check_sampled(batch.source)
-        if self.replay and batch.packets:
-            # expire what the capture's clock reached before this batch's first packet
-            self._advance_capture_clock(batch.packets[0][3])
-            self._scan_if_due()
-        self.call("agent_cache_packets", batch=batch, now_ns=self.now_ns())
-        if self.replay:
-            self._advance_capture_clock(batch.clock_ns or
-                                        (batch.packets[-1][3] if batch.packets else 0))
-
-    def _advance_capture_clock(self, clock: int) -> None:
-        if clock > self.capture_ns:
-            if not self.capture_ns:  # uptime counts from the capture's first packet
-                self.context.start_ns = clock
-            self.capture_ns = clock
+        self.loop.dispatch(kind, item)
 
     def scan(self, now: int, force: bool = False) -> None:
         """Expire, aggregate and export flows, then run every component's timers."""
-        records: list[FlowRecord] = []
-        for part in self.call("agent_cache_expire", now_ns=now, force=force):
-            records.extend(part)
-        if records:
-            for impl in self.pm.hook.agent_aggregate_flows.get_hookimpls():  # a chain
-                out = self._call_one(impl, "agent_aggregate_flows", {"records": records})
-                if out is not None:
-                    records = cast("list[FlowRecord]", out)
-            self.exported_flows += len(records)
-            log.debug("scan: %d flow records to export", len(records))
-            if self.context.debug >= logutil.FLOW_DEBUG:
-                logutil.log_exported(records)
-            self.call("agent_export_flows", records=records)
-        self.rates.update(now, *self._traffic_totals())
-        self.call("agent_tick", now_ns=now)
+        self.loop.scan(now, force)
 
-    def _traffic_totals(self) -> tuple[int, int]:
-        """Accounted packets and bytes so far, read without building a whole stats report."""
-        cache = self.cache_component()
-        counters = getattr(cache, "stats", None)
-        if counters is not None and hasattr(counters, "traffic_packets"):
-            return counters.traffic_packets, counters.traffic_bytes
-        stats = self.core_stats()
-        return stats.get("traffic_packets", 0), stats.get("traffic_bytes", 0)
+    def now_ns(self) -> int:
+        """Wall clock, or the capture clock while replaying finite sources only."""
+        return self.clock.now_ns()
 
-    # --- reload ------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Ask the loop to stop (signal-handler safe: it only enqueues)."""
+        self.context.inbox.put((ITEM_STOP, None))
 
     def request_reload(self, reply: Callable[[reloading.ReloadOutcome], None] | None = None
                        ) -> None:
         """Ask the loop to re-read the configuration (signal-handler safe)."""
         self.context.inbox.put((ITEM_RELOAD, reply))
 
-    def _reload_requested(self, reply: Callable[[reloading.ReloadOutcome], None] | None
-                          ) -> None:
-        outcome = reloading.reload(self, self.reloader)  # logs and counts it
-        if reply is not None:
-            reply(outcome)
-
-    def reload(self, new: AgentConfig) -> None:
-        """Switch to ``new`` without losing flows.
-
-        Unchanged instances keep running; the cache keeps its flows and takes new timeouts and
-        maxflows in place; changed ingests are stopped before their replacement starts (an
-        NFLOG group has one listener); changed exporters are replaced, and the old instance
-        then stops and sends what it holds. When a component fails to start this raises, with
-        ``self.config`` describing what runs then: reloading the previous configuration
-        restores it (:mod:`agent.reloading` does).
-        """
-        old_by_path = {i.path: i for i in self.config.instances}
-        new_by_path = {i.path: i for i in new.instances}
-        running = dict(old_by_path)  # what runs, should a component fail to start
+    def _call(self, item: Callable[[Pipeline], Any]) -> None:
+        """``ITEM_CALL``: run a callable on the pipeline thread (control socket, metrics)."""
         try:
-            for path in [p for p in old_by_path if p not in new_by_path]:
-                self._retire(path)
-                del running[path]
-            for inst in sorted(new.instances, key=lambda i: _STAGE_ORDER[i.stage]):
-                old = old_by_path.get(inst.path)
-                if old is not None and old.type_name == inst.type_name \
-                        and old.config == inst.config:
-                    continue
-                if old is not None and inst.stage == "cache" and old.type_name == inst.type_name \
-                        and hasattr(self.components[inst.path], "reconfigure"):
-                    self.components[inst.path].reconfigure(inst.config)
-                else:
-                    self._replace(old, inst)
-                running[inst.path] = inst
+            item(self)
         except Exception:
-            # describe what really runs, so that reloading the previous config restores it
-            self.config = AgentConfig(agent=self.config.agent, raw=self.config.raw, instances=[
-                i for i in running.values() if i.path in self.components])
-            raise
-        self.config = new
-        self.scan_ns = new.agent.scan_interval_ms * 1_000_000
-        self.context.debug = new.agent.debug
-        self.context.fragments = fragment_policy(new)
+            name = item.__qualname__ if inspect.isroutine(item) else type(item).__qualname__
+            self.pm.errors.failed("pipeline call", name)
 
-    def _replace(self, old: Instance | None, inst: Instance) -> None:
-        if old is not None and inst.stage == "cache":  # a different cache type: hand over
-            self.scan(self.now_ns(), force=True)
-        if old is not None and inst.stage == "ingest":
-            self._retire(old.path)
-            old = None
-        obj = inst.ctype.factory(inst.config, inst.path)
-        impl = getattr(obj, "agent_start", None)
-        if impl is not None:
-            try:
-                impl(context=self.context)
-            except Exception as exc:  # the old instance (not an ingest) keeps running
-                raise StartupError(f"{inst.path}: failed to start: {exc}") from exc
-        retired = self._unregister(old.path) if old is not None else None
-        self.pm.register(obj, name=inst.path)
-        self.components[inst.path] = obj
-        if inst.path not in self.started:
-            self.started.append(inst.path)
-        if getattr(obj, "finite", False) and inst.stage == "ingest":
-            self.pending_finite.add(inst.path)
-        if retired is not None:
-            self._stop_object(inst.path, retired)
+    # --- state, read by operations and tests ---------------------------------------------------
 
-    def _unregister(self, path: str) -> Any:
-        obj = self.components.pop(path)
-        self.pm.unregister(name=path)
-        return obj
+    @property
+    def config(self) -> AgentConfig:
+        """The configuration running now (a reload replaces it)."""
+        return self.lifecycle.config
 
-    def _retire(self, path: str) -> None:
-        obj = self._unregister(path)
-        self.context.forget_sampling(path)
-        self.context.forget_netns(path)
-        self._unsampled_sources.discard(path)
-        if path in self.started:
-            self.started.remove(path)
-        self.pending_finite.discard(path)
-        self._stop_object(path, obj)
+    @property
+    def components(self) -> dict[str, Any]:
+        """Instance name -> component instance."""
+        return self.lifecycle.components
 
-    def _stop_object(self, path: str, obj: Any) -> None:
-        impl = getattr(obj, "agent_stop", None)
-        if impl is None:
-            return
-        try:
-            impl()
-        except Exception:
-            log.exception("%s: error while stopping", path)
+    @property
+    def started(self) -> list[str]:
+        """Names of the started instances."""
+        return self.lifecycle.started
 
-    # --- stopping ----------------------------------------------------------------------------
+    @property
+    def replay(self) -> bool:
+        """Whether the capture clock drives the pipeline."""
+        return self.clock.replay
 
-    def request_stop(self) -> None:
-        """Ask the loop to stop (signal-handler safe: it only enqueues)."""
-        self.context.inbox.put((ITEM_STOP, None))
+    @property
+    def stopping(self) -> bool:
+        """Whether a stop was requested."""
+        return self.loop.stopping
 
-    def shutdown(self) -> None:
-        """Stop ingests, drain, export every flow, stop the rest."""
-        ingests = [p for p in self.started if p.startswith("ingest.")]
-        for path in ingests:
-            self._stop_one(path)
-        self._drain()
-        cache = self.cache_component()
-        if self.stopping and self.config.agent.state_file and hasattr(cache, "dump"):
-            self.scan(self.now_ns() or time.time_ns())  # export what is due; save the rest
-            state.save(cache, self.config.agent.state_file)
-        self.scan(self.now_ns() or time.time_ns(), force=True)
-        for path in reversed([p for p in self.started if not p.startswith("ingest.")]):
-            self._stop_one(path)
-        self.started.clear()
-        for path in list(self.components):
-            self.pm.unregister(name=path)
+    @property
+    def heartbeat(self) -> Callable[[], None] | None:
+        """Called once per loop iteration on the pipeline thread (systemd watchdog)."""
+        return self.loop.heartbeat
 
-    def _stop_one(self, path: str) -> None:
-        self._stop_object(path, self.components[path])
+    @heartbeat.setter
+    def heartbeat(self, beat: Callable[[], None] | None) -> None:
+        self.loop.heartbeat = beat
 
-    def _drain(self) -> None:
-        inbox = self.context.inbox
-        while True:
-            try:
-                kind, item = inbox.get_nowait()
-            except queue.Empty:
-                return
-            if kind != ITEM_STOP:
-                self.dispatch(kind, item)
+    @property
+    def reloader(self) -> reloading.Reader | None:
+        """Re-reads and validates the configuration for a reload; set by the CLI."""
+        return self.lifecycle.reloader
+
+    @reloader.setter
+    def reloader(self, reloader: reloading.Reader | None) -> None:
+        self.lifecycle.reloader = reloader
+
+    @property
+    def reload_history(self) -> reloading.ReloadHistory:
+        """Every reload's outcome so far (counts, the last one, the generation)."""
+        return self.lifecycle.reload_history
+
+    @property
+    def state_restore(self) -> state.RestoreOutcome:
+        """What the start made of ``[agent] state_file``."""
+        return self.lifecycle.state_restore
+
+    @property
+    def restored_flows(self) -> int:
+        """Flows restored from the state file at start."""
+        return self.lifecycle.restored_flows
+
+    @property
+    def exported_flows(self) -> int:
+        """Flow records handed to exporters."""
+        return self.loop.exported_flows
+
+    @property
+    def nat_events(self) -> int:
+        """NAT events handed to exporters."""
+        return self.loop.nat_events
+
+    @property
+    def hook_errors(self) -> Counter[str]:
+        """Plugin name -> hook implementations of it that raised."""
+        return self.pm.errors.errors
+
+    def hook_stats(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Plugin or instance name -> hook name -> calls, errors and seconds."""
+        return self.pm.stats()
 
     # --- counters ----------------------------------------------------------------------------
 
-    def cache_component(self) -> Any:
+    def cache_component(self) -> Cache | None:
         """The cache instance (there is exactly one)."""
-        return self.components.get("cache")
+        return self.lifecycle.cache
+
+    def _traffic_totals(self) -> tuple[int, int]:
+        """Accounted packets and bytes so far, read without building a whole stats report."""
+        cache = self.lifecycle.cache
+        return (cache.stats.traffic_packets, cache.stats.traffic_bytes) if cache else (0, 0)
 
     def core_stats(self) -> dict[str, Any]:
         """Cache counters, rates and pipeline counters (flat)."""
-        cache = self.cache_component()
-        out: dict[str, Any] = {}
-        if cache is not None and hasattr(cache, "agent_collect_stats"):
-            out.update(cache.agent_collect_stats())
-        out.update(self.rates.as_dict())
+        cache = self.lifecycle.cache
+        out: dict[str, Any] = cache.counters() if cache is not None else {}
+        out.update(self.loop.rates.as_dict())
         sampling = self.context.sampling()
         out.update(exported_flows_total=self.exported_flows, nat_events=self.nat_events,
                    hook_errors=sum(self.hook_errors.values()),
@@ -443,15 +212,15 @@ class Pipeline:
         return out
 
     def collect_stats(self) -> dict[str, Any]:
-        """Every instance's counters, keyed by instance name, plus ``core``."""
+        """Every instance's counters (``agent_collect_stats`` through pluggy), keyed by
+        instance name, plus ``core``."""
         out: dict[str, Any] = {"core": self.core_stats()}
-        for path, comp in self.components.items():
-            impl = getattr(comp, "agent_collect_stats", None)
-            if impl is None:
-                continue
-            try:
-                out[path] = impl()
-            except Exception:
-                self._hook_failed("agent_collect_stats", path)
+        runners = self.pm.runners
+        for path in self.components:
+            runners[path].results.pop("agent_collect_stats", None)
+        self.pm.hook.agent_collect_stats()
+        for path in self.components:
+            result = runners[path].results.get("agent_collect_stats")
+            if result is not None:
+                out[path] = result
         return out
-

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from netflow_agent.runner import current_plugin
+
 STAGES = ("ingest", "cache", "aggregate", "export")
 
 
@@ -57,7 +59,6 @@ class ComponentRegistry:
     """All component types known to this agent, keyed by ``(stage, name)``."""
 
     types: dict[tuple[str, str], ComponentType] = field(default_factory=dict)
-    current_plugin: str = ""
 
     def add(
         self,
@@ -86,7 +87,7 @@ class ComponentRegistry:
         if key in self.types:
             raise ValueError(f"component {stage}.{name} registered twice")
         self.types[key] = ComponentType(
-            stage, name, factory, config_class, sample, doc, self.current_plugin, unavailable
+            stage, name, factory, config_class, sample, doc, current_plugin.get(), unavailable
         )
 
     def get(self, stage: str, name: str) -> ComponentType | None:

@@ -88,9 +88,8 @@ class OpsMonitor:
     def agent_tick(self, now_ns: int) -> None:
         """Sample the cache's lookup counters and the scan interval."""
         cache = self.pipeline.cache_component()
-        st = getattr(cache, "stats", None)
-        if st is not None:
-            self.hash.update(now_ns, st.search, st.found)
+        if cache is not None:
+            self.hash.update(now_ns, cache.stats.search, cache.stats.found)
         if self.last_tick_ns and now_ns > self.last_tick_ns:
             self.tick_interval_ns = now_ns - self.last_tick_ns
         self.last_tick_ns = now_ns
@@ -129,8 +128,9 @@ def build_snapshot(pipeline: Any, monitor: OpsMonitor | None = None) -> dict[str
         "exporters": _exporters(config, components),
         "sockets": _sockets(components),
         "natevents": _natevents(config, components),
-        "aggregation": _aggregation(config),
+        "aggregation": _aggregation(config, components),
         "components": components,
+        "hooks": pipeline.hook_stats(),
     })
 
 
@@ -154,12 +154,8 @@ def _agent_part(pipeline: Any, monitor: OpsMonitor | None, now: int) -> dict[str
 def _cache_part(pipeline: Any, core: dict[str, Any], monitor: OpsMonitor | None,
                 now: int) -> dict[str, Any]:
     out = {k: v for k, v in core.items() if not k.startswith(("pps", "bps"))}
-    cache = pipeline.cache_component()
-    cfg = getattr(cache, "config", None)
-    out["active_timeout"] = getattr(cfg, "active_timeout", 0)
-    out["inactive_timeout"] = getattr(cfg, "inactive_timeout", 0)
-    index_mem, table_mem = cache.memory_usage() if hasattr(cache, "memory_usage") else (0, 0)
-    out["hash_mem_bytes"], out["flows_mem_bytes"] = index_mem, table_mem
+    for key in ("active_timeout", "inactive_timeout", "hash_mem_bytes", "flows_mem_bytes"):
+        out.setdefault(key, 0)  # the cache reports them (agent.roles.Cache.counters)
     peak_ns = core.get("peak_ns", 0)
     out["peak_age_s"] = max(0, now - peak_ns) / _NS if peak_ns else 0.0
     meter = monitor.hash if monitor else HashMeter()
@@ -174,19 +170,15 @@ def _instances(config: Any, stage: str) -> list[Any]:
 
 
 def _exporters(config: Any, components: dict[str, Any]) -> list[dict[str, Any]]:
+    """One line per exporter, as each describes itself in its stats (agent.roles.Exporter)."""
     out = []
     for inst in _instances(config, "export"):
-        cfg = inst.config
         stats = components.get(inst.path, {})
-        protocol = getattr(cfg, "protocol", None)
-        if protocol is None and inst.type_name == "ipfix":
-            protocol = 10
         out.append({
-            "name": inst.path, "type": inst.type_name, "protocol": protocol,
-            "refresh_rate": getattr(cfg, "refresh_rate", None),
-            "timeout_rate": getattr(cfg, "timeout_rate", None),
+            "name": inst.path, "type": inst.type_name, "protocol": stats.get("protocol"),
+            "refresh_rate": stats.get("refresh_rate"), "timeout_rate": stats.get("timeout_rate"),
             "templates": stats.get("templates"), "templates_active": stats.get("templates_active"),
-            "natevents": bool(getattr(cfg, "natevents", False)),
+            "natevents": bool(stats.get("natevents", False)),
         })
     return out
 
@@ -228,12 +220,11 @@ def _natevents(config: Any, components: dict[str, Any]) -> dict[str, Any]:
     return {"enabled": bool(sources), "start": start, "stop": stop}
 
 
-def _aggregation(config: Any) -> list[str]:
-    from netflow_agent.stages.aggregate import split_rules
-
+def _aggregation(config: Any, components: dict[str, Any]) -> list[str]:
+    """The aggregation rules in use, as aggregators report them (``rule_list``)."""
     rules: list[str] = []
     for inst in _instances(config, "aggregate"):
-        rules.extend(split_rules(getattr(inst.config, "rules", [])))
+        rules.extend(components.get(inst.path, {}).get("rule_list", []))
     return rules
 
 

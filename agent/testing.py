@@ -37,7 +37,8 @@ from netflow_agent.discovery import build_registry, make_manager
 from netflow_agent.errors import ConfigError
 from netflow_agent.model import FlowRecord, NatEvent, Packet, PacketBatch
 from netflow_agent.pipeline import Pipeline
-from netflow_agent.registry import Component, ComponentRegistry
+from netflow_agent.registry import ComponentRegistry
+from netflow_agent.roles import Ingest, NatExporter
 from netflow_agent.runtime import RunContext
 
 
@@ -53,7 +54,7 @@ class FakeIngestConfig:
     finite: bool = option(True, doc="Whether the source ends by itself.")
 
 
-class FakeIngest(Component):
+class FakeIngest(Ingest):
     """Hands queued batches to the pipeline; the test drives it through :meth:`push`."""
 
     stage = "ingest"
@@ -85,7 +86,7 @@ class FakeIngest(Component):
         self.context.done(self.name)
 
 
-class CollectingExporter(Component):
+class CollectingExporter(NatExporter):
     """Remembers everything exported to it."""
 
     stage = "export"

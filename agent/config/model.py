@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
+from netflow_agent import privileges
 from netflow_agent.config.load import RawConfig
 from netflow_agent.config.schema import option
 from netflow_agent.errors import ConfigIssue
 from netflow_agent.registry import ComponentType
+from netflow_agent.transport.udp import EndpointError, parse_endpoint
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,9 +53,38 @@ class AgentSection:
     def check(self) -> list[ConfigIssue]:
         """Pure checks of the operations keys (the ones that need the machine are in
         :mod:`agent.ops`)."""
-        from netflow_agent.ops import check_agent_section
+        issues: list[ConfigIssue] = []
+        if self.metrics_listen:
+            issues += _check_listen(self.metrics_listen)
+        try:
+            privileges.capability_mask(self.keep_capabilities)
+        except privileges.PrivilegeError as exc:
+            issues.append(ConfigIssue("keep_capabilities", str(exc)))
+        if self.control_socket and not self.control_socket.startswith("/"):
+            issues.append(ConfigIssue("control_socket", "must be an absolute path"))
+        if self.state_file and not self.state_file.startswith("/"):
+            issues.append(ConfigIssue("state_file", "must be an absolute path"))
+        if self.group and not self.user:
+            issues.append(ConfigIssue("group", "group is only used together with user",
+                                      severity="warning"))
+        return issues
 
-        return check_agent_section(self)
+
+
+
+def _check_listen(text: str) -> list[ConfigIssue]:
+    try:
+        host, port = parse_endpoint(text)
+        ipaddress.ip_address(host)
+    except (EndpointError, ValueError) as exc:
+        return [ConfigIssue("metrics_listen", f"{exc} (expected e.g. \"127.0.0.1:9184\")")]
+    issues = []
+    if port == 0:
+        issues.append(ConfigIssue("metrics_listen", "port 0"))
+    if not ipaddress.ip_address(host).is_loopback:
+        issues.append(ConfigIssue("metrics_listen", f"{host} is not a loopback address: the "
+                                  "endpoint has no authentication", severity="warning"))
+    return issues
 
 
 @dataclass(slots=True)

@@ -19,12 +19,11 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from netflow_agent import hookimpl
+from netflow_agent import hookimpl, roles
 from netflow_agent.config.schema import option
 from netflow_agent.errors import ConfigIssue
 from netflow_agent.model import FlowRecord
 from netflow_agent.packet import PORT_PROTOCOLS
-from netflow_agent.registry import Component
 
 
 class NetmaskRule(NamedTuple):
@@ -105,7 +104,7 @@ class AggregateConfig:
         return issues
 
 
-class Aggregator(Component):
+class Aggregator(roles.Aggregator):
     """The built-in aggregation stage."""
 
     stage = "aggregate"
@@ -166,5 +165,7 @@ class Aggregator(Component):
 
     @hookimpl
     def agent_collect_stats(self) -> dict[str, Any]:
-        """Rules in use and how many records were merged."""
-        return {"rules": len(self.netmask_rules) + len(self.port_rules), "merged": self.merged}
+        """Rules in use (count and text, for the report's ``aggrN`` lines) and how many records
+        were merged."""
+        return {"rules": len(self.netmask_rules) + len(self.port_rules), "merged": self.merged,
+                "rule_list": split_rules(self.config.rules)}

@@ -40,8 +40,10 @@ from netflow_agent.model import (
     PacketBatch,
     split_key,
 )
-from netflow_agent.registry import Component
+from netflow_agent.roles import Cache, CacheStats, FlowRow
 from netflow_agent.runtime import RunContext
+
+__all__ = ["CacheConfig", "CacheStats", "FlowCache"]
 
 _FREE = 2**63 - 1  # first/last time of an unused slot: never expires
 FREE_SLOT_NS = _FREE
@@ -81,30 +83,6 @@ class CacheConfig:
                               self.fragment_held)
 
 
-@dataclass(slots=True)
-class CacheStats:
-    """The seed's cache counters (``stat: search found new ... maxflows``, traffic, drop)."""
-
-    search: int = 0  # lookups in the flow table
-    found: int = 0  # lookups that found their flow
-    new: int = 0  # flows created
-    maxflows: int = 0  # packets of new flows dropped because maxflows was reached
-    trunc: int = 0  # truncated/malformed packets (also in drop_packets)
-    frag: int = 0  # fragments seen
-    alloc: int = 0  # allocation failures (kept for the seed's layout; Python raises instead)
-    traffic_packets: int = 0  # packets accounted
-    traffic_bytes: int = 0
-    drop_packets: int = 0  # packets not accounted: trunc, maxflows, ingest losses
-    drop_bytes: int = 0
-    exported_flows: int = 0
-    peak_flows: int = 0
-    peak_ns: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        """Counter name -> value."""
-        return {name: getattr(self, name) for name in self.__slots__}
-
-
 def _interfaces(key_if: int, other_if: int, direction: int) -> tuple[int, int]:
     """``(ingressInterface, egressInterface)`` from the key's observation interface."""
     if direction == DIRECTION_EGRESS:
@@ -127,7 +105,7 @@ class Columns:
         return np.flatnonzero(self.first != FREE_SLOT_NS)
 
 
-class FlowCache(Component):
+class FlowCache(Cache):
     """The default cache stage (``[cache]``, type ``memory``)."""
 
     stage = "cache"
@@ -329,7 +307,7 @@ class FlowCache(Component):
 
     # --- saved state (agent/state.py) ------------------------------------------------------
 
-    def dump(self) -> list[tuple[bytes, int, int, int, int, int, int]]:
+    def dump(self) -> list[FlowRow]:
         """Take every flow out of the table, for saving across a restart.
 
         :return: ``(key, packets, octets, first_ns, last_ns, tcp_flags, out_if)`` per flow;
@@ -343,7 +321,7 @@ class FlowCache(Component):
         self.ending.clear()
         return rows
 
-    def restore(self, rows: list[tuple[bytes, int, int, int, int, int, int]]) -> int:
+    def restore(self, rows: list[FlowRow]) -> int:
         """Put flows from :meth:`dump` back; a key already present gets the counters added.
 
         ``maxflows`` is not applied: these packets were already accounted once.
@@ -399,12 +377,19 @@ class FlowCache(Component):
         octets = np.frombuffer(self._octets, dtype=np.uint64).sum(dtype=np.uint64)
         return int(packets), int(octets)  # free slots hold 0, so whole columns sum right
 
-    @hookimpl
-    def agent_collect_stats(self) -> dict[str, Any]:
-        """Cache counters plus active/peak flows and MemTraf."""
+    def counters(self) -> dict[str, Any]:
+        """Cache counters plus active/peak flows, MemTraf, timeouts and memory."""
         out: dict[str, Any] = self.stats.as_dict()
         mem_pkts, mem_bytes = self.mem_traffic()
+        index_mem, table_mem = self.memory_usage()
         out.update(active_flows=len(self.index), maxflows_limit=self.config.maxflows,
                    memtraf_packets=mem_pkts, memtraf_bytes=mem_bytes,
-                   slots=len(self.keys))
+                   slots=len(self.keys), active_timeout=self.config.active_timeout,
+                   inactive_timeout=self.config.inactive_timeout,
+                   hash_mem_bytes=index_mem, flows_mem_bytes=table_mem)
         return out
+
+    @hookimpl
+    def agent_collect_stats(self) -> dict[str, Any]:
+        """:meth:`counters`."""
+        return self.counters()

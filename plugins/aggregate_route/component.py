@@ -21,10 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from netflow_agent import hookimpl
-from netflow_agent.model import FlowRecord
-from netflow_agent.registry import Component
-from netflow_agent.runtime import RunContext
+from netflow_agent.api import Aggregator, FlowRecord, RunContext, hookimpl
 
 from .config import Config
 from .routes import KernelRoutes, Lookup, Route, RouteCache
@@ -32,7 +29,7 @@ from .routes import KernelRoutes, Lookup, Route, RouteCache
 _DST_FIELDS = ("next_hop", "dst_mask", "out_if")
 
 
-class RouteAggregator(Component):
+class RouteAggregator(Aggregator):
     """``[[aggregate.route]]``.
 
     :param config: the table.

@@ -34,14 +34,20 @@ import time
 from operator import attrgetter
 from typing import Any
 
-from netflow_agent import hookimpl
-from netflow_agent.errors import EncodeError
-from netflow_agent.exportclock import NS_PER_S, export_stamp
-from netflow_agent.model import FlowRecord, NatEvent, Sampling
-from netflow_agent.netns import names_here
-from netflow_agent.registry import Component
-from netflow_agent.runtime import RunContext
-from netflow_agent.transport.udp import UdpDestination, address_family
+from netflow_agent.api import (
+    NS_PER_S,
+    EncodeError,
+    FlowRecord,
+    NatEvent,
+    NatExporter,
+    RunContext,
+    Sampling,
+    UdpDestination,
+    address_family,
+    export_stamp,
+    hookimpl,
+    names_here,
+)
 
 from .config import Config
 from .file import IpfixFile
@@ -71,7 +77,7 @@ _IN_IF = attrgetter("in_if")
 _OUT_IF = attrgetter("out_if")
 
 
-class IpfixExporter(Component):
+class IpfixExporter(NatExporter):
     """IPFIX exporter instance (``export.ipfix[N]``)."""
 
     stage = "export"
@@ -421,7 +427,9 @@ class IpfixExporter(Component):
     @hookimpl
     def agent_collect_stats(self) -> dict[str, Any]:
         """Instance counters plus one mapping per destination."""
-        out: dict[str, Any] = dict(self.counters)
+        out: dict[str, Any] = {"protocol": 10, "refresh_rate": self.config.refresh_rate,
+                               "natevents": self.config.natevents}
+        out.update(self.counters)
         out["sequence"] = self.session.sequence
         dests = [d.snapshot() for d in self.udp] + [d.snapshot() for d in self.tcp]
         out["destinations"] = {str(d["destination"]): d for d in dests}

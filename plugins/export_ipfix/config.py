@@ -5,10 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from netflow_agent.config.schema import option
-from netflow_agent.errors import ConfigIssue
-from netflow_agent.registry import Resource
-from netflow_agent.transport.udp import EndpointError, parse_endpoint
+from netflow_agent.api import ConfigIssue, EndpointError, Resource, option, parse_endpoint
 
 #: IANA port for IPFIX (RFC 7011 section 10.3.1 / 10.4.1), used when a destination has none.
 IPFIX_PORT = 4739

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
-from netflow_agent.localfiles import open_output
+from netflow_agent.api import open_output
 
 from .ipfix import MAX_MESSAGE_LENGTH, DataGroup, Session, Template, encode_messages
 

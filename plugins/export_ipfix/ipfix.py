@@ -25,9 +25,7 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from netflow_agent.errors import EncodeError
-from netflow_agent.ie import BY_ID, VARIABLE_LENGTH
-from netflow_agent.model import FlowRecord
+from netflow_agent.api import IE_BY_ID, VARIABLE_LENGTH, EncodeError, FlowRecord
 
 VERSION = 10
 SET_ID_TEMPLATE = 2
@@ -71,7 +69,7 @@ class Template:
         if not self.fields or not 0 <= self.scope_count < len(self.fields) + 1:
             raise ValueError(f"template {self.template_id}: bad field or scope count")
         for ie_id, length in self.fields:
-            if ie_id not in BY_ID or length <= 0:
+            if ie_id not in IE_BY_ID or length <= 0:
                 raise ValueError(f"template {self.template_id}: bad field ({ie_id}, {length})")
 
     @property
@@ -401,7 +399,7 @@ def _struct_for(fields: Sequence[tuple[int, int]]) -> struct.Struct:
     codes = {1: "B", 2: "H", 4: "I", 8: "Q"}
     fmt = "!"
     for ie_id, length in fields:
-        dt = BY_ID[ie_id].data_type
+        dt = IE_BY_ID[ie_id].data_type
         fmt += f"{length}s" if dt.startswith("ipv") else codes[length]
     return struct.Struct(fmt)
 

@@ -23,8 +23,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable
 
-from netflow_agent import ie
-from netflow_agent.model import NAT_START, NatEvent
+from netflow_agent.api import NAT_START, NatEvent, nat_event_value
 
 from .ipfix import DataGroup, Template
 
@@ -66,8 +65,8 @@ NEL_LAYOUTS: dict[int, tuple[Template, struct.Struct]] = {
 
 def event_value(event: NatEvent, value_set: str) -> int:
     """The natEvent (230) value for ``event`` under ``value_set`` (``legacy``/``rfc8158``)."""
-    return ie.nat_event_value(event.event == NAT_START, len(event.src_addr),
-                              len(event.post_src_addr), value_set)
+    return nat_event_value(event.event == NAT_START, len(event.src_addr),
+                           len(event.post_src_addr), value_set)
 
 
 def encode_nat_groups(

@@ -8,11 +8,14 @@ import os
 import sys
 from typing import Any, TextIO
 
-from netflow_agent import hookimpl
-from netflow_agent.localfiles import open_output
-from netflow_agent.model import FlowRecord, NatEvent
-from netflow_agent.registry import Component
-from netflow_agent.runtime import RunContext
+from netflow_agent.api import (
+    FlowRecord,
+    NatEvent,
+    NatExporter,
+    RunContext,
+    hookimpl,
+    open_output,
+)
 
 from .config import Config
 
@@ -29,7 +32,7 @@ def flow_text(rec: FlowRecord) -> str:
             f"in={rec.in_if} out={rec.out_if} end={rec.end_reason}")
 
 
-class LogExporter(Component):
+class LogExporter(NatExporter):
     """``[[export.log]]``."""
 
     stage = "export"

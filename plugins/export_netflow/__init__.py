@@ -9,9 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from netflow_agent import hookimpl
-from netflow_agent.errors import ConfigIssue
-from netflow_agent.registry import ComponentRegistry
+from netflow_agent.api import ComponentRegistry, ConfigIssue, hookimpl
 
 #: the NetFlow v5 header's 14-bit sampling interval limit (same as ``v5.SAMPLING_INTERVAL_MAX``;
 #: kept here so that a dry run does not import the encoders)

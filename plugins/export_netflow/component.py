@@ -24,12 +24,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
 
-from netflow_agent import hookimpl
-from netflow_agent.errors import EncodeError
-from netflow_agent.model import NAT_START, FlowRecord, NatEvent, Sampling
-from netflow_agent.registry import Component
-from netflow_agent.runtime import RunContext
-from netflow_agent.transport.udp import UdpDestination
+from netflow_agent.api import (
+    NAT_START,
+    EncodeError,
+    FlowRecord,
+    NatEvent,
+    NatExporter,
+    RunContext,
+    Sampling,
+    UdpDestination,
+    hookimpl,
+)
 
 from . import nel, v5, v9
 from .config import Config
@@ -56,7 +61,7 @@ class ExporterStats:
     sampling_interval: int = 1  # the sampling interval announced to collectors (1 = none)
 
 
-class NetflowExporter(Component):
+class NetflowExporter(NatExporter):
     """One ``[[export.netflow]]`` instance: NetFlow v5 or v9 to one or more collectors.
 
     :param config: the instance's :class:`~.config.Config`.
@@ -226,7 +231,9 @@ class NetflowExporter(Component):
     @hookimpl
     def agent_collect_stats(self) -> dict[str, Any]:
         """Instance counters, totals over destinations (``sock:``) and one ``sockN`` each."""
-        out: dict[str, Any] = {"protocol": self.config.protocol}
+        cfg = self.config
+        out: dict[str, Any] = {"protocol": cfg.protocol, "refresh_rate": cfg.refresh_rate,
+                               "timeout_rate": cfg.timeout_rate, "natevents": cfg.natevents}
         out.update(asdict(self.stats))
         out["sequence"] = self.state.flows if self.config.protocol == 5 else self.state.packets
         totals = {"sock_ok": 0, "sock_fail": 0, "sock_cberr": 0, "sock_bytes": 0,

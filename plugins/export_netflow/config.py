@@ -9,10 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from netflow_agent.config.schema import option
-from netflow_agent.errors import ConfigIssue
-from netflow_agent.registry import Resource
-from netflow_agent.transport.udp import EndpointError, address_family, parse_endpoint
+from netflow_agent.api import (
+    ConfigIssue,
+    EndpointError,
+    Resource,
+    address_family,
+    option,
+    parse_endpoint,
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -11,7 +11,7 @@ This module owns how a :class:`~agent.model.NatEvent` becomes bytes; it is pure,
 * **natEvent values** per instance: ``legacy`` = 1 create / 2 delete (ipt_NETFLOW, Cisco NEL);
   ``rfc8158`` = 4/5 (session create/delete) for same-family translation (NAT44, and NAT66,
   which RFC 8158 has no values for) and 6/7 (NAT64 session create/delete) when the inside is
-  IPv6 and the outside IPv4 (shared with IPFIX: :func:`agent.ie.nat_event_value`).
+  IPv6 and the outside IPv4 (shared with IPFIX: :func:`netflow_agent.api.nat_event_value`).
 * **v5 pseudo-flows** (packets = octets = 0 so accounting is unaffected): src = pre-NAT source,
   dst = post-NAT destination; SNAT: next hop = post-NAT source address, src_as = post-NAT source
   port; DNAT: next hop = pre-NAT destination address, dst_as = pre-NAT destination port; both
@@ -24,9 +24,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from netflow_agent import ie
-from netflow_agent.exportclock import NS_PER_S
-from netflow_agent.model import NAT_START, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, NatEvent
+from netflow_agent.api import NAT_START, NS_PER_S, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, NatEvent
+from netflow_agent.api import nat_event_value as ie_nat_event_value
 
 from . import v5
 from .state import ExportState
@@ -68,9 +67,10 @@ def nat_event_value(event: NatEvent, values: NatValues) -> int:
     """The natEvent (230) value for ``event`` under the instance's value set.
 
     :param event: the NAT event.
-    :param values: ``"legacy"`` (1/2) or ``"rfc8158"`` (see :func:`agent.ie.nat_event_value`).
+    :param values: ``"legacy"`` (1/2) or ``"rfc8158"`` (see
+        :func:`netflow_agent.api.nat_event_value`).
     """
-    return ie.nat_event_value(event.event == NAT_START, len(event.src_addr),
+    return ie_nat_event_value(event.event == NAT_START, len(event.src_addr),
                               len(event.post_src_addr), values)
 
 

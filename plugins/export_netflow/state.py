@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from netflow_agent.exportclock import export_stamp
+from netflow_agent.api import export_stamp
 
 UINT32_MASK = 0xFFFFFFFF
 NS_PER_MS = 1_000_000

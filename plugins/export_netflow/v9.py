@@ -37,8 +37,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from netflow_agent.exportclock import NS_PER_S
-from netflow_agent.model import FlowRecord, Sampling
+from netflow_agent.api import NS_PER_S, FlowRecord, Sampling
 
 from .state import UINT32_MASK, ExportState, TemplateMark
 from .v5 import Tally, latest_time, split_counters

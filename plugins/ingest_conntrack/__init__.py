@@ -10,8 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from netflow_agent import hookimpl
-from netflow_agent.errors import ConfigIssue
+from netflow_agent.api import ConfigIssue, hookimpl
 
 
 @hookimpl
@@ -35,7 +34,7 @@ def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue]:
     """With ``check_env``: the namespace exists and we may open ctnetlink sockets in it."""
     if not check_env:
         return []
-    from netflow_agent.netns import netns_path
+    from netflow_agent.api import netns_path
 
     issues = []
     for inst in config.by_stage("ingest"):

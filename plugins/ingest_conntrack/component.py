@@ -22,11 +22,16 @@ import threading
 import time
 from typing import Any
 
-from netflow_agent import hookimpl, privileges
-from netflow_agent.model import NAT_START, NAT_STOP, NatEvent
-from netflow_agent.netns import run_in_netns
-from netflow_agent.registry import Component
-from netflow_agent.runtime import RunContext
+from netflow_agent.api import (
+    NAT_START,
+    NAT_STOP,
+    Ingest,
+    NatEvent,
+    RunContext,
+    follow_privileges,
+    hookimpl,
+    run_in_netns,
+)
 
 from . import ctnetlink
 from .ctnetlink import MSG_CT_DELETE, MSG_CT_NEW, NLM_F_CREATE, MalformedMessage
@@ -71,7 +76,7 @@ def apply_sysctls(wanted: dict[str, str]) -> list[tuple[str, str, str, str]]:
     return results
 
 
-class ConntrackIngest(Component):
+class ConntrackIngest(Ingest):
     """One conntrack listener in one network namespace (``[[ingest.conntrack]]``)."""
 
     stage = "ingest"
@@ -195,7 +200,7 @@ class ConntrackIngest(Component):
             poller.poll(self._poll_timeout_ms(next_resync if interval_ns else None))
             if self._stop.is_set():
                 return
-            privileges.follow()  # before reading: this thread gives up root's capabilities
+            follow_privileges()  # before reading: this thread gives up root's capabilities
             try:
                 if self._drain():
                     self._resync(reason="overrun")

@@ -19,11 +19,15 @@ import threading
 import time
 from typing import Any
 
-from netflow_agent import hookimpl, privileges
-from netflow_agent.model import SAMPLING_RANDOM, FlowBatch
-from netflow_agent.netns import NetnsScope
-from netflow_agent.registry import Component
-from netflow_agent.runtime import RunContext
+from netflow_agent.api import (
+    SAMPLING_RANDOM,
+    FlowBatch,
+    Ingest,
+    NetnsScope,
+    RunContext,
+    follow_privileges,
+    hookimpl,
+)
 
 from .attach import Attacher, matching_links
 from .config import Config
@@ -36,7 +40,7 @@ from .linkwatch import LinkWatch
 FLIP_GRACE_S = 0.005
 
 
-class EbpfIngest(Component):
+class EbpfIngest(Ingest):
     """``[[ingest.ebpf]]``: loads and attaches the flow programs, drains the flow table."""
 
     stage = "ingest"
@@ -150,7 +154,7 @@ class EbpfIngest(Component):
                 poller.poll(wait_s * 1000)
                 if self._stop.is_set():
                     return
-                privileges.follow()  # this thread gives up root's capabilities after the drop
+                follow_privileges()  # this thread gives up root's capabilities after the drop
                 link_event = links is not None and links.pending()
                 now = time.monotonic()
                 if now >= next_drain:

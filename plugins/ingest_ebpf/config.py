@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from netflow_agent.config.schema import option
-from netflow_agent.errors import ConfigIssue
-from netflow_agent.registry import Resource
+from netflow_agent.api import ConfigIssue, Resource, option
 
 IFNAMSIZ = 16
 

@@ -26,11 +26,14 @@ import threading
 import time
 from typing import Any
 
-from netflow_agent import hookimpl, privileges
-from netflow_agent.errors import ComponentUnavailable
-from netflow_agent.fragments import FragmentPolicy
-from netflow_agent.registry import Component
-from netflow_agent.runtime import RunContext
+from netflow_agent.api import (
+    ComponentUnavailable,
+    FragmentPolicy,
+    Ingest,
+    RunContext,
+    follow_privileges,
+    hookimpl,
+)
 
 from .config import Config
 from .decoders import c_unavailable_reason, make_batcher
@@ -90,7 +93,7 @@ class GroupReader:
             pause = self.owner.config.coalesce_ms / 1000
             while not self.stopping.is_set():
                 ready = self.poller.poll(_POLL_S * 1000)
-                privileges.follow()  # before reading: this thread gives up root's capabilities
+                follow_privileges()  # before reading: this thread gives up root's capabilities
                 if not ready:
                     self._emit()  # fragments that waited too long for their first one
                 elif not self._drain() and pause:
@@ -194,7 +197,7 @@ class GroupReader:
             return 0
 
 
-class NflogIngest(Component):
+class NflogIngest(Ingest):
     """``[[ingest.nflog]]``: the userspace ``-j NETFLOW`` fed by NFLOG groups."""
 
     stage = "ingest"

@@ -6,14 +6,14 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from netflow_agent.config.schema import option
-from netflow_agent.errors import ConfigIssue
-from netflow_agent.registry import Resource
-from netflow_agent.tunnels import (
+from netflow_agent.api import (
+    ConfigIssue,
+    Resource,
     TunnelName,
     check_decapsulate,
     decapsulate_option,
     keep_outer_option,
+    option,
 )
 
 from .netlink import NLBUFSIZ_MAX

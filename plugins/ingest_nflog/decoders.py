@@ -27,9 +27,15 @@ from __future__ import annotations
 import importlib
 from typing import Any, Protocol
 
-from netflow_agent.fragments import FragmentPolicy
-from netflow_agent.model import FlowBatch, FlowDelta, Packet, PacketBatch
-from netflow_agent.tunnels import TUNNELS, make_parser
+from netflow_agent.api import (
+    TUNNELS,
+    FlowBatch,
+    FlowDelta,
+    FragmentPolicy,
+    Packet,
+    PacketBatch,
+    make_parser,
+)
 
 from .netlink import NflogDecoder
 

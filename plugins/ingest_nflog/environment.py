@@ -13,8 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from netflow_agent.errors import ConfigIssue
-from netflow_agent.netns import netns_path, run_in_netns
+from netflow_agent.api import ConfigIssue, netns_path, run_in_netns
 
 from .config import Config
 from .netlink import own_portid

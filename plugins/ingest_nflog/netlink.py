@@ -33,9 +33,14 @@ from operator import itemgetter
 from pyroute2.netlink import nla
 from pyroute2.netlink.nfnetlink import nfgen_msg
 
-from netflow_agent.model import DIRECTION_EGRESS, DIRECTION_INGRESS, Packet
-from netflow_agent.netns import netns_path, run_in_netns
-from netflow_agent.packet import PacketParser
+from netflow_agent.api import (
+    DIRECTION_EGRESS,
+    DIRECTION_INGRESS,
+    Packet,
+    PacketParser,
+    netns_path,
+    run_in_netns,
+)
 
 # --- netlink / nfnetlink (linux/netlink.h, linux/netfilter/nfnetlink.h) ----------------------
 

@@ -7,12 +7,17 @@ import threading
 import time
 from typing import Any
 
-from netflow_agent import hookimpl, privileges
-from netflow_agent.model import DIRECTION_EGRESS, DIRECTION_INGRESS, PacketBatch
-from netflow_agent.packet import PacketParser
-from netflow_agent.registry import Component
-from netflow_agent.runtime import RunContext
-from netflow_agent.tunnels import make_parser
+from netflow_agent.api import (
+    DIRECTION_EGRESS,
+    DIRECTION_INGRESS,
+    Ingest,
+    PacketBatch,
+    PacketParser,
+    RunContext,
+    follow_privileges,
+    hookimpl,
+    make_parser,
+)
 
 from .config import Config
 from .linktype import SUPPORTED, ip_offset, link_facts
@@ -24,7 +29,7 @@ _MAX_BATCH_SPAN_NS = 1_000_000_000
 _MAX_REASONS = 32
 
 
-class PcapIngest(Component):
+class PcapIngest(Ingest):
     """``[[ingest.pcap]]``: a finite source; the agent exits after it is replayed and flushed."""
 
     stage = "ingest"
@@ -121,7 +126,7 @@ class PcapIngest(Component):
         reasons[reason] = reasons.get(reason, 0) + 1
 
     def _flush(self, context: RunContext, packets: list[Any], clock_ns: int) -> None:
-        privileges.follow()  # a replay outlives the drop: give up root's capabilities then
+        follow_privileges()  # a replay outlives the drop: give up root's capabilities then
         context.report_progress(self.config.path, self._file.tell(), self._size,
                                 self.counters["packets"])
         self.parser.expire(clock_ns)
@@ -162,4 +167,4 @@ class _Pacer:
         delay = (ts_ns + self.offset - now) / 1e9
         if delay > 0:
             self.stop.wait(delay)
-            privileges.follow()  # the drop may have happened while this thread slept
+            follow_privileges()  # the drop may have happened while this thread slept

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from netflow_agent.config.schema import option
-from netflow_agent.errors import ConfigIssue
-from netflow_agent.tunnels import (
+from netflow_agent.api import (
+    ConfigIssue,
     TunnelName,
     check_decapsulate,
     decapsulate_option,
     keep_outer_option,
+    option,
 )
 
 

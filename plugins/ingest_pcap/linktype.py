@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 
-from netflow_agent.linklayer import (
+from netflow_agent.api import (
     NOT_IP,
     PPP_IP,
     PPP_IPV6,

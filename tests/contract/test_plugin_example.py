@@ -149,8 +149,7 @@ def test_periodic_write_follows_the_agent_clock(tmp_path: Path) -> None:
     from nfa_example_plugin.component import CounterExporter
     from nfa_example_plugin.config import Config
 
-    from netflow_agent.model import FlowRecord
-    from netflow_agent.runtime import RunContext
+    from netflow_agent.api import FlowRecord, RunContext
 
     clock = [10**18]
     out = tmp_path / "c.json"

@@ -19,7 +19,6 @@ from netflow_agent.config.model import AgentSection
 from netflow_agent.control import ControlError, recv_message, send_message
 from netflow_agent.logutil import NEVER_FOLD, RepeatFilter
 from netflow_agent.model import make_key
-from netflow_agent.ops import check_agent_section
 from netflow_agent.privileges import PrivilegeError, capability_mask, mask_names, resolve
 from netflow_agent.report import HashMeter
 from netflow_agent.sdnotify import Notifier
@@ -171,13 +170,13 @@ def test_state_save_failure_keeps_flows_for_export(tmp_path: Path) -> None:
 
 def test_agent_section_checks() -> None:
     ok = AgentSection(metrics_listen="127.0.0.1:9184", state_file="/var/lib/x/state")
-    assert check_agent_section(ok) == []
+    assert ok.check() == []
     bad = AgentSection(metrics_listen="localhost", keep_capabilities=["CAP_NOPE"],
                        control_socket="rel.sock", state_file="rel", group="g")
-    paths = sorted(i.path for i in check_agent_section(bad))
+    paths = sorted(i.path for i in bad.check())
     assert paths == ["control_socket", "group", "keep_capabilities", "metrics_listen",
                      "state_file"]
-    warn = check_agent_section(AgentSection(metrics_listen="0.0.0.0:9184"))
+    warn = AgentSection(metrics_listen="0.0.0.0:9184").check()
     assert [i.severity for i in warn] == ["warning"]
 
 

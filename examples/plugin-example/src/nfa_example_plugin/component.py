@@ -8,17 +8,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from netflow_agent import hookimpl
-from netflow_agent.model import FlowRecord
-from netflow_agent.registry import Component
-from netflow_agent.runtime import RunContext
+from netflow_agent.api import Exporter, FlowRecord, RunContext, hookimpl
 
 from .config import Config
 
 _NS_PER_S = 1_000_000_000
 
 
-class CounterExporter(Component):
+class CounterExporter(Exporter):
     """Counts flows, packets and bytes per protocol; all state is per instance."""
 
     stage = "export"

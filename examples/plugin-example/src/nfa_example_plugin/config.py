@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from netflow_agent.config.schema import option
-from netflow_agent.errors import ConfigIssue
+from netflow_agent.api import ConfigIssue, option
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,0 +1,217 @@
+"""The public plugin API: everything a plugin may use from the core, in one module.
+
+Built-in plugins (``plugins/``) import only from here, exactly like third-party ones
+(``examples/plugin-example``); a test enforces it. Anything else in ``agent`` is the core's own
+and may change without notice. :data:`API_VERSION` says what to expect:
+
+* the major number changes when something here changes incompatibly (a hook's meaning, a
+  name removed, a role's interface);
+* the minor number when something is added (a hook, a hook argument, a name).
+
+A plugin that needs a newer API than it finds can refuse to register::
+
+    from netflow_agent.api import API_VERSION, hookimpl
+
+    @hookimpl
+    def agent_register_components(registry):
+        if API_VERSION < (2, 0):
+            raise RuntimeError("my-plugin needs netflow-agent plugin API 2.0 or newer")
+        registry.add("export", "mine", MyExporter, Config, doc="...")
+
+Groups (see ``docs/hooks.md``):
+
+* hooks: :data:`hookimpl`;
+* component types and roles: :class:`Component`, :class:`Ingest`, :class:`Cache`,
+  :class:`Aggregator`, :class:`Exporter`, :class:`NatExporter`, :class:`ComponentRegistry`,
+  :class:`Resource`, :class:`CacheStats`;
+* configuration: :func:`option`, :class:`ConfigIssue`; errors :class:`ComponentUnavailable`,
+  :class:`EncodeError`;
+* the running agent: :class:`RunContext`, :func:`follow_privileges` (for threads a plugin
+  starts);
+* records: :class:`PacketBatch`, :class:`FlowBatch`, :class:`FlowDelta`, :class:`FlowRecord`,
+  :class:`NatEvent`, :class:`Sampling`, :func:`make_key`, :class:`PacketParser` and the
+  constants beside them;
+* network namespaces: :func:`run_in_netns`, :class:`NetnsScope`, :func:`netns_path`,
+  :func:`names_here`;
+* IPFIX Information Elements: :data:`IE_BY_ID`, :func:`information_element`,
+  :data:`VARIABLE_LENGTH`, :func:`nat_event_value`;
+* UDP export: :class:`UdpDestination`, :func:`parse_endpoint`, :func:`address_family`,
+  :class:`EndpointError`;
+* export headers: :func:`export_stamp` and :data:`NS_PER_S` (one clock for a packet's header
+  and its records, ``agent/exportclock.py``);
+* packet paths: :class:`FragmentPolicy` (``[cache] fragments``), :func:`make_parser` and the
+  ``decapsulate`` options (:data:`TUNNELS`, :data:`TunnelName`, :func:`decapsulate_option`,
+  :func:`keep_outer_option`, :func:`check_decapsulate`), and the link-layer walk to IP
+  (:func:`ethernet_ip_offset`, :func:`ip_after`, :func:`ethernet_facts`, :func:`facts_after`,
+  :class:`LinkFacts`, :data:`NOT_IP`, :data:`TRUNCATED`, the ``PPP_*`` protocol numbers);
+* local files: :func:`open_output` (output files created 0640, owned by the agent's user),
+  :func:`output_issues` (``--check-env`` of an output path), :func:`started_as_root`.
+"""
+
+from __future__ import annotations
+
+from netflow_agent import hookimpl
+from netflow_agent.config.files import output_issues
+from netflow_agent.config.schema import option
+from netflow_agent.errors import ComponentUnavailable, ConfigIssue, EncodeError
+from netflow_agent.exportclock import NS_PER_S, export_stamp
+from netflow_agent.fragments import FragmentPolicy
+from netflow_agent.ie import BY_ID as IE_BY_ID
+from netflow_agent.ie import VARIABLE_LENGTH, InformationElement, nat_event_value
+from netflow_agent.ie import ie as information_element
+from netflow_agent.linklayer import (
+    NOT_IP,
+    PPP_IP,
+    PPP_IPV6,
+    PPP_MPLS_UC,
+    TRUNCATED,
+    LinkFacts,
+    ethernet_facts,
+    ethernet_ip_offset,
+    facts_after,
+    ip_after,
+)
+from netflow_agent.localfiles import open_output
+from netflow_agent.model import (
+    DIRECTION_EGRESS,
+    DIRECTION_INGRESS,
+    END_ACTIVE,
+    END_FORCED,
+    END_IDLE,
+    END_LACK_OF_RESOURCES,
+    END_OF_FLOW,
+    NAT_START,
+    NAT_STOP,
+    SAMPLING_DETERMINISTIC,
+    SAMPLING_RANDOM,
+    TCP_ACK,
+    TCP_FIN,
+    TCP_PSH,
+    TCP_RST,
+    TCP_SYN,
+    FlowBatch,
+    FlowDelta,
+    FlowKey,
+    FlowRecord,
+    NatEvent,
+    Packet,
+    PacketBatch,
+    Sampling,
+    make_key,
+    split_key,
+)
+from netflow_agent.netns import NetnsScope, names_here, netns_path, run_in_netns
+from netflow_agent.packet import PacketParser
+from netflow_agent.privileges import follow as follow_privileges
+from netflow_agent.privileges import started_as_root
+from netflow_agent.registry import Component, ComponentRegistry, Resource
+from netflow_agent.roles import (
+    Aggregator,
+    Cache,
+    CacheStats,
+    Exporter,
+    FlowRow,
+    Ingest,
+    NatExporter,
+)
+from netflow_agent.runtime import RunContext
+from netflow_agent.transport.udp import (
+    EndpointError,
+    UdpDestination,
+    address_family,
+    parse_endpoint,
+)
+from netflow_agent.tunnels import (
+    TUNNELS,
+    TunnelName,
+    check_decapsulate,
+    decapsulate_option,
+    keep_outer_option,
+    make_parser,
+)
+
+#: ``(major, minor)`` of this plugin API (see the module docstring).
+API_VERSION = (2, 0)
+
+__all__ = [
+    "API_VERSION",
+    "NOT_IP",
+    "NS_PER_S",
+    "PPP_IP",
+    "PPP_IPV6",
+    "PPP_MPLS_UC",
+    "TRUNCATED",
+    "LinkFacts",
+    "ethernet_facts",
+    "ethernet_ip_offset",
+    "facts_after",
+    "ip_after",
+    "TUNNELS",
+    "FragmentPolicy",
+    "TunnelName",
+    "check_decapsulate",
+    "decapsulate_option",
+    "export_stamp",
+    "keep_outer_option",
+    "make_parser",
+    "open_output",
+    "output_issues",
+    "started_as_root",
+    "DIRECTION_EGRESS",
+    "DIRECTION_INGRESS",
+    "END_ACTIVE",
+    "END_FORCED",
+    "END_IDLE",
+    "END_LACK_OF_RESOURCES",
+    "END_OF_FLOW",
+    "IE_BY_ID",
+    "NAT_START",
+    "NAT_STOP",
+    "SAMPLING_DETERMINISTIC",
+    "SAMPLING_RANDOM",
+    "TCP_ACK",
+    "TCP_FIN",
+    "TCP_PSH",
+    "TCP_RST",
+    "TCP_SYN",
+    "VARIABLE_LENGTH",
+    "Aggregator",
+    "Cache",
+    "CacheStats",
+    "Component",
+    "ComponentRegistry",
+    "ComponentUnavailable",
+    "ConfigIssue",
+    "EncodeError",
+    "EndpointError",
+    "Exporter",
+    "FlowBatch",
+    "FlowDelta",
+    "FlowKey",
+    "FlowRecord",
+    "FlowRow",
+    "InformationElement",
+    "Ingest",
+    "NatEvent",
+    "NatExporter",
+    "NetnsScope",
+    "Packet",
+    "PacketBatch",
+    "PacketParser",
+    "Resource",
+    "RunContext",
+    "Sampling",
+    "UdpDestination",
+    "address_family",
+    "follow_privileges",
+    "hookimpl",
+    "information_element",
+    "make_key",
+    "names_here",
+    "nat_event_value",
+    "netns_path",
+    "option",
+    "parse_endpoint",
+    "run_in_netns",
+    "split_key",
+]

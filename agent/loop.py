@@ -1,0 +1,172 @@
+"""The pipeline loop: takes inbox items to their stage, and scans on time.
+
+::
+
+    reader threads (ingest)            pipeline thread (this module)
+    ───────────────────────            ─────────────────────────────────────────────────────
+    ingest.nflog[0] ─┐                  ┌─▶ agent_cache_packets / agent_cache_flows  (cache)
+    ingest.ebpf[0] ──┼─▶ inbox queue ───┤
+    ingest.pcap[0] ──┘                  ├─▶ agent_export_nat_events                (export)
+    ingest.conntrack[0] (NAT events) ───┘
+                                        every scan_interval_ms:
+                                          agent_cache_expire ─▶ agent_aggregate_flows (chain)
+                                          ─▶ agent_export_flows ─▶ agent_tick (all)
+
+Every stage call goes through pluggy (``pm.hook``), whose runners isolate and count each
+implementation (:mod:`agent.runner`). Items that are not data (a finite ingest's end, a
+reload request, a call from the control socket) go to the handler the owner registered in
+:attr:`Loop.handlers`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+from collections.abc import Callable
+from typing import Any
+
+from netflow_agent import logutil
+from netflow_agent.clock import Clock
+from netflow_agent.model import FlowBatch, FlowRecord, NatEvent, PacketBatch
+from netflow_agent.runtime import ITEM_FLOWS, ITEM_NAT, ITEM_PACKETS, ITEM_STOP, RunContext
+from netflow_agent.stats import RateMeter
+
+log = logging.getLogger("agent.pipeline")
+
+
+class Loop:
+    """Inbox dispatch and scans, on the pipeline thread.
+
+    :param context: the run context whose inbox the ingests fill.
+    :param clock: the pipeline clock (advanced by replayed packets).
+    :param hook: the plugin manager's hook relay (``pm.hook``).
+    :param scan_ns: the scan interval (``[agent] scan_interval_ms``), in ns.
+    """
+
+    def __init__(self, context: RunContext, clock: Clock, hook: Any, scan_ns: int):
+        self.context = context
+        self.clock = clock
+        self.hook = hook
+        self.scan_ns = scan_ns
+        self.next_scan_ns = 0
+        self.stopping = False
+        self.exported_flows = 0
+        self.nat_events = 0
+        self.rates = RateMeter()
+        #: called once per iteration (systemd watchdog); set by agent.ops
+        self.heartbeat: Callable[[], None] | None = None
+        #: ``True`` once every finite ingest is done (set by the owner)
+        self.finished: Callable[[], bool] = lambda: False
+        #: accounted packets and bytes so far, for the rates (set by the owner)
+        self.traffic_totals: Callable[[], tuple[int, int]] = lambda: (0, 0)
+        #: inbox item kind -> handler
+        self.handlers: dict[str, Callable[[Any], None]] = {
+            ITEM_PACKETS: self._packets, ITEM_FLOWS: self._flows, ITEM_NAT: self._nat,
+            ITEM_STOP: self._stop}
+        #: sources that emitted unsampled batches while a sampling was declared (warned once)
+        self._unsampled_sources: set[str] = set()
+
+    def run(self) -> None:
+        """Process the inbox until asked to stop or until every finite ingest is done."""
+        inbox = self.context.inbox
+        while not self.stopping:
+            wait = 0.05
+            if not self.clock.replay and self.next_scan_ns:
+                wait = min(1.0, max(0.0005, (self.next_scan_ns - self.clock.now_ns()) / 1e9))
+            try:
+                kind, item = inbox.get(timeout=wait)
+            except queue.Empty:
+                kind, item = "", None
+            if kind:
+                self.dispatch(kind, item)
+            self._scan_if_due()
+            if self.heartbeat is not None:
+                self.heartbeat()
+            if self.clock.replay and self.finished() and inbox.empty():
+                log.info("all finite ingests are done")
+                break
+
+    def _scan_if_due(self) -> None:
+        now = self.clock.now_ns()
+        if not self.next_scan_ns:
+            self.next_scan_ns = now + self.scan_ns if now else 0  # replay: wait for a packet
+        elif now >= self.next_scan_ns:
+            self.scan(now)
+            self.next_scan_ns = now + self.scan_ns
+
+    def dispatch(self, kind: str, item: Any) -> None:
+        """Route one inbox item to its stage or handler (unknown kinds are ignored)."""
+        handler = self.handlers.get(kind)
+        if handler is not None:
+            handler(item)
+
+    def drain(self) -> None:
+        """Dispatch everything queued, except stop requests (used at shutdown)."""
+        inbox = self.context.inbox
+        while True:
+            try:
+                kind, item = inbox.get_nowait()
+            except queue.Empty:
+                return
+            if kind != ITEM_STOP:
+                self.dispatch(kind, item)
+
+    def forget_source(self, source: str) -> None:
+        """Forget what was noted about a retired ingest."""
+        self._unsampled_sources.discard(source)
+
+    # --- data items ---------------------------------------------------------------------------
+
+    def _stop(self, _item: Any) -> None:
+        self.stopping = True
+
+    def _nat(self, events: list[NatEvent]) -> None:
+        self.nat_events += len(events)
+        self.hook.agent_export_nat_events(events=events)
+
+    def _flows(self, batch: FlowBatch) -> None:
+        if self.context.samplings:
+            self._check_sampled(batch.source)
+        self.hook.agent_cache_flows(batch=batch, now_ns=self.clock.now_ns())
+
+    def _check_sampled(self, source: str) -> None:
+        """Warn once per source that emits unsampled flows next to a declared sampling."""
+        if source in self.context.samplings or source in self._unsampled_sources:
+            return
+        self._unsampled_sources.add(source)
+        log.warning("%s accounts every packet but %s declared sampling %s: exporters announce "
+                    "that sampling for all flows, so collectors will scale %s's flows too",
+                    source, next(iter(self.context.samplings)), self.context.sampling(), source)
+
+    def _packets(self, batch: PacketBatch) -> None:
+        if self.context.samplings:
+            self._check_sampled(batch.source)
+        replay = self.clock.replay
+        if replay and batch.packets:
+            # expire what the capture's clock reached before this batch's first packet
+            self._advance_clock(batch.packets[0][3])
+            self._scan_if_due()
+        self.hook.agent_cache_packets(batch=batch, now_ns=self.clock.now_ns())
+        if replay:
+            self._advance_clock(batch.clock_ns or (batch.packets[-1][3] if batch.packets else 0))
+
+    def _advance_clock(self, clock_ns: int) -> None:
+        if self.clock.advance(clock_ns):  # uptime counts from the capture's first packet
+            self.context.start_ns = clock_ns
+
+    # --- scans --------------------------------------------------------------------------------
+
+    def scan(self, now: int, force: bool = False) -> None:
+        """Expire, aggregate and export flows, then run every component's timers."""
+        records: list[FlowRecord] = []
+        for part in self.hook.agent_cache_expire(now_ns=now, force=force):
+            records.extend(part)
+        if records:
+            self.hook.agent_aggregate_flows(records=records)  # a chain on this list
+            self.exported_flows += len(records)
+            log.debug("scan: %d flow records to export", len(records))
+            if self.context.debug >= logutil.FLOW_DEBUG:
+                logutil.log_exported(records)
+            self.hook.agent_export_flows(records=records)
+        self.rates.update(now, *self.traffic_totals())
+        self.hook.agent_tick(now_ns=now)
