@@ -95,6 +95,14 @@ class RunContext:
         """A snapshot of the core counters (ipt_NETFLOW names: ``traffic_packets``, ...)."""
         return self.core_stats()
 
+    def flow_capacity(self) -> int:
+        """The cache's ``maxflows`` (flows it keeps at once), or 0 when unlimited or unknown.
+
+        Ingests that keep flows of their own (the eBPF kernel table) size them from it; the
+        cache is started before any ingest, so this is known in ``agent_start``.
+        """
+        return int(self.core_stats().get("maxflows_limit", 0) or 0)
+
     def declare_sampling(self, source: str, interval: int,
                          algorithm: int = SAMPLING_RANDOM) -> None:
         """Say that ``source`` accounts one packet in ``interval`` and does not scale counters.

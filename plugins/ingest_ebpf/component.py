@@ -5,10 +5,12 @@ and hash map;
 every ``poll_interval_ms`` this component points the programs at the other table, waits for
 in-flight programs to leave the old one (an RCU grace period), drains it with
 ``BPF_MAP_LOOKUP_AND_DELETE_BATCH`` (``_loader.c``, GIL released) and emits a
-:class:`~agent.model.FlowBatch`. The cache applies the active/inactive timeouts and FIN/RST,
-exactly as for packet ingests. Interfaces matching the configured globs are attached at start
-and whenever a rescan finds new ones: at once on a link notification (``linkwatch.py``), and
-every ``rescan_interval_ms`` in any case.
+:class:`~agent.model.FlowBatch`. Every ``PRESSURE_CHECK_S`` it reads the kernel counters and
+drains early when the active table passes ``drain_threshold`` percent of ``maxflows`` or a
+packet was lost, and consumes the overflow ring when it fills. The cache applies the
+active/inactive timeouts and FIN/RST, exactly as for packet ingests. Interfaces matching the
+configured globs are attached at start and whenever a rescan finds new ones: at once on a link
+notification (``linkwatch.py``), and every ``rescan_interval_ms`` in any case.
 """
 
 from __future__ import annotations
@@ -20,20 +22,56 @@ import time
 from typing import Any
 
 from agent import hookimpl, privileges
-from agent.model import SAMPLING_RANDOM, FlowBatch
+from agent.model import SAMPLING_RANDOM, FlowBatch, FlowDelta
 from agent.netns import NetnsScope
 from agent.registry import Component
 from agent.runtime import RunContext
 
 from .attach import Attacher, matching_links
 from .config import Config
-from .decode import CounterTracker, decode_records, merge_deltas, monotonic_to_wall_offset
+from .decode import (
+    COUNTER_NAMES,
+    CounterTracker,
+    decode_records,
+    merge_deltas,
+    monotonic_to_wall_offset,
+)
 from .linkwatch import LinkWatch
 
 #: when the kernel cannot wait for an RCU grace period (nohz_full): time for programs that read
 #: the old table index to finish (they run for microseconds with bottom halves off); a
 #: straggler later than this lands in the idle table and is drained next time.
 FLIP_GRACE_S = 0.005
+
+#: kernel table size when neither ``maxflows`` nor ``[cache] maxflows`` gives one
+DEFAULT_KERNEL_FLOWS = 2_000_000
+#: most flows a kernel table may hold (the config's maximum)
+MAX_KERNEL_FLOWS = 2**24
+#: how often the drain thread reads the kernel counters for an early drain or ring consume
+PRESSURE_CHECK_S = 0.02
+#: bytes one overflow-ring event takes: struct overflow_event + the ring's 8-byte header
+RING_EVENT_BYTES = 72 + 8
+
+
+def kernel_table_size(configured: int, flow_capacity: int) -> int:
+    """The kernel flow table size: ``maxflows`` if set, else the cache's flow capacity.
+
+    :param configured: ``[[ingest.ebpf]] maxflows`` (0 = derive it).
+    :param flow_capacity: :meth:`RunContext.flow_capacity` (0 = unlimited or unknown).
+    """
+    if configured:
+        return configured
+    return min(flow_capacity or DEFAULT_KERNEL_FLOWS, MAX_KERNEL_FLOWS)
+
+
+def ring_capacity_packets(ring_kb: int) -> int:
+    """Packets the overflow ring holds: its size is rounded up to a power of two, >= a page."""
+    if not ring_kb:
+        return 0
+    size = 4096
+    while size < ring_kb * 1024:
+        size <<= 1
+    return size // RING_EVENT_BYTES
 
 
 class EbpfIngest(Component):
@@ -50,8 +88,14 @@ class EbpfIngest(Component):
         self.active = 0
         self.tracker = CounterTracker()
         self.kernel_counters: dict[str, int] = {}
-        self.stats = {"drains": 0, "flows_drained": 0, "overflow_flows": 0, "drain_ms_last": 0.0,
+        self.maxflows = 0  # the kernel table size in use (set at start)
+        self.stats = {"drains": 0, "early_drains": 0, "ring_consumes": 0, "drain_errors": 0,
+                      "flows_drained": 0, "overflow_flows": 0, "drain_ms_last": 0.0,
+                      "drain_ms_max": 0.0, "table_peak": 0, "maxflows": 0,
                       "attach_errors": 0, "interfaces": 0}
+        # counter values at the last flip / ring consume: early-drain triggers (pressure)
+        self._fill_base = self._lost_base = self._ring_base = 0
+        self._fill_limit = self._ring_limit = 0
         self._stop = threading.Event()
         self._wake = -1  # eventfd that ends the drain thread's wait at stop
         self._last_rescan_error = ""
@@ -70,19 +114,27 @@ class EbpfIngest(Component):
         # unscaled: exporters announce it to collectors (raises on a conflicting declaration)
         context.declare_sampling(self.name, cfg.sampling, SAMPLING_RANDOM)
         context.declare_netns(self.name, cfg.netns)  # exporters resolve ifIndexes there
-        self.loader = Loader(maxflows=cfg.maxflows, sampling=cfg.sampling,
+        self.maxflows = kernel_table_size(cfg.maxflows, context.flow_capacity())
+        self.stats["maxflows"] = self.maxflows
+        self.loader = Loader(maxflows=self.maxflows, sampling=cfg.sampling,
                              percpu=cfg.map_type == "percpu",
                              overflow_ring_bytes=cfg.overflow_ring_kb * 1024,
-                             precise_clock=cfg.timestamps == "precise", slots=cfg.cpu_slots)
+                             precise_clock=cfg.timestamps == "precise", slots=cfg.cpu_slots,
+                             prealloc=cfg.prealloc)
+        if cfg.drain_threshold < 100:
+            self._fill_limit = max(1, self.maxflows * cfg.drain_threshold // 100)
+            self._ring_limit = max(1, ring_capacity_packets(cfg.overflow_ring_kb)
+                                   * cfg.drain_threshold // 100)
         self.loader.set_active(self.active)
         if not self.loader.synchronize() and cfg.cpu_slots:
             self.log.warning("%s: this kernel refuses membarrier(MEMBARRIER_CMD_GLOBAL) "
                              "(nohz_full?): drains wait 5 ms instead of an RCU grace period, "
                              "and a program later than that can lose packets in a slot; set "
                              "cpu_slots = 0 for exact accounting", self.name)
-        self.log.info("%s: loaded BPF programs %s (maxflows %d, %s map, %d slots per CPU, "
-                      "sampling 1/%d)", self.name, self.loader.prog_ids(), cfg.maxflows,
-                      cfg.map_type, cfg.cpu_slots, cfg.sampling)
+        self.log.info("%s: loaded BPF programs %s (maxflows %d%s, %s map, %d slots per CPU, "
+                      "sampling 1/%d)", self.name, self.loader.prog_ids(), self.maxflows,
+                      " preallocated" if cfg.prealloc else "", cfg.map_type, cfg.cpu_slots,
+                      cfg.sampling)
         self.attacher = Attacher(self.loader, cfg.mode, cfg.direction)
         try:
             self._rescan(initial=True)
@@ -134,9 +186,11 @@ class EbpfIngest(Component):
     # --- drain thread ------------------------------------------------------------------------
 
     def _run(self) -> None:
-        """Drain every ``poll_interval_ms``; rescan on link events and every rescan interval."""
+        """Drain every ``poll_interval_ms`` (earlier under pressure); rescan on link events and
+        every rescan interval."""
         poll_s = self.config.poll_interval_ms / 1000
         rescan_every = self.config.rescan_interval_ms / 1000
+        check_s = PRESSURE_CHECK_S if self._fill_limit else poll_s
         links = self._watch_links()
         poller = select.poll()
         poller.register(self._wake, select.POLLIN)
@@ -144,18 +198,24 @@ class EbpfIngest(Component):
             poller.register(links.fileno(), select.POLLIN)
         next_drain = time.monotonic() + poll_s
         next_rescan = time.monotonic() + rescan_every
+        next_check = time.monotonic() + check_s
         try:
             while True:
-                wait_s = max(0.0, min(next_drain, next_rescan) - time.monotonic())
+                wait_s = max(0.0, min(next_drain, next_rescan, next_check) - time.monotonic())
                 poller.poll(wait_s * 1000)
                 if self._stop.is_set():
                     return
                 privileges.follow()  # this thread gives up root's capabilities after the drop
                 link_event = links is not None and links.pending()
                 now = time.monotonic()
-                if now >= next_drain:
-                    next_drain = max(next_drain + poll_s, now)
-                    self._drain_logged()
+                early = False
+                if now >= next_check:
+                    next_check = now + check_s
+                    early = now < next_drain and self._logged(self._under_pressure, "check")
+                if now >= next_drain or early:
+                    next_drain = now + poll_s if early else max(next_drain + poll_s, now)
+                    self.stats["early_drains"] += early
+                    self._logged(self._drain, "drain")
                 if link_event or now >= next_rescan:
                     next_rescan = now + rescan_every
                     self._rescan_logged()
@@ -172,11 +232,13 @@ class EbpfIngest(Component):
                              exc, self.config.rescan_interval_ms)
             return None
 
-    def _drain_logged(self) -> None:
+    def _logged(self, step: Any, what: str) -> bool:
+        """Run a drain-thread step; log and go on when it fails (the next tick retries)."""
         try:
-            self._drain()
+            return bool(step())
         except Exception:  # keep draining: a lost tick must not stop accounting
-            self.log.exception("%s: drain failed", self.name)
+            self.log.exception("%s: %s failed", self.name, what)
+            return False
 
     def _rescan_logged(self) -> None:
         try:
@@ -187,30 +249,75 @@ class EbpfIngest(Component):
                 self.log.warning("%s: interface rescan failed: %s", self.name, exc)
             self._last_rescan_error = str(exc)
 
+    def _counters(self) -> dict[str, int]:
+        """The kernel's cumulative counters by name (one syscall)."""
+        return dict(zip(COUNTER_NAMES, self.loader.counters(), strict=True))
+
+    def _under_pressure(self) -> bool:
+        """Whether the active table needs a drain now: it passed ``drain_threshold`` percent of
+        ``maxflows`` since the last flip, or a packet was lost since. Consumes the overflow
+        ring on the spot when it passed ``drain_threshold`` percent of its size."""
+        cnt = self._counters()
+        if cnt["full_packets"] + cnt["update_errors"] > self._lost_base:
+            return True
+        if cnt["hash_new"] - self._fill_base >= self._fill_limit:
+            return True
+        if self._ring_limit and cnt["ring_packets"] - self._ring_base >= self._ring_limit:
+            self._ring_base = cnt["ring_packets"]
+            overflow = self._take_ring(monotonic_to_wall_offset())
+            self.stats["ring_consumes"] += 1
+            if overflow:
+                self.context.emit(FlowBatch(source=self.name, flows=overflow))  # type: ignore[union-attr]
+        return False
+
+    def _take_ring(self, offset: int) -> list[FlowDelta]:
+        """The overflow ring's events as flow deltas, merged by key (one per flow)."""
+        rows, err = self.loader.consume()
+        if err:  # what was consumed is in rows; the rest stays in the ring for next time
+            self.stats["drain_errors"] += 1
+            self.log.warning("%s: overflow ring read stopped early: %s", self.name,
+                             os.strerror(err))
+        overflow = merge_deltas(decode_records(rows, offset))
+        self.stats["overflow_flows"] += len(overflow)
+        return overflow
+
     def _drain(self) -> None:
         """Flip the tables, drain the idle one, emit its flows and the kernel counters."""
         started = time.perf_counter()
+        before = self._counters()  # read before the flip: what the old table got is in it
         old, self.active = self.active, 1 - self.active
         self.loader.set_active(self.active)
         if not self.loader.synchronize():  # an RCU grace period: no program is still in `old`
             time.sleep(FLIP_GRACE_S)
-        data = self.loader.drain(old)
+        rows, err = self.loader.drain(old)
+        self._fill_base = before["hash_new"]
+        self._lost_base = before["full_packets"] + before["update_errors"]
+        self._ring_base = before["ring_packets"]
+        if err:  # the rows it deleted are in `rows`; what is left is drained next time
+            self.stats["drain_errors"] += 1
+            self.log.warning("%s: drain of table %d stopped part way: %s; the rest follows "
+                             "at a later drain", self.name, old, os.strerror(err))
         offset = monotonic_to_wall_offset()
-        flows = decode_records(data, offset)
-        overflow = merge_deltas(decode_records(self.loader.consume(), offset))
-        flows.extend(overflow)
+        flows = decode_records(rows, offset)
+        drained = len(flows)
+        flows.extend(self._take_ring(offset))
         cnt = self.tracker.delta(self.loader.counters())
         for name, value in cnt.values.items():
             self.kernel_counters[name] = self.kernel_counters.get(name, 0) + value
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
         self.stats["drains"] += 1
-        self.stats["flows_drained"] += len(flows) - len(overflow)
-        self.stats["overflow_flows"] += len(overflow)
-        self.stats["drain_ms_last"] = round((time.perf_counter() - started) * 1000, 3)
-        dropped = cnt["full_packets"] + cnt["update_errors"]
-        if flows or dropped or cnt["trunc"] or cnt["frag"]:
+        self.stats["flows_drained"] += drained
+        self.stats["table_peak"] = max(self.stats["table_peak"], drained)
+        self.stats["drain_ms_last"] = elapsed_ms
+        self.stats["drain_ms_max"] = max(self.stats["drain_ms_max"], elapsed_ms)
+        # everything the kernel saw but could not account: full table, failed inserts,
+        # truncated headers (as the NFLOG ingest does for FlowBatch: the cache adds trunc
+        # to drop only for PacketBatch)
+        dropped = cnt["full_packets"] + cnt["update_errors"] + cnt["trunc"]
+        if flows or dropped or cnt["frag"]:
             self.context.emit(FlowBatch(  # type: ignore[union-attr]
                 source=self.name, flows=flows, dropped_packets=dropped,
-                dropped_bytes=cnt["full_bytes"] + cnt["trunc_bytes"],
+                dropped_bytes=cnt["full_bytes"] + cnt["update_error_bytes"] + cnt["trunc_bytes"],
                 trunc=cnt["trunc"], frag=cnt["frag"]))
 
     def _rescan(self, initial: bool = False) -> None:

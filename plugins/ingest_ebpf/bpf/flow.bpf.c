@@ -237,7 +237,25 @@ static __always_inline __u64 clock_now(struct flow_counters *cnt, int fresh)
 	return cnt->clock_ns;
 }
 
-/* Add one packet to the flow table `map`; count it as lost when the table is full. */
+/* A packet the flow table could not take (insert error `err`): through the overflow ring,
+ * else counted as lost, by cause. Every failure branch ends here: nothing is lost uncounted. */
+static __always_inline void not_in_table(struct pkt_info *pi, __u64 segs, __u64 bytes,
+					 __u64 now, long err, struct flow_counters *cnt)
+{
+	if (use_overflow && overflow_event(pi, segs, bytes, now)) {
+		cnt->v[CNT_RING_PACKETS] += segs;
+		return;
+	}
+	if (err == -E2BIG_) {
+		cnt->v[CNT_FULL_PACKETS] += segs;
+		cnt->v[CNT_FULL_BYTES] += bytes;
+	} else {
+		cnt->v[CNT_UPDATE_ERR] += segs;
+		cnt->v[CNT_UPDATE_ERR_BYTES] += bytes;
+	}
+}
+
+/* Add one packet to the flow table `map`; hand it to not_in_table() when it cannot. */
 static __always_inline void account(void *map, struct pkt_info *pi, __u64 segs, __u64 bytes,
 				    struct flow_counters *cnt)
 {
@@ -247,23 +265,18 @@ static __always_inline void account(void *map, struct pkt_info *pi, __u64 segs, 
 	if (!m) {
 		struct flow_metrics nm = { .packets = segs, .bytes = bytes, .first_ns = now,
 					   .last_ns = now, .tcp_flags = pi->tcp_flags };
+		/* E2BIG: table full; ENOMEM (no-prealloc maps), EDEADLK/ETIMEDOUT (bucket lock,
+		 * 6.15+): not inserted either */
 		long err = bpf_map_update_elem(map, &pi->key, &nm, BPF_NOEXIST);
 
-		if (!err)
+		if (!err) {
+			cnt->v[CNT_HASH_NEW]++;
 			return;
+		}
 		if (err == -EEXIST_)		/* another CPU created it just now */
 			m = bpf_map_lookup_elem(map, &pi->key);
 		if (!m) {
-			if (err != -E2BIG_) {
-				cnt->v[CNT_UPDATE_ERR] += segs;
-				return;
-			}
-			if (use_overflow && overflow_event(pi, segs, bytes, now)) {
-				cnt->v[CNT_RING_PACKETS] += segs;
-				return;
-			}
-			cnt->v[CNT_FULL_PACKETS] += segs;
-			cnt->v[CNT_FULL_BYTES] += bytes;
+			not_in_table(pi, segs, bytes, now, err, cnt);
 			return;
 		}
 	}

@@ -62,9 +62,14 @@ enum flow_counter {
 	CNT_FRAG,		/* IP fragments seen (accounted; non-first ones with ports 0) */
 	CNT_FULL_PACKETS,	/* packets lost: flow table full and overflow ring full/off */
 	CNT_FULL_BYTES,		/* their bytes */
-	CNT_UPDATE_ERR,		/* other map update failures (ENOMEM), packets */
-	CNT_RING_PACKETS,	/* packets of full-table flows sent through the overflow ring */
+	CNT_UPDATE_ERR,		/* packets lost: other insert failures (ENOMEM, lock timeout)
+				 * and the overflow ring full/off */
+	CNT_RING_PACKETS,	/* packets of flows the table could not take, sent through the
+				 * overflow ring (full table or any other insert failure) */
 	CNT_SLOT_PACKETS,	/* packets accounted in a per-CPU slot (the rest went to the hash) */
+	CNT_UPDATE_ERR_BYTES,	/* bytes of the CNT_UPDATE_ERR packets */
+	CNT_HASH_NEW,		/* flows inserted into a hash table: with the count at the last
+				 * flip, how full the active table is (early drains) */
 	CNT_MAX,
 };
 
