@@ -37,41 +37,15 @@ from .decode import (
     monotonic_to_wall_offset,
 )
 from .linkwatch import LinkWatch
+from .sizing import kernel_table_size, possible_cpus, ring_capacity_packets, table_memory
 
 #: when the kernel cannot wait for an RCU grace period (nohz_full): time for programs that read
 #: the old table index to finish (they run for microseconds with bottom halves off); a
 #: straggler later than this lands in the idle table and is drained next time.
 FLIP_GRACE_S = 0.005
 
-#: kernel table size when neither ``maxflows`` nor ``[cache] maxflows`` gives one
-DEFAULT_KERNEL_FLOWS = 2_000_000
-#: most flows a kernel table may hold (the config's maximum)
-MAX_KERNEL_FLOWS = 2**24
 #: how often the drain thread reads the kernel counters for an early drain or ring consume
 PRESSURE_CHECK_S = 0.02
-#: bytes one overflow-ring event takes: struct overflow_event + the ring's 8-byte header
-RING_EVENT_BYTES = 72 + 8
-
-
-def kernel_table_size(configured: int, flow_capacity: int) -> int:
-    """The kernel flow table size: ``maxflows`` if set, else the cache's flow capacity.
-
-    :param configured: ``[[ingest.ebpf]] maxflows`` (0 = derive it).
-    :param flow_capacity: :meth:`RunContext.flow_capacity` (0 = unlimited or unknown).
-    """
-    if configured:
-        return configured
-    return min(flow_capacity or DEFAULT_KERNEL_FLOWS, MAX_KERNEL_FLOWS)
-
-
-def ring_capacity_packets(ring_kb: int) -> int:
-    """Packets the overflow ring holds: its size is rounded up to a power of two, >= a page."""
-    if not ring_kb:
-        return 0
-    size = 4096
-    while size < ring_kb * 1024:
-        size <<= 1
-    return size // RING_EVENT_BYTES
 
 
 class EbpfIngest(Component):
@@ -114,10 +88,11 @@ class EbpfIngest(Component):
         # unscaled: exporters announce it to collectors (raises on a conflicting declaration)
         context.declare_sampling(self.name, cfg.sampling, SAMPLING_RANDOM)
         context.declare_netns(self.name, cfg.netns)  # exporters resolve ifIndexes there
-        self.maxflows = kernel_table_size(cfg.maxflows, context.flow_capacity())
+        percpu, ncpu = cfg.map_type == "percpu", possible_cpus()
+        self.maxflows = kernel_table_size(cfg.maxflows, context.flow_capacity(), percpu, ncpu)
         self.stats["maxflows"] = self.maxflows
         self.loader = Loader(maxflows=self.maxflows, sampling=cfg.sampling,
-                             percpu=cfg.map_type == "percpu",
+                             percpu=percpu,
                              overflow_ring_bytes=cfg.overflow_ring_kb * 1024,
                              precise_clock=cfg.timestamps == "precise", slots=cfg.cpu_slots,
                              prealloc=cfg.prealloc)
@@ -131,9 +106,11 @@ class EbpfIngest(Component):
                              "(nohz_full?): drains wait 5 ms instead of an RCU grace period, "
                              "and a program later than that can lose packets in a slot; set "
                              "cpu_slots = 0 for exact accounting", self.name)
-        self.log.info("%s: loaded BPF programs %s (maxflows %d%s, %s map, %d slots per CPU, "
-                      "sampling 1/%d)", self.name, self.loader.prog_ids(), self.maxflows,
-                      " preallocated" if cfg.prealloc else "", cfg.map_type, cfg.cpu_slots,
+        self.log.info("%s: loaded BPF programs %s (maxflows %d, %s map, %s %d MB, %d slots "
+                      "per CPU, sampling 1/%d)", self.name, self.loader.prog_ids(),
+                      self.maxflows, cfg.map_type,
+                      "preallocated" if cfg.prealloc else "at most",
+                      table_memory(self.maxflows, percpu, ncpu) >> 20, cfg.cpu_slots,
                       cfg.sampling)
         self.attacher = Attacher(self.loader, cfg.mode, cfg.direction)
         try:

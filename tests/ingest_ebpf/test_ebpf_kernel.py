@@ -116,6 +116,7 @@ def test_vlan_tagged_frames(pair, mode):
     }
     assert seen.table() == expected
     assert seen.trunc == 1
+    assert seen.dropped_packets == 1  # the truncated IPv4 packet is a counted loss
     assert seen.stats["kernel_non_ip"] == 1
 
 
