@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections import deque
 from operator import attrgetter
 from typing import Any
 
@@ -75,6 +76,7 @@ class IpfixExporter(Component):
         self.cfg = config
         self.context: RunContext | None = None
         self.udp: list[UdpDestination] = []
+        self._late_losses: deque[bytes] = deque()
         self.tcp: list[TcpDestination] = []
         self.file: IpfixFile | None = None
         self.session = Session(config.observation_domain_id, config.refresh_rate,
@@ -116,7 +118,10 @@ class IpfixExporter(Component):
         cfg = self.cfg
         endpoints = cfg.endpoints()
         if cfg.transport == "udp":
-            self.udp = [UdpDestination(e, source=cfg.source, sndbuf=cfg.sndbuf, log=self.log)
+            self.udp = [UdpDestination(e, source=cfg.source, sndbuf=cfg.sndbuf,
+                                       rate_limit=cfg.rate_limit, backlog=cfg.backlog,
+                                       flush_timeout_s=cfg.flush_timeout_s,
+                                       on_late_loss=self._late_loss, log=self.log)
                         for e in endpoints]
             for d in self.udp:
                 d.connect()
@@ -289,6 +294,16 @@ class IpfixExporter(Component):
         c["lost_packets"] += packets
         c["lost_octets"] += octets
 
+    def _late_loss(self, data: bytes, records: int) -> None:
+        """A paced UDP destination's thread lost a message it had queued: count it later."""
+        self._late_losses.append(data)
+
+    def _count_late_losses(self) -> None:
+        """Count messages a paced UDP destination lost after queueing them (its thread
+        appends them to ``_late_losses``; deque appends and pops are thread-safe)."""
+        while self._late_losses:
+            self._lose(*message_totals(self._late_losses.popleft(), self.templates))
+
     def _count_refused(self, refused: list[Any]) -> None:
         if not refused:
             return
@@ -327,6 +342,7 @@ class IpfixExporter(Component):
         core = self.context.stats() if self.context is not None else {}
         c = self.counters
         messages, records, octets = c["udp_messages"], c["udp_records"], c["udp_octets"]
+        self._count_late_losses()
         lost, lost_p, lost_o = c["lost_records"], c["lost_packets"], c["lost_octets"]
         for d in self.tcp:
             messages, records, octets = (messages + d.stats.messages, records + d.stats.records,
@@ -380,6 +396,7 @@ class IpfixExporter(Component):
     @hookimpl
     def agent_collect_stats(self) -> dict[str, Any]:
         """Instance counters plus one mapping per destination."""
+        self._count_late_losses()
         out: dict[str, Any] = dict(self.counters)
         out["sequence"] = self.session.sequence
         dests = [d.snapshot() for d in self.udp] + [d.snapshot() for d in self.tcp]

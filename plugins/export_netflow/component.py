@@ -89,7 +89,8 @@ class NetflowExporter(Component):
         self.state.boot_ns = context.start_ns
         for endpoint in self.config.destination:
             dest = UdpDestination(endpoint, source=self.config.source,
-                                  sndbuf=self.config.sndbuf, log=self.log)
+                                  sndbuf=self.config.sndbuf, rate_limit=self.config.rate_limit,
+                                  backlog=self.config.backlog, log=self.log)
             dest.connect()
             self.destinations.append(dest)
         self.log.info("%s: NetFlow v%d to %s", self.name, self.config.protocol,
@@ -103,7 +104,7 @@ class NetflowExporter(Component):
 
     @hookimpl
     def agent_stop(self) -> None:
-        """Close the sockets (everything was already sent: UDP keeps nothing back)."""
+        """Send the paced backlog (up to 5 s), close the sockets."""
         for dest in self.destinations:
             dest.poll()
             dest.close()
@@ -230,7 +231,7 @@ class NetflowExporter(Component):
         out.update(asdict(self.stats))
         out["sequence"] = self.state.flows if self.config.protocol == 5 else self.state.packets
         totals = {"sock_ok": 0, "sock_fail": 0, "sock_cberr": 0, "sock_bytes": 0,
-                  "lost_records": 0}
+                  "lost_records": 0, "backlog": 0}
         for i, dest in enumerate(self.destinations):
             snap = dest.snapshot()
             out[f"sock{i}"] = snap
@@ -239,5 +240,6 @@ class NetflowExporter(Component):
             totals["sock_cberr"] += dest.stats.cberr
             totals["sock_bytes"] += dest.stats.bytes_ok
             totals["lost_records"] += dest.stats.lost_records
+            totals["backlog"] += dest.backlog
         out.update(totals)
         return out
