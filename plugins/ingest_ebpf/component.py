@@ -5,9 +5,10 @@ and hash map;
 every ``poll_interval_ms`` this component points the programs at the other table, waits for
 in-flight programs to leave the old one (an RCU grace period), drains it with
 ``BPF_MAP_LOOKUP_AND_DELETE_BATCH`` (``_loader.c``, GIL released) and emits a
-:class:`~agent.model.FlowBatch`. Every ``PRESSURE_CHECK_S`` it reads the kernel counters and
-drains early when the active table passes ``drain_threshold`` percent of ``maxflows`` or a
-packet was lost, and consumes the overflow ring when it fills. The cache applies the
+:class:`~agent.model.FlowBatch`. It drains early when the program signals (through a ring
+buffer the thread waits on) that the active table reached ``drain_threshold`` percent of
+``maxflows`` or lost a packet; every ``PRESSURE_CHECK_S`` it also reads the kernel counters
+for the same conditions, and consumes the overflow ring when it fills. The cache applies the
 active/inactive timeouts and FIN/RST, exactly as for packet ingests. Interfaces matching the
 configured globs are attached at start and whenever a rescan finds new ones: at once on a link
 notification (``linkwatch.py``), and every ``rescan_interval_ms`` in any case.
@@ -91,15 +92,15 @@ class EbpfIngest(Component):
         percpu, ncpu = cfg.map_type == "percpu", possible_cpus()
         self.maxflows = kernel_table_size(cfg.maxflows, context.flow_capacity(), percpu, ncpu)
         self.stats["maxflows"] = self.maxflows
-        self.loader = Loader(maxflows=self.maxflows, sampling=cfg.sampling,
-                             percpu=percpu,
-                             overflow_ring_bytes=cfg.overflow_ring_kb * 1024,
-                             precise_clock=cfg.timestamps == "precise", slots=cfg.cpu_slots,
-                             prealloc=cfg.prealloc)
         if cfg.drain_threshold < 100:
             self._fill_limit = max(1, self.maxflows * cfg.drain_threshold // 100)
             self._ring_limit = max(1, ring_capacity_packets(cfg.overflow_ring_kb)
                                    * cfg.drain_threshold // 100)
+        self.loader = Loader(maxflows=self.maxflows, sampling=cfg.sampling,
+                             percpu=percpu,
+                             overflow_ring_bytes=cfg.overflow_ring_kb * 1024,
+                             precise_clock=cfg.timestamps == "precise", slots=cfg.cpu_slots,
+                             prealloc=cfg.prealloc, fill_threshold=self._fill_limit)
         self.loader.set_active(self.active)
         if not self.loader.synchronize() and cfg.cpu_slots:
             self.log.warning("%s: this kernel refuses membarrier(MEMBARRIER_CMD_GLOBAL) "
@@ -171,6 +172,8 @@ class EbpfIngest(Component):
         links = self._watch_links()
         poller = select.poll()
         poller.register(self._wake, select.POLLIN)
+        signals = self.loader.signal_fd()  # the program asks for an early drain
+        poller.register(signals, select.POLLIN)
         if links is not None:
             poller.register(links.fileno(), select.POLLIN)
         next_drain = time.monotonic() + poll_s
@@ -185,10 +188,11 @@ class EbpfIngest(Component):
                 privileges.follow()  # this thread gives up root's capabilities after the drop
                 link_event = links is not None and links.pending()
                 now = time.monotonic()
-                early = False
+                early = self._logged(self.loader.take_signals, "signal read")
                 if now >= next_check:
                     next_check = now + check_s
-                    early = now < next_drain and self._logged(self._under_pressure, "check")
+                    early = self._logged(self._under_pressure, "check") or early
+                early = early and now < next_drain
                 if now >= next_drain or early:
                     next_drain = now + poll_s if early else max(next_drain + poll_s, now)
                     self.stats["early_drains"] += early
@@ -267,6 +271,7 @@ class EbpfIngest(Component):
         if not self.loader.synchronize():  # an RCU grace period: no program is still in `old`
             time.sleep(FLIP_GRACE_S)
         rows, err = self.loader.drain(old)
+        self.loader.reset_fill(old)
         self._fill_base = before["hash_new"]
         self._lost_base = before["full_packets"] + before["update_errors"]
         self._ring_base = before["ring_packets"]

@@ -80,6 +80,12 @@ struct flow_counters {
 	__u64 clock_ns;		/* what it read then (CLOCK_MONOTONIC ns) */
 };
 
+/* Fill of one flow table since it was last drained (map flow_fill, one entry per table). */
+struct flow_fill {
+	__u64 inserts;		/* flows inserted into the hash table (atomic add) */
+	__u64 signalled;	/* 1 once the program asked for an early drain of this table */
+};
+
 /* The flow maps are double-buffered: the program writes to flows[active], userspace flips
  * `active`, waits for in-flight programs, then drains the other map without racing them. */
 #define FLOW_MAPS 2
