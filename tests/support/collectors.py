@@ -724,11 +724,17 @@ while True:
     got += 1
     if got % batch == 0:
         time.sleep(pause)
-local = "%08X:%04X" % (0x0100007F, port)
-drops = next(int(line.split()[-1]) for line in open("/proc/net/udp")
-             if line.split()[1] == local)
-print(got, drops, flush=True)
+print(got, flush=True)
+sys.stdin.readline()  # the socket stays open until the parent has read its drop count
 """
+
+
+def udp_drops(port: int, host: str = "127.0.0.1") -> int:
+    """Datagrams the kernel dropped at the IPv4 UDP socket bound to ``host:port`` in this
+    netns (``/proc/net/udp`` ``drops``: receive buffer full)."""
+    local = f"{int.from_bytes(socket.inet_aton(host), 'little'):08X}:{port:04X}"
+    with open("/proc/net/udp") as table:
+        return next(int(line.split()[-1]) for line in table if line.split()[1] == local)
 
 
 class SlowCollector:
@@ -744,15 +750,17 @@ class SlowCollector:
                  idle: float = 3.0):
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _SLOW_READER, str(rcvbuf), str(batch), str(pause), str(idle)],
-            stdout=subprocess.PIPE, text=True)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())
 
     def result(self, timeout: float = 120) -> tuple[int, int]:
         """``(datagrams received, datagrams dropped at the socket)`` once it went idle."""
-        out, _ = self.proc.communicate(timeout=timeout)
-        got, drops = out.split()
-        return int(got), int(drops)
+        assert self.proc.stdout is not None
+        got = int(self.proc.stdout.readline())
+        drops = udp_drops(self.port)
+        self.proc.communicate("\n", timeout=timeout)
+        return got, drops
 
     def __enter__(self) -> SlowCollector:
         return self

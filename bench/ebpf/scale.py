@@ -1,0 +1,126 @@
+"""bench/ebpf/scale.py: the whole agent with ``[[ingest.ebpf]]`` against many concurrent flows.
+
+Issue 14's workloads: ``flowgen`` (``bench/ebpf/flowgen.c``) sends raw IPv4 UDP frames of
+``--flows`` distinct flows, ``--per-flow`` packets each, ``--concurrent`` flows at once, from a
+client namespace through a router namespace; the agent observes the router's ingress (TCX)
+and exports NetFlow v9 to a UDP socket read in this process. Printed per run: packets sent,
+dropped by the kernel before the hook (``rx dropped``), the agent's final totals (traffic,
+dropped) and the balance ``sent - before_hook - traffic - dropped``, which must be 0, plus
+the datagrams the collector socket received and its drops.
+
+Run as root: ``python3 bench/ebpf/scale.py [--runs 3] [--flows 200000 --per-flow 3
+--concurrent 100000] [--maxflows 0] [--rate-limit 3000]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.agentproc import start_agent, stop_agent  # noqa: E402
+from tests.support.collectors import udp_drops  # noqa: E402
+from tests.support.flowgen import Flood, build, rx_dropped  # noqa: E402
+from tests.support.netns import routed_topology  # noqa: E402
+
+SUMMARY = re.compile(r"traffic (\d+) packets.*dropped (\d+) packets")
+
+
+class Collector:
+    """A UDP socket with a 64 MB buffer that counts datagrams (a fast collector)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 << 20)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.datagrams = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sock.recv(65535)
+            except TimeoutError:
+                continue
+            self.datagrams += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sock.close()
+
+
+def one_run(args: argparse.Namespace, flowgen: str, work: Path) -> str:
+    flood = Flood(args.flows, args.per_flow, args.concurrent)
+    collector = Collector()
+    try:
+        with routed_topology() as t:
+            router_in = t.router_client
+            conf = work / "agent.toml"
+            maxflows = f"maxflows = {args.maxflows}" if args.maxflows else ""
+            conf.write_text(f"""
+[agent]
+control_socket = ""
+[cache]
+inactive_timeout = 15
+[[ingest.ebpf]]
+interfaces = ["{router_in.ifname}"]
+netns = "{router_in.ns.name}"
+direction = "ingress"
+{maxflows}
+[[export.netflow]]
+destination = ["127.0.0.1:{collector.port}"]
+protocol = 9
+rate_limit = {args.rate_limit}
+""")
+            log = work / "agent.log"
+            before = rx_dropped(router_in)
+            proc = start_agent(conf, log, ready="attached")
+            t0 = time.monotonic()
+            sent = flood.send(flowgen, t.client, router_in.mac, t.server.addr)
+            seconds = time.monotonic() - t0
+            stop_agent(proc, timeout=120)
+            before_hook = rx_dropped(router_in) - before
+        text = log.read_text()
+        traffic, dropped = map(int, SUMMARY.search(text).groups())  # type: ignore[union-attr]
+        size = re.search(r"maxflows (\d+)", text)
+        time.sleep(0.5)
+        return (f"| {sent} | {sent / seconds / 1000:.0f} | {before_hook} | {traffic} | {dropped} "
+                f"| {sent - before_hook - traffic - dropped} | {size.group(1) if size else '?'} "
+                f"| {collector.datagrams} | {udp_drops(collector.port)} |")
+    finally:
+        collector.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--flows", type=int, default=200_000)
+    ap.add_argument("--per-flow", type=int, default=3)
+    ap.add_argument("--concurrent", type=int, default=100_000)
+    ap.add_argument("--maxflows", type=int, default=0, help="kernel table (0 = derived)")
+    ap.add_argument("--rate-limit", type=int, default=3000, help="export datagrams/s")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        flowgen = build(Path(tmp))
+        print("| sent | kpps | before hook | traffic | dropped | balance | kernel maxflows "
+              "| datagrams | collector drops |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for _ in range(args.runs):
+            print(one_run(args, flowgen, Path(tmp)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
