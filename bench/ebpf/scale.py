@@ -8,8 +8,11 @@ dropped by the kernel before the hook (``rx dropped``), the agent's final totals
 dropped) and the balance ``sent - before_hook - traffic - dropped``, which must be 0, plus
 the datagrams the collector socket received and its drops.
 
+``--ingest nflog`` runs the same workload through ``[[ingest.nflog]]`` instead (the agent's
+own nftables rule in the router's forward chain, its defaults otherwise), for comparison.
+
 Run as root: ``python3 bench/ebpf/scale.py [--runs 3] [--flows 200000 --per-flow 3
---concurrent 100000] [--maxflows 0] [--rate-limit 3000]``.
+--concurrent 100000] [--maxflows 0] [--rate-limit 3000] [--ingest ebpf|nflog]``.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from tests.support.agentproc import start_agent, stop_agent  # noqa: E402
 from tests.support.collectors import udp_drops  # noqa: E402
 from tests.support.flowgen import Flood, build, rx_dropped  # noqa: E402
-from tests.support.netns import routed_topology  # noqa: E402
+from tests.support.netns import Endpoint, routed_topology  # noqa: E402
 
 SUMMARY = re.compile(r"traffic (\d+) packets.*dropped (\d+) packets")
 
@@ -62,6 +65,19 @@ class Collector:
         self.sock.close()
 
 
+READY = {"ebpf": "attached", "nflog": "reading NFLOG group"}
+
+
+def ingest_config(args: argparse.Namespace, router_in: Endpoint) -> str:
+    """The ``[[ingest.*]]`` table observing the router's ingress (eBPF) / forward (NFLOG)."""
+    if args.ingest == "nflog":
+        return (f'[[ingest.nflog]]\ngroup = 7\nnetns = "{router_in.ns.name}"\n'
+                'manage_rules = true\nchains = ["forward"]\nfamilies = ["ipv4"]\n')
+    maxflows = f"maxflows = {args.maxflows}\n" if args.maxflows else ""
+    return (f'[[ingest.ebpf]]\ninterfaces = ["{router_in.ifname}"]\n'
+            f'netns = "{router_in.ns.name}"\ndirection = "ingress"\n{maxflows}')
+
+
 def one_run(args: argparse.Namespace, flowgen: str, work: Path) -> str:
     flood = Flood(args.flows, args.per_flow, args.concurrent)
     collector = Collector()
@@ -69,17 +85,12 @@ def one_run(args: argparse.Namespace, flowgen: str, work: Path) -> str:
         with routed_topology() as t:
             router_in = t.router_client
             conf = work / "agent.toml"
-            maxflows = f"maxflows = {args.maxflows}" if args.maxflows else ""
             conf.write_text(f"""
 [agent]
 control_socket = ""
 [cache]
 inactive_timeout = 15
-[[ingest.ebpf]]
-interfaces = ["{router_in.ifname}"]
-netns = "{router_in.ns.name}"
-direction = "ingress"
-{maxflows}
+{ingest_config(args, router_in)}
 [[export.netflow]]
 destination = ["127.0.0.1:{collector.port}"]
 protocol = 9
@@ -87,7 +98,7 @@ rate_limit = {args.rate_limit}
 """)
             log = work / "agent.log"
             before = rx_dropped(router_in)
-            proc = start_agent(conf, log, ready="attached")
+            proc = start_agent(conf, log, ready=READY[args.ingest])
             t0 = time.monotonic()
             sent = flood.send(flowgen, t.client, router_in.mac, t.server.addr)
             seconds = time.monotonic() - t0
@@ -95,7 +106,7 @@ rate_limit = {args.rate_limit}
             before_hook = rx_dropped(router_in) - before
         text = log.read_text()
         traffic, dropped = map(int, SUMMARY.search(text).groups())  # type: ignore[union-attr]
-        size = re.search(r"maxflows (\d+)", text)
+        size = re.search(r"loaded BPF programs .*?maxflows (\d+)", text)
         time.sleep(0.5)
         return (f"| {sent} | {sent / seconds / 1000:.0f} | {before_hook} | {traffic} | {dropped} "
                 f"| {sent - before_hook - traffic - dropped} | {size.group(1) if size else '?'} "
@@ -112,6 +123,7 @@ def main() -> None:
     ap.add_argument("--concurrent", type=int, default=100_000)
     ap.add_argument("--maxflows", type=int, default=0, help="kernel table (0 = derived)")
     ap.add_argument("--rate-limit", type=int, default=3000, help="export datagrams/s")
+    ap.add_argument("--ingest", choices=sorted(READY), default="ebpf")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         flowgen = build(Path(tmp))
