@@ -32,8 +32,13 @@ BURST_S = 0.01
 #: 90k NetFlow v9 records/s, far above a busy router's average, and a burst at this rate
 #: fits a collector's default 208 KiB socket buffer if it reads every 30 ms
 DEFAULT_RATE_LIMIT = 3000
-#: exporters' default ``backlog``: 5 s at the default rate (about 21 MB of datagrams)
-DEFAULT_BACKLOG = 15000
+#: exporters' default ``backlog``: 10 s at the default rate (at most about 42 MB of
+#: datagrams); the final export of a full cache at stop is the largest burst (about 30 v9
+#: records per datagram: 900k flows fit)
+DEFAULT_BACKLOG = 30000
+#: how long closing a paced destination may still send its backlog (NetFlow; IPFIX has
+#: ``flush_timeout_s``): DEFAULT_BACKLOG at DEFAULT_RATE_LIMIT
+DEFAULT_FLUSH_S = 10.0
 
 
 class TokenBucket:

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from agent.transport.pacing import PacedSender
+from agent.transport.pacing import DEFAULT_BACKLOG, DEFAULT_FLUSH_S, PacedSender
 
 #: ``SIOCOUTQ`` (linux/sockios.h, = TIOCOUTQ): bytes not yet sent from the socket's queue.
 SIOCOUTQ = 0x5411
@@ -145,8 +145,8 @@ class UdpDestination:
         sndbuf: int = 0,
         retry_interval_ns: int = 1_000_000_000,
         rate_limit: int = 0,
-        backlog: int = 20000,
-        flush_timeout_s: float = 5.0,
+        backlog: int = DEFAULT_BACKLOG,
+        flush_timeout_s: float = DEFAULT_FLUSH_S,
         on_late_loss: Callable[[bytes, int], None] | None = None,
         clock: Callable[[], int] = time.monotonic_ns,
         log: logging.Logger | None = None,

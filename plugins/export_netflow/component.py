@@ -104,7 +104,7 @@ class NetflowExporter(Component):
 
     @hookimpl
     def agent_stop(self) -> None:
-        """Send the paced backlog (up to 5 s), close the sockets."""
+        """Send the paced backlog (up to 10 s), close the sockets."""
         for dest in self.destinations:
             dest.poll()
             dest.close()

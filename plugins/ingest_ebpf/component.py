@@ -46,7 +46,8 @@ from .sizing import kernel_table_size, possible_cpus, ring_capacity_packets, tab
 FLIP_GRACE_S = 0.005
 
 #: how often the drain thread reads the kernel counters for an early drain or ring consume
-PRESSURE_CHECK_S = 0.02
+#: (a fallback: the program signals a filling table at once through the fill_signal ring)
+PRESSURE_CHECK_S = 0.1
 
 
 class EbpfIngest(Component):

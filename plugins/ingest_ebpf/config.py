@@ -45,7 +45,8 @@ class Config:
     drain_threshold: int = option(
         50, doc="Drain before the poll interval is up when the active table holds this "
                 "percentage of maxflows, when the overflow ring is this full, or at once when "
-                "a packet was lost (checked every 20 ms); 100 = only at the poll interval.",
+                "a packet was lost (the program signals it at once); 100 = only at the poll "
+                "interval.",
         min=1, max=100)
     cpu_slots: int = option(
         4096, doc="Per-CPU flow slots checked before the hash table (a power of two; 0 = "

@@ -240,7 +240,7 @@ def check_text(text: str, exp: Expected) -> None:
     socks = [line for line in lines if line.startswith("sock")]
     assert len(socks) == 2 and all(", sndbuf " in s and "; err: sndbuf reached 0, connect 0, "
                                    "other 0 [export.netflow[0]]" in s for s in socks), socks
-    assert all(", backlog 0 (peak 1, limit 15000, rate 3000/s, dropped 0);" in s
+    assert all(", backlog 0 (peak 1, limit 30000, rate 3000/s, dropped 0);" in s
                for s in socks), socks
     assert lines[-2:] == ["aggr0: 192.0.0.0/8=16", "aggr1: 3128=80"]
     assert any(line.startswith("ingest.pcap[0]: packets ") for line in lines)
