@@ -300,9 +300,16 @@ class IpfixExporter(Component):
 
     def _count_late_losses(self) -> None:
         """Count messages a paced UDP destination lost after queueing them (its thread
-        appends them to ``_late_losses``; deque appends and pops are thread-safe)."""
+        appends them to ``_late_losses``; deque appends and pops are thread-safe): lost, and
+        no longer in the ``udp_*`` counters, which counted them when they were queued."""
+        c = self.counters
         while self._late_losses:
-            self._lose(*message_totals(self._late_losses.popleft(), self.templates))
+            data = self._late_losses.popleft()
+            records, packets, octets = message_totals(data, self.templates)
+            self._lose(records, packets, octets)
+            c["udp_messages"] -= 1
+            c["udp_records"] -= records
+            c["udp_octets"] -= len(data)
 
     def _count_refused(self, refused: list[Any]) -> None:
         if not refused:
