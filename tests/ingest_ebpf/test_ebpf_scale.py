@@ -11,18 +11,25 @@ interface). Counts are compared exactly, never times.
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 
 from agent.runtime import RunContext
 from plugins.ingest_ebpf.component import EbpfIngest
 from plugins.ingest_ebpf.config import Config
 from tests.ingest_ebpf.observe import Observed, ebpf_ingest
+from tests.support.agentproc import start_agent, stop_agent
 from tests.support.flowgen import Flood, build, rx_dropped
 from tests.support.netns import RoutedTopology
+from tests.support.truth import record_table
 
 pytestmark = pytest.mark.bpf
 
 ISSUE_WORKLOAD = Flood(flows=200_000, per_flow=3, concurrent=100_000)
+#: the agent's last log line: "... traffic N packets, B bytes; dropped M packets ..."
+SUMMARY = re.compile(r"stopped; .*traffic (\d+) packets.*dropped (\d+) packets")
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +97,42 @@ def test_kernel_table_follows_the_cache_capacity(routed):
         assert comp.agent_collect_stats()["maxflows"] == 100_000
     finally:
         comp.agent_stop()
+
+
+def test_whole_agent_exports_every_packet_of_the_issue_workload(routed, flowgen, tmp_path):
+    """The issue measured the whole agent (default kernel table here): its final totals and
+    the exported records (``[[export.log]]``) hold every packet sent, exactly."""
+    router_in = routed.router_client
+    out = tmp_path / "flows.jsonl"
+    conf = tmp_path / "agent.toml"
+    conf.write_text(f"""
+[agent]
+control_socket = ""
+[cache]
+inactive_timeout = 60
+[[ingest.ebpf]]
+interfaces = ["{router_in.ifname}"]
+netns = "{router_in.ns.name}"
+direction = "ingress"
+[[export.log]]
+path = "{out}"
+format = "json"
+""")
+    log = tmp_path / "agent.log"
+    dropped_before = rx_dropped(router_in)
+    proc = start_agent(conf, log, ready="attached")
+    try:
+        sent = ISSUE_WORKLOAD.send(flowgen, routed.client, router_in.mac, routed.server.addr)
+    finally:
+        stop_agent(proc, timeout=120)
+    before_hook = rx_dropped(router_in) - dropped_before
+    totals = SUMMARY.search(log.read_text())
+    assert totals, log.read_text()
+    traffic, dropped = map(int, totals.groups())
+    assert sent == ISSUE_WORKLOAD.packets
+    assert traffic + dropped == sent - before_hook
+    records = (json.loads(line) for line in out.read_text().splitlines())
+    table = record_table(r for r in records if r.get("type") == "flow")
+    assert sum(p for p, _ in table.values()) == traffic
+    if not (before_hook or dropped):
+        assert table == ISSUE_WORKLOAD.truth(routed.server.addr)
