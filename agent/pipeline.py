@@ -377,6 +377,7 @@ class Pipeline:
 
     def shutdown(self) -> None:
         """Stop ingests, drain, export every flow, stop the rest."""
+        self.context.stopping = True  # exporters may now wait for room rather than drop
         ingests = [p for p in self.started if p.startswith("ingest.")]
         for path in ingests:
             self._stop_one(path)

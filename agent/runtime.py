@@ -62,6 +62,9 @@ class RunContext:
     #: observed namespaces: instance name -> netns ("" = the agent's own), see
     #: :meth:`declare_netns`
     observed_netns: dict[str, str] = field(default_factory=dict)
+    #: True once the agent shuts down: ingests are stopped and the final export follows, so an
+    #: exporter may wait for room in a paced backlog instead of dropping (nothing else waits)
+    stopping: bool = False
     #: problems already logged by :meth:`interface_names` (each is logged once)
     _netns_warned: set[str] = field(default_factory=set, init=False, repr=False)
 

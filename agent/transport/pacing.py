@@ -111,22 +111,33 @@ class PacedSender:
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def put(self, datagrams: Sequence[bytes], records: Sequence[int]) -> int:
+    def put(self, datagrams: Sequence[bytes], records: Sequence[int], wait_s: float = 0.0) -> int:
         """Queue datagrams in order, as many as the backlog has room for.
 
+        :param wait_s: how long to wait for room when the backlog is full (the final export
+            at shutdown, when nothing else needs the caller's thread); 0 = not at all.
         :return: ``n``: ``datagrams[:n]`` were queued; the caller counts the rest as lost
             (they are in :attr:`PacingStats.backlog_dropped` already).
         """
         st = self.stats
+        deadline = self._clock() + wait_s
+        n = 0
         with self._cond:
-            room = 0 if self._closing else max(0, st.backlog_limit - len(self._queue))
-            n = min(room, len(datagrams))
-            self._queue.extend(zip(datagrams[:n], records[:n], strict=True))
-            st.backlog = len(self._queue)
-            st.backlog_peak = max(st.backlog_peak, st.backlog)
+            while True:
+                room = 0 if self._closing else max(0, st.backlog_limit - len(self._queue))
+                take = min(room, len(datagrams) - n)
+                self._queue.extend(zip(datagrams[n:n + take], records[n:n + take],
+                                       strict=True))
+                n += take
+                st.backlog = len(self._queue)
+                st.backlog_peak = max(st.backlog_peak, st.backlog)
+                self._cond.notify_all()
+                left_s = deadline - self._clock()
+                if n == len(datagrams) or self._closing or left_s <= 0:
+                    break
+                self._cond.wait(left_s)  # the sending thread notifies after each batch
             st.backlog_dropped += len(datagrams) - n
             st.backlog_dropped_records += sum(records[n:])
-            self._cond.notify()
         return n
 
     def _run(self) -> None:
@@ -153,6 +164,7 @@ class PacedSender:
                 if n:
                     batch = [self._queue.popleft() for _ in range(n)]
                     self.stats.backlog = len(self._queue)
+                    self._cond.notify_all()  # room for a waiting put()
                     return batch
                 wait = self._bucket.wait_s(now)
                 if self._closing:

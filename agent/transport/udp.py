@@ -249,28 +249,34 @@ class UdpDestination:
 
     # --- sending -------------------------------------------------------------------------
 
-    def send(self, datagram: bytes, records: int = 0) -> bool:
+    def send(self, datagram: bytes, records: int = 0, wait_s: float = 0.0) -> bool:
         """Send one datagram without blocking; count the outcome.
 
         :param datagram: the encoded export packet.
         :param records: how many flow/event records it carries (counted as lost on failure).
+        :param wait_s: paced: how long to wait for room in a full backlog (see
+            :meth:`send_batch`).
         :return: ``True`` if the kernel accepted it (paced: if it was queued).
         """
         if self._pacer is not None:
-            return self.send_batch([datagram], [records]) == 1
+            return self.send_batch([datagram], [records], wait_s) == 1
         ok = self._send_one(datagram, records)
         self._sample_fill()
         return ok
 
-    def send_batch(self, datagrams: Sequence[bytes], records: Sequence[int]) -> int:
+    def send_batch(self, datagrams: Sequence[bytes], records: Sequence[int],
+                   wait_s: float = 0.0) -> int:
         """Send several datagrams; the queue fill is sampled once at the end.
 
         :param datagrams: encoded export packets, in order.
         :param records: record count per datagram (same length as ``datagrams``).
+        :param wait_s: paced: how long to wait for room in a full backlog before counting the
+            rest as lost; for the final export at shutdown (``RunContext.stopping``), when
+            waiting blocks nothing else. Unpaced: ignored.
         :return: the number of datagrams the kernel accepted (paced: that were queued).
         """
         if self._pacer is not None:
-            queued = self._pacer.put(datagrams, records)
+            queued = self._pacer.put(datagrams, records, wait_s)
             with self._lock:  # no room in the backlog: lost, like a full send buffer
                 for count in records[queued:]:
                     self._lost(count)

@@ -1,18 +1,19 @@
 """bench/ebpf/scale.py: the whole agent with ``[[ingest.ebpf]]`` against many concurrent flows.
 
-Issue 14's workloads: ``flowgen`` (``bench/ebpf/flowgen.c``) sends raw IPv4 UDP frames of
-``--flows`` distinct flows, ``--per-flow`` packets each, ``--concurrent`` flows at once, from a
-client namespace through a router namespace; the agent observes the router's ingress (TCX)
-and exports NetFlow v9 to a UDP socket read in this process. Printed per run: packets sent,
-dropped by the kernel before the hook (``rx dropped``), the agent's final totals (traffic,
-dropped) and the balance ``sent - before_hook - traffic - dropped``, which must be 0, plus
-the datagrams the collector socket received and its drops.
+Issue 14's workloads: ``flowgen`` (``bench/ebpf/flowgen.c``) sends raw UDP frames (IPv4; with
+``--ipv6`` odd flows are IPv6) of ``--flows`` distinct flows, ``--per-flow`` packets each,
+``--concurrent`` flows at once, from a client namespace through a router namespace; the agent
+observes the router's ingress (TCX) and exports NetFlow v9 to a UDP socket read in this
+process. Printed per run: packets sent, dropped by the kernel before the hook (``rx
+dropped``), the agent's final totals (traffic, dropped), the balance ``sent - before_hook -
+traffic - dropped``, which must be 0, the datagrams the collector socket received, its drops,
+and the records the exporter lost.
 
 ``--ingest nflog`` runs the same workload through ``[[ingest.nflog]]`` instead (the agent's
 own nftables rule in the router's forward chain, its defaults otherwise), for comparison.
 
 Run as root: ``python3 bench/ebpf/scale.py [--runs 3] [--flows 200000 --per-flow 3
---concurrent 100000] [--maxflows 0] [--rate-limit 3000] [--ingest ebpf|nflog]``.
+--concurrent 100000] [--maxflows 0] [--rate-limit 3000] [--ingest ebpf|nflog] [--ipv6]``.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def ingest_config(args: argparse.Namespace, router_in: Endpoint) -> str:
     """The ``[[ingest.*]]`` table observing the router's ingress (eBPF) / forward (NFLOG)."""
     if args.ingest == "nflog":
         return (f'[[ingest.nflog]]\ngroup = 7\nnetns = "{router_in.ns.name}"\n'
-                'manage_rules = true\nchains = ["forward"]\nfamilies = ["ipv4"]\n')
+                'manage_rules = true\nchains = ["forward"]\nfamilies = ["ipv4", "ipv6"]\n')
     maxflows = f"maxflows = {args.maxflows}\n" if args.maxflows else ""
     return (f'[[ingest.ebpf]]\ninterfaces = ["{router_in.ifname}"]\n'
             f'netns = "{router_in.ns.name}"\ndirection = "ingress"\n{maxflows}')
@@ -100,17 +101,20 @@ rate_limit = {args.rate_limit}
             before = rx_dropped(router_in)
             proc = start_agent(conf, log, ready=READY[args.ingest])
             t0 = time.monotonic()
-            sent = flood.send(flowgen, t.client, router_in.mac, t.server.addr)
+            sent = flood.send(flowgen, t.client, router_in.mac, t.server.addr,
+                              t.server.addr6 if args.ipv6 else "")
             seconds = time.monotonic() - t0
             stop_agent(proc, timeout=120)
             before_hook = rx_dropped(router_in) - before
         text = log.read_text()
         traffic, dropped = map(int, SUMMARY.search(text).groups())  # type: ignore[union-attr]
         size = re.search(r"loaded BPF programs .*?maxflows (\d+)", text)
+        lost = re.search(r"datagrams sent, (\d+) records lost", text)
         time.sleep(0.5)
         return (f"| {sent} | {sent / seconds / 1000:.0f} | {before_hook} | {traffic} | {dropped} "
                 f"| {sent - before_hook - traffic - dropped} | {size.group(1) if size else '?'} "
-                f"| {collector.datagrams} | {udp_drops(collector.port)} |")
+                f"| {collector.datagrams} | {udp_drops(collector.port)} "
+                f"| {lost.group(1) if lost else '?'} |")
     finally:
         collector.close()
 
@@ -124,12 +128,13 @@ def main() -> None:
     ap.add_argument("--maxflows", type=int, default=0, help="kernel table (0 = derived)")
     ap.add_argument("--rate-limit", type=int, default=3000, help="export datagrams/s")
     ap.add_argument("--ingest", choices=sorted(READY), default="ebpf")
+    ap.add_argument("--ipv6", action="store_true", help="odd flows are IPv6")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         flowgen = build(Path(tmp))
         print("| sent | kpps | before hook | traffic | dropped | balance | kernel maxflows "
-              "| datagrams | collector drops |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              "| datagrams | collector drops | export lost records |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for _ in range(args.runs):
             print(one_run(args, flowgen, Path(tmp)), flush=True)
 

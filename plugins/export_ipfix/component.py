@@ -333,9 +333,10 @@ class IpfixExporter(Component):
             self.log.warning("%s: %s", self.name, exc)
             return
         c = self.counters
+        wait_s = self.cfg.flush_timeout_s if self.context and self.context.stopping else 0.0
         for d in self.udp:
-            for m in messages:
-                if d.send(m.data, m.records):
+            for m in messages:  # the final export may wait for room in the paced backlog
+                if d.send(m.data, m.records, wait_s):
                     c["udp_messages"] += 1
                     c["udp_records"] += m.records
                     c["udp_octets"] += len(m.data)

@@ -104,10 +104,12 @@ class NetflowExporter(Component):
 
     @hookimpl
     def agent_stop(self) -> None:
-        """Send the paced backlog (up to 10 s), close the sockets."""
+        """Send the paced backlog (up to 10 s), close the sockets, log what was lost."""
         for dest in self.destinations:
             dest.poll()
             dest.close()
+            self.log.info("%s: %s: %d datagrams sent, %d records lost", self.name,
+                          dest.endpoint, dest.stats.packets_ok, dest.stats.lost_records)
 
     # --- export ----------------------------------------------------------------------------
 
@@ -192,8 +194,10 @@ class NetflowExporter(Component):
         self.stats.skipped += tally.skipped
         self.stats.split += tally.split
         self.stats.pdus += len(datagrams)
-        for dest in self.destinations:
-            dest.send_batch(datagrams, tally.records)
+        stopping = self.context is not None and self.context.stopping
+        for dest in self.destinations:  # the final export may wait for the paced backlog
+            dest.send_batch(datagrams, tally.records,
+                            wait_s=dest.flush_timeout_s if stopping else 0.0)
 
     def _encode_guarded(self, items: Sequence[T], encode: Callable[..., list[bytes]],
                         now: int, tally: Tally) -> list[bytes]:

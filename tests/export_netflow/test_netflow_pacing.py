@@ -63,3 +63,23 @@ def test_backlog_overflow_is_counted_as_lost_records():
     assert sock["packets_ok"] == received  # at most the one token it starts with
     assert stats["records_encoded"] == len(records)
     assert 0 < stats["lost_records"] == sock["backlog_dropped_records"] <= len(records)
+
+
+def test_final_export_at_shutdown_waits_for_the_backlog():
+    """RunContext.stopping: the last export waits for room instead of dropping, so a
+    backlog far smaller than the burst still delivers every datagram."""
+    records = flows(3000)
+    with SlowCollector() as collector:
+        context = RunContext(start_ns=time.time_ns())
+        exporter = NetflowExporter(
+            Config(destination=[f"127.0.0.1:{collector.port}"], protocol=9, rate_limit=2000,
+                   backlog=10), "export.netflow[0]")
+        exporter.agent_start(context=context)
+        context.stopping = True
+        exporter.agent_export_flows(records=records)
+        exporter.agent_stop()
+        stats = exporter.agent_collect_stats()
+        received, dropped = collector.result()
+    assert stats["pdus"] > 10
+    assert (received, dropped) == (stats["pdus"], 0)
+    assert stats["lost_records"] == 0 and stats["sock0"]["backlog_peak"] <= 10

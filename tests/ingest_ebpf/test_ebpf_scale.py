@@ -1,7 +1,8 @@
 """Privileged tests: the eBPF ingest at scale, with exact accounting (issue 14, item 2).
 
-The workload that once lost packets without counting them: 200k distinct flows, 600k
-packets, 100k flows at once, raw frames from a client namespace through a router namespace at
+The workload that once lost packets without counting them: 200k distinct flows (half IPv4,
+half IPv6), 600k packets, 100k flows at once, raw frames from a client namespace through a
+router namespace at
 the sender's top rate, the ingest on the router's ingress interface with a 1M-flow kernel
 table. Whatever the timing, every packet the sender's device accepted is either in a flow the
 ingest emitted or in a counted loss: dropped by the ingest (full table, ring full, failed
@@ -48,7 +49,8 @@ def flood_through_router(routed: RoutedTopology, flowgen: str, flood: Flood,
     dropped_before = rx_dropped(router_in)
     with ebpf_ingest(interfaces=[router_in.ifname], netns=router_in.ns.name,
                      direction="ingress", **config) as seen:
-        sent = flood.send(flowgen, client, router_in.mac, routed.server.addr)
+        sent = flood.send(flowgen, client, router_in.mac, routed.server.addr,
+                          routed.server.addr6)
     return sent, rx_dropped(router_in) - dropped_before, seen
 
 
@@ -68,7 +70,7 @@ def test_many_concurrent_flows_large_table_exact(routed, flowgen, run):
     assert sent == flood.packets
     assert_every_packet_accounted(sent, before_hook, seen)
     if not (before_hook or seen.dropped_packets):  # the usual case: all of it, per flow
-        assert seen.table() == flood.truth(routed.server.addr)
+        assert seen.table() == flood.truth(routed.server.addr, routed.server.addr6)
 
 
 def test_small_table_drains_early_and_counts_the_rest(routed, flowgen):
@@ -82,7 +84,7 @@ def test_small_table_drains_early_and_counts_the_rest(routed, flowgen):
     assert_every_packet_accounted(sent, before_hook, seen)
     assert seen.stats["early_drains"] > 0
     assert seen.stats["table_peak"] <= 4096
-    truth = flood.truth(routed.server.addr)
+    truth = flood.truth(routed.server.addr, routed.server.addr6)
     assert all(fid in truth and counts[0] <= truth[fid][0]
                for fid, counts in seen.table().items())
 
@@ -122,7 +124,8 @@ format = "json"
     dropped_before = rx_dropped(router_in)
     proc = start_agent(conf, log, ready="attached")
     try:
-        sent = ISSUE_WORKLOAD.send(flowgen, routed.client, router_in.mac, routed.server.addr)
+        sent = ISSUE_WORKLOAD.send(flowgen, routed.client, router_in.mac, routed.server.addr,
+                                   routed.server.addr6)
     finally:
         stop_agent(proc, timeout=120)
     before_hook = rx_dropped(router_in) - dropped_before
@@ -135,4 +138,4 @@ format = "json"
     table = record_table(r for r in records if r.get("type") == "flow")
     assert sum(p for p, _ in table.values()) == traffic
     if not (before_hook or dropped):
-        assert table == ISSUE_WORKLOAD.truth(routed.server.addr)
+        assert table == ISSUE_WORKLOAD.truth(routed.server.addr, routed.server.addr6)

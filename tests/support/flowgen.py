@@ -2,9 +2,10 @@
 
 ``flowgen`` sends raw Ethernet frames from one namespace: flow ``f`` is
 ``10.128.0.0 + f -> dst``, UDP ``1024 + f % 50000 -> 7000``, every packet ``20 + 8 + payload`` IP
-bytes, flows in windows of ``concurrent`` with ``per_flow`` rounds each. So the truth of a run
-is known without capturing anything: :meth:`Flood.truth`. Used by the eBPF scale tests and
-benchmarks; every flood is bounded in packets and seconds.
+bytes, flows in windows of ``concurrent`` with ``per_flow`` rounds each; with an IPv6
+destination, odd flows are ``fd00:80::f -> dst6`` instead (``40 + 8 + payload`` bytes). So
+the truth of a run is known without capturing anything: :meth:`Flood.truth`. Used by the eBPF
+scale tests and benchmarks; every flood is bounded in packets and seconds.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tests.support.truth import PROTO_UDP, FlowId
 
 SOURCE = Path(__file__).resolve().parents[2] / "bench" / "ebpf" / "flowgen.c"
 FIRST_SOURCE = int(ipaddress.IPv4Address("10.128.0.0"))
+FIRST_SOURCE6 = int(ipaddress.IPv6Address("fd00:80::"))
 DPORT = 7000
 
 
@@ -43,26 +45,33 @@ class Flood:
     def packets(self) -> int:
         return self.flows * self.per_flow
 
-    @property
-    def ip_bytes(self) -> int:
-        """IP bytes of one packet."""
-        return 20 + 8 + self.payload
-
-    def send(self, flowgen: str, src: Endpoint, dst_mac: str, dst_ip: str,
+    def send(self, flowgen: str, src: Endpoint, dst_mac: str, dst_ip: str, dst_ip6: str = "",
              seconds: float = 60) -> int:
-        """Send the flood from ``src`` (its namespace and interface) to ``dst_mac``/``dst_ip``;
-        the number of packets sent (all of them unless ``seconds`` ran out)."""
+        """Send the flood from ``src`` (its namespace and interface) to ``dst_mac``/``dst_ip``
+        (and ``dst_ip6`` for odd flows, if given); the number of packets sent (all of them
+        unless ``seconds`` ran out)."""
         out = src.ns.run([flowgen, src.ifname, dst_mac, src.mac, dst_ip, str(self.flows),
                           str(self.per_flow), str(self.concurrent), str(self.payload),
-                          str(seconds)], timeout=seconds + 30).stdout
+                          str(seconds), *([dst_ip6] if dst_ip6 else [])],
+                         timeout=seconds + 30).stdout
         return int(out.split()[0])
 
-    def truth(self, dst_ip: str) -> dict[FlowId, tuple[int, int]]:
-        """``FlowId -> (packets, bytes)`` of the whole flood."""
-        counts = (self.per_flow, self.per_flow * self.ip_bytes)
+    def truth(self, dst_ip: str, dst_ip6: str = "") -> dict[FlowId, tuple[int, int]]:
+        """``FlowId -> (packets, bytes)`` of the whole flood (as sent with ``dst_ip6``)."""
+        n = self.per_flow
         dst = str(ipaddress.ip_address(dst_ip))
-        return {FlowId(4, PROTO_UDP, str(ipaddress.IPv4Address(FIRST_SOURCE + f)), dst,
-                       1024 + f % 50000, DPORT): counts for f in range(self.flows)}
+        dst6 = str(ipaddress.ip_address(dst_ip6)) if dst_ip6 else ""
+        out = {}
+        for f in range(self.flows):
+            if dst6 and f % 2:
+                fid = FlowId(6, PROTO_UDP, str(ipaddress.IPv6Address(FIRST_SOURCE6 + f)), dst6,
+                             1024 + f % 50000, DPORT)
+                out[fid] = (n, n * (40 + 8 + self.payload))
+            else:
+                fid = FlowId(4, PROTO_UDP, str(ipaddress.IPv4Address(FIRST_SOURCE + f)), dst,
+                             1024 + f % 50000, DPORT)
+                out[fid] = (n, n * (20 + 8 + self.payload))
+        return out
 
 
 def rx_dropped(end: Endpoint) -> int:

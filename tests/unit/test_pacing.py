@@ -49,3 +49,14 @@ def test_overflow_and_leftovers_are_counted_exactly():
     assert st.backlog_dropped == 7 + len(left)
     assert st.backlog_dropped_records == sum(range(6, 13)) + sum(left)
     assert pacer.put([b"y"], [1]) == 0  # closed: nothing is queued any more
+
+
+def test_put_may_wait_for_room():
+    """The final export at shutdown waits for the backlog instead of dropping."""
+    sent: list[int] = []
+    pacer = PacedSender(lambda d, r: sent.append(r) or True, lambda d, r: None,
+                        rate=2000, limit=5)
+    assert pacer.put([b"z"] * 50, list(range(50)), wait_s=30) == 50
+    pacer.close(timeout=30)
+    assert sent == list(range(50))
+    assert pacer.stats.backlog_dropped == 0 and pacer.stats.backlog_peak == 5
