@@ -32,6 +32,7 @@ from .attach import Attacher, matching_links
 from .config import Config
 from .decode import (
     COUNTER_NAMES,
+    CounterDelta,
     CounterTracker,
     decode_records,
     merge_deltas,
@@ -264,7 +265,10 @@ class EbpfIngest(Component):
         return overflow
 
     def _drain(self) -> None:
-        """Flip the tables, drain the idle one, emit its flows and the kernel counters."""
+        """Flip the tables, drain the idle one, emit its flows and the kernel counters.
+
+        Once the kernel deleted the rows they are emitted whatever fails after that (the
+        counters then follow with the next drain: they are cumulative)."""
         started = time.perf_counter()
         before = self._counters()  # read before the flip: what the old table got is in it
         old, self.active = self.active, 1 - self.active
@@ -272,30 +276,40 @@ class EbpfIngest(Component):
         if not self.loader.synchronize():  # an RCU grace period: no program is still in `old`
             time.sleep(FLIP_GRACE_S)
         rows, err = self.loader.drain(old)
-        self.loader.reset_fill(old)
-        self._fill_base = before["hash_new"]
-        self._lost_base = before["full_packets"] + before["update_errors"]
-        self._ring_base = before["ring_packets"]
-        if err:  # the rows it deleted are in `rows`; what is left is drained next time
-            self.stats["drain_errors"] += 1
-            self.log.warning("%s: drain of table %d stopped part way: %s; the rest follows "
-                             "at a later drain", self.name, old, os.strerror(err))
         offset = monotonic_to_wall_offset()
         flows = decode_records(rows, offset)
         drained = len(flows)
-        flows.extend(self._take_ring(offset))
-        cnt = self.tracker.delta(self.loader.counters())
-        for name, value in cnt.values.items():
-            self.kernel_counters[name] = self.kernel_counters.get(name, 0) + value
+        cnt: CounterDelta | None = None
+        try:
+            if err:  # the rows it deleted are in `rows`; what is left is drained next time
+                self.stats["drain_errors"] += 1
+                self.log.warning("%s: drain of table %d stopped part way: %s; the rest "
+                                 "follows at a later drain", self.name, old, os.strerror(err))
+            self.loader.reset_fill(old)
+            self._fill_base = before["hash_new"]
+            self._lost_base = before["full_packets"] + before["update_errors"]
+            self._ring_base = before["ring_packets"]
+            flows.extend(self._take_ring(offset))
+            cnt = self.tracker.delta(self.loader.counters())
+            for name, value in cnt.values.items():
+                self.kernel_counters[name] = self.kernel_counters.get(name, 0) + value
+        finally:
+            self._emit(flows, cnt)
         elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
         self.stats["drains"] += 1
         self.stats["flows_drained"] += drained
         self.stats["table_peak"] = max(self.stats["table_peak"], drained)
         self.stats["drain_ms_last"] = elapsed_ms
         self.stats["drain_ms_max"] = max(self.stats["drain_ms_max"], elapsed_ms)
-        # everything the kernel saw but could not account: full table, failed inserts,
-        # truncated headers (as the NFLOG ingest does for FlowBatch: the cache adds trunc
-        # to drop only for PacketBatch)
+
+    def _emit(self, flows: list[FlowDelta], cnt: CounterDelta | None) -> None:
+        """One FlowBatch: the flows and what the kernel saw but could not account (full
+        table, failed inserts, truncated headers: as the NFLOG ingest does for FlowBatch,
+        since the cache adds trunc to drop only for PacketBatch)."""
+        if cnt is None:
+            if flows:
+                self.context.emit(FlowBatch(source=self.name, flows=flows))  # type: ignore[union-attr]
+            return
         dropped = cnt["full_packets"] + cnt["update_errors"] + cnt["trunc"]
         if flows or dropped or cnt["frag"]:
             self.context.emit(FlowBatch(  # type: ignore[union-attr]
