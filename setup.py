@@ -1,6 +1,6 @@
 """Build hook for the optional eBPF ingest extension (everything else is in pyproject.toml).
 
-``plugins.ingest_ebpf._loader`` is a CPython extension over libbpf. Building it first runs
+``netflow_agent.plugins.ingest_ebpf._loader`` is a CPython extension over libbpf. Building it first runs
 ``make -C plugins/ingest_ebpf/bpf`` (clang compiles ``flow.bpf.c``, bpftool generates the
 skeleton that embeds the object), then compiles ``_loader.c`` against ``-lbpf``. The extension
 is ``optional``: without clang, bpftool or libbpf-dev the install still succeeds and
@@ -10,7 +10,7 @@ has to be found at run time, for regular and editable installs alike. Build outp
 build directory, never into the source tree (except the ``.so`` of an editable install, which
 .gitignore covers).
 
-``plugins.ingest_nflog._nflog`` (the NFLOG decoder's per-packet loop) is a plain optional
+``netflow_agent.plugins.ingest_nflog._nflog`` (the NFLOG decoder's per-packet loop) is a plain optional
 extension without a build step of its own; without a compiler ``ingest.nflog`` uses its
 Python decoder.
 """
@@ -29,7 +29,7 @@ from setuptools.errors import CompileError
 HERE = Path(__file__).resolve().parent
 EBPF_DIR = Path("plugins") / "ingest_ebpf"
 BPF_SRC = EBPF_DIR / "bpf"
-EBPF_EXT = "plugins.ingest_ebpf._loader"
+EBPF_EXT = "netflow_agent.plugins.ingest_ebpf._loader"
 
 
 class BuildExtWithBpf(build_ext):
@@ -70,7 +70,7 @@ setup(
             optional=True,
         ),
         Extension(  # NFLOG per-packet loop; plain C over the Python API, optional
-            "plugins.ingest_nflog._nflog",
+            "netflow_agent.plugins.ingest_nflog._nflog",
             sources=["plugins/ingest_nflog/_nflog.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
             optional=True,

@@ -23,15 +23,15 @@ from typing import Any
 
 import pluggy
 
-from agent import __version__, logutil
-from agent.config.check import validate
-from agent.config.load import load
-from agent.errors import ConfigIssue
-from agent.ops import Operations
-from agent.pipeline import Pipeline, StartupError
-from agent.plugins import build_registry, make_manager
-from agent.privileges import PrivilegeError
-from agent.registry import ComponentRegistry
+from netflow_agent import __version__, logutil
+from netflow_agent.config.check import validate
+from netflow_agent.config.load import load
+from netflow_agent.discovery import build_registry, make_manager
+from netflow_agent.errors import ConfigIssue
+from netflow_agent.ops import Operations
+from netflow_agent.pipeline import Pipeline, StartupError
+from netflow_agent.privileges import PrivilegeError
+from netflow_agent.registry import ComponentRegistry
 
 EX_OK, EX_FAIL, EX_USAGE, EX_CONFIG = 0, 1, 2, 78
 log = logging.getLogger("agent")
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         return cmd_sample(args.name)
     if args.command in ("stats", "reload"):
-        from agent.control import cmd_control
+        from netflow_agent.control import cmd_control
 
         return cmd_control(args.command, args.socket, args.config, getattr(args, "json", False))
     if not args.config:

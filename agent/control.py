@@ -33,8 +33,8 @@ from typing import Any
 
 import msgpack
 
-from agent import privileges
-from agent.runtime import ITEM_CALL
+from netflow_agent import privileges
+from netflow_agent.runtime import ITEM_CALL
 
 log = logging.getLogger("agent.control")
 _LEN = struct.Struct("!I")
@@ -321,7 +321,7 @@ def socket_path(explicit: str | None, config_path: str | None) -> str:
     if explicit:
         return explicit
     if config_path:
-        from agent.config.load import load
+        from netflow_agent.config.load import load
 
         raw, _ = load(config_path)
         section = raw.data.get("agent", {})

@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from agent.config.model import AgentConfig
-    from agent.errors import ConfigIssue
-    from agent.model import FlowBatch, FlowRecord, NatEvent, PacketBatch
-    from agent.registry import ComponentRegistry
-    from agent.runtime import RunContext
+    from netflow_agent.config.model import AgentConfig
+    from netflow_agent.errors import ConfigIssue
+    from netflow_agent.model import FlowBatch, FlowRecord, NatEvent, PacketBatch
+    from netflow_agent.registry import ComponentRegistry
+    from netflow_agent.runtime import RunContext
 
 hookspec = pluggy.HookspecMarker("agent")
 

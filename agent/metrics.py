@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from agent.transport.udp import parse_endpoint
+from netflow_agent.transport.udp import parse_endpoint
 
 log = logging.getLogger("agent.metrics")
 PREFIX = "netflow_agent_"

@@ -21,12 +21,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from agent import hookimpl, logutil, privileges
-from agent.control import ControlServer, call_on_pipeline
-from agent.errors import ConfigIssue
-from agent.report import OpsMonitor, build_snapshot, format_report
-from agent.sdnotify import Notifier
-from agent.transport.udp import EndpointError, parse_endpoint
+from netflow_agent import hookimpl, logutil, privileges
+from netflow_agent.control import ControlServer, call_on_pipeline
+from netflow_agent.errors import ConfigIssue
+from netflow_agent.report import OpsMonitor, build_snapshot, format_report
+from netflow_agent.sdnotify import Notifier
+from netflow_agent.transport.udp import EndpointError, parse_endpoint
 
 log = logging.getLogger("agent.ops")
 
@@ -129,11 +129,11 @@ class Operations:
         """
         self.pipeline = pipeline
         self.monitor = OpsMonitor(pipeline)
-        pipeline.pm.register(self.monitor, name="agent.ops.monitor")
+        pipeline.pm.register(self.monitor, name="netflow_agent.ops.monitor")
         if self.section.control_socket:
             self._start_control(pipeline)
         if self.section.metrics_listen:
-            from agent.metrics import MetricsServer
+            from netflow_agent.metrics import MetricsServer
 
             self.metrics = MetricsServer(self.section.metrics_listen,
                                          lambda: call_on_pipeline(pipeline, self.snapshot))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 
-from agent.model import KEY4, KEY6, Packet
+from netflow_agent.model import KEY4, KEY6, Packet
 
 _IP4 = struct.Struct("!BBHHHBBH4s4s")  # ver_ihl tos total_len id frag ttl proto csum src dst
 _IP6 = struct.Struct("!IHBB16s16s")  # ver_tc_flow payload_len next_header hop_limit src dst

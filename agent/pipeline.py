@@ -34,10 +34,10 @@ from typing import Any, cast
 
 import pluggy
 
-from agent import state
-from agent.config.model import AgentConfig, Instance
-from agent.model import FlowRecord, PacketBatch
-from agent.runtime import (
+from netflow_agent import state
+from netflow_agent.config.model import AgentConfig, Instance
+from netflow_agent.model import FlowRecord, PacketBatch
+from netflow_agent.runtime import (
     ITEM_CALL,
     ITEM_DONE,
     ITEM_FLOWS,
@@ -47,7 +47,7 @@ from agent.runtime import (
     ITEM_STOP,
     RunContext,
 )
-from agent.stats import RateMeter
+from netflow_agent.stats import RateMeter
 
 log = logging.getLogger("agent.pipeline")
 _TRACE = os.environ.get("AGENT_TRACE_HOOKS", "") in ("1", "true", "yes")

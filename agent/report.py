@@ -35,7 +35,7 @@ import os
 import time
 from typing import Any
 
-from agent import __version__, hookimpl
+from netflow_agent import __version__, hookimpl
 
 #: EWMA windows of the hash metric, seconds (the seed: 4 s, 1, 5, 15 min)
 METRIC_WINDOWS = (4.0, 60.0, 300.0, 900.0)
@@ -226,7 +226,7 @@ def _natevents(config: Any, components: dict[str, Any]) -> dict[str, Any]:
 
 
 def _aggregation(config: Any) -> list[str]:
-    from agent.stages.aggregate import split_rules
+    from netflow_agent.stages.aggregate import split_rules
 
     rules: list[str] = []
     for inst in _instances(config, "aggregate"):

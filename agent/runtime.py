@@ -24,8 +24,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent import netns as _netns
-from agent.model import SAMPLING_RANDOM, FlowBatch, NatEvent, PacketBatch, Sampling
+from netflow_agent import netns as _netns
+from netflow_agent.model import SAMPLING_RANDOM, FlowBatch, NatEvent, PacketBatch, Sampling
 
 log = logging.getLogger("agent.runtime")
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import msgpack
 
-from agent import __version__
+from netflow_agent import __version__
 
 log = logging.getLogger("agent.state")
 FORMAT = "netflow-agent-state"

@@ -30,15 +30,15 @@ from typing import Any
 
 import pytest
 
-from agent import hookimpl
-from agent.config.check import validate
-from agent.config.schema import option
-from agent.errors import ConfigError
-from agent.model import FlowRecord, NatEvent, Packet, PacketBatch
-from agent.pipeline import Pipeline
-from agent.plugins import build_registry, make_manager
-from agent.registry import Component, ComponentRegistry
-from agent.runtime import RunContext
+from netflow_agent import hookimpl
+from netflow_agent.config.check import validate
+from netflow_agent.config.schema import option
+from netflow_agent.discovery import build_registry, make_manager
+from netflow_agent.errors import ConfigError
+from netflow_agent.model import FlowRecord, NatEvent, Packet, PacketBatch
+from netflow_agent.pipeline import Pipeline
+from netflow_agent.registry import Component, ComponentRegistry
+from netflow_agent.runtime import RunContext
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

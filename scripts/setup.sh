@@ -86,7 +86,7 @@ install_project() {
   "$VENV/bin/python" -m pip install -q -e ".[test,lint]"
   log "installing the third-party plugin example (examples/plugin-example)"
   "$VENV/bin/python" -m pip install -q ./examples/plugin-example
-  if "$VENV/bin/python" -c 'import plugins.ingest_ebpf._loader' 2>/dev/null; then
+  if "$VENV/bin/python" -c 'import netflow_agent.plugins.ingest_ebpf._loader' 2>/dev/null; then
     log "eBPF extension: built"
   else
     log "eBPF extension: NOT built (clang/bpftool/libbpf-dev missing?); bpf tests fail as root"

@@ -5,7 +5,7 @@ Markers (declared in ``pyproject.toml``):
 * ``netns``: the test creates network namespaces (root). Skipped, with the reason, only when
   not root; under root it always runs.
 * ``bpf``: the test loads eBPF programs (root/CAP_BPF and the built extension
-  ``plugins.ingest_ebpf._loader``). Skipped only when not root; under root a missing
+  ``netflow_agent.plugins.ingest_ebpf._loader``). Skipped only when not root; under root a missing
   extension **fails** the test, because CI must build it.
 
 Both kinds run after every other test (they are the slowest and touch the kernel), keeping
@@ -41,7 +41,7 @@ __all__ = [
     "veth_pair_ns",
 ]  # fixtures, re-exported for every test directory
 
-BPF_EXTENSION = "plugins.ingest_ebpf._loader"
+BPF_EXTENSION = "netflow_agent.plugins.ingest_ebpf._loader"
 PRIVILEGED_MARKERS = ("netns", "bpf")
 
 
@@ -111,7 +111,7 @@ def _no_leftover_repeat_filter() -> Iterator[None]:
     repeated warnings that later tests read through ``caplog``. Remove it after every test.
     """
     yield
-    from agent.logutil import RepeatFilter
+    from netflow_agent.logutil import RepeatFilter
 
     for handler in logging.getLogger().handlers:
         for f in [f for f in handler.filters if isinstance(f, RepeatFilter)]:

@@ -13,11 +13,11 @@ import difflib
 from pathlib import Path
 from typing import Any
 
-from agent.config.convert import convert
-from agent.config.load import RawConfig, load
-from agent.config.model import AgentConfig, AgentSection, Instance
-from agent.errors import ConfigIssue
-from agent.registry import ComponentRegistry
+from netflow_agent.config.convert import convert
+from netflow_agent.config.load import RawConfig, load
+from netflow_agent.config.model import AgentConfig, AgentSection, Instance
+from netflow_agent.errors import ConfigIssue
+from netflow_agent.registry import ComponentRegistry
 
 TOP_LEVEL = ("agent", "cache", "aggregate", "ingest", "export")
 DEFAULT_CACHE = "memory"

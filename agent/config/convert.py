@@ -13,7 +13,7 @@ import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
 
-from agent.errors import ConfigIssue
+from netflow_agent.errors import ConfigIssue
 
 _NOTHING = object()
 

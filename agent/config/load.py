@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.errors import ConfigIssue
+from netflow_agent.errors import ConfigIssue
 
 _LINE_COL = re.compile(r"\(at line (\d+), column (\d+)\)")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.config.load import RawConfig
-from agent.config.schema import option
-from agent.errors import ConfigIssue
-from agent.registry import ComponentType
+from netflow_agent.config.load import RawConfig
+from netflow_agent.config.schema import option
+from netflow_agent.errors import ConfigIssue
+from netflow_agent.registry import ComponentType
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,7 +49,7 @@ class AgentSection:
     def check(self) -> list[ConfigIssue]:
         """Pure checks of the operations keys (the ones that need the machine are in
         :mod:`agent.ops`)."""
-        from agent.ops import check_agent_section
+        from netflow_agent.ops import check_agent_section
 
         return check_agent_section(self)
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from agent import hookimpl
-from agent.registry import ComponentRegistry
+from netflow_agent import hookimpl
+from netflow_agent.registry import ComponentRegistry
 
 CACHE_SAMPLE = """\
 [cache]
@@ -27,8 +27,8 @@ rules = ["192.0.0.0/8=16", "10.0.0.0/8=16", "80-89=80", "3128=80"]
 @hookimpl
 def agent_register_components(registry: ComponentRegistry) -> None:
     """Register the default cache and aggregation components."""
-    from agent.stages.aggregate import AggregateConfig, Aggregator
-    from agent.stages.cache import CacheConfig, FlowCache
+    from netflow_agent.stages.aggregate import AggregateConfig, Aggregator
+    from netflow_agent.stages.cache import CacheConfig, FlowCache
 
     registry.add("cache", "memory", FlowCache, CacheConfig, sample=CACHE_SAMPLE,
                  doc="In-memory flow table with ipt_NETFLOW timeouts and maxflows")

@@ -19,12 +19,12 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from agent import hookimpl
-from agent.config.schema import option
-from agent.errors import ConfigIssue
-from agent.model import FlowRecord
-from agent.packet import PORT_PROTOCOLS
-from agent.registry import Component
+from netflow_agent import hookimpl
+from netflow_agent.config.schema import option
+from netflow_agent.errors import ConfigIssue
+from netflow_agent.model import FlowRecord
+from netflow_agent.packet import PORT_PROTOCOLS
+from netflow_agent.registry import Component
 
 
 class NetmaskRule(NamedTuple):

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from agent import hookimpl
-from agent.config.schema import option
-from agent.model import (
+from netflow_agent import hookimpl
+from netflow_agent.config.schema import option
+from netflow_agent.model import (
     DIRECTION_EGRESS,
     END_ACTIVE,
     END_FORCED,
@@ -38,7 +38,7 @@ from agent.model import (
     PacketBatch,
     split_key,
 )
-from agent.registry import Component
+from netflow_agent.registry import Component
 
 _FREE = 2**63 - 1  # first/last time of an unused slot: never expires
 _NS = 1_000_000_000

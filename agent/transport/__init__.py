@@ -6,7 +6,7 @@ counters. Encoders never see sockets: they return ``list[bytes]`` and the export
 hands those datagrams to every destination (mirroring).
 """
 
-from agent.transport.udp import (
+from netflow_agent.transport.udp import (
     DestinationStats,
     EndpointError,
     UdpDestination,

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from agent import privileges
+from netflow_agent import privileges
 
 #: default burst: this many seconds' worth of tokens may be spent at once
 BURST_S = 0.01

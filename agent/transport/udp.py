@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from agent.transport.pacing import DEFAULT_BACKLOG, DEFAULT_FLUSH_S, PacedSender
+from netflow_agent.transport.pacing import DEFAULT_BACKLOG, DEFAULT_FLUSH_S, PacedSender
 
 #: ``SIOCOUTQ`` (linux/sockios.h, = TIOCOUTQ): bytes not yet sent from the socket's queue.
 SIOCOUTQ = 0x5411
@@ -158,7 +158,7 @@ class UdpDestination:
         self.retry_interval_ns = retry_interval_ns
         self.stats = DestinationStats()
         self._clock = clock
-        self._log = log or logging.getLogger("agent.transport.udp")
+        self._log = log or logging.getLogger("netflow_agent.transport.udp")
         self._sock: socket.socket | None = None
         self._last_attempt_ns: int | None = None
         self._last_cberr_ns: int | None = None

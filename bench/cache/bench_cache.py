@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from agent.model import PacketBatch, make_key  # noqa: E402
-from agent.stages.cache import CacheConfig, FlowCache  # noqa: E402
+from netflow_agent.model import PacketBatch, make_key  # noqa: E402
+from netflow_agent.stages.cache import CacheConfig, FlowCache  # noqa: E402
 
 PACKETS, FLOWS, BATCH = 1_000_000, 100_000, 1024
 
@@ -69,10 +69,10 @@ def run_peer_dict(batches: list) -> float:
 CHILD = r"""
 import gc, sys
 sys.path.insert(0, {root!r})
-from agent.cli import _tune_malloc
+from netflow_agent.cli import _tune_malloc
 _tune_malloc()
-from agent.model import PacketBatch, make_key
-from agent.stages.cache import CacheConfig, FlowCache
+from netflow_agent.model import PacketBatch, make_key
+from netflow_agent.stages.cache import CacheConfig, FlowCache
 def rss():
     return int(open('/proc/self/statm').read().split()[1]) * 4096
 dst = bytes([192, 0, 2, 1])

@@ -182,7 +182,7 @@ destination = ["127.0.0.1:{NFCAPD_PORT}"]
 protocol = 9
 """)
         # inside the namespace, so its exports reach the nfcapd there
-        self.proc = self.popen([sys.executable, "-m", "agent.cli", "--log-level", "info",
+        self.proc = self.popen([sys.executable, "-m", "netflow_agent.cli", "--log-level", "info",
                                 "-c", str(conf)], "agent", stdout=subprocess.DEVNULL, cwd=ROOT)
         self.log = self.tmp / "agent.out"
         wait_for(lambda: self.ready in self.log.read_text() or self.proc.poll() is not None,

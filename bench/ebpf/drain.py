@@ -22,11 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from plugins.ingest_ebpf._loader import Loader  # noqa: E402
-
-from agent.netns import NetnsScope  # noqa: E402
-from plugins.ingest_ebpf.attach import Attacher  # noqa: E402
-from plugins.ingest_ebpf.decode import decode_records, monotonic_to_wall_offset  # noqa: E402
+from netflow_agent.netns import NetnsScope  # noqa: E402
+from netflow_agent.plugins.ingest_ebpf._loader import Loader  # noqa: E402
+from netflow_agent.plugins.ingest_ebpf.attach import Attacher  # noqa: E402
+from netflow_agent.plugins.ingest_ebpf.decode import decode_records, monotonic_to_wall_offset  # noqa: E402
 from tests.support.flowgen import Flood, build  # noqa: E402
 from tests.support.netns import Netns, veth_pair  # noqa: E402
 

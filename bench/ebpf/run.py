@@ -175,7 +175,7 @@ path = "{self.out}"
 """)
         self.log = self.tmp / "agent.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "--log-level", "info", "-c", str(conf)],
+            [sys.executable, "-m", "netflow_agent.cli", "--log-level", "info", "-c", str(conf)],
             stdout=subprocess.DEVNULL, stderr=open(self.log, "w"), cwd=ROOT)  # noqa: SIM115
         deadline = time.monotonic() + 20
         while "attached" not in self.log.read_text():

@@ -23,13 +23,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from agent.model import FlowRecord  # noqa: E402
-from agent.runtime import RunContext  # noqa: E402
 from bench.export.workload import BATCH, batches, discard_sink, make_records  # noqa: E402
-from plugins.export_netflow import v5, v9  # noqa: E402
-from plugins.export_netflow.component import NetflowExporter  # noqa: E402
-from plugins.export_netflow.config import Config  # noqa: E402
-from plugins.export_netflow.state import ExportState  # noqa: E402
+from netflow_agent.model import FlowRecord  # noqa: E402
+from netflow_agent.plugins.export_netflow import v5, v9  # noqa: E402
+from netflow_agent.plugins.export_netflow.component import NetflowExporter  # noqa: E402
+from netflow_agent.plugins.export_netflow.config import Config  # noqa: E402
+from netflow_agent.plugins.export_netflow.state import ExportState  # noqa: E402
+from netflow_agent.runtime import RunContext  # noqa: E402
 
 
 def time_encode(protocol: int, parts: list[list[FlowRecord]], now: int) -> float:

@@ -19,9 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from agent.runtime import RunContext  # noqa: E402
-from plugins.export_netflow.component import NetflowExporter  # noqa: E402
-from plugins.export_netflow.config import Config  # noqa: E402
+from netflow_agent.plugins.export_netflow.component import NetflowExporter  # noqa: E402
+from netflow_agent.plugins.export_netflow.config import Config  # noqa: E402
+from netflow_agent.runtime import RunContext  # noqa: E402
 from tests.export_netflow.test_netflow_component import flows  # noqa: E402
 from tests.support.collectors import SlowCollector  # noqa: E402
 

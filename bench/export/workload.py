@@ -12,7 +12,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from agent.model import FlowRecord
+from netflow_agent.model import FlowRecord
 
 BATCH = 4096  # records per agent_export_flows call, as the cache expires them
 

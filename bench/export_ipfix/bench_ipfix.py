@@ -28,12 +28,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from agent.model import END_IDLE, FlowRecord  # noqa: E402
-from agent.runtime import RunContext  # noqa: E402
 from bench.export.workload import BATCH, batches, discard_sink, make_records  # noqa: E402
-from plugins.export_ipfix.component import IpfixExporter  # noqa: E402
-from plugins.export_ipfix.config import Config  # noqa: E402
-from plugins.export_ipfix.ipfix import Session, encode_flow_groups, encode_messages  # noqa: E402
+from netflow_agent.model import END_IDLE, FlowRecord  # noqa: E402
+from netflow_agent.plugins.export_ipfix.component import IpfixExporter  # noqa: E402
+from netflow_agent.plugins.export_ipfix.config import Config  # noqa: E402
+from netflow_agent.plugins.export_ipfix.ipfix import Session, encode_flow_groups, encode_messages  # noqa: E402
+from netflow_agent.runtime import RunContext  # noqa: E402
 
 
 def time_encode(parts: list[list[FlowRecord]]) -> tuple[float, float]:
@@ -65,8 +65,8 @@ def time_ipfix_export(parts: list[list[FlowRecord]], endpoint: str) -> tuple[flo
 
 
 def time_v9_export(parts: list[list[FlowRecord]], endpoint: str) -> tuple[float, float]:
-    from plugins.export_netflow.component import NetflowExporter
-    from plugins.export_netflow.config import Config as NetflowConfig
+    from netflow_agent.plugins.export_netflow.component import NetflowExporter
+    from netflow_agent.plugins.export_netflow.config import Config as NetflowConfig
 
     exporter = NetflowExporter(NetflowConfig(destination=[endpoint], protocol=9,
                                              sndbuf=4 * 1024 * 1024, rate_limit=0),

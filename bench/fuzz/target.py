@@ -17,18 +17,18 @@ sys.path.insert(0, str(ROOT))
 import atheris  # noqa: E402
 
 with atheris.instrument_imports():
-    import agent.config.check
-    import agent.config.convert
-    import agent.packet
-    import plugins.ingest_conntrack.ctnetlink
-    import plugins.ingest_nflog.decoders
-    import plugins.ingest_nflog.netlink
-    import plugins.ingest_pcap.reader  # noqa: F401
+    import netflow_agent.config.check
+    import netflow_agent.config.convert
+    import netflow_agent.packet
+    import netflow_agent.plugins.ingest_conntrack.ctnetlink
+    import netflow_agent.plugins.ingest_nflog.decoders
+    import netflow_agent.plugins.ingest_nflog.netlink
+    import netflow_agent.plugins.ingest_pcap.reader  # noqa: F401
     from tests.fuzz import oracles
 
-from agent.config.load import RawConfig  # noqa: E402
-from agent.errors import ConfigIssue  # noqa: E402
-from agent.plugins import build_registry, make_manager  # noqa: E402
+from netflow_agent.config.load import RawConfig  # noqa: E402
+from netflow_agent.discovery import build_registry, make_manager  # noqa: E402
+from netflow_agent.errors import ConfigIssue  # noqa: E402
 
 
 def _config_target() -> object:
@@ -42,7 +42,7 @@ def _config_target() -> object:
             parsed = tomllib.loads(text)
         except tomllib.TOMLDecodeError:
             return
-        config, issues = agent.config.check.build(RawConfig(data=parsed, files=["f"]), registry)
+        config, issues = netflow_agent.config.check.build(RawConfig(data=parsed, files=["f"]), registry)
         if config is not None and not any(i.severity == "error" for i in issues):
             for result in pm.hook.agent_check_config(config=config, check_env=False):
                 issues += result or []

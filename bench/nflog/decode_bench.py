@@ -2,7 +2,7 @@
 
 Decodes ``tests/ingest_nflog/data/router.nflog`` repeatedly: the Python decoder with the shape
 cache (normal) and with the attribute walk only, the pyroute2 reference for scale, the C
-aggregator (``plugins.ingest_nflog._nflog``, when built), and both decoders end to end into
+aggregator (``netflow_agent.plugins.ingest_nflog._nflog``, when built), and both decoders end to end into
 the flow cache (receive buffer -> batch -> ``agent_cache_packets`` / ``agent_cache_flows``),
 which is the agent's per-packet CPU without the socket. Medians of 5 runs, packets/s.
 """
@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from pyroute2.netlink.marshal import Marshal  # noqa: E402
 
-from agent.model import FlowBatch  # noqa: E402
-from agent.stages.cache import CacheConfig, FlowCache  # noqa: E402
-from plugins.ingest_nflog import decoders  # noqa: E402
-from plugins.ingest_nflog.netlink import MSG_PACKET, NflogDecoder, nfulnl_msg  # noqa: E402
+from netflow_agent.model import FlowBatch  # noqa: E402
+from netflow_agent.plugins.ingest_nflog import decoders  # noqa: E402
+from netflow_agent.plugins.ingest_nflog.netlink import MSG_PACKET, NflogDecoder, nfulnl_msg  # noqa: E402
+from netflow_agent.stages.cache import CacheConfig, FlowCache  # noqa: E402
 from tests.ingest_nflog.test_decoder import DATAGRAMS  # noqa: E402
 
 BUFS = [bytearray(d) for d in DATAGRAMS]

@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from agent import hookimpl
-from agent.errors import ConfigIssue
-from agent.registry import ComponentRegistry
+from netflow_agent import hookimpl
+from netflow_agent.errors import ConfigIssue
+from netflow_agent.registry import ComponentRegistry
 
 
 @hookimpl
@@ -32,7 +32,7 @@ def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue]:
     """With ``check_env``: every configured namespace exists (it is never created)."""
     if not check_env:
         return []
-    from agent.netns import netns_path
+    from netflow_agent.netns import netns_path
 
     issues = []
     for inst in config.by_stage("aggregate"):

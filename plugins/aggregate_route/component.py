@@ -21,10 +21,10 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from agent import hookimpl
-from agent.model import FlowRecord
-from agent.registry import Component
-from agent.runtime import RunContext
+from netflow_agent import hookimpl
+from netflow_agent.model import FlowRecord
+from netflow_agent.registry import Component
+from netflow_agent.runtime import RunContext
 
 from .config import Config
 from .routes import KernelRoutes, Lookup, Route, RouteCache

@@ -6,8 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.config.schema import option
-from agent.errors import ConfigIssue
+from netflow_agent.config.schema import option
+from netflow_agent.errors import ConfigIssue
 
 _NETNS_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
 

@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from agent.netns import netns_path
+from netflow_agent.netns import netns_path
 
 RTM_F_FIB_MATCH = 0x2000  # include/uapi/linux/rtnetlink.h: return the matching FIB entry
 

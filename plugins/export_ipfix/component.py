@@ -29,13 +29,13 @@ from collections import deque
 from operator import attrgetter
 from typing import Any
 
-from agent import hookimpl
-from agent.errors import EncodeError
-from agent.model import FlowRecord, NatEvent, Sampling
-from agent.netns import names_here
-from agent.registry import Component
-from agent.runtime import RunContext
-from agent.transport.udp import UdpDestination, address_family
+from netflow_agent import hookimpl
+from netflow_agent.errors import EncodeError
+from netflow_agent.model import FlowRecord, NatEvent, Sampling
+from netflow_agent.netns import names_here
+from netflow_agent.registry import Component
+from netflow_agent.runtime import RunContext
+from netflow_agent.transport.udp import UdpDestination, address_family
 
 from .config import Config
 from .file import IpfixFile

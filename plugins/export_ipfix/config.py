@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.config.schema import option
-from agent.errors import ConfigIssue
-from agent.registry import Resource
-from agent.transport.pacing import DEFAULT_BACKLOG, DEFAULT_RATE_LIMIT
-from agent.transport.udp import EndpointError, parse_endpoint
+from netflow_agent.config.schema import option
+from netflow_agent.errors import ConfigIssue
+from netflow_agent.registry import Resource
+from netflow_agent.transport.pacing import DEFAULT_BACKLOG, DEFAULT_RATE_LIMIT
+from netflow_agent.transport.udp import EndpointError, parse_endpoint
 
 #: IANA port for IPFIX (RFC 7011 section 10.3.1 / 10.4.1), used when a destination has none.
 IPFIX_PORT = 4739

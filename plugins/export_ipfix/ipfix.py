@@ -25,9 +25,9 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from agent.errors import EncodeError
-from agent.ie import BY_ID, VARIABLE_LENGTH
-from agent.model import FlowRecord
+from netflow_agent.errors import EncodeError
+from netflow_agent.ie import BY_ID, VARIABLE_LENGTH
+from netflow_agent.model import FlowRecord
 
 VERSION = 10
 SET_ID_TEMPLATE = 2

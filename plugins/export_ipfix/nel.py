@@ -23,8 +23,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable
 
-from agent import ie
-from agent.model import NAT_START, NatEvent
+from netflow_agent import ie
+from netflow_agent.model import NAT_START, NatEvent
 
 from .ipfix import DataGroup, Template
 

@@ -32,9 +32,9 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from agent.ie import VARIABLE_LENGTH
-from agent.model import Sampling
-from agent.netns import names_here
+from netflow_agent.ie import VARIABLE_LENGTH
+from netflow_agent.model import Sampling
+from netflow_agent.netns import names_here
 
 from .ipfix import DataGroup, Template, encode_varlen
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgpack
 
-from agent.model import FlowRecord, NatEvent
+from netflow_agent.model import FlowRecord, NatEvent
 
 KIND_FLOW = 0
 KIND_NAT = 1

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from agent.transport.udp import address_family, parse_endpoint
+from netflow_agent.transport.udp import address_family, parse_endpoint
 
 from .ipfix import DataGroup, Session, Template, encode_messages, encode_withdrawals
 from .spool import Item, Spool

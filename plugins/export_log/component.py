@@ -7,10 +7,10 @@ import json
 import sys
 from typing import Any, TextIO
 
-from agent import hookimpl
-from agent.model import FlowRecord, NatEvent
-from agent.registry import Component
-from agent.runtime import RunContext
+from netflow_agent import hookimpl
+from netflow_agent.model import FlowRecord, NatEvent
+from netflow_agent.registry import Component
+from netflow_agent.runtime import RunContext
 
 from .config import Config
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agent import hookimpl
-from agent.errors import ConfigIssue
-from agent.registry import ComponentRegistry
+from netflow_agent import hookimpl
+from netflow_agent.errors import ConfigIssue
+from netflow_agent.registry import ComponentRegistry
 
 #: the NetFlow v5 header's 14-bit sampling interval limit (same as ``v5.SAMPLING_INTERVAL_MAX``;
 #: kept here so that a dry run does not import the encoders)

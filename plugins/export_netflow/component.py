@@ -24,12 +24,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
 
-from agent import hookimpl
-from agent.errors import EncodeError
-from agent.model import NAT_START, FlowRecord, NatEvent, Sampling
-from agent.registry import Component
-from agent.runtime import RunContext
-from agent.transport.udp import UdpDestination
+from netflow_agent import hookimpl
+from netflow_agent.errors import EncodeError
+from netflow_agent.model import NAT_START, FlowRecord, NatEvent, Sampling
+from netflow_agent.registry import Component
+from netflow_agent.runtime import RunContext
+from netflow_agent.transport.udp import UdpDestination
 
 from . import nel, v5, v9
 from .config import Config

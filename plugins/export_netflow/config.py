@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.config.schema import option
-from agent.errors import ConfigIssue
-from agent.registry import Resource
-from agent.transport.pacing import DEFAULT_BACKLOG, DEFAULT_RATE_LIMIT
-from agent.transport.udp import EndpointError, address_family, parse_endpoint
+from netflow_agent.config.schema import option
+from netflow_agent.errors import ConfigIssue
+from netflow_agent.registry import Resource
+from netflow_agent.transport.pacing import DEFAULT_BACKLOG, DEFAULT_RATE_LIMIT
+from netflow_agent.transport.udp import EndpointError, address_family, parse_endpoint
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

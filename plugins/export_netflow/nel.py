@@ -24,8 +24,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from agent import ie
-from agent.model import NAT_START, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, NatEvent
+from netflow_agent import ie
+from netflow_agent.model import NAT_START, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, NatEvent
 
 from . import v5
 from .state import ExportState

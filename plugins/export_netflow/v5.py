@@ -25,8 +25,8 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from agent.errors import EncodeError
-from agent.model import SAMPLING_DETERMINISTIC, FlowRecord, Sampling
+from netflow_agent.errors import EncodeError
+from netflow_agent.model import SAMPLING_DETERMINISTIC, FlowRecord, Sampling
 
 from .state import UINT32_MASK, ExportState
 

@@ -37,7 +37,7 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from agent.model import FlowRecord, Sampling
+from netflow_agent.model import FlowRecord, Sampling
 
 from .state import UINT32_MASK, ExportState, TemplateMark
 from .v5 import Tally, split_counters

@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from agent import hookimpl
-from agent.errors import ConfigIssue
+from netflow_agent import hookimpl
+from netflow_agent.errors import ConfigIssue
 
 
 @hookimpl
@@ -35,7 +35,7 @@ def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue]:
     """With ``check_env``: the namespace exists and we may open ctnetlink sockets in it."""
     if not check_env:
         return []
-    from agent.netns import netns_path
+    from netflow_agent.netns import netns_path
 
     issues = []
     for inst in config.by_stage("ingest"):

@@ -22,11 +22,11 @@ import threading
 import time
 from typing import Any
 
-from agent import hookimpl, privileges
-from agent.model import NAT_START, NAT_STOP, NatEvent
-from agent.netns import run_in_netns
-from agent.registry import Component
-from agent.runtime import RunContext
+from netflow_agent import hookimpl, privileges
+from netflow_agent.model import NAT_START, NAT_STOP, NatEvent
+from netflow_agent.netns import run_in_netns
+from netflow_agent.registry import Component
+from netflow_agent.runtime import RunContext
 
 from . import ctnetlink
 from .ctnetlink import MSG_CT_DELETE, MSG_CT_NEW, NLM_F_CREATE, MalformedMessage

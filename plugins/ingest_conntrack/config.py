@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from agent.config.schema import option
-from agent.errors import ConfigIssue
-from agent.registry import Resource
+from netflow_agent.config.schema import option
+from netflow_agent.errors import ConfigIssue
+from netflow_agent.registry import Resource
 
 _NETNS_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
 

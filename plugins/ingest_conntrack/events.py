@@ -14,7 +14,7 @@ References: ipt_NETFLOW ``netflow_conntrack_event()`` (README "natevents"), RFC 
 
 from __future__ import annotations
 
-from agent.model import NAT_START, NatEvent
+from netflow_agent.model import NAT_START, NatEvent
 
 from .ctnetlink import IPS_DST_NAT, IPS_NAT_MASK, IPS_SRC_NAT, CtEntry, Tuple
 

@@ -23,7 +23,7 @@ conntrackd's resync after ``ENOBUFS``; kernel ``net/netlink/af_netlink.c:netlink
 
 from __future__ import annotations
 
-from agent.model import NAT_START, NAT_STOP, NatEvent
+from netflow_agent.model import NAT_START, NAT_STOP, NatEvent
 
 from .ctnetlink import CtEntry
 from .events import entry_key, is_translated, to_nat_event

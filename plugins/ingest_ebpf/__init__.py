@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from agent import hookimpl
-from agent.errors import ConfigIssue
-from agent.registry import ComponentRegistry
+from netflow_agent import hookimpl
+from netflow_agent.errors import ConfigIssue
+from netflow_agent.registry import ComponentRegistry
 
 CAP_NET_ADMIN = 12
 CAP_SYS_ADMIN = 21
@@ -63,7 +63,7 @@ def agent_register_components(registry: ComponentRegistry) -> None:
 @hookimpl
 def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue]:
     """With ``check_env``: the configured network namespace must exist."""
-    from agent.netns import netns_path
+    from netflow_agent.netns import netns_path
 
     issues: list[ConfigIssue] = []
     if not check_env:

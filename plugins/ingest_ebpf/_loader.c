@@ -654,7 +654,7 @@ static PyMethodDef Loader_methods[] = {
 
 static PyTypeObject LoaderType = {
 	PyVarObject_HEAD_INIT(NULL, 0)
-	.tp_name = "plugins.ingest_ebpf._loader.Loader",
+	.tp_name = "netflow_agent.plugins.ingest_ebpf._loader.Loader",
 	.tp_doc = "Loader(maxflows=65536, sampling=1, percpu=True, overflow_ring_bytes=0, "
 		  "precise_clock=False, slots=0, prealloc=True, fill_threshold=0)",
 	.tp_basicsize = sizeof(Loader),
@@ -666,7 +666,7 @@ static PyTypeObject LoaderType = {
 };
 
 static struct PyModuleDef loader_module = {
-	PyModuleDef_HEAD_INIT, .m_name = "plugins.ingest_ebpf._loader",
+	PyModuleDef_HEAD_INIT, .m_name = "netflow_agent.plugins.ingest_ebpf._loader",
 	.m_doc = "libbpf loader for the eBPF flow ingest", .m_size = -1,
 };
 

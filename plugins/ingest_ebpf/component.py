@@ -22,11 +22,11 @@ import threading
 import time
 from typing import Any
 
-from agent import hookimpl, privileges
-from agent.model import SAMPLING_RANDOM, FlowBatch, FlowDelta
-from agent.netns import NetnsScope
-from agent.registry import Component
-from agent.runtime import RunContext
+from netflow_agent import hookimpl, privileges
+from netflow_agent.model import SAMPLING_RANDOM, FlowBatch, FlowDelta
+from netflow_agent.netns import NetnsScope
+from netflow_agent.registry import Component
+from netflow_agent.runtime import RunContext
 
 from .attach import Attacher, matching_links
 from .config import Config

@@ -13,7 +13,7 @@ import struct
 import time
 from dataclasses import dataclass
 
-from agent.model import FlowDelta, make_key
+from netflow_agent.model import FlowDelta, make_key
 
 #: ``struct flow_record``: flow_key (44 bytes), 4 pad bytes, flow_metrics (40 bytes).
 #: Fields: saddr daddr ifindex sport dport ip_version proto tos direction | packets bytes

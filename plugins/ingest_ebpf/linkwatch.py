@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 import socket
 
-from agent.netns import NetnsScope
+from netflow_agent.netns import NetnsScope
 
 NETLINK_ROUTE = 0
 RTMGRP_LINK = 0x1

@@ -679,7 +679,7 @@ PyDoc_STRVAR(Aggregator_doc,
 
 static PyTypeObject AggregatorType = {
 	PyVarObject_HEAD_INIT(NULL, 0)
-	.tp_name = "plugins.ingest_nflog._nflog.Aggregator",
+	.tp_name = "netflow_agent.plugins.ingest_nflog._nflog.Aggregator",
 	.tp_basicsize = sizeof(Aggregator),
 	.tp_flags = Py_TPFLAGS_DEFAULT,
 	.tp_doc = Aggregator_doc,

@@ -26,10 +26,10 @@ import threading
 import time
 from typing import Any
 
-from agent import hookimpl, privileges
-from agent.errors import ComponentUnavailable
-from agent.registry import Component
-from agent.runtime import RunContext
+from netflow_agent import hookimpl, privileges
+from netflow_agent.errors import ComponentUnavailable
+from netflow_agent.registry import Component
+from netflow_agent.runtime import RunContext
 
 from .config import Config
 from .decoders import c_unavailable_reason, make_batcher

@@ -6,9 +6,9 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.config.schema import option
-from agent.errors import ConfigIssue
-from agent.registry import Resource
+from netflow_agent.config.schema import option
+from netflow_agent.errors import ConfigIssue
+from netflow_agent.registry import Resource
 
 from .netlink import NLBUFSIZ_MAX
 
@@ -65,7 +65,7 @@ class Config:
         "iptables, ip6tables or both).", min_items=1)
     decoder: Decoder = option(
         "auto", doc="Per-packet decoding: \"c\" sums each receive buffer per flow in the C "
-        "extension (plugins.ingest_nflog._nflog), \"python\" hands every packet to the cache, "
+        "extension (netflow_agent.plugins.ingest_nflog._nflog), \"python\" hands every packet to the cache, "
         "\"auto\" = C when it is built.")
     rule_priority: int = option(
         -1, doc="Priority of the managed chains (-1: after DNAT, before the filter chains at 0,"

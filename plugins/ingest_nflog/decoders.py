@@ -6,7 +6,7 @@ a receive buffer into one batch for the cache, with the same accounting:
 * :class:`PythonBatcher` (``decoder = "python"``): :class:`~.netlink.NflogDecoder` and
   :class:`~agent.packet.PacketParser`, one :data:`~agent.model.Packet` per packet in a
   :class:`~agent.model.PacketBatch` (``agent_cache_packets``).
-* :class:`CBatcher` (``decoder = "c"``): ``plugins.ingest_nflog._nflog`` (``_nflog.c``) walks
+* :class:`CBatcher` (``decoder = "c"``): ``netflow_agent.plugins.ingest_nflog._nflog`` (``_nflog.c``) walks
   the buffer, parses the IP headers and sums the packets per flow key in C, with the GIL
   released; the buffer becomes one :class:`~agent.model.FlowDelta` per flow in a
   :class:`~agent.model.FlowBatch` (``agent_cache_flows``). Same keys, packets, bytes, TCP
@@ -23,12 +23,12 @@ from __future__ import annotations
 import importlib
 from typing import Any, Protocol
 
-from agent.model import FlowBatch, FlowDelta, Packet, PacketBatch
+from netflow_agent.model import FlowBatch, FlowDelta, Packet, PacketBatch
 
 from .netlink import NflogDecoder
 
 DECODERS = ("auto", "c", "python")
-_EXTENSION = "plugins.ingest_nflog._nflog"
+_EXTENSION = "netflow_agent.plugins.ingest_nflog._nflog"
 
 
 class Batcher(Protocol):

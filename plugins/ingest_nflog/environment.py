@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 
-from agent.errors import ConfigIssue
-from agent.netns import netns_path, run_in_netns
+from netflow_agent.errors import ConfigIssue
+from netflow_agent.netns import netns_path, run_in_netns
 
 from .config import Config
 

@@ -33,9 +33,9 @@ from operator import itemgetter
 from pyroute2.netlink import nla
 from pyroute2.netlink.nfnetlink import nfgen_msg
 
-from agent.model import DIRECTION_EGRESS, DIRECTION_INGRESS, Packet
-from agent.netns import run_in_netns
-from agent.packet import PacketParser
+from netflow_agent.model import DIRECTION_EGRESS, DIRECTION_INGRESS, Packet
+from netflow_agent.netns import run_in_netns
+from netflow_agent.packet import PacketParser
 
 # --- netlink / nfnetlink (linux/netlink.h, linux/netfilter/nfnetlink.h) ----------------------
 

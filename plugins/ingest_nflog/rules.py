@@ -19,7 +19,7 @@ import logging
 import shutil
 import subprocess
 
-from agent.netns import run_in_netns
+from netflow_agent.netns import run_in_netns
 
 from .config import RULES_TABLE
 

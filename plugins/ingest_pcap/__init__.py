@@ -10,9 +10,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from agent import hookimpl
-from agent.errors import ConfigIssue
-from agent.registry import ComponentRegistry
+from netflow_agent import hookimpl
+from netflow_agent.errors import ConfigIssue
+from netflow_agent.registry import ComponentRegistry
 
 
 @hookimpl

@@ -6,11 +6,11 @@ import threading
 import time
 from typing import Any
 
-from agent import hookimpl
-from agent.model import DIRECTION_EGRESS, DIRECTION_INGRESS, PacketBatch
-from agent.packet import PacketParser
-from agent.registry import Component
-from agent.runtime import RunContext
+from netflow_agent import hookimpl
+from netflow_agent.model import DIRECTION_EGRESS, DIRECTION_INGRESS, PacketBatch
+from netflow_agent.packet import PacketParser
+from netflow_agent.registry import Component
+from netflow_agent.runtime import RunContext
 
 from .config import Config
 from .linktype import SUPPORTED, ip_offset

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.config.schema import option
+from netflow_agent.config.schema import option
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-from agent.config.check import validate
-from agent.model import FlowRecord
-from agent.plugins import build_registry, make_manager
-from plugins.aggregate_route.component import RouteAggregator
-from plugins.aggregate_route.config import Config
-from plugins.aggregate_route.routes import Route, RouteCache
+from netflow_agent.config.check import validate
+from netflow_agent.discovery import build_registry, make_manager
+from netflow_agent.model import FlowRecord
+from netflow_agent.plugins.aggregate_route.component import RouteAggregator
+from netflow_agent.plugins.aggregate_route.config import Config
+from netflow_agent.plugins.aggregate_route.routes import Route, RouteCache
 
 TABLE = {  # prefix -> (gateway, oif), like a router's FIB
     "10.1.0.0/16": ("10.9.0.2", 3),  # remote, via a gateway

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from plugins.aggregate_route.routes import KernelRoutes, Route
+from netflow_agent.plugins.aggregate_route.routes import KernelRoutes, Route
 from tests.support.collectors import Nfcapd, UdpSink, netflow_decode, netflow_records
 from tests.support.netns import RoutedTopology
 from tests.support.pcapgen import FlowSpec, PcapBuilder
 
 pytestmark = pytest.mark.netns
 
-AGENT = [sys.executable, "-m", "agent.cli"]
+AGENT = [sys.executable, "-m", "netflow_agent.cli"]
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import hookspecs
+from netflow_agent import hookspecs
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOKS = sorted(n for n, f in inspect.getmembers(hookspecs, inspect.isfunction)

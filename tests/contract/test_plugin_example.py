@@ -59,7 +59,7 @@ def installed_example() -> str:
 
 def agent(*args: str, cwd: Path = ROOT, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run the agent CLI with this interpreter (a fresh process: entry points re-read)."""
-    code = "import sys; from agent.cli import main; sys.exit(main())"
+    code = "import sys; from netflow_agent.cli import main; sys.exit(main())"
     return subprocess.run(
         [sys.executable, "-c", code, *args],
         capture_output=True,
@@ -149,8 +149,8 @@ def test_periodic_write_follows_the_agent_clock(tmp_path: Path) -> None:
     from nfa_example_plugin.component import CounterExporter
     from nfa_example_plugin.config import Config
 
-    from agent.model import FlowRecord
-    from agent.runtime import RunContext
+    from netflow_agent.model import FlowRecord
+    from netflow_agent.runtime import RunContext
 
     clock = [10**18]
     out = tmp_path / "c.json"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config.check import validate
-from agent.plugins import build_registry, make_manager
+from netflow_agent.config.check import validate
+from netflow_agent.discovery import build_registry, make_manager
 
 ROOT = Path(__file__).resolve().parents[2]
 FOLDERS = sorted(p for p in (ROOT / "plugins").iterdir()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.testing import build_agent, collecting_plugin_module
+from netflow_agent.testing import build_agent, collecting_plugin_module
 from tests.support.pcapgen import (
     LINKTYPE_ETHERNET,
     LINKTYPE_LINUX_SLL,
@@ -44,7 +44,7 @@ def exported_table(lines: list[dict]) -> dict[FlowId, tuple[int, int]]:
 
 
 def run_cli(config: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent.cli", "-c", str(config)],
+    return subprocess.run([sys.executable, "-m", "netflow_agent.cli", "-c", str(config)],
                           capture_output=True, text=True, timeout=60)
 
 

@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Any
 
-from agent.model import NAT_START, NAT_STOP, FlowRecord, NatEvent
+from netflow_agent.model import NAT_START, NAT_STOP, FlowRecord, NatEvent
 
 T0 = 1_764_537_000_000_000_000  # 2025-11-30T21:10:00Z in ns
 HEADER = struct.Struct("!HHIII")
@@ -169,7 +169,7 @@ def without_set(message: bytes, set_id: int) -> bytes:
 
 def decodable(messages: list[bytes]) -> list[bytes]:
     """Messages for the ``netflow`` package: interface-name sets removed, empty ones dropped."""
-    from plugins.export_ipfix.options import INTERFACE_NAMES_ID
+    from netflow_agent.plugins.export_ipfix.options import INTERFACE_NAMES_ID
 
     out = [without_set(m, INTERFACE_NAMES_ID) for m in messages]
     return [m for m in out if len(m) > HEADER.size]

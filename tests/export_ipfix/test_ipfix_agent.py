@@ -85,9 +85,9 @@ def _check_wire(datagrams: list[bytes]) -> None:
 
 def _data_records(message: bytes) -> int:
     """Count data records by walking the sets with templates learnt from the same stream."""
-    from plugins.export_ipfix.component import IpfixExporter
-    from plugins.export_ipfix.config import Config
-    from plugins.export_ipfix.ipfix import message_totals
+    from netflow_agent.plugins.export_ipfix.component import IpfixExporter
+    from netflow_agent.plugins.export_ipfix.config import Config
+    from netflow_agent.plugins.export_ipfix.ipfix import message_totals
 
     templates = IpfixExporter(Config(destination=["127.0.0.1:1"], natevents=True),
                               "t").templates
@@ -96,7 +96,7 @@ def _data_records(message: bytes) -> int:
 
 def _check_netflow_package(datagrams: list[bytes], expected: dict) -> None:
     # interface-name records use variable-length fields, which the package cannot parse
-    from plugins.export_ipfix.options import INTERFACE_NAMES_ID
+    from netflow_agent.plugins.export_ipfix.options import INTERFACE_NAMES_ID
 
     plain = [d for d in datagrams if not _has_set(d, INTERFACE_NAMES_ID)]
     _, records = netflow_decode(plain)

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from agent.runtime import RunContext
-from plugins.export_ipfix.component import IpfixExporter
-from plugins.export_ipfix.config import Config
+from netflow_agent.plugins.export_ipfix.component import IpfixExporter
+from netflow_agent.plugins.export_ipfix.config import Config
+from netflow_agent.runtime import RunContext
 from tests.export_ipfix.helpers import decodable, flow, nat_event, sets_of, split_stream
 from tests.support.collectors import UdpSink, cflow_records, netflow_decode, tshark_decode
 

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.errors import EncodeError
-from plugins.export_ipfix import nel, options
-from plugins.export_ipfix.ipfix import (
+from netflow_agent.errors import EncodeError
+from netflow_agent.plugins.export_ipfix import nel, options
+from netflow_agent.plugins.export_ipfix.ipfix import (
     FLOW_LAYOUTS,
     HEADER,
     DataGroup,

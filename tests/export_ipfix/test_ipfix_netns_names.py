@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.netns import names_here
-from agent.runtime import RunContext
-from plugins.export_ipfix.component import IpfixExporter
-from plugins.export_ipfix.config import Config
-from plugins.export_ipfix.options import INTERFACE_NAMES_ID
+from netflow_agent.netns import names_here
+from netflow_agent.plugins.export_ipfix.component import IpfixExporter
+from netflow_agent.plugins.export_ipfix.config import Config
+from netflow_agent.plugins.export_ipfix.options import INTERFACE_NAMES_ID
+from netflow_agent.runtime import RunContext
 from tests.export_ipfix.helpers import decodable, flow, sets_of
 from tests.support.agentproc import start_agent, stop_agent
 from tests.support.collectors import UdpSink, netflow_decode, tshark_decode

@@ -3,9 +3,9 @@ messages lost after queueing are counted with their packets and octets."""
 
 from __future__ import annotations
 
-from agent.runtime import RunContext
-from plugins.export_ipfix.component import IpfixExporter
-from plugins.export_ipfix.config import Config
+from netflow_agent.plugins.export_ipfix.component import IpfixExporter
+from netflow_agent.plugins.export_ipfix.config import Config
+from netflow_agent.runtime import RunContext
 from tests.export_ipfix.helpers import flow
 from tests.support.collectors import SlowCollector
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import struct
 import time
 
-from agent.model import SAMPLING_DETERMINISTIC, SAMPLING_RANDOM, Sampling
-from agent.runtime import RunContext
-from plugins.export_ipfix.component import IpfixExporter
-from plugins.export_ipfix.config import Config
-from plugins.export_ipfix.options import SAMPLING, SAMPLING_INTERVAL, sampling_groups
+from netflow_agent.model import SAMPLING_DETERMINISTIC, SAMPLING_RANDOM, Sampling
+from netflow_agent.plugins.export_ipfix.component import IpfixExporter
+from netflow_agent.plugins.export_ipfix.config import Config
+from netflow_agent.plugins.export_ipfix.options import SAMPLING, SAMPLING_INTERVAL, sampling_groups
+from netflow_agent.runtime import RunContext
 from tests.export_ipfix.helpers import TcpCollector, flow, sets_of
 from tests.export_ipfix.test_ipfix_tcp import free_tcp_port, tick_until
 from tests.support.collectors import Nfcapd, UdpSink, tshark_decode

@@ -12,9 +12,9 @@ import socket
 import struct
 import time
 
-from agent.runtime import RunContext
-from plugins.export_ipfix.component import IpfixExporter
-from plugins.export_ipfix.config import Config
+from netflow_agent.plugins.export_ipfix.component import IpfixExporter
+from netflow_agent.plugins.export_ipfix.config import Config
+from netflow_agent.runtime import RunContext
 from tests.export_ipfix.helpers import (
     HEADER,
     TcpCollector,
@@ -85,7 +85,7 @@ def check_sequences(messages: list[bytes]) -> None:
 
 
 def _records(m: bytes) -> int:
-    from plugins.export_ipfix.ipfix import message_totals
+    from netflow_agent.plugins.export_ipfix.ipfix import message_totals
 
     templates = IpfixExporter(Config(destination=["127.0.0.1:1"], natevents=True),
                               "t").templates

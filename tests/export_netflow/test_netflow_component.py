@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.config.convert import convert
-from agent.model import NAT_START, NAT_STOP, FlowRecord, NatEvent
-from agent.runtime import RunContext
-from plugins.export_netflow.component import NetflowExporter
-from plugins.export_netflow.config import Config
+from netflow_agent.config.convert import convert
+from netflow_agent.model import NAT_START, NAT_STOP, FlowRecord, NatEvent
+from netflow_agent.plugins.export_netflow.component import NetflowExporter
+from netflow_agent.plugins.export_netflow.config import Config
+from netflow_agent.runtime import RunContext
 from tests.export_netflow.collect import UdpSink, decode
 from tests.support.collectors import free_udp_port
 

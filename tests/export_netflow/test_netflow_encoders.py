@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.model import END_IDLE, FlowRecord
-from plugins.export_netflow import v5, v9
-from plugins.export_netflow.state import ExportState
-from plugins.export_netflow.v5 import Tally
+from netflow_agent.model import END_IDLE, FlowRecord
+from netflow_agent.plugins.export_netflow import v5, v9
+from netflow_agent.plugins.export_netflow.state import ExportState
+from netflow_agent.plugins.export_netflow.v5 import Tally
 from tests.export_netflow.collect import decode
 
 BOOT = 1_700_000_000_000_000_000  # agent start, wall-clock ns

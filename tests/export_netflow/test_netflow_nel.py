@@ -10,10 +10,10 @@ import ipaddress
 import socket
 import struct
 
-from agent.model import NAT_START, NAT_STOP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, NatEvent
-from plugins.export_netflow import nel, v9
-from plugins.export_netflow.state import ExportState
-from plugins.export_netflow.v5 import Tally
+from netflow_agent.model import NAT_START, NAT_STOP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, NatEvent
+from netflow_agent.plugins.export_netflow import nel, v9
+from netflow_agent.plugins.export_netflow.state import ExportState
+from netflow_agent.plugins.export_netflow.v5 import Tally
 from tests.export_netflow.collect import (
     decode,
     nfcapd,

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import time
 
-from agent.runtime import RunContext
-from agent.transport.pacing import DEFAULT_RATE_LIMIT
-from plugins.export_netflow.component import NetflowExporter
-from plugins.export_netflow.config import Config
+from netflow_agent.plugins.export_netflow.component import NetflowExporter
+from netflow_agent.plugins.export_netflow.config import Config
+from netflow_agent.runtime import RunContext
+from netflow_agent.transport.pacing import DEFAULT_RATE_LIMIT
 from tests.export_netflow.test_netflow_component import flows
 from tests.support.collectors import SlowCollector
 

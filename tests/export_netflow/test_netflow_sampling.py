@@ -15,13 +15,13 @@ import time
 
 import pytest
 
-from agent.errors import EncodeError
-from agent.model import SAMPLING_DETERMINISTIC, SAMPLING_RANDOM, Sampling
-from agent.runtime import RunContext
-from plugins.export_netflow import v5, v9
-from plugins.export_netflow.component import NetflowExporter
-from plugins.export_netflow.config import Config
-from plugins.export_netflow.state import ExportState
+from netflow_agent.errors import EncodeError
+from netflow_agent.model import SAMPLING_DETERMINISTIC, SAMPLING_RANDOM, Sampling
+from netflow_agent.plugins.export_netflow import v5, v9
+from netflow_agent.plugins.export_netflow.component import NetflowExporter
+from netflow_agent.plugins.export_netflow.config import Config
+from netflow_agent.plugins.export_netflow.state import ExportState
+from netflow_agent.runtime import RunContext
 from tests.export_netflow.test_netflow_component import START, flows
 from tests.support.collectors import Nfcapd, UdpSink, tshark_decode
 

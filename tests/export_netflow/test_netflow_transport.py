@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from agent.transport.udp import EndpointError, UdpDestination, parse_endpoint
+from netflow_agent.transport.udp import EndpointError, UdpDestination, parse_endpoint
 from tests.export_netflow.collect import UdpSink
 from tests.support.collectors import free_udp_port
 

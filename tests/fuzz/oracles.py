@@ -30,14 +30,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from agent.config.check import validate
-from agent.errors import ConfigIssue
-from agent.model import KEY4, KEY6, NAT_START, NAT_STOP, split_key
-from agent.packet import PacketParser
-from plugins.ingest_conntrack import ctnetlink
-from plugins.ingest_conntrack.events import to_nat_event
-from plugins.ingest_nflog.netlink import NflogDecoder
-from plugins.ingest_pcap.reader import PcapError, PcapReader
+from netflow_agent.config.check import validate
+from netflow_agent.errors import ConfigIssue
+from netflow_agent.model import KEY4, KEY6, NAT_START, NAT_STOP, split_key
+from netflow_agent.packet import PacketParser
+from netflow_agent.plugins.ingest_conntrack import ctnetlink
+from netflow_agent.plugins.ingest_conntrack.events import to_nat_event
+from netflow_agent.plugins.ingest_nflog.netlink import NflogDecoder
+from netflow_agent.plugins.ingest_pcap.reader import PcapError, PcapReader
 
 TS_NS = 1_700_000_000_123_456_789
 RECV_NS = 1_700_000_001_000_000_000
@@ -105,7 +105,7 @@ def check_nflog(data: bytes) -> None:
 def _python_flows(datagrams: list[bytes]) -> tuple[dict[bytes, list[int]], tuple[int, ...],
                                                   dict[str, int]]:
     """What ``decoder = "python"`` gives, summed per flow key like the C aggregator."""
-    from plugins.ingest_nflog.decoders import PythonBatcher
+    from netflow_agent.plugins.ingest_nflog.decoders import PythonBatcher
 
     batcher = PythonBatcher()
     for data in datagrams:
@@ -128,7 +128,7 @@ def _python_flows(datagrams: list[bytes]) -> tuple[dict[bytes, list[int]], tuple
 
 def check_nflog_c(data: bytes) -> None:
     """The C decoder (``_nflog.Aggregator``) against the Python one, same buffers twice."""
-    from plugins.ingest_nflog.decoders import CBatcher
+    from netflow_agent.plugins.ingest_nflog.decoders import CBatcher
 
     datagrams = [data, data]
     want, (trunc, frag, trunc_bytes, gaps), want_stats = _python_flows(datagrams)

@@ -320,7 +320,7 @@ def config_keys(registry: Any) -> dict[str, list[str]]:
         fields = [f.name for f in dataclasses.fields(ctype.config_class)]
         table = ctype.table if ctype.stage in ("ingest", "export") else ctype.stage
         out.setdefault(table, []).extend(fields + ["type"] * (ctype.stage == "cache"))
-    from agent.config.model import AgentSection
+    from netflow_agent.config.model import AgentSection
     out["agent"] = [f.name for f in dataclasses.fields(AgentSection)]
     return out
 

@@ -17,8 +17,8 @@ import toml
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from agent.cli import main
-from agent.plugins import build_registry, make_manager
+from netflow_agent.cli import main
+from netflow_agent.discovery import build_registry, make_manager
 from tests.fuzz.oracles import check_config_text
 from tests.fuzz.strategies import (
     config_dict,

@@ -38,12 +38,12 @@ def test_nflog_decoder_raw_bytes(data: bytes) -> None:
 
 
 def _c_extension() -> bool:
-    from plugins.ingest_nflog.decoders import c_extension
+    from netflow_agent.plugins.ingest_nflog.decoders import c_extension
 
     return c_extension() is not None
 
 
-needs_c = pytest.mark.skipif(not _c_extension(), reason="plugins.ingest_nflog._nflog not built")
+needs_c = pytest.mark.skipif(not _c_extension(), reason="netflow_agent.plugins.ingest_nflog._nflog not built")
 
 
 @needs_c

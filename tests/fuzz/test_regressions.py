@@ -20,9 +20,9 @@ import struct
 
 import pytest
 
-from agent.packet import PacketParser
-from plugins.ingest_conntrack import ctnetlink
-from plugins.ingest_pcap.reader import MAX_RECORD, PcapError, PcapReader
+from netflow_agent.packet import PacketParser
+from netflow_agent.plugins.ingest_conntrack import ctnetlink
+from netflow_agent.plugins.ingest_pcap.reader import MAX_RECORD, PcapError, PcapReader
 from tests.fuzz.oracles import check_conntrack, check_packet, check_pcap, read_pcap
 
 SHB = (b"\n\r\r\n\x1c\x00\x00\x00M<+\x1a\x01\x00\x00\x00" + b"\xff" * 8 + b"\x1c\x00\x00\x00")
@@ -135,7 +135,7 @@ def test_address_sizes_must_match_their_family(addrs: tuple[bytes, bytes]) -> No
 
 def test_nul_in_a_string_option_is_a_config_issue(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """``path = "a\\u0000b"`` used to crash ``--dry-run`` (exit 1, ValueError from os.access)."""
-    from agent.cli import main
+    from netflow_agent.cli import main
 
     cfg = tmp_path / "agent.toml"
     cfg.write_text('[[ingest.pcap]]\npath = "a\\u0000b"\n[[export.log]]\npath = "-"\n')

@@ -18,9 +18,9 @@ import socket
 import time
 from pathlib import Path
 
-from agent.netns import run_in_netns
-from plugins.ingest_conntrack import ctnetlink
-from plugins.ingest_conntrack.component import WANTED_SYSCTLS, apply_sysctls
+from netflow_agent.netns import run_in_netns
+from netflow_agent.plugins.ingest_conntrack import ctnetlink
+from netflow_agent.plugins.ingest_conntrack.component import WANTED_SYSCTLS, apply_sysctls
 
 from .nattopo import CLIENT_PORT, DNAT_PORT, NatTopology
 

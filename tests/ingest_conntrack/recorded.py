@@ -6,8 +6,8 @@ import ipaddress
 import json
 from pathlib import Path
 
-from plugins.ingest_conntrack import ctnetlink
-from plugins.ingest_conntrack.ctnetlink import CtEntry
+from netflow_agent.plugins.ingest_conntrack import ctnetlink
+from netflow_agent.plugins.ingest_conntrack.ctnetlink import CtEntry
 
 DATA = Path(__file__).parent / "data"
 

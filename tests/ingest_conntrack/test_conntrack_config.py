@@ -6,9 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from plugins.ingest_conntrack.config import Config
+from netflow_agent.plugins.ingest_conntrack.config import Config
 
-AGENT = [sys.executable, "-m", "agent.cli"]
+AGENT = [sys.executable, "-m", "netflow_agent.cli"]
 ONLY_CONNTRACK = """
 [[ingest.conntrack]]
 netns = "{netns}"

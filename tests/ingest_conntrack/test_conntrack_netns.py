@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.model import NAT_START, NAT_STOP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
-from agent.runtime import RunContext
-from plugins.ingest_conntrack.component import ConntrackIngest
-from plugins.ingest_conntrack.config import Config
+from netflow_agent.model import NAT_START, NAT_STOP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN
+from netflow_agent.plugins.ingest_conntrack.component import ConntrackIngest
+from netflow_agent.plugins.ingest_conntrack.config import Config
+from netflow_agent.runtime import RunContext
 from tests.support import require_tool
 from tests.support.agentproc import start_agent, stop_agent
 from tests.support.collectors import Nfcapd, UdpSink, netflow_decode, tshark_decode

@@ -12,9 +12,9 @@ import struct
 
 import pytest
 
-from agent.model import NAT_START, NAT_STOP
-from plugins.ingest_conntrack import ctnetlink
-from plugins.ingest_conntrack.events import is_translated, to_nat_event
+from netflow_agent.model import NAT_START, NAT_STOP
+from netflow_agent.plugins.ingest_conntrack import ctnetlink
+from netflow_agent.plugins.ingest_conntrack.events import is_translated, to_nat_event
 from tests.ingest_conntrack.recorded import datagrams, entries, meta
 
 M = meta()

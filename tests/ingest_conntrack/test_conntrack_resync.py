@@ -5,11 +5,11 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.model import NAT_START, NAT_STOP
-from plugins.ingest_conntrack import ctnetlink
-from plugins.ingest_conntrack.ctnetlink import CtEntry, Tuple
-from plugins.ingest_conntrack.events import entry_key
-from plugins.ingest_conntrack.resync import NatTracker
+from netflow_agent.model import NAT_START, NAT_STOP
+from netflow_agent.plugins.ingest_conntrack import ctnetlink
+from netflow_agent.plugins.ingest_conntrack.ctnetlink import CtEntry, Tuple
+from netflow_agent.plugins.ingest_conntrack.events import entry_key
+from netflow_agent.plugins.ingest_conntrack.resync import NatTracker
 
 CLIENT, SERVER, PUBLIC = bytes([10, 0, 0, 1]), bytes([10, 0, 1, 1]), bytes([10, 0, 1, 254])
 SEC = 1_000_000_000

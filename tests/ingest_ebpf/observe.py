@@ -12,10 +12,10 @@ import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from agent.model import FlowBatch, split_key
-from agent.runtime import RunContext
-from plugins.ingest_ebpf.component import EbpfIngest
-from plugins.ingest_ebpf.config import Config
+from netflow_agent.model import FlowBatch, split_key
+from netflow_agent.plugins.ingest_ebpf.component import EbpfIngest
+from netflow_agent.plugins.ingest_ebpf.config import Config
+from netflow_agent.runtime import RunContext
 from tests.support.truth import FlowId
 
 

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from agent.netns import NetnsScope, netns_path
-from plugins.ingest_ebpf.attach import (
+from netflow_agent.netns import NetnsScope, netns_path
+from netflow_agent.plugins.ingest_ebpf.attach import (
     BPF_TCX_EGRESS,
     BPF_TCX_INGRESS,
     TC_HANDLE,

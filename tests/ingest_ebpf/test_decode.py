@@ -7,10 +7,10 @@ import ipaddress
 
 import pytest
 
-from agent.model import DIRECTION_EGRESS, DIRECTION_INGRESS, make_key, split_key
-from plugins.ingest_ebpf import unavailable_reason
-from plugins.ingest_ebpf.config import Config
-from plugins.ingest_ebpf.decode import (
+from netflow_agent.model import DIRECTION_EGRESS, DIRECTION_INGRESS, make_key, split_key
+from netflow_agent.plugins.ingest_ebpf import unavailable_reason
+from netflow_agent.plugins.ingest_ebpf.config import Config
+from netflow_agent.plugins.ingest_ebpf.decode import (
     COUNTER_NAMES,
     RECORD,
     CounterTracker,
@@ -29,7 +29,7 @@ FIELD_OFFSETS = {
 def loader_module():
     """The extension, or skip (fail under root/CI, where it must have been built)."""
     try:
-        return importlib.import_module("plugins.ingest_ebpf._loader")
+        return importlib.import_module("netflow_agent.plugins.ingest_ebpf._loader")
     except ImportError as exc:
         if strict_environment():
             pytest.fail(f"eBPF extension not built: {exc}", pytrace=False)
@@ -116,7 +116,7 @@ def test_config_checks():
 def test_unavailable_reason_is_clear():
     reason = unavailable_reason()
     try:
-        importlib.import_module("plugins.ingest_ebpf._loader")
+        importlib.import_module("netflow_agent.plugins.ingest_ebpf._loader")
     except ImportError:
         assert reason and "pip install ." in reason
         return
@@ -129,8 +129,8 @@ def test_unavailable_reason_is_clear():
 
 
 def test_merge_deltas_sums_equal_keys():
-    from agent.model import FlowDelta
-    from plugins.ingest_ebpf.decode import merge_deltas
+    from netflow_agent.model import FlowDelta
+    from netflow_agent.plugins.ingest_ebpf.decode import merge_deltas
 
     k1, k2 = b"k1", b"k2"
     merged = merge_deltas([FlowDelta(k1, 1, 100, 5, 5, 0x02), FlowDelta(k2, 1, 40, 7, 7),

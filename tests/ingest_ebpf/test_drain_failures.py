@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from agent.model import FlowBatch
-from agent.runtime import RunContext
-from plugins.ingest_ebpf.component import EbpfIngest
-from plugins.ingest_ebpf.config import Config
-from plugins.ingest_ebpf.decode import COUNTER_NAMES
+from netflow_agent.model import FlowBatch
+from netflow_agent.plugins.ingest_ebpf.component import EbpfIngest
+from netflow_agent.plugins.ingest_ebpf.config import Config
+from netflow_agent.plugins.ingest_ebpf.decode import COUNTER_NAMES
+from netflow_agent.runtime import RunContext
 from tests.ingest_ebpf.test_decode import _record
 
 ROW = _record("10.0.0.1", "10.0.0.2", 3, 1000, 53, 17, 0, 0, 7, 700, 1, 2, 0)

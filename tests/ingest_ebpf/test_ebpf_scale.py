@@ -17,9 +17,9 @@ import re
 
 import pytest
 
-from agent.runtime import RunContext
-from plugins.ingest_ebpf.component import EbpfIngest
-from plugins.ingest_ebpf.config import Config
+from netflow_agent.plugins.ingest_ebpf.component import EbpfIngest
+from netflow_agent.plugins.ingest_ebpf.config import Config
+from netflow_agent.runtime import RunContext
 from tests.ingest_ebpf.observe import Observed, ebpf_ingest
 from tests.support.agentproc import start_agent, stop_agent
 from tests.support.flowgen import Flood, build, rx_dropped

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from plugins.ingest_ebpf.sizing import (
+from netflow_agent.plugins.ingest_ebpf.sizing import (
     AUTO_MEMORY_BYTES,
     kernel_table_size,
     possible_cpus,

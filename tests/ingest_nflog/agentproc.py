@@ -17,7 +17,7 @@ _STOPPED = re.compile(r"ingest\.nflog\[\d+\]: stopped: (\{.*\})")
 
 
 class AgentProcess:
-    """``python -m agent.cli -c FILE`` with its log captured.
+    """``python -m netflow_agent.cli -c FILE`` with its log captured.
 
     :param toml: the configuration text, written to ``workdir/agent.toml``.
     :param groups: how many "reading NFLOG group" lines to wait for before traffic starts.
@@ -34,7 +34,7 @@ class AgentProcess:
     def start(self, timeout: float = 15) -> AgentProcess:
         """Start and wait until every group is bound (and managed rules are in place)."""
         self._log_file = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "-c", str(self.path)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "netflow_agent.cli", "-c", str(self.path)],
                                      stdout=subprocess.DEVNULL, stderr=self._log_file)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

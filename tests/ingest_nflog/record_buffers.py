@@ -15,7 +15,7 @@ import struct
 import time
 from pathlib import Path
 
-from plugins.ingest_nflog.netlink import NflogSocket
+from netflow_agent.plugins.ingest_nflog.netlink import NflogSocket
 from tests.support.netns import (
     routed_topology,
     send_icmp_echo,

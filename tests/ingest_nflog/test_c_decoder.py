@@ -1,4 +1,4 @@
-"""The C decoder (``plugins.ingest_nflog._nflog``) against the Python decoder, the reference.
+"""The C decoder (``netflow_agent.plugins.ingest_nflog._nflog``) against the Python decoder, the reference.
 
 For every receive buffer the C aggregator must give exactly what the Python decoder's packets
 give once summed per flow key (same keys, byte for byte ``make_key``; packets, bytes, first
@@ -22,7 +22,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from agent.model import (
+from netflow_agent.model import (
     DIRECTION_EGRESS,
     END_OF_FLOW,
     TCP_ACK,
@@ -32,9 +32,9 @@ from agent.model import (
     PacketBatch,
     make_key,
 )
-from agent.stages.cache import CacheConfig, FlowCache
-from plugins.ingest_nflog import decoders
-from plugins.ingest_nflog.netlink import NflogDecoder
+from netflow_agent.plugins.ingest_nflog import decoders
+from netflow_agent.plugins.ingest_nflog.netlink import NflogDecoder
+from netflow_agent.stages.cache import CacheConfig, FlowCache
 from tests.fuzz.strategies import fuzz_settings, nflog_datagrams
 from tests.ingest_nflog.test_decoder import DATAGRAMS
 from tests.support import strict_environment
@@ -46,7 +46,7 @@ TAIL = bytes(range(256)) * 2  # junk after n: reading it would change the answer
 
 def _ext() -> Any:
     try:
-        return importlib.import_module("plugins.ingest_nflog._nflog")
+        return importlib.import_module("netflow_agent.plugins.ingest_nflog._nflog")
     except ImportError as exc:
         if strict_environment():
             pytest.fail(f"NFLOG C decoder not built: {exc}", pytrace=False)
@@ -453,8 +453,8 @@ def test_decoder_choice(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_dry_run_rejects_c_without_the_extension(monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
 
-    from plugins.ingest_nflog import agent_check_config
-    from plugins.ingest_nflog.config import Config
+    from netflow_agent.plugins.ingest_nflog import agent_check_config
+    from netflow_agent.plugins.ingest_nflog.config import Config
 
     class _Cfg:
         def by_stage(self, stage: str) -> list[Any]:

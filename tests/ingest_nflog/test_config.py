@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config.convert import convert
-from plugins.ingest_nflog.config import Config
-from plugins.ingest_nflog.rules import ruleset
+from netflow_agent.config.convert import convert
+from netflow_agent.plugins.ingest_nflog.config import Config
+from netflow_agent.plugins.ingest_nflog.rules import ruleset
 
 SAMPLE = Path(__file__).parents[2] / "plugins" / "ingest_nflog" / "sample.toml"
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from agent.control import request
+from netflow_agent.control import request
 from tests.ingest_nflog.agentproc import AgentProcess
 from tests.support.collectors import Nfcapd, flow_table
 from tests.support.netns import (
@@ -247,7 +247,7 @@ def _rule_packets(topo: RoutedTopology) -> int:
 
 def test_multi_group_ruleset_is_accepted_by_nft(topo: RoutedTopology) -> None:
     """The round-robin ruleset for several groups passes ``nft -c`` (check only)."""
-    from plugins.ingest_nflog.rules import ruleset
+    from netflow_agent.plugins.ingest_nflog.rules import ruleset
 
     text = ruleset([7, 8], ["input", "forward", "output"], 128, 16, -1)
     topo.router_ns.run(["nft", "-c", "-f", "-"], input=text)
@@ -258,13 +258,13 @@ def test_dry_run_group_conflicts(topo: RoutedTopology, tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from plugins.ingest_nflog.netlink import NflogSocket
+    from netflow_agent.plugins.ingest_nflog.netlink import NflogSocket
 
     ns = topo.router_ns.name
     two = (f'[[ingest.nflog]]\ngroup = 9\nnetns = "{ns}"\n[[ingest.nflog]]\ngroup = [8, 9]\n'
            f'netns = "{ns}"\n[[export.log]]\npath = "-"\n')
     (tmp_path / "two.toml").write_text(two)
-    res = subprocess.run([sys.executable, "-m", "agent.cli", "--dry-run", "-c",
+    res = subprocess.run([sys.executable, "-m", "netflow_agent.cli", "--dry-run", "-c",
                           str(tmp_path / "two.toml")], capture_output=True, text=True)
     assert res.returncode == 78 and "nflog-group netns=" in res.stderr, res.stderr
     held = NflogSocket(11, ns)
@@ -272,7 +272,7 @@ def test_dry_run_group_conflicts(topo: RoutedTopology, tmp_path: Path) -> None:
         held.bind(128, 1, 4096, 100)
         (tmp_path / "one.toml").write_text(f'[[ingest.nflog]]\ngroup = 11\nnetns = "{ns}"\n'
                                            '[[export.log]]\npath = "-"\n')
-        res = subprocess.run([sys.executable, "-m", "agent.cli", "--dry-run", "--check-env",
+        res = subprocess.run([sys.executable, "-m", "netflow_agent.cli", "--dry-run", "--check-env",
                               "-c", str(tmp_path / "one.toml")], capture_output=True, text=True)
     finally:
         held.close()

@@ -12,13 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent.control import ControlError, request
+from netflow_agent.control import ControlError, request
 from tests.support.pcapgen import SAMPLE_EPOCH_NS, FlowSpec, PcapBuilder
 from tests.support.truth import FlowId, record_table
 
 T0 = SAMPLE_EPOCH_NS
 MS = 1_000_000
-AGENT = [sys.executable, "-m", "agent.cli"]
+AGENT = [sys.executable, "-m", "netflow_agent.cli"]
 
 
 def cli(*args: str, timeout: float = 30, **kwargs: Any) -> subprocess.CompletedProcess[str]:

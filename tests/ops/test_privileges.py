@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.privileges import CAPABILITIES
+from netflow_agent.privileges import CAPABILITIES
 from tests.ops.helpers import RunningAgent, exported, table
 from tests.support.netns import VethPair, send_udp
 

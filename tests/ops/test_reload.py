@@ -8,7 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-from agent.control import request
+from netflow_agent.control import request
 from tests.ops.helpers import RunningAgent, cli, exported, steady_capture, table
 
 CONFIG = """

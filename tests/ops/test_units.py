@@ -12,16 +12,16 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from agent import state
-from agent.config.model import AgentSection
-from agent.control import ControlError, recv_message, send_message
-from agent.logutil import RepeatFilter
-from agent.model import make_key
-from agent.ops import check_agent_section
-from agent.privileges import PrivilegeError, capability_mask, mask_names, resolve
-from agent.report import HashMeter
-from agent.sdnotify import Notifier
-from agent.stages.cache import CacheConfig, FlowCache
+from netflow_agent import state
+from netflow_agent.config.model import AgentSection
+from netflow_agent.control import ControlError, recv_message, send_message
+from netflow_agent.logutil import RepeatFilter
+from netflow_agent.model import make_key
+from netflow_agent.ops import check_agent_section
+from netflow_agent.privileges import PrivilegeError, capability_mask, mask_names, resolve
+from netflow_agent.report import HashMeter
+from netflow_agent.sdnotify import Notifier
+from netflow_agent.stages.cache import CacheConfig, FlowCache
 from tests.ops.helpers import T0, RunningAgent, steady_capture
 
 KEY = make_key(4, 17, b"\x0a\0\0\x01", b"\x0a\0\0\x02", 1000, 53)
@@ -151,7 +151,7 @@ def test_dry_run_reports_ops_errors(tmp_path: Path) -> None:
     config = tmp_path / "a.toml"
     config.write_text('[agent]\nuser = "nfa-no-such-user-x"\nmetrics_listen = "nope"\n'
                       '[[ingest.pcap]]\npath = "/dev/null"\n[[export.log]]\n')
-    proc = subprocess.run([sys.executable, "-m", "agent.cli", "--dry-run", "--check-env", "-c",
+    proc = subprocess.run([sys.executable, "-m", "netflow_agent.cli", "--dry-run", "--check-env", "-c",
                            str(config)], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 78
     assert "agent.metrics_listen" in proc.stderr

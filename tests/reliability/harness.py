@@ -1,6 +1,6 @@
 """Helpers for the reliability tests: the real agent process, its stats, memory and a flood.
 
-* :class:`AgentProc`: ``python -m agent.cli -c FILE`` (optionally under ``prlimit``), with
+* :class:`AgentProc`: ``python -m netflow_agent.cli -c FILE`` (optionally under ``prlimit``), with
   its control socket in the test's directory; :meth:`AgentProc.stats` asks it over the
   control socket (what ``agent stats --json`` prints) and times the answer; memory is read
   from ``/proc/PID/status``; :meth:`AgentProc.stop` sends SIGTERM by PID and times the exit.
@@ -21,10 +21,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from agent.control import ControlError, request
+from netflow_agent.control import ControlError, request
 
 ROOT = Path(__file__).resolve().parents[2]
-AGENT = [sys.executable, "-m", "agent.cli"]
+AGENT = [sys.executable, "-m", "netflow_agent.cli"]
 
 
 class AgentProc:

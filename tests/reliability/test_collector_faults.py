@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from agent.testing import build_agent
+from netflow_agent.testing import build_agent
 from tests.support.collectors import UdpSink, free_udp_port, netflow_decode
 from tests.support.pcapgen import FlowSpec, PcapBuilder
 

@@ -4,7 +4,7 @@ What it owns:
 
 * :func:`agent_script`: the installed ``agent`` console script (the entry point users run);
 * :func:`run_agent`: run that script with arguments to completion, output captured;
-* :func:`start_agent` / :func:`stop_agent`: ``python -m agent.cli --log-level info -c FILE``
+* :func:`start_agent` / :func:`stop_agent`: ``python -m netflow_agent.cli --log-level info -c FILE``
   in the background with stderr in a log file, wait for a readiness line, and stop it by PID
   with SIGTERM, requiring exit status 0 (the agent drains, flushes and exports first).
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 from tests.support.netns import end_process
 
 #: the agent as a module of this interpreter (no console script needed)
-AGENT_MODULE = [sys.executable, "-m", "agent.cli"]
+AGENT_MODULE = [sys.executable, "-m", "netflow_agent.cli"]
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -6,8 +6,14 @@ import socket
 
 import pytest
 
-from agent.model import FlowRecord
-from agent.stages.aggregate import AggregateConfig, Aggregator, NetmaskRule, PortRule, parse_rule
+from netflow_agent.model import FlowRecord
+from netflow_agent.stages.aggregate import (
+    AggregateConfig,
+    Aggregator,
+    NetmaskRule,
+    PortRule,
+    parse_rule,
+)
 
 SEED = "192.0.0.0/8=16,10.0.0.0/8=16,80-89=80,3128=80"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from agent.model import (
+from netflow_agent.model import (
     END_ACTIVE,
     END_FORCED,
     END_IDLE,
@@ -18,7 +18,7 @@ from agent.model import (
     PacketBatch,
     make_key,
 )
-from agent.stages.cache import CacheConfig, FlowCache
+from netflow_agent.stages.cache import CacheConfig, FlowCache
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S
@@ -132,7 +132,7 @@ def test_stats_report_memtraf_and_peak():
 
 
 def test_egress_flows_are_keyed_on_their_interface_and_reported_as_egress():
-    from agent.model import DIRECTION_EGRESS
+    from netflow_agent.model import DIRECTION_EGRESS
 
     c = FlowCache(CacheConfig())
     src, dst = socket.inet_aton("10.0.0.1"), socket.inet_aton("10.0.0.2")

@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent import __version__
-from agent.cli import main
+from netflow_agent import __version__
+from netflow_agent.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,7 +48,7 @@ def test_full_sample_validates(tmp_path, capsys):
 
 
 def test_quickstart_prints_the_sample_capture_flows():
-    proc = subprocess.run([sys.executable, "-m", "agent.cli", "-c", "examples/quickstart.toml"],
+    proc = subprocess.run([sys.executable, "-m", "netflow_agent.cli", "-c", "examples/quickstart.toml"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
@@ -59,7 +59,7 @@ def test_quickstart_prints_the_sample_capture_flows():
 def test_a_finished_replay_logs_its_totals():
     """The last log line of a finite run sums what was exported (replays end before anyone
     can ask ``agent stats``)."""
-    proc = subprocess.run([sys.executable, "-m", "agent.cli", "-c", "examples/quickstart.toml"],
+    proc = subprocess.run([sys.executable, "-m", "netflow_agent.cli", "-c", "examples/quickstart.toml"],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     flows = [dict(f.split("=") for f in line.split() if "=" in f)

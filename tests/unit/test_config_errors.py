@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import main
+from netflow_agent.cli import main
 
 VALID = """
 [cache]
@@ -127,10 +127,10 @@ def test_directory_merges_in_name_order_and_names_the_file(tmp_path, pcap, capsy
 
 
 def test_usage_error_exits_2():
-    proc = subprocess.run([sys.executable, "-m", "agent.cli", "--bogus"],
+    proc = subprocess.run([sys.executable, "-m", "netflow_agent.cli", "--bogus"],
                           capture_output=True, text=True)
     assert proc.returncode == 2
-    proc = subprocess.run([sys.executable, "-m", "agent.cli"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "netflow_agent.cli"], capture_output=True, text=True)
     assert proc.returncode == 2
 
 
@@ -138,7 +138,7 @@ def test_dry_run_needs_no_root_and_starts_nothing(tmp_path, pcap):
     """A dry run of a valid config must not open the capture or print flows."""
     cfg = tmp_path / "ok.toml"
     cfg.write_text(VALID.format(pcap=pcap))
-    proc = subprocess.run([sys.executable, "-m", "agent.cli", "--dry-run", "-c", str(cfg)],
+    proc = subprocess.run([sys.executable, "-m", "netflow_agent.cli", "--dry-run", "-c", str(cfg)],
                           capture_output=True, text=True)
     assert proc.returncode == 0
     assert proc.stdout == ""

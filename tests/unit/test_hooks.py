@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 import pytest
 
-from agent import hookimpl
-from agent.config.schema import option
-from agent.errors import ConfigError, ConfigIssue
-from agent.model import FlowBatch, FlowDelta, NatEvent, make_key
-from agent.pipeline import StartupError
-from agent.registry import Component
+from netflow_agent import hookimpl
+from netflow_agent.config.schema import option
+from netflow_agent.errors import ConfigError, ConfigIssue
+from netflow_agent.model import FlowBatch, FlowDelta, NatEvent, make_key
+from netflow_agent.pipeline import StartupError
+from netflow_agent.registry import Component
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S
@@ -201,8 +201,8 @@ def test_reload_keeps_flows_and_applies_new_timeouts(make_agent, collecting_plug
     agent.feed([pkt(1, ts=T0)])
     cache = agent["cache"]
     sink = agent["export.collect[0]"]
-    from agent.config.check import validate
-    from agent.plugins import build_registry
+    from netflow_agent.config.check import validate
+    from netflow_agent.discovery import build_registry
 
     cfg = tmp_path / "new.toml"
     cfg.write_text(BASE.replace("inactive_timeout = 15", "inactive_timeout = 5")

@@ -13,9 +13,9 @@ import socket
 
 import pytest
 
-from agent import netns as core_netns
-from agent.runtime import RunContext
-from plugins.export_ipfix.options import InterfaceNames
+from netflow_agent import netns as core_netns
+from netflow_agent.plugins.export_ipfix.options import InterfaceNames
+from netflow_agent.runtime import RunContext
 
 LO = socket.if_nametoindex("lo")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from agent.transport.pacing import PacedSender, TokenBucket
+from netflow_agent.transport.pacing import PacedSender, TokenBucket
 
 
 def test_token_bucket_spends_the_burst_then_the_rate():

@@ -6,8 +6,8 @@ import ipaddress
 
 import pytest
 
-from agent.model import split_key
-from agent.packet import PacketParser
+from netflow_agent.model import split_key
+from netflow_agent.packet import PacketParser
 from tests.support.pcapgen import FlowSpec, PcapBuilder
 from tests.support.truth import GroundTruth
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from agent.model import (
+from netflow_agent.model import (
     SAMPLING_DETERMINISTIC,
     SAMPLING_RANDOM,
     FlowBatch,
@@ -15,7 +15,7 @@ from agent.model import (
     Sampling,
     make_key,
 )
-from agent.runtime import RunContext
+from netflow_agent.runtime import RunContext
 
 
 def test_sampling_values_are_checked():

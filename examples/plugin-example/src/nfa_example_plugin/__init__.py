@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-from agent import hookimpl
-from agent.registry import ComponentRegistry
+from netflow_agent import hookimpl
+from netflow_agent.registry import ComponentRegistry
 
 
 @hookimpl

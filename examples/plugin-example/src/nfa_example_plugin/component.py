@@ -8,10 +8,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from agent import hookimpl
-from agent.model import FlowRecord
-from agent.registry import Component
-from agent.runtime import RunContext
+from netflow_agent import hookimpl
+from netflow_agent.model import FlowRecord
+from netflow_agent.registry import Component
+from netflow_agent.runtime import RunContext
 
 from .config import Config
 

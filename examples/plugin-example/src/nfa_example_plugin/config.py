@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent.config.schema import option
-from agent.errors import ConfigIssue
+from netflow_agent.config.schema import option
+from netflow_agent.errors import ConfigIssue
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -18,8 +18,8 @@ from typing import Any
 
 import pluggy
 
-from agent import hookspecs
-from agent.registry import ComponentRegistry
+from netflow_agent import hookspecs
+from netflow_agent.registry import ComponentRegistry
 
 GROUP = "agent.plugins"
 OWN_DISTRIBUTION = "netflow-agent"
