@@ -36,7 +36,8 @@ Groups (see ``docs/hooks.md``):
 * IPFIX Information Elements: :data:`IE_BY_ID`, :func:`information_element`,
   :data:`VARIABLE_LENGTH`, :func:`nat_event_value`;
 * UDP export: :class:`UdpDestination`, :func:`parse_endpoint`, :func:`address_family`,
-  :class:`EndpointError`;
+  :class:`EndpointError`, and the pacing defaults :data:`DEFAULT_RATE_LIMIT`,
+  :data:`DEFAULT_BACKLOG`;
 * export headers: :func:`export_stamp` and :data:`NS_PER_S` (one clock for a packet's header
   and its records, ``agent/exportclock.py``);
 * packet paths: :class:`FragmentPolicy` (``[cache] fragments``), :func:`make_parser` and the
@@ -115,6 +116,7 @@ from netflow_agent.roles import (
     NatExporter,
 )
 from netflow_agent.runtime import RunContext
+from netflow_agent.transport.pacing import DEFAULT_BACKLOG, DEFAULT_RATE_LIMIT
 from netflow_agent.transport.udp import (
     EndpointError,
     UdpDestination,
@@ -135,6 +137,8 @@ API_VERSION = (2, 0)
 
 __all__ = [
     "API_VERSION",
+    "DEFAULT_BACKLOG",
+    "DEFAULT_RATE_LIMIT",
     "NOT_IP",
     "NS_PER_S",
     "PPP_IP",

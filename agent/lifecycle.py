@@ -243,6 +243,7 @@ class Lifecycle:
         The stopped instances stay registered, so their last counters (``agent_collect_stats``,
         hook counters) can still be read.
         """
+        self.context.stopping = True  # exporters may now wait for room rather than drop
         self._stop([p for p in self.started if p.startswith("ingest.")])
         self.loop.drain()
         now = self.loop.clock.now_ns

@@ -356,6 +356,9 @@ def _sock_line(n: int, s: dict[str, Any]) -> str:
     where = f"sock{n}: {s['destination']}"
     if not s.get("connected", True):
         return f"{where} unconnected ({s.get('err_connect', 0)} attempts). [{s['exporter']}]"
+    paced = (f", backlog {s.get('backlog', 0)} (peak {s.get('backlog_peak', 0)}, limit "
+             f"{s.get('backlog_limit', 0)}, rate {s['rate_limit']}/s, dropped "
+             f"{s.get('backlog_dropped', 0)})" if s.get("rate_limit") else "")
     return (f"{where}, sndbuf {s.get('sndbuf', 0)}, filled {s.get('filled', 0)}, peak "
-            f"{s.get('peak', 0)}; err: sndbuf reached {s.get('err_sndbuf', 0)}, connect "
+            f"{s.get('peak', 0)}{paced}; err: sndbuf reached {s.get('err_sndbuf', 0)}, connect "
             f"{s.get('err_connect', 0)}, other {s.get('err_other', 0)} [{s['exporter']}]")

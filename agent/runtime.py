@@ -71,6 +71,9 @@ class RunContext:
     #: replay progress display (``agent.progress.Progress.update``), installed by the CLI;
     #: ``None``: nobody shows progress (see :meth:`report_progress`)
     progress: Callable[..., None] | None = None
+    #: True once the agent shuts down: ingests are stopped and the final export follows, so an
+    #: exporter may wait for room in a paced backlog instead of dropping (nothing else waits)
+    stopping: bool = False
     #: problems already logged by :meth:`interface_names` (each is logged once)
     _netns_warned: set[str] = field(default_factory=set, init=False, repr=False)
 
@@ -116,6 +119,14 @@ class RunContext:
     def stats(self) -> dict[str, Any]:
         """A snapshot of the core counters (ipt_NETFLOW names: ``traffic_packets``, ...)."""
         return self.core_stats()
+
+    def flow_capacity(self) -> int:
+        """The cache's ``maxflows`` (flows it keeps at once), or 0 when unlimited or unknown.
+
+        Ingests that keep flows of their own (the eBPF kernel table) size them from it; the
+        cache is started before any ingest, so this is known in ``agent_start``.
+        """
+        return int(self.core_stats().get("maxflows_limit", 0) or 0)
 
     def declare_sampling(self, source: str, interval: int,
                          algorithm: int = SAMPLING_RANDOM) -> None:

@@ -17,10 +17,16 @@ follows ipt_NETFLOW's behaviour and statistics (README "HOW TO READ STAT", ``soc
 * a destination that was refused or unconnected and is reachable again raises a one-shot
   :meth:`UdpDestination.take_reachable_again` signal, so template-based encoders (v9, IPFIX)
   resend their templates first. While a destination is refused, :attr:`needs_templates`
-  stays true, so the very first datagram a restarting collector receives carries templates.
+  stays true, so the very first datagram a restarting collector receives carries templates;
+* with ``rate_limit`` (datagrams per second), datagrams go through a
+  :class:`~agent.transport.pacing.PacedSender`: a bounded backlog and a thread that sends
+  at that rate, so a burst of expiring flows does not overrun a collector that keeps up
+  with the average. Backlog overflow, and what is still queued when the destination closes
+  after ``flush_timeout_s``, count as lost records.
 
 Nothing here blocks: connect on UDP does not wait, sends are non-blocking, and the only name
-resolution is done at connect time for non-numeric hosts.
+resolution is done at connect time for non-numeric hosts. With pacing, socket use is
+serialised by a lock (the pacing thread sends, the caller's thread polls).
 """
 
 from __future__ import annotations
@@ -30,9 +36,12 @@ import fcntl
 import logging
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+
+from netflow_agent.transport.pacing import DEFAULT_BACKLOG, DEFAULT_FLUSH_S, PacedSender
 
 #: ``SIOCOUTQ`` (linux/sockios.h, = TIOCOUTQ): bytes not yet sent from the socket's queue.
 SIOCOUTQ = 0x5411
@@ -118,6 +127,12 @@ class UdpDestination:
     :param source: local address to bind, ``"addr"`` or ``"addr:port"``; ``""`` = any.
     :param sndbuf: ``SO_SNDBUF`` in bytes; 0 keeps the system default.
     :param retry_interval_ns: smallest gap between two connect attempts.
+    :param rate_limit: most datagrams per second (0 = send at once, unpaced).
+    :param backlog: most datagrams waiting for their turn when paced.
+    :param flush_timeout_s: at :meth:`close`, how long the backlog may still be sent.
+    :param on_late_loss: ``f(datagram, records)``, called on the pacing thread for a datagram
+        lost after :meth:`send`/:meth:`send_batch` had accepted (queued) it; for callers that
+        count lost packets and octets inside the datagrams.
     :param clock: monotonic ns clock (injectable for tests).
     :param log: logger; defaults to ``agent.transport.udp``.
     """
@@ -129,6 +144,10 @@ class UdpDestination:
         source: str = "",
         sndbuf: int = 0,
         retry_interval_ns: int = 1_000_000_000,
+        rate_limit: int = 0,
+        backlog: int = DEFAULT_BACKLOG,
+        flush_timeout_s: float = DEFAULT_FLUSH_S,
+        on_late_loss: Callable[[bytes, int], None] | None = None,
         clock: Callable[[], int] = time.monotonic_ns,
         log: logging.Logger | None = None,
     ):
@@ -145,6 +164,14 @@ class UdpDestination:
         self._last_cberr_ns: int | None = None
         self._was_down = False
         self._reachable_again = False
+        self._lock = threading.Lock()
+        self.flush_timeout_s = flush_timeout_s
+        #: records lost after send()/send_batch() had queued them (paced only): the caller saw
+        #: them accepted, so it counts these separately
+        self.late_lost_records = 0
+        self._on_late_loss = on_late_loss
+        self._pacer = PacedSender(self._paced_send, self._paced_lost, rate=rate_limit,
+                                  limit=backlog, name=f"pace {endpoint}") if rate_limit else None
 
     # --- connection ----------------------------------------------------------------------
 
@@ -211,31 +238,49 @@ class UdpDestination:
         return self.connect()
 
     def close(self) -> None:
-        """Close the socket (counters stay)."""
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        """Send the backlog (paced, for up to ``flush_timeout_s``), close the socket; counters
+        stay. What the backlog still holds then is counted as lost."""
+        if self._pacer is not None:
+            self._pacer.close(self.flush_timeout_s)
+        with self._lock:
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
 
     # --- sending -------------------------------------------------------------------------
 
-    def send(self, datagram: bytes, records: int = 0) -> bool:
+    def send(self, datagram: bytes, records: int = 0, wait_s: float = 0.0) -> bool:
         """Send one datagram without blocking; count the outcome.
 
         :param datagram: the encoded export packet.
         :param records: how many flow/event records it carries (counted as lost on failure).
-        :return: ``True`` if the kernel accepted it.
+        :param wait_s: paced: how long to wait for room in a full backlog (see
+            :meth:`send_batch`).
+        :return: ``True`` if the kernel accepted it (paced: if it was queued).
         """
+        if self._pacer is not None:
+            return self.send_batch([datagram], [records], wait_s) == 1
         ok = self._send_one(datagram, records)
         self._sample_fill()
         return ok
 
-    def send_batch(self, datagrams: Sequence[bytes], records: Sequence[int]) -> int:
+    def send_batch(self, datagrams: Sequence[bytes], records: Sequence[int],
+                   wait_s: float = 0.0) -> int:
         """Send several datagrams; the queue fill is sampled once at the end.
 
         :param datagrams: encoded export packets, in order.
         :param records: record count per datagram (same length as ``datagrams``).
-        :return: the number of datagrams the kernel accepted.
+        :param wait_s: paced: how long to wait for room in a full backlog before counting the
+            rest as lost; for the final export at shutdown (``RunContext.stopping``), when
+            waiting blocks nothing else. Unpaced: ignored.
+        :return: the number of datagrams the kernel accepted (paced: that were queued).
         """
+        if self._pacer is not None:
+            queued = self._pacer.put(datagrams, records, wait_s)
+            with self._lock:  # no room in the backlog: lost, like a full send buffer
+                for count in records[queued:]:
+                    self._lost(count)
+            return queued
         sent = 0
         for datagram, count in zip(datagrams, records, strict=True):
             sent += self._send_one(datagram, count)
@@ -260,6 +305,26 @@ class UdpDestination:
             stats.bytes_ok += len(datagram)
             return True
         return self._lost(records)
+
+    def _paced_send(self, datagram: bytes, records: int) -> bool:
+        """The pacing thread's send: one datagram, under the socket lock."""
+        with self._lock:
+            ok = self._send_one(datagram, records)
+            self._sample_fill()
+        if not ok:
+            self._late_loss(datagram, records)
+        return ok
+
+    def _paced_lost(self, datagram: bytes, records: int) -> None:
+        """A datagram still in the backlog when the flush time ran out at close."""
+        with self._lock:
+            self._lost(records)
+        self._late_loss(datagram, records)
+
+    def _late_loss(self, datagram: bytes, records: int) -> None:
+        self.late_lost_records += records
+        if self._on_late_loss is not None:
+            self._on_late_loss(datagram, records)
 
     def _send_error(self, exc: OSError, records: int) -> bool:
         if exc.errno in _DROP_ERRNOS:
@@ -299,6 +364,10 @@ class UdpDestination:
         Call about once a second. A pending ``ECONNREFUSED`` (ICMP port unreachable that no
         send has picked up yet) is read through ``SO_ERROR`` and counted as ``cberr``.
         """
+        with self._lock:
+            self._poll()
+
+    def _poll(self) -> None:
         if not self.maybe_reconnect():
             return
         assert self._sock is not None
@@ -342,5 +411,12 @@ class UdpDestination:
         """The counters plus endpoint and state, for ``agent_collect_stats``."""
         out: dict[str, int | str | bool] = {"destination": self.endpoint}
         out.update(asdict(self.stats))
+        if self._pacer is not None:
+            out.update(asdict(self._pacer.stats))
         out["connected"] = self.connected
         return out
+
+    @property
+    def backlog(self) -> int:
+        """Datagrams waiting for their turn (0 when unpaced)."""
+        return self._pacer.pending if self._pacer is not None else 0

@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections import deque
 from operator import attrgetter
 from typing import Any
 
@@ -88,6 +89,7 @@ class IpfixExporter(NatExporter):
         self.cfg = config
         self.context: RunContext | None = None
         self.udp: list[UdpDestination] = []
+        self._late_losses: deque[bytes] = deque()
         self.tcp: list[TcpDestination] = []
         self.file: IpfixFile | None = None
         self.session = Session(config.observation_domain_id, config.refresh_rate,
@@ -130,7 +132,10 @@ class IpfixExporter(NatExporter):
         cfg = self.cfg
         endpoints = cfg.endpoints()
         if cfg.transport == "udp":
-            self.udp = [UdpDestination(e, source=cfg.source, sndbuf=cfg.sndbuf, log=self.log)
+            self.udp = [UdpDestination(e, source=cfg.source, sndbuf=cfg.sndbuf,
+                                       rate_limit=cfg.rate_limit, backlog=cfg.backlog,
+                                       flush_timeout_s=cfg.flush_timeout_s,
+                                       on_late_loss=self._late_loss, log=self.log)
                         for e in endpoints]
             for d in self.udp:
                 d.connect()
@@ -331,6 +336,23 @@ class IpfixExporter(NatExporter):
         c["lost_packets"] += packets
         c["lost_octets"] += octets
 
+    def _late_loss(self, data: bytes, records: int) -> None:
+        """A paced UDP destination's thread lost a message it had queued: count it later."""
+        self._late_losses.append(data)
+
+    def _count_late_losses(self) -> None:
+        """Count messages a paced UDP destination lost after queueing them (its thread
+        appends them to ``_late_losses``; deque appends and pops are thread-safe): lost, and
+        no longer in the ``udp_*`` counters, which counted them when they were queued."""
+        c = self.counters
+        while self._late_losses:
+            data = self._late_losses.popleft()
+            records, packets, octets = message_totals(data, self.templates)
+            self._lose(records, packets, octets)
+            c["udp_messages"] -= 1
+            c["udp_records"] -= records
+            c["udp_octets"] -= len(data)
+
     def _count_refused(self, refused: list[Any]) -> None:
         if not refused:
             return
@@ -353,9 +375,10 @@ class IpfixExporter(NatExporter):
             self.log.warning("%s: %s", self.name, exc)
             return
         c = self.counters
+        wait_s = self.cfg.flush_timeout_s if self.context and self.context.stopping else 0.0
         for d in self.udp:
-            for m in messages:
-                if d.send(m.data, m.records):
+            for m in messages:  # the final export may wait for room in the paced backlog
+                if d.send(m.data, m.records, wait_s):
                     c["udp_messages"] += 1
                     c["udp_records"] += m.records
                     c["udp_octets"] += len(m.data)
@@ -369,6 +392,7 @@ class IpfixExporter(NatExporter):
         core = self.context.stats() if self.context is not None else {}
         c = self.counters
         messages, records, octets = c["udp_messages"], c["udp_records"], c["udp_octets"]
+        self._count_late_losses()
         lost, lost_p, lost_o = c["lost_records"], c["lost_packets"], c["lost_octets"]
         for d in self.tcp:
             messages, records, octets = (messages + d.stats.messages, records + d.stats.records,
@@ -427,6 +451,7 @@ class IpfixExporter(NatExporter):
     @hookimpl
     def agent_collect_stats(self) -> dict[str, Any]:
         """Instance counters plus one mapping per destination."""
+        self._count_late_losses()
         out: dict[str, Any] = {"protocol": 10, "refresh_rate": self.config.refresh_rate,
                                "natevents": self.config.natevents}
         out.update(self.counters)

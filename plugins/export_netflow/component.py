@@ -94,7 +94,8 @@ class NetflowExporter(NatExporter):
         self.state.boot_ns = context.start_ns
         for endpoint in self.config.destination:
             dest = UdpDestination(endpoint, source=self.config.source,
-                                  sndbuf=self.config.sndbuf, log=self.log)
+                                  sndbuf=self.config.sndbuf, rate_limit=self.config.rate_limit,
+                                  backlog=self.config.backlog, log=self.log)
             dest.connect()
             self.destinations.append(dest)
         self.log.info("%s: NetFlow v%d to %s", self.name, self.config.protocol,
@@ -108,10 +109,12 @@ class NetflowExporter(NatExporter):
 
     @hookimpl
     def agent_stop(self) -> None:
-        """Close the sockets (everything was already sent: UDP keeps nothing back)."""
+        """Send the paced backlog (up to 10 s), close the sockets, log what was lost."""
         for dest in self.destinations:
             dest.poll()
             dest.close()
+            self.log.info("%s: %s: %d datagrams sent, %d records lost", self.name,
+                          dest.endpoint, dest.stats.packets_ok, dest.stats.lost_records)
 
     # --- export ----------------------------------------------------------------------------
 
@@ -196,8 +199,10 @@ class NetflowExporter(NatExporter):
         self.stats.skipped += tally.skipped
         self.stats.split += tally.split
         self.stats.pdus += len(datagrams)
-        for dest in self.destinations:
-            dest.send_batch(datagrams, tally.records)
+        stopping = self.context is not None and self.context.stopping
+        for dest in self.destinations:  # the final export may wait for the paced backlog
+            dest.send_batch(datagrams, tally.records,
+                            wait_s=dest.flush_timeout_s if stopping else 0.0)
 
     def _encode_guarded(self, items: Sequence[T], encode: Callable[..., list[bytes]],
                         now: int, tally: Tally) -> list[bytes]:
@@ -237,7 +242,7 @@ class NetflowExporter(NatExporter):
         out.update(asdict(self.stats))
         out["sequence"] = self.state.flows if self.config.protocol == 5 else self.state.packets
         totals = {"sock_ok": 0, "sock_fail": 0, "sock_cberr": 0, "sock_bytes": 0,
-                  "lost_records": 0}
+                  "lost_records": 0, "backlog": 0}
         for i, dest in enumerate(self.destinations):
             snap = dest.snapshot()
             out[f"sock{i}"] = snap
@@ -246,5 +251,6 @@ class NetflowExporter(NatExporter):
             totals["sock_cberr"] += dest.stats.cberr
             totals["sock_bytes"] += dest.stats.bytes_ok
             totals["lost_records"] += dest.stats.lost_records
+            totals["backlog"] += dest.backlog
         out.update(totals)
         return out

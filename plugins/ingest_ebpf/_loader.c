@@ -84,6 +84,8 @@ typedef struct {
 	size_t slot_len;	/* bytes of each mapping */
 	struct flow_record *out;	/* capacity + slots * slot_ncpu rows */
 	struct ring_buffer *rb;	/* overflow ring, NULL when off */
+	struct ring_buffer *sig_rb;	/* the program's early-drain signals */
+	unsigned long signals;	/* signals read by the current take_signals() */
 	struct flow_record *ring_out;	/* overflow events of one consume() */
 	size_t ring_len, ring_cap;
 } Loader;
@@ -92,6 +94,8 @@ static void loader_release(Loader *self)
 {
 	ring_buffer__free(self->rb);
 	self->rb = NULL;
+	ring_buffer__free(self->sig_rb);
+	self->sig_rb = NULL;
 	free(self->ring_out);
 	self->ring_out = NULL;
 	self->ring_len = self->ring_cap = 0;
@@ -143,6 +147,13 @@ static int on_overflow_event(void *ctx, void *data, size_t size)
 	return 0;
 }
 
+/* ring_buffer__consume() callback of the signal ring: count it. */
+static int on_signal(void *ctx, void *data, size_t size)
+{
+	((Loader *)ctx)->signals++;
+	return 0;
+}
+
 /* mmap both slot arrays (BPF_F_MMAPABLE, kernel 5.5+); raises and returns -1 on failure. */
 static int map_slots(Loader *self)
 {
@@ -167,14 +178,16 @@ static int map_slots(Loader *self)
 static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 {
 	static char *kwlist[] = { "maxflows", "sampling", "percpu", "overflow_ring_bytes",
-				  "precise_clock", "slots", NULL };
+				  "precise_clock", "slots", "prealloc", "fill_threshold", NULL };
 	unsigned int maxflows = 65536, sampling = 1, ring_bytes = 0, ring_size = 4096, slots = 0;
-	int percpu = 1, precise_clock = 0, err;
+	unsigned int fill_threshold = 0;
+	int percpu = 1, precise_clock = 0, prealloc = 1, err;
 	enum bpf_map_type type;
 	__u64 seed = 0;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "|IIpIpI", kwlist, &maxflows, &sampling,
-					 &percpu, &ring_bytes, &precise_clock, &slots))
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "|IIpIpIpI", kwlist, &maxflows, &sampling,
+					 &percpu, &ring_bytes, &precise_clock, &slots, &prealloc,
+					 &fill_threshold))
 		return -1;
 	if (maxflows < 1 || sampling < 1 || ring_bytes > (1u << 30) ||
 	    (slots & (slots - 1)) || slots > (1u << 24)) {
@@ -208,6 +221,7 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	}
 	self->skel->rodata->slot_mask = slots ? slots - 1 : 0;
 	self->skel->rodata->slot_seed = seed;
+	self->skel->rodata->fill_threshold = fill_threshold;
 	bpf_map__set_max_entries(self->skel->maps.slots_a, slots ? slots * self->slot_ncpu : 1);
 	bpf_map__set_max_entries(self->skel->maps.slots_b, slots ? slots * self->slot_ncpu : 1);
 	bpf_map__set_max_entries(self->skel->maps.overflow, ring_size);
@@ -216,6 +230,11 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	for (int i = 0; i < FLOW_MAPS; i++) {
 		bpf_map__set_type(maps[i], type);
 		bpf_map__set_max_entries(maps[i], maxflows);
+		/* no prealloc: memory per flow present (bpf_mem_alloc), inserts may fail with
+		 * ENOMEM, which the program sends through the overflow ring or counts */
+		if (!prealloc)
+			bpf_map__set_map_flags(maps[i], bpf_map__map_flags(maps[i]) |
+							BPF_F_NO_PREALLOC);
 	}
 	err = flow_bpf__load(self->skel);	/* verify and load */
 	if (err) {
@@ -238,6 +257,13 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 			loader_release(self);
 			return -1;
 		}
+	}
+	self->sig_rb = ring_buffer__new(bpf_map__fd(self->skel->maps.fill_signal), on_signal,
+					self, NULL);
+	if (!self->sig_rb) {
+		raise_errno(errno, "open the signal ring buffer");
+		loader_release(self);
+		return -1;
 	}
 	self->ncpu = percpu ? libbpf_num_possible_cpus() : 1;
 	self->capacity = maxflows + 64;	/* slack: a drain never needs more than max_entries */
@@ -438,8 +464,11 @@ static void drain_slots(Loader *self, __u32 index, __u32 *kept)
 	}
 }
 
-/* drain(index) -> bytes: every entry of flow table `index` (and its slots), emptied, as
- * flow_record rows. */
+/*
+ * drain(index) -> (bytes, errno): every entry of flow table `index` (and its slots), emptied, as
+ * flow_record rows. The rows are returned even when the batch walk fails part way (errno !=
+ * 0): the entries it already deleted are in them, and the rest stays for the next drain.
+ */
 static PyObject *Loader_drain(Loader *self, PyObject *args)
 {
 	__u32 index, n = 0, kept = 0, in_batch = 0, out_batch = 0;
@@ -459,6 +488,8 @@ static PyObject *Loader_drain(Loader *self, PyObject *args)
 						      (struct flow_metrics *)self->vals +
 							      (size_t)n * self->ncpu,
 						      &count, NULL);
+		if (err == -EFAULT)	/* the kernel did not write count back: unknown */
+			count = 0;
 		n += count;
 		first = 0;
 		if (err)
@@ -468,17 +499,16 @@ static PyObject *Loader_drain(Loader *self, PyObject *args)
 	if (err == -ENOENT)	/* end of the table */
 		err = 0;
 	kept = sum_records(self, n);
-	if (!err && self->slots)
+	if (self->slots)	/* independent of the hash: always emptied */
 		drain_slots(self, index, &kept);
 	Py_END_ALLOW_THREADS
-	if (err)
-		return raise_errno(err, "BPF_MAP_LOOKUP_AND_DELETE_BATCH");
-	return PyBytes_FromStringAndSize((const char *)self->out,
-					 (Py_ssize_t)kept * sizeof(struct flow_record));
+	return Py_BuildValue("(y#i)", (const char *)self->out,
+			     (Py_ssize_t)kept * (Py_ssize_t)sizeof(struct flow_record),
+			     err < 0 ? -err : err);
 }
 
-/* consume() -> bytes: flow_record rows, one per packet the overflow ring carried since the
- * last call (b"" when the ring is off). */
+/* consume() -> (bytes, errno): flow_record rows, one per packet the overflow ring carried since
+ * the last call (b"" when the ring is off). Rows consumed before an error are returned too. */
 static PyObject *Loader_consume(Loader *self, PyObject *unused)
 {
 	PyObject *out;
@@ -487,18 +517,54 @@ static PyObject *Loader_consume(Loader *self, PyObject *unused)
 	if (check_open(self))
 		return NULL;
 	if (!self->rb)
-		return PyBytes_FromStringAndSize("", 0);
+		return Py_BuildValue("(y#i)", "", (Py_ssize_t)0, 0);
 	Py_BEGIN_ALLOW_THREADS
 	err = ring_buffer__consume(self->rb);
 	Py_END_ALLOW_THREADS
-	out = PyBytes_FromStringAndSize((const char *)self->ring_out,
-					(Py_ssize_t)(self->ring_len * sizeof(struct flow_record)));
+	out = Py_BuildValue("(y#i)", self->ring_out ? (const char *)self->ring_out : "",
+			    (Py_ssize_t)(self->ring_len * sizeof(struct flow_record)),
+			    err < 0 ? -err : 0);
 	self->ring_len = 0;
-	if (err < 0) {
-		Py_XDECREF(out);
-		return raise_errno(err, "consume the overflow ring buffer");
-	}
 	return out;
+}
+
+/* signal_fd() -> an epoll fd that is readable when the program asked for an early drain. */
+static PyObject *Loader_signal_fd(Loader *self, PyObject *unused)
+{
+	if (check_open(self))
+		return NULL;
+	return PyLong_FromLong(ring_buffer__epoll_fd(self->sig_rb));
+}
+
+/* take_signals() -> how many early-drain requests the program made since the last call. */
+static PyObject *Loader_take_signals(Loader *self, PyObject *unused)
+{
+	int err;
+
+	if (check_open(self))
+		return NULL;
+	self->signals = 0;
+	err = ring_buffer__consume(self->sig_rb);
+	if (err < 0)
+		return raise_errno(err, "read the signal ring buffer");
+	return PyLong_FromUnsignedLong(self->signals);
+}
+
+/* reset_fill(index): table `index` was drained: its fill count restarts at 0. */
+static PyObject *Loader_reset_fill(Loader *self, PyObject *args)
+{
+	struct flow_fill zero = { 0 };
+	__u32 index;
+	int err;
+
+	if (!PyArg_ParseTuple(args, "I", &index) || check_open(self))
+		return NULL;
+	if (index >= FLOW_MAPS)
+		return PyErr_Format(PyExc_ValueError, "flow table index %u out of range", index);
+	err = bpf_map_update_elem(bpf_map__fd(self->skel->maps.flow_fill), &index, &zero, 0);
+	if (err)
+		return raise_errno(err, "reset the table fill");
+	Py_RETURN_NONE;
 }
 
 /* counters() -> tuple of CNT_MAX ints, summed over CPUs, cumulative since load. */
@@ -570,9 +636,15 @@ static PyMethodDef Loader_methods[] = {
 	{ "synchronize", (PyCFunction)Loader_synchronize, METH_NOARGS,
 	  "synchronize() -> True when every running BPF program has returned (RCU grace period)" },
 	{ "drain", (PyCFunction)Loader_drain, METH_VARARGS,
-	  "drain(index) -> bytes of flow_record rows; the table is emptied" },
+	  "drain(index) -> (flow_record rows, errno); the table is emptied" },
 	{ "consume", (PyCFunction)Loader_consume, METH_NOARGS,
-	  "consume() -> bytes of flow_record rows from the overflow ring (one per packet)" },
+	  "consume() -> (flow_record rows from the overflow ring, one per packet; errno)" },
+	{ "signal_fd", (PyCFunction)Loader_signal_fd, METH_NOARGS,
+	  "signal_fd() -> epoll fd, readable when the program asks for an early drain" },
+	{ "take_signals", (PyCFunction)Loader_take_signals, METH_NOARGS,
+	  "take_signals() -> early-drain requests since the last call" },
+	{ "reset_fill", (PyCFunction)Loader_reset_fill, METH_VARARGS,
+	  "reset_fill(index): table index was drained, its fill restarts at 0" },
 	{ "counters", (PyCFunction)Loader_counters, METH_NOARGS,
 	  "counters() -> cumulative counters (enum flow_counter order)" },
 	{ "prog_ids", (PyCFunction)Loader_prog_ids, METH_NOARGS, "prog_ids() -> {name: id}" },
@@ -584,7 +656,7 @@ static PyTypeObject LoaderType = {
 	PyVarObject_HEAD_INIT(NULL, 0)
 	.tp_name = "netflow_agent.plugins.ingest_ebpf._loader.Loader",
 	.tp_doc = "Loader(maxflows=65536, sampling=1, percpu=True, overflow_ring_bytes=0, "
-		  "precise_clock=False, slots=0)",
+		  "precise_clock=False, slots=0, prealloc=True, fill_threshold=0)",
 	.tp_basicsize = sizeof(Loader),
 	.tp_flags = Py_TPFLAGS_DEFAULT,
 	.tp_new = PyType_GenericNew,
@@ -647,6 +719,9 @@ PyMODINIT_FUNC PyInit__loader(void)
 	ADD_INT(m, "CNT_UPDATE_ERR", CNT_UPDATE_ERR);
 	ADD_INT(m, "CNT_RING_PACKETS", CNT_RING_PACKETS);
 	ADD_INT(m, "CNT_SLOT_PACKETS", CNT_SLOT_PACKETS);
+	ADD_INT(m, "CNT_UPDATE_ERR_BYTES", CNT_UPDATE_ERR_BYTES);
+	ADD_INT(m, "CNT_HASH_NEW", CNT_HASH_NEW);
+	ADD_INT(m, "OVERFLOW_EVENT_SIZE", sizeof(struct overflow_event));
 	return m;
 fail:
 	Py_DECREF(m);

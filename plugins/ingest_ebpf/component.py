@@ -5,10 +5,13 @@ and hash map;
 every ``poll_interval_ms`` this component points the programs at the other table, waits for
 in-flight programs to leave the old one (an RCU grace period), drains it with
 ``BPF_MAP_LOOKUP_AND_DELETE_BATCH`` (``_loader.c``, GIL released) and emits a
-:class:`~agent.model.FlowBatch`. The cache applies the active/inactive timeouts and FIN/RST,
-exactly as for packet ingests. Interfaces matching the configured globs are attached at start
-and whenever a rescan finds new ones: at once on a link notification (``linkwatch.py``), and
-every ``rescan_interval_ms`` in any case.
+:class:`~agent.model.FlowBatch`. It drains early when the program signals (through a ring
+buffer the thread waits on) that the active table reached ``drain_threshold`` percent of
+``maxflows`` or lost a packet; every ``PRESSURE_CHECK_S`` it also reads the kernel counters
+for the same conditions, and consumes the overflow ring when it fills. The cache applies the
+active/inactive timeouts and FIN/RST, exactly as for packet ingests. Interfaces matching the
+configured globs are attached at start and whenever a rescan finds new ones: at once on a link
+notification (``linkwatch.py``), and every ``rescan_interval_ms`` in any case.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 from netflow_agent.api import (
     SAMPLING_RANDOM,
     FlowBatch,
+    FlowDelta,
     Ingest,
     NetnsScope,
     RunContext,
@@ -31,13 +35,25 @@ from netflow_agent.api import (
 
 from .attach import Attacher, matching_links
 from .config import Config
-from .decode import CounterTracker, decode_records, merge_deltas, monotonic_to_wall_offset
+from .decode import (
+    COUNTER_NAMES,
+    CounterDelta,
+    CounterTracker,
+    decode_records,
+    merge_deltas,
+    monotonic_to_wall_offset,
+)
 from .linkwatch import LinkWatch
+from .sizing import kernel_table_size, possible_cpus, ring_capacity_packets, table_memory
 
 #: when the kernel cannot wait for an RCU grace period (nohz_full): time for programs that read
 #: the old table index to finish (they run for microseconds with bottom halves off); a
 #: straggler later than this lands in the idle table and is drained next time.
 FLIP_GRACE_S = 0.005
+
+#: how often the drain thread reads the kernel counters for an early drain or ring consume
+#: (a fallback: the program signals a filling table at once through the fill_signal ring)
+PRESSURE_CHECK_S = 0.1
 
 
 class EbpfIngest(Ingest):
@@ -54,8 +70,14 @@ class EbpfIngest(Ingest):
         self.active = 0
         self.tracker = CounterTracker()
         self.kernel_counters: dict[str, int] = {}
-        self.stats = {"drains": 0, "flows_drained": 0, "overflow_flows": 0, "drain_ms_last": 0.0,
+        self.maxflows = 0  # the kernel table size in use (set at start)
+        self.stats = {"drains": 0, "early_drains": 0, "ring_consumes": 0, "drain_errors": 0,
+                      "flows_drained": 0, "overflow_flows": 0, "drain_ms_last": 0.0,
+                      "drain_ms_max": 0.0, "table_peak": 0, "maxflows": 0,
                       "attach_errors": 0, "interfaces": 0}
+        # counter values at the last flip / ring consume: early-drain triggers (pressure)
+        self._fill_base = self._lost_base = self._ring_base = 0
+        self._fill_limit = self._ring_limit = 0
         self._stop = threading.Event()
         self._wake = -1  # eventfd that ends the drain thread's wait at stop
         self._last_rescan_error = ""
@@ -74,19 +96,30 @@ class EbpfIngest(Ingest):
         # unscaled: exporters announce it to collectors (raises on a conflicting declaration)
         context.declare_sampling(self.name, cfg.sampling, SAMPLING_RANDOM)
         context.declare_netns(self.name, cfg.netns)  # exporters resolve ifIndexes there
-        self.loader = Loader(maxflows=cfg.maxflows, sampling=cfg.sampling,
-                             percpu=cfg.map_type == "percpu",
+        percpu, ncpu = cfg.map_type == "percpu", possible_cpus()
+        self.maxflows = kernel_table_size(cfg.maxflows, context.flow_capacity(), percpu, ncpu)
+        self.stats["maxflows"] = self.maxflows
+        if cfg.drain_threshold < 100:
+            self._fill_limit = max(1, self.maxflows * cfg.drain_threshold // 100)
+            self._ring_limit = max(1, ring_capacity_packets(cfg.overflow_ring_kb)
+                                   * cfg.drain_threshold // 100)
+        self.loader = Loader(maxflows=self.maxflows, sampling=cfg.sampling,
+                             percpu=percpu,
                              overflow_ring_bytes=cfg.overflow_ring_kb * 1024,
-                             precise_clock=cfg.timestamps == "precise", slots=cfg.cpu_slots)
+                             precise_clock=cfg.timestamps == "precise", slots=cfg.cpu_slots,
+                             prealloc=cfg.prealloc, fill_threshold=self._fill_limit)
         self.loader.set_active(self.active)
         if not self.loader.synchronize() and cfg.cpu_slots:
             self.log.warning("%s: this kernel refuses membarrier(MEMBARRIER_CMD_GLOBAL) "
                              "(nohz_full?): drains wait 5 ms instead of an RCU grace period, "
                              "and a program later than that can lose packets in a slot; set "
                              "cpu_slots = 0 for exact accounting", self.name)
-        self.log.info("%s: loaded BPF programs %s (maxflows %d, %s map, %d slots per CPU, "
-                      "sampling 1/%d)", self.name, self.loader.prog_ids(), cfg.maxflows,
-                      cfg.map_type, cfg.cpu_slots, cfg.sampling)
+        self.log.info("%s: loaded BPF programs %s (maxflows %d, %s map, %s %d MB, %d slots "
+                      "per CPU, sampling 1/%d)", self.name, self.loader.prog_ids(),
+                      self.maxflows, cfg.map_type,
+                      "preallocated" if cfg.prealloc else "at most",
+                      table_memory(self.maxflows, percpu, ncpu) >> 20, cfg.cpu_slots,
+                      cfg.sampling)
         self.attacher = Attacher(self.loader, cfg.mode, cfg.direction)
         try:
             self._rescan(initial=True)
@@ -138,28 +171,39 @@ class EbpfIngest(Ingest):
     # --- drain thread ------------------------------------------------------------------------
 
     def _run(self) -> None:
-        """Drain every ``poll_interval_ms``; rescan on link events and every rescan interval."""
+        """Drain every ``poll_interval_ms`` (earlier under pressure); rescan on link events and
+        every rescan interval."""
         poll_s = self.config.poll_interval_ms / 1000
         rescan_every = self.config.rescan_interval_ms / 1000
+        check_s = PRESSURE_CHECK_S if self._fill_limit else poll_s
         links = self._watch_links()
         poller = select.poll()
         poller.register(self._wake, select.POLLIN)
+        signals = self.loader.signal_fd()  # the program asks for an early drain
+        poller.register(signals, select.POLLIN)
         if links is not None:
             poller.register(links.fileno(), select.POLLIN)
         next_drain = time.monotonic() + poll_s
         next_rescan = time.monotonic() + rescan_every
+        next_check = time.monotonic() + check_s
         try:
             while True:
-                wait_s = max(0.0, min(next_drain, next_rescan) - time.monotonic())
+                wait_s = max(0.0, min(next_drain, next_rescan, next_check) - time.monotonic())
                 poller.poll(wait_s * 1000)
                 if self._stop.is_set():
                     return
                 follow_privileges()  # this thread gives up root's capabilities after the drop
                 link_event = links is not None and links.pending()
                 now = time.monotonic()
-                if now >= next_drain:
-                    next_drain = max(next_drain + poll_s, now)
-                    self._drain_logged()
+                early = self._logged(self.loader.take_signals, "signal read")
+                if now >= next_check:
+                    next_check = now + check_s
+                    early = self._logged(self._under_pressure, "check") or early
+                early = early and now < next_drain
+                if now >= next_drain or early:
+                    next_drain = now + poll_s if early else max(next_drain + poll_s, now)
+                    self.stats["early_drains"] += early
+                    self._logged(self._drain, "drain")
                 if link_event or now >= next_rescan:
                     next_rescan = now + rescan_every
                     self._rescan_logged()
@@ -176,11 +220,13 @@ class EbpfIngest(Ingest):
                              exc, self.config.rescan_interval_ms)
             return None
 
-    def _drain_logged(self) -> None:
+    def _logged(self, step: Any, what: str) -> bool:
+        """Run a drain-thread step; log and go on when it fails (the next tick retries)."""
         try:
-            self._drain()
+            return bool(step())
         except Exception:  # keep draining: a lost tick must not stop accounting
-            self.log.exception("%s: drain failed", self.name)
+            self.log.exception("%s: %s failed", self.name, what)
+            return False
 
     def _rescan_logged(self) -> None:
         try:
@@ -191,30 +237,89 @@ class EbpfIngest(Ingest):
                 self.log.warning("%s: interface rescan failed: %s", self.name, exc)
             self._last_rescan_error = str(exc)
 
+    def _counters(self) -> dict[str, int]:
+        """The kernel's cumulative counters by name (one syscall)."""
+        return dict(zip(COUNTER_NAMES, self.loader.counters(), strict=True))
+
+    def _under_pressure(self) -> bool:
+        """Whether the active table needs a drain now: it passed ``drain_threshold`` percent of
+        ``maxflows`` since the last flip, or a packet was lost since. Consumes the overflow
+        ring on the spot when it passed ``drain_threshold`` percent of its size."""
+        cnt = self._counters()
+        if cnt["full_packets"] + cnt["update_errors"] > self._lost_base:
+            return True
+        if cnt["hash_new"] - self._fill_base >= self._fill_limit:
+            return True
+        if self._ring_limit and cnt["ring_packets"] - self._ring_base >= self._ring_limit:
+            self._ring_base = cnt["ring_packets"]
+            overflow = self._take_ring(monotonic_to_wall_offset())
+            self.stats["ring_consumes"] += 1
+            if overflow:
+                self.context.emit(FlowBatch(source=self.name, flows=overflow))  # type: ignore[union-attr]
+        return False
+
+    def _take_ring(self, offset: int) -> list[FlowDelta]:
+        """The overflow ring's events as flow deltas, merged by key (one per flow)."""
+        rows, err = self.loader.consume()
+        if err:  # what was consumed is in rows; the rest stays in the ring for next time
+            self.stats["drain_errors"] += 1
+            self.log.warning("%s: overflow ring read stopped early: %s", self.name,
+                             os.strerror(err))
+        overflow = merge_deltas(decode_records(rows, offset))
+        self.stats["overflow_flows"] += len(overflow)
+        return overflow
+
     def _drain(self) -> None:
-        """Flip the tables, drain the idle one, emit its flows and the kernel counters."""
+        """Flip the tables, drain the idle one, emit its flows and the kernel counters.
+
+        Once the kernel deleted the rows they are emitted whatever fails after that (the
+        counters then follow with the next drain: they are cumulative)."""
         started = time.perf_counter()
+        before = self._counters()  # read before the flip: what the old table got is in it
         old, self.active = self.active, 1 - self.active
         self.loader.set_active(self.active)
         if not self.loader.synchronize():  # an RCU grace period: no program is still in `old`
             time.sleep(FLIP_GRACE_S)
-        data = self.loader.drain(old)
+        rows, err = self.loader.drain(old)
         offset = monotonic_to_wall_offset()
-        flows = decode_records(data, offset)
-        overflow = merge_deltas(decode_records(self.loader.consume(), offset))
-        flows.extend(overflow)
-        cnt = self.tracker.delta(self.loader.counters())
-        for name, value in cnt.values.items():
-            self.kernel_counters[name] = self.kernel_counters.get(name, 0) + value
+        flows = decode_records(rows, offset)
+        drained = len(flows)
+        cnt: CounterDelta | None = None
+        try:
+            if err:  # the rows it deleted are in `rows`; what is left is drained next time
+                self.stats["drain_errors"] += 1
+                self.log.warning("%s: drain of table %d stopped part way: %s; the rest "
+                                 "follows at a later drain", self.name, old, os.strerror(err))
+            self.loader.reset_fill(old)
+            self._fill_base = before["hash_new"]
+            self._lost_base = before["full_packets"] + before["update_errors"]
+            self._ring_base = before["ring_packets"]
+            flows.extend(self._take_ring(offset))
+            cnt = self.tracker.delta(self.loader.counters())
+            for name, value in cnt.values.items():
+                self.kernel_counters[name] = self.kernel_counters.get(name, 0) + value
+        finally:
+            self._emit(flows, cnt)
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
         self.stats["drains"] += 1
-        self.stats["flows_drained"] += len(flows) - len(overflow)
-        self.stats["overflow_flows"] += len(overflow)
-        self.stats["drain_ms_last"] = round((time.perf_counter() - started) * 1000, 3)
-        dropped = cnt["full_packets"] + cnt["update_errors"]
-        if flows or dropped or cnt["trunc"] or cnt["frag"]:
+        self.stats["flows_drained"] += drained
+        self.stats["table_peak"] = max(self.stats["table_peak"], drained)
+        self.stats["drain_ms_last"] = elapsed_ms
+        self.stats["drain_ms_max"] = max(self.stats["drain_ms_max"], elapsed_ms)
+
+    def _emit(self, flows: list[FlowDelta], cnt: CounterDelta | None) -> None:
+        """One FlowBatch: the flows and what the kernel saw but could not account (full
+        table, failed inserts, truncated headers: as the NFLOG ingest does for FlowBatch,
+        since the cache adds trunc to drop only for PacketBatch)."""
+        if cnt is None:
+            if flows:
+                self.context.emit(FlowBatch(source=self.name, flows=flows))  # type: ignore[union-attr]
+            return
+        dropped = cnt["full_packets"] + cnt["update_errors"] + cnt["trunc"]
+        if flows or dropped or cnt["frag"]:
             self.context.emit(FlowBatch(  # type: ignore[union-attr]
                 source=self.name, flows=flows, dropped_packets=dropped,
-                dropped_bytes=cnt["full_bytes"] + cnt["trunc_bytes"],
+                dropped_bytes=cnt["full_bytes"] + cnt["update_error_bytes"] + cnt["trunc_bytes"],
                 trunc=cnt["trunc"], frag=cnt["frag"]))
 
     def _rescan(self, initial: bool = False) -> None:

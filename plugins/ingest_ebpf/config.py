@@ -29,8 +29,23 @@ class Config:
         "", doc='Network namespace to observe: a name under /run/netns or a path; "" = the '
                 "agent's own.")
     maxflows: int = option(
-        65536, doc="Flow table size in the kernel: distinct flows per poll interval; packets "
-                   "of flows beyond it are counted as dropped.", min=16, max=2**24)
+        0, doc="Flow table size in the kernel: distinct flows per drain (each of the two "
+               "tables); packets of flows beyond it go through the overflow ring or are "
+               "counted as dropped. 0 = the [cache] maxflows, at most what fits both tables "
+               "in 256 MB (524288 flows with 2 CPUs, per-CPU map), at least 65536.",
+        min=0, max=2**24)
+    prealloc: bool = option(
+        True, doc="Allocate the tables' memory at load: 2 x maxflows x (120 + 40 x CPUs) "
+                  "bytes (per-CPU map; 152 bytes per entry shared). false: memory per flow "
+                  "present, but a drain costs about 17 times more kernel time (every entry "
+                  "is freed) and an insert that finds no memory goes through the overflow "
+                  "ring or is counted.")
+    drain_threshold: int = option(
+        50, doc="Drain before the poll interval is up when the active table holds this "
+                "percentage of maxflows, when the overflow ring is this full, or at once when "
+                "a packet was lost (the program signals it at once); 100 = only at the poll "
+                "interval.",
+        min=1, max=100)
     cpu_slots: int = option(
         4096, doc="Per-CPU flow slots checked before the hash table (a power of two; 0 = "
                   "none): a flow in a slot costs one array lookup instead of a hash walk. "

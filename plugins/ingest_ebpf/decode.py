@@ -33,6 +33,8 @@ COUNTER_NAMES = (
     "update_errors",
     "ring_packets",
     "slot_packets",
+    "update_error_bytes",
+    "hash_new",
 )
 
 

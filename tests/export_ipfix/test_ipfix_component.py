@@ -26,6 +26,12 @@ def closed_udp_port() -> int:
         return s.getsockname()[1]
 
 
+def sent_to(exporter: IpfixExporter, sink: UdpSink) -> int:
+    """Messages the exporter handed to the kernel for ``sink`` (wait for all of them: paced
+    sends leave from a thread, and the sink reads in another)."""
+    return exporter.agent_collect_stats()["destinations"][f"127.0.0.1:{sink.port}"]["packets_ok"]
+
+
 def test_udp_mirrors_and_counts_loss_to_a_dead_collector():
     dead = closed_udp_port()
     with UdpSink() as sink:
@@ -35,7 +41,7 @@ def test_udp_mirrors_and_counts_loss_to_a_dead_collector():
             exporter.agent_export_flows(records=[flow(i) for i in range(50)])
             time.sleep(0.05)  # let the ICMP port unreachable come back
         exporter.agent_stop()
-        got = sink.wait(1)
+        got = sink.wait(sent_to(exporter, sink))
     _, records = netflow_decode(got)
     assert len([r for r in records if "packetDeltaCount" in r]) == 150
     stats = exporter.agent_collect_stats()
@@ -83,7 +89,7 @@ def test_interface_names_for_interfaces_seen():
         exporter.agent_export_flows(records=[flow(0, in_if=lo, out_if=0)])
         exporter._send_options()
         exporter.agent_stop()
-        got = sink.collect()  # every message (names travel in their own), all queued
+        got = sink.wait(sent_to(exporter, sink))
         layers = tshark_decode(got, sink.port)
     names = [v for layer in layers for v in _values(layer, "cflow.if_name")]
     assert names and set(names) == {"lo"}

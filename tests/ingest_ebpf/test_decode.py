@@ -57,7 +57,8 @@ def test_counter_names_match_c_enum():
     ext = loader_module()
     assert ext.CNT_MAX == len(COUNTER_NAMES)
     for i, name in enumerate(COUNTER_NAMES):
-        c_name = {"update_errors": "UPDATE_ERR"}.get(name, name.upper())
+        c_name = {"update_errors": "UPDATE_ERR",
+                  "update_error_bytes": "UPDATE_ERR_BYTES"}.get(name, name.upper())
         assert getattr(ext, f"CNT_{c_name}") == i
 
 

@@ -211,6 +211,9 @@ def check_sockets(snap: dict[str, Any], sink: socket.socket) -> None:
         (1, V5_HEADER + V5_RECORD, 0, 0)
     assert (dead["packets_ok"], dead["fail"], dead["cberr"]) == (1, 0, 1)
     assert live["connected"] and live["sndbuf"] > 0 and live["peak"] >= live["filled"] >= 0
+    # paced export (default rate_limit): the backlog is in the snapshot, empty once sent
+    assert (live["rate_limit"], live["backlog"], live["backlog_dropped"]) == (3000, 0, 0)
+    assert live["paced"] == live["backlog_peak"] == 1
 
 
 def check_text(text: str, exp: Expected) -> None:
@@ -241,6 +244,8 @@ def check_text(text: str, exp: Expected) -> None:
     socks = [line for line in lines if line.startswith("sock")]
     assert len(socks) == 2 and all(", sndbuf " in s and "; err: sndbuf reached 0, connect 0, "
                                    "other 0 [export.netflow[0]]" in s for s in socks), socks
+    assert all(", backlog 0 (peak 1, limit 30000, rate 3000/s, dropped 0);" in s
+               for s in socks), socks
     assert lines[-2:] == ["aggr0: 192.0.0.0/8=16", "aggr1: 3128=80"]
     assert any(line.startswith("ingest.pcap[0]: packets ") for line in lines)
 

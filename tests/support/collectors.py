@@ -26,6 +26,7 @@ import json
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -766,3 +767,67 @@ def udp_sink() -> Iterator[UdpSink]:
     """
     with UdpSink() as sink:
         yield sink
+
+
+_SLOW_READER = r"""
+import socket, sys, time
+rcvbuf, batch = int(sys.argv[1]), int(sys.argv[2])
+pause, idle = float(sys.argv[3]), float(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+s.bind(("127.0.0.1", 0))
+port = s.getsockname()[1]
+print(port, flush=True)
+s.settimeout(idle)
+got = 0
+while True:
+    try:
+        s.recv(65535)
+    except socket.timeout:
+        break
+    got += 1
+    if got % batch == 0:
+        time.sleep(pause)
+print(got, flush=True)
+sys.stdin.readline()  # the socket stays open until the parent has read its drop count
+"""
+
+
+def udp_drops(port: int, host: str = "127.0.0.1") -> int:
+    """Datagrams the kernel dropped at the IPv4 UDP socket bound to ``host:port`` in this
+    netns (``/proc/net/udp`` ``drops``: receive buffer full)."""
+    local = f"{int.from_bytes(socket.inet_aton(host), 'little'):08X}:{port:04X}"
+    with open("/proc/net/udp") as table:
+        return next(int(line.split()[-1]) for line in table if line.split()[1] == local)
+
+
+class SlowCollector:
+    """A collector that keeps up with an average rate but not with a burst: a UDP socket with
+    a small ``SO_RCVBUF`` read by a separate process that sleeps ``pause`` seconds after every
+    ``batch`` datagrams (at most ``batch / pause`` datagrams per second).
+
+    :meth:`result` ends it (after ``idle`` seconds without data) and returns what it received
+    and what the kernel dropped at its socket (``/proc/net/udp`` drops).
+    """
+
+    def __init__(self, rcvbuf: int = 256 << 10, batch: int = 10, pause: float = 0.002,
+                 idle: float = 3.0):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _SLOW_READER, str(rcvbuf), str(batch), str(pause), str(idle)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+
+    def result(self, timeout: float = 120) -> tuple[int, int]:
+        """``(datagrams received, datagrams dropped at the socket)`` once it went idle."""
+        assert self.proc.stdout is not None
+        got = int(self.proc.stdout.readline())
+        drops = udp_drops(self.port)
+        self.proc.communicate("\n", timeout=timeout)
+        return got, drops
+
+    def __enter__(self) -> SlowCollector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        end_process(self.proc)

@@ -48,6 +48,7 @@ const volatile __u8 use_overflow = 1;	/* send full-table packets through the rin
 const volatile __u8 precise_clock = 0;	/* read the clock for every packet (else once a tick) */
 const volatile __u32 slot_mask = 0;	/* per-CPU flow slots - 1 (a power of two); 0 = no slots */
 const volatile __u64 slot_seed = 0;	/* random per load: slot positions are not predictable */
+const volatile __u64 fill_threshold = 0; /* inserts that make a table ask for a drain; 0 = off */
 
 enum parse_result { PARSE_OK, PARSE_NON_IP, PARSE_TRUNC };
 
@@ -237,9 +238,61 @@ static __always_inline __u64 clock_now(struct flow_counters *cnt, int fresh)
 	return cnt->clock_ns;
 }
 
-/* Add one packet to the flow table `map`; count it as lost when the table is full. */
-static __always_inline void account(void *map, struct pkt_info *pi, __u64 segs, __u64 bytes,
-				    struct flow_counters *cnt)
+/* Ask the drain thread, once per table and drain, to drain table `table` now. */
+static __always_inline void request_drain(struct flow_fill *fill, __u32 table)
+{
+	if (fill->signalled)
+		return;
+	fill->signalled = 1;	/* a race between CPUs sends a second signal: harmless */
+	bpf_ringbuf_output(&fill_signal, &table, sizeof(table), BPF_RB_FORCE_WAKEUP);
+}
+
+/* Count an insert into table `table`; at fill_threshold, ask for an early drain. A plain
+ * atomic add (no fetch: kernels before 5.12) and a read: a threshold crossed by two CPUs at
+ * once is still seen. */
+static __always_inline void count_insert(__u32 table)
+{
+	struct flow_fill *fill = bpf_map_lookup_elem(&flow_fill, &table);
+
+	if (!fill)
+		return;
+	__sync_fetch_and_add(&fill->inserts, 1);
+	if (fill_threshold && fill->inserts >= fill_threshold)
+		request_drain(fill, table);
+}
+
+/* A packet was lost in table `table`: ask for a drain at once. */
+static __always_inline void lost_in(__u32 table)
+{
+	struct flow_fill *fill = bpf_map_lookup_elem(&flow_fill, &table);
+
+	if (fill && fill_threshold)
+		request_drain(fill, table);
+}
+
+/* A packet the flow table could not take (insert error `err`): through the overflow ring,
+ * else counted as lost, by cause. Every failure branch ends here: nothing is lost uncounted. */
+static __always_inline void not_in_table(struct pkt_info *pi, __u64 segs, __u64 bytes,
+					 __u64 now, long err, __u32 table,
+					 struct flow_counters *cnt)
+{
+	if (use_overflow && overflow_event(pi, segs, bytes, now)) {
+		cnt->v[CNT_RING_PACKETS] += segs;
+		return;
+	}
+	lost_in(table);
+	if (err == -E2BIG_) {
+		cnt->v[CNT_FULL_PACKETS] += segs;
+		cnt->v[CNT_FULL_BYTES] += bytes;
+	} else {
+		cnt->v[CNT_UPDATE_ERR] += segs;
+		cnt->v[CNT_UPDATE_ERR_BYTES] += bytes;
+	}
+}
+
+/* Add one packet to the flow table `map`; hand it to not_in_table() when it cannot. */
+static __always_inline void account(void *map, __u32 table, struct pkt_info *pi, __u64 segs,
+				    __u64 bytes, struct flow_counters *cnt)
 {
 	struct flow_metrics *m = bpf_map_lookup_elem(map, &pi->key);
 	__u64 now = clock_now(cnt, !m);
@@ -247,23 +300,19 @@ static __always_inline void account(void *map, struct pkt_info *pi, __u64 segs, 
 	if (!m) {
 		struct flow_metrics nm = { .packets = segs, .bytes = bytes, .first_ns = now,
 					   .last_ns = now, .tcp_flags = pi->tcp_flags };
+		/* E2BIG: table full; ENOMEM (no-prealloc maps), EDEADLK/ETIMEDOUT (bucket lock,
+		 * 6.15+): not inserted either */
 		long err = bpf_map_update_elem(map, &pi->key, &nm, BPF_NOEXIST);
 
-		if (!err)
+		if (!err) {
+			cnt->v[CNT_HASH_NEW]++;
+			count_insert(table);
 			return;
+		}
 		if (err == -EEXIST_)		/* another CPU created it just now */
 			m = bpf_map_lookup_elem(map, &pi->key);
 		if (!m) {
-			if (err != -E2BIG_) {
-				cnt->v[CNT_UPDATE_ERR] += segs;
-				return;
-			}
-			if (use_overflow && overflow_event(pi, segs, bytes, now)) {
-				cnt->v[CNT_RING_PACKETS] += segs;
-				return;
-			}
-			cnt->v[CNT_FULL_PACKETS] += segs;
-			cnt->v[CNT_FULL_BYTES] += bytes;
+			not_in_table(pi, segs, bytes, now, err, table, cnt);
 			return;
 		}
 	}
@@ -372,10 +421,10 @@ static __always_inline void observe(void *data, void *end, __u32 frame_len, __u3
 	 * lookup only when a single map reaches the call instruction. */
 	if (active && *active) {
 		if (!slot_mask || !slot_account(&slots_b, pi, segs, bytes, cnt))
-			account(&flows_b, pi, segs, bytes, cnt);
+			account(&flows_b, 1, pi, segs, bytes, cnt);
 	} else {
 		if (!slot_mask || !slot_account(&slots_a, pi, segs, bytes, cnt))
-			account(&flows_a, pi, segs, bytes, cnt);
+			account(&flows_a, 0, pi, segs, bytes, cnt);
 	}
 }
 

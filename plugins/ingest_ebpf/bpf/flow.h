@@ -62,9 +62,14 @@ enum flow_counter {
 	CNT_FRAG,		/* IP fragments seen (accounted; non-first ones with ports 0) */
 	CNT_FULL_PACKETS,	/* packets lost: flow table full and overflow ring full/off */
 	CNT_FULL_BYTES,		/* their bytes */
-	CNT_UPDATE_ERR,		/* other map update failures (ENOMEM), packets */
-	CNT_RING_PACKETS,	/* packets of full-table flows sent through the overflow ring */
+	CNT_UPDATE_ERR,		/* packets lost: other insert failures (ENOMEM, lock timeout)
+				 * and the overflow ring full/off */
+	CNT_RING_PACKETS,	/* packets of flows the table could not take, sent through the
+				 * overflow ring (full table or any other insert failure) */
 	CNT_SLOT_PACKETS,	/* packets accounted in a per-CPU slot (the rest went to the hash) */
+	CNT_UPDATE_ERR_BYTES,	/* bytes of the CNT_UPDATE_ERR packets */
+	CNT_HASH_NEW,		/* flows inserted into a hash table: with the count at the last
+				 * flip, how full the active table is (early drains) */
 	CNT_MAX,
 };
 
@@ -73,6 +78,12 @@ struct flow_counters {
 	__u64 v[CNT_MAX];
 	__u64 clock_jiffies;	/* jiffies when this CPU last read the monotonic clock */
 	__u64 clock_ns;		/* what it read then (CLOCK_MONOTONIC ns) */
+};
+
+/* Fill of one flow table since it was last drained (map flow_fill, one entry per table). */
+struct flow_fill {
+	__u64 inserts;		/* flows inserted into the hash table (atomic add) */
+	__u64 signalled;	/* 1 once the program asked for an early drain of this table */
 };
 
 /* The flow maps are double-buffered: the program writes to flows[active], userspace flips

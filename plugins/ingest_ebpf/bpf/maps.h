@@ -51,6 +51,23 @@ struct {
 	__uint(max_entries, 256 * 1024);
 } overflow SEC(".maps");
 
+/* How full each flow table is: inserts since userspace last drained it (shared, atomic add),
+ * and whether the program already asked for an early drain of it. Userspace zeroes an entry
+ * after draining its table. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FLOW_MAPS);
+	__type(key, __u32);
+	__type(value, struct flow_fill);
+} flow_fill SEC(".maps");
+
+/* The program's wake-up call to the drain thread (epoll on the ring): a table reached
+ * fill_threshold, or a packet was lost in it. One __u32 (the table) per signal. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096);
+} fill_signal SEC(".maps");
+
 /* Cumulative per-CPU counters (enum flow_counter); userspace sums the CPUs. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

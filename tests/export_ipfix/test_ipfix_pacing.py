@@ -1,0 +1,53 @@
+"""IPFIX over UDP, paced (issue 14, item 3): a burst reaches a slow collector intact, and
+messages lost after queueing are counted with their packets and octets."""
+
+from __future__ import annotations
+
+from netflow_agent.plugins.export_ipfix.component import IpfixExporter
+from netflow_agent.plugins.export_ipfix.config import Config
+from netflow_agent.runtime import RunContext
+from tests.export_ipfix.helpers import flow
+from tests.support.collectors import SlowCollector
+
+
+def exporter_for(collector: SlowCollector, **cfg: object) -> IpfixExporter:
+    exporter = IpfixExporter(Config(destination=[f"127.0.0.1:{collector.port}"],
+                                    options_interval_s=0, **cfg), "export.ipfix[0]")
+    exporter.agent_start(context=RunContext())
+    return exporter
+
+
+def test_paced_burst_reaches_a_slow_collector():
+    records = [flow(i) for i in range(40_000)]
+    with SlowCollector() as collector:
+        exporter = exporter_for(collector)
+        exporter.agent_export_flows(records=records)
+        during = exporter.agent_collect_stats()
+        exporter.agent_stop()
+        after = exporter.agent_collect_stats()
+        received, dropped = collector.result()
+    dest = after["destinations"][f"127.0.0.1:{collector.port}"]
+    assert during["destinations"][f"127.0.0.1:{collector.port}"]["backlog"] > 0
+    assert (received, dropped) == (after["udp_messages"], 0)
+    assert after["udp_records"] == len(records) and after["lost_records"] == 0
+    assert dest["paced"] == dest["packets_ok"] == received
+
+
+def test_messages_lost_after_queueing_count_their_packets_and_octets():
+    """backlog 10, 1 message/s, no time to flush at stop: every record is either in a message
+    the collector got or lost with its packets and octets, exactly."""
+    records = [flow(i) for i in range(3000)]
+    with SlowCollector() as collector:
+        exporter = exporter_for(collector, rate_limit=1, backlog=10, flush_timeout_s=0)
+        exporter.agent_export_flows(records=records)
+        exporter.agent_stop()
+        stats = exporter.agent_collect_stats()
+        received, _ = collector.result()
+    assert stats["udp_messages"] == received
+    assert stats["udp_records"] + stats["lost_records"] == len(records)
+    lost = stats["lost_records"]
+    assert lost > 0
+    # flow(i) has i + 1 packets: the records are sent in order, so the lost ones are the last
+    kept = len(records) - lost
+    assert stats["lost_packets"] == sum(r.packets for r in records[kept:])
+    assert stats["lost_octets"] == sum(r.octets for r in records[kept:])
