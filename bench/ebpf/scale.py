@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.agentproc import start_agent, stop_agent  # noqa: E402
+from tests.support.agentproc import Agent  # noqa: E402
 from tests.support.collectors import udp_drops  # noqa: E402
 from tests.support.flowgen import Flood, build, rx_dropped  # noqa: E402
 from tests.support.netns import Endpoint, routed_topology  # noqa: E402
@@ -99,12 +99,12 @@ rate_limit = {args.rate_limit}
 """)
             log = work / "agent.log"
             before = rx_dropped(router_in)
-            proc = start_agent(conf, log, ready=READY[args.ingest])
+            agent = Agent(conf, log_path=log).start(ready=READY[args.ingest])
             t0 = time.monotonic()
             sent = flood.send(flowgen, t.client, router_in.mac, t.server.addr,
                               t.server.addr6 if args.ipv6 else "")
             seconds = time.monotonic() - t0
-            stop_agent(proc, timeout=120)
+            agent.stop(timeout=120)
             before_hook = rx_dropped(router_in) - before
         text = log.read_text()
         traffic, dropped = map(int, SUMMARY.search(text).groups())  # type: ignore[union-attr]

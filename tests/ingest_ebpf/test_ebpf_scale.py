@@ -21,7 +21,7 @@ from netflow_agent.plugins.ingest_ebpf.component import EbpfIngest
 from netflow_agent.plugins.ingest_ebpf.config import Config
 from netflow_agent.runtime import RunContext
 from tests.ingest_ebpf.observe import Observed, ebpf_ingest
-from tests.support.agentproc import start_agent, stop_agent
+from tests.support.agentproc import Agent
 from tests.support.flowgen import Flood, build, rx_dropped
 from tests.support.netns import RoutedTopology
 from tests.support.truth import record_table
@@ -122,12 +122,12 @@ format = "json"
 """)
     log = tmp_path / "agent.log"
     dropped_before = rx_dropped(router_in)
-    proc = start_agent(conf, log, ready="attached")
+    agent = Agent(conf, log_path=log).start(ready="attached")
     try:
         sent = ISSUE_WORKLOAD.send(flowgen, routed.client, router_in.mac, routed.server.addr,
                                    routed.server.addr6)
     finally:
-        stop_agent(proc, timeout=120)
+        assert agent.stop(timeout=120) == 0, agent.log()
     before_hook = rx_dropped(router_in) - dropped_before
     totals = SUMMARY.search(log.read_text())
     assert totals, log.read_text()
