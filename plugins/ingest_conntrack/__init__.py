@@ -34,7 +34,7 @@ def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue]:
     """With ``check_env``: the namespace exists and we may open ctnetlink sockets in it."""
     if not check_env:
         return []
-    from netflow_agent.api import netns_path
+    from netflow_agent.api import netns_path, started_as_root
 
     issues = []
     for inst in config.by_stage("ingest"):
@@ -48,7 +48,7 @@ def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue]:
                     f"network namespace {netns!r} not found ({netns_path(netns)} does not exist)",
                 )
             )
-        if os.geteuid() != 0:
+        if not started_as_root():  # after the drop (a reload) the sockets are open already
             issues.append(
                 ConfigIssue(
                     inst.path,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from netflow_agent.api import ConfigIssue, netns_path, run_in_netns
+from netflow_agent.api import ConfigIssue, netns_path, run_in_netns, started_as_root
 
 from .config import Config
 from .netlink import own_portid
@@ -42,7 +42,7 @@ def bound_groups(netns: str = "") -> dict[int, int] | None:
 def check_instance(path: str, config: Config) -> list[ConfigIssue]:
     """Issues for one ``[[ingest.nflog]]`` instance on this machine."""
     issues = []
-    if os.geteuid() != 0:
+    if not started_as_root():  # after the drop (a reload) the groups are bound already
         issues.append(ConfigIssue(path, "binding NFLOG groups needs root (CAP_NET_ADMIN)",
                                   "warning"))
     if config.netns and not os.path.exists(netns_path(config.netns)):
