@@ -36,8 +36,9 @@ Groups (see ``docs/hooks.md``):
 * IPFIX Information Elements: :data:`IE_BY_ID`, :func:`information_element`,
   :data:`VARIABLE_LENGTH`, :func:`nat_event_value`;
 * UDP export: :class:`UdpDestination`, :func:`parse_endpoint`, :func:`address_family`,
-  :class:`EndpointError`, and the pacing defaults :data:`DEFAULT_RATE_LIMIT`,
-  :data:`DEFAULT_BACKLOG`;
+  :class:`EndpointError`, and pacing: the defaults :data:`DEFAULT_RATE_LIMIT`,
+  :data:`DEFAULT_BACKLOG` and the shared options :func:`rate_limit_option`,
+  :func:`backlog_option`;
 * export headers: :func:`export_stamp` and :data:`NS_PER_S` (one clock for a packet's header
   and its records, ``agent/exportclock.py``);
 * packet paths: :class:`FragmentPolicy` (``[cache] fragments``), :func:`make_parser` and the
@@ -116,7 +117,12 @@ from netflow_agent.roles import (
     NatExporter,
 )
 from netflow_agent.runtime import RunContext
-from netflow_agent.transport.pacing import DEFAULT_BACKLOG, DEFAULT_RATE_LIMIT
+from netflow_agent.transport.pacing import (
+    DEFAULT_BACKLOG,
+    DEFAULT_RATE_LIMIT,
+    backlog_option,
+    rate_limit_option,
+)
 from netflow_agent.transport.udp import (
     EndpointError,
     UdpDestination,
@@ -139,6 +145,8 @@ __all__ = [
     "API_VERSION",
     "DEFAULT_BACKLOG",
     "DEFAULT_RATE_LIMIT",
+    "backlog_option",
+    "rate_limit_option",
     "NOT_IP",
     "NS_PER_S",
     "PPP_IP",

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import shutil
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -100,6 +102,30 @@ def pytest_report_header(config: pytest.Config) -> str:
     if is_root():
         return "privileged tests (netns, bpf): run (root)"
     return "privileged tests (netns, bpf): skipped (not root)"
+
+
+@pytest.fixture
+def readable_dir_factory() -> Iterator[Callable[[], Path]]:
+    """Name: readable_dir_factory. Scope: function. Makes root-owned 0755 directories under
+    /tmp that other users (the agent's ``[agent] user``) can enter, as an operator's
+    /etc/netflow-agent is; pytest's ``tmp_path`` is root's 0700. Removed afterwards."""
+    made: list[Path] = []
+
+    def make() -> Path:
+        path = Path(tempfile.mkdtemp(prefix="nfa-readable-", dir="/tmp"))
+        path.chmod(0o755)
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def readable_dir(readable_dir_factory: Callable[[], Path]) -> Path:
+    """Name: readable_dir. Scope: function. One directory of :func:`readable_dir_factory`."""
+    return readable_dir_factory()
 
 
 @pytest.fixture(autouse=True)

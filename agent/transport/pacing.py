@@ -23,8 +23,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from netflow_agent import privileges
+from netflow_agent.config.schema import option
 
 #: default burst: this many seconds' worth of tokens may be spent at once
 BURST_S = 0.01
@@ -39,6 +41,21 @@ DEFAULT_BACKLOG = 30000
 #: how long closing a paced destination may still send its backlog (NetFlow; IPFIX has
 #: ``flush_timeout_s``): DEFAULT_BACKLOG at DEFAULT_RATE_LIMIT
 DEFAULT_FLUSH_S = 10.0
+
+
+def rate_limit_option(unit: str) -> Any:
+    """The ``rate_limit`` key of the UDP exporters' tables (``unit``: what they send)."""
+    return option(DEFAULT_RATE_LIMIT, doc=f"UDP: most {unit} per second to each destination; a "
+                  "burst of expiring flows waits in the backlog and leaves at this rate, so a "
+                  "collector that keeps up with the average is not overrun by the peak. "
+                  "0 = no pacing.", min=0, max=10_000_000)
+
+
+def backlog_option(unit: str) -> Any:
+    """The ``backlog`` key of the UDP exporters' tables."""
+    return option(DEFAULT_BACKLOG, doc=f"UDP: most {unit} waiting for their turn per "
+                  "destination (with rate_limit); one that finds it full is lost and counted "
+                  "(lost_records, backlog_dropped).", min=1, max=10_000_000)
 
 
 class TokenBucket:

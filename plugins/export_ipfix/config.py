@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from netflow_agent.api import (
-    DEFAULT_BACKLOG,
-    DEFAULT_RATE_LIMIT,
     ConfigIssue,
     EndpointError,
     Resource,
+    backlog_option,
     option,
     parse_endpoint,
+    rate_limit_option,
 )
 
 #: IANA port for IPFIX (RFC 7011 section 10.3.1 / 10.4.1), used when a destination has none.
@@ -33,15 +33,8 @@ class Config:
         0, doc="Observation Domain ID in every message header.", min=0, max=0xFFFFFFFF)
     source: str = option("", doc="Local address[:port] to send from; empty = any.")
     sndbuf: int = option(0, doc="Socket send buffer in bytes; 0 = system default.", min=0)
-    rate_limit: int = option(
-        DEFAULT_RATE_LIMIT, doc="UDP: most messages per second to each destination; a burst of "
-        "expiring flows waits in the backlog and leaves at this rate, so a collector that "
-        "keeps up with the average is not overrun by the peak. 0 = no pacing.",
-        min=0, max=10_000_000)
-    backlog: int = option(
-        DEFAULT_BACKLOG, doc="UDP: most messages waiting for their turn per destination (with "
-        "rate_limit); a datagram that finds it full is lost and counted (lost_records, "
-        "backlog_dropped).", min=1, max=10_000_000)
+    rate_limit: int = rate_limit_option("messages")
+    backlog: int = backlog_option("messages")
     mtu: int = option(
         1500, doc="Path MTU in bytes; UDP messages are at most this minus IP/UDP headers "
                   "(also the message size used on TCP).", min=296, max=65535)

@@ -10,14 +10,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 from netflow_agent.api import (
-    DEFAULT_BACKLOG,
-    DEFAULT_RATE_LIMIT,
     ConfigIssue,
     EndpointError,
     Resource,
     address_family,
+    backlog_option,
     option,
     parse_endpoint,
+    rate_limit_option,
 )
 
 
@@ -34,15 +34,8 @@ class Config:
     sndbuf: int = option(
         0, doc="Socket send buffer in bytes; 0 = system default (raise it on 'sndbuf reached').",
         min=0, max=2**31 - 1)
-    rate_limit: int = option(
-        DEFAULT_RATE_LIMIT, doc="Most datagrams per second to each destination; a burst of "
-        "expiring flows waits in the backlog and leaves at this rate, so a collector that "
-        "keeps up with the average is not overrun by the peak. 0 = no pacing.",
-        min=0, max=10_000_000)
-    backlog: int = option(
-        DEFAULT_BACKLOG, doc="Most datagrams waiting for their turn per destination (with "
-        "rate_limit); a datagram that finds it full is lost and counted (lost_records, "
-        "backlog_dropped).", min=1, max=10_000_000)
+    rate_limit: int = rate_limit_option("datagrams")
+    backlog: int = backlog_option("datagrams")
     engine_id: int = option(
         0, doc="v9 Source ID (observation domain); v5 engine_id (low 8 bits).",
         min=0, max=2**32 - 1)

@@ -7,9 +7,6 @@ to fail with "conntrack events, setns and the sysctls need root").
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,18 +32,9 @@ path = "/dev/null"
 """
 
 
-@pytest.fixture
-def conf_dir() -> Iterator[Path]:
-    """Root's directory that the dropped user can read (pytest's tmp_path is root's 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="nfa-ct-reload-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path)
-
-
-def test_reload_after_the_drop_keeps_conntrack(conf_dir: Path) -> None:
-    sock = conf_dir / "agent.sock"
-    conf = conf_dir / "agent.toml"
+def test_reload_after_the_drop_keeps_conntrack(readable_dir: Path) -> None:
+    sock = readable_dir / "agent.sock"
+    conf = readable_dir / "agent.toml"
     with Netns() as ns:
         conf.write_text(CONFIG.format(sock=sock, netns=ns.name, inactive=15))
         with Agent(conf, sock) as agent:

@@ -5,11 +5,9 @@ files are created 0640 and checked for the user the agent drops to."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -55,22 +53,16 @@ def start(config: Path, umask: int = 0o022) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def shared_dir() -> Iterator[Path]:
+def shared_dir(readable_dir_factory: Callable[[], Path]) -> Path:
     """A directory other users can reach (pytest's tmp_path is root's 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="nfa-local-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path)
+    return readable_dir_factory()
 
 
 @pytest.fixture
-def conf_dir() -> Iterator[Path]:
+def conf_dir(readable_dir_factory: Callable[[], Path]) -> Path:
     """Root's directory, readable by all: where an operator keeps a config that the dropped
     user must still read at reload."""
-    path = Path(tempfile.mkdtemp(prefix="nfa-conf-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path)
+    return readable_dir_factory()
 
 
 # --- item 11: the control socket path --------------------------------------------------------

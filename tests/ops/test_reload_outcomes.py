@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -156,18 +154,9 @@ def test_reload_of_an_unreachable_agent_fails(tmp_path: Path) -> None:
     assert proc.returncode == 1 and "no such socket" in proc.stderr
 
 
-@pytest.fixture
-def world_dir() -> Iterator[Path]:
-    """A directory any user may enter (pytest's tmp_path is root-only)."""
-    path = Path(tempfile.mkdtemp(prefix="nfa-reload-"))
-    path.chmod(0o755)
-    yield path
-    shutil.rmtree(path)
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="dropping to another user needs root")
-def test_root_only_config_warns_at_start_and_reload_fails_honestly(world_dir: Path) -> None:
-    s = Setup(world_dir, agent_extra='user = "nobody"')
+def test_root_only_config_warns_at_start_and_reload_fails_honestly(readable_dir: Path) -> None:
+    s = Setup(readable_dir, agent_extra='user = "nobody"')
     s.config.chmod(0o600)  # as configuration management often writes it
     dry = cli("--dry-run", "--check-env", "-c", str(s.config))
     warning = (f"{s.config}: agent.user: warning: user 'nobody' cannot read this file: after "
