@@ -15,8 +15,10 @@ This module owns the v9 wire layout and is a pure function of records plus an
 
 Flow templates carry ipt_NETFLOW's base fields (interfaces, packets, octets, First/Last,
 protocol, TOS) plus addresses, ipVersion (60), ports (ICMP type/code in the destination port
-as ipt_NETFLOW does), TCP flags and direction (61); the "routed" variants add next hop and
-prefix lengths for records that know them (``shared/PROTOCOLS.md`` section 6.6).
+as ipt_NETFLOW does), TCP flags, direction (61) and flowEndReason (136, an IPFIX IE that v9
+carries like any other field type, filled as the IPFIX exporter fills it: idle/active
+timeout, end of flow, forced end, lack of resources); the "routed" variants add next hop
+and prefix lengths for records that know them (``shared/PROTOCOLS.md`` section 6.6).
 
 Sampling (RFC 3954 section 6.1 Options Templates, Cisco field types 34/35): when the agent's
 ingest samples, two Options Templates (FlowSet ID 1, scope System = the Source ID) and one
@@ -161,6 +163,7 @@ def _flow_fields(ip_version: int, counter_len: int, routed: bool) -> tuple[tuple
         (2, counter_len), (1, counter_len),  # IN_PKTS, IN_BYTES
         (22, 4), (21, 4),  # FIRST_SWITCHED, LAST_SWITCHED (sysUpTime ms)
         (32, 2),  # ICMP_TYPE: type << 8 | code for ICMP/ICMPv6, else 0 (nfdump reads it)
+        (136, 1),  # flowEndReason (IPFIX IE, as the IPFIX exporter sends it)
     ]
     if routed:
         hop, smask, dmask = (15, 9, 13) if ip_version == 4 else (62, 29, 30)
@@ -191,7 +194,7 @@ def _pack_plain(pack: Callable[..., bytes], r: FlowRecord, boot: int) -> bytes:
         r.tos, r.ip_version, r.in_if, r.out_if, r.direction, r.packets, r.octets,
         ((r.start_ns - boot) // 1_000_000) & UINT32_MASK,
         ((r.end_ns - boot) // 1_000_000) & UINT32_MASK,
-        r.dst_port if r.protocol in _ICMP_PROTOCOLS else 0,
+        r.dst_port if r.protocol in _ICMP_PROTOCOLS else 0, r.end_reason,
     )
 
 
@@ -202,7 +205,7 @@ def _pack_routed(pack: Callable[..., bytes], r: FlowRecord, boot: int) -> bytes:
         r.tos, r.ip_version, r.in_if, r.out_if, r.direction, r.packets, r.octets,
         ((r.start_ns - boot) // 1_000_000) & UINT32_MASK,
         ((r.end_ns - boot) // 1_000_000) & UINT32_MASK,
-        r.dst_port if r.protocol in _ICMP_PROTOCOLS else 0,
+        r.dst_port if r.protocol in _ICMP_PROTOCOLS else 0, r.end_reason,
         hop, r.src_mask, r.dst_mask,
     )
 
