@@ -92,7 +92,7 @@ class IpfixExporter(NatExporter):
         self._late_losses: deque[bytes] = deque()
         self.tcp: list[TcpDestination] = []
         self.file: IpfixFile | None = None
-        self.session = Session(config.observation_domain_id, config.refresh_rate,
+        self.session = Session(config.domain_id, config.refresh_rate,
                                int(config.template_refresh_s * 1e9))
         self.interfaces = InterfaceNames()
         self.templates: dict[int, Template] = self._all_templates()
@@ -146,7 +146,7 @@ class IpfixExporter(NatExporter):
             for t in self.tcp:
                 t.poll()
         if cfg.path:
-            self.file = IpfixFile(cfg.path, observation_domain_id=cfg.observation_domain_id,
+            self.file = IpfixFile(cfg.path, observation_domain_id=cfg.domain_id,
                                   templates=self.template_list,
                                   rotate_size_bytes=cfg.rotate_size_bytes,
                                   rotate_interval_s=cfg.rotate_interval_s, log=self.log,
@@ -159,7 +159,7 @@ class IpfixExporter(NatExporter):
         cfg = self.cfg
         return TcpDestination(
             endpoint,
-            observation_domain_id=cfg.observation_domain_id,
+            observation_domain_id=cfg.domain_id,
             spool=Spool(cfg.spool_max_records, cfg.spool_memory_records,
                         self._spool_path(endpoint, context), log=self.log),
             encode=self._encode_items,
@@ -259,7 +259,7 @@ class IpfixExporter(NatExporter):
         self.sampling = sampling
         # after sampling stops, keep announcing 1/1 so that collectors stop scaling
         announce = sampling or (Sampling(1) if self.sampling_records else None)
-        self.sampling_records = sampling_groups(announce, self.cfg.observation_domain_id)
+        self.sampling_records = sampling_groups(announce, self.cfg.domain_id)
         if self.sampling_records:
             self.templates.update((t.template_id, t) for t in SAMPLING_TEMPLATES)
             self._send_groups(self._sampling_copy())
@@ -422,7 +422,7 @@ class IpfixExporter(NatExporter):
         records, which some decoders (the PyPI ``netflow`` package) cannot parse, and a
         decoder that drops them then loses nothing else.
         """
-        odid = self.cfg.observation_domain_id
+        odid = self.cfg.domain_id
         out = [statistics_groups(self.statistics(), odid, odid) + self.sampling_records]
         resolve = self.context.interface_names if self.context is not None else names_here
         names = interface_names_group(self.interfaces.snapshot(resolve), odid)
