@@ -448,12 +448,24 @@ class IpfixExporter(NatExporter):
 
     # --- stats -----------------------------------------------------------------------------
 
+    def _announced_ids(self) -> set[int]:
+        """Template ids sent in at least one live session (UDP, a TCP connection, the file)."""
+        sessions = [self.session] + [d.session for d in self.tcp if d.session is not None]
+        if self.file is not None:
+            sessions.append(self.file.session)
+        return {tid for s in sessions for tid in s.announced}
+
     @hookimpl
     def agent_collect_stats(self) -> dict[str, Any]:
         """Instance counters plus one mapping per destination."""
         self._count_late_losses()
+        refresh_min = self.cfg.template_refresh_s / 60
         out: dict[str, Any] = {"protocol": 10, "refresh_rate": self.config.refresh_rate,
-                               "natevents": self.config.natevents}
+                               "timeout_rate": int(refresh_min) if refresh_min.is_integer()
+                               else round(refresh_min, 2),
+                               "natevents": self.config.natevents,
+                               "templates": len(self.templates),
+                               "templates_active": len(self._announced_ids())}
         out.update(self.counters)
         out["sequence"] = self.session.sequence
         dests = [d.snapshot() for d in self.udp] + [d.snapshot() for d in self.tcp]

@@ -233,12 +233,23 @@ class NetflowExporter(NatExporter):
 
     # --- observability ---------------------------------------------------------------------
 
+    def _template_ids(self) -> set[int]:
+        """Every v9 template this instance may send now: flows, NEL, options."""
+        ids = set(self.templates) if self.config.flows else set()
+        if self.config.natevents:
+            ids.update((nel.TEMPLATE_NEL4, nel.TEMPLATE_NEL6))
+        ids.update(tpl.template_id for tpl, _ in self.sampling_options)
+        return ids
+
     @hookimpl
     def agent_collect_stats(self) -> dict[str, Any]:
         """Instance counters, totals over destinations (``sock:``) and one ``sockN`` each."""
         cfg = self.config
         out: dict[str, Any] = {"protocol": cfg.protocol, "refresh_rate": cfg.refresh_rate,
                                "timeout_rate": cfg.timeout_rate, "natevents": cfg.natevents}
+        if cfg.protocol == 9:  # the seed's "(templates N, active N)"; v5 has none
+            out["templates"] = len(self._template_ids())
+            out["templates_active"] = len(self.state.templates)
         out.update(asdict(self.stats))
         out["sequence"] = self.state.flows if self.config.protocol == 5 else self.state.packets
         totals = {"sock_ok": 0, "sock_fail": 0, "sock_cberr": 0, "sock_bytes": 0,
