@@ -39,6 +39,7 @@ from netflow_agent.api import (
     NS_PER_S,
     EncodeError,
     FlowRecord,
+    InterfaceNames,
     NatEvent,
     NatExporter,
     RunContext,
@@ -65,7 +66,6 @@ from .nel import NEL_LAYOUTS, encode_nat_groups
 from .options import (
     OPTIONS_TEMPLATES,
     SAMPLING_TEMPLATES,
-    InterfaceNames,
     Statistics,
     interface_names_group,
     sampling_groups,
