@@ -31,6 +31,12 @@ before the flows it applies to. Data templates do not change.
 * 263: SAMPLING_INTERVAL alone, because nfcapd 1.7.1 (Debian 12) ignores an options template
   that also holds 35 but scales flows by one that holds 34 only (tested in
   ``tests/export_netflow/test_netflow_sampling.py``).
+
+Interface names (as the IPFIX exporter sends them): Options Template 264, scope Interface
+(type 2, 4 bytes: the ifIndex that INPUT_SNMP/OUTPUT_SNMP carry) and interfaceName (82, Cisco
+IF_NAME) as a NUL-padded 16-byte string, one record per interface the flows used; sent with
+the templates (same cadence) and at once when a new interface shows up. tshark decodes
+them; nfcapd 1.7.1 reads past them.
 """
 
 from __future__ import annotations
@@ -70,8 +76,12 @@ TEMPLATE_FLOW4_ROUTED = 258
 TEMPLATE_FLOW6_ROUTED = 259
 TEMPLATE_SAMPLING = 262  # options: sampling interval and algorithm
 TEMPLATE_SAMPLING_INTERVAL = 263  # options: sampling interval only (nfdump 1.7.1)
+TEMPLATE_INTERFACE_NAMES = 264  # options: interfaceName by ifIndex
 
 SCOPE_SYSTEM = 1  # RFC 3954 section 6.1 scope field types
+SCOPE_INTERFACE = 2
+IF_NAME = 82  # interfaceName / Cisco IF_NAME
+IF_NAME_LENGTH = 16  # Linux IFNAMSIZ: 15 bytes and a NUL; v9 has no variable-length fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +110,7 @@ class Template:
         object.__setattr__(self, "flowset", flowset)
 
 
-_BYTES_FIELDS = frozenset({8, 12, 15, 27, 28, 62, 225, 226, 281, 282})
+_BYTES_FIELDS = frozenset({8, 12, 15, 27, 28, 62, IF_NAME, 225, 226, 281, 282})
 
 
 def _code(field_type: int, length: int) -> str:
@@ -147,6 +157,22 @@ def sampling_options(sampling: Sampling | None, source_id: int) -> list[tuple[Te
         (SAMPLING_INTERVAL_TEMPLATE,
          SAMPLING_INTERVAL_TEMPLATE.record.pack(scope, sampling.interval)),
     ]
+
+
+#: scope Interface (4 bytes: the ifIndex flow records carry in 10/14), interfaceName (82)
+INTERFACE_NAMES_TEMPLATE = Template(TEMPLATE_INTERFACE_NAMES,
+                                    ((SCOPE_INTERFACE, 4), (IF_NAME, IF_NAME_LENGTH)), 1)
+
+
+def interface_names_options(names: dict[int, str]) -> list[tuple[Template, bytes]]:
+    """One interfaceName options record per ifIndex, sorted by index (for :func:`assemble`).
+
+    :param names: ifIndex -> name; a name is UTF-8, NUL-padded to :data:`IF_NAME_LENGTH`
+        bytes (cut there: Linux names have at most 15).
+    """
+    pack = INTERFACE_NAMES_TEMPLATE.record.pack
+    return [(INTERFACE_NAMES_TEMPLATE, pack(index, name.encode("utf-8", "replace")))
+            for index, name in sorted(names.items())]
 
 
 # --- flow templates -------------------------------------------------------------------------
@@ -255,6 +281,17 @@ class RefreshPolicy:
     refresh_ns: int = 30 * 60 * 1_000_000_000
 
 
+def refresh_due(state: ExportState, policy: RefreshPolicy, mark: TemplateMark | None,
+                now_ns: int) -> bool:
+    """Whether something last done at ``mark`` (a template sent; ``None`` = never) is due
+    again: ``policy.refresh_packets`` packets or ``policy.refresh_ns`` have passed since."""
+    return (
+        mark is None
+        or state.packets - mark.packet >= policy.refresh_packets
+        or now_ns - mark.time_ns >= policy.refresh_ns
+    )
+
+
 class _PacketBuilder:
     """Collects FlowSets for one packet and closes it with a header (internal)."""
 
@@ -277,11 +314,7 @@ class _PacketBuilder:
         if self.state.force_templates and tpl.template_id not in self.forced:
             return True
         mark = self.state.templates.get(tpl.template_id)
-        return (
-            mark is None
-            or self.state.packets - mark.packet >= self.policy.refresh_packets
-            or self.now_ns - mark.time_ns >= self.policy.refresh_ns
-        )
+        return refresh_due(self.state, self.policy, mark, self.now_ns)
 
     def add_template(self, tpl: Template) -> None:
         self.parts.append(tpl.flowset)
@@ -338,15 +371,19 @@ def assemble(
 
     :param groups: ``(template, packed records)`` pairs; records must match the template.
     :param options: ``(options template, record)`` pairs sent first, only when their
-        template is due (first use, refresh, forced), so they follow the template cadence.
+        template is due (first use, refresh, forced), so they follow the template cadence;
+        the records of one template are sent together.
     :return: the datagrams; ``state.packets`` and template marks are updated.
     :raises ValueError: the MTU cannot hold one template plus one record.
     """
     builder = _PacketBuilder(state, policy, now_ns, tally)
     if groups:
+        by_template: dict[int, tuple[Template, list[bytes]]] = {}
         for tpl, record in options:
+            by_template.setdefault(tpl.template_id, (tpl, []))[1].append(record)
+        for tpl, records in by_template.values():
             if builder.template_due(tpl):
-                _assemble_group(builder, tpl, [record], data=False)
+                _assemble_group(builder, tpl, records, data=False)
     for tpl, bodies in groups:
         _assemble_group(builder, tpl, bodies)
     builder.flush()
@@ -398,8 +435,8 @@ def encode_flows(
         millisecond while no First/Last lies after sysUpTime (RFC 3954 section 5.1).
     :param counters64: must match how ``templates`` were built.
     :param tally: optional; receives data records per packet and split counts.
-    :param options: options records (:func:`sampling_options`) that open the packet whenever
-        their template is due.
+    :param options: options records (:func:`sampling_options`,
+        :func:`interface_names_options`) that open the packet whenever their template is due.
     :return: the datagrams, in order.
     """
     tally = tally if tally is not None else Tally()
