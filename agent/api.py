@@ -32,7 +32,7 @@ Groups (see ``docs/hooks.md``):
   :class:`NatEvent`, :class:`Sampling`, :func:`make_key`, :class:`PacketParser` and the
   constants beside them;
 * network namespaces: :func:`run_in_netns`, :class:`NetnsScope`, :func:`netns_path`,
-  :func:`names_here`;
+  :func:`names_here`, :class:`InterfaceNames` (the interfaces exported flows used);
 * IPFIX Information Elements: :data:`IE_BY_ID`, :func:`information_element`,
   :data:`VARIABLE_LENGTH`, :func:`nat_event_value`;
 * UDP export: :class:`UdpDestination`, :func:`parse_endpoint`, :func:`address_family`,
@@ -61,6 +61,7 @@ from netflow_agent.fragments import FragmentPolicy
 from netflow_agent.ie import BY_ID as IE_BY_ID
 from netflow_agent.ie import VARIABLE_LENGTH, InformationElement, nat_event_value
 from netflow_agent.ie import ie as information_element
+from netflow_agent.ifnames import InterfaceNames
 from netflow_agent.linklayer import (
     NOT_IP,
     PPP_IP,
@@ -139,7 +140,7 @@ from netflow_agent.tunnels import (
 )
 
 #: ``(major, minor)`` of this plugin API (see the module docstring).
-API_VERSION = (2, 0)
+API_VERSION = (2, 1)
 
 __all__ = [
     "API_VERSION",
@@ -203,6 +204,7 @@ __all__ = [
     "FlowRecord",
     "FlowRow",
     "InformationElement",
+    "InterfaceNames",
     "Ingest",
     "NatEvent",
     "NatExporter",

@@ -39,6 +39,7 @@ from netflow_agent.api import (
     NS_PER_S,
     EncodeError,
     FlowRecord,
+    InterfaceNames,
     NatEvent,
     NatExporter,
     RunContext,
@@ -65,7 +66,6 @@ from .nel import NEL_LAYOUTS, encode_nat_groups
 from .options import (
     OPTIONS_TEMPLATES,
     SAMPLING_TEMPLATES,
-    InterfaceNames,
     Statistics,
     interface_names_group,
     sampling_groups,
@@ -92,7 +92,7 @@ class IpfixExporter(NatExporter):
         self._late_losses: deque[bytes] = deque()
         self.tcp: list[TcpDestination] = []
         self.file: IpfixFile | None = None
-        self.session = Session(config.observation_domain_id, config.refresh_rate,
+        self.session = Session(config.domain_id, config.refresh_rate,
                                int(config.template_refresh_s * 1e9))
         self.interfaces = InterfaceNames()
         self.templates: dict[int, Template] = self._all_templates()
@@ -146,7 +146,7 @@ class IpfixExporter(NatExporter):
             for t in self.tcp:
                 t.poll()
         if cfg.path:
-            self.file = IpfixFile(cfg.path, observation_domain_id=cfg.observation_domain_id,
+            self.file = IpfixFile(cfg.path, observation_domain_id=cfg.domain_id,
                                   templates=self.template_list,
                                   rotate_size_bytes=cfg.rotate_size_bytes,
                                   rotate_interval_s=cfg.rotate_interval_s, log=self.log,
@@ -159,7 +159,7 @@ class IpfixExporter(NatExporter):
         cfg = self.cfg
         return TcpDestination(
             endpoint,
-            observation_domain_id=cfg.observation_domain_id,
+            observation_domain_id=cfg.domain_id,
             spool=Spool(cfg.spool_max_records, cfg.spool_memory_records,
                         self._spool_path(endpoint, context), log=self.log),
             encode=self._encode_items,
@@ -259,7 +259,7 @@ class IpfixExporter(NatExporter):
         self.sampling = sampling
         # after sampling stops, keep announcing 1/1 so that collectors stop scaling
         announce = sampling or (Sampling(1) if self.sampling_records else None)
-        self.sampling_records = sampling_groups(announce, self.cfg.observation_domain_id)
+        self.sampling_records = sampling_groups(announce, self.cfg.domain_id)
         if self.sampling_records:
             self.templates.update((t.template_id, t) for t in SAMPLING_TEMPLATES)
             self._send_groups(self._sampling_copy())
@@ -422,7 +422,7 @@ class IpfixExporter(NatExporter):
         records, which some decoders (the PyPI ``netflow`` package) cannot parse, and a
         decoder that drops them then loses nothing else.
         """
-        odid = self.cfg.observation_domain_id
+        odid = self.cfg.domain_id
         out = [statistics_groups(self.statistics(), odid, odid) + self.sampling_records]
         resolve = self.context.interface_names if self.context is not None else names_here
         names = interface_names_group(self.interfaces.snapshot(resolve), odid)
@@ -448,12 +448,24 @@ class IpfixExporter(NatExporter):
 
     # --- stats -----------------------------------------------------------------------------
 
+    def _announced_ids(self) -> set[int]:
+        """Template ids sent in at least one live session (UDP, a TCP connection, the file)."""
+        sessions = [self.session] + [d.session for d in self.tcp if d.session is not None]
+        if self.file is not None:
+            sessions.append(self.file.session)
+        return {tid for s in sessions for tid in s.announced}
+
     @hookimpl
     def agent_collect_stats(self) -> dict[str, Any]:
         """Instance counters plus one mapping per destination."""
         self._count_late_losses()
+        refresh_min = self.cfg.template_refresh_s / 60
         out: dict[str, Any] = {"protocol": 10, "refresh_rate": self.config.refresh_rate,
-                               "natevents": self.config.natevents}
+                               "timeout_rate": int(refresh_min) if refresh_min.is_integer()
+                               else round(refresh_min, 2),
+                               "natevents": self.config.natevents,
+                               "templates": len(self.templates),
+                               "templates_active": len(self._announced_ids())}
         out.update(self.counters)
         out["sequence"] = self.session.sequence
         dests = [d.snapshot() for d in self.udp] + [d.snapshot() for d in self.tcp]

@@ -29,8 +29,13 @@ class Config:
             "every record (mirrored). May be empty when `path` is set.")
     transport: Literal["udp", "tcp"] = option(
         "udp", doc="udp (templates refreshed, loss counted) or tcp (reconnect, spool).")
-    observation_domain_id: int = option(
-        0, doc="Observation Domain ID in every message header.", min=0, max=0xFFFFFFFF)
+    observation_domain_id: int | None = option(
+        None, doc="Observation Domain ID in every message header; unset = engine_id, else 0.",
+        min=0, max=0xFFFFFFFF)
+    engine_id: int | None = option(
+        None, doc="The same as observation_domain_id, under the name every exporter accepts "
+                  "(ipt_NETFLOW engine_id); set one of the two, or both to the same value.",
+        min=0, max=0xFFFFFFFF)
     source: str = option("", doc="Local address[:port] to send from; empty = any.")
     sndbuf: int = option(0, doc="Socket send buffer in bytes; 0 = system default.", min=0)
     rate_limit: int = rate_limit_option("messages")
@@ -71,6 +76,13 @@ class Config:
     rotate_interval_s: float = option(
         0, doc="Rotate the file after this many seconds; 0 = never.", min=0)
 
+    @property
+    def domain_id(self) -> int:
+        """The Observation Domain ID: ``observation_domain_id``, else ``engine_id``, else 0."""
+        if self.observation_domain_id is not None:
+            return self.observation_domain_id
+        return self.engine_id if self.engine_id is not None else 0
+
     def endpoints(self) -> list[str]:
         """Destinations normalised to ``host:port`` / ``[v6]:port``."""
         out = []
@@ -82,6 +94,11 @@ class Config:
     def check(self) -> list[ConfigIssue]:
         """Pure checks of this table (no I/O)."""
         issues = []
+        if (self.engine_id is not None and self.observation_domain_id is not None
+                and self.engine_id != self.observation_domain_id):
+            issues.append(ConfigIssue(
+                "engine_id", f"engine_id = {self.engine_id} and observation_domain_id = "
+                f"{self.observation_domain_id} name the same header field; set only one"))
         if not self.destination and not self.path:
             issues.append(ConfigIssue("destination", "set at least one destination or a path"))
         for i, text in enumerate(self.destination):

@@ -15,7 +15,9 @@ three (PROTOCOLS.md 6.6), and this module follows its field choice:
 
 Interface names: scope observationDomainId(149) + ingressInterface(10) (the ifIndex that flow
 records carry in 10 and 14), value interfaceName(82) as a variable-length string (section 7);
-names come from the network namespace the ingests observe (``RunContext.interface_names``).
+names come from the network namespace the ingests observe (``RunContext.interface_names``),
+for the interfaces noted by the core's :class:`~agent.ifnames.InterfaceNames` (shared with the
+NetFlow v9 exporter).
 Sampling (sent only while an ingest samples): scope observationDomainId(149) with
 samplingInterval(34) and samplingAlgorithm(35) (1 deterministic, 2 random), the complete
 description; and scope 149 with samplingInterval(34) alone, because nfcapd 1.7.1 (Debian 12)
@@ -29,10 +31,9 @@ Every Options Template has a scope field count > 0 (section 3.4.2.2).
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from netflow_agent.api import VARIABLE_LENGTH, Sampling, names_here
+from netflow_agent.api import VARIABLE_LENGTH, Sampling
 
 from .ipfix import DataGroup, Template, encode_varlen
 
@@ -139,42 +140,6 @@ def interface_names_group(
         for index, name in sorted(names.items())
     ]
     return DataGroup(INTERFACE_NAMES, records)
-
-
-class InterfaceNames:
-    """The interfaces that flows were seen on, with their names.
-
-    The ifIndexes in flow records belong to the network namespace the ingests observe
-    (``netns = "..."``), so names are resolved there by the core
-    (:meth:`agent.runtime.RunContext.interface_names`: ``if_indextoname(3)`` inside that
-    namespace), refreshed on every :meth:`snapshot`, since an index can be reused by a new
-    interface. Indexes that do not resolve (0, an interface that is gone, ingests observing
-    different namespaces) are left out.
-    """
-
-    def __init__(self) -> None:
-        self.seen: set[int] = set()
-        self.unresolved = 0
-
-    def note(self, in_if: Iterable[int], out_if: Iterable[int]) -> None:
-        """Remember interface indexes from exported records."""
-        self.seen.update(in_if)
-        self.seen.update(out_if)
-
-    def snapshot(self, resolve: Callable[[Iterable[int]], dict[int, str]] = names_here
-                 ) -> dict[int, str]:
-        """ifIndex -> name for every seen interface that exists now.
-
-        :param resolve: ifIndexes -> names; the exporter passes the core's
-            ``context.interface_names``. The default resolves in the calling thread's
-            namespace (only right when no ingest observes another one).
-        """
-        wanted = sorted(index for index in self.seen if index > 0)
-        if not wanted:
-            return {}
-        names = resolve(wanted)
-        self.unresolved += len(wanted) - len(names)
-        return names
 
 
 def sampling_groups(sampling: Sampling | None, observation_domain_id: int) -> list[DataGroup]:

@@ -28,6 +28,7 @@ from netflow_agent.api import (
     NAT_START,
     EncodeError,
     FlowRecord,
+    InterfaceNames,
     NatEvent,
     NatExporter,
     RunContext,
@@ -38,7 +39,7 @@ from netflow_agent.api import (
 
 from . import nel, v5, v9
 from .config import Config
-from .state import ExportState
+from .state import ExportState, TemplateMark
 from .v5 import Tally
 
 T = TypeVar("T")
@@ -59,6 +60,8 @@ class ExporterStats:
     encode_errors: int = 0  # records rejected by the encoder (out-of-range fields)
     pdus: int = 0  # datagrams encoded
     sampling_interval: int = 1  # the sampling interval announced to collectors (1 = none)
+    if_names: int = 0  # v9: interfaces whose names are announced (interfaceName options)
+    if_names_unresolved: int = 0  # v9: look-ups of a noted ifIndex that found no interface
 
 
 class NetflowExporter(NatExporter):
@@ -84,6 +87,10 @@ class NetflowExporter(NatExporter):
             refresh_ns=config.timeout_rate * 60 * 1_000_000_000)
         self.sampling: Sampling | None = None
         self.sampling_options: list[tuple[v9.Template, bytes]] = []
+        self.interfaces = InterfaceNames()
+        self.names_options: list[tuple[v9.Template, bytes]] = []
+        self._names_resolved: frozenset[int] = frozenset()  # the indexes last resolved
+        self._names_mark: TemplateMark | None = None  # when they were resolved
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -125,6 +132,8 @@ class NetflowExporter(NatExporter):
             return
         self.stats.flows_in += len(records)
         self._sync_sampling()
+        if self.config.protocol == 9:
+            self._sync_interface_names(records)
         self._export(records, self._encode_flows)
 
     @hookimpl
@@ -162,6 +171,23 @@ class NetflowExporter(NatExporter):
         self.stats.sampling_interval = interval
         self.log.info("%s: announcing sampling %s", self.name, sampling or "off (1/1)")
 
+    def _sync_interface_names(self, records: Sequence[FlowRecord]) -> None:
+        """Resolve names when a new interface shows up (sent at once) or a refresh is due."""
+        assert self.context is not None, "agent_start was not called"
+        self.interfaces.note((r.in_if for r in records), (r.out_if for r in records))
+        now = self._now_ns()
+        new = not self.interfaces.seen <= self._names_resolved
+        if not new and not v9.refresh_due(self.state, self.policy, self._names_mark, now):
+            return
+        self._names_resolved = frozenset(self.interfaces.seen)
+        self._names_mark = TemplateMark(self.state.packets, now)
+        self.names_options = v9.interface_names_options(
+            self.interfaces.snapshot(self.context.interface_names))
+        self.stats.if_names = len(self.names_options)
+        self.stats.if_names_unresolved = self.interfaces.unresolved
+        if new:
+            self.state.templates.pop(v9.TEMPLATE_INTERFACE_NAMES, None)
+
     def _now_ns(self) -> int:
         assert self.context is not None, "agent_start was not called"
         return self.context.now_ns()
@@ -178,7 +204,7 @@ class NetflowExporter(NatExporter):
             return v5.encode_flows(records, state, now_ns, tally)
         return v9.encode_flows(records, state, self.templates, self.policy, now_ns,
                                counters64=self.config.counters64, tally=tally,
-                               options=self.sampling_options)
+                               options=self.sampling_options + self.names_options)
 
     def _encode_nat(self, events: Sequence[NatEvent], state: ExportState,
                     now_ns: int, tally: Tally) -> list[bytes]:
@@ -233,12 +259,23 @@ class NetflowExporter(NatExporter):
 
     # --- observability ---------------------------------------------------------------------
 
+    def _template_ids(self) -> set[int]:
+        """Every v9 template this instance may send now: flows, NEL, options."""
+        ids = set(self.templates) if self.config.flows else set()
+        if self.config.natevents:
+            ids.update((nel.TEMPLATE_NEL4, nel.TEMPLATE_NEL6))
+        ids.update(tpl.template_id for tpl, _ in self.sampling_options + self.names_options)
+        return ids
+
     @hookimpl
     def agent_collect_stats(self) -> dict[str, Any]:
         """Instance counters, totals over destinations (``sock:``) and one ``sockN`` each."""
         cfg = self.config
         out: dict[str, Any] = {"protocol": cfg.protocol, "refresh_rate": cfg.refresh_rate,
                                "timeout_rate": cfg.timeout_rate, "natevents": cfg.natevents}
+        if cfg.protocol == 9:  # the seed's "(templates N, active N)"; v5 has none
+            out["templates"] = len(self._template_ids())
+            out["templates_active"] = len(self.state.templates)
         out.update(asdict(self.stats))
         out["sequence"] = self.state.flows if self.config.protocol == 5 else self.state.packets
         totals = {"sock_ok": 0, "sock_fail": 0, "sock_cberr": 0, "sock_bytes": 0,

@@ -15,8 +15,10 @@ This module owns the v9 wire layout and is a pure function of records plus an
 
 Flow templates carry ipt_NETFLOW's base fields (interfaces, packets, octets, First/Last,
 protocol, TOS) plus addresses, ipVersion (60), ports (ICMP type/code in the destination port
-as ipt_NETFLOW does), TCP flags and direction (61); the "routed" variants add next hop and
-prefix lengths for records that know them (``shared/PROTOCOLS.md`` section 6.6).
+as ipt_NETFLOW does), TCP flags, direction (61) and flowEndReason (136, an IPFIX IE that v9
+carries like any other field type, filled as the IPFIX exporter fills it: idle/active
+timeout, end of flow, forced end, lack of resources); the "routed" variants add next hop
+and prefix lengths for records that know them (``shared/PROTOCOLS.md`` section 6.6).
 
 Sampling (RFC 3954 section 6.1 Options Templates, Cisco field types 34/35): when the agent's
 ingest samples, two Options Templates (FlowSet ID 1, scope System = the Source ID) and one
@@ -29,6 +31,12 @@ before the flows it applies to. Data templates do not change.
 * 263: SAMPLING_INTERVAL alone, because nfcapd 1.7.1 (Debian 12) ignores an options template
   that also holds 35 but scales flows by one that holds 34 only (tested in
   ``tests/export_netflow/test_netflow_sampling.py``).
+
+Interface names (as the IPFIX exporter sends them): Options Template 264, scope Interface
+(type 2, 4 bytes: the ifIndex that INPUT_SNMP/OUTPUT_SNMP carry) and interfaceName (82, Cisco
+IF_NAME) as a NUL-padded 16-byte string, one record per interface the flows used; sent with
+the templates (same cadence) and at once when a new interface shows up. tshark decodes
+them; nfcapd 1.7.1 reads past them.
 """
 
 from __future__ import annotations
@@ -68,8 +76,12 @@ TEMPLATE_FLOW4_ROUTED = 258
 TEMPLATE_FLOW6_ROUTED = 259
 TEMPLATE_SAMPLING = 262  # options: sampling interval and algorithm
 TEMPLATE_SAMPLING_INTERVAL = 263  # options: sampling interval only (nfdump 1.7.1)
+TEMPLATE_INTERFACE_NAMES = 264  # options: interfaceName by ifIndex
 
 SCOPE_SYSTEM = 1  # RFC 3954 section 6.1 scope field types
+SCOPE_INTERFACE = 2
+IF_NAME = 82  # interfaceName / Cisco IF_NAME
+IF_NAME_LENGTH = 16  # Linux IFNAMSIZ: 15 bytes and a NUL; v9 has no variable-length fields
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +110,7 @@ class Template:
         object.__setattr__(self, "flowset", flowset)
 
 
-_BYTES_FIELDS = frozenset({8, 12, 15, 27, 28, 62, 225, 226, 281, 282})
+_BYTES_FIELDS = frozenset({8, 12, 15, 27, 28, 62, IF_NAME, 225, 226, 281, 282})
 
 
 def _code(field_type: int, length: int) -> str:
@@ -147,6 +159,22 @@ def sampling_options(sampling: Sampling | None, source_id: int) -> list[tuple[Te
     ]
 
 
+#: scope Interface (4 bytes: the ifIndex flow records carry in 10/14), interfaceName (82)
+INTERFACE_NAMES_TEMPLATE = Template(TEMPLATE_INTERFACE_NAMES,
+                                    ((SCOPE_INTERFACE, 4), (IF_NAME, IF_NAME_LENGTH)), 1)
+
+
+def interface_names_options(names: dict[int, str]) -> list[tuple[Template, bytes]]:
+    """One interfaceName options record per ifIndex, sorted by index (for :func:`assemble`).
+
+    :param names: ifIndex -> name; a name is UTF-8, NUL-padded to :data:`IF_NAME_LENGTH`
+        bytes (cut there: Linux names have at most 15).
+    """
+    pack = INTERFACE_NAMES_TEMPLATE.record.pack
+    return [(INTERFACE_NAMES_TEMPLATE, pack(index, name.encode("utf-8", "replace")))
+            for index, name in sorted(names.items())]
+
+
 # --- flow templates -------------------------------------------------------------------------
 
 
@@ -161,6 +189,7 @@ def _flow_fields(ip_version: int, counter_len: int, routed: bool) -> tuple[tuple
         (2, counter_len), (1, counter_len),  # IN_PKTS, IN_BYTES
         (22, 4), (21, 4),  # FIRST_SWITCHED, LAST_SWITCHED (sysUpTime ms)
         (32, 2),  # ICMP_TYPE: type << 8 | code for ICMP/ICMPv6, else 0 (nfdump reads it)
+        (136, 1),  # flowEndReason (IPFIX IE, as the IPFIX exporter sends it)
     ]
     if routed:
         hop, smask, dmask = (15, 9, 13) if ip_version == 4 else (62, 29, 30)
@@ -191,7 +220,7 @@ def _pack_plain(pack: Callable[..., bytes], r: FlowRecord, boot: int) -> bytes:
         r.tos, r.ip_version, r.in_if, r.out_if, r.direction, r.packets, r.octets,
         ((r.start_ns - boot) // 1_000_000) & UINT32_MASK,
         ((r.end_ns - boot) // 1_000_000) & UINT32_MASK,
-        r.dst_port if r.protocol in _ICMP_PROTOCOLS else 0,
+        r.dst_port if r.protocol in _ICMP_PROTOCOLS else 0, r.end_reason,
     )
 
 
@@ -202,7 +231,7 @@ def _pack_routed(pack: Callable[..., bytes], r: FlowRecord, boot: int) -> bytes:
         r.tos, r.ip_version, r.in_if, r.out_if, r.direction, r.packets, r.octets,
         ((r.start_ns - boot) // 1_000_000) & UINT32_MASK,
         ((r.end_ns - boot) // 1_000_000) & UINT32_MASK,
-        r.dst_port if r.protocol in _ICMP_PROTOCOLS else 0,
+        r.dst_port if r.protocol in _ICMP_PROTOCOLS else 0, r.end_reason,
         hop, r.src_mask, r.dst_mask,
     )
 
@@ -252,6 +281,17 @@ class RefreshPolicy:
     refresh_ns: int = 30 * 60 * 1_000_000_000
 
 
+def refresh_due(state: ExportState, policy: RefreshPolicy, mark: TemplateMark | None,
+                now_ns: int) -> bool:
+    """Whether something last done at ``mark`` (a template sent; ``None`` = never) is due
+    again: ``policy.refresh_packets`` packets or ``policy.refresh_ns`` have passed since."""
+    return (
+        mark is None
+        or state.packets - mark.packet >= policy.refresh_packets
+        or now_ns - mark.time_ns >= policy.refresh_ns
+    )
+
+
 class _PacketBuilder:
     """Collects FlowSets for one packet and closes it with a header (internal)."""
 
@@ -274,11 +314,7 @@ class _PacketBuilder:
         if self.state.force_templates and tpl.template_id not in self.forced:
             return True
         mark = self.state.templates.get(tpl.template_id)
-        return (
-            mark is None
-            or self.state.packets - mark.packet >= self.policy.refresh_packets
-            or self.now_ns - mark.time_ns >= self.policy.refresh_ns
-        )
+        return refresh_due(self.state, self.policy, mark, self.now_ns)
 
     def add_template(self, tpl: Template) -> None:
         self.parts.append(tpl.flowset)
@@ -335,15 +371,19 @@ def assemble(
 
     :param groups: ``(template, packed records)`` pairs; records must match the template.
     :param options: ``(options template, record)`` pairs sent first, only when their
-        template is due (first use, refresh, forced), so they follow the template cadence.
+        template is due (first use, refresh, forced), so they follow the template cadence;
+        the records of one template are sent together.
     :return: the datagrams; ``state.packets`` and template marks are updated.
     :raises ValueError: the MTU cannot hold one template plus one record.
     """
     builder = _PacketBuilder(state, policy, now_ns, tally)
     if groups:
+        by_template: dict[int, tuple[Template, list[bytes]]] = {}
         for tpl, record in options:
+            by_template.setdefault(tpl.template_id, (tpl, []))[1].append(record)
+        for tpl, records in by_template.values():
             if builder.template_due(tpl):
-                _assemble_group(builder, tpl, [record], data=False)
+                _assemble_group(builder, tpl, records, data=False)
     for tpl, bodies in groups:
         _assemble_group(builder, tpl, bodies)
     builder.flush()
@@ -395,8 +435,8 @@ def encode_flows(
         millisecond while no First/Last lies after sysUpTime (RFC 3954 section 5.1).
     :param counters64: must match how ``templates`` were built.
     :param tally: optional; receives data records per packet and split counts.
-    :param options: options records (:func:`sampling_options`) that open the packet whenever
-        their template is due.
+    :param options: options records (:func:`sampling_options`,
+        :func:`interface_names_options`) that open the packet whenever their template is due.
     :return: the datagrams, in order.
     """
     tally = tally if tally is not None else Tally()

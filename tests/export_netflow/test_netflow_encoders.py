@@ -126,21 +126,22 @@ def test_v9_golden_bytes():
         "01020304"  # source id
     )
     template = bytes.fromhex(
-        "0000" "0048"  # template FlowSet, length 72
-        "0100" "0010"  # template 256, 16 fields
+        "0000" "004c"  # template FlowSet, length 76
+        "0100" "0011"  # template 256, 17 fields
         "00080004" "000c0004" "00070002" "000b0002"  # src, dst, sport, dport
         "00040001" "00060001" "00050001" "003c0001"  # proto, flags, tos, ipVersion
         "000a0004" "000e0004" "003d0001"  # input, output, direction
         "00020004" "00010004" "00160004" "00150004"  # pkts, bytes, first, last
         "00200002"  # ICMP_TYPE
+        "00880001"  # flowEndReason
     )
     data = bytes.fromhex(
-        "0100" "0030"  # data FlowSet 256, length 48 (4 + 43 + 1 pad)
+        "0100" "0030"  # data FlowSet 256, length 48 (4 + 44, no padding)
         "0a010203" "c0000209" "9c40" "01bb" "06" "1b" "10" "04"
         "00000003" "00000007" "00"
         "0000000c" "00000d48" "000005dc" "0000e678"
         "0000"  # ICMP type/code (not ICMP)
-        "00"  # padding to 4 bytes
+        "01"  # flowEndReason: idle timeout
     )
     assert pdu == header + template + data
 

@@ -14,7 +14,7 @@ import socket
 import pytest
 
 from netflow_agent import netns as core_netns
-from netflow_agent.plugins.export_ipfix.options import InterfaceNames
+from netflow_agent.api import InterfaceNames
 from netflow_agent.runtime import RunContext
 
 LO = socket.if_nametoindex("lo")

@@ -1,0 +1,50 @@
+"""Interface names for exporters: which ifIndexes exported flows used, and their names now.
+
+IPFIX and NetFlow v9 exporters both send interfaceName (82) options records for the
+interfaces their flow records name in ingressInterface/egressInterface (10/14); this module
+owns the bookkeeping they share (:class:`InterfaceNames`). Resolving an index is the core's
+job (:meth:`agent.runtime.RunContext.interface_names`, inside the namespace the ingests
+observe).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from netflow_agent.netns import names_here
+
+
+class InterfaceNames:
+    """The interfaces that flows were seen on, with their names.
+
+    The ifIndexes in flow records belong to the network namespace the ingests observe
+    (``netns = "..."``), so names are resolved there by the core
+    (:meth:`agent.runtime.RunContext.interface_names`: ``if_indextoname(3)`` inside that
+    namespace), refreshed on every :meth:`snapshot`, since an index can be reused by a new
+    interface. Indexes that do not resolve (0, an interface that is gone, ingests observing
+    different namespaces) are left out.
+    """
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+        self.unresolved = 0
+
+    def note(self, in_if: Iterable[int], out_if: Iterable[int]) -> None:
+        """Remember interface indexes from exported records."""
+        self.seen.update(in_if)
+        self.seen.update(out_if)
+
+    def snapshot(self, resolve: Callable[[Iterable[int]], dict[int, str]] = names_here
+                 ) -> dict[int, str]:
+        """ifIndex -> name for every seen interface that exists now.
+
+        :param resolve: ifIndexes -> names; the exporter passes the core's
+            ``context.interface_names``. The default resolves in the calling thread's
+            namespace (only right when no ingest observes another one).
+        """
+        wanted = sorted(index for index in self.seen if index > 0)
+        if not wanted:
+            return {}
+        names = resolve(wanted)
+        self.unresolved += len(wanted) - len(names)
+        return names
