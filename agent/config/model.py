@@ -70,10 +70,11 @@ class AgentSection:
             issues.append(ConfigIssue("control_socket", "must be an absolute path"))
         if self.state_file and not self.state_file.startswith("/"):
             issues.append(ConfigIssue("state_file", "must be an absolute path"))
-        try:
-            snmprules.parse_rules(self.snmp_rules)
-        except snmprules.SnmpRuleError as exc:
-            issues.append(ConfigIssue("snmp_rules", str(exc)))
+        for n, rule in enumerate(self.snmp_rules):
+            try:
+                snmprules.parse_rules([rule])
+            except snmprules.SnmpRuleError as exc:
+                issues.append(ConfigIssue(f"snmp_rules[{n}]", str(exc)))
         if self.group and not self.user:
             issues.append(ConfigIssue("group", "group is only used together with user",
                                       severity="warning"))

@@ -99,7 +99,7 @@ def test_config_names_the_key_of_a_malformed_rule(tmp_path):
     # (the file has no [[ingest]]/[[export]] either: only the [agent] issues matter here)
     _, issues = check(tmp_path, '["eth:100", "ppp"]')
     errors = [i for i in issues if i.path.startswith("agent")]
-    assert [(i.path, i.severity) for i in errors] == [("agent.snmp_rules", "error")]
+    assert [(i.path, i.severity) for i in errors] == [("agent.snmp_rules[1]", "error")]
     assert "'ppp'" in errors[0].message and "name:base" in errors[0].message
     _, issues = check(tmp_path, '["ppp:200", "eth:100"]')
     assert not [i for i in issues if i.path.startswith("agent")]
