@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from netflow_agent.clock import Clock
 from netflow_agent.config.check import validate
 from netflow_agent.discovery import build_registry, make_manager
+from netflow_agent.loop import Loop
 from netflow_agent.model import FlowRecord
+from netflow_agent.runtime import RunContext
 from netflow_agent.snmprules import (
     SnmpIndexMap,
     SnmpRule,
@@ -103,3 +106,36 @@ def test_config_names_the_key_of_a_malformed_rule(tmp_path):
     assert "'ppp'" in errors[0].message and "name:base" in errors[0].message
     _, issues = check(tmp_path, '["ppp:200", "eth:100"]')
     assert not [i for i in issues if i.path.startswith("agent")]
+
+
+class Hook:
+    """The plugin manager's hook as the scan loop calls it: one cache part, exports kept."""
+
+    def __init__(self, records: list[FlowRecord]):
+        self.records = records
+        self.exported: list[tuple[int, int]] = []
+
+    def agent_cache_expire(self, now_ns, force):
+        return [self.records]
+
+    def agent_aggregate_flows(self, records):
+        pass
+
+    def agent_export_flows(self, records):
+        self.exported += [(r.in_if, r.out_if) for r in records]
+
+    def agent_tick(self, now_ns):
+        pass
+
+
+def test_the_scan_hands_exporters_mapped_indexes_and_names_follow():
+    ctx = RunContext()
+    ctx.use_snmp_rules(["eth:100"])
+    assert ctx.snmp is not None
+    ctx.snmp.resolve = Names({5: "eth2", 6: "wan"})  # the observed namespace, stood in
+    hook = Hook([rec(5, 6), rec(6, 5)])
+    Loop(ctx, Clock(), hook, 1_000_000).scan(1)
+    assert hook.exported == [(102, 6), (6, 102)]
+    assert ctx.interface_names([102, 6]) == {102: "eth2", 6: "wan"}
+    ctx.use_snmp_rules([])  # a reload without rules: kernel ifIndexes again
+    assert ctx.snmp is None
