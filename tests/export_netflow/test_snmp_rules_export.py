@@ -6,9 +6,12 @@ kernel ifIndexes of the records (:meth:`SnmpIndexMap.apply`, what the scan loop 
 ``agent_export_flows``): eth3 -> 103, ppp7 -> 207, br0 keeps its ifIndex. Both exporters must
 carry those indexes in INPUT_SNMP/OUTPUT_SNMP (ingress/egressInterface, 10/14) and name the
 same indexes in their interface-name options records (scope interface -> interfaceName 82).
+The last test runs the whole agent (NFLOG in a namespace, v9 out) to show the scan loop does it.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
@@ -20,8 +23,9 @@ from netflow_agent.runtime import RunContext
 from tests.export_ipfix.helpers import flow
 from tests.export_ipfix.test_ipfix_netns_names import interface_names
 from tests.export_netflow.test_netflow_parity import v9_names
+from tests.support.agentproc import Agent
 from tests.support.collectors import UdpSink, cflow_records, tshark_decode
-from tests.support.netns import Netns
+from tests.support.netns import Netns, send_udp, veth_pair
 
 pytestmark = pytest.mark.netns
 
@@ -74,3 +78,47 @@ def test_exported_indexes_and_names_follow_the_rules(netns: Netns, kind: str):
     names = v9_names(messages)[-1] if kind == "v9" else interface_names(messages)
     assert names == {103: "eth3", 207: "ppp7", kernel["br0"]: "br0"}
     assert set(found(layers, "cflow.if_name")) == {"eth3", "ppp7", "br0"}
+
+
+def test_agent_with_nflog_exports_mapped_indexes(tmp_path: Path):
+    """The whole agent: NFLOG in namespace B on interface eth4, NetFlow v9 out; the flows and
+    the interface-name options say 104 for eth4 (``"eth:100"``), never B's ifIndex."""
+    with Netns() as ns_a, Netns() as ns_b:
+        pair = veth_pair(ns_a, ns_b, name_b="eth4")
+        b = pair.b
+        assert b.ifindex != 104
+        with UdpSink() as sink:
+            conf = tmp_path / "agent.toml"
+            conf.write_text(f"""
+[agent]
+scan_interval_ms = 200
+control_socket = "{tmp_path / 'agent.sock'}"
+snmp_rules = ["ppp:200", "eth:100"]
+
+[cache]
+inactive_timeout = 1
+
+[[ingest.nflog]]
+group = 18
+netns = "{ns_b.name}"
+manage_rules = true
+chains = ["input"]
+families = ["ipv4"]
+flush_timeout_ms = 50
+
+[[export.netflow]]
+protocol = 9
+destination = ["{sink.endpoint}"]
+""")
+            agent = Agent(conf).start(ready="reading NFLOG group")
+            try:
+                assert send_udp(ns_a, b.addr, 9201, 4, 100, peer=ns_b).received == 4
+                sink.wait_for(lambda got: any(104 in n for n in v9_names(got)), timeout=15)
+            finally:
+                assert agent.stop() == 0, agent.log()
+            messages = sink.collect()
+    ours = [r for r in cflow_records(tshark_decode(messages, sink.port))
+            if r.get("cflow.dstport") == "9201"]
+    assert ours and {r["cflow.inputint"] for r in ours} == {"104"}, agent.log()
+    assert sum(int(r["cflow.packets"]) for r in ours) == 4
+    assert {104: "eth4"}.items() <= v9_names(messages)[-1].items()
