@@ -9,6 +9,7 @@ from netflow_agent.config.check import validate
 from netflow_agent.discovery import build_registry, make_manager
 from netflow_agent.loop import Loop
 from netflow_agent.model import FlowRecord
+from netflow_agent.reloading import describe_changes
 from netflow_agent.runtime import RunContext
 from netflow_agent.snmprules import (
     SnmpIndexMap,
@@ -17,6 +18,8 @@ from netflow_agent.snmprules import (
     SnmpRules,
     parse_rules,
 )
+from netflow_agent.testing import build_agent, collecting_plugin_module
+from tests.support.pcapgen import PcapBuilder
 
 
 def test_rules_parse_in_order():
@@ -139,3 +142,31 @@ def test_the_scan_hands_exporters_mapped_indexes_and_names_follow():
     assert ctx.interface_names([102, 6]) == {102: "eth2", 6: "wan"}
     ctx.use_snmp_rules([])  # a reload without rules: kernel ifIndexes again
     assert ctx.snmp is None
+
+
+RELOAD_CONFIG = """
+[agent]
+{agent}
+[[ingest.pcap]]
+path = "{pcap}"
+[[export.collect]]
+"""
+
+
+def test_start_and_reload_take_the_rules(tmp_path):
+    pcap = tmp_path / "c.pcap"
+    PcapBuilder().write(pcap)
+    agent = build_agent(RELOAD_CONFIG.format(agent='snmp_rules = ["eth:100"]', pcap=pcap),
+                        tmp_path, [collecting_plugin_module])
+    snmp = agent.pipeline.context.snmp
+    assert snmp is not None and snmp.rules.index("eth2", 9) == 102
+    cfg = tmp_path / "new.toml"
+    for rules, expected in (('["eth:300"]', 302), ("[]", None)):
+        cfg.write_text(RELOAD_CONFIG.format(agent=f"snmp_rules = {rules}", pcap=pcap))
+        new, issues = validate(cfg, build_registry(agent.pipeline.pm), None)
+        assert new is not None, issues
+        assert describe_changes(agent.pipeline.config, new)  # not "unchanged"
+        agent.pipeline.reload(new)
+        snmp = agent.pipeline.context.snmp
+        assert (snmp.rules.index("eth2", 9) if snmp else None) == expected
+    agent.finish()
