@@ -1,12 +1,13 @@
 """Privileged tests: ``[[ingest.ebpf]] promisc = true`` on a port fed by ``tc mirred``.
 
-Topology: traffic ``a -> b`` crosses the veth pair of the ``veth_pair_ns`` fixture; in ``b``'s
-namespace a clsact ``u32`` filter matching everything mirrors every frame ``b`` receives out of a second veth
-(``tc ... action mirred egress mirror``), whose peer ``span`` lives in a third namespace: a
-SPAN port. The frames arriving on ``span`` keep ``b``'s destination MAC, foreign to ``span``.
-The ingest observes ``span`` only, and must account exactly the ``a -> b`` ground truth.
-The interface's kernel promiscuity counter (``ip -d link show``: ``promiscuity N``) must rise
-by one while attached and return to its previous value at stop, at detach and after SIGKILL.
+Topology: traffic ``a -> b`` crosses the veth pair of the ``veth_pair_ns`` fixture; in
+``b``'s namespace a clsact ``u32`` filter matching everything mirrors every frame ``b``
+receives out of a second veth (``tc ... action mirred egress mirror``), whose peer ``span``
+lives in a third namespace: a SPAN port. The frames arriving on ``span`` keep ``b``'s
+destination MAC, foreign to ``span``. The ingest observes ``span`` only, and must account
+exactly the ``a -> b`` ground truth. The interface's kernel promiscuity counter
+(``ip -d link show``: ``promiscuity N``) must rise by one while attached and return to its
+previous value at stop, at detach and after SIGKILL.
 """
 
 from __future__ import annotations
