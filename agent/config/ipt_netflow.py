@@ -49,8 +49,9 @@ UNSUPPORTED = {
                 "eBPF ingest samples 1 in N at random ([[ingest.ebpf]] sampling = N)"),
     "snmp_rules": (("",), "interface index rules (snmp-rules) are not supported yet; "
                    "exporters send the kernel's ifindex"),
-    "promisc": (("0",), "accounting promiscuous-mode traffic (promisc) is not supported "
-                "yet; the eBPF ingest on a mirror port sees it"),
+    "promisc": (("0",), "accounting promiscuous-mode traffic (promisc) is not supported by "
+                "the NFLOG ingest; the eBPF ingest accounts a SPAN/mirror port with "
+                "[[ingest.ebpf]] promisc = true"),
     "scan_min": (("1",), "the agent scans flows every [agent] scan_interval_ms (default 1000); "
                  "ipt_NETFLOW's jiffies do not translate"),
     "exportcpu": (("-1",), "the agent exports from its pipeline thread; pin the process "
