@@ -129,7 +129,7 @@ class RunContext:
         return int(self.core_stats().get("maxflows_limit", 0) or 0)
 
     def declare_sampling(self, source: str, interval: int,
-                         algorithm: int = SAMPLING_RANDOM) -> None:
+                         algorithm: int = SAMPLING_RANDOM, flows: bool = False) -> None:
         """Say that ``source`` accounts one packet in ``interval`` and does not scale counters.
 
         Call it from ``agent_start`` (pipeline thread), before emitting. Exporters then
@@ -140,10 +140,12 @@ class RunContext:
         :param interval: 1 packet in N is accounted (samplingInterval, IE 34).
         :param algorithm: :data:`~agent.model.SAMPLING_RANDOM` or
             :data:`~agent.model.SAMPLING_DETERMINISTIC` (samplingAlgorithm, IE 35).
+        :param flows: whole flows are selected, not packets (the cache's ``sampler``, which
+            declares itself with source ``"cache"`` and covers every source).
         :raises ValueError: bad values, or another source declared a different sampling:
             flows of both meet in one cache and no collector could tell them apart.
         """
-        sampling = Sampling(interval, algorithm)
+        sampling = Sampling(interval, algorithm, flows)
         if not sampling.sampled:
             self.samplings.pop(source, None)
             return
