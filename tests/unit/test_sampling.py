@@ -22,7 +22,7 @@ def test_sampling_values_are_checked():
     assert Sampling(100).algorithm == SAMPLING_RANDOM
     assert str(Sampling(8, SAMPLING_DETERMINISTIC)) == "deterministic 1/8"
     assert not Sampling(1).sampled and Sampling(2).sampled
-    for bad in ((0,), (2**32,), (10, 3), (1.5,)):
+    for bad in ((0,), (2**32,), (10, 4), (1.5,)):
         with pytest.raises(ValueError):
             Sampling(*bad)
 
