@@ -64,7 +64,7 @@ def _run(tmp_path: Path, pcap: Path, sampler: str) -> tuple[list[dict], list[dic
 
 def _announced(layers: list[dict]) -> tuple[str, str]:
     text = repr(layers)
-    interval = "'cflow.sampling_interval': '%d'" % N
+    interval = f"'cflow.sampling_interval': '{N}'"
     assert interval in text, text[:2000]
     for algorithm in ("1", "2", "3"):
         if f"'cflow.sampling_algorithm': '{algorithm}'" in text:
