@@ -11,7 +11,8 @@ N = 10 and are exported as NetFlow v9 to nfcapd (plus a raw sink for tshark):
 
 nfcapd must read the announcement (v9 sampling options 34/35): it scales every record's
 packets and bytes by 10 and marks it sampled; tshark must decode the options record without
-malformed frames, with interval 10 and the mode's algorithm number.
+malformed frames, with interval 10 and the mode's algorithm number; the v5 header (mode bits
+11 = hash, as ipt_NETFLOW) and IPFIX (34/35) announce it too and nfcapd scales them.
 """
 
 from __future__ import annotations
@@ -46,14 +47,15 @@ def capture(tmp_path_factory) -> tuple[Path, object]:
     return path, builder.write(path)
 
 
-def _run(tmp_path: Path, pcap: Path, sampler: str) -> tuple[list[dict], list[dict]]:
+def _run(tmp_path: Path, pcap: Path, sampler: str,
+         exporter: str = "[[export.netflow]]\nprotocol = 9") -> tuple[list[dict], list[dict]]:
     """Replay ``pcap`` with ``sampler``; return nfdump's records and tshark's cflow layers."""
     with Nfcapd(tmp_path / "nfcapd") as cap, UdpSink() as sink:
         config = tmp_path / "agent.toml"
         config.write_text(
             f'[agent]\ncontrol_socket = "{tmp_path / "agent.sock"}"\n\n'
             f'[cache]\nsampler = "{sampler}"\n\n[[ingest.pcap]]\npath = "{pcap}"\n\n'
-            f"[[export.netflow]]\nprotocol = 9\n"
+            f"{exporter}\n"
             f'destination = ["127.0.0.1:{cap.port}", "{sink.endpoint}"]\n')
         result = run_agent("-c", str(config))
         assert result.returncode == 0, result.stderr
@@ -108,6 +110,18 @@ def test_hash_selects_the_documented_flows_on_every_run(tmp_path, capture):
     assert _sources(first) == _sources(second) == expected
     _check_scaled(first)
     assert _announced(layers) == (str(N), "3")
+
+
+@pytest.mark.parametrize(("exporter", "fields"), [
+    ("[[export.netflow]]\nprotocol = 5", ("cflow.samplingmode", "cflow.samplerate")),
+    ("[[export.ipfix]]", ("cflow.sampling_algorithm", "cflow.sampling_interval")),
+])
+def test_v5_and_ipfix_announce_flow_sampling(tmp_path, capture, exporter, fields):
+    records, layers = _run(tmp_path, capture[0], f"hash:{N}", exporter)
+    assert 50 <= len(records) <= 150
+    _check_scaled(records)
+    assert f"'{fields[0]}': '3'" in repr(layers)  # 3 = hash (v5 mode bits 11, as ipt_NETFLOW)
+    assert f"'{fields[1]}': '{N}'" in repr(layers)
 
 
 def test_dry_run_refuses_flow_and_packet_sampling_together(tmp_path):
