@@ -8,7 +8,8 @@ Packet sampling is a property of an ingest *source*, declared once
 (:meth:`RunContext.declare_sampling`) and read by exporters (:meth:`RunContext.sampling`), so
 nothing is added per packet or per record. The flow cache merges records of every source and
 keeps no source per flow, so one agent carries one sampling: a second source that declares a
-different one is refused at its start (run a second agent for it).
+different one is refused at its start (run a second agent for it). The cache's flow sampler
+(``[cache] sampler``) declares itself the same way, as source ``"cache"`` with ``flows=True``.
 
 The network namespace an ingest observes is a property of the source too
 (:meth:`RunContext.declare_netns`): ifIndexes in flows are that namespace's, so exporters
