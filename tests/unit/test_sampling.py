@@ -79,3 +79,20 @@ def test_pipeline_warns_once_about_unsampled_flows_and_reports_the_interval(
     warnings = [r for r in handler.records if "accounts every packet" in r.getMessage()]
     assert len(warnings) == 1 and "ingest.pcap[0]" in warnings[0].getMessage()
     assert pipeline.core_stats()["sampling_interval"] == 10
+
+
+def test_no_unsampled_warning_when_the_cache_samples_flows(make_agent, collecting_plugin):
+    agent = make_agent('[cache]\nsampler = "random:10"\n[[ingest.fake]]\n[[export.collect]]\n',
+                       [collecting_plugin])
+    pipeline = agent.pipeline
+    pipeline.context.declare_sampling("cache", 10, flows=True)  # as the cache's agent_start
+    key = make_key(4, 17, b"\x0a\0\0\1", b"\x0a\0\0\2", 1, 2)
+    handler = _Records()
+    logger = logging.getLogger("agent.pipeline")
+    logger.addHandler(handler)
+    try:
+        pipeline.dispatch("packets", PacketBatch("ingest.pcap[0]", [(key, 100, 0, 1, 0)]))
+    finally:
+        logger.removeHandler(handler)
+    assert not [r for r in handler.records if "accounts every packet" in r.getMessage()]
+    assert pipeline.core_stats()["sampling_interval"] == 10
