@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from netflow_agent.model import SAMPLING_DETERMINISTIC, SAMPLING_HASH, SAMPLING_RANDOM
+from netflow_agent.model import SAMPLING_DETERMINISTIC, SAMPLING_HASH, SAMPLING_RANDOM, Packet
 
 __all__ = ["FlowSampler", "INTERVAL_MAX", "INTERVAL_MIN", "hash_selects", "parse_sampler"]
 
@@ -79,8 +79,8 @@ class FlowSampler:
     def __str__(self) -> str:
         return f"{self.mode}:{self.interval}"
 
-    def filter_packets(self, packets: Sequence[tuple], index: dict[bytes, int]
-                       ) -> tuple[Sequence[tuple], int, int]:
+    def filter_packets(self, packets: list[Packet], index: dict[bytes, int]
+                       ) -> tuple[list[Packet], int, int]:
         """Drop packets of flows ``hash`` does not select (other modes keep all).
 
         A key already in ``index`` was selected before, so only new keys are hashed.
