@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from netflow_agent.model import SAMPLING_DETERMINISTIC, SAMPLING_HASH, SAMPLING_RANDOM, Packet
+from netflow_agent.model import SAMPLING_DETERMINISTIC, SAMPLING_HASH, SAMPLING_RANDOM
 
 __all__ = ["FlowSampler", "INTERVAL_MAX", "INTERVAL_MIN", "hash_selects", "parse_sampler"]
 
@@ -64,7 +64,8 @@ def hash_selects(key: bytes, interval: int) -> bool:
 
 @dataclass
 class FlowSampler:
-    """The sampler of one cache: hash selection per packet, count or random at export."""
+    """The sampler of one cache: hash selection per packet (the cache calls
+    :func:`hash_selects` on a key's miss), count or random at export."""
 
     mode: str
     interval: int
@@ -78,23 +79,6 @@ class FlowSampler:
 
     def __str__(self) -> str:
         return f"{self.mode}:{self.interval}"
-
-    def filter_packets(self, packets: list[Packet], index: dict[bytes, int]
-                       ) -> tuple[list[Packet], int, int]:
-        """Drop packets of flows ``hash`` does not select (other modes keep all).
-
-        A key already in ``index`` was selected before, so only new keys are hashed.
-
-        :return: ``(kept, discarded packets, discarded bytes)``.
-        """
-        if self.mode != "hash":
-            return packets, 0, 0
-        n = self.interval
-        kept = [p for p in packets if p[0] in index or hash_selects(p[0], n)]
-        if len(kept) == len(packets):
-            return packets, 0, 0
-        return kept, len(packets) - len(kept), sum(p[1] for p in packets) - sum(
-            p[1] for p in kept)
 
     def selects_key(self, key: bytes) -> bool:
         """Per-flow-delta check for the flow ingests: ``hash`` selection, else ``True``."""

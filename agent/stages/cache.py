@@ -43,7 +43,7 @@ from netflow_agent.model import (
 )
 from netflow_agent.roles import Cache, CacheStats, FlowRow
 from netflow_agent.runtime import RunContext
-from netflow_agent.sampler import FlowSampler, parse_sampler
+from netflow_agent.sampler import FlowSampler, hash_selects, parse_sampler
 
 __all__ = ["CacheConfig", "CacheStats", "FlowCache"]
 
@@ -51,6 +51,8 @@ _FREE = 2**63 - 1  # first/last time of an unused slot: never expires
 FREE_SLOT_NS = _FREE
 _NS = 1_000_000_000
 _END_FLAGS = TCP_FIN | TCP_RST
+#: keys ``hash:N`` refused, remembered to skip the hash on their next packets (then forgotten)
+_UNSELECTED_MAX = 1 << 16
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -149,6 +151,7 @@ class FlowCache(Cache):
         self._grow(max(config.hashsize, 1024))
         self.context: RunContext | None = None
         self.sampler = config.flow_sampler()
+        self._unselected: set[bytes] = set()
 
     @hookimpl
     def agent_start(self, context: RunContext) -> None:
@@ -201,6 +204,7 @@ class FlowCache(Cache):
         sampler = config.flow_sampler()
         if str(sampler) != str(self.sampler):
             self.sampler = sampler
+            self._unselected.clear()
             self._declare_sampler()
         if config.hashsize > len(self.keys):
             self._grow(config.hashsize - len(self.keys))
@@ -227,14 +231,20 @@ class FlowCache(Cache):
         dropped = dropped_bytes = 0
         total_bytes = 0
         new_before = st.new
-        packets = batch.packets
-        if self.sampler is not None:
-            packets, discarded, discarded_bytes = self.sampler.filter_packets(packets, index)
-            st.sampler_discarded_packets += discarded
-            st.sampler_discarded_bytes += discarded_bytes
-        for key, length, flags, ts, out_if in packets:
+        # hash:N decides on a key's first miss only (a selected key is then in the index)
+        hash_n = self.sampler.interval if self.sampler and self.sampler.mode == "hash" else 0
+        discarded = discarded_bytes = 0
+        unselected = self._unselected
+        if len(unselected) > _UNSELECTED_MAX:
+            unselected.clear()
+        for key, length, flags, ts, out_if in batch.packets:
             i = index.get(key)
             if i is None:
+                if hash_n and (key in unselected or not hash_selects(key, hash_n)):
+                    unselected.add(key)
+                    discarded += 1
+                    discarded_bytes += length
+                    continue
                 if maxflows and len(index) >= maxflows:
                     dropped += 1
                     dropped_bytes += length
@@ -251,7 +261,9 @@ class FlowCache(Cache):
                     ending.add(i)
             if out_if:
                 oi[i] = out_if
-        n = len(packets)
+        n = len(batch.packets) - discarded
+        st.sampler_discarded_packets += discarded
+        st.sampler_discarded_bytes += discarded_bytes
         st.search += n
         st.maxflows += dropped
         st.found += n - dropped - (st.new - new_before)
