@@ -45,8 +45,6 @@ EXPORT_OPTIONS = ("protocol", "destination", "sndbuf", "engine_id", "refresh_rat
                   "timeout_rate", "natevents")
 #: options without an equivalent: (values that mean "off", why)
 UNSUPPORTED = {
-    "sampler": (("", "0"), "packet sampling is not supported by the NFLOG ingest yet; the "
-                "eBPF ingest samples 1 in N at random ([[ingest.ebpf]] sampling = N)"),
     "snmp_rules": (("",), "interface index rules (snmp-rules) are not supported yet; "
                    "exporters send the kernel's ifindex"),
     "promisc": (("0",), "accounting promiscuous-mode traffic (promisc) is not supported by "
@@ -187,6 +185,9 @@ def convert(settings: list[Setting], nflog_group: int = 5, manage_rules: bool = 
             number = _int(draft, s)
             if number is not None:
                 draft.put(table, key, number, s)
+        elif name == "sampler":  # "" and "0" mean off
+            if s.value.strip() not in ("", "0"):
+                draft.put("cache", "sampler", s.value.strip(), s)
         elif name == "aggregation":
             rules = [r.strip() for r in s.value.split(",") if r.strip()]
             if rules:
