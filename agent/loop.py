@@ -131,7 +131,8 @@ class Loop:
 
     def _check_sampled(self, source: str) -> None:
         """Warn once per source that emits unsampled flows next to a declared sampling."""
-        if source in self.context.samplings or source in self._unsampled_sources:
+        if (source in self.context.samplings or source in self._unsampled_sources
+                or "cache" in self.context.samplings):  # the cache samples every source
             return
         self._unsampled_sources.add(source)
         log.warning("%s accounts every packet but %s declared sampling %s: exporters announce "

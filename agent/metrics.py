@@ -59,6 +59,11 @@ CACHE_COUNTERS = {
     "alloc": ("alloc_failures", "Flow allocations that failed."),
     "maxflows": ("maxflows_dropped_packets", "Packets dropped because maxflows was reached."),
     "exported_flows": ("cache_expired_flows", "Flows expired from the cache."),
+    "sampler_discarded_packets": ("sampler_discarded_packets", "Packets of flows the hash "
+                                  "sampler did not select (intentional, not drops)."),
+    "sampler_discarded_bytes": ("sampler_discarded_bytes", "Bytes of those packets."),
+    "sampler_unselected_flows": ("sampler_unselected_flows", "Expired flows the deterministic "
+                                 "or random sampler left out."),
 }
 #: the largest HTTP request head read (request line and headers)
 MAX_HEAD = 8192

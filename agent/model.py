@@ -213,6 +213,7 @@ class FlowRecord:
 # header's 2-bit sampling mode uses the same numbers (01 deterministic, 10 random).
 SAMPLING_DETERMINISTIC = 1  # 1 in N, every N-th packet (count-based)
 SAMPLING_RANDOM = 2  # 1 in N on average, each packet chosen at random
+SAMPLING_HASH = 3  # flows chosen by a hash of their key (ipt_NETFLOW's v5 mode 3, sampler=hash)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,20 +224,23 @@ class Sampling:
     can multiply (``RunContext.declare_sampling``, docs/hooks.md).
 
     :param interval: samplingInterval (34): account 1 packet in N; 1 = every packet.
-    :param algorithm: samplingAlgorithm (35): :data:`SAMPLING_DETERMINISTIC` or
-        :data:`SAMPLING_RANDOM`.
+    :param algorithm: samplingAlgorithm (35): :data:`SAMPLING_DETERMINISTIC`,
+        :data:`SAMPLING_RANDOM`, or :data:`SAMPLING_HASH` (flow sampling only).
+    :param flows: ``True`` when whole flows are selected (the cache's ``sampler``, RFC 7014
+        flow sampling), ``False`` when packets are (an ingest's packet sampling).
     """
 
     interval: int
     algorithm: int = SAMPLING_RANDOM
+    flows: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.interval, int) or not 1 <= self.interval <= 0xFFFFFFFF:
             raise ValueError(f"sampling interval {self.interval!r} outside 1..2**32-1")
-        if self.algorithm not in (SAMPLING_DETERMINISTIC, SAMPLING_RANDOM):
+        if self.algorithm not in (SAMPLING_DETERMINISTIC, SAMPLING_RANDOM, SAMPLING_HASH):
             raise ValueError(f"sampling algorithm {self.algorithm!r}: expected "
-                             f"{SAMPLING_DETERMINISTIC} (deterministic) or {SAMPLING_RANDOM} "
-                             "(random)")
+                             f"{SAMPLING_DETERMINISTIC} (deterministic), {SAMPLING_RANDOM} "
+                             f"(random) or {SAMPLING_HASH} (hash)")
 
     @property
     def sampled(self) -> bool:
@@ -244,8 +248,9 @@ class Sampling:
         return self.interval > 1
 
     def __str__(self) -> str:
-        kind = "deterministic" if self.algorithm == SAMPLING_DETERMINISTIC else "random"
-        return f"{kind} 1/{self.interval}"
+        kind = {SAMPLING_DETERMINISTIC: "deterministic", SAMPLING_HASH: "hash"}.get(
+            self.algorithm, "random")
+        return f"{kind} 1/{self.interval}{' flows' if self.flows else ''}"
 
 
 # --- NAT events -----------------------------------------------------------------------------

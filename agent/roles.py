@@ -49,6 +49,11 @@ class CacheStats:
     drop_packets: int = 0  # packets not accounted: trunc, maxflows, ingest losses
     drop_bytes: int = 0
     exported_flows: int = 0
+    #: packets/bytes of flows ``sampler = "hash:N"`` did not select (intentional, not drops)
+    sampler_discarded_packets: int = 0
+    sampler_discarded_bytes: int = 0
+    #: expired flows ``deterministic``/``random`` sampling left out (not in exported_flows)
+    sampler_unselected_flows: int = 0
     peak_flows: int = 0
     peak_ns: int = 0
 

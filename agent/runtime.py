@@ -8,7 +8,8 @@ Packet sampling is a property of an ingest *source*, declared once
 (:meth:`RunContext.declare_sampling`) and read by exporters (:meth:`RunContext.sampling`), so
 nothing is added per packet or per record. The flow cache merges records of every source and
 keeps no source per flow, so one agent carries one sampling: a second source that declares a
-different one is refused at its start (run a second agent for it).
+different one is refused at its start (run a second agent for it). The cache's flow sampler
+(``[cache] sampler``) declares itself the same way, as source ``"cache"`` with ``flows=True``.
 
 The network namespace an ingest observes is a property of the source too
 (:meth:`RunContext.declare_netns`): ifIndexes in flows are that namespace's, so exporters
@@ -133,7 +134,7 @@ class RunContext:
         return int(self.core_stats().get("maxflows_limit", 0) or 0)
 
     def declare_sampling(self, source: str, interval: int,
-                         algorithm: int = SAMPLING_RANDOM) -> None:
+                         algorithm: int = SAMPLING_RANDOM, flows: bool = False) -> None:
         """Say that ``source`` accounts one packet in ``interval`` and does not scale counters.
 
         Call it from ``agent_start`` (pipeline thread), before emitting. Exporters then
@@ -144,10 +145,12 @@ class RunContext:
         :param interval: 1 packet in N is accounted (samplingInterval, IE 34).
         :param algorithm: :data:`~agent.model.SAMPLING_RANDOM` or
             :data:`~agent.model.SAMPLING_DETERMINISTIC` (samplingAlgorithm, IE 35).
+        :param flows: whole flows are selected, not packets (the cache's ``sampler``, which
+            declares itself with source ``"cache"`` and covers every source).
         :raises ValueError: bad values, or another source declared a different sampling:
             flows of both meet in one cache and no collector could tell them apart.
         """
-        sampling = Sampling(interval, algorithm)
+        sampling = Sampling(interval, algorithm, flows)
         if not sampling.sampled:
             self.samplings.pop(source, None)
             return

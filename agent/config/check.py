@@ -75,9 +75,30 @@ def build(raw: RawConfig,
         instances += _stage_instances(stage, data.get(stage, {}), registry, issues)
     _check_topology(instances, data, issues)
     _check_resources(instances, issues)
+    _check_sampling(instances, issues)
     if agent is None or _has_errors(issues):
         return None, issues
     return AgentConfig(agent=agent, instances=instances, raw=raw), issues
+
+
+def _check_sampling(instances: list[Instance], issues: list[ConfigIssue]) -> None:
+    """Refuse ``[cache] sampler`` (flow sampling) next to an ingest's packet sampling.
+
+    Collectors get one sampling interval per exporter; flows sampled twice would need the
+    product announced and no collector reads a two-stage description, so the combination
+    is refused rather than composed.
+    """
+    cache = next((i for i in instances if i.stage == "cache"), None)
+    sampler = getattr(cache.config, "sampler", "") if cache is not None else ""
+    if not sampler:
+        return
+    for inst in instances:
+        packet = getattr(inst.config, "sampling", 1)
+        if inst.stage == "ingest" and isinstance(packet, int) and packet > 1:
+            issues.append(ConfigIssue(
+                "cache.sampler", f"flow sampling {sampler!r} cannot be combined with "
+                f"{inst.path}'s packet sampling 1/{packet}: collectors are told one sampling; "
+                f"use one of them (remove [cache] sampler or set {inst.path}.sampling = 1)"))
 
 
 def _hint(word: str, choices: Any) -> str:

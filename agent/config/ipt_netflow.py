@@ -47,10 +47,9 @@ EXPORT_OPTIONS = ("protocol", "destination", "sndbuf", "engine_id", "refresh_rat
                   "timeout_rate", "natevents")
 #: options without an equivalent: (values that mean "off", why)
 UNSUPPORTED = {
-    "sampler": (("", "0"), "packet sampling is not supported by the NFLOG ingest yet; the "
-                "eBPF ingest samples 1 in N at random ([[ingest.ebpf]] sampling = N)"),
-    "promisc": (("0",), "accounting promiscuous-mode traffic (promisc) is not supported "
-                "yet; the eBPF ingest on a mirror port sees it"),
+    "promisc": (("0",), "accounting promiscuous-mode traffic (promisc) is not supported by "
+                "the NFLOG ingest; the eBPF ingest accounts a SPAN/mirror port with "
+                "[[ingest.ebpf]] promisc = true"),
     "scan_min": (("1",), "the agent scans flows every [agent] scan_interval_ms (default 1000); "
                  "ipt_NETFLOW's jiffies do not translate"),
     "exportcpu": (("-1",), "the agent exports from its pipeline thread; pin the process "
@@ -186,6 +185,9 @@ def convert(settings: list[Setting], nflog_group: int = 5, manage_rules: bool = 
             number = _int(draft, s)
             if number is not None:
                 draft.put(table, key, number, s)
+        elif name == "sampler":  # "" and "0" mean off
+            if s.value.strip() not in ("", "0"):
+                draft.put("cache", "sampler", s.value.strip(), s)
         elif name == "aggregation":
             rules = [r.strip() for r in s.value.split(",") if r.strip()]
             if rules:

@@ -24,6 +24,12 @@ maxflows = 2000000
 ## First fragments remembered, and fragments waiting for theirs, per ingest thread.
 # fragment_table = 4096
 # fragment_held = 256
+## Flow sampling, ipt_NETFLOW's sampler=: "deterministic:N" exports every N-th flow,
+## "random:N" each flow with probability 1/N, "hash:N" keeps the flows a hash of their key
+## selects (the same flows on every agent; other packets are discarded on entry and counted
+## as sampler_discarded_packets). N 2..16383, announced to collectors. Not together with an
+## ingest's packet sampling (ebpf sampling = N).
+# sampler = "hash:100"
 """
 
 AGGREGATE_SAMPLE = """\

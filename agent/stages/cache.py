@@ -25,6 +25,7 @@ import numpy as np
 
 from netflow_agent import hookimpl
 from netflow_agent.config.schema import option
+from netflow_agent.errors import ConfigIssue
 from netflow_agent.fragments import FragmentPolicy
 from netflow_agent.logutil import FLOW_DEBUG, log_created
 from netflow_agent.model import (
@@ -42,6 +43,7 @@ from netflow_agent.model import (
 )
 from netflow_agent.roles import Cache, CacheStats, FlowRow
 from netflow_agent.runtime import RunContext
+from netflow_agent.sampler import FlowSampler, hash_selects, parse_sampler
 
 __all__ = ["CacheConfig", "CacheStats", "FlowCache"]
 
@@ -49,6 +51,8 @@ _FREE = 2**63 - 1  # first/last time of an unused slot: never expires
 FREE_SLOT_NS = _FREE
 _NS = 1_000_000_000
 _END_FLAGS = TCP_FIN | TCP_RST
+#: keys ``hash:N`` refused, remembered to skip the hash on their next packets (then forgotten)
+_UNSELECTED_MAX = 1 << 16
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,6 +80,26 @@ class CacheConfig:
     fragment_held: int = option(
         256, doc="Fragments waiting for their first fragment at once per ingest thread (more "
         "are accounted with ports 0 at once).", min=0, max=65536)
+
+    sampler: str = option(
+        "", doc='Flow sampling, ipt_NETFLOW\'s sampler: "deterministic:N" exports every N-th '
+        'flow, "random:N" each flow with probability 1/N, "hash:N" keeps only flows whose '
+        "key hash selects them (the same flows on every agent; unselected packets are "
+        "discarded on entry and counted as sampler_discarded). N 2..16383; announced to "
+        'collectors. "" = every flow. Not combined with an ingest\'s packet sampling.')
+
+    def check(self) -> list[ConfigIssue]:
+        """``sampler`` must be ``mode:N``."""
+        try:
+            parse_sampler(self.sampler)
+        except ValueError as e:
+            return [ConfigIssue("sampler", str(e))]
+        return []
+
+    def flow_sampler(self) -> FlowSampler | None:
+        """The sampler ``sampler`` describes, or ``None``."""
+        parsed = parse_sampler(self.sampler)
+        return FlowSampler(*parsed) if parsed else None
 
     def fragment_policy(self) -> FragmentPolicy:
         """The fragment options as the packet parsers take them."""
@@ -126,11 +150,24 @@ class FlowCache(Cache):
         self._out_if = array("I")
         self._grow(max(config.hashsize, 1024))
         self.context: RunContext | None = None
+        self.sampler = config.flow_sampler()
+        self._unselected: set[bytes] = set()
 
     @hookimpl
     def agent_start(self, context: RunContext) -> None:
-        """Keep the context: its ``debug`` (changed by reloads) decides per-flow debug lines."""
+        """Keep the context (its ``debug`` decides per-flow debug lines); declare the sampler."""
         self.context = context
+        self._declare_sampler()
+
+    def _declare_sampler(self) -> None:
+        """Tell exporters the flow sampling (``declare_sampling`` as source ``cache``)."""
+        if self.context is None:
+            return
+        if self.sampler is None:
+            self.context.forget_sampling("cache")
+        else:
+            self.context.declare_sampling("cache", self.sampler.interval,
+                                          self.sampler.algorithm, flows=True)
 
     # --- sizing ----------------------------------------------------------------------------
 
@@ -164,6 +201,11 @@ class FlowCache(Cache):
     def reconfigure(self, config: CacheConfig) -> None:
         """Take new timeouts and maxflows on reload; every flow in the table is kept."""
         self.config = config
+        sampler = config.flow_sampler()
+        if str(sampler) != str(self.sampler):
+            self.sampler = sampler
+            self._unselected.clear()
+            self._declare_sampler()
         if config.hashsize > len(self.keys):
             self._grow(config.hashsize - len(self.keys))
 
@@ -189,9 +231,20 @@ class FlowCache(Cache):
         dropped = dropped_bytes = 0
         total_bytes = 0
         new_before = st.new
+        # hash:N decides on a key's first miss only (a selected key is then in the index)
+        hash_n = self.sampler.interval if self.sampler and self.sampler.mode == "hash" else 0
+        discarded = discarded_bytes = 0
+        unselected = self._unselected
+        if len(unselected) > _UNSELECTED_MAX:
+            unselected.clear()
         for key, length, flags, ts, out_if in batch.packets:
             i = index.get(key)
             if i is None:
+                if hash_n and (key in unselected or not hash_selects(key, hash_n)):
+                    unselected.add(key)
+                    discarded += 1
+                    discarded_bytes += length
+                    continue
                 if maxflows and len(index) >= maxflows:
                     dropped += 1
                     dropped_bytes += length
@@ -208,7 +261,9 @@ class FlowCache(Cache):
                     ending.add(i)
             if out_if:
                 oi[i] = out_if
-        n = len(batch.packets)
+        n = len(batch.packets) - discarded
+        st.sampler_discarded_packets += discarded
+        st.sampler_discarded_bytes += discarded_bytes
         st.search += n
         st.maxflows += dropped
         st.found += n - dropped - (st.new - new_before)
@@ -226,9 +281,14 @@ class FlowCache(Cache):
         st.drop_packets += batch.dropped_packets
         st.drop_bytes += batch.dropped_bytes
         maxflows = self.config.maxflows
+        sampler = self.sampler
         for d in batch.flows:
-            st.search += 1
             i = self.index.get(d.key)
+            if i is None and sampler is not None and not sampler.selects_key(d.key):
+                st.sampler_discarded_packets += d.packets
+                st.sampler_discarded_bytes += d.octets
+                continue
+            st.search += 1
             if i is None:
                 if maxflows and len(self.index) >= maxflows:
                     st.maxflows += d.packets
@@ -266,6 +326,10 @@ class FlowCache(Cache):
         else:
             due = self._due(now_ns)
         records = [self._take(i, reason) for i, reason in due]
+        if self.sampler is not None:
+            before = len(records)
+            records = self.sampler.select_expired(records)
+            self.stats.sampler_unselected_flows += before - len(records)
         self.stats.exported_flows += len(records)
         return records
 

@@ -14,7 +14,8 @@ sysUpTime counts from the agent's start.
   records that share its key and times (:func:`split_counters`), as ipt_NETFLOW exports and
   restarts a flow before its counters wrap.
 * ICMP type/code travel in the destination port (``type << 8 | code``).
-* ``sampling_interval`` (header): mode in the top 2 bits (01 deterministic, 10 random), the
+* ``sampling_interval`` (header): mode in the top 2 bits (01 deterministic, 10 random, 11 hash
+  flow sampling as ipt_NETFLOW), the
   interval in the low 14 bits (:func:`sampling_field`); 0 when every packet is accounted.
   NAT pseudo-flows are never sampled and always carry 0.
 """
@@ -25,7 +26,13 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from netflow_agent.api import SAMPLING_DETERMINISTIC, EncodeError, FlowRecord, Sampling
+from netflow_agent.api import (
+    SAMPLING_DETERMINISTIC,
+    SAMPLING_HASH,
+    EncodeError,
+    FlowRecord,
+    Sampling,
+)
 
 from .state import UINT32_MASK, ExportState
 
@@ -50,6 +57,7 @@ _NO_ADDR = b"\0\0\0\0"
 SAMPLING_INTERVAL_MAX = 0x3FFF  # also in __init__.py (dry-run check)
 _MODE_DETERMINISTIC = 0b01
 _MODE_RANDOM = 0b10
+_MODE_HASH = 0b11  # ipt_NETFLOW's sampler=hash
 
 
 def sampling_field(sampling: Sampling | None) -> int:
@@ -65,7 +73,8 @@ def sampling_field(sampling: Sampling | None) -> int:
     if sampling.interval > SAMPLING_INTERVAL_MAX:
         raise EncodeError(f"sampling 1/{sampling.interval} does not fit the NetFlow v5 header "
                           f"(14 bits, at most 1/{SAMPLING_INTERVAL_MAX})")
-    mode = _MODE_DETERMINISTIC if sampling.algorithm == SAMPLING_DETERMINISTIC else _MODE_RANDOM
+    mode = {SAMPLING_DETERMINISTIC: _MODE_DETERMINISTIC, SAMPLING_HASH: _MODE_HASH}.get(
+        sampling.algorithm, _MODE_RANDOM)
     return mode << 14 | sampling.interval
 
 

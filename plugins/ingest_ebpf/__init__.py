@@ -3,7 +3,8 @@
 The fastest ingest: a BPF program (``bpf/flow.bpf.c``) keeps the flow table in a BPF map, as
 ipt_NETFLOW kept it in kernel memory, and Python only sees aggregated flow deltas. Needs the
 ``_loader`` extension (built by ``pip install .`` when clang, bpftool and libbpf-dev are
-present) and root or CAP_BPF + CAP_NET_ADMIN at run time.
+present) and root or CAP_BPF + CAP_NET_ADMIN at run time (plus CAP_NET_RAW for
+``promisc = true``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from netflow_agent.api import ComponentRegistry, ConfigIssue, hookimpl
 
 CAP_NET_ADMIN = 12
+CAP_NET_RAW = 13
 CAP_SYS_ADMIN = 21
 CAP_BPF = 39
 BUILD_HINT = ("install clang, llvm, bpftool and libbpf-dev (Debian) and reinstall the agent "
@@ -60,14 +62,22 @@ def agent_register_components(registry: ComponentRegistry) -> None:
 
 @hookimpl
 def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue]:
-    """With ``check_env``: the configured network namespace must exist."""
+    """With ``check_env``: the configured network namespace must exist, and ``promisc``
+    needs CAP_NET_RAW (its packet sockets)."""
     from netflow_agent.api import netns_path
 
     issues: list[ConfigIssue] = []
     if not check_env:
         return issues
     for inst in config.by_stage("ingest"):
-        if inst.type_name != "ebpf" or not inst.config.netns:
+        if inst.type_name != "ebpf":
+            continue
+        if inst.config.promisc and not effective_caps() & (1 << CAP_NET_RAW):
+            issues.append(ConfigIssue(f"{inst.path}.promisc",
+                                      "promiscuous mode is held with a packet socket, which "
+                                      "needs CAP_NET_RAW (root, or add it to the systemd "
+                                      "unit's CapabilityBoundingSet)"))
+        if not inst.config.netns:
             continue
         path = netns_path(inst.config.netns)
         if not os.path.exists(path):

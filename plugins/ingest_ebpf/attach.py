@@ -9,6 +9,9 @@ Owns the kernel attach points and their lifetime (KERNEL.md sections 2.4, 2.5 an
   the process, so ours use a fixed handle/priority (:data:`TC_HANDLE`, :data:`TC_PRIORITY`)
   and are *replaced* at the next start; the clsact qdisc is removed at stop when we created it.
 
+With ``promisc = true`` every attached interface also holds one promiscuity reference for as
+long as it is attached (``promisc.py``); it is taken with the hooks and dropped with them.
+
 Every attach call and the interface listing run in the target netns: TCX, XDP and libbpf's
 ``bpf_tc_*`` resolve ``ifindex`` in the calling thread's netns, so
 :class:`agent.netns.NetnsScope` switches the current thread with ``setns(2)`` and back.
@@ -23,6 +26,8 @@ import os
 import socket
 from dataclasses import dataclass
 from typing import Any
+
+from .promisc import PromiscHolds
 
 BPF_XDP = 37  # enum bpf_attach_type (UAPI)
 BPF_TCX_INGRESS = 46  # not in Debian 12's 6.1 UAPI header; see KERNEL.md 2.1
@@ -63,10 +68,12 @@ class Attacher:
     :param mode: ``"tcx"``, ``"tc"`` or ``"xdp"``; ``"tcx"`` falls back to ``"tc"`` once when
         the kernel rejects the TCX attach type.
     :param direction: ``"ingress"``, ``"egress"`` or ``"both"``.
+    :param promisc: hold every attached interface in promiscuous mode while attached.
     """
 
-    def __init__(self, loader: Any, mode: str, direction: str):
+    def __init__(self, loader: Any, mode: str, direction: str, promisc: bool = False):
         self.loader = loader
+        self.promisc = PromiscHolds() if promisc else None
         self.mode = mode
         self.egress_flags = {"ingress": [False], "egress": [True], "both": [False, True]}[
             direction
@@ -74,11 +81,14 @@ class Attacher:
         self.attached: dict[int, list[Attachment]] = {}
 
     def attach(self, ifindex: int, ifname: str) -> list[Attachment]:
-        """Attach to one interface (all directions); on error nothing stays attached."""
+        """Attach to one interface (all directions, and promiscuous mode when asked); on error
+        nothing stays attached."""
         done: list[Attachment] = []
         try:
             for egress in self.egress_flags:
                 done.append(self._attach_one(ifindex, ifname, egress))
+            if self.promisc is not None:
+                self.promisc.hold(ifindex)
         except OSError:
             for att in done:
                 self.detach_one(att)
@@ -120,7 +130,9 @@ class Attacher:
                 self.loader.tc_destroy_clsact(att.ifindex)
 
     def detach(self, ifindex: int) -> None:
-        """Detach everything on one interface."""
+        """Detach everything on one interface and drop our promiscuity reference."""
+        if self.promisc is not None:
+            self.promisc.release(ifindex)
         for att in self.attached.pop(ifindex, []):
             try:
                 self.detach_one(att)
@@ -135,6 +147,8 @@ class Attacher:
     def forget_all(self) -> None:
         """Close link fds and forget the rest: for when the netns itself is gone (its
         interfaces, qdiscs and filters went with it)."""
+        if self.promisc is not None:
+            self.promisc.release_all()
         for atts in self.attached.values():
             for att in atts:
                 if att.link_fd >= 0:

@@ -120,7 +120,7 @@ class EbpfIngest(Ingest):
                       "preallocated" if cfg.prealloc else "at most",
                       table_memory(self.maxflows, percpu, ncpu) >> 20, cfg.cpu_slots,
                       cfg.sampling)
-        self.attacher = Attacher(self.loader, cfg.mode, cfg.direction)
+        self.attacher = Attacher(self.loader, cfg.mode, cfg.direction, cfg.promisc)
         try:
             self._rescan(initial=True)
         except BaseException:
@@ -342,8 +342,9 @@ class EbpfIngest(Ingest):
                     self.stats["attach_errors"] += 1
                     self.log.warning("%s: attach to %s failed: %s", self.name, ifname, exc)
                     continue
-                self.log.info("%s: attached %s to %s (%s)", self.name,
-                              atts[0].kind, ifname, self.config.direction)
+                self.log.info("%s: attached %s to %s (%s%s)", self.name,
+                              atts[0].kind, ifname, self.config.direction,
+                              ", promiscuous" if self.config.promisc else "")
         if initial and not links:
             self.log.warning("%s: no interface matches %s yet; rescanning every %d ms",
                              self.name, self.config.interfaces, self.config.rescan_interval_ms)

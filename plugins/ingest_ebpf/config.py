@@ -65,6 +65,12 @@ class Config:
         "tick", doc='Flow start/end times: "tick" reads the clock once per jiffy and CPU '
                     '(precision 1/HZ, 4 ms at HZ=250, as ipt_NETFLOW; about 30 ns per packet '
                     'less) or "precise" (read for every packet).')
+    promisc: bool = option(
+        False, doc="Put every attached interface in promiscuous mode while attached, so "
+                   "frames for other MAC addresses (a SPAN/mirror port) are accounted: one "
+                   "kernel promiscuity reference per interface (a PACKET_MR_PROMISC packet "
+                   "socket), dropped at stop, at detach and when the agent dies; needs "
+                   "CAP_NET_RAW.")
     map_type: Literal["percpu", "shared"] = option(
         "percpu", doc='"percpu": per-CPU hash, no atomics; "shared": one hash with atomic '
                       "adds (kernel 5.12+, less memory on many CPUs).")

@@ -94,3 +94,18 @@ def test_forget_all_closes_links():
     done = att.attach(5, "eth0")
     att.forget_all()
     assert att.attached == {} and all(a.link_fd == -1 for a in done)
+
+
+def test_interface_without_a_promisc_reference_is_not_attached(monkeypatch):
+    """promisc: an interface whose promiscuity reference is refused (no CAP_NET_RAW, ENODEV)
+    keeps no hook either."""
+    from netflow_agent.plugins.ingest_ebpf.promisc import PromiscHolds
+
+    def refuse(self, ifindex):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(PromiscHolds, "hold", refuse)
+    att = Attacher(FakeLoader(), "tcx", "both", promisc=True)
+    with pytest.raises(PermissionError):
+        att.attach(5, "eth0")
+    assert att.attached == {}

@@ -128,6 +128,28 @@ def test_unavailable_reason_is_clear():
         assert reason and "root" in reason
 
 
+def test_check_env_wants_cap_net_raw_for_promisc(monkeypatch):
+    from types import SimpleNamespace
+
+    import netflow_agent.plugins.ingest_ebpf as plugin
+
+    class _Cfg:
+        def by_stage(self, stage):
+            return [SimpleNamespace(type_name="ebpf", path="ingest.ebpf[0]",
+                                    config=Config(interfaces=["e*"], promisc=promisc))]
+
+    promisc = True
+    monkeypatch.setattr(plugin, "effective_caps", lambda: ~(1 << plugin.CAP_NET_RAW))
+    [issue] = plugin.agent_check_config(_Cfg(), True)
+    assert issue.path == "ingest.ebpf[0].promisc" and "CAP_NET_RAW" in issue.message
+    assert plugin.agent_check_config(_Cfg(), False) == []
+    promisc = False
+    assert plugin.agent_check_config(_Cfg(), True) == []
+    promisc = True
+    monkeypatch.setattr(plugin, "effective_caps", lambda: 1 << plugin.CAP_NET_RAW)
+    assert plugin.agent_check_config(_Cfg(), True) == []
+
+
 def test_merge_deltas_sums_equal_keys():
     from netflow_agent.model import FlowDelta
     from netflow_agent.plugins.ingest_ebpf.decode import merge_deltas

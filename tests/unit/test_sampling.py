@@ -22,7 +22,7 @@ def test_sampling_values_are_checked():
     assert Sampling(100).algorithm == SAMPLING_RANDOM
     assert str(Sampling(8, SAMPLING_DETERMINISTIC)) == "deterministic 1/8"
     assert not Sampling(1).sampled and Sampling(2).sampled
-    for bad in ((0,), (2**32,), (10, 3), (1.5,)):
+    for bad in ((0,), (2**32,), (10, 4), (1.5,)):
         with pytest.raises(ValueError):
             Sampling(*bad)
 
@@ -78,4 +78,21 @@ def test_pipeline_warns_once_about_unsampled_flows_and_reports_the_interval(
         logger.removeHandler(handler)
     warnings = [r for r in handler.records if "accounts every packet" in r.getMessage()]
     assert len(warnings) == 1 and "ingest.pcap[0]" in warnings[0].getMessage()
+    assert pipeline.core_stats()["sampling_interval"] == 10
+
+
+def test_no_unsampled_warning_when_the_cache_samples_flows(make_agent, collecting_plugin):
+    agent = make_agent('[cache]\nsampler = "random:10"\n[[ingest.fake]]\n[[export.collect]]\n',
+                       [collecting_plugin])
+    pipeline = agent.pipeline
+    pipeline.context.declare_sampling("cache", 10, flows=True)  # as the cache's agent_start
+    key = make_key(4, 17, b"\x0a\0\0\1", b"\x0a\0\0\2", 1, 2)
+    handler = _Records()
+    logger = logging.getLogger("agent.pipeline")
+    logger.addHandler(handler)
+    try:
+        pipeline.dispatch("packets", PacketBatch("ingest.pcap[0]", [(key, 100, 0, 1, 0)]))
+    finally:
+        logger.removeHandler(handler)
+    assert not [r for r in handler.records if "accounts every packet" in r.getMessage()]
     assert pipeline.core_stats()["sampling_interval"] == 10

@@ -1,0 +1,103 @@
+"""ipt_NETFLOW's flow sampler (``[cache] sampler``): which flows the cache keeps and exports.
+
+RFC 7014 *flow* sampling, with ipt_NETFLOW's ``sampler=`` meaning:
+
+* ``deterministic:N`` exports every N-th flow that expires (systematic count-based);
+* ``random:N`` exports each expiring flow with probability 1/N (random n-out-of-N);
+* ``hash:N`` keeps a flow only when the hash of its key selects it, decided per packet as it
+  enters the cache, so unselected flows never take a slot. The hash is fixed so that every
+  agent of a fleet selects the same flows: CRC-32 (IEEE 802.3, as ``zlib.crc32``) over the
+  packed key's IP version and protocol bytes followed by its ports and addresses (network
+  order; TOS, direction and interface are left out), selected when ``crc % N == 0``.
+
+N is 2..16383 (the NetFlow v5 header's 14 bits, ipt_NETFLOW's limit). Packet and byte counters
+of selected flows are exact; collectors scale by N from the announcement (the cache declares
+the sampling through ``RunContext.declare_sampling``).
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from netflow_agent.model import SAMPLING_DETERMINISTIC, SAMPLING_HASH, SAMPLING_RANDOM
+
+__all__ = ["FlowSampler", "INTERVAL_MAX", "INTERVAL_MIN", "hash_selects", "parse_sampler"]
+
+INTERVAL_MIN = 2
+INTERVAL_MAX = 16383
+#: sampler mode -> samplingAlgorithm value announced (v5 header mode bits, IE 35)
+MODES = {"deterministic": SAMPLING_DETERMINISTIC, "random": SAMPLING_RANDOM,
+         "hash": SAMPLING_HASH}
+
+T = TypeVar("T")
+
+
+def parse_sampler(text: str) -> tuple[str, int] | None:
+    """``"mode:N"`` -> ``(mode, N)``; ``""`` -> ``None`` (every flow).
+
+    :raises ValueError: unknown mode, N not an integer in 2..16383.
+    """
+    if not text:
+        return None
+    mode, sep, number = text.partition(":")
+    if mode not in MODES or not sep:
+        raise ValueError(f"sampler {text!r}: expected \"deterministic:N\", \"random:N\" or "
+                         f"\"hash:N\" (N {INTERVAL_MIN}..{INTERVAL_MAX}), or \"\" for none")
+    try:
+        interval = int(number)
+    except ValueError:
+        interval = 0
+    if not INTERVAL_MIN <= interval <= INTERVAL_MAX:
+        raise ValueError(f"sampler {text!r}: N must be an integer {INTERVAL_MIN}.."
+                         f"{INTERVAL_MAX} (the NetFlow v5 header's 14 bits)")
+    return mode, interval
+
+
+def hash_selects(key: bytes, interval: int) -> bool:
+    """Whether ``hash:interval`` keeps the flow with packed ``key`` (see the module doc)."""
+    return zlib.crc32(key[8:], zlib.crc32(key[:2])) % interval == 0
+
+
+@dataclass
+class FlowSampler:
+    """The sampler of one cache: hash selection per packet (the cache calls
+    :func:`hash_selects` on a key's miss), count or random at export."""
+
+    mode: str
+    interval: int
+    rng: random.Random = field(default_factory=random.Random)
+    _count: int = 0
+
+    @property
+    def algorithm(self) -> int:
+        """The samplingAlgorithm value announced for this mode."""
+        return MODES[self.mode]
+
+    def __str__(self) -> str:
+        return f"{self.mode}:{self.interval}"
+
+    def selects_key(self, key: bytes) -> bool:
+        """Per-flow-delta check for the flow ingests: ``hash`` selection, else ``True``."""
+        return self.mode != "hash" or hash_selects(key, self.interval)
+
+    def select_expired(self, records: Iterable[T]) -> list[T]:
+        """Deterministic/random selection of expired flows (``hash`` keeps them all)."""
+        if self.mode == "hash":
+            return list(records)
+        kept: list[T] = []
+        n = self.interval
+        for rec in records:
+            if self.mode == "deterministic":
+                self._count += 1
+                chosen = self._count >= n
+                if chosen:
+                    self._count = 0
+            else:
+                chosen = self.rng.randrange(n) == 0
+            if chosen:
+                kept.append(rec)
+        return kept
