@@ -105,6 +105,8 @@ _TABLE: tuple[tuple[int, str, str, int, str], ...] = (
     (149, "observationDomainId", "unsigned32", 4, ""),
     (152, "flowStartMilliseconds", "dateTimeMilliseconds", 8, ""),
     (153, "flowEndMilliseconds", "dateTimeMilliseconds", 8, ""),
+    (154, "flowStartMicroseconds", "dateTimeMicroseconds", 8, ""),
+    (155, "flowEndMicroseconds", "dateTimeMicroseconds", 8, ""),
     (160, "systemInitTimeMilliseconds", "dateTimeMilliseconds", 8, ""),
     (163, "observedFlowTotalCount", "unsigned64", 8, ""),
     (164, "ignoredPacketTotalCount", "unsigned64", 8, ""),

@@ -199,6 +199,7 @@ class Lifecycle:
         self.pm.call_order(self._call_order())
         self.loop.scan_ns = new.agent.scan_interval_ms * 1_000_000
         self.context.debug = new.agent.debug
+        self.context.use_snmp_rules(new.agent.snmp_rules)  # a fresh map: names resolved anew
         self.context.fragments = fragment_policy(new)
 
     def _replace(self, old: Instance | None, inst: Instance) -> None:

@@ -164,6 +164,8 @@ class Loop:
             records.extend(part)
         if records:
             self.hook.agent_aggregate_flows(records=records)  # a chain on this list
+            if self.context.snmp is not None:  # [agent] snmp_rules: exported interface indexes
+                self.context.snmp.apply(records)
             self.exported_flows += len(records)
             log.debug("scan: %d flow records to export", len(records))
             if self.context.debug >= logutil.FLOW_DEBUG:

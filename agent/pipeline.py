@@ -41,6 +41,7 @@ class Pipeline:
         self.context = RunContext(debug=config.agent.debug, state_dir=config.agent.state_dir,
                                   clock=self.clock.now_ns, core_stats=self.core_stats,
                                   fragments=fragment_policy(config))
+        self.context.use_snmp_rules(config.agent.snmp_rules)
         self.loop = Loop(self.context, self.clock, pm.hook,
                          config.agent.scan_interval_ms * 1_000_000)
         self.lifecycle = Lifecycle(config, pm, self.context, self.loop)

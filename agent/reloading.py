@@ -177,7 +177,7 @@ def describe_changes(old: AgentConfig, new: AgentConfig) -> list[str]:
             changes.append(f"{path}: added")
         elif prev.type_name != inst.type_name or prev.config != inst.config:
             changes.append(f"{path}: changed")
-    for key in ("debug", "scan_interval_ms", "log_repeat_interval"):
+    for key in ("debug", "scan_interval_ms", "log_repeat_interval", "snmp_rules"):
         if getattr(old.agent, key) != getattr(new.agent, key):
             changes.append(f"agent.{key}: {getattr(old.agent, key)!r} -> "
                            f"{getattr(new.agent, key)!r}")

@@ -28,6 +28,7 @@ from typing import Any
 from netflow_agent import netns as _netns
 from netflow_agent.fragments import DEFAULT_POLICY, FragmentPolicy
 from netflow_agent.model import SAMPLING_RANDOM, FlowBatch, NatEvent, PacketBatch, Sampling
+from netflow_agent.snmprules import SnmpIndexMap, parse_rules
 
 log = logging.getLogger("agent.runtime")
 
@@ -75,6 +76,9 @@ class RunContext:
     #: True once the agent shuts down: ingests are stopped and the final export follows, so an
     #: exporter may wait for room in a paced backlog instead of dropping (nothing else waits)
     stopping: bool = False
+    #: ``[agent] snmp_rules``: kernel ifIndex -> exported index, applied by the core to every
+    #: exported record; ``None`` = export the kernel's ifIndexes (see :meth:`use_snmp_rules`)
+    snmp: SnmpIndexMap | None = None
     #: problems already logged by :meth:`interface_names` (each is logged once)
     _netns_warned: set[str] = field(default_factory=set, init=False, repr=False)
 
@@ -192,8 +196,30 @@ class RunContext:
             return None
         return next(iter(spaces), "")
 
+    def use_snmp_rules(self, rules: Iterable[str]) -> None:
+        """Export indexes by ``[agent] snmp_rules`` (:mod:`agent.snmprules`); none = the
+        kernel's ifIndexes. Called at start and reload.
+
+        :raises agent.snmprules.SnmpRuleError: a malformed rule (the config check reports it
+            before this is reached).
+        """
+        parsed = parse_rules(rules)
+        self.snmp = SnmpIndexMap(parsed, self.kernel_interface_names) if parsed else None
+
     def interface_names(self, indexes: Iterable[int]) -> dict[int, str]:
-        """ifIndex -> interface name, resolved in the namespace the ingests observe.
+        """Exported interface index -> name, for the interface-name options records.
+
+        The indexes are the ones exported flow records carry: the kernel's ifIndexes, or with
+        ``snmp_rules`` the mapped indexes, whose map is refreshed here (names resolved anew,
+        an index re-used by a new interface re-mapped) so that names and indexes agree.
+        """
+        if self.snmp is None:
+            return self.kernel_interface_names(indexes)
+        self.snmp.refresh()
+        return self.snmp.names_of(indexes)
+
+    def kernel_interface_names(self, indexes: Iterable[int]) -> dict[int, str]:
+        """Kernel ifIndex -> interface name, resolved in the namespace the ingests observe.
 
         ``if_indextoname(3)`` runs on a short-lived helper thread inside that namespace, so
         the calling thread never changes namespace; one call resolves the whole set, so call

@@ -9,7 +9,8 @@ module was loaded with):
 * ``sysctl -a`` (or sysctl.conf) lines: ``net.netflow.NAME = VALUE``.
 
 Option names are compared as the kernel does (``refresh-rate`` = ``refresh_rate``). Every
-option either lands in a table (the mapping is :data:`SIMPLE` and :func:`_exporters`) or in a
+option either lands in a table (the mapping is :data:`SIMPLE`, :func:`convert` and
+:func:`_exporters`; `snmp-rules=` becomes `[agent] snmp_rules`) or in a
 comment at the top that says why it was not converted. The result is checked with the same
 code as ``agent --dry-run``: a value our tables refuse (out of range, malformed) is taken out
 and becomes such a comment too, so what is written validates.
@@ -17,6 +18,7 @@ and becomes such a comment too, so what is written validates.
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -45,8 +47,6 @@ EXPORT_OPTIONS = ("protocol", "destination", "sndbuf", "engine_id", "refresh_rat
                   "timeout_rate", "natevents")
 #: options without an equivalent: (values that mean "off", why)
 UNSUPPORTED = {
-    "snmp_rules": (("",), "interface index rules (snmp-rules) are not supported yet; "
-                   "exporters send the kernel's ifindex"),
     "promisc": (("0",), "accounting promiscuous-mode traffic (promisc) is not supported by "
                 "the NFLOG ingest; the eBPF ingest accounts a SPAN/mirror port with "
                 "[[ingest.ebpf]] promisc = true"),
@@ -192,6 +192,10 @@ def convert(settings: list[Setting], nflog_group: int = 5, manage_rules: bool = 
             rules = [r.strip() for r in s.value.split(",") if r.strip()]
             if rules:
                 draft.put("aggregate", "rules", rules, s)
+        elif name == "snmp_rules":  # ipt_NETFLOW accepts any separator between rules
+            rules = [r for r in re.split(r"[\s,;]+", s.value) if r]
+            if rules:
+                draft.put("agent", "snmp_rules", rules, s)
         elif name in UNSUPPORTED:
             off, why = UNSUPPORTED[name]
             if s.value.strip() not in off:

@@ -6,7 +6,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
-from netflow_agent import privileges
+from netflow_agent import privileges, snmprules
 from netflow_agent.config.load import RawConfig
 from netflow_agent.config.schema import option
 from netflow_agent.errors import ConfigIssue
@@ -46,6 +46,12 @@ class AgentSection:
     state_file: str = option(
         "", doc="On SIGTERM save flows still in the cache here (msgpack) instead of exporting "
         'them; restore them at the next start. "" = export on SIGTERM.')
+    snmp_rules: list[str] = option(
+        default_factory=list,
+        doc='ipt_NETFLOW snmp-rules (fprobe-ulog): ["ppp:200", "eth:100"] exports an '
+        "interface named base name + number as index base + number (eth1 -> 101), first "
+        "fitting rule wins; other interfaces keep the kernel ifIndex. Applies to every "
+        "exporter (flow records and interface-name options); [] = kernel ifIndexes.")
     log_repeat_interval: float = option(
         60.0, doc="Identical log messages repeat at most once per this many seconds "
         "(the rest are counted); 0 = no limit.", min=0, max=86400)
@@ -64,6 +70,11 @@ class AgentSection:
             issues.append(ConfigIssue("control_socket", "must be an absolute path"))
         if self.state_file and not self.state_file.startswith("/"):
             issues.append(ConfigIssue("state_file", "must be an absolute path"))
+        for n, rule in enumerate(self.snmp_rules):
+            try:
+                snmprules.parse_rules([rule])
+            except snmprules.SnmpRuleError as exc:
+                issues.append(ConfigIssue(f"snmp_rules[{n}]", str(exc)))
         if self.group and not self.user:
             issues.append(ConfigIssue("group", "group is only used together with user",
                                       severity="warning"))

@@ -32,6 +32,7 @@ import os
 import re
 import time
 from collections import deque
+from collections.abc import Iterable
 from operator import attrgetter
 from typing import Any
 
@@ -55,6 +56,7 @@ from .config import Config
 from .file import IpfixFile
 from .ipfix import (
     FLOW_LAYOUTS,
+    FLOW_LAYOUTS_US,
     DataGroup,
     Session,
     Template,
@@ -95,6 +97,7 @@ class IpfixExporter(NatExporter):
         self.session = Session(config.domain_id, config.refresh_rate,
                                int(config.template_refresh_s * 1e9))
         self.interfaces = InterfaceNames()
+        self.layouts = FLOW_LAYOUTS_US if config.timestamps == "us" else FLOW_LAYOUTS
         self.templates: dict[int, Template] = self._all_templates()
         self.max_udp_message = 0
         self.sampling: Sampling | None = None
@@ -109,10 +112,14 @@ class IpfixExporter(NatExporter):
              "options_rounds"), 0)
         self.counters["sampling_interval"] = 1  # announced to collectors (1 = none)
 
+    def _encode_flows(self, records: Iterable[FlowRecord]) -> list[DataGroup]:
+        """Flow records as data groups in this exporter's layouts (``timestamps``)."""
+        return encode_flow_groups(records, self._encode_failed, self.layouts)
+
     def _all_templates(self) -> dict[int, Template]:
         out: dict[int, Template] = {}
         if self.cfg.flows:
-            out.update((tid, layout.template) for tid, layout in FLOW_LAYOUTS.items())
+            out.update((tid, layout.template) for tid, layout in self.layouts.items())
         if self.cfg.natevents:
             out.update((tid, tpl) for tid, (tpl, _) in NEL_LAYOUTS.items())
         if self.cfg.options_interval_s:
@@ -213,10 +220,10 @@ class IpfixExporter(NatExporter):
                 self._count_refused(d.submit(KIND_FLOW, records))
         groups = None
         if self.udp:
-            groups = encode_flow_groups(records, self._encode_failed)
+            groups = self._encode_flows(records)
             self._send_udp(groups)
         if self.file is not None:
-            self.file.write(groups or encode_flow_groups(records, self._encode_failed))
+            self.file.write(groups or self._encode_flows(records))
         self._timers()
 
     @hookimpl
@@ -317,7 +324,7 @@ class IpfixExporter(NatExporter):
     def _encode_run(self, kind: int | None, run: list[Any]) -> list[DataGroup]:
         if kind == KIND_NAT:
             return self._encode_nat(run)
-        return encode_flow_groups(run, self._encode_failed)
+        return self._encode_flows(run)
 
     def _encode_failed(self, record: FlowRecord, exc: Exception) -> None:
         self.counters["encode_errors"] += 1

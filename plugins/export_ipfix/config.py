@@ -48,6 +48,9 @@ class Config:
     refresh_rate: int = option(
         20, doc="UDP: resend templates every this many messages; 0 = only by time.", min=0)
     flows: bool = option(True, doc="Export flow records.")
+    timestamps: Literal["ms", "us"] = option(
+        "ms", doc="Flow start/end as flowStart/EndMilliseconds (152/153, ms) or "
+                  "flowStart/EndMicroseconds (154/155, us: NTP-format dateTimeMicroseconds).")
     natevents: bool = option(False, doc="Export NAT events (NEL), as ipt_NETFLOW natevents=1.")
     nat_event_values: Literal["legacy", "rfc8158"] = option(
         "legacy", doc="natEvent values: legacy 1/2, or RFC 8158 4/5 (NAT44) and 6/7 (NAT64).")

@@ -117,16 +117,24 @@ def test_options_without_equivalent_become_comments_with_the_reason(tmp_path: Pa
     _, text = round_trip(
         tmp_path,
         "options ipt_NETFLOW destination=127.0.0.1:2055 sampler=hash:100 "
-        "snmp-rules=eth:100,ppp:200 promisc=1 scan-min=5 exportcpu=1 nosuch=4\n"
+        "promisc=1 scan-min=5 exportcpu=1 nosuch=4\n"
         "install ipt_NETFLOW /sbin/modprobe --ignore-install ipt_NETFLOW && "
         "/sbin/sysctl -w net.netflow.active_timeout=60\n")
     comments = "\n".join(line for line in text.splitlines() if line.startswith("#"))
-    for option in ("snmp-rules=eth:100,ppp:200", "promisc=1",
-                   "scan-min=5", "exportcpu=1", "nosuch=4"):
+    for option in ("promisc=1", "scan-min=5", "exportcpu=1", "nosuch=4"):
         assert f"#   {option} (" in comments, option
     assert 'sampler = "hash:100"  # sampler=hash:100' in text  # flow sampling converts
     assert "unknown ipt_NETFLOW option" in comments
     assert "active_timeout = 60  # active_timeout=60" in text  # from the install command
+
+
+def test_snmp_rules_become_agent_snmp_rules_and_a_bad_rule_a_comment(tmp_path: Path) -> None:
+    config, text = round_trip(
+        tmp_path, "options ipt_NETFLOW destination=127.0.0.1:2055 "
+                  "snmp-rules=eth:100,ppp:200;vlan\n")
+    assert config.agent.snmp_rules == ["eth:100", "ppp:200"]
+    assert "#   snmp-rules=eth:100,ppp:200;vlan (" in text
+    assert "'vlan' not converted: snmp rule 'vlan': expected" in text
 
 
 def test_refused_values_are_taken_out_with_the_agents_reason(tmp_path: Path) -> None:
