@@ -30,8 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.ingest_nflog.test_nflog_netns import nflog_counters  # noqa: E402
-from tests.support.agentproc import Agent  # noqa: E402
+from tests.support.agentproc import Agent, nflog_counters  # noqa: E402
 from tests.support.netns import Netns, end_process, veth_pair  # noqa: E402
 
 PORT = 7000

@@ -15,8 +15,6 @@ packets exactly with either.
 
 from __future__ import annotations
 
-import ast
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from typing import Any
 import pytest
 
 from netflow_agent.control import request
-from tests.support.agentproc import Agent
+from tests.support.agentproc import Agent, nflog_counters
 from tests.support.collectors import Nfcapd, flow_table
 from tests.support.exportclock import clock_tap
 from tests.support.netns import (
@@ -103,18 +101,6 @@ def _started(workdir: Path, toml: str, decoder: str) -> Agent:
     agent.start(ready="reading NFLOG group")
     assert f"{decoder} decoder)" in agent.log(), "wrong decoder in use"
     return agent
-
-
-_STOPPED = re.compile(r"ingest\.nflog\[\d+\]: stopped: (\{.*\})")
-
-
-def nflog_counters(log: str) -> dict[str, int]:
-    """The reader counters the agent logged at stop (summed over instances)."""
-    out: dict[str, int] = {}
-    for match in _STOPPED.finditer(log):
-        for key, value in ast.literal_eval(match.group(1)).items():
-            out[key] = out.get(key, 0) + value
-    return out
 
 
 def _truth_of(captures: list[Capture]) -> GroundTruth:

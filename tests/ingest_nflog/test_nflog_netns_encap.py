@@ -30,8 +30,8 @@ from tests.ingest_nflog.test_nflog_netns import (
     _link_unicast,
     _started,
     _truth_of,
-    nflog_counters,
 )
+from tests.support.agentproc import nflog_counters
 from tests.support.collectors import Nfcapd, flow_table
 from tests.support.netns import Capture, RoutedTopology, send_icmp_echo, send_udp
 from tests.support.pcapgen import FlowSpec, PcapBuilder, link_header

@@ -15,7 +15,9 @@ The one helper for agent processes in tests (it replaced four near-copies):
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -231,3 +233,15 @@ class Agent:
     def __exit__(self, *exc: object) -> None:
         if self.running():
             self.stop()
+
+
+_NFLOG_STOPPED = re.compile(r"ingest\.nflog\[\d+\]: stopped: (\{.*\})")
+
+
+def nflog_counters(log: str) -> dict[str, int]:
+    """The NFLOG reader counters an agent logged at stop (summed over instances)."""
+    out: dict[str, int] = {}
+    for match in _NFLOG_STOPPED.finditer(log):
+        for key, value in ast.literal_eval(match.group(1)).items():
+            out[key] = out.get(key, 0) + value
+    return out
