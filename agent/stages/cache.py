@@ -408,8 +408,8 @@ class FlowCache(Cache):
         out = schema.empty(len(slots))
         if not len(slots):
             return FlowBatch("cache", out, schema=schema)
-        keys = [self.keys[i] for i in slots.tolist()]
-        decoded = schema.decode_keys(keys)  # type: ignore[arg-type]
+        keys = [k for k in map(self.keys.__getitem__, slots.tolist()) if k is not None]
+        decoded = schema.decode_keys(keys)
         for f in schema.key_fields:
             out[f.name] = decoded[f.name]
         out["packets"] = np.frombuffer(self._packets, np.uint64)[slots]
@@ -423,7 +423,7 @@ class FlowCache(Cache):
         self._free(slots, keys)
         return FlowBatch("cache", out, schema=schema)
 
-    def _free(self, slots: np.ndarray, keys: list[bytes | None]) -> None:
+    def _free(self, slots: np.ndarray, keys: list[bytes]) -> None:
         """Forget the flows in ``slots`` (their keys are ``keys``) and reuse the slots."""
         index, table_keys = self.index, self.keys
         for i, key in zip(slots.tolist(), keys, strict=True):
