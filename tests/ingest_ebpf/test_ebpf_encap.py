@@ -182,24 +182,36 @@ TUNNELS = {
 }
 
 
-@pytest.mark.parametrize("outer", [("192.0.2.1", "192.0.2.2"), ("2001:db8::1", "2001:db8::2")],
-                         ids=["outer4", "outer6"])
-@pytest.mark.parametrize("tunnel", TUNNELS)
-def test_crafted_tunnels_give_their_inner_flows(veth_pair_ns: VethPair, tunnel: str,
-                                                outer: tuple[str, str]) -> None:
-    """Every tunnel kind the option names (this kernel has no GRE or Geneve links): the
-    frames the pcap ingest's tests replay, with an outer VLAN tag and inner fragments, written
-    onto the veth. The program must account exactly the inner flows the pcap ingest does."""
-    a, b = veth_pair_ns.a, veth_pair_ns.b
+def _crafted_tunnel_flows(pair: VethPair, tunnel: str, outer: tuple[str, str],
+                          mode: str = "tcx") -> None:
+    """The pcap ingest's tunnel flows written onto ``pair``: the program must account exactly
+    the inner flows the pcap ingest does, every tunnel packet decapsulated."""
+    a, b = pair.a, pair.b
     built = flows_of(PcapBuilder(fragments="track", tunnel=tunnel, tunnel_id=42,
                                  tunnel_outer=outer, vlans=(5,)))
-    with ebpf_ingest(interfaces=[b.ifname], netns=b.ns.name, direction="ingress",
+    with ebpf_ingest(interfaces=[b.ifname], netns=b.ns.name, direction="ingress", mode=mode,
                      poll_interval_ms=100, decapsulate=TUNNELS[tunnel]) as seen:
         sent = send_frames(a, (frame for _ts, frame, _len in built.frames()))
     assert sent == built.outer_truth.packets
     assert seen.table() == built.truth.table()
     assert (seen.stats["decapsulated"], seen.stats["decap_failed"]) == (sent, 0)
     assert seen.stats["frag_unmatched"] == 0 and seen.stats["frag_tracked"] > 0
+
+
+@pytest.mark.parametrize("outer", [("192.0.2.1", "192.0.2.2"), ("2001:db8::1", "2001:db8::2")],
+                         ids=["outer4", "outer6"])
+@pytest.mark.parametrize("tunnel", TUNNELS)
+def test_crafted_tunnels_give_their_inner_flows(veth_pair_ns: VethPair, tunnel: str,
+                                                outer: tuple[str, str]) -> None:
+    """Every tunnel kind the option names (this kernel has no GRE or Geneve links), with an
+    outer VLAN tag and inner fragments, on tc (TCX)."""
+    _crafted_tunnel_flows(veth_pair_ns, tunnel, outer)
+
+
+@pytest.mark.parametrize("tunnel", ["vxlan", "gre-teb", "ipip"])
+def test_crafted_tunnels_on_xdp(veth_pair_ns: VethPair, tunnel: str) -> None:
+    """The XDP program takes tunnels apart with its own global function."""
+    _crafted_tunnel_flows(veth_pair_ns, tunnel, ("2001:db8::1", "2001:db8::2"), mode="xdp")
 
 
 def test_fragments_before_their_first_keep_ports_0(veth_pair_ns: VethPair) -> None:
