@@ -179,16 +179,17 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 {
 	static char *kwlist[] = { "maxflows", "sampling", "percpu", "overflow_ring_bytes",
 				  "precise_clock", "slots", "prealloc", "fill_threshold",
-				  "frag_table", "frag_timeout", "decap", NULL };
+				  "frag_table", "frag_timeout", "decap", "keep_outer", NULL };
 	unsigned int maxflows = 65536, sampling = 1, ring_bytes = 0, ring_size = 4096, slots = 0;
 	unsigned int fill_threshold = 0, frag_table = 0, frag_timeout = 30, decap = 0;
-	int percpu = 1, precise_clock = 0, prealloc = 1, err;
+	int percpu = 1, precise_clock = 0, prealloc = 1, keep_outer = 0, err;
 	enum bpf_map_type type;
 	__u64 seed = 0;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "|IIpIpIpIIII", kwlist, &maxflows, &sampling,
-					 &percpu, &ring_bytes, &precise_clock, &slots, &prealloc,
-					 &fill_threshold, &frag_table, &frag_timeout, &decap))
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "|IIpIpIpIIIIp", kwlist, &maxflows,
+					 &sampling, &percpu, &ring_bytes, &precise_clock, &slots,
+					 &prealloc, &fill_threshold, &frag_table, &frag_timeout, &decap,
+					 &keep_outer))
 		return -1;
 	if (maxflows < 1 || sampling < 1 || ring_bytes > (1u << 30) ||
 	    (slots & (slots - 1)) || slots > (1u << 24) || frag_table > (1u << 24) ||
@@ -230,6 +231,7 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	self->skel->rodata->frag_track = frag_table > 0;
 	self->skel->rodata->frag_timeout_ns = (__u64)frag_timeout * 1000000000ULL;
 	self->skel->rodata->decap = (__u8)decap;
+	self->skel->rodata->keep_outer = decap && keep_outer;
 	bpf_map__set_max_entries(self->skel->maps.frag_ports, frag_table ? frag_table : 1);
 	bpf_map__set_max_entries(self->skel->maps.slots_a, slots ? slots * self->slot_ncpu : 1);
 	bpf_map__set_max_entries(self->skel->maps.slots_b, slots ? slots * self->slot_ncpu : 1);
@@ -666,7 +668,7 @@ static PyTypeObject LoaderType = {
 	.tp_name = "netflow_agent.plugins.ingest_ebpf._loader.Loader",
 	.tp_doc = "Loader(maxflows=65536, sampling=1, percpu=True, overflow_ring_bytes=0, "
 		  "precise_clock=False, slots=0, prealloc=True, fill_threshold=0, frag_table=0, "
-		  "frag_timeout=30, decap=0)",
+		  "frag_timeout=30, decap=0, keep_outer=False)",
 	.tp_basicsize = sizeof(Loader),
 	.tp_flags = Py_TPFLAGS_DEFAULT,
 	.tp_new = PyType_GenericNew,

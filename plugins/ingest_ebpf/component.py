@@ -120,7 +120,8 @@ class EbpfIngest(Ingest):
                              prealloc=cfg.prealloc, fill_threshold=self._fill_limit,
                              frag_table=fragments.table if self.tracking else 0,
                              frag_timeout=fragments.timeout,
-                             decap=sum(TUNNEL_BITS[t] for t in set(cfg.decapsulate)))
+                             decap=sum(TUNNEL_BITS[t] for t in set(cfg.decapsulate)),
+                             keep_outer=cfg.keep_outer)
         self.loader.set_active(self.active)
         if not self.loader.synchronize() and cfg.cpu_slots:
             self.log.warning("%s: this kernel refuses membarrier(MEMBARRIER_CMD_GLOBAL) "
@@ -128,11 +129,12 @@ class EbpfIngest(Ingest):
                              "and a program later than that can lose packets in a slot; set "
                              "cpu_slots = 0 for exact accounting", self.name)
         self.log.info("%s: loaded BPF programs %s (maxflows %d, %s map, %s %d MB, %d slots "
-                      "per CPU, sampling 1/%d, fragments %s, decapsulate %s)", self.name,
+                      "per CPU, sampling 1/%d, fragments %s, decapsulate %s%s)", self.name,
                       self.loader.prog_ids(), self.maxflows, cfg.map_type,
                       "preallocated" if cfg.prealloc else "at most",
                       table_memory(self.maxflows, percpu, ncpu) >> 20, cfg.cpu_slots,
-                      cfg.sampling, fragments.mode, list(cfg.decapsulate) or "off")
+                      cfg.sampling, fragments.mode, list(cfg.decapsulate) or "off",
+                      " keeping the outer flows" if cfg.keep_outer else "")
         self.attacher = Attacher(self.loader, cfg.mode, cfg.direction, cfg.promisc)
         try:
             self._rescan(initial=True)

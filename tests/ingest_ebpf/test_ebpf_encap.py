@@ -40,7 +40,7 @@ from tests.support.netns import (
     send_udp,
     vxlan_overlay,
 )
-from tests.support.pcapgen import FlowSpec, PcapBuilder
+from tests.support.pcapgen import FlowSpec, PcapBuilder, encapsulate, link_header
 from tests.support.truth import GroundTruth
 
 pytestmark = pytest.mark.bpf
@@ -183,17 +183,22 @@ TUNNELS = {
 
 
 def _crafted_tunnel_flows(pair: VethPair, tunnel: str, outer: tuple[str, str],
-                          mode: str = "tcx") -> None:
+                          mode: str = "tcx", keep_outer: bool = False) -> None:
     """The pcap ingest's tunnel flows written onto ``pair``: the program must account exactly
-    the inner flows the pcap ingest does, every tunnel packet decapsulated."""
+    the inner flows the pcap ingest does (and the outer ones with ``keep_outer``), every
+    tunnel packet decapsulated."""
     a, b = pair.a, pair.b
     built = flows_of(PcapBuilder(fragments="track", tunnel=tunnel, tunnel_id=42,
                                  tunnel_outer=outer, vlans=(5,)))
     with ebpf_ingest(interfaces=[b.ifname], netns=b.ns.name, direction="ingress", mode=mode,
-                     poll_interval_ms=100, decapsulate=TUNNELS[tunnel]) as seen:
+                     poll_interval_ms=100, decapsulate=TUNNELS[tunnel],
+                     keep_outer=keep_outer) as seen:
         sent = send_frames(a, (frame for _ts, frame, _len in built.frames()))
     assert sent == built.outer_truth.packets
-    assert seen.table() == built.truth.table()
+    want = GroundTruth().merge(built.truth)
+    if keep_outer:
+        want.merge(built.outer_truth)
+    assert seen.table() == want.table()
     assert (seen.stats["decapsulated"], seen.stats["decap_failed"]) == (sent, 0)
     assert seen.stats["frag_unmatched"] == 0 and seen.stats["frag_tracked"] > 0
 
@@ -212,6 +217,36 @@ def test_crafted_tunnels_give_their_inner_flows(veth_pair_ns: VethPair, tunnel: 
 def test_crafted_tunnels_on_xdp(veth_pair_ns: VethPair, tunnel: str) -> None:
     """The XDP program takes tunnels apart with its own global function."""
     _crafted_tunnel_flows(veth_pair_ns, tunnel, ("2001:db8::1", "2001:db8::2"), mode="xdp")
+
+
+@pytest.mark.parametrize("mode", ["tcx", "xdp"])
+@pytest.mark.parametrize("tunnel", ["vxlan", "erspan3"])
+def test_keep_outer_accounts_both(veth_pair_ns: VethPair, tunnel: str, mode: str) -> None:
+    _crafted_tunnel_flows(veth_pair_ns, tunnel, ("192.0.2.1", "192.0.2.2"), mode=mode,
+                          keep_outer=True)
+
+
+@pytest.mark.parametrize("keep_outer", [False, True], ids=["inner", "keep-outer"])
+def test_tunnel_in_tunnel(veth_pair_ns: VethPair, keep_outer: bool) -> None:
+    """VXLAN inside GRE: two levels taken apart, and with keep_outer both outer flows (the
+    GRE endpoints' and the VXLAN endpoints') accounted too, as agent/tunnels.py does."""
+    a, b = veth_pair_ns.a, veth_pair_ns.b
+    built = flows_of(PcapBuilder(fragments="track", tunnel="vxlan", tunnel_id=7))
+    gre_truth = GroundTruth()
+    frames = []
+    for _ts, vxlan in built.packets:
+        gre = encapsulate(vxlan, "gre-key", 9, "198.51.100.1", "198.51.100.2")
+        gre_truth.add_ip_packet(gre)
+        frames.append(link_header(1, gre) + gre)
+    with ebpf_ingest(interfaces=[b.ifname], netns=b.ns.name, direction="ingress",
+                     poll_interval_ms=100, decapsulate=["gre", "vxlan"],
+                     keep_outer=keep_outer) as seen:
+        sent = send_frames(a, frames)
+    want = GroundTruth().merge(built.truth)
+    if keep_outer:
+        want.merge(built.outer_truth).merge(gre_truth)
+    assert seen.table() == want.table()
+    assert (seen.stats["decapsulated"], seen.stats["decap_failed"]) == (2 * sent, 0)
 
 
 def test_fragments_before_their_first_keep_ports_0(veth_pair_ns: VethPair) -> None:

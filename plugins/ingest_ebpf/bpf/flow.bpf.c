@@ -61,6 +61,7 @@ const volatile __u64 fill_threshold = 0; /* inserts that make a table ask for a 
 const volatile __u8 frag_track = 0;	/* non-first fragments take their first one's ports */
 const volatile __u64 frag_timeout_ns = 30000000000ULL;	/* how long a first fragment counts */
 const volatile __u8 decap = 0;		/* TUNNEL_* bits: tunnels accounted as their inner flow */
+const volatile __u8 keep_outer = 0;	/* with decap: the outer flow of a tunnel packet too */
 
 enum parse_result { PARSE_OK, PARSE_NON_IP, PARSE_TRUNC };
 
@@ -81,6 +82,20 @@ struct pkt_info {
 	__u8 decap_failed;	/* 1: a tunnel packet accounted as it is (see decapsulate()) */
 	__u8 inner_short;	/* 1: an inner header ran past the linear data (tc pulls more) */
 } __attribute__((aligned(8)));
+
+/* keep_outer: the tunnel packets a packet was taken out of, outermost first. Scratch space
+ * per CPU rather than on the stack (512 bytes for the program and the functions it calls);
+ * the programs do not nest on one CPU. */
+struct outer_pkts {
+	struct pkt_info p[MAX_TUNNEL_DEPTH];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct outer_pkts);
+} outer_pkts SEC(".maps");
 
 /* Ports and TCP flags/header length from the transport header at `l4`. */
 static __always_inline int parse_l4(void *l4, void *end, __u8 proto, struct pkt_info *pi)
@@ -217,9 +232,9 @@ static __always_inline int parse_ip(void *data, void *end, __u32 off, struct pkt
 	return parse_ipv6(data, end, off, pi);
 }
 
-/* Offset of the IP header behind the Ethernet header at `off` (up to MAX_VLAN_TAGS tags);
- * -PARSE_NON_IP or -PARSE_TRUNC when there is none. */
-static __always_inline int ethernet_ip(void *data, void *end, __u32 off)
+/* Offset of the IP header behind the Ethernet header at `off` (up to MAX_VLAN_TAGS tags),
+ * its EtherType in *etype; -PARSE_NON_IP or -PARSE_TRUNC when there is none. */
+static __always_inline int ethernet_ip_type(void *data, void *end, __u32 off, __u16 *etype)
 {
 	__u16 proto;
 
@@ -236,22 +251,34 @@ static __always_inline int ethernet_ip(void *data, void *end, __u32 off)
 		proto = *(__u16 *)(data + off + 2);	/* encapsulated protocol */
 		off += 4;
 	}
+	*etype = proto;
 	if (proto == bpf_htons(ETH_P_IP) || proto == bpf_htons(ETH_P_IPV6))
 		return off;
 	return -PARSE_NON_IP;
 }
 
-/* Fill pi from the frame at data..end (Ethernet). */
+static __always_inline int ethernet_ip(void *data, void *end, __u32 off)
+{
+	__u16 etype;
+
+	return ethernet_ip_type(data, end, off, &etype);
+}
+
+/* Fill pi from the frame at data..end (Ethernet). The EtherType picks the parser, as before
+ * tunnels: fewer paths for the verifier than the version nibble (parse_ip) would give. */
 static __always_inline int parse(void *data, void *end, struct pkt_info *pi)
 {
-	int off = ethernet_ip(data, end, 0);
+	__u16 etype = 0;
+	int off = ethernet_ip_type(data, end, 0, &etype);
 
 	if (off < 0) {
 		pi->l3_off = ETH_HLEN;
 		return -off;
 	}
 	pi->l3_off = off;
-	return parse_ip(data, end, off, pi);
+	if (etype == bpf_htons(ETH_P_IP))
+		return parse_ipv4(data, end, off, pi);
+	return parse_ipv6(data, end, off, pi);
 }
 
 /* --- tunnels (decapsulate): agent/tunnels.py's rules, one level per decapsulate() call --- */
@@ -369,68 +396,44 @@ static __always_inline int decapsulate(void *data, void *end, struct pkt_info *p
 }
 
 /*
- * One tunnel level as a global function, once per context type: the verifier checks a global
- * function once, on its own, instead of along every path of the caller, which keeps the
- * tunnel parsers (two levels, each with IPv6 extension headers and VLAN tags) well within
- * its limits. It reads the packet bounds from the context itself.
+ * Tunnels as global functions, once per context type: the verifier checks a global function
+ * once, on its own, instead of along every path of the caller, which keeps the tunnel parsers
+ * (two levels, each with IPv6 extension headers and VLAN tags) well within its limits. They
+ * read the packet bounds from the context itself. decapsulate_*: one level; decapsulate_all_*:
+ * the configured tunnels removed from pi, up to MAX_TUNNEL_DEPTH levels (as agent/tunnels.py
+ * does), each tunnel packet kept in `outers` (keep_outer; may be NULL) before its inner packet
+ * replaces it. `next` is scratch space.
  */
-#define DEFINE_DECAPSULATE(name, ctx_type)						\
+#define DEFINE_DECAPSULATE(name, all_name, ctx_type)					\
 __noinline int name(ctx_type *ctx, struct pkt_info *pi, struct pkt_info *next)		\
 {											\
 	if (!pi || !next)								\
 		return 0;								\
 	return decapsulate((void *)(long)ctx->data, (void *)(long)ctx->data_end, pi, next); \
+}											\
+											\
+__noinline int all_name(ctx_type *ctx, struct pkt_info *pi, struct pkt_info *next,	\
+			struct outer_pkts *outers)					\
+{											\
+	if (!pi || !decap)								\
+		return 0;								\
+	for (int depth = 0; depth < MAX_TUNNEL_DEPTH; depth++) {			\
+		if (outers && keep_outer && !pi->frag && tunnel_candidate(pi))		\
+			outers->p[depth & (MAX_TUNNEL_DEPTH - 1)] = *pi;		\
+		if (!name(ctx, pi, next) || pi->decap_failed)				\
+			break;								\
+	}										\
+	return 0;									\
 }
-DEFINE_DECAPSULATE(decapsulate_tc, struct __sk_buff)
-DEFINE_DECAPSULATE(decapsulate_xdp, struct xdp_md)
+DEFINE_DECAPSULATE(decapsulate_tc, decapsulate_all_tc, struct __sk_buff)
+DEFINE_DECAPSULATE(decapsulate_xdp, decapsulate_all_xdp, struct xdp_md)
 
-/* The configured tunnels removed from pi, up to MAX_TUNNEL_DEPTH levels (as agent/tunnels.py
- * does): `fn` is decapsulate_tc or decapsulate_xdp. */
-#define DECAPSULATE_ALL(fn, ctx, pi, scratch)					\
-	do {									\
-		if (!decap)							\
-			break;							\
-		for (int depth = 0; depth < MAX_TUNNEL_DEPTH; depth++)		\
-			if (!fn(ctx, pi, scratch) || (pi)->decap_failed)	\
-				break;						\
-	} while (0)
-
-/* --- fragments (fragments = "track"): agent/fragments.py's rules, without the hold --- */
-
-static __always_inline void frag_identity(const struct pkt_info *pi, struct frag_key *fk)
+/* The per-CPU keep_outer space, or NULL when keep_outer is off. */
+static __always_inline struct outer_pkts *outers_space(void)
 {
-	__builtin_memcpy(fk->saddr, pi->key.saddr, 16);
-	__builtin_memcpy(fk->daddr, pi->key.daddr, 16);
-	fk->id = pi->frag_id;
-	fk->ip_version = pi->key.ip_version;
-	fk->proto = pi->key.ip_version == 4 ? pi->key.proto : 0;
-}
+	__u32 zero = 0;
 
-/* A first fragment leaves its ports; a later one takes them if the first is younger than
- * frag_timeout_ns, else keeps ports 0 (counted unmatched: nothing is held in the kernel). */
-static __always_inline void track_fragment(struct pkt_info *pi, __u64 now,
-					   struct flow_counters *cnt)
-{
-	struct frag_key fk = {};
-	struct frag_ports *fp;
-
-	frag_identity(pi, &fk);
-	if (pi->frag == FRAG_FIRST) {
-		struct frag_ports v = { .ts_ns = now, .sport = pi->key.sport,
-					.dport = pi->key.dport, .proto = pi->key.proto };
-
-		bpf_map_update_elem(&frag_ports, &fk, &v, BPF_ANY);
-		return;
-	}
-	fp = bpf_map_lookup_elem(&frag_ports, &fk);
-	if (fp && now - fp->ts_ns <= frag_timeout_ns) {
-		pi->key.sport = fp->sport;
-		pi->key.dport = fp->dport;
-		pi->key.proto = fp->proto;
-		cnt->v[CNT_FRAG_TRACKED]++;
-	} else {
-		cnt->v[CNT_FRAG_UNMATCHED]++;
-	}
+	return keep_outer ? bpf_map_lookup_elem(&outer_pkts, &zero) : NULL;
 }
 
 /* Hand one packet of a flow the full table could not take to userspace; 0 if the ring is full. */
@@ -468,6 +471,51 @@ static __always_inline __u64 clock_now(struct flow_counters *cnt, int fresh)
 		cnt->clock_ns = bpf_ktime_get_ns();
 	}
 	return cnt->clock_ns;
+}
+
+/* --- fragments (fragments = "track"): agent/fragments.py's rules, without the hold --- */
+
+static __always_inline void frag_identity(const struct pkt_info *pi, struct frag_key *fk)
+{
+	__builtin_memcpy(fk->saddr, pi->key.saddr, 16);
+	__builtin_memcpy(fk->daddr, pi->key.daddr, 16);
+	fk->id = pi->frag_id;
+	fk->ip_version = pi->key.ip_version;
+	fk->proto = pi->key.ip_version == 4 ? pi->key.proto : 0;
+}
+
+/* A first fragment leaves its ports; a later one takes them if the first is younger than
+ * frag_timeout_ns, else keeps ports 0 (counted unmatched: nothing is held in the kernel).
+ * A global function, verified once rather than along every path of the caller. */
+__noinline int track_fragment(struct pkt_info *pi)
+{
+	__u32 zero = 0;
+	struct flow_counters *cnt = bpf_map_lookup_elem(&flow_stats, &zero);
+	struct frag_key fk = {};
+	struct frag_ports *fp;
+	__u64 now;
+
+	if (!pi || !cnt)
+		return 0;
+	now = clock_now(cnt, 0);
+	frag_identity(pi, &fk);
+	if (pi->frag == FRAG_FIRST) {
+		struct frag_ports v = { .ts_ns = now, .sport = pi->key.sport,
+					.dport = pi->key.dport, .proto = pi->key.proto };
+
+		bpf_map_update_elem(&frag_ports, &fk, &v, BPF_ANY);
+		return 0;
+	}
+	fp = bpf_map_lookup_elem(&frag_ports, &fk);
+	if (fp && now - fp->ts_ns <= frag_timeout_ns) {
+		pi->key.sport = fp->sport;
+		pi->key.dport = fp->dport;
+		pi->key.proto = fp->proto;
+		cnt->v[CNT_FRAG_TRACKED]++;
+	} else {
+		cnt->v[CNT_FRAG_UNMATCHED]++;
+	}
+	return 0;
 }
 
 /* Ask the drain thread, once per table and drain, to drain table `table` now. */
@@ -624,13 +672,55 @@ static __always_inline int slot_account(void *slots, struct pkt_info *pi, __u64 
 
 /* Shared body of every program: sample, parse, account. `frame_len` is the whole frame,
  * `segs` the GSO segment count (1 when not GSO). Returns nothing: the caller passes. */
-static __always_inline void observe(void *data, void *end, __u32 frame_len, __u32 ifindex,
-				    __u8 direction, __u32 segs, int result, struct pkt_info *pi,
-				    struct flow_counters *cnt)
+/* The bytes of pi's packet: its IP length; for a GSO skb of `segs` segments the sum of the
+ * segments' IP lengths (every segment repeats the headers). */
+static __always_inline __u64 packet_bytes(const struct pkt_info *pi, __u32 frame_len, __u32 segs)
 {
-	__u32 zero = 0, *active;
-	__u64 bytes;
+	if (segs > 1)
+		return (frame_len - pi->l3_off) + (__u64)(segs - 1) * pi->hdr_len;
+	return pi->ip_len;
+}
 
+/* Add pi's packet to the active table: its slot, else the hash. */
+static __always_inline void account_active(struct pkt_info *pi, __u32 segs, __u64 bytes,
+					   struct flow_counters *cnt)
+{
+	__u32 zero = 0, *active = bpf_map_lookup_elem(&flow_active, &zero);
+
+	/* One call site per map, not a pointer chosen at run time: the verifier inlines a map
+	 * lookup only when a single map reaches the call instruction. */
+	if (active && *active) {
+		if (!slot_mask || !slot_account(&slots_b, pi, segs, bytes, cnt))
+			account(&flows_b, 1, pi, segs, bytes, cnt);
+	} else {
+		if (!slot_mask || !slot_account(&slots_a, pi, segs, bytes, cnt))
+			account(&flows_a, 0, pi, segs, bytes, cnt);
+	}
+}
+
+/* keep_outer: account a tunnel packet as its outer flow too, as without decapsulate. A
+ * global function, verified once rather than along every path of the caller. */
+__noinline int account_outer(struct pkt_info *outer, __u32 frame_len, __u32 segs,
+			     __u32 ifindex, __u32 direction)
+{
+	__u32 zero = 0;
+	struct flow_counters *cnt = bpf_map_lookup_elem(&flow_stats, &zero);
+
+	if (!outer || !cnt)
+		return 0;
+	outer->key.ifindex = ifindex;
+	outer->key.direction = direction;
+	account_active(outer, segs, packet_bytes(outer, frame_len, segs), cnt);
+	return 0;
+}
+
+/* Shared body of every program: count, track fragments, account. `frame_len` is the whole
+ * frame, `segs` the GSO segment count (1 when not GSO), `outers` the keep_outer space (NULL:
+ * off). Returns nothing: the caller passes. */
+static __always_inline void observe(__u32 frame_len, __u32 ifindex, __u8 direction,
+				    __u32 segs, int result, struct pkt_info *pi,
+				    struct outer_pkts *outers, struct flow_counters *cnt)
+{
 	if (result == PARSE_NON_IP) {
 		cnt->v[CNT_NON_IP]++;
 		return;
@@ -643,28 +733,23 @@ static __always_inline void observe(void *data, void *end, __u32 frame_len, __u3
 	if (pi->frag) {
 		cnt->v[CNT_FRAG]++;
 		if (frag_track)
-			track_fragment(pi, clock_now(cnt, 0), cnt);
+			track_fragment(pi);
 		if (decap && tunnel_candidate(pi))	/* a tunnel fragment stays the outer flow */
 			pi->decap_failed = 1;
 	}
-	cnt->v[CNT_DECAPSULATED] += pi->decapsulated;
-	cnt->v[CNT_DECAP_FAILED] += pi->decap_failed;
+	if (decap) {
+		cnt->v[CNT_DECAPSULATED] += pi->decapsulated;
+		cnt->v[CNT_DECAP_FAILED] += pi->decap_failed;
+	}
+	if (outers) {
+		if (pi->decapsulated > 0)
+			account_outer(&outers->p[0], frame_len, segs, ifindex, direction);
+		if (pi->decapsulated > 1)
+			account_outer(&outers->p[1], frame_len, segs, ifindex, direction);
+	}
 	pi->key.ifindex = ifindex;
 	pi->key.direction = direction;
-	if (segs > 1)	/* every segment repeats the headers: sum of the segments' IP lengths */
-		bytes = (frame_len - pi->l3_off) + (__u64)(segs - 1) * pi->hdr_len;
-	else
-		bytes = pi->ip_len;
-	active = bpf_map_lookup_elem(&flow_active, &zero);
-	/* One call site per map, not a pointer chosen at run time: the verifier inlines a map
-	 * lookup only when a single map reaches the call instruction. */
-	if (active && *active) {
-		if (!slot_mask || !slot_account(&slots_b, pi, segs, bytes, cnt))
-			account(&flows_b, 1, pi, segs, bytes, cnt);
-	} else {
-		if (!slot_mask || !slot_account(&slots_a, pi, segs, bytes, cnt))
-			account(&flows_a, 0, pi, segs, bytes, cnt);
-	}
+	account_active(pi, segs, packet_bytes(pi, frame_len, segs), cnt);
 }
 
 /* Sampling and the counters entry; NULL means "skip this packet". */
@@ -685,32 +770,37 @@ static __always_inline struct flow_counters *begin(void)
 
 /* parse() and, when it parsed, the tunnels removed (tc). */
 static __always_inline int tc_parse(struct __sk_buff *skb, struct pkt_info *pi,
-				    struct pkt_info *scratch)
+				    struct pkt_info *scratch, struct outer_pkts *outers)
 {
-	int result = parse((void *)(long)skb->data, (void *)(long)skb->data_end, pi);
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	int result;
 
+	/* opaque to the compiler: else it may copy the packet pointer with a 32-bit move (the
+	 * field is a __u32), which the verifier takes for a plain number */
+	asm volatile("" : "+r"(data), "+r"(end));
+	result = parse(data, end, pi);
 	if (result == PARSE_OK)
-		DECAPSULATE_ALL(decapsulate_tc, skb, pi, scratch);
+		decapsulate_all_tc(skb, pi, scratch, outers);
 	return result;
 }
 
 static __always_inline int tc_observe(struct __sk_buff *skb, __u8 direction)
 {
 	struct flow_counters *cnt = begin();
+	struct outer_pkts *outers = outers_space();
 	struct pkt_info pi = {}, scratch;
 	int result;
 
 	if (!cnt)
 		return TC_ACT_UNSPEC;
-	result = tc_parse(skb, &pi, &scratch);
+	result = tc_parse(skb, &pi, &scratch, outers);
 	if ((result == PARSE_TRUNC || pi.inner_short) && skb->data_end - skb->data < skb->len) {
 		/* headers beyond the linear part: pull them in and parse again */
 		bpf_skb_pull_data(skb, skb->len < PULL_LEN ? skb->len : PULL_LEN);
 		__builtin_memset(&pi, 0, sizeof(pi));
-		result = tc_parse(skb, &pi, &scratch);
+		result = tc_parse(skb, &pi, &scratch, outers);
 	}
-	observe((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, skb->ifindex,
-		direction, skb->gso_segs ?: 1, result, &pi, cnt);
+	observe(skb->len, skb->ifindex, direction, skb->gso_segs ?: 1, result, &pi, outers, cnt);
 	return TC_ACT_UNSPEC;	/* == TCX_NEXT: observe only, later filters/programs still run */
 }
 
@@ -731,6 +821,7 @@ int flow_xdp(struct xdp_md *ctx)
 {
 	struct flow_counters *cnt = begin();
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
+	struct outer_pkts *outers = outers_space();
 	struct pkt_info pi = {}, scratch;
 	int result;
 
@@ -738,9 +829,8 @@ int flow_xdp(struct xdp_md *ctx)
 		return XDP_PASS;
 	result = parse(data, end, &pi);
 	if (result == PARSE_OK)
-		DECAPSULATE_ALL(decapsulate_xdp, ctx, &pi, &scratch);
-	observe((void *)(long)ctx->data, (void *)(long)ctx->data_end, end - data,
-		ctx->ingress_ifindex, 0, 1, result, &pi, cnt);
+		decapsulate_all_xdp(ctx, &pi, &scratch, outers);
+	observe(end - data, ctx->ingress_ifindex, 0, 1, result, &pi, outers, cnt);
 	return XDP_PASS;
 }
 
