@@ -7,11 +7,11 @@
  * UDP frames of `flows` distinct destination ports, `repeat` runs each. Prints the kernel's
  * mean ns per run (the test-run loop included: subtract the empty program's figure).
  *
- *   prog_cost SLOTS PRECISE_CLOCK FLOWS REPEAT [FRAG_TRACK DECAP FRAME]
+ *   prog_cost SLOTS PRECISE_CLOCK FLOWS REPEAT [FRAG_TRACK DECAP FRAME [KEEP_OUTER]]
  *   prog_cost --empty OBJECT REPEAT      the same frame through empty.bpf.c's program
  *
- * FRAG_TRACK (0/1) and DECAP (TUNNEL_* bits) set the knobs of [cache] fragments = "track" and
- * decapsulate; FRAME is 0 for the plain UDP frame, 1 for the same frame inside VXLAN (UDP
+ * FRAG_TRACK (0/1), DECAP (TUNNEL_* bits) and KEEP_OUTER (0/1) set the knobs of
+ * [cache] fragments = "track", decapsulate and keep_outer; FRAME is 0 for the plain UDP frame, 1 for the same frame inside VXLAN (UDP
  * 4789, 110 bytes), 2 for a non-first IPv4 fragment of it (a fragment-map lookup).
  */
 #include <stdio.h>
@@ -105,21 +105,24 @@ static int run_empty(const char *path, unsigned int repeat)
 int main(int argc, char **argv)
 {
 	unsigned int slots, precise, flows, repeat, frag_track = 0, decap = 0, frame = 0;
+	unsigned int keep_outer = 0;
 	double total = 0, ns;
 	struct flow_bpf *skel;
 	int fd;
 
 	if (argc == 4 && !strcmp(argv[1], "--empty"))
 		return run_empty(argv[2], atoi(argv[3]));
-	if (argc != 5 && argc != 8) {
+	if (argc != 5 && argc != 8 && argc != 9) {
 		fprintf(stderr, "usage: %s SLOTS PRECISE_CLOCK FLOWS REPEAT [FRAG_TRACK DECAP "
-			"FRAME] | --empty OBJECT REPEAT\n", argv[0]);
+			"FRAME [KEEP_OUTER]] | --empty OBJECT REPEAT\n", argv[0]);
 		return 2;
 	}
 	slots = atoi(argv[1]), precise = atoi(argv[2]), flows = atoi(argv[3]);
 	repeat = atoi(argv[4]);
-	if (argc == 8)
+	if (argc >= 8)
 		frag_track = atoi(argv[5]), decap = atoi(argv[6]), frame = atoi(argv[7]);
+	if (argc == 9)
+		keep_outer = atoi(argv[8]);
 	skel = flow_bpf__open();
 	if (!skel)
 		return perror("open"), 1;
@@ -128,6 +131,7 @@ int main(int argc, char **argv)
 	skel->rodata->precise_clock = precise;
 	skel->rodata->frag_track = frag_track;
 	skel->rodata->decap = decap;
+	skel->rodata->keep_outer = keep_outer;
 	/* as the loader: CPU c owns slot entries [c * slots, (c + 1) * slots) */
 	bpf_map__set_max_entries(skel->maps.slots_a, slots ? slots * libbpf_num_possible_cpus() : 1);
 	bpf_map__set_max_entries(skel->maps.slots_b, slots ? slots * libbpf_num_possible_cpus() : 1);

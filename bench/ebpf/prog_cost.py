@@ -28,7 +28,8 @@ from run import build_empty_program  # noqa: E402  (bench/ebpf/run.py)
 
 BPF_DIR = HERE.parents[1] / "plugins" / "ingest_ebpf" / "bpf"
 
-VARIANTS = [  # (label, slots, precise clock[, fragments track, decapsulate bits, frame])
+VARIANTS = [  # (label, slots, precise clock[, fragments track, decapsulate bits, frame[,
+    #             keep_outer]])
     ("slots 4096, tick clock (default)", 4096, 0),
     ("slots 4096, precise clock", 4096, 1),
     ("no slots (hash only), tick clock", 0, 0),
@@ -40,6 +41,7 @@ VARIANTS = [  # (label, slots, precise clock[, fragments track, decapsulate bits
     ("default + decapsulate (all four), plain UDP", 4096, 0, 1, 15, 0),
     ("default + decapsulate (all four), UDP in VXLAN", 4096, 0, 1, 15, 1),
     ("default, no decapsulate, UDP in VXLAN", 4096, 0, 1, 0, 1),
+    ("default + decapsulate + keep_outer, UDP in VXLAN", 4096, 0, 1, 15, 1, 1),
 ]
 
 

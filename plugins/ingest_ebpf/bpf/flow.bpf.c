@@ -38,6 +38,8 @@
 #define VXLAN_PORT_LINUX 8472		/* Linux's VXLAN default without dstport */
 #define GENEVE_PORT 6081
 #define MAX_TUNNEL_DEPTH 2		/* tunnels inside tunnels, as agent/tunnels.py */
+_Static_assert((MAX_TUNNEL_DEPTH & (MAX_TUNNEL_DEPTH - 1)) == 0,
+	       "MAX_TUNNEL_DEPTH indexes outer_pkts with a mask: a power of two");
 #define MAX_TUNNEL_OFF 512		/* deepest tunnel header decapsulated */
 #define MAX_INNER_OFF 1024		/* deepest inner IP header */
 
@@ -787,12 +789,13 @@ static __always_inline int tc_parse(struct __sk_buff *skb, struct pkt_info *pi,
 static __always_inline int tc_observe(struct __sk_buff *skb, __u8 direction)
 {
 	struct flow_counters *cnt = begin();
-	struct outer_pkts *outers = outers_space();
 	struct pkt_info pi = {}, scratch;
+	struct outer_pkts *outers;
 	int result;
 
 	if (!cnt)
 		return TC_ACT_UNSPEC;
+	outers = outers_space();
 	result = tc_parse(skb, &pi, &scratch, outers);
 	if ((result == PARSE_TRUNC || pi.inner_short) && skb->data_end - skb->data < skb->len) {
 		/* headers beyond the linear part: pull them in and parse again */
@@ -821,12 +824,13 @@ int flow_xdp(struct xdp_md *ctx)
 {
 	struct flow_counters *cnt = begin();
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
-	struct outer_pkts *outers = outers_space();
 	struct pkt_info pi = {}, scratch;
+	struct outer_pkts *outers;
 	int result;
 
 	if (!cnt)
 		return XDP_PASS;
+	outers = outers_space();
 	result = parse(data, end, &pi);
 	if (result == PARSE_OK)
 		decapsulate_all_xdp(ctx, &pi, &scratch, outers);
