@@ -5,10 +5,13 @@
  * Parses Ethernet (up to two 802.1Q/802.1ad tags left in the frame), IPv4 (RFC 791, fragments),
  * IPv6 (RFC 8200 extension headers, fragment header), TCP/UDP/UDP-Lite/DCCP/SCTP ports and
  * ICMP/ICMPv6 type/code, exactly like agent/packet.py does for packet ingests, and adds each
- * packet to a flow table keyed like the agent's cache (flow.h). Packets of new flows that do
- * not fit in the full table go through a ring buffer instead, or are counted as lost. Packets count wire segments
- * (skb->gso_segs ?: 1) and bytes are the IP total length of each wire segment. The programs
- * observe only: they always let the packet continue (TC_ACT_UNSPEC / TCX_NEXT, XDP_PASS).
+ * packet to a flow table keyed like the agent's cache (flow.h). Optional, as in the packet
+ * ingests: non-first fragments take their first fragment's ports (agent/fragments.py,
+ * without the hold) and tunnels are accounted as their inner flow (agent/tunnels.py).
+ * Packets of new flows that do not fit in the full table go through a ring buffer instead,
+ * or are counted as lost. Packets count wire segments (skb->gso_segs ?: 1) and bytes are the
+ * IP total length of each wire segment. The programs observe only: they always let the packet
+ * continue (TC_ACT_UNSPEC / TCX_NEXT, XDP_PASS).
  *
  * Only UAPI headers: packet layouts are ABI and __sk_buff/xdp_md are rewritten by the
  * verifier, so no CO-RE relocation (and no vmlinux BTF at build time) is needed.
