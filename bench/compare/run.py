@@ -456,6 +456,7 @@ def prepare(topo: RoutedTopology, nflog: bool) -> None:
 def one_run(kind: str, flood: Flood, args: argparse.Namespace, flowgen: str,
             truths: dict[tuple[Flood, int], dict[Key, int]]) -> dict:
     with routed_topology() as topo, tempfile.TemporaryDirectory(prefix="nfa-cmp-") as t:
+        load = os.getloadavg()[0]  # the machine is shared: how busy it was
         observer = OBSERVERS[kind](topo, Path(t))
         prepare(topo, observer.nflog)
         observer.start()
@@ -472,7 +473,7 @@ def one_run(kind: str, flood: Flood, args: argparse.Namespace, flowgen: str,
         before_hook = rx_dropped(topo.router_client) - before
         collector_drops = udp_counters(topo.router_ns)["RcvbufErrors"]
         got = observer.per_flow()
-        result = {"sent": sent, "pps": sent / elapsed, "elapsed": elapsed,
+        result = {"sent": sent, "pps": sent / elapsed, "elapsed": elapsed, "load": load,
                   "before_hook": before_hook, "flows_sent": 0, **observer.counted()}
         if observer.usage is not None:
             result.update(cpu_s=observer.usage.cpu_s() - cpu0, rss_kb=observer.usage.rss_kb(),
@@ -564,7 +565,9 @@ def report(results: dict[str, dict[str, list[dict]]]) -> str:
     out = []
     for name, by_kind in results.items():
         rounds = max((len(r) for r in by_kind.values()), default=0)
-        out += [f"{describe(name, WORKLOADS[name])}; {rounds} round(s), medians", "",
+        loads = [r["load"] for runs in by_kind.values() for r in runs if "load" in r]
+        busy = f", load average {min(loads):.1f}-{max(loads):.1f}" if loads else ""
+        out += [f"{describe(name, WORKLOADS[name])}; {rounds} round(s), medians{busy}", "",
                 table(summarise(by_kind)), ""]
     return "\n".join(out)
 
