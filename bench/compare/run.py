@@ -2,10 +2,11 @@
 
 Issue 14's three workloads, every observer, rounds interleaved, one command (root)::
 
-    python bench/compare/run.py --workload w1 w2 w3 --rounds 2 --json /tmp/compare.json
+    python bench/compare/run.py --workload w1 w2 w3 --rounds 3 --json /tmp/compare.json
 
-(``--table-from /tmp/compare.json`` reprints the tables; ``--only agent-ebpf softflowd`` picks
-observers, ``fprobe`` is optional; ``--workload smoke`` is a few-second check of the harness.)
+(``--table-from /tmp/compare.json`` reprints the tables; ``--append`` adds rounds to those
+already in ``--json``; ``--only agent-ebpf softflowd`` picks observers, ``fprobe`` is
+optional; ``--workload smoke`` is a few-second check of the harness.)
 
 Traffic: ``flowgen`` (``bench/ebpf/flowgen.c``, via ``tests/support/flowgen.py``) sends raw
 Ethernet frames at its top rate from a sender namespace through a router namespace to a sink
@@ -34,15 +35,16 @@ After the flood the harness waits until the observer is settled (no datagram rea
 collector and the observer uses almost no CPU for 2 s), makes it export everything (agent:
 SIGTERM; softflowd: ``softflowctl expire-all``; pmacct and fprobe: their 1 s timeouts), waits
 until the collector has read everything, then compares nfdump's records with the truth flow by
-flow, keyed by the full 5-tuple (protocol, addresses, ports; ICMP type and code as the
-destination port). Reported per workload and observer (medians over rounds): sender rate and
-its ratio to ``none``; share of sent packets accounted (per flow, never more than sent) and of
-flows exactly right; packets the kernel dropped before any hook (``rx_dropped`` of the
-interface); the agent's own counted drops and its balance ``sent - before hook - packets in
-exported flows - counted drops`` (0 when every packet is accounted: per round); datagrams the
-collector's socket dropped; CPU (user + system of the observer's process tree from the start
-of the flood to its exit: sampled from /proc, exact from ``wait4`` at the end) per million
-packets sent and per thousand flows; peak RSS (sum of ``VmHWM`` over its processes).
+flow, keyed by the full 5-tuple (protocol, addresses, ports; ICMP flows by their addresses, as
+observers carry ICMP type and code differently). Reported per workload and observer (medians
+over rounds): sender rate and its ratio to ``none``; share of sent packets accounted (per
+flow, never more than sent; the worst round's too when it is lower) and of flows exactly right;
+packets the kernel dropped before any hook (``rx_dropped`` of the interface); per round, the
+agent's own counted drops and its balance ``sent - before hook - packets in exported flows -
+counted drops`` (0 when every packet is accounted); datagrams the collector's socket dropped;
+CPU (user + system of the observer's process tree from the start of the flood to its exit:
+sampled from /proc, exact from ``wait4`` at the end) per million packets sent and per thousand
+flows; peak RSS (sum of ``VmHWM`` over its processes); the load average at each run's start.
 Every flood is bounded in packets and seconds; everything started is stopped by PID and the
 namespaces are deleted.
 """
@@ -68,6 +70,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from tests.support.agentproc import nflog_counters  # noqa: E402
 from tests.support.flowgen import DESTINATIONS, Flood, build, rx_dropped  # noqa: E402
 from tests.support.netns import Netns, RoutedTopology, routed_topology  # noqa: E402
 
@@ -344,6 +347,7 @@ protocol = 9
         if match := SUMMARY.search(text):
             out["traffic"], out["dropped"] = map(int, match.groups())
         out["lost_records"] = sum(int(n) for n in LOST.findall(text))
+        out.update({f"nflog_{k}": v for k, v in nflog_counters(text).items()})
         return out
 
 
@@ -502,7 +506,8 @@ def compare(want: dict[Key, int], got: Counter[Key] | None) -> dict[str, int]:
 
 
 def summarise(results: dict[str, list[dict]]) -> list[dict]:
-    """One row per observer: medians over its rounds (balances: every round)."""
+    """One row per observer: medians over its rounds (the worst share of packets accounted;
+    the agent's counted drops and balances: every round)."""
     base = statistics.median(r["pps"] for r in results["none"]) if results.get("none") else 0
     rows = []
     for kind, runs in results.items():
@@ -519,8 +524,11 @@ def summarise(results: dict[str, list[dict]]) -> list[dict]:
         rows.append({
             "observer": kind, "kpps": pps / 1000, "ratio": pps / base if base else None,
             "packets": med("accounted"), "flows": med("flows_exact", "flows_sent"),
+            "packets_min": min((r["accounted"] / r["sent"] for r in runs if "accounted" in r),
+                               default=None),
             "over": max((r.get("over", 0) for r in runs), default=0),
-            "before_hook": med("before_hook", ""), "dropped": med("dropped", ""),
+            "before_hook": med("before_hook", ""),
+            "dropped": [r["dropped"] for r in runs if "dropped" in r],
             "lost_records": max((r.get("lost_records", 0) for r in runs), default=0),
             "balances": balances, "collector_drops": med("collector_drops", ""),
             "cpu_s_per_mpkt": med("cpu_s", "sent") and med("cpu_s", "sent") * 1e6,  # type: ignore[operator]
@@ -542,11 +550,14 @@ def table(rows: list[dict]) -> str:
         over = f" (+{r['over']} extra)" if r["over"] else ""
         lost = f" ({r['lost_records']} records lost)" if r["lost_records"] else ""
         balance = " / ".join(str(b) for b in r["balances"]) or "-"
+        dropped = " / ".join(str(d) for d in r["dropped"]) or "-"
+        worst = (f" (min {100 * r['packets_min']:.3f} %)"
+                 if r["packets_min"] is not None and r["packets_min"] < r["packets"] else "")
         observed = r["observer"] != "none"
         lines.append(
             f"| {r['observer']} | {r['kpps']:.0f} | {_fmt(r['ratio'], '.2f')} "
-            f"| {_fmt(r['packets'], '.3f', 100)} %{over} | {_fmt(r['flows'], '.3f', 100)} % "
-            f"| {_fmt(r['before_hook'], '.0f')} | {_fmt(r['dropped'], '.0f')} "
+            f"| {_fmt(r['packets'], '.3f', 100)} %{worst}{over} "
+            f"| {_fmt(r['flows'], '.3f', 100)} % | {_fmt(r['before_hook'], '.0f')} | {dropped} "
             f"| {balance}{lost} | {_fmt(r['collector_drops'], '.0f')} "
             f"| {_fmt(r['cpu_s_per_mpkt'] if observed else None, '.2f')} "
             f"| {_fmt(r['cpu_ms_per_kflow'] if observed else None, '.2f')} "
@@ -579,6 +590,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60.0, help="time bound of each flood")
     ap.add_argument("--only", nargs="*", choices=OBSERVERS, default=DEFAULT_OBSERVERS)
     ap.add_argument("--json", help="also write the raw results here (after every run)")
+    ap.add_argument("--append", action="store_true",
+                    help="add this invocation's rounds to the results already in --json")
     ap.add_argument("--table-from", help="print the tables of raw results saved by --json")
     args = ap.parse_args()
     if args.table_from:
@@ -592,6 +605,10 @@ def main() -> int:
         print(f"missing tools (their rows are skipped): {', '.join(missing)}", file=sys.stderr)
     kinds = ["none"] + [k for k in args.only if k != "none" and k not in missing]
     results = {w: {k: [] for k in kinds} for w in args.workload}  # type: ignore[var-annotated]
+    if args.append and args.json and Path(args.json).exists():
+        for name, by_kind in json.loads(Path(args.json).read_text()).items():
+            for kind, runs in by_kind.items():
+                results.setdefault(name, {}).setdefault(kind, []).extend(runs)
     truths: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         flowgen = build(Path(tmp))
