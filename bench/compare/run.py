@@ -459,6 +459,8 @@ def prepare(topo: RoutedTopology, nflog: bool) -> None:
 
 def one_run(kind: str, flood: Flood, args: argparse.Namespace, flowgen: str,
             truths: dict[tuple[Flood, int], dict[Key, int]]) -> dict:
+    """Flood through a fresh topology with ``kind`` observing; the raw figures of the run
+    (``truths`` caches the truth of the last workload and packet count)."""
     with routed_topology() as topo, tempfile.TemporaryDirectory(prefix="nfa-cmp-") as t:
         load = os.getloadavg()[0]  # the machine is shared: how busy it was
         observer = OBSERVERS[kind](topo, Path(t))
@@ -478,7 +480,7 @@ def one_run(kind: str, flood: Flood, args: argparse.Namespace, flowgen: str,
         collector_drops = udp_counters(topo.router_ns)["RcvbufErrors"]
         got = observer.per_flow()
         result = {"sent": sent, "pps": sent / elapsed, "elapsed": elapsed, "load": load,
-                  "before_hook": before_hook, "flows_sent": 0, **observer.counted()}
+                  "before_hook": before_hook, **observer.counted()}
         if observer.usage is not None:
             result.update(cpu_s=observer.usage.cpu_s() - cpu0, rss_kb=observer.usage.rss_kb(),
                           collector_drops=collector_drops)
@@ -514,8 +516,9 @@ def summarise(results: dict[str, list[dict]]) -> list[dict]:
         if not runs:
             continue
 
-        def med(key: str, scale: str = "sent", runs: list[dict] = runs) -> float | None:
-            vals = [r[key] / (r[scale] if scale else 1) for r in runs if key in r]
+        def med(field: str, scale: str = "sent", runs: list[dict] = runs) -> float | None:
+            """Median of ``field`` (per ``scale``, e.g. per packet sent) over the rounds."""
+            vals = [r[field] / (r[scale] if scale else 1) for r in runs if field in r]
             return statistics.median(vals) if vals else None
 
         pps = statistics.median(r["pps"] for r in runs)
