@@ -609,6 +609,9 @@ class Capture:
     :param bpf_filter: optional tcpdump filter expression.
     :param fragments: how the truth accounts non-first fragments (``"ports0"`` or ``"track"``,
         as the ingest under test: :class:`~tests.support.truth.GroundTruth`).
+    :param buffer_kib: tcpdump's capture buffer (``-B``); 0 = its default.
+    :param snaplen: bytes kept per packet; 0 = all. In immediate mode tcpdump's ring holds
+        buffer / snaplen frames, so a burst of raw frames (``flowgen``) needs a small one.
     """
 
     def __init__(
@@ -619,9 +622,11 @@ class Capture:
         direction: str = "inout",
         bpf_filter: str = "",
         fragments: str = "ports0",
+        buffer_kib: int = 0,
+        snaplen: int = 0,
     ):
         self.ns, self.ifname, self.direction, self.bpf_filter = ns, ifname, direction, bpf_filter
-        self.fragments = fragments
+        self.fragments, self.buffer_kib, self.snaplen = fragments, buffer_kib, snaplen
         self._tmp = None if path else tempfile.TemporaryDirectory(prefix="nfa-cap-")
         self.path = Path(path) if path else Path(self._tmp.name) / "capture.pcap"  # type: ignore[union-attr]
         self.proc: subprocess.Popen | None = None
@@ -639,12 +644,14 @@ class Capture:
             "-U",
             "--immediate-mode",
             "-s",
-            "0",
+            str(self.snaplen),
             "-Z",
             "root",
             "-w",
             str(self.path),
         ]
+        if self.buffer_kib:
+            cmd[1:1] = ["-B", str(self.buffer_kib)]
         if self.bpf_filter:
             cmd.append(self.bpf_filter)
         self.proc = self.ns.popen(cmd, stdout=subprocess.DEVNULL)
