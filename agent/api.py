@@ -48,7 +48,9 @@ Groups (see ``docs/hooks.md``):
   ``decapsulate`` options (:data:`TUNNELS`, :data:`TunnelName`, :func:`decapsulate_option`,
   :func:`keep_outer_option`, :func:`check_decapsulate`), and the link-layer walk to IP
   (:func:`ethernet_ip_offset`, :func:`ip_after`, :func:`ethernet_facts`, :func:`facts_after`,
-  :class:`LinkFacts`, :data:`NOT_IP`, :data:`TRUNCATED`, the ``PPP_*`` protocol numbers);
+  :class:`LinkFacts`, :data:`NOT_IP`, :data:`TRUNCATED`, the ``PPP_*`` protocol numbers)
+  and the optional layer-2 key fields packed from those facts (:class:`L2KeyPacker`,
+  :data:`L2_FIELDS`);
 * local files: :func:`open_output` (output files created 0640, owned by the agent's user),
   :func:`output_issues` (``--check-env`` of an output path), :func:`started_as_root`.
 """
@@ -65,6 +67,7 @@ from netflow_agent.ie import BY_ID as IE_BY_ID
 from netflow_agent.ie import VARIABLE_LENGTH, InformationElement, nat_event_value
 from netflow_agent.ie import ie as information_element
 from netflow_agent.ifnames import InterfaceNames
+from netflow_agent.l2key import L2_FIELDS, L2KeyPacker
 from netflow_agent.linklayer import (
     NOT_IP,
     PPP_IP,
@@ -162,6 +165,8 @@ __all__ = [
     "PPP_MPLS_UC",
     "TRUNCATED",
     "LinkFacts",
+    "L2_FIELDS",
+    "L2KeyPacker",
     "ethernet_facts",
     "ethernet_ip_offset",
     "facts_after",
