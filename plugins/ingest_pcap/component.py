@@ -15,6 +15,7 @@ from typing import Any
 from netflow_agent.api import (
     DIRECTION_EGRESS,
     DIRECTION_INGRESS,
+    L2_FIELDS,
     Ingest,
     L2KeyPacker,
     PacketBatch,
@@ -42,6 +43,8 @@ class PcapIngest(Ingest):
     stage = "ingest"
     type_name = "pcap"
     finite = True
+    #: every link-layer field a capture can hold; bridge ports never are in a capture
+    observable_fields = L2_FIELDS - {"in_physdev", "out_physdev"}
 
     def __init__(self, config: Config, name: str):
         super().__init__(config, name)
