@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from netflow_agent.schema import default_schema, set_active
 from netflow_agent.testing import build_agent, collecting_plugin_module
 from tests.support.pcapgen import (
     LINKTYPE_LINUX_SLL,
@@ -17,12 +18,20 @@ from tests.support.pcapgen import (
     TPID_8021Q,
     FlowSpec,
     PcapBuilder,
+    write_pcap,
 )
 from tests.support.truth import FlowId
 
 SRC_MAC = "02:00:00:00:00:01"  # tests.support.pcapgen.link_header's Ethernet addresses
 DST_MAC = "02:00:00:00:00:02"
 ALL_ON = "[flow]\nmac = true\nvlan = true\nmpls_labels = 3\n"
+
+
+@pytest.fixture(autouse=True)
+def _default_schema_afterwards():
+    """The agent makes its [flow] schema the process's: give the next test the default."""
+    yield
+    set_active(default_schema())
 
 
 def capture(**link) -> PcapBuilder:  # type: ignore[no-untyped-def]
@@ -105,7 +114,6 @@ def test_tags_and_labels_split_flows_when_on(tmp_path):
     b2 = capture(vlans=(200,), vlan_tpids=(TPID_8021Q,))
     path = tmp_path / "two.pcap"
     frames = b.frames() + [(ts + 1, f, n) for ts, f, n in b2.frames()]
-    from tests.support.pcapgen import write_pcap
     write_pcap(path, 1, sorted(frames, key=lambda f: f[0]))
     counts = {}
     for flow in ("[flow]\nvlan = true\n", ""):

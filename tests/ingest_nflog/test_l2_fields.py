@@ -12,13 +12,13 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from netflow_agent import schema as schema_module
 from netflow_agent.model import DIRECTION_EGRESS, split_key
 from netflow_agent.plugins.ingest_nflog import decoders
 from netflow_agent.plugins.ingest_nflog.netlink import NflogDecoder
@@ -35,6 +35,7 @@ from tests.ingest_nflog.test_c_decoder import (
     _summed,
     _tcp,
 )
+from tests.support.schemas import active_schema
 
 SRC = bytes.fromhex("b2373d841abb")
 DST = bytes.fromhex("52e38ddb64db")
@@ -50,13 +51,9 @@ OPTIONS = {
 
 @pytest.fixture
 def use_schema() -> Iterator:
-    """Make a schema active for the test, then the default one again."""
-    def use(options: FlowOptions) -> FlowSchema:
-        schema = FlowSchema.build(options)
-        schema_module.set_active(schema)
-        return schema
-    yield use
-    schema_module.set_active(FlowSchema())
+    """Make a schema active for the test, then the previous one again."""
+    with ExitStack() as stack:
+        yield lambda options: stack.enter_context(active_schema(options))
 
 
 def l2_message(payload: bytes, hook: int = 2, indev: int = 2, outdev: int = 0,
@@ -188,9 +185,5 @@ def test_c_records_grow_only_with_layer2_fields(use_schema):
 @fuzz_settings()
 @given(st.sampled_from(list(OPTIONS.values())), st.lists(nflog_datagrams(), max_size=3))
 def test_fuzzed_datagrams_give_the_same_flows(options, datagrams):
-    schema = FlowSchema.build(options)
-    schema_module.set_active(schema)
-    try:
+    with active_schema(options) as schema:
         same_flows(schema, datagrams)
-    finally:
-        schema_module.set_active(FlowSchema())
