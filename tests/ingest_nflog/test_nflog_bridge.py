@@ -9,7 +9,8 @@ agent reads the NFLOG group of ``br`` and writes JSON flow records (``[[export.l
 
 * ``chains = ["bridge"]``: the managed ``bridge`` family table; its messages carry
   NFULA_HWHEADER, NFULA_VLAN and the bridge ports, so ``[flow] mac, vlan, physdev =
-  "export"`` give every field exactly, and a tag splits flows;
+  "export"`` give every field exactly (JSON records; MACs and VLAN ids also in NetFlow v9
+  as nfdump reads it), and a tag splits flows;
 * br_netfilter (``bridge-nf-call-iptables``) with an ``inet`` forward chain: the same bridged
   IP packets, MACs from NFULA_HWHEADER, and ``physdev = "override"`` keys them on the ports
   (ipt_NETFLOW's ``--enable-physdev-override``).
@@ -26,8 +27,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.export_netflow.collect import nfcapd
 from tests.ingest_nflog.test_nflog_netns import DECODERS, _started
 from tests.ingest_nflog.test_nflog_netns_encap import _SEND_FRAMES
+from tests.support.collectors import free_udp_port
 from tests.support.netns import Netns
 from tests.support.pcapgen import FlowSpec, PcapBuilder
 from tests.support.truth import FlowId
@@ -79,8 +82,11 @@ def tagged_and_untagged() -> tuple[PcapBuilder, PcapBuilder]:
     return tagged, plain
 
 
-def config(bridge: Bridge, tmp_path: Path, decoder: str, flow: str, chains: str) -> str:
-    return (f'[agent]\nscan_interval_ms = 200\ncontrol_socket = "{tmp_path}/agent.sock"\n'
+def config(bridge: Bridge, tmp_path: Path, decoder: str, flow: str, chains: str,
+           nfcapd_port: int = 0) -> str:
+    v9 = (f'[[export.netflow]]\nprotocol = 9\ndestination = ["127.0.0.1:{nfcapd_port}"]\n'
+          if nfcapd_port else "")
+    return v9 + (f'[agent]\nscan_interval_ms = 200\ncontrol_socket = "{tmp_path}/agent.sock"\n'
             f"[flow]\n{flow}\n"
             f'[[ingest.nflog]]\ngroup = {GROUP}\nnetns = "{bridge.br.name}"\n'
             f'flush_timeout_ms = 50\ndecoder = "{decoder}"\nmanage_rules = true\n'
@@ -118,9 +124,12 @@ def table(records: list[dict], *fields: str) -> dict[tuple, tuple[int, int]]:
 def test_bridge_family_gives_macs_vlan_and_ports(bridge: Bridge, tmp_path: Path,
                                                  decoder: str) -> None:
     tagged, plain = tagged_and_untagged()
+    port = free_udp_port()
     toml = config(bridge, tmp_path, decoder, 'mac = true\nvlan = true\nphysdev = "export"',
-                  '["bridge"]')
-    records = run(bridge, tmp_path, decoder, toml, (tagged, plain))
+                  '["bridge"]', port)
+    with nfcapd(tmp_path / "nfcapd", port) as collector:
+        records = run(bridge, tmp_path, decoder, toml, (tagged, plain))
+    nfdump = collector.flows("%sa|%sp|%ismc|%idmc|%svln|%pkt|%byt")
     fields = ("src_mac", "dst_mac", "ethernet_type", "vlan_id", "vlan_priority", "in_if",
               "in_physdev", "out_physdev")
     br0, pa, pb = (bridge.ifindex(n) for n in ("br0", "pa", "pb"))
@@ -130,6 +139,10 @@ def test_bridge_family_gives_macs_vlan_and_ports(bridge: Bridge, tmp_path: Path,
             etype = 0x86DD if fid.ip_version == 6 else 0x0800
             want[(fid, SRC_MAC, DST_MAC, etype, *vlan, br0, pa, pb)] = counts
     assert table(records, *fields) == want
+    # NetFlow v9 as nfdump reads it: the same MACs, VLAN ids and counts
+    assert sorted(nfdump) == sorted(
+        [fid.src, str(fid.sport), SRC_MAC, DST_MAC, str(vlan), str(p), str(b)]
+        for (fid, _s, _d, _e, vlan, *_rest), (p, b) in want.items())
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
