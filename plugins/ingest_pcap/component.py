@@ -1,8 +1,9 @@
 """Replay a capture file through the pipeline, using the packets' timestamps as the clock.
 
-With ``[flow]`` MAC, VLAN or MPLS fields on, each frame takes the link layer's slow walk
-(:func:`.linktype.link_facts`) and its key gets those fields (:class:`~agent.l2key.L2KeyPacker`);
-with the defaults the hot path (:func:`.linktype.ip_offset`) is all a frame costs.
+With ``[flow]`` MAC, VLAN or MPLS fields on, each frame's key gets those fields
+(:class:`_L2Fields`: the link layer's slow walk, :func:`.linktype.link_facts`, runs once per
+distinct link-layer header, whose bytes determine the fields); with the defaults the hot path
+(:func:`.linktype.ip_offset`) is all a frame costs.
 """
 
 from __future__ import annotations
@@ -98,19 +99,14 @@ class PcapIngest(Ingest):
         last_ts = batch_start = 0
         pace = _Pacer(self._stop) if cfg.speed == "recorded" else None
         packer = L2KeyPacker(flow_schema())
-        l2 = packer if packer.active else None  # the defaults pay one test per frame
-        facts: Any = None
+        l2 = _L2Fields(packer).ext if packer.active else None  # defaults: one test per frame
         for ts, linktype, frame in packets:
             if self._stop.is_set():
                 break
             ts = ts or last_ts
             last_ts = ts
             self.counters["packets"] += 1
-            if l2 is None:
-                off = ip_offset(linktype, frame)
-            else:
-                facts = link_facts(linktype, frame)
-                off = facts.ip_offset
+            off = ip_offset(linktype, frame)
             if off < 0:
                 self._not_ip(linktype, frame)
                 continue
@@ -127,8 +123,7 @@ class PcapIngest(Ingest):
                 extra.clear()
             if pkt is not None:
                 if l2 is not None:
-                    pkt = (pkt[0] + l2.pack(pkt[0][0], facts.src_mac, facts.dst_mac,
-                                            facts.vlans, facts.mpls), *pkt[1:])
+                    pkt = (pkt[0] + l2(linktype, frame, off, pkt[0][0]), *pkt[1:])
                 batch.append(pkt)
         self.parser.flush()  # the end of the capture: nothing more can arrive
         self._flush(context, batch, last_ts)
@@ -170,6 +165,30 @@ class PcapIngest(Ingest):
         fragment tracking and tunnel counters."""
         return {**self.counters, "non_ip_reasons": dict(self.non_ip_reasons),
                 **self.parser.stats()}
+
+
+class _L2Fields:
+    """The layer-2 key fields of frames, remembered per link-layer header (the bytes in
+    front of the IP header decide them: addresses, tags, labels), bounded."""
+
+    MAX = 4096
+
+    def __init__(self, packer: L2KeyPacker) -> None:
+        self.packer = packer
+        self.memo: dict[tuple[int, bytes, int], bytes] = {}
+
+    def ext(self, linktype: int, frame: bytes, off: int, version: int) -> bytes:
+        """The key bytes after the base for ``frame`` (IP header at ``off``)."""
+        memo = (linktype, frame[:off], version)
+        out = self.memo.get(memo)
+        if out is None:
+            facts = link_facts(linktype, frame)
+            out = self.packer.pack(version, facts.src_mac, facts.dst_mac, facts.vlans,
+                                   facts.mpls)
+            if len(self.memo) >= self.MAX:
+                self.memo.clear()
+            self.memo[memo] = out
+        return out
 
 
 class _Pacer:
