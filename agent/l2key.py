@@ -22,7 +22,7 @@ A field the schema does not have is ignored; a schema without any of them gives 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from netflow_agent.schema import BASE_KEY_SIZE, OPTIONAL_KEY, FlowSchema
 
@@ -46,7 +46,7 @@ class L2KeyPacker:
     def __init__(self, schema: FlowSchema) -> None:
         self.size = schema.ext_size
         slots: dict[str, tuple[int, int]] = {}
-        layout = schema.key_dtype.fields or {}
+        layout: Mapping[str, tuple] = schema.key_dtype.fields or {}
         for name in schema.ext_names:  # where the key dtype puts each field after the base
             if name in L2_FIELDS:
                 dtype, off = layout[name][:2]

@@ -30,6 +30,7 @@ import struct
 import sys
 from collections.abc import Callable
 from operator import itemgetter
+from typing import Any
 
 from pyroute2.netlink import nla
 from pyroute2.netlink.nfnetlink import nfgen_msg
@@ -666,7 +667,7 @@ class NflogDecoder:
         """``True`` when ``buf[off:n]`` is only zero padding (not an error)."""
         return not any(memoryview(buf)[off:n])
 
-    def _walk(self, buf: bytearray | bytes, a: int, end: int) -> tuple[int, ...] | None:
+    def _walk(self, buf: bytearray | bytes, a: int, end: int) -> tuple[Any, ...] | None:
         """Read one message attribute by attribute and learn its shape when it is regular.
 
         :return: ``(hook, indev, outdev, sec, usec, seq, payload_offset, payload_len,
