@@ -997,10 +997,40 @@ static void read_vlan(const uint8_t *v, size_t vlen, struct msg_attrs *m)
 }
 
 /* Read attributes from a to end as NflogDecoder._walk. Returns 1 with a payload, else 0. */
-static int read_attrs(const uint8_t *buf, size_t a, size_t end, struct msg_attrs *m,
-		      unsigned int l2)
+/* The layer-2 attributes (only read with an l2 mask). */
+static __attribute__((noinline)) void read_l2_attr(unsigned int atype, const uint8_t *v,
+						   size_t vlen, struct msg_attrs *m)
 {
-	memset(m, 0, sizeof(*m));
+	switch (atype) {
+	case NFULA_IFINDEX_PHYSINDEV:
+		if (vlen == 4)
+			m->physin = be32(v);
+		break;
+	case NFULA_IFINDEX_PHYSOUTDEV:
+		if (vlen == 4)
+			m->physout = be32(v);
+		break;
+	case NFULA_HWTYPE:
+		if (vlen == 2)
+			m->hwtype = be16(v);
+		break;
+	case NFULA_HWHEADER:
+		if (vlen == 14)
+			m->hwheader = v;
+		break;
+	case NFULA_VLAN:
+		if (vlen == 16)
+			read_vlan(v, vlen, m);
+		break;
+	}
+}
+
+static inline __attribute__((always_inline)) int read_attrs(const uint8_t *buf, size_t a,
+							     size_t end, struct msg_attrs *m,
+							     unsigned int l2)
+{
+	/* the layer-2 values only when they are read (l2 = 0 folds this to the base part) */
+	memset(m, 0, l2 ? sizeof(*m) : offsetof(struct msg_attrs, physin));
 	while (a + NLA_HDRLEN <= end) {
 		size_t alen = host16(buf + a), vlen = alen - NLA_HDRLEN;
 		unsigned int atype = host16(buf + a + 2) & NLA_TYPE_MASK;
@@ -1037,26 +1067,9 @@ static int read_attrs(const uint8_t *buf, size_t a, size_t end, struct msg_attrs
 				m->has_seq = 1;
 			}
 			break;
-		case NFULA_IFINDEX_PHYSINDEV:
-			if (vlen == 4 && l2)
-				m->physin = be32(v);
-			break;
-		case NFULA_IFINDEX_PHYSOUTDEV:
-			if (vlen == 4 && l2)
-				m->physout = be32(v);
-			break;
-		case NFULA_HWTYPE:
-			if (vlen == 2 && l2)
-				m->hwtype = be16(v);
-			break;
-		case NFULA_HWHEADER:
-			if (vlen == 14 && l2)
-				m->hwheader = v;
-			break;
-		case NFULA_VLAN:
-			if (vlen == 16 && l2)
-				read_vlan(v, vlen, m);
-			break;
+		default:
+			if (l2)
+				read_l2_attr(atype, v, vlen, m);
 		}
 		a += (alen + 3) & ~(size_t)3;
 	}
@@ -1095,7 +1108,8 @@ static inline void track_seq(Aggregator *self, uint32_t seq, struct call_counts 
 }
 
 /* The layer-2 block after the message's packet's key (NflogL2.parse and L2KeyPacker). */
-static void l2_block(unsigned int l2, const struct msg_attrs *m, struct packet *pkt)
+static __attribute__((noinline)) void l2_block(unsigned int l2, const struct msg_attrs *m,
+						  struct packet *pkt)
 {
 	uint8_t *b = pkt->key + KEY_LEN;
 
@@ -1122,14 +1136,15 @@ static void l2_block(unsigned int l2, const struct msg_attrs *m, struct packet *
 }
 
 /* One message's payload into the flow table (self->nomem when memory ran out). */
-static void packet_message(Aggregator *self, const struct msg_attrs *m, int64_t recv_ns,
-			   struct call_counts *cc)
+static inline __attribute__((always_inline)) void packet_message(
+	Aggregator *self, const struct msg_attrs *m, int64_t recv_ns, struct call_counts *cc,
+	unsigned int l2)
 {
 	uint32_t indev = m->indev, outdev = m->outdev;
 	struct pctx c = {self, cc, message_time(m, recv_ns), indev, outdev, DIRECTION_INGRESS};
 	struct packet pkt;
 
-	if (self->l2 & L2_OVERRIDE) { /* NflogL2.parse */
+	if (l2 & L2_OVERRIDE) { /* NflogL2.parse */
 		c.in_if = indev = m->physin ? m->physin : indev;
 		c.out_if = outdev = m->physout ? m->physout : outdev;
 	}
@@ -1142,15 +1157,17 @@ static void packet_message(Aggregator *self, const struct msg_attrs *m, int64_t 
 	if (self->decap_mask && tunnel_candidate(self->decap_mask, &pkt) &&
 	    !decapsulate(&c, m->payload, m->payload_len, &pkt, 0))
 		return;
-	if (self->l2 & L2_KEYED)
-		l2_block(self->l2, m, &pkt);
+	if (l2 & L2_KEYED)
+		l2_block(l2, m, &pkt);
 	self->acc.packets++; /* add_packet, with account inlined on the hot path */
 	if (account(self, &pkt, c.ts, outdev) < 0)
 		self->nomem = 1;
 }
 
 /* Walk buf[:n] into the flow table (GIL released). */
-static void walk(Aggregator *self, const uint8_t *buf, size_t n, int64_t recv_ns)
+static inline __attribute__((always_inline)) void walk_any(Aggregator *self, const uint8_t *buf,
+							     size_t n, int64_t recv_ns,
+							     unsigned int l2)
 {
 	struct call_counts *cc = &self->acc;
 	size_t off = 0;
@@ -1168,14 +1185,14 @@ static void walk(Aggregator *self, const uint8_t *buf, size_t n, int64_t recv_ns
 		off += (mlen + 3) & ~(size_t)3;
 		if (mtype != MSG_PACKET) /* NLMSG_DONE ends each batch; acks; nothing else */
 			continue;
-		if (!read_attrs(buf, start, end, &m, self->l2)) {
+		if (!read_attrs(buf, start, end, &m, l2)) {
 			self->malformed++;
 			continue;
 		}
 		self->messages++;
 		if (m.has_seq)
 			track_seq(self, m.seq, cc);
-		packet_message(self, &m, recv_ns, cc);
+		packet_message(self, &m, recv_ns, cc, l2);
 	}
 	for (size_t i = off; i < n; i++) { /* anything but zero padding left over */
 		if (buf[i]) {
@@ -1183,6 +1200,19 @@ static void walk(Aggregator *self, const uint8_t *buf, size_t n, int64_t recv_ns
 			return;
 		}
 	}
+}
+
+/* walk_any compiled twice: without layer-2 fields (l2 = 0 folds every test away: the
+ * defaults run the code they ran before the fields existed) and with them. */
+static void walk(Aggregator *self, const uint8_t *buf, size_t n, int64_t recv_ns)
+{
+	walk_any(self, buf, n, recv_ns, 0);
+}
+
+static __attribute__((noinline)) void walk_l2(Aggregator *self, const uint8_t *buf, size_t n,
+					       int64_t recv_ns)
+{
+	walk_any(self, buf, n, recv_ns, self->l2);
 }
 
 /* One flow as a packed record of take()'s buffer (decoders.py TAKE_DTYPE, native order);
@@ -1233,7 +1263,10 @@ static PyObject *Aggregator_feed(Aggregator *self, PyObject *args)
 	}
 	self->busy = 1;
 	Py_BEGIN_ALLOW_THREADS
-	walk(self, view.buf, (size_t)n, recv_ns);
+	if (self->l2)
+		walk_l2(self, view.buf, (size_t)n, recv_ns);
+	else
+		walk(self, view.buf, (size_t)n, recv_ns);
 	Py_END_ALLOW_THREADS
 	self->busy = 0;
 	PyBuffer_Release(&view);
