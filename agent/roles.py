@@ -74,6 +74,8 @@ class Ingest(Component):
     #: ingest fills when they are on; ``[flow]`` options asking for others get a dry-run
     #: warning naming the ingest and the fields (they stay 0 in its flows).
     observable_fields: ClassVar[frozenset[str]] = frozenset()
+    #: ``False`` for a source of NAT events only (no flows: no flow fields to fill)
+    emits_flows: ClassVar[bool] = True
 
 
 class Cache(Component, ABC):

@@ -119,7 +119,8 @@ def unobservable_fields(schema: FlowSchema, instances: list[Instance]) -> list[C
     for inst in instances:
         factory = inst.ctype.factory
         if inst.stage != "ingest" or not (isinstance(factory, type)
-                                          and issubclass(factory, Ingest)):
+                                          and issubclass(factory, Ingest)
+                                          and factory.emits_flows):
             continue
         missing: dict[str, list[str]] = {}
         for name in wanted:

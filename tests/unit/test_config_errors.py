@@ -184,7 +184,7 @@ def test_flow_fields_an_ingest_cannot_see_are_warnings_naming_both(tmp_path, pca
     cfg = tmp_path / "flow.toml"
     cfg.write_text('[flow]\nmac = true\nvlan = true\nmpls_labels = 2\nphysdev = "export"\n'
                    + VALID.format(pcap=pcap) + "[[ingest.nflog]]\ngroup = 4\n"
-                   '[[ingest.ebpf]]\ninterfaces = ["lo"]\n')
+                   '[[ingest.ebpf]]\ninterfaces = ["lo"]\n[[ingest.conntrack]]\n')
     rc, err = _dry_run(cfg, capsys)
     assert rc == 0, err
     assert ("flow.mpls_labels: warning: ingest.nflog[0] cannot see mpls_label_1, "
@@ -197,6 +197,7 @@ def test_flow_fields_an_ingest_cannot_see_are_warnings_naming_both(tmp_path, pca
         assert f"flow.{option}: warning: ingest.ebpf[0] cannot see" in err
     assert "ingest.pcap[0] cannot see src_mac" not in err
     assert "ingest.nflog[0] cannot see src_mac" not in err
+    assert "ingest.conntrack[0]" not in err  # NAT events only: no flows, no fields
     cfg.write_text('[flow]\nmac = true\nmpls_labels = 1\n' + VALID.format(pcap=pcap))
     rc, err = _dry_run(cfg, capsys)
     assert rc == 0 and "warning:" not in err, err
