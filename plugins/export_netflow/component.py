@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from netflow_agent.api import (
     NAT_START,
     EncodeError,
+    FlowBatch,
     FlowRecord,
     InterfaceNames,
     NatEvent,
@@ -126,7 +127,7 @@ class NetflowExporter(NatExporter):
     # --- export ----------------------------------------------------------------------------
 
     @hookimpl
-    def agent_export_flows(self, records: list[FlowRecord]) -> None:
+    def agent_export_flows(self, records: FlowBatch | list[FlowRecord]) -> None:
         """Encode and send flow records (unless this instance carries NAT events only)."""
         if not self.config.flows or not records:
             return
@@ -171,10 +172,10 @@ class NetflowExporter(NatExporter):
         self.stats.sampling_interval = interval
         self.log.info("%s: announcing sampling %s", self.name, sampling or "off (1/1)")
 
-    def _sync_interface_names(self, records: Sequence[FlowRecord]) -> None:
+    def _sync_interface_names(self, records: FlowBatch | Sequence[FlowRecord]) -> None:
         """Resolve names when a new interface shows up (sent at once) or a refresh is due."""
         assert self.context is not None, "agent_start was not called"
-        self.interfaces.note((r.in_if for r in records), (r.out_if for r in records))
+        self.interfaces.note_flows(records)
         now = self._now_ns()
         new = not self.interfaces.seen <= self._names_resolved
         if not new and not v9.refresh_due(self.state, self.policy, self._names_mark, now):
