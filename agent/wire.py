@@ -171,11 +171,11 @@ class PackedRecords(Sequence[bytes]):
     FlowSet without a ``b"".join`` over records.
     """
 
-    __slots__ = ("data", "size", "count")
+    __slots__ = ("data", "size", "n")
 
     def __init__(self, data: bytes, size: int):
         self.data, self.size = data, size
-        self.count = len(data) // size if size else 0
+        self.n = len(data) // size if size else 0
 
     @classmethod
     def from_array(cls, rows: np.ndarray) -> PackedRecords:
@@ -183,7 +183,7 @@ class PackedRecords(Sequence[bytes]):
         return cls(rows.tobytes(), rows.dtype.itemsize)
 
     def __len__(self) -> int:
-        return self.count
+        return self.n
 
     @overload
     def __getitem__(self, i: int) -> bytes: ...
@@ -193,13 +193,13 @@ class PackedRecords(Sequence[bytes]):
     def __getitem__(self, i: int | slice) -> bytes | PackedRecords:
         s = self.size
         if isinstance(i, slice):
-            start, stop, step = i.indices(self.count)
+            start, stop, step = i.indices(self.n)
             if step != 1:
                 raise ValueError("PackedRecords slices have step 1")
             return PackedRecords(self.data[start * s:max(stop, start) * s], s)
         if i < 0:
-            i += self.count
-        if not 0 <= i < self.count:
+            i += self.n
+        if not 0 <= i < self.n:
             raise IndexError(i)
         return self.data[i * s:(i + 1) * s]
 

@@ -199,7 +199,7 @@ class NetflowExporter(NatExporter):
         if self.state.packets == 0:
             self.state.boot_ns = self.context.start_ns
 
-    def _encode_flows(self, records: Sequence[FlowRecord], state: ExportState,
+    def _encode_flows(self, records: FlowBatch | Sequence[FlowRecord], state: ExportState,
                       now_ns: int, tally: Tally) -> list[bytes]:
         if self.config.protocol == 5:
             return v5.encode_flows(records, state, now_ns, tally)
@@ -214,8 +214,8 @@ class NetflowExporter(NatExporter):
         return nel.encode_v9(events, state, self.policy, now_ns,
                              values=self.config.nat_event_values, tally=tally)
 
-    def _export(self, items: Sequence[T],
-                encode: Callable[[Sequence[T], ExportState, int, Tally], list[bytes]]) -> None:
+    def _export(self, items: Sequence[T] | FlowBatch,
+                encode: Callable[[Any, ExportState, int, Tally], list[bytes]]) -> None:
         self._sync_boot()
         if any(dest.needs_templates for dest in self.destinations):
             self.state.force_templates = True
@@ -231,7 +231,7 @@ class NetflowExporter(NatExporter):
             dest.send_batch(datagrams, tally.records,
                             wait_s=dest.flush_timeout_s if stopping else 0.0)
 
-    def _encode_guarded(self, items: Sequence[T], encode: Callable[..., list[bytes]],
+    def _encode_guarded(self, items: Sequence[T] | FlowBatch, encode: Callable[..., list[bytes]],
                         now: int, tally: Tally) -> list[bytes]:
         """Encode; if a record has an out-of-range field, drop just that record and count it.
 
