@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import struct
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -162,3 +163,39 @@ def test_a_time_before_1970_is_an_encode_error_in_ipfix_ms():
     groups = ipfix.encode_flow_groups([good, bad], lambda r, e: errors.append(r))
     assert [r.dst_port for r in errors] == [3]
     assert sum(len(g.records) for g in groups) == 1
+
+
+@pytest.mark.parametrize("kind", ["v5", "v9", "ipfix"])
+def test_exporters_never_make_a_flow_record_from_a_batch(kind, monkeypatch):
+    """The hot path reads columns: a FlowBatch handed to an exporter is never turned into
+    FlowRecord objects (which cost microseconds per flow), yet every flow is sent."""
+    from netflow_agent.api import FlowBatch
+    from netflow_agent.plugins.export_ipfix.component import IpfixExporter
+    from netflow_agent.plugins.export_ipfix.config import Config as IpfixConfig
+    from netflow_agent.plugins.export_netflow.component import NetflowExporter
+    from netflow_agent.plugins.export_netflow.config import Config as NetflowConfig
+    from netflow_agent.runtime import RunContext
+    from tests.export_netflow.test_netflow_component import flows
+    from tests.support.collectors import UdpSink
+
+    batch = FlowBatch.from_records(flows(500) + flows(100, version=6))
+
+    def no_records(self):
+        raise AssertionError("an exporter made FlowRecords from a FlowBatch")
+
+    monkeypatch.setattr(FlowBatch, "records", no_records)
+    with UdpSink() as sink:
+        if kind == "ipfix":
+            exporter = IpfixExporter(IpfixConfig(destination=[sink.endpoint], rate_limit=0,
+                                                 options_interval_s=0), "export.ipfix[0]")
+        else:
+            exporter = NetflowExporter(NetflowConfig(destination=[sink.endpoint],
+                                                     protocol=int(kind[1]), rate_limit=0),
+                                       "export.netflow[0]")
+        exporter.agent_start(context=RunContext(start_ns=T0))
+        exporter.agent_export_flows(records=batch)
+        stats = exporter.agent_collect_stats()
+        exporter.agent_stop()
+    sent = stats["udp_records"] if kind == "ipfix" else stats["records_encoded"]
+    assert sent == (500 if kind == "v5" else 600)
+    assert stats["encode_errors"] == 0
