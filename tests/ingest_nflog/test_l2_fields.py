@@ -13,16 +13,19 @@ import socket
 import struct
 from collections.abc import Iterator
 from contextlib import ExitStack
+from typing import Any
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from netflow_agent.fragments import DEFAULT_POLICY
 from netflow_agent.model import DIRECTION_EGRESS, split_key
 from netflow_agent.plugins.ingest_nflog import decoders
 from netflow_agent.plugins.ingest_nflog.netlink import NflogDecoder
 from netflow_agent.schema import FlowOptions, FlowSchema
+from netflow_agent.tunnels import make_parser
 from tests.fuzz.strategies import fuzz_settings, nflog_datagrams
 from tests.ingest_nflog.test_c_decoder import (
     RECV_NS,
@@ -35,6 +38,7 @@ from tests.ingest_nflog.test_c_decoder import (
     _summed,
     _tcp,
 )
+from tests.support.pcapgen import encapsulate
 from tests.support.schemas import active_schema
 
 SRC = bytes.fromhex("b2373d841abb")
@@ -77,8 +81,11 @@ def l2_message(payload: bytes, hook: int = 2, indev: int = 2, outdev: int = 0,
     return struct.pack("=IHHII", 16 + len(body), 0x400, 0, 0, 0) + body
 
 
-def python_flows(schema: FlowSchema, datagrams: list[bytes]) -> list[tuple]:
-    dec = NflogDecoder(l2=decoders.nflog_l2(schema))
+def python_flows(schema: FlowSchema, datagrams: list[bytes], **opts: Any) -> list[tuple]:
+    """``opts``: ``fragments``, ``decapsulate``, ``keep_outer`` as the batchers take them."""
+    dec = NflogDecoder(make_parser(opts.get("fragments"), opts.get("decapsulate", ()),
+                                   opts.get("keep_outer", False)),
+                       l2=decoders.nflog_l2(schema))
     packets: list = []
     for data in datagrams:
         dec.decode(bytearray(data + TAIL), len(data), RECV_NS, packets)
@@ -86,9 +93,11 @@ def python_flows(schema: FlowSchema, datagrams: list[bytes]) -> list[tuple]:
     return _summed([(k.ljust(size, b"\0"), *rest) for k, *rest in packets])
 
 
-def c_flows(schema: FlowSchema, datagrams: list[bytes]) -> list[tuple]:
+def c_flows(schema: FlowSchema, datagrams: list[bytes], **opts: Any) -> list[tuple]:
     mask = decoders.l2_mask(schema)
-    agg = _ext().Aggregator(l2=mask)
+    agg = _ext().Aggregator(**decoders.c_options(opts.get("fragments"),
+                                                 opts.get("decapsulate", ()),
+                                                 opts.get("keep_outer", False)), l2=mask)
     for data in datagrams:
         agg.feed(bytearray(data + TAIL), len(data), RECV_NS)
     records = agg.take()[0]
@@ -100,9 +109,9 @@ def c_flows(schema: FlowSchema, datagrams: list[bytes]) -> list[tuple]:
                     flows["out_if"].tolist(), strict=True))
 
 
-def same_flows(schema: FlowSchema, datagrams: list[bytes]) -> list[tuple]:
-    py = python_flows(schema, datagrams)
-    assert c_flows(schema, datagrams) == py
+def same_flows(schema: FlowSchema, datagrams: list[bytes], **opts: Any) -> list[tuple]:
+    py = python_flows(schema, datagrams, **opts)
+    assert c_flows(schema, datagrams, **opts) == py
     return py
 
 
@@ -187,3 +196,24 @@ def test_c_records_grow_only_with_layer2_fields(use_schema):
 def test_fuzzed_datagrams_give_the_same_flows(options, datagrams):
     with active_schema(options) as schema:
         same_flows(schema, datagrams)
+
+
+def test_only_the_messages_own_packet_gets_the_fields(use_schema):
+    """A VXLAN packet with keep_outer: the inner flow has the frame's MACs and ports, the outer
+    one zeros; a fragment released after its first one keeps zeros too; both decoders."""
+    schema = use_schema(OPTIONS["all"])
+    inner = _ip4(17, UDP)
+    vxlan = encapsulate(inner, "vxlan", 42, "192.0.2.1", "192.0.2.2")
+    first, rest = _ip4(17, UDP, frag=0x2000), _ip4(17, b"\0" * 8, frag=1)
+    bridged = {"indev": 2, "outdev": 2, "physin": 3, "physout": 4,
+               "hwheader": DST + SRC + b"\x08\x00"}
+    datagrams = [l2_message(vxlan, **bridged), l2_message(rest, **bridged),
+                 l2_message(first, **bridged)]
+    flows = same_flows(schema, datagrams, fragments=DEFAULT_POLICY, decapsulate=("vxlan",),
+                       keep_outer=True)
+    # the inner packet and the first fragment are the same flow (10.1.0.1:4000 -> :53)
+    got = sorted((fields(schema, f[0])["src_mac"], split_key(f[0]).dst_port, f[1])
+                 for f in flows)
+    assert got == [(b"\0" * 6, 53, 1),  # the early fragment, released with the first's ports
+                   (b"\0" * 6, 4789, 1),  # the outer VXLAN flow
+                   (SRC, 53, 2)]
