@@ -532,6 +532,8 @@ class NflogL2:
             dst, src = hwheader[:6], hwheader[6:12]
         vlans = self._vlans.get(vlan) if vlan else ()
         if vlans is None:
+            if len(self._vlans) >= 4096:  # bounded: tags and protocols, not per packet
+                self._vlans.clear()
             vlans = self._vlans[vlan] = _vlan_tags(vlan)
         ext = packer.pack(pkt[0][0], src, dst, vlans, (), physin, physout)
         return (pkt[0] + ext, *pkt[1:])
