@@ -237,6 +237,10 @@ class NflogIngest(Ingest):
 
     stage = "ingest"
     type_name = "nflog"
+    #: NFULA_HWHEADER (MACs), NFULA_VLAN (the one tag the kernel took off the frame) and
+    #: NFULA_IFINDEX_PHYS* (bridge ports); no MPLS: NFLOG's payload starts at the IP header
+    observable_fields = frozenset({"src_mac", "dst_mac", "ethernet_type", "vlan_id",
+                                   "vlan_priority", "in_physdev", "out_physdev"})
 
     def __init__(self, config: Config, name: str):
         super().__init__(config, name)
