@@ -6,7 +6,10 @@ holds packets, bytes, first/last time, the OR of TCP flags and the output interf
 exported when it has been idle for ``inactive_timeout`` seconds, when it has lived for
 ``active_timeout`` seconds, or at the next scan after a TCP FIN or RST. When ``maxflows``
 flows exist, packets of new flows are dropped and counted (``maxflows`` and ``drop``
-counters); existing flows keep being updated.
+counters); existing flows keep being updated. The ``aggregation`` rules (ipt_NETFLOW's
+option, :mod:`agent.keyrules`) rewrite every key before the lookup, in every entry path
+(packets, kernel deltas, restored flows), so the table, ``maxflows`` and the statistics count
+aggregated flows; a flow's masks are those its first packet was cut to.
 
 Layout (chosen for speed and memory, see docs/performance.md): a dict maps the packed key to a
 slot number; the counters live in typed columns (``array``), so a flow costs about 160 bytes
@@ -27,6 +30,7 @@ from netflow_agent import hookimpl
 from netflow_agent.config.schema import option
 from netflow_agent.errors import ConfigIssue
 from netflow_agent.fragments import FragmentPolicy
+from netflow_agent.keyrules import KeyRules, rule_issues, split_rules
 from netflow_agent.logutil import FLOW_DEBUG, log_created
 from netflow_agent.model import (
     DIRECTION_EGRESS,
@@ -88,13 +92,23 @@ class CacheConfig:
         "discarded on entry and counted as sampler_discarded). N 2..16383; announced to "
         'collectors. "" = every flow. Not combined with an ingest\'s packet sampling.')
 
+    aggregation: str | list[str] = option(
+        default_factory=list,
+        doc='ipt_NETFLOW\'s aggregation=: rules like "192.0.0.0/8=16,80-89=80" (a string or '
+        "a list), applied to every packet before the flow lookup: PREFIX/LEN=NEWLEN cuts "
+        "matching addresses to NEWLEN bits (exported as the flow's mask), LOW-HIGH=PORT "
+        "replaces ports in the range; first match of each kind wins, both directions. "
+        "maxflows and statistics count aggregated flows.")
+
     def check(self) -> list[ConfigIssue]:
-        """``sampler`` must be ``mode:N``."""
+        """``sampler`` must be ``mode:N``; every ``aggregation`` rule must parse."""
+        issues = [ConfigIssue(f"aggregation{where}", message)
+                  for where, message in rule_issues(self.aggregation)]
         try:
             parse_sampler(self.sampler)
         except ValueError as e:
-            return [ConfigIssue("sampler", str(e))]
-        return []
+            issues.append(ConfigIssue("sampler", str(e)))
+        return issues
 
     def flow_sampler(self) -> FlowSampler | None:
         """The sampler ``sampler`` describes, or ``None``."""
@@ -148,10 +162,12 @@ class FlowCache(Cache):
         self._last = array("q")
         self._flags = array("B")
         self._out_if = array("I")
+        self._masks = array("H")  # src_mask << 8 | dst_mask, from the aggregation rules
         self._grow(max(config.hashsize, 1024))
         self.context: RunContext | None = None
         self.sampler = config.flow_sampler()
         self._unselected: set[bytes] = set()
+        self.rules = KeyRules(config.aggregation)
 
     @hookimpl
     def agent_start(self, context: RunContext) -> None:
@@ -180,6 +196,7 @@ class FlowCache(Cache):
         self._last.extend(array("q", [_FREE]) * extra)
         self._flags.extend(array("B", bytes(extra)))
         self._out_if.extend(array("I", bytes(4 * extra)))
+        self._masks.extend(array("H", bytes(2 * extra)))
         self.free.extend(range(start + extra - 1, start - 1, -1))  # pop() hands out low first
 
     def _new_slot(self, key: bytes, ts: int) -> int:
@@ -190,6 +207,8 @@ class FlowCache(Cache):
         self.keys[i] = key
         self._first[i] = ts
         self._last[i] = ts
+        if self.rules:
+            self._masks[i] = self.rules.masks(key)
         self.stats.new += 1
         if self.context is not None and self.context.debug >= FLOW_DEBUG:
             log_created(key)
@@ -199,8 +218,11 @@ class FlowCache(Cache):
         return i
 
     def reconfigure(self, config: CacheConfig) -> None:
-        """Take new timeouts and maxflows on reload; every flow in the table is kept."""
+        """Take new timeouts, maxflows and aggregation rules on reload; every flow in the
+        table is kept under its key (new rules apply to packets from now on)."""
         self.config = config
+        if split_rules(config.aggregation) != self.rules.texts:
+            self.rules = KeyRules(config.aggregation)
         sampler = config.flow_sampler()
         if str(sampler) != str(self.sampler):
             self.sampler = sampler
@@ -237,7 +259,8 @@ class FlowCache(Cache):
         unselected = self._unselected
         if len(unselected) > _UNSELECTED_MAX:
             unselected.clear()
-        for key, length, flags, ts, out_if in batch.packets:
+        packets = self.rules.rewrite_packets(batch.packets) if self.rules else batch.packets
+        for key, length, flags, ts, out_if in packets:
             i = index.get(key)
             if i is None:
                 if hash_n and (key in unselected or not hash_selects(key, hash_n)):
@@ -282,9 +305,11 @@ class FlowCache(Cache):
         st.drop_bytes += batch.dropped_bytes
         maxflows = self.config.maxflows
         sampler = self.sampler
+        rewrite = self.rules.rewrite if self.rules else None
         for d in batch.flows:
-            i = self.index.get(d.key)
-            if i is None and sampler is not None and not sampler.selects_key(d.key):
+            key = rewrite(d.key)[0] if rewrite else d.key
+            i = self.index.get(key)
+            if i is None and sampler is not None and not sampler.selects_key(key):
                 st.sampler_discarded_packets += d.packets
                 st.sampler_discarded_bytes += d.octets
                 continue
@@ -295,7 +320,7 @@ class FlowCache(Cache):
                     st.drop_packets += d.packets
                     st.drop_bytes += d.octets
                     continue
-                i = self._new_slot(d.key, d.start_ns)
+                i = self._new_slot(key, d.start_ns)
             else:
                 st.found += 1
                 if d.start_ns < self._first[i]:
@@ -359,6 +384,7 @@ class FlowCache(Cache):
             in_if=in_if, direction=k.direction, out_if=out_if,
             packets=self._packets[i], octets=self._octets[i], start_ns=self._first[i],
             end_ns=self._last[i], tcp_flags=self._flags[i], end_reason=reason,
+            src_mask=self._masks[i] >> 8, dst_mask=self._masks[i] & 0xFF,
         )
         del self.index[key]
         self.keys[i] = None
@@ -366,6 +392,7 @@ class FlowCache(Cache):
         self._first[i] = self._last[i] = _FREE
         self._flags[i] = 0
         self._out_if[i] = 0
+        self._masks[i] = 0
         self.free.append(i)
         return rec
 
@@ -388,11 +415,16 @@ class FlowCache(Cache):
     def restore(self, rows: list[FlowRow]) -> int:
         """Put flows from :meth:`dump` back; a key already present gets the counters added.
 
-        ``maxflows`` is not applied: these packets were already accounted once.
+        ``maxflows`` is not applied: these packets were already accounted once. The
+        aggregation rules are: flows saved without them (or under other ones) merge into
+        aggregated flows, and saved aggregated flows get their masks back.
 
         :return: the number of rows restored.
         """
+        rewrite = self.rules.rewrite if self.rules else None
         for key, packets, octets, first, last, flags, out_if in rows:
+            if rewrite:
+                key = rewrite(key)[0]
             i = self.index.get(key)
             if i is None:
                 i = self._new_slot(key, first)
@@ -417,7 +449,8 @@ class FlowCache(Cache):
         """
         index = sys.getsizeof(self.index)
         columns = sum(a.buffer_info()[1] * a.itemsize for a in (
-            self._packets, self._octets, self._first, self._last, self._flags, self._out_if))
+            self._packets, self._octets, self._first, self._last, self._flags, self._out_if,
+            self._masks))
         key_size = sys.getsizeof(next(iter(self.index), b"")) if self.index else 0
         table = (index + sys.getsizeof(self.keys) + columns + key_size * len(self.index)
                  + sys.getsizeof(self.free))
@@ -455,5 +488,6 @@ class FlowCache(Cache):
 
     @hookimpl
     def agent_collect_stats(self) -> dict[str, Any]:
-        """:meth:`counters`."""
-        return self.counters()
+        """:meth:`counters`, plus the aggregation rules in use (``rule_list``, the report's
+        ``aggrN`` lines)."""
+        return {**self.counters(), "rule_list": list(self.rules.texts)}
