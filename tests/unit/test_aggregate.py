@@ -13,8 +13,9 @@ from netflow_agent import keyrules
 from netflow_agent.keyrules import KeyRules, NetmaskRule, PortRule, parse_rule
 from netflow_agent.model import FlowBatch, FlowDelta, FlowRecord, PacketBatch, make_key, split_key
 from netflow_agent.stages.cache import CacheConfig, FlowCache
+from tests.support.aggregation import SEED_RULES, seed_aggregate, thousand_hosts
 
-SEED = "192.0.0.0/8=16,10.0.0.0/8=16,80-89=80,3128=80"
+SEED = SEED_RULES
 S = 1_000_000_000
 T0 = 1_700_000_000 * S
 
@@ -101,34 +102,25 @@ def test_cache_config_names_the_bad_rule():
 
 # --- the cache, per packet (the issue's acceptance, at unit level) -----------------------------
 
-def thousand_hosts() -> list[tuple[bytes, int, int, int, int]]:
-    """1,000 hosts in 192.0.0.0/8 (in 4 /16s) to 10.x servers on ports 80-89, some via 3128."""
-    packets = []
-    for h in range(1000):
-        src = f"192.{h % 4}.{h // 250}.{h % 250 + 1}"
-        dst = f"10.{h % 3}.7.{h % 7 + 1}"
-        dport = 3128 if h % 10 == 9 else 80 + h % 10
-        for n in range(1 + h % 3):
-            packets.append((key(src, dst, 40000 + h // 500, dport), 60 + n + h % 50, 0x10,
-                            T0 + (h * 3 + n) * 1_000_000, 0))
-    return packets
+def acceptance_packets() -> list[tuple[bytes, int, int, int, int]]:
+    """The acceptance traffic as packets (ACK only), 1 ms apart per host."""
+    return [(key(f.src, f.dst, f.sport, f.dport), 60 + n + h % 50, 0x10,
+             T0 + (h * 3 + n) * 1_000_000, 0)
+            for h, f in enumerate(thousand_hosts()) for n in range(f.packets)]
 
 
 def oracle(packets) -> Counter:
-    """The expected aggregated flows, computed with ipaddress (not the module under test)."""
+    """Packets and bytes per aggregated flow, by :func:`seed_aggregate` (not keyrules)."""
     want: Counter = Counter()
     for k, length, *_ in packets:
-        f = split_key(k)
-        src = ipaddress.ip_network((f.src_addr, 16), strict=False).network_address
-        dst = ipaddress.ip_network((f.dst_addr, 16), strict=False).network_address
-        dport = 80 if 80 <= f.dst_port <= 89 or f.dst_port == 3128 else f.dst_port
-        want[(str(src), str(dst), f.src_port, dport, "p")] += 1
-        want[(str(src), str(dst), f.src_port, dport, "b")] += length
+        ident = seed_aggregate(*shown(k))
+        want[(*ident, "p")] += 1
+        want[(*ident, "b")] += length
     return want
 
 
 def test_thousand_hosts_leave_one_cache_entry_per_aggregated_key():
-    packets = thousand_hosts()
+    packets = acceptance_packets()
     want = oracle(packets)
     flows = len(want) // 2
     cache = FlowCache(CacheConfig(aggregation=SEED, maxflows=flows))  # room for exactly these
@@ -149,7 +141,7 @@ def test_thousand_hosts_leave_one_cache_entry_per_aggregated_key():
 
 
 def test_without_rules_the_same_traffic_overflows_maxflows():
-    packets = thousand_hosts()
+    packets = acceptance_packets()
     cache = FlowCache(CacheConfig(maxflows=24))
     feed(cache, packets)
     assert cache.active_flows == 24 and cache.stats.maxflows > 0
