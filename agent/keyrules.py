@@ -16,8 +16,8 @@ become its source/destination mask (sourceIPv4PrefixLength 9 / destinationIPv4Pr
 13); a flow takes the masks of the packet that created it, as in ipt_NETFLOW.
 
 :class:`KeyRules` compiles the rules once and memoizes the rewrite per packed key, so the cost
-per packet is one dict lookup; the memo is bounded (:data:`MEMO_MAX`) and starts afresh when
-full.
+per packet is one dict lookup; the memo is bounded (:data:`MEMO_MAX` keys per generation,
+two generations). Measured costs: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from netflow_agent.packet import PORT_PROTOCOLS
 
 __all__ = ["KeyRules", "NetmaskRule", "PortRule", "parse_rule", "split_rules"]
 
-#: keys whose rewrite is remembered at once (about 120 bytes each); beyond, the memo restarts
-MEMO_MAX = 1 << 16
+#: keys per memo generation (two generations: at most ~2 x 131,072 x ~120 bytes = 30 MB);
+#: more distinct keys than that at once pay the full rewrite (about 1 us) more often
+MEMO_MAX = 1 << 17
 
 
 class NetmaskRule(NamedTuple):
@@ -107,7 +108,11 @@ def rule_issues(rules: str | Sequence[str]) -> list[tuple[str, str]]:
 class KeyRules:
     """Compiled aggregation rules that rewrite packed flow keys (see the module docstring).
 
-    Not thread-safe: the pipeline thread owns it, like the cache.
+    The memo has two generations of at most :data:`MEMO_MAX` keys each: when the young one is
+    full it becomes the old one and the oldest is dropped, so the keys of live flows survive
+    (a hit in the old generation moves the key to the young one). Addresses and ports are
+    memoized too, so a miss costs one key split and one repack. Not thread-safe: the
+    pipeline thread owns it, like the cache.
 
     :param rules: the rules as text (a comma-separated string or a list); must parse.
     """
@@ -117,17 +122,16 @@ class KeyRules:
         parsed = [parse_rule(r) for r in self.texts]
         self.netmask = {v: [r for r in parsed if isinstance(r, NetmaskRule) and r.version == v]
                         for v in (4, 6)}
-        self.ports = [r for r in parsed if isinstance(r, PortRule)]
+        ports = [r for r in parsed if isinstance(r, PortRule)]
+        self.port_map = _port_map(ports) if ports else None
         self._memo: dict[bytes, bytes] = {}
+        self._old: dict[bytes, bytes] = {}
         self._masks: dict[bytes, int] = {}
+        self._old_masks: dict[bytes, int] = {}
+        self._addrs: dict[bytes, tuple[bytes, int]] = {}
 
     def __bool__(self) -> bool:
         return bool(self.texts)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, KeyRules) and other.texts == self.texts
-
-    __hash__ = None  # type: ignore[assignment]  # mutable memo; compared by rule text
 
     def rewrite_packets(self, packets: list[Packet]) -> list[Packet]:
         """The packets with aggregated keys; :meth:`masks` then knows every key returned."""
@@ -146,32 +150,52 @@ class KeyRules:
         return self._masks.get(new_key, 0)
 
     def _bound(self) -> None:
+        """Start a young generation when the current one is full (between calls only, so
+        :meth:`masks` knows every key of the last call)."""
         if len(self._memo) > MEMO_MAX:
-            self._memo.clear()
-            self._masks.clear()
+            self._old, self._memo = self._memo, {}
+            self._old_masks, self._masks = self._masks, {}
+        if len(self._addrs) > MEMO_MAX:
+            self._addrs.clear()
 
     def _miss(self, key: bytes) -> bytes:
-        k = split_key(key)
-        src, smask = self._addr(k.ip_version, k.src_addr)
-        dst, dmask = self._addr(k.ip_version, k.dst_addr)
-        sport, dport = k.src_port, k.dst_port
-        if self.ports and k.protocol in PORT_PROTOCOLS:
-            sport, dport = self._port(sport), self._port(dport)
-        new = make_key(k.ip_version, k.protocol, src, dst, sport, dport, k.tos, k.in_if,
-                       k.direction)
+        new = self._old.get(key)
+        if new is not None:
+            self._masks.setdefault(new, self._old_masks.get(new, 0))
+        else:
+            new = self._compute(key)
         self._memo[key] = new
+        return new
+
+    def _compute(self, key: bytes) -> bytes:
+        k = split_key(key)
+        src, smask = self._addrs.get(k.src_addr) or self._addr(k.ip_version, k.src_addr)
+        dst, dmask = self._addrs.get(k.dst_addr) or self._addr(k.ip_version, k.dst_addr)
+        sport, dport = k.src_port, k.dst_port
+        if self.port_map is not None and k.protocol in PORT_PROTOCOLS:
+            sport, dport = self.port_map[sport], self.port_map[dport]
+        if (src, dst, sport, dport) == (k.src_addr, k.dst_addr, k.src_port, k.dst_port):
+            new = key  # nothing changed: the same key object, no repack (masks still kept)
+        else:
+            new = make_key(k.ip_version, k.protocol, src, dst, sport, dport, k.tos, k.in_if,
+                           k.direction)
         self._masks.setdefault(new, smask << 8 | dmask)  # the creating packet's masks
         return new
 
     def _addr(self, version: int, addr: bytes) -> tuple[bytes, int]:
         value = int.from_bytes(addr, "big")
+        out = addr, 0
         for r in self.netmask[version]:
             if value & r.mask == r.net:
-                return (value & r.newmask).to_bytes(len(addr), "big"), r.newlen
-        return addr, 0
+                out = (value & r.newmask).to_bytes(len(addr), "big"), r.newlen
+                break
+        self._addrs[addr] = out
+        return out
 
-    def _port(self, port: int) -> int:
-        for r in self.ports:
-            if r.low <= port <= r.high:
-                return r.port
-        return port
+
+def _port_map(rules: list[PortRule]) -> list[int]:
+    """Every port 0..65535 after the port rules (first match wins)."""
+    out = list(range(65536))
+    for r in reversed(rules):  # earlier rules overwrite later ones
+        out[r.low:r.high + 1] = [r.port] * (r.high - r.low + 1)
+    return out

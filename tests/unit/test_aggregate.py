@@ -62,6 +62,13 @@ def test_ipv6_prefix_rule():
     assert masks == 48 << 8 | 48
 
 
+def test_a_rule_to_length_zero_rewrites_and_an_unchanged_address_keeps_its_mask():
+    rules = KeyRules(["10.0.0.0/8=0", "192.168.0.0/16=24"])
+    new, masks = rules.rewrite(key("10.1.2.3", "192.168.7.0", 1, 2))
+    assert shown(new) == ("0.0.0.0", "192.168.7.0", 1, 2)
+    assert (masks >> 8, masks & 0xFF) == (0, 24)
+
+
 def test_port_rules_skip_icmp():
     new, _ = KeyRules(["0-65535=1"]).rewrite(key("10.0.0.1", "10.0.0.2", 0, 0x0800, proto=1))
     assert shown(new)[3] == 0x0800
