@@ -26,7 +26,7 @@ import ipaddress
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from netflow_agent.model import Packet, make_key, split_key
+from netflow_agent.model import KEY, Packet, make_key, split_key
 from netflow_agent.packet import PORT_PROTOCOLS
 
 __all__ = ["KeyRules", "NetmaskRule", "PortRule", "parse_rule", "split_rules"]
@@ -139,8 +139,14 @@ class KeyRules:
         get, miss = self._memo.get, self._miss
         return [(get(k) or miss(k), n, f, t, o) for k, n, f, t, o in packets]
 
+    def rewrite_keys(self, keys: list[bytes]) -> list[bytes]:
+        """The aggregated keys (kernel deltas); :meth:`masks` then knows every key returned."""
+        self._bound()
+        get, miss = self._memo.get, self._miss
+        return [get(k) or miss(k) for k in keys]
+
     def rewrite(self, key: bytes) -> tuple[bytes, int]:
-        """``(aggregated key, masks)`` of one key (kernel deltas, restored flows)."""
+        """``(aggregated key, masks)`` of one key (a restored flow)."""
         self._bound()
         new = self._memo.get(key) or self._miss(key)
         return new, self._masks[new]
@@ -178,7 +184,7 @@ class KeyRules:
             new = key  # nothing changed: the same key object, no repack (masks still kept)
         else:
             new = make_key(k.ip_version, k.protocol, src, dst, sport, dport, k.tos, k.in_if,
-                           k.direction)
+                           k.direction, key[KEY.size:])  # the schema's optional fields kept
         self._masks.setdefault(new, smask << 8 | dmask)  # the creating packet's masks
         return new
 

@@ -69,6 +69,13 @@ def test_a_rule_to_length_zero_rewrites_and_an_unchanged_address_keeps_its_mask(
     assert (masks >> 8, masks & 0xFF) == (0, 24)
 
 
+def test_the_schemas_optional_key_fields_are_kept():
+    base = key("192.168.5.7", "10.1.2.3", 85, 3128)
+    new, _ = KeyRules(SEED).rewrite(base + b"\x00\x64\xaa\xbb")  # e.g. a VLAN id and more
+    assert new[-4:] == b"\x00\x64\xaa\xbb" and len(new) == len(base) + 4
+    assert shown(new) == ("192.168.0.0", "10.1.0.0", 80, 80)
+
+
 def test_port_rules_skip_icmp():
     new, _ = KeyRules(["0-65535=1"]).rewrite(key("10.0.0.1", "10.0.0.2", 0, 0x0800, proto=1))
     assert shown(new)[3] == 0x0800
