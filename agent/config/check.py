@@ -20,7 +20,7 @@ from netflow_agent.config.files import config_permission_issues
 from netflow_agent.config.load import RawConfig, load
 from netflow_agent.config.model import AgentConfig, AgentSection, FlowSection, Instance
 from netflow_agent.errors import ConfigIssue
-from netflow_agent.keyrules import split_rules
+from netflow_agent.keyrules import rule_issues, split_rules
 from netflow_agent.registry import ComponentRegistry
 
 TOP_LEVEL = ("agent", "flow", "cache", "aggregate", "ingest", "export")
@@ -188,7 +188,7 @@ def _fold_aggregate_rules(instances: list[Instance],
     instances = [i for i in instances if i is not builtin]
     rules = split_rules(builtin.config.rules)
     cache = next((i for i in instances if i.stage == "cache"), None)
-    if not rules or cache is None:
+    if not rules or cache is None or rule_issues(rules):  # bad rules: already reported
         return instances
     if not hasattr(cache.config, "aggregation"):
         issues.append(ConfigIssue("aggregate.rules", f"cache type '{cache.type_name}' does "

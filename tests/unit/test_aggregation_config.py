@@ -64,6 +64,13 @@ def test_rules_in_both_places_are_refused(tmp_path):
     assert "set twice" in issues[0].message
 
 
+def test_bad_rules_in_the_older_table_get_an_error_and_no_note(tmp_path):
+    text = PCAP_BASE.format(pcap=_pcap(tmp_path)) + '[aggregate]\nrules = "10.0.0.0/8"\n'
+    config, issues = _validate(tmp_path, text)
+    assert config is None
+    assert [(i.path, i.severity) for i in issues] == [("aggregate.rules", "error")]
+
+
 def test_dry_run_explains_and_strict_still_passes(tmp_path, capsys):
     cfg = tmp_path / "agent.toml"
     cfg.write_text(PCAP_BASE.format(pcap=_pcap(tmp_path)) + '[aggregate]\nrules = "80-89=80"\n')
