@@ -6,7 +6,10 @@ holds packets, bytes, first/last time, the OR of TCP flags and the output interf
 exported when it has been idle for ``inactive_timeout`` seconds, when it has lived for
 ``active_timeout`` seconds, or at the next scan after a TCP FIN or RST. When ``maxflows``
 flows exist, packets of new flows are dropped and counted (``maxflows`` and ``drop``
-counters); existing flows keep being updated.
+counters); existing flows keep being updated. The ``aggregation`` rules (ipt_NETFLOW's
+option, :mod:`agent.keyrules`) rewrite every key before the lookup, in every entry path
+(packets, kernel deltas, restored flows), so the table, ``maxflows`` and the statistics count
+aggregated flows; a flow's masks are those its first packet was cut to.
 
 Layout (chosen for speed and memory, see docs/performance.md): a dict maps the packed key to a
 slot number; the counters live in typed columns (``array``), so a flow costs about 160 bytes
@@ -27,6 +30,7 @@ from netflow_agent import hookimpl
 from netflow_agent.config.schema import option
 from netflow_agent.errors import ConfigIssue
 from netflow_agent.fragments import FragmentPolicy
+from netflow_agent.keyrules import KeyRules, rule_issues, split_rules
 from netflow_agent.logutil import FLOW_DEBUG, log_created
 from netflow_agent.model import (
     DIRECTION_EGRESS,
@@ -103,13 +107,23 @@ class CacheConfig:
         "discarded on entry and counted as sampler_discarded). N 2..16383; announced to "
         'collectors. "" = every flow. Not combined with an ingest\'s packet sampling.')
 
+    aggregation: str | list[str] = option(
+        default_factory=list,
+        doc='ipt_NETFLOW\'s aggregation=: rules like "192.0.0.0/8=16,80-89=80" (a string or '
+        "a list), applied to every packet before the flow lookup: PREFIX/LEN=NEWLEN cuts "
+        "matching addresses to NEWLEN bits (exported as the flow's mask), LOW-HIGH=PORT "
+        "replaces ports in the range; first match of each kind wins, both directions. "
+        "maxflows and statistics count aggregated flows.")
+
     def check(self) -> list[ConfigIssue]:
-        """``sampler`` must be ``mode:N``."""
+        """``sampler`` must be ``mode:N``; every ``aggregation`` rule must parse."""
+        issues = [ConfigIssue(f"aggregation{where}", message)
+                  for where, message in rule_issues(self.aggregation)]
         try:
             parse_sampler(self.sampler)
         except ValueError as e:
-            return [ConfigIssue("sampler", str(e))]
-        return []
+            issues.append(ConfigIssue("sampler", str(e)))
+        return issues
 
     def flow_sampler(self) -> FlowSampler | None:
         """The sampler ``sampler`` describes, or ``None``."""
@@ -165,12 +179,14 @@ class FlowCache(Cache):
         self._last = array("q")
         self._flags = array("B")
         self._out_if = array("I")
+        self._masks = array("H")  # src_mask << 8 | dst_mask, from the aggregation rules
         self._grow(max(config.hashsize, 1024))
         self.context: RunContext | None = None
         self.sampler = config.flow_sampler()
         self._unselected: set[bytes] = set()
         #: the key layout of this run (fixed at start: every key has its width)
         self.schema: FlowSchema = active()
+        self.rules = KeyRules(config.aggregation)
 
     @hookimpl
     def agent_start(self, context: RunContext) -> None:
@@ -200,6 +216,7 @@ class FlowCache(Cache):
         self._last.extend(array("q", [_FREE]) * extra)
         self._flags.extend(array("B", bytes(extra)))
         self._out_if.extend(array("I", bytes(4 * extra)))
+        self._masks.extend(array("H", bytes(2 * extra)))
         self.free.extend(range(start + extra - 1, start - 1, -1))  # pop() hands out low first
 
     def _new_slot(self, key: bytes, ts: int) -> int:
@@ -210,6 +227,8 @@ class FlowCache(Cache):
         self.keys[i] = key
         self._first[i] = ts
         self._last[i] = ts
+        if self.rules:
+            self._masks[i] = self.rules.masks(key)
         self.stats.new += 1
         if self.context is not None and self.context.debug >= FLOW_DEBUG:
             log_created(key)
@@ -219,8 +238,11 @@ class FlowCache(Cache):
         return i
 
     def reconfigure(self, config: CacheConfig) -> None:
-        """Take new timeouts and maxflows on reload; every flow in the table is kept."""
+        """Take new timeouts, maxflows and aggregation rules on reload; every flow in the
+        table is kept under its key (new rules apply to packets from now on)."""
         self.config = config
+        if split_rules(config.aggregation) != self.rules.texts:
+            self.rules = KeyRules(config.aggregation)
         sampler = config.flow_sampler()
         if str(sampler) != str(self.sampler):
             self.sampler = sampler
@@ -260,6 +282,8 @@ class FlowCache(Cache):
         packets = batch.packets
         if self.schema.ext_size:
             packets = _full_width(packets, self.schema.key_size)
+        if self.rules:
+            packets = self.rules.rewrite_packets(packets)
         for key, length, flags, ts, out_if in packets:
             i = index.get(key)
             if i is None:
@@ -307,6 +331,8 @@ class FlowCache(Cache):
         if not len(flows):
             return
         keys = batch.keys()
+        if self.rules:
+            keys = self.rules.rewrite_keys(keys)
         slots = self._slots_for(keys, flows)
         refused = slots == _REFUSED
         if refused.any():
@@ -417,6 +443,8 @@ class FlowCache(Cache):
         out["start_ns"] = np.frombuffer(self._first, np.int64)[slots]
         out["end_ns"] = np.frombuffer(self._last, np.int64)[slots]
         out["tcp_flags"] = np.frombuffer(self._flags, np.uint8)[slots]
+        masks = np.frombuffer(self._masks, np.uint16)[slots]
+        out["src_mask"], out["dst_mask"] = masks >> 8, masks & 0xFF
         other = np.frombuffer(self._out_if, np.uint32)[slots]
         out["end_reason"] = reasons
         _set_interfaces(out, other)
@@ -430,7 +458,8 @@ class FlowCache(Cache):
             del index[key]
             table_keys[i] = None
         for column, value in ((self._packets, 0), (self._octets, 0), (self._first, _FREE),
-                              (self._last, _FREE), (self._flags, 0), (self._out_if, 0)):
+                              (self._last, _FREE), (self._flags, 0), (self._out_if, 0),
+                              (self._masks, 0)):
             view = np.frombuffer(column, dtype=column.typecode)
             view[slots] = value
             del view
@@ -456,14 +485,19 @@ class FlowCache(Cache):
     def restore(self, rows: list[FlowRow]) -> int:
         """Put flows from :meth:`dump` back; a key already present gets the counters added.
 
-        ``maxflows`` is not applied: these packets were already accounted once.
+        ``maxflows`` is not applied: these packets were already accounted once. The
+        aggregation rules are: flows saved without them (or under other ones) merge into
+        aggregated flows, and saved aggregated flows get their masks back.
 
         :return: the number of rows restored.
         """
         size = self.schema.key_size
+        rewrite = self.rules.rewrite if self.rules else None
         for key, packets, octets, first, last, flags, out_if in rows:
             if len(key) != size:  # saved before the schema changed, or by an older version
                 key = _rekey(key, size)
+            if rewrite:
+                key = rewrite(key)[0]
             i = self.index.get(key)
             if i is None:
                 i = self._new_slot(key, first)
@@ -488,7 +522,8 @@ class FlowCache(Cache):
         """
         index = sys.getsizeof(self.index)
         columns = sum(a.buffer_info()[1] * a.itemsize for a in (
-            self._packets, self._octets, self._first, self._last, self._flags, self._out_if))
+            self._packets, self._octets, self._first, self._last, self._flags, self._out_if,
+            self._masks))
         key_size = sys.getsizeof(next(iter(self.index), b"")) if self.index else 0
         table = (index + sys.getsizeof(self.keys) + columns + key_size * len(self.index)
                  + sys.getsizeof(self.free))
@@ -526,5 +561,6 @@ class FlowCache(Cache):
 
     @hookimpl
     def agent_collect_stats(self) -> dict[str, Any]:
-        """:meth:`counters`."""
-        return self.counters()
+        """:meth:`counters`, plus the aggregation rules in use (``rule_list``, the report's
+        ``aggrN`` lines)."""
+        return {**self.counters(), "rule_list": list(self.rules.texts)}
