@@ -68,6 +68,16 @@ struct {
 	__uint(max_entries, 4096);
 } fill_signal SEC(".maps");
 
+/* First fragments' ports for the later fragments of their datagram (fragments = "track"):
+ * bounded, the least recently used entry goes when full; the loader sizes it from
+ * [cache] fragment_table (1 entry when not tracking). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct frag_key);
+	__type(value, struct frag_ports);
+} frag_ports SEC(".maps");
+
 /* Cumulative per-CPU counters (enum flow_counter); userspace sums the CPUs. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
