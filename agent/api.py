@@ -33,7 +33,8 @@ Groups (see ``docs/hooks.md``):
   :class:`Sampling`, :func:`make_key`, :class:`PacketParser` and the constants beside them;
 * the flow schema: :class:`FlowField` (declare one with ``registry.add_flow_field``),
   :class:`FlowSchema` and :func:`flow_schema` (the active one: key layout, record columns,
-  the fields exporters add to their templates);
+  the fields exporters add to their templates) and :func:`wire_columns` /
+  :func:`wire_dtype` (those fields' batch columns as big-endian template bytes);
 * network namespaces: :func:`run_in_netns`, :class:`NetnsScope`, :func:`netns_path`,
   :func:`names_here`, :class:`InterfaceNames` (the interfaces exported flows used);
 * IPFIX Information Elements: :data:`IE_BY_ID`, :func:`information_element`,
@@ -145,6 +146,7 @@ from netflow_agent.tunnels import (
     keep_outer_option,
     make_parser,
 )
+from netflow_agent.wire import wire_columns, wire_dtype
 
 #: ``(major, minor)`` of this plugin API (see the module docstring).
 API_VERSION = (3, 0)
@@ -232,6 +234,8 @@ __all__ = [
     "information_element",
     "concat",
     "flow_schema",
+    "wire_columns",
+    "wire_dtype",
     "make_key",
     "names_here",
     "nat_event_value",

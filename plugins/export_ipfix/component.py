@@ -55,13 +55,12 @@ from netflow_agent.api import (
 from .config import Config
 from .file import IpfixFile
 from .ipfix import (
-    FLOW_LAYOUTS,
-    FLOW_LAYOUTS_US,
     DataGroup,
     Session,
     Template,
     encode_flow_groups,
     encode_messages,
+    flow_layouts,
     message_totals,
 )
 from .nel import NEL_LAYOUTS, encode_nat_groups
@@ -97,7 +96,7 @@ class IpfixExporter(NatExporter):
         self.session = Session(config.domain_id, config.refresh_rate,
                                int(config.template_refresh_s * 1e9))
         self.interfaces = InterfaceNames()
-        self.layouts = FLOW_LAYOUTS_US if config.timestamps == "us" else FLOW_LAYOUTS
+        self.layouts = flow_layouts(config.timestamps == "us")
         self.templates: dict[int, Template] = self._all_templates()
         self.max_udp_message = 0
         self.sampling: Sampling | None = None

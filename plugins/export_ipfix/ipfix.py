@@ -25,7 +25,18 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from netflow_agent.api import IE_BY_ID, VARIABLE_LENGTH, EncodeError, FlowRecord
+import numpy as np
+
+from netflow_agent.api import (
+    IE_BY_ID,
+    VARIABLE_LENGTH,
+    EncodeError,
+    FlowBatch,
+    FlowField,
+    FlowRecord,
+    flow_schema,
+    wire_columns,
+)
 
 VERSION = 10
 SET_ID_TEMPLATE = 2
@@ -44,6 +55,9 @@ TEMPLATE_HEADER = struct.Struct("!HH")
 OPTIONS_TEMPLATE_HEADER = struct.Struct("!HHH")
 # Information Element identifier (E bit 0), Field Length (section 3.2)
 FIELD_SPECIFIER = struct.Struct("!HH")
+# the same with the Enterprise bit set, then the Enterprise Number (section 3.2)
+ENTERPRISE_FIELD_SPECIFIER = struct.Struct("!HHI")
+ENTERPRISE_BIT = 0x8000
 
 _NS_PER_MS = 1_000_000
 
@@ -56,19 +70,23 @@ class Template:
     :param fields: ``(ie_id, length)`` pairs in record order; length 65535 = variable length.
     :param scope_count: number of leading scope fields; > 0 makes an Options Template.
     :param name: a short label for logs and tests.
+    :param extra: the flow schema's fields at the end of ``fields`` (declared and checked by
+        :class:`~agent.schema.FlowField`, so they may be IEs this agent's table does not
+        know, or enterprise-specific ones, sent with the Enterprise bit).
     """
 
     template_id: int
     fields: tuple[tuple[int, int], ...]
     scope_count: int = 0
     name: str = ""
+    extra: tuple[FlowField, ...] = ()
 
     def __post_init__(self) -> None:
         if not MIN_TEMPLATE_ID <= self.template_id <= 0xFFFF:
             raise ValueError(f"template id {self.template_id} outside 256-65535")
         if not self.fields or not 0 <= self.scope_count < len(self.fields) + 1:
             raise ValueError(f"template {self.template_id}: bad field or scope count")
-        for ie_id, length in self.fields:
+        for ie_id, length in self.fields[:len(self.fields) - len(self.extra)]:
             if ie_id not in IE_BY_ID or length <= 0:
                 raise ValueError(f"template {self.template_id}: bad field ({ie_id}, {length})")
 
@@ -96,7 +114,11 @@ class Template:
             head = OPTIONS_TEMPLATE_HEADER.pack(self.template_id, count, self.scope_count)
         else:
             head = TEMPLATE_HEADER.pack(self.template_id, count)
-        return head + b"".join(FIELD_SPECIFIER.pack(i, n) for i, n in self.fields)
+        pens = [0] * (count - len(self.extra)) + [f.enterprise for f in self.extra]
+        return head + b"".join(
+            ENTERPRISE_FIELD_SPECIFIER.pack(i | ENTERPRISE_BIT, n, pen) if pen
+            else FIELD_SPECIFIER.pack(i, n)
+            for (i, n), pen in zip(self.fields, pens, strict=True))
 
     def withdrawal(self) -> bytes:
         """The Template Withdrawal Record (section 8.1): Template ID and Field Count 0."""
@@ -497,25 +519,37 @@ class FlowLayout:
     ip_version: int
 
 
-def _make_layout(ip_version: int, icmp: bool, routed: bool, micro: bool = False) -> FlowLayout:
+def _make_layout(ip_version: int, icmp: bool, routed: bool, micro: bool = False,
+                 extra: tuple[FlowField, ...] = ()) -> FlowLayout:
     fields = _flow_fields(ip_version, icmp, routed, micro)
     name = f"flow{ip_version}{'-icmp' if icmp else ''}{'-routed' if routed else ''}"
-    template = Template(flow_template_id(ip_version, icmp, routed), fields, 0, name)
+    template = Template(flow_template_id(ip_version, icmp, routed),
+                        fields + tuple((f.element(ip_version), f.width) for f in extra),
+                        0, name, extra)
     s = _struct_for(fields)
     packer: _Packer = _PACKERS[(icmp, routed)]
     if micro:
         packer = _microsecond_packer(packer)
 
     def pack(recs: list[FlowRecord]) -> list[bytes]:
-        return packer(s, recs)
+        if not extra:
+            return packer(s, recs)
+        return [b + t for b, t in zip(packer(s, recs), _extra_bytes(recs, extra), strict=True)]
 
-    assert s.size == template.record_length
+    assert s.size + sum(f.width for f in extra) == template.record_length
     return FlowLayout(template, pack, ip_version)
 
 
-def _layouts(micro: bool) -> dict[int, FlowLayout]:
+def _extra_bytes(recs: Sequence[FlowRecord], extra: Sequence[FlowField]) -> list[bytes]:
+    """Each record's schema fields in wire layout."""
+    flows = recs.flows if isinstance(recs, FlowBatch) else FlowBatch.from_records(recs).flows
+    wire = wire_columns(flows, extra)
+    return list(wire.view(np.dtype(f"V{wire.dtype.itemsize}")).tolist())
+
+
+def _layouts(micro: bool, extra: tuple[FlowField, ...] = ()) -> dict[int, FlowLayout]:
     return {layout.template.template_id: layout
-            for layout in (_make_layout(v, icmp, routed, micro)
+            for layout in (_make_layout(v, icmp, routed, micro, extra)
                            for v in (4, 6) for icmp in (False, True) for routed in (False, True))}
 
 
@@ -524,6 +558,20 @@ FLOW_LAYOUTS: dict[int, FlowLayout] = _layouts(micro=False)
 #: The same template IDs with flowStart/EndMicroseconds (``timestamps = "us"``); an exporter
 #: uses one of the two sets.
 FLOW_LAYOUTS_US: dict[int, FlowLayout] = _layouts(micro=True)
+
+
+def flow_layouts(micro: bool = False,
+                 extra: Sequence[FlowField] | None = None) -> dict[int, FlowLayout]:
+    """The flow layouts of an exporter: today's fields plus ``extra`` in every template.
+
+    :param micro: flowStart/EndMicroseconds (``timestamps = "us"``) instead of milliseconds.
+    :param extra: the flow schema fields to append (MAC, VLAN, MPLS, physdev, plugin
+        fields); default: the active schema's :meth:`~agent.schema.FlowSchema.export_fields`.
+    """
+    added = tuple(flow_schema().export_fields() if extra is None else extra)
+    if not added:
+        return FLOW_LAYOUTS_US if micro else FLOW_LAYOUTS
+    return _layouts(micro, added)
 
 
 def flow_layout_key(r: FlowRecord) -> int:
@@ -635,14 +683,12 @@ def _set_totals(body: bytes, template: Template) -> tuple[int, int, int]:
             count += 1
         return count, 0, 0
     count = len(body) // fixed
-    layout = FLOW_LAYOUTS.get(template.template_id)
-    if layout is None:
-        return count, 0, 0
-    s = _struct_for(template.fields)
     ids = [ie_id for ie_id, _ in template.fields]
-    i_octets, i_packets = ids.index(1), ids.index(2)
-    packets = octets = 0
-    for values in s.iter_unpack(body[:count * fixed]):
-        packets += values[i_packets]
-        octets += values[i_octets]
-    return count, packets, octets
+    if template.template_id not in FLOW_LAYOUTS or 1 not in ids or 2 not in ids:
+        return count, 0, 0
+    offsets = np.cumsum([0] + [length for _, length in template.fields])
+    counters = np.dtype({"names": ["octets", "packets"], "formats": [">u8", ">u8"],
+                         "offsets": [int(offsets[ids.index(1)]), int(offsets[ids.index(2)])],
+                         "itemsize": fixed})
+    rows = np.frombuffer(body, counters, count)
+    return count, int(rows["packets"].sum()), int(rows["octets"].sum())

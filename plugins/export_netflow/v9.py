@@ -45,7 +45,17 @@ import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from netflow_agent.api import NS_PER_S, FlowRecord, Sampling
+import numpy as np
+
+from netflow_agent.api import (
+    NS_PER_S,
+    FlowBatch,
+    FlowField,
+    FlowRecord,
+    Sampling,
+    flow_schema,
+    wire_columns,
+)
 
 from .state import UINT32_MASK, ExportState, TemplateMark
 from .v5 import Tally, latest_time, split_counters
@@ -92,22 +102,31 @@ class Template:
     :param fields: ``((field_type, length), ...)`` in wire order.
     :param scope_fields: > 0 makes an Options Template whose first ``scope_fields`` fields
         are scope fields (types 1-5 of RFC 3954 section 6.1).
+    :param extra: the flow schema's fields at the end of ``fields`` (:func:`flow_templates`),
+        written from the batch columns; ``record`` packs the fields before them.
     """
 
     template_id: int
     fields: tuple[tuple[int, int], ...]
     scope_fields: int = 0
+    extra: tuple[FlowField, ...] = ()
     record: struct.Struct = field(init=False, compare=False)
     flowset: bytes = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
-        codes = "".join(_code(ftype, length) for ftype, length in self.fields)
+        base = self.fields[:len(self.fields) - len(self.extra)]
+        codes = "".join(_code(ftype, length) for ftype, length in base)
         object.__setattr__(self, "record", struct.Struct("!" + codes))
         if self.scope_fields:
             flowset = _options_flowset(self.template_id, self.fields, self.scope_fields)
         else:
             flowset = _template_flowset(self.template_id, self.fields)
         object.__setattr__(self, "flowset", flowset)
+
+    @property
+    def size(self) -> int:
+        """Bytes in one data record of this template."""
+        return self.record.size + sum(f.width for f in self.extra)
 
 
 _BYTES_FIELDS = frozenset({8, 12, 15, 27, 28, 62, IF_NAME, 225, 226, 281, 282})
@@ -197,14 +216,26 @@ def _flow_fields(ip_version: int, counter_len: int, routed: bool) -> tuple[tuple
     return tuple(fields)
 
 
-def flow_templates(counters64: bool) -> dict[int, Template]:
+def v9_fields(fields: Sequence[FlowField]) -> tuple[FlowField, ...]:
+    """The schema fields v9 can carry: IANA ones (enterprise fields need IPFIX's enterprise
+    bit; a dry run warns about them, ``__init__.py``)."""
+    return tuple(f for f in fields if not f.enterprise)
+
+
+def flow_templates(counters64: bool,
+                   extra: Sequence[FlowField] | None = None) -> dict[int, Template]:
     """The four flow templates of an instance, keyed by template id.
 
     :param counters64: 8-byte IN_PKTS/IN_BYTES instead of 4 (RFC 3954 allows N bytes).
+    :param extra: the flow schema fields appended to every template (MAC, VLAN, MPLS,
+        physdev, plugin fields); default: the active schema's
+        :meth:`~agent.schema.FlowSchema.export_fields`, enterprise ones left out.
     """
     clen = 8 if counters64 else 4
+    added = v9_fields(flow_schema().export_fields() if extra is None else extra)
     return {
-        tid: Template(tid, _flow_fields(version, clen, routed))
+        tid: Template(tid, _flow_fields(version, clen, routed)
+                      + tuple((f.element(version), f.width) for f in added), extra=added)
         for tid, version, routed in (
             (TEMPLATE_FLOW4, 4, False),
             (TEMPLATE_FLOW6, 6, False),
@@ -251,17 +282,29 @@ def flow_groups(
     boot = state.boot_ns
     groups: dict[int, list[bytes]] = {tid: [] for tid in templates}
     packs = {tid: t.record.pack for tid, t in templates.items()}
-    for r in records:
+    tails = _extra_bytes(records, next(iter(templates.values())).extra)
+    for i, r in enumerate(records):
         routed = bool(r.next_hop or r.src_mask or r.dst_mask)
         tid = (TEMPLATE_FLOW4 if r.ip_version == 4 else TEMPLATE_FLOW6) + 2 * routed
         packer = _pack_routed if routed else _pack_plain
+        tail = tails[i] if tails else b""
         if not counters64 and (r.packets > COUNTER32_MAX or r.octets > COUNTER32_MAX):
             parts = split_counters(r, COUNTER32_MAX)
             tally.split += len(parts) - 1
-            groups[tid].extend(packer(packs[tid], p, boot) for p in parts)
+            groups[tid].extend(packer(packs[tid], p, boot) + tail for p in parts)
         else:
-            groups[tid].append(packer(packs[tid], r, boot))
+            groups[tid].append(packer(packs[tid], r, boot) + tail)
     return [(templates[tid], bodies) for tid, bodies in groups.items() if bodies]
+
+
+def _extra_bytes(records: Sequence[FlowRecord], extra: Sequence[FlowField]) -> list[bytes]:
+    """Each record's schema fields in wire layout ([] when the templates have none)."""
+    if not extra or not records:
+        return []
+    flows = records.flows if isinstance(records, FlowBatch) else \
+        FlowBatch.from_records(records).flows
+    wire = wire_columns(flows, extra)
+    return list(wire.view(np.dtype(f"V{wire.dtype.itemsize}")).tolist())
 
 
 # --- packet assembly ------------------------------------------------------------------------
@@ -338,7 +381,7 @@ class _PacketBuilder:
 
     def fitting(self, tpl: Template, available: int) -> int:
         """How many records of ``tpl`` fit into one padded data FlowSet in ``self.room``."""
-        size = tpl.record.size
+        size = tpl.size
         k = min(available, max(self.room - 4, 0) // size)
         while k and 4 + k * size + (-(4 + k * size) % 4) > self.room:
             k -= 1
@@ -393,7 +436,7 @@ def assemble(
 
 def _assemble_group(builder: _PacketBuilder, tpl: Template, bodies: Sequence[bytes],
                     data: bool = True) -> None:
-    size, i, n = tpl.record.size, 0, len(bodies)
+    size, i, n = tpl.size, 0, len(bodies)
     smallest = len(tpl.flowset) + 4 + size + 3
     if smallest > builder.policy.mtu - HEADER.size:
         raise ValueError(f"mtu {builder.policy.mtu} cannot hold template {tpl.template_id}")
