@@ -39,8 +39,8 @@ class Observed:
         self.dropped_bytes += batch.dropped_bytes
         self.trunc += batch.trunc
         self.frag += batch.frag
-        for d in batch.flows:
-            k = split_key(d.key)
+        for d, key in zip(batch, batch.keys(), strict=True):
+            k = split_key(key)
             fid = FlowId.make(k.protocol, str(ipaddress.ip_address(k.src_addr)),
                               str(ipaddress.ip_address(k.dst_addr)), k.src_port, k.dst_port)
             acc = self.flows.setdefault(fid, [0, 0, 0])
