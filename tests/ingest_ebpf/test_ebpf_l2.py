@@ -1,6 +1,7 @@
 """Privileged end-to-end tests of the eBPF program's ``[flow]`` layer-2 key fields (issue 15
 items 1-3) and tunnel id (issue 16 item 4): the real ``agent`` with ``[[ingest.ebpf]]`` on a
-veth, its flows written by ``[[export.log]]`` (``FlowRecord.to_dict``: the cache's view).
+veth, its flows written by ``[[export.log]]`` (``FlowRecord.to_dict``: the cache's view) and
+exported as NetFlow v9 to nfcapd (read by nfdump) and IPFIX (read by tshark).
 
 This kernel has no 8021q module and no MPLS routing (/work/shared/KERNEL.md), so the sender
 writes hand-made Ethernet frames with a raw ``AF_PACKET`` socket (:func:`send_frames`):
@@ -20,8 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.export_netflow.collect import nfcapd, tshark_fields, write_capture
 from tests.ingest_ebpf.test_ebpf_agent import stop_agent
 from tests.support.agentproc import Agent
+from tests.support.collectors import UdpSink, free_udp_port
 from tests.support.netns import RoutedTopology, VethPair, send_frames, send_udp, vxlan_overlay
 from tests.support.pcapgen import ipv4_packet, ipv6_packet
 
@@ -62,17 +65,38 @@ class Case:
             head += struct.pack("!H", 0x86DD if self.v6 else 0x0800)
         return head + ip
 
+    def entries(self, n: int = 3) -> list[int]:
+        """The first ``n`` label stack entries as mplsLabelStackSection carries them, zero-filled."""
+        stack = [label << 4 | tc << 1 | int(i == len(self.mpls) - 1)
+                 for i, (label, tc) in enumerate(self.mpls)][:n]
+        return stack + [0] * (n - len(stack))
+
+    def octets(self) -> int:
+        return self.packets * ((40 if self.v6 else 20) + 8 + PAYLOAD)
+
+    def nfdump_row(self) -> list[str]:
+        """``%ismc|%idmc|%svln|%mpls1|%mpls2|%mpls3|%pkt|%byt`` as nfdump prints them."""
+        vlan = self.tags[0][1] if self.tags else 0
+        mpls = [f"{e >> 4}-{e >> 1 & 7}-{e & 1}" for e in self.entries()]
+        return [self.src_mac, MAC_B, str(vlan), *mpls, str(self.packets), str(self.octets())]
+
+    def tshark_row(self) -> tuple:
+        tags = [(vid, prio) for _tpid, vid, prio in self.tags] + [(0, 0)] * 2
+        return (self.src_mac, MAC_B, *tags[0], *tags[1], 0x86DD if self.v6 else 0x0800,
+                [(e >> 4, e >> 1 & 7, e & 1) for e in self.entries()])
+
     def expected(self, mpls_labels: int) -> dict[str, object]:
         """The record's optional fields (to_dict leaves zeros out), packets and bytes."""
         want: dict[str, object] = {
             "src_mac": self.src_mac, "dst_mac": MAC_B,
             "ethernet_type": 0x86DD if self.v6 else 0x0800,
-            "packets": self.packets, "octets": self.packets * ((40 if self.v6 else 20) + 8 + PAYLOAD),
+            "packets": self.packets, "octets": self.octets(),
         }
         for prefix, (_tpid, vid, prio) in zip(("vlan", "inner_vlan"), self.tags, strict=False):
             want[f"{prefix}_id"], want[f"{prefix}_priority"] = vid, prio
-        stack = [label << 4 | tc << 1 | int(i == len(self.mpls) - 1)
-                 for i, (label, tc) in enumerate(self.mpls)][:mpls_labels]
+        stack = self.entries(mpls_labels)
+        while stack and not stack[-1]:
+            stack.pop()
         if stack:
             want["mpls_labels"] = stack
         return {k: v for k, v in want.items() if v}
@@ -93,7 +117,7 @@ CASES = (
 
 
 def _config(tmp: Path, ns: str, ifname: str, flow: str, mode: str = "tcx",
-            decapsulate: str = "") -> tuple[Path, Path]:
+            decapsulate: str = "", export: str = "") -> tuple[Path, Path]:
     out, conf = tmp / "flows.jsonl", tmp / "agent.toml"
     conf.write_text(f"""
 [agent]
@@ -115,6 +139,8 @@ poll_interval_ms = 100
 
 [[export.log]]
 path = "{out}"
+
+{export}
 """)
     return conf, out
 
@@ -142,12 +168,18 @@ def _flows(out: Path) -> list[dict]:
 def test_mac_vlan_mpls_in_the_exported_flows(veth_pair_ns: VethPair, tmp_path: Path,
                                              mode: str) -> None:
     """``mac``, ``vlan`` and ``mpls_labels = 3``: one flow per crafted flow with its exact
-    MACs, tags (id, priority), first three label stack entries, packets and bytes."""
+    MACs, tags (id, priority), first three label stack entries, packets and bytes, in the
+    cache's records, in nfdump's reading of the v9 export and in tshark's of the IPFIX one."""
     a, b = veth_pair_ns.a, veth_pair_ns.b
-    conf, out = _config(tmp_path, b.ns.name, b.ifname,
-                        "mac = true\nvlan = true\nmpls_labels = 3", mode)
-    frames = [case.frame() for case in CASES for _ in range(case.packets)]
-    _stats, log = _run(tmp_path, conf, lambda: send_frames(a, frames))
+    v9_port = free_udp_port()
+    with UdpSink() as sink, nfcapd(tmp_path / "nfcapd", v9_port) as v9:
+        export = (f'[[export.netflow]]\nprotocol = 9\ndestination = ["127.0.0.1:{v9_port}"]\n'
+                  f'[[export.ipfix]]\ndestination = ["{sink.endpoint}"]\n')
+        conf, out = _config(tmp_path, b.ns.name, b.ifname,
+                            "mac = true\nvlan = true\nmpls_labels = 3", mode, export=export)
+        frames = [case.frame() for case in CASES for _ in range(case.packets)]
+        _stats, log = _run(tmp_path, conf, lambda: send_frames(a, frames))
+        ipfix = sink.collect()
     by_port = {r["src_port"]: r for r in _flows(out) if r["dst_port"] == 7000}
     assert sorted(by_port) == [case.sport for case in CASES], log
     for case in CASES:
@@ -156,6 +188,37 @@ def test_mac_vlan_mpls_in_the_exported_flows(veth_pair_ns: VethPair, tmp_path: P
         assert {k: got.get(k) for k in want} == want, case
         for absent in {"vlan_id", "inner_vlan_id", "mpls_labels"} - set(want):
             assert absent not in got, (case, got)
+    assert _nfdump_l2(v9) == {c.sport: c.nfdump_row() for c in CASES}
+    assert _tshark_l2(ipfix, sink.port, tmp_path) == {c.sport: c.tshark_row() for c in CASES}
+
+
+def _nfdump_l2(collector: object) -> dict[int, list[str]]:
+    """nfdump's MACs, outer VLAN, label stack entries, packets, bytes per source port."""
+    rows = collector.flows(  # type: ignore[attr-defined]
+        "%sp|%dp|%ismc|%idmc|%svln|%mpls1|%mpls2|%mpls3|%pkt|%byt")
+    return {int(r[0]): r[2:] for r in rows if r[1] == "7000"}
+
+
+TSHARK_L2 = ["cflow.srcport", "cflow.dstport", "cflow.srcmac", "cflow.dstmac", "cflow.vlanid",
+             "cflow.dot1q_priority", "cflow.dot1q_customer_vlan_id",
+             "cflow.dot1q_customer_priority", "cflow.ethernet_type", "cflow.mpls_label",
+             "cflow.mpls_exp", "cflow.mpls_bos"]
+
+
+def _tshark_l2(datagrams: list[bytes], port: int, tmp: Path) -> dict[int, tuple]:
+    """tshark's reading of the IPFIX records: per source port (MACs, VLAN id/priority, inner
+    VLAN id/priority, ethernetType, the three label stack entries as (label, TC, S))."""
+    pcap = write_capture(datagrams, tmp / "ipfix.pcap", port)
+    seen = {}
+    for frame in tshark_fields(pcap, TSHARK_L2, port):
+        cols = [c.split(",") if c else [] for c in frame]
+        for i, sport in enumerate(cols[0]):
+            if cols[1][i] != "7000":
+                continue
+            labels = [tuple(int(cols[k][j]) for k in (9, 10, 11)) for j in range(3 * i, 3 * i + 3)]
+            seen[int(sport)] = (cols[2][i], cols[3][i], *(int(cols[k][i]) for k in range(4, 9)),
+                                labels)
+    return seen
 
 
 def test_mpls_frames_are_accounted_with_the_defaults(veth_pair_ns: VethPair,
@@ -189,18 +252,29 @@ def test_vlan_fields_split_flows_by_tag(veth_pair_ns: VethPair, tmp_path: Path) 
 
 
 def test_vxlan_tunnel_id_is_layer2_segment_id(routed: RoutedTopology, tmp_path: Path) -> None:
-    """``decapsulate = ["vxlan"]`` with ``[flow] tunnel_id``: the inner flows carry the VNI as
-    layer2SegmentId (segment type 0x01 << 56 | 42), with exact packets."""
+    """``decapsulate = ["vxlan"]`` with ``[flow] tunnel_id``: the inner flow carries the VNI
+    as layer2SegmentId (segment type 0x01 << 56 | 42) with exact packets, in the cache's
+    record and in tshark's reading of the IPFIX export."""
     vxlan_overlay(routed.client, routed.server)
     rc = routed.router_client
-    conf, out = _config(tmp_path, routed.router_ns.name, rc.ifname, "tunnel_id = true",
-                        decapsulate='decapsulate = ["vxlan"]')
+    with UdpSink() as sink:
+        conf, out = _config(tmp_path, routed.router_ns.name, rc.ifname, "tunnel_id = true",
+                            decapsulate='decapsulate = ["vxlan"]',
+                            export=f'[[export.ipfix]]\ndestination = ["{sink.endpoint}"]\n')
 
-    def send() -> int:
-        sent = send_udp(routed.client.ns, "192.168.77.2", 9400, 6, 200, peer=routed.server.ns)
-        return sent.truth.packets
+        def send() -> int:
+            sent = send_udp(routed.client.ns, "192.168.77.2", 9400, 6, 200,
+                            peer=routed.server.ns)
+            return sent.truth.packets
 
-    _stats, log = _run(tmp_path, conf, send)
+        _stats, log = _run(tmp_path, conf, send)
+        ipfix = sink.collect()
+    segment = 1 << 56 | 42
     inner = [r for r in _flows(out) if r["dst_port"] == 9400]
     assert [(r["dst_addr"], r["packets"], r.get("tunnel_id")) for r in inner] == [
-        ("192.168.77.2", 6, 1 << 56 | 42)], log
+        ("192.168.77.2", 6, segment)], log
+    pcap = write_capture(ipfix, tmp_path / "ipfix.pcap", sink.port)
+    fields = ["cflow.dstport", "cflow.layer2_segment_id", "cflow.packets"]
+    seen = [tuple(zip(*(c.split(",") for c in frame), strict=True))
+            for frame in tshark_fields(pcap, fields, sink.port) if frame[0]]
+    assert [r for rows in seen for r in rows if r[0] == "9400"] == [("9400", str(segment), "6")]
