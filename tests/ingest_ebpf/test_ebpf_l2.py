@@ -66,7 +66,7 @@ class Case:
         return head + ip
 
     def entries(self, n: int = 3) -> list[int]:
-        """The first ``n`` label stack entries as mplsLabelStackSection carries them, zero-filled."""
+        """The first ``n`` label stack entries (mplsLabelStackSection), zero-filled."""
         stack = [label << 4 | tc << 1 | int(i == len(self.mpls) - 1)
                  for i, (label, tc) in enumerate(self.mpls)][:n]
         return stack + [0] * (n - len(stack))
