@@ -255,10 +255,11 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	/* [flow] optional fields: without any, the tables hash the base key and rows are compact */
 	self->skel->rodata->l2_fields = (__u8)l2_fields;
 	self->skel->rodata->mpls_labels = (__u8)mpls_labels;
-	self->skel->rodata->key_ext = l2_fields || mpls_labels;
-	self->key_size = l2_fields || mpls_labels ? sizeof(struct flow_key) : FLOW_KEY_BASE_SIZE;
-	self->rec_size = l2_fields || mpls_labels ? sizeof(struct flow_record)
-						  : FLOW_RECORD_BASE_SIZE;
+	self->key_size = flow_key_size(l2_fields, mpls_labels);
+	self->skel->rodata->key_words = self->key_size > FLOW_KEY_BASE_SIZE ?
+						(self->key_size + 7) / 8 : 0;
+	self->rec_size = self->key_size > FLOW_KEY_BASE_SIZE ? sizeof(struct flow_record)
+							      : FLOW_RECORD_BASE_SIZE;
 	bpf_map__set_max_entries(self->skel->maps.frag_ports, frag_table ? frag_table : 1);
 	bpf_map__set_max_entries(self->skel->maps.slots_a, slots ? slots * self->slot_ncpu : 1);
 	bpf_map__set_max_entries(self->skel->maps.slots_b, slots ? slots * self->slot_ncpu : 1);

@@ -70,7 +70,7 @@ assert RECORD_DTYPE.itemsize == RECORD.size
 KEY_EXT_COLUMNS = [
     ("src_mac", "V6"), ("dst_mac", "V6"), ("eth_type", "=u2"), ("vlan_id", "=u2"),
     ("inner_vlan_id", "=u2"), ("vlan_prio", "u1"), ("inner_vlan_prio", "u1"),
-    ("mpls", "=u4", (10,)), ("tunnel_type", "=u4"), ("tunnel_id", "=u4"),
+    ("tunnel_type", "=u4"), ("tunnel_id", "=u4"), ("mpls", "=u4", (10,)),
 ]
 #: the whole ``struct flow_record`` (152 bytes): the rows of a run with optional key fields
 RECORD_EXT_DTYPE = np.dtype([*_BASE_KEY_COLUMNS, *KEY_EXT_COLUMNS, *_METRIC_COLUMNS])

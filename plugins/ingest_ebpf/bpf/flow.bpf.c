@@ -69,7 +69,8 @@ const volatile __u8 decap = 0;		/* TUNNEL_* bits: tunnels accounted as their inn
 const volatile __u8 keep_outer = 0;	/* with decap: the outer flow of a tunnel packet too */
 const volatile __u8 l2_fields = 0;	/* L2_* bits: the optional key fields to fill */
 const volatile __u8 mpls_labels = 0;	/* MPLS label stack entries in the key (0-10) */
-const volatile __u8 key_ext = 0;	/* the tables hash the whole key, not the base only */
+const volatile __u8 key_words = 0;	/* 8-byte words the tables hash; 0 = the base key only
+					 * (the slots then compare the base, else the whole key) */
 
 /* PARSE_MPLS: an MPLS label stack at pi->l3_off, for parse_mpls_*() */
 enum parse_result { PARSE_OK, PARSE_NON_IP, PARSE_TRUNC, PARSE_MPLS };
@@ -493,7 +494,7 @@ static __always_inline int decapsulate(void *data, void *end, struct pkt_info *p
 		result = parse_ip(data, end, inner, next);
 		if (result == PARSE_OK) {
 			next->decapsulated = pi->decapsulated + 1;
-			if (key_ext)		/* the observed frame's fields stay */
+			if (key_words)		/* the observed frame's fields stay */
 				next->key.ext = pi->key.ext;
 			if ((l2_fields & L2_TUNNEL_ID) && !pi->decapsulated)
 				tunnel_segment(data, end, pi, &next->key.ext);
@@ -749,7 +750,7 @@ static __always_inline __u32 slot_index(const struct flow_key *k)
 	h += w[2] * 0x165667b19e3779f9ULL;
 	h += w[3] * 0xd6e8feb86659fd93ULL;
 	h += w[4] * 0xff51afd7ed558ccdULL;
-	if (key_ext) {			/* the whole key: w[5] and the extension block */
+	if (key_words) {		/* w[5] and the extension block (zero where unused) */
 #pragma unroll
 		for (int i = 5; i < (int)(sizeof(*k) / 8); i++)
 			h += w[i] * (0xc4ceb9fe1a85ec53ULL + 2 * i);
@@ -765,7 +766,7 @@ static __always_inline int key_equal(const struct flow_key *a, const struct flow
 {
 	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
 
-	if (key_ext) {
+	if (key_words) {
 #pragma unroll
 		for (int i = 5; i < (int)(sizeof(*a) / 8); i++)
 			if (x[i] != y[i])

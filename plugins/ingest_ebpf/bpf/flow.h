@@ -13,8 +13,8 @@
 
 /* The optional key fields of [flow] (agent/schema.py OPTIONAL_KEY) the program can see. The
  * loader turns on the ones the active schema has (rodata `l2_fields`, `mpls_labels`); the
- * block stays zero otherwise, and without any of them the flow tables hash only the 44-byte
- * base key (the loader sets their key_size to FLOW_KEY_BASE_SIZE). 68 bytes, no holes. */
+ * block stays zero otherwise. The flow tables hash only the key's prefix up to the last field
+ * in use (flow_key_size()): 44 bytes without any, 64 with MAC/VLAN. 68 bytes, no holes. */
 struct flow_key_ext {
 	__u8 src_mac[6];	/* sourceMacAddress (56) */
 	__u8 dst_mac[6];	/* destinationMacAddress (80) */
@@ -23,9 +23,9 @@ struct flow_key_ext {
 	__u16 inner_vlan_id;	/* dot1qCustomerVlanId (245): the second tag */
 	__u8 vlan_prio;		/* dot1qPriority (244) */
 	__u8 inner_vlan_prio;	/* dot1qCustomerPriority (246) */
-	__u32 mpls[10];		/* mplsTopLabelStackSection (70), 71-79: label << 4 | TC << 1 | S */
 	__u32 tunnel_type;	/* layer2SegmentId (351) = tunnel_type << 56 | tunnel_id */
 	__u32 tunnel_id;	/* VXLAN/Geneve VNI, GRE key of the outermost tunnel removed */
+	__u32 mpls[10];		/* mplsTopLabelStackSection (70), 71-79: label << 4 | TC << 1 | S */
 };
 
 /* Bits of flow.bpf.c's `l2_fields` knob: which flow_key_ext fields the program fills. */
@@ -54,6 +54,19 @@ struct flow_key {
 	struct flow_key_ext ext;	/* zero unless [flow] turns fields on */
 };
 #define FLOW_KEY_BASE_SIZE 44
+
+/* Bytes of the key the flow tables hash for these [flow] fields: the prefix through the last
+ * field in use (the rest of the block stays zero). */
+static inline __u32 flow_key_size(__u32 l2_fields, __u32 mpls_labels)
+{
+	if (mpls_labels)
+		return __builtin_offsetof(struct flow_key, ext.mpls) + 4 * mpls_labels;
+	if (l2_fields & L2_TUNNEL_ID)
+		return __builtin_offsetof(struct flow_key, ext.mpls);
+	if (l2_fields)
+		return __builtin_offsetof(struct flow_key, ext.tunnel_type);
+	return FLOW_KEY_BASE_SIZE;
+}
 
 /* Counters of one flow since the last drain. 40 bytes. */
 struct flow_metrics {
