@@ -7,15 +7,16 @@
  * UDP frames of `flows` distinct destination ports, `repeat` runs each. Prints the kernel's
  * mean ns per run (the test-run loop included: subtract the empty program's figure).
  *
- *   prog_cost SLOTS PRECISE_CLOCK FLOWS REPEAT [FRAG_TRACK DECAP FRAME [L2_FIELDS MPLS_LABELS]]
+ *   prog_cost SLOTS PRECISE_CLOCK FLOWS REPEAT [FRAG_TRACK DECAP FRAME [KEEP_OUTER
+ *             [L2_FIELDS MPLS_LABELS]]]
  *   prog_cost --empty OBJECT REPEAT      the same frame through empty.bpf.c's program
  *
- * FRAG_TRACK (0/1) and DECAP (TUNNEL_* bits) set the knobs of [cache] fragments = "track" and
- * decapsulate; FRAME is 0 for the plain UDP frame, 1 for the same frame inside VXLAN (UDP
- * 4789, 110 bytes), 2 for a non-first IPv4 fragment of it (a fragment-map lookup), 3 for it
- * with an 802.1Q tag (64 bytes), 4 behind two MPLS labels (68 bytes). L2_FIELDS (L2_* bits) and
- * MPLS_LABELS are [flow]'s optional key fields; the flow tables hash the key's prefix they
- * use (flow_key_size()), as the loader sets them up.
+ * FRAG_TRACK (0/1), DECAP (TUNNEL_* bits) and KEEP_OUTER (0/1) set the knobs of
+ * [cache] fragments = "track", decapsulate and keep_outer; FRAME is 0 for the plain UDP frame,
+ * 1 for the same frame inside VXLAN (UDP 4789, 110 bytes), 2 for a non-first IPv4 fragment of
+ * it (a fragment-map lookup), 3 for it with an 802.1Q tag (64 bytes), 4 behind two MPLS labels
+ * (68 bytes). L2_FIELDS (L2_* bits) and MPLS_LABELS are [flow]'s optional key fields; the flow
+ * tables hash the key's prefix they use (flow_key_size()), as the loader sets them up.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -150,23 +151,27 @@ int main(int argc, char **argv)
 {
 	unsigned int slots, precise, flows, repeat, frag_track = 0, decap = 0, frame = 0;
 	unsigned int l2_fields = 0, mpls_labels = 0;
+	unsigned int keep_outer = 0;
 	double total = 0, ns;
 	struct flow_bpf *skel;
 	int fd;
 
 	if (argc == 4 && !strcmp(argv[1], "--empty"))
 		return run_empty(argv[2], atoi(argv[3]));
-	if (argc != 5 && argc != 8 && argc != 10) {
+	if (argc != 5 && argc != 8 && argc != 9 && argc != 11) {
 		fprintf(stderr, "usage: %s SLOTS PRECISE_CLOCK FLOWS REPEAT [FRAG_TRACK DECAP "
-			"FRAME [L2_FIELDS MPLS_LABELS]] | --empty OBJECT REPEAT\n", argv[0]);
+			"FRAME [KEEP_OUTER [L2_FIELDS MPLS_LABELS]]] | --empty OBJECT REPEAT\n",
+			argv[0]);
 		return 2;
 	}
 	slots = atoi(argv[1]), precise = atoi(argv[2]), flows = atoi(argv[3]);
 	repeat = atoi(argv[4]);
 	if (argc >= 8)
 		frag_track = atoi(argv[5]), decap = atoi(argv[6]), frame = atoi(argv[7]);
-	if (argc == 10)
-		l2_fields = atoi(argv[8]), mpls_labels = atoi(argv[9]);
+	if (argc >= 9)
+		keep_outer = atoi(argv[8]);
+	if (argc == 11)
+		l2_fields = atoi(argv[9]), mpls_labels = atoi(argv[10]);
 	skel = flow_bpf__open();
 	if (!skel)
 		return perror("open"), 1;
@@ -175,6 +180,7 @@ int main(int argc, char **argv)
 	skel->rodata->precise_clock = precise;
 	skel->rodata->frag_track = frag_track;
 	skel->rodata->decap = decap;
+	skel->rodata->keep_outer = keep_outer;
 	skel->rodata->l2_fields = l2_fields;	/* [flow] fields, as the loader */
 	skel->rodata->mpls_labels = mpls_labels;
 	skel->rodata->key_words = l2_fields || mpls_labels ?

@@ -29,7 +29,8 @@ from run import build_empty_program  # noqa: E402  (bench/ebpf/run.py)
 
 BPF_DIR = HERE.parents[1] / "plugins" / "ingest_ebpf" / "bpf"
 
-VARIANTS = [  # (label, slots, precise clock[, fragments track, decapsulate bits, frame])
+VARIANTS = [  # (label, slots, precise clock[, fragments track, decapsulate bits, frame[,
+    #             keep_outer[, [flow] L2_* bits, mpls_labels]]])
     ("slots 4096, tick clock (default)", 4096, 0),
     ("slots 4096, precise clock", 4096, 1),
     ("no slots (hash only), tick clock", 0, 0),
@@ -41,15 +42,16 @@ VARIANTS = [  # (label, slots, precise clock[, fragments track, decapsulate bits
     ("default + decapsulate (all four), plain UDP", 4096, 0, 1, 15, 0),
     ("default + decapsulate (all four), UDP in VXLAN", 4096, 0, 1, 15, 1),
     ("default, no decapsulate, UDP in VXLAN", 4096, 0, 1, 0, 1),
+    ("default + decapsulate + keep_outer, UDP in VXLAN", 4096, 0, 1, 15, 1, 1),
     # [flow] fields (L2_MAC 1 | L2_VLAN 2 | L2_TUNNEL_ID 4, MPLS label stack entries);
     # frames: 3 the plain UDP with an 802.1Q tag, 4 behind two MPLS labels
-    ("default, 802.1Q-tagged UDP", 4096, 0, 1, 0, 3, 0, 0),
-    ("default, MPLS (2 labels) UDP", 4096, 0, 1, 0, 4, 0, 0),
-    ("mac + vlan, plain UDP", 4096, 0, 1, 0, 0, 3, 0),
-    ("mac + vlan, 802.1Q-tagged UDP", 4096, 0, 1, 0, 3, 3, 0),
-    ("mac + vlan + mpls_labels 3, MPLS (2 labels) UDP", 4096, 0, 1, 0, 4, 3, 3),
-    ("mac + vlan, no slots (hash only), plain UDP", 0, 0, 1, 0, 0, 3, 0),
-    ("decapsulate + tunnel_id, UDP in VXLAN", 4096, 0, 1, 15, 1, 4, 0),
+    ("default, 802.1Q-tagged UDP", 4096, 0, 1, 0, 3, 0, 0, 0),
+    ("default, MPLS (2 labels) UDP", 4096, 0, 1, 0, 4, 0, 0, 0),
+    ("mac + vlan, plain UDP", 4096, 0, 1, 0, 0, 0, 3, 0),
+    ("mac + vlan, 802.1Q-tagged UDP", 4096, 0, 1, 0, 3, 0, 3, 0),
+    ("mac + vlan + mpls_labels 3, MPLS (2 labels) UDP", 4096, 0, 1, 0, 4, 0, 3, 3),
+    ("mac + vlan, no slots (hash only), plain UDP", 0, 0, 1, 0, 0, 0, 3, 0),
+    ("decapsulate + tunnel_id, UDP in VXLAN", 4096, 0, 1, 15, 1, 0, 4, 0),
 ]
 
 
@@ -57,7 +59,8 @@ def build(tmp: Path) -> tuple[Path, Path]:
     """The agent's object and skeleton, the harness, and the empty program's object."""
     subprocess.run(["make", "-s", "-C", str(BPF_DIR), f"OUTPUT={tmp}"], check=True)
     exe = tmp / "prog_cost"
-    subprocess.run(["gcc", "-O2", f"-I{tmp}", f"-I{BPF_DIR}", "-o", str(exe), str(HERE / "prog_cost.c"),
+    subprocess.run(["gcc", "-O2", f"-I{tmp}", f"-I{BPF_DIR}", "-o", str(exe),
+                    str(HERE / "prog_cost.c"),
                     "-lbpf"], check=True)
     return exe, build_empty_program(tmp)
 

@@ -15,8 +15,9 @@ export clock of every datagram checked on a tap (tests/support/exportclock.py).
   sent over the overlay (truth: what they sent and counted), and the ingest's
   ``decapsulated`` counter must equal the tunnel packets tcpdump saw on the underlay.
 * Every other tunnel kind (this kernel has no GRE or Geneve links): crafted frames
-  (tests/support/pcapgen.py, the pcap ingest's tunnel flows) written onto a veth, and
-  fragments that come before their first one.
+  (tests/support/pcapgen.py, the pcap ingest's tunnel flows) written onto a veth, on TCX and
+  XDP, with ``keep_outer``, and VXLAN inside GRE; and fragments that come before their first
+  one (ports 0, counted unmatched: the kernel holds nothing).
 """
 
 from __future__ import annotations

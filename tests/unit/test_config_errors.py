@@ -68,6 +68,11 @@ BROKEN = [
      "ingest.pcap[1].decapsulate[0]: expected one of 'gre', 'vxlan', 'geneve', 'ipip'"),
     ("decapsulate-twice", '[[ingest.pcap]]\npath = "{pcap}"\ndecapsulate = ["gre", "gre"]\n',
      "ingest.pcap[1].decapsulate: lists a tunnel twice"),
+    ("ebpf-decapsulate-name", '[[ingest.ebpf]]\ninterfaces = ["eth0"]\ndecapsulate = ["mpls"]\n',
+     "ingest.ebpf[0].decapsulate[0]: expected one of 'gre', 'vxlan', 'geneve', 'ipip'"),
+    ("ebpf-decapsulate-twice",
+     '[[ingest.ebpf]]\ninterfaces = ["eth0"]\ndecapsulate = ["ipip", "ipip"]\n',
+     "ingest.ebpf[0].decapsulate: lists a tunnel twice"),
 ]
 
 
@@ -110,10 +115,12 @@ def test_tunnel_option_warnings(tmp_path, pcap, capsys):
     cfg = tmp_path / "warn.toml"
     cfg.write_text(VALID.format(pcap=pcap) + '[[ingest.pcap]]\npath = "' + str(pcap) + '"\n'
                    "keep_outer = true\n[[ingest.nflog]]\ngroup = 3\nsnaplen = 96\n"
-                   'decapsulate = ["vxlan"]\n')
+                   'decapsulate = ["vxlan"]\n[[ingest.ebpf]]\ninterfaces = ["eth0"]\n'
+                   "keep_outer = true\n")
     rc, err = _dry_run(cfg, capsys)
     assert rc == 0, err
     assert "ingest.pcap[1].keep_outer: warning: has no effect without decapsulate" in err
+    assert "ingest.ebpf[0].keep_outer: warning: has no effect without decapsulate" in err
     assert "ingest.nflog[0].snaplen: warning: 96 bytes may cut tunnelled packets" in err
 
 

@@ -5,10 +5,13 @@
  * Parses Ethernet (up to two 802.1Q/802.1ad tags left in the frame, an MPLS label stack), IPv4 (RFC 791, fragments),
  * IPv6 (RFC 8200 extension headers, fragment header), TCP/UDP/UDP-Lite/DCCP/SCTP ports and
  * ICMP/ICMPv6 type/code, exactly like agent/packet.py does for packet ingests, and adds each
- * packet to a flow table keyed like the agent's cache (flow.h). Packets of new flows that do
- * not fit in the full table go through a ring buffer instead, or are counted as lost. Packets count wire segments
- * (skb->gso_segs ?: 1) and bytes are the IP total length of each wire segment. The programs
- * observe only: they always let the packet continue (TC_ACT_UNSPEC / TCX_NEXT, XDP_PASS).
+ * packet to a flow table keyed like the agent's cache (flow.h). Optional, as in the packet
+ * ingests: non-first fragments take their first fragment's ports (agent/fragments.py,
+ * without the hold) and tunnels are accounted as their inner flow (agent/tunnels.py).
+ * Packets of new flows that do not fit in the full table go through a ring buffer instead,
+ * or are counted as lost. Packets count wire segments (skb->gso_segs ?: 1) and bytes are the
+ * IP total length of each wire segment. The programs observe only: they always let the packet
+ * continue (TC_ACT_UNSPEC / TCX_NEXT, XDP_PASS).
  *
  * Only UAPI headers: packet layouts are ABI and __sk_buff/xdp_md are rewritten by the
  * verifier, so no CO-RE relocation (and no vmlinux BTF at build time) is needed.
@@ -43,6 +46,8 @@
 #define VXLAN_PORT_LINUX 8472		/* Linux's VXLAN default without dstport */
 #define GENEVE_PORT 6081
 #define MAX_TUNNEL_DEPTH 2		/* tunnels inside tunnels, as agent/tunnels.py */
+_Static_assert((MAX_TUNNEL_DEPTH & (MAX_TUNNEL_DEPTH - 1)) == 0,
+	       "MAX_TUNNEL_DEPTH indexes outer_pkts with a mask: a power of two");
 #define MAX_TUNNEL_OFF 512		/* deepest tunnel header decapsulated */
 #define MAX_INNER_OFF 1024		/* deepest inner IP header */
 
@@ -931,12 +936,13 @@ static __always_inline int tc_parse(struct __sk_buff *skb, struct pkt_info *pi,
 static __always_inline int tc_observe(struct __sk_buff *skb, __u8 direction)
 {
 	struct flow_counters *cnt = begin();
-	struct outer_pkts *outers = outers_space();
 	struct pkt_info pi = {}, scratch;
+	struct outer_pkts *outers;
 	int result;
 
 	if (!cnt)
 		return TC_ACT_UNSPEC;
+	outers = outers_space();
 	result = tc_parse(skb, &pi, &scratch, outers);
 	if ((result == PARSE_TRUNC || pi.inner_short) && skb->data_end - skb->data < skb->len) {
 		/* headers beyond the linear part: pull them in and parse again */
@@ -965,12 +971,13 @@ int flow_xdp(struct xdp_md *ctx)
 {
 	struct flow_counters *cnt = begin();
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
-	struct outer_pkts *outers = outers_space();
 	struct pkt_info pi = {}, scratch;
+	struct outer_pkts *outers;
 	int result;
 
 	if (!cnt)
 		return XDP_PASS;
+	outers = outers_space();
 	result = parse(data, end, &pi);
 	if (result == PARSE_MPLS)
 		result = parse_mpls_xdp(ctx, &pi);
