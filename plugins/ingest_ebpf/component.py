@@ -39,6 +39,7 @@ from .attach import Attacher, matching_links
 from .config import Config
 from .decode import (
     COUNTER_NAMES,
+    KERNEL_FIELDS,
     CounterDelta,
     CounterTracker,
     decode_records,
@@ -70,6 +71,9 @@ class EbpfIngest(Ingest):
 
     stage = "ingest"
     type_name = "ebpf"
+    #: the [flow] optional key fields the program fills (decode.KERNEL_FIELDS): MACs, both
+    #: VLAN tags, MPLS label stack entries, the tunnel id; not the bridge ports (physdev)
+    observable_fields = KERNEL_FIELDS
 
     def __init__(self, config: Config, name: str):
         super().__init__(config, name)
