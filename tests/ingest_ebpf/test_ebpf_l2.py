@@ -21,12 +21,17 @@ from pathlib import Path
 
 import pytest
 
+from netflow_agent.schema import FlowOptions
+from tests.e2e.test_pcap_encapsulations import flows_of
 from tests.export_netflow.collect import nfcapd, tshark_fields, write_capture
+from tests.ingest_ebpf.observe import ebpf_ingest
 from tests.ingest_ebpf.test_ebpf_agent import stop_agent
+from tests.ingest_ebpf.test_ebpf_encap import TUNNELS
 from tests.support.agentproc import Agent
 from tests.support.collectors import UdpSink, free_udp_port
 from tests.support.netns import RoutedTopology, VethPair, send_frames, send_udp, vxlan_overlay
-from tests.support.pcapgen import ipv4_packet, ipv6_packet
+from tests.support.pcapgen import PcapBuilder, ipv4_packet, ipv6_packet
+from tests.support.schemas import active_schema
 
 pytestmark = pytest.mark.bpf
 
@@ -278,3 +283,22 @@ def test_vxlan_tunnel_id_is_layer2_segment_id(routed: RoutedTopology, tmp_path: 
     seen = [tuple(zip(*(c.split(",") for c in frame), strict=True))
             for frame in tshark_fields(pcap, fields, sink.port) if frame[0]]
     assert [r for rows in seen for r in rows if r[0] == "9400"] == [("9400", str(segment), "6")]
+
+
+@pytest.mark.parametrize(("tunnel", "segment"), [
+    ("vxlan", 1 << 56 | 42), ("geneve", 1 << 56 | 42), ("gre-key", 42), ("gre-teb", 42),
+    ("ipip", 0), ("gre", 0)])
+def test_crafted_tunnels_give_their_id(veth_pair_ns: VethPair, tunnel: str,
+                                       segment: int) -> None:
+    """The tunnel id of every kind (this kernel has no GRE or Geneve links): VXLAN and Geneve
+    VNI with segment type 0x01, the GRE key with type 0; tunnels without an id give 0. The
+    inner flows stay exact."""
+    a, b = veth_pair_ns.a, veth_pair_ns.b
+    built = flows_of(PcapBuilder(fragments="track", tunnel=tunnel, tunnel_id=42,
+                                 tunnel_outer=("192.0.2.1", "192.0.2.2")))
+    with active_schema(FlowOptions(tunnel_id=True)), ebpf_ingest(
+            interfaces=[b.ifname], netns=b.ns.name, direction="ingress",
+            poll_interval_ms=100, decapsulate=TUNNELS[tunnel]) as seen:
+        send_frames(a, (frame for _ts, frame, _len in built.frames()))
+    assert seen.table() == built.truth.table()
+    assert {int(t) for batch in seen.batches for t in batch.flows["tunnel_id"]} == {segment}
