@@ -228,3 +228,10 @@ def test_decode_fills_the_optional_key_columns():
     assert (rec.packets, rec.octets) == (3, 300)
     with pytest.raises(ValueError, match="not a multiple of 152"):
         decode_records(row.tobytes()[:-1], 0, schema)
+
+
+@pytest.mark.parametrize("knobs", [{"l2_fields": 8}, {"mpls_labels": 11}])
+def test_loader_refuses_unknown_field_knobs(knobs):
+    ext = loader_module()
+    with pytest.raises(ValueError, match="l2_fields L2_\\* bits, mpls_labels 0..10"):
+        ext.Loader(**knobs)
