@@ -2,10 +2,11 @@
 /*
  * flow.bpf.c - per-flow accounting in the kernel for the netflow-agent eBPF ingest.
  *
- * Parses Ethernet (up to two 802.1Q/802.1ad tags left in the frame, an MPLS label stack), IPv4 (RFC 791, fragments),
- * IPv6 (RFC 8200 extension headers, fragment header), TCP/UDP/UDP-Lite/DCCP/SCTP ports and
- * ICMP/ICMPv6 type/code, exactly like agent/packet.py does for packet ingests, and adds each
- * packet to a flow table keyed like the agent's cache (flow.h). Optional, as in the packet
+ * Parses Ethernet (up to two 802.1Q/802.1ad tags left in the frame, an MPLS label stack),
+ * IPv4 (RFC 791, fragments), IPv6 (RFC 8200 extension headers, fragment header),
+ * TCP/UDP/UDP-Lite/DCCP/SCTP ports and ICMP/ICMPv6 type/code, exactly like agent/packet.py
+ * does for packet ingests, and adds each packet to a flow table keyed like the agent's cache
+ * (flow.h), with the [flow] MAC/VLAN/MPLS/tunnel id fields when on. Optional, as in the packet
  * ingests: non-first fragments take their first fragment's ports (agent/fragments.py,
  * without the hold) and tunnels are accounted as their inner flow (agent/tunnels.py).
  * Packets of new flows that do not fit in the full table go through a ring buffer instead,
