@@ -33,8 +33,10 @@ Groups (see ``docs/hooks.md``):
   :class:`Sampling`, :func:`make_key`, :class:`PacketParser` and the constants beside them;
 * the flow schema: :class:`FlowField` (declare one with ``registry.add_flow_field``),
   :class:`FlowSchema` and :func:`flow_schema` (the active one: key layout, record columns,
-  the fields exporters add to their templates) and :func:`wire_columns` /
-  :func:`wire_dtype` (those fields' batch columns as big-endian template bytes);
+  the fields exporters add to their templates);
+* export records from columns (``agent/wire.py``): :func:`flow_columns`,
+  :func:`pack_template`, :func:`template_dtype`, :func:`address_column`,
+  :class:`PackedRecords`, :func:`join_records`, :func:`wire_columns`, :func:`wire_dtype`;
 * network namespaces: :func:`run_in_netns`, :class:`NetnsScope`, :func:`netns_path`,
   :func:`names_here`, :class:`InterfaceNames` (the interfaces exported flows used);
 * IPFIX Information Elements: :data:`IE_BY_ID`, :func:`information_element`,
@@ -146,10 +148,19 @@ from netflow_agent.tunnels import (
     keep_outer_option,
     make_parser,
 )
-from netflow_agent.wire import wire_columns, wire_dtype
+from netflow_agent.wire import (
+    PackedRecords,
+    address_column,
+    flow_columns,
+    join_records,
+    pack_template,
+    template_dtype,
+    wire_columns,
+    wire_dtype,
+)
 
 #: ``(major, minor)`` of this plugin API (see the module docstring).
-API_VERSION = (3, 0)
+API_VERSION = (3, 1)
 
 __all__ = [
     "API_VERSION",
@@ -234,6 +245,12 @@ __all__ = [
     "information_element",
     "concat",
     "flow_schema",
+    "PackedRecords",
+    "address_column",
+    "flow_columns",
+    "join_records",
+    "pack_template",
+    "template_dtype",
     "wire_columns",
     "wire_dtype",
     "make_key",

@@ -10,7 +10,8 @@ This module owns the wire format of IPFIX messages and nothing else (no sockets,
   size limit, never splitting a record, with sets padded to 4 octets (section 3.3.1) and the
   header's Sequence Number = data records sent in this session *before* this message, modulo
   2^32 (section 3.1 with erratum 4396; template records do not count);
-* the flow templates and the fast ``FlowRecord`` -> Data Record packers.
+* the flow templates and their packers, which write Data Records from a FlowBatch's columns
+  in bulk (one structured array per template and batch, ``agent/wire.py``).
 
 Header (section 3.1), 16 octets::
 
@@ -34,8 +35,12 @@ from netflow_agent.api import (
     FlowBatch,
     FlowField,
     FlowRecord,
+    PackedRecords,
+    flow_columns,
     flow_schema,
-    wire_columns,
+    join_records,
+    pack_template,
+    template_dtype,
 )
 
 VERSION = 10
@@ -279,7 +284,7 @@ class _MessageBuilder:
         i, n = 0, len(records)
         while i < n:
             self.begin_message()
-            self.ensure_announced(template, len(records[i]))
+            self.ensure_announced(template, fixed or len(records[i]))
             j = self._fit(records, i, fixed)
             if j == i:
                 if not self.parts:
@@ -287,8 +292,10 @@ class _MessageBuilder:
                                       f"({len(records[i])} octets) exceeds the message size")
                 self.flush()
                 continue
-            self.add_set(template.template_id, b"".join(records[i:j]), j - i)
+            self.add_set(template.template_id, join_records(records[i:j]), j - i)
             i = j
+            if i < n:  # the next record did not fit: nor does it in a new set here
+                self.flush()
 
     def _fit(self, records: Sequence[bytes], start: int, fixed: int) -> int:
         """Index after the last record (from ``start``) that fits into the current message."""
@@ -425,56 +432,6 @@ def flow_template_id(ip_version: int, icmp: bool, routed: bool) -> int:
     return FLOW_TEMPLATE_BASE + (ip_version == 6) + 2 * icmp + 4 * routed
 
 
-def _struct_for(fields: Sequence[tuple[int, int]]) -> struct.Struct:
-    codes = {1: "B", 2: "H", 4: "I", 8: "Q"}
-    fmt = "!"
-    for ie_id, length in fields:
-        dt = IE_BY_ID[ie_id].data_type
-        fmt += f"{length}s" if dt.startswith("ipv") else codes[length]
-    return struct.Struct(fmt)
-
-
-# The packers below are the hot path (one list comprehension per layout): attribute access
-# spelled out is about twice as fast as operator.attrgetter + star-args.
-
-def _pack_ports(s: struct.Struct, recs: list[FlowRecord]) -> list[bytes]:
-    p, m = s.pack, _NS_PER_MS
-    return [p(r.src_addr, r.dst_addr, r.src_port, r.dst_port, r.protocol, r.tos, r.tcp_flags,
-              r.in_if, r.out_if, r.direction, r.ip_version, r.end_reason, r.octets, r.packets,
-              r.start_ns // m, r.end_ns // m) for r in recs]
-
-
-def _pack_icmp(s: struct.Struct, recs: list[FlowRecord]) -> list[bytes]:
-    p, m = s.pack, _NS_PER_MS
-    return [p(r.src_addr, r.dst_addr, r.dst_port, r.protocol, r.tos,
-              r.in_if, r.out_if, r.direction, r.ip_version, r.end_reason, r.octets, r.packets,
-              r.start_ns // m, r.end_ns // m) for r in recs]
-
-
-def _pack_ports_routed(s: struct.Struct, recs: list[FlowRecord]) -> list[bytes]:
-    p, m = s.pack, _NS_PER_MS
-    return [p(r.src_addr, r.dst_addr, r.next_hop, r.src_mask, r.dst_mask, r.src_port,
-              r.dst_port, r.protocol, r.tos, r.tcp_flags, r.in_if, r.out_if, r.direction,
-              r.ip_version, r.end_reason, r.octets, r.packets,
-              r.start_ns // m, r.end_ns // m) for r in recs]
-
-
-def _pack_icmp_routed(s: struct.Struct, recs: list[FlowRecord]) -> list[bytes]:
-    p, m = s.pack, _NS_PER_MS
-    return [p(r.src_addr, r.dst_addr, r.next_hop, r.src_mask, r.dst_mask, r.dst_port,
-              r.protocol, r.tos, r.in_if, r.out_if, r.direction, r.ip_version, r.end_reason,
-              r.octets, r.packets, r.start_ns // m, r.end_ns // m) for r in recs]
-
-
-_Packer = Callable[[struct.Struct, list[FlowRecord]], list[bytes]]
-
-_PACKERS: dict[tuple[bool, bool], _Packer] = {
-    (False, False): _pack_ports,
-    (True, False): _pack_icmp,
-    (False, True): _pack_ports_routed,
-    (True, True): _pack_icmp_routed,
-}
-
 #: seconds from the NTP era 0 (1900-01-01) to the Unix epoch
 _NTP_EPOCH_OFFSET = 2_208_988_800
 
@@ -492,31 +449,34 @@ def ntp_microseconds(ns: int) -> int:
     return (((seconds + _NTP_EPOCH_OFFSET) & 0xFFFFFFFF) << 32) | fraction
 
 
-def _microsecond_packer(ms_packer: _Packer) -> _Packer:
-    """The ``timestamps = "us"`` packer of a layout: its ms packer, times rewritten.
+def ntp_microseconds_column(ns: np.ndarray) -> np.ndarray:
+    """:func:`ntp_microseconds` of every element of an int64 ns column (vectorized)."""
+    seconds, rest_ns = np.divmod(ns.astype(np.int64), 1_000_000_000)
+    fraction = -((-((rest_ns // 1000) << 32)) // 1_000_000)
+    high = ((seconds + _NTP_EPOCH_OFFSET) & 0xFFFFFFFF).astype(np.uint64) << np.uint64(32)
+    return high | fraction.astype(np.uint64)
 
-    Start and end are the last two fields of every layout; the ms packer's output is patched
-    in place of a second set of hand-written packers (opt-in, so a little slower).
-    """
-    head = struct.Struct("!QQ")
-
-    def pack(s: struct.Struct, recs: list[FlowRecord]) -> list[bytes]:
-        cut, p, t = s.size - head.size, head.pack, ntp_microseconds
-        return [b[:cut] + p(t(r.start_ns), t(r.end_ns))
-                for b, r in zip(ms_packer(s, recs), recs, strict=True)]
-
-    return pack
 
 ICMP_PROTOCOLS = frozenset({1, 58})
 
 
 @dataclass(frozen=True, slots=True)
 class FlowLayout:
-    """A flow template plus its packer."""
+    """A flow template plus its packer (record array -> :class:`PackedRecords`)."""
 
     template: Template
-    pack: Callable[[list[FlowRecord]], list[bytes]]
+    pack: Callable[[np.ndarray], PackedRecords]
     ip_version: int
+    micro: bool = False
+
+
+def _times(flows: np.ndarray, micro: bool) -> dict[int, Callable[[int], np.ndarray]]:
+    """flowStart/End in ms (152/153) or as NTP microseconds (154/155)."""
+    if micro:
+        return {154: lambda n: ntp_microseconds_column(flows["start_ns"]),
+                155: lambda n: ntp_microseconds_column(flows["end_ns"])}
+    return {152: lambda n: flows["start_ns"] // _NS_PER_MS,
+            153: lambda n: flows["end_ns"] // _NS_PER_MS}
 
 
 def _make_layout(ip_version: int, icmp: bool, routed: bool, micro: bool = False,
@@ -526,25 +486,14 @@ def _make_layout(ip_version: int, icmp: bool, routed: bool, micro: bool = False,
     template = Template(flow_template_id(ip_version, icmp, routed),
                         fields + tuple((f.element(ip_version), f.width) for f in extra),
                         0, name, extra)
-    s = _struct_for(fields)
-    packer: _Packer = _PACKERS[(icmp, routed)]
-    if micro:
-        packer = _microsecond_packer(packer)
 
-    def pack(recs: list[FlowRecord]) -> list[bytes]:
-        if not extra:
-            return packer(s, recs)
-        return [b + t for b, t in zip(packer(s, recs), _extra_bytes(recs, extra), strict=True)]
+    def pack(flows: np.ndarray) -> PackedRecords:
+        special = _times(flows, micro)
+        special[32] = special[139] = lambda n: flows["dst_port"]  # icmpTypeCode
+        return pack_template(flows, fields, extra, special)
 
-    assert s.size + sum(f.width for f in extra) == template.record_length
-    return FlowLayout(template, pack, ip_version)
-
-
-def _extra_bytes(recs: Sequence[FlowRecord], extra: Sequence[FlowField]) -> list[bytes]:
-    """Each record's schema fields in wire layout."""
-    flows = recs.flows if isinstance(recs, FlowBatch) else FlowBatch.from_records(recs).flows
-    wire = wire_columns(flows, extra)
-    return list(wire.view(np.dtype(f"V{wire.dtype.itemsize}")).tolist())
+    assert template_dtype(fields, extra).itemsize == template.record_length
+    return FlowLayout(template, pack, ip_version, micro)
 
 
 def _layouts(micro: bool, extra: tuple[FlowField, ...] = ()) -> dict[int, FlowLayout]:
@@ -574,58 +523,43 @@ def flow_layouts(micro: bool = False,
     return _layouts(micro, added)
 
 
-def flow_layout_key(r: FlowRecord) -> int:
-    """The template ID a flow record is encoded with."""
-    return (FLOW_TEMPLATE_BASE + (r.ip_version == 6) + 2 * (r.protocol in ICMP_PROTOCOLS)
-            + 4 * bool(r.next_hop or r.src_mask or r.dst_mask))
-
-
-def group_flows(records: Iterable[FlowRecord]) -> dict[int, list[FlowRecord]]:
-    """Split records by flow template, keeping their order within each template."""
-    base, icmp = FLOW_TEMPLATE_BASE, ICMP_PROTOCOLS
-    buckets: dict[int, list[FlowRecord]] = {tid: [] for tid in range(base, base + 8)}
-    for r in records:  # hot loop: same rule as flow_layout_key(), spelled out
-        tid = base + (r.ip_version == 6)
-        if r.protocol in icmp:
-            tid += 2
-        if r.next_hop or r.src_mask or r.dst_mask:
-            tid += 4
-        buckets[tid].append(r)
-    return {tid: bucket for tid, bucket in buckets.items() if bucket}
+def flow_template_ids(flows: np.ndarray) -> np.ndarray:
+    """The template ID of every row (:func:`flow_template_id`): IPv6, ICMP, routed."""
+    protocol = flows["protocol"]
+    icmp = (protocol == 1) | (protocol == 58)
+    hop = np.ascontiguousarray(flows["next_hop"]).view(np.uint8).reshape(-1, 16).any(axis=1)
+    routed = hop | (flows["src_mask"] != 0) | (flows["dst_mask"] != 0)
+    return FLOW_TEMPLATE_BASE + (flows["ip_version"] == 6) + 2 * icmp + 4 * routed
 
 
 def encode_flow_groups(
-    records: Iterable[FlowRecord], on_error: Callable[[FlowRecord, Exception], None],
+    records: FlowBatch | np.ndarray | Iterable[FlowRecord],
+    on_error: Callable[[FlowRecord, Exception], None],
     layouts: dict[int, FlowLayout] = FLOW_LAYOUTS,
 ) -> list[DataGroup]:
-    """Encode flow records into one :class:`DataGroup` per template.
+    """Encode flows into one :class:`DataGroup` per template, from the columns in bulk.
 
-    :param records: the flow records.
-    :param on_error: called for each record that cannot be encoded (value out of range); the
-        record is skipped.
-    :param layouts: :data:`FLOW_LAYOUTS` (ms timestamps) or :data:`FLOW_LAYOUTS_US`.
+    :param records: the flows: a batch, a record array or flow records.
+    :param on_error: called for each flow that cannot be encoded (a value out of range for
+        its column, a time before 1970 in milliseconds); the flow is skipped.
+    :param layouts: :data:`FLOW_LAYOUTS` (ms timestamps) or :data:`FLOW_LAYOUTS_US`, or
+        :func:`flow_layouts`.
     """
+    flows = flow_columns(records, on_error)
+    micro = next(iter(layouts.values())).micro
+    if not micro and len(flows):
+        bad = (flows["start_ns"] < 0) | (flows["end_ns"] < 0)
+        if bad.any():
+            for r in FlowBatch("", flows[bad]).records():
+                on_error(r, EncodeError("flow time before 1970 (dateTimeMilliseconds)"))
+            flows = flows[~bad]
+    tids = flow_template_ids(flows)
     groups = []
-    for tid, recs in group_flows(records).items():
-        layout = layouts[tid]
-        try:
-            packed = layout.pack(recs)
-        except (struct.error, TypeError):
-            packed = _pack_one_by_one(layout, recs, on_error)
-        groups.append(DataGroup(layout.template, packed))
+    for tid, layout in layouts.items():
+        rows = flows[tids == tid]
+        if len(rows):
+            groups.append(DataGroup(layout.template, layout.pack(rows)))
     return groups
-
-
-def _pack_one_by_one(
-    layout: FlowLayout, recs: list[FlowRecord], on_error: Callable[[FlowRecord, Exception], None]
-) -> list[bytes]:
-    out = []
-    for r in recs:
-        try:
-            out.extend(layout.pack([r]))
-        except (struct.error, TypeError) as exc:
-            on_error(r, exc)
-    return out
 
 
 # --- reading back (loss accounting) --------------------------------------------------------
