@@ -504,7 +504,7 @@ def _make_layout(ip_version: int, icmp: bool, routed: bool, micro: bool = False,
     def pack(flows: np.ndarray) -> PackedRecords:
         special = _times(flows, micro)
         special[32] = special[139] = lambda n: flows["dst_port"]  # icmpTypeCode
-        special[302] = lambda n: selector_id
+        special[302] = lambda n: np.full(len(flows), selector_id, np.uint8)
         return pack_template(flows, fields, extra, special)
 
     assert template_dtype(fields, extra).itemsize == template.record_length
