@@ -147,8 +147,17 @@ _TABLE: tuple[tuple[int, str, str, int, str], ...] = (
     (299, "responderPackets", "unsigned64", 8, ""),
     (300, "observationDomainName", "string", VARIABLE_LENGTH, ""),
     (302, "selectorId", "unsigned64", 8, ""),
+    (309, "samplingSize", "unsigned32", 4, ""),
+    (310, "samplingPopulation", "unsigned32", 4, ""),
+    (318, "selectorIdTotalPktsObserved", "unsigned64", 8, ""),
+    (319, "selectorIdTotalPktsSelected", "unsigned64", 8, ""),
     (323, "observationTimeMilliseconds", "dateTimeMilliseconds", 8, ""),
     (351, "layer2SegmentId", "unsigned64", 8, ""),
+    (390, "flowSelectorAlgorithm", "unsigned16", 2, ""),
+    (394, "selectorIDTotalFlowsObserved", "unsigned64", 8, ""),
+    (395, "selectorIDTotalFlowsSelected", "unsigned64", 8, ""),
+    (396, "samplingFlowInterval", "unsigned64", 8, ""),
+    (397, "samplingFlowSpacing", "unsigned64", 8, ""),
 )
 
 #: IE id -> :class:`InformationElement` (read-only).

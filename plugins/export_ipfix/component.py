@@ -14,7 +14,10 @@ This module owns the I/O side of IPFIX export; the encoders (``ipfix.py``, ``nel
 * Every ``options_interval_s``: the statistics Options Data Records and the interface names,
   and, while an ingest samples (``RunContext.sampling``), the sampling records; these are
   also sent at once when the sampling changes (before the flows it applies to) and on every
-  new TCP connection before the spool.
+  new TCP connection before the spool. While the cache's flow sampler is on, the sampling
+  records include the Flow Selection Process (selector parameters), each options round a
+  selector statistics record (from the cache counters, ``RunContext.stats``), and the flow
+  records carry its selectorId (the selector flow templates).
 
 Lost records (send errors, broken TCP connections, full spool, encode errors) are counted
 with their packets and octets; they feed ``notSent*`` in the exporting reliability record.
@@ -68,12 +71,24 @@ from .options import (
     OPTIONS_TEMPLATES,
     SAMPLING_TEMPLATES,
     Statistics,
+    flow_selector,
     interface_names_group,
     sampling_groups,
+    selector_groups,
+    selector_id,
+    selector_statistics,
+    selector_stats_group,
     statistics_groups,
 )
 from .spool import KIND_FLOW, KIND_NAT, Item, Spool
 from .tcp import TcpDestination
+
+
+def _packets(records: FlowBatch | list[FlowRecord]) -> int:
+    """The packets of the flows (a batch's column, or the records)."""
+    if isinstance(records, FlowBatch):
+        return int(records.flows["packets"].sum())
+    return sum(r.packets for r in records)
 
 
 def _latest_time(records: FlowBatch | list[FlowRecord]) -> int:
@@ -106,6 +121,9 @@ class IpfixExporter(NatExporter):
         self.max_udp_message = 0
         self.sampling: Sampling | None = None
         self.sampling_records: list[DataGroup] = []
+        #: packets of the flows handed to this instance while the flow sampler is on
+        #: (selectorIdTotalPktsSelected for deterministic/random)
+        self.selected_packets = 0
         self._next_options_ns = 0
         #: the latest record time handed to this instance, and the last Export Time (ns)
         self._latest_ns = 0
@@ -217,6 +235,8 @@ class IpfixExporter(NatExporter):
         self.counters["flows_in"] += len(records)
         self._note_time(_latest_time(records))
         self._sync_sampling()
+        if flow_selector(self.sampling) is not None:
+            self.selected_packets += _packets(records)
         if self.cfg.options_interval_s:
             self.interfaces.note_flows(records)
         if self.tcp:
@@ -270,12 +290,36 @@ class IpfixExporter(NatExporter):
         self.sampling = sampling
         # after sampling stops, keep announcing 1/1 so that collectors stop scaling
         announce = sampling or (Sampling(1) if self.sampling_records else None)
-        self.sampling_records = sampling_groups(announce, self.cfg.domain_id)
+        selector = selector_groups(sampling, self.cfg.domain_id)
+        self.sampling_records = sampling_groups(announce, self.cfg.domain_id) + selector
+        self._use_selector(sampling)
         if self.sampling_records:
             self.templates.update((t.template_id, t) for t in SAMPLING_TEMPLATES)
+            self.templates.update((g.template.template_id, g.template) for g in selector)
             self._send_groups(self._sampling_copy())
         self.counters["sampling_interval"] = sampling.interval if sampling else 1
         self.log.info("%s: announcing sampling %s", self.name, sampling or "off (1/1)")
+
+    def _use_selector(self, sampling: Sampling | None) -> None:
+        """Flow records carry selectorId while the flow sampler is on (own template IDs)."""
+        selector = flow_selector(sampling)
+        micro = self.cfg.timestamps == "us"
+        self.layouts = flow_layouts(micro, selector_id=selector_id(selector) if selector else 0)
+        if self.cfg.flows:
+            self.templates.update(
+                (tid, layout.template) for tid, layout in self.layouts.items())
+
+    def _selector_stats(self, window: Statistics) -> list[DataGroup]:
+        """The selector statistics record while the flow sampler is on, else nothing.
+
+        :param window: this round's statistics, whose time window it shares.
+        """
+        selector = flow_selector(self.sampling)
+        if selector is None or self.context is None:
+            return []
+        stats = selector_statistics(selector, self.context.stats(), self.selected_packets,
+                                    window.start_ms, window.end_ms)
+        return [selector_stats_group(selector, stats)]
 
     def _sampling_copy(self) -> list[DataGroup]:
         return list(self.sampling_records)
@@ -427,14 +471,17 @@ class IpfixExporter(NatExporter):
             start_ms=start_ns // 1_000_000, end_ms=end_ns // 1_000_000)
 
     def options_groups(self) -> list[list[DataGroup]]:
-        """Statistics records, then interface names, each list to be sent as its own message.
+        """Statistics records (with the sampling and selector records while sampling), then
+        interface names, each list to be sent as its own message.
 
         Interface names travel in a message of their own: they are the only variable-length
         records, which some decoders (the PyPI ``netflow`` package) cannot parse, and a
         decoder that drops them then loses nothing else.
         """
         odid = self.cfg.domain_id
-        out = [statistics_groups(self.statistics(), odid, odid) + self.sampling_records]
+        stats = self.statistics()
+        out = [statistics_groups(stats, odid, odid) + self.sampling_records
+               + self._selector_stats(stats)]
         resolve = self.context.interface_names if self.context is not None else names_here
         names = interface_names_group(self.interfaces.snapshot(resolve), odid)
         if names is not None:

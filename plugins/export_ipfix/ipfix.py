@@ -385,8 +385,13 @@ def encode_varlen(value: bytes) -> bytes:
 # Four layouts per IP version: transport (ports + tcpControlBits) or ICMP (icmpTypeCode), each
 # with or without routing information (next hop and prefix lengths), which is only sent when
 # the record has it. Counters are full 8-octet unsigned64 (no reduced-size encoding).
+# While the cache's flow sampler is on, the same layouts end with selectorId (302, 1 octet, as
+# ipt_NETFLOW's BTPL_SELECTORID) under their own template IDs 288..295, so that a collector
+# ties every flow to the Flow Selection Process announced in the selector options records.
 
 FLOW_TEMPLATE_BASE = 256  # 256..263: flow templates, see flow_template_id()
+SELECTOR_FLOW_TEMPLATE_BASE = 288  # 288..295: the same with selectorId (flow sampling on)
+SELECTOR_ID_LENGTH = 1  # selectorId (unsigned64) reduced to 1 octet, as ipt_NETFLOW
 
 _COMMON_TAIL = (
     (4, 1),  # protocolIdentifier
@@ -468,6 +473,9 @@ class FlowLayout:
     pack: Callable[[np.ndarray], PackedRecords]
     ip_version: int
     micro: bool = False
+    #: the rows it encodes (:func:`flow_template_id`: 256..263); the template ID is the same,
+    #: or 32 more for a layout with selectorId
+    row_class: int = 0
 
 
 def _times(flows: np.ndarray, micro: bool) -> dict[int, Callable[[int], np.ndarray]]:
@@ -480,25 +488,33 @@ def _times(flows: np.ndarray, micro: bool) -> dict[int, Callable[[int], np.ndarr
 
 
 def _make_layout(ip_version: int, icmp: bool, routed: bool, micro: bool = False,
-                 extra: tuple[FlowField, ...] = ()) -> FlowLayout:
+                 extra: tuple[FlowField, ...] = (), selector_id: int = 0) -> FlowLayout:
     fields = _flow_fields(ip_version, icmp, routed, micro)
     name = f"flow{ip_version}{'-icmp' if icmp else ''}{'-routed' if routed else ''}"
-    template = Template(flow_template_id(ip_version, icmp, routed),
+    row_class = flow_template_id(ip_version, icmp, routed)
+    template_id = row_class
+    if selector_id:
+        fields += ((302, SELECTOR_ID_LENGTH),)
+        name += "-selector"
+        template_id += SELECTOR_FLOW_TEMPLATE_BASE - FLOW_TEMPLATE_BASE
+    template = Template(template_id,
                         fields + tuple((f.element(ip_version), f.width) for f in extra),
                         0, name, extra)
 
     def pack(flows: np.ndarray) -> PackedRecords:
         special = _times(flows, micro)
         special[32] = special[139] = lambda n: flows["dst_port"]  # icmpTypeCode
+        special[302] = lambda n: np.full(len(flows), selector_id, np.uint8)
         return pack_template(flows, fields, extra, special)
 
     assert template_dtype(fields, extra).itemsize == template.record_length
-    return FlowLayout(template, pack, ip_version, micro)
+    return FlowLayout(template, pack, ip_version, micro, row_class)
 
 
-def _layouts(micro: bool, extra: tuple[FlowField, ...] = ()) -> dict[int, FlowLayout]:
+def _layouts(micro: bool, extra: tuple[FlowField, ...] = (),
+             selector_id: int = 0) -> dict[int, FlowLayout]:
     return {layout.template.template_id: layout
-            for layout in (_make_layout(v, icmp, routed, micro, extra)
+            for layout in (_make_layout(v, icmp, routed, micro, extra, selector_id)
                            for v in (4, 6) for icmp in (False, True) for routed in (False, True))}
 
 
@@ -509,18 +525,20 @@ FLOW_LAYOUTS: dict[int, FlowLayout] = _layouts(micro=False)
 FLOW_LAYOUTS_US: dict[int, FlowLayout] = _layouts(micro=True)
 
 
-def flow_layouts(micro: bool = False,
-                 extra: Sequence[FlowField] | None = None) -> dict[int, FlowLayout]:
+def flow_layouts(micro: bool = False, extra: Sequence[FlowField] | None = None,
+                 selector_id: int = 0) -> dict[int, FlowLayout]:
     """The flow layouts of an exporter: today's fields plus ``extra`` in every template.
 
     :param micro: flowStart/EndMicroseconds (``timestamps = "us"``) instead of milliseconds.
     :param extra: the flow schema fields to append (MAC, VLAN, MPLS, physdev, plugin
         fields); default: the active schema's :meth:`~agent.schema.FlowSchema.export_fields`.
+    :param selector_id: > 0 while flow sampling is on: every record also carries this
+        selectorId (302), in templates 288..295 (see above); 0 = the plain templates.
     """
     added = tuple(flow_schema().export_fields() if extra is None else extra)
-    if not added:
+    if not added and not selector_id:
         return FLOW_LAYOUTS_US if micro else FLOW_LAYOUTS
-    return _layouts(micro, added)
+    return _layouts(micro, added, selector_id)
 
 
 def flow_template_ids(flows: np.ndarray) -> np.ndarray:
@@ -555,8 +573,8 @@ def encode_flow_groups(
             flows = flows[~bad]
     tids = flow_template_ids(flows)
     groups = []
-    for tid, layout in layouts.items():
-        rows = flows[tids == tid]
+    for layout in layouts.values():
+        rows = flows[tids == layout.row_class]
         if len(rows):
             groups.append(DataGroup(layout.template, layout.pack(rows)))
     return groups
@@ -618,7 +636,7 @@ def _set_totals(body: bytes, template: Template) -> tuple[int, int, int]:
         return count, 0, 0
     count = len(body) // fixed
     ids = [ie_id for ie_id, _ in template.fields]
-    if template.template_id not in FLOW_LAYOUTS or 1 not in ids or 2 not in ids:
+    if template.is_options or 1 not in ids or 2 not in ids:
         return count, 0, 0
     offsets = np.cumsum([0] + [length for _, length in template.fields])
     counters = np.dtype({"names": ["octets", "packets"], "formats": [">u8", ">u8"],

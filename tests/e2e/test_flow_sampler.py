@@ -143,3 +143,32 @@ def test_dry_run_refuses_a_bad_sampler(tmp_path, bad):
     result = run_agent("--dry-run", "-c", str(config))
     assert result.returncode == 78
     assert "cache.sampler" in result.stderr + result.stdout
+
+
+def _last_record(layers: list[dict], field: str) -> dict:
+    """The last data record tshark decoded that has ``field`` (the final options round)."""
+    found = [flow for frame in layers for name, body in frame.items()
+             if name.startswith("Set ") and isinstance(body, dict)
+             for key, flow in body.items() if key.startswith("Flow ") and field in flow]
+    assert found, f"no record with {field}"
+    return found[-1]
+
+
+@pytest.mark.parametrize(("mode", "observed_flows"), [
+    ("deterministic", str(FLOWS)), ("random", str(FLOWS)), ("hash", None)])
+def test_ipfix_selector_statistics_count_the_replay(tmp_path, capture, mode, observed_flows):
+    """RFC 7014 selector records with the cache's real counters, and selectorId per flow."""
+    records, layers = _run(tmp_path, capture[0], f"{mode}:{N}", "[[export.ipfix]]")
+    _check_scaled(records)
+    sid = {"deterministic": "1", "random": "2", "hash": "3"}[mode]
+    stats = _last_record(layers, "cflow.selectorid_total_flows_selected")
+    assert stats["cflow.selector_id"] == sid
+    assert stats["cflow.selectorid_total_flows_selected"] == str(len(records))
+    assert stats.get("cflow.selectorid_total_flows_observed") == observed_flows
+    assert stats["cflow.selector_id_total_pkts_observed"] == str(FLOWS * PACKETS)
+    assert stats["cflow.selector_id_total_pkts_selected"] == str(len(records) * PACKETS)
+    algorithm = _last_record(layers, "cflow.flow_selector_algorithm")
+    assert algorithm["cflow.flow_selector_algorithm"] == ("1" if mode == "deterministic"
+                                                          else "3")
+    flows = _last_record(layers, "cflow.srcaddr")
+    assert flows["cflow.selector_id"] == sid
