@@ -41,6 +41,7 @@
 #define MIN_BUCKETS 16
 #define MIN_SLOTS 64
 #define MAX_FLOWS 0x7FFFFFFFu
+#define CHUNK 32 /* rows hashed and prefetched ahead of probing */
 #define NOGIL_ROWS 256 /* release the GIL for lookups of at least this many keys */
 
 struct bucket {
@@ -303,32 +304,41 @@ struct batch {
 	size_t failed_at; /* row whose insert ran out of memory, or n */
 };
 
-/* The lookup loop; runs with or without the GIL. */
+/* The lookup loop; runs with or without the GIL. Rows go in chunks: hash a chunk and
+ * prefetch its home buckets, then probe, so the cache misses of a chunk overlap. */
 static void lookup_rows(FlowIndex *s, struct batch *bt)
 {
 	size_t ks = (size_t)s->key_size;
+	uint32_t hashes[CHUNK];
 
 	bt->failed_at = bt->n;
-	for (size_t r = 0; r < bt->n; r++) {
-		const uint8_t *key = bt->keys + r * ks;
-		uint32_t h = (uint32_t)siphash13(key, ks);
-		size_t i = probe(s, key, h);
-		int64_t slot = -1;
-
-		bt->is_new[r] = 0;
-		if (s->buckets[i].slot1) {
-			slot = (int64_t)s->buckets[i].slot1 - 1;
-		} else if (bt->insert && (!bt->limit || s->count < bt->limit)
-			   && s->count < MAX_FLOWS) {
-			slot = insert_at(s, i, key, h);
-			if (slot < 0) {
-				bt->failed_at = r;
-				return;
-			}
-			bt->is_new[r] = 1;
-			bt->inserted++;
+	for (size_t c = 0; c < bt->n; c += CHUNK) {
+		size_t m = bt->n - c < CHUNK ? bt->n - c : CHUNK;
+		for (size_t r = 0; r < m; r++) {
+			hashes[r] = (uint32_t)siphash13(bt->keys + (c + r) * ks, ks);
+			__builtin_prefetch(&s->buckets[hashes[r] & (s->nbuckets - 1)]);
 		}
-		bt->slots[r] = slot;
+		for (size_t r = c; r < c + m; r++) {
+			const uint8_t *key = bt->keys + r * ks;
+			uint32_t h = hashes[r - c];
+			size_t i = probe(s, key, h);
+			int64_t slot = -1;
+
+			bt->is_new[r] = 0;
+			if (s->buckets[i].slot1) {
+				slot = (int64_t)s->buckets[i].slot1 - 1;
+			} else if (bt->insert && (!bt->limit || s->count < bt->limit)
+				   && s->count < MAX_FLOWS) {
+				slot = insert_at(s, i, key, h);
+				if (slot < 0) {
+					bt->failed_at = r;
+					return;
+				}
+				bt->is_new[r] = 1;
+				bt->inserted++;
+			}
+			bt->slots[r] = slot;
+		}
 	}
 }
 
