@@ -14,8 +14,8 @@ A plugin that needs a newer API than it finds can refuse to register::
 
     @hookimpl
     def agent_register_components(registry):
-        if API_VERSION < (2, 0):
-            raise RuntimeError("my-plugin needs netflow-agent plugin API 2.0 or newer")
+        if API_VERSION < (3, 0):
+            raise RuntimeError("my-plugin needs netflow-agent plugin API 3.0 or newer")
         registry.add("export", "mine", MyExporter, Config, doc="...")
 
 Groups (see ``docs/hooks.md``):
@@ -28,9 +28,12 @@ Groups (see ``docs/hooks.md``):
   :class:`EncodeError`;
 * the running agent: :class:`RunContext`, :func:`follow_privileges` (for threads a plugin
   starts);
-* records: :class:`PacketBatch`, :class:`FlowBatch`, :class:`FlowDelta`, :class:`FlowRecord`,
-  :class:`NatEvent`, :class:`Sampling`, :func:`make_key`, :class:`PacketParser` and the
-  constants beside them;
+* records: :class:`PacketBatch`, :class:`FlowBatch` (flows as columns; :func:`concat`),
+  :class:`FlowDelta`, :class:`FlowRecord` (a row as an object), :class:`NatEvent`,
+  :class:`Sampling`, :func:`make_key`, :class:`PacketParser` and the constants beside them;
+* the flow schema: :class:`FlowField` (declare one with ``registry.add_flow_field``),
+  :class:`FlowSchema` and :func:`flow_schema` (the active one: key layout, record columns,
+  the fields exporters add to their templates);
 * network namespaces: :func:`run_in_netns`, :class:`NetnsScope`, :func:`netns_path`,
   :func:`names_here`, :class:`InterfaceNames` (the interfaces exported flows used);
 * IPFIX Information Elements: :data:`IE_BY_ID`, :func:`information_element`,
@@ -101,6 +104,7 @@ from netflow_agent.model import (
     Packet,
     PacketBatch,
     Sampling,
+    concat,
     make_key,
     split_key,
 )
@@ -119,6 +123,8 @@ from netflow_agent.roles import (
     NatExporter,
 )
 from netflow_agent.runtime import RunContext
+from netflow_agent.schema import FlowField, FlowSchema
+from netflow_agent.schema import active as flow_schema
 from netflow_agent.transport.pacing import (
     DEFAULT_BACKLOG,
     DEFAULT_RATE_LIMIT,
@@ -141,7 +147,7 @@ from netflow_agent.tunnels import (
 )
 
 #: ``(major, minor)`` of this plugin API (see the module docstring).
-API_VERSION = (2, 1)
+API_VERSION = (3, 0)
 
 __all__ = [
     "API_VERSION",
@@ -202,6 +208,8 @@ __all__ = [
     "Exporter",
     "FlowBatch",
     "FlowDelta",
+    "FlowField",
+    "FlowSchema",
     "FlowKey",
     "FlowRecord",
     "FlowRow",
@@ -222,6 +230,8 @@ __all__ = [
     "follow_privileges",
     "hookimpl",
     "information_element",
+    "concat",
+    "flow_schema",
     "make_key",
     "names_here",
     "nat_event_value",

@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from netflow_agent import reloading, state
+from netflow_agent import reloading, schema, state
 from netflow_agent.config.model import AgentConfig, Instance
 from netflow_agent.discovery import AgentPluginManager
 from netflow_agent.fragments import DEFAULT_POLICY, FragmentOptions, FragmentPolicy
@@ -82,6 +82,7 @@ class Lifecycle:
         :return: whether every ingest is a finite replay (the capture clock applies).
         :raises StartupError: an instance does not have its stage's role.
         """
+        schema.set_active(self.config.schema)  # before any component sizes a key
         for inst in self.config.instances:
             self.components[inst.path] = self._make(inst)
         for path in reversed(self._call_order()):

@@ -27,7 +27,7 @@ from typing import Any
 
 from netflow_agent import logutil
 from netflow_agent.clock import Clock
-from netflow_agent.model import FlowBatch, FlowRecord, NatEvent, PacketBatch
+from netflow_agent.model import FlowBatch, FlowRecord, NatEvent, PacketBatch, concat
 from netflow_agent.runtime import ITEM_FLOWS, ITEM_NAT, ITEM_PACKETS, ITEM_STOP, RunContext
 from netflow_agent.stats import RateMeter
 
@@ -159,9 +159,8 @@ class Loop:
 
     def scan(self, now: int, force: bool = False) -> None:
         """Expire, aggregate and export flows, then run every component's timers."""
-        records: list[FlowRecord] = []
-        for part in self.hook.agent_cache_expire(now_ns=now, force=force):
-            records.extend(part)
+        parts = [p for p in self.hook.agent_cache_expire(now_ns=now, force=force) if p]
+        records = concat([_as_batch(p) for p in parts], "cache")
         if records:
             self.hook.agent_aggregate_flows(records=records)  # a chain on this list
             if self.context.snmp is not None:  # [agent] snmp_rules: exported interface indexes
@@ -173,3 +172,8 @@ class Loop:
             self.hook.agent_export_flows(records=records)
         self.rates.update(now, *self.traffic_totals())
         self.hook.agent_tick(now_ns=now)
+
+
+def _as_batch(part: FlowBatch | list[FlowRecord]) -> FlowBatch:
+    """A third-party cache may still return a list of records."""
+    return part if isinstance(part, FlowBatch) else FlowBatch.from_records(part, "cache")

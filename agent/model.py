@@ -1,29 +1,41 @@
-"""The records that travel through the pipeline: packet observations, flow records, NAT events.
+"""The records that travel through the pipeline: packet observations, flow batches, NAT events.
 
-This module owns the one layout every stage agrees on:
+This module owns the one layout every stage agrees on (the fields themselves are declared in
+:mod:`agent.schema`):
 
-* a **flow key** is a compact ``bytes`` object (see :data:`KEY4` / :data:`KEY6`), built by the
-  ingest side with :func:`make_key`; the cache hashes it as is, so it is small (20 or 44 bytes)
-  and cheap to compare;
+* a **flow key** is a compact ``bytes`` object of one width per run (:data:`KEY`, 44 bytes
+  with the default fields, more when ``[flow]`` adds MAC/VLAN/MPLS fields), built by the
+  ingest side with :func:`make_key`; the cache hashes it as is;
 * a **packet observation** is a plain tuple ``(key, length, tcp_flags, ts_ns, out_if)``
   (:data:`Packet`); ingest plugins emit lists of them in a :class:`PacketBatch`;
-* a **flow record** (:class:`FlowRecord`) is what the cache hands to aggregation and export;
+* a **flow batch** (:class:`FlowBatch`) is flows as columns (a NumPy structured array of the
+  schema's :attr:`~agent.schema.FlowSchema.record_dtype`): kernel deltas on their way into the
+  cache, expired flows on their way to aggregators and exporters;
+* a **flow record** (:class:`FlowRecord`) is one row of a batch as a Python object: a
+  convenience view for plugins that iterate, not the carrier;
 * a **NAT event** (:class:`NatEvent`) is a translation start or stop, from conntrack;
 * a :class:`Sampling` says that an ingest accounts one packet in N (declared once per
   ingest, never per record).
 
-Addresses are packed network-order ``bytes`` (4 or 16): exactly what the encoders write.
-Times are wall-clock nanoseconds since the Unix epoch; ingests convert kernel clocks at the
-boundary. Field comments name the IANA IPFIX Information Element each field feeds
-(https://www.iana.org/assignments/ipfix/ipfix.xhtml).
+Addresses are packed network-order ``bytes`` (4 or 16) in records, and 16-byte columns (IPv4
+zero-padded) in keys and batches. Times are wall-clock nanoseconds since the Unix epoch;
+ingests convert kernel clocks at the boundary. Field comments name the IANA IPFIX Information
+Element each field feeds (https://www.iana.org/assignments/ipfix/ipfix.xhtml).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from types import MappingProxyType
+from typing import Any, NamedTuple, overload
+
+import numpy as np
+
+from netflow_agent import schema as _schema
+from netflow_agent.schema import FlowSchema
 
 # --- flow key ------------------------------------------------------------------------------
 #
@@ -35,11 +47,12 @@ from typing import NamedTuple
 #                         flows, egressInterface (14) for egress flows (the cache maps it)
 # bytes 8  src_port       sourceTransportPort (7), u16
 # bytes 10 dst_port       destinationTransportPort (11), u16; ICMP: type << 8 | code
-# bytes 12 src_addr       sourceIPv4Address (8) / sourceIPv6Address (27)
-#          dst_addr       destinationIPv4Address (12) / destinationIPv6Address (28)
-KEY4 = struct.Struct("!BBBBIHH4s4s")  # 20 bytes
-KEY6 = struct.Struct("!BBBBIHH16s16s")  # 44 bytes
-_KEY_HEAD = struct.Struct("!BBBBIHH")
+# bytes 12 src_addr       sourceIPv4Address (8) / sourceIPv6Address (27), 16 bytes, IPv4
+#                         zero-padded
+# bytes 28 dst_addr       destinationIPv4Address (12) / destinationIPv6Address (28)
+# bytes 44 ...            the schema's optional key fields (agent.schema), when configured
+KEY = struct.Struct("!BBBBIHH16s16s")  # 44 bytes: the base key of both IP versions
+KEY4 = KEY6 = KEY  # the names of the version-specific layouts before keys had one width
 
 DIRECTION_INGRESS = 0
 DIRECTION_EGRESS = 1
@@ -69,20 +82,22 @@ def make_key(
     tos: int = 0,
     in_if: int = 0,
     direction: int = DIRECTION_INGRESS,
+    ext: bytes = b"",
 ) -> bytes:
     """Pack a flow key; the one constructor third-party ingest plugins need.
 
-    :param ip_version: 4 or 6; decides the layout (:data:`KEY4` or :data:`KEY6`).
+    :param ip_version: 4 or 6.
     :param src_addr: packed source address, 4 or 16 bytes to match ``ip_version``.
     :param dst_port: destination port, or ``type << 8 | code`` for ICMP/ICMPv6.
     :param in_if: the observation interface: where an ingress flow entered, or where an
         egress flow left (``direction=DIRECTION_EGRESS``). Keying egress flows on their
         interface keeps two egress interfaces with the same 5-tuple apart.
+    :param ext: the optional key fields, packed by
+        :meth:`agent.schema.FlowSchema.pack_ext`; a key without them is zero-filled by the
+        cache (the ingest could not see those fields).
     """
-    layout = KEY4 if ip_version == 4 else KEY6
-    return layout.pack(
-        ip_version, protocol, tos, direction, in_if, src_port, dst_port, src_addr, dst_addr
-    )
+    return KEY.pack(ip_version, protocol, tos, direction, in_if, src_port, dst_port,
+                    src_addr, dst_addr) + ext
 
 
 class FlowKey(NamedTuple):
@@ -100,9 +115,11 @@ class FlowKey(NamedTuple):
 
 
 def split_key(key: bytes) -> FlowKey:
-    """Decode a key built by :func:`make_key`."""
-    layout = KEY4 if key[0] == 4 else KEY6
-    return FlowKey(*layout.unpack(key))
+    """Decode the base of a key built by :func:`make_key` (addresses 4 or 16 bytes)."""
+    v, proto, tos, direction, in_if, sport, dport, src, dst = KEY.unpack_from(key)
+    if v == 4:
+        src, dst = src[:4], dst[:4]
+    return FlowKey(v, proto, tos, direction, in_if, sport, dport, src, dst)
 
 
 # --- packet observations --------------------------------------------------------------------
@@ -134,7 +151,8 @@ class PacketBatch:
 
 @dataclass(slots=True)
 class FlowDelta:
-    """Counters already aggregated by the kernel (eBPF) for one key since the last drain."""
+    """Counters already aggregated for one key since the last drain (a row of a
+    :class:`FlowBatch` as an object; ``FlowBatch(source, [FlowDelta, ...])`` converts)."""
 
     key: bytes
     packets: int
@@ -145,24 +163,18 @@ class FlowDelta:
     out_if: int = 0  # the other interface (see Packet), 0 when unknown
 
 
-@dataclass(slots=True)
-class FlowBatch:
-    """Pre-aggregated flow deltas from one ingest instance (see :class:`FlowDelta`)."""
-
-    source: str
-    flows: list[FlowDelta] = field(default_factory=list)
-    dropped_packets: int = 0  # packets the kernel could not account (map full)
-    dropped_bytes: int = 0
-    trunc: int = 0
-    frag: int = 0
-
-
 # --- flow records ---------------------------------------------------------------------------
+
+_NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(slots=True)
 class FlowRecord:
-    """One exported flow. Counters are deltas since the previous export of the same flow."""
+    """One flow as a Python object. Counters are deltas since the previous export.
+
+    The view of one :class:`FlowBatch` row for plugins that iterate (``for r in batch``);
+    edits made to it while iterating are kept (see :class:`FlowBatch`).
+    """
 
     ip_version: int  # ipVersion (60)
     protocol: int  # protocolIdentifier (4)
@@ -183,28 +195,258 @@ class FlowRecord:
     src_mask: int = 0  # sourceIPv4PrefixLength (9) / sourceIPv6PrefixLength (29); 0 = unknown
     dst_mask: int = 0  # destinationIPv4PrefixLength (13) / destinationIPv6PrefixLength (30)
     next_hop: bytes = b""  # ipNextHopIPv4Address (15) / ipNextHopIPv6Address (62); b"" = unknown
+    # optional fields ([flow], agent.schema); 0 / b"" when not configured or not seen
+    src_mac: bytes = b""  # sourceMacAddress (56)
+    dst_mac: bytes = b""  # destinationMacAddress (80)
+    ethernet_type: int = 0  # ethernetType (256)
+    vlan_id: int = 0  # vlanId (58): the outer tag
+    vlan_priority: int = 0  # dot1qPriority (244)
+    inner_vlan_id: int = 0  # dot1qCustomerVlanId (245)
+    inner_vlan_priority: int = 0  # dot1qCustomerPriority (246)
+    mpls_labels: tuple[int, ...] = ()  # mplsTopLabelStackSection (70), 71-79: 3-byte entries
+    in_physdev: int = 0  # ingressPhysicalInterface (252)
+    out_physdev: int = 0  # egressPhysicalInterface (253)
+    tunnel_id: int = 0  # layer2SegmentId (351)
+    extra: Mapping[str, Any] = field(default_factory=lambda: _NO_EXTRA)  # plugin fields
 
     def key(self) -> bytes:
-        """The packed flow key of this record."""
-        return make_key(
-            self.ip_version,
-            self.protocol,
-            self.src_addr,
-            self.dst_addr,
-            self.src_port,
-            self.dst_port,
-            self.tos,
-            self.in_if,
-            self.direction,
-        )
+        """The packed flow key of this record (base and optional fields of the active
+        schema)."""
+        return FlowBatch.from_records([self]).keys()[0]
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-friendly view with printable addresses (logs, debug export, tests)."""
-        out: dict[str, object] = {name: getattr(self, name) for name in self.__slots__}
+        out: dict[str, object] = {name: getattr(self, name) for name in _BASE_SLOTS}
         out["src_addr"] = str(ipaddress.ip_address(self.src_addr))
         out["dst_addr"] = str(ipaddress.ip_address(self.dst_addr))
         out["next_hop"] = str(ipaddress.ip_address(self.next_hop)) if self.next_hop else ""
+        for name in _OPTIONAL_SLOTS:
+            value = getattr(self, name)
+            if value:
+                out[name] = (value.hex(":") if isinstance(value, bytes)
+                             else list(value) if isinstance(value, tuple) else value)
+        out.update(self.extra)
         return out
+
+
+_OPTIONAL_SLOTS = ("src_mac", "dst_mac", "ethernet_type", "vlan_id", "vlan_priority",
+                   "inner_vlan_id", "inner_vlan_priority", "mpls_labels", "in_physdev",
+                   "out_physdev", "tunnel_id")
+_BASE_SLOTS = tuple(n for n in FlowRecord.__slots__  # type: ignore[attr-defined]
+                    if n not in _OPTIONAL_SLOTS and n != "extra")
+_ADDRESSES = ("src_addr", "dst_addr", "next_hop")
+
+
+# --- flow batches -----------------------------------------------------------------------------
+
+
+class FlowBatch:
+    """Flows as columns: one NumPy structured array row per flow (``batch.flows``).
+
+    What ingests that aggregate before the agent (eBPF maps, the NFLOG C aggregator) hand the
+    cache (``agent_cache_flows``: key columns plus ``packets octets start_ns end_ns tcp_flags
+    out_if``, where ``in_if`` is the observation interface and ``out_if`` the other one), and
+    what the cache hands aggregators and exporters (every column; ``in_if``/``out_if`` are then
+    ingressInterface/egressInterface). The dtype is the active schema's
+    :attr:`~agent.schema.FlowSchema.record_dtype`.
+
+    Two ways to read it:
+
+    * **columns**: ``batch.flows["octets"]``, ``batch.keys()``: the fast path built-in
+      stages use (no Python object per flow);
+    * **records**: ``for rec in batch``, ``batch[i]``, ``len(batch)``: :class:`FlowRecord`
+      views, made once per batch on first use. Edits to those records (an aggregator filling
+      ``dst_mask``) are kept: the next reader of :attr:`flows` gets the columns rebuilt from
+      them. Assigning ``batch[:] = records`` replaces the content.
+
+    :param flows: a record array, or a list of :class:`FlowDelta` or :class:`FlowRecord`.
+    """
+
+    __slots__ = ("source", "_flows", "_records", "schema", "dropped_packets", "dropped_bytes",
+                 "trunc", "frag")
+
+    def __init__(self, source: str = "",
+                 flows: np.ndarray | Sequence[FlowDelta] | Sequence[FlowRecord] | None = None,
+                 dropped_packets: int = 0, dropped_bytes: int = 0, trunc: int = 0,
+                 frag: int = 0, schema: FlowSchema | None = None):
+        self.source = source
+        self.schema = schema or _schema.active()
+        self.dropped_packets = dropped_packets  # packets the ingest could not account
+        self.dropped_bytes = dropped_bytes
+        self.trunc = trunc  # truncated or malformed packets (already in dropped_*)
+        self.frag = frag  # fragments seen
+        self._records: list[FlowRecord] | None = None
+        if flows is None:
+            self._flows = self.schema.empty()
+        elif isinstance(flows, np.ndarray):
+            self._flows = flows
+        else:
+            self._flows = self._from_objects(list(flows))
+
+    def _from_objects(self, items: list[Any]) -> np.ndarray:
+        if items and isinstance(items[0], FlowDelta):
+            return deltas_to_array(items, self.schema)
+        return records_to_array(items, self.schema)
+
+    @classmethod
+    def from_records(cls, records: Iterable[FlowRecord], source: str = "",
+                     schema: FlowSchema | None = None) -> FlowBatch:
+        """A batch holding ``records`` (e.g. what an aggregator returned)."""
+        schema = schema or _schema.active()
+        return cls(source, records_to_array(list(records), schema), schema=schema)
+
+    # --- columns ----------------------------------------------------------------------------
+
+    @property
+    def flows(self) -> np.ndarray:
+        """The record array (rebuilt from the records if someone iterated and edited)."""
+        if self._records is not None:
+            self._flows = records_to_array(self._records, self.schema)
+            self._records = None
+        return self._flows
+
+    @flows.setter
+    def flows(self, value: np.ndarray) -> None:
+        self._flows, self._records = value, None
+
+    def keys(self) -> list[bytes]:
+        """The packed key of every row."""
+        return self.schema.keys_of(self.flows).tolist()
+
+    # --- records ----------------------------------------------------------------------------
+
+    def records(self) -> list[FlowRecord]:
+        """Every row as a :class:`FlowRecord` (made once; edits are kept)."""
+        if self._records is None:
+            self._records = array_to_records(self._flows, self.schema)
+        return self._records
+
+    def __len__(self) -> int:
+        return len(self._records) if self._records is not None else len(self._flows)
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def __iter__(self) -> Iterator[FlowRecord]:
+        return iter(self.records())
+
+    @overload
+    def __getitem__(self, i: int) -> FlowRecord: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[FlowRecord]: ...
+
+    def __getitem__(self, i: int | slice) -> FlowRecord | list[FlowRecord]:
+        return self.records()[i]
+
+    def __setitem__(self, i: slice, value: Iterable[FlowRecord] | FlowBatch) -> None:
+        """``batch[:] = other``: replace the content (the aggregation chain)."""
+        if i != slice(None):
+            raise TypeError("only batch[:] = ... replaces a FlowBatch's content")
+        if isinstance(value, FlowBatch):
+            self.flows = value.flows.copy()
+        else:
+            self._records = list(value)
+
+    def __eq__(self, other: object) -> bool:
+        """Row-wise equality with another batch, or with a list of records."""
+        if isinstance(other, FlowBatch):
+            return bool(np.array_equal(self.flows, other.flows))
+        if isinstance(other, list):
+            return self.records() == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __add__(self, other: FlowBatch | list[FlowRecord]) -> Any:
+        """``batch + batch`` is a batch; ``batch + list`` a list of records."""
+        if isinstance(other, FlowBatch):
+            return concat([self, other], self.source)
+        return self.records() + list(other)
+
+    def __radd__(self, other: list[FlowRecord]) -> list[FlowRecord]:
+        return list(other) + self.records()
+
+    def __repr__(self) -> str:
+        return f"FlowBatch({self.source!r}, {len(self)} flows)"
+
+
+def concat(batches: Sequence[FlowBatch], source: str = "") -> FlowBatch:
+    """One batch with the rows of all of ``batches`` (same schema)."""
+    if len(batches) == 1:
+        return batches[0]
+    schema = batches[0].schema if batches else _schema.active()
+    if not batches:
+        return FlowBatch(source, schema=schema)
+    return FlowBatch(source, np.concatenate([b.flows for b in batches]), schema=schema)
+
+
+def _pad16(addr: bytes) -> bytes:
+    return addr if len(addr) == 16 else addr.ljust(16, b"\0")
+
+
+def deltas_to_array(deltas: Sequence[FlowDelta], schema: FlowSchema) -> np.ndarray:
+    """:class:`FlowDelta` objects as a record array (keys shorter than the schema's are
+    zero-filled: the ingest could not see the optional fields)."""
+    size = schema.key_size
+    keys = [d.key if len(d.key) == size else d.key.ljust(size, b"\0") for d in deltas]
+    out = schema.empty(len(deltas))
+    decoded = schema.decode_keys(keys)
+    for f in schema.key_fields:
+        out[f.name] = decoded[f.name]
+    for name in ("packets", "octets", "start_ns", "end_ns", "tcp_flags", "out_if"):
+        out[name] = [getattr(d, name) for d in deltas]
+    return out
+
+
+def records_to_array(records: Sequence[FlowRecord], schema: FlowSchema) -> np.ndarray:
+    """:class:`FlowRecord` objects as a record array."""
+    out = schema.empty(len(records))
+    if not records:
+        return out
+    for f in schema.fields:
+        name = f.name
+        if name in _ADDRESSES:
+            out[name] = [_pad16(getattr(r, name)) for r in records]
+        elif name.startswith("mpls_label_"):
+            n = int(name[11:]) - 1
+            out[name] = [r.mpls_labels[n] if n < len(r.mpls_labels) else 0 for r in records]
+        elif name in _RECORD_SLOTS:
+            out[name] = [getattr(r, name) for r in records]
+        else:
+            out[name] = [r.extra.get(name, 0) for r in records]
+    return out
+
+
+_RECORD_SLOTS = frozenset(FlowRecord.__slots__)  # type: ignore[attr-defined]
+
+
+def array_to_records(flows: np.ndarray, schema: FlowSchema) -> list[FlowRecord]:
+    """One :class:`FlowRecord` per row (the slow path for plugins that iterate)."""
+    names = flows.dtype.names or ()
+    base = [n for n in _BASE_SLOTS if n in names]
+    optional = [n for n in _OPTIONAL_SLOTS if n in names]
+    labels = [n for n in names if n.startswith("mpls_label_")]
+    plugin = [n for n in names if n not in _RECORD_SLOTS and not n.startswith("mpls_label_")]
+    out = []
+    columns = {n: flows[n].tolist() for n in names}
+    for i in range(len(flows)):
+        rec = FlowRecord(**{n: columns[n][i] for n in base})
+        if rec.ip_version == 4:
+            rec.src_addr, rec.dst_addr = rec.src_addr[:4], rec.dst_addr[:4]
+            rec.next_hop = rec.next_hop[:4]
+        if not any(rec.next_hop):
+            rec.next_hop = b""
+        for n in optional:
+            setattr(rec, n, columns[n][i])
+        if labels:
+            stack = [columns[n][i] for n in labels]
+            while stack and not stack[-1]:
+                stack.pop()
+            rec.mpls_labels = tuple(stack)
+        if plugin:
+            rec.extra = {n: columns[n][i] for n in plugin}
+        out.append(rec)
+    return out
 
 
 # --- packet sampling -----------------------------------------------------------------------

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from netflow_agent.runner import current_plugin
+from netflow_agent.schema import CATALOGUE, FlowField, FlowOptions, FlowSchema
 
 STAGES = ("ingest", "cache", "aggregate", "export")
 
@@ -59,6 +60,25 @@ class ComponentRegistry:
     """All component types known to this agent, keyed by ``(stage, name)``."""
 
     types: dict[tuple[str, str], ComponentType] = field(default_factory=dict)
+    #: flow fields plugins declared (:meth:`add_flow_field`), by name
+    flow_fields: dict[str, FlowField] = field(default_factory=dict)
+
+    def add_flow_field(self, flow_field: FlowField) -> None:
+        """Declare a flow field (a key field an ingest fills, exporters send) that ``[flow]
+        fields`` may then turn on by name (see docs/hooks.md, "The flow schema").
+
+        :raises ValueError: the name is a built-in field's or was declared already.
+        """
+        if flow_field.name in CATALOGUE or flow_field.name in self.flow_fields:
+            raise ValueError(f"flow field {flow_field.name!r} declared twice")
+        self.flow_fields[flow_field.name] = flow_field
+
+    def flow_schema(self, options: FlowOptions) -> FlowSchema:
+        """The schema ``[flow]`` selects from the catalogue and the declared fields.
+
+        :raises ValueError: ``options.fields`` names a field nobody declared.
+        """
+        return FlowSchema.build(options, self.flow_fields.values())
 
     def add(
         self,

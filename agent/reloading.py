@@ -18,6 +18,7 @@ operator must see). :class:`ReloadHistory` keeps the counts and the last outcome
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from netflow_agent import logutil
-from netflow_agent.config.model import AgentConfig, AgentSection
+from netflow_agent.config.model import AgentConfig, AgentSection, FlowSection
 from netflow_agent.errors import ConfigIssue
 
 log = logging.getLogger("agent.reload")
@@ -121,9 +122,11 @@ def _attempt(pipeline: Any, reader: Reader, history: ReloadHistory) -> ReloadOut
         return _failed(history, f"the new configuration is invalid ({len(errors)} error(s))",
                        errors)
     restart = start_only_changes(pipeline.config.agent, new.agent)
-    if restart:
-        return _failed(history, "the new configuration changes [agent] keys that are read at "
-                       "start only; restart the agent to apply them", restart)
+    flow = flow_changes(pipeline.config.flow, new.flow)
+    if restart or flow:
+        tables = " and ".join(t for t, c in (("[agent]", restart), ("[flow]", flow)) if c)
+        return _failed(history, f"the new configuration changes {tables} keys that are read "
+                       "at start only; restart the agent to apply them", restart + flow)
     changes = describe_changes(pipeline.config, new)
     if not changes:
         return ReloadOutcome("unchanged", f"configuration unchanged (generation "
@@ -164,6 +167,14 @@ def start_only_changes(old: AgentSection, new: AgentSection) -> list[str]:
     """One line per :data:`START_ONLY_KEYS` key whose value differs."""
     return [f"agent.{key}: {getattr(old, key)!r} -> {getattr(new, key)!r} (read at start only)"
             for key in START_ONLY_KEYS if getattr(old, key) != getattr(new, key)]
+
+
+def flow_changes(old: FlowSection, new: FlowSection) -> list[str]:
+    """One line per ``[flow]`` key whose value differs (all are read at start only: every
+    key in the flow table has the width they choose)."""
+    return [f"flow.{f.name}: {getattr(old, f.name)!r} -> {getattr(new, f.name)!r} (read at "
+            "start only)" for f in dataclasses.fields(new)
+            if getattr(old, f.name) != getattr(new, f.name)]
 
 
 def describe_changes(old: AgentConfig, new: AgentConfig) -> list[str]:

@@ -8,7 +8,8 @@ RFC 7014 *flow* sampling, with ipt_NETFLOW's ``sampler=`` meaning:
   enters the cache, so unselected flows never take a slot. The hash is fixed so that every
   agent of a fleet selects the same flows: CRC-32 (IEEE 802.3, as ``zlib.crc32``) over the
   packed key's IP version and protocol bytes followed by its ports and addresses (network
-  order; TOS, direction and interface are left out), selected when ``crc % N == 0``.
+  order, 16 bytes each, IPv4 zero-padded; TOS, direction, interface and the optional
+  ``[flow]`` fields are left out), selected when ``crc % N == 0``.
 
 N is 2..16383 (the NetFlow v5 header's 14 bits, ipt_NETFLOW's limit). Packet and byte counters
 of selected flows are exact; collectors scale by N from the announcement (the cache declares
@@ -23,7 +24,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from netflow_agent.model import SAMPLING_DETERMINISTIC, SAMPLING_HASH, SAMPLING_RANDOM
+import numpy as np
+
+from netflow_agent.model import (
+    SAMPLING_DETERMINISTIC,
+    SAMPLING_HASH,
+    SAMPLING_RANDOM,
+    FlowBatch,
+)
 
 __all__ = ["FlowSampler", "INTERVAL_MAX", "INTERVAL_MIN", "hash_selects", "parse_sampler"]
 
@@ -59,7 +67,7 @@ def parse_sampler(text: str) -> tuple[str, int] | None:
 
 def hash_selects(key: bytes, interval: int) -> bool:
     """Whether ``hash:interval`` keeps the flow with packed ``key`` (see the module doc)."""
-    return zlib.crc32(key[8:], zlib.crc32(key[:2])) % interval == 0
+    return zlib.crc32(key[8:44], zlib.crc32(key[:2])) % interval == 0
 
 
 @dataclass
@@ -101,3 +109,16 @@ class FlowSampler:
             if chosen:
                 kept.append(rec)
         return kept
+
+    def select_batch(self, batch: FlowBatch) -> FlowBatch:
+        """:meth:`select_expired` over a batch's rows, by a mask (no object per flow)."""
+        n = len(batch)
+        if self.mode == "hash" or not n:
+            return batch
+        if self.mode == "deterministic":  # every interval-th flow, counting across scans
+            positions = np.arange(self._count + 1, self._count + n + 1)
+            mask = positions % self.interval == 0
+            self._count = (self._count + n) % self.interval
+        else:
+            mask = np.array([self.rng.randrange(self.interval) == 0 for _ in range(n)], bool)
+        return FlowBatch(batch.source, batch.flows[mask], schema=batch.schema)

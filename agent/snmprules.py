@@ -21,7 +21,9 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from netflow_agent.model import FlowRecord
+import numpy as np
+
+from netflow_agent.model import FlowBatch, FlowRecord
 
 #: the largest ingress/egressInterface value (unsigned32); v5 keeps the low 16 bits
 MAX_INDEX = 0xFFFFFFFF
@@ -99,8 +101,12 @@ class SnmpIndexMap:
         #: refreshes and first sightings that resolved names (one namespace round each)
         self.lookups = 0
 
-    def apply(self, records: Iterable[FlowRecord]) -> None:
-        """Rewrite ``in_if``/``out_if`` of ``records`` in place to the exported indexes."""
+    def apply(self, records: FlowBatch | Iterable[FlowRecord]) -> None:
+        """Rewrite ``in_if``/``out_if`` of ``records`` in place to the exported indexes
+        (a batch's columns: once per distinct interface, not per flow)."""
+        if isinstance(records, FlowBatch):
+            self._apply_columns(records.flows)
+            return
         get = self.index.get
         for r in records:
             i, o = get(r.in_if), get(r.out_if)
@@ -108,6 +114,16 @@ class SnmpIndexMap:
                 self._learn((r.in_if, r.out_if))
                 i, o = self.index[r.in_if], self.index[r.out_if]
             r.in_if, r.out_if = i, o
+
+    def _apply_columns(self, flows: np.ndarray) -> None:
+        for column in ("in_if", "out_if"):
+            values = flows[column]
+            distinct, where = np.unique(values, return_inverse=True)
+            missing = [int(k) for k in distinct.tolist() if k not in self.index]
+            if missing:
+                self._learn(missing)
+            mapped = np.array([self.index[int(k)] for k in distinct.tolist()], values.dtype)
+            flows[column] = mapped[where.reshape(-1)] if len(values) else values
 
     def refresh(self) -> None:
         """Re-resolve every kernel ifIndex seen so far (interfaces renamed or re-created)."""

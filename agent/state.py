@@ -56,7 +56,9 @@ MAX_BYTES = 512 * 1024 * 1024
 _ROW_LEN = 7
 _U64, _U32, _U8 = 2**64 - 1, 2**32 - 1, 255
 _TIME_MAX = 2**63 - 2  # the cache's time columns are int64; 2**63 - 1 marks a free slot
-_KEY_LEN = {4: 20, 6: 44}
+#: the base key's width (agent.model.KEY); older versions saved 20-byte IPv4 keys, which
+#: the cache converts at restore
+_KEY_LEN = 44
 #: path -> descriptor opened by :func:`reserve` (root's file, written after the drop)
 _reserved: dict[str, int] = {}
 
@@ -280,9 +282,10 @@ def _check_key(key: Any) -> None:
     if not isinstance(key, bytes):
         raise ValueError(f"key is {type(key).__name__}, not bytes")
     version = key[0] if key else 0
-    if _KEY_LEN.get(version) != len(key):
+    if version not in (4, 6) or not (len(key) >= _KEY_LEN or (version, len(key)) == (4, 20)):
         raise ValueError(f"key of {len(key)} bytes with IP version {version} (expected "
-                         "20 bytes for 4, 44 for 6)")
+                         f"{_KEY_LEN} or more; 20 for IPv4 keys saved by agents before the "
+                         "flow schema)")
     if key[3] not in (0, 1):
         raise ValueError(f"key direction {key[3]} (expected 0 or 1)")
 

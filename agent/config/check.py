@@ -17,11 +17,11 @@ from typing import Any
 from netflow_agent.config.convert import convert
 from netflow_agent.config.files import config_permission_issues
 from netflow_agent.config.load import RawConfig, load
-from netflow_agent.config.model import AgentConfig, AgentSection, Instance
+from netflow_agent.config.model import AgentConfig, AgentSection, FlowSection, Instance
 from netflow_agent.errors import ConfigIssue
 from netflow_agent.registry import ComponentRegistry
 
-TOP_LEVEL = ("agent", "cache", "aggregate", "ingest", "export")
+TOP_LEVEL = ("agent", "flow", "cache", "aggregate", "ingest", "export")
 DEFAULT_CACHE = "memory"
 DEFAULT_AGGREGATE = "rules"
 
@@ -69,6 +69,8 @@ def build(raw: RawConfig,
                                       + f"; known: {', '.join(TOP_LEVEL)}"))
     agent, agent_issues = convert(AgentSection, data.get("agent", {}), "agent")
     issues += agent_issues
+    flow, flow_issues = convert(FlowSection, data.get("flow", {}), "flow")
+    issues += flow_issues
     instances = _cache_instance(data.get("cache", {}), registry, issues)
     instances += _aggregate_instances(data.get("aggregate", {}), registry, issues)
     for stage in ("ingest", "export"):
@@ -76,9 +78,24 @@ def build(raw: RawConfig,
     _check_topology(instances, data, issues)
     _check_resources(instances, issues)
     _check_sampling(instances, issues)
-    if agent is None or _has_errors(issues):
+    if flow is not None:
+        _check_flow_fields(flow, registry, issues)
+    if agent is None or flow is None or _has_errors(issues):
         return None, issues
-    return AgentConfig(agent=agent, instances=instances, raw=raw), issues
+    schema = registry.flow_schema(flow.options())
+    return AgentConfig(agent=agent, instances=instances, raw=raw, flow=flow,
+                       schema=schema), issues
+
+
+def _check_flow_fields(flow: FlowSection, registry: ComponentRegistry,
+                       issues: list[ConfigIssue]) -> None:
+    """``[flow] fields`` must name fields a loaded plugin declared."""
+    for n, name in enumerate(flow.fields):
+        if name not in registry.flow_fields:
+            known = ", ".join(sorted(registry.flow_fields)) or "none"
+            issues.append(ConfigIssue(f"flow.fields[{n}]", f"no loaded plugin declares a flow "
+                                      f"field {name!r}" + _hint(name, registry.flow_fields)
+                                      + f"; declared: {known}"))
 
 
 def _check_sampling(instances: list[Instance], issues: list[ConfigIssue]) -> None:

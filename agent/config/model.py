@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from netflow_agent import privileges, snmprules
 from netflow_agent.config.load import RawConfig
 from netflow_agent.config.schema import option
 from netflow_agent.errors import ConfigIssue
 from netflow_agent.registry import ComponentType
+from netflow_agent.schema import FlowOptions, FlowSchema, default_schema
 from netflow_agent.transport.udp import EndpointError, parse_endpoint
 
 
@@ -98,6 +99,45 @@ def _check_listen(text: str) -> list[ConfigIssue]:
     return issues
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FlowSection:
+    """``[flow]``: which fields a flow has (ipt_NETFLOW's build-time options, at run time).
+
+    Read at start only: every key in the flow table has the width these choose
+    (:mod:`agent.schema`). The defaults keep the classic key and cost nothing.
+    """
+
+    mac: bool = option(False, doc="Source and destination MAC address in the key, exported "
+                       "as sourceMacAddress (56) / destinationMacAddress (80), with "
+                       "ethernetType (256). ipt_NETFLOW's --enable-mac.")
+    vlan: bool = option(False, doc="Outer and inner 802.1Q/802.1ad tag (id and priority) in "
+                        "the key, exported as vlanId (58), dot1qPriority (244), "
+                        "dot1qCustomerVlanId (245), dot1qCustomerPriority (246), with "
+                        "ethernetType (256); a tag the NIC stripped counts as the outer one. "
+                        "ipt_NETFLOW's --enable-vlan.")
+    mpls_labels: int = option(0, doc="Export the first N MPLS label stack entries "
+                              "(mplsTopLabelStackSection 70, 71-79), part of the key; MPLS "
+                              "frames are accounted by their inner IP header even with 0. "
+                              "ipt_NETFLOW's --enable-promisc-mpls=N (its default N is 3).",
+                              min=0, max=10)
+    physdev: Literal["", "export", "override"] = option(
+        "", doc='Bridge ports (NFLOG): "export" adds '
+                          "ingressPhysicalInterface (252) / egressPhysicalInterface (253) to "
+                          'the key; "override" puts them in place of the interfaces (10/14), '
+                          "as ipt_NETFLOW's --enable-physdev-override; \"\" = off.")
+    tunnel_id: bool = option(False, doc="With an ingest's decapsulate, the tunnel's id "
+                             "(the VXLAN/Geneve VNI, the GRE key) in the key, exported as "
+                             "layer2SegmentId (351).")
+    fields: list[str] = option(default_factory=list, doc="Flow fields declared by plugins "
+                               "(their agent_flow_fields hook) to add to the key, by name.")
+
+    def options(self) -> FlowOptions:
+        """These settings as :class:`agent.schema.FlowOptions`."""
+        return FlowOptions(mac=self.mac, vlan=self.vlan, mpls_labels=self.mpls_labels,
+                           physdev=self.physdev, tunnel_id=self.tunnel_id,
+                           fields=tuple(self.fields))
+
+
 @dataclass(slots=True)
 class Instance:
     """One configured component: ``[[export.netflow]]`` number 0 is ``export.netflow[0]``."""
@@ -116,6 +156,9 @@ class AgentConfig:
 
     agent: AgentSection
     instances: list[Instance] = field(default_factory=list)
+    flow: FlowSection = field(default_factory=FlowSection)
+    #: the flow fields ``flow`` selects, with the plugins' declared ones (agent.schema)
+    schema: FlowSchema = field(default_factory=default_schema)
     raw: RawConfig = field(default_factory=RawConfig)
 
     def by_stage(self, stage: str) -> list[Instance]:

@@ -37,13 +37,12 @@ from netflow_agent.model import (
     TCP_FIN,
     TCP_RST,
     FlowBatch,
-    FlowRecord,
     PacketBatch,
-    split_key,
 )
 from netflow_agent.roles import Cache, CacheStats, FlowRow
 from netflow_agent.runtime import RunContext
 from netflow_agent.sampler import FlowSampler, hash_selects, parse_sampler
+from netflow_agent.schema import FlowSchema, active
 
 __all__ = ["CacheConfig", "CacheStats", "FlowCache"]
 
@@ -53,6 +52,22 @@ _NS = 1_000_000_000
 _END_FLAGS = TCP_FIN | TCP_RST
 #: keys ``hash:N`` refused, remembered to skip the hash on their next packets (then forgotten)
 _UNSELECTED_MAX = 1 << 16
+_REFUSED = -1  # slot of a delta maxflows refused
+_DISCARDED = -2  # slot of a delta the hash sampler discarded
+
+
+def _rekey(key: bytes, size: int) -> bytes:
+    """A saved key in today's layout: 20-byte IPv4 keys of older versions get 16-byte
+    addresses; the optional fields are cut or zero-filled to ``size``."""
+    if key[0] == 4 and len(key) == 20:
+        key = key[:12] + key[12:16].ljust(16, b"\0") + key[16:20].ljust(16, b"\0")
+    return key[:size].ljust(size, b"\0")
+
+
+def _full_width(packets: list, size: int) -> list:
+    """``packets`` with keys shorter than ``size`` zero-filled (an ingest that cannot see
+    the schema's optional fields)."""
+    return [p if len(p[0]) == size else (p[0].ljust(size, b"\0"), *p[1:]) for p in packets]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,11 +122,13 @@ class CacheConfig:
                               self.fragment_held)
 
 
-def _interfaces(key_if: int, other_if: int, direction: int) -> tuple[int, int]:
-    """``(ingressInterface, egressInterface)`` from the key's observation interface."""
-    if direction == DIRECTION_EGRESS:
-        return (other_if if other_if != key_if else 0), key_if
-    return key_if, other_if
+def _set_interfaces(out: np.ndarray, other: np.ndarray) -> None:
+    """Turn the key's observation interface (``in_if``) and the other one into
+    ingressInterface/egressInterface: an egress flow left through its key's interface."""
+    observed = out["in_if"].copy()
+    egress = out["direction"] == DIRECTION_EGRESS
+    out["out_if"] = np.where(egress, observed, other)
+    out["in_if"] = np.where(egress, np.where(other != observed, other, 0), observed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,11 +169,14 @@ class FlowCache(Cache):
         self.context: RunContext | None = None
         self.sampler = config.flow_sampler()
         self._unselected: set[bytes] = set()
+        #: the key layout of this run (fixed at start: every key has its width)
+        self.schema: FlowSchema = active()
 
     @hookimpl
     def agent_start(self, context: RunContext) -> None:
         """Keep the context (its ``debug`` decides per-flow debug lines); declare the sampler."""
         self.context = context
+        self.schema = active()
         self._declare_sampler()
 
     def _declare_sampler(self) -> None:
@@ -237,7 +257,10 @@ class FlowCache(Cache):
         unselected = self._unselected
         if len(unselected) > _UNSELECTED_MAX:
             unselected.clear()
-        for key, length, flags, ts, out_if in batch.packets:
+        packets = batch.packets
+        if self.schema.ext_size:
+            packets = _full_width(packets, self.schema.key_size)
+        for key, length, flags, ts, out_if in packets:
             i = index.get(key)
             if i is None:
                 if hash_n and (key in unselected or not hash_selects(key, hash_n)):
@@ -274,100 +297,144 @@ class FlowCache(Cache):
 
     @hookimpl
     def agent_cache_flows(self, batch: FlowBatch, now_ns: int) -> None:
-        """Merge flow deltas drained from a kernel map."""
+        """Merge flow deltas drained from a kernel map or the NFLOG C aggregator (columns)."""
         st = self.stats
         st.trunc += batch.trunc
         st.frag += batch.frag
         st.drop_packets += batch.dropped_packets
         st.drop_bytes += batch.dropped_bytes
-        maxflows = self.config.maxflows
-        sampler = self.sampler
-        for d in batch.flows:
-            i = self.index.get(d.key)
-            if i is None and sampler is not None and not sampler.selects_key(d.key):
-                st.sampler_discarded_packets += d.packets
-                st.sampler_discarded_bytes += d.octets
-                continue
-            st.search += 1
+        flows = batch.flows
+        if not len(flows):
+            return
+        keys = batch.keys()
+        slots = self._slots_for(keys, flows)
+        refused = slots == _REFUSED
+        if refused.any():
+            st.maxflows += int(flows["packets"][refused].sum())
+            st.drop_packets += int(flows["packets"][refused].sum())
+            st.drop_bytes += int(flows["octets"][refused].sum())
+        kept = slots >= 0
+        if not kept.all():
+            flows, slots = flows[kept], slots[kept]
+        self._merge(slots, flows)
+
+    def _slots_for(self, keys: list[bytes], flows: np.ndarray) -> np.ndarray:
+        """The slot of every delta's flow (new flows get one); -1 where the sampler discards
+        the flow (counted) or ``maxflows`` refuses it (the caller counts)."""
+        st, index, maxflows, sampler = self.stats, self.index, self.config.maxflows, self.sampler
+        slots = np.empty(len(keys), np.int64)
+        starts = flows["start_ns"].tolist()
+        for n, key in enumerate(keys):
+            i = index.get(key)
             if i is None:
-                if maxflows and len(self.index) >= maxflows:
-                    st.maxflows += d.packets
-                    st.drop_packets += d.packets
-                    st.drop_bytes += d.octets
+                if sampler is not None and not sampler.selects_key(key):
+                    st.sampler_discarded_packets += int(flows["packets"][n])
+                    st.sampler_discarded_bytes += int(flows["octets"][n])
+                    slots[n] = _DISCARDED
                     continue
-                i = self._new_slot(d.key, d.start_ns)
+                if maxflows and len(index) >= maxflows:
+                    slots[n] = _REFUSED
+                    continue
+                i = self._new_slot(key, starts[n])
             else:
                 st.found += 1
-                if d.start_ns < self._first[i]:
-                    self._first[i] = d.start_ns
-            self._packets[i] += d.packets
-            self._octets[i] += d.octets
-            if d.end_ns > self._last[i]:
-                self._last[i] = d.end_ns
-            if d.tcp_flags:
-                self._flags[i] |= d.tcp_flags
-                if d.tcp_flags & _END_FLAGS:
-                    self.ending.add(i)
-            if d.out_if:
-                self._out_if[i] = d.out_if
-            st.traffic_packets += d.packets
-            st.traffic_bytes += d.octets
+            slots[n] = i
+        st.search += int((slots != _DISCARDED).sum())
+        return slots
+
+    def _merge(self, slots: np.ndarray, flows: np.ndarray) -> None:
+        """Add deltas to their slots, vectorized (a slot may repeat within one batch)."""
+        st = self.stats
+        packets = np.frombuffer(self._packets, dtype=np.uint64)
+        octets = np.frombuffer(self._octets, dtype=np.uint64)
+        first = np.frombuffer(self._first, dtype=np.int64)
+        last = np.frombuffer(self._last, dtype=np.int64)
+        tflags = np.frombuffer(self._flags, dtype=np.uint8)
+        out_if = np.frombuffer(self._out_if, dtype=np.uint32)
+        np.add.at(packets, slots, flows["packets"])
+        np.add.at(octets, slots, flows["octets"])
+        np.minimum.at(first, slots, flows["start_ns"])
+        np.maximum.at(last, slots, flows["end_ns"])
+        np.bitwise_or.at(tflags, slots, flows["tcp_flags"])
+        known = flows["out_if"] != 0
+        out_if[slots[known]] = flows["out_if"][known]  # the last non-zero wins
+        del packets, octets, first, last, tflags, out_if  # the columns may grow again
+        ending = (flows["tcp_flags"] & _END_FLAGS) != 0
+        if ending.any():
+            self.ending.update(slots[ending].tolist())
+        st.traffic_packets += int(flows["packets"].sum())
+        st.traffic_bytes += int(flows["octets"].sum())
 
     # --- cache -> aggregate ----------------------------------------------------------------
 
     @hookimpl
-    def agent_cache_expire(self, now_ns: int, force: bool) -> list[FlowRecord]:
+    def agent_cache_expire(self, now_ns: int, force: bool) -> FlowBatch:
         """Return flows that are idle, too old, ended by FIN/RST, or all of them (``force``)."""
         if force:
+            slots = np.fromiter(self.index.values(), np.int64, len(self.index))
+            slots.sort()
             ending = self.ending
-            due = [(i, END_OF_FLOW if i in ending else END_FORCED)
-                   for i in range(len(self.keys)) if self.keys[i] is not None]
+            reasons = np.array([END_OF_FLOW if i in ending else END_FORCED
+                                for i in slots.tolist()], np.uint8)
             ending.clear()
         else:
-            due = self._due(now_ns)
-        records = [self._take(i, reason) for i, reason in due]
+            slots, reasons = self._due(now_ns)
+        batch = self._take(slots, reasons)
         if self.sampler is not None:
-            before = len(records)
-            records = self.sampler.select_expired(records)
-            self.stats.sampler_unselected_flows += before - len(records)
-        self.stats.exported_flows += len(records)
-        return records
+            before = len(batch)
+            batch = self.sampler.select_batch(batch)
+            self.stats.sampler_unselected_flows += before - len(batch)
+        self.stats.exported_flows += len(batch)
+        return batch
 
-    def _due(self, now_ns: int) -> list[tuple[int, int]]:
+    def _due(self, now_ns: int) -> tuple[np.ndarray, np.ndarray]:
+        """Slots to export (ascending) and their flowEndReason."""
         first = np.frombuffer(self._first, dtype=np.int64)
         last = np.frombuffer(self._last, dtype=np.int64)
-        idle = np.flatnonzero(last <= now_ns - self.config.inactive_timeout * _NS)
-        old = np.flatnonzero(first <= now_ns - self.config.active_timeout * _NS)
+        reasons = np.zeros(len(first), np.uint8)
+        reasons[first <= now_ns - self.config.active_timeout * _NS] = END_ACTIVE
+        reasons[last <= now_ns - self.config.inactive_timeout * _NS] = END_IDLE
         del first, last  # release the buffer views so the arrays may grow again
-        due = {int(i): END_IDLE for i in idle}
-        for i in old.tolist():
-            due.setdefault(i, END_ACTIVE)
         for i in self.ending:
-            if self.keys[i] is not None:
-                due.setdefault(i, END_OF_FLOW)
+            if self.keys[i] is not None and not reasons[i]:
+                reasons[i] = END_OF_FLOW
         self.ending.clear()
-        return sorted(due.items())
+        slots = np.flatnonzero(reasons)
+        return slots, reasons[slots]
 
-    def _take(self, i: int, reason: int) -> FlowRecord:
-        key = self.keys[i]
-        assert key is not None
-        k = split_key(key)
-        in_if, out_if = _interfaces(k.in_if, self._out_if[i], k.direction)
-        rec = FlowRecord(
-            ip_version=k.ip_version, protocol=k.protocol, src_addr=k.src_addr,
-            dst_addr=k.dst_addr, src_port=k.src_port, dst_port=k.dst_port, tos=k.tos,
-            in_if=in_if, direction=k.direction, out_if=out_if,
-            packets=self._packets[i], octets=self._octets[i], start_ns=self._first[i],
-            end_ns=self._last[i], tcp_flags=self._flags[i], end_reason=reason,
-        )
-        del self.index[key]
-        self.keys[i] = None
-        self._packets[i] = self._octets[i] = 0
-        self._first[i] = self._last[i] = _FREE
-        self._flags[i] = 0
-        self._out_if[i] = 0
-        self.free.append(i)
-        return rec
+    def _take(self, slots: np.ndarray, reasons: np.ndarray) -> FlowBatch:
+        """Copy ``slots`` out as a batch (columns, no object per flow) and free them."""
+        schema = self.schema
+        out = schema.empty(len(slots))
+        if not len(slots):
+            return FlowBatch("cache", out, schema=schema)
+        keys = [k for k in map(self.keys.__getitem__, slots.tolist()) if k is not None]
+        decoded = schema.decode_keys(keys)
+        for f in schema.key_fields:
+            out[f.name] = decoded[f.name]
+        out["packets"] = np.frombuffer(self._packets, np.uint64)[slots]
+        out["octets"] = np.frombuffer(self._octets, np.uint64)[slots]
+        out["start_ns"] = np.frombuffer(self._first, np.int64)[slots]
+        out["end_ns"] = np.frombuffer(self._last, np.int64)[slots]
+        out["tcp_flags"] = np.frombuffer(self._flags, np.uint8)[slots]
+        other = np.frombuffer(self._out_if, np.uint32)[slots]
+        out["end_reason"] = reasons
+        _set_interfaces(out, other)
+        self._free(slots, keys)
+        return FlowBatch("cache", out, schema=schema)
+
+    def _free(self, slots: np.ndarray, keys: list[bytes]) -> None:
+        """Forget the flows in ``slots`` (their keys are ``keys``) and reuse the slots."""
+        index, table_keys = self.index, self.keys
+        for i, key in zip(slots.tolist(), keys, strict=True):
+            del index[key]
+            table_keys[i] = None
+        for column, value in ((self._packets, 0), (self._octets, 0), (self._first, _FREE),
+                              (self._last, _FREE), (self._flags, 0), (self._out_if, 0)):
+            view = np.frombuffer(column, dtype=column.typecode)
+            view[slots] = value
+            del view
+        self.free.extend(reversed(slots.tolist()))
 
     # --- saved state (agent/state.py) ------------------------------------------------------
 
@@ -378,10 +445,11 @@ class FlowCache(Cache):
             the table is empty afterwards (put them back with :meth:`restore`).
         """
         rows = []
-        for key, i in list(self.index.items()):
+        for key, i in self.index.items():
             rows.append((key, self._packets[i], self._octets[i], self._first[i], self._last[i],
                          self._flags[i], self._out_if[i]))
-            self._take(i, END_FORCED)
+        slots = np.fromiter(self.index.values(), np.int64, len(self.index))
+        self._free(slots, [r[0] for r in rows])
         self.ending.clear()
         return rows
 
@@ -392,7 +460,10 @@ class FlowCache(Cache):
 
         :return: the number of rows restored.
         """
+        size = self.schema.key_size
         for key, packets, octets, first, last, flags, out_if in rows:
+            if len(key) != size:  # saved before the schema changed, or by an older version
+                key = _rekey(key, size)
             i = self.index.get(key)
             if i is None:
                 i = self._new_slot(key, first)

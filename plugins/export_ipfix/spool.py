@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from itertools import islice
 from operator import attrgetter
 from typing import Any
@@ -33,6 +33,13 @@ _FIELDS = {
     KIND_NAT: attrgetter(*NatEvent.__slots__),
 }
 _READ_CHUNK = 4096
+
+def _plain(value: Any) -> Any:
+    """msgpack's fallback: a record's ``extra`` mapping (read-only when empty) as a dict."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"can not serialize {type(value).__name__!r} object")
+
 
 Item = tuple[int, Any]  # (KIND_FLOW, FlowRecord) or (KIND_NAT, NatEvent)
 
@@ -84,7 +91,7 @@ class Spool:
 
     def _spill(self) -> None:
         """Append the memory part to the file (it is newer than anything in the file)."""
-        packer = msgpack.Packer(use_bin_type=True)
+        packer = msgpack.Packer(use_bin_type=True, default=_plain)
         with open(self.path, "ab") as f:
             f.write(b"".join(packer.pack((k, _FIELDS[k](r))) for k, r in self._memory))
         self._file_count += len(self._memory)
@@ -171,7 +178,7 @@ class Spool:
 
     def _rewrite_all(self) -> None:
         tmp = f"{self.path}.tmp"
-        packer = msgpack.Packer(use_bin_type=True)
+        packer = msgpack.Packer(use_bin_type=True, default=_plain)
         with open(tmp, "wb") as out:
             out.write(b"".join(packer.pack((k, _FIELDS[k](r))) for k, r in self._head))
             if self._file_count:

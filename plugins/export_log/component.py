@@ -9,6 +9,7 @@ import sys
 from typing import Any, TextIO
 
 from netflow_agent.api import (
+    FlowBatch,
     FlowRecord,
     NatEvent,
     NatExporter,
@@ -19,6 +20,8 @@ from netflow_agent.api import (
 
 from .config import Config
 
+#: records turned into lines at a time
+CHUNK = 4096
 _PROTO = {1: "ICMP", 6: "TCP", 17: "UDP", 58: "ICMPv6", 132: "SCTP"}
 
 
@@ -57,14 +60,19 @@ class LogExporter(NatExporter):
         self.written += len(lines)
 
     @hookimpl
-    def agent_export_flows(self, records: list[FlowRecord]) -> None:
-        """One line per record."""
+    def agent_export_flows(self, records: FlowBatch) -> None:
+        """One line per record, written in chunks (a line is text per flow by nature; the
+        chunks keep the memory of a big scan bounded)."""
         if not self.config.flows or not records:
             return
-        if self.config.format == "json":
-            self._write([json.dumps({"type": "flow", **r.to_dict()}) for r in records])
-        else:
-            self._write([flow_text(r) for r in records])
+        flows = records.flows if isinstance(records, FlowBatch) else None
+        chunks = ([FlowBatch(records.source, flows[i:i + CHUNK], schema=records.schema)
+                   for i in range(0, len(flows), CHUNK)] if flows is not None else [records])
+        for chunk in chunks:
+            if self.config.format == "json":
+                self._write([json.dumps({"type": "flow", **r.to_dict()}) for r in chunk])
+            else:
+                self._write([flow_text(r) for r in chunk])
 
     @hookimpl
     def agent_export_nat_events(self, events: list[NatEvent]) -> None:

@@ -22,13 +22,15 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
+
 from netflow_agent.api import (
     SAMPLING_RANDOM,
     FlowBatch,
-    FlowDelta,
     Ingest,
     NetnsScope,
     RunContext,
+    flow_schema,
     follow_privileges,
     hookimpl,
 )
@@ -40,7 +42,6 @@ from .decode import (
     CounterDelta,
     CounterTracker,
     decode_records,
-    merge_deltas,
     monotonic_to_wall_offset,
 )
 from .linkwatch import LinkWatch
@@ -254,19 +255,19 @@ class EbpfIngest(Ingest):
             self._ring_base = cnt["ring_packets"]
             overflow = self._take_ring(monotonic_to_wall_offset())
             self.stats["ring_consumes"] += 1
-            if overflow:
+            if len(overflow):
                 self.context.emit(FlowBatch(source=self.name, flows=overflow))  # type: ignore[union-attr]
         return False
 
-    def _take_ring(self, offset: int) -> list[FlowDelta]:
-        """The overflow ring's events as flow deltas, merged by key (one per flow)."""
+    def _take_ring(self, offset: int) -> np.ndarray:
+        """The overflow ring's events as flow rows (one per packet; the cache sums them)."""
         rows, err = self.loader.consume()
         if err:  # what was consumed is in rows; the rest stays in the ring for next time
             self.stats["drain_errors"] += 1
             self.log.warning("%s: overflow ring read stopped early: %s", self.name,
                              os.strerror(err))
-        overflow = merge_deltas(decode_records(rows, offset))
-        self.stats["overflow_flows"] += len(overflow)
+        overflow = decode_records(rows, offset)
+        self.stats["overflow_flows"] += len(np.unique(flow_schema().keys_of(overflow)))
         return overflow
 
     def _drain(self) -> None:
@@ -294,7 +295,7 @@ class EbpfIngest(Ingest):
             self._fill_base = before["hash_new"]
             self._lost_base = before["full_packets"] + before["update_errors"]
             self._ring_base = before["ring_packets"]
-            flows.extend(self._take_ring(offset))
+            flows = np.concatenate([flows, self._take_ring(offset)])
             cnt = self.tracker.delta(self.loader.counters())
             for name, value in cnt.values.items():
                 self.kernel_counters[name] = self.kernel_counters.get(name, 0) + value
@@ -307,16 +308,16 @@ class EbpfIngest(Ingest):
         self.stats["drain_ms_last"] = elapsed_ms
         self.stats["drain_ms_max"] = max(self.stats["drain_ms_max"], elapsed_ms)
 
-    def _emit(self, flows: list[FlowDelta], cnt: CounterDelta | None) -> None:
+    def _emit(self, flows: np.ndarray, cnt: CounterDelta | None) -> None:
         """One FlowBatch: the flows and what the kernel saw but could not account (full
         table, failed inserts, truncated headers: as the NFLOG ingest does for FlowBatch,
         since the cache adds trunc to drop only for PacketBatch)."""
         if cnt is None:
-            if flows:
+            if len(flows):
                 self.context.emit(FlowBatch(source=self.name, flows=flows))  # type: ignore[union-attr]
             return
         dropped = cnt["full_packets"] + cnt["update_errors"] + cnt["trunc"]
-        if flows or dropped or cnt["frag"]:
+        if len(flows) or dropped or cnt["frag"]:
             self.context.emit(FlowBatch(  # type: ignore[union-attr]
                 source=self.name, flows=flows, dropped_packets=dropped,
                 dropped_bytes=cnt["full_bytes"] + cnt["update_error_bytes"] + cnt["trunc_bytes"],

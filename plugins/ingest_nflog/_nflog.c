@@ -45,8 +45,8 @@
 #define NF_INET_LOCAL_OUT 3
 
 /* agent/model.py: flow key layout and directions */
-#define KEY4_LEN 20
-#define KEY6_LEN 44
+#define KEY_LEN 44 /* one width for both versions: IPv4 addresses zero-padded to 16 bytes */
+#define KEY6_LEN KEY_LEN
 #define DIRECTION_INGRESS 0
 #define DIRECTION_EGRESS 1
 
@@ -769,8 +769,11 @@ static inline void ipv4_packet(const struct pctx *c, const uint8_t *d, struct pa
 			       unsigned int sport, unsigned int dport, unsigned int flags)
 {
 	key_head(pkt->key, 4, d[9], d[1], c->direction, c->in_if, sport, dport);
-	memcpy(pkt->key + 12, d + 12, 8); /* source and destination address */
-	pkt->key_len = KEY4_LEN;
+	memcpy(pkt->key + 12, d + 12, 4); /* source address, zero-padded to 16 bytes */
+	memset(pkt->key + 16, 0, 12);
+	memcpy(pkt->key + 28, d + 16, 4); /* destination address */
+	memset(pkt->key + 32, 0, 12);
+	pkt->key_len = KEY_LEN;
 	pkt->tcp_flags = (uint8_t)flags;
 	pkt->octets = be16(d + 2);
 }
@@ -825,7 +828,7 @@ static inline void ipv6_packet(const struct pctx *c, const uint8_t *d, struct pa
 {
 	key_head(pkt->key, 6, nh, (be32(d) >> 20) & 0xFF, c->direction, c->in_if, sport, dport);
 	memcpy(pkt->key + 12, d + 8, 32); /* source and destination address */
-	pkt->key_len = KEY6_LEN;
+	pkt->key_len = KEY_LEN;
 	pkt->tcp_flags = (uint8_t)flags;
 	pkt->octets = 40 + (uint64_t)be16(d + 4);
 }
@@ -1085,31 +1088,20 @@ static void walk(Aggregator *self, const uint8_t *buf, size_t n, int64_t recv_ns
 	}
 }
 
-static PyObject *flow_row(const struct flow *f)
+/* One flow as a packed record of take()'s buffer (decoders.py TAKE_DTYPE, native order). */
+#define RECORD_LEN 84
+static void flow_record(const struct flow *f, uint8_t *out)
 {
-	PyObject *row = PyTuple_New(7);
-	PyObject *items[7];
+	uint32_t out_if = f->out_if;
 
-	if (!row)
-		return NULL;
-	items[0] = PyBytes_FromStringAndSize((const char *)f->key, f->key_len);
-	items[1] = PyLong_FromUnsignedLongLong(f->packets);
-	items[2] = PyLong_FromUnsignedLongLong(f->octets);
-	items[3] = PyLong_FromLongLong(f->first_ns);
-	items[4] = PyLong_FromLongLong(f->last_ns);
-	items[5] = PyLong_FromLong(f->tcp_flags);
-	items[6] = PyLong_FromUnsignedLong(f->out_if);
-	for (int i = 0; i < 7; i++) {
-		if (!items[i]) {
-			for (int j = 0; j < 7; j++)
-				Py_XDECREF(items[j]);
-			Py_DECREF(row);
-			return NULL;
-		}
-	}
-	for (int i = 0; i < 7; i++)
-		PyTuple_SET_ITEM(row, i, items[i]);
-	return row;
+	memcpy(out, f->key, KEY_LEN);
+	memcpy(out + 44, &f->packets, 8);
+	memcpy(out + 52, &f->octets, 8);
+	memcpy(out + 60, &f->first_ns, 8);
+	memcpy(out + 68, &f->last_ns, 8);
+	memcpy(out + 76, &out_if, 4);
+	out[80] = f->tcp_flags;
+	memset(out + 81, 0, 3);
 }
 
 PyDoc_STRVAR(feed_doc,
@@ -1152,8 +1144,9 @@ static PyObject *Aggregator_feed(Aggregator *self, PyObject *args)
 
 PyDoc_STRVAR(take_doc,
 	     "take() -> (flows, packets, trunc, frag, trunc_bytes, seq_gaps)\n\n"
-	     "Everything fed since the last take, and start over. flows: list of\n"
-	     "(key, packets, octets, first_ns, last_ns, tcp_flags, out_if) in the order of each\n"
+	     "Everything fed since the last take, and start over. flows: bytes of packed\n"
+	     "84-byte records (key[44], packets u64, octets u64, first_ns i64, last_ns i64,\n"
+	     "out_if u32, tcp_flags u8, 3 zero bytes; native byte order) in the order of each\n"
 	     "key's first packet; the counts are those of the same buffers.");
 
 static PyObject *Aggregator_take(Aggregator *self, PyObject *Py_UNUSED(ignored))
@@ -1165,18 +1158,11 @@ static PyObject *Aggregator_take(Aggregator *self, PyObject *Py_UNUSED(ignored))
 		PyErr_SetString(PyExc_RuntimeError, "feed() is running on this object");
 		return NULL;
 	}
-	rows = PyList_New((Py_ssize_t)self->nflows);
+	rows = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(self->nflows * RECORD_LEN));
 	if (!rows)
 		return NULL;
-	for (size_t i = 0; i < self->nflows; i++) {
-		PyObject *row = flow_row(&self->flows[i]);
-
-		if (!row) {
-			Py_DECREF(rows);
-			return NULL;
-		}
-		PyList_SET_ITEM(rows, (Py_ssize_t)i, row);
-	}
+	for (size_t i = 0; i < self->nflows; i++)
+		flow_record(&self->flows[i], (uint8_t *)PyBytes_AS_STRING(rows) + i * RECORD_LEN);
 	out = Py_BuildValue("(NKKKKK)", rows, (unsigned long long)cc->packets,
 			    (unsigned long long)cc->trunc, (unsigned long long)cc->frag,
 			    (unsigned long long)cc->trunc_bytes, (unsigned long long)cc->seq_gaps);

@@ -8,8 +8,9 @@ a receive buffer into one batch for the cache, with the same accounting:
   :class:`~agent.model.PacketBatch` (``agent_cache_packets``).
 * :class:`CBatcher` (``decoder = "c"``): ``netflow_agent.plugins.ingest_nflog._nflog``
   (``_nflog.c``) walks the buffer, parses the IP headers and sums the packets per flow key in
-  C, with the GIL released; the buffer becomes one :class:`~agent.model.FlowDelta` per flow in a
-  :class:`~agent.model.FlowBatch` (``agent_cache_flows``). Same keys, packets, bytes, TCP
+  C, with the GIL released; ``take()`` hands back one packed record per flow (one bytes
+  object), which becomes a columnar :class:`~agent.model.FlowBatch` without a Python object
+  per flow (``agent_cache_flows``). Same keys, packets, bytes, TCP
   flags (so FIN/RST still end flows), output interface, times and counters, and the same
   fragment tracking (``[cache] fragments``) and tunnel decapsulation (``decapsulate``).
 
@@ -27,13 +28,16 @@ from __future__ import annotations
 import importlib
 from typing import Any, Protocol
 
+import numpy as np
+
 from netflow_agent.api import (
     TUNNELS,
     FlowBatch,
-    FlowDelta,
+    FlowSchema,
     FragmentPolicy,
     Packet,
     PacketBatch,
+    flow_schema,
     make_parser,
 )
 
@@ -171,12 +175,11 @@ class CBatcher:
 
     def take(self, source: str) -> FlowBatch | None:
         """See :class:`Batcher`."""
-        rows, _packets, trunc, frag, trunc_bytes, gaps = self.aggregator.take()
-        if not (rows or trunc or frag or gaps):
+        records, _packets, trunc, frag, trunc_bytes, gaps = self.aggregator.take()
+        if not (records or trunc or frag or gaps):
             return None
-        return FlowBatch(source, [FlowDelta(*row) for row in rows],
-                         dropped_packets=gaps + trunc, dropped_bytes=trunc_bytes,
-                         trunc=trunc, frag=frag)
+        return FlowBatch(source, flows_of(records), dropped_packets=gaps + trunc,
+                         dropped_bytes=trunc_bytes, trunc=trunc, frag=frag)
 
     def release(self, now_ns: int | None) -> None:
         """See :class:`Batcher`."""
@@ -195,6 +198,37 @@ class CBatcher:
         if agg.decapsulate:
             out.update(decapsulated=agg.decapsulated, decap_failed=agg.decap_failed)
         return out
+
+
+#: the 44-byte base key the C aggregator packs (agent.model.KEY)
+BASE_KEY_DTYPE = FlowSchema().key_dtype
+#: one record of ``_nflog.Aggregator.take()``'s buffer (see its docstring)
+TAKE_DTYPE = np.dtype([("key", "V44"), ("packets", "u8"), ("octets", "u8"),
+                       ("start_ns", "i8"), ("end_ns", "i8"), ("out_if", "u4"),
+                       ("tcp_flags", "u1"), ("pad", "V3")])
+
+
+def flows_of(records: bytes) -> np.ndarray:
+    """The C aggregator's records as a FlowBatch record array of the active schema (the
+    base key columns decoded from the packed keys; optional fields stay 0)."""
+    raw = np.frombuffer(records, TAKE_DTYPE)
+    schema = flow_schema()
+    out = schema.empty(len(raw))
+    keys = raw["key"].view(BASE_KEY_DTYPE)
+    for name in BASE_KEY_DTYPE.names or ():
+        out[name] = keys[name]
+    for name in ("packets", "octets", "start_ns", "end_ns", "out_if", "tcp_flags"):
+        out[name] = raw[name]
+    return out
+
+
+def rows_of(records: bytes) -> list[tuple[bytes, int, int, int, int, int, int]]:
+    """The C aggregator's records as ``(key, packets, octets, first_ns, last_ns, tcp_flags,
+    out_if)`` tuples (tests and tools; the pipeline uses :func:`flows_of`)."""
+    raw = np.frombuffer(records, TAKE_DTYPE)
+    return list(zip(raw["key"].tolist(), raw["packets"].tolist(), raw["octets"].tolist(),
+                    raw["start_ns"].tolist(), raw["end_ns"].tolist(),
+                    raw["tcp_flags"].tolist(), raw["out_if"].tolist(), strict=True))
 
 
 def c_options(fragments: FragmentPolicy | None, decapsulate: list[str] | tuple[str, ...],

@@ -149,21 +149,21 @@ def test_periodic_write_follows_the_agent_clock(tmp_path: Path) -> None:
     from nfa_example_plugin.component import CounterExporter
     from nfa_example_plugin.config import Config
 
-    from netflow_agent.api import FlowRecord, RunContext
+    from netflow_agent.api import FlowBatch, FlowRecord, RunContext
 
     clock = [10**18]
     out = tmp_path / "c.json"
     exporter = CounterExporter(Config(path=str(out), every_s=5), "export.counter[0]")
     exporter.agent_start(context=RunContext(clock=lambda: clock[0]))
     rec = FlowRecord(4, 17, bytes(4), bytes(4), packets=3, octets=120)
-    exporter.agent_export_flows(records=[rec])
+    exporter.agent_export_flows(records=FlowBatch.from_records([rec]))
     exporter.agent_tick(now_ns=clock[0] + 4 * 10**9)
     assert not out.exists()
     exporter.agent_tick(now_ns=clock[0] + 5 * 10**9)
     assert json.loads(out.read_text())["by_protocol"] == {
         "17": {"flows": 1, "packets": 3, "bytes": 120}
     }
-    exporter.agent_export_flows(records=[rec])
+    exporter.agent_export_flows(records=FlowBatch.from_records([rec]))
     exporter.agent_stop()
     assert json.loads(out.read_text())["packets"] == 6
     assert exporter.agent_collect_stats() == {"writes": 2, "write_errors": 0, "flows": 2}

@@ -32,7 +32,7 @@ from typing import Any
 
 from netflow_agent.config.check import validate
 from netflow_agent.errors import ConfigIssue
-from netflow_agent.model import KEY4, KEY6, NAT_START, NAT_STOP, split_key
+from netflow_agent.model import KEY, NAT_START, NAT_STOP, split_key
 from netflow_agent.packet import PacketParser
 from netflow_agent.plugins.ingest_conntrack import ctnetlink
 from netflow_agent.plugins.ingest_conntrack.events import to_nat_event
@@ -59,7 +59,7 @@ def check_packet(data: bytes, in_if: int = 7, out_if: int = 9, direction: int = 
     assert parser.trunc == 0 and parser.frag in (0, 1)
     key, length, flags, ts, out = pkt
     version = data[0] >> 4
-    assert len(key) == (KEY4.size if version == 4 else KEY6.size)
+    assert len(key) == KEY.size
     fk = split_key(key)
     assert fk.ip_version == version and fk.in_if == in_if and fk.direction == direction
     assert ts == TS_NS and out == out_if and 0 <= flags <= 255
@@ -140,9 +140,11 @@ def check_nflog_c(data: bytes) -> None:
     if batch is not None:
         assert (batch.trunc, batch.frag, batch.dropped_bytes) == (trunc, frag, trunc_bytes)
         assert batch.dropped_packets == gaps + trunc
-        for d in batch.flows:
-            assert d.key not in got, "one row per flow key"
-            got[d.key] = [d.packets, d.octets, d.start_ns, d.end_ns, d.tcp_flags, d.out_if]
+        columns = [batch.flows[n].tolist() for n in
+                   ("packets", "octets", "start_ns", "end_ns", "tcp_flags", "out_if")]
+        for key, *values in zip(batch.keys(), *columns, strict=True):
+            assert key not in got, "one row per flow key"
+            got[key] = values
     else:
         assert not want and (trunc, frag, gaps) == (0, 0, 0)
     assert got == want, "C and Python decoders disagree"

@@ -7,7 +7,7 @@ import ipaddress
 
 import pytest
 
-from netflow_agent.model import DIRECTION_EGRESS, DIRECTION_INGRESS, make_key, split_key
+from netflow_agent.model import DIRECTION_EGRESS, DIRECTION_INGRESS, FlowBatch, make_key, split_key
 from netflow_agent.plugins.ingest_ebpf import unavailable_reason
 from netflow_agent.plugins.ingest_ebpf.config import Config
 from netflow_agent.plugins.ingest_ebpf.decode import (
@@ -73,24 +73,25 @@ def test_decode_ipv4_ingress_and_ipv6_egress():
                    5, 300, 1_000, 2_000, 0x1B)
     data += _record("fd00::1", "fd00::2", 9, 0, 128 << 8, 58, 0, DIRECTION_EGRESS,
                     2, 208, 3_000, 4_000, 0)
-    flows = decode_records(data, wall_offset_ns=10**18)
-    assert len(flows) == 2
-    v4, v6 = flows
-    assert v4.key == make_key(4, 6, ipaddress.ip_address("10.0.0.1").packed,
+    batch = FlowBatch("ebpf", decode_records(data, wall_offset_ns=10**18))
+    assert len(batch) == 2
+    (k4, k6_packed), (v4, v6) = batch.keys(), batch.flows
+    assert k4 == make_key(4, 6, ipaddress.ip_address("10.0.0.1").packed,
                               ipaddress.ip_address("10.0.0.2").packed, 1234, 80, 0x10, 7,
                               DIRECTION_INGRESS)
-    assert (v4.packets, v4.octets, v4.tcp_flags, v4.out_if) == (5, 300, 0x1B, 0)
-    assert (v4.start_ns, v4.end_ns) == (10**18 + 1_000, 10**18 + 2_000)
-    k6 = split_key(v6.key)
+    assert (v4["packets"], v4["octets"], v4["tcp_flags"], v4["out_if"]) == (5, 300, 0x1B, 0)
+    assert (v4["start_ns"], v4["end_ns"]) == (10**18 + 1_000, 10**18 + 2_000)
+    k6 = split_key(k6_packed)
     assert (k6.ip_version, k6.protocol, k6.dst_port, k6.in_if, k6.direction) == (
         6, 58, 128 << 8, 9, DIRECTION_EGRESS)  # keyed on the observation interface
-    assert v6.out_if == 0 and ipaddress.ip_address(k6.src_addr) == ipaddress.ip_address("fd00::1")
+    assert v6["out_if"] == 0
+    assert ipaddress.ip_address(k6.src_addr) == ipaddress.ip_address("fd00::1")
 
 
 def test_decode_rejects_partial_records():
     with pytest.raises(ValueError, match="multiple"):
         decode_records(b"\0" * (RECORD.size + 1), 0)
-    assert decode_records(b"", 0) == []
+    assert len(decode_records(b"", 0)) == 0
 
 
 def test_counter_tracker_deltas():
@@ -150,12 +151,17 @@ def test_check_env_wants_cap_net_raw_for_promisc(monkeypatch):
     assert plugin.agent_check_config(_Cfg(), True) == []
 
 
-def test_merge_deltas_sums_equal_keys():
-    from netflow_agent.model import FlowDelta
-    from netflow_agent.plugins.ingest_ebpf.decode import merge_deltas
+def test_rows_with_equal_keys_are_summed_by_the_cache():
+    """The overflow ring's one-row-per-packet deltas are added up where they land."""
+    from netflow_agent.stages.cache import CacheConfig, FlowCache
 
-    k1, k2 = b"k1", b"k2"
-    merged = merge_deltas([FlowDelta(k1, 1, 100, 5, 5, 0x02), FlowDelta(k2, 1, 40, 7, 7),
-                           FlowDelta(k1, 2, 200, 3, 9, 0x10)])
-    assert [(d.key, d.packets, d.octets, d.start_ns, d.end_ns, d.tcp_flags) for d in merged] == [
-        (k1, 3, 300, 3, 9, 0x12), (k2, 1, 40, 7, 7, 0)]
+    data = b"".join(_record("10.0.0.1", "10.0.0.2", 7, 1, 2, 17, 0, DIRECTION_INGRESS,
+                            1, by, first, last, fl)
+                    for by, first, last, fl in ((100, 5, 5, 0x02), (200, 3, 9, 0x10)))
+    data += _record("10.0.0.3", "10.0.0.2", 7, 1, 2, 17, 0, DIRECTION_INGRESS, 1, 40, 7, 7, 0)
+    cache = FlowCache(CacheConfig())
+    cache.agent_cache_flows(batch=FlowBatch("ebpf", decode_records(data, 0)), now_ns=10)
+    out = cache.agent_cache_expire(now_ns=10, force=True)
+    assert [(r.packets, r.octets, r.start_ns, r.end_ns, r.tcp_flags) for r in out] == [
+        (2, 300, 3, 9, 0x12), (1, 40, 7, 7, 0)]
+    assert cache.stats.traffic_packets == 3 and cache.active_flows == 0

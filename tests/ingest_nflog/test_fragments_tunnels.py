@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from netflow_agent.fragments import FragmentPolicy
+from netflow_agent.model import split_key
 from netflow_agent.plugins.ingest_nflog.decoders import CBatcher, PythonBatcher
 from tests.fuzz.strategies import fuzz_settings
 from tests.ingest_nflog.test_c_decoder import _ext, _message, _summed
@@ -54,8 +55,9 @@ def both(datagrams: list[bytes], fragments: FragmentPolicy | None = TRACK,
     c = CBatcher(*opts)
     bp, bc = run(py, datagrams, release_at or {}), run(c, datagrams, release_at or {})
     py_rows = _summed(bp.packets) if bp else []
-    c_rows = [(d.key, d.packets, d.octets, d.start_ns, d.end_ns, d.tcp_flags, d.out_if)
-              for d in bc.flows] if bc else []
+    columns = ("packets", "octets", "start_ns", "end_ns", "tcp_flags", "out_if")
+    c_rows = list(zip(bc.keys(), *(bc.flows[n].tolist() for n in columns),
+                      strict=True)) if bc else []
     assert c_rows == py_rows, "C and Python decoders disagree"
     if bp or bc:
         assert (bp.trunc, bp.frag) == (bc.trunc, bc.frag)
@@ -68,12 +70,10 @@ def both(datagrams: list[bytes], fragments: FragmentPolicy | None = TRACK,
 def table_of(rows: list[tuple]) -> dict[FlowId, tuple[int, int]]:
     out = {}
     for key, packets, octets, *_rest in rows:
-        v = key[0]
-        size = 4 if v == 4 else 16
-        src = ipaddress.ip_address(key[12:12 + size])
-        dst = ipaddress.ip_address(key[12 + size:12 + 2 * size])
-        sport, dport = struct.unpack_from("!HH", key, 8)
-        out[FlowId.make(key[1], str(src), str(dst), sport, dport)] = (packets, octets)
+        k = split_key(key)
+        src, dst = ipaddress.ip_address(k.src_addr), ipaddress.ip_address(k.dst_addr)
+        out[FlowId.make(k.protocol, str(src), str(dst), k.src_port, k.dst_port)] = (packets,
+                                                                                   octets)
     return out
 
 

@@ -131,7 +131,7 @@ def test_one_malformed_key_costs_that_row_only(tmp_path: Path) -> None:
     """Item 6: one bad key made expiry raise: 3 of 10 flows exported, the summary "dropped 0"."""
     s = Setup(tmp_path)
     rows = [saved_flow(n) for n in range(1, 11)]
-    rows[3][0] = rows[3][0][:-1]  # a 19-byte IPv4 key
+    rows[3][0] = rows[3][0][:19]  # a 19-byte IPv4 key
     s.state.write_bytes(state_bytes(rows))
     agent = s.replay()
     got = {FlowId.of_record(r) for r in exported(s.out)}

@@ -12,7 +12,7 @@ from importlib.resources import files
 from netflow_agent.api import API_VERSION, ComponentRegistry, hookimpl
 
 #: the plugin API major version this plugin is written for
-API_MAJOR = 2
+API_MAJOR = 3
 
 
 @hookimpl
