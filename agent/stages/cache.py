@@ -340,10 +340,10 @@ class FlowCache(Cache):
         """Return flows that are idle, too old, ended by FIN/RST, or all of them (``force``)."""
         if force:
             slots = self.table.occupied()
-            ending = self.ending
-            reasons = np.array([END_OF_FLOW if i in ending else END_FORCED
-                                for i in slots.tolist()], np.uint8)
-            ending.clear()
+            reasons = np.full(len(slots), END_FORCED, np.uint8)
+            if self.ending:
+                reasons[np.isin(slots, np.fromiter(self.ending, np.int64))] = END_OF_FLOW
+            self.ending.clear()
         else:
             slots, reasons = self._due(now_ns)
         batch = self._take(slots, reasons)
