@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from netflow_agent.model import FlowBatch, split_key
+from netflow_agent.model import FlowBatch
 from netflow_agent.plugins.ingest_ebpf.component import EbpfIngest
 from netflow_agent.plugins.ingest_ebpf.config import Config
 from netflow_agent.runtime import RunContext
@@ -38,15 +38,14 @@ class Observed:
         self.dropped_bytes += batch.dropped_bytes
         self.trunc += batch.trunc
         self.frag += batch.frag
-        for d in batch.flows:
-            k = split_key(d.key)
-            fid = FlowId.make(k.protocol, str(ipaddress.ip_address(k.src_addr)),
-                              str(ipaddress.ip_address(k.dst_addr)), k.src_port, k.dst_port)
+        for d in batch:  # FlowRecord views of the delta rows
+            fid = FlowId.make(d.protocol, str(ipaddress.ip_address(d.src_addr)),
+                              str(ipaddress.ip_address(d.dst_addr)), d.src_port, d.dst_port)
             acc = self.flows.setdefault(fid, [0, 0, 0])
             acc[0] += d.packets
             acc[1] += d.octets
             acc[2] |= d.tcp_flags
-            self.directions.setdefault(fid, set()).add(k.direction)
+            self.directions.setdefault(fid, set()).add(d.direction)
             span = self.times.setdefault(fid, [d.start_ns, d.end_ns])
             span[0], span[1] = min(span[0], d.start_ns), max(span[1], d.end_ns)
 

@@ -59,7 +59,7 @@ def emitted(comp: EbpfIngest) -> list[int]:
     batches: list[FlowBatch] = []
     while not comp.context.inbox.empty():
         batches.append(comp.context.inbox.get_nowait()[1])
-    return [d.packets for b in batches for d in b.flows]
+    return [int(p) for b in batches for p in b.flows["packets"]]
 
 
 def test_rows_of_a_walk_that_stopped_part_way_are_emitted_and_counted():
