@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 
 from netflow_agent import hookimpl
+from netflow_agent._flowindex import FlowIndex
 from netflow_agent.config.schema import option
 from netflow_agent.errors import ConfigIssue
 from netflow_agent.fragments import FragmentPolicy
@@ -51,7 +52,7 @@ FREE_SLOT_NS = FREE_NS  # first/last time of an unused slot: never expires
 _NS = 1_000_000_000
 _END_FLAGS = TCP_FIN | TCP_RST
 #: keys ``hash:N`` refused, remembered to skip the hash on their next packets (then forgotten)
-_UNSELECTED_MAX = 1 << 16
+_UNSELECTED_MAX = 1 << 18  # ~75 B each in C: at most ~20 MB
 
 
 def _rekey(key: bytes, size: int) -> bytes:
@@ -174,7 +175,7 @@ class FlowCache(Cache):
         self.ending: set[int] = set()
         self.context: RunContext | None = None
         self.sampler = config.flow_sampler()
-        self._unselected: set[bytes] = set()
+        self._unselected = FlowIndex(self.table.key_size)
 
     @hookimpl
     def agent_start(self, context: RunContext) -> None:
@@ -183,6 +184,7 @@ class FlowCache(Cache):
         self.schema = active()
         if self.schema.key_size != self.table.key_size and not len(self.table):
             self.table = FlowTable(self.schema.key_size, self.config.hashsize)
+            self._unselected = FlowIndex(self.schema.key_size)
         self._declare_sampler()
 
     def _declare_sampler(self) -> None:
@@ -201,7 +203,7 @@ class FlowCache(Cache):
         sampler = config.flow_sampler()
         if str(sampler) != str(self.sampler):
             self.sampler = sampler
-            self._unselected.clear()
+            self._unselected = FlowIndex(self.table.key_size)
             self._declare_sampler()
         self.table.reserve(config.hashsize)
 
@@ -254,25 +256,32 @@ class FlowCache(Cache):
 
     def _hash_discards(self, keys: np.ndarray) -> np.ndarray | None:
         """Rows whose flow ``hash:N`` does not select (decided on a key's miss only, as
-        ipt_NETFLOW: a selected key is then in the table); ``None``: none."""
+        ipt_NETFLOW: a selected key is then in the table); ``None``: none.
+
+        Refused keys are remembered in a second C index (at most :data:`_UNSELECTED_MAX`,
+        then forgotten), so their next packets cost two lookups and no Python per packet.
+        """
         sampler = self.sampler
         if sampler is None or sampler.mode != "hash":
             return None
-        found, _ = self.table.lookup(np.ascontiguousarray(keys), insert=False)
+        keys = np.ascontiguousarray(keys)
+        found, _ = self.table.lookup(keys, insert=False)
         miss = np.flatnonzero(found < 0)
         if not len(miss):
             return None
-        unselected = self._unselected
-        if len(unselected) > _UNSELECTED_MAX:
-            unselected.clear()
-        ks = self.table.key_size
-        raw = _raw(keys)
+        if len(self._unselected) > _UNSELECTED_MAX:
+            self._unselected = FlowIndex(self.table.key_size)
+        known = np.frombuffer(self._unselected.lookup(keys[miss], insert=False)[0], np.int64)
         discard = np.zeros(len(found), bool)
-        for r in miss.tolist():
-            key = raw[r * ks:(r + 1) * ks]
-            if key in unselected or not hash_selects(key, sampler.interval):
-                unselected.add(key)
-                discard[r] = True
+        discard[miss[known >= 0]] = True
+        fresh = miss[known < 0]
+        if len(fresh):
+            ks, raw = self.table.key_size, keys[fresh].tobytes()
+            refused = [r for n, r in enumerate(fresh.tolist())
+                       if not hash_selects(raw[n * ks:(n + 1) * ks], sampler.interval)]
+            if refused:
+                discard[refused] = True
+                self._unselected.lookup(keys[refused])
         return discard if discard.any() else None
 
     def _mark_ending(self, slots: np.ndarray, flags: np.ndarray) -> None:
