@@ -34,6 +34,9 @@ Groups (see ``docs/hooks.md``):
 * the flow schema: :class:`FlowField` (declare one with ``registry.add_flow_field``),
   :class:`FlowSchema` and :func:`flow_schema` (the active one: key layout, record columns,
   the fields exporters add to their templates);
+* export records from columns (``agent/wire.py``): :func:`flow_columns`,
+  :func:`pack_template`, :func:`template_dtype`, :func:`address_column`,
+  :class:`PackedRecords`, :func:`join_records`, :func:`wire_columns`, :func:`wire_dtype`;
 * network namespaces: :func:`run_in_netns`, :class:`NetnsScope`, :func:`netns_path`,
   :func:`names_here`, :class:`InterfaceNames` (the interfaces exported flows used);
 * IPFIX Information Elements: :data:`IE_BY_ID`, :func:`information_element`,
@@ -48,7 +51,9 @@ Groups (see ``docs/hooks.md``):
   ``decapsulate`` options (:data:`TUNNELS`, :data:`TunnelName`, :func:`decapsulate_option`,
   :func:`keep_outer_option`, :func:`check_decapsulate`), and the link-layer walk to IP
   (:func:`ethernet_ip_offset`, :func:`ip_after`, :func:`ethernet_facts`, :func:`facts_after`,
-  :class:`LinkFacts`, :data:`NOT_IP`, :data:`TRUNCATED`, the ``PPP_*`` protocol numbers);
+  :class:`LinkFacts`, :data:`NOT_IP`, :data:`TRUNCATED`, the ``PPP_*`` protocol numbers)
+  and the optional layer-2 key fields packed from those facts (:class:`L2KeyPacker`,
+  :data:`L2_FIELDS`);
 * local files: :func:`open_output` (output files created 0640, owned by the agent's user),
   :func:`output_issues` (``--check-env`` of an output path), :func:`started_as_root`.
 """
@@ -65,6 +70,7 @@ from netflow_agent.ie import BY_ID as IE_BY_ID
 from netflow_agent.ie import VARIABLE_LENGTH, InformationElement, nat_event_value
 from netflow_agent.ie import ie as information_element
 from netflow_agent.ifnames import InterfaceNames
+from netflow_agent.l2key import L2_FIELDS, L2KeyPacker
 from netflow_agent.linklayer import (
     NOT_IP,
     PPP_IP,
@@ -145,9 +151,19 @@ from netflow_agent.tunnels import (
     keep_outer_option,
     make_parser,
 )
+from netflow_agent.wire import (
+    PackedRecords,
+    address_column,
+    flow_columns,
+    join_records,
+    pack_template,
+    template_dtype,
+    wire_columns,
+    wire_dtype,
+)
 
 #: ``(major, minor)`` of this plugin API (see the module docstring).
-API_VERSION = (3, 0)
+API_VERSION = (3, 1)
 
 __all__ = [
     "API_VERSION",
@@ -162,6 +178,8 @@ __all__ = [
     "PPP_MPLS_UC",
     "TRUNCATED",
     "LinkFacts",
+    "L2_FIELDS",
+    "L2KeyPacker",
     "ethernet_facts",
     "ethernet_ip_offset",
     "facts_after",
@@ -232,6 +250,14 @@ __all__ = [
     "information_element",
     "concat",
     "flow_schema",
+    "PackedRecords",
+    "address_column",
+    "flow_columns",
+    "join_records",
+    "pack_template",
+    "template_dtype",
+    "wire_columns",
+    "wire_dtype",
     "make_key",
     "names_here",
     "nat_event_value",

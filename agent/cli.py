@@ -29,7 +29,7 @@ import pluggy
 from netflow_agent import __version__, logutil
 from netflow_agent.config.check import validate
 from netflow_agent.config.load import load
-from netflow_agent.config.model import AgentSection
+from netflow_agent.config.model import AgentSection, FlowSection
 from netflow_agent.config.sample import section_sample
 from netflow_agent.discovery import AgentPluginManager, build_registry, make_manager
 from netflow_agent.errors import ConfigIssue
@@ -48,6 +48,8 @@ AGENT_EXAMPLES = {
     "metrics_listen": '"127.0.0.1:9184"', "user": '"netflow"',
     "state_file": '"/var/lib/netflow-agent/flows.state"',
 }
+#: ... and the ``[flow]`` sample
+FLOW_EXAMPLES = {"mpls_labels": "3", "physdev": '"export"'}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -220,6 +222,9 @@ def cmd_sample(name: str | None) -> int:
     restart = "Restart to change it (a reload refuses)."
     parts = [section_sample("agent", AgentSection, AGENT_EXAMPLES, active=("debug",),
                             note=dict.fromkeys(START_ONLY_KEYS, restart))]
+    parts.append(section_sample("flow", FlowSection, FLOW_EXAMPLES, note={
+        "mac": "Ingests that cannot see a field leave it 0 (a --dry-run warning names them). "
+               "Restart to change [flow] (a reload refuses)."}))
     parts += [t.sample for t in registry.types.values() if t.stage in ("cache", "aggregate")]
     parts += [t.sample for t in registry.types.values()
               if t.stage in ("ingest", "export") and t.sample]

@@ -10,7 +10,11 @@ observe).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
+import numpy as np
+
+from netflow_agent.model import FlowBatch
 from netflow_agent.netns import names_here
 
 
@@ -33,6 +37,16 @@ class InterfaceNames:
         """Remember interface indexes from exported records."""
         self.seen.update(in_if)
         self.seen.update(out_if)
+
+    def note_flows(self, records: FlowBatch | Iterable[Any]) -> None:
+        """Remember the ingress and egress interfaces of a batch (from its columns, one
+        ``np.unique`` each) or of flow records."""
+        if isinstance(records, FlowBatch):
+            flows = records.flows
+            self.note(np.unique(flows["in_if"]).tolist(), np.unique(flows["out_if"]).tolist())
+            return
+        recs = list(records)
+        self.note((r.in_if for r in recs), (r.out_if for r in recs))
 
     def snapshot(self, resolve: Callable[[Iterable[int]], dict[int, str]] = names_here
                  ) -> dict[int, str]:

@@ -70,6 +70,12 @@ class Ingest(Component):
     #: ``True`` when the source ends by itself (a pcap file); it then calls
     #: ``context.done(name)`` once everything was emitted.
     finite: ClassVar[bool] = False
+    #: the optional built-in key fields ([flow]: agent/schema.py ``OPTIONAL_KEY``) this
+    #: ingest fills when they are on; ``[flow]`` options asking for others get a dry-run
+    #: warning naming the ingest and the fields (they stay 0 in its flows).
+    observable_fields: ClassVar[frozenset[str]] = frozenset()
+    #: ``False`` for a source of NAT events only (no flows: no flow fields to fill)
+    emits_flows: ClassVar[bool] = True
 
 
 class Cache(Component, ABC):

@@ -117,8 +117,12 @@ class RunContext:
         return self.clock()
 
     def wait_for_room(self, limit: int = 64) -> None:
-        """Block a fast finite reader while the pipeline has ``limit`` items queued."""
-        while self.inbox.qsize() > limit:
+        """Block a fast reader while the pipeline has ``limit`` items queued.
+
+        Never waits once the agent is stopping: the pipeline thread is then joining the
+        readers and takes their last batches afterwards (waiting would deadlock them).
+        """
+        while self.inbox.qsize() > limit and not self.stopping:
             time.sleep(0.001)
 
     def stats(self) -> dict[str, Any]:

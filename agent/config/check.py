@@ -20,6 +20,8 @@ from netflow_agent.config.load import RawConfig, load
 from netflow_agent.config.model import AgentConfig, AgentSection, FlowSection, Instance
 from netflow_agent.errors import ConfigIssue
 from netflow_agent.registry import ComponentRegistry
+from netflow_agent.roles import Ingest
+from netflow_agent.schema import OPTIONAL_KEY, FlowSchema
 
 TOP_LEVEL = ("agent", "flow", "cache", "aggregate", "ingest", "export")
 DEFAULT_CACHE = "memory"
@@ -83,6 +85,7 @@ def build(raw: RawConfig,
     if agent is None or flow is None or _has_errors(issues):
         return None, issues
     schema = registry.flow_schema(flow.options())
+    issues += unobservable_fields(schema, instances)
     return AgentConfig(agent=agent, instances=instances, raw=raw, flow=flow,
                        schema=schema), issues
 
@@ -96,6 +99,40 @@ def _check_flow_fields(flow: FlowSection, registry: ComponentRegistry,
             issues.append(ConfigIssue(f"flow.fields[{n}]", f"no loaded plugin declares a flow "
                                       f"field {name!r}" + _hint(name, registry.flow_fields)
                                       + f"; declared: {known}"))
+
+
+#: the ``[flow]`` option that turns each optional built-in field on
+_OPTION_OF = {"src_mac": "mac", "dst_mac": "mac", "vlan_id": "vlan", "vlan_priority": "vlan",
+              "inner_vlan_id": "vlan", "inner_vlan_priority": "vlan",
+              "in_physdev": "physdev", "out_physdev": "physdev", "tunnel_id": "tunnel_id",
+              **{f"mpls_label_{n}": "mpls_labels" for n in range(1, 11)}}
+_BUILTIN_OPTIONAL = frozenset(f.name for f in OPTIONAL_KEY)
+
+
+def unobservable_fields(schema: FlowSchema, instances: list[Instance]) -> list[ConfigIssue]:
+    """Warnings for ``[flow]`` fields a configured ingest cannot see (they stay 0 in its
+    flows), one per ingest and option, naming both (:attr:`Ingest.observable_fields`)."""
+    wanted = [n for n in schema.ext_names if n in _BUILTIN_OPTIONAL and n != "ethernet_type"]
+    if schema.options.physdev == "override":
+        wanted += ["in_physdev", "out_physdev"]  # they replace the interfaces instead
+    issues = []
+    for inst in instances:
+        factory = inst.ctype.factory
+        if inst.stage != "ingest" or not (isinstance(factory, type)
+                                          and issubclass(factory, Ingest)
+                                          and factory.emits_flows):
+            continue
+        missing: dict[str, list[str]] = {}
+        for name in wanted:
+            if name not in factory.observable_fields:
+                missing.setdefault(_OPTION_OF[name], []).append(name)
+        for option_name, names in missing.items():
+            value = schema.options.physdev if option_name == "physdev" else None
+            what = f"physdev = \"{value}\"" if value else option_name
+            issues.append(ConfigIssue(
+                f"flow.{option_name}", f"{inst.path} cannot see "
+                f"{', '.join(names)}: {what} leaves them 0 in its flows", "warning"))
+    return issues
 
 
 def _check_sampling(instances: list[Instance], issues: list[ConfigIssue]) -> None:

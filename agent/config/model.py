@@ -109,7 +109,7 @@ class FlowSection:
 
     mac: bool = option(False, doc="Source and destination MAC address in the key, exported "
                        "as sourceMacAddress (56) / destinationMacAddress (80), with "
-                       "ethernetType (256). ipt_NETFLOW's --enable-mac.")
+                       "ethernetType (256). ipt_NETFLOW's --enable-macaddress.")
     vlan: bool = option(False, doc="Outer and inner 802.1Q/802.1ad tag (id and priority) in "
                         "the key, exported as vlanId (58), dot1qPriority (244), "
                         "dot1qCustomerVlanId (245), dot1qCustomerPriority (246), with "

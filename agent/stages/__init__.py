@@ -15,13 +15,15 @@ active_timeout = 1800
 maxflows = 2000000
 ## Flows to allocate room for at start; 0 = grow automatically.
 # hashsize = 0
-## Non-first IP fragments (pcap and NFLOG ingests): "track" gives them the ports of their
-## first fragment (one flow per 5-tuple); "ports0" accounts them as a flow with ports 0,
-## as ipt_NETFLOW does.
+## Non-first IP fragments (pcap, NFLOG and eBPF ingests): "track" gives them the ports of
+## their first fragment (one flow per 5-tuple); "ports0" accounts them as a flow with ports 0,
+## as ipt_NETFLOW does. The eBPF program holds no fragment: one that comes before its first
+## keeps ports 0 (frag_unmatched).
 # fragments = "track"
 ## Seconds a first fragment's ports are kept, and an early fragment waits for its first one.
 # fragment_timeout = 30
-## First fragments remembered, and fragments waiting for theirs, per ingest thread.
+## First fragments remembered, and fragments waiting for theirs, per ingest thread (eBPF:
+## fragment_table sizes its kernel map, fragment_held does not apply).
 # fragment_table = 4096
 # fragment_held = 256
 ## Flow sampling, ipt_NETFLOW's sampler=: "deterministic:N" exports every N-th flow,

@@ -90,7 +90,7 @@ class CacheConfig:
     fragments: Literal["track", "ports0"] = option(
         "track", doc='Non-first IP fragments: "track" gives them the ports of their first '
         'fragment (one flow per 5-tuple, as pmacct); "ports0" accounts them with ports 0 (a '
-        "flow of their own, as ipt_NETFLOW). Applies to the packet ingests (pcap, NFLOG).")
+        "flow of their own, as ipt_NETFLOW). Applies to every ingest (pcap, NFLOG, eBPF).")
     fragment_timeout: int = option(
         30, doc="Seconds a first fragment's ports are kept, and a fragment that arrived "
         "before its first one waits (then it is accounted with ports 0).", min=1, max=3600)

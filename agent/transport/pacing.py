@@ -41,6 +41,9 @@ DEFAULT_BACKLOG = 30000
 #: how long closing a paced destination may still send its backlog (NetFlow; IPFIX has
 #: ``flush_timeout_s``): DEFAULT_BACKLOG at DEFAULT_RATE_LIMIT
 DEFAULT_FLUSH_S = 10.0
+#: the longest a closing destination sends a backlog bigger than its flush timeout allows
+#: (the final export of a big cache at stop); below the systemd unit's TimeoutStopSec (60 s)
+MAX_CLOSE_S = 45.0
 
 
 def rate_limit_option(unit: str) -> Any:
@@ -192,6 +195,13 @@ class PacedSender:
     def pending(self) -> int:
         """Datagrams waiting now."""
         return self.stats.backlog
+
+    def drain_seconds(self, extra: int = 0) -> float:
+        """How long sending the current backlog and ``extra`` more datagrams takes at the
+        paced rate."""
+        with self._cond:
+            queued = len(self._queue)
+        return (queued + extra) / self._bucket.rate if self._bucket.rate else 0.0
 
     def close(self, timeout: float) -> None:
         """Send what is queued at the paced rate for up to ``timeout`` seconds, then stop;

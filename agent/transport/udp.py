@@ -41,7 +41,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from netflow_agent.transport.pacing import DEFAULT_BACKLOG, DEFAULT_FLUSH_S, PacedSender
+from netflow_agent.transport.pacing import (
+    DEFAULT_BACKLOG,
+    DEFAULT_FLUSH_S,
+    MAX_CLOSE_S,
+    PacedSender,
+)
 
 #: ``SIOCOUTQ`` (linux/sockios.h, = TIOCOUTQ): bytes not yet sent from the socket's queue.
 SIOCOUTQ = 0x5411
@@ -238,10 +243,12 @@ class UdpDestination:
         return self.connect()
 
     def close(self) -> None:
-        """Send the backlog (paced, for up to ``flush_timeout_s``), close the socket; counters
-        stay. What the backlog still holds then is counted as lost."""
+        """Send the backlog (paced, for ``flush_timeout_s`` or as long as the backlog takes at
+        the paced rate, at most :data:`~agent.transport.pacing.MAX_CLOSE_S`), close the
+        socket; counters stay. What the backlog still holds then is counted as lost."""
         if self._pacer is not None:
-            self._pacer.close(self.flush_timeout_s)
+            needed = self._pacer.drain_seconds() + 1.0
+            self._pacer.close(max(self.flush_timeout_s, min(needed, MAX_CLOSE_S)))
         with self._lock:
             if self._sock is not None:
                 self._sock.close()
@@ -276,6 +283,9 @@ class UdpDestination:
         :return: the number of datagrams the kernel accepted (paced: that were queued).
         """
         if self._pacer is not None:
+            if wait_s > 0:  # shutdown: as long as this batch needs at the paced rate
+                needed = self._pacer.drain_seconds(len(datagrams)) + 1.0
+                wait_s = max(wait_s, min(needed, MAX_CLOSE_S))
             queued = self._pacer.put(datagrams, records, wait_s)
             with self._lock:  # no room in the backlog: lost, like a full send buffer
                 for count in records[queued:]:

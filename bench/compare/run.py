@@ -1,50 +1,68 @@
-"""bench/compare: the agent (NFLOG and eBPF) side by side with softflowd, pmacct and fprobe.
+"""bench/compare: the agent (eBPF and NFLOG) side by side with softflowd, pmacctd and uacctd.
 
-One command, as root::
+Issue 14's three workloads, every observer, rounds interleaved, one command (root)::
 
-    python bench/compare/run.py [--rounds 2] [--seconds 3] [--flows 1000] [--only ...]
+    python bench/compare/run.py --workload w1 w2 w3 --rounds 3 --json /tmp/compare.json
 
-Every observer gets the same known traffic in the same invocation (rounds interleaved, medians
-reported): ``blast`` (``bench/ebpf/blast.c``: sendmmsg, one core, bounded by ``--seconds`` and
-``--max-packets``) floods 64-byte UDP frames, packet ``k`` to port ``BASE + k % flows``,
-through a veth between two fresh namespaces; so the generator's count gives the exact ground
-truth of every flow. The receiving namespace drops the packets in an nftables prerouting
-chain at priority -300, after packet taps and tc have seen them; observers that read NFLOG get
-a ``log group`` rule in front of that drop (its cost is theirs). Observers:
+(``--table-from /tmp/compare.json`` reprints the tables; ``--append`` adds rounds to those
+already in ``--json``; ``--only agent-ebpf softflowd`` picks observers, ``fprobe`` is
+optional; ``--workload smoke`` is a few-second check of the harness.)
+
+Traffic: ``flowgen`` (``bench/ebpf/flowgen.c``, via ``tests/support/flowgen.py``) sends raw
+Ethernet frames at its top rate from a sender namespace through a router namespace to a sink
+namespace that drops them. Flows differ in source and destination address (4096 destinations),
+ports and protocol: IPv4 and IPv6, UDP, TCP and ICMP echo (:class:`Flood` ``mix=True``). Its
+schedule gives the exact truth of every flow, also when a flood is cut short by its time bound
+(``--seconds``). Workloads (:data:`WORKLOADS`):
+
+* ``w1``: 100k flows, 2M packets (20 each), 4k concurrent;
+* ``w2``: 200k flows, 600k packets (3 each), 100k concurrent;
+* ``w3``: 1M flows of 1-3 packets (2M packets), 200k concurrent: a flood of new flows.
+
+Every observer runs in the router namespace and watches its ingress interface: the router's
+nftables prerouting chain (priority -300) has a ``log group`` rule for the NFLOG readers only.
 
 * ``none``: nothing attached (the sender's unobserved rate);
-* ``agent-nflog``: ``agent`` with ``[[ingest.nflog]]``;
-* ``agent-ebpf``: ``agent`` with ``[[ingest.ebpf]]`` (TCX, ingress);
-* ``softflowd``: libpcap on the interface;
-* ``pmacctd``: pmacct's libpcap daemon with the ``nfprobe`` plugin;
-* ``uacctd``: pmacct's NFLOG daemon with the ``nfprobe`` plugin;
-* ``fprobe``: libpcap, NetFlow v5 (it has no v9), with a 64 MB capture buffer.
+* ``agent-ebpf``: ``agent`` with ``[[ingest.ebpf]]`` on the interface, ingress, its defaults;
+* ``agent-nflog``: ``agent`` with ``[[ingest.nflog]]`` reading the group, its defaults;
+* ``softflowd``: libpcap, ``-m 1048576`` flows;
+* ``pmacctd``: pmacct's libpcap daemon, ``nfprobe`` plugin, 1M flows, 1 s timeouts;
+* ``uacctd``: pmacct's NFLOG daemon, same plugin settings;
+* ``fprobe`` (optional, not run by default): libpcap, NetFlow v5, so it cannot report IPv6.
 
-The pmacct daemons and fprobe expire idle flows after 1 s (their defaults hold flows for
-minutes and pmacct's nfprobe does not flush on SIGTERM under uacctd); softflowd is told
-``softflowctl expire-all``; the agent exports everything on SIGTERM. NFLOG readers get a
-32 MB socket buffer.
-
-Each observer exports NetFlow to its own ``nfcapd``; ``nfdump`` output is compared flow by
-flow with the ground truth. Reported per observer: sender rate and its ratio to ``none``;
-share of sent packets accounted (per flow, never more than was sent) and share of flows whose
-packet count is exactly right; CPU seconds (user + system of the observer's whole process
-tree, during the flood and the drain after it) per million packets sent; peak RSS (sum of
-``VmHWM`` over its processes). Traffic stays inside the namespaces created here; everything
-started is stopped by PID and the namespaces are deleted.
+Each observer exports NetFlow (v9; fprobe v5) to its own ``nfcapd`` in the router namespace.
+After the flood the harness waits until the observer is settled (no datagram reaches the
+collector and the observer uses almost no CPU for 2 s), makes it export everything (agent:
+SIGTERM; softflowd: ``softflowctl expire-all``; pmacct and fprobe: their 1 s timeouts), waits
+until the collector has read everything, then compares nfdump's records with the truth flow by
+flow, keyed by the full 5-tuple (protocol, addresses, ports; ICMP flows by their addresses, as
+observers carry ICMP type and code differently). Reported per workload and observer (medians
+over rounds): sender rate and its ratio to ``none``; share of sent packets accounted (per
+flow, never more than sent; the worst round's too when it is lower) and of flows exactly right;
+packets the kernel dropped before any hook (``rx_dropped`` of the interface); per round, the
+agent's own counted drops and its balance ``sent - before hook - packets in exported flows -
+counted drops`` (0 when every packet is accounted); datagrams the collector's socket dropped;
+CPU (user + system of the observer's process tree from the start of the flood to its exit:
+sampled from /proc, exact from ``wait4`` at the end) per million packets sent and per thousand
+flows; peak RSS (sum of ``VmHWM`` over its processes); the load average at each run's start.
+Every flood is bounded in packets and seconds; everything started is stopped by PID and the
+namespaces are deleted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -52,57 +70,151 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.support.netns import Netns, end_process, veth_pair  # noqa: E402
+from tests.support.agentproc import nflog_counters  # noqa: E402
+from tests.support.flowgen import DESTINATIONS, Flood, build, rx_dropped  # noqa: E402
+from tests.support.netns import Netns, RoutedTopology, routed_topology  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
-BASE_PORT = 20000
-PAYLOAD = 18  # 14 + 20 + 8 + 18 = 60-byte frame (64 on a wire with FCS)
 GROUP = 7  # NFLOG group (per namespace)
 NFCAPD_PORT = 9995
-SETTLE_S = 2.0  # after the flood, before stopping: the NFLOG queue and libpcap buffers drain
+DST4, DST6 = "10.200.0.0", "fd00:c8::"  # the sink's address ranges (DESTINATIONS each)
+WORKLOADS = {
+    "w1": Flood(100_000, 20, 4_000, mix=True),
+    "w2": Flood(200_000, 3, 100_000, mix=True),
+    "w3": Flood(1_000_000, 1, 200_000, per_flow_max=3, mix=True),
+    "smoke": Flood(3_000, 1, 1_000, per_flow_max=3, mix=True),
+}
+QUIET_S = 2.0  # settled: no datagram and (almost) no CPU for this long
+SETTLE_TIMEOUT_S = 300.0
+Key = tuple[int, str, str, int, int]  # protocol, source, destination, ports
 
 
 # --- processes -------------------------------------------------------------------------------
 
 
-def _proc_table() -> dict[int, tuple[int, float, int]]:
-    """pid -> (parent pid, CPU seconds, VmHWM KiB) for every process."""
+def _parents() -> dict[int, int]:
+    """pid -> parent pid of every process."""
     out = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            status = Path(f"/proc/{entry}/status").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        hwm = next((int(line.split()[1]) for line in status.splitlines()
-                    if line.startswith("VmHWM:")), 0)
-        out[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK, hwm)
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                out[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
     return out
 
 
-def tree_usage(root_pid: int) -> tuple[float, int]:
-    """CPU seconds and summed peak RSS (KiB) of ``root_pid`` and its descendants."""
-    table = _proc_table()
-    tree, frontier = {root_pid}, [root_pid]
-    while frontier:
-        pid = frontier.pop()
-        for child, (parent, _cpu, _hwm) in table.items():
-            if parent == pid and child not in tree:
-                tree.add(child)
-                frontier.append(child)
-    cpu = sum(table[p][1] for p in tree if p in table)
-    rss = sum(table[p][2] for p in tree if p in table)
-    return cpu, rss
+def _read_usage(pid: int) -> tuple[float, int] | None:
+    """CPU seconds (user + system) and VmHWM (KiB) of one process; None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    hwm = next((int(line.split()[1]) for line in status.splitlines()
+                if line.startswith("VmHWM:")), 0)
+    return (int(fields[11]) + int(fields[12])) / TICK, hwm
 
 
-def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+class Usage:
+    """CPU seconds and peak RSS of a process tree: sampled from /proc every 0.2 s while it
+    runs (per process, the last CPU and the highest ``VmHWM`` seen; the tree's members are
+    looked up every second), and at its end the exact CPU of the root and its reaped children
+    from ``wait4``."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.tree = {pid}
+        self.cpu: dict[int, float] = {}
+        self.hwm: dict[int, int] = {}
+        self.final: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.wait(0.2):
+            self.sample(find=n % 5 == 0)
+            n += 1
+
+    def sample(self, find: bool = True) -> float:
+        """Read the tree now (``find``: look for new descendants first); its CPU so far."""
+        if find:
+            parents = _parents()
+            frontier = list(self.tree)
+            while frontier:
+                parent = frontier.pop()
+                children = [p for p, pp in parents.items() if pp == parent and p not in self.tree]
+                self.tree.update(children)
+                frontier.extend(children)
+        for pid in list(self.tree):
+            now = _read_usage(pid)
+            if now is not None:
+                self.cpu[pid] = now[0]
+                self.hwm[pid] = max(self.hwm.get(pid, 0), now[1])
+        return self.cpu_s()
+
+    def cpu_s(self) -> float:
+        sampled = sum(self.cpu.values())
+        return sampled if self.final is None else max(self.final, sampled)
+
+    def rss_kb(self) -> int:
+        return sum(self.hwm.values())
+
+    def ended(self, rusage: object) -> None:
+        """The root exited: stop sampling, keep ``wait4``'s totals."""
+        self._stop.set()
+        self._thread.join()
+        self.final = rusage.ru_utime + rusage.ru_stime  # type: ignore[attr-defined]
+
+
+def end_tree(proc: subprocess.Popen, usage: Usage | None, timeout: float) -> None:
+    """SIGTERM ``proc`` (by PID), reap it with ``wait4`` (SIGKILL after ``timeout``)."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while True:
+        pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            if usage is not None:
+                usage.ended(rusage)
+            return
         if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
+            proc.kill()
+            deadline = float("inf")
+        time.sleep(0.05)
+
+
+def udp_counters(ns: Netns) -> dict[str, int]:
+    """The namespace's ``Udp:`` counters (InDatagrams counts datagrams a socket has read)."""
+    lines = [ln.split() for ln in ns.run(["cat", "/proc/net/snmp"]).stdout.splitlines()
+             if ln.startswith("Udp:")]
+    return dict(zip(lines[0][1:], map(int, lines[1][1:]), strict=True))
+
+
+def wait_settled(ns: Netns, usage: Usage | None, what: str) -> None:
+    """Wait until no datagram is read in ``ns`` and the tree uses < 5 % CPU for QUIET_S."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    last = (udp_counters(ns)["InDatagrams"], usage.sample() if usage else 0.0)
+    quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < QUIET_S:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not settle in {SETTLE_TIMEOUT_S:.0f} s")
+        time.sleep(0.25)
+        now = (udp_counters(ns)["InDatagrams"], usage.sample() if usage else 0.0)
+        if now[0] != last[0] or now[1] - last[1] > 0.05 * QUIET_S:
+            last, quiet_since = now, time.monotonic()
+
+
+def wait_log(path: Path, text: str, proc: subprocess.Popen, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{path.stem} did not start: {path.read_text()[-2000:]}")
         time.sleep(0.05)
 
 
@@ -110,92 +222,137 @@ def wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-u
 
 
 class Observer:
-    """Nothing attached; subclasses start a probe and an nfcapd for it."""
+    """Nothing attached; subclasses start a probe (in the router) and an nfcapd for it."""
 
     name = "none"
     nflog = False  # needs the NFLOG rule
+    ready = ""  # a line the probe logs when it is ready (else: a fixed start-up wait)
+    stop_timeout = 30.0
 
-    def __init__(self, b: Netns, ifname: str, tmp: Path):
-        self.b, self.ifname, self.tmp = b, ifname, tmp
+    def __init__(self, topo: RoutedTopology, tmp: Path):
+        self.ns, self.ifname, self.tmp = topo.router_ns, topo.router_client.ifname, tmp
         self.proc: subprocess.Popen | None = None
+        self.usage: Usage | None = None
         self.nfcapd: subprocess.Popen | None = None
         self.dir = tmp / "nfcapd"
 
+    def command(self) -> list[str]:
+        """The probe's command line (written config files first)."""
+        return []
+
     def start(self) -> None:
-        """Start the collector, then the probe."""
-
-    def _start_nfcapd(self) -> None:
+        """Start the collector, then the probe; return when the probe is ready."""
+        cmd = self.command()
+        if not cmd:
+            return
         self.dir.mkdir()
-        self.nfcapd = self.popen(["nfcapd", "-w", str(self.dir), "-b", "127.0.0.1",
-                                  "-p", str(NFCAPD_PORT)], "nfcapd")
-        time.sleep(0.3)
+        self.nfcapd = self.popen(["nfcapd", "-w", str(self.dir), "-b", "127.0.0.1", "-p",
+                                  str(NFCAPD_PORT), "-B", str(64 << 20)], "nfcapd")
+        self.proc = self.popen(cmd, self.name)
+        self.usage = Usage(self.proc.pid)
+        log = self.tmp / f"{self.name}.out"
+        if self.ready:
+            wait_log(log, self.ready, self.proc)
+        else:
+            time.sleep(1.5)
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {log.read_text()[-2000:]}")
 
-    def popen(self, cmd: list[str], name: str, **kwargs) -> subprocess.Popen:  # type: ignore[no-untyped-def]
-        """Start ``cmd`` in the namespace with its output in a log file (a full pipe blocks)."""
+    def popen(self, cmd: list[str], name: str) -> subprocess.Popen:
+        """Start ``cmd`` in the router with its output in a log file (a full pipe blocks)."""
         log = open(self.tmp / f"{name}.out", "w")  # noqa: SIM115 - the child keeps it
-        kwargs.setdefault("stdout", log)
-        return self.b.popen(cmd, stderr=subprocess.STDOUT if kwargs["stdout"] is log else log,
-                            **kwargs)
+        return self.ns.popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
-    def usage(self) -> tuple[float, int]:
-        return tree_usage(self.proc.pid) if self.proc else (0.0, 0)
+    def flush(self) -> None:
+        """Make the probe export what it still holds (after the flood has settled)."""
 
     def stop(self) -> None:
-        """Make the probe export everything, stop it, then stop the collector."""
+        """Stop the probe (exact CPU), let the collector read the last datagrams, stop it."""
         if self.proc is not None:
-            end_process(self.proc, timeout=30)
+            end_tree(self.proc, self.usage, self.stop_timeout)
         if self.nfcapd is not None:
-            time.sleep(1.0)  # the last datagrams
-            self.nfcapd.send_signal(signal.SIGTERM)
-            self.nfcapd.wait(timeout=20)
+            wait_settled(self.ns, None, "nfcapd")
+            end_tree(self.nfcapd, None, 30)
 
-    def per_flow(self, flows: int) -> Counter[int] | None:
-        """Packets per destination port, from nfdump."""
+    def counted(self) -> dict[str, int]:
+        """What the probe itself counted at its end (agent: traffic, drops, lost records)."""
+        return {}
+
+    def per_flow(self) -> Counter[Key] | None:
+        """Packets per 5-tuple in the collector's files (None: nothing observed)."""
         if self.nfcapd is None:
             return None
-        out = subprocess.run(
-            ["nfdump", "-R", str(self.dir), "-N", "-q", "-o", "fmt:%dp %pkt",
-             f"proto udp and dst port >= {BASE_PORT} and dst port < {BASE_PORT + flows}"],
-            capture_output=True, text=True, check=False).stdout
-        got: Counter[int] = Counter()
-        for line in out.splitlines():
-            parts = line.split()
-            if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
-                got[int(parts[0])] += int(parts[1])
-        return got
+        out = subprocess.run(["nfdump", "-R", str(self.dir), "-o", "csv", GENERATED],
+                             capture_output=True, text=True, check=True).stdout
+        return parse_csv(out)
+
+
+#: nfdump filter: flows of the generator's sources (not a namespace's own IPv6 chatter)
+GENERATED = "src net 10.128.0.0/9 or src net fd00:80::/64"
+ICMP = (1, 58)
+
+
+def key(proto: int, src: str, dst: str, sport: int, dport: int) -> Key:
+    """A flow's comparison key. ICMP flows are keyed by their addresses (every generated
+    flow has its own source): observers carry type and code differently (softflowd leaves
+    ICMPv6's out)."""
+    return (proto, src, dst, 0, 0) if proto in ICMP else (proto, src, dst, sport, dport)
+
+
+def parse_csv(text: str) -> Counter[Key]:
+    """nfdump ``-o csv`` lines (with their header) -> packets per :func:`key`."""
+    got: Counter[Key] = Counter()
+    columns: list[str] = []
+    for line in text.splitlines():
+        parts = line.split(",")
+        if parts[0] == "ts":
+            columns = parts
+            continue
+        if not columns or len(parts) < len(columns):
+            continue
+        row = dict(zip(columns, parts, strict=False))
+        proto = int(row["pr"]) if row["pr"].isdigit() else PROTO_NAMES.get(row["pr"], -1)
+        got[key(proto, row["sa"], row["da"], int(row["sp"]), int(row["dp"]))] += int(row["ipkt"])
+    return got
+
+
+PROTO_NAMES = {"ICMP": 1, "TCP": 6, "UDP": 17, "ICMP6": 58}
 
 
 class Agent(Observer):
     ingest = ""
+    stop_timeout = 300.0  # the last export of up to 1M flows, paced
 
-    def start(self) -> None:
-        self._start_nfcapd()
+    def command(self) -> list[str]:
         conf = self.tmp / "agent.toml"
         conf.write_text(f"""
 [agent]
 control_socket = ""
-[cache]
-inactive_timeout = 60
 {self.ingest}
 [[export.netflow]]
 destination = ["127.0.0.1:{NFCAPD_PORT}"]
 protocol = 9
 """)
-        # inside the namespace, so its exports reach the nfcapd there
-        self.proc = self.popen([sys.executable, "-m", "netflow_agent.cli", "--log-level", "info",
-                                "-c", str(conf)], "agent", stdout=subprocess.DEVNULL, cwd=ROOT)
-        self.log = self.tmp / "agent.out"
-        wait_for(lambda: self.ready in self.log.read_text() or self.proc.poll() is not None,
-                 30, f"{self.name} to start")
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name} exited: {self.log.read_text()}")
+        return [sys.executable, "-m", "netflow_agent.cli", "--log-level", "info", "-c",
+                str(conf)]
+
+    def flush(self) -> None:
+        """The agent exports everything on SIGTERM."""
+        if self.proc is not None:
+            end_tree(self.proc, self.usage, self.stop_timeout)
+
+    def counted(self) -> dict[str, int]:
+        text = (self.tmp / f"{self.name}.out").read_text()
+        out = {}
+        if match := SUMMARY.search(text):
+            out["traffic"], out["dropped"] = map(int, match.groups())
+        out["lost_records"] = sum(int(n) for n in LOST.findall(text))
+        out.update({f"nflog_{k}": v for k, v in nflog_counters(text).items()})
+        return out
 
 
-class AgentNflog(Agent):
-    name = "agent-nflog"
-    nflog = True
-    ready = "reading NFLOG group"
-    ingest = f"[[ingest.nflog]]\ngroup = {GROUP}\nrcvbuf = 33554432\n"
+SUMMARY = re.compile(r"stopped; .*traffic (\d+) packets.*dropped (\d+) packets")
+LOST = re.compile(r"datagrams sent, (\d+) records lost")
 
 
 class AgentEbpf(Agent):
@@ -204,47 +361,50 @@ class AgentEbpf(Agent):
 
     @property
     def ingest(self) -> str:  # type: ignore[override]
-        return (f'[[ingest.ebpf]]\ninterfaces = ["{self.ifname}"]\nmode = "tcx"\n'
-                f'direction = "ingress"\npoll_interval_ms = 500\n')
+        return f'[[ingest.ebpf]]\ninterfaces = ["{self.ifname}"]\ndirection = "ingress"\n'
+
+
+class AgentNflog(Agent):
+    name = "agent-nflog"
+    nflog = True
+    ready = "reading NFLOG group"
+    ingest = f"[[ingest.nflog]]\ngroup = {GROUP}\n"
 
 
 class Softflowd(Observer):
     name = "softflowd"
 
-    def start(self) -> None:
-        self._start_nfcapd()
+    def command(self) -> list[str]:
         self.ctl = self.tmp / "softflowd.ctl"
-        self.proc = self.popen(["softflowd", "-d", "-i", self.ifname, "-n",
-                                f"127.0.0.1:{NFCAPD_PORT}", "-v", "9", "-c", str(self.ctl),
-                                "-p", str(self.tmp / "softflowd.pid")], "softflowd")
-        time.sleep(1.5)
+        return ["softflowd", "-d", "-i", self.ifname, "-m", "1048576", "-n",
+                f"127.0.0.1:{NFCAPD_PORT}", "-v", "9", "-c", str(self.ctl),
+                "-p", str(self.tmp / "softflowd.pid")]
 
-    def stop(self) -> None:
+    def flush(self) -> None:
         """softflowd exports its table on ``softflowctl expire-all``, not on SIGTERM."""
-        self.b.run(["softflowctl", "-c", str(self.ctl), "expire-all"], check=False)
-        time.sleep(1.0)
-        super().stop()
+        self.ns.run(["softflowctl", "-c", str(self.ctl), "expire-all"], check=False)
+        wait_settled(self.ns, self.usage, self.name)
 
 
 class Pmacct(Observer):
     daemon = "pmacctd"
 
-    def start(self) -> None:
-        self._start_nfcapd()
+    def command(self) -> list[str]:
         conf = self.tmp / f"{self.daemon}.conf"
-        source = (f"pcap_interface: {self.ifname}\nsnaplen: 128\n" if self.daemon == "pmacctd"
-                  else f"uacctd_group: {GROUP}\nuacctd_nl_size: 33554432\nsnaplen: 128\n")
+        source = (f"pcap_interface: {self.ifname}\n" if self.daemon == "pmacctd"
+                  else f"uacctd_group: {GROUP}\nuacctd_nl_size: 33554432\n")
         conf.write_text(f"""daemonize: false
-{source}plugins: nfprobe
+{source}snaplen: 128
+plugins: nfprobe
 nfprobe_receiver: 127.0.0.1:{NFCAPD_PORT}
 nfprobe_version: 9
-nfprobe_timeouts: udp=1:general=1:expint=1
+nfprobe_maxflows: 1048576
+nfprobe_timeouts: tcp=1:tcp.rst=1:tcp.fin=1:udp=1:icmp=1:general=1:maxlife=600:expint=1
 aggregate: src_host, dst_host, src_port, dst_port, proto, tos
 plugin_pipe_size: 20480000
 plugin_buffer_size: 20480
 """)
-        self.proc = self.popen([self.daemon, "-f", str(conf)], self.daemon)
-        time.sleep(1.5)
+        return [self.daemon, "-f", str(conf)]
 
 
 class Pmacctd(Pmacct):
@@ -260,14 +420,11 @@ class Uacctd(Pmacct):
 class Fprobe(Observer):
     name = "fprobe"
 
-    def start(self) -> None:
-        self._start_nfcapd()
+    def command(self) -> list[str]:
         # -l 2: log to stdout and stay in the foreground; idle flows expire after 1 s;
-        # -B/-q: a 64 MB capture buffer and a long queue (the defaults lose ~90 % here)
-        self.proc = self.popen(["fprobe", "-l", "2", "-B", "65536", "-q", "10000", "-i",
-                                self.ifname, "-f", "udp", "-d", "1", "-s", "1",
-                                f"127.0.0.1:{NFCAPD_PORT}"], "fprobe")
-        time.sleep(1.5)
+        # -B/-q: a 64 MB capture buffer and a long queue (the defaults lose most packets)
+        return ["fprobe", "-l", "2", "-B", "65536", "-q", "10000", "-i", self.ifname, "-d", "1",
+                "-s", "1", f"127.0.0.1:{NFCAPD_PORT}"]
 
     def stop(self) -> None:
         time.sleep(3.0)  # fprobe exports idle flows at its scans; it drops its table on exit
@@ -275,139 +432,204 @@ class Fprobe(Observer):
 
 
 OBSERVERS = {cls.name: cls for cls in
-             (Observer, AgentNflog, AgentEbpf, Softflowd, Pmacctd, Uacctd, Fprobe)}
+             (Observer, AgentEbpf, AgentNflog, Softflowd, Pmacctd, Uacctd, Fprobe)}
+DEFAULT_OBSERVERS = [k for k in OBSERVERS if k not in ("none", "fprobe")]
+PEERS = ("softflowd", "pmacctd", "uacctd", "fprobe")
 
 
 # --- one run ---------------------------------------------------------------------------------
 
 
-def _ruleset(flows: int, nflog: bool) -> str:
-    ports = f"{BASE_PORT}-{BASE_PORT + flows - 1}"
-    log = (f"    udp dport {ports} log group {GROUP} snaplen 128 queue-threshold 64\n"
-           if nflog else "")
-    return (f"table inet nfacompare {{\n  chain pre {{ type filter hook prerouting priority "
-            f"-300; policy accept;\n{log}    udp dport {ports} drop\n  }}\n}}\n")
+def prepare(topo: RoutedTopology, nflog: bool) -> None:
+    """Routes to the sink's address ranges, the sink's drop, the NFLOG rule if wanted."""
+    router, sink = topo.router_ns, topo.server
+    prefix4 = f"{DST4}/{32 - (DESTINATIONS - 1).bit_length()}"
+    prefix6 = f"{DST6}/{128 - (DESTINATIONS - 1).bit_length()}"
+    router.run(["ip", "route", "add", prefix4, "via", sink.addr])
+    router.run(["ip", "-6", "route", "add", prefix6, "via", sink.addr6])
+    sink.ns.run(["nft", "-f", "-"], input=(
+        f"table inet nfasink {{\n  chain pre {{ type filter hook prerouting priority -300; "
+        f'policy accept;\n    iifname "{sink.ifname}" drop\n  }}\n}}\n'))
+    if nflog:
+        router.run(["nft", "-f", "-"], input=(
+            f"table inet nfacompare {{\n  chain pre {{ type filter hook prerouting priority "
+            f'-300; policy accept;\n    iifname "{topo.router_client.ifname}" log group '
+            f"{GROUP} snaplen 128 queue-threshold 64\n  }}\n}}\n"))
 
 
-def truth(sent: int, flows: int) -> Counter[int]:
-    """Packets per destination port: packet k went to BASE_PORT + k % flows."""
-    return Counter({BASE_PORT + i: sent // flows + (1 if i < sent % flows else 0)
-                    for i in range(flows) if sent // flows or i < sent % flows})
-
-
-def one_run(kind: str, args: argparse.Namespace, blast: str) -> dict:
-    with Netns() as a, Netns() as b, tempfile.TemporaryDirectory(prefix="nfa-cmp-") as t:
-        pair = veth_pair(a, b)
-        observer = OBSERVERS[kind](b, pair.b.ifname, Path(t))
-        b.run(["nft", "-f", "-"], input=_ruleset(args.flows, observer.nflog))
+def one_run(kind: str, flood: Flood, args: argparse.Namespace, flowgen: str,
+            truths: dict[tuple[Flood, int], dict[Key, int]]) -> dict:
+    """Flood through a fresh topology with ``kind`` observing; the raw figures of the run
+    (``truths`` caches the truth of the last workload and packet count)."""
+    with routed_topology() as topo, tempfile.TemporaryDirectory(prefix="nfa-cmp-") as t:
+        load = os.getloadavg()[0]  # the machine is shared: how busy it was
+        observer = OBSERVERS[kind](topo, Path(t))
+        prepare(topo, observer.nflog)
         observer.start()
         try:
-            cpu0, _ = observer.usage()
-            out = a.run(["timeout", str(args.seconds + 10), blast, pair.b.addr,
-                         str(BASE_PORT), str(args.flows), str(args.seconds),
-                         str(args.max_packets), str(PAYLOAD)],
-                        timeout=args.seconds + 20).stdout.split()
-            time.sleep(SETTLE_S)
-            cpu1, rss = observer.usage()
+            before = rx_dropped(topo.router_client)
+            cpu0 = observer.usage.sample() if observer.usage else 0.0
+            sent, elapsed = flood.send_timed(flowgen, topo.client, topo.router_client.mac, DST4,
+                                             DST6, seconds=args.seconds)
+            if observer.proc is not None:
+                wait_settled(observer.ns, observer.usage, kind)
+                observer.flush()
         finally:
             observer.stop()
-        sent, elapsed = int(out[0]), float(out[1])
-        got = observer.per_flow(args.flows)
-    want = truth(sent, args.flows)
-    result = {"sent": sent, "pps": sent / elapsed, "elapsed": elapsed, "cpu_s": cpu1 - cpu0,
-              "rss_kb": rss}
-    if got is not None:
-        result["accounted"] = sum(min(got[p], n) for p, n in want.items())
-        result["over"] = sum(max(0, got[p] - want.get(p, 0)) for p in got)
-        result["flows_exact"] = sum(1 for p, n in want.items() if got[p] == n)
-        result["flows"] = len(want)
+        before_hook = rx_dropped(topo.router_client) - before
+        collector_drops = udp_counters(topo.router_ns)["RcvbufErrors"]
+        got = observer.per_flow()
+        result = {"sent": sent, "pps": sent / elapsed, "elapsed": elapsed, "load": load,
+                  "before_hook": before_hook, **observer.counted()}
+        if observer.usage is not None:
+            result.update(cpu_s=observer.usage.cpu_s() - cpu0, rss_kb=observer.usage.rss_kb(),
+                          collector_drops=collector_drops)
+    if (flood, sent) not in truths:
+        truths.clear()  # one workload's truth at a time (1M flows: a few hundred MB)
+        truths[(flood, sent)] = {key(f.proto, f.src, f.dst, f.sport, f.dport): n
+                                 for f, (n, _b) in flood.truth(DST4, DST6, sent).items()}
+    result.update(compare(truths[(flood, sent)], got))
     return result
 
 
+def compare(want: dict[Key, int], got: Counter[Key] | None) -> dict[str, int]:
+    """Flow-by-flow comparison of exported packets (``got``) with the truth (``want``)."""
+    out = {"flows_sent": len(want)}
+    if got is None:
+        return out
+    out["exported"] = sum(got.values())
+    out["accounted"] = sum(min(got.get(k, 0), n) for k, n in want.items())
+    out["over"] = sum(max(0, n - want.get(k, 0)) for k, n in got.items())
+    out["flows_exact"] = sum(1 for k, n in want.items() if got.get(k, 0) == n)
+    return out
+
+
+# --- report ----------------------------------------------------------------------------------
+
+
 def summarise(results: dict[str, list[dict]]) -> list[dict]:
+    """One row per observer: medians over its rounds (the worst share of packets accounted;
+    the agent's counted drops and balances: every round)."""
     base = statistics.median(r["pps"] for r in results["none"]) if results.get("none") else 0
     rows = []
     for kind, runs in results.items():
         if not runs:
             continue
-        acc = [r["accounted"] / r["sent"] for r in runs if "accounted" in r]
-        exact = [r["flows_exact"] / r["flows"] for r in runs if "flows_exact" in r]
+
+        def med(field: str, scale: str = "sent", runs: list[dict] = runs) -> float | None:
+            """Median of ``field`` (per ``scale``, e.g. per packet sent) over the rounds."""
+            vals = [r[field] / (r[scale] if scale else 1) for r in runs if field in r]
+            return statistics.median(vals) if vals else None
+
         pps = statistics.median(r["pps"] for r in runs)
+        balances = [r["sent"] - r["before_hook"] - r["exported"] - r["dropped"]
+                    for r in runs if "dropped" in r and "exported" in r]
         rows.append({
             "observer": kind, "kpps": pps / 1000, "ratio": pps / base if base else None,
-            "packets": statistics.median(acc) if acc else None,
-            "flows": statistics.median(exact) if exact else None,
+            "packets": med("accounted"), "flows": med("flows_exact", "flows_sent"),
+            "packets_min": min((r["accounted"] / r["sent"] for r in runs if "accounted" in r),
+                               default=None),
             "over": max((r.get("over", 0) for r in runs), default=0),
-            "cpu_s_per_mpkt": statistics.median(r["cpu_s"] / r["sent"] * 1e6 for r in runs),
-            "rss_mb": statistics.median(r["rss_kb"] for r in runs) / 1024,
-            "runs": len(runs),
+            "before_hook": med("before_hook", ""),
+            "dropped": [r["dropped"] for r in runs if "dropped" in r],
+            "lost_records": max((r.get("lost_records", 0) for r in runs), default=0),
+            "balances": balances, "collector_drops": med("collector_drops", ""),
+            "cpu_s_per_mpkt": med("cpu_s", "sent") and med("cpu_s", "sent") * 1e6,  # type: ignore[operator]
+            "cpu_ms_per_kflow": med("cpu_s", "flows_sent") and med("cpu_s", "flows_sent") * 1e6,  # type: ignore[operator]
+            "rss_mb": (med("rss_kb", "") or 0) / 1024, "runs": len(runs),
         })
     return rows
 
 
+def _fmt(x: float | None, spec: str, scale: float = 1) -> str:
+    return "-" if x is None else format(x * scale, spec)
+
+
 def table(rows: list[dict]) -> str:
-    def pct(x: float | None) -> str:
-        return "-" if x is None else f"{100 * x:.3f} %"
-
-    lines = ["| observer | sender kpps | vs none | packets accounted | flows exact "
-             "| CPU s / M packets | peak RSS MB |", "|---|---|---|---|---|---|---|"]
+    lines = ["| observer | sender kpps | vs none | packets accounted | flows exact | before hook "
+             "| counted drops | balance | collector drops | CPU s / M packets "
+             "| CPU ms / 1k flows | peak RSS MB |", "|---" * 12 + "|"]
     for r in rows:
-        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
-        cpu = "-" if r["observer"] == "none" else f"{r['cpu_s_per_mpkt']:.2f}"
-        rss = "-" if r["observer"] == "none" else f"{r['rss_mb']:.0f}"
         over = f" (+{r['over']} extra)" if r["over"] else ""
-        lines.append(f"| {r['observer']} | {r['kpps']:.0f} | {ratio} | {pct(r['packets'])}"
-                     f"{over} | {pct(r['flows'])} | {cpu} | {rss} |")
-    return "\n".join(lines)
+        lost = f" ({r['lost_records']} records lost)" if r["lost_records"] else ""
+        balance = " / ".join(str(b) for b in r["balances"]) or "-"
+        dropped = " / ".join(str(d) for d in r["dropped"]) or "-"
+        worst = (f" (min {100 * r['packets_min']:.3f} %)"
+                 if r["packets_min"] is not None and r["packets_min"] < r["packets"] else "")
+        observed = r["observer"] != "none"
+        lines.append(
+            f"| {r['observer']} | {r['kpps']:.0f} | {_fmt(r['ratio'], '.2f')} "
+            f"| {_fmt(r['packets'], '.3f', 100)} %{worst}{over} "
+            f"| {_fmt(r['flows'], '.3f', 100)} % | {_fmt(r['before_hook'], '.0f')} | {dropped} "
+            f"| {balance}{lost} | {_fmt(r['collector_drops'], '.0f')} "
+            f"| {_fmt(r['cpu_s_per_mpkt'] if observed else None, '.2f')} "
+            f"| {_fmt(r['cpu_ms_per_kflow'] if observed else None, '.2f')} "
+            f"| {_fmt(r['rss_mb'] if observed else None, '.0f')} |")
+    return "\n".join(lines).replace("- %", "-")
 
 
-def build_blast(tmp: Path) -> str:
-    out = tmp / "blast"
-    subprocess.run([shutil.which("gcc") or "cc", "-O2", "-o", str(out),
-                    str(ROOT / "bench" / "ebpf" / "blast.c")], check=True)
-    return str(out)
+def describe(name: str, flood: Flood) -> str:
+    per = (f"{flood.per_flow}-{flood.per_flow_max}" if flood.per_flow_max > flood.per_flow
+           else str(flood.per_flow))
+    return (f"{name}: {flood.flows:,} flows of {per} packets ({flood.packets:,}), "
+            f"{flood.concurrent:,} concurrent, IPv4+IPv6 UDP/TCP/ICMP")
+
+
+def report(results: dict[str, dict[str, list[dict]]]) -> str:
+    out = []
+    for name, by_kind in results.items():
+        rounds = max((len(r) for r in by_kind.values()), default=0)
+        loads = [r["load"] for runs in by_kind.values() for r in runs if "load" in r]
+        busy = f", load average {min(loads):.1f}-{max(loads):.1f}" if loads else ""
+        out += [f"{describe(name, WORKLOADS[name])}; {rounds} round(s), medians{busy}", "",
+                table(summarise(by_kind)), ""]
+    return "\n".join(out)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workload", nargs="+", choices=WORKLOADS, default=["w1", "w2", "w3"])
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--seconds", type=float, default=3.0, help="flood length per run")
-    ap.add_argument("--max-packets", type=int, default=3_000_000, help="flood bound per run")
-    ap.add_argument("--flows", type=int, default=1000)
-    ap.add_argument("--only", nargs="*", default=[k for k in OBSERVERS if k != "none"])
-    ap.add_argument("--json", help="also write the raw results here")
-    ap.add_argument("--table-from", help="print the table of raw results saved by --json")
+    ap.add_argument("--seconds", type=float, default=60.0, help="time bound of each flood")
+    ap.add_argument("--only", nargs="*", choices=OBSERVERS, default=DEFAULT_OBSERVERS)
+    ap.add_argument("--json", help="also write the raw results here (after every run)")
+    ap.add_argument("--append", action="store_true",
+                    help="add this invocation's rounds to the results already in --json")
+    ap.add_argument("--table-from", help="print the tables of raw results saved by --json")
     args = ap.parse_args()
     if args.table_from:
-        print(table(summarise(json.loads(Path(args.table_from).read_text()))))
+        print(report(json.loads(Path(args.table_from).read_text())))
         return 0
     if os.geteuid() != 0:
         print("bench/compare needs root (network namespaces, NFLOG, BPF)", file=sys.stderr)
         return 2
-    missing = [t for t in ("nfcapd", "nfdump", "softflowd", "softflowctl", "pmacctd", "uacctd",
-                           "fprobe", "nft") if shutil.which(t) is None]
+    missing = [t for t in ("nfcapd", "nfdump", "nft", *PEERS) if shutil.which(t) is None]
     if missing:
-        print(f"missing tools: {', '.join(missing)} (see README set-up)", file=sys.stderr)
-    kinds = ["none"] + [k for k in args.only if k in OBSERVERS and k != "none"
-                        and not (k in ("softflowd", "pmacctd", "uacctd", "fprobe")
-                                 and shutil.which(k) is None)]
-    results: dict[str, list[dict]] = {k: [] for k in kinds}
+        print(f"missing tools (their rows are skipped): {', '.join(missing)}", file=sys.stderr)
+    kinds = ["none"] + [k for k in args.only if k != "none" and k not in missing]
+    results = {w: {k: [] for k in kinds} for w in args.workload}  # type: ignore[var-annotated]
+    if args.append and args.json and Path(args.json).exists():
+        for name, by_kind in json.loads(Path(args.json).read_text()).items():
+            for kind, runs in by_kind.items():
+                results.setdefault(name, {}).setdefault(kind, []).extend(runs)
+    truths: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        blast = build_blast(Path(tmp))
+        flowgen = build(Path(tmp))
         for rnd in range(args.rounds):
-            for kind in kinds:
-                try:
-                    r = one_run(kind, args, blast)
-                except Exception as exc:  # one broken tool must not hide the others' rows
-                    print(f"round {rnd} {kind}: failed: {exc}", file=sys.stderr, flush=True)
-                    continue
-                results[kind].append(r)
-                print(f"round {rnd} {kind:12s} {json.dumps(r)}", file=sys.stderr, flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
-    print(f"flood: {args.flows} UDP flows, 64-byte frames, {args.seconds:g} s or "
-          f"{args.max_packets} packets per run, {args.rounds} round(s), medians")
-    print(table(summarise(results)))
+            for name in args.workload:
+                for kind in kinds:
+                    try:
+                        r = one_run(kind, WORKLOADS[name], args, flowgen, truths)
+                    except Exception as exc:  # one broken tool must not hide the others' rows
+                        print(f"round {rnd} {name} {kind}: failed: {exc}", file=sys.stderr,
+                              flush=True)
+                        continue
+                    results[name][kind].append(r)
+                    print(f"round {rnd} {name} {kind:12s} {json.dumps(r)}", file=sys.stderr,
+                          flush=True)
+                    if args.json:
+                        Path(args.json).write_text(json.dumps(results, indent=1))
+    print(report(results))
     return 0
 
 

@@ -7,8 +7,12 @@
  * UDP frames of `flows` distinct destination ports, `repeat` runs each. Prints the kernel's
  * mean ns per run (the test-run loop included: subtract the empty program's figure).
  *
- *   prog_cost SLOTS PRECISE_CLOCK FLOWS REPEAT
+ *   prog_cost SLOTS PRECISE_CLOCK FLOWS REPEAT [FRAG_TRACK DECAP FRAME [KEEP_OUTER]]
  *   prog_cost --empty OBJECT REPEAT      the same frame through empty.bpf.c's program
+ *
+ * FRAG_TRACK (0/1), DECAP (TUNNEL_* bits) and KEEP_OUTER (0/1) set the knobs of
+ * [cache] fragments = "track", decapsulate and keep_outer; FRAME is 0 for the plain UDP frame, 1 for the same frame inside VXLAN (UDP
+ * 4789, 110 bytes), 2 for a non-first IPv4 fragment of it (a fragment-map lookup).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +21,8 @@
 #include <bpf/libbpf.h>
 
 #include "flow.skel.h"
+
+#define MAX_FRAME 128
 
 static void make_frame(unsigned char *pkt, int flow)
 {
@@ -36,17 +42,47 @@ static void make_frame(unsigned char *pkt, int flow)
 	udp[5] = 26;
 }
 
-/* Mean ns per run of `fd` over `repeat` runs of the frame of `flow`; < 0 on failure. */
-static double test_run(int fd, int flow, unsigned int repeat)
+/* The frame of `flow` inside VXLAN (VNI 42) between 10.9.0.1 and 10.9.0.2; 110 bytes. */
+static int make_vxlan(unsigned char *pkt, int flow)
 {
-	unsigned char pkt[60];
-	LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = pkt, .data_size_in = sizeof(pkt),
+	unsigned char *ip = pkt + 14, *udp = ip + 20, *vx = udp + 8;
+
+	memset(pkt, 0, 50);
+	memset(pkt, 0x04, 12);
+	pkt[12] = 0x08;
+	ip[0] = 0x45;
+	ip[2] = 0, ip[3] = 20 + 8 + 8 + 60;
+	ip[8] = 64;
+	ip[9] = 17;
+	ip[12] = 10, ip[13] = 9, ip[15] = 1;
+	ip[16] = 10, ip[17] = 9, ip[19] = 2;
+	udp[0] = 0xc0, udp[1] = flow & 0xff;	/* source port: the inner flow's hash */
+	udp[2] = 4789 >> 8, udp[3] = 4789 & 0xff;
+	udp[5] = 8 + 8 + 60;
+	vx[0] = 0x08;				/* I flag */
+	vx[6] = 42;				/* VNI 42 */
+	make_frame(vx + 8, flow);
+	return 50 + 60;
+}
+
+/* Mean ns per run of `fd` over `repeat` runs of the frame of `flow`; < 0 on failure. */
+static double test_run_frame(int fd, int flow, unsigned int repeat, int frame)
+{
+	unsigned char pkt[MAX_FRAME];
+	int len = frame == 1 ? make_vxlan(pkt, flow) : (make_frame(pkt, flow), 60);
+	LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = pkt, .data_size_in = len,
 		    .repeat = repeat);
 
-	make_frame(pkt, flow);
+	if (frame == 2)
+		pkt[14 + 6] = 0x00, pkt[14 + 7] = 0xb9;	/* offset 1480: a non-first fragment */
 	if (bpf_prog_test_run_opts(fd, &opts))
 		return -1;
 	return opts.duration;
+}
+
+static double test_run(int fd, int flow, unsigned int repeat)
+{
+	return test_run_frame(fd, flow, repeat, 0);
 }
 
 /* The test-run loop's own cost: empty.bpf.c's program on the same frame. */
@@ -68,26 +104,34 @@ static int run_empty(const char *path, unsigned int repeat)
 
 int main(int argc, char **argv)
 {
-	unsigned int slots, precise, flows, repeat;
+	unsigned int slots, precise, flows, repeat, frag_track = 0, decap = 0, frame = 0;
+	unsigned int keep_outer = 0;
 	double total = 0, ns;
 	struct flow_bpf *skel;
 	int fd;
 
 	if (argc == 4 && !strcmp(argv[1], "--empty"))
 		return run_empty(argv[2], atoi(argv[3]));
-	if (argc != 5) {
-		fprintf(stderr, "usage: %s SLOTS PRECISE_CLOCK FLOWS REPEAT | --empty OBJECT "
-			"REPEAT\n", argv[0]);
+	if (argc != 5 && argc != 8 && argc != 9) {
+		fprintf(stderr, "usage: %s SLOTS PRECISE_CLOCK FLOWS REPEAT [FRAG_TRACK DECAP "
+			"FRAME [KEEP_OUTER]] | --empty OBJECT REPEAT\n", argv[0]);
 		return 2;
 	}
 	slots = atoi(argv[1]), precise = atoi(argv[2]), flows = atoi(argv[3]);
 	repeat = atoi(argv[4]);
+	if (argc >= 8)
+		frag_track = atoi(argv[5]), decap = atoi(argv[6]), frame = atoi(argv[7]);
+	if (argc == 9)
+		keep_outer = atoi(argv[8]);
 	skel = flow_bpf__open();
 	if (!skel)
 		return perror("open"), 1;
 	skel->rodata->slot_mask = slots ? slots - 1 : 0;
 	skel->rodata->slot_seed = 0x5eed;
 	skel->rodata->precise_clock = precise;
+	skel->rodata->frag_track = frag_track;
+	skel->rodata->decap = decap;
+	skel->rodata->keep_outer = keep_outer;
 	/* as the loader: CPU c owns slot entries [c * slots, (c + 1) * slots) */
 	bpf_map__set_max_entries(skel->maps.slots_a, slots ? slots * libbpf_num_possible_cpus() : 1);
 	bpf_map__set_max_entries(skel->maps.slots_b, slots ? slots * libbpf_num_possible_cpus() : 1);
@@ -95,7 +139,7 @@ int main(int argc, char **argv)
 		return perror("load"), 1;
 	fd = bpf_program__fd(skel->progs.flow_tc_ingress);
 	for (unsigned int f = 0; f < flows; f++) {
-		ns = test_run(fd, f, repeat);
+		ns = test_run_frame(fd, f, repeat, frame);
 		if (ns < 0)
 			return perror("BPF_PROG_TEST_RUN"), 1;
 		total += ns;

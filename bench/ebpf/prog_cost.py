@@ -3,7 +3,8 @@
 No network and no sender: the kernel runs ``flow_tc_ingress`` on a 60-byte UDP frame
 ``--repeat`` times per flow and reports the mean run time, so variants compare to within a
 nanosecond where the veth flood (``run.py``) moves by a percent. Variants: per-CPU slots on
-or off (``cpu_slots``), tick or precise clock (``timestamps``), 1 or 1,000 flows; the empty
+or off (``cpu_slots``), tick or precise clock (``timestamps``), fragment tracking and
+``decapsulate`` on plain, VXLAN and fragment frames, 1 or 1,000 flows; the empty
 TCX program (``empty.bpf.c``) is the test-run loop's own cost, subtracted in the last column.
 Medians of ``--runs``. This is the hot-cache figure: in the flood, cache misses add to it
 (``run.py --bpf-stats`` measures that).
@@ -27,11 +28,20 @@ from run import build_empty_program  # noqa: E402  (bench/ebpf/run.py)
 
 BPF_DIR = HERE.parents[1] / "plugins" / "ingest_ebpf" / "bpf"
 
-VARIANTS = [  # (label, slots, precise clock)
+VARIANTS = [  # (label, slots, precise clock[, fragments track, decapsulate bits, frame[,
+    #             keep_outer]])
     ("slots 4096, tick clock (default)", 4096, 0),
     ("slots 4096, precise clock", 4096, 1),
     ("no slots (hash only), tick clock", 0, 0),
     ("no slots, precise clock (before)", 0, 1),
+    # frames: 0 plain UDP, 1 the same inside VXLAN, 2 a non-first IPv4 fragment (prog_cost.c)
+    ('default, fragments = "track", plain UDP', 4096, 0, 1, 0, 0),
+    ('default, fragments = "track", non-first fragment', 4096, 0, 1, 0, 2),
+    ('default, fragments = "ports0", non-first fragment', 4096, 0, 0, 0, 2),
+    ("default + decapsulate (all four), plain UDP", 4096, 0, 1, 15, 0),
+    ("default + decapsulate (all four), UDP in VXLAN", 4096, 0, 1, 15, 1),
+    ("default, no decapsulate, UDP in VXLAN", 4096, 0, 1, 0, 1),
+    ("default + decapsulate + keep_outer, UDP in VXLAN", 4096, 0, 1, 15, 1, 1),
 ]
 
 
@@ -63,11 +73,11 @@ def main() -> None:
         print("| variant | 1 flow, ns/run | 1,000 flows, ns/run | program, ns (1,000 flows "
               "- empty) |")
         print("|---|---|---|---|")
-        for label, slots, precise in VARIANTS:
+        for label, slots, precise, *options in VARIANTS:
             cells = []
             for flows in (1, 1000):
-                runs = [measure(exe, slots, precise, flows, max(1, args.repeat // flows))
-                        for _ in range(args.runs)]
+                runs = [measure(exe, slots, precise, flows, max(1, args.repeat // flows),
+                                *options) for _ in range(args.runs)]
                 cells.append(statistics.median(runs))
             print(f"| {label} | {cells[0]:.1f} | {cells[1]:.1f} | {cells[1] - floor:.1f} |")
 

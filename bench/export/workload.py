@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
-from netflow_agent.model import FlowRecord
+from netflow_agent.model import FlowBatch, FlowRecord
+
+#: whether exporters receive columnar FlowBatches; before 8788758 (e.g. 5b1e4b4) FlowBatch
+#: only carried ingest deltas and exporters received lists of records
+COLUMNAR = hasattr(FlowBatch, "from_records")
 
 BATCH = 4096  # records per agent_export_flows call, as the cache expires them
 
@@ -41,6 +46,23 @@ def make_records(n: int, now_ns: int, end_reason: int = 0) -> list[FlowRecord]:
 def batches(records: list[FlowRecord], size: int = BATCH) -> list[list[FlowRecord]]:
     """``records`` cut into consecutive lists of at most ``size``."""
     return [records[i : i + size] for i in range(0, len(records), size)]
+
+
+def handover(records: list[FlowRecord], size: int = BATCH) -> Callable[[], list[Any]]:
+    """What ``agent_export_flows`` receives, made fresh for every timed run: ``FlowBatch``
+    objects (new ones, so no run finds the records a previous run made) over columns built
+    once, cut into ``size`` rows as the cache hands them over; lists of records in a version
+    of the agent before ``FlowBatch``."""
+    if not COLUMNAR:
+        parts = batches(records, size)
+        return lambda: parts
+    flows = FlowBatch.from_records(records).flows
+    return lambda: [FlowBatch("bench", flows[i : i + size]) for i in range(0, len(flows), size)]
+
+
+def input_kind() -> str:
+    """``FlowBatch`` or ``list[FlowRecord]``: what :func:`handover` hands over here."""
+    return "FlowBatch" if COLUMNAR else "list[FlowRecord]"
 
 
 @contextmanager

@@ -24,11 +24,18 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.export.workload import BATCH, batches, discard_sink, make_records  # noqa: E402
+from bench.export.workload import (  # noqa: E402
+    BATCH,
+    discard_sink,
+    handover,
+    input_kind,
+    make_records,
+)
 from netflow_agent.model import END_IDLE, FlowRecord  # noqa: E402
 from netflow_agent.plugins.export_ipfix.component import IpfixExporter  # noqa: E402
 from netflow_agent.plugins.export_ipfix.config import Config  # noqa: E402
@@ -36,7 +43,7 @@ from netflow_agent.plugins.export_ipfix.ipfix import Session, encode_flow_groups
 from netflow_agent.runtime import RunContext  # noqa: E402
 
 
-def time_encode(parts: list[list[FlowRecord]]) -> tuple[float, float]:
+def time_encode(parts: list[Any]) -> tuple[float, float]:
     session = Session(1, 20, 600_000_000_000)
 
     def fail(record: FlowRecord, exc: Exception) -> None:
@@ -49,7 +56,7 @@ def time_encode(parts: list[list[FlowRecord]]) -> tuple[float, float]:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def time_ipfix_export(parts: list[list[FlowRecord]], endpoint: str) -> tuple[float, float]:
+def time_ipfix_export(parts: list[Any], endpoint: str) -> tuple[float, float]:
     exporter = IpfixExporter(Config(destination=[endpoint], sndbuf=4 * 1024 * 1024,
                                     options_interval_s=0, rate_limit=0),  # unpaced: encode+send
                              "export.ipfix[0]")
@@ -64,7 +71,7 @@ def time_ipfix_export(parts: list[list[FlowRecord]], endpoint: str) -> tuple[flo
     return elapsed
 
 
-def time_v9_export(parts: list[list[FlowRecord]], endpoint: str) -> tuple[float, float]:
+def time_v9_export(parts: list[Any], endpoint: str) -> tuple[float, float]:
     from netflow_agent.plugins.export_netflow.component import NetflowExporter
     from netflow_agent.plugins.export_netflow.config import Config as NetflowConfig
 
@@ -84,8 +91,10 @@ def report(label: str, n: int, runs: int, fn: Callable[[], tuple[float, float]])
     results = [fn() for _ in range(runs)]
     rates = [n / wall for wall, _ in results]
     cpu_share = statistics.median(cpu / wall for wall, cpu in results)
+    cpu_us = statistics.median(cpu for _, cpu in results) / n * 1e6
     print(f"  {label:18s} {statistics.median(rates):>12,.0f} rec/s "
-          f"[{min(rates):,.0f}-{max(rates):,.0f}]  cpu/wall {cpu_share:.2f}")
+          f"[{min(rates):,.0f}-{max(rates):,.0f}]  cpu/wall {cpu_share:.2f}  "
+          f"{cpu_us:.3f} µs/rec CPU")
 
 
 def main() -> None:
@@ -93,14 +102,14 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--runs", type=int, default=7)
     args = ap.parse_args()
-    parts = batches(make_records(args.records, time.time_ns(), end_reason=END_IDLE))
-    print(f"{args.records} records (10 % IPv6), batches of {BATCH}, {args.runs} runs, "
-          "median [min-max]")
+    parts = handover(make_records(args.records, time.time_ns(), end_reason=END_IDLE))
+    print(f"{args.records} records (10 % IPv6) as {input_kind()}, batches of {BATCH}, "
+          f"{args.runs} runs, median [min-max]")
     n = args.records
     with discard_sink() as endpoint:
-        report("ipfix encode", n, args.runs, lambda: time_encode(parts))
-        report("ipfix encode+send", n, args.runs, lambda: time_ipfix_export(parts, endpoint))
-        report("v9 encode+send", n, args.runs, lambda: time_v9_export(parts, endpoint))
+        report("ipfix encode", n, args.runs, lambda: time_encode(parts()))
+        report("ipfix encode+send", n, args.runs, lambda: time_ipfix_export(parts(), endpoint))
+        report("v9 encode+send", n, args.runs, lambda: time_v9_export(parts(), endpoint))
 
 
 if __name__ == "__main__":

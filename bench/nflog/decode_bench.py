@@ -3,7 +3,8 @@
 Decodes ``tests/ingest_nflog/data/router.nflog`` repeatedly: the Python decoder with the shape
 cache (normal) and with the attribute walk only, the pyroute2 reference for scale, the C
 aggregator (``netflow_agent.plugins.ingest_nflog._nflog``, when built; also with fragment
-tracking, the agent's default, and with every tunnel decapsulated; an argument names another
+tracking, the agent's default, and with every tunnel decapsulated; "L2": both decoders with
+``[flow] mac, vlan, physdev = "export"``; an argument names another
 build of the extension, e.g. an older revision's, to time side by side), and both decoders end
 to end into the flow cache (receive buffer -> batch -> ``agent_cache_packets`` /
 ``agent_cache_flows``), which is the agent's per-packet CPU without the socket. Medians of 5
@@ -27,14 +28,19 @@ from netflow_agent.fragments import DEFAULT_POLICY  # noqa: E402
 from netflow_agent.model import FlowBatch  # noqa: E402
 from netflow_agent.plugins.ingest_nflog import decoders  # noqa: E402
 from netflow_agent.plugins.ingest_nflog.netlink import MSG_PACKET, NflogDecoder, nfulnl_msg  # noqa: E402
+from netflow_agent.schema import FlowOptions, FlowSchema  # noqa: E402
 from netflow_agent.stages.cache import CacheConfig, FlowCache  # noqa: E402
 from tests.ingest_nflog.test_decoder import DATAGRAMS  # noqa: E402
 
 BUFS = [bytearray(d) for d in DATAGRAMS]
 
 
-def rate(walk_only: bool, rounds: int = 300) -> float:
-    dec = NflogDecoder()
+#: [flow] mac, vlan and physdev = "export": the layer-2 fields NFLOG can fill
+L2_SCHEMA = FlowSchema.build(FlowOptions(mac=True, vlan=True, physdev="export"))
+
+
+def rate(walk_only: bool, rounds: int = 300, l2: bool = False) -> float:
+    dec = NflogDecoder(l2=decoders.nflog_l2(L2_SCHEMA) if l2 else None)
     if walk_only:
         dec.MAX_SHAPES = 0  # type: ignore[misc]
     out: list = []
@@ -91,6 +97,7 @@ def pyroute2_rate(rounds: int = 20) -> float:
 
 if __name__ == "__main__":
     cases = [("shape cache", lambda: rate(False)), ("attribute walk", lambda: rate(True)),
+             ("shape cache, L2", lambda: rate(False, l2=True)),
              ("pyroute2 Marshal", pyroute2_rate),
              ("python -> cache", lambda: end_to_end("python"))]
     if decoders.c_extension() is not None:
@@ -99,6 +106,7 @@ if __name__ == "__main__":
         cases += [("C aggregator", c_rate),
                   ("C, fragments track", lambda: c_rate(**track)),
                   ("C, track + decap", lambda: c_rate(**decap)),
+                  ("C, L2", lambda: c_rate(l2=decoders.l2_mask(L2_SCHEMA))),
                   ("C -> cache", lambda: end_to_end("c"))]
         if len(sys.argv) > 1:  # an older build of _nflog to compare with, side by side
             spec = importlib.util.spec_from_file_location("_nflog", sys.argv[1])

@@ -33,12 +33,12 @@ import re
 import time
 from collections import deque
 from collections.abc import Iterable
-from operator import attrgetter
 from typing import Any
 
 from netflow_agent.api import (
     NS_PER_S,
     EncodeError,
+    FlowBatch,
     FlowRecord,
     InterfaceNames,
     NatEvent,
@@ -55,13 +55,12 @@ from netflow_agent.api import (
 from .config import Config
 from .file import IpfixFile
 from .ipfix import (
-    FLOW_LAYOUTS,
-    FLOW_LAYOUTS_US,
     DataGroup,
     Session,
     Template,
     encode_flow_groups,
     encode_messages,
+    flow_layouts,
     message_totals,
 )
 from .nel import NEL_LAYOUTS, encode_nat_groups
@@ -76,8 +75,13 @@ from .options import (
 from .spool import KIND_FLOW, KIND_NAT, Item, Spool
 from .tcp import TcpDestination
 
-_IN_IF = attrgetter("in_if")
-_OUT_IF = attrgetter("out_if")
+
+def _latest_time(records: FlowBatch | list[FlowRecord]) -> int:
+    """The latest start or end of the flows (columns of a batch, or the records)."""
+    if isinstance(records, FlowBatch):
+        flows = records.flows
+        return max(int(flows["start_ns"].max()), int(flows["end_ns"].max()))
+    return max(max(r.start_ns, r.end_ns) for r in records)
 
 
 class IpfixExporter(NatExporter):
@@ -97,7 +101,7 @@ class IpfixExporter(NatExporter):
         self.session = Session(config.domain_id, config.refresh_rate,
                                int(config.template_refresh_s * 1e9))
         self.interfaces = InterfaceNames()
-        self.layouts = FLOW_LAYOUTS_US if config.timestamps == "us" else FLOW_LAYOUTS
+        self.layouts = flow_layouts(config.timestamps == "us")
         self.templates: dict[int, Template] = self._all_templates()
         self.max_udp_message = 0
         self.sampling: Sampling | None = None
@@ -112,7 +116,7 @@ class IpfixExporter(NatExporter):
              "options_rounds"), 0)
         self.counters["sampling_interval"] = 1  # announced to collectors (1 = none)
 
-    def _encode_flows(self, records: Iterable[FlowRecord]) -> list[DataGroup]:
+    def _encode_flows(self, records: FlowBatch | Iterable[FlowRecord]) -> list[DataGroup]:
         """Flow records as data groups in this exporter's layouts (``timestamps``)."""
         return encode_flow_groups(records, self._encode_failed, self.layouts)
 
@@ -206,15 +210,15 @@ class IpfixExporter(NatExporter):
     # --- export ----------------------------------------------------------------------------
 
     @hookimpl
-    def agent_export_flows(self, records: list[FlowRecord]) -> None:
+    def agent_export_flows(self, records: FlowBatch | list[FlowRecord]) -> None:
         """Encode and send flow records (or spool them on TCP)."""
         if not self.cfg.flows or not records:
             return
         self.counters["flows_in"] += len(records)
-        self._note_time(max(max(r.start_ns, r.end_ns) for r in records))
+        self._note_time(_latest_time(records))
         self._sync_sampling()
         if self.cfg.options_interval_s:
-            self.interfaces.note(map(_IN_IF, records), map(_OUT_IF, records))
+            self.interfaces.note_flows(records)
         if self.tcp:
             for d in self.tcp:
                 self._count_refused(d.submit(KIND_FLOW, records))

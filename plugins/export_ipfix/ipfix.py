@@ -10,7 +10,8 @@ This module owns the wire format of IPFIX messages and nothing else (no sockets,
   size limit, never splitting a record, with sets padded to 4 octets (section 3.3.1) and the
   header's Sequence Number = data records sent in this session *before* this message, modulo
   2^32 (section 3.1 with erratum 4396; template records do not count);
-* the flow templates and the fast ``FlowRecord`` -> Data Record packers.
+* the flow templates and their packers, which write Data Records from a FlowBatch's columns
+  in bulk (one structured array per template and batch, ``agent/wire.py``).
 
 Header (section 3.1), 16 octets::
 
@@ -25,7 +26,22 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from netflow_agent.api import IE_BY_ID, VARIABLE_LENGTH, EncodeError, FlowRecord
+import numpy as np
+
+from netflow_agent.api import (
+    IE_BY_ID,
+    VARIABLE_LENGTH,
+    EncodeError,
+    FlowBatch,
+    FlowField,
+    FlowRecord,
+    PackedRecords,
+    flow_columns,
+    flow_schema,
+    join_records,
+    pack_template,
+    template_dtype,
+)
 
 VERSION = 10
 SET_ID_TEMPLATE = 2
@@ -44,6 +60,9 @@ TEMPLATE_HEADER = struct.Struct("!HH")
 OPTIONS_TEMPLATE_HEADER = struct.Struct("!HHH")
 # Information Element identifier (E bit 0), Field Length (section 3.2)
 FIELD_SPECIFIER = struct.Struct("!HH")
+# the same with the Enterprise bit set, then the Enterprise Number (section 3.2)
+ENTERPRISE_FIELD_SPECIFIER = struct.Struct("!HHI")
+ENTERPRISE_BIT = 0x8000
 
 _NS_PER_MS = 1_000_000
 
@@ -56,19 +75,23 @@ class Template:
     :param fields: ``(ie_id, length)`` pairs in record order; length 65535 = variable length.
     :param scope_count: number of leading scope fields; > 0 makes an Options Template.
     :param name: a short label for logs and tests.
+    :param extra: the flow schema's fields at the end of ``fields`` (declared and checked by
+        :class:`~agent.schema.FlowField`, so they may be IEs this agent's table does not
+        know, or enterprise-specific ones, sent with the Enterprise bit).
     """
 
     template_id: int
     fields: tuple[tuple[int, int], ...]
     scope_count: int = 0
     name: str = ""
+    extra: tuple[FlowField, ...] = ()
 
     def __post_init__(self) -> None:
         if not MIN_TEMPLATE_ID <= self.template_id <= 0xFFFF:
             raise ValueError(f"template id {self.template_id} outside 256-65535")
         if not self.fields or not 0 <= self.scope_count < len(self.fields) + 1:
             raise ValueError(f"template {self.template_id}: bad field or scope count")
-        for ie_id, length in self.fields:
+        for ie_id, length in self.fields[:len(self.fields) - len(self.extra)]:
             if ie_id not in IE_BY_ID or length <= 0:
                 raise ValueError(f"template {self.template_id}: bad field ({ie_id}, {length})")
 
@@ -96,7 +119,11 @@ class Template:
             head = OPTIONS_TEMPLATE_HEADER.pack(self.template_id, count, self.scope_count)
         else:
             head = TEMPLATE_HEADER.pack(self.template_id, count)
-        return head + b"".join(FIELD_SPECIFIER.pack(i, n) for i, n in self.fields)
+        pens = [0] * (count - len(self.extra)) + [f.enterprise for f in self.extra]
+        return head + b"".join(
+            ENTERPRISE_FIELD_SPECIFIER.pack(i | ENTERPRISE_BIT, n, pen) if pen
+            else FIELD_SPECIFIER.pack(i, n)
+            for (i, n), pen in zip(self.fields, pens, strict=True))
 
     def withdrawal(self) -> bytes:
         """The Template Withdrawal Record (section 8.1): Template ID and Field Count 0."""
@@ -257,7 +284,7 @@ class _MessageBuilder:
         i, n = 0, len(records)
         while i < n:
             self.begin_message()
-            self.ensure_announced(template, len(records[i]))
+            self.ensure_announced(template, fixed or len(records[i]))
             j = self._fit(records, i, fixed)
             if j == i:
                 if not self.parts:
@@ -265,7 +292,7 @@ class _MessageBuilder:
                                       f"({len(records[i])} octets) exceeds the message size")
                 self.flush()
                 continue
-            self.add_set(template.template_id, b"".join(records[i:j]), j - i)
+            self.add_set(template.template_id, join_records(records[i:j]), j - i)
             i = j
 
     def _fit(self, records: Sequence[bytes], start: int, fixed: int) -> int:
@@ -403,56 +430,6 @@ def flow_template_id(ip_version: int, icmp: bool, routed: bool) -> int:
     return FLOW_TEMPLATE_BASE + (ip_version == 6) + 2 * icmp + 4 * routed
 
 
-def _struct_for(fields: Sequence[tuple[int, int]]) -> struct.Struct:
-    codes = {1: "B", 2: "H", 4: "I", 8: "Q"}
-    fmt = "!"
-    for ie_id, length in fields:
-        dt = IE_BY_ID[ie_id].data_type
-        fmt += f"{length}s" if dt.startswith("ipv") else codes[length]
-    return struct.Struct(fmt)
-
-
-# The packers below are the hot path (one list comprehension per layout): attribute access
-# spelled out is about twice as fast as operator.attrgetter + star-args.
-
-def _pack_ports(s: struct.Struct, recs: list[FlowRecord]) -> list[bytes]:
-    p, m = s.pack, _NS_PER_MS
-    return [p(r.src_addr, r.dst_addr, r.src_port, r.dst_port, r.protocol, r.tos, r.tcp_flags,
-              r.in_if, r.out_if, r.direction, r.ip_version, r.end_reason, r.octets, r.packets,
-              r.start_ns // m, r.end_ns // m) for r in recs]
-
-
-def _pack_icmp(s: struct.Struct, recs: list[FlowRecord]) -> list[bytes]:
-    p, m = s.pack, _NS_PER_MS
-    return [p(r.src_addr, r.dst_addr, r.dst_port, r.protocol, r.tos,
-              r.in_if, r.out_if, r.direction, r.ip_version, r.end_reason, r.octets, r.packets,
-              r.start_ns // m, r.end_ns // m) for r in recs]
-
-
-def _pack_ports_routed(s: struct.Struct, recs: list[FlowRecord]) -> list[bytes]:
-    p, m = s.pack, _NS_PER_MS
-    return [p(r.src_addr, r.dst_addr, r.next_hop, r.src_mask, r.dst_mask, r.src_port,
-              r.dst_port, r.protocol, r.tos, r.tcp_flags, r.in_if, r.out_if, r.direction,
-              r.ip_version, r.end_reason, r.octets, r.packets,
-              r.start_ns // m, r.end_ns // m) for r in recs]
-
-
-def _pack_icmp_routed(s: struct.Struct, recs: list[FlowRecord]) -> list[bytes]:
-    p, m = s.pack, _NS_PER_MS
-    return [p(r.src_addr, r.dst_addr, r.next_hop, r.src_mask, r.dst_mask, r.dst_port,
-              r.protocol, r.tos, r.in_if, r.out_if, r.direction, r.ip_version, r.end_reason,
-              r.octets, r.packets, r.start_ns // m, r.end_ns // m) for r in recs]
-
-
-_Packer = Callable[[struct.Struct, list[FlowRecord]], list[bytes]]
-
-_PACKERS: dict[tuple[bool, bool], _Packer] = {
-    (False, False): _pack_ports,
-    (True, False): _pack_icmp,
-    (False, True): _pack_ports_routed,
-    (True, True): _pack_icmp_routed,
-}
-
 #: seconds from the NTP era 0 (1900-01-01) to the Unix epoch
 _NTP_EPOCH_OFFSET = 2_208_988_800
 
@@ -470,52 +447,56 @@ def ntp_microseconds(ns: int) -> int:
     return (((seconds + _NTP_EPOCH_OFFSET) & 0xFFFFFFFF) << 32) | fraction
 
 
-def _microsecond_packer(ms_packer: _Packer) -> _Packer:
-    """The ``timestamps = "us"`` packer of a layout: its ms packer, times rewritten.
+def ntp_microseconds_column(ns: np.ndarray) -> np.ndarray:
+    """:func:`ntp_microseconds` of every element of an int64 ns column (vectorized)."""
+    seconds, rest_ns = np.divmod(ns.astype(np.int64), 1_000_000_000)
+    fraction = -((-((rest_ns // 1000) << 32)) // 1_000_000)
+    high = ((seconds + _NTP_EPOCH_OFFSET) & 0xFFFFFFFF).astype(np.uint64) << np.uint64(32)
+    return high | fraction.astype(np.uint64)
 
-    Start and end are the last two fields of every layout; the ms packer's output is patched
-    in place of a second set of hand-written packers (opt-in, so a little slower).
-    """
-    head = struct.Struct("!QQ")
-
-    def pack(s: struct.Struct, recs: list[FlowRecord]) -> list[bytes]:
-        cut, p, t = s.size - head.size, head.pack, ntp_microseconds
-        return [b[:cut] + p(t(r.start_ns), t(r.end_ns))
-                for b, r in zip(ms_packer(s, recs), recs, strict=True)]
-
-    return pack
 
 ICMP_PROTOCOLS = frozenset({1, 58})
 
 
 @dataclass(frozen=True, slots=True)
 class FlowLayout:
-    """A flow template plus its packer."""
+    """A flow template plus its packer (record array -> :class:`PackedRecords`)."""
 
     template: Template
-    pack: Callable[[list[FlowRecord]], list[bytes]]
+    pack: Callable[[np.ndarray], PackedRecords]
     ip_version: int
+    micro: bool = False
 
 
-def _make_layout(ip_version: int, icmp: bool, routed: bool, micro: bool = False) -> FlowLayout:
+def _times(flows: np.ndarray, micro: bool) -> dict[int, Callable[[int], np.ndarray]]:
+    """flowStart/End in ms (152/153) or as NTP microseconds (154/155)."""
+    if micro:
+        return {154: lambda n: ntp_microseconds_column(flows["start_ns"]),
+                155: lambda n: ntp_microseconds_column(flows["end_ns"])}
+    return {152: lambda n: flows["start_ns"] // _NS_PER_MS,
+            153: lambda n: flows["end_ns"] // _NS_PER_MS}
+
+
+def _make_layout(ip_version: int, icmp: bool, routed: bool, micro: bool = False,
+                 extra: tuple[FlowField, ...] = ()) -> FlowLayout:
     fields = _flow_fields(ip_version, icmp, routed, micro)
     name = f"flow{ip_version}{'-icmp' if icmp else ''}{'-routed' if routed else ''}"
-    template = Template(flow_template_id(ip_version, icmp, routed), fields, 0, name)
-    s = _struct_for(fields)
-    packer: _Packer = _PACKERS[(icmp, routed)]
-    if micro:
-        packer = _microsecond_packer(packer)
+    template = Template(flow_template_id(ip_version, icmp, routed),
+                        fields + tuple((f.element(ip_version), f.width) for f in extra),
+                        0, name, extra)
 
-    def pack(recs: list[FlowRecord]) -> list[bytes]:
-        return packer(s, recs)
+    def pack(flows: np.ndarray) -> PackedRecords:
+        special = _times(flows, micro)
+        special[32] = special[139] = lambda n: flows["dst_port"]  # icmpTypeCode
+        return pack_template(flows, fields, extra, special)
 
-    assert s.size == template.record_length
-    return FlowLayout(template, pack, ip_version)
+    assert template_dtype(fields, extra).itemsize == template.record_length
+    return FlowLayout(template, pack, ip_version, micro)
 
 
-def _layouts(micro: bool) -> dict[int, FlowLayout]:
+def _layouts(micro: bool, extra: tuple[FlowField, ...] = ()) -> dict[int, FlowLayout]:
     return {layout.template.template_id: layout
-            for layout in (_make_layout(v, icmp, routed, micro)
+            for layout in (_make_layout(v, icmp, routed, micro, extra)
                            for v in (4, 6) for icmp in (False, True) for routed in (False, True))}
 
 
@@ -526,58 +507,57 @@ FLOW_LAYOUTS: dict[int, FlowLayout] = _layouts(micro=False)
 FLOW_LAYOUTS_US: dict[int, FlowLayout] = _layouts(micro=True)
 
 
-def flow_layout_key(r: FlowRecord) -> int:
-    """The template ID a flow record is encoded with."""
-    return (FLOW_TEMPLATE_BASE + (r.ip_version == 6) + 2 * (r.protocol in ICMP_PROTOCOLS)
-            + 4 * bool(r.next_hop or r.src_mask or r.dst_mask))
+def flow_layouts(micro: bool = False,
+                 extra: Sequence[FlowField] | None = None) -> dict[int, FlowLayout]:
+    """The flow layouts of an exporter: today's fields plus ``extra`` in every template.
+
+    :param micro: flowStart/EndMicroseconds (``timestamps = "us"``) instead of milliseconds.
+    :param extra: the flow schema fields to append (MAC, VLAN, MPLS, physdev, plugin
+        fields); default: the active schema's :meth:`~agent.schema.FlowSchema.export_fields`.
+    """
+    added = tuple(flow_schema().export_fields() if extra is None else extra)
+    if not added:
+        return FLOW_LAYOUTS_US if micro else FLOW_LAYOUTS
+    return _layouts(micro, added)
 
 
-def group_flows(records: Iterable[FlowRecord]) -> dict[int, list[FlowRecord]]:
-    """Split records by flow template, keeping their order within each template."""
-    base, icmp = FLOW_TEMPLATE_BASE, ICMP_PROTOCOLS
-    buckets: dict[int, list[FlowRecord]] = {tid: [] for tid in range(base, base + 8)}
-    for r in records:  # hot loop: same rule as flow_layout_key(), spelled out
-        tid = base + (r.ip_version == 6)
-        if r.protocol in icmp:
-            tid += 2
-        if r.next_hop or r.src_mask or r.dst_mask:
-            tid += 4
-        buckets[tid].append(r)
-    return {tid: bucket for tid, bucket in buckets.items() if bucket}
+def flow_template_ids(flows: np.ndarray) -> np.ndarray:
+    """The template ID of every row (:func:`flow_template_id`): IPv6, ICMP, routed."""
+    protocol = flows["protocol"]
+    icmp = (protocol == 1) | (protocol == 58)
+    hop = np.ascontiguousarray(flows["next_hop"]).view(np.uint8).reshape(-1, 16).any(axis=1)
+    routed = hop | (flows["src_mask"] != 0) | (flows["dst_mask"] != 0)
+    return FLOW_TEMPLATE_BASE + (flows["ip_version"] == 6) + 2 * icmp + 4 * routed
 
 
 def encode_flow_groups(
-    records: Iterable[FlowRecord], on_error: Callable[[FlowRecord, Exception], None],
+    records: FlowBatch | np.ndarray | Iterable[FlowRecord],
+    on_error: Callable[[FlowRecord, Exception], None],
     layouts: dict[int, FlowLayout] = FLOW_LAYOUTS,
 ) -> list[DataGroup]:
-    """Encode flow records into one :class:`DataGroup` per template.
+    """Encode flows into one :class:`DataGroup` per template, from the columns in bulk.
 
-    :param records: the flow records.
-    :param on_error: called for each record that cannot be encoded (value out of range); the
-        record is skipped.
-    :param layouts: :data:`FLOW_LAYOUTS` (ms timestamps) or :data:`FLOW_LAYOUTS_US`.
+    :param records: the flows: a batch, a record array or flow records.
+    :param on_error: called for each flow that cannot be encoded (a value out of range for
+        its column, a time before 1970 in milliseconds); the flow is skipped.
+    :param layouts: :data:`FLOW_LAYOUTS` (ms timestamps) or :data:`FLOW_LAYOUTS_US`, or
+        :func:`flow_layouts`.
     """
+    flows = flow_columns(records, on_error)
+    micro = next(iter(layouts.values())).micro
+    if not micro and len(flows):
+        bad = (flows["start_ns"] < 0) | (flows["end_ns"] < 0)
+        if bad.any():
+            for r in FlowBatch("", flows[bad]).records():
+                on_error(r, EncodeError("flow time before 1970 (dateTimeMilliseconds)"))
+            flows = flows[~bad]
+    tids = flow_template_ids(flows)
     groups = []
-    for tid, recs in group_flows(records).items():
-        layout = layouts[tid]
-        try:
-            packed = layout.pack(recs)
-        except (struct.error, TypeError):
-            packed = _pack_one_by_one(layout, recs, on_error)
-        groups.append(DataGroup(layout.template, packed))
+    for tid, layout in layouts.items():
+        rows = flows[tids == tid]
+        if len(rows):
+            groups.append(DataGroup(layout.template, layout.pack(rows)))
     return groups
-
-
-def _pack_one_by_one(
-    layout: FlowLayout, recs: list[FlowRecord], on_error: Callable[[FlowRecord, Exception], None]
-) -> list[bytes]:
-    out = []
-    for r in recs:
-        try:
-            out.extend(layout.pack([r]))
-        except (struct.error, TypeError) as exc:
-            on_error(r, exc)
-    return out
 
 
 # --- reading back (loss accounting) --------------------------------------------------------
@@ -635,14 +615,12 @@ def _set_totals(body: bytes, template: Template) -> tuple[int, int, int]:
             count += 1
         return count, 0, 0
     count = len(body) // fixed
-    layout = FLOW_LAYOUTS.get(template.template_id)
-    if layout is None:
-        return count, 0, 0
-    s = _struct_for(template.fields)
     ids = [ie_id for ie_id, _ in template.fields]
-    i_octets, i_packets = ids.index(1), ids.index(2)
-    packets = octets = 0
-    for values in s.iter_unpack(body[:count * fixed]):
-        packets += values[i_packets]
-        octets += values[i_octets]
-    return count, packets, octets
+    if template.template_id not in FLOW_LAYOUTS or 1 not in ids or 2 not in ids:
+        return count, 0, 0
+    offsets = np.cumsum([0] + [length for _, length in template.fields])
+    counters = np.dtype({"names": ["octets", "packets"], "formats": [">u8", ">u8"],
+                         "offsets": [int(offsets[ids.index(1)]), int(offsets[ids.index(2)])],
+                         "itemsize": fixed})
+    rows = np.frombuffer(body, counters, count)
+    return count, int(rows["packets"].sum()), int(rows["octets"].sum())

@@ -34,11 +34,16 @@ _FIELDS = {
 }
 _READ_CHUNK = 4096
 
-def _plain(value: Any) -> Any:
-    """msgpack's fallback: a record's ``extra`` mapping (read-only when empty) as a dict."""
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"can not serialize {type(value).__name__!r} object")
+
+def _plain(obj: Any) -> Any:
+    """msgpack's fallback: a read-only mapping (``FlowRecord.extra``) as a dict."""
+    if isinstance(obj, Mapping):
+        return dict(obj)
+    raise TypeError(f"cannot spool {type(obj).__name__}")
+
+
+def _packer() -> msgpack.Packer:
+    return msgpack.Packer(use_bin_type=True, default=_plain)
 
 
 Item = tuple[int, Any]  # (KIND_FLOW, FlowRecord) or (KIND_NAT, NatEvent)
@@ -91,7 +96,7 @@ class Spool:
 
     def _spill(self) -> None:
         """Append the memory part to the file (it is newer than anything in the file)."""
-        packer = msgpack.Packer(use_bin_type=True, default=_plain)
+        packer = _packer()
         with open(self.path, "ab") as f:
             f.write(b"".join(packer.pack((k, _FIELDS[k](r))) for k, r in self._memory))
         self._file_count += len(self._memory)
@@ -178,7 +183,7 @@ class Spool:
 
     def _rewrite_all(self) -> None:
         tmp = f"{self.path}.tmp"
-        packer = msgpack.Packer(use_bin_type=True, default=_plain)
+        packer = _packer()
         with open(tmp, "wb") as out:
             out.write(b"".join(packer.pack((k, _FIELDS[k](r))) for k, r in self._head))
             if self._file_count:

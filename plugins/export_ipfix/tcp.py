@@ -29,7 +29,7 @@ import socket
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -142,7 +142,7 @@ class TcpDestination:
         """Whether a transport session is up."""
         return self._sock is not None and not self._connecting
 
-    def submit(self, kind: int, records: list[Any]) -> list[Any]:
+    def submit(self, kind: int, records: Iterable[Any]) -> list[Any]:
         """Queue records and send what the connection takes now.
 
         :return: records the spool refused (lost).

@@ -29,8 +29,36 @@ def agent_register_components(registry: ComponentRegistry) -> None:
 
 @hookimpl
 def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue]:
-    """Cross-checks of v5 instances against the ingests (see the two helpers)."""
-    return _check_v5_ipv6_only(config) + _check_v5_sampling(config)
+    """Cross-checks of v5 instances against the ingests and of templates against the flow
+    schema (see the helpers)."""
+    return (_check_v5_ipv6_only(config) + _check_v5_sampling(config)
+            + _check_schema_fields(config))
+
+
+def _check_schema_fields(config: Any) -> list[ConfigIssue]:
+    """Warn about flow fields an instance leaves out of its records.
+
+    v5 records have a fixed layout: the ``[flow]`` fields (MAC, VLAN, MPLS, physdev, plugin
+    fields) are not exported. v9 has no enterprise bit: a field with a private enterprise
+    number is left out of its templates (IPFIX carries it).
+    """
+    schema = getattr(config, "schema", None)
+    fields = schema.export_fields() if schema is not None else ()
+    issues = []
+    for inst in config.by_stage("export"):
+        if inst.type_name != "netflow" or not inst.config.flows:
+            continue
+        if inst.config.protocol == 5:
+            left_out = [f.name for f in fields]
+            why, use = "NetFlow v5 records have a fixed layout", "protocol = 9 or [[export.ipfix]]"
+        else:
+            left_out = [f.name for f in fields if f.enterprise]
+            why, use = "NetFlow v9 has no enterprise-specific elements", "[[export.ipfix]]"
+        if left_out:
+            issues.append(ConfigIssue(
+                f"{inst.path}.protocol", f"{why}: flow field(s) {', '.join(left_out)} are not "
+                f"exported by this instance; use {use}", severity="warning"))
+    return issues
 
 
 def _check_v5_sampling(config: Any) -> list[ConfigIssue]:

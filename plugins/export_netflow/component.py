@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from netflow_agent.api import (
     NAT_START,
     EncodeError,
+    FlowBatch,
     FlowRecord,
     InterfaceNames,
     NatEvent,
@@ -126,7 +127,7 @@ class NetflowExporter(NatExporter):
     # --- export ----------------------------------------------------------------------------
 
     @hookimpl
-    def agent_export_flows(self, records: list[FlowRecord]) -> None:
+    def agent_export_flows(self, records: FlowBatch | list[FlowRecord]) -> None:
         """Encode and send flow records (unless this instance carries NAT events only)."""
         if not self.config.flows or not records:
             return
@@ -171,10 +172,10 @@ class NetflowExporter(NatExporter):
         self.stats.sampling_interval = interval
         self.log.info("%s: announcing sampling %s", self.name, sampling or "off (1/1)")
 
-    def _sync_interface_names(self, records: Sequence[FlowRecord]) -> None:
+    def _sync_interface_names(self, records: FlowBatch | Sequence[FlowRecord]) -> None:
         """Resolve names when a new interface shows up (sent at once) or a refresh is due."""
         assert self.context is not None, "agent_start was not called"
-        self.interfaces.note((r.in_if for r in records), (r.out_if for r in records))
+        self.interfaces.note_flows(records)
         now = self._now_ns()
         new = not self.interfaces.seen <= self._names_resolved
         if not new and not v9.refresh_due(self.state, self.policy, self._names_mark, now):
@@ -198,7 +199,7 @@ class NetflowExporter(NatExporter):
         if self.state.packets == 0:
             self.state.boot_ns = self.context.start_ns
 
-    def _encode_flows(self, records: Sequence[FlowRecord], state: ExportState,
+    def _encode_flows(self, records: FlowBatch | Sequence[FlowRecord], state: ExportState,
                       now_ns: int, tally: Tally) -> list[bytes]:
         if self.config.protocol == 5:
             return v5.encode_flows(records, state, now_ns, tally)
@@ -213,8 +214,8 @@ class NetflowExporter(NatExporter):
         return nel.encode_v9(events, state, self.policy, now_ns,
                              values=self.config.nat_event_values, tally=tally)
 
-    def _export(self, items: Sequence[T],
-                encode: Callable[[Sequence[T], ExportState, int, Tally], list[bytes]]) -> None:
+    def _export(self, items: Sequence[T] | FlowBatch,
+                encode: Callable[[Any, ExportState, int, Tally], list[bytes]]) -> None:
         self._sync_boot()
         if any(dest.needs_templates for dest in self.destinations):
             self.state.force_templates = True
@@ -230,7 +231,7 @@ class NetflowExporter(NatExporter):
             dest.send_batch(datagrams, tally.records,
                             wait_s=dest.flush_timeout_s if stopping else 0.0)
 
-    def _encode_guarded(self, items: Sequence[T], encode: Callable[..., list[bytes]],
+    def _encode_guarded(self, items: Sequence[T] | FlowBatch, encode: Callable[..., list[bytes]],
                         now: int, tally: Tally) -> list[bytes]:
         """Encode; if a record has an out-of-range field, drop just that record and count it.
 

@@ -42,13 +42,26 @@ them; nfcapd 1.7.1 reads past them.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from netflow_agent.api import NS_PER_S, FlowRecord, Sampling
+import numpy as np
+
+from netflow_agent.api import (
+    NS_PER_S,
+    FlowBatch,
+    FlowField,
+    FlowRecord,
+    PackedRecords,
+    Sampling,
+    flow_columns,
+    flow_schema,
+    join_records,
+    pack_template,
+)
 
 from .state import UINT32_MASK, ExportState, TemplateMark
-from .v5 import Tally, latest_time, split_counters
+from .v5 import Tally, earliest_time, latest_time, split_rows, uptime_ms
 
 VERSION = 9
 TEMPLATE_FLOWSET_ID = 0
@@ -92,22 +105,31 @@ class Template:
     :param fields: ``((field_type, length), ...)`` in wire order.
     :param scope_fields: > 0 makes an Options Template whose first ``scope_fields`` fields
         are scope fields (types 1-5 of RFC 3954 section 6.1).
+    :param extra: the flow schema's fields at the end of ``fields`` (:func:`flow_templates`),
+        written from the batch columns; ``record`` packs the fields before them.
     """
 
     template_id: int
     fields: tuple[tuple[int, int], ...]
     scope_fields: int = 0
+    extra: tuple[FlowField, ...] = ()
     record: struct.Struct = field(init=False, compare=False)
     flowset: bytes = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
-        codes = "".join(_code(ftype, length) for ftype, length in self.fields)
+        base = self.fields[:len(self.fields) - len(self.extra)]
+        codes = "".join(_code(ftype, length) for ftype, length in base)
         object.__setattr__(self, "record", struct.Struct("!" + codes))
         if self.scope_fields:
             flowset = _options_flowset(self.template_id, self.fields, self.scope_fields)
         else:
             flowset = _template_flowset(self.template_id, self.fields)
         object.__setattr__(self, "flowset", flowset)
+
+    @property
+    def size(self) -> int:
+        """Bytes in one data record of this template."""
+        return self.record.size + sum(f.width for f in self.extra)
 
 
 _BYTES_FIELDS = frozenset({8, 12, 15, 27, 28, 62, IF_NAME, 225, 226, 281, 282})
@@ -197,14 +219,26 @@ def _flow_fields(ip_version: int, counter_len: int, routed: bool) -> tuple[tuple
     return tuple(fields)
 
 
-def flow_templates(counters64: bool) -> dict[int, Template]:
+def v9_fields(fields: Sequence[FlowField]) -> tuple[FlowField, ...]:
+    """The schema fields v9 can carry: IANA ones (enterprise fields need IPFIX's enterprise
+    bit; a dry run warns about them, ``__init__.py``)."""
+    return tuple(f for f in fields if not f.enterprise)
+
+
+def flow_templates(counters64: bool,
+                   extra: Sequence[FlowField] | None = None) -> dict[int, Template]:
     """The four flow templates of an instance, keyed by template id.
 
     :param counters64: 8-byte IN_PKTS/IN_BYTES instead of 4 (RFC 3954 allows N bytes).
+    :param extra: the flow schema fields appended to every template (MAC, VLAN, MPLS,
+        physdev, plugin fields); default: the active schema's
+        :meth:`~agent.schema.FlowSchema.export_fields`, enterprise ones left out.
     """
     clen = 8 if counters64 else 4
+    added = v9_fields(flow_schema().export_fields() if extra is None else extra)
     return {
-        tid: Template(tid, _flow_fields(version, clen, routed))
+        tid: Template(tid, _flow_fields(version, clen, routed)
+                      + tuple((f.element(version), f.width) for f in added), extra=added)
         for tid, version, routed in (
             (TEMPLATE_FLOW4, 4, False),
             (TEMPLATE_FLOW6, 6, False),
@@ -214,54 +248,52 @@ def flow_templates(counters64: bool) -> dict[int, Template]:
     }
 
 
-def _pack_plain(pack: Callable[..., bytes], r: FlowRecord, boot: int) -> bytes:
-    return pack(
-        r.src_addr, r.dst_addr, r.src_port, r.dst_port, r.protocol, r.tcp_flags & 0xFF,
-        r.tos, r.ip_version, r.in_if, r.out_if, r.direction, r.packets, r.octets,
-        ((r.start_ns - boot) // 1_000_000) & UINT32_MASK,
-        ((r.end_ns - boot) // 1_000_000) & UINT32_MASK,
-        r.dst_port if r.protocol in _ICMP_PROTOCOLS else 0, r.end_reason,
-    )
+def pack_flows(flows: np.ndarray, tpl: Template, boot_ns: int) -> PackedRecords:
+    """The data records of ``tpl`` for every row of ``flows``, from the columns in bulk.
+
+    FIRST/LAST_SWITCHED are sysUpTime ms (:func:`.v5.uptime_ms`), ICMP_TYPE the destination
+    port's ``type << 8 | code`` for ICMP/ICMPv6 and 0 otherwise, TCP_FLAGS the low byte.
+    """
+    protocol = flows["protocol"]
+    special = {
+        22: lambda n: uptime_ms(flows["start_ns"], boot_ns),
+        21: lambda n: uptime_ms(flows["end_ns"], boot_ns),
+        32: lambda n: np.where((protocol == 1) | (protocol == 58), flows["dst_port"], 0),
+        6: lambda n: flows["tcp_flags"] & 0xFF,
+    }
+    base = tpl.fields[:len(tpl.fields) - len(tpl.extra)]
+    return pack_template(flows, base, tpl.extra, special)
 
 
-def _pack_routed(pack: Callable[..., bytes], r: FlowRecord, boot: int) -> bytes:
-    hop = r.next_hop or bytes(len(r.src_addr))
-    return pack(
-        r.src_addr, r.dst_addr, r.src_port, r.dst_port, r.protocol, r.tcp_flags & 0xFF,
-        r.tos, r.ip_version, r.in_if, r.out_if, r.direction, r.packets, r.octets,
-        ((r.start_ns - boot) // 1_000_000) & UINT32_MASK,
-        ((r.end_ns - boot) // 1_000_000) & UINT32_MASK,
-        r.dst_port if r.protocol in _ICMP_PROTOCOLS else 0, r.end_reason,
-        hop, r.src_mask, r.dst_mask,
-    )
+def routed_rows(flows: np.ndarray) -> np.ndarray:
+    """Which rows know a next hop or a prefix length (they use the routed templates)."""
+    hop = np.ascontiguousarray(flows["next_hop"]).view(np.uint8).reshape(-1, 16).any(axis=1)
+    return hop | (flows["src_mask"] != 0) | (flows["dst_mask"] != 0)
 
 
 def flow_groups(
-    records: Sequence[FlowRecord],
+    records: FlowBatch | np.ndarray | Sequence[FlowRecord],
     templates: dict[int, Template],
     state: ExportState,
     counters64: bool,
     tally: Tally,
-) -> list[tuple[Template, list[bytes]]]:
-    """Pack each record with its template; group the packed records by template.
+) -> list[tuple[Template, PackedRecords]]:
+    """Pack the flows with their templates, one block of records per template.
 
-    Records with next hop or prefix lengths use the routed templates. With 32-bit counters
-    a record whose counters do not fit is split (see :func:`.v5.split_counters`).
+    Rows with next hop or prefix lengths use the routed templates. With 32-bit counters a row
+    whose counters do not fit is split (see :func:`.v5.split_rows`). Within a template the
+    rows keep their order.
     """
-    boot = state.boot_ns
-    groups: dict[int, list[bytes]] = {tid: [] for tid in templates}
-    packs = {tid: t.record.pack for tid, t in templates.items()}
-    for r in records:
-        routed = bool(r.next_hop or r.src_mask or r.dst_mask)
-        tid = (TEMPLATE_FLOW4 if r.ip_version == 4 else TEMPLATE_FLOW6) + 2 * routed
-        packer = _pack_routed if routed else _pack_plain
-        if not counters64 and (r.packets > COUNTER32_MAX or r.octets > COUNTER32_MAX):
-            parts = split_counters(r, COUNTER32_MAX)
-            tally.split += len(parts) - 1
-            groups[tid].extend(packer(packs[tid], p, boot) for p in parts)
-        else:
-            groups[tid].append(packer(packs[tid], r, boot))
-    return [(templates[tid], bodies) for tid, bodies in groups.items() if bodies]
+    flows = flow_columns(records)
+    if not counters64:
+        flows = split_rows(flows, tally, COUNTER32_MAX)
+    tids = TEMPLATE_FLOW4 + (flows["ip_version"] != 4) + 2 * routed_rows(flows)
+    groups = []
+    for tid, tpl in templates.items():
+        rows = flows[tids == tid]
+        if len(rows):
+            groups.append((tpl, pack_flows(rows, tpl, state.boot_ns)))
+    return groups
 
 
 # --- packet assembly ------------------------------------------------------------------------
@@ -326,7 +358,7 @@ class _PacketBuilder:
 
     def add_data(self, tpl: Template, bodies: Sequence[bytes], data: bool = True) -> None:
         """Add a data FlowSet; ``data=False`` for options records (not flow records)."""
-        body = b"".join(bodies)
+        body = join_records(bodies)
         pad = -(4 + len(body)) % 4
         self.parts.append(FLOWSET_HEADER.pack(tpl.template_id, 4 + len(body) + pad) + body)
         if pad:
@@ -338,7 +370,7 @@ class _PacketBuilder:
 
     def fitting(self, tpl: Template, available: int) -> int:
         """How many records of ``tpl`` fit into one padded data FlowSet in ``self.room``."""
-        size = tpl.record.size
+        size = tpl.size
         k = min(available, max(self.room - 4, 0) // size)
         while k and 4 + k * size + (-(4 + k * size) % 4) > self.room:
             k -= 1
@@ -393,7 +425,7 @@ def assemble(
 
 def _assemble_group(builder: _PacketBuilder, tpl: Template, bodies: Sequence[bytes],
                     data: bool = True) -> None:
-    size, i, n = tpl.record.size, 0, len(bodies)
+    size, i, n = tpl.size, 0, len(bodies)
     smallest = len(tpl.flowset) + 4 + size + 3
     if smallest > builder.policy.mtu - HEADER.size:
         raise ValueError(f"mtu {builder.policy.mtu} cannot hold template {tpl.template_id}")
@@ -412,7 +444,7 @@ def _assemble_group(builder: _PacketBuilder, tpl: Template, bodies: Sequence[byt
 
 
 def encode_flows(
-    records: Sequence[FlowRecord],
+    records: FlowBatch | Sequence[FlowRecord],
     state: ExportState,
     templates: dict[int, Template],
     policy: RefreshPolicy,
@@ -424,7 +456,7 @@ def encode_flows(
 ) -> list[bytes]:
     """Encode flow records as NetFlow v9 export packets.
 
-    :param records: expired flow records (IPv4 and IPv6).
+    :param records: expired flows (IPv4 and IPv6), a batch or records.
     :param state: this exporter's state (sequence, uptime origin, template marks).
     :param templates: from :func:`flow_templates` (built once per instance).
     :param policy: MTU and template refresh settings.
@@ -440,8 +472,8 @@ def encode_flows(
     :return: the datagrams, in order.
     """
     tally = tally if tally is not None else Tally()
-    earliest = min((r.start_ns for r in records if r.start_ns), default=0)
-    export_ns = state.stamp(now_ns, latest_time(records), NS_PER_S)
-    state.observe(export_ns, earliest)
-    groups = flow_groups(records, templates, state, counters64, tally)
+    flows = flow_columns(records)
+    export_ns = state.stamp(now_ns, latest_time(flows), NS_PER_S)
+    state.observe(export_ns, earliest_time(flows))
+    groups = flow_groups(flows, templates, state, counters64, tally)
     return assemble(groups, state, policy, export_ns, tally, options)

@@ -81,6 +81,7 @@ class ConntrackIngest(Ingest):
 
     stage = "ingest"
     type_name = "conntrack"
+    emits_flows = False  # NAT events only: [flow] fields do not concern it
 
     def __init__(self, config: Any, name: str):
         super().__init__(config, name)

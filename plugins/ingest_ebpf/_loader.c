@@ -178,22 +178,27 @@ static int map_slots(Loader *self)
 static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 {
 	static char *kwlist[] = { "maxflows", "sampling", "percpu", "overflow_ring_bytes",
-				  "precise_clock", "slots", "prealloc", "fill_threshold", NULL };
+				  "precise_clock", "slots", "prealloc", "fill_threshold",
+				  "frag_table", "frag_timeout", "decap", "keep_outer", NULL };
 	unsigned int maxflows = 65536, sampling = 1, ring_bytes = 0, ring_size = 4096, slots = 0;
-	unsigned int fill_threshold = 0;
-	int percpu = 1, precise_clock = 0, prealloc = 1, err;
+	unsigned int fill_threshold = 0, frag_table = 0, frag_timeout = 30, decap = 0;
+	int percpu = 1, precise_clock = 0, prealloc = 1, keep_outer = 0, err;
 	enum bpf_map_type type;
 	__u64 seed = 0;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "|IIpIpIpI", kwlist, &maxflows, &sampling,
-					 &percpu, &ring_bytes, &precise_clock, &slots, &prealloc,
-					 &fill_threshold))
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "|IIpIpIpIIIIp", kwlist, &maxflows,
+					 &sampling, &percpu, &ring_bytes, &precise_clock, &slots,
+					 &prealloc, &fill_threshold, &frag_table, &frag_timeout, &decap,
+					 &keep_outer))
 		return -1;
 	if (maxflows < 1 || sampling < 1 || ring_bytes > (1u << 30) ||
-	    (slots & (slots - 1)) || slots > (1u << 24)) {
+	    (slots & (slots - 1)) || slots > (1u << 24) || frag_table > (1u << 24) ||
+	    frag_timeout < 1 || frag_timeout > 86400 ||
+	    decap & ~(unsigned int)(TUNNEL_GRE | TUNNEL_VXLAN | TUNNEL_GENEVE | TUNNEL_IPIP)) {
 		PyErr_SetString(PyExc_ValueError,
 				"maxflows and sampling must be >= 1, overflow_ring_bytes <= 1 GiB, "
-				"slots 0 or a power of two <= 2^24");
+				"slots 0 or a power of two <= 2^24, frag_table <= 2^24, "
+				"frag_timeout 1..86400 s, decap TUNNEL_* bits");
 		return -1;
 	}
 	if (slots && getrandom(&seed, sizeof(seed), 0) != sizeof(seed)) {
@@ -222,6 +227,12 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	self->skel->rodata->slot_mask = slots ? slots - 1 : 0;
 	self->skel->rodata->slot_seed = seed;
 	self->skel->rodata->fill_threshold = fill_threshold;
+	/* frag_table 0: no tracking (fragments = "ports0"), the map shrinks to one entry */
+	self->skel->rodata->frag_track = frag_table > 0;
+	self->skel->rodata->frag_timeout_ns = (__u64)frag_timeout * 1000000000ULL;
+	self->skel->rodata->decap = (__u8)decap;
+	self->skel->rodata->keep_outer = decap && keep_outer;
+	bpf_map__set_max_entries(self->skel->maps.frag_ports, frag_table ? frag_table : 1);
 	bpf_map__set_max_entries(self->skel->maps.slots_a, slots ? slots * self->slot_ncpu : 1);
 	bpf_map__set_max_entries(self->skel->maps.slots_b, slots ? slots * self->slot_ncpu : 1);
 	bpf_map__set_max_entries(self->skel->maps.overflow, ring_size);
@@ -656,7 +667,8 @@ static PyTypeObject LoaderType = {
 	PyVarObject_HEAD_INIT(NULL, 0)
 	.tp_name = "netflow_agent.plugins.ingest_ebpf._loader.Loader",
 	.tp_doc = "Loader(maxflows=65536, sampling=1, percpu=True, overflow_ring_bytes=0, "
-		  "precise_clock=False, slots=0, prealloc=True, fill_threshold=0)",
+		  "precise_clock=False, slots=0, prealloc=True, fill_threshold=0, frag_table=0, "
+		  "frag_timeout=30, decap=0, keep_outer=False)",
 	.tp_basicsize = sizeof(Loader),
 	.tp_flags = Py_TPFLAGS_DEFAULT,
 	.tp_new = PyType_GenericNew,
@@ -721,6 +733,14 @@ PyMODINIT_FUNC PyInit__loader(void)
 	ADD_INT(m, "CNT_SLOT_PACKETS", CNT_SLOT_PACKETS);
 	ADD_INT(m, "CNT_UPDATE_ERR_BYTES", CNT_UPDATE_ERR_BYTES);
 	ADD_INT(m, "CNT_HASH_NEW", CNT_HASH_NEW);
+	ADD_INT(m, "CNT_FRAG_TRACKED", CNT_FRAG_TRACKED);
+	ADD_INT(m, "CNT_FRAG_UNMATCHED", CNT_FRAG_UNMATCHED);
+	ADD_INT(m, "CNT_DECAPSULATED", CNT_DECAPSULATED);
+	ADD_INT(m, "CNT_DECAP_FAILED", CNT_DECAP_FAILED);
+	ADD_INT(m, "TUNNEL_GRE", TUNNEL_GRE);
+	ADD_INT(m, "TUNNEL_VXLAN", TUNNEL_VXLAN);
+	ADD_INT(m, "TUNNEL_GENEVE", TUNNEL_GENEVE);
+	ADD_INT(m, "TUNNEL_IPIP", TUNNEL_IPIP);
 	ADD_INT(m, "OVERFLOW_EVENT_SIZE", sizeof(struct overflow_event));
 	return m;
 fail:

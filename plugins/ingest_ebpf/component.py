@@ -47,6 +47,13 @@ from .decode import (
 from .linkwatch import LinkWatch
 from .sizing import kernel_table_size, possible_cpus, ring_capacity_packets, table_memory
 
+#: ``decapsulate`` names -> the program's ``decap`` bits (``enum tunnel_kind`` in bpf/flow.h)
+TUNNEL_BITS = {"gre": 1, "vxlan": 2, "geneve": 4, "ipip": 8}
+
+#: kernel counters shown under the names the packet ingests use (not ``kernel_*``), and when
+FRAGMENT_COUNTERS = ("frag_tracked", "frag_unmatched")
+TUNNEL_COUNTERS = ("decapsulated", "decap_failed")
+
 #: when the kernel cannot wait for an RCU grace period (nohz_full): time for programs that read
 #: the old table index to finish (they run for microseconds with bottom halves off); a
 #: straggler later than this lands in the idle table and is drained next time.
@@ -72,6 +79,7 @@ class EbpfIngest(Ingest):
         self.tracker = CounterTracker()
         self.kernel_counters: dict[str, int] = {}
         self.maxflows = 0  # the kernel table size in use (set at start)
+        self.tracking = False  # fragments = "track" at start
         self.stats = {"drains": 0, "early_drains": 0, "ring_consumes": 0, "drain_errors": 0,
                       "flows_drained": 0, "overflow_flows": 0, "drain_ms_last": 0.0,
                       "drain_ms_max": 0.0, "table_peak": 0, "maxflows": 0,
@@ -104,11 +112,17 @@ class EbpfIngest(Ingest):
             self._fill_limit = max(1, self.maxflows * cfg.drain_threshold // 100)
             self._ring_limit = max(1, ring_capacity_packets(cfg.overflow_ring_kb)
                                    * cfg.drain_threshold // 100)
+        fragments = context.fragments  # [cache] fragments: "track" keeps a kernel table
+        self.tracking = fragments.tracking
         self.loader = Loader(maxflows=self.maxflows, sampling=cfg.sampling,
                              percpu=percpu,
                              overflow_ring_bytes=cfg.overflow_ring_kb * 1024,
                              precise_clock=cfg.timestamps == "precise", slots=cfg.cpu_slots,
-                             prealloc=cfg.prealloc, fill_threshold=self._fill_limit)
+                             prealloc=cfg.prealloc, fill_threshold=self._fill_limit,
+                             frag_table=fragments.table if self.tracking else 0,
+                             frag_timeout=fragments.timeout,
+                             decap=sum(TUNNEL_BITS[t] for t in set(cfg.decapsulate)),
+                             keep_outer=cfg.keep_outer)
         self.loader.set_active(self.active)
         if not self.loader.synchronize() and cfg.cpu_slots:
             self.log.warning("%s: this kernel refuses membarrier(MEMBARRIER_CMD_GLOBAL) "
@@ -116,11 +130,12 @@ class EbpfIngest(Ingest):
                              "and a program later than that can lose packets in a slot; set "
                              "cpu_slots = 0 for exact accounting", self.name)
         self.log.info("%s: loaded BPF programs %s (maxflows %d, %s map, %s %d MB, %d slots "
-                      "per CPU, sampling 1/%d)", self.name, self.loader.prog_ids(),
-                      self.maxflows, cfg.map_type,
+                      "per CPU, sampling 1/%d, fragments %s, decapsulate %s%s)", self.name,
+                      self.loader.prog_ids(), self.maxflows, cfg.map_type,
                       "preallocated" if cfg.prealloc else "at most",
                       table_memory(self.maxflows, percpu, ncpu) >> 20, cfg.cpu_slots,
-                      cfg.sampling)
+                      cfg.sampling, fragments.mode, list(cfg.decapsulate) or "off",
+                      " keeping the outer flows" if cfg.keep_outer else "")
         self.attacher = Attacher(self.loader, cfg.mode, cfg.direction, cfg.promisc)
         try:
             self._rescan(initial=True)
@@ -358,5 +373,11 @@ class EbpfIngest(Ingest):
         """Drain statistics and the kernel's counters (cumulative)."""
         out: dict[str, Any] = dict(self.stats)
         out["mode"] = self.attacher.mode if self.attacher else self.config.mode
-        out.update({f"kernel_{k}": v for k, v in self.kernel_counters.items()})
+        shown = (FRAGMENT_COUNTERS if self.tracking else ()) + (
+            TUNNEL_COUNTERS if self.config.decapsulate else ())
+        for name, value in self.kernel_counters.items():
+            if name in shown:  # the packet ingests' names (agent/fragments.py, tunnels.py)
+                out[name] = value
+            elif name not in FRAGMENT_COUNTERS + TUNNEL_COUNTERS:
+                out[f"kernel_{name}"] = value
         return out

@@ -5,7 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from netflow_agent.api import ConfigIssue, Resource, option
+from netflow_agent.api import (
+    ConfigIssue,
+    Resource,
+    TunnelName,
+    check_decapsulate,
+    decapsulate_option,
+    keep_outer_option,
+    option,
+)
 
 IFNAMSIZ = 16
 
@@ -74,6 +82,8 @@ class Config:
     map_type: Literal["percpu", "shared"] = option(
         "percpu", doc='"percpu": per-CPU hash, no atomics; "shared": one hash with atomic '
                       "adds (kernel 5.12+, less memory on many CPUs).")
+    decapsulate: list[TunnelName] = decapsulate_option()
+    keep_outer: bool = keep_outer_option()
 
     def check(self) -> list[ConfigIssue]:
         """Interface patterns must fit IFNAMSIZ; xdp cannot see egress."""
@@ -90,7 +100,7 @@ class Config:
             issues.append(ConfigIssue(
                 "direction", 'mode = "xdp" sees only ingress traffic; set direction = '
                              '"ingress" or use mode = "tcx"/"tc"'))
-        return issues
+        return issues + check_decapsulate(list(self.decapsulate), self.keep_outer)
 
     def resources(self) -> list[Resource]:
         """tc filters use one fixed handle and XDP one program per interface: exclusive."""

@@ -37,6 +37,10 @@ COUNTER_NAMES = (
     "slot_packets",
     "update_error_bytes",
     "hash_new",
+    "frag_tracked",
+    "frag_unmatched",
+    "decapsulated",
+    "decap_failed",
 )
 
 

@@ -40,13 +40,31 @@
 #define NFULA_TIMESTAMP 3
 #define NFULA_IFINDEX_INDEV 4
 #define NFULA_IFINDEX_OUTDEV 5
+#define NFULA_IFINDEX_PHYSINDEV 6
+#define NFULA_IFINDEX_PHYSOUTDEV 7
 #define NFULA_PAYLOAD 9
 #define NFULA_SEQ 12
+#define NFULA_HWTYPE 15
+#define NFULA_HWHEADER 16
+#define NFULA_VLAN 20
+#define NFULA_VLAN_PROTO 1
+#define NFULA_VLAN_TCI 2
+#define ARPHRD_ETHER 1
 #define NF_INET_LOCAL_OUT 3
 
 /* agent/model.py: flow key layout and directions */
 #define KEY_LEN 44 /* one width for both versions: IPv4 addresses zero-padded to 16 bytes */
-#define KEY6_LEN KEY_LEN
+/* With layer-2 fields on (Aggregator l2 mask), a block after the base key, part of the flow's
+ * identity (decoders.py L2_DTYPE): destination MAC[6], source MAC[6], VLAN TCI be16,
+ * EtherType of the IP packet be16, bridge port in be32, bridge port out be32. A flow whose
+ * packet got no block (released fragments, outer flows of tunnels) has it all zero. */
+#define L2_LEN 24
+#define KEY6_LEN (KEY_LEN + L2_LEN)
+#define L2_MAC 1 /* [flow] mac */
+#define L2_VLAN 2 /* [flow] vlan */
+#define L2_PHYS 4 /* [flow] physdev = "export" */
+#define L2_OVERRIDE 8 /* [flow] physdev = "override": bridge ports replace the interfaces */
+#define L2_KEYED (L2_MAC | L2_VLAN | L2_PHYS)
 #define DIRECTION_INGRESS 0
 #define DIRECTION_EGRESS 1
 
@@ -151,6 +169,7 @@ typedef struct {
 	uint32_t frag_cap, held_cap;
 	unsigned int decap_mask; /* TUNNEL_* bits */
 	int keep_outer;
+	unsigned int l2; /* L2_* bits */
 	/* fragment tracking: a ring of first fragments in insertion order, hashed by identity */
 	struct frag_first *firsts;
 	int32_t *fbuckets;
@@ -231,7 +250,7 @@ static inline uint64_t key_hash(const uint8_t *key, size_t len)
 		h = (h ^ w) * 0x9E3779B97F4A7C15ULL;
 		h ^= h >> 29;
 	}
-	w = host32(key + len - 4); /* 20 and 44 both end on a 4-byte tail */
+	w = host32(key + len - 4); /* 44 and 68 both end on a 4-byte tail */
 	h = (h ^ w) * 0x9E3779B97F4A7C15ULL;
 	return h ^ (h >> 32);
 }
@@ -951,12 +970,67 @@ struct msg_attrs {
 	uint32_t seq;
 	const uint8_t *payload;
 	size_t payload_len;
+	/* layer 2 (read only with an l2 mask) */
+	uint32_t physin, physout;
+	unsigned int hwtype;
+	const uint8_t *hwheader; /* 14 bytes when set */
+	int has_tci;
+	uint16_t tci;
 };
 
-/* Read attributes from a to end as NflogDecoder._walk. Returns 1 with a payload, else 0. */
-static int read_attrs(const uint8_t *buf, size_t a, size_t end, struct msg_attrs *m)
+/* NFULA_VLAN's nested attributes (16 bytes: TCI and PROTO, any order), as _vlan_tags. */
+static void read_vlan(const uint8_t *v, size_t vlen, struct msg_attrs *m)
 {
-	memset(m, 0, sizeof(*m));
+	size_t a = 0;
+
+	while (a + NLA_HDRLEN <= vlen) {
+		size_t alen = host16(v + a);
+
+		if (alen < NLA_HDRLEN || a + alen > vlen)
+			return;
+		if (alen == 6 && (host16(v + a + 2) & NLA_TYPE_MASK) == NFULA_VLAN_TCI) {
+			m->tci = be16(v + a + NLA_HDRLEN);
+			m->has_tci = 1;
+		}
+		a += (alen + 3) & ~(size_t)3;
+	}
+}
+
+/* Read attributes from a to end as NflogDecoder._walk. Returns 1 with a payload, else 0. */
+/* The layer-2 attributes (only read with an l2 mask). */
+static __attribute__((noinline)) void read_l2_attr(unsigned int atype, const uint8_t *v,
+						   size_t vlen, struct msg_attrs *m)
+{
+	switch (atype) {
+	case NFULA_IFINDEX_PHYSINDEV:
+		if (vlen == 4)
+			m->physin = be32(v);
+		break;
+	case NFULA_IFINDEX_PHYSOUTDEV:
+		if (vlen == 4)
+			m->physout = be32(v);
+		break;
+	case NFULA_HWTYPE:
+		if (vlen == 2)
+			m->hwtype = be16(v);
+		break;
+	case NFULA_HWHEADER:
+		if (vlen == 14)
+			m->hwheader = v;
+		break;
+	case NFULA_VLAN:
+		if (vlen == 16)
+			read_vlan(v, vlen, m);
+		break;
+	}
+}
+
+static inline __attribute__((always_inline)) int read_attrs(const uint8_t *buf, size_t a,
+							     size_t end, struct msg_attrs *m,
+							     unsigned int l2)
+{
+	/* the layer-2 values only when they are read (l2 = 0 folds this to the base part) */
+	memset(m, 0, l2 ? sizeof(*m) : offsetof(struct msg_attrs, physin));
 	while (a + NLA_HDRLEN <= end) {
 		size_t alen = host16(buf + a), vlen = alen - NLA_HDRLEN;
 		unsigned int atype = host16(buf + a + 2) & NLA_TYPE_MASK;
@@ -993,6 +1067,9 @@ static int read_attrs(const uint8_t *buf, size_t a, size_t end, struct msg_attrs
 				m->has_seq = 1;
 			}
 			break;
+		default:
+			if (l2)
+				read_l2_attr(atype, v, vlen, m);
 		}
 		a += (alen + 3) & ~(size_t)3;
 	}
@@ -1030,16 +1107,49 @@ static inline void track_seq(Aggregator *self, uint32_t seq, struct call_counts 
 	self->expect_seq = (uint32_t)(seq + 1);
 }
 
-/* One message's payload into the flow table (self->nomem when memory ran out). */
-static void packet_message(Aggregator *self, const struct msg_attrs *m, int64_t recv_ns,
-			   struct call_counts *cc)
+/* The layer-2 block after the message's packet's key (NflogL2.parse and L2KeyPacker). */
+static __attribute__((noinline)) void l2_block(unsigned int l2, const struct msg_attrs *m,
+						  struct packet *pkt)
 {
-	struct pctx c = {self, cc, message_time(m, recv_ns), m->indev, m->outdev,
-			 DIRECTION_INGRESS};
+	uint8_t *b = pkt->key + KEY_LEN;
+
+	memset(b, 0, L2_LEN);
+	if ((l2 & L2_MAC) && m->hwtype == ARPHRD_ETHER && m->hwheader)
+		memcpy(b, m->hwheader, 12);
+	if ((l2 & L2_VLAN) && m->has_tci) {
+		b[12] = (uint8_t)(m->tci >> 8);
+		b[13] = (uint8_t)m->tci;
+	}
+	if (l2 & (L2_MAC | L2_VLAN)) {
+		unsigned int etype = pkt->key[0] == 6 ? ETH_P_IPV6_ : ETH_P_IP_;
+
+		b[14] = (uint8_t)(etype >> 8);
+		b[15] = (uint8_t)etype;
+	}
+	if (l2 & L2_PHYS) {
+		for (int i = 0; i < 4; i++) {
+			b[16 + i] = (uint8_t)(m->physin >> (24 - 8 * i));
+			b[20 + i] = (uint8_t)(m->physout >> (24 - 8 * i));
+		}
+	}
+	pkt->key_len = KEY_LEN + L2_LEN;
+}
+
+/* One message's payload into the flow table (self->nomem when memory ran out). */
+static inline __attribute__((always_inline)) void packet_message(
+	Aggregator *self, const struct msg_attrs *m, int64_t recv_ns, struct call_counts *cc,
+	unsigned int l2)
+{
+	uint32_t indev = m->indev, outdev = m->outdev;
+	struct pctx c = {self, cc, message_time(m, recv_ns), indev, outdev, DIRECTION_INGRESS};
 	struct packet pkt;
 
-	if (m->hook >= NF_INET_LOCAL_OUT && !m->indev) { /* OUTPUT, POSTROUTING */
-		c.in_if = m->outdev;
+	if (l2 & L2_OVERRIDE) { /* NflogL2.parse */
+		c.in_if = indev = m->physin ? m->physin : indev;
+		c.out_if = outdev = m->physout ? m->physout : outdev;
+	}
+	if (m->hook >= NF_INET_LOCAL_OUT && !indev) { /* OUTPUT, POSTROUTING */
+		c.in_if = outdev;
 		c.direction = DIRECTION_EGRESS;
 	}
 	if (!parse_packet(&c, m->payload, m->payload_len, &pkt))
@@ -1047,13 +1157,17 @@ static void packet_message(Aggregator *self, const struct msg_attrs *m, int64_t 
 	if (self->decap_mask && tunnel_candidate(self->decap_mask, &pkt) &&
 	    !decapsulate(&c, m->payload, m->payload_len, &pkt, 0))
 		return;
+	if (l2 & L2_KEYED)
+		l2_block(l2, m, &pkt);
 	self->acc.packets++; /* add_packet, with account inlined on the hot path */
-	if (account(self, &pkt, c.ts, m->outdev) < 0)
+	if (account(self, &pkt, c.ts, outdev) < 0)
 		self->nomem = 1;
 }
 
 /* Walk buf[:n] into the flow table (GIL released). */
-static void walk(Aggregator *self, const uint8_t *buf, size_t n, int64_t recv_ns)
+static inline __attribute__((always_inline)) void walk_any(Aggregator *self, const uint8_t *buf,
+							     size_t n, int64_t recv_ns,
+							     unsigned int l2)
 {
 	struct call_counts *cc = &self->acc;
 	size_t off = 0;
@@ -1071,14 +1185,14 @@ static void walk(Aggregator *self, const uint8_t *buf, size_t n, int64_t recv_ns
 		off += (mlen + 3) & ~(size_t)3;
 		if (mtype != MSG_PACKET) /* NLMSG_DONE ends each batch; acks; nothing else */
 			continue;
-		if (!read_attrs(buf, start, end, &m)) {
+		if (!read_attrs(buf, start, end, &m, l2)) {
 			self->malformed++;
 			continue;
 		}
 		self->messages++;
 		if (m.has_seq)
 			track_seq(self, m.seq, cc);
-		packet_message(self, &m, recv_ns, cc);
+		packet_message(self, &m, recv_ns, cc, l2);
 	}
 	for (size_t i = off; i < n; i++) { /* anything but zero padding left over */
 		if (buf[i]) {
@@ -1088,12 +1202,30 @@ static void walk(Aggregator *self, const uint8_t *buf, size_t n, int64_t recv_ns
 	}
 }
 
-/* One flow as a packed record of take()'s buffer (decoders.py TAKE_DTYPE, native order). */
+/* walk_any compiled twice: without layer-2 fields (l2 = 0 folds every test away: the
+ * defaults run the code they ran before the fields existed) and with them. */
+static void walk(Aggregator *self, const uint8_t *buf, size_t n, int64_t recv_ns)
+{
+	walk_any(self, buf, n, recv_ns, 0);
+}
+
+static __attribute__((noinline)) void walk_l2(Aggregator *self, const uint8_t *buf, size_t n,
+					       int64_t recv_ns)
+{
+	walk_any(self, buf, n, recv_ns, self->l2);
+}
+
+/* One flow as a packed record of take()'s buffer (decoders.py TAKE_DTYPE, native order);
+ * with layer-2 fields, the key's block follows (zeros for a 44-byte key). */
 #define RECORD_LEN 84
-static void flow_record(const struct flow *f, uint8_t *out)
+static void flow_record(const struct flow *f, uint8_t *out, int l2)
 {
 	uint32_t out_if = f->out_if;
 
+	if (l2) {
+		memset(out + RECORD_LEN, 0, L2_LEN);
+		memcpy(out + RECORD_LEN, f->key + KEY_LEN, (size_t)f->key_len - KEY_LEN);
+	}
 	memcpy(out, f->key, KEY_LEN);
 	memcpy(out + 44, &f->packets, 8);
 	memcpy(out + 52, &f->octets, 8);
@@ -1131,7 +1263,10 @@ static PyObject *Aggregator_feed(Aggregator *self, PyObject *args)
 	}
 	self->busy = 1;
 	Py_BEGIN_ALLOW_THREADS
-	walk(self, view.buf, (size_t)n, recv_ns);
+	if (self->l2)
+		walk_l2(self, view.buf, (size_t)n, recv_ns);
+	else
+		walk(self, view.buf, (size_t)n, recv_ns);
 	Py_END_ALLOW_THREADS
 	self->busy = 0;
 	PyBuffer_Release(&view);
@@ -1147,22 +1282,27 @@ PyDoc_STRVAR(take_doc,
 	     "Everything fed since the last take, and start over. flows: bytes of packed\n"
 	     "84-byte records (key[44], packets u64, octets u64, first_ns i64, last_ns i64,\n"
 	     "out_if u32, tcp_flags u8, 3 zero bytes; native byte order) in the order of each\n"
-	     "key's first packet; the counts are those of the same buffers.");
+	     "key's first packet; the counts are those of the same buffers. With layer-2\n"
+	     "fields (l2 mask 1, 2 or 4) each record is followed by the key's 24-byte block\n"
+	     "(decoders.py L2_DTYPE).");
 
 static PyObject *Aggregator_take(Aggregator *self, PyObject *Py_UNUSED(ignored))
 {
 	struct call_counts *cc = &self->acc;
+	int l2 = (self->l2 & L2_KEYED) != 0;
+	size_t record_len = RECORD_LEN + (l2 ? L2_LEN : 0);
 	PyObject *rows, *out;
 
 	if (self->busy) {
 		PyErr_SetString(PyExc_RuntimeError, "feed() is running on this object");
 		return NULL;
 	}
-	rows = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(self->nflows * RECORD_LEN));
+	rows = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(self->nflows * record_len));
 	if (!rows)
 		return NULL;
 	for (size_t i = 0; i < self->nflows; i++)
-		flow_record(&self->flows[i], (uint8_t *)PyBytes_AS_STRING(rows) + i * RECORD_LEN);
+		flow_record(&self->flows[i], (uint8_t *)PyBytes_AS_STRING(rows) + i * record_len,
+			    l2);
 	out = Py_BuildValue("(NKKKKK)", rows, (unsigned long long)cc->packets,
 			    (unsigned long long)cc->trunc, (unsigned long long)cc->frag,
 			    (unsigned long long)cc->trunc_bytes, (unsigned long long)cc->seq_gaps);
@@ -1249,21 +1389,22 @@ static int alloc_fragments(Aggregator *self)
 static int Aggregator_init(Aggregator *self, PyObject *args, PyObject *kwds)
 {
 	static char *kwlist[] = {"frag_timeout_ns", "frag_table", "frag_held", "decapsulate",
-				 "keep_outer", NULL};
+				 "keep_outer", "l2", NULL};
 	long long timeout = 0;
-	unsigned int table = 4096, held = 256, decap = 0;
+	unsigned int table = 4096, held = 256, decap = 0, l2 = 0;
 	int keep_outer = 0;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$LIIIp:Aggregator", kwlist, &timeout,
-					 &table, &held, &decap, &keep_outer))
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$LIIIpI:Aggregator", kwlist, &timeout,
+					 &table, &held, &decap, &keep_outer, &l2))
 		return -1;
 	if (self->busy) {
 		PyErr_SetString(PyExc_RuntimeError, "feed() is running on this object");
 		return -1;
 	}
-	if (timeout < 0 || table < 1 || table > (1u << 24) || held > (1u << 20) || decap > 15) {
+	if (timeout < 0 || table < 1 || table > (1u << 24) || held > (1u << 20) || decap > 15 ||
+	    l2 > 15) {
 		PyErr_SetString(PyExc_ValueError, "frag_timeout_ns >= 0, frag_table 1-2**24, "
-				"frag_held 0-2**20, decapsulate a 4-bit mask");
+				"frag_held 0-2**20, decapsulate and l2 4-bit masks");
 		return -1;
 	}
 	self->expect_seq = 0; /* a fresh instance numbers its packets from 0 */
@@ -1280,6 +1421,7 @@ static int Aggregator_init(Aggregator *self, PyObject *args, PyObject *kwds)
 	self->held_cap = held;
 	self->decap_mask = decap;
 	self->keep_outer = keep_outer;
+	self->l2 = l2;
 	return timeout > 0 ? alloc_fragments(self) : 0;
 }
 
@@ -1324,6 +1466,8 @@ static PyMemberDef Aggregator_members[] = {
 	 "first fragments remembered now"},
 	{"decapsulate", T_UINT, offsetof(Aggregator, decap_mask), READONLY,
 	 "tunnels decapsulated (bits in agent.tunnels.TUNNELS order)"},
+	{"l2", T_UINT, offsetof(Aggregator, l2), READONLY,
+	 "layer-2 fields: mac 1, vlan 2, physdev export 4, physdev override 8"},
 	{"decapsulated", T_ULONGLONG, offsetof(Aggregator, decapsulated), READONLY,
 	 "packets accounted to their inner flow"},
 	{"decap_failed", T_ULONGLONG, offsetof(Aggregator, decap_failed), READONLY,
@@ -1333,11 +1477,13 @@ static PyMemberDef Aggregator_members[] = {
 
 PyDoc_STRVAR(Aggregator_doc,
 	     "Aggregator(*, frag_timeout_ns=0, frag_table=4096, frag_held=256, decapsulate=0,\n"
-	     "           keep_outer=False)\n\n"
+	     "           keep_outer=False, l2=0)\n\n"
 	     "Decodes the receive buffers of one NFLOG group into per-flow sums. Holds the\n"
 	     "group's sequence state and cumulative counters; one per reader thread.\n"
 	     "frag_timeout_ns > 0 tracks fragments (agent/fragments.py); decapsulate is a\n"
-	     "bit mask of agent/tunnels.py TUNNELS (gre 1, vxlan 2, geneve 4, ipip 8).");
+	     "bit mask of agent/tunnels.py TUNNELS (gre 1, vxlan 2, geneve 4, ipip 8); l2 a\n"
+	     "mask of layer-2 fields to key on (mac 1, vlan 2, physdev export 4) and\n"
+	     "physdev override 8 (bridge ports replace the interfaces).");
 
 static PyTypeObject AggregatorType = {
 	PyVarObject_HEAD_INIT(NULL, 0)

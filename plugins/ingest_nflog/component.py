@@ -20,8 +20,11 @@ socket sets NETLINK_NO_ENOBUFS (see ``netlink.NflogSocket._open`` for why).
 from __future__ import annotations
 
 import errno
+import fcntl
 import select
 import socket
+import sys
+import termios
 import threading
 import time
 from typing import Any
@@ -41,7 +44,8 @@ from .netlink import NLBUFSIZ_MAX, NflogSocket, find_ack
 from .rules import ManagedRules
 
 _POLL_S = 0.2  # how often an idle reader looks at the stop flag
-_STOP_DRAIN_S = 2.0  # longest wait for the UNBIND ack (and the kernel's last batch)
+_STOP_DRAIN_S = 2.0  # longest wait for the next datagram while draining at stop
+_STOP_DRAIN_MAX_S = 60.0  # longest drain at stop (a reader far behind a flood catches up)
 #: batches queued in the pipeline before a reader waits (the kernel then drops, counted)
 _INBOX_LIMIT = 512
 #: most datagrams, and bytes, read back to back into one batch
@@ -68,7 +72,7 @@ class GroupReader:
         self.decoder = make_batcher(cfg.decoder, owner.fragments, cfg.decapsulate,
                                     cfg.keep_outer)
         self.counters = {"batches": 0, "packets": 0, "enobufs": 0, "recv_errors": 0,
-                         "datagrams_cut": 0}
+                         "datagrams_cut": 0, "unread_at_stop_bytes": 0}
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True,
                                        name=f"{owner.name} group {sock.group}")
@@ -156,7 +160,8 @@ class GroupReader:
         self.decoder.release(None if final else time.time_ns())
         batch = self.decoder.take(self.owner.name)
         if batch is not None:
-            self.context.wait_for_room(_INBOX_LIMIT)
+            if not self.stopping.is_set():  # at stop the pipeline thread is joining us
+                self.context.wait_for_room(_INBOX_LIMIT)
             self.context.emit(batch)
 
     def _finish(self) -> None:
@@ -167,17 +172,47 @@ class GroupReader:
             self.owner.log.warning("%s: group %d: unbind: %s", self.owner.name,
                                    self.sock.group, exc)
             return
-        deadline = time.monotonic() + _STOP_DRAIN_S
-        while (left := deadline - time.monotonic()) > 0 and self.poller.poll(left * 1000):
+        # Everything queued before the ack is traffic the kernel logged: read it all. The
+        # wait is for progress (the next datagram), bounded overall; what a reader far
+        # behind cannot read in that time is counted, never silently left in the socket.
+        start = time.monotonic()
+        fed = 0
+        while True:
+            now = time.monotonic()
+            left = min(_STOP_DRAIN_S, start + _STOP_DRAIN_MAX_S - now)
+            if left <= 0 or not self.poller.poll(left * 1000):
+                break
             n = self._receive_one()
             if n > 0 and find_ack(self.buf, n, self.sock.last_seq) is not None:
                 break
+            fed += max(n, 0)
+            if fed >= _DRAIN_BYTES:  # emit as it goes: the table stays small
+                self._emit()
+                fed = 0
+        self.counters["unread_at_stop_bytes"] = self._unread_bytes()
+        if self.counters["unread_at_stop_bytes"]:
+            self.owner.log.error("%s: group %d: %d bytes of logged packets still queued after "
+                                 "%.0f s of draining at stop; they are not accounted",
+                                 self.owner.name, self.sock.group,
+                                 self.counters["unread_at_stop_bytes"], _STOP_DRAIN_MAX_S)
         self._emit(final=True)
+
+    def _unread_bytes(self) -> int:
+        """Bytes still queued on the socket (SIOCINQ), 0 when unknown."""
+        try:
+            raw = fcntl.ioctl(self.sock.sock.fileno(), termios.FIONREAD, b"\0" * 4)
+        except OSError:
+            return 0
+        return int.from_bytes(raw, sys.byteorder)
 
     def stop(self) -> None:
         """Ask the thread to finish (it unbinds and drains) and wait for it."""
         self.stopping.set()
-        self.thread.join(timeout=_POLL_S + _STOP_DRAIN_S + 1)
+        self.thread.join(timeout=_POLL_S + _STOP_DRAIN_MAX_S + _STOP_DRAIN_S + 1)
+        if self.thread.is_alive():
+            self.owner.log.error("%s: group %d: reader still busy after the stop drain; its "
+                                 "last packets are not accounted", self.owner.name,
+                                 self.sock.group)
 
     def stats(self) -> dict[str, int]:
         """This group's counters."""
@@ -202,6 +237,10 @@ class NflogIngest(Ingest):
 
     stage = "ingest"
     type_name = "nflog"
+    #: NFULA_HWHEADER (MACs), NFULA_VLAN (the one tag the kernel took off the frame) and
+    #: NFULA_IFINDEX_PHYS* (bridge ports); no MPLS: NFLOG's payload starts at the IP header
+    observable_fields = frozenset({"src_mac", "dst_mac", "ethernet_type", "vlan_id",
+                                   "vlan_priority", "in_physdev", "out_physdev"})
 
     def __init__(self, config: Config, name: str):
         super().__init__(config, name)

@@ -27,7 +27,7 @@ SNAPLEN_MIN_DECAP = 118
 NLBUFSIZ_MIN = 4096  # NLMSG_GOODSIZE on 4 KiB pages; the kernel raises smaller values to it
 RULES_TABLE = "netflow_agent"
 
-Chain = Literal["input", "forward", "output"]
+Chain = Literal["input", "forward", "output", "bridge"]
 Family = Literal["ipv4", "ipv6"]
 Decoder = Literal["auto", "c", "python"]
 
@@ -67,7 +67,10 @@ class Config:
         "`chains` at start and delete it at exit (IPv4 and IPv6).")
     chains: list[Chain] = option(
         ["input", "forward", "output"],
-        doc="Hooks that get a log rule when manage_rules is true.")
+        doc="Hooks that get a log rule when manage_rules is true; \"bridge\" adds a table "
+        "'bridge netflow_agent' logging the IPv4/IPv6 frames bridges forward (only those "
+        "messages carry the VLAN tag, [flow] vlan; with br_netfilter the inet forward chain "
+        "sees the same packets: list one of them).")
     families: list[Family] = option(
         ["ipv4", "ipv6"], doc="Address families the managed rules log (like choosing "
         "iptables, ip6tables or both).", min_items=1)
@@ -139,5 +142,8 @@ class Config:
         """One listener per group per namespace (the kernel refuses a second: EPERM)."""
         out = [Resource("nflog-group", f"netns={self.netns} group={g}") for g in self.groups]
         if self.manage_rules:
-            out.append(Resource("nft-table", f"netns={self.netns} inet {RULES_TABLE}"))
+            families = (["inet"] if set(self.chains) - {"bridge"} else []) + (
+                ["bridge"] if "bridge" in self.chains else [])
+            out += [Resource("nft-table", f"netns={self.netns} {family} {RULES_TABLE}")
+                    for family in families]
         return out

@@ -14,6 +14,11 @@ a receive buffer into one batch for the cache, with the same accounting:
   flags (so FIN/RST still end flows), output interface, times and counters, and the same
   fragment tracking (``[cache] fragments``) and tunnel decapsulation (``decapsulate``).
 
+Layer-2 key fields (``[flow]`` mac, vlan, physdev): both decoders read NFULA_HWHEADER,
+NFULA_VLAN and NFULA_IFINDEX_PHYS* only when the active schema asks
+(:class:`~.netlink.NflogL2`; the C aggregator's ``l2`` mask, :func:`l2_mask`), and give the
+message's own packet the same fields.
+
 Fragments that waited for their first fragment too long are released by
 :meth:`Batcher.release`, which the reader calls before every take (and with ``None`` at stop).
 
@@ -35,13 +40,14 @@ from netflow_agent.api import (
     FlowBatch,
     FlowSchema,
     FragmentPolicy,
+    L2KeyPacker,
     Packet,
     PacketBatch,
     flow_schema,
     make_parser,
 )
 
-from .netlink import NflogDecoder
+from .netlink import NflogDecoder, NflogL2
 
 DECODERS = ("auto", "c", "python")
 _EXTENSION = "netflow_agent.plugins.ingest_nflog._nflog"
@@ -105,10 +111,29 @@ def make_batcher(choice: str, fragments: FragmentPolicy | None = None,
                  decapsulate: list[str] | tuple[str, ...] = (), keep_outer: bool = False
                  ) -> Batcher:
     """A fresh batcher for one group; ``choice`` as in :func:`resolve`; the other arguments
-    as :func:`~agent.tunnels.make_parser` (the same accounting with either decoder)."""
+    as :func:`~agent.tunnels.make_parser` (the same accounting with either decoder); the
+    layer-2 fields are the active schema's."""
     if resolve(choice) == "c":
         return CBatcher(fragments, decapsulate, keep_outer)
     return PythonBatcher(fragments, decapsulate, keep_outer)
+
+
+#: ``_nflog.Aggregator``'s ``l2`` bits
+L2_MAC, L2_VLAN, L2_PHYS, L2_OVERRIDE = 1, 2, 4, 8
+
+
+def l2_mask(schema: FlowSchema) -> int:
+    """The C aggregator's ``l2`` mask for ``schema``: which layer-2 fields to key on."""
+    names = set(schema.ext_names)
+    return ((L2_MAC if "src_mac" in names else 0) | (L2_VLAN if "vlan_id" in names else 0)
+            | (L2_PHYS if "in_physdev" in names else 0)
+            | (L2_OVERRIDE if schema.options.physdev == "override" else 0))
+
+
+def nflog_l2(schema: FlowSchema) -> NflogL2:
+    """The Python decoder's layer-2 reading for ``schema`` (the same fields as
+    :func:`l2_mask`: MPLS and inner tags never reach NFLOG)."""
+    return NflogL2(L2KeyPacker(schema), schema.options.physdev == "override")
 
 
 class PythonBatcher:
@@ -119,7 +144,8 @@ class PythonBatcher:
     def __init__(self, fragments: FragmentPolicy | None = None,
                  decapsulate: list[str] | tuple[str, ...] = (), keep_outer: bool = False
                  ) -> None:
-        self.decoder = NflogDecoder(make_parser(fragments, decapsulate, keep_outer))
+        self.decoder = NflogDecoder(make_parser(fragments, decapsulate, keep_outer),
+                                    nflog_l2(flow_schema()))
         self.packets: list[Packet] = []
         self._reported_gaps = 0
 
@@ -167,7 +193,9 @@ class CBatcher:
         ext = c_extension()
         if ext is None:
             raise RuntimeError(c_unavailable_reason())
-        self.aggregator = ext.Aggregator(**c_options(fragments, decapsulate, keep_outer))
+        self.l2 = l2_mask(flow_schema())
+        self.aggregator = ext.Aggregator(**c_options(fragments, decapsulate, keep_outer),
+                                         l2=self.l2)
 
     def feed(self, buf: bytearray | bytes, n: int, recv_ns: int) -> int:
         """See :class:`Batcher`."""
@@ -178,7 +206,7 @@ class CBatcher:
         records, _packets, trunc, frag, trunc_bytes, gaps = self.aggregator.take()
         if not (records or trunc or frag or gaps):
             return None
-        return FlowBatch(source, flows_of(records), dropped_packets=gaps + trunc,
+        return FlowBatch(source, flows_of(records, self.l2), dropped_packets=gaps + trunc,
                          dropped_bytes=trunc_bytes, trunc=trunc, frag=frag)
 
     def release(self, now_ns: int | None) -> None:
@@ -208,10 +236,22 @@ TAKE_DTYPE = np.dtype([("key", "V44"), ("packets", "u8"), ("octets", "u8"),
                        ("tcp_flags", "u1"), ("pad", "V3")])
 
 
-def flows_of(records: bytes) -> np.ndarray:
+#: the layer-2 block after each record with an ``l2`` mask (_nflog.c L2_LEN)
+L2_DTYPE = np.dtype([("dst_mac", "V6"), ("src_mac", "V6"), ("tci", ">u2"),
+                     ("ethernet_type", ">u2"), ("in_physdev", ">u4"), ("out_physdev", ">u4")])
+TAKE_L2_DTYPE = np.dtype([("base", TAKE_DTYPE), ("l2", L2_DTYPE)])
+
+
+def flows_of(records: bytes, l2: int = 0) -> np.ndarray:
     """The C aggregator's records as a FlowBatch record array of the active schema (the
-    base key columns decoded from the packed keys; optional fields stay 0)."""
-    raw = np.frombuffer(records, TAKE_DTYPE)
+    base key columns decoded from the packed keys; the layer-2 block's fields when ``l2``
+    has key bits; other optional fields stay 0)."""
+    block = None
+    if l2 & (L2_MAC | L2_VLAN | L2_PHYS):
+        both = np.frombuffer(records, TAKE_L2_DTYPE)
+        raw, block = both["base"], both["l2"]
+    else:
+        raw = np.frombuffer(records, TAKE_DTYPE)
     schema = flow_schema()
     out = schema.empty(len(raw))
     keys = raw["key"].view(BASE_KEY_DTYPE)
@@ -219,7 +259,20 @@ def flows_of(records: bytes) -> np.ndarray:
         out[name] = keys[name]
     for name in ("packets", "octets", "start_ns", "end_ns", "out_if", "tcp_flags"):
         out[name] = raw[name]
+    if block is not None:
+        _l2_columns(out, block, schema)
     return out
+
+
+def _l2_columns(out: np.ndarray, block: np.ndarray, schema: FlowSchema) -> None:
+    """The schema's layer-2 columns from the C blocks (as :class:`~.netlink.NflogL2`)."""
+    names = set(schema.ext_names)
+    for name in ("src_mac", "dst_mac", "ethernet_type", "in_physdev", "out_physdev"):
+        if name in names:
+            out[name] = block[name]
+    if "vlan_id" in names:
+        out["vlan_id"] = block["tci"] & 0x0FFF
+        out["vlan_priority"] = block["tci"] >> 13
 
 
 def rows_of(records: bytes) -> list[tuple[bytes, int, int, int, int, int, int]]:

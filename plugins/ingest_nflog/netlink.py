@@ -28,7 +28,9 @@ import os
 import socket
 import struct
 import sys
+from collections.abc import Callable
 from operator import itemgetter
+from typing import Any
 
 from pyroute2.netlink import nla
 from pyroute2.netlink.nfnetlink import nfgen_msg
@@ -36,6 +38,7 @@ from pyroute2.netlink.nfnetlink import nfgen_msg
 from netflow_agent.api import (
     DIRECTION_EGRESS,
     DIRECTION_INGRESS,
+    L2KeyPacker,
     Packet,
     PacketParser,
     netns_path,
@@ -397,7 +400,34 @@ _FIELD_ATTRS: dict[int, tuple[str, tuple[str, ...]]] = {
     NFULA_TIMESTAMP: ("QQ", ("sec", "usec")),
     NFULA_SEQ: ("I", ("seq",)),
 }
-_FIELD_STRUCTS = {t: struct.Struct(">" + code) for t, (code, _names) in _FIELD_ATTRS.items()}
+#: ... and with layer-2 fields on ([flow] mac, vlan, physdev): read only then
+_L2_WANTED = ("physin", "physout", "hwtype", "hwheader", "vlan")
+_L2_ABSENT = (0, 0, 0, b"", b"")
+_L2_ATTRS: dict[int, tuple[str, tuple[str, ...]]] = {
+    NFULA_IFINDEX_PHYSINDEV: ("I", ("physin",)),
+    NFULA_IFINDEX_PHYSOUTDEV: ("I", ("physout",)),
+    NFULA_HWTYPE: ("H", ("hwtype",)),
+    NFULA_HWHEADER: ("14s", ("hwheader",)),  # an Ethernet header: destination, source, type
+    NFULA_VLAN: ("16s", ("vlan",)),  # nested NFULA_VLAN_TCI and NFULA_VLAN_PROTO, 2 bytes each
+}
+ARPHRD_ETHER = 1
+NFULA_VLAN_PROTO = 1
+NFULA_VLAN_TCI = 2
+
+
+class _Attrs:
+    """The attributes a decoder reads, their structs and the values they give (in order)."""
+
+    __slots__ = ("attrs", "structs", "wanted", "absent")
+
+    def __init__(self, l2: bool) -> None:
+        self.attrs = {**_FIELD_ATTRS, **_L2_ATTRS} if l2 else _FIELD_ATTRS
+        self.structs = {t: struct.Struct(">" + code) for t, (code, _n) in self.attrs.items()}
+        self.wanted = _WANTED + _L2_WANTED if l2 else _WANTED
+        self.absent = _ABSENT + _L2_ABSENT if l2 else _ABSENT
+
+
+_BASE_ATTRS = _Attrs(False)
 
 
 def _nla_len_from_be(header_be: int) -> int:
@@ -418,11 +448,12 @@ class _Shape:
     attributes at their defaults.
     """
 
-    __slots__ = ("struct", "headers", "expected", "fields", "payload_at")
+    __slots__ = ("struct", "headers", "expected", "fields", "l2", "payload_at")
 
-    def __init__(self, chain: list[tuple[int, int, int]]):
+    def __init__(self, chain: list[tuple[int, int, int]], attrs: _Attrs = _BASE_ATTRS):
         """:param chain: ``(nla_type, nla_len, header as big-endian u32)`` of every attribute
-            of the message, the payload attribute last; at least two attributes."""
+            of the message, the payload attribute last; at least two attributes.
+        :param attrs: the attributes whose values the shape reads."""
         fmt = [">"]
         header_idx: list[int] = []
         expected: list[int] = []
@@ -435,9 +466,9 @@ class _Shape:
             expected.append(header_be)
             count += 1
             padded = ((alen + 3) & ~3) - NLATTR.size
-            field = _FIELD_STRUCTS.get(atype & NLA_TYPE_MASK)
+            field = attrs.structs.get(atype & NLA_TYPE_MASK)
             if field is not None and field.size == alen - NLATTR.size:
-                code, names = _FIELD_ATTRS[atype & NLA_TYPE_MASK]
+                code, names = attrs.attrs[atype & NLA_TYPE_MASK]
                 fmt.append(f"{code}{padded - field.size}x")
                 for name in names:
                     where[name] = count
@@ -451,8 +482,76 @@ class _Shape:
         type_half = count + 1
         self.headers = itemgetter(*header_idx, type_half)
         self.expected = (*expected, chain[-1][2] & 0xFFFF)
-        self.fields = itemgetter(
-            *(where.get(name, type_half + 1 + i) for i, name in enumerate(_WANTED)))
+        at = [where.get(name, type_half + 1 + i) for i, name in enumerate(attrs.wanted)]
+        self.fields = itemgetter(*at[:len(_WANTED)])
+        #: the layer-2 values (:data:`_L2_WANTED`), when the decoder reads them
+        self.l2 = itemgetter(*at[len(_WANTED):]) if len(at) > len(_WANTED) else None
+
+
+class NflogL2:
+    """The layer-2 key fields of NFLOG messages (``[flow]`` mac, vlan, physdev).
+
+    What the kernel sends (``net/netfilter/nfnetlink_log.c``, checked in tests): the Ethernet
+    header of a received frame (NFULA_HWTYPE 1, NFULA_HWHEADER of 14 bytes: destination,
+    source, EtherType); the tag the kernel took off the frame (``skb->vlan_tci``) as
+    NFULA_VLAN, for ``bridge`` family rules only; the bridge ports as
+    NFULA_IFINDEX_PHYSINDEV/PHYSOUTDEV (bridge family rules, and IP rules that see bridged
+    packets through br_netfilter). ``physdev = "override"`` puts the bridge ports in place of
+    the interfaces (as ipt_NETFLOW's ``--enable-physdev-override``); other fields go into
+    the key after the base (:class:`~agent.l2key.L2KeyPacker`). Only the message's own packet
+    gets them: fragments released later and the outer flow of a tunnel keep zeros, as with
+    the C decoder.
+
+    :param packer: packs the schema's layer-2 key fields.
+    :param override: ``physdev = "override"``.
+    """
+
+    __slots__ = ("packer", "override", "wanted", "_vlans")
+
+    def __init__(self, packer: L2KeyPacker, override: bool = False) -> None:
+        self.packer = packer
+        self.override = override
+        self.wanted = packer.active or override
+        self._vlans: dict[bytes, tuple[tuple[int, int, int], ...]] = {}
+
+    def parse(self, parse: Callable[..., Packet | None], data: memoryview, ts: int,
+              hook: int, indev: int, outdev: int, l2vals: tuple) -> Packet | None:
+        """The message's packet with its layer-2 fields (as :meth:`NflogDecoder.decode`)."""
+        physin, physout, hwtype, hwheader, vlan = l2vals
+        if self.override:
+            indev, outdev = physin or indev, physout or outdev
+        if hook >= NF_INET_LOCAL_OUT and not indev:
+            pkt = parse(data, ts, outdev, outdev, DIRECTION_EGRESS)
+        else:
+            pkt = parse(data, ts, indev, outdev, DIRECTION_INGRESS)
+        packer = self.packer
+        if pkt is None or not packer.active:
+            return pkt
+        src = dst = b""
+        if hwtype == ARPHRD_ETHER and hwheader:
+            dst, src = hwheader[:6], hwheader[6:12]
+        vlans = self._vlans.get(vlan) if vlan else ()
+        if vlans is None:
+            if len(self._vlans) >= 4096:  # bounded: tags and protocols, not per packet
+                self._vlans.clear()
+            vlans = self._vlans[vlan] = _vlan_tags(vlan)
+        ext = packer.pack(pkt[0][0], src, dst, vlans, (), physin, physout)
+        return (pkt[0] + ext, *pkt[1:])
+
+
+def _vlan_tags(nested: bytes) -> tuple[tuple[int, int, int], ...]:
+    """``((tpid, id, priority),)`` from NFULA_VLAN's nested attributes (``()`` without TCI)."""
+    tci, proto, off = -1, 0, 0
+    while off + NLATTR.size <= len(nested):
+        alen, atype = NLATTR.unpack_from(nested, off)
+        if alen < NLATTR.size or off + alen > len(nested):
+            break
+        if alen == 6 and atype & NLA_TYPE_MASK == NFULA_VLAN_TCI:
+            tci = _BE16.unpack_from(nested, off + 4)[0]
+        elif alen == 6 and atype & NLA_TYPE_MASK == NFULA_VLAN_PROTO:
+            proto = _BE16.unpack_from(nested, off + 4)[0]
+        off += (alen + 3) & ~3
+    return ((proto, tci & 0x0FFF, tci >> 13),) if tci >= 0 else ()
 
 
 class NflogDecoder:
@@ -469,8 +568,12 @@ class NflogDecoder:
 
     MAX_SHAPES = 16
 
-    def __init__(self, parser: PacketParser | None = None) -> None:
+    def __init__(self, parser: PacketParser | None = None, l2: NflogL2 | None = None) -> None:
+        """:param l2: the layer-2 key fields to fill (``[flow]`` mac, vlan, physdev); ``None``
+            reads none of their attributes."""
         self.parser = parser if parser is not None else PacketParser()
+        self.l2 = l2 if l2 is not None and l2.wanted else None
+        self.attrs = _Attrs(self.l2 is not None)
         self.expect_seq = 0  # a fresh instance numbers its packets from 0
         self.seq_gaps = 0  # packets the kernel logged that never reached us
         self.seq_resets = 0  # the sequence jumped backwards (instance re-created)
@@ -493,7 +596,10 @@ class NflogDecoder:
         unpack_head = _NLMSG_LEN_TYPE.unpack_from
         shapes = self.shapes
         expect = self.expect_seq
-        absent = _ABSENT
+        absent = self.attrs.absent
+        payload_header = -len(absent) - 2  # in vals: before the type half and the defaults
+        l2 = self.l2
+        l2vals: tuple = ()
         nla_len = _nla_len_from_be
         messages = 0
         off = 0
@@ -517,17 +623,19 @@ class NflogDecoder:
                 vals = (*vals, vals[-1] & 0xFFFF, *absent)
                 if shape.headers(vals) != shape.expected:
                     continue
-                plen = nla_len(vals[-8]) - 4  # the payload header, before type half + absent
+                plen = nla_len(vals[payload_header]) - 4
                 p += 4
                 if plen < 0 or p + plen > end:
                     continue
                 hook, indev, outdev, sec, usec, seq = shape.fields(vals)
+                if l2 is not None:
+                    l2vals = shape.l2(vals)  # type: ignore[misc]
                 break
             else:
                 found = self._walk(buf, a, end)
                 if found is None:
                     continue
-                hook, indev, outdev, sec, usec, seq, p, plen = found
+                hook, indev, outdev, sec, usec, seq, p, plen, l2vals = found
             messages += 1
             if seq >= 0:
                 if seq != expect:
@@ -540,7 +648,9 @@ class NflogDecoder:
             ts = sec * 1_000_000_000 + usec * 1000 if sec else recv_ns
             if ts > _TS_MAX:  # garbage: the cache's time columns are int64 ns
                 ts = recv_ns
-            if hook >= NF_INET_LOCAL_OUT and not indev:
+            if l2 is not None:
+                pkt = l2.parse(parse, view[p:p + plen], ts, hook, indev, outdev, l2vals)
+            elif hook >= NF_INET_LOCAL_OUT and not indev:
                 pkt = parse(view[p:p + plen], ts, outdev, outdev, DIRECTION_EGRESS)
             else:
                 pkt = parse(view[p:p + plen], ts, indev, outdev, DIRECTION_INGRESS)
@@ -559,14 +669,15 @@ class NflogDecoder:
         """``True`` when ``buf[off:n]`` is only zero padding (not an error)."""
         return not any(memoryview(buf)[off:n])
 
-    def _walk(self, buf: bytearray | bytes, a: int, end: int) -> tuple[int, ...] | None:
+    def _walk(self, buf: bytearray | bytes, a: int, end: int) -> tuple[Any, ...] | None:
         """Read one message attribute by attribute and learn its shape when it is regular.
 
-        :return: ``(hook, indev, outdev, sec, usec, seq, payload_offset, payload_len)``, or
-            ``None`` when the message has no payload or its lengths do not add up (counted
-            as malformed).
+        :return: ``(hook, indev, outdev, sec, usec, seq, payload_offset, payload_len,
+            layer-2 values)``, or ``None`` when the message has no payload or its lengths do
+            not add up (counted as malformed).
         """
-        values = dict(zip(_WANTED, _ABSENT, strict=True))
+        attrs = self.attrs
+        values = dict(zip(attrs.wanted, attrs.absent, strict=True))
         chain: list[tuple[int, int, int]] = []
         while a + NLATTR.size <= end:
             alen, raw_type = NLATTR.unpack_from(buf, a)
@@ -577,11 +688,12 @@ class NflogDecoder:
             if atype == NFULA_PAYLOAD:
                 last = a + ((alen + 3) & ~3) >= end
                 if last and len(chain) >= 2 and len(self.shapes) < self.MAX_SHAPES:
-                    self.shapes.append(_Shape(chain))
-                return (*(values[k] for k in _WANTED), a + NLATTR.size, alen - NLATTR.size)
-            field = _FIELD_STRUCTS.get(atype)
+                    self.shapes.append(_Shape(chain, attrs))
+                return (*(values[k] for k in _WANTED), a + NLATTR.size, alen - NLATTR.size,
+                        tuple(values[k] for k in attrs.wanted[len(_WANTED):]))
+            field = attrs.structs.get(atype)
             if field is not None and field.size == alen - NLATTR.size:
-                names = _FIELD_ATTRS[atype][1]
+                names = attrs.attrs[atype][1]
                 values.update(zip(names, field.unpack_from(buf, a + 4), strict=True))
             a += (alen + 3) & ~3
         self.malformed += 1

@@ -10,6 +10,13 @@ nf_tables kernel (KERNEL.md section 4.1). Several groups share the traffic round
 ``numgen inc mod N`` (one jump chain per group), the nftables form of spreading load over
 NFLOG queues.
 
+The chain ``bridge`` is a second table, ``bridge netflow_agent``, whose ``forward`` chain logs
+the IPv4/IPv6 frames a bridge forwards: only bridge-family messages carry the frame's VLAN tag
+(NFULA_VLAN, ``nfulnl_put_bridge``), and they name the bridge ports (NFULA_IFINDEX_PHYS*)
+without br_netfilter. Frames with a tag still in the payload (the inner one of QinQ) are not
+IPv4/IPv6 to nftables and are not logged. With br_netfilter's ``bridge-nf-call-iptables`` on,
+the ``inet`` ``forward`` chain sees the same bridged packets: use one of the two.
+
 Reference: nft(8) "LOG STATEMENT", "NUMGEN EXPRESSION"; ``net/netfilter/nft_log.c``.
 """
 
@@ -26,6 +33,8 @@ from .config import RULES_TABLE
 log = logging.getLogger("agent.ingest.nflog")
 
 _HOOKS = ("input", "forward", "output")
+BRIDGE = "bridge"
+_PROTOCOLS = {"ipv4": "ip", "ipv6": "ip6"}
 
 
 class RulesError(RuntimeError):
@@ -38,7 +47,8 @@ def ruleset(groups: list[int], chains: list[str], snaplen: int, qthreshold: int,
     """The ``nft -f`` text that (re)creates the table.
 
     :param groups: NFLOG groups; more than one are used round-robin.
-    :param chains: hooks to log: ``input``, ``forward``, ``output``.
+    :param chains: hooks to log: ``input``, ``forward``, ``output``; ``bridge`` adds the
+        bridge family table.
     :param snaplen: copy length (0 = whole packet: no ``snaplen``).
     :param families: ``ipv4`` and/or ``ipv6``; one family adds a ``meta nfproto`` match.
     """
@@ -52,14 +62,29 @@ def ruleset(groups: list[int], chains: list[str], snaplen: int, qthreshold: int,
         action = f"numgen inc mod {len(groups)} vmap {{ {spread} }}"
     else:
         action = f"counter {log_stmt.format(g=groups[0])}"
+    inet_action = action
     if len(set(families)) == 1:
-        action = f"meta nfproto {families[0]} {action}"
-    for hook in (h for h in _HOOKS if h in chains):
+        inet_action = f"meta nfproto {families[0]} {action}"
+    hooks = [h for h in _HOOKS if h in chains]
+    if not hooks:
+        lines = []
+    for hook in hooks:
         lines += [f"  chain {hook} {{",
                   f"    type filter hook {hook} priority {priority}; policy accept;",
-                  f"    {action}",
+                  f"    {inet_action}",
                   "  }"]
-    lines.append("}")
+    if hooks:
+        lines.append("}")
+    if BRIDGE in chains:
+        protocols = ", ".join(_PROTOCOLS[f] for f in sorted(set(families)))
+        lines += [f"table bridge {table}", f"delete table bridge {table}",
+                  f"table bridge {table} {{"]
+        if len(groups) > 1:
+            lines += [f"  chain to_group_{g} {{ counter {log_stmt.format(g=g)}; }}"
+                      for g in groups]
+        lines += ["  chain forward {",
+                  f"    type filter hook forward priority {priority}; policy accept;",
+                  f"    meta protocol {{ {protocols} }} {action}", "  }", "}"]
     return "\n".join(lines) + "\n"
 
 
@@ -85,13 +110,15 @@ class ManagedRules:
         self.netns = netns
         self.text = ruleset(groups, chains, snaplen, qthreshold, priority,
                             families=families)
+        self.tables = ([f"inet {RULES_TABLE}"] if set(chains) - {BRIDGE} else []) + (
+            [f"bridge {RULES_TABLE}"] if BRIDGE in chains else [])
         self.installed = False
 
     def install(self) -> None:
         """Create (or replace) the table. :raises RulesError: nft failed."""
         _nft(self.netns, self.text)
         self.installed = True
-        log.info("installed nftables table inet %s%s", RULES_TABLE,
+        log.info("installed nftables table(s) %s%s", ", ".join(self.tables),
                  f" in netns {self.netns}" if self.netns else "")
 
     def remove(self) -> None:
@@ -99,9 +126,10 @@ class ManagedRules:
         if not self.installed:
             return
         try:
-            _nft(self.netns, f"delete table inet {RULES_TABLE}\n")
+            _nft(self.netns, "".join(f"delete table {t}\n" for t in self.tables))
         except (RulesError, OSError, subprocess.SubprocessError) as exc:
-            log.warning("could not delete nftables table inet %s: %s", RULES_TABLE, exc)
+            log.warning("could not delete nftables table(s) %s: %s", ", ".join(self.tables),
+                        exc)
             return
         self.installed = False
-        log.info("deleted nftables table inet %s", RULES_TABLE)
+        log.info("deleted nftables table(s) %s", ", ".join(self.tables))

@@ -1,4 +1,10 @@
-"""Replay a capture file through the pipeline, using the packets' timestamps as the clock."""
+"""Replay a capture file through the pipeline, using the packets' timestamps as the clock.
+
+With ``[flow]`` MAC, VLAN or MPLS fields on, each frame's key gets those fields
+(:class:`_L2Fields`: the link layer's slow walk, :func:`.linktype.link_facts`, runs once per
+distinct link-layer header, whose bytes determine the fields); with the defaults the hot path
+(:func:`.linktype.ip_offset`) is all a frame costs.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +16,13 @@ from typing import Any
 from netflow_agent.api import (
     DIRECTION_EGRESS,
     DIRECTION_INGRESS,
+    L2_FIELDS,
     Ingest,
+    L2KeyPacker,
     PacketBatch,
     PacketParser,
     RunContext,
+    flow_schema,
     follow_privileges,
     hookimpl,
     make_parser,
@@ -35,6 +44,8 @@ class PcapIngest(Ingest):
     stage = "ingest"
     type_name = "pcap"
     finite = True
+    #: every link-layer field a capture can hold; bridge ports never are in a capture
+    observable_fields = L2_FIELDS - {"in_physdev", "out_physdev"}
 
     def __init__(self, config: Config, name: str):
         super().__init__(config, name)
@@ -87,6 +98,8 @@ class PcapIngest(Ingest):
         batch: list[Any] = []
         last_ts = batch_start = 0
         pace = _Pacer(self._stop) if cfg.speed == "recorded" else None
+        packer = L2KeyPacker(flow_schema())
+        l2 = _L2Fields(packer).ext if packer.active else None  # defaults: one test per frame
         for ts, linktype, frame in packets:
             if self._stop.is_set():
                 break
@@ -109,6 +122,8 @@ class PcapIngest(Ingest):
                 batch.extend(extra)
                 extra.clear()
             if pkt is not None:
+                if l2 is not None:
+                    pkt = (pkt[0] + l2(linktype, frame, off, pkt[0][0]), *pkt[1:])
                 batch.append(pkt)
         self.parser.flush()  # the end of the capture: nothing more can arrive
         self._flush(context, batch, last_ts)
@@ -150,6 +165,30 @@ class PcapIngest(Ingest):
         fragment tracking and tunnel counters."""
         return {**self.counters, "non_ip_reasons": dict(self.non_ip_reasons),
                 **self.parser.stats()}
+
+
+class _L2Fields:
+    """The layer-2 key fields of frames, remembered per link-layer header (the bytes in
+    front of the IP header decide them: addresses, tags, labels), bounded."""
+
+    MAX = 4096
+
+    def __init__(self, packer: L2KeyPacker) -> None:
+        self.packer = packer
+        self.memo: dict[tuple[int, bytes, int], bytes] = {}
+
+    def ext(self, linktype: int, frame: bytes, off: int, version: int) -> bytes:
+        """The key bytes after the base for ``frame`` (IP header at ``off``)."""
+        memo = (linktype, frame[:off], version)
+        out = self.memo.get(memo)
+        if out is None:
+            facts = link_facts(linktype, frame)
+            out = self.packer.pack(version, facts.src_mac, facts.dst_mac, facts.vlans,
+                                   facts.mpls)
+            if len(self.memo) >= self.MAX:
+                self.memo.clear()
+            self.memo[memo] = out
+        return out
 
 
 class _Pacer:

@@ -178,6 +178,11 @@ def _nflog_seeds() -> list[bytes]:
 NFLOG_SEEDS = _nflog_seeds()
 
 
+def _nflog_vlan() -> st.SearchStrategy[list[bytes]]:
+    """NFULA_VLAN's nested NFULA_VLAN_TCI (2) and NFULA_VLAN_PROTO (1)."""
+    return st.lists(st.one_of(attr(2, 2), attr(1, 2)), max_size=3)
+
+
 @st.composite
 def nflog_message(draw: st.DrawFn) -> bytes:
     hook = draw(st.sampled_from([0, 1, 2, 3, 4, 7]))
@@ -187,6 +192,9 @@ def nflog_message(draw: st.DrawFn) -> bytes:
             [(4, 4), (5, 4), (2, 4), (3, 16), (12, 4), (13, 4), (10, 6), (8, 12), (15, 2),
              (16, 14), (17, 2), (11, 4), (14, 4), (99, 3)]), max_size=6)):
         parts.append(draw(attr(atype, size)))
+    for atype in draw(st.lists(st.sampled_from([6, 7, 20]), max_size=3)):  # layer 2
+        parts.append(draw(attr(atype, 16, nested=_nflog_vlan())) if atype == 20
+                     else draw(attr(atype, 4)))
     payload = draw(ip_packets())
     parts.append(nlattr(9, payload, None if draw(st.integers(0, 9)) else draw(u16())))
     if draw(st.integers(0, 5)) == 0:

@@ -12,6 +12,7 @@ import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from netflow_agent.fragments import DEFAULT_POLICY, FragmentPolicy
 from netflow_agent.model import FlowBatch
 from netflow_agent.plugins.ingest_ebpf.component import EbpfIngest
 from netflow_agent.plugins.ingest_ebpf.config import Config
@@ -63,12 +64,14 @@ class Observed:
 
 
 @contextlib.contextmanager
-def ebpf_ingest(**config: object) -> Iterator[Observed]:
+def ebpf_ingest(fragments: FragmentPolicy = DEFAULT_POLICY,
+                **config: object) -> Iterator[Observed]:
     """Start an ``ingest.ebpf`` instance; on exit stop it and fill the yielded :class:`Observed`.
 
+    :param fragments: the ``[cache] fragment*`` options the agent would hand it.
     :param config: ``Config`` keys (``interfaces``, ``netns``, ``mode``...).
     """
-    context = RunContext()
+    context = RunContext(fragments=fragments)
     comp = EbpfIngest(Config(**config), "ingest.ebpf[0]")  # type: ignore[arg-type]
     comp.agent_start(context)
     observed = Observed(component=comp)

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from netflow_agent.fragments import FragmentPolicy
 from tests.ingest_ebpf.observe import ebpf_ingest
 from tests.support.netns import (
     Capture,
@@ -120,19 +121,26 @@ def test_vlan_tagged_frames(pair, mode):
     assert seen.stats["kernel_non_ip"] == 1
 
 
+@pytest.mark.parametrize("mode", ["track", "ports0"])
 @pytest.mark.parametrize("dst_attr", ["addr", "addr6"])
-def test_fragments(pair, dst_attr):
-    """Datagrams above the MTU: every fragment accounted; non-first ones with ports 0."""
+def test_fragments(pair, dst_attr, mode):
+    """Datagrams above the MTU: every fragment accounted; "track" gives non-first ones the
+    ports of their first fragment (one flow), "ports0" leaves them a ports-0 flow."""
     a, b = pair.a, pair.b
     dst = getattr(b, dst_attr)
-    with ebpf_ingest(interfaces=[b.ifname], netns=b.ns.name, direction="ingress",
-                     poll_interval_ms=100) as seen:
-        with Capture(a.ns, a.ifname, direction="out") as cap:
+    with ebpf_ingest(FragmentPolicy(mode), interfaces=[b.ifname], netns=b.ns.name,
+                     direction="ingress", poll_interval_ms=100) as seen:
+        with Capture(a.ns, a.ifname, direction="out", fragments=mode) as cap:
             sent = send_udp(a.ns, dst, 9100, 3, 3000, peer=b.ns)
     assert sent.received == 3
     assert seen.table() == cap.truth.table()
     assert seen.frag == cap.truth.frag == 3 * 3
-    assert any(fid.sport == 0 and fid.dport == 0 for fid in seen.flows)
+    ports0 = [fid for fid in seen.flows if fid.sport == 0 and fid.dport == 0]
+    if mode == "track":
+        assert len(seen.flows) == 1 and not ports0
+        assert (seen.stats["frag_tracked"], seen.stats["frag_unmatched"]) == (3 * 2, 0)
+    else:
+        assert len(ports0) == 1 and "frag_tracked" not in seen.stats
 
 
 def test_full_map_counts_what_it_cannot_account(pair):

@@ -77,3 +77,18 @@ def test_ruleset_for_one_family_matches_nfproto():
     text = ruleset([5], ["forward"], 128, 32, -1, families=("ipv6",))
     assert "meta nfproto ipv6 counter log group 5" in text
     assert "nfproto" not in ruleset([5], ["forward"], 128, 32, -1)
+
+
+def test_ruleset_bridge_chain_is_a_bridge_family_table():
+    """Only bridge-family NFLOG messages carry NFULA_VLAN: "bridge" logs IP frames there."""
+    text = ruleset([5], ["bridge"], 128, 32, -1, families=("ipv4",))
+    assert "table inet" not in text
+    assert "delete table bridge netflow_agent" in text
+    assert "type filter hook forward priority -1;" in text
+    assert "meta protocol { ip } counter log group 5 snaplen 128" in text
+    both = ruleset([5], ["input", "bridge"], 0, 16, -1)
+    assert "table inet netflow_agent {" in both and "meta protocol { ip, ip6 }" in both
+    cfg, issues = _convert({"group": 1, "manage_rules": True, "chains": ["input", "bridge"]})
+    assert not issues
+    assert [r.ident for r in cfg.resources()][-2:] == ["netns= inet netflow_agent",
+                                                     "netns= bridge netflow_agent"]

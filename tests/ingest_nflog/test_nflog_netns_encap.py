@@ -33,21 +33,18 @@ from tests.ingest_nflog.test_nflog_netns import (
 )
 from tests.support.agentproc import nflog_counters
 from tests.support.collectors import Nfcapd, flow_table
-from tests.support.netns import Capture, RoutedTopology, send_icmp_echo, send_udp
+from tests.support.netns import (
+    Capture,
+    RoutedTopology,
+    send_frames,
+    send_icmp_echo,
+    send_udp,
+    vxlan_overlay,
+)
 from tests.support.pcapgen import FlowSpec, PcapBuilder, link_header
 from tests.support.truth import GroundTruth
 
 pytestmark = pytest.mark.netns
-
-_SEND_FRAMES = r"""
-import socket, sys
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-s.bind((sys.argv[1], 0))
-for frame in sys.argv[2:]:
-    s.send(bytes.fromhex(frame))
-print(len(sys.argv) - 2, flush=True)
-"""
-
 
 def _mac(text: str) -> bytes:
     return bytes.fromhex(text.replace(":", ""))
@@ -62,9 +59,8 @@ def _send_reordered_fragments(topo: RoutedTopology) -> int:
     b.add(FlowSpec("udp", c.addr6, s.addr6, 4001, 9, packets=2, payload=2500, fragment=1000,
                    reorder=True))
     dst, src = _mac(topo.router_client.mac), _mac(c.mac)
-    frames = [(dst + src + link_header(1, ip)[12:] + ip).hex() for _ts, ip in b.packets]
-    out = topo.client_ns.python(_SEND_FRAMES, c.ifname, *frames)
-    return int(out.split()[-1])
+    frames = [dst + src + link_header(1, ip)[12:] + ip for _ts, ip in b.packets]
+    return send_frames(c, frames)
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
@@ -90,30 +86,6 @@ def test_out_of_order_fragments_are_one_flow_per_datagram_5tuple(
     assert counters["frag_unmatched"] == 0 and counters["frag_waiting"] == 0
 
 
-def _vxlan_overlay(topo: RoutedTopology) -> tuple[str, str, str, str]:
-    """A quiet VXLAN link vx0 between client and server; returns the overlay addresses."""
-    ends = ((topo.client, topo.server, "192.168.77.1", "fd77::1"),
-            (topo.server, topo.client, "192.168.77.2", "fd77::2"))
-    for local, remote, addr, addr6 in ends:
-        ns = local.ns
-        ns.run(["ip", "link", "add", "vx0", "type", "vxlan", "id", "42", "remote", remote.addr,
-                "local", local.addr, "dstport", "4789", "dev", local.ifname])
-        ns.run(["ip", "link", "set", "vx0", "arp", "off"])
-        # the MLD reports of the new address leave at once, before the agent starts
-        ns.sysctl({"net.ipv6.conf.vx0.mldv2_unsolicited_report_interval": "1",
-                   "net.ipv6.conf.vx0.mldv1_unsolicited_report_interval": "1"})
-        ns.run(["ip", "addr", "add", f"{addr}/24", "dev", "vx0"])
-        ns.run(["ip", "addr", "add", f"{addr6}/64", "dev", "vx0", "nodad"])
-    macs = {end.ns.name: end.ns.link("vx0")["address"] for end in (topo.client, topo.server)}
-    for (local, remote, _a, _a6), (_l, _r, peer, peer6) in zip(ends, reversed(ends),
-                                                               strict=True):
-        for addr in (peer, peer6):
-            local.ns.run(["ip", "neigh", "replace", addr, "lladdr", macs[remote.ns.name],
-                          "dev", "vx0", "nud", "permanent"])
-        local.ns.run(["ip", "link", "set", "vx0", "up"])
-    return "192.168.77.1", "192.168.77.2", "fd77::1", "fd77::2"
-
-
 @pytest.mark.parametrize("keep_outer", [False, True], ids=["inner", "keep-outer"])
 @pytest.mark.parametrize("decoder", DECODERS)
 def test_vxlan_underlay_gives_the_inner_flows(topo: RoutedTopology, tmp_path: Path,
@@ -121,7 +93,7 @@ def test_vxlan_underlay_gives_the_inner_flows(topo: RoutedTopology, tmp_path: Pa
     if decoder == "c" and c_extension() is None:
         pytest.skip("C decoder not built")
     _add_rules(topo, "iptables", ("forward",))
-    _a4, b4, _a6, b6 = _vxlan_overlay(topo)
+    _a4, b4, _a6, b6 = vxlan_overlay(topo.client, topo.server)
     c, s = topo.client_ns, topo.server_ns
     extra: dict[str, object] = {"decapsulate": ["vxlan"], "keep_outer": keep_outer}
     with Nfcapd(tmp_path / "flows") as cap:

@@ -1,11 +1,16 @@
 """Floods of many distinct flows with exact ground truth (``bench/ebpf/flowgen.c``).
 
-``flowgen`` sends raw Ethernet frames from one namespace: flow ``f`` is
-``10.128.0.0 + f -> dst``, UDP ``1024 + f % 50000 -> 7000``, every packet ``20 + 8 + payload`` IP
-bytes, flows in windows of ``concurrent`` with ``per_flow`` rounds each; with an IPv6
-destination, odd flows are ``fd00:80::f -> dst6`` instead (``40 + 8 + payload`` bytes). So
-the truth of a run is known without capturing anything: :meth:`Flood.truth`. Used by the eBPF
-scale tests and benchmarks; every flood is bounded in packets and seconds.
+``flowgen`` sends raw Ethernet frames from one namespace: flow ``f`` comes from
+``10.128.0.0 + f`` (IPv6: ``fd00:80::f``, the odd flows when an IPv6 destination is given),
+source port ``1024 + f % 50000``; it has ``per_flow`` packets, or with ``per_flow_max`` between
+``per_flow`` and ``per_flow_max`` (``per_flow + (f // 6) % span``). Plain floods are UDP to
+``dst`` port 7000; ``mix=True`` makes flow ``f`` UDP, TCP or ICMP echo by ``(f // 2) % 3``, to
+``dst + (f // 2) % 4096`` (IPv6: added to the last 32 bits) and port ``PORTS[(f // 18) % 8]``.
+Flows go in windows of ``concurrent``, one packet of every flow of the window per round. So the
+truth of a run is known without capturing anything: :meth:`Flood.truth`, also for a flood cut
+short by its time bound (the schedule's first ``sent`` packets). Used by the eBPF scale tests
+and benchmarks (bench/ebpf/scale.py, bench/compare/run.py); every flood is bounded in packets
+and seconds.
 """
 
 from __future__ import annotations
@@ -17,12 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.netns import Endpoint
-from tests.support.truth import PROTO_UDP, FlowId
+from tests.support.truth import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, FlowId
 
 SOURCE = Path(__file__).resolve().parents[2] / "bench" / "ebpf" / "flowgen.c"
 FIRST_SOURCE = int(ipaddress.IPv4Address("10.128.0.0"))
 FIRST_SOURCE6 = int(ipaddress.IPv6Address("fd00:80::"))
 DPORT = 7000
+#: destination ports of a mixed flood's UDP and TCP flows (flowgen.c PORTS)
+PORTS = (53, 80, 123, 443, 993, 5060, 8080, 51820)
+#: destinations of a mixed flood: this many consecutive addresses from the given one
+DESTINATIONS = 4096
+_L4 = {PROTO_UDP: 8, PROTO_TCP: 20, PROTO_ICMP: 8}
 
 
 def build(directory: Path) -> str:
@@ -34,43 +44,95 @@ def build(directory: Path) -> str:
 
 @dataclass(frozen=True)
 class Flood:
-    """One flowgen run's shape: ``flows`` flows of ``per_flow`` packets, ``concurrent`` at once."""
+    """One flowgen run's shape: ``flows`` flows of ``per_flow`` (up to ``per_flow_max``)
+    packets, ``concurrent`` at once; ``mix``: UDP/TCP/ICMP to varied destinations."""
 
     flows: int
     per_flow: int
     concurrent: int
     payload: int = 18
+    per_flow_max: int = 0  # 0: every flow has per_flow packets
+    mix: bool = False
+
+    @property
+    def _span(self) -> int:
+        return max(self.per_flow_max, self.per_flow) - self.per_flow + 1
+
+    def packets_of(self, f: int) -> int:
+        """Packets of flow ``f`` in the whole flood."""
+        return self.per_flow + (f // 6) % self._span
 
     @property
     def packets(self) -> int:
-        return self.flows * self.per_flow
+        if self._span == 1:
+            return self.flows * self.per_flow
+        return sum(self.packets_of(f) for f in range(self.flows))
 
     def send(self, flowgen: str, src: Endpoint, dst_mac: str, dst_ip: str, dst_ip6: str = "",
              seconds: float = 60) -> int:
         """Send the flood from ``src`` (its namespace and interface) to ``dst_mac``/``dst_ip``
         (and ``dst_ip6`` for odd flows, if given); the number of packets sent (all of them
         unless ``seconds`` ran out)."""
-        out = src.ns.run([flowgen, src.ifname, dst_mac, src.mac, dst_ip, str(self.flows),
-                          str(self.per_flow), str(self.concurrent), str(self.payload),
-                          str(seconds), *([dst_ip6] if dst_ip6 else [])],
-                         timeout=seconds + 30).stdout
-        return int(out.split()[0])
+        return self.send_timed(flowgen, src, dst_mac, dst_ip, dst_ip6, seconds)[0]
 
-    def truth(self, dst_ip: str, dst_ip6: str = "") -> dict[FlowId, tuple[int, int]]:
-        """``FlowId -> (packets, bytes)`` of the whole flood (as sent with ``dst_ip6``)."""
-        n = self.per_flow
-        dst = str(ipaddress.ip_address(dst_ip))
-        dst6 = str(ipaddress.ip_address(dst_ip6)) if dst_ip6 else ""
+    def send_timed(self, flowgen: str, src: Endpoint, dst_mac: str, dst_ip: str,
+                   dst_ip6: str = "", seconds: float = 60) -> tuple[int, float]:
+        """:meth:`send`, also returning the sender's own elapsed seconds."""
+        per_flow = (f"{self.per_flow}-{self.per_flow_max}" if self._span > 1
+                    else str(self.per_flow))
+        shape = [dst_ip6 or "-", "mix"] if self.mix else [dst_ip6] if dst_ip6 else []
+        out = src.ns.run([flowgen, src.ifname, dst_mac, src.mac, dst_ip, str(self.flows),
+                          per_flow, str(self.concurrent), str(self.payload), str(seconds),
+                          *shape], timeout=seconds + 30).stdout.split()
+        return int(out[0]), float(out[1])
+
+    def flow_id(self, f: int, dst_ip: str, dst_ip6: str = "") -> tuple[FlowId, int]:
+        """Flow ``f``'s id and the IP bytes of each of its packets."""
+        v6 = bool(dst_ip6) and f % 2 == 1
+        proto = (PROTO_UDP, PROTO_TCP, PROTO_ICMP)[(f // 2) % 3] if self.mix else PROTO_UDP
+        off = (f // 2) % DESTINATIONS if self.mix else 0
+        size = (40 if v6 else 20) + _L4[proto] + self.payload
+        if v6:
+            src = str(ipaddress.IPv6Address(FIRST_SOURCE6 + f))
+            dst = str(ipaddress.IPv6Address(int(ipaddress.IPv6Address(dst_ip6)) + off))
+        else:
+            src = str(ipaddress.IPv4Address(FIRST_SOURCE + f))
+            dst = str(ipaddress.IPv4Address(int(ipaddress.IPv4Address(dst_ip)) + off))
+        if proto == PROTO_ICMP:  # echo request: type << 8 | code as the destination port
+            return FlowId(6 if v6 else 4, PROTO_ICMPV6 if v6 else PROTO_ICMP, src, dst, 0,
+                          (128 if v6 else 8) << 8), size
+        dport = PORTS[(f // 18) % len(PORTS)] if self.mix else DPORT
+        return FlowId(6 if v6 else 4, proto, src, dst, 1024 + f % 50000, dport), size
+
+    def sent_per_flow(self, sent: int | None = None) -> list[int]:
+        """Packets of each flow among the schedule's first ``sent`` (default: all)."""
+        left = self.packets if sent is None else sent
+        counts = [0] * self.flows
+        for first in range(0, self.flows, self.concurrent):
+            window = range(first, min(first + self.concurrent, self.flows))
+            whole = sum(self.packets_of(f) for f in window)
+            if left >= whole:
+                for f in window:
+                    counts[f] = self.packets_of(f)
+                left -= whole
+                continue
+            for r in range(self.per_flow + self._span - 1):  # the rounds, in order
+                members = [f for f in window if self.packets_of(f) > r][:left]
+                for f in members:
+                    counts[f] += 1
+                left -= len(members)
+            break
+        return counts
+
+    def truth(self, dst_ip: str, dst_ip6: str = "",
+              sent: int | None = None) -> dict[FlowId, tuple[int, int]]:
+        """``FlowId -> (packets, bytes)`` of the flood (as sent with ``dst_ip6``), of its first
+        ``sent`` packets when given; flows with no packet sent are left out."""
         out = {}
-        for f in range(self.flows):
-            if dst6 and f % 2:
-                fid = FlowId(6, PROTO_UDP, str(ipaddress.IPv6Address(FIRST_SOURCE6 + f)), dst6,
-                             1024 + f % 50000, DPORT)
-                out[fid] = (n, n * (40 + 8 + self.payload))
-            else:
-                fid = FlowId(4, PROTO_UDP, str(ipaddress.IPv4Address(FIRST_SOURCE + f)), dst,
-                             1024 + f % 50000, DPORT)
-                out[fid] = (n, n * (20 + 8 + self.payload))
+        for f, n in enumerate(self.sent_per_flow(sent)):
+            if n:
+                fid, size = self.flow_id(f, dst_ip, dst_ip6)
+                out[fid] = (n, n * size)
         return out
 
 

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -373,6 +373,53 @@ def routed_topology() -> RoutedTopology:
         raise
 
 
+def vxlan_overlay(a: Endpoint, b: Endpoint, ifname: str = "vx0") -> tuple[str, str, str, str]:
+    """A quiet VXLAN link ``ifname`` (VNI 42, UDP 4789) between ``a`` and ``b`` over their
+    (underlay) addresses. This kernel has no GRE or Geneve links (/work/shared/KERNEL.md):
+    tests of those write crafted frames (:func:`send_frames`, ``tests.support.pcapgen``).
+
+    :return: the overlay addresses ``(a IPv4, b IPv4, a IPv6, b IPv6)``. ARP is off, the
+        neighbours are permanent and IPv6 has no DAD, so only the traffic a test sends (and
+        the MLD reports of the new addresses, to ``ff02::``) crosses the link.
+    """
+    ends = ((a, b, "192.168.77.1", "fd77::1"), (b, a, "192.168.77.2", "fd77::2"))
+    for local, remote, addr, addr6 in ends:
+        ns = local.ns
+        ns.run(["ip", "link", "add", ifname, "type", "vxlan", "id", "42", "remote", remote.addr,
+                "local", local.addr, "dstport", "4789", "dev", local.ifname])
+        ns.run(["ip", "link", "set", ifname, "arp", "off"])
+        # the MLD reports of the new address leave at once, before a test's agent starts
+        ns.sysctl({f"net.ipv6.conf.{ifname}.mldv2_unsolicited_report_interval": "1",
+                   f"net.ipv6.conf.{ifname}.mldv1_unsolicited_report_interval": "1"})
+        ns.run(["ip", "addr", "add", f"{addr}/24", "dev", ifname])
+        ns.run(["ip", "addr", "add", f"{addr6}/64", "dev", ifname, "nodad"])
+    macs = {end.ns.name: end.ns.link(ifname)["address"] for end in (a, b)}
+    for (local, remote, _a, _a6), (_l, _r, peer, peer6) in zip(ends, reversed(ends),
+                                                               strict=True):
+        for addr in (peer, peer6):
+            local.ns.run(["ip", "neigh", "replace", addr, "lladdr", macs[remote.ns.name],
+                          "dev", ifname, "nud", "permanent"])
+        local.ns.run(["ip", "link", "set", ifname, "up"])
+    return "192.168.77.1", "192.168.77.2", "fd77::1", "fd77::2"
+
+
+_SEND_FRAMES = r"""
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((sys.argv[1], 0))
+for frame in sys.argv[2:]:
+    s.send(bytes.fromhex(frame))
+print(len(sys.argv) - 2, flush=True)
+"""
+
+
+def send_frames(end: Endpoint, frames: Iterable[bytes]) -> int:
+    """Write link-layer frames as they are onto ``end``'s interface (``AF_PACKET``); the
+    peer's tc/XDP hooks see them whatever their addresses. Returns how many were sent."""
+    out = end.ns.python(_SEND_FRAMES, end.ifname, *(frame.hex() for frame in frames))
+    return int(out.split()[-1])
+
+
 # --- traffic with ground truth ------------------------------------------------------------
 
 
@@ -562,6 +609,9 @@ class Capture:
     :param bpf_filter: optional tcpdump filter expression.
     :param fragments: how the truth accounts non-first fragments (``"ports0"`` or ``"track"``,
         as the ingest under test: :class:`~tests.support.truth.GroundTruth`).
+    :param buffer_kib: tcpdump's capture buffer (``-B``); 0 = its default.
+    :param snaplen: bytes kept per packet; 0 = all. In immediate mode tcpdump's ring holds
+        buffer / snaplen frames, so a burst of raw frames (``flowgen``) needs a small one.
     """
 
     def __init__(
@@ -572,9 +622,11 @@ class Capture:
         direction: str = "inout",
         bpf_filter: str = "",
         fragments: str = "ports0",
+        buffer_kib: int = 0,
+        snaplen: int = 0,
     ):
         self.ns, self.ifname, self.direction, self.bpf_filter = ns, ifname, direction, bpf_filter
-        self.fragments = fragments
+        self.fragments, self.buffer_kib, self.snaplen = fragments, buffer_kib, snaplen
         self._tmp = None if path else tempfile.TemporaryDirectory(prefix="nfa-cap-")
         self.path = Path(path) if path else Path(self._tmp.name) / "capture.pcap"  # type: ignore[union-attr]
         self.proc: subprocess.Popen | None = None
@@ -592,12 +644,14 @@ class Capture:
             "-U",
             "--immediate-mode",
             "-s",
-            "0",
+            str(self.snaplen),
             "-Z",
             "root",
             "-w",
             str(self.path),
         ]
+        if self.buffer_kib:
+            cmd[1:1] = ["-B", str(self.buffer_kib)]
         if self.bpf_filter:
             cmd.append(self.bpf_filter)
         self.proc = self.ns.popen(cmd, stdout=subprocess.DEVNULL)

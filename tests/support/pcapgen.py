@@ -256,11 +256,13 @@ class PcapBuilder:
 
     :param linktype: one of the ``LINKTYPE_*`` constants.
     :param vlans: VLAN ids for Ethernet (outermost first); two tags use ``vlan_tpids``.
+    :param vlan_pcps: the tags' priorities (PCP), outermost first; missing ones are 0.
     :param snaplen: when > 0, store at most this many bytes per frame. The truth (IP total
         length, ports) holds as long as the snap length keeps the transport header.
     :param fragments: how the truth accounts non-first fragments, as ``[cache] fragments``:
         ``"ports0"`` or ``"track"`` (see :class:`~tests.support.truth.GroundTruth`).
     :param mpls: MPLS labels (outermost first) between the VLAN tags and the packet.
+    :param mpls_tc: the traffic class of every label stack entry.
     :param mpls_pw: with ``mpls``: carry an Ethernet pseudowire (control word + Ethernet).
     :param pppoe_session: put the packets in this PPPoE session (after VLAN tags).
     :param tunnel: one of :data:`TUNNELS`: wrap every IP packet in it (:func:`encapsulate`),
@@ -270,6 +272,7 @@ class PcapBuilder:
     linktype: int = LINKTYPE_ETHERNET
     vlans: tuple[int, ...] = ()
     vlan_tpids: tuple[int, ...] = (TPID_8021AD, TPID_8021Q)
+    vlan_pcps: tuple[int, ...] = ()
     snaplen: int = 0
     start_ns: int = SAMPLE_EPOCH_NS
     truth: GroundTruth = field(default_factory=GroundTruth)
@@ -277,6 +280,7 @@ class PcapBuilder:
     fragments: str = "ports0"
     mpls: tuple[int, ...] = ()
     mpls_pw: bool = False
+    mpls_tc: int = 0
     pppoe_session: int | None = None
     tunnel: str = ""
     tunnel_id: int = 0
@@ -343,11 +347,12 @@ class PcapBuilder:
         payload, ethertype = ip, _ethertype(ip)
         if self.mpls:
             inner = b"\0\0\0\0" + ethernet_frame(ip) if self.mpls_pw else ip
-            payload, ethertype = mpls_stack(self.mpls) + inner, ETHERTYPE_MPLS
+            payload, ethertype = mpls_stack(self.mpls, self.mpls_tc) + inner, ETHERTYPE_MPLS
         if self.pppoe_session is not None:
             payload = pppoe_header(self.pppoe_session, payload, ethertype) + payload
             ethertype = ETHERTYPE_PPPOE
-        return link_header(self.linktype, ip, self.vlans, self.vlan_tpids, ethertype) + payload
+        return link_header(self.linktype, ip, self.vlans, self.vlan_tpids, ethertype,
+                           self.vlan_pcps) + payload
 
     def write(self, path: str | Path, fmt: str = "pcap", nanosecond: bool = False) -> GroundTruth:
         """Write the capture (``fmt`` is ``"pcap"`` or ``"pcapng"``) and return the truth."""
@@ -404,8 +409,10 @@ def link_header(
     vlans: Sequence[int] = (),
     tpids: Sequence[int] = (TPID_8021AD, TPID_8021Q),
     ethertype: int | None = None,
+    pcps: Sequence[int] = (),
 ) -> bytes:
-    """The link-layer header to put in front of ``ip`` (or of a payload of ``ethertype``)."""
+    """The link-layer header to put in front of ``ip`` (or of a payload of ``ethertype``);
+    ``pcps`` are the VLAN tags' priorities."""
     if ethertype is None:
         ethertype = _ethertype(ip)
     if linktype == LINKTYPE_ETHERNET:
@@ -413,8 +420,9 @@ def link_header(
         tpid_list = [TPID_8021Q] * len(vlans)
         if len(vlans) > 1:
             tpid_list[0] = tpids[0]  # outer tag: service VLAN (802.1ad) by default
-        for vid, tpid in zip(vlans, tpid_list, strict=True):
-            tags += struct.pack("!HH", tpid, vid & 0x0FFF)
+        pcp_list = [*pcps, *[0] * len(vlans)][:len(vlans)]
+        for vid, tpid, pcp in zip(vlans, tpid_list, pcp_list, strict=True):
+            tags += struct.pack("!HH", tpid, (pcp & 7) << 13 | vid & 0x0FFF)
         return b"\x02\0\0\0\0\x02" + b"\x02\0\0\0\0\x01" + tags + struct.pack("!H", ethertype)
     if linktype == LINKTYPE_LINUX_SLL:  # packet type 4 = outgoing, ARPHRD_ETHER
         return struct.pack("!HHH8sH", 4, 1, 6, b"\x02\0\0\0\0\x01", ethertype)

@@ -68,6 +68,11 @@ BROKEN = [
      "ingest.pcap[1].decapsulate[0]: expected one of 'gre', 'vxlan', 'geneve', 'ipip'"),
     ("decapsulate-twice", '[[ingest.pcap]]\npath = "{pcap}"\ndecapsulate = ["gre", "gre"]\n',
      "ingest.pcap[1].decapsulate: lists a tunnel twice"),
+    ("ebpf-decapsulate-name", '[[ingest.ebpf]]\ninterfaces = ["eth0"]\ndecapsulate = ["mpls"]\n',
+     "ingest.ebpf[0].decapsulate[0]: expected one of 'gre', 'vxlan', 'geneve', 'ipip'"),
+    ("ebpf-decapsulate-twice",
+     '[[ingest.ebpf]]\ninterfaces = ["eth0"]\ndecapsulate = ["ipip", "ipip"]\n',
+     "ingest.ebpf[0].decapsulate: lists a tunnel twice"),
 ]
 
 
@@ -110,10 +115,12 @@ def test_tunnel_option_warnings(tmp_path, pcap, capsys):
     cfg = tmp_path / "warn.toml"
     cfg.write_text(VALID.format(pcap=pcap) + '[[ingest.pcap]]\npath = "' + str(pcap) + '"\n'
                    "keep_outer = true\n[[ingest.nflog]]\ngroup = 3\nsnaplen = 96\n"
-                   'decapsulate = ["vxlan"]\n')
+                   'decapsulate = ["vxlan"]\n[[ingest.ebpf]]\ninterfaces = ["eth0"]\n'
+                   "keep_outer = true\n")
     rc, err = _dry_run(cfg, capsys)
     assert rc == 0, err
     assert "ingest.pcap[1].keep_outer: warning: has no effect without decapsulate" in err
+    assert "ingest.ebpf[0].keep_outer: warning: has no effect without decapsulate" in err
     assert "ingest.nflog[0].snaplen: warning: 96 bytes may cut tunnelled packets" in err
 
 
@@ -176,3 +183,40 @@ def test_v5_with_ipv6_only_ingest_is_a_warning(tmp_path, capsys):
     cfg.write_text(cfg.read_text().replace('["ipv6"]', '["ipv4", "ipv6"]'))
     rc, err = _dry_run(cfg, capsys)
     assert rc == 0 and "warning:" not in err
+
+
+def test_flow_fields_an_ingest_cannot_see_are_warnings_naming_both(tmp_path, pcap, capsys):
+    """[flow] fields an ingest cannot observe stay 0 in its flows: one warning per ingest and
+    option, naming the ingest and the fields; fields every ingest sees give none."""
+    cfg = tmp_path / "flow.toml"
+    cfg.write_text('[flow]\nmac = true\nvlan = true\nmpls_labels = 2\nphysdev = "export"\n'
+                   + VALID.format(pcap=pcap) + "[[ingest.nflog]]\ngroup = 4\n"
+                   '[[ingest.ebpf]]\ninterfaces = ["lo"]\n[[ingest.conntrack]]\n')
+    rc, err = _dry_run(cfg, capsys)
+    assert rc == 0, err
+    assert ("flow.mpls_labels: warning: ingest.nflog[0] cannot see mpls_label_1, "
+            "mpls_label_2: mpls_labels leaves them 0 in its flows") in err
+    assert ("flow.physdev: warning: ingest.pcap[0] cannot see in_physdev, out_physdev: "
+            'physdev = "export" leaves them 0 in its flows') in err
+    assert "flow.vlan: warning: ingest.nflog[0] cannot see inner_vlan_id, " \
+           "inner_vlan_priority" in err
+    for option in ("mac", "vlan", "mpls_labels", "physdev"):
+        assert f"flow.{option}: warning: ingest.ebpf[0] cannot see" in err
+    assert "ingest.pcap[0] cannot see src_mac" not in err
+    assert "ingest.nflog[0] cannot see src_mac" not in err
+    assert "ingest.conntrack[0]" not in err  # NAT events only: no flows, no fields
+    cfg.write_text('[flow]\nmac = true\nmpls_labels = 1\n' + VALID.format(pcap=pcap))
+    rc, err = _dry_run(cfg, capsys)
+    assert rc == 0 and "warning:" not in err, err
+    cfg.write_text('[flow]\nphysdev = "override"\n' + VALID.format(pcap=pcap))
+    rc, err = _dry_run(cfg, capsys)
+    assert 'ingest.pcap[0] cannot see in_physdev, out_physdev: physdev = "override"' in err
+
+
+def test_the_sample_documents_flow(capsys):
+    assert main(["config", "sample"]) == 0
+    sample = capsys.readouterr().out
+    flow = sample[sample.index("[flow]\n"):].split("\n\n")[0]
+    for key in ("mac", "vlan", "mpls_labels", "physdev", "tunnel_id", "fields"):
+        assert f"\n# {key} = " in flow
+    assert "--enable-macaddress" in flow and "dry-run warning" in flow

@@ -5,10 +5,13 @@
  * Parses Ethernet (up to two 802.1Q/802.1ad tags left in the frame), IPv4 (RFC 791, fragments),
  * IPv6 (RFC 8200 extension headers, fragment header), TCP/UDP/UDP-Lite/DCCP/SCTP ports and
  * ICMP/ICMPv6 type/code, exactly like agent/packet.py does for packet ingests, and adds each
- * packet to a flow table keyed like the agent's cache (flow.h). Packets of new flows that do
- * not fit in the full table go through a ring buffer instead, or are counted as lost. Packets count wire segments
- * (skb->gso_segs ?: 1) and bytes are the IP total length of each wire segment. The programs
- * observe only: they always let the packet continue (TC_ACT_UNSPEC / TCX_NEXT, XDP_PASS).
+ * packet to a flow table keyed like the agent's cache (flow.h). Optional, as in the packet
+ * ingests: non-first fragments take their first fragment's ports (agent/fragments.py,
+ * without the hold) and tunnels are accounted as their inner flow (agent/tunnels.py).
+ * Packets of new flows that do not fit in the full table go through a ring buffer instead,
+ * or are counted as lost. Packets count wire segments (skb->gso_segs ?: 1) and bytes are the
+ * IP total length of each wire segment. The programs observe only: they always let the packet
+ * continue (TC_ACT_UNSPEC / TCX_NEXT, XDP_PASS).
  *
  * Only UAPI headers: packet layouts are ABI and __sk_buff/xdp_md are rewritten by the
  * verifier, so no CO-RE relocation (and no vmlinux BTF at build time) is needed.
@@ -30,7 +33,18 @@
 #define ETH_P_8021AD_ 0x88A8
 #define MAX_VLAN_TAGS 2
 #define MAX_EXT_HEADERS 8
-#define PULL_LEN 256
+#define PULL_LEN 256		/* enough for two tunnel levels' headers */
+
+/* if_ether.h: ETH_P_TEB 0x6558 (transparent Ethernet bridging), ETH_P_ERSPAN 0x88BE
+ * (ERSPAN type II), ETH_P_ERSPAN2 0x22EB (type III) */
+#define VXLAN_PORT 4789
+#define VXLAN_PORT_LINUX 8472		/* Linux's VXLAN default without dstport */
+#define GENEVE_PORT 6081
+#define MAX_TUNNEL_DEPTH 2		/* tunnels inside tunnels, as agent/tunnels.py */
+_Static_assert((MAX_TUNNEL_DEPTH & (MAX_TUNNEL_DEPTH - 1)) == 0,
+	       "MAX_TUNNEL_DEPTH indexes outer_pkts with a mask: a power of two");
+#define MAX_TUNNEL_OFF 512		/* deepest tunnel header decapsulated */
+#define MAX_INNER_OFF 1024		/* deepest inner IP header */
 
 #define NEXTHDR_HOP 0
 #define NEXTHDR_ROUTING 43
@@ -49,8 +63,15 @@ const volatile __u8 precise_clock = 0;	/* read the clock for every packet (else 
 const volatile __u32 slot_mask = 0;	/* per-CPU flow slots - 1 (a power of two); 0 = no slots */
 const volatile __u64 slot_seed = 0;	/* random per load: slot positions are not predictable */
 const volatile __u64 fill_threshold = 0; /* inserts that make a table ask for a drain; 0 = off */
+const volatile __u8 frag_track = 0;	/* non-first fragments take their first one's ports */
+const volatile __u64 frag_timeout_ns = 30000000000ULL;	/* how long a first fragment counts */
+const volatile __u8 decap = 0;		/* TUNNEL_* bits: tunnels accounted as their inner flow */
+const volatile __u8 keep_outer = 0;	/* with decap: the outer flow of a tunnel packet too */
 
 enum parse_result { PARSE_OK, PARSE_NON_IP, PARSE_TRUNC };
+
+/* pkt_info.frag */
+enum { FRAG_NONE, FRAG_FIRST, FRAG_LATER };
 
 /* What one packet contributes, filled by parse(). Aligned: the key is read as 64-bit words. */
 struct pkt_info {
@@ -58,9 +79,28 @@ struct pkt_info {
 	__u32 ip_len;		/* IP total length from the header */
 	__u32 hdr_len;		/* IP + extension + TCP/UDP header bytes (GSO byte accounting) */
 	__u32 l3_off;		/* offset of the IP header in the frame */
+	__u32 l4_off;		/* offset of the transport header (tunnel header) in the frame */
 	__u32 tcp_flags;
-	__u32 frag;		/* 1 when the packet is a fragment */
+	__u32 frag_id;		/* IPv4 identification / IPv6 fragment header id */
+	__u8 frag;		/* FRAG_* */
+	__u8 decapsulated;	/* tunnel levels removed to reach this (inner) packet */
+	__u8 decap_failed;	/* 1: a tunnel packet accounted as it is (see decapsulate()) */
+	__u8 inner_short;	/* 1: an inner header ran past the linear data (tc pulls more) */
 } __attribute__((aligned(8)));
+
+/* keep_outer: the tunnel packets a packet was taken out of, outermost first. Scratch space
+ * per CPU rather than on the stack (512 bytes for the program and the functions it calls);
+ * the programs do not nest on one CPU. */
+struct outer_pkts {
+	struct pkt_info p[MAX_TUNNEL_DEPTH];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct outer_pkts);
+} outer_pkts SEC(".maps");
 
 /* Ports and TCP flags/header length from the transport header at `l4`. */
 static __always_inline int parse_l4(void *l4, void *end, __u8 proto, struct pkt_info *pi)
@@ -113,6 +153,8 @@ static __always_inline int parse_ipv4(void *data, void *end, __u32 off, struct p
 	pi->ip_len = bpf_ntohs(ip->tot_len);
 	if ((vihl >> 4) != 4 || ihl < 20 || pi->ip_len < ihl)
 		return PARSE_TRUNC;
+	pi->l3_off = off;
+	pi->l4_off = off + ihl;
 	pi->key.ip_version = 4;
 	pi->key.proto = ip->protocol;
 	pi->key.tos = ip->tos;
@@ -121,9 +163,12 @@ static __always_inline int parse_ipv4(void *data, void *end, __u32 off, struct p
 	pi->hdr_len = ihl;
 	frag = bpf_ntohs(ip->frag_off);
 	if (frag & 0x3fff) {			/* MF set or offset != 0 */
-		pi->frag = 1;
-		if (frag & 0x1fff)		/* non-first: no transport header */
+		pi->frag_id = bpf_ntohs(ip->id);
+		pi->frag = FRAG_FIRST;
+		if (frag & 0x1fff) {		/* non-first: no transport header */
+			pi->frag = FRAG_LATER;
 			return PARSE_OK;
+		}
 	}
 	return parse_l4((void *)ip + ihl, end, ip->protocol, pi);
 }
@@ -137,6 +182,9 @@ static __always_inline int parse_ipv6(void *data, void *end, __u32 off, struct p
 	if ((void *)(ip6 + 1) > end)
 		return PARSE_TRUNC;
 	vtf = bpf_ntohl(*(__u32 *)ip6);
+	if ((vtf >> 28) != 6)
+		return PARSE_TRUNC;
+	pi->l3_off = off;
 	pi->key.ip_version = 6;
 	pi->key.tos = (vtf >> 20) & 0xff;
 	pi->ip_len = 40 + bpf_ntohs(ip6->payload_len);
@@ -155,10 +203,12 @@ static __always_inline int parse_ipv6(void *data, void *end, __u32 off, struct p
 		if ((void *)(cur + 8) > end)	/* every extension header is >= 8 bytes */
 			return PARSE_TRUNC;
 		if (nh == NEXTHDR_FRAGMENT) {
-			pi->frag = 1;
+			pi->frag = FRAG_FIRST;
+			pi->frag_id = bpf_ntohl(*(__u32 *)(cur + 4));
 			nh = cur[0];
 			pi->hdr_len += 8;
 			if ((((__u16)cur[2] << 8) | cur[3]) & 0xfff8) {	/* non-first */
+				pi->frag = FRAG_LATER;
 				pi->key.proto = nh;
 				return PARSE_OK;
 			}
@@ -171,34 +221,224 @@ static __always_inline int parse_ipv6(void *data, void *end, __u32 off, struct p
 		cur += len;
 	}
 	pi->key.proto = nh;
+	pi->l4_off = (void *)cur - data;
 	return parse_l4(cur, end, nh, pi);
 }
 
-/* Fill pi from the frame at data..end (Ethernet). */
-static __always_inline int parse(void *data, void *end, struct pkt_info *pi)
+/* The IP packet at `off` (IPv4 or IPv6, by its version nibble). */
+static __always_inline int parse_ip(void *data, void *end, __u32 off, struct pkt_info *pi)
 {
-	struct ethhdr *eth = data;
-	__u32 off = sizeof(*eth);
+	__u8 *v = data + off;
+
+	if ((void *)(v + 1) > end)
+		return PARSE_TRUNC;
+	if ((*v >> 4) == 4)
+		return parse_ipv4(data, end, off, pi);
+	return parse_ipv6(data, end, off, pi);
+}
+
+/* Offset of the IP header behind the Ethernet header at `off` (up to MAX_VLAN_TAGS tags),
+ * its EtherType in *etype; -PARSE_NON_IP or -PARSE_TRUNC when there is none. */
+static __always_inline int ethernet_ip_type(void *data, void *end, __u32 off, __u16 *etype)
+{
 	__u16 proto;
 
-	if ((void *)(eth + 1) > end)
-		return PARSE_TRUNC;
-	proto = eth->h_proto;
+	if (data + off + ETH_HLEN > end)
+		return -PARSE_TRUNC;
+	proto = *(__u16 *)(data + off + 12);
+	off += ETH_HLEN;
 #pragma unroll
 	for (int i = 0; i < MAX_VLAN_TAGS; i++) {
 		if (proto != bpf_htons(ETH_P_8021Q) && proto != bpf_htons(ETH_P_8021AD_))
 			break;
 		if (data + off + 4 > end)
-			return PARSE_TRUNC;
+			return -PARSE_TRUNC;
 		proto = *(__u16 *)(data + off + 2);	/* encapsulated protocol */
 		off += 4;
 	}
+	*etype = proto;
+	if (proto == bpf_htons(ETH_P_IP) || proto == bpf_htons(ETH_P_IPV6))
+		return off;
+	return -PARSE_NON_IP;
+}
+
+static __always_inline int ethernet_ip(void *data, void *end, __u32 off)
+{
+	__u16 etype;
+
+	return ethernet_ip_type(data, end, off, &etype);
+}
+
+/* Fill pi from the frame at data..end (Ethernet). The EtherType picks the parser, as before
+ * tunnels: fewer paths for the verifier than the version nibble (parse_ip) would give. */
+static __always_inline int parse(void *data, void *end, struct pkt_info *pi)
+{
+	__u16 etype = 0;
+	int off = ethernet_ip_type(data, end, 0, &etype);
+
+	if (off < 0) {
+		pi->l3_off = ETH_HLEN;
+		return -off;
+	}
 	pi->l3_off = off;
-	if (proto == bpf_htons(ETH_P_IP))
+	if (etype == bpf_htons(ETH_P_IP))
 		return parse_ipv4(data, end, off, pi);
-	if (proto == bpf_htons(ETH_P_IPV6))
-		return parse_ipv6(data, end, off, pi);
-	return PARSE_NON_IP;
+	return parse_ipv6(data, end, off, pi);
+}
+
+/* --- tunnels (decapsulate): agent/tunnels.py's rules, one level per decapsulate() call --- */
+
+/* Whether pi (an unfragmented packet) is a tunnel packet of a configured kind. */
+static __always_inline int tunnel_candidate(const struct pkt_info *pi)
+{
+	__u8 p = pi->key.proto;
+	__u16 d = pi->key.dport;
+
+	if (p == IPPROTO_UDP)
+		return ((decap & TUNNEL_VXLAN) && (d == VXLAN_PORT || d == VXLAN_PORT_LINUX)) ||
+		       ((decap & TUNNEL_GENEVE) && d == GENEVE_PORT);
+	if (p == IPPROTO_GRE)
+		return decap & TUNNEL_GRE;
+	return (decap & TUNNEL_IPIP) && (p == IPPROTO_IPIP || p == IPPROTO_IPV6);
+}
+
+/* Offset of the inner IP header behind EtherType `etype` at `off` (IP, or an Ethernet frame
+ * for transparent Ethernet bridging); negative when there is none. */
+static __always_inline int payload_ip(void *data, void *end, __u16 etype, __u32 off)
+{
+	if (etype == ETH_P_IP || etype == ETH_P_IPV6)
+		return off;
+	if (etype == ETH_P_TEB)
+		return ethernet_ip(data, end, off);
+	return -PARSE_NON_IP;
+}
+
+static __always_inline __u16 be16_at(__u8 *b)
+{
+	return ((__u16)b[0] << 8) | b[1];
+}
+
+/* GRE version 0 (RFC 2784/2890) at `off`, ERSPAN types I-III behind it. */
+static __always_inline int gre_inner(void *data, void *end, __u32 off)
+{
+	__u8 *b = data + off;
+	__u16 flags, etype;
+	__u32 pos = off + 4;
+
+	if ((void *)(b + 4) > end)
+		return -PARSE_TRUNC;
+	flags = be16_at(b);
+	etype = be16_at(b + 2);
+	if (flags & 0x0007)			/* version 1 (PPTP) and others */
+		return -PARSE_NON_IP;
+	pos += (flags & 0x8000 ? 4 : 0) + (flags & 0x2000 ? 4 : 0) + (flags & 0x1000 ? 4 : 0);
+	if (etype == ETH_P_ERSPAN) {
+		if (!(flags & 0x1000))		/* type I: the frame follows GRE directly */
+			return ethernet_ip(data, end, pos);
+		return ethernet_ip(data, end, pos + 8);
+	}
+	if (etype == ETH_P_ERSPAN2) {
+		b = data + pos;
+		if ((void *)(b + 12) > end)
+			return -PARSE_TRUNC;
+		return ethernet_ip(data, end, pos + 12 + (b[11] & 1 ? 8 : 0));
+	}
+	return payload_ip(data, end, etype, pos);
+}
+
+/* Offset of the inner IP header of the tunnel packet pi; negative when there is none. */
+static __always_inline int tunnel_inner(void *data, void *end, struct pkt_info *pi)
+{
+	/* reloaded as a 32-bit value, so the verifier sees the bound checked below */
+	__u32 off = *(volatile __u32 *)&pi->l4_off;
+	__u8 *b;
+
+	if (off > MAX_TUNNEL_OFF)		/* bounded offsets for the verifier */
+		return -PARSE_TRUNC;
+	if (pi->key.proto == IPPROTO_GRE)
+		return gre_inner(data, end, off);
+	if (pi->key.proto != IPPROTO_UDP)	/* IP-in-IP: the inner header follows */
+		return off;
+	b = data + off + 8;			/* VXLAN / Geneve header */
+	if ((void *)(b + 8) > end)
+		return -PARSE_TRUNC;
+	if (pi->key.dport == GENEVE_PORT) {
+		if (b[0] >> 6)			/* version 0 */
+			return -PARSE_NON_IP;
+		return payload_ip(data, end, be16_at(b + 2), off + 16 + (b[0] & 0x3f) * 4);
+	}
+	if (!(b[0] & 0x08))			/* VXLAN I flag: the VNI is valid */
+		return -PARSE_NON_IP;
+	return ethernet_ip(data, end, off + 16);
+}
+
+/* Replace the tunnel packet in pi by its inner packet. 0 when it is not a tunnel packet of a
+ * configured kind; otherwise 1, with pi the inner packet, or with pi unchanged and
+ * decap_failed set (no IP payload, an inner header that does not parse), as
+ * agent/tunnels.py does. `next` is scratch space. */
+static __always_inline int decapsulate(void *data, void *end, struct pkt_info *pi,
+				       struct pkt_info *next)
+{
+	int inner, result = PARSE_TRUNC;
+
+	if (pi->frag || !tunnel_candidate(pi))
+		return 0;	/* fragments: counted as failed after tracking (observe) */
+	inner = tunnel_inner(data, end, pi);
+	__builtin_memset(next, 0, sizeof(*next));
+	if (inner >= 0 && inner <= MAX_INNER_OFF) {
+		result = parse_ip(data, end, inner, next);
+		if (result == PARSE_OK) {
+			next->decapsulated = pi->decapsulated + 1;
+			*pi = *next;
+			return 1;
+		}
+	} else if (inner < 0) {
+		result = -inner;
+	}
+	pi->inner_short = result == PARSE_TRUNC;	/* tc pulls more data and tries again */
+	pi->decap_failed = 1;
+	return 1;
+}
+
+/*
+ * Tunnels as global functions, once per context type: the verifier checks a global function
+ * once, on its own, instead of along every path of the caller, which keeps the tunnel parsers
+ * (two levels, each with IPv6 extension headers and VLAN tags) well within its limits. They
+ * read the packet bounds from the context itself. decapsulate_*: one level; decapsulate_all_*:
+ * the configured tunnels removed from pi, up to MAX_TUNNEL_DEPTH levels (as agent/tunnels.py
+ * does), each tunnel packet kept in `outers` (keep_outer; may be NULL) before its inner packet
+ * replaces it. `next` is scratch space.
+ */
+#define DEFINE_DECAPSULATE(name, all_name, ctx_type)					\
+__noinline int name(ctx_type *ctx, struct pkt_info *pi, struct pkt_info *next)		\
+{											\
+	if (!pi || !next)								\
+		return 0;								\
+	return decapsulate((void *)(long)ctx->data, (void *)(long)ctx->data_end, pi, next); \
+}											\
+											\
+__noinline int all_name(ctx_type *ctx, struct pkt_info *pi, struct pkt_info *next,	\
+			struct outer_pkts *outers)					\
+{											\
+	if (!pi || !decap)								\
+		return 0;								\
+	for (int depth = 0; depth < MAX_TUNNEL_DEPTH; depth++) {			\
+		if (outers && keep_outer && !pi->frag && tunnel_candidate(pi))		\
+			outers->p[depth & (MAX_TUNNEL_DEPTH - 1)] = *pi;		\
+		if (!name(ctx, pi, next) || pi->decap_failed)				\
+			break;								\
+	}										\
+	return 0;									\
+}
+DEFINE_DECAPSULATE(decapsulate_tc, decapsulate_all_tc, struct __sk_buff)
+DEFINE_DECAPSULATE(decapsulate_xdp, decapsulate_all_xdp, struct xdp_md)
+
+/* The per-CPU keep_outer space, or NULL when keep_outer is off. */
+static __always_inline struct outer_pkts *outers_space(void)
+{
+	__u32 zero = 0;
+
+	return keep_outer ? bpf_map_lookup_elem(&outer_pkts, &zero) : NULL;
 }
 
 /* Hand one packet of a flow the full table could not take to userspace; 0 if the ring is full. */
@@ -236,6 +476,51 @@ static __always_inline __u64 clock_now(struct flow_counters *cnt, int fresh)
 		cnt->clock_ns = bpf_ktime_get_ns();
 	}
 	return cnt->clock_ns;
+}
+
+/* --- fragments (fragments = "track"): agent/fragments.py's rules, without the hold --- */
+
+static __always_inline void frag_identity(const struct pkt_info *pi, struct frag_key *fk)
+{
+	__builtin_memcpy(fk->saddr, pi->key.saddr, 16);
+	__builtin_memcpy(fk->daddr, pi->key.daddr, 16);
+	fk->id = pi->frag_id;
+	fk->ip_version = pi->key.ip_version;
+	fk->proto = pi->key.ip_version == 4 ? pi->key.proto : 0;
+}
+
+/* A first fragment leaves its ports; a later one takes them if the first is younger than
+ * frag_timeout_ns, else keeps ports 0 (counted unmatched: nothing is held in the kernel).
+ * A global function, verified once rather than along every path of the caller. */
+__noinline int track_fragment(struct pkt_info *pi)
+{
+	__u32 zero = 0;
+	struct flow_counters *cnt = bpf_map_lookup_elem(&flow_stats, &zero);
+	struct frag_key fk = {};
+	struct frag_ports *fp;
+	__u64 now;
+
+	if (!pi || !cnt)
+		return 0;
+	now = clock_now(cnt, 0);
+	frag_identity(pi, &fk);
+	if (pi->frag == FRAG_FIRST) {
+		struct frag_ports v = { .ts_ns = now, .sport = pi->key.sport,
+					.dport = pi->key.dport, .proto = pi->key.proto };
+
+		bpf_map_update_elem(&frag_ports, &fk, &v, BPF_ANY);
+		return 0;
+	}
+	fp = bpf_map_lookup_elem(&frag_ports, &fk);
+	if (fp && now - fp->ts_ns <= frag_timeout_ns) {
+		pi->key.sport = fp->sport;
+		pi->key.dport = fp->dport;
+		pi->key.proto = fp->proto;
+		cnt->v[CNT_FRAG_TRACKED]++;
+	} else {
+		cnt->v[CNT_FRAG_UNMATCHED]++;
+	}
+	return 0;
 }
 
 /* Ask the drain thread, once per table and drain, to drain table `table` now. */
@@ -392,31 +677,21 @@ static __always_inline int slot_account(void *slots, struct pkt_info *pi, __u64 
 
 /* Shared body of every program: sample, parse, account. `frame_len` is the whole frame,
  * `segs` the GSO segment count (1 when not GSO). Returns nothing: the caller passes. */
-static __always_inline void observe(void *data, void *end, __u32 frame_len, __u32 ifindex,
-				    __u8 direction, __u32 segs, int result, struct pkt_info *pi,
-				    struct flow_counters *cnt)
+/* The bytes of pi's packet: its IP length; for a GSO skb of `segs` segments the sum of the
+ * segments' IP lengths (every segment repeats the headers). */
+static __always_inline __u64 packet_bytes(const struct pkt_info *pi, __u32 frame_len, __u32 segs)
 {
-	__u32 zero = 0, *active;
-	__u64 bytes;
+	if (segs > 1)
+		return (frame_len - pi->l3_off) + (__u64)(segs - 1) * pi->hdr_len;
+	return pi->ip_len;
+}
 
-	if (result == PARSE_NON_IP) {
-		cnt->v[CNT_NON_IP]++;
-		return;
-	}
-	if (result == PARSE_TRUNC) {
-		cnt->v[CNT_TRUNC]++;
-		cnt->v[CNT_TRUNC_BYTES] += frame_len > pi->l3_off ? frame_len - pi->l3_off : 0;
-		return;
-	}
-	if (pi->frag)
-		cnt->v[CNT_FRAG]++;
-	pi->key.ifindex = ifindex;
-	pi->key.direction = direction;
-	if (segs > 1)	/* every segment repeats the headers: sum of the segments' IP lengths */
-		bytes = (frame_len - pi->l3_off) + (__u64)(segs - 1) * pi->hdr_len;
-	else
-		bytes = pi->ip_len;
-	active = bpf_map_lookup_elem(&flow_active, &zero);
+/* Add pi's packet to the active table: its slot, else the hash. */
+static __always_inline void account_active(struct pkt_info *pi, __u32 segs, __u64 bytes,
+					   struct flow_counters *cnt)
+{
+	__u32 zero = 0, *active = bpf_map_lookup_elem(&flow_active, &zero);
+
 	/* One call site per map, not a pointer chosen at run time: the verifier inlines a map
 	 * lookup only when a single map reaches the call instruction. */
 	if (active && *active) {
@@ -426,6 +701,60 @@ static __always_inline void observe(void *data, void *end, __u32 frame_len, __u3
 		if (!slot_mask || !slot_account(&slots_a, pi, segs, bytes, cnt))
 			account(&flows_a, 0, pi, segs, bytes, cnt);
 	}
+}
+
+/* keep_outer: account a tunnel packet as its outer flow too, as without decapsulate. A
+ * global function, verified once rather than along every path of the caller. */
+__noinline int account_outer(struct pkt_info *outer, __u32 frame_len, __u32 segs,
+			     __u32 ifindex, __u32 direction)
+{
+	__u32 zero = 0;
+	struct flow_counters *cnt = bpf_map_lookup_elem(&flow_stats, &zero);
+
+	if (!outer || !cnt)
+		return 0;
+	outer->key.ifindex = ifindex;
+	outer->key.direction = direction;
+	account_active(outer, segs, packet_bytes(outer, frame_len, segs), cnt);
+	return 0;
+}
+
+/* Shared body of every program: count, track fragments, account. `frame_len` is the whole
+ * frame, `segs` the GSO segment count (1 when not GSO), `outers` the keep_outer space (NULL:
+ * off). Returns nothing: the caller passes. */
+static __always_inline void observe(__u32 frame_len, __u32 ifindex, __u8 direction,
+				    __u32 segs, int result, struct pkt_info *pi,
+				    struct outer_pkts *outers, struct flow_counters *cnt)
+{
+	if (result == PARSE_NON_IP) {
+		cnt->v[CNT_NON_IP]++;
+		return;
+	}
+	if (result == PARSE_TRUNC) {
+		cnt->v[CNT_TRUNC]++;
+		cnt->v[CNT_TRUNC_BYTES] += frame_len > pi->l3_off ? frame_len - pi->l3_off : 0;
+		return;
+	}
+	if (pi->frag) {
+		cnt->v[CNT_FRAG]++;
+		if (frag_track)
+			track_fragment(pi);
+		if (decap && tunnel_candidate(pi))	/* a tunnel fragment stays the outer flow */
+			pi->decap_failed = 1;
+	}
+	if (decap) {
+		cnt->v[CNT_DECAPSULATED] += pi->decapsulated;
+		cnt->v[CNT_DECAP_FAILED] += pi->decap_failed;
+	}
+	if (outers) {
+		if (pi->decapsulated > 0)
+			account_outer(&outers->p[0], frame_len, segs, ifindex, direction);
+		if (pi->decapsulated > 1)
+			account_outer(&outers->p[1], frame_len, segs, ifindex, direction);
+	}
+	pi->key.ifindex = ifindex;
+	pi->key.direction = direction;
+	account_active(pi, segs, packet_bytes(pi, frame_len, segs), cnt);
 }
 
 /* Sampling and the counters entry; NULL means "skip this packet". */
@@ -444,23 +773,40 @@ static __always_inline struct flow_counters *begin(void)
 	return cnt;
 }
 
+/* parse() and, when it parsed, the tunnels removed (tc). */
+static __always_inline int tc_parse(struct __sk_buff *skb, struct pkt_info *pi,
+				    struct pkt_info *scratch, struct outer_pkts *outers)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	int result;
+
+	/* opaque to the compiler: else it may copy the packet pointer with a 32-bit move (the
+	 * field is a __u32), which the verifier takes for a plain number */
+	asm volatile("" : "+r"(data), "+r"(end));
+	result = parse(data, end, pi);
+	if (result == PARSE_OK)
+		decapsulate_all_tc(skb, pi, scratch, outers);
+	return result;
+}
+
 static __always_inline int tc_observe(struct __sk_buff *skb, __u8 direction)
 {
 	struct flow_counters *cnt = begin();
-	struct pkt_info pi = {};
+	struct pkt_info pi = {}, scratch;
+	struct outer_pkts *outers;
 	int result;
 
 	if (!cnt)
 		return TC_ACT_UNSPEC;
-	result = parse((void *)(long)skb->data, (void *)(long)skb->data_end, &pi);
-	if (result == PARSE_TRUNC && skb->data_end - skb->data < skb->len) {
+	outers = outers_space();
+	result = tc_parse(skb, &pi, &scratch, outers);
+	if ((result == PARSE_TRUNC || pi.inner_short) && skb->data_end - skb->data < skb->len) {
 		/* headers beyond the linear part: pull them in and parse again */
 		bpf_skb_pull_data(skb, skb->len < PULL_LEN ? skb->len : PULL_LEN);
 		__builtin_memset(&pi, 0, sizeof(pi));
-		result = parse((void *)(long)skb->data, (void *)(long)skb->data_end, &pi);
+		result = tc_parse(skb, &pi, &scratch, outers);
 	}
-	observe((void *)(long)skb->data, (void *)(long)skb->data_end, skb->len, skb->ifindex,
-		direction, skb->gso_segs ?: 1, result, &pi, cnt);
+	observe(skb->len, skb->ifindex, direction, skb->gso_segs ?: 1, result, &pi, outers, cnt);
 	return TC_ACT_UNSPEC;	/* == TCX_NEXT: observe only, later filters/programs still run */
 }
 
@@ -481,11 +827,17 @@ int flow_xdp(struct xdp_md *ctx)
 {
 	struct flow_counters *cnt = begin();
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
-	struct pkt_info pi = {};
+	struct pkt_info pi = {}, scratch;
+	struct outer_pkts *outers;
+	int result;
 
-	if (cnt)
-		observe(data, end, end - data, ctx->ingress_ifindex, 0, 1, parse(data, end, &pi),
-			&pi, cnt);
+	if (!cnt)
+		return XDP_PASS;
+	outers = outers_space();
+	result = parse(data, end, &pi);
+	if (result == PARSE_OK)
+		decapsulate_all_xdp(ctx, &pi, &scratch, outers);
+	observe(end - data, ctx->ingress_ifindex, 0, 1, result, &pi, outers, cnt);
 	return XDP_PASS;
 }
 

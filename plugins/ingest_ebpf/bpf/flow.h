@@ -70,6 +70,14 @@ enum flow_counter {
 	CNT_UPDATE_ERR_BYTES,	/* bytes of the CNT_UPDATE_ERR packets */
 	CNT_HASH_NEW,		/* flows inserted into a hash table: with the count at the last
 				 * flip, how full the active table is (early drains) */
+	CNT_FRAG_TRACKED,	/* non-first fragments given their first fragment's ports
+				 * (fragments = "track") */
+	CNT_FRAG_UNMATCHED,	/* non-first fragments with no (live) first fragment in
+				 * frag_ports: accounted with ports 0 (fragments = "track") */
+	CNT_DECAPSULATED,	/* tunnel headers removed: packets accounted to an inner flow
+				 * (one per tunnel level) */
+	CNT_DECAP_FAILED,	/* tunnel packets accounted as the outer flow: a fragment, no IP
+				 * payload or an inner header that does not parse */
 	CNT_MAX,
 };
 
@@ -84,6 +92,34 @@ struct flow_counters {
 struct flow_fill {
 	__u64 inserts;		/* flows inserted into the hash table (atomic add) */
 	__u64 signalled;	/* 1 once the program asked for an early drain of this table */
+};
+
+/* Bits of flow.bpf.c's `decap` knob: the tunnels of the decapsulate option. */
+enum tunnel_kind {
+	TUNNEL_GRE = 1,		/* GRE v0 with IPv4/IPv6, Ethernet (0x6558) or ERSPAN I-III */
+	TUNNEL_VXLAN = 2,	/* UDP 4789 and 8472 */
+	TUNNEL_GENEVE = 4,	/* UDP 6081 */
+	TUNNEL_IPIP = 8,	/* IP protocols 4 and 41 */
+};
+
+/* Identity of a fragmented datagram: RFC 791 (source, destination, protocol, id) for IPv4,
+ * RFC 8200 (source, destination, id) for IPv6 (proto 0). 40 bytes, no holes. */
+struct frag_key {
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u32 id;		/* IPv4: the 16-bit identification; IPv6: the fragment header's */
+	__u8 ip_version;
+	__u8 proto;
+	__u16 pad;
+};
+
+/* What the first fragment (offset 0) left for the later ones. 16 bytes. */
+struct frag_ports {
+	__u64 ts_ns;		/* when the first fragment was seen (CLOCK_MONOTONIC ns) */
+	__u16 sport;
+	__u16 dport;		/* ICMP: type << 8 | code */
+	__u8 proto;		/* IPv6: the transport found behind the first fragment's headers */
+	__u8 pad[3];
 };
 
 /* The flow maps are double-buffered: the program writes to flows[active], userspace flips

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
- * maps.h - every map of flow.bpf.c. The loader resizes flows_a/flows_b to `maxflows` and may
- * switch them to BPF_MAP_TYPE_HASH (shared map with atomics) before load.
+ * maps.h - the maps of flow.bpf.c (outer_pkts, keep_outer's scratch space, is there: its value
+ * is the program's own struct pkt_info). The loader resizes flows_a/flows_b to `maxflows` and
+ * may switch them to BPF_MAP_TYPE_HASH (shared map with atomics) before load.
  */
 #ifndef NFA_MAPS_H
 #define NFA_MAPS_H
@@ -67,6 +68,16 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 4096);
 } fill_signal SEC(".maps");
+
+/* First fragments' ports for the later fragments of their datagram (fragments = "track"):
+ * bounded, the least recently used entry goes when full; the loader sizes it from
+ * [cache] fragment_table (1 entry when not tracking). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct frag_key);
+	__type(value, struct frag_ports);
+} frag_ports SEC(".maps");
 
 /* Cumulative per-CPU counters (enum flow_counter); userspace sums the CPUs. */
 struct {

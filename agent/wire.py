@@ -1,0 +1,218 @@
+"""Flow columns as big-endian wire bytes: how the v5/v9/IPFIX encoders write a FlowBatch.
+
+This module owns the conversion of :class:`~agent.model.FlowBatch` columns into the byte
+layout of export records, in bulk (a few NumPy operations per template and batch, no Python
+object per flow):
+
+* :func:`flow_columns`: the record array of what an exporter was handed (a ``FlowBatch``, or
+  a list of :class:`~agent.model.FlowRecord` from a plugin or a test);
+* :func:`pack_template`: the data records of one template: a packed big-endian structured
+  dtype with one field per template field, filled column by column, viewed as one block of
+  bytes (:class:`PackedRecords`) that the packet assembly cuts into packets;
+* the flow schema's optional and plugin fields (:meth:`agent.schema.FlowSchema.export_fields`)
+  in their declared ``width``: 1, 2, 4 or 8 bytes as unsigned big-endian integers, any other
+  width (an MPLS label stack entry: 3 bytes) as the low ``width`` bytes of the value
+  (RFC 7011 section 6.2 reduced-size encoding), ``bytes`` fields (MAC addresses) as they are
+  (:func:`wire_dtype`, :func:`wire_columns`).
+
+Addresses are ``V16`` columns with IPv4 zero-padded: a 4-byte template field takes the first
+4 bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, overload
+
+import numpy as np
+
+from .ie import BY_ID, FLOW_FIELDS
+from .model import FlowBatch, FlowRecord
+from .schema import FlowField
+
+__all__ = [
+    "PackedRecords", "address_column", "flow_columns", "join_records", "pack_template",
+    "template_dtype", "wire_code", "wire_columns", "wire_dtype",
+]
+
+_NATIVE_WIDTHS = (1, 2, 4, 8)
+_BYTE_TYPES = frozenset({"ipv4Address", "ipv6Address", "macAddress", "octetArray", "string"})
+#: IE id -> the record column it is written from as it is (addresses included)
+_COLUMN_OF_IE = {ie: name for name, ids in FLOW_FIELDS.items() for ie in ids}
+
+
+# --- the optional and plugin fields ----------------------------------------------------------
+
+
+def wire_code(f: FlowField) -> str:
+    """The NumPy type code of ``f`` on the wire: ``>u<width>`` or ``V<width>``."""
+    if f.dtype != "bytes" and f.width in _NATIVE_WIDTHS:
+        return f">u{f.width}"
+    return f"V{f.width}"
+
+
+def wire_dtype(fields: Sequence[FlowField]) -> np.dtype:
+    """A packed (no padding) big-endian structured dtype, one field per :class:`FlowField`."""
+    return np.dtype([(f.name, wire_code(f)) for f in fields])
+
+
+def fill_fields(out: np.ndarray, flows: np.ndarray, fields: Iterable[FlowField]) -> None:
+    """Write the ``fields`` columns of ``flows`` into the same-named fields of ``out``."""
+    for f in fields:
+        column = flows[f.name]
+        if f.dtype == "bytes":
+            out[f.name] = column
+        elif f.width in _NATIVE_WIDTHS:
+            out[f.name] = column.astype(np.uint64) & np.uint64((1 << 8 * f.width) - 1)
+        else:  # the low ``width`` bytes of the big-endian 8-byte value
+            be = column.astype(">u8").view(np.uint8).reshape(-1, 8)[:, 8 - f.width:]
+            out[f.name] = np.ascontiguousarray(be).view(f"V{f.width}").ravel()
+
+
+def wire_columns(flows: np.ndarray, fields: Sequence[FlowField]) -> np.ndarray:
+    """The ``fields`` columns of the record array ``flows`` in wire layout.
+
+    :return: a structured array of :func:`wire_dtype` with one row per flow.
+    """
+    out = np.zeros(len(flows), wire_dtype(fields))
+    fill_fields(out, flows, fields)
+    return out
+
+
+# --- whole records ---------------------------------------------------------------------------
+
+
+def flow_columns(records: FlowBatch | np.ndarray | Iterable[FlowRecord],
+                 on_error: Callable[[FlowRecord, Exception], None] | None = None) -> np.ndarray:
+    """The record array of what an exporter was handed.
+
+    :param records: a :class:`FlowBatch` (its columns, no copy), a record array (as it is)
+        or flow records.
+    :param on_error: for records whose values do not fit their columns (a port over 65535):
+        called for each, which is then left out. ``None``: the error propagates.
+    :raises OverflowError: (without ``on_error``) a value does not fit its column.
+    """
+    if isinstance(records, FlowBatch):
+        return records.flows
+    if isinstance(records, np.ndarray):
+        return records
+    recs = list(records)
+    try:
+        return FlowBatch.from_records(recs).flows
+    except (OverflowError, TypeError, ValueError):
+        if on_error is None:
+            raise
+    good = []
+    for r in recs:
+        try:
+            good.append(FlowBatch.from_records([r]).flows)
+        except (OverflowError, TypeError, ValueError) as exc:
+            on_error(r, exc)
+    return np.concatenate(good) if good else FlowBatch.from_records([]).flows
+
+
+def address_column(flows: np.ndarray, name: str, width: int) -> np.ndarray:
+    """The first ``width`` bytes of the 16-byte address column ``name``, one row per flow."""
+    return np.ascontiguousarray(flows[name]).view(np.uint8).reshape(-1, 16)[:, :width]
+
+
+def _is_bytes(ie: int, length: int) -> bool:
+    known = BY_ID.get(ie)
+    return length not in _NATIVE_WIDTHS or (known is not None
+                                            and known.data_type in _BYTE_TYPES)
+
+
+def template_dtype(fields: Sequence[tuple[int, int]],
+                   extra: Sequence[FlowField] = ()) -> np.dtype:
+    """The packed big-endian record of a template: ``fields`` (named ``ie<id>``) then the
+    schema fields ``extra`` (named as their columns).
+
+    :param fields: ``(IE id, length)`` pairs before ``extra``, in wire order.
+    """
+    spec: list[tuple[Any, ...]] = []
+    for ie, length in fields:
+        spec.append((f"ie{ie}", "u1", (length,)) if _is_bytes(ie, length)
+                    else (f"ie{ie}", f">u{length}"))
+    spec += [(f.name, wire_code(f)) for f in extra]
+    return np.dtype(spec)
+
+
+def pack_template(flows: np.ndarray, fields: Sequence[tuple[int, int]],
+                  extra: Sequence[FlowField] = (),
+                  special: Mapping[int, Callable[[int], Any]] | None = None) -> PackedRecords:
+    """The data records of one template for every row of ``flows``.
+
+    :param fields: the template's ``(IE id, length)`` pairs before ``extra``. Each is written
+        from the column :data:`agent.ie.FLOW_FIELDS` names (addresses: their first
+        ``length`` bytes; integers: reduced to ``length`` bytes) unless ``special`` has it.
+    :param extra: the schema fields at the end of the template.
+    :param special: IE id -> ``f(length)`` returning its values (a column, or one value for
+        every row): the format's own conversions (times, ICMP type/code, constants).
+    """
+    out = np.empty(len(flows), template_dtype(fields, extra))
+    special = special or {}
+    for ie, length in fields:
+        name = f"ie{ie}"
+        if ie in special:
+            out[name] = special[ie](length)
+        elif _is_bytes(ie, length):
+            out[name] = address_column(flows, _COLUMN_OF_IE[ie], length)
+        else:
+            out[name] = flows[_COLUMN_OF_IE[ie]]
+    fill_fields(out, flows, extra)
+    return PackedRecords.from_array(out)
+
+
+class PackedRecords(Sequence[bytes]):
+    """Fixed-size data records held as one block of bytes.
+
+    A sequence of records (``len``, ``records[i]`` is one record's bytes) whose slices are
+    again blocks (no copy per record); :func:`join_records` gives a slice's bytes for a set or
+    FlowSet without a ``b"".join`` over records.
+    """
+
+    __slots__ = ("data", "size", "n")
+
+    def __init__(self, data: bytes, size: int):
+        self.data, self.size = data, size
+        self.n = len(data) // size if size else 0
+
+    @classmethod
+    def from_array(cls, rows: np.ndarray) -> PackedRecords:
+        """The rows of a packed structured array."""
+        return cls(rows.tobytes(), rows.dtype.itemsize)
+
+    def __len__(self) -> int:
+        return self.n
+
+    @overload
+    def __getitem__(self, i: int) -> bytes: ...
+    @overload
+    def __getitem__(self, i: slice) -> PackedRecords: ...
+
+    def __getitem__(self, i: int | slice) -> bytes | PackedRecords:
+        s = self.size
+        if isinstance(i, slice):
+            start, stop, step = i.indices(self.n)
+            if step != 1:
+                raise ValueError("PackedRecords slices have step 1")
+            return PackedRecords(self.data[start * s:max(stop, start) * s], s)
+        if i < 0:
+            i += self.n
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return self.data[i * s:(i + 1) * s]
+
+    def __iter__(self) -> Iterator[bytes]:
+        s = self.size
+        return (self.data[k:k + s] for k in range(0, len(self.data), s))
+
+    def __repr__(self) -> str:
+        return f"PackedRecords({len(self)} x {self.size} bytes)"
+
+
+def join_records(records: Sequence[bytes]) -> bytes:
+    """The records' bytes, back to back (a :class:`PackedRecords` block as it is)."""
+    if isinstance(records, PackedRecords):
+        return records.data
+    return b"".join(records)
