@@ -163,8 +163,11 @@ def _manager_for(path: str | None) -> tuple[AgentPluginManager, ComponentRegistr
 
 
 def _print_issues(issues: list[ConfigIssue], strict: bool) -> int:
-    errors = sum(1 for i in issues if i.severity == "error" or strict)
-    warnings = len(issues) - errors
+    """Print every issue; return the errors (> 0), else minus the warnings (notes count
+    as neither; ``strict`` makes warnings errors)."""
+    failing = ("error", "warning") if strict else ("error",)
+    errors = sum(1 for i in issues if i.severity in failing)
+    warnings = sum(1 for i in issues if i.severity == "warning" and not strict)
     for issue in issues:
         print(issue.format(), file=sys.stderr)
     return errors if errors else -warnings
@@ -183,7 +186,8 @@ def cmd_dry_run(path: str, check_env: bool, strict: bool) -> int:
                for f in pm.load_failures]
     n = _print_issues(issues, strict)
     if n > 0:
-        print(f"{n} error(s), {len(issues) - n} warning(s): configuration is invalid",
+        warnings = 0 if strict else sum(1 for i in issues if i.severity == "warning")
+        print(f"{n} error(s), {warnings} warning(s): configuration is invalid",
               file=sys.stderr)
         return EX_CONFIG
     print(f"configuration OK ({-n} warning(s))", file=sys.stderr)
@@ -225,7 +229,8 @@ def cmd_sample(name: str | None) -> int:
     parts.append(section_sample("flow", FlowSection, FLOW_EXAMPLES, note={
         "mac": "Ingests that cannot see a field leave it 0 (a --dry-run warning names them). "
                "Restart to change [flow] (a reload refuses)."}))
-    parts += [t.sample for t in registry.types.values() if t.stage in ("cache", "aggregate")]
+    parts += [t.sample for t in registry.types.values()  # [aggregate] rules: cache's now
+              if t.stage in ("cache", "aggregate") and t.table != "aggregate.rules"]
     parts += [t.sample for t in registry.types.values()
               if t.stage in ("ingest", "export") and t.sample]
     print("\n".join(p.rstrip() + "\n" for p in parts), end="")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-Severity = Literal["error", "warning"]
+Severity = Literal["error", "warning", "note"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,7 +15,8 @@ class ConfigIssue:
     :param path: dotted key path, e.g. ``export.netflow[0].destination``.
     :param message: what is wrong and, where possible, how to fix it.
     :param severity: ``"error"`` makes ``--dry-run`` exit 78; ``"warning"`` only prints
-        (unless ``--strict``).
+        (unless ``--strict``); ``"note"`` explains how a valid setting is applied and never
+        fails a check, not even with ``--strict``.
     :param file: the config file the key came from, when known.
     """
 
@@ -25,9 +26,9 @@ class ConfigIssue:
     file: str = ""
 
     def format(self) -> str:
-        """``FILE: path: message`` (warnings are prefixed with ``warning:``)."""
+        """``FILE: path: message``; warnings and notes are prefixed with their severity."""
         where = f"{self.file}: " if self.file else ""
-        tag = "warning: " if self.severity == "warning" else ""
+        tag = f"{self.severity}: " if self.severity != "error" else ""
         path = f"{self.path}: " if self.path else ""
         return f"{where}{path}{tag}{self.message}"
 

@@ -221,9 +221,10 @@ def _natevents(config: Any, components: dict[str, Any]) -> dict[str, Any]:
 
 
 def _aggregation(config: Any, components: dict[str, Any]) -> list[str]:
-    """The aggregation rules in use, as aggregators report them (``rule_list``)."""
+    """The aggregation rules in use, as the cache (its ``aggregation``, where ``[aggregate]
+    rules`` go too) and aggregator plugins report them (``rule_list``)."""
     rules: list[str] = []
-    for inst in _instances(config, "aggregate"):
+    for inst in _instances(config, "cache") + _instances(config, "aggregate"):
         rules.extend(components.get(inst.path, {}).get("rule_list", []))
     return rules
 

@@ -3,8 +3,9 @@
 Order (every step runs, every issue is collected): load and merge TOML -> who may change
 those files (:mod:`agent.config.files`) -> resolve table
 names to registered components -> convert each table (types, bounds, ``Config.check()``) ->
-availability of each component -> topology (at least one ingest and one export) -> resource
-conflicts (one NFLOG group or interface hook per instance) -> plugins' ``agent_check_config``.
+availability of each component -> ``[aggregate] rules`` handed to the cache's
+``aggregation`` -> topology (at least one ingest and one export) -> resource conflicts
+(one NFLOG group or interface hook per instance) -> plugins' ``agent_check_config``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from netflow_agent.config.files import config_permission_issues
 from netflow_agent.config.load import RawConfig, load
 from netflow_agent.config.model import AgentConfig, AgentSection, FlowSection, Instance
 from netflow_agent.errors import ConfigIssue
+from netflow_agent.keyrules import rule_issues, split_rules
 from netflow_agent.registry import ComponentRegistry
 from netflow_agent.roles import Ingest
 from netflow_agent.schema import OPTIONAL_KEY, FlowSchema
@@ -75,6 +77,7 @@ def build(raw: RawConfig,
     issues += flow_issues
     instances = _cache_instance(data.get("cache", {}), registry, issues)
     instances += _aggregate_instances(data.get("aggregate", {}), registry, issues)
+    instances = _fold_aggregate_rules(instances, issues)
     for stage in ("ingest", "export"):
         instances += _stage_instances(stage, data.get(stage, {}), registry, issues)
     _check_topology(instances, data, issues)
@@ -209,6 +212,37 @@ def _aggregate_instances(table: Any, registry: ComponentRegistry,
             inst = _instance("aggregate", name, f"aggregate.{name}[{i}]", entry, registry, issues)
             out += [inst] if inst else []
     return out
+
+
+def _fold_aggregate_rules(instances: list[Instance],
+                          issues: list[ConfigIssue]) -> list[Instance]:
+    """Hand ``[aggregate] rules`` to the cache's ``aggregation`` (where they run, per packet)
+    and drop the ``[aggregate]`` instance, with a note saying so; refuse rules in both places.
+    """
+    builtin = next((i for i in instances if i.path == "aggregate"), None)
+    if builtin is None:
+        return instances
+    instances = [i for i in instances if i is not builtin]
+    rules = split_rules(builtin.config.rules)
+    cache = next((i for i in instances if i.stage == "cache"), None)
+    if not rules or cache is None or rule_issues(rules):  # bad rules: already reported
+        return instances
+    if not hasattr(cache.config, "aggregation"):
+        issues.append(ConfigIssue("aggregate.rules", f"cache type '{cache.type_name}' does "
+                                  "not apply aggregation rules; use the built-in cache"))
+    elif split_rules(cache.config.aggregation):
+        issues.append(ConfigIssue("aggregate.rules", "aggregation rules are set twice; keep "
+                                  "[cache] aggregation (ipt_NETFLOW's aggregation=) and remove "
+                                  "[aggregate] rules"))
+    else:
+        issues.append(ConfigIssue(
+            "aggregate.rules", "applied per packet in the cache before the flow lookup, "
+            "exactly as [cache] aggregation (ipt_NETFLOW's aggregation=); maxflows and the "
+            "statistics count aggregated flows", severity="note"))
+        folded = dataclasses.replace(cache.config, aggregation=rules)
+        instances = [dataclasses.replace(i, config=folded) if i is cache else i
+                     for i in instances]
+    return instances
 
 
 def _is_table_array(value: Any) -> bool:

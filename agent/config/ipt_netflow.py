@@ -191,7 +191,7 @@ def convert(settings: list[Setting], nflog_group: int = 5, manage_rules: bool = 
         elif name == "aggregation":
             rules = [r.strip() for r in s.value.split(",") if r.strip()]
             if rules:
-                draft.put("aggregate", "rules", rules, s)
+                draft.put("cache", "aggregation", rules, s)
         elif name == "snmp_rules":  # ipt_NETFLOW accepts any separator between rules
             rules = [r for r in re.split(r"[\s,;]+", s.value) if r]
             if rules:

@@ -32,11 +32,17 @@ maxflows = 2000000
 ## as sampler_discarded_packets). N 2..16383, announced to collectors. Not together with an
 ## ingest's packet sampling (ebpf sampling = N).
 # sampler = "hash:100"
+## ipt_NETFLOW's aggregation=, applied to every packet before the flow lookup (so maxflows
+## and the statistics count aggregated flows): PREFIX/LEN=NEWLEN cuts matching addresses to
+## NEWLEN bits (exported as the flow's mask), LOW-HIGH=PORT replaces ports in the range.
+## First match of each kind wins, source and destination alike.
+aggregation = ["192.0.0.0/8=16", "10.0.0.0/8=16", "80-89=80", "3128=80"]
 """
 
 AGGREGATE_SAMPLE = """\
 [aggregate]
 ## ipt_NETFLOW aggregation rules: PREFIX/LEN=NEWLEN and LOW-HIGH=PORT, first match wins.
+## The same as [cache] aggregation (the cache applies them per packet); set one of the two.
 rules = ["192.0.0.0/8=16", "10.0.0.0/8=16", "80-89=80", "3128=80"]
 """
 
@@ -50,4 +56,5 @@ def agent_register_components(registry: ComponentRegistry) -> None:
     registry.add("cache", "memory", FlowCache, CacheConfig, sample=CACHE_SAMPLE,
                  doc="In-memory flow table with ipt_NETFLOW timeouts and maxflows")
     registry.add("aggregate", "rules", Aggregator, AggregateConfig, sample=AGGREGATE_SAMPLE,
-                 doc="ipt_NETFLOW netmask and port aggregation rules")
+                 doc="ipt_NETFLOW netmask and port aggregation rules (run in the cache, as "
+                 "[cache] aggregation)")

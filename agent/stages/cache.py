@@ -6,7 +6,10 @@ holds packets, bytes, first/last time, the OR of TCP flags and the output interf
 exported when it has been idle for ``inactive_timeout`` seconds, when it has lived for
 ``active_timeout`` seconds, or at the next scan after a TCP FIN or RST. When ``maxflows``
 flows exist, packets of new flows are dropped and counted (``maxflows`` and ``drop``
-counters); existing flows keep being updated.
+counters); existing flows keep being updated. The ``aggregation`` rules (ipt_NETFLOW's
+option, :mod:`agent.keyrules`) rewrite every key before the lookup, in every entry path
+(packets, kernel deltas, restored flows), so the table, ``maxflows`` and the statistics count
+aggregated flows; a flow's masks are those its first packet was cut to.
 
 Layout (chosen for speed and memory, see docs/performance.md): the storage is a
 :class:`~agent.stages.flowtable.FlowTable`: a C hash index (``agent/_flowindex.c``) maps the
@@ -28,6 +31,7 @@ from netflow_agent._flowindex import FlowIndex
 from netflow_agent.config.schema import option
 from netflow_agent.errors import ConfigIssue
 from netflow_agent.fragments import FragmentPolicy
+from netflow_agent.keyrules import KeyRules, rule_issues, split_rules
 from netflow_agent.logutil import FLOW_DEBUG, log_created
 from netflow_agent.model import (
     DIRECTION_EGRESS,
@@ -61,6 +65,12 @@ def _rekey(key: bytes, size: int) -> bytes:
     if key[0] == 4 and len(key) == 20:
         key = key[:12] + key[12:16].ljust(16, b"\0") + key[16:20].ljust(16, b"\0")
     return key[:size].ljust(size, b"\0")
+
+
+def _full_width(packets: list, size: int) -> list:
+    """``packets`` with keys shorter than ``size`` zero-filled (an ingest that cannot see
+    the schema's optional fields)."""
+    return [p if len(p[0]) == size else (p[0].ljust(size, b"\0"), *p[1:]) for p in packets]
 
 
 def _packet_dtype(key_size: int) -> np.dtype:
@@ -108,13 +118,23 @@ class CacheConfig:
         "discarded on entry and counted as sampler_discarded). N 2..16383; announced to "
         'collectors. "" = every flow. Not combined with an ingest\'s packet sampling.')
 
+    aggregation: str | list[str] = option(
+        default_factory=list,
+        doc='ipt_NETFLOW\'s aggregation=: rules like "192.0.0.0/8=16,80-89=80" (a string or '
+        "a list), applied to every packet before the flow lookup: PREFIX/LEN=NEWLEN cuts "
+        "matching addresses to NEWLEN bits (exported as the flow's mask), LOW-HIGH=PORT "
+        "replaces ports in the range; first match of each kind wins, both directions. "
+        "maxflows and statistics count aggregated flows.")
+
     def check(self) -> list[ConfigIssue]:
-        """``sampler`` must be ``mode:N``."""
+        """``sampler`` must be ``mode:N``; every ``aggregation`` rule must parse."""
+        issues = [ConfigIssue(f"aggregation{where}", message)
+                  for where, message in rule_issues(self.aggregation)]
         try:
             parse_sampler(self.sampler)
         except ValueError as e:
-            return [ConfigIssue("sampler", str(e))]
-        return []
+            issues.append(ConfigIssue("sampler", str(e)))
+        return issues
 
     def flow_sampler(self) -> FlowSampler | None:
         """The sampler ``sampler`` describes, or ``None``."""
@@ -176,6 +196,7 @@ class FlowCache(Cache):
         self.context: RunContext | None = None
         self.sampler = config.flow_sampler()
         self._unselected = FlowIndex(self.table.key_size)
+        self.rules = KeyRules(config.aggregation)
 
     @hookimpl
     def agent_start(self, context: RunContext) -> None:
@@ -198,8 +219,11 @@ class FlowCache(Cache):
                                           self.sampler.algorithm, flows=True)
 
     def reconfigure(self, config: CacheConfig) -> None:
-        """Take new timeouts and maxflows on reload; every flow in the table is kept."""
+        """Take new timeouts, maxflows and aggregation rules on reload; every flow in the
+        table is kept under its key (new rules apply to packets from now on)."""
         self.config = config
+        if split_rules(config.aggregation) != self.rules.texts:
+            self.rules = KeyRules(config.aggregation)
         sampler = config.flow_sampler()
         if str(sampler) != str(self.sampler):
             self.sampler = sampler
@@ -226,6 +250,8 @@ class FlowCache(Cache):
         packets = batch.packets
         if not packets:
             return
+        if self.rules:  # on full-width keys: the rules' masks are looked up by the new key
+            packets = self.rules.rewrite_packets(_full_width(packets, self.table.key_size))
         rows = self._sample_packets(np.array(packets, _packet_dtype(self.table.key_size)))
         keys = np.ascontiguousarray(rows["key"])
         slots, new = self.table.lookup(keys, limit=self.config.maxflows)
@@ -239,7 +265,7 @@ class FlowCache(Cache):
         self.table.add_packets(slots, new, rows["length"], rows["flags"], rows["ts"],
                                rows["out_if"])
         self._mark_ending(slots, rows["flags"])
-        created = self._count_new(keys, new, rows["ts"])
+        created = self._count_new(keys, slots, new, rows["ts"])
         st.search += n
         st.found += n - dropped - created
         st.traffic_packets += n - dropped
@@ -290,14 +316,17 @@ class FlowCache(Cache):
         if ending.any():
             self.ending.update(slots[ending].tolist())
 
-    def _count_new(self, keys: np.ndarray, new: np.ndarray, ts: np.ndarray) -> int:
-        """Count the flows ``new`` marks (``keys``: the rows' packed keys) as created at
-        ``ts``: ``new``, the peak, and a debug line each at ``debug >= FLOW_DEBUG``."""
+    def _count_new(self, keys: np.ndarray, slots: np.ndarray, new: np.ndarray,
+                   ts: np.ndarray) -> int:
+        """Count the flows ``new`` marks (``keys``, ``slots``: the rows' packed keys and
+        slots) as created at ``ts``: ``new``, the peak, their aggregation masks, and a debug
+        line each at ``debug >= FLOW_DEBUG``."""
         rows = np.flatnonzero(new)
         if not len(rows):
             return 0
         st = self.stats
         st.new += len(rows)
+        self._set_masks(keys, slots, rows)
         if len(self.table) > st.peak_flows:
             st.peak_flows = len(self.table)
             st.peak_ns = int(ts[rows[-1]])
@@ -307,6 +336,15 @@ class FlowCache(Cache):
             for r in rows.tolist():
                 log_created(raw[r * ks:(r + 1) * ks])
         return len(rows)
+
+    def _set_masks(self, keys: np.ndarray, slots: np.ndarray, rows: np.ndarray) -> None:
+        """The aggregation masks of the flows created on ``rows`` (Python per new flow, only
+        with rules: :meth:`KeyRules.masks` knows the keys its last rewrite returned)."""
+        if not self.rules:
+            return
+        ks, raw = self.table.key_size, _raw(keys[rows])
+        self.table.masks[slots[rows]] = [self.rules.masks(raw[n * ks:(n + 1) * ks])
+                                         for n in range(len(rows))]
 
     @hookimpl
     def agent_cache_flows(self, batch: FlowBatch, now_ns: int) -> None:
@@ -320,6 +358,8 @@ class FlowCache(Cache):
         if not len(flows):
             return
         keys = self.schema.keys_of(flows)
+        if self.rules:
+            keys = np.array(self.rules.rewrite_keys(keys.tolist()), keys.dtype)
         discard = self._hash_discards(keys)
         if discard is not None:
             st.sampler_discarded_packets += int(flows["packets"][discard].sum())
@@ -338,7 +378,7 @@ class FlowCache(Cache):
         self.table.add_deltas(slots, new, flows["packets"], flows["octets"], flows["start_ns"],
                               flows["end_ns"], flows["tcp_flags"], flows["out_if"])
         self._mark_ending(slots, flows["tcp_flags"])
-        st.found += len(slots) - self._count_new(keys, new, flows["start_ns"])
+        st.found += len(slots) - self._count_new(keys, slots, new, flows["start_ns"])
         st.traffic_packets += int(flows["packets"].sum())
         st.traffic_bytes += int(flows["octets"].sum())
 
@@ -391,6 +431,7 @@ class FlowCache(Cache):
         out["start_ns"] = taken.first
         out["end_ns"] = taken.last
         out["tcp_flags"] = taken.flags
+        out["src_mask"], out["dst_mask"] = taken.masks >> 8, taken.masks & 0xFF
         out["end_reason"] = reasons
         _set_interfaces(out, taken.out_if)
         return FlowBatch("cache", out, schema=schema)
@@ -420,12 +461,16 @@ class FlowCache(Cache):
         if not rows:
             return 0
         size = self.schema.key_size  # a key saved before the schema changed is re-laid out
-        keys = b"".join(k if len(k) == size else _rekey(k, size) for k, *_ in rows)
+        key_list = [k if len(k) == size else _rekey(k, size) for k, *_ in rows]
+        if self.rules:  # saved without these rules: merged into aggregated flows
+            key_list = self.rules.rewrite_keys(key_list)
+        keys = np.frombuffer(b"".join(key_list), f"V{size}")
         _k, packets, octets, first, last, flags, out_if = (
             np.array(c) for c in zip(*rows, strict=True))
         slots, new = self.table.lookup(keys)
         self.table.add_deltas(slots, new, packets, octets, first, last, flags, out_if)
         self._mark_ending(slots, flags.astype(np.uint8))
+        self._set_masks(keys, slots, np.flatnonzero(new))
         if len(self.table) > self.stats.peak_flows:  # not lookup misses of this run: no `new`
             self.stats.peak_flows = len(self.table)
             self.stats.peak_ns = int(first[np.flatnonzero(new)[-1]])
@@ -470,5 +515,6 @@ class FlowCache(Cache):
 
     @hookimpl
     def agent_collect_stats(self) -> dict[str, Any]:
-        """:meth:`counters`."""
-        return self.counters()
+        """:meth:`counters`, plus the aggregation rules in use (``rule_list``, the report's
+        ``aggrN`` lines)."""
+        return {**self.counters(), "rule_list": list(self.rules.texts)}

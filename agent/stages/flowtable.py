@@ -28,7 +28,8 @@ __all__ = ["FREE_NS", "FlowTable", "Taken"]
 FREE_NS = 2**63 - 1  # first/last time of an unused slot: never expires
 _MIN_ROWS = 1024
 _COLUMNS = (("packets", np.uint64, 0), ("octets", np.uint64, 0), ("first", np.int64, FREE_NS),
-            ("last", np.int64, FREE_NS), ("flags", np.uint8, 0), ("out_if", np.uint32, 0))
+            ("last", np.int64, FREE_NS), ("flags", np.uint8, 0), ("out_if", np.uint32, 0),
+            ("masks", np.uint16, 0))
 
 
 def _col(values: np.ndarray, dtype: type) -> np.ndarray:
@@ -48,6 +49,7 @@ class Taken:
     last: np.ndarray  # int64 ns
     flags: np.ndarray  # uint8, OR of TCP flags
     out_if: np.ndarray  # uint32, the last non-zero other interface
+    masks: np.ndarray  # uint16, src_mask << 8 | dst_mask (the cache's aggregation rules)
 
 
 class FlowTable:
@@ -67,6 +69,7 @@ class FlowTable:
         self.last = np.full(rows, FREE_NS, np.int64)
         self.flags = np.zeros(rows, np.uint8)
         self.out_if = np.zeros(rows, np.uint32)
+        self.masks = np.zeros(rows, np.uint16)  # set by the caller for new flows
 
     @property
     def key_size(self) -> int:
@@ -161,7 +164,7 @@ class FlowTable:
         slots = np.ascontiguousarray(slots, np.int64)
         out = Taken(self.index.keys(slots), self.packets[slots], self.octets[slots],
                     self.first[slots], self.last[slots], self.flags[slots],
-                    self.out_if[slots])
+                    self.out_if[slots], self.masks[slots])
         self.index.remove(slots)
         for name, _dtype, fill in _COLUMNS:
             getattr(self, name)[slots] = fill

@@ -238,7 +238,8 @@ def check_config_text(text: str, registry: Any, hook: Any = None) -> list[Config
         os.unlink(name)
     assert isinstance(issues, list)
     assert all(isinstance(i, ConfigIssue) for i in issues)
-    assert all(i.severity in ("error", "warning") and isinstance(i.message, str) for i in issues)
+    assert all(i.severity in ("error", "warning", "note") and isinstance(i.message, str)
+               for i in issues)
     if any(i.severity == "error" for i in issues):
         assert config is None
     else:

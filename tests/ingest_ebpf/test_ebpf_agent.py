@@ -66,9 +66,11 @@ poll_interval_ms = 100
     return conf, out
 
 
-def start_agent(conf: Path, log: Path) -> tuple[Agent, dict[str, int]]:
-    """Start the agent; return it and the BPF program ids it logged once attached."""
-    agent = Agent(conf, log_path=log).start(ready="attached")
+def start_agent(conf: Path, log: Path,
+                socket: Path | None = None) -> tuple[Agent, dict[str, int]]:
+    """Start the agent (``socket``: its control socket, for stats); return it and the BPF
+    program ids it logged once attached."""
+    agent = Agent(conf, socket, log_path=log).start(ready="attached")
     text = agent.log()
     found = re.search(r"loaded BPF programs (\{.*?\})", text)
     assert found, text
@@ -155,3 +157,31 @@ def test_agent_netflow_v9_to_nfcapd_exact(pair, tmp_path):
         records = cap.flows()
     assert flow_table(records) == {f[1:]: v for f, v in truth.table().items()}
     assert not set(ids.values()) & bpf_prog_ids()
+
+
+def test_aggregation_rules_fold_kernel_deltas_into_one_flow(pair, tmp_path):
+    """``[cache] aggregation`` on the eBPF path: three UDP flows to ports 9200-9202 from
+    ephemeral source ports become one flow (addresses cut to /8), exact packets and bytes,
+    one active flow while they run, masks /8 on the exported record."""
+    a, b = pair.a, pair.b
+    conf, out = write_config(tmp_path, b.ns.name, b.ifname, "tcx")
+    conf.write_text(conf.read_text().replace(
+        "active_timeout = 1800\n",
+        'active_timeout = 1800\naggregation = ["0.0.0.0/0=8", "9200-9209=9200", '
+        '"1024-65535=1024"]\n'))
+    proc, _ = start_agent(conf, tmp_path / "agent.log", tmp_path / "agent.sock")
+    try:
+        truth = send_udp(a.ns, b.addr, 9200, 7, 100, peer=b.ns).truth
+        truth.merge(send_udp(a.ns, b.addr, 9201, 5, 300, peer=b.ns).truth)
+        truth.merge(send_udp(a.ns, b.addr, 9202, 3, 50, peer=b.ns).truth)
+        packets = sum(p for p, _ in truth.table().values())
+        snap = proc.wait_for(lambda s: s["cache"]["traffic_packets"] >= packets,
+                             what="the three flows drained")
+        assert (snap["cache"]["active_flows"], snap["cache"]["new"]) == (1, 1)
+    finally:
+        stop_agent(proc)
+    records = [r for r in map(json.loads, out.read_text().splitlines()) if r.get("type") == "flow"]
+    cut = [f"{addr.split('.')[0]}.0.0.0" for addr in (a.addr, b.addr)]
+    total = tuple(map(sum, zip(*truth.table().values(), strict=True)))
+    assert exported(out) == {FlowId.make(17, cut[0], cut[1], 1024, 9200): total}
+    assert [(r["src_mask"], r["dst_mask"]) for r in records] == [(8, 8)]

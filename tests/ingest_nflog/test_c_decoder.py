@@ -385,8 +385,9 @@ def test_thousands_of_cut_and_garbled_buffers() -> None:
 # --- the cache sees the same flows and counters ----------------------------------------------
 
 
-def _through_cache(datagrams: list[bytes], use_c: bool, maxflows: int = 0) -> FlowCache:
-    cache = FlowCache(CacheConfig(maxflows=maxflows))
+def _through_cache(datagrams: list[bytes], use_c: bool, maxflows: int = 0,
+                   aggregation: str = "") -> FlowCache:
+    cache = FlowCache(CacheConfig(maxflows=maxflows, aggregation=aggregation))
     batcher = decoders.CBatcher() if use_c else decoders.PythonBatcher()
     for i, data in enumerate(datagrams):
         batcher.feed(bytearray(data), len(data), RECV_NS)
@@ -405,7 +406,7 @@ def _through_cache(datagrams: list[bytes], use_c: bool, maxflows: int = 0) -> Fl
 def _records(cache: FlowCache) -> list[tuple]:
     recs = cache.agent_cache_expire(RECV_NS, True)
     return sorted((r.key(), r.packets, r.octets, r.start_ns, r.end_ns, r.tcp_flags, r.out_if,
-                   r.end_reason) for r in recs)
+                   r.end_reason, r.src_mask, r.dst_mask) for r in recs)
 
 
 PACKET_COUNTERS = ("traffic_packets", "traffic_bytes", "drop_packets", "drop_bytes", "trunc",
@@ -429,6 +430,24 @@ def test_cache_gets_the_same_flows_and_packet_counters(maxflows: int) -> None:
     if not maxflows:  # (with it, maxflows counts packets and search lookups)
         assert c_stats["search"] == c_stats["found"] + c_stats["new"]
     assert _records(c) == _records(py)
+
+
+@pytest.mark.parametrize("maxflows", [0, 2])
+def test_aggregation_rules_apply_to_c_decoder_deltas_as_to_packets(maxflows: int) -> None:
+    """[cache] aggregation on the NFLOG C path (agent_cache_flows): the same aggregated flows,
+    masks and counters as the Python decoder's packets, and fewer flows than without rules."""
+    _ext()
+    rules = "0.0.0.0/0=8,::/0=16,1-65535=1"  # every address to /8 or /16, every port to 1
+    plain = _through_cache(DATAGRAMS, True)
+    py, c = (_through_cache(DATAGRAMS, use_c, maxflows, rules) for use_c in (False, True))
+    assert c.active_flows < plain.active_flows and c.active_flows <= (maxflows or 99)
+    py_stats, c_stats = py.stats.as_dict(), c.stats.as_dict()
+    assert {k: c_stats[k] for k in PACKET_COUNTERS} == {k: py_stats[k] for k in PACKET_COUNTERS}
+    assert c_stats["traffic_packets"] + c_stats["maxflows"] == \
+        plain.stats.as_dict()["traffic_packets"]
+    records = _records(c)
+    assert records == _records(py)
+    assert {(r[-2], r[-1]) for r in records} <= {(8, 8), (16, 16)}
 
 
 def test_fin_in_a_delta_ends_the_flow() -> None:

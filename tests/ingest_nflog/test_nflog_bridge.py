@@ -29,9 +29,8 @@ import pytest
 
 from tests.export_netflow.collect import nfcapd
 from tests.ingest_nflog.test_nflog_netns import DECODERS, _started
-from tests.ingest_nflog.test_nflog_netns_encap import _SEND_FRAMES
 from tests.support.collectors import free_udp_port
-from tests.support.netns import Netns
+from tests.support.netns import Netns, send_frames_on
 from tests.support.pcapgen import FlowSpec, PcapBuilder
 from tests.support.truth import FlowId
 
@@ -67,9 +66,8 @@ def bridge() -> Iterator[Bridge]:
 
 def send(bridge: Bridge, builder: PcapBuilder) -> None:
     """Write the builder's frames onto a's link (the bridge forwards them to b)."""
-    frames = [frame.hex() for _ts, frame, _n in builder.frames()]
-    out = bridge.a.python(_SEND_FRAMES, "eth0", *frames)
-    assert int(out) == len(frames)
+    frames = [frame for _ts, frame, _n in builder.frames()]
+    assert send_frames_on(bridge.a, "eth0", frames) == len(frames)
 
 
 def tagged_and_untagged() -> tuple[PcapBuilder, PcapBuilder]:

@@ -416,7 +416,12 @@ print(len(sys.argv) - 2, flush=True)
 def send_frames(end: Endpoint, frames: Iterable[bytes]) -> int:
     """Write link-layer frames as they are onto ``end``'s interface (``AF_PACKET``); the
     peer's tc/XDP hooks see them whatever their addresses. Returns how many were sent."""
-    out = end.ns.python(_SEND_FRAMES, end.ifname, *(frame.hex() for frame in frames))
+    return send_frames_on(end.ns, end.ifname, frames)
+
+
+def send_frames_on(ns: Netns, ifname: str, frames: Iterable[bytes]) -> int:
+    """:func:`send_frames` onto interface ``ifname`` of namespace ``ns``."""
+    out = ns.python(_SEND_FRAMES, ifname, *(frame.hex() for frame in frames))
     return int(out.split()[-1])
 
 

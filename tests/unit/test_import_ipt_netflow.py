@@ -85,8 +85,7 @@ def test_mirrored_destinations_timeouts_aggregation_and_v5_options(tmp_path: Pat
     cache = one(config, "cache").config
     assert (cache.inactive_timeout, cache.active_timeout, cache.maxflows, cache.hashsize) == \
         (15, 1800, 2000000, 32768)
-    assert one(config, "aggregate").config.rules == ["192.0.0.0/8=16", "10.0.0.0/8=16",
-                                                      "80-89=80", "3128=80"]
+    assert cache.aggregation == ["192.0.0.0/8=16", "10.0.0.0/8=16", "80-89=80", "3128=80"]
     assert config.agent.debug == 1
     assert "#   refresh-rate=50 (" in text and "NetFlow v5 has no templates" in text
 
@@ -146,7 +145,7 @@ def test_refused_values_are_taken_out_with_the_agents_reason(tmp_path: Path) -> 
         "net.netflow.maxflows = lots\n")
     assert one(config, "cache").config.active_timeout == 1800
     assert one(config, "export").config.destination == ["127.0.0.1:2055"]
-    assert one(config, "aggregate").config.rules == ["10.0.0.0/8=16"]
+    assert one(config, "cache").config.aggregation == ["10.0.0.0/8=16"]
     assert "#   active_timeout=0 (" in text and "0 is below the minimum 1" in text
     assert "#   debug=7 (" in text and "#   maxflows=lots (" in text
     assert "'300-20=80' not converted" in text
