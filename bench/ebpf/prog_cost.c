@@ -7,12 +7,16 @@
  * UDP frames of `flows` distinct destination ports, `repeat` runs each. Prints the kernel's
  * mean ns per run (the test-run loop included: subtract the empty program's figure).
  *
- *   prog_cost SLOTS PRECISE_CLOCK FLOWS REPEAT [FRAG_TRACK DECAP FRAME [KEEP_OUTER]]
+ *   prog_cost SLOTS PRECISE_CLOCK FLOWS REPEAT [FRAG_TRACK DECAP FRAME [KEEP_OUTER
+ *             [L2_FIELDS MPLS_LABELS]]]
  *   prog_cost --empty OBJECT REPEAT      the same frame through empty.bpf.c's program
  *
  * FRAG_TRACK (0/1), DECAP (TUNNEL_* bits) and KEEP_OUTER (0/1) set the knobs of
- * [cache] fragments = "track", decapsulate and keep_outer; FRAME is 0 for the plain UDP frame, 1 for the same frame inside VXLAN (UDP
- * 4789, 110 bytes), 2 for a non-first IPv4 fragment of it (a fragment-map lookup).
+ * [cache] fragments = "track", decapsulate and keep_outer; FRAME is 0 for the plain UDP frame,
+ * 1 for the same frame inside VXLAN (UDP 4789, 110 bytes), 2 for a non-first IPv4 fragment of
+ * it (a fragment-map lookup), 3 for it with an 802.1Q tag (64 bytes), 4 behind two MPLS labels
+ * (68 bytes). L2_FIELDS (L2_* bits) and MPLS_LABELS are [flow]'s optional key fields; the flow
+ * tables hash the key's prefix they use (flow_key_size()), as the loader sets them up.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +24,7 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 
+#include "flow.h"
 #include "flow.skel.h"
 
 #define MAX_FRAME 128
@@ -65,11 +70,51 @@ static int make_vxlan(unsigned char *pkt, int flow)
 	return 50 + 60;
 }
 
+/* The frame of `flow` with an 802.1Q tag (priority 1, VLAN 100); 64 bytes. */
+static int make_tagged(unsigned char *pkt, int flow)
+{
+	unsigned char plain[60];
+
+	make_frame(plain, flow);
+	memcpy(pkt, plain, 12);
+	pkt[12] = 0x81, pkt[13] = 0x00, pkt[14] = 0x20, pkt[15] = 100;
+	memcpy(pkt + 16, plain + 12, 48);
+	return 64;
+}
+
+/* The IP packet of `flow` behind labels 16 and 17 (bottom of stack); 68 bytes. */
+static int make_mpls(unsigned char *pkt, int flow)
+{
+	static const unsigned char stack[8] = { 0x00, 0x01, 0x00, 64, 0x00, 0x01, 0x11, 64 };
+	unsigned char plain[60];
+
+	make_frame(plain, flow);
+	memcpy(pkt, plain, 12);
+	pkt[12] = 0x88, pkt[13] = 0x47;
+	memcpy(pkt + 14, stack, sizeof(stack));
+	memcpy(pkt + 22, plain + 14, 46);
+	return 68;
+}
+
+static int make_any(unsigned char *pkt, int flow, int frame)
+{
+	switch (frame) {
+	case 1:
+		return make_vxlan(pkt, flow);
+	case 3:
+		return make_tagged(pkt, flow);
+	case 4:
+		return make_mpls(pkt, flow);
+	}
+	make_frame(pkt, flow);
+	return 60;
+}
+
 /* Mean ns per run of `fd` over `repeat` runs of the frame of `flow`; < 0 on failure. */
 static double test_run_frame(int fd, int flow, unsigned int repeat, int frame)
 {
 	unsigned char pkt[MAX_FRAME];
-	int len = frame == 1 ? make_vxlan(pkt, flow) : (make_frame(pkt, flow), 60);
+	int len = make_any(pkt, flow, frame);
 	LIBBPF_OPTS(bpf_test_run_opts, opts, .data_in = pkt, .data_size_in = len,
 		    .repeat = repeat);
 
@@ -105,6 +150,7 @@ static int run_empty(const char *path, unsigned int repeat)
 int main(int argc, char **argv)
 {
 	unsigned int slots, precise, flows, repeat, frag_track = 0, decap = 0, frame = 0;
+	unsigned int l2_fields = 0, mpls_labels = 0;
 	unsigned int keep_outer = 0;
 	double total = 0, ns;
 	struct flow_bpf *skel;
@@ -112,17 +158,20 @@ int main(int argc, char **argv)
 
 	if (argc == 4 && !strcmp(argv[1], "--empty"))
 		return run_empty(argv[2], atoi(argv[3]));
-	if (argc != 5 && argc != 8 && argc != 9) {
+	if (argc != 5 && argc != 8 && argc != 9 && argc != 11) {
 		fprintf(stderr, "usage: %s SLOTS PRECISE_CLOCK FLOWS REPEAT [FRAG_TRACK DECAP "
-			"FRAME [KEEP_OUTER]] | --empty OBJECT REPEAT\n", argv[0]);
+			"FRAME [KEEP_OUTER [L2_FIELDS MPLS_LABELS]]] | --empty OBJECT REPEAT\n",
+			argv[0]);
 		return 2;
 	}
 	slots = atoi(argv[1]), precise = atoi(argv[2]), flows = atoi(argv[3]);
 	repeat = atoi(argv[4]);
 	if (argc >= 8)
 		frag_track = atoi(argv[5]), decap = atoi(argv[6]), frame = atoi(argv[7]);
-	if (argc == 9)
+	if (argc >= 9)
 		keep_outer = atoi(argv[8]);
+	if (argc == 11)
+		l2_fields = atoi(argv[9]), mpls_labels = atoi(argv[10]);
 	skel = flow_bpf__open();
 	if (!skel)
 		return perror("open"), 1;
@@ -132,6 +181,12 @@ int main(int argc, char **argv)
 	skel->rodata->frag_track = frag_track;
 	skel->rodata->decap = decap;
 	skel->rodata->keep_outer = keep_outer;
+	skel->rodata->l2_fields = l2_fields;	/* [flow] fields, as the loader */
+	skel->rodata->mpls_labels = mpls_labels;
+	skel->rodata->key_words = l2_fields || mpls_labels ?
+					(flow_key_size(l2_fields, mpls_labels) + 7) / 8 : 0;
+	bpf_map__set_key_size(skel->maps.flows_a, flow_key_size(l2_fields, mpls_labels));
+	bpf_map__set_key_size(skel->maps.flows_b, flow_key_size(l2_fields, mpls_labels));
 	/* as the loader: CPU c owns slot entries [c * slots, (c + 1) * slots) */
 	bpf_map__set_max_entries(skel->maps.slots_a, slots ? slots * libbpf_num_possible_cpus() : 1);
 	bpf_map__set_max_entries(skel->maps.slots_b, slots ? slots * libbpf_num_possible_cpus() : 1);

@@ -4,7 +4,8 @@ No network and no sender: the kernel runs ``flow_tc_ingress`` on a 60-byte UDP f
 ``--repeat`` times per flow and reports the mean run time, so variants compare to within a
 nanosecond where the veth flood (``run.py``) moves by a percent. Variants: per-CPU slots on
 or off (``cpu_slots``), tick or precise clock (``timestamps``), fragment tracking and
-``decapsulate`` on plain, VXLAN and fragment frames, 1 or 1,000 flows; the empty
+``decapsulate`` on plain, VXLAN and fragment frames, ``[flow]`` MAC/VLAN/MPLS/tunnel id
+fields on plain, 802.1Q-tagged and MPLS frames, 1 or 1,000 flows; the empty
 TCX program (``empty.bpf.c``) is the test-run loop's own cost, subtracted in the last column.
 Medians of ``--runs``. This is the hot-cache figure: in the flood, cache misses add to it
 (``run.py --bpf-stats`` measures that).
@@ -29,7 +30,7 @@ from run import build_empty_program  # noqa: E402  (bench/ebpf/run.py)
 BPF_DIR = HERE.parents[1] / "plugins" / "ingest_ebpf" / "bpf"
 
 VARIANTS = [  # (label, slots, precise clock[, fragments track, decapsulate bits, frame[,
-    #             keep_outer]])
+    #             keep_outer[, [flow] L2_* bits, mpls_labels]]])
     ("slots 4096, tick clock (default)", 4096, 0),
     ("slots 4096, precise clock", 4096, 1),
     ("no slots (hash only), tick clock", 0, 0),
@@ -42,6 +43,15 @@ VARIANTS = [  # (label, slots, precise clock[, fragments track, decapsulate bits
     ("default + decapsulate (all four), UDP in VXLAN", 4096, 0, 1, 15, 1),
     ("default, no decapsulate, UDP in VXLAN", 4096, 0, 1, 0, 1),
     ("default + decapsulate + keep_outer, UDP in VXLAN", 4096, 0, 1, 15, 1, 1),
+    # [flow] fields (L2_MAC 1 | L2_VLAN 2 | L2_TUNNEL_ID 4, MPLS label stack entries);
+    # frames: 3 the plain UDP with an 802.1Q tag, 4 behind two MPLS labels
+    ("default, 802.1Q-tagged UDP", 4096, 0, 1, 0, 3, 0, 0, 0),
+    ("default, MPLS (2 labels) UDP", 4096, 0, 1, 0, 4, 0, 0, 0),
+    ("mac + vlan, plain UDP", 4096, 0, 1, 0, 0, 0, 3, 0),
+    ("mac + vlan, 802.1Q-tagged UDP", 4096, 0, 1, 0, 3, 0, 3, 0),
+    ("mac + vlan + mpls_labels 3, MPLS (2 labels) UDP", 4096, 0, 1, 0, 4, 0, 3, 3),
+    ("mac + vlan, no slots (hash only), plain UDP", 0, 0, 1, 0, 0, 0, 3, 0),
+    ("decapsulate + tunnel_id, UDP in VXLAN", 4096, 0, 1, 15, 1, 0, 4, 0),
 ]
 
 
@@ -49,7 +59,8 @@ def build(tmp: Path) -> tuple[Path, Path]:
     """The agent's object and skeleton, the harness, and the empty program's object."""
     subprocess.run(["make", "-s", "-C", str(BPF_DIR), f"OUTPUT={tmp}"], check=True)
     exe = tmp / "prog_cost"
-    subprocess.run(["gcc", "-O2", f"-I{tmp}", "-o", str(exe), str(HERE / "prog_cost.c"),
+    subprocess.run(["gcc", "-O2", f"-I{tmp}", f"-I{BPF_DIR}", "-o", str(exe),
+                    str(HERE / "prog_cost.c"),
                     "-lbpf"], check=True)
     return exe, build_empty_program(tmp)
 

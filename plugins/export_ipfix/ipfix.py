@@ -294,6 +294,8 @@ class _MessageBuilder:
                 continue
             self.add_set(template.template_id, join_records(records[i:j]), j - i)
             i = j
+            if i < n:  # the next record did not fit: nor does it in a new set here
+                self.flush()
 
     def _fit(self, records: Sequence[bytes], start: int, fixed: int) -> int:
         """Index after the last record (from ``start``) that fits into the current message."""

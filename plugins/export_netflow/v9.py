@@ -441,6 +441,8 @@ def _assemble_group(builder: _PacketBuilder, tpl: Template, bodies: Sequence[byt
             continue
         builder.add_data(tpl, bodies[i : i + k], data)
         i += k
+        if i < n:  # k < what was left: not even one more FlowSet of tpl fits this packet
+            builder.flush()
 
 
 def encode_flows(

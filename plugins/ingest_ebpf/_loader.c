@@ -82,11 +82,13 @@ typedef struct {
 	int slot_ncpu;		/* possible CPUs: slot arrays hold slots * slot_ncpu entries */
 	struct flow_record *slot_mem[FLOW_MAPS];	/* the slot arrays, mmapped */
 	size_t slot_len;	/* bytes of each mapping */
-	struct flow_record *out;	/* capacity + slots * slot_ncpu rows */
+	__u32 key_size;		/* bytes the flow tables hash: the base key or all of it */
+	__u32 rec_size;		/* bytes of a drained row: FLOW_RECORD_BASE_SIZE or a flow_record */
+	char *out;		/* capacity + slots * slot_ncpu rows of rec_size */
 	struct ring_buffer *rb;	/* overflow ring, NULL when off */
 	struct ring_buffer *sig_rb;	/* the program's early-drain signals */
 	unsigned long signals;	/* signals read by the current take_signals() */
-	struct flow_record *ring_out;	/* overflow events of one consume() */
+	char *ring_out;		/* overflow events of one consume(), rows of rec_size */
 	size_t ring_len, ring_cap;
 } Loader;
 
@@ -119,31 +121,45 @@ static void Loader_dealloc(Loader *self)
 	Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* ring_buffer__consume() callback: one overflow_event becomes one flow_record row. */
+/* Write one drained row at dst: the whole flow_record when the key has optional fields,
+ * else the compact row (base key, 4 zero bytes, metrics). `key` holds key_size bytes. */
+static void put_record(const Loader *self, char *dst, const void *key,
+		       const struct flow_metrics *m)
+{
+	if (self->rec_size == sizeof(struct flow_record)) {
+		memset(dst, 0, offsetof(struct flow_record, m));
+		memcpy(dst, key, self->key_size);
+		memcpy(dst + offsetof(struct flow_record, m), m, sizeof(*m));
+		return;
+	}
+	memcpy(dst, key, FLOW_KEY_BASE_SIZE);
+	memset(dst + FLOW_KEY_BASE_SIZE, 0, FLOW_RECORD_BASE_SIZE - FLOW_KEY_BASE_SIZE - sizeof(*m));
+	memcpy(dst + FLOW_RECORD_BASE_SIZE - sizeof(*m), m, sizeof(*m));
+}
+
+/* ring_buffer__consume() callback: one overflow_event becomes one row. */
 static int on_overflow_event(void *ctx, void *data, size_t size)
 {
 	Loader *self = ctx;
 	const struct overflow_event *e = data;
-	struct flow_record *r;
+	struct flow_metrics m = {};
 
 	if (size < sizeof(*e))
 		return 0;
 	if (self->ring_len == self->ring_cap) {
 		size_t cap = self->ring_cap ? self->ring_cap * 2 : 1024;
-		void *grown = realloc(self->ring_out, cap * sizeof(*r));
+		void *grown = realloc(self->ring_out, cap * self->rec_size);
 
 		if (!grown)
 			return -ENOMEM;
 		self->ring_out = grown;
 		self->ring_cap = cap;
 	}
-	r = &self->ring_out[self->ring_len++];
-	memset(r, 0, sizeof(*r));
-	r->key = e->key;
-	r->m.packets = e->packets;
-	r->m.bytes = e->bytes;
-	r->m.first_ns = r->m.last_ns = e->ts_ns;
-	r->m.tcp_flags = e->tcp_flags;
+	m.packets = e->packets;
+	m.bytes = e->bytes;
+	m.first_ns = m.last_ns = e->ts_ns;
+	m.tcp_flags = e->tcp_flags;
+	put_record(self, self->ring_out + self->ring_len++ * self->rec_size, &e->key, &m);
 	return 0;
 }
 
@@ -179,26 +195,30 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 {
 	static char *kwlist[] = { "maxflows", "sampling", "percpu", "overflow_ring_bytes",
 				  "precise_clock", "slots", "prealloc", "fill_threshold",
-				  "frag_table", "frag_timeout", "decap", "keep_outer", NULL };
+				  "frag_table", "frag_timeout", "decap", "keep_outer", "l2_fields",
+				  "mpls_labels", NULL };
 	unsigned int maxflows = 65536, sampling = 1, ring_bytes = 0, ring_size = 4096, slots = 0;
 	unsigned int fill_threshold = 0, frag_table = 0, frag_timeout = 30, decap = 0;
+	unsigned int l2_fields = 0, mpls_labels = 0;
 	int percpu = 1, precise_clock = 0, prealloc = 1, keep_outer = 0, err;
 	enum bpf_map_type type;
 	__u64 seed = 0;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "|IIpIpIpIIIIp", kwlist, &maxflows,
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "|IIpIpIpIIIIpII", kwlist, &maxflows,
 					 &sampling, &percpu, &ring_bytes, &precise_clock, &slots,
 					 &prealloc, &fill_threshold, &frag_table, &frag_timeout, &decap,
-					 &keep_outer))
+					 &keep_outer, &l2_fields, &mpls_labels))
 		return -1;
 	if (maxflows < 1 || sampling < 1 || ring_bytes > (1u << 30) ||
 	    (slots & (slots - 1)) || slots > (1u << 24) || frag_table > (1u << 24) ||
 	    frag_timeout < 1 || frag_timeout > 86400 ||
-	    decap & ~(unsigned int)(TUNNEL_GRE | TUNNEL_VXLAN | TUNNEL_GENEVE | TUNNEL_IPIP)) {
+	    decap & ~(unsigned int)(TUNNEL_GRE | TUNNEL_VXLAN | TUNNEL_GENEVE | TUNNEL_IPIP) ||
+	    l2_fields & ~(unsigned int)(L2_MAC | L2_VLAN | L2_TUNNEL_ID) || mpls_labels > 10) {
 		PyErr_SetString(PyExc_ValueError,
 				"maxflows and sampling must be >= 1, overflow_ring_bytes <= 1 GiB, "
 				"slots 0 or a power of two <= 2^24, frag_table <= 2^24, "
-				"frag_timeout 1..86400 s, decap TUNNEL_* bits");
+				"frag_timeout 1..86400 s, decap TUNNEL_* bits, l2_fields L2_* bits, "
+				"mpls_labels 0..10");
 		return -1;
 	}
 	if (slots && getrandom(&seed, sizeof(seed), 0) != sizeof(seed)) {
@@ -232,6 +252,14 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	self->skel->rodata->frag_timeout_ns = (__u64)frag_timeout * 1000000000ULL;
 	self->skel->rodata->decap = (__u8)decap;
 	self->skel->rodata->keep_outer = decap && keep_outer;
+	/* [flow] optional fields: without any, the tables hash the base key and rows are compact */
+	self->skel->rodata->l2_fields = (__u8)l2_fields;
+	self->skel->rodata->mpls_labels = (__u8)mpls_labels;
+	self->key_size = flow_key_size(l2_fields, mpls_labels);
+	self->skel->rodata->key_words = self->key_size > FLOW_KEY_BASE_SIZE ?
+						(self->key_size + 7) / 8 : 0;
+	self->rec_size = self->key_size > FLOW_KEY_BASE_SIZE ? sizeof(struct flow_record)
+							      : FLOW_RECORD_BASE_SIZE;
 	bpf_map__set_max_entries(self->skel->maps.frag_ports, frag_table ? frag_table : 1);
 	bpf_map__set_max_entries(self->skel->maps.slots_a, slots ? slots * self->slot_ncpu : 1);
 	bpf_map__set_max_entries(self->skel->maps.slots_b, slots ? slots * self->slot_ncpu : 1);
@@ -241,6 +269,7 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	for (int i = 0; i < FLOW_MAPS; i++) {
 		bpf_map__set_type(maps[i], type);
 		bpf_map__set_max_entries(maps[i], maxflows);
+		bpf_map__set_key_size(maps[i], self->key_size);
 		/* no prealloc: memory per flow present (bpf_mem_alloc), inserts may fail with
 		 * ENOMEM, which the program sends through the overflow ring or counts */
 		if (!prealloc)
@@ -278,15 +307,14 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	}
 	self->ncpu = percpu ? libbpf_num_possible_cpus() : 1;
 	self->capacity = maxflows + 64;	/* slack: a drain never needs more than max_entries */
-	self->keys = calloc(self->capacity, sizeof(struct flow_key));
+	self->keys = calloc(self->capacity, self->key_size);
 	self->vals = calloc((size_t)self->capacity * self->ncpu, sizeof(struct flow_metrics));
 	if (self->ncpu < 1) {
 		loader_release(self);
 		PyErr_SetString(PyExc_OSError, "cannot count the possible CPUs");
 		return -1;
 	}
-	self->out = calloc(self->capacity + (size_t)slots * self->slot_ncpu,
-			   sizeof(struct flow_record));
+	self->out = calloc(self->capacity + (size_t)slots * self->slot_ncpu, self->rec_size);
 	if (!self->keys || !self->vals || !self->out) {
 		loader_release(self);
 		PyErr_NoMemory();
@@ -428,30 +456,29 @@ static PyObject *Loader_synchronize(Loader *self, PyObject *unused)
 /* Sum the per-CPU slots of n drained entries into self->out; returns the records kept. */
 static __u32 sum_records(Loader *self, __u32 n)
 {
-	struct flow_key *keys = self->keys;
+	const char *keys = self->keys;
 	struct flow_metrics *vals = self->vals;
 	__u32 kept = 0;
 
 	for (__u32 i = 0; i < n; i++) {
-		struct flow_record *r = &self->out[kept];
+		struct flow_metrics sum = {};
 
-		memset(r, 0, sizeof(*r));
-		r->key = keys[i];
 		for (int c = 0; c < self->ncpu; c++) {
 			const struct flow_metrics *v = &vals[(size_t)i * self->ncpu + c];
 
 			if (!v->packets)	/* a CPU that never saw the flow */
 				continue;
-			r->m.packets += v->packets;
-			r->m.bytes += v->bytes;
-			if (v->first_ns && (!r->m.first_ns || v->first_ns < r->m.first_ns))
-				r->m.first_ns = v->first_ns;
-			if (v->last_ns > r->m.last_ns)
-				r->m.last_ns = v->last_ns;
-			r->m.tcp_flags |= v->tcp_flags;
+			sum.packets += v->packets;
+			sum.bytes += v->bytes;
+			if (v->first_ns && (!sum.first_ns || v->first_ns < sum.first_ns))
+				sum.first_ns = v->first_ns;
+			if (v->last_ns > sum.last_ns)
+				sum.last_ns = v->last_ns;
+			sum.tcp_flags |= v->tcp_flags;
 		}
-		if (r->m.packets)
-			kept++;
+		if (sum.packets)
+			put_record(self, self->out + (size_t)kept++ * self->rec_size,
+				   keys + (size_t)i * self->key_size, &sum);
 	}
 	return kept;
 }
@@ -470,7 +497,8 @@ static void drain_slots(Loader *self, __u32 index, __u32 *kept)
 	for (size_t i = 0; i < n; i++, slot++) {
 		if (!slot->m.packets)
 			continue;
-		self->out[(*kept)++] = *slot;
+		put_record(self, self->out + (size_t)(*kept)++ * self->rec_size, &slot->key,
+			   &slot->m);
 		memset(slot, 0, sizeof(*slot));
 	}
 }
@@ -495,7 +523,7 @@ static PyObject *Loader_drain(Loader *self, PyObject *args)
 		__u32 count = self->capacity - n;
 
 		err = bpf_map_lookup_and_delete_batch(fd, first ? NULL : &in_batch, &out_batch,
-						      (struct flow_key *)self->keys + n,
+						      (char *)self->keys + (size_t)n * self->key_size,
 						      (struct flow_metrics *)self->vals +
 							      (size_t)n * self->ncpu,
 						      &count, NULL);
@@ -514,7 +542,7 @@ static PyObject *Loader_drain(Loader *self, PyObject *args)
 		drain_slots(self, index, &kept);
 	Py_END_ALLOW_THREADS
 	return Py_BuildValue("(y#i)", (const char *)self->out,
-			     (Py_ssize_t)kept * (Py_ssize_t)sizeof(struct flow_record),
+			     (Py_ssize_t)kept * (Py_ssize_t)self->rec_size,
 			     err < 0 ? -err : err);
 }
 
@@ -533,7 +561,7 @@ static PyObject *Loader_consume(Loader *self, PyObject *unused)
 	err = ring_buffer__consume(self->rb);
 	Py_END_ALLOW_THREADS
 	out = Py_BuildValue("(y#i)", self->ring_out ? (const char *)self->ring_out : "",
-			    (Py_ssize_t)(self->ring_len * sizeof(struct flow_record)),
+			    (Py_ssize_t)(self->ring_len * self->rec_size),
 			    err < 0 ? -err : 0);
 	self->ring_len = 0;
 	return out;
@@ -703,6 +731,21 @@ PyMODINIT_FUNC PyInit__loader(void)
 	/* layout constants: decode.py's struct.Struct is checked against these */
 	ADD_INT(m, "RECORD_SIZE", sizeof(struct flow_record));
 	ADD_INT(m, "KEY_SIZE", sizeof(struct flow_key));
+	ADD_INT(m, "KEY_BASE_SIZE", FLOW_KEY_BASE_SIZE);
+	ADD_INT(m, "RECORD_BASE_SIZE", FLOW_RECORD_BASE_SIZE);
+	ADD_INT(m, "L2_MAC", L2_MAC);
+	ADD_INT(m, "L2_VLAN", L2_VLAN);
+	ADD_INT(m, "L2_TUNNEL_ID", L2_TUNNEL_ID);
+	ADD_INT(m, "OFF_SRC_MAC", offsetof(struct flow_record, key.ext.src_mac));
+	ADD_INT(m, "OFF_DST_MAC", offsetof(struct flow_record, key.ext.dst_mac));
+	ADD_INT(m, "OFF_ETH_TYPE", offsetof(struct flow_record, key.ext.eth_type));
+	ADD_INT(m, "OFF_VLAN_ID", offsetof(struct flow_record, key.ext.vlan_id));
+	ADD_INT(m, "OFF_INNER_VLAN_ID", offsetof(struct flow_record, key.ext.inner_vlan_id));
+	ADD_INT(m, "OFF_VLAN_PRIO", offsetof(struct flow_record, key.ext.vlan_prio));
+	ADD_INT(m, "OFF_INNER_VLAN_PRIO", offsetof(struct flow_record, key.ext.inner_vlan_prio));
+	ADD_INT(m, "OFF_MPLS", offsetof(struct flow_record, key.ext.mpls));
+	ADD_INT(m, "OFF_TUNNEL_TYPE", offsetof(struct flow_record, key.ext.tunnel_type));
+	ADD_INT(m, "OFF_TUNNEL_ID", offsetof(struct flow_record, key.ext.tunnel_id));
 	ADD_INT(m, "METRICS_SIZE", sizeof(struct flow_metrics));
 	ADD_INT(m, "OFF_SADDR", offsetof(struct flow_record, key.saddr));
 	ADD_INT(m, "OFF_DADDR", offsetof(struct flow_record, key.daddr));

@@ -39,9 +39,11 @@ from .attach import Attacher, matching_links
 from .config import Config
 from .decode import (
     COUNTER_NAMES,
+    KERNEL_FIELDS,
     CounterDelta,
     CounterTracker,
     decode_records,
+    kernel_fields,
     monotonic_to_wall_offset,
 )
 from .linkwatch import LinkWatch
@@ -69,6 +71,9 @@ class EbpfIngest(Ingest):
 
     stage = "ingest"
     type_name = "ebpf"
+    #: the [flow] optional key fields the program fills (decode.KERNEL_FIELDS): MACs, both
+    #: VLAN tags, MPLS label stack entries, the tunnel id; not the bridge ports (physdev)
+    observable_fields = KERNEL_FIELDS
 
     def __init__(self, config: Config, name: str):
         super().__init__(config, name)
@@ -114,6 +119,7 @@ class EbpfIngest(Ingest):
                                    * cfg.drain_threshold // 100)
         fragments = context.fragments  # [cache] fragments: "track" keeps a kernel table
         self.tracking = fragments.tracking
+        l2_fields, mpls_labels = kernel_fields(flow_schema())  # [flow]: what the key holds
         self.loader = Loader(maxflows=self.maxflows, sampling=cfg.sampling,
                              percpu=percpu,
                              overflow_ring_bytes=cfg.overflow_ring_kb * 1024,
@@ -122,7 +128,8 @@ class EbpfIngest(Ingest):
                              frag_table=fragments.table if self.tracking else 0,
                              frag_timeout=fragments.timeout,
                              decap=sum(TUNNEL_BITS[t] for t in set(cfg.decapsulate)),
-                             keep_outer=cfg.keep_outer)
+                             keep_outer=cfg.keep_outer, l2_fields=l2_fields,
+                             mpls_labels=mpls_labels)
         self.loader.set_active(self.active)
         if not self.loader.synchronize() and cfg.cpu_slots:
             self.log.warning("%s: this kernel refuses membarrier(MEMBARRIER_CMD_GLOBAL) "

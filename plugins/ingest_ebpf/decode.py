@@ -1,7 +1,9 @@
 """Decoding of the loader's drained records into columnar :class:`~agent.model.FlowBatch` rows.
 
-Owns the Python mirror of ``bpf/flow.h`` (``struct flow_record`` and ``enum flow_counter``):
-:data:`RECORD` must match the C layout byte for byte, which
+Owns the Python mirror of ``bpf/flow.h`` (``struct flow_record`` and ``enum flow_counter``)
+and the choice of the ``[flow]`` optional key fields the kernel program fills
+(:func:`kernel_fields`): :data:`RECORD` (the compact row of a run without them) and
+:data:`RECORD_EXT_DTYPE` (the whole ``flow_record``) must match the C layout byte for byte, which
 ``tests/ingest_ebpf/test_layout.py`` checks against the ``sizeof``/``offsetof`` constants the
 extension exports. Kernel times are CLOCK_MONOTONIC (``bpf_ktime_get_ns``); they become
 wall-clock ns here, at the boundary, as :mod:`agent.model` requires.
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from netflow_agent.api import flow_schema
+from netflow_agent.api import FlowSchema, flow_schema
 
 #: ``struct flow_record``: flow_key (44 bytes), 4 pad bytes, flow_metrics (40 bytes).
 #: Fields: saddr daddr ifindex sport dport ip_version proto tos direction | packets bytes
@@ -52,17 +54,69 @@ def monotonic_to_wall_offset() -> int:
     return wall - (before + after) // 2
 
 
-#: :data:`RECORD` as a NumPy dtype: the drained bytes viewed as columns without a copy per flow
-RECORD_DTYPE = np.dtype([
+_BASE_KEY_COLUMNS = [
     ("saddr", "V16"), ("daddr", "V16"), ("ifindex", "=u4"), ("sport", "=u2"), ("dport", "=u2"),
-    ("version", "u1"), ("proto", "u1"), ("tos", "u1"), ("direction", "u1"), ("_pad", "V4"),
+    ("version", "u1"), ("proto", "u1"), ("tos", "u1"), ("direction", "u1"),
+]
+_METRIC_COLUMNS = [
     ("packets", "=u8"), ("bytes", "=u8"), ("first_ns", "=u8"), ("last_ns", "=u8"),
     ("tcp_flags", "=u4"), ("_pad2", "V4"),
-])
+]
+#: :data:`RECORD` as a NumPy dtype: the drained bytes viewed as columns without a copy per flow
+RECORD_DTYPE = np.dtype([*_BASE_KEY_COLUMNS, ("_pad", "V4"), *_METRIC_COLUMNS])
 assert RECORD_DTYPE.itemsize == RECORD.size
 
+#: ``struct flow_key_ext`` (68 bytes after the base key; host byte order).
+KEY_EXT_COLUMNS = [
+    ("src_mac", "V6"), ("dst_mac", "V6"), ("eth_type", "=u2"), ("vlan_id", "=u2"),
+    ("inner_vlan_id", "=u2"), ("vlan_prio", "u1"), ("inner_vlan_prio", "u1"),
+    ("tunnel_type", "=u4"), ("tunnel_id", "=u4"), ("mpls", "=u4", (10,)),
+]
+#: the whole ``struct flow_record`` (152 bytes): the rows of a run with optional key fields
+RECORD_EXT_DTYPE = np.dtype([*_BASE_KEY_COLUMNS, *KEY_EXT_COLUMNS, *_METRIC_COLUMNS])
 
-def decode_records(data: bytes, wall_offset_ns: int) -> np.ndarray:
+#: ``enum l2_field`` bits (bpf/flow.h) and the schema fields each one fills
+L2_MAC, L2_VLAN, L2_TUNNEL_ID = 1, 2, 4
+MPLS_MAX = 10
+#: the optional key fields the kernel program can fill; the others (physdev) stay 0
+KERNEL_FIELDS = frozenset({
+    "src_mac", "dst_mac", "ethernet_type", "vlan_id", "vlan_priority", "inner_vlan_id",
+    "inner_vlan_priority", "tunnel_id", *(f"mpls_label_{n}" for n in range(1, MPLS_MAX + 1)),
+})
+#: schema column <- RECORD_EXT_DTYPE column, for the fields copied as they are
+_EXT_COPY = {"src_mac": "src_mac", "dst_mac": "dst_mac", "ethernet_type": "eth_type",
+             "vlan_id": "vlan_id", "vlan_priority": "vlan_prio",
+             "inner_vlan_id": "inner_vlan_id", "inner_vlan_priority": "inner_vlan_prio"}
+
+
+def kernel_fields(schema: FlowSchema) -> tuple[int, int]:
+    """The loader's ``(l2_fields, mpls_labels)`` for ``schema``: which optional key fields the
+    program fills (``enum l2_field`` bits) and how many MPLS label stack entries. ``(0, 0)``
+    keeps today's 44-byte kernel key and compact rows."""
+    names = set(schema.ext_names)
+    bits = (L2_MAC if names & {"src_mac", "dst_mac"} else 0) | (
+        L2_VLAN if names & {"vlan_id", "vlan_priority", "inner_vlan_id",
+                            "inner_vlan_priority"} else 0) | (
+        L2_TUNNEL_ID if "tunnel_id" in names else 0)
+    if "ethernet_type" in names and not bits & (L2_MAC | L2_VLAN):
+        bits |= L2_MAC  # ethernetType comes with the MAC addresses (agent.schema)
+    return bits, sum(1 for n in names if n.startswith("mpls_label_"))
+
+
+def _fill_ext(raw: np.ndarray, out: np.ndarray, names: tuple[str, ...]) -> None:
+    """Copy the kernel-filled optional key columns of ``raw`` (RECORD_EXT_DTYPE rows)."""
+    for name in names:
+        if name in _EXT_COPY:
+            out[name] = raw[_EXT_COPY[name]]
+        elif name.startswith("mpls_label_"):
+            out[name] = raw["mpls"][:, int(name.rsplit("_", 1)[1]) - 1]
+        elif name == "tunnel_id":
+            out[name] = (raw["tunnel_type"].astype(np.uint64) << np.uint64(56)) | raw[
+                "tunnel_id"].astype(np.uint64)
+
+
+def decode_records(data: bytes, wall_offset_ns: int,
+                   schema: FlowSchema | None = None) -> np.ndarray:
     """Turn drained ``flow_record`` rows into a FlowBatch record array (columns, vectorized).
 
     The key's interface is the observation interface for both directions (see
@@ -70,14 +124,21 @@ def decode_records(data: bytes, wall_offset_ns: int) -> np.ndarray:
     Rows with equal keys (the overflow ring carries one per packet) stay separate rows: the
     cache adds them up.
 
-    :param data: the bytes returned by ``Loader.drain()``; a multiple of :data:`RECORD` size.
+    :param data: the bytes returned by ``Loader.drain()``: compact rows (:data:`RECORD`) when
+        :func:`kernel_fields` of the schema is ``(0, 0)``, else :data:`RECORD_EXT_DTYPE` rows.
     :param wall_offset_ns: from :func:`monotonic_to_wall_offset`, taken at drain time.
+    :param schema: the schema the loader was configured for (default: the active one).
     :raises ValueError: when ``data`` is not made of whole records.
     """
-    if len(data) % RECORD.size:
-        raise ValueError(f"drained {len(data)} bytes, not a multiple of {RECORD.size}")
-    raw = np.frombuffer(data, RECORD_DTYPE)
-    out = flow_schema().empty(len(raw))
+    schema = schema or flow_schema()
+    ext = kernel_fields(schema) != (0, 0)
+    dtype = RECORD_EXT_DTYPE if ext else RECORD_DTYPE
+    if len(data) % dtype.itemsize:
+        raise ValueError(f"drained {len(data)} bytes, not a multiple of {dtype.itemsize}")
+    raw = np.frombuffer(data, dtype)
+    out = schema.empty(len(raw))
+    if ext:
+        _fill_ext(raw, out, tuple(n for n in schema.ext_names if n in KERNEL_FIELDS))
     for src, dst in (("version", "ip_version"), ("proto", "protocol"), ("tos", "tos"),
                      ("direction", "direction"), ("ifindex", "in_if"), ("sport", "src_port"),
                      ("dport", "dst_port"), ("saddr", "src_addr"), ("daddr", "dst_addr"),

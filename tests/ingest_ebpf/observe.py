@@ -33,8 +33,10 @@ class Observed:
     frag: int = 0
     stats: dict = field(default_factory=dict)
     component: EbpfIngest | None = None
+    batches: list[FlowBatch] = field(default_factory=list)  # as emitted (every column)
 
     def add(self, batch: FlowBatch) -> None:
+        self.batches.append(batch)
         self.dropped_packets += batch.dropped_packets
         self.dropped_bytes += batch.dropped_bytes
         self.trunc += batch.trunc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import ipaddress
 
+import numpy as np
 import pytest
 
 from netflow_agent.model import DIRECTION_EGRESS, DIRECTION_INGRESS, FlowBatch, make_key, split_key
@@ -12,10 +13,17 @@ from netflow_agent.plugins.ingest_ebpf import unavailable_reason
 from netflow_agent.plugins.ingest_ebpf.config import Config
 from netflow_agent.plugins.ingest_ebpf.decode import (
     COUNTER_NAMES,
+    L2_MAC,
+    L2_TUNNEL_ID,
+    L2_VLAN,
     RECORD,
+    RECORD_DTYPE,
+    RECORD_EXT_DTYPE,
     CounterTracker,
     decode_records,
+    kernel_fields,
 )
+from netflow_agent.schema import FlowOptions, FlowSchema
 from tests.support import strict_environment
 
 # offsets of RECORD's fields, in RECORD's order (the mirror of bpf/flow.h)
@@ -23,6 +31,14 @@ FIELD_OFFSETS = {
     "SADDR": 0, "DADDR": 16, "IFINDEX": 32, "SPORT": 36, "DPORT": 38, "IP_VERSION": 40,
     "PROTO": 41, "TOS": 42, "DIRECTION": 43, "PACKETS": 48, "BYTES": 56, "FIRST_NS": 64,
     "LAST_NS": 72, "TCP_FLAGS": 80,
+}  # fmt: skip
+# the C offsetof constants (OFF_*) -> the RECORD_EXT_DTYPE / RECORD_DTYPE column at that offset
+C_TO_COLUMN = {
+    "SRC_MAC": "src_mac", "DST_MAC": "dst_mac", "ETH_TYPE": "eth_type", "VLAN_ID": "vlan_id",
+    "INNER_VLAN_ID": "inner_vlan_id", "VLAN_PRIO": "vlan_prio",
+    "INNER_VLAN_PRIO": "inner_vlan_prio", "MPLS": "mpls", "TUNNEL_TYPE": "tunnel_type",
+    "TUNNEL_ID": "tunnel_id", "PACKETS": "packets", "BYTES": "bytes", "FIRST_NS": "first_ns",
+    "LAST_NS": "last_ns", "TCP_FLAGS": "tcp_flags",
 }  # fmt: skip
 
 
@@ -37,11 +53,20 @@ def loader_module():
 
 
 def test_record_layout_matches_c():
+    """The compact row (no optional fields) is today's 88 bytes; the whole flow_record holds
+    the extension block at the offsets RECORD_EXT_DTYPE reads."""
     ext = loader_module()
-    assert RECORD.size == ext.RECORD_SIZE == 88
-    assert ext.KEY_SIZE == 44 and ext.METRICS_SIZE == 40
+    assert RECORD.size == ext.RECORD_BASE_SIZE == RECORD_DTYPE.itemsize == 88
+    assert ext.KEY_BASE_SIZE == 44 and ext.METRICS_SIZE == 40
     for name, offset in FIELD_OFFSETS.items():
+        if name in ("PACKETS", "BYTES", "FIRST_NS", "LAST_NS", "TCP_FLAGS"):
+            assert RECORD_DTYPE.fields[C_TO_COLUMN[name]][1] == offset, name
+            offset += ext.KEY_SIZE - 48  # the full record: no pad, the extension first
         assert getattr(ext, f"OFF_{name}") == offset, name
+    assert ext.RECORD_SIZE == RECORD_EXT_DTYPE.itemsize == 152 and ext.KEY_SIZE == 112
+    for c_name, column in C_TO_COLUMN.items():
+        assert RECORD_EXT_DTYPE.fields[column][1] == getattr(ext, f"OFF_{c_name}"), c_name
+    assert (ext.L2_MAC, ext.L2_VLAN, ext.L2_TUNNEL_ID) == (L2_MAC, L2_VLAN, L2_TUNNEL_ID)
 
 
 def test_struct_offsets_are_the_ones_listed():
@@ -165,3 +190,48 @@ def test_rows_with_equal_keys_are_summed_by_the_cache():
     assert [(r.packets, r.octets, r.start_ns, r.end_ns, r.tcp_flags) for r in out] == [
         (2, 300, 3, 9, 0x12), (1, 40, 7, 7, 0)]
     assert cache.stats.traffic_packets == 3 and cache.active_flows == 0
+
+
+def test_kernel_fields_follow_the_schema():
+    """The loader's knobs: (0, 0) for the default schema (44-byte kernel key, compact rows),
+    and only the fields the kernel can see (physdev is NFLOG's)."""
+    assert kernel_fields(FlowSchema.build()) == (0, 0)
+    assert kernel_fields(FlowSchema.build(FlowOptions(physdev="export"))) == (0, 0)
+    assert kernel_fields(FlowSchema.build(FlowOptions(mac=True))) == (L2_MAC, 0)
+    assert kernel_fields(FlowSchema.build(FlowOptions(vlan=True, mpls_labels=3))) == (L2_VLAN, 3)
+    assert kernel_fields(FlowSchema.build(FlowOptions(mpls_labels=10, tunnel_id=True))) == (
+        L2_TUNNEL_ID, 10)
+
+
+def test_decode_fills_the_optional_key_columns():
+    """A whole flow_record row: MACs, both tags, the first N label stack entries and the
+    tunnel's layer2SegmentId land in their schema columns and in the packed key."""
+    schema = FlowSchema.build(FlowOptions(mac=True, vlan=True, mpls_labels=2, tunnel_id=True))
+    row = np.zeros(1, RECORD_EXT_DTYPE)
+    row["saddr"] = ipaddress.ip_address("10.0.0.1").packed.ljust(16, b"\0")
+    row["daddr"] = ipaddress.ip_address("10.0.0.2").packed.ljust(16, b"\0")
+    row["version"], row["proto"], row["packets"], row["bytes"] = 4, 17, 3, 300
+    row["src_mac"] = np.void(bytes.fromhex("020000000001"))
+    row["dst_mac"] = np.void(bytes.fromhex("020000000002"))
+    row["eth_type"], row["vlan_id"], row["vlan_prio"] = 0x0800, 100, 5
+    row["inner_vlan_id"], row["inner_vlan_prio"] = 200, 3
+    row["mpls"][0, :3] = [16 << 4 | 2 << 1, 17 << 4 | 1, 99]
+    row["tunnel_type"], row["tunnel_id"] = 1, 42
+    flows = decode_records(row.tobytes(), 0, schema)
+    (rec,) = FlowBatch("ebpf", flows, schema=schema)
+    assert (rec.src_mac.hex(), rec.dst_mac.hex()) == ("020000000001", "020000000002")
+    assert (rec.ethernet_type, rec.vlan_id, rec.vlan_priority) == (0x0800, 100, 5)
+    assert (rec.inner_vlan_id, rec.inner_vlan_priority) == (200, 3)
+    assert int(flows["mpls_label_1"][0]) == 16 << 4 | 2 << 1
+    assert int(flows["mpls_label_2"][0]) == 17 << 4 | 1
+    assert int(flows["tunnel_id"][0]) == 1 << 56 | 42
+    assert (rec.packets, rec.octets) == (3, 300)
+    with pytest.raises(ValueError, match="not a multiple of 152"):
+        decode_records(row.tobytes()[:-1], 0, schema)
+
+
+@pytest.mark.parametrize("knobs", [{"l2_fields": 8}, {"mpls_labels": 11}])
+def test_loader_refuses_unknown_field_knobs(knobs):
+    ext = loader_module()
+    with pytest.raises(ValueError, match="l2_fields L2_\\* bits, mpls_labels 0..10"):
+        ext.Loader(**knobs)

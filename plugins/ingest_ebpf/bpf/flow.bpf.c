@@ -2,10 +2,11 @@
 /*
  * flow.bpf.c - per-flow accounting in the kernel for the netflow-agent eBPF ingest.
  *
- * Parses Ethernet (up to two 802.1Q/802.1ad tags left in the frame), IPv4 (RFC 791, fragments),
- * IPv6 (RFC 8200 extension headers, fragment header), TCP/UDP/UDP-Lite/DCCP/SCTP ports and
- * ICMP/ICMPv6 type/code, exactly like agent/packet.py does for packet ingests, and adds each
- * packet to a flow table keyed like the agent's cache (flow.h). Optional, as in the packet
+ * Parses Ethernet (up to two 802.1Q/802.1ad tags left in the frame, an MPLS label stack),
+ * IPv4 (RFC 791, fragments), IPv6 (RFC 8200 extension headers, fragment header),
+ * TCP/UDP/UDP-Lite/DCCP/SCTP ports and ICMP/ICMPv6 type/code, exactly like agent/packet.py
+ * does for packet ingests, and adds each packet to a flow table keyed like the agent's cache
+ * (flow.h), with the [flow] MAC/VLAN/MPLS/tunnel id fields when on. Optional, as in the packet
  * ingests: non-first fragments take their first fragment's ports (agent/fragments.py,
  * without the hold) and tunnels are accounted as their inner flow (agent/tunnels.py).
  * Packets of new flows that do not fit in the full table go through a ring buffer instead,
@@ -32,6 +33,11 @@
 #define EEXIST_ 17
 #define ETH_P_8021AD_ 0x88A8
 #define MAX_VLAN_TAGS 2
+#define ETH_P_MPLS_UC_ 0x8847
+#define ETH_P_MPLS_MC_ 0x8848
+#define MAX_MPLS_SCAN 12		/* label stack entries walked to reach the IP packet */
+#define MAX_MPLS_OFF 64			/* deepest label stack (behind Ethernet and 2 tags) */
+#define MAX_MPLS_KEY 10			/* entries flow_key_ext holds */
 #define MAX_EXT_HEADERS 8
 #define PULL_LEN 256		/* enough for two tunnel levels' headers */
 
@@ -67,8 +73,13 @@ const volatile __u8 frag_track = 0;	/* non-first fragments take their first one'
 const volatile __u64 frag_timeout_ns = 30000000000ULL;	/* how long a first fragment counts */
 const volatile __u8 decap = 0;		/* TUNNEL_* bits: tunnels accounted as their inner flow */
 const volatile __u8 keep_outer = 0;	/* with decap: the outer flow of a tunnel packet too */
+const volatile __u8 l2_fields = 0;	/* L2_* bits: the optional key fields to fill */
+const volatile __u8 mpls_labels = 0;	/* MPLS label stack entries in the key (0-10) */
+const volatile __u8 key_words = 0;	/* 8-byte words the tables hash; 0 = the base key only
+					 * (the slots then compare the base, else the whole key) */
 
-enum parse_result { PARSE_OK, PARSE_NON_IP, PARSE_TRUNC };
+/* PARSE_MPLS: an MPLS label stack at pi->l3_off, for parse_mpls_*() */
+enum parse_result { PARSE_OK, PARSE_NON_IP, PARSE_TRUNC, PARSE_MPLS };
 
 /* pkt_info.frag */
 enum { FRAG_NONE, FRAG_FIRST, FRAG_LATER };
@@ -86,6 +97,7 @@ struct pkt_info {
 	__u8 decapsulated;	/* tunnel levels removed to reach this (inner) packet */
 	__u8 decap_failed;	/* 1: a tunnel packet accounted as it is (see decapsulate()) */
 	__u8 inner_short;	/* 1: an inner header ran past the linear data (tc pulls more) */
+	__u8 vlan_tags;		/* VLAN tags seen (offloaded first), for record_vlan() */
 } __attribute__((aligned(8)));
 
 /* keep_outer: the tunnel packets a packet was taken out of, outermost first. Scratch space
@@ -237,9 +249,46 @@ static __always_inline int parse_ip(void *data, void *end, __u32 off, struct pkt
 	return parse_ipv6(data, end, off, pi);
 }
 
+/* --- [flow] optional key fields (flow_key_ext): what the observed frame's link layer says --- */
+
+/* A VLAN tag (its TCI) of the frame: the first one seen is the outer tag, the second the inner
+ * (QinQ customer) tag; deeper ones are not kept. */
+static __always_inline void record_vlan(struct pkt_info *pi, __u16 tci)
+{
+	if (!(l2_fields & L2_VLAN))
+		return;
+	if (pi->vlan_tags == 0) {
+		pi->key.ext.vlan_id = tci & 0x0fff;
+		pi->key.ext.vlan_prio = tci >> 13;
+	} else if (pi->vlan_tags == 1) {
+		pi->key.ext.inner_vlan_id = tci & 0x0fff;
+		pi->key.ext.inner_vlan_prio = tci >> 13;
+	}
+	pi->vlan_tags++;
+}
+
+/* The frame's MAC addresses (the Ethernet header at data, already bounds-checked). */
+static __always_inline void record_macs(const __u8 *eth, struct pkt_info *pi)
+{
+	if (!(l2_fields & L2_MAC))
+		return;
+	__builtin_memcpy(pi->key.ext.dst_mac, eth, 6);
+	__builtin_memcpy(pi->key.ext.src_mac, eth + 6, 6);
+}
+
+/* ethernetType of the accounted (inner) IP packet, when MAC or VLAN fields are on. */
+static __always_inline void record_eth_type(struct pkt_info *pi)
+{
+	if (l2_fields & (L2_MAC | L2_VLAN))
+		pi->key.ext.eth_type = pi->key.ip_version == 4 ? ETH_P_IP : ETH_P_IPV6;
+}
+
 /* Offset of the IP header behind the Ethernet header at `off` (up to MAX_VLAN_TAGS tags),
- * its EtherType in *etype; -PARSE_NON_IP or -PARSE_TRUNC when there is none. */
-static __always_inline int ethernet_ip_type(void *data, void *end, __u32 off, __u16 *etype)
+ * its EtherType in *etype; -PARSE_NON_IP or -PARSE_TRUNC when there is none. With `pi` (the
+ * observed frame, not a tunnel's inner one) the tags are recorded and an MPLS label stack
+ * is an answer too (its offset, *etype MPLS). */
+static __always_inline int ethernet_ip_type(void *data, void *end, __u32 off, __u16 *etype,
+					    struct pkt_info *pi)
 {
 	__u16 proto;
 
@@ -253,11 +302,15 @@ static __always_inline int ethernet_ip_type(void *data, void *end, __u32 off, __
 			break;
 		if (data + off + 4 > end)
 			return -PARSE_TRUNC;
+		if (pi)
+			record_vlan(pi, bpf_ntohs(*(__u16 *)(data + off)));
 		proto = *(__u16 *)(data + off + 2);	/* encapsulated protocol */
 		off += 4;
 	}
 	*etype = proto;
 	if (proto == bpf_htons(ETH_P_IP) || proto == bpf_htons(ETH_P_IPV6))
+		return off;
+	if (pi && (proto == bpf_htons(ETH_P_MPLS_UC_) || proto == bpf_htons(ETH_P_MPLS_MC_)))
 		return off;
 	return -PARSE_NON_IP;
 }
@@ -266,7 +319,7 @@ static __always_inline int ethernet_ip(void *data, void *end, __u32 off)
 {
 	__u16 etype;
 
-	return ethernet_ip_type(data, end, off, &etype);
+	return ethernet_ip_type(data, end, off, &etype, NULL);
 }
 
 /* Fill pi from the frame at data..end (Ethernet). The EtherType picks the parser, as before
@@ -274,16 +327,43 @@ static __always_inline int ethernet_ip(void *data, void *end, __u32 off)
 static __always_inline int parse(void *data, void *end, struct pkt_info *pi)
 {
 	__u16 etype = 0;
-	int off = ethernet_ip_type(data, end, 0, &etype);
+	int off = ethernet_ip_type(data, end, 0, &etype, pi);
 
 	if (off < 0) {
 		pi->l3_off = ETH_HLEN;
 		return -off;
 	}
+	record_macs(data, pi);		/* ethernet_ip_type() checked the header's bounds */
 	pi->l3_off = off;
 	if (etype == bpf_htons(ETH_P_IP))
 		return parse_ipv4(data, end, off, pi);
-	return parse_ipv6(data, end, off, pi);
+	if (etype == bpf_htons(ETH_P_IPV6))
+		return parse_ipv6(data, end, off, pi);
+	return PARSE_MPLS;		/* parse_mpls_*(): verified on its own */
+}
+
+/* The IP packet behind the MPLS label stack at pi->l3_off (RFC 3032): the first mpls_labels
+ * entries go into the key (label << 4 | TC << 1 | S, the TTL left out), the IP header after
+ * the bottom-of-stack entry is parsed by its version nibble. */
+static __always_inline int parse_mpls(void *data, void *end, struct pkt_info *pi)
+{
+	/* reloaded as a 32-bit value, so the verifier sees the bound checked below */
+	__u32 off = *(volatile __u32 *)&pi->l3_off;
+
+	if (off > MAX_MPLS_OFF)
+		return PARSE_TRUNC;
+#pragma unroll
+	for (int i = 0; i < MAX_MPLS_SCAN; i++) {
+		__u8 *b = data + off + i * 4;
+
+		if ((void *)(b + 4) > end)
+			return PARSE_TRUNC;
+		if (i < MAX_MPLS_KEY && i < mpls_labels)
+			pi->key.ext.mpls[i] = ((__u32)b[0] << 16) | ((__u32)b[1] << 8) | b[2];
+		if (b[2] & 1)			/* bottom of stack */
+			return parse_ip(data, end, off + i * 4 + 4, pi);
+	}
+	return PARSE_NON_IP;			/* a deeper stack than we walk */
 }
 
 /* --- tunnels (decapsulate): agent/tunnels.py's rules, one level per decapsulate() call --- */
@@ -372,6 +452,37 @@ static __always_inline int tunnel_inner(void *data, void *end, struct pkt_info *
 	return ethernet_ip(data, end, off + 16);
 }
 
+/* The id of the tunnel packet pi for the key's tunnel_id: the VXLAN or Geneve VNI (segment
+ * type 0x01), the GRE key (segment type 0: RFC 7133 names none for GRE); 0 without one. */
+static __always_inline void tunnel_segment(void *data, void *end, const struct pkt_info *pi,
+					   struct flow_key_ext *ext)
+{
+	__u32 off = *(volatile __u32 *)&pi->l4_off;
+	__u8 *b = data + off;
+	__u16 flags;
+
+	if (off > MAX_TUNNEL_OFF)
+		return;
+	if (pi->key.proto == IPPROTO_UDP) {	/* VXLAN and Geneve: the VNI at bytes 4..6 */
+		if ((void *)(b + 16) > end)
+			return;
+		ext->tunnel_type = SEGMENT_VXLAN;
+		ext->tunnel_id = ((__u32)b[12] << 16) | ((__u32)b[13] << 8) | b[14];
+		return;
+	}
+	if (pi->key.proto != IPPROTO_GRE || (void *)(b + 4) > end)
+		return;
+	flags = be16_at(b);
+	if (!(flags & 0x2000))			/* K: no key */
+		return;
+	if (flags & 0x8000)			/* C: the checksum word comes first */
+		b += 4;
+	if ((void *)(b + 8) > end)
+		return;
+	ext->tunnel_type = 0;
+	ext->tunnel_id = ((__u32)b[4] << 24) | ((__u32)b[5] << 16) | ((__u32)b[6] << 8) | b[7];
+}
+
 /* Replace the tunnel packet in pi by its inner packet. 0 when it is not a tunnel packet of a
  * configured kind; otherwise 1, with pi the inner packet, or with pi unchanged and
  * decap_failed set (no IP payload, an inner header that does not parse), as
@@ -389,6 +500,10 @@ static __always_inline int decapsulate(void *data, void *end, struct pkt_info *p
 		result = parse_ip(data, end, inner, next);
 		if (result == PARSE_OK) {
 			next->decapsulated = pi->decapsulated + 1;
+			if (key_words)		/* the observed frame's fields stay */
+				next->key.ext = pi->key.ext;
+			if ((l2_fields & L2_TUNNEL_ID) && !pi->decapsulated)
+				tunnel_segment(data, end, pi, &next->key.ext);
 			*pi = *next;
 			return 1;
 		}
@@ -432,6 +547,18 @@ __noinline int all_name(ctx_type *ctx, struct pkt_info *pi, struct pkt_info *nex
 }
 DEFINE_DECAPSULATE(decapsulate_tc, decapsulate_all_tc, struct __sk_buff)
 DEFINE_DECAPSULATE(decapsulate_xdp, decapsulate_all_xdp, struct xdp_md)
+
+/* parse_mpls() as a global function per context type (verified once: the label walk and
+ * both IP parsers, not once per VLAN tag combination of the caller). */
+#define DEFINE_PARSE_MPLS(name, ctx_type)						\
+__noinline int name(ctx_type *ctx, struct pkt_info *pi)					\
+{											\
+	if (!pi)									\
+		return PARSE_TRUNC;							\
+	return parse_mpls((void *)(long)ctx->data, (void *)(long)ctx->data_end, pi);	\
+}
+DEFINE_PARSE_MPLS(parse_mpls_tc, struct __sk_buff)
+DEFINE_PARSE_MPLS(parse_mpls_xdp, struct xdp_md)
 
 /* The per-CPU keep_outer space, or NULL when keep_outer is off. */
 static __always_inline struct outer_pkts *outers_space(void)
@@ -629,7 +756,13 @@ static __always_inline __u32 slot_index(const struct flow_key *k)
 	h += w[2] * 0x165667b19e3779f9ULL;
 	h += w[3] * 0xd6e8feb86659fd93ULL;
 	h += w[4] * 0xff51afd7ed558ccdULL;
-	h += (__u64)*(const __u32 *)&w[5] * 0xc4ceb9fe1a85ec53ULL;
+	if (key_words) {		/* w[5] and the extension block (zero where unused) */
+#pragma unroll
+		for (int i = 5; i < (int)(sizeof(*k) / 8); i++)
+			h += w[i] * (0xc4ceb9fe1a85ec53ULL + 2 * i);
+	} else {
+		h += (__u64)*(const __u32 *)&w[5] * 0xc4ceb9fe1a85ec53ULL;
+	}
 	h ^= h >> 32;
 	h ^= h >> 15;
 	return (__u32)h & slot_mask;
@@ -639,6 +772,12 @@ static __always_inline int key_equal(const struct flow_key *a, const struct flow
 {
 	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
 
+	if (key_words) {
+#pragma unroll
+		for (int i = 5; i < (int)(sizeof(*a) / 8); i++)
+			if (x[i] != y[i])
+				return 0;
+	}
 	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4] &&
 	       *(const __u32 *)&x[5] == *(const __u32 *)&y[5];
 }
@@ -715,6 +854,7 @@ __noinline int account_outer(struct pkt_info *outer, __u32 frame_len, __u32 segs
 		return 0;
 	outer->key.ifindex = ifindex;
 	outer->key.direction = direction;
+	record_eth_type(outer);
 	account_active(outer, segs, packet_bytes(outer, frame_len, segs), cnt);
 	return 0;
 }
@@ -754,6 +894,7 @@ static __always_inline void observe(__u32 frame_len, __u32 ifindex, __u8 directi
 	}
 	pi->key.ifindex = ifindex;
 	pi->key.direction = direction;
+	record_eth_type(pi);
 	account_active(pi, segs, packet_bytes(pi, frame_len, segs), cnt);
 }
 
@@ -783,7 +924,11 @@ static __always_inline int tc_parse(struct __sk_buff *skb, struct pkt_info *pi,
 	/* opaque to the compiler: else it may copy the packet pointer with a 32-bit move (the
 	 * field is a __u32), which the verifier takes for a plain number */
 	asm volatile("" : "+r"(data), "+r"(end));
+	if ((l2_fields & L2_VLAN) && skb->vlan_present)	/* the tag the stack took out */
+		record_vlan(pi, skb->vlan_tci);
 	result = parse(data, end, pi);
+	if (result == PARSE_MPLS)
+		result = parse_mpls_tc(skb, pi);
 	if (result == PARSE_OK)
 		decapsulate_all_tc(skb, pi, scratch, outers);
 	return result;
@@ -835,6 +980,8 @@ int flow_xdp(struct xdp_md *ctx)
 		return XDP_PASS;
 	outers = outers_space();
 	result = parse(data, end, &pi);
+	if (result == PARSE_MPLS)
+		result = parse_mpls_xdp(ctx, &pi);
 	if (result == PARSE_OK)
 		decapsulate_all_xdp(ctx, &pi, &scratch, outers);
 	observe(end - data, ctx->ingress_ifindex, 0, 1, result, &pi, outers, cnt);

@@ -11,7 +11,35 @@
 
 #include <linux/types.h>
 
-/* Flow key: the agent's key (agent/model.py make_key) plus the observation point. 44 bytes,
+/* The optional key fields of [flow] (agent/schema.py OPTIONAL_KEY) the program can see. The
+ * loader turns on the ones the active schema has (rodata `l2_fields`, `mpls_labels`); the
+ * block stays zero otherwise. The flow tables hash only the key's prefix up to the last field
+ * in use (flow_key_size()): 44 bytes without any, 64 with MAC/VLAN. 68 bytes, no holes. */
+struct flow_key_ext {
+	__u8 src_mac[6];	/* sourceMacAddress (56) */
+	__u8 dst_mac[6];	/* destinationMacAddress (80) */
+	__u16 eth_type;		/* ethernetType (256): 0x0800 / 0x86DD, the accounted packet's */
+	__u16 vlan_id;		/* vlanId (58): the outer tag (skb->vlan_tci when offloaded) */
+	__u16 inner_vlan_id;	/* dot1qCustomerVlanId (245): the second tag */
+	__u8 vlan_prio;		/* dot1qPriority (244) */
+	__u8 inner_vlan_prio;	/* dot1qCustomerPriority (246) */
+	__u32 tunnel_type;	/* layer2SegmentId (351) = tunnel_type << 56 | tunnel_id */
+	__u32 tunnel_id;	/* VXLAN/Geneve VNI, GRE key of the outermost tunnel removed */
+	__u32 mpls[10];		/* mplsTopLabelStackSection (70), 71-79: label << 4 | TC << 1 | S */
+};
+
+/* Bits of flow.bpf.c's `l2_fields` knob: which flow_key_ext fields the program fills. */
+enum l2_field {
+	L2_MAC = 1,		/* src_mac, dst_mac (and eth_type) */
+	L2_VLAN = 2,		/* vlan_*, inner_vlan_* (and eth_type) */
+	L2_TUNNEL_ID = 4,	/* tunnel_type, tunnel_id (with decapsulate) */
+};
+
+/* layer2SegmentId segment types (RFC 7133 section 4.4.2) */
+#define SEGMENT_VXLAN 0x01
+
+/* Flow key: the agent's key (agent/model.py make_key) plus the observation point, then the
+ * optional fields. The first FLOW_KEY_BASE_SIZE (44) bytes are the base key; 112 bytes in all,
  * no padding holes, so a zero-initialised key hashes the same on every path. */
 struct flow_key {
 	__u8 saddr[16];		/* sourceIPv4Address (8) in bytes 0..3 / sourceIPv6Address (27) */
@@ -23,7 +51,22 @@ struct flow_key {
 	__u8 proto;		/* protocolIdentifier (4) */
 	__u8 tos;		/* ipClassOfService (5): IPv4 TOS byte / IPv6 traffic class */
 	__u8 direction;		/* flowDirection (61): 0 ingress, 1 egress */
+	struct flow_key_ext ext;	/* zero unless [flow] turns fields on */
 };
+#define FLOW_KEY_BASE_SIZE 44
+
+/* Bytes of the key the flow tables hash for these [flow] fields: the prefix through the last
+ * field in use (the rest of the block stays zero). */
+static inline __u32 flow_key_size(__u32 l2_fields, __u32 mpls_labels)
+{
+	if (mpls_labels)
+		return __builtin_offsetof(struct flow_key, ext.mpls) + 4 * mpls_labels;
+	if (l2_fields & L2_TUNNEL_ID)
+		return __builtin_offsetof(struct flow_key, ext.mpls);
+	if (l2_fields)
+		return __builtin_offsetof(struct flow_key, ext.tunnel_type);
+	return FLOW_KEY_BASE_SIZE;
+}
 
 /* Counters of one flow since the last drain. 40 bytes. */
 struct flow_metrics {
@@ -35,18 +78,21 @@ struct flow_metrics {
 	__u32 pad;
 };
 
-/* What the loader's drain() hands to Python: key plus CPU-summed metrics. 88 bytes. */
+/* A flow slot and what the loader's drain() hands to Python: key plus CPU-summed metrics.
+ * 152 bytes. Without optional fields the drain hands compact rows instead: the base key, 4
+ * pad bytes, the metrics (88 bytes, FLOW_RECORD_BASE_SIZE). */
 struct flow_record {
 	struct flow_key key;
-	__u32 pad;
 	struct flow_metrics m;
 };
+#define FLOW_RECORD_BASE_SIZE 88
 
 /* One packet the full flow table could not take, sent through the overflow ring buffer.
- * The loader turns it into a flow_record (first = last = ts_ns). 72 bytes. */
+ * The loader turns it into a flow_record (first = last = ts_ns). 136 bytes. */
 struct overflow_event {
 	struct flow_key key;
 	__u32 tcp_flags;
+	__u32 pad;
 	__u64 packets;
 	__u64 bytes;
 	__u64 ts_ns;

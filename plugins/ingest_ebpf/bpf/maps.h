@@ -11,11 +11,12 @@
 #include <bpf/bpf_helpers.h>
 #include "flow.h"
 
-/* Double-buffered flow tables (see FLOW_MAPS in flow.h). */
+/* Double-buffered flow tables (see FLOW_MAPS in flow.h). The key is sized, not typed: the
+ * loader hashes only the base key (FLOW_KEY_BASE_SIZE) when no optional field is on. */
 struct flow_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 65536);
-	__type(key, struct flow_key);
+	__uint(key_size, sizeof(struct flow_key));
 	__type(value, struct flow_metrics);
 };
 struct flow_map flows_a SEC(".maps");
