@@ -13,6 +13,10 @@ has to be found at run time, for regular and editable installs alike. Build outp
 build directory, never into the source tree (except the ``.so`` of an editable install, which
 .gitignore covers).
 
+``netflow_agent._flowindex`` (``agent/_flowindex.c``, the flow cache's key -> slot hash index) is
+plain C over the Python API and is required: the cache has no Python fallback, so a C compiler
+and the Python headers are needed to install (gcc and python3-dev in scripts/setup.sh).
+
 ``netflow_agent.plugins.ingest_nflog._nflog`` (the NFLOG decoder's per-packet loop) is a plain
 optional extension without a build step of its own; without a compiler ``ingest.nflog`` uses its
 Python decoder.
@@ -76,6 +80,11 @@ setup(
     packages=installed_packages(),
     package_dir=PACKAGE_DIRS,
     ext_modules=[
+        Extension(  # the flow cache's key index; plain C over the Python API, required
+            "netflow_agent._flowindex",
+            sources=["agent/_flowindex.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra"],
+        ),
         Extension(
             EBPF_EXT,
             sources=[str(EBPF_DIR / "_loader.c")],

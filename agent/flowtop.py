@@ -7,9 +7,10 @@ thread over the cache's counter columns (:meth:`agent.stages.cache.FlowCache.col
 
 Bounded work at any table size: every step is a NumPy operation over whole columns
 (``argpartition`` picks the top N in O(flows)), and Python objects are built for the N rows
-returned only, never one per flow. A filter needs the key fields: the keys (``bytes``) are
-joined into one buffer in C (``b"".join``) and decoded as arrays; without a filter they are
-not touched. docs/operations.md gives the measured cost at 1 M flows.
+returned only, never one per flow. A filter needs the key fields: the keys of the occupied slots
+are copied out of the C key index as one ``(flows, key_size)`` byte matrix and compared column
+by column; without a filter they are not touched. docs/operations.md gives the measured cost
+at 1 M flows.
 
 Rates: the cache keeps cumulative counters per flow; a request compares them with a copy
 taken by an earlier request (:class:`RateBaseline`), at least :data:`MIN_INTERVAL_S` old. A
@@ -169,7 +170,7 @@ class FlowTop:
         base = self.baseline.pick(now_ns)
         interval = (now_ns - base.t_ns) / _NS if base is not None else 0.0
         if query.filtered:
-            idx = idx[_key_filter(cols.keys, len(idx), query)]
+            idx = idx[_key_filter(cols, idx, query)]
         if query.sort == "rate":  # the only sort that needs every flow's rate
             score = _rates(cols, idx, base, now_ns)[1]
         else:
@@ -214,60 +215,43 @@ def _top_order(score: np.ndarray, n: int) -> np.ndarray:
     return part[np.lexsort((part, -score[part].astype(np.float64)))]
 
 
-def _key_fields(keys: list[Any], count: int) -> tuple[np.ndarray, np.ndarray]:
-    """The occupied keys joined into one buffer, and where each starts (slot order)."""
-    joined = np.frombuffer(b"".join(filter(None, keys)), dtype=np.uint8)
-    lengths = np.fromiter(map(len, filter(None, keys)), dtype=np.int64, count=count)
-    starts = np.zeros(count, dtype=np.int64)
-    if count:
-        np.cumsum(lengths[:-1], out=starts[1:])
-    return joined, starts
+def _key_filter(cols: Any, idx: np.ndarray, query: TopQuery) -> np.ndarray:
+    """Boolean mask over the slots ``idx`` matching every filter of ``query``.
 
-
-def _key_filter(keys: list[Any], count: int, query: TopQuery) -> np.ndarray:
-    """Boolean mask over the occupied slots (slot order) matching every filter of ``query``.
-
-    Key layout: :data:`agent.model.KEY4` / :data:`~agent.model.KEY6`.
+    Key layout: :data:`agent.model.KEY` (one width per run; see :func:`_in_network`).
     """
-    buf, at = _key_fields(keys, count)
-    version, proto = buf[at], buf[at + 1]
-    keep = np.ones(count, dtype=bool)
+    keys = cols.keys(idx)  # (len(idx), key_size) uint8, copied out of the C index
+    version, proto = keys[:, 0], keys[:, 1]
+    keep = np.ones(len(idx), dtype=bool)
     if query.proto is not None:
         keep &= proto == query.proto
     if query.port is not None:
-        sport = buf[at + 8].astype(np.uint16) << 8 | buf[at + 9]
-        dport = buf[at + 10].astype(np.uint16) << 8 | buf[at + 11]
+        sport = keys[:, 8].astype(np.uint16) << 8 | keys[:, 9]
+        dport = keys[:, 10].astype(np.uint16) << 8 | keys[:, 11]
         keep &= ((sport == query.port) | (dport == query.port)) & ~np.isin(proto, _NO_PORTS)
     if query.net is not None:
-        keep &= _in_network(buf, at, version, query.net)
+        keep &= _in_network(keys, version, query.net)
     return keep
 
 
-def _in_network(buf: np.ndarray, at: np.ndarray, version: np.ndarray,
+#: where the source and destination addresses start in a key (16 bytes each, IPv4 padded)
+_ADDR_AT = (12, 28)
+
+
+def _in_network(keys: np.ndarray, version: np.ndarray,
                 net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> np.ndarray:
-    """Source or destination address of each key inside ``net``."""
-    match = np.zeros(len(at), dtype=bool)
-    rows = np.flatnonzero(version == net.version)
-    starts = at[rows]
-    if net.version == 4:  # one uint32 per address: four byte gathers, no index matrix
-        mask, prefix = int(net.netmask), int(net.network_address)
-        for offset in (12, 16):  # source, then destination
-            addr = np.zeros(len(rows), dtype=np.uint32)
-            for byte in range(4):
-                addr = addr << 8 | buf[starts + offset + byte]
-            match[rows] |= (addr & mask) == prefix
-        return match
-    mask6 = np.frombuffer(net.netmask.packed, dtype=np.uint8)
-    prefix6 = np.frombuffer(net.network_address.packed, dtype=np.uint8)
-    span = np.arange(16)
-    for offset in (12, 28):
-        addr6 = buf[starts[:, None] + offset + span]
-        match[rows] |= ((addr6 & mask6) == prefix6).all(axis=1)
-    return match
+    """Source or destination address of each key (rows of ``keys``) inside ``net``."""
+    mask = np.frombuffer(net.netmask.packed, dtype=np.uint8)
+    prefix = np.frombuffer(net.network_address.packed, dtype=np.uint8)
+    width = len(mask)
+    match = np.zeros(len(keys), dtype=bool)
+    for at in _ADDR_AT:
+        match |= ((keys[:, at:at + width] & mask) == prefix).all(axis=1)
+    return match & (version == net.version)
 
 
 def _row(cols: Any, slot: int, pps: float, bps: float, now_ns: int) -> dict[str, Any]:
-    k = split_key(cols.keys[slot])
+    k = split_key(cols.key(slot))
     return {
         "proto": k.protocol, "src": str(ipaddress.ip_address(k.src_addr)), "sport": k.src_port,
         "dst": str(ipaddress.ip_address(k.dst_addr)), "dport": k.dst_port,

@@ -12,11 +12,11 @@ Two halves:
 Userspace meanings (documented in docs/operations.md):
 
 * **Hash: size** is the number of flow slots allocated in the cache's columns (they double
-  when full); **mem** is the size of the key index (a Python dict), **Flows: mem** the
-  whole table (index, keys and counter columns).
+  when full); **mem** is the size of the key index (C memory: keys, hashes, buckets),
+  **Flows: mem** the whole table (the index and the counter columns).
 * **metric** is *lookups per match*: ``search / found`` over a tick, 1.00 when every packet
-  belonged to a flow already in the table. The kernel counted bucket-chain steps; CPython's
-  dict probing is internal and bounded, so what remains costly here is the miss path (slot
+  belonged to a flow already in the table. The kernel counted bucket-chain steps; the C key
+  index's probing is internal and bounded, so what remains costly here is the miss path (slot
   allocation, insert), which this ratio shows: 2.00 means half the packets started a flow
   (short flows, scans, a flood). ``[a, b, c, d]`` are exponentially weighted moving
   averages over 4 s, 1, 5 and 15 minutes (the load-average formula, per tick with the

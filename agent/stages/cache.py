@@ -11,22 +11,23 @@ option, :mod:`agent.keyrules`) rewrite every key before the lookup, in every ent
 (packets, kernel deltas, restored flows), so the table, ``maxflows`` and the statistics count
 aggregated flows; a flow's masks are those its first packet was cut to.
 
-Layout (chosen for speed and memory, see docs/performance.md): a dict maps the packed key to a
-slot number; the counters live in typed columns (``array``), so a flow costs about 160 bytes
-instead of the ~350 of a Python object per flow. Timeout scans view the time columns as NumPy
-arrays and find expired slots without a Python loop.
+Layout (chosen for speed and memory, see docs/performance.md): the storage is a
+:class:`~agent.stages.flowtable.FlowTable`: a C hash index (``agent/_flowindex.c``) maps the
+fixed-width packed key to a slot number, and the counters live in NumPy columns indexed by slot,
+so a flow costs about 110 bytes and no Python object. Every batch, of packets or of flow
+deltas, is one index lookup plus a few column operations; timeout scans and the export hand-off
+work on whole columns.
 """
 
 from __future__ import annotations
 
-import sys
-from array import array
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 
 from netflow_agent import hookimpl
+from netflow_agent._flowindex import FlowIndex
 from netflow_agent.config.schema import option
 from netflow_agent.errors import ConfigIssue
 from netflow_agent.fragments import FragmentPolicy
@@ -47,17 +48,15 @@ from netflow_agent.roles import Cache, CacheStats, FlowRow
 from netflow_agent.runtime import RunContext
 from netflow_agent.sampler import FlowSampler, hash_selects, parse_sampler
 from netflow_agent.schema import FlowSchema, active
+from netflow_agent.stages.flowtable import FREE_NS, FlowTable
 
 __all__ = ["CacheConfig", "CacheStats", "FlowCache"]
 
-_FREE = 2**63 - 1  # first/last time of an unused slot: never expires
-FREE_SLOT_NS = _FREE
+FREE_SLOT_NS = FREE_NS  # first/last time of an unused slot: never expires
 _NS = 1_000_000_000
 _END_FLAGS = TCP_FIN | TCP_RST
 #: keys ``hash:N`` refused, remembered to skip the hash on their next packets (then forgotten)
-_UNSELECTED_MAX = 1 << 16
-_REFUSED = -1  # slot of a delta maxflows refused
-_DISCARDED = -2  # slot of a delta the hash sampler discarded
+_UNSELECTED_MAX = 1 << 18  # ~75 B each in C: at most ~20 MB
 
 
 def _rekey(key: bytes, size: int) -> bytes:
@@ -72,6 +71,18 @@ def _full_width(packets: list, size: int) -> list:
     """``packets`` with keys shorter than ``size`` zero-filled (an ingest that cannot see
     the schema's optional fields)."""
     return [p if len(p[0]) == size else (p[0].ljust(size, b"\0"), *p[1:]) for p in packets]
+
+
+def _packet_dtype(key_size: int) -> np.dtype:
+    """A :data:`~agent.model.Packet` tuple as one structured row (NumPy zero-fills a key
+    shorter than ``key_size``: an ingest that cannot see the schema's optional fields)."""
+    return np.dtype([("key", f"V{key_size}"), ("length", np.uint64), ("flags", np.uint8),
+                     ("ts", np.int64), ("out_if", np.uint32)])
+
+
+def _raw(keys: bytes | np.ndarray) -> bytes:
+    """Packed keys (bytes, or an array of ``V<key_size>``) as one bytes object."""
+    return keys if isinstance(keys, bytes) else np.ascontiguousarray(keys).tobytes()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -147,17 +158,26 @@ def _set_interfaces(out: np.ndarray, other: np.ndarray) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Columns:
-    """The flow table as columns: slot ``i`` holds ``keys[i]`` (``None`` when free) and its
-    cumulative counters; a free slot's ``first`` is :data:`FREE_SLOT_NS`."""
+    """The flow table as columns for :mod:`agent.flowtop`: slot ``i`` holds a flow when
+    ``first[i]`` is not :data:`FREE_SLOT_NS`; its key comes from :meth:`keys`."""
 
-    keys: list[bytes | None]
+    table: FlowTable
     packets: np.ndarray  # uint64, packetDeltaCount so far
     octets: np.ndarray  # uint64, octetDeltaCount so far
     first: np.ndarray  # int64, flow start (ns); FREE_SLOT_NS when the slot is free
 
     def occupied(self) -> np.ndarray:
-        """Slot numbers that hold a flow, ascending (the order of ``filter(None, keys)``)."""
-        return np.flatnonzero(self.first != FREE_SLOT_NS)
+        """Slot numbers that hold a flow, ascending."""
+        return self.table.occupied()
+
+    def keys(self, slots: np.ndarray) -> np.ndarray:
+        """The packed keys of ``slots`` as a ``(len(slots), key_size)`` uint8 matrix."""
+        raw = self.table.keys(slots)
+        return np.frombuffer(raw, np.uint8).reshape(len(slots), self.table.key_size)
+
+    def key(self, slot: int) -> bytes:
+        """The packed key of one slot."""
+        return self.table.keys(np.array([slot], np.int64))
 
 
 class FlowCache(Cache):
@@ -169,23 +189,13 @@ class FlowCache(Cache):
     def __init__(self, config: CacheConfig, name: str = "cache"):
         super().__init__(config, name)
         self.stats = CacheStats()
-        self.index: dict[bytes, int] = {}
-        self.keys: list[bytes | None] = []
-        self.free: list[int] = []
-        self.ending: set[int] = set()
-        self._packets = array("Q")
-        self._octets = array("Q")
-        self._first = array("q")
-        self._last = array("q")
-        self._flags = array("B")
-        self._out_if = array("I")
-        self._masks = array("H")  # src_mask << 8 | dst_mask, from the aggregation rules
-        self._grow(max(config.hashsize, 1024))
-        self.context: RunContext | None = None
-        self.sampler = config.flow_sampler()
-        self._unselected: set[bytes] = set()
         #: the key layout of this run (fixed at start: every key has its width)
         self.schema: FlowSchema = active()
+        self.table = FlowTable(self.schema.key_size, config.hashsize)
+        self.ending: set[int] = set()
+        self.context: RunContext | None = None
+        self.sampler = config.flow_sampler()
+        self._unselected = FlowIndex(self.table.key_size)
         self.rules = KeyRules(config.aggregation)
 
     @hookimpl
@@ -193,6 +203,9 @@ class FlowCache(Cache):
         """Keep the context (its ``debug`` decides per-flow debug lines); declare the sampler."""
         self.context = context
         self.schema = active()
+        if self.schema.key_size != self.table.key_size and not len(self.table):
+            self.table = FlowTable(self.schema.key_size, self.config.hashsize)
+            self._unselected = FlowIndex(self.schema.key_size)
         self._declare_sampler()
 
     def _declare_sampler(self) -> None:
@@ -205,38 +218,6 @@ class FlowCache(Cache):
             self.context.declare_sampling("cache", self.sampler.interval,
                                           self.sampler.algorithm, flows=True)
 
-    # --- sizing ----------------------------------------------------------------------------
-
-    def _grow(self, extra: int) -> None:
-        start = len(self.keys)
-        self.keys.extend([None] * extra)
-        self._packets.extend(array("Q", bytes(8 * extra)))
-        self._octets.extend(array("Q", bytes(8 * extra)))
-        self._first.extend(array("q", [_FREE]) * extra)
-        self._last.extend(array("q", [_FREE]) * extra)
-        self._flags.extend(array("B", bytes(extra)))
-        self._out_if.extend(array("I", bytes(4 * extra)))
-        self._masks.extend(array("H", bytes(2 * extra)))
-        self.free.extend(range(start + extra - 1, start - 1, -1))  # pop() hands out low first
-
-    def _new_slot(self, key: bytes, ts: int) -> int:
-        if not self.free:
-            self._grow(len(self.keys))
-        i = self.free.pop()
-        self.index[key] = i
-        self.keys[i] = key
-        self._first[i] = ts
-        self._last[i] = ts
-        if self.rules:
-            self._masks[i] = self.rules.masks(key)
-        self.stats.new += 1
-        if self.context is not None and self.context.debug >= FLOW_DEBUG:
-            log_created(key)
-        if len(self.index) > self.stats.peak_flows:
-            self.stats.peak_flows = len(self.index)
-            self.stats.peak_ns = ts
-        return i
-
     def reconfigure(self, config: CacheConfig) -> None:
         """Take new timeouts, maxflows and aggregation rules on reload; every flow in the
         table is kept under its key (new rules apply to packets from now on)."""
@@ -246,78 +227,124 @@ class FlowCache(Cache):
         sampler = config.flow_sampler()
         if str(sampler) != str(self.sampler):
             self.sampler = sampler
-            self._unselected.clear()
+            self._unselected = FlowIndex(self.table.key_size)
             self._declare_sampler()
-        if config.hashsize > len(self.keys):
-            self._grow(config.hashsize - len(self.keys))
+        self.table.reserve(config.hashsize)
 
     @property
     def active_flows(self) -> int:
         """Flows currently in the table."""
-        return len(self.index)
+        return len(self.table)
 
     # --- ingest -> cache -------------------------------------------------------------------
 
     @hookimpl
     def agent_cache_packets(self, batch: PacketBatch, now_ns: int) -> None:
-        """Account every packet of the batch (the per-packet hot loop; kept flat on purpose)."""
+        """Account every packet of the batch: one key lookup and a few column operations per
+        batch (:class:`~agent.stages.flowtable.FlowTable`), no Python work per packet."""
         st = self.stats
         st.trunc += batch.trunc
         st.frag += batch.frag
         st.drop_packets += batch.dropped_packets + batch.trunc
         st.drop_bytes += batch.dropped_bytes
-        index, maxflows = self.index, self.config.maxflows
-        pk, ob, la, fl, oi = self._packets, self._octets, self._last, self._flags, self._out_if
-        ending = self.ending
-        new_slot = self._new_slot
-        dropped = dropped_bytes = 0
-        total_bytes = 0
-        new_before = st.new
-        # hash:N decides on a key's first miss only (a selected key is then in the index)
-        hash_n = self.sampler.interval if self.sampler and self.sampler.mode == "hash" else 0
-        discarded = discarded_bytes = 0
-        unselected = self._unselected
-        if len(unselected) > _UNSELECTED_MAX:
-            unselected.clear()
         packets = batch.packets
-        if self.schema.ext_size:
-            packets = _full_width(packets, self.schema.key_size)
-        if self.rules:
-            packets = self.rules.rewrite_packets(packets)
-        for key, length, flags, ts, out_if in packets:
-            i = index.get(key)
-            if i is None:
-                if hash_n and (key in unselected or not hash_selects(key, hash_n)):
-                    unselected.add(key)
-                    discarded += 1
-                    discarded_bytes += length
-                    continue
-                if maxflows and len(index) >= maxflows:
-                    dropped += 1
-                    dropped_bytes += length
-                    continue
-                i = new_slot(key, ts)
-            pk[i] += 1
-            ob[i] += length
-            total_bytes += length
-            if ts > la[i]:
-                la[i] = ts
-            if flags:
-                fl[i] |= flags
-                if flags & _END_FLAGS:
-                    ending.add(i)
-            if out_if:
-                oi[i] = out_if
-        n = len(batch.packets) - discarded
-        st.sampler_discarded_packets += discarded
-        st.sampler_discarded_bytes += discarded_bytes
+        if not packets:
+            return
+        if self.rules:  # on full-width keys: the rules' masks are looked up by the new key
+            packets = self.rules.rewrite_packets(_full_width(packets, self.table.key_size))
+        rows = self._sample_packets(np.array(packets, _packet_dtype(self.table.key_size)))
+        keys = np.ascontiguousarray(rows["key"])
+        slots, new = self.table.lookup(keys, limit=self.config.maxflows)
+        refused = slots < 0
+        n, dropped = len(slots), int(refused.sum())
+        if dropped:
+            st.maxflows += dropped
+            st.drop_packets += dropped
+            st.drop_bytes += int(rows["length"][refused].sum())
+            rows, keys, slots, new = rows[~refused], keys[~refused], slots[~refused], new[~refused]
+        self.table.add_packets(slots, new, rows["length"], rows["flags"], rows["ts"],
+                               rows["out_if"])
+        self._mark_ending(slots, rows["flags"])
+        created = self._count_new(keys, slots, new, rows["ts"])
         st.search += n
-        st.maxflows += dropped
-        st.found += n - dropped - (st.new - new_before)
-        st.drop_packets += dropped
-        st.drop_bytes += dropped_bytes
+        st.found += n - dropped - created
         st.traffic_packets += n - dropped
-        st.traffic_bytes += total_bytes
+        st.traffic_bytes += int(rows["length"].sum())
+
+    def _sample_packets(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` without the packets ``hash:N`` discards (counted)."""
+        discard = self._hash_discards(rows["key"])
+        if discard is None:
+            return rows
+        self.stats.sampler_discarded_packets += int(discard.sum())
+        self.stats.sampler_discarded_bytes += int(rows["length"][discard].sum())
+        return rows[~discard]
+
+    def _hash_discards(self, keys: np.ndarray) -> np.ndarray | None:
+        """Rows whose flow ``hash:N`` does not select (decided on a key's miss only, as
+        ipt_NETFLOW: a selected key is then in the table); ``None``: none.
+
+        Refused keys are remembered in a second C index (at most :data:`_UNSELECTED_MAX`,
+        then forgotten), so their next packets cost two lookups and no Python per packet.
+        """
+        sampler = self.sampler
+        if sampler is None or sampler.mode != "hash":
+            return None
+        keys = np.ascontiguousarray(keys)
+        found, _ = self.table.lookup(keys, insert=False)
+        miss = np.flatnonzero(found < 0)
+        if not len(miss):
+            return None
+        if len(self._unselected) > _UNSELECTED_MAX:
+            self._unselected = FlowIndex(self.table.key_size)
+        known = np.frombuffer(self._unselected.lookup(keys[miss], insert=False)[0], np.int64)
+        discard = np.zeros(len(found), bool)
+        discard[miss[known >= 0]] = True
+        fresh = miss[known < 0]
+        if len(fresh):
+            ks, raw = self.table.key_size, keys[fresh].tobytes()
+            refused = [r for n, r in enumerate(fresh.tolist())
+                       if not hash_selects(raw[n * ks:(n + 1) * ks], sampler.interval)]
+            if refused:
+                discard[refused] = True
+                self._unselected.lookup(keys[refused])
+        return discard if discard.any() else None
+
+    def _mark_ending(self, slots: np.ndarray, flags: np.ndarray) -> None:
+        """Remember flows that saw FIN or RST (exported at the next scan)."""
+        ending = (flags & _END_FLAGS) != 0
+        if ending.any():
+            self.ending.update(slots[ending].tolist())
+
+    def _count_new(self, keys: np.ndarray, slots: np.ndarray, new: np.ndarray,
+                   ts: np.ndarray) -> int:
+        """Count the flows ``new`` marks (``keys``, ``slots``: the rows' packed keys and
+        slots) as created at ``ts``: ``new``, the peak, their aggregation masks, and a debug
+        line each at ``debug >= FLOW_DEBUG``."""
+        rows = np.flatnonzero(new)
+        if not len(rows):
+            return 0
+        st = self.stats
+        st.new += len(rows)
+        self._set_masks(keys, slots, rows)
+        if len(self.table) > st.peak_flows:
+            st.peak_flows = len(self.table)
+            st.peak_ns = int(ts[rows[-1]])
+        if self.context is not None and self.context.debug >= FLOW_DEBUG:
+            ks = self.table.key_size
+            raw = _raw(keys)
+            for r in rows.tolist():
+                log_created(raw[r * ks:(r + 1) * ks])
+        return len(rows)
+
+    def _set_masks(self, keys: np.ndarray, slots: np.ndarray, rows: np.ndarray) -> None:
+        """The aggregation masks of the flows created on ``rows`` (Python per new flow, only
+        with rules: :meth:`KeyRules.masks` knows the keys its last rewrite returned)."""
+        if not self.rules:
+            return
+        ks, raw = self.table.key_size, _raw(keys[rows])
+        self.table.masks[slots[rows]] = [self.rules.masks(raw[n * ks:(n + 1) * ks])
+                                         for n in range(len(rows))]
 
     @hookimpl
     def agent_cache_flows(self, batch: FlowBatch, now_ns: int) -> None:
@@ -330,64 +357,28 @@ class FlowCache(Cache):
         flows = batch.flows
         if not len(flows):
             return
-        keys = batch.keys()
+        keys = self.schema.keys_of(flows)
         if self.rules:
-            keys = self.rules.rewrite_keys(keys)
-        slots = self._slots_for(keys, flows)
-        refused = slots == _REFUSED
+            keys = np.array(self.rules.rewrite_keys(keys.tolist()), keys.dtype)
+        discard = self._hash_discards(keys)
+        if discard is not None:
+            st.sampler_discarded_packets += int(flows["packets"][discard].sum())
+            st.sampler_discarded_bytes += int(flows["octets"][discard].sum())
+            flows, keys = flows[~discard], keys[~discard]
+        slots, new = self.table.lookup(keys, limit=self.config.maxflows)
+        refused = slots < 0
+        st.search += len(slots)
         if refused.any():
-            st.maxflows += int(flows["packets"][refused].sum())
-            st.drop_packets += int(flows["packets"][refused].sum())
+            lost = int(flows["packets"][refused].sum())
+            st.maxflows += lost
+            st.drop_packets += lost
             st.drop_bytes += int(flows["octets"][refused].sum())
-        kept = slots >= 0
-        if not kept.all():
-            flows, slots = flows[kept], slots[kept]
-        self._merge(slots, flows)
-
-    def _slots_for(self, keys: list[bytes], flows: np.ndarray) -> np.ndarray:
-        """The slot of every delta's flow (new flows get one); -1 where the sampler discards
-        the flow (counted) or ``maxflows`` refuses it (the caller counts)."""
-        st, index, maxflows, sampler = self.stats, self.index, self.config.maxflows, self.sampler
-        slots = np.empty(len(keys), np.int64)
-        starts = flows["start_ns"].tolist()
-        for n, key in enumerate(keys):
-            i = index.get(key)
-            if i is None:
-                if sampler is not None and not sampler.selects_key(key):
-                    st.sampler_discarded_packets += int(flows["packets"][n])
-                    st.sampler_discarded_bytes += int(flows["octets"][n])
-                    slots[n] = _DISCARDED
-                    continue
-                if maxflows and len(index) >= maxflows:
-                    slots[n] = _REFUSED
-                    continue
-                i = self._new_slot(key, starts[n])
-            else:
-                st.found += 1
-            slots[n] = i
-        st.search += int((slots != _DISCARDED).sum())
-        return slots
-
-    def _merge(self, slots: np.ndarray, flows: np.ndarray) -> None:
-        """Add deltas to their slots, vectorized (a slot may repeat within one batch)."""
-        st = self.stats
-        packets = np.frombuffer(self._packets, dtype=np.uint64)
-        octets = np.frombuffer(self._octets, dtype=np.uint64)
-        first = np.frombuffer(self._first, dtype=np.int64)
-        last = np.frombuffer(self._last, dtype=np.int64)
-        tflags = np.frombuffer(self._flags, dtype=np.uint8)
-        out_if = np.frombuffer(self._out_if, dtype=np.uint32)
-        np.add.at(packets, slots, flows["packets"])
-        np.add.at(octets, slots, flows["octets"])
-        np.minimum.at(first, slots, flows["start_ns"])
-        np.maximum.at(last, slots, flows["end_ns"])
-        np.bitwise_or.at(tflags, slots, flows["tcp_flags"])
-        known = flows["out_if"] != 0
-        out_if[slots[known]] = flows["out_if"][known]  # the last non-zero wins
-        del packets, octets, first, last, tflags, out_if  # the columns may grow again
-        ending = (flows["tcp_flags"] & _END_FLAGS) != 0
-        if ending.any():
-            self.ending.update(slots[ending].tolist())
+            flows, keys, slots, new = (flows[~refused], keys[~refused], slots[~refused],
+                                       new[~refused])
+        self.table.add_deltas(slots, new, flows["packets"], flows["octets"], flows["start_ns"],
+                              flows["end_ns"], flows["tcp_flags"], flows["out_if"])
+        self._mark_ending(slots, flows["tcp_flags"])
+        st.found += len(slots) - self._count_new(keys, slots, new, flows["start_ns"])
         st.traffic_packets += int(flows["packets"].sum())
         st.traffic_bytes += int(flows["octets"].sum())
 
@@ -397,12 +388,11 @@ class FlowCache(Cache):
     def agent_cache_expire(self, now_ns: int, force: bool) -> FlowBatch:
         """Return flows that are idle, too old, ended by FIN/RST, or all of them (``force``)."""
         if force:
-            slots = np.fromiter(self.index.values(), np.int64, len(self.index))
-            slots.sort()
-            ending = self.ending
-            reasons = np.array([END_OF_FLOW if i in ending else END_FORCED
-                                for i in slots.tolist()], np.uint8)
-            ending.clear()
+            slots = self.table.occupied()
+            reasons = np.full(len(slots), END_FORCED, np.uint8)
+            if self.ending:
+                reasons[np.isin(slots, np.fromiter(self.ending, np.int64))] = END_OF_FLOW
+            self.ending.clear()
         else:
             slots, reasons = self._due(now_ns)
         batch = self._take(slots, reasons)
@@ -415,14 +405,12 @@ class FlowCache(Cache):
 
     def _due(self, now_ns: int) -> tuple[np.ndarray, np.ndarray]:
         """Slots to export (ascending) and their flowEndReason."""
-        first = np.frombuffer(self._first, dtype=np.int64)
-        last = np.frombuffer(self._last, dtype=np.int64)
+        first, last = self.table.first, self.table.last
         reasons = np.zeros(len(first), np.uint8)
         reasons[first <= now_ns - self.config.active_timeout * _NS] = END_ACTIVE
         reasons[last <= now_ns - self.config.inactive_timeout * _NS] = END_IDLE
-        del first, last  # release the buffer views so the arrays may grow again
         for i in self.ending:
-            if self.keys[i] is not None and not reasons[i]:
+            if first[i] != FREE_SLOT_NS and not reasons[i]:
                 reasons[i] = END_OF_FLOW
         self.ending.clear()
         slots = np.flatnonzero(reasons)
@@ -434,36 +422,19 @@ class FlowCache(Cache):
         out = schema.empty(len(slots))
         if not len(slots):
             return FlowBatch("cache", out, schema=schema)
-        keys = [k for k in map(self.keys.__getitem__, slots.tolist()) if k is not None]
-        decoded = schema.decode_keys(keys)
+        taken = self.table.take(slots)
+        decoded = np.frombuffer(taken.keys, schema.key_dtype)
         for f in schema.key_fields:
             out[f.name] = decoded[f.name]
-        out["packets"] = np.frombuffer(self._packets, np.uint64)[slots]
-        out["octets"] = np.frombuffer(self._octets, np.uint64)[slots]
-        out["start_ns"] = np.frombuffer(self._first, np.int64)[slots]
-        out["end_ns"] = np.frombuffer(self._last, np.int64)[slots]
-        out["tcp_flags"] = np.frombuffer(self._flags, np.uint8)[slots]
-        masks = np.frombuffer(self._masks, np.uint16)[slots]
-        out["src_mask"], out["dst_mask"] = masks >> 8, masks & 0xFF
-        other = np.frombuffer(self._out_if, np.uint32)[slots]
+        out["packets"] = taken.packets
+        out["octets"] = taken.octets
+        out["start_ns"] = taken.first
+        out["end_ns"] = taken.last
+        out["tcp_flags"] = taken.flags
+        out["src_mask"], out["dst_mask"] = taken.masks >> 8, taken.masks & 0xFF
         out["end_reason"] = reasons
-        _set_interfaces(out, other)
-        self._free(slots, keys)
+        _set_interfaces(out, taken.out_if)
         return FlowBatch("cache", out, schema=schema)
-
-    def _free(self, slots: np.ndarray, keys: list[bytes]) -> None:
-        """Forget the flows in ``slots`` (their keys are ``keys``) and reuse the slots."""
-        index, table_keys = self.index, self.keys
-        for i, key in zip(slots.tolist(), keys, strict=True):
-            del index[key]
-            table_keys[i] = None
-        for column, value in ((self._packets, 0), (self._octets, 0), (self._first, _FREE),
-                              (self._last, _FREE), (self._flags, 0), (self._out_if, 0),
-                              (self._masks, 0)):
-            view = np.frombuffer(column, dtype=column.typecode)
-            view[slots] = value
-            del view
-        self.free.extend(reversed(slots.tolist()))
 
     # --- saved state (agent/state.py) ------------------------------------------------------
 
@@ -473,78 +444,61 @@ class FlowCache(Cache):
         :return: ``(key, packets, octets, first_ns, last_ns, tcp_flags, out_if)`` per flow;
             the table is empty afterwards (put them back with :meth:`restore`).
         """
-        rows = []
-        for key, i in self.index.items():
-            rows.append((key, self._packets[i], self._octets[i], self._first[i], self._last[i],
-                         self._flags[i], self._out_if[i]))
-        slots = np.fromiter(self.index.values(), np.int64, len(self.index))
-        self._free(slots, [r[0] for r in rows])
+        t = self.table.take(self.table.occupied())
+        ks = self.table.key_size
+        keys = [t.keys[i:i + ks] for i in range(0, len(t.keys), ks)]
         self.ending.clear()
-        return rows
+        return list(zip(keys, t.packets.tolist(), t.octets.tolist(), t.first.tolist(),
+                        t.last.tolist(), t.flags.tolist(), t.out_if.tolist(), strict=True))
 
     def restore(self, rows: list[FlowRow]) -> int:
         """Put flows from :meth:`dump` back; a key already present gets the counters added.
 
-        ``maxflows`` is not applied: these packets were already accounted once. The
-        aggregation rules are: flows saved without them (or under other ones) merge into
-        aggregated flows, and saved aggregated flows get their masks back.
+        ``maxflows`` is not applied: these packets were already accounted once.
 
         :return: the number of rows restored.
         """
-        size = self.schema.key_size
-        rewrite = self.rules.rewrite if self.rules else None
-        for key, packets, octets, first, last, flags, out_if in rows:
-            if len(key) != size:  # saved before the schema changed, or by an older version
-                key = _rekey(key, size)
-            if rewrite:
-                key = rewrite(key)[0]
-            i = self.index.get(key)
-            if i is None:
-                i = self._new_slot(key, first)
-                self.stats.new -= 1  # not a lookup miss of this run
-            self._packets[i] += packets
-            self._octets[i] += octets
-            self._first[i] = min(self._first[i], first)
-            self._last[i] = max(self._last[i], last)
-            self._flags[i] |= flags
-            if flags & _END_FLAGS:
-                self.ending.add(i)
-            if out_if:
-                self._out_if[i] = out_if
+        if not rows:
+            return 0
+        size = self.schema.key_size  # a key saved before the schema changed is re-laid out
+        key_list = [k if len(k) == size else _rekey(k, size) for k, *_ in rows]
+        if self.rules:  # saved without these rules: merged into aggregated flows
+            key_list = self.rules.rewrite_keys(key_list)
+        keys = np.frombuffer(b"".join(key_list), f"V{size}")
+        _k, packets, octets, first, last, flags, out_if = (
+            np.array(c) for c in zip(*rows, strict=True))
+        slots, new = self.table.lookup(keys)
+        self.table.add_deltas(slots, new, packets, octets, first, last, flags, out_if)
+        self._mark_ending(slots, flags.astype(np.uint8))
+        self._set_masks(keys, slots, np.flatnonzero(new))
+        if len(self.table) > self.stats.peak_flows:  # not lookup misses of this run: no `new`
+            self.stats.peak_flows = len(self.table)
+            self.stats.peak_ns = int(first[np.flatnonzero(new)[-1]])
         return len(rows)
 
     def memory_usage(self) -> tuple[int, int]:
-        """Approximate bytes of the flow index (the "hash") and of the whole table.
-
-        O(1): the size of one key object is taken as typical for all.
+        """Bytes of the flow index (the "hash": keys, hashes, buckets) and of the whole
+        table (the index plus the counter columns), as allocated.
 
         :return: ``(index_bytes, table_bytes)``; table includes the index.
         """
-        index = sys.getsizeof(self.index)
-        columns = sum(a.buffer_info()[1] * a.itemsize for a in (
-            self._packets, self._octets, self._first, self._last, self._flags, self._out_if,
-            self._masks))
-        key_size = sys.getsizeof(next(iter(self.index), b"")) if self.index else 0
-        table = (index + sys.getsizeof(self.keys) + columns + key_size * len(self.index)
-                 + sys.getsizeof(self.free))
-        return index, table
+        return self.table.memory_bytes()
 
     # --- observability ---------------------------------------------------------------------
 
     def columns(self) -> Columns:
-        """Read-only NumPy views of the counter columns, for :mod:`agent.flowtop`.
+        """The counter columns and the keys, for :mod:`agent.flowtop`.
 
-        Pipeline thread only; drop the result before the table changes (a view pins the
-        column's buffer, so the table could not grow).
+        Pipeline thread only; the columns are the table's own arrays, read them before the
+        table changes (a new flow may replace them with larger ones).
         """
-        return Columns(self.keys, np.frombuffer(self._packets, dtype=np.uint64),
-                       np.frombuffer(self._octets, dtype=np.uint64),
-                       np.frombuffer(self._first, dtype=np.int64))
+        t = self.table
+        return Columns(t, t.packets, t.octets, t.first)
 
     def mem_traffic(self) -> tuple[int, int]:
         """Packets and bytes held by flows in the table (the seed's ``MemTraf``)."""
-        packets = np.frombuffer(self._packets, dtype=np.uint64).sum(dtype=np.uint64)
-        octets = np.frombuffer(self._octets, dtype=np.uint64).sum(dtype=np.uint64)
+        packets = self.table.packets.sum(dtype=np.uint64)
+        octets = self.table.octets.sum(dtype=np.uint64)
         return int(packets), int(octets)  # free slots hold 0, so whole columns sum right
 
     def counters(self) -> dict[str, Any]:
@@ -552,9 +506,9 @@ class FlowCache(Cache):
         out: dict[str, Any] = self.stats.as_dict()
         mem_pkts, mem_bytes = self.mem_traffic()
         index_mem, table_mem = self.memory_usage()
-        out.update(active_flows=len(self.index), maxflows_limit=self.config.maxflows,
+        out.update(active_flows=len(self.table), maxflows_limit=self.config.maxflows,
                    memtraf_packets=mem_pkts, memtraf_bytes=mem_bytes,
-                   slots=len(self.keys), active_timeout=self.config.active_timeout,
+                   slots=self.table.rows, active_timeout=self.config.active_timeout,
                    inactive_timeout=self.config.inactive_timeout,
                    hash_mem_bytes=index_mem, flows_mem_bytes=table_mem)
         return out

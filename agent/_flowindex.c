@@ -1,0 +1,745 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+/*
+ * _flowindex.c - the flow cache's key index in C (netflow_agent._flowindex).
+ *
+ * FlowIndex maps a fixed-width flow key (key_size bytes, the packed key of agent/model.py)
+ * to a dense slot number 0..slot_count-1; the cache keeps its counters in NumPy columns
+ * indexed by slot. Keys live contiguously in C memory: no Python object per flow.
+ *
+ * Layout and sizes (n = flows in the index, s = slot_count >= n):
+ *   - buckets: open addressing with linear probing, a power of two of 8-byte buckets
+ *     {uint32 hash, uint32 slot + 1} (0 = empty), at most LOAD_NUM/LOAD_DEN (70 %) full;
+ *     doubled (rehashed from the stored hashes, no key is hashed again) when an insert
+ *     would pass that. Removal shifts the following entries back (no tombstones), so
+ *     lookups never slow down with churn. 8 B / 0.35..0.7 = 11.4..22.9 B per flow.
+ *   - per slot: the key (key_size B), its hash (4 B), a bit "in use", and room in the
+ *     min-heap of free slots (4 B): key_size + 8.1 B per slot, grown by half (realloc).
+ *   So 44-byte keys cost 64-75 B per flow when the slot storage is full, up to ~100 B just
+ *   after it grew, vs ~160 B for a Python dict entry with a bytes key and a slot int.
+ *   - the hash is SipHash-1-3 keyed with 128 random bits drawn per process at import
+ *     (getrandom), so keys crafted to collide on one machine do not collide on another
+ *     and cannot turn probing linear; its low 32 bits pick the home bucket and are stored to
+ *     skip most key comparisons.
+ *   - free slots are reused lowest first (a binary min-heap), keeping the used slots dense
+ *     at the bottom of the NumPy columns; when the index becomes empty, numbering restarts
+ *     at 0 (slot_count drops to 0).
+ *   - at most 2**31 - 1 flows (32-bit hashes and slot numbers).
+ *
+ * Thread use: one thread at a time. lookup() releases the GIL while it hashes and probes a
+ * large batch; a second call on the same object meanwhile raises RuntimeError.
+ * Every call either completes or changes nothing (an allocation failure halfway through a
+ * lookup() removes the keys that call inserted before raising MemoryError).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/random.h>
+
+#define LOAD_NUM 7 /* grow the buckets when more than 7/10 are in use */
+#define LOAD_DEN 10
+#define MIN_BUCKETS 16
+#define MIN_SLOTS 64
+#define MAX_FLOWS 0x7FFFFFFFu
+#define CHUNK 32 /* rows hashed and prefetched ahead of probing */
+#define NOGIL_ROWS 256 /* release the GIL for lookups of at least this many keys */
+
+struct bucket {
+	uint32_t hash; /* low 32 bits of the key's SipHash */
+	uint32_t slot1; /* slot + 1; 0 = empty bucket */
+};
+
+typedef struct {
+	PyObject_HEAD
+	Py_ssize_t key_size;
+	uint8_t *keys; /* slot_cap * key_size: the key of each slot */
+	uint32_t *hashes; /* slot_cap: the hash of each slot's key */
+	uint64_t *used; /* slot_cap bits: slot holds a key */
+	uint32_t *heap; /* slot_cap: min-heap of free slots below high */
+	size_t nfree; /* entries in heap */
+	size_t slot_cap; /* slots allocated */
+	size_t high; /* slot_count: every slot >= high is free and not in heap */
+	size_t count; /* keys in the index */
+	struct bucket *buckets;
+	size_t nbuckets; /* power of two */
+	int busy; /* a lookup runs without the GIL */
+} FlowIndex;
+
+static uint64_t sip_k0, sip_k1; /* per-process hash key, drawn at import */
+
+/* --- SipHash-1-3 (Aumasson & Bernstein; one compression, three finalization rounds) ------- */
+
+#define ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                                   \
+	do {                                                                       \
+		v0 += v1; v1 = ROTL(v1, 13); v1 ^= v0; v0 = ROTL(v0, 32);          \
+		v2 += v3; v3 = ROTL(v3, 16); v3 ^= v2;                             \
+		v0 += v3; v3 = ROTL(v3, 21); v3 ^= v0;                             \
+		v2 += v1; v1 = ROTL(v1, 17); v1 ^= v2; v2 = ROTL(v2, 32);          \
+	} while (0)
+
+/* Words are read in host order: the hash only has to agree with itself in this process. */
+static uint64_t siphash13(const uint8_t *in, size_t len)
+{
+	uint64_t v0 = 0x736f6d6570736575ULL ^ sip_k0;
+	uint64_t v1 = 0x646f72616e646f6dULL ^ sip_k1;
+	uint64_t v2 = 0x6c7967656e657261ULL ^ sip_k0;
+	uint64_t v3 = 0x7465646279746573ULL ^ sip_k1;
+	uint64_t m, b = ((uint64_t)len) << 56;
+	const uint8_t *end = in + (len & ~(size_t)7);
+
+	for (; in != end; in += 8) {
+		memcpy(&m, in, 8);
+		v3 ^= m;
+		SIPROUND;
+		v0 ^= m;
+	}
+	switch (len & 7) {
+	case 7: b |= ((uint64_t)in[6]) << 48; /* fall through */
+	case 6: b |= ((uint64_t)in[5]) << 40; /* fall through */
+	case 5: b |= ((uint64_t)in[4]) << 32; /* fall through */
+	case 4: b |= ((uint64_t)in[3]) << 24; /* fall through */
+	case 3: b |= ((uint64_t)in[2]) << 16; /* fall through */
+	case 2: b |= ((uint64_t)in[1]) << 8; /* fall through */
+	case 1: b |= ((uint64_t)in[0]); /* fall through */
+	default: break;
+	}
+	v3 ^= b;
+	SIPROUND;
+	v0 ^= b;
+	v2 ^= 0xff;
+	SIPROUND;
+	SIPROUND;
+	SIPROUND;
+	return v0 ^ v1 ^ v2 ^ v3;
+}
+
+/* --- free slots: a binary min-heap --------------------------------------------------------- */
+
+static void heap_push(FlowIndex *s, uint32_t slot)
+{
+	size_t i = s->nfree++;
+
+	while (i > 0) {
+		size_t parent = (i - 1) / 2;
+		if (s->heap[parent] <= slot)
+			break;
+		s->heap[i] = s->heap[parent];
+		i = parent;
+	}
+	s->heap[i] = slot;
+}
+
+static uint32_t heap_pop(FlowIndex *s)
+{
+	uint32_t top = s->heap[0], last = s->heap[--s->nfree];
+	size_t i = 0, n = s->nfree;
+
+	for (;;) {
+		size_t c = 2 * i + 1;
+		if (c >= n)
+			break;
+		if (c + 1 < n && s->heap[c + 1] < s->heap[c])
+			c++;
+		if (last <= s->heap[c])
+			break;
+		s->heap[i] = s->heap[c];
+		i = c;
+	}
+	if (n)
+		s->heap[i] = last;
+	return top;
+}
+
+/* --- storage ------------------------------------------------------------------------------- */
+
+static int is_used(const FlowIndex *s, size_t slot)
+{
+	return (s->used[slot / 64] >> (slot % 64)) & 1;
+}
+
+/* Room for at least `need` slots; -1 (nothing lost) when memory runs out. No GIL needed. */
+static int grow_slots(FlowIndex *s, size_t need)
+{
+	size_t cap = s->slot_cap ? s->slot_cap : MIN_SLOTS;
+	size_t old_words = (s->slot_cap + 63) / 64, words;
+	void *p;
+
+	while (cap < need)
+		cap += cap / 2; /* x1.5: at most a third of the slot storage is slack */
+	if (cap <= s->slot_cap)
+		return 0;
+	words = (cap + 63) / 64;
+	/* each realloc that succeeds keeps its larger block; slot_cap moves only at the end */
+	if (!(p = PyMem_RawRealloc(s->keys, cap * (size_t)s->key_size)))
+		return -1;
+	s->keys = p;
+	if (!(p = PyMem_RawRealloc(s->hashes, cap * sizeof(uint32_t))))
+		return -1;
+	s->hashes = p;
+	if (!(p = PyMem_RawRealloc(s->heap, cap * sizeof(uint32_t))))
+		return -1;
+	s->heap = p;
+	if (!(p = PyMem_RawRealloc(s->used, words * sizeof(uint64_t))))
+		return -1;
+	s->used = p;
+	memset(s->used + old_words, 0, (words - old_words) * sizeof(uint64_t));
+	s->slot_cap = cap;
+	return 0;
+}
+
+/* Rehash into `n` buckets (a power of two) from the stored hashes; -1 when out of memory. */
+static int resize_buckets(FlowIndex *s, size_t n)
+{
+	struct bucket *nb = PyMem_RawCalloc(n, sizeof(struct bucket));
+	size_t mask = n - 1;
+
+	if (!nb)
+		return -1;
+	for (size_t i = 0; i < s->nbuckets; i++) {
+		struct bucket b = s->buckets[i];
+		size_t j;
+		if (!b.slot1)
+			continue;
+		for (j = b.hash & mask; nb[j].slot1; j = (j + 1) & mask)
+			;
+		nb[j] = b;
+	}
+	PyMem_RawFree(s->buckets);
+	s->buckets = nb;
+	s->nbuckets = n;
+	return 0;
+}
+
+static size_t buckets_for(size_t flows)
+{
+	size_t n = MIN_BUCKETS;
+
+	while (n * LOAD_NUM < flows * LOAD_DEN)
+		n *= 2;
+	return n;
+}
+
+/* --- the index ------------------------------------------------------------------------------ */
+
+/* Bucket that holds `key` (hash h), or the empty bucket where it would go. */
+static size_t probe(const FlowIndex *s, const uint8_t *key, uint32_t h)
+{
+	size_t mask = s->nbuckets - 1, i = h & mask, ks = (size_t)s->key_size;
+
+	for (;; i = (i + 1) & mask) {
+		struct bucket b = s->buckets[i];
+		if (!b.slot1)
+			return i;
+		if (b.hash == h && memcmp(s->keys + (size_t)(b.slot1 - 1) * ks, key, ks) == 0)
+			return i;
+	}
+}
+
+/* Put `key` in a new slot at empty bucket `i`; -1 when out of memory (nothing changed). */
+static int64_t insert_at(FlowIndex *s, size_t i, const uint8_t *key, uint32_t h)
+{
+	size_t slot;
+
+	if ((s->count + 1) * LOAD_DEN > s->nbuckets * LOAD_NUM) {
+		if (resize_buckets(s, s->nbuckets * 2) < 0)
+			return -1;
+		i = probe(s, key, h);
+	}
+	if (s->nfree) {
+		slot = heap_pop(s);
+	} else {
+		if (s->high == s->slot_cap && grow_slots(s, s->high + 1) < 0)
+			return -1;
+		slot = s->high++;
+	}
+	memcpy(s->keys + slot * (size_t)s->key_size, key, (size_t)s->key_size);
+	s->hashes[slot] = h;
+	s->used[slot / 64] |= (uint64_t)1 << (slot % 64);
+	s->buckets[i].hash = h;
+	s->buckets[i].slot1 = (uint32_t)slot + 1;
+	s->count++;
+	return (int64_t)slot;
+}
+
+/* Take a used slot out (backward-shift deletion). Never allocates. */
+static void remove_slot(FlowIndex *s, size_t slot)
+{
+	size_t mask = s->nbuckets - 1, i = s->hashes[slot] & mask, j;
+
+	while (s->buckets[i].slot1 != slot + 1)
+		i = (i + 1) & mask;
+	for (j = i;;) {
+		size_t home;
+		j = (j + 1) & mask;
+		if (!s->buckets[j].slot1)
+			break;
+		home = s->buckets[j].hash & mask;
+		/* the entry at j may fill the hole at i unless its home lies in (i, j] */
+		if (i < j ? (home <= i || home > j) : (home <= i && home > j)) {
+			s->buckets[i] = s->buckets[j];
+			i = j;
+		}
+	}
+	s->buckets[i].slot1 = 0;
+	s->buckets[i].hash = 0;
+	s->used[slot / 64] &= ~((uint64_t)1 << (slot % 64));
+	s->count--;
+	if (s->count == 0) { /* restart numbering: the heap holds every slot below high */
+		s->nfree = 0;
+		s->high = 0;
+	} else {
+		heap_push(s, (uint32_t)slot);
+	}
+}
+
+struct batch {
+	const uint8_t *keys;
+	size_t n;
+	int insert;
+	size_t limit; /* 0 = none */
+	int64_t *slots; /* out */
+	uint8_t *is_new; /* out */
+	size_t inserted;
+	size_t failed_at; /* row whose insert ran out of memory, or n */
+};
+
+/* The lookup loop; runs with or without the GIL. Rows go in chunks: hash a chunk and
+ * prefetch its home buckets, then probe, so the cache misses of a chunk overlap. */
+static void lookup_rows(FlowIndex *s, struct batch *bt)
+{
+	size_t ks = (size_t)s->key_size;
+	uint32_t hashes[CHUNK];
+
+	bt->failed_at = bt->n;
+	for (size_t c = 0; c < bt->n; c += CHUNK) {
+		size_t m = bt->n - c < CHUNK ? bt->n - c : CHUNK;
+		for (size_t r = 0; r < m; r++) {
+			hashes[r] = (uint32_t)siphash13(bt->keys + (c + r) * ks, ks);
+			__builtin_prefetch(&s->buckets[hashes[r] & (s->nbuckets - 1)]);
+		}
+		for (size_t r = c; r < c + m; r++) {
+			const uint8_t *key = bt->keys + r * ks;
+			uint32_t h = hashes[r - c];
+			size_t i = probe(s, key, h);
+			int64_t slot = -1;
+
+			bt->is_new[r] = 0;
+			if (s->buckets[i].slot1) {
+				slot = (int64_t)s->buckets[i].slot1 - 1;
+			} else if (bt->insert && (!bt->limit || s->count < bt->limit)
+				   && s->count < MAX_FLOWS) {
+				slot = insert_at(s, i, key, h);
+				if (slot < 0) {
+					bt->failed_at = r;
+					return;
+				}
+				bt->is_new[r] = 1;
+				bt->inserted++;
+			}
+			bt->slots[r] = slot;
+		}
+	}
+}
+
+/* --- argument helpers ------------------------------------------------------------------------ */
+
+static int busy_error(FlowIndex *s)
+{
+	if (!s->busy)
+		return 0;
+	PyErr_SetString(PyExc_RuntimeError, "FlowIndex is in use by another thread");
+	return -1;
+}
+
+/* A C-contiguous buffer of whole keys. */
+static int get_keys(FlowIndex *s, PyObject *obj, Py_buffer *view)
+{
+	if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS) < 0)
+		return -1;
+	if (view->len % s->key_size) {
+		PyErr_Format(PyExc_ValueError,
+			     "keys: buffer of %zd bytes is not a whole number of %zd-byte keys",
+			     view->len, s->key_size);
+		PyBuffer_Release(view);
+		return -1;
+	}
+	return 0;
+}
+
+/* int64 slot numbers (an int64/uint64 array, or raw bytes in host order), all in use. */
+static int get_slots(FlowIndex *s, PyObject *obj, Py_buffer *view)
+{
+	const char *f;
+	const int64_t *v;
+	size_t n;
+
+	if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+		return -1;
+	f = view->format ? view->format : "B";
+	if (*f == '@' || *f == '=' || (*f == '<' && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__))
+		f++;
+	if (!(f[0] && !f[1] && ((view->itemsize == 8 && strchr("qQlL", f[0]))
+				|| (view->itemsize == 1 && strchr("Bbc", f[0]))))) {
+		PyErr_Format(PyExc_ValueError, "slots: need int64 slot numbers, got format '%s'",
+			     view->format ? view->format : "B");
+		goto fail;
+	}
+	if (view->len % 8) {
+		PyErr_Format(PyExc_ValueError,
+			     "slots: buffer of %zd bytes is not a whole number of int64 slots",
+			     view->len);
+		goto fail;
+	}
+	v = view->buf;
+	n = (size_t)view->len / 8;
+	for (size_t r = 0; r < n; r++) {
+		if (v[r] < 0 || (uint64_t)v[r] >= s->high || !is_used(s, (size_t)v[r])) {
+			PyErr_Format(PyExc_ValueError, "slots: slot %lld (row %zu) holds no key",
+				     (long long)v[r], r);
+			goto fail;
+		}
+	}
+	return 0;
+fail:
+	PyBuffer_Release(view);
+	return -1;
+}
+
+/* A memoryview of format `fmt` over a new bytes object of n items of `size` bytes. */
+static PyObject *new_view(size_t n, size_t size, const char *fmt, void **data)
+{
+	PyObject *raw = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * size)), *mv, *cast;
+
+	if (!raw)
+		return NULL;
+	*data = PyBytes_AS_STRING(raw);
+	mv = PyMemoryView_FromObject(raw);
+	Py_DECREF(raw);
+	if (!mv)
+		return NULL;
+	cast = PyObject_CallMethod(mv, "cast", "s", fmt);
+	Py_DECREF(mv);
+	return cast;
+}
+
+/* --- methods --------------------------------------------------------------------------------- */
+
+static int FlowIndex_init(FlowIndex *s, PyObject *args, PyObject *kwds)
+{
+	static char *kwlist[] = {"key_size", "capacity", NULL};
+	Py_ssize_t key_size, capacity = 0;
+
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|n:FlowIndex", kwlist, &key_size,
+					 &capacity))
+		return -1;
+	if (key_size < 1 || key_size > 65535) {
+		PyErr_Format(PyExc_ValueError, "key_size: %zd is not 1..65535", key_size);
+		return -1;
+	}
+	if (capacity < 0 || (size_t)capacity > MAX_FLOWS) {
+		PyErr_Format(PyExc_ValueError, "capacity: %zd is not 0..%u", capacity, MAX_FLOWS);
+		return -1;
+	}
+	if (s->buckets) {
+		PyErr_SetString(PyExc_RuntimeError, "FlowIndex is already initialized");
+		return -1;
+	}
+	s->key_size = key_size;
+	if (resize_buckets(s, buckets_for((size_t)capacity)) < 0
+	    || grow_slots(s, capacity ? (size_t)capacity : MIN_SLOTS) < 0) {
+		PyErr_NoMemory();
+		return -1;
+	}
+	return 0;
+}
+
+static void FlowIndex_dealloc(FlowIndex *s)
+{
+	PyMem_RawFree(s->keys);
+	PyMem_RawFree(s->hashes);
+	PyMem_RawFree(s->used);
+	PyMem_RawFree(s->heap);
+	PyMem_RawFree(s->buckets);
+	Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static int ready(FlowIndex *s)
+{
+	if (s->buckets)
+		return busy_error(s);
+	PyErr_SetString(PyExc_RuntimeError, "FlowIndex.__init__ was not called");
+	return -1;
+}
+
+/* Undo the inserts of a lookup that ran out of memory at row bt->failed_at. */
+static void roll_back(FlowIndex *s, struct batch *bt)
+{
+	for (size_t r = bt->failed_at; r-- > 0;)
+		if (bt->is_new[r])
+			remove_slot(s, (size_t)bt->slots[r]);
+}
+
+PyDoc_STRVAR(lookup_doc,
+	     "lookup(keys, insert=True, limit=0) -> (slots, new)\n\n"
+	     "Find each key of `keys` (a C-contiguous buffer of n * key_size bytes).\n"
+	     "slots: memoryview of n int64 slot numbers, -1 for a key that is absent and not\n"
+	     "inserted: insert=False, or limit > 0 and the index already holds limit keys\n"
+	     "(maxflows: new keys beyond it are refused, present ones still found).\n"
+	     "new: memoryview of n uint8, 1 on the row that inserted its key (a key repeated in\n"
+	     "the batch maps to one slot and is new on its first row only).");
+
+static PyObject *FlowIndex_lookup(FlowIndex *s, PyObject *args, PyObject *kwds)
+{
+	static char *kwlist[] = {"keys", "insert", "limit", NULL};
+	PyObject *keys_obj, *slots = NULL, *is_new = NULL, *result = NULL;
+	int insert = 1;
+	Py_ssize_t limit = 0;
+	Py_buffer view;
+	struct batch bt = {0};
+
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|pn:lookup", kwlist, &keys_obj, &insert,
+					 &limit))
+		return NULL;
+	if (ready(s) < 0)
+		return NULL;
+	if (limit < 0)
+		return PyErr_Format(PyExc_ValueError, "limit: %zd is negative", limit);
+	if (get_keys(s, keys_obj, &view) < 0)
+		return NULL;
+	bt.keys = view.buf;
+	bt.n = (size_t)(view.len / s->key_size);
+	bt.insert = insert;
+	bt.limit = (size_t)limit;
+	slots = new_view(bt.n, 8, "q", (void **)&bt.slots);
+	is_new = new_view(bt.n, 1, "B", (void **)&bt.is_new);
+	if (!slots || !is_new)
+		goto out;
+	if (bt.n >= NOGIL_ROWS) {
+		s->busy = 1;
+		Py_BEGIN_ALLOW_THREADS
+		lookup_rows(s, &bt);
+		Py_END_ALLOW_THREADS
+		s->busy = 0;
+	} else {
+		lookup_rows(s, &bt);
+	}
+	if (bt.failed_at < bt.n) {
+		roll_back(s, &bt);
+		PyErr_NoMemory();
+		goto out;
+	}
+	result = PyTuple_Pack(2, slots, is_new);
+out:
+	PyBuffer_Release(&view);
+	Py_XDECREF(slots);
+	Py_XDECREF(is_new);
+	return result;
+}
+
+PyDoc_STRVAR(remove_doc,
+	     "remove(slots) -> None\n\n"
+	     "Take the keys of `slots` (int64 slot numbers, e.g. from lookup() or occupied())\n"
+	     "out of the index; their slots are handed out again, lowest first. A slot that\n"
+	     "holds no key raises ValueError and nothing is removed; a slot repeated in the\n"
+	     "batch is removed once.");
+
+static PyObject *FlowIndex_remove(FlowIndex *s, PyObject *obj)
+{
+	Py_buffer view;
+	const int64_t *v;
+
+	if (ready(s) < 0 || get_slots(s, obj, &view) < 0)
+		return NULL;
+	v = view.buf;
+	for (Py_ssize_t r = 0; r < view.len / 8; r++)
+		if ((uint64_t)v[r] < s->high && is_used(s, (size_t)v[r]))
+			remove_slot(s, (size_t)v[r]);
+	PyBuffer_Release(&view);
+	Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(keys_doc,
+	     "keys(slots) -> bytes\n\n"
+	     "The keys of `slots` (int64 slot numbers that hold keys), n * key_size bytes.");
+
+static PyObject *FlowIndex_keys(FlowIndex *s, PyObject *obj)
+{
+	Py_buffer view;
+	const int64_t *v;
+	PyObject *out;
+	size_t n, ks = (size_t)s->key_size;
+	uint8_t *dst;
+
+	if (ready(s) < 0 || get_slots(s, obj, &view) < 0)
+		return NULL;
+	v = view.buf;
+	n = (size_t)view.len / 8;
+	out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(n * ks));
+	if (out) {
+		dst = (uint8_t *)PyBytes_AS_STRING(out);
+		for (size_t r = 0; r < n; r++)
+			memcpy(dst + r * ks, s->keys + (size_t)v[r] * ks, ks);
+	}
+	PyBuffer_Release(&view);
+	return out;
+}
+
+PyDoc_STRVAR(occupied_doc,
+	     "occupied() -> memoryview of int64\n\n"
+	     "The slots that hold keys, ascending.");
+
+static PyObject *FlowIndex_occupied(FlowIndex *s, PyObject *Py_UNUSED(ignored))
+{
+	int64_t *out;
+	PyObject *view;
+	size_t k = 0;
+
+	if (ready(s) < 0)
+		return NULL;
+	view = new_view(s->count, 8, "q", (void **)&out);
+	if (!view)
+		return NULL;
+	for (size_t w = 0; w < (s->high + 63) / 64; w++)
+		for (uint64_t bits = s->used[w]; bits; bits &= bits - 1)
+			out[k++] = (int64_t)(w * 64 + (size_t)__builtin_ctzll(bits));
+	return view;
+}
+
+static size_t memory_bytes(const FlowIndex *s)
+{
+	return sizeof(FlowIndex) + s->nbuckets * sizeof(struct bucket)
+	       + s->slot_cap * ((size_t)s->key_size + 2 * sizeof(uint32_t))
+	       + (s->slot_cap + 63) / 64 * sizeof(uint64_t);
+}
+
+PyDoc_STRVAR(memory_doc,
+	     "memory_bytes() -> int\n\n"
+	     "Bytes allocated: the buckets plus the per-slot key, hash, free-slot and in-use\n"
+	     "storage (capacity, not only what is in use).");
+
+static PyObject *FlowIndex_memory_bytes(FlowIndex *s, PyObject *Py_UNUSED(ignored))
+{
+	return PyLong_FromSize_t(memory_bytes(s));
+}
+
+static PyObject *FlowIndex_sizeof(FlowIndex *s, PyObject *Py_UNUSED(ignored))
+{
+	return PyLong_FromSize_t(memory_bytes(s));
+}
+
+static Py_ssize_t FlowIndex_len(FlowIndex *s)
+{
+	return (Py_ssize_t)s->count;
+}
+
+static PyObject *get_slot_count(FlowIndex *s, void *Py_UNUSED(closure))
+{
+	return PyLong_FromSize_t(s->high);
+}
+
+static PyObject *get_key_size(FlowIndex *s, void *Py_UNUSED(closure))
+{
+	return PyLong_FromSsize_t(s->key_size);
+}
+
+static PyObject *get_bucket_count(FlowIndex *s, void *Py_UNUSED(closure))
+{
+	return PyLong_FromSize_t(s->nbuckets);
+}
+
+static PyMethodDef FlowIndex_methods[] = {
+	{"lookup", (PyCFunction)(void (*)(void))FlowIndex_lookup, METH_VARARGS | METH_KEYWORDS,
+	 lookup_doc},
+	{"remove", (PyCFunction)FlowIndex_remove, METH_O, remove_doc},
+	{"keys", (PyCFunction)FlowIndex_keys, METH_O, keys_doc},
+	{"occupied", (PyCFunction)FlowIndex_occupied, METH_NOARGS, occupied_doc},
+	{"memory_bytes", (PyCFunction)FlowIndex_memory_bytes, METH_NOARGS, memory_doc},
+	{"__sizeof__", (PyCFunction)FlowIndex_sizeof, METH_NOARGS, memory_doc},
+	{NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef FlowIndex_getset[] = {
+	{"slot_count", (getter)get_slot_count, NULL,
+	 "highest slot handed out + 1 (0 when empty): size value columns to it", NULL},
+	{"key_size", (getter)get_key_size, NULL, "bytes per key", NULL},
+	{"bucket_count", (getter)get_bucket_count, NULL,
+	 "hash buckets (a power of two, at most 70 % in use)", NULL},
+	{NULL, NULL, NULL, NULL, NULL},
+};
+
+static PySequenceMethods FlowIndex_as_sequence = {
+	.sq_length = (lenfunc)FlowIndex_len,
+};
+
+PyDoc_STRVAR(FlowIndex_doc,
+	     "FlowIndex(key_size, capacity=0)\n\n"
+	     "Hash index from fixed-width keys (key_size bytes) to dense slot numbers, keys kept\n"
+	     "in C memory. capacity: keys to allocate room for at once (grows automatically).\n"
+	     "len() is the number of keys; one thread at a time.");
+
+static PyTypeObject FlowIndexType = {
+	PyVarObject_HEAD_INIT(NULL, 0)
+	.tp_name = "netflow_agent._flowindex.FlowIndex",
+	.tp_basicsize = sizeof(FlowIndex),
+	.tp_flags = Py_TPFLAGS_DEFAULT,
+	.tp_doc = FlowIndex_doc,
+	.tp_new = PyType_GenericNew,
+	.tp_init = (initproc)FlowIndex_init,
+	.tp_dealloc = (destructor)FlowIndex_dealloc,
+	.tp_methods = FlowIndex_methods,
+	.tp_getset = FlowIndex_getset,
+	.tp_as_sequence = &FlowIndex_as_sequence,
+};
+
+PyDoc_STRVAR(siphash_doc,
+	     "siphash(data) -> int\n\n"
+	     "SipHash-1-3 of `data` under this process's random key, as FlowIndex hashes keys\n"
+	     "(for tests: a different value in every process).");
+
+static PyObject *module_siphash(PyObject *Py_UNUSED(m), PyObject *obj)
+{
+	Py_buffer view;
+	uint64_t h;
+
+	if (PyObject_GetBuffer(obj, &view, PyBUF_C_CONTIGUOUS) < 0)
+		return NULL;
+	h = siphash13(view.buf, (size_t)view.len);
+	PyBuffer_Release(&view);
+	return PyLong_FromUnsignedLongLong(h);
+}
+
+static PyMethodDef module_methods[] = {
+	{"siphash", (PyCFunction)module_siphash, METH_O, siphash_doc},
+	{NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef flowindex_module = {
+	PyModuleDef_HEAD_INIT,
+	.m_name = "_flowindex",
+	.m_doc = "Fixed-width flow key -> slot number hash index in C (see _flowindex.c).",
+	.m_size = -1,
+	.m_methods = module_methods,
+};
+
+PyMODINIT_FUNC PyInit__flowindex(void)
+{
+	uint64_t seed[2];
+	PyObject *m;
+
+	if (getrandom(seed, sizeof(seed), 0) != (ssize_t)sizeof(seed))
+		return PyErr_SetFromErrno(PyExc_OSError);
+	sip_k0 = seed[0];
+	sip_k1 = seed[1];
+	if (PyType_Ready(&FlowIndexType) < 0)
+		return NULL;
+	m = PyModule_Create(&flowindex_module);
+	if (!m)
+		return NULL;
+	if (PyModule_AddObjectRef(m, "FlowIndex", (PyObject *)&FlowIndexType) < 0
+	    || PyModule_AddIntConstant(m, "MAX_FLOWS", MAX_FLOWS) < 0) {
+		Py_DECREF(m);
+		return NULL;
+	}
+	return m;
+}

@@ -1,0 +1,176 @@
+"""The flow table's storage: fixed-width keys in C, counters in NumPy columns, by slot.
+
+:class:`FlowTable` owns what :class:`~agent.stages.cache.FlowCache` stores and nothing of what
+it decides (timeouts, ``maxflows`` as a policy, the sampler, statistics): the key index
+(:class:`netflow_agent._flowindex.FlowIndex`, ``agent/_flowindex.c``: keys stored back to back
+in C, no Python object per flow) maps a packed key to a slot number, and slot ``i`` of every
+column holds that flow's counters. Whole batches go in and out with a few NumPy operations:
+
+* :meth:`FlowTable.lookup` finds or inserts a batch of keys (one C call);
+* :meth:`FlowTable.add_packets` / :meth:`FlowTable.add_deltas` merge a batch's rows into
+  their slots (a key may repeat within a batch);
+* :meth:`FlowTable.take` copies slots out (keys and counters) and frees them.
+
+A free slot holds zero counters and :data:`FREE_NS` as first and last time, so timeout scans
+over whole columns never select it and column sums equal the table's totals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from netflow_agent._flowindex import FlowIndex
+
+__all__ = ["FREE_NS", "FlowTable", "Taken"]
+
+FREE_NS = 2**63 - 1  # first/last time of an unused slot: never expires
+_MIN_ROWS = 1024
+_COLUMNS = (("packets", np.uint64, 0), ("octets", np.uint64, 0), ("first", np.int64, FREE_NS),
+            ("last", np.int64, FREE_NS), ("flags", np.uint8, 0), ("out_if", np.uint32, 0),
+            ("masks", np.uint16, 0))
+
+
+def _col(values: np.ndarray, dtype: type) -> np.ndarray:
+    """``values`` as a contiguous array of ``dtype``: ``ufunc.at`` over a strided column (a
+    record array's field) costs ~100x more per element than over a contiguous copy."""
+    return np.ascontiguousarray(values, dtype)
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """Flows copied out of the table by :meth:`FlowTable.take`, in the order asked."""
+
+    keys: bytes  # the packed keys, back to back (len(slots) * key_size bytes)
+    packets: np.ndarray  # uint64
+    octets: np.ndarray  # uint64
+    first: np.ndarray  # int64 ns
+    last: np.ndarray  # int64 ns
+    flags: np.ndarray  # uint8, OR of TCP flags
+    out_if: np.ndarray  # uint32, the last non-zero other interface
+    masks: np.ndarray  # uint16, src_mask << 8 | dst_mask (the cache's aggregation rules)
+
+
+class FlowTable:
+    """Flows by slot: the C key index plus one NumPy column per counter.
+
+    :param key_size: bytes per packed key (the run's schema).
+    :param capacity: flows to allocate room for at once (``[cache] hashsize``); grows as
+        needed either way.
+    """
+
+    def __init__(self, key_size: int, capacity: int = 0):
+        self.index = FlowIndex(key_size, capacity)
+        rows = max(capacity, _MIN_ROWS)
+        self.packets = np.zeros(rows, np.uint64)
+        self.octets = np.zeros(rows, np.uint64)
+        self.first = np.full(rows, FREE_NS, np.int64)
+        self.last = np.full(rows, FREE_NS, np.int64)
+        self.flags = np.zeros(rows, np.uint8)
+        self.out_if = np.zeros(rows, np.uint32)
+        self.masks = np.zeros(rows, np.uint16)  # set by the caller for new flows
+
+    @property
+    def key_size(self) -> int:
+        """Bytes per key."""
+        return int(self.index.key_size)
+
+    @property
+    def rows(self) -> int:
+        """Slots the columns have room for (at least :attr:`FlowIndex.slot_count`)."""
+        return len(self.packets)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def reserve(self, rows: int) -> None:
+        """Grow every column to at least ``rows`` slots (new ones free)."""
+        if rows <= self.rows:
+            return
+        rows = max(rows, 2 * self.rows)
+        for name, dtype, fill in _COLUMNS:
+            old = getattr(self, name)
+            new = np.full(rows, fill, dtype)
+            new[:len(old)] = old
+            setattr(self, name, new)
+
+    # --- in --------------------------------------------------------------------------------
+
+    def lookup(self, keys: bytes | np.ndarray, insert: bool = True,
+               limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Slots of ``keys`` (n * key_size bytes, any C-contiguous buffer), inserting new ones.
+
+        :param limit: with ``insert``, refuse new keys once the table holds this many (-1).
+        :return: ``(slots, new)``: int64 slot per row (-1: absent and not inserted) and a
+            bool per row, true on the row that inserted its key. New slots are free: the
+            caller sets them with :meth:`add_packets` or :meth:`add_deltas`.
+        """
+        slots, new = self.index.lookup(keys, insert, limit)
+        self.reserve(self.index.slot_count)
+        return np.frombuffer(slots, np.int64), np.frombuffer(new, np.bool_)
+
+    def add_packets(self, slots: np.ndarray, new: np.ndarray, lengths: np.ndarray,
+                    flags: np.ndarray, ts: np.ndarray, out_if: np.ndarray) -> None:
+        """Account one packet per row into its slot (every slot valid): a new flow starts at
+        its first packet's time; the last time is the latest; flags are ORed; the last
+        non-zero output interface wins."""
+        ts = _col(ts, np.int64)
+        self._start(slots[new], ts[new], ts[new])
+        np.add.at(self.packets, slots, np.uint64(1))
+        np.add.at(self.octets, slots, _col(lengths, np.uint64))
+        self._merge(slots, None, ts, flags, out_if)
+
+    def add_deltas(self, slots: np.ndarray, new: np.ndarray, packets: np.ndarray,
+                   octets: np.ndarray, start: np.ndarray, end: np.ndarray,
+                   flags: np.ndarray, out_if: np.ndarray) -> None:
+        """Add pre-aggregated counters per row into its slot (every slot valid): counts
+        summed, the earliest start and latest end kept, flags ORed, the last non-zero
+        ``out_if`` wins."""
+        start, end = _col(start, np.int64), _col(end, np.int64)
+        self._start(slots[new], start[new], end[new])
+        np.add.at(self.packets, slots, _col(packets, np.uint64))
+        np.add.at(self.octets, slots, _col(octets, np.uint64))
+        self._merge(slots, start, end, flags, out_if)
+
+    def _start(self, slots: np.ndarray, first: np.ndarray, last: np.ndarray) -> None:
+        self.first[slots] = first
+        self.last[slots] = last
+
+    def _merge(self, slots: np.ndarray, start: np.ndarray | None, end: np.ndarray,
+               flags: np.ndarray, out_if: np.ndarray) -> None:
+        if start is not None:
+            np.minimum.at(self.first, slots, start)
+        np.maximum.at(self.last, slots, end)
+        flags, out_if = _col(flags, np.uint8), _col(out_if, np.uint32)
+        if flags.any():
+            np.bitwise_or.at(self.flags, slots, flags)
+        known = out_if != 0
+        if known.any():
+            self.out_if[slots[known]] = out_if[known]  # repeated slots: the last row wins
+
+    # --- out -------------------------------------------------------------------------------
+
+    def occupied(self) -> np.ndarray:
+        """Slots holding a flow, ascending."""
+        return np.frombuffer(self.index.occupied(), np.int64)
+
+    def keys(self, slots: np.ndarray) -> bytes:
+        """The packed keys of ``slots``, back to back."""
+        return self.index.keys(np.ascontiguousarray(slots, np.int64))
+
+    def take(self, slots: np.ndarray) -> Taken:
+        """Copy ``slots`` out (keys and counters, in that order) and free them."""
+        slots = np.ascontiguousarray(slots, np.int64)
+        out = Taken(self.index.keys(slots), self.packets[slots], self.octets[slots],
+                    self.first[slots], self.last[slots], self.flags[slots],
+                    self.out_if[slots], self.masks[slots])
+        self.index.remove(slots)
+        for name, _dtype, fill in _COLUMNS:
+            getattr(self, name)[slots] = fill
+        return out
+
+    def memory_bytes(self) -> tuple[int, int]:
+        """``(index, table)``: bytes of the key index, and of the index plus the columns."""
+        index = int(self.index.memory_bytes())
+        return index, index + sum(getattr(self, name).nbytes for name, _d, _f in _COLUMNS)
