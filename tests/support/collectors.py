@@ -231,12 +231,23 @@ def nfdump_flows(flow_dir: str | Path, nf_filter: str = "") -> list[dict[str, An
     cmd = ["nfdump", "-R", str(flow_dir), "-o", "json", "-N"]
     if nf_filter:
         cmd.append(nf_filter)
-    proc = _host_run(cmd)
-    if proc.returncode != 0:
-        raise CollectorError(f"nfdump failed ({proc.returncode}): {proc.stderr.strip()}")
-    text = proc.stdout.strip()
-    records = json.loads(text) if text.startswith("[") else json.loads(f"[{text}]")
-    return [normalise_nfdump(r) for r in records]
+    for attempt in range(3):
+        proc = _host_run(cmd)
+        if proc.returncode != 0:
+            raise CollectorError(f"nfdump failed ({proc.returncode}): {proc.stderr.strip()}")
+        text = proc.stdout.strip()
+        try:
+            records = json.loads(text) if text.startswith("[") else json.loads(f"[{text}]")
+        except json.JSONDecodeError as exc:
+            # nfdump 1.7.1 now and then prints a cut JSON list for a file nfcapd closed
+            # a moment ago (seen under load); reading it again gives the whole file
+            if attempt == 2:
+                raise CollectorError(f"nfdump printed invalid JSON ({exc}): {text[:300]!r}"
+                                     ) from exc
+            time.sleep(0.5)
+            continue
+        return [normalise_nfdump(r) for r in records]
+    raise AssertionError("unreachable")
 
 
 def normalise_nfdump(rec: dict[str, Any]) -> dict[str, Any]:
