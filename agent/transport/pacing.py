@@ -42,7 +42,8 @@ DEFAULT_BACKLOG = 30000
 #: ``flush_timeout_s``): DEFAULT_BACKLOG at DEFAULT_RATE_LIMIT
 DEFAULT_FLUSH_S = 10.0
 #: the longest a closing destination sends a backlog bigger than its flush timeout allows
-#: (the final export of a big cache at stop); below the systemd unit's TimeoutStopSec (60 s)
+#: (the final export of a big cache at stop); the systemd unit's TimeoutStopSec (150 s) leaves
+#: room for it after an NFLOG stop drain (up to 60 s)
 MAX_CLOSE_S = 45.0
 
 
