@@ -12,25 +12,18 @@ interface). Counts are compared exactly, never times.
 
 from __future__ import annotations
 
-import json
-import re
-
 import pytest
 
 from netflow_agent.plugins.ingest_ebpf.component import EbpfIngest
 from netflow_agent.plugins.ingest_ebpf.config import Config
 from netflow_agent.runtime import RunContext
 from tests.ingest_ebpf.observe import Observed, ebpf_ingest
-from tests.support.agentproc import Agent
-from tests.support.flowgen import Flood, build, rx_dropped
+from tests.support.flowgen import Flood, agent_through_flood, build, rx_dropped
 from tests.support.netns import RoutedTopology
-from tests.support.truth import record_table
 
 pytestmark = pytest.mark.bpf
 
 ISSUE_WORKLOAD = Flood(flows=200_000, per_flow=3, concurrent=100_000)
-#: the agent's last log line: "... traffic N packets, B bytes; dropped M packets ..."
-SUMMARY = re.compile(r"stopped; .*traffic (\d+) packets.*dropped (\d+) packets")
 
 
 @pytest.fixture(scope="module")
@@ -105,37 +98,11 @@ def test_whole_agent_exports_every_packet_of_the_issue_workload(routed, flowgen,
     """The issue measured the whole agent (default kernel table here): its final totals and
     the exported records (``[[export.log]]``) hold every packet sent, exactly."""
     router_in = routed.router_client
-    out = tmp_path / "flows.jsonl"
-    conf = tmp_path / "agent.toml"
-    conf.write_text(f"""
-[agent]
-control_socket = ""
-[cache]
-inactive_timeout = 60
-[[ingest.ebpf]]
-interfaces = ["{router_in.ifname}"]
-netns = "{router_in.ns.name}"
-direction = "ingress"
-[[export.log]]
-path = "{out}"
-format = "json"
-""")
-    log = tmp_path / "agent.log"
-    dropped_before = rx_dropped(router_in)
-    agent = Agent(conf, log_path=log).start(ready="attached")
-    try:
-        sent = ISSUE_WORKLOAD.send(flowgen, routed.client, router_in.mac, routed.server.addr,
-                                   routed.server.addr6)
-    finally:
-        assert agent.stop(timeout=120) == 0, agent.log()
-    before_hook = rx_dropped(router_in) - dropped_before
-    totals = SUMMARY.search(log.read_text())
-    assert totals, log.read_text()
-    traffic, dropped = map(int, totals.groups())
-    assert sent == ISSUE_WORKLOAD.packets
-    assert traffic + dropped == sent - before_hook
-    records = (json.loads(line) for line in out.read_text().splitlines())
-    table = record_table(r for r in records if r.get("type") == "flow")
-    assert sum(p for p, _ in table.values()) == traffic
-    if not (before_hook or dropped):
-        assert table == ISSUE_WORKLOAD.truth(routed.server.addr, routed.server.addr6)
+    ingest = (f'[[ingest.ebpf]]\ninterfaces = ["{router_in.ifname}"]\n'
+              f'netns = "{router_in.ns.name}"\ndirection = "ingress"\n')
+    run = agent_through_flood(routed, flowgen, ISSUE_WORKLOAD, ingest, "attached", tmp_path)
+    assert run.sent == ISSUE_WORKLOAD.packets
+    assert run.traffic + run.dropped == run.sent - run.before_hook
+    assert sum(p for p, _ in run.table.values()) == run.traffic
+    if not (run.before_hook or run.dropped):
+        assert run.table == ISSUE_WORKLOAD.truth(routed.server.addr, routed.server.addr6)

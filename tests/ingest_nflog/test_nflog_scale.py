@@ -12,20 +12,13 @@ room in the inbox at stop, a stop right after a flood lost datagrams without cou
 
 from __future__ import annotations
 
-import json
-import re
-
 import pytest
 
-from tests.support.agentproc import Agent
-from tests.support.flowgen import Flood, build, rx_dropped
-from tests.support.truth import record_table
+from tests.support.flowgen import Flood, agent_through_flood, build
 
 pytestmark = pytest.mark.netns
 
 WORKLOAD = Flood(flows=200_000, per_flow=3, concurrent=100_000)
-#: the agent's last log line: "... traffic N packets, B bytes; dropped M packets ..."
-SUMMARY = re.compile(r"stopped; .*traffic (\d+) packets.*dropped (\d+) packets")
 
 
 @pytest.fixture(scope="module")
@@ -37,43 +30,14 @@ def flowgen(tmp_path_factory) -> str:
 @pytest.mark.parametrize("decoder", ["c", "python"])
 def test_stop_right_after_a_flood_accounts_every_packet(routed, flowgen, tmp_path, decoder):
     """The Python decoder is several seconds behind such a flood when the agent stops."""
-    router_in = routed.router_client
-    out = tmp_path / "flows.jsonl"
-    conf = tmp_path / "agent.toml"
-    conf.write_text(f"""
-[agent]
-control_socket = ""
-[cache]
-inactive_timeout = 60
-[[ingest.nflog]]
-group = 7
-netns = "{router_in.ns.name}"
-manage_rules = true
-chains = ["forward"]
-decoder = "{decoder}"
-rcvbuf = 268435456
-[[export.log]]
-path = "{out}"
-format = "json"
-""")
-    log = tmp_path / "agent.log"
-    dropped_before = rx_dropped(router_in)
-    agent = Agent(conf, log_path=log).start(ready="reading NFLOG group")
-    try:
-        sent = WORKLOAD.send(flowgen, routed.client, router_in.mac, routed.server.addr,
-                             routed.server.addr6)
-    finally:
-        assert agent.stop(timeout=180) == 0, agent.log()
-    before_hook = rx_dropped(router_in) - dropped_before
-    text = log.read_text()
-    totals = SUMMARY.search(text)
-    assert totals, text
-    traffic, dropped = map(int, totals.groups())
-    assert sent == WORKLOAD.packets
-    assert "not accounted" not in text
-    assert traffic + dropped == sent - before_hook, text[-2000:]
-    records = (json.loads(line) for line in out.read_text().splitlines())
-    table = record_table(r for r in records if r.get("type") == "flow")
-    assert sum(p for p, _ in table.values()) == traffic
-    if not (before_hook or dropped):
-        assert table == WORKLOAD.truth(routed.server.addr, routed.server.addr6)
+    ingest = (f'[[ingest.nflog]]\ngroup = 7\nnetns = "{routed.router_client.ns.name}"\n'
+              f'manage_rules = true\nchains = ["forward"]\ndecoder = "{decoder}"\n'
+              "rcvbuf = 268435456\n")
+    run = agent_through_flood(routed, flowgen, WORKLOAD, ingest, "reading NFLOG group",
+                              tmp_path)
+    assert run.sent == WORKLOAD.packets
+    assert "not accounted" not in run.log
+    assert run.traffic + run.dropped == run.sent - run.before_hook, run.log[-2000:]
+    assert sum(p for p, _ in run.table.values()) == run.traffic
+    if not (run.before_hook or run.dropped):
+        assert run.table == WORKLOAD.truth(routed.server.addr, routed.server.addr6)

@@ -17,12 +17,21 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.netns import Endpoint
-from tests.support.truth import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, FlowId
+from tests.support.agentproc import Agent
+from tests.support.netns import Endpoint, RoutedTopology
+from tests.support.truth import (
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_TCP,
+    PROTO_UDP,
+    FlowId,
+    record_table,
+)
 
 SOURCE = Path(__file__).resolve().parents[2] / "bench" / "ebpf" / "flowgen.c"
 FIRST_SOURCE = int(ipaddress.IPv4Address("10.128.0.0"))
@@ -141,3 +150,54 @@ def rx_dropped(end: Endpoint) -> int:
     full, ...): ``ip -s link`` rx dropped."""
     out = end.ns.run(["ip", "-s", "-j", "link", "show", end.ifname]).stdout
     return int(json.loads(out)[0]["stats64"]["rx"]["dropped"])
+
+
+#: the agent's last log line: "... traffic N packets, B bytes; dropped M packets ..."
+_SUMMARY = re.compile(r"stopped; .*traffic (\d+) packets.*dropped (\d+) packets")
+
+
+@dataclass
+class AgentRun:
+    """What a whole agent made of a flood (:func:`agent_through_flood`).
+
+    :ivar sent: packets the sender's device accepted.
+    :ivar before_hook: packets the router's interface dropped before any hook (``rx dropped``).
+    :ivar traffic: packets the agent accounted (its final summary).
+    :ivar dropped: packets the agent counted as lost.
+    :ivar table: ``FlowId -> (packets, bytes)`` of the exported records.
+    :ivar log: the agent's log.
+    """
+
+    sent: int
+    before_hook: int
+    traffic: int
+    dropped: int
+    table: dict[FlowId, tuple[int, int]]
+    log: str
+
+
+def agent_through_flood(routed: RoutedTopology, flowgen: str, flood: Flood, ingest: str,
+                        ready: str, tmp_path: Path) -> AgentRun:
+    """Start an agent with ``ingest`` (a ``[[ingest.*]]`` table) and a JSON log exporter, send
+    ``flood`` client -> server through the router, stop the agent at once, and collect its
+    totals and exported records."""
+    router_in = routed.router_client
+    out = tmp_path / "flows.jsonl"
+    conf = tmp_path / "agent.toml"
+    conf.write_text(f'[agent]\ncontrol_socket = ""\n[cache]\ninactive_timeout = 60\n{ingest}\n'
+                    f'[[export.log]]\npath = "{out}"\nformat = "json"\n')
+    log = tmp_path / "agent.log"
+    dropped_before = rx_dropped(router_in)
+    agent = Agent(conf, log_path=log).start(ready=ready)
+    try:
+        sent = flood.send(flowgen, routed.client, router_in.mac, routed.server.addr,
+                          routed.server.addr6)
+    finally:
+        assert agent.stop(timeout=180) == 0, agent.log()
+    text = log.read_text()
+    totals = _SUMMARY.search(text)
+    assert totals, text
+    records = (json.loads(line) for line in out.read_text().splitlines())
+    table = record_table(r for r in records if r.get("type") == "flow")
+    traffic, dropped = map(int, totals.groups())
+    return AgentRun(sent, rx_dropped(router_in) - dropped_before, traffic, dropped, table, text)
