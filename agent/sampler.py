@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import random
 import zlib
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 import numpy as np
 
@@ -41,7 +39,6 @@ INTERVAL_MAX = 16383
 MODES = {"deterministic": SAMPLING_DETERMINISTIC, "random": SAMPLING_RANDOM,
          "hash": SAMPLING_HASH}
 
-T = TypeVar("T")
 
 
 def parse_sampler(text: str) -> tuple[str, int] | None:
@@ -92,26 +89,9 @@ class FlowSampler:
         """Per-flow-delta check for the flow ingests: ``hash`` selection, else ``True``."""
         return self.mode != "hash" or hash_selects(key, self.interval)
 
-    def select_expired(self, records: Iterable[T]) -> list[T]:
-        """Deterministic/random selection of expired flows (``hash`` keeps them all)."""
-        if self.mode == "hash":
-            return list(records)
-        kept: list[T] = []
-        n = self.interval
-        for rec in records:
-            if self.mode == "deterministic":
-                self._count += 1
-                chosen = self._count >= n
-                if chosen:
-                    self._count = 0
-            else:
-                chosen = self.rng.randrange(n) == 0
-            if chosen:
-                kept.append(rec)
-        return kept
-
     def select_batch(self, batch: FlowBatch) -> FlowBatch:
-        """:meth:`select_expired` over a batch's rows, by a mask (no object per flow)."""
+        """Deterministic/random selection of a batch of expired flows, by a mask (no object
+        per flow); ``hash`` keeps them all (it decided on entry)."""
         n = len(batch)
         if self.mode == "hash" or not n:
             return batch
