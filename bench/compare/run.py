@@ -466,6 +466,7 @@ def one_run(kind: str, flood: Flood, args: argparse.Namespace, flowgen: str,
         observer = OBSERVERS[kind](topo, Path(t))
         prepare(topo, observer.nflog)
         observer.start()
+        spy = profile(observer, args.profile, f"{flood_name(flood)}-{kind}")
         try:
             before = rx_dropped(topo.router_client)
             cpu0 = observer.usage.sample() if observer.usage else 0.0
@@ -476,6 +477,8 @@ def one_run(kind: str, flood: Flood, args: argparse.Namespace, flowgen: str,
                 observer.flush()
         finally:
             observer.stop()
+            if spy is not None:
+                spy.wait(timeout=60)
         before_hook = rx_dropped(topo.router_client) - before
         collector_drops = udp_counters(topo.router_ns)["RcvbufErrors"]
         got = observer.per_flow()
@@ -490,6 +493,25 @@ def one_run(kind: str, flood: Flood, args: argparse.Namespace, flowgen: str,
                                  for f, (n, _b) in flood.truth(DST4, DST6, sent).items()}
     result.update(compare(truths[(flood, sent)], got))
     return result
+
+
+def flood_name(flood: Flood) -> str:
+    """The workload's name in :data:`WORKLOADS` (profile file names)."""
+    return next((n for n, f in WORKLOADS.items() if f is flood), "flood")
+
+
+def profile(observer: Observer, into: str | None, name: str) -> subprocess.Popen | None:
+    """Attach py-spy to an agent observer (``--profile DIR``): collapsed stacks of the
+    whole run in DIR/NAME.txt, for flamegraph.pl or speedscope. Needs ``pip install
+    py-spy``; peers (C programs) are not profiled."""
+    if not into or observer.proc is None or not isinstance(observer, Agent):
+        return None
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    Path(into).mkdir(parents=True, exist_ok=True)
+    out = Path(into) / f"{name}.txt"
+    return subprocess.Popen([spy, "record", "--pid", str(observer.proc.pid), "--rate", "250",
+                             "--format", "raw", "--output", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def compare(want: dict[Key, int], got: Counter[Key] | None) -> dict[str, int]:
@@ -596,6 +618,8 @@ def main() -> int:
     ap.add_argument("--append", action="store_true",
                     help="add this invocation's rounds to the results already in --json")
     ap.add_argument("--table-from", help="print the tables of raw results saved by --json")
+    ap.add_argument("--profile", metavar="DIR",
+                    help="attach py-spy to the agent: collapsed stacks per run in DIR")
     args = ap.parse_args()
     if args.table_from:
         print(report(json.loads(Path(args.table_from).read_text())))
