@@ -5,7 +5,8 @@ Fills the kernel flow table with N distinct flows (one raw UDP frame per flow fr
 chunk (``--chunk`` rows): times ``Loader.drain_next()`` (the C part:
 ``BPF_MAP_LOOKUP_AND_DELETE_BATCH`` and the per-CPU sum, plus the scan of the mmapped
 per-CPU slots, GIL released, into a reused buffer) and ``decode_rows()`` (NumPy: the FlowBatch
-columns). Medians of ``--runs``; the last column is the process's peak RSS growth over the
+columns), in CPU time of the draining thread (user + kernel: robust to other load on the
+machine). Medians of ``--runs``; the last column is the process's peak RSS growth over the
 whole bench (``VmHWM`` after minus before the first drain).
 
 Run as root: ``python3 bench/ebpf/drain.py [--runs 5] [--flows 10000 100000] [--maxflows N]
@@ -87,11 +88,11 @@ def drain(loader: Loader, chunk: np.ndarray) -> tuple[float, float, int]:
     loader.drain_begin(0)
     offset = monotonic_to_wall_offset()
     while more:
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         rows, err, more = loader.drain_next(chunk)
-        t1 = time.perf_counter()
+        t1 = time.thread_time()
         got += len(decode_rows(chunk[:rows], offset))
-        c_s, py_s = c_s + t1 - t0, py_s + time.perf_counter() - t1
+        c_s, py_s = c_s + t1 - t0, py_s + time.thread_time() - t1
         assert not err, err
     return c_s, py_s, got
 

@@ -1,14 +1,14 @@
 """``[[ingest.ebpf]]``: flows aggregated in the kernel, drained into the cache every tick.
 
 The BPF programs (``bpf/flow.bpf.c``) keep per-flow counters in double-buffered per-CPU slots
-and hash map;
-every ``poll_interval_ms`` this component points the programs at the other table, waits for
-in-flight programs to leave the old one (an RCU grace period), drains it with
+and hash map; every ``poll_interval_ms`` this component points the programs at the other
+table, waits for in-flight programs to leave the old one (an RCU grace period), drains it with
 ``BPF_MAP_LOOKUP_AND_DELETE_BATCH`` (``_loader.c``, GIL released) in steps of ``drain_chunk``
-rows into one reused buffer, and emits each step as a :class:`~agent.model.FlowBatch`. It drains early when the program signals (through a ring
-buffer the thread waits on) that the active table reached ``drain_threshold`` percent of
-``maxflows`` or lost a packet; every ``PRESSURE_CHECK_S`` it also reads the kernel counters
-for the same conditions, and consumes the overflow ring when it fills. The cache applies the
+rows into one reused buffer, and emits each step as a :class:`~agent.model.FlowBatch`. It
+drains early when the program signals (through a ring buffer the thread waits on) that the
+active table reached ``drain_threshold`` percent of ``maxflows`` or lost a packet; every
+``PRESSURE_CHECK_S`` it also reads the kernel counters for the same conditions, and consumes
+the overflow ring when it fills. The cache applies the
 active/inactive timeouts and FIN/RST, exactly as for packet ingests. Interfaces matching the
 configured globs are attached at start and whenever a rescan finds new ones: at once on a link
 notification (``linkwatch.py``), and every ``rescan_interval_ms`` in any case.
