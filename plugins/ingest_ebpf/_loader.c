@@ -614,12 +614,10 @@ static PyObject *Loader_drain_next(Loader *self, PyObject *args)
 	Py_BEGIN_ALLOW_THREADS
 	if (self->walk_phase == WALK_HASH) {
 		n = drain_hash(self, room, &err);
-		if (err == -ENOENT)	/* end of the table */
+		if (err || !n)	/* the end (-ENOENT), or the walk stopped at an error */
+			self->walk_phase = WALK_SLOTS;
+		if (err == -ENOENT)
 			err = 0;
-		else if (!err && n)	/* more may follow */
-			goto summed;
-		self->walk_phase = WALK_SLOTS;	/* the end, or the walk stopped at an error */
-summed:
 		kept = sum_records(self, n, buf.buf);
 	}
 	if (self->walk_phase == WALK_SLOTS) {	/* independent of the hash: always emptied */
