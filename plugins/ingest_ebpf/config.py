@@ -61,8 +61,8 @@ class Config:
                   "interval; memory 2 x cpu_slots x CPUs x 88 bytes.", min=0, max=2**20)
     drain_chunk: int = option(
         16384, doc="Flows a drain takes from the kernel table per step and hands on as one "
-                   "batch: the drain's memory is bounded by it (about 100 + 40 x CPUs bytes "
-                   "per flow, reused at every step) whatever the table holds.",
+                   "batch: the drain's memory is bounded by it (232 + 40 x CPUs bytes "
+                   "per flow of a step) whatever the table holds.",
         min=64, max=2**20)
     overflow_ring_kb: int = option(
         256, doc="Ring buffer that carries packets of new flows while the kernel table is "
