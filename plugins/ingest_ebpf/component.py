@@ -354,9 +354,10 @@ class EbpfIngest(Ingest):
         return drained
 
     def _emit(self, flows: np.ndarray, cnt: CounterDelta | None) -> None:
-        """One FlowBatch: the flows and what the kernel saw but could not account (full
-        table, failed inserts, truncated headers: as the NFLOG ingest does for FlowBatch,
-        since the cache adds trunc to drop only for PacketBatch)."""
+        """One FlowBatch after the table's: the overflow ring's flows (if it was read) and,
+        once the counters were read, what the kernel saw but could not account (full table,
+        failed inserts, truncated headers: as the NFLOG ingest does for FlowBatch, since the
+        cache adds trunc to drop only for PacketBatch)."""
         if cnt is None:
             if len(flows):
                 self.context.emit(FlowBatch(source=self.name, flows=flows))  # type: ignore[union-attr]
