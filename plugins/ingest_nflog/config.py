@@ -59,6 +59,12 @@ class Config:
         "batches arriving meanwhile are read and handed on together: one wakeup and one "
         "pipeline batch for many (less CPU per packet under load; the socket buffer holds "
         "them meanwhile). 0 = read each batch as soon as it arrives.", min=0, max=1000)
+    batch_ms: int = option(
+        50, doc="With the C decoder: how long the reader sums packets per flow before it "
+        "hands the sums to the cache (at most 65536 flows held; then at once). Longer: "
+        "fewer rows per packet for the cache (a flow sending every few ms becomes one row "
+        "per period, not one per packet) and less CPU; flows reach the cache this much "
+        "later. 0 = after every read.", min=0, max=1000)
     netns: str = option(
         "", doc="Network namespace to read: a name under /run/netns or a path such as "
         "/proc/PID/ns/net; empty = the agent's own.")
