@@ -1,8 +1,9 @@
-"""``[[ingest.nflog]]``: one reader thread per NFLOG group, one batch per burst of datagrams.
+"""``[[ingest.nflog]]``: one reader thread per NFLOG group, batches of per-flow sums.
 
-The datagrams waiting on a socket are read back to back into one batch (``decoders.py``):
-with the C decoder a FlowBatch of per-flow sums, with the Python decoder a PacketBatch of
-packets (``decoder`` option).
+The datagrams waiting on a socket are read back to back into the decoder (``decoders.py``):
+with the C decoder they are received and summed per flow in C, and the sums go to the
+pipeline every ``batch_ms`` as FlowBatches of at most ``TAKE_LIMIT`` flows; with the Python
+decoder every read becomes a PacketBatch of packets (``decoder`` option).
 
 Life cycle: ``agent_start`` opens and binds a socket per group (inside ``netns`` when set),
 then installs the managed nftables table if asked, then starts the readers, so no logged
@@ -57,12 +58,14 @@ _HOLD_FLOWS = 65536
 
 
 class GroupReader:
-    """Reads one group's socket on its own thread and emits a batch per burst of datagrams.
+    """Reads one group's socket on its own thread and emits the sums as batches.
 
     The socket is non-blocking; the thread waits in ``poll()``, then reads every datagram
-    already queued (up to :data:`_DRAIN_DATAGRAMS` / :data:`_DRAIN_BYTES`) into the decoder
-    and emits them as one batch, so the per-batch Python work is shared by many kernel
-    batches when traffic is heavy.
+    already queued (up to :data:`_DRAIN_DATAGRAMS` / :data:`_DRAIN_BYTES` per call, in C with
+    the C decoder) into the decoder, then sleeps ``coalesce_ms``. The C decoder's sums are
+    emitted once ``batch_ms`` passed (or :data:`_HOLD_FLOWS` flows are held, or the socket is
+    idle), so the per-batch Python work, and the cache's per-row work, are shared by many
+    kernel batches and packets when traffic is heavy.
 
     :param pending: datagrams that arrived before the BIND ack (decoded first).
     """
@@ -301,7 +304,7 @@ class NflogIngest(Ingest):
             for group in cfg.groups:
                 sock = NflogSocket(group, cfg.netns, cfg.rcvbuf)
                 try:
-                    pending = sock.bind(cfg.snaplen, cfg.qthreshold, cfg.nlbufsiz,
+                    pending = sock.bind(cfg.snaplen, cfg.qthreshold, cfg.batch_buffer(),
                                         max(1, cfg.flush_timeout_ms // 10))
                 except OSError:
                     sock.close()

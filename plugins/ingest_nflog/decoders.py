@@ -1,16 +1,17 @@
 """Receive buffer -> pipeline batch: the Python decoder or the C extension, one interface.
 
 A reader thread owns one of these per group. Both turn the ``NFULNL_MSG_PACKET`` messages of
-a receive buffer into one batch for the cache, with the same accounting:
+the receive buffers into batches for the cache, with the same accounting:
 
 * :class:`PythonBatcher` (``decoder = "python"``): :class:`~.netlink.NflogDecoder` and
   :class:`~agent.packet.PacketParser`, one :data:`~agent.model.Packet` per packet in a
   :class:`~agent.model.PacketBatch` (``agent_cache_packets``).
 * :class:`CBatcher` (``decoder = "c"``): ``netflow_agent.plugins.ingest_nflog._nflog``
-  (``_nflog.c``) walks the buffer, parses the IP headers and sums the packets per flow key in
-  C, with the GIL released; ``take()`` hands back one packed record per flow (one bytes
-  object), which becomes a columnar :class:`~agent.model.FlowBatch` without a Python object
-  per flow (``agent_cache_flows``). Same keys, packets, bytes, TCP
+  (``_nflog.c``) receives the datagrams waiting on the socket (:meth:`CBatcher.read`), walks
+  them, parses the IP headers and sums the packets per flow key in C, with the GIL
+  released; ``take()`` hands back at most :data:`TAKE_LIMIT` flows at a time as the rows of
+  a columnar :class:`~agent.model.FlowBatch`, without a Python object per flow
+  (``agent_cache_flows``); the rest stays ``pending``. Same keys, packets, bytes, TCP
   flags (so FIN/RST still end flows), output interface, times and counters, and the same
   fragment tracking (``[cache] fragments``) and tunnel decapsulation (``decapsulate``).
 
