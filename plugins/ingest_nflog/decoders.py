@@ -58,8 +58,11 @@ class Batcher(Protocol):
     """What a reader needs from a decoder: feed every waiting buffer, then take batches."""
 
     name: str
-    #: flows fed and not yet taken (a bounded take leaves the rest for the next one)
-    pending: int
+
+    @property
+    def pending(self) -> int:
+        """Flows fed and not yet taken (a bounded take leaves the rest for the next one)."""
+        ...
 
     def feed(self, buf: bytearray | bytes, n: int, recv_ns: int) -> int:
         """Decode ``buf[:n]`` (one datagram) into the pending batch; returns its packets."""
