@@ -72,8 +72,10 @@ def datagrams(concurrent: int, packets: int) -> list[bytearray]:
     return out
 
 
-def run(bufs: list[bytearray], window: int, module: object | None) -> tuple[float, float]:
-    """µs per packet and rows per packet, datagrams -> aggregator -> cache."""
+def run(bufs: list[bytearray], window: int, module: object | None,
+        hold: int = 1 << 30) -> tuple[float, float]:
+    """µs per packet and rows per packet, datagrams -> aggregator -> cache; the sums also
+    go on once ``hold`` flows are pending (the reader's ``_HOLD_FLOWS``)."""
     cache = FlowCache(CacheConfig())
     if module is None:
         batcher = decoders.CBatcher()
@@ -90,7 +92,7 @@ def run(bufs: list[bytearray], window: int, module: object | None) -> tuple[floa
     t = time.perf_counter()
     for i, b in enumerate(bufs, 1):
         packets += feed(b, len(b), 0)
-        if i % window and i != len(bufs):
+        if i % window and i != len(bufs) and (module is not None or batcher.pending < hold):
             continue
         while True:
             batch = take("ingest.nflog[0]")
@@ -110,6 +112,8 @@ def main() -> None:
     ap.add_argument("--packets", type=int, default=400_000)
     ap.add_argument("--window", type=int, nargs="+", default=[47, 470])
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--hold", type=int, nargs="+", default=[1 << 30],
+                    help="also take once this many flows are pending")
     ap.add_argument("--module", help="path of another _nflog build to time")
     args = ap.parse_args()
     module = None
@@ -121,10 +125,12 @@ def main() -> None:
     for concurrent in args.concurrent:
         bufs = datagrams(concurrent, args.packets)
         for window in args.window:
-            res = [run(bufs, window, module) for _ in range(args.runs)]
-            us = statistics.median(r[0] for r in res)
-            print(f"concurrent {concurrent:>7}  take every {window:>4} datagrams: "
-                  f"{us:.3f} us/packet, {res[0][1]:.3f} rows/packet", flush=True)
+            for hold in args.hold:
+                res = [run(bufs, window, module, hold) for _ in range(args.runs)]
+                us = statistics.median(r[0] for r in res)
+                print(f"concurrent {concurrent:>7}  take every {window:>4} datagrams or "
+                      f"{min(hold, 99_999_999):>8} flows: {us:.3f} us/packet, "
+                      f"{res[0][1]:.3f} rows/packet", flush=True)
 
 
 if __name__ == "__main__":

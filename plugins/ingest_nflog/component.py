@@ -54,7 +54,7 @@ _INBOX_LIMIT = 512
 _DRAIN_DATAGRAMS = 64
 _DRAIN_BYTES = 1 << 20
 #: flows the C decoder may hold before they go on regardless of ``batch_ms``
-_HOLD_FLOWS = 65536
+_HOLD_FLOWS = 8192
 
 
 class GroupReader:

@@ -74,7 +74,7 @@ class Config:
         "them meanwhile). 0 = read each batch as soon as it arrives.", min=0, max=1000)
     batch_ms: int = option(
         50, doc="With the C decoder: how long the reader sums packets per flow before it "
-        "hands the sums to the cache (at most 65536 flows held; then at once). Longer: "
+        "hands the sums to the cache (at most 8192 flows held; then at once). Longer: "
         "fewer rows per packet for the cache (a flow sending every few ms becomes one row "
         "per period, not one per packet) and less CPU; flows reach the cache this much "
         "later. 0 = after every read.", min=0, max=1000)
