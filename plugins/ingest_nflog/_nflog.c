@@ -1424,16 +1424,18 @@ static PyObject *Aggregator_read(Aggregator *self, PyObject *args)
 				"bufsize >= 4096");
 		return NULL;
 	}
+	if (enter(self) < 0) /* before the buffer changes: another thread may be reading */
+		return NULL;
 	if ((size_t)bufsize != self->rbuf_len) {
 		uint8_t *buf = PyMem_RawRealloc(self->rbuf, (size_t)bufsize);
 
-		if (!buf)
+		if (!buf) {
+			self->busy = 0;
 			return PyErr_NoMemory();
+		}
 		self->rbuf = buf;
 		self->rbuf_len = (size_t)bufsize;
 	}
-	if (enter(self) < 0)
-		return NULL;
 	Py_BEGIN_ALLOW_THREADS
 	read_socket(self, fd, (size_t)max_datagrams, (size_t)max_bytes, &rc);
 	Py_END_ALLOW_THREADS
