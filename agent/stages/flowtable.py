@@ -27,6 +27,7 @@ __all__ = ["FREE_NS", "FlowTable", "Taken"]
 
 FREE_NS = 2**63 - 1  # first/last time of an unused slot: never expires
 _MIN_ROWS = 1024
+_GROW_DIV = 8  # columns grow by at least rows // 8
 #: rows merged per step: a batch's contiguous copies of its columns (``_col``) stay a few MB
 #: (the eBPF drain and the NFLOG aggregator may hand over 100k+ flows at once); as fast
 _MERGE_ROWS = 1 << 16
@@ -94,17 +95,20 @@ class FlowTable:
         return len(self.index)
 
     def reserve(self, rows: int) -> None:
-        """Grow every column to at least ``rows`` slots (new ones free), by half at a time.
+        """Grow every column to at least ``rows`` slots (new ones free), by an eighth at a time.
 
         Each column is grown in place (``ndarray.resize``: ``realloc``, which glibc serves
         with ``mremap`` for a block this large), so the old and the new column are never
         both alive: growing 100k flows' worth of columns costs their size once, not three
-        times (old + doubled copy). A column something else still references (a view, a
-        caller's reference) cannot move under it: that one is copied instead.
+        times (old + doubled copy). Growing costs a ``mremap`` and filling the new part, so
+        small steps are cheap and keep the slack (touched, zero-filled rows ahead of the
+        index's slot count) at most an eighth of the columns. A column something else still
+        references (a view, a caller's reference) cannot move under it: that one is copied
+        instead.
         """
         if rows <= self.rows:
             return
-        rows = max(rows, self.rows + self.rows // 2)
+        rows = max(rows, self.rows + self.rows // _GROW_DIV)
         for name, dtype, fill in _COLUMNS:
             old = len(getattr(self, name))
             try:  # refcheck: refuses (ValueError) while anything but self holds the array
