@@ -163,15 +163,27 @@ class Loop:
     # --- scans --------------------------------------------------------------------------------
 
     def scan(self, now: int, force: bool = False) -> None:
-        """Expire, aggregate and export flows, then run every component's timers."""
-        parts = [p for p in self.hook.agent_cache_expire(now_ns=now, force=force) if p]
-        records = concat([_as_batch(p) for p in parts], "cache")
+        """Expire, aggregate and export flows, then run every component's timers.
+
+        A forced scan (stop, cache hand-over) takes the table out :data:`EXPORT_ROWS` flows
+        at a time, so the cache's copies of a 200k-flow table are never all alive at once.
+        """
+        while self._expire(now, force) == EXPORT_ROWS and force:
+            pass  # exactly the limit: more may remain (more than it: a cache without limits)
+        self.rates.update(now, *self.traffic_totals())
+        self.hook.agent_tick(now_ns=now)
+
+    def _expire(self, now: int, force: bool) -> int:
+        """One expiry call and the export of what it returned; the most flows one cache
+        returned (a forced scan calls again while that is exactly its limit)."""
+        parts = [_as_batch(p) for p in self.hook.agent_cache_expire(
+            now_ns=now, force=force, limit=EXPORT_ROWS if force else 0) if p]
+        records = concat(parts, "cache")
         if records:
             log.debug("scan: %d flow records to export", len(records))
         for part in _slices(records, EXPORT_ROWS):
             self._export(part)
-        self.rates.update(now, *self.traffic_totals())
-        self.hook.agent_tick(now_ns=now)
+        return max((len(p) for p in parts), default=0)
 
     def _export(self, records: FlowBatch) -> None:
         """Aggregate, then export one slice of a scan's records."""

@@ -190,9 +190,9 @@ class FlowTable:
 
     # --- out -------------------------------------------------------------------------------
 
-    def occupied(self) -> np.ndarray:
-        """Slots holding a flow, ascending."""
-        return np.frombuffer(self.index.occupied(), np.int64)
+    def occupied(self, limit: int = 0) -> np.ndarray:
+        """Slots holding a flow, ascending (with ``limit`` > 0: the lowest ``limit``)."""
+        return np.frombuffer(self.index.occupied(limit), np.int64)
 
     def keys(self, slots: np.ndarray) -> bytes:
         """The packed keys of ``slots``, back to back."""
