@@ -586,22 +586,30 @@ static PyObject *FlowIndex_keys(FlowIndex *s, PyObject *obj)
 }
 
 PyDoc_STRVAR(occupied_doc,
-	     "occupied() -> memoryview of int64\n\n"
-	     "The slots that hold keys, ascending.");
+	     "occupied(limit=0) -> memoryview of int64\n\n"
+	     "The slots that hold keys, ascending; with limit > 0, only the lowest `limit`\n"
+	     "(a forced expiry takes the table out in steps).");
 
-static PyObject *FlowIndex_occupied(FlowIndex *s, PyObject *Py_UNUSED(ignored))
+static PyObject *FlowIndex_occupied(FlowIndex *s, PyObject *args, PyObject *kwds)
 {
+	static char *kwlist[] = {"limit", NULL};
+	Py_ssize_t limit = 0;
 	int64_t *out;
 	PyObject *view;
-	size_t k = 0;
+	size_t k = 0, n;
 
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "|n:occupied", kwlist, &limit))
+		return NULL;
 	if (ready(s) < 0)
 		return NULL;
-	view = new_view(s->count, 8, "q", (void **)&out);
+	if (limit < 0)
+		return PyErr_Format(PyExc_ValueError, "limit: %zd is negative", limit);
+	n = limit && (size_t)limit < s->count ? (size_t)limit : s->count;
+	view = new_view(n, 8, "q", (void **)&out);
 	if (!view)
 		return NULL;
-	for (size_t w = 0; w < (s->high + 63) / 64; w++)
-		for (uint64_t bits = s->used[w]; bits; bits &= bits - 1)
+	for (size_t w = 0; k < n && w < (s->high + 63) / 64; w++)
+		for (uint64_t bits = s->used[w]; bits && k < n; bits &= bits - 1)
 			out[k++] = (int64_t)(w * 64 + (size_t)__builtin_ctzll(bits));
 	return view;
 }
@@ -653,7 +661,8 @@ static PyMethodDef FlowIndex_methods[] = {
 	 lookup_doc},
 	{"remove", (PyCFunction)FlowIndex_remove, METH_O, remove_doc},
 	{"keys", (PyCFunction)FlowIndex_keys, METH_O, keys_doc},
-	{"occupied", (PyCFunction)FlowIndex_occupied, METH_NOARGS, occupied_doc},
+	{"occupied", (PyCFunction)(void (*)(void))FlowIndex_occupied, METH_VARARGS | METH_KEYWORDS,
+	 occupied_doc},
 	{"memory_bytes", (PyCFunction)FlowIndex_memory_bytes, METH_NOARGS, memory_doc},
 	{"__sizeof__", (PyCFunction)FlowIndex_sizeof, METH_NOARGS, memory_doc},
 	{NULL, NULL, 0, NULL},

@@ -123,11 +123,14 @@ def agent_cache_flows(batch: FlowBatch, now_ns: int) -> None:
 
 
 @hookspec
-def agent_cache_expire(now_ns: int, force: bool) -> list[FlowRecord] | None:
+def agent_cache_expire(now_ns: int, force: bool, limit: int) -> list[FlowRecord] | None:
     """Return the flows that are due for export and forget (or reset) them.
 
     :param now_ns: the pipeline clock; inactive and active timeouts are measured against it.
     :param force: ``True`` at shutdown: return every flow, with end reason "forced end".
+    :param limit: with ``force``, return at most this many flows per call (0: no limit); the
+        core calls again while a call returns ``limit`` flows, so a large table leaves in
+        steps (bounded memory). A cache may ignore it and return everything at once.
     :return: expired flow records (counters are deltas since their last export).
     """
 

@@ -33,6 +33,11 @@ from netflow_agent.stats import RateMeter
 
 log = logging.getLogger("agent.pipeline")
 
+#: flows aggregated and exported per step of a scan: the encoders' temporaries (record
+#: copies per template, packed records, datagrams) stay a few MB when a forced scan at stop,
+#: or a wave of expiries, hands over 100k+ flows at once (~40 MB of peak RSS per 200k flows)
+EXPORT_ROWS = 16384
+
 
 class Loop:
     """Inbox dispatch and scans, on the pipeline thread.
@@ -158,20 +163,46 @@ class Loop:
     # --- scans --------------------------------------------------------------------------------
 
     def scan(self, now: int, force: bool = False) -> None:
-        """Expire, aggregate and export flows, then run every component's timers."""
-        parts = [p for p in self.hook.agent_cache_expire(now_ns=now, force=force) if p]
-        records = concat([_as_batch(p) for p in parts], "cache")
-        if records:
-            self.hook.agent_aggregate_flows(records=records)  # a chain on this list
-            if self.context.snmp is not None:  # [agent] snmp_rules: exported interface indexes
-                self.context.snmp.apply(records)
-            self.exported_flows += len(records)
-            log.debug("scan: %d flow records to export", len(records))
-            if self.context.debug >= logutil.FLOW_DEBUG:
-                logutil.log_exported(records)
-            self.hook.agent_export_flows(records=records)
+        """Expire, aggregate and export flows, then run every component's timers.
+
+        A forced scan (stop, cache hand-over) takes the table out :data:`EXPORT_ROWS` flows
+        at a time, so the cache's copies of a 200k-flow table are never all alive at once.
+        """
+        while self._expire(now, force) == EXPORT_ROWS and force:
+            pass  # exactly the limit: more may remain (more than it: a cache without limits)
         self.rates.update(now, *self.traffic_totals())
         self.hook.agent_tick(now_ns=now)
+
+    def _expire(self, now: int, force: bool) -> int:
+        """One expiry call and the export of what it returned; the most flows one cache
+        returned (a forced scan calls again while that is exactly its limit)."""
+        parts = [_as_batch(p) for p in self.hook.agent_cache_expire(
+            now_ns=now, force=force, limit=EXPORT_ROWS if force else 0) if p]
+        records = concat(parts, "cache")
+        if records:
+            log.debug("scan: %d flow records to export", len(records))
+        for part in _slices(records, EXPORT_ROWS):
+            self._export(part)
+        return max((len(p) for p in parts), default=0)
+
+    def _export(self, records: FlowBatch) -> None:
+        """Aggregate, then export one slice of a scan's records."""
+        self.hook.agent_aggregate_flows(records=records)  # a chain on this list
+        if self.context.snmp is not None:  # [agent] snmp_rules: exported interface indexes
+            self.context.snmp.apply(records)
+        self.exported_flows += len(records)
+        if self.context.debug >= logutil.FLOW_DEBUG:
+            logutil.log_exported(records)
+        self.hook.agent_export_flows(records=records)
+
+
+def _slices(records: FlowBatch, rows: int) -> list[FlowBatch]:
+    """``records`` as batches of at most ``rows`` flows (views of its columns), in order."""
+    if len(records) <= rows:
+        return [records] if records else []
+    flows = records.flows
+    return [FlowBatch(records.source, flows[lo:lo + rows], schema=records.schema)
+            for lo in range(0, len(flows), rows)]
 
 
 def _as_batch(part: FlowBatch | list[FlowRecord]) -> FlowBatch:

@@ -385,14 +385,16 @@ class FlowCache(Cache):
     # --- cache -> aggregate ----------------------------------------------------------------
 
     @hookimpl
-    def agent_cache_expire(self, now_ns: int, force: bool) -> FlowBatch:
-        """Return flows that are idle, too old, ended by FIN/RST, or all of them (``force``)."""
+    def agent_cache_expire(self, now_ns: int, force: bool, limit: int = 0) -> FlowBatch:
+        """Return flows that are idle, too old, ended by FIN/RST, or all of them (``force``;
+        at most ``limit`` per call when > 0: the core calls again until fewer come)."""
         if force:
-            slots = self.table.occupied()
+            slots = self.table.occupied(limit)
             reasons = np.full(len(slots), END_FORCED, np.uint8)
             if self.ending:
-                reasons[np.isin(slots, np.fromiter(self.ending, np.int64))] = END_OF_FLOW
-            self.ending.clear()
+                ended = np.isin(slots, np.fromiter(self.ending, np.int64))
+                reasons[ended] = END_OF_FLOW
+                self.ending.difference_update(slots[ended].tolist())
         else:
             slots, reasons = self._due(now_ns)
         batch = self._take(slots, reasons)

@@ -27,6 +27,10 @@ __all__ = ["FREE_NS", "FlowTable", "Taken"]
 
 FREE_NS = 2**63 - 1  # first/last time of an unused slot: never expires
 _MIN_ROWS = 1024
+_GROW_DIV = 8  # columns grow by at least rows // 8
+#: rows merged per step: a batch's contiguous copies of its columns (``_col``) stay a few MB
+#: (the eBPF drain and the NFLOG aggregator may hand over 100k+ flows at once); as fast
+_MERGE_ROWS = 1 << 16
 _COLUMNS = (("packets", np.uint64, 0), ("octets", np.uint64, 0), ("first", np.int64, FREE_NS),
             ("last", np.int64, FREE_NS), ("flags", np.uint8, 0), ("out_if", np.uint32, 0),
             ("masks", np.uint16, 0))
@@ -36,6 +40,12 @@ def _col(values: np.ndarray, dtype: type) -> np.ndarray:
     """``values`` as a contiguous array of ``dtype``: ``ufunc.at`` over a strided column (a
     record array's field) costs ~100x more per element than over a contiguous copy."""
     return np.ascontiguousarray(values, dtype)
+
+
+def _chunks(rows: int) -> list[slice]:
+    """``rows`` in order, as slices of at most :data:`_MERGE_ROWS` (rows of one key stay in
+    order, so the merge is the same as in one step)."""
+    return [slice(lo, lo + _MERGE_ROWS) for lo in range(0, rows, _MERGE_ROWS)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,15 +95,31 @@ class FlowTable:
         return len(self.index)
 
     def reserve(self, rows: int) -> None:
-        """Grow every column to at least ``rows`` slots (new ones free)."""
+        """Grow every column to at least ``rows`` slots (new ones free), by an eighth at a time.
+
+        Each column is grown in place (``ndarray.resize``: ``realloc``, which glibc serves
+        with ``mremap`` for a block this large), so the old and the new column are never
+        both alive: growing 100k flows' worth of columns costs their size once, not three
+        times (old + doubled copy). Growing costs a ``mremap`` and filling the new part, so
+        small steps are cheap and keep the slack (touched, zero-filled rows ahead of the
+        index's slot count) at most an eighth of the columns. A column something else still
+        references (a view, a caller's reference) cannot move under it: that one is copied
+        instead.
+        """
         if rows <= self.rows:
             return
-        rows = max(rows, 2 * self.rows)
+        rows = max(rows, self.rows + self.rows // _GROW_DIV)
         for name, dtype, fill in _COLUMNS:
-            old = getattr(self, name)
-            new = np.full(rows, fill, dtype)
-            new[:len(old)] = old
-            setattr(self, name, new)
+            old = len(getattr(self, name))
+            try:  # refcheck: refuses (ValueError) while anything but self holds the array
+                getattr(self, name).resize(rows)
+            except ValueError:
+                new = np.full(rows, fill, dtype)
+                new[:old] = getattr(self, name)
+                setattr(self, name, new)
+                continue
+            if fill:  # resize zero-fills the new part
+                getattr(self, name)[old:] = fill
 
     # --- in --------------------------------------------------------------------------------
 
@@ -115,6 +141,12 @@ class FlowTable:
         """Account one packet per row into its slot (every slot valid): a new flow starts at
         its first packet's time; the last time is the latest; flags are ORed; the last
         non-zero output interface wins."""
+        for part in _chunks(len(slots)):
+            self._add_packets(slots[part], new[part], lengths[part], flags[part], ts[part],
+                              out_if[part])
+
+    def _add_packets(self, slots: np.ndarray, new: np.ndarray, lengths: np.ndarray,
+                     flags: np.ndarray, ts: np.ndarray, out_if: np.ndarray) -> None:
         ts = _col(ts, np.int64)
         self._start(slots[new], ts[new], ts[new])
         np.add.at(self.packets, slots, np.uint64(1))
@@ -127,6 +159,13 @@ class FlowTable:
         """Add pre-aggregated counters per row into its slot (every slot valid): counts
         summed, the earliest start and latest end kept, flags ORed, the last non-zero
         ``out_if`` wins."""
+        for part in _chunks(len(slots)):
+            self._add_deltas(slots[part], new[part], packets[part], octets[part], start[part],
+                             end[part], flags[part], out_if[part])
+
+    def _add_deltas(self, slots: np.ndarray, new: np.ndarray, packets: np.ndarray,
+                    octets: np.ndarray, start: np.ndarray, end: np.ndarray,
+                    flags: np.ndarray, out_if: np.ndarray) -> None:
         start, end = _col(start, np.int64), _col(end, np.int64)
         self._start(slots[new], start[new], end[new])
         np.add.at(self.packets, slots, _col(packets, np.uint64))
@@ -151,9 +190,9 @@ class FlowTable:
 
     # --- out -------------------------------------------------------------------------------
 
-    def occupied(self) -> np.ndarray:
-        """Slots holding a flow, ascending."""
-        return np.frombuffer(self.index.occupied(), np.int64)
+    def occupied(self, limit: int = 0) -> np.ndarray:
+        """Slots holding a flow, ascending (with ``limit`` > 0: the lowest ``limit``)."""
+        return np.frombuffer(self.index.occupied(limit), np.int64)
 
     def keys(self, slots: np.ndarray) -> bytes:
         """The packed keys of ``slots``, back to back."""

@@ -135,6 +135,20 @@ def test_removed_slots_are_reused_lowest_first() -> None:
     assert _lookup(index, keys[3:4]) == ([6], [1])  # no free slot below: the next one
 
 
+def test_occupied_with_a_limit_gives_the_lowest_slots() -> None:
+    """A forced expiry takes the table out in steps: occupied(limit) is the lowest slots."""
+    index = FlowIndex(KS)
+    _lookup(index, _split(_keys(200)))
+    index.remove(np.array([0, 3, 64, 65, 130], dtype=np.int64))
+    everything = list(index.occupied())
+    assert list(index.occupied(0)) == everything and len(everything) == 195
+    assert list(index.occupied(4)) == [1, 2, 4, 5]
+    assert list(index.occupied(70)) == everything[:70] and 66 in everything[:70]
+    assert list(index.occupied(1000)) == everything
+    with pytest.raises(ValueError):
+        index.occupied(-1)
+
+
 def test_a_removed_key_is_gone_and_others_stay_found() -> None:
     """Backward-shift deletion keeps every other key reachable, at any load."""
     index = FlowIndex(KS)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import tracemalloc
+from unittest import mock
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from netflow_agent.stages import flowtable
 from netflow_agent.stages.flowtable import FREE_NS, FlowTable
 
 KS = 4
@@ -83,3 +87,76 @@ def test_columns_grow_with_the_slots() -> None:
     assert int(table.octets.sum()) == 64 * n
     index, total = table.memory_bytes()
     assert 0 < index < total
+
+
+def _fill(table: FlowTable, rounds: int, per_round: int) -> dict[bytes, list[int]]:
+    """Batches that update every flow so far and add ``per_round`` new ones (the table grows
+    several times); returns the expected contents."""
+    rows: list[tuple[int, int, int, int, int]] = []
+    for r in range(rounds):
+        batch = [(k, 60 + k % 7, 0, 1000 * r + k % 5, 0) for k in range((r + 1) * per_round)]
+        rows += batch
+        keys = b"".join(k.to_bytes(KS, "big") for k, *_ in batch)
+        k, length, flags, ts, out_if = (np.array(c) for c in zip(*batch, strict=True))
+        slots, new = table.lookup(keys)
+        table.add_packets(slots, new, length, flags, ts, out_if)
+    want: dict[bytes, list[int]] = {}
+    for k, length, _flags, ts, _out in rows:
+        f = want.setdefault(k.to_bytes(KS, "big"), [0, 0, ts, ts, 0, 0])
+        f[0], f[1], f[3] = f[0] + 1, f[1] + length, max(f[3], ts)
+    return want
+
+
+def test_growth_in_place_keeps_every_flow_exact() -> None:
+    table = FlowTable(KS)
+    columns = [table.packets, table.first]
+    ids = [id(c) for c in columns]
+    del columns  # nothing else holds them: grown in place, the same arrays
+    want = _fill(table, rounds=6, per_round=700)
+    assert table.rows >= 4200 > 1024 and len(table) == 4200
+    assert [id(table.packets), id(table.first)] == ids
+    assert _contents(table) == {k.rjust(KS, b"\0"): v for k, v in want.items()}
+    assert (table.first[len(table):] == FREE_NS).all()  # new room is free
+
+
+def test_growth_copies_a_column_someone_holds() -> None:
+    table = FlowTable(KS)
+    want = _fill(table, rounds=2, per_round=400)
+    held = table.octets  # e.g. flowtop's Columns: must stay valid and unchanged
+    before = held.copy()
+    table.reserve(table.rows + 1)
+    assert table.octets is not held and (held == before).all()
+    assert table.packets.shape == table.octets.shape == (table.rows,)
+    assert _contents(table) == want
+
+
+def test_growth_does_not_keep_two_copies_alive() -> None:
+    """Growing costs the grown size only: no column is copied while its old self is alive
+    (tracemalloc sees NumPy's data)."""
+    tracemalloc.start()
+    try:
+        table = FlowTable(KS, 200_000)
+        table.reserve(table.rows + 1)
+        now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert table.rows == 225_000  # grown by an eighth
+    assert peak - now < 64 * 1024  # a copy would peak 1.6 MB higher (the old packets column)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_ROW, min_size=1, max_size=60), st.integers(1, 8))
+def test_merge_in_steps_matches_one_step(rows: list[tuple], step: int) -> None:
+    """Big batches are merged in steps of _MERGE_ROWS rows: the same result as one step."""
+    k, length, flags, ts, out_if = (np.array(c) for c in zip(*rows, strict=True))
+    keys = b"".join(_key(int(x)) for x in k)
+    results = []
+    for rows_per_step in (step, 1 << 20):
+        with mock.patch.object(flowtable, "_MERGE_ROWS", rows_per_step):
+            packets, deltas = FlowTable(KS), FlowTable(KS)
+            packets.add_packets(*packets.lookup(keys), length, flags, ts, out_if)
+            deltas.add_deltas(*deltas.lookup(keys), np.ones(len(k)), length, ts, ts + 5, flags,
+                              out_if)
+            results.append((_contents(packets), _contents(deltas)))
+    assert results[0] == results[1]
+    assert results[0][0] == _sequential(rows)

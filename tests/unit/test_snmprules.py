@@ -118,7 +118,7 @@ class Hook:
         self.records = records
         self.exported: list[tuple[int, int]] = []
 
-    def agent_cache_expire(self, now_ns, force):
+    def agent_cache_expire(self, now_ns, force, limit=0):
         return [self.records]
 
     def agent_aggregate_flows(self, records):
