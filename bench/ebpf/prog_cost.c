@@ -14,7 +14,8 @@
  *             FLOWS distinct flows (source 10.128.0.0 + flow) run once each into tables of
  *             MAXFLOWS with the loader's defaults (tick clock, overflow ring, early drain at
  *             half the table), then once each again: prints "new existing", the mean ns per
- *             run of each pass (one run per test-run call: subtract `--empty OBJECT 1`)
+ *             run of each pass (one run per test-run call: subtract `--empty OBJECT 1`);
+ *             exits 1 unless the tables hold all 2 x FLOWS packets with 0 < first <= last
  *
  * FRAG_TRACK (0/1), DECAP (TUNNEL_* bits) and KEEP_OUTER (0/1) set the knobs of
  * [cache] fragments = "track", decapsulate and keep_outer; FRAME is 0 for the plain UDP frame,
@@ -170,8 +171,41 @@ static int run_empty(const char *path, unsigned int repeat)
 	return 0;
 }
 
+/* Packets in table 0 (hash and slots), -1 if an entry's times are not 0 < first <= last. */
+static long long table_packets(struct flow_bpf *skel, int percpu)
+{
+	int ncpu = libbpf_num_possible_cpus(), nvals = percpu ? ncpu : 1;
+	int hash = bpf_map__fd(skel->maps.flows_a), slots = bpf_map__fd(skel->maps.slots_a);
+	unsigned char key[FLOW_KEY_BASE_SIZE], next[FLOW_KEY_BASE_SIZE];
+	struct flow_metrics m[nvals];
+	struct flow_record rec;
+	long long total = 0;
+	void *prev = NULL;
+
+	while (!bpf_map_get_next_key(hash, prev, next)) {
+		memcpy(key, next, sizeof(key));
+		prev = key;
+		if (bpf_map_lookup_elem(hash, key, m))
+			return -1;
+		for (int c = 0; c < nvals; c++) {
+			if (m[c].packets && (!m[c].first_ns || m[c].first_ns > m[c].last_ns))
+				return -1;
+			total += m[c].packets;
+		}
+	}
+	for (__u32 i = 0; i < bpf_map__max_entries(skel->maps.slots_a); i++) {
+		if (bpf_map_lookup_elem(slots, &i, &rec))
+			return -1;
+		if (rec.m.packets && (!rec.m.first_ns || rec.m.first_ns > rec.m.last_ns))
+			return -1;
+		total += rec.m.packets;
+	}
+	return total;
+}
+
 /* Each of `flows` flows run once, twice over: the mean ns per run of the pass that inserts
- * them (new flows) and of the pass that finds them (existing flows). */
+ * them (new flows) and of the pass that finds them (existing flows). Fails unless the tables
+ * then hold every run's packet with sane times. */
 static int run_new(unsigned int slots, unsigned int maxflows, unsigned int flows, int percpu)
 {
 	struct flow_bpf *skel = flow_bpf__open();
@@ -204,6 +238,11 @@ static int run_new(unsigned int slots, unsigned int maxflows, unsigned int flows
 				return perror("BPF_PROG_TEST_RUN"), 1;
 			pass[p] += ns;
 		}
+	if (table_packets(skel, percpu) != 2LL * flows) {
+		fprintf(stderr, "accounting: %lld packets in the tables, %u runs\n",
+			table_packets(skel, percpu), 2 * flows);
+		return 1;
+	}
 	printf("%.1f %.1f\n", pass[0] / flows, pass[1] / flows);
 	flow_bpf__destroy(skel);
 	return 0;

@@ -933,7 +933,7 @@ static __always_inline int tc_parse(struct __sk_buff *skb, struct pkt_info *pi,
 	result = parse(data, end, pi);
 	if (result == PARSE_MPLS)
 		result = parse_mpls_tc(skb, pi);
-	if (result == PARSE_OK)
+	if (result == PARSE_OK && decap)	/* off: the verifier drops the call itself */
 		decapsulate_all_tc(skb, pi, scratch, outers);
 	return result;
 }
@@ -986,7 +986,7 @@ int flow_xdp(struct xdp_md *ctx)
 	result = parse(data, end, &pi);
 	if (result == PARSE_MPLS)
 		result = parse_mpls_xdp(ctx, &pi);
-	if (result == PARSE_OK)
+	if (result == PARSE_OK && decap)
 		decapsulate_all_xdp(ctx, &pi, &scratch, outers);
 	observe(end - data, ctx->ingress_ifindex, 0, 1, result, &pi, outers, cnt);
 	return XDP_PASS;
