@@ -224,10 +224,8 @@ static int run_new(unsigned int slots, unsigned int maxflows, unsigned int flows
 	bpf_map__set_key_size(skel->maps.flows_b, FLOW_KEY_BASE_SIZE);
 	bpf_map__set_max_entries(skel->maps.flows_a, maxflows);
 	bpf_map__set_max_entries(skel->maps.flows_b, maxflows);
-	if (!percpu) {
-		bpf_map__set_type(skel->maps.flows_a, BPF_MAP_TYPE_HASH);
-		bpf_map__set_type(skel->maps.flows_b, BPF_MAP_TYPE_HASH);
-	}
+	bpf_map__set_type(skel->maps.flows_a, percpu ? BPF_MAP_TYPE_PERCPU_HASH : BPF_MAP_TYPE_HASH);
+	bpf_map__set_type(skel->maps.flows_b, percpu ? BPF_MAP_TYPE_PERCPU_HASH : BPF_MAP_TYPE_HASH);
 	if (flow_bpf__load(skel))
 		return perror("load"), 1;
 	fd = bpf_program__fd(skel->progs.flow_tc_ingress);

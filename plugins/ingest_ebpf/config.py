@@ -58,7 +58,7 @@ class Config:
         4096, doc="Per-CPU flow slots checked before the hash table (a power of two; 0 = "
                   "none): a flow in a slot costs one array lookup instead of a hash walk. "
                   "The kernel then holds up to maxflows + cpu_slots per CPU flows per poll "
-                  "interval; memory 2 x cpu_slots x CPUs x 88 bytes.", min=0, max=2**20)
+                  "interval; memory 2 x cpu_slots x CPUs x 152 bytes.", min=0, max=2**20)
     overflow_ring_kb: int = option(
         256, doc="Ring buffer that carries packets of new flows while the kernel table is "
                  "full (rounded up to a power of two); 0 = count them as dropped instead.",

@@ -63,7 +63,7 @@ _Static_assert((MAX_TUNNEL_DEPTH & (MAX_TUNNEL_DEPTH - 1)) == 0,
 
 /* Knobs set by the loader before load (rodata). */
 const volatile __u32 sampling = 1;	/* account 1 in `sampling` packets (1 = all) */
-const volatile __u8 percpu = 1;		/* flow maps are per-CPU (else shared with atomics) */
+const volatile __u8 percpu = 0;		/* flow maps are per-CPU (else shared with atomics) */
 const volatile __u8 use_overflow = 1;	/* send full-table packets through the ring buffer */
 const volatile __u8 precise_clock = 0;	/* read the clock for every packet (else once a tick) */
 const volatile __u32 slot_mask = 0;	/* per-CPU flow slots - 1 (a power of two); 0 = no slots */
