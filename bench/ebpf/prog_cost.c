@@ -10,6 +10,12 @@
  *   prog_cost SLOTS PRECISE_CLOCK FLOWS REPEAT [FRAG_TRACK DECAP FRAME [KEEP_OUTER
  *             [L2_FIELDS MPLS_LABELS]]]
  *   prog_cost --empty OBJECT REPEAT      the same frame through empty.bpf.c's program
+ *   prog_cost --new SLOTS MAXFLOWS FLOWS PERCPU
+ *             FLOWS distinct flows (source 10.128.0.0 + flow) run once each into tables of
+ *             MAXFLOWS with the loader's defaults (tick clock, overflow ring, early drain at
+ *             half the table), then once each again: prints "new existing", the mean ns per
+ *             run of each pass (one run per test-run call: subtract `--empty OBJECT 1`);
+ *             exits 1 unless the tables hold all 2 x FLOWS packets with 0 < first <= last
  *
  * FRAG_TRACK (0/1), DECAP (TUNNEL_* bits) and KEEP_OUTER (0/1) set the knobs of
  * [cache] fragments = "track", decapsulate and keep_outer; FRAME is 0 for the plain UDP frame,
@@ -96,9 +102,20 @@ static int make_mpls(unsigned char *pkt, int flow)
 	return 68;
 }
 
+/* Flow `flow` of the new-flow mode: the plain frame from source 10.128.0.0 + flow. */
+static int make_sourced(unsigned char *pkt, int flow)
+{
+	make_frame(pkt, 0);
+	pkt[14 + 12] = 10, pkt[14 + 13] = 128 | ((flow >> 16) & 0x7f);
+	pkt[14 + 14] = (flow >> 8) & 0xff, pkt[14 + 15] = flow & 0xff;
+	return 60;
+}
+
 static int make_any(unsigned char *pkt, int flow, int frame)
 {
 	switch (frame) {
+	case 5:
+		return make_sourced(pkt, flow);
 	case 1:
 		return make_vxlan(pkt, flow);
 	case 3:
@@ -138,12 +155,94 @@ static int run_empty(const char *path, unsigned int repeat)
 
 	if (!obj || bpf_object__load(obj))
 		return perror("load empty program"), 1;
-	ns = test_run(bpf_program__fd(bpf_object__find_program_by_name(obj, "empty_tc")), 0,
-		      repeat);
-	if (ns < 0)
-		return perror("BPF_PROG_TEST_RUN"), 1;
-	printf("%.1f\n", ns);
+	int fd = bpf_program__fd(bpf_object__find_program_by_name(obj, "empty_tc"));
+	/* one run per call (the new-flow mode): the mean over many calls */
+	unsigned int calls = repeat == 1 ? 100000 : 1;
+	double total = 0;
+
+	for (unsigned int i = 0; i < calls; i++) {
+		ns = test_run(fd, 0, repeat);
+		if (ns < 0)
+			return perror("BPF_PROG_TEST_RUN"), 1;
+		total += ns;
+	}
+	printf("%.1f\n", total / calls);
 	bpf_object__close(obj);
+	return 0;
+}
+
+/* Packets in table 0 (hash and slots), -1 if an entry's times are not 0 < first <= last. */
+static long long table_packets(struct flow_bpf *skel, int percpu)
+{
+	int ncpu = libbpf_num_possible_cpus(), nvals = percpu ? ncpu : 1;
+	int hash = bpf_map__fd(skel->maps.flows_a), slots = bpf_map__fd(skel->maps.slots_a);
+	unsigned char key[FLOW_KEY_BASE_SIZE], next[FLOW_KEY_BASE_SIZE];
+	struct flow_metrics m[nvals];
+	struct flow_record rec;
+	long long total = 0;
+	void *prev = NULL;
+
+	while (!bpf_map_get_next_key(hash, prev, next)) {
+		memcpy(key, next, sizeof(key));
+		prev = key;
+		if (bpf_map_lookup_elem(hash, key, m))
+			return -1;
+		for (int c = 0; c < nvals; c++) {
+			if (m[c].packets && (!m[c].first_ns || m[c].first_ns > m[c].last_ns))
+				return -1;
+			total += m[c].packets;
+		}
+	}
+	for (__u32 i = 0; i < bpf_map__max_entries(skel->maps.slots_a); i++) {
+		if (bpf_map_lookup_elem(slots, &i, &rec))
+			return -1;
+		if (rec.m.packets && (!rec.m.first_ns || rec.m.first_ns > rec.m.last_ns))
+			return -1;
+		total += rec.m.packets;
+	}
+	return total;
+}
+
+/* Each of `flows` flows run once, twice over: the mean ns per run of the pass that inserts
+ * them (new flows) and of the pass that finds them (existing flows). Fails unless the tables
+ * then hold every run's packet with sane times. */
+static int run_new(unsigned int slots, unsigned int maxflows, unsigned int flows, int percpu)
+{
+	struct flow_bpf *skel = flow_bpf__open();
+	double pass[2] = { 0, 0 }, ns;
+	int fd;
+
+	if (!skel)
+		return perror("open"), 1;
+	skel->rodata->slot_mask = slots ? slots - 1 : 0;
+	skel->rodata->slot_seed = 0x5eed;
+	skel->rodata->percpu = percpu;
+	skel->rodata->fill_threshold = maxflows / 2;	/* drain_threshold = 50 */
+	bpf_map__set_max_entries(skel->maps.slots_a, slots ? slots * libbpf_num_possible_cpus() : 1);
+	bpf_map__set_max_entries(skel->maps.slots_b, slots ? slots * libbpf_num_possible_cpus() : 1);
+	bpf_map__set_key_size(skel->maps.flows_a, FLOW_KEY_BASE_SIZE);
+	bpf_map__set_key_size(skel->maps.flows_b, FLOW_KEY_BASE_SIZE);
+	bpf_map__set_max_entries(skel->maps.flows_a, maxflows);
+	bpf_map__set_max_entries(skel->maps.flows_b, maxflows);
+	bpf_map__set_type(skel->maps.flows_a, percpu ? BPF_MAP_TYPE_PERCPU_HASH : BPF_MAP_TYPE_HASH);
+	bpf_map__set_type(skel->maps.flows_b, percpu ? BPF_MAP_TYPE_PERCPU_HASH : BPF_MAP_TYPE_HASH);
+	if (flow_bpf__load(skel))
+		return perror("load"), 1;
+	fd = bpf_program__fd(skel->progs.flow_tc_ingress);
+	for (int p = 0; p < 2; p++)
+		for (unsigned int f = 0; f < flows; f++) {
+			ns = test_run_frame(fd, f, 1, 5);
+			if (ns < 0)
+				return perror("BPF_PROG_TEST_RUN"), 1;
+			pass[p] += ns;
+		}
+	if (table_packets(skel, percpu) != 2LL * flows) {
+		fprintf(stderr, "accounting: %lld packets in the tables, %u runs\n",
+			table_packets(skel, percpu), 2 * flows);
+		return 1;
+	}
+	printf("%.1f %.1f\n", pass[0] / flows, pass[1] / flows);
+	flow_bpf__destroy(skel);
 	return 0;
 }
 
@@ -158,6 +257,8 @@ int main(int argc, char **argv)
 
 	if (argc == 4 && !strcmp(argv[1], "--empty"))
 		return run_empty(argv[2], atoi(argv[3]));
+	if (argc == 6 && !strcmp(argv[1], "--new"))
+		return run_new(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
 	if (argc != 5 && argc != 8 && argc != 9 && argc != 11) {
 		fprintf(stderr, "usage: %s SLOTS PRECISE_CLOCK FLOWS REPEAT [FRAG_TRACK DECAP "
 			"FRAME [KEEP_OUTER [L2_FIELDS MPLS_LABELS]]] | --empty OBJECT REPEAT\n",

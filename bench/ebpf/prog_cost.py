@@ -8,9 +8,15 @@ or off (``cpu_slots``), tick or precise clock (``timestamps``), fragment trackin
 fields on plain, 802.1Q-tagged and MPLS frames, 1 or 1,000 flows; the empty
 TCX program (``empty.bpf.c``) is the test-run loop's own cost, subtracted in the last column.
 Medians of ``--runs``. This is the hot-cache figure: in the flood, cache misses add to it
-(``run.py --bpf-stats`` measures that).
+(``run.py --bpf-stats`` and ``progstats.py`` measure that).
 
-Run as root: ``python3 bench/ebpf/prog_cost.py [--runs 5]``.
+Then new flows against known ones (:data:`NEW_VARIANTS`): ``--new-flows`` distinct flows
+(default 200,000, W2's concurrency) each run once into tables of 524,288 (the derived size on
+2 CPUs), then each once again; one run per test-run call, so the empty program's one-run
+figure is subtracted. The harness checks that the tables then hold every packet (it fails
+otherwise). ``--new-only`` prints only this table.
+
+Run as root: ``python3 bench/ebpf/prog_cost.py [--runs 5] [--new-flows 200000] [--new-only]``.
 """
 
 from __future__ import annotations
@@ -55,6 +61,15 @@ VARIANTS = [  # (label, slots, precise clock[, fragments track, decapsulate bits
 ]
 
 
+NEW_VARIANTS = [  # (label, slots, per-CPU hash)
+    ("slots 4096, shared hash (default)", 4096, 0),
+    ("slots 4096, per-CPU hash", 4096, 1),
+    ("no slots, shared hash", 0, 0),
+    ("no slots, per-CPU hash", 0, 1),
+]
+NEW_TABLE = 524288
+
+
 def build(tmp: Path) -> tuple[Path, Path]:
     """The agent's object and skeleton, the harness, and the empty program's object."""
     subprocess.run(["make", "-s", "-C", str(BPF_DIR), f"OUTPUT={tmp}"], check=True)
@@ -71,13 +86,34 @@ def measure(exe: Path, *args: object) -> float:
                                 check=True).stdout)
 
 
+def new_flows(exe: Path, empty: Path, runs: int, flows: int) -> None:
+    """The table of :data:`NEW_VARIANTS`: ns per run of a new and of a known flow."""
+    floor = statistics.median(measure(exe, "--empty", empty, 1) for _ in range(runs))
+    print(f"\n{flows:,} flows, table {NEW_TABLE:,}; empty program, one run per call: "
+          f"{floor:.1f} ns\n")
+    print("| variant | new flow, ns | known flow, ns |")
+    print("|---|---|---|")
+    for label, slots, percpu in NEW_VARIANTS:
+        runs_out = [subprocess.run([str(exe), "--new", str(slots), str(NEW_TABLE), str(flows),
+                                    str(percpu)], capture_output=True, text=True,
+                                   check=True).stdout.split() for _ in range(runs)]
+        new, known = (statistics.median(float(r[i]) for r in runs_out) for i in (0, 1))
+        print(f"| {label} | {new - floor:.1f} | {known - floor:.1f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=2_000_000, help="runs per measurement")
+    ap.add_argument("--new-flows", type=int, default=200_000,
+                    help="distinct flows of the new-flow table")
+    ap.add_argument("--new-only", action="store_true", help="only the new-flow table")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="nfa-prog-cost-") as t:
         exe, empty = build(Path(t))
+        if args.new_only:
+            new_flows(exe, empty, args.runs, args.new_flows)
+            return
         floor = statistics.median(measure(exe, "--empty", empty, args.repeat)
                                   for _ in range(args.runs))
         print(f"empty TCX program (test-run loop): {floor:.1f} ns/run\n")
@@ -91,6 +127,7 @@ def main() -> None:
                                 *options) for _ in range(args.runs)]
                 cells.append(statistics.median(runs))
             print(f"| {label} | {cells[0]:.1f} | {cells[1]:.1f} | {cells[1] - floor:.1f} |")
+        new_flows(exe, empty, args.runs, args.new_flows)
 
 
 if __name__ == "__main__":

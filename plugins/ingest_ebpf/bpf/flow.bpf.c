@@ -63,7 +63,7 @@ _Static_assert((MAX_TUNNEL_DEPTH & (MAX_TUNNEL_DEPTH - 1)) == 0,
 
 /* Knobs set by the loader before load (rodata). */
 const volatile __u32 sampling = 1;	/* account 1 in `sampling` packets (1 = all) */
-const volatile __u8 percpu = 1;		/* flow maps are per-CPU (else shared with atomics) */
+const volatile __u8 percpu = 0;		/* flow maps are per-CPU (else shared with atomics) */
 const volatile __u8 use_overflow = 1;	/* send full-table packets through the ring buffer */
 const volatile __u8 precise_clock = 0;	/* read the clock for every packet (else once a tick) */
 const volatile __u32 slot_mask = 0;	/* per-CPU flow slots - 1 (a power of two); 0 = no slots */
@@ -588,17 +588,18 @@ static __always_inline int overflow_event(struct pkt_info *pi, __u64 segs, __u64
  * The time of this packet. bpf_ktime_get_ns() costs about 30 ns here (a third of the
  * program), so by default each CPU reads it once per jiffy and reuses it: timestamps then
  * have tick precision (4 ms at HZ=250), the precision ipt_NETFLOW's jiffies had.
- * bpf_jiffies64() is a memory read. A new flow takes a fresh reading (`fresh`), which also
- * refreshes the cache, so a flow's later packets on this CPU never look older than its first.
+ * bpf_jiffies64() is a memory read. New flows take the same cached reading as the packets of
+ * known ones (they are where a flood of new flows spends its time), so a CPU's times never go
+ * backwards and a flow's last packet is never older than its first.
  */
-static __always_inline __u64 clock_now(struct flow_counters *cnt, int fresh)
+static __always_inline __u64 clock_now(struct flow_counters *cnt)
 {
 	__u64 jiffies;
 
 	if (precise_clock)
 		return bpf_ktime_get_ns();
 	jiffies = bpf_jiffies64();
-	if (fresh || jiffies != cnt->clock_jiffies) {
+	if (jiffies != cnt->clock_jiffies) {
 		cnt->clock_jiffies = jiffies;
 		cnt->clock_ns = bpf_ktime_get_ns();
 	}
@@ -629,7 +630,7 @@ __noinline int track_fragment(struct pkt_info *pi)
 
 	if (!pi || !cnt)
 		return 0;
-	now = clock_now(cnt, 0);
+	now = clock_now(cnt);
 	frag_identity(pi, &fk);
 	if (pi->frag == FRAG_FIRST) {
 		struct frag_ports v = { .ts_ns = now, .sport = pi->key.sport,
@@ -707,7 +708,7 @@ static __always_inline void account(void *map, __u32 table, struct pkt_info *pi,
 				    __u64 bytes, struct flow_counters *cnt)
 {
 	struct flow_metrics *m = bpf_map_lookup_elem(map, &pi->key);
-	__u64 now = clock_now(cnt, !m);
+	__u64 now = clock_now(cnt);
 
 	if (!m) {
 		struct flow_metrics nm = { .packets = segs, .bytes = bytes, .first_ns = now,
@@ -794,9 +795,12 @@ static __always_inline int slot_account(void *slots, struct pkt_info *pi, __u64 
 	if (!s)
 		return 0;
 	if (!s->m.packets) {		/* free (the drain zeroes what it read): take it */
-		__u64 now = clock_now(cnt, 1);
+		__u64 now = clock_now(cnt);
 
-		s->key = pi->key;
+		if (key_words)
+			s->key = pi->key;
+		else			/* the base key: the drain zeroed the rest, pi's is zero */
+			__builtin_memcpy(&s->key, &pi->key, FLOW_KEY_BASE_SIZE);
 		s->m.packets = segs;
 		s->m.bytes = bytes;
 		s->m.first_ns = now;
@@ -805,7 +809,7 @@ static __always_inline int slot_account(void *slots, struct pkt_info *pi, __u64 
 	} else if (key_equal(&s->key, &pi->key)) {
 		s->m.packets += segs;
 		s->m.bytes += bytes;
-		s->m.last_ns = clock_now(cnt, 0);
+		s->m.last_ns = clock_now(cnt);
 		s->m.tcp_flags |= pi->tcp_flags;
 	} else {
 		return 0;		/* another flow's slot */
@@ -929,7 +933,7 @@ static __always_inline int tc_parse(struct __sk_buff *skb, struct pkt_info *pi,
 	result = parse(data, end, pi);
 	if (result == PARSE_MPLS)
 		result = parse_mpls_tc(skb, pi);
-	if (result == PARSE_OK)
+	if (result == PARSE_OK && decap)	/* off: the verifier drops the call itself */
 		decapsulate_all_tc(skb, pi, scratch, outers);
 	return result;
 }
@@ -982,7 +986,7 @@ int flow_xdp(struct xdp_md *ctx)
 	result = parse(data, end, &pi);
 	if (result == PARSE_MPLS)
 		result = parse_mpls_xdp(ctx, &pi);
-	if (result == PARSE_OK)
+	if (result == PARSE_OK && decap)
 		decapsulate_all_xdp(ctx, &pi, &scratch, outers);
 	observe(end - data, ctx->ingress_ifindex, 0, 1, result, &pi, outers, cnt);
 	return XDP_PASS;

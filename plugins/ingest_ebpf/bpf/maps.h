@@ -2,7 +2,7 @@
 /*
  * maps.h - the maps of flow.bpf.c (outer_pkts, keep_outer's scratch space, is there: its value
  * is the program's own struct pkt_info). The loader resizes flows_a/flows_b to `maxflows` and
- * may switch them to BPF_MAP_TYPE_HASH (shared map with atomics) before load.
+ * may switch them to BPF_MAP_TYPE_PERCPU_HASH (map_type = "percpu") before load.
  */
 #ifndef NFA_MAPS_H
 #define NFA_MAPS_H
@@ -14,7 +14,7 @@
 /* Double-buffered flow tables (see FLOW_MAPS in flow.h). The key is sized, not typed: the
  * loader hashes only the base key (FLOW_KEY_BASE_SIZE) when no optional field is on. */
 struct flow_map {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);	/* the default map_type, "shared" */
 	__uint(max_entries, 65536);
 	__uint(key_size, sizeof(struct flow_key));
 	__type(value, struct flow_metrics);
