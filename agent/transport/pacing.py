@@ -107,10 +107,12 @@ class PacingStats:
 class PacedSender:
     """Send datagrams through ``send`` at most ``rate`` per second, from a thread of its own.
 
-    The thread wakes about once per burst (:data:`BURST_S` worth of tokens, or what the
-    backlog holds if less), not once per datagram, and hands the whole burst to
-    ``send_many``: the rate and the largest burst are the same, the thread hand-overs (and
-    their futex wake-ups) are ``burst`` times fewer.
+    The thread wakes when half a burst of tokens is saved up (:data:`BURST_S` worth is a
+    burst; or when the backlog's datagrams have their tokens, if fewer), not once per
+    datagram, and hands what the tokens allow (at most a burst) to ``send_many``: the rate
+    and the largest burst are the same, the thread hand-overs (and their futex wake-ups) are
+    about ``burst / 2`` times fewer, and a wake-up up to half a burst late loses no tokens
+    to the bucket's cap.
 
     :param send: ``send(datagram, records) -> bool``, called on the pacing thread.
     :param lost: ``lost(datagram, records)``, called for every datagram still queued at
@@ -203,9 +205,11 @@ class PacedSender:
                     self._idle = False
                     continue
                 now = self._clock()
-                queued = len(self._queue)
-                # a whole burst (or the whole backlog) per wake-up, not a datagram each
-                if self._bucket.wait_s(now, queued) == 0.0 or self._closing:
+                # half a burst (or the whole backlog) per wake-up, not a datagram each: the
+                # bucket saves up to a whole burst, so a late wake-up loses no tokens
+                want = min(len(self._queue), max(1, self._bucket.burst // 2))
+                if self._bucket.wait_s(now, want) == 0.0 or self._closing:
+                    queued = len(self._queue)
                     n = self._bucket.take(queued, now)
                     if n:
                         batch = [self._queue.popleft() for _ in range(n)]
@@ -213,7 +217,7 @@ class PacedSender:
                         if self._putters:
                             self._cond.notify_all()  # room for a waiting put()
                         return batch
-                wait = self._bucket.wait_s(now, queued)
+                wait = self._bucket.wait_s(now, want)
                 if self._closing:
                     wait = min(wait, max(0.0, self._deadline - now))
                 self._cond.wait(wait)
