@@ -203,8 +203,10 @@ def _source_dtype(record: np.dtype, fields: tuple[tuple[int, int], ...]) -> np.d
     if dt is None:
         formats: list[Any] = []
         offsets = []
+        columns = record.fields
+        assert columns is not None, "a record array"
         for ie, length in fields:
-            column, offset = record.fields[_COLUMN_OF_IE[ie]][:2]
+            column, offset = columns[_COLUMN_OF_IE[ie]][:2]
             formats.append(("u1", (length,)) if _is_bytes(ie, length) else column)
             offsets.append(offset)
         dt = _SOURCES[(record, fields)] = np.dtype(

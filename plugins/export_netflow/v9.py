@@ -337,7 +337,7 @@ class _PacketBuilder:
         self._reset()
 
     def _reset(self) -> None:
-        self.parts: list[bytes] = []
+        self.parts: list[bytes | memoryview] = []
         self.room = self.policy.mtu - HEADER.size
         self.count = 0
         self.data_records = 0
