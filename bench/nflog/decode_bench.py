@@ -27,7 +27,8 @@ from pyroute2.netlink.marshal import Marshal  # noqa: E402
 from netflow_agent.fragments import DEFAULT_POLICY  # noqa: E402
 from netflow_agent.model import FlowBatch  # noqa: E402
 from netflow_agent.plugins.ingest_nflog import decoders  # noqa: E402
-from netflow_agent.plugins.ingest_nflog.netlink import MSG_PACKET, NflogDecoder, nfulnl_msg  # noqa: E402
+from netflow_agent.plugins.ingest_nflog.netlink import MSG_PACKET, NflogDecoder  # noqa: E402
+from netflow_agent.plugins.ingest_nflog.reference import nfulnl_msg  # noqa: E402
 from netflow_agent.schema import FlowOptions, FlowSchema  # noqa: E402
 from netflow_agent.stages.cache import CacheConfig, FlowCache  # noqa: E402
 from tests.ingest_nflog.test_decoder import DATAGRAMS  # noqa: E402

@@ -35,7 +35,7 @@ from tests.support.netns import Netns, end_process, veth_pair  # noqa: E402
 
 PORT = 7000
 PAYLOAD = 18  # 14 + 20 + 8 + 18 = 60-byte frame (64 on a real wire with FCS)
-NLBUFSIZ = int(os.environ.get("NFA_BENCH_NLBUFSIZ", "65536"))
+NLBUFSIZ = int(os.environ.get("NFA_BENCH_NLBUFSIZ", "0"))  # 0: the agent sizes it
 TICKS = os.sysconf("SC_CLK_TCK")
 
 

@@ -27,8 +27,11 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
+#include <sys/socket.h>
 
 /* linux/netlink.h, linux/netfilter/nfnetlink_log.h */
 #define NLMSG_HDRLEN 16 /* struct nlmsghdr */
@@ -160,6 +163,9 @@ typedef struct {
 	struct call_counts acc;
 	struct flow *flows; /* room for slots_cap / 2 */
 	size_t nflows;
+	size_t taken; /* flows[:taken] already returned by a bounded take() */
+	uint8_t *rbuf; /* read()'s receive buffer, reused (allocated at the first read) */
+	size_t rbuf_len;
 	uint32_t *slots; /* open addressing: flow index + 1, 0 = empty */
 	size_t slots_cap; /* a power of two, or 0 before the first packet */
 	int nomem; /* a packet was lost for want of memory (reported as MemoryError) */
@@ -334,6 +340,29 @@ static __attribute__((noinline)) void add_packet(Aggregator *self, const struct 
 	self->acc.packets++;
 	if (account(self, pkt, ts, out_if) < 0)
 		self->nomem = 1;
+}
+
+/* Forget the flows a bounded take() already returned, so that new packets never add to a
+ * flow that left (GIL held or busy: the table is ours). Keeps the others in order. */
+static void drop_taken(Aggregator *self)
+{
+	size_t mask = self->slots_cap - 1, keep = self->nflows - self->taken;
+
+	if (!self->taken)
+		return;
+	for (size_t i = 0; i < self->nflows; i++)
+		self->slots[self->flows[i].slot] = 0;
+	memmove(self->flows, self->flows + self->taken, keep * sizeof(*self->flows));
+	for (size_t i = 0; i < keep; i++) { /* re-insert, as grow() does */
+		size_t s = (size_t)self->flows[i].hash & mask;
+
+		while (self->slots[s])
+			s = (s + 1) & mask;
+		self->slots[s] = (uint32_t)(i + 1);
+		self->flows[i].slot = (uint32_t)s;
+	}
+	self->nflows = keep;
+	self->taken = 0;
 }
 
 /* --- link layer: agent/linklayer.py ip_after, same results ------------------------------ */
@@ -1236,11 +1265,67 @@ static void flow_record(const struct flow *f, uint8_t *out, int l2)
 	memset(out + 81, 0, 3);
 }
 
+/* One flow as a row of the default schema's FlowBatch record array (decoders.py
+ * NATIVE_DTYPE, agent/schema.py record_dtype without optional fields): the key's head with
+ * in_if and the ports in native order, the addresses, the sums, then tcp_flags, out_if,
+ * end_reason, src_mask, dst_mask and next_hop (zero). */
+#define NATIVE_LEN 100
+static void flow_native(const struct flow *f, uint8_t *out)
+{
+	uint32_t in_if = be32(f->key + 4), out_if = f->out_if;
+	uint16_t sport = be16(f->key + 8), dport = be16(f->key + 10);
+
+	memcpy(out, f->key, 4);
+	memcpy(out + 4, &in_if, 4);
+	memcpy(out + 8, &sport, 2);
+	memcpy(out + 10, &dport, 2);
+	memcpy(out + 12, f->key + 12, 32);
+	memcpy(out + 44, &f->packets, 8);
+	memcpy(out + 52, &f->octets, 8);
+	memcpy(out + 60, &f->first_ns, 8);
+	memcpy(out + 68, &f->last_ns, 8);
+	out[76] = f->tcp_flags;
+	memcpy(out + 77, &out_if, 4);
+	memset(out + 81, 0, NATIVE_LEN - 81);
+}
+
 PyDoc_STRVAR(feed_doc,
 	     "feed(buffer, n, recv_ns) -> packets\n\n"
 	     "Decode the NFLOG messages in buffer[:n] and add their packets to the flow table;\n"
 	     "returns how many packets this buffer held (trunc not included).\n"
 	     "recv_ns: wall-clock receive time, for messages without NFULA_TIMESTAMP.");
+
+/* Mark the object busy (feed, read: the GIL is released while the table changes). */
+static int enter(Aggregator *self)
+{
+	if (self->busy) {
+		PyErr_SetString(PyExc_RuntimeError, "feed() is already running on this object");
+		return -1;
+	}
+	self->busy = 1;
+	return 0;
+}
+
+/* Leave busy; NULL with MemoryError when a packet was lost for want of memory. */
+static int leave(Aggregator *self)
+{
+	self->busy = 0;
+	if (self->nomem) {
+		self->nomem = 0;
+		PyErr_NoMemory();
+		return -1;
+	}
+	return 0;
+}
+
+static void walk_buffer(Aggregator *self, const uint8_t *buf, size_t n, int64_t recv_ns)
+{
+	drop_taken(self);
+	if (self->l2)
+		walk_l2(self, buf, n, recv_ns);
+	else
+		walk(self, buf, n, recv_ns);
+}
 
 static PyObject *Aggregator_feed(Aggregator *self, PyObject *args)
 {
@@ -1256,77 +1341,197 @@ static PyObject *Aggregator_feed(Aggregator *self, PyObject *args)
 		return PyErr_Format(PyExc_ValueError, "n=%zd outside the buffer (0-%zd)", n,
 				    view.len);
 	}
-	if (self->busy) {
+	if (enter(self) < 0) {
 		PyBuffer_Release(&view);
-		PyErr_SetString(PyExc_RuntimeError, "feed() is already running on this object");
 		return NULL;
 	}
-	self->busy = 1;
 	Py_BEGIN_ALLOW_THREADS
-	if (self->l2)
-		walk_l2(self, view.buf, (size_t)n, recv_ns);
-	else
-		walk(self, view.buf, (size_t)n, recv_ns);
+	walk_buffer(self, view.buf, (size_t)n, recv_ns);
 	Py_END_ALLOW_THREADS
-	self->busy = 0;
 	PyBuffer_Release(&view);
-	if (self->nomem) {
-		self->nomem = 0;
-		return PyErr_NoMemory();
-	}
+	if (leave(self) < 0)
+		return NULL;
 	return PyLong_FromUnsignedLongLong(self->acc.packets - before);
 }
 
-PyDoc_STRVAR(take_doc,
-	     "take() -> (flows, packets, trunc, frag, trunc_bytes, seq_gaps)\n\n"
-	     "Everything fed since the last take, and start over. flows: bytes of packed\n"
-	     "84-byte records (key[44], packets u64, octets u64, first_ns i64, last_ns i64,\n"
-	     "out_if u32, tcp_flags u8, 3 zero bytes; native byte order) in the order of each\n"
-	     "key's first packet; the counts are those of the same buffers. With layer-2\n"
-	     "fields (l2 mask 1, 2 or 4) each record is followed by the key's 24-byte block\n"
-	     "(decoders.py L2_DTYPE).");
+/* What one read() call did. */
+struct read_counts {
+	unsigned long long datagrams, bytes, enobufs, cut;
+	int error; /* errno of a failed recv other than EAGAIN/ENOBUFS/EINTR, else 0 */
+	int full; /* stopped at a bound: more may be waiting */
+};
 
-static PyObject *Aggregator_take(Aggregator *self, PyObject *Py_UNUSED(ignored))
+static int64_t wall_ns(void)
 {
-	struct call_counts *cc = &self->acc;
-	int l2 = (self->l2 & L2_KEYED) != 0;
-	size_t record_len = RECORD_LEN + (l2 ? L2_LEN : 0);
-	PyObject *rows, *out;
+	struct timespec ts;
 
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Read datagrams from fd into the table until none waits or a bound (GIL released). */
+static void read_socket(Aggregator *self, int fd, size_t max_datagrams, size_t max_bytes,
+			struct read_counts *rc)
+{
+	while (rc->datagrams < max_datagrams) {
+		ssize_t n = recv(fd, self->rbuf, self->rbuf_len, MSG_DONTWAIT | MSG_TRUNC);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			if (errno == ENOBUFS) { /* the kernel dropped batches: seq gaps count them */
+				rc->enobufs++;
+				continue;
+			}
+			if (errno != EAGAIN && errno != EWOULDBLOCK)
+				rc->error = errno;
+			return;
+		}
+		if ((size_t)n > self->rbuf_len) { /* cannot happen with our size: a gap */
+			rc->cut++;
+			n = (ssize_t)self->rbuf_len;
+		}
+		walk_buffer(self, self->rbuf, (size_t)n, wall_ns());
+		rc->datagrams++;
+		rc->bytes += (unsigned long long)n;
+		if (rc->bytes >= max_bytes || self->nomem)
+			break;
+	}
+	rc->full = 1;
+}
+
+PyDoc_STRVAR(read_doc,
+	     "read(fd, max_datagrams, max_bytes, bufsize) -> (datagrams, bytes, packets, enobufs,\n"
+	     "                                              cut, errno, full)\n\n"
+	     "Receive the datagrams waiting on the non-blocking NFLOG socket fd into the flow\n"
+	     "table (as feed() each, with its receive time), with the GIL released, into a buffer\n"
+	     "of bufsize bytes reused from call to call; stops when none is waiting, after\n"
+	     "max_datagrams, or once max_bytes were read (full = 1: more may be waiting).\n"
+	     "enobufs: ENOBUFS reads (the kernel's loss shows as sequence gaps); cut: datagrams\n"
+	     "longer than the buffer; errno: the error that ended the read (0: none).");
+
+static PyObject *Aggregator_read(Aggregator *self, PyObject *args)
+{
+	int fd;
+	Py_ssize_t max_datagrams, max_bytes, bufsize;
+	struct read_counts rc = {0};
+	uint64_t before = self->acc.packets;
+
+	if (!PyArg_ParseTuple(args, "innn:read", &fd, &max_datagrams, &max_bytes, &bufsize))
+		return NULL;
+	if (fd < 0 || max_datagrams < 1 || max_bytes < 1 || bufsize < 4096) {
+		PyErr_SetString(PyExc_ValueError, "fd >= 0, max_datagrams and max_bytes >= 1, "
+				"bufsize >= 4096");
+		return NULL;
+	}
+	if (enter(self) < 0) /* before the buffer changes: another thread may be reading */
+		return NULL;
+	if ((size_t)bufsize != self->rbuf_len) {
+		uint8_t *buf = PyMem_RawRealloc(self->rbuf, (size_t)bufsize);
+
+		if (!buf) {
+			self->busy = 0;
+			return PyErr_NoMemory();
+		}
+		self->rbuf = buf;
+		self->rbuf_len = (size_t)bufsize;
+	}
+	Py_BEGIN_ALLOW_THREADS
+	read_socket(self, fd, (size_t)max_datagrams, (size_t)max_bytes, &rc);
+	Py_END_ALLOW_THREADS
+	if (leave(self) < 0)
+		return NULL;
+	return Py_BuildValue("(KKKKKii)", rc.datagrams, rc.bytes,
+			     (unsigned long long)(self->acc.packets - before), rc.enobufs, rc.cut,
+			     rc.error, rc.full);
+}
+
+PyDoc_STRVAR(take_doc,
+	     "take(limit=0, native=False) -> (flows, packets, trunc, frag, trunc_bytes, seq_gaps)\n\n"
+	     "The flows fed since the last take, at most limit of them (0: all), and the counts\n"
+	     "since the last take. Flows not returned stay for the next take (`pending`); a\n"
+	     "feed() or read() in between first forgets those already returned, so a flow's\n"
+	     "later packets come as a new row. flows: a bytearray of packed 84-byte records\n"
+	     "(key[44], packets u64, octets u64, first_ns i64, last_ns i64, out_if u32,\n"
+	     "tcp_flags u8, 3 zero bytes; native byte order) in the order of each key's first\n"
+	     "packet. With layer-2 fields (l2 mask 1, 2 or 4) each record is followed by the\n"
+	     "key's 24-byte block (decoders.py L2_DTYPE). native=True (no layer-2 fields only):\n"
+	     "100-byte rows of the default FlowBatch record array instead (decoders.py\n"
+	     "NATIVE_DTYPE).");
+
+static PyObject *Aggregator_take(Aggregator *self, PyObject *args, PyObject *kwds)
+{
+	static char *kwlist[] = {"limit", "native", NULL};
+	struct call_counts *cc = &self->acc;
+	int l2 = (self->l2 & L2_KEYED) != 0, native = 0;
+	Py_ssize_t limit = 0;
+	size_t record_len, count;
+	PyObject *rows, *out;
+	uint8_t *dst;
+
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "|np:take", kwlist, &limit, &native))
+		return NULL;
 	if (self->busy) {
 		PyErr_SetString(PyExc_RuntimeError, "feed() is running on this object");
 		return NULL;
 	}
-	rows = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(self->nflows * record_len));
+	if (limit < 0 || (native && l2)) {
+		PyErr_SetString(PyExc_ValueError, "limit >= 0; native only without layer-2 fields");
+		return NULL;
+	}
+	record_len = native ? NATIVE_LEN : RECORD_LEN + (l2 ? L2_LEN : 0);
+	count = self->nflows - self->taken;
+	if (limit && (size_t)limit < count)
+		count = (size_t)limit;
+	rows = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)(count * record_len));
 	if (!rows)
 		return NULL;
-	for (size_t i = 0; i < self->nflows; i++)
-		flow_record(&self->flows[i], (uint8_t *)PyBytes_AS_STRING(rows) + i * record_len,
-			    l2);
+	dst = (uint8_t *)PyByteArray_AS_STRING(rows);
+	for (size_t i = 0; i < count; i++) {
+		const struct flow *f = &self->flows[self->taken + i];
+
+		if (native)
+			flow_native(f, dst + i * record_len);
+		else
+			flow_record(f, dst + i * record_len, l2);
+	}
 	out = Py_BuildValue("(NKKKKK)", rows, (unsigned long long)cc->packets,
 			    (unsigned long long)cc->trunc, (unsigned long long)cc->frag,
 			    (unsigned long long)cc->trunc_bytes, (unsigned long long)cc->seq_gaps);
 	if (!out)
 		return NULL;
-	for (size_t i = 0; i < self->nflows; i++) /* clear only the slots in use */
-		self->slots[self->flows[i].slot] = 0;
-	self->nflows = 0;
 	memset(cc, 0, sizeof(*cc));
+	self->taken += count;
+	if (self->taken == self->nflows) {
+		for (size_t i = 0; i < self->nflows; i++) /* clear only the slots in use */
+			self->slots[self->flows[i].slot] = 0;
+		self->nflows = self->taken = 0;
+	}
 	return out;
 }
 
 PyDoc_STRVAR(decode_doc,
 	     "decode(buffer, n, recv_ns) -> (flows, packets, trunc, frag, trunc_bytes, seq_gaps)\n\n"
-	     "feed() one buffer, then take().");
+	     "feed() one buffer, then take() everything.");
 
 static PyObject *Aggregator_decode(Aggregator *self, PyObject *args)
 {
-	PyObject *fed = Aggregator_feed(self, args);
+	PyObject *fed = Aggregator_feed(self, args), *none, *out;
 
 	if (!fed)
 		return NULL;
 	Py_DECREF(fed);
-	return Aggregator_take(self, NULL);
+	none = PyTuple_New(0);
+	if (!none)
+		return NULL;
+	out = Aggregator_take(self, none, NULL);
+	Py_DECREF(none);
+	return out;
+}
+
+static PyObject *Aggregator_pending(Aggregator *self, void *Py_UNUSED(closure))
+{
+	return PyLong_FromSize_t(self->nflows - self->taken);
 }
 
 PyDoc_STRVAR(release_doc,
@@ -1345,6 +1550,7 @@ static PyObject *Aggregator_release(Aggregator *self, PyObject *arg)
 		PyErr_SetString(PyExc_RuntimeError, "feed() is running on this object");
 		return NULL;
 	}
+	drop_taken(self);
 	if (self->frag_timeout_ns > 0)
 		frag_release(self, now);
 	if (self->nomem) {
@@ -1411,7 +1617,7 @@ static int Aggregator_init(Aggregator *self, PyObject *args, PyObject *kwds)
 	self->messages = self->seq_gaps = self->seq_resets = self->malformed = 0;
 	for (size_t i = 0; i < self->nflows; i++)
 		self->slots[self->flows[i].slot] = 0;
-	self->nflows = 0;
+	self->nflows = self->taken = 0;
 	memset(&self->acc, 0, sizeof(self->acc));
 	free_fragments(self);
 	self->frag_tracked = self->frag_held = self->frag_unmatched = 0;
@@ -1429,13 +1635,16 @@ static void Aggregator_dealloc(Aggregator *self)
 {
 	PyMem_RawFree(self->flows);
 	PyMem_RawFree(self->slots);
+	PyMem_RawFree(self->rbuf);
 	free_fragments(self);
 	Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyMethodDef Aggregator_methods[] = {
 	{"feed", (PyCFunction)Aggregator_feed, METH_VARARGS, feed_doc},
-	{"take", (PyCFunction)Aggregator_take, METH_NOARGS, take_doc},
+	{"read", (PyCFunction)Aggregator_read, METH_VARARGS, read_doc},
+	{"take", (PyCFunction)(void (*)(void))Aggregator_take, METH_VARARGS | METH_KEYWORDS,
+	 take_doc},
 	{"decode", (PyCFunction)Aggregator_decode, METH_VARARGS, decode_doc},
 	{"release", (PyCFunction)Aggregator_release, METH_O, release_doc},
 	{NULL, NULL, 0, NULL},
@@ -1485,6 +1694,12 @@ PyDoc_STRVAR(Aggregator_doc,
 	     "mask of layer-2 fields to key on (mac 1, vlan 2, physdev export 4) and\n"
 	     "physdev override 8 (bridge ports replace the interfaces).");
 
+static PyGetSetDef Aggregator_getset[] = {
+	{"pending", (getter)Aggregator_pending, NULL,
+	 "flows fed and not yet returned by take()", NULL},
+	{NULL, NULL, NULL, NULL, NULL},
+};
+
 static PyTypeObject AggregatorType = {
 	PyVarObject_HEAD_INIT(NULL, 0)
 	.tp_name = "netflow_agent.plugins.ingest_nflog._nflog.Aggregator",
@@ -1496,6 +1711,7 @@ static PyTypeObject AggregatorType = {
 	.tp_dealloc = (destructor)Aggregator_dealloc,
 	.tp_methods = Aggregator_methods,
 	.tp_members = Aggregator_members,
+	.tp_getset = Aggregator_getset,
 };
 
 static struct PyModuleDef nflog_module = {

@@ -1,8 +1,9 @@
-"""``[[ingest.nflog]]``: one reader thread per NFLOG group, one batch per burst of datagrams.
+"""``[[ingest.nflog]]``: one reader thread per NFLOG group, batches of per-flow sums.
 
-The datagrams waiting on a socket are read back to back into one batch (``decoders.py``):
-with the C decoder a FlowBatch of per-flow sums, with the Python decoder a PacketBatch of
-packets (``decoder`` option).
+The datagrams waiting on a socket are read back to back into the decoder (``decoders.py``):
+with the C decoder they are received and summed per flow in C, and the sums go to the
+pipeline every ``batch_ms`` as FlowBatches of at most ``TAKE_LIMIT`` flows; with the Python
+decoder every read becomes a PacketBatch of packets (``decoder`` option).
 
 Life cycle: ``agent_start`` opens and binds a socket per group (inside ``netns`` when set),
 then installs the managed nftables table if asked, then starts the readers, so no logged
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import os
 import select
 import socket
 import sys
@@ -48,18 +50,22 @@ _STOP_DRAIN_S = 2.0  # longest wait for the next datagram while draining at stop
 _STOP_DRAIN_MAX_S = 60.0  # longest drain at stop (a reader far behind a flood catches up)
 #: batches queued in the pipeline before a reader waits (the kernel then drops, counted)
 _INBOX_LIMIT = 512
-#: most datagrams, and bytes, read back to back into one batch
+#: most datagrams, and bytes, read back to back in one go
 _DRAIN_DATAGRAMS = 64
 _DRAIN_BYTES = 1 << 20
+#: flows the C decoder may hold before they go on regardless of ``batch_ms``
+_HOLD_FLOWS = 8192
 
 
 class GroupReader:
-    """Reads one group's socket on its own thread and emits a batch per burst of datagrams.
+    """Reads one group's socket on its own thread and emits the sums as batches.
 
     The socket is non-blocking; the thread waits in ``poll()``, then reads every datagram
-    already queued (up to :data:`_DRAIN_DATAGRAMS` / :data:`_DRAIN_BYTES`) into the decoder
-    and emits them as one batch, so the per-batch Python work is shared by many kernel
-    batches when traffic is heavy.
+    already queued (up to :data:`_DRAIN_DATAGRAMS` / :data:`_DRAIN_BYTES` per call, in C with
+    the C decoder) into the decoder, then sleeps ``coalesce_ms``. The C decoder's sums are
+    emitted once ``batch_ms`` passed (or :data:`_HOLD_FLOWS` flows are held, or the socket is
+    idle), so the per-batch Python work, and the cache's per-row work, are shared by many
+    kernel batches and packets when traffic is heavy.
 
     :param pending: datagrams that arrived before the BIND ack (decoded first).
     """
@@ -78,8 +84,12 @@ class GroupReader:
                                        name=f"{owner.name} group {sock.group}")
         self._closed_overruns = 0
         self.poller = select.poll()
-        # a datagram is at most one kernel batch (nlbufsiz) or one big packet
+        # a datagram is at most one kernel batch (nlbufsiz) or one big packet; with the C
+        # decoder the receive buffer lives in C (read()) and this one serves the stop drain
         self.buf = bytearray(max(NLBUFSIZ_MAX, owner.config.snaplen or 65535) + 4096)
+        #: how long the C decoder's sums are held before they go on (0: every wakeup)
+        self.hold_s = cfg.batch_ms / 1000 if self.decoder.name == "c" else 0.0
+        self.emitted_at = time.monotonic()
 
     def start(self, context: RunContext) -> None:
         """Start the thread."""
@@ -96,11 +106,15 @@ class GroupReader:
             self.poller.register(self.sock.sock.fileno(), select.POLLIN)
             pause = self.owner.config.coalesce_ms / 1000
             while not self.stopping.is_set():
-                ready = self.poller.poll(_POLL_S * 1000)
+                ready = self.poller.poll(self._poll_ms())
                 follow_privileges()  # before reading: this thread gives up root's capabilities
                 if not ready:
-                    self._emit()  # fragments that waited too long for their first one
-                elif not self._drain() and pause:
+                    self._emit()  # idle: hand on the sums held, release stale fragments
+                    continue
+                more = self._drain()
+                if self._emit_due():
+                    self._emit()
+                if not more and pause:
                     self.stopping.wait(pause)  # let kernel batches gather: one wakeup for many
             self._finish()
         except Exception:
@@ -110,23 +124,46 @@ class GroupReader:
             self._closed_overruns = self._overruns()
             self.sock.close()
 
+    def _poll_ms(self) -> float:
+        """How long to wait for the socket: until the sums held are due, else the idle poll."""
+        if not self.decoder.pending:
+            return _POLL_S * 1000
+        return max(0.0, (self.emitted_at + self.hold_s - time.monotonic()) * 1000)
+
+    def _emit_due(self) -> bool:
+        """Whether to hand the sums on now: ``batch_ms`` passed since the last batch, or the
+        C table holds :data:`_HOLD_FLOWS` flows (its memory stays bounded)."""
+        return (time.monotonic() - self.emitted_at >= self.hold_s
+                or self.decoder.pending >= _HOLD_FLOWS)
+
     def _drain(self) -> bool:
-        """Read the datagrams waiting on the socket and emit them as one batch.
+        """Read the datagrams waiting on the socket into the decoder.
 
         :return: ``True`` when it stopped at the bound (more may be waiting).
         """
+        result = self.decoder.read(self.sock.sock.fileno(), _DRAIN_DATAGRAMS, _DRAIN_BYTES,
+                                   len(self.buf))
+        if result is None:  # the Python decoder: receive here
+            return self._drain_python()
+        counters = self.counters
+        counters["packets"] += result.packets
+        counters["batches"] += result.datagrams
+        counters["enobufs"] += result.enobufs
+        counters["datagrams_cut"] += result.cut
+        if result.errno:
+            self._recv_error(OSError(result.errno, os.strerror(result.errno)))
+        return result.full
+
+    def _drain_python(self) -> bool:
         fed = 0
-        full = True
         for _ in range(_DRAIN_DATAGRAMS):
             n = self._receive_one()
             if n < 0:
-                full = False
-                break
+                return False
             fed += n
             if fed >= _DRAIN_BYTES:
                 break
-        self._emit()
-        return full
+        return True
 
     def _receive_one(self) -> int:
         """Read one datagram, if one is waiting, into the decoder.
@@ -141,10 +178,7 @@ class GroupReader:
             if exc.errno == errno.ENOBUFS:  # the kernel dropped batches: seq gaps count them
                 self.counters["enobufs"] += 1
             else:
-                self.counters["recv_errors"] += 1
-                self.owner.log.warning("%s: group %d: recv: %s", self.owner.name,
-                                       self.sock.group, exc)
-                time.sleep(_POLL_S)
+                self._recv_error(exc)
             return 0
         if n > len(self.buf):  # cannot happen with our buffer size; the cut part is a gap
             self.counters["datagrams_cut"] += 1
@@ -152,17 +186,27 @@ class GroupReader:
         self._feed(self.buf, n)
         return n
 
+    def _recv_error(self, exc: OSError) -> None:
+        self.counters["recv_errors"] += 1
+        self.owner.log.warning("%s: group %d: recv: %s", self.owner.name, self.sock.group, exc)
+        time.sleep(_POLL_S)
+
     def _feed(self, buf: bytearray | bytes, n: int) -> None:
         self.counters["packets"] += self.decoder.feed(buf, n, time.time_ns())
         self.counters["batches"] += 1
 
     def _emit(self, final: bool = False) -> None:
+        """Hand on everything held, in batches of at most ``TAKE_LIMIT`` flows."""
         self.decoder.release(None if final else time.time_ns())
-        batch = self.decoder.take(self.owner.name)
-        if batch is not None:
-            if not self.stopping.is_set():  # at stop the pipeline thread is joining us
-                self.context.wait_for_room(_INBOX_LIMIT)
-            self.context.emit(batch)
+        while True:
+            batch = self.decoder.take(self.owner.name)
+            if batch is not None:
+                if not self.stopping.is_set():  # at stop the pipeline thread is joining us
+                    self.context.wait_for_room(_INBOX_LIMIT)
+                self.context.emit(batch)
+            if not self.decoder.pending:
+                break
+        self.emitted_at = time.monotonic()
 
     def _finish(self) -> None:
         """UNBIND, then read until its ack: the kernel flushes its partial batch first."""
@@ -260,7 +304,7 @@ class NflogIngest(Ingest):
             for group in cfg.groups:
                 sock = NflogSocket(group, cfg.netns, cfg.rcvbuf)
                 try:
-                    pending = sock.bind(cfg.snaplen, cfg.qthreshold, cfg.nlbufsiz,
+                    pending = sock.bind(cfg.snaplen, cfg.qthreshold, cfg.batch_buffer(),
                                         max(1, cfg.flush_timeout_ms // 10))
                 except OSError:
                     sock.close()

@@ -25,6 +25,17 @@ SNAPLEN_MIN_USEFUL = 68
 #: ... and the inner ports of IPv6 in VXLAN in IPv6 with a VLAN tag (40+8+8+18+40+4)
 SNAPLEN_MIN_DECAP = 118
 NLBUFSIZ_MIN = 4096  # NLMSG_GOODSIZE on 4 KiB pages; the kernel raises smaller values to it
+#: nlbufsiz = 0 picks the first of these that fits. The kernel allocates a batch as one block
+#: of nlbufsiz + 320 bytes (skb_shared_info) rounded up to a power of two (above 8 KiB whole
+#: pages of 2^order), and before sending copies it into a smaller block when it filled less
+#: than half (netlink_trim). 2^k - 320 fills its block; 65536 took a 128 KiB block, of which
+#: a 64-packet batch of 128-byte snaps (16 KB) used an eighth, then was copied.
+NLBUFSIZ_AUTO = tuple((1 << k) - 320 for k in range(13, 18))
+#: bytes a prerouting message carries besides its payload: nlmsghdr, nfgenmsg, PACKET_HDR,
+#: INDEV, HWADDR, HWTYPE, HWLEN, HWHEADER, TIMESTAMP, SEQ and the payload's header
+MESSAGE_OVERHEAD = 16 + 4 + 8 + 8 + 16 + 8 + 8 + 20 + 20 + 8 + 4
+NLMSG_DONE_LEN = 20
+SNAP_WHOLE = 1500  # snaplen 0 copies whole packets: size for Ethernet-sized ones
 RULES_TABLE = "netflow_agent"
 
 Chain = Literal["input", "forward", "output", "bridge"]
@@ -46,8 +57,10 @@ class Config:
         64, doc="Packets the kernel queues before it sends a batch (a rule's --nflog-threshold"
         " / queue-threshold caps it).", min=1, max=65535)
     nlbufsiz: int = option(
-        65536, doc="Size in bytes of the kernel's batch buffer per group (4096-131072).",
-        min=1, max=2**31 - 1)
+        0, doc="Size in bytes of the kernel's batch buffer per group (4096-131072). 0 = "
+        "auto: room for qthreshold packets of snaplen bytes, sized so that the kernel "
+        "neither allocates a larger block than it fills nor copies the batch into a smaller "
+        "one before sending it (16064 with the defaults).", min=0, max=2**31 - 1)
     flush_timeout_ms: int = option(
         100, doc="Longest time in ms a packet waits in a partial batch (kernel default 1000).",
         min=10, max=3_600_000)
@@ -59,6 +72,12 @@ class Config:
         "batches arriving meanwhile are read and handed on together: one wakeup and one "
         "pipeline batch for many (less CPU per packet under load; the socket buffer holds "
         "them meanwhile). 0 = read each batch as soon as it arrives.", min=0, max=1000)
+    batch_ms: int = option(
+        50, doc="With the C decoder: how long the reader sums packets per flow before it "
+        "hands the sums to the cache (at most 8192 flows held; then at once). Longer: "
+        "fewer rows per packet for the cache (a flow sending every few ms becomes one row "
+        "per period, not one per packet) and less CPU; flows reach the cache this much "
+        "later. 0 = after every read.", min=0, max=1000)
     netns: str = option(
         "", doc="Network namespace to read: a name under /run/netns or a path such as "
         "/proc/PID/ns/net; empty = the agent's own.")
@@ -99,7 +118,7 @@ class Config:
     def check(self) -> list[ConfigIssue]:
         """Pure checks: group range and duplicates, buffer sizes, namespace name, chains."""
         issues = self._check_groups()
-        if not NLBUFSIZ_MIN <= self.nlbufsiz <= NLBUFSIZ_MAX:
+        if self.nlbufsiz and not NLBUFSIZ_MIN <= self.nlbufsiz <= NLBUFSIZ_MAX:
             issues.append(ConfigIssue("nlbufsiz", f"{self.nlbufsiz} is outside "
                                       f"{NLBUFSIZ_MIN}-{NLBUFSIZ_MAX}; the kernel would clamp "
                                       "it", "warning"))
@@ -122,6 +141,15 @@ class Config:
                                       "accounted as its outer flow); use at least "
                                       f"{SNAPLEN_MIN_DECAP} with decapsulate", "warning"))
         return issues + check_decapsulate(list(self.decapsulate), self.keep_outer)
+
+    def batch_buffer(self) -> int:
+        """The ``nlbufsiz`` to configure: the option, or with 0 the smallest of
+        :data:`NLBUFSIZ_AUTO` that holds ``qthreshold`` messages of ``snaplen`` bytes."""
+        if self.nlbufsiz:
+            return self.nlbufsiz
+        snap = self.snaplen or SNAP_WHOLE
+        need = self.qthreshold * (MESSAGE_OVERHEAD + (snap + 3) // 4 * 4) + NLMSG_DONE_LEN
+        return next((size for size in NLBUFSIZ_AUTO if size >= need), NLBUFSIZ_AUTO[-1])
 
     def _check_groups(self) -> list[ConfigIssue]:
         issues = []

@@ -1,16 +1,17 @@
 """Receive buffer -> pipeline batch: the Python decoder or the C extension, one interface.
 
 A reader thread owns one of these per group. Both turn the ``NFULNL_MSG_PACKET`` messages of
-a receive buffer into one batch for the cache, with the same accounting:
+the receive buffers into batches for the cache, with the same accounting:
 
 * :class:`PythonBatcher` (``decoder = "python"``): :class:`~.netlink.NflogDecoder` and
   :class:`~agent.packet.PacketParser`, one :data:`~agent.model.Packet` per packet in a
   :class:`~agent.model.PacketBatch` (``agent_cache_packets``).
 * :class:`CBatcher` (``decoder = "c"``): ``netflow_agent.plugins.ingest_nflog._nflog``
-  (``_nflog.c``) walks the buffer, parses the IP headers and sums the packets per flow key in
-  C, with the GIL released; ``take()`` hands back one packed record per flow (one bytes
-  object), which becomes a columnar :class:`~agent.model.FlowBatch` without a Python object
-  per flow (``agent_cache_flows``). Same keys, packets, bytes, TCP
+  (``_nflog.c``) receives the datagrams waiting on the socket (:meth:`CBatcher.read`), walks
+  them, parses the IP headers and sums the packets per flow key in C, with the GIL
+  released; ``take()`` hands back at most :data:`TAKE_LIMIT` flows at a time as the rows of
+  a columnar :class:`~agent.model.FlowBatch`, without a Python object per flow
+  (``agent_cache_flows``); the rest stays ``pending``. Same keys, packets, bytes, TCP
   flags (so FIN/RST still end flows), output interface, times and counters, and the same
   fragment tracking (``[cache] fragments``) and tunnel decapsulation (``decapsulate``).
 
@@ -31,7 +32,7 @@ cache lookups, which are one per flow and buffer with the C decoder.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -54,16 +55,28 @@ _EXTENSION = "netflow_agent.plugins.ingest_nflog._nflog"
 
 
 class Batcher(Protocol):
-    """What a reader needs from a decoder: feed every waiting buffer, then take one batch."""
+    """What a reader needs from a decoder: feed every waiting buffer, then take batches."""
 
     name: str
+
+    @property
+    def pending(self) -> int:
+        """Flows fed and not yet taken (a bounded take leaves the rest for the next one)."""
+        ...
 
     def feed(self, buf: bytearray | bytes, n: int, recv_ns: int) -> int:
         """Decode ``buf[:n]`` (one datagram) into the pending batch; returns its packets."""
         ...
 
     def take(self, source: str) -> PacketBatch | FlowBatch | None:
-        """The pending batch (``None`` when there is nothing to emit), then start over."""
+        """The pending batch (``None`` when there is nothing to emit), at most
+        :data:`TAKE_LIMIT` flows of it with the C decoder (the rest stays ``pending``)."""
+        ...
+
+    def read(self, fd: int, max_datagrams: int, max_bytes: int, bufsize: int
+             ) -> ReadResult | None:
+        """Receive the datagrams waiting on the non-blocking socket ``fd`` and feed them
+        (``None``: this decoder cannot, the reader receives and feeds them itself)."""
         ...
 
     def release(self, now_ns: int | None) -> None:
@@ -74,6 +87,23 @@ class Batcher(Protocol):
     def stats(self) -> dict[str, int]:
         """Cumulative decoder counters."""
         ...
+
+
+class ReadResult(NamedTuple):
+    """What one :meth:`Batcher.read` did (``_nflog.Aggregator.read``)."""
+
+    datagrams: int
+    bytes: int
+    packets: int
+    enobufs: int  # ENOBUFS reads: the kernel dropped batches (sequence gaps count them)
+    cut: int  # datagrams longer than the buffer (cannot happen with the reader's size)
+    errno: int  # the receive error that ended the read, 0 when none
+    full: bool  # stopped at a bound: more may be waiting
+
+
+#: most flows in one batch taken from the C aggregator: bounds the transient arrays of a
+#: burst of new flows (at 100k+ concurrent) while keeping the per-batch work shared
+TAKE_LIMIT = 16384
 
 
 def c_extension() -> Any | None:
@@ -120,6 +150,7 @@ def make_batcher(choice: str, fragments: FragmentPolicy | None = None,
 
 #: ``_nflog.Aggregator``'s ``l2`` bits
 L2_MAC, L2_VLAN, L2_PHYS, L2_OVERRIDE = 1, 2, 4, 8
+L2_KEYED = L2_MAC | L2_VLAN | L2_PHYS  # the bits that add a block to the key
 
 
 def l2_mask(schema: FlowSchema) -> int:
@@ -140,6 +171,7 @@ class PythonBatcher:
     """One packet tuple per packet (:class:`~.netlink.NflogDecoder`)."""
 
     name = "python"
+    pending = 0  # packets are handed on at every take
 
     def __init__(self, fragments: FragmentPolicy | None = None,
                  decapsulate: list[str] | tuple[str, ...] = (), keep_outer: bool = False
@@ -154,6 +186,10 @@ class PythonBatcher:
         before = len(self.packets)
         self.decoder.decode(buf, n, recv_ns, self.packets)
         return len(self.packets) - before
+
+    def read(self, fd: int, max_datagrams: int, max_bytes: int, bufsize: int) -> None:
+        """See :class:`Batcher`: the reader receives for this decoder."""
+        return None
 
     def take(self, source: str) -> PacketBatch | None:
         """See :class:`Batcher`."""
@@ -183,7 +219,11 @@ class PythonBatcher:
 
 
 class CBatcher:
-    """One flow delta per flow and burst of datagrams (``_nflog.Aggregator``)."""
+    """One flow delta per flow and burst of datagrams (``_nflog.Aggregator``).
+
+    With the default schema (no layer-2 key fields) the aggregator writes the FlowBatch's
+    record array itself (``take(native=True)``, :data:`NATIVE_DTYPE`): no column copies.
+    """
 
     name = "c"
 
@@ -193,20 +233,34 @@ class CBatcher:
         ext = c_extension()
         if ext is None:
             raise RuntimeError(c_unavailable_reason())
-        self.l2 = l2_mask(flow_schema())
+        schema = flow_schema()
+        self.l2 = l2_mask(schema)
+        self.native = schema.record_dtype == NATIVE_DTYPE and not self.l2 & L2_KEYED
         self.aggregator = ext.Aggregator(**c_options(fragments, decapsulate, keep_outer),
                                          l2=self.l2)
+
+    @property
+    def pending(self) -> int:
+        """See :class:`Batcher`."""
+        return int(self.aggregator.pending)
 
     def feed(self, buf: bytearray | bytes, n: int, recv_ns: int) -> int:
         """See :class:`Batcher`."""
         return int(self.aggregator.feed(buf, n, recv_ns))
 
-    def take(self, source: str) -> FlowBatch | None:
+    def read(self, fd: int, max_datagrams: int, max_bytes: int, bufsize: int) -> ReadResult:
+        """See :class:`Batcher`: received and decoded in C with the GIL released."""
+        return ReadResult(*self.aggregator.read(fd, max_datagrams, max_bytes, bufsize))
+
+    def take(self, source: str, limit: int = TAKE_LIMIT) -> FlowBatch | None:
         """See :class:`Batcher`."""
-        records, _packets, trunc, frag, trunc_bytes, gaps = self.aggregator.take()
+        records, _packets, trunc, frag, trunc_bytes, gaps = self.aggregator.take(
+            limit, native=self.native)
         if not (records or trunc or frag or gaps):
             return None
-        return FlowBatch(source, flows_of(records, self.l2), dropped_packets=gaps + trunc,
+        flows = (np.frombuffer(records, NATIVE_DTYPE) if self.native
+                 else flows_of(records, self.l2))
+        return FlowBatch(source, flows, dropped_packets=gaps + trunc,
                          dropped_bytes=trunc_bytes, trunc=trunc, frag=frag)
 
     def release(self, now_ns: int | None) -> None:
@@ -230,6 +284,9 @@ class CBatcher:
 
 #: the 44-byte base key the C aggregator packs (agent.model.KEY)
 BASE_KEY_DTYPE = FlowSchema().key_dtype
+#: the default schema's FlowBatch row, which ``take(native=True)`` writes (_nflog.c
+#: flow_native); a schema with other fields takes the generic path (:func:`flows_of`)
+NATIVE_DTYPE = FlowSchema().record_dtype
 #: one record of ``_nflog.Aggregator.take()``'s buffer (see its docstring)
 TAKE_DTYPE = np.dtype([("key", "V44"), ("packets", "u8"), ("octets", "u8"),
                        ("start_ns", "i8"), ("end_ns", "i8"), ("out_if", "u4"),
@@ -247,7 +304,7 @@ def flows_of(records: bytes, l2: int = 0) -> np.ndarray:
     base key columns decoded from the packed keys; the layer-2 block's fields when ``l2``
     has key bits; other optional fields stay 0)."""
     block = None
-    if l2 & (L2_MAC | L2_VLAN | L2_PHYS):
+    if l2 & L2_KEYED:
         both = np.frombuffer(records, TAKE_L2_DTYPE)
         raw, block = both["base"], both["l2"]
     else:

@@ -17,8 +17,9 @@ walks the buffer with precompiled :class:`struct.Struct` objects instead. Messag
 rule and hook all have the same attribute chain (types and lengths) up to the payload, so the
 decoder learns each chain once ("shape") and then reads a message with a single
 ``unpack_from`` whose result also carries every attribute header for verification; a message
-that does not match a known shape is walked attribute by attribute. :class:`nfulnl_msg`
-describes the same layout in pyroute2's terms; tests use it as an independent decoder.
+that does not match a known shape is walked attribute by attribute. ``reference.py`` describes
+the same layout in pyroute2's terms for the tests (an independent decoder); it is not
+imported here, since pyroute2 costs the agent ~15 MB of memory it would not otherwise use.
 """
 
 from __future__ import annotations
@@ -31,9 +32,6 @@ import sys
 from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
-
-from pyroute2.netlink import nla
-from pyroute2.netlink.nfnetlink import nfgen_msg
 
 from netflow_agent.api import (
     DIRECTION_EGRESS,
@@ -147,54 +145,6 @@ TIMESTAMP = struct.Struct(">QQ")
 CFG_MODE = struct.Struct(">IBx")
 
 _HDRLEN = NLMSGHDR.size + NFGENMSG.size  # 20: where a message's attributes start
-
-
-# --- pyroute2 description (documentation and the tests' independent decoder) -------------
-
-
-class nfulnl_msg(nfgen_msg):
-    """An ``NFULNL_MSG_PACKET`` message in pyroute2 terms (not used on the packet path).
-
-    ``struct nfgenmsg`` header followed by ``NFULA_*`` attributes::
-
-        struct nfulnl_msg_packet_hdr { __be16 hw_protocol; __u8 hook; __u8 _pad; };
-        struct nfulnl_msg_packet_hw { __be16 hw_addrlen; __u16 _pad; __u8 hw_addr[8]; };
-        struct nfulnl_msg_packet_timestamp { __aligned_be64 sec; __aligned_be64 usec; };
-    """
-
-    nla_map = (
-        ("NFULA_UNSPEC", "none"),
-        ("NFULA_PACKET_HDR", "packet_hdr"),
-        ("NFULA_MARK", "be32"),
-        ("NFULA_TIMESTAMP", "timestamp"),
-        ("NFULA_IFINDEX_INDEV", "be32"),
-        ("NFULA_IFINDEX_OUTDEV", "be32"),
-        ("NFULA_IFINDEX_PHYSINDEV", "be32"),
-        ("NFULA_IFINDEX_PHYSOUTDEV", "be32"),
-        ("NFULA_HWADDR", "hwaddr"),
-        ("NFULA_PAYLOAD", "cdata"),
-        ("NFULA_PREFIX", "asciiz"),
-        ("NFULA_UID", "be32"),
-        ("NFULA_SEQ", "be32"),
-        ("NFULA_SEQ_GLOBAL", "be32"),
-        ("NFULA_GID", "be32"),
-        ("NFULA_HWTYPE", "be16"),
-        ("NFULA_HWHEADER", "cdata"),
-        ("NFULA_HWLEN", "be16"),
-        ("NFULA_CT", "cdata"),
-        ("NFULA_CT_INFO", "be32"),
-        ("NFULA_VLAN", "cdata"),
-        ("NFULA_L2HDR", "cdata"),
-    )
-
-    class packet_hdr(nla):
-        fields = (("hw_protocol", ">H"), ("hook", "B"), ("pad", "B"))
-
-    class timestamp(nla):
-        fields = (("sec", ">Q"), ("usec", ">Q"))
-
-    class hwaddr(nla):
-        fields = (("hw_addrlen", ">H"), ("pad", "H"), ("hw_addr", "8s"))
 
 
 # --- config requests ------------------------------------------------------------------------

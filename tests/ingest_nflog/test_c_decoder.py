@@ -13,12 +13,15 @@ the same flows and the same ``traffic``/``drop`` counters from either decoder.
 
 from __future__ import annotations
 
+import errno
 import importlib
+import os
 import random
 import socket
 import struct
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -137,6 +140,123 @@ def test_feeding_several_buffers_then_taking_sums_them_all() -> None:
     rows = rows_of(agg.take()[0])
     assert len(rows) == 3000 and [r[0][8:10] for r in rows] == \
         [struct.pack("!H", p) for p in range(3000)]
+
+
+def _many_flows(n: int, start: int = 0) -> bytes:
+    """One datagram of ``n`` UDP packets, each its own flow (source port ``start + i``)."""
+    return b"".join(_message(_ip4(17, struct.pack("!HHHH", start + i, 53, 8, 0)))
+                    for i in range(n))
+
+
+def test_bounded_takes_return_every_flow_once_with_the_counters() -> None:
+    """take(limit) hands the table on in chunks: together exactly one full take."""
+    ext = _ext()
+    datagrams = DATAGRAMS + [_many_flows(700)]
+    whole = ext.Aggregator()
+    for d in datagrams:
+        whole.feed(d, len(d), RECV_NS)
+    want = whole.take()
+    agg = ext.Aggregator()
+    for d in datagrams:
+        agg.feed(d, len(d), RECV_NS)
+    pending = agg.pending
+    chunks = []
+    while agg.pending:
+        chunks.append(agg.take(64))
+        assert len(chunks[-1][0]) <= 64 * decoders.TAKE_DTYPE.itemsize
+    assert pending == len(want[0]) // decoders.TAKE_DTYPE.itemsize > 700
+    assert b"".join(c[0] for c in chunks) == want[0]
+    assert chunks[0][1:] == want[1:]  # the counters come once, with the first chunk
+    assert all(c[1:] == (0, 0, 0, 0, 0) for c in chunks[1:])
+    assert agg.take() == (b"", 0, 0, 0, 0, 0)
+
+
+def test_feeding_between_bounded_takes_loses_nothing() -> None:
+    """Packets of a flow already taken (a chunk left) come back as a new row; the flows
+    still pending keep summing: every packet is in exactly one row."""
+    agg = _ext().Aggregator()
+    first, second = _many_flows(300), _many_flows(300, start=150)  # 150 flows in both
+    agg.feed(first, len(first), RECV_NS)
+    head = rows_of(agg.take(100)[0])
+    agg.feed(second, len(second), RECV_NS)  # forgets the 100 taken, keeps 200 pending
+    assert agg.pending == 200 + 150  # 100-299 pending, 300-449 new
+    rest = rows_of(agg.take()[0])
+    ports = [struct.unpack("!H", r[0][8:10])[0] for r in head + rest]
+    per_port: dict[int, int] = {}
+    for port, row in zip(ports, head + rest, strict=True):
+        per_port[port] = per_port.get(port, 0) + row[1]
+    assert per_port == {p: 2 if 150 <= p < 300 else 1 for p in range(450)}
+    assert ports[:300] == list(range(300))  # taken, then pending, in first-packet order
+    assert sum(r[1] for r in head + rest) == 600
+
+
+def test_native_take_is_the_flow_batch_the_generic_path_builds() -> None:
+    """take(native=True) writes the default schema's record array itself."""
+    ext = _ext()
+    datagrams = DATAGRAMS + [_many_flows(50)]
+    generic, native = ext.Aggregator(), ext.Aggregator()
+    for d in datagrams:
+        generic.feed(d, len(d), RECV_NS)
+        native.feed(d, len(d), RECV_NS)
+    want = decoders.flows_of(generic.take()[0])
+    got = np.frombuffer(native.take(native=True)[0], decoders.NATIVE_DTYPE)
+    assert want.dtype == got.dtype and len(got) > 50
+    assert want.tobytes() == got.tobytes()
+    with pytest.raises(ValueError):
+        ext.Aggregator(l2=decoders.L2_MAC).take(native=True)
+
+
+def test_reading_a_socket_is_feeding_its_datagrams() -> None:
+    """read() receives what waits on a socket (non-blocking) into the table, within its
+    bounds, and reports an error instead of raising."""
+    ext = _ext()
+    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with reader, writer:
+        reader.setblocking(False)
+        for d in DATAGRAMS:
+            writer.send(d)
+        agg = ext.Aggregator()
+        first = decoders.ReadResult(*agg.read(reader.fileno(), 3, 1 << 20, 65536))
+        assert (first.datagrams, first.full, first.errno) == (3, True, 0)
+        rest = decoders.ReadResult(*agg.read(reader.fileno(), 1000, 1 << 20, 65536))
+        assert (rest.datagrams, rest.full) == (len(DATAGRAMS) - 3, False)
+        assert first.bytes + rest.bytes == sum(map(len, DATAGRAMS))
+        fed = ext.Aggregator()
+        packets = sum(fed.feed(d, len(d), RECV_NS) for d in DATAGRAMS)
+        assert first.packets + rest.packets == packets
+        got, want = agg.take(), fed.take()
+        assert [r[:3] + r[5:] for r in rows_of(got[0])] == \
+            [r[:3] + r[5:] for r in rows_of(want[0])]  # times: the recorded timestamps
+        assert got[1:] == want[1:]
+        writer.send(DATAGRAMS[0])
+        small = decoders.ReadResult(*agg.read(reader.fileno(), 10, 1, 65536))
+        assert (small.datagrams, small.full) == (1, True)  # max_bytes reached
+    pipe_r, pipe_w = os.pipe()  # not a socket: the error is reported, nothing raised
+    try:
+        bad = decoders.ReadResult(*ext.Aggregator().read(pipe_r, 10, 1 << 20, 65536))
+    finally:
+        os.close(pipe_r)
+        os.close(pipe_w)
+    assert bad.errno == errno.ENOTSOCK and bad.datagrams == 0
+    with pytest.raises(ValueError):
+        agg.read(0, 0, 1, 65536)
+
+
+def test_batcher_takes_in_bounded_batches_until_nothing_is_pending() -> None:
+    """CBatcher.take gives at most TAKE_LIMIT flows; the reader takes until pending is 0,
+    and the cache ends with every packet."""
+    batcher = decoders.CBatcher()
+    data = _many_flows(1000)
+    batcher.feed(data, len(data), RECV_NS)
+    cache = FlowCache(CacheConfig())
+    sizes = []
+    while batcher.pending:
+        batch = batcher.take("ingest.nflog[0]", limit=300)
+        assert batch is not None
+        sizes.append(len(batch))
+        cache.agent_cache_flows(batch, RECV_NS)
+    assert sizes == [300, 300, 300, 100]
+    assert cache.stats.traffic_packets == 1000 and len(cache.table) == 1000
 
 
 def test_buffer_types_and_bad_arguments() -> None:

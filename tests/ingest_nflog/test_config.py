@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from netflow_agent.config.convert import convert
-from netflow_agent.plugins.ingest_nflog.config import Config
+from netflow_agent.plugins.ingest_nflog.config import (
+    MESSAGE_OVERHEAD,
+    NLBUFSIZ_AUTO,
+    NLBUFSIZ_MIN,
+    Config,
+)
+from netflow_agent.plugins.ingest_nflog.netlink import NLBUFSIZ_MAX
 from netflow_agent.plugins.ingest_nflog.rules import ruleset
 
 SAMPLE = Path(__file__).parents[2] / "plugins" / "ingest_nflog" / "sample.toml"
@@ -92,3 +98,16 @@ def test_ruleset_bridge_chain_is_a_bridge_family_table():
     assert not issues
     assert [r.ident for r in cfg.resources()][-2:] == ["netns= inet netflow_agent",
                                                      "netns= bridge netflow_agent"]
+
+
+def test_auto_batch_buffer_is_a_whole_kernel_block_that_holds_a_batch() -> None:
+    """nlbufsiz = 0: a 64-packet batch of 128-byte snaps fits, and nlbufsiz plus the
+    kernel's 320-byte skb_shared_info is a power of two (no bigger block, no copy)."""
+    cfg = Config(group=1)
+    size = cfg.batch_buffer()
+    assert size == 16064 and (size + 320) & (size + 319) == 0
+    assert cfg.qthreshold * (MESSAGE_OVERHEAD + cfg.snaplen) + 20 <= size
+    assert Config(group=1, snaplen=0).batch_buffer() == 131072 - 320  # whole packets
+    assert Config(group=1, qthreshold=8).batch_buffer() == 8192 - 320
+    assert Config(group=1, nlbufsiz=65536).batch_buffer() == 65536  # as configured
+    assert all(NLBUFSIZ_MIN <= s <= NLBUFSIZ_MAX for s in NLBUFSIZ_AUTO)

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from pyroute2.netlink.marshal import Marshal
 
 from netflow_agent.model import DIRECTION_EGRESS, DIRECTION_INGRESS, split_key
-from netflow_agent.plugins.ingest_nflog.netlink import MSG_PACKET, NflogDecoder, nfulnl_msg
+from netflow_agent.plugins.ingest_nflog.netlink import MSG_PACKET, NflogDecoder
+from netflow_agent.plugins.ingest_nflog.reference import nfulnl_msg
 from tests.support.truth import FlowId, parse_ip
 
 DATA = Path(__file__).parent / "data"

@@ -292,3 +292,33 @@ def test_reload_does_not_warn_about_the_agents_own_groups(topo: RoutedTopology,
     # another process: the groups and the control socket are the running agent's (warnings)
     assert "group 12 is already bound" in other.stderr, other.stderr
     assert other.returncode == 0 and "another agent is listening there" in other.stderr
+
+
+@pytest.mark.parametrize("batch_ms", [0, 1000])
+def test_held_sums_reach_the_cache_as_few_rows_and_every_packet(topo: RoutedTopology,
+                                                                tmp_path: Path,
+                                                                batch_ms: int) -> None:
+    """The C decoder holds its per-flow sums for ``batch_ms``: a burst of one flow reaches
+    the cache as a few rows (lookups), not one per wakeup, and still every packet."""
+    _add_rules(topo, "nft", ("forward",))
+    sock = tmp_path / "agent.sock"
+    with Nfcapd(tmp_path / "flows") as cap:
+        agent = _started(tmp_path, _config(topo, cap.port, "c", sock, batch_ms=batch_ms,
+                                           rcvbuf=1 << 24), "c")
+        try:
+            start = agent.wait_for(lambda s: "cache" in s, what="stats")["cache"]["search"]
+            sent = send_udp(topo.client_ns, topo.server.addr, 5301, 6000, 18,
+                            peer=topo.server_ns, timeout=30)
+            logged = _rule_packets(topo)
+            cache = _cache_when(agent, lambda c: c["traffic_packets"] >= logged)
+        finally:
+            assert agent.stop() == 0, agent.log()
+        records = cap.flows()
+    assert sent.received == 6000 and logged >= 6000
+    assert cache["traffic_packets"] == logged and cache["drop_packets"] == 0
+    assert sum(r["packets"] for r in records) == logged
+    rows = cache["search"] - start
+    if batch_ms:  # the burst lasts well under 1 s: one or two periods, a row per flow each
+        assert rows <= 2 * len(records) + 2, (rows, len(records))
+    else:  # every read: a row per flow and wakeup (the burst spans many 5 ms wakeups)
+        assert rows > 4, rows
