@@ -7,8 +7,10 @@
  * Attach: bpf_link_create() for TCX (attach types 46/47, kernel 6.6+) and XDP links, both of
  * which die with the process; tc clsact through bpf_tc_* otherwise. All of them act in the
  * calling thread's network namespace (the Python side wraps them in setns()).
- * drain() empties one flow table with BPF_MAP_LOOKUP_AND_DELETE_BATCH and sums the per-CPU
- * slots with the GIL released; it returns one bytes object of struct flow_record.
+ * drain_begin() + drain_next() empty one flow table in chunks: each drain_next() takes up to
+ * `chunk_rows` entries with BPF_MAP_LOOKUP_AND_DELETE_BATCH (then the per-CPU slots), sums the
+ * per-CPU values with the GIL released and writes struct flow_record rows into the caller's
+ * buffer (a reused NumPy array): memory stays bounded by the chunk, whatever the table holds.
  * consume() turns the overflow ring's per-packet events into the same rows.
  */
 #define PY_SSIZE_T_CLEAN
@@ -76,21 +78,31 @@ typedef struct {
 	struct flow_bpf *skel;
 	int flows_fd[FLOW_MAPS];
 	int ncpu;		/* value slots per key: possible CPUs, or 1 for the shared map */
-	__u32 capacity;		/* rows the drain buffers hold */
-	void *keys, *vals;	/* drain buffers */
+	__u32 chunk;		/* rows one drain_next() takes: what keys/vals hold */
+	void *keys, *vals;	/* drain buffers, reused by every chunk */
 	__u32 slots;		/* per-CPU flow slots (0 = none) */
 	int slot_ncpu;		/* possible CPUs: slot arrays hold slots * slot_ncpu entries */
 	struct flow_record *slot_mem[FLOW_MAPS];	/* the slot arrays, mmapped */
 	size_t slot_len;	/* bytes of each mapping */
 	__u32 key_size;		/* bytes the flow tables hash: the base key or all of it */
 	__u32 rec_size;		/* bytes of a drained row: FLOW_RECORD_BASE_SIZE or a flow_record */
-	char *out;		/* capacity + slots * slot_ncpu rows of rec_size */
+	/* the drain in progress (drain_begin): table, phase, batch token, next slot */
+	__u32 walk_index;
+	int walk_phase;		/* WALK_* */
+	int walk_first;		/* the next batch call starts the table's walk */
+	__u32 walk_batch;	/* BPF batch token: the bucket to continue at */
+	size_t walk_slot;	/* next slot array entry to look at */
 	struct ring_buffer *rb;	/* overflow ring, NULL when off */
 	struct ring_buffer *sig_rb;	/* the program's early-drain signals */
 	unsigned long signals;	/* signals read by the current take_signals() */
 	char *ring_out;		/* overflow events of one consume(), rows of rec_size */
 	size_t ring_len, ring_cap;
 } Loader;
+
+enum { WALK_DONE, WALK_HASH, WALK_SLOTS };
+
+/* smallest chunk: a hash bucket (a few entries) must always fit, see drain_hash() */
+#define MIN_CHUNK 64
 
 static void loader_release(Loader *self)
 {
@@ -106,13 +118,13 @@ static void loader_release(Loader *self)
 	self->skel = NULL;
 	free(self->keys);
 	free(self->vals);
-	free(self->out);
 	for (int i = 0; i < FLOW_MAPS; i++) {
 		if (self->slot_mem[i])
 			munmap(self->slot_mem[i], self->slot_len);
 		self->slot_mem[i] = NULL;
 	}
-	self->keys = self->vals = self->out = NULL;
+	self->keys = self->vals = NULL;
+	self->walk_phase = WALK_DONE;
 }
 
 static void Loader_dealloc(Loader *self)
@@ -122,19 +134,28 @@ static void Loader_dealloc(Loader *self)
 }
 
 /* Write one drained row at dst: the whole flow_record when the key has optional fields,
- * else the compact row (base key, 4 zero bytes, metrics). `key` holds key_size bytes. */
+ * else the compact row (base key, 4 zero bytes, metrics). `key` holds key_size bytes. An IPv4
+ * address takes the first 4 bytes of its field; the other 12 are made zero here, so the
+ * decoder can take the addresses as they are. */
 static void put_record(const Loader *self, char *dst, const void *key,
 		       const struct flow_metrics *m)
 {
+	struct flow_key *k = (struct flow_key *)dst;
+
 	if (self->rec_size == sizeof(struct flow_record)) {
 		memset(dst, 0, offsetof(struct flow_record, m));
 		memcpy(dst, key, self->key_size);
 		memcpy(dst + offsetof(struct flow_record, m), m, sizeof(*m));
-		return;
+	} else {
+		memcpy(dst, key, FLOW_KEY_BASE_SIZE);
+		memset(dst + FLOW_KEY_BASE_SIZE, 0,
+		       FLOW_RECORD_BASE_SIZE - FLOW_KEY_BASE_SIZE - sizeof(*m));
+		memcpy(dst + FLOW_RECORD_BASE_SIZE - sizeof(*m), m, sizeof(*m));
 	}
-	memcpy(dst, key, FLOW_KEY_BASE_SIZE);
-	memset(dst + FLOW_KEY_BASE_SIZE, 0, FLOW_RECORD_BASE_SIZE - FLOW_KEY_BASE_SIZE - sizeof(*m));
-	memcpy(dst + FLOW_RECORD_BASE_SIZE - sizeof(*m), m, sizeof(*m));
+	if (k->ip_version == 4) {
+		memset(k->saddr + 4, 0, sizeof(k->saddr) - 4);
+		memset(k->daddr + 4, 0, sizeof(k->daddr) - 4);
+	}
 }
 
 /* ring_buffer__consume() callback: one overflow_event becomes one row. */
@@ -196,29 +217,30 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	static char *kwlist[] = { "maxflows", "sampling", "percpu", "overflow_ring_bytes",
 				  "precise_clock", "slots", "prealloc", "fill_threshold",
 				  "frag_table", "frag_timeout", "decap", "keep_outer", "l2_fields",
-				  "mpls_labels", NULL };
+				  "mpls_labels", "chunk_rows", NULL };
 	unsigned int maxflows = 65536, sampling = 1, ring_bytes = 0, ring_size = 4096, slots = 0;
 	unsigned int fill_threshold = 0, frag_table = 0, frag_timeout = 30, decap = 0;
-	unsigned int l2_fields = 0, mpls_labels = 0;
+	unsigned int l2_fields = 0, mpls_labels = 0, chunk_rows = 16384;
 	int percpu = 1, precise_clock = 0, prealloc = 1, keep_outer = 0, err;
 	enum bpf_map_type type;
 	__u64 seed = 0;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "|IIpIpIpIIIIpII", kwlist, &maxflows,
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "|IIpIpIpIIIIpIII", kwlist, &maxflows,
 					 &sampling, &percpu, &ring_bytes, &precise_clock, &slots,
 					 &prealloc, &fill_threshold, &frag_table, &frag_timeout, &decap,
-					 &keep_outer, &l2_fields, &mpls_labels))
+					 &keep_outer, &l2_fields, &mpls_labels, &chunk_rows))
 		return -1;
 	if (maxflows < 1 || sampling < 1 || ring_bytes > (1u << 30) ||
 	    (slots & (slots - 1)) || slots > (1u << 24) || frag_table > (1u << 24) ||
 	    frag_timeout < 1 || frag_timeout > 86400 ||
 	    decap & ~(unsigned int)(TUNNEL_GRE | TUNNEL_VXLAN | TUNNEL_GENEVE | TUNNEL_IPIP) ||
-	    l2_fields & ~(unsigned int)(L2_MAC | L2_VLAN | L2_TUNNEL_ID) || mpls_labels > 10) {
+	    l2_fields & ~(unsigned int)(L2_MAC | L2_VLAN | L2_TUNNEL_ID) || mpls_labels > 10 ||
+	    chunk_rows < MIN_CHUNK || chunk_rows > (1u << 24)) {
 		PyErr_SetString(PyExc_ValueError,
 				"maxflows and sampling must be >= 1, overflow_ring_bytes <= 1 GiB, "
 				"slots 0 or a power of two <= 2^24, frag_table <= 2^24, "
 				"frag_timeout 1..86400 s, decap TUNNEL_* bits, l2_fields L2_* bits, "
-				"mpls_labels 0..10");
+				"mpls_labels 0..10, chunk_rows 64..2^24");
 		return -1;
 	}
 	if (slots && getrandom(&seed, sizeof(seed), 0) != sizeof(seed)) {
@@ -306,16 +328,15 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 		return -1;
 	}
 	self->ncpu = percpu ? libbpf_num_possible_cpus() : 1;
-	self->capacity = maxflows + 64;	/* slack: a drain never needs more than max_entries */
-	self->keys = calloc(self->capacity, self->key_size);
-	self->vals = calloc((size_t)self->capacity * self->ncpu, sizeof(struct flow_metrics));
 	if (self->ncpu < 1) {
 		loader_release(self);
 		PyErr_SetString(PyExc_OSError, "cannot count the possible CPUs");
 		return -1;
 	}
-	self->out = calloc(self->capacity + (size_t)slots * self->slot_ncpu, self->rec_size);
-	if (!self->keys || !self->vals || !self->out) {
+	self->chunk = chunk_rows;
+	self->keys = calloc(self->chunk, self->key_size);
+	self->vals = calloc((size_t)self->chunk * self->ncpu, sizeof(struct flow_metrics));
+	if (!self->keys || !self->vals) {
 		loader_release(self);
 		PyErr_NoMemory();
 		return -1;
@@ -453,8 +474,8 @@ static PyObject *Loader_synchronize(Loader *self, PyObject *unused)
 	return PyBool_FromLong(err == 0);
 }
 
-/* Sum the per-CPU slots of n drained entries into self->out; returns the records kept. */
-static __u32 sum_records(Loader *self, __u32 n)
+/* Sum the per-CPU values of n drained entries into rows at out; returns the rows written. */
+static __u32 sum_records(Loader *self, __u32 n, char *out)
 {
 	const char *keys = self->keys;
 	struct flow_metrics *vals = self->vals;
@@ -477,73 +498,141 @@ static __u32 sum_records(Loader *self, __u32 n)
 			sum.tcp_flags |= v->tcp_flags;
 		}
 		if (sum.packets)
-			put_record(self, self->out + (size_t)kept++ * self->rec_size,
+			put_record(self, out + (size_t)kept++ * self->rec_size,
 				   keys + (size_t)i * self->key_size, &sum);
 	}
 	return kept;
 }
 
 /*
- * Append the taken slots of slot array `index` to self->out[*kept...] and zero them. The
- * array is mmapped: no syscall per slot. Exact without atomics because no program writes to
- * this array between synchronize() and the next set_active(). One row per taken slot: two
- * CPUs may hold the same flow, or one flow may also be in the hash; the cache adds them.
+ * Take up to `room` entries of the walk's hash table into keys/vals (deleted from the table).
+ * Returns the entries taken; *err is 0 while the table may hold more, -ENOENT at its end, or
+ * the errno that stopped the walk. A batch call ends at a bucket boundary: when the next
+ * bucket does not fit in what is left of the chunk, the chunk ends and the next one starts
+ * there (the batch token is a bucket index, valid across calls).
  */
-static void drain_slots(Loader *self, __u32 index, __u32 *kept)
+static __u32 drain_hash(Loader *self, __u32 room, int *err)
 {
-	struct flow_record *slot = self->slot_mem[index];
-	size_t n = (size_t)self->slots * self->slot_ncpu;
+	int fd = self->flows_fd[self->walk_index];
+	__u32 n = 0, out_batch = 0;
 
-	for (size_t i = 0; i < n; i++, slot++) {
-		if (!slot->m.packets)
-			continue;
-		put_record(self, self->out + (size_t)(*kept)++ * self->rec_size, &slot->key,
-			   &slot->m);
-		memset(slot, 0, sizeof(*slot));
+	*err = 0;
+	while (n < room) {
+		__u32 count = room - n, asked = count;
+
+		*err = bpf_map_lookup_and_delete_batch(fd, self->walk_first ? NULL : &self->walk_batch,
+						       &out_batch,
+						       (char *)self->keys + (size_t)n * self->key_size,
+						       (struct flow_metrics *)self->vals +
+							       (size_t)n * self->ncpu,
+						       &count, NULL);
+		if (*err == -EFAULT)	/* the kernel did not write count back: unknown */
+			count = 0;
+		n += count;
+		if (*err == -ENOSPC && n) {	/* the next bucket needs a fresh chunk */
+			*err = 0;
+			break;
+		}
+		if (*err)
+			break;
+		self->walk_first = 0;
+		self->walk_batch = out_batch;
+		if (count < asked)	/* the next bucket did not fit: the chunk is done */
+			break;
 	}
+	return n;
 }
 
 /*
- * drain(index) -> (bytes, errno): every entry of flow table `index` (and its slots), emptied, as
- * flow_record rows. The rows are returned even when the batch walk fails part way (errno !=
- * 0): the entries it already deleted are in them, and the rest stays for the next drain.
+ * Append up to `room` taken slots of the walk's slot array to out (from walk_slot on) and zero
+ * them. The array is mmapped: no syscall per slot. Exact without atomics because no program
+ * writes to this array between synchronize() and the next set_active(). One row per taken slot:
+ * two CPUs may hold the same flow, or one flow may also be in the hash; the cache adds them.
  */
-static PyObject *Loader_drain(Loader *self, PyObject *args)
+static __u32 drain_slots(Loader *self, __u32 room, char *out)
 {
-	__u32 index, n = 0, kept = 0, in_batch = 0, out_batch = 0;
-	int fd, err = 0, first = 1;
+	struct flow_record *slots = self->slot_mem[self->walk_index];
+	size_t n = (size_t)self->slots * self->slot_ncpu;
+	__u32 kept = 0;
+
+	for (; self->walk_slot < n && kept < room; self->walk_slot++) {
+		struct flow_record *slot = &slots[self->walk_slot];
+
+		if (!slot->m.packets)
+			continue;
+		put_record(self, out + (size_t)kept++ * self->rec_size, &slot->key, &slot->m);
+		memset(slot, 0, sizeof(*slot));
+	}
+	return kept;
+}
+
+/* drain_begin(index): start emptying flow table `index` (and its slots) with drain_next(). */
+static PyObject *Loader_drain_begin(Loader *self, PyObject *args)
+{
+	__u32 index;
 
 	if (!PyArg_ParseTuple(args, "I", &index) || check_open(self))
 		return NULL;
 	if (index >= FLOW_MAPS)
 		return PyErr_Format(PyExc_ValueError, "flow table index %u out of range", index);
-	fd = self->flows_fd[index];
-	Py_BEGIN_ALLOW_THREADS
-	while (n < self->capacity) {
-		__u32 count = self->capacity - n;
+	self->walk_index = index;
+	self->walk_phase = WALK_HASH;
+	self->walk_first = 1;
+	self->walk_batch = 0;
+	self->walk_slot = 0;
+	Py_RETURN_NONE;
+}
 
-		err = bpf_map_lookup_and_delete_batch(fd, first ? NULL : &in_batch, &out_batch,
-						      (char *)self->keys + (size_t)n * self->key_size,
-						      (struct flow_metrics *)self->vals +
-							      (size_t)n * self->ncpu,
-						      &count, NULL);
-		if (err == -EFAULT)	/* the kernel did not write count back: unknown */
-			count = 0;
-		n += count;
-		first = 0;
-		if (err)
-			break;
-		in_batch = out_batch;
+/*
+ * drain_next(buffer) -> (rows, errno, more): the next chunk of the drain drain_begin() started,
+ * written into `buffer` (writable, C-contiguous, whole rows of record_size) as flow_record rows:
+ * at most min(chunk_rows, len(buffer) / record_size) rows, all deleted from the kernel, so the
+ * caller must hand every one of them on. errno != 0: the hash walk stopped there (the rest of
+ * the table follows at a later drain); the slots are still drained. more: call it again.
+ */
+static PyObject *Loader_drain_next(Loader *self, PyObject *args)
+{
+	Py_buffer buf;
+	__u32 room, n, kept = 0;
+	int err = 0;
+
+	if (!PyArg_ParseTuple(args, "w*", &buf))
+		return NULL;
+	if (check_open(self) || self->walk_phase == WALK_DONE) {
+		if (!PyErr_Occurred())
+			PyErr_SetString(PyExc_ValueError, "no drain in progress (drain_begin first)");
+		PyBuffer_Release(&buf);
+		return NULL;
 	}
-	if (err == -ENOENT)	/* end of the table */
-		err = 0;
-	kept = sum_records(self, n);
-	if (self->slots)	/* independent of the hash: always emptied */
-		drain_slots(self, index, &kept);
+	if (!PyBuffer_IsContiguous(&buf, 'C') || buf.len / self->rec_size < 1) {
+		PyBuffer_Release(&buf);
+		return PyErr_Format(PyExc_ValueError, "buffer must be C-contiguous and hold a %u-byte "
+				    "row at least", self->rec_size);
+	}
+	room = buf.len / self->rec_size < self->chunk ? (__u32)(buf.len / self->rec_size)
+						      : self->chunk;
+	Py_BEGIN_ALLOW_THREADS
+	if (self->walk_phase == WALK_HASH) {
+		n = drain_hash(self, room, &err);
+		if (err || !n)	/* the end (-ENOENT), or the walk stopped at an error */
+			self->walk_phase = WALK_SLOTS;
+		if (err == -ENOENT)
+			err = 0;
+		kept = sum_records(self, n, buf.buf);
+	}
+	if (self->walk_phase == WALK_SLOTS) {	/* independent of the hash: always emptied */
+		size_t total = (size_t)self->slots * self->slot_ncpu;
+
+		if (self->slots)
+			kept += drain_slots(self, room - kept, (char *)buf.buf +
+							      (size_t)kept * self->rec_size);
+		if (!self->slots || self->walk_slot >= total)
+			self->walk_phase = WALK_DONE;
+	}
 	Py_END_ALLOW_THREADS
-	return Py_BuildValue("(y#i)", (const char *)self->out,
-			     (Py_ssize_t)kept * (Py_ssize_t)self->rec_size,
-			     err < 0 ? -err : err);
+	PyBuffer_Release(&buf);
+	return Py_BuildValue("(IiO)", kept, err < 0 ? -err : err,
+			     self->walk_phase == WALK_DONE ? Py_False : Py_True);
 }
 
 /* consume() -> (bytes, errno): flow_record rows, one per packet the overflow ring carried since
@@ -674,8 +763,10 @@ static PyMethodDef Loader_methods[] = {
 	  "set_active(index): flow table the programs write to" },
 	{ "synchronize", (PyCFunction)Loader_synchronize, METH_NOARGS,
 	  "synchronize() -> True when every running BPF program has returned (RCU grace period)" },
-	{ "drain", (PyCFunction)Loader_drain, METH_VARARGS,
-	  "drain(index) -> (flow_record rows, errno); the table is emptied" },
+	{ "drain_begin", (PyCFunction)Loader_drain_begin, METH_VARARGS,
+	  "drain_begin(index): start emptying flow table index (and its slots)" },
+	{ "drain_next", (PyCFunction)Loader_drain_next, METH_VARARGS,
+	  "drain_next(buffer) -> (rows written into buffer, errno, more): the next chunk" },
 	{ "consume", (PyCFunction)Loader_consume, METH_NOARGS,
 	  "consume() -> (flow_record rows from the overflow ring, one per packet; errno)" },
 	{ "signal_fd", (PyCFunction)Loader_signal_fd, METH_NOARGS,
@@ -696,7 +787,8 @@ static PyTypeObject LoaderType = {
 	.tp_name = "netflow_agent.plugins.ingest_ebpf._loader.Loader",
 	.tp_doc = "Loader(maxflows=65536, sampling=1, percpu=True, overflow_ring_bytes=0, "
 		  "precise_clock=False, slots=0, prealloc=True, fill_threshold=0, frag_table=0, "
-		  "frag_timeout=30, decap=0, keep_outer=False)",
+		  "frag_timeout=30, decap=0, keep_outer=False, l2_fields=0, mpls_labels=0, "
+		  "chunk_rows=16384)",
 	.tp_basicsize = sizeof(Loader),
 	.tp_flags = Py_TPFLAGS_DEFAULT,
 	.tp_new = PyType_GenericNew,
@@ -762,6 +854,7 @@ PyMODINIT_FUNC PyInit__loader(void)
 	ADD_INT(m, "OFF_LAST_NS", offsetof(struct flow_record, m.last_ns));
 	ADD_INT(m, "OFF_TCP_FLAGS", offsetof(struct flow_record, m.tcp_flags));
 	ADD_INT(m, "FLOW_MAPS", FLOW_MAPS);
+	ADD_INT(m, "MIN_CHUNK_ROWS", MIN_CHUNK);
 	ADD_INT(m, "CNT_MAX", CNT_MAX);
 	ADD_INT(m, "CNT_PACKETS", CNT_PACKETS);
 	ADD_INT(m, "CNT_SAMPLED_OUT", CNT_SAMPLED_OUT);

@@ -1,14 +1,14 @@
 """``[[ingest.ebpf]]``: flows aggregated in the kernel, drained into the cache every tick.
 
 The BPF programs (``bpf/flow.bpf.c``) keep per-flow counters in double-buffered per-CPU slots
-and hash map;
-every ``poll_interval_ms`` this component points the programs at the other table, waits for
-in-flight programs to leave the old one (an RCU grace period), drains it with
-``BPF_MAP_LOOKUP_AND_DELETE_BATCH`` (``_loader.c``, GIL released) and emits a
-:class:`~agent.model.FlowBatch`. It drains early when the program signals (through a ring
-buffer the thread waits on) that the active table reached ``drain_threshold`` percent of
-``maxflows`` or lost a packet; every ``PRESSURE_CHECK_S`` it also reads the kernel counters
-for the same conditions, and consumes the overflow ring when it fills. The cache applies the
+and hash map; every ``poll_interval_ms`` this component points the programs at the other
+table, waits for in-flight programs to leave the old one (an RCU grace period), drains it with
+``BPF_MAP_LOOKUP_AND_DELETE_BATCH`` (``_loader.c``, GIL released) in steps of ``drain_chunk``
+rows into one reused buffer, and emits each step as a :class:`~agent.model.FlowBatch`. It
+drains early when the program signals (through a ring buffer the thread waits on) that the
+active table reached ``drain_threshold`` percent of ``maxflows`` or lost a packet; every
+``PRESSURE_CHECK_S`` it also reads the kernel counters for the same conditions, and consumes
+the overflow ring when it fills. The cache applies the
 active/inactive timeouts and FIN/RST, exactly as for packet ingests. Interfaces matching the
 configured globs are attached at start and whenever a rescan finds new ones: at once on a link
 notification (``linkwatch.py``), and every ``rescan_interval_ms`` in any case.
@@ -43,8 +43,10 @@ from .decode import (
     CounterDelta,
     CounterTracker,
     decode_records,
+    decode_rows,
     kernel_fields,
     monotonic_to_wall_offset,
+    row_dtype,
 )
 from .linkwatch import LinkWatch
 from .sizing import kernel_table_size, possible_cpus, ring_capacity_packets, table_memory
@@ -96,6 +98,7 @@ class EbpfIngest(Ingest):
         self._wake = -1  # eventfd that ends the drain thread's wait at stop
         self._last_rescan_error = ""
         self._thread: threading.Thread | None = None
+        self._chunk: np.ndarray | None = None  # drained rows of one step, reused
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -129,7 +132,7 @@ class EbpfIngest(Ingest):
                              frag_timeout=fragments.timeout,
                              decap=sum(TUNNEL_BITS[t] for t in set(cfg.decapsulate)),
                              keep_outer=cfg.keep_outer, l2_fields=l2_fields,
-                             mpls_labels=mpls_labels)
+                             mpls_labels=mpls_labels, chunk_rows=cfg.drain_chunk)
         self.loader.set_active(self.active)
         if not self.loader.synchronize() and cfg.cpu_slots:
             self.log.warning("%s: this kernel refuses membarrier(MEMBARRIER_CMD_GLOBAL) "
@@ -293,36 +296,34 @@ class EbpfIngest(Ingest):
         return overflow
 
     def _drain(self) -> None:
-        """Flip the tables, drain the idle one, emit its flows and the kernel counters.
+        """Flip the tables, drain the idle one step by step, emit its flows and the counters.
 
-        Once the kernel deleted the rows they are emitted whatever fails after that (the
-        counters then follow with the next drain: they are cumulative)."""
+        Each step's rows (at most ``drain_chunk``, deleted from the kernel) are decoded and
+        emitted as one FlowBatch before the next step, so the drain's memory does not grow
+        with the table; once the kernel deleted rows they are emitted whatever fails after
+        that (the counters then follow with the next drain: they are cumulative)."""
         started = time.perf_counter()
         before = self._counters()  # read before the flip: what the old table got is in it
         old, self.active = self.active, 1 - self.active
         self.loader.set_active(self.active)
         if not self.loader.synchronize():  # an RCU grace period: no program is still in `old`
             time.sleep(FLIP_GRACE_S)
-        rows, err = self.loader.drain(old)
         offset = monotonic_to_wall_offset()
-        flows = decode_records(rows, offset)
-        drained = len(flows)
+        ring: np.ndarray = flow_schema().empty()
         cnt: CounterDelta | None = None
+        drained = 0
         try:
-            if err:  # the rows it deleted are in `rows`; what is left is drained next time
-                self.stats["drain_errors"] += 1
-                self.log.warning("%s: drain of table %d stopped part way: %s; the rest "
-                                 "follows at a later drain", self.name, old, os.strerror(err))
+            drained = self._drain_table(old, offset)
             self.loader.reset_fill(old)
             self._fill_base = before["hash_new"]
             self._lost_base = before["full_packets"] + before["update_errors"]
             self._ring_base = before["ring_packets"]
-            flows = np.concatenate([flows, self._take_ring(offset)])
+            ring = self._take_ring(offset)
             cnt = self.tracker.delta(self.loader.counters())
             for name, value in cnt.values.items():
                 self.kernel_counters[name] = self.kernel_counters.get(name, 0) + value
         finally:
-            self._emit(flows, cnt)
+            self._emit(ring, cnt)
         elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
         self.stats["drains"] += 1
         self.stats["flows_drained"] += drained
@@ -330,10 +331,33 @@ class EbpfIngest(Ingest):
         self.stats["drain_ms_last"] = elapsed_ms
         self.stats["drain_ms_max"] = max(self.stats["drain_ms_max"], elapsed_ms)
 
+    def _drain_table(self, index: int, offset: int) -> int:
+        """Empty flow table ``index`` (and its slots) in steps of the chunk buffer, emitting
+        each step's rows as a FlowBatch at once; returns the rows emitted."""
+        if self._chunk is None:  # the [flow] schema is fixed for the run: so is the row
+            self._chunk = np.empty(self.config.drain_chunk, row_dtype())
+        chunk = self._chunk
+        assert self.context is not None
+        self.loader.drain_begin(index)
+        drained, more = 0, True
+        while more:
+            rows, err, more = self.loader.drain_next(chunk)
+            if err:  # the rows it deleted are in `chunk`; what is left is drained next time
+                self.stats["drain_errors"] += 1
+                self.log.warning("%s: drain of table %d stopped part way: %s; the rest "
+                                 "follows at a later drain", self.name, index,
+                                 os.strerror(err))
+            if rows:
+                flows = decode_rows(chunk[:rows], offset)
+                self.context.emit(FlowBatch(source=self.name, flows=flows))
+                drained += rows
+        return drained
+
     def _emit(self, flows: np.ndarray, cnt: CounterDelta | None) -> None:
-        """One FlowBatch: the flows and what the kernel saw but could not account (full
-        table, failed inserts, truncated headers: as the NFLOG ingest does for FlowBatch,
-        since the cache adds trunc to drop only for PacketBatch)."""
+        """One FlowBatch after the table's: the overflow ring's flows (if it was read) and,
+        once the counters were read, what the kernel saw but could not account (full table,
+        failed inserts, truncated headers: as the NFLOG ingest does for FlowBatch, since the
+        cache adds trunc to drop only for PacketBatch)."""
         if cnt is None:
             if len(flows):
                 self.context.emit(FlowBatch(source=self.name, flows=flows))  # type: ignore[union-attr]

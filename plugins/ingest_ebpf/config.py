@@ -59,6 +59,11 @@ class Config:
                   "none): a flow in a slot costs one array lookup instead of a hash walk. "
                   "The kernel then holds up to maxflows + cpu_slots per CPU flows per poll "
                   "interval; memory 2 x cpu_slots x CPUs x 88 bytes.", min=0, max=2**20)
+    drain_chunk: int = option(
+        16384, doc="Flows a drain takes from the kernel table per step and hands on as one "
+                   "batch: the drain's memory is bounded by it (232 + 40 x CPUs bytes "
+                   "per flow of a step) whatever the table holds.",
+        min=64, max=2**20)
     overflow_ring_kb: int = option(
         256, doc="Ring buffer that carries packets of new flows while the kernel table is "
                  "full (rounded up to a power of two); 0 = count them as dropped instead.",

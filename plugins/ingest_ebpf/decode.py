@@ -115,44 +115,54 @@ def _fill_ext(raw: np.ndarray, out: np.ndarray, names: tuple[str, ...]) -> None:
                 "tunnel_id"].astype(np.uint64)
 
 
+def row_dtype(schema: FlowSchema | None = None) -> np.dtype:
+    """The dtype of the rows the loader drains for ``schema`` (default: the active one):
+    :data:`RECORD_DTYPE` when :func:`kernel_fields` is ``(0, 0)``, else
+    :data:`RECORD_EXT_DTYPE`."""
+    return RECORD_EXT_DTYPE if kernel_fields(schema or flow_schema()) != (0, 0) else RECORD_DTYPE
+
+
 def decode_records(data: bytes, wall_offset_ns: int,
                    schema: FlowSchema | None = None) -> np.ndarray:
-    """Turn drained ``flow_record`` rows into a FlowBatch record array (columns, vectorized).
+    """:func:`decode_rows` over bytes of drained rows (``Loader.consume()``).
+
+    :raises ValueError: when ``data`` is not made of whole records.
+    """
+    schema = schema or flow_schema()
+    dtype = row_dtype(schema)
+    if len(data) % dtype.itemsize:
+        raise ValueError(f"drained {len(data)} bytes, not a multiple of {dtype.itemsize}")
+    return decode_rows(np.frombuffer(data, dtype), wall_offset_ns, schema)
+
+
+def decode_rows(raw: np.ndarray, wall_offset_ns: int,
+                schema: FlowSchema | None = None) -> np.ndarray:
+    """Turn drained ``flow_record`` rows into a new FlowBatch record array (columns,
+    vectorized: one strided copy per column, no temporary the size of the drain).
 
     The key's interface is the observation interface for both directions (see
     :func:`agent.model.make_key`); the cache reports it as egressInterface for egress flows.
     Rows with equal keys (the overflow ring carries one per packet) stay separate rows: the
-    cache adds them up.
+    cache adds them up. IPv4 addresses arrive zero-padded to 16 bytes (the loader writes them
+    so), which is the cache key's form.
 
-    :param data: the bytes returned by ``Loader.drain()``: compact rows (:data:`RECORD`) when
-        :func:`kernel_fields` of the schema is ``(0, 0)``, else :data:`RECORD_EXT_DTYPE` rows.
+    :param raw: rows of :func:`row_dtype` of ``schema`` (a view of the loader's chunk buffer
+        is fine: nothing of it is kept).
     :param wall_offset_ns: from :func:`monotonic_to_wall_offset`, taken at drain time.
     :param schema: the schema the loader was configured for (default: the active one).
-    :raises ValueError: when ``data`` is not made of whole records.
     """
     schema = schema or flow_schema()
-    ext = kernel_fields(schema) != (0, 0)
-    dtype = RECORD_EXT_DTYPE if ext else RECORD_DTYPE
-    if len(data) % dtype.itemsize:
-        raise ValueError(f"drained {len(data)} bytes, not a multiple of {dtype.itemsize}")
-    raw = np.frombuffer(data, dtype)
     out = schema.empty(len(raw))
-    if ext:
+    if raw.dtype == RECORD_EXT_DTYPE:
         _fill_ext(raw, out, tuple(n for n in schema.ext_names if n in KERNEL_FIELDS))
     for src, dst in (("version", "ip_version"), ("proto", "protocol"), ("tos", "tos"),
                      ("direction", "direction"), ("ifindex", "in_if"), ("sport", "src_port"),
                      ("dport", "dst_port"), ("saddr", "src_addr"), ("daddr", "dst_addr"),
-                     ("packets", "packets"), ("bytes", "octets")):
-        out[dst] = raw[src]
-    v4 = out["ip_version"] == 4
-    if v4.any():  # IPv4 addresses: the first 4 bytes; the key pads them with zeros
-        for name in ("src_addr", "dst_addr"):
-            addresses = np.ascontiguousarray(out[name]).view(np.uint8).reshape(-1, 16).copy()
-            addresses[v4, 4:] = 0
-            out[name] = addresses.view("V16").reshape(-1)
-    out["start_ns"] = raw["first_ns"].astype(np.int64) + wall_offset_ns
-    out["end_ns"] = raw["last_ns"].astype(np.int64) + wall_offset_ns
-    out["tcp_flags"] = raw["tcp_flags"] & 0xFF
+                     ("packets", "packets"), ("bytes", "octets"), ("tcp_flags", "tcp_flags")):
+        out[dst] = raw[src]  # tcp_flags: the kernel ORs 8-bit flags into a u32 (no carry)
+    # CLOCK_MONOTONIC ns (u64, far below 2**63) -> wall-clock ns, straight into the column
+    np.add(raw["first_ns"].view(np.int64), wall_offset_ns, out=out["start_ns"])
+    np.add(raw["last_ns"].view(np.int64), wall_offset_ns, out=out["end_ns"])
     return out
 
 

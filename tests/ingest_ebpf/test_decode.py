@@ -230,8 +230,9 @@ def test_decode_fills_the_optional_key_columns():
         decode_records(row.tobytes()[:-1], 0, schema)
 
 
-@pytest.mark.parametrize("knobs", [{"l2_fields": 8}, {"mpls_labels": 11}])
+@pytest.mark.parametrize("knobs", [{"l2_fields": 8}, {"mpls_labels": 11}, {"chunk_rows": 63}])
 def test_loader_refuses_unknown_field_knobs(knobs):
     ext = loader_module()
     with pytest.raises(ValueError, match="l2_fields L2_\\* bits, mpls_labels 0..10"):
         ext.Loader(**knobs)
+    assert ext.MIN_CHUNK_ROWS == 64  # [[ingest.ebpf]] drain_chunk's minimum

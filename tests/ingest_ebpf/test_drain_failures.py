@@ -1,17 +1,19 @@
 """Unprivileged: a drain that fails part way never loses the rows the kernel already deleted.
 
-The loader is replaced by a stand-in that hands out one drained flow and then fails where the
-real one can (a batch walk that stops with an errno, a counters read that raises).
+The loader is replaced by a stand-in that hands out drained flows in chunks (as
+``drain_begin``/``drain_next`` do) and fails where the real one can (a batch walk that stops
+with an errno, a counters read that raises).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from netflow_agent.model import FlowBatch
 from netflow_agent.plugins.ingest_ebpf.component import EbpfIngest
 from netflow_agent.plugins.ingest_ebpf.config import Config
-from netflow_agent.plugins.ingest_ebpf.decode import COUNTER_NAMES
+from netflow_agent.plugins.ingest_ebpf.decode import COUNTER_NAMES, RECORD_DTYPE
 from netflow_agent.runtime import RunContext
 from tests.ingest_ebpf.test_decode import _record
 
@@ -19,11 +21,16 @@ ROW = _record("10.0.0.1", "10.0.0.2", 3, 1000, 53, 17, 0, 0, 7, 700, 1, 2, 0)
 
 
 class FailingLoader:
-    """Drains ``ROW``; ``drain_errno`` is what the batch walk reports; the ``fail_at``-th
+    """Drains ``rows`` copies of ``ROW`` (packets 1, 2, ...) in chunks of the caller's buffer;
+    ``drain_errno`` is what the batch walk reports with its last chunk; the ``fail_at``-th
     ``counters()`` call raises."""
 
-    def __init__(self, drain_errno: int = 0, fail_at: int = 0):
+    def __init__(self, drain_errno: int = 0, fail_at: int = 0, rows: int = 1):
         self.drain_errno, self.fail_at, self.counter_calls = drain_errno, fail_at, 0
+        self.table = np.repeat(np.frombuffer(ROW, RECORD_DTYPE), rows)
+        self.table["packets"] = np.arange(1, rows + 1)
+        self.left = self.table[:0]
+        self.chunks = 0
 
     def set_active(self, index: int) -> None:
         pass
@@ -31,8 +38,16 @@ class FailingLoader:
     def synchronize(self) -> bool:
         return True
 
-    def drain(self, index: int) -> tuple[bytes, int]:
-        return ROW, self.drain_errno
+    def drain_begin(self, index: int) -> None:
+        self.left = self.table
+
+    def drain_next(self, buffer: np.ndarray) -> tuple[int, int, bool]:
+        n = min(len(buffer), len(self.left))
+        buffer[:n], self.left = self.left[:n], self.left[n:]
+        buffer[n:] = np.zeros(1, RECORD_DTYPE)  # what an earlier chunk left there is not read
+        self.chunks += 1
+        more = len(self.left) > 0
+        return n, 0 if more else self.drain_errno, more
 
     def reset_fill(self, index: int) -> None:
         pass
@@ -47,25 +62,30 @@ class FailingLoader:
         return (0,) * len(COUNTER_NAMES)
 
 
-def ingest_with(loader: FailingLoader) -> EbpfIngest:
-    comp = EbpfIngest(Config(interfaces=["eth0"]), "ingest.ebpf[0]")
+def ingest_with(loader: FailingLoader, chunk: int = 16384) -> EbpfIngest:
+    comp = EbpfIngest(Config(interfaces=["eth0"], drain_chunk=chunk), "ingest.ebpf[0]")
     comp.context, comp.loader = RunContext(), loader
     return comp
 
 
+def batches(comp: EbpfIngest) -> list[FlowBatch]:
+    """Every batch the ingest emitted."""
+    assert comp.context is not None
+    out: list[FlowBatch] = []
+    while not comp.context.inbox.empty():
+        out.append(comp.context.inbox.get_nowait()[1])
+    return out
+
+
 def emitted(comp: EbpfIngest) -> list[int]:
     """Packets of every flow the ingest emitted."""
-    assert comp.context is not None
-    batches: list[FlowBatch] = []
-    while not comp.context.inbox.empty():
-        batches.append(comp.context.inbox.get_nowait()[1])
-    return [int(p) for b in batches for p in b.flows["packets"]]
+    return [int(p) for b in batches(comp) for p in b.flows["packets"]]
 
 
 def test_rows_of_a_walk_that_stopped_part_way_are_emitted_and_counted():
     comp = ingest_with(FailingLoader(drain_errno=5))
     comp._drain()
-    assert emitted(comp) == [7]
+    assert emitted(comp) == [1]
     assert comp.stats["drain_errors"] == 1
 
 
@@ -73,4 +93,18 @@ def test_rows_are_emitted_when_reading_the_counters_fails_after_the_delete():
     comp = ingest_with(FailingLoader(fail_at=2))  # call 1: before the flip; 2: after the drain
     with pytest.raises(OSError):
         comp._drain()
-    assert emitted(comp) == [7]
+    assert emitted(comp) == [1]
+
+
+def test_a_drain_larger_than_a_chunk_emits_every_row_once_chunk_by_chunk():
+    """1,000 rows through a 64-row buffer: 16 chunks, each its own FlowBatch (no batch holds
+    more than a chunk), every row once, then the counters' batch; a walk error on the last
+    chunk loses nothing either."""
+    loader = FailingLoader(rows=1000, drain_errno=5)
+    comp = ingest_with(loader, chunk=64)
+    comp._drain()
+    got = batches(comp)
+    assert loader.chunks == 16 and max(len(b.flows) for b in got) == 64
+    assert sorted(int(p) for b in got for p in b.flows["packets"]) == list(range(1, 1001))
+    assert comp.stats["flows_drained"] == comp.stats["table_peak"] == 1000
+    assert comp.stats["drain_errors"] == 1
