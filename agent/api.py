@@ -36,6 +36,7 @@ Groups (see ``docs/hooks.md``):
   the fields exporters add to their templates);
 * export records from columns (``agent/wire.py``): :func:`flow_columns`,
   :func:`pack_template`, :func:`template_dtype`, :func:`address_column`,
+  :func:`group_rows`, :func:`rows_of`, :func:`any_bytes`,
   :class:`PackedRecords`, :func:`join_records`, :func:`wire_columns`, :func:`wire_dtype`;
 * network namespaces: :func:`run_in_netns`, :class:`NetnsScope`, :func:`netns_path`,
   :func:`names_here`, :class:`InterfaceNames` (the interfaces exported flows used);
@@ -154,9 +155,12 @@ from netflow_agent.tunnels import (
 from netflow_agent.wire import (
     PackedRecords,
     address_column,
+    any_bytes,
     flow_columns,
+    group_rows,
     join_records,
     pack_template,
+    rows_of,
     template_dtype,
     wire_columns,
     wire_dtype,
@@ -252,9 +256,12 @@ __all__ = [
     "flow_schema",
     "PackedRecords",
     "address_column",
+    "any_bytes",
     "flow_columns",
+    "group_rows",
     "join_records",
     "pack_template",
+    "rows_of",
     "template_dtype",
     "wire_columns",
     "wire_dtype",

@@ -254,6 +254,11 @@ class FlowSchema:
         return int(self.key_dtype.itemsize)
 
     @property
+    def key_names(self) -> tuple[str, ...]:
+        """Names of the key fields, in packed order."""
+        return tuple(f.name for f in self.key_fields)
+
+    @property
     def ext_size(self) -> int:
         """Bytes of key after the 44-byte base (0 with the default fields)."""
         return self.key_size - BASE_KEY_SIZE
@@ -292,8 +297,7 @@ class FlowSchema:
     def keys_of(self, flows: np.ndarray) -> np.ndarray:
         """The packed keys of a record array, as an array of ``V<key_size>``."""
         keys = np.empty(len(flows), self.key_dtype)
-        for f in self.key_fields:
-            keys[f.name] = flows[f.name]
+        keys[...] = flows[list(self.key_names)]  # one structured cast, by position
         return keys.view(f"V{self.key_size}")
 
     def decode_keys(self, keys: Sequence[bytes]) -> np.ndarray:

@@ -31,7 +31,8 @@ from .model import FlowBatch, FlowRecord
 from .schema import FlowField
 
 __all__ = [
-    "PackedRecords", "address_column", "flow_columns", "join_records", "pack_template",
+    "PackedRecords", "address_column", "any_bytes", "flow_columns", "group_rows",
+    "join_records", "pack_template", "rows_of",
     "template_dtype", "wire_code", "wire_columns", "wire_dtype",
 ]
 
@@ -111,6 +112,36 @@ def flow_columns(records: FlowBatch | np.ndarray | Iterable[FlowRecord],
     return np.concatenate(good) if good else FlowBatch.from_records([]).flows
 
 
+def group_rows(classes: np.ndarray) -> dict[int, np.ndarray | None]:
+    """The rows of each class, in one stable pass instead of a mask per class.
+
+    :param classes: a small non-negative integer per row (a template's row class).
+    :return: class -> ascending row numbers, in ascending class order; ``None`` when every
+        row has that class (use the rows as they are, no copy).
+    """
+    if not len(classes):
+        return {}
+    low, high = int(classes.min()), int(classes.max())
+    if low == high:
+        return {low: None}
+    small = (classes - low).astype(np.uint8 if high - low < 256 else np.int64)
+    order = np.argsort(small, kind="stable")  # a radix sort for uint8: rows keep their order
+    bounds = np.concatenate(([0], np.cumsum(np.bincount(small))))
+    return {low + c: order[bounds[c]:bounds[c + 1]] for c in range(high - low + 1)
+            if bounds[c + 1] > bounds[c]}
+
+
+def rows_of(flows: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+    """``flows`` at ``rows`` (from :func:`group_rows`; ``None``: all of them, no copy)."""
+    return flows if rows is None else flows.take(rows)
+
+
+def any_bytes(column: np.ndarray) -> np.ndarray:
+    """Whether each row of a 16-byte column (``V16``: an address) is not all zeros."""
+    words = np.ascontiguousarray(column).view(np.uint64).reshape(-1, 2)
+    return (words[:, 0] | words[:, 1]) != 0
+
+
 def address_column(flows: np.ndarray, name: str, width: int) -> np.ndarray:
     """The first ``width`` bytes of the 16-byte address column ``name``, one row per flow."""
     return np.ascontiguousarray(flows[name]).view(np.uint8).reshape(-1, 16)[:, :width]
@@ -151,16 +182,37 @@ def pack_template(flows: np.ndarray, fields: Sequence[tuple[int, int]],
     """
     out = np.empty(len(flows), template_dtype(fields, extra))
     special = special or {}
+    plain = tuple((ie, length) for ie, length in fields if ie not in special)
+    if plain and len(flows):  # every plain field in one structured cast (one pass)
+        out[[f"ie{ie}" for ie, _ in plain]] = flows.view(_source_dtype(flows.dtype, plain))
     for ie, length in fields:
-        name = f"ie{ie}"
         if ie in special:
-            out[name] = special[ie](length)
-        elif _is_bytes(ie, length):
-            out[name] = address_column(flows, _COLUMN_OF_IE[ie], length)
-        else:
-            out[name] = flows[_COLUMN_OF_IE[ie]]
+            out[f"ie{ie}"] = special[ie](length)
     fill_fields(out, flows, extra)
     return PackedRecords.from_array(out)
+
+
+_SOURCES: dict[tuple[np.dtype, tuple[tuple[int, int], ...]], np.dtype] = {}
+
+
+def _source_dtype(record: np.dtype, fields: tuple[tuple[int, int], ...]) -> np.dtype:
+    """A view of a record row holding, in template order, the column each of ``fields``
+    is written from: addresses as their first ``length`` bytes, integers as they are (the
+    cast into the template reduces them); columns may repeat (overlapping fields)."""
+    dt = _SOURCES.get((record, fields))
+    if dt is None:
+        formats: list[Any] = []
+        offsets = []
+        columns = record.fields
+        assert columns is not None, "a record array"
+        for ie, length in fields:
+            column, offset = columns[_COLUMN_OF_IE[ie]][:2]
+            formats.append(("u1", (length,)) if _is_bytes(ie, length) else column)
+            offsets.append(offset)
+        dt = _SOURCES[(record, fields)] = np.dtype(
+            {"names": [f"ie{ie}" for ie, _ in fields], "formats": formats,
+             "offsets": offsets, "itemsize": record.itemsize})
+    return dt
 
 
 class PackedRecords(Sequence[bytes]):

@@ -84,10 +84,11 @@ class TokenBucket:
         self.tokens -= got
         return got
 
-    def wait_s(self, now: float) -> float:
-        """Seconds until the next whole token."""
+    def wait_s(self, now: float, want: int = 1) -> float:
+        """Seconds until ``want`` whole tokens (at most the burst) are saved up."""
         self.refill(now)
-        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+        want = min(max(1, want), self.burst)
+        return 0.0 if self.tokens >= want else (want - self.tokens) / self.rate
 
 
 @dataclass(slots=True)
@@ -106,6 +107,13 @@ class PacingStats:
 class PacedSender:
     """Send datagrams through ``send`` at most ``rate`` per second, from a thread of its own.
 
+    The thread wakes when half a burst of tokens is saved up (:data:`BURST_S` worth is a
+    burst; or when the backlog's datagrams have their tokens, if fewer), not once per
+    datagram, and hands what the tokens allow (at most a burst) to ``send_many``: the rate
+    and the largest burst are the same, the thread hand-overs (and their futex wake-ups) are
+    about ``burst / 2`` times fewer, and a wake-up up to half a burst late loses no tokens
+    to the bucket's cap.
+
     :param send: ``send(datagram, records) -> bool``, called on the pacing thread.
     :param lost: ``lost(datagram, records)``, called for every datagram still queued at
         :meth:`close`.
@@ -113,14 +121,18 @@ class PacedSender:
     :param limit: most datagrams in the backlog (> 0).
     :param name: the thread's name.
     :param clock: monotonic seconds (injectable for tests).
+    :param send_many: ``send_many([(datagram, records), ...])``, called on the pacing thread
+        with each burst, in order; default: ``send`` on each.
     """
 
     def __init__(self, send: Callable[[bytes, int], bool], lost: Callable[[bytes, int], None], *,
                  rate: int, limit: int, name: str = "pacer",
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 send_many: Callable[[list[tuple[bytes, int]]], object] | None = None):
         if rate <= 0 or limit <= 0:
             raise ValueError("rate and limit must be positive")
         self._send = send
+        self._send_many = send_many or self._each
         self._lost = lost
         self._clock = clock
         self._bucket = TokenBucket(rate, int(rate * BURST_S), clock())
@@ -128,6 +140,8 @@ class PacedSender:
         self._cond = threading.Condition()
         self._closing = False
         self._deadline = 0.0
+        self._idle = False  # the thread waits for datagrams (not for tokens)
+        self._putters = 0  # put() calls waiting for room
         self.stats = PacingStats(rate_limit=rate, backlog_limit=limit)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -152,11 +166,16 @@ class PacedSender:
                 n += take
                 st.backlog = len(self._queue)
                 st.backlog_peak = max(st.backlog_peak, st.backlog)
-                self._cond.notify_all()
+                if take and self._idle:  # a thread waiting for tokens needs no wake-up
+                    self._cond.notify_all()
                 left_s = deadline - self._clock()
                 if n == len(datagrams) or self._closing or left_s <= 0:
                     break
-                self._cond.wait(left_s)  # the sending thread notifies after each batch
+                self._putters += 1
+                try:
+                    self._cond.wait(left_s)  # the sending thread notifies after each burst
+                finally:
+                    self._putters -= 1
             st.backlog_dropped += len(datagrams) - n
             st.backlog_dropped_records += sum(records[n:])
         return n
@@ -167,9 +186,12 @@ class PacedSender:
             if batch is None:
                 return
             privileges.follow()
-            for datagram, count in batch:
-                self._send(datagram, count)
+            self._send_many(batch)
             self.stats.paced += len(batch)
+
+    def _each(self, batch: list[tuple[bytes, int]]) -> None:
+        for datagram, count in batch:
+            self._send(datagram, count)
 
     def _next_batch(self) -> list[tuple[bytes, int]] | None:
         """Wait for datagrams and tokens; ``None`` when closed and done (or out of time)."""
@@ -178,16 +200,24 @@ class PacedSender:
                 if self._closing and (not self._queue or self._clock() >= self._deadline):
                     return None
                 if not self._queue:
+                    self._idle = True
                     self._cond.wait()
+                    self._idle = False
                     continue
                 now = self._clock()
-                n = self._bucket.take(len(self._queue), now)
-                if n:
-                    batch = [self._queue.popleft() for _ in range(n)]
-                    self.stats.backlog = len(self._queue)
-                    self._cond.notify_all()  # room for a waiting put()
-                    return batch
-                wait = self._bucket.wait_s(now)
+                # half a burst (or the whole backlog) per wake-up, not a datagram each: the
+                # bucket saves up to a whole burst, so a late wake-up loses no tokens
+                want = min(len(self._queue), max(1, self._bucket.burst // 2))
+                if self._bucket.wait_s(now, want) == 0.0 or self._closing:
+                    queued = len(self._queue)
+                    n = self._bucket.take(queued, now)
+                    if n:
+                        batch = [self._queue.popleft() for _ in range(n)]
+                        self.stats.backlog = len(self._queue)
+                        if self._putters:
+                            self._cond.notify_all()  # room for a waiting put()
+                        return batch
+                wait = self._bucket.wait_s(now, want)
                 if self._closing:
                     wait = min(wait, max(0.0, self._deadline - now))
                 self._cond.wait(wait)
@@ -210,7 +240,7 @@ class PacedSender:
         with self._cond:
             self._closing = True
             self._deadline = self._clock() + timeout
-            self._cond.notify()
+            self._cond.notify_all()
         self._thread.join()
         with self._cond:
             left = list(self._queue)

@@ -176,7 +176,8 @@ class UdpDestination:
         self.late_lost_records = 0
         self._on_late_loss = on_late_loss
         self._pacer = PacedSender(self._paced_send, self._paced_lost, rate=rate_limit,
-                                  limit=backlog, name=f"pace {endpoint}") if rate_limit else None
+                                  limit=backlog, name=f"pace {endpoint}",
+                                  send_many=self._paced_send_many) if rate_limit else None
 
     # --- connection ----------------------------------------------------------------------
 
@@ -324,6 +325,15 @@ class UdpDestination:
         if not ok:
             self._late_loss(datagram, records)
         return ok
+
+    def _paced_send_many(self, batch: list[tuple[bytes, int]]) -> None:
+        """The pacing thread's send of one burst: the socket lock taken and the send-queue
+        fill sampled once per burst, not per datagram."""
+        with self._lock:
+            failed = [(d, n) for d, n in batch if not self._send_one(d, n)]
+            self._sample_fill()
+        for datagram, records in failed:
+            self._late_loss(datagram, records)
 
     def _paced_lost(self, datagram: bytes, records: int) -> None:
         """A datagram still in the backlog when the flush time ran out at close."""

@@ -36,10 +36,13 @@ from netflow_agent.api import (
     FlowField,
     FlowRecord,
     PackedRecords,
+    any_bytes,
     flow_columns,
     flow_schema,
+    group_rows,
     join_records,
     pack_template,
+    rows_of,
     template_dtype,
 )
 
@@ -545,8 +548,7 @@ def flow_template_ids(flows: np.ndarray) -> np.ndarray:
     """The template ID of every row (:func:`flow_template_id`): IPv6, ICMP, routed."""
     protocol = flows["protocol"]
     icmp = (protocol == 1) | (protocol == 58)
-    hop = np.ascontiguousarray(flows["next_hop"]).view(np.uint8).reshape(-1, 16).any(axis=1)
-    routed = hop | (flows["src_mask"] != 0) | (flows["dst_mask"] != 0)
+    routed = any_bytes(flows["next_hop"]) | (flows["src_mask"] != 0) | (flows["dst_mask"] != 0)
     return FLOW_TEMPLATE_BASE + (flows["ip_version"] == 6) + 2 * icmp + 4 * routed
 
 
@@ -571,11 +573,11 @@ def encode_flow_groups(
             for r in FlowBatch("", flows[bad]).records():
                 on_error(r, EncodeError("flow time before 1970 (dateTimeMilliseconds)"))
             flows = flows[~bad]
-    tids = flow_template_ids(flows)
+    by_class = group_rows(flow_template_ids(flows))
     groups = []
     for layout in layouts.values():
-        rows = flows[tids == layout.row_class]
-        if len(rows):
+        if layout.row_class in by_class:
+            rows = rows_of(flows, by_class[layout.row_class])
             groups.append(DataGroup(layout.template, layout.pack(rows)))
     return groups
 

@@ -54,10 +54,13 @@ from netflow_agent.api import (
     FlowRecord,
     PackedRecords,
     Sampling,
+    any_bytes,
     flow_columns,
     flow_schema,
+    group_rows,
     join_records,
     pack_template,
+    rows_of,
 )
 
 from .state import UINT32_MASK, ExportState, TemplateMark
@@ -267,8 +270,7 @@ def pack_flows(flows: np.ndarray, tpl: Template, boot_ns: int) -> PackedRecords:
 
 def routed_rows(flows: np.ndarray) -> np.ndarray:
     """Which rows know a next hop or a prefix length (they use the routed templates)."""
-    hop = np.ascontiguousarray(flows["next_hop"]).view(np.uint8).reshape(-1, 16).any(axis=1)
-    return hop | (flows["src_mask"] != 0) | (flows["dst_mask"] != 0)
+    return any_bytes(flows["next_hop"]) | (flows["src_mask"] != 0) | (flows["dst_mask"] != 0)
 
 
 def flow_groups(
@@ -287,11 +289,12 @@ def flow_groups(
     flows = flow_columns(records)
     if not counters64:
         flows = split_rows(flows, tally, COUNTER32_MAX)
-    tids = TEMPLATE_FLOW4 + (flows["ip_version"] != 4) + 2 * routed_rows(flows)
+    classes = (flows["ip_version"] != 4) + 2 * routed_rows(flows).view(np.uint8)
     groups = []
+    by_class = group_rows(classes)
     for tid, tpl in templates.items():
-        rows = flows[tids == tid]
-        if len(rows):
+        if tid - TEMPLATE_FLOW4 in by_class:
+            rows = rows_of(flows, by_class[tid - TEMPLATE_FLOW4])
             groups.append((tpl, pack_flows(rows, tpl, state.boot_ns)))
     return groups
 
@@ -334,7 +337,7 @@ class _PacketBuilder:
         self._reset()
 
     def _reset(self) -> None:
-        self.parts: list[bytes] = []
+        self.parts: list[bytes | memoryview] = []
         self.room = self.policy.mtu - HEADER.size
         self.count = 0
         self.data_records = 0
@@ -356,17 +359,18 @@ class _PacketBuilder:
         self.forced.add(tpl.template_id)
         self.state.templates[tpl.template_id] = TemplateMark(self.state.packets, self.now_ns)
 
-    def add_data(self, tpl: Template, bodies: Sequence[bytes], data: bool = True) -> None:
-        """Add a data FlowSet; ``data=False`` for options records (not flow records)."""
-        body = join_records(bodies)
+    def add_data(self, tpl: Template, body: bytes | memoryview, records: int,
+                 data: bool = True) -> None:
+        """Add a data FlowSet of ``records`` records (``body``: their bytes, back to back;
+        a view is copied once, into the packet); ``data=False`` for options records."""
         pad = -(4 + len(body)) % 4
-        self.parts.append(FLOWSET_HEADER.pack(tpl.template_id, 4 + len(body) + pad) + body)
+        self.parts += (FLOWSET_HEADER.pack(tpl.template_id, 4 + len(body) + pad), body)
         if pad:
             self.parts.append(bytes(pad))
         self.room -= 4 + len(body) + pad
-        self.count += len(bodies)
+        self.count += records
         if data:
-            self.data_records += len(bodies)
+            self.data_records += records
 
     def fitting(self, tpl: Template, available: int) -> int:
         """How many records of ``tpl`` fit into one padded data FlowSet in ``self.room``."""
@@ -377,15 +381,16 @@ class _PacketBuilder:
         return k
 
     def flush(self) -> None:
-        if not self.parts:
+        parts = self.parts
+        if not parts:
             return
         state = self.state
-        header = HEADER.pack(  # now_ns is a whole second (see encode_flows)
+        parts.insert(0, HEADER.pack(  # now_ns is a whole second (see encode_flows)
             VERSION, self.count, state.uptime_ms(self.now_ns),
             (self.now_ns // NS_PER_S) & UINT32_MASK, state.packets & UINT32_MASK,
             state.source_id & UINT32_MASK,
-        )
-        self.datagrams.append(header + b"".join(self.parts))
+        ))
+        self.datagrams.append(b"".join(parts))  # the only copy of the records' bytes
         self.tally.records.append(self.data_records)
         state.packets += 1
         self._reset()
@@ -426,6 +431,7 @@ def assemble(
 def _assemble_group(builder: _PacketBuilder, tpl: Template, bodies: Sequence[bytes],
                     data: bool = True) -> None:
     size, i, n = tpl.size, 0, len(bodies)
+    block = memoryview(join_records(bodies))  # FlowSets are slices of it, not copies
     smallest = len(tpl.flowset) + 4 + size + 3
     if smallest > builder.policy.mtu - HEADER.size:
         raise ValueError(f"mtu {builder.policy.mtu} cannot hold template {tpl.template_id}")
@@ -439,7 +445,7 @@ def _assemble_group(builder: _PacketBuilder, tpl: Template, bodies: Sequence[byt
         if k == 0:
             builder.flush()
             continue
-        builder.add_data(tpl, bodies[i : i + k], data)
+        builder.add_data(tpl, block[i * size:(i + k) * size], k, data)
         i += k
         if i < n:  # k < what was left: not even one more FlowSet of tpl fits this packet
             builder.flush()

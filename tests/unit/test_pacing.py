@@ -87,3 +87,29 @@ def test_a_shutdown_burst_bigger_than_the_flush_timeout_is_sent_whole():
                 break
             got += 1
     assert got == 150 and dest.late_lost_records == 0 and dest.stats.lost_records == 0
+
+
+def test_a_backlog_leaves_in_whole_bursts_at_the_rate():
+    """The pacing thread wakes once per half burst (rate * BURST_S / 2 datagrams), not once
+    per datagram: 300 queued at 1000/s (burst 10) take about 60 hand-overs, none bigger than
+    the burst, and no faster than the rate."""
+    import time
+
+    bursts: list[int] = []
+    pacer = PacedSender(lambda d, r: True, lambda d, r: None, rate=1000, limit=1000,
+                        send_many=lambda batch: bursts.append(len(batch)))
+    started = time.monotonic()
+    assert pacer.put([b"p"] * 300, [1] * 300) == 300
+    pacer.close(timeout=30)
+    elapsed = time.monotonic() - started
+    assert sum(bursts) == 300 and pacer.stats.paced == 300
+    assert max(bursts) <= 10  # never more than the burst at once
+    assert len(bursts) <= 80  # was one hand-over per token: ~290
+    assert elapsed >= 0.25  # 290 datagrams after the first burst, at 1000/s
+
+
+def test_token_bucket_waits_for_a_whole_burst():
+    bucket = TokenBucket(rate=1000, burst=10, now=0.0)
+    assert bucket.take(10, 0.0) == 10
+    assert abs(bucket.wait_s(0.0, want=50) - 0.010) < 1e-9  # capped at the burst
+    assert abs(bucket.wait_s(0.004, want=3) - 0.0) < 1e-9  # 4 tokens saved: enough
