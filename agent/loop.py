@@ -9,9 +9,9 @@
     ingest.pcap[0] ──┘                  ├─▶ agent_export_nat_events                (export)
     ingest.conntrack[0] (NAT events) ───┘
                                         every scan_interval_ms:
-                                          agent_cache_expire ─▶ agent_aggregate_flows (chain)
-                                          ─▶ agent_export_flows (in parts of at most
-                                             EXPORT_CHUNK records) ─▶ agent_tick (all)
+                                          agent_cache_expire ─▶ in parts of at most
+                                          EXPORT_ROWS records: agent_aggregate_flows (chain)
+                                          ─▶ agent_export_flows ─▶ agent_tick (all)
 
 Every stage call goes through pluggy (``pm.hook``), whose runners isolate and count each
 implementation (:mod:`agent.runner`). Items that are not data (a finite ingest's end, a
