@@ -28,6 +28,7 @@ How (capabilities(7), prctl(2), capset(2)):
 from __future__ import annotations
 
 import ctypes
+import functools
 import grp
 import logging
 import os
@@ -115,7 +116,9 @@ def mask_names(mask: int) -> list[str]:
     return [name for name, n in CAPABILITIES.items() if mask >> n & 1]
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL:
+    """The C library, loaded once (``CDLL`` is a dlopen per call)."""
     return ctypes.CDLL(None, use_errno=True)
 
 

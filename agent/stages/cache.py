@@ -410,6 +410,9 @@ class FlowCache(Cache):
 
     def _due(self, now_ns: int) -> tuple[np.ndarray, np.ndarray]:
         """Slots to export (ascending) and their flowEndReason."""
+        if not len(self.table):  # nothing cached: no pass over the table's capacity
+            self.ending.clear()
+            return np.zeros(0, np.int64), np.zeros(0, np.uint8)
         first, last = self.table.first, self.table.last
         reasons = np.zeros(len(first), np.uint8)
         reasons[first <= now_ns - self.config.active_timeout * _NS] = END_ACTIVE

@@ -479,6 +479,7 @@ def one_run(kind: str, flood: Flood, args: argparse.Namespace, flowgen: str,
             observer.stop()
             if spy is not None:
                 spy.wait(timeout=60)
+            keep_logs(Path(t), args.keep_logs, f"{flood_name(flood)}-{kind}")
         before_hook = rx_dropped(topo.router_client) - before
         collector_drops = udp_counters(topo.router_ns)["RcvbufErrors"]
         got = observer.per_flow()
@@ -512,6 +513,19 @@ def profile(observer: Observer, into: str | None, name: str) -> subprocess.Popen
     return subprocess.Popen([spy, "record", "--pid", str(observer.proc.pid), "--rate", "250",
                              "--format", "raw", "--output", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def keep_logs(tmp: Path, into: str | None, name: str) -> None:
+    """Copy the run's probe and collector logs to ``--keep-logs DIR`` (NAME-<log>.out,
+    numbered when a name repeats over rounds)."""
+    if not into:
+        return
+    Path(into).mkdir(parents=True, exist_ok=True)
+    for log in tmp.glob("*.out"):
+        n = 0
+        while (dest := Path(into) / f"{name}-{log.stem}.{n}.out").exists():
+            n += 1
+        shutil.copyfile(log, dest)
 
 
 def compare(want: dict[Key, int], got: Counter[Key] | None) -> dict[str, int]:
@@ -618,6 +632,8 @@ def main() -> int:
     ap.add_argument("--append", action="store_true",
                     help="add this invocation's rounds to the results already in --json")
     ap.add_argument("--table-from", help="print the tables of raw results saved by --json")
+    ap.add_argument("--keep-logs", metavar="DIR",
+                    help="keep each run's probe and collector logs in DIR")
     ap.add_argument("--profile", metavar="DIR",
                     help="attach py-spy to the agent: collapsed stacks per run in DIR")
     args = ap.parse_args()
