@@ -324,8 +324,6 @@ class EbpfIngest(Ingest):
         self._quiet_mark = None
         try:
             drained = self._drain_table(old, offset)
-            if self.stats["drain_errors"] == errors:  # emptied: skip drains while quiet
-                self._quiet_mark = before["packets"]
             self.loader.reset_fill(old)
             self._fill_base = before["hash_new"]
             self._lost_base = before["full_packets"] + before["update_errors"]
@@ -334,6 +332,8 @@ class EbpfIngest(Ingest):
             cnt = self.tracker.delta(self.loader.counters())
             for name, value in cnt.values.items():
                 self.kernel_counters[name] = self.kernel_counters.get(name, 0) + value
+            if self.stats["drain_errors"] == errors:  # all emptied: skip drains while quiet
+                self._quiet_mark = before["packets"]
         finally:
             self._emit(ring, cnt)
         elapsed_ms = round((time.perf_counter() - started) * 1000, 3)

@@ -108,3 +108,23 @@ def test_a_drain_larger_than_a_chunk_emits_every_row_once_chunk_by_chunk():
     assert sorted(int(p) for b in got for p in b.flows["packets"]) == list(range(1, 1001))
     assert comp.stats["flows_drained"] == comp.stats["table_peak"] == 1000
     assert comp.stats["drain_errors"] == 1
+
+
+def test_a_quiet_kernel_is_not_drained_again_until_a_packet_arrives():
+    """After a drain that emptied its table, no packet since its flip means both tables are
+    empty: the timer's drain is skipped (it would walk every kernel bucket); one packet more
+    on the kernel's counter and it drains again. A drain that failed part way never counts
+    as quiet."""
+    loader = FailingLoader()
+    comp = ingest_with(loader)
+    assert not comp._quiet()  # never drained: not known to be empty
+    comp._drain()
+    assert comp._quiet()
+    packets = COUNTER_NAMES.index("packets")
+    loader.counters = lambda: tuple(1 if i == packets else 0  # type: ignore[method-assign]
+                                    for i in range(len(COUNTER_NAMES)))
+    assert not comp._quiet()
+    failing = FailingLoader(drain_errno=5)
+    comp = ingest_with(failing)
+    comp._drain()
+    assert not comp._quiet()
