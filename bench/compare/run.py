@@ -40,7 +40,8 @@ observers carry ICMP type and code differently). Reported per workload and obser
 over rounds): sender rate and its ratio to ``none``; share of sent packets accounted (per
 flow, never more than sent; the worst round's too when it is lower) and of flows exactly right;
 packets the kernel dropped before any hook (``rx_dropped`` of the interface); per round, the
-agent's own counted drops and its balance ``sent - before hook - packets in exported flows -
+agent's own counted drops (the ingest's and cache's, plus the packets of flow records the
+exporter counted lost) and its balance ``sent - before hook - packets in exported flows -
 counted drops`` (0 when every packet is accounted); datagrams the collector's socket dropped;
 CPU (user + system of the observer's process tree from the start of the flood to its exit:
 sampled from /proc, exact from ``wait4`` at the end) per million packets sent and per thousand
@@ -346,13 +347,19 @@ protocol = 9
         out = {}
         if match := SUMMARY.search(text):
             out["traffic"], out["dropped"] = map(int, match.groups())
-        out["lost_records"] = sum(int(n) for n in LOST.findall(text))
+        lost = LOST.findall(text)
+        out["lost_records"] = sum(int(records) for records, _packets in lost)
+        # packets of records the exporter could not send are counted drops too: the agent
+        # accounted them (traffic) but no collector will see them
+        out["lost_packets"] = sum(int(packets) for _records, packets in lost)
+        if "dropped" in out:
+            out["dropped"] += out["lost_packets"]
         out.update({f"nflog_{k}": v for k, v in nflog_counters(text).items()})
         return out
 
 
 SUMMARY = re.compile(r"stopped; .*traffic (\d+) packets.*dropped (\d+) packets")
-LOST = re.compile(r"datagrams sent, (\d+) records lost")
+LOST = re.compile(r"datagrams sent, (\d+) records lost \((\d+) packets")
 
 
 class AgentEbpf(Agent):
