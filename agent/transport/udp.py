@@ -445,6 +445,11 @@ class UdpDestination:
         return out
 
     @property
+    def backlog_room(self) -> int | None:
+        """Datagrams the paced backlog can still take now; ``None`` when unpaced."""
+        return self._pacer.room if self._pacer is not None else None
+
+    @property
     def backlog(self) -> int:
         """Datagrams waiting for their turn (0 when unpaced)."""
         return self._pacer.pending if self._pacer is not None else 0

@@ -19,6 +19,7 @@ and an error is logged, since a wrong rate would silently mis-scale every flow.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ from netflow_agent.api import (
     Sampling,
     UdpDestination,
     hookimpl,
+    records_room,
 )
 
 from . import nel, v5, v9
@@ -87,6 +89,10 @@ class NetflowExporter(NatExporter):
         self.state = ExportState(boot_ns=0, source_id=config.engine_id,
                                  engine_type=config.engine_type)
         self.templates = v9.flow_templates(config.counters64)
+        #: the fewest flow records a full datagram holds (the largest record of any template)
+        self.per_datagram = v5.MAX_RECORDS if config.protocol == 5 else (
+            (config.mtu - v9.HEADER.size - v9.FLOWSET_HEADER.size - 3)
+            // max(t.size for t in self.templates.values()))
         self.policy = v9.RefreshPolicy(
             mtu=config.mtu, refresh_packets=config.refresh_rate,
             refresh_ns=config.timeout_rate * 60 * 1_000_000_000)
@@ -113,7 +119,7 @@ class NetflowExporter(NatExporter):
             dest = UdpDestination(endpoint, source=self.config.source,
                                   sndbuf=self.config.sndbuf, rate_limit=self.config.rate_limit,
                                   backlog=self.config.backlog, log=self.log,
-                                  on_loss=lambda data, _n, i=i: self._losses.append((i, data)))
+                                  on_loss=functools.partial(self._note_loss, i))
             dest.connect()
             self.destinations.append(dest)
             self._lost_traffic.append([0, 0])
@@ -139,6 +145,10 @@ class NetflowExporter(NatExporter):
                           self.name, dest.endpoint, dest.stats.packets_ok,
                           dest.stats.lost_records, packets, octets)
 
+    def _note_loss(self, index: int, datagram: bytes, _records: int) -> None:
+        """Destination ``index`` lost ``datagram`` (any thread: a deque append only)."""
+        self._losses.append((index, datagram))
+
     def _count_losses(self) -> None:
         """Read the datagrams the destinations lost into ``lost_packets``/``lost_octets``
         (their records are in the destinations' ``lost_records`` already)."""
@@ -151,6 +161,16 @@ class NetflowExporter(NatExporter):
             self.stats.lost_octets += octets
 
     # --- export ----------------------------------------------------------------------------
+
+    @hookimpl
+    def agent_export_room(self) -> int | None:
+        """Flow records the paced backlogs can take now (the fullest destination's), so the
+        core spreads a mass expiry over scans; ``None`` unpaced or for NAT events only."""
+        rooms = [dest.backlog_room for dest in self.destinations]
+        if not self.config.flows or not rooms or None in rooms:
+            return None
+        return records_room(min(r for r in rooms if r is not None), self.config.backlog,
+                            self.per_datagram)
 
     @hookimpl
     def agent_export_flows(self, records: FlowBatch | list[FlowRecord]) -> None:

@@ -160,6 +160,26 @@ def test_hook_agent_cache_expire(make_agent, collecting_plugin):
     assert [r.src_port for r in agent["export.collect[0]"].flows] == [1]
 
 
+def test_hook_agent_export_room(make_agent, collecting_plugin):
+    """The smallest room an exporter reports caps a scan; the rest of the due flows leave in
+    later scans, each once; a raising implementation sets no limit; stop exports the rest."""
+    room = [3]
+    agent = make_agent(BASE, [collecting_plugin, plugin(agent_export_room=lambda: room[0]),
+                              plugin(agent_export_room=lambda: 1 / 0)])
+    agent.feed([pkt(port, ts=T0) for port in range(1, 9)])
+    agent.scan(T0 + 16 * S)
+    got = agent["export.collect[0]"].flows
+    assert len(got) == 3 and agent.pipeline.core_stats()["expiry_deferred"] == 5
+    room[0] = 0  # full: nothing leaves, nothing is lost
+    agent.scan(T0 + 17 * S)
+    assert len(got) == 3
+    room[0] = 4
+    agent.scan(T0 + 18 * S)
+    assert len(got) == 7
+    agent.finish()  # a forced export asks no room
+    assert sorted(r.src_port for r in got) == list(range(1, 9))
+
+
 def test_hook_agent_aggregate_flows(make_agent, collecting_plugin):
     agent = make_agent(BASE + '[aggregate]\nrules = ["1000-2000=1000"]\n'
                        '[[aggregate.tagger]]\ntag = "x"\n', [collecting_plugin, TAGGER])
