@@ -21,6 +21,7 @@ work on whole columns.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -51,6 +52,8 @@ from netflow_agent.schema import FlowSchema, active
 from netflow_agent.stages.flowtable import FREE_NS, FlowTable
 
 __all__ = ["CacheConfig", "CacheStats", "FlowCache"]
+
+log = logging.getLogger("agent.cache")
 
 FREE_SLOT_NS = FREE_NS  # first/last time of an unused slot: never expires
 _NS = 1_000_000_000
@@ -419,7 +422,7 @@ class FlowCache(Cache):
     def _due(self, now_ns: int, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """Slots to export (ascending) and their flowEndReason; with ``limit`` (see
         :meth:`agent_cache_expire`) the due flows beyond it are deferred (:meth:`_defer`)."""
-        self.deferred, self.deferred_since_ns = 0, 0
+        was_deferred, self.deferred, self.deferred_since_ns = self.deferred, 0, 0
         if not len(self.table):  # nothing cached: no pass over the table's capacity
             self.ending.clear()
             return np.zeros(0, np.int64), np.zeros(0, np.uint8)
@@ -433,8 +436,15 @@ class FlowCache(Cache):
         slots = np.flatnonzero(reasons)
         if limit and len(slots) > limit:
             slots = self._defer(slots, reasons[slots], limit)
+            if not was_deferred:
+                log.info("expiry spread over scans: %d flows due, %d leave now, the rest "
+                         "wait for room in the exporters' backlog", len(slots) + self.deferred,
+                         len(slots))
         else:
             self.ending.clear()
+            if was_deferred:
+                log.info("expiry spread over scans: done, the %d flows due now all leave",
+                         len(slots))
         return slots, reasons[slots]
 
     def _defer(self, slots: np.ndarray, reasons: np.ndarray, limit: int) -> np.ndarray:

@@ -31,14 +31,15 @@ nftables prerouting chain (priority -300) has a ``log group`` rule for the NFLOG
 * ``fprobe`` (optional, not run by default): libpcap, NetFlow v5, so it cannot report IPv6.
 
 Each observer exports NetFlow (v9; fprobe v5) to its own ``nfcapd`` in the router namespace.
-After the flood the harness waits until the observer is settled (no datagram reaches the
-collector and the observer uses almost no CPU for 2 s), makes it export everything (agent:
+After the flood (and ``--linger`` seconds more, to make the observer's own timeouts expire its
+whole table while it runs) the harness waits until the observer is settled (no datagram reaches
+the collector and the observer uses almost no CPU for 2 s), makes it export everything (agent:
 SIGTERM; softflowd: ``softflowctl expire-all``; pmacct and fprobe: their 1 s timeouts), waits
 until the collector has read everything, then compares nfdump's records with the truth flow by
 flow, keyed by the full 5-tuple (protocol, addresses, ports; ICMP flows by their addresses, as
 observers carry ICMP type and code differently). Reported per workload and observer (medians
-over rounds): sender rate and its ratio to ``none``; share of sent packets accounted (per
-flow, never more than sent; the worst round's too when it is lower) and of flows exactly right;
+over rounds): sender rate and its ratio to ``none``; share of sent packets accounted (per flow,
+never more than sent; the worst round's too when it is lower) and of flows exactly right;
 packets the kernel dropped before any hook (``rx_dropped`` of the interface); per round, the
 agent's own counted drops (the ingest's and cache's, plus the packets of flow records the
 exporter counted lost) and its balance ``sent - before hook - packets in exported flows -
@@ -47,8 +48,7 @@ CPU (user + system of the observer's process tree from the start of the flood to
 sampled from /proc, exact from ``wait4`` at the end) per million packets sent and per thousand
 flows; peak RSS (sum of ``VmHWM`` over its processes); the load average at each run's start.
 Every flood is bounded in packets and seconds; everything started is stopped by PID and the
-namespaces are deleted.
-"""
+namespaces are deleted. """
 
 from __future__ import annotations
 
@@ -480,6 +480,7 @@ def one_run(kind: str, flood: Flood, args: argparse.Namespace, flowgen: str,
             sent, elapsed = flood.send_timed(flowgen, topo.client, topo.router_client.mac, DST4,
                                              DST6, seconds=args.seconds)
             if observer.proc is not None:
+                time.sleep(args.linger)  # let the probe's own timeouts expire its table
                 wait_settled(observer.ns, observer.usage, kind)
                 observer.flush()
         finally:
@@ -634,6 +635,11 @@ def main() -> int:
     ap.add_argument("--workload", nargs="+", choices=WORKLOADS, default=["w1", "w2", "w3"])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=60.0, help="time bound of each flood")
+    ap.add_argument("--linger", type=float, default=0.0, metavar="S",
+                    help="after the flood, wait S seconds before settling and stopping the "
+                    "probe (e.g. 20: past the agent's 15 s inactive timeout, so its whole "
+                    "table expires at once while it runs, the burst its export pacing must "
+                    "absorb; without it the stop's final export takes the table)")
     ap.add_argument("--only", nargs="*", choices=OBSERVERS, default=DEFAULT_OBSERVERS)
     ap.add_argument("--json", help="also write the raw results here (after every run)")
     ap.add_argument("--append", action="store_true",

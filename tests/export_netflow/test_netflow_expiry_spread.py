@@ -1,5 +1,7 @@
 """A mass expiry bigger than the paced backlog is spread over scans, nothing lost (issue 14).
 
+NetFlow v9 and IPFIX over UDP, both paced (their `rate_limit` and `backlog`).
+
 Thousands of flows go idle at once, more datagrams' worth than the NetFlow exporter's paced
 backlog holds. Each scan asks the exporter for its room (``agent_export_room``) and takes at
 most that many flows, the most overdue first; the others wait in the cache (``agent stats``:
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import socket
 import time
+
+import pytest
 
 from netflow_agent.model import make_key
 from tests.support.collectors import UdpSink, netflow_decode, netflow_records
@@ -39,8 +43,9 @@ def flow_packets(t0: int) -> tuple[list[tuple[bytes, int, int, int, int]], dict]
     return packets, truth
 
 
+@pytest.mark.parametrize("exporter", ["netflow", "ipfix"])
 def test_a_mass_expiry_larger_than_the_backlog_leaves_over_scans_exactly_once(
-        make_agent, collecting_plugin):
+        make_agent, collecting_plugin, exporter):
     t0 = time.time_ns() - 60 * S
     packets, truth = flow_packets(t0)
     with UdpSink() as sink:
@@ -48,14 +53,14 @@ def test_a_mass_expiry_larger_than_the_backlog_leaves_over_scans_exactly_once(
 [cache]
 inactive_timeout = 15
 [[ingest.fake]]
-[[export.netflow]]
+[[export.{exporter}]]
 destination = ["{sink.endpoint}"]
-protocol = 9
+{"protocol = 9" if exporter == "netflow" else "options_interval_s = 0"}
 rate_limit = 2000
 backlog = {BACKLOG}
 """, [collecting_plugin])  # [[ingest.fake]]: the test feeds the packets
         agent.feed(packets)
-        exporter = agent["export.netflow[0]"]
+        component = agent[f"export.{exporter}[0]"]
         now = t0 + 16 * S
         agent.scan(now)
         first = agent.pipeline.core_stats()
@@ -65,12 +70,13 @@ backlog = {BACKLOG}
             time.sleep(0.01)  # the pacer drains the backlog in real time
             now += S // 100
             agent.scan(now)
-        stats = exporter.agent_collect_stats()
+        stats = component.agent_collect_stats()
+        dest = (component.destinations if exporter == "netflow" else component.udp)[0]
+        paced = dest.snapshot()
         agent.finish()
         received = sink.collect()
     assert 0 < first["expiry_deferred"] < FLOWS and first["deferred_scans"] == 1
-    sock = stats["sock0"]
-    assert sock["backlog_peak"] <= BACKLOG and sock["backlog_dropped"] == 0
+    assert paced["backlog_peak"] <= BACKLOG and paced["backlog_dropped"] == 0
     assert stats["lost_records"] == 0 and stats["lost_packets"] == 0
     got = netflow_records(netflow_decode(received)[1])
     assert len(got) == FLOWS  # every flow exactly once, with its counts
