@@ -323,6 +323,8 @@ PROTO_NAMES = {"ICMP": 1, "TCP": 6, "UDP": 17, "ICMP6": 58}
 class Agent(Observer):
     ingest = ""
     stop_timeout = 300.0  # the last export of up to 1M flows, paced
+    #: ``[[export.netflow]] backlog`` (``--backlog``; 0: the agent's default)
+    backlog = 0
 
     def command(self) -> list[str]:
         conf = self.tmp / "agent.toml"
@@ -333,6 +335,7 @@ control_socket = ""
 [[export.netflow]]
 destination = ["127.0.0.1:{NFCAPD_PORT}"]
 protocol = 9
+{f"backlog = {self.backlog}" if self.backlog else ""}
 """)
         return [sys.executable, "-m", "netflow_agent.cli", "--log-level", "info", "-c",
                 str(conf)]
@@ -640,6 +643,10 @@ def main() -> int:
                     "probe (e.g. 20: past the agent's 15 s inactive timeout, so its whole "
                     "table expires at once while it runs, the burst its export pacing must "
                     "absorb; without it the stop's final export takes the table)")
+    ap.add_argument("--backlog", type=int, default=0, metavar="N",
+                    help="the agent exporter's paced backlog in datagrams (default: the "
+                    "agent's, 30000); with --linger, a small one shows whether a mass expiry "
+                    "is spread over scans or overflows the backlog (counted)")
     ap.add_argument("--only", nargs="*", choices=OBSERVERS, default=DEFAULT_OBSERVERS)
     ap.add_argument("--json", help="also write the raw results here (after every run)")
     ap.add_argument("--append", action="store_true",
@@ -650,6 +657,7 @@ def main() -> int:
     ap.add_argument("--profile", metavar="DIR",
                     help="attach py-spy to the agent: collapsed stacks per run in DIR")
     args = ap.parse_args()
+    Agent.backlog = args.backlog
     if args.table_from:
         print(report(json.loads(Path(args.table_from).read_text())))
         return 0
