@@ -460,7 +460,8 @@ class FlowCache(Cache):
         if limit > 0:
             taken[np.argpartition(due_at, limit - 1)[:limit]] = True
         left = slots[~taken]
-        self.ending.intersection_update(left.tolist())
+        if self.ending:
+            self.ending.intersection_update(left.tolist())
         self.deferred = len(left)
         self.deferred_since_ns = int(due_at[~taken].min())
         self.stats.deferred_scans += 1
