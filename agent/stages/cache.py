@@ -403,6 +403,7 @@ class FlowCache(Cache):
         due for the next scans); < 0 (a scan only): none now, every due flow stays.
         """
         if force:
+            self.deferred, self.deferred_since_ns = 0, 0  # every flow leaves now
             slots = self.table.occupied(max(limit, 0))
             reasons = np.full(len(slots), END_FORCED, np.uint8)
             if self.ending:

@@ -11,9 +11,11 @@ import pytest
 from netflow_agent import hookimpl
 from netflow_agent.config.schema import option
 from netflow_agent.errors import ConfigError, ConfigIssue
+from netflow_agent.metrics import metric_families
 from netflow_agent.model import FlowBatch, FlowDelta, NatEvent, make_key
 from netflow_agent.pipeline import StartupError
 from netflow_agent.registry import Component
+from netflow_agent.report import build_snapshot, format_report
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S
@@ -170,6 +172,11 @@ def test_hook_agent_export_room(make_agent, collecting_plugin):
     agent.scan(T0 + 16 * S)
     got = agent["export.collect[0]"].flows
     assert len(got) == 3 and agent.pipeline.core_stats()["expiry_deferred"] == 5
+    snap = build_snapshot(agent.pipeline)  # agent stats and metrics show the deferral
+    assert snap["cache"]["expiry_deferred_age_s"] >= 0  # against the pipeline clock
+    assert "Expiry deferred: 5 flows due (oldest " in format_report(snap)
+    metrics = {f.name: f.samples[0].value for f in metric_families(snap) if f.samples}
+    assert metrics["netflow_agent_expiry_deferred_flows"] == 5
     room[0] = 0  # full: nothing leaves, nothing is lost
     agent.scan(T0 + 17 * S)
     assert len(got) == 3
