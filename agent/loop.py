@@ -193,7 +193,13 @@ class Loop:
     def export_room(self) -> int:
         """The most records a scan may hand the exporters now: the smallest room any reports
         (``agent_export_room``: a paced backlog's free space), so a mass expiry is spread
-        over scans instead of overflowing it; 0 = no limit, :data:`NO_ROOM` = none."""
+        over scans instead of overflowing it; 0 = no limit, :data:`NO_ROOM` = none.
+
+        No limit while stopping: the exporters then wait for room instead (the scan that
+        exports what is due before ``[agent] state_file`` saves the rest, and the final one).
+        """
+        if self.context.stopping:
+            return 0
         rooms = self.hook.agent_export_room()
         if not rooms:
             return 0
