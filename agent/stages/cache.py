@@ -11,6 +11,11 @@ option, :mod:`agent.keyrules`) rewrite every key before the lookup, in every ent
 (packets, kernel deltas, restored flows), so the table, ``maxflows`` and the statistics count
 aggregated flows; a flow's masks are those its first packet was cut to.
 
+A scan takes at most as many due flows as the exporters can take now (the core's ``limit``,
+from their paced backlogs): the most overdue leave first, the others stay in the table, due,
+and leave in the next scans (ipt_NETFLOW's expiry spread over scans; ``expiry_deferred`` in
+the counters). A packet for a deferred flow is counted in it, as for any flow in the table.
+
 Layout (chosen for speed and memory, see docs/performance.md): the storage is a
 :class:`~agent.stages.flowtable.FlowTable`: a C hash index (``agent/_flowindex.c``) maps the
 fixed-width packed key to a slot number, and the counters live in NumPy columns indexed by slot,
