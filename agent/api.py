@@ -45,7 +45,8 @@ Groups (see ``docs/hooks.md``):
 * UDP export: :class:`UdpDestination`, :func:`parse_endpoint`, :func:`address_family`,
   :class:`EndpointError`, and pacing: the defaults :data:`DEFAULT_RATE_LIMIT`,
   :data:`DEFAULT_BACKLOG` and the shared options :func:`rate_limit_option`,
-  :func:`backlog_option`;
+  :func:`backlog_option`, and :func:`records_room` (what a paced backlog can take, for the
+  ``agent_export_room`` hook);
 * export headers: :func:`export_stamp` and :data:`NS_PER_S` (one clock for a packet's header
   and its records, ``agent/exportclock.py``);
 * packet paths: :class:`FragmentPolicy` (``[cache] fragments``), :func:`make_parser` and the
@@ -137,6 +138,7 @@ from netflow_agent.transport.pacing import (
     DEFAULT_RATE_LIMIT,
     backlog_option,
     rate_limit_option,
+    records_room,
 )
 from netflow_agent.transport.udp import (
     EndpointError,
@@ -167,7 +169,7 @@ from netflow_agent.wire import (
 )
 
 #: ``(major, minor)`` of this plugin API (see the module docstring).
-API_VERSION = (3, 1)
+API_VERSION = (3, 2)
 
 __all__ = [
     "API_VERSION",
@@ -175,6 +177,7 @@ __all__ = [
     "DEFAULT_RATE_LIMIT",
     "backlog_option",
     "rate_limit_option",
+    "records_room",
     "NOT_IP",
     "NS_PER_S",
     "PPP_IP",

@@ -128,9 +128,12 @@ def agent_cache_expire(now_ns: int, force: bool, limit: int) -> list[FlowRecord]
 
     :param now_ns: the pipeline clock; inactive and active timeouts are measured against it.
     :param force: ``True`` at shutdown: return every flow, with end reason "forced end".
-    :param limit: with ``force``, return at most this many flows per call (0: no limit); the
-        core calls again while a call returns ``limit`` flows, so a large table leaves in
-        steps (bounded memory). A cache may ignore it and return everything at once.
+    :param limit: return at most this many flows per call (0: no limit). With ``force``,
+        the core calls again while a call returns ``limit`` flows, so a large table leaves in
+        steps (bounded memory). On a scan it is what the exporters can take without loss
+        (:func:`agent_export_room`): due flows beyond it stay in the table for the next scans,
+        the most overdue leave first; < 0: none this scan. A cache may ignore it and return
+        everything at once.
     :return: expired flow records (counters are deltas since their last export).
     """
 
@@ -166,6 +169,19 @@ def agent_export_nat_events(events: list[NatEvent]) -> None:
     """Export NAT translation events (exporters with ``natevents`` enabled).
 
     :param events: start and stop events from conntrack; read-only, shared.
+    """
+
+
+@hookspec
+def agent_export_room() -> int | None:
+    """How many flow records this exporter can take now without losing any.
+
+    Asked before every scan (not at stop): the scan hands the exporters at most the smallest
+    answer, and due flows beyond it wait in the cache for the next scans (ipt_NETFLOW's
+    expiry spread over scans), so a mass expiry never overflows a paced backlog.
+
+    :return: records (e.g. a paced UDP backlog's free datagrams times the records one holds,
+        less a margin), ``0`` when full now, or ``None``: no limit (unpaced, TCP, files).
     """
 
 

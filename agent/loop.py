@@ -9,6 +9,8 @@
     ingest.pcap[0] ──┘                  ├─▶ agent_export_nat_events                (export)
     ingest.conntrack[0] (NAT events) ───┘
                                         every scan_interval_ms:
+                                          agent_export_room (at most what the exporters
+                                          can take now; the rest waits for later scans)
                                           agent_cache_expire ─▶ in parts of at most
                                           EXPORT_ROWS records: agent_aggregate_flows (chain)
                                           ─▶ agent_export_flows ─▶ agent_tick (all)
@@ -39,6 +41,8 @@ log = logging.getLogger("agent.pipeline")
 #: 8192 rather than 16384: the stop's copies of a part (cache hand-off, batch, encoder
 #: temporaries) are ~3 MB instead of ~6 MB, and v9 encodes as fast (docs/performance.md)
 EXPORT_ROWS = 8192
+#: ``agent_cache_expire``'s ``limit`` on a scan when an exporter has no room at all
+NO_ROOM = -1
 
 
 class Loop:
@@ -169,6 +173,7 @@ class Loop:
 
         A forced scan (stop, cache hand-over) takes the table out :data:`EXPORT_ROWS` flows
         at a time, so the cache's copies of a 200k-flow table are never all alive at once.
+        A timed scan takes at most :meth:`export_room` flows; the cache keeps the rest due.
         """
         while self._expire(now, force) == EXPORT_ROWS and force:
             pass  # exactly the limit: more may remain (more than it: a cache without limits)
@@ -179,13 +184,28 @@ class Loop:
         """One expiry call and the export of what it returned; the most flows one cache
         returned (a forced scan calls again while that is exactly its limit)."""
         parts = [_as_batch(p) for p in self.hook.agent_cache_expire(
-            now_ns=now, force=force, limit=EXPORT_ROWS if force else 0) if p]
+            now_ns=now, force=force, limit=EXPORT_ROWS if force else self.export_room()) if p]
         records = concat(parts, "cache")
         if records:
             log.debug("scan: %d flow records to export", len(records))
         for part in export_parts(records, EXPORT_ROWS):
             self._export(part)
         return max((len(p) for p in parts), default=0)
+
+    def export_room(self) -> int:
+        """The most records a scan may hand the exporters now: the smallest room any reports
+        (``agent_export_room``: a paced backlog's free space), so a mass expiry is spread
+        over scans instead of overflowing it; 0 = no limit, :data:`NO_ROOM` = none.
+
+        No limit while stopping: the exporters then wait for room instead (the scan that
+        exports what is due before ``[agent] state_file`` saves the rest, and the final one).
+        """
+        if self.context.stopping:
+            return 0
+        rooms = self.hook.agent_export_room()
+        if not rooms:
+            return 0
+        return max(0, min(rooms)) or NO_ROOM
 
     def _export(self, records: FlowBatch) -> None:
         """Aggregate, then export one slice of a scan's records."""

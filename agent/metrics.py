@@ -64,6 +64,8 @@ CACHE_COUNTERS = {
     "sampler_discarded_bytes": ("sampler_discarded_bytes", "Bytes of those packets."),
     "sampler_unselected_flows": ("sampler_unselected_flows", "Expired flows the deterministic "
                                  "or random sampler left out."),
+    "deferred_scans": ("expiry_deferred_scans", "Scans that left due flows in the cache "
+                       "because the exporters' paced backlog was full."),
 }
 #: the largest HTTP request head read (request line and headers)
 MAX_HEAD = 8192
@@ -86,6 +88,10 @@ CACHE_GAUGES = {
     "flows_mem_bytes": ("flows_memory_bytes", "Approximate memory of the flow table."),
     "hash_mem_bytes": ("hash_memory_bytes", "Approximate memory of the flow key index."),
     "slots": ("hash_slots", "Flow slots allocated."),
+    "expiry_deferred": ("expiry_deferred_flows", "Flows due for export that the last scan "
+                        "left in the cache (the exporters' backlog was full)."),
+    "expiry_deferred_age_s": ("expiry_deferred_age_seconds", "How long the oldest deferred "
+                              "flow has been due (0 = none deferred)."),
 }
 #: destination counter -> (metric, help)
 DEST_COUNTERS = {
@@ -97,6 +103,9 @@ DEST_COUNTERS = {
     "err_connect": ("export_connect_errors", "Failed connect attempts."),
     "err_other": ("export_other_errors", "Datagrams dropped on other errors."),
     "lost_records": ("export_lost_records", "Flow/event records in datagrams not sent."),
+    "lost_packets": ("export_lost_packets", "Packets of the flow records in datagrams not "
+                     "sent (NetFlow)."),
+    "lost_octets": ("export_lost_octets", "Octets of those flow records (NetFlow)."),
 }
 DEST_GAUGES = {
     "sndbuf": ("export_sndbuf_bytes", "Socket send buffer size."),

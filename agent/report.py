@@ -158,6 +158,9 @@ def _cache_part(pipeline: Any, core: dict[str, Any], monitor: OpsMonitor | None,
         out.setdefault(key, 0)  # the cache reports them (agent.roles.Cache.counters)
     peak_ns = core.get("peak_ns", 0)
     out["peak_age_s"] = max(0, now - peak_ns) / _NS if peak_ns else 0.0
+    due_ns = out.pop("expiry_deferred_since_ns", 0)  # the oldest deferred flow's due time
+    out["expiry_deferred"] = out.get("expiry_deferred", 0)
+    out["expiry_deferred_age_s"] = max(0, now - due_ns) / _NS if due_ns else 0.0
     meter = monitor.hash if monitor else HashMeter()
     out["metric"] = meter.current
     out["metric_ewma"] = dict(zip(("4s", "1m", "5m", "15m"), meter.averages, strict=True))
@@ -292,7 +295,17 @@ def _flows_line(snap: dict[str, Any]) -> str:
     return (f"Flows: active {c.get('active_flows', 0)} (peak {c.get('peak_flows', 0)} reached "
             f"{_age(c['peak_age_s'])} ago, maxflows {c.get('maxflows_limit', 0)}), mem "
             f"{_k(c['flows_mem_bytes'])}, worker delay {a['scan_interval_ms']}/1000 "
-            f"(last {a['last_scan_interval_ms']:.0f} ms).")
+            f"(last {a['last_scan_interval_ms']:.0f} ms).{_deferred(c)}")
+
+
+def _deferred(c: dict[str, Any]) -> str:
+    """`` Expiry deferred: N flows due ...`` while the exporters' backlog holds due flows
+    back (spread over scans), else nothing."""
+    if not c.get("expiry_deferred"):
+        return ""
+    return (f" Expiry deferred: {c['expiry_deferred']} flows due (oldest "
+            f"{c['expiry_deferred_age_s']:.1f} s), exporters' backlog full "
+            f"({c.get('deferred_scans', 0)} scans).")
 
 
 def _hash_line(snap: dict[str, Any]) -> str:

@@ -54,6 +54,8 @@ class CacheStats:
     sampler_discarded_bytes: int = 0
     #: expired flows ``deterministic``/``random`` sampling left out (not in exported_flows)
     sampler_unselected_flows: int = 0
+    #: scans that left due flows in the table for later scans (the exporters' backlog was full)
+    deferred_scans: int = 0
     peak_flows: int = 0
     peak_ns: int = 0
 

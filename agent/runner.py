@@ -46,7 +46,7 @@ _TRACE = os.environ.get("AGENT_TRACE_HOOKS", "") in ("1", "true", "yes")
 ISOLATED = frozenset({
     "agent_tick", "agent_stop", "agent_cache_packets", "agent_cache_flows",
     "agent_cache_expire", "agent_aggregate_flows", "agent_export_flows",
-    "agent_export_nat_events", "agent_collect_stats",
+    "agent_export_nat_events", "agent_export_room", "agent_collect_stats",
 })
 #: Hooks whose raise stops the caller (start-up, registration, configuration checks).
 RAISING = frozenset({"agent_start", "agent_register_components", "agent_check_config"})

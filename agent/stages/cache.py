@@ -11,6 +11,11 @@ option, :mod:`agent.keyrules`) rewrite every key before the lookup, in every ent
 (packets, kernel deltas, restored flows), so the table, ``maxflows`` and the statistics count
 aggregated flows; a flow's masks are those its first packet was cut to.
 
+A scan takes at most as many due flows as the exporters can take now (the core's ``limit``,
+from their paced backlogs): the most overdue leave first, the others stay in the table, due,
+and leave in the next scans (ipt_NETFLOW's expiry spread over scans; ``expiry_deferred`` in
+the counters). A packet for a deferred flow is counted in it, as for any flow in the table.
+
 Layout (chosen for speed and memory, see docs/performance.md): the storage is a
 :class:`~agent.stages.flowtable.FlowTable`: a C hash index (``agent/_flowindex.c``) maps the
 fixed-width packed key to a slot number, and the counters live in NumPy columns indexed by slot,
@@ -21,6 +26,7 @@ work on whole columns.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -51,6 +57,8 @@ from netflow_agent.schema import FlowSchema, active
 from netflow_agent.stages.flowtable import FREE_NS, FlowTable
 
 __all__ = ["CacheConfig", "CacheStats", "FlowCache"]
+
+log = logging.getLogger("agent.cache")
 
 FREE_SLOT_NS = FREE_NS  # first/last time of an unused slot: never expires
 _NS = 1_000_000_000
@@ -196,6 +204,10 @@ class FlowCache(Cache):
         self.schema: FlowSchema = active()
         self.table = FlowTable(self.schema.key_size, config.hashsize)
         self.ending: set[int] = set()
+        #: flows the last scan found due but left in the table (the exporters' backlog was
+        #: full), and since when (ns) the oldest of them has been due; 0 when none
+        self.deferred = 0
+        self.deferred_since_ns = 0
         self.context: RunContext | None = None
         self.sampler = config.flow_sampler()
         self._unselected = FlowIndex(self.table.key_size)
@@ -389,17 +401,22 @@ class FlowCache(Cache):
 
     @hookimpl
     def agent_cache_expire(self, now_ns: int, force: bool, limit: int = 0) -> FlowBatch:
-        """Return flows that are idle, too old, ended by FIN/RST, or all of them (``force``;
-        at most ``limit`` per call when > 0: the core calls again until fewer come)."""
+        """Return flows that are idle, too old, ended by FIN/RST, or all of them (``force``).
+
+        ``limit`` > 0: at most that many per call (forced: the core calls again until fewer
+        come; a scan: the exporters' free backlog, the most overdue flows first, the rest stay
+        due for the next scans); < 0 (a scan only): none now, every due flow stays.
+        """
         if force:
-            slots = self.table.occupied(limit)
+            self.deferred, self.deferred_since_ns = 0, 0  # every flow leaves now
+            slots = self.table.occupied(max(limit, 0))
             reasons = np.full(len(slots), END_FORCED, np.uint8)
             if self.ending:
                 ended = np.isin(slots, np.fromiter(self.ending, np.int64))
                 reasons[ended] = END_OF_FLOW
                 self.ending.difference_update(slots[ended].tolist())
         else:
-            slots, reasons = self._due(now_ns)
+            slots, reasons = self._due(now_ns, limit)
         batch = self._take(slots, reasons)
         if self.sampler is not None:
             before = len(batch)
@@ -408,8 +425,10 @@ class FlowCache(Cache):
         self.stats.exported_flows += len(batch)
         return batch
 
-    def _due(self, now_ns: int) -> tuple[np.ndarray, np.ndarray]:
-        """Slots to export (ascending) and their flowEndReason."""
+    def _due(self, now_ns: int, limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Slots to export (ascending) and their flowEndReason; with ``limit`` (see
+        :meth:`agent_cache_expire`) the due flows beyond it are deferred (:meth:`_defer`)."""
+        was_deferred, self.deferred, self.deferred_since_ns = self.deferred, 0, 0
         if not len(self.table):  # nothing cached: no pass over the table's capacity
             self.ending.clear()
             return np.zeros(0, np.int64), np.zeros(0, np.uint8)
@@ -420,9 +439,39 @@ class FlowCache(Cache):
         for i in self.ending:
             if first[i] != FREE_SLOT_NS and not reasons[i]:
                 reasons[i] = END_OF_FLOW
-        self.ending.clear()
         slots = np.flatnonzero(reasons)
+        if limit and len(slots) > limit:
+            slots = self._defer(slots, reasons[slots], limit)
+            if not was_deferred:
+                log.info("expiry spread over scans: %d flows due, %d leave now, the rest "
+                         "wait for room in the exporters' backlog", len(slots) + self.deferred,
+                         len(slots))
+        else:
+            self.ending.clear()
+            if was_deferred:
+                log.info("expiry spread over scans: done, the %d flows due now all leave",
+                         len(slots))
         return slots, reasons[slots]
+
+    def _defer(self, slots: np.ndarray, reasons: np.ndarray, limit: int) -> np.ndarray:
+        """The ``limit`` (< 0: none) most overdue of the due ``slots``, ascending; the others
+        stay in the table, due, with their times and counters (ipt_NETFLOW's expiry spread over
+        scans): counted in :attr:`deferred`, their FIN/RST mark kept for the next scan."""
+        t = self.table
+        due_at = np.minimum(t.last[slots] + self.config.inactive_timeout * _NS,
+                            t.first[slots] + self.config.active_timeout * _NS)
+        ended = reasons == END_OF_FLOW
+        due_at[ended] = np.minimum(due_at[ended], t.last[slots[ended]])
+        taken = np.zeros(len(slots), bool)
+        if limit > 0:
+            taken[np.argpartition(due_at, limit - 1)[:limit]] = True
+        left = slots[~taken]
+        if self.ending:
+            self.ending.intersection_update(left.tolist())
+        self.deferred = len(left)
+        self.deferred_since_ns = int(due_at[~taken].min())
+        self.stats.deferred_scans += 1
+        return slots[taken]
 
     def _take(self, slots: np.ndarray, reasons: np.ndarray) -> FlowBatch:
         """Copy ``slots`` out as a batch (columns, no object per flow) and free them."""
@@ -518,7 +567,8 @@ class FlowCache(Cache):
                    memtraf_packets=mem_pkts, memtraf_bytes=mem_bytes,
                    slots=self.table.rows, active_timeout=self.config.active_timeout,
                    inactive_timeout=self.config.inactive_timeout,
-                   hash_mem_bytes=index_mem, flows_mem_bytes=table_mem)
+                   hash_mem_bytes=index_mem, flows_mem_bytes=table_mem,
+                   expiry_deferred=self.deferred, expiry_deferred_since_ns=self.deferred_since_ns)
         return out
 
     @hookimpl

@@ -52,6 +52,26 @@ DEFAULT_FLUSH_S = 10.0
 MAX_CLOSE_S = 45.0
 
 
+#: of a backlog's free datagrams, this share (1/32) plus up to :data:`ROOM_RESERVE` are kept
+#: out of the room an exporter offers a scan (:func:`records_room`): datagrams that carry
+#: templates or options, and the last, part-filled datagram of each export part
+ROOM_MARGIN_DIV = 32
+ROOM_RESERVE = 16
+
+
+def records_room(free: int, limit: int, per_datagram: int) -> int:
+    """The flow records an exporter can take now without overflowing its paced backlog.
+
+    :param free: datagrams the backlog can still take (the fullest destination's).
+    :param limit: the backlog's size in datagrams.
+    :param per_datagram: the fewest records a full datagram of flows holds (the largest
+        record the exporter may write): the estimate is never more than what fits.
+    :return: records; 0 when the backlog is (nearly) full.
+    """
+    reserve = free // ROOM_MARGIN_DIV + min(ROOM_RESERVE, limit // 8)
+    return max(0, free - reserve) * max(1, per_datagram)
+
+
 def rate_limit_option(unit: str) -> Any:
     """The ``rate_limit`` key of the UDP exporters' tables (``unit``: what they send)."""
     return option(DEFAULT_RATE_LIMIT, doc=f"UDP: most {unit} per second to each destination; a "
@@ -237,6 +257,12 @@ class PacedSender:
     def pending(self) -> int:
         """Datagrams waiting now."""
         return self.stats.backlog
+
+    @property
+    def room(self) -> int:
+        """Datagrams the backlog can still take now (0 once closing)."""
+        with self._cond:
+            return 0 if self._closing else max(0, self.stats.backlog_limit - len(self._queue))
 
     def drain_seconds(self, extra: int = 0) -> float:
         """How long sending the current backlog and ``extra`` more datagrams takes at the

@@ -138,6 +138,10 @@ class UdpDestination:
     :param on_late_loss: ``f(datagram, records)``, called on the pacing thread for a datagram
         lost after :meth:`send`/:meth:`send_batch` had accepted (queued) it; for callers that
         count lost packets and octets inside the datagrams.
+    :param on_loss: ``f(datagram, records)``, called for *every* datagram lost, on whichever
+        thread lost it (a send error, a full backlog, the backlog left at close; often under
+        the socket lock: keep it short and thread-safe, e.g. a deque append); for callers
+        that count the packets and octets of every lost record.
     :param clock: monotonic ns clock (injectable for tests).
     :param log: logger; defaults to ``agent.transport.udp``.
     """
@@ -153,6 +157,7 @@ class UdpDestination:
         backlog: int = DEFAULT_BACKLOG,
         flush_timeout_s: float = DEFAULT_FLUSH_S,
         on_late_loss: Callable[[bytes, int], None] | None = None,
+        on_loss: Callable[[bytes, int], None] | None = None,
         clock: Callable[[], int] = time.monotonic_ns,
         log: logging.Logger | None = None,
     ):
@@ -175,6 +180,7 @@ class UdpDestination:
         #: them accepted, so it counts these separately
         self.late_lost_records = 0
         self._on_late_loss = on_late_loss
+        self._on_loss = on_loss
         self._pacer = PacedSender(self._paced_send, self._paced_lost, rate=rate_limit,
                                   limit=backlog, name=f"pace {endpoint}",
                                   send_many=self._paced_send_many) if rate_limit else None
@@ -289,8 +295,8 @@ class UdpDestination:
                 wait_s = max(wait_s, min(needed, MAX_CLOSE_S))
             queued = self._pacer.put(datagrams, records, wait_s)
             with self._lock:  # no room in the backlog: lost, like a full send buffer
-                for count in records[queued:]:
-                    self._lost(count)
+                for datagram, count in zip(datagrams[queued:], records[queued:], strict=True):
+                    self._lost(count, datagram)
             return queued
         sent = 0
         for datagram, count in zip(datagrams, records, strict=True):
@@ -301,7 +307,7 @@ class UdpDestination:
     def _send_one(self, datagram: bytes, records: int) -> bool:
         sock = self._sock
         if sock is None and not self.maybe_reconnect():
-            return self._lost(records)
+            return self._lost(records, datagram)
         assert self._sock is not None
         for _ in range(2):  # a pending ECONNREFUSED belongs to an earlier datagram: retry once
             try:
@@ -310,12 +316,12 @@ class UdpDestination:
                 self._count_cberr()
                 continue
             except OSError as exc:
-                return self._send_error(exc, records)
+                return self._send_error(exc, records, datagram)
             stats = self.stats
             stats.packets_ok += 1
             stats.bytes_ok += len(datagram)
             return True
-        return self._lost(records)
+        return self._lost(records, datagram)
 
     def _paced_send(self, datagram: bytes, records: int) -> bool:
         """The pacing thread's send: one datagram, under the socket lock."""
@@ -338,7 +344,7 @@ class UdpDestination:
     def _paced_lost(self, datagram: bytes, records: int) -> None:
         """A datagram still in the backlog when the flush time ran out at close."""
         with self._lock:
-            self._lost(records)
+            self._lost(records, datagram)
         self._late_loss(datagram, records)
 
     def _late_loss(self, datagram: bytes, records: int) -> None:
@@ -346,17 +352,19 @@ class UdpDestination:
         if self._on_late_loss is not None:
             self._on_late_loss(datagram, records)
 
-    def _send_error(self, exc: OSError, records: int) -> bool:
+    def _send_error(self, exc: OSError, records: int, datagram: bytes) -> bool:
         if exc.errno in _DROP_ERRNOS:
             self.stats.err_sndbuf += 1
         else:
             self.stats.err_other += 1
             self._log.debug("%s: send failed: %s", self.endpoint, exc)
-        return self._lost(records)
+        return self._lost(records, datagram)
 
-    def _lost(self, records: int) -> bool:
+    def _lost(self, records: int, datagram: bytes) -> bool:
         self.stats.fail += 1
         self.stats.lost_records += records
+        if self._on_loss is not None:
+            self._on_loss(datagram, records)
         return False
 
     def _count_cberr(self) -> None:
@@ -435,6 +443,11 @@ class UdpDestination:
             out.update(asdict(self._pacer.stats))
         out["connected"] = self.connected
         return out
+
+    @property
+    def backlog_room(self) -> int | None:
+        """Datagrams the paced backlog can still take now; ``None`` when unpaced."""
+        return self._pacer.room if self._pacer is not None else None
 
     @property
     def backlog(self) -> int:

@@ -31,23 +31,24 @@ nftables prerouting chain (priority -300) has a ``log group`` rule for the NFLOG
 * ``fprobe`` (optional, not run by default): libpcap, NetFlow v5, so it cannot report IPv6.
 
 Each observer exports NetFlow (v9; fprobe v5) to its own ``nfcapd`` in the router namespace.
-After the flood the harness waits until the observer is settled (no datagram reaches the
-collector and the observer uses almost no CPU for 2 s), makes it export everything (agent:
+After the flood (and ``--linger`` seconds more, to make the observer's own timeouts expire its
+whole table while it runs) the harness waits until the observer is settled (no datagram reaches
+the collector and the observer uses almost no CPU for 2 s), makes it export everything (agent:
 SIGTERM; softflowd: ``softflowctl expire-all``; pmacct and fprobe: their 1 s timeouts), waits
 until the collector has read everything, then compares nfdump's records with the truth flow by
 flow, keyed by the full 5-tuple (protocol, addresses, ports; ICMP flows by their addresses, as
 observers carry ICMP type and code differently). Reported per workload and observer (medians
-over rounds): sender rate and its ratio to ``none``; share of sent packets accounted (per
-flow, never more than sent; the worst round's too when it is lower) and of flows exactly right;
+over rounds): sender rate and its ratio to ``none``; share of sent packets accounted (per flow,
+never more than sent; the worst round's too when it is lower) and of flows exactly right;
 packets the kernel dropped before any hook (``rx_dropped`` of the interface); per round, the
-agent's own counted drops and its balance ``sent - before hook - packets in exported flows -
+agent's own counted drops (the ingest's and cache's, plus the packets of flow records the
+exporter counted lost) and its balance ``sent - before hook - packets in exported flows -
 counted drops`` (0 when every packet is accounted); datagrams the collector's socket dropped;
 CPU (user + system of the observer's process tree from the start of the flood to its exit:
 sampled from /proc, exact from ``wait4`` at the end) per million packets sent and per thousand
 flows; peak RSS (sum of ``VmHWM`` over its processes); the load average at each run's start.
 Every flood is bounded in packets and seconds; everything started is stopped by PID and the
-namespaces are deleted.
-"""
+namespaces are deleted. """
 
 from __future__ import annotations
 
@@ -322,6 +323,8 @@ PROTO_NAMES = {"ICMP": 1, "TCP": 6, "UDP": 17, "ICMP6": 58}
 class Agent(Observer):
     ingest = ""
     stop_timeout = 300.0  # the last export of up to 1M flows, paced
+    #: ``[[export.netflow]] backlog`` (``--backlog``; 0: the agent's default)
+    backlog = 0
 
     def command(self) -> list[str]:
         conf = self.tmp / "agent.toml"
@@ -332,6 +335,7 @@ control_socket = ""
 [[export.netflow]]
 destination = ["127.0.0.1:{NFCAPD_PORT}"]
 protocol = 9
+{f"backlog = {self.backlog}" if self.backlog else ""}
 """)
         return [sys.executable, "-m", "netflow_agent.cli", "--log-level", "info", "-c",
                 str(conf)]
@@ -346,13 +350,19 @@ protocol = 9
         out = {}
         if match := SUMMARY.search(text):
             out["traffic"], out["dropped"] = map(int, match.groups())
-        out["lost_records"] = sum(int(n) for n in LOST.findall(text))
+        lost = LOST.findall(text)
+        out["lost_records"] = sum(int(records) for records, _packets in lost)
+        # packets of records the exporter could not send are counted drops too: the agent
+        # accounted them (traffic) but no collector will see them
+        out["lost_packets"] = sum(int(packets) for _records, packets in lost)
+        if "dropped" in out:
+            out["dropped"] += out["lost_packets"]
         out.update({f"nflog_{k}": v for k, v in nflog_counters(text).items()})
         return out
 
 
 SUMMARY = re.compile(r"stopped; .*traffic (\d+) packets.*dropped (\d+) packets")
-LOST = re.compile(r"datagrams sent, (\d+) records lost")
+LOST = re.compile(r"datagrams sent, (\d+) records lost \((\d+) packets")
 
 
 class AgentEbpf(Agent):
@@ -473,6 +483,7 @@ def one_run(kind: str, flood: Flood, args: argparse.Namespace, flowgen: str,
             sent, elapsed = flood.send_timed(flowgen, topo.client, topo.router_client.mac, DST4,
                                              DST6, seconds=args.seconds)
             if observer.proc is not None:
+                time.sleep(args.linger)  # let the probe's own timeouts expire its table
                 wait_settled(observer.ns, observer.usage, kind)
                 observer.flush()
         finally:
@@ -627,6 +638,15 @@ def main() -> int:
     ap.add_argument("--workload", nargs="+", choices=WORKLOADS, default=["w1", "w2", "w3"])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--seconds", type=float, default=60.0, help="time bound of each flood")
+    ap.add_argument("--linger", type=float, default=0.0, metavar="S",
+                    help="after the flood, wait S seconds before settling and stopping the "
+                    "probe (e.g. 20: past the agent's 15 s inactive timeout, so its whole "
+                    "table expires at once while it runs, the burst its export pacing must "
+                    "absorb; without it the stop's final export takes the table)")
+    ap.add_argument("--backlog", type=int, default=0, metavar="N",
+                    help="the agent exporter's paced backlog in datagrams (default: the "
+                    "agent's, 30000); with --linger, a small one shows whether a mass expiry "
+                    "is spread over scans or overflows the backlog (counted)")
     ap.add_argument("--only", nargs="*", choices=OBSERVERS, default=DEFAULT_OBSERVERS)
     ap.add_argument("--json", help="also write the raw results here (after every run)")
     ap.add_argument("--append", action="store_true",
@@ -637,6 +657,7 @@ def main() -> int:
     ap.add_argument("--profile", metavar="DIR",
                     help="attach py-spy to the agent: collapsed stacks per run in DIR")
     args = ap.parse_args()
+    Agent.backlog = args.backlog
     if args.table_from:
         print(report(json.loads(Path(args.table_from).read_text())))
         return 0

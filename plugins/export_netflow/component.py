@@ -19,7 +19,9 @@ and an error is logged, since a wrong rate would silently mis-scale every flow.
 
 from __future__ import annotations
 
+import functools
 import struct
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
@@ -36,10 +38,12 @@ from netflow_agent.api import (
     Sampling,
     UdpDestination,
     hookimpl,
+    records_room,
 )
 
 from . import nel, v5, v9
 from .config import Config
+from .lost import datagram_totals
 from .state import ExportState, TemplateMark
 from .v5 import Tally
 
@@ -63,6 +67,8 @@ class ExporterStats:
     sampling_interval: int = 1  # the sampling interval announced to collectors (1 = none)
     if_names: int = 0  # v9: interfaces whose names are announced (interfaceName options)
     if_names_unresolved: int = 0  # v9: look-ups of a noted ifIndex that found no interface
+    lost_packets: int = 0  # packets of the flow records in lost datagrams (all destinations)
+    lost_octets: int = 0  # their octets
 
 
 class NetflowExporter(NatExporter):
@@ -83,6 +89,10 @@ class NetflowExporter(NatExporter):
         self.state = ExportState(boot_ns=0, source_id=config.engine_id,
                                  engine_type=config.engine_type)
         self.templates = v9.flow_templates(config.counters64)
+        #: the fewest flow records a full datagram holds (the largest record of any template)
+        self.per_datagram = v5.MAX_RECORDS if config.protocol == 5 else (
+            (config.mtu - v9.HEADER.size - v9.FLOWSET_HEADER.size - 3)
+            // max(t.size for t in self.templates.values()))
         self.policy = v9.RefreshPolicy(
             mtu=config.mtu, refresh_packets=config.refresh_rate,
             refresh_ns=config.timeout_rate * 60 * 1_000_000_000)
@@ -92,6 +102,11 @@ class NetflowExporter(NatExporter):
         self.names_options: list[tuple[v9.Template, bytes]] = []
         self._names_resolved: frozenset[int] = frozenset()  # the indexes last resolved
         self._names_mark: TemplateMark | None = None  # when they were resolved
+        #: ``(destination index, datagram)`` lost by a destination, from any thread (deque
+        #: appends and pops are thread-safe); read back into packets and octets on this one
+        self._losses: deque[tuple[int, bytes]] = deque()
+        #: per destination: ``[packets, octets]`` of the flow records it lost
+        self._lost_traffic: list[list[int]] = []
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -100,12 +115,14 @@ class NetflowExporter(NatExporter):
         """Open one socket per destination; an unconnectable one is retried later."""
         self.context = context
         self.state.boot_ns = context.start_ns
-        for endpoint in self.config.destination:
+        for i, endpoint in enumerate(self.config.destination):
             dest = UdpDestination(endpoint, source=self.config.source,
                                   sndbuf=self.config.sndbuf, rate_limit=self.config.rate_limit,
-                                  backlog=self.config.backlog, log=self.log)
+                                  backlog=self.config.backlog, log=self.log,
+                                  on_loss=functools.partial(self._note_loss, i))
             dest.connect()
             self.destinations.append(dest)
+            self._lost_traffic.append([0, 0])
         self.log.info("%s: NetFlow v%d to %s", self.name, self.config.protocol,
                       ", ".join(self.config.destination))
 
@@ -114,17 +131,46 @@ class NetflowExporter(NatExporter):
         """Retry unconnected destinations and collect ICMP errors (``cberr``)."""
         for dest in self.destinations:
             dest.poll()
+        self._count_losses()
 
     @hookimpl
     def agent_stop(self) -> None:
         """Send the paced backlog (up to 10 s), close the sockets, log what was lost."""
-        for dest in self.destinations:
+        for i, dest in enumerate(self.destinations):
             dest.poll()
             dest.close()
-            self.log.info("%s: %s: %d datagrams sent, %d records lost", self.name,
-                          dest.endpoint, dest.stats.packets_ok, dest.stats.lost_records)
+            self._count_losses()
+            packets, octets = self._lost_traffic[i]
+            self.log.info("%s: %s: %d datagrams sent, %d records lost (%d packets, %d octets)",
+                          self.name, dest.endpoint, dest.stats.packets_ok,
+                          dest.stats.lost_records, packets, octets)
+
+    def _note_loss(self, index: int, datagram: bytes, _records: int) -> None:
+        """Destination ``index`` lost ``datagram`` (any thread: a deque append only)."""
+        self._losses.append((index, datagram))
+
+    def _count_losses(self) -> None:
+        """Read the datagrams the destinations lost into ``lost_packets``/``lost_octets``
+        (their records are in the destinations' ``lost_records`` already)."""
+        while self._losses:
+            i, datagram = self._losses.popleft()
+            packets, octets = datagram_totals(datagram, self.templates)
+            self._lost_traffic[i][0] += packets
+            self._lost_traffic[i][1] += octets
+            self.stats.lost_packets += packets
+            self.stats.lost_octets += octets
 
     # --- export ----------------------------------------------------------------------------
+
+    @hookimpl
+    def agent_export_room(self) -> int | None:
+        """Flow records the paced backlogs can take now (the fullest destination's), so the
+        core spreads a mass expiry over scans; ``None`` unpaced or for NAT events only."""
+        rooms = [dest.backlog_room for dest in self.destinations]
+        if not self.config.flows or not rooms or None in rooms:
+            return None
+        return records_room(min(r for r in rooms if r is not None), self.config.backlog,
+                            self.per_datagram)
 
     @hookimpl
     def agent_export_flows(self, records: FlowBatch | list[FlowRecord]) -> None:
@@ -271,6 +317,7 @@ class NetflowExporter(NatExporter):
     @hookimpl
     def agent_collect_stats(self) -> dict[str, Any]:
         """Instance counters, totals over destinations (``sock:``) and one ``sockN`` each."""
+        self._count_losses()
         cfg = self.config
         out: dict[str, Any] = {"protocol": cfg.protocol, "refresh_rate": cfg.refresh_rate,
                                "timeout_rate": cfg.timeout_rate, "natevents": cfg.natevents}
@@ -283,6 +330,7 @@ class NetflowExporter(NatExporter):
                   "lost_records": 0, "backlog": 0}
         for i, dest in enumerate(self.destinations):
             snap = dest.snapshot()
+            snap["lost_packets"], snap["lost_octets"] = self._lost_traffic[i]
             out[f"sock{i}"] = snap
             totals["sock_ok"] += dest.stats.packets_ok
             totals["sock_fail"] += dest.stats.fail

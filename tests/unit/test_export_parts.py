@@ -28,6 +28,9 @@ class Hook:
     def agent_cache_expire(self, now_ns, force, limit=0):
         return [self.records]
 
+    def agent_export_room(self):
+        return []  # no exporter limits the scan
+
     def agent_aggregate_flows(self, records):
         pass
 
@@ -54,3 +57,17 @@ def test_a_small_expiry_is_one_call_and_no_copy():
     parts = export_parts(records, rows=4)
     assert [len(p) for p in parts] == [4, 4, 2]
     assert all(np.shares_memory(p.flows, records.flows) for p in parts)  # views
+
+
+def test_a_scan_takes_the_exporters_smallest_room_but_none_while_stopping():
+    class Rooms(Hook):
+        def agent_export_room(self):
+            return [500, 20]  # pluggy leaves out the exporters that answered None
+
+    context = RunContext()
+    loop = Loop(context, Clock(), Rooms(batch(1)), 1_000_000)
+    assert loop.export_room() == 20
+    Rooms.agent_export_room = lambda self: [0]
+    assert loop.export_room() == -1  # full: nothing this scan
+    context.stopping = True  # the exporters wait for room at stop: the scan is not limited
+    assert loop.export_room() == 0

@@ -96,7 +96,7 @@ def trigger(hook: str, agent: Any) -> None:
         delta = FlowDelta(pkt(7)[0], packets=1, octets=100, start_ns=T0, end_ns=T0)
         agent.pipeline.context.emit(FlowBatch("ingest.fake[0]", [delta]))
         agent.process()
-    elif hook in ("agent_cache_expire", "agent_tick"):
+    elif hook in ("agent_cache_expire", "agent_export_room", "agent_tick"):
         agent.scan(T0)
     elif hook == "agent_stop":
         agent.finish()

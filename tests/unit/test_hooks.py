@@ -11,9 +11,11 @@ import pytest
 from netflow_agent import hookimpl
 from netflow_agent.config.schema import option
 from netflow_agent.errors import ConfigError, ConfigIssue
+from netflow_agent.metrics import metric_families
 from netflow_agent.model import FlowBatch, FlowDelta, NatEvent, make_key
 from netflow_agent.pipeline import StartupError
 from netflow_agent.registry import Component
+from netflow_agent.report import build_snapshot, format_report
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S
@@ -158,6 +160,31 @@ def test_hook_agent_cache_expire(make_agent, collecting_plugin):
     agent.feed([pkt(1, ts=T0), pkt(2, ts=T0 + 10 * S)])
     agent.scan(T0 + 16 * S)  # flow 1 idle for 16 s > 15
     assert [r.src_port for r in agent["export.collect[0]"].flows] == [1]
+
+
+def test_hook_agent_export_room(make_agent, collecting_plugin):
+    """The smallest room an exporter reports caps a scan; the rest of the due flows leave in
+    later scans, each once; a raising implementation sets no limit; stop exports the rest."""
+    room = [3]
+    agent = make_agent(BASE, [collecting_plugin, plugin(agent_export_room=lambda: room[0]),
+                              plugin(agent_export_room=lambda: 1 / 0)])
+    agent.feed([pkt(port, ts=T0) for port in range(1, 9)])
+    agent.scan(T0 + 16 * S)
+    got = agent["export.collect[0]"].flows
+    assert len(got) == 3 and agent.pipeline.core_stats()["expiry_deferred"] == 5
+    snap = build_snapshot(agent.pipeline)  # agent stats and metrics show the deferral
+    assert snap["cache"]["expiry_deferred_age_s"] >= 0  # against the pipeline clock
+    assert "Expiry deferred: 5 flows due (oldest " in format_report(snap)
+    metrics = {f.name: f.samples[0].value for f in metric_families(snap) if f.samples}
+    assert metrics["netflow_agent_expiry_deferred_flows"] == 5
+    room[0] = 0  # full: nothing leaves, nothing is lost
+    agent.scan(T0 + 17 * S)
+    assert len(got) == 3
+    room[0] = 4
+    agent.scan(T0 + 18 * S)
+    assert len(got) == 7
+    agent.finish()  # a forced export asks no room
+    assert sorted(r.src_port for r in got) == list(range(1, 9))
 
 
 def test_hook_agent_aggregate_flows(make_agent, collecting_plugin):

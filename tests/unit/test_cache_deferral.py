@@ -1,0 +1,75 @@
+"""Expiry spread over scans (issue 14, item 3): a scan's ``limit`` defers due flows, it never
+loses or splits them.
+
+``agent_cache_expire(now, force=False, limit=N)`` returns at most ``N`` due flows, the most
+overdue first; the others stay in the table with their times, counters and FIN/RST mark and
+leave in later scans; ``limit < 0`` takes none. ``expiry_deferred`` and the oldest one's due
+time are in the cache's counters.
+"""
+
+from __future__ import annotations
+
+from netflow_agent.model import END_IDLE, END_OF_FLOW, TCP_FIN
+from netflow_agent.stages.cache import CacheConfig, FlowCache
+from tests.unit.test_cache import T0, S, feed, key
+
+
+def test_a_limited_scan_takes_the_most_overdue_and_keeps_the_rest_due():
+    c = FlowCache(CacheConfig(inactive_timeout=15))
+    feed(c, *[(key(1000 + i), 100 + i, 0, T0 + i * S, 0) for i in range(10)])
+    now = T0 + 40 * S  # all ten idle; flow 1000 has been due longest
+    first = c.agent_cache_expire(now_ns=now, force=False, limit=4)
+    assert sorted(r.src_port for r in first) == [1000, 1001, 1002, 1003]
+    st = c.counters()
+    assert (st["expiry_deferred"], st["deferred_scans"], c.active_flows) == (6, 1, 6)
+    assert st["expiry_deferred_since_ns"] == T0 + 4 * S + 15 * S  # flow 1004's due time
+    none = c.agent_cache_expire(now_ns=now, force=False, limit=-1)  # no room at all
+    assert len(none) == 0 and c.counters()["expiry_deferred"] == 6
+    rest = c.agent_cache_expire(now_ns=now + S, force=False, limit=100)
+    assert sorted(r.src_port for r in rest) == list(range(1004, 1010))
+    out = list(first) + list(rest)
+    assert {r.end_reason for r in out} == {END_IDLE}
+    assert sorted((r.src_port, r.packets, r.octets, r.start_ns) for r in out) == [
+        (1000 + i, 1, 100 + i, T0 + i * S) for i in range(10)]  # exactly once, unchanged
+    assert (c.active_flows, c.counters()["expiry_deferred"]) == (0, 0)
+
+
+def test_a_deferred_fin_flow_keeps_its_end_reason():
+    c = FlowCache(CacheConfig(inactive_timeout=15))
+    feed(c, (key(1), 100, 0, T0, 0), (key(2, proto=6), 40, TCP_FIN, T0 + 16 * S, 0))
+    (idle,) = c.agent_cache_expire(now_ns=T0 + 17 * S, force=False, limit=1)
+    assert (idle.src_port, idle.end_reason) == (1, END_IDLE)  # due since T0+15, the FIN T0+16
+    (fin,) = c.agent_cache_expire(now_ns=T0 + 18 * S, force=False, limit=1)
+    assert (fin.src_port, fin.end_reason) == (2, END_OF_FLOW)
+
+
+def test_a_fin_flow_due_first_leaves_first():
+    c = FlowCache(CacheConfig(inactive_timeout=15))
+    feed(c, (key(1), 100, 0, T0, 0), (key(2, proto=6), 40, TCP_FIN, T0 + S, 0))
+    (fin,) = c.agent_cache_expire(now_ns=T0 + 2 * S, force=False, limit=1)
+    assert fin.end_reason == END_OF_FLOW  # the idle flow is not due yet
+    (idle,) = c.agent_cache_expire(now_ns=T0 + 16 * S, force=False, limit=1)
+    assert idle.src_port == 1
+
+
+def test_a_packet_for_a_deferred_idle_flow_is_added_to_it():
+    """ipt_NETFLOW-like: a flow the scan did not reach yet is still the flow in the table;
+    its new packet is counted in it and, no longer idle, it waits for its next timeout."""
+    c = FlowCache(CacheConfig(inactive_timeout=15))
+    feed(c, (key(1), 100, 0, T0, 0), (key(2), 100, 0, T0 + S, 0))
+    (taken,) = c.agent_cache_expire(now_ns=T0 + 20 * S, force=False, limit=1)
+    assert taken.src_port == 1
+    feed(c, (key(2), 60, 0, T0 + 21 * S, 0))
+    assert len(c.agent_cache_expire(now_ns=T0 + 22 * S, force=False, limit=10)) == 0
+    assert c.counters()["expiry_deferred"] == 0
+    (later,) = c.agent_cache_expire(now_ns=T0 + 40 * S, force=False, limit=10)
+    assert (later.packets, later.octets, later.start_ns, later.end_ns) == (
+        2, 160, T0 + S, T0 + 21 * S)
+
+
+def test_a_forced_scan_takes_deferred_flows_too():
+    c = FlowCache(CacheConfig(inactive_timeout=15))
+    feed(c, *[(key(1000 + i), 100, 0, T0, 0) for i in range(5)])
+    assert len(c.agent_cache_expire(now_ns=T0 + 16 * S, force=False, limit=2)) == 2
+    assert len(c.agent_cache_expire(now_ns=T0 + 16 * S, force=True, limit=0)) == 3
+    assert c.active_flows == 0
