@@ -169,6 +169,27 @@ class Usage:
         self.final = rusage.ru_utime + rusage.ru_stime  # type: ignore[attr-defined]
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of each thread of ``pid``, keyed ``name/tid`` (``main``
+    for the main thread; Python does not name its threads in the kernel); empty once it
+    is gone."""
+    out: dict[str, float] = {}
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+                name = "main" if int(tid) == pid else (
+                    f'{stat[stat.index("(") + 1:stat.rindex(")")]}/{tid}')
+                fields = stat[stat.rindex(")") + 2:].split()
+                out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+    return out
+
+
+def _minus(now: dict[str, float], then: dict[str, float]) -> dict[str, float]:
+    return {k: round(v - then.get(k, 0.0), 2) for k, v in now.items()
+            if round(v - then.get(k, 0.0), 2)}
+
+
 def end_tree(proc: subprocess.Popen, usage: Usage | None, timeout: float) -> None:
     """SIGTERM ``proc`` (by PID), reap it with ``wait4`` (SIGKILL after ``timeout``)."""
     if proc.returncode is not None:
@@ -464,16 +485,30 @@ def one_run(kind: str, flood: Flood, args: argparse.Namespace, flowgen: str,
     with routed_topology() as topo, tempfile.TemporaryDirectory(prefix="nfa-cmp-") as t:
         load = os.getloadavg()[0]  # the machine is shared: how busy it was
         observer = OBSERVERS[kind](topo, Path(t))
+        phases: dict[str, float] = {}
+        threads: dict[str, dict[str, float]] = {}
         prepare(topo, observer.nflog)
         observer.start()
         spy = profile(observer, args.profile, f"{flood_name(flood)}-{kind}")
         try:
             before = rx_dropped(topo.router_client)
             cpu0 = observer.usage.sample() if observer.usage else 0.0
+            pid = observer.proc.pid if observer.proc is not None else 0
+            threads0 = thread_cpu(pid) if pid else {}
             sent, elapsed = flood.send_timed(flowgen, topo.client, topo.router_client.mac, DST4,
                                              DST6, seconds=args.seconds)
             if observer.proc is not None:
+                assert observer.usage is not None
+                # phases of the observer's CPU: flood, settling (idle wait), final flush
+                phases["flood"] = observer.usage.sample(find=False) - cpu0
+                threads1 = thread_cpu(pid)
+                settle0 = time.monotonic()
                 wait_settled(observer.ns, observer.usage, kind)
+                phases["settle_s"] = time.monotonic() - settle0
+                phases["settle"] = observer.usage.sample(find=False) - cpu0 - phases["flood"]
+                threads2 = thread_cpu(pid)
+                threads = {"flood": _minus(threads1, threads0),
+                           "settle": _minus(threads2, threads1)}
                 observer.flush()
         finally:
             observer.stop()
@@ -488,6 +523,10 @@ def one_run(kind: str, flood: Flood, args: argparse.Namespace, flowgen: str,
         if observer.usage is not None:
             result.update(cpu_s=observer.usage.cpu_s() - cpu0, rss_kb=observer.usage.rss_kb(),
                           collector_drops=collector_drops)
+            if phases:  # what the exit (final flush) took: the rest
+                phases["stop"] = result["cpu_s"] - phases["flood"] - phases["settle"]
+                result["cpu_phases"] = {k: round(v, 3) for k, v in phases.items()}
+                result["cpu_threads"] = threads
     if (flood, sent) not in truths:
         truths.clear()  # one workload's truth at a time (1M flows: a few hundred MB)
         truths[(flood, sent)] = {key(f.proto, f.src, f.dst, f.sport, f.dport): n
