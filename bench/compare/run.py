@@ -45,6 +45,9 @@ counted drops`` (0 when every packet is accounted); datagrams the collector's so
 CPU (user + system of the observer's process tree from the start of the flood to its exit:
 sampled from /proc, exact from ``wait4`` at the end) per million packets sent and per thousand
 flows; peak RSS (sum of ``VmHWM`` over its processes); the load average at each run's start.
+The raw results (``--json``, and each ``round ...`` line on stderr) also split the observer's
+CPU into phases (``cpu_phases``: ``flood``, ``settle`` with ``settle_s`` its wait, and ``stop``:
+the flush and exit) and the flood's and settle's CPU by thread (``cpu_threads``).
 Every flood is bounded in packets and seconds; everything started is stopped by PID and the
 namespaces are deleted.
 """
