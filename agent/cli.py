@@ -278,6 +278,15 @@ def _tune_malloc() -> None:
         pass
 
 
+def _trim_malloc() -> None:
+    """Give the heap's free pages back once started: loading the eBPF programs (libbpf parses
+    the kernel's BTF) and the configuration leave freed blocks glibc would otherwise keep."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _revalidate(path: str, registry: ComponentRegistry,
                 pm: pluggy.PluginManager) -> tuple[Any, list[ConfigIssue]]:
     """Re-read the configuration for a reload (:mod:`agent.reloading` logs the issues)."""
@@ -322,6 +331,7 @@ def cmd_run(path: str, level: str | None, progress: bool | None = None) -> int:
         signal.signal(sig, lambda *_: pipeline.request_stop())
     pipeline.reloader = lambda: _revalidate(path, registry, pm)
     signal.signal(signal.SIGHUP, lambda *_: pipeline.request_reload())
+    _trim_malloc()
     log.info("running with %d components (%s)", len(pipeline.components),
              ", ".join(pipeline.components))
     # what start-up built (modules, configuration, plugins) lives until exit: leave it out of

@@ -17,12 +17,12 @@ import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
 import pluggy
 
 from netflow_agent import hookspecs
+from netflow_agent.entrypoints import EntryPoint, entry_points, normalize
 from netflow_agent.registry import ComponentRegistry
 from netflow_agent.runner import ErrorLog, HookRunner
 
@@ -42,15 +42,9 @@ class PluginInfo:
     builtin: bool
 
 
-def _entry_points() -> list[metadata.EntryPoint]:
-    return sorted(metadata.entry_points(group=GROUP), key=lambda ep: ep.name)
-
-
-def _distribution(ep: metadata.EntryPoint) -> tuple[str, str]:
-    dist = ep.dist
-    if dist is None:
-        return "", ""
-    return dist.metadata["Name"] or "", dist.version or ""
+def _entry_points() -> list[EntryPoint]:
+    """The group's entry points by name (:mod:`agent.entrypoints`: no importlib.metadata)."""
+    return sorted(entry_points(GROUP), key=lambda ep: ep.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +144,8 @@ def make_manager(disabled: list[str] | tuple[str, ...] = ()) -> tuple[
     loaded = []
     failures: list[LoadFailure] = []
     for ep in _entry_points():
-        dist, version = _distribution(ep)
-        builtin = _normalize(dist) == _normalize(OWN_DISTRIBUTION)
+        dist, version = ep.dist, ep.version
+        builtin = normalize(dist) == normalize(OWN_DISTRIBUTION)
         if ep.name in disabled or (not builtin and not autoload):
             continue
         if pm.get_plugin(ep.name) is not None:
@@ -171,10 +165,6 @@ def make_manager(disabled: list[str] | tuple[str, ...] = ()) -> tuple[
     log.debug("registered %d plugins: %s", len(loaded),
               ", ".join(f"{p.name}-{p.version}" for p in loaded))
     return pm, loaded
-
-
-def _normalize(name: str) -> str:
-    return name.lower().replace("_", "-")
 
 
 def _install_tracing(pm: pluggy.PluginManager) -> None:

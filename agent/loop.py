@@ -35,8 +35,10 @@ from netflow_agent.stats import RateMeter
 log = logging.getLogger("agent.pipeline")
 #: flows aggregated and exported per step of a scan: the encoders' temporaries (record
 #: copies per template, packed records, datagrams) stay a few MB when a forced scan at stop,
-#: or a wave of expiries, hands over 100k+ flows at once (~40 MB of peak RSS per 200k flows)
-EXPORT_ROWS = 16384
+#: or a wave of expiries, hands over 100k+ flows at once (~40 MB of peak RSS per 200k flows).
+#: 8192 rather than 16384: the stop's copies of a part (cache hand-off, batch, encoder
+#: temporaries) are ~3 MB instead of ~6 MB, and v9 encodes as fast (docs/performance.md)
+EXPORT_ROWS = 8192
 
 
 class Loop:

@@ -38,6 +38,11 @@ DEFAULT_RATE_LIMIT = 3000
 #: datagrams); the final export of a full cache at stop is the largest burst (about 30 v9
 #: records per datagram: 900k flows fit)
 DEFAULT_BACKLOG = 30000
+#: a put() that waits for room (the final export at stop) keeps at most this many seconds of
+#: datagrams queued ahead of the sender (at least a burst), not the whole ``backlog``: the
+#: encoder then produces the final export about as fast as it leaves, and a full cache's
+#: datagrams (~9 MB for 200k flows) are never all in memory at once; the stop takes as long
+WAIT_BACKLOG_S = 0.25
 #: how long closing a paced destination may still send its backlog (NetFlow; IPFIX has
 #: ``flush_timeout_s``): DEFAULT_BACKLOG at DEFAULT_RATE_LIMIT
 DEFAULT_FLUSH_S = 10.0
@@ -136,6 +141,8 @@ class PacedSender:
         self._lost = lost
         self._clock = clock
         self._bucket = TokenBucket(rate, int(rate * BURST_S), clock())
+        #: most datagrams queued while a put() still has time to wait (WAIT_BACKLOG_S)
+        self._wait_limit = min(limit, max(self._bucket.burst, int(rate * WAIT_BACKLOG_S)))
         self._queue: deque[tuple[bytes, int]] = deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -150,7 +157,10 @@ class PacedSender:
         """Queue datagrams in order, as many as the backlog has room for.
 
         :param wait_s: how long to wait for room when the backlog is full (the final export
-            at shutdown, when nothing else needs the caller's thread); 0 = not at all.
+            at shutdown, when nothing else needs the caller's thread); 0 = not at all. While
+            it waits, only :data:`WAIT_BACKLOG_S` worth of datagrams is queued ahead of the
+            sender (the rest is queued as it leaves); once ``wait_s`` is over, the whole
+            backlog limit applies before anything is counted lost.
         :return: ``n``: ``datagrams[:n]`` were queued; the caller counts the rest as lost
             (they are in :attr:`PacingStats.backlog_dropped` already).
         """
@@ -159,7 +169,9 @@ class PacedSender:
         n = 0
         with self._cond:
             while True:
-                room = 0 if self._closing else max(0, st.backlog_limit - len(self._queue))
+                left_s = deadline - self._clock()  # over: the last try, the whole limit
+                limit = self._wait_limit if left_s > 0 else st.backlog_limit
+                room = 0 if self._closing else max(0, limit - len(self._queue))
                 take = min(room, len(datagrams) - n)
                 self._queue.extend(zip(datagrams[n:n + take], records[n:n + take],
                                        strict=True))
@@ -168,7 +180,6 @@ class PacedSender:
                 st.backlog_peak = max(st.backlog_peak, st.backlog)
                 if take and self._idle:  # a thread waiting for tokens needs no wake-up
                     self._cond.notify_all()
-                left_s = deadline - self._clock()
                 if n == len(datagrams) or self._closing or left_s <= 0:
                     break
                 self._putters += 1

@@ -11,6 +11,10 @@ reads ``/proc/PID/status`` (``VmRSS``, ``VmHWM``, ``RssAnon``, ``RssFile``, thre
 stops it. ``--tree`` runs each checkout's own ``.venv/bin/python`` (its agent), rounds
 interleaved, so a before/after comparison is back to back; prints medians in MB.
 ``--smaps`` adds the largest mappings of the last run per tree (``/proc/PID/smaps``).
+``--evict`` drops the page cache of each tree's venv shared objects before every round
+(``posix_fadvise(DONTNEED)``, our own files only): file-backed RSS depends on how the cache
+holds them (pages cached in large folios are mapped a whole folio per fault), so checkouts
+compare from the same state.
 """
 
 from __future__ import annotations
@@ -58,6 +62,22 @@ def smaps_top(pid: int, n: int = 12) -> list[tuple[int, str]]:
     return [(kb, name) for name, kb in rss.most_common(n)]
 
 
+def evict(tree: Path) -> int:
+    """Drop the page cache of ``tree``'s venv shared objects; how many files."""
+    n = 0
+    for path in (tree / ".venv/lib").glob("python3*/site-packages/**/*.so*"):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            n += 1
+        finally:
+            os.close(fd)
+    return n
+
+
 def one_run(tree: Path, ingest: str, tmp: Path, want_smaps: bool) -> tuple[dict, list]:
     """Start ``tree``'s agent with ``ingest``, measure it idle, stop it."""
     with Netns() as ns, Netns() as peer:
@@ -86,6 +106,8 @@ def main() -> int:
     ap.add_argument("--ingest", nargs="*", choices=INGESTS, default=list(INGESTS))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--smaps", action="store_true")
+    ap.add_argument("--evict", action="store_true",
+                    help="drop the venvs' shared objects from the page cache every round")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/memory needs root (namespaces, BPF, NFLOG)", file=sys.stderr)
@@ -94,6 +116,9 @@ def main() -> int:
     maps: dict[tuple[Path, str], list] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
+            if args.evict:
+                for tree in args.tree:
+                    evict(tree.resolve())
             for ingest in args.ingest:
                 for tree in args.tree:
                     st, top = one_run(tree.resolve(), ingest, Path(tmp), args.smaps)

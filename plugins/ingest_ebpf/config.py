@@ -60,7 +60,7 @@ class Config:
                   "The kernel then holds up to maxflows + cpu_slots per CPU flows per poll "
                   "interval; memory 2 x cpu_slots x CPUs x 152 bytes.", min=0, max=2**20)
     drain_chunk: int = option(
-        16384, doc="Flows a drain takes from the kernel table per step and hands on as one "
+        4096, doc="Flows a drain takes from the kernel table per step and hands on as one "
                    "batch: the drain's memory is bounded by it (232 + 40 x CPUs bytes "
                    "per flow of a step) whatever the table holds.",
         min=64, max=2**20)
