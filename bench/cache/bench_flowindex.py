@@ -8,6 +8,9 @@ For each flow count N, in a fresh child process per run and implementation:
   interface, ports, 16-byte addresses; IPv4 zero-padded) looked up and inserted in batches of
   1024, as the cache receives them; ``find``: the same keys again, all present. CPU time
   (``time.process_time``) per key.
+* ``remove``: then every key out again as a forced scan at stop takes them: the lowest
+  16,384 slots (``occupied(16384)``) removed at a time until the index is empty (the dict:
+  ``del`` per key). CPU time per key.
 * memory: RSS growth from just before the first insert to after the last, divided by N.
 
 Implementations, side by side in the same run:
@@ -95,6 +98,16 @@ assert size == N, size
 out = dict(insert_ns=insert / N * 1e9, find_ns=find / N * 1e9, rss_per_flow=grown / N)
 if IMPL != "dict":
     out["memory_bytes_per_flow"] = fi.memory_bytes() / N
+    # the forced scan at stop: the lowest 16k slots out at a time until the index is empty
+    t = time.process_time()
+    while len(fi):
+        fi.remove(fi.occupied(16384))
+    out["remove_ns"] = (time.process_time() - t) / N * 1e9
+else:
+    t = time.process_time()
+    for k in table_keys:
+        del index[k]
+    out["remove_ns"] = (time.process_time() - t) / N * 1e9
 print(json.dumps(out))
 """
 
@@ -113,7 +126,7 @@ def main() -> None:
     ap.add_argument("--flows", type=int, nargs="+", default=[100_000, 1_000_000])
     args = ap.parse_args()
     print(f"{'flows':>9} {'impl':<9} {'insert ns/key':>13} {'find ns/key':>11} "
-          f"{'RSS B/flow':>10}  (median of {args.runs} runs, CPU time)")
+          f"{'remove ns/key':>13} {'RSS B/flow':>10}  (median of {args.runs} runs, CPU time)")
     for flows in args.flows:
         for impl in ("FlowIndex", "dict"):
             runs = [measure(impl, flows) for _ in range(args.runs)]
@@ -121,7 +134,7 @@ def main() -> None:
             extra = (f"  memory_bytes() {med['memory_bytes_per_flow']:.0f} B/flow"
                      if "memory_bytes_per_flow" in med else "")
             print(f"{flows:>9,} {impl:<9} {med['insert_ns']:>13.0f} {med['find_ns']:>11.0f} "
-                  f"{med['rss_per_flow']:>10.0f}{extra}")
+                  f"{med['remove_ns']:>13.0f} {med['rss_per_flow']:>10.0f}{extra}")
 
 
 if __name__ == "__main__":

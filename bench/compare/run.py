@@ -47,8 +47,12 @@ counted drops`` (0 when every packet is accounted); datagrams the collector's so
 CPU (user + system of the observer's process tree from the start of the flood to its exit:
 sampled from /proc, exact from ``wait4`` at the end) per million packets sent and per thousand
 flows; peak RSS (sum of ``VmHWM`` over its processes); the load average at each run's start.
+The raw results (``--json``, and each ``round ...`` line on stderr) also split the observer's
+CPU into phases (``cpu_phases``: ``flood``, ``settle`` with ``settle_s`` its wait, and ``stop``:
+the flush and exit) and the flood's and settle's CPU by thread (``cpu_threads``).
 Every flood is bounded in packets and seconds; everything started is stopped by PID and the
-namespaces are deleted. """
+namespaces are deleted.
+"""
 
 from __future__ import annotations
 
@@ -168,6 +172,27 @@ class Usage:
         self._stop.set()
         self._thread.join()
         self.final = rusage.ru_utime + rusage.ru_stime  # type: ignore[attr-defined]
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) of each thread of ``pid``, keyed ``name/tid`` (``main``
+    for the main thread; Python does not name its threads in the kernel); empty once it
+    is gone."""
+    out: dict[str, float] = {}
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+                name = "main" if int(tid) == pid else (
+                    f'{stat[stat.index("(") + 1:stat.rindex(")")]}/{tid}')
+                fields = stat[stat.rindex(")") + 2:].split()
+                out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+    return out
+
+
+def _minus(now: dict[str, float], then: dict[str, float]) -> dict[str, float]:
+    return {k: round(v - then.get(k, 0.0), 2) for k, v in now.items()
+            if round(v - then.get(k, 0.0), 2)}
 
 
 def end_tree(proc: subprocess.Popen, usage: Usage | None, timeout: float) -> None:
@@ -474,17 +499,31 @@ def one_run(kind: str, flood: Flood, args: argparse.Namespace, flowgen: str,
     with routed_topology() as topo, tempfile.TemporaryDirectory(prefix="nfa-cmp-") as t:
         load = os.getloadavg()[0]  # the machine is shared: how busy it was
         observer = OBSERVERS[kind](topo, Path(t))
+        phases: dict[str, float] = {}
+        threads: dict[str, dict[str, float]] = {}
         prepare(topo, observer.nflog)
         observer.start()
         spy = profile(observer, args.profile, f"{flood_name(flood)}-{kind}")
         try:
             before = rx_dropped(topo.router_client)
             cpu0 = observer.usage.sample() if observer.usage else 0.0
+            pid = observer.proc.pid if observer.proc is not None else 0
+            threads0 = thread_cpu(pid) if pid else {}
             sent, elapsed = flood.send_timed(flowgen, topo.client, topo.router_client.mac, DST4,
                                              DST6, seconds=args.seconds)
             if observer.proc is not None:
+                assert observer.usage is not None
+                # phases of the observer's CPU: flood, settling (idle wait), final flush
+                phases["flood"] = observer.usage.sample(find=False) - cpu0
+                threads1 = thread_cpu(pid)
                 time.sleep(args.linger)  # let the probe's own timeouts expire its table
+                settle0 = time.monotonic()
                 wait_settled(observer.ns, observer.usage, kind)
+                phases["settle_s"] = time.monotonic() - settle0
+                phases["settle"] = observer.usage.sample(find=False) - cpu0 - phases["flood"]
+                threads2 = thread_cpu(pid)
+                threads = {"flood": _minus(threads1, threads0),
+                           "settle": _minus(threads2, threads1)}
                 observer.flush()
         finally:
             observer.stop()
@@ -499,6 +538,10 @@ def one_run(kind: str, flood: Flood, args: argparse.Namespace, flowgen: str,
         if observer.usage is not None:
             result.update(cpu_s=observer.usage.cpu_s() - cpu0, rss_kb=observer.usage.rss_kb(),
                           collector_drops=collector_drops)
+            if phases:  # what the exit (final flush) took: the rest
+                phases["stop"] = result["cpu_s"] - phases["flood"] - phases["settle"]
+                result["cpu_phases"] = {k: round(v, 3) for k, v in phases.items()}
+                result["cpu_threads"] = threads
     if (flood, sent) not in truths:
         truths.clear()  # one workload's truth at a time (1M flows: a few hundred MB)
         truths[(flood, sent)] = {key(f.proto, f.src, f.dst, f.sport, f.dport): n

@@ -64,7 +64,9 @@ TUNNEL_COUNTERS = ("decapsulated", "decap_failed")
 FLIP_GRACE_S = 0.005
 
 #: how often the drain thread reads the kernel counters for an early drain or ring consume
-#: (a fallback: the program signals a filling table at once through the fill_signal ring)
+#: (a fallback: the program signals a filling table at once through the fill_signal ring);
+#: while checks see no new packet the interval doubles, up to the poll interval, and it is
+#: back to this at the first check that sees one (an idle agent wakes ~2 times a second)
 PRESSURE_CHECK_S = 0.1
 
 
@@ -88,6 +90,7 @@ class EbpfIngest(Ingest):
         self.maxflows = 0  # the kernel table size in use (set at start)
         self.tracking = False  # fragments = "track" at start
         self.stats = {"drains": 0, "early_drains": 0, "ring_consumes": 0, "drain_errors": 0,
+                      "pressure_checks": 0, "quiet_skips": 0,
                       "flows_drained": 0, "overflow_flows": 0, "drain_ms_last": 0.0,
                       "drain_ms_max": 0.0, "table_peak": 0, "maxflows": 0,
                       "attach_errors": 0, "interfaces": 0}
@@ -95,6 +98,9 @@ class EbpfIngest(Ingest):
         self._fill_base = self._lost_base = self._ring_base = 0
         self._quiet_mark: int | None = None  # kernel packet count at the last whole drain's flip
         self._fill_limit = self._ring_limit = 0
+        # the pressure check's interval now, after a check that saw packets, and at most
+        self._check_s = self._check_min_s = self._check_max_s = PRESSURE_CHECK_S
+        self._checked_packets = -1  # the kernel's packet count at the last pressure check
         self._stop = threading.Event()
         self._wake = -1  # eventfd that ends the drain thread's wait at stop
         self._last_rescan_error = ""
@@ -202,7 +208,8 @@ class EbpfIngest(Ingest):
         every rescan interval."""
         poll_s = self.config.poll_interval_ms / 1000
         rescan_every = self.config.rescan_interval_ms / 1000
-        check_s = PRESSURE_CHECK_S if self._fill_limit else poll_s
+        self._check_s = self._check_min_s = PRESSURE_CHECK_S if self._fill_limit else poll_s
+        self._check_max_s = max(self._check_min_s, poll_s)
         links = self._watch_links()
         poller = select.poll()
         poller.register(self._wake, select.POLLIN)
@@ -212,7 +219,7 @@ class EbpfIngest(Ingest):
             poller.register(links.fileno(), select.POLLIN)
         next_drain = time.monotonic() + poll_s
         next_rescan = time.monotonic() + rescan_every
-        next_check = time.monotonic() + check_s
+        next_check = time.monotonic() + self._check_s
         try:
             while True:
                 wait_s = max(0.0, min(next_drain, next_rescan, next_check) - time.monotonic())
@@ -223,15 +230,20 @@ class EbpfIngest(Ingest):
                 link_event = links is not None and links.pending()
                 now = time.monotonic()
                 early = self._logged(self.loader.take_signals, "signal read")
+                if early:  # a table is filling: check often again from now on
+                    self._check_s = self._check_min_s
+                    next_check = min(next_check, now + self._check_s)
                 if now >= next_check:
-                    next_check = now + check_s
                     early = self._logged(self._under_pressure, "check") or early
+                    next_check = now + self._check_s
                 early = early and now < next_drain
                 if now >= next_drain or early:
                     next_drain = now + poll_s if early else max(next_drain + poll_s, now)
                     self.stats["early_drains"] += early
                     if early or not self._logged(self._quiet, "quiet check"):
                         self._logged(self._drain, "drain")
+                    else:
+                        self.stats["quiet_skips"] += 1
                 if link_event or now >= next_rescan:
                     next_rescan = now + rescan_every
                     self._rescan_logged()
@@ -278,8 +290,16 @@ class EbpfIngest(Ingest):
     def _under_pressure(self) -> bool:
         """Whether the active table needs a drain now: it passed ``drain_threshold`` percent of
         ``maxflows`` since the last flip, or a packet was lost since. Consumes the overflow
-        ring on the spot when it passed ``drain_threshold`` percent of its size."""
+        ring on the spot when it passed ``drain_threshold`` percent of its size. Sets the
+        interval to the next check: :data:`PRESSURE_CHECK_S` when a packet arrived since the
+        last check, else twice the last interval, at most the poll interval (the signal
+        ring wakes the thread at once for a filling table, whatever this interval)."""
         cnt = self._counters()
+        self.stats["pressure_checks"] += 1
+        moved = cnt["packets"] != self._checked_packets
+        self._checked_packets = cnt["packets"]
+        self._check_s = (self._check_min_s if moved
+                         else min(2 * self._check_s, self._check_max_s))
         if cnt["full_packets"] + cnt["update_errors"] > self._lost_base:
             return True
         if cnt["hash_new"] - self._fill_base >= self._fill_limit:

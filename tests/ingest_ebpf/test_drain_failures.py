@@ -7,6 +7,10 @@ with an errno, a counters read that raises).
 
 from __future__ import annotations
 
+import os
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -128,3 +132,67 @@ def test_a_quiet_kernel_is_not_drained_again_until_a_packet_arrives():
     comp = ingest_with(failing)
     comp._drain()
     assert not comp._quiet()
+
+
+def test_pressure_checks_back_off_while_no_packet_arrives():
+    """The fallback pressure check (a counters read) runs every 0.1 s only while packets
+    arrive: each check that sees none doubles the interval up to the poll interval, and the
+    first that sees one brings it back."""
+    loader = FailingLoader()
+    comp = ingest_with(loader)
+    comp._fill_limit, comp._check_max_s = 1000, 1.0  # as agent_start sets them (defaults)
+    intervals = []
+    for _ in range(6):
+        assert not comp._under_pressure()
+        intervals.append(comp._check_s)
+    assert intervals == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]  # the first sees the count change
+    packets = COUNTER_NAMES.index("packets")
+    loader.counters = lambda: tuple(5 if i == packets else 0  # type: ignore[method-assign]
+                                    for i in range(len(COUNTER_NAMES)))
+    comp._under_pressure()
+    assert comp._check_s == 0.1
+    assert comp.stats["pressure_checks"] == 7
+
+
+class IdleLoader(FailingLoader):
+    """A kernel that sees no packet: nothing to drain, no signal (an eventfd that stays
+    silent)."""
+
+    def __init__(self) -> None:
+        super().__init__(rows=0)
+        self.fd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+
+    def signal_fd(self) -> int:
+        return self.fd
+
+    def take_signals(self) -> bool:
+        return False
+
+
+def test_an_idle_drain_thread_wakes_rarely():
+    """With no traffic the drain thread drains once (not known to be empty before), then
+    skips every timer drain and checks the counters less and less often: at most 4 checks
+    in the first 1.5 s, then one a second (it was 10 a second)."""
+    loader = IdleLoader()
+    comp = ingest_with(loader)
+    comp._watch_links = lambda: None  # type: ignore[method-assign]
+    comp._rescan = lambda initial=False: None  # type: ignore[method-assign]  # no interfaces
+    comp._fill_limit = 1000  # early drains on: pressure checks every PRESSURE_CHECK_S at most
+    comp._wake = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+    started = time.monotonic()
+    comp._thread = threading.Thread(target=comp._run, daemon=True)
+    comp._thread.start()
+    try:
+        deadline = started + 30
+        while comp.stats["quiet_skips"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        comp._stop.set()
+        os.eventfd_write(comp._wake, 1)
+        comp._thread.join()
+        os.close(comp._wake)
+        os.close(loader.fd)
+    elapsed = time.monotonic() - started
+    assert comp.stats["quiet_skips"] >= 2
+    assert comp.stats["drains"] == 1  # the first drain; every later one skipped as quiet
+    assert comp.stats["pressure_checks"] <= 4 + elapsed

@@ -95,3 +95,29 @@ def test_agent_sample_has_every_agent_key_with_its_doc_and_valid_values(capsys):
     section, issues = convert(AgentSection, data, "agent")
     assert section is not None and issues == [], issues
     assert section.control_socket_mode == 0o600 and section.user == "netflow"
+
+
+EXIT_SCRIPT = """
+import atexit, logging, sys, threading, time
+from netflow_agent.cli import exit_now
+logging.basicConfig(stream=sys.stderr, level="INFO")
+atexit.register(lambda: print("exit handler ran"))
+if sys.argv[1] == "thread":  # a plugin's non-daemon thread still running: wait for it
+    threading.Thread(target=lambda: (time.sleep(0.3), print("thread done"))).start()
+print("buffered line", end="")
+logging.getLogger("t").info("last log line")
+exit_now(3)
+"""
+
+
+def test_the_fast_exit_keeps_exit_code_output_exit_handlers_and_threads():
+    """`agent` ends without the interpreter's teardown (os._exit), but what the ordinary exit
+    guarantees still holds: its exit code, buffered stdout and the log flushed, exit
+    handlers run, and a non-daemon thread still running is waited for."""
+    for mode in ("plain", "thread"):
+        out = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, mode], capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 3
+        assert "buffered line" in out.stdout and "exit handler ran" in out.stdout
+        assert "last log line" in out.stderr
+        assert ("thread done" in out.stdout) == (mode == "thread")
