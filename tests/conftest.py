@@ -11,10 +11,6 @@ Markers (declared in ``pyproject.toml``):
 Both kinds run after every other test (they are the slowest and touch the kernel), keeping
 their relative order. The summary line counts the skips (``-ra`` in ``pyproject.toml``).
 
-Under pytest-xdist (``./scripts/test`` runs the unprivileged tests on two workers, then the
-privileged ones alone, see README "Tests"), ``--dist loadgroup`` keeps each test file on one
-worker, the privileged tests in one group and the tests that build from the source tree in one.
-
 Fixtures from :mod:`tests.support` are re-exported here so every test directory can use them:
 ``netns``, ``veth_pair_ns``, ``routed`` (namespaces), ``nfcapd``, ``udp_sink`` (collectors).
 """
@@ -77,30 +73,13 @@ def _is_privileged(item: pytest.Item) -> bool:
     return any(item.get_closest_marker(m) is not None for m in PRIVILEGED_MARKERS)
 
 
-#: test files that build the project from this source tree (its build/ and egg-info): one
-#: xdist worker runs them one after the other
-_SOURCE_BUILDS = ("tests/contract/test_installed_namespace.py", "tests/packaging/test_sdist.py")
-
-
-def _xdist_group(item: pytest.Item) -> str:
-    """The pytest-xdist group of a test (``--dist loadgroup``): its file, so module-scoped
-    fixtures are made once; privileged tests all in one group (never two at once)."""
-    if _is_privileged(item):
-        return "privileged"
-    path = item.nodeid.split("::", 1)[0]
-    return "source-builds" if path in _SOURCE_BUILDS else path
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip privileged tests without root and move them to the end (stable order); group
-    tests for pytest-xdist (see :func:`_xdist_group`)."""
+    """Skip privileged tests without root and move them to the end (stable order)."""
     root = is_root()
     for item in items:
         reason = _skip_reason(item, root)
         if reason:
             item.add_marker(pytest.mark.skip(reason=reason))
-        item.add_marker(pytest.mark.xdist_group(_xdist_group(item)))
     items.sort(key=_is_privileged)  # sort is stable: False (plain) first, then privileged
 
 
