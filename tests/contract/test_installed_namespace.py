@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import source_tree_build
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPENDENCIES = ["pluggy", "pyroute2", "msgpack", "toml", "numpy", "prometheus-client"]
 
@@ -33,8 +35,9 @@ def run(*cmd: str | Path, cwd: Path = ROOT, timeout: float = 600) -> str:
 
 def build_wheel(source: Path, out: Path, name: str) -> Path:
     """A wheel of ``source``, built offline with this interpreter's setuptools."""
-    run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-        "-w", out, source)
+    with source_tree_build():  # one build in this source tree at a time (xdist workers)
+        run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+            "-w", out, source)
     (built,) = out.glob(f"{name}-*.whl")
     return built
 

@@ -36,13 +36,13 @@ def test_paced_burst_reaches_a_slow_collector():
 
 
 def test_messages_lost_after_queueing_count_their_packets_and_octets():
-    """backlog 10, 1 message/s, no time to flush at stop: every record is either in a message
+    """backlog 10, 10 messages/s, no time to flush at stop: every record is either in a message
     the collector got or lost with its packets and octets, exactly. Which messages are lost
     depends on timing (a refused message may be followed by one that finds room), so the
     received records are decoded (PyPI ``netflow``) and the lost ones are the rest."""
     records = [flow(i) for i in range(3000)]
     with UdpSink() as sink:
-        exporter = exporter_for(sink, refresh_rate=1, rate_limit=1, backlog=10,
+        exporter = exporter_for(sink, refresh_rate=1, rate_limit=10, backlog=10,
                                 flush_timeout_s=0)
         exporter.agent_export_flows(records=records)
         exporter.agent_stop()

@@ -44,12 +44,13 @@ def test_burst_is_paced_and_the_slow_collector_drops_nothing():
 
 
 def test_backlog_overflow_is_counted_as_lost_records():
-    """A backlog of 10 datagrams at 1 datagram/s: what does not fit is lost and counted, and
-    what is still queued when the flush time runs out at stop is counted too."""
+    """A backlog of 10 datagrams at 10 datagrams/s against a burst of about 100: what does
+    not fit is lost and counted, and what is still queued when the flush time runs out at stop
+    is counted too. (At stop the backlog is sent at the paced rate: 1 s here.)"""
     records = flows(3000)
     with SlowCollector() as collector:
         exporter = NetflowExporter(
-            Config(destination=[f"127.0.0.1:{collector.port}"], protocol=9, rate_limit=1,
+            Config(destination=[f"127.0.0.1:{collector.port}"], protocol=9, rate_limit=10,
                    backlog=10), "export.netflow[0]")
         exporter.agent_start(context=RunContext(start_ns=time.time_ns()))
         exporter.destinations[0].flush_timeout_s = 0

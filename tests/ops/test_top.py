@@ -40,8 +40,11 @@ PICKED = FlowSpec("udp", "10.8.0.4", "10.8.1.1", 4001, 53, packets=10 * 120, pay
                   start_ns=T0, gap_ns=100 * MS)
 
 
-@pytest.fixture
-def agent(tmp_path: Path) -> Iterator[RunningAgent]:
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAgent]:
+    """Name: agent. Scope: module (7 s of the capture to wait for; the tests only read).
+    The agent replaying the capture of the four flow shapes at its recorded pace."""
+    tmp_path = tmp_path_factory.mktemp("top")
     b = PcapBuilder()
     for spec in (BURST, SMALL, BIG, PICKED):
         b.add(spec)

@@ -13,6 +13,7 @@ import tarfile
 from pathlib import Path
 
 from tests.packaging.pkg import REPO
+from tests.support import source_tree_build
 
 REQUIRED = (
     "packaging/debian/control", "packaging/debian/rules", "packaging/systemd/netflow-agent.service",
@@ -26,9 +27,10 @@ REQUIRED = (
 
 
 def test_sdist_carries_packaging_docs_examples_tests(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "build", "--sdist", "--no-isolation",
-                           "--outdir", str(tmp_path), str(REPO)],
-                          capture_output=True, text=True, timeout=300, check=False)
+    with source_tree_build():
+        proc = subprocess.run([sys.executable, "-m", "build", "--sdist", "--no-isolation",
+                               "--outdir", str(tmp_path), str(REPO)],
+                              capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (sdist,) = tmp_path.glob("netflow_agent-*.tar.gz")
     with tarfile.open(sdist) as tar:

@@ -10,17 +10,24 @@ Modules (import them as ``tests.support.<module>``):
 * :mod:`tests.support.truth` -- the ground-truth types shared by the above.
 
 This module holds the environment checks used by ``tests/conftest.py`` and by tests:
-:func:`is_root`, :func:`in_ci`, :func:`require_tool`.
+:func:`is_root`, :func:`in_ci`, :func:`require_tool`; and :func:`source_tree_build`, which
+keeps builds from this source tree one at a time when tests run on several workers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-__all__ = ["in_ci", "is_root", "require_tool", "strict_environment"]
+__all__ = ["in_ci", "is_root", "require_tool", "source_tree_build", "strict_environment"]
+
+SOURCE_TREE = Path(__file__).resolve().parents[2]
 
 
 def is_root() -> bool:
@@ -60,3 +67,19 @@ def require_tool(name: str) -> str:
 def _sbin_which(name: str) -> str | None:
     """Find tools in sbin directories that a non-login root PATH may lack (softflowd)."""
     return shutil.which(name, path="/usr/local/sbin:/usr/sbin:/sbin")
+
+
+@contextlib.contextmanager
+def source_tree_build() -> Iterator[Path]:
+    """Hold the source tree's build lock (``flock`` on ``build/.tests.lock``) while a test
+    builds from it (``pip wheel .``, ``python -m build``): setuptools writes ``build/`` and
+    the egg-info inside the tree, so two such builds at once (pytest-xdist workers) break each
+    other. Yields the source tree."""
+    lock = SOURCE_TREE / "build" / ".tests.lock"
+    lock.parent.mkdir(exist_ok=True)
+    with lock.open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield SOURCE_TREE
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

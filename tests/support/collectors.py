@@ -781,22 +781,28 @@ def udp_sink() -> Iterator[UdpSink]:
 
 
 _SLOW_READER = r"""
-import socket, sys, time
+import socket, sys, threading, time
 rcvbuf, batch = int(sys.argv[1]), int(sys.argv[2])
-pause, idle = float(sys.argv[3]), float(sys.argv[4])
+pause, idle, settle = float(sys.argv[3]), float(sys.argv[4]), float(sys.argv[5])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
 s.bind(("127.0.0.1", 0))
 port = s.getsockname()[1]
 print(port, flush=True)
-s.settimeout(idle)
-got = 0
+done = threading.Event()  # the parent's first line: the sender has finished
+threading.Thread(target=lambda: (sys.stdin.readline(), done.set()), daemon=True).start()
+s.settimeout(0.05)
+got, last = 0, time.monotonic()
 while True:
     try:
         s.recv(65535)
     except socket.timeout:
-        break
+        quiet = time.monotonic() - last
+        if quiet >= idle or (done.is_set() and quiet >= settle):
+            break
+        continue
     got += 1
+    last = time.monotonic()
     if got % batch == 0:
         time.sleep(pause)
 print(got, flush=True)
@@ -817,21 +823,25 @@ class SlowCollector:
     a small ``SO_RCVBUF`` read by a separate process that sleeps ``pause`` seconds after every
     ``batch`` datagrams (at most ``batch / pause`` datagrams per second).
 
-    :meth:`result` ends it (after ``idle`` seconds without data) and returns what it received
-    and what the kernel dropped at its socket (``/proc/net/udp`` drops).
+    :meth:`result` (call it once the sender has finished) ends it once its socket has been
+    quiet for ``settle`` seconds (``idle`` seconds if the sender never finishes) and returns
+    what it received and what the kernel dropped at its socket (``/proc/net/udp`` drops).
     """
 
     def __init__(self, rcvbuf: int = 256 << 10, batch: int = 10, pause: float = 0.002,
-                 idle: float = 3.0):
+                 idle: float = 3.0, settle: float = 0.5):
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", _SLOW_READER, str(rcvbuf), str(batch), str(pause), str(idle)],
+            [sys.executable, "-c", _SLOW_READER, str(rcvbuf), str(batch), str(pause), str(idle),
+             str(settle)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())
 
     def result(self, timeout: float = 120) -> tuple[int, int]:
-        """``(datagrams received, datagrams dropped at the socket)`` once it went idle."""
-        assert self.proc.stdout is not None
+        """``(datagrams received, datagrams dropped at the socket)`` once it went quiet."""
+        assert self.proc.stdout is not None and self.proc.stdin is not None
+        self.proc.stdin.write("sender done\n")
+        self.proc.stdin.flush()
         got = int(self.proc.stdout.readline())
         drops = udp_drops(self.port)
         self.proc.communicate("\n", timeout=timeout)

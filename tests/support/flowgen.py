@@ -15,6 +15,7 @@ and seconds.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import re
@@ -30,6 +31,7 @@ from tests.support.truth import (
     PROTO_TCP,
     PROTO_UDP,
     FlowId,
+    ip_text,
     record_table,
 )
 
@@ -101,12 +103,9 @@ class Flood:
         proto = (PROTO_UDP, PROTO_TCP, PROTO_ICMP)[(f // 2) % 3] if self.mix else PROTO_UDP
         off = (f // 2) % DESTINATIONS if self.mix else 0
         size = (40 if v6 else 20) + _L4[proto] + self.payload
-        if v6:
-            src = str(ipaddress.IPv6Address(FIRST_SOURCE6 + f))
-            dst = str(ipaddress.IPv6Address(int(ipaddress.IPv6Address(dst_ip6)) + off))
-        else:
-            src = str(ipaddress.IPv4Address(FIRST_SOURCE + f))
-            dst = str(ipaddress.IPv4Address(int(ipaddress.IPv4Address(dst_ip)) + off))
+        width = 16 if v6 else 4  # addresses printed from bytes: truth() prints a million
+        src = ip_text((FIRST_SOURCE6 + f if v6 else FIRST_SOURCE + f).to_bytes(width, "big"))
+        dst = ip_text((_address_int(dst_ip6 if v6 else dst_ip) + off).to_bytes(width, "big"))
         if proto == PROTO_ICMP:  # echo request: type << 8 | code as the destination port
             return FlowId(6 if v6 else 4, PROTO_ICMPV6 if v6 else PROTO_ICMP, src, dst, 0,
                           (128 if v6 else 8) << 8), size
@@ -143,6 +142,11 @@ class Flood:
                 fid, size = self.flow_id(f, dst_ip, dst_ip6)
                 out[fid] = (n, n * size)
         return out
+
+
+@functools.lru_cache(maxsize=64)
+def _address_int(text: str) -> int:
+    return int(ipaddress.ip_address(text))
 
 
 def rx_dropped(end: Endpoint) -> int:
