@@ -20,6 +20,7 @@ import ipaddress
 import json
 import re
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,6 +157,30 @@ def rx_dropped(end: Endpoint) -> int:
     return int(json.loads(out)[0]["stats64"]["rx"]["dropped"])
 
 
+#: counts what the router forwards, so a stop waits for the kernel rather than for the reader
+_FORWARD_COUNTER = ("table inet nfaflood {\n  chain seen {\n"
+                    "    type filter hook forward priority -500; policy accept;\n"
+                    "    counter\n  }\n}\n")
+
+
+def wait_forwarded(router_in: Endpoint, expected: int, timeout: float = 20.0) -> None:
+    """Wait until the router's forward path has seen ``expected`` packets (at most
+    ``timeout``): on a loaded machine the last frames of a flood can still sit in the
+    kernel's backlog when the sender returns; an agent stopped then (its rule or program
+    removed) would never see them, which is the end of its observation, not a loss. The
+    agent's own reader is still as far behind as before: only the kernel is waited for."""
+    deadline = time.monotonic() + timeout
+    while _forwarded(router_in) < expected and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _forwarded(router_in: Endpoint) -> int:
+    out = router_in.ns.run(["nft", "-j", "list", "chain", "inet", "nfaflood", "seen"]).stdout
+    rules = [item["rule"] for item in json.loads(out)["nftables"] if "rule" in item]
+    return sum(expr["counter"]["packets"] for rule in rules for expr in rule["expr"]
+               if "counter" in expr)
+
+
 #: the agent's last log line: "... traffic N packets, B bytes; dropped M packets ..."
 _SUMMARY = re.compile(r"stopped; .*traffic (\d+) packets.*dropped (\d+) packets")
 
@@ -183,8 +208,8 @@ class AgentRun:
 def agent_through_flood(routed: RoutedTopology, flowgen: str, flood: Flood, ingest: str,
                         ready: str, tmp_path: Path) -> AgentRun:
     """Start an agent with ``ingest`` (a ``[[ingest.*]]`` table) and a JSON log exporter, send
-    ``flood`` client -> server through the router, stop the agent at once, and collect its
-    totals and exported records."""
+    ``flood`` client -> server through the router, stop the agent as soon as the router has
+    forwarded it (:func:`wait_forwarded`), and collect its totals and exported records."""
     router_in = routed.router_client
     out = tmp_path / "flows.jsonl"
     conf = tmp_path / "agent.toml"
@@ -192,12 +217,15 @@ def agent_through_flood(routed: RoutedTopology, flowgen: str, flood: Flood, inge
                     f'[[export.log]]\npath = "{out}"\nformat = "json"\n')
     log = tmp_path / "agent.log"
     dropped_before = rx_dropped(router_in)
+    router_in.ns.run(["nft", "-f", "-"], input=_FORWARD_COUNTER)
     agent = Agent(conf, log_path=log).start(ready=ready)
     try:
         sent = flood.send(flowgen, routed.client, router_in.mac, routed.server.addr,
                           routed.server.addr6)
+        wait_forwarded(router_in, sent - (rx_dropped(router_in) - dropped_before))
     finally:
         assert agent.stop(timeout=180) == 0, agent.log()
+        router_in.ns.run(["nft", "delete", "table", "inet", "nfaflood"])
     text = log.read_text()
     totals = _SUMMARY.search(text)
     assert totals, text
