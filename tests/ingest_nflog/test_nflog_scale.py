@@ -3,11 +3,12 @@
 Issue 14's 200k-flow workload (half IPv4, half IPv6, 600k packets, 100k flows at once) as
 raw frames from a client namespace through a router namespace at the sender's top rate; the
 agent logs the router's forward chain (its own managed rule) and is stopped the moment the
-router has forwarded the flood, while its reader is still behind the kernel. Whatever the timing: every packet
-the router received is in an exported flow or in a counted loss (NFLOG sequence gaps, the
-kernel's drops before the hook), exactly. Before the stop drain followed the reader's
-progress (2 s, then the rest was left in the socket) and before readers stopped waiting for
-room in the inbox at stop, a stop right after a flood lost datagrams without counting them.
+router has forwarded the flood, while its reader is still behind the kernel. Whatever the
+timing: every packet the router received is in an exported flow or in a counted loss (NFLOG
+sequence gaps, the kernel's drops before the hook), exactly. Before the stop drain followed
+the reader's progress (2 s, then the rest was left in the socket) and before readers stopped
+waiting for room in the inbox at stop, a stop right after a flood lost datagrams without
+counting them.
 """
 
 from __future__ import annotations
