@@ -284,6 +284,9 @@ def test_without_decapsulate_the_tunnel_is_one_outer_flow(routed: RoutedTopology
         finally:
             stop_agent(agent)
         records = cap.flows()
-    assert flow_table(records) == _expected(underlay.truth), agent.log()
+    # the link's own MLD reports are sent when its addresses come up: before or after the
+    # capture starts, so they are no part of the tunnel's truth
+    assert (_link_unicast(flow_table(records))
+            == _link_unicast(_expected(underlay.truth))), agent.log()
     assert {key[4] for key in flow_table(records) if key[0] == 17} == {4789}  # VXLAN only
     assert "decapsulated" not in stats
