@@ -15,6 +15,10 @@ A scan takes at most as many due flows as the exporters can take now (the core's
 from their paced backlogs): the most overdue leave first, the others stay in the table, due,
 and leave in the next scans (ipt_NETFLOW's expiry spread over scans; ``expiry_deferred`` in
 the counters). A packet for a deferred flow is counted in it, as for any flow in the table.
+The wait is bounded: a flow due for longer than :data:`MAX_DEFER_S` (or ``inactive_timeout``
+if longer) leaves anyway, and so does everything due once the deferred flows would fill half
+of ``maxflows``; an exporter still without room then counts those records lost. So a slow
+or stuck exporter cannot hold the table for the others, nor make records arbitrarily late.
 
 Layout (chosen for speed and memory, see docs/performance.md): the storage is a
 :class:`~agent.stages.flowtable.FlowTable`: a C hash index (``agent/_flowindex.c``) maps the
@@ -62,6 +66,8 @@ log = logging.getLogger("agent.cache")
 
 FREE_SLOT_NS = FREE_NS  # first/last time of an unused slot: never expires
 _NS = 1_000_000_000
+#: the longest a due flow waits for room in the exporters' backlog (expiry spread over scans)
+MAX_DEFER_S = 60
 _END_FLAGS = TCP_FIN | TCP_RST
 #: keys ``hash:N`` refused, remembered to skip the hash on their next packets (then forgotten)
 _UNSELECTED_MAX = 1 << 18  # ~75 B each in C: at most ~20 MB
@@ -441,7 +447,8 @@ class FlowCache(Cache):
                 reasons[i] = END_OF_FLOW
         slots = np.flatnonzero(reasons)
         if limit and len(slots) > limit:
-            slots = self._defer(slots, reasons[slots], limit)
+            slots = self._defer(slots, reasons[slots], limit, now_ns)
+        if self.deferred:
             if not was_deferred:
                 log.info("expiry spread over scans: %d flows due, %d leave now, the rest "
                          "wait for room in the exporters' backlog", len(slots) + self.deferred,
@@ -453,19 +460,25 @@ class FlowCache(Cache):
                          len(slots))
         return slots, reasons[slots]
 
-    def _defer(self, slots: np.ndarray, reasons: np.ndarray, limit: int) -> np.ndarray:
-        """The ``limit`` (< 0: none) most overdue of the due ``slots``, ascending; the others
-        stay in the table, due, with their times and counters (ipt_NETFLOW's expiry spread over
-        scans): counted in :attr:`deferred`, their FIN/RST mark kept for the next scan."""
-        t = self.table
-        due_at = np.minimum(t.last[slots] + self.config.inactive_timeout * _NS,
-                            t.first[slots] + self.config.active_timeout * _NS)
+    def _defer(self, slots: np.ndarray, reasons: np.ndarray, limit: int,
+               now_ns: int) -> np.ndarray:
+        """The ``limit`` (< 0: none) most overdue of the due ``slots``, ascending, and every
+        one due for longer than the wait allows (module docstring); the others stay in the
+        table, due, with their times and counters (ipt_NETFLOW's expiry spread over scans):
+        counted in :attr:`deferred`, their FIN/RST mark kept for the next scan."""
+        t, config = self.table, self.config
+        due_at = np.minimum(t.last[slots] + config.inactive_timeout * _NS,
+                            t.first[slots] + config.active_timeout * _NS)
         ended = reasons == END_OF_FLOW
         due_at[ended] = np.minimum(due_at[ended], t.last[slots[ended]])
-        taken = np.zeros(len(slots), bool)
+        if config.maxflows and len(slots) - max(limit, 0) > config.maxflows // 2:
+            return slots  # deferring more would soon refuse new flows: all leave
+        taken = due_at <= now_ns - max(MAX_DEFER_S, config.inactive_timeout) * _NS
         if limit > 0:
             taken[np.argpartition(due_at, limit - 1)[:limit]] = True
         left = slots[~taken]
+        if not len(left):
+            return slots
         if self.ending:
             self.ending.intersection_update(left.tolist())
         self.deferred = len(left)

@@ -10,7 +10,7 @@ time are in the cache's counters.
 from __future__ import annotations
 
 from netflow_agent.model import END_IDLE, END_OF_FLOW, TCP_FIN
-from netflow_agent.stages.cache import CacheConfig, FlowCache
+from netflow_agent.stages.cache import MAX_DEFER_S, CacheConfig, FlowCache
 from tests.unit.test_cache import T0, S, feed, key
 
 
@@ -73,3 +73,28 @@ def test_a_forced_scan_takes_deferred_flows_too():
     assert len(c.agent_cache_expire(now_ns=T0 + 16 * S, force=False, limit=2)) == 2
     assert len(c.agent_cache_expire(now_ns=T0 + 16 * S, force=True, limit=0)) == 3
     assert c.active_flows == 0
+
+
+def test_a_flow_waits_for_room_at_most_max_defer_s():
+    """A stuck or slow exporter cannot hold due flows forever: past MAX_DEFER_S overdue a
+    flow leaves anyway (an exporter without room then counts it lost)."""
+    c = FlowCache(CacheConfig(inactive_timeout=15))
+    feed(c, (key(1), 100, 0, T0, 0), (key(2), 100, 0, T0 + 30 * S, 0))
+    due1 = T0 + 15 * S
+    assert len(c.agent_cache_expire(now_ns=due1 + S, force=False, limit=-1)) == 0
+    assert c.counters()["expiry_deferred"] == 1
+    late = due1 + MAX_DEFER_S * S  # flow 1 has waited long enough, flow 2 not
+    (gone,) = c.agent_cache_expire(now_ns=late, force=False, limit=-1)
+    assert (gone.src_port, gone.packets) == (1, 1)
+    assert c.counters()["expiry_deferred"] == 1  # flow 2 still waits
+
+
+def test_deferring_half_of_maxflows_lets_everything_due_leave():
+    """Deferred flows would fill the table and refuse new flows: all due flows leave."""
+    c = FlowCache(CacheConfig(inactive_timeout=15, maxflows=10))
+    feed(c, *[(key(1000 + i), 100, 0, T0, 0) for i in range(8)])
+    assert len(c.agent_cache_expire(now_ns=T0 + 16 * S, force=False, limit=4)) == 4
+    assert c.counters()["expiry_deferred"] == 4  # 4 deferred: not more than half of 10
+    feed(c, *[(key(2000 + i), 100, 0, T0 + S, 0) for i in range(6)])
+    out = c.agent_cache_expire(now_ns=T0 + 17 * S, force=False, limit=2)
+    assert len(out) == 10 and c.counters()["expiry_deferred"] == 0  # 8 would wait: > 5
