@@ -19,6 +19,7 @@ operator must see). :class:`ReloadHistory` keeps the counts and the last outcome
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import time
 from collections import Counter
@@ -105,7 +106,19 @@ def reload(pipeline: Any, reader: Reader | None) -> ReloadOutcome:
         outcome = _attempt(pipeline, reader, history)
     history.record(outcome)
     _log(outcome)
+    release_frozen()
     return outcome
+
+
+def release_frozen() -> None:
+    """Let the garbage collector have what a reload replaced. Start-up's objects are frozen
+    out of collection (``gc.freeze`` in agent/cli.py) and a frozen reference cycle (an
+    exporter and its destinations' callbacks) is never collected: collect once with them
+    unfrozen, then freeze what is still alive again. Nothing to do when nothing is frozen."""
+    if gc.get_freeze_count():
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
 
 
 def _attempt(pipeline: Any, reader: Reader, history: ReloadHistory) -> ReloadOutcome:
