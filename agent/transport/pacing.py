@@ -43,6 +43,10 @@ DEFAULT_BACKLOG = 30000
 #: encoder then produces the final export about as fast as it leaves, and a full cache's
 #: datagrams (~9 MB for 200k flows) are never all in memory at once; the stop takes as long
 WAIT_BACKLOG_S = 0.25
+#: ...but never fewer than this many (one export part, 8,192 records at 15 or more per
+#: datagram): at a low ``rate_limit`` a stop's export to several destinations is then queued
+#: to all of them at once instead of one destination after another
+WAIT_BACKLOG_MIN = 600
 #: how long closing a paced destination may still send its backlog (NetFlow; IPFIX has
 #: ``flush_timeout_s``): DEFAULT_BACKLOG at DEFAULT_RATE_LIMIT
 DEFAULT_FLUSH_S = 10.0
@@ -162,7 +166,8 @@ class PacedSender:
         self._clock = clock
         self._bucket = TokenBucket(rate, int(rate * BURST_S), clock())
         #: most datagrams queued while a put() still has time to wait (WAIT_BACKLOG_S)
-        self._wait_limit = min(limit, max(self._bucket.burst, int(rate * WAIT_BACKLOG_S)))
+        self._wait_limit = min(limit, max(self._bucket.burst, int(rate * WAIT_BACKLOG_S),
+                                          WAIT_BACKLOG_MIN))
         self._queue: deque[tuple[bytes, int]] = deque()
         self._cond = threading.Condition()
         self._closing = False

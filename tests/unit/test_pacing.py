@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import threading
 
-from netflow_agent.transport.pacing import WAIT_BACKLOG_S, PacedSender, TokenBucket
+from netflow_agent.transport.pacing import (
+    WAIT_BACKLOG_MIN,
+    WAIT_BACKLOG_S,
+    PacedSender,
+    TokenBucket,
+)
 
 
 def test_token_bucket_spends_the_burst_then_the_rate():
@@ -139,3 +144,16 @@ def test_token_bucket_waits_for_a_whole_burst():
     assert bucket.take(10, 0.0) == 10
     assert abs(bucket.wait_s(0.0, want=50) - 0.010) < 1e-9  # capped at the burst
     assert abs(bucket.wait_s(0.004, want=3) - 0.0) < 1e-9  # 4 tokens saved: enough
+
+
+def test_a_waiting_put_at_a_low_rate_still_queues_a_whole_export_part():
+    """At 100 datagrams/s a quarter second is 25 datagrams; a stop's export part (up to
+    WAIT_BACKLOG_MIN datagrams) is still queued at once, so the next destination's part is
+    queued too instead of waiting for this one to leave (stop time x destinations)."""
+    pacer = PacedSender(lambda d, r: True, lambda d, r: None, rate=100, limit=100_000)
+    try:
+        assert pacer.put([b"p"] * 500, [1] * 500, wait_s=30) == 500
+        assert pacer.stats.backlog >= 400  # returned with the part queued, not sent
+    finally:
+        pacer.close(timeout=0)
+    assert WAIT_BACKLOG_MIN >= 500
