@@ -8,7 +8,8 @@ specification defines (``*.dist-info/entry_points.txt``, an INI file; ``*.egg-in
 same) from the directories on ``sys.path`` with the same rules as
 ``importlib.metadata.entry_points``: path entries in order, the first distribution of a
 (normalized) name wins, ``""`` is the current directory. A path entry that is a file (a zip
-of packages) falls back to ``importlib.metadata`` for the whole answer.
+of packages) or an ``.egg`` directory falls back to ``importlib.metadata`` for the whole
+answer.
 """
 
 from __future__ import annotations
@@ -56,8 +57,8 @@ def entry_points(group: str, path: list[str] | None = None) -> list[EntryPoint]:
     """Every entry point of ``group``, distributions in ``sys.path`` order (first of a name
     wins), entry points in file order."""
     entries = sys.path if path is None else path
-    if any(os.path.isfile(p) for p in entries if p):
-        return _from_importlib(group)
+    if any(os.path.isfile(p) or p.lower().endswith(".egg") for p in entries if p):
+        return _from_importlib(group)  # zips and eggs (EGG-INFO): importlib's finders
     seen: set[str] = set()
     found: list[EntryPoint] = []
     for info in _dist_dirs(entries):
@@ -77,7 +78,7 @@ def _dist_dirs(entries: list[str]) -> Iterator[str]:
         except OSError:  # missing or unreadable path entry: importlib skips it too
             continue
         for name in names:
-            if name.endswith(_SUFFIXES) and os.path.isdir(os.path.join(root, name)):
+            if name.lower().endswith(_SUFFIXES) and os.path.isdir(os.path.join(root, name)):
                 yield os.path.join(root, name)
 
 

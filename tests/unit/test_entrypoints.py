@@ -52,3 +52,9 @@ def test_first_distribution_of_a_name_wins_and_the_file_is_parsed_as_ini(tmp_pat
     assert found[2].load() is os.path.join
     with pytest.raises(ValueError, match="not module"):
         EntryPoint("bad", "no module!", "g", "d", "1").load()
+
+
+def test_metadata_directory_suffixes_match_in_any_case(tmp_path: Path) -> None:
+    """importlib.metadata matches ``.dist-info``/``.egg-info`` without regard to case."""
+    _dist(tmp_path, "Shouty-1.0.DIST-INFO", "Shouty", "1.0", "[agent.plugins]\nloud = os\n")
+    assert [ep.name for ep in entry_points("agent.plugins", [str(tmp_path)])] == ["loud"]
