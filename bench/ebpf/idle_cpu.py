@@ -23,7 +23,6 @@ import argparse
 import collections
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,9 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.compare.run import TICK, end_tree, wait_log  # noqa: E402
-from bench.memory.idle_rss import INGESTS  # noqa: E402
-from tests.support.netns import Netns, end_process, veth_pair  # noqa: E402
+from bench.compare.run import TICK, end_tree  # noqa: E402
+from bench.memory.idle_rss import INGESTS, idle_agent  # noqa: E402
 
 
 def threads(pid: int) -> dict[int, tuple[float, int]]:
@@ -62,27 +60,13 @@ class Exit:
 def one_run(tree: Path, ingest: str, tmp: Path, seconds: float) -> dict[str, float]:
     """Start ``tree``'s agent with ``ingest``; its idle CPU % and wake-ups/s (total and by
     thread: ``main``, and the others by rank of their wake-ups)."""
-    with Netns() as ns, Netns() as peer:
-        pair = veth_pair(ns, peer)
-        text, ready = INGESTS[ingest]
-        conf = tmp / f"{ingest}.toml"
-        conf.write_text('[agent]\ncontrol_socket = ""\n' + text.format(ifname=pair.a.ifname)
-                        + '[[export.netflow]]\ndestination = ["127.0.0.1:9"]\nprotocol = 9\n')
-        log = tmp / f"{ingest}.log"
-        with open(log, "w") as out:
-            proc = ns.popen([str(tree / ".venv/bin/python"), "-m", "netflow_agent.cli", "-c",
-                             str(conf), "--log-level", "info"], stdout=out,
-                            stderr=subprocess.STDOUT, cwd=tree)
-        try:
-            wait_log(log, ready, proc)
-            time.sleep(3)
-            before = threads(proc.pid)
-            time.sleep(seconds)
-            after = threads(proc.pid)
-            usage = Exit()
-            end_tree(proc, usage, 30)  # type: ignore[arg-type]
-        finally:
-            end_process(proc, timeout=30)
+    with idle_agent(tree, ingest, tmp) as proc:
+        time.sleep(3)
+        before = threads(proc.pid)
+        time.sleep(seconds)
+        after = threads(proc.pid)
+        usage = Exit()
+        end_tree(proc, usage, 30)  # type: ignore[arg-type]
     per = {tid: (after[tid][0] - before.get(tid, (0.0, 0))[0],
                  after[tid][1] - before.get(tid, (0.0, 0))[1]) for tid in after}
     res = {"cpu %": 100 * sum(c for c, _ in per.values()) / seconds,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import re
 import statistics
@@ -28,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,8 +80,10 @@ def evict(tree: Path) -> int:
     return n
 
 
-def one_run(tree: Path, ingest: str, tmp: Path, want_smaps: bool) -> tuple[dict, list]:
-    """Start ``tree``'s agent with ``ingest``, measure it idle, stop it."""
+@contextlib.contextmanager
+def idle_agent(tree: Path, ingest: str, tmp: Path) -> Iterator[subprocess.Popen]:
+    """``tree``'s agent with ``ingest`` on a fresh veth in its own namespace, once ready
+    (NetFlow v9 to a discard port); stopped by PID, namespaces deleted, on the way out."""
     with Netns() as ns, Netns() as peer:
         pair = veth_pair(ns, peer)
         text, ready = INGESTS[ingest]
@@ -93,10 +97,16 @@ def one_run(tree: Path, ingest: str, tmp: Path, want_smaps: bool) -> tuple[dict,
                             stderr=subprocess.STDOUT, cwd=tree)
         try:
             wait_log(log, ready, proc)
-            time.sleep(2)
-            return status(proc.pid), smaps_top(proc.pid) if want_smaps else []
+            yield proc
         finally:
             end_process(proc, timeout=30)
+
+
+def one_run(tree: Path, ingest: str, tmp: Path, want_smaps: bool) -> tuple[dict, list]:
+    """Start ``tree``'s agent with ``ingest``, measure it idle, stop it."""
+    with idle_agent(tree, ingest, tmp) as proc:
+        time.sleep(2)
+        return status(proc.pid), smaps_top(proc.pid) if want_smaps else []
 
 
 def main() -> int:
