@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import ctypes
 import gc
 import logging
 import os
@@ -37,6 +36,7 @@ from netflow_agent.config.model import AgentSection, FlowSection
 from netflow_agent.config.sample import section_sample
 from netflow_agent.discovery import AgentPluginManager, build_registry, make_manager
 from netflow_agent.errors import ConfigIssue
+from netflow_agent.libc import libc
 from netflow_agent.ops import Operations
 from netflow_agent.pipeline import Pipeline, StartupError
 from netflow_agent.privileges import PrivilegeError
@@ -273,7 +273,7 @@ def cmd_sample(name: str | None) -> int:
 def _tune_malloc() -> None:
     """Keep glibc from raising its mmap threshold, so big flow tables return memory."""
     try:
-        ctypes.CDLL(None).mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+        libc().mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass
 
@@ -282,7 +282,7 @@ def _trim_malloc() -> None:
     """Give the heap's free pages back once started: loading the eBPF programs (libbpf parses
     the kernel's BTF) and the configuration leave freed blocks glibc would otherwise keep."""
     try:
-        ctypes.CDLL(None).malloc_trim(0)
+        libc().malloc_trim(0)
     except (OSError, AttributeError):
         pass
 

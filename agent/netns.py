@@ -11,12 +11,13 @@ that ingest declared (:meth:`agent.runtime.RunContext.declare_netns`).
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import socket
 import threading
 from collections.abc import Callable, Iterable
 from typing import TypeVar
+
+from netflow_agent.libc import libc
 
 CLONE_NEWNET = 0x40000000
 T = TypeVar("T")
@@ -62,16 +63,9 @@ def _setns(path: str) -> None:
         os.close(fd)
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    """The C library, loaded once: ``CDLL`` costs a dlopen and symbol lookups per call (an
-    idle eBPF ingest rescanning interfaces in a netns spent a quarter of its CPU there)."""
-    return ctypes.CDLL(None, use_errno=True)
-
-
 def _setns_fd(fd: int, what: str) -> None:
     """Move the calling thread into the network namespace open as ``fd``."""
-    if _libc().setns(fd, CLONE_NEWNET) != 0:
+    if libc().setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"setns({what}): {os.strerror(err)}")
 

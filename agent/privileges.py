@@ -28,13 +28,14 @@ How (capabilities(7), prctl(2), capset(2)):
 from __future__ import annotations
 
 import ctypes
-import functools
 import grp
 import logging
 import os
 import pwd
 import threading
 from dataclasses import dataclass
+
+from netflow_agent.libc import libc
 
 log = logging.getLogger("agent.privileges")
 
@@ -116,16 +117,10 @@ def mask_names(mask: int) -> list[str]:
     return [name for name, n in CAPABILITIES.items() if mask >> n & 1]
 
 
-@functools.cache
-def _libc() -> ctypes.CDLL:
-    """The C library, loaded once (``CDLL`` is a dlopen per call)."""
-    return ctypes.CDLL(None, use_errno=True)
-
-
 def _capget() -> tuple[int, int, int]:
     header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
     data = (_CapData * 2)()
-    if _libc().capget(ctypes.byref(header), data) != 0:
+    if libc().capget(ctypes.byref(header), data) != 0:
         err = ctypes.get_errno()
         raise PrivilegeError(f"capget: {os.strerror(err)}")
     def join(field: str) -> int:
@@ -141,19 +136,19 @@ def _capset(effective: int, permitted: int, inheritable: int = 0) -> None:
         data[i].effective = effective >> shift & 0xFFFFFFFF
         data[i].permitted = permitted >> shift & 0xFFFFFFFF
         data[i].inheritable = inheritable >> shift & 0xFFFFFFFF
-    if _libc().capset(ctypes.byref(header), data) != 0:
+    if libc().capset(ctypes.byref(header), data) != 0:
         err = ctypes.get_errno()
         raise PrivilegeError(f"capset: {os.strerror(err)}")
 
 
 def _prctl(option: int, value: int) -> None:
-    if _libc().prctl(option, value, 0, 0, 0) != 0:
+    if libc().prctl(option, value, 0, 0, 0) != 0:
         err = ctypes.get_errno()
         raise PrivilegeError(f"prctl({option}): {os.strerror(err)}")
 
 
 def _prctl_ambient_raise(cap: int) -> None:
-    if _libc().prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) != 0:
+    if libc().prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) != 0:
         err = ctypes.get_errno()
         raise PrivilegeError(f"PR_CAP_AMBIENT_RAISE {mask_names(1 << cap)}: {os.strerror(err)}")
 
