@@ -63,15 +63,21 @@ ROOM_MARGIN_DIV = 32
 ROOM_RESERVE = 16
 
 
-def records_room(free: int, limit: int, per_datagram: int) -> int:
-    """The flow records an exporter can take now without overflowing its paced backlog.
+def records_room(rooms: Sequence[int | None], limit: int, per_datagram: int) -> int | None:
+    """The flow records an exporter can take now without overflowing its paced backlogs
+    (the ``agent_export_room`` answer of a UDP exporter).
 
-    :param free: datagrams the backlog can still take (the fullest destination's).
+    :param rooms: each destination's free backlog in datagrams (``backlog_room``; ``None``
+        for an unpaced one).
     :param limit: the backlog's size in datagrams.
     :param per_datagram: the fewest records a full datagram of flows holds (the largest
         record the exporter may write): the estimate is never more than what fits.
-    :return: records; 0 when the backlog is (nearly) full.
+    :return: records the fullest destination can take, less a margin (0 when it is nearly
+        full); ``None`` (no limit) without destinations or when one is unpaced.
     """
+    if not rooms or None in rooms:
+        return None
+    free = min(r for r in rooms if r is not None)
     reserve = free // ROOM_MARGIN_DIV + min(ROOM_RESERVE, limit // 8)
     return max(0, free - reserve) * max(1, per_datagram)
 

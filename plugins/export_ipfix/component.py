@@ -235,13 +235,11 @@ class IpfixExporter(NatExporter):
         """UDP with ``rate_limit``: the flow records the paced backlogs can take now (the
         fullest destination's), so the core spreads a mass expiry over scans; ``None``
         otherwise (unpaced, TCP with its spool, NAT events only)."""
-        rooms = [d.backlog_room for d in self.udp]
-        if not self.cfg.flows or not rooms or None in rooms:
+        if not self.cfg.flows or not self.udp:
             return None
         largest = max(layout.template.record_length for layout in self.layouts.values())
         per_message = (self.max_udp_message - HEADER.size - SET_HEADER.size) // largest
-        return records_room(min(r for r in rooms if r is not None), self.cfg.backlog,
-                            per_message)
+        return records_room([d.backlog_room for d in self.udp], self.cfg.backlog, per_message)
 
     @hookimpl
     def agent_export_flows(self, records: FlowBatch | list[FlowRecord]) -> None:

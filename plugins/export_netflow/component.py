@@ -166,11 +166,10 @@ class NetflowExporter(NatExporter):
     def agent_export_room(self) -> int | None:
         """Flow records the paced backlogs can take now (the fullest destination's), so the
         core spreads a mass expiry over scans; ``None`` unpaced or for NAT events only."""
-        rooms = [dest.backlog_room for dest in self.destinations]
-        if not self.config.flows or not rooms or None in rooms:
+        if not self.config.flows:
             return None
-        return records_room(min(r for r in rooms if r is not None), self.config.backlog,
-                            self.per_datagram)
+        return records_room([dest.backlog_room for dest in self.destinations],
+                            self.config.backlog, self.per_datagram)
 
     @hookimpl
     def agent_export_flows(self, records: FlowBatch | list[FlowRecord]) -> None:

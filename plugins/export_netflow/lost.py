@@ -14,6 +14,7 @@ the packets and octets of its flows, so the exporter can count ``lost_packets`` 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -67,13 +68,22 @@ def _v9_totals(datagram: bytes, templates: Mapping[int, v9.Template]) -> tuple[i
 
 def _flowset_totals(body: bytes, tpl: v9.Template) -> tuple[int, int]:
     """The packets and octets of a data FlowSet's records (padding ignored)."""
-    types = [ftype for ftype, _ in tpl.fields]
-    if tpl.scope_fields or _IN_PKTS not in types or _IN_BYTES not in types:
+    dtype = _counters_of(tpl.fields, tpl.size) if not tpl.scope_fields else None
+    if dtype is None:
         return 0, 0
-    offsets = np.cumsum([0] + [length for _, length in tpl.fields])
-    p, o = types.index(_IN_PKTS), types.index(_IN_BYTES)
-    dtype = np.dtype({"names": ["packets", "octets"],
-                      "formats": [f">u{tpl.fields[p][1]}", f">u{tpl.fields[o][1]}"],
-                      "offsets": [int(offsets[p]), int(offsets[o])], "itemsize": tpl.size})
     rows = np.frombuffer(body, dtype, len(body) // tpl.size)
     return int(rows["packets"].sum(dtype=np.uint64)), int(rows["octets"].sum(dtype=np.uint64))
+
+
+@functools.cache
+def _counters_of(fields: tuple[tuple[int, int], ...], size: int) -> np.dtype | None:
+    """A record's IN_PKTS and IN_BYTES as a structured dtype (one per template, built once:
+    a mass loss reads thousands of datagrams); ``None`` when it lacks either."""
+    types = [ftype for ftype, _ in fields]
+    if _IN_PKTS not in types or _IN_BYTES not in types:
+        return None
+    offsets = np.cumsum([0] + [length for _, length in fields])
+    p, o = types.index(_IN_PKTS), types.index(_IN_BYTES)
+    return np.dtype({"names": ["packets", "octets"],
+                     "formats": [f">u{fields[p][1]}", f">u{fields[o][1]}"],
+                     "offsets": [int(offsets[p]), int(offsets[o])], "itemsize": size})
