@@ -19,7 +19,6 @@ prints medians: CPU as percent of one core and wake-ups per second, per thread.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import os
 import statistics
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.compare.run import TICK, end_tree  # noqa: E402
-from bench.memory.idle_rss import INGESTS, idle_agent  # noqa: E402
+from bench.memory.idle_rss import checkout_parser, idle_agent, not_root  # noqa: E402
 
 
 def threads(pid: int) -> dict[int, tuple[float, int]]:
@@ -80,15 +79,10 @@ def one_run(tree: Path, ingest: str, tmp: Path, seconds: float) -> dict[str, flo
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tree", nargs="*", type=Path, default=[ROOT],
-                    help="checkouts with a .venv (default: this one)")
-    ap.add_argument("--ingest", nargs="*", choices=INGESTS, default=list(INGESTS))
-    ap.add_argument("--rounds", type=int, default=3)
+    ap = checkout_parser(__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=20.0)
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("bench/ebpf/idle_cpu needs root (namespaces, BPF, NFLOG)", file=sys.stderr)
+    if not_root("bench/ebpf/idle_cpu"):
         return 2
     runs: dict[tuple[Path, str], list[dict]] = collections.defaultdict(list)
     with tempfile.TemporaryDirectory() as tmp:

@@ -109,18 +109,31 @@ def one_run(tree: Path, ingest: str, tmp: Path, want_smaps: bool) -> tuple[dict,
         return status(proc.pid), smaps_top(proc.pid) if want_smaps else []
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def checkout_parser(description: str) -> argparse.ArgumentParser:
+    """The options of a bench that compares idle agents of several checkouts."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--tree", nargs="*", type=Path, default=[ROOT],
                     help="checkouts with a .venv (default: this one)")
     ap.add_argument("--ingest", nargs="*", choices=INGESTS, default=list(INGESTS))
     ap.add_argument("--rounds", type=int, default=3)
+    return ap
+
+
+def not_root(bench: str) -> bool:
+    """Say so and return True unless root (namespaces, BPF and NFLOG need it)."""
+    if os.geteuid() == 0:
+        return False
+    print(f"{bench} needs root (namespaces, BPF, NFLOG)", file=sys.stderr)
+    return True
+
+
+def main() -> int:
+    ap = checkout_parser(__doc__.splitlines()[0])
     ap.add_argument("--smaps", action="store_true")
     ap.add_argument("--evict", action="store_true",
                     help="drop the venvs' shared objects from the page cache every round")
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("bench/memory needs root (namespaces, BPF, NFLOG)", file=sys.stderr)
+    if not_root("bench/memory"):
         return 2
     runs: dict[tuple[Path, str], list[dict]] = collections.defaultdict(list)
     maps: dict[tuple[Path, str], list] = {}

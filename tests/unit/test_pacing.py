@@ -56,30 +56,29 @@ def test_overflow_and_leftovers_are_counted_exactly():
     assert pacer.put([b"y"], [1]) == 0  # closed: nothing is queued any more
 
 
-def test_put_may_wait_for_room():
-    """The final export at shutdown waits for the backlog instead of dropping."""
+def _waiting_put(n: int, rate: int, limit: int) -> PacedSender:
+    """A put of ``n`` datagrams that may wait for room, closed once all were sent (in order,
+    none dropped: asserted); the pacer's statistics tell how much was queued at once."""
     sent: list[int] = []
     pacer = PacedSender(lambda d, r: sent.append(r) or True, lambda d, r: None,
-                        rate=2000, limit=5)
-    assert pacer.put([b"z"] * 50, list(range(50)), wait_s=30) == 50
+                        rate=rate, limit=limit)
+    assert pacer.put([b"z"] * n, list(range(n)), wait_s=30) == n
     pacer.close(timeout=30)
-    assert sent == list(range(50))
-    assert pacer.stats.backlog_dropped == 0 and pacer.stats.backlog_peak == 5
+    assert sent == list(range(n)) and pacer.stats.backlog_dropped == 0
+    return pacer
+
+
+def test_put_may_wait_for_room():
+    """The final export at shutdown waits for the backlog instead of dropping."""
+    assert _waiting_put(50, rate=2000, limit=5).stats.backlog_peak == 5
 
 
 def test_a_waiting_put_keeps_only_a_quarter_second_queued():
     """The final export at stop (``wait_s``) is queued as it leaves, not all at once: at most
     WAIT_BACKLOG_S of datagrams wait in memory (a full cache's final export was ~9 MB of
     queued datagrams, the agent's peak RSS in bench/compare W2), and every one is sent."""
-    sent: list[int] = []
-    pacer = PacedSender(lambda d, r: sent.append(r) or True, lambda d, r: None,
-                        rate=4000, limit=100_000)
-    assert pacer.put([b"q"] * 3000, list(range(3000)), wait_s=30) == 3000
-    pacer.close(timeout=30)
-    assert sent == list(range(3000))
-    st = pacer.stats
-    assert st.backlog_dropped == 0
-    assert 0 < st.backlog_peak <= 4000 * WAIT_BACKLOG_S  # not 3000
+    peak = _waiting_put(3000, rate=4000, limit=100_000).stats.backlog_peak
+    assert 0 < peak <= 4000 * WAIT_BACKLOG_S  # not 3000
 
 
 def test_a_put_out_of_time_still_fills_the_whole_backlog_before_losing():
