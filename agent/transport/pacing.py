@@ -42,6 +42,7 @@ DEFAULT_BACKLOG = 30000
 #: datagrams queued ahead of the sender (at least a burst), not the whole ``backlog``: the
 #: encoder then produces the final export about as fast as it leaves, and a full cache's
 #: datagrams (~9 MB for 200k flows) are never all in memory at once; the stop takes as long
+#: as before (the paced rate sets it)
 WAIT_BACKLOG_S = 0.25
 #: ...but never fewer than this many (one export part, 8,192 records at 15 or more per
 #: datagram): at a low ``rate_limit`` a stop's export to several destinations is then queued
