@@ -154,9 +154,13 @@ class Nfcapd:
         wait_udp_drained(self.port, self.netns, timeout)
 
     def stop(self) -> None:
-        """SIGTERM by PID: nfcapd writes and renames its current file, then exits."""
+        """Once nfcapd has read what is queued on its socket (:meth:`wait_drained`: a
+        datagram sent just before is not lost), SIGTERM by PID: it writes and renames its
+        current file, then exits."""
         if self.proc is None:
             return
+        if self.proc.poll() is None:
+            self.wait_drained()
         end_process(self.proc, timeout=10)
         self.log = self._read_log()
         self.proc = None
@@ -174,10 +178,8 @@ class Nfcapd:
         self.start()
 
     def flows(self) -> list[dict[str, Any]]:
-        """Wait until it read what was sent, stop (flush), and return every record received,
-        see :func:`nfdump_flows`."""
-        if self.proc is not None:
-            self.wait_drained()
+        """Stop (once it read what was sent; flush) and return every record received, see
+        :func:`nfdump_flows`."""
         self.stop()
         return nfdump_flows(self.dir)
 
@@ -236,6 +238,8 @@ def nfdump_flows(flow_dir: str | Path, nf_filter: str = "") -> list[dict[str, An
         if proc.returncode != 0:
             raise CollectorError(f"nfdump failed ({proc.returncode}): {proc.stderr.strip()}")
         text = proc.stdout.strip()
+        if "No matching flows" in text:  # nfdump's answer for files without a record
+            return []
         try:
             records = json.loads(text) if text.startswith("[") else json.loads(f"[{text}]")
         except json.JSONDecodeError as exc:
