@@ -6,10 +6,11 @@ even when the collector keeps up with the average rate, and UDP tells nobody. Th
 owns the fix for one destination:
 
 * :class:`TokenBucket`: ``rate`` tokens per second, at most ``burst`` saved up;
-* :class:`PacedSender`: a FIFO backlog of ``(datagram, records)`` and a thread that sends
-  them through a callback as tokens allow. The backlog holds at most ``limit`` datagrams;
-  :meth:`PacedSender.put` queues a batch up to that and says how many it took (the caller
-  counts the rest as lost, like a full socket buffer). At :meth:`PacedSender.close` the
+* :class:`PacedSender`: a FIFO backlog of datagrams and their record counts (two deques:
+  no Python object per queued datagram beyond the datagram itself) and a thread that sends
+  them, a burst per call, through a callback as tokens allow. The backlog holds at most
+  ``limit`` datagrams; :meth:`PacedSender.put` queues a batch up to that and says how
+  many it took (the caller counts the rest as lost, like a full socket buffer). At :meth:`PacedSender.close` the
   backlog is still sent at the paced rate, up to a deadline; what is left then is reported
   through the ``lost`` callback. Nothing is dropped uncounted.
 
@@ -145,7 +146,8 @@ class PacedSender:
 
     The thread wakes when half a burst of tokens is saved up (:data:`BURST_S` worth is a
     burst; or when the backlog's datagrams have their tokens, if fewer), not once per
-    datagram, and hands what the tokens allow (at most a burst) to ``send_many``: the rate
+    datagram, and hands what the tokens allow (at most a burst) to ``send_many`` (the UDP
+    destination sends it with one ``sendmmsg``): the rate
     and the largest burst are the same, the thread hand-overs (and their futex wake-ups) are
     about ``burst / 2`` times fewer, and a wake-up up to half a burst late loses no tokens
     to the bucket's cap.
@@ -157,14 +159,14 @@ class PacedSender:
     :param limit: most datagrams in the backlog (> 0).
     :param name: the thread's name.
     :param clock: monotonic seconds (injectable for tests).
-    :param send_many: ``send_many([(datagram, records), ...])``, called on the pacing thread
-        with each burst, in order; default: ``send`` on each.
+    :param send_many: ``send_many(datagrams, records)`` (two lists of the same length),
+        called on the pacing thread with each burst, in order; default: ``send`` on each.
     """
 
     def __init__(self, send: Callable[[bytes, int], bool], lost: Callable[[bytes, int], None], *,
                  rate: int, limit: int, name: str = "pacer",
                  clock: Callable[[], float] = time.monotonic,
-                 send_many: Callable[[list[tuple[bytes, int]]], object] | None = None):
+                 send_many: Callable[[list[bytes], list[int]], object] | None = None):
         if rate <= 0 or limit <= 0:
             raise ValueError("rate and limit must be positive")
         self._send = send
@@ -175,7 +177,8 @@ class PacedSender:
         #: most datagrams queued while a put() still has time to wait (WAIT_BACKLOG_S)
         self._wait_limit = min(limit, max(self._bucket.burst, int(rate * WAIT_BACKLOG_S),
                                           WAIT_BACKLOG_MIN))
-        self._queue: deque[tuple[bytes, int]] = deque()
+        self._queue: deque[bytes] = deque()  # datagrams waiting, oldest first
+        self._counts: deque[int] = deque()  # the records of each
         self._cond = threading.Condition()
         self._closing = False
         self._deadline = 0.0
@@ -196,6 +199,8 @@ class PacedSender:
         :return: ``n``: ``datagrams[:n]`` were queued; the caller counts the rest as lost
             (they are in :attr:`PacingStats.backlog_dropped` already).
         """
+        if len(records) != len(datagrams):
+            raise ValueError("datagrams and records differ in length")
         st = self.stats
         deadline = self._clock() + wait_s
         n = 0
@@ -205,8 +210,8 @@ class PacedSender:
                 limit = self._wait_limit if left_s > 0 else st.backlog_limit
                 room = 0 if self._closing else max(0, limit - len(self._queue))
                 take = min(room, len(datagrams) - n)
-                self._queue.extend(zip(datagrams[n:n + take], records[n:n + take],
-                                       strict=True))
+                self._queue.extend(datagrams[n:n + take])
+                self._counts.extend(records[n:n + take])
                 n += take
                 st.backlog = len(self._queue)
                 st.backlog_peak = max(st.backlog_peak, st.backlog)
@@ -229,14 +234,14 @@ class PacedSender:
             if batch is None:
                 return
             privileges.follow()
-            self._send_many(batch)
-            self.stats.paced += len(batch)
+            self._send_many(*batch)
+            self.stats.paced += len(batch[0])
 
-    def _each(self, batch: list[tuple[bytes, int]]) -> None:
-        for datagram, count in batch:
+    def _each(self, datagrams: list[bytes], records: list[int]) -> None:
+        for datagram, count in zip(datagrams, records, strict=True):
             self._send(datagram, count)
 
-    def _next_batch(self) -> list[tuple[bytes, int]] | None:
+    def _next_batch(self) -> tuple[list[bytes], list[int]] | None:
         """Wait for datagrams and tokens; ``None`` when closed and done (or out of time)."""
         with self._cond:
             while True:
@@ -255,7 +260,8 @@ class PacedSender:
                     queued = len(self._queue)
                     n = self._bucket.take(queued, now)
                     if n:
-                        batch = [self._queue.popleft() for _ in range(n)]
+                        pop, popc = self._queue.popleft, self._counts.popleft
+                        batch = [pop() for _ in range(n)], [popc() for _ in range(n)]
                         self.stats.backlog = len(self._queue)
                         if self._putters:
                             self._cond.notify_all()  # room for a waiting put()
@@ -292,8 +298,9 @@ class PacedSender:
             self._cond.notify_all()
         self._thread.join()
         with self._cond:
-            left = list(self._queue)
+            left = list(zip(self._queue, self._counts, strict=True))
             self._queue.clear()
+            self._counts.clear()
             self.stats.backlog = 0
         self.stats.backlog_dropped += len(left)
         self.stats.backlog_dropped_records += sum(count for _, count in left)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import socket
 import time
 
@@ -65,18 +64,39 @@ def test_closed_port_counts_cberr_and_never_raises():
     dest.close()
 
 
-def test_full_send_buffer_drops_and_counts_lost_records():
-    class FullSocket(socket.socket):
-        def send(self, data, flags=0):
-            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+def full_socket() -> tuple[socket.socket, socket.socket]:
+    """A connected datagram socket whose peer reads nothing, filled until the kernel says
+    EAGAIN (a real full send buffer: loopback UDP never fills one); ``(socket, peer)``."""
+    sock, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        for _ in range(100_000):
+            sock.send(b"f" * 512)
+    return sock, peer
 
+
+def test_full_send_buffer_drops_and_counts_lost_records():
     dest = UdpDestination("127.0.0.1:9")
     dest.connect()
     dest._sock.close()
-    dest._sock = FullSocket(socket.AF_INET, socket.SOCK_DGRAM)
+    dest._sock, peer = full_socket()
     assert dest.send_batch([b"x", b"y"], [30, 7]) == 0
     s = dest.stats
     assert (s.fail, s.err_sndbuf, s.lost_records, s.packets_ok) == (2, 2, 37, 0)
+    dest.close()
+    peer.close()
+
+
+def test_a_batch_to_a_closed_port_counts_cberr_and_sends_every_datagram():
+    """One sendmmsg per batch: each datagram's ICMP unreachable stops it short, the rest go
+    one per call, so the refusals are still seen (all but the one sendmmsg swallowed)."""
+    dest = UdpDestination(f"127.0.0.1:{free_udp_port()}")
+    dest.connect()
+    assert dest.send_batch([b"x" * 64] * 6, [2] * 6) == 6  # a refusal is retried, and sent
+    dest.poll()
+    assert dest.stats.packets_ok == 6 and dest.stats.fail == 0
+    assert dest.stats.cberr in (5, 6)  # separate sends: 6 (one per datagram on loopback)
+    assert dest.refused and dest.needs_templates
     dest.close()
 
 

@@ -127,7 +127,7 @@ def test_a_backlog_leaves_in_whole_bursts_at_the_rate():
 
     bursts: list[int] = []
     pacer = PacedSender(lambda d, r: True, lambda d, r: None, rate=1000, limit=1000,
-                        send_many=lambda batch: bursts.append(len(batch)))
+                        send_many=lambda d, r: bursts.append(len(d)))
     started = time.monotonic()
     assert pacer.put([b"p"] * 300, [1] * 300) == 300
     pacer.close(timeout=30)
