@@ -10,9 +10,9 @@ owns the fix for one destination:
   no Python object per queued datagram beyond the datagram itself) and a thread that sends
   them, a burst per call, through a callback as tokens allow. The backlog holds at most
   ``limit`` datagrams; :meth:`PacedSender.put` queues a batch up to that and says how
-  many it took (the caller counts the rest as lost, like a full socket buffer). At :meth:`PacedSender.close` the
-  backlog is still sent at the paced rate, up to a deadline; what is left then is reported
-  through the ``lost`` callback. Nothing is dropped uncounted.
+  many it took (the caller counts the rest as lost, like a full socket buffer). At
+  :meth:`PacedSender.close` the backlog is still sent at the paced rate, up to a deadline;
+  what is left then is reported through the ``lost`` callback. Nothing is dropped uncounted.
 
 The callback runs on the pacing thread; the caller makes its socket use thread-safe.
 """
