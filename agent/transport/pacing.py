@@ -177,6 +177,10 @@ class PacedSender:
         #: most datagrams queued while a put() still has time to wait (WAIT_BACKLOG_S)
         self._wait_limit = min(limit, max(self._bucket.burst, int(rate * WAIT_BACKLOG_S),
                                           WAIT_BACKLOG_MIN))
+        #: a waiting put() is woken once the queue is down to this (half its wait limit),
+        #: not after every burst: the encoder then runs a few times a second with a lot of
+        #: room, instead of 1/BURST_S*2 times for half a burst each
+        self._low_water = self._wait_limit // 2
         self._queue: deque[bytes] = deque()  # datagrams waiting, oldest first
         self._counts: deque[int] = deque()  # the records of each
         self._cond = threading.Condition()
@@ -263,7 +267,7 @@ class PacedSender:
                         pop, popc = self._queue.popleft, self._counts.popleft
                         batch = [pop() for _ in range(n)], [popc() for _ in range(n)]
                         self.stats.backlog = len(self._queue)
-                        if self._putters:
+                        if self._putters and len(self._queue) <= self._low_water:
                             self._cond.notify_all()  # room for a waiting put()
                         return batch
                 wait = self._bucket.wait_s(now, want)
