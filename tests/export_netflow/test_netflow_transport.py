@@ -8,7 +8,7 @@ import time
 import pytest
 
 from netflow_agent.transport.udp import EndpointError, UdpDestination, parse_endpoint
-from tests.export_netflow.collect import UdpSink
+from tests.export_netflow.collect import UdpSink, full_socket
 from tests.support.collectors import free_udp_port
 
 
@@ -62,17 +62,6 @@ def test_closed_port_counts_cberr_and_never_raises():
     assert dest.stats.cberr == 5  # one ICMP port unreachable per datagram on loopback
     assert dest.refused and dest.needs_templates
     dest.close()
-
-
-def full_socket() -> tuple[socket.socket, socket.socket]:
-    """A connected datagram socket whose peer reads nothing, filled until the kernel says
-    EAGAIN (a real full send buffer: loopback UDP never fills one); ``(socket, peer)``."""
-    sock, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.setblocking(False)
-    with pytest.raises(BlockingIOError):
-        for _ in range(100_000):
-            sock.send(b"f" * 512)
-    return sock, peer
 
 
 def test_full_send_buffer_drops_and_counts_lost_records():

@@ -12,8 +12,7 @@ import pytest
 
 from netflow_agent._udpsend import CHUNK, send_burst
 from netflow_agent.transport.udp import UdpDestination
-from tests.export_netflow.collect import UdpSink
-from tests.export_netflow.test_netflow_transport import full_socket
+from tests.export_netflow.collect import UdpSink, full_socket
 from tests.support.collectors import free_udp_port
 
 #: socket(7): SO_RCVBUF beyond net.core.rmem_max (not in Python's socket module)
