@@ -150,9 +150,9 @@ class PacedSender:
     destination sends it with one ``sendmmsg``): the rate and the largest burst are the same,
     the thread's wake-ups are about ``burst * 3 / 4`` times fewer than one per datagram, and
     a wake-up up to a quarter burst late loses no tokens to the bucket's cap. (A wake-up of
-    this thread costs far more CPU than the datagrams it sends: at the default rate ~100 µs
-    against ~4 µs per datagram in ``bench/export/final_export.py`` on a 2-vCPU VM; at half a
-    burst per wake-up a paced final export used about twice the CPU.)
+    this thread costs far more CPU than a datagram it sends: ~30-80 µs against ~2-5 µs in
+    ``bench/export/final_export.py`` on a 2-vCPU VM; at half a burst per wake-up the thread
+    used 15-30 % more CPU.)
 
     :param send: ``send(datagram, records) -> bool``, called on the pacing thread.
     :param lost: ``lost(datagram, records)``, called for every datagram still queued at
