@@ -10,7 +10,7 @@ machine). Medians of ``--runs``; the last column is the process's peak RSS growt
 whole bench (``VmHWM`` after minus before the first drain).
 
 Run as root: ``python3 bench/ebpf/drain.py [--runs 5] [--flows 10000 100000] [--maxflows N]
-[--prealloc] [--chunk 16384]``.
+[--prealloc] [--chunk 4096] [--map-type shared]``.
 """
 
 from __future__ import annotations
@@ -47,21 +47,24 @@ def main() -> None:
     ap.add_argument("--prealloc", action="store_true", help="preallocated tables")
     ap.add_argument("--slots", type=int, default=4096,
                     help="per-CPU flow slots (the agent's cpu_slots; 0 = hash only)")
-    ap.add_argument("--chunk", type=int, default=16384, help="rows per drain step")
+    ap.add_argument("--chunk", type=int, default=4096,
+                    help="rows per drain step (the agent's drain_chunk)")
+    ap.add_argument("--map-type", choices=("shared", "percpu"), default="shared",
+                    help="kernel hash type (the agent's map_type)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, Netns() as a, Netns() as b:
         flowgen = build(Path(tmp))
         pair = veth_pair(a, b)
         b.run(["iptables", "-t", "raw", "-A", "PREROUTING", "-p", "udp", "-j", "DROP"])
         loader = Loader(maxflows=args.maxflows, slots=args.slots, prealloc=args.prealloc,
-                        chunk_rows=args.chunk)
+                        chunk_rows=args.chunk, percpu=args.map_type == "percpu")
         chunk = np.empty(args.chunk, RECORD_DTYPE)
         loader.set_active(0)
         attacher = Attacher(loader, "tcx", "ingress")
         with NetnsScope(b.name):
             attacher.attach(pair.b.ifindex, pair.b.ifname)
-        print(f"maxflows {args.maxflows}, prealloc {args.prealloc}, slots {args.slots}, "
-              f"chunk {args.chunk}")
+        print(f"maxflows {args.maxflows}, {args.map_type} map, prealloc {args.prealloc}, "
+              f"slots {args.slots}, chunk {args.chunk}")
         print("| flows | C drain ms | decode ms | total µs/flow | peak RSS growth MB |")
         print("|---|---|---|---|---|")
         hwm0 = vm_hwm_kb()
