@@ -122,6 +122,46 @@ def row_dtype(schema: FlowSchema | None = None) -> np.dtype:
     return RECORD_EXT_DTYPE if kernel_fields(schema or flow_schema()) != (0, 0) else RECORD_DTYPE
 
 
+#: ``OP_*`` of ``struct layout_op`` (_loader.c): how one output column is written
+OP_COPY, OP_INT, OP_TIME, OP_TUNNEL = 0, 1, 2, 3
+#: ``struct layout_head`` then ``struct layout_op`` (8 bytes each)
+_LAYOUT_HEAD = struct.Struct("=II")
+_LAYOUT_OP = struct.Struct("=HHBBBx")
+#: FlowBatch column <- ``struct flow_record`` field, for the base key and the metrics
+_BASE_SOURCES = {"ip_version": "version", "protocol": "proto", "tos": "tos",
+                 "direction": "direction", "in_if": "ifindex", "src_port": "sport",
+                 "dst_port": "dport", "src_addr": "saddr", "dst_addr": "daddr",
+                 "packets": "packets", "octets": "bytes", "tcp_flags": "tcp_flags"}
+
+
+def record_layout(schema: FlowSchema | None = None) -> bytes:
+    """The loader's layout (``struct layout_head`` + ops) that writes a drained flow straight
+    into a row of ``schema``'s record dtype (default: the active one), as :func:`decode_rows`
+    does column by column: the key and metrics, the kernel-filled optional key fields, start
+    and end in wall-clock ns; every other column zero. Pass it to ``drain_next`` with
+    :func:`monotonic_to_wall_offset`."""
+    schema = schema or flow_schema()
+    out, src = schema.record_dtype, RECORD_EXT_DTYPE
+    ops = []
+    for name in (*_BASE_SOURCES, *(n for n in schema.ext_names if n in KERNEL_FIELDS)):
+        dst_type, dst = out.fields[name][:2]
+        if name == "tunnel_id":
+            ops.append((dst, src.fields["tunnel_type"][1], 8, 8, OP_TUNNEL))
+            continue
+        if name.startswith("mpls_label_"):
+            field, extra = src.fields["mpls"], 4 * (int(name.rsplit("_", 1)[1]) - 1)
+            src_type, offset = np.dtype("=u4"), field[1] + extra
+        else:
+            field = src.fields[_BASE_SOURCES.get(name) or _EXT_COPY[name]]
+            src_type, offset = field[0], field[1]
+        kind = OP_COPY if dst_type.kind == "V" else OP_INT
+        ops.append((dst, offset, dst_type.itemsize, src_type.itemsize, kind))
+    for name, field in (("start_ns", "first_ns"), ("end_ns", "last_ns")):
+        ops.append((out.fields[name][1], src.fields[field][1], 8, 8, OP_TIME))
+    return _LAYOUT_HEAD.pack(out.itemsize, len(ops)) + b"".join(
+        _LAYOUT_OP.pack(*op) for op in ops)
+
+
 def decode_records(data: bytes, wall_offset_ns: int,
                    schema: FlowSchema | None = None) -> np.ndarray:
     """:func:`decode_rows` over bytes of drained rows (``Loader.consume()``).
