@@ -83,10 +83,13 @@ static PyObject *raise_errno(int err, const char *what)
  */
 enum { OP_COPY, OP_INT, OP_TIME, OP_TUNNEL, OP_MAX };
 
+_Static_assert(offsetof(struct flow_key, ext) == FLOW_KEY_BASE_SIZE,
+	       "the optional fields follow the base key");
+
 struct layout_op {
 	__u16 dst;		/* offset in the output row */
 	__u16 src;		/* offset in struct flow_record */
-	__u8 dst_width;		/* bytes written: OP_COPY any (<= 64), OP_INT 1/2/4/8, others 8 */
+	__u8 dst_width;		/* bytes written: OP_COPY any, OP_INT 1/2/4/8, others 8 */
 	__u8 src_width;		/* bytes read: OP_COPY = dst_width, OP_INT 1/2/4/8 */
 	__u8 kind;		/* OP_*: copy bytes, unsigned integer (narrowed or widened), a
 				 * monotonic time + wall_offset (u64 -> i64), tunnel_type << 56 |
@@ -189,6 +192,21 @@ static void put_uint(char *p, int width, __u64 v)
 	}
 }
 
+/* memcpy with the widths of the usual copies spelled out: a constant size compiles to plain
+ * moves, where a variable one became `rep movs` (slow to start, most of a row's time) */
+static void copy_bytes(char *dst, const char *src, unsigned int width)
+{
+	switch (width) {
+	case 1: memcpy(dst, src, 1); break;
+	case 2: memcpy(dst, src, 2); break;
+	case 4: memcpy(dst, src, 4); break;
+	case 8: memcpy(dst, src, 8); break;
+	case 16: memcpy(dst, src, 16); break;
+	case 32: memcpy(dst, src, 32); break;
+	default: memcpy(dst, src, width);
+	}
+}
+
 /* Write one row at dst as the call's layout says (self->ops), from a whole flow_record. */
 static void put_columns(const Loader *self, char *dst, const struct flow_record *r)
 {
@@ -201,7 +219,7 @@ static void put_columns(const Loader *self, char *dst, const struct flow_record 
 
 		switch (op->kind) {
 		case OP_COPY:
-			memcpy(dst + op->dst, src + op->src, op->dst_width);
+			copy_bytes(dst + op->dst, src + op->src, op->dst_width);
 			break;
 		case OP_INT:
 			put_uint(dst + op->dst, op->dst_width, get_uint(src + op->src, op->src_width));
@@ -225,8 +243,11 @@ static void put_record(const Loader *self, char *dst, const void *key,
 	if (self->ops) {	/* straight into the caller's columns */
 		struct flow_record r;
 
-		memset(&r.key, 0, sizeof(r.key));
-		memcpy(&r.key, key, self->key_size);
+		memcpy(&r.key, key, FLOW_KEY_BASE_SIZE);
+		memset(&r.key.ext, 0, sizeof(r.key.ext));
+		if (self->key_size > FLOW_KEY_BASE_SIZE)
+			memcpy(&r.key.ext, (const char *)key + FLOW_KEY_BASE_SIZE,
+			       self->key_size - FLOW_KEY_BASE_SIZE);
 		r.m = *m;
 		if (r.key.ip_version == 4) {
 			memset(r.key.saddr + 4, 0, sizeof(r.key.saddr) - 4);

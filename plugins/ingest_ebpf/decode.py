@@ -158,8 +158,27 @@ def record_layout(schema: FlowSchema | None = None) -> bytes:
         ops.append((dst, offset, dst_type.itemsize, src_type.itemsize, kind))
     for name, field in (("start_ns", "first_ns"), ("end_ns", "last_ns")):
         ops.append((out.fields[name][1], src.fields[field][1], 8, 8, OP_TIME))
+    ops = _merged(ops)
     return _LAYOUT_HEAD.pack(out.itemsize, len(ops)) + b"".join(
         _LAYOUT_OP.pack(*op) for op in ops)
+
+
+def _merged(ops: list[tuple[int, int, int, int, int]]) -> list[tuple[int, int, int, int, int]]:
+    """``ops`` with same-width integers as byte copies, and copies that continue each other
+    in both rows as one (the base key's 14 columns become 5 copies: half the loader's work
+    per row)."""
+    out: list[tuple[int, int, int, int, int]] = []
+    for dst, src, dst_width, src_width, kind in ops:
+        if kind == OP_INT and dst_width == src_width:
+            kind = OP_COPY
+        if out and kind == OP_COPY and out[-1][4] == OP_COPY:
+            last = out[-1]
+            if last[0] + last[2] == dst and last[1] + last[2] == src:
+                width = last[2] + dst_width
+                out[-1] = (last[0], last[1], width, width, OP_COPY)
+                continue
+        out.append((dst, src, dst_width, src_width, kind))
+    return out
 
 
 def decode_records(data: bytes, wall_offset_ns: int,
