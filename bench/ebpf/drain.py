@@ -35,13 +35,13 @@ from netflow_agent.model import FlowBatch  # noqa: E402
 from netflow_agent.netns import NetnsScope  # noqa: E402
 from netflow_agent.plugins.ingest_ebpf._loader import Loader  # noqa: E402
 from netflow_agent.plugins.ingest_ebpf.attach import Attacher  # noqa: E402
+from netflow_agent.plugins.ingest_ebpf.component import StepBuffers  # noqa: E402
 from netflow_agent.plugins.ingest_ebpf.decode import (  # noqa: E402
     RECORD_DTYPE,
     decode_rows,
     monotonic_to_wall_offset,
     record_layout,
 )
-from netflow_agent.schema import active  # noqa: E402
 from netflow_agent.stages.cache import CacheConfig, FlowCache  # noqa: E402
 from tests.support.flowgen import Flood, build  # noqa: E402
 from tests.support.netns import Netns, veth_pair  # noqa: E402
@@ -106,11 +106,11 @@ def drain(loader: Loader, chunk: int, decode: str,
     got, more = 0, True
     loader.drain_begin(0)
     offset = monotonic_to_wall_offset()
-    layout, rows_buf = record_layout(), np.empty(chunk, RECORD_DTYPE)
+    layout, rows_buf, buffers = record_layout(), np.empty(chunk, RECORD_DTYPE), StepBuffers(chunk)
     while more:
         t0 = time.thread_time()
         if decode == "loader":
-            flows = np.empty(chunk, active().record_dtype)
+            flows = buffers.take()  # the agent's reused step arrays
             rows, err, more = loader.drain_next(flows, layout, offset)
             t1 = time.thread_time()
             flows = flows[:rows]
