@@ -71,8 +71,8 @@ FLIP_GRACE_S = 0.005
 PRESSURE_CHECK_S = 0.1
 
 
-#: drain-step record arrays kept for reuse (drain_chunk x the record size each: 400 KB at the
-#: defaults); the main thread merges one step while the next is drained
+#: drain-step record arrays a drain keeps for reuse (drain_chunk x the record size each: 400 KB
+#: at the defaults); the main thread merges one step while the next is drained
 STEP_BUFFERS = 3
 
 
@@ -85,7 +85,7 @@ class StepBuffers:
     its time in W3. An array in the pool is handed out again only when nothing but the pool
     refers to it: a batch still queued or being merged keeps its step's array (and a view of
     it keeps it too), so no emitted flow is ever overwritten. CPython's reference count makes
-    that check exact under the GIL.
+    that check exact under the GIL. One pool per drain: an idle agent keeps no array.
     """
 
     __slots__ = ("_rows", "_pool")
@@ -141,7 +141,6 @@ class EbpfIngest(Ingest):
         self._last_rescan_error = ""
         self._thread: threading.Thread | None = None
         self._layout: bytes | None = None  # the loader's layout of a FlowBatch row
-        self._buffers = StepBuffers(config.drain_chunk)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -408,11 +407,12 @@ class EbpfIngest(Ingest):
         if self._layout is None:  # the [flow] schema is fixed for the run: so is the layout
             self._layout = record_layout()
         chunk = self.config.drain_chunk
+        buffers = StepBuffers(chunk)  # for this drain only: nothing is kept while idle
         assert self.context is not None
         self.loader.drain_begin(index)
         drained, more = 0, True
         while more:
-            flows = self._buffers.take()  # the loader writes every byte of its rows
+            flows = buffers.take()  # the loader writes every byte of its rows
             rows, err, more = self.loader.drain_next(flows, self._layout, offset)
             if err:  # the rows it deleted are in `flows`; what is left is drained next time
                 self.stats["drain_errors"] += 1
