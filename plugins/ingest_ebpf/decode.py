@@ -141,26 +141,32 @@ def record_layout(schema: FlowSchema | None = None) -> bytes:
     and end in wall-clock ns; every other column zero. Pass it to ``drain_next`` with
     :func:`monotonic_to_wall_offset`."""
     schema = schema or flow_schema()
-    out, src = schema.record_dtype, RECORD_EXT_DTYPE
+    out = schema.record_dtype
     ops = []
     for name in (*_BASE_SOURCES, *(n for n in schema.ext_names if n in KERNEL_FIELDS)):
-        dst_type, dst = out.fields[name][:2]
+        dst_type, dst = _field(out, name)
         if name == "tunnel_id":
-            ops.append((dst, src.fields["tunnel_type"][1], 8, 8, OP_TUNNEL))
+            ops.append((dst, _field(RECORD_EXT_DTYPE, "tunnel_type")[1], 8, 8, OP_TUNNEL))
             continue
         if name.startswith("mpls_label_"):
-            field, extra = src.fields["mpls"], 4 * (int(name.rsplit("_", 1)[1]) - 1)
-            src_type, offset = np.dtype("=u4"), field[1] + extra
+            entry = 4 * (int(name.rsplit("_", 1)[1]) - 1)
+            src_type, src = np.dtype("=u4"), _field(RECORD_EXT_DTYPE, "mpls")[1] + entry
         else:
-            field = src.fields[_BASE_SOURCES.get(name) or _EXT_COPY[name]]
-            src_type, offset = field[0], field[1]
+            src_type, src = _field(RECORD_EXT_DTYPE, _BASE_SOURCES.get(name) or _EXT_COPY[name])
         kind = OP_COPY if dst_type.kind == "V" else OP_INT
-        ops.append((dst, offset, dst_type.itemsize, src_type.itemsize, kind))
-    for name, field in (("start_ns", "first_ns"), ("end_ns", "last_ns")):
-        ops.append((out.fields[name][1], src.fields[field][1], 8, 8, OP_TIME))
+        ops.append((dst, src, dst_type.itemsize, src_type.itemsize, kind))
+    for name, kernel in (("start_ns", "first_ns"), ("end_ns", "last_ns")):
+        ops.append((_field(out, name)[1], _field(RECORD_EXT_DTYPE, kernel)[1], 8, 8, OP_TIME))
     ops = _merged(ops)
     return _LAYOUT_HEAD.pack(out.itemsize, len(ops)) + b"".join(
         _LAYOUT_OP.pack(*op) for op in ops)
+
+
+def _field(dtype: np.dtype, name: str) -> tuple[np.dtype, int]:
+    """A structured dtype's field ``name``: its type and byte offset."""
+    fields = dtype.fields
+    assert fields is not None, dtype
+    return fields[name][0], fields[name][1]
 
 
 def _merged(ops: list[tuple[int, int, int, int, int]]) -> list[tuple[int, int, int, int, int]]:
