@@ -16,7 +16,8 @@
  *             half the table), then once each again: prints "new existing", the mean ns per
  *             run of each pass (one run per test-run call: subtract `--empty OBJECT 1`);
  *             exits 1 unless the tables hold all 2 x FLOWS packets with 0 < first <= last;
- *             STEADY 1: the table filled and emptied once first, flows in a shuffled order
+ *             STEADY 1: the table filled and emptied once first, flows in a shuffled order;
+ *             exits 1 as well unless the early-drain fill count and signal are right
  *
  * FRAG_TRACK (0/1), DECAP (TUNNEL_* bits) and KEEP_OUTER (0/1) set the knobs of
  * [cache] fragments = "track", decapsulate and keep_outer; FRAME is 0 for the plain UDP frame,
@@ -256,6 +257,55 @@ static unsigned int *shuffled(unsigned int n)
 	return order;
 }
 
+/* Hash inserts the program counted in flow_stats (CNT_HASH_NEW, summed over the CPUs). */
+static long long hash_inserts(struct flow_bpf *skel)
+{
+	int ncpu = libbpf_num_possible_cpus();
+	struct flow_counters c[ncpu];
+	__u32 zero = 0;
+	long long n = 0;
+
+	if (bpf_map_lookup_elem(bpf_map__fd(skel->maps.flow_stats), &zero, c))
+		return -1;
+	for (int i = 0; i < ncpu; i++)
+		n += c[i].v[CNT_HASH_NEW];
+	return n;
+}
+
+static int count_signal(void *ctx, void *data, size_t size)
+{
+	(void)data, (void)size;
+	++*(int *)ctx;
+	return 0;
+}
+
+/* The early-drain trigger after `inserted` hash inserts into table 0 since it was emptied:
+ * its shared count is off by less than FILL_STEP (64) per CPU (a CPU adds 64 at every 64th
+ * insert of its own since load; exact for thresholds below 4096), and the program signalled the drain iff the count reached the threshold. */
+static int check_fill(struct flow_bpf *skel, long long inserted, unsigned long long threshold)
+{
+	long long slack = threshold >= 64 * 64 ? 64LL * libbpf_num_possible_cpus() : 1;
+	struct ring_buffer *rb;
+	struct flow_fill fill;
+	__u32 zero = 0;
+	int signals = 0;
+
+	if (bpf_map_lookup_elem(bpf_map__fd(skel->maps.flow_fill), &zero, &fill))
+		return perror("read the fill count"), 1;
+	rb = ring_buffer__new(bpf_map__fd(skel->maps.fill_signal), count_signal, &signals, NULL);
+	if (!rb || ring_buffer__consume(rb) < 0)
+		return perror("read the fill signal"), 1;
+	ring_buffer__free(rb);
+	if ((long long)fill.inserts >= inserted + slack ||
+	    (long long)fill.inserts <= inserted - slack ||
+	    (signals > 0) != (fill.inserts >= threshold)) {
+		fprintf(stderr, "fill count %llu after %lld inserts (threshold %llu): %d signals\n",
+			(unsigned long long)fill.inserts, inserted, threshold, signals);
+		return 1;
+	}
+	return 0;
+}
+
 /* Each of `flows` flows run once, twice over: the mean ns per run of the pass that inserts
  * them (new flows) and of the pass that finds them (existing flows). Fails unless the tables
  * then hold every run's packet with sane times. `steady`: the table was filled and emptied
@@ -268,6 +318,7 @@ static int run_new(unsigned int slots, unsigned int maxflows, unsigned int flows
 	struct flow_bpf *skel = flow_bpf__open();
 	double pass[2] = { 0, 0 }, ns;
 	unsigned int *order = shuffled(flows);
+	long long before;
 	int fd;
 
 	if (!skel)
@@ -300,13 +351,25 @@ static int run_new(unsigned int slots, unsigned int maxflows, unsigned int flows
 		    zero_entries(bpf_map__fd(skel->maps.flow_fill), 1, sizeof(struct flow_fill)))
 			return perror("drain the table"), 1;
 	}
-	for (int p = 0; p < 2; p++)
+	if (steady) {			/* the churn's signal, if any, was the drain's */
+		struct ring_buffer *rb = ring_buffer__new(bpf_map__fd(skel->maps.fill_signal),
+							  count_signal, &(int){ 0 }, NULL);
+
+		if (!rb || ring_buffer__consume(rb) < 0)
+			return perror("read the fill signal"), 1;
+		ring_buffer__free(rb);
+	}
+	before = hash_inserts(skel);
+	for (int p = 0; p < 2; p++) {
 		for (unsigned int f = 0; f < flows; f++) {
 			ns = test_run_frame(fd, steady ? order[f] : f, 1, 5);
 			if (ns < 0)
 				return perror("BPF_PROG_TEST_RUN"), 1;
 			pass[p] += ns;
 		}
+		if (p == 0 && check_fill(skel, hash_inserts(skel) - before, maxflows / 2))
+			return 1;
+	}
 	free(order);
 	if (table_packets(skel, percpu) != 2LL * flows) {
 		fprintf(stderr, "accounting: %lld packets in the tables, %u runs\n",

@@ -666,8 +666,9 @@ static __always_inline void request_drain(struct flow_fill *fill, __u32 table)
  * inserts in steps of FILL_STEP: an atomic add is a full barrier that waits for the new
  * element's stores (cache misses in a large table) to complete, 60-90 ns per new flow
  * (docs/performance.md, "The tc program's cost per packet, second pass"). The shared count
- * then trails the true one by less than FILL_STEP per CPU; thresholds below FILL_STEP * 64
- * (small test tables) count every insert. A plain atomic add (no fetch: kernels before 5.12)
+ * is then off by less than FILL_STEP per CPU (a CPU adds FILL_STEP at every FILL_STEP-th
+ * insert of its own since load, whichever table); thresholds below FILL_STEP * 64 (small
+ * tables) count every insert. A plain atomic add (no fetch: kernels before 5.12)
  * and a read: a threshold crossed by two CPUs at once is still seen. `cnt` is this CPU's
  * counters, CNT_HASH_NEW already counting this insert.
  */
