@@ -42,6 +42,7 @@ from netflow_agent.plugins.ingest_ebpf.decode import (  # noqa: E402
     monotonic_to_wall_offset,
     record_layout,
 )
+from netflow_agent.schema import active as flow_schema  # noqa: E402
 from netflow_agent.stages.cache import CacheConfig, FlowCache  # noqa: E402
 from tests.support.flowgen import Flood, build  # noqa: E402
 from tests.support.netns import Netns, veth_pair  # noqa: E402
@@ -106,7 +107,8 @@ def drain(loader: Loader, chunk: int, decode: str,
     got, more = 0, True
     loader.drain_begin(0)
     offset = monotonic_to_wall_offset()
-    layout, rows_buf, buffers = record_layout(), np.empty(chunk, RECORD_DTYPE), StepBuffers(chunk)
+    layout, rows_buf = record_layout(), np.empty(chunk, RECORD_DTYPE)
+    buffers = StepBuffers(chunk, flow_schema().record_dtype)  # what record_layout() writes
     while more:
         t0 = time.thread_time()
         if decode == "loader":

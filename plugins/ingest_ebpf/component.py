@@ -85,24 +85,52 @@ class StepBuffers:
     its time in W3. An array in the pool is handed out again only when nothing but the pool
     refers to it: a batch still queued or being merged keeps its step's array (and a view of
     it keeps it too), so no emitted flow is ever overwritten. CPython's reference count makes
-    that check exact under the GIL. One pool per drain: an idle agent keeps no array.
+    that check exact under the GIL. How many references a free array shows is measured once
+    (:data:`FREE_REFS`): interpreters differ in the references a call takes (CPython 3.14
+    borrows where 3.11 counts), and where a held array cannot be told from a free one (or
+    without a GIL) every step gets a new array. One pool per drain: an idle agent keeps none.
     """
 
-    __slots__ = ("_rows", "_pool")
+    __slots__ = ("_rows", "_dtype", "_pool")
 
-    def __init__(self, rows: int):
+    def __init__(self, rows: int, dtype: np.dtype):
         self._rows = rows
+        self._dtype = dtype
         self._pool: list[np.ndarray] = []
 
     def take(self) -> np.ndarray:
-        """A ``rows``-row array of the active schema's record dtype, contents undefined."""
-        for buf in self._pool:
-            if sys.getrefcount(buf) <= 3:  # the pool's list, `buf`, getrefcount's argument
-                return buf
-        buf = np.empty(self._rows, flow_schema().record_dtype)
-        if len(self._pool) < STEP_BUFFERS:
+        """A ``rows``-row array of ``dtype``, contents undefined."""
+        if FREE_REFS:
+            for buf, refs in zip(self._pool, _refcounts(self._pool), strict=True):
+                if refs <= FREE_REFS:
+                    return buf
+        buf = np.empty(self._rows, self._dtype)
+        if FREE_REFS and len(self._pool) < STEP_BUFFERS:
             self._pool.append(buf)
         return buf
+
+
+def _refcounts(pool: list[np.ndarray]) -> list[int]:
+    """Each pooled array's reference count as this function sees it (the pool's own reference
+    and those of the call included): StepBuffers.take and the calibration both use it."""
+    return [sys.getrefcount(buf) for buf in pool]
+
+
+def _free_refs() -> int:
+    """What :func:`_refcounts` shows for an array only the pool holds, once a view of it is
+    seen to add exactly one; 0 (no reuse) otherwise, or when the GIL is off."""
+    if not getattr(sys, "_is_gil_enabled", lambda: True)():
+        return 0
+    pool = [np.empty(1)]
+    free = _refcounts(pool)[0]
+    view = pool[0][:]
+    held = _refcounts(pool)[0]
+    del view
+    return free if held == free + 1 and _refcounts(pool)[0] == free else 0
+
+
+#: StepBuffers' count of a free array on this interpreter (0: step arrays are not reused)
+FREE_REFS = _free_refs()
 
 
 class EbpfIngest(Ingest):
@@ -141,6 +169,7 @@ class EbpfIngest(Ingest):
         self._last_rescan_error = ""
         self._thread: threading.Thread | None = None
         self._layout: bytes | None = None  # the loader's layout of a FlowBatch row
+        self._record_dtype: np.dtype = np.dtype([])  # the rows that layout writes
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -405,9 +434,10 @@ class EbpfIngest(Ingest):
         :func:`~.decode.record_layout`, times in wall-clock ns) and emitted at once; returns
         the rows emitted."""
         if self._layout is None:  # the [flow] schema is fixed for the run: so is the layout
-            self._layout = record_layout()
+            schema = flow_schema()  # the rows and the layout from one schema
+            self._layout, self._record_dtype = record_layout(schema), schema.record_dtype
         chunk = self.config.drain_chunk
-        buffers = StepBuffers(chunk)  # for this drain only: nothing is kept while idle
+        buffers = StepBuffers(chunk, self._record_dtype)  # this drain's: none kept while idle
         assert self.context is not None
         self.loader.drain_begin(index)
         drained, more = 0, True

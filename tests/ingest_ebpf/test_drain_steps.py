@@ -8,7 +8,15 @@ drain, and a batch the cache is done with gives its array back.
 
 from __future__ import annotations
 
-from netflow_agent.plugins.ingest_ebpf.component import STEP_BUFFERS, StepBuffers
+import numpy as np
+
+from netflow_agent.api import flow_schema
+from netflow_agent.plugins.ingest_ebpf.component import (
+    FREE_REFS,
+    STEP_BUFFERS,
+    StepBuffers,
+    _refcounts,
+)
 from tests.ingest_ebpf.test_drain_failures import FailingLoader, batches, ingest_with
 
 
@@ -34,7 +42,7 @@ def test_an_array_is_reused_once_its_batch_is_dropped():
     """Within one drain, a step whose batch the cache is done with (dropped) gives its array
     to a later step: 6 steps consumed one by one use a single array; the pool never holds
     more than STEP_BUFFERS."""
-    buffers = StepBuffers(64)
+    buffers = StepBuffers(64, flow_schema().record_dtype)
     seen = set()
     for _ in range(6):
         flows = buffers.take()
@@ -45,3 +53,13 @@ def test_an_array_is_reused_once_its_batch_is_dropped():
     held = [buffers.take() for _ in range(STEP_BUFFERS + 2)]  # none given back: all new
     assert len({a.ctypes.data for a in held}) == STEP_BUFFERS + 2
     assert len(buffers._pool) == STEP_BUFFERS
+
+
+def test_reuse_is_calibrated_to_this_interpreters_reference_counts():
+    """FREE_REFS is what a pool-only array shows here; one view more is seen as held."""
+    assert FREE_REFS > 0  # CPython with a GIL: reuse is on
+    pool = [np.empty(4)]
+    assert _refcounts(pool) == [FREE_REFS]
+    view = pool[0][1:]
+    assert _refcounts(pool) == [FREE_REFS + 1]
+    del view
