@@ -1,6 +1,9 @@
 """Flow index micro-benchmark: CPU ns per key and memory per flow, C FlowIndex vs a dict.
 
-Usage: ``python bench/cache/bench_flowindex.py [--runs 3] [--flows 100000 1000000]``
+Usage: ``python bench/cache/bench_flowindex.py [--runs 3] [--flows 100000 1000000] [--impl FlowIndex]``
+
+The index measured is the one the running interpreter imports: run it with another checkout's
+``.venv/bin/python`` to measure that checkout's ``FlowIndex`` (before/after, alternating).
 
 For each flow count N, in a fresh child process per run and implementation:
 
@@ -124,11 +127,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--flows", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--impl", nargs="+", choices=("FlowIndex", "dict"),
+                    default=["FlowIndex", "dict"], help="what to measure (default: both)")
     args = ap.parse_args()
     print(f"{'flows':>9} {'impl':<9} {'insert ns/key':>13} {'find ns/key':>11} "
           f"{'remove ns/key':>13} {'RSS B/flow':>10}  (median of {args.runs} runs, CPU time)")
     for flows in args.flows:
-        for impl in ("FlowIndex", "dict"):
+        for impl in args.impl:
             runs = [measure(impl, flows) for _ in range(args.runs)]
             med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
             extra = (f"  memory_bytes() {med['memory_bytes_per_flow']:.0f} B/flow"
