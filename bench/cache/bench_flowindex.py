@@ -1,6 +1,8 @@
 """Flow index micro-benchmark: CPU ns per key and memory per flow, C FlowIndex vs a dict.
 
-Usage: ``python bench/cache/bench_flowindex.py [--runs 3] [--flows 100000 1000000] [--impl FlowIndex]``
+Usage::
+
+    python bench/cache/bench_flowindex.py [--runs 3] [--flows 100000 1000000] [--impl FlowIndex]
 
 The index measured is the one the running interpreter imports: run it with another checkout's
 ``.venv/bin/python`` to measure that checkout's ``FlowIndex`` (before/after, alternating).
