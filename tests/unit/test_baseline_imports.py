@@ -46,9 +46,11 @@ def test_plugin_discovery_does_not_load_importlib_metadata() -> None:
 
 #: loaded only by an agent that uses them (docs/performance.md, "Agent memory: a smaller flow
 #: index and lazy imports"): the NFLOG ingest's socket, decoder and rule code (~0.7 MB for an
-#: agent without [[ingest.nflog]]), difflib (a configuration typo's suggestion, ~0.2 MB)
-LAZY = ("netflow_agent.plugins.ingest_nflog.netlink", "netflow_agent.plugins.ingest_nflog.rules",
-        "netflow_agent.plugins.ingest_nflog.decoders", "difflib")
+#: agent without [[ingest.nflog]]), the IPFIX encoders and transports (~0.3 MB without
+#: [[export.ipfix]]), difflib (a configuration typo's suggestion, ~0.2 MB)
+LAZY = tuple(f"netflow_agent.plugins.ingest_nflog.{m}" for m in ("netlink", "rules", "decoders")
+             ) + tuple(f"netflow_agent.plugins.export_ipfix.{m}"
+                       for m in ("ipfix", "options", "nel", "file", "spool", "tcp")) + ("difflib",)
 
 STARTED = """
 import json, sys
@@ -68,12 +70,13 @@ print(json.dumps({"seen": sorted(names.seen), "modules": sorted(sys.modules)}))
 
 
 def test_components_load_what_only_their_instances_need_lazily() -> None:
-    """Registering every built-in type (what every agent does) leaves the NFLOG ingest's
-    internals and difflib out; its class is still the registered factory."""
+    """Registering every built-in type (what every agent does) leaves the NFLOG ingest's and
+    the IPFIX exporter's internals and difflib out; their classes are still the factories."""
     out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
                          check=True, timeout=120)
     modules = set(json.loads(out.stdout)["modules"])
-    assert "netflow_agent.plugins.ingest_nflog.component" in modules
+    assert {"netflow_agent.plugins.ingest_nflog.component",
+            "netflow_agent.plugins.export_ipfix.component"} <= modules
     assert not set(LAZY) & modules, "imported at start"
 
 
