@@ -16,6 +16,9 @@ For each flow count N, in a fresh child process per run and implementation:
 * ``remove``: then every key out again as a forced scan at stop takes them: the lowest
   16,384 slots (``occupied(16384)``) removed at a time until the index is empty (the dict:
   ``del`` per key). CPU time per key.
+* ``remove_random`` (``FlowIndex`` only): the keys inserted again and removed in a random
+  order, 8,192 slots per call, as timeouts take flows from anywhere in the table (the freed
+  slots scattered, then reused lowest first by the next inserts).
 * memory: RSS growth from just before the first insert to after the last, divided by N.
 
 Implementations, side by side in the same run:
@@ -108,6 +111,12 @@ if IMPL != "dict":
     while len(fi):
         fi.remove(fi.occupied(16384))
     out["remove_ns"] = (time.process_time() - t) / N * 1e9
+    run()
+    order = np.random.default_rng(2).permutation(N).astype(np.int64)
+    t = time.process_time()
+    for i in range(0, N, 8192):
+        fi.remove(order[i:i + 8192].copy())
+    out["remove_random_ns"] = (time.process_time() - t) / N * 1e9
 else:
     t = time.process_time()
     for k in table_keys:
@@ -138,7 +147,8 @@ def main() -> None:
         for impl in args.impl:
             runs = [measure(impl, flows) for _ in range(args.runs)]
             med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-            extra = (f"  memory_bytes() {med['memory_bytes_per_flow']:.0f} B/flow"
+            extra = (f"  memory_bytes() {med['memory_bytes_per_flow']:.0f} B/flow, "
+                     f"remove_random {med['remove_random_ns']:.0f} ns/key"
                      if "memory_bytes_per_flow" in med else "")
             print(f"{flows:>9,} {impl:<9} {med['insert_ns']:>13.0f} {med['find_ns']:>11.0f} "
                   f"{med['remove_ns']:>13.0f} {med['rss_per_flow']:>10.0f}{extra}")
