@@ -16,6 +16,9 @@ build directory, never into the source tree (except the ``.so`` of an editable i
 ``netflow_agent._flowindex`` (``agent/_flowindex.c``, the flow cache's key -> slot hash index) is
 plain C over the Python API and is required: the cache has no Python fallback, so a C compiler
 and the Python headers are needed to install (gcc and python3-dev in scripts/setup.sh).
+``netflow_agent._udpsend`` (``agent/_udpsend.c``, a burst of export datagrams in one
+``sendmmsg(2)`` call with the GIL released) is required in the same way: the UDP destinations
+send through it.
 
 ``netflow_agent.plugins.ingest_nflog._nflog`` (the NFLOG decoder's per-packet loop) is a plain
 optional extension without a build step of its own; without a compiler ``ingest.nflog`` uses its
@@ -83,6 +86,11 @@ setup(
         Extension(  # the flow cache's key index; plain C over the Python API, required
             "netflow_agent._flowindex",
             sources=["agent/_flowindex.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra"],
+        ),
+        Extension(  # a burst of UDP datagrams in one sendmmsg(2); plain C, required
+            "netflow_agent._udpsend",
+            sources=["agent/_udpsend.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra"],
         ),
         Extension(

@@ -10,6 +10,14 @@ follows ipt_NETFLOW's behaviour and statistics (README "HOW TO READ STAT", ``soc
   through ``SO_ERROR``; each one is counted as ``cberr`` (ip(7), udp(7) "Error handling");
 * the socket is **non-blocking**: ``EAGAIN``/``EWOULDBLOCK`` (send buffer full) and
   ``ENOBUFS`` drop that datagram, count it as ``err_sndbuf`` and its records as lost;
+* a batch of datagrams (an unpaced export part, a paced burst) leaves through
+  ``sendmmsg(2)`` (:func:`netflow_agent._udpsend.send_burst`, the GIL released): one syscall
+  for the batch while the kernel takes every datagram. Each datagram's outcome is still
+  counted on its own: one the kernel refuses is counted as a lone ``send`` would be (and
+  ``ECONNREFUSED`` retried once); when the kernel stops short after taking some (sendmmsg
+  drops that error), the rest of the batch goes one datagram per call, so every later error
+  is seen. Only the ICMP unreachable that stopped such a call short is consumed unseen by
+  the kernel: ``cberr`` may count one fewer per batch than separate sends would;
 * a destination that cannot be connected (no route, address not yet configured) is retried
   at most once per ``retry_interval_ns``; every failed attempt is counted;
 * the send-queue fill is read with the ``SIOCOUTQ`` ioctl (= ``TIOCOUTQ``, 0x5411) after each
@@ -34,6 +42,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
+import os
 import socket
 import struct
 import threading
@@ -41,6 +50,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
+from netflow_agent._udpsend import send_burst
 from netflow_agent.transport.pacing import (
     DEFAULT_BACKLOG,
     DEFAULT_FLUSH_S,
@@ -298,11 +308,11 @@ class UdpDestination:
                 for datagram, count in zip(datagrams[queued:], records[queued:], strict=True):
                     self._lost(count, datagram)
             return queued
-        sent = 0
-        for datagram, count in zip(datagrams, records, strict=True):
-            sent += self._send_one(datagram, count)
+        if len(datagrams) != len(records):
+            raise ValueError("datagrams and records differ in length")
+        lost = self._send_many(datagrams, records)
         self._sample_fill()
-        return sent
+        return len(datagrams) - len(lost)
 
     def _send_one(self, datagram: bytes, records: int) -> bool:
         sock = self._sock
@@ -316,12 +326,64 @@ class UdpDestination:
                 self._count_cberr()
                 continue
             except OSError as exc:
-                return self._send_error(exc, records, datagram)
+                return self._send_error(exc.errno or 0, records, datagram)
             stats = self.stats
             stats.packets_ok += 1
             stats.bytes_ok += len(datagram)
             return True
         return self._lost(records, datagram)
+
+    def _send_many(self, datagrams: Sequence[bytes], records: Sequence[int]) -> list[int]:
+        """Send datagrams in order with as few ``sendmmsg`` calls as the kernel allows; count
+        every datagram's outcome as :meth:`_send_one` does (the caller holds the lock when
+        paced). :return: the indexes of the datagrams lost, in order."""
+        lost: list[int] = []
+        stats = self.stats
+        pos, end = 0, len(datagrams)
+        refused = 0  # ECONNREFUSED answers for datagrams[pos] (a pending one is retried once)
+        single = False  # the kernel stopped short or refused one: one per call from here
+        while pos < end:
+            sock = self._sock
+            if sock is None and not self.maybe_reconnect():
+                self._lost(records[pos], datagrams[pos])
+                lost.append(pos)
+                pos += 1
+                continue
+            assert self._sock is not None
+            count = 1 if single else end - pos
+            try:
+                sent, err = send_burst(self._sock.fileno(), datagrams, pos, count)
+            except TypeError:  # not bytes-like: find which one per call, lose only that one
+                if not single:
+                    single = True
+                    continue
+                self._log.error("%s: datagram of type %s is not bytes-like: counted lost",
+                                self.endpoint, type(datagrams[pos]).__name__)
+                self._lost(records[pos], datagrams[pos])
+                lost.append(pos)
+                pos += 1
+                continue
+            if sent:
+                stats.packets_ok += sent
+                stats.bytes_ok += sum(map(len, datagrams[pos:pos + sent]))
+                pos += sent
+                refused = 0
+            single = single or bool(err)  # the next ones would likely fail at once too
+            if err == errno.ECONNREFUSED:
+                self._count_cberr()
+                refused += 1
+                if refused < 2:
+                    continue
+                self._lost(records[pos], datagrams[pos])
+            elif err:
+                self._send_error(err, records[pos], datagrams[pos])
+            else:
+                single = single or sent < count
+                continue
+            lost.append(pos)
+            pos += 1
+            refused = 0
+        return lost
 
     def _paced_send(self, datagram: bytes, records: int) -> bool:
         """The pacing thread's send: one datagram, under the socket lock."""
@@ -332,14 +394,14 @@ class UdpDestination:
             self._late_loss(datagram, records)
         return ok
 
-    def _paced_send_many(self, batch: list[tuple[bytes, int]]) -> None:
-        """The pacing thread's send of one burst: the socket lock taken and the send-queue
-        fill sampled once per burst, not per datagram."""
+    def _paced_send_many(self, datagrams: list[bytes], records: list[int]) -> None:
+        """The pacing thread's send of one burst: one ``sendmmsg`` (while the kernel takes
+        them all), the socket lock taken and the send-queue fill sampled once per burst."""
         with self._lock:
-            failed = [(d, n) for d, n in batch if not self._send_one(d, n)]
+            failed = self._send_many(datagrams, records)
             self._sample_fill()
-        for datagram, records in failed:
-            self._late_loss(datagram, records)
+        for i in failed:
+            self._late_loss(datagrams[i], records[i])
 
     def _paced_lost(self, datagram: bytes, records: int) -> None:
         """A datagram still in the backlog when the flush time ran out at close."""
@@ -352,12 +414,12 @@ class UdpDestination:
         if self._on_late_loss is not None:
             self._on_late_loss(datagram, records)
 
-    def _send_error(self, exc: OSError, records: int, datagram: bytes) -> bool:
-        if exc.errno in _DROP_ERRNOS:
+    def _send_error(self, err: int, records: int, datagram: bytes) -> bool:
+        if err in _DROP_ERRNOS:
             self.stats.err_sndbuf += 1
         else:
             self.stats.err_other += 1
-            self._log.debug("%s: send failed: %s", self.endpoint, exc)
+            self._log.debug("%s: send failed: %s", self.endpoint, os.strerror(err))
         return self._lost(records, datagram)
 
     def _lost(self, records: int, datagram: bytes) -> bool:

@@ -285,7 +285,12 @@ class _MessageBuilder:
         template = group.template
         fixed = template.record_length
         i, n = 0, len(records)
+        block = memoryview(join_records(records)) if fixed else None
         while i < n:
+            if block is not None and not self.parts:  # whole messages in a tight loop
+                i = self._full_messages(template, block, i, n)
+                if i >= n:
+                    break
             self.begin_message()
             self.ensure_announced(template, fixed or len(records[i]))
             j = self._fit(records, i, fixed)
@@ -299,6 +304,41 @@ class _MessageBuilder:
             i = j
             if i < n:  # the next record did not fit: nor does it in a new set here
                 self.flush()
+
+    def _full_messages(self, template: Template, block: memoryview, i: int, n: int) -> int:
+        """From a fresh message on, close the messages that hold only one full data set of
+        ``template``'s fixed-length records and are followed by more of them: the bytes
+        :meth:`add_set` and :meth:`flush` would write, without their per-message
+        bookkeeping. Stops where a template (first use, refresh) is due. :return: the next
+        record's index."""
+        s, fixed = self.session, template.record_length
+        if template.template_id not in s.announced or s.refresh_due(self.now_ns):
+            return i
+        k = max(self.room() - SET_HEADER.size - 3, 0) // fixed  # as _fit: worst-case pad
+        if not k:
+            return i
+        count = (n - i - 1) // k  # only messages the slow path would close too
+        if s.refresh_packets:
+            count = min(count, s.refresh_packets - s.messages_since_templates)
+        body = k * fixed
+        pad = _pad(SET_HEADER.size + body)
+        length = HEADER.size + SET_HEADER.size + body + pad
+        set_head = SET_HEADER.pack(template.template_id, SET_HEADER.size + body + pad)
+        tail = bytes(pad)
+        seq, odid, export_time = s.sequence, s.observation_domain_id, self.export_time
+        append, pack = self.out.append, HEADER.pack
+        for _ in range(max(count, 0)):
+            append(Message(b"".join((pack(VERSION, length, export_time, seq, odid), set_head,
+                                     block[i * fixed:i * fixed + body], tail)), k))
+            seq = (seq + k) % SEQUENCE_MODULO
+            i += k
+        if count > 0:
+            s.sequence = seq
+            s.messages += count
+            s.records += count * k
+            s.octets += count * length
+            s.messages_since_templates += count
+        return i
 
     def _fit(self, records: Sequence[bytes], start: int, fixed: int) -> int:
         """Index after the last record (from ``start``) that fits into the current message."""

@@ -380,6 +380,42 @@ class _PacketBuilder:
             k -= 1
         return k
 
+    def packets_before_template(self, tpl: Template) -> int:
+        """How many packets, from a fresh one on, can leave before ``tpl`` is due again
+        (0: it is due now); with :meth:`template_due`'s rules."""
+        state = self.state
+        if state.force_templates and tpl.template_id not in self.forced:
+            return 0
+        mark = state.templates.get(tpl.template_id)
+        if mark is None or self.now_ns - mark.time_ns >= self.policy.refresh_ns:
+            return 0
+        return max(0, mark.packet + self.policy.refresh_packets - state.packets)
+
+    def full_packets(self, tpl: Template, block: memoryview, i: int, k: int, count: int,
+                     data: bool) -> int:
+        """Close ``count`` packets of ``k`` records each from ``block`` (record ``i`` on), one
+        data FlowSet each, straight to datagrams: the bytes :meth:`add_data` and
+        :meth:`flush` would write, without their per-packet bookkeeping. The builder must be
+        fresh. :return: the next record's index."""
+        state, size = self.state, tpl.size
+        body = k * size
+        pad = -(4 + body) % 4
+        flowset = FLOWSET_HEADER.pack(tpl.template_id, 4 + body + pad)
+        tail = bytes(pad)
+        uptime = state.uptime_ms(self.now_ns)
+        secs = (self.now_ns // NS_PER_S) & UINT32_MASK
+        source = state.source_id & UINT32_MASK
+        seq = state.packets
+        append, pack = self.datagrams.append, HEADER.pack
+        for _ in range(count):
+            append(b"".join((pack(VERSION, k, uptime, secs, seq & UINT32_MASK, source),
+                             flowset, block[i * size:i * size + body], tail)))
+            seq += 1
+            i += k
+        self.tally.records.extend([k if data else 0] * count)
+        state.packets = seq
+        return i
+
     def flush(self) -> None:
         parts = self.parts
         if not parts:
@@ -435,7 +471,17 @@ def _assemble_group(builder: _PacketBuilder, tpl: Template, bodies: Sequence[byt
     smallest = len(tpl.flowset) + 4 + size + 3
     if smallest > builder.policy.mtu - HEADER.size:
         raise ValueError(f"mtu {builder.policy.mtu} cannot hold template {tpl.template_id}")
+    per_packet = (builder.policy.mtu - HEADER.size - 4) // size
+    while per_packet and 4 + per_packet * size + (-(4 + per_packet * size) % 4) > (
+            builder.policy.mtu - HEADER.size):
+        per_packet -= 1
     while i < n:
+        if not builder.parts and per_packet:  # a fresh packet: whole ones in a tight loop
+            # only packets that the slow path below would close too (more records follow)
+            run = min(builder.packets_before_template(tpl), (n - i - 1) // per_packet)
+            if run > 0:
+                i = builder.full_packets(tpl, block, i, per_packet, run, data)
+                continue
         if builder.template_due(tpl):
             if builder.room < smallest:
                 builder.flush()

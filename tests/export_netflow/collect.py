@@ -62,6 +62,19 @@ class UdpSink:
         self.sock.close()
 
 
+def full_socket() -> tuple[socket.socket, socket.socket]:
+    """A connected datagram socket whose peer reads nothing, filled until the kernel says
+    EAGAIN (a real full send buffer: loopback UDP never fills one); ``(socket, peer)``."""
+    sock, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    for _ in range(100_000):
+        try:
+            sock.send(b"f" * 512)
+        except BlockingIOError:
+            return sock, peer
+    raise AssertionError("the socket pair never filled")
+
+
 def decode(datagrams: list[bytes]) -> list:
     """Parse datagrams in order with the PyPI ``netflow`` package (templates carried over)."""
     templates: dict = {"netflow": {}, "ipfix": {}}

@@ -17,7 +17,7 @@ from netflow_agent.plugins.export_netflow.config import Config
 from netflow_agent.runtime import RunContext
 from netflow_agent.transport.pacing import DEFAULT_RATE_LIMIT
 from tests.export_netflow.test_netflow_component import flows
-from tests.support.collectors import SlowCollector
+from tests.support.collectors import Nfcapd, SlowCollector, udp_drops
 
 
 def test_burst_is_paced_and_the_slow_collector_drops_nothing():
@@ -84,3 +84,28 @@ def test_final_export_at_shutdown_waits_for_the_backlog():
     assert stats["pdus"] > 10
     assert (received, dropped) == (stats["pdus"], 0)
     assert stats["lost_records"] == 0 and stats["sock0"]["backlog_peak"] <= 10
+
+
+def test_a_final_export_reaches_nfcapd_whole_at_the_default_rate(tmp_path):
+    """The stop's export of 60,000 flows (about 2,000 v9 datagrams, sent a burst per
+    ``sendmmsg`` at the default rate) to a real nfcapd with its default socket buffer: nfdump
+    reads back every flow and packet, and nfcapd's socket dropped nothing."""
+    records = flows(60_000)
+    with Nfcapd(tmp_path / "nfcapd") as collector:
+        context = RunContext(start_ns=time.time_ns())
+        exporter = NetflowExporter(
+            Config(destination=[f"127.0.0.1:{collector.port}"], protocol=9),
+            "export.netflow[0]")
+        exporter.agent_start(context=context)
+        context.stopping = True  # the final export: queued as it leaves, nothing dropped
+        exporter.agent_export_flows(records=records)
+        exporter.agent_stop()
+        stats = exporter.agent_collect_stats()
+        collector.wait_drained()
+        dropped = udp_drops(collector.port)
+        got = collector.flows()
+    assert stats["lost_records"] == 0 and stats["sock_ok"] == stats["pdus"] > 1000
+    assert stats["sock0"]["rate_limit"] == DEFAULT_RATE_LIMIT and dropped == 0
+    assert len(got) == len(records)
+    assert sorted(f["sport"] for f in got) == [r.src_port for r in records]
+    assert sum(f["packets"] for f in got) == 2 * len(records)

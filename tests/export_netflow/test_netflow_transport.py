@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import socket
 import time
 
 import pytest
 
 from netflow_agent.transport.udp import EndpointError, UdpDestination, parse_endpoint
-from tests.export_netflow.collect import UdpSink
+from tests.export_netflow.collect import UdpSink, full_socket
 from tests.support.collectors import free_udp_port
 
 
@@ -66,17 +65,27 @@ def test_closed_port_counts_cberr_and_never_raises():
 
 
 def test_full_send_buffer_drops_and_counts_lost_records():
-    class FullSocket(socket.socket):
-        def send(self, data, flags=0):
-            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
-
     dest = UdpDestination("127.0.0.1:9")
     dest.connect()
     dest._sock.close()
-    dest._sock = FullSocket(socket.AF_INET, socket.SOCK_DGRAM)
+    dest._sock, peer = full_socket()
     assert dest.send_batch([b"x", b"y"], [30, 7]) == 0
     s = dest.stats
     assert (s.fail, s.err_sndbuf, s.lost_records, s.packets_ok) == (2, 2, 37, 0)
+    dest.close()
+    peer.close()
+
+
+def test_a_batch_to_a_closed_port_counts_cberr_and_sends_every_datagram():
+    """One sendmmsg per batch: each datagram's ICMP unreachable stops it short, the rest go
+    one per call, so the refusals are still seen (all but the one sendmmsg swallowed)."""
+    dest = UdpDestination(f"127.0.0.1:{free_udp_port()}")
+    dest.connect()
+    assert dest.send_batch([b"x" * 64] * 6, [2] * 6) == 6  # a refusal is retried, and sent
+    dest.poll()
+    assert dest.stats.packets_ok == 6 and dest.stats.fail == 0
+    assert dest.stats.cberr in (5, 6)  # separate sends: 6 (one per datagram on loopback)
+    assert dest.refused and dest.needs_templates
     dest.close()
 
 
