@@ -7,22 +7,29 @@
  * indexed by slot. Keys live contiguously in C memory: no Python object per flow.
  *
  * Layout and sizes (n = flows in the index, s = slot_count >= n):
- *   - buckets: open addressing with linear probing, a power of two of 8-byte buckets
- *     {uint32 hash, uint32 slot + 1} (0 = empty), at most LOAD_NUM/LOAD_DEN (70 %) full;
- *     doubled (rehashed from the stored hashes, no key is hashed again) when an insert
- *     would pass that. Removal shifts the following entries back (no tombstones), so
- *     lookups never slow down with churn. 8 B / 0.35..0.7 = 11.4..22.9 B per flow.
- *   - per slot: the key (key_size B), its hash (4 B), a bit "in use", and room in the
- *     min-heap of free slots (4 B): key_size + 8.1 B per slot, grown by half (realloc).
- *   So 44-byte keys cost 64-75 B per flow when the slot storage is full, up to ~100 B just
+ *   - buckets: open addressing with linear probing, a power of two of 4-byte buckets
+ *     (0 = empty), at most LOAD_NUM/LOAD_DEN (70 %) full; doubled (rehashed from the
+ *     stored hashes, no key is hashed again) when an insert would pass that. A bucket holds
+ *     slot + 1 in its low slot_bits bits (as many as the slot storage's capacity needs) and
+ *     in the bits above a tag: the same bits of the hash's upper 32 bits, so most
+ *     non-matching entries are skipped without reading their key (at 200k slots 14 tag
+ *     bits: one false match in 16,384). When the slot storage outgrows slot_bits, the tags
+ *     lose their lowest bits in one pass over the buckets (no key is hashed again).
+ *     Removal shifts the following entries back (no tombstones), so lookups never slow
+ *     down with churn. 4 B / 0.35..0.7 = 5.7..11.4 B per flow.
+ *   - per slot: the key (key_size B), the low 32 bits of its hash (4 B, the home bucket
+ *     for removal and rehashing) and a bit "in use": key_size + 4.1 B per slot, grown by
+ *     half (realloc).
+ *   So 44-byte keys cost 54-60 B per flow when the slot storage is full, up to ~84 B just
  *   after it grew, vs ~160 B for a Python dict entry with a bytes key and a slot int.
  *   - the hash is SipHash-1-3 keyed with 128 random bits drawn per process at import
  *     (getrandom), so keys crafted to collide on one machine do not collide on another
- *     and cannot turn probing linear; its low 32 bits pick the home bucket and are stored to
- *     skip most key comparisons.
- *   - free slots are reused lowest first (a binary min-heap), keeping the used slots dense
- *     at the bottom of the NumPy columns; when the index becomes empty, numbering restarts
- *     at 0 (slot_count drops to 0).
+ *     and cannot turn probing linear; its low 32 bits pick the home bucket, its upper 32
+ *     bits give the bucket's tag.
+ *   - free slots are reused lowest first, keeping the used slots dense at the bottom of the
+ *     NumPy columns: the lowest clear bit of the in-use bitmap, found through a second
+ *     bitmap of its full words (one bit per 64 slots) from the lowest word that may have
+ *     one; when the index becomes empty, numbering restarts at 0 (slot_count drops to 0).
  *   - at most 2**31 - 1 flows (32-bit hashes and slot numbers).
  *
  * Thread use: one thread at a time. lookup() releases the GIL while it hashes and probes a
@@ -44,24 +51,20 @@
 #define CHUNK 32 /* rows hashed and prefetched ahead of probing */
 #define NOGIL_ROWS 256 /* release the GIL for lookups of at least this many keys */
 
-struct bucket {
-	uint32_t hash; /* low 32 bits of the key's SipHash */
-	uint32_t slot1; /* slot + 1; 0 = empty bucket */
-};
-
 typedef struct {
 	PyObject_HEAD
 	Py_ssize_t key_size;
 	uint8_t *keys; /* slot_cap * key_size: the key of each slot */
 	uint32_t *hashes; /* slot_cap: the hash of each slot's key */
 	uint64_t *used; /* slot_cap bits: slot holds a key */
-	uint32_t *heap; /* slot_cap: min-heap of free slots below high */
-	size_t nfree; /* entries in heap */
+	uint64_t *full; /* a bit per word of used: all 64 slots of that word hold keys */
+	size_t free_word; /* every word of used below this one is full */
 	size_t slot_cap; /* slots allocated */
-	size_t high; /* slot_count: every slot >= high is free and not in heap */
+	size_t high; /* slot_count: every slot >= high is free */
 	size_t count; /* keys in the index */
-	struct bucket *buckets;
+	uint32_t *buckets; /* 0 = empty; else tag bits | (slot + 1) */
 	size_t nbuckets; /* power of two */
+	uint32_t slot_mask; /* low bits of a bucket that hold slot + 1: 2**slot_bits - 1 */
 	int busy; /* a lookup runs without the GIL */
 } FlowIndex;
 
@@ -114,43 +117,6 @@ static uint64_t siphash13(const uint8_t *in, size_t len)
 	return v0 ^ v1 ^ v2 ^ v3;
 }
 
-/* --- free slots: a binary min-heap --------------------------------------------------------- */
-
-static void heap_push(FlowIndex *s, uint32_t slot)
-{
-	size_t i = s->nfree++;
-
-	while (i > 0) {
-		size_t parent = (i - 1) / 2;
-		if (s->heap[parent] <= slot)
-			break;
-		s->heap[i] = s->heap[parent];
-		i = parent;
-	}
-	s->heap[i] = slot;
-}
-
-static uint32_t heap_pop(FlowIndex *s)
-{
-	uint32_t top = s->heap[0], last = s->heap[--s->nfree];
-	size_t i = 0, n = s->nfree;
-
-	for (;;) {
-		size_t c = 2 * i + 1;
-		if (c >= n)
-			break;
-		if (c + 1 < n && s->heap[c + 1] < s->heap[c])
-			c++;
-		if (last <= s->heap[c])
-			break;
-		s->heap[i] = s->heap[c];
-		i = c;
-	}
-	if (n)
-		s->heap[i] = last;
-	return top;
-}
-
 /* --- storage ------------------------------------------------------------------------------- */
 
 static int is_used(const FlowIndex *s, size_t slot)
@@ -158,18 +124,81 @@ static int is_used(const FlowIndex *s, size_t slot)
 	return (s->used[slot / 64] >> (slot % 64)) & 1;
 }
 
+static size_t words_for(size_t bits)
+{
+	return (bits + 63) / 64;
+}
+
+static void mark_used(FlowIndex *s, size_t slot)
+{
+	size_t w = slot / 64;
+
+	s->used[w] |= (uint64_t)1 << (slot % 64);
+	if (s->used[w] == UINT64_MAX)
+		s->full[w / 64] |= (uint64_t)1 << (w % 64);
+}
+
+static void mark_free(FlowIndex *s, size_t slot)
+{
+	size_t w = slot / 64;
+
+	s->full[w / 64] &= ~((uint64_t)1 << (w % 64));
+	s->used[w] &= ~((uint64_t)1 << (slot % 64));
+	if (w < s->free_word)
+		s->free_word = w;
+}
+
+/* The lowest free slot; only when one lies below high (count < high). */
+static size_t lowest_free(FlowIndex *s)
+{
+	size_t fw = s->free_word / 64, w;
+
+	while (s->full[fw] == UINT64_MAX)
+		fw++;
+	w = fw * 64 + (size_t)__builtin_ctzll(~s->full[fw]);
+	s->free_word = w;
+	return w * 64 + (size_t)__builtin_ctzll(~s->used[w]);
+}
+
+/* Bits a bucket needs for slot + 1 of every slot below `cap` (at least 1). */
+static unsigned slot_bits_for(size_t cap)
+{
+	unsigned bits = 1;
+
+	while (bits < 32 && ((size_t)1 << bits) <= cap)
+		bits++;
+	return bits;
+}
+
+/* Widen the buckets' slot field to `bits`: the tags lose their lowest bits. */
+static void widen_slot_field(FlowIndex *s, unsigned bits)
+{
+	uint32_t mask = bits >= 32 ? UINT32_MAX : ((uint32_t)1 << bits) - 1, old = s->slot_mask;
+
+	if (mask <= old)
+		return;
+	for (size_t i = 0; i < s->nbuckets; i++)
+		if (s->buckets[i])
+			s->buckets[i] = (s->buckets[i] & ~mask) | (s->buckets[i] & old);
+	s->slot_mask = mask;
+}
+
 /* Room for at least `need` slots; -1 (nothing lost) when memory runs out. No GIL needed. */
 static int grow_slots(FlowIndex *s, size_t need)
 {
 	size_t cap = s->slot_cap ? s->slot_cap : MIN_SLOTS;
-	size_t old_words = (s->slot_cap + 63) / 64, words;
+	size_t old_words = words_for(s->slot_cap), words, old_sum, sum;
 	void *p;
 
 	while (cap < need)
 		cap += cap / 2; /* x1.5: at most a third of the slot storage is slack */
+	if (cap > MAX_FLOWS)
+		cap = MAX_FLOWS; /* slot + 1 fits 31 bits */
 	if (cap <= s->slot_cap)
 		return 0;
-	words = (cap + 63) / 64;
+	words = words_for(cap);
+	old_sum = words_for(old_words);
+	sum = words_for(words);
 	/* each realloc that succeeds keeps its larger block; slot_cap moves only at the end */
 	if (!(p = PyMem_RawRealloc(s->keys, cap * (size_t)s->key_size)))
 		return -1;
@@ -177,13 +206,15 @@ static int grow_slots(FlowIndex *s, size_t need)
 	if (!(p = PyMem_RawRealloc(s->hashes, cap * sizeof(uint32_t))))
 		return -1;
 	s->hashes = p;
-	if (!(p = PyMem_RawRealloc(s->heap, cap * sizeof(uint32_t))))
-		return -1;
-	s->heap = p;
 	if (!(p = PyMem_RawRealloc(s->used, words * sizeof(uint64_t))))
 		return -1;
 	s->used = p;
 	memset(s->used + old_words, 0, (words - old_words) * sizeof(uint64_t));
+	if (!(p = PyMem_RawRealloc(s->full, sum * sizeof(uint64_t))))
+		return -1;
+	s->full = p;
+	memset(s->full + old_sum, 0, (sum - old_sum) * sizeof(uint64_t));
+	widen_slot_field(s, slot_bits_for(cap));
 	s->slot_cap = cap;
 	return 0;
 }
@@ -191,17 +222,17 @@ static int grow_slots(FlowIndex *s, size_t need)
 /* Rehash into `n` buckets (a power of two) from the stored hashes; -1 when out of memory. */
 static int resize_buckets(FlowIndex *s, size_t n)
 {
-	struct bucket *nb = PyMem_RawCalloc(n, sizeof(struct bucket));
+	uint32_t *nb = PyMem_RawCalloc(n, sizeof(uint32_t));
 	size_t mask = n - 1;
 
 	if (!nb)
 		return -1;
 	for (size_t i = 0; i < s->nbuckets; i++) {
-		struct bucket b = s->buckets[i];
+		uint32_t b = s->buckets[i];
 		size_t j;
-		if (!b.slot1)
+		if (!b)
 			continue;
-		for (j = b.hash & mask; nb[j].slot1; j = (j + 1) & mask)
+		for (j = s->hashes[(b & s->slot_mask) - 1] & mask; nb[j]; j = (j + 1) & mask)
 			;
 		nb[j] = b;
 	}
@@ -223,21 +254,23 @@ static size_t buckets_for(size_t flows)
 /* --- the index ------------------------------------------------------------------------------ */
 
 /* Bucket that holds `key` (hash h), or the empty bucket where it would go. */
-static size_t probe(const FlowIndex *s, const uint8_t *key, uint32_t h)
+static size_t probe(const FlowIndex *s, const uint8_t *key, uint64_t h)
 {
-	size_t mask = s->nbuckets - 1, i = h & mask, ks = (size_t)s->key_size;
+	size_t mask = s->nbuckets - 1, i = (uint32_t)h & mask, ks = (size_t)s->key_size;
+	uint32_t tag = (uint32_t)(h >> 32), slot_mask = s->slot_mask;
 
 	for (;; i = (i + 1) & mask) {
-		struct bucket b = s->buckets[i];
-		if (!b.slot1)
+		uint32_t b = s->buckets[i];
+		if (!b)
 			return i;
-		if (b.hash == h && memcmp(s->keys + (size_t)(b.slot1 - 1) * ks, key, ks) == 0)
+		if (!((b ^ tag) & ~slot_mask)
+		    && memcmp(s->keys + (size_t)((b & slot_mask) - 1) * ks, key, ks) == 0)
 			return i;
 	}
 }
 
 /* Put `key` in a new slot at empty bucket `i`; -1 when out of memory (nothing changed). */
-static int64_t insert_at(FlowIndex *s, size_t i, const uint8_t *key, uint32_t h)
+static int64_t insert_at(FlowIndex *s, size_t i, const uint8_t *key, uint64_t h)
 {
 	size_t slot;
 
@@ -246,18 +279,17 @@ static int64_t insert_at(FlowIndex *s, size_t i, const uint8_t *key, uint32_t h)
 			return -1;
 		i = probe(s, key, h);
 	}
-	if (s->nfree) {
-		slot = heap_pop(s);
+	if (s->count < s->high) {
+		slot = lowest_free(s);
 	} else {
 		if (s->high == s->slot_cap && grow_slots(s, s->high + 1) < 0)
 			return -1;
 		slot = s->high++;
 	}
 	memcpy(s->keys + slot * (size_t)s->key_size, key, (size_t)s->key_size);
-	s->hashes[slot] = h;
-	s->used[slot / 64] |= (uint64_t)1 << (slot % 64);
-	s->buckets[i].hash = h;
-	s->buckets[i].slot1 = (uint32_t)slot + 1;
+	s->hashes[slot] = (uint32_t)h;
+	mark_used(s, slot);
+	s->buckets[i] = ((uint32_t)(h >> 32) & ~s->slot_mask) | ((uint32_t)slot + 1);
 	s->count++;
 	return (int64_t)slot;
 }
@@ -266,30 +298,28 @@ static int64_t insert_at(FlowIndex *s, size_t i, const uint8_t *key, uint32_t h)
 static void remove_slot(FlowIndex *s, size_t slot)
 {
 	size_t mask = s->nbuckets - 1, i = s->hashes[slot] & mask, j;
+	uint32_t slot_mask = s->slot_mask;
 
-	while (s->buckets[i].slot1 != slot + 1)
+	while ((s->buckets[i] & slot_mask) != slot + 1)
 		i = (i + 1) & mask;
 	for (j = i;;) {
 		size_t home;
 		j = (j + 1) & mask;
-		if (!s->buckets[j].slot1)
+		if (!s->buckets[j])
 			break;
-		home = s->buckets[j].hash & mask;
+		home = s->hashes[(s->buckets[j] & slot_mask) - 1] & mask;
 		/* the entry at j may fill the hole at i unless its home lies in (i, j] */
 		if (i < j ? (home <= i || home > j) : (home <= i && home > j)) {
 			s->buckets[i] = s->buckets[j];
 			i = j;
 		}
 	}
-	s->buckets[i].slot1 = 0;
-	s->buckets[i].hash = 0;
-	s->used[slot / 64] &= ~((uint64_t)1 << (slot % 64));
+	s->buckets[i] = 0;
+	mark_free(s, slot);
 	s->count--;
-	if (s->count == 0) { /* restart numbering: the heap holds every slot below high */
-		s->nfree = 0;
+	if (s->count == 0) { /* restart numbering: every slot below high is free */
 		s->high = 0;
-	} else {
-		heap_push(s, (uint32_t)slot);
+		s->free_word = 0;
 	}
 }
 
@@ -309,24 +339,24 @@ struct batch {
 static void lookup_rows(FlowIndex *s, struct batch *bt)
 {
 	size_t ks = (size_t)s->key_size;
-	uint32_t hashes[CHUNK];
+	uint64_t hashes[CHUNK];
 
 	bt->failed_at = bt->n;
 	for (size_t c = 0; c < bt->n; c += CHUNK) {
 		size_t m = bt->n - c < CHUNK ? bt->n - c : CHUNK;
 		for (size_t r = 0; r < m; r++) {
-			hashes[r] = (uint32_t)siphash13(bt->keys + (c + r) * ks, ks);
-			__builtin_prefetch(&s->buckets[hashes[r] & (s->nbuckets - 1)]);
+			hashes[r] = siphash13(bt->keys + (c + r) * ks, ks);
+			__builtin_prefetch(&s->buckets[(uint32_t)hashes[r] & (s->nbuckets - 1)]);
 		}
 		for (size_t r = c; r < c + m; r++) {
 			const uint8_t *key = bt->keys + r * ks;
-			uint32_t h = hashes[r - c];
+			uint64_t h = hashes[r - c];
 			size_t i = probe(s, key, h);
 			int64_t slot = -1;
 
 			bt->is_new[r] = 0;
-			if (s->buckets[i].slot1) {
-				slot = (int64_t)s->buckets[i].slot1 - 1;
+			if (s->buckets[i]) {
+				slot = (int64_t)(s->buckets[i] & s->slot_mask) - 1;
 			} else if (bt->insert && (!bt->limit || s->count < bt->limit)
 				   && s->count < MAX_FLOWS) {
 				slot = insert_at(s, i, key, h);
@@ -459,7 +489,7 @@ static void FlowIndex_dealloc(FlowIndex *s)
 	PyMem_RawFree(s->keys);
 	PyMem_RawFree(s->hashes);
 	PyMem_RawFree(s->used);
-	PyMem_RawFree(s->heap);
+	PyMem_RawFree(s->full);
 	PyMem_RawFree(s->buckets);
 	Py_TYPE(s)->tp_free((PyObject *)s);
 }
@@ -631,15 +661,17 @@ static PyObject *FlowIndex_occupied(FlowIndex *s, PyObject *args, PyObject *kwds
 
 static size_t memory_bytes(const FlowIndex *s)
 {
-	return sizeof(FlowIndex) + s->nbuckets * sizeof(struct bucket)
-	       + s->slot_cap * ((size_t)s->key_size + 2 * sizeof(uint32_t))
-	       + (s->slot_cap + 63) / 64 * sizeof(uint64_t);
+	size_t words = words_for(s->slot_cap);
+
+	return sizeof(FlowIndex) + s->nbuckets * sizeof(uint32_t)
+	       + s->slot_cap * ((size_t)s->key_size + sizeof(uint32_t))
+	       + (words + words_for(words)) * sizeof(uint64_t);
 }
 
 PyDoc_STRVAR(memory_doc,
 	     "memory_bytes() -> int\n\n"
-	     "Bytes allocated: the buckets plus the per-slot key, hash, free-slot and in-use\n"
-	     "storage (capacity, not only what is in use).");
+	     "Bytes allocated: the buckets plus the per-slot key, hash and in-use storage\n"
+	     "(capacity, not only what is in use).");
 
 static PyObject *FlowIndex_memory_bytes(FlowIndex *s, PyObject *Py_UNUSED(ignored))
 {

@@ -18,6 +18,19 @@ from netflow_agent.model import FlowBatch
 from netflow_agent.netns import names_here
 
 
+def distinct(values: np.ndarray) -> np.ndarray:
+    """The distinct values of a 1-D array, ascending: ``np.unique(values)`` without
+    NumPy >= 2.3's check for masked arrays, which imports ``numpy.ma`` (~0.6 MB of RSS for
+    the agent's whole run, and nothing here is masked)."""
+    ordered = np.sort(values)
+    if len(ordered) < 2:
+        return ordered
+    keep = np.empty(len(ordered), dtype=bool)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
+
+
 class InterfaceNames:
     """The interfaces that flows were seen on, with their names.
 
@@ -40,10 +53,10 @@ class InterfaceNames:
 
     def note_flows(self, records: FlowBatch | Iterable[Any]) -> None:
         """Remember the ingress and egress interfaces of a batch (from its columns, one
-        ``np.unique`` each) or of flow records."""
+        :func:`distinct` each) or of flow records."""
         if isinstance(records, FlowBatch):
             flows = records.flows
-            self.note(np.unique(flows["in_if"]).tolist(), np.unique(flows["out_if"]).tolist())
+            self.note(distinct(flows["in_if"]).tolist(), distinct(flows["out_if"]).tolist())
             return
         recs = list(records)
         self.note((r.in_if for r in recs), (r.out_if for r in recs))

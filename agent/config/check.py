@@ -11,7 +11,6 @@ availability of each component -> ``[aggregate] rules`` handed to the cache's
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from pathlib import Path
 from typing import Any
 
@@ -159,6 +158,8 @@ def _check_sampling(instances: list[Instance], issues: list[ConfigIssue]) -> Non
 
 
 def _hint(word: str, choices: Any) -> str:
+    import difflib  # only for a typo: not loaded by every agent
+
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
 

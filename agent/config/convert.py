@@ -8,7 +8,6 @@ are dotted from the top of the file: ``export.netflow[0].destination[1]``.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
@@ -69,6 +68,8 @@ def _doc(f: dataclasses.Field[Any]) -> str:
 
 def _unknown_key_message(key: str, fields: dict[str, Any]) -> str:
     msg = "unknown key (typo, or not supported in this version?)"
+    import difflib  # only for a typo: not loaded by every agent
+
     close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
     if close:
         msg += f"; did you mean '{close[0]}'?"

@@ -1,6 +1,11 @@
 """Flow index micro-benchmark: CPU ns per key and memory per flow, C FlowIndex vs a dict.
 
-Usage: ``python bench/cache/bench_flowindex.py [--runs 3] [--flows 100000 1000000]``
+Usage::
+
+    python bench/cache/bench_flowindex.py [--runs 3] [--flows 100000 1000000] [--impl FlowIndex]
+
+The index measured is the one the running interpreter imports: run it with another checkout's
+``.venv/bin/python`` to measure that checkout's ``FlowIndex`` (before/after, alternating).
 
 For each flow count N, in a fresh child process per run and implementation:
 
@@ -11,6 +16,9 @@ For each flow count N, in a fresh child process per run and implementation:
 * ``remove``: then every key out again as a forced scan at stop takes them: the lowest
   16,384 slots (``occupied(16384)``) removed at a time until the index is empty (the dict:
   ``del`` per key). CPU time per key.
+* ``remove_random`` (``FlowIndex`` only): the keys inserted again and removed in a random
+  order, 8,192 slots per call, as timeouts take flows from anywhere in the table (the freed
+  slots scattered, then reused lowest first by the next inserts).
 * memory: RSS growth from just before the first insert to after the last, divided by N.
 
 Implementations, side by side in the same run:
@@ -103,6 +111,12 @@ if IMPL != "dict":
     while len(fi):
         fi.remove(fi.occupied(16384))
     out["remove_ns"] = (time.process_time() - t) / N * 1e9
+    run()
+    order = np.random.default_rng(2).permutation(N).astype(np.int64)
+    t = time.process_time()
+    for i in range(0, N, 8192):
+        fi.remove(order[i:i + 8192].copy())
+    out["remove_random_ns"] = (time.process_time() - t) / N * 1e9
 else:
     t = time.process_time()
     for k in table_keys:
@@ -124,14 +138,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--flows", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--impl", nargs="+", choices=("FlowIndex", "dict"),
+                    default=["FlowIndex", "dict"], help="what to measure (default: both)")
     args = ap.parse_args()
     print(f"{'flows':>9} {'impl':<9} {'insert ns/key':>13} {'find ns/key':>11} "
           f"{'remove ns/key':>13} {'RSS B/flow':>10}  (median of {args.runs} runs, CPU time)")
     for flows in args.flows:
-        for impl in ("FlowIndex", "dict"):
+        for impl in args.impl:
             runs = [measure(impl, flows) for _ in range(args.runs)]
             med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-            extra = (f"  memory_bytes() {med['memory_bytes_per_flow']:.0f} B/flow"
+            extra = (f"  memory_bytes() {med['memory_bytes_per_flow']:.0f} B/flow, "
+                     f"remove_random {med['remove_random_ns']:.0f} ns/key"
                      if "memory_bytes_per_flow" in med else "")
             print(f"{flows:>9,} {impl:<9} {med['insert_ns']:>13.0f} {med['find_ns']:>11.0f} "
                   f"{med['remove_ns']:>13.0f} {med['rss_per_flow']:>10.0f}{extra}")

@@ -14,7 +14,9 @@ interleaved, so a before/after comparison is back to back; prints medians in MB.
 ``--evict`` drops the page cache of each tree's venv shared objects before every round
 (``posix_fadvise(DONTNEED)``, our own files only): file-backed RSS depends on how the cache
 holds them (pages cached in large folios are mapped a whole folio per fault), so checkouts
-compare from the same state.
+compare from the same state. Pages a process maps cannot be dropped: run this bench with an
+interpreter that is none of the compared venvs' (e.g. the system ``python3`` with pytest,
+as root), or that venv's NumPy stays cached and its agent maps 3-4 MB more (measured).
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from bench.compare.run import wait_log  # noqa: E402
 from tests.support.netns import Netns, end_process, veth_pair  # noqa: E402
 
 INGESTS = {
@@ -80,6 +81,19 @@ def evict(tree: Path) -> int:
     return n
 
 
+def wait_ready(log: Path, text: str, proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Until ``log`` shows ``text`` (the agent is ready); RuntimeError if it exits first.
+
+    (Not ``bench.compare.run.wait_log``: importing that module loads NumPy into this
+    process, and the running venv's NumPy libraries would then stay mapped here and cached,
+    never evicted, while the other checkout's are: see ``--evict``.)"""
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{log.stem} did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def idle_agent(tree: Path, ingest: str, tmp: Path) -> Iterator[subprocess.Popen]:
     """``tree``'s agent with ``ingest`` on a fresh veth in its own namespace, once ready
@@ -96,7 +110,7 @@ def idle_agent(tree: Path, ingest: str, tmp: Path) -> Iterator[subprocess.Popen]
                              str(conf), "--log-level", "info"], stdout=out,
                             stderr=subprocess.STDOUT, cwd=tree)
         try:
-            wait_log(log, ready, proc)
+            wait_ready(log, ready, proc)
             yield proc
         finally:
             end_process(proc, timeout=30)

@@ -36,7 +36,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from netflow_agent.api import (
     NS_PER_S,
@@ -57,34 +57,16 @@ from netflow_agent.api import (
 )
 
 from .config import Config
-from .file import IpfixFile
-from .ipfix import (
-    HEADER,
-    SET_HEADER,
-    DataGroup,
-    Session,
-    Template,
-    encode_flow_groups,
-    encode_messages,
-    flow_layouts,
-    message_totals,
-)
-from .nel import NEL_LAYOUTS, encode_nat_groups
-from .options import (
-    OPTIONS_TEMPLATES,
-    SAMPLING_TEMPLATES,
-    Statistics,
-    flow_selector,
-    interface_names_group,
-    sampling_groups,
-    selector_groups,
-    selector_id,
-    selector_statistics,
-    selector_stats_group,
-    statistics_groups,
-)
-from .spool import KIND_FLOW, KIND_NAT, Item, Spool
-from .tcp import TcpDestination
+
+# The encoders and transports are imported by the methods that use them, for types only here:
+# every agent registers this class, only one with [[export.ipfix]] runs them (~0.5 MB less
+# for the others: docs/performance.md, "Agent memory: a smaller flow index and lazy imports").
+if TYPE_CHECKING:
+    from .file import IpfixFile
+    from .ipfix import DataGroup, Template
+    from .options import Statistics
+    from .spool import Item
+    from .tcp import TcpDestination
 
 
 def _packets(records: FlowBatch | list[FlowRecord]) -> int:
@@ -109,6 +91,8 @@ class IpfixExporter(NatExporter):
     type_name = "ipfix"
 
     def __init__(self, config: Config, name: str):
+        from .ipfix import Session, flow_layouts
+
         super().__init__(config, name)
         self.cfg = config
         self.context: RunContext | None = None
@@ -139,9 +123,14 @@ class IpfixExporter(NatExporter):
 
     def _encode_flows(self, records: FlowBatch | Iterable[FlowRecord]) -> list[DataGroup]:
         """Flow records as data groups in this exporter's layouts (``timestamps``)."""
+        from .ipfix import encode_flow_groups
+
         return encode_flow_groups(records, self._encode_failed, self.layouts)
 
     def _all_templates(self) -> dict[int, Template]:
+        from .nel import NEL_LAYOUTS
+        from .options import OPTIONS_TEMPLATES
+
         out: dict[int, Template] = {}
         if self.cfg.flows:
             out.update((tid, layout.template) for tid, layout in self.layouts.items())
@@ -160,6 +149,8 @@ class IpfixExporter(NatExporter):
     @hookimpl
     def agent_start(self, context: RunContext) -> None:
         """Open the destinations (UDP connect, TCP connect attempt) and the file."""
+        from .file import IpfixFile
+
         self.context = context
         cfg = self.cfg
         endpoints = cfg.endpoints()
@@ -188,6 +179,9 @@ class IpfixExporter(NatExporter):
                       ", ".join(endpoints) or "(none)", f", file {cfg.path}" if cfg.path else "")
 
     def _tcp_destination(self, endpoint: str, context: RunContext) -> TcpDestination:
+        from .spool import Spool
+        from .tcp import TcpDestination
+
         cfg = self.cfg
         return TcpDestination(
             endpoint,
@@ -235,6 +229,8 @@ class IpfixExporter(NatExporter):
         """UDP with ``rate_limit``: the flow records the paced backlogs can take now (the
         fullest destination's), so the core spreads a mass expiry over scans; ``None``
         otherwise (unpaced, TCP with its spool, NAT events only)."""
+        from .ipfix import HEADER, SET_HEADER
+
         if not self.cfg.flows or not self.udp:
             return None
         largest = max(layout.template.record_length for layout in self.layouts.values())
@@ -244,6 +240,9 @@ class IpfixExporter(NatExporter):
     @hookimpl
     def agent_export_flows(self, records: FlowBatch | list[FlowRecord]) -> None:
         """Encode and send flow records (or spool them on TCP)."""
+        from .options import flow_selector
+        from .spool import KIND_FLOW
+
         if not self.cfg.flows or not records:
             return
         self.counters["flows_in"] += len(records)
@@ -267,6 +266,8 @@ class IpfixExporter(NatExporter):
     @hookimpl
     def agent_export_nat_events(self, events: list[NatEvent]) -> None:
         """Encode and send NAT events as NEL records (when ``natevents`` is on)."""
+        from .spool import KIND_NAT
+
         if not self.cfg.natevents or not events:
             return
         self.counters["nat_events_in"] += len(events)
@@ -298,6 +299,8 @@ class IpfixExporter(NatExporter):
 
     def _sync_sampling(self) -> None:
         """Follow the agent's sampling; announce a change before the flows it applies to."""
+        from .options import SAMPLING_TEMPLATES, sampling_groups, selector_groups
+
         sampling = self.context.sampling() if self.context is not None else None
         if sampling == self.sampling:
             return
@@ -316,6 +319,9 @@ class IpfixExporter(NatExporter):
 
     def _use_selector(self, sampling: Sampling | None) -> None:
         """Flow records carry selectorId while the flow sampler is on (own template IDs)."""
+        from .ipfix import flow_layouts
+        from .options import flow_selector, selector_id
+
         selector = flow_selector(sampling)
         micro = self.cfg.timestamps == "us"
         self.layouts = flow_layouts(micro, selector_id=selector_id(selector) if selector else 0)
@@ -328,6 +334,8 @@ class IpfixExporter(NatExporter):
 
         :param window: this round's statistics, whose time window it shares.
         """
+        from .options import flow_selector, selector_statistics, selector_stats_group
+
         selector = flow_selector(self.sampling)
         if selector is None or self.context is None:
             return []
@@ -365,6 +373,8 @@ class IpfixExporter(NatExporter):
     # --- encoding helpers ------------------------------------------------------------------
 
     def _encode_nat(self, events: list[NatEvent]) -> list[DataGroup]:
+        from .nel import encode_nat_groups
+
         return encode_nat_groups(events, self.cfg.nat_event_values,
                                  self._now_ns() or time.time_ns(), self._nat_time_fixed)
 
@@ -384,6 +394,8 @@ class IpfixExporter(NatExporter):
         return groups
 
     def _encode_run(self, kind: int | None, run: list[Any]) -> list[DataGroup]:
+        from .spool import KIND_NAT
+
         if kind == KIND_NAT:
             return self._encode_nat(run)
         return self._encode_flows(run)
@@ -397,6 +409,8 @@ class IpfixExporter(NatExporter):
         self.counters["nat_time_fixed"] += 1
 
     def _message_totals(self, data: bytes) -> tuple[int, int, int]:
+        from .ipfix import message_totals
+
         return message_totals(data, self.templates)
 
     def _lose(self, records: int, packets: int, octets: int) -> None:
@@ -413,6 +427,8 @@ class IpfixExporter(NatExporter):
         """Count messages a paced UDP destination lost after queueing them (its thread
         appends them to ``_late_losses``; deque appends and pops are thread-safe): lost, and
         no longer in the ``udp_*`` counters, which counted them when they were queued."""
+        from .ipfix import message_totals
+
         c = self.counters
         while self._late_losses:
             data = self._late_losses.popleft()
@@ -433,6 +449,8 @@ class IpfixExporter(NatExporter):
     # --- UDP -------------------------------------------------------------------------------
 
     def _send_udp(self, groups: list[DataGroup]) -> None:
+        from .ipfix import encode_messages, message_totals
+
         if any(d.needs_templates for d in self.udp):
             self.session.force_templates = True
         try:
@@ -458,6 +476,8 @@ class IpfixExporter(NatExporter):
 
     def statistics(self) -> Statistics:
         """The numbers for the statistics options records, now."""
+        from .options import Statistics
+
         core = self.context.stats() if self.context is not None else {}
         c = self.counters
         messages, records, octets = c["udp_messages"], c["udp_records"], c["udp_octets"]
@@ -492,6 +512,8 @@ class IpfixExporter(NatExporter):
         records, which some decoders (the PyPI ``netflow`` package) cannot parse, and a
         decoder that drops them then loses nothing else.
         """
+        from .options import interface_names_group, statistics_groups
+
         odid = self.cfg.domain_id
         stats = self.statistics()
         out = [statistics_groups(stats, odid, odid) + self.sampling_records

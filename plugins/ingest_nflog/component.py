@@ -29,7 +29,7 @@ import sys
 import termios
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from netflow_agent.api import (
     ComponentUnavailable,
@@ -40,10 +40,15 @@ from netflow_agent.api import (
     hookimpl,
 )
 
-from .config import Config
-from .decoders import c_unavailable_reason, make_batcher
-from .netlink import NLBUFSIZ_MAX, NflogSocket, find_ack
-from .rules import ManagedRules
+from .config import NLBUFSIZ_MAX, Config
+
+if TYPE_CHECKING:
+    from .netlink import NflogSocket
+    from .rules import ManagedRules
+
+# .decoders, .netlink and .rules are imported when an instance starts, not with the class:
+# every agent registers this type, and an agent without [[ingest.nflog]] keeps ~1 MB less
+# (docs/performance.md, "Agent memory: a smaller flow index and lazy imports")
 
 _POLL_S = 0.2  # how often an idle reader looks at the stop flag
 _STOP_DRAIN_S = 2.0  # longest wait for the next datagram while draining at stop
@@ -74,6 +79,8 @@ class GroupReader:
         self.owner = owner
         self.sock = sock
         self.pending = pending
+        from .decoders import make_batcher
+
         cfg = owner.config
         self.decoder = make_batcher(cfg.decoder, owner.fragments, cfg.decapsulate,
                                     cfg.keep_outer)
@@ -210,6 +217,8 @@ class GroupReader:
 
     def _finish(self) -> None:
         """UNBIND, then read until its ack: the kernel flushes its partial batch first."""
+        from .netlink import find_ack
+
         try:
             self.sock.unbind_request()
         except OSError as exc:
@@ -295,6 +304,10 @@ class NflogIngest(Ingest):
     @hookimpl
     def agent_start(self, context: RunContext) -> None:
         """Bind every group, install the managed rules, start the readers."""
+        from .decoders import c_unavailable_reason
+        from .netlink import NflogSocket
+        from .rules import ManagedRules
+
         cfg = self.config
         self.fragments = context.fragments
         context.declare_netns(self.name, cfg.netns)  # exporters resolve ifIndexes there

@@ -16,8 +16,9 @@ from netflow_agent.api import (
     option,
 )
 
-from .netlink import NLBUFSIZ_MAX
-
+#: the kernel clamps NFULA_CFG_NLBUFSIZ to [NLMSG_GOODSIZE, 131072] (nfulnl_set_nlbufsiz);
+#: defined here, not in .netlink, so registering the type does not load the netlink code
+NLBUFSIZ_MAX = 131072
 _NETNS_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
 GROUP_MAX = 65535
 #: bytes a snap length needs to reach the ports behind an IPv6 header plus one extension header

@@ -113,9 +113,6 @@ NFULNL_CFG_F_SEQ = 0x0001
 NFULNL_CFG_F_SEQ_GLOBAL = 0x0002
 NFULNL_CFG_F_CONNTRACK = 0x0004
 
-#: the kernel clamps NFULA_CFG_NLBUFSIZ to [NLMSG_GOODSIZE, 131072] (nfulnl_set_nlbufsiz)
-NLBUFSIZ_MAX = 131072
-
 # netfilter hooks (linux/netfilter.h: enum nf_inet_hooks)
 NF_INET_PRE_ROUTING = 0
 NF_INET_LOCAL_IN = 1

@@ -11,10 +11,10 @@ from netflow_agent.config.convert import convert
 from netflow_agent.plugins.ingest_nflog.config import (
     MESSAGE_OVERHEAD,
     NLBUFSIZ_AUTO,
+    NLBUFSIZ_MAX,
     NLBUFSIZ_MIN,
     Config,
 )
-from netflow_agent.plugins.ingest_nflog.netlink import NLBUFSIZ_MAX
 from netflow_agent.plugins.ingest_nflog.rules import ruleset
 
 SAMPLE = Path(__file__).parents[2] / "plugins" / "ingest_nflog" / "sample.toml"

@@ -42,3 +42,49 @@ def test_plugin_discovery_does_not_load_importlib_metadata() -> None:
     loaded = json.loads(out.stdout)
     assert loaded["types"] >= 8
     assert not set(HEAVY_STDLIB) & set(loaded["modules"]), "imported at start"
+
+
+#: loaded only by an agent that uses them (docs/performance.md, "Agent memory: a smaller flow
+#: index and lazy imports"): the NFLOG ingest's socket, decoder and rule code (~0.7 MB for an
+#: agent without [[ingest.nflog]]), the IPFIX encoders and transports (~0.3 MB without
+#: [[export.ipfix]]), difflib (a configuration typo's suggestion, ~0.2 MB)
+LAZY = tuple(f"netflow_agent.plugins.ingest_nflog.{m}" for m in ("netlink", "rules", "decoders")
+             ) + tuple(f"netflow_agent.plugins.export_ipfix.{m}"
+                       for m in ("ipfix", "options", "nel", "file", "spool", "tcp")) + ("difflib",)
+
+STARTED = """
+import json, sys
+import numpy as np
+from netflow_agent.cli import _manager_for
+from netflow_agent.ifnames import InterfaceNames
+from netflow_agent.model import FlowBatch
+import netflow_agent.loop, netflow_agent.pipeline, netflow_agent.stages.cache
+_pm, registry, _loaded = _manager_for(None)
+batch = FlowBatch("probe")
+batch.flows = np.resize(batch.flows, 3)
+batch.flows["in_if"], batch.flows["out_if"] = [2, 3, 2], [0, 4, 4]
+names = InterfaceNames()
+names.note_flows(batch)  # what every NetFlow v9 / IPFIX export does
+print(json.dumps({"seen": sorted(names.seen), "modules": sorted(sys.modules)}))
+"""
+
+
+def test_components_load_what_only_their_instances_need_lazily() -> None:
+    """Registering every built-in type (what every agent does) leaves the NFLOG ingest's and
+    the IPFIX exporter's internals and difflib out; their classes are still the factories."""
+    out = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+                         check=True, timeout=120)
+    modules = set(json.loads(out.stdout)["modules"])
+    assert {"netflow_agent.plugins.ingest_nflog.component",
+            "netflow_agent.plugins.export_ipfix.component"} <= modules
+    assert not set(LAZY) & modules, "imported at start"
+
+
+def test_noting_an_exports_interfaces_does_not_load_numpy_ma() -> None:
+    """NumPy >= 2.3's ``np.unique`` imports ``numpy.ma`` (~0.6 MB) to check for a masked
+    array; the exporters' interface bookkeeping finds distinct values without it."""
+    out = subprocess.run([sys.executable, "-c", STARTED], capture_output=True, text=True,
+                         check=True, timeout=120)
+    loaded = json.loads(out.stdout)
+    assert loaded["seen"] == [0, 2, 3, 4]
+    assert "numpy.ma" not in loaded["modules"]
