@@ -222,11 +222,14 @@ static int grow_slots(FlowIndex *s, size_t need)
 /* Rehash into `n` buckets (a power of two) from the stored hashes; -1 when out of memory. */
 static int resize_buckets(FlowIndex *s, size_t n)
 {
-	uint32_t *nb = PyMem_RawCalloc(n, sizeof(uint32_t));
+	/* Written before it is read: calloc's fresh pages would be mapped from the zero page at
+	 * the first probe's read, then copied at its write (two faults and a TLB flush each). */
+	uint32_t *nb = PyMem_RawMalloc(n * sizeof(uint32_t));
 	size_t mask = n - 1;
 
 	if (!nb)
 		return -1;
+	memset(nb, 0, n * sizeof(uint32_t));
 	for (size_t i = 0; i < s->nbuckets; i++) {
 		uint32_t b = s->buckets[i];
 		size_t j;
