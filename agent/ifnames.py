@@ -39,11 +39,11 @@ class InterfaceNames:
         self.seen.update(out_if)
 
     def note_flows(self, records: FlowBatch | Iterable[Any]) -> None:
-        """Remember the ingress and egress interfaces of a batch (from its columns, one
-        ``np.unique`` each) or of flow records."""
+        """Remember the ingress and egress interfaces of a batch (from its columns:
+        :func:`distinct`) or of flow records."""
         if isinstance(records, FlowBatch):
             flows = records.flows
-            self.note(np.unique(flows["in_if"]).tolist(), np.unique(flows["out_if"]).tolist())
+            self.note(distinct(flows["in_if"]), distinct(flows["out_if"]))
             return
         recs = list(records)
         self.note((r.in_if for r in recs), (r.out_if for r in recs))
@@ -62,3 +62,18 @@ class InterfaceNames:
         names = resolve(wanted)
         self.unresolved += len(wanted) - len(names)
         return names
+
+
+def distinct(column: np.ndarray) -> list[int]:
+    """The distinct values of an integer column.
+
+    A batch usually names one interface per column (an ingest observes one interface, a
+    host routes to one uplink): one comparison pass (~1 ns a row) then says so, where
+    ``np.unique`` (~7 ns a row) runs only for a column that holds several values.
+    """
+    if not len(column):
+        return []
+    first = column[0]
+    if (column == first).all():
+        return [int(first)]
+    return np.unique(column).tolist()
