@@ -11,7 +11,8 @@ datagram (:func:`bench.export.final_export.collector`).
 
 Printed, medians of ``--runs``: CPU µs per flow (``time.process_time``, every thread) of the
 forced scan and of the rest of the stop, and the records the exporter lost (must be 0).
-``--profile FILE`` writes a cProfile of the first run's shutdown (pipeline thread only).
+glibc's ``M_MMAP_THRESHOLD`` is set as the agent sets it (128 KiB, ``agent/cli.py``) unless
+``--mmap-threshold`` (and ``--trim-threshold``) say otherwise. ``--profile FILE`` writes a cProfile of the first run's shutdown (pipeline thread only).
 
 Run: ``python3 bench/export/stop_scan.py [--flows 200000] [--runs 3] [--profile FILE]``.
 """
@@ -34,11 +35,13 @@ sys.path.insert(0, str(ROOT))
 
 from bench.export.final_export import collector  # noqa: E402
 from bench.export.workload import make_records  # noqa: E402
+from netflow_agent.libc import libc  # noqa: E402
 from netflow_agent.model import FlowBatch  # noqa: E402
 from netflow_agent.runtime import ITEM_FLOWS  # noqa: E402
 from netflow_agent.stages.cache import FlowCache  # noqa: E402
 from netflow_agent.testing import build_agent, collecting_plugin_module  # noqa: E402
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt(3)
 #: flows per cache hand-over while filling (an eBPF drain step, ``drain_chunk``)
 FILL_ROWS = 16_384
 
@@ -102,8 +105,15 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--fin", action="store_true",
                     help="keep the workload's FIN on TCP flows (they wait in the FIN set)")
+    ap.add_argument("--mmap-threshold", type=int, default=128 * 1024,
+                    help="glibc M_MMAP_THRESHOLD in bytes (the agent's, agent/cli.py)")
+    ap.add_argument("--trim-threshold", type=int, default=0,
+                    help="glibc M_TRIM_THRESHOLD in bytes (0: glibc's)")
     ap.add_argument("--profile", default="", help="cProfile output of the first run")
     args = ap.parse_args()
+    libc().mallopt(M_MMAP_THRESHOLD, args.mmap_threshold)
+    if args.trim_threshold:
+        libc().mallopt(M_TRIM_THRESHOLD, args.trim_threshold)
     runs = [one_run(args.flows, args.fin, args.profile if i == 0 else "")
             for i in range(args.runs)]
     scan, own, rest = (statistics.median(r[i] for r in runs) for i in (0, 1, 2))
