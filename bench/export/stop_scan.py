@@ -12,7 +12,8 @@ datagram (:func:`bench.export.final_export.collector`).
 Printed, medians of ``--runs``: CPU µs per flow (``time.process_time``, every thread) of the
 forced scan and of the rest of the stop, and the records the exporter lost (must be 0).
 glibc's ``M_MMAP_THRESHOLD`` is set as the agent sets it (128 KiB, ``agent/cli.py``) unless
-``--mmap-threshold`` (and ``--trim-threshold``) say otherwise. ``--profile FILE`` writes a cProfile of the first run's shutdown (pipeline thread only).
+``--mmap-threshold`` (and ``--trim-threshold``) say otherwise. ``--profile FILE`` writes a
+cProfile of the first run's shutdown (pipeline thread only).
 
 Run: ``python3 bench/export/stop_scan.py [--flows 200000] [--runs 3] [--profile FILE]``.
 """
