@@ -15,8 +15,9 @@
  *     returned -1 for it); 0 when all were sent, or when the kernel stopped short after
  *     accepting some (sendmmsg drops the error of a call that sent at least one datagram; the
  *     caller tries the rest again to learn it).
- * The datagrams must be bytes (the encoders' output); they are held (a reference each) while
- * the GIL is released, so another thread changing the sequence meanwhile cannot free them.
+ * A datagram is any object with a contiguous buffer (bytes, the encoders' output; bytearray,
+ * memoryview). Each is held by a buffer view while the GIL is released: the sequence may change
+ * meanwhile, and a bytearray cannot be resized, so no datagram is freed or moved under the call.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -28,16 +29,13 @@
 #define CHUNK 256 /* datagrams per sendmmsg call (the kernel's cap is UIO_MAXIOV, 1024) */
 
 /* Send `n` (<= CHUNK) datagrams; the kernel's count, or -1 with errno. */
-static int send_chunk(int fd, PyObject *const *items, int n)
+static int send_chunk(int fd, struct iovec *iov, int n)
 {
 	struct mmsghdr msgs[CHUNK];
-	struct iovec iov[CHUNK];
 	int i, rc;
 
 	memset(msgs, 0, sizeof(msgs[0]) * (size_t)n);
 	for (i = 0; i < n; i++) {
-		iov[i].iov_base = PyBytes_AS_STRING(items[i]);
-		iov[i].iov_len = (size_t)PyBytes_GET_SIZE(items[i]);
 		msgs[i].msg_hdr.msg_iov = &iov[i];
 		msgs[i].msg_hdr.msg_iovlen = 1;
 	}
@@ -48,14 +46,14 @@ static int send_chunk(int fd, PyObject *const *items, int n)
 }
 
 /* Send every item in chunks until one chunk stops short; sets *err on a refused datagram. */
-static Py_ssize_t send_all(int fd, PyObject *const *items, Py_ssize_t count, int *err)
+static Py_ssize_t send_all(int fd, struct iovec *iov, Py_ssize_t count, int *err)
 {
 	Py_ssize_t sent = 0;
 
 	*err = 0;
 	while (sent < count) {
 		int want = count - sent > CHUNK ? CHUNK : (int)(count - sent);
-		int rc = send_chunk(fd, items + sent, want);
+		int rc = send_chunk(fd, iov + sent, want);
 
 		if (rc <= 0) { /* 0 only for an empty vector: never, but never loop on it */
 			*err = rc < 0 ? errno : EIO;
@@ -68,17 +66,55 @@ static Py_ssize_t send_all(int fd, PyObject *const *items, Py_ssize_t count, int
 	return sent;
 }
 
+/* Release the first `n` views and the arrays. */
+static void release_views(Py_buffer *views, struct iovec *iov, Py_ssize_t n)
+{
+	Py_ssize_t i;
+
+	for (i = 0; i < n; i++)
+		PyBuffer_Release(&views[i]);
+	PyMem_Free(views);
+	PyMem_Free(iov);
+}
+
+/* A view and an iovec per datagram; -1 with an exception (nothing left held) on failure. */
+static int hold_views(PyObject **items, Py_ssize_t start, Py_ssize_t count, Py_buffer **views,
+		      struct iovec **iov)
+{
+	Py_ssize_t i;
+
+	*views = PyMem_Malloc(sizeof(**views) * (size_t)count);
+	*iov = PyMem_Malloc(sizeof(**iov) * (size_t)count);
+	if (*views == NULL || *iov == NULL) {
+		release_views(*views, *iov, 0);
+		PyErr_NoMemory();
+		return -1;
+	}
+	for (i = 0; i < count; i++) {
+		if (PyObject_GetBuffer(items[i], &(*views)[i], PyBUF_SIMPLE) < 0) {
+			release_views(*views, *iov, i);
+			PyErr_Format(PyExc_TypeError, "datagram %zd is %.100s, not a bytes-like object",
+				     start + i, Py_TYPE(items[i])->tp_name);
+			return -1;
+		}
+		(*iov)[i].iov_base = (*views)[i].buf;
+		(*iov)[i].iov_len = (size_t)(*views)[i].len;
+	}
+	return 0;
+}
+
 static PyObject *send_burst(PyObject *self, PyObject *args)
 {
 	int fd, err = 0;
 	PyObject *seq, *fast;
-	Py_ssize_t start, count, total, i, sent = 0;
-	PyObject **items;
+	Py_ssize_t start, count, total, sent = 0;
+	Py_buffer *views;
+	struct iovec *iov;
 
 	(void)self;
 	if (!PyArg_ParseTuple(args, "iOnn:send_burst", &fd, &seq, &start, &count))
 		return NULL;
-	fast = PySequence_Fast(seq, "datagrams must be a sequence of bytes");
+	fast = PySequence_Fast(seq, "datagrams must be a sequence of bytes-like objects");
 	if (fast == NULL)
 		return NULL;
 	total = PySequence_Fast_GET_SIZE(fast);
@@ -87,31 +123,15 @@ static PyObject *send_burst(PyObject *self, PyObject *args)
 		PyErr_SetString(PyExc_IndexError, "start and count must lie within datagrams");
 		return NULL;
 	}
-	items = PySequence_Fast_ITEMS(fast) + start;
-	for (i = 0; i < count; i++) {
-		if (!PyBytes_Check(items[i])) {
-			Py_DECREF(fast);
-			return PyErr_Format(PyExc_TypeError, "datagram %zd is %.100s, not bytes",
-					    start + i, Py_TYPE(items[i])->tp_name);
-		}
-	}
 	if (count > 0) {
-		PyObject **held = PyMem_Malloc(sizeof(*held) * (size_t)count);
-
-		if (held == NULL) {
+		if (hold_views(PySequence_Fast_ITEMS(fast) + start, start, count, &views, &iov) < 0) {
 			Py_DECREF(fast);
-			return PyErr_NoMemory();
-		}
-		for (i = 0; i < count; i++) {
-			held[i] = items[i];
-			Py_INCREF(held[i]);
+			return NULL;
 		}
 		Py_BEGIN_ALLOW_THREADS
-		sent = send_all(fd, held, count, &err);
+		sent = send_all(fd, iov, count, &err);
 		Py_END_ALLOW_THREADS
-		for (i = 0; i < count; i++)
-			Py_DECREF(held[i]);
-		PyMem_Free(held);
+		release_views(views, iov, count);
 	}
 	Py_DECREF(fast);
 	return Py_BuildValue("(ni)", sent, err);
@@ -120,8 +140,9 @@ static PyObject *send_burst(PyObject *self, PyObject *args)
 static PyMethodDef methods[] = {
 	{"send_burst", send_burst, METH_VARARGS,
 	 "send_burst(fd, datagrams, start, count) -> (sent, errno)\n\n"
-	 "Send datagrams[start:start + count] on the connected socket `fd` with sendmmsg(2),\n"
-	 "without blocking and with the GIL released. `sent`: how many were accepted, in\n"
+	 "Send datagrams[start:start + count] (bytes-like objects) on the connected socket\n"
+	 "`fd` with sendmmsg(2), without blocking and with the GIL released. `sent`: how\n"
+	 "many were accepted, in\n"
 	 "order; `errno`: why datagrams[start + sent] was refused, or 0 (all sent, or the\n"
 	 "kernel stopped short and dropped the reason: try the rest again)."},
 	{NULL, NULL, 0, NULL},

@@ -5,5 +5,5 @@ from collections.abc import Sequence
 #: datagrams per sendmmsg(2) call
 CHUNK: int
 
-def send_burst(fd: int, datagrams: Sequence[bytes], start: int, count: int,
+def send_burst(fd: int, datagrams: Sequence[bytes | bytearray | memoryview], start: int, count: int,
                /) -> tuple[int, int]: ...

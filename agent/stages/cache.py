@@ -71,6 +71,8 @@ MAX_DEFER_S = 60
 _END_FLAGS = TCP_FIN | TCP_RST
 #: keys ``hash:N`` refused, remembered to skip the hash on their next packets (then forgotten)
 _UNSELECTED_MAX = 1 << 18  # ~75 B each in C: at most ~20 MB
+#: most rows whose packed keys go through the reused buffer (at most ~1 MB with 64-byte keys)
+_KEY_BUFFER_ROWS = 1 << 14
 
 
 def _rekey(key: bytes, size: int) -> bytes:
@@ -218,6 +220,7 @@ class FlowCache(Cache):
         self.sampler = config.flow_sampler()
         self._unselected = FlowIndex(self.table.key_size)
         self.rules = KeyRules(config.aggregation)
+        self._key_buffer = np.empty(0, self.schema.key_dtype)  # reused by _keys_of
 
     @hookimpl
     def agent_start(self, context: RunContext) -> None:
@@ -378,7 +381,7 @@ class FlowCache(Cache):
         flows = batch.flows
         if not len(flows):
             return
-        keys = self.schema.keys_of(flows)
+        keys = self._keys_of(flows)
         if self.rules:
             keys = np.array(self.rules.rewrite_keys(keys.tolist()), keys.dtype)
         discard = self._hash_discards(keys)
@@ -402,6 +405,19 @@ class FlowCache(Cache):
         st.found += len(slots) - self._count_new(keys, slots, new, flows["start_ns"])
         st.traffic_packets += int(flows["packets"].sum())
         st.traffic_bytes += int(flows["octets"].sum())
+
+    def _keys_of(self, flows: np.ndarray) -> np.ndarray:
+        """:meth:`FlowSchema.keys_of` into a buffer kept between batches (the index copies
+        the keys; nothing keeps them after the merge): a drain step's keys (4,096 x 44 bytes)
+        would otherwise be a fresh mmap, faulted in and unmapped at every batch."""
+        schema, n = self.schema, len(flows)
+        if n > _KEY_BUFFER_ROWS:  # a rare large batch (a restore): its own array
+            return schema.keys_of(flows)
+        if len(self._key_buffer) < n or self._key_buffer.dtype != schema.key_dtype:
+            self._key_buffer = np.empty(max(n, 4096), schema.key_dtype)
+        keys = self._key_buffer[:n]
+        keys[...] = flows[list(schema.key_names)]  # one structured cast, by position
+        return keys.view(f"V{schema.key_size}")
 
     # --- cache -> aggregate ----------------------------------------------------------------
 

@@ -19,6 +19,7 @@ The callback runs on the pacing thread; the caller makes its socket use thread-s
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -28,6 +29,8 @@ from typing import Any
 
 from netflow_agent import privileges
 from netflow_agent.config.schema import option
+
+log = logging.getLogger("netflow_agent.transport.pacing")
 
 #: default burst: this many seconds' worth of tokens may be spent at once
 BURST_S = 0.01
@@ -227,7 +230,7 @@ class PacedSender:
                     break
                 self._putters += 1
                 try:
-                    self._cond.wait(left_s)  # the sending thread notifies after each burst
+                    self._cond.wait(left_s)  # the sending thread notifies at low water
                 finally:
                     self._putters -= 1
             st.backlog_dropped += len(datagrams) - n
@@ -240,7 +243,13 @@ class PacedSender:
             if batch is None:
                 return
             privileges.follow()
-            self._send_many(*batch)
+            try:
+                self._send_many(*batch)
+            except Exception:  # a send that raises must not stop the thread or lose uncounted
+                log.exception("%s: sending a burst of %d datagrams failed; counted lost",
+                              self._thread.name, len(batch[0]))
+                for datagram, count in zip(*batch, strict=True):
+                    self._lost(datagram, count)
             self.stats.paced += len(batch[0])
 
     def _each(self, datagrams: list[bytes], records: list[int]) -> None:

@@ -341,7 +341,7 @@ class UdpDestination:
         stats = self.stats
         pos, end = 0, len(datagrams)
         refused = 0  # ECONNREFUSED answers for datagrams[pos] (a pending one is retried once)
-        single = False  # the kernel stopped short without saying why: one per call from here
+        single = False  # the kernel stopped short or refused one: one per call from here
         while pos < end:
             sock = self._sock
             if sock is None and not self.maybe_reconnect():
@@ -351,12 +351,24 @@ class UdpDestination:
                 continue
             assert self._sock is not None
             count = 1 if single else end - pos
-            sent, err = send_burst(self._sock.fileno(), datagrams, pos, count)
+            try:
+                sent, err = send_burst(self._sock.fileno(), datagrams, pos, count)
+            except TypeError:  # not bytes-like: find which one per call, lose only that one
+                if not single:
+                    single = True
+                    continue
+                self._log.error("%s: datagram of type %s is not bytes-like: counted lost",
+                                self.endpoint, type(datagrams[pos]).__name__)
+                self._lost(records[pos], datagrams[pos])
+                lost.append(pos)
+                pos += 1
+                continue
             if sent:
                 stats.packets_ok += sent
                 stats.bytes_ok += sum(map(len, datagrams[pos:pos + sent]))
                 pos += sent
                 refused = 0
+            single = single or bool(err)  # the next ones would likely fail at once too
             if err == errno.ECONNREFUSED:
                 self._count_cberr()
                 refused += 1

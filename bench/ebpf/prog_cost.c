@@ -10,12 +10,14 @@
  *   prog_cost SLOTS PRECISE_CLOCK FLOWS REPEAT [FRAG_TRACK DECAP FRAME [KEEP_OUTER
  *             [L2_FIELDS MPLS_LABELS]]]
  *   prog_cost --empty OBJECT REPEAT      the same frame through empty.bpf.c's program
- *   prog_cost --new SLOTS MAXFLOWS FLOWS PERCPU
+ *   prog_cost --new SLOTS MAXFLOWS FLOWS PERCPU [STEADY]
  *             FLOWS distinct flows (source 10.128.0.0 + flow) run once each into tables of
  *             MAXFLOWS with the loader's defaults (tick clock, overflow ring, early drain at
  *             half the table), then once each again: prints "new existing", the mean ns per
  *             run of each pass (one run per test-run call: subtract `--empty OBJECT 1`);
- *             exits 1 unless the tables hold all 2 x FLOWS packets with 0 < first <= last
+ *             exits 1 unless the tables hold all 2 x FLOWS packets with 0 < first <= last;
+ *             STEADY 1: the table filled and emptied once first, flows in a shuffled order;
+ *             exits 1 as well unless the early-drain fill count and signal are right
  *
  * FRAG_TRACK (0/1), DECAP (TUNNEL_* bits) and KEEP_OUTER (0/1) set the knobs of
  * [cache] fragments = "track", decapsulate and keep_outer; FRAME is 0 for the plain UDP frame,
@@ -24,6 +26,7 @@
  * (68 bytes). L2_FIELDS (L2_* bits) and MPLS_LABELS are [flow]'s optional key fields; the flow
  * tables hash the key's prefix they use (flow_key_size()), as the loader sets them up.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -203,13 +206,119 @@ static long long table_packets(struct flow_bpf *skel, int percpu)
 	return total;
 }
 
+/* Delete every entry of `map` (key size `key_size`, values of `val_size`) with
+ * BPF_MAP_LOOKUP_AND_DELETE_BATCH, as a drain does: the preallocated elements go back to the
+ * free list in the order of the hash walk. */
+static int empty_table(int map, size_t key_size, size_t val_size)
+{
+	enum { CHUNK = 4096 };
+	void *keys = malloc(CHUNK * key_size), *vals = malloc(CHUNK * val_size);
+	__u32 batch = 0, count;
+	int first = 1, err = 0;
+	LIBBPF_OPTS(bpf_map_batch_opts, opts);
+
+	while (keys && vals && !err) {
+		count = CHUNK;
+		err = bpf_map_lookup_and_delete_batch(map, first ? NULL : &batch, &batch, keys,
+						      vals, &count, &opts);
+		first = 0;
+	}
+	free(keys), free(vals);
+	return err == -ENOENT ? 0 : -1;
+}
+
+/* Zero entries 0..n-1 of array `map` (values of `size` bytes), as a drain leaves them. */
+static int zero_entries(int map, __u32 n, size_t size)
+{
+	void *zero = calloc(1, size);
+	int err = !zero;
+
+	for (__u32 i = 0; !err && i < n; i++)
+		err = bpf_map_update_elem(map, &i, zero, BPF_ANY);
+	free(zero);
+	return err;
+}
+
+/* A fixed permutation of 0..n-1 (xorshift Fisher-Yates): the flood's order of flows after a
+ * drain, not the order the table's elements were handed out in. */
+static unsigned int *shuffled(unsigned int n)
+{
+	unsigned int *order = malloc(sizeof(*order) * n);
+	unsigned long long x = 0x9e3779b97f4a7c15ULL;
+
+	for (unsigned int i = 0; order && i < n; i++)
+		order[i] = i;
+	for (unsigned int i = n; order && i > 1; i--) {
+		x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+		unsigned int j = x % i, t = order[i - 1];
+
+		order[i - 1] = order[j], order[j] = t;
+	}
+	return order;
+}
+
+/* Hash inserts the program counted in flow_stats (CNT_HASH_NEW, summed over the CPUs). */
+static long long hash_inserts(struct flow_bpf *skel)
+{
+	int ncpu = libbpf_num_possible_cpus();
+	struct flow_counters c[ncpu];
+	__u32 zero = 0;
+	long long n = 0;
+
+	if (bpf_map_lookup_elem(bpf_map__fd(skel->maps.flow_stats), &zero, c))
+		return -1;
+	for (int i = 0; i < ncpu; i++)
+		n += c[i].v[CNT_HASH_NEW];
+	return n;
+}
+
+static int count_signal(void *ctx, void *data, size_t size)
+{
+	(void)data, (void)size;
+	++*(int *)ctx;
+	return 0;
+}
+
+/* The early-drain trigger after `inserted` hash inserts into table 0 since it was emptied:
+ * its shared count is off by less than FILL_STEP (64) per CPU (a CPU adds 64 at every 64th
+ * insert of its own since load; exact for thresholds below 4096), and the program signalled the drain iff the count reached the threshold. */
+static int check_fill(struct flow_bpf *skel, long long inserted, unsigned long long threshold)
+{
+	long long slack = threshold >= 64 * 64 ? 64LL * libbpf_num_possible_cpus() : 1;
+	struct ring_buffer *rb;
+	struct flow_fill fill;
+	__u32 zero = 0;
+	int signals = 0;
+
+	if (bpf_map_lookup_elem(bpf_map__fd(skel->maps.flow_fill), &zero, &fill))
+		return perror("read the fill count"), 1;
+	rb = ring_buffer__new(bpf_map__fd(skel->maps.fill_signal), count_signal, &signals, NULL);
+	if (!rb || ring_buffer__consume(rb) < 0)
+		return perror("read the fill signal"), 1;
+	ring_buffer__free(rb);
+	if ((long long)fill.inserts >= inserted + slack ||
+	    (long long)fill.inserts <= inserted - slack ||
+	    (signals > 0) != (fill.inserts >= threshold)) {
+		fprintf(stderr, "fill count %llu after %lld inserts (threshold %llu): %d signals\n",
+			(unsigned long long)fill.inserts, inserted, threshold, signals);
+		return 1;
+	}
+	return 0;
+}
+
 /* Each of `flows` flows run once, twice over: the mean ns per run of the pass that inserts
  * them (new flows) and of the pass that finds them (existing flows). Fails unless the tables
- * then hold every run's packet with sane times. */
-static int run_new(unsigned int slots, unsigned int maxflows, unsigned int flows, int percpu)
+ * then hold every run's packet with sane times. `steady`: the table was filled and emptied
+ * once before (its free list in drain order, as after the first drain of a flood) and both
+ * passes visit the flows in a shuffled order, so neither the elements nor the buckets are
+ * walked in memory order; else a fresh table, flows in order. */
+static int run_new(unsigned int slots, unsigned int maxflows, unsigned int flows, int percpu,
+		   int steady)
 {
 	struct flow_bpf *skel = flow_bpf__open();
 	double pass[2] = { 0, 0 }, ns;
+	unsigned int *order = shuffled(flows);
+	long long before;
 	int fd;
 
 	if (!skel)
@@ -229,13 +338,39 @@ static int run_new(unsigned int slots, unsigned int maxflows, unsigned int flows
 	if (flow_bpf__load(skel))
 		return perror("load"), 1;
 	fd = bpf_program__fd(skel->progs.flow_tc_ingress);
-	for (int p = 0; p < 2; p++)
+	if (!order)
+		return perror("malloc"), 1;
+	if (steady) {
+		for (unsigned int f = 0; f < flows; f++)
+			if (test_run_frame(fd, flows + f, 1, 5) < 0)
+				return perror("BPF_PROG_TEST_RUN"), 1;
+		if (empty_table(bpf_map__fd(skel->maps.flows_a), FLOW_KEY_BASE_SIZE,
+				sizeof(struct flow_metrics) * (percpu ? libbpf_num_possible_cpus() : 1)) ||
+		    zero_entries(bpf_map__fd(skel->maps.slots_a),
+				 bpf_map__max_entries(skel->maps.slots_a), sizeof(struct flow_record)) ||
+		    zero_entries(bpf_map__fd(skel->maps.flow_fill), 1, sizeof(struct flow_fill)))
+			return perror("drain the table"), 1;
+	}
+	if (steady) {			/* the churn's signal, if any, was the drain's */
+		struct ring_buffer *rb = ring_buffer__new(bpf_map__fd(skel->maps.fill_signal),
+							  count_signal, &(int){ 0 }, NULL);
+
+		if (!rb || ring_buffer__consume(rb) < 0)
+			return perror("read the fill signal"), 1;
+		ring_buffer__free(rb);
+	}
+	before = hash_inserts(skel);
+	for (int p = 0; p < 2; p++) {
 		for (unsigned int f = 0; f < flows; f++) {
-			ns = test_run_frame(fd, f, 1, 5);
+			ns = test_run_frame(fd, steady ? order[f] : f, 1, 5);
 			if (ns < 0)
 				return perror("BPF_PROG_TEST_RUN"), 1;
 			pass[p] += ns;
 		}
+		if (p == 0 && check_fill(skel, hash_inserts(skel) - before, maxflows / 2))
+			return 1;
+	}
+	free(order);
 	if (table_packets(skel, percpu) != 2LL * flows) {
 		fprintf(stderr, "accounting: %lld packets in the tables, %u runs\n",
 			table_packets(skel, percpu), 2 * flows);
@@ -257,8 +392,9 @@ int main(int argc, char **argv)
 
 	if (argc == 4 && !strcmp(argv[1], "--empty"))
 		return run_empty(argv[2], atoi(argv[3]));
-	if (argc == 6 && !strcmp(argv[1], "--new"))
-		return run_new(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
+	if ((argc == 6 || argc == 7) && !strcmp(argv[1], "--new"))
+		return run_new(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]),
+			       argc == 7 && atoi(argv[6]));
 	if (argc != 5 && argc != 8 && argc != 9 && argc != 11) {
 		fprintf(stderr, "usage: %s SLOTS PRECISE_CLOCK FLOWS REPEAT [FRAG_TRACK DECAP "
 			"FRAME [KEEP_OUTER [L2_FIELDS MPLS_LABELS]]] | --empty OBJECT REPEAT\n",

@@ -9,8 +9,10 @@
  * calling thread's network namespace (the Python side wraps them in setns()).
  * drain_begin() + drain_next() empty one flow table in chunks: each drain_next() takes up to
  * `chunk_rows` entries with BPF_MAP_LOOKUP_AND_DELETE_BATCH (then the per-CPU slots), sums the
- * per-CPU values with the GIL released and writes struct flow_record rows into the caller's
- * buffer (a reused NumPy array): memory stays bounded by the chunk, whatever the table holds.
+ * per-CPU values with the GIL released and writes the rows into the caller's buffer: straight
+ * into the columns of a FlowBatch record array (a layout from decode.record_layout(); no row
+ * buffer, no NumPy pass per column), or as struct flow_record rows: memory stays bounded by
+ * the chunk, whatever the table holds.
  * consume() turns the overflow ring's per-packet events into the same rows.
  */
 #define PY_SSIZE_T_CLEAN
@@ -73,6 +75,34 @@ static PyObject *raise_errno(int err, const char *what)
 	return NULL;
 }
 
+/*
+ * A drained row written straight into the caller's record array (a FlowBatch's columns):
+ * drain_next(buffer, layout, wall_offset) applies these ops to each flow_record, so no
+ * intermediate row buffer and no NumPy pass per column. decode.py's record_layout() builds
+ * them from the schema's record dtype; bytes of an output row no op writes are zero.
+ */
+enum { OP_COPY, OP_INT, OP_TIME, OP_TUNNEL, OP_MAX };
+
+_Static_assert(offsetof(struct flow_key, ext) == FLOW_KEY_BASE_SIZE,
+	       "the optional fields follow the base key");
+
+struct layout_op {
+	__u16 dst;		/* offset in the output row */
+	__u16 src;		/* offset in struct flow_record */
+	__u8 dst_width;		/* bytes written: OP_COPY any, OP_INT 1/2/4/8, others 8 */
+	__u8 src_width;		/* bytes read: OP_COPY = dst_width, OP_INT 1/2/4/8 */
+	__u8 kind;		/* OP_*: copy bytes, unsigned integer (narrowed or widened), a
+				 * monotonic time + wall_offset (u64 -> i64), tunnel_type << 56 |
+				 * tunnel_id (two u32 at src) */
+	__u8 pad;
+};
+
+/* a layout: this header, then nops ops */
+struct layout_head {
+	__u32 row_size;		/* bytes per output row (the record dtype's itemsize) */
+	__u32 nops;
+};
+
 typedef struct {
 	PyObject_HEAD
 	struct flow_bpf *skel;
@@ -86,6 +116,11 @@ typedef struct {
 	size_t slot_len;	/* bytes of each mapping */
 	__u32 key_size;		/* bytes the flow tables hash: the base key or all of it */
 	__u32 rec_size;		/* bytes of a drained row: FLOW_RECORD_BASE_SIZE or a flow_record */
+	/* the drain_next() call in progress, with a layout: rows are written as its ops say */
+	const struct layout_op *ops;	/* NULL: rows of rec_size (put_record) */
+	__u32 nops;
+	__u32 out_size;		/* bytes of an output row */
+	__s64 wall_offset;	/* ns added to the kernel's CLOCK_MONOTONIC times (OP_TIME) */
 	/* the drain in progress (drain_begin): table, phase, batch token, next slot */
 	__u32 walk_index;
 	int walk_phase;		/* WALK_* */
@@ -137,11 +172,90 @@ static void Loader_dealloc(Loader *self)
  * else the compact row (base key, 4 zero bytes, metrics). `key` holds key_size bytes. An IPv4
  * address takes the first 4 bytes of its field; the other 12 are made zero here, so the
  * decoder can take the addresses as they are. */
+static __u64 get_uint(const char *p, int width)
+{
+	switch (width) {
+	case 1: return *(const __u8 *)p;
+	case 2: { __u16 v; memcpy(&v, p, 2); return v; }
+	case 4: { __u32 v; memcpy(&v, p, 4); return v; }
+	default: { __u64 v; memcpy(&v, p, 8); return v; }
+	}
+}
+
+static void put_uint(char *p, int width, __u64 v)
+{
+	switch (width) {
+	case 1: *(__u8 *)p = (__u8)v; break;
+	case 2: { __u16 x = (__u16)v; memcpy(p, &x, 2); break; }
+	case 4: { __u32 x = (__u32)v; memcpy(p, &x, 4); break; }
+	default: memcpy(p, &v, 8);
+	}
+}
+
+/* memcpy with the widths of the usual copies spelled out: a constant size compiles to plain
+ * moves, where a variable one became `rep movs` (slow to start, most of a row's time) */
+static void copy_bytes(char *dst, const char *src, unsigned int width)
+{
+	switch (width) {
+	case 1: memcpy(dst, src, 1); break;
+	case 2: memcpy(dst, src, 2); break;
+	case 4: memcpy(dst, src, 4); break;
+	case 8: memcpy(dst, src, 8); break;
+	case 16: memcpy(dst, src, 16); break;
+	case 32: memcpy(dst, src, 32); break;
+	default: memcpy(dst, src, width);
+	}
+}
+
+/* Write one row at dst as the call's layout says (self->ops), from a whole flow_record. */
+static void put_columns(const Loader *self, char *dst, const struct flow_record *r)
+{
+	const char *src = (const char *)r;
+
+	memset(dst, 0, self->out_size);
+	for (__u32 i = 0; i < self->nops; i++) {
+		const struct layout_op *op = &self->ops[i];
+		__u64 v;
+
+		switch (op->kind) {
+		case OP_COPY:
+			copy_bytes(dst + op->dst, src + op->src, op->dst_width);
+			break;
+		case OP_INT:
+			put_uint(dst + op->dst, op->dst_width, get_uint(src + op->src, op->src_width));
+			break;
+		case OP_TIME:	/* CLOCK_MONOTONIC ns are far below 2^63 */
+			v = (__u64)((__s64)get_uint(src + op->src, 8) + self->wall_offset);
+			memcpy(dst + op->dst, &v, 8);
+			break;
+		default:	/* OP_TUNNEL */
+			v = get_uint(src + op->src, 4) << 56 | get_uint(src + op->src + 4, 4);
+			memcpy(dst + op->dst, &v, 8);
+		}
+	}
+}
+
 static void put_record(const Loader *self, char *dst, const void *key,
 		       const struct flow_metrics *m)
 {
 	struct flow_key *k = (struct flow_key *)dst;
 
+	if (self->ops) {	/* straight into the caller's columns */
+		struct flow_record r;
+
+		memcpy(&r.key, key, FLOW_KEY_BASE_SIZE);
+		memset(&r.key.ext, 0, sizeof(r.key.ext));
+		if (self->key_size > FLOW_KEY_BASE_SIZE)
+			memcpy(&r.key.ext, (const char *)key + FLOW_KEY_BASE_SIZE,
+			       self->key_size - FLOW_KEY_BASE_SIZE);
+		r.m = *m;
+		if (r.key.ip_version == 4) {
+			memset(r.key.saddr + 4, 0, sizeof(r.key.saddr) - 4);
+			memset(r.key.daddr + 4, 0, sizeof(r.key.daddr) - 4);
+		}
+		put_columns(self, dst, &r);
+		return;
+	}
 	if (self->rec_size == sizeof(struct flow_record)) {
 		memset(dst, 0, offsetof(struct flow_record, m));
 		memcpy(dst, key, self->key_size);
@@ -156,6 +270,12 @@ static void put_record(const Loader *self, char *dst, const void *key,
 		memset(k->saddr + 4, 0, sizeof(k->saddr) - 4);
 		memset(k->daddr + 4, 0, sizeof(k->daddr) - 4);
 	}
+}
+
+/* Bytes between two rows drain_next() writes: the layout's row, or a drained row. */
+static size_t out_row_size(const Loader *self)
+{
+	return self->ops ? self->out_size : self->rec_size;
 }
 
 /* ring_buffer__consume() callback: one overflow_event becomes one row. */
@@ -498,7 +618,7 @@ static __u32 sum_records(Loader *self, __u32 n, char *out)
 			sum.tcp_flags |= v->tcp_flags;
 		}
 		if (sum.packets)
-			put_record(self, out + (size_t)kept++ * self->rec_size,
+			put_record(self, out + (size_t)kept++ * out_row_size(self),
 				   keys + (size_t)i * self->key_size, &sum);
 	}
 	return kept;
@@ -560,7 +680,7 @@ static __u32 drain_slots(Loader *self, __u32 room, char *out)
 
 		if (!slot->m.packets)
 			continue;
-		put_record(self, out + (size_t)kept++ * self->rec_size, &slot->key, &slot->m);
+		put_record(self, out + (size_t)kept++ * out_row_size(self), &slot->key, &slot->m);
 		memset(slot, 0, sizeof(*slot));
 	}
 	return kept;
@@ -584,33 +704,78 @@ static PyObject *Loader_drain_begin(Loader *self, PyObject *args)
 }
 
 /*
- * drain_next(buffer) -> (rows, errno, more): the next chunk of the drain drain_begin() started,
- * written into `buffer` (writable, C-contiguous, whole rows of record_size) as flow_record rows:
- * at most min(chunk_rows, len(buffer) / record_size) rows, all deleted from the kernel, so the
- * caller must hand every one of them on. errno != 0: the hash walk stopped there (the rest of
- * the table follows at a later drain); the slots are still drained. more: call it again.
+ * Check a layout (struct layout_head + ops, from decode.record_layout()) and point the call's
+ * state at it; raises ValueError and returns -1 when an op would read or write out of bounds.
+ */
+static int use_layout(Loader *self, const Py_buffer *layout)
+{
+	const struct layout_head *head = layout->buf;
+	const struct layout_op *ops = (const struct layout_op *)(head + 1);
+
+	if ((size_t)layout->len < sizeof(*head) ||
+	    (size_t)layout->len != sizeof(*head) + (size_t)head->nops * sizeof(*ops) ||
+	    !head->row_size) {
+		PyErr_SetString(PyExc_ValueError, "layout: a header and whole ops expected");
+		return -1;
+	}
+	for (__u32 i = 0; i < head->nops; i++) {
+		const struct layout_op *op = &ops[i];
+		int wide = op->kind == OP_TIME || op->kind == OP_TUNNEL;
+		int intw = (op->dst_width & (op->dst_width - 1)) == 0 && op->dst_width <= 8 &&
+			   (op->src_width & (op->src_width - 1)) == 0 && op->src_width <= 8;
+
+		if (op->kind >= OP_MAX || !op->dst_width || !op->src_width ||
+		    (size_t)op->dst + op->dst_width > head->row_size ||
+		    (size_t)op->src + op->src_width > sizeof(struct flow_record) ||
+		    (op->kind == OP_COPY && op->src_width != op->dst_width) ||
+		    (op->kind == OP_INT && !intw) ||
+		    (wide && (op->dst_width != 8 || op->src_width != 8))) {
+			PyErr_Format(PyExc_ValueError, "layout: op %u (kind %u, %u+%u <- %u+%u) is "
+				     "out of bounds or malformed", i, op->kind, op->dst,
+				     op->dst_width, op->src, op->src_width);
+			return -1;
+		}
+	}
+	self->ops = ops;
+	self->nops = head->nops;
+	self->out_size = head->row_size;
+	return 0;
+}
+
+/*
+ * drain_next(buffer, layout=None, wall_offset=0) -> (rows, errno, more): the next chunk of the
+ * drain drain_begin() started, written into `buffer` (writable, C-contiguous): without a
+ * layout as flow_record rows of record_size, with one (decode.record_layout(): rows of the
+ * FlowBatch's record dtype) straight into those columns, times + wall_offset ns; at most
+ * min(chunk_rows, len(buffer) / row size) rows, all deleted from the kernel, so the caller must
+ * hand every one of them on. errno != 0: the hash walk stopped there (the rest of the table
+ * follows at a later drain); the slots are still drained. more: call it again.
  */
 static PyObject *Loader_drain_next(Loader *self, PyObject *args)
 {
-	Py_buffer buf;
+	Py_buffer buf, layout = { 0 };
+	long long wall_offset = 0;
 	__u32 room, n, kept = 0;
+	size_t row;
 	int err = 0;
 
-	if (!PyArg_ParseTuple(args, "w*", &buf))
+	if (!PyArg_ParseTuple(args, "w*|z*L", &buf, &layout, &wall_offset))
 		return NULL;
-	if (check_open(self) || self->walk_phase == WALK_DONE) {
+	self->ops = NULL;
+	if (check_open(self) || self->walk_phase == WALK_DONE ||
+	    (layout.buf && use_layout(self, &layout))) {
 		if (!PyErr_Occurred())
 			PyErr_SetString(PyExc_ValueError, "no drain in progress (drain_begin first)");
-		PyBuffer_Release(&buf);
-		return NULL;
+		goto fail;
 	}
-	if (!PyBuffer_IsContiguous(&buf, 'C') || buf.len / self->rec_size < 1) {
-		PyBuffer_Release(&buf);
-		return PyErr_Format(PyExc_ValueError, "buffer must be C-contiguous and hold a %u-byte "
-				    "row at least", self->rec_size);
+	self->wall_offset = wall_offset;
+	row = out_row_size(self);
+	if (!PyBuffer_IsContiguous(&buf, 'C') || buf.len / row < 1) {
+		PyErr_Format(PyExc_ValueError, "buffer must be C-contiguous and hold a %zu-byte "
+			     "row at least", row);
+		goto fail;
 	}
-	room = buf.len / self->rec_size < self->chunk ? (__u32)(buf.len / self->rec_size)
-						      : self->chunk;
+	room = buf.len / row < self->chunk ? (__u32)(buf.len / row) : self->chunk;
 	Py_BEGIN_ALLOW_THREADS
 	if (self->walk_phase == WALK_HASH) {
 		n = drain_hash(self, room, &err);
@@ -624,15 +789,23 @@ static PyObject *Loader_drain_next(Loader *self, PyObject *args)
 		size_t total = (size_t)self->slots * self->slot_ncpu;
 
 		if (self->slots)
-			kept += drain_slots(self, room - kept, (char *)buf.buf +
-							      (size_t)kept * self->rec_size);
+			kept += drain_slots(self, room - kept, (char *)buf.buf + (size_t)kept * row);
 		if (!self->slots || self->walk_slot >= total)
 			self->walk_phase = WALK_DONE;
 	}
 	Py_END_ALLOW_THREADS
+	self->ops = NULL;
 	PyBuffer_Release(&buf);
+	if (layout.buf)
+		PyBuffer_Release(&layout);
 	return Py_BuildValue("(IiO)", kept, err < 0 ? -err : err,
 			     self->walk_phase == WALK_DONE ? Py_False : Py_True);
+fail:
+	self->ops = NULL;
+	PyBuffer_Release(&buf);
+	if (layout.buf)
+		PyBuffer_Release(&layout);
+	return NULL;
 }
 
 /* consume() -> (bytes, errno): flow_record rows, one per packet the overflow ring carried since
@@ -766,7 +939,8 @@ static PyMethodDef Loader_methods[] = {
 	{ "drain_begin", (PyCFunction)Loader_drain_begin, METH_VARARGS,
 	  "drain_begin(index): start emptying flow table index (and its slots)" },
 	{ "drain_next", (PyCFunction)Loader_drain_next, METH_VARARGS,
-	  "drain_next(buffer) -> (rows written into buffer, errno, more): the next chunk" },
+	  "drain_next(buffer, layout=None, wall_offset=0) -> (rows written into buffer, errno, "
+	  "more): the next chunk, as flow_record rows or in a record layout" },
 	{ "consume", (PyCFunction)Loader_consume, METH_NOARGS,
 	  "consume() -> (flow_record rows from the overflow ring, one per packet; errno)" },
 	{ "signal_fd", (PyCFunction)Loader_signal_fd, METH_NOARGS,
@@ -878,6 +1052,10 @@ PyMODINIT_FUNC PyInit__loader(void)
 	ADD_INT(m, "TUNNEL_GENEVE", TUNNEL_GENEVE);
 	ADD_INT(m, "TUNNEL_IPIP", TUNNEL_IPIP);
 	ADD_INT(m, "OVERFLOW_EVENT_SIZE", sizeof(struct overflow_event));
+	ADD_INT(m, "OP_COPY", OP_COPY);
+	ADD_INT(m, "OP_INT", OP_INT);
+	ADD_INT(m, "OP_TIME", OP_TIME);
+	ADD_INT(m, "OP_TUNNEL", OP_TUNNEL);
 	return m;
 fail:
 	Py_DECREF(m);

@@ -4,7 +4,8 @@ The BPF programs (``bpf/flow.bpf.c``) keep per-flow counters in double-buffered 
 and hash map; every ``poll_interval_ms`` this component points the programs at the other
 table, waits for in-flight programs to leave the old one (an RCU grace period), drains it with
 ``BPF_MAP_LOOKUP_AND_DELETE_BATCH`` (``_loader.c``, GIL released) in steps of ``drain_chunk``
-rows into one reused buffer, and emits each step as a :class:`~agent.model.FlowBatch`. It
+rows, each written by the loader straight into the columns of a new
+:class:`~agent.model.FlowBatch`, and emits each step. It
 drains early when the program signals (through a ring buffer the thread waits on) that the
 active table reached ``drain_threshold`` percent of ``maxflows`` or lost a packet; every
 ``PRESSURE_CHECK_S`` it also reads the kernel counters for the same conditions, and consumes
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import select
+import sys
 import threading
 import time
 from typing import Any
@@ -43,10 +45,9 @@ from .decode import (
     CounterDelta,
     CounterTracker,
     decode_records,
-    decode_rows,
     kernel_fields,
     monotonic_to_wall_offset,
-    row_dtype,
+    record_layout,
 )
 from .linkwatch import LinkWatch
 from .sizing import kernel_table_size, possible_cpus, ring_capacity_packets, table_memory
@@ -68,6 +69,40 @@ FLIP_GRACE_S = 0.005
 #: while checks see no new packet the interval doubles, up to the poll interval, and it is
 #: back to this at the first check that sees one (an idle agent wakes ~2 times a second)
 PRESSURE_CHECK_S = 0.1
+
+
+#: drain-step record arrays a drain keeps for reuse (drain_chunk x the record size each: 400 KB
+#: at the defaults); the main thread merges one step while the next is drained
+STEP_BUFFERS = 3
+
+
+class StepBuffers:
+    """Record arrays for drain steps, reused once the pipeline has let go of them.
+
+    A new array per step is a fresh ``mmap`` (the agent caps glibc's mmap threshold at 128 KB):
+    faulted in page by page while the loader writes it, unmapped when the cache is done (a TLB
+    flush on every CPU the agent runs on); perf put the drain thread's page faults at 7 % of
+    its time in W3. An array in the pool is handed out again only when nothing but the pool
+    refers to it: a batch still queued or being merged keeps its step's array (and a view of
+    it keeps it too), so no emitted flow is ever overwritten. CPython's reference count makes
+    that check exact under the GIL. One pool per drain: an idle agent keeps no array.
+    """
+
+    __slots__ = ("_rows", "_pool")
+
+    def __init__(self, rows: int):
+        self._rows = rows
+        self._pool: list[np.ndarray] = []
+
+    def take(self) -> np.ndarray:
+        """A ``rows``-row array of the active schema's record dtype, contents undefined."""
+        for buf in self._pool:
+            if sys.getrefcount(buf) <= 3:  # the pool's list, `buf`, getrefcount's argument
+                return buf
+        buf = np.empty(self._rows, flow_schema().record_dtype)
+        if len(self._pool) < STEP_BUFFERS:
+            self._pool.append(buf)
+        return buf
 
 
 class EbpfIngest(Ingest):
@@ -105,7 +140,7 @@ class EbpfIngest(Ingest):
         self._wake = -1  # eventfd that ends the drain thread's wait at stop
         self._last_rescan_error = ""
         self._thread: threading.Thread | None = None
-        self._chunk: np.ndarray | None = None  # drained rows of one step, reused
+        self._layout: bytes | None = None  # the loader's layout of a FlowBatch row
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -320,7 +355,8 @@ class EbpfIngest(Ingest):
             self.log.warning("%s: overflow ring read stopped early: %s", self.name,
                              os.strerror(err))
         overflow = decode_records(rows, offset)
-        self.stats["overflow_flows"] += len(np.unique(flow_schema().keys_of(overflow)))
+        if len(overflow):  # np.unique's first call imports numpy.ma: 10 ms of CPU, at every start
+            self.stats["overflow_flows"] += len(np.unique(flow_schema().keys_of(overflow)))
         return overflow
 
     def _drain(self) -> None:
@@ -364,23 +400,27 @@ class EbpfIngest(Ingest):
         self.stats["drain_ms_max"] = max(self.stats["drain_ms_max"], elapsed_ms)
 
     def _drain_table(self, index: int, offset: int) -> int:
-        """Empty flow table ``index`` (and its slots) in steps of the chunk buffer, emitting
-        each step's rows as a FlowBatch at once; returns the rows emitted."""
-        if self._chunk is None:  # the [flow] schema is fixed for the run: so is the row
-            self._chunk = np.empty(self.config.drain_chunk, row_dtype())
-        chunk = self._chunk
+        """Empty flow table ``index`` (and its slots) in steps of ``drain_chunk`` rows, each
+        written by the loader straight into a new FlowBatch record array (the layout of
+        :func:`~.decode.record_layout`, times in wall-clock ns) and emitted at once; returns
+        the rows emitted."""
+        if self._layout is None:  # the [flow] schema is fixed for the run: so is the layout
+            self._layout = record_layout()
+        chunk = self.config.drain_chunk
+        buffers = StepBuffers(chunk)  # for this drain only: nothing is kept while idle
         assert self.context is not None
         self.loader.drain_begin(index)
         drained, more = 0, True
         while more:
-            rows, err, more = self.loader.drain_next(chunk)
-            if err:  # the rows it deleted are in `chunk`; what is left is drained next time
+            flows = buffers.take()  # the loader writes every byte of its rows
+            rows, err, more = self.loader.drain_next(flows, self._layout, offset)
+            if err:  # the rows it deleted are in `flows`; what is left is drained next time
                 self.stats["drain_errors"] += 1
                 self.log.warning("%s: drain of table %d stopped part way: %s; the rest "
                                  "follows at a later drain", self.name, index,
                                  os.strerror(err))
-            if rows:
-                flows = decode_rows(chunk[:rows], offset)
+            if rows:  # a short last step keeps only its rows' memory
+                flows = flows[:rows] if rows > chunk // 4 else flows[:rows].copy()
                 self.context.emit(FlowBatch(source=self.name, flows=flows))
                 drained += rows
         return drained

@@ -61,8 +61,9 @@ class Config:
                   "interval; memory 2 x cpu_slots x CPUs x 152 bytes.", min=0, max=2**20)
     drain_chunk: int = option(
         4096, doc="Flows a drain takes from the kernel table per step and hands on as one "
-                   "batch: the drain's memory is bounded by it (232 + 40 x CPUs bytes "
-                   "per flow of a step) whatever the table holds.",
+                   "batch: the drain's memory is bounded by it (44 + 40 x CPUs bytes "
+                   "per flow of a step, and 100 per flow of each step's batch, of which a "
+                   "drain reuses up to 3) whatever the table holds.",
         min=64, max=2**20)
     overflow_ring_kb: int = option(
         256, doc="Ring buffer that carries packets of new flows while the kernel table is "

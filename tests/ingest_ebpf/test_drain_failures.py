@@ -17,7 +17,7 @@ import pytest
 from netflow_agent.model import FlowBatch
 from netflow_agent.plugins.ingest_ebpf.component import EbpfIngest
 from netflow_agent.plugins.ingest_ebpf.config import Config
-from netflow_agent.plugins.ingest_ebpf.decode import COUNTER_NAMES, RECORD_DTYPE
+from netflow_agent.plugins.ingest_ebpf.decode import COUNTER_NAMES, RECORD_DTYPE, decode_rows
 from netflow_agent.runtime import RunContext
 from tests.ingest_ebpf.test_decode import _record
 
@@ -45,10 +45,12 @@ class FailingLoader:
     def drain_begin(self, index: int) -> None:
         self.left = self.table
 
-    def drain_next(self, buffer: np.ndarray) -> tuple[int, int, bool]:
+    def drain_next(self, buffer: np.ndarray, layout: bytes | None = None,
+                   wall_offset: int = 0) -> tuple[int, int, bool]:
+        """As the loader: rows in ``layout`` (a FlowBatch's columns), else flow_record rows."""
         n = min(len(buffer), len(self.left))
-        buffer[:n], self.left = self.left[:n], self.left[n:]
-        buffer[n:] = np.zeros(1, RECORD_DTYPE)  # what an earlier chunk left there is not read
+        rows, self.left = self.left[:n], self.left[n:]
+        buffer[:n] = rows if layout is None else decode_rows(rows, wall_offset)
         self.chunks += 1
         more = len(self.left) > 0
         return n, 0 if more else self.drain_errno, more

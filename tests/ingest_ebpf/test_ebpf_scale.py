@@ -82,6 +82,20 @@ def test_small_table_drains_early_and_counts_the_rest(routed, flowgen):
                for fid, counts in seen.table().items())
 
 
+def test_fill_threshold_counted_in_steps_still_drains_early(routed, flowgen):
+    """A 16,384-flow table asks for a drain at 8,192 inserts, which the program counts in steps
+    of 64 per CPU (FILL_STEP): the signal still comes. The overflow ring is large and the poll
+    interval a minute, so no lost packet and no poll can be what drained early."""
+    flood = Flood(flows=100_000, per_flow=2, concurrent=100_000)
+    sent, before_hook, seen = flood_through_router(
+        routed, flowgen, flood, maxflows=16384, cpu_slots=0, overflow_ring_kb=16384,
+        poll_interval_ms=60000)
+    assert sent == flood.packets
+    assert_every_packet_accounted(sent, before_hook, seen)
+    assert seen.stats["early_drains"] > 0
+    assert seen.stats["table_peak"] <= 16384
+
+
 def test_a_drain_of_many_chunks_is_exact(routed, flowgen):
     """30,000 flows in one table drained through a 1,024-row chunk (one drain at stop: the
     poll interval and the threshold never come): about 30 chunks from the hash and the

@@ -3,6 +3,9 @@
 ``prog_cost.py --new-only`` inserts many distinct flows into the flow tables with
 ``BPF_PROG_TEST_RUN`` and runs each again; its harness fails unless the tables then hold every
 packet with sane times (new flows take the tick clock, shared and per-CPU hash, slots or not).
+The same harness checks the early-drain trigger: the shared fill count the program adds to in
+steps of 64 inserts per CPU is off by less than a step per CPU, and the drain is
+asked for exactly when it reaches the threshold.
 ``progstats.py`` attributes programs to an agent by the BPF program fds its processes hold.
 Only counts and ids are asserted, never times.
 """
@@ -21,6 +24,7 @@ from netflow_agent.plugins.ingest_ebpf._loader import Loader
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "ebpf"
 sys.path.insert(0, str(BENCH))
 
+from prog_cost import build  # noqa: E402  (bench/ebpf/prog_cost.py)
 from progstats import prog_ids  # noqa: E402  (bench/ebpf/progstats.py)
 
 pytestmark = pytest.mark.bpf
@@ -35,8 +39,21 @@ def test_new_flow_bench_accounts_every_packet():
             if line.startswith("| ") and "slots" in line]
     assert len(rows) == 4, out.stdout
     for row in rows:
-        new, known = (float(c) for c in row.strip("|").split("|")[1:3])
-        assert new > 0 and known > 0, row
+        cells = [float(c) for c in row.strip("|").split("|")[1:]]
+        assert len(cells) == 4 and min(cells) > 0, row  # fresh table, then after a drain
+
+
+@pytest.mark.parametrize("slots, table, flows, steady", [
+    (0, 16384, 9000, 0),     # threshold 8,192 in steps: crossed, signalled
+    (0, 16384, 8000, 1),     # below it (after a drain): no signal
+    (4096, 16384, 12000, 1),  # slots take some flows, the hash the rest
+    (0, 4096, 2100, 0),      # a small threshold (2,048): every insert counted
+])
+def test_early_drain_trigger_counts_in_steps(tmp_path, slots, table, flows, steady):
+    exe, _ = build(tmp_path)
+    out = subprocess.run([str(exe), "--new", str(slots), str(table), str(flows), "0",
+                          str(steady)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
 
 
 def test_progstats_finds_the_programs_a_process_holds():

@@ -164,6 +164,26 @@ def test_delta_batch_with_repeated_keys_and_maxflows_counts_exactly():
     assert out[1].tcp_flags == TCP_SYN | TCP_FIN and out[1].end_reason == END_OF_FLOW
 
 
+def test_delta_batches_of_every_size_merge_exactly_one_after_another():
+    """Batches of 5,000, 30 and 20,000 rows (the cache packs the keys of batches up to 16,384
+    rows into one reused buffer, larger ones into their own): each flow gets exactly its
+    packets, a smaller batch after a larger one takes none of the earlier keys, and the large
+    one is counted as itself."""
+    c = FlowCache(CacheConfig(maxflows=0))
+    sizes = (5000, 30, 20000)
+    for size in sizes:  # flow i of a batch: sport i, `size` packets each
+        c.agent_cache_flows(batch=FlowBatch("ebpf", [
+            FlowDelta(key(i, dst=f"10.1.{size >> 8 & 255}.{size & 255}"), size, size,
+                      T0, T0) for i in range(size)]), now_ns=0)
+    assert c.stats.new == sum(sizes) and c.stats.traffic_packets == sum(s * s for s in sizes)
+    out = c.agent_cache_expire(now_ns=T0, force=True)
+    by_dst: dict[bytes, list[int]] = {}
+    for r in out:
+        by_dst.setdefault(r.dst_addr, []).append(r.packets)
+    assert {dst: (len(p), set(p)) for dst, p in by_dst.items()} == {
+        socket.inet_aton(f"10.1.{s >> 8 & 255}.{s & 255}"): (s, {s}) for s in sizes}
+
+
 def test_a_flow_costs_about_a_hundred_bytes_at_100k_flows():
     """The table keeps no Python object per flow: the key index (C) and the columns
     together stay near 110 bytes per flow, and `agent stats` reports them."""

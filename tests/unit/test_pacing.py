@@ -41,6 +41,25 @@ def test_everything_put_is_sent_in_order():
     assert pacer.stats.backlog_peak >= 1 and pacer.stats.backlog_dropped == 0
 
 
+def test_a_burst_whose_send_raises_is_counted_lost_and_the_thread_goes_on():
+    sent: list[int] = []
+    lost: list[int] = []
+
+    def send_many(datagrams: list[bytes], records: list[int]) -> None:
+        if b"bad" in datagrams:
+            raise RuntimeError("a plugin's send broke")
+        sent.extend(records)
+
+    failed = threading.Event()
+    pacer = PacedSender(lambda d, r: True, lambda d, r: lost.append(r) or failed.set(),
+                        rate=100_000, limit=1000, send_many=send_many)
+    assert pacer.put([b"bad", b"x"], [7, 2]) == 2
+    assert failed.wait(30)
+    assert pacer.put([b"ok"], [1]) == 1  # after the failed burst: the thread still sends
+    pacer.close(timeout=5)
+    assert lost == [7, 2] and sent == [1]
+
+
 def test_overflow_and_leftovers_are_counted_exactly():
     """limit 5, 1 datagram/s, closed at once: sent + left at close + refused = put."""
     sent: list[int] = []

@@ -81,7 +81,7 @@ def test_a_closed_port_refuses_with_econnrefused():
 
 def test_bad_arguments_raise_without_sending(sink):
     with connected_to(sink.sock.getsockname()) as tx:
-        with pytest.raises(TypeError, match="datagram 1 is str"):
+        with pytest.raises(TypeError, match="datagram 1 is str, not a bytes-like object"):
             send_burst(tx.fileno(), [b"a", "b"], 0, 2)
         with pytest.raises(IndexError):
             send_burst(tx.fileno(), [b"a"], 1, 1)
@@ -90,6 +90,33 @@ def test_bad_arguments_raise_without_sending(sink):
         assert send_burst(tx.fileno(), [b"a"], 1, 0) == (0, 0)
         assert send_burst(-1, [b"a"], 0, 1) == (0, errno.EBADF)
     assert sink.drain(timeout=0.1) == []
+
+
+def test_any_bytes_like_datagram_is_sent_as_its_bytes(sink):
+    data = [b"a", bytearray(b"bc"), memoryview(b"xdefx")[1:4]]
+    with connected_to(sink.sock.getsockname()) as tx:
+        assert send_burst(tx.fileno(), data, 0, 3) == (3, 0)
+    assert sink.drain(expect=3) == [b"a", b"bc", b"def"]
+
+
+@pytest.mark.parametrize("paced", [False, True])
+def test_a_datagram_that_is_not_bytes_like_is_counted_lost_alone(sink, paced):
+    """A third-party encoder's bad datagram: lost and counted, the others sent (paced, the
+    pacing thread goes on and sends what comes later)."""
+    late: list[int] = []
+    lost: list[int] = []
+    dest = UdpDestination(sink.endpoint, rate_limit=10_000 if paced else 0, backlog=100,
+                          on_loss=lambda d, r: lost.append(r),
+                          on_late_loss=lambda d, r: late.append(r))
+    dest.connect()
+    data = [b"a", bytearray(b"b"), "not bytes", b"c"]
+    dest.send_batch(data, [1, 2, 30, 4])  # type: ignore[list-item]
+    dest.send_batch([b"d"], [5])
+    dest.close()  # paced: sends the backlog first
+    s = dest.stats
+    assert (s.packets_ok, s.fail, s.lost_records) == (4, 1, 30) and lost == [30]
+    assert late == ([30] if paced else [])
+    assert sink.drain(expect=4) == [b"a", b"b", b"c", b"d"]
 
 
 def test_a_destination_counts_exactly_the_datagram_the_kernel_refused(sink):

@@ -660,17 +660,31 @@ static __always_inline void request_drain(struct flow_fill *fill, __u32 table)
 	bpf_ringbuf_output(&fill_signal, &table, sizeof(table), BPF_RB_FORCE_WAKEUP);
 }
 
-/* Count an insert into table `table`; at fill_threshold, ask for an early drain. A plain
- * atomic add (no fetch: kernels before 5.12) and a read: a threshold crossed by two CPUs at
- * once is still seen. */
-static __always_inline void count_insert(__u32 table)
+/*
+ * Count an insert into table `table`; at fill_threshold, ask for an early drain. The count is
+ * only that trigger (what was accounted is counted per CPU in flow_stats), so a CPU adds its
+ * inserts in steps of FILL_STEP: an atomic add is a full barrier that waits for the new
+ * element's stores (cache misses in a large table) to complete, 60-90 ns per new flow
+ * (docs/performance.md, "The tc program's cost per packet, second pass"). The shared count
+ * is then off by less than FILL_STEP per CPU (a CPU adds FILL_STEP at every FILL_STEP-th
+ * insert of its own since load, whichever table); thresholds below FILL_STEP * 64 (small
+ * tables) count every insert. A plain atomic add (no fetch: kernels before 5.12)
+ * and a read: a threshold crossed by two CPUs at once is still seen. `cnt` is this CPU's
+ * counters, CNT_HASH_NEW already counting this insert.
+ */
+#define FILL_STEP 64
+static __always_inline void count_insert(__u32 table, const struct flow_counters *cnt)
 {
-	struct flow_fill *fill = bpf_map_lookup_elem(&flow_fill, &table);
+	__u64 step = fill_threshold >= FILL_STEP * 64 ? FILL_STEP : 1;
+	struct flow_fill *fill;
 
+	if (!fill_threshold || (cnt->v[CNT_HASH_NEW] & (step - 1)))
+		return;
+	fill = bpf_map_lookup_elem(&flow_fill, &table);
 	if (!fill)
 		return;
-	__sync_fetch_and_add(&fill->inserts, 1);
-	if (fill_threshold && fill->inserts >= fill_threshold)
+	__sync_fetch_and_add(&fill->inserts, step);
+	if (fill->inserts >= fill_threshold)
 		request_drain(fill, table);
 }
 
@@ -719,7 +733,7 @@ static __always_inline void account(void *map, __u32 table, struct pkt_info *pi,
 
 		if (!err) {
 			cnt->v[CNT_HASH_NEW]++;
-			count_insert(table);
+			count_insert(table, cnt);
 			return;
 		}
 		if (err == -EEXIST_)		/* another CPU created it just now */
