@@ -14,7 +14,9 @@ import socket
 import pytest
 
 from netflow_agent import netns as core_netns
+from netflow_agent import schema as schemas
 from netflow_agent.api import InterfaceNames
+from netflow_agent.model import FlowBatch
 from netflow_agent.runtime import RunContext
 
 LO = socket.if_nametoindex("lo")
@@ -100,6 +102,22 @@ def test_interface_names_snapshot_uses_the_resolver_and_counts_misses():
     assert asked == [[2, 5, 7]]  # 0 is "no interface": never asked
     assert names.unresolved == 1
     assert InterfaceNames().snapshot(resolve) == {} and len(asked) == 1
+
+
+@pytest.mark.parametrize(("in_if", "out_if", "seen"), [
+    ([3, 3, 3], [0, 0, 0], {0, 3}),  # one interface per column: the one-pass answer
+    ([3, 3, 9], [0, 4, 0], {0, 3, 4, 9}),  # a second value anywhere in a column
+    ([2**32 - 1] * 2, [5, 5], {5, 2**32 - 1}),  # the largest ifIndex stays exact
+    ([], [], set()),
+])
+def test_a_batch_notes_every_interface_its_columns_name(in_if, out_if, seen):
+    """Names are resolved and announced for exactly the interfaces the flows named."""
+    flows = schemas.active().empty(len(in_if))
+    flows["in_if"], flows["out_if"] = in_if, out_if
+    names = InterfaceNames()
+    names.note_flows(FlowBatch("test", flows))
+    assert names.seen == seen
+    assert all(type(i) is int for i in names.seen)  # plain ints: sorted() and netlink
 
 
 def test_a_retired_ingest_is_forgotten(make_agent, collecting_plugin):
