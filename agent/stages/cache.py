@@ -433,8 +433,8 @@ class FlowCache(Cache):
             self.deferred, self.deferred_since_ns = 0, 0  # every flow leaves now
             slots = self.table.occupied(max(limit, 0))
             reasons = np.full(len(slots), END_FORCED, np.uint8)
-            if self.ending:
-                ended = np.isin(slots, np.fromiter(self.ending, np.int64))
+            if self.ending:  # a marked flow is one whose flags hold FIN or RST: read them
+                ended = (self.table.flags[slots] & _END_FLAGS) != 0  # (per part, not per set)
                 reasons[ended] = END_OF_FLOW
                 self.ending.difference_update(slots[ended].tolist())
         else:
@@ -458,9 +458,10 @@ class FlowCache(Cache):
         reasons = np.zeros(len(first), np.uint8)
         reasons[first <= now_ns - self.config.active_timeout * _NS] = END_ACTIVE
         reasons[last <= now_ns - self.config.inactive_timeout * _NS] = END_IDLE
-        for i in self.ending:
-            if first[i] != FREE_SLOT_NS and not reasons[i]:
-                reasons[i] = END_OF_FLOW
+        if self.ending:
+            ended = np.fromiter(self.ending, np.int64, len(self.ending))
+            ended = ended[(first[ended] != FREE_SLOT_NS) & (reasons[ended] == 0)]
+            reasons[ended] = END_OF_FLOW
         slots = np.flatnonzero(reasons)
         if limit and len(slots) > limit:
             slots = self._defer(slots, reasons[slots], limit, now_ns)
