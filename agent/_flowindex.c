@@ -570,21 +570,55 @@ out:
 	return result;
 }
 
-/* Remove the keys of `n` slots (those that hold one). Rows go in chunks: prefetch a chunk's
- * buckets first (each a cache miss at a random place of the bucket array), then remove. */
-static void remove_rows(FlowIndex *s, const int64_t *v, size_t n)
+/* Prefetch what removing the slots of rows [lo, hi) reads at random places: each slot's home
+ * bucket (`first`), or (once those are in cache) the hash of the entry after it, which the
+ * backward shift reads to tell whether that entry may move back. */
+static void prefetch_rows(const FlowIndex *s, const int64_t *v, size_t lo, size_t hi, int first)
 {
 	size_t mask = s->nbuckets - 1;
 
+	for (size_t r = lo; r < hi; r++) {
+		size_t i;
+		uint32_t b;
+		if ((uint64_t)v[r] >= s->high)
+			continue;
+		i = s->hashes[v[r]] & mask;
+		if (first) {
+			__builtin_prefetch(&s->buckets[i]);
+			continue;
+		}
+		b = s->buckets[(i + 1) & mask];
+		if (b)
+			__builtin_prefetch(&s->hashes[(b & s->slot_mask) - 1]);
+	}
+}
+
+/* Remove the keys of `n` slots (those that hold one); with `into`, copy each key there first
+ * (row r at into + r * key_size; `v` checked by get_slots). Rows go in chunks, the buckets two chunks ahead and the
+ * next entries' hashes one chunk ahead are prefetched (each a cache miss at a random place:
+ * without it, a removal waited for two misses in a row). */
+static void remove_rows(FlowIndex *s, const int64_t *v, size_t n, uint8_t *into)
+{
+	size_t ks = (size_t)s->key_size;
+#define CHUNK_END(c) ((c) + CHUNK < n ? (c) + CHUNK : n)
+
+	prefetch_rows(s, v, 0, CHUNK_END(0), 1);
+	if (CHUNK < n)
+		prefetch_rows(s, v, CHUNK, CHUNK_END(CHUNK), 1);
+	prefetch_rows(s, v, 0, CHUNK_END(0), 0);
 	for (size_t c = 0; c < n; c += CHUNK) {
-		size_t m = n - c < CHUNK ? n - c : CHUNK;
-		for (size_t r = c; r < c + m; r++)
-			if ((uint64_t)v[r] < s->high)
-				__builtin_prefetch(&s->buckets[s->hashes[v[r]] & mask]);
-		for (size_t r = c; r < c + m; r++)
+		if (c + 2 * CHUNK < n)
+			prefetch_rows(s, v, c + 2 * CHUNK, CHUNK_END(c + 2 * CHUNK), 1);
+		if (c + CHUNK < n)
+			prefetch_rows(s, v, c + CHUNK, CHUNK_END(c + CHUNK), 0);
+		for (size_t r = c; r < CHUNK_END(c); r++) {
+			if (into) /* a slot repeated in the batch: its key stays until reused */
+				memcpy(into + r * ks, s->keys + (size_t)v[r] * ks, ks);
 			if ((uint64_t)v[r] < s->high && is_used(s, (size_t)v[r]))
 				remove_slot(s, (size_t)v[r]);
+		}
 	}
+#undef CHUNK_END
 }
 
 PyDoc_STRVAR(remove_doc,
@@ -602,8 +636,43 @@ static PyObject *FlowIndex_remove(FlowIndex *s, PyObject *obj)
 	if (ready(s) < 0 || get_slots(s, obj, &view) < 0)
 		return NULL;
 	v = view.buf;
-	remove_rows(s, v, (size_t)view.len / 8);
+	remove_rows(s, v, (size_t)view.len / 8, NULL);
 	PyBuffer_Release(&view);
+	Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(take_doc,
+	     "take(slots, into) -> None\n\n"
+	     "keys(slots) written into `into` (a writable C-contiguous buffer of exactly\n"
+	     "len(slots) * key_size bytes) and remove(slots), in one pass over the slots. A slot\n"
+	     "that holds no key raises ValueError and nothing changes.");
+
+static PyObject *FlowIndex_take(FlowIndex *s, PyObject *args)
+{
+	PyObject *slots_obj, *into_obj;
+	Py_buffer view, into;
+	size_t n;
+
+	if (!PyArg_ParseTuple(args, "OO:take", &slots_obj, &into_obj) || ready(s) < 0)
+		return NULL;
+	if (get_slots(s, slots_obj, &view) < 0)
+		return NULL;
+	n = (size_t)view.len / 8;
+	if (PyObject_GetBuffer(into_obj, &into, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
+		PyBuffer_Release(&view);
+		return NULL;
+	}
+	if ((size_t)into.len != n * (size_t)s->key_size) {
+		PyErr_Format(PyExc_ValueError, "into: %zd bytes for %zu keys of %zd bytes", into.len,
+			     n, s->key_size);
+		goto done;
+	}
+	remove_rows(s, view.buf, n, into.buf);
+done:
+	PyBuffer_Release(&into);
+	PyBuffer_Release(&view);
+	if (PyErr_Occurred())
+		return NULL;
 	Py_RETURN_NONE;
 }
 
@@ -711,6 +780,7 @@ static PyMethodDef FlowIndex_methods[] = {
 	 lookup_doc},
 	{"remove", (PyCFunction)FlowIndex_remove, METH_O, remove_doc},
 	{"keys", (PyCFunction)FlowIndex_keys, METH_O, keys_doc},
+	{"take", (PyCFunction)FlowIndex_take, METH_VARARGS, take_doc},
 	{"occupied", (PyCFunction)(void (*)(void))FlowIndex_occupied, METH_VARARGS | METH_KEYWORDS,
 	 occupied_doc},
 	{"memory_bytes", (PyCFunction)FlowIndex_memory_bytes, METH_NOARGS, memory_doc},

@@ -221,6 +221,7 @@ class FlowCache(Cache):
         self._unselected = FlowIndex(self.table.key_size)
         self.rules = KeyRules(config.aggregation)
         self._key_buffer = np.empty(0, self.schema.key_dtype)  # reused by _keys_of
+        self._take_buffer = np.empty(0, self.schema.key_dtype)  # reused by _take
 
     @hookimpl
     def agent_start(self, context: RunContext) -> None:
@@ -509,10 +510,10 @@ class FlowCache(Cache):
         out = schema.empty(len(slots))
         if not len(slots):
             return FlowBatch("cache", out, schema=schema)
-        taken = self.table.take(slots)
+        taken = self.table.take(slots, self._taken_keys(len(slots)))
         # one structured cast (by position, big-endian key to native columns): a copy per
         # field costs ~5x more, each a strided pass over the whole batch
-        out[list(schema.key_names)] = np.frombuffer(taken.keys, schema.key_dtype)
+        out[list(schema.key_names)] = taken.keys
         out["packets"] = taken.packets
         out["octets"] = taken.octets
         out["start_ns"] = taken.first
@@ -522,6 +523,18 @@ class FlowCache(Cache):
         out["end_reason"] = reasons
         _set_interfaces(out, taken.out_if)
         return FlowBatch("cache", out, schema=schema)
+
+    def _taken_keys(self, n: int) -> np.ndarray:
+        """Room for ``n`` taken keys, in a buffer kept between takes (read only by
+        :meth:`_take`'s cast into the batch, before the next take): a part of the stop's
+        forced scan (8192 x 44 bytes) would otherwise be a fresh mmap, faulted in and
+        unmapped at every part. A larger take (a scan without a limit) gets its own."""
+        dtype = self.schema.key_dtype
+        if n > _KEY_BUFFER_ROWS:
+            return np.empty(n, dtype)
+        if len(self._take_buffer) < n or self._take_buffer.dtype != dtype:
+            self._take_buffer = np.empty(_KEY_BUFFER_ROWS, dtype)  # 0.7 MB with 44-byte keys
+        return self._take_buffer[:n]
 
     # --- saved state (agent/state.py) ------------------------------------------------------
 

@@ -52,7 +52,7 @@ def _chunks(rows: int) -> list[slice]:
 class Taken:
     """Flows copied out of the table by :meth:`FlowTable.take`, in the order asked."""
 
-    keys: bytes  # the packed keys, back to back (len(slots) * key_size bytes)
+    keys: bytes | np.ndarray  # the packed keys, back to back (len(slots) * key_size B)
     packets: np.ndarray  # uint64
     octets: np.ndarray  # uint64
     first: np.ndarray  # int64 ns
@@ -198,13 +198,21 @@ class FlowTable:
         """The packed keys of ``slots``, back to back."""
         return self.index.keys(np.ascontiguousarray(slots, np.int64))
 
-    def take(self, slots: np.ndarray) -> Taken:
-        """Copy ``slots`` out (keys and counters, in that order) and free them."""
+    def take(self, slots: np.ndarray, keys: np.ndarray | None = None) -> Taken:
+        """Copy ``slots`` out (keys and counters, in that order) and free them.
+
+        :param keys: where the keys go, ``len(slots) * key_size`` bytes (a buffer the caller
+            reuses: a part of the stop's forced scan would otherwise be a fresh mapping);
+            None: a new bytes object. Either way :attr:`Taken.keys` is where they went.
+        """
         slots = np.ascontiguousarray(slots, np.int64)
-        out = Taken(self.index.keys(slots), self.packets[slots], self.octets[slots],
-                    self.first[slots], self.last[slots], self.flags[slots],
-                    self.out_if[slots], self.masks[slots])
-        self.index.remove(slots)
+        out = Taken(self.index.keys(slots) if keys is None else keys, self.packets[slots],
+                    self.octets[slots], self.first[slots], self.last[slots],
+                    self.flags[slots], self.out_if[slots], self.masks[slots])
+        if keys is None:
+            self.index.remove(slots)
+        else:  # the keys copied and the slots freed in one pass (FlowIndex.take)
+            self.index.take(slots, keys)
         for name, _dtype, fill in _COLUMNS:
             getattr(self, name)[slots] = fill
         return out

@@ -1,0 +1,96 @@
+"""bench/cache/take_parts.py: CPU and page faults per flow of the cache's forced take.
+
+What the stop's forced scan asks of the cache (``agent/loop.py``): ``agent_cache_expire(force=
+True, limit=EXPORT_ROWS)`` again and again until the table is empty, each call a FlowBatch of
+at most :data:`agent.loop.EXPORT_ROWS` flows. Measured here without the exporters, in one
+process: the real :class:`~agent.stages.cache.FlowCache` is filled with ``--flows`` flows
+(:func:`bench.export.workload.make_records`, in drain-sized FlowBatches), then emptied part
+by part; every part is dropped before the next is taken, as the exporters drop it once
+encoded. glibc's ``M_MMAP_THRESHOLD`` is set as the agent sets it (128 KiB, ``agent/cli.py``)
+unless ``--mmap-threshold`` says otherwise.
+
+Printed, medians of ``--runs``: CPU ns per flow (``time.thread_time``) and minor page faults
+per 1,000 flows (``getrusage``) of the take, and a digest of every part's rows (the same
+digest in two checkouts: the same flows, columns and end reasons, in the same order).
+
+Run: ``python3 bench/cache/take_parts.py [--flows 200000] [--runs 5] [--fin]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.export.workload import make_records  # noqa: E402
+from netflow_agent.libc import libc  # noqa: E402
+from netflow_agent.loop import EXPORT_ROWS  # noqa: E402
+from netflow_agent.model import FlowBatch  # noqa: E402
+from netflow_agent.stages.cache import CacheConfig, FlowCache  # noqa: E402
+
+M_MMAP_THRESHOLD = -3  # mallopt(3)
+#: flows per cache hand-over while filling (an eBPF drain step, ``drain_chunk``)
+FILL_ROWS = 16_384
+
+
+def filled(batch: FlowBatch, now: int) -> FlowCache:
+    """A cache holding every flow of ``batch``, merged as the eBPF drain hands them over."""
+    cache = FlowCache(CacheConfig(maxflows=0))
+    for i in range(0, len(batch), FILL_ROWS):
+        cache.agent_cache_flows(FlowBatch("bench", batch.flows[i:i + FILL_ROWS]), now)
+    return cache
+
+
+def one_run(batch: FlowBatch, now: int, digest: bool) -> tuple[float, float, str]:
+    """ns per flow and page faults per 1,000 flows of emptying one filled cache; the digest
+    of the parts' rows (with ``digest``, outside the timing)."""
+    cache = filled(batch, now)
+    flows, spent, faults, parts = cache.active_flows, 0.0, 0, hashlib.sha256()
+    while True:
+        f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.thread_time()
+        part = cache.agent_cache_expire(now_ns=now, force=True, limit=EXPORT_ROWS)
+        spent += time.thread_time() - t0
+        faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+        if digest:
+            parts.update(np.ascontiguousarray(part.flows).tobytes())
+        n = len(part)
+        del part  # the exporters drop a part once it is encoded
+        if n < EXPORT_ROWS:
+            break
+    assert cache.active_flows == 0
+    return spent / flows * 1e9, faults / flows * 1e3, parts.hexdigest()[:16]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--flows", type=int, default=200_000)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--fin", action="store_true",
+                    help="keep the workload's FIN on TCP flows (they wait in the FIN set)")
+    ap.add_argument("--mmap-threshold", type=int, default=128 * 1024,
+                    help="glibc M_MMAP_THRESHOLD in bytes (the agent's, agent/cli.py)")
+    args = ap.parse_args()
+    libc().mallopt(M_MMAP_THRESHOLD, args.mmap_threshold)
+    now = 1_800_000_000_000_000_000
+    batch = FlowBatch.from_records(make_records(args.flows, now), "bench")
+    if not args.fin:
+        batch.flows["tcp_flags"] &= ~np.uint8(0x05)
+    runs = [one_run(batch, now, digest=i == 0) for i in range(args.runs + 1)]
+    ns = statistics.median(r[0] for r in runs[1:])
+    faults = statistics.median(r[1] for r in runs[1:])
+    print(f"{args.flows:,} flows, parts of {EXPORT_ROWS}, median of {args.runs}: take "
+          f"{ns:.1f} ns/flow, {faults:.1f} page faults per 1,000 flows; rows digest "
+          f"{runs[0][2]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
