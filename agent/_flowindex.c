@@ -570,55 +570,26 @@ out:
 	return result;
 }
 
-/* Prefetch what removing the slots of rows [lo, hi) reads at random places: each slot's home
- * bucket (`first`), or (once those are in cache) the hash of the entry after it, which the
- * backward shift reads to tell whether that entry may move back. */
-static void prefetch_rows(const FlowIndex *s, const int64_t *v, size_t lo, size_t hi, int first)
-{
-	size_t mask = s->nbuckets - 1;
-
-	for (size_t r = lo; r < hi; r++) {
-		size_t i;
-		uint32_t b;
-		if ((uint64_t)v[r] >= s->high)
-			continue;
-		i = s->hashes[v[r]] & mask;
-		if (first) {
-			__builtin_prefetch(&s->buckets[i]);
-			continue;
-		}
-		b = s->buckets[(i + 1) & mask];
-		if (b)
-			__builtin_prefetch(&s->hashes[(b & s->slot_mask) - 1]);
-	}
-}
-
 /* Remove the keys of `n` slots (those that hold one); with `into`, copy each key there first
- * (row r at into + r * key_size; `v` checked by get_slots). Rows go in chunks, the buckets two chunks ahead and the
- * next entries' hashes one chunk ahead are prefetched (each a cache miss at a random place:
- * without it, a removal waited for two misses in a row). */
+ * (row r at into + r * key_size; `v` checked by get_slots). Rows go in chunks: prefetch a
+ * chunk's buckets first (each a cache miss at a random place of the bucket array), then
+ * remove. (Prefetching the next entries' hashes as well, a chunk ahead, was slower.) */
 static void remove_rows(FlowIndex *s, const int64_t *v, size_t n, uint8_t *into)
 {
-	size_t ks = (size_t)s->key_size;
-#define CHUNK_END(c) ((c) + CHUNK < n ? (c) + CHUNK : n)
+	size_t mask = s->nbuckets - 1, ks = (size_t)s->key_size;
 
-	prefetch_rows(s, v, 0, CHUNK_END(0), 1);
-	if (CHUNK < n)
-		prefetch_rows(s, v, CHUNK, CHUNK_END(CHUNK), 1);
-	prefetch_rows(s, v, 0, CHUNK_END(0), 0);
 	for (size_t c = 0; c < n; c += CHUNK) {
-		if (c + 2 * CHUNK < n)
-			prefetch_rows(s, v, c + 2 * CHUNK, CHUNK_END(c + 2 * CHUNK), 1);
-		if (c + CHUNK < n)
-			prefetch_rows(s, v, c + CHUNK, CHUNK_END(c + CHUNK), 0);
-		for (size_t r = c; r < CHUNK_END(c); r++) {
+		size_t m = n - c < CHUNK ? n - c : CHUNK;
+		for (size_t r = c; r < c + m; r++)
+			if ((uint64_t)v[r] < s->high)
+				__builtin_prefetch(&s->buckets[s->hashes[v[r]] & mask]);
+		for (size_t r = c; r < c + m; r++) {
 			if (into) /* a slot repeated in the batch: its key stays until reused */
 				memcpy(into + r * ks, s->keys + (size_t)v[r] * ks, ks);
 			if ((uint64_t)v[r] < s->high && is_used(s, (size_t)v[r]))
 				remove_slot(s, (size_t)v[r]);
 		}
 	}
-#undef CHUNK_END
 }
 
 PyDoc_STRVAR(remove_doc,
