@@ -76,6 +76,26 @@ def test_fin_and_rst_end_a_flow_at_the_next_scan():
     assert c.active_flows == 1
 
 
+def test_fin_marks_across_forced_parts_and_reused_slots():
+    """A forced take in parts (the stop: agent/loop.py's EXPORT_ROWS) ends FIN/RST flows as
+    END_OF_FLOW part after part; a slot it freed and a new flow without FIN reuses is not
+    taken for FIN at the next scan, and one with FIN is."""
+    c = FlowCache(CacheConfig())
+    feed(c, *[(key(p, proto=6), 60, TCP_FIN if p % 2 else TCP_ACK, T0, 0) for p in range(6)])
+    first = c.agent_cache_expire(now_ns=T0, force=True, limit=4)
+    assert [(r.src_port, r.end_reason) for r in first] == [
+        (0, END_FORCED), (1, END_OF_FLOW), (2, END_FORCED), (3, END_OF_FLOW)]
+    # slots 0-3 are free again, lowest first: 10 reuses slot 0, 12 slot 1 (a FIN flow's)
+    feed(c, (key(10, proto=6), 60, TCP_ACK, T0 + S, 0), (key(12, proto=6), 60, TCP_ACK, T0 + S, 0),
+         (key(11, proto=6), 60, TCP_RST, T0 + S, 0))
+    scan = c.agent_cache_expire(now_ns=T0 + S, force=False)
+    assert {r.src_port: r.end_reason for r in scan} == {5: END_OF_FLOW, 11: END_OF_FLOW}
+    out = c.agent_cache_expire(now_ns=T0 + 2 * S, force=True)
+    assert {r.src_port: r.end_reason for r in out} == {4: END_FORCED, 10: END_FORCED,
+                                                        12: END_FORCED}
+    assert not c.ending and c.active_flows == 0
+
+
 def test_maxflows_drops_new_flows_and_counts_them_exactly():
     c = FlowCache(CacheConfig(maxflows=3))
     packets = [(key(p), 100, 0, T0, 0) for p in range(10)] + [(key(0), 100, 0, T0, 0)]

@@ -202,6 +202,36 @@ def test_remove_is_all_or_nothing_and_once_per_slot() -> None:
         index.keys(array("q", [2]))
 
 
+def test_take_copies_the_keys_into_a_buffer_and_removes_them() -> None:
+    """take(slots, into) = keys(slots) written into a caller's buffer + remove(slots), in any
+    order, a repeated slot copied each time and removed once."""
+    index = FlowIndex(KS)
+    raw = _keys(300)
+    _lookup(index, _split(raw))
+    slots = np.array([299, 5, 7, 5, 0], np.int64)
+    into = np.zeros(len(slots) * KS, np.uint8)
+    index.take(slots, into)
+    assert into.tobytes() == b"".join(_split(raw)[s] for s in slots.tolist())
+    assert len(index) == 296
+    assert set(index.occupied().tolist()) == set(range(300)) - {0, 5, 7, 299}
+    assert _lookup(index, [_split(raw)[8]], insert=False) == ([8], [0])
+    index.take(np.array([1, 1], np.int64), into[:2 * KS])  # the last key: numbering restarts
+    assert into[:2 * KS].tobytes() == _split(raw)[1] * 2
+
+
+def test_take_is_all_or_nothing() -> None:
+    index = FlowIndex(KS)
+    _lookup(index, _split(_keys(4)))
+    into = np.zeros(2 * KS, np.uint8)
+    with pytest.raises(ValueError, match=r"slots: slot 9 \(row 1\) holds no key"):
+        index.take(np.array([0, 9], np.int64), into)
+    with pytest.raises(ValueError, match=f"into: {KS} bytes for 2 keys of {KS} bytes"):
+        index.take(np.array([0, 1], np.int64), into[:KS])
+    with pytest.raises((TypeError, BufferError)):
+        index.take(np.array([0, 1], np.int64), bytes(2 * KS))  # read-only
+    assert len(index) == 4 and not into.any()
+
+
 def test_structured_array_key_column_is_a_key_buffer() -> None:
     """A batch's key column viewed as V<key_size> is exactly the packed keys."""
     batch = np.zeros(3, dtype=[("key", f"V{KS}"), ("packets", "u8")])

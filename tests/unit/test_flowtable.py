@@ -77,6 +77,22 @@ def test_take_copies_out_and_frees() -> None:
     assert (table.first == FREE_NS).all() and not table.octets.any()
 
 
+def test_take_into_a_key_buffer_gives_the_same_flows() -> None:
+    """With a caller's key buffer (the cache reuses one), take writes the keys there and
+    copies and frees the counters as without."""
+    table = FlowTable(KS)
+    slots, new = table.lookup(_key(1) + _key(2) + _key(3))
+    table.add_packets(slots, new, np.array([100, 200, 300]), np.array([0, 2, 0]),
+                      np.array([5, 6, 7]), np.array([0, 4, 0]))
+    keys = np.zeros(2, f"V{KS}")
+    taken = table.take(np.array([2, 1]), keys)
+    assert taken.keys is keys and keys.tobytes() == _key(3) + _key(2)
+    assert taken.octets.tolist() == [300, 200] and taken.flags.tolist() == [0, 2]
+    assert taken.out_if.tolist() == [0, 4]
+    assert len(table) == 1 and table.octets[1:3].tolist() == [0, 0]
+    assert table.first[1:3].tolist() == [FREE_NS, FREE_NS]
+
+
 def test_columns_grow_with_the_slots() -> None:
     table = FlowTable(KS)
     n = 5000
