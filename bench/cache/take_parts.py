@@ -10,8 +10,11 @@ encoded. glibc's ``M_MMAP_THRESHOLD`` is set as the agent sets it (128 KiB, ``ag
 unless ``--mmap-threshold`` says otherwise.
 
 Printed, medians of ``--runs``: CPU ns per flow (``time.thread_time``) and minor page faults
-per 1,000 flows (``getrusage``) of the take, and a digest of every part's rows (the same
-digest in two checkouts: the same flows, columns and end reasons, in the same order).
+per 1,000 flows (``getrusage``) of the take, how far the process's anonymous RSS rose above
+its level after the fill while a part was alive (read after each call, outside the timing:
+file-backed pages differ between two checkouts' virtualenvs, not with the code), and a digest
+of every part's rows (the same digest in two checkouts: the same flows, columns and end
+reasons, in the same order).
 
 Run: ``python3 bench/cache/take_parts.py [--flows 200000] [--runs 5] [--fin]``.
 """
@@ -39,6 +42,7 @@ from netflow_agent.stages.cache import CacheConfig, FlowCache  # noqa: E402
 M_MMAP_THRESHOLD = -3  # mallopt(3)
 #: flows per cache hand-over while filling (an eBPF drain step, ``drain_chunk``)
 FILL_ROWS = 16_384
+PAGE = resource.getpagesize()
 
 
 def filled(batch: FlowBatch, now: int) -> FlowCache:
@@ -49,16 +53,25 @@ def filled(batch: FlowBatch, now: int) -> FlowCache:
     return cache
 
 
-def one_run(batch: FlowBatch, now: int, digest: bool) -> tuple[float, float, str]:
+def anon_rss_mb() -> float:
+    """The process's anonymous resident memory now, MB (``/proc/self/statm``)."""
+    _size, resident, shared = Path("/proc/self/statm").read_text().split()[:3]
+    return (int(resident) - int(shared)) * PAGE / (1 << 20)
+
+
+def one_run(batch: FlowBatch, now: int, digest: bool) -> tuple[float, float, str, float]:
     """ns per flow and page faults per 1,000 flows of emptying one filled cache; the digest
-    of the parts' rows (with ``digest``, outside the timing)."""
+    of the parts' rows (with ``digest``, outside the timing); the most anonymous RSS (MB)
+    above the filled cache's while a part was alive."""
     cache = filled(batch, now)
     flows, spent, faults, parts = cache.active_flows, 0.0, 0, hashlib.sha256()
+    base = peak = anon_rss_mb()
     while True:
         f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.thread_time()
         part = cache.agent_cache_expire(now_ns=now, force=True, limit=EXPORT_ROWS)
         spent += time.thread_time() - t0
         faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+        peak = max(peak, anon_rss_mb())
         if digest:
             parts.update(np.ascontiguousarray(part.flows).tobytes())
         n = len(part)
@@ -66,7 +79,8 @@ def one_run(batch: FlowBatch, now: int, digest: bool) -> tuple[float, float, str
         if n < EXPORT_ROWS:
             break
     assert cache.active_flows == 0
-    return spent / flows * 1e9, faults / flows * 1e3, parts.hexdigest()[:16]
+    return (spent / flows * 1e9, faults / flows * 1e3, parts.hexdigest()[:16],
+            peak - base)
 
 
 def main() -> int:
@@ -86,9 +100,10 @@ def main() -> int:
     runs = [one_run(batch, now, digest=i == 0) for i in range(args.runs + 1)]
     ns = statistics.median(r[0] for r in runs[1:])
     faults = statistics.median(r[1] for r in runs[1:])
+    rss = statistics.median(r[3] for r in runs[1:])
     print(f"{args.flows:,} flows, parts of {EXPORT_ROWS}, median of {args.runs}: take "
-          f"{ns:.1f} ns/flow, {faults:.1f} page faults per 1,000 flows; rows digest "
-          f"{runs[0][2]}")
+          f"{ns:.1f} ns/flow, {faults:.1f} page faults per 1,000 flows, anonymous RSS "
+          f"+{rss:.2f} MB; rows digest {runs[0][2]}")
     return 0
 
 
