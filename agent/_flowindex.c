@@ -571,10 +571,11 @@ out:
 }
 
 /* Remove the keys of `n` slots (those that hold one); with `into`, copy each key there first
- * (row r at into + r * key_size; `v` checked by get_slots). Rows go in chunks: prefetch a
+ * (row r at into + r * stride; `v` checked by get_slots). Rows go in chunks: prefetch a
  * chunk's buckets first (each a cache miss at a random place of the bucket array), then
  * remove. (Prefetching the next entries' hashes as well, a chunk ahead, was slower.) */
-static void remove_rows(FlowIndex *s, const int64_t *v, size_t n, uint8_t *into)
+static void remove_rows(FlowIndex *s, const int64_t *v, size_t n, uint8_t *into,
+			size_t stride)
 {
 	size_t mask = s->nbuckets - 1, ks = (size_t)s->key_size;
 
@@ -585,7 +586,7 @@ static void remove_rows(FlowIndex *s, const int64_t *v, size_t n, uint8_t *into)
 				__builtin_prefetch(&s->buckets[s->hashes[v[r]] & mask]);
 		for (size_t r = c; r < c + m; r++) {
 			if (into) /* a slot repeated in the batch: its key stays until reused */
-				memcpy(into + r * ks, s->keys + (size_t)v[r] * ks, ks);
+				memcpy(into + r * stride, s->keys + (size_t)v[r] * ks, ks);
 			if ((uint64_t)v[r] < s->high && is_used(s, (size_t)v[r]))
 				remove_slot(s, (size_t)v[r]);
 		}
@@ -607,25 +608,32 @@ static PyObject *FlowIndex_remove(FlowIndex *s, PyObject *obj)
 	if (ready(s) < 0 || get_slots(s, obj, &view) < 0)
 		return NULL;
 	v = view.buf;
-	remove_rows(s, v, (size_t)view.len / 8, NULL);
+	remove_rows(s, v, (size_t)view.len / 8, NULL, 0);
 	PyBuffer_Release(&view);
 	Py_RETURN_NONE;
 }
 
 PyDoc_STRVAR(take_doc,
-	     "take(slots, into) -> None\n\n"
-	     "keys(slots) written into `into` (a writable C-contiguous buffer of exactly\n"
-	     "len(slots) * key_size bytes) and remove(slots), in one pass over the slots. A slot\n"
-	     "that holds no key raises ValueError and nothing changes.");
+	     "take(slots, into, stride=key_size) -> None\n\n"
+	     "keys(slots) written into `into` (a writable C-contiguous buffer), key r at byte\n"
+	     "r * stride (a stride of a record's size: each key into its row of a record array),\n"
+	     "and remove(slots), in one pass over the slots. A slot that holds no key, or an\n"
+	     "`into` too small, raises ValueError and nothing changes.");
 
 static PyObject *FlowIndex_take(FlowIndex *s, PyObject *args)
 {
 	PyObject *slots_obj, *into_obj;
 	Py_buffer view, into;
-	size_t n;
+	Py_ssize_t stride = -1;
+	size_t n, need;
 
-	if (!PyArg_ParseTuple(args, "OO:take", &slots_obj, &into_obj) || ready(s) < 0)
+	if (!PyArg_ParseTuple(args, "OO|n:take", &slots_obj, &into_obj, &stride) || ready(s) < 0)
 		return NULL;
+	if (stride < 0)
+		stride = s->key_size;
+	if (stride < s->key_size)
+		return PyErr_Format(PyExc_ValueError, "stride: %zd is less than the key size %zd",
+				    stride, s->key_size);
 	if (get_slots(s, slots_obj, &view) < 0)
 		return NULL;
 	n = (size_t)view.len / 8;
@@ -633,12 +641,13 @@ static PyObject *FlowIndex_take(FlowIndex *s, PyObject *args)
 		PyBuffer_Release(&view);
 		return NULL;
 	}
-	if ((size_t)into.len != n * (size_t)s->key_size) {
-		PyErr_Format(PyExc_ValueError, "into: %zd bytes for %zu keys of %zd bytes", into.len,
-			     n, s->key_size);
+	need = n ? (n - 1) * (size_t)stride + (size_t)s->key_size : 0;
+	if ((size_t)into.len < need) {
+		PyErr_Format(PyExc_ValueError, "into: %zd bytes for %zu keys of %zd bytes at a "
+			     "stride of %zd", into.len, n, s->key_size, stride);
 		goto done;
 	}
-	remove_rows(s, view.buf, n, into.buf);
+	remove_rows(s, view.buf, n, into.buf, (size_t)stride);
 done:
 	PyBuffer_Release(&into);
 	PyBuffer_Release(&view);

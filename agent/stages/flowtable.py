@@ -198,12 +198,14 @@ class FlowTable:
         """The packed keys of ``slots``, back to back."""
         return self.index.keys(np.ascontiguousarray(slots, np.int64))
 
-    def take(self, slots: np.ndarray, keys: np.ndarray | None = None) -> Taken:
+    def take(self, slots: np.ndarray, keys: np.ndarray | None = None,
+             stride: int = 0) -> Taken:
         """Copy ``slots`` out (keys and counters, in that order) and free them.
 
-        :param keys: where the keys go, ``len(slots) * key_size`` bytes (a buffer the caller
-            reuses: a part of the stop's forced scan would otherwise be a fresh mapping);
-            None: a new bytes object. Either way :attr:`Taken.keys` is where they went.
+        :param keys: where the keys go (writable, C-contiguous): key ``r`` at byte
+            ``r * stride`` (0: the key size, keys back to back; a record array's itemsize:
+            each key into its row, the packed bytes as they are). None: a new bytes object.
+            Either way :attr:`Taken.keys` is where they went.
         """
         slots = np.ascontiguousarray(slots, np.int64)
         out = Taken(self.index.keys(slots) if keys is None else keys, self.packets[slots],
@@ -212,7 +214,7 @@ class FlowTable:
         if keys is None:
             self.index.remove(slots)
         else:  # the keys copied and the slots freed in one pass (FlowIndex.take)
-            self.index.take(slots, keys)
+            self.index.take(slots, keys, stride or self.key_size)
         for name, _dtype, fill in _COLUMNS:
             getattr(self, name)[slots] = fill
         return out

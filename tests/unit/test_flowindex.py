@@ -219,14 +219,28 @@ def test_take_copies_the_keys_into_a_buffer_and_removes_them() -> None:
     assert into[:2 * KS].tobytes() == _split(raw)[1] * 2
 
 
+def test_take_with_a_stride_writes_each_key_into_its_row() -> None:
+    """take(slots, records, itemsize): each key at the start of its row of a record array,
+    the rest of the row untouched."""
+    index = FlowIndex(KS)
+    raw = _split(_keys(3))
+    _lookup(index, raw)
+    rows = np.full(2, 7, dtype=[("key", f"V{KS}"), ("packets", "u8")])
+    index.take(np.array([2, 0], np.int64), rows, rows.itemsize)
+    assert rows["key"].tolist() == [raw[2], raw[0]] and rows["packets"].tolist() == [7, 7]
+    assert list(index.occupied()) == [1]
+
+
 def test_take_is_all_or_nothing() -> None:
     index = FlowIndex(KS)
     _lookup(index, _split(_keys(4)))
     into = np.zeros(2 * KS, np.uint8)
     with pytest.raises(ValueError, match=r"slots: slot 9 \(row 1\) holds no key"):
         index.take(np.array([0, 9], np.int64), into)
-    with pytest.raises(ValueError, match=f"into: {KS} bytes for 2 keys of {KS} bytes"):
+    with pytest.raises(ValueError, match=f"into: {KS} bytes for 2 keys of {KS} bytes at a"):
         index.take(np.array([0, 1], np.int64), into[:KS])
+    with pytest.raises(ValueError, match=f"stride: 4 is less than the key size {KS}"):
+        index.take(np.array([0, 1], np.int64), into, 4)
     with pytest.raises((TypeError, BufferError)):
         index.take(np.array([0, 1], np.int64), bytes(2 * KS))  # read-only
     assert len(index) == 4 and not into.any()
