@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import socket
 
+import numpy as np
+import pytest
+
 from netflow_agent.model import (
     END_ACTIVE,
     END_FORCED,
@@ -18,7 +21,9 @@ from netflow_agent.model import (
     PacketBatch,
     make_key,
 )
-from netflow_agent.stages.cache import CacheConfig, FlowCache
+from netflow_agent.schema import FlowOptions
+from netflow_agent.stages.cache import CacheConfig, FlowCache, _key_swaps
+from tests.support.schemas import active_schema
 
 S = 1_000_000_000
 T0 = 1_700_000_000 * S
@@ -217,3 +222,33 @@ def test_a_flow_costs_about_a_hundred_bytes_at_100k_flows():
     assert st["hash_mem_bytes"] / 100_000 < 110
     assert st["flows_mem_bytes"] / 100_000 < 160
     assert st["flows_mem_bytes"] > st["hash_mem_bytes"]
+
+
+@pytest.mark.parametrize("options", [FlowOptions(),
+                                     FlowOptions(mac=True, vlan=True, mpls_labels=2)])
+def test_taken_flows_keep_every_key_field(options):
+    """The forced take copies each packed key into its row and swaps the big-endian fields
+    in place: every key column, multi-byte ones included, comes out as it went in."""
+    with active_schema(options) as schema:
+        flows = schema.empty(3)
+        for f in schema.key_fields:
+            width = flows.dtype[f.name].itemsize
+            for row in range(3):  # a distinct value in every byte of every field and row
+                raw = bytes((row * 64 + width * 7 + i + 1) & 0xFF for i in range(width))
+                flows[f.name][row] = (raw if flows.dtype[f.name].kind == "V" else
+                                      int.from_bytes(raw, "little"))
+        flows["direction"] = 0  # ingress: in_if is the key's interface as it is
+        flows["packets"], flows["start_ns"], flows["end_ns"] = 1, T0, T0
+        c = FlowCache(CacheConfig())
+        c.agent_cache_flows(FlowBatch("test", flows), now_ns=T0)
+        out = c.agent_cache_expire(now_ns=T0, force=True).flows
+        assert len(out) == 3
+        for name in schema.key_names:
+            assert sorted(out[name].tolist()) == sorted(flows[name].tolist()), name
+
+
+def test_a_record_laid_out_unlike_the_key_takes_the_cast():
+    key = np.dtype([("a", "u1"), ("b", ">u2")])
+    assert _key_swaps(key, np.dtype([("a", "u1"), ("b", "<u2"), ("v", "u8")])) == ("b",)
+    assert _key_swaps(key, np.dtype([("a", "u1"), ("b", "<u4")])) is None
+    assert _key_swaps(key, np.dtype([("b", "<u2"), ("a", "u1")])) is None
