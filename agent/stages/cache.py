@@ -192,7 +192,9 @@ def _key_swaps(key: np.dtype, record: np.dtype) -> tuple[str, ...] | None:
     key is big-endian), or None when the record's key columns lie otherwise (a field of
     another width): then the keys take a structured cast. The cast cost ~40 ns per flow
     with its buffer's page faults; the copy into the rows plus the swaps ~5."""
-    swaps = []
+    swaps: list[str] = []
+    if key.fields is None or record.fields is None:
+        return None
     for name, (kind, offset, *_) in key.fields.items():
         column, at, *_ = record.fields[name]
         if at != offset or column != kind.newbyteorder("="):
