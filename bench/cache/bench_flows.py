@@ -1,12 +1,13 @@
 """Flow-delta benchmark: what the cache costs per flow on the eBPF / NFLOG-C path.
 
-Usage: ``python bench/cache/bench_flows.py [--flows 100000] [--rounds 3] [--runs 5]``
+Usage: ``python bench/cache/bench_flows.py [--flows 100000] [--rounds 3] [--runs 5] [--batch N]``
 
 The kernel-map drain and the NFLOG C aggregator hand the cache pre-aggregated flow deltas.
 Measured here, in one process, with the real ``FlowCache``:
 
 * **merge**: ``--rounds`` batches of ``--flows`` deltas (every flow once per batch, as a
-  drain every tick gives) through ``agent_cache_flows``;
+  drain every tick gives) through ``agent_cache_flows``; with ``--batch N`` each round goes
+  in batches of ``N`` rows (the eBPF drain hands over 4,096-row steps);
 * **expire**: one forced expiry of every flow (``agent_cache_expire``), i.e. the hand-off
   to aggregation and export.
 
@@ -61,10 +62,19 @@ def batch_for(all_keys: list[bytes], round_no: int) -> Any:
     return FlowBatch("bench", flows)
 
 
-def run_once(flows: int, rounds: int) -> tuple[float, float]:
-    """µs per flow for merging ``rounds`` batches, and for expiring everything."""
+def split(batch: Any, rows: int) -> list[Any]:
+    """``batch`` as batches of at most ``rows`` rows (0: whole), each its own array."""
+    if not rows or not COLUMNAR:
+        return [batch]
+    flows = batch.flows
+    return [FlowBatch("bench", flows[lo:lo + rows].copy()) for lo in range(0, len(flows), rows)]
+
+
+def run_once(flows: int, rounds: int, rows: int = 0) -> tuple[float, float]:
+    """µs per flow for merging ``rounds`` batches (in steps of ``rows``), and for expiring
+    everything."""
     all_keys = keys(flows)
-    batches = [batch_for(all_keys, r) for r in range(rounds)]
+    batches = [part for r in range(rounds) for part in split(batch_for(all_keys, r), rows)]
     cache = FlowCache(CacheConfig(maxflows=0))
     started = time.perf_counter()
     for r, batch in enumerate(batches):
@@ -82,12 +92,15 @@ def main() -> None:
     parser.add_argument("--flows", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=0,
+                        help="rows per batch (default: a round in one batch)")
     args = parser.parse_args()
-    results = [run_once(args.flows, args.rounds) for _ in range(args.runs)]
+    results = [run_once(args.flows, args.rounds, args.batch) for _ in range(args.runs)]
     merge = statistics.median(r[0] for r in results)
     expire = statistics.median(r[1] for r in results)
     design = "columnar FlowBatch" if COLUMNAR else "FlowDelta objects"
-    print(f"{design}: {args.flows} flows x {args.rounds} rounds, median of {args.runs} runs")
+    step = f", batches of {args.batch}" if args.batch else ""
+    print(f"{design}: {args.flows} flows x {args.rounds} rounds{step}, median of {args.runs} runs")
     print(f"  merge  {merge:.3f} us/flow")
     print(f"  expire {expire:.3f} us/flow")
 
