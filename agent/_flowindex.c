@@ -392,6 +392,23 @@ static inline void pack_key(const uint8_t *row, const struct keyop *ops, size_t 
 	}
 }
 
+/* Prefetch the key of each home bucket whose tag matches (once the buckets are in the
+ * cache, mostly): the key compare's miss then overlaps the chunk's other misses. */
+static void prefetch_keys(const FlowIndex *s, const uint64_t *hashes, size_t m)
+{
+	size_t mask = s->nbuckets - 1, ks = (size_t)s->key_size;
+	uint32_t slot_mask = s->slot_mask;
+
+	for (size_t r = 0; r < m; r++) {
+		uint32_t b = s->buckets[(uint32_t)hashes[r] & mask];
+		if (b && !((b ^ (uint32_t)(hashes[r] >> 32)) & ~slot_mask)) {
+			const uint8_t *key = s->keys + (size_t)((b & slot_mask) - 1) * ks;
+			__builtin_prefetch(key);
+			__builtin_prefetch(key + ks - 1);
+		}
+	}
+}
+
 /* The lookup loop; runs with or without the GIL. Rows go in chunks: hash a chunk and
  * prefetch its home buckets, then probe, so the cache misses of a chunk overlap. */
 static void lookup_rows(FlowIndex *s, struct batch *bt)
@@ -413,6 +430,8 @@ static void lookup_rows(FlowIndex *s, struct batch *bt)
 			hashes[r] = siphash13(chunk + r * ks, ks);
 			__builtin_prefetch(&s->buckets[(uint32_t)hashes[r] & (s->nbuckets - 1)]);
 		}
+		if (bt->rows) /* a drain's keys sit anywhere in the slots: fetch them ahead too */
+			prefetch_keys(s, hashes, m);
 		for (size_t r = c; r < c + m; r++) {
 			const uint8_t *key = chunk + (r - c) * ks;
 			uint64_t h = hashes[r - c];
@@ -958,14 +977,24 @@ struct merge {
 /* Add every row into its slot (slot -1: skipped), in row order: a row that is new starts its
  * slot at its own first/last time; packets and octets are summed (modulo 2**64, as NumPy),
  * the earliest first and latest last kept, flags ORed, a non-zero out_if replaces the slot's. */
+#define AHEAD 16 /* rows whose column entries are prefetched ahead of their merge */
+
 static void merge_rows(const struct merge *m)
 {
 	for (size_t r = 0; r < m->n; r++) {
 		const uint8_t *row = m->rows + r * m->stride;
-		int64_t slot = m->slots[r], start, end;
+		int64_t slot = m->slots[r], start, end, next;
 		uint64_t packets, octets;
 		uint32_t out_if;
 
+		if (r + AHEAD < m->n && (next = m->slots[r + AHEAD]) >= 0) {
+			__builtin_prefetch(&m->packets[next], 1);
+			__builtin_prefetch(&m->octets[next], 1);
+			__builtin_prefetch(&m->first[next], 1);
+			__builtin_prefetch(&m->last[next], 1);
+			__builtin_prefetch(&m->flags[next], 1);
+			__builtin_prefetch(&m->out_if[next], 1);
+		}
 		if (slot < 0)
 			continue;
 		memcpy(&packets, row + m->field[COL_PACKETS], 8);
