@@ -32,6 +32,11 @@
  *     one; when the index becomes empty, numbering restarts at 0 (slot_count drops to 0).
  *   - at most 2**31 - 1 flows (32-bit hashes and slot numbers).
  *
+ * Record arrays (the cache's merge of a drained FlowBatch): lookup_records() packs each
+ * row's key from the record itself (a few field copies and byte swaps per row, a chunk at
+ * a time) instead of taking a packed key array; the module's merge_records() then adds the
+ * rows' counters into the cache's NumPy value columns by slot in one pass.
+ *
  * Thread use: one thread at a time. lookup() releases the GIL while it hashes and probes a
  * large batch; a second call on the same object meanwhile raises RuntimeError.
  * Every call either completes or changes nothing (an allocation failure halfway through a

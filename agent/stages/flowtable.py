@@ -62,7 +62,7 @@ def record_layout(records: np.dtype, key: np.dtype) -> RecordLayout | None:
     """How to pack ``key`` (the schema's big-endian key dtype) from a row of ``records`` and
     read its values in C; ``None`` when a field is missing or of another kind or width (the
     caller merges with NumPy then). Adjacent fields copied as they are become one copy."""
-    fields = records.fields or {}
+    fields: dict[str, tuple] = dict(records.fields or {})
     ops: list[list[int]] = []
     for name, (kd, dst, *_rest) in (key.fields or {}).items():
         if name not in fields:
