@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from netflow_agent._udpsend import CHUNK, send_burst
-from netflow_agent.transport.udp import UdpDestination
+from netflow_agent.transport.udp import IP_MTU, UdpDestination
 from tests.export_netflow.collect import UdpSink, full_socket
 from tests.support.collectors import free_udp_port
 
@@ -140,6 +140,7 @@ def test_a_full_buffer_loses_every_datagram_it_refuses_and_sends_the_rest():
     dest.connect()
     dest._sock.close()
     dest._sock, peer = full_socket()
+    dest.gso_max = 0  # an AF_UNIX socket: no UDP GSO (it would join the datagrams)
     peer.recv(1024)  # room for about one more
     peer.recv(1024)
     n = 50
@@ -169,3 +170,76 @@ def test_a_paced_burst_reports_its_lost_datagram_late_and_sends_the_rest(sink):
     assert late == [(TOO_BIG, 7)] and dest.late_lost_records == 7
     assert dest.stats.lost_records == 7 and dest.stats.packets_ok == 3
     assert sink.drain(expect=3) == [b"1", b"2", b"3"]
+
+
+# --- UDP GSO (UDP_SEGMENT): the receiver sees the very datagrams plain sends would deliver ---
+
+#: socket(7) SO_NO_CHECK: UDP without checksums, which the kernel refuses for GSO sends
+SO_NO_CHECK = 11
+
+
+def numbered(sizes: list[int]) -> list[bytes]:
+    """One datagram per size, each told apart by its index in its first bytes."""
+    return [(i.to_bytes(4, "big") * (size // 4 + 1))[:size] for i, size in enumerate(sizes)]
+
+
+#: runs of 1, a run longer than GSO_SEGMENTS, a run cut by GSO_BYTES, shorter tails
+GSO_MIX = ([100] + [1388] * 150 + [1384, 1384, 1000] + [9000] * 10 + [700] + [512] * 3
+           + [5, 64, 64] + [1400] * 64)
+
+
+@pytest.mark.parametrize("gso_max", [0, 1400, 65507])
+def test_gso_runs_deliver_the_same_datagrams_in_order(sink, gso_max):
+    """With GSO or without, and with datagrams over gso_max sent plain: the same bytes, one
+    datagram each, in order."""
+    data = numbered(GSO_MIX)
+    with connected_to(sink.sock.getsockname()) as tx:
+        assert send_burst(tx.fileno(), data, 0, len(data), gso_max) == (len(data), 0, 0)
+        assert send_burst(tx.fileno(), data, 3, 70, gso_max) == (70, 0, 0)
+    assert sink.drain(expect=len(data) + 70) == data + data[3:73]
+
+
+def test_a_socket_refusing_gso_gets_the_datagrams_plain_and_says_so(sink):
+    data = numbered([800] * 100 + [90, 90])
+    with connected_to(sink.sock.getsockname()) as tx:
+        tx.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+        assert send_burst(tx.fileno(), data, 0, len(data), 65507) == (102, 0, errno.EINVAL)
+    assert sink.drain(expect=len(data)) == data
+
+
+def test_a_destination_uses_gso_within_the_path_mtu(sink):
+    dest = UdpDestination(sink.endpoint)
+    dest.connect()
+    assert dest._sock is not None  # the path MTU less the IPv4 and UDP headers
+    assert dest.gso_max == dest._sock.getsockopt(socket.IPPROTO_IP, IP_MTU) - 28 > 60_000
+    data = numbered([1400] * 200 + [300])
+    assert dest.send_batch(data, [1] * len(data)) == len(data)
+    assert (dest.stats.packets_ok, dest.stats.bytes_ok) == (len(data), sum(map(len, data)))
+    assert sink.drain(expect=len(data)) == data
+    dest.close()
+
+
+def test_a_destination_whose_socket_refuses_gso_sends_plain_from_then_on(sink, caplog):
+    dest = UdpDestination(sink.endpoint)
+    dest.connect()
+    assert dest._sock is not None
+    dest._sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+    data = numbered([1000] * 80)
+    assert dest.send_batch(data, [2] * 80) == 80 and dest.gso_max == 0
+    assert dest.send_batch(data[:5], [2] * 5) == 5
+    s = dest.stats
+    assert (s.packets_ok, s.fail, s.lost_records) == (85, 0, 0)
+    assert sink.drain(expect=85) == data + data[:5]
+    assert sum("UDP GSO refused" in r.message for r in caplog.records) == 1
+    dest.close()
+
+
+def test_use_gso_off_keeps_every_send_plain(sink, monkeypatch):
+    monkeypatch.setattr(UdpDestination, "use_gso", False)
+    dest = UdpDestination(sink.endpoint)
+    dest.connect()
+    assert dest.gso_max == 0
+    data = numbered([1200] * 70)
+    assert dest.send_batch(data, [1] * 70) == 70
+    assert sink.drain(expect=70) == data
+    dest.close()
