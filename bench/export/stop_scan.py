@@ -39,10 +39,10 @@ from bench.export.final_export import collector  # noqa: E402
 from bench.export.workload import make_records  # noqa: E402
 from netflow_agent.libc import libc  # noqa: E402
 from netflow_agent.model import FlowBatch  # noqa: E402
-from netflow_agent.transport.udp import UdpDestination  # noqa: E402
 from netflow_agent.runtime import ITEM_FLOWS  # noqa: E402
 from netflow_agent.stages.cache import FlowCache  # noqa: E402
 from netflow_agent.testing import build_agent, collecting_plugin_module  # noqa: E402
+from netflow_agent.transport.udp import UdpDestination  # noqa: E402
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt(3)
 #: flows per cache hand-over while filling (an eBPF drain step, ``drain_chunk``)
