@@ -9,12 +9,20 @@
  *
  * What it reports is exactly what happened to each datagram, so the caller keeps counting
  * per datagram: send_burst(fd, datagrams, start, count) tries datagrams[start:start + count]
- * in order and returns (sent, err):
+ * in order and returns (sent, err, gso_err):
  *   - sent: how many of them, from `start` on, the kernel accepted;
  *   - err: the errno of datagrams[start + sent] when the kernel refused that one (sendmmsg
  *     returned -1 for it); 0 when all were sent, or when the kernel stopped short after
  *     accepting some (sendmmsg drops the error of a call that sent at least one datagram; the
  *     caller tries the rest again to learn it).
+ * With gso_max > 0 (send_burst's fifth argument: the largest payload per segment the socket's
+ * path MTU allows, agent/transport/udp.py), each run of datagrams of one size <= gso_max (a
+ * shorter last one joins it; at most GSO_SEGMENTS datagrams and GSO_BYTES) is one message
+ * with a UDP_SEGMENT cmsg (UDP GSO, udp(7)): the kernel runs its output path once per run and
+ * cuts it into the same datagrams. Counts stay per datagram: a refused GSO message names its
+ * first datagram as refused (the caller sends the rest one per call). A GSO message the
+ * socket refuses as such (EINVAL, EIO) is sent again without GSO, with the rest of the call,
+ * and the third value returned, gso_err, says so.
  * A datagram is any object with a contiguous buffer (bytes, the encoders' output; bytearray,
  * memoryview). Each is held by a buffer view while the GIL is released: the sequence may change
  * meanwhile, and a bytearray cannot be resized, so no datagram is freed or moved under the call.
