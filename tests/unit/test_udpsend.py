@@ -15,7 +15,7 @@ from netflow_agent._udpsend import CHUNK, send_burst
 from netflow_agent.plugins.export_netflow.component import NetflowExporter
 from netflow_agent.plugins.export_netflow.config import Config
 from netflow_agent.runtime import RunContext
-from netflow_agent.transport.udp import IP_MTU, UdpDestination
+from netflow_agent.transport.udp import IP_MTU, IPV6_MTU, UdpDestination
 from tests.export_netflow.collect import UdpSink, full_socket
 from tests.export_netflow.test_netflow_component import flows
 from tests.support.collectors import Nfcapd, free_udp_port, udp_drops
@@ -222,6 +222,19 @@ def test_a_destination_uses_gso_within_the_path_mtu(sink):
     assert (dest.stats.packets_ok, dest.stats.bytes_ok) == (len(data), sum(map(len, data)))
     assert sink.drain(expect=len(data)) == data
     dest.close()
+
+
+def test_an_ipv6_destination_uses_gso_within_its_path_mtu():
+    sink6 = UdpSink(socket.AF_INET6)
+    dest = UdpDestination(sink6.endpoint)
+    dest.connect()
+    assert dest._sock is not None  # the path MTU less the IPv6 and UDP headers
+    assert dest.gso_max == dest._sock.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU) - 48 > 60_000
+    data = numbered([1232] * 100 + [7])
+    assert dest.send_batch(data, [1] * len(data)) == len(data)
+    assert sink6.drain(expect=len(data)) == data
+    dest.close()
+    sink6.close()
 
 
 def test_a_destination_whose_socket_refuses_gso_sends_plain_from_then_on(sink, caplog):
