@@ -740,7 +740,8 @@ static PyObject *FlowIndex_lookup_records(FlowIndex *s, PyObject *args, PyObject
 		PyBuffer_Release(&rec);
 		return NULL;
 	}
-	bt.packed = PyMem_RawMalloc(CHUNK * (size_t)s->key_size);
+	/* zeroed: key bytes no op writes stay zero in every row, never left uninitialised */
+	bt.packed = PyMem_RawCalloc(CHUNK, (size_t)s->key_size);
 	if (!bt.packed) {
 		PyErr_NoMemory();
 		goto out;
@@ -1028,9 +1029,12 @@ static int get_column(PyObject *obj, Py_ssize_t size, const char *name, Py_buffe
 {
 	if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
 		return -1;
-	if (view->itemsize != size) {
-		PyErr_Format(PyExc_ValueError, "%s: need items of %zd bytes, got %zd", name, size,
-			     view->itemsize);
+	const char *fmt = view->format ? view->format : "B";
+	char code = fmt[0] ? fmt[strlen(fmt) - 1] : 'B';
+
+	if (view->itemsize != size || !strchr("bBhHiIlLqQnN", code)) {	/* integer columns */
+		PyErr_Format(PyExc_ValueError, "%s: need integer items of %zd bytes, got '%s' of %zd",
+			     name, size, fmt, view->itemsize);
 		PyBuffer_Release(view);
 		return -1;
 	}
@@ -1072,7 +1076,7 @@ static PyObject *module_merge_records(PyObject *Py_UNUSED(m), PyObject *args)
 		Py_ssize_t off = PyLong_AsSsize_t(PyTuple_GET_ITEM(fields, i));
 		if (off == -1 && PyErr_Occurred())
 			goto out;
-		if (off < 0 || off + col_size[i] > stride) {
+		if (off < 0 || off > stride - col_size[i]) {	/* no overflow for huge offsets */
 			PyErr_Format(PyExc_ValueError, "fields: %s at %zd is outside a %zd-byte row",
 				     col_name[i], off, stride);
 			goto out;

@@ -138,3 +138,21 @@ def test_cache_merges_alike_on_both_paths(maxflows):
     assert fast.ending == slow.ending and fast.ending
     assert fast.stats.new > 0 and fast.stats.found > 0
     assert (fast.stats.maxflows > 0) == bool(maxflows)
+
+
+def test_merge_records_refuses_an_offset_past_any_row_and_a_float_column():
+    """Arguments a caller could get wrong are refused before anything is written (an offset
+    near 2**63 once wrapped past the bounds check; a float column took integer bits)."""
+    schema = default_schema()
+    layout = record_layout(schema.record_dtype, schema.key_dtype)
+    table = FlowTable(schema.key_size)
+    flows = np.zeros(4, schema.record_dtype)
+    slots, new = np.zeros(4, np.int64), np.ones(4, np.uint8)
+    columns = [table.packets, table.octets, table.first, table.last, table.flags, table.out_if]
+    with pytest.raises(ValueError, match="outside"):
+        merge_records(flows, layout.stride, (2**63 - 1, *layout.fields[1:]), slots, new,
+                      *columns)
+    with pytest.raises(ValueError, match="integer items"):
+        merge_records(flows, layout.stride, layout.fields, slots, new,
+                      np.zeros(len(table.packets), np.float64), *columns[1:])
+    assert not table.packets.any()
