@@ -32,6 +32,11 @@
  *     one; when the index becomes empty, numbering restarts at 0 (slot_count drops to 0).
  *   - at most 2**31 - 1 flows (32-bit hashes and slot numbers).
  *
+ * Record arrays (the cache's merge of a drained FlowBatch): lookup_records() packs each
+ * row's key from the record itself (a few field copies and byte swaps per row, a chunk at
+ * a time) instead of taking a packed key array; the module's merge_records() then adds the
+ * rows' counters into the cache's NumPy value columns by slot in one pass.
+ *
  * Thread use: one thread at a time. lookup() releases the GIL while it hashes and probes a
  * large batch; a second call on the same object meanwhile raises RuntimeError.
  * Every call either completes or changes nothing (an allocation failure halfway through a
@@ -326,8 +331,19 @@ static void remove_slot(FlowIndex *s, size_t slot)
 	}
 }
 
+/* One key field of a record row: `len` bytes at `src` of the row go to `dst` of the packed
+ * key, byte-swapped when `swap` (a native integer column of a big-endian key field). */
+struct keyop {
+	uint32_t src, dst, len, swap;
+};
+
 struct batch {
-	const uint8_t *keys;
+	const uint8_t *keys; /* n * key_size packed keys; or, when rows is set: */
+	const uint8_t *rows; /* n records of `stride` bytes, keys packed per chunk by `ops` */
+	size_t stride;
+	const struct keyop *ops;
+	size_t nops;
+	uint8_t *packed; /* CHUNK * key_size: a chunk's keys packed from its records */
 	size_t n;
 	int insert;
 	size_t limit; /* 0 = none */
@@ -336,6 +352,67 @@ struct batch {
 	size_t inserted;
 	size_t failed_at; /* row whose insert ran out of memory, or n */
 };
+
+/* Copy `len` bytes, the common widths as fixed-size copies (a variable-size memcpy of a few
+ * bytes is a call, or `rep movs`, per field). */
+static inline void copy_field(uint8_t *dst, const uint8_t *src, uint32_t len)
+{
+	switch (len) {
+	case 1: *dst = *src; break;
+	case 2: memcpy(dst, src, 2); break;
+	case 4: memcpy(dst, src, 4); break;
+	case 8: memcpy(dst, src, 8); break;
+	case 16: memcpy(dst, src, 16); break;
+	case 32: memcpy(dst, src, 32); break;
+	default: memcpy(dst, src, len); break;
+	}
+}
+
+/* The packed key of one record row. */
+static inline void pack_key(const uint8_t *row, const struct keyop *ops, size_t nops,
+			    uint8_t *key)
+{
+	for (size_t i = 0; i < nops; i++) {
+		const struct keyop *op = &ops[i];
+		const uint8_t *src = row + op->src;
+		uint8_t *dst = key + op->dst;
+		if (!op->swap) {
+			copy_field(dst, src, op->len);
+		} else if (op->len == 2) {
+			uint16_t v;
+			memcpy(&v, src, 2);
+			v = __builtin_bswap16(v);
+			memcpy(dst, &v, 2);
+		} else if (op->len == 4) {
+			uint32_t v;
+			memcpy(&v, src, 4);
+			v = __builtin_bswap32(v);
+			memcpy(dst, &v, 4);
+		} else {
+			uint64_t v;
+			memcpy(&v, src, 8);
+			v = __builtin_bswap64(v);
+			memcpy(dst, &v, 8);
+		}
+	}
+}
+
+/* Prefetch the key of each home bucket whose tag matches (once the buckets are in the
+ * cache, mostly): the key compare's miss then overlaps the chunk's other misses. */
+static void prefetch_keys(const FlowIndex *s, const uint64_t *hashes, size_t m)
+{
+	size_t mask = s->nbuckets - 1, ks = (size_t)s->key_size;
+	uint32_t slot_mask = s->slot_mask;
+
+	for (size_t r = 0; r < m; r++) {
+		uint32_t b = s->buckets[(uint32_t)hashes[r] & mask];
+		if (b && !((b ^ (uint32_t)(hashes[r] >> 32)) & ~slot_mask)) {
+			const uint8_t *key = s->keys + (size_t)((b & slot_mask) - 1) * ks;
+			__builtin_prefetch(key);
+			__builtin_prefetch(key + ks - 1);
+		}
+	}
+}
 
 /* The lookup loop; runs with or without the GIL. Rows go in chunks: hash a chunk and
  * prefetch its home buckets, then probe, so the cache misses of a chunk overlap. */
@@ -347,12 +424,21 @@ static void lookup_rows(FlowIndex *s, struct batch *bt)
 	bt->failed_at = bt->n;
 	for (size_t c = 0; c < bt->n; c += CHUNK) {
 		size_t m = bt->n - c < CHUNK ? bt->n - c : CHUNK;
+		const uint8_t *chunk = bt->keys + c * ks;
+		if (bt->rows) {
+			for (size_t r = 0; r < m; r++)
+				pack_key(bt->rows + (c + r) * bt->stride, bt->ops, bt->nops,
+					 bt->packed + r * ks);
+			chunk = bt->packed;
+		}
 		for (size_t r = 0; r < m; r++) {
-			hashes[r] = siphash13(bt->keys + (c + r) * ks, ks);
+			hashes[r] = siphash13(chunk + r * ks, ks);
 			__builtin_prefetch(&s->buckets[(uint32_t)hashes[r] & (s->nbuckets - 1)]);
 		}
+		if (bt->rows) /* a drain's keys sit anywhere in the slots: fetch them ahead too */
+			prefetch_keys(s, hashes, m);
 		for (size_t r = c; r < c + m; r++) {
-			const uint8_t *key = bt->keys + r * ks;
+			const uint8_t *key = chunk + (r - c) * ks;
 			uint64_t h = hashes[r - c];
 			size_t i = probe(s, key, h);
 			int64_t slot = -1;
@@ -522,10 +608,40 @@ PyDoc_STRVAR(lookup_doc,
 	     "new: memoryview of n uint8, 1 on the row that inserted its key (a key repeated in\n"
 	     "the batch maps to one slot and is new on its first row only).");
 
+/* Run a prepared batch (bt->n rows, keys or records) into (slots, new); NULL on error. */
+static PyObject *run_batch(FlowIndex *s, struct batch *bt)
+{
+	PyObject *slots, *is_new, *result = NULL;
+
+	slots = new_view(bt->n, 8, "q", (void **)&bt->slots);
+	is_new = new_view(bt->n, 1, "B", (void **)&bt->is_new);
+	if (!slots || !is_new)
+		goto out;
+	if (bt->n >= NOGIL_ROWS) {
+		s->busy = 1;
+		Py_BEGIN_ALLOW_THREADS
+		lookup_rows(s, bt);
+		Py_END_ALLOW_THREADS
+		s->busy = 0;
+	} else {
+		lookup_rows(s, bt);
+	}
+	if (bt->failed_at < bt->n) {
+		roll_back(s, bt);
+		PyErr_NoMemory();
+		goto out;
+	}
+	result = PyTuple_Pack(2, slots, is_new);
+out:
+	Py_XDECREF(slots);
+	Py_XDECREF(is_new);
+	return result;
+}
+
 static PyObject *FlowIndex_lookup(FlowIndex *s, PyObject *args, PyObject *kwds)
 {
 	static char *kwlist[] = {"keys", "insert", "limit", NULL};
-	PyObject *keys_obj, *slots = NULL, *is_new = NULL, *result = NULL;
+	PyObject *keys_obj, *result;
 	int insert = 1;
 	Py_ssize_t limit = 0;
 	Py_buffer view;
@@ -544,29 +660,104 @@ static PyObject *FlowIndex_lookup(FlowIndex *s, PyObject *args, PyObject *kwds)
 	bt.n = (size_t)(view.len / s->key_size);
 	bt.insert = insert;
 	bt.limit = (size_t)limit;
-	slots = new_view(bt.n, 8, "q", (void **)&bt.slots);
-	is_new = new_view(bt.n, 1, "B", (void **)&bt.is_new);
-	if (!slots || !is_new)
-		goto out;
-	if (bt.n >= NOGIL_ROWS) {
-		s->busy = 1;
-		Py_BEGIN_ALLOW_THREADS
-		lookup_rows(s, &bt);
-		Py_END_ALLOW_THREADS
-		s->busy = 0;
-	} else {
-		lookup_rows(s, &bt);
+	result = run_batch(s, &bt);
+	PyBuffer_Release(&view);
+	return result;
+}
+
+/* A C-contiguous buffer of whole records of `stride` bytes. */
+static int get_records(PyObject *obj, Py_ssize_t stride, Py_buffer *view)
+{
+	if (stride < 1) {
+		PyErr_Format(PyExc_ValueError, "stride: %zd is not positive", stride);
+		return -1;
 	}
-	if (bt.failed_at < bt.n) {
-		roll_back(s, &bt);
+	if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS) < 0)
+		return -1;
+	if (view->len % stride) {
+		PyErr_Format(PyExc_ValueError,
+			     "records: buffer of %zd bytes is not a whole number of %zd-byte rows",
+			     view->len, stride);
+		PyBuffer_Release(view);
+		return -1;
+	}
+	return 0;
+}
+
+/* Key ops (uint32 quadruples src, dst, len, swap) that stay inside a row and a key. */
+static int get_ops(FlowIndex *s, PyObject *obj, Py_ssize_t stride, Py_buffer *view)
+{
+	const struct keyop *ops;
+	size_t n;
+
+	if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS) < 0)
+		return -1;
+	ops = view->buf;
+	n = (size_t)view->len / sizeof(struct keyop);
+	if ((size_t)view->len % sizeof(struct keyop) || !n)
+		goto bad;
+	for (size_t i = 0; i < n; i++) {
+		const struct keyop *op = &ops[i];
+		if (!op->len || (uint64_t)op->src + op->len > (uint64_t)stride
+		    || (uint64_t)op->dst + op->len > (uint64_t)s->key_size
+		    || (op->swap && op->len != 2 && op->len != 4 && op->len != 8))
+			goto bad;
+	}
+	return 0;
+bad:
+	PyErr_SetString(PyExc_ValueError, "ops: need uint32 (src, dst, len, swap) quadruples "
+			"inside a row and a key (swap: len 2, 4 or 8)");
+	PyBuffer_Release(view);
+	return -1;
+}
+
+PyDoc_STRVAR(lookup_records_doc,
+	     "lookup_records(records, stride, ops, insert=True, limit=0) -> (slots, new)\n\n"
+	     "lookup() of the keys of `records` (a C-contiguous buffer of rows of `stride`\n"
+	     "bytes, e.g. a NumPy record array), each packed from its row by `ops` (uint32\n"
+	     "quadruples src, dst, len, swap: bytes src..src+len of the row go to dst of the\n"
+	     "key, byte-swapped when swap) a few rows at a time: no key array is built.");
+
+static PyObject *FlowIndex_lookup_records(FlowIndex *s, PyObject *args, PyObject *kwds)
+{
+	static char *kwlist[] = {"records", "stride", "ops", "insert", "limit", NULL};
+	PyObject *rec_obj, *ops_obj, *result = NULL;
+	int insert = 1;
+	Py_ssize_t stride, limit = 0;
+	Py_buffer rec, ops;
+	struct batch bt = {0};
+
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnO|pn:lookup_records", kwlist, &rec_obj,
+					 &stride, &ops_obj, &insert, &limit))
+		return NULL;
+	if (ready(s) < 0)
+		return NULL;
+	if (limit < 0)
+		return PyErr_Format(PyExc_ValueError, "limit: %zd is negative", limit);
+	if (get_records(rec_obj, stride, &rec) < 0)
+		return NULL;
+	if (get_ops(s, ops_obj, stride, &ops) < 0) {
+		PyBuffer_Release(&rec);
+		return NULL;
+	}
+	/* zeroed: key bytes no op writes stay zero in every row, never left uninitialised */
+	bt.packed = PyMem_RawCalloc(CHUNK, (size_t)s->key_size);
+	if (!bt.packed) {
 		PyErr_NoMemory();
 		goto out;
 	}
-	result = PyTuple_Pack(2, slots, is_new);
+	bt.rows = rec.buf;
+	bt.stride = (size_t)stride;
+	bt.ops = ops.buf;
+	bt.nops = (size_t)ops.len / sizeof(struct keyop);
+	bt.n = (size_t)(rec.len / stride);
+	bt.insert = insert;
+	bt.limit = (size_t)limit;
+	result = run_batch(s, &bt);
 out:
-	PyBuffer_Release(&view);
-	Py_XDECREF(slots);
-	Py_XDECREF(is_new);
+	PyMem_RawFree(bt.packed);
+	PyBuffer_Release(&ops);
+	PyBuffer_Release(&rec);
 	return result;
 }
 
@@ -758,6 +949,8 @@ static PyObject *get_bucket_count(FlowIndex *s, void *Py_UNUSED(closure))
 static PyMethodDef FlowIndex_methods[] = {
 	{"lookup", (PyCFunction)(void (*)(void))FlowIndex_lookup, METH_VARARGS | METH_KEYWORDS,
 	 lookup_doc},
+	{"lookup_records", (PyCFunction)(void (*)(void))FlowIndex_lookup_records,
+	 METH_VARARGS | METH_KEYWORDS, lookup_records_doc},
 	{"remove", (PyCFunction)FlowIndex_remove, METH_O, remove_doc},
 	{"keys", (PyCFunction)FlowIndex_keys, METH_O, keys_doc},
 	{"take", (PyCFunction)FlowIndex_take, METH_VARARGS, take_doc},
@@ -818,8 +1011,181 @@ static PyObject *module_siphash(PyObject *Py_UNUSED(m), PyObject *obj)
 	return PyLong_FromUnsignedLongLong(h);
 }
 
+/* --- merging records into value columns ------------------------------------------------------ */
+
+enum { COL_PACKETS, COL_OCTETS, COL_FIRST, COL_LAST, COL_FLAGS, COL_OUT_IF, NCOLS };
+static const Py_ssize_t col_size[NCOLS] = {8, 8, 8, 8, 1, 4};
+static const char *const col_name[NCOLS] = {"packets", "octets", "first", "last", "flags",
+					    "out_if"};
+
+struct merge {
+	const uint8_t *rows;
+	size_t stride, n;
+	Py_ssize_t field[NCOLS]; /* byte offset of each value in a row */
+	const int64_t *slots;
+	const uint8_t *is_new;
+	uint64_t *packets, *octets;
+	int64_t *first, *last;
+	uint8_t *flags;
+	uint32_t *out_if;
+};
+
+/* Add every row into its slot (slot -1: skipped), in row order: a row that is new starts its
+ * slot at its own first/last time; packets and octets are summed (modulo 2**64, as NumPy),
+ * the earliest first and latest last kept, flags ORed, a non-zero out_if replaces the slot's. */
+#define AHEAD 16 /* rows whose column entries are prefetched ahead of their merge */
+
+static void merge_rows(const struct merge *m)
+{
+	for (size_t r = 0; r < m->n; r++) {
+		const uint8_t *row = m->rows + r * m->stride;
+		int64_t slot = m->slots[r], start, end, next;
+		uint64_t packets, octets;
+		uint32_t out_if;
+
+		if (r + AHEAD < m->n && (next = m->slots[r + AHEAD]) >= 0) {
+			__builtin_prefetch(&m->packets[next], 1);
+			__builtin_prefetch(&m->octets[next], 1);
+			__builtin_prefetch(&m->first[next], 1);
+			__builtin_prefetch(&m->last[next], 1);
+			__builtin_prefetch(&m->flags[next], 1);
+			__builtin_prefetch(&m->out_if[next], 1);
+		}
+		if (slot < 0)
+			continue;
+		memcpy(&packets, row + m->field[COL_PACKETS], 8);
+		memcpy(&octets, row + m->field[COL_OCTETS], 8);
+		memcpy(&start, row + m->field[COL_FIRST], 8);
+		memcpy(&end, row + m->field[COL_LAST], 8);
+		memcpy(&out_if, row + m->field[COL_OUT_IF], 4);
+		if (m->is_new[r]) {
+			m->first[slot] = start;
+			m->last[slot] = end;
+		}
+		m->packets[slot] += packets;
+		m->octets[slot] += octets;
+		if (start < m->first[slot])
+			m->first[slot] = start;
+		if (end > m->last[slot])
+			m->last[slot] = end;
+		m->flags[slot] |= row[m->field[COL_FLAGS]];
+		if (out_if)
+			m->out_if[slot] = out_if;
+	}
+}
+
+/* A writable C-contiguous column of items of `size` bytes. */
+static int get_column(PyObject *obj, Py_ssize_t size, const char *name, Py_buffer *view)
+{
+	if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+		return -1;
+	const char *fmt = view->format ? view->format : "B";
+	char code = fmt[0] ? fmt[strlen(fmt) - 1] : 'B';
+
+	if (view->itemsize != size || !strchr("bBhHiIlLqQnN", code)) {	/* integer columns */
+		PyErr_Format(PyExc_ValueError, "%s: need integer items of %zd bytes, got '%s' of %zd",
+			     name, size, fmt, view->itemsize);
+		PyBuffer_Release(view);
+		return -1;
+	}
+	return 0;
+}
+
+PyDoc_STRVAR(merge_records_doc,
+	     "merge_records(records, stride, fields, slots, new, packets, octets, first, last,\n"
+	     "              flags, out_if) -> None\n\n"
+	     "Add each row of `records` (rows of `stride` bytes) into slot slots[r] of the value\n"
+	     "columns, in row order (a slot -1 is skipped): packets and octets (uint64) summed,\n"
+	     "first/last (int64) the earliest start and latest end (a row with new[r] starts its\n"
+	     "slot), flags (uint8) ORed, a non-zero out_if (uint32) replaces the slot's. `fields`:\n"
+	     "byte offsets in a row of packets (u8), octets (u8), start (i8), end (i8), tcp flags\n"
+	     "(u1) and out_if (u4), native order. slots/new: lookup()'s result for the rows.\n"
+	     "Every slot must lie inside every column (ValueError, nothing changed).");
+
+static PyObject *module_merge_records(PyObject *Py_UNUSED(m), PyObject *args)
+{
+	PyObject *rec_obj, *fields, *slots_obj, *new_obj, *cols[NCOLS], *result = NULL;
+	Py_ssize_t stride;
+	Py_buffer rec, sl = {0}, nw = {0}, col[NCOLS] = {{0}};
+	struct merge mg = {0};
+	size_t rows = SIZE_MAX;
+	int got = 0;
+
+	if (!PyArg_ParseTuple(args, "OnO!OOOOOOOO:merge_records", &rec_obj, &stride,
+			      &PyTuple_Type, &fields, &slots_obj, &new_obj, &cols[0], &cols[1],
+			      &cols[2], &cols[3], &cols[4], &cols[5]))
+		return NULL;
+	if (PyTuple_GET_SIZE(fields) != NCOLS)
+		return PyErr_Format(PyExc_ValueError, "fields: need %d offsets", NCOLS);
+	if (get_records(rec_obj, stride, &rec) < 0)
+		return NULL;
+	mg.rows = rec.buf;
+	mg.stride = (size_t)stride;
+	mg.n = (size_t)(rec.len / stride);
+	for (int i = 0; i < NCOLS; i++) {
+		Py_ssize_t off = PyLong_AsSsize_t(PyTuple_GET_ITEM(fields, i));
+		if (off == -1 && PyErr_Occurred())
+			goto out;
+		if (off < 0 || off > stride - col_size[i]) {	/* no overflow for huge offsets */
+			PyErr_Format(PyExc_ValueError, "fields: %s at %zd is outside a %zd-byte row",
+				     col_name[i], off, stride);
+			goto out;
+		}
+		mg.field[i] = off;
+	}
+	if (PyObject_GetBuffer(slots_obj, &sl, PyBUF_C_CONTIGUOUS) < 0)
+		goto out;
+	if (PyObject_GetBuffer(new_obj, &nw, PyBUF_C_CONTIGUOUS) < 0)
+		goto out;
+	if ((size_t)sl.len != mg.n * 8 || (size_t)nw.len != mg.n) {
+		PyErr_Format(PyExc_ValueError, "slots/new: need %zu int64 and %zu bool rows", mg.n,
+			     mg.n);
+		goto out;
+	}
+	for (got = 0; got < NCOLS; got++) {
+		size_t len;
+		if (get_column(cols[got], col_size[got], col_name[got], &col[got]) < 0)
+			goto out;
+		len = (size_t)(col[got].len / col_size[got]);
+		rows = len < rows ? len : rows;
+	}
+	mg.slots = sl.buf;
+	mg.is_new = nw.buf;
+	for (size_t r = 0; r < mg.n; r++) {
+		if (mg.slots[r] >= 0 && (uint64_t)mg.slots[r] >= rows) {
+			PyErr_Format(PyExc_ValueError, "slots: slot %lld (row %zu) is outside the "
+				     "columns (%zu rows)", (long long)mg.slots[r], r, rows);
+			goto out;
+		}
+	}
+	mg.packets = col[COL_PACKETS].buf;
+	mg.octets = col[COL_OCTETS].buf;
+	mg.first = col[COL_FIRST].buf;
+	mg.last = col[COL_LAST].buf;
+	mg.flags = col[COL_FLAGS].buf;
+	mg.out_if = col[COL_OUT_IF].buf;
+	if (mg.n >= NOGIL_ROWS) {
+		Py_BEGIN_ALLOW_THREADS
+		merge_rows(&mg);
+		Py_END_ALLOW_THREADS
+	} else {
+		merge_rows(&mg);
+	}
+	result = Py_NewRef(Py_None);
+out:
+	while (got-- > 0)
+		PyBuffer_Release(&col[got]);
+	if (nw.obj)
+		PyBuffer_Release(&nw);
+	if (sl.obj)
+		PyBuffer_Release(&sl);
+	PyBuffer_Release(&rec);
+	return result;
+}
+
 static PyMethodDef module_methods[] = {
 	{"siphash", (PyCFunction)module_siphash, METH_O, siphash_doc},
+	{"merge_records", (PyCFunction)module_merge_records, METH_VARARGS, merge_records_doc},
 	{NULL, NULL, 0, NULL},
 };
 

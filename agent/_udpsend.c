@@ -9,12 +9,20 @@
  *
  * What it reports is exactly what happened to each datagram, so the caller keeps counting
  * per datagram: send_burst(fd, datagrams, start, count) tries datagrams[start:start + count]
- * in order and returns (sent, err):
+ * in order and returns (sent, err, gso_err):
  *   - sent: how many of them, from `start` on, the kernel accepted;
  *   - err: the errno of datagrams[start + sent] when the kernel refused that one (sendmmsg
  *     returned -1 for it); 0 when all were sent, or when the kernel stopped short after
  *     accepting some (sendmmsg drops the error of a call that sent at least one datagram; the
  *     caller tries the rest again to learn it).
+ * With gso_max > 0 (send_burst's fifth argument: the largest payload per segment the socket's
+ * path MTU allows, agent/transport/udp.py), each run of datagrams of one size <= gso_max (a
+ * shorter last one joins it; at most GSO_SEGMENTS datagrams and GSO_BYTES) is one message
+ * with a UDP_SEGMENT cmsg (UDP GSO, udp(7)): the kernel runs its output path once per run and
+ * cuts it into the same datagrams. Counts stay per datagram: a refused GSO message names its
+ * first datagram as refused (the caller sends the rest one per call). A GSO message the
+ * socket refuses as such (EINVAL, EIO) is sent again without GSO, with the rest of the call,
+ * and the third value returned, gso_err, says so.
  * A datagram is any object with a contiguous buffer (bytes, the encoders' output; bytearray,
  * memoryview). Each is held by a buffer view while the GIL is released: the sequence may change
  * meanwhile, and a bytearray cannot be resized, so no datagram is freed or moved under the call.
@@ -22,22 +30,77 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-#define CHUNK 256 /* datagrams per sendmmsg call (the kernel's cap is UIO_MAXIOV, 1024) */
+#define CHUNK 256 /* messages per sendmmsg call (the kernel's cap is UIO_MAXIOV, 1024) */
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103 /* linux/udp.h, Linux >= 4.18 */
+#endif
+#define GSO_SEGMENTS 64	    /* segments per GSO send (UDP_MAX_SEGMENTS of the first kernels) */
+#define GSO_BYTES 65507	    /* payload bytes per GSO send: the largest UDP payload over IPv4 */
 
-/* Send `n` (<= CHUNK) datagrams; the kernel's count, or -1 with errno. */
-static int send_chunk(int fd, struct iovec *iov, int n)
+/* One message of a burst: `n` datagrams from `first` (iov index); gso > 0: sent as one
+ * UDP_SEGMENT send of n segments of `gso` bytes (the last may be shorter). */
+struct part {
+	Py_ssize_t first;
+	int n;
+	uint16_t gso;
+};
+
+/* How many datagrams from iov[i] (of `count`) go in one message: a run of equal lengths
+ * (<= gso_max each, the last may be shorter) within GSO_SEGMENTS and GSO_BYTES, else 1. */
+static int run_length(const struct iovec *iov, Py_ssize_t i, Py_ssize_t count, size_t gso_max)
+{
+	size_t size = iov[i].iov_len, total = size;
+	int n = 1;
+
+	if (gso_max == 0 || size == 0 || size > gso_max)
+		return 1;
+	while (i + n < count && n < GSO_SEGMENTS && iov[i + n].iov_len <= size &&
+	       iov[i + n].iov_len > 0 && total + iov[i + n].iov_len <= GSO_BYTES) {
+		total += iov[i + n].iov_len;
+		n++;
+		if (iov[i + n - 1].iov_len < size) /* a shorter one ends the run */
+			break;
+	}
+	return n;
+}
+
+/* Send up to `n` (<= CHUNK) parts as messages; the kernel's count of messages, or -1. */
+static int send_chunk(int fd, struct iovec *iov, const struct part *parts, int n)
 {
 	struct mmsghdr msgs[CHUNK];
+	union {
+		char buf[CMSG_SPACE(sizeof(uint16_t))];
+		struct cmsghdr align;
+	} ctl[CHUNK];
 	int i, rc;
 
 	memset(msgs, 0, sizeof(msgs[0]) * (size_t)n);
 	for (i = 0; i < n; i++) {
-		msgs[i].msg_hdr.msg_iov = &iov[i];
-		msgs[i].msg_hdr.msg_iovlen = 1;
+		struct msghdr *hdr = &msgs[i].msg_hdr;
+
+		hdr->msg_iov = &iov[parts[i].first];
+		hdr->msg_iovlen = (size_t)parts[i].n;
+		if (parts[i].gso) {
+			struct cmsghdr *cm;
+
+			memset(&ctl[i], 0, sizeof(ctl[i]));
+			hdr->msg_control = ctl[i].buf;
+			hdr->msg_controllen = sizeof(ctl[i].buf);
+			cm = CMSG_FIRSTHDR(hdr);
+			cm->cmsg_level = SOL_UDP;
+			cm->cmsg_type = UDP_SEGMENT;
+			cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+			memcpy(CMSG_DATA(cm), &parts[i].gso, sizeof(uint16_t));
+		}
 	}
 	do {
 		rc = sendmmsg(fd, msgs, (unsigned int)n, MSG_DONTWAIT);
@@ -45,21 +108,51 @@ static int send_chunk(int fd, struct iovec *iov, int n)
 	return rc;
 }
 
-/* Send every item in chunks until one chunk stops short; sets *err on a refused datagram. */
-static Py_ssize_t send_all(int fd, struct iovec *iov, Py_ssize_t count, int *err)
+/* Cut iov[from:count] into parts (GSO runs when gso_max > 0); the number of parts. */
+static Py_ssize_t plan(const struct iovec *iov, Py_ssize_t from, Py_ssize_t count,
+		       size_t gso_max, struct part *parts)
 {
-	Py_ssize_t sent = 0;
+	Py_ssize_t np = 0, i = from;
+
+	while (i < count) {
+		int n = run_length(iov, i, count, gso_max);
+
+		parts[np].first = i;
+		parts[np].n = n;
+		parts[np].gso = n > 1 ? (uint16_t)iov[i].iov_len : 0;
+		np++;
+		i += n;
+	}
+	return np;
+}
+
+/* Send every datagram, in chunks of parts, until one chunk stops short; sets *err on a
+ * refused message (its first datagram is named). A GSO send the socket refuses as such
+ * (EINVAL: segment over the path MTU, no UDP_SEGMENT; EIO: no checksum offload) sets *gso_err
+ * and the rest goes without GSO. The number of datagrams sent. */
+static Py_ssize_t send_all(int fd, struct iovec *iov, struct part *parts, Py_ssize_t count,
+			   size_t gso_max, int *err, int *gso_err)
+{
+	Py_ssize_t sent = 0, np = plan(iov, 0, count, gso_max, parts), p = 0;
 
 	*err = 0;
-	while (sent < count) {
-		int want = count - sent > CHUNK ? CHUNK : (int)(count - sent);
-		int rc = send_chunk(fd, iov + sent, want);
+	while (p < np) {
+		int want = np - p > CHUNK ? CHUNK : (int)(np - p);
+		int rc = send_chunk(fd, iov, parts + p, want), i;
 
+		if (rc < 0 && parts[p].gso && (errno == EINVAL || errno == EIO) && !*gso_err) {
+			*gso_err = errno;
+			np = plan(iov, sent, count, 0, parts);
+			p = 0;
+			continue;
+		}
 		if (rc <= 0) { /* 0 only for an empty vector: never, but never loop on it */
 			*err = rc < 0 ? errno : EIO;
 			break;
 		}
-		sent += rc;
+		for (i = 0; i < rc; i++)
+			sent += parts[p + i].n;
+		p += rc;
 		if (rc < want)
 			break;
 	}
@@ -105,14 +198,15 @@ static int hold_views(PyObject **items, Py_ssize_t start, Py_ssize_t count, Py_b
 
 static PyObject *send_burst(PyObject *self, PyObject *args)
 {
-	int fd, err = 0;
+	int fd, err = 0, gso_err = 0;
 	PyObject *seq, *fast;
-	Py_ssize_t start, count, total, sent = 0;
+	Py_ssize_t start, count, total, sent = 0, gso_max = 0;
 	Py_buffer *views;
 	struct iovec *iov;
+	struct part *parts;
 
 	(void)self;
-	if (!PyArg_ParseTuple(args, "iOnn:send_burst", &fd, &seq, &start, &count))
+	if (!PyArg_ParseTuple(args, "iOnn|n:send_burst", &fd, &seq, &start, &count, &gso_max))
 		return NULL;
 	fast = PySequence_Fast(seq, "datagrams must be a sequence of bytes-like objects");
 	if (fast == NULL)
@@ -124,27 +218,37 @@ static PyObject *send_burst(PyObject *self, PyObject *args)
 		return NULL;
 	}
 	if (count > 0) {
+		parts = PyMem_Malloc(sizeof(*parts) * (size_t)count);
+		if (parts == NULL) {
+			Py_DECREF(fast);
+			return PyErr_NoMemory();
+		}
 		if (hold_views(PySequence_Fast_ITEMS(fast) + start, start, count, &views, &iov) < 0) {
+			PyMem_Free(parts);
 			Py_DECREF(fast);
 			return NULL;
 		}
 		Py_BEGIN_ALLOW_THREADS
-		sent = send_all(fd, iov, count, &err);
+		sent = send_all(fd, iov, parts, count, gso_max > 0 ? (size_t)gso_max : 0, &err,
+				&gso_err);
 		Py_END_ALLOW_THREADS
 		release_views(views, iov, count);
+		PyMem_Free(parts);
 	}
 	Py_DECREF(fast);
-	return Py_BuildValue("(ni)", sent, err);
+	return Py_BuildValue("(nii)", sent, err, gso_err);
 }
 
 static PyMethodDef methods[] = {
 	{"send_burst", send_burst, METH_VARARGS,
-	 "send_burst(fd, datagrams, start, count) -> (sent, errno)\n\n"
+	 "send_burst(fd, datagrams, start, count, gso_max=0) -> (sent, errno, gso_errno)\n\n"
 	 "Send datagrams[start:start + count] (bytes-like objects) on the connected socket\n"
 	 "`fd` with sendmmsg(2), without blocking and with the GIL released. `sent`: how\n"
-	 "many were accepted, in\n"
-	 "order; `errno`: why datagrams[start + sent] was refused, or 0 (all sent, or the\n"
-	 "kernel stopped short and dropped the reason: try the rest again)."},
+	 "many were accepted, in order; `errno`: why datagrams[start + sent] was refused, or 0\n"
+	 "(all sent, or the kernel stopped short and dropped the reason: try the rest again).\n"
+	 "gso_max > 0: runs of equal-length datagrams of at most gso_max bytes go as one\n"
+	 "UDP_SEGMENT (GSO) send each; `gso_errno`: why the socket refused a GSO send as such\n"
+	 "(EINVAL, EIO), after which the rest went without GSO; 0 otherwise."},
 	{NULL, NULL, 0, NULL},
 };
 
@@ -160,7 +264,9 @@ PyMODINIT_FUNC PyInit__udpsend(void)
 {
 	PyObject *mod = PyModule_Create(&module);
 
-	if (mod != NULL && PyModule_AddIntConstant(mod, "CHUNK", CHUNK) < 0) {
+	if (mod != NULL && (PyModule_AddIntConstant(mod, "CHUNK", CHUNK) < 0 ||
+			    PyModule_AddIntConstant(mod, "GSO_SEGMENTS", GSO_SEGMENTS) < 0 ||
+			    PyModule_AddIntConstant(mod, "GSO_BYTES", GSO_BYTES) < 0)) {
 		Py_DECREF(mod);
 		return NULL;
 	}

@@ -2,8 +2,12 @@
 
 from collections.abc import Sequence
 
-#: datagrams per sendmmsg(2) call
+#: messages per sendmmsg(2) call
 CHUNK: int
+#: most datagrams (segments) in one UDP GSO send
+GSO_SEGMENTS: int
+#: most payload bytes in one UDP GSO send
+GSO_BYTES: int
 
 def send_burst(fd: int, datagrams: Sequence[bytes | bytearray | memoryview], start: int, count: int,
-               /) -> tuple[int, int]: ...
+               gso_max: int = 0, /) -> tuple[int, int, int]: ...

@@ -62,7 +62,7 @@ from netflow_agent.roles import Cache, CacheStats, FlowRow
 from netflow_agent.runtime import RunContext
 from netflow_agent.sampler import FlowSampler, hash_selects, parse_sampler
 from netflow_agent.schema import FlowSchema, active
-from netflow_agent.stages.flowtable import FREE_NS, FlowTable
+from netflow_agent.stages.flowtable import FREE_NS, FlowTable, RecordLayout, record_layout
 
 __all__ = ["CacheConfig", "CacheStats", "FlowCache"]
 
@@ -381,26 +381,33 @@ class FlowCache(Cache):
         if ending.any():
             self.ending.update(slots[ending].tolist())
 
-    def _count_new(self, keys: np.ndarray, slots: np.ndarray, new: np.ndarray,
+    def _count_new(self, keys: np.ndarray | None, slots: np.ndarray, new: np.ndarray,
                    ts: np.ndarray) -> int:
         """Count the flows ``new`` marks (``keys``, ``slots``: the rows' packed keys and
         slots) as created at ``ts``: ``new``, the peak, their aggregation masks, and a debug
-        line each at ``debug >= FLOW_DEBUG``."""
+        line each at ``debug >= FLOW_DEBUG``. ``keys`` is ``None`` from the C merge, which
+        runs only without rules and below ``FLOW_DEBUG`` (nothing here reads keys then)."""
         rows = np.flatnonzero(new)
         if not len(rows):
             return 0
-        st = self.stats
-        st.new += len(rows)
+        self.stats.new += len(rows)
+        self._note_peak(ts, rows)
+        if keys is None:
+            return len(rows)
         self._set_masks(keys, slots, rows)
-        if len(self.table) > st.peak_flows:
-            st.peak_flows = len(self.table)
-            st.peak_ns = int(ts[rows[-1]])
         if self.context is not None and self.context.debug >= FLOW_DEBUG:
             ks = self.table.key_size
             raw = _raw(keys)
             for r in rows.tolist():
                 log_created(raw[r * ks:(r + 1) * ks])
         return len(rows)
+
+    def _note_peak(self, ts: np.ndarray, rows: np.ndarray) -> None:
+        """A new peak of flows in the table, at the time of the last new row."""
+        st = self.stats
+        if len(self.table) > st.peak_flows:
+            st.peak_flows = len(self.table)
+            st.peak_ns = int(ts[rows[-1]])
 
     def _set_masks(self, keys: np.ndarray, slots: np.ndarray, rows: np.ndarray) -> None:
         """The aggregation masks of the flows created on ``rows`` (Python per new flow, only
@@ -413,7 +420,10 @@ class FlowCache(Cache):
 
     @hookimpl
     def agent_cache_flows(self, batch: FlowBatch, now_ns: int) -> None:
-        """Merge flow deltas drained from a kernel map or the NFLOG C aggregator (columns)."""
+        """Merge flow deltas drained from a kernel map or the NFLOG C aggregator (columns):
+        in C (:meth:`FlowTable.merge_records`) unless the run has aggregation rules, ``hash``
+        flow sampling or per-flow debug lines, or the batch's layout is one C cannot read;
+        then with packed keys and NumPy. Both give the same table and statistics."""
         st = self.stats
         st.trunc += batch.trunc
         st.frag += batch.frag
@@ -422,6 +432,48 @@ class FlowCache(Cache):
         flows = batch.flows
         if not len(flows):
             return
+        layout = self._record_layout(flows)
+        if layout is not None:
+            slots, new = self.table.merge_records(flows, layout, self.config.maxflows)
+            keys = None
+        else:
+            flows, keys = self._sampled_keys(flows)
+            slots, new = self.table.lookup(keys, limit=self.config.maxflows)
+        refused = slots < 0
+        st.search += len(slots)
+        if refused.any():
+            lost = int(flows["packets"][refused].sum())
+            st.maxflows += lost
+            st.drop_packets += lost
+            st.drop_bytes += int(flows["octets"][refused].sum())
+            flows, slots, new = flows[~refused], slots[~refused], new[~refused]
+            keys = None if keys is None else keys[~refused]
+        if keys is not None:
+            self.table.add_deltas(slots, new, flows["packets"], flows["octets"],
+                                  flows["start_ns"], flows["end_ns"], flows["tcp_flags"],
+                                  flows["out_if"])
+        self._mark_ending(slots, flows["tcp_flags"])
+        # the C path has no keys: it runs only where _count_new does not read them
+        st.found += len(slots) - self._count_new(keys, slots, new, flows["start_ns"])
+        st.traffic_packets += int(flows["packets"].sum())
+        st.traffic_bytes += int(flows["octets"].sum())
+
+    def _record_layout(self, flows: np.ndarray) -> RecordLayout | None:
+        """The layout for the C merge of ``flows``; ``None`` where the NumPy merge must run:
+        rules rewrite keys, ``hash`` sampling decides per key, debug logs keys, or the
+        array is not a contiguous record array C can read."""
+        if self.rules or (self.sampler is not None and self.sampler.mode == "hash"):
+            return None
+        if self.context is not None and self.context.debug >= FLOW_DEBUG:
+            return None
+        if not flows.flags.c_contiguous:
+            return None
+        return record_layout(flows.dtype, self.schema.key_dtype)
+
+    def _sampled_keys(self, flows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of ``flows`` the ``hash`` sampler keeps (the others counted) and their
+        packed keys, rewritten by the aggregation rules."""
+        st = self.stats
         keys = self._keys_of(flows)
         if self.rules:
             keys = np.array(self.rules.rewrite_keys(keys.tolist()), keys.dtype)
@@ -430,22 +482,7 @@ class FlowCache(Cache):
             st.sampler_discarded_packets += int(flows["packets"][discard].sum())
             st.sampler_discarded_bytes += int(flows["octets"][discard].sum())
             flows, keys = flows[~discard], keys[~discard]
-        slots, new = self.table.lookup(keys, limit=self.config.maxflows)
-        refused = slots < 0
-        st.search += len(slots)
-        if refused.any():
-            lost = int(flows["packets"][refused].sum())
-            st.maxflows += lost
-            st.drop_packets += lost
-            st.drop_bytes += int(flows["octets"][refused].sum())
-            flows, keys, slots, new = (flows[~refused], keys[~refused], slots[~refused],
-                                       new[~refused])
-        self.table.add_deltas(slots, new, flows["packets"], flows["octets"], flows["start_ns"],
-                              flows["end_ns"], flows["tcp_flags"], flows["out_if"])
-        self._mark_ending(slots, flows["tcp_flags"])
-        st.found += len(slots) - self._count_new(keys, slots, new, flows["start_ns"])
-        st.traffic_packets += int(flows["packets"].sum())
-        st.traffic_bytes += int(flows["octets"].sum())
+        return flows, keys
 
     def _keys_of(self, flows: np.ndarray) -> np.ndarray:
         """:meth:`FlowSchema.keys_of` into a buffer kept between batches (the index copies

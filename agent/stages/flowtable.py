@@ -9,6 +9,11 @@ column holds that flow's counters. Whole batches go in and out with a few NumPy 
 * :meth:`FlowTable.lookup` finds or inserts a batch of keys (one C call);
 * :meth:`FlowTable.add_packets` / :meth:`FlowTable.add_deltas` merge a batch's rows into
   their slots (a key may repeat within a batch);
+* :meth:`FlowTable.merge_records` does lookup and :meth:`~FlowTable.add_deltas` of a record
+  array (a :class:`~agent.model.FlowBatch`'s flows) in two C passes over its rows: keys packed
+  from each row a few rows at a time, counters added straight from the row's fields (no key
+  array, no contiguous column copies, no ``ufunc.at``), for every record layout
+  :func:`record_layout` can describe;
 * :meth:`FlowTable.take` copies slots out (keys and counters) and frees them.
 
 A free slot holds zero counters and :data:`FREE_NS` as first and last time, so timeout scans
@@ -18,12 +23,13 @@ over whole columns never select it and column sums equal the table's totals.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
-from netflow_agent._flowindex import FlowIndex
+from netflow_agent._flowindex import FlowIndex, merge_records
 
-__all__ = ["FREE_NS", "FlowTable", "Taken"]
+__all__ = ["FREE_NS", "FlowTable", "RecordLayout", "Taken", "record_layout"]
 
 FREE_NS = 2**63 - 1  # first/last time of an unused slot: never expires
 _MIN_ROWS = 1024
@@ -34,6 +40,48 @@ _MERGE_ROWS = 1 << 16
 _COLUMNS = (("packets", np.uint64, 0), ("octets", np.uint64, 0), ("first", np.int64, FREE_NS),
             ("last", np.int64, FREE_NS), ("flags", np.uint8, 0), ("out_if", np.uint32, 0),
             ("masks", np.uint16, 0))
+
+
+#: the record fields :meth:`FlowTable.merge_records` adds, in ``merge_records``' order, and
+#: the native type each must have
+_VALUE_FIELDS = (("packets", "=u8"), ("octets", "=u8"), ("start_ns", "=i8"), ("end_ns", "=i8"),
+                 ("tcp_flags", "u1"), ("out_if", "=u4"))
+
+
+@dataclass(frozen=True, slots=True)
+class RecordLayout:
+    """Where a record array's key and values lie, for the C merge (:func:`record_layout`)."""
+
+    stride: int  # bytes per row
+    ops: bytes  # uint32 (src, dst, len, swap) per run of key bytes
+    fields: tuple[int, ...]  # byte offsets of the _VALUE_FIELDS in a row
+
+
+@lru_cache(maxsize=16)
+def record_layout(records: np.dtype, key: np.dtype) -> RecordLayout | None:
+    """How to pack ``key`` (the schema's big-endian key dtype) from a row of ``records`` and
+    read its values in C; ``None`` when a field is missing or of another kind or width (the
+    caller merges with NumPy then). Adjacent fields copied as they are become one copy."""
+    fields: dict[str, tuple] = dict(records.fields or {})
+    ops: list[list[int]] = []
+    for name, (kd, dst, *_rest) in (key.fields or {}).items():
+        if name not in fields:
+            return None
+        rd, src = fields[name][0], fields[name][1]
+        if rd.kind != kd.kind or rd.itemsize != kd.itemsize or rd.kind not in "iuV":
+            return None
+        swap = int(rd.kind in "iu" and rd.itemsize > 1 and rd.isnative != kd.isnative)
+        last = ops[-1] if ops else None
+        if last and not swap and not last[3] and last[0] + last[2] == src \
+                and last[1] + last[2] == dst:
+            last[2] += rd.itemsize
+        else:
+            ops.append([src, dst, rd.itemsize, swap])
+    if not all(name in fields and fields[name][0] == np.dtype(code)
+               for name, code in _VALUE_FIELDS):
+        return None
+    return RecordLayout(records.itemsize, np.array(ops, np.uint32).tobytes(),
+                        tuple(int(fields[name][1]) for name, _code in _VALUE_FIELDS))
 
 
 def _col(values: np.ndarray, dtype: type) -> np.ndarray:
@@ -134,6 +182,20 @@ class FlowTable:
         """
         slots, new = self.index.lookup(keys, insert, limit)
         self.reserve(self.index.slot_count)
+        return np.frombuffer(slots, np.int64), np.frombuffer(new, np.bool_)
+
+    def merge_records(self, flows: np.ndarray, layout: RecordLayout,
+                      limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`lookup` of the keys of ``flows`` (a C-contiguous record array that
+        ``layout`` describes), then :meth:`add_deltas` of its rows, both in C; the same
+        table as those two. A row whose key ``limit`` refuses (slot -1) is not added.
+
+        :return: ``(slots, new)`` as :meth:`lookup`.
+        """
+        slots, new = self.index.lookup_records(flows, layout.stride, layout.ops, limit=limit)
+        self.reserve(self.index.slot_count)
+        merge_records(flows, layout.stride, layout.fields, slots, new, self.packets,
+                      self.octets, self.first, self.last, self.flags, self.out_if)
         return np.frombuffer(slots, np.int64), np.frombuffer(new, np.bool_)
 
     def add_packets(self, slots: np.ndarray, new: np.ndarray, lengths: np.ndarray,

@@ -18,6 +18,13 @@ follows ipt_NETFLOW's behaviour and statistics (README "HOW TO READ STAT", ``soc
   drops that error), the rest of the batch goes one datagram per call, so every later error
   is seen. Only the ICMP unreachable that stopped such a call short is consumed unseen by
   the kernel: ``cberr`` may count one fewer per batch than separate sends would;
+* where the socket takes ``UDP_SEGMENT`` (UDP GSO, Linux >= 4.18, udp(7)), runs of equal-size
+  datagrams in a batch (the v9/IPFIX full packets) go as one GSO send each: the IP output
+  path runs once per run and the kernel cuts the same datagrams (bytes, boundaries, order).
+  Only datagrams that fit the path MTU (``IP_MTU`` at connect) go that way; a GSO send the
+  socket refuses as such (``EINVAL``/``EIO``) is sent again without GSO, and GSO stays off
+  for that socket (logged). A GSO send refused for any other reason refuses its first
+  datagram, and the rest are tried one per call as above, so each is counted on its own;
 * a destination that cannot be connected (no route, address not yet configured) is retried
   at most once per ``retry_interval_ns``; every failed attempt is counted;
 * the send-queue fill is read with the ``SIOCOUTQ`` ioctl (= ``TIOCOUTQ``, 0x5411) after each
@@ -64,6 +71,13 @@ _INT = struct.Struct("i")
 _DROP_ERRNOS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS})
 #: How long a destination counts as "refused" after its last ICMP port-unreachable.
 REFUSED_HOLD_NS = 3_000_000_000
+#: udp(7) ``UDP_SEGMENT`` (linux/udp.h) and the path-MTU options ip(7) ``IP_MTU``, ipv6(7)
+#: ``IPV6_MTU``, by number: Python's socket module does not name all of them
+SOL_UDP, UDP_SEGMENT = 17, 103
+IP_MTU, IPV6_MTU = 14, 24
+#: IP + UDP header bytes in front of each GSO segment's payload, per address family
+_GSO_HEADERS = {socket.AF_INET: (socket.IPPROTO_IP, IP_MTU, 28),
+                socket.AF_INET6: (socket.IPPROTO_IPV6, IPV6_MTU, 48)}
 
 
 class EndpointError(ValueError):
@@ -156,6 +170,10 @@ class UdpDestination:
     :param log: logger; defaults to ``agent.transport.udp``.
     """
 
+    #: send runs of equal-size datagrams with UDP GSO where the socket takes it (False: never;
+    #: for A/B benches, bench/export/final_export.py --no-gso)
+    use_gso = True
+
     def __init__(
         self,
         endpoint: str,
@@ -180,6 +198,8 @@ class UdpDestination:
         self._clock = clock
         self._log = log or logging.getLogger("netflow_agent.transport.udp")
         self._sock: socket.socket | None = None
+        #: largest datagram a GSO send may carry per segment on this socket (0: GSO off)
+        self.gso_max = 0
         self._last_attempt_ns: int | None = None
         self._last_cberr_ns: int | None = None
         self._was_down = False
@@ -218,6 +238,7 @@ class UdpDestination:
                               self.endpoint, self.stats.connect_attempts, exc)
             return False
         self.stats.sndbuf = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        self.gso_max = self._gso_limit(self._sock) if self.use_gso else 0
         if self._was_down:
             self._mark_reachable()
         self._log.info("%s: connected (sndbuf %d)", self.endpoint, self.stats.sndbuf)
@@ -239,6 +260,24 @@ class UdpDestination:
             sock.close()
             raise
         return sock
+
+    @staticmethod
+    def _gso_limit(sock: socket.socket) -> int:
+        """The largest payload per GSO segment on the connected ``sock``: its path MTU less
+        the IP and UDP headers; 0 when the socket does not take ``UDP_SEGMENT``."""
+        level, option, headers = _GSO_HEADERS.get(sock.family, (0, 0, 0))
+        try:
+            sock.setsockopt(SOL_UDP, UDP_SEGMENT, 0)  # probe; 0 leaves plain sends as they are
+            mtu = sock.getsockopt(level, option) if option else 0
+        except OSError:
+            return 0
+        return max(mtu - headers, 0)
+
+    def _gso_refused(self, err: int) -> None:
+        """The socket refused a GSO send as such (the rest went without): GSO off for it."""
+        self._log.warning("%s: UDP GSO refused (%s): sending without it on this socket",
+                          self.endpoint, os.strerror(err))
+        self.gso_max = 0
 
     def _resolve(self) -> tuple[int, tuple]:
         family = address_family(self.host)
@@ -352,7 +391,8 @@ class UdpDestination:
             assert self._sock is not None
             count = 1 if single else end - pos
             try:
-                sent, err = send_burst(self._sock.fileno(), datagrams, pos, count)
+                sent, err, gso_err = send_burst(self._sock.fileno(), datagrams, pos, count,
+                                                self.gso_max)
             except TypeError:  # not bytes-like: find which one per call, lose only that one
                 if not single:
                     single = True
@@ -363,6 +403,8 @@ class UdpDestination:
                 lost.append(pos)
                 pos += 1
                 continue
+            if gso_err:
+                self._gso_refused(gso_err)
             if sent:
                 stats.packets_ok += sent
                 stats.bytes_ok += sum(map(len, datagrams[pos:pos + sent]))

@@ -14,7 +14,10 @@ paced runs the pacing thread's own CPU (ms, ``time.thread_time`` as it ends), it
 (one wake-up and one ``sendmmsg`` each) and the rate it achieved (datagrams per second from
 its first burst to its last).
 
-Run: ``python3 bench/export/final_export.py [--records 200000] [--rates 0 3000] [--runs 3]``.
+``--no-gso`` sends without UDP GSO (for an A/B of agent/_udpsend.c's GSO runs).
+
+Run: ``python3 bench/export/final_export.py [--records 200000] [--rates 0 3000] [--runs 3]
+[--no-gso]``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from netflow_agent.plugins.export_netflow.component import NetflowExporter  # no
 from netflow_agent.plugins.export_netflow.config import Config  # noqa: E402
 from netflow_agent.runtime import RunContext  # noqa: E402
 from netflow_agent.transport.pacing import PacedSender  # noqa: E402
+from netflow_agent.transport.udp import UdpDestination  # noqa: E402
 
 
 def collector() -> tuple[int, int]:
@@ -126,7 +130,10 @@ def main() -> int:
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--rates", type=int, nargs="+", default=[0, 3000])
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--no-gso", action="store_true",
+                    help="send without UDP GSO (UdpDestination.use_gso off), for A/B")
     args = ap.parse_args()
+    UdpDestination.use_gso = not args.no_gso
     batch = FlowBatch.from_records(make_records(args.records, time.time_ns()), "cache")
     runs: dict[int, list[tuple[float, float, int, PacerWatch]]] = {r: [] for r in args.rates}
     for _ in range(args.runs):

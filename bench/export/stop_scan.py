@@ -13,7 +13,8 @@ Printed, medians of ``--runs``: CPU µs per flow (``time.process_time``, every t
 forced scan and of the rest of the stop, and the records the exporter lost (must be 0).
 glibc's ``M_MMAP_THRESHOLD`` is set as the agent sets it (128 KiB, ``agent/cli.py``) unless
 ``--mmap-threshold`` (and ``--trim-threshold``) say otherwise. ``--profile FILE`` writes a
-cProfile of the first run's shutdown (pipeline thread only).
+cProfile of the first run's shutdown (pipeline thread only). ``--no-gso`` sends without
+UDP GSO (A/B).
 
 Run: ``python3 bench/export/stop_scan.py [--flows 200000] [--runs 3] [--profile FILE]``.
 """
@@ -41,6 +42,7 @@ from netflow_agent.model import FlowBatch  # noqa: E402
 from netflow_agent.runtime import ITEM_FLOWS  # noqa: E402
 from netflow_agent.stages.cache import FlowCache  # noqa: E402
 from netflow_agent.testing import build_agent, collecting_plugin_module  # noqa: E402
+from netflow_agent.transport.udp import UdpDestination  # noqa: E402
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt(3)
 #: flows per cache hand-over while filling (an eBPF drain step, ``drain_chunk``)
@@ -111,7 +113,10 @@ def main() -> int:
     ap.add_argument("--trim-threshold", type=int, default=0,
                     help="glibc M_TRIM_THRESHOLD in bytes (0: glibc's)")
     ap.add_argument("--profile", default="", help="cProfile output of the first run")
+    ap.add_argument("--no-gso", action="store_true",
+                    help="send without UDP GSO (UdpDestination.use_gso off), for A/B")
     args = ap.parse_args()
+    UdpDestination.use_gso = not args.no_gso
     libc().mallopt(M_MMAP_THRESHOLD, args.mmap_threshold)
     if args.trim_threshold:
         libc().mallopt(M_TRIM_THRESHOLD, args.trim_threshold)

@@ -28,13 +28,14 @@ def agent_register_components(registry: ComponentRegistry) -> None:
 def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue]:
     """``decoder = "c"`` needs the built extension; with ``check_env`` also: namespace
     exists, privileges, ``nft`` present, groups free."""
+    instances = [inst for inst in config.by_stage("ingest") if inst.type_name == "nflog"]
+    if not instances:  # the internals load only for an agent that has an NFLOG ingest
+        return []
     from .decoders import c_unavailable_reason
     from .environment import check_instance
 
     issues: list[ConfigIssue] = []
-    for inst in config.by_stage("ingest"):
-        if inst.type_name != "nflog":
-            continue
+    for inst in instances:
         if inst.config.decoder == "c" and (reason := c_unavailable_reason()) is not None:
             issues.append(ConfigIssue(f"{inst.path}.decoder", reason))
         if check_env:

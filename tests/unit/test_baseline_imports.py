@@ -80,6 +80,29 @@ def test_components_load_what_only_their_instances_need_lazily() -> None:
     assert not set(LAZY) & modules, "imported at start"
 
 
+VALIDATED = """
+import json, sys
+from netflow_agent.cli import _manager_for
+from netflow_agent.config.check import validate
+pm, registry, _ = _manager_for(sys.argv[1])
+config, issues = validate(sys.argv[1], registry, pm.hook, check_env=True)
+print(json.dumps({"ok": config is not None, "modules": sorted(sys.modules)}))
+"""
+
+
+def test_validating_a_config_without_them_leaves_them_unloaded(tmp_path) -> None:
+    """What `agent run`, `--dry-run` and reload do first (every plugin's config check, with
+    the environment's) loads no NFLOG or IPFIX internals for a config that has neither."""
+    conf = tmp_path / "agent.toml"
+    conf.write_text('[[ingest.pcap]]\npath = "/dev/null"\n'
+                    '[[export.netflow]]\ndestination = ["127.0.0.1:2055"]\n')
+    out = subprocess.run([sys.executable, "-c", VALIDATED, str(conf)], capture_output=True,
+                         text=True, check=True, timeout=120)
+    loaded = json.loads(out.stdout)
+    assert loaded["ok"]
+    assert not set(LAZY) & set(loaded["modules"]), "imported by validation"
+
+
 def test_noting_an_exports_interfaces_does_not_load_numpy_ma() -> None:
     """NumPy >= 2.3's ``np.unique`` imports ``numpy.ma`` (~0.6 MB) to check for a masked
     array; the exporters' interface bookkeeping finds distinct values without it."""

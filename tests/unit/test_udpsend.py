@@ -7,13 +7,18 @@ from __future__ import annotations
 import errno
 import socket
 import threading
+import time
 
 import pytest
 
 from netflow_agent._udpsend import CHUNK, send_burst
-from netflow_agent.transport.udp import UdpDestination
+from netflow_agent.plugins.export_netflow.component import NetflowExporter
+from netflow_agent.plugins.export_netflow.config import Config
+from netflow_agent.runtime import RunContext
+from netflow_agent.transport.udp import IP_MTU, IPV6_MTU, UdpDestination
 from tests.export_netflow.collect import UdpSink, full_socket
-from tests.support.collectors import free_udp_port
+from tests.export_netflow.test_netflow_component import flows
+from tests.support.collectors import Nfcapd, free_udp_port, udp_drops
 
 #: socket(7): SO_RCVBUF beyond net.core.rmem_max (not in Python's socket module)
 SO_RCVBUFFORCE = 33
@@ -38,8 +43,8 @@ def connected_to(endpoint: tuple[str, int]) -> socket.socket:
 def test_a_burst_bigger_than_a_chunk_is_sent_whole_and_in_order(sink):
     data = [i.to_bytes(4, "big") for i in range(CHUNK * 2 + 7)]
     with connected_to(sink.sock.getsockname()) as tx:
-        assert send_burst(tx.fileno(), data, 0, len(data)) == (len(data), 0)
-        assert send_burst(tx.fileno(), data, 5, 3) == (3, 0)
+        assert send_burst(tx.fileno(), data, 0, len(data)) == (len(data), 0, 0)
+        assert send_burst(tx.fileno(), data, 5, 3) == (3, 0, 0)
     assert sink.drain(expect=len(data) + 3) == data + data[5:8]
 
 
@@ -48,9 +53,9 @@ def test_a_refused_datagram_stops_the_call_and_is_named_by_the_next(sink):
     (errno 0), a call from the refused datagram on says why."""
     data = [b"a", b"b", TOO_BIG, b"c"]
     with connected_to(sink.sock.getsockname()) as tx:
-        assert send_burst(tx.fileno(), data, 0, 4) == (2, 0)
-        assert send_burst(tx.fileno(), data, 2, 2) == (0, errno.EMSGSIZE)
-        assert send_burst(tx.fileno(), data, 3, 1) == (1, 0)
+        assert send_burst(tx.fileno(), data, 0, 4) == (2, 0, 0)
+        assert send_burst(tx.fileno(), data, 2, 2) == (0, errno.EMSGSIZE, 0)
+        assert send_burst(tx.fileno(), data, 3, 1) == (1, 0, 0)
     assert sink.drain(expect=3) == [b"a", b"b", b"c"]
 
 
@@ -58,9 +63,9 @@ def test_a_full_send_buffer_stops_short_then_refuses_with_eagain():
     sock, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with sock, peer:
         data = [b"d" * 512] * 5000
-        sent, err = send_burst(sock.fileno(), data, 0, len(data))
+        sent, err, _ = send_burst(sock.fileno(), data, 0, len(data))
         assert 0 < sent < len(data) and err == 0
-        assert send_burst(sock.fileno(), data, sent, len(data) - sent) == (0, errno.EAGAIN)
+        assert send_burst(sock.fileno(), data, sent, len(data) - sent) == (0, errno.EAGAIN, 0)
         peer.setblocking(False)
         got = 0
         while True:
@@ -75,8 +80,8 @@ def test_a_full_send_buffer_stops_short_then_refuses_with_eagain():
 def test_a_closed_port_refuses_with_econnrefused():
     with connected_to(("127.0.0.1", free_udp_port())) as tx:
         answers = [send_burst(tx.fileno(), [b"x"] * 3, 0, 3) for _ in range(3)]
-    assert (0, errno.ECONNREFUSED) in answers or all(a == (1, 0) for a in answers)
-    assert all(sent < 3 for sent, _ in answers)  # loopback's ICMP unreachable stops each call
+    assert (0, errno.ECONNREFUSED, 0) in answers or all(a == (1, 0, 0) for a in answers)
+    assert all(sent < 3 for sent, _, _ in answers)  # loopback's ICMP unreachable stops each call
 
 
 def test_bad_arguments_raise_without_sending(sink):
@@ -87,15 +92,15 @@ def test_bad_arguments_raise_without_sending(sink):
             send_burst(tx.fileno(), [b"a"], 1, 1)
         with pytest.raises(IndexError):
             send_burst(tx.fileno(), [b"a"], -1, 1)
-        assert send_burst(tx.fileno(), [b"a"], 1, 0) == (0, 0)
-        assert send_burst(-1, [b"a"], 0, 1) == (0, errno.EBADF)
+        assert send_burst(tx.fileno(), [b"a"], 1, 0) == (0, 0, 0)
+        assert send_burst(-1, [b"a"], 0, 1) == (0, errno.EBADF, 0)
     assert sink.drain(timeout=0.1) == []
 
 
 def test_any_bytes_like_datagram_is_sent_as_its_bytes(sink):
     data = [b"a", bytearray(b"bc"), memoryview(b"xdefx")[1:4]]
     with connected_to(sink.sock.getsockname()) as tx:
-        assert send_burst(tx.fileno(), data, 0, 3) == (3, 0)
+        assert send_burst(tx.fileno(), data, 0, 3) == (3, 0, 0)
     assert sink.drain(expect=3) == [b"a", b"bc", b"def"]
 
 
@@ -140,6 +145,7 @@ def test_a_full_buffer_loses_every_datagram_it_refuses_and_sends_the_rest():
     dest.connect()
     dest._sock.close()
     dest._sock, peer = full_socket()
+    dest.gso_max = 0  # an AF_UNIX socket: no UDP GSO (it would join the datagrams)
     peer.recv(1024)  # room for about one more
     peer.recv(1024)
     n = 50
@@ -169,3 +175,110 @@ def test_a_paced_burst_reports_its_lost_datagram_late_and_sends_the_rest(sink):
     assert late == [(TOO_BIG, 7)] and dest.late_lost_records == 7
     assert dest.stats.lost_records == 7 and dest.stats.packets_ok == 3
     assert sink.drain(expect=3) == [b"1", b"2", b"3"]
+
+
+# --- UDP GSO (UDP_SEGMENT): the receiver sees the very datagrams plain sends would deliver ---
+
+#: socket(7) SO_NO_CHECK: UDP without checksums, which the kernel refuses for GSO sends
+SO_NO_CHECK = 11
+
+
+def numbered(sizes: list[int]) -> list[bytes]:
+    """One datagram per size, each told apart by its index in its first bytes."""
+    return [(i.to_bytes(4, "big") * (size // 4 + 1))[:size] for i, size in enumerate(sizes)]
+
+
+#: runs of 1, a run longer than GSO_SEGMENTS, a run cut by GSO_BYTES, shorter tails
+GSO_MIX = ([100] + [1388] * 150 + [1384, 1384, 1000] + [9000] * 10 + [700] + [512] * 3
+           + [5, 64, 64] + [1400] * 64)
+
+
+@pytest.mark.parametrize("gso_max", [0, 1400, 65507])
+def test_gso_runs_deliver_the_same_datagrams_in_order(sink, gso_max):
+    """With GSO or without, and with datagrams over gso_max sent plain: the same bytes, one
+    datagram each, in order."""
+    data = numbered(GSO_MIX)
+    with connected_to(sink.sock.getsockname()) as tx:
+        assert send_burst(tx.fileno(), data, 0, len(data), gso_max) == (len(data), 0, 0)
+        assert send_burst(tx.fileno(), data, 3, 70, gso_max) == (70, 0, 0)
+    assert sink.drain(expect=len(data) + 70) == data + data[3:73]
+
+
+def test_a_socket_refusing_gso_gets_the_datagrams_plain_and_says_so(sink):
+    data = numbered([800] * 100 + [90, 90])
+    with connected_to(sink.sock.getsockname()) as tx:
+        tx.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+        assert send_burst(tx.fileno(), data, 0, len(data), 65507) == (102, 0, errno.EINVAL)
+    assert sink.drain(expect=len(data)) == data
+
+
+def test_a_destination_uses_gso_within_the_path_mtu(sink):
+    dest = UdpDestination(sink.endpoint)
+    dest.connect()
+    assert dest._sock is not None  # the path MTU less the IPv4 and UDP headers
+    assert dest.gso_max == dest._sock.getsockopt(socket.IPPROTO_IP, IP_MTU) - 28 > 60_000
+    data = numbered([1400] * 200 + [300])
+    assert dest.send_batch(data, [1] * len(data)) == len(data)
+    assert (dest.stats.packets_ok, dest.stats.bytes_ok) == (len(data), sum(map(len, data)))
+    assert sink.drain(expect=len(data)) == data
+    dest.close()
+
+
+def test_an_ipv6_destination_uses_gso_within_its_path_mtu():
+    sink6 = UdpSink(socket.AF_INET6)
+    dest = UdpDestination(sink6.endpoint)
+    dest.connect()
+    assert dest._sock is not None  # the path MTU less the IPv6 and UDP headers
+    assert dest.gso_max == dest._sock.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU) - 48 > 60_000
+    data = numbered([1232] * 100 + [7])
+    assert dest.send_batch(data, [1] * len(data)) == len(data)
+    assert sink6.drain(expect=len(data)) == data
+    dest.close()
+    sink6.close()
+
+
+def test_a_destination_whose_socket_refuses_gso_sends_plain_from_then_on(sink, caplog):
+    dest = UdpDestination(sink.endpoint)
+    dest.connect()
+    assert dest._sock is not None
+    dest._sock.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
+    data = numbered([1000] * 80)
+    assert dest.send_batch(data, [2] * 80) == 80 and dest.gso_max == 0
+    assert dest.send_batch(data[:5], [2] * 5) == 5
+    s = dest.stats
+    assert (s.packets_ok, s.fail, s.lost_records) == (85, 0, 0)
+    assert sink.drain(expect=85) == data + data[:5]
+    assert sum("UDP GSO refused" in r.message for r in caplog.records) == 1
+    dest.close()
+
+
+def test_use_gso_off_keeps_every_send_plain(sink, monkeypatch):
+    monkeypatch.setattr(UdpDestination, "use_gso", False)
+    dest = UdpDestination(sink.endpoint)
+    dest.connect()
+    assert dest.gso_max == 0
+    data = numbered([1200] * 70)
+    assert dest.send_batch(data, [1] * 70) == 70
+    assert sink.drain(expect=70) == data
+    dest.close()
+
+
+def test_an_unpaced_gso_export_reaches_nfcapd_whole(tmp_path):
+    """A v9 export part sent in one burst, its equal-size packets as GSO sends, to a real
+    nfcapd: nfdump reads back every flow and packet, and nfcapd's socket dropped nothing."""
+    records = flows(2_000)
+    with Nfcapd(tmp_path / "nfcapd") as collector:
+        exporter = NetflowExporter(Config(destination=[f"127.0.0.1:{collector.port}"],
+                                          protocol=9, rate_limit=0), "export.netflow[0]")
+        exporter.agent_start(context=RunContext(start_ns=time.time_ns()))
+        assert all(dest.gso_max > 1400 for dest in exporter.destinations)
+        exporter.agent_export_flows(records=records)
+        exporter.agent_stop()
+        stats = exporter.agent_collect_stats()
+        collector.wait_drained()
+        dropped = udp_drops(collector.port)
+        got = collector.flows()
+    assert stats["lost_records"] == 0 and stats["sock_ok"] == stats["pdus"] > 50
+    assert dropped == 0 and len(got) == len(records)
+    assert sorted(f["sport"] for f in got) == [r.src_port for r in records]
+    assert sum(f["packets"] for f in got) == 2 * len(records)

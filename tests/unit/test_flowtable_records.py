@@ -1,0 +1,158 @@
+"""The C merge of record arrays (FlowTable.merge_records, FlowCache.agent_cache_flows) gives
+exactly the table and statistics of the NumPy merge (packed keys, lookup, add_deltas)."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import numpy as np
+import pytest
+
+from netflow_agent._flowindex import FlowIndex, merge_records
+from netflow_agent.model import FlowBatch
+from netflow_agent.schema import FlowOptions, FlowSchema, default_schema
+from netflow_agent.stages.cache import CacheConfig, FlowCache
+from netflow_agent.stages.flowtable import FlowTable, record_layout
+
+EXTENDED = FlowSchema.build(FlowOptions(mac=True, vlan=True, mpls_labels=2, tunnel_id=True))
+SCHEMAS = [pytest.param(default_schema(), id="base"), pytest.param(EXTENDED, id="extended")]
+COLUMNS = ("packets", "octets", "first", "last", "flags", "out_if", "masks")
+
+
+def _batches(schema: FlowSchema, seed: int, count: int = 6) -> list[np.ndarray]:
+    """Record arrays over a small pool of random keys (keys repeat within and across
+    batches), with random counters, times, flags and out_if (half of them 0)."""
+    rng = np.random.default_rng(seed)
+    dtype = schema.record_dtype
+    pool = np.frombuffer(rng.bytes(3000 * dtype.itemsize), dtype)
+    out = []
+    for _ in range(count):
+        n = int(rng.integers(1, 5000))
+        flows = pool[rng.integers(0, len(pool), n)].copy()
+        flows["packets"] = rng.integers(0, 2**64 - 1, n, np.uint64, endpoint=True)
+        flows["octets"] = rng.integers(0, 2**64 - 1, n, np.uint64, endpoint=True)
+        flows["start_ns"] = rng.integers(-(2**62), 2**62, n)
+        flows["end_ns"] = flows["start_ns"] + rng.integers(0, 10**9, n)
+        flows["tcp_flags"] = rng.integers(0, 256, n)
+        flows["out_if"] = rng.integers(0, 3, n) * rng.integers(1, 2**32, n)
+        out.append(flows)
+    return out
+
+
+def _same_tables(a: FlowTable, b: FlowTable) -> None:
+    assert a.index.slot_count == b.index.slot_count and len(a) == len(b)
+    occupied = a.occupied()
+    np.testing.assert_array_equal(occupied, b.occupied())
+    assert a.keys(occupied) == b.keys(occupied)
+    for name in COLUMNS:
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name), err_msg=name)
+
+
+@pytest.mark.parametrize("schema", SCHEMAS)
+@pytest.mark.parametrize("seed", range(4))
+def test_merge_records_equals_lookup_and_add_deltas(schema, seed):
+    layout = record_layout(schema.record_dtype, schema.key_dtype)
+    assert layout is not None
+    fast, slow = FlowTable(schema.key_size), FlowTable(schema.key_size)  # both grow
+    limit = 2500 if seed % 2 else 0  # maxflows: later new keys refused
+    for n, flows in enumerate(_batches(schema, seed)):
+        slots, new = fast.merge_records(flows, layout, limit)
+        want_slots, want_new = slow.lookup(schema.keys_of(flows), limit=limit)
+        np.testing.assert_array_equal(slots, want_slots)
+        np.testing.assert_array_equal(new, want_new)
+        kept = want_slots >= 0
+        slow.add_deltas(want_slots[kept], want_new[kept], flows["packets"][kept],
+                        flows["octets"][kept], flows["start_ns"][kept], flows["end_ns"][kept],
+                        flows["tcp_flags"][kept], flows["out_if"][kept])
+        _same_tables(fast, slow)
+        if n == 2:  # free some slots: new keys reuse them, lowest first
+            taken = fast.occupied()[::3]
+            fast.take(taken)
+            slow.take(taken)
+    assert fast.rows > 1024  # the columns grew under the C merge
+
+
+def test_layout_packs_the_schemas_keys():
+    """Adjacent copied fields are one op; the packed keys are keys_of's, byte for byte."""
+    schema = default_schema()
+    layout = record_layout(schema.record_dtype, schema.key_dtype)
+    assert layout is not None
+    ops = np.frombuffer(layout.ops, np.uint32).reshape(-1, 4).tolist()
+    assert ops == [[0, 0, 4, 0], [4, 4, 4, 1], [8, 8, 2, 1], [10, 10, 2, 1], [12, 12, 32, 0]]
+    for s in (schema, EXTENDED):
+        flows = _batches(s, 9, 1)[0]
+        index = FlowIndex(s.key_size)
+        lay = record_layout(s.record_dtype, s.key_dtype)
+        slots, _ = index.lookup_records(flows, lay.stride, lay.ops)
+        got = index.keys(np.frombuffer(slots, np.int64))
+        assert got == s.keys_of(flows).tobytes()
+
+
+def test_layout_refuses_what_c_cannot_read():
+    schema = default_schema()
+    narrowed = np.dtype([(n, "<u4" if n == "out_if" else t) if n != "packets" else (n, "<u4")
+                         for n, t in schema.record_dtype.descr])
+    assert record_layout(narrowed, schema.key_dtype) is None  # packets not uint64
+    no_port = np.dtype([d for d in schema.record_dtype.descr if d[0] != "src_port"])
+    assert record_layout(no_port, schema.key_dtype) is None
+
+
+def test_merge_records_checks_slots_against_columns():
+    """A slot beyond the columns is refused before anything is written."""
+    schema = default_schema()
+    layout = record_layout(schema.record_dtype, schema.key_dtype)
+    table = FlowTable(schema.key_size)
+    flows = _batches(schema, 1, 1)[0][:10]
+    slots = np.zeros(10, np.int64)
+    slots[3] = table.rows
+    with pytest.raises(ValueError, match="outside the columns"):
+        merge_records(flows, layout.stride, layout.fields, slots, np.zeros(10, bool),
+                      table.packets, table.octets, table.first, table.last, table.flags,
+                      table.out_if)
+    assert not table.packets.any()
+
+
+def _run_cache(batches: list[np.ndarray], fast: bool, maxflows: int) -> FlowCache:
+    """A cache fed ``batches``, by the C merge (``fast``, checked) or the NumPy merge."""
+    cache = FlowCache(CacheConfig(maxflows=maxflows))
+    c_merge = mock.patch.object(FlowTable, "merge_records", autospec=True,
+                                side_effect=FlowTable.merge_records)
+    numpy_only = mock.patch.object(FlowCache, "_record_layout", return_value=None)
+    with c_merge as merged, (mock.MagicMock() if fast else numpy_only):
+        for n, flows in enumerate(batches):
+            cache.agent_cache_flows(batch=FlowBatch("test", flows), now_ns=n)
+    assert merged.call_count == (len(batches) if fast else 0)
+    return cache
+
+
+@pytest.mark.parametrize("maxflows", [0, 2000])
+def test_cache_merges_alike_on_both_paths(maxflows):
+    """Same table, statistics (new, found, maxflows drops, traffic) and FIN/RST marks."""
+    batches = _batches(default_schema(), 5)
+    for flows in batches:  # counters that sum without wrapping, as statistics expect
+        flows["packets"] %= 1000
+        flows["octets"] %= 10**6
+    fast, slow = _run_cache(batches, True, maxflows), _run_cache(batches, False, maxflows)
+    _same_tables(fast.table, slow.table)
+    assert fast.counters() == slow.counters()
+    assert fast.ending == slow.ending and fast.ending
+    assert fast.stats.new > 0 and fast.stats.found > 0
+    assert (fast.stats.maxflows > 0) == bool(maxflows)
+
+
+def test_merge_records_refuses_an_offset_past_any_row_and_a_float_column():
+    """Arguments a caller could get wrong are refused before anything is written (an offset
+    near 2**63 once wrapped past the bounds check; a float column took integer bits)."""
+    schema = default_schema()
+    layout = record_layout(schema.record_dtype, schema.key_dtype)
+    table = FlowTable(schema.key_size)
+    flows = np.zeros(4, schema.record_dtype)
+    slots, new = np.zeros(4, np.int64), np.ones(4, np.uint8)
+    columns = [table.packets, table.octets, table.first, table.last, table.flags, table.out_if]
+    with pytest.raises(ValueError, match="outside"):
+        merge_records(flows, layout.stride, (2**63 - 1, *layout.fields[1:]), slots, new,
+                      *columns)
+    with pytest.raises(ValueError, match="integer items"):
+        merge_records(flows, layout.stride, layout.fields, slots, new,
+                      np.zeros(len(table.packets), np.float64), *columns[1:])
+    assert not table.packets.any()
