@@ -816,7 +816,8 @@ static PyObject *FlowIndex_take(FlowIndex *s, PyObject *args)
 	PyObject *slots_obj, *into_obj;
 	Py_buffer view, into;
 	Py_ssize_t stride = -1;
-	size_t n, need;
+	size_t n;
+	int fits, overlap;
 
 	if (!PyArg_ParseTuple(args, "OO|n:take", &slots_obj, &into_obj, &stride) || ready(s) < 0)
 		return NULL;
@@ -832,8 +833,18 @@ static PyObject *FlowIndex_take(FlowIndex *s, PyObject *args)
 		PyBuffer_Release(&view);
 		return NULL;
 	}
-	need = n ? (n - 1) * (size_t)stride + (size_t)s->key_size : 0;
-	if ((size_t)into.len < need) {
+	/* n keys fit when the first does and the other n - 1 strides fit in what is left
+	 * (division, not a product: a huge stride must not wrap past the check) */
+	fits = !n || ((size_t)into.len >= (size_t)s->key_size
+		      && (n == 1 || (size_t)stride <= ((size_t)into.len - (size_t)s->key_size)
+						     / (n - 1)));
+	overlap = (const char *)into.buf < (const char *)view.buf + view.len
+		  && (const char *)view.buf < (const char *)into.buf + into.len;
+	if (overlap) {	/* the keys would overwrite slot numbers not yet read */
+		PyErr_SetString(PyExc_ValueError, "into: overlaps slots");
+		goto done;
+	}
+	if (!fits) {
 		PyErr_Format(PyExc_ValueError, "into: %zd bytes for %zu keys of %zd bytes at a "
 			     "stride of %zd", into.len, n, s->key_size, stride);
 		goto done;

@@ -57,6 +57,7 @@ from netflow_agent.model import (
     TCP_RST,
     FlowBatch,
     PacketBatch,
+    concat,
 )
 from netflow_agent.roles import Cache, CacheStats, FlowRow
 from netflow_agent.runtime import RunContext
@@ -507,21 +508,37 @@ class FlowCache(Cache):
         come; a scan: the exporters' free backlog, the most overdue flows first, the rest stay
         due for the next scans); < 0 (a scan only): none now, every due flow stays.
         """
-        if force:
-            self.deferred, self.deferred_since_ns = 0, 0  # every flow leaves now
-            slots = self.table.occupied(max(limit, 0))
-            reasons = np.full(len(slots), END_FORCED, np.uint8)
-            if self.ending:  # a marked flow is one whose flags hold FIN or RST: read them
-                ended = (self.table.flags[slots] & _END_FLAGS) != 0  # (per part, not per set)
-                reasons[ended] = END_OF_FLOW
-        else:
-            slots, reasons = self._due(now_ns, limit)
+        if not force:
+            return self._sampled(self._take(*self._due(now_ns, limit)))
+        self.deferred, self.deferred_since_ns = 0, 0  # every flow leaves now
+        if self.sampler is None or limit <= 0:
+            return self._sampled(self._forced(limit))
+        # the sampler keeps fewer than it is given: take until `limit` flows are selected or
+        # the table is empty, so that a part of exactly `limit` still means "more remain"
+        parts, room = [], limit
+        while room and len(self.table):
+            parts.append(self._sampled(self._forced(room)))
+            room -= len(parts[-1])
+        return concat(parts, "cache") if parts else self._sampled(self._forced(limit))
+
+    def _forced(self, limit: int) -> FlowBatch:
+        """Take up to ``limit`` (0: all) cached flows, lowest slots first, whatever their
+        times: flowEndReason forced, or end of flow for those that saw FIN or RST."""
+        slots = self.table.occupied(max(limit, 0))
+        reasons = np.full(len(slots), END_FORCED, np.uint8)
+        if self.ending:  # a marked flow is one whose flags hold FIN or RST: read them
+            ended = (self.table.flags[slots] & _END_FLAGS) != 0  # (per part, not per set)
+            reasons[ended] = END_OF_FLOW
         batch = self._take(slots, reasons)
-        if force and not len(self.table):
+        if not len(self.table):
             # the taken slots stay in the set until the table is empty (a Python set
             # update per part cost ~75 ns per FIN flow): _due reads a mark only where the
             # slot's flags hold FIN or RST, so a mark left on a freed slot is never read
             self.ending.clear()
+        return batch
+
+    def _sampled(self, batch: FlowBatch) -> FlowBatch:
+        """The flows of ``batch`` the flow sampler selects (all without one), counted."""
         if self.sampler is not None:
             before = len(batch)
             batch = self.sampler.select_batch(batch)

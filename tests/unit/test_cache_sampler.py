@@ -92,3 +92,23 @@ def test_the_cache_declares_flow_sampling_and_reload_changes_it():
     assert ctx.sampling() == Sampling(8, SAMPLING_DETERMINISTIC, flows=True)
     c.reconfigure(CacheConfig())
     assert ctx.sampling() is None and c.sampler is None
+
+
+@pytest.mark.parametrize("sampler", ["deterministic:2", "random:3"])
+def test_a_forced_scan_in_parts_takes_every_flow_out_while_sampling(sampler):
+    """At stop the core calls again while a part holds exactly its limit: a sampler that
+    thinned each part made the first part short, and the rest of the table was never
+    exported. Every part but the last is now exactly the limit, and the table ends empty."""
+    c = FlowCache(CacheConfig(sampler=sampler))
+    feed(c, *[(key(p), 60, 0, T0, 0) for p in range(1, 1001)])
+    sizes = []
+    while True:
+        sizes.append(len(c.agent_cache_expire(now_ns=T0, force=True, limit=100)))
+        if sizes[-1] != 100:
+            break
+    assert c.active_flows == 0
+    st = c.stats
+    assert sum(sizes) == st.exported_flows
+    assert st.exported_flows + st.sampler_unselected_flows == 1000
+    if sampler.startswith("deterministic"):
+        assert sizes == [100] * 5 + [0]

@@ -330,3 +330,18 @@ def test_hash_key_is_random_per_process() -> None:
     key = bytes(range(KS))
     assert siphash(key) == siphash(key)
     assert len({siphash(key), _siphash_in_new_process(key), _siphash_in_new_process(key)}) == 3
+
+
+def test_take_refuses_a_stride_that_would_wrap_and_an_output_over_its_slots():
+    """Refused before anything leaves the index: a stride so large its product wraps (it
+    once passed the size check), and an output buffer that overlaps the slot numbers."""
+    idx = FlowIndex(8)
+    slots, _new = idx.lookup(b"".join(i.to_bytes(8, "big") for i in range(3)))
+    slots = np.frombuffer(slots, np.int64).copy()
+    with pytest.raises(ValueError, match="stride"):
+        idx.take(slots, bytearray(8), 2**63 - 1)
+    shared = np.zeros(8, np.int64)
+    shared[:3] = slots
+    with pytest.raises(ValueError, match="overlaps"):
+        idx.take(shared[:3], shared[2:].view(np.uint8))  # its first key over the last slot
+    assert len(idx) == 3
