@@ -280,7 +280,9 @@ def test_reload_does_not_warn_about_the_agents_own_groups(topo: RoutedTopology,
             f'netns = "{ns}"\n[[ingest.nflog]]\ngroup = 13\nnetns = "{ns}"\n'
             f'[[export.log]]\npath = "-"\n')
     with Agent.in_dir(tmp_path, conf) as agent:
-        agent.start(ready="reading NFLOG group", count=2)
+        # "running with" comes after the control socket is bound; the groups' lines before it
+        agent.start(ready="running with")
+        assert agent.log().count("reading NFLOG group") == 2
         agent.config.write_text(conf.replace('path = "-"', 'path = "-"\nformat = "text"'))
         reply = request(str(sock), "reload", timeout=10)
         assert reply["ok"], reply
