@@ -10,7 +10,9 @@ nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Callable
 
 from netflow_agent.plugins.export_netflow.component import NetflowExporter
 from netflow_agent.plugins.export_netflow.config import Config
@@ -86,24 +88,35 @@ def test_final_export_at_shutdown_waits_for_the_backlog():
     assert stats["lost_records"] == 0 and stats["sock0"]["backlog_peak"] <= 10
 
 
+def export_to_nfcapd(tmp_path, records: list, config: Config, *, stopping: bool = False,
+                     started: Callable[[NetflowExporter], None] = lambda exporter: None,
+                     ) -> tuple[dict, int, list[dict]]:
+    """Export ``records`` with ``config`` (its destination set to a fresh nfcapd) and stop,
+    ``stopping`` as the final export at stop does; the exporter's stats, the datagrams
+    nfcapd's socket dropped, and the flows nfdump reads back. ``started`` sees the exporter
+    once it is connected."""
+    with Nfcapd(tmp_path / "nfcapd") as collector:
+        context = RunContext(start_ns=time.time_ns())
+        exporter = NetflowExporter(
+            dataclasses.replace(config, destination=[f"127.0.0.1:{collector.port}"]),
+            "export.netflow[0]")
+        exporter.agent_start(context=context)
+        started(exporter)
+        context.stopping = stopping  # the final export: queued as it leaves, nothing dropped
+        exporter.agent_export_flows(records=records)
+        exporter.agent_stop()
+        stats = exporter.agent_collect_stats()
+        collector.wait_drained()
+        return stats, udp_drops(collector.port), collector.flows()
+
+
 def test_a_final_export_reaches_nfcapd_whole_at_the_default_rate(tmp_path):
     """The stop's export of 60,000 flows (about 2,000 v9 datagrams, sent a burst per
     ``sendmmsg`` at the default rate) to a real nfcapd with its default socket buffer: nfdump
     reads back every flow and packet, and nfcapd's socket dropped nothing."""
     records = flows(60_000)
-    with Nfcapd(tmp_path / "nfcapd") as collector:
-        context = RunContext(start_ns=time.time_ns())
-        exporter = NetflowExporter(
-            Config(destination=[f"127.0.0.1:{collector.port}"], protocol=9),
-            "export.netflow[0]")
-        exporter.agent_start(context=context)
-        context.stopping = True  # the final export: queued as it leaves, nothing dropped
-        exporter.agent_export_flows(records=records)
-        exporter.agent_stop()
-        stats = exporter.agent_collect_stats()
-        collector.wait_drained()
-        dropped = udp_drops(collector.port)
-        got = collector.flows()
+    stats, dropped, got = export_to_nfcapd(
+        tmp_path, records, Config(destination=[], protocol=9), stopping=True)
     assert stats["lost_records"] == 0 and stats["sock_ok"] == stats["pdus"] > 1000
     assert stats["sock0"]["rate_limit"] == DEFAULT_RATE_LIMIT and dropped == 0
     assert len(got) == len(records)

@@ -7,18 +7,17 @@ from __future__ import annotations
 import errno
 import socket
 import threading
-import time
 
 import pytest
 
 from netflow_agent._udpsend import CHUNK, send_burst
 from netflow_agent.plugins.export_netflow.component import NetflowExporter
 from netflow_agent.plugins.export_netflow.config import Config
-from netflow_agent.runtime import RunContext
 from netflow_agent.transport.udp import IP_MTU, IPV6_MTU, UdpDestination
 from tests.export_netflow.collect import UdpSink, full_socket
 from tests.export_netflow.test_netflow_component import flows
-from tests.support.collectors import Nfcapd, free_udp_port, udp_drops
+from tests.export_netflow.test_netflow_pacing import export_to_nfcapd
+from tests.support.collectors import free_udp_port
 
 #: socket(7): SO_RCVBUF beyond net.core.rmem_max (not in Python's socket module)
 SO_RCVBUFFORCE = 33
@@ -267,17 +266,12 @@ def test_an_unpaced_gso_export_reaches_nfcapd_whole(tmp_path):
     """A v9 export part sent in one burst, its equal-size packets as GSO sends, to a real
     nfcapd: nfdump reads back every flow and packet, and nfcapd's socket dropped nothing."""
     records = flows(2_000)
-    with Nfcapd(tmp_path / "nfcapd") as collector:
-        exporter = NetflowExporter(Config(destination=[f"127.0.0.1:{collector.port}"],
-                                          protocol=9, rate_limit=0), "export.netflow[0]")
-        exporter.agent_start(context=RunContext(start_ns=time.time_ns()))
+
+    def uses_gso(exporter: NetflowExporter) -> None:
         assert all(dest.gso_max > 1400 for dest in exporter.destinations)
-        exporter.agent_export_flows(records=records)
-        exporter.agent_stop()
-        stats = exporter.agent_collect_stats()
-        collector.wait_drained()
-        dropped = udp_drops(collector.port)
-        got = collector.flows()
+
+    stats, dropped, got = export_to_nfcapd(
+        tmp_path, records, Config(destination=[], protocol=9, rate_limit=0), started=uses_gso)
     assert stats["lost_records"] == 0 and stats["sock_ok"] == stats["pdus"] > 50
     assert dropped == 0 and len(got) == len(records)
     assert sorted(f["sport"] for f in got) == [r.src_port for r in records]
