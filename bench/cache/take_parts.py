@@ -33,15 +33,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.export.workload import make_records  # noqa: E402
-from netflow_agent.libc import libc  # noqa: E402
+from bench.export.workload import (  # noqa: E402
+    FILL_ROWS,
+    set_mmap_threshold,
+    stop_batch,
+    stop_options,
+)
 from netflow_agent.loop import EXPORT_ROWS  # noqa: E402
 from netflow_agent.model import FlowBatch  # noqa: E402
 from netflow_agent.stages.cache import CacheConfig, FlowCache  # noqa: E402
 
-M_MMAP_THRESHOLD = -3  # mallopt(3)
-#: flows per cache hand-over while filling (an eBPF drain step, ``drain_chunk``)
-FILL_ROWS = 16_384
 PAGE = resource.getpagesize()
 
 
@@ -85,18 +86,11 @@ def one_run(batch: FlowBatch, now: int, digest: bool) -> tuple[float, float, str
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--flows", type=int, default=200_000)
-    ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--fin", action="store_true",
-                    help="keep the workload's FIN on TCP flows (they wait in the FIN set)")
-    ap.add_argument("--mmap-threshold", type=int, default=128 * 1024,
-                    help="glibc M_MMAP_THRESHOLD in bytes (the agent's, agent/cli.py)")
+    stop_options(ap, runs=5)
     args = ap.parse_args()
-    libc().mallopt(M_MMAP_THRESHOLD, args.mmap_threshold)
+    set_mmap_threshold(args.mmap_threshold)
     now = 1_800_000_000_000_000_000
-    batch = FlowBatch.from_records(make_records(args.flows, now), "bench")
-    if not args.fin:
-        batch.flows["tcp_flags"] &= ~np.uint8(0x05)
+    batch = stop_batch(args.flows, now, args.fin, "bench")
     runs = [one_run(batch, now, digest=i == 0) for i in range(args.runs + 1)]
     ns = statistics.median(r[0] for r in runs[1:])
     faults = statistics.median(r[1] for r in runs[1:])

@@ -30,23 +30,23 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from bench.export.final_export import collector  # noqa: E402
-from bench.export.workload import make_records  # noqa: E402
+from bench.export.workload import (  # noqa: E402
+    FILL_ROWS,
+    M_TRIM_THRESHOLD,
+    set_mmap_threshold,
+    stop_batch,
+    stop_options,
+)
 from netflow_agent.libc import libc  # noqa: E402
 from netflow_agent.model import FlowBatch  # noqa: E402
 from netflow_agent.runtime import ITEM_FLOWS  # noqa: E402
 from netflow_agent.stages.cache import FlowCache  # noqa: E402
 from netflow_agent.testing import build_agent, collecting_plugin_module  # noqa: E402
 from netflow_agent.transport.udp import UdpDestination  # noqa: E402
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt(3)
-#: flows per cache hand-over while filling (an eBPF drain step, ``drain_chunk``)
-FILL_ROWS = 16_384
 
 
 def one_run(flows: int, fin: bool, profile: str = "") -> tuple[float, float, float, int]:
@@ -65,9 +65,7 @@ protocol = 9
 """, Path(tmp), [collecting_plugin_module])
             pipeline = agent.pipeline
             now = time.time_ns()
-            batch = FlowBatch.from_records(make_records(flows, now), "ingest.fake[0]")
-            if not fin:  # flows still open at the stop: none waits in the cache's FIN set
-                batch.flows["tcp_flags"] &= ~np.uint8(0x05)
+            batch = stop_batch(flows, now, fin, "ingest.fake[0]")
             for i in range(0, flows, FILL_ROWS):
                 pipeline.dispatch(ITEM_FLOWS, FlowBatch("ingest.fake[0]",
                                                         batch.flows[i:i + FILL_ROWS]))
@@ -104,12 +102,7 @@ protocol = 9
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--flows", type=int, default=200_000)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--fin", action="store_true",
-                    help="keep the workload's FIN on TCP flows (they wait in the FIN set)")
-    ap.add_argument("--mmap-threshold", type=int, default=128 * 1024,
-                    help="glibc M_MMAP_THRESHOLD in bytes (the agent's, agent/cli.py)")
+    stop_options(ap, runs=3)
     ap.add_argument("--trim-threshold", type=int, default=0,
                     help="glibc M_TRIM_THRESHOLD in bytes (0: glibc's)")
     ap.add_argument("--profile", default="", help="cProfile output of the first run")
@@ -117,7 +110,7 @@ def main() -> int:
                     help="send without UDP GSO (UdpDestination.use_gso off), for A/B")
     args = ap.parse_args()
     UdpDestination.use_gso = not args.no_gso
-    libc().mallopt(M_MMAP_THRESHOLD, args.mmap_threshold)
+    set_mmap_threshold(args.mmap_threshold)
     if args.trim_threshold:
         libc().mallopt(M_TRIM_THRESHOLD, args.trim_threshold)
     runs = [one_run(args.flows, args.fin, args.profile if i == 0 else "")

@@ -7,12 +7,16 @@ the same kind of receiver.
 
 from __future__ import annotations
 
+import argparse
 import ipaddress
 import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
+
+from netflow_agent.libc import libc
 from netflow_agent.model import FlowBatch, FlowRecord
 
 #: whether exporters receive columnar FlowBatches; before 8788758 (e.g. 5b1e4b4) FlowBatch
@@ -78,3 +82,33 @@ def discard_sink() -> Iterator[str]:
         yield f"127.0.0.1:{sink.getsockname()[1]}"
     finally:
         sink.close()
+
+
+#: glibc mallopt(3) parameters the stop benches set as the agent does (agent/cli.py)
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+#: flows per cache hand-over while filling (an eBPF drain step, ``drain_chunk``)
+FILL_ROWS = 16_384
+
+
+def stop_options(ap: argparse.ArgumentParser, runs: int) -> None:
+    """The options every stop bench takes: --flows, --runs, --fin, --mmap-threshold."""
+    ap.add_argument("--flows", type=int, default=200_000)
+    ap.add_argument("--runs", type=int, default=runs)
+    ap.add_argument("--fin", action="store_true",
+                    help="keep the workload's FIN on TCP flows (they wait in the FIN set)")
+    ap.add_argument("--mmap-threshold", type=int, default=128 * 1024,
+                    help="glibc M_MMAP_THRESHOLD in bytes (the agent's, agent/cli.py)")
+
+
+def stop_batch(flows: int, now_ns: int, fin: bool, source: str) -> FlowBatch:
+    """:func:`make_records` as one batch; without ``fin`` the flows are still open at the
+    stop (FIN and RST cleared): none waits in the cache's FIN set."""
+    batch = FlowBatch.from_records(make_records(flows, now_ns), source)
+    if not fin:
+        batch.flows["tcp_flags"] &= ~np.uint8(0x05)
+    return batch
+
+
+def set_mmap_threshold(threshold: int) -> None:
+    """glibc's mmap threshold, as the agent sets it."""
+    libc().mallopt(M_MMAP_THRESHOLD, threshold)
