@@ -221,8 +221,17 @@ def next_subnet() -> tuple[str, str]:
 
     Unique within this process; namespaces keep different processes apart anyway.
     """
-    n = next(_subnets)
-    a = 64 + os.getpid() % 128
+    return subnet_for(os.getpid(), next(_subnets))
+
+
+def subnet_for(pid: int, n: int) -> tuple[str, str]:
+    """:func:`next_subnet`'s ``n``-th prefix in process ``pid``: inside ``10.64.0.0/10`` and
+    ``fd00:40::/26``, clear of the flood generator's sources (``10.128.0.0/9``,
+    ``fd00:80::/64``, tests/support/flowgen.py). A router with a connected subnet among the
+    sources forwards the receiver's ICMP errors back to them and drops flows whose source
+    is its own address, so a flood test then sees packets it never sent and loses some it
+    did (16 process ids in 128 could before, the more the larger the flood)."""
+    a = 64 + pid % 64
     return f"10.{a}.{n % 256}", f"fd00:{a:x}:{n:x}"
 
 

@@ -14,8 +14,8 @@ import struct
 
 import pytest
 
-from tests.support.flowgen import Flood, build
-from tests.support.netns import Capture
+from tests.support.flowgen import FIRST_SOURCE, FIRST_SOURCE6, Flood, build
+from tests.support.netns import Capture, subnet_for
 from tests.support.pcapgen import ip_of_frame, read_frames
 from tests.support.truth import PROTO_TCP
 
@@ -63,6 +63,20 @@ def test_partial_truth_is_the_schedule_prefix():
         for sent in (0, 1, 24, 25, 26, 47, 100, flood.packets - 1, flood.packets):
             assert flood.sent_per_flow(sent) == _walk(flood, sent), (flood, sent)
     assert MIXED.packets == sum(MIXED.packets_of(f) for f in range(180)) == 360
+
+
+def test_test_subnets_never_hold_a_flood_source():
+    """Whatever a test process's id, its links' subnets stay clear of the generated sources
+    (a million flows: 10.128.0.0-10.143.66.63, fd00:80::-fd00:80::f:423f): a router with
+    one of them connected would forward ICMP errors back to the sources and drop the flows
+    that carry its own address, and a flood test would count what it never sent."""
+    sources = ipaddress.ip_network(f"{ipaddress.IPv4Address(FIRST_SOURCE)}/9")
+    sources6 = ipaddress.ip_network(f"{ipaddress.IPv6Address(FIRST_SOURCE6)}/64")
+    for pid in range(256):
+        for n in (0, 1, 255, 256, 4097):
+            v4, v6 = subnet_for(pid, n)
+            assert not ipaddress.ip_network(f"{v4}.0/24").overlaps(sources), (pid, n)
+            assert not ipaddress.ip_network(f"{v6}::/64").overlaps(sources6), (pid, n)
 
 
 @pytest.mark.netns
