@@ -88,7 +88,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     stop_options(ap, runs=5)
     args = ap.parse_args()
-    set_mmap_threshold(args.mmap_threshold)
+    set_mmap_threshold(args.mmap_threshold, not args.no_part_reuse)
     now = 1_800_000_000_000_000_000
     batch = stop_batch(args.flows, now, args.fin, "bench")
     runs = [one_run(batch, now, digest=i == 0) for i in range(args.runs + 1)]
