@@ -29,14 +29,13 @@ from typing import Any, NoReturn
 
 import pluggy
 
-from netflow_agent import __version__, logutil
+from netflow_agent import __version__, heap, logutil
 from netflow_agent.config.check import validate
 from netflow_agent.config.load import load
 from netflow_agent.config.model import AgentSection, FlowSection
 from netflow_agent.config.sample import section_sample
 from netflow_agent.discovery import AgentPluginManager, build_registry, make_manager
 from netflow_agent.errors import ConfigIssue
-from netflow_agent.libc import libc
 from netflow_agent.ops import Operations
 from netflow_agent.pipeline import Pipeline, StartupError
 from netflow_agent.privileges import PrivilegeError
@@ -270,23 +269,6 @@ def cmd_sample(name: str | None) -> int:
     return EX_OK
 
 
-def _tune_malloc() -> None:
-    """Keep glibc from raising its mmap threshold, so big flow tables return memory."""
-    try:
-        libc().mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
-
-
-def _trim_malloc() -> None:
-    """Give the heap's free pages back once started: loading the eBPF programs (libbpf parses
-    the kernel's BTF) and the configuration leave freed blocks glibc would otherwise keep."""
-    try:
-        libc().malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def _revalidate(path: str, registry: ComponentRegistry,
                 pm: pluggy.PluginManager) -> tuple[Any, list[ConfigIssue]]:
     """Re-read the configuration for a reload (:mod:`agent.reloading` logs the issues)."""
@@ -306,7 +288,7 @@ def cmd_run(path: str, level: str | None, progress: bool | None = None) -> int:
         logutil.pin_level()  # --log-level wins over [agent] debug, at reloads too
     else:
         logutil.apply_debug(config.agent.debug)
-    _tune_malloc()
+    heap.pin()  # big flow tables return memory (agent.heap)
     try:
         ops = Operations(config)  # before any thread starts (privilege drop preparation)
     except PrivilegeError as exc:
@@ -331,7 +313,9 @@ def cmd_run(path: str, level: str | None, progress: bool | None = None) -> int:
         signal.signal(sig, lambda *_: pipeline.request_stop())
     pipeline.reloader = lambda: _revalidate(path, registry, pm)
     signal.signal(signal.SIGHUP, lambda *_: pipeline.request_reload())
-    _trim_malloc()
+    # loading the eBPF programs (libbpf parses the kernel's BTF) and the configuration leave
+    # freed blocks glibc would otherwise keep
+    heap.trim()
     log.info("running with %d components (%s)", len(pipeline.components),
              ", ".join(pipeline.components))
     # what start-up built (modules, configuration, plugins) lives until exit: leave it out of

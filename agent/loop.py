@@ -28,7 +28,7 @@ import queue
 from collections.abc import Callable
 from typing import Any
 
-from netflow_agent import logutil
+from netflow_agent import heap, logutil
 from netflow_agent.clock import Clock
 from netflow_agent.model import FlowBatch, FlowRecord, NatEvent, PacketBatch, concat
 from netflow_agent.runtime import ITEM_FLOWS, ITEM_NAT, ITEM_PACKETS, ITEM_STOP, RunContext
@@ -175,8 +175,12 @@ class Loop:
         at a time, so the cache's copies of a 200k-flow table are never all alive at once.
         A timed scan takes at most :meth:`export_room` flows; the cache keeps the rest due.
         """
-        while self._expire(now, force) == EXPORT_ROWS and force:
-            pass  # exactly the limit: more may remain (more than it: a cache without limits)
+        if force:  # the parts' arrays reuse heap blocks (agent.heap); the stop exits next
+            with heap.reuse_parts(release=not self.context.stopping):
+                while self._expire(now, True) == EXPORT_ROWS:
+                    pass  # exactly the limit: more may remain (more: a cache without limits)
+        else:
+            self._expire(now, False)
         self.rates.update(now, *self.traffic_totals())
         self.hook.agent_tick(now_ns=now)
 

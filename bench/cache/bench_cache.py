@@ -98,8 +98,8 @@ def run_peer_dict(batches: list) -> float:
 CHILD = r"""
 import gc, sys
 sys.path.insert(0, {root!r})
-from netflow_agent.cli import _tune_malloc
-_tune_malloc()
+from netflow_agent import heap
+heap.pin()
 from bench.cache.bench_cache import use_flow_fields, ext_for
 use_flow_fields({flow!r})
 from netflow_agent.model import PacketBatch, make_key

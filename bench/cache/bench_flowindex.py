@@ -50,8 +50,8 @@ CHILD = r"""
 import gc, json, sys, time
 import numpy as np
 sys.path.insert(0, {root!r})
-from netflow_agent.cli import _tune_malloc
-_tune_malloc()
+from netflow_agent import heap
+heap.pin()
 from netflow_agent._flowindex import FlowIndex
 
 N, BATCH, IMPL = {flows}, {batch}, {impl!r}

@@ -39,6 +39,7 @@ from bench.export.workload import (  # noqa: E402
     stop_batch,
     stop_options,
 )
+from netflow_agent import heap  # noqa: E402
 from netflow_agent.loop import EXPORT_ROWS  # noqa: E402
 from netflow_agent.model import FlowBatch  # noqa: E402
 from netflow_agent.stages.cache import CacheConfig, FlowCache  # noqa: E402
@@ -67,18 +68,19 @@ def one_run(batch: FlowBatch, now: int, digest: bool) -> tuple[float, float, str
     cache = filled(batch, now)
     flows, spent, faults, parts = cache.active_flows, 0.0, 0, hashlib.sha256()
     base = peak = anon_rss_mb()
-    while True:
-        f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.thread_time()
-        part = cache.agent_cache_expire(now_ns=now, force=True, limit=EXPORT_ROWS)
-        spent += time.thread_time() - t0
-        faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
-        peak = max(peak, anon_rss_mb())
-        if digest:
-            parts.update(np.ascontiguousarray(part.flows).tobytes())
-        n = len(part)
-        del part  # the exporters drop a part once it is encoded
-        if n < EXPORT_ROWS:
-            break
+    with heap.reuse_parts():  # as the agent's forced scan does (agent.loop)
+        while True:
+            f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.thread_time()
+            part = cache.agent_cache_expire(now_ns=now, force=True, limit=EXPORT_ROWS)
+            spent += time.thread_time() - t0
+            faults += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0
+            peak = max(peak, anon_rss_mb())
+            if digest:
+                parts.update(np.ascontiguousarray(part.flows).tobytes())
+            n = len(part)
+            del part  # the exporters drop a part once it is encoded
+            if n < EXPORT_ROWS:
+                break
     assert cache.active_flows == 0
     return (spent / flows * 1e9, faults / flows * 1e3, parts.hexdigest()[:16],
             peak - base)
@@ -88,7 +90,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     stop_options(ap, runs=5)
     args = ap.parse_args()
-    set_mmap_threshold(args.mmap_threshold)
+    set_mmap_threshold(args.mmap_threshold, not args.no_part_reuse)
     now = 1_800_000_000_000_000_000
     batch = stop_batch(args.flows, now, args.fin, "bench")
     runs = [one_run(batch, now, digest=i == 0) for i in range(args.runs + 1)]

@@ -110,7 +110,7 @@ def main() -> int:
                     help="send without UDP GSO (UdpDestination.use_gso off), for A/B")
     args = ap.parse_args()
     UdpDestination.use_gso = not args.no_gso
-    set_mmap_threshold(args.mmap_threshold)
+    set_mmap_threshold(args.mmap_threshold, not args.no_part_reuse)
     if args.trim_threshold:
         libc().mallopt(M_TRIM_THRESHOLD, args.trim_threshold)
     runs = [one_run(args.flows, args.fin, args.profile if i == 0 else "")

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from netflow_agent import heap
 from netflow_agent.libc import libc
 from netflow_agent.model import FlowBatch, FlowRecord
 
@@ -84,7 +85,7 @@ def discard_sink() -> Iterator[str]:
         sink.close()
 
 
-#: glibc mallopt(3) parameters the stop benches set as the agent does (agent/cli.py)
+#: glibc mallopt(3) parameters the stop benches set as the agent does (agent/heap.py)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 #: flows per cache hand-over while filling (an eBPF drain step, ``drain_chunk``)
 FILL_ROWS = 16_384
@@ -97,7 +98,10 @@ def stop_options(ap: argparse.ArgumentParser, runs: int) -> None:
     ap.add_argument("--fin", action="store_true",
                     help="keep the workload's FIN on TCP flows (they wait in the FIN set)")
     ap.add_argument("--mmap-threshold", type=int, default=128 * 1024,
-                    help="glibc M_MMAP_THRESHOLD in bytes (the agent's, agent/cli.py)")
+                    help="glibc M_MMAP_THRESHOLD in bytes (the agent's, agent/heap.py)")
+    ap.add_argument("--no-part-reuse", action="store_true",
+                    help="keep the 128 KiB threshold during the forced scan too (the agent "
+                    "raises it for the parts: agent.heap.reuse_parts), for A/B")
 
 
 def stop_batch(flows: int, now_ns: int, fin: bool, source: str) -> FlowBatch:
@@ -109,6 +113,10 @@ def stop_batch(flows: int, now_ns: int, fin: bool, source: str) -> FlowBatch:
     return batch
 
 
-def set_mmap_threshold(threshold: int) -> None:
-    """glibc's mmap threshold, as the agent sets it."""
-    libc().mallopt(M_MMAP_THRESHOLD, threshold)
+def set_mmap_threshold(threshold: int, part_reuse: bool = True) -> None:
+    """glibc's mmap threshold, as the agent sets it: the agent's own (``agent.heap.pin``,
+    with the forced scan's heap reuse unless ``part_reuse`` is off) or another value."""
+    if threshold == heap.MMAP_THRESHOLD and part_reuse:
+        heap.pin()
+    else:
+        libc().mallopt(M_MMAP_THRESHOLD, threshold)

@@ -1,0 +1,88 @@
+"""glibc's heap settings for the agent: its mmap threshold, and a reuse window for parts.
+
+This module owns the agent's calls to ``mallopt(3)`` and ``malloc_trim(3)``:
+
+* :func:`pin`: the agent pins ``M_MMAP_THRESHOLD`` at :data:`MMAP_THRESHOLD` (128 KiB,
+  glibc's starting value, which glibc otherwise raises up to 32 MB as big blocks are freed):
+  a flow table's columns and a drain's batches are then their own mappings and go back to
+  the kernel when freed, so RSS follows the flows (docs/performance.md, "Flow cache").
+* :func:`trim`: give the heap's free pages back (once started).
+* :func:`reuse_parts`: while a forced scan hands the whole table over in parts
+  (``agent.loop.EXPORT_ROWS`` flows each: the stop, a cache hand-over), the threshold is
+  raised to :data:`PART_MMAP_THRESHOLD` and freed heap is kept up to
+  :data:`PART_TRIM_THRESHOLD`, so each part's arrays (the cache's rows, the encoders'
+  copies and packed records, 0.1-1.2 MB each) reuse the blocks the previous part freed
+  instead of being fresh mappings whose pages fault in and are unmapped again, part after
+  part (a fifth of the stop's CPU). The heap then holds about one part's working set, the
+  same memory the mappings held while a part was alive; afterwards the pinned settings
+  return (and, unless the process is about to exit, the free heap is trimmed).
+
+Nothing here acts unless :func:`pin` ran (the agent's ``run`` command): a library user or a
+test keeps glibc's own heap behaviour.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from netflow_agent.libc import libc
+
+#: mallopt(3) parameters
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+#: the agent's mmap threshold: blocks at least this large are their own mapping
+MMAP_THRESHOLD = 128 << 10
+#: glibc's default trim threshold (which pinning the mmap threshold freezes at this value)
+TRIM_THRESHOLD = 128 << 10
+#: during a forced scan: a part's arrays (at most ~1.2 MB at 8192 rows) come from the heap
+PART_MMAP_THRESHOLD = 4 << 20
+#: during a forced scan: free heap kept for the next part before glibc trims it
+PART_TRIM_THRESHOLD = 8 << 20
+
+_state = {"pinned": False}
+
+
+def _mallopt(param: int, value: int) -> bool:
+    try:
+        return bool(libc().mallopt(param, value))
+    except (OSError, AttributeError):  # not glibc
+        return False
+
+
+def pin() -> None:
+    """Pin the mmap threshold at :data:`MMAP_THRESHOLD` (the agent's setting)."""
+    _state["pinned"] = _mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+
+
+def pinned() -> bool:
+    """Whether :func:`pin` set the threshold (what :func:`reuse_parts` restores)."""
+    return _state["pinned"]
+
+
+def trim() -> None:
+    """Give the heap's free pages back to the kernel."""
+    try:
+        libc().malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+@contextlib.contextmanager
+def reuse_parts(release: bool = True) -> Iterator[None]:
+    """Inside: a forced scan's parts reuse heap blocks (see the module's docstring).
+
+    :param release: trim the free heap afterwards; ``False`` when the process exits next
+        (the stop), where trimming would only cost CPU.
+    """
+    if not _state["pinned"]:
+        yield
+        return
+    _mallopt(M_TRIM_THRESHOLD, PART_TRIM_THRESHOLD)
+    _mallopt(M_MMAP_THRESHOLD, PART_MMAP_THRESHOLD)
+    try:
+        yield
+    finally:
+        _mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        _mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+        if release:
+            trim()
