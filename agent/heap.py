@@ -5,7 +5,10 @@ This module owns the agent's calls to ``mallopt(3)`` and ``malloc_trim(3)``:
 * :func:`pin`: the agent pins ``M_MMAP_THRESHOLD`` at :data:`MMAP_THRESHOLD` (128 KiB,
   glibc's starting value, which glibc otherwise raises up to 32 MB as big blocks are freed):
   a flow table's columns and a drain's batches are then their own mappings and go back to
-  the kernel when freed, so RSS follows the flows (docs/performance.md, "Flow cache").
+  the kernel when freed, so RSS follows the flows (docs/performance.md, "Flow cache"). It
+  pins ``M_TRIM_THRESHOLD`` at :data:`TRIM_THRESHOLD` too: setting either stops glibc's
+  dynamic adjustment, which would otherwise leave the trim threshold wherever glibc had
+  raised it by then (twice the largest mapped block freed before the call).
 * :func:`trim`: give the heap's free pages back (once started).
 * :func:`reuse_parts`: while a forced scan hands the whole table over in parts
   (``agent.loop.EXPORT_ROWS`` flows each: the stop, a cache hand-over), the threshold is
@@ -15,7 +18,10 @@ This module owns the agent's calls to ``mallopt(3)`` and ``malloc_trim(3)``:
   instead of being fresh mappings whose pages fault in and are unmapped again, part after
   part (a fifth of the stop's CPU). The heap then holds about one part's working set, the
   same memory the mappings held while a part was alive; afterwards the pinned settings
-  return (and, unless the process is about to exit, the free heap is trimmed).
+  return (and, unless the process is about to exit, the free heap is trimmed). The agent
+  opens it only for the stop's final scan (agent.loop), when the ingests have stopped: the
+  threshold is process-wide, and another thread's big blocks allocated inside the window
+  but freed after it would stay in the heap.
 
 Nothing here acts unless :func:`pin` ran (the agent's ``run`` command): a library user or a
 test keeps glibc's own heap behaviour.
@@ -32,7 +38,7 @@ from netflow_agent.libc import libc
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 #: the agent's mmap threshold: blocks at least this large are their own mapping
 MMAP_THRESHOLD = 128 << 10
-#: glibc's default trim threshold (which pinning the mmap threshold freezes at this value)
+#: the agent's trim threshold: glibc's starting value (free heap above it goes back)
 TRIM_THRESHOLD = 128 << 10
 #: during a forced scan: a part's arrays (at most ~1.2 MB at 8192 rows) come from the heap
 PART_MMAP_THRESHOLD = 4 << 20
@@ -50,8 +56,10 @@ def _mallopt(param: int, value: int) -> bool:
 
 
 def pin() -> None:
-    """Pin the mmap threshold at :data:`MMAP_THRESHOLD` (the agent's setting)."""
-    _state["pinned"] = _mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    """Pin the mmap and trim thresholds at :data:`MMAP_THRESHOLD` and
+    :data:`TRIM_THRESHOLD` (the agent's settings, what :func:`reuse_parts` restores)."""
+    _state["pinned"] = (_mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+                        and _mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
 def pinned() -> bool:

@@ -23,6 +23,7 @@ reload request, a call from the control socket) go to the handler the owner regi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 from collections.abc import Callable
@@ -175,14 +176,23 @@ class Loop:
         at a time, so the cache's copies of a 200k-flow table are never all alive at once.
         A timed scan takes at most :meth:`export_room` flows; the cache keeps the rest due.
         """
-        if force:  # the parts' arrays reuse heap blocks (agent.heap); the stop exits next
-            with heap.reuse_parts(release=not self.context.stopping):
+        if force:
+            with self._part_reuse():
                 while self._expire(now, True) == EXPORT_ROWS:
                     pass  # exactly the limit: more may remain (more: a cache without limits)
         else:
             self._expire(now, False)
         self.rates.update(now, *self.traffic_totals())
         self.hook.agent_tick(now_ns=now)
+
+    def _part_reuse(self) -> contextlib.AbstractContextManager[None]:
+        """The stop's forced scan reuses heap blocks part after part (agent.heap); the process
+        exits next, so nothing is trimmed. Not a cache hand-over: the ingests keep running
+        then, and their batches, heap blocks while the window is open, would be freed after
+        it and kept by glibc."""
+        if self.context.stopping:
+            return heap.reuse_parts(release=False)
+        return contextlib.nullcontext()
 
     def _expire(self, now: int, force: bool) -> int:
         """One expiry call and the export of what it returned; the most flows one cache

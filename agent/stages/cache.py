@@ -80,7 +80,7 @@ _UNSELECTED_MAX = 1 << 18  # ~75 B each in C: at most ~20 MB
 _KEY_BUFFER_ROWS = 1 << 14
 #: madvise(2) advice (Linux 5.14+): fault a range's pages in, writable, in one call
 _MADV_POPULATE_WRITE = 23
-#: batches at least this large are their own mmap (the agent's M_MMAP_THRESHOLD, agent/cli.py)
+#: batches at least this large are their own mmap (the agent's M_MMAP_THRESHOLD, agent/heap.py)
 _POPULATE_BYTES = 128 << 10
 
 
@@ -174,8 +174,10 @@ class CacheConfig:
 
 def _populated(out: np.ndarray) -> np.ndarray:
     """``out`` (a fresh zeroed array) with its pages faulted in by one ``madvise`` instead
-    of one page fault each as its rows are first written: a part of the stop's forced scan
-    (8192 rows, ~0.8 MB) is a fresh mmap, and its ~200 faults were a fifth of the take's CPU.
+    of one page fault each as its rows are first written: a part of a timed scan (8192 rows,
+    ~0.8 MB) is a fresh mmap, and its ~200 faults were a fifth of the take's CPU. In the
+    stop's final scan parts are reused heap blocks (agent.heap.reuse_parts): their pages are
+    already in, and the advice returns at once.
     The pages hold zeros either way and are written right after (no RSS added); a kernel
     without the advice leaves it to the faults."""
     if out.nbytes >= _POPULATE_BYTES:

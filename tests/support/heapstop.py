@@ -9,7 +9,8 @@ forced scan's heap reuse (:func:`agent.heap.reuse_parts`) off. The clock is froz
 runs export the same bytes unless the heap's reused blocks leak into a datagram.
 
 ``python -m tests.support.heapstop mallinfo`` prints whether a 1 MiB array was its own
-mapping after pinning, inside :func:`agent.heap.reuse_parts` and after it.
+mapping inside :func:`agent.heap.reuse_parts` before pinning (the window then does nothing),
+after pinning, inside the window, after it and after a window left by an exception.
 
 A process of its own because ``mallopt`` settings last for the whole process.
 """
@@ -71,8 +72,14 @@ def stop(mode: str, n: int) -> dict:
     from netflow_agent.testing import build_agent, collecting_plugin_module
 
     heap.pin()
-    if mode == "plain":
-        heap.reuse_parts = lambda release=True: contextlib.nullcontext()  # type: ignore
+    windows = []
+    reuse = heap.reuse_parts
+
+    def counted(release: bool = True):  # the stop must open the window once, without trim
+        windows.append(release)
+        return reuse(release) if mode == "reuse" else contextlib.nullcontext()
+
+    heap.reuse_parts = counted  # type: ignore[assignment]
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
     sink.bind(("127.0.0.1", 0))
@@ -99,7 +106,8 @@ rate_limit = 0
             digest.update(sink.recv(65535))
             count += 1
     return {"sha256": digest.hexdigest(), "datagrams": count, "sent": int(stats["sock_ok"]),
-            "exported": pipeline.loop.exported_flows, "lost": int(stats.get("lost_records", 0))}
+            "exported": pipeline.loop.exported_flows, "lost": int(stats.get("lost_records", 0)),
+            "windows": windows}
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -121,12 +129,22 @@ def mallinfo() -> dict:
         block = np.ones(1 << 20, np.uint8)  # noqa: F841 (alive while counted)
         return bool(info().hblks > before)
 
+    out = {"unpinned_inside": _inside(heap, own_mapping)}
     heap.pin()
-    out = {"pinned": own_mapping()}
-    with heap.reuse_parts():
-        out["inside"] = own_mapping()
+    out["pinned"] = own_mapping()
+    out["inside"] = _inside(heap, own_mapping)
     out["after"] = own_mapping()
+    try:
+        with heap.reuse_parts():
+            raise RuntimeError("an exporter failed in the window")
+    except RuntimeError:
+        out["after_failure"] = own_mapping()
     return out
+
+
+def _inside(heap, own_mapping) -> bool:
+    with heap.reuse_parts():
+        return own_mapping()
 
 
 if __name__ == "__main__":
