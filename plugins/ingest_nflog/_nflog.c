@@ -88,6 +88,8 @@
 #define MAX_EXT_HEADERS 8
 
 #define FIRST_SLOTS 512 /* hash slots at the first packet; doubled when half full */
+/* row buffers take() keeps for reuse: the batches a pipeline holds at once in steady state */
+#define TAKE_POOL 4
 /* the cache's time columns are int64 ns: a timestamp beyond that is garbage */
 #define TS_SEC_MAX (INT64_MAX / 1000000000LL)
 
@@ -183,6 +185,9 @@ typedef struct {
 	struct frag_held *held; /* arrival order */
 	uint32_t nheld;
 	unsigned long long frag_tracked, frag_held, frag_unmatched, decapsulated, decap_failed;
+	/* take()'s row buffers, reused once nobody holds them (take_buffer) */
+	PyObject *pool[TAKE_POOL];
+	unsigned long long pool_reused, pool_fresh;
 } Aggregator;
 
 static inline uint16_t be16(const uint8_t *p)
@@ -1451,13 +1456,73 @@ PyDoc_STRVAR(take_doc,
 	     "The flows fed since the last take, at most limit of them (0: all), and the counts\n"
 	     "since the last take. Flows not returned stay for the next take (`pending`); a\n"
 	     "feed() or read() in between first forgets those already returned, so a flow's\n"
-	     "later packets come as a new row. flows: a bytearray of packed 84-byte records\n"
+	     "later packets come as a new row. flows: a writable memoryview (an empty bytearray\n"
+	     "when there is none) of packed 84-byte records\n"
 	     "(key[44], packets u64, octets u64, first_ns i64, last_ns i64, out_if u32,\n"
 	     "tcp_flags u8, 3 zero bytes; native byte order) in the order of each key's first\n"
 	     "packet. With layer-2 fields (l2 mask 1, 2 or 4) each record is followed by the\n"
 	     "key's 24-byte block (decoders.py L2_DTYPE). native=True (no layer-2 fields only):\n"
 	     "100-byte rows of the default FlowBatch record array instead (decoders.py\n"
-	     "NATIVE_DTYPE).");
+	     "NATIVE_DTYPE). The view's buffer is reused by a later take() once nothing holds\n"
+	     "the view or an array over it (pool_reused, pool_fresh).");
+
+/* A bytearray of the pool that nothing but the pool references: no batch, array or view of
+ * it is alive (each holds a reference through the buffer export), so it can be rewritten. */
+static inline int pool_free(PyObject *b)
+{
+	return Py_REFCNT(b) == 1 && ((PyByteArrayObject *)b)->ob_exports == 0;
+}
+
+/* take()'s rows object for `bytes` bytes and where to write them: a view of the first
+ * `bytes` bytes of a pooled bytearray nobody holds any more, or of a new one put in the pool
+ * (then a plain new bytearray once the pool's buffers are all in use). A fresh buffer of a
+ * batch's size is a fresh mmap (the agent's M_MMAP_THRESHOLD is 128 KiB) whose ~400 pages
+ * each fault when the rows are written and are unmapped when the batch is freed: a sixth of
+ * the reader thread's CPU under a flood of new flows (docs/performance.md). */
+static PyObject *take_buffer(Aggregator *self, size_t bytes, uint8_t **dst)
+{
+	PyObject *b = NULL, *whole, *view;
+	int slot = -1;
+
+	if (!bytes) { /* nothing to write: an empty bytearray, as always */
+		b = PyByteArray_FromStringAndSize(NULL, 0);
+		*dst = NULL;
+		return b;
+	}
+	for (int i = 0; i < TAKE_POOL && !b; i++) {
+		if (!self->pool[i]) {
+			if (slot < 0)
+				slot = i;
+		} else if (pool_free(self->pool[i])) {
+			if ((size_t)PyByteArray_GET_SIZE(self->pool[i]) >= bytes)
+				b = self->pool[i];
+			else if (slot < 0 || self->pool[slot]) /* too small: replace it */
+				slot = i;
+		}
+	}
+	if (b) {
+		self->pool_reused++;
+	} else {
+		PyObject *fresh = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)bytes);
+
+		if (!fresh)
+			return NULL;
+		self->pool_fresh++;
+		if (slot < 0) { /* every pooled buffer is still held: this one is not pooled */
+			*dst = (uint8_t *)PyByteArray_AS_STRING(fresh);
+			return fresh;
+		}
+		Py_XSETREF(self->pool[slot], fresh);
+		b = fresh;
+	}
+	whole = PyMemoryView_FromObject(b);
+	if (!whole)
+		return NULL;
+	view = PySequence_GetSlice(whole, 0, (Py_ssize_t)bytes);
+	Py_DECREF(whole);
+	*dst = (uint8_t *)PyByteArray_AS_STRING(b);
+	return view;
+}
 
 static PyObject *Aggregator_take(Aggregator *self, PyObject *args, PyObject *kwds)
 {
@@ -1483,10 +1548,9 @@ static PyObject *Aggregator_take(Aggregator *self, PyObject *args, PyObject *kwd
 	count = self->nflows - self->taken;
 	if (limit && (size_t)limit < count)
 		count = (size_t)limit;
-	rows = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)(count * record_len));
+	rows = take_buffer(self, count * record_len, &dst);
 	if (!rows)
 		return NULL;
-	dst = (uint8_t *)PyByteArray_AS_STRING(rows);
 	for (size_t i = 0; i < count; i++) {
 		const struct flow *f = &self->flows[self->taken + i];
 
@@ -1637,6 +1701,8 @@ static void Aggregator_dealloc(Aggregator *self)
 	PyMem_RawFree(self->slots);
 	PyMem_RawFree(self->rbuf);
 	free_fragments(self);
+	for (int i = 0; i < TAKE_POOL; i++)
+		Py_CLEAR(self->pool[i]);
 	Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1681,6 +1747,10 @@ static PyMemberDef Aggregator_members[] = {
 	 "packets accounted to their inner flow"},
 	{"decap_failed", T_ULONGLONG, offsetof(Aggregator, decap_failed), READONLY,
 	 "tunnel packets accounted as their outer flow (fragment, no IP inside)"},
+	{"pool_reused", T_ULONGLONG, offsetof(Aggregator, pool_reused), READONLY,
+	 "take()s that rewrote a row buffer no one held any more"},
+	{"pool_fresh", T_ULONGLONG, offsetof(Aggregator, pool_fresh), READONLY,
+	 "take()s that allocated a new row buffer"},
 	{NULL, 0, 0, 0, NULL},
 };
 
