@@ -1632,6 +1632,18 @@ static PyObject *Aggregator_release(Aggregator *self, PyObject *arg)
 }
 
 /* Free the fragment tables. */
+PyDoc_STRVAR(drop_buffers_doc,
+	     "drop_buffers() -> None\n\n"
+	     "Let go of take()'s reusable row buffers (those still held live on with their\n"
+	     "holders): an idle or stopping reader gives their memory back.");
+
+static PyObject *Aggregator_drop_buffers(Aggregator *self, PyObject *Py_UNUSED(ignored))
+{
+	for (int i = 0; i < TAKE_POOL; i++)
+		Py_CLEAR(self->pool[i]);
+	Py_RETURN_NONE;
+}
+
 static void free_fragments(Aggregator *self)
 {
 	PyMem_RawFree(self->firsts);
@@ -1720,6 +1732,7 @@ static PyMethodDef Aggregator_methods[] = {
 	 take_doc},
 	{"decode", (PyCFunction)Aggregator_decode, METH_VARARGS, decode_doc},
 	{"release", (PyCFunction)Aggregator_release, METH_O, release_doc},
+	{"drop_buffers", (PyCFunction)Aggregator_drop_buffers, METH_NOARGS, drop_buffers_doc},
 	{NULL, NULL, 0, NULL},
 };
 

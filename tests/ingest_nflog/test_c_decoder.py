@@ -240,6 +240,10 @@ def test_take_rewrites_a_row_buffer_only_once_nothing_holds_it() -> None:
     assert bytes(agg.take(native=True)[0]) == _native_rows(small)
     assert agg.pool_reused == 3
     assert agg.take(native=True)[0] == b""  # nothing pending: empty, no buffer taken
+    agg.drop_buffers()  # an idle reader: the next batch gets a fresh buffer
+    agg.feed(small, len(small), RECV_NS)
+    assert bytes(agg.take(native=True)[0]) == _native_rows(small)
+    assert (agg.pool_fresh, agg.pool_reused) == (7, 3)
 
 
 def test_reading_a_socket_is_feeding_its_datagrams() -> None:
