@@ -10,12 +10,13 @@ with call graphs, then split each flood's samples::
     python bench/nflog/sender_cost.py /tmp/flood.data --packets 1999994
 
 Each ``flowgen`` process (one per run, in the order the runs started: ``none`` first, then
-the ``--only`` observers; floods of other users of the machine show too) gets a line: its samples, µs of CPU per packet at the recorded
-frequency, and the samples under the NFLOG and AF_PACKET receive paths; then the NFLOG
-path split by what the kernel does per message (``net/netfilter/nfnetlink_log.c``): building
-the attributes, the timestamp, the instance lookup, the prefix, the hardware address, the
-payload copy (what a copy range can shorten) and the per-batch work (skb allocation and
-netlink send: what ``qthreshold``/``nlbufsiz`` change).
+the ``--only`` observers; floods of other users of the machine show too) gets a line: its
+samples, µs of CPU per packet at the recorded frequency, and the samples under the NFLOG
+and AF_PACKET receive paths; then the NFLOG path split by what the kernel does per message
+(``net/netfilter/nfnetlink_log.c``): building the attributes, the timestamp, the instance
+lookup, the prefix, the hardware address, the payload copy (what a copy range can shorten)
+and the per-batch work (skb allocation and netlink send: what ``qthreshold``/``nlbufsiz``
+change).
 """
 
 from __future__ import annotations
