@@ -88,8 +88,9 @@
 #define MAX_EXT_HEADERS 8
 
 #define FIRST_SLOTS 512 /* hash slots at the first packet; doubled when half full */
-/* row buffers take() keeps for reuse: the batches a pipeline holds at once in steady state */
-#define TAKE_POOL 4
+/* row buffers take() keeps for reuse (each up to TAKE_LIMIT rows, 1.6 MB): a pipeline that
+ * keeps up holds at most one batch while the next is taken; more in flight get fresh ones */
+#define TAKE_POOL 2
 /* the cache's time columns are int64 ns: a timestamp beyond that is garbage */
 #define TS_SEC_MAX (INT64_MAX / 1000000000LL)
 
@@ -1820,7 +1821,8 @@ PyMODINIT_FUNC PyInit__nflog(void)
 	m = PyModule_Create(&nflog_module);
 	if (!m)
 		return NULL;
-	if (PyModule_AddObjectRef(m, "Aggregator", (PyObject *)&AggregatorType) < 0) {
+	if (PyModule_AddObjectRef(m, "Aggregator", (PyObject *)&AggregatorType) < 0 ||
+	    PyModule_AddIntConstant(m, "TAKE_POOL", TAKE_POOL) < 0) {
 		Py_DECREF(m);
 		return NULL;
 	}

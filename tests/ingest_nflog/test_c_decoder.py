@@ -217,33 +217,33 @@ def _native_rows(datagram: bytes) -> bytes:
 def test_take_rewrites_a_row_buffer_only_once_nothing_holds_it() -> None:
     """take() reuses its row buffers (no fresh pages per batch), but never one a batch, an
     array over it or the view itself still holds: every batch keeps its rows."""
-    agg = _ext().Aggregator()
-    datagrams = [_many_flows(300, start=1000 * i) for i in range(8)]
+    ext = _ext()
+    agg, pool = ext.Aggregator(), ext.TAKE_POOL
+    datagrams = [_many_flows(300, start=1000 * i) for i in range(pool + 3)]
     want = [_native_rows(d) for d in datagrams]
     held = []
-    for d in datagrams[:6]:  # all held: more than the pool
+    for d in datagrams[:pool + 2]:  # all held: more than the pool
         agg.feed(d, len(d), RECV_NS)
         held.append(np.frombuffer(agg.take(native=True)[0], decoders.NATIVE_DTYPE))
-    assert agg.pool_fresh == 6 and agg.pool_reused == 0
-    assert [a.tobytes() for a in held] == want[:6]
-    del held[1:]  # the pooled buffers of batches 2-4 are free again, batch 1's is not
-    for i in (6, 7):
-        agg.feed(datagrams[i], len(datagrams[i]), RECV_NS)
-        rows = agg.take(native=True)[0]
-        assert bytes(rows) == want[i]
-        assert held[0].tobytes() == want[0]
-        held.append(rows)  # type: ignore[arg-type]
-    assert agg.pool_fresh == 6 and agg.pool_reused == 2
+    assert (agg.pool_fresh, agg.pool_reused) == (pool + 2, 0)
+    assert [a.tobytes() for a in held] == want[:pool + 2]
+    del held[1:]  # the batches in the other pooled buffers are gone, the first one is not
+    last = datagrams[-1]
+    agg.feed(last, len(last), RECV_NS)
+    rows = agg.take(native=True)[0]
+    assert bytes(rows) == want[-1] and held[0].tobytes() == want[0]
+    assert (agg.pool_fresh, agg.pool_reused) == (pool + 2, 1)
     small = _many_flows(3, start=9000)  # a smaller take reuses a larger buffer's start
     held.clear()
+    del rows
     agg.feed(small, len(small), RECV_NS)
     assert bytes(agg.take(native=True)[0]) == _native_rows(small)
-    assert agg.pool_reused == 3
+    assert (agg.pool_fresh, agg.pool_reused) == (pool + 2, 2)
     assert agg.take(native=True)[0] == b""  # nothing pending: empty, no buffer taken
     agg.drop_buffers()  # an idle reader: the next batch gets a fresh buffer
     agg.feed(small, len(small), RECV_NS)
     assert bytes(agg.take(native=True)[0]) == _native_rows(small)
-    assert (agg.pool_fresh, agg.pool_reused) == (7, 3)
+    assert (agg.pool_fresh, agg.pool_reused) == (pool + 3, 2)
 
 
 def test_reading_a_socket_is_feeding_its_datagrams() -> None:
