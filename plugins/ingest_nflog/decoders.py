@@ -286,7 +286,8 @@ class CBatcher:
         :meth:`~agent.packet.PacketParser.stats`."""
         agg = self.aggregator
         out = {"messages": agg.messages, "seq_gaps": agg.seq_gaps,
-               "seq_resets": agg.seq_resets, "malformed": agg.malformed}
+               "seq_resets": agg.seq_resets, "malformed": agg.malformed,
+               "row_buffers_reused": agg.pool_reused, "row_buffers_new": agg.pool_fresh}
         if agg.frag_timeout_ns:
             out.update(frag_tracked=agg.frag_tracked, frag_held=agg.frag_held,
                        frag_unmatched=agg.frag_unmatched, frag_waiting=agg.frag_waiting,

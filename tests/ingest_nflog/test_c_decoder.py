@@ -227,11 +227,11 @@ def test_take_rewrites_a_row_buffer_only_once_nothing_holds_it() -> None:
         held.append(np.frombuffer(agg.take(native=True)[0], decoders.NATIVE_DTYPE))
     assert (agg.pool_fresh, agg.pool_reused) == (pool + 2, 0)
     assert [a.tobytes() for a in held] == want[:pool + 2]
-    del held[1:]  # the batches in the other pooled buffers are gone, the first one is not
+    del held[:-1]  # the batches in the pooled buffers are gone, the last (unpooled) is not
     last = datagrams[-1]
     agg.feed(last, len(last), RECV_NS)
     rows = agg.take(native=True)[0]
-    assert bytes(rows) == want[-1] and held[0].tobytes() == want[0]
+    assert bytes(rows) == want[-1] and held[0].tobytes() == want[pool + 1]
     assert (agg.pool_fresh, agg.pool_reused) == (pool + 2, 1)
     small = _many_flows(3, start=9000)  # a smaller take reuses a larger buffer's start
     held.clear()
