@@ -91,6 +91,8 @@ class Loop:
                 kind, item = "", None
             if kind:
                 self.dispatch(kind, item)
+                item = None  # a batch is freed now, not once the next item came (its buffer
+                # can then be reused by its ingest: the NFLOG reader's row buffers)
             self._scan_if_due()
             if self.heartbeat is not None:
                 self.heartbeat()

@@ -88,6 +88,9 @@
 #define MAX_EXT_HEADERS 8
 
 #define FIRST_SLOTS 512 /* hash slots at the first packet; doubled when half full */
+/* row buffers take() keeps for reuse (each up to TAKE_LIMIT rows, 1.6 MB): a pipeline that
+ * keeps up holds at most one batch while the next is taken; more in flight get fresh ones */
+#define TAKE_POOL 2
 /* the cache's time columns are int64 ns: a timestamp beyond that is garbage */
 #define TS_SEC_MAX (INT64_MAX / 1000000000LL)
 
@@ -183,6 +186,9 @@ typedef struct {
 	struct frag_held *held; /* arrival order */
 	uint32_t nheld;
 	unsigned long long frag_tracked, frag_held, frag_unmatched, decapsulated, decap_failed;
+	/* take()'s row buffers, reused once nobody holds them (take_buffer) */
+	PyObject *pool[TAKE_POOL];
+	unsigned long long pool_reused, pool_fresh;
 } Aggregator;
 
 static inline uint16_t be16(const uint8_t *p)
@@ -297,7 +303,10 @@ static int grow(Aggregator *self)
  * most of the per-packet work. */
 static inline __attribute__((always_inline)) int account(Aggregator *self, const struct packet *pkt, int64_t ts, uint32_t out_if)
 {
-	uint64_t h = key_hash(pkt->key, pkt->key_len);
+	/* the two key widths as constants: the hash unrolled, the compare and the copy inlined
+	 * (a copy of variable length was a `rep movsq`, a tenth of this loop's time) */
+	int base = pkt->key_len == KEY_LEN;
+	uint64_t h = base ? key_hash(pkt->key, KEY_LEN) : key_hash(pkt->key, KEY6_LEN);
 	size_t mask, s;
 	struct flow *f;
 
@@ -307,12 +316,16 @@ static inline __attribute__((always_inline)) int account(Aggregator *self, const
 	for (s = (size_t)h & mask; self->slots[s]; s = (s + 1) & mask) {
 		f = &self->flows[self->slots[s] - 1];
 		if (f->hash == h && f->key_len == pkt->key_len &&
-		    memcmp(f->key, pkt->key, pkt->key_len) == 0)
+		    (base ? memcmp(f->key, pkt->key, KEY_LEN) : memcmp(f->key, pkt->key, KEY6_LEN))
+		    == 0)
 			goto found;
 	}
 	f = &self->flows[self->nflows];
 	self->slots[s] = (uint32_t)++self->nflows;
-	memcpy(f->key, pkt->key, pkt->key_len);
+	if (base)
+		memcpy(f->key, pkt->key, KEY_LEN);
+	else
+		memcpy(f->key, pkt->key, KEY6_LEN);
 	f->key_len = pkt->key_len;
 	f->slot = (uint32_t)s;
 	f->hash = h;
@@ -1451,13 +1464,73 @@ PyDoc_STRVAR(take_doc,
 	     "The flows fed since the last take, at most limit of them (0: all), and the counts\n"
 	     "since the last take. Flows not returned stay for the next take (`pending`); a\n"
 	     "feed() or read() in between first forgets those already returned, so a flow's\n"
-	     "later packets come as a new row. flows: a bytearray of packed 84-byte records\n"
+	     "later packets come as a new row. flows: a writable memoryview (an empty bytearray\n"
+	     "when there is none) of packed 84-byte records\n"
 	     "(key[44], packets u64, octets u64, first_ns i64, last_ns i64, out_if u32,\n"
 	     "tcp_flags u8, 3 zero bytes; native byte order) in the order of each key's first\n"
 	     "packet. With layer-2 fields (l2 mask 1, 2 or 4) each record is followed by the\n"
 	     "key's 24-byte block (decoders.py L2_DTYPE). native=True (no layer-2 fields only):\n"
 	     "100-byte rows of the default FlowBatch record array instead (decoders.py\n"
-	     "NATIVE_DTYPE).");
+	     "NATIVE_DTYPE). The view's buffer is reused by a later take() once nothing holds\n"
+	     "the view or an array over it (pool_reused, pool_fresh).");
+
+/* A bytearray of the pool that nothing but the pool references: no batch, array or view of
+ * it is alive (each holds a reference through the buffer export), so it can be rewritten. */
+static inline int pool_free(PyObject *b)
+{
+	return Py_REFCNT(b) == 1 && ((PyByteArrayObject *)b)->ob_exports == 0;
+}
+
+/* take()'s rows object for `bytes` bytes and where to write them: a view of the first
+ * `bytes` bytes of a pooled bytearray nobody holds any more, or of a new one put in the pool
+ * (then a plain new bytearray once the pool's buffers are all in use). A fresh buffer of a
+ * batch's size is a fresh mmap (the agent's M_MMAP_THRESHOLD is 128 KiB) whose ~400 pages
+ * each fault when the rows are written and are unmapped when the batch is freed: a sixth of
+ * the reader thread's CPU under a flood of new flows (docs/performance.md). */
+static PyObject *take_buffer(Aggregator *self, size_t bytes, uint8_t **dst)
+{
+	PyObject *b = NULL, *whole, *view;
+	int slot = -1;
+
+	if (!bytes) { /* nothing to write: an empty bytearray, as always */
+		b = PyByteArray_FromStringAndSize(NULL, 0);
+		*dst = NULL;
+		return b;
+	}
+	for (int i = 0; i < TAKE_POOL && !b; i++) {
+		if (!self->pool[i]) {
+			if (slot < 0)
+				slot = i;
+		} else if (pool_free(self->pool[i])) {
+			if ((size_t)PyByteArray_GET_SIZE(self->pool[i]) >= bytes)
+				b = self->pool[i];
+			else if (slot < 0 || self->pool[slot]) /* too small: replace it */
+				slot = i;
+		}
+	}
+	if (b) {
+		self->pool_reused++;
+	} else {
+		PyObject *fresh = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)bytes);
+
+		if (!fresh)
+			return NULL;
+		self->pool_fresh++;
+		if (slot < 0) { /* every pooled buffer is still held: this one is not pooled */
+			*dst = (uint8_t *)PyByteArray_AS_STRING(fresh);
+			return fresh;
+		}
+		Py_XSETREF(self->pool[slot], fresh);
+		b = fresh;
+	}
+	whole = PyMemoryView_FromObject(b);
+	if (!whole)
+		return NULL;
+	view = PySequence_GetSlice(whole, 0, (Py_ssize_t)bytes);
+	Py_DECREF(whole);
+	*dst = (uint8_t *)PyByteArray_AS_STRING(b);
+	return view;
+}
 
 static PyObject *Aggregator_take(Aggregator *self, PyObject *args, PyObject *kwds)
 {
@@ -1483,10 +1556,9 @@ static PyObject *Aggregator_take(Aggregator *self, PyObject *args, PyObject *kwd
 	count = self->nflows - self->taken;
 	if (limit && (size_t)limit < count)
 		count = (size_t)limit;
-	rows = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)(count * record_len));
+	rows = take_buffer(self, count * record_len, &dst);
 	if (!rows)
 		return NULL;
-	dst = (uint8_t *)PyByteArray_AS_STRING(rows);
 	for (size_t i = 0; i < count; i++) {
 		const struct flow *f = &self->flows[self->taken + i];
 
@@ -1561,6 +1633,18 @@ static PyObject *Aggregator_release(Aggregator *self, PyObject *arg)
 }
 
 /* Free the fragment tables. */
+PyDoc_STRVAR(drop_buffers_doc,
+	     "drop_buffers() -> None\n\n"
+	     "Let go of take()'s reusable row buffers (those still held live on with their\n"
+	     "holders): an idle or stopping reader gives their memory back.");
+
+static PyObject *Aggregator_drop_buffers(Aggregator *self, PyObject *Py_UNUSED(ignored))
+{
+	for (int i = 0; i < TAKE_POOL; i++)
+		Py_CLEAR(self->pool[i]);
+	Py_RETURN_NONE;
+}
+
 static void free_fragments(Aggregator *self)
 {
 	PyMem_RawFree(self->firsts);
@@ -1637,6 +1721,8 @@ static void Aggregator_dealloc(Aggregator *self)
 	PyMem_RawFree(self->slots);
 	PyMem_RawFree(self->rbuf);
 	free_fragments(self);
+	for (int i = 0; i < TAKE_POOL; i++)
+		Py_CLEAR(self->pool[i]);
 	Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1647,6 +1733,7 @@ static PyMethodDef Aggregator_methods[] = {
 	 take_doc},
 	{"decode", (PyCFunction)Aggregator_decode, METH_VARARGS, decode_doc},
 	{"release", (PyCFunction)Aggregator_release, METH_O, release_doc},
+	{"drop_buffers", (PyCFunction)Aggregator_drop_buffers, METH_NOARGS, drop_buffers_doc},
 	{NULL, NULL, 0, NULL},
 };
 
@@ -1681,6 +1768,10 @@ static PyMemberDef Aggregator_members[] = {
 	 "packets accounted to their inner flow"},
 	{"decap_failed", T_ULONGLONG, offsetof(Aggregator, decap_failed), READONLY,
 	 "tunnel packets accounted as their outer flow (fragment, no IP inside)"},
+	{"pool_reused", T_ULONGLONG, offsetof(Aggregator, pool_reused), READONLY,
+	 "take()s that rewrote a row buffer no one held any more"},
+	{"pool_fresh", T_ULONGLONG, offsetof(Aggregator, pool_fresh), READONLY,
+	 "take()s that allocated a new row buffer"},
 	{NULL, 0, 0, 0, NULL},
 };
 
@@ -1730,7 +1821,8 @@ PyMODINIT_FUNC PyInit__nflog(void)
 	m = PyModule_Create(&nflog_module);
 	if (!m)
 		return NULL;
-	if (PyModule_AddObjectRef(m, "Aggregator", (PyObject *)&AggregatorType) < 0) {
+	if (PyModule_AddObjectRef(m, "Aggregator", (PyObject *)&AggregatorType) < 0 ||
+	    PyModule_AddIntConstant(m, "TAKE_POOL", TAKE_POOL) < 0) {
 		Py_DECREF(m);
 		return NULL;
 	}

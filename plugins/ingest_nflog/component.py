@@ -117,6 +117,7 @@ class GroupReader:
                 follow_privileges()  # before reading: this thread gives up root's capabilities
                 if not ready:
                     self._emit()  # idle: hand on the sums held, release stale fragments
+                    self.decoder.drop_buffers()  # and the row buffers kept for a flood
                     continue
                 more = self._drain()
                 if self._emit_due():
@@ -249,6 +250,7 @@ class GroupReader:
                                  self.owner.name, self.sock.group,
                                  self.counters["unread_at_stop_bytes"], _STOP_DRAIN_MAX_S)
         self._emit(final=True)
+        self.decoder.drop_buffers()  # before the cache's final export needs the memory
 
     def _unread_bytes(self) -> int:
         """Bytes still queued on the socket (SIOCINQ), 0 when unknown."""

@@ -88,6 +88,10 @@ class Batcher(Protocol):
         """Cumulative decoder counters."""
         ...
 
+    def drop_buffers(self) -> None:
+        """Give back the memory kept for the next batches (the reader is idle or stopping)."""
+        ...
+
 
 class ReadResult(NamedTuple):
     """What one :meth:`Batcher.read` did (``_nflog.Aggregator.read``)."""
@@ -217,12 +221,18 @@ class PythonBatcher:
         """See :class:`Batcher`."""
         return {**self.decoder.stats(), **self.decoder.parser.stats()}
 
+    def drop_buffers(self) -> None:
+        """See :class:`Batcher`: nothing is kept."""
+
 
 class CBatcher:
     """One flow delta per flow and burst of datagrams (``_nflog.Aggregator``).
 
     With the default schema (no layer-2 key fields) the aggregator writes the FlowBatch's
     record array itself (``take(native=True)``, :data:`NATIVE_DTYPE`): no column copies.
+    It writes the rows into buffers it reuses once no batch holds them (a fresh buffer of a
+    batch's size is a fresh mmap whose pages fault as they are written); the reader lets go
+    of them when idle and at stop (:meth:`drop_buffers`).
     """
 
     name = "c"
@@ -267,12 +277,17 @@ class CBatcher:
         """See :class:`Batcher`."""
         self.aggregator.release(-1 if now_ns is None else now_ns)
 
+    def drop_buffers(self) -> None:
+        """See :class:`Batcher`: the aggregator's reusable row buffers."""
+        self.aggregator.drop_buffers()
+
     def stats(self) -> dict[str, int]:
         """See :class:`Batcher`; the same names as :meth:`.NflogDecoder.stats` and
         :meth:`~agent.packet.PacketParser.stats`."""
         agg = self.aggregator
         out = {"messages": agg.messages, "seq_gaps": agg.seq_gaps,
-               "seq_resets": agg.seq_resets, "malformed": agg.malformed}
+               "seq_resets": agg.seq_resets, "malformed": agg.malformed,
+               "row_buffers_reused": agg.pool_reused, "row_buffers_new": agg.pool_fresh}
         if agg.frag_timeout_ns:
             out.update(frag_tracked=agg.frag_tracked, frag_held=agg.frag_held,
                        frag_unmatched=agg.frag_unmatched, frag_waiting=agg.frag_waiting,

@@ -206,6 +206,46 @@ def test_native_take_is_the_flow_batch_the_generic_path_builds() -> None:
         ext.Aggregator(l2=decoders.L2_MAC).take(native=True)
 
 
+
+def _native_rows(datagram: bytes) -> bytes:
+    """What a fresh aggregator's native take gives for one datagram."""
+    agg = _ext().Aggregator()
+    agg.feed(datagram, len(datagram), RECV_NS)
+    return bytes(agg.take(native=True)[0])
+
+
+def test_take_rewrites_a_row_buffer_only_once_nothing_holds_it() -> None:
+    """take() reuses its row buffers (no fresh pages per batch), but never one a batch, an
+    array over it or the view itself still holds: every batch keeps its rows."""
+    ext = _ext()
+    agg, pool = ext.Aggregator(), ext.TAKE_POOL
+    datagrams = [_many_flows(300, start=1000 * i) for i in range(pool + 3)]
+    want = [_native_rows(d) for d in datagrams]
+    held = []
+    for d in datagrams[:pool + 2]:  # all held: more than the pool
+        agg.feed(d, len(d), RECV_NS)
+        held.append(np.frombuffer(agg.take(native=True)[0], decoders.NATIVE_DTYPE))
+    assert (agg.pool_fresh, agg.pool_reused) == (pool + 2, 0)
+    assert [a.tobytes() for a in held] == want[:pool + 2]
+    del held[:-1]  # the batches in the pooled buffers are gone, the last (unpooled) is not
+    last = datagrams[-1]
+    agg.feed(last, len(last), RECV_NS)
+    rows = agg.take(native=True)[0]
+    assert bytes(rows) == want[-1] and held[0].tobytes() == want[pool + 1]
+    assert (agg.pool_fresh, agg.pool_reused) == (pool + 2, 1)
+    small = _many_flows(3, start=9000)  # a smaller take reuses a larger buffer's start
+    held.clear()
+    del rows
+    agg.feed(small, len(small), RECV_NS)
+    assert bytes(agg.take(native=True)[0]) == _native_rows(small)
+    assert (agg.pool_fresh, agg.pool_reused) == (pool + 2, 2)
+    assert agg.take(native=True)[0] == b""  # nothing pending: empty, no buffer taken
+    agg.drop_buffers()  # an idle reader: the next batch gets a fresh buffer
+    agg.feed(small, len(small), RECV_NS)
+    assert bytes(agg.take(native=True)[0]) == _native_rows(small)
+    assert (agg.pool_fresh, agg.pool_reused) == (pool + 3, 2)
+
+
 def test_reading_a_socket_is_feeding_its_datagrams() -> None:
     """read() receives what waits on a socket (non-blocking) into the table, within its
     bounds, and reports an error instead of raising."""
