@@ -174,6 +174,16 @@ static int run_empty(const char *path, unsigned int repeat)
 	return 0;
 }
 
+/* log2 of the loader's drain window for `slots` per-CPU slots (_loader.c window_entries) */
+static __u32 window_shift(__u32 slots)
+{
+	__u32 w = slots < 4096 ? slots : 4096;
+
+	while (w && slots / w > 64)
+		w <<= 1;
+	return w ? (__u32)__builtin_ctz(w) : 0;
+}
+
 /* Packets in table 0 (hash and slots), -1 if an entry's times are not 0 < first <= last. */
 static long long table_packets(struct flow_bpf *skel, int percpu)
 {
@@ -313,7 +323,7 @@ static int check_fill(struct flow_bpf *skel, long long inserted, unsigned long l
  * passes visit the flows in a shuffled order, so neither the elements nor the buckets are
  * walked in memory order; else a fresh table, flows in order. */
 static int run_new(unsigned int slots, unsigned int maxflows, unsigned int flows, int percpu,
-		   int steady)
+		   int steady, unsigned int probes)
 {
 	struct flow_bpf *skel = flow_bpf__open();
 	double pass[2] = { 0, 0 }, ns;
@@ -325,6 +335,8 @@ static int run_new(unsigned int slots, unsigned int maxflows, unsigned int flows
 		return perror("open"), 1;
 	skel->rodata->slot_mask = slots ? slots - 1 : 0;
 	skel->rodata->slot_seed = 0x5eed;
+	skel->rodata->slot_probes = probes;
+	skel->rodata->slot_window_shift = window_shift(slots);
 	skel->rodata->percpu = percpu;
 	skel->rodata->fill_threshold = maxflows / 2;	/* drain_threshold = 50 */
 	bpf_map__set_max_entries(skel->maps.slots_a, slots ? slots * libbpf_num_possible_cpus() : 1);
@@ -392,12 +404,13 @@ int main(int argc, char **argv)
 
 	if (argc == 4 && !strcmp(argv[1], "--empty"))
 		return run_empty(argv[2], atoi(argv[3]));
-	if ((argc == 6 || argc == 7) && !strcmp(argv[1], "--new"))
+	if (argc >= 6 && argc <= 8 && !strcmp(argv[1], "--new"))
 		return run_new(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]),
-			       argc == 7 && atoi(argv[6]));
+			       argc >= 7 && atoi(argv[6]), argc == 8 ? atoi(argv[7]) : 4);
 	if (argc != 5 && argc != 8 && argc != 9 && argc != 11) {
 		fprintf(stderr, "usage: %s SLOTS PRECISE_CLOCK FLOWS REPEAT [FRAG_TRACK DECAP "
-			"FRAME [KEEP_OUTER [L2_FIELDS MPLS_LABELS]]] | --empty OBJECT REPEAT\n",
+			"FRAME [KEEP_OUTER [L2_FIELDS MPLS_LABELS]]] | --empty OBJECT REPEAT | "
+			"--new SLOTS MAXFLOWS FLOWS PERCPU [STEADY [PROBES]]\n",
 			argv[0]);
 		return 2;
 	}
@@ -414,6 +427,7 @@ int main(int argc, char **argv)
 		return perror("open"), 1;
 	skel->rodata->slot_mask = slots ? slots - 1 : 0;
 	skel->rodata->slot_seed = 0x5eed;
+	skel->rodata->slot_window_shift = window_shift(slots);
 	skel->rodata->precise_clock = precise;
 	skel->rodata->frag_track = frag_track;
 	skel->rodata->decap = decap;
