@@ -13,7 +13,8 @@ of ``--runs``; the last column is the process's peak RSS growth over the whole b
 (``VmHWM`` after minus before the first drain).
 
 Run as root: ``python3 bench/ebpf/drain.py [--runs 5] [--flows 10000 100000] [--maxflows N]
-[--prealloc] [--slots 4096] [--probes 4] [--chunk 4096] [--map-type shared] [--decode loader] [--merge]``.
+[--prealloc] [--slots 4096] [--probes 4] [--chunk 4096] [--map-type shared]
+[--decode loader] [--merge]``.
 """
 
 from __future__ import annotations

@@ -16,7 +16,11 @@ import pytest
 
 from netflow_agent.plugins.ingest_ebpf.component import EbpfIngest
 from netflow_agent.plugins.ingest_ebpf.config import Config
-from netflow_agent.plugins.ingest_ebpf.sizing import cpu_slots_size, kernel_table_size, possible_cpus
+from netflow_agent.plugins.ingest_ebpf.sizing import (
+    cpu_slots_size,
+    kernel_table_size,
+    possible_cpus,
+)
 from netflow_agent.runtime import RunContext
 from tests.ingest_ebpf.observe import Observed, ebpf_ingest
 from tests.support.flowgen import Flood, agent_through_flood, build, rx_dropped
