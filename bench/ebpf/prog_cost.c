@@ -191,7 +191,7 @@ static long long table_packets(struct flow_bpf *skel, int percpu)
 	int hash = bpf_map__fd(skel->maps.flows_a), slots = bpf_map__fd(skel->maps.slots_a);
 	unsigned char key[FLOW_KEY_BASE_SIZE], next[FLOW_KEY_BASE_SIZE];
 	struct flow_metrics m[nvals];
-	struct flow_record rec;
+	struct flow_slot rec;
 	long long total = 0;
 	void *prev = NULL;
 
@@ -341,6 +341,8 @@ static int run_new(unsigned int slots, unsigned int maxflows, unsigned int flows
 	skel->rodata->fill_threshold = maxflows / 2;	/* drain_threshold = 50 */
 	bpf_map__set_max_entries(skel->maps.slots_a, slots ? slots * libbpf_num_possible_cpus() : 1);
 	bpf_map__set_max_entries(skel->maps.slots_b, slots ? slots * libbpf_num_possible_cpus() : 1);
+	bpf_map__set_value_size(skel->maps.slots_a, FLOW_SLOT_BASE_SIZE);	/* as the loader */
+	bpf_map__set_value_size(skel->maps.slots_b, FLOW_SLOT_BASE_SIZE);
 	bpf_map__set_key_size(skel->maps.flows_a, FLOW_KEY_BASE_SIZE);
 	bpf_map__set_key_size(skel->maps.flows_b, FLOW_KEY_BASE_SIZE);
 	bpf_map__set_max_entries(skel->maps.flows_a, maxflows);
@@ -359,7 +361,7 @@ static int run_new(unsigned int slots, unsigned int maxflows, unsigned int flows
 		if (empty_table(bpf_map__fd(skel->maps.flows_a), FLOW_KEY_BASE_SIZE,
 				sizeof(struct flow_metrics) * (percpu ? libbpf_num_possible_cpus() : 1)) ||
 		    zero_entries(bpf_map__fd(skel->maps.slots_a),
-				 bpf_map__max_entries(skel->maps.slots_a), sizeof(struct flow_record)) ||
+				 bpf_map__max_entries(skel->maps.slots_a), sizeof(struct flow_slot)) ||
 		    zero_entries(bpf_map__fd(skel->maps.flow_fill), 1, sizeof(struct flow_fill)))
 			return perror("drain the table"), 1;
 	}
@@ -441,6 +443,10 @@ int main(int argc, char **argv)
 	/* as the loader: CPU c owns slot entries [c * slots, (c + 1) * slots) */
 	bpf_map__set_max_entries(skel->maps.slots_a, slots ? slots * libbpf_num_possible_cpus() : 1);
 	bpf_map__set_max_entries(skel->maps.slots_b, slots ? slots * libbpf_num_possible_cpus() : 1);
+	bpf_map__set_value_size(skel->maps.slots_a,
+				flow_slot_size(flow_key_size(l2_fields, mpls_labels)));
+	bpf_map__set_value_size(skel->maps.slots_b,
+				flow_slot_size(flow_key_size(l2_fields, mpls_labels)));
 	if (flow_bpf__load(skel))
 		return perror("load"), 1;
 	fd = bpf_program__fd(skel->progs.flow_tc_ingress);

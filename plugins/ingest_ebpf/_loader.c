@@ -130,7 +130,8 @@ typedef struct {
 	__u32 walk_batch;	/* BPF batch token: the bucket to continue at */
 	int walk_cpu;		/* CPU region whose touched windows are being scanned */
 	__u64 walk_bits;	/* its windows not mapped yet */
-	struct flow_record *win;	/* first entry of the mapped window (NULL: none) */
+	__u32 slot_size;	/* bytes of a slot (flow_slot_size()) */
+	char *win;		/* first slot of the mapped window (NULL: none) */
 	void *win_map;		/* the window's mapping (page-aligned around it) */
 	size_t win_len;
 	__u32 win_pos;		/* next entry of the window to look at */
@@ -319,10 +320,10 @@ static int on_signal(void *ctx, void *data, size_t size)
 }
 
 /*
- * Entries per drain window of `slots` per-CPU slots: 4096 (152 pages of 152-byte entries, so
- * windows of a power of two >= 4096 start on a page), more when a CPU's region would have more
- * than 64 windows (slot_touched has one 64-bit word per CPU and table), the whole region when
- * it is smaller.
+ * Entries per drain window of `slots` per-CPU slots: 4096 (88 pages of 88-byte slots, 152 of
+ * 152-byte ones, so windows of a power of two >= 4096 start on a page; map_window() rounds
+ * smaller ones out to pages), more when a CPU's region would have more than 64 windows
+ * (slot_touched has one 64-bit word per CPU and table), the whole region when it is smaller.
  */
 static __u32 window_entries(__u32 slots)
 {
@@ -352,8 +353,8 @@ static int map_window(Loader *self, int cpu, int w)
 	struct bpf_map *maps[FLOW_MAPS] = { self->skel->maps.slots_a, self->skel->maps.slots_b };
 	size_t page = (size_t)sysconf(_SC_PAGESIZE);
 	size_t first = (size_t)cpu * self->slots + (size_t)w * self->window;
-	size_t lo = first * sizeof(struct flow_record);
-	size_t hi = (first + self->window) * sizeof(struct flow_record);
+	size_t lo = first * self->slot_size;
+	size_t hi = (first + self->window) * self->slot_size;
 	size_t off = lo / page * page, end = (hi + page - 1) / page * page;
 	void *mem = mmap(NULL, end - off, PROT_READ | PROT_WRITE, MAP_SHARED,
 			 bpf_map__fd(maps[self->walk_index]), (off_t)off);
@@ -362,7 +363,7 @@ static int map_window(Loader *self, int cpu, int w)
 		return -errno;
 	self->win_map = mem;
 	self->win_len = end - off;
-	self->win = (struct flow_record *)((char *)mem + (lo - off));
+	self->win = (char *)mem + (lo - off);
 	self->win_pos = 0;
 	self->windows_scanned++;
 	return 0;
@@ -462,6 +463,9 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	bpf_map__set_max_entries(self->skel->maps.frag_ports, frag_table ? frag_table : 1);
 	bpf_map__set_max_entries(self->skel->maps.slots_a, slots ? slots * self->slot_ncpu : 1);
 	bpf_map__set_max_entries(self->skel->maps.slots_b, slots ? slots * self->slot_ncpu : 1);
+	self->slot_size = flow_slot_size(self->key_size);
+	bpf_map__set_value_size(self->skel->maps.slots_a, self->slot_size);
+	bpf_map__set_value_size(self->skel->maps.slots_b, self->slot_size);
 	bpf_map__set_max_entries(self->skel->maps.overflow, ring_size);
 	type = percpu ? BPF_MAP_TYPE_PERCPU_HASH : BPF_MAP_TYPE_HASH;
 	struct bpf_map *maps[FLOW_MAPS] = { self->skel->maps.flows_a, self->skel->maps.flows_b };
@@ -747,13 +751,14 @@ static __u32 drain_slots(Loader *self, __u32 room, char *out, int *done, int *er
 			}
 		}
 		for (; self->win_pos < self->window && kept < room; self->win_pos++) {
-			struct flow_record *slot = &self->win[self->win_pos];
+			struct flow_slot *slot = (struct flow_slot *)(self->win + (size_t)self->win_pos *
+								      self->slot_size);
 
 			if (!slot->m.packets)
 				continue;
 			put_record(self, out + (size_t)kept++ * out_row_size(self), &slot->key,
 				   &slot->m);
-			memset(slot, 0, sizeof(*slot));
+			memset(slot, 0, self->slot_size);
 		}
 		if (self->win_pos >= self->window)
 			unmap_window(self);

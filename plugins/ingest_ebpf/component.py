@@ -195,8 +195,10 @@ class EbpfIngest(Ingest):
         context.declare_netns(self.name, cfg.netns)  # exporters resolve ifIndexes there
         percpu, ncpu = cfg.map_type == "percpu", possible_cpus()
         self.maxflows = kernel_table_size(cfg.maxflows, context.flow_capacity(), percpu, ncpu)
+        l2_fields, mpls_labels = kernel_fields(flow_schema())  # [flow]: what the key holds
+        key_fields = bool(l2_fields or mpls_labels)
         self.cpu_slots = cpu_slots_size(cfg.cpu_slots, self.maxflows, context.flow_capacity(),
-                                        percpu, ncpu)
+                                        percpu, ncpu, key_fields)
         self.stats["maxflows"], self.stats["cpu_slots"] = self.maxflows, self.cpu_slots
         if cfg.drain_threshold < 100:
             self._fill_limit = max(1, self.maxflows * cfg.drain_threshold // 100)
@@ -204,7 +206,6 @@ class EbpfIngest(Ingest):
                                    * cfg.drain_threshold // 100)
         fragments = context.fragments  # [cache] fragments: "track" keeps a kernel table
         self.tracking = fragments.tracking
-        l2_fields, mpls_labels = kernel_fields(flow_schema())  # [flow]: what the key holds
         self.loader = Loader(maxflows=self.maxflows, sampling=cfg.sampling,
                              percpu=percpu,
                              overflow_ring_bytes=cfg.overflow_ring_kb * 1024,
@@ -227,7 +228,7 @@ class EbpfIngest(Ingest):
                       self.loader.prog_ids(), self.maxflows, cfg.map_type,
                       "preallocated" if cfg.prealloc else "at most",
                       table_memory(self.maxflows, percpu, ncpu) >> 20, self.cpu_slots, ncpu,
-                      slot_memory(self.cpu_slots, ncpu) >> 20,
+                      slot_memory(self.cpu_slots, ncpu, key_fields) >> 20,
                       cfg.sampling, fragments.mode, list(cfg.decapsulate) or "off",
                       " keeping the outer flows" if cfg.keep_outer else "")
         self.attacher = Attacher(self.loader, cfg.mode, cfg.direction, cfg.promisc)

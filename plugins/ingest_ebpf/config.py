@@ -58,10 +58,11 @@ class Config:
         "auto", doc="Per-CPU flow slots checked before the hash table (a power of two; 0 = "
                     "none): open addressing in an array, 4 probes, a flow in a slot costs one "
                     "or two cache misses instead of a hash walk. The kernel then holds up to "
-                    "maxflows + cpu_slots per CPU flows per poll interval; memory 2 x "
-                    'cpu_slots x CPUs x 152 bytes of kernel memory. "auto" = what the hash '
-                    "tables leave of 256 MB (131072 per CPU on 2 CPUs: 80 MB; 4096 on 64 "
-                    "CPUs; none when fewer than 64 fit), at most the [cache] maxflows. The drain "
+                    "maxflows + cpu_slots per CPU flows per poll interval; kernel memory 2 x "
+                    "cpu_slots x CPUs x 88 bytes (152 with [flow] key fields). \"auto\" = "
+                    "what the hash tables leave of 256 MB (262144 per CPU on 2 CPUs: 88 MB; "
+                    "8192 on 64 CPUs; none when fewer than 64 fit), at most the [cache] "
+                    "maxflows. The drain "
                     "maps only the parts of the slots that flows used, one at a time: they "
                     "do not count in the agent's RSS.", min=0, max=2**20)
     drain_chunk: int = option(

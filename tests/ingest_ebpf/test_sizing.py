@@ -38,21 +38,22 @@ def test_derived_cpu_slots_share_the_budget_with_the_hash():
     for percpu in (False, True):
         for ncpu in (1, 2, 4, 16, 64, 256, 1024):
             table = kernel_table_size(0, 2_000_000, percpu, ncpu)
-            slots = cpu_slots_size("auto", table, 2_000_000, percpu, ncpu)
-            assert slots == 0 or slots & (slots - 1) == 0
-            assert slots <= MAX_AUTO_SLOTS
-            if table_memory(table, percpu, ncpu) < AUTO_MEMORY_BYTES:
-                assert table_memory(table, percpu, ncpu) + slot_memory(slots, ncpu) \
-                    <= AUTO_MEMORY_BYTES
+            for fields in (False, True):
+                slots = cpu_slots_size("auto", table, 2_000_000, percpu, ncpu, fields)
+                assert slots == 0 or slots & (slots - 1) == 0
+                assert slots <= MAX_AUTO_SLOTS
+                assert table_memory(table, percpu, ncpu) + slot_memory(slots, ncpu, fields) \
+                    <= max(AUTO_MEMORY_BYTES, table_memory(table, percpu, ncpu))
     shared = kernel_table_size(0, 2_000_000, False, 2)
-    assert cpu_slots_size("auto", shared, 2_000_000, False, 2) == 131_072  # 80 MB
-    assert cpu_slots_size("auto", shared, 2_000_000, False, 64) == 4096
-    assert cpu_slots_size("auto", shared, 2_000_000, False, 256) == 1024
-    assert cpu_slots_size("auto", shared, 2_000_000, False, 4096) == 64
-    assert cpu_slots_size("auto", shared, 2_000_000, False, 8192) == 0  # too few fit
+    assert cpu_slots_size("auto", shared, 2_000_000, False, 2) == 262_144  # 88 MB
+    assert cpu_slots_size("auto", shared, 2_000_000, False, 2, key_fields=True) == 131_072
+    assert cpu_slots_size("auto", shared, 2_000_000, False, 64) == 8192
+    assert cpu_slots_size("auto", shared, 2_000_000, False, 256) == 2048
+    assert cpu_slots_size("auto", shared, 2_000_000, False, 16384) == 0  # too few fit
     assert cpu_slots_size("auto", 100_000, 100_000, False, 2) == 131_072  # the cache's, rounded up
     assert cpu_slots_size("auto", 1000, 1000, False, 2) == 1024
     assert cpu_slots_size("auto", 1_048_576, 0, False, 2) == 0  # an explicit hash took it all
+    assert slot_memory(262_144, 2) + table_memory(shared, False, 2) <= AUTO_MEMORY_BYTES
 
 
 def test_possible_cpus_reads_ranges(tmp_path):

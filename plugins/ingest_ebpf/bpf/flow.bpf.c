@@ -812,7 +812,7 @@ static __always_inline void touch_window(__u32 table, __u32 pos)
 }
 
 /* Take free slot s for pi's flow. */
-static __always_inline void slot_take(struct flow_record *s, struct pkt_info *pi, __u64 segs,
+static __always_inline void slot_take(struct flow_slot *s, struct pkt_info *pi, __u64 segs,
 				      __u64 bytes, struct flow_counters *cnt)
 {
 	__u64 now = clock_now(cnt);
@@ -846,7 +846,7 @@ static __always_inline int slot_account(void *slots, __u32 table, struct pkt_inf
 #pragma unroll
 	for (__u32 i = 0; i < MAX_SLOT_PROBES; i++) {
 		__u32 pos = (home + i) & slot_mask, idx = base + pos;
-		struct flow_record *s;
+		struct flow_slot *s;
 
 		if (i >= slot_probes)	/* rodata: the verifier drops the probes past it */
 			break;

@@ -34,8 +34,9 @@ struct slot_map {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct flow_record);
+	__uint(key_size, sizeof(__u32));
+	/* struct flow_slot; no BTF value type, so that the loader can size it (flow_slot_size) */
+	__uint(value_size, sizeof(struct flow_slot));
 };
 struct slot_map slots_a SEC(".maps");
 struct slot_map slots_b SEC(".maps");
