@@ -115,6 +115,7 @@ typedef struct {
 	__u32 probes;		/* slots probed per packet (rodata slot_probes) */
 	__u32 window;		/* entries per drain window (a power of two <= slots) */
 	__u64 *touched;		/* the drained table's slot_touched words, one per CPU */
+	int touched_any;	/* any of them set: they need clearing after the walk */
 	unsigned long long windows_scanned;	/* windows mapped and scanned since load */
 	__u32 key_size;		/* bytes the flow tables hash: the base key or all of it */
 	__u32 rec_size;		/* bytes of a drained row: FLOW_RECORD_BASE_SIZE or a flow_record */
@@ -770,10 +771,11 @@ static __u32 drain_slots(Loader *self, __u32 room, char *out, int *done, int *er
 			c++;
 		*done = c >= self->slot_ncpu;
 	}
-	if (*done && !*err) {	/* every touched window is empty again: clear the marks */
+	if (*done && !*err && self->touched_any) {	/* every touched window is empty again */
 		memset(self->touched, 0, (size_t)self->slot_ncpu * sizeof(__u64));
 		bpf_map_update_elem(bpf_map__fd(self->skel->maps.slot_touched), &self->walk_index,
-				    self->touched, BPF_ANY);
+				    self->touched, BPF_ANY);	/* clear the marks */
+		self->touched_any = 0;
 	}
 	return kept;
 }
@@ -785,9 +787,12 @@ static void read_touched(Loader *self)
 
 	if (bpf_map_lookup_elem(fd, &self->walk_index, self->touched))
 		memset(self->touched, 0xff, (size_t)self->slot_ncpu * sizeof(__u64));
-	for (int c = 0; c < self->slot_ncpu; c++)	/* windows past the region: none */
-		if (self->slots / self->window < 64)
+	self->touched_any = 0;
+	for (int c = 0; c < self->slot_ncpu; c++) {
+		self->touched_any |= self->touched[c] != 0;
+		if (self->slots / self->window < 64)	/* windows past the region: none */
 			self->touched[c] &= (1ULL << (self->slots / self->window)) - 1;
+	}
 }
 
 /* slot_info() -> dict: the per-CPU slots' geometry and the windows the drains scanned. */
