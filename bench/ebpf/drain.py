@@ -13,7 +13,8 @@ of ``--runs``; the last column is the process's peak RSS growth over the whole b
 (``VmHWM`` after minus before the first drain).
 
 Run as root: ``python3 bench/ebpf/drain.py [--runs 5] [--flows 10000 100000] [--maxflows N]
-[--prealloc] [--chunk 4096] [--map-type shared] [--decode loader] [--merge]``.
+[--prealloc] [--slots 4096] [--probes 4] [--chunk 4096] [--map-type shared]
+[--decode loader] [--merge]``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from netflow_agent.plugins.ingest_ebpf._loader import Loader  # noqa: E402
 from netflow_agent.plugins.ingest_ebpf.attach import Attacher  # noqa: E402
 from netflow_agent.plugins.ingest_ebpf.component import StepBuffers  # noqa: E402
 from netflow_agent.plugins.ingest_ebpf.decode import (  # noqa: E402
+    COUNTER_NAMES,
     RECORD_DTYPE,
     decode_rows,
     monotonic_to_wall_offset,
@@ -56,6 +58,8 @@ def main() -> None:
     ap.add_argument("--prealloc", action="store_true", help="preallocated tables")
     ap.add_argument("--slots", type=int, default=4096,
                     help="per-CPU flow slots (the agent's cpu_slots; 0 = hash only)")
+    ap.add_argument("--probes", type=int, default=4,
+                    help="slots probed per packet (1 = direct-mapped, before issue 14's probing)")
     ap.add_argument("--chunk", type=int, default=4096,
                     help="rows per drain step (the agent's drain_chunk)")
     ap.add_argument("--map-type", choices=("shared", "percpu"), default="shared",
@@ -73,13 +77,15 @@ def main() -> None:
         pair = veth_pair(a, b)
         b.run(["iptables", "-t", "raw", "-A", "PREROUTING", "-p", "udp", "-j", "DROP"])
         loader = Loader(maxflows=args.maxflows, slots=args.slots, prealloc=args.prealloc,
-                        chunk_rows=args.chunk, percpu=args.map_type == "percpu")
+                        chunk_rows=args.chunk, percpu=args.map_type == "percpu",
+                        probes=args.probes)
         loader.set_active(0)
         attacher = Attacher(loader, "tcx", "ingress")
         with NetnsScope(b.name):
             attacher.attach(pair.b.ifindex, pair.b.ifname)
         print(f"maxflows {args.maxflows}, {args.map_type} map, prealloc {args.prealloc}, "
-              f"slots {args.slots}, chunk {args.chunk}, decode by {args.decode}")
+              f"slots {args.slots} ({args.probes} probes), chunk {args.chunk}, decode by "
+              f"{args.decode}")
         print("| flows | C drain ms | decode ms | merge ms | drain µs/flow | merge µs/flow "
               "| peak RSS growth MB |")
         print("|---|---|---|---|---|---|---|")
@@ -95,6 +101,10 @@ def main() -> None:
             c, p, m = (statistics.median(t[i] for t in times) * 1e3 for i in range(3))
             print(f"| {n} | {c:.2f} | {p:.2f} | {m:.2f} | {(c + p) * 1e3 / n:.3f} | "
                   f"{m * 1e3 / n:.3f} | {(vm_hwm_kb() - hwm0) / 1024:.1f} |")
+        info = loader.slot_info()
+        print(f"slot windows of {info['window']} entries scanned: {info['windows_scanned']} "
+              f"({info['windows']} per CPU, {info['cpus']} CPUs); slot packets "
+              f"{loader.counters()[COUNTER_NAMES.index('slot_packets')]:,}")
         with NetnsScope(b.name):
             attacher.detach_all()
         loader.close()

@@ -174,6 +174,16 @@ static int run_empty(const char *path, unsigned int repeat)
 	return 0;
 }
 
+/* log2 of the loader's drain window for `slots` per-CPU slots (_loader.c window_entries) */
+static __u32 window_shift(__u32 slots)
+{
+	__u32 w = slots < 4096 ? slots : 4096;
+
+	while (w && slots / w > 64)
+		w <<= 1;
+	return w ? (__u32)__builtin_ctz(w) : 0;
+}
+
 /* Packets in table 0 (hash and slots), -1 if an entry's times are not 0 < first <= last. */
 static long long table_packets(struct flow_bpf *skel, int percpu)
 {
@@ -181,7 +191,7 @@ static long long table_packets(struct flow_bpf *skel, int percpu)
 	int hash = bpf_map__fd(skel->maps.flows_a), slots = bpf_map__fd(skel->maps.slots_a);
 	unsigned char key[FLOW_KEY_BASE_SIZE], next[FLOW_KEY_BASE_SIZE];
 	struct flow_metrics m[nvals];
-	struct flow_record rec;
+	struct flow_slot rec;
 	long long total = 0;
 	void *prev = NULL;
 
@@ -313,7 +323,7 @@ static int check_fill(struct flow_bpf *skel, long long inserted, unsigned long l
  * passes visit the flows in a shuffled order, so neither the elements nor the buckets are
  * walked in memory order; else a fresh table, flows in order. */
 static int run_new(unsigned int slots, unsigned int maxflows, unsigned int flows, int percpu,
-		   int steady)
+		   int steady, unsigned int probes)
 {
 	struct flow_bpf *skel = flow_bpf__open();
 	double pass[2] = { 0, 0 }, ns;
@@ -325,10 +335,14 @@ static int run_new(unsigned int slots, unsigned int maxflows, unsigned int flows
 		return perror("open"), 1;
 	skel->rodata->slot_mask = slots ? slots - 1 : 0;
 	skel->rodata->slot_seed = 0x5eed;
+	skel->rodata->slot_probes = probes;
+	skel->rodata->slot_window_shift = window_shift(slots);
 	skel->rodata->percpu = percpu;
 	skel->rodata->fill_threshold = maxflows / 2;	/* drain_threshold = 50 */
 	bpf_map__set_max_entries(skel->maps.slots_a, slots ? slots * libbpf_num_possible_cpus() : 1);
 	bpf_map__set_max_entries(skel->maps.slots_b, slots ? slots * libbpf_num_possible_cpus() : 1);
+	bpf_map__set_value_size(skel->maps.slots_a, FLOW_SLOT_BASE_SIZE);	/* as the loader */
+	bpf_map__set_value_size(skel->maps.slots_b, FLOW_SLOT_BASE_SIZE);
 	bpf_map__set_key_size(skel->maps.flows_a, FLOW_KEY_BASE_SIZE);
 	bpf_map__set_key_size(skel->maps.flows_b, FLOW_KEY_BASE_SIZE);
 	bpf_map__set_max_entries(skel->maps.flows_a, maxflows);
@@ -347,7 +361,7 @@ static int run_new(unsigned int slots, unsigned int maxflows, unsigned int flows
 		if (empty_table(bpf_map__fd(skel->maps.flows_a), FLOW_KEY_BASE_SIZE,
 				sizeof(struct flow_metrics) * (percpu ? libbpf_num_possible_cpus() : 1)) ||
 		    zero_entries(bpf_map__fd(skel->maps.slots_a),
-				 bpf_map__max_entries(skel->maps.slots_a), sizeof(struct flow_record)) ||
+				 bpf_map__max_entries(skel->maps.slots_a), sizeof(struct flow_slot)) ||
 		    zero_entries(bpf_map__fd(skel->maps.flow_fill), 1, sizeof(struct flow_fill)))
 			return perror("drain the table"), 1;
 	}
@@ -392,12 +406,13 @@ int main(int argc, char **argv)
 
 	if (argc == 4 && !strcmp(argv[1], "--empty"))
 		return run_empty(argv[2], atoi(argv[3]));
-	if ((argc == 6 || argc == 7) && !strcmp(argv[1], "--new"))
+	if (argc >= 6 && argc <= 8 && !strcmp(argv[1], "--new"))
 		return run_new(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]),
-			       argc == 7 && atoi(argv[6]));
+			       argc >= 7 && atoi(argv[6]), argc == 8 ? atoi(argv[7]) : 4);
 	if (argc != 5 && argc != 8 && argc != 9 && argc != 11) {
 		fprintf(stderr, "usage: %s SLOTS PRECISE_CLOCK FLOWS REPEAT [FRAG_TRACK DECAP "
-			"FRAME [KEEP_OUTER [L2_FIELDS MPLS_LABELS]]] | --empty OBJECT REPEAT\n",
+			"FRAME [KEEP_OUTER [L2_FIELDS MPLS_LABELS]]] | --empty OBJECT REPEAT | "
+			"--new SLOTS MAXFLOWS FLOWS PERCPU [STEADY [PROBES]]\n",
 			argv[0]);
 		return 2;
 	}
@@ -414,6 +429,7 @@ int main(int argc, char **argv)
 		return perror("open"), 1;
 	skel->rodata->slot_mask = slots ? slots - 1 : 0;
 	skel->rodata->slot_seed = 0x5eed;
+	skel->rodata->slot_window_shift = window_shift(slots);
 	skel->rodata->precise_clock = precise;
 	skel->rodata->frag_track = frag_track;
 	skel->rodata->decap = decap;
@@ -427,6 +443,10 @@ int main(int argc, char **argv)
 	/* as the loader: CPU c owns slot entries [c * slots, (c + 1) * slots) */
 	bpf_map__set_max_entries(skel->maps.slots_a, slots ? slots * libbpf_num_possible_cpus() : 1);
 	bpf_map__set_max_entries(skel->maps.slots_b, slots ? slots * libbpf_num_possible_cpus() : 1);
+	bpf_map__set_value_size(skel->maps.slots_a,
+				flow_slot_size(flow_key_size(l2_fields, mpls_labels)));
+	bpf_map__set_value_size(skel->maps.slots_b,
+				flow_slot_size(flow_key_size(l2_fields, mpls_labels)));
 	if (flow_bpf__load(skel))
 		return perror("load"), 1;
 	fd = bpf_program__fd(skel->progs.flow_tc_ingress);

@@ -10,7 +10,8 @@ TCX program (``empty.bpf.c``) is the test-run loop's own cost, subtracted in the
 Medians of ``--runs``. This is the hot-cache figure: in the flood, cache misses add to it
 (``run.py --bpf-stats`` and ``progstats.py`` measure that).
 
-Then new flows against known ones (:data:`NEW_VARIANTS`): ``--new-flows`` distinct flows
+Then new flows against known ones (:data:`NEW_VARIANTS`: slot counts and probes, 1 probe
+being the direct-mapped slots before issue 14's probing): ``--new-flows`` distinct flows
 (default 200,000, W2's concurrency) each run once into tables of 524,288 (the derived size on
 2 CPUs), then each once again; one run per test-run call, so the empty program's one-run
 figure is subtracted. The harness checks that the tables then hold every packet (it fails
@@ -65,11 +66,16 @@ VARIANTS = [  # (label, slots, precise clock[, fragments track, decapsulate bits
 ]
 
 
-NEW_VARIANTS = [  # (label, slots, per-CPU hash)
-    ("slots 4096, shared hash (default)", 4096, 0),
-    ("slots 4096, per-CPU hash", 4096, 1),
-    ("no slots, shared hash", 0, 0),
-    ("no slots, per-CPU hash", 0, 1),
+NEW_VARIANTS = [  # (label, slots per CPU, per-CPU hash, slot probes)
+    ("slots 4096, 1 probe, shared hash (before)", 4096, 0, 1),
+    ("slots 4096, 4 probes", 4096, 0, 4),
+    ("slots 131072, 4 probes", 131072, 0, 4),
+    ("slots 262144 (auto, 2 CPUs), 1 probe", 262144, 0, 1),
+    ("slots 262144, 2 probes", 262144, 0, 2),
+    ("slots 262144, 4 probes (default)", 262144, 0, 4),
+    ("slots 262144, 8 probes", 262144, 0, 8),
+    ("slots 262144, 4 probes, per-CPU hash", 262144, 1, 4),
+    ("no slots, shared hash", 0, 0, 1),
 ]
 NEW_TABLE = 524288
 
@@ -97,11 +103,11 @@ def new_flows(exe: Path, empty: Path, runs: int, flows: int) -> None:
           f"{floor:.1f} ns\n")
     print("| variant | new flow, ns | known flow, ns | after a drain: new, ns | known, ns |")
     print("|---|---|---|---|---|")
-    for label, slots, percpu in NEW_VARIANTS:
+    for label, slots, percpu, probes in NEW_VARIANTS:
         cells = []
         for steady in (0, 1):
             runs_out = [subprocess.run([str(exe), "--new", str(slots), str(NEW_TABLE),
-                                        str(flows), str(percpu), str(steady)],
+                                        str(flows), str(percpu), str(steady), str(probes)],
                                        capture_output=True, text=True,
                                        check=True).stdout.split() for _ in range(runs)]
             cells += [statistics.median(float(r[i]) for r in runs_out) - floor

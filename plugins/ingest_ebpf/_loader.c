@@ -112,8 +112,11 @@ typedef struct {
 	void *keys, *vals;	/* drain buffers, reused by every chunk */
 	__u32 slots;		/* per-CPU flow slots (0 = none) */
 	int slot_ncpu;		/* possible CPUs: slot arrays hold slots * slot_ncpu entries */
-	struct flow_record *slot_mem[FLOW_MAPS];	/* the slot arrays, mmapped */
-	size_t slot_len;	/* bytes of each mapping */
+	__u32 probes;		/* slots probed per packet (rodata slot_probes) */
+	__u32 window;		/* entries per drain window (a power of two <= slots) */
+	__u64 *touched;		/* the drained table's slot_touched words, one per CPU */
+	int touched_any;	/* any of them set: they need clearing after the walk */
+	unsigned long long windows_scanned;	/* windows mapped and scanned since load */
 	__u32 key_size;		/* bytes the flow tables hash: the base key or all of it */
 	__u32 rec_size;		/* bytes of a drained row: FLOW_RECORD_BASE_SIZE or a flow_record */
 	/* the drain_next() call in progress, with a layout: rows are written as its ops say */
@@ -126,7 +129,13 @@ typedef struct {
 	int walk_phase;		/* WALK_* */
 	int walk_first;		/* the next batch call starts the table's walk */
 	__u32 walk_batch;	/* BPF batch token: the bucket to continue at */
-	size_t walk_slot;	/* next slot array entry to look at */
+	int walk_cpu;		/* CPU region whose touched windows are being scanned */
+	__u64 walk_bits;	/* its windows not mapped yet */
+	__u32 slot_size;	/* bytes of a slot (flow_slot_size()) */
+	char *win;		/* first slot of the mapped window (NULL: none) */
+	void *win_map;		/* the window's mapping (page-aligned around it) */
+	size_t win_len;
+	__u32 win_pos;		/* next entry of the window to look at */
 	struct ring_buffer *rb;	/* overflow ring, NULL when off */
 	struct ring_buffer *sig_rb;	/* the program's early-drain signals */
 	unsigned long signals;	/* signals read by the current take_signals() */
@@ -138,6 +147,8 @@ enum { WALK_DONE, WALK_HASH, WALK_SLOTS };
 
 /* smallest chunk: a hash bucket (a few entries) must always fit, see drain_hash() */
 #define MIN_CHUNK 64
+
+static void unmap_window(Loader *self);
 
 static void loader_release(Loader *self)
 {
@@ -153,11 +164,9 @@ static void loader_release(Loader *self)
 	self->skel = NULL;
 	free(self->keys);
 	free(self->vals);
-	for (int i = 0; i < FLOW_MAPS; i++) {
-		if (self->slot_mem[i])
-			munmap(self->slot_mem[i], self->slot_len);
-		self->slot_mem[i] = NULL;
-	}
+	unmap_window(self);
+	free(self->touched);
+	self->touched = NULL;
 	self->keys = self->vals = NULL;
 	self->walk_phase = WALK_DONE;
 }
@@ -311,25 +320,71 @@ static int on_signal(void *ctx, void *data, size_t size)
 	return 0;
 }
 
-/* mmap both slot arrays (BPF_F_MMAPABLE, kernel 5.5+); raises and returns -1 on failure. */
-static int map_slots(Loader *self)
+/*
+ * Entries per drain window of `slots` per-CPU slots: 4096 (88 pages of 88-byte slots, 152 of
+ * 152-byte ones, so windows of a power of two >= 4096 start on a page; map_window() rounds
+ * smaller ones out to pages), more when a CPU's region would have more than 64 windows
+ * (slot_touched has one 64-bit word per CPU and table), the whole region when it is smaller.
+ */
+static __u32 window_entries(__u32 slots)
+{
+	__u32 w = slots < 4096 ? slots : 4096;
+
+	while (slots / w > 64)
+		w <<= 1;
+	return w;
+}
+
+/* Unmap the window of the slot walk, if one is mapped. */
+static void unmap_window(Loader *self)
+{
+	if (self->win_map)
+		munmap(self->win_map, self->win_len);
+	self->win_map = NULL;
+	self->win = NULL;
+}
+
+/*
+ * mmap window `w` of CPU `cpu`'s region of the walk's slot array (BPF_F_MMAPABLE, kernel 5.5+;
+ * the kernel honours the offset). Only one window is mapped at a time, so the slots cost the
+ * agent's RSS at most a window, whatever their size. Returns 0 or -errno.
+ */
+static int map_window(Loader *self, int cpu, int w)
 {
 	struct bpf_map *maps[FLOW_MAPS] = { self->skel->maps.slots_a, self->skel->maps.slots_b };
-	long page = sysconf(_SC_PAGESIZE);
-	size_t len = (size_t)self->slots * self->slot_ncpu * sizeof(struct flow_record);
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	size_t first = (size_t)cpu * self->slots + (size_t)w * self->window;
+	size_t lo = first * self->slot_size;
+	size_t hi = (first + self->window) * self->slot_size;
+	size_t off = lo / page * page, end = (hi + page - 1) / page * page;
+	void *mem = mmap(NULL, end - off, PROT_READ | PROT_WRITE, MAP_SHARED,
+			 bpf_map__fd(maps[self->walk_index]), (off_t)off);
 
-	self->slot_len = (len + page - 1) / page * page;
-	for (int i = 0; i < FLOW_MAPS; i++) {
-		void *mem = mmap(NULL, self->slot_len, PROT_READ | PROT_WRITE, MAP_SHARED,
-				 bpf_map__fd(maps[i]), 0);
-
-		if (mem == MAP_FAILED) {
-			raise_errno(errno, "mmap the flow slots");
-			return -1;
-		}
-		self->slot_mem[i] = mem;
-	}
+	if (mem == MAP_FAILED)
+		return -errno;
+	self->win_map = mem;
+	self->win_len = end - off;
+	self->win = (char *)mem + (lo - off);
+	self->win_pos = 0;
+	self->windows_scanned++;
 	return 0;
+}
+
+/* Map the walk's next touched window: 1, 0 when there is none left, or -errno. */
+static int next_window(Loader *self)
+{
+	while (!self->walk_bits) {
+		if (++self->walk_cpu >= self->slot_ncpu)
+			return 0;
+		self->walk_bits = self->touched[self->walk_cpu];
+	}
+	int w = __builtin_ctzll(self->walk_bits);
+	int err = map_window(self, self->walk_cpu, w);
+
+	if (err)
+		return err;
+	self->walk_bits &= self->walk_bits - 1;
+	return 1;
 }
 
 static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
@@ -337,30 +392,30 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	static char *kwlist[] = { "maxflows", "sampling", "percpu", "overflow_ring_bytes",
 				  "precise_clock", "slots", "prealloc", "fill_threshold",
 				  "frag_table", "frag_timeout", "decap", "keep_outer", "l2_fields",
-				  "mpls_labels", "chunk_rows", NULL };
+				  "mpls_labels", "chunk_rows", "probes", NULL };
 	unsigned int maxflows = 65536, sampling = 1, ring_bytes = 0, ring_size = 4096, slots = 0;
 	unsigned int fill_threshold = 0, frag_table = 0, frag_timeout = 30, decap = 0;
-	unsigned int l2_fields = 0, mpls_labels = 0, chunk_rows = 16384;
+	unsigned int l2_fields = 0, mpls_labels = 0, chunk_rows = 16384, probes = 4;
 	int percpu = 1, precise_clock = 0, prealloc = 1, keep_outer = 0, err;
 	enum bpf_map_type type;
 	__u64 seed = 0;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "|IIpIpIpIIIIpIII", kwlist, &maxflows,
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "|IIpIpIpIIIIpIIII", kwlist, &maxflows,
 					 &sampling, &percpu, &ring_bytes, &precise_clock, &slots,
 					 &prealloc, &fill_threshold, &frag_table, &frag_timeout, &decap,
-					 &keep_outer, &l2_fields, &mpls_labels, &chunk_rows))
+					 &keep_outer, &l2_fields, &mpls_labels, &chunk_rows, &probes))
 		return -1;
 	if (maxflows < 1 || sampling < 1 || ring_bytes > (1u << 30) ||
 	    (slots & (slots - 1)) || slots > (1u << 24) || frag_table > (1u << 24) ||
 	    frag_timeout < 1 || frag_timeout > 86400 ||
 	    decap & ~(unsigned int)(TUNNEL_GRE | TUNNEL_VXLAN | TUNNEL_GENEVE | TUNNEL_IPIP) ||
 	    l2_fields & ~(unsigned int)(L2_MAC | L2_VLAN | L2_TUNNEL_ID) || mpls_labels > 10 ||
-	    chunk_rows < MIN_CHUNK || chunk_rows > (1u << 24)) {
+	    chunk_rows < MIN_CHUNK || chunk_rows > (1u << 24) || probes < 1 || probes > 8) {
 		PyErr_SetString(PyExc_ValueError,
 				"maxflows and sampling must be >= 1, overflow_ring_bytes <= 1 GiB, "
 				"slots 0 or a power of two <= 2^24, frag_table <= 2^24, "
 				"frag_timeout 1..86400 s, decap TUNNEL_* bits, l2_fields L2_* bits, "
-				"mpls_labels 0..10, chunk_rows 64..2^24");
+				"mpls_labels 0..10, chunk_rows 64..2^24, probes 1..8");
 		return -1;
 	}
 	if (slots && getrandom(&seed, sizeof(seed), 0) != sizeof(seed)) {
@@ -388,6 +443,10 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	}
 	self->skel->rodata->slot_mask = slots ? slots - 1 : 0;
 	self->skel->rodata->slot_seed = seed;
+	self->probes = probes;
+	self->window = slots ? window_entries(slots) : 1;
+	self->skel->rodata->slot_probes = probes;
+	self->skel->rodata->slot_window_shift = (__u32)__builtin_ctz(self->window);
 	self->skel->rodata->fill_threshold = fill_threshold;
 	/* frag_table 0: no tracking (fragments = "ports0"), the map shrinks to one entry */
 	self->skel->rodata->frag_track = frag_table > 0;
@@ -405,6 +464,9 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	bpf_map__set_max_entries(self->skel->maps.frag_ports, frag_table ? frag_table : 1);
 	bpf_map__set_max_entries(self->skel->maps.slots_a, slots ? slots * self->slot_ncpu : 1);
 	bpf_map__set_max_entries(self->skel->maps.slots_b, slots ? slots * self->slot_ncpu : 1);
+	self->slot_size = flow_slot_size(self->key_size);
+	bpf_map__set_value_size(self->skel->maps.slots_a, self->slot_size);
+	bpf_map__set_value_size(self->skel->maps.slots_b, self->slot_size);
 	bpf_map__set_max_entries(self->skel->maps.overflow, ring_size);
 	type = percpu ? BPF_MAP_TYPE_PERCPU_HASH : BPF_MAP_TYPE_HASH;
 	struct bpf_map *maps[FLOW_MAPS] = { self->skel->maps.flows_a, self->skel->maps.flows_b };
@@ -427,8 +489,10 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	for (int i = 0; i < FLOW_MAPS; i++)
 		self->flows_fd[i] = bpf_map__fd(maps[i]);
 	self->slots = slots;
-	if (slots && map_slots(self)) {
+	self->touched = calloc((size_t)self->slot_ncpu, sizeof(__u64));
+	if (!self->touched) {
 		loader_release(self);
+		PyErr_NoMemory();
 		return -1;
 	}
 	if (ring_bytes) {
@@ -664,26 +728,82 @@ static __u32 drain_hash(Loader *self, __u32 room, int *err)
 }
 
 /*
- * Append up to `room` taken slots of the walk's slot array to out (from walk_slot on) and zero
- * them. The array is mmapped: no syscall per slot. Exact without atomics because no program
- * writes to this array between synchronize() and the next set_active(). One row per taken slot:
- * two CPUs may hold the same flow, or one flow may also be in the hash; the cache adds them.
+ * Append up to `room` taken slots of the walk's slot array to out and zero them, window by
+ * window: only the windows slot_touched marked are mapped (one at a time, unmapped when read),
+ * so the scan costs what the flows cost and an idle table costs nothing. No syscall per slot.
+ * Exact without atomics because no program writes to this array between synchronize() and
+ * the next set_active(). One row per taken slot: two CPUs may hold the same flow, or one flow
+ * may also be in the hash; the cache adds them. *done: the walk is over (every touched window
+ * read, or an mmap failed: *err then, and the touched words stay for the next drain).
  */
-static __u32 drain_slots(Loader *self, __u32 room, char *out)
+static __u32 drain_slots(Loader *self, __u32 room, char *out, int *done, int *err)
 {
-	struct flow_record *slots = self->slot_mem[self->walk_index];
-	size_t n = (size_t)self->slots * self->slot_ncpu;
 	__u32 kept = 0;
 
-	for (; self->walk_slot < n && kept < room; self->walk_slot++) {
-		struct flow_record *slot = &slots[self->walk_slot];
+	*done = 0;
+	while (kept < room) {
+		if (!self->win) {
+			int more = next_window(self);
 
-		if (!slot->m.packets)
-			continue;
-		put_record(self, out + (size_t)kept++ * out_row_size(self), &slot->key, &slot->m);
-		memset(slot, 0, sizeof(*slot));
+			if (more <= 0) {
+				*done = 1;
+				*err = more;
+				break;
+			}
+		}
+		for (; self->win_pos < self->window && kept < room; self->win_pos++) {
+			struct flow_slot *slot = (struct flow_slot *)(self->win + (size_t)self->win_pos *
+								      self->slot_size);
+
+			if (!slot->m.packets)
+				continue;
+			put_record(self, out + (size_t)kept++ * out_row_size(self), &slot->key,
+				   &slot->m);
+			memset(slot, 0, self->slot_size);
+		}
+		if (self->win_pos >= self->window)
+			unmap_window(self);
+	}
+	if (!*done && !self->win && !self->walk_bits) {	/* room ended with the last window */
+		int c = self->walk_cpu + 1;
+
+		while (c < self->slot_ncpu && !self->touched[c])
+			c++;
+		*done = c >= self->slot_ncpu;
+	}
+	if (*done && !*err && self->touched_any) {	/* every touched window is empty again */
+		memset(self->touched, 0, (size_t)self->slot_ncpu * sizeof(__u64));
+		bpf_map_update_elem(bpf_map__fd(self->skel->maps.slot_touched), &self->walk_index,
+				    self->touched, BPF_ANY);	/* clear the marks */
+		self->touched_any = 0;
 	}
 	return kept;
+}
+
+/* The drained table's slot_touched words into self->touched; all windows if unreadable. */
+static void read_touched(Loader *self)
+{
+	int fd = bpf_map__fd(self->skel->maps.slot_touched);
+
+	if (bpf_map_lookup_elem(fd, &self->walk_index, self->touched))
+		memset(self->touched, 0xff, (size_t)self->slot_ncpu * sizeof(__u64));
+	self->touched_any = 0;
+	for (int c = 0; c < self->slot_ncpu; c++) {
+		self->touched_any |= self->touched[c] != 0;
+		if (self->slots / self->window < 64)	/* windows past the region: none */
+			self->touched[c] &= (1ULL << (self->slots / self->window)) - 1;
+	}
+}
+
+/* slot_info() -> dict: the per-CPU slots' geometry and the windows the drains scanned. */
+static PyObject *Loader_slot_info(Loader *self, PyObject *unused)
+{
+	if (check_open(self))
+		return NULL;
+	return Py_BuildValue("{sIsisIsIsIsK}", "slots", self->slots, "cpus", self->slot_ncpu,
+			     "probes", self->probes, "window", self->slots ? self->window : 0,
+			     "windows", self->slots ? self->slots / self->window : 0,
+			     "windows_scanned", self->windows_scanned);
 }
 
 /* drain_begin(index): start emptying flow table `index` (and its slots) with drain_next(). */
@@ -699,7 +819,11 @@ static PyObject *Loader_drain_begin(Loader *self, PyObject *args)
 	self->walk_phase = WALK_HASH;
 	self->walk_first = 1;
 	self->walk_batch = 0;
-	self->walk_slot = 0;
+	unmap_window(self);
+	self->walk_cpu = -1;
+	self->walk_bits = 0;
+	if (self->slots)
+		read_touched(self);
 	Py_RETURN_NONE;
 }
 
@@ -786,12 +910,17 @@ static PyObject *Loader_drain_next(Loader *self, PyObject *args)
 		kept = sum_records(self, n, buf.buf);
 	}
 	if (self->walk_phase == WALK_SLOTS) {	/* independent of the hash: always emptied */
-		size_t total = (size_t)self->slots * self->slot_ncpu;
+		int done = 1, slot_err = 0;
 
-		if (self->slots)
-			kept += drain_slots(self, room - kept, (char *)buf.buf + (size_t)kept * row);
-		if (!self->slots || self->walk_slot >= total)
+		if (self->slots && kept < room)
+			kept += drain_slots(self, room - kept, (char *)buf.buf + (size_t)kept * row,
+					    &done, &slot_err);
+		else if (self->slots)
+			done = 0;
+		if (done)
 			self->walk_phase = WALK_DONE;
+		if (slot_err && !err)
+			err = slot_err;
 	}
 	Py_END_ALLOW_THREADS
 	self->ops = NULL;
@@ -938,6 +1067,8 @@ static PyMethodDef Loader_methods[] = {
 	  "synchronize() -> True when every running BPF program has returned (RCU grace period)" },
 	{ "drain_begin", (PyCFunction)Loader_drain_begin, METH_VARARGS,
 	  "drain_begin(index): start emptying flow table index (and its slots)" },
+	{ "slot_info", (PyCFunction)Loader_slot_info, METH_NOARGS,
+	  "slot_info() -> {slots, cpus, probes, window, windows (per CPU), windows_scanned}" },
 	{ "drain_next", (PyCFunction)Loader_drain_next, METH_VARARGS,
 	  "drain_next(buffer, layout=None, wall_offset=0) -> (rows written into buffer, errno, "
 	  "more): the next chunk, as flow_record rows or in a record layout" },
@@ -962,7 +1093,7 @@ static PyTypeObject LoaderType = {
 	.tp_doc = "Loader(maxflows=65536, sampling=1, percpu=True, overflow_ring_bytes=0, "
 		  "precise_clock=False, slots=0, prealloc=True, fill_threshold=0, frag_table=0, "
 		  "frag_timeout=30, decap=0, keep_outer=False, l2_fields=0, mpls_labels=0, "
-		  "chunk_rows=16384)",
+		  "chunk_rows=16384, probes=4)",
 	.tp_basicsize = sizeof(Loader),
 	.tp_flags = Py_TPFLAGS_DEFAULT,
 	.tp_new = PyType_GenericNew,

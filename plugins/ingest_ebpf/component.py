@@ -50,7 +50,14 @@ from .decode import (
     record_layout,
 )
 from .linkwatch import LinkWatch
-from .sizing import kernel_table_size, possible_cpus, ring_capacity_packets, table_memory
+from .sizing import (
+    cpu_slots_size,
+    kernel_table_size,
+    possible_cpus,
+    ring_capacity_packets,
+    slot_memory,
+    table_memory,
+)
 
 #: ``decapsulate`` names -> the program's ``decap`` bits (``enum tunnel_kind`` in bpf/flow.h)
 TUNNEL_BITS = {"gre": 1, "vxlan": 2, "geneve": 4, "ipip": 8}
@@ -151,12 +158,14 @@ class EbpfIngest(Ingest):
         self.tracker = CounterTracker()
         self.kernel_counters: dict[str, int] = {}
         self.maxflows = 0  # the kernel table size in use (set at start)
+        self.cpu_slots = 0  # the per-CPU slots in use (set at start)
         self.tracking = False  # fragments = "track" at start
         self.stats = {"drains": 0, "early_drains": 0, "ring_consumes": 0, "drain_errors": 0,
                       "pressure_checks": 0, "quiet_skips": 0,
                       "flows_drained": 0, "overflow_flows": 0, "drain_ms_last": 0.0,
                       "drain_ms_max": 0.0, "table_peak": 0, "maxflows": 0,
-                      "attach_errors": 0, "interfaces": 0}
+                      "attach_errors": 0, "interfaces": 0, "cpu_slots": 0,
+                      "slot_windows_scanned": 0}
         # counter values at the last flip / ring consume: early-drain triggers (pressure)
         self._fill_base = self._lost_base = self._ring_base = 0
         self._quiet_mark: int | None = None  # kernel packet count at the last whole drain's flip
@@ -186,18 +195,21 @@ class EbpfIngest(Ingest):
         context.declare_netns(self.name, cfg.netns)  # exporters resolve ifIndexes there
         percpu, ncpu = cfg.map_type == "percpu", possible_cpus()
         self.maxflows = kernel_table_size(cfg.maxflows, context.flow_capacity(), percpu, ncpu)
-        self.stats["maxflows"] = self.maxflows
+        l2_fields, mpls_labels = kernel_fields(flow_schema())  # [flow]: what the key holds
+        key_fields = bool(l2_fields or mpls_labels)
+        self.cpu_slots = cpu_slots_size(cfg.cpu_slots, self.maxflows, context.flow_capacity(),
+                                        percpu, ncpu, key_fields)
+        self.stats["maxflows"], self.stats["cpu_slots"] = self.maxflows, self.cpu_slots
         if cfg.drain_threshold < 100:
             self._fill_limit = max(1, self.maxflows * cfg.drain_threshold // 100)
             self._ring_limit = max(1, ring_capacity_packets(cfg.overflow_ring_kb)
                                    * cfg.drain_threshold // 100)
         fragments = context.fragments  # [cache] fragments: "track" keeps a kernel table
         self.tracking = fragments.tracking
-        l2_fields, mpls_labels = kernel_fields(flow_schema())  # [flow]: what the key holds
         self.loader = Loader(maxflows=self.maxflows, sampling=cfg.sampling,
                              percpu=percpu,
                              overflow_ring_bytes=cfg.overflow_ring_kb * 1024,
-                             precise_clock=cfg.timestamps == "precise", slots=cfg.cpu_slots,
+                             precise_clock=cfg.timestamps == "precise", slots=self.cpu_slots,
                              prealloc=cfg.prealloc, fill_threshold=self._fill_limit,
                              frag_table=fragments.table if self.tracking else 0,
                              frag_timeout=fragments.timeout,
@@ -205,16 +217,18 @@ class EbpfIngest(Ingest):
                              keep_outer=cfg.keep_outer, l2_fields=l2_fields,
                              mpls_labels=mpls_labels, chunk_rows=cfg.drain_chunk)
         self.loader.set_active(self.active)
-        if not self.loader.synchronize() and cfg.cpu_slots:
+        if not self.loader.synchronize() and self.cpu_slots:
             self.log.warning("%s: this kernel refuses membarrier(MEMBARRIER_CMD_GLOBAL) "
                              "(nohz_full?): drains wait 5 ms instead of an RCU grace period, "
                              "and a program later than that can lose packets in a slot; set "
                              "cpu_slots = 0 for exact accounting", self.name)
         self.log.info("%s: loaded BPF programs %s (maxflows %d, %s map, %s %d MB, %d slots "
-                      "per CPU, sampling 1/%d, fragments %s, decapsulate %s%s)", self.name,
+                      "per CPU on %d CPUs %d MB, sampling 1/%d, fragments %s, decapsulate "
+                      "%s%s)", self.name,
                       self.loader.prog_ids(), self.maxflows, cfg.map_type,
                       "preallocated" if cfg.prealloc else "at most",
-                      table_memory(self.maxflows, percpu, ncpu) >> 20, cfg.cpu_slots,
+                      table_memory(self.maxflows, percpu, ncpu) >> 20, self.cpu_slots, ncpu,
+                      slot_memory(self.cpu_slots, ncpu, key_fields) >> 20,
                       cfg.sampling, fragments.mode, list(cfg.decapsulate) or "off",
                       " keeping the outer flows" if cfg.keep_outer else "")
         self.attacher = Attacher(self.loader, cfg.mode, cfg.direction, cfg.promisc)
@@ -423,6 +437,7 @@ class EbpfIngest(Ingest):
             self._emit(ring, cnt)
         elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
         self.stats["drains"] += 1
+        self.stats["slot_windows_scanned"] = self.loader.slot_info()["windows_scanned"]
         self.stats["flows_drained"] += drained
         self.stats["table_peak"] = max(self.stats["table_peak"], drained)
         self.stats["drain_ms_last"] = elapsed_ms

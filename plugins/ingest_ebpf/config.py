@@ -54,11 +54,17 @@ class Config:
                 "a packet was lost (the program signals it at once); 100 = only at the poll "
                 "interval.",
         min=1, max=100)
-    cpu_slots: int = option(
-        4096, doc="Per-CPU flow slots checked before the hash table (a power of two; 0 = "
-                  "none): a flow in a slot costs one array lookup instead of a hash walk. "
-                  "The kernel then holds up to maxflows + cpu_slots per CPU flows per poll "
-                  "interval; memory 2 x cpu_slots x CPUs x 152 bytes.", min=0, max=2**20)
+    cpu_slots: int | Literal["auto"] = option(
+        "auto", doc="Per-CPU flow slots checked before the hash table (a power of two; 0 = "
+                    "none): open addressing in an array, 4 probes, a flow in a slot costs one "
+                    "or two cache misses instead of a hash walk. The kernel then holds up to "
+                    "maxflows + cpu_slots per CPU flows per poll interval; kernel memory 2 x "
+                    "cpu_slots x CPUs x 88 bytes (152 with [flow] key fields). \"auto\" = "
+                    "what the hash tables leave of 256 MB (262144 per CPU on 2 CPUs: 88 MB; "
+                    "8192 on 64 CPUs; none when fewer than 64 fit), at most the [cache] "
+                    "maxflows. The drain "
+                    "maps only the parts of the slots that flows used, one at a time: they "
+                    "do not count in the agent's RSS.", min=0, max=2**20)
     drain_chunk: int = option(
         4096, doc="Flows a drain takes from the kernel table per step and hands on as one "
                    "batch: the drain's memory is bounded by it (44 + 40 x CPUs bytes "
@@ -100,7 +106,7 @@ class Config:
                 issues.append(ConfigIssue(
                     f"interfaces[{i}]",
                     f"'{pattern}' is not an interface name or glob (1-15 characters, no '/')"))
-        if self.cpu_slots & (self.cpu_slots - 1):
+        if isinstance(self.cpu_slots, int) and self.cpu_slots & (self.cpu_slots - 1):
             issues.append(ConfigIssue(
                 "cpu_slots", f"{self.cpu_slots} is not a power of two (or 0 for none)"))
         if self.mode == "xdp" and self.direction != "ingress":

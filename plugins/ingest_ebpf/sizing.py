@@ -1,7 +1,8 @@
-"""Sizes of the eBPF ingest's kernel tables and overflow ring, and what they cost in memory.
+"""Sizes of the eBPF ingest's kernel tables, per-CPU slots and overflow ring, and their memory.
 
 Owns the arithmetic behind ``maxflows = 0`` (derive the kernel table from ``[cache] maxflows``
-within :data:`AUTO_MEMORY_BYTES`) and the early-drain limits. Memory per flow entry was read
+within :data:`AUTO_MEMORY_BYTES`), behind ``cpu_slots = "auto"`` (the per-CPU slots take what
+the hash tables leave of that budget) and the early-drain limits. Memory per flow entry was read
 from ``bpftool map show`` (``bytes_memlock``) on kernel 6.18: a per-CPU hash entry costs
 120 bytes plus 40 per possible CPU, a shared one 152; preallocated tables cost that for every
 entry at load.
@@ -19,6 +20,13 @@ MAX_KERNEL_FLOWS = 2**24
 AUTO_MEMORY_BYTES = 256 << 20
 #: smallest derived table (the old fixed default)
 MIN_AUTO_FLOWS = 65536
+#: bytes of one per-CPU slot (``struct flow_slot``, bpf/flow.h): metrics and the base key,
+#: or the whole key when ``[flow]`` optional key fields are on (``flow_slot_size()``)
+SLOT_BYTES, SLOT_EXT_BYTES = 88, 152
+#: most per-CPU slots ``cpu_slots = "auto"`` gives a CPU (22 MB per table and CPU)
+MAX_AUTO_SLOTS = 262144
+#: fewest derived per-CPU slots worth having (fewer: none)
+MIN_AUTO_SLOTS = 64
 #: bytes one overflow-ring event takes: struct overflow_event + the ring's 8-byte header
 RING_EVENT_BYTES = 72 + 8
 
@@ -63,6 +71,43 @@ def kernel_table_size(configured: int, flow_capacity: int, percpu: bool, ncpu: i
     power = 1 << (fits.bit_length() - 1)
     return min(flow_capacity or DEFAULT_FLOW_CAPACITY, max(power, MIN_AUTO_FLOWS),
                MAX_KERNEL_FLOWS)
+
+
+def slot_bytes(key_fields: bool) -> int:
+    """Bytes of one slot: :data:`SLOT_EXT_BYTES` with ``[flow]`` key fields in the kernel key."""
+    return SLOT_EXT_BYTES if key_fields else SLOT_BYTES
+
+
+def slot_memory(slots: int, ncpu: int, key_fields: bool = False) -> int:
+    """Kernel memory of both slot arrays: ``slots`` entries per possible CPU each."""
+    return 2 * slots * ncpu * slot_bytes(key_fields)
+
+
+def cpu_slots_size(configured: int | str, maxflows: int, flow_capacity: int, percpu: bool,
+                   ncpu: int, key_fields: bool = False) -> int:
+    """The per-CPU slots: ``cpu_slots`` if a number, else (``"auto"``) derived.
+
+    Derived: what the two hash tables of ``maxflows`` leave of :data:`AUTO_MEMORY_BYTES`,
+    split over both slot arrays and the possible CPUs, rounded down to a power of two, at most
+    :data:`MAX_AUTO_SLOTS` and the cache's flow capacity (rounded up: a CPU never needs more),
+    0 when fewer than :data:`MIN_AUTO_SLOTS` fit (hosts with very many CPUs). On 2 CPUs with
+    the default cache: 262,144 per CPU, 88 MB beside the 152 MB of the hash tables (131,072
+    with ``[flow]`` key fields: 152-byte slots).
+
+    :param configured: ``[[ingest.ebpf]] cpu_slots`` (``"auto"`` = derive it).
+    :param maxflows: the hash table size in use (:func:`kernel_table_size`).
+    :param key_fields: the kernel key holds ``[flow]`` optional fields (whole-key slots).
+    """
+    if isinstance(configured, int):
+        return configured
+    left = AUTO_MEMORY_BYTES - table_memory(maxflows, percpu, ncpu)
+    fits = left // (2 * ncpu * slot_bytes(key_fields))
+    if fits < MIN_AUTO_SLOTS:
+        return 0
+    cap = MAX_AUTO_SLOTS
+    if flow_capacity:
+        cap = min(cap, max(MIN_AUTO_SLOTS, 1 << (flow_capacity - 1).bit_length()))
+    return min(1 << (fits.bit_length() - 1), cap)
 
 
 def ring_capacity_packets(ring_kb: int) -> int:

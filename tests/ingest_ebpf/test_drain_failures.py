@@ -58,6 +58,9 @@ class FailingLoader:
     def reset_fill(self, index: int) -> None:
         pass
 
+    def slot_info(self) -> dict[str, int]:
+        return {"windows_scanned": 0}
+
     def consume(self) -> tuple[bytes, int]:
         return b"", 0
 

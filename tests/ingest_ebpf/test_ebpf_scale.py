@@ -16,6 +16,11 @@ import pytest
 
 from netflow_agent.plugins.ingest_ebpf.component import EbpfIngest
 from netflow_agent.plugins.ingest_ebpf.config import Config
+from netflow_agent.plugins.ingest_ebpf.sizing import (
+    cpu_slots_size,
+    kernel_table_size,
+    possible_cpus,
+)
 from netflow_agent.runtime import RunContext
 from tests.ingest_ebpf.observe import Observed, ebpf_ingest
 from tests.support.flowgen import Flood, agent_through_flood, build, rx_dropped
@@ -62,6 +67,23 @@ def test_many_concurrent_flows_large_table_exact(routed, flowgen, run):
                                                    maxflows=1_048_576)
     assert sent == flood.packets
     assert_every_packet_accounted(sent, before_hook, seen)
+    if not (before_hook or seen.dropped_packets):  # the usual case: all of it, per flow
+        assert seen.table() == flood.truth(routed.server.addr, routed.server.addr6)
+
+
+def test_issue_workload_exact_with_the_default_slots(routed, flowgen):
+    """The issue's workload with every default: the derived hash table and per-CPU slots
+    (cpu_slots = "auto", probed, drained window by window) take it, every packet of every
+    flow, and the slots carry a large share of it."""
+    flood = ISSUE_WORKLOAD
+    sent, before_hook, seen = flood_through_router(routed, flowgen, flood)
+    assert sent == flood.packets
+    assert_every_packet_accounted(sent, before_hook, seen)
+    ncpu = possible_cpus()
+    maxflows = kernel_table_size(0, 0, False, ncpu)
+    assert seen.stats["cpu_slots"] == cpu_slots_size("auto", maxflows, 0, False, ncpu) > 0
+    assert seen.stats["kernel_slot_packets"] > flood.packets // 4
+    assert seen.stats["slot_windows_scanned"] > 0
     if not (before_hook or seen.dropped_packets):  # the usual case: all of it, per flow
         assert seen.table() == flood.truth(routed.server.addr, routed.server.addr6)
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from netflow_agent.plugins.ingest_ebpf.sizing import (
     AUTO_MEMORY_BYTES,
+    MAX_AUTO_SLOTS,
+    cpu_slots_size,
     kernel_table_size,
     possible_cpus,
     ring_capacity_packets,
+    slot_memory,
     table_memory,
 )
 
@@ -23,6 +26,34 @@ def test_derived_from_the_cache_within_the_memory_budget():
     assert table_memory(big * 2, True, 2) > AUTO_MEMORY_BYTES
     assert kernel_table_size(0, 0, True, 2) == big  # unlimited cache: the same bound
     assert kernel_table_size(0, 0, True, 256) == 65_536  # many CPUs: the floor
+
+
+def test_configured_cpu_slots_win():
+    assert cpu_slots_size(4096, 524_288, 2_000_000, False, 256) == 4096
+    assert cpu_slots_size(0, 524_288, 2_000_000, False, 2) == 0
+
+
+def test_derived_cpu_slots_share_the_budget_with_the_hash():
+    """"auto": the slots take what the derived hash tables leave of the 256 MB, per CPU."""
+    for percpu in (False, True):
+        for ncpu in (1, 2, 4, 16, 64, 256, 1024):
+            table = kernel_table_size(0, 2_000_000, percpu, ncpu)
+            for fields in (False, True):
+                slots = cpu_slots_size("auto", table, 2_000_000, percpu, ncpu, fields)
+                assert slots == 0 or slots & (slots - 1) == 0
+                assert slots <= MAX_AUTO_SLOTS
+                assert table_memory(table, percpu, ncpu) + slot_memory(slots, ncpu, fields) \
+                    <= max(AUTO_MEMORY_BYTES, table_memory(table, percpu, ncpu))
+    shared = kernel_table_size(0, 2_000_000, False, 2)
+    assert cpu_slots_size("auto", shared, 2_000_000, False, 2) == 262_144  # 88 MB
+    assert cpu_slots_size("auto", shared, 2_000_000, False, 2, key_fields=True) == 131_072
+    assert cpu_slots_size("auto", shared, 2_000_000, False, 64) == 8192
+    assert cpu_slots_size("auto", shared, 2_000_000, False, 256) == 2048
+    assert cpu_slots_size("auto", shared, 2_000_000, False, 16384) == 0  # too few fit
+    assert cpu_slots_size("auto", 100_000, 100_000, False, 2) == 131_072  # the cache's, rounded up
+    assert cpu_slots_size("auto", 1000, 1000, False, 2) == 1024
+    assert cpu_slots_size("auto", 1_048_576, 0, False, 2) == 0  # an explicit hash took it all
+    assert slot_memory(262_144, 2) + table_memory(shared, False, 2) <= AUTO_MEMORY_BYTES
 
 
 def test_possible_cpus_reads_ranges(tmp_path):

@@ -40,6 +40,7 @@
 #define MAX_MPLS_KEY 10			/* entries flow_key_ext holds */
 #define MAX_EXT_HEADERS 8
 #define PULL_LEN 256		/* enough for two tunnel levels' headers */
+#define MAX_SLOT_PROBES 8	/* most slot_probes the program unrolls */
 
 /* if_ether.h: ETH_P_TEB 0x6558 (transparent Ethernet bridging), ETH_P_ERSPAN 0x88BE
  * (ERSPAN type II), ETH_P_ERSPAN2 0x22EB (type III) */
@@ -68,6 +69,8 @@ const volatile __u8 use_overflow = 1;	/* send full-table packets through the rin
 const volatile __u8 precise_clock = 0;	/* read the clock for every packet (else once a tick) */
 const volatile __u32 slot_mask = 0;	/* per-CPU flow slots - 1 (a power of two); 0 = no slots */
 const volatile __u64 slot_seed = 0;	/* random per load: slot positions are not predictable */
+const volatile __u32 slot_probes = 4;	/* consecutive slots probed (1..MAX_SLOT_PROBES) */
+const volatile __u32 slot_window_shift = 12; /* log2 of a drain window's entries (slot_touched) */
 const volatile __u64 fill_threshold = 0; /* inserts that make a table ask for a drain; 0 = off */
 const volatile __u8 frag_track = 0;	/* non-first fragments take their first one's ports */
 const volatile __u64 frag_timeout_ns = 30000000000ULL;	/* how long a first fragment counts */
@@ -797,39 +800,74 @@ static __always_inline int key_equal(const struct flow_key *a, const struct flow
 	       *(const __u32 *)&x[5] == *(const __u32 *)&y[5];
 }
 
-/* Account the packet in this CPU's slot for its key; 0 when another flow holds the slot (the
- * caller then uses the hash). No atomics: a CPU's slots are only written by that CPU, and the
- * programs do not nest on one CPU (softirq / bottom halves off). */
-static __always_inline int slot_account(void *slots, struct pkt_info *pi, __u64 segs,
-					__u64 bytes, struct flow_counters *cnt)
+/* Mark drain window `pos >> slot_window_shift` of this CPU's region in table `table` as
+ * holding a taken slot (slot_touched): the loader maps and scans only marked windows. */
+static __always_inline void touch_window(__u32 table, __u32 pos)
 {
-	__u32 idx = bpf_get_smp_processor_id() * (slot_mask + 1) + slot_index(&pi->key);
-	struct flow_record *s = bpf_map_lookup_elem(slots, &idx);	/* NULL past the end */
+	__u64 *word = bpf_map_lookup_elem(&slot_touched, &table);
+	__u64 bit = 1ULL << ((pos >> slot_window_shift) & 63);
 
-	if (!s)
-		return 0;
-	if (!s->m.packets) {		/* free (the drain zeroes what it read): take it */
-		__u64 now = clock_now(cnt);
+	if (word && !(*word & bit))
+		*word |= bit;
+}
 
-		if (key_words)
-			s->key = pi->key;
-		else			/* the base key: the drain zeroed the rest, pi's is zero */
-			__builtin_memcpy(&s->key, &pi->key, FLOW_KEY_BASE_SIZE);
-		s->m.packets = segs;
-		s->m.bytes = bytes;
-		s->m.first_ns = now;
-		s->m.last_ns = now;
-		s->m.tcp_flags = pi->tcp_flags;
-	} else if (key_equal(&s->key, &pi->key)) {
-		s->m.packets += segs;
-		s->m.bytes += bytes;
-		s->m.last_ns = clock_now(cnt);
-		s->m.tcp_flags |= pi->tcp_flags;
-	} else {
-		return 0;		/* another flow's slot */
+/* Take free slot s for pi's flow. */
+static __always_inline void slot_take(struct flow_slot *s, struct pkt_info *pi, __u64 segs,
+				      __u64 bytes, struct flow_counters *cnt)
+{
+	__u64 now = clock_now(cnt);
+
+	if (key_words)
+		s->key = pi->key;
+	else			/* the base key: the drain zeroed the rest, pi's is zero */
+		__builtin_memcpy(&s->key, &pi->key, FLOW_KEY_BASE_SIZE);
+	s->m.packets = segs;
+	s->m.bytes = bytes;
+	s->m.first_ns = now;
+	s->m.last_ns = now;
+	s->m.tcp_flags = pi->tcp_flags;
+}
+
+/*
+ * Account the packet in this CPU's slots: its key's home slot and the next slot_probes - 1
+ * (wrapping within the CPU's region), the first that holds the key or is free; 0 when all of
+ * them hold other flows (the caller then uses the hash). Exact without a tombstone: within a
+ * drain period a slot is only ever taken, never freed (the drain empties the idle table after
+ * the flip), so a key is always found before the first free slot of its probe sequence, and
+ * a flow that found them all taken keeps going to the hash until the table is drained. No
+ * atomics: a CPU's slots are only written by that CPU, and the programs do not nest on one
+ * CPU (softirq / bottom halves off).
+ */
+static __always_inline int slot_account(void *slots, __u32 table, struct pkt_info *pi,
+					__u64 segs, __u64 bytes, struct flow_counters *cnt)
+{
+	__u32 base = bpf_get_smp_processor_id() * (slot_mask + 1), home = slot_index(&pi->key);
+
+#pragma unroll
+	for (__u32 i = 0; i < MAX_SLOT_PROBES; i++) {
+		__u32 pos = (home + i) & slot_mask, idx = base + pos;
+		struct flow_slot *s;
+
+		if (i >= slot_probes)	/* rodata: the verifier drops the probes past it */
+			break;
+		s = bpf_map_lookup_elem(slots, &idx);	/* NULL past the end */
+		if (!s)
+			return 0;
+		if (!s->m.packets) {	/* free (the drain zeroes what it read): take it */
+			slot_take(s, pi, segs, bytes, cnt);
+			touch_window(table, pos);
+		} else if (key_equal(&s->key, &pi->key)) {
+			s->m.packets += segs;
+			s->m.bytes += bytes;
+			s->m.last_ns = clock_now(cnt);
+			s->m.tcp_flags |= pi->tcp_flags;
+		} else {
+			continue;	/* another flow's slot: probe the next */
+		}
+		cnt->v[CNT_SLOT_PACKETS] += segs;
+		return 1;
 	}
-	cnt->v[CNT_SLOT_PACKETS] += segs;
-	return 1;
+	return 0;
 }
 
 /* Shared body of every program: sample, parse, account. `frame_len` is the whole frame,
@@ -852,10 +890,10 @@ static __always_inline void account_active(struct pkt_info *pi, __u32 segs, __u6
 	/* One call site per map, not a pointer chosen at run time: the verifier inlines a map
 	 * lookup only when a single map reaches the call instruction. */
 	if (active && *active) {
-		if (!slot_mask || !slot_account(&slots_b, pi, segs, bytes, cnt))
+		if (!slot_mask || !slot_account(&slots_b, 1, pi, segs, bytes, cnt))
 			account(&flows_b, 1, pi, segs, bytes, cnt);
 	} else {
-		if (!slot_mask || !slot_account(&slots_a, pi, segs, bytes, cnt))
+		if (!slot_mask || !slot_account(&slots_a, 0, pi, segs, bytes, cnt))
 			account(&flows_a, 0, pi, segs, bytes, cnt);
 	}
 }

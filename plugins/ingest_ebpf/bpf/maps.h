@@ -22,21 +22,36 @@ struct flow_map {
 struct flow_map flows_a SEC(".maps");
 struct flow_map flows_b SEC(".maps");
 
-/* Per-CPU direct-mapped flow slots, checked before the hash: one array lookup (inlined by
- * the verifier) and a key compare instead of a hash walk. A flow whose slot another flow holds
- * goes to the hash. CPU c owns entries [c * slots, (c + 1) * slots): a plain array rather
- * than a per-CPU one so that userspace can mmap it and drain it without a syscall per slot.
+/* Per-CPU flow slots, checked before the hash: open addressing with a few linear probes
+ * (slot_probes; array lookups inlined by the verifier, consecutive entries) and a key compare
+ * instead of a hash walk. A flow whose probed slots other flows hold goes to the hash. CPU c
+ * owns entries [c * slots, (c + 1) * slots): a plain array rather than a per-CPU one so that
+ * userspace can mmap it (window by window, see slot_touched) and drain it without a syscall
+ * per slot.
  * Double-buffered with the hash tables (flow_active picks both); the loader sizes them
  * (slots x possible CPUs) or leaves them at one entry when `cpu_slots = 0`. */
 struct slot_map {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct flow_record);
+	__uint(key_size, sizeof(__u32));
+	/* struct flow_slot; no BTF value type, so that the loader can size it (flow_slot_size) */
+	__uint(value_size, sizeof(struct flow_slot));
 };
 struct slot_map slots_a SEC(".maps");
 struct slot_map slots_b SEC(".maps");
+
+/* Which drain windows of each slot array a CPU took an entry in since the table was last
+ * drained: bit w of CPU c's word for table t = entries [w, w + 1) << slot_window_shift of
+ * CPU c's region in slots_a (t = 0) / slots_b (t = 1). A CPU writes only its own word and
+ * only the active table's; the loader reads the drained (idle) table's words, maps only
+ * those windows and clears the words after emptying them, so an idle agent scans nothing. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FLOW_MAPS);
+	__type(key, __u32);
+	__type(value, __u64);
+} slot_touched SEC(".maps");
 
 /* Which flow table the program writes: 0 = flows_a, 1 = flows_b. Written by userspace. */
 struct {
