@@ -1518,7 +1518,9 @@ static PyObject *take_buffer(Aggregator *self, size_t bytes, uint8_t **dst)
 		self->pool_fresh++;
 		if (slot < 0) { /* every pooled buffer is still held: this one is not pooled */
 			*dst = (uint8_t *)PyByteArray_AS_STRING(fresh);
-			return fresh;
+			view = PyMemoryView_FromObject(fresh);	/* a view like every other take */
+			Py_DECREF(fresh);
+			return view;
 		}
 		Py_XSETREF(self->pool[slot], fresh);
 		b = fresh;
@@ -1632,7 +1634,6 @@ static PyObject *Aggregator_release(Aggregator *self, PyObject *arg)
 	Py_RETURN_NONE;
 }
 
-/* Free the fragment tables. */
 PyDoc_STRVAR(drop_buffers_doc,
 	     "drop_buffers() -> None\n\n"
 	     "Let go of take()'s reusable row buffers (those still held live on with their\n"
@@ -1645,6 +1646,7 @@ static PyObject *Aggregator_drop_buffers(Aggregator *self, PyObject *Py_UNUSED(i
 	Py_RETURN_NONE;
 }
 
+/* Free the fragment tables. */
 static void free_fragments(Aggregator *self)
 {
 	PyMem_RawFree(self->firsts);

@@ -116,8 +116,10 @@ class GroupReader:
                 ready = self.poller.poll(self._poll_ms())
                 follow_privileges()  # before reading: this thread gives up root's capabilities
                 if not ready:
-                    self._emit()  # idle: hand on the sums held, release stale fragments
-                    self.decoder.drop_buffers()  # and the row buffers kept for a flood
+                    idle = not self.decoder.pending  # a whole idle poll, not a batch's wait
+                    self._emit()  # hand on the sums held, release stale fragments
+                    if idle:
+                        self.decoder.drop_buffers()  # and the row buffers kept for a flood
                     continue
                 more = self._drain()
                 if self._emit_due():

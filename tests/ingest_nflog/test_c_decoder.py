@@ -224,7 +224,10 @@ def test_take_rewrites_a_row_buffer_only_once_nothing_holds_it() -> None:
     held = []
     for d in datagrams[:pool + 2]:  # all held: more than the pool
         agg.feed(d, len(d), RECV_NS)
-        held.append(np.frombuffer(agg.take(native=True)[0], decoders.NATIVE_DTYPE))
+        rows = agg.take(native=True)[0]
+        assert isinstance(rows, memoryview)  # pooled or not: the documented type
+        held.append(np.frombuffer(rows, decoders.NATIVE_DTYPE))
+    del rows
     assert (agg.pool_fresh, agg.pool_reused) == (pool + 2, 0)
     assert [a.tobytes() for a in held] == want[:pool + 2]
     del held[:-1]  # the batches in the pooled buffers are gone, the last (unpooled) is not
