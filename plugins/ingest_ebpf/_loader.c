@@ -441,6 +441,13 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 		loader_release(self);
 		return -1;
 	}
+	if ((__u64)slots * (__u64)self->slot_ncpu > UINT32_MAX) {
+		/* the arrays' max_entries is 32-bit: it would wrap and the load fail as EINVAL */
+		PyErr_Format(PyExc_ValueError, "slots %u x %d possible CPUs is more than an "
+			     "array map holds (2^32 - 1 entries)", slots, self->slot_ncpu);
+		loader_release(self);
+		return -1;
+	}
 	self->skel->rodata->slot_mask = slots ? slots - 1 : 0;
 	self->skel->rodata->slot_seed = seed;
 	self->probes = probes;

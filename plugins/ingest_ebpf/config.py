@@ -60,9 +60,9 @@ class Config:
                     "or two cache misses instead of a hash walk. The kernel then holds up to "
                     "maxflows + cpu_slots per CPU flows per poll interval; kernel memory 2 x "
                     "cpu_slots x CPUs x 88 bytes (152 with [flow] key fields). \"auto\" = "
-                    "what the hash tables leave of 256 MB (262144 per CPU on 2 CPUs: 88 MB; "
-                    "8192 on 64 CPUs; none when fewer than 64 fit), at most the [cache] "
-                    "maxflows. The drain "
+                    "what the hash tables leave of 256 MB (shared map: 262144 per CPU on 2 "
+                    "CPUs, 88 MB; 8192 on 64 CPUs; at least 4096), but all CPUs together at "
+                    "most twice the [cache] maxflows or maxflows. The drain "
                     "maps only the parts of the slots that flows used, one at a time: they "
                     "do not count in the agent's RSS.", min=0, max=2**20)
     drain_chunk: int = option(

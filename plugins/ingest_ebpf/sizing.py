@@ -25,8 +25,9 @@ MIN_AUTO_FLOWS = 65536
 SLOT_BYTES, SLOT_EXT_BYTES = 88, 152
 #: most per-CPU slots ``cpu_slots = "auto"`` gives a CPU (22 MB per table and CPU)
 MAX_AUTO_SLOTS = 262144
-#: fewest derived per-CPU slots worth having (fewer: none)
-MIN_AUTO_SLOTS = 64
+#: fewest derived per-CPU slots: the fixed default before "auto" (what hosts with so many
+#: CPUs that the budget leaves less still get, as they did)
+MIN_AUTO_SLOTS = 4096
 #: bytes one overflow-ring event takes: struct overflow_event + the ring's 8-byte header
 RING_EVENT_BYTES = 72 + 8
 
@@ -88,11 +89,13 @@ def cpu_slots_size(configured: int | str, maxflows: int, flow_capacity: int, per
     """The per-CPU slots: ``cpu_slots`` if a number, else (``"auto"``) derived.
 
     Derived: what the two hash tables of ``maxflows`` leave of :data:`AUTO_MEMORY_BYTES`,
-    split over both slot arrays and the possible CPUs, rounded down to a power of two, at most
-    :data:`MAX_AUTO_SLOTS` and the cache's flow capacity (rounded up: a CPU never needs more),
-    0 when fewer than :data:`MIN_AUTO_SLOTS` fit (hosts with very many CPUs). On 2 CPUs with
-    the default cache: 262,144 per CPU, 88 MB beside the 152 MB of the hash tables (131,072
-    with ``[flow]`` key fields: 152-byte slots).
+    split over both slot arrays and the possible CPUs, rounded down to a power of two, at
+    least :data:`MIN_AUTO_SLOTS` (the old fixed default, for hosts with so many CPUs that the
+    budget leaves less) and at most :data:`MAX_AUTO_SLOTS`; all CPUs together at most twice
+    the smaller of the cache's flow capacity and ``maxflows`` (rounded up per CPU), so a small
+    cache or kernel table keeps the slots small too. On 2 CPUs with the default cache and the
+    shared map: 262,144 per CPU, 88 MB beside the 152 MB of the hash tables (131,072 with
+    ``[flow]`` key fields: 152-byte slots); 8,192 on 64 CPUs.
 
     :param configured: ``[[ingest.ebpf]] cpu_slots`` (``"auto"`` = derive it).
     :param maxflows: the hash table size in use (:func:`kernel_table_size`).
@@ -101,13 +104,15 @@ def cpu_slots_size(configured: int | str, maxflows: int, flow_capacity: int, per
     if isinstance(configured, int):
         return configured
     left = AUTO_MEMORY_BYTES - table_memory(maxflows, percpu, ncpu)
-    fits = left // (2 * ncpu * slot_bytes(key_fields))
-    if fits < MIN_AUTO_SLOTS:
-        return 0
-    cap = MAX_AUTO_SLOTS
-    if flow_capacity:
-        cap = min(cap, max(MIN_AUTO_SLOTS, 1 << (flow_capacity - 1).bit_length()))
+    fits = max(left // (2 * ncpu * slot_bytes(key_fields)), MIN_AUTO_SLOTS)
+    flows = min(flow_capacity or maxflows, maxflows)
+    cap = min(MAX_AUTO_SLOTS, _power_above(max(-(-2 * flows // ncpu), 1)))
     return min(1 << (fits.bit_length() - 1), cap)
+
+
+def _power_above(n: int) -> int:
+    """The smallest power of two >= ``n`` (``n`` >= 1)."""
+    return 1 << (n - 1).bit_length()
 
 
 def ring_capacity_packets(ring_kb: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from netflow_agent.plugins.ingest_ebpf.sizing import (
     AUTO_MEMORY_BYTES,
     MAX_AUTO_SLOTS,
+    MIN_AUTO_SLOTS,
     cpu_slots_size,
     kernel_table_size,
     possible_cpus,
@@ -40,19 +41,26 @@ def test_derived_cpu_slots_share_the_budget_with_the_hash():
             table = kernel_table_size(0, 2_000_000, percpu, ncpu)
             for fields in (False, True):
                 slots = cpu_slots_size("auto", table, 2_000_000, percpu, ncpu, fields)
-                assert slots == 0 or slots & (slots - 1) == 0
-                assert slots <= MAX_AUTO_SLOTS
-                assert table_memory(table, percpu, ncpu) + slot_memory(slots, ncpu, fields) \
-                    <= max(AUTO_MEMORY_BYTES, table_memory(table, percpu, ncpu))
+                assert slots & (slots - 1) == 0
+                assert slots <= MAX_AUTO_SLOTS and slots * ncpu <= 2 * table + ncpu * 2
+                if slots > MIN_AUTO_SLOTS:  # else the old default: a floor, as before "auto"
+                    assert table_memory(table, percpu, ncpu) + slot_memory(
+                        slots, ncpu, fields) <= AUTO_MEMORY_BYTES
     shared = kernel_table_size(0, 2_000_000, False, 2)
     assert cpu_slots_size("auto", shared, 2_000_000, False, 2) == 262_144  # 88 MB
     assert cpu_slots_size("auto", shared, 2_000_000, False, 2, key_fields=True) == 131_072
     assert cpu_slots_size("auto", shared, 2_000_000, False, 64) == 8192
-    assert cpu_slots_size("auto", shared, 2_000_000, False, 256) == 2048
-    assert cpu_slots_size("auto", shared, 2_000_000, False, 16384) == 0  # too few fit
+    assert cpu_slots_size("auto", shared, 2_000_000, False, 256) == 4096  # the floor
+    # the per-CPU hash took the budget on 64 CPUs: twice its 65,536 flows, not none
+    assert cpu_slots_size("auto", kernel_table_size(0, 2_000_000, True, 64), 2_000_000, True,
+                          64) == 2048
+    assert cpu_slots_size("auto", kernel_table_size(0, 2_000_000, True, 48), 2_000_000, True,
+                          48) == 4096
     assert cpu_slots_size("auto", 100_000, 100_000, False, 2) == 131_072  # the cache's, rounded up
+    assert cpu_slots_size("auto", 100_000, 100_000, False, 8) == 32_768  # together 2x the cache
+    assert cpu_slots_size("auto", 4096, 0, False, 2) == 4096  # a small explicit hash: small slots
     assert cpu_slots_size("auto", 1000, 1000, False, 2) == 1024
-    assert cpu_slots_size("auto", 1_048_576, 0, False, 2) == 0  # an explicit hash took it all
+    assert cpu_slots_size("auto", 1_048_576, 0, False, 2) == 4096  # an explicit hash took it all
     assert slot_memory(262_144, 2) + table_memory(shared, False, 2) <= AUTO_MEMORY_BYTES
 
 
