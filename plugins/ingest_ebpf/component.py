@@ -168,6 +168,7 @@ class EbpfIngest(Ingest):
                       "slot_windows_scanned": 0}
         # counter values at the last flip / ring consume: early-drain triggers (pressure)
         self._fill_base = self._lost_base = self._ring_base = 0
+        self._last_drain_clean = True  # the other table's last drain emptied it
         self._quiet_mark: int | None = None  # kernel packet count at the last whole drain's flip
         self._fill_limit = self._ring_limit = 0
         # the pressure check's interval now, after a check that saw packets, and at most
@@ -431,8 +432,10 @@ class EbpfIngest(Ingest):
             cnt = self.tracker.delta(self.loader.counters())
             for name, value in cnt.values.items():
                 self.kernel_counters[name] = self.kernel_counters.get(name, 0) + value
-            if self.stats["drain_errors"] == errors:  # all emptied: skip drains while quiet
+            clean = self.stats["drain_errors"] == errors
+            if clean and self._last_drain_clean:  # both tables emptied: skip drains while quiet
                 self._quiet_mark = before["packets"]
+            self._last_drain_clean = clean
         finally:
             self._emit(ring, cnt)
         elapsed_ms = round((time.perf_counter() - started) * 1000, 3)

@@ -139,6 +139,21 @@ def test_a_quiet_kernel_is_not_drained_again_until_a_packet_arrives():
     assert not comp._quiet()
 
 
+def test_a_table_left_part_drained_is_drained_again_before_the_kernel_counts_as_quiet():
+    """A drain that failed part way leaves flows in its table; the next drain (of the other
+    table) succeeding does not make the kernel quiet: the first table still holds them, and
+    with no new packet the timer would skip it until the stop. Only a second clean drain
+    (that table again) does."""
+    loader = FailingLoader(drain_errno=5)
+    comp = ingest_with(loader)
+    comp._drain()  # table A: stopped part way
+    loader.drain_errno = 0
+    comp._drain()  # table B: clean, but A may still hold flows
+    assert not comp._quiet()
+    comp._drain()  # table A again: emptied
+    assert comp._quiet()
+
+
 def test_pressure_checks_back_off_while_no_packet_arrives():
     """The fallback pressure check (a counters read) runs every 0.1 s only while packets
     arrive: each check that sees none doubles the interval up to the poll interval, and the
