@@ -225,6 +225,10 @@ class PythonBatcher:
         """See :class:`Batcher`: nothing is kept."""
 
 
+#: stats only the C decoder has (its reusable take buffers); the rest match the Python one's
+C_ONLY_STATS = ("row_buffers_reused", "row_buffers_new")
+
+
 class CBatcher:
     """One flow delta per flow and burst of datagrams (``_nflog.Aggregator``).
 
