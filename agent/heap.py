@@ -10,8 +10,8 @@ This module owns the agent's calls to ``mallopt(3)`` and ``malloc_trim(3)``:
   dynamic adjustment, which would otherwise leave the trim threshold wherever glibc had
   raised it by then (twice the largest mapped block freed before the call).
 * :func:`trim`: give the heap's free pages back (once started).
-* :func:`reuse_parts`: while a forced scan hands the whole table over in parts
-  (``agent.loop.EXPORT_ROWS`` flows each: the stop, a cache hand-over), the threshold is
+* :func:`reuse_parts`: while the stop's forced scan hands the whole table over in parts
+  (``agent.loop.EXPORT_ROWS`` flows each), the threshold is
   raised to :data:`PART_MMAP_THRESHOLD` and freed heap is kept up to
   :data:`PART_TRIM_THRESHOLD`, so each part's arrays (the cache's rows, the encoders'
   copies and packed records, 0.1-1.2 MB each) reuse the blocks the previous part freed
@@ -60,11 +60,6 @@ def pin() -> None:
     :data:`TRIM_THRESHOLD` (the agent's settings, what :func:`reuse_parts` restores)."""
     _state["pinned"] = (_mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
                         and _mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-
-
-def pinned() -> bool:
-    """Whether :func:`pin` set the threshold (what :func:`reuse_parts` restores)."""
-    return _state["pinned"]
 
 
 def trim() -> None:

@@ -36,11 +36,11 @@ sys.path.insert(0, str(ROOT))
 from bench.export.final_export import collector  # noqa: E402
 from bench.export.workload import (  # noqa: E402
     FILL_ROWS,
-    M_TRIM_THRESHOLD,
     set_mmap_threshold,
     stop_batch,
     stop_options,
 )
+from netflow_agent import heap  # noqa: E402
 from netflow_agent.libc import libc  # noqa: E402
 from netflow_agent.model import FlowBatch  # noqa: E402
 from netflow_agent.runtime import ITEM_FLOWS  # noqa: E402
@@ -112,7 +112,7 @@ def main() -> int:
     UdpDestination.use_gso = not args.no_gso
     set_mmap_threshold(args.mmap_threshold, not args.no_part_reuse)
     if args.trim_threshold:
-        libc().mallopt(M_TRIM_THRESHOLD, args.trim_threshold)
+        libc().mallopt(heap.M_TRIM_THRESHOLD, args.trim_threshold)
     runs = [one_run(args.flows, args.fin, args.profile if i == 0 else "")
             for i in range(args.runs)]
     scan, own, rest = (statistics.median(r[i] for r in runs) for i in (0, 1, 2))

@@ -85,8 +85,6 @@ def discard_sink() -> Iterator[str]:
         sink.close()
 
 
-#: glibc mallopt(3) parameters the stop benches set as the agent does (agent/heap.py)
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 #: flows per cache hand-over while filling (an eBPF drain step, ``drain_chunk``)
 FILL_ROWS = 16_384
 
@@ -119,4 +117,4 @@ def set_mmap_threshold(threshold: int, part_reuse: bool = True) -> None:
     if threshold == heap.MMAP_THRESHOLD and part_reuse:
         heap.pin()
     else:
-        libc().mallopt(M_MMAP_THRESHOLD, threshold)
+        libc().mallopt(heap.M_MMAP_THRESHOLD, threshold)

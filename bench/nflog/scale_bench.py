@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 
-from netflow_agent.cli import _tune_malloc  # noqa: E402
+from netflow_agent import heap  # noqa: E402
 from netflow_agent.plugins.ingest_nflog import decoders  # noqa: E402
 from netflow_agent.stages.cache import CacheConfig, FlowCache  # noqa: E402
 
-_tune_malloc()  # the agent's fixed M_MMAP_THRESHOLD: a batch's rows are their own mmap
+heap.pin()  # the agent's fixed M_MMAP_THRESHOLD: a batch's rows are their own mmap
 
 PER_DATAGRAM = 64
 TS = (1_700_000_000, 0)

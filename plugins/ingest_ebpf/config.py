@@ -61,10 +61,10 @@ class Config:
                     "maxflows + cpu_slots per CPU flows per poll interval; kernel memory 2 x "
                     "cpu_slots x CPUs x 88 bytes (152 with [flow] key fields). \"auto\" = "
                     "what the hash tables leave of 256 MB (shared map: 262144 per CPU on 2 "
-                    "CPUs, 88 MB; 8192 on 64 CPUs; at least 4096), but all CPUs together at "
-                    "most twice the [cache] maxflows or maxflows. The drain "
-                    "maps only the parts of the slots that flows used, one at a time: they "
-                    "do not count in the agent's RSS.", min=0, max=2**20)
+                    "CPUs, 88 MB; 8192 on 64 CPUs; at least 4096 unless the next bound is "
+                    "lower), all CPUs together at most twice the [cache] maxflows or "
+                    "maxflows. The drain maps only the parts of the slots that flows used, "
+                    "one at a time: they do not count in the agent's RSS.", min=0, max=2**20)
     drain_chunk: int = option(
         4096, doc="Flows a drain takes from the kernel table per step and hands on as one "
                    "batch: the drain's memory is bounded by it (44 + 40 x CPUs bytes "

@@ -91,7 +91,8 @@ def cpu_slots_size(configured: int | str, maxflows: int, flow_capacity: int, per
     Derived: what the two hash tables of ``maxflows`` leave of :data:`AUTO_MEMORY_BYTES`,
     split over both slot arrays and the possible CPUs, rounded down to a power of two, at
     least :data:`MIN_AUTO_SLOTS` (the old fixed default, for hosts with so many CPUs that the
-    budget leaves less) and at most :data:`MAX_AUTO_SLOTS`; all CPUs together at most twice
+    budget leaves less) and at most :data:`MAX_AUTO_SLOTS`; then, lower still if need be, all
+    CPUs together at most twice
     the smaller of the cache's flow capacity and ``maxflows`` (rounded up per CPU), so a small
     cache or kernel table keeps the slots small too. On 2 CPUs with the default cache and the
     shared map: 262,144 per CPU, 88 MB beside the 152 MB of the hash tables (131,072 with

@@ -78,7 +78,7 @@ struct flow_metrics {
 	__u32 pad;
 };
 
-/* A flow slot and what the loader's drain() hands to Python: key plus CPU-summed metrics.
+/* What the loader's drain() hands to Python: key plus CPU-summed metrics.
  * 152 bytes. Without optional fields the drain hands compact rows instead: the base key, 4
  * pad bytes, the metrics (88 bytes, FLOW_RECORD_BASE_SIZE). */
 struct flow_record {
