@@ -35,11 +35,11 @@ from netflow_agent.config.check import validate
 from netflow_agent.config.schema import option
 from netflow_agent.discovery import build_registry, make_manager
 from netflow_agent.errors import ConfigError
-from netflow_agent.model import FlowRecord, NatEvent, Packet, PacketBatch
+from netflow_agent.model import FlowBatch, FlowRecord, NatEvent, Packet, PacketBatch
 from netflow_agent.pipeline import Pipeline
 from netflow_agent.registry import ComponentRegistry
 from netflow_agent.roles import Ingest, NatExporter
-from netflow_agent.runtime import RunContext
+from netflow_agent.runtime import ITEM_FLOWS, RunContext
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -176,6 +176,25 @@ def build_agent(toml_text: str, tmp_path: Path, plugins: Sequence[Any] = ()) -> 
     pipeline.build()
     pipeline.start()
     return AgentUnderTest(pipeline)
+
+
+def v9_export_agent(port: int, tmp_path: Path, extra: str = "") -> AgentUnderTest:
+    """An agent whose ``[[ingest.fake]]`` feeds a NetFlow v9 exporter to ``127.0.0.1:port``
+    (``extra``: more ``[[export.netflow]]`` lines): the stop's export path, without a kernel."""
+    return build_agent(f"""
+[agent]
+control_socket = ""
+[[ingest.fake]]
+[[export.netflow]]
+destination = ["127.0.0.1:{port}"]
+protocol = 9
+{extra}""", tmp_path, [collecting_plugin_module])
+
+
+def fill_cache(agent: AgentUnderTest, flows: FlowBatch, rows: int) -> None:
+    """Hand ``flows`` to the agent's cache in slices of ``rows`` (an ingest's batches)."""
+    for i in range(0, len(flows), rows):
+        agent.pipeline.dispatch(ITEM_FLOWS, FlowBatch("ingest.fake[0]", flows.flows[i:i + rows]))
 
 
 @pytest.fixture

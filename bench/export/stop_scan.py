@@ -42,10 +42,8 @@ from bench.export.workload import (  # noqa: E402
 )
 from netflow_agent import heap  # noqa: E402
 from netflow_agent.libc import libc  # noqa: E402
-from netflow_agent.model import FlowBatch  # noqa: E402
-from netflow_agent.runtime import ITEM_FLOWS  # noqa: E402
 from netflow_agent.stages.cache import FlowCache  # noqa: E402
-from netflow_agent.testing import build_agent, collecting_plugin_module  # noqa: E402
+from netflow_agent.testing import fill_cache, v9_export_agent  # noqa: E402
 from netflow_agent.transport.udp import UdpDestination  # noqa: E402
 
 
@@ -55,20 +53,10 @@ def one_run(flows: int, fin: bool, profile: str = "") -> tuple[float, float, flo
     pid, port = collector()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            agent = build_agent(f"""
-[agent]
-control_socket = ""
-[[ingest.fake]]
-[[export.netflow]]
-destination = ["127.0.0.1:{port}"]
-protocol = 9
-""", Path(tmp), [collecting_plugin_module])
+            agent = v9_export_agent(port, Path(tmp))
             pipeline = agent.pipeline
             now = time.time_ns()
-            batch = stop_batch(flows, now, fin, "ingest.fake[0]")
-            for i in range(0, flows, FILL_ROWS):
-                pipeline.dispatch(ITEM_FLOWS, FlowBatch("ingest.fake[0]",
-                                                        batch.flows[i:i + FILL_ROWS]))
+            fill_cache(agent, stop_batch(flows, now, fin, "ingest.fake[0]"), FILL_ROWS)
             cached = sum(c.active_flows for c in pipeline.components.values()
                          if isinstance(c, FlowCache))  # make_records' IPv6 flows repeat
             scan = pipeline.loop.scan

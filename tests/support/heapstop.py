@@ -67,9 +67,7 @@ def stop(mode: str, n: int) -> dict:
     """The forced scan of ``n`` flows to a sink; what reached it."""
     _frozen_clock()
     from netflow_agent import heap
-    from netflow_agent.model import FlowBatch
-    from netflow_agent.runtime import ITEM_FLOWS
-    from netflow_agent.testing import build_agent, collecting_plugin_module
+    from netflow_agent.testing import fill_cache, v9_export_agent
 
     heap.pin()
     windows = []
@@ -84,19 +82,9 @@ def stop(mode: str, n: int) -> dict:
     sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 << 20)
     sink.bind(("127.0.0.1", 0))
     with tempfile.TemporaryDirectory() as tmp:
-        agent = build_agent(f"""
-[agent]
-control_socket = ""
-[[ingest.fake]]
-[[export.netflow]]
-destination = ["127.0.0.1:{sink.getsockname()[1]}"]
-protocol = 9
-rate_limit = 0
-""", Path(tmp), [collecting_plugin_module])
+        agent = v9_export_agent(sink.getsockname()[1], Path(tmp), "rate_limit = 0\n")
         pipeline = agent.pipeline
-        batch = flows(n, FIXED_NS)
-        for i in range(0, n, 16_384):
-            pipeline.dispatch(ITEM_FLOWS, FlowBatch("ingest.fake[0]", batch.flows[i:i + 16_384]))
+        fill_cache(agent, flows(n, FIXED_NS), 16_384)
         pipeline.shutdown()
         stats = pipeline.components["export.netflow[0]"].agent_collect_stats()
     digest, count = hashlib.sha256(), 0
