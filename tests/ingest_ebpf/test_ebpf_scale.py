@@ -59,16 +59,23 @@ def assert_every_packet_accounted(sent: int, before_hook: int, seen: Observed) -
     assert seen.stats["drain_errors"] == 0
 
 
+def assert_flood_exact(flood: Flood, routed: RoutedTopology, sent: int, before_hook: int,
+                       seen: Observed) -> None:
+    """The whole flood was sent and every packet accounted; with nothing dropped (the usual
+    case) every flow's packets and bytes are the generator's."""
+    assert sent == flood.packets
+    assert_every_packet_accounted(sent, before_hook, seen)
+    if not (before_hook or seen.dropped_packets):
+        assert seen.table() == flood.truth(routed.server.addr, routed.server.addr6)
+
+
 @pytest.mark.parametrize("run", range(3))
 def test_many_concurrent_flows_large_table_exact(routed, flowgen, run):
     """The issue's workload with maxflows = 1048576: every packet of every flow, every run."""
     flood = ISSUE_WORKLOAD
     sent, before_hook, seen = flood_through_router(routed, flowgen, flood,
                                                    maxflows=1_048_576)
-    assert sent == flood.packets
-    assert_every_packet_accounted(sent, before_hook, seen)
-    if not (before_hook or seen.dropped_packets):  # the usual case: all of it, per flow
-        assert seen.table() == flood.truth(routed.server.addr, routed.server.addr6)
+    assert_flood_exact(flood, routed, sent, before_hook, seen)
 
 
 def test_issue_workload_exact_with_the_default_slots(routed, flowgen):
@@ -77,15 +84,12 @@ def test_issue_workload_exact_with_the_default_slots(routed, flowgen):
     flow, and the slots carry a large share of it."""
     flood = ISSUE_WORKLOAD
     sent, before_hook, seen = flood_through_router(routed, flowgen, flood)
-    assert sent == flood.packets
-    assert_every_packet_accounted(sent, before_hook, seen)
+    assert_flood_exact(flood, routed, sent, before_hook, seen)
     ncpu = possible_cpus()
     maxflows = kernel_table_size(0, 0, False, ncpu)
     assert seen.stats["cpu_slots"] == cpu_slots_size("auto", maxflows, 0, False, ncpu) > 0
     assert seen.stats["kernel_slot_packets"] > flood.packets // 4
     assert seen.stats["slot_windows_scanned"] > 0
-    if not (before_hook or seen.dropped_packets):  # the usual case: all of it, per flow
-        assert seen.table() == flood.truth(routed.server.addr, routed.server.addr6)
 
 
 def test_small_table_drains_early_and_counts_the_rest(routed, flowgen):
@@ -126,13 +130,10 @@ def test_a_drain_of_many_chunks_is_exact(routed, flowgen):
     sent, before_hook, seen = flood_through_router(
         routed, flowgen, flood, maxflows=65536, drain_chunk=1024, poll_interval_ms=60000,
         drain_threshold=100)
-    assert sent == flood.packets
-    assert_every_packet_accounted(sent, before_hook, seen)
+    assert_flood_exact(flood, routed, sent, before_hook, seen)
     assert seen.stats["table_peak"] > 20 * 1024  # one drain took many chunks
     flow_batches = [len(b.flows) for b in seen.batches if len(b.flows)]
     assert len(flow_batches) >= 20 and max(flow_batches) <= 1024
-    if not (before_hook or seen.dropped_packets):  # the usual case: all of it, per flow
-        assert seen.table() == flood.truth(routed.server.addr, routed.server.addr6)
 
 
 def test_kernel_table_follows_the_cache_capacity(routed):
