@@ -30,6 +30,7 @@
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <poll.h>
 #include <time.h>
 #include <sys/socket.h>
 
@@ -1423,6 +1424,21 @@ PyDoc_STRVAR(read_doc,
 	     "enobufs: ENOBUFS reads (the kernel's loss shows as sequence gaps); cut: datagrams\n"
 	     "longer than the buffer; errno: the error that ended the read (0: none).");
 
+/* The receive buffer at `size` bytes (kept from call to call). 0, or -1 without memory. */
+static int reserve_rbuf(Aggregator *self, size_t size)
+{
+	uint8_t *buf;
+
+	if (size == self->rbuf_len)
+		return 0;
+	buf = PyMem_RawRealloc(self->rbuf, size);
+	if (!buf)
+		return -1;
+	self->rbuf = buf;
+	self->rbuf_len = size;
+	return 0;
+}
+
 static PyObject *Aggregator_read(Aggregator *self, PyObject *args)
 {
 	int fd;
@@ -1439,15 +1455,9 @@ static PyObject *Aggregator_read(Aggregator *self, PyObject *args)
 	}
 	if (enter(self) < 0) /* before the buffer changes: another thread may be reading */
 		return NULL;
-	if ((size_t)bufsize != self->rbuf_len) {
-		uint8_t *buf = PyMem_RawRealloc(self->rbuf, (size_t)bufsize);
-
-		if (!buf) {
-			self->busy = 0;
-			return PyErr_NoMemory();
-		}
-		self->rbuf = buf;
-		self->rbuf_len = (size_t)bufsize;
+	if (reserve_rbuf(self, (size_t)bufsize) < 0) {
+		self->busy = 0;
+		return PyErr_NoMemory();
 	}
 	Py_BEGIN_ALLOW_THREADS
 	read_socket(self, fd, (size_t)max_datagrams, (size_t)max_bytes, &rc);
@@ -1457,6 +1467,153 @@ static PyObject *Aggregator_read(Aggregator *self, PyObject *args)
 	return Py_BuildValue("(KKKKKii)", rc.datagrams, rc.bytes,
 			     (unsigned long long)(self->acc.packets - before), rc.enobufs, rc.cut,
 			     rc.error, rc.full);
+}
+
+/* Monotonic ns (serve()'s deadlines). */
+static int64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static inline size_t pending_flows(const Aggregator *self)
+{
+	return self->nflows - self->taken;
+}
+
+/* What serve() did: read()'s counts summed over its rounds, and why it returned. */
+struct serve_counts {
+	struct read_counts r;
+	unsigned long long rounds; /* wakeups that read the socket */
+	int timed_out; /* the socket stayed empty until the deadline */
+};
+
+/* One wait for the socket, until `until` (CLOCK_MONOTONIC ns): 1 readable, 0 timed out,
+ * -1 with errno (EINTR retried). */
+static int wait_readable(int fd, int64_t until)
+{
+	struct pollfd p = {.fd = fd, .events = POLLIN};
+
+	for (;;) {
+		int64_t left = until - mono_ns();
+		struct timespec ts;
+		int r;
+
+		if (left < 0)
+			left = 0;
+		ts.tv_sec = (time_t)(left / 1000000000LL);
+		ts.tv_nsec = (long)(left % 1000000000LL);
+		r = ppoll(&p, 1, &ts, NULL);
+		if (r >= 0)
+			return r > 0;
+		if (errno != EINTR)
+			return -1;
+	}
+}
+
+/* Sleep until `until` at the latest, `ns` at most (EINTR: the rest is skipped). */
+static void pause_for(int64_t ns, int64_t until)
+{
+	int64_t left = until - mono_ns();
+	struct timespec ts;
+
+	if (ns > left)
+		ns = left;
+	if (ns <= 0)
+		return;
+	ts.tv_sec = (time_t)(ns / 1000000000LL);
+	ts.tv_nsec = (long)(ns % 1000000000LL);
+	nanosleep(&ts, NULL);
+}
+
+/* serve()'s loop (GIL released): wait, read everything waiting, let the next kernel batches
+ * gather for `pause` ns, again, until the sums are due (`due`, or `hold` flows pending) or
+ * the socket stays empty until its deadline (`due` while flows are pending, else `end`). */
+static void serve_socket(Aggregator *self, int fd, int64_t end, int64_t due, int64_t pause,
+			 size_t hold, size_t max_datagrams, size_t max_bytes,
+			 struct serve_counts *sc)
+{
+	for (;;) {
+		struct read_counts rc = {0};
+		int64_t until = pending_flows(self) ? due : end, now;
+		int ready = wait_readable(fd, until);
+
+		if (ready <= 0) {
+			if (ready < 0)
+				sc->r.error = errno;
+			else
+				sc->timed_out = 1;
+			return;
+		}
+		read_socket(self, fd, max_datagrams, max_bytes, &rc);
+		sc->rounds++;
+		sc->r.datagrams += rc.datagrams;
+		sc->r.bytes += rc.bytes;
+		sc->r.enobufs += rc.enobufs;
+		sc->r.cut += rc.cut;
+		sc->r.full = rc.full;
+		if (rc.error || self->nomem)
+			sc->r.error = rc.error;
+		now = mono_ns();
+		if (rc.error || self->nomem || pending_flows(self) >= hold || now >= end ||
+		    (pending_flows(self) && now >= due))
+			return;
+		if (!rc.full && pause > 0)
+			pause_for(pause, pending_flows(self) ? due : end);
+	}
+}
+
+PyDoc_STRVAR(serve_doc,
+	     "serve(fd, timeout_ms, due_ms, pause_ms, hold, max_datagrams, max_bytes, bufsize)\n"
+	     "    -> (datagrams, bytes, packets, enobufs, cut, errno, full, rounds, timed_out)\n\n"
+	     "The reader's loop, with the GIL released: wait for the non-blocking NFLOG socket\n"
+	     "fd, read() what is waiting (at most max_datagrams / max_bytes per round), sleep\n"
+	     "pause_ms when the round emptied the socket (the next kernel batches gather: one\n"
+	     "wakeup for many), and again, until the flows fed are due to go on: due_ms from\n"
+	     "now passed while flows are pending, or `hold` flows are pending; or until the\n"
+	     "socket stays empty that long (timed_out = 1; with nothing pending, up to\n"
+	     "timeout_ms), or timeout_ms passed, or a receive error (errno). rounds: the\n"
+	     "wakeups that read; the other values as read() returns them, summed.");
+
+static PyObject *Aggregator_serve(Aggregator *self, PyObject *args)
+{
+	int fd;
+	double timeout_ms, due_ms, pause_ms;
+	Py_ssize_t hold, max_datagrams, max_bytes, bufsize;
+	struct serve_counts sc = {0};
+	uint64_t before = self->acc.packets;
+	int64_t now;
+
+	if (!PyArg_ParseTuple(args, "idddnnnn:serve", &fd, &timeout_ms, &due_ms, &pause_ms,
+			      &hold, &max_datagrams, &max_bytes, &bufsize))
+		return NULL;
+	if (fd < 0 || hold < 1 || max_datagrams < 1 || max_bytes < 1 || bufsize < 4096 ||
+	    !(timeout_ms >= 0 && timeout_ms <= 3.6e6) || !(due_ms <= 3.6e6) ||
+	    !(pause_ms >= 0 && pause_ms <= 3.6e6)) {
+		PyErr_SetString(PyExc_ValueError, "fd >= 0, hold, max_datagrams and max_bytes >= 1, "
+				"bufsize >= 4096, 0 <= timeout_ms and pause_ms <= 3600000, "
+				"due_ms <= 3600000");
+		return NULL;
+	}
+	if (enter(self) < 0)
+		return NULL;
+	if (reserve_rbuf(self, (size_t)bufsize) < 0) {
+		self->busy = 0;
+		return PyErr_NoMemory();
+	}
+	now = mono_ns();
+	Py_BEGIN_ALLOW_THREADS
+	serve_socket(self, fd, now + (int64_t)(timeout_ms * 1e6),
+		     now + (int64_t)((due_ms > 0 ? due_ms : 0) * 1e6), (int64_t)(pause_ms * 1e6),
+		     (size_t)hold, (size_t)max_datagrams, (size_t)max_bytes, &sc);
+	Py_END_ALLOW_THREADS
+	if (leave(self) < 0)
+		return NULL;
+	return Py_BuildValue("(KKKKKiiKi)", sc.r.datagrams, sc.r.bytes,
+			     (unsigned long long)(self->acc.packets - before), sc.r.enobufs, sc.r.cut,
+			     sc.r.error, sc.r.full, sc.rounds, sc.timed_out);
 }
 
 PyDoc_STRVAR(take_doc,
@@ -1731,6 +1888,7 @@ static void Aggregator_dealloc(Aggregator *self)
 static PyMethodDef Aggregator_methods[] = {
 	{"feed", (PyCFunction)Aggregator_feed, METH_VARARGS, feed_doc},
 	{"read", (PyCFunction)Aggregator_read, METH_VARARGS, read_doc},
+	{"serve", (PyCFunction)Aggregator_serve, METH_VARARGS, serve_doc},
 	{"take", (PyCFunction)(void (*)(void))Aggregator_take, METH_VARARGS | METH_KEYWORDS,
 	 take_doc},
 	{"decode", (PyCFunction)Aggregator_decode, METH_VARARGS, decode_doc},

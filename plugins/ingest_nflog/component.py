@@ -66,11 +66,13 @@ class GroupReader:
     """Reads one group's socket on its own thread and emits the sums as batches.
 
     The socket is non-blocking; the thread waits in ``poll()``, then reads every datagram
-    already queued (up to :data:`_DRAIN_DATAGRAMS` / :data:`_DRAIN_BYTES` per call, in C with
-    the C decoder) into the decoder, then sleeps ``coalesce_ms``. The C decoder's sums are
-    emitted once ``batch_ms`` passed (or :data:`_HOLD_FLOWS` flows are held, or the socket is
-    idle), so the per-batch Python work, and the cache's per-row work, are shared by many
-    kernel batches and packets when traffic is heavy.
+    already queued (up to :data:`_DRAIN_DATAGRAMS` / :data:`_DRAIN_BYTES` per round) into the
+    decoder, then sleeps ``coalesce_ms``, and again. The C decoder's sums are emitted once
+    ``batch_ms`` passed (or :data:`_HOLD_FLOWS` flows are held, or the socket is idle), so
+    the per-batch Python work, and the cache's per-row work, are shared by many kernel
+    batches and packets when traffic is heavy; with the C decoder the whole wait-read-pause
+    loop up to that point runs in C with the GIL released (:meth:`_serve`), so the thread
+    runs Python once per batch, not once per wakeup (counter ``wakeups``: the rounds).
 
     :param pending: datagrams that arrived before the BIND ack (decoded first).
     """
@@ -85,7 +87,7 @@ class GroupReader:
         self.decoder = make_batcher(cfg.decoder, owner.fragments, cfg.decapsulate,
                                     cfg.keep_outer)
         self.counters = {"batches": 0, "packets": 0, "enobufs": 0, "recv_errors": 0,
-                         "datagrams_cut": 0, "unread_at_stop_bytes": 0}
+                         "datagrams_cut": 0, "unread_at_stop_bytes": 0, "wakeups": 0}
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True,
                                        name=f"{owner.name} group {sock.group}")
@@ -111,21 +113,10 @@ class GroupReader:
             self._emit()
             self.sock.sock.setblocking(False)  # waits happen in poll(); reads never block
             self.poller.register(self.sock.sock.fileno(), select.POLLIN)
-            pause = self.owner.config.coalesce_ms / 1000
             while not self.stopping.is_set():
-                ready = self.poller.poll(self._poll_ms())
                 follow_privileges()  # before reading: this thread gives up root's capabilities
-                if not ready:
-                    idle = not self.decoder.pending  # a whole idle poll, not a batch's wait
-                    self._emit()  # hand on the sums held, release stale fragments
-                    if idle:
-                        self.decoder.drop_buffers()  # and the row buffers kept for a flood
-                    continue
-                more = self._drain()
-                if self._emit_due():
-                    self._emit()
-                if not more and pause:
-                    self.stopping.wait(pause)  # let kernel batches gather: one wakeup for many
+                if not self._serve():
+                    self._step()
             self._finish()
         except Exception:
             self.owner.log.exception("%s: group %d reader failed", self.owner.name,
@@ -133,6 +124,49 @@ class GroupReader:
         finally:
             self._closed_overruns = self._overruns()
             self.sock.close()
+
+    def _serve(self) -> bool:
+        """Wait, read and sum in C until the sums are due, then hand them on (the C decoder:
+        Python runs once per batch, not once per wakeup; the waits and the ``coalesce_ms``
+        pauses happen in ``serve`` with the GIL released).
+
+        :return: ``False`` when the decoder cannot (:meth:`_step` does it in Python).
+        """
+        idle = not self.decoder.pending
+        result = self.decoder.serve(self.sock.sock.fileno(), _POLL_S * 1000, self._due_ms(),
+                                    self.owner.config.coalesce_ms, _HOLD_FLOWS,
+                                    _DRAIN_DATAGRAMS, _DRAIN_BYTES, len(self.buf))
+        if result is None:
+            return False
+        counters = self.counters
+        counters["packets"] += result.packets
+        counters["batches"] += result.datagrams
+        counters["enobufs"] += result.enobufs
+        counters["datagrams_cut"] += result.cut
+        counters["wakeups"] += result.rounds
+        if result.errno:
+            self._recv_error(OSError(result.errno, os.strerror(result.errno)))
+        if result.timed_out or self._emit_due():
+            self._emit()  # hand on the sums held, release stale fragments
+            if result.timed_out and idle and not result.datagrams:  # a whole idle wait
+                self.decoder.drop_buffers()  # and the row buffers kept for a flood
+        return True
+
+    def _step(self) -> None:
+        """One wakeup of the Python decoder's loop: wait, read what waits, emit it, pause."""
+        if not self.poller.poll(self._poll_ms()):
+            self._emit()  # release stale fragments
+            return
+        more = self._drain()
+        self._emit()
+        self.counters["wakeups"] += 1
+        pause = self.owner.config.coalesce_ms / 1000
+        if not more and pause:
+            self.stopping.wait(pause)  # let kernel batches gather: one wakeup for many
+
+    def _due_ms(self) -> float:
+        """How long until the sums held are due (``batch_ms`` after the last batch)."""
+        return (self.emitted_at + self.hold_s - time.monotonic()) * 1000
 
     def _poll_ms(self) -> float:
         """How long to wait for the socket: until the sums held are due, else the idle poll."""
@@ -147,24 +181,10 @@ class GroupReader:
                 or self.decoder.pending >= _HOLD_FLOWS)
 
     def _drain(self) -> bool:
-        """Read the datagrams waiting on the socket into the decoder.
+        """Read the datagrams waiting on the socket into the (Python) decoder.
 
         :return: ``True`` when it stopped at the bound (more may be waiting).
         """
-        result = self.decoder.read(self.sock.sock.fileno(), _DRAIN_DATAGRAMS, _DRAIN_BYTES,
-                                   len(self.buf))
-        if result is None:  # the Python decoder: receive here
-            return self._drain_python()
-        counters = self.counters
-        counters["packets"] += result.packets
-        counters["batches"] += result.datagrams
-        counters["enobufs"] += result.enobufs
-        counters["datagrams_cut"] += result.cut
-        if result.errno:
-            self._recv_error(OSError(result.errno, os.strerror(result.errno)))
-        return result.full
-
-    def _drain_python(self) -> bool:
         fed = 0
         for _ in range(_DRAIN_DATAGRAMS):
             n = self._receive_one()

@@ -73,10 +73,11 @@ class Batcher(Protocol):
         :data:`TAKE_LIMIT` flows of it with the C decoder (the rest stays ``pending``)."""
         ...
 
-    def read(self, fd: int, max_datagrams: int, max_bytes: int, bufsize: int
-             ) -> ReadResult | None:
-        """Receive the datagrams waiting on the non-blocking socket ``fd`` and feed them
-        (``None``: this decoder cannot, the reader receives and feeds them itself)."""
+    def serve(self, fd: int, timeout_ms: float, due_ms: float, pause_ms: float, hold: int,
+              max_datagrams: int, max_bytes: int, bufsize: int) -> ServeResult | None:
+        """Wait for the non-blocking socket ``fd``, receive and feed what arrives until the
+        sums are due (:meth:`CBatcher.serve`); ``None``: this decoder cannot, the reader
+        waits, receives and feeds in Python."""
         ...
 
     def release(self, now_ns: int | None) -> None:
@@ -94,7 +95,7 @@ class Batcher(Protocol):
 
 
 class ReadResult(NamedTuple):
-    """What one :meth:`Batcher.read` did (``_nflog.Aggregator.read``)."""
+    """What one ``_nflog.Aggregator.read`` did (one round of :meth:`CBatcher.serve`)."""
 
     datagrams: int
     bytes: int
@@ -103,6 +104,21 @@ class ReadResult(NamedTuple):
     cut: int  # datagrams longer than the buffer (cannot happen with the reader's size)
     errno: int  # the receive error that ended the read, 0 when none
     full: bool  # stopped at a bound: more may be waiting
+
+
+class ServeResult(NamedTuple):
+    """What one :meth:`CBatcher.serve` did (``_nflog.Aggregator.serve``): the reads of its
+    rounds summed, and why it returned."""
+
+    datagrams: int
+    bytes: int
+    packets: int
+    enobufs: int
+    cut: int
+    errno: int
+    full: bool  # the last round stopped at a bound: more may be waiting
+    rounds: int  # wakeups that read the socket
+    timed_out: bool  # the socket stayed empty until the deadline
 
 
 #: most flows in one batch taken from the C aggregator: bounds the transient arrays of a
@@ -191,8 +207,9 @@ class PythonBatcher:
         self.decoder.decode(buf, n, recv_ns, self.packets)
         return len(self.packets) - before
 
-    def read(self, fd: int, max_datagrams: int, max_bytes: int, bufsize: int) -> None:
-        """See :class:`Batcher`: the reader receives for this decoder."""
+    def serve(self, fd: int, timeout_ms: float, due_ms: float, pause_ms: float, hold: int,
+              max_datagrams: int, max_bytes: int, bufsize: int) -> None:
+        """See :class:`Batcher`: the reader waits and receives for this decoder."""
         return None
 
     def take(self, source: str) -> PacketBatch | None:
@@ -262,9 +279,15 @@ class CBatcher:
         """See :class:`Batcher`."""
         return int(self.aggregator.feed(buf, n, recv_ns))
 
-    def read(self, fd: int, max_datagrams: int, max_bytes: int, bufsize: int) -> ReadResult:
-        """See :class:`Batcher`: received and decoded in C with the GIL released."""
-        return ReadResult(*self.aggregator.read(fd, max_datagrams, max_bytes, bufsize))
+    def serve(self, fd: int, timeout_ms: float, due_ms: float, pause_ms: float, hold: int,
+              max_datagrams: int, max_bytes: int, bufsize: int) -> ServeResult:
+        """See :class:`Batcher`: the reader's wait-read-pause loop in C with the GIL
+        released, until the sums are due (``due_ms`` from now with flows pending, or
+        ``hold`` flows pending) or the socket stays empty that long (at most
+        ``timeout_ms``): Python runs once per batch of sums, not once per wakeup
+        (``_nflog.Aggregator.serve``)."""
+        return ServeResult(*self.aggregator.serve(fd, timeout_ms, due_ms, pause_ms, hold,
+                                                  max_datagrams, max_bytes, bufsize))
 
     def take(self, source: str, limit: int = TAKE_LIMIT) -> FlowBatch | None:
         """See :class:`Batcher`."""

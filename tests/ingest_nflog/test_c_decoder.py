@@ -285,6 +285,81 @@ def test_reading_a_socket_is_feeding_its_datagrams() -> None:
         agg.read(0, 0, 1, 65536)
 
 
+def _sequenced(count: int, per: int, lost: set[int]) -> list[bytes]:
+    """``count`` datagrams of ``per`` UDP packets of different flows, numbered by NFULA_SEQ
+    from 0; the datagrams in ``lost`` are left out (the kernel logged them, we never got
+    them: sequence gaps)."""
+    return [b"".join(_message(_ip4(17, struct.pack("!HHHH", 1000 + d * per + i, 53, 8, 0)),
+                              seq=d * per + i) for i in range(per)) + _done()
+            for d in range(count) if d not in lost]
+
+
+def _serve(agg: Any, fd: int, timeout_ms: float = 2000, due_ms: float = 50,
+           pause_ms: float = 0, hold: int = 1 << 20, max_datagrams: int = 64
+           ) -> decoders.ServeResult:
+    return decoders.ServeResult(*agg.serve(fd, timeout_ms, due_ms, pause_ms, hold,
+                                           max_datagrams, 1 << 20, 65536))
+
+
+def test_serve_sums_many_datagrams_in_one_call_with_exact_counts_and_gaps() -> None:
+    """serve() reads round after round until the sums are due: one call takes in every
+    waiting datagram (several rounds, 3 per round here), and its flows, packets and sequence
+    gaps are exactly those of feeding the same datagrams one by one."""
+    ext = _ext()
+    datagrams = _sequenced(40, 16, lost={7, 8, 30})
+    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with reader, writer:
+        reader.setblocking(False)
+        for d in datagrams:
+            writer.send(d)
+        agg = ext.Aggregator()
+        got = _serve(agg, reader.fileno(), max_datagrams=3)
+    assert (got.datagrams, got.errno, got.enobufs, got.cut) == (37, 0, 0, 0)
+    assert got.rounds == 13 and got.timed_out  # 3 a round, then nothing until due
+    assert got.bytes == sum(map(len, datagrams)) and got.packets == 37 * 16
+    fed = ext.Aggregator()
+    for d in datagrams:
+        fed.feed(d, len(d), RECV_NS)
+    taken, want = agg.take(), fed.take()
+    assert taken[0] == want[0] and taken[1:] == want[1:]  # times: the messages' own
+    assert taken[5] == agg.seq_gaps == 3 * 16  # the three lost datagrams' packets
+
+
+def test_serve_returns_when_the_sums_are_due() -> None:
+    """serve() hands back once ``hold`` flows are pending (more datagrams still waiting),
+    once ``due_ms`` passed with flows pending, or after ``timeout_ms`` with nothing; a
+    receive error ends it with its errno; the calls together lose nothing."""
+    ext = _ext()
+    datagrams = _sequenced(10, 8, lost=set())
+    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with reader, writer:
+        reader.setblocking(False)
+        for d in datagrams:
+            writer.send(d)
+        agg = ext.Aggregator()
+        held = _serve(agg, reader.fileno(), hold=20, max_datagrams=1)
+        assert (held.datagrams, held.rounds, held.timed_out) == (3, 3, False)  # 24 >= 20
+        rows = bytes(agg.take()[0])
+        due = _serve(agg, reader.fileno(), due_ms=0)
+        assert (due.datagrams, due.rounds, due.timed_out) == (7, 1, False)
+        rows += bytes(agg.take()[0])
+        idle = _serve(agg, reader.fileno(), timeout_ms=20)
+        assert (idle.datagrams, idle.rounds, idle.timed_out, agg.pending) == (0, 0, True, 0)
+    assert len(rows) == 80 * decoders.TAKE_DTYPE.itemsize and agg.seq_gaps == 0
+    pipe_r, pipe_w = os.pipe()  # readable, but not a socket: the error comes back
+    try:
+        os.write(pipe_w, b"x")
+        bad = _serve(ext.Aggregator(), pipe_r)
+    finally:
+        os.close(pipe_r)
+        os.close(pipe_w)
+    assert bad.errno == errno.ENOTSOCK and bad.datagrams == 0
+    for args in ((0, 1.0, 1.0, 0.0, 0, 1, 1, 65536), (0, -1.0, 1.0, 0.0, 1, 1, 1, 65536),
+                 (0, 1.0, 1.0, 0.0, 1, 1, 1, 100)):
+        with pytest.raises(ValueError):
+            agg.serve(*args)
+
+
 def test_batcher_takes_in_bounded_batches_until_nothing_is_pending() -> None:
     """CBatcher.take gives at most TAKE_LIMIT flows; the reader takes until pending is 0,
     and the cache ends with every packet."""

@@ -1,11 +1,13 @@
-"""The NFLOG group reader keeps its C row buffers across batches sent on the batch timer.
+"""The NFLOG group reader thread with the C decoder: row buffers, batches, exact counts.
 
 The reader thread (``GroupReader``) reads one end of a socket pair here instead of a netlink
-socket: datagrams of NFLOG messages arrive every 15 ms with ``batch_ms = 50``, so the sums
+socket. Datagrams of NFLOG messages arrive every 15 ms with ``batch_ms = 50``, so the sums
 are held and most batches go on because their time ran out while no datagram was waiting,
 the path a moderate, bursty rate takes. Each batch is dropped by the consumer at once, so
 its buffer is free for the next take: the reader must reuse it, not give its buffers back
 as if the socket had been idle for a whole poll (which made every batch a fresh mapping).
+The reader's waits and reads run in C until a batch is due (``Aggregator.serve``): many
+wakeups per batch, and every packet and sequence gap of them in its batches.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import errno
 import logging
 import socket
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 
+from netflow_agent.model import FlowBatch
 from netflow_agent.plugins.ingest_nflog.component import GroupReader
-from tests.ingest_nflog.test_c_decoder import _many_flows
+from tests.ingest_nflog.test_c_decoder import _many_flows, _sequenced
 
 DATAGRAMS = 30
 
@@ -40,23 +44,33 @@ class _PairSocket:
         self.sock.close()
 
 
-def test_batches_sent_on_the_timer_reuse_the_row_buffers() -> None:
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    config = SimpleNamespace(decoder="c", decapsulate=(), keep_outer=False, batch_ms=50,
-                             coalesce_ms=0, snaplen=0)
+def _reader(ours: socket.socket, batch_ms: int, coalesce_ms: int,
+            emit: Callable[[FlowBatch], None]) -> GroupReader:
+    """A started C-decoder reader of ``ours`` handing its batches to ``emit``."""
+    config = SimpleNamespace(decoder="c", decapsulate=(), keep_outer=False, batch_ms=batch_ms,
+                             coalesce_ms=coalesce_ms, snaplen=0)
     owner = SimpleNamespace(config=config, fragments=None, name="ingest.nflog[0]",
                             log=logging.getLogger("test_reader_buffers"))
     reader = GroupReader(owner, _PairSocket(ours), [])
+    reader.start(SimpleNamespace(emit=emit, wait_for_room=lambda limit: None))
+    return reader
+
+
+def _wait_until(done: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_batches_sent_on_the_timer_reuse_the_row_buffers() -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     flows: list[int] = []  # the consumer keeps only the count: the batch is freed at once
-    reader.start(SimpleNamespace(emit=lambda batch: flows.append(len(batch.flows)),
-                                 wait_for_room=lambda limit: None))
+    reader = _reader(ours, 50, 0, lambda batch: flows.append(len(batch.flows)))
     try:
         for i in range(DATAGRAMS):
             theirs.send(_many_flows(40, start=100 * i))
             time.sleep(0.015)
-        deadline = time.monotonic() + 10
-        while sum(flows) < 40 * DATAGRAMS and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _wait_until(lambda: sum(flows) >= 40 * DATAGRAMS)
     finally:
         reader.stopping.set()
         reader.thread.join(timeout=10)
@@ -66,3 +80,27 @@ def test_batches_sent_on_the_timer_reuse_the_row_buffers() -> None:
     assert len(flows) >= 4  # batches of several datagrams each, most sent on the timer
     assert stats["row_buffers_new"] <= 2, (flows, stats)  # the pool's two, then reused
     assert stats["row_buffers_reused"] == len(flows) - stats["row_buffers_new"], stats
+
+
+def test_one_batch_gathers_many_wakeups_and_keeps_every_packet_and_gap() -> None:
+    """With a long ``batch_ms`` the reader wakes for every datagram but runs its Python (and
+    the pipeline gets a batch) far less often; the batches hold every packet received, and
+    the packets of the datagrams lost on the way are their sequence gaps, exactly."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    datagrams = _sequenced(DATAGRAMS, 20, lost={4, 17, 18})
+    batches: list[tuple[int, int]] = []  # (packets, dropped packets) of each batch
+    reader = _reader(ours, 1000, 1, lambda batch: batches.append(
+        (int(batch.flows["packets"].sum()), batch.dropped_packets)))
+    try:
+        for d in datagrams:
+            theirs.send(d)
+            time.sleep(0.005)
+        _wait_until(lambda: sum(b[0] for b in batches) >= 20 * len(datagrams))
+    finally:
+        reader.stopping.set()
+        reader.thread.join(timeout=10)
+        theirs.close()
+    assert sum(b[0] for b in batches) == reader.counters["packets"] == 20 * len(datagrams)
+    assert sum(b[1] for b in batches) == 3 * 20  # the lost datagrams' packets
+    assert reader.counters["batches"] == len(datagrams)
+    assert reader.counters["wakeups"] > len(batches), (reader.counters, batches)
