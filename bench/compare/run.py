@@ -49,7 +49,8 @@ sampled from /proc, exact from ``wait4`` at the end) per million packets sent an
 flows; peak RSS (sum of ``VmHWM`` over its processes); the load average at each run's start.
 The raw results (``--json``, and each ``round ...`` line on stderr) also split the observer's
 CPU into phases (``cpu_phases``: ``flood``, ``settle`` with ``settle_s`` its wait, and ``stop``:
-the flush and exit) and the flood's and settle's CPU by thread (``cpu_threads``).
+the flush and exit) and the flood's and settle's CPU by thread (``cpu_threads``, from the
+scheduler's run time in ``schedstat``: 0.1 ms steps where ``stat`` counts 10 ms ticks).
 Every flood is bounded in packets and seconds; everything started is stopped by PID and the
 namespaces are deleted.
 """
@@ -175,9 +176,10 @@ class Usage:
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds (user + system) of each thread of ``pid``, keyed ``name/tid`` (``main``
-    for the main thread; Python does not name its threads in the kernel); empty once it
-    is gone."""
+    """CPU seconds of each thread of ``pid``, keyed ``name/tid`` (``main`` for the main
+    thread; Python does not name its threads in the kernel); empty once it is gone. From
+    ``schedstat`` (the scheduler's run time in ns: a flood phase of 0.1 s is ten of the
+    ``stat`` ticks, too coarse to compare builds), else user + system ticks."""
     out: dict[str, float] = {}
     with contextlib.suppress(OSError):
         for tid in os.listdir(f"/proc/{pid}/task"):
@@ -185,14 +187,23 @@ def thread_cpu(pid: int) -> dict[str, float]:
                 stat = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
                 name = "main" if int(tid) == pid else (
                     f'{stat[stat.index("(") + 1:stat.rindex(")")]}/{tid}')
-                fields = stat[stat.rindex(")") + 2:].split()
-                out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+                out[name] = out.get(name, 0.0) + _task_cpu(pid, tid, stat)
     return out
 
 
+def _task_cpu(pid: int, tid: str, stat: str) -> float:
+    """One thread's CPU seconds: ``schedstat``'s run time, else ``stat``'s ticks."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        run_ns = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+        if run_ns:
+            return run_ns / 1e9
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
 def _minus(now: dict[str, float], then: dict[str, float]) -> dict[str, float]:
-    return {k: round(v - then.get(k, 0.0), 2) for k, v in now.items()
-            if round(v - then.get(k, 0.0), 2)}
+    return {k: round(v - then.get(k, 0.0), 4) for k, v in now.items()
+            if round(v - then.get(k, 0.0), 4)}
 
 
 def end_tree(proc: subprocess.Popen, usage: Usage | None, timeout: float) -> None:

@@ -1,8 +1,9 @@
 """``[[ingest.nflog]]``: one reader thread per NFLOG group, batches of per-flow sums.
 
 The datagrams waiting on a socket are read back to back into the decoder (``decoders.py``):
-with the C decoder they are received and summed per flow in C, and the sums go to the
-pipeline every ``batch_ms`` as FlowBatches of at most ``TAKE_LIMIT`` flows; with the Python
+with the C decoder they are waited for, received and summed per flow in C (the thread runs
+Python once per batch), and the sums go to the pipeline every ``batch_ms`` (or once
+``_HOLD_FLOWS`` are held) as FlowBatches of at most ``TAKE_LIMIT`` flows; with the Python
 decoder every read becomes a PacketBatch of packets (``decoder`` option).
 
 Life cycle: ``agent_start`` opens and binds a socket per group (inside ``netns`` when set),

@@ -7,11 +7,12 @@ the receive buffers into batches for the cache, with the same accounting:
   :class:`~agent.packet.PacketParser`, one :data:`~agent.model.Packet` per packet in a
   :class:`~agent.model.PacketBatch` (``agent_cache_packets``).
 * :class:`CBatcher` (``decoder = "c"``): ``netflow_agent.plugins.ingest_nflog._nflog``
-  (``_nflog.c``) receives the datagrams waiting on the socket (:meth:`CBatcher.read`), walks
-  them, parses the IP headers and sums the packets per flow key in C, with the GIL
-  released; ``take()`` hands back at most :data:`TAKE_LIMIT` flows at a time as the rows of
-  a columnar :class:`~agent.model.FlowBatch`, without a Python object per flow
-  (``agent_cache_flows``); the rest stays ``pending``. Same keys, packets, bytes, TCP
+  (``_nflog.c``) waits for the socket and receives what arrives until the sums are due
+  (:meth:`CBatcher.serve`), walks the datagrams, parses the IP headers and sums the packets
+  per flow key in C, with the GIL released; ``take()`` hands back at most
+  :data:`TAKE_LIMIT` flows at a time as the rows of a columnar
+  :class:`~agent.model.FlowBatch`, without a Python object per flow (``agent_cache_flows``);
+  the rest stays ``pending``. Same keys, packets, bytes, TCP
   flags (so FIN/RST still end flows), output interface, times and counters, and the same
   fragment tracking (``[cache] fragments``) and tunnel decapsulation (``decapsulate``).
 
