@@ -1528,23 +1528,31 @@ static void pause_for(int64_t ns, int64_t until)
 	nanosleep(&ts, NULL);
 }
 
+/* How long serve() may wait now: until the sums are due while flows are pending, never past
+ * the call's end. */
+static inline int64_t wait_until(const Aggregator *self, int64_t end, int64_t due)
+{
+	return pending_flows(self) && due < end ? due : end;
+}
+
 /* serve()'s loop (GIL released): wait, read everything waiting, let the next kernel batches
- * gather for `pause` ns, again, until the sums are due (`due`, or `hold` flows pending) or
- * the socket stays empty until its deadline (`due` while flows are pending, else `end`). */
+ * gather for `pause` ns, again, until the sums are due (`due`, or `hold` flows pending), the
+ * socket stays empty until they are due or, with nothing pending, until `end` (timed_out),
+ * or `end` passed. */
 static void serve_socket(Aggregator *self, int fd, int64_t end, int64_t due, int64_t pause,
 			 size_t hold, size_t max_datagrams, size_t max_bytes,
 			 struct serve_counts *sc)
 {
 	for (;;) {
 		struct read_counts rc = {0};
-		int64_t until = pending_flows(self) ? due : end, now;
+		int64_t until = wait_until(self, end, due), now;
 		int ready = wait_readable(fd, until);
 
 		if (ready <= 0) {
 			if (ready < 0)
 				sc->r.error = errno;
-			else
-				sc->timed_out = 1;
+			else  /* not at `end` with sums held that are not due yet */
+				sc->timed_out = until == due || !pending_flows(self);
 			return;
 		}
 		read_socket(self, fd, max_datagrams, max_bytes, &rc);
@@ -1561,7 +1569,7 @@ static void serve_socket(Aggregator *self, int fd, int64_t end, int64_t due, int
 		    (pending_flows(self) && now >= due))
 			return;
 		if (!rc.full && pause > 0)
-			pause_for(pause, pending_flows(self) ? due : end);
+			pause_for(pause, wait_until(self, end, due));
 	}
 }
 
@@ -1573,9 +1581,10 @@ PyDoc_STRVAR(serve_doc,
 	     "pause_ms when the round emptied the socket (the next kernel batches gather: one\n"
 	     "wakeup for many), and again, until the flows fed are due to go on: due_ms from\n"
 	     "now passed while flows are pending, or `hold` flows are pending; or until the\n"
-	     "socket stays empty that long (timed_out = 1; with nothing pending, up to\n"
-	     "timeout_ms), or timeout_ms passed, or a receive error (errno). rounds: the\n"
-	     "wakeups that read; the other values as read() returns them, summed.");
+	     "socket stays empty that long (timed_out = 1; with nothing pending, for\n"
+	     "timeout_ms), or timeout_ms passed (a call never waits longer), or a receive\n"
+	     "error (errno). rounds: the wakeups that read; the other values as read()\n"
+	     "returns them, summed.");
 
 static PyObject *Aggregator_serve(Aggregator *self, PyObject *args)
 {

@@ -327,8 +327,9 @@ def test_serve_sums_many_datagrams_in_one_call_with_exact_counts_and_gaps() -> N
 
 def test_serve_returns_when_the_sums_are_due() -> None:
     """serve() hands back once ``hold`` flows are pending (more datagrams still waiting),
-    once ``due_ms`` passed with flows pending, or after ``timeout_ms`` with nothing; a
-    receive error ends it with its errno; the calls together lose nothing."""
+    once ``due_ms`` passed with flows pending, after ``timeout_ms`` with nothing, and never
+    waits past ``timeout_ms`` (the reader's stop flag is seen in time); a receive error ends
+    it with its errno; the calls together lose nothing."""
     ext = _ext()
     datagrams = _sequenced(10, 8, lost=set())
     reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -345,7 +346,12 @@ def test_serve_returns_when_the_sums_are_due() -> None:
         rows += bytes(agg.take()[0])
         idle = _serve(agg, reader.fileno(), timeout_ms=20)
         assert (idle.datagrams, idle.rounds, idle.timed_out, agg.pending) == (0, 0, True, 0)
-    assert len(rows) == 80 * decoders.TAKE_DTYPE.itemsize and agg.seq_gaps == 0
+        writer.send(datagrams[0])  # sums held, not due for a minute: the call still ends
+        bounded = _serve(agg, reader.fileno(), timeout_ms=20, due_ms=60_000)
+        assert (bounded.datagrams, bounded.timed_out, agg.pending) == (1, False, 8)
+        rows += bytes(agg.take()[0])
+    assert len(rows) == 88 * decoders.TAKE_DTYPE.itemsize
+    assert agg.seq_resets == 1 and agg.seq_gaps == 0  # datagram 0 again: a reset, no loss
     pipe_r, pipe_w = os.pipe()  # readable, but not a socket: the error comes back
     try:
         os.write(pipe_w, b"x")
