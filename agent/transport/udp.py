@@ -36,12 +36,18 @@ follows ipt_NETFLOW's behaviour and statistics (README "HOW TO READ STAT", ``soc
 * with ``rate_limit`` (datagrams per second), datagrams go through a
   :class:`~agent.transport.pacing.PacedSender`: a bounded backlog and a thread that sends
   at that rate, so a burst of expiring flows does not overrun a collector that keeps up
-  with the average. Backlog overflow, and what is still queued when the destination closes
-  after ``flush_timeout_s``, count as lost records.
+  with the average. The thread hands the backlog chunk by chunk to
+  :func:`netflow_agent._udpsend.send_paced` (the token bucket's waits and the bursts in C,
+  the GIL released); a burst the kernel stops short comes back here and each of its
+  datagrams is counted as above. Backlog overflow, and what is still queued when the
+  destination closes after ``flush_timeout_s``, count as lost records.
 
 Nothing here blocks: connect on UDP does not wait, sends are non-blocking, and the only name
-resolution is done at connect time for non-numeric hosts. With pacing, socket use is
-serialised by a lock (the pacing thread sends, the caller's thread polls).
+resolution is done at connect time for non-numeric hosts. With pacing, the counters and
+reconnects are serialised by a lock (the pacing thread sends, the caller's thread polls); the
+C loop sends on the socket without it while it sleeps between bursts (nothing closes or
+replaces a connected socket while the pacing thread runs: :meth:`UdpDestination.close` stops
+it first), and its results are counted under it.
 """
 
 from __future__ import annotations
