@@ -23,6 +23,20 @@
  * first datagram as refused (the caller sends the rest one per call). A GSO message the
  * socket refuses as such (EINVAL, EIO) is sent again without GSO, with the rest of the call,
  * and the third value returned, gso_err, says so.
+ * send_paced(fd, datagrams, start, count, gso_max, state) is the paced sender's loop (the
+ * PacedSender's thread, agent/transport/pacing.py): with the GIL released for the whole call,
+ * it waits on a token bucket (clock_nanosleep on CLOCK_MONOTONIC, the clock of Python's
+ * time.monotonic) and sends each burst the tokens allow as send_burst does, until every
+ * datagram is sent, a burst stops short (returned as (sent, err, gso_err, paid): `paid`
+ * datagrams from start + sent had their tokens but were not sent, the caller counts them
+ * one by one), or the deadline in `state` passes. `state` is a writable buffer of PACE_STATE
+ * doubles, shared with the Python thread while the call runs (one aligned double each, so a
+ * field is read or written whole): the bucket (tokens, stamp in seconds, rate, burst), the
+ * tokens a wake-up waits for, the closing deadline (0: none; the caller may set it at any
+ * time, the loop reads it at every wake-up), and what the call reports as it goes: datagrams
+ * sent (added to the count the caller keeps for a chunk: the backlog shown in the stats), bursts, and the send queue's fill after each
+ * burst (SIOCOUTQ: the last and the largest). A wake-up here costs a timer and a context
+ * switch, no interpreter and no GIL: the Python thread runs once per call, not per burst.
  * A datagram is any object with a contiguous buffer (bytes, the encoders' output; bytearray,
  * memoryview). Each is held by a buffer view while the GIL is released: the sequence may change
  * meanwhile, and a bytearray cannot be resized, so no datagram is freed or moved under the call.
@@ -33,8 +47,10 @@
 #include <netinet/in.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <time.h>
 
 #define CHUNK 256 /* messages per sendmmsg call (the kernel's cap is UIO_MAXIOV, 1024) */
 #ifndef SOL_UDP
@@ -45,6 +61,25 @@
 #endif
 #define GSO_SEGMENTS 64	    /* segments per GSO send (UDP_MAX_SEGMENTS of the first kernels) */
 #define GSO_BYTES 65507	    /* payload bytes per GSO send: the largest UDP payload over IPv4 */
+
+#ifndef SIOCOUTQ
+#define SIOCOUTQ 0x5411 /* linux/sockios.h: bytes not yet sent from the socket's queue */
+#endif
+
+/* send_paced's state: indexes into its buffer of doubles (exported as PACE_* constants) */
+enum {
+	ST_TOKENS,   /* the bucket's tokens now */
+	ST_STAMP,    /* when they were counted, CLOCK_MONOTONIC seconds */
+	ST_RATE,     /* tokens per second (> 0) */
+	ST_BURST,    /* most tokens saved up (>= 1) */
+	ST_WANT,     /* tokens a wake-up waits for (at most the burst) */
+	ST_DEADLINE, /* closing: > 0, send what the tokens allow and stop at this time */
+	ST_DONE,     /* out: datagrams sent (added to: the caller counts a chunk's progress) */
+	ST_BURSTS,   /* out: bursts sent (added to) */
+	ST_FILLED,   /* out: the send queue's bytes after the last burst */
+	ST_PEAK,     /* out: the most seen after a burst (raised, never lowered) */
+	PACE_STATE
+};
 
 /* One message of a burst: `n` datagrams from `first` (iov index); gso > 0: sent as one
  * UDP_SEGMENT send of n segments of `gso` bytes (the last may be shorter). */
@@ -159,6 +194,110 @@ static Py_ssize_t send_all(int fd, struct iovec *iov, struct part *parts, Py_ssi
 	return sent;
 }
 
+static double mono_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* Sleep until CLOCK_MONOTONIC reads `when` (seconds); a signal only shortens the sleep. */
+static void sleep_until(double when)
+{
+	struct timespec ts;
+
+	if (when <= 0)
+		return;
+	ts.tv_sec = (time_t)when;
+	ts.tv_nsec = (long)((when - (double)ts.tv_sec) * 1e9);
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+}
+
+/* The bucket's tokens at `now` (TokenBucket.refill in agent/transport/pacing.py). */
+static void refill(volatile double *st, double now)
+{
+	if (now > st[ST_STAMP]) {
+		double tokens = st[ST_TOKENS] + (now - st[ST_STAMP]) * st[ST_RATE];
+
+		st[ST_TOKENS] = tokens < st[ST_BURST] ? tokens : st[ST_BURST];
+	}
+	st[ST_STAMP] = now;
+}
+
+static void sample_fill(int fd, volatile double *st)
+{
+	int filled = 0;
+
+	if (ioctl(fd, SIOCOUTQ, &filled) < 0)
+		return;
+	st[ST_FILLED] = filled;
+	if (filled > st[ST_PEAK])
+		st[ST_PEAK] = filled;
+}
+
+/* The tokens to wait for before the next burst: `want`, at most what is left and the burst. */
+static double wanted(volatile const double *st, Py_ssize_t left)
+{
+	double want = st[ST_WANT] < st[ST_BURST] ? st[ST_WANT] : st[ST_BURST];
+
+	if (want > (double)left)
+		want = (double)left;
+	return want < 1 ? 1 : want;
+}
+
+/* send_paced's loop (the GIL released): bursts as the tokens allow, sleeping in between. The
+ * datagrams sent; *paid: those of a burst that stopped short that were not sent (fd < 0: a
+ * whole burst, for the caller to try). */
+static Py_ssize_t pace_all(int fd, struct iovec *iov, struct part *parts, Py_ssize_t count,
+			   size_t gso_max, volatile double *st, int *err, int *gso_err,
+			   Py_ssize_t *paid)
+{
+	Py_ssize_t done = 0;
+
+	*err = 0;
+	*paid = 0;
+	while (done < count) {
+		double now = mono_now(), deadline = st[ST_DEADLINE], want, wait;
+		Py_ssize_t n, sent;
+
+		if (deadline > 0 && now >= deadline)
+			break;
+		refill(st, now);
+		want = wanted(st, count - done);
+		n = (Py_ssize_t)st[ST_TOKENS];
+		if (n > count - done)
+			n = count - done;
+		if (n > 0 && (st[ST_TOKENS] >= want || deadline > 0)) {
+			st[ST_TOKENS] -= (double)n;
+			st[ST_BURSTS] += 1;
+			if (fd < 0) {
+				*paid = n;
+				break;
+			}
+			sent = send_all(fd, iov + done, parts, n, *gso_err ? 0 : gso_max, err,
+					gso_err);
+			done += sent;
+			st[ST_DONE] += (double)sent;
+			sample_fill(fd, st);
+			if (sent < n) {
+				*paid = n - sent;
+				break;
+			}
+			continue;
+		}
+		wait = (want - st[ST_TOKENS]) / st[ST_RATE];
+		if (deadline > 0 && now + wait > deadline)
+			wait = deadline - now;
+		sleep_until(now + wait);
+	}
+	return done;
+}
+
 /* Release the first `n` views and the arrays. */
 static void release_views(Py_buffer *views, struct iovec *iov, Py_ssize_t n)
 {
@@ -239,6 +378,64 @@ static PyObject *send_burst(PyObject *self, PyObject *args)
 	return Py_BuildValue("(nii)", sent, err, gso_err);
 }
 
+static PyObject *send_paced(PyObject *self, PyObject *args)
+{
+	int fd, err = 0, gso_err = 0;
+	PyObject *seq, *fast, *state;
+	Py_ssize_t start, count, total, sent = 0, paid = 0, gso_max = 0;
+	Py_buffer views_state, *views = NULL;
+	struct iovec *iov = NULL;
+	struct part *parts = NULL;
+
+	(void)self;
+	if (!PyArg_ParseTuple(args, "iOnnnO:send_paced", &fd, &seq, &start, &count, &gso_max,
+			      &state))
+		return NULL;
+	if (PyObject_GetBuffer(state, &views_state, PyBUF_WRITABLE) < 0)
+		return NULL;
+	if (views_state.len < (Py_ssize_t)(PACE_STATE * sizeof(double)) ||
+	    ((uintptr_t)views_state.buf % sizeof(double)) != 0 ||
+	    ((double *)views_state.buf)[ST_RATE] <= 0 || ((double *)views_state.buf)[ST_BURST] < 1) {
+		PyBuffer_Release(&views_state);
+		PyErr_SetString(PyExc_ValueError, "state must be PACE_STATE aligned doubles with "
+				"a positive rate and a burst of at least 1");
+		return NULL;
+	}
+	fast = PySequence_Fast(seq, "datagrams must be a sequence of bytes-like objects");
+	if (fast == NULL)
+		goto fail_state;
+	total = PySequence_Fast_GET_SIZE(fast);
+	if (start < 0 || count < 0 || start > total || count > total - start) {
+		PyErr_SetString(PyExc_IndexError, "start and count must lie within datagrams");
+		goto fail;
+	}
+	if (count > 0) {
+		parts = PyMem_Malloc(sizeof(*parts) * (size_t)count);
+		if (parts == NULL) {
+			PyErr_NoMemory();
+			goto fail;
+		}
+		if (hold_views(PySequence_Fast_ITEMS(fast) + start, start, count, &views, &iov) < 0) {
+			PyMem_Free(parts);
+			goto fail;
+		}
+		Py_BEGIN_ALLOW_THREADS
+		sent = pace_all(fd, iov, parts, count, gso_max > 0 ? (size_t)gso_max : 0,
+				(volatile double *)views_state.buf, &err, &gso_err, &paid);
+		Py_END_ALLOW_THREADS
+		release_views(views, iov, count);
+		PyMem_Free(parts);
+	}
+	Py_DECREF(fast);
+	PyBuffer_Release(&views_state);
+	return Py_BuildValue("(niin)", sent, err, gso_err, paid);
+fail:
+	Py_DECREF(fast);
+fail_state:
+	PyBuffer_Release(&views_state);
+	return NULL;
+}
+
 static PyMethodDef methods[] = {
 	{"send_burst", send_burst, METH_VARARGS,
 	 "send_burst(fd, datagrams, start, count, gso_max=0) -> (sent, errno, gso_errno)\n\n"
@@ -249,16 +446,46 @@ static PyMethodDef methods[] = {
 	 "gso_max > 0: runs of equal-length datagrams of at most gso_max bytes go as one\n"
 	 "UDP_SEGMENT (GSO) send each; `gso_errno`: why the socket refused a GSO send as such\n"
 	 "(EINVAL, EIO), after which the rest went without GSO; 0 otherwise."},
+	{"send_paced", send_paced, METH_VARARGS,
+	 "send_paced(fd, datagrams, start, count, gso_max, state) -> (sent, errno, gso_errno, paid)\n\n"
+	 "Send datagrams[start:start + count] as send_burst does, in bursts paced by the token\n"
+	 "bucket in `state` (a writable buffer of PACE_STATE doubles, PACE_* indexes), sleeping\n"
+	 "between bursts, with the GIL released for the whole call. Returns once all are sent\n"
+	 "(`sent` == count), at the deadline in state (`sent` < count, `paid` 0), or when a burst\n"
+	 "stops short: `paid` datagrams from start + sent had their tokens but were not sent\n"
+	 "(`errno`: why the first of them was refused, or 0). fd < 0: no socket, each burst is\n"
+	 "returned as `paid` for the caller to handle."},
 	{NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
 	PyModuleDef_HEAD_INIT,
 	.m_name = "netflow_agent._udpsend",
-	.m_doc = "Send a burst of UDP datagrams with one sendmmsg(2) call (agent/_udpsend.c).",
+	.m_doc = "Send bursts of UDP datagrams with sendmmsg(2), one at once or paced by a token "
+		  "bucket (agent/_udpsend.c).",
 	.m_size = -1,
 	.m_methods = methods,
 };
+
+/* The state buffer's layout for Python: PACE_STATE and an index constant per field. */
+static int add_pace_constants(PyObject *mod)
+{
+	static const struct {
+		const char *name;
+		int index;
+	} fields[] = {
+		{"PACE_TOKENS", ST_TOKENS}, {"PACE_STAMP", ST_STAMP}, {"PACE_RATE", ST_RATE},
+		{"PACE_BURST", ST_BURST}, {"PACE_WANT", ST_WANT}, {"PACE_DEADLINE", ST_DEADLINE},
+		{"PACE_DONE", ST_DONE}, {"PACE_BURSTS", ST_BURSTS}, {"PACE_FILLED", ST_FILLED},
+		{"PACE_PEAK", ST_PEAK}, {"PACE_STATE", PACE_STATE},
+	};
+	size_t i;
+
+	for (i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+		if (PyModule_AddIntConstant(mod, fields[i].name, fields[i].index) < 0)
+			return -1;
+	return 0;
+}
 
 PyMODINIT_FUNC PyInit__udpsend(void)
 {
@@ -266,7 +493,8 @@ PyMODINIT_FUNC PyInit__udpsend(void)
 
 	if (mod != NULL && (PyModule_AddIntConstant(mod, "CHUNK", CHUNK) < 0 ||
 			    PyModule_AddIntConstant(mod, "GSO_SEGMENTS", GSO_SEGMENTS) < 0 ||
-			    PyModule_AddIntConstant(mod, "GSO_BYTES", GSO_BYTES) < 0)) {
+			    PyModule_AddIntConstant(mod, "GSO_BYTES", GSO_BYTES) < 0 ||
+			    add_pace_constants(mod) < 0)) {
 		Py_DECREF(mod);
 		return NULL;
 	}

@@ -15,6 +15,15 @@ owns the fix for one destination:
   what is left then is reported through the ``lost`` callback. Nothing is dropped uncounted.
 
 The callback runs on the pacing thread; the caller makes its socket use thread-safe.
+
+With a ``send_paced`` callback (the UDP destinations: :func:`netflow_agent._udpsend.send_paced`,
+agent/_udpsend.c) the thread hands the callback up to :data:`CHUNK_S` worth of the backlog
+at a time, and the token bucket's waits and the bursts run in C with the GIL released: the
+thread's Python runs once per chunk (about 10 times a second at the default rate), not once
+per burst (~130 times), and a burst's wake-up never waits for the GIL or makes the encoding
+thread give it up. The chunk's datagrams still count in the backlog until they are sent (the
+C loop reports its progress in the shared state), a waiting put() is woken at the end of a
+chunk, and closing sets the deadline the C loop reads at every wake-up.
 """
 
 from __future__ import annotations
@@ -22,18 +31,35 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from netflow_agent import privileges
+from netflow_agent._udpsend import (
+    PACE_BURST,
+    PACE_BURSTS,
+    PACE_DEADLINE,
+    PACE_DONE,
+    PACE_RATE,
+    PACE_STAMP,
+    PACE_STATE,
+    PACE_TOKENS,
+    PACE_WANT,
+)
 from netflow_agent.config.schema import option
 
 log = logging.getLogger("netflow_agent.transport.pacing")
 
 #: default burst: this many seconds' worth of tokens may be spent at once
 BURST_S = 0.01
+#: with a ``send_paced`` callback, the pacing thread hands it at most this many seconds' worth
+#: of datagrams per call (at least a burst): the callback sleeps and sends burst by burst in C,
+#: and the thread's Python (a waiting put()'s wake-up, the backlog's bookkeeping) runs once
+#: per chunk; 0.1 s keeps a waiting put() refilling the backlog well before it runs dry
+CHUNK_S = 0.1
 #: exporters' default ``rate_limit``, datagrams per second and destination: about 4 MB/s,
 #: 90k NetFlow v9 records/s, far above a busy router's average, and a burst at this rate
 #: fits a collector's default 208 KiB socket buffer if it reads every 30 ms
@@ -157,7 +183,8 @@ class PacedSender:
     ``bench/export/final_export.py`` on a 2-vCPU VM; at half a burst per wake-up the thread
     used 15-30 % more CPU.)
 
-    :param send: ``send(datagram, records) -> bool``, called on the pacing thread.
+    :param send: ``send(datagram, records) -> bool``, called on the pacing thread (unused,
+        may be ``None``, with ``send_many`` or ``send_paced``).
     :param lost: ``lost(datagram, records)``, called for every datagram still queued at
         :meth:`close`.
     :param rate: datagrams per second (> 0).
@@ -166,19 +193,44 @@ class PacedSender:
     :param clock: monotonic seconds (injectable for tests).
     :param send_many: ``send_many(datagrams, records)`` (two lists of the same length),
         called on the pacing thread with each burst, in order; default: ``send`` on each.
+    :param send_paced: ``send_paced(datagrams, records, state) -> int``, called on the
+        pacing thread with a chunk of the backlog (at most :data:`CHUNK_S` worth) and the
+        token bucket's shared state (``array('d')``, the ``PACE_*`` layout of
+        agent/_udpsend.c): it sends the chunk in paced bursts (``_udpsend.send_paced``) and
+        counts each datagram's outcome, and returns how many it handled (sent or counted
+        lost): all of them, or fewer once the closing deadline in the state passed (the rest
+        go back to the backlog). Needs the default ``clock`` (CLOCK_MONOTONIC, the C loop's).
     """
 
-    def __init__(self, send: Callable[[bytes, int], bool], lost: Callable[[bytes, int], None], *,
+    def __init__(self, send: Callable[[bytes, int], bool] | None,
+                 lost: Callable[[bytes, int], None], *,
                  rate: int, limit: int, name: str = "pacer",
                  clock: Callable[[], float] = time.monotonic,
-                 send_many: Callable[[list[bytes], list[int]], object] | None = None):
+                 send_many: Callable[[list[bytes], list[int]], object] | None = None,
+                 send_paced: Callable[[list[bytes], list[int], array], int] | None = None):
         if rate <= 0 or limit <= 0:
             raise ValueError("rate and limit must be positive")
+        if send is None and send_many is None and send_paced is None:
+            raise ValueError("one of send, send_many and send_paced is needed")
+        if send_paced is not None and clock is not time.monotonic:
+            raise ValueError("send_paced paces on CLOCK_MONOTONIC: no other clock")
         self._send = send
         self._send_many = send_many or self._each
+        self._send_paced = send_paced
         self._lost = lost
         self._clock = clock
         self._bucket = TokenBucket(rate, int(rate * BURST_S), clock())
+        #: 3/4 of a burst per wake-up (see the class docstring)
+        self._want = max(1, self._bucket.burst * 3 // 4)
+        #: the C loop's token bucket and progress (send_paced), shared while it runs
+        self._state = array("d", [0.0] * PACE_STATE)
+        self._state[PACE_RATE] = rate
+        self._state[PACE_BURST] = self._bucket.burst
+        self._state[PACE_WANT] = self._want
+        #: most datagrams per send_paced call, and how many the running call holds
+        self._chunk = max(self._bucket.burst, int(rate * CHUNK_S))
+        self._inflight = 0
+        self._bursts = 0  # bursts sent by the Python loop (the C loop counts in its state)
         #: most datagrams queued while a put() still has time to wait (WAIT_BACKLOG_S)
         self._wait_limit = min(limit, max(self._bucket.burst, int(rate * WAIT_BACKLOG_S),
                                           WAIT_BACKLOG_MIN))
@@ -217,12 +269,12 @@ class PacedSender:
             while True:
                 left_s = deadline - self._clock()  # over: the last try, the whole limit
                 limit = self._wait_limit if left_s > 0 else st.backlog_limit
-                room = 0 if self._closing else max(0, limit - len(self._queue))
+                room = 0 if self._closing else max(0, limit - self._backlog())
                 take = min(room, len(datagrams) - n)
                 self._queue.extend(datagrams[n:n + take])
                 self._counts.extend(records[n:n + take])
                 n += take
-                st.backlog = len(self._queue)
+                st.backlog = self._backlog()
                 st.backlog_peak = max(st.backlog_peak, st.backlog)
                 if take and self._idle:  # a thread waiting for tokens needs no wake-up
                     self._cond.notify_all()
@@ -237,7 +289,16 @@ class PacedSender:
             st.backlog_dropped_records += sum(records[n:])
         return n
 
+    def _backlog(self) -> int:
+        """Datagrams waiting now: queued, and those of a running ``send_paced`` chunk that
+        it has not sent yet."""
+        inflight = self._inflight
+        return len(self._queue) + (inflight - int(self._state[PACE_DONE]) if inflight else 0)
+
     def _run(self) -> None:
+        if self._send_paced is not None:
+            self._run_chunks(self._send_paced)
+            return
         while True:
             batch = self._next_batch()
             if batch is None:
@@ -250,11 +311,70 @@ class PacedSender:
                               self._thread.name, len(batch[0]))
                 for datagram, count in zip(*batch, strict=True):
                     self._lost(datagram, count)
+            self._bursts += 1
             self.stats.paced += len(batch[0])
 
+    def _run_chunks(self, send_paced: Callable[[list[bytes], list[int], array], int]) -> None:
+        """The pacing thread with ``send_paced``: a chunk of the backlog per call."""
+        while True:
+            chunk = self._next_chunk()
+            if chunk is None:
+                return
+            privileges.follow()
+            datagrams, records = chunk
+            try:
+                done = send_paced(datagrams, records, self._state)
+            except Exception:  # must not stop the thread or lose uncounted
+                done = int(self._state[PACE_DONE])
+                log.exception("%s: sending %d paced datagrams failed; %d counted lost",
+                              self._thread.name, len(datagrams), len(datagrams) - done)
+                for datagram, count in zip(datagrams[done:], records[done:], strict=True):
+                    self._lost(datagram, count)
+                done = len(datagrams)
+            self._end_chunk(datagrams, records, done)
+
+    def _next_chunk(self) -> tuple[list[bytes], list[int]] | None:
+        """Wait for datagrams and take up to a chunk, the bucket handed to the C loop;
+        ``None`` when closed and done (or out of time)."""
+        with self._cond:
+            while True:
+                if self._closing and (not self._queue or self._clock() >= self._deadline):
+                    return None
+                if self._queue:
+                    break
+                self._idle = True
+                self._cond.wait()
+                self._idle = False
+            n = min(len(self._queue), self._chunk)
+            pop, popc = self._queue.popleft, self._counts.popleft
+            chunk = [pop() for _ in range(n)], [popc() for _ in range(n)]
+            state = self._state
+            state[PACE_TOKENS], state[PACE_STAMP] = self._bucket.tokens, self._bucket.stamp
+            state[PACE_DONE] = 0.0
+            state[PACE_DEADLINE] = self._deadline if self._closing else 0.0
+            self._inflight = n
+            return chunk
+
+    def _end_chunk(self, datagrams: list[bytes], records: list[int], done: int) -> None:
+        """After a ``send_paced`` call: the bucket back, what it did not handle (the deadline
+        passed) back at the head of the backlog, a waiting put() woken at low water."""
+        with self._cond:
+            state = self._state
+            self._bucket.tokens, self._bucket.stamp = state[PACE_TOKENS], state[PACE_STAMP]
+            if done < len(datagrams):
+                self._queue.extendleft(reversed(datagrams[done:]))
+                self._counts.extendleft(reversed(records[done:]))
+            self._inflight = 0
+            self.stats.paced += done
+            self.stats.backlog = len(self._queue)
+            if self._putters and len(self._queue) <= self._low_water:
+                self._cond.notify_all()
+
     def _each(self, datagrams: list[bytes], records: list[int]) -> None:
+        send = self._send
+        assert send is not None  # __init__: send, send_many or send_paced
         for datagram, count in zip(datagrams, records, strict=True):
-            self._send(datagram, count)
+            send(datagram, count)
 
     def _next_batch(self) -> tuple[list[bytes], list[int]] | None:
         """Wait for datagrams and tokens; ``None`` when closed and done (or out of time)."""
@@ -270,7 +390,7 @@ class PacedSender:
                 now = self._clock()
                 # 3/4 of a burst (or the whole backlog) per wake-up, not a datagram each: the
                 # bucket saves up to a whole burst, so a wake-up a little late loses no tokens
-                want = min(len(self._queue), max(1, self._bucket.burst * 3 // 4))
+                want = min(len(self._queue), self._want)
                 if self._bucket.wait_s(now, want) == 0.0 or self._closing:
                     queued = len(self._queue)
                     n = self._bucket.take(queued, now)
@@ -289,19 +409,31 @@ class PacedSender:
     @property
     def pending(self) -> int:
         """Datagrams waiting now."""
-        return self.stats.backlog
+        with self._cond:
+            return self._backlog()
+
+    @property
+    def bursts(self) -> int:
+        """Bursts sent so far (one wake-up of the pacing loop each)."""
+        return self._bursts + int(self._state[PACE_BURSTS])
+
+    def current_stats(self) -> PacingStats:
+        """:attr:`stats` with the backlog as it is now (a running chunk's progress)."""
+        with self._cond:
+            self.stats.backlog = self._backlog()
+        return self.stats
 
     @property
     def room(self) -> int:
         """Datagrams the backlog can still take now (0 once closing)."""
         with self._cond:
-            return 0 if self._closing else max(0, self.stats.backlog_limit - len(self._queue))
+            return 0 if self._closing else max(0, self.stats.backlog_limit - self._backlog())
 
     def drain_seconds(self, extra: int = 0) -> float:
         """How long sending the current backlog and ``extra`` more datagrams takes at the
         paced rate."""
         with self._cond:
-            queued = len(self._queue)
+            queued = self._backlog()
         return (queued + extra) / self._bucket.rate if self._bucket.rate else 0.0
 
     def close(self, timeout: float) -> None:
@@ -310,6 +442,7 @@ class PacedSender:
         with self._cond:
             self._closing = True
             self._deadline = self._clock() + timeout
+            self._state[PACE_DEADLINE] = self._deadline  # a running C loop reads it
             self._cond.notify_all()
         self._thread.join()
         with self._cond:

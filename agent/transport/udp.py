@@ -36,12 +36,18 @@ follows ipt_NETFLOW's behaviour and statistics (README "HOW TO READ STAT", ``soc
 * with ``rate_limit`` (datagrams per second), datagrams go through a
   :class:`~agent.transport.pacing.PacedSender`: a bounded backlog and a thread that sends
   at that rate, so a burst of expiring flows does not overrun a collector that keeps up
-  with the average. Backlog overflow, and what is still queued when the destination closes
-  after ``flush_timeout_s``, count as lost records.
+  with the average. The thread hands the backlog chunk by chunk to
+  :func:`netflow_agent._udpsend.send_paced` (the token bucket's waits and the bursts in C,
+  the GIL released); a burst the kernel stops short comes back here and each of its
+  datagrams is counted as above. Backlog overflow, and what is still queued when the
+  destination closes after ``flush_timeout_s``, count as lost records.
 
 Nothing here blocks: connect on UDP does not wait, sends are non-blocking, and the only name
-resolution is done at connect time for non-numeric hosts. With pacing, socket use is
-serialised by a lock (the pacing thread sends, the caller's thread polls).
+resolution is done at connect time for non-numeric hosts. With pacing, the counters and
+reconnects are serialised by a lock (the pacing thread sends, the caller's thread polls); the
+C loop sends on the socket without it while it sleeps between bursts (nothing closes or
+replaces a connected socket while the pacing thread runs: :meth:`UdpDestination.close` stops
+it first), and its results are counted under it.
 """
 
 from __future__ import annotations
@@ -54,10 +60,18 @@ import socket
 import struct
 import threading
 import time
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from netflow_agent._udpsend import send_burst
+from netflow_agent._udpsend import (
+    PACE_BURSTS,
+    PACE_DONE,
+    PACE_FILLED,
+    PACE_PEAK,
+    send_burst,
+    send_paced,
+)
 from netflow_agent.transport.pacing import (
     DEFAULT_BACKLOG,
     DEFAULT_FLUSH_S,
@@ -78,6 +92,14 @@ IP_MTU, IPV6_MTU = 14, 24
 #: IP + UDP header bytes in front of each GSO segment's payload, per address family
 _GSO_HEADERS = {socket.AF_INET: (socket.IPPROTO_IP, IP_MTU, 28),
                 socket.AF_INET6: (socket.IPPROTO_IPV6, IPV6_MTU, 48)}
+
+
+def _bytes_like(obj: object) -> bool:
+    try:
+        memoryview(obj)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    return True
 
 
 class EndpointError(ValueError):
@@ -211,9 +233,9 @@ class UdpDestination:
         self.late_lost_records = 0
         self._on_late_loss = on_late_loss
         self._on_loss = on_loss
-        self._pacer = PacedSender(self._paced_send, self._paced_lost, rate=rate_limit,
-                                  limit=backlog, name=f"pace {endpoint}",
-                                  send_many=self._paced_send_many) if rate_limit else None
+        self._pacer = PacedSender(None, self._paced_lost, rate=rate_limit, limit=backlog,
+                                  name=f"pace {endpoint}",
+                                  send_paced=self._paced_send_chunk) if rate_limit else None
 
     # --- connection ----------------------------------------------------------------------
 
@@ -372,37 +394,42 @@ class UdpDestination:
             return True
         return self._lost(records, datagram)
 
-    def _send_many(self, datagrams: Sequence[bytes], records: Sequence[int]) -> list[int]:
-        """Send datagrams in order with as few ``sendmmsg`` calls as the kernel allows; count
-        every datagram's outcome as :meth:`_send_one` does (the caller holds the lock when
-        paced). :return: the indexes of the datagrams lost, in order."""
+    def _send_many(self, datagrams: Sequence[bytes], records: Sequence[int], pos: int = 0,
+                   end: int | None = None,
+                   result: tuple[int, int, int] | None = None) -> list[int]:
+        """Send ``datagrams[pos:end]`` in order with as few ``sendmmsg`` calls as the kernel
+        allows; count every datagram's outcome as :meth:`_send_one` does (the caller holds
+        the lock when paced). ``result``: what a call already made for them returned
+        (``(0, errno, gso_errno)``: the paced loop's burst that stopped short at ``pos``).
+        :return: the indexes of the datagrams lost, in order."""
         lost: list[int] = []
         stats = self.stats
-        pos, end = 0, len(datagrams)
+        end = len(datagrams) if end is None else end
         refused = 0  # ECONNREFUSED answers for datagrams[pos] (a pending one is retried once)
         single = False  # the kernel stopped short or refused one: one per call from here
         while pos < end:
-            sock = self._sock
-            if sock is None and not self.maybe_reconnect():
-                self._lost(records[pos], datagrams[pos])
-                lost.append(pos)
-                pos += 1
-                continue
-            assert self._sock is not None
             count = 1 if single else end - pos
-            try:
-                sent, err, gso_err = send_burst(self._sock.fileno(), datagrams, pos, count,
-                                                self.gso_max)
-            except TypeError:  # not bytes-like: find which one per call, lose only that one
-                if not single:
-                    single = True
+            if result is not None:
+                (sent, err, gso_err), result = result, None
+            else:
+                sock = self._sock
+                if sock is None and not self.maybe_reconnect():
+                    self._lost(records[pos], datagrams[pos])
+                    lost.append(pos)
+                    pos += 1
                     continue
-                self._log.error("%s: datagram of type %s is not bytes-like: counted lost",
-                                self.endpoint, type(datagrams[pos]).__name__)
-                self._lost(records[pos], datagrams[pos])
-                lost.append(pos)
-                pos += 1
-                continue
+                assert self._sock is not None
+                try:
+                    sent, err, gso_err = send_burst(self._sock.fileno(), datagrams, pos, count,
+                                                    self.gso_max)
+                except TypeError:  # not bytes-like: find which one per call, lose only that
+                    if not single:
+                        single = True
+                        continue
+                    self._lose_not_bytes(datagrams, records, pos)
+                    lost.append(pos)
+                    pos += 1
+                    continue
             if gso_err:
                 self._gso_refused(gso_err)
             if sent:
@@ -427,23 +454,59 @@ class UdpDestination:
             refused = 0
         return lost
 
-    def _paced_send(self, datagram: bytes, records: int) -> bool:
-        """The pacing thread's send: one datagram, under the socket lock."""
-        with self._lock:
-            ok = self._send_one(datagram, records)
-            self._sample_fill()
-        if not ok:
-            self._late_loss(datagram, records)
-        return ok
+    def _lose_not_bytes(self, datagrams: Sequence[bytes], records: Sequence[int],
+                        pos: int) -> None:
+        self._log.error("%s: datagram of type %s is not bytes-like: counted lost",
+                        self.endpoint, type(datagrams[pos]).__name__)
+        self._lost(records[pos], datagrams[pos])
 
-    def _paced_send_many(self, datagrams: list[bytes], records: list[int]) -> None:
-        """The pacing thread's send of one burst: one ``sendmmsg`` (while the kernel takes
-        them all), the socket lock taken and the send-queue fill sampled once per burst."""
-        with self._lock:
-            failed = self._send_many(datagrams, records)
-            self._sample_fill()
-        for i in failed:
-            self._late_loss(datagrams[i], records[i])
+    def _paced_send_chunk(self, datagrams: list[bytes], records: list[int],
+                          state: array) -> int:
+        """The pacing thread's send of a chunk of the backlog: ``send_paced`` sleeps and
+        sends burst by burst in C with the GIL released; here, per call, the datagrams it
+        sent are counted, and a burst that stopped short goes through :meth:`_send_many`
+        (every datagram's outcome counted, ECONNREFUSED retried once). Without a socket each
+        burst's datagrams are tried here (a reconnect, or counted lost), still paced.
+        :return: datagrams handled, sent or counted lost (fewer than all only when the
+        closing deadline passed)."""
+        pos, end = 0, len(datagrams)
+        while pos < end:
+            sock = self._sock
+            fd = sock.fileno() if sock is not None else -1
+            try:
+                done, err, gso_err, paid = send_paced(fd, datagrams, pos, end - pos,
+                                                      self.gso_max, state)
+            except TypeError:  # a datagram not bytes-like: pace up to it, lose it alone
+                bad = next(i for i in range(pos, end) if not _bytes_like(datagrams[i]))
+                handled = self._paced_send_chunk(datagrams[pos:bad], records[pos:bad], state)
+                if handled < bad - pos:
+                    return pos + handled
+                with self._lock:
+                    self._lose_not_bytes(datagrams, records, bad)
+                self._late_loss(datagrams[bad], records[bad])
+                state[PACE_DONE] += 1
+                pos = bad + 1
+                continue
+            failed: list[int] = []
+            with self._lock:
+                stats = self.stats
+                if done:
+                    stats.packets_ok += done
+                    stats.bytes_ok += sum(map(len, datagrams[pos:pos + done]))
+                    pos += done
+                self._fill_from(state)
+                if paid:  # a burst stopped short: count each of its datagrams
+                    failed = self._send_many(datagrams, records, pos, pos + paid,
+                                             (0, err, gso_err))
+                    pos += paid
+                    state[PACE_DONE] += paid
+                elif gso_err:
+                    self._gso_refused(gso_err)
+            for i in failed:
+                self._late_loss(datagrams[i], records[i])
+            if not paid and pos < end:  # the closing deadline passed
+                break
+        return pos
 
     def _paced_lost(self, datagram: bytes, records: int) -> None:
         """A datagram still in the backlog when the flush time ran out at close."""
@@ -475,6 +538,12 @@ class UdpDestination:
         self.stats.cberr += 1
         self._last_cberr_ns = self._clock()
         self._was_down = True
+
+    def _fill_from(self, state: array) -> None:
+        """The send-queue fill ``send_paced`` sampled after its bursts."""
+        if state[PACE_BURSTS]:
+            self.stats.filled = int(state[PACE_FILLED])
+            self.stats.peak = max(self.stats.peak, int(state[PACE_PEAK]))
 
     def _sample_fill(self) -> None:
         if self._sock is None:
@@ -544,7 +613,7 @@ class UdpDestination:
         out: dict[str, int | str | bool] = {"destination": self.endpoint}
         out.update(asdict(self.stats))
         if self._pacer is not None:
-            out.update(asdict(self._pacer.stats))
+            out.update(asdict(self._pacer.current_stats()))
         out["connected"] = self.connected
         return out
 

@@ -11,8 +11,8 @@ Printed per ``rate_limit`` (0 = unpaced), medians of ``--runs``: CPU µs per rec
 (``time.process_time``: every thread of the process) while exporting (encoding and queueing;
 unpaced: sending too) and during ``agent_stop`` (the paced backlog), records lost, and for the
 paced runs the pacing thread's own CPU (ms, ``time.thread_time`` as it ends), its bursts
-(one wake-up and one ``sendmmsg`` each) and the rate it achieved (datagrams per second from
-its first burst to its last).
+(one wake-up and one ``sendmmsg`` each, in the C loop of agent/_udpsend.c) and the rate it
+achieved (datagrams per second after the first burst, from its first chunk to its last).
 
 ``--no-gso`` sends without UDP GSO (for an A/B of agent/_udpsend.c's GSO runs).
 
@@ -64,28 +64,36 @@ def collector() -> tuple[int, int]:
 
 class PacerWatch:
     """Wraps :class:`PacedSender`'s thread (a bench-only patch of its private ``_run``): the
-    thread's CPU when it ends, and the time and size of every burst it hands on."""
+    thread's CPU when it ends, its bursts (``PacedSender.bursts``), and the time and size of
+    every chunk it hands to the destination's ``send_paced`` (the C loop's calls)."""
 
     def __init__(self) -> None:
         self.cpu_s = 0.0
-        self.bursts: list[tuple[float, int]] = []
+        self.bursts = 0
+        self.burst_size = 0
+        self.calls: list[tuple[float, float, int]] = []  # (start, end, datagrams)
         self._run = PacedSender._run
 
     def __enter__(self) -> PacerWatch:
         watch, run = self, self._run
 
         def watched(pacer: PacedSender) -> None:
-            send_many = pacer._send_many
+            send_paced = pacer._send_paced
+            assert send_paced is not None  # UdpDestination paces in C
 
-            def timed(datagrams: list[bytes], records: list[int]) -> object:
-                watch.bursts.append((time.monotonic(), len(datagrams)))
-                return send_many(datagrams, records)
+            def timed(datagrams: list[bytes], records: list[int], state: object) -> int:
+                start = time.monotonic()
+                done = send_paced(datagrams, records, state)  # type: ignore[arg-type]
+                watch.calls.append((start, time.monotonic(), done))
+                return done
 
-            pacer._send_many = timed
+            pacer._send_paced = timed
             try:
                 run(pacer)
             finally:
                 watch.cpu_s += time.thread_time()
+                watch.bursts += pacer.bursts
+                watch.burst_size = pacer._bucket.burst
 
         PacedSender._run = watched  # type: ignore[method-assign]
         return self
@@ -94,11 +102,13 @@ class PacerWatch:
         PacedSender._run = self._run  # type: ignore[method-assign]
 
     def rate(self) -> float:
-        """Datagrams per second after the first burst (0 with fewer than two bursts)."""
-        if len(self.bursts) < 2:
+        """Datagrams per second after the first burst (the saved-up tokens), from the first
+        chunk's start to the last one's end (0 without a span)."""
+        if not self.calls:
             return 0.0
-        span = self.bursts[-1][0] - self.bursts[0][0]
-        return sum(n for _, n in self.bursts[1:]) / span if span > 0 else 0.0
+        span = self.calls[-1][1] - self.calls[0][0]
+        sent = sum(n for _, _, n in self.calls) - self.burst_size
+        return sent / span if span > 0 else 0.0
 
 
 def one_run(batch: FlowBatch, rate: int) -> tuple[float, float, int, PacerWatch]:
@@ -147,7 +157,7 @@ def main() -> int:
         total = statistics.median(r[0] + r[1] for r in res)
         watches = [r[3] for r in res]
         pacer = (f"{statistics.median(w.cpu_s for w in watches) * 1e3:.1f} "
-                 f"| {statistics.median(len(w.bursts) for w in watches):.0f} "
+                 f"| {statistics.median(w.bursts for w in watches):.0f} "
                  f"| {statistics.median(w.rate() for w in watches):.0f}") if rate else "- | - | -"
         print(f"| {rate or 'unpaced'} | {exp:.3f} | {stop:.3f} | {total:.3f} "
               f"| {max(r[2] for r in res)} | {pacer} |")

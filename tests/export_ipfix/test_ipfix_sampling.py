@@ -98,6 +98,7 @@ def test_nfcapd_scales_sampled_flows(tmp_path):
         exporter, _ = start(Config(destination=[f"127.0.0.1:{cap.port}"]), interval=32)
         records = [flow(i) for i in range(3)] + [flow(i, v6=True) for i in range(2)]
         exporter.agent_export_flows(records=records)
+        exporter.agent_stop()  # the paced backlog sent (the pacing thread may not have yet)
         got = cap.flows()  # waits until nfcapd read what was sent
     assert "packet interval: 1, packet space: 31" in cap.log
     expected = sorted((r.packets * 32, r.octets * 32, 1) for r in records)

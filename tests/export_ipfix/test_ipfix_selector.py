@@ -153,6 +153,7 @@ def test_nfcapd_still_scales_flow_sampled_records(tmp_path, algorithm):
         exporter, _ = start(f"127.0.0.1:{cap.port}", algorithm)
         exporter.agent_export_flows(records=FLOWS)
         exporter._send_options()
+        exporter.agent_stop()  # the paced backlog sent (the pacing thread may not have yet)
         got = cap.flows()  # waits until nfcapd read what was sent
     expected = sorted((r.packets * N, r.octets * N, 1) for r in FLOWS)
     assert sorted((f["packets"], f["bytes"], f["raw"]["sampled"]) for f in got) == expected

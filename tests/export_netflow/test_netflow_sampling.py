@@ -80,6 +80,7 @@ def test_v5_component_announces_and_nfcapd_scales(tmp_path):
     with Nfcapd(tmp_path / "v5") as cap:
         exp, _ = exporter(cap.port, 5, 100, SAMPLING_DETERMINISTIC)
         exp.agent_export_flows(records=flows(3))
+        exp.agent_stop()  # the paced backlog sent (the pacing thread may not have yet)
         got = cap.flows()  # waits until nfcapd read what was sent
     assert "packet interval: 1, packet space: 99" in cap.log
     assert sorted((f["packets"], f["bytes"], f["raw"]["sampled"]) for f in got) == \
