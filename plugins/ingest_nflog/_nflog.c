@@ -32,6 +32,7 @@
 #include <string.h>
 #include <poll.h>
 #include <time.h>
+#include <unistd.h>
 #include <sys/socket.h>
 
 /* linux/netlink.h, linux/netfilter/nfnetlink_log.h */
@@ -170,6 +171,9 @@ typedef struct {
 	size_t taken; /* flows[:taken] already returned by a bounded take() */
 	uint8_t *rbuf; /* read()'s receive buffer, reused (allocated at the first read) */
 	size_t rbuf_len;
+	/* read() and serve(), cumulative and live (updated per datagram, GIL released) */
+	unsigned long long read_datagrams, read_packets, read_enobufs, read_cut, read_rounds;
+	int64_t resume_at; /* CLOCK_MONOTONIC ns: serve()'s next read waits until then */
 	uint32_t *slots; /* open addressing: flow index + 1, 0 = empty */
 	size_t slots_cap; /* a power of two, or 0 before the first packet */
 	int nomem; /* a packet was lost for want of memory (reported as MemoryError) */
@@ -1388,6 +1392,7 @@ static void read_socket(Aggregator *self, int fd, size_t max_datagrams, size_t m
 			struct read_counts *rc)
 {
 	while (rc->datagrams < max_datagrams) {
+		uint64_t before;
 		ssize_t n = recv(fd, self->rbuf, self->rbuf_len, MSG_DONTWAIT | MSG_TRUNC);
 
 		if (n < 0) {
@@ -1395,6 +1400,7 @@ static void read_socket(Aggregator *self, int fd, size_t max_datagrams, size_t m
 				continue;
 			if (errno == ENOBUFS) { /* the kernel dropped batches: seq gaps count them */
 				rc->enobufs++;
+				self->read_enobufs++;
 				continue;
 			}
 			if (errno != EAGAIN && errno != EWOULDBLOCK)
@@ -1403,9 +1409,13 @@ static void read_socket(Aggregator *self, int fd, size_t max_datagrams, size_t m
 		}
 		if ((size_t)n > self->rbuf_len) { /* cannot happen with our size: a gap */
 			rc->cut++;
+			self->read_cut++;
 			n = (ssize_t)self->rbuf_len;
 		}
+		before = self->acc.packets;
 		walk_buffer(self, self->rbuf, (size_t)n, wall_ns());
+		self->read_packets += self->acc.packets - before; /* live: agent stats */
+		self->read_datagrams++;
 		rc->datagrams++;
 		rc->bytes += (unsigned long long)n;
 		if (rc->bytes >= max_bytes || self->nomem)
@@ -1488,6 +1498,8 @@ struct serve_counts {
 	struct read_counts r;
 	unsigned long long rounds; /* wakeups that read the socket */
 	int timed_out; /* the socket stayed empty until the deadline */
+	int poll_failed; /* r.error is ppoll's, not recv's */
+	int euid_changed; /* the effective UID changed: returned before reading */
 };
 
 /* One wait for the socket, until `until` (CLOCK_MONOTONIC ns): 1 readable, 0 timed out,
@@ -1513,19 +1525,14 @@ static int wait_readable(int fd, int64_t until)
 	}
 }
 
-/* Sleep until `until` at the latest, `ns` at most (EINTR: the rest is skipped). */
-static void pause_for(int64_t ns, int64_t until)
+/* Sleep until `until` (CLOCK_MONOTONIC ns; EINTR: sleeps on). */
+static void sleep_until(int64_t until)
 {
-	int64_t left = until - mono_ns();
-	struct timespec ts;
+	struct timespec ts = {.tv_sec = (time_t)(until / 1000000000LL),
+			      .tv_nsec = (long)(until % 1000000000LL)};
 
-	if (ns > left)
-		ns = left;
-	if (ns <= 0)
-		return;
-	ts.tv_sec = (time_t)(ns / 1000000000LL);
-	ts.tv_nsec = (long)(ns % 1000000000LL);
-	nanosleep(&ts, NULL);
+	while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+		;
 }
 
 /* How long serve() may wait now: until the sums are due while flows are pending, never past
@@ -1535,28 +1542,44 @@ static inline int64_t wait_until(const Aggregator *self, int64_t end, int64_t du
 	return pending_flows(self) && due < end ? due : end;
 }
 
-/* serve()'s loop (GIL released): wait, read everything waiting, let the next kernel batches
- * gather for `pause` ns, again, until the sums are due (`due`, or `hold` flows pending), the
- * socket stays empty until they are due or, with nothing pending, until `end` (timed_out),
- * or `end` passed. */
+/* serve()'s loop (GIL released): let the kernel batches gather until `resume_at` (set by a
+ * round that emptied the socket, this call's or the last one's: the pause outlives the
+ * call), wait, read everything waiting, again, until the sums are due (`due`, or `hold`
+ * flows pending), the socket stays empty until they are due or, with nothing pending, until
+ * `end` (timed_out), or `end` passed (also during the pause: the rest of it is the next
+ * call's). `euid` >= 0: return before reading once the effective UID is no longer that
+ * (root was dropped: the caller's thread gives up its capabilities before it parses). */
 static void serve_socket(Aggregator *self, int fd, int64_t end, int64_t due, int64_t pause,
-			 size_t hold, size_t max_datagrams, size_t max_bytes,
+			 size_t hold, size_t max_datagrams, size_t max_bytes, long euid,
 			 struct serve_counts *sc)
 {
 	for (;;) {
 		struct read_counts rc = {0};
 		int64_t until = wait_until(self, end, due), now;
-		int ready = wait_readable(fd, until);
+		int ready;
 
+		if (self->resume_at > mono_ns()) {
+			sleep_until(self->resume_at < until ? self->resume_at : until);
+			if (mono_ns() < self->resume_at)
+				return; /* the sums are due, or the call's end: before the pause's */
+		}
+		ready = wait_readable(fd, until);
 		if (ready <= 0) {
-			if (ready < 0)
+			if (ready < 0) {
 				sc->r.error = errno;
-			else  /* not at `end` with sums held that are not due yet */
+				sc->poll_failed = 1;
+			} else { /* not at `end` with sums held that are not due yet */
 				sc->timed_out = until == due || !pending_flows(self);
+			}
+			return;
+		}
+		if (euid >= 0 && geteuid() != (uid_t)euid) {
+			sc->euid_changed = 1;
 			return;
 		}
 		read_socket(self, fd, max_datagrams, max_bytes, &rc);
 		sc->rounds++;
+		self->read_rounds++;
 		sc->r.datagrams += rc.datagrams;
 		sc->r.bytes += rc.bytes;
 		sc->r.enobufs += rc.enobufs;
@@ -1565,38 +1588,43 @@ static void serve_socket(Aggregator *self, int fd, int64_t end, int64_t due, int
 		if (rc.error || self->nomem)
 			sc->r.error = rc.error;
 		now = mono_ns();
+		/* emptied the socket: the next read waits for more kernel batches to gather */
+		self->resume_at = !rc.full && pause > 0 ? now + pause : 0;
 		if (rc.error || self->nomem || pending_flows(self) >= hold || now >= end ||
 		    (pending_flows(self) && now >= due))
 			return;
-		if (!rc.full && pause > 0)
-			pause_for(pause, wait_until(self, end, due));
 	}
 }
 
 PyDoc_STRVAR(serve_doc,
-	     "serve(fd, timeout_ms, due_ms, pause_ms, hold, max_datagrams, max_bytes, bufsize)\n"
-	     "    -> (datagrams, bytes, packets, enobufs, cut, errno, full, rounds, timed_out)\n\n"
+	     "serve(fd, timeout_ms, due_ms, pause_ms, hold, max_datagrams, max_bytes, bufsize,\n"
+	     "      euid=-1)\n"
+	     "    -> (datagrams, bytes, packets, enobufs, cut, errno, full, rounds, timed_out,\n"
+	     "        poll_failed, euid_changed)\n\n"
 	     "The reader's loop, with the GIL released: wait for the non-blocking NFLOG socket\n"
-	     "fd, read() what is waiting (at most max_datagrams / max_bytes per round), sleep\n"
-	     "pause_ms when the round emptied the socket (the next kernel batches gather: one\n"
-	     "wakeup for many), and again, until the flows fed are due to go on: due_ms from\n"
-	     "now passed while flows are pending, or `hold` flows are pending; or until the\n"
-	     "socket stays empty that long (timed_out = 1; with nothing pending, for\n"
-	     "timeout_ms), or timeout_ms passed (a call never waits longer), or a receive\n"
-	     "error (errno). rounds: the wakeups that read; the other values as read()\n"
-	     "returns them, summed.");
+	     "fd, read() what is waiting (at most max_datagrams / max_bytes per round), and\n"
+	     "again, until the flows fed are due to go on: due_ms from now passed while flows\n"
+	     "are pending, or `hold` flows are pending; or until the socket stays empty that\n"
+	     "long (timed_out = 1; with nothing pending, for timeout_ms), or timeout_ms passed\n"
+	     "(a call never waits longer), or an error (errno: of the wait when poll_failed,\n"
+	     "else of a receive). A round that emptied the socket makes the next read wait\n"
+	     "pause_ms after it (the next kernel batches gather: one wakeup for many), in this\n"
+	     "call or, when it returned first, at the start of the next one. euid >= 0: return\n"
+	     "before reading once the effective UID is not euid any more (euid_changed).\n"
+	     "rounds: the wakeups that read; the other values as read() returns them, summed.");
 
 static PyObject *Aggregator_serve(Aggregator *self, PyObject *args)
 {
 	int fd;
 	double timeout_ms, due_ms, pause_ms;
 	Py_ssize_t hold, max_datagrams, max_bytes, bufsize;
+	long euid = -1;
 	struct serve_counts sc = {0};
 	uint64_t before = self->acc.packets;
 	int64_t now;
 
-	if (!PyArg_ParseTuple(args, "idddnnnn:serve", &fd, &timeout_ms, &due_ms, &pause_ms,
-			      &hold, &max_datagrams, &max_bytes, &bufsize))
+	if (!PyArg_ParseTuple(args, "idddnnnn|l:serve", &fd, &timeout_ms, &due_ms, &pause_ms,
+			      &hold, &max_datagrams, &max_bytes, &bufsize, &euid))
 		return NULL;
 	if (fd < 0 || hold < 1 || max_datagrams < 1 || max_bytes < 1 || bufsize < 4096 ||
 	    !(timeout_ms >= 0 && timeout_ms <= 3.6e6) || !(due_ms <= 3.6e6) ||
@@ -1616,13 +1644,14 @@ static PyObject *Aggregator_serve(Aggregator *self, PyObject *args)
 	Py_BEGIN_ALLOW_THREADS
 	serve_socket(self, fd, now + (int64_t)(timeout_ms * 1e6),
 		     now + (int64_t)((due_ms > 0 ? due_ms : 0) * 1e6), (int64_t)(pause_ms * 1e6),
-		     (size_t)hold, (size_t)max_datagrams, (size_t)max_bytes, &sc);
+		     (size_t)hold, (size_t)max_datagrams, (size_t)max_bytes, euid, &sc);
 	Py_END_ALLOW_THREADS
 	if (leave(self) < 0)
 		return NULL;
-	return Py_BuildValue("(KKKKKiiKi)", sc.r.datagrams, sc.r.bytes,
+	return Py_BuildValue("(KKKKKiiKiii)", sc.r.datagrams, sc.r.bytes,
 			     (unsigned long long)(self->acc.packets - before), sc.r.enobufs, sc.r.cut,
-			     sc.r.error, sc.r.full, sc.rounds, sc.timed_out);
+			     sc.r.error, sc.r.full, sc.rounds, sc.timed_out, sc.poll_failed,
+			     sc.euid_changed);
 }
 
 PyDoc_STRVAR(take_doc,
@@ -1867,6 +1896,9 @@ static int Aggregator_init(Aggregator *self, PyObject *args, PyObject *kwds)
 	}
 	self->expect_seq = 0; /* a fresh instance numbers its packets from 0 */
 	self->messages = self->seq_gaps = self->seq_resets = self->malformed = 0;
+	self->read_datagrams = self->read_packets = self->read_enobufs = self->read_cut = 0;
+	self->read_rounds = 0;
+	self->resume_at = 0;
 	for (size_t i = 0; i < self->nflows; i++)
 		self->slots[self->flows[i].slot] = 0;
 	self->nflows = self->taken = 0;
@@ -1937,6 +1969,16 @@ static PyMemberDef Aggregator_members[] = {
 	 "packets accounted to their inner flow"},
 	{"decap_failed", T_ULONGLONG, offsetof(Aggregator, decap_failed), READONLY,
 	 "tunnel packets accounted as their outer flow (fragment, no IP inside)"},
+	{"read_datagrams", T_ULONGLONG, offsetof(Aggregator, read_datagrams), READONLY,
+	 "datagrams read() and serve() received (live while they run)"},
+	{"read_packets", T_ULONGLONG, offsetof(Aggregator, read_packets), READONLY,
+	 "packets of those datagrams parsed into flows (live, per datagram)"},
+	{"read_enobufs", T_ULONGLONG, offsetof(Aggregator, read_enobufs), READONLY,
+	 "ENOBUFS reads of read() and serve()"},
+	{"read_cut", T_ULONGLONG, offsetof(Aggregator, read_cut), READONLY,
+	 "datagrams longer than the receive buffer"},
+	{"read_rounds", T_ULONGLONG, offsetof(Aggregator, read_rounds), READONLY,
+	 "serve()'s wakeups that read the socket (live)"},
 	{"pool_reused", T_ULONGLONG, offsetof(Aggregator, pool_reused), READONLY,
 	 "take()s that rewrote a row buffer no one held any more"},
 	{"pool_fresh", T_ULONGLONG, offsetof(Aggregator, pool_fresh), READONLY,

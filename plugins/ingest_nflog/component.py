@@ -115,8 +115,9 @@ class GroupReader:
             self.sock.sock.setblocking(False)  # waits happen in poll(); reads never block
             self.poller.register(self.sock.sock.fileno(), select.POLLIN)
             while not self.stopping.is_set():
+                euid = os.geteuid()  # before following: serve() sees a later drop of root
                 follow_privileges()  # before reading: this thread gives up root's capabilities
-                if not self._serve():
+                if not self._serve(euid):
                     self._step()
             self._finish()
         except Exception:
@@ -126,27 +127,28 @@ class GroupReader:
             self._closed_overruns = self._overruns()
             self.sock.close()
 
-    def _serve(self) -> bool:
+    def _serve(self, euid: int) -> bool:
         """Wait, read and sum in C until the sums are due, then hand them on (the C decoder:
         Python runs once per batch, not once per wakeup; the waits and the ``coalesce_ms``
-        pauses happen in ``serve`` with the GIL released).
+        pauses happen in ``serve`` with the GIL released, and the pause after a read that
+        emptied the socket carries over to the next call). Counters: live from C
+        (:meth:`stats`).
 
+        :param euid: the effective UID before this thread last followed the privileges:
+            while it is root's, ``serve`` returns before reading once it changed (root was
+            dropped), so the thread follows before it parses another packet.
         :return: ``False`` when the decoder cannot (:meth:`_step` does it in Python).
         """
         idle = not self.decoder.pending
         result = self.decoder.serve(self.sock.sock.fileno(), _POLL_S * 1000, self._due_ms(),
                                     self.owner.config.coalesce_ms, _HOLD_FLOWS,
-                                    _DRAIN_DATAGRAMS, _DRAIN_BYTES, len(self.buf))
+                                    _DRAIN_DATAGRAMS, _DRAIN_BYTES, len(self.buf),
+                                    euid if euid == 0 else -1)
         if result is None:
             return False
-        counters = self.counters
-        counters["packets"] += result.packets
-        counters["batches"] += result.datagrams
-        counters["enobufs"] += result.enobufs
-        counters["datagrams_cut"] += result.cut
-        counters["wakeups"] += result.rounds
         if result.errno:
-            self._recv_error(OSError(result.errno, os.strerror(result.errno)))
+            self._recv_error(OSError(result.errno, os.strerror(result.errno)),
+                             "poll" if result.poll_failed else "recv")
         if result.timed_out or self._emit_due():
             self._emit()  # hand on the sums held, release stale fragments
             if result.timed_out and idle and not result.datagrams:  # a whole idle wait
@@ -158,6 +160,7 @@ class GroupReader:
         if not self.poller.poll(self._poll_ms()):
             self._emit()  # release stale fragments
             return
+        follow_privileges()  # root may have been dropped during the wait: before parsing
         more = self._drain()
         self._emit()
         self.counters["wakeups"] += 1
@@ -217,9 +220,11 @@ class GroupReader:
         self._feed(self.buf, n)
         return n
 
-    def _recv_error(self, exc: OSError) -> None:
+    def _recv_error(self, exc: OSError, call: str = "recv") -> None:
+        """Count and log an error of ``call`` (``recv``, or ``poll``: the wait), then pause."""
         self.counters["recv_errors"] += 1
-        self.owner.log.warning("%s: group %d: recv: %s", self.owner.name, self.sock.group, exc)
+        self.owner.log.warning("%s: group %d: %s: %s", self.owner.name, self.sock.group, call,
+                               exc)
         time.sleep(_POLL_S)
 
     def _feed(self, buf: bytearray | bytes, n: int) -> None:
@@ -240,15 +245,22 @@ class GroupReader:
         self.emitted_at = time.monotonic()
 
     def _finish(self) -> None:
-        """UNBIND, then read until its ack: the kernel flushes its partial batch first."""
-        from .netlink import find_ack
-
+        """UNBIND, then read until its ack (the kernel flushes its partial batch first);
+        the sums held go on in any case."""
         try:
             self.sock.unbind_request()
-        except OSError as exc:
+        except OSError as exc:  # no ack will come: hand on what was read, nothing else
             self.owner.log.warning("%s: group %d: unbind: %s", self.owner.name,
                                    self.sock.group, exc)
-            return
+        else:
+            self._drain_to_ack()
+        self._emit(final=True)
+        self.decoder.drop_buffers()  # before the cache's final export needs the memory
+
+    def _drain_to_ack(self) -> None:
+        """Read everything queued up to the UNBIND ack (bounded in time, the rest counted)."""
+        from .netlink import find_ack
+
         # Everything queued before the ack is traffic the kernel logged: read it all. The
         # wait is for progress (the next datagram), bounded overall; what a reader far
         # behind cannot read in that time is counted, never silently left in the socket.
@@ -272,8 +284,6 @@ class GroupReader:
                                  "%.0f s of draining at stop; they are not accounted",
                                  self.owner.name, self.sock.group,
                                  self.counters["unread_at_stop_bytes"], _STOP_DRAIN_MAX_S)
-        self._emit(final=True)
-        self.decoder.drop_buffers()  # before the cache's final export needs the memory
 
     def _unread_bytes(self) -> int:
         """Bytes still queued on the socket (SIOCINQ), 0 when unknown."""
@@ -293,8 +303,12 @@ class GroupReader:
                                  self.sock.group)
 
     def stats(self) -> dict[str, int]:
-        """This group's counters."""
-        return {**self.counters, **self.decoder.stats(), "overruns": self._overruns(),
+        """This group's counters: what the thread counted, plus what the C decoder's
+        ``serve`` received (live, as the decoder's ``messages`` and ``seq_gaps`` are)."""
+        out = dict(self.counters)
+        for key, value in self.decoder.read_counts().items():
+            out[key] += value
+        return {**out, **self.decoder.stats(), "overruns": self._overruns(),
                 "rcvbuf": self._rcvbuf()}
 
     def _overruns(self) -> int:

@@ -75,10 +75,16 @@ class Batcher(Protocol):
         ...
 
     def serve(self, fd: int, timeout_ms: float, due_ms: float, pause_ms: float, hold: int,
-              max_datagrams: int, max_bytes: int, bufsize: int) -> ServeResult | None:
+              max_datagrams: int, max_bytes: int, bufsize: int, euid: int = -1
+              ) -> ServeResult | None:
         """Wait for the non-blocking socket ``fd``, receive and feed what arrives until the
         sums are due (:meth:`CBatcher.serve`); ``None``: this decoder cannot, the reader
         waits, receives and feeds in Python."""
+        ...
+
+    def read_counts(self) -> dict[str, int]:
+        """What :meth:`serve` received so far, live while it runs (the reader's ``packets``,
+        ``batches``, ``wakeups``, ``enobufs`` and ``datagrams_cut`` beyond its own)."""
         ...
 
     def release(self, now_ns: int | None) -> None:
@@ -120,6 +126,8 @@ class ServeResult(NamedTuple):
     full: bool  # the last round stopped at a bound: more may be waiting
     rounds: int  # wakeups that read the socket
     timed_out: bool  # the socket stayed empty until the deadline
+    poll_failed: bool  # errno is the wait's (ppoll), not a receive's
+    euid_changed: bool  # the effective UID changed (root dropped): returned before reading
 
 
 #: most flows in one batch taken from the C aggregator: bounds the transient arrays of a
@@ -209,9 +217,13 @@ class PythonBatcher:
         return len(self.packets) - before
 
     def serve(self, fd: int, timeout_ms: float, due_ms: float, pause_ms: float, hold: int,
-              max_datagrams: int, max_bytes: int, bufsize: int) -> None:
+              max_datagrams: int, max_bytes: int, bufsize: int, euid: int = -1) -> None:
         """See :class:`Batcher`: the reader waits and receives for this decoder."""
         return None
+
+    def read_counts(self) -> dict[str, int]:
+        """See :class:`Batcher`: the reader counts what it receives itself."""
+        return {}
 
     def take(self, source: str) -> PacketBatch | None:
         """See :class:`Batcher`."""
@@ -281,14 +293,24 @@ class CBatcher:
         return int(self.aggregator.feed(buf, n, recv_ns))
 
     def serve(self, fd: int, timeout_ms: float, due_ms: float, pause_ms: float, hold: int,
-              max_datagrams: int, max_bytes: int, bufsize: int) -> ServeResult:
+              max_datagrams: int, max_bytes: int, bufsize: int, euid: int = -1
+              ) -> ServeResult:
         """See :class:`Batcher`: the reader's wait-read-pause loop in C with the GIL
         released, until the sums are due (``due_ms`` from now with flows pending, or
         ``hold`` flows pending) or the socket stays empty that long (at most
         ``timeout_ms``): Python runs once per batch of sums, not once per wakeup
-        (``_nflog.Aggregator.serve``)."""
+        (``_nflog.Aggregator.serve``). A read that emptied the socket makes the next one
+        wait ``pause_ms``, also across calls; ``euid`` >= 0: returns before reading once
+        the effective UID changed (the caller's thread follows the drop of root first)."""
         return ServeResult(*self.aggregator.serve(fd, timeout_ms, due_ms, pause_ms, hold,
-                                                  max_datagrams, max_bytes, bufsize))
+                                                  max_datagrams, max_bytes, bufsize, euid))
+
+    def read_counts(self) -> dict[str, int]:
+        """See :class:`Batcher`: the aggregator's counts, updated per datagram in C."""
+        agg = self.aggregator
+        return {"packets": agg.read_packets, "batches": agg.read_datagrams,
+                "wakeups": agg.read_rounds, "enobufs": agg.read_enobufs,
+                "datagrams_cut": agg.read_cut}
 
     def take(self, source: str, limit: int = TAKE_LIMIT) -> FlowBatch | None:
         """See :class:`Batcher`."""
