@@ -15,12 +15,20 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
-from netflow_agent.model import FlowBatch
+import pytest
+
+from netflow_agent.model import FlowBatch, PacketBatch
+from netflow_agent.plugins.ingest_nflog import component
 from netflow_agent.plugins.ingest_nflog.component import GroupReader
+from netflow_agent.plugins.ingest_nflog.decoders import ServeResult
 from tests.ingest_nflog.test_c_decoder import _many_flows, _sequenced
 
 DATAGRAMS = 30
@@ -48,14 +56,20 @@ class _PairSocket:
         self.sock.close()
 
 
-def _reader(ours: socket.socket, batch_ms: int, coalesce_ms: int,
-            emit: Callable[[FlowBatch], None]) -> GroupReader:
-    """A started C-decoder reader of ``ours`` handing its batches to ``emit``."""
-    config = SimpleNamespace(decoder="c", decapsulate=(), keep_outer=False, batch_ms=batch_ms,
-                             coalesce_ms=coalesce_ms, snaplen=0)
+def _group_reader(ours: socket.socket, batch_ms: int, coalesce_ms: int,
+                  decoder: str = "c") -> GroupReader:
+    """A reader of ``ours`` (not started)."""
+    config = SimpleNamespace(decoder=decoder, decapsulate=(), keep_outer=False,
+                             batch_ms=batch_ms, coalesce_ms=coalesce_ms, snaplen=0)
     owner = SimpleNamespace(config=config, fragments=None, name="ingest.nflog[0]",
                             log=logging.getLogger("test_reader_buffers"))
-    reader = GroupReader(owner, _PairSocket(ours), [])
+    return GroupReader(owner, _PairSocket(ours), [])
+
+
+def _reader(ours: socket.socket, batch_ms: int, coalesce_ms: int,
+            emit: Callable[[Any], None], decoder: str = "c") -> GroupReader:
+    """A started reader of ``ours`` handing its batches to ``emit``."""
+    reader = _group_reader(ours, batch_ms, coalesce_ms, decoder)
     reader.start(SimpleNamespace(emit=emit, wait_for_room=lambda limit: None))
     return reader
 
@@ -109,3 +123,113 @@ def test_one_batch_gathers_many_wakeups_and_keeps_every_packet_and_gap() -> None
     assert sum(b[1] for b in batches) == 3 * 20  # the lost datagrams' packets
     assert stats["batches"] == len(datagrams)
     assert stats["wakeups"] > len(batches), (stats, batches)
+
+
+def _packets(batch: FlowBatch | PacketBatch) -> int:
+    """The packets of either decoder's batch."""
+    if isinstance(batch, FlowBatch):
+        return int(batch.flows["packets"].sum())
+    return len(batch.packets)
+
+
+@pytest.mark.parametrize(("decoder", "batch_ms", "coalesce_ms", "every_s", "count"), [
+    ("c", 0, 20, 0.002, 250),  # the sums due at every read: the pause still follows it
+    ("python", 0, 20, 0.002, 250),
+    ("c", 1000, 500, 0.02, 80),  # a pause longer than serve()'s 0.2 s call bound
+])
+def test_coalesce_ms_paces_the_wakeups(decoder: str, batch_ms: int, coalesce_ms: int,
+                                       every_s: float, count: int) -> None:
+    """After a read that emptied the socket the reader waits ``coalesce_ms`` before it reads
+    again, whether or not the sums went on in between and however long the pause: a steady
+    trickle of datagrams wakes it at most once per pause (plus the first wakeup; no round
+    here reaches its 64-datagram bound), and every packet arrives."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    datagrams = _sequenced(count, 1, lost=set())
+    got: list[int] = []
+    reader = _reader(ours, batch_ms, coalesce_ms, lambda b: got.append(_packets(b)), decoder)
+    try:
+        start = time.monotonic()
+        for d in datagrams:
+            theirs.send(d)
+            time.sleep(every_s)
+        _wait_until(lambda: sum(got) >= count)
+        elapsed = time.monotonic() - start
+    finally:
+        reader.stopping.set()
+        reader.thread.join(timeout=10)
+        theirs.close()
+    stats = reader.stats()
+    assert sum(got) == stats["packets"] == count and stats["seq_gaps"] == 0
+    assert 1 <= stats["wakeups"] <= elapsed * 1000 / coalesce_ms + 1, (stats, elapsed)
+    assert not reader.thread.is_alive()
+
+
+def test_held_sums_go_on_at_stop_also_when_unbind_fails() -> None:
+    """The UNBIND request fails (a socket pair here; a closed netlink socket in life): no
+    stop drain, but the sums held for a long ``batch_ms`` still reach the pipeline."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    got: list[int] = []
+    reader = _reader(ours, 60_000, 0, lambda b: got.append(_packets(b)))
+    try:
+        for d in _sequenced(4, 5, lost=set()):
+            theirs.send(d)
+        _wait_until(lambda: reader.stats()["packets"] == 20)  # read, held, not due
+        assert sum(got) == 0
+    finally:
+        reader.stopping.set()
+        reader.thread.join(timeout=10)
+        theirs.close()
+    assert sum(got) == 20
+
+
+def test_a_failed_wait_is_logged_as_a_poll_error(caplog: pytest.LogCaptureFixture,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve() says its errno is the wait's: the log names poll, not recv."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with ours, theirs:
+        reader = _group_reader(ours, 50, 0)
+        failed = ServeResult(0, 0, 0, 0, 0, errno.EINVAL, False, 0, False, True, False)
+        monkeypatch.setattr(reader.decoder, "serve", lambda *args: failed)
+        monkeypatch.setattr(component, "_POLL_S", 0.001)  # the pause after an error
+        with caplog.at_level(logging.WARNING):
+            assert reader._serve(-1)
+    assert "group 7: poll: [Errno 22]" in caplog.text and "recv" not in caplog.text
+    assert reader.stats()["recv_errors"] == 1
+
+
+_DROP_WHILE_WAITING = """
+import socket, sys, time
+from netflow_agent import privileges
+from tests.ingest_nflog.test_c_decoder import _sequenced
+from tests.ingest_nflog.test_reader_buffers import _packets, _reader, _wait_until
+
+def emit(batch):  # runs on the reader thread, right after it parsed the datagram
+    status = open("/proc/thread-self/status").read().splitlines()
+    permitted = next(line.split()[1] for line in status if line.startswith("CapPrm:"))
+    seen.append((_packets(batch), int(permitted, 16)))
+
+seen = []
+privileges.prepare()  # as the agent does: threads keep root's permitted set at the switch
+ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+reader = _reader(ours, 0, 0, emit, sys.argv[1])
+time.sleep(0.05)  # the reader waits for the socket
+privileges.drop(privileges.resolve("nobody"), [])
+theirs.send(_sequenced(1, 3, lost=set())[0])
+_wait_until(lambda: seen)
+reader.stopping.set()
+reader.thread.join(timeout=10)
+print(seen)
+"""
+
+
+@pytest.mark.parametrize("decoder", ["c", "python"])
+def test_the_reader_follows_a_drop_of_root_before_it_parses(decoder: str) -> None:
+    """Root is dropped while the reader waits for the socket (as ``agent`` does after the
+    start): the next datagram is parsed by a thread that already gave up root's permitted
+    capabilities (``privileges.follow`` before handling input), not up to a serve() call
+    later. In a child process: the drop cannot be undone."""
+    out = subprocess.run([sys.executable, "-c", _DROP_WHILE_WAITING, decoder],
+                         capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[(3, 0)]", out.stdout  # 3 packets, no capability left
