@@ -68,12 +68,16 @@ class GroupReader:
 
     The socket is non-blocking; the thread waits in ``poll()``, then reads every datagram
     already queued (up to :data:`_DRAIN_DATAGRAMS` / :data:`_DRAIN_BYTES` per round) into the
-    decoder, then sleeps ``coalesce_ms``, and again. The C decoder's sums are emitted once
+    decoder, then, when that emptied the socket, sleeps ``coalesce_ms`` (after handing on
+    sums that are due), and again. The C decoder's sums are emitted once
     ``batch_ms`` passed (or :data:`_HOLD_FLOWS` flows are held, or the socket is idle), so
     the per-batch Python work, and the cache's per-row work, are shared by many kernel
     batches and packets when traffic is heavy; with the C decoder the whole wait-read-pause
     loop up to that point runs in C with the GIL released (:meth:`_serve`), so the thread
     runs Python once per batch, not once per wakeup (counter ``wakeups``: the rounds).
+    After a drop of root the thread follows (:func:`follow_privileges`) before it parses the
+    next datagram: at the top of the loop, after ``poll()`` in Python, and in C ``serve``
+    returns at a wakeup that finds the effective UID changed.
 
     :param pending: datagrams that arrived before the BIND ack (decoded first).
     """
