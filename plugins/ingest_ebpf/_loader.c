@@ -138,8 +138,6 @@ typedef struct {
 	__u32 win_pos;		/* next entry of the window to look at */
 	int win_cpu, win_w;	/* the mapped window: CPU region and window number */
 	__u32 tag_words;	/* tag words per CPU (rodata tag_words) */
-	__u32 *tag_keys;	/* a window's tag words (clear_window_tags), and their zeros */
-	__u64 *tag_zeros;
 	int tag_err;		/* -errno of the walk's first failed tag clear, else 0 */
 	struct ring_buffer *rb;	/* overflow ring, NULL when off */
 	struct ring_buffer *sig_rb;	/* the program's early-drain signals */
@@ -172,10 +170,6 @@ static void loader_release(Loader *self)
 	unmap_window(self);
 	free(self->touched);
 	self->touched = NULL;
-	free(self->tag_keys);
-	free(self->tag_zeros);
-	self->tag_keys = NULL;
-	self->tag_zeros = NULL;
 	self->keys = self->vals = NULL;
 	self->walk_phase = WALK_DONE;
 }
@@ -381,31 +375,28 @@ static int map_window(Loader *self, int cpu, int w)
 	return 0;
 }
 
-/* Tag words of a window: 8 slots to a word, one word per CPU below 8 slots (tags_a/tags_b). */
-static __u32 window_tag_words(const Loader *self)
-{
-	return self->window >= 8 ? self->window / 8 : 1;
-}
-
 /*
- * Zero the tags of the walk's mapped window, whose slots are all empty now: one batch update
- * (array maps, kernel 5.6+). Only then may the program take them without reading them. On an
- * error the tags stay: the program reads a slot behind a matching tag and takes it when empty,
- * and skips the others (their flows go to the next probe or the hash, still counted).
+ * Zero the tags of the walk's mapped window, whose slots are all empty now (tags_a/tags_b,
+ * BPF_F_MMAPABLE: a byte per slot at the slot's own index, 8 bytes per CPU below 8 slots): map
+ * the pages around them, zero them, unmap (one page for a 4,096-slot window). Only then may the
+ * program take those slots without reading them. On an error the tags stay: the program reads
+ * a slot behind a matching tag and takes it when empty, and skips the others (their flows go
+ * to the next probe or the hash, still counted).
  */
 static int clear_window_tags(Loader *self)
 {
 	struct bpf_map *maps[FLOW_MAPS] = { self->skel->maps.tags_a, self->skel->maps.tags_b };
-	__u32 n = window_tag_words(self), count = n;
-	__u32 first = (__u32)self->win_cpu * self->tag_words +
-		      (__u32)self->win_w * self->window / 8;
-	LIBBPF_OPTS(bpf_map_batch_opts, opts);
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	size_t lo = (size_t)self->win_cpu * self->tag_words * 8 + (size_t)self->win_w * self->window;
+	size_t hi = lo + self->window;
+	size_t off = lo / page * page, end = (hi + page - 1) / page * page;
+	void *mem = mmap(NULL, end - off, PROT_READ | PROT_WRITE, MAP_SHARED,
+			 bpf_map__fd(maps[self->walk_index]), (off_t)off);
 
-	for (__u32 i = 0; i < n; i++)
-		self->tag_keys[i] = first + i;
-	if (bpf_map_update_batch(bpf_map__fd(maps[self->walk_index]), self->tag_keys,
-				 self->tag_zeros, &count, &opts))
+	if (mem == MAP_FAILED)
 		return -errno;
+	memset((char *)mem + (lo - off), 0, hi - lo);
+	munmap(mem, end - off);
 	return 0;
 }
 
@@ -540,9 +531,7 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 		self->flows_fd[i] = bpf_map__fd(maps[i]);
 	self->slots = slots;
 	self->touched = calloc((size_t)self->slot_ncpu, sizeof(__u64));
-	self->tag_keys = calloc(window_tag_words(self), sizeof(__u32));
-	self->tag_zeros = calloc(window_tag_words(self), sizeof(__u64));
-	if (!self->touched || !self->tag_keys || !self->tag_zeros) {
+	if (!self->touched) {
 		loader_release(self);
 		PyErr_NoMemory();
 		return -1;
@@ -783,7 +772,7 @@ static __u32 drain_hash(Loader *self, __u32 room, int *err)
  * Append up to `room` taken slots of the walk's slot array to out and zero them, window by
  * window: only the windows slot_touched marked are mapped (one at a time, unmapped when read),
  * so the scan costs what the flows cost and an idle table costs nothing. No syscall per slot:
- * one batch update per window clears its tags once its slots are empty (clear_window_tags).
+ * the window's tags are cleared once its slots are empty (clear_window_tags).
  * Exact without atomics because no program writes to this array between synchronize() and
  * the next set_active(). One row per taken slot: two CPUs may hold the same flow, or one flow
  * may also be in the hash; the cache adds them. *done: the walk is over (every touched window

@@ -48,10 +48,11 @@ struct slot_map slots_b SEC(".maps");
  * without reading it, and one whose probes are all taken goes to the hash without touching
  * them. The slots it probes are those of that word. 256 KB per CPU and table for 262,144 slots
  * (in the L2 cache and 64 pages, where the slots are 23 MB in 5,632 pages). The loader sizes them
- * with the slots and clears a drained window's tags after emptying its slots, so a zero tag
- * always means a free slot. */
+ * with the slots and clears a drained window's tags (mmap) after emptying its slots, so a zero
+ * tag always means a free slot. */
 struct tag_map {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, __u64);
