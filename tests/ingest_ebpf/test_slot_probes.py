@@ -159,6 +159,19 @@ def test_drained_slots_take_new_flows_again(bench):
     assert after[HASH_NEW] - before[HASH_NEW] == second.flows - 64
 
 
+def test_fewer_slots_than_a_tag_word(bench):
+    """4 slots per CPU, one tag word per CPU (a word holds 8): 40 flows take all 4 slots
+    and the rest go to the hash, in each of two drain periods, each flow one exact row."""
+    flood = Flood(flows=40, per_flow=3, concurrent=40)
+    with bench.loader(slots=4) as loader:
+        for period in (1, 2):
+            bench.send(flood)
+            counters = loader.counters()
+            assert_one_row_per_flow(drain(loader), flood)
+            assert counters[SLOT_PACKETS] == period * 4 * flood.per_flow
+            assert counters[HASH_NEW] == period * (flood.flows - 4)
+
+
 def test_windowed_drain_maps_only_touched_windows(bench):
     """65,536 slots per CPU are 16 windows of 4,096 per CPU. 3 flows touch at most 3 windows
     and the drain maps only those; a drain with nothing new maps none; 20,000 flows on one
