@@ -869,9 +869,9 @@ static __always_inline void slot_add(struct flow_slot *s, struct pkt_info *pi, _
  * No atomics: a CPU's slots and tag words are only written by that CPU, and the programs do
  * not nest on one CPU (softirq / bottom halves off).
  */
-static __always_inline int slot_account(void *slots, void *tags, __u32 table,
-					struct pkt_info *pi, __u64 segs, __u64 bytes,
-					struct flow_counters *cnt)
+static __always_inline int slot_probe(void *slots, void *tags, __u32 table,
+				      struct pkt_info *pi, __u64 segs, __u64 bytes,
+				      struct flow_counters *cnt)
 {
 	__u32 cpu = bpf_get_smp_processor_id();
 	__u64 h = slot_hash(&pi->key), tag = slot_tag(h), tw;
@@ -911,6 +911,23 @@ static __always_inline int slot_account(void *slots, void *tags, __u32 table,
 	return 0;
 }
 
+/*
+ * slot_probe() in table `table`'s slots. A BPF-to-BPF call, not inlined: the probe loop's
+ * values live across its (inlined) map lookups and spill to the stack, and inlined they would
+ * spill into the frames of the program and of account_outer(), whose sum (keep_outer) must
+ * stay within the 512-byte stack. Each table has its own call of the lookup: the verifier
+ * inlines a map lookup only when a single map reaches the call instruction.
+ */
+static __noinline int slot_account(struct pkt_info *pi, struct flow_counters *cnt, __u32 table,
+				   __u32 segs, __u64 bytes)
+{
+	if (!pi || !cnt)
+		return 0;
+	if (table)
+		return slot_probe(&slots_b, &tags_b, 1, pi, segs, bytes, cnt);
+	return slot_probe(&slots_a, &tags_a, 0, pi, segs, bytes, cnt);
+}
+
 /* Shared body of every program: sample, parse, account. `frame_len` is the whole frame,
  * `segs` the GSO segment count (1 when not GSO). Returns nothing: the caller passes. */
 /* The bytes of pi's packet: its IP length; for a GSO skb of `segs` segments the sum of the
@@ -922,25 +939,28 @@ static __always_inline __u64 packet_bytes(const struct pkt_info *pi, __u32 frame
 	return pi->ip_len;
 }
 
-/* Add pi's packet to the active table: its slot, else the hash. */
+/* Add pi's packet to the active table: its slot (with `slots`, a constant at each call site),
+ * else the hash. */
 static __always_inline void account_active(struct pkt_info *pi, __u32 segs, __u64 bytes,
-					   struct flow_counters *cnt)
+					   struct flow_counters *cnt, int slots)
 {
 	__u32 zero = 0, *active = bpf_map_lookup_elem(&flow_active, &zero);
 
 	/* One call site per map, not a pointer chosen at run time: the verifier inlines a map
 	 * lookup only when a single map reaches the call instruction. */
 	if (active && *active) {
-		if (!slot_mask || !slot_account(&slots_b, &tags_b, 1, pi, segs, bytes, cnt))
+		if (!slots || !slot_mask || !slot_account(pi, cnt, 1, segs, bytes))
 			account(&flows_b, 1, pi, segs, bytes, cnt);
 	} else {
-		if (!slot_mask || !slot_account(&slots_a, &tags_a, 0, pi, segs, bytes, cnt))
+		if (!slots || !slot_mask || !slot_account(pi, cnt, 0, segs, bytes))
 			account(&flows_a, 0, pi, segs, bytes, cnt);
 	}
 }
 
 /* keep_outer: account a tunnel packet as its outer flow too, as without decapsulate. A
- * global function, verified once rather than along every path of the caller. */
+ * global function, verified once rather than along every path of the caller. The outer flow
+ * goes to the hash, not the per-CPU slots: the program's frame, this function's and
+ * slot_account()'s together would pass the 512-byte stack (exact either way). */
 __noinline int account_outer(struct pkt_info *outer, __u32 frame_len, __u32 segs,
 			     __u32 ifindex, __u32 direction)
 {
@@ -952,7 +972,7 @@ __noinline int account_outer(struct pkt_info *outer, __u32 frame_len, __u32 segs
 	outer->key.ifindex = ifindex;
 	outer->key.direction = direction;
 	record_eth_type(outer);
-	account_active(outer, segs, packet_bytes(outer, frame_len, segs), cnt);
+	account_active(outer, segs, packet_bytes(outer, frame_len, segs), cnt, 0);
 	return 0;
 }
 
@@ -992,7 +1012,7 @@ static __always_inline void observe(__u32 frame_len, __u32 ifindex, __u8 directi
 	pi->key.ifindex = ifindex;
 	pi->key.direction = direction;
 	record_eth_type(pi);
-	account_active(pi, segs, packet_bytes(pi, frame_len, segs), cnt);
+	account_active(pi, segs, packet_bytes(pi, frame_len, segs), cnt, 1);
 }
 
 /* Sampling and the counters entry; NULL means "skip this packet". */
