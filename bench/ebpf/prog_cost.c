@@ -184,6 +184,19 @@ static __u32 window_shift(__u32 slots)
 	return w ? (__u32)__builtin_ctz(w) : 0;
 }
 
+/* As the loader: CPU c owns slot entries [c * slots, (c + 1) * slots) and their tag words
+ * [c * words, (c + 1) * words), 8 slots to a word (one word below 8 slots). */
+static void size_slots(struct flow_bpf *skel, unsigned int slots)
+{
+	unsigned int ncpu = libbpf_num_possible_cpus(), words = slots >= 8 ? slots / 8 : 1;
+
+	skel->rodata->tag_words = words;
+	bpf_map__set_max_entries(skel->maps.slots_a, slots ? slots * ncpu : 1);
+	bpf_map__set_max_entries(skel->maps.slots_b, slots ? slots * ncpu : 1);
+	bpf_map__set_max_entries(skel->maps.tags_a, slots ? words * ncpu : 1);
+	bpf_map__set_max_entries(skel->maps.tags_b, slots ? words * ncpu : 1);
+}
+
 /* Packets in table 0 (hash and slots), -1 if an entry's times are not 0 < first <= last. */
 static long long table_packets(struct flow_bpf *skel, int percpu)
 {
@@ -339,8 +352,7 @@ static int run_new(unsigned int slots, unsigned int maxflows, unsigned int flows
 	skel->rodata->slot_window_shift = window_shift(slots);
 	skel->rodata->percpu = percpu;
 	skel->rodata->fill_threshold = maxflows / 2;	/* drain_threshold = 50 */
-	bpf_map__set_max_entries(skel->maps.slots_a, slots ? slots * libbpf_num_possible_cpus() : 1);
-	bpf_map__set_max_entries(skel->maps.slots_b, slots ? slots * libbpf_num_possible_cpus() : 1);
+	size_slots(skel, slots);
 	bpf_map__set_value_size(skel->maps.slots_a, FLOW_SLOT_BASE_SIZE);	/* as the loader */
 	bpf_map__set_value_size(skel->maps.slots_b, FLOW_SLOT_BASE_SIZE);
 	bpf_map__set_key_size(skel->maps.flows_a, FLOW_KEY_BASE_SIZE);
@@ -362,6 +374,8 @@ static int run_new(unsigned int slots, unsigned int maxflows, unsigned int flows
 				sizeof(struct flow_metrics) * (percpu ? libbpf_num_possible_cpus() : 1)) ||
 		    zero_entries(bpf_map__fd(skel->maps.slots_a),
 				 bpf_map__max_entries(skel->maps.slots_a), sizeof(struct flow_slot)) ||
+		    zero_entries(bpf_map__fd(skel->maps.tags_a),
+				 bpf_map__max_entries(skel->maps.tags_a), sizeof(__u64)) ||
 		    zero_entries(bpf_map__fd(skel->maps.flow_fill), 1, sizeof(struct flow_fill)))
 			return perror("drain the table"), 1;
 	}
@@ -440,9 +454,7 @@ int main(int argc, char **argv)
 					(flow_key_size(l2_fields, mpls_labels) + 7) / 8 : 0;
 	bpf_map__set_key_size(skel->maps.flows_a, flow_key_size(l2_fields, mpls_labels));
 	bpf_map__set_key_size(skel->maps.flows_b, flow_key_size(l2_fields, mpls_labels));
-	/* as the loader: CPU c owns slot entries [c * slots, (c + 1) * slots) */
-	bpf_map__set_max_entries(skel->maps.slots_a, slots ? slots * libbpf_num_possible_cpus() : 1);
-	bpf_map__set_max_entries(skel->maps.slots_b, slots ? slots * libbpf_num_possible_cpus() : 1);
+	size_slots(skel, slots);
 	bpf_map__set_value_size(skel->maps.slots_a,
 				flow_slot_size(flow_key_size(l2_fields, mpls_labels)));
 	bpf_map__set_value_size(skel->maps.slots_b,

@@ -5,10 +5,12 @@ times every BPF program while the fd is open; no sysctl is changed) and samples
 ``bpftool prog show`` twice a second. Every ``flow_tc_*``/``flow_xdp`` program owned by a
 process of that command's tree (one per agent run: a workload, a round) is reported when the
 command ends: packets run, mean ns per run, and how many of its packets inserted a new flow
-into the hash or went to a per-CPU slot (the program's own counters are not visible here, so
-the ratio of runs to flows is the workload's: W2 3 packets per flow, W3 2). Programs of other
-processes (other agents on the machine) are left out. Stats add two clock reads per run
-(about 20-25 ns) to every program: compare figures taken this way with each other only.
+into the hash or went to a per-CPU slot: the program's own counters (its ``flow_stats`` map,
+summed over the CPUs, read at each sample: the last one before the agent stopped), as packets
+in slots and flows inserted into the hash (the rest of the packets went to hash entries
+already there). Programs of other processes (other agents on the machine) are left out.
+Stats add two clock reads per run (about 20-25 ns) to every program: compare figures taken
+this way with each other only.
 
 Run as root: ``python3 bench/ebpf/progstats.py -- python bench/compare/run.py --workload w2
 --rounds 1 --only agent-ebpf``.
@@ -30,6 +32,8 @@ sys.path.insert(0, str(HERE))
 from run import BpfStats  # noqa: E402  (bench/ebpf/run.py)
 
 NAMES = ("flow_tc_ingress", "flow_tc_egress", "flow_xdp")
+#: indices in the program's counters (plugins/ingest_ebpf/decode.py COUNTER_NAMES)
+SLOT_PACKETS, HASH_NEW = 10, 12
 
 
 def descendants(root: int) -> set[int]:
@@ -73,6 +77,23 @@ def prog_ids(pids: set[int]) -> set[int]:
     return ids
 
 
+def counters(map_ids: list[int]) -> list[int] | None:
+    """The program's ``flow_stats`` counters summed over the CPUs (None: not readable)."""
+    for map_id in map_ids:
+        show = subprocess.run(["bpftool", "-j", "map", "show", "id", str(map_id)],
+                              capture_output=True, text=True, check=False).stdout
+        if not show or json.loads(show).get("name") != "flow_stats":
+            continue
+        dump = subprocess.run(["bpftool", "-j", "map", "dump", "id", str(map_id)],
+                              capture_output=True, text=True, check=False).stdout
+        try:
+            per_cpu = json.loads(dump)[0]["formatted"]["values"]
+        except (ValueError, LookupError, TypeError):
+            return None
+        return [sum(v) for v in zip(*(cpu["value"]["v"] for cpu in per_cpu), strict=True)]
+    return None
+
+
 def sample(tree: set[int], seen: dict[int, dict]) -> None:
     """Record the run time of the tree's flow programs (the last value seen wins)."""
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
@@ -83,8 +104,10 @@ def sample(tree: set[int], seen: dict[int, dict]) -> None:
             continue
         if prog["id"] not in seen and prog["id"] not in held:
             continue
-        seen.setdefault(prog["id"], {"first": time.strftime("%H:%M:%S")}).update(
-            name=prog["name"], run_cnt=prog["run_cnt"], run_time_ns=prog["run_time_ns"])
+        entry = seen.setdefault(prog["id"], {"first": time.strftime("%H:%M:%S")})
+        entry.update(name=prog["name"], run_cnt=prog["run_cnt"], run_time_ns=prog["run_time_ns"])
+        if (cnt := counters(prog.get("map_ids", []))) is not None:
+            entry["counters"] = cnt
 
 
 def main() -> int:
@@ -97,11 +120,15 @@ def main() -> int:
         while proc.poll() is None:
             sample(descendants(proc.pid), seen)
             time.sleep(0.5)
-    print("| program id | loaded | name | runs | ns / run |")
-    print("|---|---|---|---|---|")
+    print("| program id | loaded | name | runs | ns / run | packets in slots "
+          "| flows into the hash |")
+    print("|---|---|---|---|---|---|---|")
     for pid, s in sorted(seen.items()):
         per = s["run_time_ns"] / s["run_cnt"] if s["run_cnt"] else 0.0
-        print(f"| {pid} | {s['first']} | {s['name']} | {s['run_cnt']} | {per:.1f} |")
+        cnt = s.get("counters")
+        slots, hashed = (f"{cnt[SLOT_PACKETS]:,}", f"{cnt[HASH_NEW]:,}") if cnt else ("-", "-")
+        print(f"| {pid} | {s['first']} | {s['name']} | {s['run_cnt']} | {per:.1f} | {slots} "
+              f"| {hashed} |")
     return proc.returncode
 
 

@@ -136,6 +136,9 @@ typedef struct {
 	void *win_map;		/* the window's mapping (page-aligned around it) */
 	size_t win_len;
 	__u32 win_pos;		/* next entry of the window to look at */
+	int win_cpu, win_w;	/* the mapped window: CPU region and window number */
+	__u32 tag_words;	/* tag words per CPU (rodata tag_words) */
+	int tag_err;		/* -errno of the walk's first failed tag clear, else 0 */
 	struct ring_buffer *rb;	/* overflow ring, NULL when off */
 	struct ring_buffer *sig_rb;	/* the program's early-drain signals */
 	unsigned long signals;	/* signals read by the current take_signals() */
@@ -366,7 +369,34 @@ static int map_window(Loader *self, int cpu, int w)
 	self->win_len = end - off;
 	self->win = (char *)mem + (lo - off);
 	self->win_pos = 0;
+	self->win_cpu = cpu;
+	self->win_w = w;
 	self->windows_scanned++;
+	return 0;
+}
+
+/*
+ * Zero the tags of the walk's mapped window, whose slots are all empty now (tags_a/tags_b,
+ * BPF_F_MMAPABLE: a byte per slot at the slot's own index, 8 bytes per CPU below 8 slots): map
+ * the pages around them, zero them, unmap (one page for a 4,096-slot window). Only then may the
+ * program take those slots without reading them. On an error the tags stay: the program reads
+ * a slot behind a matching tag and takes it when empty, and skips the others (their flows go
+ * to the next probe or the hash, still counted).
+ */
+static int clear_window_tags(Loader *self)
+{
+	struct bpf_map *maps[FLOW_MAPS] = { self->skel->maps.tags_a, self->skel->maps.tags_b };
+	size_t page = (size_t)sysconf(_SC_PAGESIZE);
+	size_t lo = (size_t)self->win_cpu * self->tag_words * 8 + (size_t)self->win_w * self->window;
+	size_t hi = lo + self->window;
+	size_t off = lo / page * page, end = (hi + page - 1) / page * page;
+	void *mem = mmap(NULL, end - off, PROT_READ | PROT_WRITE, MAP_SHARED,
+			 bpf_map__fd(maps[self->walk_index]), (off_t)off);
+
+	if (mem == MAP_FAILED)
+		return -errno;
+	memset((char *)mem + (lo - off), 0, hi - lo);
+	munmap(mem, end - off);
 	return 0;
 }
 
@@ -395,7 +425,7 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 				  "mpls_labels", "chunk_rows", "probes", NULL };
 	unsigned int maxflows = 65536, sampling = 1, ring_bytes = 0, ring_size = 4096, slots = 0;
 	unsigned int fill_threshold = 0, frag_table = 0, frag_timeout = 30, decap = 0;
-	unsigned int l2_fields = 0, mpls_labels = 0, chunk_rows = 16384, probes = 4;
+	unsigned int l2_fields = 0, mpls_labels = 0, chunk_rows = 16384, probes = 8;
 	int percpu = 1, precise_clock = 0, prealloc = 1, keep_outer = 0, err;
 	enum bpf_map_type type;
 	__u64 seed = 0;
@@ -454,6 +484,8 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	self->window = slots ? window_entries(slots) : 1;
 	self->skel->rodata->slot_probes = probes;
 	self->skel->rodata->slot_window_shift = (__u32)__builtin_ctz(self->window);
+	self->tag_words = slots >= 8 ? slots / 8 : 1;
+	self->skel->rodata->tag_words = self->tag_words;
 	self->skel->rodata->fill_threshold = fill_threshold;
 	/* frag_table 0: no tracking (fragments = "ports0"), the map shrinks to one entry */
 	self->skel->rodata->frag_track = frag_table > 0;
@@ -474,6 +506,8 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	self->slot_size = flow_slot_size(self->key_size);
 	bpf_map__set_value_size(self->skel->maps.slots_a, self->slot_size);
 	bpf_map__set_value_size(self->skel->maps.slots_b, self->slot_size);
+	bpf_map__set_max_entries(self->skel->maps.tags_a, slots ? self->tag_words * self->slot_ncpu : 1);
+	bpf_map__set_max_entries(self->skel->maps.tags_b, slots ? self->tag_words * self->slot_ncpu : 1);
 	bpf_map__set_max_entries(self->skel->maps.overflow, ring_size);
 	type = percpu ? BPF_MAP_TYPE_PERCPU_HASH : BPF_MAP_TYPE_HASH;
 	struct bpf_map *maps[FLOW_MAPS] = { self->skel->maps.flows_a, self->skel->maps.flows_b };
@@ -737,11 +771,13 @@ static __u32 drain_hash(Loader *self, __u32 room, int *err)
 /*
  * Append up to `room` taken slots of the walk's slot array to out and zero them, window by
  * window: only the windows slot_touched marked are mapped (one at a time, unmapped when read),
- * so the scan costs what the flows cost and an idle table costs nothing. No syscall per slot.
+ * so the scan costs what the flows cost and an idle table costs nothing. No syscall per slot:
+ * the window's tags are cleared once its slots are empty (clear_window_tags).
  * Exact without atomics because no program writes to this array between synchronize() and
  * the next set_active(). One row per taken slot: two CPUs may hold the same flow, or one flow
  * may also be in the hash; the cache adds them. *done: the walk is over (every touched window
- * read, or an mmap failed: *err then, and the touched words stay for the next drain).
+ * read, or an mmap failed: *err then, and the touched words stay for the next drain; so they
+ * do when a window's tags could not be cleared).
  */
 static __u32 drain_slots(Loader *self, __u32 room, char *out, int *done, int *err)
 {
@@ -768,8 +804,13 @@ static __u32 drain_slots(Loader *self, __u32 room, char *out, int *done, int *er
 				   &slot->m);
 			memset(slot, 0, self->slot_size);
 		}
-		if (self->win_pos >= self->window)
+		if (self->win_pos >= self->window) {
+			int terr = clear_window_tags(self);
+
+			if (terr && !self->tag_err)
+				self->tag_err = terr;
 			unmap_window(self);
+		}
 	}
 	if (!*done && !self->win && !self->walk_bits) {	/* room ended with the last window */
 		int c = self->walk_cpu + 1;
@@ -778,6 +819,8 @@ static __u32 drain_slots(Loader *self, __u32 room, char *out, int *done, int *er
 			c++;
 		*done = c >= self->slot_ncpu;
 	}
+	if (*done && !*err)
+		*err = self->tag_err;	/* the touched words stay: the next drain clears again */
 	if (*done && !*err && self->touched_any) {	/* every touched window is empty again */
 		memset(self->touched, 0, (size_t)self->slot_ncpu * sizeof(__u64));
 		bpf_map_update_elem(bpf_map__fd(self->skel->maps.slot_touched), &self->walk_index,
@@ -829,6 +872,7 @@ static PyObject *Loader_drain_begin(Loader *self, PyObject *args)
 	unmap_window(self);
 	self->walk_cpu = -1;
 	self->walk_bits = 0;
+	self->tag_err = 0;
 	if (self->slots)
 		read_touched(self);
 	Py_RETURN_NONE;

@@ -56,12 +56,13 @@ class Config:
         min=1, max=100)
     cpu_slots: int | Literal["auto"] = option(
         "auto", doc="Per-CPU flow slots checked before the hash table (a power of two; 0 = "
-                    "none): open addressing in an array, 4 probes, a flow in a slot costs one "
-                    "or two cache misses instead of a hash walk. The kernel then holds up to "
-                    "maxflows + cpu_slots per CPU flows per poll interval; kernel memory 2 x "
-                    "cpu_slots x CPUs x 88 bytes (152 with [flow] key fields). \"auto\" = "
+                    "none): open addressing in an array, 8 probes found through a tag "
+                    "byte per slot, a flow in a slot costs one or two cache misses instead of "
+                    "a hash walk. The kernel then holds up to maxflows + cpu_slots per CPU "
+                    "flows per poll interval; kernel memory 2 x cpu_slots x CPUs x 89 bytes "
+                    "(153 with [flow] key fields; tags included). \"auto\" = "
                     "what the hash tables leave of 256 MB (shared map: 262144 per CPU on 2 "
-                    "CPUs, 88 MB; 8192 on 64 CPUs; at least 4096 unless the next bound is "
+                    "CPUs, 89 MB; 8192 on 64 CPUs; at least 4096 unless the next bound is "
                     "lower), all CPUs together at most twice the [cache] maxflows or "
                     "maxflows. The drain maps only the parts of the slots that flows used, "
                     "one at a time: they do not count in the agent's RSS.", min=0, max=2**20)

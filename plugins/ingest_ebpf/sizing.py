@@ -23,6 +23,8 @@ MIN_AUTO_FLOWS = 65536
 #: bytes of one per-CPU slot (``struct flow_slot``, bpf/flow.h): metrics and the base key,
 #: or the whole key when ``[flow]`` optional key fields are on (``flow_slot_size()``)
 SLOT_BYTES, SLOT_EXT_BYTES = 88, 152
+#: bytes of one slot's tag (maps ``tags_a``/``tags_b``, bpf/maps.h)
+TAG_BYTES = 1
 #: most per-CPU slots ``cpu_slots = "auto"`` gives a CPU (22 MB per table and CPU)
 MAX_AUTO_SLOTS = 262144
 #: fewest derived per-CPU slots: the fixed default before "auto" (what hosts with so many
@@ -75,12 +77,14 @@ def kernel_table_size(configured: int, flow_capacity: int, percpu: bool, ncpu: i
 
 
 def slot_bytes(key_fields: bool) -> int:
-    """Bytes of one slot: :data:`SLOT_EXT_BYTES` with ``[flow]`` key fields in the kernel key."""
-    return SLOT_EXT_BYTES if key_fields else SLOT_BYTES
+    """Bytes of one slot and its tag: :data:`SLOT_EXT_BYTES` with ``[flow]`` key fields in
+    the kernel key, else :data:`SLOT_BYTES`, plus :data:`TAG_BYTES`."""
+    return (SLOT_EXT_BYTES if key_fields else SLOT_BYTES) + TAG_BYTES
 
 
 def slot_memory(slots: int, ncpu: int, key_fields: bool = False) -> int:
-    """Kernel memory of both slot arrays: ``slots`` entries per possible CPU each."""
+    """Kernel memory of both slot arrays and their tags: ``slots`` entries per possible CPU
+    each."""
     return 2 * slots * ncpu * slot_bytes(key_fields)
 
 
@@ -95,8 +99,8 @@ def cpu_slots_size(configured: int | str, maxflows: int, flow_capacity: int, per
     CPUs together at most twice
     the smaller of the cache's flow capacity and ``maxflows`` (rounded up per CPU), so a small
     cache or kernel table keeps the slots small too. On 2 CPUs with the default cache and the
-    shared map: 262,144 per CPU, 88 MB beside the 152 MB of the hash tables (131,072 with
-    ``[flow]`` key fields: 152-byte slots); 8,192 on 64 CPUs.
+    shared map: 262,144 per CPU, 89 MB with their tags beside the 152 MB of the hash tables
+    (131,072 with ``[flow]`` key fields: 152-byte slots); 8,192 on 64 CPUs.
 
     :param configured: ``[[ingest.ebpf]] cpu_slots`` (``"auto"`` = derive it).
     :param maxflows: the hash table size in use (:func:`kernel_table_size`).

@@ -6,12 +6,14 @@ packet with sane times (new flows take the tick clock, shared and per-CPU hash, 
 The same harness checks the early-drain trigger: the shared fill count the program adds to in
 steps of 64 inserts per CPU is off by less than a step per CPU, and the drain is
 asked for exactly when it reaches the threshold.
-``progstats.py`` attributes programs to an agent by the BPF program fds its processes hold.
+``progstats.py`` attributes programs to an agent by the BPF program fds its processes hold
+and reads their counters (slot packets, hash inserts) from the program's own map.
 Only counts and ids are asserted, never times.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,12 +22,13 @@ from pathlib import Path
 import pytest
 
 from netflow_agent.plugins.ingest_ebpf._loader import Loader
+from netflow_agent.plugins.ingest_ebpf.decode import COUNTER_NAMES
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "ebpf"
 sys.path.insert(0, str(BENCH))
 
 from prog_cost import NEW_VARIANTS, build  # noqa: E402  (bench/ebpf/prog_cost.py)
-from progstats import prog_ids  # noqa: E402  (bench/ebpf/progstats.py)
+from progstats import HASH_NEW, SLOT_PACKETS, counters, prog_ids  # noqa: E402
 
 pytestmark = pytest.mark.bpf
 
@@ -62,5 +65,22 @@ def test_progstats_finds_the_programs_a_process_holds():
         ours = set(loader.prog_ids().values())
         assert ours and ours <= prog_ids({os.getpid()})
         assert not ours & prog_ids({os.getppid()})
+    finally:
+        loader.close()
+
+
+def test_progstats_reads_the_program_counters():
+    """The counters progstats reports are the program's flow_stats, summed over the CPUs:
+    what the loader's counters() says (all zero on a program nothing ran)."""
+    loader = Loader(maxflows=1024, slots=64)
+    try:
+        prog_id = next(iter(loader.prog_ids().values()))
+        show = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(prog_id)],
+                              capture_output=True, text=True, check=True).stdout
+        got = counters(json.loads(show)["map_ids"])
+        assert got is not None and got[:len(loader.counters())] == list(loader.counters())
+        assert got[SLOT_PACKETS] == 0
+        assert (COUNTER_NAMES[SLOT_PACKETS], COUNTER_NAMES[HASH_NEW]) == ("slot_packets",
+                                                                          "hash_new")
     finally:
         loader.close()

@@ -47,7 +47,7 @@ def test_derived_cpu_slots_share_the_budget_with_the_hash():
                     assert table_memory(table, percpu, ncpu) + slot_memory(
                         slots, ncpu, fields) <= AUTO_MEMORY_BYTES
     shared = kernel_table_size(0, 2_000_000, False, 2)
-    assert cpu_slots_size("auto", shared, 2_000_000, False, 2) == 262_144  # 88 MB
+    assert cpu_slots_size("auto", shared, 2_000_000, False, 2) == 262_144  # 89 MB
     assert cpu_slots_size("auto", shared, 2_000_000, False, 2, key_fields=True) == 131_072
     assert cpu_slots_size("auto", shared, 2_000_000, False, 64) == 8192
     assert cpu_slots_size("auto", shared, 2_000_000, False, 256) == 4096  # the floor

@@ -8,7 +8,8 @@ table 0 is drained as flow_record rows and compared with what was sent:
 * probing: a flow goes to the first free or matching slot of its few probes, else to the
   hash, and stays there for the drain period, so each flow is one row, the kernel's counters
   say which (``slot_packets``, ``hash_new``) and 4 probes leave far fewer flows to the hash
-  than 1 (direct-mapped) at the same load;
+  than 1 (direct-mapped) at the same load; the slots' tags, which the program reads instead
+  of the slots, are cleared with them, so drained slots take new flows again;
 * the windowed drain maps only the windows the program marked, clears the marks, and a row
   written across drain steps and windows is read once;
 * one flow seen on two CPUs is two rows (two slots), which the cache adds.
@@ -138,6 +139,37 @@ def test_full_slots_send_the_rest_to_the_hash(bench):
     assert_one_row_per_flow(rows, flood)
     assert counters[SLOT_PACKETS] == 64 * flood.per_flow
     assert counters[HASH_NEW] == flood.flows - 64
+
+
+def test_drained_slots_take_new_flows_again(bench):
+    """64 slots, filled by 3,000 flows, drained, then 3,000 other flows (the mixed flood:
+    other protocols, ports and destinations): the drain cleared the slots' tags, so the second
+    period's flows take all 64 slots again instead of finding them taken by the first period's
+    tags and going to the hash; every flow of both periods is one exact row."""
+    first, second = Flood(3000, 2, 3000), Flood(3000, 2, 3000, mix=True)
+    with bench.loader(slots=64) as loader:
+        bench.send(first)
+        before = loader.counters()
+        assert_one_row_per_flow(drain(loader, chunk=256), first)
+        bench.send(second)
+        after = loader.counters()
+        rows = drain(loader, chunk=256)
+    assert_one_row_per_flow(rows, second)
+    assert before[SLOT_PACKETS] == after[SLOT_PACKETS] - before[SLOT_PACKETS] == 64 * 2
+    assert after[HASH_NEW] - before[HASH_NEW] == second.flows - 64
+
+
+def test_fewer_slots_than_a_tag_word(bench):
+    """4 slots per CPU, one tag word per CPU (a word holds 8): 40 flows take all 4 slots
+    and the rest go to the hash, in each of two drain periods, each flow one exact row."""
+    flood = Flood(flows=40, per_flow=3, concurrent=40)
+    with bench.loader(slots=4) as loader:
+        for period in (1, 2):
+            bench.send(flood)
+            counters = loader.counters()
+            assert_one_row_per_flow(drain(loader), flood)
+            assert counters[SLOT_PACKETS] == period * 4 * flood.per_flow
+            assert counters[HASH_NEW] == period * (flood.flows - 4)
 
 
 def test_windowed_drain_maps_only_touched_windows(bench):

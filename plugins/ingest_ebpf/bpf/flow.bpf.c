@@ -69,7 +69,8 @@ const volatile __u8 use_overflow = 1;	/* send full-table packets through the rin
 const volatile __u8 precise_clock = 0;	/* read the clock for every packet (else once a tick) */
 const volatile __u32 slot_mask = 0;	/* per-CPU flow slots - 1 (a power of two); 0 = no slots */
 const volatile __u64 slot_seed = 0;	/* random per load: slot positions are not predictable */
-const volatile __u32 slot_probes = 4;	/* consecutive slots probed (1..MAX_SLOT_PROBES) */
+const volatile __u32 slot_probes = 8;	/* slots of the key's tag word probed (1..8) */
+const volatile __u32 tag_words = 1;	/* tag words per CPU: slots / 8, at least 1 */
 const volatile __u32 slot_window_shift = 12; /* log2 of a drain window's entries (slot_touched) */
 const volatile __u64 fill_threshold = 0; /* inserts that make a table ask for a drain; 0 = off */
 const volatile __u8 frag_track = 0;	/* non-first fragments take their first one's ports */
@@ -763,8 +764,9 @@ static __always_inline void account(void *map, __u32 table, struct pkt_info *pi,
 	}
 }
 
-/* The slot of a key: multiply-add over its 64-bit words (the key is 44 bytes, 8-aligned). */
-static __always_inline __u32 slot_index(const struct flow_key *k)
+/* A key's slot hash: multiply-add over its 64-bit words (the key is 44 bytes, 8-aligned), the
+ * high bits folded onto the low ones (a product's low bits see only its inputs' low bits). */
+static __always_inline __u64 slot_hash(const struct flow_key *k)
 {
 	const __u64 *w = (const __u64 *)k;
 	__u64 h = slot_seed;
@@ -783,7 +785,22 @@ static __always_inline __u32 slot_index(const struct flow_key *k)
 	}
 	h ^= h >> 32;
 	h ^= h >> 15;
+	return h;
+}
+
+/* The home slot of a key with slot hash h: its low bits. */
+static __always_inline __u32 slot_home(__u64 h)
+{
 	return (__u32)h & slot_mask;
+}
+
+/* The tag of a key with slot hash h: the top byte of h times an odd constant (which every bit
+ * of h reaches, most of them not the home slot's), 1-255: 0 marks a free slot. */
+static __always_inline __u64 slot_tag(__u64 h)
+{
+	__u64 tag = (h * 0x9e3779b97f4a7c15ULL) >> 56;
+
+	return tag + !tag;
 }
 
 static __always_inline int key_equal(const struct flow_key *a, const struct flow_key *b)
@@ -828,46 +845,87 @@ static __always_inline void slot_take(struct flow_slot *s, struct pkt_info *pi, 
 	s->m.tcp_flags = pi->tcp_flags;
 }
 
-/*
- * Account the packet in this CPU's slots: its key's home slot and the next slot_probes - 1
- * (wrapping within the CPU's region), the first that holds the key or is free; 0 when all of
- * them hold other flows (the caller then uses the hash). Exact without a tombstone: within a
- * drain period a slot is only ever taken, never freed (the drain empties the idle table after
- * the flip), so a key is always found before the first free slot of its probe sequence, and
- * a flow that found them all taken keeps going to the hash until the table is drained. No
- * atomics: a CPU's slots are only written by that CPU, and the programs do not nest on one
- * CPU (softirq / bottom halves off).
- */
-static __always_inline int slot_account(void *slots, __u32 table, struct pkt_info *pi,
-					__u64 segs, __u64 bytes, struct flow_counters *cnt)
+/* Add one more packet of its flow to slot s. */
+static __always_inline void slot_add(struct flow_slot *s, struct pkt_info *pi, __u64 segs,
+				     __u64 bytes, struct flow_counters *cnt)
 {
-	__u32 base = bpf_get_smp_processor_id() * (slot_mask + 1), home = slot_index(&pi->key);
+	s->m.packets += segs;
+	s->m.bytes += bytes;
+	s->m.last_ns = clock_now(cnt);
+	s->m.tcp_flags |= pi->tcp_flags;
+}
 
+/*
+ * Account the packet in this CPU's slots: up to slot_probes slots of its key's tag word (8
+ * slots), from its home slot on (wrapping within the word), the first that holds the key or
+ * is free; 0 when all of them hold other flows (the caller then uses the hash). Only the tags
+ * are read to find it (tags_a/tags_b): a free slot (tag 0) is taken without reading it, a
+ * slot with another tag is skipped without reading it, and only a slot whose tag matches the
+ * key's is read and its key compared. Exact without a tombstone: within a drain period a slot
+ * is only ever taken, never freed (the drain empties the idle table after the flip and then
+ * clears its tags), so a key is always found before the first free slot of its probe
+ * sequence, and a flow that found them all taken keeps going to the hash until the table is
+ * drained. A matching tag on an empty slot (tags the loader could not clear) is a free slot.
+ * No atomics: a CPU's slots and tag words are only written by that CPU, and the programs do
+ * not nest on one CPU (softirq / bottom halves off).
+ */
+static __always_inline int slot_probe(void *slots, void *tags, __u32 table,
+				      struct pkt_info *pi, __u64 segs, __u64 bytes,
+				      struct flow_counters *cnt)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+	__u64 h = slot_hash(&pi->key), tag = slot_tag(h), tw;
+	__u32 home = slot_home(h), word = cpu * tag_words + (home >> 3);
+	__u32 gmask = slot_mask < 7 ? slot_mask : 7;	/* slots of a tag word - 1 */
+	__u64 *tagp = bpf_map_lookup_elem(tags, &word);
+
+	if (!tagp)
+		return 0;
+	tw = *tagp;
 #pragma unroll
 	for (__u32 i = 0; i < MAX_SLOT_PROBES; i++) {
-		__u32 pos = (home + i) & slot_mask, idx = base + pos;
+		__u32 pos = (home & ~gmask) | ((home + i) & gmask);
+		__u32 idx = cpu * (slot_mask + 1) + pos, shift = (pos & 7) * 8;
+		__u64 t = (tw >> shift) & 0xff;
 		struct flow_slot *s;
 
 		if (i >= slot_probes)	/* rodata: the verifier drops the probes past it */
 			break;
+		if (t && t != tag)
+			continue;	/* another flow's slot: probe the next */
 		s = bpf_map_lookup_elem(slots, &idx);	/* NULL past the end */
 		if (!s)
 			return 0;
-		if (!s->m.packets) {	/* free (the drain zeroes what it read): take it */
+		if (t && s->m.packets) {
+			if (!key_equal(&s->key, &pi->key))
+				continue;	/* another flow with the same tag */
+			slot_add(s, pi, segs, bytes, cnt);
+		} else {		/* free (the drain zeroes what it read): take it */
 			slot_take(s, pi, segs, bytes, cnt);
+			*tagp = tw | (tag << shift);
 			touch_window(table, pos);
-		} else if (key_equal(&s->key, &pi->key)) {
-			s->m.packets += segs;
-			s->m.bytes += bytes;
-			s->m.last_ns = clock_now(cnt);
-			s->m.tcp_flags |= pi->tcp_flags;
-		} else {
-			continue;	/* another flow's slot: probe the next */
 		}
 		cnt->v[CNT_SLOT_PACKETS] += segs;
 		return 1;
 	}
 	return 0;
+}
+
+/*
+ * slot_probe() in table `table`'s slots. A BPF-to-BPF call, not inlined: the probe loop's
+ * values live across its (inlined) map lookups and spill to the stack, and inlined they would
+ * spill into the frames of the program and of account_outer(), whose sum (keep_outer) must
+ * stay within the 512-byte stack. Each table has its own call of the lookup: the verifier
+ * inlines a map lookup only when a single map reaches the call instruction.
+ */
+static __noinline int slot_account(struct pkt_info *pi, struct flow_counters *cnt, __u32 table,
+				   __u32 segs, __u64 bytes)
+{
+	if (!pi || !cnt)
+		return 0;
+	if (table)
+		return slot_probe(&slots_b, &tags_b, 1, pi, segs, bytes, cnt);
+	return slot_probe(&slots_a, &tags_a, 0, pi, segs, bytes, cnt);
 }
 
 /* Shared body of every program: sample, parse, account. `frame_len` is the whole frame,
@@ -881,25 +939,28 @@ static __always_inline __u64 packet_bytes(const struct pkt_info *pi, __u32 frame
 	return pi->ip_len;
 }
 
-/* Add pi's packet to the active table: its slot, else the hash. */
+/* Add pi's packet to the active table: its slot (with `slots`, a constant at each call site),
+ * else the hash. */
 static __always_inline void account_active(struct pkt_info *pi, __u32 segs, __u64 bytes,
-					   struct flow_counters *cnt)
+					   struct flow_counters *cnt, int slots)
 {
 	__u32 zero = 0, *active = bpf_map_lookup_elem(&flow_active, &zero);
 
 	/* One call site per map, not a pointer chosen at run time: the verifier inlines a map
 	 * lookup only when a single map reaches the call instruction. */
 	if (active && *active) {
-		if (!slot_mask || !slot_account(&slots_b, 1, pi, segs, bytes, cnt))
+		if (!slots || !slot_mask || !slot_account(pi, cnt, 1, segs, bytes))
 			account(&flows_b, 1, pi, segs, bytes, cnt);
 	} else {
-		if (!slot_mask || !slot_account(&slots_a, 0, pi, segs, bytes, cnt))
+		if (!slots || !slot_mask || !slot_account(pi, cnt, 0, segs, bytes))
 			account(&flows_a, 0, pi, segs, bytes, cnt);
 	}
 }
 
 /* keep_outer: account a tunnel packet as its outer flow too, as without decapsulate. A
- * global function, verified once rather than along every path of the caller. */
+ * global function, verified once rather than along every path of the caller. The outer flow
+ * goes to the hash, not the per-CPU slots: the program's frame, this function's and
+ * slot_account()'s together would pass the 512-byte stack (exact either way). */
 __noinline int account_outer(struct pkt_info *outer, __u32 frame_len, __u32 segs,
 			     __u32 ifindex, __u32 direction)
 {
@@ -911,7 +972,7 @@ __noinline int account_outer(struct pkt_info *outer, __u32 frame_len, __u32 segs
 	outer->key.ifindex = ifindex;
 	outer->key.direction = direction;
 	record_eth_type(outer);
-	account_active(outer, segs, packet_bytes(outer, frame_len, segs), cnt);
+	account_active(outer, segs, packet_bytes(outer, frame_len, segs), cnt, 0);
 	return 0;
 }
 
@@ -951,7 +1012,7 @@ static __always_inline void observe(__u32 frame_len, __u32 ifindex, __u8 directi
 	pi->key.ifindex = ifindex;
 	pi->key.direction = direction;
 	record_eth_type(pi);
-	account_active(pi, segs, packet_bytes(pi, frame_len, segs), cnt);
+	account_active(pi, segs, packet_bytes(pi, frame_len, segs), cnt, 1);
 }
 
 /* Sampling and the counters entry; NULL means "skip this packet". */
