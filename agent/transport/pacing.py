@@ -22,8 +22,9 @@ at a time, and the token bucket's waits and the bursts run in C with the GIL rel
 thread's Python runs once per chunk (about 10 times a second at the default rate), not once
 per burst (~130 times), and a burst's wake-up never waits for the GIL or makes the encoding
 thread give it up. The chunk's datagrams still count in the backlog until they are sent (the
-C loop reports its progress in the shared state), a waiting put() is woken at the end of a
-chunk, and closing sets the deadline the C loop reads at every wake-up.
+C loop reports its progress in the shared state), a waiting put() is woken when a chunk taken
+leaves the queue at low water (it refills while the C loop sends), and closing sets the
+deadline the C loop reads at every wake-up.
 """
 
 from __future__ import annotations
@@ -230,6 +231,7 @@ class PacedSender:
         #: most datagrams per send_paced call, and how many the running call holds
         self._chunk = max(self._bucket.burst, int(rate * CHUNK_S))
         self._inflight = 0
+        self._running: list[bytes] = []  # the chunk the running call holds
         self._bursts = 0  # bursts sent by the Python loop (the C loop counts in its state)
         #: most datagrams queued while a put() still has time to wait (WAIT_BACKLOG_S)
         self._wait_limit = min(limit, max(self._bucket.burst, int(rate * WAIT_BACKLOG_S),
@@ -352,7 +354,9 @@ class PacedSender:
             state[PACE_TOKENS], state[PACE_STAMP] = self._bucket.tokens, self._bucket.stamp
             state[PACE_DONE] = 0.0
             state[PACE_DEADLINE] = self._deadline if self._closing else 0.0
-            self._inflight = n
+            self._inflight, self._running = n, chunk[0]
+            if self._putters and len(self._queue) <= self._low_water:
+                self._cond.notify_all()  # a waiting put() refills while the C loop sends
             return chunk
 
     def _end_chunk(self, datagrams: list[bytes], records: list[int], done: int) -> None:
@@ -364,7 +368,7 @@ class PacedSender:
             if done < len(datagrams):
                 self._queue.extendleft(reversed(datagrams[done:]))
                 self._counts.extendleft(reversed(records[done:]))
-            self._inflight = 0
+            self._inflight, self._running = 0, []
             self.stats.paced += done
             self.stats.backlog = len(self._queue)
             if self._putters and len(self._queue) <= self._low_water:
@@ -417,11 +421,15 @@ class PacedSender:
         """Bursts sent so far (one wake-up of the pacing loop each)."""
         return self._bursts + int(self._state[PACE_BURSTS])
 
-    def current_stats(self) -> PacingStats:
-        """:attr:`stats` with the backlog as it is now (a running chunk's progress)."""
+    def current_stats(self) -> tuple[PacingStats, list[bytes], int]:
+        """:attr:`stats` with the backlog as it is now, the chunk a running ``send_paced``
+        call holds (``[]`` if none) and how many of it it handled: the progress the backlog
+        was computed from, read once, so a caller that holds its counters still can add
+        what was sent since they were last counted."""
         with self._cond:
-            self.stats.backlog = self._backlog()
-        return self.stats
+            done = int(self._state[PACE_DONE]) if self._inflight else 0
+            self.stats.backlog = len(self._queue) + self._inflight - done
+            return self.stats, self._running, done
 
     @property
     def room(self) -> int:
