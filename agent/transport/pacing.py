@@ -70,7 +70,8 @@ DEFAULT_RATE_LIMIT = 3000
 #: records per datagram: 900k flows fit)
 DEFAULT_BACKLOG = 30000
 #: a put() that waits for room (the final export at stop) keeps at most this many seconds of
-#: datagrams queued ahead of the sender (at least a burst), not the whole ``backlog``: the
+#: datagrams queued ahead of the sender (at least a burst; with ``send_paced``, besides the
+#: chunk the C loop holds), not the whole ``backlog``: the
 #: encoder then produces the final export about as fast as it leaves, and a full cache's
 #: datagrams (~9 MB for 200k flows) are never all in memory at once; the stop takes as long
 #: as before (the paced rate sets it)
@@ -270,8 +271,7 @@ class PacedSender:
         with self._cond:
             while True:
                 left_s = deadline - self._clock()  # over: the last try, the whole limit
-                limit = self._wait_limit if left_s > 0 else st.backlog_limit
-                room = 0 if self._closing else max(0, limit - self._backlog())
+                room = 0 if self._closing else max(0, self._room_now(left_s > 0))
                 take = min(room, len(datagrams) - n)
                 self._queue.extend(datagrams[n:n + take])
                 self._counts.extend(records[n:n + take])
@@ -290,6 +290,13 @@ class PacedSender:
             st.backlog_dropped += len(datagrams) - n
             st.backlog_dropped_records += sum(records[n:])
         return n
+
+    def _room_now(self, waiting: bool) -> int:
+        """Datagrams put() may queue now: up to the backlog limit, and while it may still
+        wait, up to the wait limit in the queue (a chunk the C loop holds is at the sender,
+        not queued ahead of it: each wake-up then refills a chunk more)."""
+        room = self.stats.backlog_limit - self._backlog()
+        return min(room, self._wait_limit - len(self._queue)) if waiting else room
 
     def _backlog(self) -> int:
         """Datagrams waiting now: queued, and those of a running ``send_paced`` chunk that
