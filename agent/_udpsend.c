@@ -44,6 +44,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <string.h>
@@ -274,11 +275,11 @@ static Py_ssize_t pace_all(int fd, struct iovec *iov, struct part *parts, Py_ssi
 			n = count - done;
 		if (n > 0 && (st[ST_TOKENS] >= want || deadline > 0)) {
 			st[ST_TOKENS] -= (double)n;
-			st[ST_BURSTS] += 1;
-			if (fd < 0) {
+			if (fd < 0) { /* nothing sent: not a burst (ST_BURSTS counts real sends) */
 				*paid = n;
 				break;
 			}
+			st[ST_BURSTS] += 1;
 			sent = send_all(fd, iov + done, parts, n, *gso_err ? 0 : gso_max, err,
 					gso_err);
 			done += sent;
@@ -378,6 +379,14 @@ static PyObject *send_burst(PyObject *self, PyObject *args)
 	return Py_BuildValue("(nii)", sent, err, gso_err);
 }
 
+/* A rate the loop can divide by and a burst it can count in: finite, rate > 0, burst >= 1
+ * (NaN fails every comparison, so each test is written to fail for it). */
+static int pace_bucket_ok(const double *st)
+{
+	return st[ST_RATE] > 0 && isfinite(st[ST_RATE]) && st[ST_BURST] >= 1 &&
+	       isfinite(st[ST_BURST]);
+}
+
 static PyObject *send_paced(PyObject *self, PyObject *args)
 {
 	int fd, err = 0, gso_err = 0;
@@ -395,10 +404,10 @@ static PyObject *send_paced(PyObject *self, PyObject *args)
 		return NULL;
 	if (views_state.len < (Py_ssize_t)(PACE_STATE * sizeof(double)) ||
 	    ((uintptr_t)views_state.buf % sizeof(double)) != 0 ||
-	    ((double *)views_state.buf)[ST_RATE] <= 0 || ((double *)views_state.buf)[ST_BURST] < 1) {
+	    !pace_bucket_ok((const double *)views_state.buf)) {
 		PyBuffer_Release(&views_state);
 		PyErr_SetString(PyExc_ValueError, "state must be PACE_STATE aligned doubles with "
-				"a positive rate and a burst of at least 1");
+				"a positive rate and a burst of at least 1, both finite");
 		return NULL;
 	}
 	fast = PySequence_Fast(seq, "datagrams must be a sequence of bytes-like objects");

@@ -22,8 +22,9 @@ at a time, and the token bucket's waits and the bursts run in C with the GIL rel
 thread's Python runs once per chunk (about 10 times a second at the default rate), not once
 per burst (~130 times), and a burst's wake-up never waits for the GIL or makes the encoding
 thread give it up. The chunk's datagrams still count in the backlog until they are sent (the
-C loop reports its progress in the shared state), a waiting put() is woken at the end of a
-chunk, and closing sets the deadline the C loop reads at every wake-up.
+C loop reports its progress in the shared state), a waiting put() is woken when a chunk taken
+leaves the queue at low water (it refills while the C loop sends), and closing sets the
+deadline the C loop reads at every wake-up.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ DEFAULT_RATE_LIMIT = 3000
 #: records per datagram: 900k flows fit)
 DEFAULT_BACKLOG = 30000
 #: a put() that waits for room (the final export at stop) keeps at most this many seconds of
-#: datagrams queued ahead of the sender (at least a burst), not the whole ``backlog``: the
+#: datagrams queued ahead of the sender (at least a burst; with ``send_paced``, besides the
+#: chunk the C loop holds), not the whole ``backlog``: the
 #: encoder then produces the final export about as fast as it leaves, and a full cache's
 #: datagrams (~9 MB for 200k flows) are never all in memory at once; the stop takes as long
 #: as before (the paced rate sets it)
@@ -230,6 +232,7 @@ class PacedSender:
         #: most datagrams per send_paced call, and how many the running call holds
         self._chunk = max(self._bucket.burst, int(rate * CHUNK_S))
         self._inflight = 0
+        self._running: list[bytes] = []  # the chunk the running call holds
         self._bursts = 0  # bursts sent by the Python loop (the C loop counts in its state)
         #: most datagrams queued while a put() still has time to wait (WAIT_BACKLOG_S)
         self._wait_limit = min(limit, max(self._bucket.burst, int(rate * WAIT_BACKLOG_S),
@@ -268,8 +271,7 @@ class PacedSender:
         with self._cond:
             while True:
                 left_s = deadline - self._clock()  # over: the last try, the whole limit
-                limit = self._wait_limit if left_s > 0 else st.backlog_limit
-                room = 0 if self._closing else max(0, limit - self._backlog())
+                room = 0 if self._closing else max(0, self._room_now(left_s > 0))
                 take = min(room, len(datagrams) - n)
                 self._queue.extend(datagrams[n:n + take])
                 self._counts.extend(records[n:n + take])
@@ -288,6 +290,13 @@ class PacedSender:
             st.backlog_dropped += len(datagrams) - n
             st.backlog_dropped_records += sum(records[n:])
         return n
+
+    def _room_now(self, waiting: bool) -> int:
+        """Datagrams put() may queue now: up to the backlog limit, and while it may still
+        wait, up to the wait limit in the queue (a chunk the C loop holds is at the sender,
+        not queued ahead of it: each wake-up then refills a chunk more)."""
+        room = self.stats.backlog_limit - self._backlog()
+        return min(room, self._wait_limit - len(self._queue)) if waiting else room
 
     def _backlog(self) -> int:
         """Datagrams waiting now: queued, and those of a running ``send_paced`` chunk that
@@ -352,7 +361,9 @@ class PacedSender:
             state[PACE_TOKENS], state[PACE_STAMP] = self._bucket.tokens, self._bucket.stamp
             state[PACE_DONE] = 0.0
             state[PACE_DEADLINE] = self._deadline if self._closing else 0.0
-            self._inflight = n
+            self._inflight, self._running = n, chunk[0]
+            if self._putters and len(self._queue) <= self._low_water:
+                self._cond.notify_all()  # a waiting put() refills while the C loop sends
             return chunk
 
     def _end_chunk(self, datagrams: list[bytes], records: list[int], done: int) -> None:
@@ -364,7 +375,7 @@ class PacedSender:
             if done < len(datagrams):
                 self._queue.extendleft(reversed(datagrams[done:]))
                 self._counts.extendleft(reversed(records[done:]))
-            self._inflight = 0
+            self._inflight, self._running = 0, []
             self.stats.paced += done
             self.stats.backlog = len(self._queue)
             if self._putters and len(self._queue) <= self._low_water:
@@ -417,11 +428,15 @@ class PacedSender:
         """Bursts sent so far (one wake-up of the pacing loop each)."""
         return self._bursts + int(self._state[PACE_BURSTS])
 
-    def current_stats(self) -> PacingStats:
-        """:attr:`stats` with the backlog as it is now (a running chunk's progress)."""
+    def current_stats(self) -> tuple[PacingStats, list[bytes], int]:
+        """:attr:`stats` with the backlog as it is now, the chunk a running ``send_paced``
+        call holds (``[]`` if none) and how many of it it handled: the progress the backlog
+        was computed from, read once, so a caller that holds its counters still can add
+        what was sent since they were last counted."""
         with self._cond:
-            self.stats.backlog = self._backlog()
-        return self.stats
+            done = int(self._state[PACE_DONE]) if self._inflight else 0
+            self.stats.backlog = len(self._queue) + self._inflight - done
+            return self.stats, self._running, done
 
     @property
     def room(self) -> int:

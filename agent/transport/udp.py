@@ -95,11 +95,13 @@ _GSO_HEADERS = {socket.AF_INET: (socket.IPPROTO_IP, IP_MTU, 28),
 
 
 def _bytes_like(obj: object) -> bool:
+    """Whether ``send_burst``/``send_paced`` can take ``obj``: a C-contiguous buffer (a
+    memoryview with a stride is a buffer, but not one a ``sendmmsg`` iovec can point at)."""
     try:
-        memoryview(obj)  # type: ignore[arg-type]
-    except TypeError:
+        with memoryview(obj) as view:  # type: ignore[arg-type]
+            return view.c_contiguous
+    except (TypeError, BufferError):
         return False
-    return True
 
 
 class EndpointError(ValueError):
@@ -233,6 +235,9 @@ class UdpDestination:
         self.late_lost_records = 0
         self._on_late_loss = on_late_loss
         self._on_loss = on_loss
+        #: the paced chunk the pacing thread counts now, and how many of it are counted
+        self._chunk: list[bytes] = []
+        self._chunk_counted = 0
         self._pacer = PacedSender(None, self._paced_lost, rate=rate_limit, limit=backlog,
                                   name=f"pace {endpoint}",
                                   send_paced=self._paced_send_chunk) if rate_limit else None
@@ -466,47 +471,82 @@ class UdpDestination:
         sends burst by burst in C with the GIL released; here, per call, the datagrams it
         sent are counted, and a burst that stopped short goes through :meth:`_send_many`
         (every datagram's outcome counted, ECONNREFUSED retried once). Without a socket each
-        burst's datagrams are tried here (a reconnect, or counted lost), still paced.
+        burst's datagrams are tried here (a reconnect, or counted lost), still paced. A
+        datagram the C loop cannot take (not a contiguous buffer) is lost alone.
         :return: datagrams handled, sent or counted lost (fewer than all only when the
-        closing deadline passed)."""
-        pos, end = 0, len(datagrams)
+        closing deadline passed). ``state[PACE_DONE]`` is the chunk's progress throughout,
+        also when this raises (a loss callback): what is past it was not counted."""
+        with self._lock:
+            self._chunk, self._chunk_counted = datagrams, 0
+        pos = 0
+        end = bad = len(datagrams)  # bad: the next datagram the C loop refused, if any
         while pos < end:
+            if pos == bad:
+                self._lose_paced_not_bytes(datagrams, records, pos, state)
+                pos, bad = pos + 1, end
+                continue
             sock = self._sock
             fd = sock.fileno() if sock is not None else -1
             try:
-                done, err, gso_err, paid = send_paced(fd, datagrams, pos, end - pos,
+                done, err, gso_err, paid = send_paced(fd, datagrams, pos, bad - pos,
                                                       self.gso_max, state)
             except TypeError:  # a datagram not bytes-like: pace up to it, lose it alone
-                bad = next(i for i in range(pos, end) if not _bytes_like(datagrams[i]))
-                handled = self._paced_send_chunk(datagrams[pos:bad], records[pos:bad], state)
-                if handled < bad - pos:
-                    return pos + handled
-                with self._lock:
-                    self._lose_not_bytes(datagrams, records, bad)
-                self._late_loss(datagrams[bad], records[bad])
-                state[PACE_DONE] += 1
-                pos = bad + 1
+                bad = next((i for i in range(pos, end) if not _bytes_like(datagrams[i])), -1)
+                if bad < 0:  # none found: each datagram's own send finds it
+                    self._log.warning("%s: the paced send refused %d datagrams, none of them "
+                                      "found bad: sending them one by one", self.endpoint,
+                                      end - pos)
+                    with self._lock:
+                        failed = self._send_many_paced(datagrams, records, pos, end, state)
+                    self._late_losses(datagrams, records, failed)
+                    return end
                 continue
-            failed: list[int] = []
             with self._lock:
                 stats = self.stats
                 if done:
                     stats.packets_ok += done
                     stats.bytes_ok += sum(map(len, datagrams[pos:pos + done]))
+                    self._chunk_counted += done
                     pos += done
                 self._fill_from(state)
+                failed = []
                 if paid:  # a burst stopped short: count each of its datagrams
-                    failed = self._send_many(datagrams, records, pos, pos + paid,
-                                             (0, err, gso_err))
+                    failed = self._send_many_paced(datagrams, records, pos, pos + paid, state,
+                                                   (0, err, gso_err))
                     pos += paid
-                    state[PACE_DONE] += paid
                 elif gso_err:
                     self._gso_refused(gso_err)
-            for i in failed:
-                self._late_loss(datagrams[i], records[i])
-            if not paid and pos < end:  # the closing deadline passed
+            self._late_losses(datagrams, records, failed)
+            if not paid and pos < bad:  # the closing deadline passed
                 break
         return pos
+
+    def _send_many_paced(self, datagrams: list[bytes], records: list[int], pos: int, end: int,
+                         state: array, result: tuple[int, int, int] | None = None) -> list[int]:
+        """:meth:`_send_many` for datagrams of a paced chunk (the lock held): the chunk's
+        progress (``PACE_DONE``, the counted part) advances by each datagram it counted, also
+        when it raises partway (a loss callback), so none is counted twice."""
+        stats = self.stats
+        before = stats.packets_ok + stats.fail
+        try:
+            return self._send_many(datagrams, records, pos, end, result)
+        finally:  # each datagram is counted once, in packets_ok or fail
+            counted = stats.packets_ok + stats.fail - before
+            state[PACE_DONE] += counted
+            self._chunk_counted += counted
+
+    def _lose_paced_not_bytes(self, datagrams: list[bytes], records: list[int], pos: int,
+                              state: array) -> None:
+        with self._lock:
+            state[PACE_DONE] += 1  # counted below: never again, even if a callback raises
+            self._chunk_counted += 1
+            self._lose_not_bytes(datagrams, records, pos)
+        self._late_loss(datagrams[pos], records[pos])
+
+    def _late_losses(self, datagrams: list[bytes], records: list[int],
+                     lost: list[int]) -> None:
+        for i in lost:
+            self._late_loss(datagrams[i], records[i])
 
     def _paced_lost(self, datagram: bytes, records: int) -> None:
         """A datagram still in the backlog when the flush time ran out at close."""
@@ -611,11 +651,24 @@ class UdpDestination:
     def snapshot(self) -> dict[str, int | str | bool]:
         """The counters plus endpoint and state, for ``agent_collect_stats``."""
         out: dict[str, int | str | bool] = {"destination": self.endpoint}
-        out.update(asdict(self.stats))
-        if self._pacer is not None:
-            out.update(asdict(self._pacer.current_stats()))
+        with self._lock:  # no count changes while the backlog and progress are read
+            out.update(asdict(self.stats))
+            if self._pacer is not None:
+                pacing, chunk, done = self._pacer.current_stats()
+                out.update(asdict(pacing))
+                self._add_sent_uncounted(out, chunk, done)
         out["connected"] = self.connected
         return out
+
+    def _add_sent_uncounted(self, out: dict[str, int | str | bool], chunk: list[bytes],
+                            done: int) -> None:
+        """Add to ``out`` the datagrams of the running paced ``chunk`` the C loop has sent
+        (``done`` handled, read with the backlog) that are not counted yet (that happens when
+        its call returns): ``packets_ok + fail + backlog`` then adds up at any moment."""
+        counted = self._chunk_counted if chunk is self._chunk else 0
+        if done > counted:
+            out["packets_ok"] = int(out["packets_ok"]) + done - counted
+            out["bytes_ok"] = int(out["bytes_ok"]) + sum(map(len, chunk[counted:done]))
 
     @property
     def backlog_room(self) -> int | None:

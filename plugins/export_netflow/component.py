@@ -331,11 +331,9 @@ class NetflowExporter(NatExporter):
             snap = dest.snapshot()
             snap["lost_packets"], snap["lost_octets"] = self._lost_traffic[i]
             out[f"sock{i}"] = snap
-            totals["sock_ok"] += dest.stats.packets_ok
-            totals["sock_fail"] += dest.stats.fail
-            totals["sock_cberr"] += dest.stats.cberr
-            totals["sock_bytes"] += dest.stats.bytes_ok
-            totals["lost_records"] += dest.stats.lost_records
-            totals["backlog"] += dest.backlog
+            for total, key in (("sock_ok", "packets_ok"), ("sock_fail", "fail"),
+                               ("sock_cberr", "cberr"), ("sock_bytes", "bytes_ok"),
+                               ("lost_records", "lost_records"), ("backlog", "backlog")):
+                totals[total] += int(snap.get(key, 0))  # one snapshot: the sums add up
         out.update(totals)
         return out

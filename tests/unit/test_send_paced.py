@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import threading
 import time
 from array import array
 
@@ -26,7 +27,7 @@ from netflow_agent._udpsend import (
     send_paced,
 )
 from netflow_agent.transport import udp
-from netflow_agent.transport.pacing import CHUNK_S
+from netflow_agent.transport.pacing import CHUNK_S, PacedSender
 from netflow_agent.transport.udp import UdpDestination
 from tests.export_netflow.collect import UdpSink
 from tests.support.collectors import free_udp_port
@@ -43,7 +44,7 @@ def sink():
     s.close()
 
 
-def bucket(rate: float, burst: int, tokens: float | None = None) -> array:
+def bucket(rate: float, burst: float, tokens: float | None = None) -> array:
     """A state buffer as PacedSender fills it: ``tokens`` saved up (default: a burst)."""
     state = array("d", [0.0] * PACE_STATE)
     state[PACE_RATE], state[PACE_BURST] = rate, burst
@@ -99,12 +100,17 @@ def test_a_refused_datagram_returns_its_paid_burst_to_the_caller(sink):
 
 def test_without_a_socket_each_burst_is_handed_back_paced():
     """No socket (fd -1): the loop still waits for 3/4 of a burst (4 tokens saved, 7 wanted:
-    3 ms at 1000/s) and hands that burst back for the caller to try or count."""
+    3 ms at 1000/s) and hands that burst back for the caller to try or count: every whole
+    token it has when it wakes (7, or up to the burst of 10 if the sleep overshot), which
+    it earned in the time it slept, and no burst counted (nothing was sent)."""
     state = bucket(1000, 10, tokens=4)
     started = time.monotonic()
-    assert send_paced(-1, numbered(50), 0, 50, 0, state) == (0, 0, 0, 7)
-    assert time.monotonic() - started >= 0.0025
-    assert state[PACE_TOKENS] < 1 and state[PACE_BURSTS] == 1 and state[PACE_DONE] == 0
+    sent, err, gso_err, paid = send_paced(-1, numbered(50), 0, 50, 0, state)
+    elapsed = time.monotonic() - started
+    assert (sent, err, gso_err) == (0, 0, 0) and 7 <= paid <= 10
+    assert elapsed >= (7 - 4) / 1000 * 0.95 and paid <= 4 + elapsed * 1000
+    assert 0 <= state[PACE_TOKENS] < 1  # every whole token handed out with the burst
+    assert state[PACE_BURSTS] == 0 and state[PACE_DONE] == 0
 
 
 def test_bad_state_and_arguments_raise_before_sending():
@@ -112,6 +118,10 @@ def test_bad_state_and_arguments_raise_before_sending():
         send_paced(-1, [b"a"], 0, 1, 0, array("d", [0.0] * (PACE_STATE - 1)))
     with pytest.raises(ValueError, match="positive rate"):
         send_paced(-1, [b"a"], 0, 1, 0, array("d", [0.0] * PACE_STATE))
+    for rate, burst in ((float("nan"), 1), (float("inf"), 1), (10, float("nan")),
+                        (10, float("inf"))):
+        with pytest.raises(ValueError, match="positive rate"):
+            send_paced(-1, [b"a"], 0, 1, 0, bucket(rate, burst, tokens=1))
     with pytest.raises(BufferError):
         send_paced(-1, [b"a"], 0, 1, 0, b"\0" * 8 * PACE_STATE)  # read-only
     with pytest.raises(IndexError):
@@ -215,3 +225,101 @@ def test_the_pacing_thread_wakes_per_chunk_not_per_burst(sink, monkeypatch):
     assert sum(calls) == 1500 and len(calls) <= 6 and max(calls) <= 300
     assert dest._pacer.bursts >= 1500 // 30
     assert sink.drain(expect=1500) == numbered(1500)
+
+
+def test_a_snapshot_mid_chunk_adds_up(sink):
+    """While the C loop holds a chunk, every snapshot accounts for every datagram: sent
+    (packets_ok, bytes_ok), lost (fail) or waiting (backlog), including those the C loop
+    sent since the chunk began."""
+    dest = UdpDestination(sink.endpoint, rate_limit=1000, backlog=5000)
+    dest.connect()
+    n = 600
+    assert dest.send_batch(numbered(n), [1] * n) == n
+    mid: list[dict] = []
+    deadline = time.monotonic() + 30
+    while dest.backlog and time.monotonic() < deadline:
+        s = dest.snapshot()
+        assert s["packets_ok"] + s["fail"] + s["backlog"] == n, s
+        assert s["bytes_ok"] == 4 * s["packets_ok"]
+        if s["packets_ok"] % dest._pacer._chunk:  # inside a chunk (chunks of 100)
+            mid.append(s)
+        time.sleep(0.005)
+    dest.close()
+    assert len(mid) >= 3
+    assert (dest.stats.packets_ok, dest.stats.fail) == (n, 0)
+
+
+def test_a_raising_loss_callback_counts_each_datagram_once(sink):
+    """The per-datagram path of a burst that stopped short (the 70,000-byte datagram) calls
+    an on_loss that raises: what it counted before is not counted again, the rest of the
+    chunk is counted lost, and the pacing thread goes on."""
+    calls: list[int] = []
+
+    def on_loss(datagram, records):
+        calls.append(records)
+        if len(calls) == 1:
+            raise RuntimeError("a caller's bug")
+
+    dest = UdpDestination(sink.endpoint, rate_limit=10_000, backlog=100, on_loss=on_loss)
+    dest.connect()
+    data = numbered(10)
+    data[3] = b"B" * 70_000  # EMSGSIZE: the C burst stops short there
+    assert dest.send_batch(data, [1] * 10) == 10
+    assert wait_for(lambda: dest.backlog == 0, 10)
+    assert dest.send_batch([b"next"], [1]) == 1  # the thread still sends
+    dest.close()
+    s = dest.stats  # 3 sent, the big one lost (its callback raised), the 6 after it lost
+    assert (s.packets_ok, s.fail, s.lost_records, len(calls)) == (4, 7, 7, 7)
+    assert sink.drain(expect=4) == data[:3] + [b"next"]
+
+
+def test_a_non_contiguous_view_no_index_found_sends_the_chunk_per_datagram(sink, monkeypatch):
+    """The C loop refuses a chunk as not bytes-like but the check finds no culprit: the chunk
+    goes through the per-datagram path (which loses only the datagram it cannot send)."""
+    monkeypatch.setattr(udp, "_bytes_like", lambda obj: True)
+    dest = UdpDestination(sink.endpoint, rate_limit=20_000, backlog=1000)
+    dest.connect()
+    data: list = numbered(100)
+    data[50] = memoryview(b"xxxxxxxx")[::2]
+    assert dest.send_batch(data, [1] * 100) == 100
+    dest.close()
+    s = dest.stats
+    assert (s.packets_ok, s.fail, s.lost_records) == (99, 1, 1)
+    assert sink.drain(expect=99) == data[:50] + data[51:]
+
+
+def test_a_waiting_put_refills_while_the_c_loop_sends():
+    """A put() that waits for room (the final export) is woken as soon as a chunk taken for
+    the C loop leaves the queue at half its wait limit, so it refills the queue while that
+    chunk is sent, not after it."""
+    refilled: list[bool] = []
+    done = threading.Event()
+
+    def fake_send_paced(datagrams, records, state):
+        queued = len(pacer._queue)
+        if queued <= pacer._low_water and not done.is_set():
+            grew = wait_for(lambda: len(pacer._queue) > queued or done.is_set(), 2.0)
+            refilled.append(grew)
+        state[PACE_DONE] = len(datagrams)
+        return len(datagrams)
+
+    pacer = PacedSender(None, lambda d, r: None, rate=3000, limit=30_000,
+                        send_paced=fake_send_paced)
+    n = 3000  # the wait limit is 750, low water 375, a chunk 300
+    try:
+        assert pacer.put(numbered(n), [1] * n, wait_s=60) == n
+        done.set()
+    finally:
+        pacer.close(30)
+    assert len(refilled) >= 3 and all(refilled), refilled
+    assert pacer.stats.paced == n
+
+
+def wait_for(condition, timeout: float) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds passed; whether it held."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.001)
+    return True

@@ -123,6 +123,21 @@ def test_a_datagram_that_is_not_bytes_like_is_counted_lost_alone(sink, paced):
     assert sink.drain(expect=4) == [b"a", b"b", b"c", b"d"]
 
 
+@pytest.mark.parametrize("paced", [False, True])
+def test_a_non_contiguous_view_is_lost_alone(sink, paced):
+    """A memoryview with a stride is bytes-like to Python but not a buffer sendmmsg can take:
+    it alone is lost and counted, the 99 around it are sent (paced: not the whole chunk)."""
+    dest = UdpDestination(sink.endpoint, rate_limit=20_000 if paced else 0, backlog=1000)
+    dest.connect()
+    data: list = [i.to_bytes(4, "big") for i in range(100)]
+    data[50] = memoryview(b"xxxxxxxx")[::2]
+    assert dest.send_batch(data, [1] * 100) == (100 if paced else 99)
+    dest.close()
+    s = dest.stats
+    assert (s.packets_ok, s.fail, s.lost_records) == (99, 1, 1)
+    assert sink.drain(expect=99) == data[:50] + data[51:]
+
+
 def test_a_destination_counts_exactly_the_datagram_the_kernel_refused(sink):
     lost: list[tuple[bytes, int]] = []
     dest = UdpDestination(sink.endpoint, on_loss=lambda d, r: lost.append((d, r)))
