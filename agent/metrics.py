@@ -76,7 +76,8 @@ SETTING_STATS = frozenset({"protocol", "sampling_interval", "maxflows_limit", "r
 GAUGE_STATS = frozenset({"active_flows", "peak_flows", "slots", "memtraf_packets",
                          "memtraf_bytes", "natevents_active", "cache_entries", "interfaces",
                          "sequence", "templates", "templates_active", "connected", "filled",
-                         "peak", "spool_records", "spool_bytes", "queued", "in_flight"})
+                         "peak", "spool_records", "spool_bytes", "queued", "in_flight",
+                         "backlog"})
 #: suffixes of gauge names (a current size, the last measurement)
 GAUGE_SUFFIXES = ("_active", "_entries", "_last", "_current", "_queued", "_size")
 CACHE_GAUGES = {
@@ -106,12 +107,18 @@ DEST_COUNTERS = {
     "lost_packets": ("export_lost_packets", "Packets of the flow records in datagrams not "
                      "sent (NetFlow)."),
     "lost_octets": ("export_lost_octets", "Octets of those flow records (NetFlow)."),
+    "paced": ("export_paced_datagrams", "Datagrams that went through the paced backlog."),
+    "backlog_dropped": ("export_backlog_dropped_datagrams", "Datagrams not queued (the "
+                        "paced backlog was full) or left in it at close."),
 }
 DEST_GAUGES = {
     "sndbuf": ("export_sndbuf_bytes", "Socket send buffer size."),
     "filled": ("export_sndbuf_filled_bytes", "Bytes queued in the send buffer (last sample)."),
     "peak": ("export_sndbuf_peak_bytes", "Most bytes queued in the send buffer."),
     "connected": ("export_connected", "1 when the destination socket is connected."),
+    "backlog": ("export_backlog_datagrams", "Datagrams waiting in the paced backlog, with "
+                "the chunk the pacing loop is sending."),
+    "backlog_peak": ("export_backlog_peak_datagrams", "Most datagrams ever waiting at once."),
 }
 
 

@@ -15,6 +15,9 @@ owns the fix for one destination:
   what is left then is reported through the ``lost`` callback. Nothing is dropped uncounted.
 
 The callback runs on the pacing thread; the caller makes its socket use thread-safe.
+The agent's UDP destinations always pass ``send_paced`` (below); the Python loop over
+``send``/``send_many`` is the same pacing written out in Python, which the tests drive with
+an injectable clock (``tests/unit/test_pacing.py``) and the C loop reproduces.
 
 With a ``send_paced`` callback (the UDP destinations: :func:`netflow_agent._udpsend.send_paced`,
 agent/_udpsend.c) the thread hands the callback up to :data:`CHUNK_S` worth of the backlog
@@ -35,7 +38,7 @@ import time
 from array import array
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from netflow_agent import privileges
@@ -432,11 +435,12 @@ class PacedSender:
         """:attr:`stats` with the backlog as it is now, the chunk a running ``send_paced``
         call holds (``[]`` if none) and how many of it it handled: the progress the backlog
         was computed from, read once, so a caller that holds its counters still can add
-        what was sent since they were last counted."""
+        what was sent since they were last counted. The stats are a copy whose ``paced``
+        includes the chunk's handled datagrams, so ``paced`` and ``backlog`` add up too."""
         with self._cond:
             done = int(self._state[PACE_DONE]) if self._inflight else 0
             self.stats.backlog = len(self._queue) + self._inflight - done
-            return self.stats, self._running, done
+            return replace(self.stats, paced=self.stats.paced + done), self._running, done
 
     @property
     def room(self) -> int:

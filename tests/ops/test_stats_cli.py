@@ -281,6 +281,12 @@ def check_metrics(m: dict[str, float], exp: Expected) -> None:
     dests = {k: v for k, v in m.items() if k.startswith(p + "export_datagrams_total{")}
     assert sorted(dests.values()) == [1.0, 1.0]
     assert sum(v for k, v in m.items() if k.startswith(p + "export_cberr_total{")) == 1
+    # the paced backlog per destination (sock lines: backlog 0, peak 1): gauges, not counters
+    for name, want in (("export_backlog_datagrams{", 0), ("export_backlog_peak_datagrams{", 1),
+                       ("export_paced_datagrams_total{", 1),
+                       ("export_backlog_dropped_datagrams_total{", 0)):
+        assert sorted(v for k, v in m.items() if k.startswith(p + name)) == [want, want], name
+    assert m[p + 'component_value{component="export.netflow[0]",stat="backlog"}'] == 0
     assert m[p + 'reloads_total{result="ok"}'] == 0
     assert m[p + 'component_events_total{component="export.log[0]",stat="written"}'] == 1
     assert m[p + 'component_setting{component="export.netflow[0]",setting="protocol"}'] == 5

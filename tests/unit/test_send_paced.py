@@ -240,6 +240,7 @@ def test_a_snapshot_mid_chunk_adds_up(sink):
     while dest.backlog and time.monotonic() < deadline:
         s = dest.snapshot()
         assert s["packets_ok"] + s["fail"] + s["backlog"] == n, s
+        assert s["paced"] + s["backlog"] == n, s  # paced moves with the chunk too
         assert s["bytes_ok"] == 4 * s["packets_ok"]
         if s["packets_ok"] % dest._pacer._chunk:  # inside a chunk (chunks of 100)
             mid.append(s)
