@@ -17,7 +17,8 @@ build directory, never into the source tree (except the ``.so`` of an editable i
 plain C over the Python API and is required: the cache has no Python fallback, so a C compiler
 and the Python headers are needed to install (gcc and python3-dev in scripts/setup.sh).
 ``netflow_agent._udpsend`` (``agent/_udpsend.c``, a burst of export datagrams in one
-``sendmmsg(2)`` call with the GIL released) is required in the same way: the UDP destinations
+``sendmmsg(2)`` call, and the paced send loop that sleeps on a token bucket between bursts,
+both with the GIL released) is required in the same way: the UDP destinations
 send through it.
 
 ``netflow_agent.plugins.ingest_nflog._nflog`` (the NFLOG decoder's per-packet loop) is a plain
@@ -88,7 +89,7 @@ setup(
             sources=["agent/_flowindex.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra"],
         ),
-        Extension(  # a burst of UDP datagrams in one sendmmsg(2); plain C, required
+        Extension(  # UDP bursts in one sendmmsg(2) and the paced send loop; plain C, required
             "netflow_agent._udpsend",
             sources=["agent/_udpsend.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra"],

@@ -8,6 +8,10 @@
  * the GIL released. Aggregator.take() then returns one row per flow for everything fed since
  * the last take (a reader feeds every datagram waiting on its socket, then takes once), so
  * Python sees one row per flow and burst instead of one tuple per packet.
+ * Aggregator.serve() is the reader's receive loop around feed(): it waits for the socket,
+ * reads every waiting datagram and pauses coalesce_ms, all with the GIL released, until the
+ * sums are due or its timeout passes (the reader thread runs Python once per emit).
+ * Aggregator.read() is one read round without the wait, for tests and benches.
  *
  * Semantics are exactly those of the Python path, which stays the reference:
  *   - netlink walk: plugins/ingest_nflog/netlink.py NflogDecoder.decode/_walk (messages

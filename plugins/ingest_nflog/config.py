@@ -69,10 +69,11 @@ class Config:
         8 * 1024 * 1024, doc="Socket receive buffer in bytes (SO_RCVBUFFORCE); overruns are "
         "counted as dropped packets. 0 = system default.", min=0, max=1 << 30)
     coalesce_ms: int = option(
-        5, doc="After reading, wait this long before the next read so that the kernel's "
-        "batches arriving meanwhile are read and handed on together: one wakeup and one "
-        "pipeline batch for many (less CPU per packet under load; the socket buffer holds "
-        "them meanwhile). 0 = read each batch as soon as it arrives.", min=0, max=1000)
+        5, doc="After a read that emptied the socket, wait this long before the next read "
+        "so that the kernel's batches arriving meanwhile are read and handed on together: "
+        "one wakeup and one pipeline batch for many (less CPU per packet under load; the "
+        "socket buffer holds them meanwhile). 0 = read each batch as soon as it arrives.",
+        min=0, max=1000)
     batch_ms: int = option(
         50, doc="With the C decoder: how long the reader sums packets per flow before it "
         "hands the sums to the cache (at most 8192 flows held; then at once). Longer: "
