@@ -104,19 +104,26 @@ struct pkt_info {
 	__u8 vlan_tags;		/* VLAN tags seen (offloaded first), for record_vlan() */
 } __attribute__((aligned(8)));
 
-/* keep_outer: the tunnel packets a packet was taken out of, outermost first. Scratch space
- * per CPU rather than on the stack (512 bytes for the program and the functions it calls);
- * the programs do not nest on one CPU. */
+/* keep_outer: the tunnel packets a packet was taken out of, outermost first. */
 struct outer_pkts {
 	struct pkt_info p[MAX_TUNNEL_DEPTH];
+};
+
+/* decapsulate: scratch space per CPU rather than on the stack (512 bytes for the program and
+ * the functions it calls, each frame rounded up to 32 bytes on kernels before 6.x's 16 and by
+ * the interpreter): the inner packet being parsed and keep_outer's outer packets. Looked up
+ * only with decapsulate on; the programs do not nest on one CPU. */
+struct decap_scratch {
+	struct pkt_info next;
+	struct outer_pkts outers;
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct outer_pkts);
-} outer_pkts SEC(".maps");
+	__type(value, struct decap_scratch);
+} decap_scratch SEC(".maps");
 
 /* Ports and TCP flags/header length from the transport header at `l4`. */
 static __always_inline int parse_l4(void *l4, void *end, __u8 proto, struct pkt_info *pi)
@@ -564,12 +571,19 @@ __noinline int name(ctx_type *ctx, struct pkt_info *pi)					\
 DEFINE_PARSE_MPLS(parse_mpls_tc, struct __sk_buff)
 DEFINE_PARSE_MPLS(parse_mpls_xdp, struct xdp_md)
 
-/* The per-CPU keep_outer space, or NULL when keep_outer is off. */
-static __always_inline struct outer_pkts *outers_space(void)
+/* The per-CPU decapsulate scratch space, or NULL when decapsulate is off (the verifier then
+ * drops the lookup: the default path has none). */
+static __always_inline struct decap_scratch *decap_space(void)
 {
 	__u32 zero = 0;
 
-	return keep_outer ? bpf_map_lookup_elem(&outer_pkts, &zero) : NULL;
+	return decap ? bpf_map_lookup_elem(&decap_scratch, &zero) : NULL;
+}
+
+/* keep_outer's part of the scratch space, or NULL when keep_outer is off. */
+static __always_inline struct outer_pkts *outers_of(struct decap_scratch *ds)
+{
+	return keep_outer && ds ? &ds->outers : NULL;
 }
 
 /* Hand one packet of a flow the full table could not take to userspace; 0 if the ring is full. */
@@ -1031,9 +1045,9 @@ static __always_inline struct flow_counters *begin(void)
 	return cnt;
 }
 
-/* parse() and, when it parsed, the tunnels removed (tc). */
+/* parse() and, when it parsed, the tunnels removed (tc; `ds` NULL: decapsulate off). */
 static __always_inline int tc_parse(struct __sk_buff *skb, struct pkt_info *pi,
-				    struct pkt_info *scratch, struct outer_pkts *outers)
+				    struct decap_scratch *ds)
 {
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
 	int result;
@@ -1046,29 +1060,30 @@ static __always_inline int tc_parse(struct __sk_buff *skb, struct pkt_info *pi,
 	result = parse(data, end, pi);
 	if (result == PARSE_MPLS)
 		result = parse_mpls_tc(skb, pi);
-	if (result == PARSE_OK && decap)	/* off: the verifier drops the call itself */
-		decapsulate_all_tc(skb, pi, scratch, outers);
+	if (result == PARSE_OK && ds)	/* decap off: the verifier drops the call itself */
+		decapsulate_all_tc(skb, pi, &ds->next, outers_of(ds));
 	return result;
 }
 
 static __always_inline int tc_observe(struct __sk_buff *skb, __u8 direction)
 {
 	struct flow_counters *cnt = begin();
-	struct pkt_info pi = {}, scratch;
-	struct outer_pkts *outers;
+	struct pkt_info pi = {};
+	struct decap_scratch *ds;
 	int result;
 
 	if (!cnt)
 		return TC_ACT_UNSPEC;
-	outers = outers_space();
-	result = tc_parse(skb, &pi, &scratch, outers);
+	ds = decap_space();
+	result = tc_parse(skb, &pi, ds);
 	if ((result == PARSE_TRUNC || pi.inner_short) && skb->data_end - skb->data < skb->len) {
 		/* headers beyond the linear part: pull them in and parse again */
 		bpf_skb_pull_data(skb, skb->len < PULL_LEN ? skb->len : PULL_LEN);
 		__builtin_memset(&pi, 0, sizeof(pi));
-		result = tc_parse(skb, &pi, &scratch, outers);
+		result = tc_parse(skb, &pi, ds);
 	}
-	observe(skb->len, skb->ifindex, direction, skb->gso_segs ?: 1, result, &pi, outers, cnt);
+	observe(skb->len, skb->ifindex, direction, skb->gso_segs ?: 1, result, &pi, outers_of(ds),
+		cnt);
 	return TC_ACT_UNSPEC;	/* == TCX_NEXT: observe only, later filters/programs still run */
 }
 
@@ -1089,19 +1104,19 @@ int flow_xdp(struct xdp_md *ctx)
 {
 	struct flow_counters *cnt = begin();
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
-	struct pkt_info pi = {}, scratch;
-	struct outer_pkts *outers;
+	struct pkt_info pi = {};
+	struct decap_scratch *ds;
 	int result;
 
 	if (!cnt)
 		return XDP_PASS;
-	outers = outers_space();
+	ds = decap_space();
 	result = parse(data, end, &pi);
 	if (result == PARSE_MPLS)
 		result = parse_mpls_xdp(ctx, &pi);
-	if (result == PARSE_OK && decap)
-		decapsulate_all_xdp(ctx, &pi, &scratch, outers);
-	observe(end - data, ctx->ingress_ifindex, 0, 1, result, &pi, outers, cnt);
+	if (result == PARSE_OK && ds)
+		decapsulate_all_xdp(ctx, &pi, &ds->next, outers_of(ds));
+	observe(end - data, ctx->ingress_ifindex, 0, 1, result, &pi, outers_of(ds), cnt);
 	return XDP_PASS;
 }
 
