@@ -110,9 +110,9 @@ struct outer_pkts {
 };
 
 /* decapsulate: scratch space per CPU rather than on the stack (512 bytes for the program and
- * the functions it calls, each frame rounded up to 32 bytes on kernels before 6.x's 16 and by
- * the interpreter): the inner packet being parsed and keep_outer's outer packets. Looked up
- * only with decapsulate on; the programs do not nest on one CPU. */
+ * the functions it calls, each frame rounded up to 32 bytes on older kernels, 5.x, 6.1, 6.6,
+ * and by the interpreter; 16 on 6.18): the inner packet being parsed and keep_outer's outer
+ * packets. Looked up only with decapsulate on; the programs do not nest on one CPU. */
 struct decap_scratch {
 	struct pkt_info next;
 	struct outer_pkts outers;
@@ -929,7 +929,8 @@ static __always_inline int slot_probe(void *slots, void *tags, __u32 table,
  * slot_probe() in table `table`'s slots. A BPF-to-BPF call, not inlined: the probe loop's
  * values live across its (inlined) map lookups and spill to the stack, and inlined they would
  * spill into the frames of the program and of account_outer(), whose sum (keep_outer) must
- * stay within the 512-byte stack. Each table has its own call of the lookup: the verifier
+ * stay within the 512-byte stack, each frame rounded up to 32 bytes on older kernels (5.x,
+ * 6.1, 6.6; 16 on 6.18) and by the interpreter. Each table has its own call of the lookup: the verifier
  * inlines a map lookup only when a single map reaches the call instruction.
  */
 static __noinline int slot_account(struct pkt_info *pi, struct flow_counters *cnt, __u32 table,
@@ -973,8 +974,10 @@ static __always_inline void account_active(struct pkt_info *pi, __u32 segs, __u6
 
 /* keep_outer: account a tunnel packet as its outer flow too, as without decapsulate. A
  * global function, verified once rather than along every path of the caller. The outer flow
- * goes to the hash, not the per-CPU slots: the program's frame, this function's and
- * slot_account()'s together would pass the 512-byte stack (exact either way). */
+ * goes to the hash, not the per-CPU slots (exact either way): with the scratch pkt_info still
+ * on the program's stack, its frame, this function's and slot_account()'s did not fit the
+ * 512-byte stack (with decap_scratch they would take 448 bytes in 32-byte frames:
+ * tests/ingest_ebpf/test_verifier_stack.py checks every chain at 480 at most). */
 __noinline int account_outer(struct pkt_info *outer, __u32 frame_len, __u32 segs,
 			     __u32 ifindex, __u32 direction)
 {
