@@ -49,7 +49,7 @@
 #define GENEVE_PORT 6081
 #define MAX_TUNNEL_DEPTH 2		/* tunnels inside tunnels, as agent/tunnels.py */
 _Static_assert((MAX_TUNNEL_DEPTH & (MAX_TUNNEL_DEPTH - 1)) == 0,
-	       "MAX_TUNNEL_DEPTH indexes outer_pkts with a mask: a power of two");
+	       "MAX_TUNNEL_DEPTH indexes decap_scratch with a mask: a power of two");
 #define MAX_TUNNEL_OFF 512		/* deepest tunnel header decapsulated */
 #define MAX_INNER_OFF 1024		/* deepest inner IP header */
 
@@ -104,18 +104,18 @@ struct pkt_info {
 	__u8 vlan_tags;		/* VLAN tags seen (offloaded first), for record_vlan() */
 } __attribute__((aligned(8)));
 
-/* keep_outer: the tunnel packets a packet was taken out of, outermost first. */
-struct outer_pkts {
-	struct pkt_info p[MAX_TUNNEL_DEPTH];
-};
-
 /* decapsulate: scratch space per CPU rather than on the stack (512 bytes for the program and
  * the functions it calls, each frame rounded up to 32 bytes on older kernels, 5.x, 6.1, 6.6,
- * and by the interpreter; 16 on 6.18): the inner packet being parsed and keep_outer's outer
- * packets. Looked up only with decapsulate on; the programs do not nest on one CPU. */
+ * and by the interpreter; 16 on 6.18): p[SCRATCH_NEXT] the inner packet being parsed,
+ * p[SCRATCH_OUTER + depth] keep_outer's tunnel packets a packet was taken out of, outermost
+ * first. One array, not a struct of structs: the verifier bounds how deeply the structs
+ * behind a global function's pointer argument nest, and pkt_info already holds flow_key and
+ * its flow_key_ext.
+ * Looked up only with decapsulate on; the programs do not nest on one CPU. */
+#define SCRATCH_NEXT 0
+#define SCRATCH_OUTER 1
 struct decap_scratch {
-	struct pkt_info next;
-	struct outer_pkts outers;
+	struct pkt_info p[SCRATCH_OUTER + MAX_TUNNEL_DEPTH];
 };
 
 struct {
@@ -532,8 +532,9 @@ static __always_inline int decapsulate(void *data, void *end, struct pkt_info *p
  * (two levels, each with IPv6 extension headers and VLAN tags) well within its limits. They
  * read the packet bounds from the context itself. decapsulate_*: one level; decapsulate_all_*:
  * the configured tunnels removed from pi, up to MAX_TUNNEL_DEPTH levels (as agent/tunnels.py
- * does), each tunnel packet kept in `outers` (keep_outer; may be NULL) before its inner packet
- * replaces it. `next` is scratch space.
+ * does), each tunnel packet kept in ds (keep_outer, SCRATCH_OUTER) before its inner packet
+ * replaces it; ds's SCRATCH_NEXT entry is the inner packet being parsed. `ds` is checked here, not by the caller:
+ * the verifier then follows the caller's paths apart (NULL or not) only from observe() on.
  */
 #define DEFINE_DECAPSULATE(name, all_name, ctx_type)					\
 __noinline int name(ctx_type *ctx, struct pkt_info *pi, struct pkt_info *next)		\
@@ -543,15 +544,14 @@ __noinline int name(ctx_type *ctx, struct pkt_info *pi, struct pkt_info *next)		
 	return decapsulate((void *)(long)ctx->data, (void *)(long)ctx->data_end, pi, next); \
 }											\
 											\
-__noinline int all_name(ctx_type *ctx, struct pkt_info *pi, struct pkt_info *next,	\
-			struct outer_pkts *outers)					\
+__noinline int all_name(ctx_type *ctx, struct pkt_info *pi, struct decap_scratch *ds)	\
 {											\
-	if (!pi || !decap)								\
+	if (!pi || !ds || !decap)							\
 		return 0;								\
 	for (int depth = 0; depth < MAX_TUNNEL_DEPTH; depth++) {			\
-		if (outers && keep_outer && !pi->frag && tunnel_candidate(pi))		\
-			outers->p[depth & (MAX_TUNNEL_DEPTH - 1)] = *pi;		\
-		if (!name(ctx, pi, next) || pi->decap_failed)				\
+		if (keep_outer && !pi->frag && tunnel_candidate(pi))			\
+			ds->p[SCRATCH_OUTER + (depth & (MAX_TUNNEL_DEPTH - 1))] = *pi;	\
+		if (!name(ctx, pi, &ds->p[SCRATCH_NEXT]) || pi->decap_failed)		\
 			break;								\
 	}										\
 	return 0;									\
@@ -578,12 +578,6 @@ static __always_inline struct decap_scratch *decap_space(void)
 	__u32 zero = 0;
 
 	return decap ? bpf_map_lookup_elem(&decap_scratch, &zero) : NULL;
-}
-
-/* keep_outer's part of the scratch space, or NULL when keep_outer is off. */
-static __always_inline struct outer_pkts *outers_of(struct decap_scratch *ds)
-{
-	return keep_outer && ds ? &ds->outers : NULL;
 }
 
 /* Hand one packet of a flow the full table could not take to userspace; 0 if the ring is full. */
@@ -930,8 +924,8 @@ static __always_inline int slot_probe(void *slots, void *tags, __u32 table,
  * values live across its (inlined) map lookups and spill to the stack, and inlined they would
  * spill into the frames of the program and of account_outer(), whose sum (keep_outer) must
  * stay within the 512-byte stack, each frame rounded up to 32 bytes on older kernels (5.x,
- * 6.1, 6.6; 16 on 6.18) and by the interpreter. Each table has its own call of the lookup: the verifier
- * inlines a map lookup only when a single map reaches the call instruction.
+ * 6.1, 6.6; 16 on 6.18) and by the interpreter. Each table has its own call of the lookup:
+ * the verifier inlines a map lookup only when a single map reaches the call instruction.
  */
 static __noinline int slot_account(struct pkt_info *pi, struct flow_counters *cnt, __u32 table,
 				   __u32 segs, __u64 bytes)
@@ -994,11 +988,11 @@ __noinline int account_outer(struct pkt_info *outer, __u32 frame_len, __u32 segs
 }
 
 /* Shared body of every program: count, track fragments, account. `frame_len` is the whole
- * frame, `segs` the GSO segment count (1 when not GSO), `outers` the keep_outer space (NULL:
- * off). Returns nothing: the caller passes. */
+ * frame, `segs` the GSO segment count (1 when not GSO), `ds` the decapsulate scratch space
+ * (NULL: off), with keep_outer's outer packets. Returns nothing: the caller passes. */
 static __always_inline void observe(__u32 frame_len, __u32 ifindex, __u8 direction,
 				    __u32 segs, int result, struct pkt_info *pi,
-				    struct outer_pkts *outers, struct flow_counters *cnt)
+				    struct decap_scratch *ds, struct flow_counters *cnt)
 {
 	if (result == PARSE_NON_IP) {
 		cnt->v[CNT_NON_IP]++;
@@ -1020,11 +1014,13 @@ static __always_inline void observe(__u32 frame_len, __u32 ifindex, __u8 directi
 		cnt->v[CNT_DECAPSULATED] += pi->decapsulated;
 		cnt->v[CNT_DECAP_FAILED] += pi->decap_failed;
 	}
-	if (outers) {
+	if (keep_outer && ds) {
 		if (pi->decapsulated > 0)
-			account_outer(&outers->p[0], frame_len, segs, ifindex, direction);
+			account_outer(&ds->p[SCRATCH_OUTER], frame_len, segs, ifindex,
+				      direction);
 		if (pi->decapsulated > 1)
-			account_outer(&outers->p[1], frame_len, segs, ifindex, direction);
+			account_outer(&ds->p[SCRATCH_OUTER + 1], frame_len, segs, ifindex,
+				      direction);
 	}
 	pi->key.ifindex = ifindex;
 	pi->key.direction = direction;
@@ -1048,7 +1044,7 @@ static __always_inline struct flow_counters *begin(void)
 	return cnt;
 }
 
-/* parse() and, when it parsed, the tunnels removed (tc; `ds` NULL: decapsulate off). */
+/* parse() and, when it parsed, the tunnels removed (tc; `ds`: decapsulate's scratch space). */
 static __always_inline int tc_parse(struct __sk_buff *skb, struct pkt_info *pi,
 				    struct decap_scratch *ds)
 {
@@ -1063,8 +1059,8 @@ static __always_inline int tc_parse(struct __sk_buff *skb, struct pkt_info *pi,
 	result = parse(data, end, pi);
 	if (result == PARSE_MPLS)
 		result = parse_mpls_tc(skb, pi);
-	if (result == PARSE_OK && ds)	/* decap off: the verifier drops the call itself */
-		decapsulate_all_tc(skb, pi, &ds->next, outers_of(ds));
+	if (result == PARSE_OK && decap)	/* off: the verifier drops the call itself */
+		decapsulate_all_tc(skb, pi, ds);
 	return result;
 }
 
@@ -1085,8 +1081,7 @@ static __always_inline int tc_observe(struct __sk_buff *skb, __u8 direction)
 		__builtin_memset(&pi, 0, sizeof(pi));
 		result = tc_parse(skb, &pi, ds);
 	}
-	observe(skb->len, skb->ifindex, direction, skb->gso_segs ?: 1, result, &pi, outers_of(ds),
-		cnt);
+	observe(skb->len, skb->ifindex, direction, skb->gso_segs ?: 1, result, &pi, ds, cnt);
 	return TC_ACT_UNSPEC;	/* == TCX_NEXT: observe only, later filters/programs still run */
 }
 
@@ -1117,9 +1112,9 @@ int flow_xdp(struct xdp_md *ctx)
 	result = parse(data, end, &pi);
 	if (result == PARSE_MPLS)
 		result = parse_mpls_xdp(ctx, &pi);
-	if (result == PARSE_OK && ds)
-		decapsulate_all_xdp(ctx, &pi, &ds->next, outers_of(ds));
-	observe(end - data, ctx->ingress_ifindex, 0, 1, result, &pi, outers_of(ds), cnt);
+	if (result == PARSE_OK && decap)
+		decapsulate_all_xdp(ctx, &pi, ds);
+	observe(end - data, ctx->ingress_ifindex, 0, 1, result, &pi, ds, cnt);
 	return XDP_PASS;
 }
 
