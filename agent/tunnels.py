@@ -243,10 +243,11 @@ def decapsulate_option() -> Any:
                   "(IPv4/IPv6 in IPv4/IPv6). Empty = account tunnels as they are.")
 
 
-def keep_outer_option() -> Any:
-    """The ``keep_outer`` key shared by the packet ingests' tables."""
+def keep_outer_option(extra: str = "") -> Any:
+    """The ``keep_outer`` key shared by the packet ingests' tables; ``extra`` ends its doc
+    with what is particular to one ingest."""
     return option(False, doc="With decapsulate: also account every tunnel packet to its outer "
-                  "flow (the tunnel endpoints), as without decapsulate.")
+                  "flow (the tunnel endpoints), as without decapsulate." + extra)
 
 
 def check_decapsulate(kinds: list[str], keep_outer: bool) -> list[ConfigIssue]:

@@ -8,9 +8,11 @@ command ends: packets run, mean ns per run, and how many of its packets inserted
 into the hash or went to a per-CPU slot: the program's own counters (its ``flow_stats`` map,
 summed over the CPUs, read at each sample: the last one before the agent stopped), as packets
 in slots and flows inserted into the hash (the rest of the packets went to hash entries
-already there). Programs of other processes (other agents on the machine) are left out.
-Stats add two clock reads per run (about 20-25 ns) to every program: compare figures taken
-this way with each other only.
+already there). Those counters are the agent's, not one program's: its ingress and egress
+programs share the ``flow_stats`` map, so they are shown on the first row of the agent's
+programs and the others refer to it. Programs of other processes (other agents on the
+machine) are left out. Stats add two clock reads per run (about 20-25 ns) to every
+program: compare figures taken this way with each other only.
 
 Run as root: ``python3 bench/ebpf/progstats.py -- python bench/compare/run.py --workload w2
 --rounds 1 --only agent-ebpf``.
@@ -77,8 +79,9 @@ def prog_ids(pids: set[int]) -> set[int]:
     return ids
 
 
-def counters(map_ids: list[int]) -> list[int] | None:
-    """The program's ``flow_stats`` counters summed over the CPUs (None: not readable)."""
+def counters(map_ids: list[int]) -> tuple[int, list[int]] | None:
+    """The id of the program's ``flow_stats`` map and its counters summed over the CPUs
+    (None: not readable)."""
     for map_id in map_ids:
         show = subprocess.run(["bpftool", "-j", "map", "show", "id", str(map_id)],
                               capture_output=True, text=True, check=False).stdout
@@ -90,7 +93,8 @@ def counters(map_ids: list[int]) -> list[int] | None:
             per_cpu = json.loads(dump)[0]["formatted"]["values"]
         except (ValueError, LookupError, TypeError):
             return None
-        return [sum(v) for v in zip(*(cpu["value"]["v"] for cpu in per_cpu), strict=True)]
+        return map_id, [sum(v) for v in zip(*(cpu["value"]["v"] for cpu in per_cpu),
+                                            strict=True)]
     return None
 
 
@@ -106,8 +110,8 @@ def sample(tree: set[int], seen: dict[int, dict]) -> None:
             continue
         entry = seen.setdefault(prog["id"], {"first": time.strftime("%H:%M:%S")})
         entry.update(name=prog["name"], run_cnt=prog["run_cnt"], run_time_ns=prog["run_time_ns"])
-        if (cnt := counters(prog.get("map_ids", []))) is not None:
-            entry["counters"] = cnt
+        if (read := counters(prog.get("map_ids", []))) is not None:
+            entry["stats_map"], entry["counters"] = read
 
 
 def main() -> int:
@@ -123,10 +127,17 @@ def main() -> int:
     print("| program id | loaded | name | runs | ns / run | packets in slots "
           "| flows into the hash |")
     print("|---|---|---|---|---|---|---|")
+    shown: dict[int, int] = {}  # flow_stats map id -> the program whose row shows its counters
     for pid, s in sorted(seen.items()):
         per = s["run_time_ns"] / s["run_cnt"] if s["run_cnt"] else 0.0
         cnt = s.get("counters")
-        slots, hashed = (f"{cnt[SLOT_PACKETS]:,}", f"{cnt[HASH_NEW]:,}") if cnt else ("-", "-")
+        owner = shown.setdefault(s["stats_map"], pid) if cnt else pid
+        if not cnt:
+            slots, hashed = "-", "-"
+        elif owner == pid:  # the agent's totals (all its programs), once
+            slots, hashed = f"{cnt[SLOT_PACKETS]:,}", f"{cnt[HASH_NEW]:,}"
+        else:  # the same flow_stats map as program `owner`: its totals are these too
+            slots = hashed = f"in {owner}'s row (shared)"
         print(f"| {pid} | {s['first']} | {s['name']} | {s['run_cnt']} | {per:.1f} | {slots} "
               f"| {hashed} |")
     return proc.returncode

@@ -32,6 +32,9 @@
 #include "flow.skel.h"
 
 #define LOG_CAP 8192
+#define STATS_CAP 1024		/* a program's verifier statistics (BPF_LOG_STATS) */
+#define MAX_PROGS 4		/* programs in flow.bpf.c (3), room for one more */
+#define BPF_LOG_STATS_ 4	/* log_level bit: "processed N insns", "stack depth a+b+..." */
 
 /* libbpf's diagnostics (verifier log included) of the current load, for error messages. */
 static char libbpf_log[LOG_CAP];
@@ -144,6 +147,8 @@ typedef struct {
 	unsigned long signals;	/* signals read by the current take_signals() */
 	char *ring_out;		/* overflow events of one consume(), rows of rec_size */
 	size_t ring_len, ring_cap;
+	/* verifier_stats=True: each program's BPF_LOG_STATS output, by program order */
+	char (*stats)[STATS_CAP];
 } Loader;
 
 enum { WALK_DONE, WALK_HASH, WALK_SLOTS };
@@ -172,6 +177,8 @@ static void loader_release(Loader *self)
 	self->touched = NULL;
 	self->keys = self->vals = NULL;
 	self->walk_phase = WALK_DONE;
+	free(self->stats);
+	self->stats = NULL;
 }
 
 static void Loader_dealloc(Loader *self)
@@ -417,23 +424,75 @@ static int next_window(Loader *self)
 	return 1;
 }
 
+/* verifier_stats: have the verifier write its statistics (instructions processed, each
+ * function's stack depth) of every program into self->stats. Only BPF_LOG_STATS: the
+ * per-instruction log of a program this size would not fit any buffer. */
+static int capture_stats(Loader *self)
+{
+	struct bpf_program *p;
+	int i = 0;
+
+	self->stats = calloc(MAX_PROGS, STATS_CAP);
+	if (!self->stats) {
+		PyErr_NoMemory();
+		return -1;
+	}
+	bpf_object__for_each_program(p, self->skel->obj) {
+		if (i == MAX_PROGS) {
+			PyErr_SetString(PyExc_RuntimeError, "verifier_stats: more programs than "
+					"MAX_PROGS in the object");
+			return -1;
+		}
+		bpf_program__set_log_buf(p, self->stats[i++], STATS_CAP);
+		bpf_program__set_log_level(p, BPF_LOG_STATS_);
+	}
+	return 0;
+}
+
+/* A failed load with verifier_stats: libbpf does not log a buffer it does not own, so add
+ * what the verifier wrote there (its reason) to the error message. */
+static void append_stats(Loader *self)
+{
+	struct bpf_program *p;
+	int i = 0;
+
+	if (!self->stats)
+		return;
+	bpf_object__for_each_program(p, self->skel->obj) {
+		int n;
+
+		if (i == MAX_PROGS || libbpf_log_len >= LOG_CAP - 1)
+			break;
+		if (!self->stats[i][0]) {
+			i++;
+			continue;
+		}
+		n = snprintf(libbpf_log + libbpf_log_len, LOG_CAP - libbpf_log_len, "%s: %s\n",
+			     bpf_program__name(p), self->stats[i++]);
+		if (n > 0)
+			libbpf_log_len += (size_t)n < LOG_CAP - libbpf_log_len ? (size_t)n
+									: LOG_CAP - 1 - libbpf_log_len;
+	}
+}
+
 static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 {
 	static char *kwlist[] = { "maxflows", "sampling", "percpu", "overflow_ring_bytes",
 				  "precise_clock", "slots", "prealloc", "fill_threshold",
 				  "frag_table", "frag_timeout", "decap", "keep_outer", "l2_fields",
-				  "mpls_labels", "chunk_rows", "probes", NULL };
+				  "mpls_labels", "chunk_rows", "probes", "verifier_stats", NULL };
 	unsigned int maxflows = 65536, sampling = 1, ring_bytes = 0, ring_size = 4096, slots = 0;
 	unsigned int fill_threshold = 0, frag_table = 0, frag_timeout = 30, decap = 0;
 	unsigned int l2_fields = 0, mpls_labels = 0, chunk_rows = 16384, probes = 8;
-	int percpu = 1, precise_clock = 0, prealloc = 1, keep_outer = 0, err;
+	int percpu = 1, precise_clock = 0, prealloc = 1, keep_outer = 0, verifier_stats = 0, err;
 	enum bpf_map_type type;
 	__u64 seed = 0;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kw, "|IIpIpIpIIIIpIIII", kwlist, &maxflows,
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "|IIpIpIpIIIIpIIIIp", kwlist, &maxflows,
 					 &sampling, &percpu, &ring_bytes, &precise_clock, &slots,
 					 &prealloc, &fill_threshold, &frag_table, &frag_timeout, &decap,
-					 &keep_outer, &l2_fields, &mpls_labels, &chunk_rows, &probes))
+					 &keep_outer, &l2_fields, &mpls_labels, &chunk_rows, &probes,
+					 &verifier_stats))
 		return -1;
 	if (maxflows < 1 || sampling < 1 || ring_bytes > (1u << 30) ||
 	    (slots & (slots - 1)) || slots > (1u << 24) || frag_table > (1u << 24) ||
@@ -521,8 +580,13 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 			bpf_map__set_map_flags(maps[i], bpf_map__map_flags(maps[i]) |
 							BPF_F_NO_PREALLOC);
 	}
+	if (verifier_stats && capture_stats(self)) {
+		loader_release(self);
+		return -1;
+	}
 	err = flow_bpf__load(self->skel);	/* verify and load */
 	if (err) {
+		append_stats(self);	/* with verifier_stats, the verifier's reason is there */
 		raise_errno(err, "load BPF programs (verifier log below)");
 		loader_release(self);
 		return -1;
@@ -819,9 +883,9 @@ static __u32 drain_slots(Loader *self, __u32 room, char *out, int *done, int *er
 			c++;
 		*done = c >= self->slot_ncpu;
 	}
-	if (*done && !*err)
-		*err = self->tag_err;	/* the touched words stay: the next drain clears again */
-	if (*done && !*err && self->touched_any) {	/* every touched window is empty again */
+	/* a failed tag clear (slot_info()'s tag_errno, not *err: the rows are all out) keeps the
+	 * touched words, so the next drain of this table clears those windows' tags again */
+	if (*done && !*err && !self->tag_err && self->touched_any) {	/* all empty again */
 		memset(self->touched, 0, (size_t)self->slot_ncpu * sizeof(__u64));
 		bpf_map_update_elem(bpf_map__fd(self->skel->maps.slot_touched), &self->walk_index,
 				    self->touched, BPF_ANY);	/* clear the marks */
@@ -845,15 +909,17 @@ static void read_touched(Loader *self)
 	}
 }
 
-/* slot_info() -> dict: the per-CPU slots' geometry and the windows the drains scanned. */
+/* slot_info() -> dict: the per-CPU slots' geometry, the windows the drains scanned and
+ * tag_errno: the errno of the first tag clear the current (or last) drain failed, else 0. */
 static PyObject *Loader_slot_info(Loader *self, PyObject *unused)
 {
 	if (check_open(self))
 		return NULL;
-	return Py_BuildValue("{sIsisIsIsIsK}", "slots", self->slots, "cpus", self->slot_ncpu,
+	return Py_BuildValue("{sIsisIsIsIsKsi}", "slots", self->slots, "cpus", self->slot_ncpu,
 			     "probes", self->probes, "window", self->slots ? self->window : 0,
 			     "windows", self->slots ? self->slots / self->window : 0,
-			     "windows_scanned", self->windows_scanned);
+			     "windows_scanned", self->windows_scanned,
+			     "tag_errno", -self->tag_err);
 }
 
 /* drain_begin(index): start emptying flow table `index` (and its slots) with drain_next(). */
@@ -1097,6 +1163,39 @@ static PyObject *Loader_prog_ids(Loader *self, PyObject *unused)
 	return d;
 }
 
+/* verifier_stats() -> {name: the verifier's statistics}, with Loader(verifier_stats=True). */
+static PyObject *Loader_verifier_stats(Loader *self, PyObject *unused)
+{
+	struct bpf_program *p;
+	PyObject *d;
+	int i = 0;
+
+	if (check_open(self))
+		return NULL;
+	if (!self->stats) {
+		PyErr_SetString(PyExc_RuntimeError, "loaded without verifier_stats=True");
+		return NULL;
+	}
+	if (!(d = PyDict_New()))
+		return NULL;
+	bpf_object__for_each_program(p, self->skel->obj) {
+		PyObject *text;
+
+		if (i == MAX_PROGS)
+			break;
+		text = PyUnicode_DecodeUTF8(self->stats[i], strnlen(self->stats[i], STATS_CAP),
+					    "replace");
+		i++;
+		if (!text || PyDict_SetItemString(d, bpf_program__name(p), text)) {
+			Py_XDECREF(text);
+			Py_DECREF(d);
+			return NULL;
+		}
+		Py_DECREF(text);
+	}
+	return d;
+}
+
 static PyObject *Loader_close(Loader *self, PyObject *unused)
 {
 	loader_release(self);
@@ -1119,7 +1218,8 @@ static PyMethodDef Loader_methods[] = {
 	{ "drain_begin", (PyCFunction)Loader_drain_begin, METH_VARARGS,
 	  "drain_begin(index): start emptying flow table index (and its slots)" },
 	{ "slot_info", (PyCFunction)Loader_slot_info, METH_NOARGS,
-	  "slot_info() -> {slots, cpus, probes, window, windows (per CPU), windows_scanned}" },
+	  "slot_info() -> {slots, cpus, probes, window, windows (per CPU), windows_scanned, "
+	  "tag_errno (the drain's first failed tag clear, else 0)}" },
 	{ "drain_next", (PyCFunction)Loader_drain_next, METH_VARARGS,
 	  "drain_next(buffer, layout=None, wall_offset=0) -> (rows written into buffer, errno, "
 	  "more): the next chunk, as flow_record rows or in a record layout" },
@@ -1134,6 +1234,9 @@ static PyMethodDef Loader_methods[] = {
 	{ "counters", (PyCFunction)Loader_counters, METH_NOARGS,
 	  "counters() -> cumulative counters (enum flow_counter order)" },
 	{ "prog_ids", (PyCFunction)Loader_prog_ids, METH_NOARGS, "prog_ids() -> {name: id}" },
+	{ "verifier_stats", (PyCFunction)Loader_verifier_stats, METH_NOARGS,
+	  "verifier_stats() -> {name: the verifier's statistics of the program (processed "
+	  "instructions, stack depth of each function)}, with Loader(verifier_stats=True)" },
 	{ "close", (PyCFunction)Loader_close, METH_NOARGS, "destroy the object (detaches links)" },
 	{ NULL }
 };
@@ -1144,7 +1247,7 @@ static PyTypeObject LoaderType = {
 	.tp_doc = "Loader(maxflows=65536, sampling=1, percpu=True, overflow_ring_bytes=0, "
 		  "precise_clock=False, slots=0, prealloc=True, fill_threshold=0, frag_table=0, "
 		  "frag_timeout=30, decap=0, keep_outer=False, l2_fields=0, mpls_labels=0, "
-		  "chunk_rows=16384, probes=4)",
+		  "chunk_rows=16384, probes=8, verifier_stats=False)",
 	.tp_basicsize = sizeof(Loader),
 	.tp_flags = Py_TPFLAGS_DEFAULT,
 	.tp_new = PyType_GenericNew,

@@ -471,6 +471,12 @@ class EbpfIngest(Ingest):
                 flows = flows[:rows] if rows > chunk // 4 else flows[:rows].copy()
                 self.context.emit(FlowBatch(source=self.name, flows=flows))
                 drained += rows
+        tag_err = self.loader.slot_info()["tag_errno"]
+        if tag_err:  # every row is out; the windows stay marked, so the next drain retries
+            self.stats["drain_errors"] += 1
+            self.log.warning("%s: clearing slot tags of table %d failed: %s; they are "
+                             "cleared again at its next drain", self.name, index,
+                             os.strerror(tag_err))
         return drained
 
     def _emit(self, flows: np.ndarray, cnt: CounterDelta | None) -> None:

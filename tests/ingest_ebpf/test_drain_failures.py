@@ -7,6 +7,8 @@ with an errno, a counters read that raises).
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import threading
 import time
@@ -27,10 +29,13 @@ ROW = _record("10.0.0.1", "10.0.0.2", 3, 1000, 53, 17, 0, 0, 7, 700, 1, 2, 0)
 class FailingLoader:
     """Drains ``rows`` copies of ``ROW`` (packets 1, 2, ...) in chunks of the caller's buffer;
     ``drain_errno`` is what the batch walk reports with its last chunk; the ``fail_at``-th
-    ``counters()`` call raises."""
+    ``counters()`` call raises; ``tag_errno`` is a failed clear of the slots' tags, which
+    ``slot_info()`` reports once every row is out."""
 
-    def __init__(self, drain_errno: int = 0, fail_at: int = 0, rows: int = 1):
+    def __init__(self, drain_errno: int = 0, fail_at: int = 0, rows: int = 1,
+                 tag_errno: int = 0):
         self.drain_errno, self.fail_at, self.counter_calls = drain_errno, fail_at, 0
+        self.tag_errno = tag_errno
         self.table = np.repeat(np.frombuffer(ROW, RECORD_DTYPE), rows)
         self.table["packets"] = np.arange(1, rows + 1)
         self.left = self.table[:0]
@@ -59,7 +64,7 @@ class FailingLoader:
         pass
 
     def slot_info(self) -> dict[str, int]:
-        return {"windows_scanned": 0}
+        return {"windows_scanned": 0, "tag_errno": self.tag_errno}
 
     def consume(self) -> tuple[bytes, int]:
         return b"", 0
@@ -96,6 +101,20 @@ def test_rows_of_a_walk_that_stopped_part_way_are_emitted_and_counted():
     comp._drain()
     assert emitted(comp) == [1]
     assert comp.stats["drain_errors"] == 1
+
+
+def test_a_failed_tag_clear_is_reported_as_such_not_as_a_part_way_drain(caplog):
+    """Every row is out and emitted; the log names the tags (not a walk that stopped part
+    way), and the drain counts as an error, so a quiet kernel is not assumed and the next
+    drain of the table clears the tags again."""
+    comp = ingest_with(FailingLoader(tag_errno=errno.ENOMEM))
+    with caplog.at_level(logging.WARNING):
+        comp._drain()
+    assert emitted(comp) == [1]
+    assert comp.stats["drain_errors"] == 1 and not comp._last_drain_clean
+    (message,) = [r.getMessage() for r in caplog.records]
+    assert "clearing slot tags of table 0 failed: " + os.strerror(errno.ENOMEM) in message
+    assert "part way" not in message
 
 
 def test_rows_are_emitted_when_reading_the_counters_fails_after_the_delete():

@@ -71,14 +71,19 @@ def test_progstats_finds_the_programs_a_process_holds():
 
 def test_progstats_reads_the_program_counters():
     """The counters progstats reports are the program's flow_stats, summed over the CPUs:
-    what the loader's counters() says (all zero on a program nothing ran)."""
+    what the loader's counters() says (all zero on a program nothing ran). The ingress and
+    egress programs read the same map (so progstats shows its totals once per agent)."""
     loader = Loader(maxflows=1024, slots=64)
     try:
-        prog_id = next(iter(loader.prog_ids().values()))
-        show = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(prog_id)],
-                              capture_output=True, text=True, check=True).stdout
-        got = counters(json.loads(show)["map_ids"])
-        assert got is not None and got[:len(loader.counters())] == list(loader.counters())
+        reads = {}
+        for name, prog_id in loader.prog_ids().items():
+            show = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(prog_id)],
+                                  capture_output=True, text=True, check=True).stdout
+            reads[name] = counters(json.loads(show)["map_ids"])
+        ingress, egress = reads["flow_tc_ingress"], reads["flow_tc_egress"]
+        assert ingress is not None and egress is not None and ingress[0] == egress[0]
+        got = ingress[1]
+        assert got[:len(loader.counters())] == list(loader.counters())
         assert got[SLOT_PACKETS] == 0
         assert (COUNTER_NAMES[SLOT_PACKETS], COUNTER_NAMES[HASH_NEW]) == ("slot_packets",
                                                                           "hash_new")

@@ -49,7 +49,7 @@
 #define GENEVE_PORT 6081
 #define MAX_TUNNEL_DEPTH 2		/* tunnels inside tunnels, as agent/tunnels.py */
 _Static_assert((MAX_TUNNEL_DEPTH & (MAX_TUNNEL_DEPTH - 1)) == 0,
-	       "MAX_TUNNEL_DEPTH indexes outer_pkts with a mask: a power of two");
+	       "MAX_TUNNEL_DEPTH indexes decap_scratch with a mask: a power of two");
 #define MAX_TUNNEL_OFF 512		/* deepest tunnel header decapsulated */
 #define MAX_INNER_OFF 1024		/* deepest inner IP header */
 
@@ -104,19 +104,26 @@ struct pkt_info {
 	__u8 vlan_tags;		/* VLAN tags seen (offloaded first), for record_vlan() */
 } __attribute__((aligned(8)));
 
-/* keep_outer: the tunnel packets a packet was taken out of, outermost first. Scratch space
- * per CPU rather than on the stack (512 bytes for the program and the functions it calls);
- * the programs do not nest on one CPU. */
-struct outer_pkts {
-	struct pkt_info p[MAX_TUNNEL_DEPTH];
+/* decapsulate: scratch space per CPU rather than on the stack (512 bytes for the program and
+ * the functions it calls, each frame rounded up to 32 bytes on older kernels, 5.x, 6.1, 6.6,
+ * and by the interpreter; 16 on 6.18): p[SCRATCH_NEXT] the inner packet being parsed,
+ * p[SCRATCH_OUTER + depth] keep_outer's tunnel packets a packet was taken out of, outermost
+ * first. One array, not a struct of structs: the verifier bounds how deeply the structs
+ * behind a global function's pointer argument nest, and pkt_info already holds flow_key and
+ * its flow_key_ext.
+ * Looked up only with decapsulate on; the programs do not nest on one CPU. */
+#define SCRATCH_NEXT 0
+#define SCRATCH_OUTER 1
+struct decap_scratch {
+	struct pkt_info p[SCRATCH_OUTER + MAX_TUNNEL_DEPTH];
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct outer_pkts);
-} outer_pkts SEC(".maps");
+	__type(value, struct decap_scratch);
+} decap_scratch SEC(".maps");
 
 /* Ports and TCP flags/header length from the transport header at `l4`. */
 static __always_inline int parse_l4(void *l4, void *end, __u8 proto, struct pkt_info *pi)
@@ -525,8 +532,9 @@ static __always_inline int decapsulate(void *data, void *end, struct pkt_info *p
  * (two levels, each with IPv6 extension headers and VLAN tags) well within its limits. They
  * read the packet bounds from the context itself. decapsulate_*: one level; decapsulate_all_*:
  * the configured tunnels removed from pi, up to MAX_TUNNEL_DEPTH levels (as agent/tunnels.py
- * does), each tunnel packet kept in `outers` (keep_outer; may be NULL) before its inner packet
- * replaces it. `next` is scratch space.
+ * does), each tunnel packet kept in ds (keep_outer, SCRATCH_OUTER) before its inner packet
+ * replaces it; ds's SCRATCH_NEXT entry is the inner packet being parsed. `ds` is checked here, not by the caller:
+ * the verifier then follows the caller's paths apart (NULL or not) only from observe() on.
  */
 #define DEFINE_DECAPSULATE(name, all_name, ctx_type)					\
 __noinline int name(ctx_type *ctx, struct pkt_info *pi, struct pkt_info *next)		\
@@ -536,15 +544,14 @@ __noinline int name(ctx_type *ctx, struct pkt_info *pi, struct pkt_info *next)		
 	return decapsulate((void *)(long)ctx->data, (void *)(long)ctx->data_end, pi, next); \
 }											\
 											\
-__noinline int all_name(ctx_type *ctx, struct pkt_info *pi, struct pkt_info *next,	\
-			struct outer_pkts *outers)					\
+__noinline int all_name(ctx_type *ctx, struct pkt_info *pi, struct decap_scratch *ds)	\
 {											\
-	if (!pi || !decap)								\
+	if (!pi || !ds || !decap)							\
 		return 0;								\
 	for (int depth = 0; depth < MAX_TUNNEL_DEPTH; depth++) {			\
-		if (outers && keep_outer && !pi->frag && tunnel_candidate(pi))		\
-			outers->p[depth & (MAX_TUNNEL_DEPTH - 1)] = *pi;		\
-		if (!name(ctx, pi, next) || pi->decap_failed)				\
+		if (keep_outer && !pi->frag && tunnel_candidate(pi))			\
+			ds->p[SCRATCH_OUTER + (depth & (MAX_TUNNEL_DEPTH - 1))] = *pi;	\
+		if (!name(ctx, pi, &ds->p[SCRATCH_NEXT]) || pi->decap_failed)		\
 			break;								\
 	}										\
 	return 0;									\
@@ -564,12 +571,13 @@ __noinline int name(ctx_type *ctx, struct pkt_info *pi)					\
 DEFINE_PARSE_MPLS(parse_mpls_tc, struct __sk_buff)
 DEFINE_PARSE_MPLS(parse_mpls_xdp, struct xdp_md)
 
-/* The per-CPU keep_outer space, or NULL when keep_outer is off. */
-static __always_inline struct outer_pkts *outers_space(void)
+/* The per-CPU decapsulate scratch space, or NULL when decapsulate is off (the verifier then
+ * drops the lookup: the default path has none). */
+static __always_inline struct decap_scratch *decap_space(void)
 {
 	__u32 zero = 0;
 
-	return keep_outer ? bpf_map_lookup_elem(&outer_pkts, &zero) : NULL;
+	return decap ? bpf_map_lookup_elem(&decap_scratch, &zero) : NULL;
 }
 
 /* Hand one packet of a flow the full table could not take to userspace; 0 if the ring is full. */
@@ -915,8 +923,9 @@ static __always_inline int slot_probe(void *slots, void *tags, __u32 table,
  * slot_probe() in table `table`'s slots. A BPF-to-BPF call, not inlined: the probe loop's
  * values live across its (inlined) map lookups and spill to the stack, and inlined they would
  * spill into the frames of the program and of account_outer(), whose sum (keep_outer) must
- * stay within the 512-byte stack. Each table has its own call of the lookup: the verifier
- * inlines a map lookup only when a single map reaches the call instruction.
+ * stay within the 512-byte stack, each frame rounded up to 32 bytes on older kernels (5.x,
+ * 6.1, 6.6; 16 on 6.18) and by the interpreter. Each table has its own call of the lookup:
+ * the verifier inlines a map lookup only when a single map reaches the call instruction.
  */
 static __noinline int slot_account(struct pkt_info *pi, struct flow_counters *cnt, __u32 table,
 				   __u32 segs, __u64 bytes)
@@ -959,8 +968,10 @@ static __always_inline void account_active(struct pkt_info *pi, __u32 segs, __u6
 
 /* keep_outer: account a tunnel packet as its outer flow too, as without decapsulate. A
  * global function, verified once rather than along every path of the caller. The outer flow
- * goes to the hash, not the per-CPU slots: the program's frame, this function's and
- * slot_account()'s together would pass the 512-byte stack (exact either way). */
+ * goes to the hash, not the per-CPU slots (exact either way): with the scratch pkt_info still
+ * on the program's stack, its frame, this function's and slot_account()'s did not fit the
+ * 512-byte stack (with decap_scratch they would take 448 bytes in 32-byte frames:
+ * tests/ingest_ebpf/test_verifier_stack.py checks every chain at 480 at most). */
 __noinline int account_outer(struct pkt_info *outer, __u32 frame_len, __u32 segs,
 			     __u32 ifindex, __u32 direction)
 {
@@ -977,11 +988,11 @@ __noinline int account_outer(struct pkt_info *outer, __u32 frame_len, __u32 segs
 }
 
 /* Shared body of every program: count, track fragments, account. `frame_len` is the whole
- * frame, `segs` the GSO segment count (1 when not GSO), `outers` the keep_outer space (NULL:
- * off). Returns nothing: the caller passes. */
+ * frame, `segs` the GSO segment count (1 when not GSO), `ds` the decapsulate scratch space
+ * (NULL: off), with keep_outer's outer packets. Returns nothing: the caller passes. */
 static __always_inline void observe(__u32 frame_len, __u32 ifindex, __u8 direction,
 				    __u32 segs, int result, struct pkt_info *pi,
-				    struct outer_pkts *outers, struct flow_counters *cnt)
+				    struct decap_scratch *ds, struct flow_counters *cnt)
 {
 	if (result == PARSE_NON_IP) {
 		cnt->v[CNT_NON_IP]++;
@@ -1003,11 +1014,13 @@ static __always_inline void observe(__u32 frame_len, __u32 ifindex, __u8 directi
 		cnt->v[CNT_DECAPSULATED] += pi->decapsulated;
 		cnt->v[CNT_DECAP_FAILED] += pi->decap_failed;
 	}
-	if (outers) {
+	if (keep_outer && ds) {
 		if (pi->decapsulated > 0)
-			account_outer(&outers->p[0], frame_len, segs, ifindex, direction);
+			account_outer(&ds->p[SCRATCH_OUTER], frame_len, segs, ifindex,
+				      direction);
 		if (pi->decapsulated > 1)
-			account_outer(&outers->p[1], frame_len, segs, ifindex, direction);
+			account_outer(&ds->p[SCRATCH_OUTER + 1], frame_len, segs, ifindex,
+				      direction);
 	}
 	pi->key.ifindex = ifindex;
 	pi->key.direction = direction;
@@ -1031,9 +1044,9 @@ static __always_inline struct flow_counters *begin(void)
 	return cnt;
 }
 
-/* parse() and, when it parsed, the tunnels removed (tc). */
+/* parse() and, when it parsed, the tunnels removed (tc; `ds`: decapsulate's scratch space). */
 static __always_inline int tc_parse(struct __sk_buff *skb, struct pkt_info *pi,
-				    struct pkt_info *scratch, struct outer_pkts *outers)
+				    struct decap_scratch *ds)
 {
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
 	int result;
@@ -1047,28 +1060,28 @@ static __always_inline int tc_parse(struct __sk_buff *skb, struct pkt_info *pi,
 	if (result == PARSE_MPLS)
 		result = parse_mpls_tc(skb, pi);
 	if (result == PARSE_OK && decap)	/* off: the verifier drops the call itself */
-		decapsulate_all_tc(skb, pi, scratch, outers);
+		decapsulate_all_tc(skb, pi, ds);
 	return result;
 }
 
 static __always_inline int tc_observe(struct __sk_buff *skb, __u8 direction)
 {
 	struct flow_counters *cnt = begin();
-	struct pkt_info pi = {}, scratch;
-	struct outer_pkts *outers;
+	struct pkt_info pi = {};
+	struct decap_scratch *ds;
 	int result;
 
 	if (!cnt)
 		return TC_ACT_UNSPEC;
-	outers = outers_space();
-	result = tc_parse(skb, &pi, &scratch, outers);
+	ds = decap_space();
+	result = tc_parse(skb, &pi, ds);
 	if ((result == PARSE_TRUNC || pi.inner_short) && skb->data_end - skb->data < skb->len) {
 		/* headers beyond the linear part: pull them in and parse again */
 		bpf_skb_pull_data(skb, skb->len < PULL_LEN ? skb->len : PULL_LEN);
 		__builtin_memset(&pi, 0, sizeof(pi));
-		result = tc_parse(skb, &pi, &scratch, outers);
+		result = tc_parse(skb, &pi, ds);
 	}
-	observe(skb->len, skb->ifindex, direction, skb->gso_segs ?: 1, result, &pi, outers, cnt);
+	observe(skb->len, skb->ifindex, direction, skb->gso_segs ?: 1, result, &pi, ds, cnt);
 	return TC_ACT_UNSPEC;	/* == TCX_NEXT: observe only, later filters/programs still run */
 }
 
@@ -1089,19 +1102,19 @@ int flow_xdp(struct xdp_md *ctx)
 {
 	struct flow_counters *cnt = begin();
 	void *data = (void *)(long)ctx->data, *end = (void *)(long)ctx->data_end;
-	struct pkt_info pi = {}, scratch;
-	struct outer_pkts *outers;
+	struct pkt_info pi = {};
+	struct decap_scratch *ds;
 	int result;
 
 	if (!cnt)
 		return XDP_PASS;
-	outers = outers_space();
+	ds = decap_space();
 	result = parse(data, end, &pi);
 	if (result == PARSE_MPLS)
 		result = parse_mpls_xdp(ctx, &pi);
 	if (result == PARSE_OK && decap)
-		decapsulate_all_xdp(ctx, &pi, &scratch, outers);
-	observe(end - data, ctx->ingress_ifindex, 0, 1, result, &pi, outers, cnt);
+		decapsulate_all_xdp(ctx, &pi, ds);
+	observe(end - data, ctx->ingress_ifindex, 0, 1, result, &pi, ds, cnt);
 	return XDP_PASS;
 }
 

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
 /*
- * maps.h - the maps of flow.bpf.c (outer_pkts, keep_outer's scratch space, is there: its value
- * is the program's own struct pkt_info). The loader resizes flows_a/flows_b to `maxflows` and
+ * maps.h - the maps of flow.bpf.c (decap_scratch, decapsulate's scratch space, is there: its
+ * value is the program's own struct pkt_info). The loader resizes flows_a/flows_b to `maxflows` and
  * may switch them to BPF_MAP_TYPE_PERCPU_HASH (map_type = "percpu") before load.
  */
 #ifndef NFA_MAPS_H
