@@ -13,7 +13,7 @@ of ``--runs``; the last column is the process's peak RSS growth over the whole b
 (``VmHWM`` after minus before the first drain).
 
 Run as root: ``python3 bench/ebpf/drain.py [--runs 5] [--flows 10000 100000] [--maxflows N]
-[--prealloc] [--slots 4096] [--probes 4] [--chunk 4096] [--map-type shared]
+[--prealloc] [--slots 4096] [--probes 8] [--chunk 4096] [--map-type shared]
 [--decode loader] [--merge]``.
 """
 
@@ -58,8 +58,9 @@ def main() -> None:
     ap.add_argument("--prealloc", action="store_true", help="preallocated tables")
     ap.add_argument("--slots", type=int, default=4096,
                     help="per-CPU flow slots (the agent's cpu_slots; 0 = hash only)")
-    ap.add_argument("--probes", type=int, default=4,
-                    help="slots probed per packet (1 = direct-mapped, before issue 14's probing)")
+    ap.add_argument("--probes", type=int, default=8,
+                    help="slots of the key's tag word probed per packet, 1-8 (the agent's 8; "
+                    "1 = direct-mapped, before issue 14's probing)")
     ap.add_argument("--chunk", type=int, default=4096,
                     help="rows per drain step (the agent's drain_chunk)")
     ap.add_argument("--map-type", choices=("shared", "percpu"), default="shared",

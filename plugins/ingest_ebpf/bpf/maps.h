@@ -22,9 +22,10 @@ struct flow_map {
 struct flow_map flows_a SEC(".maps");
 struct flow_map flows_b SEC(".maps");
 
-/* Per-CPU flow slots, checked before the hash: open addressing with a few linear probes
- * (slot_probes; array lookups inlined by the verifier, consecutive entries) and a key compare
- * instead of a hash walk. A flow whose probed slots other flows hold goes to the hash. CPU c
+/* Per-CPU flow slots, checked before the hash: open addressing within the key's group of 8
+ * slots, found through a tag byte per slot (tags_a/tags_b, 8 to a word: slot_probes of them
+ * read in one word, a slot read only when its tag matches) and a key compare instead of a
+ * hash walk. A flow whose probed slots other flows hold goes to the hash. CPU c
  * owns entries [c * slots, (c + 1) * slots): a plain array rather than a per-CPU one so that
  * userspace can mmap it (window by window, see slot_touched) and drain it without a syscall
  * per slot.
