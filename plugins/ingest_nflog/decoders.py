@@ -102,7 +102,9 @@ class Batcher(Protocol):
 
 
 class ReadResult(NamedTuple):
-    """What one ``_nflog.Aggregator.read`` did (one round of :meth:`CBatcher.serve`)."""
+    """What one ``_nflog.Aggregator.read`` did: one read round without the wait, the round
+    :meth:`CBatcher.serve`'s C loop repeats (the reader calls ``serve``; ``read`` is for
+    tests and benches)."""
 
     datagrams: int
     bytes: int
