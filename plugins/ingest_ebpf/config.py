@@ -98,10 +98,10 @@ class Config:
                       'grow with the CPUs; "percpu": per-CPU hash, no atomics (kernel 5.8+).')
     decapsulate: list[TunnelName] = decapsulate_option()
     keep_outer: bool = keep_outer_option(
-        " Here outer flows go to the hash table, never the cpu_slots, and the derived sizes "
+        " Outer flows take cpu_slots and hash entries like inner ones, and the derived sizes "
         "(maxflows = 0, cpu_slots = \"auto\") do not allow for them: with VXLAN/Geneve the "
         "outer source port is a hash of the inner flow, so every inner flow adds an outer "
-        "flow to the hash. Expect more early drains and packets through the overflow ring or "
+        "flow. Expect more early drains and packets through the overflow ring or "
         "in full_packets (counted, never lost silently) unless maxflows is raised for them.")
 
     def check(self) -> list[ConfigIssue]:

@@ -966,12 +966,12 @@ static __always_inline void account_active(struct pkt_info *pi, __u32 segs, __u6
 	}
 }
 
-/* keep_outer: account a tunnel packet as its outer flow too, as without decapsulate. A
- * global function, verified once rather than along every path of the caller. The outer flow
- * goes to the hash, not the per-CPU slots (exact either way): with the scratch pkt_info still
- * on the program's stack, its frame, this function's and slot_account()'s did not fit the
- * 512-byte stack (with decap_scratch they would take 448 bytes in 32-byte frames:
- * tests/ingest_ebpf/test_verifier_stack.py checks every chain at 480 at most). */
+/* keep_outer: account a tunnel packet as its outer flow too, as without decapsulate, in the
+ * slots and then the hash like any flow. A global function, verified once rather than along
+ * every path of the caller. The chain program -> account_outer() -> slot_account() is the
+ * deepest: 448 bytes in 32-byte frames, with decapsulate's scratch pkt_info in decap_scratch
+ * rather than on the program's stack (tests/ingest_ebpf/test_verifier_stack.py checks every
+ * chain at 480 at most). */
 __noinline int account_outer(struct pkt_info *outer, __u32 frame_len, __u32 segs,
 			     __u32 ifindex, __u32 direction)
 {
@@ -983,7 +983,7 @@ __noinline int account_outer(struct pkt_info *outer, __u32 frame_len, __u32 segs
 	outer->key.ifindex = ifindex;
 	outer->key.direction = direction;
 	record_eth_type(outer);
-	account_active(outer, segs, packet_bytes(outer, frame_len, segs), cnt, 0);
+	account_active(outer, segs, packet_bytes(outer, frame_len, segs), cnt, 1);
 	return 0;
 }
 
