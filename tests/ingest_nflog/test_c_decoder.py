@@ -249,31 +249,30 @@ def test_take_rewrites_a_row_buffer_only_once_nothing_holds_it() -> None:
     assert (agg.pool_fresh, agg.pool_reused) == (pool + 3, 2)
 
 
-def test_reading_a_socket_is_feeding_its_datagrams() -> None:
+def test_reading_a_socket_is_feeding_its_datagrams(
+        pair: tuple[socket.socket, socket.socket]) -> None:
     """read() receives what waits on a socket (non-blocking) into the table, within its
     bounds, and reports an error instead of raising."""
     ext = _ext()
-    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    with reader, writer:
-        reader.setblocking(False)
-        for d in DATAGRAMS:
-            writer.send(d)
-        agg = ext.Aggregator()
-        first = decoders.ReadResult(*agg.read(reader.fileno(), 3, 1 << 20, 65536))
-        assert (first.datagrams, first.full, first.errno) == (3, True, 0)
-        rest = decoders.ReadResult(*agg.read(reader.fileno(), 1000, 1 << 20, 65536))
-        assert (rest.datagrams, rest.full) == (len(DATAGRAMS) - 3, False)
-        assert first.bytes + rest.bytes == sum(map(len, DATAGRAMS))
-        fed = ext.Aggregator()
-        packets = sum(fed.feed(d, len(d), RECV_NS) for d in DATAGRAMS)
-        assert first.packets + rest.packets == packets
-        got, want = agg.take(), fed.take()
-        assert [r[:3] + r[5:] for r in rows_of(got[0])] == \
-            [r[:3] + r[5:] for r in rows_of(want[0])]  # times: the recorded timestamps
-        assert got[1:] == want[1:]
-        writer.send(DATAGRAMS[0])
-        small = decoders.ReadResult(*agg.read(reader.fileno(), 10, 1, 65536))
-        assert (small.datagrams, small.full) == (1, True)  # max_bytes reached
+    reader, writer = pair
+    for d in DATAGRAMS:
+        writer.send(d)
+    agg = ext.Aggregator()
+    first = decoders.ReadResult(*agg.read(reader.fileno(), 3, 1 << 20, 65536))
+    assert (first.datagrams, first.full, first.errno) == (3, True, 0)
+    rest = decoders.ReadResult(*agg.read(reader.fileno(), 1000, 1 << 20, 65536))
+    assert (rest.datagrams, rest.full) == (len(DATAGRAMS) - 3, False)
+    assert first.bytes + rest.bytes == sum(map(len, DATAGRAMS))
+    fed = ext.Aggregator()
+    packets = sum(fed.feed(d, len(d), RECV_NS) for d in DATAGRAMS)
+    assert first.packets + rest.packets == packets
+    got, want = agg.take(), fed.take()
+    assert [r[:3] + r[5:] for r in rows_of(got[0])] == \
+        [r[:3] + r[5:] for r in rows_of(want[0])]  # times: the recorded timestamps
+    assert got[1:] == want[1:]
+    writer.send(DATAGRAMS[0])
+    small = decoders.ReadResult(*agg.read(reader.fileno(), 10, 1, 65536))
+    assert (small.datagrams, small.full) == (1, True)  # max_bytes reached
     pipe_r, pipe_w = os.pipe()  # not a socket: the error is reported, nothing raised
     try:
         bad = decoders.ReadResult(*ext.Aggregator().read(pipe_r, 10, 1 << 20, 65536))
@@ -301,19 +300,18 @@ def _serve(agg: Any, fd: int, timeout_ms: float = 2000, due_ms: float = 50,
                                            max_datagrams, 1 << 20, 65536))
 
 
-def test_serve_sums_many_datagrams_in_one_call_with_exact_counts_and_gaps() -> None:
+def test_serve_sums_many_datagrams_in_one_call_with_exact_counts_and_gaps(
+        pair: tuple[socket.socket, socket.socket]) -> None:
     """serve() reads round after round until the sums are due: one call takes in every
     waiting datagram (several rounds, 3 per round here), and its flows, packets and sequence
     gaps are exactly those of feeding the same datagrams one by one."""
     ext = _ext()
     datagrams = _sequenced(40, 16, lost={7, 8, 30})
-    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    with reader, writer:
-        reader.setblocking(False)
-        for d in datagrams:
-            writer.send(d)
-        agg = ext.Aggregator()
-        got = _serve(agg, reader.fileno(), max_datagrams=3)
+    reader, writer = pair
+    for d in datagrams:
+        writer.send(d)
+    agg = ext.Aggregator()
+    got = _serve(agg, reader.fileno(), max_datagrams=3)
     assert (got.datagrams, got.errno, got.enobufs, got.cut) == (37, 0, 0, 0)
     assert got.rounds == 13 and got.timed_out  # 3 a round, then nothing until due
     assert got.bytes == sum(map(len, datagrams)) and got.packets == 37 * 16
@@ -325,31 +323,30 @@ def test_serve_sums_many_datagrams_in_one_call_with_exact_counts_and_gaps() -> N
     assert taken[5] == agg.seq_gaps == 3 * 16  # the three lost datagrams' packets
 
 
-def test_serve_returns_when_the_sums_are_due() -> None:
+def test_serve_returns_when_the_sums_are_due(
+        pair: tuple[socket.socket, socket.socket]) -> None:
     """serve() hands back once ``hold`` flows are pending (more datagrams still waiting),
     once ``due_ms`` passed with flows pending, after ``timeout_ms`` with nothing, and never
     waits past ``timeout_ms`` (the reader's stop flag is seen in time); a receive error ends
     it with its errno; the calls together lose nothing."""
     ext = _ext()
     datagrams = _sequenced(10, 8, lost=set())
-    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    with reader, writer:
-        reader.setblocking(False)
-        for d in datagrams:
-            writer.send(d)
-        agg = ext.Aggregator()
-        held = _serve(agg, reader.fileno(), hold=20, max_datagrams=1)
-        assert (held.datagrams, held.rounds, held.timed_out) == (3, 3, False)  # 24 >= 20
-        rows = bytes(agg.take()[0])
-        due = _serve(agg, reader.fileno(), due_ms=0)
-        assert (due.datagrams, due.rounds, due.timed_out) == (7, 1, False)
-        rows += bytes(agg.take()[0])
-        idle = _serve(agg, reader.fileno(), timeout_ms=20)
-        assert (idle.datagrams, idle.rounds, idle.timed_out, agg.pending) == (0, 0, True, 0)
-        writer.send(datagrams[0])  # sums held, not due for a minute: the call still ends
-        bounded = _serve(agg, reader.fileno(), timeout_ms=20, due_ms=60_000)
-        assert (bounded.datagrams, bounded.timed_out, agg.pending) == (1, False, 8)
-        rows += bytes(agg.take()[0])
+    reader, writer = pair
+    for d in datagrams:
+        writer.send(d)
+    agg = ext.Aggregator()
+    held = _serve(agg, reader.fileno(), hold=20, max_datagrams=1)
+    assert (held.datagrams, held.rounds, held.timed_out) == (3, 3, False)  # 24 >= 20
+    rows = bytes(agg.take()[0])
+    due = _serve(agg, reader.fileno(), due_ms=0)
+    assert (due.datagrams, due.rounds, due.timed_out) == (7, 1, False)
+    rows += bytes(agg.take()[0])
+    idle = _serve(agg, reader.fileno(), timeout_ms=20)
+    assert (idle.datagrams, idle.rounds, idle.timed_out, agg.pending) == (0, 0, True, 0)
+    writer.send(datagrams[0])  # sums held, not due for a minute: the call still ends
+    bounded = _serve(agg, reader.fileno(), timeout_ms=20, due_ms=60_000)
+    assert (bounded.datagrams, bounded.timed_out, agg.pending) == (1, False, 8)
+    rows += bytes(agg.take()[0])
     assert len(rows) == 88 * decoders.TAKE_DTYPE.itemsize
     assert agg.seq_resets == 1 and agg.seq_gaps == 0  # datagram 0 again: a reset, no loss
     pipe_r, pipe_w = os.pipe()  # readable, but not a socket: the error comes back

@@ -15,10 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from netflow_agent.plugins.ingest_nflog.decoders import ServeResult
 from tests.ingest_nflog.test_c_decoder import _ext, _sequenced
@@ -30,15 +27,6 @@ def _serve(agg: Any, fd: int, timeout_ms: float = 5000, due_ms: float = 0,
            euid: int = -1) -> ServeResult:
     return ServeResult(*agg.serve(fd, timeout_ms, due_ms, pause_ms, hold, max_datagrams,
                                   1 << 20, 65536, euid))
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    """(reader, writer): the reader end non-blocking, as the NFLOG socket is."""
-    reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    reader.setblocking(False)
-    with reader, writer:
-        yield reader, writer
 
 
 def test_the_pause_after_an_emptying_round_outlives_the_call(
@@ -76,7 +64,8 @@ def test_a_round_stopped_at_its_bound_does_not_pause(
     assert agg.read_datagrams == 5 and agg.read_packets == 10 and agg.read_rounds == 3
 
 
-def test_counts_are_live_while_serve_runs(pair: tuple[socket.socket, socket.socket]) -> None:
+def test_counts_are_live_while_serve_runs(
+        pair: tuple[socket.socket, socket.socket]) -> None:
     """``read_packets``/``read_datagrams``/``read_rounds`` follow each datagram while a call
     holds the sums (``agent stats`` mid-flood agrees with ``messages``), and match the
     call's own result when it returns."""
