@@ -1,0 +1,8 @@
+"""Type stub of the C extension ``agent/_wirepack.c`` (see its header for the contract)."""
+
+from typing_extensions import Buffer
+
+def pack_rows(records: Buffer, stride: int, ops: Buffer, out: Buffer, size: int,
+              rows: Buffer | None = None) -> None: ...
+def frame(block: Buffer, start: int, body: int, count: int, head: bytes, seq_at: int,
+          seq: int, seq_step: int, middle: bytes, tail: bytes, /) -> list[bytes]: ...
