@@ -258,7 +258,8 @@ def pack_flows(flows: np.ndarray, tpl: Template, boot_ns: int,
     order), from the columns in bulk.
 
     FIRST/LAST_SWITCHED are sysUpTime ms (:func:`.v5.uptime_ms`), ICMP_TYPE the destination
-    port's ``type << 8 | code`` for ICMP/ICMPv6 and 0 otherwise, TCP_FLAGS the low byte.
+    port's ``type << 8 | code`` for ICMP/ICMPv6 and 0 otherwise, TCP_FLAGS the low byte (a
+    plain field: its 1-byte cast is the low byte).
     """
     def column(name: str) -> np.ndarray:
         return flows[name] if rows is None else flows[name][rows]
@@ -268,7 +269,6 @@ def pack_flows(flows: np.ndarray, tpl: Template, boot_ns: int,
         22: lambda n: uptime_ms(column("start_ns"), boot_ns),
         21: lambda n: uptime_ms(column("end_ns"), boot_ns),
         32: lambda n: np.where((protocol == 1) | (protocol == 58), column("dst_port"), 0),
-        6: lambda n: column("tcp_flags") & 0xFF,
     }
     base = tpl.fields[:len(tpl.fields) - len(tpl.extra)]
     return pack_template(flows, base, tpl.extra, special, rows)
