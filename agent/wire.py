@@ -229,26 +229,30 @@ def _pack_ops(record: np.dtype, fields: tuple[tuple[int, int], ...],
     network order (the structured cast's value modulo 2**(8 * length)). ``None`` where a
     field is not that (a column narrower than its field, a big-endian host): the cast."""
     key = (record, fields, out)
-    if key in _OPS:
-        return _OPS[key]
-    ops: list[tuple[int, int, int, int]] | None = []
-    columns, packed = record.fields or {}, out.fields or {}
+    if key not in _OPS:
+        _OPS[key] = _field_copies(record, fields, out)
+    return _OPS[key]
+
+
+def _field_copies(record: np.dtype, fields: tuple[tuple[int, int], ...],
+                  out: np.dtype) -> bytes | None:
+    """:func:`_pack_ops`, built."""
+    ops: list[tuple[int, int, int, int]] = []
+    columns: Mapping[str, Any] = record.fields or {}
+    packed: Mapping[str, Any] = out.fields or {}
     for ie, length in fields:
         column, offset = columns[_COLUMN_OF_IE[ie]][:2]
         at = packed[f"ie{ie}"][1]
         if _is_bytes(ie, length):
-            ok = column.itemsize >= length
-            op = (offset, at, length, 0)
+            if column.itemsize < length:
+                return None
+            ops.append((offset, at, length, 0))
+        elif (column.kind in "iu" and column.isnative and column.itemsize >= length
+              and np.little_endian):
+            ops.append((offset, at, length, int(length > 1)))
         else:
-            ok = (column.kind in "iu" and column.isnative and column.itemsize >= length
-                  and np.little_endian)
-            op = (offset, at, length, int(length > 1))
-        if not ok:
-            ops = None
-            break
-        ops.append(op)
-    _OPS[key] = None if ops is None else np.array(ops, np.uint32).tobytes()
-    return _OPS[key]
+            return None
+    return np.array(ops, np.uint32).tobytes()
 
 
 _SOURCES: dict[tuple[np.dtype, tuple[tuple[int, int], ...]], np.dtype] = {}
