@@ -19,7 +19,8 @@ and the Python headers are needed to install (gcc and python3-dev in scripts/set
 ``netflow_agent._udpsend`` (``agent/_udpsend.c``, a burst of export datagrams in one
 ``sendmmsg(2)`` call, and the paced send loop that sleeps on a token bucket between bursts,
 both with the GIL released) is required in the same way: the UDP destinations
-send through it.
+send through it. ``netflow_agent._wirepack`` (``agent/_wirepack.c``, export records packed
+from flow rows in one pass, ``agent/wire.py``'s ``pack_template``) is required too.
 
 ``netflow_agent.plugins.ingest_nflog._nflog`` (the NFLOG decoder's per-packet loop) is a plain
 optional extension without a build step of its own; without a compiler ``ingest.nflog`` uses its
@@ -87,6 +88,11 @@ setup(
         Extension(  # the flow cache's key index; plain C over the Python API, required
             "netflow_agent._flowindex",
             sources=["agent/_flowindex.c"],
+            extra_compile_args=["-O2", "-Wall", "-Wextra"],
+        ),
+        Extension(  # export records packed from flow rows (agent/wire.py); plain C, required
+            "netflow_agent._wirepack",
+            sources=["agent/_wirepack.c"],
             extra_compile_args=["-O2", "-Wall", "-Wextra"],
         ),
         Extension(  # UDP bursts in one sendmmsg(2) and the paced send loop; plain C, required

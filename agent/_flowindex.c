@@ -805,11 +805,12 @@ static PyObject *FlowIndex_remove(FlowIndex *s, PyObject *obj)
 }
 
 PyDoc_STRVAR(take_doc,
-	     "take(slots, into, stride=key_size) -> None\n\n"
+	     "take(slots, into, stride=key_size, keep=False) -> None\n\n"
 	     "keys(slots) written into `into` (a writable C-contiguous buffer), key r at byte\n"
 	     "r * stride (a stride of a record's size: each key into its row of a record array),\n"
-	     "and remove(slots), in one pass over the slots. A slot that holds no key, or an\n"
-	     "`into` too small, raises ValueError and nothing changes.");
+	     "and remove(slots), in one pass over the slots; with keep, the keys are only\n"
+	     "copied (a drain that empties the index with clear() afterwards). A slot that\n"
+	     "holds no key, or an `into` too small, raises ValueError and nothing changes.");
 
 static PyObject *FlowIndex_take(FlowIndex *s, PyObject *args)
 {
@@ -817,9 +818,10 @@ static PyObject *FlowIndex_take(FlowIndex *s, PyObject *args)
 	Py_buffer view, into;
 	Py_ssize_t stride = -1;
 	size_t n;
-	int fits, overlap;
+	int fits, overlap, keep = 0;
 
-	if (!PyArg_ParseTuple(args, "OO|n:take", &slots_obj, &into_obj, &stride) || ready(s) < 0)
+	if (!PyArg_ParseTuple(args, "OO|np:take", &slots_obj, &into_obj, &stride, &keep)
+	    || ready(s) < 0)
 		return NULL;
 	if (stride < 0)
 		stride = s->key_size;
@@ -849,7 +851,14 @@ static PyObject *FlowIndex_take(FlowIndex *s, PyObject *args)
 			     "stride of %zd", into.len, n, s->key_size, stride);
 		goto done;
 	}
-	remove_rows(s, view.buf, n, into.buf, (size_t)stride);
+	if (keep) {
+		const int64_t *v = view.buf;
+		size_t ks = (size_t)s->key_size;
+		for (size_t r = 0; r < n; r++)
+			memcpy((uint8_t *)into.buf + r * (size_t)stride, s->keys + (size_t)v[r] * ks, ks);
+	} else {
+		remove_rows(s, view.buf, n, into.buf, (size_t)stride);
+	}
 done:
 	PyBuffer_Release(&into);
 	PyBuffer_Release(&view);
@@ -885,32 +894,68 @@ static PyObject *FlowIndex_keys(FlowIndex *s, PyObject *obj)
 }
 
 PyDoc_STRVAR(occupied_doc,
-	     "occupied(limit=0) -> memoryview of int64\n\n"
-	     "The slots that hold keys, ascending; with limit > 0, only the lowest `limit`\n"
-	     "(a forced expiry takes the table out in steps).");
+	     "occupied(limit=0, start=0) -> memoryview of int64\n\n"
+	     "The slots from `start` on that hold keys, ascending; with limit > 0, only the\n"
+	     "lowest `limit` (a forced expiry takes the table out in steps).");
 
 static PyObject *FlowIndex_occupied(FlowIndex *s, PyObject *args, PyObject *kwds)
 {
-	static char *kwlist[] = {"limit", NULL};
-	Py_ssize_t limit = 0;
+	static char *kwlist[] = {"limit", "start", NULL};
+	Py_ssize_t limit = 0, start = 0;
 	int64_t *out;
-	PyObject *view;
-	size_t k = 0, n;
+	void *data;
+	PyObject *view, *found;
+	size_t k = 0, n, w0;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "|n:occupied", kwlist, &limit))
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "|nn:occupied", kwlist, &limit, &start))
 		return NULL;
 	if (ready(s) < 0)
 		return NULL;
-	if (limit < 0)
-		return PyErr_Format(PyExc_ValueError, "limit: %zd is negative", limit);
+	if (limit < 0 || start < 0)
+		return PyErr_Format(PyExc_ValueError, "%s: %zd is negative",
+				    limit < 0 ? "limit" : "start", limit < 0 ? limit : start);
 	n = limit && (size_t)limit < s->count ? (size_t)limit : s->count;
 	view = new_view(n, 8, "q", (void **)&out);
 	if (!view)
 		return NULL;
-	for (size_t w = 0; k < n && w < (s->high + 63) / 64; w++)
-		for (uint64_t bits = s->used[w]; bits && k < n; bits &= bits - 1)
+	w0 = (size_t)start / 64;
+	for (size_t w = w0; k < n && w < (s->high + 63) / 64; w++) {
+		uint64_t bits = s->used[w];
+		if (w == w0) /* the slots below start */
+			bits &= ~(uint64_t)0 << ((size_t)start % 64);
+		for (; bits && k < n; bits &= bits - 1)
 			out[k++] = (int64_t)(w * 64 + (size_t)__builtin_ctzll(bits));
-	return view;
+	}
+	if (k == n)
+		return view;
+	/* fewer slots from `start` on than asked for: a view of the k found */
+	found = new_view(k, 8, "q", &data);
+	if (found)
+		memcpy(data, out, k * 8);
+	Py_DECREF(view);
+	return found;
+}
+
+PyDoc_STRVAR(clear_doc,
+	     "clear() -> None\n\n"
+	     "Every key out at once (as remove() of every slot, in one pass over the buckets\n"
+	     "and the in-use bits, not one removal per key): the index is empty, numbering\n"
+	     "restarts at 0; the memory stays allocated.");
+
+static PyObject *FlowIndex_clear(FlowIndex *s, PyObject *Py_UNUSED(ignored))
+{
+	if (ready(s) < 0)
+		return NULL;
+	if (s->nbuckets)
+		memset(s->buckets, 0, s->nbuckets * sizeof(uint32_t));
+	if (s->slot_cap) {
+		memset(s->used, 0, words_for(s->slot_cap) * sizeof(uint64_t));
+		memset(s->full, 0, words_for(words_for(s->slot_cap)) * sizeof(uint64_t));
+	}
+	s->count = 0;
+	s->high = 0;
+	s->free_word = 0;
+	Py_RETURN_NONE;
 }
 
 static size_t memory_bytes(const FlowIndex *s)
@@ -967,6 +1012,7 @@ static PyMethodDef FlowIndex_methods[] = {
 	{"take", (PyCFunction)FlowIndex_take, METH_VARARGS, take_doc},
 	{"occupied", (PyCFunction)(void (*)(void))FlowIndex_occupied, METH_VARARGS | METH_KEYWORDS,
 	 occupied_doc},
+	{"clear", (PyCFunction)FlowIndex_clear, METH_NOARGS, clear_doc},
 	{"memory_bytes", (PyCFunction)FlowIndex_memory_bytes, METH_NOARGS, memory_doc},
 	{"__sizeof__", (PyCFunction)FlowIndex_sizeof, METH_NOARGS, memory_doc},
 	{NULL, NULL, 0, NULL},

@@ -37,7 +37,8 @@ Groups (see ``docs/hooks.md``):
 * export records from columns (``agent/wire.py``): :func:`flow_columns`,
   :func:`pack_template`, :func:`template_dtype`, :func:`address_column`,
   :func:`group_rows`, :func:`rows_of`, :func:`any_bytes`,
-  :class:`PackedRecords`, :func:`join_records`, :func:`wire_columns`, :func:`wire_dtype`;
+  :class:`PackedRecords`, :func:`join_records`, :func:`frame_packets`, :func:`wire_columns`,
+  :func:`wire_dtype`;
 * network namespaces: :func:`run_in_netns`, :class:`NetnsScope`, :func:`netns_path`,
   :func:`names_here`, :class:`InterfaceNames` (the interfaces exported flows used);
 * IPFIX Information Elements: :data:`IE_BY_ID`, :func:`information_element`,
@@ -159,6 +160,7 @@ from netflow_agent.wire import (
     address_column,
     any_bytes,
     flow_columns,
+    frame_packets,
     group_rows,
     join_records,
     pack_template,
@@ -169,7 +171,7 @@ from netflow_agent.wire import (
 )
 
 #: ``(major, minor)`` of this plugin API (see the module docstring).
-API_VERSION = (3, 2)
+API_VERSION = (3, 3)
 
 __all__ = [
     "API_VERSION",
@@ -261,6 +263,7 @@ __all__ = [
     "address_column",
     "any_bytes",
     "flow_columns",
+    "frame_packets",
     "group_rows",
     "join_records",
     "pack_template",

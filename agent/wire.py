@@ -13,7 +13,10 @@ object per flow):
   in their declared ``width``: 1, 2, 4 or 8 bytes as unsigned big-endian integers, any other
   width (an MPLS label stack entry: 3 bytes) as the low ``width`` bytes of the value
   (RFC 7011 section 6.2 reduced-size encoding), ``bytes`` fields (MAC addresses) as they are
-  (:func:`wire_dtype`, :func:`wire_columns`).
+  (:func:`wire_dtype`, :func:`wire_columns`);
+* the loops per record and per packet in C (``agent/_wirepack.c``): :func:`pack_template`'s
+  plain fields (one pass over a template's rows where they lie, no copy of them; NumPy's
+  structured cast where a field is not a plain copy), :func:`frame_packets`.
 
 Addresses are ``V16`` columns with IPv4 zero-padded: a 4-byte template field takes the first
 4 bytes.
@@ -26,12 +29,13 @@ from typing import Any, overload
 
 import numpy as np
 
+from . import _wirepack
 from .ie import BY_ID, FLOW_FIELDS
 from .model import FlowBatch, FlowRecord
 from .schema import FlowField
 
 __all__ = [
-    "PackedRecords", "address_column", "any_bytes", "flow_columns", "group_rows",
+    "PackedRecords", "address_column", "any_bytes", "flow_columns", "frame_packets", "group_rows",
     "join_records", "pack_template", "rows_of",
     "template_dtype", "wire_code", "wire_columns", "wire_dtype",
 ]
@@ -170,26 +174,85 @@ def template_dtype(fields: Sequence[tuple[int, int]],
 
 def pack_template(flows: np.ndarray, fields: Sequence[tuple[int, int]],
                   extra: Sequence[FlowField] = (),
-                  special: Mapping[int, Callable[[int], Any]] | None = None) -> PackedRecords:
-    """The data records of one template for every row of ``flows``.
+                  special: Mapping[int, Callable[[int], Any]] | None = None,
+                  rows: np.ndarray | None = None) -> PackedRecords:
+    """The data records of one template for every row of ``flows`` (or the ``rows`` of it,
+    in that order: :func:`group_rows`' rows of one template, no copy of them).
 
     :param fields: the template's ``(IE id, length)`` pairs before ``extra``. Each is written
         from the column :data:`agent.ie.FLOW_FIELDS` names (addresses: their first
         ``length`` bytes; integers: reduced to ``length`` bytes) unless ``special`` has it.
     :param extra: the schema fields at the end of the template.
     :param special: IE id -> ``f(length)`` returning its values (a column, or one value for
-        every row): the format's own conversions (times, ICMP type/code, constants).
+        every row; with ``rows``, for those rows): the format's own conversions (times,
+        ICMP type/code, constants).
+    :param rows: row numbers of ``flows`` to write (``None``: all, in order).
     """
-    out = np.empty(len(flows), template_dtype(fields, extra))
+    dtype = _template_dtype(tuple(fields), tuple(extra))
     special = special or {}
     plain = tuple((ie, length) for ie, length in fields if ie not in special)
-    if plain and len(flows):  # every plain field in one structured cast (one pass)
-        out[[f"ie{ie}" for ie, _ in plain]] = flows.view(_source_dtype(flows.dtype, plain))
+    ops = _pack_ops(flows.dtype, plain, dtype) if flows.flags.c_contiguous else None
+    if rows is not None and (ops is None or extra):  # NumPy writes from the rows' copy
+        flows, rows = flows.take(rows), None
+    out = np.empty(len(flows) if rows is None else len(rows), dtype)
+    if plain and len(out):  # every plain field in one pass: C, else one structured cast
+        if ops is not None:
+            _wirepack.pack_rows(flows, flows.itemsize, ops, out, out.itemsize,
+                                None if rows is None else np.ascontiguousarray(rows, np.int64))
+        else:
+            out[[f"ie{ie}" for ie, _ in plain]] = flows.view(_source_dtype(flows.dtype, plain))
     for ie, length in fields:
         if ie in special:
             out[f"ie{ie}"] = special[ie](length)
     fill_fields(out, flows, extra)
     return PackedRecords.from_array(out)
+
+
+_TEMPLATES: dict[tuple[tuple[tuple[int, int], ...], tuple[FlowField, ...]], np.dtype] = {}
+_OPS: dict[tuple[np.dtype, tuple[tuple[int, int], ...], np.dtype], bytes | None] = {}
+
+
+def _template_dtype(fields: tuple[tuple[int, int], ...],
+                    extra: tuple[FlowField, ...]) -> np.dtype:
+    """:func:`template_dtype`, built once per template (it cost ~11 µs per call)."""
+    dt = _TEMPLATES.get((fields, extra))
+    if dt is None:
+        dt = _TEMPLATES[(fields, extra)] = template_dtype(fields, extra)
+    return dt
+
+
+def _pack_ops(record: np.dtype, fields: tuple[tuple[int, int], ...],
+              out: np.dtype) -> bytes | None:
+    """The field copies (uint32 src, dst, len, swap) of ``_wirepack.pack_rows`` that write
+    the template fields ``fields`` of ``out`` from a row of ``record``: an address its
+    column's first ``length`` bytes, an integer its native column's low ``length`` bytes in
+    network order (the structured cast's value modulo 2**(8 * length)). ``None`` where a
+    field is not that (a column narrower than its field, a big-endian host): the cast."""
+    key = (record, fields, out)
+    if key not in _OPS:
+        _OPS[key] = _field_copies(record, fields, out)
+    return _OPS[key]
+
+
+def _field_copies(record: np.dtype, fields: tuple[tuple[int, int], ...],
+                  out: np.dtype) -> bytes | None:
+    """:func:`_pack_ops`, built."""
+    ops: list[tuple[int, int, int, int]] = []
+    columns: Mapping[str, Any] = record.fields or {}
+    packed: Mapping[str, Any] = out.fields or {}
+    for ie, length in fields:
+        column, offset = columns[_COLUMN_OF_IE[ie]][:2]
+        at = packed[f"ie{ie}"][1]
+        if _is_bytes(ie, length):
+            if column.itemsize < length:
+                return None
+            ops.append((offset, at, length, 0))
+        elif (column.kind in "iu" and column.isnative and column.itemsize >= length
+              and np.little_endian):
+            ops.append((offset, at, length, int(length > 1)))
+        else:
+            return None
+    return np.array(ops, np.uint32).tobytes()
 
 
 _SOURCES: dict[tuple[np.dtype, tuple[tuple[int, int], ...]], np.dtype] = {}
@@ -261,6 +324,20 @@ class PackedRecords(Sequence[bytes]):
 
     def __repr__(self) -> str:
         return f"PackedRecords({len(self)} x {self.size} bytes)"
+
+
+def frame_packets(block: bytes | memoryview, start: int, body: int, count: int, head: bytes,
+                  seq_at: int, seq: int, middle: bytes, tail: bytes,
+                  seq_step: int = 1) -> list[bytes]:
+    """``count`` export packets of ``body`` bytes of records each, cut from ``block`` from
+    byte ``start`` on, one bytes object per packet, built in C (``agent/_wirepack.c``).
+
+    Packet ``j`` is ``head`` with its 4-byte big-endian sequence number at ``seq_at`` set to
+    ``(seq + j * seq_step) mod 2**32``, then ``middle`` (a set header), the records, ``tail``
+    (padding): what a ``b"".join`` of those parts per packet gives.
+    """
+    return _wirepack.frame(block, start, body, count, head, seq_at, seq, seq_step, middle,
+                           tail)
 
 
 def join_records(records: Sequence[bytes]) -> bytes:

@@ -511,6 +511,7 @@ class FlowCache(Cache):
         due for the next scans); < 0 (a scan only): none now, every due flow stays.
         """
         if not force:
+            self.table.settle()  # a forced scan's drain ends before the columns are read
             return self._sampled(self._take(*self._due(now_ns, limit)))
         self.deferred, self.deferred_since_ns = 0, 0  # every flow leaves now
         if self.sampler is None or limit <= 0:
@@ -525,13 +526,18 @@ class FlowCache(Cache):
 
     def _forced(self, limit: int) -> FlowBatch:
         """Take up to ``limit`` (0: all) cached flows, lowest slots first, whatever their
-        times: flowEndReason forced, or end of flow for those that saw FIN or RST."""
-        slots = self.table.occupied(max(limit, 0))
+        times: flowEndReason forced, or end of flow for those that saw FIN or RST.
+
+        A forced scan empties the table part after part (the core calls until a part is
+        short), so the parts are a drain (:meth:`FlowTable.drain_slots`): copied out as any
+        take, but their slots are freed all at once when the table is next used (never at
+        the stop: the process exits), not one index removal and column reset per flow."""
+        slots = self.table.drain_slots(max(limit, 0))
         reasons = np.full(len(slots), END_FORCED, np.uint8)
         if self.ending:  # a marked flow is one whose flags hold FIN or RST: read them
             ended = (self.table.flags[slots] & _END_FLAGS) != 0  # (per part, not per set)
             reasons[ended] = END_OF_FLOW
-        batch = self._take(slots, reasons)
+        batch = self._take(slots, reasons, drained=True)
         if not len(self.table):
             # the taken slots stay in the set until the table is empty (a Python set
             # update per part cost ~75 ns per FIN flow): _due reads a mark only where the
@@ -606,19 +612,21 @@ class FlowCache(Cache):
         self.stats.deferred_scans += 1
         return slots[taken]
 
-    def _take(self, slots: np.ndarray, reasons: np.ndarray) -> FlowBatch:
-        """Copy ``slots`` out as a batch (columns, no object per flow) and free them."""
+    def _take(self, slots: np.ndarray, reasons: np.ndarray, drained: bool = False) -> FlowBatch:
+        """Copy ``slots`` out as a batch (columns, no object per flow) and free them (with
+        ``drained``: the part :meth:`FlowTable.drain_slots` handed out, freed later)."""
         schema = self.schema
         if not len(slots):
             return FlowBatch("cache", schema.empty(0), schema=schema)
         out = _populated(schema.empty(len(slots)))
         swaps = _key_swaps(schema.key_dtype, schema.record_dtype)
+        take = self.table.take_drained if drained else self.table.take
         if swaps is not None:  # the packed keys straight into the rows, then native order
-            taken = self.table.take(slots, out, out.itemsize)
+            taken = take(slots, out, out.itemsize)
             for name in swaps:
                 out[name].byteswap(inplace=True)
         else:  # one structured cast (by position, big-endian key to native columns)
-            taken = self.table.take(slots, np.empty(len(slots), schema.key_dtype))
+            taken = take(slots, np.empty(len(slots), schema.key_dtype))
             out[list(schema.key_names)] = taken.keys
         out["packets"] = taken.packets
         out["octets"] = taken.octets
@@ -687,10 +695,12 @@ class FlowCache(Cache):
         table changes (a new flow may replace them with larger ones).
         """
         t = self.table
+        t.settle()
         return Columns(t, t.packets, t.octets, t.first)
 
     def mem_traffic(self) -> tuple[int, int]:
         """Packets and bytes held by flows in the table (the seed's ``MemTraf``)."""
+        self.table.settle()
         packets = self.table.packets.sum(dtype=np.uint64)
         octets = self.table.octets.sum(dtype=np.uint64)
         return int(packets), int(octets)  # free slots hold 0, so whole columns sum right

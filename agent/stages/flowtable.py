@@ -14,7 +14,12 @@ column holds that flow's counters. Whole batches go in and out with a few NumPy 
   from each row a few rows at a time, counters added straight from the row's fields (no key
   array, no contiguous column copies, no ``ufunc.at``), for every record layout
   :func:`record_layout` can describe;
-* :meth:`FlowTable.take` copies slots out (keys and counters) and frees them.
+* :meth:`FlowTable.take` copies slots out (keys and counters) and frees them;
+* :meth:`FlowTable.drain_slots` / :meth:`FlowTable.take_drained` empty the whole table part
+  after part (a forced scan: the stop, a cache hand-over): each part is copied out as
+  :meth:`~FlowTable.take` copies it, lowest slots first, but its slots are not freed one by
+  one: the index is cleared and the columns reset at once when the table is next used
+  (:meth:`FlowTable.settle`, run by every other method), or never when the process exits.
 
 A free slot holds zero counters and :data:`FREE_NS` as first and last time, so timeout scans
 over whole columns never select it and column sums equal the table's totals.
@@ -128,6 +133,11 @@ class FlowTable:
         self.flags = np.zeros(rows, np.uint8)
         self.out_if = np.zeros(rows, np.uint32)
         self.masks = np.zeros(rows, np.uint16)  # set by the caller for new flows
+        #: a drain (:meth:`drain_slots`): the lowest ``drained`` flows are copied out, not
+        #: yet freed; the next part starts at slot ``_drain_from``
+        self.drained = 0
+        self._drain_from = 0
+        self._window: tuple[int, int, int] | None = None  # the part drain_slots handed out
 
     @property
     def key_size(self) -> int:
@@ -140,7 +150,22 @@ class FlowTable:
         return len(self.packets)
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.index) - self.drained
+
+    def settle(self) -> None:
+        """Free the slots a drain copied out (:meth:`take_drained`), before anything else
+        reads or changes the table: all of them at once when the drain emptied it (the
+        index cleared, each column reset up to the highest slot used), else one by one."""
+        if not self.drained and self._window is None:
+            return
+        drained, self.drained, self._drain_from, self._window = self.drained, 0, 0, None
+        if drained == len(self.index):
+            high = self.index.slot_count
+            self.index.clear()
+            for name, _dtype, fill in _COLUMNS:
+                getattr(self, name)[:high] = fill
+        elif drained:
+            self._free(np.frombuffer(self.index.occupied(drained), np.int64))
 
     def reserve(self, rows: int) -> None:
         """Grow every column to at least ``rows`` slots (new ones free), by an eighth at a time.
@@ -154,6 +179,7 @@ class FlowTable:
         references (a view, a caller's reference) cannot move under it: that one is copied
         instead.
         """
+        self.settle()
         if rows <= self.rows:
             return
         rows = max(rows, self.rows + self.rows // _GROW_DIV)
@@ -180,6 +206,7 @@ class FlowTable:
             bool per row, true on the row that inserted its key. New slots are free: the
             caller sets them with :meth:`add_packets` or :meth:`add_deltas`.
         """
+        self.settle()
         slots, new = self.index.lookup(keys, insert, limit)
         self.reserve(self.index.slot_count)
         return np.frombuffer(slots, np.int64), np.frombuffer(new, np.bool_)
@@ -192,6 +219,7 @@ class FlowTable:
 
         :return: ``(slots, new)`` as :meth:`lookup`.
         """
+        self.settle()
         slots, new = self.index.lookup_records(flows, layout.stride, layout.ops, limit=limit)
         self.reserve(self.index.slot_count)
         merge_records(flows, layout.stride, layout.fields, slots, new, self.packets,
@@ -203,6 +231,7 @@ class FlowTable:
         """Account one packet per row into its slot (every slot valid): a new flow starts at
         its first packet's time; the last time is the latest; flags are ORed; the last
         non-zero output interface wins."""
+        self.settle()
         for part in _chunks(len(slots)):
             self._add_packets(slots[part], new[part], lengths[part], flags[part], ts[part],
                               out_if[part])
@@ -221,6 +250,7 @@ class FlowTable:
         """Add pre-aggregated counters per row into its slot (every slot valid): counts
         summed, the earliest start and latest end kept, flags ORed, the last non-zero
         ``out_if`` wins."""
+        self.settle()
         for part in _chunks(len(slots)):
             self._add_deltas(slots[part], new[part], packets[part], octets[part], start[part],
                              end[part], flags[part], out_if[part])
@@ -254,11 +284,60 @@ class FlowTable:
 
     def occupied(self, limit: int = 0) -> np.ndarray:
         """Slots holding a flow, ascending (with ``limit`` > 0: the lowest ``limit``)."""
+        self.settle()
         return np.frombuffer(self.index.occupied(limit), np.int64)
 
     def keys(self, slots: np.ndarray) -> bytes:
         """The packed keys of ``slots``, back to back."""
+        self.settle()
         return self.index.keys(np.ascontiguousarray(slots, np.int64))
+
+    def drain_slots(self, limit: int = 0) -> np.ndarray:
+        """The next part of a drain that empties the table: the lowest ``limit`` (0: all)
+        flows not yet drained, ascending: the slots :meth:`occupied` would give if each part
+        had been taken and freed. Copy them out with :meth:`take_drained` before anything
+        else; a drain starts when none runs, and ends when the table is next used."""
+        if self._window is not None:  # handed out and not taken: give the same part again
+            self._window = None
+        rest = len(self)
+        n = rest if limit <= 0 else min(limit, rest)
+        if not n:
+            return np.zeros(0, np.int64)
+        slots = np.frombuffer(self.index.occupied(n, self._drain_from), np.int64)
+        if len(slots):
+            self._window = (int(slots[0]), int(slots[-1]), len(slots))
+        return slots
+
+    def take_drained(self, slots: np.ndarray, keys: np.ndarray, stride: int = 0) -> Taken:
+        """Copy out the part :meth:`drain_slots` just handed out, as :meth:`take` does, without
+        freeing its slots (:meth:`settle` frees them). The counters are views of the columns
+        where the part's slots are consecutive: read them before the table is used again.
+
+        :raise ValueError: ``slots`` is not that part.
+        """
+        n = len(slots)
+        if not n:
+            return self._gather(slots)
+        if self._window != (int(slots[0]), int(slots[-1]), n):
+            raise ValueError("take_drained: not the part drain_slots handed out")
+        slots = np.ascontiguousarray(slots, np.int64)
+        self.index.take(slots, keys, stride or self.key_size, True)
+        lo, hi = int(slots[0]), int(slots[-1]) + 1
+        out = self._gather(slice(lo, hi) if hi - lo == n else slots, keys)
+        self.drained += n
+        self._drain_from, self._window = hi, None
+        return out
+
+    def _gather(self, at: np.ndarray | slice, keys: bytes | np.ndarray = b"") -> Taken:
+        """The counters of the slots ``at`` (a slice: views, else copies)."""
+        return Taken(keys, self.packets[at], self.octets[at], self.first[at], self.last[at],
+                     self.flags[at], self.out_if[at], self.masks[at])
+
+    def _free(self, slots: np.ndarray) -> None:
+        """Take ``slots`` out of the index and reset their columns."""
+        self.index.remove(slots)
+        for name, _dtype, fill in _COLUMNS:
+            getattr(self, name)[slots] = fill
 
     def take(self, slots: np.ndarray, keys: np.ndarray | None = None,
              stride: int = 0) -> Taken:
@@ -269,10 +348,9 @@ class FlowTable:
             each key into its row, the packed bytes as they are). None: a new bytes object.
             Either way :attr:`Taken.keys` is where they went.
         """
+        self.settle()
         slots = np.ascontiguousarray(slots, np.int64)
-        out = Taken(self.index.keys(slots) if keys is None else keys, self.packets[slots],
-                    self.octets[slots], self.first[slots], self.last[slots],
-                    self.flags[slots], self.out_if[slots], self.masks[slots])
+        out = self._gather(slots, self.index.keys(slots) if keys is None else keys)
         if keys is None:
             self.index.remove(slots)
         else:  # the keys copied and the slots freed in one pass (FlowIndex.take)
@@ -283,5 +361,6 @@ class FlowTable:
 
     def memory_bytes(self) -> tuple[int, int]:
         """``(index, table)``: bytes of the key index, and of the index plus the columns."""
+        self.settle()
         index = int(self.index.memory_bytes())
         return index, index + sum(getattr(self, name).nbytes for name, _d, _f in _COLUMNS)

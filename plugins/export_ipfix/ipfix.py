@@ -42,7 +42,6 @@ from netflow_agent.api import (
     group_rows,
     join_records,
     pack_template,
-    rows_of,
     template_dtype,
 )
 
@@ -510,10 +509,11 @@ ICMP_PROTOCOLS = frozenset({1, 58})
 
 @dataclass(frozen=True, slots=True)
 class FlowLayout:
-    """A flow template plus its packer (record array -> :class:`PackedRecords`)."""
+    """A flow template plus its packer (record array, and the rows of it to encode or
+    ``None`` for all -> :class:`PackedRecords`)."""
 
     template: Template
-    pack: Callable[[np.ndarray], PackedRecords]
+    pack: Callable[[np.ndarray, np.ndarray | None], PackedRecords]
     ip_version: int
     micro: bool = False
     #: the rows it encodes (:func:`flow_template_id`: 256..263); the template ID is the same,
@@ -521,13 +521,14 @@ class FlowLayout:
     row_class: int = 0
 
 
-def _times(flows: np.ndarray, micro: bool) -> dict[int, Callable[[int], np.ndarray]]:
+def _times(column: Callable[[str], np.ndarray],
+           micro: bool) -> dict[int, Callable[[int], np.ndarray]]:
     """flowStart/End in ms (152/153) or as NTP microseconds (154/155)."""
     if micro:
-        return {154: lambda n: ntp_microseconds_column(flows["start_ns"]),
-                155: lambda n: ntp_microseconds_column(flows["end_ns"])}
-    return {152: lambda n: flows["start_ns"] // _NS_PER_MS,
-            153: lambda n: flows["end_ns"] // _NS_PER_MS}
+        return {154: lambda n: ntp_microseconds_column(column("start_ns")),
+                155: lambda n: ntp_microseconds_column(column("end_ns"))}
+    return {152: lambda n: column("start_ns") // _NS_PER_MS,
+            153: lambda n: column("end_ns") // _NS_PER_MS}
 
 
 def _make_layout(ip_version: int, icmp: bool, routed: bool, micro: bool = False,
@@ -544,11 +545,15 @@ def _make_layout(ip_version: int, icmp: bool, routed: bool, micro: bool = False,
                         fields + tuple((f.element(ip_version), f.width) for f in extra),
                         0, name, extra)
 
-    def pack(flows: np.ndarray) -> PackedRecords:
-        special = _times(flows, micro)
-        special[32] = special[139] = lambda n: flows["dst_port"]  # icmpTypeCode
-        special[302] = lambda n: np.full(len(flows), selector_id, np.uint8)
-        return pack_template(flows, fields, extra, special)
+    def pack(flows: np.ndarray, rows: np.ndarray | None = None) -> PackedRecords:
+        def column(name: str) -> np.ndarray:
+            return flows[name] if rows is None else flows[name][rows]
+
+        special = _times(column, micro)
+        special[32] = special[139] = lambda n: column("dst_port")  # icmpTypeCode
+        special[302] = lambda n: np.full(len(flows) if rows is None else len(rows),
+                                         selector_id, np.uint8)
+        return pack_template(flows, fields, extra, special, rows)
 
     assert template_dtype(fields, extra).itemsize == template.record_length
     return FlowLayout(template, pack, ip_version, micro, row_class)
@@ -616,9 +621,9 @@ def encode_flow_groups(
     by_class = group_rows(flow_template_ids(flows))
     groups = []
     for layout in layouts.values():
-        if layout.row_class in by_class:
-            rows = rows_of(flows, by_class[layout.row_class])
-            groups.append(DataGroup(layout.template, layout.pack(rows)))
+        if layout.row_class in by_class:  # the template's rows, packed where they lie
+            groups.append(DataGroup(layout.template,
+                                    layout.pack(flows, by_class[layout.row_class])))
     return groups
 
 

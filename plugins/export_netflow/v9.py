@@ -57,10 +57,10 @@ from netflow_agent.api import (
     any_bytes,
     flow_columns,
     flow_schema,
+    frame_packets,
     group_rows,
     join_records,
     pack_template,
-    rows_of,
 )
 
 from .state import UINT32_MASK, ExportState, TemplateMark
@@ -74,6 +74,7 @@ COUNTER32_MAX = UINT32_MASK
 
 # Header, 20 bytes: version(2) count(2) sysUpTime(4, ms) unix_secs(4) sequence(4) source_id(4)
 HEADER = struct.Struct("!HHIIII")
+_SEQUENCE_AT = 12  # the sequence number's offset in HEADER
 # FlowSet header: flowset_id(2) length(2, bytes incl. header and padding)
 FLOWSET_HEADER = struct.Struct("!HH")
 # Template record header: template_id(2) field_count(2), then (type(2), length(2)) pairs
@@ -251,21 +252,26 @@ def flow_templates(counters64: bool,
     }
 
 
-def pack_flows(flows: np.ndarray, tpl: Template, boot_ns: int) -> PackedRecords:
-    """The data records of ``tpl`` for every row of ``flows``, from the columns in bulk.
+def pack_flows(flows: np.ndarray, tpl: Template, boot_ns: int,
+               rows: np.ndarray | None = None) -> PackedRecords:
+    """The data records of ``tpl`` for every row of ``flows`` (or its ``rows``, in that
+    order), from the columns in bulk.
 
     FIRST/LAST_SWITCHED are sysUpTime ms (:func:`.v5.uptime_ms`), ICMP_TYPE the destination
-    port's ``type << 8 | code`` for ICMP/ICMPv6 and 0 otherwise, TCP_FLAGS the low byte.
+    port's ``type << 8 | code`` for ICMP/ICMPv6 and 0 otherwise, TCP_FLAGS the low byte (a
+    plain field: its 1-byte cast is the low byte).
     """
-    protocol = flows["protocol"]
+    def column(name: str) -> np.ndarray:
+        return flows[name] if rows is None else flows[name][rows]
+
+    protocol = column("protocol")
     special = {
-        22: lambda n: uptime_ms(flows["start_ns"], boot_ns),
-        21: lambda n: uptime_ms(flows["end_ns"], boot_ns),
-        32: lambda n: np.where((protocol == 1) | (protocol == 58), flows["dst_port"], 0),
-        6: lambda n: flows["tcp_flags"] & 0xFF,
+        22: lambda n: uptime_ms(column("start_ns"), boot_ns),
+        21: lambda n: uptime_ms(column("end_ns"), boot_ns),
+        32: lambda n: np.where((protocol == 1) | (protocol == 58), column("dst_port"), 0),
     }
     base = tpl.fields[:len(tpl.fields) - len(tpl.extra)]
-    return pack_template(flows, base, tpl.extra, special)
+    return pack_template(flows, base, tpl.extra, special, rows)
 
 
 def routed_rows(flows: np.ndarray) -> np.ndarray:
@@ -293,9 +299,9 @@ def flow_groups(
     groups = []
     by_class = group_rows(classes)
     for tid, tpl in templates.items():
-        if tid - TEMPLATE_FLOW4 in by_class:
-            rows = rows_of(flows, by_class[tid - TEMPLATE_FLOW4])
-            groups.append((tpl, pack_flows(rows, tpl, state.boot_ns)))
+        if tid - TEMPLATE_FLOW4 in by_class:  # the template's rows, packed where they lie
+            groups.append((tpl, pack_flows(flows, tpl, state.boot_ns,
+                                           by_class[tid - TEMPLATE_FLOW4])))
     return groups
 
 
@@ -401,20 +407,16 @@ class _PacketBuilder:
         body = k * size
         pad = -(4 + body) % 4
         flowset = FLOWSET_HEADER.pack(tpl.template_id, 4 + body + pad)
-        tail = bytes(pad)
-        uptime = state.uptime_ms(self.now_ns)
-        secs = (self.now_ns // NS_PER_S) & UINT32_MASK
-        source = state.source_id & UINT32_MASK
-        seq = state.packets
-        append, pack = self.datagrams.append, HEADER.pack
-        for _ in range(count):
-            append(b"".join((pack(VERSION, k, uptime, secs, seq & UINT32_MASK, source),
-                             flowset, block[i * size:i * size + body], tail)))
-            seq += 1
-            i += k
+        head = HEADER.pack(VERSION, k, state.uptime_ms(self.now_ns),
+                           (self.now_ns // NS_PER_S) & UINT32_MASK, 0,
+                           state.source_id & UINT32_MASK)
+        # each packet: the header with its sequence number, the FlowSet header, k records,
+        # padding; in C, one bytes object per packet (agent/_wirepack.c)
+        self.datagrams += frame_packets(block, i * size, body, count, head, _SEQUENCE_AT,
+                                        state.packets, flowset, bytes(pad))
         self.tally.records.extend([k if data else 0] * count)
-        state.packets = seq
-        return i
+        state.packets += count
+        return i + count * k
 
     def flush(self) -> None:
         parts = self.parts

@@ -3,12 +3,18 @@ taking flows out of the cache, each checked against the obvious per-field way.""
 
 from __future__ import annotations
 
-import numpy as np
+from unittest import mock
 
+import numpy as np
+import pytest
+
+from netflow_agent import _wirepack, wire
 from netflow_agent.model import FlowBatch
+from netflow_agent.plugins.export_ipfix import ipfix
+from netflow_agent.plugins.export_netflow import v9
 from netflow_agent.schema import FlowOptions
 from netflow_agent.stages.cache import CacheConfig, FlowCache
-from netflow_agent.wire import group_rows, rows_of
+from netflow_agent.wire import frame_packets, group_rows, pack_template, rows_of
 from tests.support.schemas import active_schema
 
 L2 = FlowOptions(mac=True, vlan=True, mpls_labels=2)  # key fields after the 44-byte base
@@ -61,3 +67,75 @@ def test_expired_flows_carry_their_keys_and_counters():
         out = out[np.argsort(out["packets"])]  # slot order -> input order
         for f in (*schema.key_fields, *schema.value_fields):
             assert np.array_equal(out[f.name], flows[f.name]), f.name
+
+
+def _templates() -> list[tuple[tuple[tuple[int, int], ...], tuple]]:
+    """(fields, extra) of every v9 and IPFIX flow template of the active schema."""
+    out = []
+    for wide in (False, True):
+        for tpl in v9.flow_templates(wide).values():
+            out.append((tpl.fields[:len(tpl.fields) - len(tpl.extra)], tpl.extra))
+    for micro in (False, True):
+        for layout in ipfix.flow_layouts(micro).values():
+            tpl = layout.template
+            out.append((tpl.fields[:len(tpl.fields) - len(tpl.extra)], tpl.extra))
+    return out
+
+
+@pytest.mark.parametrize("options", [FlowOptions(), L2])
+def test_packed_rows_are_the_cast_of_their_copy(options):
+    """pack_template of a template's rows, written in C where the rows lie, gives the bytes
+    of NumPy's structured cast of those rows' copy (counters over 32 bits cut as the cast
+    cuts them, addresses as their first bytes), for every v9 and IPFIX flow template."""
+    with active_schema(options) as schema:
+        flows = random_flows(schema, 300)
+        rng = np.random.default_rng(3)
+        flows["packets"] = rng.integers(0, 2**63, 300, dtype=np.uint64)
+        flows["octets"] = rng.integers(0, 2**63, 300, dtype=np.uint64)
+        flows["next_hop"] = rng.integers(0, 256, (300, 16), np.uint8).view("V16").ravel()
+        flows["src_mask"], flows["end_reason"] = np.arange(300) % 33, np.arange(300) % 5
+        rows = rng.permutation(300)[:170]
+        for fields, extra in _templates():
+            special = {ie: (lambda n: 7) for ie, _ in fields  # what no column holds
+                       if ie not in wire._COLUMN_OF_IE or ie in (22, 21)}
+            packed = pack_template(flows, fields, extra, special, rows).data
+            with mock.patch.object(wire, "_pack_ops", return_value=None):
+                cast = pack_template(flows.take(rows), fields, extra, special).data
+            assert packed == cast, fields
+            assert pack_template(flows, fields, extra, special).data == \
+                pack_template(flows, fields, extra, special, np.arange(300)).data
+
+
+def test_pack_rows_refuses_what_lies_outside_and_writes_nothing():
+    records = np.arange(40, dtype=np.uint8)  # 4 rows of 10 bytes
+    ops = np.array([(0, 0, 2, 1), (8, 2, 2, 0)], np.uint32)
+    out = np.zeros(8, np.uint8)
+    _wirepack.pack_rows(records, 10, ops, out, 4, np.array([3, 0], np.int64))
+    assert out.tolist() == [31, 30, 38, 39, 1, 0, 8, 9]
+    out[:] = 0
+    with pytest.raises(ValueError, match="row 4 .* not one of the 4 records"):
+        _wirepack.pack_rows(records, 10, ops, out, 4, np.array([0, 4], np.int64))
+    with pytest.raises(ValueError, match="ops: need"):
+        _wirepack.pack_rows(records, 10, np.array([(9, 0, 2, 0)], np.uint32), out, 4)
+    with pytest.raises(ValueError, match="out: 8 bytes for 4 records"):
+        _wirepack.pack_rows(records, 10, ops, out, 4)
+    with pytest.raises(ValueError, match="rows: need int64"):
+        _wirepack.pack_rows(records, 10, ops, out, 4, np.array([0, 1], np.int32))
+    assert not out.any()
+
+
+def test_framed_packets_are_the_join_of_their_parts():
+    """frame_packets gives per packet what b"".join(head with its sequence number, middle,
+    the packet's records, tail) gives, the sequence number wrapping at 2**32."""
+    block = memoryview(bytes(range(256)) * 4)
+    head = bytes(range(100, 120))
+    packets = frame_packets(block, 6, 30, 5, head, 12, 2**32 - 2, b"MID", b"\0\0", seq_step=3)
+    for j, got in enumerate(packets):
+        seq = ((2**32 - 2 + 3 * j) % 2**32).to_bytes(4, "big")
+        assert got == head[:12] + seq + head[16:] + b"MID" + block[6 + 30 * j:36 + 30 * j] \
+            + b"\0\0"
+    assert frame_packets(block, 0, 30, 0, head, 0, 0, b"", b"") == []
+    with pytest.raises(ValueError, match="lie outside"):
+        frame_packets(block, 1000, 30, 2, head, 12, 0, b"", b"")
+    with pytest.raises(ValueError, match="seq_at: 17 is not inside"):
+        frame_packets(block, 0, 30, 2, head, 17, 0, b"", b"")

@@ -101,6 +101,39 @@ def test_fin_marks_across_forced_parts_and_reused_slots():
     assert not c.ending and c.active_flows == 0
 
 
+def _per_flow_part(c: FlowCache, limit: int) -> np.ndarray:
+    """A forced part as the cache took it before drains: the lowest occupied slots taken
+    and freed one by one (FlowTable.take), end reasons from their flags."""
+    slots = c.table.occupied(limit)
+    reasons = np.where(c.table.flags[slots] & (TCP_FIN | TCP_RST), END_OF_FLOW, END_FORCED)
+    return c._take(slots, reasons.astype(np.uint8)).flows
+
+
+def test_forced_parts_are_the_rows_of_the_per_flow_take_and_the_cache_goes_on():
+    """The forced scan drains the table (freed at once, not per flow): every part holds the
+    same rows, in the same order, as taking and freeing the lowest flows part after part,
+    with holes left by a timed scan and FIN flows; afterwards (a cache hand-over) new
+    flows are cached, scanned and counted as in an emptied table."""
+    packets = [(key(p, proto=6 if p % 3 else 17), 60 + p, TCP_FIN if p % 7 == 0 else TCP_ACK,
+                T0 + (p % 5) * S, p % 4) for p in range(2000)]
+    drained, taken = FlowCache(CacheConfig()), FlowCache(CacheConfig())
+    for c in (drained, taken):
+        feed(c, *packets)
+        assert len(c.agent_cache_expire(now_ns=T0 + S, force=False)) == 286  # FIN: holes
+    parts, before = [], []
+    while not parts or len(parts[-1]) == 300:
+        parts.append(drained.agent_cache_expire(now_ns=T0 + 9 * S, force=True, limit=300).flows)
+    while len(taken.table):
+        before.append(_per_flow_part(taken, 300))
+    assert [p.tobytes() for p in parts if len(p)] == [p.tobytes() for p in before]
+    assert drained.active_flows == 0 and drained.stats.exported_flows == 2000
+    feed(drained, (key(9000), 100, 0, T0 + 10 * S, 0), (key(9001), 100, TCP_FIN, T0 + 10 * S, 0))
+    assert drained.active_flows == 2 and drained.table.occupied().tolist() == [0, 1]
+    assert drained.mem_traffic() == (2, 200)
+    (ended,) = drained.agent_cache_expire(now_ns=T0 + 11 * S, force=False)
+    assert (ended.src_port, ended.end_reason) == (9001, END_OF_FLOW)
+
+
 def test_maxflows_drops_new_flows_and_counts_them_exactly():
     c = FlowCache(CacheConfig(maxflows=3))
     packets = [(key(p), 100, 0, T0, 0) for p in range(10)] + [(key(0), 100, 0, T0, 0)]

@@ -170,6 +170,49 @@ def test_occupied_with_a_limit_gives_the_lowest_slots() -> None:
         index.occupied(-1)
 
 
+def test_occupied_from_a_start_slot() -> None:
+    """occupied(limit, start): the lowest slots at or above ``start`` (a drain's next part),
+    fewer when fewer are left."""
+    index = FlowIndex(KS)
+    _lookup(index, _split(_keys(200)))
+    index.remove(np.array([3, 64, 65, 130], dtype=np.int64))
+    assert list(index.occupied(3, start=2)) == [2, 4, 5]
+    assert list(index.occupied(3, start=63)) == [63, 66, 67]
+    assert list(index.occupied(0, start=197)) == [197, 198, 199]
+    assert list(index.occupied(10, start=198)) == [198, 199]
+    assert list(index.occupied(5, start=400)) == []
+    with pytest.raises(ValueError, match="start: -1 is negative"):
+        index.occupied(1, start=-1)
+
+
+def test_take_keep_copies_the_keys_and_removes_nothing() -> None:
+    index = FlowIndex(KS)
+    raw = _split(_keys(5))
+    _lookup(index, raw)
+    rows = np.zeros(2, dtype=[("key", f"V{KS}"), ("packets", "u8")])
+    index.take(np.array([4, 1], np.int64), rows, rows.itemsize, True)
+    assert rows["key"].tolist() == [raw[4], raw[1]] and len(index) == 5
+    assert _lookup(index, [raw[4], raw[1]], insert=False) == ([4, 1], [0, 0])
+    with pytest.raises(ValueError, match="holds no key"):
+        index.take(np.array([7], np.int64), rows, rows.itemsize, True)
+
+
+def test_clear_takes_every_key_out_at_once() -> None:
+    """clear() leaves the index as removing every slot would: no key found, numbering
+    restarts at 0, the same keys inserted again get the same slots."""
+    index = FlowIndex(KS)
+    raw = _split(_keys(5000))
+    first, _ = _lookup(index, raw)
+    index.remove(np.array([17, 4000], np.int64))
+    index.clear()
+    assert len(index) == 0 and index.slot_count == 0 and list(index.occupied()) == []
+    assert _lookup(index, raw[:3], insert=False) == ([-1] * 3, [0] * 3)
+    assert _lookup(index, raw) == (first, [1] * 5000)
+    index.clear()
+    index.clear()  # an empty index too
+    assert len(index) == 0
+
+
 def test_a_removed_key_is_gone_and_others_stay_found() -> None:
     """Backward-shift deletion keeps every other key reachable, at any load."""
     index = FlowIndex(KS)

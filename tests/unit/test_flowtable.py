@@ -6,6 +6,7 @@ import tracemalloc
 from unittest import mock
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -91,6 +92,68 @@ def test_take_into_a_key_buffer_gives_the_same_flows() -> None:
     assert taken.out_if.tolist() == [0, 4]
     assert len(table) == 1 and table.octets[1:3].tolist() == [0, 0]
     assert table.first[1:3].tolist() == [FREE_NS, FREE_NS]
+
+
+def _filled(n: int, holes: list[int]) -> FlowTable:
+    """A table of ``n`` flows (key k, k packets of 10 k bytes at time k) with ``holes`` freed."""
+    table = FlowTable(KS)
+    keys = np.arange(n, dtype=">u4")
+    slots, new = table.lookup(keys.tobytes())
+    ks = np.arange(n)
+    table.add_deltas(slots, new, ks, 10 * ks, ks, ks + 1, ks % 64, ks % 3)
+    table.masks[:n] = ks % 512
+    table.take(np.array(holes, np.int64))
+    return table
+
+
+def _parts(table: FlowTable, limit: int, drain: bool) -> list[tuple]:
+    """Every part of emptying ``table`` ``limit`` flows at a time: by drain, or as the cache
+    did before, the lowest occupied slots taken and freed."""
+    out = []
+    while len(table):
+        slots = table.drain_slots(limit) if drain else table.occupied(limit)
+        keys = np.zeros(len(slots), f"V{KS}")
+        t = (table.take_drained if drain else table.take)(slots, keys)
+        out.append((slots.tolist(), keys.tobytes(), *(np.array(c).tolist() for c in (
+            t.packets, t.octets, t.first, t.last, t.flags, t.out_if, t.masks))))
+    return out
+
+
+def test_a_drain_gives_the_parts_take_gives_and_frees_at_once() -> None:
+    """A drain (the forced scan) hands out the same parts, slots, keys and counters as
+    taking and freeing the lowest flows part after part; the table is empty at once, and
+    the slots are freed as a whole when it is used again (numbering restarts at 0)."""
+    holes = [0, 5, 6, 7, 700, 1500, 1501, 2999]
+    drained, taken = _filled(3000, holes), _filled(3000, holes)
+    assert _parts(drained, 512, True) == _parts(taken, 512, False)
+    assert len(drained) == 0 and drained.drained == 2992  # copied out, not yet freed
+    slots, new = drained.lookup(np.arange(2, dtype=">u4").tobytes())  # settles first
+    assert slots.tolist() == [0, 1] and new.all() and drained.drained == 0
+    assert (drained.first[2:3000] == FREE_NS).all() and not drained.packets[2:3000].any()
+    assert not drained.masks.any() and len(drained) == 2
+
+
+def test_a_drain_left_halfway_frees_what_it_took_before_anything_else() -> None:
+    """A drain's parts not followed by the rest (a caller that stops): the next use of the
+    table frees exactly the flows taken, keeps the others, and hands out the lowest slots."""
+    table = _filled(1000, [3])
+    part = table.drain_slots(300)
+    table.take_drained(part, np.zeros(300, f"V{KS}"))
+    assert part.tolist() == [0, 1, 2, *range(4, 301)] and len(table) == 699
+    assert table.occupied().tolist() == list(range(301, 1000))  # settled
+    assert table.packets[:301].sum() == 0 and table.packets[500] == 500
+    slots, _new = table.lookup(np.array([5000, 5001], ">u4").tobytes())
+    assert slots.tolist() == [0, 1]
+    found, _ = table.lookup(np.array([500, 2], ">u4").tobytes(), insert=False)
+    assert found.tolist() == [500, -1]
+
+
+def test_take_drained_takes_only_the_part_handed_out() -> None:
+    table = _filled(10, [])
+    part = table.drain_slots(4)
+    with pytest.raises(ValueError, match="not the part drain_slots handed out"):
+        table.take_drained(part[1:], np.zeros(3, f"V{KS}"))
+    assert len(table) == 10 and table.drain_slots(4).tolist() == [0, 1, 2, 3]
 
 
 def test_columns_grow_with_the_slots() -> None:

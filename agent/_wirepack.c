@@ -1,0 +1,254 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+/*
+ * _wirepack.c - export records packed from flow rows in one pass (netflow_agent._wirepack).
+ *
+ * pack_rows() writes fixed-size export records (a v9/IPFIX template's data records) from
+ * the rows of a record array (agent/model.py's FlowBatch columns): per record, a list of
+ * field copies (src offset in the row, dst offset in the record, length, byte swap), the
+ * rows in order or picked by an index array. agent/wire.py's pack_template() builds the
+ * copies from the two dtypes: an address is its column's first `length` bytes, an integer
+ * field its native column's low `length` bytes swapped to network order (the value modulo
+ * 2**(8 * length), as NumPy's cast into the big-endian field gives). What NumPy did in a
+ * structured cast (a strided loop per field, over a copy of each template's rows) is one
+ * pass over the picked rows here, no copy of them.
+ *
+ * frame() cuts whole export packets from such a block of records: a header whose sequence
+ * number counts up, a set header, the next records, padding; one bytes object each, what a
+ * b"".join per packet in Python built (v9's full packets, plugins/export_netflow/v9.py).
+ * pack_rows' swaps turn native integers into network order on a little-endian host:
+ * agent/wire.py uses it only there (np.little_endian).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* One field: `len` bytes at `src` of a row to `dst` of a record, reversed when `swap`. */
+struct fieldop {
+	uint32_t src, dst, len, swap;
+};
+
+static inline void copy_op(uint8_t *dst, const uint8_t *src, const struct fieldop *op)
+{
+	if (!op->swap) {
+		switch (op->len) {
+		case 1: *dst = *src; break;
+		case 2: memcpy(dst, src, 2); break;
+		case 4: memcpy(dst, src, 4); break;
+		case 16: memcpy(dst, src, 16); break;
+		default: memcpy(dst, src, op->len); break;
+		}
+	} else if (op->len == 2) {
+		uint16_t v;
+		memcpy(&v, src, 2);
+		v = __builtin_bswap16(v);
+		memcpy(dst, &v, 2);
+	} else if (op->len == 4) {
+		uint32_t v;
+		memcpy(&v, src, 4);
+		v = __builtin_bswap32(v);
+		memcpy(dst, &v, 4);
+	} else if (op->len == 8) {
+		uint64_t v;
+		memcpy(&v, src, 8);
+		v = __builtin_bswap64(v);
+		memcpy(dst, &v, 8);
+	} else {
+		for (uint32_t i = 0; i < op->len; i++)
+			dst[i] = src[op->len - 1 - i];
+	}
+}
+
+PyDoc_STRVAR(pack_rows_doc,
+	     "pack_rows(records, stride, ops, out, size, rows=None) -> None\n\n"
+	     "Write one `size`-byte record into `out` (a writable C-contiguous buffer) per row of\n"
+	     "`records` (C-contiguous rows of `stride` bytes), or per entry of `rows` (int64 row\n"
+	     "numbers, in that order): for each uint32 quadruple (src, dst, len, swap) of `ops`,\n"
+	     "`len` bytes at `src` of the row to `dst` of the record, reversed when `swap`.\n"
+	     "Bytes of a record no op writes are left as they are. Raises ValueError (nothing\n"
+	     "written) for an op outside a row or a record, a row number out of range, or an\n"
+	     "`out` of another size than the records.");
+
+static int check_ops(const Py_buffer *ops, Py_ssize_t stride, Py_ssize_t size)
+{
+	const struct fieldop *op = ops->buf;
+	size_t n = (size_t)ops->len / sizeof(struct fieldop);
+
+	if ((size_t)ops->len % sizeof(struct fieldop))
+		goto bad;
+	for (size_t i = 0; i < n; i++, op++)
+		if (!op->len || (uint64_t)op->src + op->len > (uint64_t)stride
+		    || (uint64_t)op->dst + op->len > (uint64_t)size)
+			goto bad;
+	return 0;
+bad:
+	PyErr_SetString(PyExc_ValueError, "ops: need uint32 (src, dst, len, swap) quadruples "
+			"inside a row and a record");
+	return -1;
+}
+
+static int check_rows(const Py_buffer *rows, size_t n)
+{
+	const int64_t *v = rows->buf;
+
+	if (rows->itemsize != 8 || rows->len % 8 || !rows->format
+	    || !strchr("qlQL", rows->format[rows->format[0] == '<' || rows->format[0] == '='
+					    || rows->format[0] == '@'])) {
+		PyErr_SetString(PyExc_ValueError, "rows: need int64 row numbers");
+		return -1;
+	}
+	for (size_t r = 0; r < (size_t)rows->len / 8; r++)
+		if (v[r] < 0 || (uint64_t)v[r] >= n) {
+			PyErr_Format(PyExc_ValueError, "rows: row %lld (entry %zu) is not one of the "
+				     "%zu records", (long long)v[r], r, n);
+			return -1;
+		}
+	return 0;
+}
+
+static PyObject *pack_rows(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kwds)
+{
+	static char *kwlist[] = {"records", "stride", "ops", "out", "size", "rows", NULL};
+	PyObject *rec_obj, *ops_obj, *out_obj, *rows_obj = Py_None;
+	Py_ssize_t stride, size;
+	Py_buffer rec = {0}, ops = {0}, out = {0}, rows = {0};
+	PyObject *result = NULL;
+	size_t n, m, nops;
+	const int64_t *pick = NULL;
+
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnOOn|O:pack_rows", kwlist, &rec_obj,
+					 &stride, &ops_obj, &out_obj, &size, &rows_obj))
+		return NULL;
+	if (stride < 1 || size < 1)
+		return PyErr_Format(PyExc_ValueError, "%s: %zd is not positive",
+				    stride < 1 ? "stride" : "size", stride < 1 ? stride : size);
+	if (PyObject_GetBuffer(rec_obj, &rec, PyBUF_C_CONTIGUOUS) < 0)
+		return NULL;
+	if (PyObject_GetBuffer(ops_obj, &ops, PyBUF_C_CONTIGUOUS) < 0)
+		goto done;
+	if (PyObject_GetBuffer(out_obj, &out, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0)
+		goto done;
+	if (rows_obj != Py_None
+	    && PyObject_GetBuffer(rows_obj, &rows, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+		goto done;
+	if (rec.len % stride) {
+		PyErr_Format(PyExc_ValueError, "records: buffer of %zd bytes is not a whole number "
+			     "of %zd-byte rows", rec.len, stride);
+		goto done;
+	}
+	n = (size_t)(rec.len / stride);
+	if (check_ops(&ops, stride, size) < 0 || (rows.buf && check_rows(&rows, n) < 0))
+		goto done;
+	m = rows.buf ? (size_t)rows.len / 8 : n;
+	if ((size_t)out.len / (size_t)size != m || (size_t)out.len % (size_t)size) {
+		PyErr_Format(PyExc_ValueError, "out: %zd bytes for %zu records of %zd bytes",
+			     out.len, m, size);
+		goto done;
+	}
+	pick = rows.buf;
+	nops = (size_t)ops.len / sizeof(struct fieldop);
+	{
+		const struct fieldop *op0 = ops.buf;
+		const uint8_t *base = rec.buf;
+		uint8_t *dst = out.buf;
+		for (size_t r = 0; r < m; r++, dst += size) {
+			const uint8_t *row = base + (pick ? (size_t)pick[r] : r) * (size_t)stride;
+			for (size_t i = 0; i < nops; i++)
+				copy_op(dst + op0[i].dst, row + op0[i].src, &op0[i]);
+		}
+	}
+	result = Py_None;
+	Py_INCREF(result);
+done:
+	if (rows.obj)
+		PyBuffer_Release(&rows);
+	if (out.obj)
+		PyBuffer_Release(&out);
+	if (ops.obj)
+		PyBuffer_Release(&ops);
+	PyBuffer_Release(&rec);
+	return result;
+}
+
+PyDoc_STRVAR(frame_doc,
+	     "frame(block, start, body, count, head, seq_at, seq, seq_step, middle, tail)\n"
+	     "-> list of bytes\n\n"
+	     "`count` datagrams of records cut from `block` (any buffer): datagram j is `head`\n"
+	     "with its 4 bytes at `seq_at` set to the big-endian (seq + j * seq_step) mod 2**32,\n"
+	     "then `middle`, then block[start + j * body:start + (j + 1) * body], then `tail`.\n"
+	     "Raises ValueError when the records or the sequence field lie outside.");
+
+static PyObject *frame(PyObject *Py_UNUSED(m), PyObject *args)
+{
+	Py_buffer block, head, middle, tail;
+	Py_ssize_t start, body, count, seq_at;
+	unsigned long long seq, step;
+	PyObject *out = NULL;
+
+	if (!PyArg_ParseTuple(args, "y*nnny*nKKy*y*:frame", &block, &start, &body, &count, &head,
+			      &seq_at, &seq, &step, &middle, &tail))
+		return NULL;
+	if (start < 0 || body < 0 || count < 0 || (count && start > block.len)
+	    || (count && body > (block.len - start) / count)) {
+		PyErr_Format(PyExc_ValueError, "block: %zd records of %zd bytes from byte %zd "
+			     "lie outside its %zd bytes", count, body, start, block.len);
+		goto done;
+	}
+	if (seq_at < 0 || seq_at > head.len - 4) {
+		PyErr_Format(PyExc_ValueError, "seq_at: %zd is not inside the %zd-byte head",
+			     seq_at, head.len);
+		goto done;
+	}
+	out = PyList_New(count);
+	if (!out)
+		goto done;
+	for (Py_ssize_t j = 0; j < count; j++) {
+		Py_ssize_t n = head.len + middle.len + body + tail.len;
+		PyObject *d = PyBytes_FromStringAndSize(NULL, n);
+		char *p;
+		uint32_t v;
+		if (!d) {
+			Py_CLEAR(out);
+			goto done;
+		}
+		p = PyBytes_AS_STRING(d);
+		memcpy(p, head.buf, (size_t)head.len);
+		v = (uint32_t)(seq + (unsigned long long)j * step);
+		p[seq_at] = (char)(v >> 24);
+		p[seq_at + 1] = (char)(v >> 16);
+		p[seq_at + 2] = (char)(v >> 8);
+		p[seq_at + 3] = (char)v;
+		p += head.len;
+		memcpy(p, middle.buf, (size_t)middle.len);
+		p += middle.len;
+		memcpy(p, (const char *)block.buf + start + j * body, (size_t)body);
+		memcpy(p + body, tail.buf, (size_t)tail.len);
+		PyList_SET_ITEM(out, j, d);
+	}
+done:
+	PyBuffer_Release(&tail);
+	PyBuffer_Release(&middle);
+	PyBuffer_Release(&head);
+	PyBuffer_Release(&block);
+	return out;
+}
+
+static PyMethodDef module_methods[] = {
+	{"pack_rows", (PyCFunction)(void (*)(void))pack_rows, METH_VARARGS | METH_KEYWORDS,
+	 pack_rows_doc},
+	{"frame", (PyCFunction)frame, METH_VARARGS, frame_doc},
+	{NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef wirepack_module = {
+	PyModuleDef_HEAD_INIT,
+	.m_name = "netflow_agent._wirepack",
+	.m_doc = "Export records packed from flow rows in one pass (agent/_wirepack.c).",
+	.m_size = -1,
+	.m_methods = module_methods,
+};
+
+PyMODINIT_FUNC PyInit__wirepack(void)
+{
+	return PyModule_Create(&wirepack_module);
+}
