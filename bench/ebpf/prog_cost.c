@@ -353,8 +353,9 @@ static int run_new(unsigned int slots, unsigned int maxflows, unsigned int flows
 	skel->rodata->percpu = percpu;
 	skel->rodata->fill_threshold = maxflows / 2;	/* drain_threshold = 50 */
 	size_slots(skel, slots);
-	bpf_map__set_value_size(skel->maps.slots_a, FLOW_SLOT_BASE_SIZE);	/* as the loader */
-	bpf_map__set_value_size(skel->maps.slots_b, FLOW_SLOT_BASE_SIZE);
+	skel->rodata->slot_line = 1;	/* as the loader: no key fields, tick clock */
+	bpf_map__set_value_size(skel->maps.slots_a, FLOW_SLOT_LINE_SIZE);
+	bpf_map__set_value_size(skel->maps.slots_b, FLOW_SLOT_LINE_SIZE);
 	bpf_map__set_key_size(skel->maps.flows_a, FLOW_KEY_BASE_SIZE);
 	bpf_map__set_key_size(skel->maps.flows_b, FLOW_KEY_BASE_SIZE);
 	bpf_map__set_max_entries(skel->maps.flows_a, maxflows);
@@ -455,10 +456,11 @@ int main(int argc, char **argv)
 	bpf_map__set_key_size(skel->maps.flows_a, flow_key_size(l2_fields, mpls_labels));
 	bpf_map__set_key_size(skel->maps.flows_b, flow_key_size(l2_fields, mpls_labels));
 	size_slots(skel, slots);
+	skel->rodata->slot_line = flow_slot_is_line(flow_key_size(l2_fields, mpls_labels), precise);
 	bpf_map__set_value_size(skel->maps.slots_a,
-				flow_slot_size(flow_key_size(l2_fields, mpls_labels)));
+				flow_slot_size(flow_key_size(l2_fields, mpls_labels), precise));
 	bpf_map__set_value_size(skel->maps.slots_b,
-				flow_slot_size(flow_key_size(l2_fields, mpls_labels)));
+				flow_slot_size(flow_key_size(l2_fields, mpls_labels), precise));
 	if (flow_bpf__load(skel))
 		return perror("load"), 1;
 	fd = bpf_program__fd(skel->progs.flow_tc_ingress);

@@ -81,6 +81,7 @@ const volatile __u8 l2_fields = 0;	/* L2_* bits: the optional key fields to fill
 const volatile __u8 mpls_labels = 0;	/* MPLS label stack entries in the key (0-10) */
 const volatile __u8 key_words = 0;	/* 8-byte words the tables hash; 0 = the base key only
 					 * (the slots then compare the base, else the whole key) */
+const volatile __u8 slot_line = 0;	/* slots are 64-byte flow_slot_line (flow_slot_is_line()) */
 
 /* PARSE_MPLS: an MPLS label stack at pi->l3_off, for parse_mpls_*() */
 enum parse_result { PARSE_OK, PARSE_NON_IP, PARSE_TRUNC, PARSE_MPLS };
@@ -863,6 +864,36 @@ static __always_inline void slot_add(struct flow_slot *s, struct pkt_info *pi, _
 	s->m.tcp_flags |= pi->tcp_flags;
 }
 
+/* Take free line slot s for pi's flow: 0 when a counter does not fit 32 bits (the hash then). */
+static __always_inline int line_take(struct flow_slot_line *s, struct pkt_info *pi, __u64 segs,
+				     __u64 bytes, struct flow_counters *cnt)
+{
+	__u32 now = (__u32)(clock_now(cnt) >> SLOT_TIME_SHIFT);
+
+	if ((segs | bytes) >> 32)
+		return 0;
+	__builtin_memcpy(s->key, &pi->key, FLOW_KEY_BASE_SIZE);
+	s->packets = segs;
+	s->bytes = bytes;
+	s->first = now;
+	s->last = now;
+	s->tcp_flags = pi->tcp_flags;
+	return 1;
+}
+
+/* Add one more packet of its flow to line slot s: 0 when a counter would pass 2^32 - 1. */
+static __always_inline int line_add(struct flow_slot_line *s, struct pkt_info *pi, __u64 segs,
+				    __u64 bytes, struct flow_counters *cnt)
+{
+	if (s->packets + segs > 0xffffffffULL || s->bytes + bytes > 0xffffffffULL)
+		return 0;
+	s->packets += segs;
+	s->bytes += bytes;
+	s->last = (__u32)(clock_now(cnt) >> SLOT_TIME_SHIFT);
+	s->tcp_flags |= pi->tcp_flags;
+	return 1;
+}
+
 /*
  * Account the packet in this CPU's slots: up to slot_probes slots of its key's tag word (8
  * slots), from its home slot on (wrapping within the word), the first that holds the key or
@@ -901,6 +932,25 @@ static __always_inline int slot_probe(void *slots, void *tags, __u32 table,
 			break;
 		if (t && t != tag)
 			continue;	/* another flow's slot: probe the next */
+		if (slot_line) {	/* rodata: the verifier keeps one of the two layouts */
+			struct flow_slot_line *l = bpf_map_lookup_elem(slots, &idx);
+
+			if (!l)
+				return 0;
+			if (t && l->packets) {
+				if (!key_equal((const struct flow_key *)l->key, &pi->key))
+					continue;	/* another flow with the same tag */
+				if (!line_add(l, pi, segs, bytes, cnt))
+					return 0;
+			} else {
+				if (!line_take(l, pi, segs, bytes, cnt))
+					return 0;
+				*tagp = tw | (tag << shift);
+				touch_window(table, pos);
+			}
+			cnt->v[CNT_SLOT_PACKETS] += segs;
+			return 1;
+		}
 		s = bpf_map_lookup_elem(slots, &idx);	/* NULL past the end */
 		if (!s)
 			return 0;
