@@ -910,7 +910,7 @@ static __always_inline int line_add(struct flow_slot_line *s, struct pkt_info *p
  */
 static __always_inline int slot_probe(void *slots, void *tags, __u32 table,
 				      struct pkt_info *pi, __u64 segs, __u64 bytes,
-				      struct flow_counters *cnt)
+				      struct flow_counters *cnt, const int line)
 {
 	__u32 cpu = bpf_get_smp_processor_id();
 	__u64 h = slot_hash(&pi->key), tag = slot_tag(h), tw;
@@ -932,7 +932,7 @@ static __always_inline int slot_probe(void *slots, void *tags, __u32 table,
 			break;
 		if (t && t != tag)
 			continue;	/* another flow's slot: probe the next */
-		if (slot_line) {	/* rodata: the verifier keeps one of the two layouts */
+		if (line) {	/* a constant: each caller's frame holds one layout's spills */
 			struct flow_slot_line *l = bpf_map_lookup_elem(slots, &idx);
 
 			if (!l)
@@ -983,8 +983,29 @@ static __noinline int slot_account(struct pkt_info *pi, struct flow_counters *cn
 	if (!pi || !cnt)
 		return 0;
 	if (table)
-		return slot_probe(&slots_b, &tags_b, 1, pi, segs, bytes, cnt);
-	return slot_probe(&slots_a, &tags_a, 0, pi, segs, bytes, cnt);
+		return slot_probe(&slots_b, &tags_b, 1, pi, segs, bytes, cnt, 0);
+	return slot_probe(&slots_a, &tags_a, 0, pi, segs, bytes, cnt, 0);
+}
+
+/* slot_account() for line slots (slot_line): a function of its own, so that each has the
+ * stack frame of one layout (the verifier removes the call of the other). */
+static __noinline int slot_account_line(struct pkt_info *pi, struct flow_counters *cnt,
+					__u32 table, __u32 segs, __u64 bytes)
+{
+	if (!pi || !cnt)
+		return 0;
+	if (table)
+		return slot_probe(&slots_b, &tags_b, 1, pi, segs, bytes, cnt, 1);
+	return slot_probe(&slots_a, &tags_a, 0, pi, segs, bytes, cnt, 1);
+}
+
+/* The packet in this CPU's slots of table `table`: 1, else 0 (the hash then). */
+static __always_inline int in_slot(struct pkt_info *pi, struct flow_counters *cnt, __u32 table,
+				   __u32 segs, __u64 bytes)
+{
+	if (slot_line)		/* rodata: the verifier drops the other call */
+		return slot_account_line(pi, cnt, table, segs, bytes);
+	return slot_account(pi, cnt, table, segs, bytes);
 }
 
 /* Shared body of every program: sample, parse, account. `frame_len` is the whole frame,
@@ -1008,10 +1029,10 @@ static __always_inline void account_active(struct pkt_info *pi, __u32 segs, __u6
 	/* One call site per map, not a pointer chosen at run time: the verifier inlines a map
 	 * lookup only when a single map reaches the call instruction. */
 	if (active && *active) {
-		if (!slots || !slot_mask || !slot_account(pi, cnt, 1, segs, bytes))
+		if (!slots || !slot_mask || !in_slot(pi, cnt, 1, segs, bytes))
 			account(&flows_b, 1, pi, segs, bytes, cnt);
 	} else {
-		if (!slots || !slot_mask || !slot_account(pi, cnt, 0, segs, bytes))
+		if (!slots || !slot_mask || !in_slot(pi, cnt, 0, segs, bytes))
 			account(&flows_a, 0, pi, segs, bytes, cnt);
 	}
 }
