@@ -197,7 +197,8 @@ static void size_slots(struct flow_bpf *skel, unsigned int slots)
 	bpf_map__set_max_entries(skel->maps.tags_b, slots ? words * ncpu : 1);
 }
 
-/* Packets in table 0 (hash and slots), -1 if an entry's times are not 0 < first <= last. */
+/* Packets in table 0 (hash and slots), -1 if an entry's times are not 0 < first <= last
+ * (line slots: last not before first in their 32-bit units). */
 static long long table_packets(struct flow_bpf *skel, int percpu)
 {
 	int ncpu = libbpf_num_possible_cpus(), nvals = percpu ? ncpu : 1;
@@ -222,6 +223,14 @@ static long long table_packets(struct flow_bpf *skel, int percpu)
 	for (__u32 i = 0; i < bpf_map__max_entries(skel->maps.slots_a); i++) {
 		if (bpf_map_lookup_elem(slots, &i, &rec))
 			return -1;
+		if (skel->rodata->slot_line) {	/* struct flow_slot_line: 32-bit times */
+			struct flow_slot_line *l = (struct flow_slot_line *)&rec;
+
+			if (l->packets && (__u32)(l->last - l->first) >= 1U << 31)
+				return -1;
+			total += l->packets;
+			continue;
+		}
 		if (rec.m.packets && (!rec.m.first_ns || rec.m.first_ns > rec.m.last_ns))
 			return -1;
 		total += rec.m.packets;
