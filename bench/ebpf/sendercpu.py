@@ -109,7 +109,7 @@ def read_samples(data: Path):  # type: ignore[no-untyped-def]
             if head is not None:
                 yield (*head, stack)
             head, stack = None, []
-        elif line.startswith((" ", "\t")):
+        elif line.startswith("\t"):  # a stack frame: "\t<ip> <symbol>"
             stack.append(line.split()[-1] if len(line.split()) > 1 else line.strip())
         else:
             head = parse_head(line)
@@ -122,7 +122,7 @@ def parse_head(line: str) -> tuple[str, int, int, float] | None:
     try:
         before, rest = line.rsplit("[", 1)
         cpu_text, time_text = rest.split("]", 1)
-        comm, pid = before.rstrip().rsplit(None, 1)
+        comm, pid = before.strip().rsplit(None, 1)
         return comm, int(pid.split("/")[0]), int(cpu_text), float(time_text.strip(" :"))
     except ValueError:
         return None
@@ -166,6 +166,7 @@ def analyse(samples: list, mine: dict[int, str]) -> tuple[list[Flood],
                 f.samples += 1
                 f.parts[part_of(stack)] += 1
                 f.leaves[stack[0] if stack else "?"] += 1
+                continue
             who = "idle" if comm == "swapper" else f"{'mine' if pid in mine else 'other'}: {comm}"
             others[fpid][who] += 1
         elif comm != "swapper":
