@@ -906,7 +906,9 @@ static __always_inline int line_add(struct flow_slot_line *s, struct pkt_info *p
  * sequence, and a flow that found them all taken keeps going to the hash until the table is
  * drained. A matching tag on an empty slot (tags the loader could not clear) is a free slot.
  * No atomics: a CPU's slots and tag words are only written by that CPU, and the programs do
- * not nest on one CPU (softirq / bottom halves off).
+ * not nest on one CPU (softirq / bottom halves off). `line` (a constant at each call):
+ * the slots are flow_slot_line, whose 32-bit counters send a packet that would overflow them
+ * to the hash (0), the flow staying in its slot for its later packets.
  */
 static __always_inline int slot_probe(void *slots, void *tags, __u32 table,
 				      struct pkt_info *pi, __u64 segs, __u64 bytes,
