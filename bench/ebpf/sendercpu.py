@@ -28,6 +28,7 @@ to be more than noise. Run as root::
 from __future__ import annotations
 
 import argparse
+import bisect
 import collections
 import subprocess
 import sys
@@ -144,8 +145,6 @@ def analyse(samples: list, mine: dict[int, str]) -> tuple[list[Flood],
     # flowgen's CPU at each moment: the CPU of its latest sample (it rarely migrates)
     where = sorted((t, cpu, pid) for comm, pid, cpu, t, _s in samples if comm == "flowgen")
     times = [w[0] for w in where]
-    import bisect
-
     for comm, pid, cpu, t, stack in samples:
         if comm == "flowgen":
             f = floods[pid]
