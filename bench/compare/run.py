@@ -23,6 +23,11 @@ Every observer runs in the router namespace and watches its ingress interface: t
 nftables prerouting chain (priority -300) has a ``log group`` rule for the NFLOG readers only.
 
 * ``none``: nothing attached (the sender's unobserved rate);
+* ``empty-hook`` (not run by default): the empty program (``bench/ebpf/empty.bpf.c``) at the
+  agent's hook, TCX ingress: the hook's own floor, no work done; ``empty-tc``: the same
+  program as a legacy clsact filter (``tc ... bpf da``, the agent's ``mode = "tc"``). Their
+  rows say the program's mean run time in ``--json`` (``hook_ns``) when BPF run-time stats are
+  on (``bench/ebpf/progstats.py``);
 * ``agent-ebpf``: ``agent`` with ``[[ingest.ebpf]]`` on the interface, ingress, its defaults;
 * ``agent-nflog``: ``agent`` with ``[[ingest.nflog]]`` reading the group, its defaults;
 * ``softflowd``: libpcap, ``-m 1048576`` flows;
@@ -79,6 +84,20 @@ sys.path.insert(0, str(ROOT))
 from tests.support.agentproc import nflog_counters  # noqa: E402
 from tests.support.flowgen import DESTINATIONS, Flood, build, rx_dropped  # noqa: E402
 from tests.support.netns import Netns, RoutedTopology, routed_topology  # noqa: E402
+
+
+def _load_ebpf_bench():  # type: ignore[no-untyped-def]
+    """bench/ebpf/run.py by path (``import run`` here would find this script itself)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ebpf_bench", ROOT / "bench/ebpf/run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+EBPF_BENCH = _load_ebpf_bench()  # empty.bpf.c's build, the TCX attach, BPF run stats
 
 TICK = os.sysconf("SC_CLK_TCK")
 GROUP = 7  # NFLOG group (per namespace)
@@ -417,6 +436,51 @@ class AgentNflog(Agent):
     ingest = f"[[ingest.nflog]]\ngroup = {GROUP}\n"
 
 
+class EmptyHook(Observer):
+    """The empty program at TCX ingress of the observed interface: what the hook itself
+    costs the sender (the program returns ``TCX_NEXT`` at once). No collector, no process:
+    the attachment goes with the router's veth."""
+
+    name = "empty-hook"
+
+    def start(self) -> None:
+        self.bpffs = self.tmp / "bpffs"
+        self.bpffs.mkdir()
+        subprocess.run(["mount", "-t", "bpf", "bpf", str(self.bpffs)], check=True)
+        pin = self.bpffs / "empty"
+        obj = EBPF_BENCH.build_empty_program(self.tmp)
+        subprocess.run(["bpftool", "prog", "load", str(obj), str(pin), "type", "tc"], check=True)
+        self.prog_id = json.loads(subprocess.run(
+            ["bpftool", "-j", "prog", "show", "pinned", str(pin)], capture_output=True,
+            text=True, check=True).stdout)["id"]
+        self.attach(obj, pin)
+
+    def attach(self, obj: Path, pin: Path) -> None:
+        """TCX ingress, as the agent attaches (bpftool 7.1 cannot: libbpf's call)."""
+        self.ns.run([sys.executable, "-c", EBPF_BENCH.TCX_ATTACH, str(pin), self.ifname])
+
+    def stop(self) -> None:
+        """The pin goes with the mount; the attachment with the veth."""
+        if hasattr(self, "bpffs"):
+            subprocess.run(["umount", str(self.bpffs)], check=False)
+
+    def counted(self) -> dict[str, int]:
+        """The program's run count and mean ns per run (0 unless BPF stats are on)."""
+        time_ns, runs = EBPF_BENCH.bpf_run_stats({self.prog_id})
+        return {"hook_runs": runs, "hook_ns": round(time_ns / runs, 1) if runs else 0}
+
+
+class EmptyTc(EmptyHook):
+    """The empty program as a legacy tc clsact ingress filter (the agent's ``mode = "tc"``)."""
+
+    name = "empty-tc"
+
+    def attach(self, obj: Path, pin: Path) -> None:
+        self.ns.run(["tc", "qdisc", "add", "dev", self.ifname, "clsact"])
+        self.ns.run(["tc", "filter", "add", "dev", self.ifname, "ingress", "bpf",
+                     "object-pinned", str(pin), "direct-action"])
+
+
 class Softflowd(Observer):
     name = "softflowd"
 
@@ -478,8 +542,10 @@ class Fprobe(Observer):
 
 
 OBSERVERS = {cls.name: cls for cls in
-             (Observer, AgentEbpf, AgentNflog, Softflowd, Pmacctd, Uacctd, Fprobe)}
-DEFAULT_OBSERVERS = [k for k in OBSERVERS if k not in ("none", "fprobe")]
+             (Observer, EmptyHook, EmptyTc, AgentEbpf, AgentNflog, Softflowd, Pmacctd, Uacctd,
+              Fprobe)}
+DEFAULT_OBSERVERS = [k for k in OBSERVERS if k not in ("none", "fprobe", "empty-hook",
+                                                       "empty-tc")]
 PEERS = ("softflowd", "pmacctd", "uacctd", "fprobe")
 
 
@@ -637,7 +703,8 @@ def summarise(results: dict[str, list[dict]]) -> list[dict]:
             "balances": balances, "collector_drops": med("collector_drops", ""),
             "cpu_s_per_mpkt": med("cpu_s", "sent") and med("cpu_s", "sent") * 1e6,  # type: ignore[operator]
             "cpu_ms_per_kflow": med("cpu_s", "flows_sent") and med("cpu_s", "flows_sent") * 1e6,  # type: ignore[operator]
-            "rss_mb": (med("rss_kb", "") or 0) / 1024, "runs": len(runs),
+            "rss_mb": rss / 1024 if (rss := med("rss_kb", "")) is not None else None,
+            "runs": len(runs),
         })
     return rows
 

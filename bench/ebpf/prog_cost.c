@@ -197,7 +197,8 @@ static void size_slots(struct flow_bpf *skel, unsigned int slots)
 	bpf_map__set_max_entries(skel->maps.tags_b, slots ? words * ncpu : 1);
 }
 
-/* Packets in table 0 (hash and slots), -1 if an entry's times are not 0 < first <= last. */
+/* Packets in table 0 (hash and slots), -1 if an entry's times are not 0 < first <= last
+ * (line slots: last not before first in their 32-bit units). */
 static long long table_packets(struct flow_bpf *skel, int percpu)
 {
 	int ncpu = libbpf_num_possible_cpus(), nvals = percpu ? ncpu : 1;
@@ -222,6 +223,14 @@ static long long table_packets(struct flow_bpf *skel, int percpu)
 	for (__u32 i = 0; i < bpf_map__max_entries(skel->maps.slots_a); i++) {
 		if (bpf_map_lookup_elem(slots, &i, &rec))
 			return -1;
+		if (skel->rodata->slot_line) {	/* struct flow_slot_line: 32-bit times */
+			struct flow_slot_line *l = (struct flow_slot_line *)&rec;
+
+			if (l->packets && (__u32)(l->last - l->first) >= 1U << 31)
+				return -1;
+			total += l->packets;
+			continue;
+		}
 		if (rec.m.packets && (!rec.m.first_ns || rec.m.first_ns > rec.m.last_ns))
 			return -1;
 		total += rec.m.packets;
@@ -353,8 +362,9 @@ static int run_new(unsigned int slots, unsigned int maxflows, unsigned int flows
 	skel->rodata->percpu = percpu;
 	skel->rodata->fill_threshold = maxflows / 2;	/* drain_threshold = 50 */
 	size_slots(skel, slots);
-	bpf_map__set_value_size(skel->maps.slots_a, FLOW_SLOT_BASE_SIZE);	/* as the loader */
-	bpf_map__set_value_size(skel->maps.slots_b, FLOW_SLOT_BASE_SIZE);
+	skel->rodata->slot_line = 1;	/* as the loader: no key fields, tick clock */
+	bpf_map__set_value_size(skel->maps.slots_a, FLOW_SLOT_LINE_SIZE);
+	bpf_map__set_value_size(skel->maps.slots_b, FLOW_SLOT_LINE_SIZE);
 	bpf_map__set_key_size(skel->maps.flows_a, FLOW_KEY_BASE_SIZE);
 	bpf_map__set_key_size(skel->maps.flows_b, FLOW_KEY_BASE_SIZE);
 	bpf_map__set_max_entries(skel->maps.flows_a, maxflows);
@@ -455,10 +465,11 @@ int main(int argc, char **argv)
 	bpf_map__set_key_size(skel->maps.flows_a, flow_key_size(l2_fields, mpls_labels));
 	bpf_map__set_key_size(skel->maps.flows_b, flow_key_size(l2_fields, mpls_labels));
 	size_slots(skel, slots);
+	skel->rodata->slot_line = flow_slot_is_line(flow_key_size(l2_fields, mpls_labels), precise);
 	bpf_map__set_value_size(skel->maps.slots_a,
-				flow_slot_size(flow_key_size(l2_fields, mpls_labels)));
+				flow_slot_size(flow_key_size(l2_fields, mpls_labels), precise));
 	bpf_map__set_value_size(skel->maps.slots_b,
-				flow_slot_size(flow_key_size(l2_fields, mpls_labels)));
+				flow_slot_size(flow_key_size(l2_fields, mpls_labels), precise));
 	if (flow_bpf__load(skel))
 		return perror("load"), 1;
 	fd = bpf_program__fd(skel->progs.flow_tc_ingress);

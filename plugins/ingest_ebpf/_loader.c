@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <stddef.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/membarrier.h>
 #include <sys/mman.h>
@@ -135,6 +136,9 @@ typedef struct {
 	int walk_cpu;		/* CPU region whose touched windows are being scanned */
 	__u64 walk_bits;	/* its windows not mapped yet */
 	__u32 slot_size;	/* bytes of a slot (flow_slot_size()) */
+	int slot_line;		/* slots are flow_slot_line (flow_slot_is_line()) */
+	__u64 slot_now;		/* CLOCK_MONOTONIC ns at this drain_slots() call: line slots'
+				 * 32-bit times are restored below it */
 	char *win;		/* first slot of the mapped window (NULL: none) */
 	void *win_map;		/* the window's mapping (page-aligned around it) */
 	size_t win_len;
@@ -562,7 +566,9 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	bpf_map__set_max_entries(self->skel->maps.frag_ports, frag_table ? frag_table : 1);
 	bpf_map__set_max_entries(self->skel->maps.slots_a, slots ? slots * self->slot_ncpu : 1);
 	bpf_map__set_max_entries(self->skel->maps.slots_b, slots ? slots * self->slot_ncpu : 1);
-	self->slot_size = flow_slot_size(self->key_size);
+	self->slot_line = flow_slot_is_line(self->key_size, precise_clock);
+	self->skel->rodata->slot_line = (__u8)self->slot_line;
+	self->slot_size = flow_slot_size(self->key_size, precise_clock);
 	bpf_map__set_value_size(self->skel->maps.slots_a, self->slot_size);
 	bpf_map__set_value_size(self->skel->maps.slots_b, self->slot_size);
 	bpf_map__set_max_entries(self->skel->maps.tags_a, slots ? self->tag_words * self->slot_ncpu : 1);
@@ -832,6 +838,31 @@ static __u32 drain_hash(Loader *self, __u32 room, int *err)
 	return n;
 }
 
+/* A line slot's 32-bit time (ns >> SLOT_TIME_SHIFT, low 32 bits) as CLOCK_MONOTONIC ns: the
+ * latest such time not after `now` (the slot was written less than 73 minutes before). */
+static __u64 line_time(__u32 t, __u64 now)
+{
+	__u64 units = now >> SLOT_TIME_SHIFT;
+
+	return (units - (__u32)((__u32)units - t)) << SLOT_TIME_SHIFT;
+}
+
+/* Write line slot s as a row at dst (put_record): 0 when the slot is free. */
+static int put_line_slot(const Loader *self, char *dst, const struct flow_slot_line *s)
+{
+	struct flow_metrics m = { 0 };
+
+	if (!s->packets)
+		return 0;
+	m.packets = s->packets;
+	m.bytes = s->bytes;
+	m.first_ns = line_time(s->first, self->slot_now);
+	m.last_ns = line_time(s->last, self->slot_now);
+	m.tcp_flags = s->tcp_flags;
+	put_record(self, dst, s->key, &m);
+	return 1;
+}
+
 /*
  * Append up to `room` taken slots of the walk's slot array to out and zero them, window by
  * window: only the windows slot_touched marked are mapped (one at a time, unmapped when read),
@@ -846,7 +877,11 @@ static __u32 drain_hash(Loader *self, __u32 room, int *err)
 static __u32 drain_slots(Loader *self, __u32 room, char *out, int *done, int *err)
 {
 	__u32 kept = 0;
+	struct timespec ts;
 
+	/* after the flip and the grace period: every line slot's time is older than this */
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	self->slot_now = (__u64)ts.tv_sec * 1000000000ULL + (__u64)ts.tv_nsec;
 	*done = 0;
 	while (kept < room) {
 		if (!self->win) {
@@ -862,10 +897,17 @@ static __u32 drain_slots(Loader *self, __u32 room, char *out, int *done, int *er
 			struct flow_slot *slot = (struct flow_slot *)(self->win + (size_t)self->win_pos *
 								      self->slot_size);
 
-			if (!slot->m.packets)
-				continue;
-			put_record(self, out + (size_t)kept++ * out_row_size(self), &slot->key,
-				   &slot->m);
+			if (self->slot_line) {
+				if (!put_line_slot(self, out + (size_t)kept * out_row_size(self),
+						   (const struct flow_slot_line *)slot))
+					continue;
+				kept++;
+			} else {
+				if (!slot->m.packets)
+					continue;
+				put_record(self, out + (size_t)kept++ * out_row_size(self),
+					   &slot->key, &slot->m);
+			}
 			memset(slot, 0, self->slot_size);
 		}
 		if (self->win_pos >= self->window) {
@@ -915,8 +957,9 @@ static PyObject *Loader_slot_info(Loader *self, PyObject *unused)
 {
 	if (check_open(self))
 		return NULL;
-	return Py_BuildValue("{sIsisIsIsIsKsi}", "slots", self->slots, "cpus", self->slot_ncpu,
-			     "probes", self->probes, "window", self->slots ? self->window : 0,
+	return Py_BuildValue("{sIsisIsIsIsIsKsi}", "slots", self->slots, "cpus", self->slot_ncpu,
+			     "probes", self->probes, "slot_bytes", self->slot_size,
+			     "window", self->slots ? self->window : 0,
 			     "windows", self->slots ? self->slots / self->window : 0,
 			     "windows_scanned", self->windows_scanned,
 			     "tag_errno", -self->tag_err);
@@ -1218,7 +1261,8 @@ static PyMethodDef Loader_methods[] = {
 	{ "drain_begin", (PyCFunction)Loader_drain_begin, METH_VARARGS,
 	  "drain_begin(index): start emptying flow table index (and its slots)" },
 	{ "slot_info", (PyCFunction)Loader_slot_info, METH_NOARGS,
-	  "slot_info() -> {slots, cpus, probes, window, windows (per CPU), windows_scanned, "
+	  "slot_info() -> {slots, cpus, probes, slot_bytes, window, windows (per CPU), "
+	  "windows_scanned, "
 	  "tag_errno (the drain's first failed tag clear, else 0)}" },
 	{ "drain_next", (PyCFunction)Loader_drain_next, METH_VARARGS,
 	  "drain_next(buffer, layout=None, wall_offset=0) -> (rows written into buffer, errno, "

@@ -198,8 +198,9 @@ class EbpfIngest(Ingest):
         self.maxflows = kernel_table_size(cfg.maxflows, context.flow_capacity(), percpu, ncpu)
         l2_fields, mpls_labels = kernel_fields(flow_schema())  # [flow]: what the key holds
         key_fields = bool(l2_fields or mpls_labels)
+        precise = cfg.timestamps == "precise"
         self.cpu_slots = cpu_slots_size(cfg.cpu_slots, self.maxflows, context.flow_capacity(),
-                                        percpu, ncpu, key_fields)
+                                        percpu, ncpu, key_fields, precise)
         self.stats["maxflows"], self.stats["cpu_slots"] = self.maxflows, self.cpu_slots
         if cfg.drain_threshold < 100:
             self._fill_limit = max(1, self.maxflows * cfg.drain_threshold // 100)
@@ -210,7 +211,7 @@ class EbpfIngest(Ingest):
         self.loader = Loader(maxflows=self.maxflows, sampling=cfg.sampling,
                              percpu=percpu,
                              overflow_ring_bytes=cfg.overflow_ring_kb * 1024,
-                             precise_clock=cfg.timestamps == "precise", slots=self.cpu_slots,
+                             precise_clock=precise, slots=self.cpu_slots,
                              prealloc=cfg.prealloc, fill_threshold=self._fill_limit,
                              frag_table=fragments.table if self.tracking else 0,
                              frag_timeout=fragments.timeout,
@@ -229,7 +230,7 @@ class EbpfIngest(Ingest):
                       self.loader.prog_ids(), self.maxflows, cfg.map_type,
                       "preallocated" if cfg.prealloc else "at most",
                       table_memory(self.maxflows, percpu, ncpu) >> 20, self.cpu_slots, ncpu,
-                      slot_memory(self.cpu_slots, ncpu, key_fields) >> 20,
+                      slot_memory(self.cpu_slots, ncpu, key_fields, precise) >> 20,
                       cfg.sampling, fragments.mode, list(cfg.decapsulate) or "off",
                       " keeping the outer flows" if cfg.keep_outer else "")
         self.attacher = Attacher(self.loader, cfg.mode, cfg.direction, cfg.promisc)

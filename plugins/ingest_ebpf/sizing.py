@@ -20,9 +20,10 @@ MAX_KERNEL_FLOWS = 2**24
 AUTO_MEMORY_BYTES = 256 << 20
 #: smallest derived table (the old fixed default)
 MIN_AUTO_FLOWS = 65536
-#: bytes of one per-CPU slot (``struct flow_slot``, bpf/flow.h): metrics and the base key,
-#: or the whole key when ``[flow]`` optional key fields are on (``flow_slot_size()``)
-SLOT_BYTES, SLOT_EXT_BYTES = 88, 152
+#: bytes of one per-CPU slot (bpf/flow.h ``flow_slot_size()``): one cache line by default
+#: (``struct flow_slot_line``: the base key, 32-bit counters and times), the metrics and the
+#: base key with ``timestamps = "precise"``, the whole key with ``[flow]`` optional key fields
+SLOT_LINE_BYTES, SLOT_BYTES, SLOT_EXT_BYTES = 64, 88, 152
 #: bytes of one slot's tag (maps ``tags_a``/``tags_b``, bpf/maps.h)
 TAG_BYTES = 1
 #: most per-CPU slots ``cpu_slots = "auto"`` gives a CPU (22 MB per table and CPU)
@@ -76,20 +77,22 @@ def kernel_table_size(configured: int, flow_capacity: int, percpu: bool, ncpu: i
                MAX_KERNEL_FLOWS)
 
 
-def slot_bytes(key_fields: bool) -> int:
+def slot_bytes(key_fields: bool, precise: bool = False) -> int:
     """Bytes of one slot and its tag: :data:`SLOT_EXT_BYTES` with ``[flow]`` key fields in
-    the kernel key, else :data:`SLOT_BYTES`, plus :data:`TAG_BYTES`."""
-    return (SLOT_EXT_BYTES if key_fields else SLOT_BYTES) + TAG_BYTES
+    the kernel key, :data:`SLOT_BYTES` with precise timestamps, else :data:`SLOT_LINE_BYTES`,
+    plus :data:`TAG_BYTES`."""
+    size = SLOT_EXT_BYTES if key_fields else SLOT_BYTES if precise else SLOT_LINE_BYTES
+    return size + TAG_BYTES
 
 
-def slot_memory(slots: int, ncpu: int, key_fields: bool = False) -> int:
+def slot_memory(slots: int, ncpu: int, key_fields: bool = False, precise: bool = False) -> int:
     """Kernel memory of both slot arrays and their tags: ``slots`` entries per possible CPU
     each."""
-    return 2 * slots * ncpu * slot_bytes(key_fields)
+    return 2 * slots * ncpu * slot_bytes(key_fields, precise)
 
 
 def cpu_slots_size(configured: int | str, maxflows: int, flow_capacity: int, percpu: bool,
-                   ncpu: int, key_fields: bool = False) -> int:
+                   ncpu: int, key_fields: bool = False, precise: bool = False) -> int:
     """The per-CPU slots: ``cpu_slots`` if a number, else (``"auto"``) derived.
 
     Derived: what the two hash tables of ``maxflows`` leave of :data:`AUTO_MEMORY_BYTES`,
@@ -99,17 +102,19 @@ def cpu_slots_size(configured: int | str, maxflows: int, flow_capacity: int, per
     CPUs together at most twice
     the smaller of the cache's flow capacity and ``maxflows`` (rounded up per CPU), so a small
     cache or kernel table keeps the slots small too. On 2 CPUs with the default cache and the
-    shared map: 262,144 per CPU, 89 MB with their tags beside the 152 MB of the hash tables
-    (131,072 with ``[flow]`` key fields: 152-byte slots); 8,192 on 64 CPUs.
+    shared map: 262,144 per CPU, 65 MB with their tags beside the 152 MB of the hash tables
+    (89 MB with precise timestamps: 88-byte slots; 131,072 with ``[flow]`` key fields:
+    152-byte slots); 8,192 on 64 CPUs.
 
     :param configured: ``[[ingest.ebpf]] cpu_slots`` (``"auto"`` = derive it).
     :param maxflows: the hash table size in use (:func:`kernel_table_size`).
     :param key_fields: the kernel key holds ``[flow]`` optional fields (whole-key slots).
+    :param precise: ``timestamps = "precise"`` (88-byte slots with 64-bit times).
     """
     if isinstance(configured, int):
         return configured
     left = AUTO_MEMORY_BYTES - table_memory(maxflows, percpu, ncpu)
-    fits = max(left // (2 * ncpu * slot_bytes(key_fields)), MIN_AUTO_SLOTS)
+    fits = max(left // (2 * ncpu * slot_bytes(key_fields, precise)), MIN_AUTO_SLOTS)
     flows = min(flow_capacity or maxflows, maxflows)
     cap = min(MAX_AUTO_SLOTS, _power_above(max(-(-2 * flows // ncpu), 1)))
     return min(1 << (fits.bit_length() - 1), cap)

@@ -38,3 +38,23 @@ def test_smoke_workload_is_exact_for_both_ingests(tmp_path):
             if line.startswith("| agent")}
     assert all("| 100.000 % | 100.000 % | 0 | 0 | 0 |" in rows[k]
                for k in ("agent-ebpf", "agent-nflog"))
+
+
+def test_empty_hooks_run_once_per_packet_at_the_observed_interface(tmp_path):
+    """``empty-hook`` (TCX) and ``empty-tc`` (clsact) attach the empty program where the agent
+    observes: with BPF run-time stats held (as progstats.py does) each ran once per packet
+    sent, and they account nothing (no collector)."""
+    sys.path.insert(0, str(ROOT / "bench" / "ebpf"))
+    from run import BpfStats  # bench/ebpf/run.py
+
+    raw = tmp_path / "compare.json"
+    with BpfStats():
+        subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "compare" / "run.py"), "--workload", "smoke",
+             "--rounds", "1", "--only", "empty-hook", "empty-tc", "--json", str(raw)],
+            capture_output=True, text=True, timeout=300, check=True)
+    runs = json.loads(raw.read_text())["smoke"]
+    for kind in ("empty-hook", "empty-tc"):
+        (r,) = runs[kind]
+        assert r["hook_runs"] == r["sent"] == 5994, kind
+        assert r["hook_ns"] > 0 and "accounted" not in r, kind

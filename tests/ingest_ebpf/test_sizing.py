@@ -39,15 +39,19 @@ def test_derived_cpu_slots_share_the_budget_with_the_hash():
     for percpu in (False, True):
         for ncpu in (1, 2, 4, 16, 64, 256, 1024):
             table = kernel_table_size(0, 2_000_000, percpu, ncpu)
-            for fields in (False, True):
-                slots = cpu_slots_size("auto", table, 2_000_000, percpu, ncpu, fields)
+            for fields, precise in ((False, False), (False, True), (True, False)):
+                slots = cpu_slots_size("auto", table, 2_000_000, percpu, ncpu, fields, precise)
                 assert slots & (slots - 1) == 0
                 assert slots <= MAX_AUTO_SLOTS and slots * ncpu <= 2 * table + ncpu * 2
                 if slots > MIN_AUTO_SLOTS:  # else the old default: a floor, as before "auto"
                     assert table_memory(table, percpu, ncpu) + slot_memory(
-                        slots, ncpu, fields) <= AUTO_MEMORY_BYTES
+                        slots, ncpu, fields, precise) <= AUTO_MEMORY_BYTES
     shared = kernel_table_size(0, 2_000_000, False, 2)
-    assert cpu_slots_size("auto", shared, 2_000_000, False, 2) == 262_144  # 89 MB
+    assert cpu_slots_size("auto", shared, 2_000_000, False, 2) == 262_144
+    # one 64-byte line and a tag byte per slot: 65 MB; 88-byte slots with precise times: 89
+    assert slot_memory(262_144, 2) >> 20 == 65
+    assert slot_memory(262_144, 2, precise=True) >> 20 == 89
+    assert cpu_slots_size("auto", shared, 2_000_000, False, 2, precise=True) == 262_144
     assert cpu_slots_size("auto", shared, 2_000_000, False, 2, key_fields=True) == 131_072
     assert cpu_slots_size("auto", shared, 2_000_000, False, 64) == 8192
     assert cpu_slots_size("auto", shared, 2_000_000, False, 256) == 4096  # the floor

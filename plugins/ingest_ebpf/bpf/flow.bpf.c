@@ -81,6 +81,7 @@ const volatile __u8 l2_fields = 0;	/* L2_* bits: the optional key fields to fill
 const volatile __u8 mpls_labels = 0;	/* MPLS label stack entries in the key (0-10) */
 const volatile __u8 key_words = 0;	/* 8-byte words the tables hash; 0 = the base key only
 					 * (the slots then compare the base, else the whole key) */
+const volatile __u8 slot_line = 0;	/* slots are 64-byte flow_slot_line (flow_slot_is_line()) */
 
 /* PARSE_MPLS: an MPLS label stack at pi->l3_off, for parse_mpls_*() */
 enum parse_result { PARSE_OK, PARSE_NON_IP, PARSE_TRUNC, PARSE_MPLS };
@@ -863,6 +864,36 @@ static __always_inline void slot_add(struct flow_slot *s, struct pkt_info *pi, _
 	s->m.tcp_flags |= pi->tcp_flags;
 }
 
+/* Take free line slot s for pi's flow: 0 when a counter does not fit 32 bits (the hash then). */
+static __always_inline int line_take(struct flow_slot_line *s, struct pkt_info *pi, __u64 segs,
+				     __u64 bytes, struct flow_counters *cnt)
+{
+	__u32 now = (__u32)(clock_now(cnt) >> SLOT_TIME_SHIFT);
+
+	if ((segs | bytes) >> 32)
+		return 0;
+	__builtin_memcpy(s->key, &pi->key, FLOW_KEY_BASE_SIZE);
+	s->packets = segs;
+	s->bytes = bytes;
+	s->first = now;
+	s->last = now;
+	s->tcp_flags = pi->tcp_flags;
+	return 1;
+}
+
+/* Add one more packet of its flow to line slot s: 0 when a counter would pass 2^32 - 1. */
+static __always_inline int line_add(struct flow_slot_line *s, struct pkt_info *pi, __u64 segs,
+				    __u64 bytes, struct flow_counters *cnt)
+{
+	if (s->packets + segs > 0xffffffffULL || s->bytes + bytes > 0xffffffffULL)
+		return 0;
+	s->packets += segs;
+	s->bytes += bytes;
+	s->last = (__u32)(clock_now(cnt) >> SLOT_TIME_SHIFT);
+	s->tcp_flags |= pi->tcp_flags;
+	return 1;
+}
+
 /*
  * Account the packet in this CPU's slots: up to slot_probes slots of its key's tag word (8
  * slots), from its home slot on (wrapping within the word), the first that holds the key or
@@ -875,11 +906,13 @@ static __always_inline void slot_add(struct flow_slot *s, struct pkt_info *pi, _
  * sequence, and a flow that found them all taken keeps going to the hash until the table is
  * drained. A matching tag on an empty slot (tags the loader could not clear) is a free slot.
  * No atomics: a CPU's slots and tag words are only written by that CPU, and the programs do
- * not nest on one CPU (softirq / bottom halves off).
+ * not nest on one CPU (softirq / bottom halves off). `line` (a constant at each call):
+ * the slots are flow_slot_line, whose 32-bit counters send a packet that would overflow them
+ * to the hash (0), the flow staying in its slot for its later packets.
  */
 static __always_inline int slot_probe(void *slots, void *tags, __u32 table,
 				      struct pkt_info *pi, __u64 segs, __u64 bytes,
-				      struct flow_counters *cnt)
+				      struct flow_counters *cnt, const int line)
 {
 	__u32 cpu = bpf_get_smp_processor_id();
 	__u64 h = slot_hash(&pi->key), tag = slot_tag(h), tw;
@@ -901,6 +934,25 @@ static __always_inline int slot_probe(void *slots, void *tags, __u32 table,
 			break;
 		if (t && t != tag)
 			continue;	/* another flow's slot: probe the next */
+		if (line) {	/* a constant: each caller's frame holds one layout's spills */
+			struct flow_slot_line *l = bpf_map_lookup_elem(slots, &idx);
+
+			if (!l)
+				return 0;
+			if (t && l->packets) {
+				if (!key_equal((const struct flow_key *)l->key, &pi->key))
+					continue;	/* another flow with the same tag */
+				if (!line_add(l, pi, segs, bytes, cnt))
+					return 0;
+			} else {
+				if (!line_take(l, pi, segs, bytes, cnt))
+					return 0;
+				*tagp = tw | (tag << shift);
+				touch_window(table, pos);
+			}
+			cnt->v[CNT_SLOT_PACKETS] += segs;
+			return 1;
+		}
 		s = bpf_map_lookup_elem(slots, &idx);	/* NULL past the end */
 		if (!s)
 			return 0;
@@ -933,8 +985,29 @@ static __noinline int slot_account(struct pkt_info *pi, struct flow_counters *cn
 	if (!pi || !cnt)
 		return 0;
 	if (table)
-		return slot_probe(&slots_b, &tags_b, 1, pi, segs, bytes, cnt);
-	return slot_probe(&slots_a, &tags_a, 0, pi, segs, bytes, cnt);
+		return slot_probe(&slots_b, &tags_b, 1, pi, segs, bytes, cnt, 0);
+	return slot_probe(&slots_a, &tags_a, 0, pi, segs, bytes, cnt, 0);
+}
+
+/* slot_account() for line slots (slot_line): a function of its own, so that each has the
+ * stack frame of one layout (the verifier removes the call of the other). */
+static __noinline int slot_account_line(struct pkt_info *pi, struct flow_counters *cnt,
+					__u32 table, __u32 segs, __u64 bytes)
+{
+	if (!pi || !cnt)
+		return 0;
+	if (table)
+		return slot_probe(&slots_b, &tags_b, 1, pi, segs, bytes, cnt, 1);
+	return slot_probe(&slots_a, &tags_a, 0, pi, segs, bytes, cnt, 1);
+}
+
+/* The packet in this CPU's slots of table `table`: 1, else 0 (the hash then). */
+static __always_inline int in_slot(struct pkt_info *pi, struct flow_counters *cnt, __u32 table,
+				   __u32 segs, __u64 bytes)
+{
+	if (slot_line)		/* rodata: the verifier drops the other call */
+		return slot_account_line(pi, cnt, table, segs, bytes);
+	return slot_account(pi, cnt, table, segs, bytes);
 }
 
 /* Shared body of every program: sample, parse, account. `frame_len` is the whole frame,
@@ -958,10 +1031,10 @@ static __always_inline void account_active(struct pkt_info *pi, __u32 segs, __u6
 	/* One call site per map, not a pointer chosen at run time: the verifier inlines a map
 	 * lookup only when a single map reaches the call instruction. */
 	if (active && *active) {
-		if (!slots || !slot_mask || !slot_account(pi, cnt, 1, segs, bytes))
+		if (!slots || !slot_mask || !in_slot(pi, cnt, 1, segs, bytes))
 			account(&flows_b, 1, pi, segs, bytes, cnt);
 	} else {
-		if (!slots || !slot_mask || !slot_account(pi, cnt, 0, segs, bytes))
+		if (!slots || !slot_mask || !in_slot(pi, cnt, 0, segs, bytes))
 			account(&flows_a, 0, pi, segs, bytes, cnt);
 	}
 }

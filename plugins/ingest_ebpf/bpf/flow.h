@@ -98,9 +98,38 @@ struct flow_slot {
 };
 #define FLOW_SLOT_BASE_SIZE 88
 
-/* Bytes of a slot array's value: compact without optional key fields, else the whole slot. */
-static inline __u32 flow_slot_size(__u32 key_size)
+/* The default slot (no optional key fields, tick timestamps): one 64-byte cache line, the base
+ * key first, then 32-bit counters and times. A slot costs the program one line instead of the
+ * two or three an 88-byte slot spans (each a cache miss, its stores an ownership request that
+ * the next atomic instruction of the sender's path waits for: docs/performance.md, "The
+ * sender's cost with the eBPF hook, decomposed"). A packet that would carry a counter past
+ * 2^32 - 1 goes to the hash instead (one flow, two rows: the cache adds them). Times are
+ * CLOCK_MONOTONIC ns >> SLOT_TIME_SHIFT, the low 32 bits (1.024 us units, 73 minutes around):
+ * the loader restores them from its own clock at the drain, which follows within a poll
+ * interval; the tick clock they come from is 4 ms coarse anyway. */
+struct flow_slot_line {
+	__u8 key[FLOW_KEY_BASE_SIZE];	/* struct flow_key's base: 8-aligned at offset 0 */
+	__u32 packets;			/* 0: a free slot */
+	__u32 bytes;
+	__u32 first;			/* (first_ns >> SLOT_TIME_SHIFT) & 0xffffffff */
+	__u32 last;
+	__u32 tcp_flags;
+};
+#define FLOW_SLOT_LINE_SIZE 64
+#define SLOT_TIME_SHIFT 10
+
+/* Whether slots are flow_slot_line: without optional key fields and with tick timestamps. */
+static inline int flow_slot_is_line(__u32 key_size, int precise_clock)
 {
+	return key_size <= FLOW_KEY_BASE_SIZE && !precise_clock;
+}
+
+/* Bytes of a slot array's value: one line by default, compact (88) with precise timestamps,
+ * else the whole slot. */
+static inline __u32 flow_slot_size(__u32 key_size, int precise_clock)
+{
+	if (flow_slot_is_line(key_size, precise_clock))
+		return FLOW_SLOT_LINE_SIZE;
 	return key_size > FLOW_KEY_BASE_SIZE ? sizeof(struct flow_slot) : FLOW_SLOT_BASE_SIZE;
 }
 
