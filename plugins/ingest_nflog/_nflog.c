@@ -97,6 +97,14 @@
 /* row buffers take() keeps for reuse (each up to TAKE_LIMIT rows, 1.6 MB): a pipeline that
  * keeps up holds at most one batch while the next is taken; more in flight get fresh ones */
 #define TAKE_POOL 2
+/* Append mode (a flood of new flows, issue 14): a cycle of the table (from empty to empty
+ * again) of at least APPEND_MIN_PACKETS packets in which at most one packet in
+ * APPEND_SUMMED summed into a flow already held makes the next APPEND_CYCLES cycles append
+ * each packet as its own row (no hash, no probe: the cache sums them); the cycle after is
+ * hashed again to see whether summing pays again. */
+#define APPEND_MIN_PACKETS 1024
+#define APPEND_SUMMED 16
+#define APPEND_CYCLES 15
 /* the cache's time columns are int64 ns: a timestamp beyond that is garbage */
 #define TS_SEC_MAX (INT64_MAX / 1000000000LL)
 
@@ -198,6 +206,10 @@ typedef struct {
 	/* take()'s row buffers, reused once nobody holds them (take_buffer) */
 	PyObject *pool[TAKE_POOL];
 	unsigned long long pool_reused, pool_fresh;
+	/* append mode: cycles left to append (0: hashed), packets in the current cycle */
+	unsigned int append_left;
+	uint64_t cycle_packets, cycle_flows;
+	unsigned long long append_cycles, hashed_cycles; /* cycles done in each mode */
 } Aggregator;
 
 static inline uint16_t be16(const uint8_t *p)
@@ -293,7 +305,7 @@ static int grow(Aggregator *self)
 		PyMem_RawFree(slots);
 		return -1;
 	}
-	for (size_t i = 0; i < self->nflows; i++) { /* rehash */
+	for (size_t i = 0; !self->append_left && i < self->nflows; i++) { /* rehash */
 		size_t s = (size_t)flows[i].hash & mask;
 
 		while (slots[s])
@@ -315,12 +327,29 @@ static inline __attribute__((always_inline)) int account(Aggregator *self, const
 	/* the two key widths as constants: the hash unrolled, the compare and the copy inlined
 	 * (a copy of variable length was a `rep movsq`, a tenth of this loop's time) */
 	int base = pkt->key_len == KEY_LEN;
-	uint64_t h = base ? key_hash(pkt->key, KEY_LEN) : key_hash(pkt->key, KEY6_LEN);
+	uint64_t h;
 	size_t mask, s;
 	struct flow *f;
 
 	if ((self->nflows + 1) * 2 > self->slots_cap && grow(self) < 0)
 		return -1;
+	self->cycle_packets++;
+	if (self->append_left) {
+		self->cycle_flows++; /* a row of its own: the slots stay empty, hash unused */
+		f = &self->flows[self->nflows++];
+		if (base)
+			memcpy(f->key, pkt->key, KEY_LEN);
+		else
+			memcpy(f->key, pkt->key, KEY6_LEN);
+		f->key_len = pkt->key_len;
+		f->tcp_flags = pkt->tcp_flags;
+		f->out_if = out_if;
+		f->packets = 1;
+		f->octets = pkt->octets;
+		f->first_ns = f->last_ns = ts;
+		return 0;
+	}
+	h = base ? key_hash(pkt->key, KEY_LEN) : key_hash(pkt->key, KEY6_LEN);
 	mask = self->slots_cap - 1;
 	for (s = (size_t)h & mask; self->slots[s]; s = (s + 1) & mask) {
 		f = &self->flows[self->slots[s] - 1];
@@ -331,6 +360,7 @@ static inline __attribute__((always_inline)) int account(Aggregator *self, const
 	}
 	f = &self->flows[self->nflows];
 	self->slots[s] = (uint32_t)++self->nflows;
+	self->cycle_flows++;
 	if (base)
 		memcpy(f->key, pkt->key, KEY_LEN);
 	else
@@ -364,6 +394,24 @@ static __attribute__((noinline)) void add_packet(Aggregator *self, const struct 
 		self->nomem = 1;
 }
 
+/* The table was emptied by take(): choose how the next cycle accounts its packets (the
+ * slots are all empty here in either mode). Hashed, a cycle whose packets hardly ever found
+ * their flow held (a flood of new flows: each packet a row, summed by the cache anyway)
+ * switches to append mode for APPEND_CYCLES cycles; then one hashed cycle measures again. */
+static void next_cycle(Aggregator *self)
+{
+	if (self->append_left) {
+		self->append_cycles++;
+		self->append_left--;
+	} else {
+		self->hashed_cycles++;
+		if (self->cycle_packets >= APPEND_MIN_PACKETS &&
+		    (self->cycle_packets - self->cycle_flows) * APPEND_SUMMED <= self->cycle_packets)
+			self->append_left = APPEND_CYCLES;
+	}
+	self->cycle_packets = self->cycle_flows = 0;
+}
+
 /* Forget the flows a bounded take() already returned, so that new packets never add to a
  * flow that left (GIL held or busy: the table is ours). Keeps the others in order. */
 static void drop_taken(Aggregator *self)
@@ -372,10 +420,10 @@ static void drop_taken(Aggregator *self)
 
 	if (!self->taken)
 		return;
-	for (size_t i = 0; i < self->nflows; i++)
+	for (size_t i = 0; !self->append_left && i < self->nflows; i++)
 		self->slots[self->flows[i].slot] = 0;
 	memmove(self->flows, self->flows + self->taken, keep * sizeof(*self->flows));
-	for (size_t i = 0; i < keep; i++) { /* re-insert, as grow() does */
+	for (size_t i = 0; !self->append_left && i < keep; i++) { /* re-insert, as grow() does */
 		size_t s = (size_t)self->flows[i].hash & mask;
 
 		while (self->slots[s])
@@ -1776,8 +1824,9 @@ static PyObject *Aggregator_take(Aggregator *self, PyObject *args, PyObject *kwd
 	memset(cc, 0, sizeof(*cc));
 	self->taken += count;
 	if (self->taken == self->nflows) {
-		for (size_t i = 0; i < self->nflows; i++) /* clear only the slots in use */
+		for (size_t i = 0; !self->append_left && i < self->nflows; i++) /* slots in use */
 			self->slots[self->flows[i].slot] = 0;
+		next_cycle(self);
 		self->nflows = self->taken = 0;
 	}
 	return out;
@@ -1903,9 +1952,12 @@ static int Aggregator_init(Aggregator *self, PyObject *args, PyObject *kwds)
 	self->read_datagrams = self->read_packets = self->read_enobufs = self->read_cut = 0;
 	self->read_rounds = 0;
 	self->resume_at = 0;
-	for (size_t i = 0; i < self->nflows; i++)
+	for (size_t i = 0; !self->append_left && i < self->nflows; i++)
 		self->slots[self->flows[i].slot] = 0;
 	self->nflows = self->taken = 0;
+	self->append_left = 0;
+	self->cycle_packets = self->cycle_flows = 0;
+	self->append_cycles = self->hashed_cycles = 0;
 	memset(&self->acc, 0, sizeof(self->acc));
 	free_fragments(self);
 	self->frag_tracked = self->frag_held = self->frag_unmatched = 0;
@@ -1985,6 +2037,12 @@ static PyMemberDef Aggregator_members[] = {
 	 "serve()'s wakeups that read the socket (live)"},
 	{"pool_reused", T_ULONGLONG, offsetof(Aggregator, pool_reused), READONLY,
 	 "take()s that rewrote a row buffer no one held any more"},
+	{"append_cycles", T_ULONGLONG, offsetof(Aggregator, append_cycles), READONLY,
+	 "table cycles (empty to empty) that appended each packet as its own row"},
+	{"hashed_cycles", T_ULONGLONG, offsetof(Aggregator, hashed_cycles), READONLY,
+	 "table cycles that summed packets per flow"},
+	{"appending", T_UINT, offsetof(Aggregator, append_left), READONLY,
+	 "cycles left in append mode (0: the current cycle sums per flow)"},
 	{"pool_fresh", T_ULONGLONG, offsetof(Aggregator, pool_fresh), READONLY,
 	 "take()s that allocated a new row buffer"},
 	{NULL, 0, 0, 0, NULL},

@@ -257,8 +257,9 @@ class PythonBatcher:
         """See :class:`Batcher`: nothing is kept."""
 
 
-#: stats only the C decoder has (its reusable take buffers); the rest match the Python one's
-C_ONLY_STATS = ("row_buffers_reused", "row_buffers_new")
+#: stats only the C decoder has (its reusable take buffers, its table's cycles that appended
+#: each packet as a row or summed per flow); the rest match the Python one's
+C_ONLY_STATS = ("row_buffers_reused", "row_buffers_new", "append_cycles", "hashed_cycles")
 
 
 class CBatcher:
@@ -339,7 +340,8 @@ class CBatcher:
         agg = self.aggregator
         out = {"messages": agg.messages, "seq_gaps": agg.seq_gaps,
                "seq_resets": agg.seq_resets, "malformed": agg.malformed,
-               "row_buffers_reused": agg.pool_reused, "row_buffers_new": agg.pool_fresh}
+               "row_buffers_reused": agg.pool_reused, "row_buffers_new": agg.pool_fresh,
+               "append_cycles": agg.append_cycles, "hashed_cycles": agg.hashed_cycles}
         if agg.frag_timeout_ns:
             out.update(frag_tracked=agg.frag_tracked, frag_held=agg.frag_held,
                        frag_unmatched=agg.frag_unmatched, frag_waiting=agg.frag_waiting,
