@@ -7,7 +7,9 @@
  * parses the IP header of the payload and adds the packet to its flow in a C hash table, with
  * the GIL released. Aggregator.take() then returns one row per flow for everything fed since
  * the last take (a reader feeds every datagram waiting on its socket, then takes once), so
- * Python sees one row per flow and burst instead of one tuple per packet.
+ * Python sees one row per flow and burst instead of one tuple per packet. Under a flood of
+ * new flows, where no packet finds its flow held, the table switches to append mode for a
+ * few cycles (APPEND_*): each packet is its own row, not hashed; the cache sums the rows.
  * Aggregator.serve() is the reader's receive loop around feed(): it waits for the socket,
  * reads every waiting datagram and pauses coalesce_ms, all with the GIL released, until the
  * sums are due or its timeout passes (the reader thread runs Python once per emit).
@@ -1715,7 +1717,9 @@ PyDoc_STRVAR(take_doc,
 	     "when there is none) of packed 84-byte records\n"
 	     "(key[44], packets u64, octets u64, first_ns i64, last_ns i64, out_if u32,\n"
 	     "tcp_flags u8, 3 zero bytes; native byte order) in the order of each key's first\n"
-	     "packet. With layer-2 fields (l2 mask 1, 2 or 4) each record is followed by the\n"
+	     "packet (while `appending`: one row per packet, in arrival order; a cycle ends\n"
+	     "when a take() empties the table and chooses the next one's mode). With layer-2\n"
+	     "fields (l2 mask 1, 2 or 4) each record is followed by the\n"
 	     "key's 24-byte block (decoders.py L2_DTYPE). native=True (no layer-2 fields only):\n"
 	     "100-byte rows of the default FlowBatch record array instead (decoders.py\n"
 	     "NATIVE_DTYPE). The view's buffer is reused by a later take() once nothing holds\n"

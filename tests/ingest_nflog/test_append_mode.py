@@ -8,13 +8,20 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import pytest
+
 from netflow_agent.plugins.ingest_nflog import decoders
 from netflow_agent.plugins.ingest_nflog.decoders import rows_of
 from tests.ingest_nflog.test_c_decoder import (
     RECV_NS,
+    UDP,
     _ext,
+    _ip4,
+    _ip6,
     _many_flows,
+    _message,
     _records,
+    _tcp,
     _through_cache,
 )
 
@@ -115,3 +122,23 @@ def test_the_batcher_reports_the_cycles() -> None:
     stats = batcher.stats()
     assert (stats["hashed_cycles"], stats["append_cycles"]) == (1, 2)
     assert {"append_cycles", "hashed_cycles"} <= set(decoders.C_ONLY_STATS)
+
+
+@pytest.mark.parametrize(("l2", "native"), [(0, False), (0, True), (decoders.L2_MAC, False)])
+def test_appended_rows_are_the_hashed_rows_of_distinct_flows(l2: int, native: bool) -> None:
+    """Each of 1,002 distinct flows (UDP, TCP with its flags, IPv6) gives the same row
+    appended as hashed, in every take layout and key width."""
+    ext = _ext()
+    appending, hashed = ext.Aggregator(l2=l2), ext.Aggregator(l2=l2)
+    _feed(appending, _many_flows(MIN_PACKETS))
+    appending.take()
+    assert appending.appending
+    distinct = [_many_flows(1000, 2000), _message(_ip4(6, _tcp(1000, 80, 0x12))),
+                _message(_ip6(17, UDP), outdev=0)]
+    for agg in (appending, hashed):
+        for d in distinct:
+            _feed(agg, d)
+    got, want = appending.take(native=native), hashed.take(native=native)
+    assert bytes(got[0]) == bytes(want[0]) and got[1:] == want[1:]
+    assert len(got[0]) >= 1000 * (decoders.NATIVE_DTYPE.itemsize if native
+                                  else decoders.TAKE_DTYPE.itemsize)
