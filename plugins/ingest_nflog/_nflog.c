@@ -103,8 +103,11 @@
  * again) of at least APPEND_MIN_PACKETS packets in which at most one packet in
  * APPEND_SUMMED summed into a flow already held makes the next APPEND_CYCLES cycles append
  * each packet as its own row (no hash, no probe: the cache sums them); the cycle after is
- * hashed again to see whether summing pays again. */
-#define APPEND_MIN_PACKETS 1024
+ * hashed again to see whether summing pays again. The minimum is the reader's hold
+ * (component.py _HOLD_FLOWS): so only a cycle that filled the table with distinct flows
+ * decides, never one read round (at most 64 datagrams, ~4,096 packets) such as the first of
+ * a flood, whose packets are each flow's first even where the flows then repeat (W1). */
+#define APPEND_MIN_PACKETS 8192
 #define APPEND_SUMMED 16
 #define APPEND_CYCLES 15
 /* the cache's time columns are int64 ns: a timestamp beyond that is garbage */
