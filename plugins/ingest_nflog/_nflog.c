@@ -211,7 +211,8 @@ typedef struct {
 	/* take()'s row buffers, reused once nobody holds them (take_buffer) */
 	PyObject *pool[TAKE_POOL];
 	unsigned long long pool_reused, pool_fresh;
-	/* append mode: cycles left to append (0: hashed), packets in the current cycle */
+	/* append mode: cycles left to append (0: hashed); the packets and the rows the takes
+	 * of the current cycle returned (counted per take, not per packet) */
 	unsigned int append_left;
 	uint64_t cycle_packets, cycle_flows;
 	unsigned long long append_cycles, hashed_cycles; /* cycles done in each mode */
@@ -338,9 +339,7 @@ static inline __attribute__((always_inline)) int account(Aggregator *self, const
 
 	if ((self->nflows + 1) * 2 > self->slots_cap && grow(self) < 0)
 		return -1;
-	self->cycle_packets++;
-	if (self->append_left) {
-		self->cycle_flows++; /* a row of its own: the slots stay empty, hash unused */
+	if (self->append_left) { /* a row of its own: the slots stay empty, hash unused */
 		f = &self->flows[self->nflows++];
 		if (base)
 			memcpy(f->key, pkt->key, KEY_LEN);
@@ -365,7 +364,6 @@ static inline __attribute__((always_inline)) int account(Aggregator *self, const
 	}
 	f = &self->flows[self->nflows];
 	self->slots[s] = (uint32_t)++self->nflows;
-	self->cycle_flows++;
 	if (base)
 		memcpy(f->key, pkt->key, KEY_LEN);
 	else
@@ -1828,6 +1826,8 @@ static PyObject *Aggregator_take(Aggregator *self, PyObject *args, PyObject *kwd
 			    (unsigned long long)cc->trunc_bytes, (unsigned long long)cc->seq_gaps);
 	if (!out)
 		return NULL;
+	self->cycle_packets += cc->packets; /* every packet and row of a cycle passes here once */
+	self->cycle_flows += count;
 	memset(cc, 0, sizeof(*cc));
 	self->taken += count;
 	if (self->taken == self->nflows) {
