@@ -1833,7 +1833,8 @@ static PyObject *Aggregator_take(Aggregator *self, PyObject *args, PyObject *kwd
 	if (self->taken == self->nflows) {
 		for (size_t i = 0; !self->append_left && i < self->nflows; i++) /* slots in use */
 			self->slots[self->flows[i].slot] = 0;
-		next_cycle(self);
+		if (self->cycle_flows) /* an empty take (an idle reader's) is no cycle */
+			next_cycle(self);
 		self->nflows = self->taken = 0;
 	}
 	return out;

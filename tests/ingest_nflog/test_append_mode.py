@@ -63,6 +63,15 @@ def test_a_flood_of_new_flows_appends_each_packet_as_a_row() -> None:
     assert (summing.appending, summing.hashed_cycles) == (0, 1)
 
 
+def test_empty_takes_are_no_cycles() -> None:
+    """An idle reader's takes (nothing pending) neither count nor end append mode."""
+    agg = _ext().Aggregator()
+    _flood(agg)
+    for _ in range(3 * CYCLES):
+        assert agg.take() == (b"", 0, 0, 0, 0, 0)
+    assert (agg.appending, agg.append_cycles, agg.hashed_cycles) == (CYCLES, 0, 1)
+
+
 def test_small_cycles_never_append() -> None:
     """A cycle below MIN_PACKETS packets decides nothing: a trickle, or the first read round
     of a flood (its 4,096 packets each the first of its flow, though the flows repeat)."""
