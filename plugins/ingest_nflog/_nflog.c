@@ -100,14 +100,15 @@
  * keeps up holds at most one batch while the next is taken; more in flight get fresh ones */
 #define TAKE_POOL 2
 /* Append mode (a flood of new flows, issue 14): a cycle of the table (from empty to empty
- * again) of at least APPEND_MIN_PACKETS packets in which at most one packet in
- * APPEND_SUMMED summed into a flow already held makes the next APPEND_CYCLES cycles append
- * each packet as its own row (no hash, no probe: the cache sums them); the cycle after is
- * hashed again to see whether summing pays again. The minimum is the reader's hold
- * (component.py _HOLD_FLOWS): so only a cycle that filled the table with distinct flows
- * decides, never one read round (at most 64 datagrams, ~4,096 packets) such as the first of
- * a flood, whose packets are each flow's first even where the flows then repeat (W1). */
-#define APPEND_MIN_PACKETS 8192
+ * again) of at least `hold` packets (the Aggregator's init argument: the reader's hold,
+ * component.py _HOLD_FLOWS; 0: no cycle decides) fed in more than one round (feed() or a
+ * read round that received) in which at most one packet in APPEND_SUMMED summed into a flow
+ * already held makes the next APPEND_CYCLES cycles append each packet as its own row (no
+ * hash, no probe: the cache sums them); the cycle after is hashed again to see whether
+ * summing pays again. So only a cycle that filled the table with distinct flows decides,
+ * never a single read round however large (64 datagrams of qthreshold packets, up to
+ * 1 MiB), such as the first of a flood after an idle reader, whose packets are each flow's
+ * first even where the flows then repeat (W1). */
 #define APPEND_SUMMED 16
 #define APPEND_CYCLES 15
 /* the cache's time columns are int64 ns: a timestamp beyond that is garbage */
@@ -119,8 +120,8 @@ struct flow {
 	uint8_t key_len;
 	uint8_t tcp_flags; /* OR of the packets' TCP flags */
 	uint32_t out_if; /* last non-zero output interface */
-	uint32_t slot; /* where the hash table points at it */
-	uint64_t hash;
+	uint32_t slot; /* where the hash table points at it (unset in append mode) */
+	uint64_t hash; /* key_hash() of the key (unset in append mode) */
 	uint64_t packets;
 	uint64_t octets; /* IP total lengths */
 	int64_t first_ns;
@@ -212,9 +213,11 @@ typedef struct {
 	PyObject *pool[TAKE_POOL];
 	unsigned long long pool_reused, pool_fresh;
 	/* append mode: cycles left to append (0: hashed); the packets and the rows the takes
-	 * of the current cycle returned (counted per take, not per packet) */
+	 * of the current cycle returned (counted per take, not per packet) and its rounds
+	 * (feed() calls, read rounds that received); the fewest packets a cycle decides with */
 	unsigned int append_left;
-	uint64_t cycle_packets, cycle_flows;
+	uint64_t cycle_packets, cycle_flows, cycle_rounds;
+	Py_ssize_t append_hold;
 	unsigned long long append_cycles, hashed_cycles; /* cycles done in each mode */
 } Aggregator;
 
@@ -408,11 +411,12 @@ static void next_cycle(Aggregator *self)
 		self->append_left--;
 	} else {
 		self->hashed_cycles++;
-		if (self->cycle_packets >= APPEND_MIN_PACKETS &&
+		if (self->append_hold && self->cycle_packets >= (uint64_t)self->append_hold &&
+		    self->cycle_rounds > 1 &&
 		    (self->cycle_packets - self->cycle_flows) * APPEND_SUMMED <= self->cycle_packets)
 			self->append_left = APPEND_CYCLES;
 	}
-	self->cycle_packets = self->cycle_flows = 0;
+	self->cycle_packets = self->cycle_flows = self->cycle_rounds = 0;
 }
 
 /* Forget the flows a bounded take() already returned, so that new packets never add to a
@@ -1421,6 +1425,7 @@ static PyObject *Aggregator_feed(Aggregator *self, PyObject *args)
 	Py_BEGIN_ALLOW_THREADS
 	walk_buffer(self, view.buf, (size_t)n, recv_ns);
 	Py_END_ALLOW_THREADS
+	self->cycle_rounds++;
 	PyBuffer_Release(&view);
 	if (leave(self) < 0)
 		return NULL;
@@ -1527,6 +1532,7 @@ static PyObject *Aggregator_read(Aggregator *self, PyObject *args)
 	Py_BEGIN_ALLOW_THREADS
 	read_socket(self, fd, (size_t)max_datagrams, (size_t)max_bytes, &rc);
 	Py_END_ALLOW_THREADS
+	self->cycle_rounds += rc.datagrams > 0;
 	if (leave(self) < 0)
 		return NULL;
 	return Py_BuildValue("(KKKKKii)", rc.datagrams, rc.bytes,
@@ -1633,6 +1639,7 @@ static void serve_socket(Aggregator *self, int fd, int64_t end, int64_t due, int
 			return;
 		}
 		read_socket(self, fd, max_datagrams, max_bytes, &rc);
+		self->cycle_rounds += rc.datagrams > 0;
 		sc->rounds++;
 		self->read_rounds++;
 		sc->r.datagrams += rc.datagrams;
@@ -1937,22 +1944,23 @@ static int alloc_fragments(Aggregator *self)
 static int Aggregator_init(Aggregator *self, PyObject *args, PyObject *kwds)
 {
 	static char *kwlist[] = {"frag_timeout_ns", "frag_table", "frag_held", "decapsulate",
-				 "keep_outer", "l2", NULL};
+				 "keep_outer", "l2", "hold", NULL};
 	long long timeout = 0;
 	unsigned int table = 4096, held = 256, decap = 0, l2 = 0;
 	int keep_outer = 0;
+	Py_ssize_t hold = 0;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$LIIIpI:Aggregator", kwlist, &timeout,
-					 &table, &held, &decap, &keep_outer, &l2))
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$LIIIpIn:Aggregator", kwlist, &timeout,
+					 &table, &held, &decap, &keep_outer, &l2, &hold))
 		return -1;
 	if (self->busy) {
 		PyErr_SetString(PyExc_RuntimeError, "feed() is running on this object");
 		return -1;
 	}
 	if (timeout < 0 || table < 1 || table > (1u << 24) || held > (1u << 20) || decap > 15 ||
-	    l2 > 15) {
+	    l2 > 15 || hold < 0) {
 		PyErr_SetString(PyExc_ValueError, "frag_timeout_ns >= 0, frag_table 1-2**24, "
-				"frag_held 0-2**20, decapsulate and l2 4-bit masks");
+				"frag_held 0-2**20, decapsulate and l2 4-bit masks, hold >= 0");
 		return -1;
 	}
 	self->expect_seq = 0; /* a fresh instance numbers its packets from 0 */
@@ -1964,7 +1972,8 @@ static int Aggregator_init(Aggregator *self, PyObject *args, PyObject *kwds)
 		self->slots[self->flows[i].slot] = 0;
 	self->nflows = self->taken = 0;
 	self->append_left = 0;
-	self->cycle_packets = self->cycle_flows = 0;
+	self->cycle_packets = self->cycle_flows = self->cycle_rounds = 0;
+	self->append_hold = hold;
 	self->append_cycles = self->hashed_cycles = 0;
 	memset(&self->acc, 0, sizeof(self->acc));
 	free_fragments(self);
@@ -2049,6 +2058,8 @@ static PyMemberDef Aggregator_members[] = {
 	 "table cycles (empty to empty) that appended each packet as its own row"},
 	{"hashed_cycles", T_ULONGLONG, offsetof(Aggregator, hashed_cycles), READONLY,
 	 "table cycles that summed packets per flow"},
+	{"hold", T_PYSSIZET, offsetof(Aggregator, append_hold), READONLY,
+	 "the fewest packets a cycle needs to decide on append mode (init's hold; 0: never)"},
 	{"appending", T_UINT, offsetof(Aggregator, append_left), READONLY,
 	 "cycles left in append mode (0: the current cycle sums per flow)"},
 	{"pool_fresh", T_ULONGLONG, offsetof(Aggregator, pool_fresh), READONLY,
@@ -2058,13 +2069,15 @@ static PyMemberDef Aggregator_members[] = {
 
 PyDoc_STRVAR(Aggregator_doc,
 	     "Aggregator(*, frag_timeout_ns=0, frag_table=4096, frag_held=256, decapsulate=0,\n"
-	     "           keep_outer=False, l2=0)\n\n"
+	     "           keep_outer=False, l2=0, hold=0)\n\n"
 	     "Decodes the receive buffers of one NFLOG group into per-flow sums. Holds the\n"
 	     "group's sequence state and cumulative counters; one per reader thread.\n"
 	     "frag_timeout_ns > 0 tracks fragments (agent/fragments.py); decapsulate is a\n"
 	     "bit mask of agent/tunnels.py TUNNELS (gre 1, vxlan 2, geneve 4, ipip 8); l2 a\n"
 	     "mask of layer-2 fields to key on (mac 1, vlan 2, physdev export 4) and\n"
-	     "physdev override 8 (bridge ports replace the interfaces).");
+	     "physdev override 8 (bridge ports replace the interfaces). hold: the reader's\n"
+	     "hold (serve()'s), the fewest packets a table cycle fed in more than one round\n"
+	     "needs to switch to append mode (`appending`); 0: the table never appends.");
 
 static PyGetSetDef Aggregator_getset[] = {
 	{"pending", (getter)Aggregator_pending, NULL,

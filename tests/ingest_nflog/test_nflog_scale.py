@@ -9,9 +9,10 @@ sequence gaps, the kernel's drops before the hook), exactly. Before the stop dra
 the reader's progress (2 s, then the rest was left in the socket) and before readers stopped
 waiting for room in the inbox at stop, a stop right after a flood lost datagrams without
 counting them. With the C decoder, the batches' rows are written into reused buffers once
-the pipeline has merged the batch before (``row_buffers_reused``), and at 100k concurrent
-flows (no packet finds its flow in the reader's table) the reader appends each packet as a
-row instead of hashing it (``append_cycles``), exactly as well.
+the pipeline has merged the batch before (``row_buffers_reused``). Whether the reader
+switches to append mode here depends on how many packets one ``batch_ms`` delivers on a
+loaded host, so this flood only asserts the exactness, in either mode; the switch itself is
+test_append_mode.py's.
 """
 
 from __future__ import annotations
@@ -49,4 +50,3 @@ def test_stop_right_after_a_flood_accounts_every_packet(routed, flowgen, tmp_pat
     if decoder == "c":  # its batches' rows went through reused buffers, not fresh pages
         counters = nflog_counters(run.log)
         assert counters["row_buffers_reused"] > 0, counters
-        assert counters["append_cycles"] > 0, counters
