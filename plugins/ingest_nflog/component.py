@@ -72,7 +72,7 @@ class GroupReader:
     already queued (up to :data:`_DRAIN_DATAGRAMS` / :data:`_DRAIN_BYTES` per round) into the
     decoder, then, when that emptied the socket, sleeps ``coalesce_ms`` (after handing on
     sums that are due), and again. The C decoder's sums are emitted once
-    ``batch_ms`` passed (or :data:`_HOLD_FLOWS` flows are held, or the socket is idle), so
+    ``batch_ms`` passed (or :data:`_HOLD_FLOWS` rows are held, or the socket is idle), so
     the per-batch Python work, and the cache's per-row work, are shared by many kernel
     batches and packets when traffic is heavy; with the C decoder the whole wait-read-pause
     loop up to that point runs in C with the GIL released (:meth:`_serve`), so the thread
@@ -186,7 +186,7 @@ class GroupReader:
 
     def _emit_due(self) -> bool:
         """Whether to hand the sums on now: ``batch_ms`` passed since the last batch, or the
-        C table holds :data:`_HOLD_FLOWS` flows (its memory stays bounded)."""
+        C table holds :data:`_HOLD_FLOWS` rows (its memory stays bounded)."""
         return (time.monotonic() - self.emitted_at >= self.hold_s
                 or self.decoder.pending >= _HOLD_FLOWS)
 
