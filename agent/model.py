@@ -241,7 +241,9 @@ _ADDRESSES = ("src_addr", "dst_addr", "next_hop")
 
 
 class FlowBatch:
-    """Flows as columns: one NumPy structured array row per flow (``batch.flows``).
+    """Flows as columns: one NumPy structured array (``batch.flows``), a row per flow delta
+    (a flow may have several rows in one batch, e.g. one per packet from the NFLOG C
+    aggregator while it appends: rows with equal keys are added up by the cache).
 
     What ingests that aggregate before the agent (eBPF maps, the NFLOG C aggregator) hand the
     cache (``agent_cache_flows``: key columns plus ``packets octets start_ns end_ns tcp_flags

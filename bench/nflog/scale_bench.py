@@ -83,7 +83,7 @@ def run(bufs: list[bytearray], window: int, module: object | None,
     ``hold`` flows are pending (the reader's ``_HOLD_FLOWS``)."""
     cache = FlowCache(CacheConfig())
     if module is None:
-        batcher = decoders.CBatcher()
+        batcher = decoders.CBatcher(hold=hold)  # append mode decides on cycles of the hold
         take = batcher.take
     else:
         agg = module.Aggregator()  # type: ignore[attr-defined]

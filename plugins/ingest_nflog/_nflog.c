@@ -7,7 +7,9 @@
  * parses the IP header of the payload and adds the packet to its flow in a C hash table, with
  * the GIL released. Aggregator.take() then returns one row per flow for everything fed since
  * the last take (a reader feeds every datagram waiting on its socket, then takes once), so
- * Python sees one row per flow and burst instead of one tuple per packet.
+ * Python sees one row per flow and burst instead of one tuple per packet. Under a flood of
+ * new flows, where no packet finds its flow held, the table switches to append mode for a
+ * few cycles (APPEND_*): each packet is its own row, not hashed; the cache sums the rows.
  * Aggregator.serve() is the reader's receive loop around feed(): it waits for the socket,
  * reads every waiting datagram and pauses coalesce_ms, all with the GIL released, until the
  * sums are due or its timeout passes (the reader thread runs Python once per emit).
@@ -97,6 +99,18 @@
 /* row buffers take() keeps for reuse (each up to TAKE_LIMIT rows, 1.6 MB): a pipeline that
  * keeps up holds at most one batch while the next is taken; more in flight get fresh ones */
 #define TAKE_POOL 2
+/* Append mode (a flood of new flows, issue 14): a cycle of the table (from empty to empty
+ * again) of at least `hold` packets (the Aggregator's init argument: the reader's hold,
+ * component.py _HOLD_FLOWS; 0: no cycle decides) fed in more than one round (feed() or a
+ * read round that received) in which at most one packet in APPEND_SUMMED summed into a flow
+ * already held makes the next APPEND_CYCLES cycles append each packet as its own row (no
+ * hash, no probe: the cache sums them); the cycle after is hashed again to see whether
+ * summing pays again. So only a cycle that filled the table with distinct flows decides,
+ * never a single read round however large (64 datagrams of qthreshold packets, up to
+ * 1 MiB), such as the first of a flood after an idle reader, whose packets are each flow's
+ * first even where the flows then repeat (W1). */
+#define APPEND_SUMMED 16
+#define APPEND_CYCLES 15
 /* the cache's time columns are int64 ns: a timestamp beyond that is garbage */
 #define TS_SEC_MAX (INT64_MAX / 1000000000LL)
 
@@ -106,8 +120,8 @@ struct flow {
 	uint8_t key_len;
 	uint8_t tcp_flags; /* OR of the packets' TCP flags */
 	uint32_t out_if; /* last non-zero output interface */
-	uint32_t slot; /* where the hash table points at it */
-	uint64_t hash;
+	uint32_t slot; /* where the hash table points at it (unset in append mode) */
+	uint64_t hash; /* key_hash() of the key (unset in append mode) */
 	uint64_t packets;
 	uint64_t octets; /* IP total lengths */
 	int64_t first_ns;
@@ -198,6 +212,13 @@ typedef struct {
 	/* take()'s row buffers, reused once nobody holds them (take_buffer) */
 	PyObject *pool[TAKE_POOL];
 	unsigned long long pool_reused, pool_fresh;
+	/* append mode: cycles left to append (0: hashed); the packets and the rows the takes
+	 * of the current cycle returned (counted per take, not per packet) and its rounds
+	 * (feed() calls, read rounds that received); the fewest packets a cycle decides with */
+	unsigned int append_left;
+	uint64_t cycle_packets, cycle_flows, cycle_rounds;
+	Py_ssize_t append_hold;
+	unsigned long long append_cycles, hashed_cycles; /* cycles done in each mode */
 } Aggregator;
 
 static inline uint16_t be16(const uint8_t *p)
@@ -293,7 +314,7 @@ static int grow(Aggregator *self)
 		PyMem_RawFree(slots);
 		return -1;
 	}
-	for (size_t i = 0; i < self->nflows; i++) { /* rehash */
+	for (size_t i = 0; !self->append_left && i < self->nflows; i++) { /* rehash */
 		size_t s = (size_t)flows[i].hash & mask;
 
 		while (slots[s])
@@ -315,12 +336,27 @@ static inline __attribute__((always_inline)) int account(Aggregator *self, const
 	/* the two key widths as constants: the hash unrolled, the compare and the copy inlined
 	 * (a copy of variable length was a `rep movsq`, a tenth of this loop's time) */
 	int base = pkt->key_len == KEY_LEN;
-	uint64_t h = base ? key_hash(pkt->key, KEY_LEN) : key_hash(pkt->key, KEY6_LEN);
+	uint64_t h;
 	size_t mask, s;
 	struct flow *f;
 
 	if ((self->nflows + 1) * 2 > self->slots_cap && grow(self) < 0)
 		return -1;
+	if (self->append_left) { /* a row of its own: the slots stay empty, hash unused */
+		f = &self->flows[self->nflows++];
+		if (base)
+			memcpy(f->key, pkt->key, KEY_LEN);
+		else
+			memcpy(f->key, pkt->key, KEY6_LEN);
+		f->key_len = pkt->key_len;
+		f->tcp_flags = pkt->tcp_flags;
+		f->out_if = out_if;
+		f->packets = 1;
+		f->octets = pkt->octets;
+		f->first_ns = f->last_ns = ts;
+		return 0;
+	}
+	h = base ? key_hash(pkt->key, KEY_LEN) : key_hash(pkt->key, KEY6_LEN);
 	mask = self->slots_cap - 1;
 	for (s = (size_t)h & mask; self->slots[s]; s = (s + 1) & mask) {
 		f = &self->flows[self->slots[s] - 1];
@@ -364,6 +400,25 @@ static __attribute__((noinline)) void add_packet(Aggregator *self, const struct 
 		self->nomem = 1;
 }
 
+/* The table was emptied by take(): choose how the next cycle accounts its packets (the
+ * slots are all empty here in either mode). Hashed, a cycle whose packets hardly ever found
+ * their flow held (a flood of new flows: each packet a row, summed by the cache anyway)
+ * switches to append mode for APPEND_CYCLES cycles; then one hashed cycle measures again. */
+static void next_cycle(Aggregator *self)
+{
+	if (self->append_left) {
+		self->append_cycles++;
+		self->append_left--;
+	} else {
+		self->hashed_cycles++;
+		if (self->append_hold && self->cycle_packets >= (uint64_t)self->append_hold &&
+		    self->cycle_rounds > 1 &&
+		    (self->cycle_packets - self->cycle_flows) * APPEND_SUMMED <= self->cycle_packets)
+			self->append_left = APPEND_CYCLES;
+	}
+	self->cycle_packets = self->cycle_flows = self->cycle_rounds = 0;
+}
+
 /* Forget the flows a bounded take() already returned, so that new packets never add to a
  * flow that left (GIL held or busy: the table is ours). Keeps the others in order. */
 static void drop_taken(Aggregator *self)
@@ -372,10 +427,10 @@ static void drop_taken(Aggregator *self)
 
 	if (!self->taken)
 		return;
-	for (size_t i = 0; i < self->nflows; i++)
+	for (size_t i = 0; !self->append_left && i < self->nflows; i++)
 		self->slots[self->flows[i].slot] = 0;
 	memmove(self->flows, self->flows + self->taken, keep * sizeof(*self->flows));
-	for (size_t i = 0; i < keep; i++) { /* re-insert, as grow() does */
+	for (size_t i = 0; !self->append_left && i < keep; i++) { /* re-insert, as grow() does */
 		size_t s = (size_t)self->flows[i].hash & mask;
 
 		while (self->slots[s])
@@ -1370,6 +1425,7 @@ static PyObject *Aggregator_feed(Aggregator *self, PyObject *args)
 	Py_BEGIN_ALLOW_THREADS
 	walk_buffer(self, view.buf, (size_t)n, recv_ns);
 	Py_END_ALLOW_THREADS
+	self->cycle_rounds++;
 	PyBuffer_Release(&view);
 	if (leave(self) < 0)
 		return NULL;
@@ -1476,6 +1532,7 @@ static PyObject *Aggregator_read(Aggregator *self, PyObject *args)
 	Py_BEGIN_ALLOW_THREADS
 	read_socket(self, fd, (size_t)max_datagrams, (size_t)max_bytes, &rc);
 	Py_END_ALLOW_THREADS
+	self->cycle_rounds += rc.datagrams > 0;
 	if (leave(self) < 0)
 		return NULL;
 	return Py_BuildValue("(KKKKKii)", rc.datagrams, rc.bytes,
@@ -1582,6 +1639,7 @@ static void serve_socket(Aggregator *self, int fd, int64_t end, int64_t due, int
 			return;
 		}
 		read_socket(self, fd, max_datagrams, max_bytes, &rc);
+		self->cycle_rounds += rc.datagrams > 0;
 		sc->rounds++;
 		self->read_rounds++;
 		sc->r.datagrams += rc.datagrams;
@@ -1667,7 +1725,9 @@ PyDoc_STRVAR(take_doc,
 	     "when there is none) of packed 84-byte records\n"
 	     "(key[44], packets u64, octets u64, first_ns i64, last_ns i64, out_if u32,\n"
 	     "tcp_flags u8, 3 zero bytes; native byte order) in the order of each key's first\n"
-	     "packet. With layer-2 fields (l2 mask 1, 2 or 4) each record is followed by the\n"
+	     "packet (while `appending`: one row per packet, in arrival order; a cycle ends\n"
+	     "when a take() empties the table and chooses the next one's mode). With layer-2\n"
+	     "fields (l2 mask 1, 2 or 4) each record is followed by the\n"
 	     "key's 24-byte block (decoders.py L2_DTYPE). native=True (no layer-2 fields only):\n"
 	     "100-byte rows of the default FlowBatch record array instead (decoders.py\n"
 	     "NATIVE_DTYPE). The view's buffer is reused by a later take() once nothing holds\n"
@@ -1773,11 +1833,15 @@ static PyObject *Aggregator_take(Aggregator *self, PyObject *args, PyObject *kwd
 			    (unsigned long long)cc->trunc_bytes, (unsigned long long)cc->seq_gaps);
 	if (!out)
 		return NULL;
+	self->cycle_packets += cc->packets; /* every packet and row of a cycle passes here once */
+	self->cycle_flows += count;
 	memset(cc, 0, sizeof(*cc));
 	self->taken += count;
 	if (self->taken == self->nflows) {
-		for (size_t i = 0; i < self->nflows; i++) /* clear only the slots in use */
+		for (size_t i = 0; !self->append_left && i < self->nflows; i++) /* slots in use */
 			self->slots[self->flows[i].slot] = 0;
+		if (self->cycle_flows) /* an empty take (an idle reader's) is no cycle */
+			next_cycle(self);
 		self->nflows = self->taken = 0;
 	}
 	return out;
@@ -1880,22 +1944,23 @@ static int alloc_fragments(Aggregator *self)
 static int Aggregator_init(Aggregator *self, PyObject *args, PyObject *kwds)
 {
 	static char *kwlist[] = {"frag_timeout_ns", "frag_table", "frag_held", "decapsulate",
-				 "keep_outer", "l2", NULL};
+				 "keep_outer", "l2", "hold", NULL};
 	long long timeout = 0;
 	unsigned int table = 4096, held = 256, decap = 0, l2 = 0;
 	int keep_outer = 0;
+	Py_ssize_t hold = 0;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$LIIIpI:Aggregator", kwlist, &timeout,
-					 &table, &held, &decap, &keep_outer, &l2))
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$LIIIpIn:Aggregator", kwlist, &timeout,
+					 &table, &held, &decap, &keep_outer, &l2, &hold))
 		return -1;
 	if (self->busy) {
 		PyErr_SetString(PyExc_RuntimeError, "feed() is running on this object");
 		return -1;
 	}
 	if (timeout < 0 || table < 1 || table > (1u << 24) || held > (1u << 20) || decap > 15 ||
-	    l2 > 15) {
+	    l2 > 15 || hold < 0) {
 		PyErr_SetString(PyExc_ValueError, "frag_timeout_ns >= 0, frag_table 1-2**24, "
-				"frag_held 0-2**20, decapsulate and l2 4-bit masks");
+				"frag_held 0-2**20, decapsulate and l2 4-bit masks, hold >= 0");
 		return -1;
 	}
 	self->expect_seq = 0; /* a fresh instance numbers its packets from 0 */
@@ -1903,9 +1968,13 @@ static int Aggregator_init(Aggregator *self, PyObject *args, PyObject *kwds)
 	self->read_datagrams = self->read_packets = self->read_enobufs = self->read_cut = 0;
 	self->read_rounds = 0;
 	self->resume_at = 0;
-	for (size_t i = 0; i < self->nflows; i++)
+	for (size_t i = 0; !self->append_left && i < self->nflows; i++)
 		self->slots[self->flows[i].slot] = 0;
 	self->nflows = self->taken = 0;
+	self->append_left = 0;
+	self->cycle_packets = self->cycle_flows = self->cycle_rounds = 0;
+	self->append_hold = hold;
+	self->append_cycles = self->hashed_cycles = 0;
 	memset(&self->acc, 0, sizeof(self->acc));
 	free_fragments(self);
 	self->frag_tracked = self->frag_held = self->frag_unmatched = 0;
@@ -1985,6 +2054,14 @@ static PyMemberDef Aggregator_members[] = {
 	 "serve()'s wakeups that read the socket (live)"},
 	{"pool_reused", T_ULONGLONG, offsetof(Aggregator, pool_reused), READONLY,
 	 "take()s that rewrote a row buffer no one held any more"},
+	{"append_cycles", T_ULONGLONG, offsetof(Aggregator, append_cycles), READONLY,
+	 "table cycles (empty to empty) that appended each packet as its own row"},
+	{"hashed_cycles", T_ULONGLONG, offsetof(Aggregator, hashed_cycles), READONLY,
+	 "table cycles that summed packets per flow"},
+	{"hold", T_PYSSIZET, offsetof(Aggregator, append_hold), READONLY,
+	 "the fewest packets a cycle needs to decide on append mode (init's hold; 0: never)"},
+	{"appending", T_UINT, offsetof(Aggregator, append_left), READONLY,
+	 "cycles left in append mode (0: the current cycle sums per flow)"},
 	{"pool_fresh", T_ULONGLONG, offsetof(Aggregator, pool_fresh), READONLY,
 	 "take()s that allocated a new row buffer"},
 	{NULL, 0, 0, 0, NULL},
@@ -1992,13 +2069,15 @@ static PyMemberDef Aggregator_members[] = {
 
 PyDoc_STRVAR(Aggregator_doc,
 	     "Aggregator(*, frag_timeout_ns=0, frag_table=4096, frag_held=256, decapsulate=0,\n"
-	     "           keep_outer=False, l2=0)\n\n"
+	     "           keep_outer=False, l2=0, hold=0)\n\n"
 	     "Decodes the receive buffers of one NFLOG group into per-flow sums. Holds the\n"
 	     "group's sequence state and cumulative counters; one per reader thread.\n"
 	     "frag_timeout_ns > 0 tracks fragments (agent/fragments.py); decapsulate is a\n"
 	     "bit mask of agent/tunnels.py TUNNELS (gre 1, vxlan 2, geneve 4, ipip 8); l2 a\n"
 	     "mask of layer-2 fields to key on (mac 1, vlan 2, physdev export 4) and\n"
-	     "physdev override 8 (bridge ports replace the interfaces).");
+	     "physdev override 8 (bridge ports replace the interfaces). hold: the reader's\n"
+	     "hold (serve()'s), the fewest packets a table cycle fed in more than one round\n"
+	     "needs to switch to append mode (`appending`); 0: the table never appends.");
 
 static PyGetSetDef Aggregator_getset[] = {
 	{"pending", (getter)Aggregator_pending, NULL,

@@ -3,7 +3,7 @@
 The datagrams waiting on a socket are read back to back into the decoder (``decoders.py``):
 with the C decoder they are waited for, received and summed per flow in C (the thread runs
 Python once per batch), and the sums go to the pipeline every ``batch_ms`` (or once
-``_HOLD_FLOWS`` are held) as FlowBatches of at most ``TAKE_LIMIT`` flows; with the Python
+``_HOLD_FLOWS`` rows are held) as FlowBatches of at most ``TAKE_LIMIT`` flows; with the Python
 decoder every read becomes a PacketBatch of packets (``decoder`` option).
 
 Life cycle: ``agent_start`` opens and binds a socket per group (inside ``netns`` when set),
@@ -59,7 +59,9 @@ _INBOX_LIMIT = 512
 #: most datagrams, and bytes, read back to back in one go
 _DRAIN_DATAGRAMS = 64
 _DRAIN_BYTES = 1 << 20
-#: flows the C decoder may hold before they go on regardless of ``batch_ms``
+#: rows (flows, or packets while appending) the C decoder may hold before they go on
+#: regardless of ``batch_ms``; also the fewest packets of a table cycle that decides on
+#: append mode (``decoders.CBatcher``'s ``hold``)
 _HOLD_FLOWS = 8192
 
 
@@ -70,7 +72,7 @@ class GroupReader:
     already queued (up to :data:`_DRAIN_DATAGRAMS` / :data:`_DRAIN_BYTES` per round) into the
     decoder, then, when that emptied the socket, sleeps ``coalesce_ms`` (after handing on
     sums that are due), and again. The C decoder's sums are emitted once
-    ``batch_ms`` passed (or :data:`_HOLD_FLOWS` flows are held, or the socket is idle), so
+    ``batch_ms`` passed (or :data:`_HOLD_FLOWS` rows are held, or the socket is idle), so
     the per-batch Python work, and the cache's per-row work, are shared by many kernel
     batches and packets when traffic is heavy; with the C decoder the whole wait-read-pause
     loop up to that point runs in C with the GIL released (:meth:`_serve`), so the thread
@@ -90,7 +92,7 @@ class GroupReader:
 
         cfg = owner.config
         self.decoder = make_batcher(cfg.decoder, owner.fragments, cfg.decapsulate,
-                                    cfg.keep_outer)
+                                    cfg.keep_outer, _HOLD_FLOWS)
         self.counters = {"batches": 0, "packets": 0, "enobufs": 0, "recv_errors": 0,
                          "datagrams_cut": 0, "unread_at_stop_bytes": 0, "wakeups": 0}
         self.stopping = threading.Event()
@@ -184,7 +186,7 @@ class GroupReader:
 
     def _emit_due(self) -> bool:
         """Whether to hand the sums on now: ``batch_ms`` passed since the last batch, or the
-        C table holds :data:`_HOLD_FLOWS` flows (its memory stays bounded)."""
+        C table holds :data:`_HOLD_FLOWS` rows (its memory stays bounded)."""
         return (time.monotonic() - self.emitted_at >= self.hold_s
                 or self.decoder.pending >= _HOLD_FLOWS)
 

@@ -76,10 +76,11 @@ class Config:
         min=0, max=1000)
     batch_ms: int = option(
         50, doc="With the C decoder: how long the reader sums packets per flow before it "
-        "hands the sums to the cache (at most 8192 flows held; then at once). Longer: "
+        "hands the sums to the cache (at most 8192 rows held; then at once). Longer: "
         "fewer rows per packet for the cache (a flow sending every few ms becomes one row "
-        "per period, not one per packet) and less CPU; flows reach the cache this much "
-        "later. 0 = after every read.", min=0, max=1000)
+        "per period, not one per packet; under a flood of new flows, where summing does "
+        "not pay, one row per packet while appending) and less CPU; flows reach the cache "
+        "this much later. 0 = after every read.", min=0, max=1000)
     netns: str = option(
         "", doc="Network namespace to read: a name under /run/netns or a path such as "
         "/proc/PID/ns/net; empty = the agent's own.")

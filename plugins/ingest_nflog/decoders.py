@@ -27,7 +27,8 @@ Fragments that waited for their first fragment too long are released by
 Cache counters: ``traffic`` and ``drop`` count packets either way. ``agent_cache_flows`` does
 not add a batch's ``trunc`` to ``drop`` (``agent_cache_packets`` does), so :class:`CBatcher`
 puts truncated packets into ``dropped_packets`` itself; ``search``/``found``/``new`` count
-cache lookups, which are one per flow and buffer with the C decoder.
+cache lookups, which with the C decoder are one per row: one per flow and batch (or one per
+packet while the aggregator appends, under a flood of new flows).
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class Batcher(Protocol):
 
     @property
     def pending(self) -> int:
-        """Flows fed and not yet taken (a bounded take leaves the rest for the next one)."""
+        """Rows fed and not yet taken: flows (one per packet while the C aggregator appends;
+        a bounded take leaves the rest for the next one)."""
         ...
 
     def feed(self, buf: bytearray | bytes, n: int, recv_ns: int) -> int:
@@ -169,13 +171,13 @@ def resolve(choice: str) -> str:
 
 
 def make_batcher(choice: str, fragments: FragmentPolicy | None = None,
-                 decapsulate: list[str] | tuple[str, ...] = (), keep_outer: bool = False
-                 ) -> Batcher:
+                 decapsulate: list[str] | tuple[str, ...] = (), keep_outer: bool = False,
+                 hold: int = 0) -> Batcher:
     """A fresh batcher for one group; ``choice`` as in :func:`resolve`; the other arguments
-    as :func:`~agent.tunnels.make_parser` (the same accounting with either decoder); the
-    layer-2 fields are the active schema's."""
+    as :func:`~agent.tunnels.make_parser` (the same accounting with either decoder), and
+    ``hold`` as :class:`CBatcher`'s; the layer-2 fields are the active schema's."""
     if resolve(choice) == "c":
-        return CBatcher(fragments, decapsulate, keep_outer)
+        return CBatcher(fragments, decapsulate, keep_outer, hold)
     return PythonBatcher(fragments, decapsulate, keep_outer)
 
 
@@ -257,25 +259,32 @@ class PythonBatcher:
         """See :class:`Batcher`: nothing is kept."""
 
 
-#: stats only the C decoder has (its reusable take buffers); the rest match the Python one's
-C_ONLY_STATS = ("row_buffers_reused", "row_buffers_new")
+#: stats only the C decoder has (its reusable take buffers, its table's cycles that appended
+#: each packet as a row or summed per flow); the rest match the Python one's
+C_ONLY_STATS = ("row_buffers_reused", "row_buffers_new", "append_cycles", "hashed_cycles")
 
 
 class CBatcher:
-    """One flow delta per flow and burst of datagrams (``_nflog.Aggregator``).
+    """Rows of flow deltas per burst of datagrams (``_nflog.Aggregator``): one per flow, or
+    one per packet while the aggregator appends (a flood of new flows, where summing does not
+    pay: see ``hold``).
 
     With the default schema (no layer-2 key fields) the aggregator writes the FlowBatch's
     record array itself (``take(native=True)``, :data:`NATIVE_DTYPE`): no column copies.
     It writes the rows into buffers it reuses once no batch holds them (a fresh buffer of a
     batch's size is a fresh mmap whose pages fault as they are written); the reader lets go
     of them when idle and at stop (:meth:`drop_buffers`).
+
+    :param hold: the reader's hold (the ``hold`` it gives :meth:`serve`): a table cycle of at
+        least that many packets, fed in more than one round, in which almost no packet found
+        its flow held switches the aggregator to append mode for the next cycles; 0: never.
     """
 
     name = "c"
 
     def __init__(self, fragments: FragmentPolicy | None = None,
-                 decapsulate: list[str] | tuple[str, ...] = (), keep_outer: bool = False
-                 ) -> None:
+                 decapsulate: list[str] | tuple[str, ...] = (), keep_outer: bool = False,
+                 hold: int = 0) -> None:
         ext = c_extension()
         if ext is None:
             raise RuntimeError(c_unavailable_reason())
@@ -283,7 +292,7 @@ class CBatcher:
         self.l2 = l2_mask(schema)
         self.native = schema.record_dtype == NATIVE_DTYPE and not self.l2 & L2_KEYED
         self.aggregator = ext.Aggregator(**c_options(fragments, decapsulate, keep_outer),
-                                         l2=self.l2)
+                                         l2=self.l2, hold=hold)
 
     @property
     def pending(self) -> int:
@@ -339,7 +348,8 @@ class CBatcher:
         agg = self.aggregator
         out = {"messages": agg.messages, "seq_gaps": agg.seq_gaps,
                "seq_resets": agg.seq_resets, "malformed": agg.malformed,
-               "row_buffers_reused": agg.pool_reused, "row_buffers_new": agg.pool_fresh}
+               "row_buffers_reused": agg.pool_reused, "row_buffers_new": agg.pool_fresh,
+               "append_cycles": agg.append_cycles, "hashed_cycles": agg.hashed_cycles}
         if agg.frag_timeout_ns:
             out.update(frag_tracked=agg.frag_tracked, frag_held=agg.frag_held,
                        frag_unmatched=agg.frag_unmatched, frag_waiting=agg.frag_waiting,

@@ -627,9 +627,9 @@ def test_thousands_of_cut_and_garbled_buffers() -> None:
 
 
 def _through_cache(datagrams: list[bytes], use_c: bool, maxflows: int = 0,
-                   aggregation: str = "") -> FlowCache:
+                   aggregation: str = "", hold: int = 0) -> FlowCache:
     cache = FlowCache(CacheConfig(maxflows=maxflows, aggregation=aggregation))
-    batcher = decoders.CBatcher() if use_c else decoders.PythonBatcher()
+    batcher = decoders.CBatcher(hold=hold) if use_c else decoders.PythonBatcher()
     for i, data in enumerate(datagrams):
         batcher.feed(bytearray(data), len(data), RECV_NS)
         if i % 3 == 1:  # bursts of several datagrams in one batch, as the reader does

@@ -233,3 +233,12 @@ def test_the_reader_follows_a_drop_of_root_before_it_parses(decoder: str) -> Non
                          cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[(3, 0)]", out.stdout  # 3 packets, no capability left
+
+
+def test_the_reader_gives_the_aggregator_the_hold_it_serves_with() -> None:
+    """Append mode decides on cycles of the reader's own hold (``_HOLD_FLOWS``, also
+    ``serve``'s): one constant, not a copy in C."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with ours, theirs:
+        reader = _group_reader(ours, 50, 0)
+        assert reader.decoder.aggregator.hold == component._HOLD_FLOWS > 0
