@@ -15,8 +15,10 @@ object per flow):
   (RFC 7011 section 6.2 reduced-size encoding), ``bytes`` fields (MAC addresses) as they are
   (:func:`wire_dtype`, :func:`wire_columns`);
 * the loops per record and per packet in C (``agent/_wirepack.c``): :func:`pack_template`'s
-  plain fields (one pass over a template's rows where they lie, no copy of them; NumPy's
-  structured cast where a field is not a plain copy), :func:`frame_packets`.
+  plain fields (one pass over a template's rows, where they lie unless the template has
+  schema fields; NumPy's structured cast where a field is not a copy, a reversed copy or a
+  zero extension: a signed column narrower than its field, a big-endian host),
+  :func:`frame_packets`.
 
 Addresses are ``V16`` columns with IPv4 zero-padded: a 4-byte template field takes the first
 4 bytes.
