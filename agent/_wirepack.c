@@ -4,11 +4,14 @@
  *
  * pack_rows() writes fixed-size export records (a v9/IPFIX template's data records) from
  * the rows of a record array (agent/model.py's FlowBatch columns): per record, a list of
- * field copies (src offset in the row, dst offset in the record, length, byte swap), the
+ * field copies (src offset in the row, dst offset in the record, length, kind: copy, copy
+ * reversed, or write zeros), the
  * rows in order or picked by an index array. agent/wire.py's pack_template() builds the
  * copies from the two dtypes: an address is its column's first `length` bytes, an integer
  * field its native column's low `length` bytes swapped to network order (the value modulo
- * 2**(8 * length), as NumPy's cast into the big-endian field gives). What NumPy did in a
+ * 2**(8 * length), as NumPy's cast into the big-endian field gives), an unsigned column
+ * narrower than its field zeros then its bytes swapped (the cast's zero extension, e.g.
+ * IPFIX's 2-byte tcpControlBits from the 1-byte tcp_flags column). What NumPy did in a
  * structured cast (a strided loop per field, over a copy of each template's rows) is one
  * pass over the picked rows here, no copy of them.
  *
@@ -23,14 +26,20 @@
 #include <stdint.h>
 #include <string.h>
 
-/* One field: `len` bytes at `src` of a row to `dst` of a record, reversed when `swap`. */
+/* What a field op does (its `kind`): copy `len` bytes, copy them reversed, write zeros. */
+enum { OP_COPY = 0, OP_SWAP = 1, OP_ZERO = 2 };
+
+/* One field: `len` bytes at `src` of a row to `dst` of a record, as `kind` says (OP_ZERO:
+ * `len` zero bytes at `dst`, `src` unused). */
 struct fieldop {
-	uint32_t src, dst, len, swap;
+	uint32_t src, dst, len, kind;
 };
 
 static inline void copy_op(uint8_t *dst, const uint8_t *src, const struct fieldop *op)
 {
-	if (!op->swap) {
+	if (op->kind == OP_ZERO) {
+		memset(dst, 0, op->len);
+	} else if (op->kind == OP_COPY) {
 		switch (op->len) {
 		case 1: *dst = *src; break;
 		case 2: memcpy(dst, src, 2); break;
@@ -63,8 +72,9 @@ PyDoc_STRVAR(pack_rows_doc,
 	     "pack_rows(records, stride, ops, out, size, rows=None) -> None\n\n"
 	     "Write one `size`-byte record into `out` (a writable C-contiguous buffer) per row of\n"
 	     "`records` (C-contiguous rows of `stride` bytes), or per entry of `rows` (int64 row\n"
-	     "numbers, in that order): for each uint32 quadruple (src, dst, len, swap) of `ops`,\n"
-	     "`len` bytes at `src` of the row to `dst` of the record, reversed when `swap`.\n"
+	     "numbers, in that order): for each uint32 quadruple (src, dst, len, kind) of `ops`,\n"
+	     "`len` bytes at `src` of the row to `dst` of the record, as they are (kind 0) or\n"
+	     "reversed (kind 1), or `len` zero bytes at `dst` (kind 2, `src` unused).\n"
 	     "Bytes of a record no op writes are left as they are. Raises ValueError (nothing\n"
 	     "written) for an op outside a row or a record, a row number out of range, or an\n"
 	     "`out` of another size than the records.");
@@ -77,12 +87,13 @@ static int check_ops(const Py_buffer *ops, Py_ssize_t stride, Py_ssize_t size)
 	if ((size_t)ops->len % sizeof(struct fieldop))
 		goto bad;
 	for (size_t i = 0; i < n; i++, op++)
-		if (!op->len || (uint64_t)op->src + op->len > (uint64_t)stride
+		if (!op->len || op->kind > OP_ZERO
+		    || (op->kind != OP_ZERO && (uint64_t)op->src + op->len > (uint64_t)stride)
 		    || (uint64_t)op->dst + op->len > (uint64_t)size)
 			goto bad;
 	return 0;
 bad:
-	PyErr_SetString(PyExc_ValueError, "ops: need uint32 (src, dst, len, swap) quadruples "
+	PyErr_SetString(PyExc_ValueError, "ops: need uint32 (src, dst, len, kind) quadruples "
 			"inside a row and a record");
 	return -1;
 }
@@ -115,10 +126,12 @@ static PyObject *pack_rows(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kwd
 	PyObject *result = NULL;
 	size_t n, m, nops;
 	const int64_t *pick = NULL;
+	int have_rows;
 
 	if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnOOn|O:pack_rows", kwlist, &rec_obj,
 					 &stride, &ops_obj, &out_obj, &size, &rows_obj))
 		return NULL;
+	have_rows = rows_obj != Py_None;
 	if (stride < 1 || size < 1)
 		return PyErr_Format(PyExc_ValueError, "%s: %zd is not positive",
 				    stride < 1 ? "stride" : "size", stride < 1 ? stride : size);
@@ -137,15 +150,15 @@ static PyObject *pack_rows(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kwd
 		goto done;
 	}
 	n = (size_t)(rec.len / stride);
-	if (check_ops(&ops, stride, size) < 0 || (rows.buf && check_rows(&rows, n) < 0))
+	if (check_ops(&ops, stride, size) < 0 || (have_rows && check_rows(&rows, n) < 0))
 		goto done;
-	m = rows.buf ? (size_t)rows.len / 8 : n;
+	m = have_rows ? (size_t)rows.len / 8 : n;
 	if ((size_t)out.len / (size_t)size != m || (size_t)out.len % (size_t)size) {
 		PyErr_Format(PyExc_ValueError, "out: %zd bytes for %zu records of %zd bytes",
 			     out.len, m, size);
 		goto done;
 	}
-	pick = rows.buf;
+	pick = have_rows ? rows.buf : NULL;
 	nops = (size_t)ops.len / sizeof(struct fieldop);
 	{
 		const struct fieldop *op0 = ops.buf;

@@ -15,8 +15,10 @@ object per flow):
   (RFC 7011 section 6.2 reduced-size encoding), ``bytes`` fields (MAC addresses) as they are
   (:func:`wire_dtype`, :func:`wire_columns`);
 * the loops per record and per packet in C (``agent/_wirepack.c``): :func:`pack_template`'s
-  plain fields (one pass over a template's rows where they lie, no copy of them; NumPy's
-  structured cast where a field is not a plain copy), :func:`frame_packets`.
+  plain fields (one pass over a template's rows, where they lie unless the template has
+  schema fields; NumPy's structured cast where a field is not a copy, a reversed copy or a
+  zero extension: a signed column narrower than its field, a big-endian host),
+  :func:`frame_packets`.
 
 Addresses are ``V16`` columns with IPv4 zero-padded: a 4-byte template field takes the first
 4 bytes.
@@ -25,6 +27,7 @@ Addresses are ``V16`` columns with IPv4 zero-padded: a 4-byte template field tak
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from functools import lru_cache
 from typing import Any, overload
 
 import numpy as np
@@ -186,19 +189,23 @@ def pack_template(flows: np.ndarray, fields: Sequence[tuple[int, int]],
     :param special: IE id -> ``f(length)`` returning its values (a column, or one value for
         every row; with ``rows``, for those rows): the format's own conversions (times,
         ICMP type/code, constants).
-    :param rows: row numbers of ``flows`` to write (``None``: all, in order).
+    :param rows: row numbers of ``flows`` to write (``None``: all, in order): integers
+        (not bools) from 0 to ``len(flows) - 1``.
+    :raise ValueError: a row number that is not one of ``flows``' rows, or not an integer.
     """
-    dtype = _template_dtype(tuple(fields), tuple(extra))
+    fields = tuple((ie, length) for ie, length in fields)  # a plugin's [ie, length] lists too
+    dtype = _template_dtype(fields, tuple(extra))
     special = special or {}
     plain = tuple((ie, length) for ie, length in fields if ie not in special)
     ops = _pack_ops(flows.dtype, plain, dtype) if flows.flags.c_contiguous else None
-    if rows is not None and (ops is None or extra):  # NumPy writes from the rows' copy
-        flows, rows = flows.take(rows), None
+    if rows is not None:
+        rows = _checked_rows(rows, len(flows))
+        if ops is None or extra:  # NumPy writes from the rows' copy
+            flows, rows = flows.take(rows), None
     out = np.empty(len(flows) if rows is None else len(rows), dtype)
     if plain and len(out):  # every plain field in one pass: C, else one structured cast
         if ops is not None:
-            _wirepack.pack_rows(flows, flows.itemsize, ops, out, out.itemsize,
-                                None if rows is None else np.ascontiguousarray(rows, np.int64))
+            _wirepack.pack_rows(flows, flows.itemsize, ops, out, out.itemsize, rows)
         else:
             out[[f"ie{ie}" for ie, _ in plain]] = flows.view(_source_dtype(flows.dtype, plain))
     for ie, length in fields:
@@ -208,30 +215,47 @@ def pack_template(flows: np.ndarray, fields: Sequence[tuple[int, int]],
     return PackedRecords.from_array(out)
 
 
-_TEMPLATES: dict[tuple[tuple[tuple[int, int], ...], tuple[FlowField, ...]], np.dtype] = {}
-_OPS: dict[tuple[np.dtype, tuple[tuple[int, int], ...], np.dtype], bytes | None] = {}
+def _checked_rows(rows: np.ndarray, n: int) -> np.ndarray:
+    """``rows`` as C-contiguous int64 row numbers of ``n`` rows, whichever path writes them.
+
+    :raise ValueError: not integers (bools are not row numbers), or one outside ``0..n-1``.
+    """
+    rows = np.asarray(rows)
+    if rows.dtype.kind not in "iu" or rows.ndim != 1:
+        raise ValueError(f"rows: need a 1-D array of integer row numbers, not {rows.dtype}"
+                         f" of {rows.ndim} dimensions")
+    if len(rows) and (rows.min() < 0 or rows.max() >= n):
+        bad = rows[(rows < 0) | (rows >= n)][0]
+        raise ValueError(f"rows: row {bad} is not one of the {n} records")
+    return np.ascontiguousarray(rows, np.int64)
 
 
+#: templates (and their packers, their source views) kept built: a run has a few dozen
+_CACHED = 256
+
+
+@lru_cache(maxsize=_CACHED)
 def _template_dtype(fields: tuple[tuple[int, int], ...],
                     extra: tuple[FlowField, ...]) -> np.dtype:
     """:func:`template_dtype`, built once per template (it cost ~11 µs per call)."""
-    dt = _TEMPLATES.get((fields, extra))
-    if dt is None:
-        dt = _TEMPLATES[(fields, extra)] = template_dtype(fields, extra)
-    return dt
+    return template_dtype(fields, extra)
 
 
+#: ``_wirepack.pack_rows`` op kinds: copy, copy reversed (byte swap), write zeros
+_COPY, _SWAP, _ZERO = 0, 1, 2
+
+
+@lru_cache(maxsize=_CACHED)
 def _pack_ops(record: np.dtype, fields: tuple[tuple[int, int], ...],
               out: np.dtype) -> bytes | None:
-    """The field copies (uint32 src, dst, len, swap) of ``_wirepack.pack_rows`` that write
+    """The field copies (uint32 src, dst, len, kind) of ``_wirepack.pack_rows`` that write
     the template fields ``fields`` of ``out`` from a row of ``record``: an address its
     column's first ``length`` bytes, an integer its native column's low ``length`` bytes in
-    network order (the structured cast's value modulo 2**(8 * length)). ``None`` where a
-    field is not that (a column narrower than its field, a big-endian host): the cast."""
-    key = (record, fields, out)
-    if key not in _OPS:
-        _OPS[key] = _field_copies(record, fields, out)
-    return _OPS[key]
+    network order (the structured cast's value modulo 2**(8 * length)); an unsigned column
+    narrower than its field its bytes in network order after leading zeros (the cast's
+    zero extension). ``None`` where a field is not that (a signed column narrower than its
+    field, whose cast extends the sign; a big-endian host): the cast."""
+    return _field_copies(record, fields, out)
 
 
 def _field_copies(record: np.dtype, fields: tuple[tuple[int, int], ...],
@@ -246,36 +270,34 @@ def _field_copies(record: np.dtype, fields: tuple[tuple[int, int], ...],
         if _is_bytes(ie, length):
             if column.itemsize < length:
                 return None
-            ops.append((offset, at, length, 0))
-        elif (column.kind in "iu" and column.isnative and column.itemsize >= length
-              and np.little_endian):
-            ops.append((offset, at, length, int(length > 1)))
-        else:
+            ops.append((offset, at, length, _COPY))
+            continue
+        if column.kind not in "iu" or not column.isnative or not np.little_endian:
             return None
+        width = min(column.itemsize, length)
+        if width < length:  # (6, 2) from a u1 column: zeros, then the value
+            if column.kind != "u":
+                return None
+            ops.append((0, at, length - width, _ZERO))
+        ops.append((offset, at + length - width, width, _SWAP if width > 1 else _COPY))
     return np.array(ops, np.uint32).tobytes()
 
 
-_SOURCES: dict[tuple[np.dtype, tuple[tuple[int, int], ...]], np.dtype] = {}
-
-
+@lru_cache(maxsize=_CACHED)
 def _source_dtype(record: np.dtype, fields: tuple[tuple[int, int], ...]) -> np.dtype:
     """A view of a record row holding, in template order, the column each of ``fields``
     is written from: addresses as their first ``length`` bytes, integers as they are (the
     cast into the template reduces them); columns may repeat (overlapping fields)."""
-    dt = _SOURCES.get((record, fields))
-    if dt is None:
-        formats: list[Any] = []
-        offsets = []
-        columns = record.fields
-        assert columns is not None, "a record array"
-        for ie, length in fields:
-            column, offset = columns[_COLUMN_OF_IE[ie]][:2]
-            formats.append(("u1", (length,)) if _is_bytes(ie, length) else column)
-            offsets.append(offset)
-        dt = _SOURCES[(record, fields)] = np.dtype(
-            {"names": [f"ie{ie}" for ie, _ in fields], "formats": formats,
-             "offsets": offsets, "itemsize": record.itemsize})
-    return dt
+    formats: list[Any] = []
+    offsets = []
+    columns = record.fields
+    assert columns is not None, "a record array"
+    for ie, length in fields:
+        column, offset = columns[_COLUMN_OF_IE[ie]][:2]
+        formats.append(("u1", (length,)) if _is_bytes(ie, length) else column)
+        offsets.append(offset)
+    return np.dtype({"names": [f"ie{ie}" for ie, _ in fields], "formats": formats,
+                     "offsets": offsets, "itemsize": record.itemsize})
 
 
 class PackedRecords(Sequence[bytes]):

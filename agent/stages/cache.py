@@ -699,11 +699,9 @@ class FlowCache(Cache):
         return Columns(t, t.packets, t.octets, t.first)
 
     def mem_traffic(self) -> tuple[int, int]:
-        """Packets and bytes held by flows in the table (the seed's ``MemTraf``)."""
-        self.table.settle()
-        packets = self.table.packets.sum(dtype=np.uint64)
-        octets = self.table.octets.sum(dtype=np.uint64)
-        return int(packets), int(octets)  # free slots hold 0, so whole columns sum right
+        """Packets and bytes held by flows in the table (the seed's ``MemTraf``); read
+        only: a forced scan's drain stays unsettled (:meth:`FlowTable.traffic`)."""
+        return self.table.traffic()
 
     def counters(self) -> dict[str, Any]:
         """Cache counters plus active/peak flows, MemTraf, timeouts and memory."""

@@ -19,7 +19,9 @@ column holds that flow's counters. Whole batches go in and out with a few NumPy 
   after part (a forced scan: the stop, a cache hand-over): each part is copied out as
   :meth:`~FlowTable.take` copies it, lowest slots first, but its slots are not freed one by
   one: the index is cleared and the columns reset at once when the table is next used
-  (:meth:`FlowTable.settle`, run by every other method), or never when the process exits.
+  (:meth:`FlowTable.settle`, run by every method that reads or changes flows), or never
+  when the process exits. The read-only statistics (:meth:`FlowTable.traffic`,
+  :meth:`FlowTable.memory_bytes`, ``len``) answer without settling, mid-drain too.
 
 A free slot holds zero counters and :data:`FREE_NS` as first and last time, so timeout scans
 over whole columns never select it and column sums equal the table's totals.
@@ -359,8 +361,20 @@ class FlowTable:
             getattr(self, name)[slots] = fill
         return out
 
+    # --- read-only: no settle (a drain's stop or the stats between its parts free nothing)
+
+    def traffic(self) -> tuple[int, int]:
+        """``(packets, octets)`` of the flows in the table: what the column sums give after
+        :meth:`settle`, without it. A drain has copied out every occupied slot below
+        ``_drain_from`` and none from there on, and free slots hold 0: the sums from there."""
+        if self.drained and self.drained == len(self.index):
+            return 0, 0
+        at = slice(self._drain_from, None)
+        return (int(self.packets[at].sum(dtype=np.uint64)),
+                int(self.octets[at].sum(dtype=np.uint64)))
+
     def memory_bytes(self) -> tuple[int, int]:
-        """``(index, table)``: bytes of the key index, and of the index plus the columns."""
-        self.settle()
+        """``(index, table)``: bytes of the key index, and of the index plus the columns,
+        as allocated (freeing slots or clearing the index keeps them: no :meth:`settle`)."""
         index = int(self.index.memory_bytes())
         return index, index + sum(getattr(self, name).nbytes for name, _d, _f in _COLUMNS)

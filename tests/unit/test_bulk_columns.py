@@ -98,12 +98,59 @@ def test_packed_rows_are_the_cast_of_their_copy(options):
         for fields, extra in _templates():
             special = {ie: (lambda n: 7) for ie, _ in fields  # what no column holds
                        if ie not in wire._COLUMN_OF_IE or ie in (22, 21)}
+            plain = tuple(f for f in fields if f[0] not in special)
+            assert wire._pack_ops(flows.dtype, plain,
+                                  wire.template_dtype(fields, extra)) is not None, fields
             packed = pack_template(flows, fields, extra, special, rows).data
             with mock.patch.object(wire, "_pack_ops", return_value=None):
                 cast = pack_template(flows.take(rows), fields, extra, special).data
             assert packed == cast, fields
             assert pack_template(flows, fields, extra, special).data == \
                 pack_template(flows, fields, extra, special, np.arange(300)).data
+
+
+def test_fields_as_lists_of_lists_pack_as_tuples():
+    """A plugin's template given as [IE, length] lists (API 3.2 took them) packs the same."""
+    with active_schema(FlowOptions()) as schema:
+        flows = random_flows(schema, 20)
+        fields = ((8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (1, 8), (2, 4))
+        assert pack_template(flows, [list(f) for f in fields]).data == \
+            pack_template(flows, fields).data
+
+
+def test_narrow_unsigned_column_packs_in_c_as_the_cast_extends_it():
+    """IPFIX's tcpControlBits (IE 6, 2 bytes) from the 1-byte tcp_flags column: written in
+    C (zeros, then the byte), the bytes NumPy's cast gives; a signed column narrower than
+    its field keeps the cast (it extends the sign)."""
+    with active_schema(FlowOptions()) as schema:
+        flows = random_flows(schema, 64)
+        flows["tcp_flags"] = np.arange(64) * 4 + 3  # up to 255: the high byte is the zero
+        fields = ((8, 4), (6, 2), (4, 1))
+        ops = wire._pack_ops(flows.dtype, fields, wire.template_dtype(fields))
+        assert ops is not None
+        packed = pack_template(flows, fields).data
+        with mock.patch.object(wire, "_pack_ops", return_value=None):
+            assert packed == pack_template(flows, fields).data
+        assert packed[4:6] == (3).to_bytes(2, "big")
+        signed = np.zeros(3, [("tcp_flags", "i1")])
+        assert wire._field_copies(signed.dtype, ((6, 2),), wire.template_dtype(((6, 2),))) \
+            is None
+
+
+@pytest.mark.parametrize("rows", [[0, -1], [True, False], [0, 20], [0.0]])
+def test_bad_row_numbers_are_refused_by_either_path(rows):
+    """Negative, bool, float or out-of-range rows: one ValueError, whether C (a template
+    without extra fields) or NumPy (with them, or its ops refused) writes the records."""
+    with active_schema(L2) as schema:
+        flows = random_flows(schema, 20)
+        extra = schema.key_fields[-1:]  # an L2 field after the base
+        for ext in ((), extra):
+            with pytest.raises(ValueError, match="rows: "):
+                pack_template(flows, ((8, 4),), ext, rows=np.array(rows))
+            with mock.patch.object(wire, "_pack_ops", return_value=None), \
+                    pytest.raises(ValueError, match="rows: "):
+                pack_template(flows, ((8, 4),), ext, rows=np.array(rows))
+        assert len(pack_template(flows, ((8, 4),), rows=np.zeros(0, np.int64))) == 0
 
 
 def test_pack_rows_refuses_what_lies_outside_and_writes_nothing():
@@ -121,7 +168,15 @@ def test_pack_rows_refuses_what_lies_outside_and_writes_nothing():
         _wirepack.pack_rows(records, 10, ops, out, 4)
     with pytest.raises(ValueError, match="rows: need int64"):
         _wirepack.pack_rows(records, 10, ops, out, 4, np.array([0, 1], np.int32))
+    with pytest.raises(ValueError, match="ops: need"):  # no kind 3
+        _wirepack.pack_rows(records, 10, np.array([(0, 0, 2, 3)], np.uint32), out, 4)
+    with pytest.raises(ValueError, match="out: 8 bytes for 0 records"):  # rows given: none
+        _wirepack.pack_rows(records, 10, ops, out, 4, np.zeros(0, np.int64))
     assert not out.any()
+    out[:] = 0xFF  # kind 2 writes zeros (src unused, even past the row), then the copies
+    zero = np.array([(99, 0, 3, 2), (5, 3, 1, 0)], np.uint32)
+    _wirepack.pack_rows(records, 10, zero, out, 4, np.array([1, 2], np.int64))
+    assert out.tolist() == [0, 0, 0, 15, 0, 0, 0, 25]
 
 
 def test_framed_packets_are_the_join_of_their_parts():

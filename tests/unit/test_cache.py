@@ -134,6 +134,44 @@ def test_forced_parts_are_the_rows_of_the_per_flow_take_and_the_cache_goes_on():
     assert (ended.src_port, ended.end_reason) == (9001, END_OF_FLOW)
 
 
+def test_stats_between_and_after_forced_parts_read_the_drain_without_settling_it():
+    """The stop's forced scan in parts with the statistics read between parts (IPFIX's
+    options-template timer) and after the last (the final summary): every flow leaves
+    exactly once, nothing is freed by those reads, and they count what they count after
+    the drained flows are freed (active flows, MemTraf, memory)."""
+    packets = [(key(p, proto=6), 60 + p, TCP_FIN if p % 7 == 0 else TCP_ACK, T0, 0)
+               for p in range(2000)]
+    c = FlowCache(CacheConfig())
+    feed(c, *packets)
+    assert len(c.agent_cache_expire(now_ns=T0 + S, force=False)) == 286  # holes
+    ports, seen = [], []
+    while not ports or len(ports[-1]) == 300:
+        ports.append(c.agent_cache_expire(now_ns=T0 + 9 * S, force=True, limit=300).flows)
+        seen.append((c.counters(), c.table.drained, len(c.table.index)))
+    out = np.concatenate(ports)
+    assert sorted(out["src_port"].tolist()) == [p for p in range(2000) if p % 7]
+    for n, (mid, drained, held) in enumerate(seen):  # the index keeps them all: none freed
+        assert (drained, held) == (min(300 * (n + 1), 1714), 1714)
+        left = [p for p in range(2000) if p % 7][300 * (n + 1):]
+        assert mid["active_flows"] == len(left)
+        assert (mid["memtraf_packets"], mid["memtraf_bytes"]) == (len(left),
+                                                                  sum(60 + p for p in left))
+    mid = seen[2][0]
+    partial = FlowCache(CacheConfig())  # the same state, settled: the drain's rest freed
+    feed(partial, *packets)
+    partial.agent_cache_expire(now_ns=T0 + S, force=False)
+    for _ in range(3):
+        partial.agent_cache_expire(now_ns=T0 + 9 * S, force=True, limit=300)
+    partial.table.settle()
+    assert partial.table.drained == 0
+    settled = partial.counters()
+    for name in ("active_flows", "memtraf_packets", "memtraf_bytes", "hash_mem_bytes",
+                 "flows_mem_bytes", "slots"):
+        assert mid[name] == settled[name], name
+    c.table.settle()
+    assert (c.mem_traffic(), c.active_flows) == ((0, 0), 0)
+
+
 def test_maxflows_drops_new_flows_and_counts_them_exactly():
     c = FlowCache(CacheConfig(maxflows=3))
     packets = [(key(p), 100, 0, T0, 0) for p in range(10)] + [(key(0), 100, 0, T0, 0)]
