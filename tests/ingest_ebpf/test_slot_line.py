@@ -18,6 +18,7 @@ import time
 import numpy as np
 import pytest
 
+from netflow_agent.plugins.ingest_ebpf import sizing
 from netflow_agent.plugins.ingest_ebpf.decode import COUNTER_NAMES, RECORD_DTYPE
 from tests.ingest_ebpf.test_slot_probes import on_cpu
 
@@ -94,12 +95,15 @@ def loader_for(**kwargs: object):  # type: ignore[no-untyped-def]
                                           ({"l2_fields": 1}, 152)])
 def test_slot_size_by_key_and_clock(kwargs, size):
     """One cache line by default; 88 bytes with precise (64-bit) times; the whole key's 152
-    with ``[flow]`` key fields (here MAC addresses)."""
+    with ``[flow]`` key fields (here MAC addresses). The ``cpu_slots = "auto"`` budget
+    (sizing.py) counts the same bytes, plus the slot's tag."""
     loader = loader_for(**kwargs)
     try:
         assert loader.slot_info()["slot_bytes"] == size
     finally:
         loader.close()
+    budgeted = sizing.slot_bytes("l2_fields" in kwargs, bool(kwargs.get("precise_clock")))
+    assert budgeted - sizing.TAG_BYTES == size
 
 
 @pytest.mark.parametrize("precise", [False, True])
