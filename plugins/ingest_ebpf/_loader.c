@@ -337,8 +337,9 @@ static int on_signal(void *ctx, void *data, size_t size)
 /*
  * Entries per drain window of `slots` per-CPU slots: 4096 (64 pages of 64-byte line slots, 88
  * of 88-byte ones, 152 of 152-byte ones, so windows of a power of two >= 4096 start on a
- * page; map_window() rounds smaller ones out to pages), more when a CPU's region would have more than 64 windows
- * (slot_touched has one 64-bit word per CPU and table), the whole region when it is smaller.
+ * page; map_window() rounds smaller ones out to pages), more when a CPU's region would have
+ * more than 64 windows (slot_touched has one 64-bit word per CPU and table), the whole region
+ * when it is smaller.
  */
 static __u32 window_entries(__u32 slots)
 {
