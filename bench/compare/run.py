@@ -444,10 +444,20 @@ class EmptyHook(Observer):
     name = "empty-hook"
 
     def start(self) -> None:
-        self.bpffs = self.tmp / "bpffs"
-        self.bpffs.mkdir()
-        subprocess.run(["mount", "-t", "bpf", "bpf", str(self.bpffs)], check=True)
-        pin = self.bpffs / "empty"
+        """Mount a private bpffs, pin the empty program there and attach it; a start that
+        fails unmounts it (one_run calls stop() only once start() returned)."""
+        bpffs = self.tmp / "bpffs"
+        bpffs.mkdir()
+        subprocess.run(["mount", "-t", "bpf", "bpf", str(bpffs)], check=True)
+        self.bpffs = bpffs
+        try:
+            self.load(bpffs / "empty")
+        except BaseException:
+            self.stop()
+            raise
+
+    def load(self, pin: Path) -> None:
+        """Build and load the empty program, pinned at ``pin``, and attach it."""
         obj = EBPF_BENCH.build_empty_program(self.tmp)
         subprocess.run(["bpftool", "prog", "load", str(obj), str(pin), "type", "tc"], check=True)
         self.prog_id = json.loads(subprocess.run(

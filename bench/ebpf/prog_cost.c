@@ -362,9 +362,10 @@ static int run_new(unsigned int slots, unsigned int maxflows, unsigned int flows
 	skel->rodata->percpu = percpu;
 	skel->rodata->fill_threshold = maxflows / 2;	/* drain_threshold = 50 */
 	size_slots(skel, slots);
-	skel->rodata->slot_line = 1;	/* as the loader: no key fields, tick clock */
-	bpf_map__set_value_size(skel->maps.slots_a, FLOW_SLOT_LINE_SIZE);
-	bpf_map__set_value_size(skel->maps.slots_b, FLOW_SLOT_LINE_SIZE);
+	/* as the loader: no key fields, tick clock */
+	skel->rodata->slot_line = flow_slot_is_line(FLOW_KEY_BASE_SIZE, 0);
+	bpf_map__set_value_size(skel->maps.slots_a, flow_slot_size(FLOW_KEY_BASE_SIZE, 0));
+	bpf_map__set_value_size(skel->maps.slots_b, flow_slot_size(FLOW_KEY_BASE_SIZE, 0));
 	bpf_map__set_key_size(skel->maps.flows_a, FLOW_KEY_BASE_SIZE);
 	bpf_map__set_key_size(skel->maps.flows_b, FLOW_KEY_BASE_SIZE);
 	bpf_map__set_max_entries(skel->maps.flows_a, maxflows);

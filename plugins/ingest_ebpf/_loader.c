@@ -335,10 +335,11 @@ static int on_signal(void *ctx, void *data, size_t size)
 }
 
 /*
- * Entries per drain window of `slots` per-CPU slots: 4096 (88 pages of 88-byte slots, 152 of
- * 152-byte ones, so windows of a power of two >= 4096 start on a page; map_window() rounds
- * smaller ones out to pages), more when a CPU's region would have more than 64 windows
- * (slot_touched has one 64-bit word per CPU and table), the whole region when it is smaller.
+ * Entries per drain window of `slots` per-CPU slots: 4096 (64 pages of 64-byte line slots, 88
+ * of 88-byte ones, 152 of 152-byte ones, so windows of a power of two >= 4096 start on a
+ * page; map_window() rounds smaller ones out to pages), more when a CPU's region would have
+ * more than 64 windows (slot_touched has one 64-bit word per CPU and table), the whole region
+ * when it is smaller.
  */
 static __u32 window_entries(__u32 slots)
 {
@@ -839,12 +840,20 @@ static __u32 drain_hash(Loader *self, __u32 room, int *err)
 }
 
 /* A line slot's 32-bit time (ns >> SLOT_TIME_SHIFT, low 32 bits) as CLOCK_MONOTONIC ns: the
- * latest such time not after `now` (the slot was written less than 73 minutes before). */
+ * latest such time not after `now` (the slot was written less than 73 minutes before). A time
+ * up to 36 minutes ahead of `now` is a program that wrote the slot after the drain read its
+ * clock (the 5 ms grace when membarrier is refused): `now`, not 73 minutes early. Never
+ * before boot (0), so a time from before the clock's start cannot wrap to centuries ahead. */
 static __u64 line_time(__u32 t, __u64 now)
 {
 	__u64 units = now >> SLOT_TIME_SHIFT;
+	__u32 ahead = t - (__u32)units, back = (__u32)units - t;
 
-	return (units - (__u32)((__u32)units - t)) << SLOT_TIME_SHIFT;
+	if (ahead && ahead < 1U << 31)
+		return now;
+	if (back > units)
+		return 0;
+	return (units - back) << SLOT_TIME_SHIFT;
 }
 
 /* Write line slot s as a row at dst (put_record): 0 when the slot is free. */
@@ -1245,6 +1254,24 @@ static PyObject *Loader_close(Loader *self, PyObject *unused)
 	Py_RETURN_NONE;
 }
 
+/* line_time(t, now) -> ns: the drain's restore of a line slot's 32-bit time, for tests */
+static PyObject *module_line_time(PyObject *unused, PyObject *args)
+{
+	unsigned int t;
+	unsigned long long now;
+
+	if (!PyArg_ParseTuple(args, "IK", &t, &now))
+		return NULL;
+	return PyLong_FromUnsignedLongLong(line_time((__u32)t, (__u64)now));
+}
+
+static PyMethodDef module_methods[] = {
+	{ "line_time", module_line_time, METH_VARARGS,
+	  "line_time(t, now) -> CLOCK_MONOTONIC ns of a line slot's 32-bit time t, restored by a "
+	  "drain whose clock read now (ns); exposed for tests" },
+	{ NULL }
+};
+
 static PyMethodDef Loader_methods[] = {
 	{ "link_create", (PyCFunction)Loader_link_create, METH_VARARGS,
 	  "link_create(prog, ifindex, attach_type, flags=0) -> link fd (close it to detach)" },
@@ -1303,6 +1330,7 @@ static PyTypeObject LoaderType = {
 static struct PyModuleDef loader_module = {
 	PyModuleDef_HEAD_INIT, .m_name = "netflow_agent.plugins.ingest_ebpf._loader",
 	.m_doc = "libbpf loader for the eBPF flow ingest", .m_size = -1,
+	.m_methods = module_methods,
 };
 
 #define ADD_INT(m, name, value) \

@@ -222,8 +222,10 @@ class EbpfIngest(Ingest):
         if not self.loader.synchronize() and self.cpu_slots:
             self.log.warning("%s: this kernel refuses membarrier(MEMBARRIER_CMD_GLOBAL) "
                              "(nohz_full?): drains wait 5 ms instead of an RCU grace period, "
-                             "and a program later than that can lose packets in a slot; set "
-                             "cpu_slots = 0 for exact accounting", self.name)
+                             "and a program later than that can lose packets in a slot (and a "
+                             "line slot's times, written after the drain read its clock, come "
+                             "back as the drain's time); set cpu_slots = 0 for exact "
+                             "accounting", self.name)
         self.log.info("%s: loaded BPF programs %s (maxflows %d, %s map, %s %d MB, %d slots "
                       "per CPU on %d CPUs %d MB, sampling 1/%d, fragments %s, decapsulate "
                       "%s%s)", self.name,

@@ -86,7 +86,8 @@ class Config:
     timestamps: Literal["tick", "precise"] = option(
         "tick", doc='Flow start/end times: "tick" reads the clock once per jiffy and CPU '
                     '(precision 1/HZ, 4 ms at HZ=250, as ipt_NETFLOW; about 30 ns per packet '
-                    'less) or "precise" (read for every packet).')
+                    'less) or "precise" (read for every packet; the per-CPU slots are then 88 '
+                    'bytes instead of one 64-byte line: 37 % more slot memory).')
     promisc: bool = option(
         False, doc="Put every attached interface in promiscuous mode while attached, so "
                    "frames for other MAC addresses (a SPAN/mirror port) are accounted: one "

@@ -26,7 +26,8 @@ MIN_AUTO_FLOWS = 65536
 SLOT_LINE_BYTES, SLOT_BYTES, SLOT_EXT_BYTES = 64, 88, 152
 #: bytes of one slot's tag (maps ``tags_a``/``tags_b``, bpf/maps.h)
 TAG_BYTES = 1
-#: most per-CPU slots ``cpu_slots = "auto"`` gives a CPU (22 MB per table and CPU)
+#: most per-CPU slots ``cpu_slots = "auto"`` gives a CPU (16 MiB per table and CPU with
+#: line slots, 22 MiB with precise timestamps)
 MAX_AUTO_SLOTS = 262144
 #: fewest derived per-CPU slots: the fixed default before "auto" (what hosts with so many
 #: CPUs that the budget leaves less still get, as they did)

@@ -8,16 +8,30 @@ table must show it. Only counts are asserted, never rates or times.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.netns, pytest.mark.bpf]
+
+
+def compare_harness() -> ModuleType:
+    """bench/compare/run.py by path, under its own name (a plain ``import run`` would leave a
+    module named ``run`` for the rest of the session); bench/ebpf/run.py is its EBPF_BENCH."""
+    spec = importlib.util.spec_from_file_location("bench_compare_run",
+                                                  ROOT / "bench/compare/run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_smoke_workload_is_exact_for_both_ingests(tmp_path):
@@ -44,11 +58,8 @@ def test_empty_hooks_run_once_per_packet_at_the_observed_interface(tmp_path):
     """``empty-hook`` (TCX) and ``empty-tc`` (clsact) attach the empty program where the agent
     observes: with BPF run-time stats held (as progstats.py does) each ran once per packet
     sent, and they account nothing (no collector)."""
-    sys.path.insert(0, str(ROOT / "bench" / "ebpf"))
-    from run import BpfStats  # bench/ebpf/run.py
-
     raw = tmp_path / "compare.json"
-    with BpfStats():
+    with compare_harness().EBPF_BENCH.BpfStats():
         subprocess.run(
             [sys.executable, str(ROOT / "bench" / "compare" / "run.py"), "--workload", "smoke",
              "--rounds", "1", "--only", "empty-hook", "empty-tc", "--json", str(raw)],
@@ -58,3 +69,24 @@ def test_empty_hooks_run_once_per_packet_at_the_observed_interface(tmp_path):
         (r,) = runs[kind]
         assert r["hook_runs"] == r["sent"] == 5994, kind
         assert r["hook_ns"] > 0 and "accounted" not in r, kind
+
+
+class RefusingNs:
+    """A router namespace where every command fails (the hook's attach)."""
+
+    def run(self, cmd: list[str], **kwargs: object) -> None:
+        raise subprocess.CalledProcessError(1, cmd)
+
+
+def test_empty_hook_that_fails_to_start_leaves_no_bpffs_mounted(tmp_path):
+    """one_run stops an observer only once it started: an ``empty-hook`` whose attach fails
+    unmounts its private bpffs itself (the program pinned there goes with it)."""
+    topo = SimpleNamespace(router_ns=RefusingNs(), router_client=SimpleNamespace(ifname="lo"))
+    hook = compare_harness().EmptyHook(topo, tmp_path)
+    try:
+        with pytest.raises(subprocess.CalledProcessError):
+            hook.start()
+        assert not os.path.ismount(tmp_path / "bpffs")
+    finally:
+        if os.path.ismount(tmp_path / "bpffs"):
+            subprocess.run(["umount", str(tmp_path / "bpffs")], check=True)

@@ -18,7 +18,9 @@ import time
 import numpy as np
 import pytest
 
+from netflow_agent.plugins.ingest_ebpf import sizing
 from netflow_agent.plugins.ingest_ebpf.decode import COUNTER_NAMES, RECORD_DTYPE
+from tests.ingest_ebpf.test_slot_probes import on_cpu
 
 pytestmark = pytest.mark.bpf
 
@@ -93,12 +95,15 @@ def loader_for(**kwargs: object):  # type: ignore[no-untyped-def]
                                           ({"l2_fields": 1}, 152)])
 def test_slot_size_by_key_and_clock(kwargs, size):
     """One cache line by default; 88 bytes with precise (64-bit) times; the whole key's 152
-    with ``[flow]`` key fields (here MAC addresses)."""
+    with ``[flow]`` key fields (here MAC addresses). The ``cpu_slots = "auto"`` budget
+    (sizing.py) counts the same bytes, plus the slot's tag."""
     loader = loader_for(**kwargs)
     try:
         assert loader.slot_info()["slot_bytes"] == size
     finally:
         loader.close()
+    budgeted = sizing.slot_bytes("l2_fields" in kwargs, bool(kwargs.get("precise_clock")))
+    assert budgeted - sizing.TAG_BYTES == size
 
 
 @pytest.mark.parametrize("precise", [False, True])
@@ -111,7 +116,8 @@ def test_counters_past_32_bits_go_to_the_hash(precise):
     loader = loader_for(precise_clock=precise)
     try:
         t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-        run_gso(loader, RUNS)
+        with on_cpu(min(os.sched_getaffinity(0))):  # the repeats may not migrate: one slot
+            run_gso(loader, RUNS)
         t1 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         counters = loader.counters()
         rows = drain_all(loader)
@@ -131,3 +137,38 @@ def test_counters_past_32_bits_go_to_the_hash(precise):
     jiffy = 10_000_000  # HZ >= 100
     assert (t0 - jiffy - 1024 <= rows["first_ns"]).all()
     assert (rows["first_ns"] <= rows["last_ns"]).all() and (rows["last_ns"] <= t1).all()
+
+
+MINUTE = 60 * 10**9
+UNIT = 1 << 10  # SLOT_TIME_SHIFT: a slot time's unit, 1.024 us
+
+
+def slot_time(ns: int) -> int:
+    """What the program writes into a line slot for CLOCK_MONOTONIC ``ns``."""
+    return (ns >> 10) & U32
+
+
+@pytest.mark.parametrize("uptime_min", [10, 80, 5000])
+def test_slot_time_ahead_of_the_drain_clock_is_the_drain_clock(uptime_min):
+    """A program may write a slot after the drain read its clock (membarrier refused: the
+    drain waits 5 ms only). That time comes back as the drain's clock, neither 73 minutes
+    early nor (uptime below 73 minutes) centuries ahead; earlier times come back exact to a
+    unit, across the 32-bit wrap too."""
+    from netflow_agent.plugins.ingest_ebpf._loader import line_time
+
+    now = uptime_min * MINUTE + 123_456
+    for ahead_ns in (UNIT, 5_000_000, 30 * MINUTE):
+        assert line_time(slot_time(now + ahead_ns), now) == now
+    for back_ns in (0, UNIT, 5_000_000, 30 * MINUTE, min(70 * MINUTE, now)):
+        restored = line_time(slot_time(now - back_ns), now)
+        assert now - back_ns - UNIT < restored <= now
+
+
+def test_slot_time_before_boot_is_clamped():
+    """A time more than the clock's own age behind it (not a slot this boot wrote) is not
+    wrapped past zero into the future: boot, 0."""
+    from netflow_agent.plugins.ingest_ebpf._loader import line_time
+
+    now = 10 * MINUTE
+    assert line_time(slot_time(now) - (1 << 31) & U32, now) == 0
+    assert line_time(slot_time(now) - (1 << 31) + 5 & U32, now) == 0

@@ -5,7 +5,8 @@ The verifier adds up the frames of every BPF-to-BPF call chain and refuses a pro
 interpreter round it up to 32, so a program 16 bytes from the limit here may not load at all
 there. The programs are loaded with every feature the loader offers on (slots with 8 probes,
 sampling, the overflow ring, early drains, fragment tracking, all four tunnels with
-keep_outer, every ``[flow]`` key field and 10 MPLS labels) and with the defaults; the
+keep_outer, every ``[flow]`` key field and 10 MPLS labels: 152-byte slots), the same without
+key fields (64-byte line slots, and 88-byte ones with the precise clock) and the defaults; the
 verifier's statistics (``Loader(verifier_stats=True)``: ``stack depth 216+0+...``, one frame
 per function in the program's order) and the call graph of the translated program (``bpftool
 prog dump xlated``: each function's start, its BPF-to-BPF calls) give every call chain, which
@@ -39,6 +40,24 @@ def everything_on(ext) -> dict[str, object]:
         "keep_outer": True, "l2_fields": ext.L2_MAC | ext.L2_VLAN | ext.L2_TUNNEL_ID,
         "mpls_labels": 10,
     }  # fmt: skip
+
+
+def line_slots(ext, precise: bool = False) -> dict[str, object]:
+    """:func:`everything_on` without ``[flow]`` key fields: the slots are 64-byte lines (88
+    bytes with ``precise``), and the deepest chain (all four tunnels with keep_outer) is 448
+    bytes with 32-byte frames, about 558,000 instructions to verify (the tc programs)."""
+    knobs = everything_on(ext)
+    knobs.update(l2_fields=0, mpls_labels=0, precise_clock=precise)
+    return knobs
+
+
+#: config name -> (its loader knobs, the slot bytes it loads: which slot program is verified)
+CONFIGS = {
+    "defaults": (lambda ext: {}, 0),
+    "everything on": (everything_on, 152),
+    "line slots": (line_slots, 64),
+    "line slots, precise clock": (lambda ext: line_slots(ext, precise=True), 88),
+}
 
 
 def stack_frames(stats: str) -> list[int]:
@@ -78,11 +97,14 @@ def deepest_chain(frames: dict[str, int], calls: dict[str, set[str]], start: str
     return own + depth, [start, *chain]
 
 
-def measure(**knobs: object) -> dict[str, tuple[int, list[str], str]]:
-    """Per program: the deepest chain's bytes (32-byte frames), the chain, the stack line."""
+def measure(slot_bytes: int, **knobs: object) -> dict[str, tuple[int, list[str], str]]:
+    """Per program: the deepest chain's bytes (32-byte frames), the chain, the stack line;
+    the loader's slots must be ``slot_bytes`` each (0: no slots)."""
     ext = loader_module()
     loader = ext.Loader(verifier_stats=True, **knobs)
     try:
+        info = loader.slot_info()
+        assert (info["slot_bytes"] if info["slots"] else 0) == slot_bytes, info
         stats, ids = loader.verifier_stats(), loader.prog_ids()
         out = {}
         for name in PROGRAMS:
@@ -97,13 +119,14 @@ def measure(**knobs: object) -> dict[str, tuple[int, list[str], str]]:
         loader.close()
 
 
-@pytest.mark.parametrize("config", ["defaults", "everything on"])
+@pytest.mark.parametrize("config", list(CONFIGS))
 def test_every_call_chain_fits_the_stack_with_32_byte_frames(config):
     """Every program's deepest call chain takes at most 480 of the 512 bytes with each frame
     rounded up to 32 bytes (the program with both pkt_info structs on its stack and every
-    feature on was exactly 512 there: 384 + slot_account's 128)."""
-    knobs = everything_on(loader_module()) if config == "everything on" else {}
-    for name, (depth, chain, line) in measure(**knobs).items():
+    feature on was exactly 512 there: 384 + slot_account's 128), with each slot layout: none,
+    the whole key's 152 bytes, the 64-byte line and the precise clock's 88."""
+    knobs_of, slot_bytes = CONFIGS[config]
+    for name, (depth, chain, line) in measure(slot_bytes, **knobs_of(loader_module())).items():
         assert depth <= MARGIN_LIMIT < STACK_LIMIT, (
             f"{name} ({config}): {' -> '.join(chain)} takes {depth} bytes with 32-byte "
             f"frames ({line}), over {MARGIN_LIMIT}")

@@ -117,6 +117,9 @@ struct flow_slot_line {
 };
 #define FLOW_SLOT_LINE_SIZE 64
 #define SLOT_TIME_SHIFT 10
+_Static_assert(sizeof(struct flow_slot_line) == FLOW_SLOT_LINE_SIZE, "a line slot is one line");
+_Static_assert(__builtin_offsetof(struct flow_slot_line, packets) == FLOW_KEY_BASE_SIZE,
+	       "a line slot's counters follow the base key");
 
 /* Whether slots are flow_slot_line: without optional key fields and with tick timestamps. */
 static inline int flow_slot_is_line(__u32 key_size, int precise_clock)

@@ -48,7 +48,7 @@ struct slot_map slots_b SEC(".maps");
  * tag word first and loads only the slots whose tag matches: a new flow takes a free slot
  * without reading it, and one whose probes are all taken goes to the hash without touching
  * them. The slots it probes are those of that word. 256 KB per CPU and table for 262,144 slots
- * (in the L2 cache and 64 pages, where the slots are 23 MB in 5,632 pages). The loader sizes them
+ * (in the L2 cache and 64 pages, where the line slots are 16 MB in 4,096 pages). The loader sizes them
  * with the slots and clears a drained window's tags (mmap) after emptying its slots, so a zero
  * tag always means a free slot. */
 struct tag_map {
