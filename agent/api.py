@@ -169,7 +169,7 @@ from netflow_agent.wire import (
 )
 
 #: ``(major, minor)`` of this plugin API (see the module docstring).
-API_VERSION = (3, 2)
+API_VERSION = (3, 3)
 
 __all__ = [
     "API_VERSION",
