@@ -2,14 +2,19 @@
 
 A *component type* is one TOML table name under a stage (``[[export.netflow]]``) plus the
 ``Config`` dataclass that describes the table and a factory that builds an instance from it.
-The core owns the registry; plugins only call :meth:`ComponentRegistry.add`.
+The core owns the registry; plugins only call :meth:`ComponentRegistry.add`. A factory may be
+given by name (``"package.module:Class"``): its module is imported when an instance is built
+(or something asks for :attr:`ComponentType.factory`), so a plugin's component code stays out
+of the agent's memory unless the configuration uses it.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, ClassVar
 
 from netflow_agent.runner import current_plugin
@@ -34,16 +39,25 @@ class Resource:
 
 @dataclass(frozen=True, slots=True)
 class ComponentType:
-    """A registered component type (see :meth:`ComponentRegistry.add`)."""
+    """A registered component type (see :meth:`ComponentRegistry.add`).
+
+    :ivar factory_ref: the factory, or its ``"module:attribute"`` name (imported on first use).
+    """
 
     stage: str
     name: str
-    factory: Callable[..., Any]
+    factory_ref: Callable[..., Any] | str
     config_class: type
     sample: str = ""
     doc: str = ""
     plugin: str = ""
     unavailable: Callable[[], str | None] | None = None
+
+    @property
+    def factory(self) -> Callable[..., Any]:
+        """``factory(config, name) -> instance``; a factory given by name is imported now."""
+        ref = self.factory_ref
+        return load_factory(ref) if isinstance(ref, str) else ref
 
     @property
     def table(self) -> str:
@@ -53,6 +67,18 @@ class ComponentType:
     def unavailable_reason(self) -> str | None:
         """Why this component cannot run here (missing extension, tool), or ``None``."""
         return self.unavailable() if self.unavailable else None
+
+
+@cache
+def load_factory(ref: str) -> Callable[..., Any]:
+    """The attribute ``ref`` (``"package.module:attribute"``) names, its module imported.
+
+    :raises ValueError: ``ref`` has no ``:attribute``.
+    """
+    module, sep, attr = ref.partition(":")
+    if not sep or not attr:
+        raise ValueError(f"factory name {ref!r} is not 'module:attribute'")
+    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -84,7 +110,7 @@ class ComponentRegistry:
         self,
         stage: str,
         name: str,
-        factory: Callable[..., Any],
+        factory: Callable[..., Any] | str,
         config_class: type,
         *,
         sample: str = "",
@@ -95,7 +121,9 @@ class ComponentRegistry:
 
         :param stage: ``"ingest"``, ``"cache"``, ``"aggregate"`` or ``"export"``.
         :param name: the table name, snake_case (``netflow`` for ``[[export.netflow]]``).
-        :param factory: ``factory(config, name) -> instance``; usually the component class.
+        :param factory: ``factory(config, name) -> instance``; usually the component class,
+            or its name ``"package.module:Class"``: the module is imported only when the
+            configuration builds an instance (a plugin's unused components cost no memory).
         :param config_class: a frozen dataclass describing the table's keys.
         :param sample: commented TOML sample (``agent config sample``).
         :param doc: one-line description (``agent plugins``).
@@ -103,6 +131,8 @@ class ComponentRegistry:
         """
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+        if isinstance(factory, str) and not factory.partition(":")[2]:
+            raise ValueError(f"factory name {factory!r} is not 'module:attribute'")
         key = (stage, name)
         if key in self.types:
             raise ValueError(f"component {stage}.{name} registered twice")

@@ -309,7 +309,10 @@ class UdpDestination:
     def _resolve(self) -> tuple[int, tuple]:
         family = address_family(self.host)
         flags = socket.AI_NUMERICHOST if family else 0
-        infos = socket.getaddrinfo(self.host, self.port, family or 0, socket.SOCK_DGRAM, 0, flags)
+        # an address goes as ASCII bytes: a str is IDNA-encoded first, which imports
+        # encodings.idna and unicodedata (~0.3 MB) for nothing; a name still goes as str
+        host: str | bytes = self.host.encode("ascii") if family else self.host
+        infos = socket.getaddrinfo(host, self.port, family or 0, socket.SOCK_DGRAM, 0, flags)
         family, _, _, _, address = infos[0]
         return family, address
 

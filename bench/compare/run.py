@@ -51,7 +51,9 @@ exporter counted lost) and its balance ``sent - before hook - packets in exporte
 counted drops`` (0 when every packet is accounted); datagrams the collector's socket dropped;
 CPU (user + system of the observer's process tree from the start of the flood to its exit:
 sampled from /proc, exact from ``wait4`` at the end) per million packets sent and per thousand
-flows; peak RSS (sum of ``VmHWM`` over its processes); the load average at each run's start.
+flows; peak RSS (sum of ``VmHWM`` over its processes) and its split: the peak ``RssAnon`` (heap,
+stacks) and the ``RssFile`` (mapped files: libraries) at that sample; the load average at each
+run's start.
 The raw results (``--json``, and each ``round ...`` line on stderr) also split the observer's
 CPU into phases (``cpu_phases``: ``flood``, ``settle`` with ``settle_s`` its wait, and ``stop``:
 the flush and exit) and the flood's and settle's CPU by thread (``cpu_threads``, from the
@@ -128,30 +130,34 @@ def _parents() -> dict[int, int]:
     return out
 
 
-def _read_usage(pid: int) -> tuple[float, int] | None:
-    """CPU seconds (user + system) and VmHWM (KiB) of one process; None once it is gone."""
+def _read_usage(pid: int) -> tuple[float, int, int, int] | None:
+    """CPU seconds (user + system), VmHWM, RssAnon and RssFile (KiB) of one process; None once
+    it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
     fields = stat[stat.rindex(")") + 2:].split()
-    hwm = next((int(line.split()[1]) for line in status.splitlines()
-                if line.startswith("VmHWM:")), 0)
-    return (int(fields[11]) + int(fields[12])) / TICK, hwm
+    kb = {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in status.splitlines())
+          if k in ("VmHWM", "RssAnon", "RssFile")}
+    return ((int(fields[11]) + int(fields[12])) / TICK, kb.get("VmHWM", 0), kb.get("RssAnon", 0),
+            kb.get("RssFile", 0))
 
 
 class Usage:
     """CPU seconds and peak RSS of a process tree: sampled from /proc every 0.2 s while it
     runs (per process, the last CPU and the highest ``VmHWM`` seen; the tree's members are
     looked up every second), and at its end the exact CPU of the root and its reaped children
-    from ``wait4``."""
+    from ``wait4``. Per process too, the highest ``RssAnon`` sampled and the ``RssFile`` of that
+    sample: which part of the peak is the heap and which is mapped files (libraries)."""
 
     def __init__(self, pid: int):
         self.pid = pid
         self.tree = {pid}
         self.cpu: dict[int, float] = {}
         self.hwm: dict[int, int] = {}
+        self.anon: dict[int, tuple[int, int]] = {}  # pid -> (peak RssAnon, RssFile then)
         self.final: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -178,6 +184,8 @@ class Usage:
             if now is not None:
                 self.cpu[pid] = now[0]
                 self.hwm[pid] = max(self.hwm.get(pid, 0), now[1])
+                if now[2] >= self.anon.get(pid, (0, 0))[0]:
+                    self.anon[pid] = now[2], now[3]
         return self.cpu_s()
 
     def cpu_s(self) -> float:
@@ -186,6 +194,10 @@ class Usage:
 
     def rss_kb(self) -> int:
         return sum(self.hwm.values())
+
+    def rss_split_kb(self) -> tuple[int, int]:
+        """Peak ``RssAnon`` and the ``RssFile`` at that sample, summed over the tree."""
+        return (sum(a for a, _f in self.anon.values()), sum(f for _a, f in self.anon.values()))
 
     def ended(self, rusage: object) -> None:
         """The root exited: stop sampling, keep ``wait4``'s totals."""
@@ -623,7 +635,9 @@ def one_run(kind: str, flood: Flood, args: argparse.Namespace, flowgen: str,
         result = {"sent": sent, "pps": sent / elapsed, "elapsed": elapsed, "load": load,
                   "before_hook": before_hook, **observer.counted()}
         if observer.usage is not None:
+            anon_kb, file_kb = observer.usage.rss_split_kb()
             result.update(cpu_s=observer.usage.cpu_s() - cpu0, rss_kb=observer.usage.rss_kb(),
+                          rss_anon_kb=anon_kb, rss_file_kb=file_kb,
                           collector_drops=collector_drops)
             if phases:  # what the exit (final flush) took: the rest
                 phases["stop"] = result["cpu_s"] - phases["flood"] - phases["settle"]
@@ -715,8 +729,13 @@ def summarise(results: dict[str, list[dict]]) -> list[dict]:
             "cpu_ms_per_kflow": med("cpu_s", "flows_sent") and med("cpu_s", "flows_sent") * 1e6,  # type: ignore[operator]
             "rss_mb": rss / 1024 if (rss := med("rss_kb", "")) is not None else None,
             "runs": len(runs),
+            "anon_mb": _mb(med("rss_anon_kb", "")), "file_mb": _mb(med("rss_file_kb", "")),
         })
     return rows
+
+
+def _mb(kb: float | None) -> float | None:
+    return None if kb is None else kb / 1024
 
 
 def _fmt(x: float | None, spec: str, scale: float = 1) -> str:
@@ -726,7 +745,7 @@ def _fmt(x: float | None, spec: str, scale: float = 1) -> str:
 def table(rows: list[dict]) -> str:
     lines = ["| observer | sender kpps | vs none | packets accounted | flows exact | before hook "
              "| counted drops | balance | collector drops | CPU s / M packets "
-             "| CPU ms / 1k flows | peak RSS MB |", "|---" * 12 + "|"]
+             "| CPU ms / 1k flows | peak RSS MB (anon + file) |", "|---" * 12 + "|"]
     for r in rows:
         over = f" (+{r['over']} extra)" if r["over"] else ""
         lost = f" ({r['lost_records']} records lost)" if r["lost_records"] else ""
@@ -742,8 +761,15 @@ def table(rows: list[dict]) -> str:
             f"| {balance}{lost} | {_fmt(r['collector_drops'], '.0f')} "
             f"| {_fmt(r['cpu_s_per_mpkt'] if observed else None, '.2f')} "
             f"| {_fmt(r['cpu_ms_per_kflow'] if observed else None, '.2f')} "
-            f"| {_fmt(r['rss_mb'] if observed else None, '.0f')} |")
+            f"| {_fmt(r['rss_mb'] if observed else None, '.1f')}{_split(r) if observed else ''} |")
     return "\n".join(lines).replace("- %", "-")
+
+
+def _split(row: dict) -> str:
+    """`` (anon + file)`` MB of the peak, when the results have them."""
+    if row.get("anon_mb") is None:
+        return ""
+    return f" ({row['anon_mb']:.1f} + {row['file_mb']:.1f})"
 
 
 def describe(name: str, flood: Flood) -> str:

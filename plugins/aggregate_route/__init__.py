@@ -17,10 +17,9 @@ from netflow_agent.api import ComponentRegistry, ConfigIssue, hookimpl
 @hookimpl
 def agent_register_components(registry: ComponentRegistry) -> None:
     """Register ``[[aggregate.route]]``."""
-    from .component import RouteAggregator
     from .config import Config
 
-    registry.add("aggregate", "route", RouteAggregator, Config,
+    registry.add("aggregate", "route", f"{__name__}.component:RouteAggregator", Config,
                  sample=(Path(__file__).parent / "sample.toml").read_text(),
                  doc="Next hop, prefix lengths and egress interface from the routing table")
 

@@ -11,10 +11,9 @@ from netflow_agent.api import ComponentRegistry, ConfigIssue, hookimpl, output_i
 @hookimpl
 def agent_register_components(registry: ComponentRegistry) -> None:
     """Register ``[[export.ipfix]]``."""
-    from .component import IpfixExporter
     from .config import Config
 
-    registry.add("export", "ipfix", IpfixExporter, Config,
+    registry.add("export", "ipfix", f"{__name__}.component:IpfixExporter", Config,
                  sample=(Path(__file__).parent / "sample.toml").read_text(),
                  doc="IPFIX export over UDP/TCP (RFC 7011) with NEL, options records, files")
 

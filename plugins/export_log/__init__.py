@@ -11,10 +11,9 @@ from netflow_agent.api import ComponentRegistry, ConfigIssue, hookimpl, output_i
 @hookimpl
 def agent_register_components(registry: ComponentRegistry) -> None:
     """Register ``[[export.log]]``."""
-    from .component import LogExporter
     from .config import Config
 
-    registry.add("export", "log", LogExporter, Config,
+    registry.add("export", "log", f"{__name__}.component:LogExporter", Config,
                  sample=(Path(__file__).parent / "sample.toml").read_text(),
                  doc="Flows as JSON lines or text on stdout or a file")
 

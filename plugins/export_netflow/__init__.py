@@ -19,10 +19,9 @@ SAMPLING_INTERVAL_MAX = 0x3FFF
 @hookimpl
 def agent_register_components(registry: ComponentRegistry) -> None:
     """Register ``[[export.netflow]]``."""
-    from .component import NetflowExporter
     from .config import Config
 
-    registry.add("export", "netflow", NetflowExporter, Config,
+    registry.add("export", "netflow", f"{__name__}.component:NetflowExporter", Config,
                  sample=(Path(__file__).parent / "sample.toml").read_text(),
                  doc="NetFlow v5/v9 exporter (flows and NAT events) over UDP")
 

@@ -16,13 +16,12 @@ from netflow_agent.api import ConfigIssue, hookimpl
 @hookimpl
 def agent_register_components(registry):  # type: ignore[no-untyped-def]
     """Register ``ingest.conntrack``."""
-    from .component import ConntrackIngest
     from .config import Config
 
     registry.add(
         "ingest",
         "conntrack",
-        ConntrackIngest,
+        f"{__name__}.component:ConntrackIngest",
         Config,
         sample=(Path(__file__).parent / "sample.toml").read_text(),
         doc="NAT translation start/stop events from conntrack (NEL, natevents)",

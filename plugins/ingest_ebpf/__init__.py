@@ -51,10 +51,9 @@ def unavailable_reason() -> str | None:
 @hookimpl
 def agent_register_components(registry: ComponentRegistry) -> None:
     """Register ``[[ingest.ebpf]]``."""
-    from .component import EbpfIngest
     from .config import Config
 
-    registry.add("ingest", "ebpf", EbpfIngest, Config,
+    registry.add("ingest", "ebpf", f"{__name__}.component:EbpfIngest", Config,
                  sample=(Path(__file__).parent / "sample.toml").read_text(),
                  doc="Flows aggregated in the kernel by tc/TCX or XDP eBPF programs",
                  unavailable=unavailable_reason)

@@ -16,10 +16,9 @@ from netflow_agent.api import ComponentRegistry, ConfigIssue, hookimpl
 @hookimpl
 def agent_register_components(registry: ComponentRegistry) -> None:
     """Register ``[[ingest.nflog]]``."""
-    from .component import NflogIngest
     from .config import Config
 
-    registry.add("ingest", "nflog", NflogIngest, Config,
+    registry.add("ingest", "nflog", f"{__name__}.component:NflogIngest", Config,
                  sample=(Path(__file__).parent / "sample.toml").read_text(),
                  doc="Packets from netfilter NFLOG groups (iptables NFLOG, nft 'log group')")
 

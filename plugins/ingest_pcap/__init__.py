@@ -16,10 +16,9 @@ from netflow_agent.api import ComponentRegistry, ConfigIssue, hookimpl
 @hookimpl
 def agent_register_components(registry: ComponentRegistry) -> None:
     """Register ``[[ingest.pcap]]``."""
-    from .component import PcapIngest
     from .config import Config
 
-    registry.add("ingest", "pcap", PcapIngest, Config,
+    registry.add("ingest", "pcap", f"{__name__}.component:PcapIngest", Config,
                  sample=(Path(__file__).parent / "sample.toml").read_text(),
                  doc="Replay pcap/pcapng files (Ethernet, VLAN, SLL, SLL2, raw IP)")
 
