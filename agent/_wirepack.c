@@ -102,9 +102,11 @@ static int check_rows(const Py_buffer *rows, size_t n)
 {
 	const int64_t *v = rows->buf;
 
-	if (rows->itemsize != 8 || rows->len % 8 || !rows->format
-	    || !strchr("qlQL", rows->format[rows->format[0] == '<' || rows->format[0] == '='
-					    || rows->format[0] == '@'])) {
+	char c = rows->format ? rows->format[rows->format[0] == '<' || rows->format[0] == '='
+					     || rows->format[0] == '@'] : 0;
+
+	/* c == 0: an empty or prefix-only format (strchr would find the terminator) */
+	if (rows->itemsize != 8 || rows->len % 8 || !c || !strchr("qlQL", c)) {
 		PyErr_SetString(PyExc_ValueError, "rows: need int64 row numbers");
 		return -1;
 	}

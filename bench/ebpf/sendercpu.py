@@ -236,7 +236,7 @@ def main() -> int:
     ap.add_argument("--from-data", help="analyse an existing perf.data, run nothing")
     ap.add_argument("command", nargs=argparse.REMAINDER)
     args = ap.parse_args()
-    cmd = [c for c in args.command if c != "--"]
+    cmd = args.command[1:] if args.command[:1] == ["--"] else args.command  # only the leading --
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(args.from_data or args.data or Path(tmp) / "perf.data")
         if not args.from_data:

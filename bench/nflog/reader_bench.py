@@ -4,7 +4,8 @@
 plugins/ingest_nflog/_nflog.cpython-311-x86_64-linux-gnu.so``: the kernel-shaped datagrams of
 ``scale_bench.py`` (64 messages each, ``--concurrent`` flows in turn) fed into each build's
 ``Aggregator``, its table taken as the reader does (once :data:`HOLD` flows are pending,
-native FlowBatch rows, at most ``TAKE_LIMIT`` at a time) and each batch's rows viewed as the
+native FlowBatch rows, at most ``TAKE_LIMIT`` at a time; built with ``hold=HOLD`` as the
+reader builds it, so append mode runs where it would) and each batch's rows viewed as the
 record array and dropped, as the pipeline does after merging them. No socket and no cache:
 what the reader thread adds per packet besides ``recv``. Builds alternate within each round
 (the machine is shared); medians of ``--rounds``. Every build must have the bounded native
@@ -26,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import numpy as np  # noqa: E402
 
-from bench.nflog.scale_bench import datagrams  # noqa: E402  (sets the malloc threshold)
+from bench.nflog.scale_bench import aggregator, datagrams  # noqa: E402  (sets the malloc threshold)
 from netflow_agent.plugins.ingest_nflog.component import _HOLD_FLOWS as HOLD  # noqa: E402
 from netflow_agent.plugins.ingest_nflog.decoders import NATIVE_DTYPE, TAKE_LIMIT  # noqa: E402
 
@@ -42,7 +43,7 @@ def load(path: str) -> ModuleType:
 
 def run(module: ModuleType, bufs: list[bytearray]) -> float:
     """CPU ns per packet: feed every datagram, take as the reader does, drop the batches."""
-    agg = module.Aggregator()
+    agg = aggregator(module, HOLD)
     packets = 0
     start = time.process_time()
     for i, buf in enumerate(bufs, 1):

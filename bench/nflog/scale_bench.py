@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 
 from netflow_agent import heap  # noqa: E402
 from netflow_agent.plugins.ingest_nflog import decoders  # noqa: E402
+from netflow_agent.plugins.ingest_nflog.component import _HOLD_FLOWS  # noqa: E402
 from netflow_agent.stages.cache import CacheConfig, FlowCache  # noqa: E402
 
 heap.pin()  # the agent's fixed M_MMAP_THRESHOLD: a batch's rows are their own mmap
@@ -76,17 +77,26 @@ def datagrams(concurrent: int, packets: int) -> list[bytearray]:
     return out
 
 
+def aggregator(module: object, hold: int) -> object:
+    """Another build's ``Aggregator`` with ``hold`` (append mode decides on its cycles); an
+    older build without the ``hold`` argument gets its default."""
+    try:
+        return module.Aggregator(hold=hold)  # type: ignore[attr-defined]
+    except TypeError:
+        return module.Aggregator()  # type: ignore[attr-defined]
+
+
 def run(bufs: list[bytearray], window: int, module: object | None,
-        hold: int = 1 << 30) -> tuple[float, float, float]:
+        hold: int = _HOLD_FLOWS) -> tuple[float, float, float]:
     """µs per packet, rows per packet and the cache's share of the µs (``agent_cache_flows``,
     the pipeline thread's part), datagrams -> aggregator -> cache; the sums also go on once
-    ``hold`` flows are pending (the reader's ``_HOLD_FLOWS``)."""
+    ``hold`` rows are pending (the reader's ``_HOLD_FLOWS``)."""
     cache = FlowCache(CacheConfig())
     if module is None:
         batcher = decoders.CBatcher(hold=hold)  # append mode decides on cycles of the hold
         take = batcher.take
     else:
-        agg = module.Aggregator()  # type: ignore[attr-defined]
+        agg = aggregator(module, hold)
 
         def take(source: str) -> decoders.FlowBatch | None:  # an old build: take() all
             records, _p, trunc, frag, tb, gaps = agg.take()
@@ -120,8 +130,9 @@ def main() -> None:
     ap.add_argument("--packets", type=int, default=400_000)
     ap.add_argument("--window", type=int, nargs="+", default=[47, 470])
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--hold", type=int, nargs="+", default=[1 << 30],
-                    help="also take once this many flows are pending")
+    ap.add_argument("--hold", type=int, nargs="+", default=[_HOLD_FLOWS],
+                    help="also take once this many rows are pending (and append mode's "
+                    "packet threshold; default the reader's)")
     ap.add_argument("--module", help="path of another _nflog build to time")
     args = ap.parse_args()
     module = None
@@ -138,7 +149,7 @@ def main() -> None:
                 us = statistics.median(r[0] for r in res)
                 share = statistics.median(r[2] for r in res)
                 print(f"concurrent {concurrent:>7}  take every {window:>4} datagrams or "
-                      f"{min(hold, 99_999_999):>8} flows: {us:.3f} us/packet, "
+                      f"{min(hold, 99_999_999):>8} rows: {us:.3f} us/packet, "
                       f"{res[0][1]:.3f} rows/packet, cache merge {share:.0%}", flush=True)
 
 

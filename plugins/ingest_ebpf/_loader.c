@@ -841,15 +841,17 @@ static __u32 drain_hash(Loader *self, __u32 room, int *err)
 
 /* A line slot's 32-bit time (ns >> SLOT_TIME_SHIFT, low 32 bits) as CLOCK_MONOTONIC ns: the
  * latest such time not after `now` (the slot was written less than 73 minutes before). A time
- * up to 36 minutes ahead of `now` is a program that wrote the slot after the drain read its
- * clock (the 5 ms grace when membarrier is refused): `now`, not 73 minutes early. Never
+ * up to LINE_AHEAD_UNITS (about 4 s) ahead of `now` is a program that wrote the slot after the
+ * drain read its clock (the 5 ms grace when membarrier is refused, plus a tick): `now`, not 73
+ * minutes early; any other time is in the past, restored exactly up to 73 minutes back. Never
  * before boot (0), so a time from before the clock's start cannot wrap to centuries ahead. */
+#define LINE_AHEAD_UNITS (1U << 22)
 static __u64 line_time(__u32 t, __u64 now)
 {
 	__u64 units = now >> SLOT_TIME_SHIFT;
 	__u32 ahead = t - (__u32)units, back = (__u32)units - t;
 
-	if (ahead && ahead < 1U << 31)
+	if (ahead && ahead < LINE_AHEAD_UNITS)
 		return now;
 	if (back > units)
 		return 0;

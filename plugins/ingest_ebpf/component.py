@@ -226,8 +226,8 @@ class EbpfIngest(Ingest):
                              "line slot's times, written after the drain read its clock, come "
                              "back as the drain's time); set cpu_slots = 0 for exact "
                              "accounting", self.name)
-        self.log.info("%s: loaded BPF programs %s (maxflows %d, %s map, %s %d MB, %d slots "
-                      "per CPU on %d CPUs %d MB, sampling 1/%d, fragments %s, decapsulate "
+        self.log.info("%s: loaded BPF programs %s (maxflows %d, %s map, %s %d MiB, %d slots "
+                      "per CPU on %d CPUs %d MiB, sampling 1/%d, fragments %s, decapsulate "
                       "%s%s)", self.name,
                       self.loader.prog_ids(), self.maxflows, cfg.map_type,
                       "preallocated" if cfg.prealloc else "at most",

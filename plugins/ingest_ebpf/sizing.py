@@ -103,8 +103,8 @@ def cpu_slots_size(configured: int | str, maxflows: int, flow_capacity: int, per
     CPUs together at most twice
     the smaller of the cache's flow capacity and ``maxflows`` (rounded up per CPU), so a small
     cache or kernel table keeps the slots small too. On 2 CPUs with the default cache and the
-    shared map: 262,144 per CPU, 65 MB with their tags beside the 152 MB of the hash tables
-    (89 MB with precise timestamps: 88-byte slots; 131,072 with ``[flow]`` key fields:
+    shared map: 262,144 per CPU, 65 MiB with their tags beside the 152 MiB of the hash tables
+    (89 MiB with precise timestamps: 88-byte slots; 131,072 with ``[flow]`` key fields:
     152-byte slots); 8,192 on 64 CPUs.
 
     :param configured: ``[[ingest.ebpf]] cpu_slots`` (``"auto"`` = derive it).

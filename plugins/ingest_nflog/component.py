@@ -3,7 +3,7 @@
 The datagrams waiting on a socket are read back to back into the decoder (``decoders.py``):
 with the C decoder they are waited for, received and summed per flow in C (the thread runs
 Python once per batch), and the sums go to the pipeline every ``batch_ms`` (or once
-``_HOLD_FLOWS`` rows are held) as FlowBatches of at most ``TAKE_LIMIT`` flows; with the Python
+``_HOLD_FLOWS`` rows are held) as FlowBatches of at most ``TAKE_LIMIT`` rows; with the Python
 decoder every read becomes a PacketBatch of packets (``decoder`` option).
 
 Life cycle: ``agent_start`` opens and binds a socket per group (inside ``netns`` when set),
@@ -60,8 +60,9 @@ _INBOX_LIMIT = 512
 _DRAIN_DATAGRAMS = 64
 _DRAIN_BYTES = 1 << 20
 #: rows (flows, or packets while appending) the C decoder may hold before they go on
-#: regardless of ``batch_ms``; also the fewest packets of a table cycle that decides on
-#: append mode (``decoders.CBatcher``'s ``hold``)
+#: regardless of ``batch_ms``. Also append mode's packet threshold: the fewest packets of a
+#: table cycle that decides on append mode (``decoders.CBatcher``'s ``hold``), so a change
+#: here moves when the aggregator starts appending too
 _HOLD_FLOWS = 8192
 
 
@@ -238,7 +239,7 @@ class GroupReader:
         self.counters["batches"] += 1
 
     def _emit(self, final: bool = False) -> None:
-        """Hand on everything held, in batches of at most ``TAKE_LIMIT`` flows."""
+        """Hand on everything held, in batches of at most ``TAKE_LIMIT`` rows."""
         self.decoder.release(None if final else time.time_ns())
         while True:
             batch = self.decoder.take(self.owner.name)

@@ -126,30 +126,71 @@ def _python_flows(datagrams: list[bytes]) -> tuple[dict[bytes, list[int]], tuple
     return flows, counters, batcher.stats()
 
 
+#: the hold of the appending pass: a small flood of new flows switches the aggregator
+_APPEND_HOLD = 64
+
+
+def _appending_batcher() -> Any:
+    """A ``CBatcher`` in append mode: a cycle of ``_APPEND_HOLD`` packets, each a new flow,
+    fed in two rounds (as tests/ingest_nflog/test_append_mode.py floods it), then taken."""
+    from netflow_agent.plugins.ingest_nflog.decoders import CBatcher
+    from tests.ingest_nflog.test_c_decoder import _many_flows
+
+    batcher = CBatcher(hold=_APPEND_HOLD)
+    half = _APPEND_HOLD // 2
+    for start in (0, half):
+        flood = _many_flows(half, start)
+        batcher.feed(bytearray(flood), len(flood), RECV_NS)
+    while batcher.take("flood") is not None:
+        pass
+    assert batcher.aggregator.appending, "the flood did not switch to append mode"
+    return batcher
+
+
+def _c_flows(batcher: Any, datagrams: list[bytes], want: tuple[int, int, int, int],
+             one_row: bool) -> dict[bytes, list[int]]:
+    """Feed ``datagrams`` and take every batch: the rows summed per flow key as the cache
+    sums them (``one_row``: each key must be one row, the hashed table); the batches'
+    trunc, frag and drop counters must be ``want`` (Python's)."""
+    trunc, frag, trunc_bytes, gaps = want
+    for d in datagrams:
+        batcher.feed(bytearray(d + TAIL), len(d), RECV_NS)
+    got: dict[bytes, list[int]] = {}
+    seen = [0, 0, 0, 0]
+    while (batch := batcher.take("fuzz")) is not None:
+        seen = [seen[0] + batch.trunc, seen[1] + batch.frag, seen[2] + batch.dropped_bytes,
+                seen[3] + batch.dropped_packets]
+        columns = [batch.flows[n].tolist() for n in
+                   ("packets", "octets", "start_ns", "end_ns", "tcp_flags", "out_if")]
+        for key, packets, octets, start, end, flags, out_if in zip(batch.keys(), *columns,
+                                                                    strict=True):
+            assert not (one_row and key in got), "one row per flow key"
+            f = got.setdefault(key, [0, 0, start, end, 0, 0])
+            f[0] += packets
+            f[1] += octets
+            f[2], f[3] = min(f[2], start), max(f[3], end)
+            f[4] |= flags
+            if out_if:  # the cache keeps the last non-zero output interface
+                f[5] = out_if
+    assert seen == [trunc, frag, trunc_bytes, gaps + trunc], "C and Python counters disagree"
+    return got
+
+
 def check_nflog_c(data: bytes) -> None:
-    """The C decoder (``_nflog.Aggregator``) against the Python one, same buffers twice."""
+    """The C decoder (``_nflog.Aggregator``) against the Python one, same buffers twice:
+    hashed (one row per flow key) and in append mode (rows summed per key)."""
     from netflow_agent.plugins.ingest_nflog.decoders import C_ONLY_STATS, CBatcher
 
     datagrams = [data, data]
-    want, (trunc, frag, trunc_bytes, gaps), want_stats = _python_flows(datagrams)
+    want, counters, want_stats = _python_flows(datagrams)
     batcher = CBatcher()
-    for d in datagrams:
-        batcher.feed(bytearray(d + TAIL), len(d), RECV_NS)
-    batch = batcher.take("fuzz")
-    got: dict[bytes, list[int]] = {}
-    if batch is not None:
-        assert (batch.trunc, batch.frag, batch.dropped_bytes) == (trunc, frag, trunc_bytes)
-        assert batch.dropped_packets == gaps + trunc
-        columns = [batch.flows[n].tolist() for n in
-                   ("packets", "octets", "start_ns", "end_ns", "tcp_flags", "out_if")]
-        for key, *values in zip(batch.keys(), *columns, strict=True):
-            assert key not in got, "one row per flow key"
-            got[key] = values
-    else:
-        assert not want and (trunc, frag, gaps) == (0, 0, 0)
-    assert got == want, "C and Python decoders disagree"
+    assert _c_flows(batcher, datagrams, counters, True) == want, \
+        "C and Python decoders disagree"
     stats = {k: v for k, v in batcher.stats().items() if k not in C_ONLY_STATS}
     assert stats == {k: want_stats[k] for k in stats}
+    appending = _appending_batcher()
+    assert _c_flows(appending, datagrams, counters, False) == want, \
+        "C in append mode and Python decoders disagree"
 
 
 # --- conntrack -----------------------------------------------------------------------------

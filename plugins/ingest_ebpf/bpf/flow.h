@@ -90,7 +90,7 @@ struct flow_record {
 /* A per-CPU flow slot (maps slots_a/slots_b): the metrics first, then the key, so that
  * without optional fields a slot is only its first FLOW_SLOT_BASE_SIZE bytes (the loader sizes
  * the arrays' values so, flow_slot_size()) and the program touches no byte past them: 88-byte
- * slots instead of 152, two cache lines at most per slot. Internal to the program and the
+ * slots instead of 152 (two or three cache lines per slot at an 88-byte stride). Internal to the program and the
  * loader, which drains slots into flow_record rows. */
 struct flow_slot {
 	struct flow_metrics m;
