@@ -71,7 +71,7 @@ print(json.dumps({"seen": sorted(names.seen), "modules": sorted(sys.modules)}))
 
 
 #: every plugin's component module: registered by name, imported for an instance only
-#: (issue 14, seventh stop: ~0.7 MB of RSS for the plugins a run does not configure)
+#: (issue 14, sixth stop: ~0.7 MB of RSS for the plugins a run does not configure)
 COMPONENTS = {("ingest", "pcap"): "netflow_agent.plugins.ingest_pcap.component",
               ("ingest", "ebpf"): "netflow_agent.plugins.ingest_ebpf.component",
               ("ingest", "nflog"): "netflow_agent.plugins.ingest_nflog.component",
