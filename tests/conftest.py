@@ -33,7 +33,7 @@ if str(ROOT) not in sys.path:  # `from tests.support import ...` under any pytes
 
 from tests.support import is_root  # noqa: E402
 from tests.support.collectors import nfcapd, udp_sink  # noqa: E402
-from tests.support.netns import netns, routed, veth_pair_ns  # noqa: E402
+from tests.support.netns import netns, reap_stale, routed, veth_pair_ns  # noqa: E402
 
 __all__ = [
     "netns",
@@ -95,6 +95,16 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             "libbpf-dev",
             pytrace=False,
         )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """As root, delete the namespaces that earlier test processes, killed mid-test, left
+    behind (``nfa-<pid>-<n>`` of a process that is gone; see ``reap_stale``)."""
+    if is_root():
+        reaped = reap_stale()
+        if reaped:
+            print(f"reaped {len(reaped)} namespace(s) left by killed test runs: "
+                  f"{' '.join(reaped)}", file=sys.stderr)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

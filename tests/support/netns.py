@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +60,36 @@ class NetnsError(RuntimeError):
 def unique_name(prefix: str = "nfa") -> str:
     """A namespace name unique on this machine while this process lives: ``nfa-<pid>-<n>``."""
     return f"{prefix}-{os.getpid()}-{next(_names)}"
+
+
+def stale_names(names: Iterable[str], alive: Callable[[int], bool]) -> list[str]:
+    """The names of ``names`` that a test process made (``nfa-<pid>-<n>``) and whose process
+    is gone: what a test killed by a signal or a timeout leaves behind."""
+    out = []
+    for name in names:
+        parts = name.split("-")
+        if len(parts) == 3 and parts[0] == "nfa" and parts[1].isdigit() and parts[2].isdigit():
+            if not alive(int(parts[1])):
+                out.append(name)
+    return out
+
+
+def _pid_alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+def reap_stale() -> list[str]:
+    """Delete the namespaces that killed test processes left (see :func:`stale_names`) and
+    that hold no process any more; return their names. Names of live processes, and any other
+    namespace, are left alone."""
+    listed = _run(["ip", "netns", "list"], check=False).stdout.split("\n")
+    reaped = []
+    for name in stale_names((line.split()[0] for line in listed if line.strip()), _pid_alive):
+        if _run(["ip", "netns", "pids", name], check=False).stdout.strip():
+            continue
+        if _run(["ip", "netns", "del", name], check=False).returncode == 0:
+            reaped.append(name)
+    return reaped
 
 
 def _run(

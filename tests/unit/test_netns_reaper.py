@@ -1,0 +1,42 @@
+"""The test suite's reaper of namespaces left by killed test runs (tests/support/netns.py).
+
+A test process killed mid-test (a timeout, SIGKILL) cannot delete its ``nfa-<pid>-<n>``
+namespaces; the next session deletes those whose process is gone and that hold no process,
+and nothing else.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.netns import Netns, reap_stale, stale_names
+
+
+def test_only_names_of_dead_test_processes_are_stale():
+    names = ["nfa-100-1", "nfa-200-3", "nfa-100", "nfa-x-1", "other-100-1", "nfa-100-1-2",
+             "router"]
+    assert stale_names(names, alive=lambda pid: pid == 200) == ["nfa-100-1"]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.netns
+def test_reap_deletes_a_dead_runs_namespace_and_keeps_live_ones():
+    dead = Netns(name=f"nfa-{_dead_pid()}-1").create()
+    try:
+        with Netns() as live:  # named after this (live) process
+            reaped = reap_stale()
+            listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                                    check=True).stdout.split()
+            assert dead.name in reaped
+            assert dead.name not in listed
+            assert live.name in listed and live.name not in reaped
+    finally:  # if the reaper failed, the test still leaves nothing behind
+        subprocess.run(["ip", "netns", "del", dead.name], capture_output=True, check=False)
