@@ -15,12 +15,11 @@ import os
 import struct
 import time
 
-import numpy as np
 import pytest
 
 from netflow_agent.plugins.ingest_ebpf import sizing
-from netflow_agent.plugins.ingest_ebpf.decode import COUNTER_NAMES, RECORD_DTYPE
-from tests.ingest_ebpf.test_slot_probes import on_cpu
+from netflow_agent.plugins.ingest_ebpf.decode import COUNTER_NAMES
+from tests.ingest_ebpf.test_slot_probes import drain, on_cpu
 
 pytestmark = pytest.mark.bpf
 
@@ -72,17 +71,6 @@ def run_gso(loader, repeat: int) -> None:
         os.close(fd)
 
 
-def drain_all(loader) -> np.ndarray:
-    """Table 0 as flow_record rows."""
-    out, buf, more = [], np.empty(64, RECORD_DTYPE), True
-    loader.drain_begin(0)
-    while more:
-        rows, err, more = loader.drain_next(buf)
-        assert not err
-        out.append(buf[:rows].copy())
-    return np.concatenate(out)
-
-
 def loader_for(**kwargs: object):  # type: ignore[no-untyped-def]
     from netflow_agent.plugins.ingest_ebpf._loader import Loader
 
@@ -120,7 +108,7 @@ def test_counters_past_32_bits_go_to_the_hash(precise):
             run_gso(loader, RUNS)
         t1 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
         counters = loader.counters()
-        rows = drain_all(loader)
+        rows = drain(loader, chunk=64)
     finally:
         loader.close()
     per_run = 46 + (SEGS - 1) * 28  # the GSO skb's bytes: its IP length + (segs - 1) headers
