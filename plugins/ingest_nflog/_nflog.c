@@ -419,6 +419,14 @@ static void next_cycle(Aggregator *self)
 	self->cycle_packets = self->cycle_flows = self->cycle_rounds = 0;
 }
 
+/* Empty the hash slots of the flows held (only those in use: the table may be large). In
+ * append mode the rows have no slot and the slots are all empty already. */
+static void clear_slots(Aggregator *self)
+{
+	for (size_t i = 0; !self->append_left && i < self->nflows; i++)
+		self->slots[self->flows[i].slot] = 0;
+}
+
 /* Forget the flows a bounded take() already returned, so that new packets never add to a
  * flow that left (GIL held or busy: the table is ours). Keeps the others in order. */
 static void drop_taken(Aggregator *self)
@@ -427,8 +435,7 @@ static void drop_taken(Aggregator *self)
 
 	if (!self->taken)
 		return;
-	for (size_t i = 0; !self->append_left && i < self->nflows; i++)
-		self->slots[self->flows[i].slot] = 0;
+	clear_slots(self);
 	memmove(self->flows, self->flows + self->taken, keep * sizeof(*self->flows));
 	for (size_t i = 0; !self->append_left && i < keep; i++) { /* re-insert, as grow() does */
 		size_t s = (size_t)self->flows[i].hash & mask;
@@ -1838,8 +1845,7 @@ static PyObject *Aggregator_take(Aggregator *self, PyObject *args, PyObject *kwd
 	memset(cc, 0, sizeof(*cc));
 	self->taken += count;
 	if (self->taken == self->nflows) {
-		for (size_t i = 0; !self->append_left && i < self->nflows; i++) /* slots in use */
-			self->slots[self->flows[i].slot] = 0;
+		clear_slots(self);
 		if (self->cycle_flows) /* an empty take (an idle reader's) is no cycle */
 			next_cycle(self);
 		self->nflows = self->taken = 0;
@@ -1968,8 +1974,7 @@ static int Aggregator_init(Aggregator *self, PyObject *args, PyObject *kwds)
 	self->read_datagrams = self->read_packets = self->read_enobufs = self->read_cut = 0;
 	self->read_rounds = 0;
 	self->resume_at = 0;
-	for (size_t i = 0; !self->append_left && i < self->nflows; i++)
-		self->slots[self->flows[i].slot] = 0;
+	clear_slots(self);
 	self->nflows = self->taken = 0;
 	self->append_left = 0;
 	self->cycle_packets = self->cycle_flows = self->cycle_rounds = 0;
