@@ -299,15 +299,11 @@ class FlowTable:
         flows not yet drained, ascending: the slots :meth:`occupied` would give if each part
         had been taken and freed. Copy them out with :meth:`take_drained` before anything
         else; a drain starts when none runs, and ends when the table is next used."""
-        if self._window is not None:  # handed out and not taken: give the same part again
-            self._window = None
-        rest = len(self)
+        rest = len(self)  # a part handed out and not taken is handed out again
         n = rest if limit <= 0 else min(limit, rest)
-        if not n:
-            return np.zeros(0, np.int64)
-        slots = np.frombuffer(self.index.occupied(n, self._drain_from), np.int64)
-        if len(slots):
-            self._window = (int(slots[0]), int(slots[-1]), len(slots))
+        slots = (np.frombuffer(self.index.occupied(n, self._drain_from), np.int64) if n
+                 else np.zeros(0, np.int64))
+        self._window = (int(slots[0]), int(slots[-1]), len(slots)) if len(slots) else None
         return slots
 
     def take_drained(self, slots: np.ndarray, keys: np.ndarray, stride: int = 0) -> Taken:
