@@ -1,15 +1,14 @@
 """Entry points of the installed distributions, read without :mod:`importlib.metadata`.
 
 Plugin discovery needs one entry-point group at start. ``importlib.metadata`` imports the
-``email`` package, ``zipfile``, ``csv``, ``importlib.resources`` and more (about 3 MB of
-RSS that every agent would keep for its whole run, docs/performance.md "Agent memory") and
-parses every distribution's ``METADATA`` to find the groups. This module reads what the
-specification defines (``*.dist-info/entry_points.txt``, an INI file; ``*.egg-info`` the
-same) from the directories on ``sys.path`` with the same rules as
+``email`` package, ``zipfile``, ``csv``, ``importlib.resources`` and more (about 3 MB of RSS
+that every agent would keep for its whole run: docs/performance-history.md, "Agent memory at
+100k concurrent flows") and parses every distribution's ``METADATA`` to find the groups. This
+module reads what the specification defines (``*.dist-info/entry_points.txt``, an INI file;
+``*.egg-info`` the same) from the directories on ``sys.path`` with the same rules as
 ``importlib.metadata.entry_points``: path entries in order, the first distribution of a
-(normalized) name wins, ``""`` is the current directory. A path entry that is a file (a zip
-of packages) or an ``.egg`` directory falls back to ``importlib.metadata`` for the whole
-answer.
+(normalized) name wins, ``""`` is the current directory. A path entry that is a file (a zip of
+packages) or an ``.egg`` directory falls back to ``importlib.metadata`` for the whole answer.
 """
 
 from __future__ import annotations

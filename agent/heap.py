@@ -5,7 +5,7 @@ This module owns the agent's calls to ``mallopt(3)`` and ``malloc_trim(3)``:
 * :func:`pin`: the agent pins ``M_MMAP_THRESHOLD`` at :data:`MMAP_THRESHOLD` (128 KiB,
   glibc's starting value, which glibc otherwise raises up to 32 MB as big blocks are freed):
   a flow table's columns and a drain's batches are then their own mappings and go back to
-  the kernel when freed, so RSS follows the flows (docs/performance.md, "Flow cache"). It
+  the kernel when freed, so RSS follows the flows (docs/performance-history.md, "Flow cache"). It
   pins ``M_TRIM_THRESHOLD`` at :data:`TRIM_THRESHOLD` too: setting either stops glibc's
   dynamic adjustment, which would otherwise leave the trim threshold wherever glibc had
   raised it by then (twice the largest mapped block freed before the call).

@@ -17,7 +17,7 @@ become its source/destination mask (sourceIPv4PrefixLength 9 / destinationIPv4Pr
 
 :class:`KeyRules` compiles the rules once and memoizes the rewrite per packed key, so the cost
 per packet is one dict lookup; the memo is bounded (:data:`MEMO_MAX` keys per generation,
-two generations). Measured costs: docs/performance.md.
+two generations). Measured costs: docs/performance-history.md, "Aggregation rules".
 """
 
 from __future__ import annotations

@@ -40,7 +40,8 @@ log = logging.getLogger("agent.pipeline")
 #: copies per template, packed records, datagrams) stay a few MB when a forced scan at stop,
 #: or a wave of expiries, hands over 100k+ flows at once (~40 MB of peak RSS per 200k flows).
 #: 8192 rather than 16384: the stop's copies of a part (cache hand-off, batch, encoder
-#: temporaries) are ~3 MB instead of ~6 MB, and v9 encodes as fast (docs/performance.md)
+#: temporaries) are ~3 MB instead of ~6 MB, and v9 encodes as fast (docs/performance-history.md,
+#: "Agent memory at 100k concurrent flows: the stop's backlog, smaller steps, discovery")
 EXPORT_ROWS = 8192
 #: ``agent_cache_expire``'s ``limit`` on a scan when an exporter has no room at all
 NO_ROOM = -1

@@ -20,12 +20,12 @@ if longer) leaves anyway, and so does everything due once the deferred flows wou
 of ``maxflows``; an exporter still without room then counts those records lost. So a slow
 or stuck exporter cannot hold the table for the others, nor make records arbitrarily late.
 
-Layout (chosen for speed and memory, see docs/performance.md): the storage is a
-:class:`~agent.stages.flowtable.FlowTable`: a C hash index (``agent/_flowindex.c``) maps the
-fixed-width packed key to a slot number, and the counters live in NumPy columns indexed by slot,
-so a flow costs about 110 bytes and no Python object. Every batch, of packets or of flow
-deltas, is one index lookup plus a few column operations; timeout scans and the export hand-off
-work on whole columns.
+Layout (chosen for speed and memory, docs/performance.md "Flow cache and flow index"): the
+storage is a :class:`~agent.stages.flowtable.FlowTable`: a C hash index (``agent/_flowindex.c``)
+maps the fixed-width packed key to a slot number, and the counters live in NumPy columns indexed
+by slot, so a flow costs about 100 bytes (98 at 1M flows) and no Python object. Every batch, of
+packets or of flow deltas, is one index lookup plus a few column operations; timeout scans and
+the export hand-off work on whole columns.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ Prints the median over ``--runs`` of µs per flow for each step. The input is bu
 this tree's ingests build it: a columnar ``FlowBatch`` when the tree has ``agent.schema``
 (the record array the drains produce), else a list of ``FlowDelta`` objects (the trees
 before the flow schema). So running the same command in two checkouts compares the designs
-(docs/performance.md, "Flow cache: the delta path").
+(docs/performance-history.md, "Flow cache: the delta path"; current figures in
+docs/performance.md, "Flow cache and flow index").
 """
 
 from __future__ import annotations

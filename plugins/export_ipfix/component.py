@@ -60,7 +60,8 @@ from .config import Config
 
 # The encoders and transports are imported by the methods that use them, for types only here:
 # every agent registers this class, only one with [[export.ipfix]] runs them (~0.5 MB less
-# for the others: docs/performance.md, "Agent memory: a smaller flow index and lazy imports").
+# for the others: docs/performance-history.md, "Agent memory: a smaller flow index and lazy
+# imports").
 if TYPE_CHECKING:
     from .file import IpfixFile
     from .ipfix import DataGroup, Template

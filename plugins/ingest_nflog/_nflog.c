@@ -1752,7 +1752,8 @@ static inline int pool_free(PyObject *b)
  * (then a plain new bytearray once the pool's buffers are all in use). A fresh buffer of a
  * batch's size is a fresh mmap (the agent's M_MMAP_THRESHOLD is 128 KiB) whose ~400 pages
  * each fault when the rows are written and are unmapped when the batch is freed: a sixth of
- * the reader thread's CPU under a flood of new flows (docs/performance.md). */
+ * the reader thread's CPU under a flood of new flows (docs/performance-history.md, "NFLOG
+ * ingest: the reader's row buffers and what the rule costs the sender"). */
 static PyObject *take_buffer(Aggregator *self, size_t bytes, uint8_t **dst)
 {
 	PyObject *b = NULL, *whole, *view;

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 # .decoders, .netlink and .rules are imported when an instance starts, not with the class:
 # every agent registers this type, and an agent without [[ingest.nflog]] keeps ~1 MB less
-# (docs/performance.md, "Agent memory: a smaller flow index and lazy imports")
+# (docs/performance-history.md, "Agent memory: a smaller flow index and lazy imports")
 
 _POLL_S = 0.2  # how often an idle reader looks at the stop flag
 _STOP_DRAIN_S = 2.0  # longest wait for the next datagram while draining at stop

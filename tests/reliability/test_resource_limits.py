@@ -29,7 +29,7 @@ from tests.support.exportclock import assert_export_clock
 from tests.support.netns import Netns, veth_pair
 
 HEADROOM = 96 << 20
-BYTES_PER_FLOW_BOUND = 512  # docs/performance.md (bench/cache) measures well under this
+BYTES_PER_FLOW_BOUND = 512  # docs/performance.md (bench/cache: 98 B) is well under this
 MAXFLOWS = HEADROOM // (4 * BYTES_PER_FLOW_BOUND)  # 49152: a full table uses <= 1/4 headroom
 SOURCES = MAXFLOWS + 10_000
 PACKETS = 2 * SOURCES

@@ -1,6 +1,6 @@
 """What every agent loads at start: the CLI plus every built-in plugin's registration, in a
 fresh interpreter. Heavy packages the default path does not use stay out (their RSS is paid
-by every agent: docs/performance.md, "Agent memory")."""
+by every agent: docs/performance-history.md, "Agent memory: baseline, flow table, stop")."""
 
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ def test_plugin_discovery_does_not_load_importlib_metadata() -> None:
         assert not set(HEAVY_STDLIB) & set(loaded["modules"]), "imported at start"
 
 
-#: loaded only by an agent that uses them (docs/performance.md, "Agent memory: a smaller flow
-#: index and lazy imports"): the NFLOG ingest's socket, decoder and rule code (~0.7 MB for an
+#: loaded only by an agent that uses them (docs/performance-history.md, "Agent memory: a smaller
+#: flow index and lazy imports"): the NFLOG ingest's socket, decoder and rule code (~0.7 MB for an
 #: agent without [[ingest.nflog]]), the IPFIX encoders and transports (~0.3 MB without
 #: [[export.ipfix]]), difflib (a configuration typo's suggestion, ~0.2 MB)
 LAZY = tuple(f"netflow_agent.plugins.ingest_nflog.{m}" for m in ("netlink", "rules", "decoders")

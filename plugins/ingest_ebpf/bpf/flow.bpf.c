@@ -678,7 +678,7 @@ static __always_inline void request_drain(struct flow_fill *fill, __u32 table)
  * only that trigger (what was accounted is counted per CPU in flow_stats), so a CPU adds its
  * inserts in steps of FILL_STEP: an atomic add is a full barrier that waits for the new
  * element's stores (cache misses in a large table) to complete, 60-90 ns per new flow
- * (docs/performance.md, "The tc program's cost per packet, second pass"). The shared count
+ * (docs/performance-history.md, "The tc program's cost per packet, second pass"). The shared count
  * is then off by less than FILL_STEP per CPU (a CPU adds FILL_STEP at every FILL_STEP-th
  * insert of its own since load, whichever table); thresholds below FILL_STEP * 64 (small
  * tables) count every insert. A plain atomic add (no fetch: kernels before 5.12)

@@ -101,7 +101,7 @@ struct flow_slot {
 /* The default slot (no optional key fields, tick timestamps): one 64-byte cache line, the base
  * key first, then 32-bit counters and times. A slot costs the program one line instead of the
  * two or three an 88-byte slot spans (each a cache miss, its stores an ownership request that
- * the next atomic instruction of the sender's path waits for: docs/performance.md, "The
+ * the next atomic instruction of the sender's path waits for: docs/performance-history.md, "The
  * sender's cost with the eBPF hook, decomposed"). A packet that would carry a counter past
  * 2^32 - 1 goes to the hash instead (one flow, two rows: the cache adds them). Times are
  * CLOCK_MONOTONIC ns >> SLOT_TIME_SHIFT, the low 32 bits (1.024 us units, 73 minutes around):
