@@ -78,12 +78,15 @@ def datagrams(concurrent: int, packets: int) -> list[bytearray]:
 
 
 def aggregator(module: object, hold: int) -> object:
-    """Another build's ``Aggregator`` with ``hold`` (append mode decides on its cycles); an
-    older build without the ``hold`` argument gets its default."""
-    try:
-        return module.Aggregator(hold=hold)  # type: ignore[attr-defined]
-    except TypeError:
-        return module.Aggregator()  # type: ignore[attr-defined]
+    """Another build's ``Aggregator`` with ``hold`` (append mode decides on its cycles) and
+    native rows (as the reader builds it: appended rows written as the batch's rows); an
+    older build without the ``native`` or ``hold`` argument gets its default."""
+    for kwargs in ({"hold": hold, "native": True}, {"hold": hold}, {}):
+        try:
+            return module.Aggregator(**kwargs)  # type: ignore[attr-defined]
+        except TypeError:
+            continue
+    raise TypeError("no Aggregator signature fits")
 
 
 def run(bufs: list[bytearray], window: int, module: object | None,

@@ -11,6 +11,7 @@ import socket
 import struct
 from typing import Any
 
+import numpy as np
 import pytest
 
 from netflow_agent.model import FlowBatch
@@ -211,6 +212,60 @@ def test_appended_rows_are_the_hashed_rows_of_distinct_flows(l2: int, native: bo
     assert bytes(got[0]) == bytes(want[0]) and got[1:] == want[1:]
     assert len(got[0]) >= 1000 * (decoders.NATIVE_DTYPE.itemsize if native
                                   else decoders.TAKE_DTYPE.itemsize)
+
+
+def test_native_rows_appended_go_into_the_batch_as_they_are() -> None:
+    """With native rows (``Aggregator(native=True)``, the default schema) each appended
+    packet's FlowBatch row is written into the buffer that take() then hands on without a
+    copy: the same rows as the hashed table of distinct flows, the pool's two buffers taking
+    turns cycle after cycle (no fresh one while the batches are let go)."""
+    appending, limit = _agg(native=True), decoders.TAKE_LIMIT
+    half = MIN_PACKETS // 2
+    _feed(appending, _many_flows(half))
+    _feed(appending, _many_flows(half, half))
+    appending.take(limit)
+    assert appending.appending
+    for cycle in range(6):
+        hashed = _agg(native=True)
+        distinct = [_many_flows(700, 1000 * cycle), _message(_ip6(17, UDP), outdev=0)]
+        for agg in (appending, hashed):
+            for d in distinct:
+                _feed(agg, d)
+        got, want = appending.take(limit), hashed.take()
+        assert bytes(got[0]) == bytes(want[0]) and got[1:] == want[1:]
+        assert len(got[0]) == 701 * decoders.NATIVE_DTYPE.itemsize
+    # the hashed take's buffer, then the one beside it while `got` holds the first
+    assert (appending.append_cycles, appending.pool_fresh) == (6, _ext().TAKE_POOL)
+
+
+def test_native_rows_appended_survive_bounded_takes_feeds_and_a_full_buffer() -> None:
+    """A bounded take copies the head of the appended rows; a feed in between forgets it;
+    rows beyond the buffer's room (take()'s limit in rows) go on in order after it: every
+    packet in exactly one row, in arrival order, as without native rows."""
+    for native in (True, False):
+        agg = _agg(native=native)
+        flood = _flood(agg)  # held: the next buffer is a fresh one
+        agg.take(250)  # the limit: room for 250 rows in the next buffer
+        _feed(agg, _many_flows(300))  # 250 in the buffer, 50 after it
+        assert agg.pending == 300
+        head = agg.take(100, native=native)[0]
+        _feed(agg, _many_flows(300, start=150))
+        assert agg.pending == 500
+        rest = agg.take(1000, native=native)[0]
+        ports = (np.frombuffer(bytes(head) + bytes(rest), decoders.NATIVE_DTYPE)["src_port"]
+                 .tolist() if native else _ports(rows_of(bytes(head) + bytes(rest))))
+        assert ports == list(range(300)) + list(range(150, 450)), native
+        assert agg.pending == 0 and agg.append_cycles == 1 and flood[1] == MIN_PACKETS
+
+
+def test_a_native_aggregator_takes_native_rows_only() -> None:
+    """take(native=False) cannot give an Aggregator(native=True)'s rows; native needs the
+    44-byte key (no layer-2 key fields)."""
+    with pytest.raises(ValueError):
+        _agg(native=True).take(native=False)
+    with pytest.raises(ValueError):
+        _agg(native=True, l2=decoders.L2_MAC)
+    assert decoders.CBatcher().aggregator.native
 
 
 def _summed_rows(batch: FlowBatch | None) -> list[tuple]:
