@@ -1792,8 +1792,9 @@ static inline int pool_free(PyObject *b)
  * thread's CPU under a flood of new flows (docs/performance.md). So a new pooled buffer has
  * room for the largest take (`cap`: take()'s limit in rows), not only for this one: a
  * larger take later reuses it instead of replacing it (pages never written stay unmapped:
- * no RSS for the room). */
-static PyObject *pool_get(Aggregator *self, size_t bytes, size_t cap)
+ * no RSS for the room). `pooled`: only a buffer of the pool (NULL, no exception, when all
+ * of them are held). */
+static PyObject *pool_get(Aggregator *self, size_t bytes, size_t cap, int pooled)
 {
 	PyObject *b = NULL;
 	int slot = -1;
@@ -1814,6 +1815,8 @@ static PyObject *pool_get(Aggregator *self, size_t bytes, size_t cap)
 		Py_INCREF(b);
 		return b;
 	}
+	if (pooled && slot < 0)
+		return NULL;
 	b = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)(cap > bytes ? cap : bytes));
 	if (!b)
 		return NULL;
@@ -1847,7 +1850,7 @@ static PyObject *take_buffer(Aggregator *self, size_t bytes, size_t cap, uint8_t
 		*dst = NULL;
 		return PyByteArray_FromStringAndSize(NULL, 0);
 	}
-	b = pool_get(self, bytes, cap);
+	b = pool_get(self, bytes, cap, 0);
 	if (!b)
 		return NULL;
 	*dst = (uint8_t *)PyByteArray_AS_STRING(b);
@@ -1856,10 +1859,12 @@ static PyObject *take_buffer(Aggregator *self, size_t bytes, size_t cap, uint8_t
 	return view;
 }
 
-/* Rows for append mode's next packets go straight into a row buffer (GIL held: feed, read,
- * serve and take call this): with native rows while appending, a buffer of take()'s limit
- * (or FILL_ROWS) rows once the last one was handed on. Without memory the rows go to
- * `flows` as before (nothing lost). */
+/* Rows for append mode's next packets go straight into a row buffer (GIL held: feed, read
+ * and serve call this): with native rows while appending, a pooled buffer of take()'s
+ * limit (or FILL_ROWS) rows once the last one was handed on. When the pipeline still holds
+ * all of the pool's buffers (or memory ran out) the rows go to `flows` as before and take()
+ * copies them into a buffer then, when one may be free again: a fresh buffer now would
+ * fault all its pages in (nothing lost either way). */
 #define FILL_ROWS 16384
 static void ensure_fill(Aggregator *self)
 {
@@ -1867,7 +1872,7 @@ static void ensure_fill(Aggregator *self)
 
 	if (!self->native || !self->append_left || self->fill)
 		return;
-	self->fill = pool_get(self, rows * NATIVE_LEN, rows * NATIVE_LEN);
+	self->fill = pool_get(self, rows * NATIVE_LEN, rows * NATIVE_LEN, 1);
 	if (!self->fill) {
 		PyErr_Clear();
 		return;

@@ -238,6 +238,24 @@ def test_native_rows_appended_go_into_the_batch_as_they_are() -> None:
     assert (appending.append_cycles, appending.pool_fresh) == (6, _ext().TAKE_POOL)
 
 
+def test_appending_while_the_pipeline_holds_every_buffer_takes_no_fresh_one_early() -> None:
+    """When every pooled buffer is still held by a batch, appended rows wait in the table
+    and take() copies them into a buffer then, when the pipeline may have let one go: no
+    fresh buffer (whose pages all fault) is allocated ahead."""
+    agg, limit = _agg(native=True), decoders.TAKE_LIMIT
+    held = [_flood(agg)[0]]
+    _feed(agg, _many_flows(500))
+    held.append(agg.take(limit)[0])  # the pool's two buffers each hold a batch now
+    fresh = agg.pool_fresh
+    _feed(agg, _many_flows(500, 5000))
+    assert [bytes(h[:2]) for h in held] == [b"\x04\x11"] * 2  # kept, not rewritten
+    held.clear()  # the pipeline merged them
+    rows = agg.take(limit)[0]
+    assert agg.pool_fresh == fresh  # a pooled buffer again
+    assert np.frombuffer(rows, decoders.NATIVE_DTYPE)["src_port"].tolist() == \
+        list(range(5000, 5500))
+
+
 def test_native_rows_appended_survive_bounded_takes_feeds_and_a_full_buffer() -> None:
     """A bounded take copies the head of the appended rows; a feed in between forgets it;
     rows beyond the buffer's room (take()'s limit in rows) go on in order after it: every
