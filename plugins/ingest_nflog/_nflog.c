@@ -296,16 +296,29 @@ static inline void key_head(uint8_t *key, unsigned int version, unsigned int pro
 
 static inline uint64_t key_hash(const uint8_t *key, size_t len)
 {
-	uint64_t h = len, w;
+	/* two independent multiply chains over alternate words, then one mix: half the
+	 * latency of a single chain over the 5 (or 8) words (the chain was a quarter of the
+	 * walk at 4,000 concurrent flows) */
+	uint64_t a = len, b = 0x2545F4914F6CDD1DULL, w;
+	size_t i = 0;
 
-	for (size_t i = 0; i + 8 <= len; i += 8) {
+	for (; i + 16 <= len; i += 16) {
 		memcpy(&w, key + i, 8);
-		h = (h ^ w) * 0x9E3779B97F4A7C15ULL;
-		h ^= h >> 29;
+		a = (a ^ w) * 0x9E3779B97F4A7C15ULL;
+		a ^= a >> 29;
+		memcpy(&w, key + i + 8, 8);
+		b = (b ^ w) * 0xC2B2AE3D27D4EB4FULL;
+		b ^= b >> 29;
+	}
+	if (i + 8 <= len) {
+		memcpy(&w, key + i, 8);
+		a = (a ^ w) * 0x9E3779B97F4A7C15ULL;
+		a ^= a >> 29;
 	}
 	w = host32(key + len - 4); /* 44 and 68 both end on a 4-byte tail */
-	h = (h ^ w) * 0x9E3779B97F4A7C15ULL;
-	return h ^ (h >> 32);
+	b = (b ^ w) * 0xC2B2AE3D27D4EB4FULL;
+	a = (a ^ (b >> 31 | b << 33)) * 0x9E3779B97F4A7C15ULL;
+	return a ^ (a >> 32);
 }
 
 /* One row of the default schema's FlowBatch record array (decoders.py NATIVE_DTYPE,
