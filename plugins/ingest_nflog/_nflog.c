@@ -220,6 +220,7 @@ typedef struct {
 	 * cycle fills another. Pending rows: fill[fill_taken:fill_rows], then flows[taken:]
 	 * (rows go to `flows` once the fill is full or absent, until the table empties). */
 	int native;
+	int fill_wanted; /* a take() ended a cycle with more to append; drop_buffers() clears */
 	PyObject *fill;
 	uint8_t *fill_data;
 	size_t fill_cap, fill_rows, fill_taken;
@@ -1874,7 +1875,8 @@ static PyObject *take_buffer(Aggregator *self, size_t bytes, size_t cap, uint8_t
 
 /* Rows for append mode's next packets go straight into a row buffer (GIL held: feed, read
  * and serve call this): with native rows while appending, a pooled buffer of take()'s
- * limit (or FILL_ROWS) rows once the last one was handed on. When the pipeline still holds
+ * limit (or FILL_ROWS) rows once the last one was handed on (not after drop_buffers()
+ * before a take() ended a cycle: an idle reader's polls take none). When the pipeline still holds
  * all of the pool's buffers (or memory ran out) the rows go to `flows` as before and take()
  * copies them into a buffer then, when one may be free again: a fresh buffer now would
  * fault all its pages in (nothing lost either way). */
@@ -1883,7 +1885,7 @@ static void ensure_fill(Aggregator *self)
 {
 	size_t rows = self->take_limit ? self->take_limit : FILL_ROWS;
 
-	if (!self->native || !self->append_left || self->fill)
+	if (!self->native || !self->append_left || !self->fill_wanted || self->fill)
 		return;
 	self->fill = pool_get(self, rows * NATIVE_LEN, rows * NATIVE_LEN, 1);
 	if (!self->fill) {
@@ -1978,6 +1980,7 @@ static PyObject *Aggregator_take(Aggregator *self, PyObject *args, PyObject *kwd
 			next_cycle(self);
 		self->nflows = self->taken = 0;
 		self->fill_rows = self->fill_taken = 0;
+		self->fill_wanted = self->append_left != 0;
 		if (!self->append_left)
 			release_fill(self);
 	}
@@ -2045,8 +2048,11 @@ static PyObject *Aggregator_drop_buffers(Aggregator *self, PyObject *Py_UNUSED(i
 		PyErr_SetString(PyExc_RuntimeError, "feed() is running on this object");
 		return NULL;
 	}
-	if (self->fill_rows == self->fill_taken) /* an empty fill: the next feed takes one */
+	/* an empty fill goes too, and no feed takes another before the next take(): an idle
+	 * reader (which lets go every poll) would otherwise take a fresh one at each */
+	if (self->fill_rows == self->fill_taken)
 		release_fill(self);
+	self->fill_wanted = 0;
 	for (int i = 0; i < TAKE_POOL; i++)
 		Py_CLEAR(self->pool[i]);
 	Py_RETURN_NONE;
@@ -2115,6 +2121,7 @@ static int Aggregator_init(Aggregator *self, PyObject *args, PyObject *kwds)
 	clear_slots(self);
 	self->nflows = self->taken = 0;
 	release_fill(self);
+	self->fill_wanted = 0;
 	self->native = native;
 	self->take_limit = 0;
 	self->append_left = 0;

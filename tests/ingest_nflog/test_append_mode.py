@@ -256,6 +256,24 @@ def test_appending_while_the_pipeline_holds_every_buffer_takes_no_fresh_one_earl
         list(range(5000, 5500))
 
 
+def test_an_idle_reader_that_lets_go_of_its_buffers_takes_none_until_a_take() -> None:
+    """After drop_buffers() (an idle reader, every poll) a feed takes no buffer while it
+    appends: the rows wait in the table for the take (which allocates one), then the next
+    cycles write into buffers again."""
+    agg, limit = _agg(native=True), decoders.TAKE_LIMIT
+    _flood(agg)
+    agg.drop_buffers()
+    for _ in range(5):  # idle polls: each lets go again
+        _feed(agg, b"")
+        agg.drop_buffers()
+    assert agg.pool_fresh == 1  # the flood's take only
+    _feed(agg, _many_flows(100))
+    assert agg.pool_fresh == 1 and agg.pending == 100
+    assert len(agg.take(limit)[0]) == 100 * decoders.NATIVE_DTYPE.itemsize
+    _feed(agg, _many_flows(100, 100))  # into the take's buffer, now free again
+    assert (agg.pool_fresh, len(agg.take(limit)[0])) == (2, 100 * decoders.NATIVE_DTYPE.itemsize)
+
+
 def test_native_rows_appended_survive_bounded_takes_feeds_and_a_full_buffer() -> None:
     """A bounded take copies the head of the appended rows; a feed in between forgets it;
     rows beyond the buffer's room (take()'s limit in rows) go on in order after it: every
