@@ -1788,8 +1788,9 @@ PyDoc_STRVAR(take_doc,
 	     "fields (l2 mask 1, 2 or 4) each record is followed by the\n"
 	     "key's 24-byte block (decoders.py L2_DTYPE). native=True (no layer-2 fields only):\n"
 	     "100-byte rows of the default FlowBatch record array instead (decoders.py\n"
-	     "NATIVE_DTYPE). The view's buffer is reused by a later take() once nothing holds\n"
-	     "the view or an array over it (pool_reused, pool_fresh).");
+	     "NATIVE_DTYPE; the default with Aggregator(native=True)). The view's buffer is\n"
+	     "reused by a later take() once nothing holds the view or an array over it\n"
+	     "(pool_reused, pool_fresh); a new one has room for `limit` rows.");
 
 /* A bytearray of the pool that nothing but the pool references: no batch, array or view of
  * it is alive (each holds a reference through the buffer export), so it can be rewritten. */
@@ -2225,7 +2226,7 @@ static PyMemberDef Aggregator_members[] = {
 
 PyDoc_STRVAR(Aggregator_doc,
 	     "Aggregator(*, frag_timeout_ns=0, frag_table=4096, frag_held=256, decapsulate=0,\n"
-	     "           keep_outer=False, l2=0, hold=0)\n\n"
+	     "           keep_outer=False, l2=0, hold=0, native=False)\n\n"
 	     "Decodes the receive buffers of one NFLOG group into per-flow sums. Holds the\n"
 	     "group's sequence state and cumulative counters; one per reader thread.\n"
 	     "frag_timeout_ns > 0 tracks fragments (agent/fragments.py); decapsulate is a\n"
@@ -2233,7 +2234,10 @@ PyDoc_STRVAR(Aggregator_doc,
 	     "mask of layer-2 fields to key on (mac 1, vlan 2, physdev export 4) and\n"
 	     "physdev override 8 (bridge ports replace the interfaces). hold: the reader's\n"
 	     "hold (serve()'s), the fewest packets a table cycle fed in more than one round\n"
-	     "needs to switch to append mode (`appending`); 0: the table never appends.");
+	     "needs to switch to append mode (`appending`); 0: the table never appends.\n"
+	     "native=True (no layer-2 key fields): take() gives the default FlowBatch's rows\n"
+	     "(take(native=True) only), and while appending each packet's row is written\n"
+	     "straight into a free pooled row buffer that take() hands on without a copy.");
 
 static PyGetSetDef Aggregator_getset[] = {
 	{"pending", (getter)Aggregator_pending, NULL,
