@@ -9,8 +9,9 @@ with them, without the socket: feed every datagram into the C aggregator, take e
 ``batch_ms`` holds the sums longer), and merge each batch into the flow cache
 (``agent_cache_flows``). Reports µs per packet, rows per packet and the cache merge's share
 of the time, medians of ``--runs``.
-An argument ``--module PATH`` times another build of ``_nflog`` (an older revision's) with
-its own ``take()``.
+An argument ``--module PATH`` times another build of ``_nflog`` (an older revision's) as
+the reader takes from it: bounded native rows where the build has them, else its own
+``take()``.
 """
 
 from __future__ import annotations
@@ -78,12 +79,20 @@ def datagrams(concurrent: int, packets: int) -> list[bytearray]:
 
 
 def aggregator(module: object, hold: int) -> object:
-    """Another build's ``Aggregator`` with ``hold`` (append mode decides on its cycles); an
-    older build without the ``hold`` argument gets its default."""
-    try:
-        return module.Aggregator(hold=hold)  # type: ignore[attr-defined]
-    except TypeError:
-        return module.Aggregator()  # type: ignore[attr-defined]
+    """Another build's ``Aggregator`` with ``hold`` (append mode decides on its cycles) and
+    native rows (as the reader builds it: appended rows written as the batch's rows); an
+    older build without the ``native`` or ``hold`` argument gets its default."""
+    for kwargs in ({"hold": hold, "native": True}, {"hold": hold}, {}):
+        try:
+            return module.Aggregator(**kwargs)  # type: ignore[attr-defined]
+        except TypeError:
+            continue
+    raise TypeError("no Aggregator signature fits")
+
+
+def _takes_native(agg: object) -> bool:
+    """Whether a build's ``take()`` has the bounded native rows (since the columnar batch)."""
+    return "native" in (agg.take.__doc__ or "")  # type: ignore[attr-defined]
 
 
 def run(bufs: list[bytearray], window: int, module: object | None,
@@ -97,18 +106,28 @@ def run(bufs: list[bytearray], window: int, module: object | None,
         take = batcher.take
     else:
         agg = aggregator(module, hold)
+        native = _takes_native(agg)
 
-        def take(source: str) -> decoders.FlowBatch | None:  # an old build: take() all
-            records, _p, trunc, frag, tb, gaps = agg.take()
-            return decoders.FlowBatch(source, decoders.flows_of(bytes(records)),
-                                      dropped_packets=gaps + trunc, dropped_bytes=tb)
+        def take(source: str) -> decoders.FlowBatch | None:
+            """As CBatcher.take: bounded native rows; a build before them: take() all."""
+            if native:
+                records, _p, trunc, frag, tb, gaps = agg.take(decoders.TAKE_LIMIT, native=True)
+                flows = np.frombuffer(records, decoders.NATIVE_DTYPE)
+            else:
+                records, _p, trunc, frag, tb, gaps = agg.take()
+                flows = decoders.flows_of(bytes(records))
+            if not (len(flows) or trunc or frag or gaps):
+                return None
+            return decoders.FlowBatch(source, flows, dropped_packets=gaps + trunc,
+                                      dropped_bytes=tb)
     feed = batcher.feed if module is None else agg.feed
     rows = packets = 0
     merge = 0.0
     t = time.perf_counter()
     for i, b in enumerate(bufs, 1):
         packets += feed(b, len(b), 0)
-        if i % window and i != len(bufs) and (module is not None or batcher.pending < hold):
+        pending = batcher.pending if module is None else agg.pending
+        if i % window and i != len(bufs) and pending < hold:
             continue
         while True:
             batch = take("ingest.nflog[0]")
@@ -117,7 +136,7 @@ def run(bufs: list[bytearray], window: int, module: object | None,
                 m = time.perf_counter()
                 cache.agent_cache_flows(batch, 0)
                 merge += time.perf_counter() - m
-            if module is not None or not batcher.pending:
+            if not (batcher.pending if module is None else agg.pending):
                 break
     elapsed = time.perf_counter() - t
     assert cache.stats.traffic_packets == packets, (cache.stats.traffic_packets, packets)

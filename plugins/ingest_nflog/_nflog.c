@@ -212,6 +212,18 @@ typedef struct {
 	/* take()'s row buffers, reused once nobody holds them (take_buffer) */
 	PyObject *pool[TAKE_POOL];
 	unsigned long long pool_reused, pool_fresh;
+	size_t take_limit; /* the last take()'s limit (0: none): a pooled buffer's row capacity */
+	/* append mode with native rows (`native`, no layer-2 key): the walk writes each packet's
+	 * FlowBatch row straight into `fill` (a bytearray of the pool, one reference more so
+	 * take_buffer never picks it), fill_cap rows, fill_rows written, fill_taken returned by
+	 * a bounded take; a take of all of them returns a view of it (no copy) and the next
+	 * cycle fills another. Pending rows: fill[fill_taken:fill_rows], then flows[taken:]
+	 * (rows go to `flows` once the fill is full or absent, until the table empties). */
+	int native;
+	int fill_wanted; /* a take() ended a cycle with more to append; drop_buffers() clears */
+	PyObject *fill;
+	uint8_t *fill_data;
+	size_t fill_cap, fill_rows, fill_taken;
 	/* append mode: cycles left to append (0: hashed); the packets and the rows the takes
 	 * of the current cycle returned (counted per take, not per packet) and its rounds
 	 * (feed() calls, read rounds that received); the fewest packets a cycle decides with */
@@ -285,16 +297,55 @@ static inline void key_head(uint8_t *key, unsigned int version, unsigned int pro
 
 static inline uint64_t key_hash(const uint8_t *key, size_t len)
 {
-	uint64_t h = len, w;
+	/* two independent multiply chains over alternate words, then one mix: half the
+	 * latency of a single chain over the 5 (or 8) words (the chain was a quarter of the
+	 * walk at 4,000 concurrent flows) */
+	uint64_t a = len, b = 0x2545F4914F6CDD1DULL, w;
+	size_t i = 0;
 
-	for (size_t i = 0; i + 8 <= len; i += 8) {
+	for (; i + 16 <= len; i += 16) {
 		memcpy(&w, key + i, 8);
-		h = (h ^ w) * 0x9E3779B97F4A7C15ULL;
-		h ^= h >> 29;
+		a = (a ^ w) * 0x9E3779B97F4A7C15ULL;
+		a ^= a >> 29;
+		memcpy(&w, key + i + 8, 8);
+		b = (b ^ w) * 0xC2B2AE3D27D4EB4FULL;
+		b ^= b >> 29;
+	}
+	if (i + 8 <= len) {
+		memcpy(&w, key + i, 8);
+		a = (a ^ w) * 0x9E3779B97F4A7C15ULL;
+		a ^= a >> 29;
 	}
 	w = host32(key + len - 4); /* 44 and 68 both end on a 4-byte tail */
-	h = (h ^ w) * 0x9E3779B97F4A7C15ULL;
-	return h ^ (h >> 32);
+	b = (b ^ w) * 0xC2B2AE3D27D4EB4FULL;
+	a = (a ^ (b >> 31 | b << 33)) * 0x9E3779B97F4A7C15ULL;
+	return a ^ (a >> 32);
+}
+
+/* One row of the default schema's FlowBatch record array (decoders.py NATIVE_DTYPE,
+ * agent/schema.py record_dtype without optional fields) from a 44-byte key and its sums:
+ * the key's head with in_if and the ports in native order, the addresses, the sums, then
+ * tcp_flags, out_if, end_reason, src_mask, dst_mask and next_hop (zero). */
+#define NATIVE_LEN 100
+static inline void native_row(const uint8_t *key, uint64_t packets, uint64_t octets,
+			      int64_t first_ns, int64_t last_ns, uint8_t tcp_flags,
+			      uint32_t out_if, uint8_t *out)
+{
+	uint32_t in_if = be32(key + 4);
+	uint16_t sport = be16(key + 8), dport = be16(key + 10);
+
+	memcpy(out, key, 4);
+	memcpy(out + 4, &in_if, 4);
+	memcpy(out + 8, &sport, 2);
+	memcpy(out + 10, &dport, 2);
+	memcpy(out + 12, key + 12, 32);
+	memcpy(out + 44, &packets, 8);
+	memcpy(out + 52, &octets, 8);
+	memcpy(out + 60, &first_ns, 8);
+	memcpy(out + 68, &last_ns, 8);
+	out[76] = tcp_flags;
+	memcpy(out + 77, &out_if, 4);
+	memset(out + 81, 0, NATIVE_LEN - 81);
 }
 
 /* Double the hash table (GIL released: PyMem_Raw* only). Returns 0, or -1 without memory. */
@@ -340,6 +391,13 @@ static inline __attribute__((always_inline)) int account(Aggregator *self, const
 	size_t mask, s;
 	struct flow *f;
 
+	if (self->append_left && !self->nflows && self->fill_rows < self->fill_cap) {
+		/* the packet's FlowBatch row straight into the fill buffer: take() hands it on
+		 * as it is (native: 44-byte keys only) */
+		native_row(pkt->key, 1, pkt->octets, ts, ts, pkt->tcp_flags, out_if,
+			   self->fill_data + self->fill_rows++ * NATIVE_LEN);
+		return 0;
+	}
 	if ((self->nflows + 1) * 2 > self->slots_cap && grow(self) < 0)
 		return -1;
 	if (self->append_left) { /* a row of its own: the slots stay empty, hash unused */
@@ -433,6 +491,12 @@ static void drop_taken(Aggregator *self)
 {
 	size_t mask = self->slots_cap - 1, keep = self->nflows - self->taken;
 
+	if (self->fill_taken) { /* a copy of them was returned: the fill is not shared */
+		memmove(self->fill_data, self->fill_data + self->fill_taken * NATIVE_LEN,
+			(self->fill_rows - self->fill_taken) * NATIVE_LEN);
+		self->fill_rows -= self->fill_taken;
+		self->fill_taken = 0;
+	}
 	if (!self->taken)
 		return;
 	clear_slots(self);
@@ -1349,28 +1413,11 @@ static void flow_record(const struct flow *f, uint8_t *out, int l2)
 	memset(out + 81, 0, 3);
 }
 
-/* One flow as a row of the default schema's FlowBatch record array (decoders.py
- * NATIVE_DTYPE, agent/schema.py record_dtype without optional fields): the key's head with
- * in_if and the ports in native order, the addresses, the sums, then tcp_flags, out_if,
- * end_reason, src_mask, dst_mask and next_hop (zero). */
-#define NATIVE_LEN 100
+/* One flow as a row of the default schema's FlowBatch record array (native_row). */
 static void flow_native(const struct flow *f, uint8_t *out)
 {
-	uint32_t in_if = be32(f->key + 4), out_if = f->out_if;
-	uint16_t sport = be16(f->key + 8), dport = be16(f->key + 10);
-
-	memcpy(out, f->key, 4);
-	memcpy(out + 4, &in_if, 4);
-	memcpy(out + 8, &sport, 2);
-	memcpy(out + 10, &dport, 2);
-	memcpy(out + 12, f->key + 12, 32);
-	memcpy(out + 44, &f->packets, 8);
-	memcpy(out + 52, &f->octets, 8);
-	memcpy(out + 60, &f->first_ns, 8);
-	memcpy(out + 68, &f->last_ns, 8);
-	out[76] = f->tcp_flags;
-	memcpy(out + 77, &out_if, 4);
-	memset(out + 81, 0, NATIVE_LEN - 81);
+	native_row(f->key, f->packets, f->octets, f->first_ns, f->last_ns, f->tcp_flags,
+		   f->out_if, out);
 }
 
 PyDoc_STRVAR(feed_doc,
@@ -1379,7 +1426,10 @@ PyDoc_STRVAR(feed_doc,
 	     "returns how many packets this buffer held (trunc not included).\n"
 	     "recv_ns: wall-clock receive time, for messages without NFULA_TIMESTAMP.");
 
-/* Mark the object busy (feed, read: the GIL is released while the table changes). */
+static void ensure_fill(Aggregator *self);
+
+/* Mark the object busy (feed, read, serve: the GIL is released while the table changes);
+ * while appending, a row buffer for the rows first (ensure_fill). */
 static int enter(Aggregator *self)
 {
 	if (self->busy) {
@@ -1387,6 +1437,7 @@ static int enter(Aggregator *self)
 		return -1;
 	}
 	self->busy = 1;
+	ensure_fill(self);
 	return 0;
 }
 
@@ -1558,7 +1609,7 @@ static int64_t mono_ns(void)
 
 static inline size_t pending_flows(const Aggregator *self)
 {
-	return self->nflows - self->taken;
+	return self->fill_rows - self->fill_taken + self->nflows - self->taken;
 }
 
 /* What serve() did: read()'s counts summed over its rounds, and why it returned. */
@@ -1737,8 +1788,9 @@ PyDoc_STRVAR(take_doc,
 	     "fields (l2 mask 1, 2 or 4) each record is followed by the\n"
 	     "key's 24-byte block (decoders.py L2_DTYPE). native=True (no layer-2 fields only):\n"
 	     "100-byte rows of the default FlowBatch record array instead (decoders.py\n"
-	     "NATIVE_DTYPE). The view's buffer is reused by a later take() once nothing holds\n"
-	     "the view or an array over it (pool_reused, pool_fresh).");
+	     "NATIVE_DTYPE; the default with Aggregator(native=True)). The view's buffer is\n"
+	     "reused by a later take() once nothing holds the view or an array over it\n"
+	     "(pool_reused, pool_fresh); a new one has room for `limit` rows.");
 
 /* A bytearray of the pool that nothing but the pool references: no batch, array or view of
  * it is alive (each holds a reference through the buffer export), so it can be rewritten. */
@@ -1747,23 +1799,22 @@ static inline int pool_free(PyObject *b)
 	return Py_REFCNT(b) == 1 && ((PyByteArrayObject *)b)->ob_exports == 0;
 }
 
-/* take()'s rows object for `bytes` bytes and where to write them: a view of the first
- * `bytes` bytes of a pooled bytearray nobody holds any more, or of a new one put in the pool
- * (then a plain new bytearray once the pool's buffers are all in use). A fresh buffer of a
- * batch's size is a fresh mmap (the agent's M_MMAP_THRESHOLD is 128 KiB) whose ~400 pages
- * each fault when the rows are written and are unmapped when the batch is freed: a sixth of
- * the reader thread's CPU under a flood of new flows (docs/performance-history.md, "NFLOG
- * ingest: the reader's row buffers and what the rule costs the sender"). */
-static PyObject *take_buffer(Aggregator *self, size_t bytes, uint8_t **dst)
+/* A row buffer of at least `bytes` bytes (a new reference, GIL held): a pooled bytearray
+ * nobody holds any more, or a new one of `cap` bytes (at least `bytes`) put in the pool
+ * (then a plain new bytearray once the pool's buffers are all in use). A fresh buffer is a
+ * fresh mmap (the agent's M_MMAP_THRESHOLD is 128 KiB) whose ~400 pages each fault when
+ * the rows are written and are unmapped when the batch is freed: a sixth of the reader
+ * thread's CPU under a flood of new flows (docs/performance-history.md, "NFLOG
+ * ingest: the reader's row buffers and what the rule costs the sender"). So a new pooled buffer has
+ * room for the largest take (`cap`: take()'s limit in rows), not only for this one: a
+ * larger take later reuses it instead of replacing it (pages never written stay unmapped:
+ * no RSS for the room). `pooled`: only a buffer of the pool (NULL, no exception, when all
+ * of them are held). */
+static PyObject *pool_get(Aggregator *self, size_t bytes, size_t cap, int pooled)
 {
-	PyObject *b = NULL, *whole, *view;
+	PyObject *b = NULL;
 	int slot = -1;
 
-	if (!bytes) { /* nothing to write: an empty bytearray, as always */
-		b = PyByteArray_FromStringAndSize(NULL, 0);
-		*dst = NULL;
-		return b;
-	}
 	for (int i = 0; i < TAKE_POOL && !b; i++) {
 		if (!self->pool[i]) {
 			if (slot < 0)
@@ -1777,79 +1828,163 @@ static PyObject *take_buffer(Aggregator *self, size_t bytes, uint8_t **dst)
 	}
 	if (b) {
 		self->pool_reused++;
-	} else {
-		PyObject *fresh = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)bytes);
-
-		if (!fresh)
-			return NULL;
-		self->pool_fresh++;
-		if (slot < 0) { /* every pooled buffer is still held: this one is not pooled */
-			*dst = (uint8_t *)PyByteArray_AS_STRING(fresh);
-			view = PyMemoryView_FromObject(fresh);	/* a view like every other take */
-			Py_DECREF(fresh);
-			return view;
-		}
-		Py_XSETREF(self->pool[slot], fresh);
-		b = fresh;
+		Py_INCREF(b);
+		return b;
 	}
-	whole = PyMemoryView_FromObject(b);
+	if (pooled && slot < 0)
+		return NULL;
+	b = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)(cap > bytes ? cap : bytes));
+	if (!b)
+		return NULL;
+	self->pool_fresh++;
+	if (slot >= 0) { /* else every pooled buffer is still held: this one is not pooled */
+		Py_INCREF(b);
+		Py_XSETREF(self->pool[slot], b);
+	}
+	return b;
+}
+
+/* A view of the first `bytes` bytes of bytearray `b`. */
+static PyObject *head_view(PyObject *b, size_t bytes)
+{
+	PyObject *whole = PyMemoryView_FromObject(b), *view;
+
 	if (!whole)
 		return NULL;
 	view = PySequence_GetSlice(whole, 0, (Py_ssize_t)bytes);
 	Py_DECREF(whole);
-	*dst = (uint8_t *)PyByteArray_AS_STRING(b);
 	return view;
 }
 
-static PyObject *Aggregator_take(Aggregator *self, PyObject *args, PyObject *kwds)
+/* take()'s rows object for `bytes` bytes (room for `cap`) and where to write them: a view
+ * of a row buffer (pool_get); an empty bytearray when there is nothing to write. */
+static PyObject *take_buffer(Aggregator *self, size_t bytes, size_t cap, uint8_t **dst)
 {
-	static char *kwlist[] = {"limit", "native", NULL};
-	struct call_counts *cc = &self->acc;
-	int l2 = (self->l2 & L2_KEYED) != 0, native = 0;
-	Py_ssize_t limit = 0;
-	size_t record_len, count;
-	PyObject *rows, *out;
-	uint8_t *dst;
+	PyObject *b, *view;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "|np:take", kwlist, &limit, &native))
-		return NULL;
-	if (self->busy) {
-		PyErr_SetString(PyExc_RuntimeError, "feed() is running on this object");
-		return NULL;
+	if (!bytes) { /* nothing to write: an empty bytearray, as always */
+		*dst = NULL;
+		return PyByteArray_FromStringAndSize(NULL, 0);
 	}
-	if (limit < 0 || (native && l2)) {
-		PyErr_SetString(PyExc_ValueError, "limit >= 0; native only without layer-2 fields");
+	b = pool_get(self, bytes, cap, 0);
+	if (!b)
 		return NULL;
+	*dst = (uint8_t *)PyByteArray_AS_STRING(b);
+	view = head_view(b, bytes);
+	Py_DECREF(b);
+	return view;
+}
+
+/* Rows for append mode's next packets go straight into a row buffer (GIL held: feed, read
+ * and serve call this): with native rows while appending, a pooled buffer of take()'s
+ * limit (or FILL_ROWS) rows once the last one was handed on (not after drop_buffers()
+ * before a take() ended a cycle: an idle reader's polls take none). When the pipeline still holds
+ * all of the pool's buffers (or memory ran out) the rows go to `flows` as before and take()
+ * copies them into a buffer then, when one may be free again: a fresh buffer now would
+ * fault all its pages in (nothing lost either way). */
+#define FILL_ROWS 16384
+static void ensure_fill(Aggregator *self)
+{
+	size_t rows = self->take_limit ? self->take_limit : FILL_ROWS;
+
+	if (!self->native || !self->append_left || !self->fill_wanted || self->fill)
+		return;
+	self->fill = pool_get(self, rows * NATIVE_LEN, rows * NATIVE_LEN, 1);
+	if (!self->fill) {
+		PyErr_Clear();
+		return;
 	}
-	record_len = native ? NATIVE_LEN : RECORD_LEN + (l2 ? L2_LEN : 0);
-	count = self->nflows - self->taken;
-	if (limit && (size_t)limit < count)
-		count = (size_t)limit;
-	rows = take_buffer(self, count * record_len, &dst);
-	if (!rows)
-		return NULL;
-	for (size_t i = 0; i < count; i++) {
-		const struct flow *f = &self->flows[self->taken + i];
+	self->fill_data = (uint8_t *)PyByteArray_AS_STRING(self->fill);
+	self->fill_cap = (size_t)PyByteArray_GET_SIZE(self->fill) / NATIVE_LEN;
+	self->fill_rows = self->fill_taken = 0;
+}
+
+/* Let go of the fill buffer (its rows were all handed on). */
+static void release_fill(Aggregator *self)
+{
+	Py_CLEAR(self->fill);
+	self->fill_data = NULL;
+	self->fill_cap = self->fill_rows = self->fill_taken = 0;
+}
+
+/* Copy `count` pending rows into dst: the fill's first (native rows), then the flows'. */
+static void copy_rows(Aggregator *self, size_t count, int native, int l2, size_t record_len,
+		      uint8_t *dst)
+{
+	size_t in_fill = self->fill_rows - self->fill_taken, n = count < in_fill ? count : in_fill;
+
+	if (n)
+		memcpy(dst, self->fill_data + self->fill_taken * NATIVE_LEN, n * NATIVE_LEN);
+	for (size_t i = n; i < count; i++) {
+		const struct flow *f = &self->flows[self->taken + i - n];
 
 		if (native)
 			flow_native(f, dst + i * record_len);
 		else
 			flow_record(f, dst + i * record_len, l2);
 	}
+	self->fill_taken += n;
+	self->taken += count - n;
+}
+
+static PyObject *Aggregator_take(Aggregator *self, PyObject *args, PyObject *kwds)
+{
+	static char *kwlist[] = {"limit", "native", NULL};
+	struct call_counts *cc = &self->acc;
+	int l2 = (self->l2 & L2_KEYED) != 0, native = -1, whole_fill;
+	Py_ssize_t limit = 0;
+	size_t record_len, count;
+	PyObject *rows, *out;
+	uint8_t *dst = NULL;
+
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "|ni:take", kwlist, &limit, &native))
+		return NULL;
+	if (self->busy) {
+		PyErr_SetString(PyExc_RuntimeError, "feed() is running on this object");
+		return NULL;
+	}
+	if (native < 0)
+		native = self->native;
+	native = native != 0;
+	if (limit < 0 || (native && l2) || (self->native && !native)) {
+		PyErr_SetString(PyExc_ValueError, "limit >= 0; native only without layer-2 fields; "
+				"an Aggregator(native=True) takes native rows only");
+		return NULL;
+	}
+	self->take_limit = (size_t)limit;
+	record_len = native ? NATIVE_LEN : RECORD_LEN + (l2 ? L2_LEN : 0);
+	count = pending_flows(self);
+	if (limit && (size_t)limit < count)
+		count = (size_t)limit;
+	/* every pending row is in the fill, from its start: hand the fill itself on */
+	whole_fill = count && !self->fill_taken && count == self->fill_rows;
+	if (whole_fill)
+		rows = head_view(self->fill, count * NATIVE_LEN);
+	else
+		rows = take_buffer(self, count * record_len, (size_t)limit * record_len, &dst);
+	if (!rows)
+		return NULL;
 	out = Py_BuildValue("(NKKKKK)", rows, (unsigned long long)cc->packets,
 			    (unsigned long long)cc->trunc, (unsigned long long)cc->frag,
 			    (unsigned long long)cc->trunc_bytes, (unsigned long long)cc->seq_gaps);
 	if (!out)
 		return NULL;
+	if (whole_fill)
+		release_fill(self); /* the view holds it now; the pool may hold it too */
+	else
+		copy_rows(self, count, native, l2, record_len, dst);
 	self->cycle_packets += cc->packets; /* every packet and row of a cycle passes here once */
 	self->cycle_flows += count;
 	memset(cc, 0, sizeof(*cc));
-	self->taken += count;
-	if (self->taken == self->nflows) {
+	if (!pending_flows(self)) {
 		clear_slots(self);
 		if (self->cycle_flows) /* an empty take (an idle reader's) is no cycle */
 			next_cycle(self);
 		self->nflows = self->taken = 0;
+		self->fill_rows = self->fill_taken = 0;
+		self->fill_wanted = self->append_left != 0;
+		if (!self->append_left)
+			release_fill(self);
 	}
 	return out;
 }
@@ -1875,7 +2010,7 @@ static PyObject *Aggregator_decode(Aggregator *self, PyObject *args)
 
 static PyObject *Aggregator_pending(Aggregator *self, void *Py_UNUSED(closure))
 {
-	return PyLong_FromSize_t(self->nflows - self->taken);
+	return PyLong_FromSize_t(pending_flows(self));
 }
 
 PyDoc_STRVAR(release_doc,
@@ -1911,6 +2046,15 @@ PyDoc_STRVAR(drop_buffers_doc,
 
 static PyObject *Aggregator_drop_buffers(Aggregator *self, PyObject *Py_UNUSED(ignored))
 {
+	if (self->busy) {
+		PyErr_SetString(PyExc_RuntimeError, "feed() is running on this object");
+		return NULL;
+	}
+	/* an empty fill goes too, and no feed takes another before the next take(): an idle
+	 * reader (which lets go every poll) would otherwise take a fresh one at each */
+	if (self->fill_rows == self->fill_taken)
+		release_fill(self);
+	self->fill_wanted = 0;
 	for (int i = 0; i < TAKE_POOL; i++)
 		Py_CLEAR(self->pool[i]);
 	Py_RETURN_NONE;
@@ -1951,23 +2095,24 @@ static int alloc_fragments(Aggregator *self)
 static int Aggregator_init(Aggregator *self, PyObject *args, PyObject *kwds)
 {
 	static char *kwlist[] = {"frag_timeout_ns", "frag_table", "frag_held", "decapsulate",
-				 "keep_outer", "l2", "hold", NULL};
+				 "keep_outer", "l2", "hold", "native", NULL};
 	long long timeout = 0;
 	unsigned int table = 4096, held = 256, decap = 0, l2 = 0;
-	int keep_outer = 0;
+	int keep_outer = 0, native = 0;
 	Py_ssize_t hold = 0;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$LIIIpIn:Aggregator", kwlist, &timeout,
-					 &table, &held, &decap, &keep_outer, &l2, &hold))
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$LIIIpInp:Aggregator", kwlist, &timeout,
+					 &table, &held, &decap, &keep_outer, &l2, &hold, &native))
 		return -1;
 	if (self->busy) {
 		PyErr_SetString(PyExc_RuntimeError, "feed() is running on this object");
 		return -1;
 	}
 	if (timeout < 0 || table < 1 || table > (1u << 24) || held > (1u << 20) || decap > 15 ||
-	    l2 > 15 || hold < 0) {
+	    l2 > 15 || hold < 0 || (native && (l2 & L2_KEYED))) {
 		PyErr_SetString(PyExc_ValueError, "frag_timeout_ns >= 0, frag_table 1-2**24, "
-				"frag_held 0-2**20, decapsulate and l2 4-bit masks, hold >= 0");
+				"frag_held 0-2**20, decapsulate and l2 4-bit masks, hold >= 0, "
+				"native only without layer-2 key fields");
 		return -1;
 	}
 	self->expect_seq = 0; /* a fresh instance numbers its packets from 0 */
@@ -1977,6 +2122,10 @@ static int Aggregator_init(Aggregator *self, PyObject *args, PyObject *kwds)
 	self->resume_at = 0;
 	clear_slots(self);
 	self->nflows = self->taken = 0;
+	release_fill(self);
+	self->fill_wanted = 0;
+	self->native = native;
+	self->take_limit = 0;
 	self->append_left = 0;
 	self->cycle_packets = self->cycle_flows = self->cycle_rounds = 0;
 	self->append_hold = hold;
@@ -2000,6 +2149,7 @@ static void Aggregator_dealloc(Aggregator *self)
 	PyMem_RawFree(self->slots);
 	PyMem_RawFree(self->rbuf);
 	free_fragments(self);
+	Py_CLEAR(self->fill);
 	for (int i = 0; i < TAKE_POOL; i++)
 		Py_CLEAR(self->pool[i]);
 	Py_TYPE(self)->tp_free((PyObject *)self);
@@ -2059,7 +2209,7 @@ static PyMemberDef Aggregator_members[] = {
 	{"read_rounds", T_ULONGLONG, offsetof(Aggregator, read_rounds), READONLY,
 	 "serve()'s wakeups that read the socket (live)"},
 	{"pool_reused", T_ULONGLONG, offsetof(Aggregator, pool_reused), READONLY,
-	 "take()s that rewrote a row buffer no one held any more"},
+	 "row buffers that take() (or append mode's next rows) rewrote: no one held them"},
 	{"append_cycles", T_ULONGLONG, offsetof(Aggregator, append_cycles), READONLY,
 	 "table cycles (empty to empty) that appended each packet as its own row"},
 	{"hashed_cycles", T_ULONGLONG, offsetof(Aggregator, hashed_cycles), READONLY,
@@ -2069,13 +2219,15 @@ static PyMemberDef Aggregator_members[] = {
 	{"appending", T_UINT, offsetof(Aggregator, append_left), READONLY,
 	 "cycles left in append mode (0: the current cycle sums per flow)"},
 	{"pool_fresh", T_ULONGLONG, offsetof(Aggregator, pool_fresh), READONLY,
-	 "take()s that allocated a new row buffer"},
+	 "row buffers take() (or append mode's next rows) had to allocate"},
+	{"native", T_INT, offsetof(Aggregator, native), READONLY,
+	 "init's native: rows are the default FlowBatch's (appended rows written as such)"},
 	{NULL, 0, 0, 0, NULL},
 };
 
 PyDoc_STRVAR(Aggregator_doc,
 	     "Aggregator(*, frag_timeout_ns=0, frag_table=4096, frag_held=256, decapsulate=0,\n"
-	     "           keep_outer=False, l2=0, hold=0)\n\n"
+	     "           keep_outer=False, l2=0, hold=0, native=False)\n\n"
 	     "Decodes the receive buffers of one NFLOG group into per-flow sums. Holds the\n"
 	     "group's sequence state and cumulative counters; one per reader thread.\n"
 	     "frag_timeout_ns > 0 tracks fragments (agent/fragments.py); decapsulate is a\n"
@@ -2083,7 +2235,10 @@ PyDoc_STRVAR(Aggregator_doc,
 	     "mask of layer-2 fields to key on (mac 1, vlan 2, physdev export 4) and\n"
 	     "physdev override 8 (bridge ports replace the interfaces). hold: the reader's\n"
 	     "hold (serve()'s), the fewest packets a table cycle fed in more than one round\n"
-	     "needs to switch to append mode (`appending`); 0: the table never appends.");
+	     "needs to switch to append mode (`appending`); 0: the table never appends.\n"
+	     "native=True (no layer-2 key fields): take() gives the default FlowBatch's rows\n"
+	     "(take(native=True) only), and while appending each packet's row is written\n"
+	     "straight into a free pooled row buffer that take() hands on without a copy.");
 
 static PyGetSetDef Aggregator_getset[] = {
 	{"pending", (getter)Aggregator_pending, NULL,

@@ -270,10 +270,12 @@ class CBatcher:
     pay: see ``hold``).
 
     With the default schema (no layer-2 key fields) the aggregator writes the FlowBatch's
-    record array itself (``take(native=True)``, :data:`NATIVE_DTYPE`): no column copies.
-    It writes the rows into buffers it reuses once no batch holds them (a fresh buffer of a
-    batch's size is a fresh mmap whose pages fault as they are written); the reader lets go
-    of them when idle and at stop (:meth:`drop_buffers`).
+    record array itself (``Aggregator(native=True)``, :data:`NATIVE_DTYPE`): no column
+    copies; while appending it writes each packet's row straight into the buffer the batch
+    then is (``take()`` hands it on without a copy). It writes the rows into buffers it
+    reuses once no batch holds them (a fresh buffer is a fresh mmap whose pages fault as
+    they are written), each with room for a whole :data:`TAKE_LIMIT` take; the reader lets
+    go of them when idle and at stop (:meth:`drop_buffers`).
 
     :param hold: the reader's hold (the ``hold`` it gives :meth:`serve`): a table cycle of at
         least that many packets, fed in more than one round, in which almost no packet found
@@ -292,7 +294,7 @@ class CBatcher:
         self.l2 = l2_mask(schema)
         self.native = schema.record_dtype == NATIVE_DTYPE and not self.l2 & L2_KEYED
         self.aggregator = ext.Aggregator(**c_options(fragments, decapsulate, keep_outer),
-                                         l2=self.l2, hold=hold)
+                                         l2=self.l2, hold=hold, native=self.native)
 
     @property
     def pending(self) -> int:

@@ -11,6 +11,7 @@ import socket
 import struct
 from typing import Any
 
+import numpy as np
 import pytest
 
 from netflow_agent.model import FlowBatch
@@ -211,6 +212,96 @@ def test_appended_rows_are_the_hashed_rows_of_distinct_flows(l2: int, native: bo
     assert bytes(got[0]) == bytes(want[0]) and got[1:] == want[1:]
     assert len(got[0]) >= 1000 * (decoders.NATIVE_DTYPE.itemsize if native
                                   else decoders.TAKE_DTYPE.itemsize)
+
+
+def test_native_rows_appended_go_into_the_batch_as_they_are() -> None:
+    """With native rows (``Aggregator(native=True)``, the default schema) each appended
+    packet's FlowBatch row is written into the buffer that take() then hands on without a
+    copy: the same rows as the hashed table of distinct flows, the pool's two buffers taking
+    turns cycle after cycle (no fresh one while the batches are let go)."""
+    appending, limit = _agg(native=True), decoders.TAKE_LIMIT
+    half = MIN_PACKETS // 2
+    _feed(appending, _many_flows(half))
+    _feed(appending, _many_flows(half, half))
+    appending.take(limit)
+    assert appending.appending
+    for cycle in range(6):
+        hashed = _agg(native=True)
+        distinct = [_many_flows(700, 1000 * cycle), _message(_ip6(17, UDP), outdev=0)]
+        for agg in (appending, hashed):
+            for d in distinct:
+                _feed(agg, d)
+        got, want = appending.take(limit), hashed.take()
+        assert bytes(got[0]) == bytes(want[0]) and got[1:] == want[1:]
+        assert len(got[0]) == 701 * decoders.NATIVE_DTYPE.itemsize
+    # the hashed take's buffer, then the one beside it while `got` holds the first
+    assert (appending.append_cycles, appending.pool_fresh) == (6, _ext().TAKE_POOL)
+
+
+def test_appending_while_the_pipeline_holds_every_buffer_takes_no_fresh_one_early() -> None:
+    """When every pooled buffer is still held by a batch, appended rows wait in the table
+    and take() copies them into a buffer then, when the pipeline may have let one go: no
+    fresh buffer (whose pages all fault) is allocated ahead."""
+    agg, limit = _agg(native=True), decoders.TAKE_LIMIT
+    held = [_flood(agg)[0]]
+    _feed(agg, _many_flows(500))
+    held.append(agg.take(limit)[0])  # the pool's two buffers each hold a batch now
+    fresh = agg.pool_fresh
+    _feed(agg, _many_flows(500, 5000))
+    assert [bytes(h[:2]) for h in held] == [b"\x04\x11"] * 2  # kept, not rewritten
+    held.clear()  # the pipeline merged them
+    rows = agg.take(limit)[0]
+    assert agg.pool_fresh == fresh  # a pooled buffer again
+    assert np.frombuffer(rows, decoders.NATIVE_DTYPE)["src_port"].tolist() == \
+        list(range(5000, 5500))
+
+
+def test_an_idle_reader_that_lets_go_of_its_buffers_takes_none_until_a_take() -> None:
+    """After drop_buffers() (an idle reader, every poll) a feed takes no buffer while it
+    appends: the rows wait in the table for the take (which allocates one), then the next
+    cycles write into buffers again."""
+    agg, limit = _agg(native=True), decoders.TAKE_LIMIT
+    _flood(agg)
+    agg.drop_buffers()
+    for _ in range(5):  # idle polls: each lets go again
+        _feed(agg, b"")
+        agg.drop_buffers()
+    assert agg.pool_fresh == 1  # the flood's take only
+    _feed(agg, _many_flows(100))
+    assert agg.pool_fresh == 1 and agg.pending == 100
+    assert len(agg.take(limit)[0]) == 100 * decoders.NATIVE_DTYPE.itemsize
+    _feed(agg, _many_flows(100, 100))  # into the take's buffer, now free again
+    assert (agg.pool_fresh, len(agg.take(limit)[0])) == (2, 100 * decoders.NATIVE_DTYPE.itemsize)
+
+
+def test_native_rows_appended_survive_bounded_takes_feeds_and_a_full_buffer() -> None:
+    """A bounded take copies the head of the appended rows; a feed in between forgets it;
+    rows beyond the buffer's room (take()'s limit in rows) go on in order after it: every
+    packet in exactly one row, in arrival order, as without native rows."""
+    for native in (True, False):
+        agg = _agg(native=native)
+        flood = _flood(agg)  # held: the next buffer is a fresh one
+        agg.take(250)  # the limit: room for 250 rows in the next buffer
+        _feed(agg, _many_flows(300))  # 250 in the buffer, 50 after it
+        assert agg.pending == 300
+        head = agg.take(100, native=native)[0]
+        _feed(agg, _many_flows(300, start=150))
+        assert agg.pending == 500
+        rest = agg.take(1000, native=native)[0]
+        ports = (np.frombuffer(bytes(head) + bytes(rest), decoders.NATIVE_DTYPE)["src_port"]
+                 .tolist() if native else _ports(rows_of(bytes(head) + bytes(rest))))
+        assert ports == list(range(300)) + list(range(150, 450)), native
+        assert agg.pending == 0 and agg.append_cycles == 1 and flood[1] == MIN_PACKETS
+
+
+def test_a_native_aggregator_takes_native_rows_only() -> None:
+    """take(native=False) cannot give an Aggregator(native=True)'s rows; native needs the
+    44-byte key (no layer-2 key fields)."""
+    with pytest.raises(ValueError):
+        _agg(native=True).take(native=False)
+    with pytest.raises(ValueError):
+        _agg(native=True, l2=decoders.L2_MAC)
+    assert decoders.CBatcher().aggregator.native
 
 
 def _summed_rows(batch: FlowBatch | None) -> list[tuple]:

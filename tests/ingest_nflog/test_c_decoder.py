@@ -249,6 +249,19 @@ def test_take_rewrites_a_row_buffer_only_once_nothing_holds_it() -> None:
     assert (agg.pool_fresh, agg.pool_reused) == (pool + 3, 2)
 
 
+def test_a_pooled_row_buffer_has_room_for_the_largest_take() -> None:
+    """A row buffer is allocated for take()'s limit, not for the take at hand: takes that
+    grow from batch to batch (a flood's rounds) rewrite the pool's buffers instead of
+    replacing each with a fresh one (whose pages all fault again)."""
+    ext = _ext()
+    agg, limit = ext.Aggregator(), 2048
+    for i, n in enumerate((100, 400, 900, 1500, 2000, 2048)):
+        d = _many_flows(n, start=3000 * i)
+        agg.feed(d, len(d), RECV_NS)
+        assert bytes(agg.take(limit, native=True)[0]) == _native_rows(d)
+    assert (agg.pool_fresh, agg.pool_reused) == (1, 5)
+
+
 def test_reading_a_socket_is_feeding_its_datagrams(
         pair: tuple[socket.socket, socket.socket]) -> None:
     """read() receives what waits on a socket (non-blocking) into the table, within its
