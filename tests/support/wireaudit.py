@@ -7,8 +7,9 @@ module checks everything else). Streams are kept apart by sender (address, port)
 and Source ID / Observation Domain, as collectors keep them. For every packet it checks:
 
 * v5: length = 24 + 48 x count, 1 <= count <= 30; ``flow_sequence`` = flows of earlier
-  packets (0 first); ``unix_nsecs`` < 10^9; ``engine_type``/``engine_id`` and the
-  ``sampling_interval`` field as expected; the pad bytes zero;
+  packets (0 first, unless the receiver joined late); ``unix_nsecs`` < 10^9;
+  ``engine_type``/``engine_id`` and the ``sampling_interval`` field as expected; the pad
+  bytes zero;
 * v9: ``sequence`` = export packets before this one (0 first); ``count`` = template,
   options template and data records in the packet (RFC 3954 section 5.1); FlowSets tile the
   packet, lengths a multiple of 4, padding zero and shorter than a record (section 5.3);
@@ -89,11 +90,17 @@ class WireAudit:
     :param engine: v5 ``(engine_type, engine_id)`` expected, or ``None``.
     :param v5_sampling: the v5 header's expected ``sampling_interval`` field, or ``None``.
     :param udp: IPFIX over UDP: template withdrawals are an error.
+    :param from_start: each stream's first sequence number must be 0 (``False``: the
+        receiver may have joined late; continuity is still checked from its first packet).
+    :param lossy: datagrams were lost on the way (a full socket buffer): a sequence number
+        may jump ahead (the jumps are summed in :attr:`missing`), never back.
     """
 
     def __init__(self, *, refresh_packets: int = 0, refresh_s: int = 0,
                  engine: tuple[int, int] | None = None, v5_sampling: int | None = None,
-                 udp: bool = True):
+                 udp: bool = True, from_start: bool = True, lossy: bool = False):
+        self.from_start, self.lossy = from_start, lossy
+        self.missing = 0  # lossy: packets (v9) or records (v5, IPFIX) the sequence skipped
         self.refresh_packets, self.refresh_s = refresh_packets, refresh_s
         self.engine, self.v5_sampling, self.udp = engine, v5_sampling, udp
         self.streams: dict[tuple, Stream] = {}
@@ -302,8 +309,13 @@ class WireAudit:
         return self.streams.setdefault((peer, version, domain), Stream())
 
     def _sequence(self, stream: Stream, seq: int, label: str, what: str) -> None:
+        if stream.next_sequence is None and not self.from_start:
+            return
         want = 0 if stream.next_sequence is None else stream.next_sequence
-        if seq != want:
+        ahead = (seq - want) & 0xFFFFFFFF
+        if self.lossy and ahead < 1 << 31:
+            self.missing += ahead
+        elif seq != want:
             self._problem(label, f"{what} {seq}, expected {want}")
 
     def _sets(self, data: bytes, pos: int, label: str,
