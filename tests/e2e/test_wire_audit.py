@@ -3,7 +3,8 @@
 A capture plays at its recorded pace (about 4 s) through the real agent, with NetFlow v5, v9
 and IPFIX exporters each mirrored to a raw sink; in the middle the agent gets SIGHUP three
 times (files unchanged; only ``[cache]`` changed; the v9 and IPFIX exporters' own options
-changed) and then SIGTERM. Every packet must pass :class:`tests.support.wireaudit.WireAudit`
+changed) and then SIGTERM. v9 is also mirrored to nfcapd, which must count no sequence
+error and list the ground truth. Every packet must pass :class:`tests.support.wireaudit.WireAudit`
 (sequence numbers continuous per stream as RFC 3954 / RFC 7011 define them, counts,
 lengths, padding, templates before data and refreshed on time, v5 engine fields) and
 :func:`tests.support.exportclock.assert_export_clock`; the flows decoded from each stream
@@ -21,11 +22,13 @@ import pytest
 
 from tests.support.agentproc import Agent
 from tests.support.collectors import (
+    Nfcapd,
     UdpSink,
     cflow_records,
     flow_table,
     netflow_decode,
     netflow_records,
+    nfdump_flows,
     tshark_decode,
 )
 from tests.support.exportclock import assert_export_clock
@@ -135,11 +138,13 @@ def capture(tmp_path: Path):
 def test_every_packet_of_v5_v9_ipfix_across_reloads_and_shutdown(tmp_path, capture):
     pcap, truth, specs = capture
     sinks = {name: UdpSink() for name in ("v5", "v9", "ipfix")}
+    v9_collector = Nfcapd(tmp_path / "nfcapd").start()
     try:
         def write(inactive: int, mtu: int) -> None:
+            ends = {n: s.endpoint for n, s in sinks.items()}
+            ends["v9"] += f'", "127.0.0.1:{v9_collector.port}'
             (tmp_path / "agent.toml").write_text(CONFIG.format(
-                socket=tmp_path / "agent.sock", pcap=pcap, inactive=inactive, mtu=mtu,
-                **{n: s.endpoint for n, s in sinks.items()}))
+                socket=tmp_path / "agent.sock", pcap=pcap, inactive=inactive, mtu=mtu, **ends))
 
         write(inactive=2, mtu=600)
         with Agent(tmp_path / "agent.toml", tmp_path / "agent.sock") as agent:
@@ -161,6 +166,7 @@ def test_every_packet_of_v5_v9_ipfix_across_reloads_and_shutdown(tmp_path, captu
     finally:
         for s in sinks.values():
             s.close()
+        v9_collector.stop()
     log = agent.log()
     assert "Traceback" not in log and " ERROR " not in log, log
 
@@ -172,16 +178,22 @@ def test_every_packet_of_v5_v9_ipfix_across_reloads_and_shutdown(tmp_path, captu
     for name, audit in audits.items():
         audit.feed_all(got[name])
         audit.assert_clean()
-        assert_export_clock([d for d, _ in got[name]], min_records=10)
+        for peer in {p for _, p in got[name]}:  # one stream per socket for its own check
+            assert_export_clock([d for d, p in got[name] if p == peer])
         assert _decoded_rows(audit.flows()) == _truth_rows(truth, v4_only=name == "v5"), name
         want_tos = {FlowId.make(0, s.src, s.dst).src: {s.tos} for s in specs
                     if not (name == "v5" and s.ip_version == 6)}
         assert _tos(audit.flows()) == want_tos, name
 
     peers = {name: {peer for _, peer in got[name]} for name in got}
-    # reloads that left an exporter alone kept its stream (one socket, sequence continued);
-    # the one that changed v9 and IPFIX made a new one (a new transport session)
+    # reloads that left an exporter alone kept its socket; the one that changed v9 and
+    # IPFIX replaced theirs: v9 goes on with the same stream (sequence continued, checked
+    # above), IPFIX starts a new transport session (sequence from 0)
     assert [len(peers[n]) for n in ("v5", "v9", "ipfix")] == [1, 2, 2]
+    assert len(audits["ipfix"].streams) == 2 and len(audits["v9"].streams) == 1
+    assert "Sequence Errors: 0" in v9_collector.log, v9_collector.log
+    want9 = {k[:5]: v[:2] for k, v in _truth_rows(truth, v4_only=False).items()}
+    assert flow_table(nfdump_flows(v9_collector.dir)) == want9
     for name in ("v9", "ipfix"):  # the stop expired the long flows: end reason "forced"
         assert 4 in {r.values[136] for r in audits[name].flows()}
 

@@ -3,8 +3,9 @@
 What it owns: :class:`WireAudit`, a parser of NetFlow v5, NetFlow v9 (RFC 3954) and IPFIX
 (RFC 7011) written from the specifications, independent of the agent's encoders and of
 :mod:`tests.support.exportclock` (which checks record times against header times; this
-module checks everything else). Streams are kept apart by sender (address, port), version
-and Source ID / Observation Domain, as collectors keep them. For every packet it checks:
+module checks everything else). Streams are kept apart by sender address, version and
+Source ID / Observation Domain, as collectors keep them (IPFIX: and the sender's port, which
+makes a UDP transport session). For every packet it checks:
 
 * v5: length = 24 + 48 x count, 1 <= count <= 30; ``flow_sequence`` = flows of earlier
   packets (0 first, unless the receiver joined late); ``unix_nsecs`` < 10^9;
@@ -306,7 +307,10 @@ class WireAudit:
     # --- shared ------------------------------------------------------------------------------
 
     def _stream(self, peer: tuple[str, int], version: int, domain: int) -> Stream:
-        return self.streams.setdefault((peer, version, domain), Stream())
+        """v5/v9 streams are the exporter's address and Source ID / engine (RFC 3954 section
+        5.1, as nfcapd keys them); IPFIX over UDP adds the port (a transport session)."""
+        sender = peer if version == 10 else peer[0]
+        return self.streams.setdefault((sender, version, domain), Stream())
 
     def _sequence(self, stream: Stream, seq: int, label: str, what: str) -> None:
         if stream.next_sequence is None and not self.from_start:
