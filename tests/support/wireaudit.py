@@ -79,6 +79,7 @@ class Record:
     values: dict[int, Any]
     options: bool
     export_time: int  # header unix seconds
+    packet: int = 0  # the packet it came in: 1 for the first one fed
 
 
 class WireAudit:
@@ -174,7 +175,7 @@ class WireAudit:
             if values[11] or values[19] != b"\0\0":
                 self._problem(label, f"v5 record {i}: pad bytes not zero")
             rec = {ie: v for ie, v in zip(V5_FIELDS, values, strict=True) if ie is not None}
-            self.records.append(Record(5, eid, 0, rec, False, secs))
+            self.records.append(Record(5, eid, 0, rec, False, secs, self.packets))
 
     # --- v9 ----------------------------------------------------------------------------------
 
@@ -377,7 +378,8 @@ class WireAudit:
                 values[key] = raw if ie in BYTES_IES or pen or length > 8 else \
                     int.from_bytes(raw, "big")
             n += 1
-            self.records.append(Record(version, domain, tid, values, tpl.scopes > 0, secs))
+            self.records.append(Record(version, domain, tid, values, tpl.scopes > 0, secs,
+                                       self.packets))
             if not fixed and len(body) - pos < 4 and not any(body[pos:]):
                 break  # padding after variable-length records
         rest = body[pos:]
