@@ -7,6 +7,7 @@ module checks everything else). Streams are kept apart by sender address, versio
 Source ID / Observation Domain, as collectors keep them (IPFIX: and the sender's port, which
 makes a UDP transport session). For every packet it checks:
 
+* every format: header times (unix time, sysUpTime, IPFIX export time) never go back;
 * v5: length = 24 + 48 x count, 1 <= count <= 30; ``flow_sequence`` = flows of earlier
   packets (0 first, unless the receiver joined late); ``unix_nsecs`` < 10^9;
   ``engine_type``/``engine_id`` and the ``sampling_interval`` field as expected; the pad
@@ -67,6 +68,7 @@ class Stream:
     packets: int = 0
     next_sequence: int | None = None
     templates: dict[int, Template] = field(default_factory=dict)
+    last_time: tuple[int, ...] = ()  # the previous header's (unix secs[, sysUpTime])
 
 
 @dataclass
@@ -168,6 +170,7 @@ class WireAudit:
                                  f"expected {self.v5_sampling:#x}")
         stream = self._stream(peer, 5, eid)
         self._sequence(stream, seq, label, "v5 flow_sequence")
+        self._clock(stream, (secs * 10**9 + nsecs, uptime), label, "v5")
         stream.next_sequence = (seq + count) & 0xFFFFFFFF
         stream.packets += 1
         for i in range(count):
@@ -180,9 +183,10 @@ class WireAudit:
     # --- v9 ----------------------------------------------------------------------------------
 
     def _v9(self, data: bytes, peer: tuple[str, int], label: str) -> None:
-        _, count, _, secs, seq, source = V9_HEADER.unpack_from(data)
+        _, count, uptime, secs, seq, source = V9_HEADER.unpack_from(data)
         stream = self._stream(peer, 9, source)
         self._sequence(stream, seq, label, "v9 sequence")
+        self._clock(stream, (secs, uptime), label, "v9")
         stream.next_sequence = (seq + 1) & 0xFFFFFFFF
         index = stream.packets
         stream.packets += 1
@@ -249,6 +253,7 @@ class WireAudit:
             self._problem(label, f"ipfix: header length {length}, message {len(data)}")
         stream = self._stream(peer, 10, domain)
         self._sequence(stream, seq, label, "ipfix sequence")
+        self._clock(stream, (export_s,), label, "ipfix export time")
         index = stream.packets
         stream.packets += 1
         data_records = 0
@@ -322,6 +327,13 @@ class WireAudit:
             self.missing += ahead
         elif seq != want:
             self._problem(label, f"{what} {seq}, expected {want}")
+
+    def _clock(self, stream: Stream, times: tuple[int, ...], label: str, what: str) -> None:
+        """Header times never go back within a stream (sysUpTime may wrap at 2^32 ms)."""
+        for old, new in zip(stream.last_time, times, strict=False):
+            if new < old and old - new < 1 << 31:
+                self._problem(label, f"{what}: header time {new} before the previous {old}")
+        stream.last_time = times
 
     def _sets(self, data: bytes, pos: int, label: str,
               what: str) -> Iterable[tuple[int, bytes, int]]:
