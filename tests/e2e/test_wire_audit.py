@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -210,3 +211,48 @@ def test_every_packet_of_v5_v9_ipfix_across_reloads_and_shutdown(tmp_path, captu
             total = sum(int(r.get(f"cflow.{field}", r.get(f"cflow.{field}64", 0)))
                         for r in recs)
             assert total == sum(v[0 if field == "packets" else 1] for v in want.values())
+
+
+@pytest.mark.parametrize("protocol", [9, 10])
+def test_flows_nat_events_and_sampling_options_share_one_clean_stream(protocol):
+    """v9 and IPFIX instances with flows, NAT events and a sampling that changes, a small MTU
+    and a template refresh every 3 packets: every packet passes the audit (templates of
+    flows, NEL and options each refreshed on time although new ones keep appearing), tshark
+    and the ``netflow`` package decode every flow and event, and the sampling options say
+    1/100 and then 1 after the sampling stopped."""
+    from netflow_agent.plugins.export_ipfix.component import IpfixExporter
+    from netflow_agent.plugins.export_ipfix.config import Config as IpfixConfig
+    from netflow_agent.plugins.export_netflow.component import NetflowExporter
+    from netflow_agent.plugins.export_netflow.config import Config as NetflowConfig
+    from netflow_agent.runtime import RunContext
+    from tests.export_netflow.test_netflow_component import START, flows, nat_events
+
+    context = RunContext(start_ns=START)
+    context.declare_sampling("ingest.test[0]", 100, 2)
+    with UdpSink() as sink:
+        if protocol == 9:
+            exporter: Any = NetflowExporter(NetflowConfig(
+                destination=[sink.endpoint], protocol=9, refresh_rate=3, natevents=True,
+                counters64=True, mtu=300), "export.netflow[0]")
+        else:
+            exporter = IpfixExporter(IpfixConfig(
+                destination=[sink.endpoint], refresh_rate=3, natevents=True, mtu=300,
+                options_interval_s=0), "export.ipfix[0]")
+        exporter.agent_start(context=context)
+        for i in range(6):
+            exporter.agent_export_flows(records=flows(7, 6 if i % 2 else 4, 1000 + 10 * i))
+            exporter.agent_export_nat_events(events=nat_events())
+            if i == 3:
+                context.declare_sampling("ingest.test[0]", 1, 2)
+        exporter.agent_stop()  # sends everything before it returns
+        datagrams = sink.collect()
+        port = sink.port
+    audit = WireAudit(refresh_packets=3).feed_all(datagrams)
+    audit.assert_clean()
+    assert len(audit.flows()) == 6 * 7 + 6 * 2  # flows and NAT events (they have 8/27 too)
+    intervals = [r.values[34] for r in audit.records if r.options and 34 in r.values]
+    assert intervals[0] == 100 and intervals[-1] == 1
+    _, decoded = netflow_decode(datagrams)
+    assert len([r for r in decoded if "natEvent" in r]) == 12
+    tshark_records = cflow_records(tshark_decode(datagrams, port))
+    assert len(tshark_records) >= 6 * 7 + 6 * 2
