@@ -171,7 +171,7 @@ from netflow_agent.wire import (
 )
 
 #: ``(major, minor)`` of this plugin API (see the module docstring).
-API_VERSION = (3, 3)
+API_VERSION = (3, 4)
 
 __all__ = [
     "API_VERSION",

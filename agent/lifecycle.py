@@ -166,8 +166,9 @@ class Lifecycle:
 
         Unchanged instances keep running; the cache keeps its flows and takes new timeouts and
         maxflows in place; changed ingests are stopped before their replacement starts (an
-        NFLOG group has one listener); changed exporters are replaced, and the old instance
-        then stops and sends what it holds. When a component fails to start this raises, with
+        NFLOG group has one listener); changed exporters are replaced: the old instance
+        stops and sends what it holds, then the new one starts (it may take over what the
+        old one left in ``context.handover``). When a component fails to start this raises, with
         ``self.config`` describing what runs then: reloading the previous configuration
         restores it (:mod:`agent.reloading` does).
         """

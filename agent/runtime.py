@@ -79,6 +79,10 @@ class RunContext:
     #: ``[agent] snmp_rules``: kernel ifIndex -> exported index, applied by the core to every
     #: exported record; ``None`` = export the kernel's ifIndexes (see :meth:`use_snmp_rules`)
     snmp: SnmpIndexMap | None = None
+    #: what an instance leaves for its replacement when a reload changes it (stopped before
+    #: the replacement starts; same run only), keyed by what identifies the state, e.g. an
+    #: exporter's stream (NetFlow sequence numbers go on across the reload)
+    handover: dict[Any, Any] = field(default_factory=dict)
     #: problems already logged by :meth:`interface_names` (each is logged once)
     _netns_warned: set[str] = field(default_factory=set, init=False, repr=False)
 

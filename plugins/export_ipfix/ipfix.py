@@ -138,7 +138,8 @@ class Session:
 
     UDP refreshes templates every ``refresh_packets`` messages or ``refresh_ns`` nanoseconds,
     whichever comes first (RFC 7011 section 8.4); TCP sends each template once per
-    connection (both 0).
+    connection (both 0). Both count from the last message that repeated *every* announced
+    template: announcing one new template is no refresh of the others.
 
     :ivar sequence: data records sent in this session before the next message, mod 2^32.
     :ivar announced: templates already sent in this session, by id, in first-sent order.
@@ -206,7 +207,7 @@ class _MessageBuilder:
         self.parts: list[bytes] = []
         self.length = HEADER.size
         self.records = 0
-        self.has_templates = False
+        self.refreshed = False  # holds a refresh: every announced template (or the first)
 
     def room(self) -> int:
         """Octets still free in the current message."""
@@ -234,7 +235,7 @@ class _MessageBuilder:
         s.records += self.records
         s.octets += self.length
         # messages since the last one that carried templates, that one included
-        s.messages_since_templates = 1 if self.has_templates else s.messages_since_templates + 1
+        s.messages_since_templates = 1 if self.refreshed else s.messages_since_templates + 1
         self._reset()
 
     def begin_message(self) -> None:
@@ -245,7 +246,15 @@ class _MessageBuilder:
             self.add_templates(list(self.session.announced.values()))
 
     def add_templates(self, templates: Sequence[Template]) -> None:
-        """Put template records into the current message (and more messages if needed)."""
+        """Put template records into the current message (and more messages if needed).
+
+        When they are every template the session announced (a refresh, or its first), the
+        refresh counters restart from this message."""
+        s = self.session
+        if s.announced.keys() <= {t.template_id for t in templates}:
+            self.refreshed = True
+            s.templates_sent_ns = self.now_ns
+            s.force_templates = False
         for set_id in (SET_ID_TEMPLATE, SET_ID_OPTIONS_TEMPLATE):
             wanted = [t.encode() for t in templates if t.set_id == set_id]
             while wanted:
@@ -261,12 +270,8 @@ class _MessageBuilder:
                     continue
                 self.add_set(set_id, b"".join(wanted[:taken]), 0)
                 del wanted[:taken]
-        self.has_templates = True
-        s = self.session
         for t in templates:
             s.announced.setdefault(t.template_id, t)
-        s.templates_sent_ns = self.now_ns
-        s.force_templates = False
 
     def ensure_announced(self, template: Template, first_record: int) -> None:
         """Send ``template`` in this message unless the session already has it."""

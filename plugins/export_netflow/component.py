@@ -115,6 +115,10 @@ class NetflowExporter(NatExporter):
         """Open one socket per destination; an unconnectable one is retried later."""
         self.context = context
         self.state.boot_ns = context.start_ns
+        carried = context.handover.pop(self._stream_key(), None)
+        if carried is not None:  # a reload replaced the instance: its stream goes on
+            self.state.packets, self.state.flows = carried.packets, carried.flows
+            self.state.boot_ns, self.state.export_ns = carried.boot_ns, carried.export_ns
         for i, endpoint in enumerate(self.config.destination):
             dest = UdpDestination(endpoint, source=self.config.source,
                                   sndbuf=self.config.sndbuf, rate_limit=self.config.rate_limit,
@@ -133,9 +137,19 @@ class NetflowExporter(NatExporter):
             dest.poll()
         self._count_losses()
 
+    def _stream_key(self) -> tuple[Any, ...]:
+        """What makes a stream for collectors (RFC 3954 section 5.1: exporter address and
+        Source ID; v5: engine) to these destinations, for :attr:`RunContext.handover`."""
+        c = self.config
+        return ("export.netflow", c.protocol, c.engine_id, c.engine_type, c.source,
+                tuple(c.destination))
+
     @hookimpl
     def agent_stop(self) -> None:
-        """Send the paced backlog (up to 10 s), close the sockets, log what was lost."""
+        """Send the paced backlog (up to 10 s), close the sockets, log what was lost; leave
+        the stream's state (sequence, sysUpTime origin) for a replacement (a reload)."""
+        if self.context is not None:
+            self.context.handover[self._stream_key()] = self.state
         for i, dest in enumerate(self.destinations):
             dest.poll()
             dest.close()

@@ -104,17 +104,19 @@ class PcapIngest(Ingest):
             if self._stop.is_set():
                 break
             ts = ts or last_ts
+            if batch and (len(batch) >= cfg.batch_size or ts - batch_start >= _MAX_BATCH_SPAN_NS):
+                if pace:
+                    pace.wait_until(ts)
+                self._flush(context, batch, batch[-1][3])
+                batch = []
+                if self._stop.is_set():  # stopped before this frame's time came: not replayed
+                    break
             last_ts = ts
             self.counters["packets"] += 1
             off = ip_offset(linktype, frame)
             if off < 0:
                 self._not_ip(linktype, frame)
                 continue
-            if batch and (len(batch) >= cfg.batch_size or ts - batch_start >= _MAX_BATCH_SPAN_NS):
-                if pace:
-                    pace.wait_until(ts)
-                self._flush(context, batch, batch[-1][3])
-                batch = []
             if not batch:
                 batch_start = ts
             pkt = parse(frame[off:] if off else frame, ts, cfg.in_if, 0, direction)

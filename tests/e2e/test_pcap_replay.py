@@ -92,3 +92,41 @@ def test_capture_clock_drives_timeouts(tmp_path):
     flows = agent["export.collect[0]"].flows
     assert sorted(r.packets for r in flows) == [2, 3]
     assert [r.end_reason for r in flows] == [1, 4]  # idle, then forced at the end
+
+
+def test_sigterm_while_waiting_for_a_frame_does_not_replay_it(tmp_path):
+    """``speed = "recorded"``: stopped while the replay waits for a frame's time, that frame
+    never came; it used to be replayed anyway, its future time moving the export clock ahead
+    (here by ten minutes) in the shutdown export."""
+    from tests.support.agentproc import Agent
+    from tests.support.pcapgen import SAMPLE_EPOCH_NS
+
+    builder = PcapBuilder()
+    builder.add(FlowSpec("udp", "10.1.0.1", "10.1.0.2", 5000, 53, packets=3, payload=20,
+                         start_ns=SAMPLE_EPOCH_NS))
+    # a frame 1.5 s later hands the first batch over (a batch spans at most 1 s) ...
+    builder.add(FlowSpec("udp", "10.1.0.1", "10.1.0.2", 5001, 53, payload=20,
+                         start_ns=SAMPLE_EPOCH_NS + 1_500_000_000))
+    expected = dict(builder.write(tmp_path / "played.pcap").table())
+    # ... and one ten minutes later keeps the replay waiting until the stop
+    builder.add(FlowSpec("udp", "10.1.0.1", "10.1.0.2", 5002, 53, payload=20,
+                         start_ns=SAMPLE_EPOCH_NS + 600 * 10**9))
+    builder.write(tmp_path / "t.pcap")
+    out = tmp_path / "flows.jsonl"
+    agent = Agent.in_dir(tmp_path, f"""
+[agent]
+control_socket = "{{socket}}"
+[[ingest.pcap]]
+path = "{tmp_path / 't.pcap'}"
+speed = "recorded"
+[[export.log]]
+path = "{out}"
+format = "json"
+""")
+    with agent:
+        agent.start()
+        agent.wait_for(lambda s: s["cache"]["traffic_packets"] >= 3, what="the first flow")
+        assert agent.stop() == 0, agent.log()
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert exported_table(lines) == expected
+    assert max(r["end_ns"] for r in lines if r["type"] == "flow") < SAMPLE_EPOCH_NS + 2 * 10**9

@@ -168,8 +168,24 @@ def without_set(message: bytes, set_id: int) -> bytes:
 
 
 def decodable(messages: list[bytes]) -> list[bytes]:
-    """Messages for the ``netflow`` package: interface-name sets removed, empty ones dropped."""
-    from netflow_agent.plugins.export_ipfix.options import INTERFACE_NAMES_ID
+    """Messages for the ``netflow`` package: interface-name sets removed, empty ones dropped.
 
-    out = [without_set(m, INTERFACE_NAMES_ID) for m in messages]
+    The messages (one stream, in order) are first checked by
+    :class:`~tests.support.wireaudit.WireAudit`; the sequence numbers of what is left are
+    lowered by the records removed before, so the shortened stream is consistent too."""
+    from netflow_agent.plugins.export_ipfix.options import INTERFACE_NAMES_ID
+    from tests.support.wireaudit import WireAudit
+
+    audit = WireAudit(udp=False, from_start=False).feed_all(messages)
+    audit.assert_clean()
+    removed = [0] * (len(messages) + 1)
+    for r in audit.records:
+        if r.template == INTERFACE_NAMES_ID:
+            removed[r.packet] += 1
+    out, gone = [], 0
+    for i, message in enumerate(messages):
+        kept = without_set(message, INTERFACE_NAMES_ID)
+        seq = HEADER.unpack_from(kept)[3]
+        out.append(kept[:8] + struct.pack("!I", (seq - gone) & 0xFFFFFFFF) + kept[12:])
+        gone += removed[i + 1]
     return [m for m in out if len(m) > HEADER.size]

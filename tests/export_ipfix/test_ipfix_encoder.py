@@ -129,6 +129,28 @@ def test_refresh_by_packets_and_by_time():
     assert sets_of(m.data)[0][0] == 2
 
 
+def _template_ids(message: bytes) -> set[int]:
+    return {struct.unpack_from("!H", body)[0] for sid, body in sets_of(message) if sid == 2}
+
+
+def test_a_new_template_does_not_postpone_the_refresh_of_the_others():
+    """RFC 7011 section 8.4: every template is resent at least every ``refresh_packets``
+    messages and ``refresh_ns``; announcing a new template (an IPv6 flow appears) is no
+    refresh of the ones sent earlier (it used to restart both counters for all of them)."""
+    s = Session(1, refresh_packets=3)
+    (m,) = encode(s, [flow(0)], now_ns=0)  # 256 announced
+    (m,) = encode(s, [flow(1, v6=True)], now_ns=1)  # 257 announced, 256 not resent
+    assert _template_ids(m.data) == {257}
+    (m,) = encode(s, [flow(2)], now_ns=2)
+    (m,) = encode(s, [flow(3)], now_ns=3)  # 3 messages after 256 was sent: due again
+    assert 256 in _template_ids(m.data)
+    t = Session(1, refresh_ns=10_000)
+    encode(t, [flow(0)], now_ns=0)
+    encode(t, [flow(1, v6=True)], now_ns=9_000)
+    (m,) = encode(t, [flow(2)], now_ns=10_000)  # 256 is 10 000 ns old
+    assert 256 in _template_ids(m.data)
+
+
 def test_template_precedes_data_of_a_new_layout_mid_stream():
     s = Session(1)
     encode(s, [flow(0)])

@@ -24,6 +24,7 @@ from tests.export_ipfix.helpers import (
     sets_of,
 )
 from tests.support.collectors import netflow_decode
+from tests.support.wireaudit import WireAudit
 
 
 def make_exporter(port: int, tmp_path, **kw) -> IpfixExporter:
@@ -130,6 +131,11 @@ def test_collector_restart_delivers_everything_once_in_order(tmp_path):
         assert sets_of(session[0])[0][0] == 2  # templates open every session
         check_sequences(session)
     assert _is_withdrawal(collector.sessions[1][-1])  # withdrawal at shutdown
+    for session in collector.sessions:  # every message to the RFC (withdrawals allowed: TCP)
+        WireAudit(udp=False).feed_all(session).assert_clean()
+    audit = WireAudit(udp=False).feed_all(collector.sessions[1])
+    # RFC 7011 section 8.1: the shutdown withdrew every template the session announced
+    assert audit.withdrawals and not any(s.templates for s in audit.streams.values())
     _, nel = netflow_decode(decodable(collector.sessions[1][:-1]))
     assert sorted(r["natEvent"] for r in nel if "natEvent" in r) == [1, 2]
 

@@ -25,6 +25,7 @@ from netflow.utils import parse_packet
 from tests.support import require_tool
 from tests.support.collectors import wait_udp_drained
 from tests.support.pcapgen import LINKTYPE_RAW, ipv4_packet, write_pcap
+from tests.support.wireaudit import WireAudit
 
 # netflow 0.12.2's v9 field table lacks natEvent (230); add the IANA name so the package's
 # own parser can decode NEL records (its parsing logic stays untouched).
@@ -76,7 +77,10 @@ def full_socket() -> tuple[socket.socket, socket.socket]:
 
 
 def decode(datagrams: list[bytes]) -> list:
-    """Parse datagrams in order with the PyPI ``netflow`` package (templates carried over)."""
+    """Parse datagrams in order with the PyPI ``netflow`` package (templates carried over),
+    after :class:`~tests.support.wireaudit.WireAudit` found them well formed (one stream,
+    sequence numbers continuous from the first datagram on)."""
+    WireAudit(from_start=False).feed_all(datagrams).assert_clean()
     templates: dict = {"netflow": {}, "ipfix": {}}
     return [parse_packet(d, templates) for d in datagrams]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,40 @@ def test_template_refresh_on_the_wire_by_packets_and_by_time():
     assert [int.from_bytes(d[12:16], "big") for d in datagrams] == list(range(7))  # sequence
     decode(datagrams)
     exporter.agent_stop()
+
+
+@pytest.mark.parametrize("protocol", [5, 9])
+def test_a_reload_that_replaces_the_instance_continues_its_stream(protocol):
+    """RFC 3954 section 5.1: the v9 sequence counts every export packet of the Source ID, and
+    collectors key streams on exporter address + Source ID (nfcapd counted a sequence error
+    for each reload that changed an exporter); v5's flow_sequence likewise. The replacement
+    of a changed instance (same destinations, source and engine) takes the stream over:
+    sequence and sysUpTime origin go on, templates are sent again first."""
+    sink = UdpSink()
+    context = RunContext(start_ns=START)
+    config = Config(destination=[sink.endpoint], protocol=protocol, engine_id=7)
+    old = NetflowExporter(config, "export.netflow[0]")
+    old.agent_start(context=context)
+    old.agent_export_flows(records=flows(40))
+    old.agent_stop()
+    new = NetflowExporter(replace(config, refresh_rate=5), "export.netflow[0]")
+    new.agent_start(context=context)  # the same run: a reload
+    new.agent_export_flows(records=flows(40, base_port=2000))
+    new.agent_stop()
+    other = NetflowExporter(replace(config, engine_id=8), "export.netflow[0]")
+    other.agent_start(context=context)  # another Source ID: a stream of its own
+    other.agent_export_flows(records=flows(1))
+    other.agent_stop()
+    datagrams = sink.drain()
+    sink.close()
+    packets = decode(datagrams)  # WireAudit: one continuous stream per Source ID
+    sequences = [p.header.sequence for p in packets]
+    if protocol == 9:
+        assert sequences == [*range(len(packets) - 1), 0]
+        second = [p for p in packets if any(f.data["L4_SRC_PORT"] >= 2000 for f in p.flows)]
+        assert second[0].templates  # the replacement announced its templates first
+    else:
+        assert sequences == [0, 30, 40, 70, 0]
+    boots = [p.header.timestamp * 1000 + getattr(p.header, "timestamp_nano", 0) // 1_000_000
+             - p.header.uptime for p in packets]  # ms
+    assert max(boots) - min(boots) <= 1  # one sysUpTime origin

@@ -155,7 +155,7 @@ def end_connections(topo) -> None:  # type: ignore[no-untyped-def]
         topo.router_ns.run(["conntrack", "-f", family, "-D"], check=False)
 
 
-def write_config(tmp: Path, router: str, nf9: int, nf5: int, ipfix: int) -> Path:
+def write_config(tmp: Path, router: str, nf9: int, nf5: int, ipfix: int, v9_tap: int) -> Path:
     conf = tmp / "agent.toml"
     conf.write_text(f"""
 [agent]
@@ -166,7 +166,7 @@ netns = "{router}"
 resync_interval = 0
 
 [[export.netflow]]
-destination = ["127.0.0.1:{nf9}"]
+destination = ["127.0.0.1:{nf9}", "127.0.0.1:{v9_tap}"]
 protocol = 9
 flows = false
 natevents = true
@@ -202,8 +202,9 @@ def _tuple(conn: Conn) -> tuple:
 
 def test_agent_exports_every_nat_start_and_stop(nat, tmp_path):
     nf9 = Nfcapd(tmp_path / "nfcapd").start()
-    with UdpSink() as v5_sink, UdpSink() as ipfix_sink:
-        conf = write_config(tmp_path, nat.router_ns.name, nf9.port, v5_sink.port, ipfix_sink.port)
+    with UdpSink() as v5_sink, UdpSink() as ipfix_sink, UdpSink() as v9_sink:
+        conf = write_config(tmp_path, nat.router_ns.name, nf9.port, v5_sink.port, ipfix_sink.port,
+                            v9_sink.port)
         log = tmp_path / "agent.log"
         agent = Agent(conf, log_path=log).start(ready="natevents enabled")  # listener is up
         try:
@@ -213,9 +214,9 @@ def test_agent_exports_every_nat_start_and_stop(nat, tmp_path):
             v5_sink.wait_for(lambda pdus: _v5_records(pdus) >= 2 * _v4(conns), timeout=20)
         finally:
             assert agent.stop() == 0, agent.log()
-        v5, ipfix = v5_sink.collect(), ipfix_sink.collect()
-    assert_export_clock(v5)
-    assert_export_clock(ipfix)
+        v5, ipfix, v9 = v5_sink.collect(), ipfix_sink.collect(), v9_sink.collect()
+    for stream in (v5, ipfix, v9):  # times, and the RFC invariants of every datagram
+        assert_export_clock(stream)
     text = log.read_text()
     assert "set net.netfilter.nf_conntrack_events=1" in text, text
     check_nfdump(nf9.flows(), conns)

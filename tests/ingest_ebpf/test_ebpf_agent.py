@@ -20,9 +20,17 @@ from pathlib import Path
 
 import pytest
 
+from tests.export_ipfix.helpers import decodable
 from tests.support import require_tool
 from tests.support.agentproc import Agent
-from tests.support.collectors import Nfcapd, flow_table
+from tests.support.collectors import (
+    Nfcapd,
+    cflow_records,
+    flow_table,
+    netflow_decode,
+    netflow_records,
+    tshark_decode,
+)
 from tests.support.exportclock import clock_tap
 from tests.support.netns import (
     Netns,
@@ -138,13 +146,17 @@ def test_tc_mode_survives_a_crash(pair, tmp_path):
 
 
 def test_agent_netflow_v9_to_nfcapd_exact(pair, tmp_path):
-    """nfdump, an independent decoder, shows exactly the packets and bytes that were sent."""
+    """nfdump, an independent decoder, shows exactly the packets and bytes that were sent;
+    the PyPI ``netflow`` package and tshark agree, for v9 and for IPFIX, and see the
+    interfaces and direction each packet was observed with."""
     a, b = pair.a, pair.b
     set_offloads(a, False)  # wire-sized TCP segments: the capture truth is per segment
     set_offloads(b, False)
-    with Nfcapd(tmp_path / "nfcapd") as cap, clock_tap() as tap:  # every packet's clock
+    with (Nfcapd(tmp_path / "nfcapd") as cap, clock_tap() as tap,  # every packet's clock
+          clock_tap() as ipfix_tap):
         export = (f'[[export.netflow]]\ndestination = ["127.0.0.1:{cap.port}", '
-                  f'"{tap.endpoint}"]\nprotocol = 9\n')
+                  f'"{tap.endpoint}"]\nprotocol = 9\n\n'
+                  f'[[export.ipfix]]\ndestination = ["{ipfix_tap.endpoint}"]\n')
         conf, _ = write_config(tmp_path, b.ns.name, b.ifname, "tcx", export)
         proc, ids = start_agent(conf, tmp_path / "agent.log")
         try:
@@ -155,8 +167,25 @@ def test_agent_netflow_v9_to_nfcapd_exact(pair, tmp_path):
         finally:
             stop_agent(proc)
         records = cap.flows()
-    assert flow_table(records) == {f[1:]: v for f, v in truth.table().items()}
+        streams = {"v9": (tap.collect(), tap.port), "ipfix": (ipfix_tap.collect(),
+                                                              ipfix_tap.port)}
+    expected = {f[1:]: v for f, v in truth.table().items()}
+    assert flow_table(records) == expected
     assert not set(ids.values()) & bpf_prog_ids()
+    for name, (datagrams, port) in streams.items():  # the other two decoders, both formats
+        _, flows = netflow_decode(decodable(datagrams) if name == "ipfix" else datagrams)
+        decoded = netflow_records(flows)
+        assert flow_table(decoded) == expected, name
+        for rec in decoded:  # observed on b: what a sent came in, what b sent went out
+            raw = rec["raw"]
+            where = tuple(raw.get(k) for k in (("INPUT_SNMP", "OUTPUT_SNMP", "DIRECTION")
+                          if name == "v9" else ("ingressInterface", "egressInterface",
+                                                "flowDirection")))
+            incoming = rec["src"] in (a.addr, a.addr6)
+            assert where == ((b.ifindex, 0, 0) if incoming else (0, b.ifindex, 1)), rec
+        cflow = cflow_records(tshark_decode(datagrams, port))
+        assert sum(int(r.get("cflow.packets", r.get("cflow.packets64", 0))) for r in cflow
+                   ) == sum(p for p, _ in expected.values()), name
 
 
 def test_aggregation_rules_fold_kernel_deltas_into_one_flow(pair, tmp_path):

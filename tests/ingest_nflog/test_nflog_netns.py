@@ -10,7 +10,8 @@ nft rule counter for the loss test.
 Every end-to-end test runs with both decoders (``decoder = "c"``: per-flow sums from the C
 extension into ``agent_cache_flows``; ``"python"``: packets into ``agent_cache_packets``), and
 reads the cache's own counters over the control socket: ``traffic`` and ``drop`` must count
-packets exactly with either.
+packets exactly with either. The forward test also decodes the tap's datagrams with the PyPI
+``netflow`` package and tshark (flows, interfaces, direction, interface names).
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ import pytest
 
 from netflow_agent.control import request
 from tests.support.agentproc import Agent, nflog_counters
-from tests.support.collectors import Nfcapd, flow_table
+from tests.support.collectors import (
+    Nfcapd,
+    cflow_records,
+    flow_table,
+    netflow_decode,
+    netflow_records,
+    tshark_decode,
+)
 from tests.support.exportclock import clock_tap
 from tests.support.netns import (
     Capture,
@@ -139,6 +147,7 @@ def test_forward_flows_match_capture_exactly(topo: RoutedTopology, tmp_path: Pat
         finally:
             assert agent.stop() == 0, agent.log()
         records = cap.flows()
+        _check_decoders(tap.collect(), tap.port, _expected(truth), topo)
     counters = nflog_counters(agent.log())
     assert counters["seq_gaps"] == 0 and counters["malformed"] == 0, agent.log()
     assert truth.frag >= 3 * 3 + 2 * 2, "the test traffic must contain fragments"
@@ -150,6 +159,37 @@ def test_forward_flows_match_capture_exactly(topo: RoutedTopology, tmp_path: Pat
     if rules == "manage_rules":
         tables = topo.router_ns.run(["nft", "list", "tables"]).stdout
         assert "netflow_agent" not in tables, "managed table must be removed at exit"
+
+
+def _check_decoders(datagrams: list[bytes], port: int, expected: dict[tuple, tuple[int, int]],
+                    topo: RoutedTopology) -> None:
+    """The v9 the tap received, decoded by the PyPI ``netflow`` package and tshark: the same
+    flows as the capture; interfaces and direction as the router saw them (ingress on the
+    client side, out on the server side, or the reverse for replies); the interface-name
+    options records name both interfaces."""
+    _, flows = netflow_decode(datagrams)
+    assert flow_table(netflow_records(flows)) == expected
+    rc, rs = topo.router_client, topo.router_server
+    clients = {topo.client.addr, topo.client.addr6}
+    for rec in netflow_records(flows):
+        raw = rec["raw"]
+        from_client = rec["src"] in clients
+        want = (rc.ifindex, rs.ifindex) if from_client else (rs.ifindex, rc.ifindex)
+        assert (raw["INPUT_SNMP"], raw["OUTPUT_SNMP"], raw["DIRECTION"]) == (*want, 0), rec
+    records = cflow_records(tshark_decode(datagrams, port))
+    assert sum(int(r["cflow.packets"]) for r in records) == sum(p for p, _ in expected.values())
+    names = [layer for layer in _walk(tshark_decode(datagrams, port)) if "cflow.if_name" in layer]
+    announced = {(int(n["cflow.scope_interface"]), n["cflow.if_name"]) for n in names}
+    assert {(rc.ifindex, rc.ifname), (rs.ifindex, rs.ifname)} <= announced, announced
+
+
+def _walk(node: Any) -> list[dict[str, Any]]:
+    """Every dict inside tshark's JSON tree (records are nested under their FlowSet)."""
+    if isinstance(node, list):
+        return [d for item in node for d in _walk(item)]
+    if not isinstance(node, dict):
+        return []
+    return [node, *(d for value in node.values() for d in _walk(value))]
 
 
 @pytest.mark.parametrize("decoder", DECODERS)

@@ -102,7 +102,7 @@ table inet nfalimit {{
                 log = agent.log()
             datagrams = sink.collect()  # the agent stopped: all it sent is queued
             received = len(datagrams)
-    assert_export_clock(datagrams)
+    assert_export_clock(datagrams, lossy=True)  # the tiny sndbuf loses datagrams
     cache = snap["cache"]
     flows = [f for f in exported_flows(tmp_path / "flows.jsonl") if f["dst_port"] == DPORT]
     accounted = sum(f["packets"] for f in flows)

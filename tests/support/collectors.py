@@ -680,7 +680,8 @@ def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def netflow_decode(
-    datagrams: Iterable[bytes], templates: dict | None = None
+    datagrams: Iterable[bytes], templates: dict | None = None, audit: bool = True,
+    lossy: bool = False,
 ) -> tuple[list[Any], list[dict[str, Any]]]:
     """Decode export datagrams with the PyPI ``netflow`` package.
 
@@ -688,6 +689,11 @@ def netflow_decode(
     templates (as the package's reference collector does).
 
     :param templates: a caller-owned cache ``{"netflow": {}, "ipfix": {}}``, filled in place.
+    :param audit: first check the datagrams as one stream with
+        :class:`~tests.support.wireaudit.WireAudit` (sequence numbers continuous from the
+        first one on, counts, lengths, padding, templates before data); ``False`` for
+        datagrams that are not one stream in order.
+    :param lossy: datagrams were lost on the way: sequence numbers may jump ahead.
     :return: ``(export packets, flow dicts)``; each flow dict is the record's ``data`` plus
         ``_version``.
     :raise CollectorError: when data is left whose template never arrived.
@@ -696,6 +702,11 @@ def netflow_decode(
     from netflow.ipfix import IPFIXTemplateNotRecognized
     from netflow.v9 import V9TemplateNotRecognized
 
+    from tests.support.wireaudit import WireAudit
+
+    datagrams = list(datagrams)
+    if audit:
+        WireAudit(from_start=False, udp=False, lossy=lossy).feed_all(datagrams).assert_clean()
     templates = templates if templates is not None else {"netflow": {}, "ipfix": {}}
     pending, packets = list(datagrams), []
     while pending:

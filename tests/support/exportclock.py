@@ -246,11 +246,21 @@ def check_export_clock(datagrams: Iterable[bytes]) -> ClockReport:
     return checker.report
 
 
-def assert_export_clock(datagrams: Iterable[bytes], min_records: int = 1) -> ClockReport:
-    """Fail unless every record of every datagram respects the export clock (module doc).
+def assert_export_clock(datagrams: Iterable[bytes], min_records: int = 1,
+                        udp: bool = True, lossy: bool = False) -> ClockReport:
+    """Fail unless every record of every datagram respects the export clock (module doc),
+    and every datagram the RFC invariants of :class:`tests.support.wireaudit.WireAudit`
+    (sequence numbers continuous from the first datagram on, counts, lengths, padding,
+    templates before data; the datagrams are one stream).
 
     :param min_records: at least this many timed records must have been checked.
+    :param udp: ``False`` for IPFIX messages of a TCP session or file (withdrawals allowed).
+    :param lossy: some datagrams were lost on the way: sequence numbers may jump ahead.
     """
+    from tests.support.wireaudit import WireAudit
+
+    datagrams = list(datagrams)
+    WireAudit(udp=udp, from_start=False, lossy=lossy).feed_all(datagrams).assert_clean()
     report = check_export_clock(datagrams)
     shown = "\n".join(report.problems[:20])
     assert not report.problems, (f"{len(report.problems)} export clock violations in "

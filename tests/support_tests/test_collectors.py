@@ -84,7 +84,8 @@ def test_netflow_package_decodes_softflowd(known_pcap, version: int) -> None:
     with UdpSink() as sink:
         softflowd_export(pcap, "127.0.0.1", sink.port, version)
         datagrams = sink.wait(1)
-    _, flows = netflow_decode(datagrams)
+    # softflowd 1.1.0 pads no v9 FlowSet and counts FlowSets in the v9 header: not audited
+    _, flows = netflow_decode(datagrams, audit=False)
     table = flow_table(r for r in netflow_records(flows) if r["proto"])
     # softflowd 1.1.0's v9 packet also yields one bogus all-zero-protocol record in this
     # decoder (filtered above); every real flow must match exactly.
@@ -148,7 +149,7 @@ def test_netflow_decode_retries_data_sent_before_its_template(known_pcap) -> Non
         softflowd_export(pcap, "127.0.0.1", sink.port, 10)
         datagrams = sink.wait(1)
     templates: dict = {"netflow": {}, "ipfix": {}}
-    _, flows = netflow_decode(list(reversed(datagrams)), templates)
+    _, flows = netflow_decode(list(reversed(datagrams)), templates, audit=False)  # reordered
     assert templates["ipfix"] and len(netflow_records(flows)) == 5
 
 
