@@ -435,10 +435,13 @@ LOST = re.compile(r"datagrams sent, (\d+) records lost \((\d+) packets")
 class AgentEbpf(Agent):
     name = "agent-ebpf"
     ready = "attached"
+    #: ``--ebpf-set`` options (TOML lines) added to the section, e.g. ``cpu_slots = 524288``
+    options: list[str] = []
 
     @property
     def ingest(self) -> str:  # type: ignore[override]
-        return f'[[ingest.ebpf]]\ninterfaces = ["{self.ifname}"]\ndirection = "ingress"\n'
+        return (f'[[ingest.ebpf]]\ninterfaces = ["{self.ifname}"]\ndirection = "ingress"\n'
+                + "".join(f"{line}\n" for line in self.options))
 
 
 class AgentNflog(Agent):
@@ -813,8 +816,12 @@ def main() -> int:
                     help="keep each run's probe and collector logs in DIR")
     ap.add_argument("--profile", metavar="DIR",
                     help="attach py-spy to the agent: collapsed stacks per run in DIR")
+    ap.add_argument("--ebpf-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an [[ingest.ebpf]] option for agent-ebpf (a TOML value; repeat for "
+                    "more), e.g. cpu_slots=524288: a variant against the defaults")
     args = ap.parse_args()
     Agent.backlog = args.backlog
+    AgentEbpf.options = [kv.replace("=", " = ", 1) for kv in args.ebpf_set]
     if args.table_from:
         print(report(json.loads(Path(args.table_from).read_text())))
         return 0

@@ -70,11 +70,12 @@ NEW_VARIANTS = [  # (label, slots per CPU, per-CPU hash, slot probes)
     ("slots 4096, 1 probe, shared hash (before)", 4096, 0, 1),
     ("slots 4096, 4 probes", 4096, 0, 4),
     ("slots 131072, 4 probes", 131072, 0, 4),
-    ("slots 262144 (auto, 2 CPUs), 1 probe", 262144, 0, 1),
+    ("slots 262144 (auto on 2 CPUs before), 1 probe", 262144, 0, 1),
     ("slots 262144, 2 probes", 262144, 0, 2),
     ("slots 262144, 4 probes", 262144, 0, 4),
-    ("slots 262144, 8 probes (default)", 262144, 0, 8),
-    ("slots 262144, 8 probes, per-CPU hash", 262144, 1, 8),
+    ("slots 262144, 8 probes", 262144, 0, 8),
+    ("slots 524288 (auto, 2 CPUs), 8 probes (default)", 524288, 0, 8),
+    ("slots 524288, 8 probes, per-CPU hash", 524288, 1, 8),
     ("no slots, shared hash", 0, 0, 1),
 ]
 NEW_TABLE = 524288

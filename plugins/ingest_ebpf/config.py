@@ -62,8 +62,8 @@ class Config:
                     "flows per poll interval; kernel memory 2 x cpu_slots x CPUs x 65 bytes "
                     "(a 64-byte slot and its tag; 89 with precise timestamps, 153 with [flow] "
                     "key fields). \"auto\" = "
-                    "what the hash tables leave of 256 MiB (shared map: 262144 per CPU on 2 "
-                    "CPUs, 65 MiB; 8192 on 64 CPUs; at least 4096 unless the next bound is "
+                    "what the hash tables leave of 288 MiB (shared map: 524288 per CPU on 2 "
+                    "CPUs, 130 MiB; 16384 on 64 CPUs; at least 4096 unless the next bound is "
                     "lower), all CPUs together at most twice the [cache] maxflows or "
                     "maxflows. The drain maps only the parts of the slots that flows used, "
                     "one at a time: they do not count in the agent's RSS.", min=0, max=2**20)

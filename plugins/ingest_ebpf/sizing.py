@@ -2,10 +2,10 @@
 
 Owns the arithmetic behind ``maxflows = 0`` (derive the kernel table from ``[cache] maxflows``
 within :data:`AUTO_MEMORY_BYTES`), behind ``cpu_slots = "auto"`` (the per-CPU slots take what
-the hash tables leave of that budget) and the early-drain limits. Memory per flow entry was read
-from ``bpftool map show`` (``bytes_memlock``) on kernel 6.18: a per-CPU hash entry costs
-120 bytes plus 40 per possible CPU, a shared one 152; preallocated tables cost that for every
-entry at load.
+the hash tables leave of :data:`AUTO_TOTAL_BYTES`) and the early-drain limits. Memory per
+flow entry was read from ``bpftool map show`` (``bytes_memlock``) on kernel 6.18: a per-CPU
+hash entry costs 120 bytes plus 40 per possible CPU, a shared one 152; preallocated tables
+cost that for every entry at load.
 """
 
 from __future__ import annotations
@@ -18,6 +18,11 @@ DEFAULT_FLOW_CAPACITY = 2_000_000
 MAX_KERNEL_FLOWS = 2**24
 #: memory the two kernel tables may take together when their size is derived (maxflows = 0)
 AUTO_MEMORY_BYTES = 256 << 20
+#: memory the derived hash tables and per-CPU slots (``cpu_slots = "auto"``) take together:
+#: on 2 CPUs the 152 MiB of hash tables leave the slots 136 MiB, 524,288 line slots per CPU,
+#: enough for a drain period of a flood of new flows at the sender's top rate (~450k new flows
+#: per second on one CPU; docs/performance.md, "issue 14, seventh stop")
+AUTO_TOTAL_BYTES = 288 << 20
 #: smallest derived table (the old fixed default)
 MIN_AUTO_FLOWS = 65536
 #: bytes of one per-CPU slot (bpf/flow.h ``flow_slot_size()``): one cache line by default
@@ -26,9 +31,9 @@ MIN_AUTO_FLOWS = 65536
 SLOT_LINE_BYTES, SLOT_BYTES, SLOT_EXT_BYTES = 64, 88, 152
 #: bytes of one slot's tag (maps ``tags_a``/``tags_b``, bpf/maps.h)
 TAG_BYTES = 1
-#: most per-CPU slots ``cpu_slots = "auto"`` gives a CPU (16 MiB per table and CPU with
-#: line slots, 22 MiB with precise timestamps)
-MAX_AUTO_SLOTS = 262144
+#: most per-CPU slots ``cpu_slots = "auto"`` gives a CPU (32 MiB per table and CPU with
+#: line slots, 44 MiB with precise timestamps)
+MAX_AUTO_SLOTS = 524288
 #: fewest derived per-CPU slots: the fixed default before "auto" (what hosts with so many
 #: CPUs that the budget leaves less still get, as they did)
 MIN_AUTO_SLOTS = 4096
@@ -96,16 +101,16 @@ def cpu_slots_size(configured: int | str, maxflows: int, flow_capacity: int, per
                    ncpu: int, key_fields: bool = False, precise: bool = False) -> int:
     """The per-CPU slots: ``cpu_slots`` if a number, else (``"auto"``) derived.
 
-    Derived: what the two hash tables of ``maxflows`` leave of :data:`AUTO_MEMORY_BYTES`,
+    Derived: what the two hash tables of ``maxflows`` leave of :data:`AUTO_TOTAL_BYTES`,
     split over both slot arrays and the possible CPUs, rounded down to a power of two, at
     least :data:`MIN_AUTO_SLOTS` (the old fixed default, for hosts with so many CPUs that the
     budget leaves less) and at most :data:`MAX_AUTO_SLOTS`; then, lower still if need be, all
     CPUs together at most twice
     the smaller of the cache's flow capacity and ``maxflows`` (rounded up per CPU), so a small
     cache or kernel table keeps the slots small too. On 2 CPUs with the default cache and the
-    shared map: 262,144 per CPU, 65 MiB with their tags beside the 152 MiB of the hash tables
-    (89 MiB with precise timestamps: 88-byte slots; 131,072 with ``[flow]`` key fields:
-    152-byte slots); 8,192 on 64 CPUs.
+    shared map: 524,288 per CPU, 130 MiB with their tags beside the 152 MiB of the hash tables
+    (262,144 with precise timestamps: 88-byte slots, 89 MiB; 131,072 with ``[flow]`` key
+    fields: 152-byte slots); 16,384 on 64 CPUs.
 
     :param configured: ``[[ingest.ebpf]] cpu_slots`` (``"auto"`` = derive it).
     :param maxflows: the hash table size in use (:func:`kernel_table_size`).
@@ -114,7 +119,7 @@ def cpu_slots_size(configured: int | str, maxflows: int, flow_capacity: int, per
     """
     if isinstance(configured, int):
         return configured
-    left = AUTO_MEMORY_BYTES - table_memory(maxflows, percpu, ncpu)
+    left = AUTO_TOTAL_BYTES - table_memory(maxflows, percpu, ncpu)
     fits = max(left // (2 * ncpu * slot_bytes(key_fields, precise)), MIN_AUTO_SLOTS)
     flows = min(flow_capacity or maxflows, maxflows)
     cap = min(MAX_AUTO_SLOTS, _power_above(max(-(-2 * flows // ncpu), 1)))
