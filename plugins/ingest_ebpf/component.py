@@ -81,6 +81,14 @@ PRESSURE_CHECK_S = 0.1
 #: drain-step record arrays a drain keeps for reuse (drain_chunk x the record size each: 400 KB
 #: at the defaults); the main thread merges one step while the next is drained
 STEP_BUFFERS = 3
+#: with all of them still queued or being merged, the drain waits up to this long for the
+#: cache to let one go before it takes a new array: a drain that outruns the merge (W2's
+#: 200k flows at the flood's end) otherwise queued a fresh 400 KB array per step, 2-4 MB of
+#: peak RSS that only waited for the main thread (issue 14, seventh stop); the kernel rows
+#: stay in the idle table meanwhile, so waiting loses nothing
+STEP_WAIT_S = 0.5
+#: how often a waiting drain looks again (the sleep releases the GIL to the merge)
+STEP_POLL_S = 0.0005
 
 
 class StepBuffers:
@@ -98,23 +106,48 @@ class StepBuffers:
     without a GIL) every step gets a new array. One pool per drain: an idle agent keeps none.
     """
 
-    __slots__ = ("_rows", "_dtype", "_pool")
+    __slots__ = ("_rows", "_dtype", "_pool", "waited", "fresh")
 
     def __init__(self, rows: int, dtype: np.dtype):
         self._rows = rows
         self._dtype = dtype
         self._pool: list[np.ndarray] = []
+        #: steps that waited for a pooled array / got an unpooled new one (all held)
+        self.waited = 0
+        self.fresh = 0
 
-    def take(self) -> np.ndarray:
-        """A ``rows``-row array of ``dtype``, contents undefined."""
-        if FREE_REFS:
-            for buf, refs in zip(self._pool, _refcounts(self._pool), strict=True):
-                if refs <= FREE_REFS:
+    def take(self, wait_s: float = 0.0) -> np.ndarray:
+        """A ``rows``-row array of ``dtype``, contents undefined.
+
+        :param wait_s: with the pool full and every array still held, wait up to this long
+            for one to be let go (polling every :data:`STEP_POLL_S`) before a new array is
+            made (not pooled); 0: never wait.
+        """
+        buf = self._free()
+        if buf is not None:
+            return buf
+        if FREE_REFS and len(self._pool) >= STEP_BUFFERS and wait_s > 0:
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline:
+                time.sleep(STEP_POLL_S)
+                buf = self._free()
+                if buf is not None:
+                    self.waited += 1
                     return buf
         buf = np.empty(self._rows, self._dtype)
         if FREE_REFS and len(self._pool) < STEP_BUFFERS:
             self._pool.append(buf)
+        else:
+            self.fresh += 1
         return buf
+
+    def _free(self) -> np.ndarray | None:
+        """A pooled array nothing else refers to, or ``None``."""
+        if FREE_REFS:
+            for buf, refs in zip(self._pool, _refcounts(self._pool), strict=True):
+                if refs <= FREE_REFS:
+                    return buf
+        return None
 
 
 def _refcounts(pool: list[np.ndarray]) -> list[int]:
@@ -463,7 +496,8 @@ class EbpfIngest(Ingest):
         self.loader.drain_begin(index)
         drained, more = 0, True
         while more:
-            flows = buffers.take()  # the loader writes every byte of its rows
+            # waits for the merge only on the drain thread: at stop the caller merges later
+            flows = buffers.take(0.0 if self._stop.is_set() else STEP_WAIT_S)
             rows, err, more = self.loader.drain_next(flows, self._layout, offset)
             if err:  # the rows it deleted are in `flows`; what is left is drained next time
                 self.stats["drain_errors"] += 1
