@@ -40,7 +40,7 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 128 << 10
 #: the agent's trim threshold: glibc's starting value (free heap above it goes back)
 TRIM_THRESHOLD = 128 << 10
-#: during a forced scan: a part's arrays (at most ~0.6 MB at 4096 rows) come from the heap
+#: during a forced scan: a part's arrays (at most ~1.2 MB at 8192 rows) come from the heap
 PART_MMAP_THRESHOLD = 4 << 20
 #: during a forced scan: free heap kept for the next part before glibc trims it
 PART_TRIM_THRESHOLD = 8 << 20

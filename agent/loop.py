@@ -39,11 +39,9 @@ log = logging.getLogger("agent.pipeline")
 #: flows aggregated and exported per step of a scan: the encoders' temporaries (record
 #: copies per template, packed records, datagrams) stay a few MB when a forced scan at stop,
 #: or a wave of expiries, hands over 100k+ flows at once (~40 MB of peak RSS per 200k flows).
-#: 4096 rather than 16384 or 8192: the stop's copies of a part (cache hand-off, batch, encoder
-#: temporaries, the part's datagrams) were ~6 MB at 16384 and ~3 MB at 8192, and ~1 MB less
-#: of the stop's peak RSS at 4096, for a CPU per flow within the noise (docs/performance.md,
-#: "Agent memory at the flood's drain and the stop (issue 14, seventh stop)")
-EXPORT_ROWS = 4096
+#: 8192 rather than 16384: the stop's copies of a part (cache hand-off, batch, encoder
+#: temporaries) are ~3 MB instead of ~6 MB, and v9 encodes as fast (docs/performance.md)
+EXPORT_ROWS = 8192
 #: ``agent_cache_expire``'s ``limit`` on a scan when an exporter has no room at all
 NO_ROOM = -1
 

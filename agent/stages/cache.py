@@ -174,8 +174,8 @@ class CacheConfig:
 
 def _populated(out: np.ndarray) -> np.ndarray:
     """``out`` (a fresh zeroed array) with its pages faulted in by one ``madvise`` instead
-    of one page fault each as its rows are first written: a part of a timed scan (4096 rows,
-    ~0.4 MB) is a fresh mmap, and its ~200 faults were a fifth of the take's CPU. In the
+    of one page fault each as its rows are first written: a part of a timed scan (8192 rows,
+    ~0.8 MB) is a fresh mmap, and its ~200 faults were a fifth of the take's CPU. In the
     stop's final scan parts are reused heap blocks (agent.heap.reuse_parts): their pages are
     already in, and the advice returns at once.
     The pages hold zeros either way and are written right after (no RSS added); a kernel

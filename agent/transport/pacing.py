@@ -79,10 +79,10 @@ DEFAULT_BACKLOG = 30000
 #: datagrams (~9 MB for 200k flows) are never all in memory at once; the stop takes as long
 #: as before (the paced rate sets it)
 WAIT_BACKLOG_S = 0.25
-#: ...but never fewer than this many (one export part, agent.loop's 4,096 records at 15 or
-#: more per datagram): at a low ``rate_limit`` a stop's export to several destinations is
-#: then queued to all of them at once instead of one destination after another
-WAIT_BACKLOG_MIN = 300
+#: ...but never fewer than this many (one export part, 8,192 records at 15 or more per
+#: datagram): at a low ``rate_limit`` a stop's export to several destinations is then queued
+#: to all of them at once instead of one destination after another
+WAIT_BACKLOG_MIN = 600
 #: how long closing a paced destination may still send its backlog (NetFlow; IPFIX has
 #: ``flush_timeout_s``): DEFAULT_BACKLOG at DEFAULT_RATE_LIMIT
 DEFAULT_FLUSH_S = 10.0
