@@ -22,6 +22,7 @@ import select
 import sys
 import threading
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -89,8 +90,6 @@ STEP_BUFFERS = 3
 #: the idle table meanwhile, so waiting loses nothing; the bound keeps a stalled main thread
 #: from delaying the next flip by more than this (the active table fills meanwhile)
 STEP_WAIT_S = 0.25
-#: how often a waiting drain looks again (the sleep releases the GIL to the merge)
-STEP_POLL_S = 0.0005
 
 
 class StepBuffers:
@@ -108,7 +107,7 @@ class StepBuffers:
     without a GIL) every step gets a new array. One pool per drain: an idle agent keeps none.
     """
 
-    __slots__ = ("_rows", "_dtype", "_pool", "_wait_s", "waited", "fresh")
+    __slots__ = ("_rows", "_dtype", "_pool", "_wait_s", "_let_go", "waited", "fresh")
 
     def __init__(self, rows: int, dtype: np.dtype, wait_s: float = 0.0):
         """:param wait_s: how long :meth:`take` may wait in all, over this pool's life, for a
@@ -117,26 +116,30 @@ class StepBuffers:
         self._dtype = dtype
         self._pool: list[np.ndarray] = []
         self._wait_s = wait_s
+        #: set when a step's batch rows handed out by :meth:`lend` are let go
+        self._let_go = threading.Event()
         #: takes that waited for a pooled array / got a new one beyond the pool (all held)
         self.waited = 0
         self.fresh = 0
 
     def take(self) -> np.ndarray:
         """A ``rows``-row array of ``dtype``, contents undefined: a pooled one nothing else
-        holds, else (pool full, wait budget left) the first one let go, polling every
-        :data:`STEP_POLL_S`, else a new one."""
+        holds, else (pool full, wait budget left) the first one let go, else a new one. The
+        wait sleeps until rows from :meth:`lend` are let go (no polling: the main thread's
+        merge keeps the GIL and the CPU)."""
         buf = self._free()
         if buf is not None:
             return buf
         if FREE_REFS and len(self._pool) >= STEP_BUFFERS and self._wait_s > 0:
             start = time.monotonic()
             try:
-                while time.monotonic() - start < self._wait_s:
-                    time.sleep(STEP_POLL_S)
+                while (left := self._wait_s - (time.monotonic() - start)) > 0:
+                    self._let_go.clear()  # before the check: a release after it still wakes
                     buf = self._free()
                     if buf is not None:
                         self.waited += 1
                         return buf
+                    self._let_go.wait(left)
             finally:
                 self._wait_s = max(0.0, self._wait_s - (time.monotonic() - start))
         buf = np.empty(self._rows, self._dtype)
@@ -145,6 +148,13 @@ class StepBuffers:
         else:
             self.fresh += 1
         return buf
+
+    def lend(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` (a view of a taken array, about to be emitted), watched: once the pipeline
+        lets it go, a :meth:`take` waiting for a pooled array looks again."""
+        if self._wait_s > 0:
+            weakref.finalize(rows, self._let_go.set).atexit = False
+        return rows
 
     def _free(self) -> np.ndarray | None:
         """A pooled array nothing else refers to, or ``None``."""
@@ -513,7 +523,7 @@ class EbpfIngest(Ingest):
                                  "follows at a later drain", self.name, index,
                                  os.strerror(err))
             if rows:  # a short last step keeps only its rows' memory
-                flows = flows[:rows] if rows > chunk // 4 else flows[:rows].copy()
+                flows = buffers.lend(flows[:rows]) if rows > chunk // 4 else flows[:rows].copy()
                 self.context.emit(FlowBatch(source=self.name, flows=flows))
                 drained += rows
         self.stats["drain_steps_waited"] += buffers.waited
