@@ -40,7 +40,10 @@ __all__ = ["FREE_NS", "FlowTable", "RecordLayout", "Taken", "record_layout"]
 
 FREE_NS = 2**63 - 1  # first/last time of an unused slot: never expires
 _MIN_ROWS = 1024
-_GROW_DIV = 8  # columns grow by at least rows // 8
+#: columns grow by at least rows // 16: the new rows are zero-filled (touched) at once, so the
+#: slack is resident; a sixteenth rather than an eighth keeps ~0.4 MB less of it at 200k
+#: flows (docs/performance.md, "Agent memory at the flood's drain and the stop")
+_GROW_DIV = 16
 #: rows merged per step: a batch's contiguous copies of its columns (``_col``) stay a few MB
 #: (the eBPF drain and the NFLOG aggregator may hand over 100k+ flows at once); as fast
 _MERGE_ROWS = 1 << 16
@@ -170,14 +173,14 @@ class FlowTable:
             self._free(np.frombuffer(self.index.occupied(drained), np.int64))
 
     def reserve(self, rows: int) -> None:
-        """Grow every column to at least ``rows`` slots (new ones free), by an eighth at a time.
+        """Grow every column to at least ``rows`` slots (new ones free), by a sixteenth at a time.
 
         Each column is grown in place (``ndarray.resize``: ``realloc``, which glibc serves
         with ``mremap`` for a block this large), so the old and the new column are never
         both alive: growing 100k flows' worth of columns costs their size once, not three
         times (old + doubled copy). Growing costs a ``mremap`` and filling the new part, so
         small steps are cheap and keep the slack (touched, zero-filled rows ahead of the
-        index's slot count) at most an eighth of the columns. A column something else still
+        index's slot count) at most a sixteenth of the columns. A column something else still
         references (a view, a caller's reference) cannot move under it: that one is copied
         instead.
         """

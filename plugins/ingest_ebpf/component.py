@@ -22,6 +22,7 @@ import select
 import sys
 import threading
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -81,6 +82,14 @@ PRESSURE_CHECK_S = 0.1
 #: drain-step record arrays a drain keeps for reuse (drain_chunk x the record size each: 400 KB
 #: at the defaults); the main thread merges one step while the next is drained
 STEP_BUFFERS = 3
+#: with all of them still queued or being merged, a drain waits for the cache to let one go
+#: before it takes a new array, up to this long in all per drain (then new arrays, as before):
+#: a drain that outruns the merge (W2's 200k flows at the flood's end, the main thread short
+#: of CPU) otherwise queued a fresh 400 KB array per step, up to 32 of them, 3-6 MB of peak
+#: RSS that only waited for the main thread (issue 14, seventh stop). The kernel rows stay in
+#: the idle table meanwhile, so waiting loses nothing; the bound keeps a stalled main thread
+#: from delaying the next flip by more than this (the active table fills meanwhile)
+STEP_WAIT_S = 0.25
 
 
 class StepBuffers:
@@ -98,23 +107,62 @@ class StepBuffers:
     without a GIL) every step gets a new array. One pool per drain: an idle agent keeps none.
     """
 
-    __slots__ = ("_rows", "_dtype", "_pool")
+    __slots__ = ("_rows", "_dtype", "_pool", "_wait_s", "_let_go", "waited", "fresh")
 
-    def __init__(self, rows: int, dtype: np.dtype):
+    def __init__(self, rows: int, dtype: np.dtype, wait_s: float = 0.0):
+        """:param wait_s: how long :meth:`take` may wait in all, over this pool's life, for a
+            held array to be let go once the pool is full (0: never wait)."""
         self._rows = rows
         self._dtype = dtype
         self._pool: list[np.ndarray] = []
+        self._wait_s = wait_s
+        #: set when a step's batch rows handed out by :meth:`lend` are let go
+        self._let_go = threading.Event()
+        #: takes that waited for a pooled array / got a new one beyond the pool (all held)
+        self.waited = 0
+        self.fresh = 0
 
     def take(self) -> np.ndarray:
-        """A ``rows``-row array of ``dtype``, contents undefined."""
+        """A ``rows``-row array of ``dtype``, contents undefined: a pooled one nothing else
+        holds, else (pool full, wait budget left) the first one let go, else a new one. The
+        wait sleeps until rows from :meth:`lend` are let go (no polling: the main thread's
+        merge keeps the GIL and the CPU)."""
+        buf = self._free()
+        if buf is not None:
+            return buf
+        if FREE_REFS and len(self._pool) >= STEP_BUFFERS and self._wait_s > 0:
+            start = time.monotonic()
+            try:
+                while (left := self._wait_s - (time.monotonic() - start)) > 0:
+                    self._let_go.clear()  # before the check: a release after it still wakes
+                    buf = self._free()
+                    if buf is not None:
+                        self.waited += 1
+                        return buf
+                    self._let_go.wait(left)
+            finally:
+                self._wait_s = max(0.0, self._wait_s - (time.monotonic() - start))
+        buf = np.empty(self._rows, self._dtype)
+        if FREE_REFS and len(self._pool) < STEP_BUFFERS:
+            self._pool.append(buf)
+        else:
+            self.fresh += 1
+        return buf
+
+    def lend(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` (a view of a taken array, about to be emitted), watched: once the pipeline
+        lets it go, a :meth:`take` waiting for a pooled array looks again."""
+        if self._wait_s > 0:
+            weakref.finalize(rows, self._let_go.set).atexit = False
+        return rows
+
+    def _free(self) -> np.ndarray | None:
+        """A pooled array nothing else refers to, or ``None``."""
         if FREE_REFS:
             for buf, refs in zip(self._pool, _refcounts(self._pool), strict=True):
                 if refs <= FREE_REFS:
                     return buf
-        buf = np.empty(self._rows, self._dtype)
-        if FREE_REFS and len(self._pool) < STEP_BUFFERS:
-            self._pool.append(buf)
-        return buf
+        return None
 
 
 def _refcounts(pool: list[np.ndarray]) -> list[int]:
@@ -163,7 +211,8 @@ class EbpfIngest(Ingest):
         self.stats = {"drains": 0, "early_drains": 0, "ring_consumes": 0, "drain_errors": 0,
                       "pressure_checks": 0, "quiet_skips": 0,
                       "flows_drained": 0, "overflow_flows": 0, "drain_ms_last": 0.0,
-                      "drain_ms_max": 0.0, "table_peak": 0, "maxflows": 0,
+                      "drain_ms_max": 0.0, "drain_steps_waited": 0, "drain_steps_unpooled": 0,
+                      "table_peak": 0, "maxflows": 0,
                       "attach_errors": 0, "interfaces": 0, "cpu_slots": 0,
                       "slot_windows_scanned": 0}
         # counter values at the last flip / ring consume: early-drain triggers (pressure)
@@ -458,7 +507,10 @@ class EbpfIngest(Ingest):
             schema = flow_schema()  # the rows and the layout from one schema
             self._layout, self._record_dtype = record_layout(schema), schema.record_dtype
         chunk = self.config.drain_chunk
-        buffers = StepBuffers(chunk, self._record_dtype)  # this drain's: none kept while idle
+        # this drain's (none kept while idle); it waits for the merge only on the drain
+        # thread: at stop the caller merges after the drain
+        buffers = StepBuffers(chunk, self._record_dtype,
+                              0.0 if self._stop.is_set() else STEP_WAIT_S)
         assert self.context is not None
         self.loader.drain_begin(index)
         drained, more = 0, True
@@ -471,9 +523,11 @@ class EbpfIngest(Ingest):
                                  "follows at a later drain", self.name, index,
                                  os.strerror(err))
             if rows:  # a short last step keeps only its rows' memory
-                flows = flows[:rows] if rows > chunk // 4 else flows[:rows].copy()
+                flows = buffers.lend(flows[:rows]) if rows > chunk // 4 else flows[:rows].copy()
                 self.context.emit(FlowBatch(source=self.name, flows=flows))
                 drained += rows
+        self.stats["drain_steps_waited"] += buffers.waited
+        self.stats["drain_steps_unpooled"] += buffers.fresh
         tag_err = self.loader.slot_info()["tag_errno"]
         if tag_err:  # every row is out; the windows stay marked, so the next drain retries
             self.stats["drain_errors"] += 1
