@@ -1804,7 +1804,9 @@ PyDoc_STRVAR(take_doc,
 	     "100-byte rows of the default FlowBatch record array instead (decoders.py\n"
 	     "NATIVE_DTYPE; the default with Aggregator(native=True)). The view's buffer is\n"
 	     "reused by a later take() once nothing holds the view or an array over it\n"
-	     "(pool_reused, pool_fresh); a new one has room for `limit` rows.");
+	     "(pool_reused, pool_fresh: batches, counted once each); a new pooled one has room\n"
+	     "for `limit` rows, at most POOL_ROWS (16384). native: any truth value (not given:\n"
+	     "init's native).");
 
 /* A bytearray of the pool that nothing but the pool references: no batch, array or view of
  * it is alive (each holds a reference through the buffer export), so it can be rewritten. */
