@@ -39,6 +39,7 @@
 #include <poll.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 
 /* linux/netlink.h, linux/netfilter/nfnetlink_log.h */
@@ -99,6 +100,9 @@
 /* row buffers take() keeps for reuse (each up to TAKE_LIMIT rows, 1.6 MB): a pipeline that
  * keeps up holds at most one batch while the next is taken; more in flight get fresh ones */
 #define TAKE_POOL 2
+/* the most rows a pooled buffer has room for beyond the take at hand (decoders.py
+ * TAKE_LIMIT: the reader's largest take), and an appending fill's room without a limit */
+#define POOL_ROWS 16384
 /* Append mode (a flood of new flows, issue 14): a cycle of the table (from empty to empty
  * again) of at least `hold` packets (the Aggregator's init argument: the reader's hold,
  * component.py _HOLD_FLOWS; 0: no cycle decides) fed in more than one round (feed() or a
@@ -211,7 +215,7 @@ typedef struct {
 	unsigned long long frag_tracked, frag_held, frag_unmatched, decapsulated, decap_failed;
 	/* take()'s row buffers, reused once nobody holds them (take_buffer) */
 	PyObject *pool[TAKE_POOL];
-	unsigned long long pool_reused, pool_fresh;
+	unsigned long long pool_reused, pool_fresh; /* batches handed on in a reused / new one */
 	size_t take_limit; /* the last take()'s limit (0: none): a pooled buffer's row capacity */
 	/* append mode with native rows (`native`, no layer-2 key): the walk writes each packet's
 	 * FlowBatch row straight into `fill` (a bytearray of the pool, one reference more so
@@ -224,6 +228,7 @@ typedef struct {
 	PyObject *fill;
 	uint8_t *fill_data;
 	size_t fill_cap, fill_rows, fill_taken;
+	int fill_fresh; /* the fill was allocated, not reused (counted when handed on) */
 	/* append mode: cycles left to append (0: hashed); the packets and the rows the takes
 	 * of the current cycle returned (counted per take, not per packet) and its rounds
 	 * (feed() calls, read rounds that received); the fewest packets a cycle decides with */
@@ -231,6 +236,9 @@ typedef struct {
 	uint64_t cycle_packets, cycle_flows, cycle_rounds;
 	Py_ssize_t append_hold;
 	unsigned long long append_cycles, hashed_cycles; /* cycles done in each mode */
+	/* key_hash()'s seeds, per instance from getrandom() (init): crafted addresses and
+	 * ports cannot be chosen to share a probe chain (a flow-table or fragment-table DoS) */
+	uint64_t seed_a, seed_b;
 } Aggregator;
 
 static inline uint16_t be16(const uint8_t *p)
@@ -295,12 +303,14 @@ static inline void key_head(uint8_t *key, unsigned int version, unsigned int pro
 	key[11] = (uint8_t)dport;
 }
 
-static inline uint64_t key_hash(const uint8_t *key, size_t len)
+static inline uint64_t key_hash(const uint8_t *key, size_t len, uint64_t seed_a,
+				uint64_t seed_b)
 {
 	/* two independent multiply chains over alternate words, then one mix: half the
 	 * latency of a single chain over the 5 (or 8) words (the chain was a quarter of the
-	 * walk at 4,000 concurrent flows) */
-	uint64_t a = len, b = 0x2545F4914F6CDD1DULL, w;
+	 * walk at 4,000 concurrent flows); each chain starts from the instance's seed, so
+	 * which keys share a slot is not known outside (not a keyed PRF: hardening only) */
+	uint64_t a = seed_a ^ len, b = seed_b, w;
 	size_t i = 0;
 
 	for (; i + 16 <= len; i += 16) {
@@ -414,7 +424,8 @@ static inline __attribute__((always_inline)) int account(Aggregator *self, const
 		f->first_ns = f->last_ns = ts;
 		return 0;
 	}
-	h = base ? key_hash(pkt->key, KEY_LEN) : key_hash(pkt->key, KEY6_LEN);
+	h = base ? key_hash(pkt->key, KEY_LEN, self->seed_a, self->seed_b)
+		 : key_hash(pkt->key, KEY6_LEN, self->seed_a, self->seed_b);
 	mask = self->slots_cap - 1;
 	for (s = (size_t)h & mask; self->slots[s]; s = (s + 1) & mask) {
 		f = &self->flows[self->slots[s] - 1];
@@ -788,7 +799,8 @@ static inline void set_ports(struct packet *pkt, unsigned int proto, unsigned in
 
 static inline uint32_t frag_bucket(const Aggregator *self, const struct frag_key *k)
 {
-	return (uint32_t)key_hash((const uint8_t *)k, sizeof(*k)) & self->fbucket_mask;
+	return (uint32_t)key_hash((const uint8_t *)k, sizeof(*k), self->seed_a, self->seed_b) &
+	       self->fbucket_mask;
 }
 
 static int32_t first_find(const Aggregator *self, const struct frag_key *k, uint32_t bucket)
@@ -1428,6 +1440,12 @@ PyDoc_STRVAR(feed_doc,
 
 static void ensure_fill(Aggregator *self);
 
+/* Rows not yet returned by take(): the fill's, then the table's. */
+static inline size_t pending_flows(const Aggregator *self)
+{
+	return self->fill_rows - self->fill_taken + self->nflows - self->taken;
+}
+
 /* Mark the object busy (feed, read, serve: the GIL is released while the table changes);
  * while appending, a row buffer for the rows first (ensure_fill). */
 static int enter(Aggregator *self)
@@ -1607,10 +1625,6 @@ static int64_t mono_ns(void)
 	return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static inline size_t pending_flows(const Aggregator *self)
-{
-	return self->fill_rows - self->fill_taken + self->nflows - self->taken;
-}
 
 /* What serve() did: read()'s counts summed over its rounds, and why it returned. */
 struct serve_counts {
@@ -1790,7 +1804,9 @@ PyDoc_STRVAR(take_doc,
 	     "100-byte rows of the default FlowBatch record array instead (decoders.py\n"
 	     "NATIVE_DTYPE; the default with Aggregator(native=True)). The view's buffer is\n"
 	     "reused by a later take() once nothing holds the view or an array over it\n"
-	     "(pool_reused, pool_fresh); a new one has room for `limit` rows.");
+	     "(pool_reused, pool_fresh: batches, counted once each); a new pooled one has room\n"
+	     "for `limit` rows, at most POOL_ROWS (16384). native: any truth value (not given:\n"
+	     "init's native).");
 
 /* A bytearray of the pool that nothing but the pool references: no batch, array or view of
  * it is alive (each holds a reference through the buffer export), so it can be rewritten. */
@@ -1799,18 +1815,19 @@ static inline int pool_free(PyObject *b)
 	return Py_REFCNT(b) == 1 && ((PyByteArrayObject *)b)->ob_exports == 0;
 }
 
-/* A row buffer of at least `bytes` bytes (a new reference, GIL held): a pooled bytearray
- * nobody holds any more, or a new one of `cap` bytes (at least `bytes`) put in the pool
- * (then a plain new bytearray once the pool's buffers are all in use). A fresh buffer is a
- * fresh mmap (the agent's M_MMAP_THRESHOLD is 128 KiB) whose ~400 pages each fault when
- * the rows are written and are unmapped when the batch is freed: a sixth of the reader
- * thread's CPU under a flood of new flows (docs/performance-history.md, "NFLOG
- * ingest: the reader's row buffers and what the rule costs the sender"). So a new pooled buffer has
- * room for the largest take (`cap`: take()'s limit in rows), not only for this one: a
- * larger take later reuses it instead of replacing it (pages never written stay unmapped:
- * no RSS for the room). `pooled`: only a buffer of the pool (NULL, no exception, when all
- * of them are held). */
-static PyObject *pool_get(Aggregator *self, size_t bytes, size_t cap, int pooled)
+/* A row buffer of at least `bytes` bytes (a new reference, GIL held; *fresh: whether it
+ * was allocated): a pooled bytearray nobody holds any more, or a new one put in the pool
+ * with room for `cap` bytes (at least `bytes`), or, once the pool's buffers are all in
+ * use, a plain new bytearray of `bytes` (it goes with its batch: room would be waste). A
+ * fresh buffer is a fresh mmap (the agent's M_MMAP_THRESHOLD is 128 KiB) whose ~400 pages
+ * each fault when the rows are written and are unmapped when the batch is freed: a sixth
+ * of the reader thread's CPU under a flood of new flows (docs/performance-history.md,
+ * "NFLOG ingest: the reader's row buffers and what the rule costs the sender"). So a new
+ * pooled buffer has room for the largest take (`cap`: pool_room()), not only for this
+ * one: a larger take later reuses it instead of replacing it (pages never written stay
+ * unmapped: no RSS for the room). `pooled`: only a buffer of the pool (NULL, no
+ * exception, when all of them are held). */
+static PyObject *pool_get(Aggregator *self, size_t bytes, size_t cap, int pooled, int *fresh)
 {
 	PyObject *b = NULL;
 	int slot = -1;
@@ -1827,21 +1844,39 @@ static PyObject *pool_get(Aggregator *self, size_t bytes, size_t cap, int pooled
 		}
 	}
 	if (b) {
-		self->pool_reused++;
+		*fresh = 0;
 		Py_INCREF(b);
 		return b;
 	}
 	if (pooled && slot < 0)
 		return NULL;
-	b = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)(cap > bytes ? cap : bytes));
+	b = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)(slot >= 0 && cap > bytes ? cap : bytes));
 	if (!b)
 		return NULL;
-	self->pool_fresh++;
+	*fresh = 1;
 	if (slot >= 0) { /* else every pooled buffer is still held: this one is not pooled */
 		Py_INCREF(b);
 		Py_XSETREF(self->pool[slot], b);
 	}
 	return b;
+}
+
+/* A pooled buffer's room in bytes for takes of `limit` rows (0: no limit, no room beyond
+ * the take) of record_len: at most POOL_ROWS rows, so a huge limit neither overflows nor
+ * reserves gigabytes. */
+static inline size_t pool_room(size_t limit, size_t record_len)
+{
+	return (limit < POOL_ROWS ? limit : POOL_ROWS) * record_len;
+}
+
+/* Count a batch handed on in a row buffer: reused, or allocated for it (or for its rows
+ * while appending). Buffers that never become a batch are not counted. */
+static inline void count_batch(Aggregator *self, int fresh)
+{
+	if (fresh)
+		self->pool_fresh++;
+	else
+		self->pool_reused++;
 }
 
 /* A view of the first `bytes` bytes of bytearray `b`. */
@@ -1861,35 +1896,41 @@ static PyObject *head_view(PyObject *b, size_t bytes)
 static PyObject *take_buffer(Aggregator *self, size_t bytes, size_t cap, uint8_t **dst)
 {
 	PyObject *b, *view;
+	int fresh;
 
 	if (!bytes) { /* nothing to write: an empty bytearray, as always */
 		*dst = NULL;
 		return PyByteArray_FromStringAndSize(NULL, 0);
 	}
-	b = pool_get(self, bytes, cap, 0);
+	b = pool_get(self, bytes, cap, 0, &fresh);
 	if (!b)
 		return NULL;
 	*dst = (uint8_t *)PyByteArray_AS_STRING(b);
 	view = head_view(b, bytes);
 	Py_DECREF(b);
+	if (view)
+		count_batch(self, fresh);
 	return view;
 }
 
 /* Rows for append mode's next packets go straight into a row buffer (GIL held: feed, read
  * and serve call this): with native rows while appending, a pooled buffer of take()'s
- * limit (or FILL_ROWS) rows once the last one was handed on (not after drop_buffers()
- * before a take() ended a cycle: an idle reader's polls take none). When the pipeline still holds
- * all of the pool's buffers (or memory ran out) the rows go to `flows` as before and take()
- * copies them into a buffer then, when one may be free again: a fresh buffer now would
- * fault all its pages in (nothing lost either way). */
-#define FILL_ROWS 16384
+ * limit (pool_room) rows once the last one was handed on (not after drop_buffers()
+ * before a take() ended a cycle: an idle reader's polls take none), and only while no
+ * row of this cycle waits in `flows` (account() writes to the fill only before the
+ * first: one grabbed later would sit empty, hold a pool slot and leave the take that
+ * copies those rows a fresh buffer). When the pipeline still holds all of the pool's
+ * buffers (or memory ran out) the rows go to `flows` as before and take() copies them
+ * into a buffer then, when one may be free again: a fresh buffer now would fault all its
+ * pages in (nothing lost either way). */
 static void ensure_fill(Aggregator *self)
 {
-	size_t rows = self->take_limit ? self->take_limit : FILL_ROWS;
+	size_t room = pool_room(self->take_limit ? self->take_limit : POOL_ROWS, NATIVE_LEN);
 
-	if (!self->native || !self->append_left || !self->fill_wanted || self->fill)
+	if (!self->native || !self->append_left || !self->fill_wanted || self->fill ||
+	    pending_flows(self))
 		return;
-	self->fill = pool_get(self, rows * NATIVE_LEN, rows * NATIVE_LEN, 1);
+	self->fill = pool_get(self, room, room, 1, &self->fill_fresh);
 	if (!self->fill) {
 		PyErr_Clear();
 		return;
@@ -1931,21 +1972,21 @@ static PyObject *Aggregator_take(Aggregator *self, PyObject *args, PyObject *kwd
 {
 	static char *kwlist[] = {"limit", "native", NULL};
 	struct call_counts *cc = &self->acc;
-	int l2 = (self->l2 & L2_KEYED) != 0, native = -1, whole_fill;
+	int l2 = (self->l2 & L2_KEYED) != 0, native = self->native, whole_fill;
 	Py_ssize_t limit = 0;
 	size_t record_len, count;
-	PyObject *rows, *out;
+	PyObject *rows, *out, *native_arg = NULL;
 	uint8_t *dst = NULL;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "|ni:take", kwlist, &limit, &native))
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "|nO:take", kwlist, &limit, &native_arg))
 		return NULL;
 	if (self->busy) {
 		PyErr_SetString(PyExc_RuntimeError, "feed() is running on this object");
 		return NULL;
 	}
-	if (native < 0)
-		native = self->native;
-	native = native != 0;
+	/* any truth value, as the "p" it was (None, numpy booleans); not given: init's */
+	if (native_arg && (native = PyObject_IsTrue(native_arg)) < 0)
+		return NULL;
 	if (limit < 0 || (native && l2) || (self->native && !native)) {
 		PyErr_SetString(PyExc_ValueError, "limit >= 0; native only without layer-2 fields; "
 				"an Aggregator(native=True) takes native rows only");
@@ -1961,7 +2002,8 @@ static PyObject *Aggregator_take(Aggregator *self, PyObject *args, PyObject *kwd
 	if (whole_fill)
 		rows = head_view(self->fill, count * NATIVE_LEN);
 	else
-		rows = take_buffer(self, count * record_len, (size_t)limit * record_len, &dst);
+		rows = take_buffer(self, count * record_len, pool_room((size_t)limit, record_len),
+				   &dst);
 	if (!rows)
 		return NULL;
 	out = Py_BuildValue("(NKKKKK)", rows, (unsigned long long)cc->packets,
@@ -1969,8 +2011,10 @@ static PyObject *Aggregator_take(Aggregator *self, PyObject *args, PyObject *kwd
 			    (unsigned long long)cc->trunc_bytes, (unsigned long long)cc->seq_gaps);
 	if (!out)
 		return NULL;
-	if (whole_fill)
-		release_fill(self); /* the view holds it now; the pool may hold it too */
+	if (whole_fill) { /* the view holds it now; the pool may hold it too */
+		count_batch(self, self->fill_fresh);
+		release_fill(self);
+	}
 	else
 		copy_rows(self, count, native, l2, record_len, dst);
 	self->cycle_packets += cc->packets; /* every packet and row of a cycle passes here once */
@@ -1978,11 +2022,13 @@ static PyObject *Aggregator_take(Aggregator *self, PyObject *args, PyObject *kwd
 	memset(cc, 0, sizeof(*cc));
 	if (!pending_flows(self)) {
 		clear_slots(self);
-		if (self->cycle_flows) /* an empty take (an idle reader's) is no cycle */
+		if (self->cycle_flows) { /* an empty take (an idle reader's) is no cycle */
 			next_cycle(self);
+			/* nor does it want a fill: after drop_buffers() only a cycle's end does */
+			self->fill_wanted = self->append_left != 0;
+		}
 		self->nflows = self->taken = 0;
 		self->fill_rows = self->fill_taken = 0;
-		self->fill_wanted = self->append_left != 0;
 		if (!self->append_left)
 			release_fill(self);
 	}
@@ -2092,6 +2138,28 @@ static int alloc_fragments(Aggregator *self)
 	return 0;
 }
 
+/* splitmix64's finalizer: a fallback seed from weak entropy spread over all 64 bits. */
+static uint64_t mix64(uint64_t x)
+{
+	x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
+	x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
+	return x ^ (x >> 31);
+}
+
+/* key_hash()'s seeds for this instance: getrandom() (non-blocking), or, should the kernel
+ * not give them (early boot, seccomp), the clocks and the object's address. */
+static void seed_hash(Aggregator *self)
+{
+	uint64_t seeds[2];
+
+	if (getrandom(seeds, sizeof(seeds), GRND_NONBLOCK) != (ssize_t)sizeof(seeds)) {
+		seeds[0] = mix64((uint64_t)wall_ns() ^ (uint64_t)(uintptr_t)self);
+		seeds[1] = mix64((uint64_t)mono_ns() + 0x9E3779B97F4A7C15ULL);
+	}
+	self->seed_a = seeds[0];
+	self->seed_b = seeds[1];
+}
+
 static int Aggregator_init(Aggregator *self, PyObject *args, PyObject *kwds)
 {
 	static char *kwlist[] = {"frag_timeout_ns", "frag_table", "frag_held", "decapsulate",
@@ -2126,6 +2194,7 @@ static int Aggregator_init(Aggregator *self, PyObject *args, PyObject *kwds)
 	self->fill_wanted = 0;
 	self->native = native;
 	self->take_limit = 0;
+	seed_hash(self); /* the table is empty: no stored hash outlives its seeds */
 	self->append_left = 0;
 	self->cycle_packets = self->cycle_flows = self->cycle_rounds = 0;
 	self->append_hold = hold;
@@ -2209,7 +2278,7 @@ static PyMemberDef Aggregator_members[] = {
 	{"read_rounds", T_ULONGLONG, offsetof(Aggregator, read_rounds), READONLY,
 	 "serve()'s wakeups that read the socket (live)"},
 	{"pool_reused", T_ULONGLONG, offsetof(Aggregator, pool_reused), READONLY,
-	 "row buffers that take() (or append mode's next rows) rewrote: no one held them"},
+	 "take()s whose rows went on in a row buffer reused (no one held it any more)"},
 	{"append_cycles", T_ULONGLONG, offsetof(Aggregator, append_cycles), READONLY,
 	 "table cycles (empty to empty) that appended each packet as its own row"},
 	{"hashed_cycles", T_ULONGLONG, offsetof(Aggregator, hashed_cycles), READONLY,
@@ -2219,7 +2288,7 @@ static PyMemberDef Aggregator_members[] = {
 	{"appending", T_UINT, offsetof(Aggregator, append_left), READONLY,
 	 "cycles left in append mode (0: the current cycle sums per flow)"},
 	{"pool_fresh", T_ULONGLONG, offsetof(Aggregator, pool_fresh), READONLY,
-	 "row buffers take() (or append mode's next rows) had to allocate"},
+	 "take()s whose rows went on in a row buffer allocated for them (or for append mode's rows)"},
 	{"native", T_INT, offsetof(Aggregator, native), READONLY,
 	 "init's native: rows are the default FlowBatch's (appended rows written as such)"},
 	{NULL, 0, 0, 0, NULL},
@@ -2240,9 +2309,27 @@ PyDoc_STRVAR(Aggregator_doc,
 	     "(take(native=True) only), and while appending each packet's row is written\n"
 	     "straight into a free pooled row buffer that take() hands on without a copy.");
 
+/* The longest probe chain of the flows held: how many slots past its hash's own slot a
+ * flow sits (0 for all in append mode), walked on demand: no cost per packet. */
+static PyObject *Aggregator_longest_probe(Aggregator *self, void *Py_UNUSED(closure))
+{
+	size_t mask = self->slots_cap - 1, longest = 0;
+
+	for (size_t i = 0; !self->append_left && i < self->nflows; i++) {
+		size_t d = (self->flows[i].slot - (size_t)self->flows[i].hash) & mask;
+
+		if (d > longest)
+			longest = d;
+	}
+	return PyLong_FromSize_t(longest);
+}
+
 static PyGetSetDef Aggregator_getset[] = {
 	{"pending", (getter)Aggregator_pending, NULL,
 	 "flows fed and not yet returned by take()", NULL},
+	{"longest_probe", (getter)Aggregator_longest_probe, NULL,
+	 "slots the farthest flow held sits past its hash's slot (hash flooding shows here)",
+	 NULL},
 	{NULL, NULL, NULL, NULL, NULL},
 };
 
