@@ -9,7 +9,8 @@ too; ``agent_start`` and ``agent_stop`` reach only the instances of the step at 
 * start: ``agent_start`` on every instance (exporters are ready before anything is
   emitted); one that raises stops start-up, and what had started is stopped;
 * reload: unchanged instances keep running; the cache takes new timeouts in place; a
-  changed or removed instance is stopped, then its replacement is built and started;
+  removed instance is stopped; per stage, every changed instance is stopped, then the
+  replacements are built and started;
 * stop: ingests stop, the inbox is drained, every flow is expired (end reason "forced"),
   aggregated and exported, then the other instances stop.
 """
@@ -165,12 +166,12 @@ class Lifecycle:
         """Switch to ``new`` without losing flows.
 
         Unchanged instances keep running; the cache keeps its flows and takes new timeouts and
-        maxflows in place; changed ingests are stopped before their replacement starts (an
-        NFLOG group has one listener); changed exporters are replaced: the old instance
-        stops and sends what it holds, then the new one starts (it may take over what the
-        old one left in ``context.handover``). When a component fails to start this raises, with
-        ``self.config`` describing what runs then: reloading the previous configuration
-        restores it (:mod:`agent.reloading` does).
+        maxflows in place; changed instances are replaced stage by stage, exporters first:
+        every changed instance of the stage stops (an exporter sends what it holds, an
+        NFLOG group is released) before any of their replacements starts (which may take
+        over what the old ones left in ``context.handover``). When a component fails to
+        start this raises, with ``self.config`` describing what runs then: reloading the
+        previous configuration restores it (:mod:`agent.reloading` does).
         """
         old_by_path = {i.path: i for i in self.config.instances}
         new_by_path = {i.path: i for i in new.instances}
@@ -179,18 +180,9 @@ class Lifecycle:
             for path in [p for p in old_by_path if p not in new_by_path]:
                 self._retire(path)
                 del running[path]
-            for inst in sorted(new.instances, key=lambda i: _STAGE_ORDER[i.stage]):
-                old = old_by_path.get(inst.path)
-                if old is not None and old.type_name == inst.type_name \
-                        and old.config == inst.config:
-                    continue
-                if old is not None and inst.stage == "cache" \
-                        and old.type_name == inst.type_name and self.cache is not None:
-                    self.cache.reconfigure(inst.config)
-                else:
-                    running.pop(inst.path, None)  # stopped first by _replace
-                    self._replace(old, inst)
-                running[inst.path] = inst
+            for stage in sorted(_STAGE_ORDER, key=_STAGE_ORDER.__getitem__):
+                self._reload_stage([i for i in new.instances if i.stage == stage],
+                                   old_by_path, running)
         except Exception:
             # describe what really runs, so that reloading the previous config restores it
             self.config = AgentConfig(agent=self.config.agent, raw=self.config.raw, instances=[
@@ -203,6 +195,32 @@ class Lifecycle:
         self.context.debug = new.agent.debug
         self.context.use_snmp_rules(new.agent.snmp_rules)  # a fresh map: names resolved anew
         self.context.fragments = fragment_policy(new)
+
+    def _reload_stage(self, instances: list[Instance], old_by_path: dict[str, Instance],
+                      running: dict[str, Instance]) -> None:
+        """Switch one stage's instances: every changed one stops before any replacement
+        starts, so configurations that move between instances (``[0]`` and ``[1]``
+        swapped) never run twice at once (one stream, one NFLOG group, one source port)."""
+        changed = []
+        for inst in instances:
+            old = old_by_path.get(inst.path)
+            if old is not None and old.type_name == inst.type_name \
+                    and old.config == inst.config:
+                continue
+            if old is not None and inst.stage == "cache" \
+                    and old.type_name == inst.type_name and self.cache is not None:
+                self.cache.reconfigure(inst.config)
+                running[inst.path] = inst
+                continue
+            changed.append((old, inst))
+        for old, inst in changed:
+            if old is not None and inst.stage != "cache":  # the cache hands over in _replace
+                running.pop(old.path, None)
+                self._retire(old.path)
+        for old, inst in changed:
+            running.pop(inst.path, None)
+            self._replace(old if inst.stage == "cache" else None, inst)
+            running[inst.path] = inst
 
     def _replace(self, old: Instance | None, inst: Instance) -> None:
         """Stop ``old`` (if any), then build, register and start ``inst``."""

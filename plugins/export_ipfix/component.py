@@ -19,6 +19,11 @@ This module owns the I/O side of IPFIX export; the encoders (``ipfix.py``, ``nel
   selector statistics record (from the cache counters, ``RunContext.stats``), and the flow
   records carry its selectorId (the selector flow templates).
 
+Reload: a replaced instance leaves the sampling it announced (a replacement announces 1
+when the sampling stopped) and its UDP session's sequence and Export Time in
+``RunContext.handover``; the sequence goes on only when ``source`` fixes the port (the
+same 5-tuple: the same transport session for a collector whose destination stays).
+
 Lost records (send errors, broken TCP connections, full spool, encode errors) are counted
 with their packets and octets; they feed ``notSent*`` in the exporting reliability record.
 
@@ -36,6 +41,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from netflow_agent.api import (
@@ -53,6 +59,7 @@ from netflow_agent.api import (
     export_stamp,
     hookimpl,
     names_here,
+    parse_endpoint,
     records_room,
 )
 
@@ -85,6 +92,25 @@ def _latest_time(records: FlowBatch | list[FlowRecord]) -> int:
     return max(max(r.start_ns, r.end_ns) for r in records)
 
 
+@dataclass(slots=True)
+class Carried:
+    """What a stopped instance leaves in :attr:`RunContext.handover` for its replacement.
+
+    :param destinations: the collectors that saw it.
+    :param sequence: the UDP session's sequence (continued only with a fixed source port:
+        the same 5-tuple and Observation Domain are the same transport session).
+    :param export_ns: the last Export Time (ns): it never goes back in one session.
+    :param sampling: the sampling last announced, and its records (non-empty once one was
+        announced: then its end is announced as 1/1).
+    """
+
+    destinations: set[str]
+    sequence: int
+    export_ns: int
+    sampling: Sampling | None
+    sampling_records: list[DataGroup] = field(default_factory=list)
+
+
 class IpfixExporter(NatExporter):
     """IPFIX exporter instance (``export.ipfix[N]``)."""
 
@@ -109,6 +135,7 @@ class IpfixExporter(NatExporter):
         self.max_udp_message = 0
         self.sampling: Sampling | None = None
         self.sampling_records: list[DataGroup] = []
+        self._sampling_carried = False  # announce the agent's sampling at the first export
         #: packets of the flows handed to this instance while the flow sampler is on
         #: (selectorIdTotalPktsSelected for deterministic/random)
         self.selected_packets = 0
@@ -155,6 +182,7 @@ class IpfixExporter(NatExporter):
         self.context = context
         cfg = self.cfg
         endpoints = cfg.endpoints()
+        carried = self._carried(context)
         if cfg.transport == "udp":
             self.udp = [UdpDestination(e, source=cfg.source, sndbuf=cfg.sndbuf,
                                        rate_limit=cfg.rate_limit, backlog=cfg.backlog,
@@ -176,8 +204,31 @@ class IpfixExporter(NatExporter):
                                   rotate_interval_s=cfg.rotate_interval_s, log=self.log,
                                   wall=self._export_seconds)
         self._next_options_ns = time.monotonic_ns()
+        if carried is not None:  # taken only now: a failed start leaves it for the rollback
+            self._take_over(carried)
+            context.handover[self._stream_key()].remove(carried)
         self.log.info("%s: %s export to %s%s", self.name, cfg.transport,
                       ", ".join(endpoints) or "(none)", f", file {cfg.path}" if cfg.path else "")
+
+    def _stream_key(self) -> tuple[Any, ...]:
+        """Where a replacement finds what this instance left (:meth:`agent_stop`)."""
+        return ("export.ipfix", self.cfg.transport, self.cfg.source, self.cfg.domain_id)
+
+    def _carried(self, context: RunContext) -> Carried | None:
+        """What a stopped instance left that shares the most destinations with this one."""
+        mine = set(self.cfg.endpoints())
+        left = [c for c in context.handover.get(self._stream_key(), ()) if mine & c.destinations]
+        return max(left, key=lambda c: len(mine & c.destinations), default=None)
+
+    def _take_over(self, carried: Carried) -> None:
+        """Continue the sampling announced and, over UDP from a fixed source port (the same
+        transport session for a collector that stays), the session's sequence and clock."""
+        self.sampling, self.sampling_records = carried.sampling, carried.sampling_records
+        self._sampling_carried = True
+        if self.cfg.transport == "udp" and self.cfg.source \
+                and parse_endpoint(self.cfg.source, 0)[1]:
+            self.session.sequence = carried.sequence
+            self._export_ns = carried.export_ns
 
     def _tcp_destination(self, endpoint: str, context: RunContext) -> TcpDestination:
         from .spool import Spool
@@ -213,8 +264,13 @@ class IpfixExporter(NatExporter):
 
     @hookimpl
     def agent_stop(self) -> None:
-        """Send final statistics; TCP: flush spool, withdraw templates, close."""
+        """Send final statistics; TCP: flush spool, withdraw templates, close. Leave the UDP
+        session's sequence and the sampling announced for a replacement (a reload)."""
         self._send_options()
+        if self.context is not None:
+            self.context.handover.setdefault(self._stream_key(), []).append(Carried(
+                set(self.cfg.endpoints()), self.session.sequence, self._export_ns,
+                self.sampling, self.sampling_records))
         for d in self.tcp:
             left = d.close(self.cfg.flush_timeout_s, persist=bool(d.spool.path))
             self.counters["lost_records"] += left
@@ -303,9 +359,9 @@ class IpfixExporter(NatExporter):
         from .options import SAMPLING_TEMPLATES, sampling_groups, selector_groups
 
         sampling = self.context.sampling() if self.context is not None else None
-        if sampling == self.sampling:
+        if sampling == self.sampling and not self._sampling_carried:
             return
-        self.sampling = sampling
+        self.sampling, self._sampling_carried = sampling, False
         # after sampling stops, keep announcing 1/1 so that collectors stop scaling
         announce = sampling or (Sampling(1) if self.sampling_records else None)
         selector = selector_groups(sampling, self.cfg.domain_id)

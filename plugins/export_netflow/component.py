@@ -71,6 +71,25 @@ class ExporterStats:
     lost_octets: int = 0  # their octets
 
 
+@dataclass(slots=True)
+class Carried:
+    """What a stopped instance leaves in :attr:`RunContext.handover` for its replacement.
+
+    :param destinations: the collectors that saw the stream.
+    :param state: sequence counters, sysUpTime origin, last header time.
+    :param sampling: the sampling last announced (``None``: none yet).
+    :param sampling_options: v9: the sampling options records sent with the templates
+        (non-empty once a sampling was announced: then its end is announced as 1/1).
+    :param interval: the ``sampling_interval`` counter.
+    """
+
+    destinations: set[str]
+    state: ExportState
+    sampling: Sampling | None
+    sampling_options: list[tuple[v9.Template, bytes]]
+    interval: int
+
+
 class NetflowExporter(NatExporter):
     """One ``[[export.netflow]]`` instance: NetFlow v5 or v9 to one or more collectors.
 
@@ -112,13 +131,14 @@ class NetflowExporter(NatExporter):
 
     @hookimpl
     def agent_start(self, context: RunContext) -> None:
-        """Open one socket per destination; an unconnectable one is retried later."""
+        """Open one socket per destination; an unconnectable one is retried later. A stream
+        left by a replaced instance (a reload) is taken over only once everything started,
+        so a failed start leaves it for the rollback."""
         self.context = context
         self.state.boot_ns = context.start_ns
-        carried = context.handover.pop(self._stream_key(), None)
+        carried = self._carried(context)
         if carried is not None:  # a reload replaced the instance: its stream goes on
-            self.state.packets, self.state.flows = carried.packets, carried.flows
-            self.state.boot_ns, self.state.export_ns = carried.boot_ns, carried.export_ns
+            self._take_over(carried)
         for i, endpoint in enumerate(self.config.destination):
             dest = UdpDestination(endpoint, source=self.config.source,
                                   sndbuf=self.config.sndbuf, rate_limit=self.config.rate_limit,
@@ -127,6 +147,8 @@ class NetflowExporter(NatExporter):
             dest.connect()
             self.destinations.append(dest)
             self._lost_traffic.append([0, 0])
+        if carried is not None:
+            context.handover[self._stream_key()].remove(carried)
         self.log.info("%s: NetFlow v%d to %s", self.name, self.config.protocol,
                       ", ".join(self.config.destination))
 
@@ -138,18 +160,41 @@ class NetflowExporter(NatExporter):
         self._count_losses()
 
     def _stream_key(self) -> tuple[Any, ...]:
-        """What makes a stream for collectors (RFC 3954 section 5.1: exporter address and
-        Source ID; v5: engine) to these destinations, for :attr:`RunContext.handover`."""
+        """What makes a stream for collectors, as the headers carry it (RFC 3954 section 5.1:
+        exporter address and Source ID; v5: engine_type and the low 8 bits of engine_id), for
+        :attr:`RunContext.handover`. Destinations are left out: a collector whose
+        destination stays keeps its stream when mirrors are added, removed or reordered."""
         c = self.config
-        return ("export.netflow", c.protocol, c.engine_id, c.engine_type, c.source,
-                tuple(c.destination))
+        if c.protocol == 5:
+            return ("export.netflow", 5, c.source, c.engine_type, c.engine_id & 0xFF)
+        return ("export.netflow", 9, c.source, c.engine_id)
+
+    def _carried(self, context: RunContext) -> Carried | None:
+        """The stream a stopped instance left that shares the most destinations with this
+        one (instances with the same Source ID to other collectors keep theirs apart)."""
+        mine = set(self.config.destination)
+        left = [c for c in context.handover.get(self._stream_key(), ()) if mine & c.destinations]
+        return max(left, key=lambda c: len(mine & c.destinations), default=None)
+
+    def _take_over(self, carried: Carried) -> None:
+        """Continue ``carried``'s stream: sequence, sysUpTime origin, header time and the
+        sampling announced (so a sampling that stops with this reload is announced 1/1)."""
+        old = carried.state
+        self.state.packets, self.state.flows = old.packets, old.flows
+        self.state.boot_ns, self.state.export_ns = old.boot_ns, old.export_ns
+        self.state.sampling_interval = old.sampling_interval
+        self.sampling, self.sampling_options = carried.sampling, carried.sampling_options
+        self.stats.sampling_interval = carried.interval
 
     @hookimpl
     def agent_stop(self) -> None:
         """Send the paced backlog (up to 10 s), close the sockets, log what was lost; leave
-        the stream's state (sequence, sysUpTime origin) for a replacement (a reload)."""
+        the stream's state (sequence, sysUpTime origin, sampling announced) for a
+        replacement (a reload)."""
         if self.context is not None:
-            self.context.handover[self._stream_key()] = self.state
+            self.context.handover.setdefault(self._stream_key(), []).append(Carried(
+                set(self.config.destination), self.state, self.sampling,
+                self.sampling_options, self.stats.sampling_interval))
         for i, dest in enumerate(self.destinations):
             dest.poll()
             dest.close()

@@ -167,16 +167,17 @@ def without_set(message: bytes, set_id: int) -> bytes:
     return HEADER.pack(version, HEADER.size + len(kept), export_time, seq, odid) + kept
 
 
-def decodable(messages: list[bytes]) -> list[bytes]:
+def decodable(messages: list[bytes], udp: bool = True) -> list[bytes]:
     """Messages for the ``netflow`` package: interface-name sets removed, empty ones dropped.
 
     The messages (one stream, in order) are first checked by
     :class:`~tests.support.wireaudit.WireAudit`; the sequence numbers of what is left are
-    lowered by the records removed before, so the shortened stream is consistent too."""
+    lowered by the records removed before, so the shortened stream is consistent too.
+    ``udp``: ``False`` for the messages of a TCP session or file (see ``WireAudit``)."""
     from netflow_agent.plugins.export_ipfix.options import INTERFACE_NAMES_ID
     from tests.support.wireaudit import WireAudit
 
-    audit = WireAudit(udp=False, from_start=False).feed_all(messages)
+    audit = WireAudit(udp=udp, from_start=False).feed_all(messages)
     audit.assert_clean()
     removed = [0] * (len(messages) + 1)
     for r in audit.records:

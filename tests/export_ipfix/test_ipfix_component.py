@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import time
+from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -11,7 +13,14 @@ from netflow_agent.plugins.export_ipfix.component import IpfixExporter
 from netflow_agent.plugins.export_ipfix.config import Config
 from netflow_agent.runtime import RunContext
 from tests.export_ipfix.helpers import decodable, flow, nat_event, sets_of, split_stream
-from tests.support.collectors import UdpSink, cflow_records, netflow_decode, tshark_decode
+from tests.support.collectors import (
+    UdpSink,
+    cflow_records,
+    free_udp_port,
+    netflow_decode,
+    tshark_decode,
+)
+from tests.support.wireaudit import WireAudit
 
 
 def start(cfg: Config, **ctx) -> IpfixExporter:
@@ -121,7 +130,7 @@ def test_file_output_rotates_and_each_file_stands_alone(tmp_path):
     for f in files:
         messages = split_stream(f.read_bytes())
         assert sets_of(messages[0])[0][0] == 2  # every file starts with templates
-        _, records = netflow_decode(messages)  # each file decodes on its own
+        _, records = netflow_decode(messages, udp=False)  # each file decodes alone
         total += [r["sourceTransportPort"] for r in records if "packetDeltaCount" in r]
     assert sorted(total) == sorted(flow(i).src_port for i in range(200))
 
@@ -161,3 +170,55 @@ def test_file_and_udp_export_time_is_the_pipeline_clock_never_before_a_record(tm
         assert times[0] == -(-capture_now // 1_000_000_000)  # 2.4 s rounded up
         assert times[-1] == -(-(capture_now + 1_300_000_000) // 1_000_000_000)
         assert times == sorted(times)  # never back
+
+
+def _reloaded(context: RunContext, cfg: Config, before: list, after: list,
+              between: Any = None) -> list[IpfixExporter]:
+    """An instance with ``cfg`` exports ``before``, then a reload replaces it with one whose
+    ``refresh_rate`` differs, which exports ``after`` (``between`` runs in between)."""
+    old = IpfixExporter(cfg, "export.ipfix[0]")
+    old.agent_start(context)
+    old.agent_export_flows(records=before)
+    old.agent_stop()
+    if between is not None:
+        between()
+    new = IpfixExporter(replace(cfg, refresh_rate=cfg.refresh_rate + 1), "export.ipfix[0]")
+    new.agent_start(context)
+    new.agent_export_flows(records=after)
+    new.agent_stop()
+    return [old, new]
+
+
+def test_a_reload_from_a_fixed_source_port_continues_the_udp_session():
+    """With ``source`` fixing the port, old and new sockets are the same 5-tuple and
+    Observation Domain: the same transport session for the collector (RFC 7011 section 2),
+    so its sequence goes on; templates are sent again first."""
+    with UdpSink() as sink:
+        cfg = Config(destination=[sink.endpoint], source=f"127.0.0.1:{free_udp_port()}",
+                     options_interval_s=0)
+        exporters = _reloaded(RunContext(), cfg, [flow(i) for i in range(30)],
+                              [flow(i) for i in range(100, 130)])
+        sink.wait(sum(e.counters["udp_messages"] for e in exporters))
+        got = [(d.data, d.peer) for d in sink.datagrams]
+    audit = WireAudit().feed_all(got)  # one session, sequence from 0, never restarted
+    audit.assert_clean()
+    assert len(audit.streams) == 1 and len(audit.flows()) == 60
+
+
+def test_a_sampling_that_stops_with_the_reload_is_announced_by_the_replacement():
+    """1/100 announced; the reload retires the sampling ingest and replaces the exporter:
+    the replacement announces 1 (a new transport session, but the same exporter and
+    Observation Domain to the collector, which would keep scaling by 100)."""
+    context = RunContext()
+    context.declare_sampling("ingest.test[0]", 100)
+    with UdpSink() as sink:
+        cfg = Config(destination=[sink.endpoint], options_interval_s=0)
+        exporters = _reloaded(context, cfg, [flow(1)], [flow(2)],
+                              lambda: context.forget_sampling("ingest.test[0]"))
+        sink.wait(sum(e.counters["udp_messages"] for e in exporters))
+        got = [(d.data, d.peer) for d in sink.datagrams]
+    audit = WireAudit().feed_all(got)
+    audit.assert_clean()
+    intervals = [r.values[34] for r in audit.records if 34 in r.values]
+    assert sorted(set(intervals)) == [1, 100] and intervals == sorted(intervals, reverse=True)
+    assert exporters[1].counters["sampling_interval"] == 1

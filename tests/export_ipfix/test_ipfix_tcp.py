@@ -57,7 +57,7 @@ def tick_until(exporter: IpfixExporter, predicate, timeout: float = 10) -> None:
 def session_flows(messages: list[bytes]) -> list[tuple[str, int]]:
     """(source address, source port) of every flow in one session, decoded by `netflow`."""
     data = [m for m in messages if not _is_withdrawal(m)]
-    _, records = netflow_decode(decodable(data))
+    _, records = netflow_decode(decodable(data, udp=False), udp=False)
     out = []
     for r in records:
         if "packetDeltaCount" in r:
@@ -136,7 +136,7 @@ def test_collector_restart_delivers_everything_once_in_order(tmp_path):
     audit = WireAudit(udp=False).feed_all(collector.sessions[1])
     # RFC 7011 section 8.1: the shutdown withdrew every template the session announced
     assert audit.withdrawals and not any(s.templates for s in audit.streams.values())
-    _, nel = netflow_decode(decodable(collector.sessions[1][:-1]))
+    _, nel = netflow_decode(decodable(collector.sessions[1][:-1], udp=False), udp=False)
     assert sorted(r["natEvent"] for r in nel if "natEvent" in r) == [1, 2]
 
 
@@ -161,7 +161,7 @@ def test_spool_limit_counts_what_it_dropped(tmp_path):
         collector.stop()
     flows = [f for s in collector.sessions for f in session_flows(s)]
     assert flows == [key(r) for r in records[:50]]
-    _, recs = netflow_decode(decodable(collector.sessions[0][:-1]))
+    _, recs = netflow_decode(decodable(collector.sessions[0][:-1], udp=False), udp=False)
     assert any(r.get("notSentFlowTotalCount") == 70 for r in recs)
 
 

@@ -16,7 +16,8 @@ from netflow_agent.plugins.export_netflow.component import NetflowExporter
 from netflow_agent.plugins.export_netflow.config import Config
 from netflow_agent.runtime import RunContext
 from tests.export_netflow.collect import UdpSink, decode
-from tests.support.collectors import free_udp_port
+from tests.support.collectors import free_udp_port, netflow_decode
+from tests.support.wireaudit import WireAudit
 
 START = time.time_ns() - 30_000_000_000
 
@@ -205,3 +206,118 @@ def test_a_reload_that_replaces_the_instance_continues_its_stream(protocol):
     boots = [p.header.timestamp * 1000 + getattr(p.header, "timestamp_nano", 0) // 1_000_000
              - p.header.uptime for p in packets]  # ms
     assert max(boots) - min(boots) <= 1  # one sysUpTime origin
+
+
+def _reload(context: RunContext, old: NetflowExporter, config: Config,
+            records: list[FlowRecord]) -> NetflowExporter:
+    """Stop ``old`` and start its replacement with ``config`` (a reload), which exports
+    ``records``."""
+    old.agent_stop()
+    new = NetflowExporter(config, "export.netflow[0]")
+    new.agent_start(context=context)
+    new.agent_export_flows(records=records)
+    return new
+
+
+@pytest.mark.parametrize("protocol", [5, 9])
+def test_adding_a_mirror_keeps_the_stream_of_the_collector_that_stays(protocol):
+    """Collectors key a stream on exporter address + Source ID (RFC 3954 section 5.1; v5:
+    the engine fields): a reload from destination [A] to [A, B] (then [B, A]) must go on
+    with A's sequence numbers; B joins the stream where it is."""
+    a, b = UdpSink(), UdpSink()
+    context = RunContext(start_ns=START)
+    config = Config(destination=[a.endpoint], protocol=protocol, engine_id=300,
+                    engine_type=2)
+    first = NetflowExporter(config, "export.netflow[0]")
+    first.agent_start(context=context)
+    first.agent_export_flows(records=flows(40))
+    second = _reload(context, first, replace(config, destination=[a.endpoint, b.endpoint]),
+                     flows(40, base_port=2000))
+    third = _reload(context, second, replace(config, destination=[b.endpoint, a.endpoint]),
+                    flows(5, base_port=3000))
+    third.agent_stop()
+    got_a, got_b = a.drain(), b.drain()
+    a.close()
+    b.close()
+    engine = (2, 300 & 0xFF) if protocol == 5 else None
+    audit = WireAudit(engine=engine).feed_all(got_a)  # sequence from 0, never restarted
+    audit.assert_clean()
+    assert len(audit.streams) == 1 and len(audit.flows()) == 85
+    WireAudit(engine=engine, from_start=False).feed_all(got_b).assert_clean()
+    assert got_b == got_a[-len(got_b):]  # the same stream mirrored
+
+
+def test_sampling_that_stops_with_the_reload_that_replaces_a_v9_exporter_is_announced():
+    """1/100 announced, then a reload removes the sampling (the ingest is retired) and
+    changes the exporter: the replacement must announce 1, or the collector keeps
+    multiplying every count by 100."""
+    sink = UdpSink()
+    context = RunContext(start_ns=START)
+    context.declare_sampling("ingest.test[0]", 100)
+    config = Config(destination=[sink.endpoint], protocol=9)
+    old = NetflowExporter(config, "export.netflow[0]")
+    old.agent_start(context=context)
+    old.agent_export_flows(records=flows(3))
+    context.forget_sampling("ingest.test[0]")
+    new = _reload(context, old, replace(config, refresh_rate=5), flows(3, base_port=2000))
+    assert new.agent_collect_stats()["sampling_interval"] == 1
+    new.agent_stop()
+    audit = WireAudit().feed_all(sink.drain())
+    sink.close()
+    audit.assert_clean()
+    intervals = [(r.packet, r.values[34]) for r in audit.records if r.options and 34 in r.values]
+    second = min(r.packet for r in audit.flows() if r.values[7] >= 2000)
+    assert {i for p, i in intervals if p < second} == {100}
+    assert [i for p, i in intervals if p >= second][:1] == [1]  # with the replacement's flows
+
+
+def test_counters64_changed_by_a_reload_redefines_the_templates_in_the_same_stream():
+    """v9 has no template withdrawal: the replacement with other counter sizes sends the
+    new definitions (same IDs) before its data; the stream goes on and decodes."""
+    sink = UdpSink()
+    context = RunContext(start_ns=START)
+    config = Config(destination=[sink.endpoint], protocol=9)
+    old = NetflowExporter(config, "export.netflow[0]")
+    old.agent_start(context=context)
+    old.agent_export_flows(records=flows(10))
+    new = _reload(context, old, replace(config, counters64=True), flows(10, base_port=2000))
+    new.agent_stop()
+    datagrams = sink.drain()
+    sink.close()
+    audit = WireAudit().feed_all(datagrams)
+    audit.assert_clean()
+    assert sorted(r.values[7] for r in audit.flows()) == [*range(1000, 1010),
+                                                         *range(2000, 2010)]
+    _, decoded = netflow_decode(datagrams)
+    assert len(decoded) == 20
+
+
+def test_a_replacement_that_fails_to_start_leaves_the_stream_for_the_rollback(monkeypatch):
+    """agent_start of the replacement raises (here: its socket setup); the rollback starts
+    the previous configuration again, which must still continue the stream."""
+    from netflow_agent.plugins.export_netflow import component
+
+    sink = UdpSink()
+    context = RunContext(start_ns=START)
+    config = Config(destination=[sink.endpoint], protocol=9, engine_id=4)
+    old = NetflowExporter(config, "export.netflow[0]")
+    old.agent_start(context=context)
+    old.agent_export_flows(records=flows(10))
+    old.agent_stop()
+
+    def refuse(*_args, **_kwargs):
+        raise OSError("no socket for you")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(component, "UdpDestination", refuse)
+        with pytest.raises(OSError):
+            NetflowExporter(replace(config, refresh_rate=5), "export.netflow[0]").agent_start(
+                context=context)
+    rollback = NetflowExporter(config, "export.netflow[0]")
+    rollback.agent_start(context=context)
+    rollback.agent_export_flows(records=flows(10, base_port=2000))
+    rollback.agent_stop()
+    audit = WireAudit().feed_all(sink.drain())
+    sink.close()
+    audit.assert_clean()
+    assert len(audit.streams) == 1 and len(audit.flows()) == 20

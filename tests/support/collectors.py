@@ -681,7 +681,7 @@ def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def netflow_decode(
     datagrams: Iterable[bytes], templates: dict | None = None, audit: bool = True,
-    lossy: bool = False,
+    lossy: bool = False, udp: bool = True,
 ) -> tuple[list[Any], list[dict[str, Any]]]:
     """Decode export datagrams with the PyPI ``netflow`` package.
 
@@ -694,6 +694,8 @@ def netflow_decode(
         first one on, counts, lengths, padding, templates before data); ``False`` for
         datagrams that are not one stream in order.
     :param lossy: datagrams were lost on the way: sequence numbers may jump ahead.
+    :param udp: ``False`` for IPFIX messages of a TCP session or a file (the audit then
+        allows template withdrawals and wants one before a template is redefined).
     :return: ``(export packets, flow dicts)``; each flow dict is the record's ``data`` plus
         ``_version``.
     :raise CollectorError: when data is left whose template never arrived.
@@ -706,7 +708,7 @@ def netflow_decode(
 
     datagrams = list(datagrams)
     if audit:
-        WireAudit(from_start=False, udp=False, lossy=lossy).feed_all(datagrams).assert_clean()
+        WireAudit(from_start=False, udp=udp, lossy=lossy).feed_all(datagrams).assert_clean()
     templates = templates if templates is not None else {"netflow": {}, "ipfix": {}}
     pending, packets = list(datagrams), []
     while pending:

@@ -4,8 +4,8 @@ What it owns: :class:`WireAudit`, a parser of NetFlow v5, NetFlow v9 (RFC 3954) 
 (RFC 7011) written from the specifications, independent of the agent's encoders and of
 :mod:`tests.support.exportclock` (which checks record times against header times; this
 module checks everything else). Streams are kept apart by sender address, version and
-Source ID / Observation Domain, as collectors keep them (IPFIX: and the sender's port, which
-makes a UDP transport session). For every packet it checks:
+Source ID / Observation Domain (v5: engine_type and engine_id), as collectors keep them
+(IPFIX: and the sender's port, which makes a UDP transport session). For every packet it checks:
 
 * every format: header times (unix time, sysUpTime, IPFIX export time) never go back;
 * v5: length = 24 + 48 x count, 1 <= count <= 30; ``flow_sequence`` = flows of earlier
@@ -16,12 +16,15 @@ makes a UDP transport session). For every packet it checks:
   options template and data records in the packet (RFC 3954 section 5.1); FlowSets tile the
   packet, lengths a multiple of 4, padding zero and shorter than a record (section 5.3);
   template IDs >= 256; options templates with a scope (lengths in bytes, multiples of 4);
+  a template may be redefined (v9 has no withdrawal), the data after it uses the new one;
   no data before its template; a template in use re-sent at least every ``refresh_packets``
   packets and ``refresh_s`` seconds of export time when asked;
 * IPFIX: length = message; ``sequence`` = data records of earlier messages of the session,
   mod 2^32 (RFC 7011 section 3.1); Set IDs 2, 3 or >= 256; set lengths and zero padding
   shorter than a record; options templates with scope count > 0 (3.4.2.2); no template
-  withdrawal over UDP (8.1, 8.4); variable-length fields (7) and enterprise bits (3.2);
+  withdrawal over UDP (8.1, 8.4), no redefinition without one over TCP or in a file (8.1);
+  a withdrawal of all templates (ID 2/3) only of its Set's kind; variable-length fields (7)
+  and enterprise bits (3.2);
   addresses and times in their full size (6.2); the same template refresh rule.
 
 Data records are kept decoded as ``{IE: value}`` (v5 records with the v9 numbers of their
@@ -93,7 +96,8 @@ class WireAudit:
         ``template_refresh_s``); 0 = not checked.
     :param engine: v5 ``(engine_type, engine_id)`` expected, or ``None``.
     :param v5_sampling: the v5 header's expected ``sampling_interval`` field, or ``None``.
-    :param udp: IPFIX over UDP: template withdrawals are an error.
+    :param udp: IPFIX over UDP: template withdrawals are an error, redefinitions are not
+        (``False``, TCP or file: a template must be withdrawn before it is redefined).
     :param from_start: each stream's first sequence number must be 0 (``False``: the
         receiver may have joined late; continuity is still checked from its first packet).
     :param lossy: datagrams were lost on the way (a full socket buffer): a sequence number
@@ -168,7 +172,7 @@ class WireAudit:
         if self.v5_sampling is not None and sampling != self.v5_sampling:
             self._problem(label, f"v5: sampling_interval {sampling:#x}, "
                                  f"expected {self.v5_sampling:#x}")
-        stream = self._stream(peer, 5, eid)
+        stream = self._stream(peer, 5, etype << 8 | eid)  # both engine fields: the stream
         self._sequence(stream, seq, label, "v5 flow_sequence")
         self._clock(stream, (secs * 10**9 + nsecs, uptime), label, "v5")
         stream.next_sequence = (seq + count) & 0xFFFFFFFF
@@ -279,8 +283,12 @@ class WireAudit:
                 if self.udp:
                     self._problem(label, f"ipfix: template withdrawal of {tid} over UDP")
                 self.withdrawals.append((domain, tid))
-                if tid in (2, 3):
-                    stream.templates.clear()
+                if tid in (2, 3):  # 8.1: all templates of this Set's kind
+                    if tid != set_id:
+                        self._problem(label, f"ipfix: withdrawal of all ({tid}) in set {set_id}")
+                    options = set_id == 3
+                    stream.templates = {k: t for k, t in stream.templates.items()
+                                        if (t.scopes > 0) != options}
                 else:
                     stream.templates.pop(tid, None)
                 continue
@@ -329,9 +337,11 @@ class WireAudit:
             self._problem(label, f"{what} {seq}, expected {want}")
 
     def _clock(self, stream: Stream, times: tuple[int, ...], label: str, what: str) -> None:
-        """Header times never go back within a stream (sysUpTime may wrap at 2^32 ms)."""
-        for old, new in zip(stream.last_time, times, strict=False):
-            if new < old and old - new < 1 << 31:
+        """Header times never go back within a stream: ``times`` is the unix time (strictly)
+        and, v5/v9, sysUpTime (which may wrap at 2^32 ms)."""
+        for i, (old, new) in enumerate(zip(stream.last_time, times, strict=False)):
+            back = 0 < (old - new) & 0xFFFFFFFF < 1 << 31 if i else new < old  # 1: sysUpTime
+            if back:
                 self._problem(label, f"{what}: header time {new} before the previous {old}")
         stream.last_time = times
 
@@ -352,7 +362,10 @@ class WireAudit:
         if tid < 256:
             self._problem(label, f"{what}: template id {tid} < 256")
         old = stream.templates.get(tid)
-        if old is not None and (old.fields, old.scopes) != (tpl.fields, tpl.scopes):
+        # v9 has no withdrawal and IPFIX over UDP none a collector must see (RFC 7011 8.4):
+        # a new definition replaces the old one for the data after it; TCP/file must withdraw
+        if old is not None and (old.fields, old.scopes) != (tpl.fields, tpl.scopes) \
+                and what == "ipfix" and not self.udp:
             self._problem(label, f"{what}: template {tid} redefined without withdrawal")
         stream.templates[tid] = tpl
 
