@@ -5,7 +5,8 @@ Issue 14's three workloads, every observer, rounds interleaved, one command (roo
     python bench/compare/run.py --workload w1 w2 w3 --rounds 3 --json /tmp/compare.json
 
 (``--table-from /tmp/compare.json`` reprints the tables; ``--append`` adds rounds to those
-already in ``--json``; ``--only agent-ebpf softflowd`` picks observers, ``fprobe`` is
+already in ``--json``, measured with the same ``--ebpf-set`` options (each result records
+them); ``--only agent-ebpf softflowd`` picks observers, ``fprobe`` is
 optional; ``--workload smoke`` is a few-second check of the harness.)
 
 Traffic: ``flowgen`` (``bench/ebpf/flowgen.c``, via ``tests/support/flowgen.py``) sends raw
@@ -77,6 +78,7 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 from collections import Counter
 from pathlib import Path
 
@@ -793,7 +795,8 @@ def report(results: dict[str, dict[str, list[dict]]]) -> str:
     return "\n".join(out)
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; ``--ebpf-set`` options validated (:func:`ebpf_option`)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workload", nargs="+", choices=WORKLOADS, default=["w1", "w2", "w3"])
     ap.add_argument("--rounds", type=int, default=2)
@@ -817,11 +820,67 @@ def main() -> int:
     ap.add_argument("--profile", metavar="DIR",
                     help="attach py-spy to the agent: collapsed stacks per run in DIR")
     ap.add_argument("--ebpf-set", action="append", default=[], metavar="KEY=VALUE",
+                    type=ebpf_option,
                     help="an [[ingest.ebpf]] option for agent-ebpf (a TOML value; repeat for "
-                    "more), e.g. cpu_slots=524288: a variant against the defaults")
-    args = ap.parse_args()
+                    "more), e.g. cpu_slots=524288: a variant against the defaults; checked "
+                    "as the agent would before any flood, recorded in each --json result")
+    args = ap.parse_args(argv)
+    try:
+        tomllib.loads("\n".join(args.ebpf_set))
+    except tomllib.TOMLDecodeError as exc:
+        ap.error(f"--ebpf-set: {exc} (a key set twice?)")
+    return args
+
+
+#: [[ingest.ebpf]] keys the harness sets itself (the observed interface, ingress only)
+EBPF_FIXED_KEYS = ("interfaces", "direction")
+
+
+def ebpf_option(text: str) -> str:
+    """``--ebpf-set KEY=VALUE`` as the TOML line it adds to agent-ebpf's section, refused at
+    argument parsing (before any flood) unless ``[[ingest.ebpf]]`` takes it as the agent
+    would (its config class: type, bounds, checks such as a power of two)."""
+    from netflow_agent.config.convert import convert
+    from netflow_agent.plugins.ingest_ebpf.config import Config
+
+    key, sep, value = (part.strip() for part in text.partition("="))
+    if not sep or not key or not value:
+        raise argparse.ArgumentTypeError(f"'{text}': expected KEY=VALUE (a TOML value)")
+    if key in EBPF_FIXED_KEYS:
+        raise argparse.ArgumentTypeError(f"'{text}': the harness sets {key} itself")
+    line = f"{key} = {value}"
+    try:
+        table = tomllib.loads(line)
+    except tomllib.TOMLDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"'{text}': not a TOML key = value ({exc})") from exc
+    if list(table) != [key]:
+        raise argparse.ArgumentTypeError(f"'{text}': {key} is not an [[ingest.ebpf]] key")
+    _, issues = convert(Config, {"interfaces": ["eth0"], "direction": "ingress", **table},
+                        "ingest.ebpf")
+    errors = [i.format() for i in issues if i.severity == "error"]
+    if errors:
+        raise argparse.ArgumentTypeError(f"'{text}': {'; '.join(errors)}")
+    return line
+
+
+def appended(path: Path, ebpf_set: list[str]) -> dict:
+    """The results already in ``path`` for ``--append``: refused (SystemExit) when they were
+    measured with other ``--ebpf-set`` options (none recorded: the defaults)."""
+    old = json.loads(path.read_text())
+    for name, by_kind in old.items():
+        for kind, runs in by_kind.items():
+            for r in runs:
+                if r.get("ebpf_set", []) != ebpf_set:
+                    raise SystemExit(f"--append: {path} holds {name} {kind} runs with "
+                                     f"--ebpf-set {r.get('ebpf_set', [])}, not {ebpf_set}: "
+                                     "write another --json")
+    return old
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     Agent.backlog = args.backlog
-    AgentEbpf.options = [kv.replace("=", " = ", 1) for kv in args.ebpf_set]
+    AgentEbpf.options = args.ebpf_set
     if args.table_from:
         print(report(json.loads(Path(args.table_from).read_text())))
         return 0
@@ -834,7 +893,7 @@ def main() -> int:
     kinds = ["none"] + [k for k in args.only if k != "none" and k not in missing]
     results = {w: {k: [] for k in kinds} for w in args.workload}  # type: ignore[var-annotated]
     if args.append and args.json and Path(args.json).exists():
-        for name, by_kind in json.loads(Path(args.json).read_text()).items():
+        for name, by_kind in appended(Path(args.json), args.ebpf_set).items():
             for kind, runs in by_kind.items():
                 results.setdefault(name, {}).setdefault(kind, []).extend(runs)
     truths: dict = {}
@@ -849,6 +908,7 @@ def main() -> int:
                         print(f"round {rnd} {name} {kind}: failed: {exc}", file=sys.stderr,
                               flush=True)
                         continue
+                    r["ebpf_set"] = args.ebpf_set  # what agent-ebpf ran with
                     results[name][kind].append(r)
                     print(f"round {rnd} {name} {kind:12s} {json.dumps(r)}", file=sys.stderr,
                           flush=True)

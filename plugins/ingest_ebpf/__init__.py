@@ -61,15 +61,17 @@ def agent_register_components(registry: ComponentRegistry) -> None:
 
 @hookimpl
 def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue]:
-    """With ``check_env``: the configured network namespace must exist, and ``promisc``
-    needs CAP_NET_RAW (its packet sockets)."""
+    """The kernel tables each instance would create on this host, and their memory (a note:
+    derived sizes depend on the CPUs and memory); with ``check_env``: the configured network
+    namespace must exist, and ``promisc`` needs CAP_NET_RAW (its packet sockets)."""
     from netflow_agent.api import netns_path
 
     issues: list[ConfigIssue] = []
-    if not check_env:
-        return issues
     for inst in config.by_stage("ingest"):
         if inst.type_name != "ebpf":
+            continue
+        issues.append(sizes_note(inst, config))
+        if not check_env:
             continue
         if inst.config.promisc and not effective_caps() & (1 << CAP_NET_RAW):
             issues.append(ConfigIssue(f"{inst.path}.promisc",
@@ -84,3 +86,21 @@ def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue]:
                                       f"network namespace '{inst.config.netns}' not found "
                                       f"({path} does not exist)"))
     return issues
+
+
+def sizes_note(inst: Any, config: Any) -> ConfigIssue:
+    """What ``inst`` would create on this host (:func:`.sizing.kernel_sizes`), as a note that
+    also says when the explicit sizes take more than the host's share (the start logs a
+    warning then)."""
+    from .decode import kernel_fields
+    from .sizing import MEMORY_SHARE, kernel_sizes
+
+    cfg = inst.config
+    caches = config.by_stage("cache")
+    capacity = int(getattr(caches[0].config, "maxflows", 0) or 0) if caches else 0
+    sizes = kernel_sizes(cfg.maxflows, cfg.cpu_slots, capacity, cfg.map_type == "percpu",
+                         any(kernel_fields(config.schema)), cfg.timestamps == "precise")
+    over = (f", more than 1/{MEMORY_SHARE} of its {sizes.mem_bytes >> 20} MiB (never swapped): "
+            "lower cpu_slots / maxflows or [cache] maxflows" if sizes.over_share() else "")
+    return ConfigIssue(inst.path, f"on this host: {sizes.describe()}, "
+                       f"{sizes.total_bytes >> 20} MiB of kernel memory{over}", severity="note")

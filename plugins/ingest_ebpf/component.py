@@ -17,6 +17,7 @@ notification (``linkwatch.py``), and every ``rescan_interval_ms`` in any case.
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import sys
@@ -51,14 +52,7 @@ from .decode import (
     record_layout,
 )
 from .linkwatch import LinkWatch
-from .sizing import (
-    cpu_slots_size,
-    kernel_table_size,
-    possible_cpus,
-    ring_capacity_packets,
-    slot_memory,
-    table_memory,
-)
+from .sizing import MEMORY_SHARE, KernelSizes, kernel_sizes, ring_capacity_packets
 
 #: ``decapsulate`` names -> the program's ``decap`` bits (``enum tunnel_kind`` in bpf/flow.h)
 TUNNEL_BITS = {"gre": 1, "vxlan": 2, "geneve": 4, "ipip": 8}
@@ -90,6 +84,23 @@ STEP_BUFFERS = 3
 #: the idle table meanwhile, so waiting loses nothing; the bound keeps a stalled main thread
 #: from delaying the next flip by more than this (the active table fills meanwhile)
 STEP_WAIT_S = 0.25
+
+
+#: errnos of a map the kernel could not create: no memory for it (ENOMEM; EPERM from
+#: RLIMIT_MEMLOCK before kernel 5.11) or a size it refuses (E2BIG)
+MAP_SIZE_ERRNOS = (errno.ENOMEM, errno.EPERM, errno.E2BIG)
+
+
+def map_memory_error(exc: OSError, sizes: KernelSizes) -> OSError:
+    """``exc`` from the loader, naming the sizes and the keys that set them when the kernel
+    refused the maps' memory (the loader's own message names a map, not a setting)."""
+    if exc.errno not in MAP_SIZE_ERRNOS:
+        return exc
+    memlock = (" (kernels before 5.11 also charge it to RLIMIT_MEMLOCK: LimitMEMLOCK=infinity "
+               "in the systemd unit)" if exc.errno == errno.EPERM else "")
+    return OSError(exc.errno, f"{sizes.describe()}, {sizes.total_bytes >> 20} MiB of kernel "
+                   f"memory: lower [[ingest.ebpf]] cpu_slots / maxflows or [cache] maxflows"
+                   f"{memlock}; {exc.strerror or exc}")
 
 
 class StepBuffers:
@@ -214,7 +225,7 @@ class EbpfIngest(Ingest):
                       "drain_ms_max": 0.0, "drain_steps_waited": 0, "drain_steps_unpooled": 0,
                       "table_peak": 0, "maxflows": 0,
                       "attach_errors": 0, "interfaces": 0, "cpu_slots": 0,
-                      "slot_windows_scanned": 0}
+                      "slot_windows_scanned": 0, "kernel_memory_bytes": 0}
         # counter values at the last flip / ring consume: early-drain triggers (pressure)
         self._fill_base = self._lost_base = self._ring_base = 0
         self._last_drain_clean = True  # the other table's last drain emptied it
@@ -243,30 +254,40 @@ class EbpfIngest(Ingest):
         # unscaled: exporters announce it to collectors (raises on a conflicting declaration)
         context.declare_sampling(self.name, cfg.sampling, SAMPLING_RANDOM)
         context.declare_netns(self.name, cfg.netns)  # exporters resolve ifIndexes there
-        percpu, ncpu = cfg.map_type == "percpu", possible_cpus()
-        self.maxflows = kernel_table_size(cfg.maxflows, context.flow_capacity(), percpu, ncpu)
+        percpu = cfg.map_type == "percpu"
         l2_fields, mpls_labels = kernel_fields(flow_schema())  # [flow]: what the key holds
         key_fields = bool(l2_fields or mpls_labels)
         precise = cfg.timestamps == "precise"
-        self.cpu_slots = cpu_slots_size(cfg.cpu_slots, self.maxflows, context.flow_capacity(),
-                                        percpu, ncpu, key_fields, precise)
+        sizes = kernel_sizes(cfg.maxflows, cfg.cpu_slots, context.flow_capacity(), percpu,
+                             key_fields, precise)
+        self.maxflows, self.cpu_slots, ncpu = sizes.maxflows, sizes.cpu_slots, sizes.ncpu
         self.stats["maxflows"], self.stats["cpu_slots"] = self.maxflows, self.cpu_slots
+        self.stats["kernel_memory_bytes"] = sizes.total_bytes
+        if sizes.over_share():
+            self.log.warning("%s: %s take more than 1/%d of this host's %d MiB of memory "
+                             "(kernel memory, never swapped; derived sizes stay within it "
+                             "above their minimums): lower [[ingest.ebpf]] cpu_slots / "
+                             "maxflows or [cache] maxflows", self.name, sizes.describe(),
+                             MEMORY_SHARE, sizes.mem_bytes >> 20)
         if cfg.drain_threshold < 100:
             self._fill_limit = max(1, self.maxflows * cfg.drain_threshold // 100)
             self._ring_limit = max(1, ring_capacity_packets(cfg.overflow_ring_kb)
                                    * cfg.drain_threshold // 100)
         fragments = context.fragments  # [cache] fragments: "track" keeps a kernel table
         self.tracking = fragments.tracking
-        self.loader = Loader(maxflows=self.maxflows, sampling=cfg.sampling,
-                             percpu=percpu,
-                             overflow_ring_bytes=cfg.overflow_ring_kb * 1024,
-                             precise_clock=precise, slots=self.cpu_slots,
-                             prealloc=cfg.prealloc, fill_threshold=self._fill_limit,
-                             frag_table=fragments.table if self.tracking else 0,
-                             frag_timeout=fragments.timeout,
-                             decap=sum(TUNNEL_BITS[t] for t in set(cfg.decapsulate)),
-                             keep_outer=cfg.keep_outer, l2_fields=l2_fields,
-                             mpls_labels=mpls_labels, chunk_rows=cfg.drain_chunk)
+        try:
+            self.loader = Loader(maxflows=self.maxflows, sampling=cfg.sampling,
+                                 percpu=percpu,
+                                 overflow_ring_bytes=cfg.overflow_ring_kb * 1024,
+                                 precise_clock=precise, slots=self.cpu_slots,
+                                 prealloc=cfg.prealloc, fill_threshold=self._fill_limit,
+                                 frag_table=fragments.table if self.tracking else 0,
+                                 frag_timeout=fragments.timeout,
+                                 decap=sum(TUNNEL_BITS[t] for t in set(cfg.decapsulate)),
+                                 keep_outer=cfg.keep_outer, l2_fields=l2_fields,
+                                 mpls_labels=mpls_labels, chunk_rows=cfg.drain_chunk)
+        except OSError as exc:
+            raise map_memory_error(exc, sizes) from exc
         self.loader.set_active(self.active)
         if not self.loader.synchronize() and self.cpu_slots:
             self.log.warning("%s: this kernel refuses membarrier(MEMBARRIER_CMD_GLOBAL) "
@@ -280,8 +301,7 @@ class EbpfIngest(Ingest):
                       "%s%s)", self.name,
                       self.loader.prog_ids(), self.maxflows, cfg.map_type,
                       "preallocated" if cfg.prealloc else "at most",
-                      table_memory(self.maxflows, percpu, ncpu) >> 20, self.cpu_slots, ncpu,
-                      slot_memory(self.cpu_slots, ncpu, key_fields, precise) >> 20,
+                      sizes.table_bytes >> 20, self.cpu_slots, ncpu, sizes.slot_bytes >> 20,
                       cfg.sampling, fragments.mode, list(cfg.decapsulate) or "off",
                       " keeping the outer flows" if cfg.keep_outer else "")
         self.attacher = Attacher(self.loader, cfg.mode, cfg.direction, cfg.promisc)

@@ -40,7 +40,8 @@ class Config:
         0, doc="Flow table size in the kernel: distinct flows per drain (each of the two "
                "tables); packets of flows beyond it go through the overflow ring or are "
                "counted as dropped. 0 = the [cache] maxflows, at most what fits both tables "
-               "in 256 MiB (524288 flows), at least 65536.",
+               "in 256 MiB (524288 flows), at least 65536; with the derived slots at most "
+               "1/8 of the host's memory in all (hosts under 2.25 GB get less).",
         min=0, max=2**24)
     prealloc: bool = option(
         True, doc="Allocate the tables' memory at load: 2 x maxflows x 152 bytes (shared "
@@ -65,7 +66,8 @@ class Config:
                     "what the hash tables leave of 288 MiB (shared map: 524288 per CPU on 2 "
                     "CPUs, 130 MiB; 16384 on 64 CPUs; at least 4096 unless the next bound is "
                     "lower), all CPUs together at most twice the [cache] maxflows or "
-                    "maxflows. The drain maps only the parts of the slots that flows used, "
+                    "maxflows; with a derived hash at most 1/8 of the host's memory in all. "
+                    "The drain maps only the parts of the slots that flows used, "
                     "one at a time: they do not count in the agent's RSS.", min=0, max=2**20)
     drain_chunk: int = option(
         4096, doc="Flows a drain takes from the kernel table per step and hands on as one "

@@ -2,7 +2,8 @@
 
 Owns the arithmetic behind ``maxflows = 0`` (derive the kernel table from ``[cache] maxflows``
 within :data:`AUTO_MEMORY_BYTES`), behind ``cpu_slots = "auto"`` (the per-CPU slots take what
-the hash tables leave of :data:`AUTO_TOTAL_BYTES`) and the early-drain limits. Memory per
+the hash tables leave of :data:`AUTO_TOTAL_BYTES`), both within :data:`MEMORY_SHARE` of the
+host's memory, and the early-drain limits. Memory per
 flow entry was read from ``bpftool map show`` (``bytes_memlock``) on kernel 6.18: a per-CPU
 hash entry costs 120 bytes plus 40 per possible CPU, a shared one 152; preallocated tables
 cost that for every entry at load.
@@ -10,6 +11,7 @@ cost that for every entry at load.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 #: kernel table size when ``[cache] maxflows`` is unlimited (ipt_NETFLOW's default maxflows)
@@ -23,6 +25,11 @@ AUTO_MEMORY_BYTES = 256 << 20
 #: enough for a drain period of a flood of new flows at the sender's top rate (~450k new flows
 #: per second on one CPU; docs/performance.md, "issue 14, seventh stop")
 AUTO_TOTAL_BYTES = 288 << 20
+#: the derived hash tables and slots take together at most 1/MEMORY_SHARE of the host's memory
+#: (``MemTotal``): ipt_NETFLOW and conntrack size their hash from RAM too. The kernel memory
+#: of BPF maps is never swapped, so on a 1 GB router the full 288 MiB would be over a quarter
+#: of it; hosts with 2.25 GB or more keep the full budget
+MEMORY_SHARE = 8
 #: smallest derived table (the old fixed default)
 MIN_AUTO_FLOWS = 65536
 #: bytes of one per-CPU slot (bpf/flow.h ``flow_slot_size()``): one cache line by default
@@ -54,6 +61,26 @@ def possible_cpus(path: str = "/sys/devices/system/cpu/possible") -> int:
     return max(count, 1)
 
 
+def mem_total(path: str = "/proc/meminfo") -> int:
+    """The host's memory in bytes (``MemTotal``), 0 when unknown (no cap then)."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def auto_budget(mem_bytes: int) -> int:
+    """Memory the derived hash tables and slots take together: :data:`AUTO_TOTAL_BYTES`, at
+    most ``mem_bytes`` / :data:`MEMORY_SHARE` (``mem_bytes`` 0 = unknown: no cap)."""
+    if not mem_bytes:
+        return AUTO_TOTAL_BYTES
+    return min(AUTO_TOTAL_BYTES, mem_bytes // MEMORY_SHARE)
+
+
 def entry_bytes(percpu: bool, ncpu: int) -> int:
     """Kernel memory of one flow-table entry (key, element, bucket, values)."""
     return 120 + 40 * ncpu if percpu else 152
@@ -64,20 +91,24 @@ def table_memory(maxflows: int, percpu: bool, ncpu: int) -> int:
     return 2 * maxflows * entry_bytes(percpu, ncpu)
 
 
-def kernel_table_size(configured: int, flow_capacity: int, percpu: bool, ncpu: int) -> int:
+def kernel_table_size(configured: int, flow_capacity: int, percpu: bool, ncpu: int,
+                      mem_bytes: int = 0) -> int:
     """The kernel flow table size: ``maxflows`` if set, else derived.
 
     Derived: the cache's flow capacity (the table never needs more flows than the cache keeps),
     at most what fits both tables in :data:`AUTO_MEMORY_BYTES` (rounded down to a power of two,
-    the kernel's bucket count), at least :data:`MIN_AUTO_FLOWS`.
+    the kernel's bucket count), at least :data:`MIN_AUTO_FLOWS`. On a host whose memory caps
+    the budget (:func:`auto_budget`) the hash keeps its share of it (256/288).
 
     :param configured: ``[[ingest.ebpf]] maxflows`` (0 = derive it).
     :param flow_capacity: :meth:`agent.runtime.RunContext.flow_capacity` (0 = unlimited or
         unknown).
+    :param mem_bytes: the host's memory (:func:`mem_total`; 0 = unknown, no cap).
     """
     if configured:
         return configured
-    fits = AUTO_MEMORY_BYTES // (2 * entry_bytes(percpu, ncpu))
+    budget = AUTO_MEMORY_BYTES * auto_budget(mem_bytes) // AUTO_TOTAL_BYTES
+    fits = budget // (2 * entry_bytes(percpu, ncpu))
     power = 1 << (fits.bit_length() - 1)
     return min(flow_capacity or DEFAULT_FLOW_CAPACITY, max(power, MIN_AUTO_FLOWS),
                MAX_KERNEL_FLOWS)
@@ -98,16 +129,18 @@ def slot_memory(slots: int, ncpu: int, key_fields: bool = False, precise: bool =
 
 
 def cpu_slots_size(configured: int | str, maxflows: int, flow_capacity: int, percpu: bool,
-                   ncpu: int, key_fields: bool = False, precise: bool = False) -> int:
+                   ncpu: int, key_fields: bool = False, precise: bool = False,
+                   mem_bytes: int = 0) -> int:
     """The per-CPU slots: ``cpu_slots`` if a number, else (``"auto"``) derived.
 
-    Derived: what the two hash tables of ``maxflows`` leave of :data:`AUTO_TOTAL_BYTES`,
+    Derived: what the two hash tables of ``maxflows`` leave of :data:`AUTO_TOTAL_BYTES` (less
+    on a host with under 2.25 GB: :func:`auto_budget`),
     split over both slot arrays and the possible CPUs, rounded down to a power of two, at
     least :data:`MIN_AUTO_SLOTS` (the old fixed default, for hosts with so many CPUs that the
     budget leaves less) and at most :data:`MAX_AUTO_SLOTS`; then, lower still if need be, all
-    CPUs together at most twice
-    the smaller of the cache's flow capacity and ``maxflows`` (rounded up per CPU), so a small
-    cache or kernel table keeps the slots small too. On 2 CPUs with the default cache and the
+    CPUs together at most twice the smaller of the cache's flow capacity and ``maxflows``
+    (per CPU rounded up to a power of two: up to twice that again on, say, 6 CPUs), so a
+    small cache or kernel table keeps the slots small too. On 2 CPUs with the default cache and the
     shared map: 524,288 per CPU, 130 MiB with their tags beside the 152 MiB of the hash tables
     (262,144 with precise timestamps: 88-byte slots, 89 MiB; 131,072 with ``[flow]`` key
     fields: 152-byte slots); 16,384 on 64 CPUs.
@@ -116,10 +149,11 @@ def cpu_slots_size(configured: int | str, maxflows: int, flow_capacity: int, per
     :param maxflows: the hash table size in use (:func:`kernel_table_size`).
     :param key_fields: the kernel key holds ``[flow]`` optional fields (whole-key slots).
     :param precise: ``timestamps = "precise"`` (88-byte slots with 64-bit times).
+    :param mem_bytes: the host's memory (:func:`mem_total`; 0 = unknown, no cap).
     """
     if isinstance(configured, int):
         return configured
-    left = AUTO_TOTAL_BYTES - table_memory(maxflows, percpu, ncpu)
+    left = auto_budget(mem_bytes) - table_memory(maxflows, percpu, ncpu)
     fits = max(left // (2 * ncpu * slot_bytes(key_fields, precise)), MIN_AUTO_SLOTS)
     flows = min(flow_capacity or maxflows, maxflows)
     cap = min(MAX_AUTO_SLOTS, _power_above(max(-(-2 * flows // ncpu), 1)))
@@ -139,3 +173,54 @@ def ring_capacity_packets(ring_kb: int) -> int:
     while size < ring_kb * 1024:
         size <<= 1
     return size // RING_EVENT_BYTES
+
+
+@dataclass(frozen=True)
+class KernelSizes:
+    """The kernel tables an ``[[ingest.ebpf]]`` instance creates on this host, and their
+    memory: what the start log line, ``agent stats`` (``kernel_memory_bytes``), ``--dry-run``
+    and a failed map creation say."""
+
+    maxflows: int
+    cpu_slots: int
+    ncpu: int
+    table_bytes: int
+    slot_bytes: int
+    #: :func:`auto_budget` of this host: the derived sizes stay within it
+    budget_bytes: int
+    #: the host's memory (0 = unknown)
+    mem_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        """Kernel memory of the hash tables and slots together."""
+        return self.table_bytes + self.slot_bytes
+
+    def describe(self) -> str:
+        """``kernel tables X MiB + slots Y MiB (N per CPU on C CPUs)``."""
+        return (f"kernel tables {self.table_bytes >> 20} MiB ({self.maxflows} flows each) "
+                f"+ slots {self.slot_bytes >> 20} MiB ({self.cpu_slots} per CPU on "
+                f"{self.ncpu} CPUs)")
+
+    def over_share(self) -> bool:
+        """The tables take more than 1/:data:`MEMORY_SHARE` of the host's memory."""
+        return bool(self.mem_bytes) and self.total_bytes > self.mem_bytes // MEMORY_SHARE
+
+
+def kernel_sizes(maxflows: int, cpu_slots: int | str, flow_capacity: int, percpu: bool,
+                 key_fields: bool = False, precise: bool = False, ncpu: int = 0,
+                 mem_bytes: int = -1) -> KernelSizes:
+    """The sizes :func:`kernel_table_size` and :func:`cpu_slots_size` derive from the
+    configured ``maxflows`` and ``cpu_slots``, with their memory.
+
+    :param ncpu: possible CPUs (0 = this host's, :func:`possible_cpus`).
+    :param mem_bytes: the host's memory (-1 = this host's, :func:`mem_total`; 0 = unknown).
+    """
+    ncpu = ncpu or possible_cpus()
+    mem_bytes = mem_total() if mem_bytes < 0 else mem_bytes
+    flows = kernel_table_size(maxflows, flow_capacity, percpu, ncpu, mem_bytes)
+    slots = cpu_slots_size(cpu_slots, flows, flow_capacity, percpu, ncpu, key_fields, precise,
+                           mem_bytes)
+    return KernelSizes(flows, slots, ncpu, table_memory(flows, percpu, ncpu),
+                       slot_memory(slots, ncpu, key_fields, precise), auto_budget(mem_bytes),
+                       mem_bytes)

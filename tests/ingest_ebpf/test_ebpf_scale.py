@@ -16,11 +16,7 @@ import pytest
 
 from netflow_agent.plugins.ingest_ebpf.component import EbpfIngest
 from netflow_agent.plugins.ingest_ebpf.config import Config
-from netflow_agent.plugins.ingest_ebpf.sizing import (
-    cpu_slots_size,
-    kernel_table_size,
-    possible_cpus,
-)
+from netflow_agent.plugins.ingest_ebpf.sizing import kernel_sizes
 from netflow_agent.runtime import RunContext
 from tests.ingest_ebpf.observe import Observed, ebpf_ingest
 from tests.support.flowgen import Flood, agent_through_flood, build, rx_dropped
@@ -85,9 +81,9 @@ def test_issue_workload_exact_with_the_default_slots(routed, flowgen):
     flood = ISSUE_WORKLOAD
     sent, before_hook, seen = flood_through_router(routed, flowgen, flood)
     assert_flood_exact(flood, routed, sent, before_hook, seen)
-    ncpu = possible_cpus()
-    maxflows = kernel_table_size(0, 0, False, ncpu)
-    assert seen.stats["cpu_slots"] == cpu_slots_size("auto", maxflows, 0, False, ncpu) > 0
+    sizes = kernel_sizes(0, "auto", 0, False)  # this host's CPUs and memory
+    assert seen.stats["cpu_slots"] == sizes.cpu_slots > 0
+    assert seen.stats["kernel_memory_bytes"] == sizes.total_bytes
     assert seen.stats["kernel_slot_packets"] > flood.packets // 4
     assert seen.stats["slot_windows_scanned"] > 0
 

@@ -1,0 +1,103 @@
+"""Unprivileged: what the eBPF ingest says about its kernel tables' sizes at start.
+
+A kernel that refuses the maps' memory (ENOMEM, EPERM from RLIMIT_MEMLOCK, E2BIG) makes the
+loader name a map; the start error names the sizes and the keys that set them. The sizes
+are in ``agent stats`` (``kernel_memory_bytes``) and in ``agent --dry-run`` (a note), and
+explicit sizes over the host's share of memory get a warning at start.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+
+import pytest
+
+from netflow_agent.plugins.ingest_ebpf import _loader, sizing
+from netflow_agent.plugins.ingest_ebpf.component import EbpfIngest
+from netflow_agent.plugins.ingest_ebpf.config import Config
+from netflow_agent.runtime import RunContext
+from tests.ops.helpers import cli
+
+LOADER_ENOMEM = ("load BPF programs (verifier log below): Cannot allocate memory\n"
+                 "libbpf: map 'slots_a': failed to create: -ENOMEM")
+
+
+class RefusingLoader:
+    """The loader as a kernel without room for the maps leaves it: the constructor fails."""
+
+    def __init__(self, *args: object, **kwargs: object):
+        raise OSError(errno.ENOMEM, LOADER_ENOMEM)
+
+
+def start(monkeypatch: pytest.MonkeyPatch, mem: int,
+          **options: object) -> tuple[EbpfIngest, OSError]:
+    """``agent_start`` of an instance with ``options`` on a 4-CPU host of ``mem`` bytes whose
+    kernel refuses the maps: the instance and the error it raised."""
+    monkeypatch.setattr(_loader, "Loader", RefusingLoader)
+    monkeypatch.setattr(sizing, "mem_total", lambda path="": mem)
+    monkeypatch.setattr(sizing, "possible_cpus", lambda path="": 4)
+    comp = EbpfIngest(Config(interfaces=["eth0"], **options), "ingest.ebpf[0]")
+    with pytest.raises(OSError) as caught:
+        comp.agent_start(context=RunContext(core_stats=lambda: {"maxflows_limit": 2_000_000}))
+    return comp, caught.value
+
+
+def test_a_refused_map_names_the_sizes_and_the_keys(monkeypatch):
+    comp, exc = start(monkeypatch, 24 << 30)
+    assert exc.errno == errno.ENOMEM
+    text = str(exc)
+    # 4 CPUs: 524,288 flows (152 MiB) and 262,144 line slots per CPU (130 MiB)
+    assert "kernel tables 152 MiB" in text and "slots 130 MiB (262144 per CPU on 4 CPUs)" in text
+    assert "282 MiB of kernel memory" in text
+    assert "cpu_slots" in text and "[cache] maxflows" in text
+    assert "Cannot allocate memory" in text  # the loader's own words stay
+    assert comp.stats["kernel_memory_bytes"] == 2 * 524_288 * 152 + 2 * 262_144 * 4 * 65
+
+
+def test_other_loader_errors_pass_unchanged(monkeypatch):
+    class NoBtf:
+        def __init__(self, *args: object, **kwargs: object):
+            raise OSError(errno.ENOENT, "open BPF object: No such file or directory")
+
+    monkeypatch.setattr(_loader, "Loader", NoBtf)
+    comp = EbpfIngest(Config(interfaces=["eth0"]), "ingest.ebpf[0]")
+    with pytest.raises(OSError, match=r"^\[Errno 2\] open BPF object"):
+        comp.agent_start(context=RunContext())
+
+
+def test_a_small_host_gets_small_tables_and_explicit_ones_a_warning(monkeypatch, caplog):
+    with caplog.at_level(logging.WARNING):
+        comp, _ = start(monkeypatch, 1 << 30)  # a 1 GB router: 1/8 of it
+    assert comp.maxflows == 262_144 and comp.cpu_slots == 65_536
+    assert comp.stats["kernel_memory_bytes"] >> 20 == 108
+    assert "take more than" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        comp, exc = start(monkeypatch, 1 << 30, maxflows=524_288, cpu_slots=262_144)
+    assert "take more than 1/8 of this host's 1024 MiB" in caplog.text
+    assert comp.stats["kernel_memory_bytes"] >> 20 == 282
+    assert "LimitMEMLOCK" not in str(exc)  # ENOMEM: not the memlock limit
+
+
+def test_eperm_mentions_the_memlock_limit(monkeypatch):
+    class Memlock:
+        def __init__(self, *args: object, **kwargs: object):
+            raise OSError(errno.EPERM, "load BPF programs (verifier log below): Operation "
+                          "not permitted")
+
+    monkeypatch.setattr(_loader, "Loader", Memlock)
+    comp = EbpfIngest(Config(interfaces=["eth0"]), "ingest.ebpf[0]")
+    with pytest.raises(OSError, match="LimitMEMLOCK") as caught:
+        comp.agent_start(context=RunContext())
+    assert caught.value.errno == errno.EPERM and "cpu_slots" in str(caught.value)
+
+
+def test_dry_run_notes_the_kernel_memory(tmp_path):
+    conf = tmp_path / "agent.toml"
+    conf.write_text('[[ingest.ebpf]]\ninterfaces = ["lo"]\ncpu_slots = 4096\n'
+                    '[[export.netflow]]\ndestination = ["127.0.0.1:2055"]\n')
+    proc = cli("--dry-run", "-c", str(conf))
+    assert proc.returncode == 0, proc.stderr
+    ncpu = sizing.possible_cpus()
+    assert ("ingest.ebpf[0]: note: on this host: kernel tables" in proc.stderr
+            and f"(4096 per CPU on {ncpu} CPUs)" in proc.stderr), proc.stderr

@@ -1,0 +1,55 @@
+"""bench/compare/run.py's command line: ``--ebpf-set`` is checked as the agent would check the
+option before any flood starts, and ``--append`` refuses results of another variant."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.e2e.test_bench_compare import compare_harness
+
+RUN = compare_harness()
+
+
+def test_ebpf_set_becomes_a_toml_line():
+    args = RUN.parse_args(["--ebpf-set", "cpu_slots=262144", "--ebpf-set",
+                           'timestamps = "precise"'])
+    assert args.ebpf_set == ["cpu_slots = 262144", 'timestamps = "precise"']
+
+
+@pytest.mark.parametrize(("option", "says"), [
+    ("cpu_slots", "expected KEY=VALUE"),
+    ("cpu_slots=", "expected KEY=VALUE"),
+    ("cpu_slots=1000", "not a power of two"),
+    ("cpu_slots=eight", "not a TOML key = value"),
+    ("maxflows=-1", "maxflows"),
+    ("no_such_key=1", "no_such_key"),
+    ("interfaces=[\"eth1\"]", "the harness sets interfaces"),
+    ("direction=\"both\"", "the harness sets direction"),
+    ("a.b=1", "not an [[ingest.ebpf]] key"),
+])
+def test_bad_ebpf_set_is_refused_at_parsing(option, says, capsys):
+    with pytest.raises(SystemExit) as caught:
+        RUN.parse_args(["--ebpf-set", option])
+    assert caught.value.code == 2
+    assert says in capsys.readouterr().err
+
+
+def test_a_key_set_twice_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        RUN.parse_args(["--ebpf-set", "cpu_slots=4096", "--ebpf-set", "cpu_slots=8192"])
+    assert "set twice" in capsys.readouterr().err
+
+
+def test_append_refuses_results_of_another_variant(tmp_path):
+    saved = tmp_path / "compare.json"
+    saved.write_text(json.dumps({"w3": {"agent-ebpf": [{"sent": 1, "ebpf_set": [
+        "cpu_slots = 262144"]}]}}))
+    assert RUN.appended(saved, ["cpu_slots = 262144"])["w3"]["agent-ebpf"][0]["sent"] == 1
+    with pytest.raises(SystemExit, match="cpu_slots = 262144"):
+        RUN.appended(saved, [])
+    saved.write_text(json.dumps({"w3": {"agent-ebpf": [{"sent": 1}]}}))  # before the record
+    assert RUN.appended(saved, [])
+    with pytest.raises(SystemExit):
+        RUN.appended(saved, ["cpu_slots = 524288"])
