@@ -88,7 +88,9 @@ STEP_BUFFERS = 3
 #: of CPU) otherwise queued a fresh 400 KB array per step, up to 32 of them, 3-6 MB of peak
 #: RSS that only waited for the main thread (issue 14, seventh stop). The kernel rows stay in
 #: the idle table meanwhile, so waiting loses nothing; the bound keeps a stalled main thread
-#: from delaying the next flip by more than this (the active table fills meanwhile)
+#: from delaying the next flip by more than this (the active table fills meanwhile). A stop
+#: ends a wait at once (agent_stop wakes it: the main thread merges only after the join).
+#: Waits show in drain_wait_ms_last / _total, and in drain_ms (a drain's wall time)
 STEP_WAIT_S = 0.25
 #: after a wake that finds no array free yet, how soon the wait looks again (doubling up to
 #: RECHECK_MAX_S): a release wakes it a moment early (NumPy runs the finalizer before the view
@@ -184,7 +186,10 @@ class StepBuffers:
 
     def lend(self, rows: np.ndarray) -> np.ndarray:
         """``rows`` (a view of a taken array, about to be emitted), watched: once the pipeline
-        lets it go, a :meth:`take` waiting for a pooled array looks again."""
+        lets go of this view, a :meth:`take` waiting for a pooled array looks again. The wake
+        is tied to the view, not the array: it comes a moment before the array is free (NumPy
+        runs the finalizer while the view still holds its base), or while a slice the
+        consumer kept still holds it; :meth:`_wait` then looks again every few ms."""
         if self._wait_s > 0:
             weakref.finalize(rows, self._let_go.set).atexit = False
         return rows
