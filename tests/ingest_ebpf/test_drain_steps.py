@@ -206,17 +206,23 @@ def test_a_drain_that_raises_part_way_still_counts_its_steps():
 
 
 class WatchedBuffers(StepBuffers):
-    """Sets ``looked`` when the wait finds nothing free after ``armed`` was set."""
+    """Counts the looks that found no array free."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.armed, self.looked = threading.Event(), threading.Event()
+        self.misses = 0
 
     def _free(self):
         buf = super()._free()
-        if buf is None and self.armed.is_set():
-            self.looked.set()
+        self.misses += buf is None
         return buf
+
+    def missed(self, times: int) -> bool:
+        """Whether ``times`` looks found nothing free within 30 s."""
+        deadline = time.monotonic() + 30
+        while self.misses < times and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return self.misses >= times
 
 
 def test_a_wake_with_nothing_free_yet_looks_again_soon():
@@ -226,13 +232,14 @@ def test_a_wake_with_nothing_free_yet_looks_again_soon():
     buffers = WatchedBuffers(64, flow_schema().record_dtype, wait_s=60.0)
     views = [buffers.lend(buffers.take()[:64]) for _ in range(STEP_BUFFERS)]
     kept = views[0][1:]  # a slice of the first batch: its array stays held
+    first = kept.ctypes.data - kept.itemsize  # the array's address (no reference to it)
+    buffers.misses = 0  # the pool filling up above missed too
     got: list[np.ndarray] = []
     taker = threading.Thread(target=lambda: got.append(buffers.take()), daemon=True)
     taker.start()
-    buffers.armed.set()
-    del views[0]  # the batch is let go: a wake that finds nothing free
-    assert buffers.looked.wait(30)
-    first = kept.ctypes.data - kept.itemsize  # the array's, held by nothing here after
+    assert buffers.missed(2)  # take's look and the wait's first: it waits (or is about to)
+    del views[0]  # the batch is let go: a wake
+    assert buffers.missed(3)  # ... that finds nothing free
     del kept  # the array is free now; nothing is lent any more to wake the drain
     taker.join(timeout=30)
     assert not taker.is_alive()
