@@ -551,8 +551,8 @@ class EbpfIngest(Ingest):
             self._layout, self._record_dtype = record_layout(schema), schema.record_dtype
         chunk = self.config.drain_chunk
         # this drain's (none kept while idle); it waits for the merge only on the drain
-        # thread: at stop the caller merges after the drain
-        # (agent_stop wakes it through self._buffers)
+        # thread: at stop the caller merges after the drain (agent_stop wakes a wait through
+        # self._buffers)
         buffers = StepBuffers(chunk, self._record_dtype,
                               0.0 if self._stop.is_set() else STEP_WAIT_S, self._stop)
         assert self.context is not None
