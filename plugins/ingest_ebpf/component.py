@@ -82,8 +82,16 @@ STEP_BUFFERS = 3
 #: of CPU) otherwise queued a fresh 400 KB array per step, up to 32 of them, 3-6 MB of peak
 #: RSS that only waited for the main thread (issue 14, seventh stop). The kernel rows stay in
 #: the idle table meanwhile, so waiting loses nothing; the bound keeps a stalled main thread
-#: from delaying the next flip by more than this (the active table fills meanwhile)
+#: from delaying the next flip by more than this (the active table fills meanwhile). A stop
+#: ends a wait at once (agent_stop wakes it: the main thread merges only after the join).
+#: Waits show in drain_wait_ms_last / _total, and in drain_ms (a drain's wall time)
 STEP_WAIT_S = 0.25
+#: after a wake that finds no array free yet, how soon the wait looks again (doubling up to
+#: RECHECK_MAX_S): a release wakes it a moment early (NumPy runs the finalizer before the view
+#: drops its hold on the array), and a consumer that kept a slice of a batch frees the array
+#: only when it drops the slice, which wakes nothing
+RECHECK_S = 0.001
+RECHECK_MAX_S = 0.016
 
 
 #: errnos of a map the kernel could not create: no memory for it (ENOMEM; EPERM from
@@ -118,41 +126,37 @@ class StepBuffers:
     without a GIL) every step gets a new array. One pool per drain: an idle agent keeps none.
     """
 
-    __slots__ = ("_rows", "_dtype", "_pool", "_wait_s", "_let_go", "waited", "fresh")
+    __slots__ = ("_rows", "_dtype", "_pool", "_wait_s", "_stop", "_let_go", "waited", "fresh",
+                 "waited_s")
 
-    def __init__(self, rows: int, dtype: np.dtype, wait_s: float = 0.0):
+    def __init__(self, rows: int, dtype: np.dtype, wait_s: float = 0.0,
+                 stop: threading.Event | None = None):
         """:param wait_s: how long :meth:`take` may wait in all, over this pool's life, for a
-            held array to be let go once the pool is full (0: never wait)."""
+            held array to be let go once the pool is full (0: never wait).
+        :param stop: once set, :meth:`take` waits no more (:meth:`wake` ends a wait in
+            progress): the agent is stopping and nothing merges until the drain is over."""
         self._rows = rows
         self._dtype = dtype
         self._pool: list[np.ndarray] = []
         self._wait_s = wait_s
-        #: set when a step's batch rows handed out by :meth:`lend` are let go
+        self._stop = stop if stop is not None else threading.Event()
+        #: set when a step's batch rows handed out by :meth:`lend` are let go (or by wake())
         self._let_go = threading.Event()
         #: takes that waited for a pooled array / got a new one beyond the pool (all held)
         self.waited = 0
         self.fresh = 0
+        #: seconds :meth:`take` spent waiting, in all
+        self.waited_s = 0.0
 
     def take(self) -> np.ndarray:
         """A ``rows``-row array of ``dtype``, contents undefined: a pooled one nothing else
-        holds, else (pool full, wait budget left) the first one let go, else a new one. The
-        wait sleeps until rows from :meth:`lend` are let go (no polling: the main thread's
-        merge keeps the GIL and the CPU)."""
+        holds, else (pool full, wait budget left, not stopping) the first one let go, else a
+        new one."""
         buf = self._free()
+        if buf is None and FREE_REFS and len(self._pool) >= STEP_BUFFERS and self._wait_s > 0:
+            buf = self._wait()
         if buf is not None:
             return buf
-        if FREE_REFS and len(self._pool) >= STEP_BUFFERS and self._wait_s > 0:
-            start = time.monotonic()
-            try:
-                while (left := self._wait_s - (time.monotonic() - start)) > 0:
-                    self._let_go.clear()  # before the check: a release after it still wakes
-                    buf = self._free()
-                    if buf is not None:
-                        self.waited += 1
-                        return buf
-                    self._let_go.wait(left)
-            finally:
-                self._wait_s = max(0.0, self._wait_s - (time.monotonic() - start))
         buf = np.empty(self._rows, self._dtype)
         if FREE_REFS and len(self._pool) < STEP_BUFFERS:
             self._pool.append(buf)
@@ -160,9 +164,43 @@ class StepBuffers:
             self.fresh += 1
         return buf
 
+    def wake(self) -> None:
+        """End a :meth:`take` waiting now (call it after setting ``stop``)."""
+        self._let_go.set()
+
+    def _wait(self) -> np.ndarray | None:
+        """The first pooled array let go within what is left of the budget, or ``None`` (the
+        budget is out, or stop is set). It sleeps until rows from :meth:`lend` are let go
+        (the main thread's merge keeps the GIL and the CPU); only after a wake that finds
+        nothing free yet does it look again every few ms, for the rest of this take."""
+        start = time.monotonic()
+        recheck = 0.0  # 0: sleep until woken; else look again this soon
+        try:
+            while True:
+                self._let_go.clear()  # before the checks: a release or stop after them wakes
+                buf = self._free()
+                if buf is not None:
+                    self.waited += 1
+                    return buf
+                left = self._wait_s - (time.monotonic() - start)
+                if left <= 0 or self._stop.is_set():
+                    return None
+                woke = self._let_go.wait(min(left, recheck) if recheck else left)
+                if recheck:
+                    recheck = min(2 * recheck, RECHECK_MAX_S)
+                elif woke:
+                    recheck = RECHECK_S
+        finally:
+            elapsed = time.monotonic() - start
+            self.waited_s += elapsed
+            self._wait_s = max(0.0, self._wait_s - elapsed)
+
     def lend(self, rows: np.ndarray) -> np.ndarray:
         """``rows`` (a view of a taken array, about to be emitted), watched: once the pipeline
-        lets it go, a :meth:`take` waiting for a pooled array looks again."""
+        lets go of this view, a :meth:`take` waiting for a pooled array looks again. The wake
+        is tied to the view, not the array: it comes a moment before the array is free (NumPy
+        runs the finalizer while the view still holds its base), or while a slice the
+        consumer kept still holds it; :meth:`_wait` then looks again every few ms."""
         if self._wait_s > 0:
             weakref.finalize(rows, self._let_go.set).atexit = False
         return rows
@@ -223,6 +261,7 @@ class EbpfIngest(Ingest):
                       "pressure_checks": 0, "quiet_skips": 0,
                       "flows_drained": 0, "overflow_flows": 0, "drain_ms_last": 0.0,
                       "drain_ms_max": 0.0, "drain_steps_waited": 0, "drain_steps_unpooled": 0,
+                      "drain_wait_ms_last": 0.0, "drain_wait_ms_total": 0.0,
                       "table_peak": 0, "maxflows": 0,
                       "attach_errors": 0, "interfaces": 0, "cpu_slots": 0,
                       "slot_windows_scanned": 0, "kernel_memory_bytes": 0}
@@ -238,6 +277,7 @@ class EbpfIngest(Ingest):
         self._wake = -1  # eventfd that ends the drain thread's wait at stop
         self._last_rescan_error = ""
         self._thread: threading.Thread | None = None
+        self._buffers: StepBuffers | None = None  # the step arrays of the drain in progress
         self._layout: bytes | None = None  # the loader's layout of a FlowBatch row
         self._record_dtype: np.dtype = np.dtype([])  # the rows that layout writes
 
@@ -318,6 +358,9 @@ class EbpfIngest(Ingest):
     def agent_stop(self) -> None:
         """Detach everything, emit what the tables still hold, unload."""
         self._stop.set()
+        buffers = self._buffers  # a drain waiting for a merge: none follows until it is over
+        if buffers is not None:
+            buffers.wake()
         if self._thread is not None:
             os.eventfd_write(self._wake, 1)
             self._thread.join()
@@ -528,26 +571,31 @@ class EbpfIngest(Ingest):
             self._layout, self._record_dtype = record_layout(schema), schema.record_dtype
         chunk = self.config.drain_chunk
         # this drain's (none kept while idle); it waits for the merge only on the drain
-        # thread: at stop the caller merges after the drain
+        # thread: at stop the caller merges after the drain (agent_stop wakes a wait through
+        # self._buffers)
         buffers = StepBuffers(chunk, self._record_dtype,
-                              0.0 if self._stop.is_set() else STEP_WAIT_S)
+                              0.0 if self._stop.is_set() else STEP_WAIT_S, self._stop)
         assert self.context is not None
+        self._buffers = buffers
         self.loader.drain_begin(index)
         drained, more = 0, True
-        while more:
-            flows = buffers.take()  # the loader writes every byte of its rows
-            rows, err, more = self.loader.drain_next(flows, self._layout, offset)
-            if err:  # the rows it deleted are in `flows`; what is left is drained next time
-                self.stats["drain_errors"] += 1
-                self.log.warning("%s: drain of table %d stopped part way: %s; the rest "
-                                 "follows at a later drain", self.name, index,
-                                 os.strerror(err))
-            if rows:  # a short last step keeps only its rows' memory
-                flows = buffers.lend(flows[:rows]) if rows > chunk // 4 else flows[:rows].copy()
-                self.context.emit(FlowBatch(source=self.name, flows=flows))
-                drained += rows
-        self.stats["drain_steps_waited"] += buffers.waited
-        self.stats["drain_steps_unpooled"] += buffers.fresh
+        try:
+            while more:
+                flows = buffers.take()  # the loader writes every byte of its rows
+                rows, err, more = self.loader.drain_next(flows, self._layout, offset)
+                if err:  # the rows it deleted are in `flows`; the rest is drained next time
+                    self.stats["drain_errors"] += 1
+                    self.log.warning("%s: drain of table %d stopped part way: %s; the rest "
+                                     "follows at a later drain", self.name, index,
+                                     os.strerror(err))
+                if rows:  # a short last step keeps only its rows' memory
+                    flows = (buffers.lend(flows[:rows]) if rows > chunk // 4
+                             else flows[:rows].copy())
+                    self.context.emit(FlowBatch(source=self.name, flows=flows))
+                    drained += rows
+        finally:  # a drain that raised part way counts what it did too
+            self._buffers = None
+            self._count_steps(buffers)
         tag_err = self.loader.slot_info()["tag_errno"]
         if tag_err:  # every row is out; the windows stay marked, so the next drain retries
             self.stats["drain_errors"] += 1
@@ -555,6 +603,14 @@ class EbpfIngest(Ingest):
                              "cleared again at its next drain", self.name, index,
                              os.strerror(tag_err))
         return drained
+
+    def _count_steps(self, buffers: StepBuffers) -> None:
+        """Add one drain's step-array figures to the stats."""
+        self.stats["drain_steps_waited"] += buffers.waited
+        self.stats["drain_steps_unpooled"] += buffers.fresh
+        wait_ms = round(buffers.waited_s * 1000, 3)
+        self.stats["drain_wait_ms_last"] = wait_ms
+        self.stats["drain_wait_ms_total"] = round(self.stats["drain_wait_ms_total"] + wait_ms, 3)
 
     def _emit(self, flows: np.ndarray, cnt: CounterDelta | None) -> None:
         """One FlowBatch after the table's: the overflow ring's flows (if it was read) and,

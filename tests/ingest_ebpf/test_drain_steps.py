@@ -8,7 +8,9 @@ drain, and a batch the cache is done with gives its array back.
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -34,9 +36,11 @@ def test_queued_batches_keep_their_flows_through_later_drains():
     drain waits for a kept array only as long as its wait allows, then takes new ones)."""
     loader = FailingLoader(rows=256)
     comp = ingest_with(loader, chunk=64)
-    comp._drain()
-    loader.table["packets"] += 1000  # the second drain's flows differ
-    comp._drain()
+    with pytest.MonkeyPatch.context() as mp:  # nothing merges here: no use waiting for it
+        mp.setattr(component, "STEP_WAIT_S", 0.001)
+        comp._drain()
+        loader.table["packets"] += 1000  # the second drain's flows differ
+        comp._drain()
     got = batches(comp)
     assert packets(got) == list(range(1, 257)) + list(range(1001, 1257))
     arrays = {id(b.flows.base) for b in got if len(b.flows) and b.flows.base is not None}
@@ -92,13 +96,17 @@ def test_a_drain_that_outruns_the_merge_waits_for_a_kept_array():
             done.wait(0.002)
             del batch
 
-    merger = threading.Thread(target=merge)
+    merger = threading.Thread(target=merge, daemon=True)
     merger.start()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(component, "STEP_WAIT_S", 60.0)  # the merge's pace here, not the budget's
+        started = time.monotonic()
         comp._drain()
+        took = time.monotonic() - started
     done.set()
     merger.join(timeout=30)
+    assert not merger.is_alive()
+    assert took < 30  # each wait ended at a merge, not at the 60 s budget
     assert got == list(range(1, 32 * 64 + 1))
     assert most[0] <= STEP_BUFFERS
     assert comp.stats["drain_steps_unpooled"] == 0
@@ -110,9 +118,12 @@ def test_the_wait_for_a_kept_array_is_bounded_per_drain():
     budget and gets a new array; the takes after it do not wait at all."""
     buffers = StepBuffers(64, flow_schema().record_dtype, wait_s=0.05)
     held = [buffers.take() for _ in range(STEP_BUFFERS)]
+    assert buffers.waited_s == 0.0
     extra = buffers.take()
-    assert buffers._wait_s == 0.0 and buffers.fresh == 1 and buffers.waited == 0
+    waited = buffers.waited_s
+    assert waited >= 0.05 and buffers.fresh == 1 and buffers.waited == 0
     more = buffers.take()
+    assert buffers.waited_s == waited  # no wait left: straight to a new array
     assert buffers.fresh == 2
     assert len({a.ctypes.data for a in [*held, extra, more]}) == STEP_BUFFERS + 2
 
@@ -128,3 +139,108 @@ def test_a_drain_at_stop_never_waits():
     assert len(batches(comp)) == 4
     assert comp.stats["drain_steps_waited"] == 0
     assert comp.stats["drain_steps_unpooled"] == 1
+
+
+def test_a_stop_during_a_drains_wait_ends_it_at_once():
+    """The drain thread waits for a merge (all kept arrays queued) when the agent stops: the
+    main thread, which merges, is in agent_stop joining the drain thread, so nothing would
+    let an array go. agent_stop wakes the wait: the join ends at once, not after the drain's
+    budget (60 s here), and every flow is emitted once."""
+    loader = StoppableLoader(rows=8 * 64)
+    comp = ingest_with(loader, chunk=64)
+    comp._wake = os.eventfd(0, os.EFD_CLOEXEC)
+    assert comp.context is not None
+    inbox = comp.context.inbox
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(component, "STEP_WAIT_S", 60.0)
+        comp._thread = threading.Thread(target=comp._drain, daemon=True)
+        comp._thread.start()
+        deadline = time.monotonic() + 30
+        while inbox.qsize() < STEP_BUFFERS and time.monotonic() < deadline:
+            time.sleep(0.005)  # the kept arrays all queued: the drain waits (or is about to)
+        stopper = threading.Thread(target=comp.agent_stop, daemon=True)
+        started = time.monotonic()
+        stopper.start()
+        stopper.join(timeout=30)
+        took = time.monotonic() - started
+    assert not stopper.is_alive() and took < 5
+    assert packets(batches(comp)) == list(range(1, 8 * 64 + 1))
+    assert loader.closed and comp.stats["drain_steps_unpooled"] >= 1
+
+
+class StoppableLoader(FailingLoader):
+    """A loader agent_stop can release, with one table of flows (the other empty); ``raise_at``:
+    the drain step that raises."""
+
+    def __init__(self, rows: int, raise_at: int = 0):
+        super().__init__(rows=rows)
+        self.closed, self.raise_at = False, raise_at
+
+    def drain_next(self, buffer: np.ndarray, layout: bytes | None = None,
+                   wall_offset: int = 0) -> tuple[int, int, bool]:
+        if self.chunks + 1 == self.raise_at:
+            raise OSError(5, "drain: Input/output error")
+        return super().drain_next(buffer, layout, wall_offset)
+
+    def drain_begin(self, index: int) -> None:
+        self.left, self.table = self.table, self.table[:0]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_drain_that_raises_part_way_still_counts_its_steps():
+    """Four steps while nothing merges (the fourth waits out the budget and takes a new
+    array), then the fifth takes another and raises: the wait and both new arrays are in
+    the stats."""
+    loader = StoppableLoader(rows=8 * 64, raise_at=5)
+    comp = ingest_with(loader, chunk=64)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(component, "STEP_WAIT_S", 0.01)
+        with pytest.raises(OSError):
+            comp._drain()
+    assert len(batches(comp)) == 4
+    assert comp.stats["drain_steps_unpooled"] == 2
+    assert comp.stats["drain_wait_ms_last"] >= 10
+    assert comp.stats["drain_wait_ms_total"] == comp.stats["drain_wait_ms_last"]
+
+
+class WatchedBuffers(StepBuffers):
+    """Counts the looks that found no array free."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.misses = 0
+
+    def _free(self):
+        buf = super()._free()
+        self.misses += buf is None
+        return buf
+
+    def missed(self, times: int) -> bool:
+        """Whether ``times`` looks found nothing free within 30 s."""
+        deadline = time.monotonic() + 30
+        while self.misses < times and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return self.misses >= times
+
+
+def test_a_wake_with_nothing_free_yet_looks_again_soon():
+    """A consumer keeps a slice of a batch's rows: dropping the batch wakes the drain, but
+    its array is still held; once the slice goes too (which wakes nothing) the drain gets
+    the array at its next look, within ms, not at the end of its budget (60 s here)."""
+    buffers = WatchedBuffers(64, flow_schema().record_dtype, wait_s=60.0)
+    views = [buffers.lend(buffers.take()[:64]) for _ in range(STEP_BUFFERS)]
+    kept = views[0][1:]  # a slice of the first batch: its array stays held
+    first = kept.ctypes.data - kept.itemsize  # the array's address (no reference to it)
+    buffers.misses = 0  # the pool filling up above missed too
+    got: list[np.ndarray] = []
+    taker = threading.Thread(target=lambda: got.append(buffers.take()), daemon=True)
+    taker.start()
+    assert buffers.missed(2)  # take's look and the wait's first: it waits (or is about to)
+    del views[0]  # the batch is let go: a wake
+    assert buffers.missed(3)  # ... that finds nothing free
+    del kept  # the array is free now; nothing is lent any more to wake the drain
+    taker.join(timeout=30)
+    assert not taker.is_alive()
+    assert got[0].ctypes.data == first and buffers.waited == 1 and buffers.waited_s < 30

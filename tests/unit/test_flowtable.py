@@ -219,7 +219,8 @@ def test_growth_does_not_keep_two_copies_alive() -> None:
         now, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert table.rows == 212_500  # grown by a sixteenth: the zero-filled slack is resident
+    # grown by at most a sixteenth: the zero-filled slack is resident
+    assert 0 < table.rows - 200_000 <= 200_000 // 16
     assert peak - now < 64 * 1024  # a copy would peak 1.6 MB higher (the old packets column)
 
 
