@@ -3,7 +3,8 @@
 Owns the arithmetic behind ``maxflows = 0`` (derive the kernel table from ``[cache] maxflows``
 within :data:`AUTO_MEMORY_BYTES`), behind ``cpu_slots = "auto"`` (the per-CPU slots take what
 the hash tables leave of :data:`AUTO_TOTAL_BYTES`), both within :data:`MEMORY_SHARE` of the
-host's memory, and the early-drain limits. Memory per
+memory this process may use (the host's, or its memory cgroup's limit), and the early-drain
+limits. Memory per
 flow entry was read from ``bpftool map show`` (``bytes_memlock``) on kernel 6.18: a per-CPU
 hash entry costs 120 bytes plus 40 per possible CPU, a shared one 152; preallocated tables
 cost that for every entry at load.
@@ -11,8 +12,11 @@ cost that for every entry at load.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger("agent.ingest.ebpf")
 
 #: kernel table size when ``[cache] maxflows`` is unlimited (ipt_NETFLOW's default maxflows)
 DEFAULT_FLOW_CAPACITY = 2_000_000
@@ -44,6 +48,9 @@ MAX_AUTO_SLOTS = 524288
 #: fewest derived per-CPU slots: the fixed default before "auto" (what hosts with so many
 #: CPUs that the budget leaves less still get, as they did)
 MIN_AUTO_SLOTS = 4096
+#: cgroup v1 shows "no limit" as the largest page count in bytes (9223372036854771712 with
+#: 4 KiB pages): limits from here up are none
+V1_UNLIMITED = 1 << 62
 #: bytes one overflow-ring event takes: struct overflow_event + the ring's 8-byte header
 RING_EVENT_BYTES = 72 + 8
 
@@ -61,16 +68,68 @@ def possible_cpus(path: str = "/sys/devices/system/cpu/possible") -> int:
     return max(count, 1)
 
 
-def mem_total(path: str = "/proc/meminfo") -> int:
-    """The host's memory in bytes (``MemTotal``), 0 when unknown (no cap then)."""
+def mem_total(path: str = "/proc/meminfo", proc_cgroup: str = "/proc/self/cgroup",
+              cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """The memory this process may use in bytes: the host's (``MemTotal``), or less when its
+    memory cgroup is limited (:func:`cgroup_memory_limit`: a container, systemd's
+    ``MemoryMax=``; kernels >= 5.11 charge BPF maps to the cgroup); 0 when unknown (no cap)."""
+    host = 0
     try:
         with open(path) as f:
             for line in f:
                 if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+                    host = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError) as exc:
+        log.debug("cannot read MemTotal from %s (%s): the sizes are not capped by it", path,
+                  exc)
+    known = [n for n in (host, cgroup_memory_limit(proc_cgroup, cgroup_root)) if n]
+    return min(known, default=0)
+
+
+def cgroup_memory_limit(proc_cgroup: str = "/proc/self/cgroup",
+                        cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """The tightest memory limit of this process's cgroup and its parents in bytes, 0 = none.
+
+    cgroup v2 (``0::/path`` in ``proc_cgroup``): ``memory.max`` of each (``max`` = unlimited);
+    v1 (the ``memory`` controller's line): ``memory.limit_in_bytes`` under ``memory/``. A
+    cgroup whose file is not visible (not mounted, outside this cgroup namespace) is skipped.
+    """
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return 0
+    limits = []
+    for line in lines:
+        _, controllers, rel = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":
+            base, name = Path(cgroup_root), "memory.max"
+        elif "memory" in controllers.split(","):
+            base, name = Path(cgroup_root) / "memory", "memory.limit_in_bytes"
+        else:
+            continue
+        limits += [n for d in _cgroup_and_parents(base, rel) if (n := _read_limit(d / name))]
+    return min(limits, default=0)
+
+
+def _cgroup_and_parents(base: Path, rel: str) -> list[Path]:
+    """The directories of cgroup ``rel`` under ``base`` and of its parents up to ``base``
+    (only ``base`` when ``rel`` leads outside it: a cgroup beyond this namespace)."""
+    parts = [p for p in rel.split("/") if p]
+    if ".." in parts:
+        parts = []
+    return [base.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
+
+
+def _read_limit(path: Path) -> int:
+    """A cgroup memory limit file's bytes, 0 for none (``max``, v1's "unlimited" near 2^63,
+    absent, unreadable)."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return 0
+    limit = int(text) if text.isdigit() else 0
+    return limit if limit < V1_UNLIMITED else 0
 
 
 def auto_budget(mem_bytes: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 
 import pytest
@@ -169,7 +170,7 @@ def test_mem_total_reads_meminfo(tmp_path):
     f = tmp_path / "meminfo"
     f.write_text("MemTotal:        1015812 kB\nMemFree:          123456 kB\n")
     assert mem_total(str(f)) == 1015812 * 1024
-    assert mem_total(str(tmp_path / "missing")) == 0
+    assert mem_total(str(tmp_path / "missing"), str(tmp_path / "no-cgroup")) == 0
     assert mem_total("/proc/meminfo") > 0
 
 
@@ -184,3 +185,62 @@ def test_ring_capacity():
     assert ring_capacity_packets(0) == 0
     assert ring_capacity_packets(1) == 4096 // 80  # at least a page
     assert ring_capacity_packets(256) == 256 * 1024 // 80
+
+
+def cgroup_tree(tmp_path, proc_line: str, files: dict[str, str]) -> tuple[str, str]:
+    """A fake ``/proc/self/cgroup`` holding ``proc_line`` and a cgroup mount with ``files``
+    (path under the mount -> content): the paths :func:`mem_total` reads them from."""
+    proc = tmp_path / "cgroup"
+    proc.write_text(proc_line + "\n")
+    root = tmp_path / "sys-fs-cgroup"
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return str(proc), str(root)
+
+
+def meminfo(tmp_path, kib: int) -> str:
+    f = tmp_path / "meminfo"
+    f.write_text(f"MemTotal:        {kib} kB\n")
+    return str(f)
+
+
+def test_a_v2_cgroup_limit_of_a_parent_caps_the_memory(tmp_path):
+    """systemd's MemoryMax= on the slice, the service's own cgroup unlimited ("max")."""
+    proc, root = cgroup_tree(tmp_path, "0::/system.slice/netflow-agent.service", {
+        "system.slice/memory.max": f"{512 << 20}\n",
+        "system.slice/netflow-agent.service/memory.max": "max\n",
+    })
+    assert mem_total(meminfo(tmp_path, 24 << 20), proc, root) == 512 << 20
+    # and the derived sizes follow: 1/8 of 512 MiB
+    sizes = kernel_sizes(0, "auto", 0, False, ncpu=2,
+                         mem_bytes=mem_total(meminfo(tmp_path, 24 << 20), proc, root))
+    assert sizes.total_bytes <= (512 << 20) // 8 and sizes.mem_bytes == 512 << 20
+
+
+def test_unlimited_cgroups_leave_memtotal(tmp_path):
+    proc, root = cgroup_tree(tmp_path, "0::/a/b", {"a/memory.max": "max\n",
+                                                   "a/b/memory.max": "max\n"})
+    assert mem_total(meminfo(tmp_path, 1 << 20), proc, root) == 1 << 30
+    # a limit above the host's memory does not raise it
+    proc, root = cgroup_tree(tmp_path, "0::/c", {"c/memory.max": f"{64 << 30}\n"})
+    assert mem_total(meminfo(tmp_path, 1 << 20), proc, root) == 1 << 30
+
+
+def test_a_v1_memory_controller_limit_caps_the_memory(tmp_path):
+    proc, root = cgroup_tree(tmp_path, "4:memory:/docker/abc\n0::/", {
+        "memory/docker/abc/memory.limit_in_bytes": f"{256 << 20}\n",
+        "memory/memory.limit_in_bytes": "9223372036854771712\n",
+    })
+    assert mem_total(meminfo(tmp_path, 1 << 20), proc, root) == 256 << 20
+    # v1's "unlimited" is no limit, not 8 EiB of memory, even with MemTotal unknown
+    proc, root = cgroup_tree(tmp_path, "4:memory:/", {
+        "memory/memory.limit_in_bytes": "9223372036854771712\n"})
+    assert mem_total(str(tmp_path / "missing"), proc, root) == 0
+
+
+def test_unreadable_meminfo_logs_and_keeps_the_cgroup_limit(tmp_path, caplog):
+    proc, root = cgroup_tree(tmp_path, "0::/", {"memory.max": f"{2 << 30}\n"})
+    with caplog.at_level(logging.DEBUG, logger="agent.ingest.ebpf"):
+        assert mem_total(str(tmp_path / "missing"), proc, root) == 2 << 30
+    assert "cannot read MemTotal" in caplog.text
