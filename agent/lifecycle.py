@@ -190,6 +190,9 @@ class Lifecycle:
             self.pm.call_order(self._call_order())
             raise
         self.config = new
+        # what the replaced instances left and no replacement took (a removed exporter, one
+        # whose destinations all changed) has no taker any more
+        self.context.handover.clear()
         self.pm.call_order(self._call_order())
         self.loop.scan_ns = new.agent.scan_interval_ms * 1_000_000
         self.context.debug = new.agent.debug
