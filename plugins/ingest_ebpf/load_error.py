@@ -4,7 +4,10 @@ kernel refused a map, plus the memlock limit where it can be the cause.
 ``flow_bpf__load`` creates the maps and runs the verifier, so its errno alone does not say
 which failed: EPERM also comes from missing CAP_BPF, lockdown, ``unprivileged_bpf_disabled``,
 seccomp or an LSM, and the verifier returns E2BIG for a program too large. Only a libbpf log
-that names a map ("map 'flows_a': failed to create") blames the sizes.
+that names a map ("map 'flows_a': failed to create", libbpf's only wording for it) blames the
+sizes, and then only for an errno the map's size can cause: ENOMEM or E2BIG, or EPERM where
+RLIMIT_MEMLOCK still applies (:func:`memlock_may_refuse`; from 5.11 maps are charged to the
+memory cgroup, which answers ENOMEM, so EPERM there is capabilities, lockdown or an LSM).
 """
 
 from __future__ import annotations
@@ -19,9 +22,9 @@ from .sizing import KernelSizes
 #: errnos of a map the kernel could not create: no memory for it (ENOMEM; EPERM from
 #: RLIMIT_MEMLOCK before kernel 5.11) or a size it refuses (E2BIG)
 MAP_SIZE_ERRNOS = (errno.ENOMEM, errno.EPERM, errno.E2BIG)
-#: a libbpf log line naming a map it could not create (libbpf 1.x, and older libbpf's wording)
-MAP_FAILED = re.compile(r"map '[^']*': failed to create|Error in bpf_create_map|"
-                        r"failed to create map")
+#: a libbpf log line naming a map it could not create (every libbpf version's wording; its
+#: "Error in bpf_create_map_xattr(...) Retrying without BTF" is a notice before a retry)
+MAP_FAILED = re.compile(r"map '[^']*': failed to create")
 #: the first kernel that charges BPF maps to the memory cgroup instead of RLIMIT_MEMLOCK
 MEMCG_ACCOUNTING = (5, 11)
 MEMLOCK_HINT = ("kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK: LimitMEMLOCK=infinity "
@@ -46,15 +49,16 @@ def load_error(exc: OSError, sizes: KernelSizes, release: str | None = None,
                caps: int | None = None) -> OSError:
     """``exc`` from the loader, or (when the kernel refused a map's memory or size) a new error
     that keeps the loader's message first and adds the sizes and the keys that set them; an
-    EPERM where the memlock limit can be the cause names it too."""
+    EPERM counts only where the memlock limit can be the cause, and names it too."""
     if exc.errno not in MAP_SIZE_ERRNOS:
         return exc
     text = exc.strerror or str(exc)
     extra = []
-    if MAP_FAILED.search(text):
+    memlock = exc.errno == errno.EPERM and memlock_may_refuse(release, caps)
+    if MAP_FAILED.search(text) and (exc.errno != errno.EPERM or memlock):
         extra.append(f"{sizes.describe()}, {sizes.total_bytes >> 20} MiB of kernel memory: "
                      f"lower [[ingest.ebpf]] cpu_slots / maxflows or [cache] maxflows")
-    if exc.errno == errno.EPERM and memlock_may_refuse(release, caps):
+    if memlock:
         extra.append(MEMLOCK_HINT)
     if not extra:
         return exc
