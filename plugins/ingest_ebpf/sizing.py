@@ -13,6 +13,7 @@ cost that for every entry at load.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,8 @@ MIN_AUTO_SLOTS = 4096
 #: cgroup v1 shows "no limit" as the largest page count in bytes (9223372036854771712 with
 #: 4 KiB pages): limits from here up are none
 V1_UNLIMITED = 1 << 62
+#: where cgroups are mounted when ``/proc/self/mountinfo`` does not say
+CGROUP_ROOT = "/sys/fs/cgroup"
 #: bytes one overflow-ring event takes: struct overflow_event + the ring's 8-byte header
 RING_EVENT_BYTES = 72 + 8
 
@@ -69,10 +72,11 @@ def possible_cpus(path: str = "/sys/devices/system/cpu/possible") -> int:
 
 
 def mem_total(path: str = "/proc/meminfo", proc_cgroup: str = "/proc/self/cgroup",
-              cgroup_root: str = "/sys/fs/cgroup") -> int:
+              mountinfo: str = "/proc/self/mountinfo", cgroup_root: str = CGROUP_ROOT) -> int:
     """The memory this process may use in bytes: the host's (``MemTotal``), or less when its
     memory cgroup is limited (:func:`cgroup_memory_limit`: a container, systemd's
-    ``MemoryMax=``; kernels >= 5.11 charge BPF maps to the cgroup); 0 when unknown (no cap)."""
+    ``MemoryMax=``; kernels >= 5.11 charge BPF maps to the cgroup, and older ones are capped by
+    it too, conservatively); 0 when unknown (no cap)."""
     host = 0
     try:
         with open(path) as f:
@@ -83,41 +87,71 @@ def mem_total(path: str = "/proc/meminfo", proc_cgroup: str = "/proc/self/cgroup
     except (OSError, ValueError, IndexError) as exc:
         log.debug("cannot read MemTotal from %s (%s): the sizes are not capped by it", path,
                   exc)
-    known = [n for n in (host, cgroup_memory_limit(proc_cgroup, cgroup_root)) if n]
-    return min(known, default=0)
+    limit = cgroup_memory_limit(proc_cgroup, mountinfo, cgroup_root)
+    return min([n for n in (host, limit) if n], default=0)
 
 
 def cgroup_memory_limit(proc_cgroup: str = "/proc/self/cgroup",
-                        cgroup_root: str = "/sys/fs/cgroup") -> int:
+                        mountinfo: str = "/proc/self/mountinfo",
+                        cgroup_root: str = CGROUP_ROOT) -> int:
     """The tightest memory limit of this process's cgroup and its parents in bytes, 0 = none.
 
-    cgroup v2 (``0::/path`` in ``proc_cgroup``): ``memory.max`` of each (``max`` = unlimited);
-    v1 (the ``memory`` controller's line): ``memory.limit_in_bytes`` under ``memory/``. A
-    cgroup whose file is not visible (not mounted, outside this cgroup namespace) is skipped.
+    cgroup v2 (``0::/path`` in ``proc_cgroup``): ``memory.max`` of each (``max`` = unlimited)
+    under the cgroup2 mount; v1 (the ``memory`` controller's line): ``memory.limit_in_bytes``
+    under that controller's mount. The mounts come from ``mountinfo`` (a hybrid host has
+    cgroup2 at ``/sys/fs/cgroup/unified``), else ``cgroup_root`` and its ``memory/``. A cgroup
+    whose file is not visible (not mounted) is skipped, and a line whose path leads outside
+    this cgroup namespace (``/../..``) gives no limit: none of the visible cgroups holds this
+    process.
     """
     try:
         lines = Path(proc_cgroup).read_text().splitlines()
     except OSError:
         return 0
+    v2, v1 = cgroup_mounts(mountinfo)
     limits = []
     for line in lines:
         _, controllers, rel = (line.split(":", 2) + ["", ""])[:3]
         if controllers == "":
-            base, name = Path(cgroup_root), "memory.max"
+            base, name = Path(v2 or cgroup_root), "memory.max"
         elif "memory" in controllers.split(","):
-            base, name = Path(cgroup_root) / "memory", "memory.limit_in_bytes"
+            base, name = Path(v1 or f"{cgroup_root}/memory"), "memory.limit_in_bytes"
         else:
             continue
         limits += [n for d in _cgroup_and_parents(base, rel) if (n := _read_limit(d / name))]
     return min(limits, default=0)
 
 
+def cgroup_mounts(mountinfo: str = "/proc/self/mountinfo") -> tuple[str, str]:
+    """Where the cgroup2 hierarchy and the v1 ``memory`` controller are mounted ("" = not
+    found, or ``mountinfo`` unreadable), from ``/proc/self/mountinfo``'s lines: ``ID PARENT
+    DEV ROOT MOUNTPOINT OPTIONS... - FSTYPE SOURCE SUPEROPTIONS``."""
+    v2 = v1 = ""
+    try:
+        lines = Path(mountinfo).read_text().splitlines()
+    except OSError:
+        return v2, v1
+    for line in lines:
+        fields, _, tail = line.partition(" - ")
+        before, after = fields.split(" "), tail.split(" ")
+        if len(before) < 5 or len(after) < 3:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), before[4])  # \040: " "
+        fstype, options = after[0], after[2]
+        if fstype == "cgroup2" and not v2:
+            v2 = point
+        elif fstype == "cgroup" and "memory" in options.split(",") and not v1:
+            v1 = point
+    return v2, v1
+
+
 def _cgroup_and_parents(base: Path, rel: str) -> list[Path]:
-    """The directories of cgroup ``rel`` under ``base`` and of its parents up to ``base``
-    (only ``base`` when ``rel`` leads outside it: a cgroup beyond this namespace)."""
+    """The directories of cgroup ``rel`` under ``base`` and of its parents up to ``base``;
+    none when ``rel`` leads outside it (a cgroup beyond this namespace's root, whose limits
+    are not visible here)."""
     parts = [p for p in rel.split("/") if p]
     if ".." in parts:
-        parts = []
+        return []
     return [base.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
 
 
