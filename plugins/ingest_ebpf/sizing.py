@@ -30,8 +30,8 @@ AUTO_MEMORY_BYTES = 256 << 20
 #: enough for a drain period of a flood of new flows at the sender's top rate (~450k new flows
 #: per second on one CPU; docs/performance.md, "issue 14, seventh stop")
 AUTO_TOTAL_BYTES = 288 << 20
-#: the derived hash tables and slots take together at most 1/MEMORY_SHARE of the host's memory
-#: (``MemTotal``): ipt_NETFLOW and conntrack size their hash from RAM too. The kernel memory
+#: the derived hash tables and slots take together at most 1/MEMORY_SHARE of the memory
+#: available to the agent (``MemTotal`` or its cgroup's limit): ipt_NETFLOW and conntrack size their hash from RAM too. The kernel memory
 #: of BPF maps is never swapped, so on a 1 GB router the full 288 MiB would be over a quarter
 #: of it; hosts with 2.25 GB or more keep the full budget
 MEMORY_SHARE = 8
@@ -196,7 +196,8 @@ def kernel_table_size(configured: int, flow_capacity: int, percpu: bool, ncpu: i
     :param configured: ``[[ingest.ebpf]] maxflows`` (0 = derive it).
     :param flow_capacity: :meth:`agent.runtime.RunContext.flow_capacity` (0 = unlimited or
         unknown).
-    :param mem_bytes: the host's memory (:func:`mem_total`; 0 = unknown, no cap).
+    :param mem_bytes: the memory available to the agent (``MemTotal`` or its cgroup's
+        limit: :func:`mem_total`; 0 = unknown, no cap).
     """
     if configured:
         return configured
@@ -242,7 +243,8 @@ def cpu_slots_size(configured: int | str, maxflows: int, flow_capacity: int, per
     :param maxflows: the hash table size in use (:func:`kernel_table_size`).
     :param key_fields: the kernel key holds ``[flow]`` optional fields (whole-key slots).
     :param precise: ``timestamps = "precise"`` (88-byte slots with 64-bit times).
-    :param mem_bytes: the host's memory (:func:`mem_total`; 0 = unknown, no cap).
+    :param mem_bytes: the memory available to the agent (``MemTotal`` or its cgroup's
+        limit: :func:`mem_total`; 0 = unknown, no cap).
     """
     if isinstance(configured, int):
         return configured
@@ -281,7 +283,7 @@ class KernelSizes:
     slot_bytes: int
     #: :func:`auto_budget` of this host: the derived sizes stay within it
     budget_bytes: int
-    #: the host's memory (0 = unknown)
+    #: the memory available to the agent (``MemTotal`` or its cgroup's limit; 0 = unknown)
     mem_bytes: int
 
     @property
@@ -296,7 +298,8 @@ class KernelSizes:
                 f"{self.ncpu} CPUs)")
 
     def over_share(self) -> bool:
-        """The tables take more than 1/:data:`MEMORY_SHARE` of the host's memory."""
+        """The tables take more than 1/:data:`MEMORY_SHARE` of the memory available to the
+        agent (``MemTotal`` or its cgroup's limit)."""
         return bool(self.mem_bytes) and self.total_bytes > self.mem_bytes // MEMORY_SHARE
 
 
@@ -307,7 +310,8 @@ def kernel_sizes(maxflows: int, cpu_slots: int | str, flow_capacity: int, percpu
     configured ``maxflows`` and ``cpu_slots``, with their memory.
 
     :param ncpu: possible CPUs (0 = this host's, :func:`possible_cpus`).
-    :param mem_bytes: the host's memory (-1 = this host's, :func:`mem_total`; 0 = unknown).
+    :param mem_bytes: the memory available to the agent (``MemTotal`` or its cgroup's
+        limit; -1 = read it, :func:`mem_total`; 0 = unknown).
     """
     ncpu = ncpu or possible_cpus()
     mem_bytes = mem_total() if mem_bytes < 0 else mem_bytes
