@@ -31,9 +31,10 @@ AUTO_MEMORY_BYTES = 256 << 20
 #: per second on one CPU; docs/performance.md, "issue 14, seventh stop")
 AUTO_TOTAL_BYTES = 288 << 20
 #: the derived hash tables and slots take together at most 1/MEMORY_SHARE of the memory
-#: available to the agent (``MemTotal`` or its cgroup's limit): ipt_NETFLOW and conntrack size their hash from RAM too. The kernel memory
-#: of BPF maps is never swapped, so on a 1 GB router the full 288 MiB would be over a quarter
-#: of it; hosts with 2.25 GB or more keep the full budget
+#: available to the agent (``MemTotal`` or its cgroup's limit): ipt_NETFLOW and conntrack
+#: size their hash from RAM too. The kernel memory of BPF maps is never swapped, so on a 1 GB
+#: router the full 288 MiB would be over a quarter of it; hosts with 2.25 GB or more keep the
+#: full budget
 MEMORY_SHARE = 8
 #: smallest derived table (the old fixed default)
 MIN_AUTO_FLOWS = 65536
