@@ -145,6 +145,7 @@ from netflow_agent.transport.udp import (
     EndpointError,
     UdpDestination,
     address_family,
+    normal_endpoint,
     parse_endpoint,
 )
 from netflow_agent.tunnels import (
@@ -171,7 +172,7 @@ from netflow_agent.wire import (
 )
 
 #: ``(major, minor)`` of this plugin API (see the module docstring).
-API_VERSION = (3, 4)
+API_VERSION = (3, 5)
 
 __all__ = [
     "API_VERSION",
@@ -275,6 +276,7 @@ __all__ = [
     "names_here",
     "nat_event_value",
     "netns_path",
+    "normal_endpoint",
     "option",
     "parse_endpoint",
     "run_in_netns",

@@ -17,6 +17,7 @@ too; ``agent_start`` and ``agent_stop`` reach only the instances of the step at 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -184,12 +185,16 @@ class Lifecycle:
                 self._reload_stage([i for i in new.instances if i.stage == stage],
                                    old_by_path, running)
         except Exception:
-            # describe what really runs, so that reloading the previous config restores it
-            self.config = AgentConfig(agent=self.config.agent, raw=self.config.raw, instances=[
+            # describe what really runs, so that reloading the previous config restores it;
+            # [flow] and the schema stay what the agent started with (read at start only)
+            self.config = dataclasses.replace(self.config, instances=[
                 i for i in running.values() if i.path in self.components])
             self.pm.call_order(self._call_order())
             raise
         self.config = new
+        # what the replaced instances left and no replacement took (a removed exporter, one
+        # whose destinations all changed) has no taker any more
+        self.context.handover.clear()
         self.pm.call_order(self._call_order())
         self.loop.scan_ns = new.agent.scan_interval_ms * 1_000_000
         self.context.debug = new.agent.debug

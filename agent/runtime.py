@@ -81,10 +81,23 @@ class RunContext:
     snmp: SnmpIndexMap | None = None
     #: what an instance leaves for its replacement when a reload changes it (stopped before
     #: the replacement starts; same run only), keyed by what identifies the state, e.g. an
-    #: exporter's stream (NetFlow sequence numbers go on across the reload)
+    #: exporter's stream (NetFlow sequence numbers go on across the reload); a reload that
+    #: succeeds clears it (one that fails keeps it for the rollback), see :meth:`handed_over`
     handover: dict[Any, Any] = field(default_factory=dict)
     #: problems already logged by :meth:`interface_names` (each is logged once)
     _netns_warned: set[str] = field(default_factory=set, init=False, repr=False)
+
+    def handed_over(self, key: Any, destinations: set[str]) -> Any | None:
+        """What a stopped instance left in :attr:`handover` under ``key`` for a replacement
+        sending to ``destinations``: the entry (an object with a ``destinations`` set) that
+        shares the most of them, the most recently left one on a tie; ``None`` if none
+        shares any. The caller removes what it takes."""
+        best, shared = None, 0
+        for entry in self.handover.get(key, ()):
+            n = len(destinations & entry.destinations)
+            if n and n >= shared:  # left later: later in the list
+                best, shared = entry, n
+        return best
 
     def emit(self, batch: PacketBatch | FlowBatch) -> None:
         """Hand a batch of packets or flow deltas to the pipeline (thread-safe, never blocks)."""

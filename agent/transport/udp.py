@@ -129,6 +129,13 @@ def parse_endpoint(text: str, default_port: int | None = None) -> tuple[str, int
     return host, int(port_text)
 
 
+def normal_endpoint(text: str, default_port: int | None = None) -> str:
+    """``text`` (:func:`parse_endpoint`'s forms) as ``host:port`` / ``[v6]:port``: how
+    exporters name a destination in what they report and hand over across a reload."""
+    host, port = parse_endpoint(text, default_port)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _split_host_port(text: str) -> tuple[str, str | None]:
     if text.startswith("["):
         end = text.find("]")

@@ -865,12 +865,13 @@ def ebpf_option(text: str) -> str:
 
 def appended(path: Path, ebpf_set: list[str]) -> dict:
     """The results already in ``path`` for ``--append``: refused (SystemExit) when they were
-    measured with other ``--ebpf-set`` options (none recorded: the defaults)."""
+    measured with other ``--ebpf-set`` options (none recorded: the defaults; in any order:
+    each key is set once)."""
     old = json.loads(path.read_text())
     for name, by_kind in old.items():
         for kind, runs in by_kind.items():
             for r in runs:
-                if r.get("ebpf_set", []) != ebpf_set:
+                if sorted(r.get("ebpf_set", [])) != sorted(ebpf_set):
                     raise SystemExit(f"--append: {path} holds {name} {kind} runs with "
                                      f"--ebpf-set {r.get('ebpf_set', [])}, not {ebpf_set}: "
                                      "write another --json")

@@ -96,7 +96,7 @@ def _latest_time(records: FlowBatch | list[FlowRecord]) -> int:
 class Carried:
     """What a stopped instance leaves in :attr:`RunContext.handover` for its replacement.
 
-    :param destinations: the collectors that saw it.
+    :param destinations: the collectors that saw it, and ``file:<path>`` for its file.
     :param sequence: the UDP session's sequence (continued only with a fixed source port:
         the same 5-tuple and Observation Domain are the same transport session).
     :param export_ns: the last Export Time (ns): it never goes back in one session.
@@ -216,9 +216,15 @@ class IpfixExporter(NatExporter):
 
     def _carried(self, context: RunContext) -> Carried | None:
         """What a stopped instance left that shares the most destinations with this one."""
-        mine = set(self.cfg.endpoints())
-        left = [c for c in context.handover.get(self._stream_key(), ()) if mine & c.destinations]
-        return max(left, key=lambda c: len(mine & c.destinations), default=None)
+        return context.handed_over(self._stream_key(), self._destinations())
+
+    def _destinations(self) -> set[str]:
+        """Where this instance's records go, as :class:`Carried` names them: the collectors
+        (normalised) and ``file:<path>`` (a replacement appends to the same file)."""
+        out = set(self.cfg.endpoints())
+        if self.cfg.path:
+            out.add(f"file:{os.path.abspath(self.cfg.path)}")
+        return out
 
     def _take_over(self, carried: Carried) -> None:
         """Continue the sampling announced and, over UDP from a fixed source port (the same
@@ -269,7 +275,7 @@ class IpfixExporter(NatExporter):
         self._send_options()
         if self.context is not None:
             self.context.handover.setdefault(self._stream_key(), []).append(Carried(
-                set(self.cfg.endpoints()), self.session.sequence, self._export_ns,
+                self._destinations(), self.session.sequence, self._export_ns,
                 self.sampling, self.sampling_records))
         for d in self.tcp:
             left = d.close(self.cfg.flush_timeout_s, persist=bool(d.spool.path))

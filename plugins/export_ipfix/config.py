@@ -10,6 +10,7 @@ from netflow_agent.api import (
     EndpointError,
     Resource,
     backlog_option,
+    normal_endpoint,
     option,
     parse_endpoint,
     rate_limit_option,
@@ -88,11 +89,7 @@ class Config:
 
     def endpoints(self) -> list[str]:
         """Destinations normalised to ``host:port`` / ``[v6]:port``."""
-        out = []
-        for text in self.destination:
-            host, port = parse_endpoint(text, IPFIX_PORT)
-            out.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-        return out
+        return [normal_endpoint(text, IPFIX_PORT) for text in self.destination]
 
     def check(self) -> list[ConfigIssue]:
         """Pure checks of this table (no I/O)."""

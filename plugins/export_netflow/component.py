@@ -172,9 +172,7 @@ class NetflowExporter(NatExporter):
     def _carried(self, context: RunContext) -> Carried | None:
         """The stream a stopped instance left that shares the most destinations with this
         one (instances with the same Source ID to other collectors keep theirs apart)."""
-        mine = set(self.config.destination)
-        left = [c for c in context.handover.get(self._stream_key(), ()) if mine & c.destinations]
-        return max(left, key=lambda c: len(mine & c.destinations), default=None)
+        return context.handed_over(self._stream_key(), self.config.endpoints())
 
     def _take_over(self, carried: Carried) -> None:
         """Continue ``carried``'s stream: sequence, sysUpTime origin, header time and the
@@ -193,7 +191,7 @@ class NetflowExporter(NatExporter):
         replacement (a reload)."""
         if self.context is not None:
             self.context.handover.setdefault(self._stream_key(), []).append(Carried(
-                set(self.config.destination), self.state, self.sampling,
+                self.config.endpoints(), self.state, self.sampling,
                 self.sampling_options, self.stats.sampling_interval))
         for i, dest in enumerate(self.destinations):
             dest.poll()

@@ -15,6 +15,7 @@ from netflow_agent.api import (
     Resource,
     address_family,
     backlog_option,
+    normal_endpoint,
     option,
     parse_endpoint,
     rate_limit_option,
@@ -54,6 +55,11 @@ class Config:
     nat_event_values: Literal["legacy", "rfc8158"] = option(
         "legacy", doc='natEvent values: "legacy" = 1/2 (ipt_NETFLOW, Cisco); '
         '"rfc8158" = 4/5 NAT44, 6/7 NAT64 session create/delete.')
+
+    def endpoints(self) -> set[str]:
+        """The destinations normalised (``host:port`` / ``[v6]:port``): a reload that only
+        rewrites one (spaces) still finds its stream (:attr:`RunContext.handover`)."""
+        return {normal_endpoint(text) for text in self.destination}
 
     def check(self) -> list[ConfigIssue]:
         """Pure checks: endpoints parse, source family matches, something to send."""

@@ -54,7 +54,7 @@ static int log_to_buffer(enum libbpf_print_level level, const char *fmt, va_list
 	return 0;
 }
 
-/* Raise OSError(errno, "<what>: <strerror> [libbpf: ...]"). */
+/* Raise OSError(errno, "<what>: <strerror>[\n<libbpf log, its lines \"libbpf: ...\">]"). */
 static PyObject *raise_errno(int err, const char *what)
 {
 	PyObject *msg;
@@ -65,7 +65,7 @@ static PyObject *raise_errno(int err, const char *what)
 		libbpf_log[--libbpf_log_len] = '\0';
 	libbpf_log[libbpf_log_len] = '\0';
 	msg = PyUnicode_FromFormat("%s: %s%s%s", what, strerror(err),
-				   libbpf_log_len ? "\nlibbpf: " : "", libbpf_log);
+				   libbpf_log_len ? "\n" : "", libbpf_log);
 	libbpf_log_len = 0;
 	if (msg) {
 		PyObject *exc = PyObject_CallFunction(PyExc_OSError, "iO", err, msg);

@@ -17,7 +17,6 @@ notification (``linkwatch.py``), and every ``rescan_interval_ms`` in any case.
 
 from __future__ import annotations
 
-import errno
 import os
 import select
 import sys
@@ -52,7 +51,8 @@ from .decode import (
     record_layout,
 )
 from .linkwatch import LinkWatch
-from .sizing import MEMORY_SHARE, KernelSizes, kernel_sizes, ring_capacity_packets
+from .load_error import load_error
+from .sizing import MEMORY_SHARE, kernel_sizes, ring_capacity_packets
 
 #: ``decapsulate`` names -> the program's ``decap`` bits (``enum tunnel_kind`` in bpf/flow.h)
 TUNNEL_BITS = {"gre": 1, "vxlan": 2, "geneve": 4, "ipip": 8}
@@ -92,23 +92,6 @@ STEP_WAIT_S = 0.25
 #: only when it drops the slice, which wakes nothing
 RECHECK_S = 0.001
 RECHECK_MAX_S = 0.016
-
-
-#: errnos of a map the kernel could not create: no memory for it (ENOMEM; EPERM from
-#: RLIMIT_MEMLOCK before kernel 5.11) or a size it refuses (E2BIG)
-MAP_SIZE_ERRNOS = (errno.ENOMEM, errno.EPERM, errno.E2BIG)
-
-
-def map_memory_error(exc: OSError, sizes: KernelSizes) -> OSError:
-    """``exc`` from the loader, naming the sizes and the keys that set them when the kernel
-    refused the maps' memory (the loader's own message names a map, not a setting)."""
-    if exc.errno not in MAP_SIZE_ERRNOS:
-        return exc
-    memlock = (" (kernels before 5.11 also charge it to RLIMIT_MEMLOCK: LimitMEMLOCK=infinity "
-               "in the systemd unit)" if exc.errno == errno.EPERM else "")
-    return OSError(exc.errno, f"{sizes.describe()}, {sizes.total_bytes >> 20} MiB of kernel "
-                   f"memory: lower [[ingest.ebpf]] cpu_slots / maxflows or [cache] maxflows"
-                   f"{memlock}; {exc.strerror or exc}")
 
 
 class StepBuffers:
@@ -327,7 +310,10 @@ class EbpfIngest(Ingest):
                                  keep_outer=cfg.keep_outer, l2_fields=l2_fields,
                                  mpls_labels=mpls_labels, chunk_rows=cfg.drain_chunk)
         except OSError as exc:
-            raise map_memory_error(exc, sizes) from exc
+            error = load_error(exc, sizes)
+            if error is exc:
+                raise
+            raise error from exc
         self.loader.set_active(self.active)
         if not self.loader.synchronize() and self.cpu_slots:
             self.log.warning("%s: this kernel refuses membarrier(MEMBARRIER_CMD_GLOBAL) "

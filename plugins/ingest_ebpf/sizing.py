@@ -3,7 +3,8 @@
 Owns the arithmetic behind ``maxflows = 0`` (derive the kernel table from ``[cache] maxflows``
 within :data:`AUTO_MEMORY_BYTES`), behind ``cpu_slots = "auto"`` (the per-CPU slots take what
 the hash tables leave of :data:`AUTO_TOTAL_BYTES`), both within :data:`MEMORY_SHARE` of the
-host's memory, and the early-drain limits. Memory per
+memory this process may use (the host's, or its memory cgroup's limit), and the early-drain
+limits. Memory per
 flow entry was read from ``bpftool map show`` (``bytes_memlock``) on kernel 6.18: a per-CPU
 hash entry costs 120 bytes plus 40 per possible CPU, a shared one 152; preallocated tables
 cost that for every entry at load.
@@ -11,8 +12,12 @@ cost that for every entry at load.
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger("agent.ingest.ebpf")
 
 #: kernel table size when ``[cache] maxflows`` is unlimited (ipt_NETFLOW's default maxflows)
 DEFAULT_FLOW_CAPACITY = 2_000_000
@@ -25,10 +30,11 @@ AUTO_MEMORY_BYTES = 256 << 20
 #: enough for a drain period of a flood of new flows at the sender's top rate (~450k new flows
 #: per second on one CPU; docs/performance.md, "issue 14, seventh stop")
 AUTO_TOTAL_BYTES = 288 << 20
-#: the derived hash tables and slots take together at most 1/MEMORY_SHARE of the host's memory
-#: (``MemTotal``): ipt_NETFLOW and conntrack size their hash from RAM too. The kernel memory
-#: of BPF maps is never swapped, so on a 1 GB router the full 288 MiB would be over a quarter
-#: of it; hosts with 2.25 GB or more keep the full budget
+#: the derived hash tables and slots take together at most 1/MEMORY_SHARE of the memory
+#: available to the agent (``MemTotal`` or its cgroup's limit): ipt_NETFLOW and conntrack
+#: size their hash from RAM too. The kernel memory of BPF maps is never swapped, so on a 1 GB
+#: router the full 288 MiB would be over a quarter of it; hosts with 2.25 GB or more keep the
+#: full budget
 MEMORY_SHARE = 8
 #: smallest derived table (the old fixed default)
 MIN_AUTO_FLOWS = 65536
@@ -44,6 +50,11 @@ MAX_AUTO_SLOTS = 524288
 #: fewest derived per-CPU slots: the fixed default before "auto" (what hosts with so many
 #: CPUs that the budget leaves less still get, as they did)
 MIN_AUTO_SLOTS = 4096
+#: cgroup v1 shows "no limit" as the largest page count in bytes (9223372036854771712 with
+#: 4 KiB pages): limits from here up are none
+V1_UNLIMITED = 1 << 62
+#: where cgroups are mounted when ``/proc/self/mountinfo`` does not say
+CGROUP_ROOT = "/sys/fs/cgroup"
 #: bytes one overflow-ring event takes: struct overflow_event + the ring's 8-byte header
 RING_EVENT_BYTES = 72 + 8
 
@@ -61,16 +72,99 @@ def possible_cpus(path: str = "/sys/devices/system/cpu/possible") -> int:
     return max(count, 1)
 
 
-def mem_total(path: str = "/proc/meminfo") -> int:
-    """The host's memory in bytes (``MemTotal``), 0 when unknown (no cap then)."""
+def mem_total(path: str = "/proc/meminfo", proc_cgroup: str = "/proc/self/cgroup",
+              mountinfo: str = "/proc/self/mountinfo", cgroup_root: str = CGROUP_ROOT) -> int:
+    """The memory this process may use in bytes: the host's (``MemTotal``), or less when its
+    memory cgroup is limited (:func:`cgroup_memory_limit`: a container, systemd's
+    ``MemoryMax=``; kernels >= 5.11 charge BPF maps to the cgroup, and older ones are capped by
+    it too, conservatively); 0 when unknown (no cap)."""
+    host = 0
     try:
         with open(path) as f:
             for line in f:
                 if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+                    host = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError) as exc:
+        log.debug("cannot read MemTotal from %s (%s): the sizes are not capped by it", path,
+                  exc)
+    limit = cgroup_memory_limit(proc_cgroup, mountinfo, cgroup_root)
+    return min([n for n in (host, limit) if n], default=0)
+
+
+def cgroup_memory_limit(proc_cgroup: str = "/proc/self/cgroup",
+                        mountinfo: str = "/proc/self/mountinfo",
+                        cgroup_root: str = CGROUP_ROOT) -> int:
+    """The tightest memory limit of this process's cgroup and its parents in bytes, 0 = none.
+
+    cgroup v2 (``0::/path`` in ``proc_cgroup``): ``memory.max`` of each (``max`` = unlimited)
+    under the cgroup2 mount; v1 (the ``memory`` controller's line): ``memory.limit_in_bytes``
+    under that controller's mount. The mounts come from ``mountinfo`` (a hybrid host has
+    cgroup2 at ``/sys/fs/cgroup/unified``), else ``cgroup_root`` and its ``memory/``. A cgroup
+    whose file is not visible (not mounted) is skipped, and a line whose path leads outside
+    this cgroup namespace (``/../..``) gives no limit: none of the visible cgroups holds this
+    process.
+    """
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return 0
+    v2, v1 = cgroup_mounts(mountinfo)
+    limits = []
+    for line in lines:
+        _, controllers, rel = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":
+            base, name = Path(v2 or cgroup_root), "memory.max"
+        elif "memory" in controllers.split(","):
+            base, name = Path(v1 or f"{cgroup_root}/memory"), "memory.limit_in_bytes"
+        else:
+            continue
+        limits += [n for d in _cgroup_and_parents(base, rel) if (n := _read_limit(d / name))]
+    return min(limits, default=0)
+
+
+def cgroup_mounts(mountinfo: str = "/proc/self/mountinfo") -> tuple[str, str]:
+    """Where the cgroup2 hierarchy and the v1 ``memory`` controller are mounted ("" = not
+    found, or ``mountinfo`` unreadable), from ``/proc/self/mountinfo``'s lines: ``ID PARENT
+    DEV ROOT MOUNTPOINT OPTIONS... - FSTYPE SOURCE SUPEROPTIONS``."""
+    v2 = v1 = ""
+    try:
+        lines = Path(mountinfo).read_text().splitlines()
+    except OSError:
+        return v2, v1
+    for line in lines:
+        fields, _, tail = line.partition(" - ")
+        before, after = fields.split(" "), tail.split(" ")
+        if len(before) < 5 or len(after) < 3:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), before[4])  # \040: " "
+        fstype, options = after[0], after[2]
+        if fstype == "cgroup2" and not v2:
+            v2 = point
+        elif fstype == "cgroup" and "memory" in options.split(",") and not v1:
+            v1 = point
+    return v2, v1
+
+
+def _cgroup_and_parents(base: Path, rel: str) -> list[Path]:
+    """The directories of cgroup ``rel`` under ``base`` and of its parents up to ``base``;
+    none when ``rel`` leads outside it (a cgroup beyond this namespace's root, whose limits
+    are not visible here)."""
+    parts = [p for p in rel.split("/") if p]
+    if ".." in parts:
+        return []
+    return [base.joinpath(*parts[:n]) for n in range(len(parts), -1, -1)]
+
+
+def _read_limit(path: Path) -> int:
+    """A cgroup memory limit file's bytes, 0 for none (``max``, v1's "unlimited" near 2^63,
+    absent, unreadable)."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return 0
+    limit = int(text) if text.isdigit() else 0
+    return limit if limit < V1_UNLIMITED else 0
 
 
 def auto_budget(mem_bytes: int) -> int:
@@ -103,7 +197,8 @@ def kernel_table_size(configured: int, flow_capacity: int, percpu: bool, ncpu: i
     :param configured: ``[[ingest.ebpf]] maxflows`` (0 = derive it).
     :param flow_capacity: :meth:`agent.runtime.RunContext.flow_capacity` (0 = unlimited or
         unknown).
-    :param mem_bytes: the host's memory (:func:`mem_total`; 0 = unknown, no cap).
+    :param mem_bytes: the memory available to the agent (``MemTotal`` or its cgroup's
+        limit: :func:`mem_total`; 0 = unknown, no cap).
     """
     if configured:
         return configured
@@ -149,7 +244,8 @@ def cpu_slots_size(configured: int | str, maxflows: int, flow_capacity: int, per
     :param maxflows: the hash table size in use (:func:`kernel_table_size`).
     :param key_fields: the kernel key holds ``[flow]`` optional fields (whole-key slots).
     :param precise: ``timestamps = "precise"`` (88-byte slots with 64-bit times).
-    :param mem_bytes: the host's memory (:func:`mem_total`; 0 = unknown, no cap).
+    :param mem_bytes: the memory available to the agent (``MemTotal`` or its cgroup's
+        limit: :func:`mem_total`; 0 = unknown, no cap).
     """
     if isinstance(configured, int):
         return configured
@@ -188,7 +284,7 @@ class KernelSizes:
     slot_bytes: int
     #: :func:`auto_budget` of this host: the derived sizes stay within it
     budget_bytes: int
-    #: the host's memory (0 = unknown)
+    #: the memory available to the agent (``MemTotal`` or its cgroup's limit; 0 = unknown)
     mem_bytes: int
 
     @property
@@ -203,7 +299,8 @@ class KernelSizes:
                 f"{self.ncpu} CPUs)")
 
     def over_share(self) -> bool:
-        """The tables take more than 1/:data:`MEMORY_SHARE` of the host's memory."""
+        """The tables take more than 1/:data:`MEMORY_SHARE` of the memory available to the
+        agent (``MemTotal`` or its cgroup's limit)."""
         return bool(self.mem_bytes) and self.total_bytes > self.mem_bytes // MEMORY_SHARE
 
 
@@ -214,7 +311,8 @@ def kernel_sizes(maxflows: int, cpu_slots: int | str, flow_capacity: int, percpu
     configured ``maxflows`` and ``cpu_slots``, with their memory.
 
     :param ncpu: possible CPUs (0 = this host's, :func:`possible_cpus`).
-    :param mem_bytes: the host's memory (-1 = this host's, :func:`mem_total`; 0 = unknown).
+    :param mem_bytes: the memory available to the agent (``MemTotal`` or its cgroup's
+        limit; -1 = read it, :func:`mem_total`; 0 = unknown).
     """
     ncpu = ncpu or possible_cpus()
     mem_bytes = mem_total() if mem_bytes < 0 else mem_bytes

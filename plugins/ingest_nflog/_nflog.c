@@ -2310,11 +2310,16 @@ PyDoc_STRVAR(Aggregator_doc,
 	     "straight into a free pooled row buffer that take() hands on without a copy.");
 
 /* The longest probe chain of the flows held: how many slots past its hash's own slot a
- * flow sits (0 for all in append mode), walked on demand: no cost per packet. */
+ * flow sits (0 for all in append mode), walked on demand: no cost per packet. Refused while
+ * feed/read/serve run without the GIL (the table changes, and grow() reallocates it). */
 static PyObject *Aggregator_longest_probe(Aggregator *self, void *Py_UNUSED(closure))
 {
 	size_t mask = self->slots_cap - 1, longest = 0;
 
+	if (self->busy) {
+		PyErr_SetString(PyExc_RuntimeError, "feed() is running on this object");
+		return NULL;
+	}
 	for (size_t i = 0; !self->append_left && i < self->nflows; i++) {
 		size_t d = (self->flows[i].slot - (size_t)self->flows[i].hash) & mask;
 

@@ -222,3 +222,20 @@ def test_a_sampling_that_stops_with_the_reload_is_announced_by_the_replacement()
     intervals = [r.values[34] for r in audit.records if 34 in r.values]
     assert sorted(set(intervals)) == [1, 100] and intervals == sorted(intervals, reverse=True)
     assert exporters[1].counters["sampling_interval"] == 1
+
+
+def test_a_file_only_replacement_announces_the_end_of_the_sampling_in_the_file(tmp_path):
+    """No collector, only a file: the replacement appends to it (``file:<path>`` is its
+    destination in the handover), so it takes over the sampling announced there and
+    announces 1 when the reload ends it; a reader of the file would keep scaling by 100."""
+    path = tmp_path / "flows.ipfix"
+    context = RunContext()
+    context.declare_sampling("ingest.test[0]", 100)
+    cfg = Config(path=str(path), options_interval_s=0)
+    exporters = _reloaded(context, cfg, [flow(1)], [flow(2)],
+                          lambda: context.forget_sampling("ingest.test[0]"))
+    audit = WireAudit().feed_all(split_stream(path.read_bytes()))
+    intervals = [r.values[34] for r in audit.records if 34 in r.values]
+    assert intervals[0] == 100 and intervals[-1] == 1
+    assert exporters[1].counters["sampling_interval"] == 1
+    assert len(audit.flows()) == 2

@@ -247,6 +247,24 @@ def test_adding_a_mirror_keeps_the_stream_of_the_collector_that_stays(protocol):
     assert got_b == got_a[-len(got_b):]  # the same stream mirrored
 
 
+def test_a_destination_written_differently_keeps_its_stream():
+    """The handover compares destinations normalised (as the IPFIX exporter does): a reload
+    that only adds spaces around a collector's address goes on with its sequence."""
+    sink = UdpSink()
+    context = RunContext(start_ns=START)
+    config = Config(destination=[sink.endpoint], protocol=9)
+    old = NetflowExporter(config, "export.netflow[0]")
+    old.agent_start(context=context)
+    old.agent_export_flows(records=flows(20))
+    new = _reload(context, old, replace(config, destination=[f" {sink.endpoint} "]),
+                  flows(20, base_port=2000))
+    new.agent_stop()
+    audit = WireAudit().feed_all(sink.drain())
+    sink.close()
+    audit.assert_clean()  # one stream: sequence from 0, never restarted
+    assert len(audit.streams) == 1 and len(audit.flows()) == 40
+
+
 def test_sampling_that_stops_with_the_reload_that_replaces_a_v9_exporter_is_announced():
     """1/100 announced, then a reload removes the sampling (the ingest is retired) and
     changes the exporter: the replacement must announce 1, or the collector keeps

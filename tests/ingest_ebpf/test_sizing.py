@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 
 import pytest
@@ -169,7 +170,7 @@ def test_mem_total_reads_meminfo(tmp_path):
     f = tmp_path / "meminfo"
     f.write_text("MemTotal:        1015812 kB\nMemFree:          123456 kB\n")
     assert mem_total(str(f)) == 1015812 * 1024
-    assert mem_total(str(tmp_path / "missing")) == 0
+    assert mem_total(str(tmp_path / "missing"), str(tmp_path / "no-cgroup")) == 0
     assert mem_total("/proc/meminfo") > 0
 
 
@@ -184,3 +185,101 @@ def test_ring_capacity():
     assert ring_capacity_packets(0) == 0
     assert ring_capacity_packets(1) == 4096 // 80  # at least a page
     assert ring_capacity_packets(256) == 256 * 1024 // 80
+
+
+def cgroup_tree(tmp_path, proc_line: str, files: dict[str, str], v2: str = "sys-fs-cgroup",
+                v1: str = "sys-fs-cgroup/memory") -> tuple[str, str]:
+    """A fake ``/proc/self/cgroup`` holding ``proc_line`` and a ``/proc/self/mountinfo`` that
+    mounts cgroup2 at ``v2`` and the v1 memory controller at ``v1`` (under ``tmp_path``), with
+    ``files`` (path under ``tmp_path/sys-fs-cgroup`` -> content): the paths :func:`mem_total`
+    reads them from."""
+    proc = tmp_path / "cgroup"
+    proc.write_text(proc_line + "\n")
+    root = tmp_path / "sys-fs-cgroup"
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    mounts = tmp_path / "mountinfo"
+    mounts.write_text(
+        f"22 27 0:21 / /proc rw,relatime - proc proc rw\n"
+        f"31 23 0:28 / {tmp_path}/sys-fs-cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n"
+        f"35 31 0:32 / {tmp_path}/{v1} rw,relatime shared:9 - cgroup cgroup rw,memory\n"
+        f"40 31 0:37 / {tmp_path}/sys-fs-cgroup/systemd rw - cgroup cgroup rw,name=systemd\n"
+        f"41 31 0:38 / {tmp_path}/{v2} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n")
+    return str(proc), str(mounts)
+
+
+def meminfo(tmp_path, kib: int) -> str:
+    f = tmp_path / "meminfo"
+    f.write_text(f"MemTotal:        {kib} kB\n")
+    return str(f)
+
+
+def test_a_v2_cgroup_limit_of_a_parent_caps_the_memory(tmp_path):
+    """systemd's MemoryMax= on the slice, the service's own cgroup unlimited ("max")."""
+    proc, root = cgroup_tree(tmp_path, "0::/system.slice/netflow-agent.service", {
+        "system.slice/memory.max": f"{512 << 20}\n",
+        "system.slice/netflow-agent.service/memory.max": "max\n",
+    })
+    assert mem_total(meminfo(tmp_path, 24 << 20), proc, root) == 512 << 20
+    # and the derived sizes follow: 1/8 of 512 MiB
+    sizes = kernel_sizes(0, "auto", 0, False, ncpu=2,
+                         mem_bytes=mem_total(meminfo(tmp_path, 24 << 20), proc, root))
+    assert sizes.total_bytes <= (512 << 20) // 8 and sizes.mem_bytes == 512 << 20
+
+
+def test_unlimited_cgroups_leave_memtotal(tmp_path):
+    proc, root = cgroup_tree(tmp_path, "0::/a/b", {"a/memory.max": "max\n",
+                                                   "a/b/memory.max": "max\n"})
+    assert mem_total(meminfo(tmp_path, 1 << 20), proc, root) == 1 << 30
+    # a limit above the host's memory does not raise it
+    proc, root = cgroup_tree(tmp_path, "0::/c", {"c/memory.max": f"{64 << 30}\n"})
+    assert mem_total(meminfo(tmp_path, 1 << 20), proc, root) == 1 << 30
+
+
+def test_a_v1_memory_controller_limit_caps_the_memory(tmp_path):
+    proc, root = cgroup_tree(tmp_path, "4:memory:/docker/abc\n0::/", {
+        "memory/docker/abc/memory.limit_in_bytes": f"{256 << 20}\n",
+        "memory/memory.limit_in_bytes": "9223372036854771712\n",
+    })
+    assert mem_total(meminfo(tmp_path, 1 << 20), proc, root) == 256 << 20
+    # v1's "unlimited" is no limit, not 8 EiB of memory, even with MemTotal unknown
+    proc, root = cgroup_tree(tmp_path, "4:memory:/", {
+        "memory/memory.limit_in_bytes": "9223372036854771712\n"})
+    assert mem_total(str(tmp_path / "missing"), proc, root) == 0
+
+
+def test_unreadable_meminfo_logs_and_keeps_the_cgroup_limit(tmp_path, caplog):
+    proc, root = cgroup_tree(tmp_path, "0::/", {"memory.max": f"{2 << 30}\n"})
+    with caplog.at_level(logging.DEBUG, logger="agent.ingest.ebpf"):
+        assert mem_total(str(tmp_path / "missing"), proc, root) == 2 << 30
+    assert "cannot read MemTotal" in caplog.text
+
+
+def test_a_hybrid_hosts_cgroup2_is_found_from_mountinfo(tmp_path):
+    """systemd's hybrid layout: cgroup2 at /sys/fs/cgroup/unified, not /sys/fs/cgroup."""
+    proc, mounts = cgroup_tree(tmp_path, "0::/system.slice/a.service", {
+        "unified/system.slice/memory.max": f"{512 << 20}\n",
+        "system.slice/memory.max": f"{64 << 20}\n",  # not a cgroup2 file on this host
+    }, v2="sys-fs-cgroup/unified")
+    assert mem_total(meminfo(tmp_path, 24 << 20), proc, mounts) == 512 << 20
+
+
+def test_the_v1_memory_controller_is_found_where_it_is_mounted(tmp_path):
+    proc, mounts = cgroup_tree(tmp_path, "4:memory:/docker/abc", {
+        "memory,cpu/docker/abc/memory.limit_in_bytes": f"{256 << 20}\n",
+    }, v1="sys-fs-cgroup/memory,cpu")
+    assert mem_total(meminfo(tmp_path, 1 << 20), proc, mounts) == 256 << 20
+
+
+def test_without_mountinfo_the_usual_mount_points_are_read(tmp_path):
+    proc, _ = cgroup_tree(tmp_path, "0::/a", {"a/memory.max": f"{300 << 20}\n"})
+    root = str(tmp_path / "sys-fs-cgroup")
+    assert mem_total(meminfo(tmp_path, 1 << 20), proc, str(tmp_path / "none"), root) == 300 << 20
+
+
+def test_a_cgroup_outside_the_namespace_root_gives_no_limit(tmp_path):
+    """/proc/self/cgroup says /../../b for a process outside its cgroup namespace's root: the
+    visible root's memory.max is another cgroup's limit, not this process's."""
+    proc, mounts = cgroup_tree(tmp_path, "0::/../../b", {"memory.max": f"{128 << 20}\n"})
+    assert mem_total(meminfo(tmp_path, 1 << 20), proc, mounts) == 1 << 30

@@ -17,6 +17,8 @@ import sys
 import threading
 from typing import Any
 
+import pytest
+
 from netflow_agent.plugins.ingest_nflog.decoders import ServeResult
 from tests.ingest_nflog.test_c_decoder import _ext, _sequenced
 from tests.ingest_nflog.test_reader_buffers import _wait_until
@@ -126,3 +128,28 @@ def test_a_failed_wait_is_reported_as_the_poll_s() -> None:
     out = subprocess.run([sys.executable, "-c", _POLL_FAILS], capture_output=True, text=True,
                          check=True, timeout=60).stdout.split()
     assert out == [str(errno.EINVAL), "1"]
+
+
+def test_longest_probe_refuses_while_a_call_owns_the_table(
+        pair: tuple[socket.socket, socket.socket]) -> None:
+    """serve() (and feed) change the flow table with the GIL released, and a table that
+    grows is reallocated: reading ``longest_probe`` meanwhile would walk freed memory, so it
+    raises as take() does; once the call is back it reads again."""
+    reader, writer = pair
+    agg = _ext().Aggregator()
+    datagrams = _sequenced(2, 4, lost=set())
+    results: list[ServeResult] = []
+    serving = threading.Thread(target=lambda: results.append(
+        _serve(agg, reader.fileno(), timeout_ms=30_000, due_ms=60_000, hold=5)))
+    serving.start()
+    try:
+        writer.send(datagrams[0])
+        _wait_until(lambda: agg.read_packets == 4)
+        assert serving.is_alive() and agg.read_packets == 4  # 4 flows held, the call runs
+        with pytest.raises(RuntimeError, match="is running on this object"):
+            _ = agg.longest_probe
+    finally:
+        writer.send(datagrams[1])  # flows >= hold: the call returns
+        serving.join(timeout=10)
+    assert results and not serving.is_alive()
+    assert agg.longest_probe >= 0

@@ -53,3 +53,14 @@ def test_append_refuses_results_of_another_variant(tmp_path):
     assert RUN.appended(saved, [])
     with pytest.raises(SystemExit):
         RUN.appended(saved, ["cpu_slots = 524288"])
+
+
+def test_append_takes_the_same_options_in_another_order(tmp_path):
+    """``--ebpf-set`` keys are distinct (a key set twice is refused), so their order does not
+    change the variant: appending with them reordered is the same measurement."""
+    saved = tmp_path / "compare.json"
+    saved.write_text(json.dumps({"w3": {"agent-ebpf": [{"sent": 1, "ebpf_set": [
+        "cpu_slots = 262144", "maxflows = 524288"]}]}}))
+    assert RUN.appended(saved, ["maxflows = 524288", "cpu_slots = 262144"])
+    with pytest.raises(SystemExit):
+        RUN.appended(saved, ["maxflows = 524288"])

@@ -64,3 +64,40 @@ def test_swapping_two_exporters_configs_keeps_both_streams(tmp_path):
         assert list(audit.streams) == [("", 9, engine)]
         assert sorted(r.values[7] for r in audit.flows()) == [
             *range(1000, 1050), *range(2000, 2050)]
+
+
+def test_a_reload_leaves_no_handover_behind(tmp_path):
+    """A removed exporter's stream has no taker: a successful reload clears what replaced
+    instances left (it would otherwise pile up with every reload)."""
+    sinks = {1: UdpSink(), 2: UdpSink()}
+    both = CONFIG.format(exporters="".join(
+        EXPORTER.format(dest=sinks[e].endpoint, engine=e) for e in (1, 2)))
+    agent = build_agent(both, tmp_path, [collecting_plugin_module])
+    try:
+        (tmp_path / "one.toml").write_text(CONFIG.format(
+            exporters=EXPORTER.format(dest=sinks[1].endpoint, engine=1)))
+        new, issues = validate(tmp_path / "one.toml", build_registry(agent.pipeline.pm), None)
+        assert new is not None, issues
+        agent.pipeline.reload(new)
+        assert "export.netflow[1]" not in agent.pipeline.components
+        assert agent.pipeline.context.handover == {}
+    finally:
+        agent.finish()
+        for sink in sinks.values():
+            sink.close()
+
+
+def test_the_most_recent_of_equally_matching_handovers_is_taken():
+    """Two stopped instances left streams to the same collector (an instance moved, then
+    another reload): the replacement continues the later one."""
+    from types import SimpleNamespace
+
+    from netflow_agent.runtime import RunContext
+
+    context = RunContext()
+    older = SimpleNamespace(destinations={"10.0.0.1:2055", "10.0.0.2:2055"})
+    newer = SimpleNamespace(destinations={"10.0.0.1:2055"})
+    context.handover["stream"] = [older, newer]
+    assert context.handed_over("stream", {"10.0.0.1:2055"}) is newer
+    assert context.handed_over("stream", {"10.0.0.2:2055"}) is older  # the most shared wins
+    assert context.handed_over("stream", {"10.0.0.3:2055"}) is None

@@ -12,12 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from netflow_agent import hookimpl
 from netflow_agent.config.check import validate
 from netflow_agent.config.schema import option
 from netflow_agent.discovery import build_registry
+from netflow_agent.lifecycle import StartupError
 from netflow_agent.registry import Component
 from netflow_agent.reloading import release_frozen
+from tests.export_netflow.collect import UdpSink
+from tests.support.wireaudit import WireAudit
+from tests.unit.test_reload_swap import T0, S, packet
 
 BASE = """
 [[ingest.fake]]
@@ -127,3 +133,102 @@ def test_a_reload_lets_replaced_frozen_objects_be_collected():
         assert gc.get_freeze_count() > 0  # what is still alive is frozen again
     finally:
         gc.unfreeze()
+
+
+class FlakyExport(Component):
+    """An exporter whose start fails when configured to; records which instances run."""
+
+    stage, type_name = "export", "flaky"
+    running: list[int] = []
+
+    @hookimpl
+    def agent_start(self, context: Any) -> None:
+        if self.config.fail:
+            raise OSError("refused")
+        FlakyExport.running.append(self.config.mark)
+
+    @hookimpl
+    def agent_stop(self) -> None:
+        FlakyExport.running.remove(self.config.mark)
+
+
+FLAKY_EXPORT = types.SimpleNamespace(agent_register_components=hookimpl(
+    lambda registry: registry.add("export", "flaky", FlakyExport, FlakyConfig,
+                                  doc="test exporter")))
+
+FLOW = "[flow]\nvlan = true\n"
+
+
+def test_a_failed_reload_keeps_flow_and_schema_so_later_reloads_still_apply(
+        make_agent, collecting_plugin, tmp_path: Path) -> None:
+    """Lifecycle.reload failing with no rollback after it (the rollback failed too): the
+    configuration it leaves keeps [flow] and the schema, so the next reload of the same
+    [flow] is applied, not refused as a change of keys read at start only."""
+    Flaky.running = []
+    agent = make_agent(FLOW + BASE, [collecting_plugin, FLAKY])
+    flow, fields = agent.pipeline.config.flow, agent.pipeline.config.schema
+    path = tmp_path / "failing.toml"
+    path.write_text(FLOW + BASE.replace("mark = 1", "mark = 2\nfail = true"))
+    failing, issues = validate(path, build_registry(agent.pipeline.pm), None)
+    assert failing is not None, issues
+    with pytest.raises(StartupError, match="boom"):
+        agent.pipeline.reload(failing)
+    assert agent.pipeline.config.flow == flow and agent.pipeline.config.schema == fields
+    assert Flaky.running == []  # the failed ingest is gone, nothing restored it
+    outcome = reload_to(agent, tmp_path, FLOW + BASE.replace("mark = 1", "mark = 3"))
+    assert (outcome.result, outcome.details) == ("ok", ("ingest.flaky[0]: added",))
+    assert Flaky.running == [3]
+
+
+TWO_EACH = """
+[agent]
+control_socket = ""
+[cache]
+inactive_timeout = 1
+[[ingest.fake]]
+[[ingest.flaky]]
+mark = 1
+[[ingest.flaky]]
+mark = 2
+[[export.netflow]]
+destination = ["{dest}"]
+protocol = 9
+refresh_rate = {refresh}
+[[export.flaky]]
+mark = 1
+"""
+
+
+def test_the_second_of_two_changed_instances_failing_rolls_back_the_whole_stage(
+        make_agent, collecting_plugin, tmp_path: Path) -> None:
+    """Two changed instances in one stage, the second's start fails: ingests (both flaky
+    ones) and exporters (a NetFlow exporter and a flaky one) are back as they were, and the
+    NetFlow stream goes on across the replacement and the rollback (one stream, sequence
+    never restarted), because a failed reload keeps what the stopped instances left."""
+    Flaky.running, FlakyExport.running = [], []
+    sink = UdpSink()
+    agent = make_agent(TWO_EACH.format(dest=sink.endpoint, refresh=20),
+                       [collecting_plugin, FLAKY, FLAKY_EXPORT])
+    try:
+        agent.feed([packet(1000 + i, T0) for i in range(30)])
+        agent.scan(T0 + 3 * S)
+        for changed in (TWO_EACH.replace("mark = 1\n[[ingest.flaky]]\nmark = 2",
+                                         "mark = 3\n[[ingest.flaky]]\nmark = 4\nfail = true"),
+                        TWO_EACH.replace("[[export.flaky]]\nmark = 1",
+                                         "[[export.flaky]]\nmark = 5\nfail = true")):
+            outcome = reload_to(agent, tmp_path, changed.format(dest=sink.endpoint,
+                                                                refresh=21))
+            assert outcome.result == "failed" and "failed to start" in outcome.reason
+            assert "previous configuration was restored" in outcome.reason
+            assert sorted(Flaky.running) == [1, 2] and FlakyExport.running == [1]
+            assert agent["export.netflow[0]"].config.refresh_rate == 20
+        agent.feed([packet(2000 + i, T0 + 4 * S) for i in range(30)])
+        agent.scan(T0 + 7 * S)
+    finally:
+        agent.finish()
+    audit = WireAudit().feed_all(sink.drain())
+    sink.close()
+    audit.assert_clean()  # one stream: sequence from 0, never back
+    assert len(audit.streams) == 1
+    assert sorted(r.values[7] for r in audit.flows()) == [*range(1000, 1030),
+                                                         *range(2000, 2030)]
