@@ -71,7 +71,9 @@ CACHE_COUNTERS = {
 MAX_HEAD = 8192
 #: component stats that are configuration, not measurements
 SETTING_STATS = frozenset({"protocol", "sampling_interval", "maxflows_limit", "rcvbuf",
-                           "sndbuf", "group", "snaplen", "batch_size"})
+                           "sndbuf", "group", "snaplen", "batch_size",
+                           # the eBPF ingest's kernel table sizes, as derived at start
+                           "maxflows", "cpu_slots", "kernel_memory_bytes"})
 #: component stats that go up and down (everything else numeric is a counter)
 GAUGE_STATS = frozenset({"active_flows", "peak_flows", "slots", "memtraf_packets",
                          "memtraf_bytes", "natevents_active", "cache_entries", "interfaces",
