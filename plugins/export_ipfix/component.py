@@ -230,7 +230,8 @@ class IpfixExporter(NatExporter):
         """Continue the sampling announced and, over UDP from a fixed source port (the same
         transport session for a collector that stays), the session's sequence and clock."""
         self.sampling, self.sampling_records = carried.sampling, carried.sampling_records
-        self._sampling_carried = True
+        # only a stream that announced a sampling needs its replacement to announce again
+        self._sampling_carried = bool(carried.sampling_records)
         if self.cfg.transport == "udp" and self.cfg.source \
                 and parse_endpoint(self.cfg.source, 0)[1]:
             self.session.sequence = carried.sequence

@@ -239,3 +239,17 @@ def test_a_file_only_replacement_announces_the_end_of_the_sampling_in_the_file(t
     assert intervals[0] == 100 and intervals[-1] == 1
     assert exporters[1].counters["sampling_interval"] == 1
     assert len(audit.flows()) == 2
+
+
+def test_a_replacement_of_an_unsampled_stream_announces_nothing(caplog):
+    """No sampling ever declared: the replaced exporter's stream carried no sampling
+    records, so its replacement sends none and logs no "announcing sampling off"."""
+    with UdpSink() as sink, caplog.at_level("INFO"):
+        cfg = Config(destination=[sink.endpoint], options_interval_s=0)
+        exporters = _reloaded(RunContext(), cfg, [flow(1)], [flow(2)])
+        sink.wait(sum(e.counters["udp_messages"] for e in exporters))
+        got = [(d.data, d.peer) for d in sink.datagrams]
+    audit = WireAudit().feed_all(got)
+    audit.assert_clean()
+    assert not [r for r in audit.records if 34 in r.values]
+    assert "announcing sampling" not in caplog.text
