@@ -44,8 +44,9 @@ Groups (see ``docs/hooks.md``):
 * IPFIX Information Elements: :data:`IE_BY_ID`, :func:`information_element`,
   :data:`VARIABLE_LENGTH`, :func:`nat_event_value`;
 * UDP export: :class:`UdpDestination`, :func:`parse_endpoint`, :func:`address_family`,
-  :class:`EndpointError`, and pacing: the defaults :data:`DEFAULT_RATE_LIMIT`,
-  :data:`DEFAULT_BACKLOG` and the shared options :func:`rate_limit_option`,
+  :class:`EndpointError`, :func:`normal_endpoint`, and pacing: the defaults
+  :data:`DEFAULT_RATE_LIMIT`, :data:`DEFAULT_BACKLOG` and the shared options
+  :func:`rate_limit_option`,
   :func:`backlog_option`, and :func:`records_room` (what a paced backlog can take, for the
   ``agent_export_room`` hook);
 * export headers: :func:`export_stamp` and :data:`NS_PER_S` (one clock for a packet's header
