@@ -99,6 +99,16 @@ class RunContext:
                 best, shared = entry, n
         return best
 
+    def leave(self, key: Any, entry: Any) -> None:
+        """Leave ``entry`` (an object with a ``destinations`` set) in :attr:`handover` under
+        ``key`` for a replacement (call it from ``agent_stop``)."""
+        self.handover.setdefault(key, []).append(entry)
+
+    def took(self, key: Any, entry: Any) -> None:
+        """Remove ``entry``, found by :meth:`handed_over`, once the replacement that takes it
+        over has started (a failed start leaves it for the rollback)."""
+        self.handover[key].remove(entry)
+
     def emit(self, batch: PacketBatch | FlowBatch) -> None:
         """Hand a batch of packets or flow deltas to the pipeline (thread-safe, never blocks)."""
         kind = ITEM_PACKETS if isinstance(batch, PacketBatch) else ITEM_FLOWS

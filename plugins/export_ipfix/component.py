@@ -182,7 +182,7 @@ class IpfixExporter(NatExporter):
         self.context = context
         cfg = self.cfg
         endpoints = cfg.endpoints()
-        carried = self._carried(context)
+        carried = context.handed_over(self._stream_key(), self._destinations())
         if cfg.transport == "udp":
             self.udp = [UdpDestination(e, source=cfg.source, sndbuf=cfg.sndbuf,
                                        rate_limit=cfg.rate_limit, backlog=cfg.backlog,
@@ -206,17 +206,13 @@ class IpfixExporter(NatExporter):
         self._next_options_ns = time.monotonic_ns()
         if carried is not None:  # taken only now: a failed start leaves it for the rollback
             self._take_over(carried)
-            context.handover[self._stream_key()].remove(carried)
+            context.took(self._stream_key(), carried)
         self.log.info("%s: %s export to %s%s", self.name, cfg.transport,
                       ", ".join(endpoints) or "(none)", f", file {cfg.path}" if cfg.path else "")
 
     def _stream_key(self) -> tuple[Any, ...]:
         """Where a replacement finds what this instance left (:meth:`agent_stop`)."""
         return ("export.ipfix", self.cfg.transport, self.cfg.source, self.cfg.domain_id)
-
-    def _carried(self, context: RunContext) -> Carried | None:
-        """What a stopped instance left that shares the most destinations with this one."""
-        return context.handed_over(self._stream_key(), self._destinations())
 
     def _destinations(self) -> set[str]:
         """Where this instance's records go, as :class:`Carried` names them: the collectors
@@ -275,7 +271,7 @@ class IpfixExporter(NatExporter):
         session's sequence and the sampling announced for a replacement (a reload)."""
         self._send_options()
         if self.context is not None:
-            self.context.handover.setdefault(self._stream_key(), []).append(Carried(
+            self.context.leave(self._stream_key(), Carried(
                 self._destinations(), self.session.sequence, self._export_ns,
                 self.sampling, self.sampling_records))
         for d in self.tcp:

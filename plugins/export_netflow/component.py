@@ -136,7 +136,7 @@ class NetflowExporter(NatExporter):
         so a failed start leaves it for the rollback."""
         self.context = context
         self.state.boot_ns = context.start_ns
-        carried = self._carried(context)
+        carried = context.handed_over(self._stream_key(), self.config.endpoints())
         if carried is not None:  # a reload replaced the instance: its stream goes on
             self._take_over(carried)
         for i, endpoint in enumerate(self.config.destination):
@@ -148,7 +148,7 @@ class NetflowExporter(NatExporter):
             self.destinations.append(dest)
             self._lost_traffic.append([0, 0])
         if carried is not None:
-            context.handover[self._stream_key()].remove(carried)
+            context.took(self._stream_key(), carried)
         self.log.info("%s: NetFlow v%d to %s", self.name, self.config.protocol,
                       ", ".join(self.config.destination))
 
@@ -169,11 +169,6 @@ class NetflowExporter(NatExporter):
             return ("export.netflow", 5, c.source, c.engine_type, c.engine_id & 0xFF)
         return ("export.netflow", 9, c.source, c.engine_id)
 
-    def _carried(self, context: RunContext) -> Carried | None:
-        """The stream a stopped instance left that shares the most destinations with this
-        one (instances with the same Source ID to other collectors keep theirs apart)."""
-        return context.handed_over(self._stream_key(), self.config.endpoints())
-
     def _take_over(self, carried: Carried) -> None:
         """Continue ``carried``'s stream: sequence, sysUpTime origin, header time and the
         sampling announced (so a sampling that stops with this reload is announced 1/1)."""
@@ -190,7 +185,7 @@ class NetflowExporter(NatExporter):
         the stream's state (sequence, sysUpTime origin, sampling announced) for a
         replacement (a reload)."""
         if self.context is not None:
-            self.context.handover.setdefault(self._stream_key(), []).append(Carried(
+            self.context.leave(self._stream_key(), Carried(
                 self.config.endpoints(), self.state, self.sampling,
                 self.sampling_options, self.stats.sampling_interval))
         for i, dest in enumerate(self.destinations):

@@ -101,3 +101,16 @@ def test_the_most_recent_of_equally_matching_handovers_is_taken():
     assert context.handed_over("stream", {"10.0.0.1:2055"}) is newer
     assert context.handed_over("stream", {"10.0.0.2:2055"}) is older  # the most shared wins
     assert context.handed_over("stream", {"10.0.0.3:2055"}) is None
+
+
+def test_what_an_instance_leaves_is_found_until_its_replacement_took_it():
+    from types import SimpleNamespace
+
+    from netflow_agent.runtime import RunContext
+
+    context = RunContext()
+    left = SimpleNamespace(destinations={"10.0.0.1:2055"})
+    context.leave("stream", left)
+    assert context.handed_over("stream", {"10.0.0.1:2055"}) is left
+    context.took("stream", left)
+    assert context.handed_over("stream", {"10.0.0.1:2055"}) is None
