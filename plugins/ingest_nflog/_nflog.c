@@ -1968,6 +1968,16 @@ static void copy_rows(Aggregator *self, size_t count, int native, int l2, size_t
 	self->taken += count - n;
 }
 
+/* -1 with RuntimeError while feed(), read() or serve() runs on this object (without the GIL,
+ * on its tables), else 0. */
+static int refuse_busy(const Aggregator *self)
+{
+	if (!self->busy)
+		return 0;
+	PyErr_SetString(PyExc_RuntimeError, "feed() is running on this object");
+	return -1;
+}
+
 static PyObject *Aggregator_take(Aggregator *self, PyObject *args, PyObject *kwds)
 {
 	static char *kwlist[] = {"limit", "native", NULL};
@@ -1980,10 +1990,8 @@ static PyObject *Aggregator_take(Aggregator *self, PyObject *args, PyObject *kwd
 
 	if (!PyArg_ParseTupleAndKeywords(args, kwds, "|nO:take", kwlist, &limit, &native_arg))
 		return NULL;
-	if (self->busy) {
-		PyErr_SetString(PyExc_RuntimeError, "feed() is running on this object");
+	if (refuse_busy(self) < 0)
 		return NULL;
-	}
 	/* any truth value, as the "p" it was (None, numpy booleans); not given: init's */
 	if (native_arg && (native = PyObject_IsTrue(native_arg)) < 0)
 		return NULL;
@@ -2071,10 +2079,8 @@ static PyObject *Aggregator_release(Aggregator *self, PyObject *arg)
 
 	if (now == -1 && PyErr_Occurred())
 		return NULL;
-	if (self->busy) {
-		PyErr_SetString(PyExc_RuntimeError, "feed() is running on this object");
+	if (refuse_busy(self) < 0)
 		return NULL;
-	}
 	drop_taken(self);
 	if (self->frag_timeout_ns > 0)
 		frag_release(self, now);
@@ -2092,10 +2098,8 @@ PyDoc_STRVAR(drop_buffers_doc,
 
 static PyObject *Aggregator_drop_buffers(Aggregator *self, PyObject *Py_UNUSED(ignored))
 {
-	if (self->busy) {
-		PyErr_SetString(PyExc_RuntimeError, "feed() is running on this object");
+	if (refuse_busy(self) < 0)
 		return NULL;
-	}
 	/* an empty fill goes too, and no feed takes another before the next take(): an idle
 	 * reader (which lets go every poll) would otherwise take a fresh one at each */
 	if (self->fill_rows == self->fill_taken)
@@ -2172,10 +2176,8 @@ static int Aggregator_init(Aggregator *self, PyObject *args, PyObject *kwds)
 	if (!PyArg_ParseTupleAndKeywords(args, kwds, "|$LIIIpInp:Aggregator", kwlist, &timeout,
 					 &table, &held, &decap, &keep_outer, &l2, &hold, &native))
 		return -1;
-	if (self->busy) {
-		PyErr_SetString(PyExc_RuntimeError, "feed() is running on this object");
+	if (refuse_busy(self) < 0)
 		return -1;
-	}
 	if (timeout < 0 || table < 1 || table > (1u << 24) || held > (1u << 20) || decap > 15 ||
 	    l2 > 15 || hold < 0 || (native && (l2 & L2_KEYED))) {
 		PyErr_SetString(PyExc_ValueError, "frag_timeout_ns >= 0, frag_table 1-2**24, "
@@ -2316,10 +2318,8 @@ static PyObject *Aggregator_longest_probe(Aggregator *self, void *Py_UNUSED(clos
 {
 	size_t mask = self->slots_cap - 1, longest = 0;
 
-	if (self->busy) {
-		PyErr_SetString(PyExc_RuntimeError, "feed() is running on this object");
+	if (refuse_busy(self) < 0)
 		return NULL;
-	}
 	for (size_t i = 0; !self->append_left && i < self->nflows; i++) {
 		size_t d = (self->flows[i].slot - (size_t)self->flows[i].hash) & mask;
 

@@ -327,8 +327,8 @@ class CBatcher:
 
     def take(self, source: str, limit: int = TAKE_LIMIT) -> FlowBatch | None:
         """See :class:`Batcher`."""
-        records, _packets, trunc, frag, trunc_bytes, gaps = self.aggregator.take(
-            limit, native=self.native)
+        # rows in the layout the aggregator was made with (native: the FlowBatch's own)
+        records, _packets, trunc, frag, trunc_bytes, gaps = self.aggregator.take(limit)
         if not (records or trunc or frag or gaps):
             return None
         flows = (np.frombuffer(records, NATIVE_DTYPE) if self.native
