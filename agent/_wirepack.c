@@ -15,6 +15,13 @@
  * structured cast (a strided loop per field, over a copy of each template's rows) is one
  * pass over the picked rows here, no copy of them.
  *
+ * Two kinds compute a field from its row: the milliseconds since a base of an int64 ns
+ * column (v9's FIRST/LAST_SWITCHED: sysUpTime ms, floor((ns - base) / 10**6) modulo 2**32,
+ * the value of plugins/export_netflow/v5.py's uptime_ms()), and ICMP type/code (v9's
+ * ICMP_TYPE: the 2-byte destination port when the row's protocol byte is ICMP or ICMPv6,
+ * else 0). What NumPy did for them per template (a gather of each column at the template's
+ * rows, the arithmetic, a strided assignment into the records) is done in the same pass.
+ *
  * frame() cuts whole export packets from such a block of records: a header whose sequence
  * number counts up, a set header, the next records, padding; one bytes object each, what a
  * b"".join per packet in Python built (v9's full packets, plugins/export_netflow/v9.py).
@@ -26,14 +33,49 @@
 #include <stdint.h>
 #include <string.h>
 
-/* What a field op does (its `kind`): copy `len` bytes, copy them reversed, write zeros. */
-enum { OP_COPY = 0, OP_SWAP = 1, OP_ZERO = 2 };
+/* What a field op does (the low byte of its `kind`): copy `len` bytes, copy them reversed,
+ * write zeros, the ms since `base` of the int64 at `src` (len 4), ICMP type/code (len 2: the
+ * uint16 at `src` if the byte at `kind >> 8` is 1 or 58, else 0), both in network order. */
+enum { OP_COPY = 0, OP_SWAP = 1, OP_ZERO = 2, OP_MS_SINCE = 3, OP_ICMP = 4 };
+#define OP_KIND(k) ((k) & 0xFF)
 
 /* One field: `len` bytes at `src` of a row to `dst` of a record, as `kind` says (OP_ZERO:
  * `len` zero bytes at `dst`, `src` unused). */
 struct fieldop {
 	uint32_t src, dst, len, kind;
 };
+
+/* floor((ns - base) / 10**6) modulo 2**32, the difference wrapping as int64 does in NumPy */
+static inline uint32_t ms_since(const uint8_t *src, int64_t base)
+{
+	int64_t ns, d, q;
+
+	memcpy(&ns, src, 8);
+	d = (int64_t)((uint64_t)ns - (uint64_t)base);
+	q = d / 1000000;
+	if (d % 1000000 != 0 && d < 0)
+		q -= 1;
+	return (uint32_t)(uint64_t)q;
+}
+
+static inline void derived_op(uint8_t *dst, const uint8_t *row, const struct fieldop *op,
+			      int64_t base)
+{
+	if (OP_KIND(op->kind) == OP_MS_SINCE) {
+		uint32_t v = __builtin_bswap32(ms_since(row + op->src, base));
+
+		memcpy(dst, &v, 4);
+	} else {
+		uint8_t proto = row[op->kind >> 8];
+		uint16_t v = 0;
+
+		if (proto == 1 || proto == 58) {
+			memcpy(&v, row + op->src, 2);
+			v = __builtin_bswap16(v);
+		}
+		memcpy(dst, &v, 2);
+	}
+}
 
 static inline void copy_op(uint8_t *dst, const uint8_t *src, const struct fieldop *op)
 {
@@ -69,12 +111,14 @@ static inline void copy_op(uint8_t *dst, const uint8_t *src, const struct fieldo
 }
 
 PyDoc_STRVAR(pack_rows_doc,
-	     "pack_rows(records, stride, ops, out, size, rows=None) -> None\n\n"
+	     "pack_rows(records, stride, ops, out, size, rows=None, base=0) -> None\n\n"
 	     "Write one `size`-byte record into `out` (a writable C-contiguous buffer) per row of\n"
 	     "`records` (C-contiguous rows of `stride` bytes), or per entry of `rows` (int64 row\n"
 	     "numbers, in that order): for each uint32 quadruple (src, dst, len, kind) of `ops`,\n"
 	     "`len` bytes at `src` of the row to `dst` of the record, as they are (kind 0) or\n"
-	     "reversed (kind 1), or `len` zero bytes at `dst` (kind 2, `src` unused).\n"
+	     "reversed (kind 1), or `len` zero bytes at `dst` (kind 2, `src` unused); kind 3\n"
+	     "(len 4): floor((int64 at `src` - `base`) / 10**6) mod 2**32, big-endian; kind 4\n"
+	     "| p << 8 (len 2): the uint16 at `src` big-endian if the byte at p is 1 or 58, else 0.\n"
 	     "Bytes of a record no op writes are left as they are. Raises ValueError (nothing\n"
 	     "written) for an op outside a row or a record, a row number out of range, or an\n"
 	     "`out` of another size than the records.");
@@ -86,11 +130,22 @@ static int check_ops(const Py_buffer *ops, Py_ssize_t stride, Py_ssize_t size)
 
 	if ((size_t)ops->len % sizeof(struct fieldop))
 		goto bad;
-	for (size_t i = 0; i < n; i++, op++)
-		if (!op->len || op->kind > OP_ZERO
-		    || (op->kind != OP_ZERO && (uint64_t)op->src + op->len > (uint64_t)stride)
+	for (size_t i = 0; i < n; i++, op++) {
+		uint32_t kind = OP_KIND(op->kind), reads = op->len;
+
+		if (kind == OP_MS_SINCE || kind == OP_ICMP) {
+			if (op->len != (kind == OP_MS_SINCE ? 4u : 2u)
+			    || (kind == OP_MS_SINCE && op->kind != OP_MS_SINCE)
+			    || (kind == OP_ICMP && (op->kind >> 8) >= (uint64_t)stride))
+				goto bad;
+			reads = kind == OP_MS_SINCE ? 8 : 2;
+		} else if (op->kind > OP_ZERO) {
+			goto bad;
+		}
+		if (!op->len || (kind != OP_ZERO && (uint64_t)op->src + reads > (uint64_t)stride)
 		    || (uint64_t)op->dst + op->len > (uint64_t)size)
 			goto bad;
+	}
 	return 0;
 bad:
 	PyErr_SetString(PyExc_ValueError, "ops: need uint32 (src, dst, len, kind) quadruples "
@@ -121,7 +176,8 @@ static int check_rows(const Py_buffer *rows, size_t n)
 
 static PyObject *pack_rows(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kwds)
 {
-	static char *kwlist[] = {"records", "stride", "ops", "out", "size", "rows", NULL};
+	static char *kwlist[] = {"records", "stride", "ops", "out", "size", "rows", "base", NULL};
+	long long base_ns = 0;
 	PyObject *rec_obj, *ops_obj, *out_obj, *rows_obj = Py_None;
 	Py_ssize_t stride, size;
 	Py_buffer rec = {0}, ops = {0}, out = {0}, rows = {0};
@@ -130,8 +186,8 @@ static PyObject *pack_rows(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kwd
 	const int64_t *pick = NULL;
 	int have_rows;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnOOn|O:pack_rows", kwlist, &rec_obj,
-					 &stride, &ops_obj, &out_obj, &size, &rows_obj))
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnOOn|OL:pack_rows", kwlist, &rec_obj,
+					 &stride, &ops_obj, &out_obj, &size, &rows_obj, &base_ns))
 		return NULL;
 	have_rows = rows_obj != Py_None;
 	if (stride < 1 || size < 1)
@@ -168,8 +224,12 @@ static PyObject *pack_rows(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kwd
 		uint8_t *dst = out.buf;
 		for (size_t r = 0; r < m; r++, dst += size) {
 			const uint8_t *row = base + (pick ? (size_t)pick[r] : r) * (size_t)stride;
-			for (size_t i = 0; i < nops; i++)
-				copy_op(dst + op0[i].dst, row + op0[i].src, &op0[i]);
+			for (size_t i = 0; i < nops; i++) {
+				if (OP_KIND(op0[i].kind) >= OP_MS_SINCE)
+					derived_op(dst + op0[i].dst, row, &op0[i], base_ns);
+				else
+					copy_op(dst + op0[i].dst, row + op0[i].src, &op0[i]);
+			}
 		}
 	}
 	result = Py_None;

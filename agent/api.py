@@ -35,7 +35,8 @@ Groups (see ``docs/hooks.md``):
   :class:`FlowSchema` and :func:`flow_schema` (the active one: key layout, record columns,
   the fields exporters add to their templates);
 * export records from columns (``agent/wire.py``): :func:`flow_columns`,
-  :func:`pack_template`, :func:`template_dtype`, :func:`address_column`,
+  :func:`pack_template` (its computed fields :class:`UptimeMs`, :class:`IcmpTypeCode`),
+  :func:`template_dtype`, :func:`address_column`,
   :func:`group_rows`, :func:`rows_of`, :func:`any_bytes`,
   :class:`PackedRecords`, :func:`join_records`, :func:`frame_packets`, :func:`wire_columns`,
   :func:`wire_dtype`;
@@ -158,7 +159,9 @@ from netflow_agent.tunnels import (
     make_parser,
 )
 from netflow_agent.wire import (
+    IcmpTypeCode,
     PackedRecords,
+    UptimeMs,
     address_column,
     any_bytes,
     flow_columns,
@@ -173,7 +176,7 @@ from netflow_agent.wire import (
 )
 
 #: ``(major, minor)`` of this plugin API (see the module docstring).
-API_VERSION = (3, 5)
+API_VERSION = (3, 6)
 
 __all__ = [
     "API_VERSION",
@@ -261,7 +264,9 @@ __all__ = [
     "information_element",
     "concat",
     "flow_schema",
+    "IcmpTypeCode",
     "PackedRecords",
+    "UptimeMs",
     "address_column",
     "any_bytes",
     "flow_columns",

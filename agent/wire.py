@@ -18,7 +18,9 @@ object per flow):
   plain fields (one pass over a template's rows, where they lie unless the template has
   schema fields; NumPy's structured cast where a field is not a copy, a reversed copy or a
   zero extension: a signed column narrower than its field, a big-endian host),
-  :func:`frame_packets`.
+  :func:`frame_packets`; two fields computed from their row (:class:`UptimeMs`: ms since a
+  base of a ns column, v9's FIRST/LAST_SWITCHED; :class:`IcmpTypeCode`: v9's ICMP_TYPE) in
+  the same pass, NumPy computing them where the plain fields take the cast.
 
 Addresses are ``V16`` columns with IPv4 zero-padded: a 4-byte template field takes the first
 4 bytes.
@@ -27,6 +29,7 @@ Addresses are ``V16`` columns with IPv4 zero-padded: a 4-byte template field tak
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, overload
 
@@ -38,8 +41,8 @@ from .model import FlowBatch, FlowRecord
 from .schema import FlowField
 
 __all__ = [
-    "PackedRecords", "address_column", "any_bytes", "flow_columns", "frame_packets", "group_rows",
-    "join_records", "pack_template", "rows_of",
+    "IcmpTypeCode", "PackedRecords", "UptimeMs", "address_column", "any_bytes", "flow_columns",
+    "frame_packets", "group_rows", "join_records", "pack_template", "rows_of",
     "template_dtype", "wire_code", "wire_columns", "wire_dtype",
 ]
 
@@ -175,10 +178,44 @@ def template_dtype(fields: Sequence[tuple[int, int]],
     return np.dtype(spec)
 
 
+@dataclass(frozen=True, slots=True)
+class UptimeMs:
+    """A 4-byte field of the milliseconds from ``pack_template``'s ``base_ns`` to the int64
+    ns column ``column``, rounded down, modulo 2**32 (sysUpTime ms of a wall-clock time:
+    NetFlow v9's FIRST/LAST_SWITCHED)."""
+
+    column: str
+
+    def values(self, flows: np.ndarray, base_ns: int) -> np.ndarray:
+        """The field's values for every row of ``flows`` (NumPy: the C op's reference)."""
+        return ((flows[self.column] - base_ns) // 1_000_000) & 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class IcmpTypeCode:
+    """A 2-byte field of ICMP type/code: the uint16 column ``port`` (``type << 8 | code``
+    for ICMP) where the uint8 column ``protocol`` is ICMP (1) or ICMPv6 (58), else 0
+    (NetFlow v9's ICMP_TYPE)."""
+
+    port: str = "dst_port"
+    protocol: str = "protocol"
+
+    def values(self, flows: np.ndarray, base_ns: int) -> np.ndarray:
+        """The field's values for every row of ``flows`` (NumPy: the C op's reference)."""
+        protocol = flows[self.protocol]
+        return np.where((protocol == 1) | (protocol == 58), flows[self.port], 0)
+
+
+#: a field :func:`pack_template` computes from its row (``derived``)
+Derived = UptimeMs | IcmpTypeCode
+
+
 def pack_template(flows: np.ndarray, fields: Sequence[tuple[int, int]],
                   extra: Sequence[FlowField] = (),
                   special: Mapping[int, Callable[[int], Any]] | None = None,
-                  rows: np.ndarray | None = None) -> PackedRecords:
+                  rows: np.ndarray | None = None, *,
+                  derived: Mapping[int, Derived] | None = None,
+                  base_ns: int = 0) -> PackedRecords:
     """The data records of one template for every row of ``flows`` (or the ``rows`` of it,
     in that order: :func:`group_rows`' rows of one template, no copy of them).
 
@@ -191,23 +228,35 @@ def pack_template(flows: np.ndarray, fields: Sequence[tuple[int, int]],
         ICMP type/code, constants).
     :param rows: row numbers of ``flows`` to write (``None``: all, in order): integers
         (not bools) from 0 to ``len(flows) - 1``.
+    :param derived: IE id -> a field computed from its row (:class:`UptimeMs`,
+        :class:`IcmpTypeCode`), written in the same pass as the plain fields (C), or by
+        NumPy where they take the cast; the bytes are the same either way.
+    :param base_ns: the base of the :class:`UptimeMs` fields.
     :raise ValueError: a row number that is not one of ``flows``' rows, or not an integer.
     """
     fields = tuple((ie, length) for ie, length in fields)  # a plugin's [ie, length] lists too
     dtype = _template_dtype(fields, tuple(extra))
     special = special or {}
-    plain = tuple((ie, length) for ie, length in fields if ie not in special)
-    ops = _pack_ops(flows.dtype, plain, dtype) if flows.flags.c_contiguous else None
+    computed = tuple((ie, d) for ie, d in (derived or {}).items() if ie not in special)
+    plain = tuple((ie, length) for ie, length in fields
+                  if ie not in special and ie not in (derived or {}))
+    ops = (_pack_ops(flows.dtype, plain, dtype, computed) if flows.flags.c_contiguous
+           else None)
     if rows is not None:
         rows = _checked_rows(rows, len(flows))
         if ops is None or extra:  # NumPy writes from the rows' copy
             flows, rows = flows.take(rows), None
     out = np.empty(len(flows) if rows is None else len(rows), dtype)
-    if plain and len(out):  # every plain field in one pass: C, else one structured cast
+    if (plain or (computed and ops is not None)) and len(out):
+        # every plain (and computed) field in one pass: C, else one structured cast
         if ops is not None:
-            _wirepack.pack_rows(flows, flows.itemsize, ops, out, out.itemsize, rows)
+            _wirepack.pack_rows(flows, flows.itemsize, ops, out, out.itemsize, rows,
+                                base_ns)
         else:
             out[[f"ie{ie}" for ie, _ in plain]] = flows.view(_source_dtype(flows.dtype, plain))
+    if ops is None and len(out):  # the C pass wrote them with the plain fields
+        for ie, field in computed:
+            out[f"ie{ie}"] = field.values(flows, base_ns)
     for ie, length in fields:
         if ie in special:
             out[f"ie{ie}"] = special[ie](length)
@@ -241,21 +290,51 @@ def _template_dtype(fields: tuple[tuple[int, int], ...],
     return template_dtype(fields, extra)
 
 
-#: ``_wirepack.pack_rows`` op kinds: copy, copy reversed (byte swap), write zeros
-_COPY, _SWAP, _ZERO = 0, 1, 2
+#: ``_wirepack.pack_rows`` op kinds: copy, copy reversed (byte swap), write zeros, ms since
+#: a base (len 4), ICMP type/code (len 2; the protocol byte's offset in the kind's bits 8-31)
+_COPY, _SWAP, _ZERO, _MS_SINCE, _ICMP = 0, 1, 2, 3, 4
 
 
 @lru_cache(maxsize=_CACHED)
 def _pack_ops(record: np.dtype, fields: tuple[tuple[int, int], ...],
-              out: np.dtype) -> bytes | None:
+              out: np.dtype, derived: tuple[tuple[int, Derived], ...] = ()) -> bytes | None:
     """The field copies (uint32 src, dst, len, kind) of ``_wirepack.pack_rows`` that write
     the template fields ``fields`` of ``out`` from a row of ``record``: an address its
     column's first ``length`` bytes, an integer its native column's low ``length`` bytes in
     network order (the structured cast's value modulo 2**(8 * length)); an unsigned column
     narrower than its field its bytes in network order after leading zeros (the cast's
-    zero extension). ``None`` where a field is not that (a signed column narrower than its
-    field, whose cast extends the sign; a big-endian host): the cast."""
-    return _field_copies(record, fields, out)
+    zero extension); then the ``derived`` fields' ops (:func:`_derived_ops`). ``None``
+    where a field is not that (a signed column narrower than its field, whose cast extends
+    the sign; a derived field's column of another type; a big-endian host): the cast."""
+    ops = _field_copies(record, fields, out)
+    more = _derived_ops(record, derived, out)
+    return None if ops is None or more is None else ops + more
+
+
+def _derived_ops(record: np.dtype, derived: tuple[tuple[int, Derived], ...],
+                 out: np.dtype) -> bytes | None:
+    """The ``pack_rows`` ops of computed fields: :class:`UptimeMs` from a native int64
+    column into a 4-byte field, :class:`IcmpTypeCode` from a native uint16 port and a uint8
+    protocol into a 2-byte field; ``None`` for anything else."""
+    columns: Mapping[str, Any] = record.fields or {}
+    packed: Mapping[str, Any] = out.fields or {}
+    ops: list[tuple[int, int, int, int]] = []
+    for ie, field in derived:
+        target = packed.get(f"ie{ie}")
+        if target is None or not np.little_endian:
+            return None
+        if isinstance(field, UptimeMs):
+            column = columns.get(field.column)
+            if column is None or column[0] != np.dtype("<i8") or target[0] != np.dtype(">u4"):
+                return None
+            ops.append((column[1], target[1], 4, _MS_SINCE))
+        else:
+            port, proto = columns.get(field.port), columns.get(field.protocol)
+            if (port is None or proto is None or port[0] != np.dtype("<u2")
+                    or proto[0] != np.dtype("u1") or target[0] != np.dtype(">u2")):
+                return None
+            ops.append((port[1], target[1], 2, _ICMP | proto[1] << 8))
+    return np.array(ops, np.uint32).tobytes() if ops else b""
 
 
 def _field_copies(record: np.dtype, fields: tuple[tuple[int, int], ...],

@@ -52,8 +52,10 @@ from netflow_agent.api import (
     FlowBatch,
     FlowField,
     FlowRecord,
+    IcmpTypeCode,
     PackedRecords,
     Sampling,
+    UptimeMs,
     any_bytes,
     flow_columns,
     flow_schema,
@@ -64,7 +66,7 @@ from netflow_agent.api import (
 )
 
 from .state import UINT32_MASK, ExportState, TemplateMark
-from .v5 import Tally, earliest_time, latest_time, split_rows, uptime_ms
+from .v5 import Tally, earliest_time, latest_time, split_rows
 
 VERSION = 9
 TEMPLATE_FLOWSET_ID = 0
@@ -258,20 +260,17 @@ def pack_flows(flows: np.ndarray, tpl: Template, boot_ns: int,
     order), from the columns in bulk.
 
     FIRST/LAST_SWITCHED are sysUpTime ms (:func:`.v5.uptime_ms`), ICMP_TYPE the destination
-    port's ``type << 8 | code`` for ICMP/ICMPv6 and 0 otherwise, TCP_FLAGS the low byte (a
-    plain field: its 1-byte cast is the low byte).
+    port's ``type << 8 | code`` for ICMP/ICMPv6 and 0 otherwise, both computed in the pass
+    that writes the plain fields (:class:`~agent.wire.UptimeMs`,
+    :class:`~agent.wire.IcmpTypeCode`), TCP_FLAGS the low byte (a plain field: its 1-byte
+    cast is the low byte).
     """
-    def column(name: str) -> np.ndarray:
-        return flows[name] if rows is None else flows[name][rows]
-
-    protocol = column("protocol")
-    special = {
-        22: lambda n: uptime_ms(column("start_ns"), boot_ns),
-        21: lambda n: uptime_ms(column("end_ns"), boot_ns),
-        32: lambda n: np.where((protocol == 1) | (protocol == 58), column("dst_port"), 0),
-    }
     base = tpl.fields[:len(tpl.fields) - len(tpl.extra)]
-    return pack_template(flows, base, tpl.extra, special, rows)
+    return pack_template(flows, base, tpl.extra, rows=rows, derived=_DERIVED, base_ns=boot_ns)
+
+
+#: the template fields computed from their row: FIRST/LAST_SWITCHED, ICMP_TYPE
+_DERIVED = {22: UptimeMs("start_ns"), 21: UptimeMs("end_ns"), 32: IcmpTypeCode()}
 
 
 def routed_rows(flows: np.ndarray) -> np.ndarray:

@@ -137,6 +137,67 @@ def test_narrow_unsigned_column_packs_in_c_as_the_cast_extends_it():
             is None
 
 
+def _old_pack_flows(flows, tpl, boot_ns, rows):
+    """v9's pack_flows as it was before its times and ICMP type were computed in C: NumPy
+    gathers each column at the rows and converts it (the reference bytes)."""
+    def column(name):
+        return flows[name] if rows is None else flows[name][rows]
+
+    protocol = column("protocol")
+    special = {
+        22: lambda n: ((column("start_ns") - boot_ns) // 1_000_000) & 0xFFFFFFFF,
+        21: lambda n: ((column("end_ns") - boot_ns) // 1_000_000) & 0xFFFFFFFF,
+        32: lambda n: np.where((protocol == 1) | (protocol == 58), column("dst_port"), 0),
+    }
+    base = tpl.fields[:len(tpl.fields) - len(tpl.extra)]
+    return pack_template(flows, base, tpl.extra, special, rows)
+
+
+@pytest.mark.parametrize("options", [FlowOptions(), L2])
+def test_v9_times_and_icmp_type_computed_in_c_are_numpys_bytes(options):
+    """v9's FIRST/LAST_SWITCHED (ms since boot, rounded down, modulo 2**32: times before
+    boot, at 0 and ~2**62 ns included) and ICMP_TYPE (the port for ICMP and ICMPv6 only),
+    computed in the C pass, are the bytes NumPy's gathers and arithmetic gave, for every
+    flow template, with and without rows, with the L2 fields (then from the rows' copy) and
+    with the C pass refused (NumPy computes them)."""
+    with active_schema(options) as schema:
+        n = 400
+        flows = random_flows(schema, n)
+        rng = np.random.default_rng(11)
+        boot = 1_700_000_000_123_456_789
+        flows["start_ns"] = boot + rng.integers(-10**13, 10**13, n)
+        flows["end_ns"] = rng.integers(-2**62, 2**62, n)
+        flows["start_ns"][:4] = [0, boot, boot - 1, boot + 999_999]
+        flows["protocol"] = rng.choice([1, 6, 17, 58, 0, 255], n)
+        flows["dst_port"] = rng.integers(0, 2**16, n)
+        rows = rng.permutation(n)[:230]
+        for tpl in v9.flow_templates(False).values():
+            base = tpl.fields[:len(tpl.fields) - len(tpl.extra)]
+            assert wire._pack_ops(flows.dtype, tuple(f for f in base if f[0] not in (22, 21, 32)),
+                                  wire.template_dtype(base, tpl.extra),
+                                  tuple(v9._DERIVED.items())) is not None
+            for r in (rows, None):
+                new = v9.pack_flows(flows, tpl, boot, r).data
+                assert new == _old_pack_flows(flows, tpl, boot, r).data, (tpl.id, r is None)
+                with mock.patch.object(wire, "_pack_ops", return_value=None):
+                    assert v9.pack_flows(flows, tpl, boot, r).data == new
+
+
+def test_derived_fields_of_other_column_types_take_numpy():
+    """An UptimeMs of a column that is not native int64, or an IcmpTypeCode whose port is
+    not a native uint16, gets no C op: NumPy computes it, with the same formula."""
+    flows = np.zeros(3, [("start_ns", "<u4"), ("dst_port", "<u4"), ("protocol", "u1")])
+    out = wire.template_dtype(((22, 4), (32, 2)))
+    assert wire._derived_ops(flows.dtype, ((22, wire.UptimeMs("start_ns")),), out) is None
+    assert wire._derived_ops(flows.dtype, ((32, wire.IcmpTypeCode()),), out) is None
+    flows["start_ns"], flows["dst_port"], flows["protocol"] = [5_000_000, 0, 7], 0x0302, 1
+    packed = pack_template(flows, ((22, 4), (32, 2)), derived={
+        22: wire.UptimeMs("start_ns"), 32: wire.IcmpTypeCode()}, base_ns=1_000_000).data
+    times = ((flows["start_ns"] - 1_000_000) // 1_000_000) & 0xFFFFFFFF  # uint32 wraps
+    assert times.tolist() == [4] + [(2**32 - 1_000_000 + 7 * k) // 1_000_000 for k in (0, 1)]
+    assert packed == b"".join(int(v).to_bytes(4, "big") + b"\x03\x02" for v in times)
+
+
 @pytest.mark.parametrize("rows", [[0, -1], [True, False], [0, 20], [0.0]])
 def test_bad_row_numbers_are_refused_by_either_path(rows):
     """Negative, bool, float or out-of-range rows: one ValueError, whether C (a template
@@ -168,8 +229,14 @@ def test_pack_rows_refuses_what_lies_outside_and_writes_nothing():
         _wirepack.pack_rows(records, 10, ops, out, 4)
     with pytest.raises(ValueError, match="rows: need int64"):
         _wirepack.pack_rows(records, 10, ops, out, 4, np.array([0, 1], np.int32))
-    with pytest.raises(ValueError, match="ops: need"):  # no kind 3
+    with pytest.raises(ValueError, match="ops: need"):  # kind 3 writes 4 bytes, no kind 5
         _wirepack.pack_rows(records, 10, np.array([(0, 0, 2, 3)], np.uint32), out, 4)
+    with pytest.raises(ValueError, match="ops: need"):
+        _wirepack.pack_rows(records, 10, np.array([(0, 0, 2, 5)], np.uint32), out, 4)
+    with pytest.raises(ValueError, match="ops: need"):  # kind 3 reads 8 bytes: past the row
+        _wirepack.pack_rows(records, 10, np.array([(4, 0, 4, 3)], np.uint32), out, 4)
+    with pytest.raises(ValueError, match="ops: need"):  # kind 4's protocol byte past the row
+        _wirepack.pack_rows(records, 10, np.array([(0, 0, 2, 4 | 10 << 8)], np.uint32), out, 4)
     with pytest.raises(ValueError, match="out: 8 bytes for 0 records"):  # rows given: none
         _wirepack.pack_rows(records, 10, ops, out, 4, np.zeros(0, np.int64))
     assert not out.any()
