@@ -270,7 +270,8 @@ def pack_flows(flows: np.ndarray, tpl: Template, boot_ns: int,
 
 
 #: the template fields computed from their row: FIRST/LAST_SWITCHED, ICMP_TYPE
-_DERIVED = {22: UptimeMs("start_ns"), 21: UptimeMs("end_ns"), 32: IcmpTypeCode()}
+_DERIVED: dict[int, UptimeMs | IcmpTypeCode] = {
+    22: UptimeMs("start_ns"), 21: UptimeMs("end_ns"), 32: IcmpTypeCode()}
 
 
 def routed_rows(flows: np.ndarray) -> np.ndarray:
