@@ -117,6 +117,14 @@
 #define APPEND_CYCLES 15
 /* the cache's time columns are int64 ns: a timestamp beyond that is garbage */
 #define TS_SEC_MAX (INT64_MAX / 1000000000LL)
+/* datagrams read per recvmmsg() call (read_socket) */
+#define RECV_BATCH 8
+/* hashed mode: packets parsed, hashed and their slot's line prefetched before any of them is
+ * summed (the slots and a table of 8,192 flows outgrow the 512 KiB L2: one miss per packet
+ * on the slot, one or two on the flow, each waited for in turn); the flow of the packet
+ * PREFETCH_AHEAD places on is prefetched while the current one is summed */
+#define PREFETCH_QUEUE 16
+#define PREFETCH_AHEAD 6
 
 /* One flow of the buffers fed since the last take. */
 struct flow {
@@ -192,7 +200,7 @@ typedef struct {
 	size_t nflows;
 	size_t taken; /* flows[:taken] already returned by a bounded take() */
 	uint8_t *rbuf; /* read()'s receive buffer, reused (allocated at the first read) */
-	size_t rbuf_len;
+	size_t rbuf_len; /* per datagram: rbuf holds RECV_BATCH of them */
 	/* read() and serve(), cumulative and live (updated per datagram, GIL released) */
 	unsigned long long read_datagrams, read_packets, read_enobufs, read_cut, read_rounds;
 	int64_t resume_at; /* CLOCK_MONOTONIC ns: serve()'s next read waits until then */
@@ -239,6 +247,15 @@ typedef struct {
 	/* key_hash()'s seeds, per instance from getrandom() (init): crafted addresses and
 	 * ports cannot be chosen to share a probe chain (a flow-table or fragment-table DoS) */
 	uint64_t seed_a, seed_b;
+	/* hashed mode: packets parsed but not yet summed, in arrival order (queue_packet);
+	 * always empty outside a walk (walk_buffer flushes, add_packet flushes first) */
+	struct queued {
+		struct packet pkt;
+		int64_t ts;
+		uint64_t hash;
+		uint32_t out_if;
+	} queue[PREFETCH_QUEUE];
+	unsigned int nqueued;
 } Aggregator;
 
 static inline uint16_t be16(const uint8_t *p)
@@ -390,42 +407,16 @@ static int grow(Aggregator *self)
 	return 0;
 }
 
-/* Add one packet to its flow. Returns 0, or -1 when the table cannot grow. Inlined: it is
- * most of the per-packet work. */
-static inline __attribute__((always_inline)) int account(Aggregator *self, const struct packet *pkt, int64_t ts, uint32_t out_if)
+/* Sum one packet into its flow, found by its key's hash h in the slots (hashed mode: the
+ * table has room for it). Inlined: it is most of the per-packet work. */
+static inline __attribute__((always_inline)) int sum_hashed(Aggregator *self,
+							   const struct packet *pkt, int64_t ts,
+							   uint32_t out_if, uint64_t h)
 {
-	/* the two key widths as constants: the hash unrolled, the compare and the copy inlined
-	 * (a copy of variable length was a `rep movsq`, a tenth of this loop's time) */
 	int base = pkt->key_len == KEY_LEN;
-	uint64_t h;
 	size_t mask, s;
 	struct flow *f;
 
-	if (self->append_left && !self->nflows && self->fill_rows < self->fill_cap) {
-		/* the packet's FlowBatch row straight into the fill buffer: take() hands it on
-		 * as it is (native: 44-byte keys only) */
-		native_row(pkt->key, 1, pkt->octets, ts, ts, pkt->tcp_flags, out_if,
-			   self->fill_data + self->fill_rows++ * NATIVE_LEN);
-		return 0;
-	}
-	if ((self->nflows + 1) * 2 > self->slots_cap && grow(self) < 0)
-		return -1;
-	if (self->append_left) { /* a row of its own: the slots stay empty, hash unused */
-		f = &self->flows[self->nflows++];
-		if (base)
-			memcpy(f->key, pkt->key, KEY_LEN);
-		else
-			memcpy(f->key, pkt->key, KEY6_LEN);
-		f->key_len = pkt->key_len;
-		f->tcp_flags = pkt->tcp_flags;
-		f->out_if = out_if;
-		f->packets = 1;
-		f->octets = pkt->octets;
-		f->first_ns = f->last_ns = ts;
-		return 0;
-	}
-	h = base ? key_hash(pkt->key, KEY_LEN, self->seed_a, self->seed_b)
-		 : key_hash(pkt->key, KEY6_LEN, self->seed_a, self->seed_b);
 	mask = self->slots_cap - 1;
 	for (s = (size_t)h & mask; self->slots[s]; s = (s + 1) & mask) {
 		f = &self->flows[self->slots[s] - 1];
@@ -460,10 +451,119 @@ found:
 	return 0;
 }
 
-/* Count and account one packet (fragments released, outer flows: off the hot path). */
+/* Add one packet to its flow. Returns 0, or -1 when the table cannot grow. Inlined: it is
+ * most of the per-packet work. */
+static inline __attribute__((always_inline)) int account(Aggregator *self, const struct packet *pkt, int64_t ts, uint32_t out_if)
+{
+	/* the two key widths as constants: the hash unrolled, the compare and the copy inlined
+	 * (a copy of variable length was a `rep movsq`, a tenth of this loop's time) */
+	int base = pkt->key_len == KEY_LEN;
+	uint64_t h;
+	struct flow *f;
+
+	if (self->append_left && !self->nflows && self->fill_rows < self->fill_cap) {
+		/* the packet's FlowBatch row straight into the fill buffer: take() hands it on
+		 * as it is (native: 44-byte keys only) */
+		native_row(pkt->key, 1, pkt->octets, ts, ts, pkt->tcp_flags, out_if,
+			   self->fill_data + self->fill_rows++ * NATIVE_LEN);
+		return 0;
+	}
+	if ((self->nflows + 1) * 2 > self->slots_cap && grow(self) < 0)
+		return -1;
+	if (self->append_left) { /* a row of its own: the slots stay empty, hash unused */
+		f = &self->flows[self->nflows++];
+		if (base)
+			memcpy(f->key, pkt->key, KEY_LEN);
+		else
+			memcpy(f->key, pkt->key, KEY6_LEN);
+		f->key_len = pkt->key_len;
+		f->tcp_flags = pkt->tcp_flags;
+		f->out_if = out_if;
+		f->packets = 1;
+		f->octets = pkt->octets;
+		f->first_ns = f->last_ns = ts;
+		return 0;
+	}
+	h = base ? key_hash(pkt->key, KEY_LEN, self->seed_a, self->seed_b)
+		 : key_hash(pkt->key, KEY6_LEN, self->seed_a, self->seed_b);
+	return sum_hashed(self, pkt, ts, out_if, h);
+}
+
+/* Prefetch the lines of the flow the slot of hash h points at (the slot's line was
+ * prefetched when the packet was queued; a hint only: the sum probes again). */
+static inline void prefetch_flow(const Aggregator *self, uint64_t h)
+{
+	uint32_t at;
+
+	if (!self->slots_cap)
+		return;
+	at = self->slots[h & (self->slots_cap - 1)];
+	if (at) {
+		const char *line = (const char *)&self->flows[at - 1];
+
+		__builtin_prefetch(line, 1);
+		__builtin_prefetch(line + sizeof(struct flow) - 1, 1);
+	}
+}
+
+/* Sum the queued packets in arrival order (hashed mode), each flow's lines prefetched
+ * PREFETCH_AHEAD packets before it is summed. The flows and sums are those of account()
+ * per packet: the slots are probed again at the sum (an earlier packet of the queue may
+ * have inserted a flow or grown the table since the prefetch). */
+static __attribute__((noinline)) void flush_queue(Aggregator *self)
+{
+	unsigned int n = self->nqueued;
+
+	self->nqueued = 0;
+	for (unsigned int i = 0; i < n && i < PREFETCH_AHEAD; i++)
+		prefetch_flow(self, self->queue[i].hash);
+	for (unsigned int i = 0; i < n; i++) {
+		const struct queued *q = &self->queue[i];
+
+		if (i + PREFETCH_AHEAD < n)
+			prefetch_flow(self, self->queue[i + PREFETCH_AHEAD].hash);
+		if ((self->nflows + 1) * 2 > self->slots_cap && grow(self) < 0) {
+			self->nomem = 1;
+			continue;
+		}
+		sum_hashed(self, &q->pkt, q->ts, q->out_if, q->hash);
+	}
+}
+
+/* Count one packet and account it: hashed, queued (its key hashed now, its slot's line
+ * prefetched) and summed when the queue is full or the walk ends; appending, at once. */
+static inline __attribute__((always_inline)) void queue_packet(Aggregator *self,
+								  const struct packet *pkt,
+								  int64_t ts, uint32_t out_if)
+{
+	struct queued *q;
+
+	self->acc.packets++;
+	if (self->append_left) { /* no queue: the row as it comes (account) */
+		if (account(self, pkt, ts, out_if) < 0)
+			self->nomem = 1;
+		return;
+	}
+	if (self->nqueued == PREFETCH_QUEUE)
+		flush_queue(self);
+	q = &self->queue[self->nqueued++];
+	q->pkt = *pkt;
+	q->ts = ts;
+	q->out_if = out_if;
+	q->hash = pkt->key_len == KEY_LEN
+			  ? key_hash(pkt->key, KEY_LEN, self->seed_a, self->seed_b)
+			  : key_hash(pkt->key, KEY6_LEN, self->seed_a, self->seed_b);
+	if (self->slots_cap)
+		__builtin_prefetch(&self->slots[q->hash & (self->slots_cap - 1)], 0);
+}
+
+/* Count and account one packet (fragments released, outer flows: off the hot path), after
+ * the packets queued before it. */
 static __attribute__((noinline)) void add_packet(Aggregator *self, const struct packet *pkt, int64_t ts,
 			      uint32_t out_if)
 {
+	if (self->nqueued)
+		flush_queue(self);
 	self->acc.packets++;
 	if (account(self, pkt, ts, out_if) < 0)
 		self->nomem = 1;
@@ -1348,9 +1448,7 @@ static inline __attribute__((always_inline)) void packet_message(
 		return;
 	if (l2 & L2_KEYED)
 		l2_block(l2, m, &pkt);
-	self->acc.packets++; /* add_packet, with account inlined on the hot path */
-	if (account(self, &pkt, c.ts, outdev) < 0)
-		self->nomem = 1;
+	queue_packet(self, &pkt, c.ts, outdev); /* add_packet, inlined on the hot path */
 }
 
 /* Walk buf[:n] into the flow table (GIL released). */
@@ -1478,6 +1576,8 @@ static void walk_buffer(Aggregator *self, const uint8_t *buf, size_t n, int64_t 
 		walk_l2(self, buf, n, recv_ns);
 	else
 		walk(self, buf, n, recv_ns);
+	if (self->nqueued)
+		flush_queue(self);
 }
 
 static PyObject *Aggregator_feed(Aggregator *self, PyObject *args)
@@ -1523,15 +1623,50 @@ static int64_t wall_ns(void)
 	return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-/* Read datagrams from fd into the table until none waits or a bound (GIL released). */
+/* Walk one received datagram of n bytes (its true length: MSG_TRUNC) from buf. */
+static void read_one(Aggregator *self, const uint8_t *buf, size_t n, int64_t recv_ns,
+		     struct read_counts *rc)
+{
+	uint64_t before = self->acc.packets;
+
+	if (n > self->rbuf_len) { /* cannot happen with our size: a gap */
+		rc->cut++;
+		self->read_cut++;
+		n = self->rbuf_len;
+	}
+	walk_buffer(self, buf, n, recv_ns);
+	self->read_packets += self->acc.packets - before; /* live: agent stats */
+	self->read_datagrams++;
+	rc->datagrams++;
+	rc->bytes += (unsigned long long)n;
+}
+
+/* Read datagrams from fd into the table until none waits or a bound (GIL released): up to
+ * RECV_BATCH per recvmmsg() (one system call where recv() took one per datagram, and none
+ * more to find the socket empty when fewer came), each into its own rbuf_len bytes of rbuf,
+ * then walked in arrival order. The bytes bound is checked after each call, so a round may
+ * read up to RECV_BATCH - 1 datagrams past it. */
 static void read_socket(Aggregator *self, int fd, size_t max_datagrams, size_t max_bytes,
 			struct read_counts *rc)
 {
-	while (rc->datagrams < max_datagrams) {
-		uint64_t before;
-		ssize_t n = recv(fd, self->rbuf, self->rbuf_len, MSG_DONTWAIT | MSG_TRUNC);
+	struct mmsghdr msgs[RECV_BATCH];
+	struct iovec iov[RECV_BATCH];
 
-		if (n < 0) {
+	while (rc->datagrams < max_datagrams) {
+		size_t want = max_datagrams - rc->datagrams;
+		unsigned int vlen = want < RECV_BATCH ? (unsigned int)want : RECV_BATCH;
+		int got;
+		int64_t recv_ns;
+
+		for (unsigned int i = 0; i < vlen; i++) {
+			iov[i].iov_base = self->rbuf + (size_t)i * self->rbuf_len;
+			iov[i].iov_len = self->rbuf_len;
+			memset(&msgs[i].msg_hdr, 0, sizeof(msgs[i].msg_hdr));
+			msgs[i].msg_hdr.msg_iov = &iov[i];
+			msgs[i].msg_hdr.msg_iovlen = 1;
+		}
+		got = recvmmsg(fd, msgs, vlen, MSG_DONTWAIT | MSG_TRUNC, NULL);
+		if (got < 0) {
 			if (errno == EINTR)
 				continue;
 			if (errno == ENOBUFS) { /* the kernel dropped batches: seq gaps count them */
@@ -1543,19 +1678,14 @@ static void read_socket(Aggregator *self, int fd, size_t max_datagrams, size_t m
 				rc->error = errno;
 			return;
 		}
-		if ((size_t)n > self->rbuf_len) { /* cannot happen with our size: a gap */
-			rc->cut++;
-			self->read_cut++;
-			n = (ssize_t)self->rbuf_len;
-		}
-		before = self->acc.packets;
-		walk_buffer(self, self->rbuf, (size_t)n, wall_ns());
-		self->read_packets += self->acc.packets - before; /* live: agent stats */
-		self->read_datagrams++;
-		rc->datagrams++;
-		rc->bytes += (unsigned long long)n;
+		recv_ns = wall_ns();
+		for (int i = 0; i < got; i++)
+			read_one(self, iov[i].iov_base, msgs[i].msg_len, recv_ns, rc);
 		if (rc->bytes >= max_bytes || self->nomem)
 			break;
+		if ((unsigned int)got < vlen) /* the socket is empty (or an error waits: the next
+					       * round's first call reports it) */
+			return;
 	}
 	rc->full = 1;
 }
@@ -1564,20 +1694,22 @@ PyDoc_STRVAR(read_doc,
 	     "read(fd, max_datagrams, max_bytes, bufsize) -> (datagrams, bytes, packets, enobufs,\n"
 	     "                                              cut, errno, full)\n\n"
 	     "Receive the datagrams waiting on the non-blocking NFLOG socket fd into the flow\n"
-	     "table (as feed() each, with its receive time), with the GIL released, into a buffer\n"
-	     "of bufsize bytes reused from call to call; stops when none is waiting, after\n"
-	     "max_datagrams, or once max_bytes were read (full = 1: more may be waiting).\n"
+	     "table (as feed() each, with its receive time), with the GIL released, into\n"
+	     "buffers of bufsize bytes per datagram reused from call to call (up to 8 datagrams\n"
+	     "per system call); stops when none is waiting, after max_datagrams, or once\n"
+	     "max_bytes were read (full = 1: more may be waiting; up to 7 datagrams past it).\n"
 	     "enobufs: ENOBUFS reads (the kernel's loss shows as sequence gaps); cut: datagrams\n"
 	     "longer than the buffer; errno: the error that ended the read (0: none).");
 
-/* The receive buffer at `size` bytes (kept from call to call). 0, or -1 without memory. */
+/* The receive buffer: RECV_BATCH datagrams of `size` bytes each (kept from call to call;
+ * pages no datagram reached are never touched). 0, or -1 without memory. */
 static int reserve_rbuf(Aggregator *self, size_t size)
 {
 	uint8_t *buf;
 
 	if (size == self->rbuf_len)
 		return 0;
-	buf = PyMem_RawRealloc(self->rbuf, size);
+	buf = PyMem_RawRealloc(self->rbuf, size * RECV_BATCH);
 	if (!buf)
 		return -1;
 	self->rbuf = buf;

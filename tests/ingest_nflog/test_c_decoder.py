@@ -17,8 +17,12 @@ import errno
 import importlib
 import os
 import random
+import shutil
 import socket
 import struct
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -295,6 +299,39 @@ def test_reading_a_socket_is_feeding_its_datagrams(
     assert bad.errno == errno.ENOTSOCK and bad.datagrams == 0
     with pytest.raises(ValueError):
         agg.read(0, 0, 1, 65536)
+
+
+_RECV_COUNT_SCRIPT = """
+import socket, sys
+from netflow_agent.plugins.ingest_nflog import decoders
+from tests.ingest_nflog.test_c_decoder import _many_flows
+reader, writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+writer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 22)
+reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+datagrams = [_many_flows(64, start=64 * i) for i in range(20)]
+for d in datagrams:
+    writer.send(d)
+from netflow_agent.plugins.ingest_nflog._nflog import Aggregator
+agg = Aggregator()
+got = decoders.ReadResult(*agg.read(reader.fileno(), 64, 1 << 20, 65536))
+sys.exit(0 if (got.datagrams, got.packets, got.full) == (20, 20 * 64, 0) else 3)
+"""
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace")
+def test_reading_many_waiting_datagrams_takes_few_system_calls(tmp_path: Any) -> None:
+    """read() receives the datagrams waiting on the socket several per system call, and
+    needs no extra call to find the socket empty after a short batch: 20 datagrams (a
+    loaded reader's wakeup finds a dozen kernel batches) in at most 3 calls, where one
+    recv() per datagram and one more that found the socket empty were 21."""
+    out = tmp_path / "strace.txt"
+    run = subprocess.run(
+        ["strace", "-f", "-qq", "-o", str(out), "-e", "trace=recvfrom,recvmsg,recvmmsg",
+         sys.executable, "-c", _RECV_COUNT_SCRIPT],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    calls = [line for line in out.read_text().splitlines() if "recv" in line]
+    assert 1 <= len(calls) <= 3, calls
 
 
 def _sequenced(count: int, per: int, lost: set[int]) -> list[bytes]:
