@@ -1085,20 +1085,31 @@ struct merge {
 	int64_t *first, *last;
 	uint8_t *flags;
 	uint32_t *out_if;
+	/* out: the rows merged (slot >= 0), the sums of their packets and octets (modulo
+	 * 2**64) and the OR of their tcp flags: what the cache counts per batch, without
+	 * another pass over the rows' strided fields in NumPy */
+	uint64_t merged, packets_sum, octets_sum;
+	uint8_t flags_or;
 };
 
 /* Add every row into its slot (slot -1: skipped), in row order: a row that is new starts its
  * slot at its own first/last time; packets and octets are summed (modulo 2**64, as NumPy),
- * the earliest first and latest last kept, flags ORed, a non-zero out_if replaces the slot's. */
+ * the earliest first and latest last kept, flags ORed, a non-zero out_if replaces the slot's.
+ * The batch's totals over the merged rows go to m->merged, packets_sum, octets_sum and
+ * flags_or. */
 #define AHEAD 16 /* rows whose column entries are prefetched ahead of their merge */
 
-static void merge_rows(const struct merge *m)
+static void merge_rows(struct merge *m)
 {
+	uint64_t merged = 0, packets_sum = 0, octets_sum = 0;
+	uint8_t flags_or = 0;
+
 	for (size_t r = 0; r < m->n; r++) {
 		const uint8_t *row = m->rows + r * m->stride;
 		int64_t slot = m->slots[r], start, end, next;
 		uint64_t packets, octets;
 		uint32_t out_if;
+		uint8_t flags;
 
 		if (r + AHEAD < m->n && (next = m->slots[r + AHEAD]) >= 0) {
 			__builtin_prefetch(&m->packets[next], 1);
@@ -1115,6 +1126,11 @@ static void merge_rows(const struct merge *m)
 		memcpy(&start, row + m->field[COL_FIRST], 8);
 		memcpy(&end, row + m->field[COL_LAST], 8);
 		memcpy(&out_if, row + m->field[COL_OUT_IF], 4);
+		flags = row[m->field[COL_FLAGS]];
+		merged++;
+		packets_sum += packets;
+		octets_sum += octets;
+		flags_or |= flags;
 		if (m->is_new[r]) {
 			m->first[slot] = start;
 			m->last[slot] = end;
@@ -1125,10 +1141,14 @@ static void merge_rows(const struct merge *m)
 			m->first[slot] = start;
 		if (end > m->last[slot])
 			m->last[slot] = end;
-		m->flags[slot] |= row[m->field[COL_FLAGS]];
+		m->flags[slot] |= flags;
 		if (out_if)
 			m->out_if[slot] = out_if;
 	}
+	m->merged = merged;
+	m->packets_sum = packets_sum;
+	m->octets_sum = octets_sum;
+	m->flags_or = flags_or;
 }
 
 /* A writable C-contiguous column of items of `size` bytes. */
@@ -1150,14 +1170,16 @@ static int get_column(PyObject *obj, Py_ssize_t size, const char *name, Py_buffe
 
 PyDoc_STRVAR(merge_records_doc,
 	     "merge_records(records, stride, fields, slots, new, packets, octets, first, last,\n"
-	     "              flags, out_if) -> None\n\n"
+	     "              flags, out_if) -> (merged, packets, octets, flags)\n\n"
 	     "Add each row of `records` (rows of `stride` bytes) into slot slots[r] of the value\n"
 	     "columns, in row order (a slot -1 is skipped): packets and octets (uint64) summed,\n"
 	     "first/last (int64) the earliest start and latest end (a row with new[r] starts its\n"
 	     "slot), flags (uint8) ORed, a non-zero out_if (uint32) replaces the slot's. `fields`:\n"
 	     "byte offsets in a row of packets (u8), octets (u8), start (i8), end (i8), tcp flags\n"
 	     "(u1) and out_if (u4), native order. slots/new: lookup()'s result for the rows.\n"
-	     "Every slot must lie inside every column (ValueError, nothing changed).");
+	     "Every slot must lie inside every column (ValueError, nothing changed).\n"
+	     "Returns the totals of the rows merged (slot >= 0): their count, the sums of their\n"
+	     "packets and octets (modulo 2**64) and the OR of their tcp flags.");
 
 static PyObject *module_merge_records(PyObject *Py_UNUSED(m), PyObject *args)
 {
@@ -1228,7 +1250,9 @@ static PyObject *module_merge_records(PyObject *Py_UNUSED(m), PyObject *args)
 	} else {
 		merge_rows(&mg);
 	}
-	result = Py_NewRef(Py_None);
+	result = Py_BuildValue("(KKKB)", (unsigned long long)mg.merged,
+			       (unsigned long long)mg.packets_sum, (unsigned long long)mg.octets_sum,
+			       (unsigned char)mg.flags_or);
 out:
 	while (got-- > 0)
 		PyBuffer_Release(&col[got]);

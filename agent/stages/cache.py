@@ -269,6 +269,10 @@ class FlowCache(Cache):
         self._unselected = FlowIndex(self.table.key_size)
         self.rules = KeyRules(config.aggregation)
         self._key_buffer = np.empty(0, self.schema.key_dtype)  # reused by _keys_of
+        #: the record dtype, schema and layout _record_layout last answered (~4 us a batch
+        #: less than building the schema's key dtype and looking the layout up every time)
+        self._last_layout: tuple[np.dtype | None, FlowSchema | None, RecordLayout | None] = (
+            None, None, None)
 
     @hookimpl
     def agent_start(self, context: RunContext) -> None:
@@ -441,29 +445,48 @@ class FlowCache(Cache):
             return
         layout = self._record_layout(flows)
         if layout is not None:
-            slots, new = self.table.merge_records(flows, layout, self.config.maxflows)
-            keys = None
-        else:
-            flows, keys = self._sampled_keys(flows)
-            slots, new = self.table.lookup(keys, limit=self.config.maxflows)
-        refused = slots < 0
+            self._merge_records(flows, layout)
+            return
+        flows, keys = self._sampled_keys(flows)
+        slots, new = self.table.lookup(keys, limit=self.config.maxflows)
         st.search += len(slots)
+        refused = slots < 0
         if refused.any():
-            lost = int(flows["packets"][refused].sum())
-            st.maxflows += lost
-            st.drop_packets += lost
-            st.drop_bytes += int(flows["octets"][refused].sum())
-            flows, slots, new = flows[~refused], slots[~refused], new[~refused]
-            keys = None if keys is None else keys[~refused]
-        if keys is not None:
-            self.table.add_deltas(slots, new, flows["packets"], flows["octets"],
-                                  flows["start_ns"], flows["end_ns"], flows["tcp_flags"],
-                                  flows["out_if"])
+            kept = self._refuse(flows, refused)
+            flows, slots, new, keys = flows[kept], slots[kept], new[kept], keys[kept]
+        self.table.add_deltas(slots, new, flows["packets"], flows["octets"], flows["start_ns"],
+                              flows["end_ns"], flows["tcp_flags"], flows["out_if"])
         self._mark_ending(slots, flows["tcp_flags"])
-        # the C path has no keys: it runs only where _count_new does not read them
         st.found += len(slots) - self._count_new(keys, slots, new, flows["start_ns"])
         st.traffic_packets += int(flows["packets"].sum())
         st.traffic_bytes += int(flows["octets"].sum())
+
+    def _merge_records(self, flows: np.ndarray, layout: RecordLayout) -> None:
+        """:meth:`agent_cache_flows` in C: the same table and counters as the NumPy merge,
+        the batch's traffic and TCP flags totalled by the merge's own pass over the rows
+        (:class:`~agent.stages.flowtable.Merged`) instead of NumPy passes over their strided
+        fields (~7 ns per row at 4,096-row batches). No keys: this path runs only where
+        :meth:`_count_new` does not read them."""
+        st = self.stats
+        slots, new, merged = self.table.merge_records(flows, layout, self.config.maxflows)
+        st.search += len(slots)
+        if merged.rows < len(slots):
+            kept = self._refuse(flows, slots < 0)
+            flows, slots, new = flows[kept], slots[kept], new[kept]
+        if merged.flags & _END_FLAGS:
+            self._mark_ending(slots, flows["tcp_flags"])
+        st.found += len(slots) - self._count_new(None, slots, new, flows["start_ns"])
+        st.traffic_packets += merged.packets
+        st.traffic_bytes += merged.octets
+
+    def _refuse(self, flows: np.ndarray, refused: np.ndarray) -> np.ndarray:
+        """Count the packets of the rows ``maxflows`` refused as lost; the rows kept."""
+        st = self.stats
+        lost = int(flows["packets"][refused].sum())
+        st.maxflows += lost
+        st.drop_packets += lost
+        st.drop_bytes += int(flows["octets"][refused].sum())
+        return ~refused
 
     def _record_layout(self, flows: np.ndarray) -> RecordLayout | None:
         """The layout for the C merge of ``flows``; ``None`` where the NumPy merge must run:
@@ -475,7 +498,11 @@ class FlowCache(Cache):
             return None
         if not flows.flags.c_contiguous:
             return None
-        return record_layout(flows.dtype, self.schema.key_dtype)
+        dtype, (seen, schema, layout) = flows.dtype, self._last_layout
+        if dtype is not seen or schema is not self.schema:  # (a batch's dtype is an ingest's)
+            layout = record_layout(dtype, self.schema.key_dtype)
+            self._last_layout = (dtype, self.schema, layout)
+        return layout
 
     def _sampled_keys(self, flows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The rows of ``flows`` the ``hash`` sampler keeps (the others counted) and their

@@ -13,7 +13,8 @@ column holds that flow's counters. Whole batches go in and out with a few NumPy 
   array (a :class:`~agent.model.FlowBatch`'s flows) in two C passes over its rows: keys packed
   from each row a few rows at a time, counters added straight from the row's fields (no key
   array, no contiguous column copies, no ``ufunc.at``), for every record layout
-  :func:`record_layout` can describe;
+  :func:`record_layout` can describe; the second pass also totals the rows it merged
+  (:class:`Merged`), which the cache counts without reading the rows again;
 * :meth:`FlowTable.take` copies slots out (keys and counters) and frees them;
 * :meth:`FlowTable.drain_slots` / :meth:`FlowTable.take_drained` empty the whole table part
   after part (a forced scan: the stop, a cache hand-over): each part is copied out as
@@ -31,12 +32,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
 from netflow_agent._flowindex import FlowIndex, merge_records
 
-__all__ = ["FREE_NS", "FlowTable", "RecordLayout", "Taken", "record_layout"]
+__all__ = ["FREE_NS", "FlowTable", "Merged", "RecordLayout", "Taken", "record_layout"]
 
 FREE_NS = 2**63 - 1  # first/last time of an unused slot: never expires
 _MIN_ROWS = 1024
@@ -92,6 +94,17 @@ def record_layout(records: np.dtype, key: np.dtype) -> RecordLayout | None:
         return None
     return RecordLayout(records.itemsize, np.array(ops, np.uint32).tobytes(),
                         tuple(int(fields[name][1]) for name, _code in _VALUE_FIELDS))
+
+
+class Merged(NamedTuple):
+    """What :meth:`FlowTable.merge_records` added: the rows whose key has a slot, the sums of
+    their packets and octets (modulo 2**64, as NumPy's ``sum`` of uint64) and the OR of their
+    TCP flags."""
+
+    rows: int
+    packets: int
+    octets: int
+    flags: int
 
 
 def _col(values: np.ndarray, dtype: type) -> np.ndarray:
@@ -217,19 +230,21 @@ class FlowTable:
         return np.frombuffer(slots, np.int64), np.frombuffer(new, np.bool_)
 
     def merge_records(self, flows: np.ndarray, layout: RecordLayout,
-                      limit: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                      limit: int = 0) -> tuple[np.ndarray, np.ndarray, Merged]:
         """:meth:`lookup` of the keys of ``flows`` (a C-contiguous record array that
         ``layout`` describes), then :meth:`add_deltas` of its rows, both in C; the same
         table as those two. A row whose key ``limit`` refuses (slot -1) is not added.
 
-        :return: ``(slots, new)`` as :meth:`lookup`.
+        :return: ``(slots, new, merged)``: ``slots`` and ``new`` as :meth:`lookup`, and the
+            totals of the rows added (:class:`Merged`).
         """
         self.settle()
         slots, new = self.index.lookup_records(flows, layout.stride, layout.ops, limit=limit)
         self.reserve(self.index.slot_count)
-        merge_records(flows, layout.stride, layout.fields, slots, new, self.packets,
-                      self.octets, self.first, self.last, self.flags, self.out_if)
-        return np.frombuffer(slots, np.int64), np.frombuffer(new, np.bool_)
+        merged = Merged(*merge_records(flows, layout.stride, layout.fields, slots, new,
+                                       self.packets, self.octets, self.first, self.last,
+                                       self.flags, self.out_if))
+        return np.frombuffer(slots, np.int64), np.frombuffer(new, np.bool_), merged
 
     def add_packets(self, slots: np.ndarray, new: np.ndarray, lengths: np.ndarray,
                     flags: np.ndarray, ts: np.ndarray, out_if: np.ndarray) -> None:

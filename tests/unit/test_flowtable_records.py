@@ -56,11 +56,15 @@ def test_merge_records_equals_lookup_and_add_deltas(schema, seed):
     fast, slow = FlowTable(schema.key_size), FlowTable(schema.key_size)  # both grow
     limit = 2500 if seed % 2 else 0  # maxflows: later new keys refused
     for n, flows in enumerate(_batches(schema, seed)):
-        slots, new = fast.merge_records(flows, layout, limit)
+        slots, new, merged = fast.merge_records(flows, layout, limit)
         want_slots, want_new = slow.lookup(schema.keys_of(flows), limit=limit)
         np.testing.assert_array_equal(slots, want_slots)
         np.testing.assert_array_equal(new, want_new)
         kept = want_slots >= 0
+        # the totals of the rows added: what NumPy sums (modulo 2**64) over the kept rows
+        assert merged == (int(kept.sum()), int(flows["packets"][kept].sum()),
+                          int(flows["octets"][kept].sum()),
+                          int(np.bitwise_or.reduce(flows["tcp_flags"][kept])))
         slow.add_deltas(want_slots[kept], want_new[kept], flows["packets"][kept],
                         flows["octets"][kept], flows["start_ns"][kept], flows["end_ns"][kept],
                         flows["tcp_flags"][kept], flows["out_if"][kept])
@@ -125,17 +129,21 @@ def _run_cache(batches: list[np.ndarray], fast: bool, maxflows: int) -> FlowCach
     return cache
 
 
+@pytest.mark.parametrize("ends", [True, False], ids=["fin-rst", "no-fin-rst"])
 @pytest.mark.parametrize("maxflows", [0, 2000])
-def test_cache_merges_alike_on_both_paths(maxflows):
-    """Same table, statistics (new, found, maxflows drops, traffic) and FIN/RST marks."""
+def test_cache_merges_alike_on_both_paths(maxflows, ends):
+    """Same table, statistics (new, found, maxflows drops, traffic) and FIN/RST marks; a
+    flood without FIN or RST (the C merge's flags total says so) marks no flow as ending."""
     batches = _batches(default_schema(), 5)
     for flows in batches:  # counters that sum without wrapping, as statistics expect
         flows["packets"] %= 1000
         flows["octets"] %= 10**6
+        if not ends:
+            flows["tcp_flags"] &= 0xFF ^ 0x05  # SYN, ACK, PSH...: no FIN (1), no RST (4)
     fast, slow = _run_cache(batches, True, maxflows), _run_cache(batches, False, maxflows)
     _same_tables(fast.table, slow.table)
     assert fast.counters() == slow.counters()
-    assert fast.ending == slow.ending and fast.ending
+    assert fast.ending == slow.ending and bool(fast.ending) == ends
     assert fast.stats.new > 0 and fast.stats.found > 0
     assert (fast.stats.maxflows > 0) == bool(maxflows)
 
@@ -156,3 +164,26 @@ def test_merge_records_refuses_an_offset_past_any_row_and_a_float_column():
         merge_records(flows, layout.stride, layout.fields, slots, new,
                       np.zeros(len(table.packets), np.float64), *columns[1:])
     assert not table.packets.any()
+
+
+def test_cache_takes_each_batchs_own_layout():
+    """The cache remembers the layout of the last record dtype it merged: a batch of another
+    dtype (here one C cannot read, its packets narrowed to uint32) takes the NumPy merge, the
+    next batch of the first dtype the C merge again, and the table is the NumPy merge's."""
+    schema = default_schema()
+    narrowed = np.dtype([(n, "<u4" if n == "packets" else t)
+                         for n, t in schema.record_dtype.descr])
+    batches = _batches(schema, 11, 3)
+    for flows in batches:
+        flows["packets"] %= 1000
+        flows["octets"] %= 10**6
+    batches[1] = batches[1].astype(narrowed)
+    fast = FlowCache(CacheConfig(maxflows=0))
+    with mock.patch.object(FlowTable, "merge_records", autospec=True,
+                           side_effect=FlowTable.merge_records) as merged:
+        for n, flows in enumerate(batches):
+            fast.agent_cache_flows(batch=FlowBatch("test", flows), now_ns=n)
+    assert [c.args[1].dtype for c in merged.call_args_list] == [schema.record_dtype] * 2
+    slow = _run_cache(batches, False, 0)
+    _same_tables(fast.table, slow.table)
+    assert fast.counters() == slow.counters()

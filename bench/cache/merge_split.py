@@ -1,0 +1,87 @@
+"""Where the C merge of a drained batch spends its CPU: the key lookup vs the column merge.
+
+Usage: ``python bench/cache/merge_split.py [--flows 200000 1000000] [--batch 4096] [--reps 5]
+[--runs 3]``
+
+``FlowCache.agent_cache_flows`` merges a record array (the NFLOG reader's appended rows, an
+eBPF drain) in two C passes (``FlowTable.merge_records``): ``FlowIndex.lookup_records`` packs
+each row's key, hashes it (SipHash-1-3) and probes the index (bucket, stored key), then the
+module's ``merge_records`` adds the row's counters into the value columns by slot (one cache
+line per column at a random slot). This bench times each pass alone, and the whole hook, on a
+table that already holds ``--flows`` flows (the W2 flood's 100k-200k concurrent flows fit the
+last-level cache; 1M do not), rows in a random order in batches of ``--batch`` rows. It
+answers which pass a cut should go to (docs/performance.md, "NFLOG ingest: where the merge's
+CPU goes").
+
+Prints, per flow count, the median over ``--runs`` (a fresh table each) of CPU ns per row
+(``time.process_time``) for: ``lookup`` (``lookup_records``, every key present), ``columns``
+(``merge_records`` given those slots), ``hook`` (``agent_cache_flows``: both passes plus the
+cache's Python around them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_flows import T0, batch_for, keys, split  # noqa: E402
+
+from netflow_agent._flowindex import merge_records  # noqa: E402
+from netflow_agent.stages.cache import CacheConfig, FlowCache  # noqa: E402
+
+
+def run_once(flows: int, rows: int, reps: int) -> tuple[float, float, float]:
+    """CPU ns per row of the lookup pass, the column pass and the whole hook."""
+    batches = split(batch_for(keys(flows), 0), rows, shuffle=True)
+    cache = FlowCache(CacheConfig(maxflows=0))
+    for batch in batches:  # insert every flow: the passes below find each key
+        cache.agent_cache_flows(batch=batch, now_ns=T0)
+    table = cache.table
+    layout = cache._record_layout(batches[0].flows)
+    assert layout is not None, "this schema's records cannot take the C merge"
+    looked = [table.index.lookup_records(b.flows, layout.stride, layout.ops) for b in batches]
+    total = flows * reps
+    started = time.process_time()
+    for _ in range(reps):
+        for b in batches:
+            table.index.lookup_records(b.flows, layout.stride, layout.ops)
+    lookup = time.process_time() - started
+    started = time.process_time()
+    for _ in range(reps):
+        for b, (slots, new) in zip(batches, looked, strict=True):
+            merge_records(b.flows, layout.stride, layout.fields, slots, new, table.packets,
+                          table.octets, table.first, table.last, table.flags, table.out_if)
+    columns = time.process_time() - started
+    started = time.process_time()
+    for _ in range(reps):
+        for b in batches:
+            cache.agent_cache_flows(batch=b, now_ns=T0)
+    hook = time.process_time() - started
+    return lookup / total * 1e9, columns / total * 1e9, hook / total * 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--flows", type=int, nargs="+", default=[200_000, 1_000_000])
+    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--reps", type=int, default=5, help="passes over the table per run")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    print(f"batches of {args.batch} rows, shuffled, every key present; CPU ns per row, "
+          f"median of {args.runs} runs (min-max)")
+    for flows in args.flows:
+        results = [run_once(flows, args.batch, args.reps) for _ in range(args.runs)]
+        cells = []
+        for name, col in zip(("lookup", "columns", "hook"), zip(*results, strict=True),
+                             strict=True):
+            cells.append(f"{name} {statistics.median(col):5.1f} ({min(col):.1f}-{max(col):.1f})")
+        print(f"  {flows:>9,} flows: " + "  ".join(cells))
+
+
+if __name__ == "__main__":
+    main()
