@@ -29,6 +29,7 @@ from scapy.contrib.geneve import GENEVE  # noqa: E402
 from scapy.contrib.mpls import MPLS  # noqa: E402
 from scapy.layers.inet import GRE, ICMP, IP, TCP, UDP, IPOption_RR, fragment  # noqa: E402
 from scapy.layers.inet6 import (  # noqa: E402
+    MIP6MH_BU,
     ICMPv6DestUnreach,
     ICMPv6EchoReply,
     ICMPv6EchoRequest,
@@ -41,6 +42,7 @@ from scapy.layers.inet6 import (  # noqa: E402
     IPv6ExtHdrRouting,
     fragment6,
 )
+from scapy.layers.ipsec import AH  # noqa: E402
 from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether  # noqa: E402
 from scapy.layers.ppp import PPP, PPPoE  # noqa: E402
 from scapy.layers.vxlan import VXLAN  # noqa: E402
@@ -334,6 +336,40 @@ def big_endian_section(ts_ns: int, frames: list[bytes], spb: bytes) -> bytes:
         out += _block(order, 2, struct.pack(">HHIIII", 0, 0, ticks >> 32, ticks & 0xFFFFFFFF,
                                             len(frame), len(frame)) + frame)
     return out + _block(order, 3, struct.pack(">I", len(spb)) + spb)
+
+
+def test_ipv6_mobility_and_authentication_headers(tmp_path):
+    """The Mobility Header (RFC 6275) is the upper layer, its Payload Proto always 59 (no
+    next header): the flow's protocol is 135, as tshark and ipt_NETFLOW say, not 59. AH
+    (RFC 4302) is walked to the transport behind it in IPv6, as ipt_NETFLOW does."""
+    a, b = "fd00::1", "fd00::2"
+    packets = [IPv6(src=a, dst=b) / MIP6MH_BU(seq=1),
+               IPv6(src=a, dst=b) / IPv6ExtHdrDestOpt() / MIP6MH_BU(seq=2),
+               IPv6(src=a, dst=b, nh=51) / AH(nh=17, payloadlen=4, spi=9, icv=b"\0" * 12)
+               / UDP(sport=500, dport=4500) / Raw(b"k" * 10),
+               IP(src="10.0.0.1", dst="10.0.0.2") / AH(nh=17, payloadlen=4, icv=b"\0" * 12)
+               / UDP(sport=500, dport=4500)]
+    truth, _ingest = check(tmp_path, write_pcap(tmp_path / "c.pcap",
+                                                framed("ethernet", packets), 1))
+    assert (135, a, b, 0, 0) in truth.flows and (17, a, b, 500, 4500) in truth.flows
+    assert (51, "10.0.0.1", "10.0.0.2", 0, 0) in truth.flows  # IPv4 AH: not walked
+
+
+def test_segmentation_offload_packets_with_total_length_0(tmp_path):
+    """A capture taken on a host whose NIC segments TCP (TSO) holds the outgoing super-
+    packets with an IPv4 total length of 0; tshark (and Wireshark) then take the captured
+    length as the packet's. The agent must account them likewise, not drop them as
+    truncated: they can be most of a sender's bytes."""
+    frames = []
+    for n, size in enumerate((3000, 9000, 64000)):
+        frame = bytearray(bytes(Ether(src=MAC_A, dst=MAC_B) / IP(src="10.3.0.1", dst="10.3.0.2")
+                                / TCP(sport=40000, dport=443, flags="PA")
+                                / Raw(b"t" * size)))
+        frame[16:18] = b"\0\0"  # IPv4 total length
+        frames.append((T0 + n * 1000, bytes(frame)))
+    frames += framed("ethernet", tcp_session("10.3.0.1", "10.3.0.2", 40000, 443), T0 + 10**6)
+    truth, _ingest = check(tmp_path, write_pcap(tmp_path / "c.pcap", frames, 1))
+    assert truth.flows[(6, "10.3.0.1", "10.3.0.2", 40000, 443)].octets > 76000
 
 
 # --- link types and encapsulations ----------------------------------------------------------

@@ -35,11 +35,15 @@ TUNNEL_LAYERS = {"gre": {"gre"}, "vxlan": {"vxlan"}, "geneve": {"geneve"},
                  "ipip": {"ip", "ipv6"}}
 _IP_LAYERS = ("ip", "ipv6")
 _V6_EXT = ("ipv6.hopopts", "ipv6.routing", "ipv6.fraghdr", "ipv6.dstopts")
+#: ipt_NETFLOW walks past an IPv6 AH header (ipv6_ext_hdr()) but not an IPv4 one: so does
+#: the agent (agent/packet.py), so the truth does too, although tshark ends the IP layer there
+_V6_WALKED = (*_V6_EXT, "ah")
 _FIELDS = [
     "frame.number", "frame.time_epoch", "frame.protocols", "_ws.malformed",
     "ip.proto", "ip.src", "ip.dst", "ip.len", "ip.hdr_len", "ip.reassembled_in",
     "ipv6.nxt", "ipv6.src", "ipv6.dst", "ipv6.plen", "ipv6.reassembled.in",
     "ipv6.hopopts.nxt", "ipv6.routing.nxt", "ipv6.fraghdr.nxt", "ipv6.dstopts.nxt",
+    "ah.next_header",
     "tcp.srcport", "tcp.dstport", "tcp.flags", "udp.srcport", "udp.dstport",
     "sctp.srcport", "sctp.dstport", "icmp.type", "icmp.code", "icmpv6.type", "icmpv6.code",
 ]
@@ -141,9 +145,7 @@ def _accounted_ip(layers: list[str], decapsulate: frozenset[str]) -> int | None:
 def _upper(layers: list[str], ip_index: int) -> int | None:
     """Index of the layer above the IP layer at ``ip_index`` (past IPv6 extension headers,
     past the UDP header of a UDP tunnel)."""
-    i = ip_index + 1
-    while i < len(layers) and layers[i] in _V6_EXT:
-        i += 1
+    i = _past_extensions(layers, ip_index)
     if i < len(layers) and layers[i] == "udp" and i + 1 < len(layers) \
             and layers[i + 1] in ("vxlan", "geneve"):
         i += 1
@@ -190,10 +192,17 @@ def _flow_of(row: dict[str, list[str]], layers: list[str], at: int,
     return (protocol, src, dst, sport, dport), nbytes, flags
 
 
-def _upper_transport(layers: list[str], at: int) -> int | None:
+def _past_extensions(layers: list[str], at: int) -> int:
+    """Index of the first layer after the IP layer at ``at`` and its extension headers."""
+    walked = _V6_WALKED if layers[at] == "ipv6" else ()
     i = at + 1
-    while i < len(layers) and layers[i] in _V6_EXT:
+    while i < len(layers) and layers[i] in walked:
         i += 1
+    return i
+
+
+def _upper_transport(layers: list[str], at: int) -> int | None:
+    i = _past_extensions(layers, at)
     if i < len(layers) and (layers[i] in _PORT_LAYERS or layers[i] in _ICMP_LAYERS):
         return i
     return None
@@ -217,8 +226,9 @@ def _ports(row: dict[str, list[str]], layers: list[str], at: int | None) -> tupl
 def _v6_protocol(row: dict[str, list[str]], layers: list[str], at: int, occ: int) -> int:
     """The IPv6 upper-layer protocol: the Next Header of the last extension header."""
     i, value = at + 1, _nth(row, "ipv6.nxt", occ)
-    while i < len(layers) and layers[i] in _V6_EXT:
+    while i < len(layers) and layers[i] in _V6_WALKED:
         ext = layers[i]
-        value = _nth(row, f"{ext}.nxt", layers[:i].count(ext))
+        name = "ah.next_header" if ext == "ah" else f"{ext}.nxt"
+        value = _nth(row, name, layers[:i].count(ext))
         i += 1
     return int(value or 0)
