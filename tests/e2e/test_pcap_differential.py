@@ -43,6 +43,7 @@ from scapy.layers.inet6 import (  # noqa: E402
     fragment6,
 )
 from scapy.layers.ipsec import AH  # noqa: E402
+from scapy.layers.sctp import SCTP, SCTPChunkInit  # noqa: E402
 from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether  # noqa: E402
 from scapy.layers.ppp import PPP, PPPoE  # noqa: E402
 from scapy.layers.vxlan import VXLAN  # noqa: E402
@@ -77,9 +78,14 @@ def tcp_session(src: str, dst: str, sport: int, dport: int, v6: bool = False) ->
 
 
 def ipv4_traffic() -> list[Packet]:
-    """TCP, UDP with IP options, ICMP requests, replies and errors (quoting a header)."""
+    """TCP, UDP with IP options, SCTP, UDP-Lite, DCCP, ICMP requests, replies and errors
+    (quoting a header)."""
     a, b = "10.1.0.1", "10.1.0.2"
+    dccp = bytes.fromhex("2328" "0016" "0500" "0000" "0000" "0000" "0001") + bytes(10)
     return [*tcp_session(a, b, 40000, 80),
+            IP(src=a, dst=b) / SCTP(sport=2905, dport=2905) / SCTPChunkInit(),
+            IP(src=a, dst=b, proto=136) / UDP(sport=5004, dport=5005) / Raw(b"l" * 12),
+            IP(src=a, dst=b, proto=33) / Raw(dccp),
             IP(src=a, dst=b, options=[IPOption_RR(routers=["192.0.2.9"])])
             / UDP(sport=5353, dport=53) / Raw(b"q" * 33),
             IP(src=a, dst=b, options=[IPOption_RR(routers=["192.0.2.9", "192.0.2.10"])])
@@ -139,8 +145,10 @@ def af_bytes(ip: Packet, order: str, af6: int = 10) -> bytes:
 
 #: name -> (linktype, frame(ip packet) -> bytes)
 LINKS: dict[str, tuple[int, Any]] = {
-    "ethernet": (1, lambda ip: bytes(Ether(src=MAC_A, dst=MAC_B) / ip)),
-    "802.1q": (1, lambda ip: bytes(Ether(src=MAC_A, dst=MAC_B) / Dot1Q(vlan=100, prio=5) / ip)),
+    # short frames padded to Ethernet's minimum of 60 bytes, as a NIC receives them
+    "ethernet": (1, lambda ip: bytes(Ether(src=MAC_A, dst=MAC_B) / ip).ljust(60, b"\0")),
+    "802.1q": (1, lambda ip: bytes(Ether(src=MAC_A, dst=MAC_B) / Dot1Q(vlan=100, prio=5) / ip)
+               .ljust(60, b"\0")),
     "qinq-88a8": (1, lambda ip: bytes(Ether(src=MAC_A, dst=MAC_B) / Dot1AD(vlan=10)
                                       / Dot1Q(vlan=20) / ip)),
     "qinq-9100": (1, lambda ip: bytes(Ether(src=MAC_A, dst=MAC_B, type=0x9100)
@@ -457,20 +465,113 @@ TUNNELS: dict[str, tuple[str, Any]] = {
 
 
 @pytest.mark.parametrize("decap", [False, True], ids=["outer", "decapsulated"])
-@pytest.mark.parametrize("outer_v6", [False, True], ids=["outer4", "outer6"])
 @pytest.mark.parametrize("tunnel", TUNNELS)
-def test_tunnels_with_and_without_decapsulate(tmp_path, tunnel, outer_v6, decap):
-    """Without ``decapsulate`` the outer flow (the tunnel endpoints) is what is accounted
-    (ipt_NETFLOW's behaviour, although tshark dissects the inner packet too); with it the
-    inner flow, with the inner IP length."""
+def test_tunnels_with_and_without_decapsulate(tmp_path, tunnel, decap):
+    """IPv4 and IPv6 outer headers. Without ``decapsulate`` the outer flow (the tunnel
+    endpoints) is what is accounted (ipt_NETFLOW's behaviour, although tshark dissects the
+    inner packet too); with it the inner flow, with the inner IP length."""
     kind, wrap = TUNNELS[tunnel]
-    outer = IPv6(src="2001:db8::1", dst="2001:db8::2") if outer_v6 else \
-        IP(src="192.0.2.1", dst="192.0.2.2")
-    packets = [wrap(outer.copy(), p) for p in inner_traffic()] + [outer.copy() / UDP(
-        sport=1, dport=2) / Raw(b"n")]  # plain traffic between the endpoints, not a tunnel
+    packets = []
+    for outer in (IP(src="192.0.2.1", dst="192.0.2.2"),
+                  IPv6(src="2001:db8::1", dst="2001:db8::2")):
+        packets += [wrap(outer.copy(), p) for p in inner_traffic()]
+    packets.append(IP(src="192.0.2.1", dst="192.0.2.2") / UDP(sport=1, dport=2)
+                   / Raw(b"n"))  # plain traffic between the endpoints, not a tunnel
     path = write_pcap(tmp_path / "c.pcap", framed("ethernet", packets), 1)
     kinds = frozenset({kind}) if decap else frozenset()
     extra = f'decapsulate = ["{kind}"]' if decap else ""
     _truth, ingest = check(tmp_path, path, extra, kinds)
     if decap:
         assert (ingest["decapsulated"], ingest["decap_failed"]) == (len(packets) - 1, 0)
+
+
+# --- the whole export path, read back by independent decoders -------------------------------
+
+
+def _ms(ns: int) -> int:
+    return ns // 1_000_000
+
+
+def _nfdump_ms(text: str) -> int:
+    """nfdump's local-time ``2025-12-06T05:46:40.123`` as ms since the epoch."""
+    from datetime import datetime
+
+    return round(datetime.fromisoformat(text).timestamp() * 1000)
+
+
+def _tshark_ms(text: str) -> int:
+    """tshark's ``Dec  6, 2025 05:46:40.123000000 UTC`` as ms since the epoch."""
+    from datetime import datetime, timezone
+
+    stamp, _, frac = text.removesuffix(" UTC").rpartition(".")
+    when = datetime.strptime(" ".join(stamp.split()), "%b %d, %Y %H:%M:%S")
+    return int(when.replace(tzinfo=timezone.utc).timestamp()) * 1000 + int(frac[:3])
+
+
+def test_exported_v9_ipfix_and_v5_decode_to_the_captures_flows(tmp_path):
+    """One capture (TCP sessions, UDP, ICMP/ICMPv6, fragments, several link layers in a
+    pcapng) through the cache and three exporters: nfdump reads the v9 export, tshark the
+    IPFIX one and the PyPI ``netflow`` package the v5 one (IPv4 only). Each shows tshark's
+    flows of the capture: addresses, ports (ICMP type/code), protocol, packets, octets, TCP
+    flags, and first/last as the capture's timestamps to the millisecond (v9 and IPFIX)."""
+    from netflow_agent.testing import build_agent as build
+    from tests.support.collectors import (
+        Nfcapd,
+        UdpSink,
+        cflow_records,
+        netflow_decode,
+        netflow_records,
+        tshark_decode,
+    )
+
+    frames = []
+    for i, ip in enumerate(mixed()):  # (tshark reassembles IPv4 per VLAN: one link each)
+        v6 = isinstance(ip, IPv6)
+        pkt = (CookedLinuxV2(proto=0x86DD, lladdrtype=1, lladdrlen=6) / ip) if v6 else \
+            (Ether(src=MAC_A, dst=MAC_B) / Dot1Q(vlan=3) / ip)
+        pkt.sniffed_on = "any" if v6 else "vlan3"
+        frames.append((T0 + i * 7_654_321, pkt))
+    path = scapy_pcapng(tmp_path / "c.pcapng", frames)
+    truth = tshark_flows(path)
+    with UdpSink() as ipfix, UdpSink() as v5, Nfcapd(tmp_path / "nfcapd") as nfcapd:
+        agent = build(f'[[ingest.pcap]]\npath = "{path}"\n'
+                      f'[[export.netflow]]\nprotocol = 9\n'
+                      f'destination = ["127.0.0.1:{nfcapd.port}"]\n'
+                      f'[[export.netflow]]\nprotocol = 5\ndestination = ["{v5.endpoint}"]\n'
+                      f'[[export.ipfix]]\ndestination = ["{ipfix.endpoint}"]\n', tmp_path, [])
+        agent.pipeline.run()
+        agent.finish()
+        flows = len(truth.flows)
+        ipfix_data = ipfix.wait_for(lambda got: len(cflow_records(
+            tshark_decode(got, ipfix.port))) >= flows)
+        v4 = sum(1 for k in truth.flows if ":" not in k[1])
+        v5_data = v5.wait_for(lambda got: len(netflow_decode(got, audit=False)[1]) >= v4)
+        rows = nfcapd.flows()
+
+    want = {k: (f.packets, f.octets, f.tcp_flags, _ms(f.first_ns), _ms(f.last_ns))
+            for k, f in truth.flows.items()}
+    assert {(r["proto"], r["src"], r["dst"], r["sport"], r["dport"]):
+            (r["packets"], r["bytes"], r["tcp_flags"], _nfdump_ms(r["first"]),
+             _nfdump_ms(r["last"])) for r in rows} == want
+
+    got_ipfix = {}
+    for r in cflow_records(tshark_decode(ipfix_data, ipfix.port)):
+        v6 = "cflow.srcaddrv6" in r
+        if "cflow.icmp_ipv6_type" in r:  # icmpTypeCodeIPv6, as tshark splits it
+            dport = int(r["cflow.icmp_ipv6_type"]) << 8 | int(r["cflow.icmp_ipv6_code"])
+        elif "cflow.icmp_type_code_ipv4" in r:
+            dport = int(r["cflow.icmp_type_code_ipv4"], 16)
+        else:
+            dport = int(r.get("cflow.dstport", 0))
+        key = (int(r["cflow.protocol"]), r["cflow.srcaddrv6" if v6 else "cflow.srcaddr"],
+               r["cflow.dstaddrv6" if v6 else "cflow.dstaddr"], int(r.get("cflow.srcport", 0)),
+               dport)
+        got_ipfix[key] = (int(r["cflow.packets"]), int(r["cflow.octets"]),
+                          int(r.get("cflow.tcpflags", "0"), 16),
+                          _tshark_ms(r["cflow.abstimestart"]), _tshark_ms(r["cflow.abstimeend"]))
+    assert got_ipfix == want
+
+    got_v5 = {(r["proto"], r["src"], r["dst"], r["sport"], r["dport"]):
+              (r["packets"], r["bytes"], r["tcp_flags"])
+              for r in netflow_records(netflow_decode(v5_data, audit=False)[1])}
+    assert got_v5 == {k: v[:3] for k, v in want.items() if ":" not in k[1]}

@@ -45,10 +45,11 @@ _FIELDS = [
     "ipv6.hopopts.nxt", "ipv6.routing.nxt", "ipv6.fraghdr.nxt", "ipv6.dstopts.nxt",
     "ah.next_header",
     "tcp.srcport", "tcp.dstport", "tcp.flags", "udp.srcport", "udp.dstport",
-    "sctp.srcport", "sctp.dstport", "icmp.type", "icmp.code", "icmpv6.type", "icmpv6.code",
+    "sctp.srcport", "sctp.dstport", "dccp.srcport", "dccp.dstport", "icmp.type", "icmp.code", "icmpv6.type", "icmpv6.code",
 ]
-_PORT_LAYERS = {"tcp": 6, "udp": 17, "sctp": 132}
-_ICMP_LAYERS = {"icmp": 1, "icmpv6": 58}
+#: layers with 16-bit ports -> the prefix of their port fields (UDP-Lite's are udp.*)
+_PORT_LAYERS = {"tcp": "tcp", "udp": "udp", "udplite": "udp", "sctp": "sctp", "dccp": "dccp"}
+_ICMP_LAYERS = ("icmp", "icmpv6")
 
 
 @dataclass
@@ -183,7 +184,8 @@ def _flow_of(row: dict[str, list[str]], layers: list[str], at: int,
             row["frame.number"][0]):  # a fragment: its datagram's ports
         whole = frames[int(reassembled)]
         wlayers = whole["frame.protocols"][0].split(":")
-        sport, dport, flags = _ports(whole, wlayers, _upper_transport(wlayers, at))
+        wat = wlayers.index(name)  # its link layer may differ (pcapng interfaces)
+        sport, dport, flags = _ports(whole, wlayers, _upper_transport(wlayers, wat))
         flags = 0  # only the fragment with the TCP header has flags
         if upper_at is not None:  # the first fragment holds the transport header
             flags = _ports(row, layers, upper_at)[2]
@@ -214,11 +216,13 @@ def _ports(row: dict[str, list[str]], layers: list[str], at: int | None) -> tupl
     if at is None:
         return 0, 0, 0
     name = layers[at]
-    occ = layers[:at].count(name)
     if name in _ICMP_LAYERS:
+        occ = layers[:at].count(name)
         icmp_type, code = _nth(row, f"{name}.type", occ), _nth(row, f"{name}.code", occ)
         return 0, (int(icmp_type or 0) << 8) | int(code or 0), 0
-    sport, dport = _nth(row, f"{name}.srcport", occ), _nth(row, f"{name}.dstport", occ)
+    prefix = _PORT_LAYERS[name]
+    occ = sum(1 for layer in layers[:at] if _PORT_LAYERS.get(layer) == prefix)
+    sport, dport = _nth(row, f"{prefix}.srcport", occ), _nth(row, f"{prefix}.dstport", occ)
     flags = _nth(row, "tcp.flags", occ) if name == "tcp" else None
     return int(sport or 0), int(dport or 0), int(flags, 16) & 0xFF if flags else 0
 
