@@ -259,6 +259,20 @@ def test_classic_pcap_in_both_byte_orders_and_resolutions(tmp_path, endianness, 
     check(tmp_path, path)
 
 
+def test_modified_pcap_magic_with_24_byte_record_headers(tmp_path):
+    """Kuznetzov's patched libpcap (magic 0xA1B2CD34, old Red Hat/SuSE tcpdump): each record
+    header has 8 more bytes (ifindex, protocol, packet type). tshark reads it; so must we."""
+    frames = framed("ethernet", mixed())
+    out = struct.pack("<IHHiIII", 0xA1B2CD34, 2, 4, 0, 0, 65535, 1)
+    for n, (ts, frame) in enumerate(frames):
+        sec, ns = divmod(ts, 10**9)
+        out += struct.pack("<IIIIIHBx", sec, ns // 1000, len(frame), len(frame), 2 + n % 2,
+                           0x0800, 0) + frame
+    path = tmp_path / "c.pcap"
+    path.write_bytes(out)
+    check(tmp_path, path)
+
+
 def scapy_pcapng(path: Path, frames: list[tuple[int, Packet]]) -> Path:
     """A pcapng by scapy: one IDB per ``sniffed_on`` name, each with its packet's link type."""
     with PcapNgWriter(str(path)) as w:
@@ -282,6 +296,25 @@ def test_pcapng_with_interfaces_of_different_link_types(tmp_path):
         pkt.sniffed_on = ["eth0", "any", "any2"][kind]
         frames.append((T0 + i * 1_000_000, pkt))
     check(tmp_path, scapy_pcapng(tmp_path / "c.pcapng", frames))
+
+
+def test_pcapng_interface_timestamp_offset(tmp_path):
+    """if_tsoffset (IDB option 14) adds whole seconds to the interface's timestamps (a
+    capture whose clock counted from boot, for one): tshark applies it, the flows' first and
+    last times must too."""
+    frames = framed("ethernet", ipv4_traffic(), 86_400 * 10**9 + 123_456_789)
+    order = "<"
+    shb = _block(order, 0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    opts = struct.pack("<HHB3x", 9, 1, 9) + struct.pack("<HHq", 14, 8, 1_765_000_000)
+    idb = _block(order, 1, struct.pack("<HHI", 1, 0, 65535) + opts + bytes(4))
+    out = shb + idb
+    for ts, frame in frames:
+        out += _block(order, 6, struct.pack("<IIIII", 0, ts >> 32, ts & 0xFFFFFFFF,
+                                            len(frame), len(frame)) + frame)
+    path = tmp_path / "c.pcapng"
+    path.write_bytes(out)
+    truth, _ingest = check(tmp_path, path)
+    assert min(f.first_ns for f in truth.flows.values()) == 1_765_086_400_123_456_789
 
 
 def test_pcapng_sections_resolutions_and_simple_and_obsolete_blocks(tmp_path):
