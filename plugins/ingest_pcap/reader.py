@@ -3,8 +3,9 @@
 Formats: classic pcap (both byte orders, microsecond and nanosecond magic, and the "modified"
 magic ``0xA1B2CD34`` of Kuznetzov's patched libpcap, whose record headers are 24 bytes) and
 pcapng (draft-ietf-opsawg-pcapng: SHB, IDB with ``if_tsresol`` and ``if_tsoffset``, EPB, SPB,
-OPB; several sections; other blocks are skipped). A file that ends in the middle of a record stops the iteration and is reported by
-:attr:`PcapReader.truncated`; a file that is neither format raises :class:`PcapError`.
+OPB; several sections; other blocks are skipped). A file that ends in the middle of a record
+stops the iteration and is reported by :attr:`PcapReader.truncated`; a file that is neither
+format raises :class:`PcapError`.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +44,9 @@ from scapy.layers.inet6 import (  # noqa: E402
     fragment6,
 )
 from scapy.layers.ipsec import AH  # noqa: E402
-from scapy.layers.sctp import SCTP, SCTPChunkInit  # noqa: E402
 from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether  # noqa: E402
 from scapy.layers.ppp import PPP, PPPoE  # noqa: E402
+from scapy.layers.sctp import SCTP, SCTPChunkInit  # noqa: E402
 from scapy.layers.vxlan import VXLAN  # noqa: E402
 from scapy.packet import Packet, Raw  # noqa: E402
 from scapy.utils import PcapNgWriter, PcapWriter  # noqa: E402
@@ -527,18 +528,14 @@ def _ms(ns: int) -> int:
 
 def _nfdump_ms(text: str) -> int:
     """nfdump's local-time ``2025-12-06T05:46:40.123`` as ms since the epoch."""
-    from datetime import datetime
-
     return round(datetime.fromisoformat(text).timestamp() * 1000)
 
 
 def _tshark_ms(text: str) -> int:
     """tshark's ``Dec  6, 2025 05:46:40.123000000 UTC`` as ms since the epoch."""
-    from datetime import datetime, timezone
-
     stamp, _, frac = text.removesuffix(" UTC").rpartition(".")
     when = datetime.strptime(" ".join(stamp.split()), "%b %d, %Y %H:%M:%S")
-    return int(when.replace(tzinfo=timezone.utc).timestamp()) * 1000 + int(frac[:3])
+    return int(when.replace(tzinfo=UTC).timestamp()) * 1000 + int(frac[:3])
 
 
 def test_exported_v9_ipfix_and_v5_decode_to_the_captures_flows(tmp_path):

@@ -45,7 +45,8 @@ _FIELDS = [
     "ipv6.hopopts.nxt", "ipv6.routing.nxt", "ipv6.fraghdr.nxt", "ipv6.dstopts.nxt",
     "ah.next_header",
     "tcp.srcport", "tcp.dstport", "tcp.flags", "udp.srcport", "udp.dstport",
-    "sctp.srcport", "sctp.dstport", "dccp.srcport", "dccp.dstport", "icmp.type", "icmp.code", "icmpv6.type", "icmpv6.code",
+    "sctp.srcport", "sctp.dstport", "dccp.srcport", "dccp.dstport",
+    "icmp.type", "icmp.code", "icmpv6.type", "icmpv6.code",
 ]
 #: layers with 16-bit ports -> the prefix of their port fields (UDP-Lite's are udp.*)
 _PORT_LAYERS = {"tcp": "tcp", "udp": "udp", "udplite": "udp", "sctp": "sctp", "dccp": "dccp"}
