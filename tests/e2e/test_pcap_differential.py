@@ -144,6 +144,25 @@ def af_bytes(ip: Packet, order: str, af6: int = 10) -> bytes:
     return struct.pack(order + "I", af6 if isinstance(ip, IPv6) else 2)
 
 
+def _tlv(kind: int, value: bytes) -> bytes:
+    """One NFLOG TLV: length and type in the capturing host's (little-endian) order."""
+    return struct.pack("<HH", 4 + len(value), kind) + value + b"\0" * (-len(value) % 4)
+
+
+def nflog_frame(ip: Packet) -> bytes:
+    """LINKTYPE_NFLOG as ``tcpdump -i nflog:5`` writes it: header, packet header, prefix,
+    then the payload TLV."""
+    family = 10 if isinstance(ip, IPv6) else 2
+    return (struct.pack("!BBH", family, 0, 5) + _tlv(1, struct.pack("!HBx", ethertype(ip), 3))
+            + _tlv(10, b"flows\0") + _tlv(9, bytes(ip)))
+
+
+def snap_frame(ip: Packet) -> bytes:
+    """802.3 with a length, then LLC/SNAP with the EtherType."""
+    body = b"\xaa\xaa\x03\0\0\0" + struct.pack("!H", ethertype(ip)) + bytes(ip)
+    return bytes.fromhex("02000000000b02000000000a") + struct.pack("!H", len(body)) + body
+
+
 #: name -> (linktype, frame(ip packet) -> bytes)
 LINKS: dict[str, tuple[int, Any]] = {
     # short frames padded to Ethernet's minimum of 60 bytes, as a NIC receives them
@@ -175,6 +194,10 @@ LINKS: dict[str, tuple[int, Any]] = {
     "null-be": (0, lambda ip: af_bytes(ip, ">", 30) + bytes(ip)),
     "loop": (108, lambda ip: af_bytes(ip, ">", 24) + bytes(ip)),
     "ppp": (9, lambda ip: bytes(PPP(proto=0x57 if isinstance(ip, IPv6) else 0x21) / ip)),
+    "ppp-pfc": (9, lambda ip: (b"\x57" if isinstance(ip, IPv6) else b"\x21") + bytes(ip)),
+    "c-hdlc": (104, lambda ip: b"\x0f\x00" + struct.pack("!H", ethertype(ip)) + bytes(ip)),
+    "nflog": (239, nflog_frame),
+    "llc-snap": (1, snap_frame),
     "ppp-hdlc": (50, lambda ip: b"\xff\x03"
                  + (b"\x00\x57" if isinstance(ip, IPv6) else b"\x00\x21") + bytes(ip)),
 }
