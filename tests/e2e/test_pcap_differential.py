@@ -26,7 +26,7 @@ import pytest
 
 pytest.importorskip("scapy")
 
-from scapy.contrib.geneve import GENEVE  # noqa: E402
+from scapy.contrib.geneve import GENEVE, GeneveOptions  # noqa: E402
 from scapy.contrib.mpls import MPLS  # noqa: E402
 from scapy.layers.inet import GRE, ICMP, IP, TCP, UDP, IPOption_RR, fragment  # noqa: E402
 from scapy.layers.inet6 import (  # noqa: E402
@@ -511,10 +511,15 @@ TUNNELS: dict[str, tuple[str, Any]] = {
     "gre-key": ("gre", lambda o, i: o / GRE(key_present=1, key=42, seqnum_present=1,
                                             sequence_number=5, proto=ethertype(i)) / i),
     "gre-teb": ("gre", lambda o, i: o / GRE(proto=0x6558) / Ether(src=MAC_A, dst=MAC_B) / i),
+    "gre-mpls": ("gre", lambda o, i: o / GRE(chksum_present=1, proto=0x8847)
+                 / MPLS(label=5, s=1) / i),
     "vxlan": ("vxlan", lambda o, i: o / UDP(sport=49152, dport=4789) / VXLAN(vni=42)
               / Ether(src=MAC_A, dst=MAC_B) / Dot1Q(vlan=9) / i),
     "geneve": ("geneve", lambda o, i: o / UDP(sport=49153, dport=6081)
                / GENEVE(vni=7, proto=0x6558) / Ether(src=MAC_A, dst=MAC_B) / i),
+    "geneve-options": ("geneve", lambda o, i: o / UDP(sport=49155, dport=6081) / GENEVE(
+        vni=9, proto=0x6558, options=[GeneveOptions(classid=0x0102, type=0x80, data=b"abcd")])
+        / Ether(src=MAC_A, dst=MAC_B) / i),
     "geneve-ip": ("geneve", lambda o, i: o / UDP(sport=49154, dport=6081)
                   / GENEVE(vni=8, proto=ethertype(i)) / i),
     "ipip": ("ipip", lambda o, i: o / i),
