@@ -19,7 +19,9 @@ after :meth:`PacketParser.expire` / :meth:`PacketParser.flush`.
 
 The input starts at the network header (NFLOG payloads, raw-IP pcaps); link layers are
 stripped by the caller (see ``plugins/ingest_pcap/linktype.py``). Bytes accounted are the
-header's total length, not the captured length, so a small snap length does not change them.
+header's total length, not the captured length, so a small snap length does not change them;
+an IPv4 total length of 0 (a segmentation-offload super-packet captured on its sender, a BIG
+TCP packet) stands for the length present, as Wireshark reads it.
 """
 
 from __future__ import annotations
@@ -51,7 +53,11 @@ IPPROTO_UDPLITE = 136
 
 #: protocols whose header starts with 16-bit source and destination ports
 PORT_PROTOCOLS = frozenset({IPPROTO_TCP, IPPROTO_UDP, IPPROTO_DCCP, IPPROTO_SCTP, IPPROTO_UDPLITE})
-_EXT_LEN8 = frozenset({IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS, IPPROTO_MH})
+#: extension headers walked to the transport behind them (length in 8-byte units). The
+#: Mobility Header (135, RFC 6275) is not one of them: it is the upper layer (its Payload
+#: Proto is always 59, "no next header"), so a flow of binding updates has protocol 135, as
+#: ipt_NETFLOW's ipv6_ext_hdr() walk and tshark say
+_EXT_LEN8 = frozenset({IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS})
 _MAX_EXT_HEADERS = 8
 
 
@@ -122,9 +128,12 @@ class PacketParser:
         ver_ihl, tos, total, ident, frag, _ttl, proto, _csum, src, dst = _IP4.unpack_from(data)
         ihl = (ver_ihl & 0x0F) * 4
         if ihl < 20 or total < ihl:
-            self.trunc += 1
-            self.trunc_bytes += total
-            return None
+            length = _offloaded_length(data, ihl, total)
+            if not length:
+                self.trunc += 1
+                self.trunc_bytes += total
+                return None
+            total = length
         if frag & 0x3FFF:  # MF set or offset != 0
             return self._fragment4(data, ihl, tos, total, ident, frag, proto, src, dst, ts_ns,
                                    in_if, out_if, direction)
@@ -203,6 +212,16 @@ class PacketParser:
             KEY6.pack(6, nh, tos, direction, in_if, sport, dport, src, dst),
             total, flags, ts_ns, out_if,
         )
+
+
+def _offloaded_length(data: Any, ihl: int, total: int) -> int:
+    """The length of an IPv4 packet whose total length field says 0: a TCP segmentation
+    offload super-packet as captured on its sender (or a BIG TCP packet over 64 KiB), which
+    is as long as what was captured, as Wireshark takes it; 0 for every other inconsistent
+    header, which the caller counts as truncated."""
+    if total == 0 and ihl >= 20 and len(data) >= ihl:
+        return len(data)
+    return 0
 
 
 def transport(data: Any, off: int, proto: int, icmp: int) -> tuple[int, int, int]:

@@ -16,7 +16,8 @@ VENV="${VENV:-.venv}"
 # System packages: eBPF build (clang llvm libbpf-dev bpftool libelf-dev zlib1g-dev
 # pkg-config make gcc), Python (python3-dev python3-venv), kernel interfaces used by the
 # agent and its privileged tests (iproute2 iptables nftables conntrack procps), reference
-# collectors and exporters (tshark nfdump softflowd pmacct fprobe: bench/compare), traffic
+# collectors and exporters (tshark nfdump softflowd pmacct fprobe: bench/compare; tshark
+# brings wireshark-common's editcap and mergecap, tests/e2e/test_pcap_differential.py), traffic
 # and capture tools; the Debian package build (debhelper dh-virtualenv python3.11-venv,
 # scripts/build-deb) and its tests (systemd for systemd-analyze, man-db, python3-apt for
 # the Ansible role's apt module).

@@ -80,5 +80,8 @@ class ExportState:
             self.boot_ns = low
 
     def uptime_ms(self, ns: int) -> int:
-        """Milliseconds since :attr:`boot_ns`, modulo 2**32 (sysUpTime, First, Last)."""
-        return ((ns - self.boot_ns) // NS_PER_MS) & UINT32_MASK
+        """Milliseconds since :attr:`boot_ns`, modulo 2**32 (sysUpTime, First, Last): whole
+        milliseconds of each, rounded down, subtracted, so that collectors' absolute times
+        (``header time - (sysUpTime - First)``) are ``ns`` rounded down to the millisecond,
+        what IPFIX's flowStartMilliseconds says, whatever the origin's sub-millisecond part."""
+        return (ns // NS_PER_MS - self.boot_ns // NS_PER_MS) & UINT32_MASK

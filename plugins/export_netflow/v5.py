@@ -142,8 +142,14 @@ def split_rows(flows: np.ndarray, tally: Tally, limit: int = COUNTER_MAX) -> np.
 
 
 def uptime_ms(ns: np.ndarray, boot_ns: int) -> np.ndarray:
-    """sysUpTime milliseconds of wall-clock ``ns`` (rounded down, modulo 2**32)."""
-    return ((ns - boot_ns) // 1_000_000) & UINT32_MASK
+    """sysUpTime milliseconds of wall-clock ``ns`` (modulo 2**32): the whole milliseconds of
+    ``ns`` minus those of ``boot_ns``, each rounded down, as :meth:`ExportState.uptime_ms`.
+
+    Rounding the difference instead would put a record's absolute time, as collectors
+    compute it (``header time - (sysUpTime - First)``), 1 ms after ``ns`` whenever the origin
+    is not a whole millisecond (it is the agent's start, or the earliest record of a replay).
+    """
+    return (ns // 1_000_000 - boot_ns // 1_000_000) & UINT32_MASK
 
 
 def flow_bodies(flows: np.ndarray, state: ExportState, tally: Tally) -> PackedRecords:

@@ -92,7 +92,6 @@
 #define IPPROTO_ICMPV6_ 58
 #define IPPROTO_DSTOPTS_ 60
 #define IPPROTO_SCTP_ 132
-#define IPPROTO_MH_ 135
 #define IPPROTO_UDPLITE_ 136
 #define MAX_EXT_HEADERS 8
 
@@ -295,10 +294,11 @@ static inline int port_protocol(unsigned int proto)
 	       proto == IPPROTO_SCTP_ || proto == IPPROTO_UDPLITE_;
 }
 
+/* Extension headers walked to the transport behind them, as packet.py's _EXT_LEN8: not the
+ * Mobility Header (135), which is the upper layer (its Payload Proto is always 59). */
 static inline int ext_len8(unsigned int nh)
 {
-	return nh == IPPROTO_HOPOPTS_ || nh == IPPROTO_ROUTING_ || nh == IPPROTO_DSTOPTS_ ||
-	       nh == IPPROTO_MH_;
+	return nh == IPPROTO_HOPOPTS_ || nh == IPPROTO_ROUTING_ || nh == IPPROTO_DSTOPTS_;
 }
 
 /* The fixed head of a key: version, protocol, tos, direction, in_if, ports (network order). */
@@ -1073,9 +1073,12 @@ static inline void transport(const uint8_t *d, size_t len, size_t off, unsigned 
 }
 
 /* Fill pkt for an IPv4 packet with these ports and flags. */
-static inline void ipv4_packet(const struct pctx *c, const uint8_t *d, struct packet *pkt,
-			       unsigned int sport, unsigned int dport, unsigned int flags)
+static inline void ipv4_packet(const struct pctx *c, const uint8_t *d, size_t len,
+			       struct packet *pkt, unsigned int sport, unsigned int dport,
+			       unsigned int flags)
 {
+	unsigned int total = be16(d + 2);
+
 	key_head(pkt->key, 4, d[9], d[1], c->direction, c->in_if, sport, dport);
 	memcpy(pkt->key + 12, d + 12, 4); /* source address, zero-padded to 16 bytes */
 	memset(pkt->key + 16, 0, 12);
@@ -1083,7 +1086,7 @@ static inline void ipv4_packet(const struct pctx *c, const uint8_t *d, struct pa
 	memset(pkt->key + 32, 0, 12);
 	pkt->key_len = KEY_LEN;
 	pkt->tcp_flags = (uint8_t)flags;
-	pkt->octets = be16(d + 2);
+	pkt->octets = total ? total : len; /* 0: segmentation offload, see parse_ipv4 */
 }
 
 /* An IPv4 fragment, as PacketParser._fragment4 (out of the hot path). */
@@ -1098,13 +1101,13 @@ static __attribute__((noinline)) int parse_fragment4(const struct pctx *c, const
 	if (track)
 		frag_key4(&fk, d);
 	if (be16(d + 6) & 0x1FFF) { /* not the first fragment: no transport header */
-		ipv4_packet(c, d, pkt, 0, 0, 0);
+		ipv4_packet(c, d, len, pkt, 0, 0, 0);
 		return !track || frag_later(c->self, &fk, pkt, c->ts, c->out_if);
 	}
 	transport(d, len, ihl, d[9], IPPROTO_ICMP_, &sport, &dport, &flags);
 	if (track)
 		frag_first(c->self, &fk, d[9], sport, dport, c->ts);
-	ipv4_packet(c, d, pkt, sport, dport, flags);
+	ipv4_packet(c, d, len, pkt, sport, dport, flags);
 	return 1;
 }
 
@@ -1117,7 +1120,9 @@ static inline __attribute__((always_inline)) int parse_ipv4(const struct pctx *c
 	size_t ihl = (size_t)(d[0] & 0x0F) * 4;
 	unsigned int total = be16(d + 2), sport = 0, dport = 0, flags = 0;
 
-	if (ihl < 20 || total < ihl) {
+	/* a total length of 0 with a whole header: a segmentation offload super-packet captured
+	 * on its sender (or BIG TCP), as long as what is present (packet.py _offloaded_length) */
+	if ((ihl < 20 || total < ihl) && (total || ihl < 20 || len < ihl)) {
 		c->cc->trunc++;
 		c->cc->trunc_bytes += total;
 		return 0;
@@ -1125,7 +1130,7 @@ static inline __attribute__((always_inline)) int parse_ipv4(const struct pctx *c
 	if (be16(d + 6) & 0x3FFF) /* MF set or offset != 0 */
 		return parse_fragment4(c, d, len, ihl, pkt);
 	transport(d, len, ihl, d[9], IPPROTO_ICMP_, &sport, &dport, &flags);
-	ipv4_packet(c, d, pkt, sport, dport, flags);
+	ipv4_packet(c, d, len, pkt, sport, dport, flags);
 	return 1;
 }
 

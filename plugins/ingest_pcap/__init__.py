@@ -1,7 +1,9 @@
 """``[[ingest.pcap]]``: replay pcap/pcapng captures through the pipeline.
 
-Link types: Ethernet (with VLAN tags), raw IP, Linux cooked v1/v2, BSD loopback. The
-packets' own timestamps drive the flow timeouts, so results do not depend on replay speed.
+pcap (both byte orders, us/ns, modified) and pcapng; link types Ethernet (VLAN, QinQ, MPLS,
+PPPoE behind it), raw IP, Linux cooked v1/v2, BSD/OpenBSD loopback, PPP, Cisco HDLC and NFLOG
+(README.md). The packets' own timestamps drive the flow timeouts, so results do not depend
+on replay speed.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ def agent_register_components(registry: ComponentRegistry) -> None:
 
     registry.add("ingest", "pcap", f"{__name__}.component:PcapIngest", Config,
                  sample=(Path(__file__).parent / "sample.toml").read_text(),
-                 doc="Replay pcap/pcapng files (Ethernet, VLAN, SLL, SLL2, raw IP)")
+                 doc="Replay pcap/pcapng files (Ethernet, VLAN, MPLS, PPPoE, SLL, SLL2, "
+                     "raw IP, loopback, PPP)")
 
 
 @hookimpl

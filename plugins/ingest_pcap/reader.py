@@ -1,9 +1,11 @@
 """pcap and pcapng file reading: ``(timestamp_ns, linktype, frame)`` for every packet.
 
-Formats: classic pcap (both byte orders, microsecond and nanosecond magic) and pcapng
-(draft-ietf-opsawg-pcapng: SHB, IDB with ``if_tsresol``, EPB, SPB, OPB; other blocks are
-skipped). A file that ends in the middle of a record stops the iteration and is reported by
-:attr:`PcapReader.truncated`; a file that is neither format raises :class:`PcapError`.
+Formats: classic pcap (both byte orders, microsecond and nanosecond magic, and the "modified"
+magic ``0xA1B2CD34`` of Kuznetzov's patched libpcap, whose record headers are 24 bytes) and
+pcapng (draft-ietf-opsawg-pcapng: SHB, IDB with ``if_tsresol`` and ``if_tsoffset``, EPB, SPB,
+OPB; several sections; other blocks are skipped). A file that ends in the middle of a record
+stops the iteration and is reported by :attr:`PcapReader.truncated`; a file that is neither
+format raises :class:`PcapError`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import BinaryIO
 
 PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
+#: Kuznetzov's patched libpcap: 8 more bytes per record (ifindex, protocol, packet type, pad)
+PCAP_MAGIC_MODIFIED = 0xA1B2CD34
 PCAPNG_SHB = 0x0A0D0D0A
 PCAPNG_BOM = 0x1A2B3C4D
 _IDB, _SPB, _EPB, _OPB = 1, 3, 6, 2
@@ -43,23 +47,24 @@ class PcapReader:
             return self._pcapng()
         for order in ("<", ">"):
             magic = struct.unpack(order + "I", self._head)[0]
-            if magic in (PCAP_MAGIC_US, PCAP_MAGIC_NS):
-                return self._pcap(order, 1 if magic == PCAP_MAGIC_NS else 1000)
+            if magic in (PCAP_MAGIC_US, PCAP_MAGIC_NS, PCAP_MAGIC_MODIFIED):
+                return self._pcap(order, 1 if magic == PCAP_MAGIC_NS else 1000,
+                                  8 if magic == PCAP_MAGIC_MODIFIED else 0)
         raise PcapError(f"not a pcap/pcapng file (magic 0x{be:08x})")
 
     # --- classic pcap ------------------------------------------------------------------------
 
-    def _pcap(self, order: str, ts_mult: int) -> Iterator[tuple[int, int, bytes]]:
+    def _pcap(self, order: str, ts_mult: int, extra: int) -> Iterator[tuple[int, int, bytes]]:
         rest = self.f.read(20)
         if len(rest) < 20:
             raise PcapError("truncated pcap file header")
         _vmaj, _vmin, _zone, _sigfigs, _snap, linktype = struct.unpack(order + "HHiIII", rest)
         linktype &= 0xFFFF
-        rec = struct.Struct(order + "IIII")
+        rec = struct.Struct(order + "IIII" + "x" * extra)
         read = self.f.read
         while True:
-            hdr = read(16)
-            if len(hdr) < 16:
+            hdr = read(rec.size)
+            if len(hdr) < rec.size:
                 self.truncated = bool(hdr)
                 return
             sec, frac, incl, _orig = rec.unpack(hdr)
@@ -75,7 +80,7 @@ class PcapReader:
 
     def _pcapng(self) -> Iterator[tuple[int, int, bytes]]:
         order = "<"
-        interfaces: list[tuple[int, int]] = []  # (linktype, timestamp ticks per second)
+        interfaces: list[tuple[int, int, int]] = []  # (linktype, ticks per second, offset ns)
         block_type = PCAPNG_SHB
         head = self._head
         while True:
@@ -121,11 +126,14 @@ class PcapReader:
                 yield 0, interfaces[0][0], body[4:4 + orig_len]
 
 
-def _parse_idb(order: str, body: bytes) -> tuple[int, int]:
+def _parse_idb(order: str, body: bytes) -> tuple[int, int, int]:
+    """``(linktype, timestamp ticks per second, offset in ns)`` of an interface: if_tsresol
+    (option 9) and if_tsoffset (option 14, seconds added to every timestamp)."""
     if len(body) < 8:
         raise PcapError("pcapng interface description block too short")
     linktype = struct.unpack_from(order + "H", body)[0]
     ticks_per_s = 1_000_000  # default resolution: microseconds
+    offset_ns = 0
     off = 8
     while off + 4 <= len(body):
         code, olen = struct.unpack_from(order + "HH", body, off)
@@ -136,11 +144,13 @@ def _parse_idb(order: str, body: bytes) -> tuple[int, int]:
         if code == 9 and olen >= 1:  # if_tsresol
             res = body[off + 4]
             ticks_per_s = 2 ** (res & 0x7F) if res & 0x80 else 10 ** res
+        elif code == 14 and olen == 8:  # if_tsoffset
+            offset_ns = struct.unpack_from(order + "q", body, off + 4)[0] * 1_000_000_000
         off += 4 + ((olen + 3) & ~3)
-    return linktype, ticks_per_s
+    return linktype, ticks_per_s, offset_ns
 
 
-def _parse_epb(order: str, body: bytes, interfaces: list[tuple[int, int]],
+def _parse_epb(order: str, body: bytes, interfaces: list[tuple[int, int, int]],
                obsolete: bool) -> tuple[int, int, bytes] | None:
     if len(body) < 20:
         raise PcapError("pcapng packet block too short")
@@ -150,6 +160,6 @@ def _parse_epb(order: str, body: bytes, interfaces: list[tuple[int, int]],
         iface, ts_hi, ts_lo, incl, _orig = struct.unpack_from(order + "IIIII", body)
     if iface >= len(interfaces):
         raise PcapError(f"packet refers to undeclared interface {iface}")
-    linktype, ticks_per_s = interfaces[iface]
+    linktype, ticks_per_s, offset_ns = interfaces[iface]
     ticks = (ts_hi << 32) | ts_lo
-    return ticks * 1_000_000_000 // ticks_per_s, linktype, body[20:20 + incl]
+    return ticks * 1_000_000_000 // ticks_per_s + offset_ns, linktype, body[20:20 + incl]

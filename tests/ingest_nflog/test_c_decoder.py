@@ -540,7 +540,7 @@ CASES = [
     ("v6 ah", _ip6(51, bytes([6, 4]) + b"\0" * 22 + TCP_SA), 2, 2, 3,
      (6, 6, A6, B6, 443, 51000, 0, 2, 0), 0),
     ("v6 mobility", _ip6(135, bytes([59, 0]) + b"\0" * 6), 2, 2, 3,
-     (6, 59, A6, B6, 0, 0, 0, 2, 0), 0),
+     (6, 135, A6, B6, 0, 0, 0, 2, 0), 0),
     ("v6 icmpv6 echo", _ip6(58, b"\x80\x00\0\0\0\1\0\1"), 1, 2, 0,
      (6, 58, A6, B6, 0, 0x8000, 0, 2, 0), 0),
     ("v6 first fragment", _ip6(44, bytes([17, 0, 0, 1]) + b"\0\0\0\7" + UDP), 2, 2, 3,
@@ -573,6 +573,17 @@ def test_keys_are_make_key(payload: bytes, hook: int, indev: int, outdev: int,
         40 + struct.unpack_from("!H", payload, 4)[0]
     assert (npk, octets, out_if) == (1, total, outdev)
     assert first == last == 1_700_000_000 * NS + 5000
+
+
+@pytest.mark.parametrize("frag", [0, 0x2000, 0x00B9], ids=["whole", "first", "later"])
+def test_a_total_length_of_0_is_a_segmentation_offload_packet(frag: int) -> None:
+    """IPv4 with total length 0 (a TSO super-packet seen on its sender, BIG TCP): accounted
+    with the length present, by the C and the Python decoder alike, not dropped."""
+    payload = _ip4(6, _tcp(1000, 80, TCP_ACK) + b"t" * 5000, frag=frag, total=0)
+    [((row,), packets, trunc, _frag, trunc_bytes, _gaps)], _ = _same(
+        [_message(payload, ts=(1_700_000_000, 0)) + _done()])
+    assert (packets, trunc, trunc_bytes) == (1, 0, 0)
+    assert row[1:3] == (1, len(payload))
 
 
 def test_tcp_flags_or_times_and_out_if_per_flow() -> None:

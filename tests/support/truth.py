@@ -31,7 +31,7 @@ PROTO_TCP = 6
 PROTO_UDP = 17
 PROTO_ICMPV6 = 58
 _PORT_PROTOS = {PROTO_TCP, PROTO_UDP, 33, 132, 136}  # TCP UDP DCCP SCTP UDP-Lite
-_IPV6_EXT = {0, 43, 60, 135}  # hop-by-hop, routing, destination options, mobility
+_IPV6_EXT = {0, 43, 60}  # hop-by-hop, routing, destination options (mobility: upper layer)
 _IPV6_FRAG = 44
 
 

@@ -58,7 +58,6 @@ _Static_assert((MAX_TUNNEL_DEPTH & (MAX_TUNNEL_DEPTH - 1)) == 0,
 #define NEXTHDR_FRAGMENT 44
 #define NEXTHDR_AUTH 51
 #define NEXTHDR_DEST 60
-#define NEXTHDR_MH 135
 #define IPPROTO_ICMPV6_ 58
 #define IPPROTO_DCCP_ 33
 
@@ -221,8 +220,9 @@ static __always_inline int parse_ipv6(void *data, void *end, __u32 off, struct p
 	for (int i = 0; i < MAX_EXT_HEADERS; i++) {
 		__u32 len;
 
+		/* not the Mobility Header: the upper layer (Payload Proto 59), as packet.py */
 		if (nh != NEXTHDR_HOP && nh != NEXTHDR_ROUTING && nh != NEXTHDR_DEST &&
-		    nh != NEXTHDR_MH && nh != NEXTHDR_FRAGMENT && nh != NEXTHDR_AUTH)
+		    nh != NEXTHDR_FRAGMENT && nh != NEXTHDR_AUTH)
 			break;
 		if ((void *)(cur + 8) > end)	/* every extension header is >= 8 bytes */
 			return PARSE_TRUNC;
