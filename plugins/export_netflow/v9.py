@@ -65,7 +65,7 @@ from netflow_agent.api import (
     pack_template,
 )
 
-from .state import UINT32_MASK, ExportState, TemplateMark
+from .state import NS_PER_MS, UINT32_MASK, ExportState, TemplateMark
 from .v5 import Tally, earliest_time, latest_time, split_rows
 
 VERSION = 9
@@ -263,10 +263,14 @@ def pack_flows(flows: np.ndarray, tpl: Template, boot_ns: int,
     port's ``type << 8 | code`` for ICMP/ICMPv6 and 0 otherwise, both computed in the pass
     that writes the plain fields (:class:`~agent.wire.UptimeMs`,
     :class:`~agent.wire.IcmpTypeCode`), TCP_FLAGS the low byte (a plain field: its 1-byte
-    cast is the low byte).
+    cast is the low byte). The origin passed down is ``boot_ns`` rounded down to its
+    millisecond, so that ``(ns - origin) // 1 ms`` is :func:`.v5.uptime_ms`'s
+    ``ns // 1 ms - boot_ns // 1 ms``: the header's sysUpTime and each record's times then
+    decode to the records' own milliseconds.
     """
     base = tpl.fields[:len(tpl.fields) - len(tpl.extra)]
-    return pack_template(flows, base, tpl.extra, rows=rows, derived=_DERIVED, base_ns=boot_ns)
+    origin = boot_ns // NS_PER_MS * NS_PER_MS
+    return pack_template(flows, base, tpl.extra, rows=rows, derived=_DERIVED, base_ns=origin)
 
 
 #: the template fields computed from their row: FIRST/LAST_SWITCHED, ICMP_TYPE
