@@ -45,7 +45,6 @@ import msgpack
 
 from netflow_agent import localfiles
 from netflow_agent.localserver import LocalServer, Rejected
-from netflow_agent.runtime import ITEM_CALL
 
 log = logging.getLogger("agent.control")
 _LEN = struct.Struct("!I")
@@ -202,6 +201,11 @@ def call_on_pipeline(pipeline: Any, fn: Callable[[Any], Any],
     :param cancel: set when the agent stops: stop waiting (the pipeline may never get to it).
     :raises TimeoutError: the pipeline did not get to it in time (or the agent is stopping).
     """
+    # Here, not at the top: a client of this module (request(): a bench or tool beside the
+    # agent) then loads no NumPy, whose libraries' page cache the agent drops before
+    # mapping them (agent/libcache.py: pages another process maps stay in large folios).
+    from netflow_agent.runtime import ITEM_CALL
+
     done = threading.Event()
     box: dict[str, Any] = {}
 
