@@ -45,17 +45,28 @@ struct fieldop {
 	uint32_t src, dst, len, kind;
 };
 
-/* floor((ns - base) / 10**6) modulo 2**32, the difference wrapping as int64 does in NumPy */
+/* floor(ns / 10**6) and ns's sub-millisecond rest (0 to 999999) */
+static inline int64_t floor_ms(int64_t ns, int64_t *rest)
+{
+	int64_t q = ns / 1000000, r = ns % 1000000;
+
+	if (r < 0) {
+		r += 1000000;
+		q -= 1;
+	}
+	*rest = r;
+	return q;
+}
+
+/* floor((ns - base) / 10**6) modulo 2**32, exact for every int64 ns and base: the floored
+ * ms of each, less one where ns's rest is below base's (ns - base itself may not fit int64) */
 static inline uint32_t ms_since(const uint8_t *src, int64_t base)
 {
-	int64_t ns, d, q;
+	int64_t ns, ns_rest, base_rest, q;
 
 	memcpy(&ns, src, 8);
-	d = (int64_t)((uint64_t)ns - (uint64_t)base);
-	q = d / 1000000;
-	if (d % 1000000 != 0 && d < 0)
-		q -= 1;
-	return (uint32_t)(uint64_t)q;
+	q = floor_ms(ns, &ns_rest) - floor_ms(base, &base_rest);
+	return (uint32_t)(uint64_t)(q - (ns_rest < base_rest));
 }
 
 static inline void derived_op(uint8_t *dst, const uint8_t *row, const struct fieldop *op,
@@ -117,7 +128,8 @@ PyDoc_STRVAR(pack_rows_doc,
 	     "numbers, in that order): for each uint32 quadruple (src, dst, len, kind) of `ops`,\n"
 	     "`len` bytes at `src` of the row to `dst` of the record, as they are (kind 0) or\n"
 	     "reversed (kind 1), or `len` zero bytes at `dst` (kind 2, `src` unused); kind 3\n"
-	     "(len 4): floor((int64 at `src` - `base`) / 10**6) mod 2**32, big-endian; kind 4\n"
+	     "(len 4): floor((int64 at `src` - `base`) / 10**6) mod 2**32 (the difference exact, not\n"
+	     "wrapped to int64), big-endian; kind 4\n"
 	     "| p << 8 (len 2): the uint16 at `src` big-endian if the byte at p is 1 or 58, else 0.\n"
 	     "Bytes of a record no op writes are left as they are. Raises ValueError (nothing\n"
 	     "written) for an op outside a row or a record, a row number out of range, or an\n"
