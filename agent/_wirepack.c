@@ -58,19 +58,24 @@ static inline int64_t floor_ms(int64_t ns, int64_t *rest)
 	return q;
 }
 
+/* a base time as floor_ms() splits it, once per call */
+struct ms_base {
+	int64_t ms, rest;
+};
+
 /* floor((ns - base) / 10**6) modulo 2**32, exact for every int64 ns and base: the floored
  * ms of each, less one where ns's rest is below base's (ns - base itself may not fit int64) */
-static inline uint32_t ms_since(const uint8_t *src, int64_t base)
+static inline uint32_t ms_since(const uint8_t *src, const struct ms_base *base)
 {
-	int64_t ns, ns_rest, base_rest, q;
+	int64_t ns, rest, q;
 
 	memcpy(&ns, src, 8);
-	q = floor_ms(ns, &ns_rest) - floor_ms(base, &base_rest);
-	return (uint32_t)(uint64_t)(q - (ns_rest < base_rest));
+	q = floor_ms(ns, &rest) - base->ms;
+	return (uint32_t)(uint64_t)(q - (rest < base->rest));
 }
 
 static inline void derived_op(uint8_t *dst, const uint8_t *row, const struct fieldop *op,
-			      int64_t base)
+			      const struct ms_base *base)
 {
 	if (OP_KIND(op->kind) == OP_MS_SINCE) {
 		uint32_t v = __builtin_bswap32(ms_since(row + op->src, base));
@@ -234,11 +239,14 @@ static PyObject *pack_rows(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kwd
 		const struct fieldop *op0 = ops.buf;
 		const uint8_t *base = rec.buf;
 		uint8_t *dst = out.buf;
+		struct ms_base since;
+
+		since.ms = floor_ms(base_ns, &since.rest);
 		for (size_t r = 0; r < m; r++, dst += size) {
 			const uint8_t *row = base + (pick ? (size_t)pick[r] : r) * (size_t)stride;
 			for (size_t i = 0; i < nops; i++) {
 				if (OP_KIND(op0[i].kind) >= OP_MS_SINCE)
-					derived_op(dst + op0[i].dst, row, &op0[i], base_ns);
+					derived_op(dst + op0[i].dst, row, &op0[i], &since);
 				else
 					copy_op(dst + op0[i].dst, row + op0[i].src, &op0[i]);
 			}
