@@ -45,21 +45,37 @@ struct fieldop {
 	uint32_t src, dst, len, kind;
 };
 
-/* floor((ns - base) / 10**6) modulo 2**32, the difference wrapping as int64 does in NumPy */
-static inline uint32_t ms_since(const uint8_t *src, int64_t base)
+/* floor(ns / 10**6) and ns's sub-millisecond rest (0 to 999999) */
+static inline int64_t floor_ms(int64_t ns, int64_t *rest)
 {
-	int64_t ns, d, q;
+	int64_t q = ns / 1000000, r = ns % 1000000;
+
+	if (r < 0) {
+		r += 1000000;
+		q -= 1;
+	}
+	*rest = r;
+	return q;
+}
+
+/* a base time as floor_ms() splits it, once per call */
+struct ms_base {
+	int64_t ms, rest;
+};
+
+/* floor((ns - base) / 10**6) modulo 2**32, exact for every int64 ns and base: the floored
+ * ms of each, less one where ns's rest is below base's (ns - base itself may not fit int64) */
+static inline uint32_t ms_since(const uint8_t *src, const struct ms_base *base)
+{
+	int64_t ns, rest, q;
 
 	memcpy(&ns, src, 8);
-	d = (int64_t)((uint64_t)ns - (uint64_t)base);
-	q = d / 1000000;
-	if (d % 1000000 != 0 && d < 0)
-		q -= 1;
-	return (uint32_t)(uint64_t)q;
+	q = floor_ms(ns, &rest) - base->ms;
+	return (uint32_t)(uint64_t)(q - (rest < base->rest));
 }
 
 static inline void derived_op(uint8_t *dst, const uint8_t *row, const struct fieldop *op,
-			      int64_t base)
+			      const struct ms_base *base)
 {
 	if (OP_KIND(op->kind) == OP_MS_SINCE) {
 		uint32_t v = __builtin_bswap32(ms_since(row + op->src, base));
@@ -117,7 +133,8 @@ PyDoc_STRVAR(pack_rows_doc,
 	     "numbers, in that order): for each uint32 quadruple (src, dst, len, kind) of `ops`,\n"
 	     "`len` bytes at `src` of the row to `dst` of the record, as they are (kind 0) or\n"
 	     "reversed (kind 1), or `len` zero bytes at `dst` (kind 2, `src` unused); kind 3\n"
-	     "(len 4): floor((int64 at `src` - `base`) / 10**6) mod 2**32, big-endian; kind 4\n"
+	     "(len 4): floor((int64 at `src` - `base`) / 10**6) mod 2**32 (the difference exact, not\n"
+	     "wrapped to int64), big-endian; kind 4\n"
 	     "| p << 8 (len 2): the uint16 at `src` big-endian if the byte at p is 1 or 58, else 0.\n"
 	     "Bytes of a record no op writes are left as they are. Raises ValueError (nothing\n"
 	     "written) for an op outside a row or a record, a row number out of range, or an\n"
@@ -222,11 +239,14 @@ static PyObject *pack_rows(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kwd
 		const struct fieldop *op0 = ops.buf;
 		const uint8_t *base = rec.buf;
 		uint8_t *dst = out.buf;
+		struct ms_base since;
+
+		since.ms = floor_ms(base_ns, &since.rest);
 		for (size_t r = 0; r < m; r++, dst += size) {
 			const uint8_t *row = base + (pick ? (size_t)pick[r] : r) * (size_t)stride;
 			for (size_t i = 0; i < nops; i++) {
 				if (OP_KIND(op0[i].kind) >= OP_MS_SINCE)
-					derived_op(dst + op0[i].dst, row, &op0[i], base_ns);
+					derived_op(dst + op0[i].dst, row, &op0[i], &since);
 				else
 					copy_op(dst + op0[i].dst, row + op0[i].src, &op0[i]);
 			}

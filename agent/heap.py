@@ -56,7 +56,8 @@ _state = {"pinned": False}
 _faulted: list[tuple[int, int]] = []
 #: most ranges remembered (a part's rows are one; a few blocks take turns at most)
 _FAULTED_MAX = 8
-_window = {"open": False}
+#: open :func:`reuse_parts` windows (nested ones keep the outermost's settings)
+_window = {"depth": 0}
 
 
 def _mallopt(param: int, value: int) -> bool:
@@ -85,20 +86,30 @@ def trim() -> None:
 def reuse_parts(release: bool = True) -> Iterator[None]:
     """Inside: a forced scan's parts reuse heap blocks (see the module's docstring).
 
+    Reentrant: a window opened inside another changes nothing and closes nothing (the
+    outermost one restores the settings, with its ``release``).
+
     :param release: trim the free heap afterwards; ``False`` when the process exits next
         (the stop), where trimming would only cost CPU.
     """
     if not _state["pinned"]:
         yield
         return
+    if _window["depth"]:  # nested: the outer window keeps the settings and the ranges
+        _window["depth"] += 1
+        try:
+            yield
+        finally:
+            _window["depth"] -= 1
+        return
     _mallopt(M_TRIM_THRESHOLD, PART_TRIM_THRESHOLD)
     _mallopt(M_MMAP_THRESHOLD, PART_MMAP_THRESHOLD)
     _faulted.clear()
-    _window["open"] = True
+    _window["depth"] = 1
     try:
         yield
     finally:
-        _window["open"] = False
+        _window["depth"] = 0
         _faulted.clear()
         _mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
         _mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
@@ -109,13 +120,13 @@ def reuse_parts(release: bool = True) -> Iterator[None]:
 def faulted_in(start: int, end: int) -> bool:
     """Whether the pages of ``[start, end)`` were faulted in earlier in this
     :func:`reuse_parts` window (always ``False`` outside one)."""
-    return _window["open"] and any(a <= start and end <= b for a, b in _faulted)
+    return _window["depth"] > 0 and any(a <= start and end <= b for a, b in _faulted)
 
 
 def note_faulted_in(start: int, end: int) -> None:
     """Remember that ``[start, end)`` is faulted in, for the rest of this :func:`reuse_parts`
     window (nothing outside one: there a part's rows are a fresh mapping each time)."""
-    if _window["open"]:
+    if _window["depth"]:
         if len(_faulted) >= _FAULTED_MAX:
             del _faulted[0]
         _faulted.append((start, end))

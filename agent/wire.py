@@ -180,15 +180,32 @@ def template_dtype(fields: Sequence[tuple[int, int]],
 
 @dataclass(frozen=True, slots=True)
 class UptimeMs:
-    """A 4-byte field of the milliseconds from ``pack_template``'s ``base_ns`` to the int64
-    ns column ``column``, rounded down, modulo 2**32 (sysUpTime ms of a wall-clock time:
-    NetFlow v9's FIRST/LAST_SWITCHED)."""
+    """A 4-byte field of the milliseconds from ``pack_template``'s ``base_ns`` (an int64) to
+    the ns column ``column``, rounded down, modulo 2**32 (sysUpTime ms of a wall-clock time:
+    NetFlow v9's FIRST/LAST_SWITCHED): ``floor((ns - base_ns) / 10**6) mod 2**32``, exact
+    for every int64 ``ns`` and ``base_ns`` (their difference is not wrapped to int64).
+
+    The column is int64 (written in C), or another integer type whose values are taken as
+    int64 (NumPy; a uint64 above 2**63 - 1 wraps as its bytes read as int64 would).
+    """
 
     column: str
 
     def values(self, flows: np.ndarray, base_ns: int) -> np.ndarray:
-        """The field's values for every row of ``flows`` (NumPy: the C op's reference)."""
-        return ((flows[self.column] - base_ns) // 1_000_000) & 0xFFFFFFFF
+        """The field's values for every row of ``flows`` (NumPy: the C op's reference).
+
+        :raise TypeError: the column does not hold integers.
+        """
+        column = flows[self.column]
+        if column.dtype.kind not in "iu":
+            raise TypeError(f"UptimeMs: column {self.column!r} holds {column.dtype},"
+                            " not integer ns")
+        ns = column.astype(np.int64)
+        base_ms, base_rest = divmod(np.int64(base_ns), np.int64(1_000_000))
+        # floored ms of each, less one where ns's sub-ms rest is below base's: no int64
+        # difference that could wrap (the C op's arithmetic)
+        ms = ns // 1_000_000 - base_ms - (ns % 1_000_000 < base_rest)
+        return ms & 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,16 +247,20 @@ def pack_template(flows: np.ndarray, fields: Sequence[tuple[int, int]],
         (not bools) from 0 to ``len(flows) - 1``.
     :param derived: IE id -> a field computed from its row (:class:`UptimeMs`,
         :class:`IcmpTypeCode`), written in the same pass as the plain fields (C), or by
-        NumPy where they take the cast; the bytes are the same either way.
+        NumPy where they take the cast; the bytes are the same either way. IEs that are
+        not in ``fields`` (or that ``special`` has) are ignored, so one mapping serves
+        every template of a format.
     :param base_ns: the base of the :class:`UptimeMs` fields.
     :raise ValueError: a row number that is not one of ``flows``' rows, or not an integer.
     """
     fields = tuple((ie, length) for ie, length in fields)  # a plugin's [ie, length] lists too
     dtype = _template_dtype(fields, tuple(extra))
     special = special or {}
-    computed = tuple((ie, d) for ie, d in (derived or {}).items() if ie not in special)
+    present = {ie for ie, _ in fields}  # derived IEs the template lacks: ignored, as special's
+    computed = tuple((ie, d) for ie, d in (derived or {}).items()
+                     if ie in present and ie not in special)
     plain = tuple((ie, length) for ie, length in fields
-                  if ie not in special and ie not in (derived or {}))
+                  if ie not in special and ie not in dict(computed))
     ops = (_pack_ops(flows.dtype, plain, dtype, computed) if flows.flags.c_contiguous
            else None)
     if rows is not None:

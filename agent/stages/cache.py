@@ -186,9 +186,9 @@ def _populated(out: np.ndarray) -> np.ndarray:
         end = -(-(out.ctypes.data + out.nbytes) // mmap.PAGESIZE) * mmap.PAGESIZE
         if heap.faulted_in(start, end):
             return out
-        libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start),
-                       _MADV_POPULATE_WRITE)
-        heap.note_faulted_in(start, end)
+        if libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start),
+                          _MADV_POPULATE_WRITE) == 0:  # refused: not known to be in
+            heap.note_faulted_in(start, end)
     return out
 
 

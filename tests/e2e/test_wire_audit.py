@@ -9,8 +9,10 @@ error and list the ground truth. Every packet must pass :class:`tests.support.wi
 lengths, padding, templates before data and refreshed on time, v5 engine fields) and
 :func:`tests.support.exportclock.assert_export_clock`; the flows decoded from each stream
 must be the ground truth (packets, bytes, TCP flags, ToS, ports, protocol, IPv4 and IPv6;
-v5 IPv4 only), each packet exactly once; tshark and the PyPI ``netflow`` package decode
-every packet and agree.
+v5 IPv4 only), each packet exactly once, and v9's FIRST/LAST_SWITCHED, read as a collector
+reads them, the first and last packet times of the capture (to the ms), and its ICMP_TYPE
+the packets' type and code; tshark and the PyPI ``netflow`` package decode every packet and
+agree.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def _specs() -> list[FlowSpec]:
         kind = ("tcp", "udp", "icmpv6" if v6 else "icmp")[i % 3]
         out.append(FlowSpec(kind, src, dst, 30000 + i, 80 if kind == "tcp" else 53,
                             packets=3 + i % 4, payload=40 + 30 * i, tos=(i * 8) & 0xFC,
+                            icmp_type=128 if v6 else 8, icmp_code=i % 5,
                             start_ns=start, gap_ns=20 * MS))
     for n, src in enumerate(("10.3.0.1", "fd00:3::1")):
         out.append(FlowSpec("udp", src, "10.3.0.2" if n == 0 else "fd00:3::2", 5000, 5001,
@@ -114,6 +117,33 @@ def _decoded_rows(records: list[Record]) -> dict[tuple, tuple[int, int, int]]:
         p, b, f = out.get(key, (0, 0, 0))
         out[key] = (p + v[2], b + v[1], f | v.get(6, 0))
     return out
+
+
+def _assert_v9_times_and_icmp(audit: WireAudit, specs: list[FlowSpec]) -> None:
+    """Each flow's v9 records, read as a collector reads them: the earliest FIRST_SWITCHED
+    and the latest LAST_SWITCHED, as ``unix_secs * 1000 - (sysUpTime - t)`` ms, are its
+    first and last packet's capture times in ms (rounded down), and ICMP_TYPE is
+    ``type * 256 + code`` for ICMP and ICMPv6 flows."""
+    spans: dict[str, tuple[int, int]] = {}
+    for r in audit.flows():
+        v = r.values
+        src = ip_text(v.get(8, v.get(27)))
+        at = [r.export_time * 1000 - (audit.uptimes[r.packet] - v[t]) % 2**32 for t in (22, 21)]
+        old = spans.get(src, at)
+        spans[src] = (min(old[0], at[0]), max(old[1], at[1]))
+        spec = next(s for s in specs if s.src == src)
+        if spec.proto in ("icmp", "icmpv6"):
+            assert v[32] == spec.icmp_type * 256 + spec.icmp_code, (src, v[32])
+    want = {s.src: ((s.start_ns or 0) // MS, ((s.start_ns or 0) + (s.packets - 1) * s.gap_ns)
+                    // MS) for s in specs}
+    assert spans.keys() == want.keys()
+    for src, (first, last) in spans.items():
+        # the header has whole seconds (its time is rounded up to one) and sysUpTime and the
+        # times are each floor((t - boot) / 1 ms): a boot time between two ms makes the read
+        # time up to 1 ms late; rounding them as floor(t / 1 ms) - floor(boot / 1 ms) (v5/v9
+        # from another branch) makes it exact: 1 ms either way is allowed
+        assert abs(first - want[src][0]) <= 1 and abs(last - want[src][1]) <= 1, \
+            (src, (first, last), want[src])
 
 
 def _tos(records: list[Record]) -> dict[tuple, set[int]]:
@@ -192,6 +222,7 @@ def test_every_packet_of_v5_v9_ipfix_across_reloads_and_shutdown(tmp_path, captu
     # above), IPFIX starts a new transport session (sequence from 0)
     assert [len(peers[n]) for n in ("v5", "v9", "ipfix")] == [1, 2, 2]
     assert len(audits["ipfix"].streams) == 2 and len(audits["v9"].streams) == 1
+    _assert_v9_times_and_icmp(audits["v9"], specs)
     assert "Sequence Errors: 0" in v9_collector.log, v9_collector.log
     want9 = {k[:5]: v[:2] for k, v in _truth_rows(truth, v4_only=False).items()}
     assert flow_table(nfdump_flows(v9_collector.dir)) == want9

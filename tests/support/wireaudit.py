@@ -116,6 +116,8 @@ class WireAudit:
         self.problems: list[str] = []
         self.packets = 0
         self.withdrawals: list[tuple[int, int]] = []  # (domain, template id), TCP/file
+        #: v5/v9: each packet's header sysUpTime (ms), by :attr:`Record.packet`
+        self.uptimes: dict[int, int] = {}
 
     # --- entry points ----------------------------------------------------------------------
 
@@ -175,6 +177,7 @@ class WireAudit:
         stream = self._stream(peer, 5, etype << 8 | eid)  # both engine fields: the stream
         self._sequence(stream, seq, label, "v5 flow_sequence")
         self._clock(stream, (secs * 10**9 + nsecs, uptime), label, "v5")
+        self.uptimes[self.packets] = uptime
         stream.next_sequence = (seq + count) & 0xFFFFFFFF
         stream.packets += 1
         for i in range(count):
@@ -191,6 +194,7 @@ class WireAudit:
         stream = self._stream(peer, 9, source)
         self._sequence(stream, seq, label, "v9 sequence")
         self._clock(stream, (secs, uptime), label, "v9")
+        self.uptimes[self.packets] = uptime
         stream.next_sequence = (seq + 1) & 0xFFFFFFFF
         index = stream.packets
         stream.packets += 1

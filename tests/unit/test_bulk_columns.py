@@ -137,16 +137,22 @@ def test_narrow_unsigned_column_packs_in_c_as_the_cast_extends_it():
             is None
 
 
+def _uptime_ms(ns, boot_ns) -> np.ndarray:
+    """sysUpTime ms of each ``ns``, in Python integers (no int64 arithmetic to wrap)."""
+    return np.array([((int(v) - boot_ns) // 10**6) % 2**32 for v in ns], np.uint32)
+
+
 def _old_pack_flows(flows, tpl, boot_ns, rows):
-    """v9's pack_flows as it was before its times and ICMP type were computed in C: NumPy
-    gathers each column at the rows and converts it (the reference bytes)."""
+    """v9's pack_flows as it was before its times and ICMP type were computed in C: each
+    column gathered at the rows and converted, the times in Python integers (the reference
+    bytes)."""
     def column(name):
         return flows[name] if rows is None else flows[name][rows]
 
     protocol = column("protocol")
     special = {
-        22: lambda n: ((column("start_ns") - boot_ns) // 1_000_000) & 0xFFFFFFFF,
-        21: lambda n: ((column("end_ns") - boot_ns) // 1_000_000) & 0xFFFFFFFF,
+        22: lambda n: _uptime_ms(column("start_ns"), boot_ns),
+        21: lambda n: _uptime_ms(column("end_ns"), boot_ns),
         32: lambda n: np.where((protocol == 1) | (protocol == 58), column("dst_port"), 0),
     }
     base = tpl.fields[:len(tpl.fields) - len(tpl.extra)]
@@ -156,8 +162,9 @@ def _old_pack_flows(flows, tpl, boot_ns, rows):
 @pytest.mark.parametrize("options", [FlowOptions(), L2])
 def test_v9_times_and_icmp_type_computed_in_c_are_numpys_bytes(options):
     """v9's FIRST/LAST_SWITCHED (ms since boot, rounded down, modulo 2**32: times before
-    boot, at 0 and ~2**62 ns included) and ICMP_TYPE (the port for ICMP and ICMPv6 only),
-    computed in the C pass, are the bytes NumPy's gathers and arithmetic gave, for every
+    boot, at 0, ~2**62 ns and int64's ends, where ns - boot leaves int64, included) and
+    ICMP_TYPE (the port for ICMP and ICMPv6 only), computed in the C pass, are the bytes
+    Python integers and NumPy's gathers give, for every
     flow template, with and without rows, with the L2 fields (then from the rows' copy) and
     with the C pass refused (NumPy computes them)."""
     with active_schema(options) as schema:
@@ -168,6 +175,9 @@ def test_v9_times_and_icmp_type_computed_in_c_are_numpys_bytes(options):
         flows["start_ns"] = boot + rng.integers(-10**13, 10**13, n)
         flows["end_ns"] = rng.integers(-2**62, 2**62, n)
         flows["start_ns"][:4] = [0, boot, boot - 1, boot + 999_999]
+        int64 = np.iinfo(np.int64)
+        flows["start_ns"][4:6] = flows["end_ns"][6:8] = [int64.min, int64.max]
+        flows["end_ns"][4:6] = [int64.min + 999_999, int64.max - 999_999]
         flows["protocol"] = rng.choice([1, 6, 17, 58, 0, 255], n)
         flows["dst_port"] = rng.integers(0, 2**16, n)
         rows = rng.permutation(n)[:230]
@@ -176,26 +186,53 @@ def test_v9_times_and_icmp_type_computed_in_c_are_numpys_bytes(options):
             assert wire._pack_ops(flows.dtype, tuple(f for f in base if f[0] not in (22, 21, 32)),
                                   wire.template_dtype(base, tpl.extra),
                                   tuple(v9._DERIVED.items())) is not None
-            for r in (rows, None):
+            for r in (np.concatenate([rows, np.arange(8)]), None):
                 new = v9.pack_flows(flows, tpl, boot, r).data
                 assert new == _old_pack_flows(flows, tpl, boot, r).data, (tpl.id, r is None)
                 with mock.patch.object(wire, "_pack_ops", return_value=None):
                     assert v9.pack_flows(flows, tpl, boot, r).data == new
 
 
-def test_derived_fields_of_other_column_types_take_numpy():
+@pytest.mark.parametrize("dtype", ["<u4", "<u8", "<i4", ">i8"])
+def test_derived_fields_of_other_column_types_take_numpy(dtype):
     """An UptimeMs of a column that is not native int64, or an IcmpTypeCode whose port is
-    not a native uint16, gets no C op: NumPy computes it, with the same formula."""
-    flows = np.zeros(3, [("start_ns", "<u4"), ("dst_port", "<u4"), ("protocol", "u1")])
+    not a native uint16, gets no C op: NumPy computes it, the ms rounded down from the
+    column's integer values (before the base: 2**32 - 1 for the ms just before it), as the
+    C op would from the same int64s."""
+    flows = np.zeros(3, [("start_ns", dtype), ("dst_port", "<u4"), ("protocol", "u1")])
     out = wire.template_dtype(((22, 4), (32, 2)))
     assert wire._derived_ops(flows.dtype, ((22, wire.UptimeMs("start_ns")),), out) is None
     assert wire._derived_ops(flows.dtype, ((32, wire.IcmpTypeCode()),), out) is None
     flows["start_ns"], flows["dst_port"], flows["protocol"] = [5_000_000, 0, 7], 0x0302, 1
-    packed = pack_template(flows, ((22, 4), (32, 2)), derived={
-        22: wire.UptimeMs("start_ns"), 32: wire.IcmpTypeCode()}, base_ns=1_000_000).data
-    times = ((flows["start_ns"] - 1_000_000) // 1_000_000) & 0xFFFFFFFF  # uint32 wraps
-    assert times.tolist() == [4] + [(2**32 - 1_000_000 + 7 * k) // 1_000_000 for k in (0, 1)]
-    assert packed == b"".join(int(v).to_bytes(4, "big") + b"\x03\x02" for v in times)
+    derived = {22: wire.UptimeMs("start_ns"), 32: wire.IcmpTypeCode()}
+    for base in (1_000_000, 1_700_000_000_000_000_000, -(2**63)):
+        packed = pack_template(flows, ((22, 4), (32, 2)), derived=derived, base_ns=base).data
+        times = [((v - base) // 10**6) % 2**32 for v in (5_000_000, 0, 7)]
+        assert packed == b"".join(v.to_bytes(4, "big") + b"\x03\x02" for v in times), base
+        as_int64 = flows.astype([("start_ns", "<i8"), ("dst_port", "<u4"), ("protocol", "u1")])
+        assert pack_template(as_int64, ((22, 4),), derived=derived, base_ns=base).data \
+            == b"".join(v.to_bytes(4, "big") for v in times)
+    assert pack_template(flows, ((22, 4),), derived=derived, base_ns=1_000_000).data[4:8] \
+        == b"\xff\xff\xff\xff"  # -1 ms
+
+
+def test_uptime_ms_of_a_column_that_is_not_integers_is_refused():
+    flows = np.zeros(2, [("start_ns", "<f8")])
+    with pytest.raises(TypeError, match="'start_ns' holds float64, not integer ns"):
+        pack_template(flows, ((22, 4),), derived={22: wire.UptimeMs("start_ns")})
+
+
+def test_derived_fields_the_template_lacks_are_ignored():
+    """One derived mapping serves every template (v9's): an IE the template does not have
+    is ignored, as ``special``'s are, and the others still take the C pass."""
+    flows = np.zeros(2, [("start_ns", "<i8"), ("dst_port", "<u2"), ("protocol", "u1")])
+    flows["dst_port"], flows["protocol"] = 0x0800, [1, 6]
+    derived = {22: wire.UptimeMs("start_ns"), 21: wire.UptimeMs("end_ns"),
+               32: wire.IcmpTypeCode()}
+    with mock.patch.object(wire._wirepack, "pack_rows", wraps=wire._wirepack.pack_rows) as c:
+        packed = pack_template(flows, ((32, 2),), derived=derived, base_ns=10**6).data
+    assert packed == b"\x08\x00\x00\x00" and c.call_count == 1
+    assert pack_template(flows, ((22, 4),), derived=derived, base_ns=0).data == bytes(8)
 
 
 @pytest.mark.parametrize("rows", [[0, -1], [True, False], [0, 20], [0.0]])
