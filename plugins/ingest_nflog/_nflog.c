@@ -1647,10 +1647,13 @@ static void read_one(Aggregator *self, const uint8_t *buf, size_t n, int64_t rec
 }
 
 /* Read datagrams from fd into the table until none waits or a bound (GIL released): up to
- * RECV_BATCH per recvmmsg() (one system call where recv() took one per datagram, and none
- * more to find the socket empty when fewer came), each into its own rbuf_len bytes of rbuf,
- * then walked in arrival order. The bytes bound is checked after each call, so a round may
- * read up to RECV_BATCH - 1 datagrams past it. */
+ * RECV_BATCH per recvmmsg() (one system call where recv() took one per datagram), each into
+ * its own rbuf_len bytes of rbuf, then walked in arrival order. A round whose first call
+ * came back short (a low rate: fewer waited) takes no call more to find the socket empty;
+ * a round that read RECV_BATCH or more does (one call more after two or more), as a short batch
+ * may also mean recvmmsg() met an error after its first datagram and left it for the next
+ * call. The bytes bound is checked after each call, so a round may read up to
+ * RECV_BATCH - 1 datagrams past it. */
 static void read_socket(Aggregator *self, int fd, size_t max_datagrams, size_t max_bytes,
 			struct read_counts *rc)
 {
@@ -1688,9 +1691,13 @@ static void read_socket(Aggregator *self, int fd, size_t max_datagrams, size_t m
 			read_one(self, iov[i].iov_base, msgs[i].msg_len, recv_ns, rc);
 		if (rc->bytes >= max_bytes || self->nomem)
 			break;
-		if ((unsigned int)got < vlen) /* the socket is empty (or an error waits: the next
-					       * round's first call reports it) */
-			return;
+		if ((unsigned int)got < vlen && rc->datagrams < RECV_BATCH)
+			return; /* empty, or the next round's first call reports the error */
+		/* a short batch after a full one: the socket is empty, or an error (ENOBUFS on
+		 * overrun) cut the batch and waits in sk_err. Netlink drops every new kernel
+		 * batch while it is congested, until the reader empties the queue, so a busy
+		 * round reads on: the next call finds it empty (EAGAIN), reports the error
+		 * (counted once, above) and drains on, or receives more. */
 	}
 	rc->full = 1;
 }
@@ -1700,8 +1707,10 @@ PyDoc_STRVAR(read_doc,
 	     "                                              cut, errno, full)\n\n"
 	     "Receive the datagrams waiting on the non-blocking NFLOG socket fd into the flow\n"
 	     "table (as feed() each, with its receive time), with the GIL released, into\n"
-	     "buffers of bufsize bytes per datagram reused from call to call (up to 8 datagrams\n"
-	     "per system call); stops when none is waiting, after max_datagrams, or once\n"
+	     "buffers of bufsize bytes per datagram, 8 of them, reused from call\n"
+	     "to call (up to 8 datagrams per system call; a call that read 8 or more makes one\n"
+	     "more to tell an empty socket from an error that cut its last batch short); stops\n"
+	     "when none is waiting, after max_datagrams, or once\n"
 	     "max_bytes were read (full = 1: more may be waiting; up to 7 datagrams past it).\n"
 	     "enobufs: ENOBUFS reads (the kernel's loss shows as sequence gaps); cut: datagrams\n"
 	     "longer than the buffer; errno: the error that ended the read (0: none).");
