@@ -118,6 +118,8 @@
 #define TS_SEC_MAX (INT64_MAX / 1000000000LL)
 /* datagrams read per recvmmsg() call (read_socket) */
 #define RECV_BATCH 8
+/* the CPU's cache line (x86-64, arm64): prefetch_flow() touches each line of a flow */
+#define CACHE_LINE 64
 /* hashed mode: packets parsed, hashed and their slot's line prefetched before any of them is
  * summed (the slots and a table of 8,192 flows outgrow the 512 KiB L2: one miss per packet
  * on the slot, one or two on the flow, each waited for in turn); the flow of the packet
@@ -499,10 +501,14 @@ static inline void prefetch_flow(const Aggregator *self, uint64_t h)
 		return;
 	at = self->slots[h & (self->slots_cap - 1)];
 	if (at) {
-		const char *line = (const char *)&self->flows[at - 1];
+		uintptr_t start = (uintptr_t)&self->flows[at - 1];
+		uintptr_t last = start + sizeof(struct flow) - 1;
 
-		__builtin_prefetch(line, 1);
-		__builtin_prefetch(line + sizeof(struct flow) - 1, 1);
+		/* a 120-byte flow spans up to three lines: the middle one holds the key's tail
+		 * and key_len, which the compare reads */
+		for (uintptr_t line = start & ~(uintptr_t)(CACHE_LINE - 1); line <= last;
+		     line += CACHE_LINE)
+			__builtin_prefetch((const void *)line, 1);
 	}
 }
 
