@@ -299,6 +299,15 @@ def test_reading_a_socket_is_feeding_its_datagrams(
     assert bad.errno == errno.ENOTSOCK and bad.datagrams == 0
     with pytest.raises(ValueError):
         agg.read(0, 0, 1, 65536)
+    # the receive buffer holds 8 datagrams of bufsize: bounded (4 MiB each, 32 MiB in all),
+    # a larger one is refused before anything is allocated, as in serve()
+    writer.send(DATAGRAMS[0])
+    largest = decoders.ReadResult(*agg.read(reader.fileno(), 10, 1 << 20, 4 << 20))
+    assert (largest.datagrams, largest.errno) == (1, 0)
+    for call in (lambda: agg.read(reader.fileno(), 10, 1 << 20, (4 << 20) + 1),
+                 lambda: agg.serve(reader.fileno(), 0, 0, 0, 1, 1, 1, (4 << 20) + 1)):
+        with pytest.raises(ValueError, match="bufsize <= 4 MiB"):
+            call()
 
 
 _RECV_COUNT_SCRIPT = """
