@@ -18,7 +18,8 @@ VENV="${VENV:-.venv}"
 # agent and its privileged tests (iproute2 iptables nftables conntrack procps), reference
 # collectors and exporters (tshark nfdump softflowd pmacct fprobe: bench/compare; tshark
 # brings wireshark-common's editcap and mergecap, tests/e2e/test_pcap_differential.py), traffic
-# and capture tools; the Debian package build (debhelper dh-virtualenv python3.11-venv,
+# and capture tools, strace (tests/ingest_nflog/test_c_decoder.py counts the reader's system
+# calls); the Debian package build (debhelper dh-virtualenv python3.11-venv,
 # scripts/build-deb) and its tests (systemd for systemd-analyze, man-db, python3-apt for
 # the Ansible role's apt module).
 APT_PACKAGES=(
@@ -26,7 +27,7 @@ APT_PACKAGES=(
   python3 python3-dev python3-venv
   iproute2 iptables nftables conntrack procps
   tshark nfdump softflowd pmacct fprobe
-  iputils-ping netcat-openbsd socat ethtool tcpdump
+  iputils-ping netcat-openbsd socat ethtool tcpdump strace
   git ca-certificates
   tmux prometheus
   debhelper dh-virtualenv python3.11-dev python3.11-venv systemd man-db python3-apt

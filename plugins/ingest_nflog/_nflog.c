@@ -110,7 +110,8 @@
  * hash, no probe: the cache sums them); the cycle after is hashed again to see whether
  * summing pays again. So only a cycle that filled the table with distinct flows decides,
  * never a single read round however large (64 datagrams of qthreshold packets, up to
- * 1 MiB), such as the first of a flood after an idle reader, whose packets are each flow's
+ * 1 MiB and up to RECV_BATCH - 1 datagrams more: the rest of the recvmmsg() that crossed
+ * it), such as the first of a flood after an idle reader, whose packets are each flow's
  * first even where the flows then repeat (W1). */
 #define APPEND_SUMMED 16
 #define APPEND_CYCLES 15
@@ -118,6 +119,12 @@
 #define TS_SEC_MAX (INT64_MAX / 1000000000LL)
 /* datagrams read per recvmmsg() call (read_socket) */
 #define RECV_BATCH 8
+/* the largest receive buffer (RECV_BATCH datagrams of read()/serve()'s bufsize): 32 MiB,
+ * 4 MiB a datagram (a netlink datagram is at most nlbufsiz, 128 KiB, or one packet) */
+#define RBUF_MAX ((size_t)32 << 20)
+#define BUFSIZE_MAX ((Py_ssize_t)(RBUF_MAX / RECV_BATCH))
+/* the CPU's cache line (x86-64, arm64): prefetch_flow() touches each line of a flow */
+#define CACHE_LINE 64
 /* hashed mode: packets parsed, hashed and their slot's line prefetched before any of them is
  * summed (the slots and a table of 8,192 flows outgrow the 512 KiB L2: one miss per packet
  * on the slot, one or two on the flow, each waited for in turn); the flow of the packet
@@ -499,10 +506,14 @@ static inline void prefetch_flow(const Aggregator *self, uint64_t h)
 		return;
 	at = self->slots[h & (self->slots_cap - 1)];
 	if (at) {
-		const char *line = (const char *)&self->flows[at - 1];
+		uintptr_t start = (uintptr_t)&self->flows[at - 1];
+		uintptr_t last = start + sizeof(struct flow) - 1;
 
-		__builtin_prefetch(line, 1);
-		__builtin_prefetch(line + sizeof(struct flow) - 1, 1);
+		/* a 120-byte flow spans up to three lines: the middle one holds the key's tail
+		 * and key_len, which the compare reads */
+		for (uintptr_t line = start & ~(uintptr_t)(CACHE_LINE - 1); line <= last;
+		     line += CACHE_LINE)
+			__builtin_prefetch((const void *)line, 1);
 	}
 }
 
@@ -1647,10 +1658,13 @@ static void read_one(Aggregator *self, const uint8_t *buf, size_t n, int64_t rec
 }
 
 /* Read datagrams from fd into the table until none waits or a bound (GIL released): up to
- * RECV_BATCH per recvmmsg() (one system call where recv() took one per datagram, and none
- * more to find the socket empty when fewer came), each into its own rbuf_len bytes of rbuf,
- * then walked in arrival order. The bytes bound is checked after each call, so a round may
- * read up to RECV_BATCH - 1 datagrams past it. */
+ * RECV_BATCH per recvmmsg() (one system call where recv() took one per datagram), each into
+ * its own rbuf_len bytes of rbuf, then walked in arrival order. A round whose first call
+ * came back short (a low rate: fewer waited) takes no call more to find the socket empty;
+ * a round that read RECV_BATCH or more does (one call more after two or more), as a short batch
+ * may also mean recvmmsg() met an error after its first datagram and left it for the next
+ * call. The bytes bound is checked after each call, so a round may read up to
+ * RECV_BATCH - 1 datagrams past it. */
 static void read_socket(Aggregator *self, int fd, size_t max_datagrams, size_t max_bytes,
 			struct read_counts *rc)
 {
@@ -1688,9 +1702,13 @@ static void read_socket(Aggregator *self, int fd, size_t max_datagrams, size_t m
 			read_one(self, iov[i].iov_base, msgs[i].msg_len, recv_ns, rc);
 		if (rc->bytes >= max_bytes || self->nomem)
 			break;
-		if ((unsigned int)got < vlen) /* the socket is empty (or an error waits: the next
-					       * round's first call reports it) */
-			return;
+		if ((unsigned int)got < vlen && rc->datagrams < RECV_BATCH)
+			return; /* empty, or the next round's first call reports the error */
+		/* a short batch after a full one: the socket is empty, or an error (ENOBUFS on
+		 * overrun) cut the batch and waits in sk_err. Netlink drops every new kernel
+		 * batch while it is congested, until the reader empties the queue, so a busy
+		 * round reads on: the next call finds it empty (EAGAIN), reports the error
+		 * (counted once, above) and drains on, or receives more. */
 	}
 	rc->full = 1;
 }
@@ -1700,20 +1718,25 @@ PyDoc_STRVAR(read_doc,
 	     "                                              cut, errno, full)\n\n"
 	     "Receive the datagrams waiting on the non-blocking NFLOG socket fd into the flow\n"
 	     "table (as feed() each, with its receive time), with the GIL released, into\n"
-	     "buffers of bufsize bytes per datagram reused from call to call (up to 8 datagrams\n"
-	     "per system call); stops when none is waiting, after max_datagrams, or once\n"
+	     "buffers of bufsize (4096 to 4 MiB) bytes per datagram, 8 of them, reused from call\n"
+	     "to call (up to 8 datagrams per system call; a call that read 8 or more makes one\n"
+	     "more to tell an empty socket from an error that cut its last batch short); stops\n"
+	     "when none is waiting, after max_datagrams, or once\n"
 	     "max_bytes were read (full = 1: more may be waiting; up to 7 datagrams past it).\n"
 	     "enobufs: ENOBUFS reads (the kernel's loss shows as sequence gaps); cut: datagrams\n"
 	     "longer than the buffer; errno: the error that ended the read (0: none).");
 
 /* The receive buffer: RECV_BATCH datagrams of `size` bytes each (kept from call to call;
- * pages no datagram reached are never touched). 0, or -1 without memory. */
+ * pages no datagram reached are never touched; at most RBUF_MAX in all). 0, or -1 without
+ * memory (also for a size past the bound). */
 static int reserve_rbuf(Aggregator *self, size_t size)
 {
 	uint8_t *buf;
 
 	if (size == self->rbuf_len)
 		return 0;
+	if (size > RBUF_MAX / RECV_BATCH)
+		return -1;
 	buf = PyMem_RawRealloc(self->rbuf, size * RECV_BATCH);
 	if (!buf)
 		return -1;
@@ -1731,9 +1754,10 @@ static PyObject *Aggregator_read(Aggregator *self, PyObject *args)
 
 	if (!PyArg_ParseTuple(args, "innn:read", &fd, &max_datagrams, &max_bytes, &bufsize))
 		return NULL;
-	if (fd < 0 || max_datagrams < 1 || max_bytes < 1 || bufsize < 4096) {
+	if (fd < 0 || max_datagrams < 1 || max_bytes < 1 || bufsize < 4096 ||
+	    bufsize > BUFSIZE_MAX) {
 		PyErr_SetString(PyExc_ValueError, "fd >= 0, max_datagrams and max_bytes >= 1, "
-				"bufsize >= 4096");
+				"4096 <= bufsize <= 4 MiB");
 		return NULL;
 	}
 	if (enter(self) < 0) /* before the buffer changes: another thread may be reading */
@@ -1898,10 +1922,10 @@ static PyObject *Aggregator_serve(Aggregator *self, PyObject *args)
 			      &hold, &max_datagrams, &max_bytes, &bufsize, &euid))
 		return NULL;
 	if (fd < 0 || hold < 1 || max_datagrams < 1 || max_bytes < 1 || bufsize < 4096 ||
-	    !(timeout_ms >= 0 && timeout_ms <= 3.6e6) || !(due_ms <= 3.6e6) ||
-	    !(pause_ms >= 0 && pause_ms <= 3.6e6)) {
+	    bufsize > BUFSIZE_MAX || !(timeout_ms >= 0 && timeout_ms <= 3.6e6) ||
+	    !(due_ms <= 3.6e6) || !(pause_ms >= 0 && pause_ms <= 3.6e6)) {
 		PyErr_SetString(PyExc_ValueError, "fd >= 0, hold, max_datagrams and max_bytes >= 1, "
-				"bufsize >= 4096, 0 <= timeout_ms and pause_ms <= 3600000, "
+				"4096 <= bufsize <= 4 MiB, 0 <= timeout_ms and pause_ms <= 3600000, "
 				"due_ms <= 3600000");
 		return NULL;
 	}

@@ -70,8 +70,9 @@ class GroupReader:
     """Reads one group's socket on its own thread and emits the sums as batches.
 
     The socket is non-blocking; the thread waits in ``poll()``, then reads every datagram
-    already queued (up to :data:`_DRAIN_DATAGRAMS` / :data:`_DRAIN_BYTES` per round) into the
-    decoder, then, when that emptied the socket, sleeps ``coalesce_ms`` (after handing on
+    already queued (up to :data:`_DRAIN_DATAGRAMS` per round, and :data:`_DRAIN_BYTES` plus
+    up to 7 datagrams: the C decoder checks the bytes after each ``recvmmsg()`` of up to 8)
+    into the decoder, then, when that emptied the socket, sleeps ``coalesce_ms`` (after handing on
     sums that are due), and again. The C decoder's sums are emitted once
     ``batch_ms`` passed (or :data:`_HOLD_FLOWS` rows are held, or the socket is idle), so
     the per-batch Python work, and the cache's per-row work, are shared by many kernel
