@@ -23,13 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("scapy")
-
-from scapy.contrib.geneve import GENEVE, GeneveOptions  # noqa: E402
-from scapy.contrib.mpls import MPLS  # noqa: E402
-from scapy.layers.inet import GRE, ICMP, IP, TCP, UDP, IPOption_RR, fragment  # noqa: E402
-from scapy.layers.inet6 import (  # noqa: E402
+from scapy.contrib.geneve import GENEVE, GeneveOptions
+from scapy.contrib.mpls import MPLS
+from scapy.layers.inet import GRE, ICMP, IP, TCP, UDP, IPOption_RR, fragment
+from scapy.layers.inet6 import (
     MIP6MH_BU,
     ICMPv6DestUnreach,
     ICMPv6EchoReply,
@@ -43,17 +40,17 @@ from scapy.layers.inet6 import (  # noqa: E402
     IPv6ExtHdrRouting,
     fragment6,
 )
-from scapy.layers.ipsec import AH  # noqa: E402
-from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether  # noqa: E402
-from scapy.layers.ppp import PPP, PPPoE  # noqa: E402
-from scapy.layers.sctp import SCTP, SCTPChunkInit  # noqa: E402
-from scapy.layers.vxlan import VXLAN  # noqa: E402
-from scapy.packet import Packet, Raw  # noqa: E402
-from scapy.utils import PcapNgWriter, PcapWriter  # noqa: E402
+from scapy.layers.ipsec import AH
+from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether
+from scapy.layers.ppp import PPP, PPPoE
+from scapy.layers.sctp import SCTP, SCTPChunkInit
+from scapy.layers.vxlan import VXLAN
+from scapy.packet import Packet, Raw
+from scapy.utils import PcapNgWriter, PcapWriter
 
-from netflow_agent.testing import build_agent, collecting_plugin_module  # noqa: E402
-from tests.support import require_tool  # noqa: E402
-from tests.support.tshark_truth import FlowKey, Truth, tshark_flows  # noqa: E402
+from netflow_agent.testing import build_agent, collecting_plugin_module
+from tests.support import require_tool
+from tests.support.tshark_truth import FlowKey, Truth, tshark_flows
 
 T0 = 1_765_000_000_123_456_789  # ns: not a whole microsecond, so precisions show
 MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
@@ -283,15 +280,17 @@ def test_classic_pcap_in_both_byte_orders_and_resolutions(tmp_path, endianness, 
     check(tmp_path, path)
 
 
-def test_modified_pcap_magic_with_24_byte_record_headers(tmp_path):
+@pytest.mark.parametrize("order", ["<", ">"], ids=["le", "be"])
+def test_modified_pcap_magic_with_24_byte_record_headers(tmp_path, order):
     """Kuznetzov's patched libpcap (magic 0xA1B2CD34, old Red Hat/SuSE tcpdump): each record
-    header has 8 more bytes (ifindex, protocol, packet type). tshark reads it; so must we."""
+    header has 8 more bytes (ifindex, protocol, packet type). tshark reads it in either byte
+    order (a big-endian host wrote the magic, and every field, big-endian); so must we."""
     frames = framed("ethernet", mixed())
-    out = struct.pack("<IHHiIII", 0xA1B2CD34, 2, 4, 0, 0, 65535, 1)
+    out = struct.pack(order + "IHHiIII", 0xA1B2CD34, 2, 4, 0, 0, 65535, 1)
     for n, (ts, frame) in enumerate(frames):
         sec, ns = divmod(ts, 10**9)
-        out += struct.pack("<IIIIIHBx", sec, ns // 1000, len(frame), len(frame), 2 + n % 2,
-                           0x0800, 0) + frame
+        out += struct.pack(order + "IIIIIHBx", sec, ns // 1000, len(frame), len(frame),
+                           2 + n % 2, 0x0800, 0) + frame
     path = tmp_path / "c.pcap"
     path.write_bytes(out)
     check(tmp_path, path)
@@ -322,23 +321,26 @@ def test_pcapng_with_interfaces_of_different_link_types(tmp_path):
     check(tmp_path, scapy_pcapng(tmp_path / "c.pcapng", frames))
 
 
-def test_pcapng_interface_timestamp_offset(tmp_path):
-    """if_tsoffset (IDB option 14) adds whole seconds to the interface's timestamps (a
-    capture whose clock counted from boot, for one): tshark applies it, the flows' first and
-    last times must too."""
-    frames = framed("ethernet", ipv4_traffic(), 86_400 * 10**9 + 123_456_789)
-    order = "<"
-    shb = _block(order, 0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
-    opts = struct.pack("<HHB3x", 9, 1, 9) + struct.pack("<HHq", 14, 8, 1_765_000_000)
-    idb = _block(order, 1, struct.pack("<HHI", 1, 0, 65535) + opts + bytes(4))
+@pytest.mark.parametrize("order", ["<", ">"], ids=["le", "be"])
+@pytest.mark.parametrize("offset", [1_765_000_000, -86_400], ids=["ahead", "behind"])
+def test_pcapng_interface_timestamp_offset(tmp_path, order, offset):
+    """if_tsoffset (IDB option 14, a signed 64-bit count of seconds in the section's byte
+    order) adds whole seconds to the interface's timestamps: a capture whose clock counted
+    from boot (positive), or one whose clock ran ahead (negative). tshark applies it, the
+    flows' first and last times must too."""
+    first_ns = 1_765_086_400_123_456_789
+    frames = framed("ethernet", ipv4_traffic(), first_ns - offset * 10**9)
+    shb = _block(order, 0x0A0D0D0A, struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1))
+    opts = struct.pack(order + "HHB3x", 9, 1, 9) + struct.pack(order + "HHq", 14, 8, offset)
+    idb = _block(order, 1, struct.pack(order + "HHI", 1, 0, 65535) + opts + bytes(4))
     out = shb + idb
     for ts, frame in frames:
-        out += _block(order, 6, struct.pack("<IIIII", 0, ts >> 32, ts & 0xFFFFFFFF,
+        out += _block(order, 6, struct.pack(order + "IIIII", 0, ts >> 32, ts & 0xFFFFFFFF,
                                             len(frame), len(frame)) + frame)
     path = tmp_path / "c.pcapng"
     path.write_bytes(out)
     truth, _ingest = check(tmp_path, path)
-    assert min(f.first_ns for f in truth.flows.values()) == 1_765_086_400_123_456_789
+    assert min(f.first_ns for f in truth.flows.values()) == first_ns
 
 
 def test_pcapng_sections_resolutions_and_simple_and_obsolete_blocks(tmp_path):
@@ -555,12 +557,15 @@ def _ms(ns: int) -> int:
 
 
 def _nfdump_ms(text: str) -> int:
-    """nfdump's local-time ``2025-12-06T05:46:40.123`` as ms since the epoch."""
-    return round(datetime.fromisoformat(text).timestamp() * 1000)
+    """nfdump's ``2025-12-06T05:46:40.123`` as ms since the epoch: local time, which
+    :func:`tests.support.collectors.nfdump_flows` makes UTC (``TZ=UTC``)."""
+    return round(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
 
 
 def _tshark_ms(text: str) -> int:
-    """tshark's ``Dec  6, 2025 05:46:40.123000000 UTC`` as ms since the epoch."""
+    """tshark's ``Dec  6, 2025 05:46:40.123000000 UTC`` as ms since the epoch (UTC:
+    :func:`tests.support.collectors.tshark_decode` runs tshark with ``TZ=UTC``)."""
+    assert text.endswith(" UTC"), text
     stamp, _, frac = text.removesuffix(" UTC").rpartition(".")
     when = datetime.strptime(" ".join(stamp.split()), "%b %d, %Y %H:%M:%S")
     return int(when.replace(tzinfo=UTC).timestamp()) * 1000 + int(frac[:3])
