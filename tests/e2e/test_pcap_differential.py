@@ -50,7 +50,7 @@ from scapy.utils import PcapNgWriter, PcapWriter
 
 from netflow_agent.testing import build_agent, collecting_plugin_module
 from tests.support import require_tool
-from tests.support.tshark_truth import FlowKey, Truth, tshark_flows
+from tests.support.tshark_truth import FlowKey, Truth, tshark_flows, tshark_flows_by_interface
 
 T0 = 1_765_000_000_123_456_789  # ns: not a whole microsecond, so precisions show
 MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
@@ -255,9 +255,11 @@ def assert_same_flows(truth: Truth, flows: dict, times: bool = True) -> None:
 
 
 def check(tmp_path: Path, capture: Path, extra: str = "",
-          decapsulate: frozenset[str] = frozenset(), times: bool = True) -> tuple[Truth, dict]:
-    """Replay and compare with tshark; return the truth and the ingest's counters."""
-    truth = tshark_flows(capture, decapsulate)
+          decapsulate: frozenset[str] = frozenset(), times: bool = True,
+          truth: Truth | None = None) -> tuple[Truth, dict]:
+    """Replay and compare with tshark (``truth``: tshark's already, see :class:`Batch`);
+    return the truth and the ingest's counters."""
+    truth = truth or tshark_flows(capture, decapsulate)
     assert truth.flows, "tshark found no flow: the capture is not what the test meant"
     flows, ingest, core = replay(tmp_path, capture, extra)
     assert_same_flows(truth, flows, times)
@@ -268,16 +270,88 @@ def check(tmp_path: Path, capture: Path, extra: str = "",
     return truth, ingest
 
 
+Frames = list[tuple[int, bytes]]
+
+
+def write_pcapng(path: Path, captures: list[tuple[int, Frames, bool]]) -> Path:
+    """One pcapng section, an interface per ``(linktype, frames, nano)`` capture (its link
+    type; timestamps in ns with ``nano``, else in µs: a classic pcap's), the captures' frames
+    one capture after the other."""
+    out = _block("<", 0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    for linktype, _frames, nano in captures:
+        resol = struct.pack("<HHB3x", 9, 1, 9) + bytes(4) if nano else b""  # if_tsresol
+        out += _block("<", 1, struct.pack("<HHI", linktype, 0, 262144) + resol)
+    for interface, (_linktype, frames, nano) in enumerate(captures):
+        for ts, frame in frames:
+            ticks = ts if nano else ts // 1000
+            out += _block("<", 6, struct.pack("<IIIII", interface, ticks >> 32,
+                                              ticks & 0xFFFFFFFF, len(frame), len(frame))
+                          + frame)
+    path.write_bytes(out)
+    return path
+
+
+class Batch:
+    """Captures whose truth comes from one tshark run (tshark's start-up, ~0.6 s, was most of
+    each case's time): each is an interface of one pcapng; a case replays its own classic
+    pcap of the same frames and compares with its interface's flows."""
+
+    def __init__(self, directory: Path, captures: dict[str, tuple[int, Frames, bool]]):
+        self.captures = captures
+        self.path = write_pcapng(directory / "batch.pcapng", list(captures.values()))
+        self._truths: dict[frozenset[str], dict[int, Truth]] = {}
+
+    def pcap(self, directory: Path, name: str, endianness: str = "") -> Path:
+        """The capture ``name`` as a classic pcap (the file the case replays)."""
+        linktype, frames, nano = self.captures[name]
+        return write_pcap(directory / "c.pcap", frames, linktype, endianness, nano)
+
+    def truth(self, name: str, decapsulate: frozenset[str] = frozenset()) -> Truth:
+        if decapsulate not in self._truths:
+            self._truths[decapsulate] = tshark_flows_by_interface(self.path, decapsulate)
+        return self._truths[decapsulate].get(list(self.captures).index(name), Truth())
+
+
+def tunnel_packets(tunnel: str) -> list[Packet]:
+    """The inner traffic through ``tunnel`` over IPv4 and IPv6, and one plain packet between
+    the endpoints (not a tunnel)."""
+    _kind, wrap = TUNNELS[tunnel]
+    packets = []
+    for outer in (IP(src="192.0.2.1", dst="192.0.2.2"),
+                  IPv6(src="2001:db8::1", dst="2001:db8::2")):
+        packets += [wrap(outer.copy(), p) for p in inner_traffic()]
+    packets.append(IP(src="192.0.2.1", dst="192.0.2.2") / UDP(sport=1, dport=2)
+                   / Raw(b"n"))
+    return packets
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory) -> Batch:
+    """Every link type, the single-version raw ones, every tunnel, Ethernet with ns times,
+    the IPv6 mobility/AH, fragment and non-IP captures, in one batch."""
+    captures = {f"link {link}": (linktype, framed(link, mixed()), False)
+                for link, (linktype, _frame) in LINKS.items()}
+    captures["ethernet-ns"] = (1, framed("ethernet", mixed()), True)
+    captures["raw-228"] = (228, framed("raw-101", ipv4_traffic()), False)
+    captures["raw-229"] = (229, framed("raw-101", ipv6_traffic()), False)
+    for tunnel in TUNNELS:
+        captures[f"tunnel {tunnel}"] = (1, framed("ethernet", tunnel_packets(tunnel)), False)
+    captures["mobility"] = (1, framed("ethernet", mobility_and_ah()), False)
+    for reorder in (False, True):
+        captures[f"fragments {reorder}"] = (1, framed("ethernet", fragmented(reorder)), False)
+    captures["non-ip"] = (1, with_non_ip_frames(framed("ethernet", mixed())), False)
+    return Batch(tmp_path_factory.mktemp("batch"), captures)
+
+
 # --- file formats ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("endianness,nano", [("<", False), (">", False), ("<", True),
                                              (">", True)],
                          ids=["le-us", "be-us", "le-ns", "be-ns"])
-def test_classic_pcap_in_both_byte_orders_and_resolutions(tmp_path, endianness, nano):
-    path = write_pcap(tmp_path / "c.pcap", framed("ethernet", mixed()), 1,
-                      endianness=endianness, nano=nano)
-    check(tmp_path, path)
+def test_classic_pcap_in_both_byte_orders_and_resolutions(tmp_path, batch, endianness, nano):
+    name = "ethernet-ns" if nano else "link ethernet"
+    check(tmp_path, batch.pcap(tmp_path, name, endianness), truth=batch.truth(name))
 
 
 @pytest.mark.parametrize("order", ["<", ">"], ids=["le", "be"])
@@ -405,19 +479,24 @@ def big_endian_section(ts_ns: int, frames: list[bytes], spb: bytes) -> bytes:
     return out + _block(order, 3, struct.pack(">I", len(spb)) + spb)
 
 
-def test_ipv6_mobility_and_authentication_headers(tmp_path):
+def mobility_and_ah() -> list[Packet]:
+    """IPv6 Mobility Headers (one behind destination options), AH in IPv6 and in IPv4."""
+    a, b = "fd00::1", "fd00::2"
+    return [IPv6(src=a, dst=b) / MIP6MH_BU(seq=1),
+            IPv6(src=a, dst=b) / IPv6ExtHdrDestOpt() / MIP6MH_BU(seq=2),
+            IPv6(src=a, dst=b, nh=51) / AH(nh=17, payloadlen=4, spi=9, icv=b"\0" * 12)
+            / UDP(sport=500, dport=4500) / Raw(b"k" * 10),
+            IP(src="10.0.0.1", dst="10.0.0.2") / AH(nh=17, payloadlen=4, icv=b"\0" * 12)
+            / UDP(sport=500, dport=4500)]
+
+
+def test_ipv6_mobility_and_authentication_headers(tmp_path, batch):
     """The Mobility Header (RFC 6275) is the upper layer, its Payload Proto always 59 (no
     next header): the flow's protocol is 135, as tshark and ipt_NETFLOW say, not 59. AH
     (RFC 4302) is walked to the transport behind it in IPv6, as ipt_NETFLOW does."""
     a, b = "fd00::1", "fd00::2"
-    packets = [IPv6(src=a, dst=b) / MIP6MH_BU(seq=1),
-               IPv6(src=a, dst=b) / IPv6ExtHdrDestOpt() / MIP6MH_BU(seq=2),
-               IPv6(src=a, dst=b, nh=51) / AH(nh=17, payloadlen=4, spi=9, icv=b"\0" * 12)
-               / UDP(sport=500, dport=4500) / Raw(b"k" * 10),
-               IP(src="10.0.0.1", dst="10.0.0.2") / AH(nh=17, payloadlen=4, icv=b"\0" * 12)
-               / UDP(sport=500, dport=4500)]
-    truth, _ingest = check(tmp_path, write_pcap(tmp_path / "c.pcap",
-                                                framed("ethernet", packets), 1))
+    truth, _ingest = check(tmp_path, batch.pcap(tmp_path, "mobility"),
+                           truth=batch.truth("mobility"))
     assert (135, a, b, 0, 0) in truth.flows and (17, a, b, 500, 4500) in truth.flows
     assert (51, "10.0.0.1", "10.0.0.2", 0, 0) in truth.flows  # IPv4 AH: not walked
 
@@ -443,25 +522,22 @@ def test_segmentation_offload_packets_with_total_length_0(tmp_path):
 
 
 @pytest.mark.parametrize("link", LINKS)
-def test_every_link_type_and_encapsulation(tmp_path, link):
-    linktype, _frame = LINKS[link]
-    path = write_pcap(tmp_path / "c.pcap", framed(link, mixed()), linktype)
-    check(tmp_path, path)
+def test_every_link_type_and_encapsulation(tmp_path, batch, link):
+    name = f"link {link}"
+    check(tmp_path, batch.pcap(tmp_path, name), truth=batch.truth(name))
 
 
-@pytest.mark.parametrize("linktype,traffic", [(228, ipv4_traffic), (229, ipv6_traffic)],
-                         ids=["ipv4-228", "ipv6-229"])
-def test_single_version_raw_link_types(tmp_path, linktype, traffic):
-    path = write_pcap(tmp_path / "c.pcap", framed("raw-101", traffic()), linktype)
-    check(tmp_path, path)
+@pytest.mark.parametrize("name", ["raw-228", "raw-229"], ids=["ipv4-228", "ipv6-229"])
+def test_single_version_raw_link_types(tmp_path, batch, name):
+    check(tmp_path, batch.pcap(tmp_path, name), truth=batch.truth(name))
 
 
 @pytest.mark.parametrize("reorder", [False, True], ids=["in-order", "out-of-order"])
-def test_fragments_belong_to_their_datagram(tmp_path, reorder):
+def test_fragments_belong_to_their_datagram(tmp_path, batch, reorder):
     """tshark's reassembly says which datagram each fragment is of; each fragment counts as a
     packet of its own length in that datagram's flow (``fragments = "track"``)."""
-    path = write_pcap(tmp_path / "c.pcap", framed("ethernet", fragmented(reorder)), 1)
-    _truth, ingest = check(tmp_path, path)
+    name = f"fragments {reorder}"
+    _truth, ingest = check(tmp_path, batch.pcap(tmp_path, name), truth=batch.truth(name))
     assert ingest["frag_held"] == (2 * 3 if reorder else 0)
 
 
@@ -477,7 +553,9 @@ def test_snaplen_shorter_than_the_packets_keeps_the_ip_lengths(tmp_path):
     assert truth.table() == tshark_flows(whole).table()
 
 
-def test_non_ip_frames_and_unreadable_ip_headers_are_counted_and_skipped(tmp_path):
+def with_non_ip_frames(frames: Frames) -> Frames:
+    """``frames`` with ARP (two, one VLAN-tagged), LLDP and three unreadable IP headers (IHL
+    3, IPv4 and IPv6 cut short) between them."""
     eth = Ether(src=MAC_A, dst=MAC_B)
     odd = [bytes(eth / ARP(psrc="10.1.0.1", pdst="10.1.0.2")),
            bytes(Ether(src=MAC_A, dst="01:80:c2:00:00:0e", type=0x88CC)
@@ -486,11 +564,14 @@ def test_non_ip_frames_and_unreadable_ip_headers_are_counted_and_skipped(tmp_pat
            bytes(Ether(src=MAC_A, dst=MAC_B, type=0x0800)) + bytes.fromhex("4300001c"),  # IHL 3
            bytes(Ether(src=MAC_A, dst=MAC_B, type=0x0800)) + bytes(IP(dst="10.1.0.2"))[:12],
            bytes(Ether(src=MAC_A, dst=MAC_B, type=0x86DD)) + bytes(IPv6())[:24]]
-    frames = framed("ethernet", mixed())
+    frames = list(frames)
     for i, frame in enumerate(odd):
         frames.insert(3 * i + 1, (frames[3 * i][0] + 1, frame))
-    path = write_pcap(tmp_path / "c.pcap", frames, 1)
-    truth, ingest = check(tmp_path, path)
+    return frames
+
+
+def test_non_ip_frames_and_unreadable_ip_headers_are_counted_and_skipped(tmp_path, batch):
+    truth, ingest = check(tmp_path, batch.pcap(tmp_path, "non-ip"), truth=batch.truth("non-ip"))
     assert len(truth.non_ip) == 3 and len(truth.bad_ip) == 3
     assert ingest["non_ip_reasons"] == {"ethertype 0x0806": 2, "ethertype 0x88cc": 1}
 
@@ -530,23 +611,19 @@ TUNNELS: dict[str, tuple[str, Any]] = {
 
 @pytest.mark.parametrize("decap", [False, True], ids=["outer", "decapsulated"])
 @pytest.mark.parametrize("tunnel", TUNNELS)
-def test_tunnels_with_and_without_decapsulate(tmp_path, tunnel, decap):
+def test_tunnels_with_and_without_decapsulate(tmp_path, batch, tunnel, decap):
     """IPv4 and IPv6 outer headers. Without ``decapsulate`` the outer flow (the tunnel
     endpoints) is what is accounted (ipt_NETFLOW's behaviour, although tshark dissects the
     inner packet too); with it the inner flow, with the inner IP length."""
-    kind, wrap = TUNNELS[tunnel]
-    packets = []
-    for outer in (IP(src="192.0.2.1", dst="192.0.2.2"),
-                  IPv6(src="2001:db8::1", dst="2001:db8::2")):
-        packets += [wrap(outer.copy(), p) for p in inner_traffic()]
-    packets.append(IP(src="192.0.2.1", dst="192.0.2.2") / UDP(sport=1, dport=2)
-                   / Raw(b"n"))  # plain traffic between the endpoints, not a tunnel
-    path = write_pcap(tmp_path / "c.pcap", framed("ethernet", packets), 1)
+    kind, _wrap = TUNNELS[tunnel]
+    name = f"tunnel {tunnel}"
     kinds = frozenset({kind}) if decap else frozenset()
     extra = f'decapsulate = ["{kind}"]' if decap else ""
-    _truth, ingest = check(tmp_path, path, extra, kinds)
+    _truth, ingest = check(tmp_path, batch.pcap(tmp_path, name), extra, kinds,
+                           truth=batch.truth(name, kinds))
     if decap:
-        assert (ingest["decapsulated"], ingest["decap_failed"]) == (len(packets) - 1, 0)
+        packets = len(batch.captures[name][1])
+        assert (ingest["decapsulated"], ingest["decap_failed"]) == (packets - 1, 0)
 
 
 # --- the whole export path, read back by independent decoders -------------------------------
