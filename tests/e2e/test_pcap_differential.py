@@ -23,13 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-pytest.importorskip("scapy")
-
-from scapy.contrib.geneve import GENEVE, GeneveOptions  # noqa: E402
-from scapy.contrib.mpls import MPLS  # noqa: E402
-from scapy.layers.inet import GRE, ICMP, IP, TCP, UDP, IPOption_RR, fragment  # noqa: E402
-from scapy.layers.inet6 import (  # noqa: E402
+from scapy.contrib.geneve import GENEVE, GeneveOptions
+from scapy.contrib.mpls import MPLS
+from scapy.layers.inet import GRE, ICMP, IP, TCP, UDP, IPOption_RR, fragment
+from scapy.layers.inet6 import (
     MIP6MH_BU,
     ICMPv6DestUnreach,
     ICMPv6EchoReply,
@@ -43,17 +40,17 @@ from scapy.layers.inet6 import (  # noqa: E402
     IPv6ExtHdrRouting,
     fragment6,
 )
-from scapy.layers.ipsec import AH  # noqa: E402
-from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether  # noqa: E402
-from scapy.layers.ppp import PPP, PPPoE  # noqa: E402
-from scapy.layers.sctp import SCTP, SCTPChunkInit  # noqa: E402
-from scapy.layers.vxlan import VXLAN  # noqa: E402
-from scapy.packet import Packet, Raw  # noqa: E402
-from scapy.utils import PcapNgWriter, PcapWriter  # noqa: E402
+from scapy.layers.ipsec import AH
+from scapy.layers.l2 import ARP, CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether
+from scapy.layers.ppp import PPP, PPPoE
+from scapy.layers.sctp import SCTP, SCTPChunkInit
+from scapy.layers.vxlan import VXLAN
+from scapy.packet import Packet, Raw
+from scapy.utils import PcapNgWriter, PcapWriter
 
-from netflow_agent.testing import build_agent, collecting_plugin_module  # noqa: E402
-from tests.support import require_tool  # noqa: E402
-from tests.support.tshark_truth import FlowKey, Truth, tshark_flows  # noqa: E402
+from netflow_agent.testing import build_agent, collecting_plugin_module
+from tests.support import require_tool
+from tests.support.tshark_truth import FlowKey, Truth, tshark_flows, tshark_flows_by_interface
 
 T0 = 1_765_000_000_123_456_789  # ns: not a whole microsecond, so precisions show
 MAC_A, MAC_B = "02:00:00:00:00:0a", "02:00:00:00:00:0b"
@@ -258,9 +255,11 @@ def assert_same_flows(truth: Truth, flows: dict, times: bool = True) -> None:
 
 
 def check(tmp_path: Path, capture: Path, extra: str = "",
-          decapsulate: frozenset[str] = frozenset(), times: bool = True) -> tuple[Truth, dict]:
-    """Replay and compare with tshark; return the truth and the ingest's counters."""
-    truth = tshark_flows(capture, decapsulate)
+          decapsulate: frozenset[str] = frozenset(), times: bool = True,
+          truth: Truth | None = None) -> tuple[Truth, dict]:
+    """Replay and compare with tshark (``truth``: tshark's already, see :class:`Batch`);
+    return the truth and the ingest's counters."""
+    truth = truth or tshark_flows(capture, decapsulate)
     assert truth.flows, "tshark found no flow: the capture is not what the test meant"
     flows, ingest, core = replay(tmp_path, capture, extra)
     assert_same_flows(truth, flows, times)
@@ -271,27 +270,101 @@ def check(tmp_path: Path, capture: Path, extra: str = "",
     return truth, ingest
 
 
+Frames = list[tuple[int, bytes]]
+
+
+def write_pcapng(path: Path, captures: list[tuple[int, Frames, bool]]) -> Path:
+    """One pcapng section, an interface per ``(linktype, frames, nano)`` capture (its link
+    type; timestamps in ns with ``nano``, else in µs: a classic pcap's), the captures' frames
+    one capture after the other."""
+    out = _block("<", 0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    for linktype, _frames, nano in captures:
+        resol = struct.pack("<HHB3x", 9, 1, 9) + bytes(4) if nano else b""  # if_tsresol
+        out += _block("<", 1, struct.pack("<HHI", linktype, 0, 262144) + resol)
+    for interface, (_linktype, frames, nano) in enumerate(captures):
+        for ts, frame in frames:
+            ticks = ts if nano else ts // 1000
+            out += _block("<", 6, struct.pack("<IIIII", interface, ticks >> 32,
+                                              ticks & 0xFFFFFFFF, len(frame), len(frame))
+                          + frame)
+    path.write_bytes(out)
+    return path
+
+
+class Batch:
+    """Captures whose truth comes from one tshark run (tshark's start-up, ~0.6 s, was most of
+    each case's time): each is an interface of one pcapng; a case replays its own classic
+    pcap of the same frames and compares with its interface's flows."""
+
+    def __init__(self, directory: Path, captures: dict[str, tuple[int, Frames, bool]]):
+        self.captures = captures
+        self.path = write_pcapng(directory / "batch.pcapng", list(captures.values()))
+        self._truths: dict[frozenset[str], dict[int, Truth]] = {}
+
+    def pcap(self, directory: Path, name: str, endianness: str = "") -> Path:
+        """The capture ``name`` as a classic pcap (the file the case replays)."""
+        linktype, frames, nano = self.captures[name]
+        return write_pcap(directory / "c.pcap", frames, linktype, endianness, nano)
+
+    def truth(self, name: str, decapsulate: frozenset[str] = frozenset()) -> Truth:
+        if decapsulate not in self._truths:
+            self._truths[decapsulate] = tshark_flows_by_interface(self.path, decapsulate)
+        return self._truths[decapsulate].get(list(self.captures).index(name), Truth())
+
+
+def tunnel_packets(tunnel: str) -> list[Packet]:
+    """The inner traffic through ``tunnel`` over IPv4 and IPv6, and one plain packet between
+    the endpoints (not a tunnel)."""
+    _kind, wrap = TUNNELS[tunnel]
+    packets = []
+    for outer in (IP(src="192.0.2.1", dst="192.0.2.2"),
+                  IPv6(src="2001:db8::1", dst="2001:db8::2")):
+        packets += [wrap(outer.copy(), p) for p in inner_traffic()]
+    packets.append(IP(src="192.0.2.1", dst="192.0.2.2") / UDP(sport=1, dport=2)
+                   / Raw(b"n"))
+    return packets
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory) -> Batch:
+    """Every link type, the single-version raw ones, every tunnel, Ethernet with ns times,
+    the IPv6 mobility/AH, fragment and non-IP captures, in one batch."""
+    captures = {f"link {link}": (linktype, framed(link, mixed()), False)
+                for link, (linktype, _frame) in LINKS.items()}
+    captures["ethernet-ns"] = (1, framed("ethernet", mixed()), True)
+    captures["raw-228"] = (228, framed("raw-101", ipv4_traffic()), False)
+    captures["raw-229"] = (229, framed("raw-101", ipv6_traffic()), False)
+    for tunnel in TUNNELS:
+        captures[f"tunnel {tunnel}"] = (1, framed("ethernet", tunnel_packets(tunnel)), False)
+    captures["mobility"] = (1, framed("ethernet", mobility_and_ah()), False)
+    for reorder in (False, True):
+        captures[f"fragments {reorder}"] = (1, framed("ethernet", fragmented(reorder)), False)
+    captures["non-ip"] = (1, with_non_ip_frames(framed("ethernet", mixed())), False)
+    return Batch(tmp_path_factory.mktemp("batch"), captures)
+
+
 # --- file formats ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("endianness,nano", [("<", False), (">", False), ("<", True),
                                              (">", True)],
                          ids=["le-us", "be-us", "le-ns", "be-ns"])
-def test_classic_pcap_in_both_byte_orders_and_resolutions(tmp_path, endianness, nano):
-    path = write_pcap(tmp_path / "c.pcap", framed("ethernet", mixed()), 1,
-                      endianness=endianness, nano=nano)
-    check(tmp_path, path)
+def test_classic_pcap_in_both_byte_orders_and_resolutions(tmp_path, batch, endianness, nano):
+    name = "ethernet-ns" if nano else "link ethernet"
+    check(tmp_path, batch.pcap(tmp_path, name, endianness), truth=batch.truth(name))
 
 
-def test_modified_pcap_magic_with_24_byte_record_headers(tmp_path):
+@pytest.mark.parametrize("order", ["<", ">"], ids=["le", "be"])
+def test_modified_pcap_magic_with_24_byte_record_headers(tmp_path, order):
     """Kuznetzov's patched libpcap (magic 0xA1B2CD34, old Red Hat/SuSE tcpdump): each record
-    header has 8 more bytes (ifindex, protocol, packet type). tshark reads it; so must we."""
+    header has 8 more bytes (ifindex, protocol, packet type). tshark reads it in either byte
+    order (a big-endian host wrote the magic, and every field, big-endian); so must we."""
     frames = framed("ethernet", mixed())
-    out = struct.pack("<IHHiIII", 0xA1B2CD34, 2, 4, 0, 0, 65535, 1)
+    out = struct.pack(order + "IHHiIII", 0xA1B2CD34, 2, 4, 0, 0, 65535, 1)
     for n, (ts, frame) in enumerate(frames):
         sec, ns = divmod(ts, 10**9)
-        out += struct.pack("<IIIIIHBx", sec, ns // 1000, len(frame), len(frame), 2 + n % 2,
-                           0x0800, 0) + frame
+        out += struct.pack(order + "IIIIIHBx", sec, ns // 1000, len(frame), len(frame),
+                           2 + n % 2, 0x0800, 0) + frame
     path = tmp_path / "c.pcap"
     path.write_bytes(out)
     check(tmp_path, path)
@@ -322,23 +395,26 @@ def test_pcapng_with_interfaces_of_different_link_types(tmp_path):
     check(tmp_path, scapy_pcapng(tmp_path / "c.pcapng", frames))
 
 
-def test_pcapng_interface_timestamp_offset(tmp_path):
-    """if_tsoffset (IDB option 14) adds whole seconds to the interface's timestamps (a
-    capture whose clock counted from boot, for one): tshark applies it, the flows' first and
-    last times must too."""
-    frames = framed("ethernet", ipv4_traffic(), 86_400 * 10**9 + 123_456_789)
-    order = "<"
-    shb = _block(order, 0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
-    opts = struct.pack("<HHB3x", 9, 1, 9) + struct.pack("<HHq", 14, 8, 1_765_000_000)
-    idb = _block(order, 1, struct.pack("<HHI", 1, 0, 65535) + opts + bytes(4))
+@pytest.mark.parametrize("order", ["<", ">"], ids=["le", "be"])
+@pytest.mark.parametrize("offset", [1_765_000_000, -86_400], ids=["ahead", "behind"])
+def test_pcapng_interface_timestamp_offset(tmp_path, order, offset):
+    """if_tsoffset (IDB option 14, a signed 64-bit count of seconds in the section's byte
+    order) adds whole seconds to the interface's timestamps: a capture whose clock counted
+    from boot (positive), or one whose clock ran ahead (negative). tshark applies it, the
+    flows' first and last times must too."""
+    first_ns = 1_765_086_400_123_456_789
+    frames = framed("ethernet", ipv4_traffic(), first_ns - offset * 10**9)
+    shb = _block(order, 0x0A0D0D0A, struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1))
+    opts = struct.pack(order + "HHB3x", 9, 1, 9) + struct.pack(order + "HHq", 14, 8, offset)
+    idb = _block(order, 1, struct.pack(order + "HHI", 1, 0, 65535) + opts + bytes(4))
     out = shb + idb
     for ts, frame in frames:
-        out += _block(order, 6, struct.pack("<IIIII", 0, ts >> 32, ts & 0xFFFFFFFF,
+        out += _block(order, 6, struct.pack(order + "IIIII", 0, ts >> 32, ts & 0xFFFFFFFF,
                                             len(frame), len(frame)) + frame)
     path = tmp_path / "c.pcapng"
     path.write_bytes(out)
     truth, _ingest = check(tmp_path, path)
-    assert min(f.first_ns for f in truth.flows.values()) == 1_765_086_400_123_456_789
+    assert min(f.first_ns for f in truth.flows.values()) == first_ns
 
 
 def test_pcapng_sections_resolutions_and_simple_and_obsolete_blocks(tmp_path):
@@ -403,19 +479,24 @@ def big_endian_section(ts_ns: int, frames: list[bytes], spb: bytes) -> bytes:
     return out + _block(order, 3, struct.pack(">I", len(spb)) + spb)
 
 
-def test_ipv6_mobility_and_authentication_headers(tmp_path):
+def mobility_and_ah() -> list[Packet]:
+    """IPv6 Mobility Headers (one behind destination options), AH in IPv6 and in IPv4."""
+    a, b = "fd00::1", "fd00::2"
+    return [IPv6(src=a, dst=b) / MIP6MH_BU(seq=1),
+            IPv6(src=a, dst=b) / IPv6ExtHdrDestOpt() / MIP6MH_BU(seq=2),
+            IPv6(src=a, dst=b, nh=51) / AH(nh=17, payloadlen=4, spi=9, icv=b"\0" * 12)
+            / UDP(sport=500, dport=4500) / Raw(b"k" * 10),
+            IP(src="10.0.0.1", dst="10.0.0.2") / AH(nh=17, payloadlen=4, icv=b"\0" * 12)
+            / UDP(sport=500, dport=4500)]
+
+
+def test_ipv6_mobility_and_authentication_headers(tmp_path, batch):
     """The Mobility Header (RFC 6275) is the upper layer, its Payload Proto always 59 (no
     next header): the flow's protocol is 135, as tshark and ipt_NETFLOW say, not 59. AH
     (RFC 4302) is walked to the transport behind it in IPv6, as ipt_NETFLOW does."""
     a, b = "fd00::1", "fd00::2"
-    packets = [IPv6(src=a, dst=b) / MIP6MH_BU(seq=1),
-               IPv6(src=a, dst=b) / IPv6ExtHdrDestOpt() / MIP6MH_BU(seq=2),
-               IPv6(src=a, dst=b, nh=51) / AH(nh=17, payloadlen=4, spi=9, icv=b"\0" * 12)
-               / UDP(sport=500, dport=4500) / Raw(b"k" * 10),
-               IP(src="10.0.0.1", dst="10.0.0.2") / AH(nh=17, payloadlen=4, icv=b"\0" * 12)
-               / UDP(sport=500, dport=4500)]
-    truth, _ingest = check(tmp_path, write_pcap(tmp_path / "c.pcap",
-                                                framed("ethernet", packets), 1))
+    truth, _ingest = check(tmp_path, batch.pcap(tmp_path, "mobility"),
+                           truth=batch.truth("mobility"))
     assert (135, a, b, 0, 0) in truth.flows and (17, a, b, 500, 4500) in truth.flows
     assert (51, "10.0.0.1", "10.0.0.2", 0, 0) in truth.flows  # IPv4 AH: not walked
 
@@ -441,25 +522,22 @@ def test_segmentation_offload_packets_with_total_length_0(tmp_path):
 
 
 @pytest.mark.parametrize("link", LINKS)
-def test_every_link_type_and_encapsulation(tmp_path, link):
-    linktype, _frame = LINKS[link]
-    path = write_pcap(tmp_path / "c.pcap", framed(link, mixed()), linktype)
-    check(tmp_path, path)
+def test_every_link_type_and_encapsulation(tmp_path, batch, link):
+    name = f"link {link}"
+    check(tmp_path, batch.pcap(tmp_path, name), truth=batch.truth(name))
 
 
-@pytest.mark.parametrize("linktype,traffic", [(228, ipv4_traffic), (229, ipv6_traffic)],
-                         ids=["ipv4-228", "ipv6-229"])
-def test_single_version_raw_link_types(tmp_path, linktype, traffic):
-    path = write_pcap(tmp_path / "c.pcap", framed("raw-101", traffic()), linktype)
-    check(tmp_path, path)
+@pytest.mark.parametrize("name", ["raw-228", "raw-229"], ids=["ipv4-228", "ipv6-229"])
+def test_single_version_raw_link_types(tmp_path, batch, name):
+    check(tmp_path, batch.pcap(tmp_path, name), truth=batch.truth(name))
 
 
 @pytest.mark.parametrize("reorder", [False, True], ids=["in-order", "out-of-order"])
-def test_fragments_belong_to_their_datagram(tmp_path, reorder):
+def test_fragments_belong_to_their_datagram(tmp_path, batch, reorder):
     """tshark's reassembly says which datagram each fragment is of; each fragment counts as a
     packet of its own length in that datagram's flow (``fragments = "track"``)."""
-    path = write_pcap(tmp_path / "c.pcap", framed("ethernet", fragmented(reorder)), 1)
-    _truth, ingest = check(tmp_path, path)
+    name = f"fragments {reorder}"
+    _truth, ingest = check(tmp_path, batch.pcap(tmp_path, name), truth=batch.truth(name))
     assert ingest["frag_held"] == (2 * 3 if reorder else 0)
 
 
@@ -475,7 +553,9 @@ def test_snaplen_shorter_than_the_packets_keeps_the_ip_lengths(tmp_path):
     assert truth.table() == tshark_flows(whole).table()
 
 
-def test_non_ip_frames_and_unreadable_ip_headers_are_counted_and_skipped(tmp_path):
+def with_non_ip_frames(frames: Frames) -> Frames:
+    """``frames`` with ARP (two, one VLAN-tagged), LLDP and three unreadable IP headers (IHL
+    3, IPv4 and IPv6 cut short) between them."""
     eth = Ether(src=MAC_A, dst=MAC_B)
     odd = [bytes(eth / ARP(psrc="10.1.0.1", pdst="10.1.0.2")),
            bytes(Ether(src=MAC_A, dst="01:80:c2:00:00:0e", type=0x88CC)
@@ -484,11 +564,14 @@ def test_non_ip_frames_and_unreadable_ip_headers_are_counted_and_skipped(tmp_pat
            bytes(Ether(src=MAC_A, dst=MAC_B, type=0x0800)) + bytes.fromhex("4300001c"),  # IHL 3
            bytes(Ether(src=MAC_A, dst=MAC_B, type=0x0800)) + bytes(IP(dst="10.1.0.2"))[:12],
            bytes(Ether(src=MAC_A, dst=MAC_B, type=0x86DD)) + bytes(IPv6())[:24]]
-    frames = framed("ethernet", mixed())
+    frames = list(frames)
     for i, frame in enumerate(odd):
         frames.insert(3 * i + 1, (frames[3 * i][0] + 1, frame))
-    path = write_pcap(tmp_path / "c.pcap", frames, 1)
-    truth, ingest = check(tmp_path, path)
+    return frames
+
+
+def test_non_ip_frames_and_unreadable_ip_headers_are_counted_and_skipped(tmp_path, batch):
+    truth, ingest = check(tmp_path, batch.pcap(tmp_path, "non-ip"), truth=batch.truth("non-ip"))
     assert len(truth.non_ip) == 3 and len(truth.bad_ip) == 3
     assert ingest["non_ip_reasons"] == {"ethertype 0x0806": 2, "ethertype 0x88cc": 1}
 
@@ -528,23 +611,19 @@ TUNNELS: dict[str, tuple[str, Any]] = {
 
 @pytest.mark.parametrize("decap", [False, True], ids=["outer", "decapsulated"])
 @pytest.mark.parametrize("tunnel", TUNNELS)
-def test_tunnels_with_and_without_decapsulate(tmp_path, tunnel, decap):
+def test_tunnels_with_and_without_decapsulate(tmp_path, batch, tunnel, decap):
     """IPv4 and IPv6 outer headers. Without ``decapsulate`` the outer flow (the tunnel
     endpoints) is what is accounted (ipt_NETFLOW's behaviour, although tshark dissects the
     inner packet too); with it the inner flow, with the inner IP length."""
-    kind, wrap = TUNNELS[tunnel]
-    packets = []
-    for outer in (IP(src="192.0.2.1", dst="192.0.2.2"),
-                  IPv6(src="2001:db8::1", dst="2001:db8::2")):
-        packets += [wrap(outer.copy(), p) for p in inner_traffic()]
-    packets.append(IP(src="192.0.2.1", dst="192.0.2.2") / UDP(sport=1, dport=2)
-                   / Raw(b"n"))  # plain traffic between the endpoints, not a tunnel
-    path = write_pcap(tmp_path / "c.pcap", framed("ethernet", packets), 1)
+    kind, _wrap = TUNNELS[tunnel]
+    name = f"tunnel {tunnel}"
     kinds = frozenset({kind}) if decap else frozenset()
     extra = f'decapsulate = ["{kind}"]' if decap else ""
-    _truth, ingest = check(tmp_path, path, extra, kinds)
+    _truth, ingest = check(tmp_path, batch.pcap(tmp_path, name), extra, kinds,
+                           truth=batch.truth(name, kinds))
     if decap:
-        assert (ingest["decapsulated"], ingest["decap_failed"]) == (len(packets) - 1, 0)
+        packets = len(batch.captures[name][1])
+        assert (ingest["decapsulated"], ingest["decap_failed"]) == (packets - 1, 0)
 
 
 # --- the whole export path, read back by independent decoders -------------------------------
@@ -555,12 +634,15 @@ def _ms(ns: int) -> int:
 
 
 def _nfdump_ms(text: str) -> int:
-    """nfdump's local-time ``2025-12-06T05:46:40.123`` as ms since the epoch."""
-    return round(datetime.fromisoformat(text).timestamp() * 1000)
+    """nfdump's ``2025-12-06T05:46:40.123`` as ms since the epoch: local time, which
+    :func:`tests.support.collectors.nfdump_flows` makes UTC (``TZ=UTC``)."""
+    return round(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
 
 
 def _tshark_ms(text: str) -> int:
-    """tshark's ``Dec  6, 2025 05:46:40.123000000 UTC`` as ms since the epoch."""
+    """tshark's ``Dec  6, 2025 05:46:40.123000000 UTC`` as ms since the epoch (UTC:
+    :func:`tests.support.collectors.tshark_decode` runs tshark with ``TZ=UTC``)."""
+    assert text.endswith(" UTC"), text
     stamp, _, frac = text.removesuffix(" UTC").rpartition(".")
     when = datetime.strptime(" ".join(stamp.split()), "%b %d, %Y %H:%M:%S")
     return int(when.replace(tzinfo=UTC).timestamp()) * 1000 + int(frac[:3])

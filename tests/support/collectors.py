@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
+import os
 import socket
 import struct
 import subprocess
@@ -212,8 +213,17 @@ def _host_popen(cmd: Sequence[str], **kwargs: Any) -> subprocess.Popen:
     return subprocess.Popen(list(cmd), text=True, **kwargs)
 
 
-def _host_run(cmd: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(cmd), capture_output=True, text=True, check=False, timeout=30)
+def _utc_env() -> dict[str, str]:
+    """This process's environment with ``TZ=UTC``: for tools that print local times
+    (nfdump's first/last, tshark's absolute times), so that their text reads the same on
+    any host."""
+    return {**os.environ, "TZ": "UTC"}
+
+
+def _host_run(cmd: Sequence[str],
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(cmd), capture_output=True, text=True, check=False, timeout=30,
+                          env=env)
 
 
 def nfdump_flows(flow_dir: str | Path, nf_filter: str = "") -> list[dict[str, Any]]:
@@ -221,7 +231,8 @@ def nfdump_flows(flow_dir: str | Path, nf_filter: str = "") -> list[dict[str, An
 
     Each record is normalised to: ``proto``, ``src``, ``dst``, ``sport``, ``dport`` (ICMP:
     ``type << 8 | code``), ``packets``, ``bytes``, ``tcp_flags`` (int), ``in_if``, ``out_if``,
-    ``tos``, ``direction``, ``first``/``last`` (strings), NAT fields ``nat_src``, ``nat_dst``,
+    ``tos``, ``direction``, ``first``/``last`` (strings, UTC: nfdump prints local time, so
+    it runs with ``TZ=UTC``), NAT fields ``nat_src``, ``nat_dst``,
     ``nat_sport``, ``nat_dport``, ``nat_event`` when present, and ``raw`` (the JSON object).
 
     :param nf_filter: an nfdump filter expression, e.g. ``"proto udp"``.
@@ -234,7 +245,7 @@ def nfdump_flows(flow_dir: str | Path, nf_filter: str = "") -> list[dict[str, An
     if nf_filter:
         cmd.append(nf_filter)
     for attempt in range(3):
-        proc = _host_run(cmd)
+        proc = _host_run(cmd, _utc_env())
         if proc.returncode != 0:
             raise CollectorError(f"nfdump failed ({proc.returncode}): {proc.stderr.strip()}")
         text = proc.stdout.strip()
@@ -561,7 +572,8 @@ def tshark_decode(
         :func:`check_export_datagram`, then written to a pcap).
     :param port: the collector port the export was sent to (``-d udp.port==P,cflow``).
     :param transport: ``"udp"`` or ``"tcp"``.
-    :return: one dict per frame: the ``cflow`` layer from ``tshark -T json``.
+    :return: one dict per frame: the ``cflow`` layer from ``tshark -T json`` (absolute
+        times in UTC: tshark runs with ``TZ=UTC``).
     :raise CollectorError: when a frame is malformed or has an expert error.
     """
     require_tool("tshark")
@@ -581,7 +593,7 @@ def tshark_decode(
             path = write_udp_pcap(tmp / "export.pcap", items, ("127.0.0.1", port))
         base = ["tshark", "-n", "-r", str(path), "-d", f"{transport}.port=={port},cflow"]
         _check_tshark_expert(base)
-        proc = _host_run([*base, "-T", "json"])
+        proc = _host_run([*base, "-T", "json"], _utc_env())  # absolute times in UTC
         if proc.returncode != 0:
             raise CollectorError(f"tshark failed: {proc.stderr.strip()}")
         frames = json.loads(proc.stdout or "[]", object_pairs_hook=_json_pairs)

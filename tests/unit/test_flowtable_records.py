@@ -187,3 +187,74 @@ def test_cache_takes_each_batchs_own_layout():
     slow = _run_cache(batches, False, 0)
     _same_tables(fast.table, slow.table)
     assert fast.counters() == slow.counters()
+
+
+FIN, RST, ACK = 0x01, 0x04, 0x10
+T_NS = 1000 * 10**9  # every flow's first and last time: idle for far less than 15 s below
+
+
+def _distinct(schema: FlowSchema, seed: int, n: int, flags: int) -> np.ndarray:
+    """``n`` TCP/IPv6 records of distinct random addresses and ports (ingress, interface 1),
+    1 packet each, at :data:`T_NS`, with ``flags``."""
+    rng = np.random.default_rng(seed)
+    flows = np.zeros(n, schema.record_dtype)
+    flows["ip_version"], flows["protocol"], flows["in_if"] = 6, 6, 1
+    flows["src_port"], flows["dst_port"] = rng.integers(1, 65536, (2, n))
+    flows["src_addr"] = np.frombuffer(rng.bytes(16 * n), "V16")
+    flows["dst_addr"] = np.frombuffer(rng.bytes(16 * n), "V16")
+    flows["packets"], flows["octets"] = 1, 100
+    flows["start_ns"] = flows["end_ns"] = T_NS
+    flows["tcp_flags"], flows["out_if"] = flags, 0
+    return flows
+
+
+def _ended_early(cache: FlowCache, schema: FlowSchema) -> set[bytes]:
+    """Keys of the flows a scan 1 s after :data:`T_NS` exports (no timeout is due: only
+    flows that saw FIN or RST leave)."""
+    out = cache.agent_cache_expire(T_NS + 10**9, force=False)
+    return {bytes(k) for k in schema.keys_of(out.flows)}
+
+
+def _keys(schema: FlowSchema, *batches: np.ndarray) -> set[bytes]:
+    return {bytes(k) for flows in batches for k in schema.keys_of(flows)}
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["c-merge", "numpy-merge"])
+def test_only_flows_that_saw_fin_or_rst_end_early_across_batches(fast):
+    """Batches with and without FIN or RST, some keys in both kinds: a flow leaves at the next
+    scan when any of its rows had FIN or RST (RST alone too), the others stay cached."""
+    schema = default_schema()
+    plain, fin = _distinct(schema, 1, 300, ACK), _distinct(schema, 2, 200, FIN | ACK)
+    rst, later = _distinct(schema, 3, 100, RST), _distinct(schema, 4, 50, ACK)
+    again = plain[:40].copy()  # flows first seen without FIN, then with it
+    again["tcp_flags"] = FIN
+    cache = _run_cache([plain, fin, later, rst, again, later], fast, 0)
+    assert _ended_early(cache, schema) == _keys(schema, fin, rst, again)
+    assert len(cache.table) == 300 - 40 + 50
+
+
+def test_an_rst_only_batch_marks_its_flows_ending():
+    """RST (0x04) without FIN is an end of flow for the C merge's flags total too."""
+    schema = default_schema()
+    rst = _distinct(schema, 5, 64, RST)
+    cache = _run_cache([_distinct(schema, 6, 64, ACK), rst], True, 0)
+    assert _ended_early(cache, schema) == _keys(schema, rst)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["c-merge", "numpy-merge"])
+def test_fin_or_rst_only_in_rows_refused_for_maxflows_marks_nothing(fast):
+    """The table is full (maxflows): new flows with FIN or RST are refused and counted; they
+    mark no cached flow, and the C path spends no pass on marks for them (its gate is the
+    flags total of the rows it merged, not of the batch)."""
+    schema = default_schema()
+    kept = _distinct(schema, 7, 100, ACK)
+    refused = _distinct(schema, 8, 80, FIN | RST)
+    refused["tcp_flags"][::2] = RST
+    with mock.patch.object(FlowCache, "_mark_ending", autospec=True,
+                           side_effect=FlowCache._mark_ending) as marks:
+        cache = _run_cache([kept, refused, kept], fast, 100)
+    assert cache.stats.maxflows == 80
+    assert not cache.ending and _ended_early(cache, schema) == set()
+    assert len(cache.table) == 100
+    if fast:
+        assert marks.call_count == 0
