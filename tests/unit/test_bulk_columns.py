@@ -138,8 +138,10 @@ def test_narrow_unsigned_column_packs_in_c_as_the_cast_extends_it():
 
 
 def _uptime_ms(ns, boot_ns) -> np.ndarray:
-    """sysUpTime ms of each ``ns``, in Python integers (no int64 arithmetic to wrap)."""
-    return np.array([((int(v) - boot_ns) // 10**6) % 2**32 for v in ns], np.uint32)
+    """v5/v9's sysUpTime ms of each ``ns`` in Python integers (no int64 arithmetic to wrap):
+    the whole ms of ``ns`` minus those of ``boot_ns``, each rounded down
+    (:meth:`~plugins.export_netflow.state.ExportState.uptime_ms`)."""
+    return np.array([(int(v) // 10**6 - boot_ns // 10**6) % 2**32 for v in ns], np.uint32)
 
 
 def _old_pack_flows(flows, tpl, boot_ns, rows):
@@ -188,7 +190,7 @@ def test_v9_times_and_icmp_type_computed_in_c_are_numpys_bytes(options):
                                   tuple(v9._DERIVED.items())) is not None
             for r in (np.concatenate([rows, np.arange(8)]), None):
                 new = v9.pack_flows(flows, tpl, boot, r).data
-                assert new == _old_pack_flows(flows, tpl, boot, r).data, (tpl.id, r is None)
+                assert new == _old_pack_flows(flows, tpl, boot, r).data, (tpl.template_id, r is None)
                 with mock.patch.object(wire, "_pack_ops", return_value=None):
                     assert v9.pack_flows(flows, tpl, boot, r).data == new
 
