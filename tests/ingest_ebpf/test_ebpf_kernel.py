@@ -421,3 +421,60 @@ def test_stop_after_the_netns_vanished():
             assert seen.table() == truth.table()
         finally:
             b.delete()
+
+
+_TCP_SINK6 = _TCP_SINK.replace("socket.create_server((sys.argv[1], int(sys.argv[2])))",
+                               "socket.create_server((sys.argv[1], int(sys.argv[2])), "
+                               "family=socket.AF_INET6)")
+
+#: gso_ipv4_max_size and gro_ipv4_max_size (IFLA_GSO/GRO_IPV4_MAX_SIZE, Linux 6.3) of a link,
+#: by rtnetlink: iproute2 before 6.3 has no words for them
+_SET_IPV4_BIG_TCP = r"""
+import socket, struct, sys
+index, size = socket.if_nametoindex(sys.argv[1]), int(sys.argv[2])
+attrs = b"".join(struct.pack("=HHI", 8, kind, size) for kind in (63, 64))
+body = struct.pack("=BxHiII", 0, 0, index, 0, 0) + attrs
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+s.send(struct.pack("=IHHII", 16 + len(body), 16, 1 | 4, 1, 0) + body)  # RTM_NEWLINK, ACK
+sys.exit(-struct.unpack_from("=i", s.recv(4096), 16)[0])
+"""
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_big_tcp_skbs_over_64k_are_accounted(pair, version):
+    """BIG TCP (gso/gro max size 185000 on both veth ends): skbs over 64 KiB reach tc ingress
+    with an IPv4 total length (IPv6 payload length) of 0. Their wire segments and bytes are
+    accounted like any GSO skb's; IPv4 ones were counted in kernel_trunc, one per skb, and
+    the flow lost them."""
+    a, b = pair.a, pair.b
+    set_offloads(a, True)
+    set_offloads(b, True)
+    for end in (a, b):
+        if version == 4:
+            end.ns.python(_SET_IPV4_BIG_TCP, end.ifname, "185000")
+        else:
+            end.ns.run(["ip", "link", "set", "dev", end.ifname, "gso_max_size", "185000",
+                        "gro_max_size", "185000"])
+    dst = b.addr if version == 4 else b.addr6
+    sent = -_tcp_out_segs(a.ns)
+    with ebpf_ingest(interfaces=[b.ifname], netns=b.ns.name, direction="ingress",
+                     poll_interval_ms=100) as seen:
+        server = b.ns.popen([sys.executable, "-c", _TCP_SINK if version == 4 else _TCP_SINK6,
+                             dst, "7101"])
+        assert server.stdout.readline().strip() == "ready"
+        a.ns.python(_TCP_BULK, dst, "7101", str(4_000_000))
+        assert int(server.communicate(timeout=20)[0]) == 4_000_000
+    sent += _tcp_out_segs(a.ns)
+    assert seen.trunc == 0 and seen.stats["kernel_trunc"] == 0
+    [(packets, octets)] = [v for fid, v in seen.table().items() if fid.dst == dst]
+    assert packets == sent
+    assert packets > 3 * seen.stats["kernel_packets"]  # GSO skbs, many of them over 64 KiB
+    # each segment: its share of the data, 20/40 (IP) + 20..60 (TCP) bytes of headers
+    ip = 20 if version == 4 else 40
+    assert 4_000_000 + packets * (ip + 20) <= octets <= 4_000_000 + packets * (ip + 60)
+
+
+def _tcp_out_segs(ns: Netns) -> int:
+    """Tcp: OutSegs + RetransSegs of /proc/net/snmp (IPv4 and IPv6 TCP alike)."""
+    lines = [ln.split() for ln in open_snmp(ns) if ln.startswith("Tcp:")]
+    return sum(int(lines[1][lines[0].index(name)]) for name in ("OutSegs", "RetransSegs"))
