@@ -77,7 +77,8 @@ def check_packet(data: bytes, in_if: int = 7, out_if: int = 9, direction: int = 
         else:  # payload length 0 with a payload: only a Jumbo Payload option says how long
             assert data[6] == 0 and length >= 40
     # a pcap record's original length is read only when the length field says 0
-    assert PacketParser().parse(data, TS_NS, in_if, out_if, direction, len(data) + 1000) == pkt
+    assert PacketParser().parse(data, TS_NS, in_if, out_if, direction,
+                                wire_len=len(data) + 1000) == pkt
     # the memoryview path (NFLOG hands slices of its receive buffer) gives the same answer
     assert PacketParser().parse(memoryview(bytearray(data)), TS_NS, in_if, out_if,
                                 direction) == pkt
