@@ -111,7 +111,6 @@ class PacketParser:
         in_if: int = 0,
         out_if: int = 0,
         direction: int = 0,
-        *,
         wire_len: int = 0,
     ) -> Packet | None:
         """Parse one packet that starts at its IP header.

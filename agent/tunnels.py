@@ -192,9 +192,9 @@ class DecapParser(PacketParser):
         self.last_tunnel: Tunnel | None = None
 
     def parse(self, data: bytes | memoryview, ts_ns: int, in_if: int = 0, out_if: int = 0,
-              direction: int = 0, depth: int = 0, *, wire_len: int = 0) -> Packet | None:
+              direction: int = 0, wire_len: int = 0, depth: int = 0) -> Packet | None:
         """As :meth:`PacketParser.parse`, but a tunnel packet gives its inner flow."""
-        pkt = PacketParser.parse(self, data, ts_ns, in_if, out_if, direction, wire_len=wire_len)
+        pkt = PacketParser.parse(self, data, ts_ns, in_if, out_if, direction, wire_len)
         if self.keep_facts and depth == 0:
             self.last_tunnel = None
         if pkt is None or depth >= MAX_DEPTH:
@@ -214,8 +214,8 @@ class DecapParser(PacketParser):
             return outer
         view = memoryview(data) if isinstance(data, bytes) else data
         trunc, trunc_bytes = self.trunc, self.trunc_bytes
-        inner = self.parse(view[tunnel.inner:], ts_ns, in_if, out_if, direction, depth + 1,
-                           wire_len=max(wire_len - tunnel.inner, 0))
+        inner = self.parse(view[tunnel.inner:], ts_ns, in_if, out_if, direction,
+                           max(wire_len - tunnel.inner, 0), depth + 1)
         if inner is None and self.trunc != trunc:  # the payload is no IP packet after all
             self.trunc, self.trunc_bytes = trunc, trunc_bytes
             self.decap_failed += 1

@@ -124,7 +124,7 @@ class PcapIngest(Ingest):
                             direction)
             else:
                 pkt = parse(frame[off:] if off else frame, ts, cfg.in_if, 0, direction,
-                            wire_len=orig_len - off)
+                            orig_len - off)
             if extra:  # fragments released from the hold, outer flows of tunnels
                 batch.extend(extra)
                 extra.clear()
