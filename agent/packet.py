@@ -20,8 +20,11 @@ after :meth:`PacketParser.expire` / :meth:`PacketParser.flush`.
 The input starts at the network header (NFLOG payloads, raw-IP pcaps); link layers are
 stripped by the caller (see ``plugins/ingest_pcap/linktype.py``). Bytes accounted are the
 header's total length, not the captured length, so a small snap length does not change them;
-an IPv4 total length of 0 (a segmentation-offload super-packet captured on its sender, a BIG
-TCP packet) stands for the length present, as Wireshark reads it.
+a length field of 0 (IPv4: a segmentation-offload super-packet captured on its sender, a BIG
+TCP packet over 64 KiB; IPv6 payload length 0 with a payload: BIG TCP, or an RFC 2675
+jumbogram whose Jumbo Payload option says the length) stands for the packet's length on the
+wire, which the caller passes when it knows it (a pcap record's original length, as Wireshark
+reads it) and NFLOG does not: then the packet is counted as truncated.
 """
 
 from __future__ import annotations
@@ -108,27 +111,32 @@ class PacketParser:
         in_if: int = 0,
         out_if: int = 0,
         direction: int = 0,
+        wire_len: int = 0,
     ) -> Packet | None:
         """Parse one packet that starts at its IP header.
+
+        ``wire_len`` is how long the IP packet was on the wire when the capture says so (a
+        pcap record's original length less the link header), 0 when nothing says it (NFLOG).
+        It is read only for a packet whose length field is 0 (see :func:`_offloaded_length`).
 
         :return: the packet tuple, or ``None`` when it was truncated (then counted) or is a
             fragment waiting for its first fragment.
         """
         if len(data) >= 20 and data[0] >> 4 == 4:
-            return self._ipv4(data, ts_ns, in_if, out_if, direction)
+            return self._ipv4(data, ts_ns, in_if, out_if, direction, wire_len)
         if len(data) >= 40 and data[0] >> 4 == 6:
-            return self._ipv6(data, ts_ns, in_if, out_if, direction)
+            return self._ipv6(data, ts_ns, in_if, out_if, direction, wire_len)
         self.trunc += 1
         return None
 
     # Both methods below are the per-packet hot path: flat code, no helper calls on the
     # common TCP/UDP path (fragments take the slower ``_fragment*`` methods).
 
-    def _ipv4(self, data, ts_ns, in_if, out_if, direction):  # type: ignore[no-untyped-def]
+    def _ipv4(self, data, ts_ns, in_if, out_if, direction, wire_len):  # type: ignore[no-untyped-def]
         ver_ihl, tos, total, ident, frag, _ttl, proto, _csum, src, dst = _IP4.unpack_from(data)
         ihl = (ver_ihl & 0x0F) * 4
         if ihl < 20 or total < ihl:
-            length = _offloaded_length(data, ihl, total)
+            length = _offloaded_length(data, ihl, total, wire_len)
             if not length:
                 self.trunc += 1
                 self.trunc_bytes += total
@@ -167,10 +175,15 @@ class PacketParser:
             total, flags, ts_ns, out_if,
         )
 
-    def _ipv6(self, data, ts_ns, in_if, out_if, direction):  # type: ignore[no-untyped-def]
+    def _ipv6(self, data, ts_ns, in_if, out_if, direction, wire_len):  # type: ignore[no-untyped-def]
         vtf, payload_len, nh, _hop, src, dst = _IP6.unpack_from(data)
         tos = (vtf >> 20) & 0xFF
         total = 40 + payload_len
+        if not payload_len and nh != IPPROTO_NONE:
+            total = _jumbo_length(data) or wire_len
+            if not total:
+                self.trunc += 1
+                return None
         off = 40
         n = len(data)
         sport = dport = flags = 0
@@ -214,13 +227,37 @@ class PacketParser:
         )
 
 
-def _offloaded_length(data: Any, ihl: int, total: int) -> int:
+def _offloaded_length(data: Any, ihl: int, total: int, wire_len: int) -> int:
     """The length of an IPv4 packet whose total length field says 0: a TCP segmentation
-    offload super-packet as captured on its sender (or a BIG TCP packet over 64 KiB), which
-    is as long as what was captured, as Wireshark takes it; 0 for every other inconsistent
-    header, which the caller counts as truncated."""
-    if total == 0 and ihl >= 20 and len(data) >= ihl:
-        return len(data)
+    offload super-packet as captured on its sender, or a BIG TCP packet over 64 KiB. Its
+    length is what was on the wire, ``wire_len``, as Wireshark reads it (the pcap record's
+    original length, not the snap length). 0 when nothing says it (NFLOG copies at most
+    65,531 bytes and carries no original length) and for every other inconsistent header:
+    the caller counts the packet as truncated rather than account a wrong length."""
+    if total == 0 and ihl >= 20 and len(data) >= ihl and wire_len >= ihl:
+        return wire_len
+    return 0
+
+
+def _jumbo_length(data: Any) -> int:
+    """The length of an IPv6 packet whose payload length is 0 from its Jumbo Payload option
+    (RFC 2675: type 0xC2, 4 bytes, in a hop-by-hop header right after the fixed header,
+    counting everything after the fixed header); 0 when there is none."""
+    n = len(data)
+    if data[6] != IPPROTO_HOPOPTS or n < 48:
+        return 0
+    end = min(n, 40 + (data[41] + 1) * 8)
+    off = 42
+    while off < end:
+        opt = data[off]
+        if opt == 0:  # Pad1
+            off += 1
+            continue
+        if off + 2 > end:
+            break
+        if opt == 0xC2 and data[off + 1] == 4 and off + 6 <= end:
+            return 40 + int.from_bytes(data[off + 2:off + 6], "big")
+        off += 2 + data[off + 1]
     return 0
 
 

@@ -192,9 +192,9 @@ class DecapParser(PacketParser):
         self.last_tunnel: Tunnel | None = None
 
     def parse(self, data: bytes | memoryview, ts_ns: int, in_if: int = 0, out_if: int = 0,
-              direction: int = 0, depth: int = 0) -> Packet | None:
+              direction: int = 0, wire_len: int = 0, depth: int = 0) -> Packet | None:
         """As :meth:`PacketParser.parse`, but a tunnel packet gives its inner flow."""
-        pkt = PacketParser.parse(self, data, ts_ns, in_if, out_if, direction)
+        pkt = PacketParser.parse(self, data, ts_ns, in_if, out_if, direction, wire_len)
         if self.keep_facts and depth == 0:
             self.last_tunnel = None
         if pkt is None or depth >= MAX_DEPTH:
@@ -204,17 +204,18 @@ class DecapParser(PacketParser):
         if proto not in self.protos and not (
                 proto == IPPROTO_UDP and ((key[10] << 8) | key[11]) in self.udp_ports):
             return pkt
-        return self._decapsulate(data, pkt, ts_ns, in_if, out_if, direction, depth)
+        return self._decapsulate(data, pkt, ts_ns, in_if, out_if, direction, depth, wire_len)
 
     def _decapsulate(self, data: Any, outer: Packet, ts_ns: int, in_if: int, out_if: int,
-                     direction: int, depth: int) -> Packet | None:
+                     direction: int, depth: int, wire_len: int) -> Packet | None:
         tunnel = find_inner(data, self.kinds)
         if tunnel is None:
             self.decap_failed += 1
             return outer
         view = memoryview(data) if isinstance(data, bytes) else data
         trunc, trunc_bytes = self.trunc, self.trunc_bytes
-        inner = self.parse(view[tunnel.inner:], ts_ns, in_if, out_if, direction, depth + 1)
+        inner = self.parse(view[tunnel.inner:], ts_ns, in_if, out_if, direction,
+                           max(wire_len - tunnel.inner, 0), depth + 1)
         if inner is None and self.trunc != trunc:  # the payload is no IP packet after all
             self.trunc, self.trunc_bytes = trunc, trunc_bytes
             self.decap_failed += 1

@@ -61,7 +61,7 @@ def time_replay(cls: type, frames: list[bytes]) -> float:
     ingest = cls(Config(path="-"), "ingest.pcap[0]")
     ingest.parser = PacketParser(FragmentPolicy())
     ingest._file = io.BytesIO()
-    records = [(1_700_000_000_000_000_000 + i, 1, f)
+    records = [(1_700_000_000_000_000_000 + i, 1, f, len(f))
                for i, f in enumerate(frames * ROUNDS)]  # one replay: set-up amortised
     context = _Context()
     t = time.perf_counter()

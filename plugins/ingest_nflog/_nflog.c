@@ -90,6 +90,7 @@
 #define IPPROTO_FRAGMENT_ 44
 #define IPPROTO_AH_ 51
 #define IPPROTO_ICMPV6_ 58
+#define IPPROTO_NONE_ 59
 #define IPPROTO_DSTOPTS_ 60
 #define IPPROTO_SCTP_ 132
 #define IPPROTO_UDPLITE_ 136
@@ -1097,7 +1098,7 @@ static inline void ipv4_packet(const struct pctx *c, const uint8_t *d, size_t le
 	memset(pkt->key + 32, 0, 12);
 	pkt->key_len = KEY_LEN;
 	pkt->tcp_flags = (uint8_t)flags;
-	pkt->octets = total ? total : len; /* 0: segmentation offload, see parse_ipv4 */
+	pkt->octets = total;
 }
 
 /* An IPv4 fragment, as PacketParser._fragment4 (out of the hot path). */
@@ -1131,9 +1132,10 @@ static inline __attribute__((always_inline)) int parse_ipv4(const struct pctx *c
 	size_t ihl = (size_t)(d[0] & 0x0F) * 4;
 	unsigned int total = be16(d + 2), sport = 0, dport = 0, flags = 0;
 
-	/* a total length of 0 with a whole header: a segmentation offload super-packet captured
-	 * on its sender (or BIG TCP), as long as what is present (packet.py _offloaded_length) */
-	if ((ihl < 20 || total < ihl) && (total || ihl < 20 || len < ihl)) {
+	/* a total length of 0 is a BIG TCP packet over 65,535 bytes: NFLOG copied at most 65,531
+	 * of them and no attribute says how long it was, so it is counted as truncated rather
+	 * than accounted with a wrong length (packet.py _offloaded_length without wire_len) */
+	if (ihl < 20 || total < ihl) {
 		c->cc->trunc++;
 		c->cc->trunc_bytes += total;
 		return 0;
@@ -1147,14 +1149,40 @@ static inline __attribute__((always_inline)) int parse_ipv4(const struct pctx *c
 
 /* Fill pkt for an IPv6 packet with these protocol, ports and flags. */
 static inline void ipv6_packet(const struct pctx *c, const uint8_t *d, struct packet *pkt,
-			       unsigned int nh, unsigned int sport, unsigned int dport,
-			       unsigned int flags)
+			       uint64_t octets, unsigned int nh, unsigned int sport,
+			       unsigned int dport, unsigned int flags)
 {
 	key_head(pkt->key, 6, nh, (be32(d) >> 20) & 0xFF, c->direction, c->in_if, sport, dport);
 	memcpy(pkt->key + 12, d + 8, 32); /* source and destination address */
 	pkt->key_len = KEY_LEN;
 	pkt->tcp_flags = (uint8_t)flags;
-	pkt->octets = 40 + (uint64_t)be16(d + 4);
+	pkt->octets = octets;
+}
+
+/* The length of an IPv6 packet whose payload length is 0 from its Jumbo Payload option
+ * (RFC 2675: type 0xC2, 4 bytes, in a hop-by-hop header right after the fixed header); 0
+ * when there is none (packet.py _jumbo_length). */
+static __attribute__((noinline)) uint64_t jumbo_length(const uint8_t *d, size_t n)
+{
+	size_t end, off = 42;
+
+	if (d[6] != IPPROTO_HOPOPTS_ || n < 48)
+		return 0;
+	end = 40 + ((size_t)d[41] + 1) * 8;
+	if (end > n)
+		end = n;
+	while (off < end) {
+		if (d[off] == 0) { /* Pad1 */
+			off++;
+			continue;
+		}
+		if (off + 2 > end)
+			break;
+		if (d[off] == 0xC2 && d[off + 1] == 4 && off + 6 <= end)
+			return 40 + (uint64_t)be32(d + off + 2);
+		off += 2 + (size_t)d[off + 1];
+	}
+	return 0;
 }
 
 /* IPv6 (RFC 8200) with extension headers, as PacketParser._ipv6. 1 with a packet, 0 held. */
@@ -1163,10 +1191,20 @@ static inline __attribute__((always_inline)) int parse_ipv6(const struct pctx *c
 							       struct packet *pkt)
 {
 	unsigned int nh = d[6], sport = 0, dport = 0, flags = 0;
+	uint64_t octets = 40 + (uint64_t)be16(d + 4);
 	size_t off = 40;
 	int fragmented = 0, track = 0;
 	struct frag_key fk;
 
+	/* payload length 0 with a payload: a jumbogram, or IPv6 BIG TCP over 65,535 bytes whose
+	 * length nothing in the NFLOG message says (counted as truncated, as IPv4's) */
+	if (octets == 40 && nh != IPPROTO_NONE_) {
+		octets = jumbo_length(d, n);
+		if (!octets) {
+			c->cc->trunc++;
+			return 0;
+		}
+	}
 	for (int i = 0; i < MAX_EXT_HEADERS; i++) {
 		if (ext_len8(nh)) {
 			if (n < off + 2)
@@ -1188,7 +1226,7 @@ static inline __attribute__((always_inline)) int parse_ipv6(const struct pctx *c
 			nh = d[off];
 			off += 8;
 			if (offset_flags & 0xFFF8) { /* non-first fragment */
-				ipv6_packet(c, d, pkt, nh, 0, 0, 0);
+				ipv6_packet(c, d, pkt, octets, nh, 0, 0, 0);
 				return !track || frag_later(c->self, &fk, pkt, c->ts, c->out_if);
 			}
 		} else if (nh == IPPROTO_AH_) {
@@ -1203,7 +1241,7 @@ static inline __attribute__((always_inline)) int parse_ipv6(const struct pctx *c
 	transport(d, n, off, nh, IPPROTO_ICMPV6_, &sport, &dport, &flags);
 	if (track)
 		frag_first(c->self, &fk, nh, sport, dport, c->ts);
-	ipv6_packet(c, d, pkt, nh, sport, dport, flags);
+	ipv6_packet(c, d, pkt, octets, nh, sport, dport, flags);
 	return 1;
 }
 

@@ -29,7 +29,7 @@ from netflow_agent.api import (
 )
 
 from .config import Config
-from .linktype import SUPPORTED, ip_offset, link_facts
+from .linktype import LINKTYPE_NFLOG, SUPPORTED, ip_offset, link_facts, nflog_payload_end
 from .reader import PcapError, PcapReader
 
 #: A batch never spans more capture time than this, so timeouts see the gaps in a capture.
@@ -100,7 +100,7 @@ class PcapIngest(Ingest):
         pace = _Pacer(self._stop) if cfg.speed == "recorded" else None
         packer = L2KeyPacker(flow_schema())
         l2 = _L2Fields(packer).ext if packer.active else None  # defaults: one test per frame
-        for ts, linktype, frame in packets:
+        for ts, linktype, frame, orig_len in packets:
             if self._stop.is_set():
                 break
             ts = ts or last_ts
@@ -119,7 +119,12 @@ class PcapIngest(Ingest):
                 continue
             if not batch:
                 batch_start = ts
-            pkt = parse(frame[off:] if off else frame, ts, cfg.in_if, 0, direction)
+            if linktype == LINKTYPE_NFLOG:  # the payload TLV bounds it; no original length
+                pkt = parse(frame[off:nflog_payload_end(frame, off)], ts, cfg.in_if, 0,
+                            direction)
+            else:
+                pkt = parse(frame[off:] if off else frame, ts, cfg.in_if, 0, direction,
+                            orig_len - off)
             if extra:  # fragments released from the hold, outer flows of tunnels
                 batch.extend(extra)
                 extra.clear()

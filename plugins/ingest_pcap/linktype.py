@@ -76,6 +76,14 @@ def ip_offset(linktype: int, frame: bytes) -> int:
     return off if off < 0 else ip_after(frame, etype, off)
 
 
+def nflog_payload_end(frame: bytes, off: int) -> int:
+    """End of the NFULA_PAYLOAD TLV whose value starts at ``off`` (:func:`ip_offset` of a
+    LINKTYPE_NFLOG frame): the IP packet stops there, before the TLV's 0-3 padding bytes and
+    any later TLV. The TLV length is what NFLOG copied, never the packet's original length."""
+    tlv_len = struct.unpack_from("<H", frame, off - 4)[0]
+    return min(len(frame), off - 4 + tlv_len)
+
+
 def link_facts(linktype: int, frame: bytes) -> LinkFacts:
     """:func:`ip_offset` plus what the link layer said (opt-in, slower)."""
     if linktype == LINKTYPE_ETHERNET:

@@ -1,4 +1,6 @@
-"""pcap and pcapng file reading: ``(timestamp_ns, linktype, frame)`` for every packet.
+"""pcap and pcapng file reading: ``(timestamp_ns, linktype, frame, orig_len)`` for every
+packet; ``orig_len`` is the frame's length on the wire, longer than ``frame`` when the snap
+length cut it (the IP parser takes a packet whose length field says 0 from it).
 
 Formats: classic pcap (both byte orders, microsecond and nanosecond magic, and the "modified"
 magic ``0xA1B2CD34`` of Kuznetzov's patched libpcap, whose record headers are 24 bytes) and
@@ -40,7 +42,7 @@ class PcapReader:
             raise PcapError("file too short for a capture header")
         self._head = head
 
-    def __iter__(self) -> Iterator[tuple[int, int, bytes]]:
+    def __iter__(self) -> Iterator[tuple[int, int, bytes, int]]:
         le = struct.unpack("<I", self._head)[0]
         be = struct.unpack(">I", self._head)[0]
         if PCAPNG_SHB in (le, be):
@@ -54,7 +56,7 @@ class PcapReader:
 
     # --- classic pcap ------------------------------------------------------------------------
 
-    def _pcap(self, order: str, ts_mult: int, extra: int) -> Iterator[tuple[int, int, bytes]]:
+    def _pcap(self, order: str, ts_mult: int, extra: int) -> Iterator[tuple[int, int, bytes, int]]:
         rest = self.f.read(20)
         if len(rest) < 20:
             raise PcapError("truncated pcap file header")
@@ -67,18 +69,18 @@ class PcapReader:
             if len(hdr) < rec.size:
                 self.truncated = bool(hdr)
                 return
-            sec, frac, incl, _orig = rec.unpack(hdr)
+            sec, frac, incl, orig = rec.unpack(hdr)
             if incl > MAX_RECORD:
                 raise PcapError(f"pcap record of {incl} bytes (limit {MAX_RECORD})")
             data = read(incl)
             if len(data) < incl:
                 self.truncated = True
                 return
-            yield sec * 1_000_000_000 + frac * ts_mult, linktype, data
+            yield sec * 1_000_000_000 + frac * ts_mult, linktype, data, max(orig, incl)
 
     # --- pcapng ------------------------------------------------------------------------------
 
-    def _pcapng(self) -> Iterator[tuple[int, int, bytes]]:
+    def _pcapng(self) -> Iterator[tuple[int, int, bytes, int]]:
         order = "<"
         interfaces: list[tuple[int, int, int]] = []  # (linktype, ticks per second, offset ns)
         block_type = PCAPNG_SHB
@@ -123,7 +125,8 @@ class PcapReader:
                 if len(body) < 4:
                     raise PcapError("pcapng simple packet block too short")
                 (orig_len,) = struct.unpack_from(order + "I", body)
-                yield 0, interfaces[0][0], body[4:4 + orig_len]
+                frame = body[4:4 + orig_len]
+                yield 0, interfaces[0][0], frame, max(orig_len, len(frame))
 
 
 def _parse_idb(order: str, body: bytes) -> tuple[int, int, int]:
@@ -151,15 +154,16 @@ def _parse_idb(order: str, body: bytes) -> tuple[int, int, int]:
 
 
 def _parse_epb(order: str, body: bytes, interfaces: list[tuple[int, int, int]],
-               obsolete: bool) -> tuple[int, int, bytes] | None:
+               obsolete: bool) -> tuple[int, int, bytes, int] | None:
     if len(body) < 20:
         raise PcapError("pcapng packet block too short")
     if obsolete:
-        iface, _drops, ts_hi, ts_lo, incl, _orig = struct.unpack_from(order + "HHIIII", body)
+        iface, _drops, ts_hi, ts_lo, incl, orig = struct.unpack_from(order + "HHIIII", body)
     else:
-        iface, ts_hi, ts_lo, incl, _orig = struct.unpack_from(order + "IIIII", body)
+        iface, ts_hi, ts_lo, incl, orig = struct.unpack_from(order + "IIIII", body)
     if iface >= len(interfaces):
         raise PcapError(f"packet refers to undeclared interface {iface}")
     linktype, ticks_per_s, offset_ns = interfaces[iface]
     ticks = (ts_hi << 32) | ts_lo
-    return ticks * 1_000_000_000 // ticks_per_s + offset_ns, linktype, body[20:20 + incl]
+    frame = body[20:20 + incl]
+    return ticks * 1_000_000_000 // ticks_per_s + offset_ns, linktype, frame, max(orig, len(frame))

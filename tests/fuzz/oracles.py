@@ -66,12 +66,19 @@ def check_packet(data: bytes, in_if: int = 7, out_if: int = 9, direction: int = 
     assert ts == TS_NS and out == out_if and 0 <= flags <= 255
     if version == 4:
         assert fk.src_addr == data[12:16] and fk.dst_addr == data[16:20]
-        total = struct.unpack_from("!H", data, 2)[0]
-        assert length == (total or len(data))  # 0: a segmentation offload super-packet
+        # 0 (BIG TCP) without the wire length NFLOG lacks: truncated, never a guessed length
+        assert length == struct.unpack_from("!H", data, 2)[0] > 0
         assert fk.tos == data[1] and fk.protocol == data[9]
     else:
         assert fk.src_addr == data[8:24] and fk.dst_addr == data[24:40]
-        assert length == 40 + struct.unpack_from("!H", data, 4)[0]
+        plen = struct.unpack_from("!H", data, 4)[0]
+        if plen or data[6] == 59:
+            assert length == 40 + plen
+        else:  # payload length 0 with a payload: only a Jumbo Payload option says how long
+            assert data[6] == 0 and length >= 40
+    # a pcap record's original length is read only when the length field says 0
+    assert PacketParser().parse(data, TS_NS, in_if, out_if, direction,
+                                wire_len=len(data) + 1000) == pkt
     # the memoryview path (NFLOG hands slices of its receive buffer) gives the same answer
     assert PacketParser().parse(memoryview(bytearray(data)), TS_NS, in_if, out_if,
                                 direction) == pkt
@@ -241,8 +248,9 @@ def read_pcap(data: bytes) -> tuple[list[tuple[int, int, bytes]], bool, str]:
     reader = None
     try:
         reader = PcapReader(io.BytesIO(data))
-        for ts, linktype, frame in reader:
+        for ts, linktype, frame, orig_len in reader:
             assert isinstance(ts, int) and ts >= 0 and isinstance(frame, bytes)
+            assert orig_len >= len(frame)
             assert 0 <= linktype <= 0xFFFFFFFF
             packets.append((ts, linktype, frame))
     except PcapError as exc:

@@ -289,8 +289,9 @@ _RAW_L4 = r"""
 import socket, struct, sys
 ifname, dst_mac, src_mac = sys.argv[1], bytes.fromhex(sys.argv[2]), bytes.fromhex(sys.argv[3])
 S6, D6 = (socket.inet_pton(socket.AF_INET6, a) for a in ("fd00:251::1", "fd00:251::2"))
-def ipv6(nh, payload):
-    head = struct.pack("!IHBB", (6 << 28) | (0x2E << 20), len(payload), nh, 64)
+def ipv6(nh, payload, plen=None):
+    plen = len(payload) if plen is None else plen
+    head = struct.pack("!IHBB", (6 << 28) | (0x2E << 20), plen, nh, 64)
     return head + S6 + D6 + payload
 def ext(nh, units):  # hop-by-hop / routing / destination options: (units + 1) * 8 bytes
     return struct.pack("!BB", nh, units) + bytes(6 + 8 * units)
@@ -298,6 +299,7 @@ tcp = struct.pack("!HHIIBBHHH", 4000, 80, 1, 0, 5 << 4, 0x12, 1024, 0, 0) + byte
 sctp = struct.pack("!HHII", 5000, 6000, 0, 0) + bytes(16)
 icmp6 = struct.pack("!BBH", 1, 4, 0) + bytes(20)  # destination unreachable, port unreachable
 ah = struct.pack("!BBH", 6, 4, 0) + bytes(20)  # AH: (4 + 2) * 4 = 24 bytes, then TCP
+mh = struct.pack("!BBBB", 59, 0, 5, 0) + bytes(4)  # Mobility Header (binding update), 8 bytes
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 s.bind((ifname, 0))
 eth = dst_mac + src_mac + struct.pack("!H", 0x86DD)
@@ -306,6 +308,7 @@ frames = [
     ipv6(51, ah + tcp),
     ipv6(132, sctp),
     ipv6(58, icmp6),
+    ipv6(135, mh),  # the upper layer: protocol 135, not its Payload Proto 59
     ipv6(0, ext(6, 40)),  # hop-by-hop header longer than the packet: truncated
 ]
 for f in frames:
@@ -325,9 +328,54 @@ def test_ipv6_extension_headers_sctp_icmp6(pair):
         FlowId.make(6, src, dst, 4000, 80): (2, tcp_len + (40 + 24 + 30)),
         FlowId.make(132, src, dst, 5000, 6000): (1, 40 + 28),
         FlowId.make(58, src, dst, 0, 1 << 8 | 4): (1, 40 + 24),
+        FlowId.make(135, src, dst, 0, 0): (1, 40 + 8),
     }
     assert seen.flows[FlowId.make(6, src, dst, 4000, 80)][2] == 0x12
     assert seen.trunc == 1
+
+
+_RAW_ZERO_LENGTH = r"""
+import socket, struct, sys
+ifname, dst_mac, src_mac = sys.argv[1], bytes.fromhex(sys.argv[2]), bytes.fromhex(sys.argv[3])
+S6, D6 = (socket.inet_pton(socket.AF_INET6, a) for a in ("fd00:252::1", "fd00:252::2"))
+S4, D4 = socket.inet_aton("10.252.0.1"), socket.inet_aton("10.252.0.2")
+def tcp(sport, size):
+    return struct.pack("!HHIIBBHHH", sport, 80, 1, 0, 5 << 4, 0x10, 1024, 0, 0) + bytes(size)
+def ipv4(total, payload):
+    return struct.pack("!BBHHHBBH", 0x45, 0, total, 1, 0, 64, 6, 0) + S4 + D4 + payload
+def ipv6(nh, plen, payload):
+    return struct.pack("!IHBB", 6 << 28, plen, nh, 64) + S6 + D6 + payload
+jumbo = struct.pack("!BBBBI", 6, 0, 0xC2, 4, 8 + 20 + 1200)  # RFC 2675 hop-by-hop option
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((ifname, 0))
+e4, e6 = dst_mac + src_mac + b"\x08\x00", dst_mac + src_mac + b"\x86\xdd"
+for f in (e4 + ipv4(0, tcp(4001, 1200)),  # total length 0: a BIG TCP packet
+          e6 + ipv6(6, 0, tcp(4002, 1200)),  # payload length 0: IPv6 BIG TCP
+          e6 + ipv6(0, 0, jumbo + tcp(4003, 1200)),  # a jumbogram
+          e6 + ipv6(59, 0, b"")):  # no next header: 40 bytes
+    s.send(f)
+print("sent", flush=True)
+"""
+
+
+def test_a_length_field_of_0_counts_the_frame_bytes(pair):
+    """IPv4 total length 0 (GRO/GSO BIG TCP over 64 KiB) and IPv6 payload length 0 with a
+    payload (BIG TCP, jumbograms) are accounted with the frame's bytes from the IP header on,
+    as packet.py does with a pcap record's original length: tc counted them in kernel_trunc,
+    one per skb, and the flow lost them."""
+    a, b = pair.a, pair.b
+    with ebpf_ingest(interfaces=[b.ifname], netns=b.ns.name, direction="ingress",
+                     poll_interval_ms=100) as seen:
+        a.ns.python(_RAW_ZERO_LENGTH, a.ifname, b.mac.replace(":", ""),
+                    a.mac.replace(":", ""))
+    s4, d4, s6, d6 = "10.252.0.1", "10.252.0.2", "fd00:252::1", "fd00:252::2"
+    assert seen.table() == {
+        FlowId.make(6, s4, d4, 4001, 80): (1, 20 + 1220),
+        FlowId.make(6, s6, d6, 4002, 80): (1, 40 + 1220),
+        FlowId.make(6, s6, d6, 4003, 80): (1, 40 + 8 + 1220),
+        FlowId.make(59, s6, d6, 0, 0): (1, 40),
+    }
+    assert seen.trunc == 0
 
 
 @pytest.mark.parametrize("map_type", ["percpu", "shared"])
@@ -373,3 +421,60 @@ def test_stop_after_the_netns_vanished():
             assert seen.table() == truth.table()
         finally:
             b.delete()
+
+
+_TCP_SINK6 = _TCP_SINK.replace("socket.create_server((sys.argv[1], int(sys.argv[2])))",
+                               "socket.create_server((sys.argv[1], int(sys.argv[2])), "
+                               "family=socket.AF_INET6)")
+
+#: gso_ipv4_max_size and gro_ipv4_max_size (IFLA_GSO/GRO_IPV4_MAX_SIZE, Linux 6.3) of a link,
+#: by rtnetlink: iproute2 before 6.3 has no words for them
+_SET_IPV4_BIG_TCP = r"""
+import socket, struct, sys
+index, size = socket.if_nametoindex(sys.argv[1]), int(sys.argv[2])
+attrs = b"".join(struct.pack("=HHI", 8, kind, size) for kind in (63, 64))
+body = struct.pack("=BxHiII", 0, 0, index, 0, 0) + attrs
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+s.send(struct.pack("=IHHII", 16 + len(body), 16, 1 | 4, 1, 0) + body)  # RTM_NEWLINK, ACK
+sys.exit(-struct.unpack_from("=i", s.recv(4096), 16)[0])
+"""
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_big_tcp_skbs_over_64k_are_accounted(pair, version):
+    """BIG TCP (gso/gro max size 185000 on both veth ends): skbs over 64 KiB reach tc ingress
+    with an IPv4 total length (IPv6 payload length) of 0. Their wire segments and bytes are
+    accounted like any GSO skb's; IPv4 ones were counted in kernel_trunc, one per skb, and
+    the flow lost them."""
+    a, b = pair.a, pair.b
+    set_offloads(a, True)
+    set_offloads(b, True)
+    for end in (a, b):
+        if version == 4:
+            end.ns.python(_SET_IPV4_BIG_TCP, end.ifname, "185000")
+        else:
+            end.ns.run(["ip", "link", "set", "dev", end.ifname, "gso_max_size", "185000",
+                        "gro_max_size", "185000"])
+    dst = b.addr if version == 4 else b.addr6
+    sent = -_tcp_out_segs(a.ns)
+    with ebpf_ingest(interfaces=[b.ifname], netns=b.ns.name, direction="ingress",
+                     poll_interval_ms=100) as seen:
+        server = b.ns.popen([sys.executable, "-c", _TCP_SINK if version == 4 else _TCP_SINK6,
+                             dst, "7101"])
+        assert server.stdout.readline().strip() == "ready"
+        a.ns.python(_TCP_BULK, dst, "7101", str(4_000_000))
+        assert int(server.communicate(timeout=20)[0]) == 4_000_000
+    sent += _tcp_out_segs(a.ns)
+    assert seen.trunc == 0 and seen.stats["kernel_trunc"] == 0
+    [(packets, octets)] = [v for fid, v in seen.table().items() if fid.dst == dst]
+    assert packets == sent
+    assert packets > 3 * seen.stats["kernel_packets"]  # GSO skbs, many of them over 64 KiB
+    # each segment: its share of the data, 20/40 (IP) + 20..60 (TCP) bytes of headers
+    ip = 20 if version == 4 else 40
+    assert 4_000_000 + packets * (ip + 20) <= octets <= 4_000_000 + packets * (ip + 60)
+
+
+def _tcp_out_segs(ns: Netns) -> int:
+    """Tcp: OutSegs + RetransSegs of /proc/net/snmp (IPv4 and IPv6 TCP alike)."""
+    lines = [ln.split() for ln in open_snmp(ns) if ln.startswith("Tcp:")]
+    return sum(int(lines[1][lines[0].index(name)]) for name in ("OutSegs", "RetransSegs"))

@@ -612,14 +612,45 @@ def test_keys_are_make_key(payload: bytes, hook: int, indev: int, outdev: int,
 
 
 @pytest.mark.parametrize("frag", [0, 0x2000, 0x00B9], ids=["whole", "first", "later"])
-def test_a_total_length_of_0_is_a_segmentation_offload_packet(frag: int) -> None:
-    """IPv4 with total length 0 (a TSO super-packet seen on its sender, BIG TCP): accounted
-    with the length present, by the C and the Python decoder alike, not dropped."""
-    payload = _ip4(6, _tcp(1000, 80, TCP_ACK) + b"t" * 5000, frag=frag, total=0)
-    [((row,), packets, trunc, _frag, trunc_bytes, _gaps)], _ = _same(
+def test_a_total_length_of_0_is_counted_truncated_not_undercounted(frag: int) -> None:
+    """IPv4 with total length 0 reaches NFLOG only as a BIG TCP packet over 65,535 bytes, of
+    which NFLOG copied at most 65,531 and no attribute says how long it was: both decoders
+    count it in ``trunc`` (a visible drop) instead of accounting the copied length (a 185 KB
+    packet cut to the 128-byte snaplen was accounted as 128 octets)."""
+    payload = _ip4(6, _tcp(1000, 80, TCP_ACK) + b"t" * 88, frag=frag, total=0)
+    [((), packets, trunc, _frag, trunc_bytes, _gaps)], _ = _same(
         [_message(payload, ts=(1_700_000_000, 0)) + _done()])
-    assert (packets, trunc, trunc_bytes) == (1, 0, 0)
-    assert row[1:3] == (1, len(payload))
+    assert (packets, trunc, trunc_bytes) == (0, 1, 0)
+
+
+def _jumbo(length: int) -> bytes:
+    """A hop-by-hop header with a Jumbo Payload option (RFC 2675), next header TCP."""
+    return bytes([6, 0, 0xC2, 4]) + struct.pack("!I", length)
+
+
+@pytest.mark.parametrize(("nh", "rest", "octets"), [
+    (6, _tcp(1000, 80, TCP_ACK) + b"t" * 88, None),  # IPv6 BIG TCP: no length anywhere
+    (0, bytes([6, 0, 1, 4, 0, 0, 0, 0]) + _tcp(1000, 80, TCP_ACK), None),  # no Jumbo option
+    (0, _jumbo(8 + 20 + 70_000) + _tcp(1000, 80, TCP_ACK) + b"t" * 88, 40 + 70_028),
+    (0, bytes([6, 0, 0, 1, 0, 0xC2, 4, 0]), None),  # Pad1, PadN, a cut Jumbo option
+], ids=["big-tcp", "hbh-without-jumbo", "jumbogram", "jumbo-option-cut"])
+def test_an_ipv6_payload_length_of_0_is_a_jumbogram_or_truncated(nh: int, rest: bytes,
+                                                                 octets: int | None) -> None:
+    """IPv6 payload length 0 with a payload (next header not 59): the Jumbo Payload option's
+    length when there is one, else counted in ``trunc``; it was accounted as 40 bytes."""
+    [(rows, packets, trunc, _frag, _tb, _gaps)], _ = _same(
+        [_message(_ip6(nh, rest, payload_len=0), ts=(1_700_000_000, 0)) + _done()])
+    if octets is None:
+        assert (rows, packets, trunc) == ([], 0, 1)
+    else:
+        [row] = rows
+        assert (packets, trunc) == (1, 0) and row[1:3] == (1, octets)
+
+
+def test_an_ipv6_packet_with_no_next_header_and_payload_length_0_is_40_bytes() -> None:
+    [((row,), packets, trunc, _frag, _tb, _gaps)], _ = _same(
+        [_message(_ip6(59, b""), ts=(1_700_000_000, 0)) + _done()])
+    assert (packets, trunc) == (1, 0) and row[1:3] == (1, 40)
 
 
 def test_tcp_flags_or_times_and_out_if_per_flow() -> None:

@@ -11,7 +11,9 @@
  * without the hold) and tunnels are accounted as their inner flow (agent/tunnels.py).
  * Packets of new flows that do not fit in the full table go through a ring buffer instead,
  * or are counted as lost. Packets count wire segments (skb->gso_segs ?: 1) and bytes are the
- * IP total length of each wire segment. The programs observe only: they always let the packet
+ * IP total length of each wire segment. A length field of 0 (IPv4 total length, IPv6 payload
+ * length with a payload: BIG TCP over 64 KiB, jumbograms) means the skb's own length from the
+ * IP header on, which packet.py reads from a pcap record's original length. The programs observe only: they always let the packet
  * continue (TC_ACT_UNSPEC / TCX_NEXT, XDP_PASS).
  *
  * Only UAPI headers: packet layouts are ABI and __sk_buff/xdp_md are rewritten by the
@@ -57,6 +59,7 @@ _Static_assert((MAX_TUNNEL_DEPTH & (MAX_TUNNEL_DEPTH - 1)) == 0,
 #define NEXTHDR_ROUTING 43
 #define NEXTHDR_FRAGMENT 44
 #define NEXTHDR_AUTH 51
+#define NEXTHDR_NONE 59
 #define NEXTHDR_DEST 60
 #define IPPROTO_ICMPV6_ 58
 #define IPPROTO_DCCP_ 33
@@ -91,7 +94,7 @@ enum { FRAG_NONE, FRAG_FIRST, FRAG_LATER };
 /* What one packet contributes, filled by parse(). Aligned: the key is read as 64-bit words. */
 struct pkt_info {
 	struct flow_key key;
-	__u32 ip_len;		/* IP total length from the header */
+	__u32 ip_len;		/* IP total length from the header; 0: the frame's (packet_bytes) */
 	__u32 hdr_len;		/* IP + extension + TCP/UDP header bytes (GSO byte accounting) */
 	__u32 l3_off;		/* offset of the IP header in the frame */
 	__u32 l4_off;		/* offset of the transport header (tunnel header) in the frame */
@@ -174,7 +177,9 @@ static __always_inline int parse_ipv4(void *data, void *end, __u32 off, struct p
 	vihl = *(__u8 *)ip;	/* version/ihl by hand: no bitfields */
 	ihl = (vihl & 0x0f) * 4;
 	pi->ip_len = bpf_ntohs(ip->tot_len);
-	if ((vihl >> 4) != 4 || ihl < 20 || pi->ip_len < ihl)
+	/* a total length of 0 with a whole header: a BIG TCP (GRO/GSO) packet over 64 KiB, whose
+	 * bytes are the skb's (packet_bytes), as packet.py takes a pcap's original length */
+	if ((vihl >> 4) != 4 || ihl < 20 || (pi->ip_len < ihl && pi->ip_len))
 		return PARSE_TRUNC;
 	pi->l3_off = off;
 	pi->l4_off = off + ihl;
@@ -211,6 +216,10 @@ static __always_inline int parse_ipv6(void *data, void *end, __u32 off, struct p
 	pi->key.ip_version = 6;
 	pi->key.tos = (vtf >> 20) & 0xff;
 	pi->ip_len = 40 + bpf_ntohs(ip6->payload_len);
+	/* payload length 0 with a payload: IPv6 BIG TCP or an RFC 2675 jumbogram, whose bytes
+	 * are the skb's (packet_bytes); with no next header (59) it is a 40-byte packet */
+	if (pi->ip_len == 40 && ip6->nexthdr != NEXTHDR_NONE)
+		pi->ip_len = 0;
 	__builtin_memcpy(pi->key.saddr, &ip6->saddr, 16);
 	__builtin_memcpy(pi->key.daddr, &ip6->daddr, 16);
 	pi->hdr_len = 40;
@@ -1013,10 +1022,12 @@ static __always_inline int in_slot(struct pkt_info *pi, struct flow_counters *cn
 /* Shared body of every program: sample, parse, account. `frame_len` is the whole frame,
  * `segs` the GSO segment count (1 when not GSO). Returns nothing: the caller passes. */
 /* The bytes of pi's packet: its IP length; for a GSO skb of `segs` segments the sum of the
- * segments' IP lengths (every segment repeats the headers). */
+ * segments' IP lengths (every segment repeats the headers); for a length field of 0 (BIG TCP
+ * over 64 KiB, an IPv6 jumbogram: ip_len 0) the frame's bytes from the IP header on, with the
+ * headers of the other segments when it is GSO. */
 static __always_inline __u64 packet_bytes(const struct pkt_info *pi, __u32 frame_len, __u32 segs)
 {
-	if (segs > 1)
+	if (segs > 1 || !pi->ip_len)
 		return (frame_len - pi->l3_off) + (__u64)(segs - 1) * pi->hdr_len;
 	return pi->ip_len;
 }
