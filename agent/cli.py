@@ -17,6 +17,15 @@ Exit codes: 0 success, 1 runtime failure, 2 usage error, 78 (EX_CONFIG) invalid 
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # ``python -m netflow_agent.cli`` (the benches, tests/support/agentproc.py) takes the
+    # console script's path, so that the daemon's run path drops NumPy's freshly written page
+    # cache before the imports below map it (agent/launch.py); it imports this module anew
+    # and never returns.
+    from netflow_agent.launch import entry as _launch
+
+    _launch()
+
 import atexit
 import gc
 import logging
@@ -57,9 +66,8 @@ FLOW_EXAMPLES = {"mpls_labels": "3", "physdev": '"export"'}
 
 
 def entry() -> NoReturn:
-    """Entry point of ``python -m netflow_agent.cli`` and, through
-    :func:`netflow_agent.launch.entry`, of the ``agent`` console script: :func:`main`, then
-    :func:`exit_now`."""
+    """:func:`main`, then :func:`exit_now` (the ``agent`` console script and ``python -m
+    netflow_agent.cli`` reach it through :func:`netflow_agent.launch.entry`)."""
     exit_now(main())
 
 
@@ -298,7 +306,3 @@ def _state_summary(pipeline: Pipeline) -> str:
     moved = f", file quarantined as {st.moved_to or '(not moved)'}" if st.quarantined else ""
     return (f"; state file: restored {st.flows} flows, rejected {st.rejected}, clamped "
             f"{st.clamped}{moved}")
-
-
-if __name__ == "__main__":
-    entry()

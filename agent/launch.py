@@ -1,4 +1,5 @@
-"""The ``agent`` / ``netflow-agent`` console script: the daemon's run path starts here.
+"""The ``agent`` / ``netflow-agent`` console script (and ``python -m netflow_agent.cli``,
+which hands over here): the daemon's run path starts here.
 
 Before :mod:`netflow_agent.cli` (which imports the pipeline and NumPy) is imported, the
 arguments are parsed with the light parser of :mod:`netflow_agent.cliargs`; when they start

@@ -1,5 +1,6 @@
-"""The console script drops NumPy's page cache on the daemon's run path only, before NumPy is
-imported (agent/launch.py); the other subcommands leave the page cache alone."""
+"""The console script and ``python -m netflow_agent.cli`` drop NumPy's page cache on the
+daemon's run path only, before NumPy is imported (agent/launch.py); the other subcommands
+leave the page cache alone."""
 
 from __future__ import annotations
 
@@ -27,13 +28,20 @@ entry(sys.argv[1:])
 """
 
 
-def launch(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
+#: the same, through ``python -m netflow_agent.cli`` (as the benches and test agents start)
+PROBE_MODULE = PROBE.replace(
+    "from netflow_agent.launch import entry\nentry(sys.argv[1:])",
+    "import runpy\nrunpy.run_module('netflow_agent.cli', run_name='__main__', alter_sys=True)")
 
 
-def test_the_run_path_drops_before_numpy_is_imported() -> None:
-    proc = launch("-c", "examples/quickstart.toml", "--log-level", "warning")
+def launch(*argv: str, probe: str = PROBE) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120)
+
+
+@pytest.mark.parametrize("probe", [PROBE, PROBE_MODULE], ids=["script", "python-m"])
+def test_the_run_path_drops_before_numpy_is_imported(probe: str) -> None:
+    proc = launch("-c", "examples/quickstart.toml", "--log-level", "warning", probe=probe)
     assert proc.returncode == 0, proc.stderr
     assert "drop called; numpy loaded: False" in proc.stderr
     assert "pkts=" in proc.stdout  # and the agent ran: the replay's flows were printed
@@ -49,7 +57,9 @@ def test_the_run_path_drops_before_numpy_is_imported() -> None:
     ("--version",),
     ("--bogus",),
 ])
-def test_the_other_subcommands_leave_the_page_cache_alone(argv: tuple[str, ...]) -> None:
-    proc = launch(*argv)
+@pytest.mark.parametrize("probe", [PROBE, PROBE_MODULE], ids=["script", "python-m"])
+def test_the_other_subcommands_leave_the_page_cache_alone(
+        argv: tuple[str, ...], probe: str) -> None:
+    proc = launch(*argv, probe=probe)
     assert "drop called" not in proc.stderr
     assert proc.returncode in (0, 1, 2), proc.stderr  # each ran as it does from the shell
