@@ -8,16 +8,10 @@ import os
 
 import pluggy
 
-from netflow_agent import libcache
-
 # The agent does no linear algebra; OpenBLAS (loaded with NumPy) would otherwise start a
 # worker thread at import, before the privilege drop is prepared, which ends up with a
 # capability set of its own (docs/operations.md, "Privileges").
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-# Before NumPy's libraries are first mapped: drop their freshly written page cache, whose
-# large folios a fault maps whole (agent/libcache.py; 6 MB of RSS on a fresh install).
-libcache.drop()
 
 __version__ = "0.1.0"
 

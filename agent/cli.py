@@ -17,7 +17,15 @@ Exit codes: 0 success, 1 runtime failure, 2 usage error, 78 (EX_CONFIG) invalid 
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":
+    # ``python -m netflow_agent.cli`` (the benches, tests/support/agentproc.py) takes the
+    # console script's path, so that the daemon's run path drops NumPy's freshly written page
+    # cache before the imports below map it (agent/launch.py); it imports this module anew
+    # and never returns.
+    from netflow_agent.launch import entry as _launch
+
+    _launch()
+
 import atexit
 import gc
 import logging
@@ -29,7 +37,8 @@ from typing import Any, NoReturn
 
 import pluggy
 
-from netflow_agent import __version__, heap, logutil
+from netflow_agent import heap, logutil
+from netflow_agent.cliargs import parser as _parser
 from netflow_agent.config.check import validate
 from netflow_agent.config.load import load
 from netflow_agent.config.model import AgentSection, FlowSection
@@ -55,74 +64,10 @@ AGENT_EXAMPLES = {
 FLOW_EXAMPLES = {"mpls_labels": "3", "physdev": '"export"'}
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="agent", description="NetFlow/IPFIX flow exporter "
-                                "(a userspace successor to ipt_NETFLOW).")
-    p.add_argument("-c", "--config", help="config file, or a directory of *.toml files")
-    p.add_argument("--dry-run", action="store_true",
-                   help="validate the configuration and exit (0 valid, 78 invalid)")
-    p.add_argument("--check-env", action="store_true",
-                   help="with --dry-run: also probe this machine (interfaces, kernel features)")
-    p.add_argument("--strict", action="store_true", help="with --dry-run: warnings are errors")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
-                   help="log level; overrides [agent] debug (0 info, 1 debug, 2-3 debug "
-                   "and one line per flow created and exported), also at reload")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show replay progress on stderr (default: when stderr is a terminal)")
-    p.add_argument("--version", action="version", version=f"netflow-agent {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("plugins", help="list discovered plugins")
-    cfg = sub.add_parser("config", help="configuration helpers")
-    cfg_sub = cfg.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    sample = cfg_sub.add_parser("sample", help="print a commented sample configuration")
-    sample.add_argument("name", nargs="?", help="component, e.g. netflow or export.netflow")
-    imp = cfg_sub.add_parser(
-        "import-ipt-netflow", help="convert ipt_NETFLOW module options and sysctls to TOML",
-        description="Read ipt_NETFLOW settings (modprobe.d 'options ipt_NETFLOW ...' lines, "
-        "'sysctl -a' net.netflow.* lines; later ones win) and write the equivalent "
-        "configuration, with a comment for every option that has no equivalent. Exit 0: "
-        "written and valid; 1: written, but --dry-run would refuse it; 2: unusable input.")
-    imp.add_argument("--modprobe", action="append", default=[], metavar="FILE",
-                     help="a modprobe.d file, '-' = stdin (repeatable)")
-    imp.add_argument("--sysctl", action="append", default=[], metavar="FILE",
-                     help="'sysctl -a' output or a sysctl.conf, '-' = stdin (repeatable)")
-    imp.add_argument("-o", "--output", metavar="FILE", help="write here (default: stdout)")
-    imp.add_argument("--nflog-group", type=int, default=5, metavar="N",
-                     help="NFLOG group replacing -j NETFLOW (default 5)")
-    imp.add_argument("--manage-rules", action="store_true",
-                     help="let the agent install its nftables rules (manage_rules = true)")
-    stats = sub.add_parser("stats", help="print the running agent's statistics")
-    stats.add_argument("--json", action="store_true", help="machine-readable JSON")
-    stats.add_argument("--socket", help="control socket (default: [agent] control_socket "
-                       "of -c FILE, else /run/netflow-agent/agent.sock)")
-    reload = sub.add_parser(
-        "reload", help="make the running agent re-read its configuration and wait for the "
-        "outcome", description="Ask the running agent to re-read its configuration and wait "
-        "until it is applied. Exit 0: the new configuration runs (or nothing changed); 1: not "
-        "applied, the old configuration keeps running, the reason (file: key: problem) on "
-        "stderr, or no agent to ask; 75: asked, but no outcome came back in time.")
-    reload.add_argument("--socket", help="control socket (as for stats)")
-    _top_parser(sub)
-    return p
-
-
-def _top_parser(sub: Any) -> None:
-    top = sub.add_parser("top", help="the running agent's biggest flows, refreshed every "
-                         "second (keys: b/p/r sort, / filter, q quit)")
-    top.add_argument("--socket", help="control socket (as for stats)")
-    top.add_argument("-n", type=int, default=20, help="flows to list without a terminal "
-                     "(default 20; live: as many as fit)")
-    top.add_argument("--sort", choices=["bytes", "packets", "rate"], default="bytes",
-                     help="initial sort (rate: bytes/s over the last interval)")
-    top.add_argument("--filter", default="", help='e.g. "tcp port 443 10.0.0.0/8"')
-    top.add_argument("--once", action="store_true", help="print one table and exit")
-    top.add_argument("--json", action="store_true", help="one JSON reply (implies --once)")
-    top.add_argument("--interval", type=float, default=1.0, help="refresh period, seconds")
-
 
 def entry() -> NoReturn:
-    """Entry point of the ``agent`` console script and ``python -m netflow_agent.cli``:
-    :func:`main`, then :func:`exit_now`."""
+    """:func:`main`, then :func:`exit_now` (the ``agent`` console script and ``python -m
+    netflow_agent.cli`` reach it through :func:`netflow_agent.launch.entry`)."""
     exit_now(main())
 
 
@@ -361,7 +306,3 @@ def _state_summary(pipeline: Pipeline) -> str:
     moved = f", file quarantined as {st.moved_to or '(not moved)'}" if st.quarantined else ""
     return (f"; state file: restored {st.flows} flows, rejected {st.rejected}, clamped "
             f"{st.clamped}{moved}")
-
-
-if __name__ == "__main__":
-    entry()
