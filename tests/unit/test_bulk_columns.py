@@ -190,7 +190,8 @@ def test_v9_times_and_icmp_type_computed_in_c_are_numpys_bytes(options):
                                   tuple(v9._DERIVED.items())) is not None
             for r in (np.concatenate([rows, np.arange(8)]), None):
                 new = v9.pack_flows(flows, tpl, boot, r).data
-                assert new == _old_pack_flows(flows, tpl, boot, r).data, (tpl.template_id, r is None)
+                old = _old_pack_flows(flows, tpl, boot, r).data
+                assert new == old, (tpl.template_id, r is None)
                 with mock.patch.object(wire, "_pack_ops", return_value=None):
                     assert v9.pack_flows(flows, tpl, boot, r).data == new
 
