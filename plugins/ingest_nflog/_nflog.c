@@ -81,6 +81,8 @@
 #define DIRECTION_EGRESS 1
 
 /* netinet/in.h protocol numbers (agent/packet.py) */
+/* the longest packet a length field may claim: GSO_MAX_SIZE rounded up (packet.py) */
+#define MAX_PACKET_LEN (512 * 1024)
 #define IPPROTO_HOPOPTS_ 0
 #define IPPROTO_ICMP_ 1
 #define IPPROTO_TCP_ 6
@@ -1161,7 +1163,8 @@ static inline void ipv6_packet(const struct pctx *c, const uint8_t *d, struct pa
 
 /* The length of an IPv6 packet whose payload length is 0 from its Jumbo Payload option
  * (RFC 2675: type 0xC2, 4 bytes, in a hop-by-hop header right after the fixed header); 0
- * when there is none (packet.py _jumbo_length). */
+ * when there is none or its length is no jumbogram's (<= 65,535) or over MAX_PACKET_LEN
+ * (packet.py _jumbo_length). */
 static __attribute__((noinline)) uint64_t jumbo_length(const uint8_t *d, size_t n)
 {
 	size_t end, off = 42;
@@ -1178,8 +1181,11 @@ static __attribute__((noinline)) uint64_t jumbo_length(const uint8_t *d, size_t 
 		}
 		if (off + 2 > end)
 			break;
-		if (d[off] == 0xC2 && d[off + 1] == 4 && off + 6 <= end)
-			return 40 + (uint64_t)be32(d + off + 2);
+		if (d[off] == 0xC2 && d[off + 1] == 4 && off + 6 <= end) {
+			uint64_t jumbo = be32(d + off + 2);
+
+			return jumbo > 65535 && jumbo <= MAX_PACKET_LEN - 40 ? 40 + jumbo : 0;
+		}
 		off += 2 + (size_t)d[off + 1];
 	}
 	return 0;
