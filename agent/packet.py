@@ -120,11 +120,14 @@ class PacketParser:
 
         ``wire_len`` is how long the IP packet was on the wire when the capture says so (a
         pcap record's original length less the link header), 0 when nothing says it (NFLOG).
-        It is read only for a packet whose length field is 0 (see :func:`_offloaded_length`).
+        It is read only for a packet whose length field is 0 (see :func:`_offloaded_length`);
+        one over :data:`MAX_PACKET_LEN` (a corrupt capture record) is no length.
 
         :return: the packet tuple, or ``None`` when it was truncated (then counted) or is a
             fragment waiting for its first fragment.
         """
+        if wire_len > MAX_PACKET_LEN:
+            wire_len = 0
         if len(data) >= 20 and data[0] >> 4 == 4:
             return self._ipv4(data, ts_ns, in_if, out_if, direction, wire_len)
         if len(data) >= 40 and data[0] >> 4 == 6:
