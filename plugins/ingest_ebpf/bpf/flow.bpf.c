@@ -184,6 +184,9 @@ static __always_inline int parse_ipv4(void *data, void *end, __u32 off, struct p
 	 * bytes are the skb's (packet_bytes), as packet.py takes a pcap's original length */
 	if ((vihl >> 4) != 4 || ihl < 20 || (pi->ip_len < ihl && pi->ip_len))
 		return PARSE_TRUNC;
+	/* with a total length of 0 the whole header must be there (packet.py, _nflog.c) */
+	if (!pi->ip_len && (void *)ip + ihl > end)
+		return PARSE_TRUNC;
 	pi->l3_off = off;
 	pi->l4_off = off + ihl;
 	pi->key.ip_version = 4;
