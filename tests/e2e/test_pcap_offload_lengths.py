@@ -18,18 +18,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop, Jumbo
+from scapy.layers.l2 import Ether
+from scapy.packet import Packet, Raw
+from scapy.utils import PcapWriter
 
-pytest.importorskip("scapy")
-
-from scapy.layers.inet import IP, TCP  # noqa: E402
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop, Jumbo  # noqa: E402
-from scapy.layers.l2 import Ether  # noqa: E402
-from scapy.packet import Packet, Raw  # noqa: E402
-from scapy.utils import PcapWriter  # noqa: E402
-
-from netflow_agent.testing import build_agent, collecting_plugin_module  # noqa: E402
-from tests.support import require_tool  # noqa: E402
-from tests.support.tshark_truth import FlowKey, tshark_flows  # noqa: E402
+from netflow_agent.testing import build_agent, collecting_plugin_module
+from tests.support import require_tool
+from tests.support.tshark_truth import FlowKey, tshark_flows
 
 T0 = 1_765_000_000_000_000_000
 SNAP = 96
