@@ -176,7 +176,7 @@ from netflow_agent.wire import (
 )
 
 #: ``(major, minor)`` of this plugin API (see the module docstring).
-API_VERSION = (3, 6)
+API_VERSION = (3, 7)
 
 __all__ = [
     "API_VERSION",

@@ -65,12 +65,6 @@ FLOW_EXAMPLES = {"mpls_labels": "3", "physdev": '"export"'}
 
 
 
-def entry() -> NoReturn:
-    """:func:`main`, then :func:`exit_now` (the ``agent`` console script and ``python -m
-    netflow_agent.cli`` reach it through :func:`netflow_agent.launch.entry`)."""
-    exit_now(main())
-
-
 def exit_now(code: int) -> NoReturn:
     """End the process with ``code`` without the interpreter's teardown.
 

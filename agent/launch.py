@@ -21,7 +21,8 @@ from netflow_agent.cliargs import parser, runs_pipeline
 
 def entry(argv: list[str] | None = None) -> NoReturn:
     """Drop NumPy's page cache if ``argv`` (default: the command line) starts the daemon,
-    then run :func:`netflow_agent.cli.entry`. A usage error or ``--help`` exits here, as the
+    then run :func:`netflow_agent.cli.main` and end the process with its code
+    (:func:`netflow_agent.cli.exit_now`). A usage error or ``--help`` exits here, as the
     command line would."""
     args = sys.argv[1:] if argv is None else argv
     if runs_pipeline(parser().parse_args(args)):

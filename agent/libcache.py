@@ -1,10 +1,12 @@
 """The page cache of the shared libraries the agent loads: dropped before they are mapped.
 
 This module owns one call, :func:`drop`, which the daemon's run path makes
-(:mod:`netflow_agent.launch`, before anything imports NumPy; not the other subcommands, not
-``import netflow_agent``, not tests). It asks the kernel (``posix_fadvise(POSIX_FADV_DONTNEED)``)
-to drop the cached pages of NumPy's shared objects that the agent loads, so that loading them
-maps only the pages the process touches, at 4 KiB granularity.
+(:mod:`netflow_agent.launch`, before anything imports NumPy: the console scripts and
+``python -m netflow_agent.cli -c ...``, which the benches and the tests' agent processes
+use; not the other subcommands, not ``import netflow_agent``). It asks the kernel
+(``posix_fadvise(POSIX_FADV_DONTNEED)``) to drop the cached pages of NumPy's shared objects
+that the agent loads, so that loading them maps only the pages the process touches, at 4 KiB
+granularity.
 
 Why: a file written shortly before (``pip install``, a package upgrade) sits in the page
 cache in large folios, up to megabytes each (ext4 and others since Linux 6.16), and a page

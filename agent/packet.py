@@ -62,6 +62,9 @@ PORT_PROTOCOLS = frozenset({IPPROTO_TCP, IPPROTO_UDP, IPPROTO_DCCP, IPPROTO_SCTP
 #: ipt_NETFLOW's ipv6_ext_hdr() walk and tshark say
 _EXT_LEN8 = frozenset({IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS})
 _MAX_EXT_HEADERS = 8
+#: The longest packet a length field or a capture's original length may claim: Linux's
+#: GSO_MAX_SIZE (524,280 bytes) rounded up to 512 KiB; longer ones are corrupt (truncated)
+MAX_PACKET_LEN = 512 * 1024
 
 
 class PacketParser:
@@ -117,11 +120,14 @@ class PacketParser:
 
         ``wire_len`` is how long the IP packet was on the wire when the capture says so (a
         pcap record's original length less the link header), 0 when nothing says it (NFLOG).
-        It is read only for a packet whose length field is 0 (see :func:`_offloaded_length`).
+        It is read only for a packet whose length field is 0 (see :func:`_offloaded_length`);
+        one over :data:`MAX_PACKET_LEN` (a corrupt capture record) is no length.
 
         :return: the packet tuple, or ``None`` when it was truncated (then counted) or is a
             fragment waiting for its first fragment.
         """
+        if wire_len > MAX_PACKET_LEN:
+            wire_len = 0
         if len(data) >= 20 and data[0] >> 4 == 4:
             return self._ipv4(data, ts_ns, in_if, out_if, direction, wire_len)
         if len(data) >= 40 and data[0] >> 4 == 6:
@@ -242,7 +248,8 @@ def _offloaded_length(data: Any, ihl: int, total: int, wire_len: int) -> int:
 def _jumbo_length(data: Any) -> int:
     """The length of an IPv6 packet whose payload length is 0 from its Jumbo Payload option
     (RFC 2675: type 0xC2, 4 bytes, in a hop-by-hop header right after the fixed header,
-    counting everything after the fixed header); 0 when there is none."""
+    counting everything after the fixed header); 0 when there is none or its length is not a
+    jumbogram's (RFC 2675: over 65,535) or longer than :data:`MAX_PACKET_LEN`."""
     n = len(data)
     if data[6] != IPPROTO_HOPOPTS or n < 48:
         return 0
@@ -256,7 +263,8 @@ def _jumbo_length(data: Any) -> int:
         if off + 2 > end:
             break
         if opt == 0xC2 and data[off + 1] == 4 and off + 6 <= end:
-            return 40 + int.from_bytes(data[off + 2:off + 6], "big")
+            jumbo = int.from_bytes(data[off + 2:off + 6], "big")
+            return 40 + jumbo if 65_535 < jumbo <= MAX_PACKET_LEN - 40 else 0
         off += 2 + data[off + 1]
     return 0
 

@@ -204,18 +204,19 @@ class DecapParser(PacketParser):
         if proto not in self.protos and not (
                 proto == IPPROTO_UDP and ((key[10] << 8) | key[11]) in self.udp_ports):
             return pkt
-        return self._decapsulate(data, pkt, ts_ns, in_if, out_if, direction, depth, wire_len)
+        return self._decapsulate(data, pkt, ts_ns, in_if, out_if, direction, depth)
 
     def _decapsulate(self, data: Any, outer: Packet, ts_ns: int, in_if: int, out_if: int,
-                     direction: int, depth: int, wire_len: int) -> Packet | None:
+                     direction: int, depth: int) -> Packet | None:
         tunnel = find_inner(data, self.kinds)
         if tunnel is None:
             self.decap_failed += 1
             return outer
         view = memoryview(data) if isinstance(data, bytes) else data
         trunc, trunc_bytes = self.trunc, self.trunc_bytes
+        # an inner length field of 0: the outer's accounted bytes from the inner header on
         inner = self.parse(view[tunnel.inner:], ts_ns, in_if, out_if, direction,
-                           max(wire_len - tunnel.inner, 0), depth + 1)
+                           max(outer[1] - tunnel.inner, 0), depth + 1)
         if inner is None and self.trunc != trunc:  # the payload is no IP packet after all
             self.trunc, self.trunc_bytes = trunc, trunc_bytes
             self.decap_failed += 1

@@ -81,6 +81,8 @@
 #define DIRECTION_EGRESS 1
 
 /* netinet/in.h protocol numbers (agent/packet.py) */
+/* the longest packet a length field may claim: GSO_MAX_SIZE rounded up (packet.py) */
+#define MAX_PACKET_LEN (512 * 1024)
 #define IPPROTO_HOPOPTS_ 0
 #define IPPROTO_ICMP_ 1
 #define IPPROTO_TCP_ 6
@@ -1046,6 +1048,8 @@ struct pctx {
 	int64_t ts;
 	uint32_t in_if, out_if;
 	unsigned int direction;
+	uint64_t wire_len;	/* a tunnel's inner packet: its outer's bytes from it on, for a
+				 * length field of 0 (packet.py wire_len); 0 otherwise */
 };
 
 static inline void frag_key4(struct frag_key *k, const uint8_t *d)
@@ -1085,12 +1089,10 @@ static inline void transport(const uint8_t *d, size_t len, size_t off, unsigned 
 }
 
 /* Fill pkt for an IPv4 packet with these ports and flags. */
-static inline void ipv4_packet(const struct pctx *c, const uint8_t *d, size_t len,
+static inline void ipv4_packet(const struct pctx *c, const uint8_t *d, uint64_t total,
 			       struct packet *pkt, unsigned int sport, unsigned int dport,
 			       unsigned int flags)
 {
-	unsigned int total = be16(d + 2);
-
 	key_head(pkt->key, 4, d[9], d[1], c->direction, c->in_if, sport, dport);
 	memcpy(pkt->key + 12, d + 12, 4); /* source address, zero-padded to 16 bytes */
 	memset(pkt->key + 16, 0, 12);
@@ -1103,7 +1105,8 @@ static inline void ipv4_packet(const struct pctx *c, const uint8_t *d, size_t le
 
 /* An IPv4 fragment, as PacketParser._fragment4 (out of the hot path). */
 static __attribute__((noinline)) int parse_fragment4(const struct pctx *c, const uint8_t *d,
-						    size_t len, size_t ihl, struct packet *pkt)
+						    size_t len, size_t ihl, uint64_t total,
+						    struct packet *pkt)
 {
 	unsigned int sport = 0, dport = 0, flags = 0;
 	int track = c->self->frag_timeout_ns > 0;
@@ -1113,13 +1116,13 @@ static __attribute__((noinline)) int parse_fragment4(const struct pctx *c, const
 	if (track)
 		frag_key4(&fk, d);
 	if (be16(d + 6) & 0x1FFF) { /* not the first fragment: no transport header */
-		ipv4_packet(c, d, len, pkt, 0, 0, 0);
+		ipv4_packet(c, d, total, pkt, 0, 0, 0);
 		return !track || frag_later(c->self, &fk, pkt, c->ts, c->out_if);
 	}
 	transport(d, len, ihl, d[9], IPPROTO_ICMP_, &sport, &dport, &flags);
 	if (track)
 		frag_first(c->self, &fk, d[9], sport, dport, c->ts);
-	ipv4_packet(c, d, len, pkt, sport, dport, flags);
+	ipv4_packet(c, d, total, pkt, sport, dport, flags);
 	return 1;
 }
 
@@ -1130,20 +1133,24 @@ static inline __attribute__((always_inline)) int parse_ipv4(const struct pctx *c
 							       struct packet *pkt)
 {
 	size_t ihl = (size_t)(d[0] & 0x0F) * 4;
-	unsigned int total = be16(d + 2), sport = 0, dport = 0, flags = 0;
+	uint64_t total = be16(d + 2);
+	unsigned int sport = 0, dport = 0, flags = 0;
 
 	/* a total length of 0 is a BIG TCP packet over 65,535 bytes: NFLOG copied at most 65,531
 	 * of them and no attribute says how long it was, so it is counted as truncated rather
-	 * than accounted with a wrong length (packet.py _offloaded_length without wire_len) */
+	 * than accounted with a wrong length (packet.py _offloaded_length); a tunnel's inner
+	 * packet takes its outer's bytes from it on (wire_len) */
+	if (!total && ihl >= 20 && len >= ihl && c->wire_len >= ihl)
+		total = c->wire_len;
 	if (ihl < 20 || total < ihl) {
 		c->cc->trunc++;
 		c->cc->trunc_bytes += total;
 		return 0;
 	}
 	if (be16(d + 6) & 0x3FFF) /* MF set or offset != 0 */
-		return parse_fragment4(c, d, len, ihl, pkt);
+		return parse_fragment4(c, d, len, ihl, total, pkt);
 	transport(d, len, ihl, d[9], IPPROTO_ICMP_, &sport, &dport, &flags);
-	ipv4_packet(c, d, len, pkt, sport, dport, flags);
+	ipv4_packet(c, d, total, pkt, sport, dport, flags);
 	return 1;
 }
 
@@ -1161,7 +1168,8 @@ static inline void ipv6_packet(const struct pctx *c, const uint8_t *d, struct pa
 
 /* The length of an IPv6 packet whose payload length is 0 from its Jumbo Payload option
  * (RFC 2675: type 0xC2, 4 bytes, in a hop-by-hop header right after the fixed header); 0
- * when there is none (packet.py _jumbo_length). */
+ * when there is none or its length is no jumbogram's (<= 65,535) or over MAX_PACKET_LEN
+ * (packet.py _jumbo_length). */
 static __attribute__((noinline)) uint64_t jumbo_length(const uint8_t *d, size_t n)
 {
 	size_t end, off = 42;
@@ -1178,8 +1186,11 @@ static __attribute__((noinline)) uint64_t jumbo_length(const uint8_t *d, size_t 
 		}
 		if (off + 2 > end)
 			break;
-		if (d[off] == 0xC2 && d[off + 1] == 4 && off + 6 <= end)
-			return 40 + (uint64_t)be32(d + off + 2);
+		if (d[off] == 0xC2 && d[off + 1] == 4 && off + 6 <= end) {
+			uint64_t jumbo = be32(d + off + 2);
+
+			return jumbo > 65535 && jumbo <= MAX_PACKET_LEN - 40 ? 40 + jumbo : 0;
+		}
 		off += 2 + (size_t)d[off + 1];
 	}
 	return 0;
@@ -1200,6 +1211,8 @@ static inline __attribute__((always_inline)) int parse_ipv6(const struct pctx *c
 	 * length nothing in the NFLOG message says (counted as truncated, as IPv4's) */
 	if (octets == 40 && nh != IPPROTO_NONE_) {
 		octets = jumbo_length(d, n);
+		if (!octets)
+			octets = c->wire_len;
 		if (!octets) {
 			c->cc->trunc++;
 			return 0;
@@ -1256,13 +1269,16 @@ static int decapsulate(const struct pctx *c, const uint8_t *d, size_t len, struc
 	long inner_off = find_inner(d, len, self->decap_mask);
 	uint64_t trunc = c->cc->trunc, trunc_bytes = c->cc->trunc_bytes;
 	struct packet inner;
+	struct pctx ic = *c;
 	int ok;
 
 	if (inner_off < 0 || (size_t)inner_off > len) {
 		self->decap_failed++;
 		return 1;
 	}
-	ok = parse_ip(c, d + inner_off, len - (size_t)inner_off, &inner, depth + 1);
+	/* an inner length field of 0: the outer's accounted bytes from the inner header on */
+	ic.wire_len = pkt->octets > (uint64_t)inner_off ? pkt->octets - (uint64_t)inner_off : 0;
+	ok = parse_ip(&ic, d + inner_off, len - (size_t)inner_off, &inner, depth + 1);
 	if (!ok && c->cc->trunc != trunc) { /* no IP packet inside after all */
 		c->cc->trunc = trunc;
 		c->cc->trunc_bytes = trunc_bytes;
@@ -1484,7 +1500,7 @@ static inline __attribute__((always_inline)) void packet_message(
 	unsigned int l2)
 {
 	uint32_t indev = m->indev, outdev = m->outdev;
-	struct pctx c = {self, cc, message_time(m, recv_ns), indev, outdev, DIRECTION_INGRESS};
+	struct pctx c = {self, cc, message_time(m, recv_ns), indev, outdev, DIRECTION_INGRESS, 0};
 	struct packet pkt;
 
 	if (l2 & L2_OVERRIDE) { /* NflogL2.parse */

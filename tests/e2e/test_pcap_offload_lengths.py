@@ -18,18 +18,15 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop, Jumbo
+from scapy.layers.l2 import Ether
+from scapy.packet import Packet, Raw
+from scapy.utils import PcapWriter
 
-pytest.importorskip("scapy")
-
-from scapy.layers.inet import IP, TCP  # noqa: E402
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrHopByHop, Jumbo  # noqa: E402
-from scapy.layers.l2 import Ether  # noqa: E402
-from scapy.packet import Packet, Raw  # noqa: E402
-from scapy.utils import PcapWriter  # noqa: E402
-
-from netflow_agent.testing import build_agent, collecting_plugin_module  # noqa: E402
-from tests.support import require_tool  # noqa: E402
-from tests.support.tshark_truth import FlowKey, tshark_flows  # noqa: E402
+from netflow_agent.testing import build_agent, collecting_plugin_module
+from tests.support import require_tool
+from tests.support.tshark_truth import FlowKey, tshark_flows
 
 T0 = 1_765_000_000_000_000_000
 SNAP = 96
@@ -120,6 +117,22 @@ def test_a_tso_frame_cut_by_the_snap_length_counts_its_wire_length(tmp_path, ng)
     assert truth.table() == {key: (2, 9040 + 60_040)}
     assert flows == truth.table()
     assert core["trunc"] == 0
+
+
+@pytest.mark.parametrize("ng", [False, True], ids=["pcap", "pcapng"])
+def test_an_original_length_over_512k_is_truncated_not_4_gib(tmp_path, ng):
+    """A corrupt record whose original length is 0xFFFFFFFF made a length-0 packet worth
+    ~4 GiB: beyond 512 KiB (no Linux skb is longer) it counts in trunc; a plausible one
+    beside it is still its wire length, and a whole header's length is still its own."""
+    tso, big = tso4(9000), big6(9000)
+    whole = bytes(_eth() / IP(src=A4, dst=B4) / TCP(sport=40003, dport=443) / Raw(b"t" * 10))
+    capture = write(tmp_path / "c.pcap", [(tso, 0xFFFF_FFFF), (big, 0xFFFF_FFFF),
+                                          (tso, 14 + 512 * 1024), (tso, 15 + 512 * 1024),
+                                          (whole, 0xFFFF_FFFF)], ng)
+    flows, core = replay(tmp_path, capture)
+    assert flows == {(6, A4, B4, 40000, 443): (1, 512 * 1024),
+                     (6, A4, B4, 40003, 443): (1, 20 + 20 + 10)}
+    assert core["trunc"] == 3
 
 
 def test_ipv6_big_tcp_cut_by_the_snap_length_counts_its_wire_length(tmp_path):

@@ -33,7 +33,7 @@ from typing import Any
 from netflow_agent.config.check import validate
 from netflow_agent.errors import ConfigIssue
 from netflow_agent.model import KEY, NAT_START, NAT_STOP, split_key
-from netflow_agent.packet import PacketParser
+from netflow_agent.packet import MAX_PACKET_LEN, PacketParser
 from netflow_agent.plugins.ingest_conntrack import ctnetlink
 from netflow_agent.plugins.ingest_conntrack.events import to_nat_event
 from netflow_agent.plugins.ingest_nflog.netlink import NflogDecoder
@@ -56,6 +56,7 @@ def check_packet(data: bytes, in_if: int = 7, out_if: int = 9, direction: int = 
     if pkt is None:
         assert (parser.trunc, parser.frag) == (1, 0), (parser.trunc, parser.frag)
         assert parser.take_counters()[0] == 1 and parser.trunc == 0
+        _check_wire_len(data, in_if, out_if, direction)
         return
     assert parser.trunc == 0 and parser.frag in (0, 1)
     key, length, flags, ts, out = pkt
@@ -75,13 +76,30 @@ def check_packet(data: bytes, in_if: int = 7, out_if: int = 9, direction: int = 
         if plen or data[6] == 59:
             assert length == 40 + plen
         else:  # payload length 0 with a payload: only a Jumbo Payload option says how long
-            assert data[6] == 0 and length >= 40
+            assert data[6] == 0 and 40 + 65_536 <= length <= MAX_PACKET_LEN  # RFC 2675
     # a pcap record's original length is read only when the length field says 0
     assert PacketParser().parse(data, TS_NS, in_if, out_if, direction,
                                 wire_len=len(data) + 1000) == pkt
     # the memoryview path (NFLOG hands slices of its receive buffer) gives the same answer
     assert PacketParser().parse(memoryview(bytearray(data)), TS_NS, in_if, out_if,
                                 direction) == pkt
+
+
+def _check_wire_len(data: bytes, in_if: int, out_if: int, direction: int) -> None:
+    """A packet truncated without a wire length: with one (a pcap record's original length)
+    only a length field of 0 makes it a packet, of that length (IPv6: or its Jumbo option's),
+    and one over MAX_PACKET_LEN is still truncated."""
+    wire = len(data) + 1000
+    pkt = PacketParser().parse(data, TS_NS, in_if, out_if, direction, wire_len=wire)
+    assert PacketParser().parse(data, TS_NS, in_if, out_if, direction,
+                                wire_len=MAX_PACKET_LEN + 1) is None
+    if pkt is None or pkt[0][0] != data[0] >> 4:  # a fragment held, or a tunnel's inner
+        return
+    if data[0] >> 4 == 4:
+        assert struct.unpack_from("!H", data, 2)[0] == 0 and pkt[1] == wire
+    else:
+        assert struct.unpack_from("!H", data, 4)[0] == 0 and data[6] != 59
+        assert pkt[1] == wire or 40 + 65_536 <= pkt[1] <= MAX_PACKET_LEN
 
 
 # --- NFLOG ---------------------------------------------------------------------------------

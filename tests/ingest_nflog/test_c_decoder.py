@@ -633,7 +633,14 @@ def _jumbo(length: int) -> bytes:
     (0, bytes([6, 0, 1, 4, 0, 0, 0, 0]) + _tcp(1000, 80, TCP_ACK), None),  # no Jumbo option
     (0, _jumbo(8 + 20 + 70_000) + _tcp(1000, 80, TCP_ACK) + b"t" * 88, 40 + 70_028),
     (0, bytes([6, 0, 0, 1, 0, 0xC2, 4, 0]), None),  # Pad1, PadN, a cut Jumbo option
-], ids=["big-tcp", "hbh-without-jumbo", "jumbogram", "jumbo-option-cut"])
+    (0, _jumbo(0) + _tcp(1000, 80, TCP_ACK), None),  # RFC 2675: a Jumbo length > 65,535
+    (0, _jumbo(65_535) + _tcp(1000, 80, TCP_ACK), None),
+    (0, _jumbo(65_536) + _tcp(1000, 80, TCP_ACK), 40 + 65_536),
+    (0, _jumbo(512 * 1024 - 40) + _tcp(1000, 80, TCP_ACK), 512 * 1024),
+    (0, _jumbo(512 * 1024 - 39) + _tcp(1000, 80, TCP_ACK), None),  # no skb is longer
+    (0, _jumbo(0xFFFF_FFFF) + _tcp(1000, 80, TCP_ACK), None),  # 4 GiB from 68 bytes
+], ids=["big-tcp", "hbh-without-jumbo", "jumbogram", "jumbo-option-cut", "jumbo-0",
+        "jumbo-65535", "jumbo-65536", "jumbo-512k", "jumbo-over-512k", "jumbo-4g"])
 def test_an_ipv6_payload_length_of_0_is_a_jumbogram_or_truncated(nh: int, rest: bytes,
                                                                  octets: int | None) -> None:
     """IPv6 payload length 0 with a payload (next header not 59): the Jumbo Payload option's

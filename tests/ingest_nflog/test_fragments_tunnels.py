@@ -22,7 +22,7 @@ from netflow_agent.fragments import FragmentPolicy
 from netflow_agent.model import split_key
 from netflow_agent.plugins.ingest_nflog.decoders import C_ONLY_STATS, CBatcher, PythonBatcher
 from tests.fuzz.strategies import fuzz_settings
-from tests.ingest_nflog.test_c_decoder import _ext, _message, _summed
+from tests.ingest_nflog.test_c_decoder import TCP_ACK, _ext, _ip4, _ip6, _message, _summed, _tcp
 from tests.support.pcapgen import FlowSpec, PcapBuilder
 from tests.support.truth import FlowId
 
@@ -195,3 +195,18 @@ def tunnel_garbage(draw: Any) -> bytes:
 def test_random_tunnel_packets_identical(packets: list[bytes], keep_outer: bool) -> None:
     grams = datagrams_of([(1_700_000_000 * 10**9 + i, p) for i, p in enumerate(packets)])
     both(grams, decapsulate=("gre", "vxlan", "geneve", "ipip"), keep_outer=keep_outer)
+
+
+@pytest.mark.parametrize("inner", [
+    _ip4(6, _tcp(1000, 80, TCP_ACK) + b"t" * 80, total=0),  # IPv4 total length 0
+    _ip6(6, _tcp(1000, 80, TCP_ACK) + b"t" * 60, payload_len=0),  # IPv6 payload length 0
+], ids=["ipv4-in-ipip", "ipv6-in-ipv4"])
+def test_an_inner_length_of_0_is_the_outers_bytes_from_it_on(inner: bytes) -> None:
+    """An inner header saying length 0 (BIG TCP inside a tunnel): the outer's accounted
+    length less the inner's offset, in both decoders (and as the pcap and eBPF parsers); the
+    inner packet was counted in trunc here and accounted otherwise elsewhere."""
+    outer = _ip4(4 if inner[0] >> 4 == 4 else 41, inner)
+    rows, stats = both(datagrams_of([(1_700_000_000 * 10**9, outer)]), decapsulate=("ipip",))
+    [(_key, packets, octets, *_rest)] = rows
+    assert (packets, octets) == (1, len(outer) - 20) == (1, 120)
+    assert (stats["decapsulated"], stats["decap_failed"]) == (1, 0)

@@ -105,6 +105,9 @@ struct pkt_info {
 	__u8 decap_failed;	/* 1: a tunnel packet accounted as it is (see decapsulate()) */
 	__u8 inner_short;	/* 1: an inner header ran past the linear data (tc pulls more) */
 	__u8 vlan_tags;		/* VLAN tags seen (offloaded first), for record_vlan() */
+	__u8 jumbo_hbh;		/* 8: a payload-length-0 IPv6 packet opens with the 8-byte
+				 * hop-by-hop Jumbo header (C2 04) Linux < 7.0 puts in BIG TCP
+				 * skbs and no wire segment carries (packet_bytes) */
 } __attribute__((aligned(8)));
 
 /* decapsulate: scratch space per CPU rather than on the stack (512 bytes for the program and
@@ -181,6 +184,9 @@ static __always_inline int parse_ipv4(void *data, void *end, __u32 off, struct p
 	 * bytes are the skb's (packet_bytes), as packet.py takes a pcap's original length */
 	if ((vihl >> 4) != 4 || ihl < 20 || (pi->ip_len < ihl && pi->ip_len))
 		return PARSE_TRUNC;
+	/* with a total length of 0 the whole header must be there (packet.py, _nflog.c) */
+	if (!pi->ip_len && (void *)ip + ihl > end)
+		return PARSE_TRUNC;
 	pi->l3_off = off;
 	pi->l4_off = off + ihl;
 	pi->key.ip_version = 4;
@@ -249,6 +255,10 @@ static __always_inline int parse_ipv6(void *data, void *end, __u32 off, struct p
 			continue;
 		}
 		len = nh == NEXTHDR_AUTH ? ((__u32)cur[1] + 2) * 4 : ((__u32)cur[1] + 1) * 8;
+		/* the first header a bare hop-by-hop Jumbo option (hdrlen 0, C2 04) */
+		if (i == 0 && nh == NEXTHDR_HOP && !pi->ip_len && cur[1] == 0 && cur[2] == 0xc2 &&
+		    cur[3] == 4)
+			pi->jumbo_hbh = 8;
 		nh = cur[0];
 		pi->hdr_len += len;
 		cur += len;
@@ -1027,8 +1037,12 @@ static __always_inline int in_slot(struct pkt_info *pi, struct flow_counters *cn
  * headers of the other segments when it is GSO. */
 static __always_inline __u64 packet_bytes(const struct pkt_info *pi, __u32 frame_len, __u32 segs)
 {
+	/* a GSO skb's Jumbo hop-by-hop header is the kernel's (ip6_xmit, ipv6_gro_complete):
+	 * its wire segments have payload lengths and no such header */
+	__u32 fake = segs > 1 ? pi->jumbo_hbh : 0;
+
 	if (segs > 1 || !pi->ip_len)
-		return (frame_len - pi->l3_off) + (__u64)(segs - 1) * pi->hdr_len;
+		return (frame_len - pi->l3_off - fake) + (__u64)(segs - 1) * (pi->hdr_len - fake);
 	return pi->ip_len;
 }
 
