@@ -34,10 +34,8 @@ from netflow_agent.fragments import FragmentPolicy
 from netflow_agent.linklayer import ETH_P_TEB, ethernet_ip_offset, ip_after
 from netflow_agent.model import Packet
 from netflow_agent.packet import (
-    IPPROTO_DSTOPTS,
+    _EXT_LEN8,
     IPPROTO_FRAGMENT,
-    IPPROTO_HOPOPTS,
-    IPPROTO_ROUTING,
     IPPROTO_UDP,
     PacketParser,
 )
@@ -51,7 +49,6 @@ GENEVE_PORT = 6081
 ETH_P_ERSPAN2 = 0x88BE
 ETH_P_ERSPAN3 = 0x22EB
 MAX_DEPTH = 2
-_EXT_LEN8 = frozenset({IPPROTO_HOPOPTS, IPPROTO_ROUTING, IPPROTO_DSTOPTS})  # as packet.py
 
 #: kinds of :class:`Tunnel`
 KIND_GRE, KIND_ERSPAN, KIND_VXLAN, KIND_GENEVE, KIND_IPIP = 1, 2, 3, 4, 5

@@ -50,6 +50,7 @@ from scapy.utils import PcapNgWriter, PcapWriter
 
 from netflow_agent.testing import build_agent, collecting_plugin_module
 from tests.support import require_tool
+from tests.support.pcapgen import nflog_tlv, pcapng_block
 from tests.support.tshark_truth import FlowKey, Truth, tshark_flows, tshark_flows_by_interface
 
 T0 = 1_765_000_000_123_456_789  # ns: not a whole microsecond, so precisions show
@@ -141,17 +142,12 @@ def af_bytes(ip: Packet, order: str, af6: int = 10) -> bytes:
     return struct.pack(order + "I", af6 if isinstance(ip, IPv6) else 2)
 
 
-def _tlv(kind: int, value: bytes) -> bytes:
-    """One NFLOG TLV: length and type in the capturing host's (little-endian) order."""
-    return struct.pack("<HH", 4 + len(value), kind) + value + b"\0" * (-len(value) % 4)
-
-
 def nflog_frame(ip: Packet) -> bytes:
     """LINKTYPE_NFLOG as ``tcpdump -i nflog:5`` writes it: header, packet header, prefix,
     then the payload TLV."""
     family = 10 if isinstance(ip, IPv6) else 2
-    return (struct.pack("!BBH", family, 0, 5) + _tlv(1, struct.pack("!HBx", ethertype(ip), 3))
-            + _tlv(10, b"flows\0") + _tlv(9, bytes(ip)))
+    return (struct.pack("!BBH", family, 0, 5) + nflog_tlv(1, struct.pack("!HBx", ethertype(ip), 3))
+            + nflog_tlv(10, b"flows\0") + nflog_tlv(9, bytes(ip)))
 
 
 def snap_frame(ip: Packet) -> bytes:
@@ -277,16 +273,16 @@ def write_pcapng(path: Path, captures: list[tuple[int, Frames, bool]]) -> Path:
     """One pcapng section, an interface per ``(linktype, frames, nano)`` capture (its link
     type; timestamps in ns with ``nano``, else in µs: a classic pcap's), the captures' frames
     one capture after the other."""
-    out = _block("<", 0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    out = pcapng_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1), order="<")
     for linktype, _frames, nano in captures:
         resol = struct.pack("<HHB3x", 9, 1, 9) + bytes(4) if nano else b""  # if_tsresol
-        out += _block("<", 1, struct.pack("<HHI", linktype, 0, 262144) + resol)
+        out += pcapng_block(1, struct.pack("<HHI", linktype, 0, 262144) + resol, order="<")
     for interface, (_linktype, frames, nano) in enumerate(captures):
         for ts, frame in frames:
             ticks = ts if nano else ts // 1000
-            out += _block("<", 6, struct.pack("<IIIII", interface, ticks >> 32,
+            out += pcapng_block(6, struct.pack("<IIIII", interface, ticks >> 32,
                                               ticks & 0xFFFFFFFF, len(frame), len(frame))
-                          + frame)
+                          + frame, order="<")
     path.write_bytes(out)
     return path
 
@@ -404,13 +400,13 @@ def test_pcapng_interface_timestamp_offset(tmp_path, order, offset):
     flows' first and last times must too."""
     first_ns = 1_765_086_400_123_456_789
     frames = framed("ethernet", ipv4_traffic(), first_ns - offset * 10**9)
-    shb = _block(order, 0x0A0D0D0A, struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1))
+    shb = pcapng_block(0x0A0D0D0A, struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1), order=order)
     opts = struct.pack(order + "HHB3x", 9, 1, 9) + struct.pack(order + "HHq", 14, 8, offset)
-    idb = _block(order, 1, struct.pack(order + "HHI", 1, 0, 65535) + opts + bytes(4))
+    idb = pcapng_block(1, struct.pack(order + "HHI", 1, 0, 65535) + opts + bytes(4), order=order)
     out = shb + idb
     for ts, frame in frames:
-        out += _block(order, 6, struct.pack(order + "IIIII", 0, ts >> 32, ts & 0xFFFFFFFF,
-                                            len(frame), len(frame)) + frame)
+        out += pcapng_block(6, struct.pack(order + "IIIII", 0, ts >> 32, ts & 0xFFFFFFFF,
+                                            len(frame), len(frame)) + frame, order=order)
     path = tmp_path / "c.pcapng"
     path.write_bytes(out)
     truth, _ingest = check(tmp_path, path)
@@ -457,26 +453,20 @@ def test_pcapng_sections_resolutions_and_simple_and_obsolete_blocks(tmp_path):
     assert ingest["packets"] == 3 * 3 + len(v4) + len(v6) + 10 + 1
 
 
-def _block(order: str, kind: int, body: bytes) -> bytes:
-    body += b"\0" * (-len(body) % 4)
-    n = len(body) + 12
-    return struct.pack(order + "II", kind, n) + body + struct.pack(order + "I", n)
-
-
 def big_endian_section(ts_ns: int, frames: list[bytes], spb: bytes) -> bytes:
     """SHB (big endian), IDB (Ethernet, if_tsresol 2^-20 s), an OPB per frame, then an SPB."""
     order = ">"
-    shb = _block(order, 0x0A0D0D0A, struct.pack(">IHHq", 0x1A2B3C4D, 1, 0, -1))
+    shb = pcapng_block(0x0A0D0D0A, struct.pack(">IHHq", 0x1A2B3C4D, 1, 0, -1), order=order)
     opts = struct.pack(">HHB3x", 9, 1, 0x80 | 20) + struct.pack(">HH", 0, 0)
-    idb = _block(order, 1, struct.pack(">HHI", 1, 0, 65535) + opts)
+    idb = pcapng_block(1, struct.pack(">HHI", 1, 0, 65535) + opts, order=order)
     out = shb + idb
     for i, frame in enumerate(frames):
         ticks = ((ts_ns + i * 1_000_000) << 20) // 10**9
         ticks_ns = ticks * 10**9 >> 20
         assert ticks_ns <= ts_ns + i * 1_000_000
-        out += _block(order, 2, struct.pack(">HHIIII", 0, 0, ticks >> 32, ticks & 0xFFFFFFFF,
-                                            len(frame), len(frame)) + frame)
-    return out + _block(order, 3, struct.pack(">I", len(spb)) + spb)
+        out += pcapng_block(2, struct.pack(">HHIIII", 0, 0, ticks >> 32, ticks & 0xFFFFFFFF,
+                                            len(frame), len(frame)) + frame, order=order)
+    return out + pcapng_block(3, struct.pack(">I", len(spb)) + spb, order=order)
 
 
 def mobility_and_ah() -> list[Packet]:

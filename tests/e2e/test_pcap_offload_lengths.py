@@ -26,6 +26,7 @@ from scapy.utils import PcapWriter
 
 from netflow_agent.testing import build_agent, collecting_plugin_module
 from tests.support import require_tool
+from tests.support.pcapgen import nflog_tlv, pcapng_block
 from tests.support.tshark_truth import FlowKey, tshark_flows
 
 T0 = 1_765_000_000_000_000_000
@@ -64,20 +65,15 @@ def jumbo6(payload: int) -> tuple[bytes, int]:
     return bytes(_eth() / ip), 14 + 40 + jumbo
 
 
-def _block(kind: int, body: bytes) -> bytes:
-    body += b"\0" * (-len(body) % 4)
-    return struct.pack("<II", kind, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
-
-
 def write(path: Path, records: list[tuple[bytes, int]], ng: bool = False) -> Path:
     """An Ethernet capture of ``(packet bytes, original length)`` records, each cut to
     :data:`SNAP` bytes: classic pcap (scapy) or pcapng (one SHB, IDB and EPB per record)."""
     if ng:
-        out = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
-        out += _block(1, struct.pack("<HHI", 1, 0, SNAP))
+        out = pcapng_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+        out += pcapng_block(1, struct.pack("<HHI", 1, 0, SNAP))
         for n, (data, wirelen) in enumerate(records):
             us = (T0 + n * 1000) // 1000
-            out += _block(6, struct.pack("<IIIII", 0, us >> 32, us & 0xFFFFFFFF,
+            out += pcapng_block(6, struct.pack("<IIIII", 0, us >> 32, us & 0xFFFFFFFF,
                                          len(data[:SNAP]), wirelen) + data[:SNAP])
         path.write_bytes(out)
         return path
@@ -159,15 +155,10 @@ def test_an_ipv6_jumbogram_counts_its_jumbo_payload_length(tmp_path):
     assert core["trunc"] == 0
 
 
-def _tlv(kind: int, value: bytes) -> bytes:
-    """One NFLOG TLV: length and type little-endian, the value padded to 4 bytes."""
-    return struct.pack("<HH", 4 + len(value), kind) + value + b"\x55" * (-len(value) % 4)
-
-
 def nflog(ip: bytes) -> bytes:
     """LINKTYPE_NFLOG as ``tcpdump -i nflog:5`` writes it, the payload TLV last."""
-    return (struct.pack("!BBH", 2, 0, 5) + _tlv(1, struct.pack("!HBx", 0x0800, 3))
-            + _tlv(9, ip))
+    return (struct.pack("!BBH", 2, 0, 5) + nflog_tlv(1, struct.pack("!HBx", 0x0800, 3), pad=b"\x55")
+            + nflog_tlv(9, ip, pad=b"\x55"))
 
 
 def _ip4(pkt: Packet, total: int | None = None) -> bytes:

@@ -528,10 +528,18 @@ def write_pcap(
     Path(path).write_bytes(b"".join(out))
 
 
-def _pcapng_block(block_type: int, body: bytes) -> bytes:
+def pcapng_block(block_type: int, body: bytes, order: str = "<") -> bytes:
+    """One pcapng block: type, total length, ``body`` padded to 4 bytes, the length again, in
+    the section's byte ``order`` (``"<"`` or ``">"``)."""
     body += b"\0" * (-len(body) % 4)
     length = 12 + len(body)
-    return struct.pack("<II", block_type, length) + body + struct.pack("<I", length)
+    return struct.pack(order + "II", block_type, length) + body + struct.pack(order + "I", length)
+
+
+def nflog_tlv(kind: int, value: bytes, pad: bytes = b"\0") -> bytes:
+    """One LINKTYPE_NFLOG TLV: length and type in the capturing host's (little-endian) order,
+    the value padded to 4 bytes with ``pad``."""
+    return struct.pack("<HH", 4 + len(value), kind) + value + pad * (-len(value) % 4)
 
 
 def write_pcapng(
@@ -542,16 +550,16 @@ def write_pcapng(
     snaplen: int = 262144,
 ) -> None:
     """Write a pcapng file: one section, one interface, one enhanced packet block per frame."""
-    shb = _pcapng_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
+    shb = pcapng_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1))
     resol = 9 if nanosecond else 6
     opts = struct.pack("<HHB3x", 9, 1, resol) + struct.pack("<HH", 0, 0)  # if_tsresol, end
-    idb = _pcapng_block(1, struct.pack("<HHI", linktype, 0, snaplen) + opts)
+    idb = pcapng_block(1, struct.pack("<HHI", linktype, 0, snaplen) + opts)
     blocks = [shb, idb]
     div = 1 if nanosecond else 1000
     for ts, data, orig in frames:
         units = ts // div
         body = struct.pack("<IIIII", 0, units >> 32, units & 0xFFFFFFFF, len(data), orig) + data
-        blocks.append(_pcapng_block(6, body))
+        blocks.append(pcapng_block(6, body))
     Path(path).write_bytes(b"".join(blocks))
 
 
