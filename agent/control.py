@@ -44,7 +44,7 @@ from typing import Any
 import msgpack
 
 from netflow_agent import localfiles
-from netflow_agent.localserver import LocalServer, Rejected
+from netflow_agent.localserver import LocalServer, Rejected, refuse_pending
 
 log = logging.getLogger("agent.control")
 _LEN = struct.Struct("!I")
@@ -56,6 +56,16 @@ MAX_REPLY = 16 * 1024 * 1024
 COMMANDS = ("stats", "stats-json", "reload", "top")
 STATS_TIMEOUT_S = 10.0
 RELOAD_TIMEOUT_S = 60.0
+#: every worker busy: the request was read but not started (``retry``: asking again is safe)
+BUSY_REPLY = {"ok": False, "retry": True, "error": "the agent is busy with other control "
+              "requests; try again"}
+#: the agent stopped before it started the request (a reload: not applied)
+STOPPING_REPLY = {"ok": False, "result": "failed", "error": "the agent is stopping: request not "
+                  "served (a reload was not applied)"}
+#: what ``agent reload`` says when it cannot know whether the reload happened
+UNKNOWN_OUTCOME = "the reload may or may not happen: see `agent stats` (Reload:) or the log"
+#: how long ``request`` waits before asking again after a ``retry`` reply (then it gives up)
+RETRY_DELAYS_S = (0.1, 0.3, 1.0)
 
 
 class ControlError(Exception):
@@ -65,6 +75,10 @@ class ControlError(Exception):
     """
 
     sent = False
+
+
+class ConnectionClosed(ControlError):
+    """The peer closed the connection before a whole message arrived."""
 
 
 # --- framing ---------------------------------------------------------------------------------
@@ -86,7 +100,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     while left:
         chunk = sock.recv(min(left, 1 << 20))
         if not chunk:
-            raise ControlError("connection closed in the middle of a message")
+            raise ConnectionClosed("connection closed in the middle of a message")
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
@@ -144,16 +158,48 @@ def request(path: str, cmd: str, timeout: float = RELOAD_TIMEOUT_S + 5,
             **params: Any) -> dict[str, Any]:
     """Send one command (and its ``params``) to the agent at ``path``; return its reply.
 
-    :raises ControlError: no agent there, permission denied, timeout, bad reply.
+    A reply with ``retry`` (every worker was busy: the agent did not start the request) is
+    asked again after each of :data:`RETRY_DELAYS_S`; nothing else is ever sent twice (a
+    reload whose reply was lost may have been applied).
+
+    :raises ControlError: no agent there, permission denied, timeout, no or bad reply.
     """
+    message = {"cmd": cmd, **params}
+    for delay in RETRY_DELAYS_S:
+        reply = _exchange(path, message, timeout)
+        if not reply.get("retry"):
+            return reply
+        time.sleep(delay)
+    return _exchange(path, message, timeout)
+
+
+def _exchange(path: str, message: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """One connection: send ``message``, read the reply."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        _send_request(sock, path, {"cmd": cmd, **params})
+        _connect(sock, path)
+        try:
+            send_message(sock, message)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            # the agent closed first (stopping, busy, request refused): it may have said why;
+            # the request did not reach it whole, so it was not carried out
+            try:
+                return recv_message(sock)
+            except (ControlError, OSError):
+                raise ControlError(f"{path}: the agent closed the connection before taking "
+                                   f"the request ({exc.strerror})") from None
+        except OSError as exc:
+            raise ControlError(f"{path}: {exc}") from None
         try:
             return recv_message(sock)
         except (ControlError, OSError) as exc:  # asked, but no answer: the outcome is unknown
-            text = f"no reply within {timeout:.0f} s" if isinstance(exc, TimeoutError) else exc
+            if isinstance(exc, TimeoutError):
+                text = f"no reply within {timeout:.0f} s"
+            elif isinstance(exc, (ConnectionResetError, ConnectionClosed)):
+                text = "the agent closed the connection without a reply"
+            else:
+                text = str(exc)
             error = ControlError(f"{path}: {text}")
             error.sent = True
             raise error from None
@@ -161,7 +207,7 @@ def request(path: str, cmd: str, timeout: float = RELOAD_TIMEOUT_S + 5,
         sock.close()
 
 
-def _send_request(sock: socket.socket, path: str, message: dict[str, Any]) -> None:
+def _connect(sock: socket.socket, path: str) -> None:
     try:
         sock.connect(path)
     except FileNotFoundError:
@@ -171,12 +217,8 @@ def _send_request(sock: socket.socket, path: str, message: dict[str, Any]) -> No
         raise ControlError(f"{path}: permission denied (run as the agent's user or root)"
                            ) from None
     except ConnectionRefusedError:
-        raise ControlError(f"{path}: connection refused (stale socket; agent not running)"
-                           ) from None
-    except OSError as exc:
-        raise ControlError(f"{path}: {exc}") from None
-    try:
-        send_message(sock, message)
+        raise ControlError(f"{path}: connection refused (the agent is stopping, or it is not "
+                           "running and left a stale socket)") from None
     except OSError as exc:
         raise ControlError(f"{path}: {exc}") from None
 
@@ -243,8 +285,7 @@ def reload_and_wait(pipeline: Any, timeout: float = RELOAD_TIMEOUT_S,
     if not _wait(done, timeout, cancel):
         why = ("the agent is stopping" if cancel is not None and cancel.is_set()
                else f"no reload result within {timeout:.0f} s")
-        return {"ok": False, "result": "unknown", "message": f"{why}; the reload may or may "
-                "not happen: see `agent stats` (Reload:) or the log"}
+        return {"ok": False, "result": "unknown", "message": f"{why}; {UNKNOWN_OUTCOME}"}
     return box["reply"]
 
 
@@ -309,9 +350,8 @@ class ControlServer:
             deadlines).
         """
         assert self._sock is not None
-        busy = frame({"ok": False, "error": "the agent is busy with other control requests; "
-                      "try again"})
-        self.server = LocalServer(self._sock, "control", parse_request, self._reply, busy,
+        self.server = LocalServer(self._sock, "control", parse_request, self._reply,
+                                  frame(BUSY_REPLY), stopping_reply=frame(STOPPING_REPLY),
                                   **limits)
         self._stop = self.server.stop
         self.server.serve()
@@ -345,8 +385,10 @@ class ControlServer:
         """Stop the threads and remove the socket file."""
         self._stop.set()
         if self.server is not None:
-            self.server.close()  # closes the listening socket too
+            self.server.close()  # answers the backlog, closes the listening socket too
             self.server = None
+        elif self._sock is not None:  # bound, never served (start-up failed after the bind)
+            refuse_pending(self._sock, frame(STOPPING_REPLY))
         if self._sock is not None:
             self._sock.close()
             self._sock = None
@@ -429,7 +471,10 @@ def cmd_control(command: str, explicit: str | None, config_path: str | None,
         reply = request(path, cmd)
     except ControlError as exc:
         print(f"agent {command}: {exc}", file=sys.stderr)
-        return EX_RELOAD_UNKNOWN if cmd == "reload" and exc.sent else 1
+        if cmd == "reload" and exc.sent:
+            print(f"agent {command}: {UNKNOWN_OUTCOME}", file=sys.stderr)
+            return EX_RELOAD_UNKNOWN
+        return 1
     if not reply.get("ok"):
         print(f"agent {command}: {reply.get('error') or reply.get('message')}", file=sys.stderr)
         return EX_RELOAD_UNKNOWN if reply.get("result") == "unknown" else 1

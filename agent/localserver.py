@@ -18,6 +18,14 @@ closes the oldest. The protocol (length-prefixed msgpack, HTTP) is the caller's:
 function that says "incomplete", returns a request, or raises :class:`Rejected` with the
 reply to send, and a ``handle`` function that turns a request into reply bytes.
 
+Stopping (:meth:`LocalServer.close`, :func:`refuse_pending`) leaves no client with a
+reset: Linux resets a Unix stream peer whose connection is closed before it was accepted,
+or with bytes it sent still unread (``ECONNRESET``, "Connection reset by peer"). A Unix
+listener is therefore shut down for reading first (``connect(2)`` is then refused at once,
+``ECONNREFUSED``), every connection still in its backlog is accepted, and every connection
+not answered yet (backlog, being read, queued for a worker) gets ``stopping_reply``; what
+the client sent is read and discarded before the close (:func:`finish`).
+
 Threads start in :meth:`LocalServer.serve`, which the agent calls after it dropped root, so
 they are born with the reduced capability set; they also call :func:`agent.privileges.follow`
 first (a no-op then), as every thread that handles input does.
@@ -70,6 +78,7 @@ class ServerCounters:
     evicted: int = 0  # closed to admit a newer connection
     busy: int = 0  # every worker busy and the queue full
     reply_failed: int = 0  # the client did not take its reply in time
+    stopping: int = 0  # answered with the stopping reply: the server closed before serving
 
 
 @dataclass
@@ -102,11 +111,13 @@ class LocalServer:
     :param parse: ``bytes -> request | None`` (``None``: incomplete); raises :class:`Rejected`.
     :param handle: ``request -> reply bytes``; runs on a worker; must not raise.
     :param busy_reply: what to send when every worker is busy (protocol framing).
+    :param stopping_reply: what to send to every connection not served when the server
+        closes (see the module docstring).
     """
 
     def __init__(self, sock: socket.socket, name: str, parse: Callable[[bytes], Any],
                  handle: Callable[[Any], bytes], busy_reply: bytes = b"", *,
-                 workers: int = 4, max_connections: int = 64,
+                 stopping_reply: bytes = b"", workers: int = 4, max_connections: int = 64,
                  request_deadline_s: float = REQUEST_DEADLINE_S,
                  reply_deadline_s: float = REPLY_DEADLINE_S):
         self.sock = sock
@@ -114,6 +125,7 @@ class LocalServer:
         self.parse = parse
         self.handle = handle
         self.busy_reply = busy_reply
+        self.stopping_reply = stopping_reply
         self.workers = workers
         self.max_connections = max_connections
         self.request_deadline_s = request_deadline_s
@@ -137,16 +149,25 @@ class LocalServer:
             t.start()
 
     def close(self) -> None:
-        """Stop every thread, close every connection and the listening socket."""
+        """Stop every thread, answer every connection not served yet with ``stopping_reply``
+        (the backlog's included), and close them and the listening socket."""
         self.stop.set()
+        _stop_connecting(self.sock)  # the io thread sees it and leaves its loop
         for t in self._threads:
             t.join(timeout=5)
-        for conn in list(self._conns.values()):
-            conn.sock.close()
+        unserved = [conn.sock for conn in self._conns.values()]
         self._conns.clear()
+        while True:  # complete requests no worker took before it stopped
+            try:
+                unserved.append(self._queue.get_nowait()[0])
+            except queue.Empty:
+                break
+        for sock in unserved:
+            finish(sock, self.stopping_reply)
+        self.counters.stopping += len(unserved) + refuse_pending(self.sock, self.stopping_reply)
         self.sock.close()
         c = self.counters
-        if c.timed_out or c.rejected or c.evicted or c.busy or c.reply_failed:
+        if c.timed_out or c.rejected or c.evicted or c.busy or c.reply_failed or c.stopping:
             log.info("%s: %s", self.name, c)
 
     # --- io thread -------------------------------------------------------------------------
@@ -203,7 +224,7 @@ class LocalServer:
         except Rejected as exc:
             self.counters.rejected += 1
             log.info("%s: request rejected: %s", self.name, exc.reason)
-            self._answer_and_drop(sel, conn, exc.reply)
+            self._drop(sel, conn, exc.reply)
             return
         if request is not None:
             self._dispatch(sel, conn, request)
@@ -215,8 +236,7 @@ class LocalServer:
             self._queue.put_nowait((conn.sock, request))
         except queue.Full:
             self.counters.busy += 1
-            _best_effort_send(conn.sock, self.busy_reply)
-            conn.sock.close()
+            finish(conn.sock, self.busy_reply)
 
     def _expire(self, sel: selectors.BaseSelector) -> None:
         now = time.monotonic()
@@ -224,15 +244,13 @@ class LocalServer:
             self.counters.timed_out += 1
             self._drop(sel, conn)
 
-    def _answer_and_drop(self, sel: selectors.BaseSelector, conn: _Conn, reply: bytes) -> None:
-        _best_effort_send(conn.sock, reply)
-        self._drop(sel, conn)
 
-    def _drop(self, sel: selectors.BaseSelector, conn: _Conn) -> None:
+
+    def _drop(self, sel: selectors.BaseSelector, conn: _Conn, reply: bytes = b"") -> None:
         self._conns.pop(conn.sock.fileno(), None)
         with contextlib.suppress(KeyError, ValueError):
             sel.unregister(conn.sock)
-        conn.sock.close()
+        finish(conn.sock, reply)
 
     # --- workers ---------------------------------------------------------------------------
 
@@ -242,6 +260,10 @@ class LocalServer:
             try:
                 sock, request = self._queue.get(timeout=0.5)
             except queue.Empty:
+                continue
+            if self.stop.is_set():  # taken as the server closes: not started, say so
+                self.counters.stopping += 1
+                finish(sock, self.stopping_reply)
                 continue
             with sock:
                 reply = self.handle(request)
@@ -253,10 +275,49 @@ class LocalServer:
                     log.info("%s: reply not delivered: %s", self.name, exc)
 
 
-def _best_effort_send(sock: socket.socket, data: bytes) -> None:
-    """Send a short error reply without blocking (it fits the socket buffer, or is cut)."""
-    if not data:
-        return
+#: at most this many bytes a client sent are read (and discarded) before closing on it
+_DISCARD_LIMIT = 1 << 20
+
+
+def finish(sock: socket.socket, reply: bytes) -> None:
+    """End a connection that gets no (other) answer: send ``reply`` (a short error, without
+    blocking), read and discard what the client sent (up to :data:`_DISCARD_LIMIT`, without
+    blocking), close. Unread bytes at the close would reset the connection, and a client that
+    is still sending would then see "Connection reset by peer" instead of ``reply``."""
     with contextlib.suppress(OSError):
         sock.setblocking(False)
-        sock.send(data)
+        if reply:
+            sock.send(reply)
+        left = _DISCARD_LIMIT
+        while left > 0:
+            data = sock.recv(min(left, 65536))
+            if not data:
+                break
+            left -= len(data)
+    sock.close()
+
+
+def _stop_connecting(sock: socket.socket) -> None:
+    """Make ``connect(2)`` to a Unix listening socket fail at once with ``ECONNREFUSED``:
+    after this, its backlog only shrinks (accept still returns what is queued). A TCP
+    listener is left alone: shutting it down resets its backlog."""
+    if sock.family == socket.AF_UNIX:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RD)
+
+
+def refuse_pending(sock: socket.socket, reply: bytes) -> int:
+    """Accept every connection waiting in the backlog of the listening socket ``sock`` and
+    :func:`finish` it with ``reply``; return how many. A Unix listener is shut down first
+    (:func:`_stop_connecting`): none can join the backlog after the last accept. Leaves
+    ``sock`` open (the caller closes it)."""
+    _stop_connecting(sock)
+    sock.setblocking(False)
+    count = 0
+    while True:
+        try:
+            conn, _ = sock.accept()
+        except OSError:  # BlockingIOError: the backlog is empty
+            return count
+        count += 1
+        finish(conn, reply)

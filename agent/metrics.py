@@ -324,7 +324,9 @@ class MetricsServer:
         assert self._sock is not None
         limits.setdefault("workers", 2)
         self.server = LocalServer(self._sock, "metrics", parse_http_head, self._reply,
-                                  http_reply(503, b"busy\n"), **limits)
+                                  http_reply(503, b"busy\n"),
+                                  stopping_reply=http_reply(503, b"the agent is stopping\n"),
+                                  **limits)
         self.server.serve()
 
     def _reply(self, request: tuple[str, str]) -> bytes:
