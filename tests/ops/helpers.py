@@ -55,9 +55,12 @@ def count_by_flow(records: list[dict[str, Any]]) -> dict[FlowId, int]:
 
 
 def steady_capture(path: Path, seconds: float, flows: int = 4, pps_per_flow: int = 20,
-                   start_ns: int = T0) -> Any:
-    """UDP flows sending steadily for ``seconds`` (speed = "recorded" makes that real time)."""
+                   start_ns: int = T0, extra: tuple[FlowSpec, ...] = ()) -> Any:
+    """UDP flows sending steadily for ``seconds`` (speed = "recorded" makes that real time),
+    and the ``extra`` flows."""
     b = PcapBuilder()
+    for spec in extra:
+        b.add(spec)
     gap = 1_000_000_000 // pps_per_flow
     packets = int(seconds * pps_per_flow)
     for n in range(flows):
