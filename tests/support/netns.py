@@ -23,6 +23,7 @@ Fixtures (re-exported by ``tests/conftest.py``): ``netns``, ``veth_pair_ns``, ``
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import itertools
 import json
@@ -78,10 +79,31 @@ def _pid_alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
 
 
-def reap_stale() -> list[str]:
+#: held by every reaper (:func:`reaper_lock`): test sessions run side by side on one machine
+#: (xdist workers, other checkouts' runs), and each one's start reaps
+REAPER_LOCK = Path(tempfile.gettempdir()) / "nfa-netns-reaper.lock"
+
+
+@contextlib.contextmanager
+def reaper_lock() -> Iterator[None]:
+    """Exclusive against every other reaper on the machine (``flock``, released when the
+    process dies). The reaper's own test holds it while a dead process's namespace exists:
+    another session starting then would otherwise reap it first."""
+    with open(REAPER_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def reap_stale(locked: bool = False) -> list[str]:
     """Delete the namespaces that killed test processes left (see :func:`stale_names`) and
     that hold no process any more; return their names. Names of live processes, and any other
-    namespace, are left alone."""
+    namespace, are left alone.
+
+    :param locked: the caller holds :func:`reaper_lock` already (else it is taken here).
+    """
+    if not locked:
+        with reaper_lock():
+            return reap_stale(locked=True)
     listed = _run(["ip", "netns", "list"], check=False).stdout.split("\n")
     reaped = []
     for name in stale_names((line.split()[0] for line in listed if line.strip()), _pid_alive):

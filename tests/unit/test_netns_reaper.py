@@ -2,7 +2,8 @@
 
 A test process killed mid-test (a timeout, SIGKILL) cannot delete its ``nfa-<pid>-<n>``
 namespaces; the next session deletes those whose process is gone and that hold no process,
-and nothing else.
+and nothing else. Sessions side by side (xdist workers, several checkouts' runs on one
+machine) reap one at a time (``reaper_lock``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.support.netns import Netns, reap_stale, stale_names
+from tests.support.netns import Netns, reap_stale, reaper_lock, stale_names
 
 
 def test_only_names_of_dead_test_processes_are_stale():
@@ -29,10 +30,17 @@ def _dead_pid() -> int:
 
 @pytest.mark.netns
 def test_reap_deletes_a_dead_runs_namespace_and_keeps_live_ones():
+    # the lock: a test session starting meanwhile (another worker, another checkout's run)
+    # must not reap the dead process's namespace before this test's reaper does
+    with reaper_lock():
+        _reap_a_dead_runs_namespace()
+
+
+def _reap_a_dead_runs_namespace() -> None:
     dead = Netns(name=f"nfa-{_dead_pid()}-1").create()
     try:
         with Netns() as live:  # named after this (live) process
-            reaped = reap_stale()
+            reaped = reap_stale(locked=True)
             listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
                                     check=True).stdout.split()
             assert dead.name in reaped
