@@ -158,8 +158,15 @@ class Lifecycle:
     def reload_requested(self, reply: Callable[[reloading.ReloadOutcome], None] | None
                          ) -> None:
         """Handle ``ITEM_RELOAD``: re-read, switch (:mod:`agent.reloading` logs, counts and
-        rolls back), and answer ``reply`` with the outcome."""
-        outcome = reloading.reload(self, self.reloader)
+        rolls back), and answer ``reply`` with the outcome.
+
+        Refused while stopping: :meth:`shutdown` drains the inbox after the ingests stopped,
+        and a reload applied then would start components (a changed ingest) that nothing
+        stops any more."""
+        if self.context.stopping:
+            outcome = reloading.refuse(self, "the agent is stopping")
+        else:
+            outcome = reloading.reload(self, self.reloader)
         if reply is not None:
             reply(outcome)
 

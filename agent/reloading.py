@@ -110,6 +110,16 @@ def reload(pipeline: Any, reader: Reader | None) -> ReloadOutcome:
     return outcome
 
 
+def refuse(pipeline: Any, reason: str) -> ReloadOutcome:
+    """A reload not even attempted (the configuration is not read): record and log it as
+    failed for ``reason``."""
+    history: ReloadHistory = pipeline.reload_history
+    outcome = _failed(history, reason)
+    history.record(outcome)
+    _log(outcome)
+    return outcome
+
+
 def release_frozen() -> None:
     """Let the garbage collector have what a reload replaced. Start-up's objects are frozen
     out of collection (``gc.freeze`` in agent/cli.py) and a frozen reference cycle (an

@@ -91,6 +91,29 @@ def test_failed_start_restores_the_previous_configuration(make_agent, collecting
     assert agent.pipeline.reload_history.counts == {"failed": 1}
 
 
+def test_a_reload_queued_as_the_agent_stops_is_refused_not_applied(
+        make_agent, collecting_plugin, tmp_path: Path) -> None:
+    """A reload (agent reload, SIGHUP) still in the inbox when the stop drains it: answered
+    "not applied", the configuration never read, no component started after the ingests
+    stopped (a changed ingest used to be started then and left running)."""
+    Flaky.running = []
+    agent = make_agent(BASE, [collecting_plugin, FLAKY])
+    read: list[int] = []
+    path = tmp_path / "next.toml"
+    path.write_text(BASE.replace("mark = 1", "mark = 2"))
+    pm = agent.pipeline.pm
+    agent.pipeline.reloader = lambda: (read.append(1), validate(path, build_registry(pm),
+                                                                 None))[1]
+    outcomes: list[Any] = []
+    agent.pipeline.request_reload(outcomes.append)
+    agent.finish()
+    [outcome] = outcomes
+    assert (outcome.result, outcome.generation) == ("failed", 1)
+    assert outcome.reason == ("not applied: the agent is stopping; still running "
+                              "generation 1")
+    assert read == [] and Flaky.running == []
+
+
 def test_unchanged_and_start_only_outcomes(make_agent, collecting_plugin,
                                            tmp_path: Path) -> None:
     Flaky.running = []
