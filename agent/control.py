@@ -12,7 +12,9 @@ Requests (``{"cmd": ...}``) and replies:
   "message": <str>, "generation": <int>}``, sent once the pipeline finished the reload
   (:mod:`agent.reloading`): ``ok`` is true only when the new configuration runs (or nothing
   changed); otherwise ``message`` gives the reason and the old configuration keeps running.
-  ``unknown``: no outcome within ``RELOAD_TIMEOUT_S`` (the reload may still finish);
+  A reload the pipeline did not start within ``RELOAD_TIMEOUT_S``, or before the agent
+  stopped, is withdrawn: ``failed``, never applied later. ``unknown``: started, but no
+  outcome within ``RELOAD_TIMEOUT_S`` (the reload may still finish);
 * ``top`` (with ``n``, ``sort``, ``filter``, see :mod:`agent.flowtop`): ``{"ok": true,
   "top": {...}}``, the biggest flows in the cache and the header totals of ``agent top``;
 * anything else: ``{"ok": false, "error": "unknown command ..."}`` (errors never repeat the
@@ -272,7 +274,15 @@ def call_on_pipeline(pipeline: Any, fn: Callable[[Any], Any],
 
 def reload_and_wait(pipeline: Any, timeout: float = RELOAD_TIMEOUT_S,
                     cancel: threading.Event | None = None) -> dict[str, Any]:
-    """Ask the pipeline to reload and wait for the outcome: the ``reload`` reply."""
+    """Ask the pipeline to reload and wait for the outcome: the ``reload`` reply.
+
+    Giving up (``timeout``, or ``cancel``: the agent stops) withdraws the request when the
+    pipeline has not started it (:class:`~agent.reloading.ReloadRequest`): the reply is
+    then a definite ``failed`` ("not applied"), and only a reload that had started
+    without finishing is ``unknown``.
+    """
+    from netflow_agent.reloading import ReloadRequest  # not at the top: see call_on_pipeline
+
     done = threading.Event()
     box: dict[str, Any] = {}
 
@@ -281,12 +291,20 @@ def reload_and_wait(pipeline: Any, timeout: float = RELOAD_TIMEOUT_S,
                         "message": outcome.text(), "generation": outcome.generation}
         done.set()
 
-    pipeline.request_reload(reply)
-    if not _wait(done, timeout, cancel):
-        why = ("the agent is stopping" if cancel is not None and cancel.is_set()
-               else f"no reload result within {timeout:.0f} s")
-        return {"ok": False, "result": "unknown", "message": f"{why}; {UNKNOWN_OUTCOME}"}
-    return box["reply"]
+    asked = ReloadRequest(reply)
+    pipeline.request_reload(asked)
+    if _wait(done, timeout, cancel):
+        return box["reply"]
+    stopping = cancel is not None and cancel.is_set()
+    if asked.withdraw():  # the pipeline never started it, and now never will
+        why = ("the agent is stopping" if stopping else
+               f"the agent did not get to it within {timeout:.0f} s")
+        return {"ok": False, "result": "failed", "message": f"not applied: {why}; nothing "
+                "changed"}
+    if done.is_set():  # it finished just now
+        return box["reply"]
+    why = "the agent is stopping" if stopping else f"no reload result within {timeout:.0f} s"
+    return {"ok": False, "result": "unknown", "message": f"{why}; {UNKNOWN_OUTCOME}"}
 
 
 # --- server ----------------------------------------------------------------------------------

@@ -162,7 +162,10 @@ class Lifecycle:
 
         Refused while stopping: :meth:`shutdown` drains the inbox after the ingests stopped,
         and a reload applied then would start components (a changed ingest) that nothing
-        stops any more."""
+        stops any more. A :class:`~agent.reloading.ReloadRequest` its asker withdrew (it
+        stopped waiting and answered "not applied") is skipped."""
+        if isinstance(reply, reloading.ReloadRequest) and not reply.start():
+            return
         if self.context.stopping:
             outcome = reloading.refuse(self, "the agent is stopping")
         else:

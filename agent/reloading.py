@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -94,6 +95,42 @@ class ReloadHistory:
             "last_reason": last.text() if last else "",
             "config_loaded_time": last.time if last and last.result == "ok" else self.started,
         }
+
+
+class ReloadRequest:
+    """One reload asked through the control socket, between its asker (a control worker)
+    and the pipeline thread. Whichever comes first decides, under a lock: the pipeline
+    starts it (:meth:`start`; its outcome is then the answer), or the asker, no longer
+    waiting (its timeout, the agent stopping), withdraws it (:meth:`withdraw`): then it is
+    never applied, and the asker can say "not applied" instead of "unknown".
+
+    :param reply: called with the outcome (on the pipeline thread).
+    """
+
+    def __init__(self, reply: Callable[[ReloadOutcome], None]):
+        self.reply = reply
+        self._lock = threading.Lock()
+        self._state = "queued"
+
+    def start(self) -> bool:
+        """The pipeline is about to apply it: ``False`` when it was withdrawn (skip it)."""
+        with self._lock:
+            if self._state == "withdrawn":
+                return False
+            self._state = "started"
+            return True
+
+    def withdraw(self) -> bool:
+        """The asker gives up: ``True`` when the pipeline had not started it (it never
+        will), ``False`` when it has (the outcome comes or came)."""
+        with self._lock:
+            if self._state == "started":
+                return False
+            self._state = "withdrawn"
+            return True
+
+    def __call__(self, outcome: ReloadOutcome) -> None:
+        self.reply(outcome)
 
 
 def reload(pipeline: Any, reader: Reader | None) -> ReloadOutcome:

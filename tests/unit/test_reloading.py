@@ -6,6 +6,7 @@ refused, not silently ignored."""
 from __future__ import annotations
 
 import gc
+import threading
 import types
 import weakref
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import pytest
 from netflow_agent import hookimpl
 from netflow_agent.config.check import validate
 from netflow_agent.config.schema import option
+from netflow_agent.control import reload_and_wait
 from netflow_agent.discovery import build_registry
 from netflow_agent.lifecycle import StartupError
 from netflow_agent.registry import Component
@@ -112,6 +114,28 @@ def test_a_reload_queued_as_the_agent_stops_is_refused_not_applied(
     assert outcome.reason == ("not applied: the agent is stopping; still running "
                               "generation 1")
     assert read == [] and Flaky.running == []
+
+
+@pytest.mark.parametrize("stopping", [False, True])
+def test_a_control_reload_the_pipeline_never_started_is_withdrawn_and_never_applied(
+        make_agent, collecting_plugin, tmp_path: Path, stopping: bool) -> None:
+    """`agent reload` whose wait ends (its timeout; the agent stopping) before the pipeline
+    took the request: the reply says "not applied" (not "unknown"), and when the pipeline
+    gets to the request later it skips it: a user who asks again applies it once."""
+    Flaky.running = []
+    agent = make_agent(BASE, [collecting_plugin, FLAKY])
+    read: list[int] = []
+    agent.pipeline.reloader = lambda: (read.append(1), (None, []))[1]
+    cancel = threading.Event()
+    if stopping:
+        cancel.set()
+    reply = reload_and_wait(agent.pipeline, timeout=0.2, cancel=cancel)
+    why = "the agent is stopping" if stopping else "the agent did not get to it within 0 s"
+    assert reply == {"ok": False, "result": "failed",
+                     "message": f"not applied: {why}; nothing changed"}
+    agent.process()  # the pipeline takes the request now
+    assert read == [] and agent.pipeline.reload_history.counts == {}
+    assert agent.pipeline.reload_history.generation == 1
 
 
 def test_unchanged_and_start_only_outcomes(make_agent, collecting_plugin,
