@@ -24,6 +24,9 @@ Limits (issue 18 item 9): a request is at most :data:`MAX_REQUEST` bytes and mus
 whole within :data:`agent.localserver.REQUEST_DEADLINE_S` of the connection; at most a few
 requests are computed at once (workers), and idle or slow clients hold no thread
 (:class:`agent.localserver.LocalServer`). Replies may be larger (:data:`MAX_REPLY`).
+Every worker busy: :data:`BUSY_REPLY` (``retry``: not started; :func:`request` asks again);
+the agent stopping: :data:`STOPPING_REPLY` to every request it has not started, those still
+in the listening socket's backlog included (none is reset).
 
 Threading: the server threads never touch pipeline state. Snapshots are built on the pipeline
 thread through an ``ITEM_CALL`` inbox item (:func:`call_on_pipeline`), reloads through

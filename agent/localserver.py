@@ -244,8 +244,6 @@ class LocalServer:
             self.counters.timed_out += 1
             self._drop(sel, conn)
 
-
-
     def _drop(self, sel: selectors.BaseSelector, conn: _Conn, reply: bytes = b"") -> None:
         self._conns.pop(conn.sock.fileno(), None)
         with contextlib.suppress(KeyError, ValueError):
