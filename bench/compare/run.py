@@ -51,10 +51,10 @@ agent's own counted drops (the ingest's and cache's, plus the packets of flow re
 exporter counted lost) and its balance ``sent - before hook - packets in exported flows -
 counted drops`` (0 when every packet is accounted); datagrams the collector's socket dropped;
 CPU (user + system of the observer's process tree from the start of the flood to its exit:
-sampled from /proc, exact from ``wait4`` at the end) per million packets sent and per thousand
-flows; peak RSS (sum of ``VmHWM`` over its processes) and its split: the peak ``RssAnon`` (heap,
-stacks) and the ``RssFile`` (mapped files: libraries) at that sample; the load average at each
-run's start.
+sampled from each process's CPU-time clock in ns, exact from ``wait4`` at the end) per
+million packets sent and per thousand flows; peak RSS (sum of ``VmHWM`` over its processes)
+and its split: the peak ``RssAnon`` (heap, stacks) and the ``RssFile`` (mapped files:
+libraries) at that sample; the load average at each run's start.
 The raw results (``--json``, and each ``round ...`` line on stderr) also split the observer's
 CPU into phases (``cpu_phases``: ``flood``, ``settle`` with ``settle_s`` its wait, and ``stop``:
 the flush and exit) and the flood's and settle's CPU by thread (``cpu_threads``, from the
@@ -134,7 +134,7 @@ def _parents() -> dict[int, int]:
 
 def _read_usage(pid: int) -> tuple[float, int, int, int] | None:
     """CPU seconds (user + system), VmHWM, RssAnon and RssFile (KiB) of one process; None once
-    it is gone."""
+    it is gone. The CPU is :func:`process_cpu_s`'s (ns), else ``stat``'s ticks."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         status = Path(f"/proc/{pid}/status").read_text()
@@ -143,13 +143,29 @@ def _read_usage(pid: int) -> tuple[float, int, int, int] | None:
     fields = stat[stat.rindex(")") + 2:].split()
     kb = {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in status.splitlines())
           if k in ("VmHWM", "RssAnon", "RssFile")}
-    return ((int(fields[11]) + int(fields[12])) / TICK, kb.get("VmHWM", 0), kb.get("RssAnon", 0),
-            kb.get("RssFile", 0))
+    cpu = process_cpu_s(pid)
+    if cpu is None:
+        cpu = (int(fields[11]) + int(fields[12])) / TICK
+    return cpu, kb.get("VmHWM", 0), kb.get("RssAnon", 0), kb.get("RssFile", 0)
+
+
+def process_cpu_s(pid: int) -> float | None:
+    """The CPU seconds of process ``pid`` so far, every thread's including those that ended,
+    in ns steps: its CPU-time clock (``clock_getcpuclockid(3)``'s id, which glibc computes
+    the same way: ``CPUCLOCK_SCHED`` of the whole process), the scheduler's run time that
+    ``wait4``'s user + system time adds up to at the end. ``stat``'s ticks (10 ms) each
+    truncate: a phase boundary read from them lost 0-20 ms (10 on average) to the next
+    phase, which went to the stop phase of every run. None when it cannot be read (the
+    process is gone)."""
+    try:
+        return time.clock_gettime((~pid << 3) | 2)
+    except OSError:
+        return None
 
 
 class Usage:
-    """CPU seconds and peak RSS of a process tree: sampled from /proc every 0.2 s while it
-    runs (per process, the last CPU and the highest ``VmHWM`` seen; the tree's members are
+    """CPU seconds and peak RSS of a process tree: sampled (:func:`_read_usage`) every 0.2 s
+    while it runs (per process, the last CPU and the highest ``VmHWM`` seen; the tree's members are
     looked up every second), and at its end the exact CPU of the root and its reaped children
     from ``wait4``. Per process too, the highest ``RssAnon`` sampled and the ``RssFile`` of that
     sample: which part of the peak is the heap and which is mapped files (libraries)."""

@@ -125,6 +125,26 @@ def test_agent_exports_exact_flows_and_leaves_nothing(pair, tmp_path):
     assert tc_state(b.ns, b.ifname) == ""
 
 
+def test_a_stop_after_the_kernel_went_quiet_exports_every_flow_and_leaves_nothing(
+        pair, tmp_path):
+    """The stop of a kernel known to be empty (no packet since the drain that emptied both
+    tables) walks no table again; every flow drained before it is still exported, the exit
+    is clean, and no program or filter is left."""
+    a, b = pair.a, pair.b
+    conf, out = write_config(tmp_path, b.ns.name, b.ifname, "tcx")
+    proc, ids = start_agent(conf, tmp_path / "agent.log", tmp_path / "agent.sock")
+    try:
+        truth = send_udp(a.ns, b.addr, 9000, 7, 120, peer=b.ns).truth
+        truth.merge(send_icmp_echo(a.ns, b.addr6, 2, 64).truth)
+        proc.wait_for(lambda s: s["components"]["ingest.ebpf[0]"]["quiet_skips"] >= 1,
+                      what="a skipped timer drain (the kernel known to be empty)")
+    finally:
+        stop_agent(proc)
+    assert exported(out) == truth.table()
+    assert not set(ids.values()) & bpf_prog_ids()
+    assert tc_state(b.ns, b.ifname) == ""
+
+
 def test_tc_mode_survives_a_crash(pair, tmp_path):
     """SIGKILL leaves a tc filter behind; the next start replaces it and SIGTERM removes all."""
     a, b = pair.a, pair.b

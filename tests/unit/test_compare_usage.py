@@ -1,0 +1,42 @@
+"""bench/compare/run.py's CPU samples: the phase split (flood, settle, stop) reads each
+process's CPU in ns, not in ``stat``'s 10 ms ticks that truncate (which moved 0-20 ms of every
+run's earlier phases into its stop phase)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.e2e.test_bench_compare import compare_harness
+
+RUN = compare_harness()
+
+#: burn CPU until 7-10 ms past a multiple of 10 ms (ticks would lose at least 7 ms there),
+#: say how much, then wait on stdin without using any
+BURN = """
+import sys, time
+while time.process_time() < 0.05 or time.process_time() * 100 % 1 < 0.7:
+    pass
+print(time.process_time(), flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_sample_is_the_process_cpu_to_the_millisecond():
+    child = subprocess.Popen([sys.executable, "-c", BURN], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        said = float(child.stdout.readline())
+        usage = RUN._read_usage(child.pid)
+        assert usage is not None
+        sampled = usage[0]
+    finally:
+        child.communicate("")
+    assert said <= sampled < said + 0.003
+
+
+def test_a_gone_process_has_no_cpu_clock():
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    assert RUN.process_cpu_s(int(child.stdout)) is None
