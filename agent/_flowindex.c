@@ -37,6 +37,11 @@
  * a time) instead of taking a packed key array; the module's merge_records() then adds the
  * rows' counters into the cache's NumPy value columns by slot in one pass.
  *
+ * hash_select() answers the hash:N flow sampler (agent/sampler.py) for a batch of keys or
+ * records at once: CRC-32 of each packed key's version, protocol, ports and addresses;
+ * rewrite_keys() applies the aggregation rules (agent/keyrules.py) to a batch's key fields in
+ * place (first matching netmask rule per address, the port map per port).
+ *
  * Thread use: one thread at a time. lookup() releases the GIL while it hashes and probes a
  * large batch; a second call on the same object meanwhile raises RuntimeError.
  * Every call either completes or changes nothing (an allocation failure halfway through a
@@ -1068,6 +1073,286 @@ static PyObject *module_siphash(PyObject *Py_UNUSED(m), PyObject *obj)
 	return PyLong_FromUnsignedLongLong(h);
 }
 
+/* --- hash:N flow sampling -------------------------------------------------------------------- */
+
+/* CRC-32 (IEEE 802.3, reflected 0xEDB88320: zlib's crc32), slice-by-8 tables filled at import. */
+static uint32_t crc_tab[8][256];
+
+static void crc_init(void)
+{
+	for (uint32_t i = 0; i < 256; i++) {
+		uint32_t c = i;
+		for (int k = 0; k < 8; k++)
+			c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+		crc_tab[0][i] = c;
+	}
+	for (uint32_t i = 0; i < 256; i++)
+		for (int t = 1; t < 8; t++)
+			crc_tab[t][i] = (crc_tab[t - 1][i] >> 8) ^ crc_tab[0][crc_tab[t - 1][i] & 0xFF];
+}
+
+static inline uint32_t le32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* zlib.crc32(p[:n], crc) */
+static uint32_t crc32_update(uint32_t crc, const uint8_t *p, size_t n)
+{
+	crc = ~crc;
+	for (; n >= 8; p += 8, n -= 8) {
+		uint32_t one = le32(p) ^ crc, two = le32(p + 4);
+		crc = crc_tab[7][one & 0xFF] ^ crc_tab[6][(one >> 8) & 0xFF]
+		      ^ crc_tab[5][(one >> 16) & 0xFF] ^ crc_tab[4][one >> 24]
+		      ^ crc_tab[3][two & 0xFF] ^ crc_tab[2][(two >> 8) & 0xFF]
+		      ^ crc_tab[1][(two >> 16) & 0xFF] ^ crc_tab[0][two >> 24];
+	}
+	while (n--)
+		crc = crc_tab[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8);
+	return ~crc;
+}
+
+#define HASH_KEY_BYTES 44 /* the base key: version, protocol, ..., ports, addresses */
+
+PyDoc_STRVAR(hash_select_doc,
+	     "hash_select(records, stride, ops, interval) -> memoryview of bool\n\n"
+	     "Whether the hash:interval flow sampler (agent/sampler.py) keeps each row of\n"
+	     "`records` (rows of `stride` bytes): its key packed by `ops` (as lookup_records;\n"
+	     "a packed key array: stride = key size, one op (0, 0, key size, 0)), then\n"
+	     "zlib.crc32(key[8:44], zlib.crc32(key[:2])) % interval == 0. The ops must fill\n"
+	     "the key's first 44 bytes.");
+
+static PyObject *module_hash_select(PyObject *Py_UNUSED(m), PyObject *args)
+{
+	PyObject *rec_obj, *ops_obj, *result = NULL;
+	Py_ssize_t stride;
+	unsigned long interval;
+	Py_buffer rec, opv = {0};
+	const struct keyop *ops;
+	size_t nops, n, width = 0;
+	uint8_t *key = NULL, *out;
+
+	if (!PyArg_ParseTuple(args, "OnOk:hash_select", &rec_obj, &stride, &ops_obj, &interval))
+		return NULL;
+	if (!interval)
+		return PyErr_Format(PyExc_ValueError, "interval: must be positive");
+	if (get_records(rec_obj, stride, &rec) < 0)
+		return NULL;
+	if (PyObject_GetBuffer(ops_obj, &opv, PyBUF_C_CONTIGUOUS) < 0)
+		goto out;
+	ops = opv.buf;
+	nops = (size_t)opv.len / sizeof(struct keyop);
+	for (size_t i = 0; i < nops; i++) {
+		const struct keyop *op = &ops[i];
+		if (!op->len || (uint64_t)op->src + op->len > (uint64_t)stride
+		    || (op->swap && op->len != 2 && op->len != 4 && op->len != 8)) {
+			nops = 0;
+			break;
+		}
+		if ((size_t)op->dst + op->len > width)
+			width = (size_t)op->dst + op->len;
+	}
+	if ((size_t)opv.len % sizeof(struct keyop) || !nops || width < HASH_KEY_BYTES) {
+		PyErr_SetString(PyExc_ValueError, "ops: need uint32 (src, dst, len, swap) "
+				"quadruples inside a row that fill a key of at least 44 bytes");
+		goto out;
+	}
+	key = PyMem_Calloc(1, width);
+	if (!key) {
+		PyErr_NoMemory();
+		goto out;
+	}
+	n = (size_t)(rec.len / stride);
+	result = new_view(n, 1, "?", (void **)&out);
+	if (!result)
+		goto out;
+	for (size_t r = 0; r < n; r++) {
+		pack_key((const uint8_t *)rec.buf + r * (size_t)stride, ops, nops, key);
+		out[r] = crc32_update(crc32_update(0, key, 2), key + 8, HASH_KEY_BYTES - 8)
+			 % interval == 0;
+	}
+out:
+	PyMem_Free(key);
+	if (opv.obj)
+		PyBuffer_Release(&opv);
+	PyBuffer_Release(&rec);
+	return result;
+}
+
+/* --- aggregation rules ----------------------------------------------------------------------- */
+
+/* One netmask rule of agent/keyrules.py, on a 16-byte address field (IPv4 in its first 4
+ * bytes: mask and net zero and keep 0xFF over the 12 padding bytes). */
+struct cut {
+	uint8_t version, newlen, pad[6];
+	uint8_t mask[16], net[16], keep[16];
+};
+
+enum { F_VERSION, F_PROTOCOL, F_SRC_PORT, F_DST_PORT, F_SRC_ADDR, F_DST_ADDR, F_SWAP, NFIELDS };
+static const Py_ssize_t field_width[F_SWAP] = {1, 1, 2, 2, 16, 16};
+
+struct rewrite {
+	uint8_t *rows;
+	size_t stride, n;
+	Py_ssize_t field[F_SWAP];
+	int swap; /* ports big-endian (packed keys) on this little-endian host, or the reverse */
+	const struct cut *cuts;
+	size_t ncuts;
+	const uint16_t *ports; /* 65536 entries, or NULL: no port rules */
+	const uint8_t *with_ports; /* 256 entries: the protocol has ports */
+	uint16_t *masks; /* out */
+};
+
+/* Cut `addr` by the first rule of `version` that matches; the new prefix length (0: none). */
+static uint8_t cut_address(uint8_t *addr, uint8_t version, const struct cut *cuts, size_t n)
+{
+	uint64_t a[2], m[2], v[2];
+
+	memcpy(a, addr, 16);
+	for (size_t i = 0; i < n; i++) {
+		const struct cut *c = &cuts[i];
+		if (c->version != version)
+			continue;
+		memcpy(m, c->mask, 16);
+		memcpy(v, c->net, 16);
+		if (((a[0] & m[0]) ^ v[0]) | ((a[1] & m[1]) ^ v[1]))
+			continue;
+		memcpy(m, c->keep, 16);
+		a[0] &= m[0];
+		a[1] &= m[1];
+		memcpy(addr, a, 16);
+		return c->newlen;
+	}
+	return 0;
+}
+
+static inline void map_port(uint8_t *at, const uint16_t *ports, int swap)
+{
+	uint16_t p;
+
+	memcpy(&p, at, 2);
+	p = swap ? __builtin_bswap16(ports[__builtin_bswap16(p)]) : ports[p];
+	memcpy(at, &p, 2);
+}
+
+static void rewrite_rows(struct rewrite *w)
+{
+	for (size_t r = 0; r < w->n; r++) {
+		uint8_t *row = w->rows + r * w->stride;
+		uint8_t version = row[w->field[F_VERSION]], src = 0, dst = 0;
+
+		if (w->ncuts) {
+			src = cut_address(row + w->field[F_SRC_ADDR], version, w->cuts, w->ncuts);
+			dst = cut_address(row + w->field[F_DST_ADDR], version, w->cuts, w->ncuts);
+		}
+		w->masks[r] = (uint16_t)(src << 8 | dst);
+		if (w->ports && w->with_ports[row[w->field[F_PROTOCOL]]]) {
+			map_port(row + w->field[F_SRC_PORT], w->ports, w->swap);
+			map_port(row + w->field[F_DST_PORT], w->ports, w->swap);
+		}
+	}
+}
+
+PyDoc_STRVAR(rewrite_keys_doc,
+	     "rewrite_keys(records, stride, fields, cuts, ports, with_ports, masks)\n\n"
+	     "Apply aggregation rules (agent/keyrules.py) to every row of `records` (a writable\n"
+	     "C-contiguous buffer of rows of `stride` bytes), in place: each 16-byte address is\n"
+	     "cut by the first rule of `cuts` (packed struct cut: version, newlen, 6 pad bytes,\n"
+	     "mask, net, keep; 16 bytes each) of the row's IP version that matches; each port\n"
+	     "becomes ports[port] (65536 uint16; None: no port rules) when with_ports[protocol]\n"
+	     "(256 bytes). `fields`: byte offsets of ip_version, protocol, src_port, dst_port,\n"
+	     "src_addr, dst_addr in a row, then 1 if the ports are not in native order. masks\n"
+	     "(a writable uint16 per row) gets src_len << 8 | dst_len (0: no rule matched).");
+
+static int get_rewrite_fields(PyObject *fields, Py_ssize_t stride, struct rewrite *w)
+{
+	if (PyTuple_GET_SIZE(fields) != NFIELDS) {
+		PyErr_Format(PyExc_ValueError, "fields: need %d items", NFIELDS);
+		return -1;
+	}
+	for (int i = 0; i < NFIELDS; i++) {
+		Py_ssize_t v = PyLong_AsSsize_t(PyTuple_GET_ITEM(fields, i));
+		if (v == -1 && PyErr_Occurred())
+			return -1;
+		if (i == F_SWAP) {
+			w->swap = v != 0;
+		} else if (v < 0 || v > stride - field_width[i]) {
+			PyErr_Format(PyExc_ValueError, "fields: item %d at %zd is outside a %zd-byte "
+				     "row", i, v, stride);
+			return -1;
+		} else {
+			w->field[i] = v;
+		}
+	}
+	return 0;
+}
+
+static PyObject *module_rewrite_keys(PyObject *Py_UNUSED(m), PyObject *args)
+{
+	PyObject *rec_obj, *fields, *cuts_obj, *ports_obj, *with_obj, *masks_obj, *result = NULL;
+	Py_ssize_t stride;
+	Py_buffer rec = {0}, cv = {0}, pv = {0}, wv = {0}, mv = {0};
+	struct rewrite w = {0};
+
+	if (!PyArg_ParseTuple(args, "OnO!OOOO:rewrite_keys", &rec_obj, &stride, &PyTuple_Type,
+			      &fields, &cuts_obj, &ports_obj, &with_obj, &masks_obj))
+		return NULL;
+	if (stride < 1)
+		return PyErr_Format(PyExc_ValueError, "stride: %zd is not positive", stride);
+	if (get_rewrite_fields(fields, stride, &w) < 0)
+		return NULL;
+	if (PyObject_GetBuffer(rec_obj, &rec, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+		return NULL;
+	if (rec.len % stride) {
+		PyErr_Format(PyExc_ValueError, "records: %zd bytes are not whole %zd-byte rows",
+			     rec.len, stride);
+		goto out;
+	}
+	if (PyObject_GetBuffer(cuts_obj, &cv, PyBUF_C_CONTIGUOUS) < 0)
+		goto out;
+	if (cv.len % (Py_ssize_t)sizeof(struct cut)) {
+		PyErr_SetString(PyExc_ValueError, "cuts: not whole 56-byte rules");
+		goto out;
+	}
+	if (ports_obj != Py_None) {
+		if (PyObject_GetBuffer(ports_obj, &pv, PyBUF_C_CONTIGUOUS) < 0)
+			goto out;
+		if (pv.len != 65536 * 2) {
+			PyErr_SetString(PyExc_ValueError, "ports: need 65536 uint16");
+			goto out;
+		}
+		w.ports = pv.buf;
+	}
+	if (PyObject_GetBuffer(with_obj, &wv, PyBUF_C_CONTIGUOUS) < 0)
+		goto out;
+	if (PyObject_GetBuffer(masks_obj, &mv, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+		goto out;
+	w.rows = rec.buf;
+	w.stride = (size_t)stride;
+	w.n = (size_t)(rec.len / stride);
+	if (wv.len != 256 || (size_t)mv.len != w.n * 2) {
+		PyErr_Format(PyExc_ValueError, "with_ports/masks: need 256 bytes and %zu uint16", w.n);
+		goto out;
+	}
+	w.cuts = cv.buf;
+	w.ncuts = (size_t)cv.len / sizeof(struct cut);
+	w.with_ports = wv.buf;
+	w.masks = mv.buf;
+	rewrite_rows(&w);
+	result = Py_NewRef(Py_None);
+out:
+	if (mv.obj)
+		PyBuffer_Release(&mv);
+	if (wv.obj)
+		PyBuffer_Release(&wv);
+	if (pv.obj)
+		PyBuffer_Release(&pv);
+	if (cv.obj)
+		PyBuffer_Release(&cv);
+	PyBuffer_Release(&rec);
+	return result;
+}
+
 /* --- merging records into value columns ------------------------------------------------------ */
 
 enum { COL_PACKETS, COL_OCTETS, COL_FIRST, COL_LAST, COL_FLAGS, COL_OUT_IF, NCOLS };
@@ -1267,6 +1552,8 @@ out:
 static PyMethodDef module_methods[] = {
 	{"siphash", (PyCFunction)module_siphash, METH_O, siphash_doc},
 	{"merge_records", (PyCFunction)module_merge_records, METH_VARARGS, merge_records_doc},
+	{"hash_select", (PyCFunction)module_hash_select, METH_VARARGS, hash_select_doc},
+	{"rewrite_keys", (PyCFunction)module_rewrite_keys, METH_VARARGS, rewrite_keys_doc},
 	{NULL, NULL, 0, NULL},
 };
 
@@ -1287,6 +1574,7 @@ PyMODINIT_FUNC PyInit__flowindex(void)
 		return PyErr_SetFromErrno(PyExc_OSError);
 	sip_k0 = seed[0];
 	sip_k1 = seed[1];
+	crc_init();
 	if (PyType_Ready(&FlowIndexType) < 0)
 		return NULL;
 	m = PyModule_Create(&flowindex_module);

@@ -15,9 +15,11 @@ table holds aggregated flows and ``maxflows`` counts them. The prefix lengths a 
 become its source/destination mask (sourceIPv4PrefixLength 9 / destinationIPv4PrefixLength
 13); a flow takes the masks of the packet that created it, as in ipt_NETFLOW.
 
-:class:`KeyRules` compiles the rules once and memoizes the rewrite per packed key, so the cost
-per packet is one dict lookup; the memo is bounded (:data:`MEMO_MAX` keys per generation,
-two generations). Measured costs: docs/performance-history.md, "Aggregation rules".
+:class:`KeyRules` compiles the rules once and rewrites a whole batch's key fields in place
+(:meth:`KeyRules.apply`, one C call per batch, no Python per key), so rules cost the same for
+every key, seen before or not, and the batch then takes the cache's C merge. Measured costs:
+docs/performance.md, "Ninth stop: aggregation rules and hash sampling on columns" (the
+per-key memo before it: docs/performance-history.md, "Aggregation rules").
 """
 
 from __future__ import annotations
@@ -26,15 +28,12 @@ import ipaddress
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from netflow_agent.model import KEY, Packet, make_key, split_key
+import numpy as np
+
+from netflow_agent._flowindex import rewrite_keys
 from netflow_agent.packet import PORT_PROTOCOLS
 
 __all__ = ["KeyRules", "NetmaskRule", "PortRule", "parse_rule", "split_rules"]
-
-#: keys per memo generation (two generations: at most ~2 x 131,072 x ~120 bytes = 30 MB);
-#: more distinct keys than that at once pay the full rewrite (about 1 us) more often
-MEMO_MAX = 1 << 17
-
 
 class NetmaskRule(NamedTuple):
     """``PREFIX/LEN=NEWLEN`` as integers: match ``addr & mask == net``, keep ``newmask``."""
@@ -106,13 +105,11 @@ def rule_issues(rules: str | Sequence[str]) -> list[tuple[str, str]]:
 
 
 class KeyRules:
-    """Compiled aggregation rules that rewrite packed flow keys (see the module docstring).
+    """Compiled aggregation rules that rewrite flow keys on columns (see the module docstring).
 
-    The memo has two generations of at most :data:`MEMO_MAX` keys each: when the young one is
-    full it becomes the old one and the oldest is dropped, so the keys of live flows survive
-    (a hit in the old generation moves the key to the young one). Addresses and ports are
-    memoized too, so a miss costs one key split and one repack. Not thread-safe: the
-    pipeline thread owns it, like the cache.
+    :meth:`apply` rewrites the address and port fields of a whole batch in place, in C
+    (``agent/_flowindex.c``'s ``rewrite_keys``: the netmask rules compiled to masks, the port
+    rules to a 65,536-entry map); nothing is kept between batches (no memo, no object per key).
 
     :param rules: the rules as text (a comma-separated string or a list); must parse.
     """
@@ -122,86 +119,85 @@ class KeyRules:
         parsed = [parse_rule(r) for r in self.texts]
         self.netmask = {v: [r for r in parsed if isinstance(r, NetmaskRule) and r.version == v]
                         for v in (4, 6)}
+        self._cuts = b"".join(_cut(r) for r in parsed if isinstance(r, NetmaskRule))
         ports = [r for r in parsed if isinstance(r, PortRule)]
         self.port_map = _port_map(ports) if ports else None
-        self._memo: dict[bytes, bytes] = {}
-        self._old: dict[bytes, bytes] = {}
-        self._masks: dict[bytes, int] = {}
-        self._old_masks: dict[bytes, int] = {}
-        self._addrs: dict[bytes, tuple[bytes, int]] = {}
 
     def __bool__(self) -> bool:
         return bool(self.texts)
 
-    def rewrite_packets(self, packets: list[Packet]) -> list[Packet]:
-        """The packets with aggregated keys; :meth:`masks` then knows every key returned."""
-        self._bound()
-        get, miss = self._memo.get, self._miss
-        return [(get(k) or miss(k), n, f, t, o) for k, n, f, t, o in packets]
+    def apply(self, keys: np.ndarray) -> np.ndarray:
+        """Rewrite the key fields of every row of ``keys`` in place; return each row's masks.
 
-    def rewrite_keys(self, keys: list[bytes]) -> list[bytes]:
-        """The aggregated keys (kernel deltas); :meth:`masks` then knows every key returned."""
-        self._bound()
-        get, miss = self._memo.get, self._miss
-        return [get(k) or miss(k) for k in keys]
+        :param keys: a C-contiguous structured array (packed keys viewed as the schema's key
+            dtype, a batch's record rows, or a view of rows that hold a packed key) with the
+            fields ``ip_version`` and ``protocol`` (1 byte), ``src_port`` and ``dst_port``
+            (2 bytes, either byte order) and ``src_addr`` and ``dst_addr`` (16 bytes, IPv4
+            in the first 4).
+        :return: ``src_mask << 8 | dst_mask`` per row (uint16; 0 where no netmask rule
+            matched): the prefix lengths the row's addresses were cut to.
+        """
+        masks = np.empty(len(keys), np.uint16)
+        if not len(keys):
+            return masks
+        if not keys.flags.c_contiguous:
+            raise ValueError("keys: need a C-contiguous array")
+        dtype = keys.dtype
+        rewrite_keys(keys.view(f"V{dtype.itemsize}"), dtype.itemsize, _fields(dtype),
+                     self._cuts, self.port_map, _WITH_PORTS, masks)
+        return masks
 
     def rewrite(self, key: bytes) -> tuple[bytes, int]:
-        """``(aggregated key, masks)`` of one key (a restored flow)."""
-        self._bound()
-        new = self._memo.get(key) or self._miss(key)
-        return new, self._masks[new]
-
-    def masks(self, new_key: bytes) -> int:
-        """``src_mask << 8 | dst_mask`` of a key the last rewrite call returned (0 if none)."""
-        return self._masks.get(new_key, 0)
-
-    def _bound(self) -> None:
-        """Start a young generation when the current one is full (between calls only, so
-        :meth:`masks` knows every key of the last call)."""
-        if len(self._memo) > MEMO_MAX:
-            self._old, self._memo = self._memo, {}
-            self._old_masks, self._masks = self._masks, {}
-        if len(self._addrs) > MEMO_MAX:
-            self._addrs.clear()
-
-    def _miss(self, key: bytes) -> bytes:
-        new = self._old.get(key)
-        if new is not None:
-            self._masks.setdefault(new, self._old_masks.get(new, 0))
-        else:
-            new = self._compute(key)
-        self._memo[key] = new
-        return new
-
-    def _compute(self, key: bytes) -> bytes:
-        k = split_key(key)
-        src, smask = self._addrs.get(k.src_addr) or self._addr(k.ip_version, k.src_addr)
-        dst, dmask = self._addrs.get(k.dst_addr) or self._addr(k.ip_version, k.dst_addr)
-        sport, dport = k.src_port, k.dst_port
-        if self.port_map is not None and k.protocol in PORT_PROTOCOLS:
-            sport, dport = self.port_map[sport], self.port_map[dport]
-        if (src, dst, sport, dport) == (k.src_addr, k.dst_addr, k.src_port, k.dst_port):
-            new = key  # nothing changed: the same key object, no repack (masks still kept)
-        else:
-            new = make_key(k.ip_version, k.protocol, src, dst, sport, dport, k.tos, k.in_if,
-                           k.direction, key[KEY.size:])  # the schema's optional fields kept
-        self._masks.setdefault(new, smask << 8 | dmask)  # the creating packet's masks
-        return new
-
-    def _addr(self, version: int, addr: bytes) -> tuple[bytes, int]:
-        value = int.from_bytes(addr, "big")
-        out = addr, 0
-        for r in self.netmask[version]:
-            if value & r.mask == r.net:
-                out = (value & r.newmask).to_bytes(len(addr), "big"), r.newlen
-                break
-        self._addrs[addr] = out
-        return out
+        """``(aggregated key, masks)`` of one packed key (any schema width): :meth:`apply`
+        on a row of one."""
+        row = np.frombuffer(key, np.dtype((np.void, len(key)))).copy()
+        masks = self.apply(row.view(_key_dtype(len(key))))
+        return row.tobytes(), int(masks[0])
 
 
-def _port_map(rules: list[PortRule]) -> list[int]:
+#: per protocol number, 1 if the port rules rewrite its ports
+_WITH_PORTS = bytes(int(p in PORT_PROTOCOLS) for p in range(256))
+_FIELDS = (("ip_version", 1), ("protocol", 1), ("src_port", 2), ("dst_port", 2),
+           ("src_addr", 16), ("dst_addr", 16))
+
+
+def _fields(dtype: np.dtype) -> tuple[int, ...]:
+    """The ``fields`` of ``rewrite_keys``: each key field's offset in a row of ``dtype``,
+    then whether the ports are in the other byte order."""
+    fields: dict[str, tuple] = dict(dtype.fields or {})
+    for name, width in _FIELDS:
+        if name not in fields or fields[name][0].itemsize != width:
+            raise ValueError(f"keys: need a {width}-byte field {name!r}")
+    swapped = {not fields[name][0].isnative for name in ("src_port", "dst_port")}
+    if len(swapped) != 1:
+        raise ValueError("keys: src_port and dst_port in different byte orders")
+    return (*(int(fields[name][1]) for name, _w in _FIELDS), int(swapped.pop()))
+
+
+def _cut(rule: NetmaskRule) -> bytes:
+    """A netmask rule as ``rewrite_keys`` reads it: version, new length, 6 pad bytes, then
+    mask, net and the mask to keep over a 16-byte address field (an IPv4 rule matches the
+    first 4 bytes and leaves the padding after them as it is)."""
+    size = 4 if rule.version == 4 else 16
+
+    def field(value: int, padding: bytes) -> bytes:
+        return value.to_bytes(size, "big") + padding * (16 - size)
+
+    return (bytes([rule.version, rule.newlen]) + bytes(6) + field(rule.mask, b"\0")
+            + field(rule.net, b"\0") + field(rule.newmask, b"\xff"))
+
+
+def _key_dtype(size: int) -> np.dtype:
+    """The base packed key (:data:`~agent.model.KEY`) as a dtype of ``size`` bytes."""
+    return np.dtype({"names": ["ip_version", "protocol", "src_port", "dst_port", "src_addr",
+                               "dst_addr"],
+                     "formats": ["u1", "u1", ">u2", ">u2", "V16", "V16"],
+                     "offsets": [0, 1, 8, 10, 12, 28], "itemsize": size})
+
+
+def _port_map(rules: list[PortRule]) -> np.ndarray:
     """Every port 0..65535 after the port rules (first match wins)."""
-    out = list(range(65536))
+    out = np.arange(65536, dtype=np.uint16)
     for r in reversed(rules):  # earlier rules overwrite later ones
-        out[r.low:r.high + 1] = [r.port] * (r.high - r.low + 1)
+        out[r.low:r.high + 1] = r.port
     return out

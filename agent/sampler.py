@@ -5,7 +5,8 @@ RFC 7014 *flow* sampling, with ipt_NETFLOW's ``sampler=`` meaning:
 * ``deterministic:N`` exports every N-th flow that expires (systematic count-based);
 * ``random:N`` exports each expiring flow with probability 1/N (random n-out-of-N);
 * ``hash:N`` keeps a flow only when the hash of its key selects it, decided per packet as it
-  enters the cache, so unselected flows never take a slot. The hash is fixed so that every
+  enters the cache, so unselected flows never take a slot (the cache hashes a whole batch at
+  once in C: :func:`hash_select_rows`). The hash is fixed so that every
   agent of a fleet selects the same flows: CRC-32 (IEEE 802.3, as ``zlib.crc32``) over the
   packed key's IP version and protocol bytes followed by its ports and addresses (network
   order, 16 bytes each, IPv4 zero-padded; TOS, direction, interface and the optional
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from netflow_agent._flowindex import hash_select
 from netflow_agent.model import (
     SAMPLING_DETERMINISTIC,
     SAMPLING_HASH,
@@ -31,7 +33,8 @@ from netflow_agent.model import (
     FlowBatch,
 )
 
-__all__ = ["FlowSampler", "INTERVAL_MAX", "INTERVAL_MIN", "hash_selects", "parse_sampler"]
+__all__ = ["FlowSampler", "INTERVAL_MAX", "INTERVAL_MIN", "hash_select_rows", "hash_selects",
+           "key_ops", "parse_sampler"]
 
 INTERVAL_MIN = 2
 INTERVAL_MAX = 16383
@@ -67,10 +70,24 @@ def hash_selects(key: bytes, interval: int) -> bool:
     return zlib.crc32(key[8:44], zlib.crc32(key[:2])) % interval == 0
 
 
+def hash_select_rows(rows: np.ndarray, ops: bytes, interval: int) -> np.ndarray:
+    """:func:`hash_selects` of every row's key at once, in C (``agent/_flowindex.c``'s
+    ``hash_select``, the same CRC-32): a bool per row of the C-contiguous array ``rows``,
+    each row's key packed by ``ops`` (a :class:`~agent.stages.flowtable.RecordLayout`'s, or
+    :func:`key_ops` for a packed key inside each row)."""
+    return np.frombuffer(hash_select(rows, rows.dtype.itemsize, ops, interval), np.bool_)
+
+
+def key_ops(offset: int, size: int) -> bytes:
+    """The ``ops`` of :func:`hash_select_rows` for rows holding a packed key of ``size``
+    bytes at byte ``offset`` (an array of packed keys: ``key_ops(0, key_size)``)."""
+    return np.array([offset, 0, size, 0], np.uint32).tobytes()
+
+
 @dataclass
 class FlowSampler:
-    """The sampler of one cache: hash selection per packet (the cache calls
-    :func:`hash_selects` on a key's miss), count or random at export."""
+    """The sampler of one cache: hash selection per packet (the cache selects a batch's new
+    keys with :func:`hash_select_rows`), count or random at export."""
 
     mode: str
     interval: int

@@ -40,7 +40,6 @@ from typing import Any, Literal
 import numpy as np
 
 from netflow_agent import heap, hookimpl
-from netflow_agent._flowindex import FlowIndex
 from netflow_agent.config.schema import option
 from netflow_agent.errors import ConfigIssue
 from netflow_agent.fragments import FragmentPolicy
@@ -61,7 +60,7 @@ from netflow_agent.model import (
 )
 from netflow_agent.roles import Cache, CacheStats, FlowRow
 from netflow_agent.runtime import RunContext
-from netflow_agent.sampler import FlowSampler, hash_selects, parse_sampler
+from netflow_agent.sampler import FlowSampler, hash_select_rows, key_ops, parse_sampler
 from netflow_agent.schema import FlowSchema, active
 from netflow_agent.stages.flowtable import FREE_NS, FlowTable, RecordLayout, record_layout
 
@@ -74,8 +73,6 @@ _NS = 1_000_000_000
 #: the longest a due flow waits for room in the exporters' backlog (expiry spread over scans)
 MAX_DEFER_S = 60
 _END_FLAGS = TCP_FIN | TCP_RST
-#: keys ``hash:N`` refused, remembered to skip the hash on their next packets (then forgotten)
-_UNSELECTED_MAX = 1 << 18  # ~75 B each in C: at most ~20 MB
 #: most rows whose packed keys go through the reused buffer (at most ~1 MB with 64-byte keys)
 _KEY_BUFFER_ROWS = 1 << 14
 #: madvise(2) advice (Linux 5.14+): fault a range's pages in, writable, in one call
@@ -92,17 +89,25 @@ def _rekey(key: bytes, size: int) -> bytes:
     return key[:size].ljust(size, b"\0")
 
 
-def _full_width(packets: list, size: int) -> list:
-    """``packets`` with keys shorter than ``size`` zero-filled (an ingest that cannot see
-    the schema's optional fields)."""
-    return [p if len(p[0]) == size else (p[0].ljust(size, b"\0"), *p[1:]) for p in packets]
-
-
 def _packet_dtype(key_size: int) -> np.dtype:
     """A :data:`~agent.model.Packet` tuple as one structured row (NumPy zero-fills a key
     shorter than ``key_size``: an ingest that cannot see the schema's optional fields)."""
     return np.dtype([("key", f"V{key_size}"), ("length", np.uint64), ("flags", np.uint8),
                      ("ts", np.int64), ("out_if", np.uint32)])
+
+
+@functools.lru_cache(maxsize=8)
+def _key_fields(rows: np.dtype, key: np.dtype) -> np.dtype:
+    """``rows`` (a :func:`_packet_dtype`: the packed key first) seen as the fields of its
+    packed key."""
+    fields: dict[str, tuple] = dict(key.fields or {})
+    return np.dtype({"names": list(fields), "formats": [f[0] for f in fields.values()],
+                     "offsets": [f[1] for f in fields.values()], "itemsize": rows.itemsize})
+
+
+def _kept(masks: np.ndarray | None, discard: np.ndarray) -> np.ndarray | None:
+    """The aggregation ``masks`` of the rows ``discard`` leaves (``None``: no rules)."""
+    return None if masks is None else masks[~discard]
 
 
 def _raw(keys: bytes | np.ndarray) -> bytes:
@@ -266,9 +271,12 @@ class FlowCache(Cache):
         self.deferred_since_ns = 0
         self.context: RunContext | None = None
         self.sampler = config.flow_sampler()
-        self._unselected = FlowIndex(self.table.key_size)
+        #: the table may hold flows ``hash:N`` did not select (restored, or from before a
+        #: sampler change): a key the hash refuses is then looked up before it is discarded
+        self._unsampled = False
         self.rules = KeyRules(config.aggregation)
         self._key_buffer = np.empty(0, self.schema.key_dtype)  # reused by _keys_of
+        self._rows_buffer = np.empty(0, self.schema.record_dtype)  # reused by _rows_copy
         #: the record dtype, schema and layout _record_layout last answered (~4 us a batch
         #: less than building the schema's key dtype and looking the layout up every time)
         self._last_layout: tuple[np.dtype | None, FlowSchema | None, RecordLayout | None] = (
@@ -281,7 +289,6 @@ class FlowCache(Cache):
         self.schema = active()
         if self.schema.key_size != self.table.key_size and not len(self.table):
             self.table = FlowTable(self.schema.key_size, self.config.hashsize)
-            self._unselected = FlowIndex(self.schema.key_size)
         self._declare_sampler()
 
     def _declare_sampler(self) -> None:
@@ -303,7 +310,7 @@ class FlowCache(Cache):
         sampler = config.flow_sampler()
         if str(sampler) != str(self.sampler):
             self.sampler = sampler
-            self._unselected = FlowIndex(self.table.key_size)
+            self._unsampled = self._unsampled or len(self.table) > 0
             self._declare_sampler()
         self.table.reserve(config.hashsize)
 
@@ -326,9 +333,11 @@ class FlowCache(Cache):
         packets = batch.packets
         if not packets:
             return
-        if self.rules:  # on full-width keys: the rules' masks are looked up by the new key
-            packets = self.rules.rewrite_packets(_full_width(packets, self.table.key_size))
-        rows = self._sample_packets(np.array(packets, _packet_dtype(self.table.key_size)))
+        rows = np.array(packets, _packet_dtype(self.table.key_size))
+        masks = None
+        if self.rules:  # the key column's fields rewritten in place
+            masks = self.rules.apply(rows.view(_key_fields(rows.dtype, self.schema.key_dtype)))
+        rows, masks = self._sample_packets(rows, masks)
         keys = np.ascontiguousarray(rows["key"])
         slots, new = self.table.lookup(keys, limit=self.config.maxflows)
         refused = slots < 0
@@ -338,53 +347,61 @@ class FlowCache(Cache):
             st.drop_packets += dropped
             st.drop_bytes += int(rows["length"][refused].sum())
             rows, keys, slots, new = rows[~refused], keys[~refused], slots[~refused], new[~refused]
+            masks = None if masks is None else masks[~refused]
         self.table.add_packets(slots, new, rows["length"], rows["flags"], rows["ts"],
                                rows["out_if"])
         self._mark_ending(slots, rows["flags"])
-        created = self._count_new(keys, slots, new, rows["ts"])
+        created = self._count_new(keys, slots, new, rows["ts"], masks)
         st.search += n
         st.found += n - dropped - created
         st.traffic_packets += n - dropped
         st.traffic_bytes += int(rows["length"].sum())
 
-    def _sample_packets(self, rows: np.ndarray) -> np.ndarray:
-        """``rows`` without the packets ``hash:N`` discards (counted)."""
-        discard = self._hash_discards(rows["key"])
+    def _sample_packets(self, rows: np.ndarray, masks: np.ndarray | None
+                        ) -> tuple[np.ndarray, np.ndarray | None]:
+        """``rows`` (and their ``masks``) without the packets ``hash:N`` discards (counted)."""
+        discard = self._hash_discards(rows, key_ops(0, self.table.key_size))  # key first
         if discard is None:
-            return rows
+            return rows, masks
         self.stats.sampler_discarded_packets += int(discard.sum())
         self.stats.sampler_discarded_bytes += int(rows["length"][discard].sum())
-        return rows[~discard]
+        return rows[~discard], None if masks is None else masks[~discard]
 
-    def _hash_discards(self, keys: np.ndarray) -> np.ndarray | None:
-        """Rows whose flow ``hash:N`` does not select (decided on a key's miss only, as
-        ipt_NETFLOW: a selected key is then in the table); ``None``: none.
+    def _hash_discards(self, rows: np.ndarray, ops: bytes) -> np.ndarray | None:
+        """Rows of ``rows`` (C-contiguous, each holding a key ``ops`` packs) whose flow
+        ``hash:N`` does not select; ``None``: none. The whole batch is hashed at once in C
+        (:func:`~agent.sampler.hash_select_rows`).
 
-        Refused keys are remembered in a second C index (at most :data:`_UNSELECTED_MAX`,
-        then forgotten), so their next packets cost two lookups and no Python per packet.
+        Decided on a key's miss only, as ipt_NETFLOW: every key the table holds is selected
+        (the hash of a key never changes), unless it was restored or came in before a
+        sampler change (:attr:`_unsampled`); only then are refused keys looked up.
         """
         sampler = self.sampler
         if sampler is None or sampler.mode != "hash":
             return None
-        keys = np.ascontiguousarray(keys)
-        found, _ = self.table.lookup(keys, insert=False)
-        miss = np.flatnonzero(found < 0)
-        if not len(miss):
+        discard = ~hash_select_rows(rows, ops, sampler.interval)
+        if not discard.any():
             return None
-        if len(self._unselected) > _UNSELECTED_MAX:
-            self._unselected = FlowIndex(self.table.key_size)
-        known = np.frombuffer(self._unselected.lookup(keys[miss], insert=False)[0], np.int64)
-        discard = np.zeros(len(found), bool)
-        discard[miss[known >= 0]] = True
-        fresh = miss[known < 0]
-        if len(fresh):
-            ks, raw = self.table.key_size, keys[fresh].tobytes()
-            refused = [r for n, r in enumerate(fresh.tolist())
-                       if not hash_selects(raw[n * ks:(n + 1) * ks], sampler.interval)]
-            if refused:
-                discard[refused] = True
-                self._unselected.lookup(keys[refused])
+        if self._unsampled:
+            self._keep_held(rows, discard)
         return discard if discard.any() else None
+
+    def _keep_held(self, rows: np.ndarray, discard: np.ndarray) -> None:
+        """Clear ``discard`` for the rows whose flow the table holds (packed keys, records
+        or packet rows); forget :attr:`_unsampled` once the table is empty."""
+        if not len(self.table):
+            self._unsampled = False
+            return
+        at = np.flatnonzero(discard)
+        part = rows[at]
+        if "key" in (part.dtype.names or ()):
+            keys = np.ascontiguousarray(part["key"])
+        elif part.dtype.names:
+            keys = self.schema.keys_of(part)
+        else:
+            keys = part
+        found, _ = self.table.lookup(keys, insert=False)
+        discard[at[found >= 0]] = False
 
     def _mark_ending(self, slots: np.ndarray, flags: np.ndarray) -> None:
         """Remember flows that saw FIN or RST (exported at the next scan)."""
@@ -393,19 +410,21 @@ class FlowCache(Cache):
             self.ending.update(slots[ending].tolist())
 
     def _count_new(self, keys: np.ndarray | None, slots: np.ndarray, new: np.ndarray,
-                   ts: np.ndarray) -> int:
+                   ts: np.ndarray, masks: np.ndarray | None = None) -> int:
         """Count the flows ``new`` marks (``keys``, ``slots``: the rows' packed keys and
-        slots) as created at ``ts``: ``new``, the peak, their aggregation masks, and a debug
-        line each at ``debug >= FLOW_DEBUG``. ``keys`` is ``None`` from the C merge, which
-        runs only without rules and below ``FLOW_DEBUG`` (nothing here reads keys then)."""
+        slots) as created at ``ts``: ``new``, the peak, their aggregation ``masks`` (those of
+        the row that created each flow; ``None``: no rules), and a debug line each at
+        ``debug >= FLOW_DEBUG``. ``keys`` is ``None`` from the C merge, which runs only
+        below ``FLOW_DEBUG`` (nothing here reads keys then)."""
         rows = np.flatnonzero(new)
         if not len(rows):
             return 0
         self.stats.new += len(rows)
         self._note_peak(ts, rows)
+        if masks is not None:
+            self.table.masks[slots[rows]] = masks[rows]
         if keys is None:
             return len(rows)
-        self._set_masks(keys, slots, rows)
         if self.context is not None and self.context.debug >= FLOW_DEBUG:
             ks = self.table.key_size
             raw = _raw(keys)
@@ -420,21 +439,14 @@ class FlowCache(Cache):
             st.peak_flows = len(self.table)
             st.peak_ns = int(ts[rows[-1]])
 
-    def _set_masks(self, keys: np.ndarray, slots: np.ndarray, rows: np.ndarray) -> None:
-        """The aggregation masks of the flows created on ``rows`` (Python per new flow, only
-        with rules: :meth:`KeyRules.masks` knows the keys its last rewrite returned)."""
-        if not self.rules:
-            return
-        ks, raw = self.table.key_size, _raw(keys[rows])
-        self.table.masks[slots[rows]] = [self.rules.masks(raw[n * ks:(n + 1) * ks])
-                                         for n in range(len(rows))]
-
     @hookimpl
     def agent_cache_flows(self, batch: FlowBatch, now_ns: int) -> None:
         """Merge flow deltas drained from a kernel map or the NFLOG C aggregator (columns):
-        in C (:meth:`FlowTable.merge_records`) unless the run has aggregation rules, ``hash``
-        flow sampling or per-flow debug lines, or the batch's layout is one C cannot read;
-        then with packed keys and NumPy. Both give the same table and statistics."""
+        in C (:meth:`FlowTable.merge_records`) unless the run has per-flow debug lines or the
+        batch's layout is one C cannot read; then with packed keys and NumPy. Both give the
+        same table and statistics. Aggregation rules rewrite the batch's key columns first
+        (on a copy, :meth:`KeyRules.apply`) and ``hash:N`` drops the rows it does not select
+        (the batch hashed in C), so neither costs Python per row."""
         st = self.stats
         st.trunc += batch.trunc
         st.frag += batch.frag
@@ -445,37 +457,59 @@ class FlowCache(Cache):
             return
         layout = self._record_layout(flows)
         if layout is not None:
-            self._merge_records(flows, layout)
+            masks = None
+            if self.rules:  # on a copy: the ingest's rows stay as they were
+                flows = self._rows_copy(flows)
+                masks = self.rules.apply(flows)
+            discard = self._hash_discards(flows, layout.ops)
+            if discard is not None:
+                flows, masks = self._discard(flows, discard), _kept(masks, discard)
+            if len(flows):
+                self._merge_records(flows, layout, masks)
             return
-        flows, keys = self._sampled_keys(flows)
+        keys = self._keys_of(flows)
+        masks = self.rules.apply(keys.view(self.schema.key_dtype)) if self.rules else None
+        discard = self._hash_discards(keys, key_ops(0, self.table.key_size))
+        if discard is not None:
+            flows, keys, masks = self._discard(flows, discard), keys[~discard], _kept(masks,
+                                                                                   discard)
         slots, new = self.table.lookup(keys, limit=self.config.maxflows)
         st.search += len(slots)
         refused = slots < 0
         if refused.any():
             kept = self._refuse(flows, refused)
             flows, slots, new, keys = flows[kept], slots[kept], new[kept], keys[kept]
+            masks = None if masks is None else masks[kept]
         self.table.add_deltas(slots, new, flows["packets"], flows["octets"], flows["start_ns"],
                               flows["end_ns"], flows["tcp_flags"], flows["out_if"])
         self._mark_ending(slots, flows["tcp_flags"])
-        st.found += len(slots) - self._count_new(keys, slots, new, flows["start_ns"])
+        st.found += len(slots) - self._count_new(keys, slots, new, flows["start_ns"], masks)
         st.traffic_packets += int(flows["packets"].sum())
         st.traffic_bytes += int(flows["octets"].sum())
 
-    def _merge_records(self, flows: np.ndarray, layout: RecordLayout) -> None:
+    def _discard(self, flows: np.ndarray, discard: np.ndarray) -> np.ndarray:
+        """``flows`` without the rows ``hash:N`` discards, whose traffic is counted."""
+        self.stats.sampler_discarded_packets += int(flows["packets"][discard].sum())
+        self.stats.sampler_discarded_bytes += int(flows["octets"][discard].sum())
+        return flows[~discard]
+
+    def _merge_records(self, flows: np.ndarray, layout: RecordLayout,
+                       masks: np.ndarray | None = None) -> None:
         """:meth:`agent_cache_flows` in C: the same table and counters as the NumPy merge,
         the batch's traffic and TCP flags totalled by the merge's own pass over the rows
         (:class:`~agent.stages.flowtable.Merged`) instead of NumPy passes over their strided
         fields (~7 ns per row at 4,096-row batches). No keys: this path runs only where
-        :meth:`_count_new` does not read them."""
+        :meth:`_count_new` does not read them. ``masks``: the rows' aggregation masks."""
         st = self.stats
         slots, new, merged = self.table.merge_records(flows, layout, self.config.maxflows)
         st.search += len(slots)
         if merged.rows < len(slots):
             kept = self._refuse(flows, slots < 0)
             flows, slots, new = flows[kept], slots[kept], new[kept]
+            masks = None if masks is None else masks[kept]
         if merged.flags & _END_FLAGS:
             self._mark_ending(slots, flows["tcp_flags"])
-        st.found += len(slots) - self._count_new(None, slots, new, flows["start_ns"])
+        st.found += len(slots) - self._count_new(None, slots, new, flows["start_ns"], masks)
         st.traffic_packets += merged.packets
         st.traffic_bytes += merged.octets
 
@@ -490,10 +524,7 @@ class FlowCache(Cache):
 
     def _record_layout(self, flows: np.ndarray) -> RecordLayout | None:
         """The layout for the C merge of ``flows``; ``None`` where the NumPy merge must run:
-        rules rewrite keys, ``hash`` sampling decides per key, debug logs keys, or the
-        array is not a contiguous record array C can read."""
-        if self.rules or (self.sampler is not None and self.sampler.mode == "hash"):
-            return None
+        debug logs keys, or the array is not a contiguous record array C can read."""
         if self.context is not None and self.context.debug >= FLOW_DEBUG:
             return None
         if not flows.flags.c_contiguous:
@@ -504,19 +535,18 @@ class FlowCache(Cache):
             self._last_layout = (dtype, self.schema, layout)
         return layout
 
-    def _sampled_keys(self, flows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The rows of ``flows`` the ``hash`` sampler keeps (the others counted) and their
-        packed keys, rewritten by the aggregation rules."""
-        st = self.stats
-        keys = self._keys_of(flows)
-        if self.rules:
-            keys = np.array(self.rules.rewrite_keys(keys.tolist()), keys.dtype)
-        discard = self._hash_discards(keys)
-        if discard is not None:
-            st.sampler_discarded_packets += int(flows["packets"][discard].sum())
-            st.sampler_discarded_bytes += int(flows["octets"][discard].sum())
-            flows, keys = flows[~discard], keys[~discard]
-        return flows, keys
+    def _rows_copy(self, flows: np.ndarray) -> np.ndarray:
+        """A copy of the C-contiguous record array ``flows`` for the rules to rewrite, in a
+        buffer kept between batches (as :meth:`_keys_of`'s) up to :data:`_KEY_BUFFER_ROWS`
+        rows: no fresh mmap to fault in at every drain step."""
+        n = len(flows)
+        if n > _KEY_BUFFER_ROWS:
+            return flows.copy()
+        if len(self._rows_buffer) < n or self._rows_buffer.dtype != flows.dtype:
+            self._rows_buffer = np.empty(max(n, 4096), flows.dtype)
+        rows = self._rows_buffer[:n]
+        rows.view(np.uint8)[...] = flows.view(np.uint8)  # one memcpy, not a per-field cast
+        return rows
 
     def _keys_of(self, flows: np.ndarray) -> np.ndarray:
         """:meth:`FlowSchema.keys_of` into a buffer kept between batches (the index copies
@@ -695,15 +725,20 @@ class FlowCache(Cache):
             return 0
         size = self.schema.key_size  # a key saved before the schema changed is re-laid out
         key_list = [k if len(k) == size else _rekey(k, size) for k, *_ in rows]
-        if self.rules:  # saved without these rules: merged into aggregated flows
-            key_list = self.rules.rewrite_keys(key_list)
         keys = np.frombuffer(b"".join(key_list), f"V{size}")
+        masks = None
+        if self.rules:  # saved without these rules: merged into aggregated flows
+            keys = keys.copy()
+            masks = self.rules.apply(keys.view(self.schema.key_dtype))
         _k, packets, octets, first, last, flags, out_if = (
             np.array(c) for c in zip(*rows, strict=True))
         slots, new = self.table.lookup(keys)
         self.table.add_deltas(slots, new, packets, octets, first, last, flags, out_if)
         self._mark_ending(slots, flags.astype(np.uint8))
-        self._set_masks(keys, slots, np.flatnonzero(new))
+        self._unsampled = True  # not selected by this run's hash:N
+        if masks is not None:
+            created = np.flatnonzero(new)
+            self.table.masks[slots[created]] = masks[created]
         if len(self.table) > self.stats.peak_flows:  # not lookup misses of this run: no `new`
             self.stats.peak_flows = len(self.table)
             self.stats.peak_ns = int(first[np.flatnonzero(new)[-1]])

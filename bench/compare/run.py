@@ -5,8 +5,9 @@ Issue 14's three workloads, every observer, rounds interleaved, one command (roo
     python bench/compare/run.py --workload w1 w2 w3 --rounds 3 --json /tmp/compare.json
 
 (``--table-from /tmp/compare.json`` reprints the tables; ``--append`` adds rounds to those
-already in ``--json``, measured with the same ``--ebpf-set`` options (each result records
-them); ``--only agent-ebpf softflowd`` picks observers, ``fprobe`` is
+already in ``--json``, measured with the same ``--ebpf-set`` and ``--cache-set`` options (each
+result records them); ``--cache-set aggregation=[\"0.0.0.0/0=32\"]`` gives both agents a
+``[cache]`` option; ``--only agent-ebpf softflowd`` picks observers, ``fprobe`` is
 optional; ``--workload smoke`` is a few-second check of the harness.)
 
 Traffic: ``flowgen`` (``bench/ebpf/flowgen.c``, via ``tests/support/flowgen.py``) sends raw
@@ -410,12 +411,16 @@ class Agent(Observer):
     stop_timeout = 300.0  # the last export of up to 1M flows, paced
     #: ``[[export.netflow]] backlog`` (``--backlog``; 0: the agent's default)
     backlog = 0
+    #: ``--cache-set`` options (TOML lines) of the ``[cache]`` section, e.g. aggregation rules
+    cache: list[str] = []
 
     def command(self) -> list[str]:
         conf = self.tmp / "agent.toml"
+        cache = "".join(f"{line}\n" for line in self.cache)
         conf.write_text(f"""
 [agent]
 control_socket = ""
+{f"[cache]{chr(10)}{cache}" if cache else ""}
 {self.ingest}
 [[export.netflow]]
 destination = ["127.0.0.1:{NFCAPD_PORT}"]
@@ -812,7 +817,8 @@ def report(results: dict[str, dict[str, list[dict]]]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line; ``--ebpf-set`` options validated (:func:`ebpf_option`)."""
+    """The command line; ``--ebpf-set`` and ``--cache-set`` options validated
+    (:func:`ebpf_option`, :func:`cache_option`)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workload", nargs="+", choices=WORKLOADS, default=["w1", "w2", "w3"])
     ap.add_argument("--rounds", type=int, default=2)
@@ -840,11 +846,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="an [[ingest.ebpf]] option for agent-ebpf (a TOML value; repeat for "
                     "more), e.g. cpu_slots=524288: a variant against the defaults; checked "
                     "as the agent would before any flood, recorded in each --json result")
+    ap.add_argument("--cache-set", action="append", default=[], metavar="KEY=VALUE",
+                    type=cache_option,
+                    help="a [cache] option for both agents (a TOML value; repeat for more), "
+                    "e.g. 'aggregation=[\"0.0.0.0/0=32\", \"::/0=128\"]': rules that match "
+                    "every address and change none, so every flow stays exact; checked as "
+                    "the agent would, recorded in each --json result")
     args = ap.parse_args(argv)
-    try:
-        tomllib.loads("\n".join(args.ebpf_set))
-    except tomllib.TOMLDecodeError as exc:
-        ap.error(f"--ebpf-set: {exc} (a key set twice?)")
+    for flag, lines in (("--ebpf-set", args.ebpf_set), ("--cache-set", args.cache_set)):
+        try:
+            tomllib.loads("\n".join(lines))
+        except tomllib.TOMLDecodeError as exc:
+            ap.error(f"{flag}: {exc} (a key set twice?)")
     return args
 
 
@@ -856,13 +869,30 @@ def ebpf_option(text: str) -> str:
     """``--ebpf-set KEY=VALUE`` as the TOML line it adds to agent-ebpf's section, refused at
     argument parsing (before any flood) unless ``[[ingest.ebpf]]`` takes it as the agent
     would (its config class: type, bounds, checks such as a power of two)."""
-    from netflow_agent.config.convert import convert
     from netflow_agent.plugins.ingest_ebpf.config import Config
+
+    return section_option(text, Config, "[[ingest.ebpf]]",
+                          {"interfaces": ["eth0"], "direction": "ingress"})
+
+
+def cache_option(text: str) -> str:
+    """``--cache-set KEY=VALUE`` as the TOML line it adds to the agents' ``[cache]``, refused
+    at argument parsing unless :class:`~agent.stages.cache.CacheConfig` takes it (an
+    aggregation rule that does not parse, a sampler out of range)."""
+    from netflow_agent.stages.cache import CacheConfig
+
+    return section_option(text, CacheConfig, "[cache]", {})
+
+
+def section_option(text: str, config: type, section: str, fixed: dict) -> str:
+    """``KEY=VALUE`` as a TOML line of ``section``, checked by its ``config`` class as the
+    agent would check it (``fixed``: the keys the harness sets itself, and their values)."""
+    from netflow_agent.config.convert import convert
 
     key, sep, value = (part.strip() for part in text.partition("="))
     if not sep or not key or not value:
         raise argparse.ArgumentTypeError(f"'{text}': expected KEY=VALUE (a TOML value)")
-    if key in EBPF_FIXED_KEYS:
+    if key in fixed:
         raise argparse.ArgumentTypeError(f"'{text}': the harness sets {key} itself")
     line = f"{key} = {value}"
     try:
@@ -870,27 +900,28 @@ def ebpf_option(text: str) -> str:
     except tomllib.TOMLDecodeError as exc:
         raise argparse.ArgumentTypeError(f"'{text}': not a TOML key = value ({exc})") from exc
     if list(table) != [key]:
-        raise argparse.ArgumentTypeError(f"'{text}': {key} is not an [[ingest.ebpf]] key")
-    _, issues = convert(Config, {"interfaces": ["eth0"], "direction": "ingress", **table},
-                        "ingest.ebpf")
+        raise argparse.ArgumentTypeError(f"'{text}': {key} is not an {section} key")
+    _, issues = convert(config, {**fixed, **table}, section.strip("[]"))  # and its check()
     errors = [i.format() for i in issues if i.severity == "error"]
     if errors:
         raise argparse.ArgumentTypeError(f"'{text}': {'; '.join(errors)}")
     return line
 
 
-def appended(path: Path, ebpf_set: list[str]) -> dict:
+def appended(path: Path, ebpf_set: list[str], cache_set: list[str] | None = None) -> dict:
     """The results already in ``path`` for ``--append``: refused (SystemExit) when they were
-    measured with other ``--ebpf-set`` options (none recorded: the defaults; in any order:
-    each key is set once)."""
+    measured with other ``--ebpf-set`` or ``--cache-set`` options (none recorded: the
+    defaults; in any order: each key is set once)."""
     old = json.loads(path.read_text())
     for name, by_kind in old.items():
         for kind, runs in by_kind.items():
             for r in runs:
-                if sorted(r.get("ebpf_set", [])) != sorted(ebpf_set):
-                    raise SystemExit(f"--append: {path} holds {name} {kind} runs with "
-                                     f"--ebpf-set {r.get('ebpf_set', [])}, not {ebpf_set}: "
-                                     "write another --json")
+                for field, want in (("ebpf_set", ebpf_set), ("cache_set", cache_set or [])):
+                    if sorted(r.get(field, [])) != sorted(want):
+                        flag = "--" + field.replace("_", "-")
+                        raise SystemExit(f"--append: {path} holds {name} {kind} runs with "
+                                         f"{flag} {r.get(field, [])}, not {want}: "
+                                         "write another --json")
     return old
 
 
@@ -898,6 +929,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     Agent.backlog = args.backlog
     AgentEbpf.options = args.ebpf_set
+    Agent.cache = args.cache_set
     if args.table_from:
         print(report(json.loads(Path(args.table_from).read_text())))
         return 0
@@ -910,7 +942,8 @@ def main(argv: list[str] | None = None) -> int:
     kinds = ["none"] + [k for k in args.only if k != "none" and k not in missing]
     results = {w: {k: [] for k in kinds} for w in args.workload}  # type: ignore[var-annotated]
     if args.append and args.json and Path(args.json).exists():
-        for name, by_kind in appended(Path(args.json), args.ebpf_set).items():
+        for name, by_kind in appended(Path(args.json), args.ebpf_set,
+                                      args.cache_set).items():
             for kind, runs in by_kind.items():
                 results.setdefault(name, {}).setdefault(kind, []).extend(runs)
     truths: dict = {}
@@ -926,6 +959,7 @@ def main(argv: list[str] | None = None) -> int:
                               flush=True)
                         continue
                     r["ebpf_set"] = args.ebpf_set  # what agent-ebpf ran with
+                    r["cache_set"] = args.cache_set  # what both agents' [cache] had
                     results[name][kind].append(r)
                     print(f"round {rnd} {name} {kind:12s} {json.dumps(r)}", file=sys.stderr,
                           flush=True)

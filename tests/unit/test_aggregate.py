@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 import ipaddress
+import random
 import socket
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from netflow_agent import keyrules
-from netflow_agent.keyrules import KeyRules, NetmaskRule, PortRule, parse_rule
+from netflow_agent.keyrules import KeyRules, NetmaskRule, PortRule, parse_rule, split_rules
 from netflow_agent.model import FlowBatch, FlowDelta, FlowRecord, PacketBatch, make_key, split_key
 from netflow_agent.stages.cache import CacheConfig, FlowCache
+from netflow_agent.stages.flowtable import FlowTable
 from tests.support.aggregation import SEED_RULES, seed_aggregate, thousand_hosts
 
 SEED = SEED_RULES
@@ -81,15 +84,135 @@ def test_port_rules_skip_icmp():
     assert shown(new)[3] == 0x0800
 
 
-def test_memo_restarts_when_full_and_keeps_answers_right(monkeypatch):
-    monkeypatch.setattr(keyrules, "MEMO_MAX", 8)
-    rules = KeyRules(SEED)
-    for n in range(50):
-        packets = [(key(f"192.{n}.0.{h}", "10.9.9.9", 1000, 81), 60, 0, T0, 0) for h in range(3)]
-        out = rules.rewrite_packets(packets)
-        assert {shown(k) for k, *_ in out} == {(f"192.{n}.0.0", "10.9.0.0", 1000, 80)}
-        assert rules.masks(out[0][0]) == 16 << 8 | 16
-        assert len(rules._memo) <= 8 + 3
+# --- columns vs the per-key rewrite -------------------------------------------------------------
+
+RULE_SETS = [
+    SEED,
+    ["10.1.0.0/16=24", "10.0.0.0/8=16", "0.0.0.0/0=8", "2001:db8:1::/48=64",
+     "2001:db8::/32=48", "::/0=0", "80-89=80", "0-1023=1", "3128=80"],
+    ["2001:db8::/32=48", "fe80::/10=127", "192.168.0.0/16=32", "1000-2000=0", "0=65535"],
+]
+PROTOCOLS = (1, 6, 17, 33, 47, 58, 132, 136)  # ICMP, TCP, UDP, DCCP, GRE, ICMPv6, SCTP, UDP-Lite
+NEAR = ("10.1.2.3", "10.200.0.1", "192.168.9.9", "192.0.2.1", "172.16.0.1", "2001:db8:1::5",
+        "2001:db8:ffff::1", "fe80::1", "2002::1")
+
+
+def per_key_rewrite(texts: str | list[str], k: bytes) -> tuple[bytes, int]:
+    """The rewrite one key at a time, as the memoized implementation computed it (the
+    reference: split, first netmask and port rule of each kind, repack)."""
+    rules = [parse_rule(t) for t in split_rules(texts)]
+    f = split_key(k)
+
+    def addr(raw: bytes) -> tuple[bytes, int]:
+        value = int.from_bytes(raw, "big")
+        for r in rules:
+            if isinstance(r, NetmaskRule) and r.version == f.ip_version \
+                    and value & r.mask == r.net:
+                return (value & r.newmask).to_bytes(len(raw), "big"), r.newlen
+        return raw, 0
+
+    def port(p: int) -> int:
+        if f.protocol not in (6, 17, 33, 132, 136):
+            return p
+        return next((r.port for r in rules if isinstance(r, PortRule) and r.low <= p <= r.high),
+                    p)
+
+    (src, smask), (dst, dmask) = addr(f.src_addr), addr(f.dst_addr)
+    new = make_key(f.ip_version, f.protocol, src, dst, port(f.src_port), port(f.dst_port),
+                   f.tos, f.in_if, f.direction, k[44:])
+    return new, smask << 8 | dmask
+
+
+def random_keys(n: int, seed: int, ext: bytes = b"", directions: int = 2) -> list[bytes]:
+    """Mixed IPv4/IPv6 keys of every kind of protocol; addresses near the rules' prefixes or
+    anywhere, ports in and out of the rules' ranges (ingress only with ``directions=1``: an
+    exported egress record names its interface elsewhere than its key did)."""
+    rng = random.Random(seed)
+
+    def address(version: int) -> bytes:
+        fam, size = (socket.AF_INET, 4) if version == 4 else (socket.AF_INET6, 16)
+        if rng.random() < 0.3:
+            return rng.randbytes(size)
+        base = rng.choice([a for a in NEAR if (":" in a) == (version == 6)])
+        raw = bytearray(socket.inet_pton(fam, base))
+        for b in range(rng.randrange(size // 2, size), size):  # vary the host part
+            raw[b] = rng.randrange(256)
+        return bytes(raw)
+
+    def port() -> int:
+        return rng.choice([rng.randrange(65536), rng.randrange(70, 100), 3128, 0, 65535,
+                           rng.randrange(900, 2100)])
+
+    out = []
+    for _ in range(n):
+        v = rng.choice((4, 6))
+        out.append(make_key(v, rng.choice(PROTOCOLS), address(v), address(v), port(), port(),
+                            rng.randrange(4), rng.randrange(3), rng.randrange(directions), ext))
+    return out
+
+
+@pytest.mark.parametrize("texts", RULE_SETS, ids=["seed", "overlapping", "ipv6"])
+def test_the_column_rewrite_equals_the_per_key_rewrite_on_random_keys(texts):
+    rules = KeyRules(texts)
+    for ext in (b"", b"\x00\x64\xaa\xbb"):  # the schema's optional key fields kept as well
+        keys = random_keys(3000, seed=len(texts) + len(ext), ext=ext)
+        want = [per_key_rewrite(rules.texts, k) for k in keys]
+        assert [rules.rewrite(k) for k in keys[:200]] == want[:200]
+        rows = np.frombuffer(b"".join(keys), f"V{len(keys[0])}").copy()
+        masks = rules.apply(rows.view(keyrules._key_dtype(len(keys[0]))))
+        assert [bytes(r) for r in rows.tolist()] == [k for k, _ in want]
+        assert masks.tolist() == [m for _, m in want]
+        assert any(k != new for k, (new, _) in zip(keys, want, strict=True))
+
+
+def expected_flows(texts: str | list[str], keys: list[bytes]) -> dict[bytes, tuple[int, int]]:
+    """Aggregated key -> (packets, masks of the row that created it), per key."""
+    out: dict[bytes, tuple[int, int]] = {}
+    for n, k in enumerate(keys):
+        new, masks = per_key_rewrite(texts, k)
+        packets, first = out.get(new, (0, masks))
+        out[new] = (packets + 1 + n % 3, first)
+    return out
+
+
+def exported(cache: FlowCache) -> dict[bytes, tuple[int, int]]:
+    return {r.key(): (r.packets, r.src_mask << 8 | r.dst_mask) for r in drain(cache)}
+
+
+@pytest.mark.parametrize("texts", RULE_SETS, ids=["seed", "overlapping", "ipv6"])
+def test_rules_export_the_per_key_flows_and_masks_from_packets_and_deltas(texts):
+    keys = random_keys(4000, seed=7, directions=1)
+    keys += keys[::5]  # flows met again in later batches
+    want = expected_flows(texts, keys)
+    assert len(want) < len(set(keys))  # the rules fold some flows together
+    by_packets = FlowCache(CacheConfig(aggregation=texts))
+    by_deltas = FlowCache(CacheConfig(aggregation=texts))
+    for lo in range(0, len(keys), 1000):
+        part = range(lo, min(lo + 1000, len(keys)))
+        feed(by_packets, [(keys[n], 60, 0, T0 + n, 0) for n in part for _ in range(1 + n % 3)])
+        by_deltas.agent_cache_flows(batch=FlowBatch("ingest.ebpf[0]", [
+            FlowDelta(keys[n], 1 + n % 3, 60, T0 + n, T0 + n) for n in part]), now_ns=0)
+    assert by_packets.active_flows == by_deltas.active_flows == len(want)
+    assert exported(by_packets) == want
+    assert exported(by_deltas) == want
+
+
+def test_kernel_batches_with_rules_take_the_c_merge(monkeypatch):
+    merged: list[int] = []
+    real = FlowTable.merge_records
+
+    def spy(self, flows, layout, limit=0):
+        merged.append(len(flows))
+        return real(self, flows, layout, limit)
+
+    monkeypatch.setattr(FlowTable, "merge_records", spy)
+    cache = FlowCache(CacheConfig(aggregation=SEED, sampler="hash:2"))
+    batch = FlowBatch("ingest.ebpf[0]", [FlowDelta(k, 1, 60, T0, T0)
+                                         for k in random_keys(500, seed=3)])
+    rows = batch.flows.copy()
+    cache.agent_cache_flows(batch=batch, now_ns=0)
+    assert merged and sum(merged) == cache.stats.search > 0
+    assert (batch.flows == rows).all()  # the ingest's rows are not rewritten in place
 
 
 @pytest.mark.parametrize("text,expected", [

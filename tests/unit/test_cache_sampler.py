@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytest
 
 from netflow_agent.model import (
@@ -12,8 +15,12 @@ from netflow_agent.model import (
     Sampling,
 )
 from netflow_agent.runtime import RunContext
-from netflow_agent.sampler import hash_selects, parse_sampler
+from netflow_agent.sampler import hash_select_rows, hash_selects, key_ops, parse_sampler
+from netflow_agent.schema import active
 from netflow_agent.stages.cache import CacheConfig, FlowCache
+from netflow_agent.stages.flowtable import record_layout
+from tests.support.aggregation import SEED_RULES
+from tests.unit.test_aggregate import per_key_rewrite, random_keys
 from tests.unit.test_cache import T0, feed, key
 
 N = 4
@@ -112,3 +119,63 @@ def test_a_forced_scan_in_parts_takes_every_flow_out_while_sampling(sampler):
     assert st.exported_flows + st.sampler_unselected_flows == 1000
     if sampler.startswith("deterministic"):
         assert sizes == [100] * 5 + [0]
+
+
+# --- the batch hash (C) against the per-key hash ---------------------------------------------
+
+def test_the_batch_hash_keeps_exactly_the_keys_hash_selects_keeps():
+    """The cache hashes whole batches in C: the kept set must stay the documented one (the
+    same flows on every agent of a fleet and across restarts)."""
+    rng = random.Random(5)
+    keys = [rng.randbytes(44) for _ in range(20_000)] + random_keys(5000, seed=5)
+    packed = np.frombuffer(b"".join(keys), "V44")
+    for n in (2, 3, 4, 10, 100, 1000, 16383):
+        got = hash_select_rows(packed, key_ops(0, 44), n)
+        assert got.tolist() == [hash_selects(k, n) for k in keys]
+    wide = np.frombuffer(b"".join(k + b"\x00\x64\xaa\xbb" for k in keys), "V48")
+    assert hash_select_rows(wide, key_ops(0, 48), 7).tolist() == [
+        hash_selects(k, 7) for k in keys]
+
+
+def test_the_batch_hash_reads_record_rows_as_their_packed_keys():
+    keys = random_keys(5000, seed=9)
+    flows = FlowBatch("ebpf", [FlowDelta(k, 1, 60, T0, T0) for k in keys]).flows
+    layout = record_layout(flows.dtype, active().key_dtype)
+    assert layout is not None
+    assert hash_select_rows(flows, layout.ops, 10).tolist() == [hash_selects(k, 10) for k in keys]
+
+
+@pytest.mark.parametrize("path", ["packets", "deltas"])
+def test_hash_with_rules_keeps_the_flows_whose_aggregated_key_it_selects(path):
+    keys = random_keys(3000, seed=11, directions=1)
+    kept = {new for new, _ in (per_key_rewrite(SEED_RULES, k) for k in keys)
+            if hash_selects(new, N)}
+    c = FlowCache(CacheConfig(sampler=f"hash:{N}", aggregation=SEED_RULES))
+    if path == "packets":
+        feed(c, *[(k, 60, 0, T0, 0) for k in keys])
+    else:
+        c.agent_cache_flows(batch=FlowBatch("ebpf", [FlowDelta(k, 1, 60, T0, T0)
+                                                     for k in keys]), now_ns=0)
+    got = {r.key() for r in c.agent_cache_expire(now_ns=T0, force=True)}
+    assert got == kept and 0 < len(kept) < len(keys)
+    assert c.stats.sampler_discarded_packets + c.stats.traffic_packets == len(keys)
+
+
+@pytest.mark.parametrize("path", ["packets", "deltas"])
+def test_a_restored_flow_the_hash_does_not_select_keeps_counting(path):
+    """Decided on a key's miss only: a flow the table holds (restored, or from before the
+    sampler changed) takes its packets even when the hash would not select its key."""
+    _selected, unselected = _split(40)
+    plain = FlowCache(CacheConfig())
+    feed(plain, *[(key(p), 100, 0, T0, 0) for p in unselected])
+    c = FlowCache(CacheConfig(sampler=f"hash:{N}"))
+    c.restore(plain.dump())
+    more = [(key(p), 100, 0, T0 + 1, 0) for p in unselected + [1000 + p for p in unselected]]
+    if path == "packets":
+        feed(c, *more)
+    else:
+        c.agent_cache_flows(batch=FlowBatch("ebpf", [FlowDelta(k, 1, 100, t, t)
+                                                     for k, _n, _f, t, _o in more]), now_ns=0)
+    out = c.agent_cache_expire(now_ns=T0, force=True)
+    assert {r.src_port: r.packets for r in out} == {p: 2 for p in unselected} | {
+        1000 + p: 1 for p in unselected if hash_selects(key(1000 + p), N)}

@@ -1,5 +1,6 @@
-"""bench/compare/run.py's command line: ``--ebpf-set`` is checked as the agent would check the
-option before any flood starts, and ``--append`` refuses results of another variant."""
+"""bench/compare/run.py's command line: ``--ebpf-set`` and ``--cache-set`` are checked as the
+agent would check the option before any flood starts, and ``--append`` refuses results of
+another variant."""
 
 from __future__ import annotations
 
@@ -64,3 +65,33 @@ def test_append_takes_the_same_options_in_another_order(tmp_path):
     assert RUN.appended(saved, ["maxflows = 524288", "cpu_slots = 262144"])
     with pytest.raises(SystemExit):
         RUN.appended(saved, ["maxflows = 524288"])
+
+
+def test_cache_set_becomes_a_cache_line_of_both_agents(tmp_path):
+    args = RUN.parse_args(["--cache-set", 'aggregation=["0.0.0.0/0=32", "::/0=128"]'])
+    assert args.cache_set == ['aggregation = ["0.0.0.0/0=32", "::/0=128"]']
+    agent = RUN.AgentNflog.__new__(RUN.AgentNflog)
+    agent.tmp, agent.cache = tmp_path, args.cache_set
+    agent.command()
+    assert '[cache]\naggregation = ["0.0.0.0/0=32", "::/0=128"]\n' in (
+        tmp_path / "agent.toml").read_text()
+
+
+@pytest.mark.parametrize(("option", "says"), [
+    ('aggregation=["10.0.0.0/8=33"]', "new prefix length"),
+    ('sampler="hash:1"', "2..16383"),
+    ("no_such_key=1", "no_such_key"),
+])
+def test_bad_cache_set_is_refused_at_parsing(option, says, capsys):
+    with pytest.raises(SystemExit):
+        RUN.parse_args(["--cache-set", option])
+    assert says in capsys.readouterr().err
+
+
+def test_append_refuses_results_of_another_cache_variant(tmp_path):
+    saved = tmp_path / "compare.json"
+    saved.write_text(json.dumps({"w2": {"agent-nflog": [{"sent": 1, "cache_set": [
+        'sampler = "hash:10"']}]}}))
+    assert RUN.appended(saved, [], ['sampler = "hash:10"'])
+    with pytest.raises(SystemExit, match="--cache-set"):
+        RUN.appended(saved, [])
