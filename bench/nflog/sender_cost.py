@@ -10,13 +10,14 @@ with call graphs, then split each flood's samples::
     python bench/nflog/sender_cost.py /tmp/flood.data --packets 1999994
 
 Each ``flowgen`` process (one per run, in the order the runs started: ``none`` first, then
-the ``--only`` observers; floods of other users of the machine show too) gets a line: its
-samples, µs of CPU per packet at the recorded frequency, and the samples under the NFLOG
-and AF_PACKET receive paths; then the NFLOG path split by what the kernel does per message
-(``net/netfilter/nfnetlink_log.c``): building the attributes, the timestamp, the instance
-lookup, the prefix, the hardware address, the payload copy (what a copy range can shorten)
-and the per-batch work (skb allocation and netlink send: what ``qthreshold``/``nlbufsiz``
-change).
+the ``--only`` observers; floods of other users of the machine show too: ``--pids`` keeps
+only the named ones, a bench's own floods being the ``flowgen`` children of its process)
+gets a line: its samples, µs of CPU per packet at the recorded frequency, and the samples
+under the NFLOG and AF_PACKET receive paths; then the NFLOG path split by what the kernel
+does per message (``net/netfilter/nfnetlink_log.c``): building the attributes, the
+timestamp, the instance lookup, the prefix, the hardware address, the payload copy (what a
+copy range can shorten) and the per-batch work (skb allocation and netlink send: what
+``qthreshold``/``nlbufsiz`` change).
 """
 
 from __future__ import annotations
@@ -74,10 +75,12 @@ def main() -> None:
     ap.add_argument("data", help="perf.data of a system-wide recording with -g")
     ap.add_argument("--packets", type=int, required=True, help="packets each flood sent")
     ap.add_argument("--freq", type=float, default=999, help="perf record -F")
+    ap.add_argument("--pids", nargs="+", help="only these flowgen PIDs (default: all)")
     args = ap.parse_args()
     per_pid: dict[str, list[list[str]]] = collections.defaultdict(list)
     for pid, stack in samples(args.data):
-        per_pid[pid].append(stack)
+        if not args.pids or pid in args.pids:
+            per_pid[pid].append(stack)
     us = 1e6 / args.freq / args.packets
     for pid, stacks in per_pid.items():
         nflog = [s for s in stacks if "nft_log_eval" in s]

@@ -75,7 +75,7 @@ class Config:
         "socket buffer holds them meanwhile). 0 = read each batch as soon as it arrives.",
         min=0, max=1000)
     batch_ms: int = option(
-        50, doc="With the C decoder: how long the reader sums packets per flow before it "
+        200, doc="With the C decoder: how long the reader sums packets per flow before it "
         "hands the sums to the cache (at most 8192 rows held; then at once). Longer: "
         "fewer rows per packet for the cache (a flow sending every few ms becomes one row "
         "per period, not one per packet; under a flood of new flows, where summing does "

@@ -28,6 +28,7 @@ import pytest
 from netflow_agent.model import FlowBatch, PacketBatch
 from netflow_agent.plugins.ingest_nflog import component
 from netflow_agent.plugins.ingest_nflog.component import GroupReader
+from netflow_agent.plugins.ingest_nflog.config import Config
 from netflow_agent.plugins.ingest_nflog.decoders import ServeResult
 from tests.ingest_nflog.test_c_decoder import _many_flows, _sequenced
 
@@ -98,6 +99,38 @@ def test_batches_sent_on_the_timer_reuse_the_row_buffers() -> None:
     assert len(flows) >= 4  # batches of several datagrams each, most sent on the timer
     assert stats["row_buffers_new"] <= 2, (flows, stats)  # the pool's two, then reused
     assert stats["row_buffers_reused"] == len(flows) - stats["row_buffers_new"], stats
+
+
+def test_the_default_hold_sums_a_steady_flow_set_over_200_ms() -> None:
+    """With the defaults (``batch_ms`` 200) flows that send every 15 ms reach the pipeline
+    as one row each per 200 ms, not one per 50 ms (the default before: four times the rows
+    for the cache to merge, a quarter of W1's agent CPU on this VM), and every packet."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    owner = SimpleNamespace(config=Config(group=7, decoder="c"), fragments=None,
+                            name="ingest.nflog[0]", log=logging.getLogger("test_reader_buffers"))
+    reader = GroupReader(owner, _PairSocket(ours), [])
+    rows: list[int] = []
+    packets: list[int] = []
+
+    def emit(batch: FlowBatch) -> None:
+        rows.append(len(batch.flows))
+        packets.append(int(batch.flows["packets"].sum()))
+
+    reader.start(SimpleNamespace(emit=emit, wait_for_room=lambda limit: None))
+    datagrams = 60
+    try:
+        start = time.monotonic()
+        for _ in range(datagrams):
+            theirs.send(_many_flows(40))  # the same 40 flows each time
+            time.sleep(0.015)
+        elapsed = time.monotonic() - start
+        _wait_until(lambda: sum(packets) >= 40 * datagrams)
+    finally:
+        reader.stopping.set()
+        reader.thread.join(timeout=10)
+        theirs.close()
+    assert sum(packets) == reader.stats()["packets"] == 40 * datagrams
+    assert sum(rows) <= 40 * (elapsed / 0.2 + 2), (rows, elapsed)
 
 
 def test_one_batch_gathers_many_wakeups_and_keeps_every_packet_and_gap() -> None:
