@@ -443,3 +443,30 @@ def test_the_metrics_stopping_reply_carries_the_time_it_is_sent(
         head = client.recv(65536).decode()
     assert head.startswith("HTTP/1.1 503"), head
     assert "Date: Fri, 01 Jan 1971 00:00:00 GMT" in head, head
+
+
+def test_agent_reload_says_its_reload_was_not_applied_when_told_the_agent_stops(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "agent.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(1)
+
+    def stopping_agent() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(20)
+            recv_message(conn)
+            send_message(conn, control.STOPPING_REPLY)
+
+    t = threading.Thread(target=stopping_agent, daemon=True)
+    t.start()
+    try:
+        status = control.cmd_control("reload", str(path), None)
+    finally:
+        t.join(20)
+        listener.close()
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err == ("agent reload: the agent is stopping: the request was not carried out: "
+                   "the reload was not applied\n")
