@@ -84,8 +84,9 @@ LISTEN_BACKLOG = 16
 
 
 def seconds(value: float) -> str:
-    """A duration for a message: ``60``, ``0.2``, ``1.5`` (never "0" for a short one)."""
-    return f"{value:.3g}"
+    """A duration for a message: ``60``, ``0.2``, ``1.5``, ``3600`` (never "0" for a short
+    one, never an exponent for a long one)."""
+    return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
 
 
 class ControlError(Exception):

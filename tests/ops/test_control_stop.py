@@ -470,3 +470,9 @@ def test_agent_reload_says_its_reload_was_not_applied_when_told_the_agent_stops(
     assert status == 1
     assert err == ("agent reload: the agent is stopping: the request was not carried out: "
                    "the reload was not applied\n")
+
+
+def test_durations_in_messages_keep_their_meaning() -> None:
+    """``{timeout:.0f}`` printed "within 0 s" for a sub-second timeout."""
+    assert [control.seconds(v) for v in (0.05, 0.3, 1.5, 60.0, 65.0, 3600.0)] == \
+        ["0.05", "0.3", "1.5", "60", "65", "3600"]
