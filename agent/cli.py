@@ -245,8 +245,7 @@ def cmd_run(path: str, level: str | None, progress: bool | None = None) -> int:
         ops.start(pipeline)  # control socket, metrics, drop root, READY=1
     except (OSError, PrivilegeError) as exc:
         log.error("start-up failed: %s", exc)
-        ops.stopping()
-        pipeline.shutdown()
+        stop(ops, pipeline)
         return EX_FAIL
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: pipeline.request_stop())
@@ -263,11 +262,21 @@ def cmd_run(path: str, level: str | None, progress: bool | None = None) -> int:
     try:
         pipeline.run()
     finally:
-        ops.stopping()
-        pipeline.shutdown()
+        stop(ops, pipeline)
         gc.unfreeze()
     log.info("stopped; %s", final_summary(pipeline))
     return EX_OK
+
+
+def stop(ops: Operations, pipeline: Pipeline) -> None:
+    """Close the local interfaces (STOPPING=1, control socket, metrics), then flush and stop
+    the pipeline: a failure in the first (a bug, a thread that would not join) is logged and
+    never skips the flush, which exports or saves the flows in the cache."""
+    try:
+        ops.stopping()
+    except Exception:
+        log.exception("closing the control socket and metrics failed; stopping anyway")
+    pipeline.shutdown()
 
 
 def _show_progress(pipeline: Pipeline, flag: bool | None) -> None:

@@ -12,9 +12,11 @@ Requests (``{"cmd": ...}``) and replies:
   "message": <str>, "generation": <int>}``, sent once the pipeline finished the reload
   (:mod:`agent.reloading`): ``ok`` is true only when the new configuration runs (or nothing
   changed); otherwise ``message`` gives the reason and the old configuration keeps running.
-  A reload the pipeline did not start within ``RELOAD_TIMEOUT_S``, or before the agent
-  stopped, is withdrawn: ``failed``, never applied later. ``unknown``: started, but no
-  outcome within ``RELOAD_TIMEOUT_S`` (the reload may still finish);
+  A reload the pipeline did not start within ``RELOAD_TIMEOUT_S`` of the connection's
+  accept (time queued behind busy workers included: the client gives up 5 s later), or
+  before the agent stopped, is withdrawn: ``failed``, never applied later, logged (WARNING)
+  and counted as a failed reload (``agent stats``). ``unknown``: started, but no outcome
+  within ``RELOAD_TIMEOUT_S`` (the reload may still finish);
 * ``top`` (with ``n``, ``sort``, ``filter``, see :mod:`agent.flowtop`): ``{"ok": true,
   "top": {...}}``, the biggest flows in the cache and the header totals of ``agent top``;
 * anything else: ``{"ok": false, "error": "unknown command ..."}`` (errors never repeat the
@@ -24,9 +26,12 @@ Limits (issue 18 item 9): a request is at most :data:`MAX_REQUEST` bytes and mus
 whole within :data:`agent.localserver.REQUEST_DEADLINE_S` of the connection; at most a few
 requests are computed at once (workers), and idle or slow clients hold no thread
 (:class:`agent.localserver.LocalServer`). Replies may be larger (:data:`MAX_REPLY`).
-Every worker busy: :data:`BUSY_REPLY` (``retry``: not started; :func:`request` asks again);
-the agent stopping: :data:`STOPPING_REPLY` to every request it has not started, those still
-in the listening socket's backlog included (none is reset).
+Every worker busy (or the connection pushed out by newer ones): :data:`BUSY_REPLY`
+(``retry``: not started; :func:`request` asks again, as it does when the listening socket's
+backlog is full and ``connect`` fails with ``EAGAIN``); the agent stopping:
+:data:`STOPPING_REPLY` to every request it has not started, those still in the listening
+socket's backlog included (none is reset). The socket file is removed at the close only when
+it is still the one this agent bound (a second agent may have replaced it meanwhile).
 
 Threading: the server threads never touch pipeline state. Snapshots are built on the pipeline
 thread through an ``ITEM_CALL`` inbox item (:func:`call_on_pipeline`), reloads through
@@ -64,13 +69,24 @@ RELOAD_TIMEOUT_S = 60.0
 #: every worker busy: the request was read but not started (``retry``: asking again is safe)
 BUSY_REPLY = {"ok": False, "retry": True, "error": "the agent is busy with other control "
               "requests; try again"}
-#: the agent stopped before it started the request (a reload: not applied)
-STOPPING_REPLY = {"ok": False, "result": "failed", "error": "the agent is stopping: request not "
-                  "served (a reload was not applied)"}
+#: the agent stopped before it started the request (sent before the request is read: it
+#: fits any command; ``agent reload`` adds that the reload was not applied)
+STOPPING_REPLY = {"ok": False, "stopping": True, "error": "the agent is stopping: the request "
+                  "was not carried out"}
+#: what a client adds to a stopping reply to a reload
+STOPPING_RELOAD = "the reload was not applied"
 #: what ``agent reload`` says when it cannot know whether the reload happened
 UNKNOWN_OUTCOME = "the reload may or may not happen: see `agent stats` (Reload:) or the log"
 #: how long ``request`` waits before asking again after a ``retry`` reply (then it gives up)
 RETRY_DELAYS_S = (0.1, 0.3, 1.0)
+#: the listening socket's backlog (connections the io thread has not accepted yet)
+LISTEN_BACKLOG = 16
+
+
+def seconds(value: float) -> str:
+    """A duration for a message: ``60``, ``0.2``, ``1.5``, ``3600`` (never "0" for a short
+    one, never an exponent for a long one)."""
+    return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
 
 
 class ControlError(Exception):
@@ -183,7 +199,12 @@ def _exchange(path: str, message: dict[str, Any], timeout: float) -> dict[str, A
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        _connect(sock, path)
+        try:
+            _connect(sock, path)
+        except BlockingIOError:  # the backlog is full: the agent has not seen the request
+            return {"ok": False, "retry": True, "error": f"{path}: the agent is busy (its "
+                    "queue of control connections is full); the request was not carried "
+                    "out, try again"}
         try:
             send_message(sock, message)
         except (BrokenPipeError, ConnectionResetError) as exc:
@@ -200,7 +221,7 @@ def _exchange(path: str, message: dict[str, Any], timeout: float) -> dict[str, A
             return recv_message(sock)
         except (ControlError, OSError) as exc:  # asked, but no answer: the outcome is unknown
             if isinstance(exc, TimeoutError):
-                text = f"no reply within {timeout:.0f} s"
+                text = f"no reply within {seconds(timeout)} s"
             elif isinstance(exc, (ConnectionResetError, ConnectionClosed)):
                 text = "the agent closed the connection without a reply"
             else:
@@ -224,6 +245,8 @@ def _connect(sock: socket.socket, path: str) -> None:
     except ConnectionRefusedError:
         raise ControlError(f"{path}: connection refused (the agent is stopping, or it is not "
                            "running and left a stale socket)") from None
+    except BlockingIOError:  # the caller answers it as busy
+        raise
     except OSError as exc:
         raise ControlError(f"{path}: {exc}") from None
 
@@ -269,22 +292,30 @@ def call_on_pipeline(pipeline: Any, fn: Callable[[Any], Any],
     if not _wait(done, timeout, cancel):
         if cancel is not None and cancel.is_set():
             raise TimeoutError("the agent is stopping")
-        raise TimeoutError(f"the pipeline did not answer within {timeout:.0f} s")
+        raise TimeoutError(f"the pipeline did not answer within {seconds(timeout)} s")
     if "error" in box:
         raise box["error"]
     return box["value"]
 
 
 def reload_and_wait(pipeline: Any, timeout: float = RELOAD_TIMEOUT_S,
-                    cancel: threading.Event | None = None) -> dict[str, Any]:
+                    cancel: threading.Event | None = None,
+                    limit: float | None = None) -> dict[str, Any]:
     """Ask the pipeline to reload and wait for the outcome: the ``reload`` reply.
 
     Giving up (``timeout``, or ``cancel``: the agent stops) withdraws the request when the
     pipeline has not started it (:class:`~agent.reloading.ReloadRequest`): the reply is
-    then a definite ``failed`` ("not applied"), and only a reload that had started
-    without finishing is ``unknown``.
+    then a definite ``failed`` ("not applied"), logged here (WARNING) and counted by the
+    pipeline when it gets to the request (:meth:`Lifecycle.reload_requested`); only a
+    reload that had started without finishing is ``unknown``. A ``timeout`` of 0 or less
+    (the request waited its whole time in the server's queue) withdraws it at once.
+
+    :param limit: the whole time the request was given (for the messages; ``timeout`` is
+        what is left of it), ``timeout`` by default.
     """
     from netflow_agent.reloading import ReloadRequest  # not at the top: see call_on_pipeline
+
+    limit = timeout if limit is None else limit
 
     done = threading.Event()
     box: dict[str, Any] = {}
@@ -295,18 +326,23 @@ def reload_and_wait(pipeline: Any, timeout: float = RELOAD_TIMEOUT_S,
         done.set()
 
     asked = ReloadRequest(reply)
-    pipeline.request_reload(asked)
-    if _wait(done, timeout, cancel):
-        return box["reply"]
+    if timeout > 0:
+        pipeline.request_reload(asked)
+        if _wait(done, timeout, cancel):
+            return box["reply"]
     stopping = cancel is not None and cancel.is_set()
-    if asked.withdraw():  # the pipeline never started it, and now never will
-        why = ("the agent is stopping" if stopping else
-               f"the agent did not get to it within {timeout:.0f} s")
+    why = ("the agent is stopping" if stopping else
+           f"the agent did not get to it within {seconds(limit)} s")
+    if asked.withdraw(why):  # the pipeline never started it, and now never will
+        if timeout <= 0:  # the pipeline counts it when it gets there, as any withdrawn one
+            pipeline.request_reload(asked)
+        log.warning("reload not applied: %s (asked over the control socket)", why)
         return {"ok": False, "result": "failed", "message": f"not applied: {why}; nothing "
                 "changed"}
     if done.is_set():  # it finished just now
         return box["reply"]
-    why = "the agent is stopping" if stopping else f"no reload result within {timeout:.0f} s"
+    why = ("the agent is stopping" if stopping else
+           f"no reload result within {seconds(limit)} s")
     return {"ok": False, "result": "unknown", "message": f"{why}; {UNKNOWN_OUTCOME}"}
 
 
@@ -324,18 +360,23 @@ class ControlServer:
     :param mode: permission bits of the socket file.
     :param top: ``(pipeline, request) -> dict`` run on the pipeline thread for ``top``
         (:class:`agent.flowtop.FlowTop`); ``None``: the command is unavailable.
+    :param reload_timeout_s: how long a reload may take from the connection's accept until
+        the pipeline starts it (tests shorten it).
     """
 
     def __init__(self, path: str, pipeline: Any, snapshot: Callable[[Any], dict[str, Any]],
                  formatter: Callable[[dict[str, Any]], str], mode: int = 0o600,
-                 top: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None):
+                 top: Callable[[Any, dict[str, Any]], dict[str, Any]] | None = None,
+                 reload_timeout_s: float = RELOAD_TIMEOUT_S):
         self.path = path
         self.pipeline = pipeline
         self.snapshot = snapshot
         self.formatter = formatter
         self.mode = mode
         self.top = top
+        self.reload_timeout_s = reload_timeout_s
         self.requests = 0
+        self._bound: tuple[int, int] | None = None  # (st_dev, st_ino) of our socket file
         self._made_dir = False
         self._sock: socket.socket | None = None
         self.server: LocalServer | None = None
@@ -360,7 +401,9 @@ class ControlServer:
         finally:
             os.umask(old)
         os.chmod(self.path, self.mode)
-        sock.listen(16)
+        st = os.stat(self.path)
+        self._bound = (st.st_dev, st.st_ino)
+        sock.listen(LISTEN_BACKLOG)
         self._sock = sock
         log.info("control socket %s (mode %04o)", self.path, self.mode)
 
@@ -413,20 +456,34 @@ class ControlServer:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-            try:
-                os.unlink(self.path)
-            except OSError as exc:  # after dropping root, in a directory root owns
-                if exc.errno != errno.ENOENT:
-                    log.info("control socket %s left in place (%s); the next start replaces "
-                             "it", self.path, exc.strerror)
+            self._unlink()
 
-    def _reply(self, message: dict[str, Any]) -> bytes:
+    def _unlink(self) -> None:
+        """Remove the socket file if it is still the one :meth:`start` bound. While this
+        agent stopped, its listener refused connections: a second agent starting on the same
+        path took the file for stale, replaced it and listens there now; its file stays."""
+        try:
+            st = os.stat(self.path)
+            if (st.st_dev, st.st_ino) != self._bound:
+                log.info("control socket %s is another agent's now; left in place", self.path)
+                return
+            os.unlink(self.path)
+        except OSError as exc:  # after dropping root, in a directory root owns
+            if exc.errno != errno.ENOENT:
+                log.info("control socket %s left in place (%s); the next start replaces "
+                         "it", self.path, exc.strerror)
+
+    def _reply(self, message: dict[str, Any], accepted: float) -> bytes:
         """A worker's answer to one parsed request, framed."""
         self.requests += 1
-        return frame(self.answer(message))
+        return frame(self.answer(message, accepted))
 
-    def answer(self, message: dict[str, Any]) -> dict[str, Any]:
-        """The reply to one request (never raises)."""
+    def answer(self, message: dict[str, Any], accepted: float | None = None) -> dict[str, Any]:
+        """The reply to one request (never raises).
+
+        :param accepted: monotonic time the connection was accepted: a reload's time counts
+            from there (the client's does from its connect), not from when a worker took it.
+        """
         cmd = message.get("cmd")
         try:
             if cmd == "stats":
@@ -434,7 +491,9 @@ class ControlServer:
             if cmd == "stats-json":
                 return {"ok": True, "stats": self._snapshot()}
             if cmd == "reload":
-                return reload_and_wait(self.pipeline, cancel=self._stop)
+                waited = 0.0 if accepted is None else time.monotonic() - accepted
+                return reload_and_wait(self.pipeline, self.reload_timeout_s - waited,
+                                       cancel=self._stop, limit=self.reload_timeout_s)
             if cmd == "top" and self.top is not None:
                 top = self.top
                 return {"ok": True, "top": call_on_pipeline(
@@ -497,7 +556,10 @@ def cmd_control(command: str, explicit: str | None, config_path: str | None,
             return EX_RELOAD_UNKNOWN
         return 1
     if not reply.get("ok"):
-        print(f"agent {command}: {reply.get('error') or reply.get('message')}", file=sys.stderr)
+        text = reply.get("error") or reply.get("message")
+        if reply.get("stopping") and cmd == "reload":
+            text = f"{text}: {STOPPING_RELOAD}"
+        print(f"agent {command}: {text}", file=sys.stderr)
         return EX_RELOAD_UNKNOWN if reply.get("result") == "unknown" else 1
     if cmd == "stats-json":
         print(json.dumps(reply["stats"], indent=2, sort_keys=True))

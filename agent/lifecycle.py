@@ -163,8 +163,10 @@ class Lifecycle:
         Refused while stopping: :meth:`shutdown` drains the inbox after the ingests stopped,
         and a reload applied then would start components (a changed ingest) that nothing
         stops any more. A :class:`~agent.reloading.ReloadRequest` its asker withdrew (it
-        stopped waiting and answered "not applied") is skipped."""
+        stopped waiting and answered "not applied") is not applied, only counted as failed
+        (:func:`agent.reloading.withdrawn`)."""
         if isinstance(reply, reloading.ReloadRequest) and not reply.start():
+            reloading.withdrawn(self, reply)
             return
         if self.context.stopping:
             outcome = reloading.refuse(self, "the agent is stopping")

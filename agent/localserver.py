@@ -14,9 +14,15 @@ before the privilege drop), reading each request under a **whole-request deadlin
 A slow or idle client therefore holds one selector slot and its few buffered bytes, never a
 thread: one client sending a byte every few seconds, or many idle connections, cannot delay
 anybody else. At most ``max_connections`` connections are read at once; a new one beyond that
-closes the oldest. The protocol (length-prefixed msgpack, HTTP) is the caller's: a ``parse``
-function that says "incomplete", returns a request, or raises :class:`Rejected` with the
-reply to send, and a ``handle`` function that turns a request into reply bytes.
+pushes out the oldest, which gets ``busy_reply`` (not started: asking again is safe). A
+queued request whose client hung up before a worker took it is not started (nobody waits
+for its answer); ``handle`` gets the request and its accept time, so that a reply bounded in
+time (a reload) counts the time spent queued. The protocol (length-prefixed msgpack, HTTP)
+is the caller's: a ``parse`` function that says "incomplete", returns a request, or raises
+:class:`Rejected` with the reply to send, and a ``handle`` function that turns a request
+(and the monotonic time its connection was accepted) into reply bytes. ``busy_reply`` and
+``stopping_reply`` are bytes, or functions that build them per reply (an HTTP ``Date``
+header).
 
 Stopping (:meth:`LocalServer.close`, :func:`refuse_pending`) leaves no client with a
 reset: Linux resets a Unix stream peer whose connection is closed before it was accepted,
@@ -24,7 +30,10 @@ or with bytes it sent still unread (``ECONNRESET``, "Connection reset by peer").
 listener is therefore shut down for reading first (``connect(2)`` is then refused at once,
 ``ECONNREFUSED``), every connection still in its backlog is accepted, and every connection
 not answered yet (backlog, being read, queued for a worker) gets ``stopping_reply``; what
-the client sent is read and discarded before the close (:func:`finish`).
+the client sent is read and discarded before the close (:func:`finish`). A TCP listener
+cannot be shut down that way (it would reset its backlog): at most ``pending_limit`` of its
+waiting connections are answered, so that a client that keeps connecting cannot hold the
+stop up.
 
 Threads start in :meth:`LocalServer.serve`, which the agent calls after it dropped root, so
 they are born with the reduced capability set; they also call :func:`agent.privileges.follow`
@@ -36,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import select
 import selectors
 import socket
 import threading
@@ -52,6 +62,13 @@ log = logging.getLogger("agent.localserver")
 REQUEST_DEADLINE_S = 5.0
 #: a reply must be written within this many seconds of being ready
 REPLY_DEADLINE_S = 10.0
+#: a fixed reply, or a function that builds it each time it is sent
+Reply = bytes | Callable[[], bytes]
+
+
+def reply_bytes(reply: Reply) -> bytes:
+    """The bytes of ``reply`` (built now when it is a function)."""
+    return reply() if callable(reply) else reply
 
 
 class Rejected(Exception):
@@ -79,12 +96,14 @@ class ServerCounters:
     busy: int = 0  # every worker busy and the queue full
     reply_failed: int = 0  # the client did not take its reply in time
     stopping: int = 0  # answered with the stopping reply: the server closed before serving
+    abandoned: int = 0  # the client hung up while its request was queued: not started
 
 
 @dataclass
 class _Conn:
     sock: socket.socket
     deadline: float
+    accepted: float = 0.0
     buf: bytearray = field(default_factory=bytearray)
 
 
@@ -109,17 +128,21 @@ class LocalServer:
     :param sock: a bound, listening socket.
     :param name: thread name prefix (``control``, ``metrics``).
     :param parse: ``bytes -> request | None`` (``None``: incomplete); raises :class:`Rejected`.
-    :param handle: ``request -> reply bytes``; runs on a worker; must not raise.
-    :param busy_reply: what to send when every worker is busy (protocol framing).
+    :param handle: ``(request, accepted) -> reply bytes`` (``accepted``: monotonic time of
+        the connection's accept); runs on a worker; must not raise.
+    :param busy_reply: what to send when every worker is busy, or to a connection pushed out
+        by a newer one (protocol framing).
     :param stopping_reply: what to send to every connection not served when the server
         closes (see the module docstring).
+    :param pending_limit: at most this many connections waiting in a TCP listener's backlog
+        get ``stopping_reply`` at the close (the listen backlog is a sensible value).
     """
 
     def __init__(self, sock: socket.socket, name: str, parse: Callable[[bytes], Any],
-                 handle: Callable[[Any], bytes], busy_reply: bytes = b"", *,
-                 stopping_reply: bytes = b"", workers: int = 4, max_connections: int = 64,
+                 handle: Callable[[Any, float], bytes], busy_reply: Reply = b"", *,
+                 stopping_reply: Reply = b"", workers: int = 4, max_connections: int = 64,
                  request_deadline_s: float = REQUEST_DEADLINE_S,
-                 reply_deadline_s: float = REPLY_DEADLINE_S):
+                 reply_deadline_s: float = REPLY_DEADLINE_S, pending_limit: int = 64):
         self.sock = sock
         self.name = name
         self.parse = parse
@@ -130,9 +153,11 @@ class LocalServer:
         self.max_connections = max_connections
         self.request_deadline_s = request_deadline_s
         self.reply_deadline_s = reply_deadline_s
+        self.pending_limit = pending_limit
         self.counters = ServerCounters()
         self.stop = threading.Event()
-        self._queue: queue.Queue[tuple[socket.socket, Any]] = queue.Queue(maxsize=workers)
+        #: (connection, request, its accept time)
+        self._queue: queue.Queue[tuple[socket.socket, Any, float]] = queue.Queue(maxsize=workers)
         self._conns: dict[int, _Conn] = {}  # by fd, in accept order (oldest first)
         self._threads: list[threading.Thread] = []
 
@@ -163,11 +188,13 @@ class LocalServer:
             except queue.Empty:
                 break
         for sock in unserved:
-            finish(sock, self.stopping_reply)
-        self.counters.stopping += len(unserved) + refuse_pending(self.sock, self.stopping_reply)
+            finish(sock, reply_bytes(self.stopping_reply))
+        self.counters.stopping += len(unserved) + refuse_pending(
+            self.sock, self.stopping_reply, self.pending_limit)
         self.sock.close()
         c = self.counters
-        if c.timed_out or c.rejected or c.evicted or c.busy or c.reply_failed or c.stopping:
+        if (c.timed_out or c.rejected or c.evicted or c.busy or c.reply_failed or c.stopping
+                or c.abandoned):
             log.info("%s: %s", self.name, c)
 
     # --- io thread -------------------------------------------------------------------------
@@ -201,10 +228,11 @@ class LocalServer:
         self.counters.accepted += 1
         if len(self._conns) >= self.max_connections:
             oldest = next(iter(self._conns.values()))
-            self._drop(sel, oldest)
+            self._drop(sel, oldest, reply_bytes(self.busy_reply))  # not started: may retry
             self.counters.evicted += 1
         sock.setblocking(False)
-        conn = _Conn(sock, time.monotonic() + self.request_deadline_s)
+        now = time.monotonic()
+        conn = _Conn(sock, now + self.request_deadline_s, accepted=now)
         self._conns[sock.fileno()] = conn
         sel.register(sock, selectors.EVENT_READ, conn)
 
@@ -233,10 +261,10 @@ class LocalServer:
         sel.unregister(conn.sock)
         del self._conns[conn.sock.fileno()]
         try:
-            self._queue.put_nowait((conn.sock, request))
+            self._queue.put_nowait((conn.sock, request, conn.accepted))
         except queue.Full:
             self.counters.busy += 1
-            finish(conn.sock, self.busy_reply)
+            finish(conn.sock, reply_bytes(self.busy_reply))
 
     def _expire(self, sel: selectors.BaseSelector) -> None:
         now = time.monotonic()
@@ -256,15 +284,19 @@ class LocalServer:
         privileges.follow()
         while not self.stop.is_set():
             try:
-                sock, request = self._queue.get(timeout=0.5)
+                sock, request, accepted = self._queue.get(timeout=0.5)
             except queue.Empty:
                 continue
             if self.stop.is_set():  # taken as the server closes: not started, say so
                 self.counters.stopping += 1
-                finish(sock, self.stopping_reply)
+                finish(sock, reply_bytes(self.stopping_reply))
+                continue
+            if peer_gone(sock):  # the client gave up while queued: nobody to answer
+                self.counters.abandoned += 1
+                finish(sock, b"")
                 continue
             with sock:
-                reply = self.handle(request)
+                reply = self.handle(request, accepted)
                 try:
                     send_with_deadline(sock, reply, time.monotonic() + self.reply_deadline_s)
                     self.counters.served += 1
@@ -295,6 +327,18 @@ def finish(sock: socket.socket, reply: bytes) -> None:
     sock.close()
 
 
+def peer_gone(sock: socket.socket) -> bool:
+    """Whether the client of ``sock`` closed its connection (gave up: a timeout, ^C).
+
+    ``POLLHUP``: set on a Unix stream socket once the peer closed, not when it only shut
+    down its sending side (a client that half-closes still waits for its reply). A TCP
+    connection shows it only once both sides shut down: for TCP this is mostly ``False``,
+    and the request is served as before."""
+    poller = select.poll()
+    poller.register(sock, select.POLLHUP)
+    return any(ev & (select.POLLHUP | select.POLLERR) for _, ev in poller.poll(0))
+
+
 def _stop_connecting(sock: socket.socket) -> None:
     """Make ``connect(2)`` to a Unix listening socket fail at once with ``ECONNREFUSED``:
     after this, its backlog only shrinks (accept still returns what is queued). A TCP
@@ -304,18 +348,21 @@ def _stop_connecting(sock: socket.socket) -> None:
             sock.shutdown(socket.SHUT_RD)
 
 
-def refuse_pending(sock: socket.socket, reply: bytes) -> int:
+def refuse_pending(sock: socket.socket, reply: Reply, limit: int = 64) -> int:
     """Accept every connection waiting in the backlog of the listening socket ``sock`` and
     :func:`finish` it with ``reply``; return how many. A Unix listener is shut down first
-    (:func:`_stop_connecting`): none can join the backlog after the last accept. Leaves
-    ``sock`` open (the caller closes it)."""
+    (:func:`_stop_connecting`): none can join the backlog after the last accept. A TCP one
+    cannot be: new connections keep arriving, so at most ``limit`` are answered (the rest
+    are reset by the close). Leaves ``sock`` open (the caller closes it)."""
     _stop_connecting(sock)
     sock.setblocking(False)
+    unix = sock.family == socket.AF_UNIX
     count = 0
-    while True:
+    while unix or count < limit:
         try:
             conn, _ = sock.accept()
         except OSError:  # BlockingIOError: the backlog is empty
             return count
         count += 1
-        finish(conn, reply)
+        finish(conn, reply_bytes(reply))
+    return count

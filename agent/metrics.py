@@ -69,6 +69,9 @@ CACHE_COUNTERS = {
 }
 #: the largest HTTP request head read (request line and headers)
 MAX_HEAD = 8192
+#: the listening socket's backlog; also how many waiting scrapes get the stopping reply at
+#: the close (agent/localserver.py: a TCP backlog keeps filling while it is answered)
+LISTEN_BACKLOG = 64
 #: component stats that are configuration, not measurements
 SETTING_STATS = frozenset({"protocol", "sampling_interval", "maxflows_limit", "rcvbuf",
                            "sndbuf", "group", "snaplen", "batch_size",
@@ -308,7 +311,7 @@ class MetricsServer:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((self.host, self.port))
-            sock.listen(64)
+            sock.listen(LISTEN_BACKLOG)
         except OSError:
             sock.close()
             raise
@@ -323,13 +326,16 @@ class MetricsServer:
         """
         assert self._sock is not None
         limits.setdefault("workers", 2)
+        limits.setdefault("pending_limit", LISTEN_BACKLOG)
+        # built per reply: each carries its own Date header
         self.server = LocalServer(self._sock, "metrics", parse_http_head, self._reply,
-                                  http_reply(503, b"busy\n"),
-                                  stopping_reply=http_reply(503, b"the agent is stopping\n"),
+                                  lambda: http_reply(503, b"busy\n"),
+                                  stopping_reply=lambda: http_reply(
+                                      503, b"the agent is stopping\n"),
                                   **limits)
         self.server.serve()
 
-    def _reply(self, request: tuple[str, str]) -> bytes:
+    def _reply(self, request: tuple[str, str], accepted: float) -> bytes:
         method, target = request
         path = target.split("?", 1)[0]
         if method not in ("GET", "HEAD"):

@@ -12,8 +12,11 @@ A reload (SIGHUP, or ``agent reload`` over the control socket) ends in one of th
 
 Every outcome is logged: ``ok``/``unchanged`` at INFO, ``failed`` at ERROR with every reason,
 never folded by :class:`agent.logutil.RepeatFilter` (each failed reload is a new event an
-operator must see). :class:`ReloadHistory` keeps the counts and the last outcome for
-``agent stats`` and the Prometheus metrics. Runs on the pipeline thread.
+operator must see). Reloads not attempted are ``failed`` too, logged at WARNING (routine
+races, nothing wrong with the configuration): one asked while the agent stops
+(:func:`refuse`), one its asker withdrew before the pipeline got to it (:func:`withdrawn`,
+logged by the asker when it gives up). :class:`ReloadHistory` keeps the counts and the last
+outcome for ``agent stats`` and the Prometheus metrics. Runs on the pipeline thread.
 """
 
 from __future__ import annotations
@@ -111,6 +114,8 @@ class ReloadRequest:
         self.reply = reply
         self._lock = threading.Lock()
         self._state = "queued"
+        #: why it was withdrawn (for the reload history)
+        self.reason = ""
 
     def start(self) -> bool:
         """The pipeline is about to apply it: ``False`` when it was withdrawn (skip it)."""
@@ -120,13 +125,14 @@ class ReloadRequest:
             self._state = "started"
             return True
 
-    def withdraw(self) -> bool:
-        """The asker gives up: ``True`` when the pipeline had not started it (it never
-        will), ``False`` when it has (the outcome comes or came)."""
+    def withdraw(self, reason: str = "") -> bool:
+        """The asker gives up (``reason``: why): ``True`` when the pipeline had not started
+        it (it never will), ``False`` when it has (the outcome comes or came)."""
         with self._lock:
             if self._state == "started":
                 return False
             self._state = "withdrawn"
+            self.reason = reason
             return True
 
     def __call__(self, outcome: ReloadOutcome) -> None:
@@ -148,12 +154,22 @@ def reload(pipeline: Any, reader: Reader | None) -> ReloadOutcome:
 
 
 def refuse(pipeline: Any, reason: str) -> ReloadOutcome:
-    """A reload not even attempted (the configuration is not read): record and log it as
-    failed for ``reason``."""
+    """A reload not even attempted (the configuration is not read): record it as failed for
+    ``reason`` and log it at WARNING (a reload asked as the agent stops: a routine race)."""
     history: ReloadHistory = pipeline.reload_history
     outcome = _failed(history, reason)
     history.record(outcome)
-    _log(outcome)
+    log.warning("reload: %s", outcome.text(), extra=logutil.NEVER_FOLD)
+    return outcome
+
+
+def withdrawn(pipeline: Any, request: ReloadRequest) -> ReloadOutcome:
+    """A reload its asker withdrew (:meth:`ReloadRequest.withdraw`): record it as failed, as
+    its asker answered, so that ``agent stats`` (Reload:) shows it. Not logged again: the
+    asker logged it when it gave up."""
+    history: ReloadHistory = pipeline.reload_history
+    outcome = _failed(history, f"withdrawn before it started: {request.reason or 'no reason'}")
+    history.record(outcome)
     return outcome
 
 

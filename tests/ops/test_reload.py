@@ -4,7 +4,9 @@ is rejected and the agent keeps running on the old one.
 
 The capture's last packet comes an hour after the traffic: the agent never reaches the end
 of the replay by itself (and exits) while the test still reloads, however slow the machine;
-the test stops it once every other packet was read."""
+the test stops it once every other packet was read. That the agent still ends a finite
+replay by itself after reloads is checked apart, with a second capture holding it until the
+last reload removes that ingest."""
 
 from __future__ import annotations
 
@@ -101,3 +103,57 @@ def test_twenty_reloads_under_traffic_lose_and_duplicate_nothing(tmp_path: Path)
     assert table(records) == truth  # every packet and byte exactly once
     assert mid_run > 0 and len(records) > len(truth)  # exports happened across reloads
     assert "reload: " in agent.log_path.read_text()  # the invalid file's issue was logged
+
+
+HOLDING_CONFIG = CONFIG + """
+[[ingest.pcap]]
+path = "{holding}"
+speed = "recorded"
+"""
+
+
+def test_after_reloads_the_agent_ends_its_finite_replay_by_itself(tmp_path: Path) -> None:
+    """The agent still exits by itself (status 0, socket removed, every packet exported
+    once) when its finite replay ends after reloads. No wall-clock race: a second capture
+    holds the agent (its second packet is an hour after its first) until the last reload
+    removes that ingest; the agent then ends when the steady capture is done."""
+    capture, out, sock = tmp_path / "steady.pcap", tmp_path / "flows.jsonl", tmp_path / "a.sock"
+    holding = tmp_path / "holding.pcap"
+    truth = steady_capture(capture, seconds=2.0).table()
+    # the recorded pace sleeps from the second batch on (the first sets the clock): two
+    # packets two seconds apart, then one an hour later that the agent waits for
+    first = FlowSpec("udp", "10.7.9.9", "10.7.1.1", 4998, 53, packets=2, start_ns=T0,
+                     gap_ns=2 * 10**9)
+    steady_capture(holding, 0, flows=0, extra=(first, HOLD))
+    config = tmp_path / "agent.toml"
+    paths = {"capture": capture, "out": out, "sock": sock}
+
+    def write(n: int, hold: bool = True) -> None:
+        write_config(config, n, **paths)
+        if hold:
+            config.write_text(HOLDING_CONFIG.format(
+                active=1 + n % 2, inactive=2 + n % 3, natevents=str(n % 2 == 0).lower(),
+                holding=holding, **paths))
+
+    write(0)
+    agent = RunningAgent(config, sock)
+    try:
+        agent.wait_ready()
+        write(1)
+        before = agent.stats()["agent"]["reloads"]
+        agent.signal(signal.SIGHUP)
+        agent.wait_for(lambda s: s["agent"]["reloads"] > before, what="SIGHUP")
+        write(2)
+        proc = cli("reload", "--socket", str(sock))
+        assert proc.returncode == 0 and "reloaded" in proc.stdout, proc.stderr
+        assert agent.proc.poll() is None  # still held
+        write(3, hold=False)  # removes the holding ingest: nothing holds the agent any more
+        reply = request(str(sock), "reload")
+        assert reply["ok"] and "ingest.pcap[1]: removed" in reply["message"], reply
+        assert agent.wait_exit(60) == 0, agent.log()
+    finally:
+        if agent.proc.poll() is None:
+            agent.stop()
+    assert not sock.exists()
+    steady = [r for r in exported(out) if FlowId.of_record(r) in truth]
+    assert table(steady) == truth  # every packet read, exported exactly once

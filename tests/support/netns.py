@@ -79,18 +79,45 @@ def _pid_alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
 
 
+def _lock_dir() -> Path:
+    """``/run/lock`` (the machine's lock directory), else ``/tmp``: one fixed place, whatever
+    ``TMPDIR`` a session has (with ``tempfile.gettempdir()`` two sessions with different
+    ``TMPDIR`` took different locks and reaped each other's namespaces)."""
+    run_lock = Path("/run/lock")
+    return run_lock if run_lock.is_dir() and os.access(run_lock, os.W_OK) else Path("/tmp")
+
+
 #: held by every reaper (:func:`reaper_lock`): test sessions run side by side on one machine
 #: (xdist workers, other checkouts' runs), and each one's start reaps
-REAPER_LOCK = Path(tempfile.gettempdir()) / "nfa-netns-reaper.lock"
+REAPER_LOCK = _lock_dir() / "nfa-netns-reaper.lock"
+#: how long a reaper waits for the lock before it gives up and says who may hold it
+REAPER_LOCK_TIMEOUT_S = 300.0
 
 
 @contextlib.contextmanager
-def reaper_lock() -> Iterator[None]:
+def reaper_lock(timeout: float = REAPER_LOCK_TIMEOUT_S,
+                path: Path | None = None) -> Iterator[None]:
     """Exclusive against every other reaper on the machine (``flock``, released when the
     process dies). The reaper's own test holds it while a dead process's namespace exists:
-    another session starting then would otherwise reap it first."""
-    with open(REAPER_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    another session starting then would otherwise reap it first.
+
+    :raises NetnsError: not obtained within ``timeout`` seconds (a hung test session holds
+        it: the message names the file, ``fuser`` finds the holder).
+    """
+    path = REAPER_LOCK if path is None else path
+    with open(path, "a") as lock:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise NetnsError(
+                        f"the namespace reaper lock {path} is still held after {timeout:g} s "
+                        f"(another test session hung? `fuser -v {path}` shows who holds it)"
+                    ) from None
+                time.sleep(0.05)
         yield
 
 

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from netflow_agent import __version__
 from netflow_agent.cli import main
 
@@ -121,3 +123,26 @@ def test_the_fast_exit_keeps_exit_code_output_exit_handlers_and_threads():
         assert "buffered line" in out.stdout and "exit handler ran" in out.stdout
         assert "last log line" in out.stderr
         assert ("thread done" in out.stdout) == (mode == "thread")
+
+
+def test_a_failure_closing_the_local_interfaces_never_skips_the_flush(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """ops.stopping() raising (a bug, RuntimeError from a thread) used to skip
+    pipeline.shutdown() in the agent's finally: the cached flows were neither exported nor
+    saved. The failure is logged and the pipeline still stops."""
+    from netflow_agent import cli as agent_cli
+
+    calls: list[str] = []
+
+    class Ops:
+        def stopping(self) -> None:
+            calls.append("stopping")
+            raise RuntimeError("cannot join thread")
+
+    class Pipe:
+        def shutdown(self) -> None:
+            calls.append("shutdown")
+
+    agent_cli.stop(Ops(), Pipe())  # type: ignore[arg-type]
+    assert calls == ["stopping", "shutdown"]
+    assert "closing the control socket and metrics failed" in caplog.text

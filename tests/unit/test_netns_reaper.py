@@ -8,12 +8,24 @@ machine) reap one at a time (``reaper_lock``).
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from tests.support.netns import Netns, reap_stale, reaper_lock, stale_names
+from tests.support.netns import (
+    REAPER_LOCK,
+    Netns,
+    NetnsError,
+    reap_stale,
+    reaper_lock,
+    stale_names,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_only_names_of_dead_test_processes_are_stale():
@@ -48,3 +60,27 @@ def _reap_a_dead_runs_namespace() -> None:
             assert live.name in listed and live.name not in reaped
     finally:  # if the reaper failed, the test still leaves nothing behind
         subprocess.run(["ip", "netns", "del", dead.name], capture_output=True, check=False)
+
+
+def test_every_session_takes_the_same_reaper_lock_whatever_its_tmpdir(tmp_path: Path) -> None:
+    """The lock file came from ``tempfile.gettempdir()``: a session with another ``TMPDIR``
+    took another lock and could reap a namespace this one's reaper test had just made."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    other = subprocess.run([sys.executable, "-c", "from tests.support.netns import "
+                            "REAPER_LOCK; print(REAPER_LOCK)"], cwd=ROOT, env=env,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert other == str(REAPER_LOCK)
+    assert REAPER_LOCK.parent in (Path("/run/lock"), Path("/tmp"))
+
+
+def test_a_reaper_lock_held_too_long_fails_with_a_message_that_names_it(tmp_path: Path
+                                                                         ) -> None:
+    """A hung session holding the lock made every later session wait forever, silently."""
+    path = tmp_path / "reaper.lock"
+    with open(path, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(NetnsError, match=f"lock {path} is still held after 0.1 s"), \
+                reaper_lock(timeout=0.1, path=path):
+            pass
+    with reaper_lock(timeout=0.1, path=path):  # free again: taken at once
+        pass

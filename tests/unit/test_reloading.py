@@ -6,6 +6,7 @@ refused, not silently ignored."""
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 import types
 import weakref
@@ -118,10 +119,13 @@ def test_a_reload_queued_as_the_agent_stops_is_refused_not_applied(
 
 @pytest.mark.parametrize("stopping", [False, True])
 def test_a_control_reload_the_pipeline_never_started_is_withdrawn_and_never_applied(
-        make_agent, collecting_plugin, tmp_path: Path, stopping: bool) -> None:
+        make_agent, collecting_plugin, tmp_path: Path, stopping: bool,
+        caplog: pytest.LogCaptureFixture) -> None:
     """`agent reload` whose wait ends (its timeout; the agent stopping) before the pipeline
     took the request: the reply says "not applied" (not "unknown"), and when the pipeline
-    gets to the request later it skips it: a user who asks again applies it once."""
+    gets to the request later it skips it: a user who asks again applies it once. The
+    withdrawal leaves a trace: a WARNING that says why, and a failed reload in the history
+    `agent stats` shows (as the asker was told)."""
     Flaky.running = []
     agent = make_agent(BASE, [collecting_plugin, FLAKY])
     read: list[int] = []
@@ -129,13 +133,35 @@ def test_a_control_reload_the_pipeline_never_started_is_withdrawn_and_never_appl
     cancel = threading.Event()
     if stopping:
         cancel.set()
-    reply = reload_and_wait(agent.pipeline, timeout=0.2, cancel=cancel)
-    why = "the agent is stopping" if stopping else "the agent did not get to it within 0 s"
+    with caplog.at_level(logging.WARNING, logger="agent.control"):
+        reply = reload_and_wait(agent.pipeline, timeout=0.2, cancel=cancel)
+    why = "the agent is stopping" if stopping else "the agent did not get to it within 0.2 s"
     assert reply == {"ok": False, "result": "failed",
                      "message": f"not applied: {why}; nothing changed"}
+    assert [(r.levelname, r.getMessage()) for r in caplog.records
+            if r.name == "agent.control"] == [
+        ("WARNING", f"reload not applied: {why} (asked over the control socket)")]
     agent.process()  # the pipeline takes the request now
-    assert read == [] and agent.pipeline.reload_history.counts == {}
-    assert agent.pipeline.reload_history.generation == 1
+    history = agent.pipeline.reload_history.as_dict()
+    assert read == [] and history["generation"] == 1
+    assert (history["ok"], history["failed"], history["last_result"]) == (0, 1, "failed")
+    assert history["last_reason"] == (f"not applied: withdrawn before it started: {why}; "
+                                      "still running generation 1")
+
+
+def test_a_reload_that_waited_its_whole_time_queued_is_not_applied(
+        make_agent, collecting_plugin) -> None:
+    """No time left (it waited in the control server's queue): withdrawn at once, counted
+    when the pipeline gets there, never applied."""
+    agent = make_agent(BASE, [collecting_plugin, FLAKY])
+    read: list[int] = []
+    agent.pipeline.reloader = lambda: (read.append(1), (None, []))[1]
+    reply = reload_and_wait(agent.pipeline, timeout=-0.5, limit=60)
+    assert reply["result"] == "failed"
+    assert reply["message"] == "not applied: the agent did not get to it within 60 s; nothing " \
+        "changed"
+    agent.process()
+    assert read == [] and agent.pipeline.reload_history.counts["failed"] == 1
 
 
 def test_unchanged_and_start_only_outcomes(make_agent, collecting_plugin,
