@@ -342,10 +342,10 @@ class EbpfIngest(Ingest):
 
     @hookimpl
     def agent_stop(self) -> None:
-        """Detach everything, emit what the tables still hold, unload. Tables known to be
-        empty (:meth:`_empty_after_detach`) are not walked again: each stop drain of an
-        empty table walked every kernel bucket (~1 ms of CPU at 524k entries, two drains
-        and two RCU grace periods per stop)."""
+        """Detach everything, emit what the tables still hold, unload. Both tables are
+        drained whatever the quiet mark says: a packet whose program started before a
+        drain's flip can sit in the active table while the count equals the mark (skipping
+        here saved ~2.5 ms of CPU once per process and could lose it; docs/performance.md)."""
         self._stop.set()
         buffers = self._buffers  # a drain waiting for a merge: none follows until it is over
         if buffers is not None:
@@ -360,29 +360,9 @@ class EbpfIngest(Ingest):
         if self.loader is None:
             return
         self._detach_everything()
-        if self._empty_after_detach():
-            self.stats["quiet_skips"] += 2
-        else:
-            self._drain()  # the active table: flip and drain it
-            self._drain()  # the other one: stragglers of the previous flip
+        self._drain()  # the active table: flip and drain it
+        self._drain()  # the other one: stragglers of the previous flip
         self._release()
-
-    def _empty_after_detach(self) -> bool:
-        """Whether both tables are known to be empty once nothing is attached: the kernel was
-        quiet (:meth:`_quiet`: no packet reached the programs since the flip of the drain
-        that emptied the second table) after an RCU grace period, so that no program that
-        started before the detach still runs. A detach that failed or a counters read that
-        fails: not known, the tables are drained."""
-        if self._quiet_mark is None or (self.attacher is not None and self.attacher.attached):
-            return False
-        try:
-            if not self.loader.synchronize():
-                time.sleep(FLIP_GRACE_S)
-            return self._quiet()
-        except OSError as exc:
-            self.log.warning("%s: counters read at stop failed (%s); draining both tables",
-                             self.name, exc)
-            return False
 
     def _detach_everything(self) -> None:
         """Detach from every interface; a vanished netns took everything with it."""

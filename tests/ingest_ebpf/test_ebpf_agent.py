@@ -127,9 +127,9 @@ def test_agent_exports_exact_flows_and_leaves_nothing(pair, tmp_path):
 
 def test_a_stop_after_the_kernel_went_quiet_exports_every_flow_and_leaves_nothing(
         pair, tmp_path):
-    """The stop of a kernel known to be empty (no packet since the drain that emptied both
-    tables) walks no table again; every flow drained before it is still exported, the exit
-    is clean, and no program or filter is left."""
+    """The stop after the timer took the kernel for quiet (it skipped a drain) still drains
+    both tables: every flow is exported exactly once, the exit is clean, and no program or
+    filter is left."""
     a, b = pair.a, pair.b
     conf, out = write_config(tmp_path, b.ns.name, b.ifname, "tcx")
     proc, ids = start_agent(conf, tmp_path / "agent.log", tmp_path / "agent.sock")
