@@ -63,7 +63,8 @@ TUNNEL_COUNTERS = ("decapsulated", "decap_failed")
 
 #: when the kernel cannot wait for an RCU grace period (nohz_full): time for programs that read
 #: the old table index to finish (they run for microseconds with bottom halves off); a
-#: straggler later than this lands in the idle table and is drained next time.
+#: straggler later than this lands in the idle table and is drained next time (such a drain
+#: never marks the kernel quiet, so the timer keeps draining: _mark_quiet).
 FLIP_GRACE_S = 0.005
 
 #: how often the drain thread reads the kernel counters for an early drain or ring consume
@@ -250,8 +251,10 @@ class EbpfIngest(Ingest):
                       "slot_windows_scanned": 0, "kernel_memory_bytes": 0}
         # counter values at the last flip / ring consume: early-drain triggers (pressure)
         self._fill_base = self._lost_base = self._ring_base = 0
-        self._last_drain_clean = True  # the other table's last drain emptied it
-        self._quiet_mark: int | None = None  # kernel packet count at the last whole drain's flip
+        # the last drain emptied its table after a real grace period (see _drain's marks)
+        self._last_drain_clean = False
+        self._last_drain_packets = -1  # the kernel's packet count before that drain's flip
+        self._quiet_mark: int | None = None  # the packet count when both tables were empty
         self._fill_limit = self._ring_limit = 0
         # the pressure check's interval now, after a check that saw packets, and at most
         self._check_s = self._check_min_s = self._check_max_s = PRESSURE_CHECK_S
@@ -461,8 +464,8 @@ class EbpfIngest(Ingest):
             self._last_rescan_error = str(exc)
 
     def _quiet(self) -> bool:
-        """No packet reached the programs since the flip of the last drain that emptied its
-        table: both tables are empty, and a drain would only walk the kernel table's buckets
+        """No packet reached the programs since both tables were known empty
+        (:meth:`_mark_quiet`): a drain would only walk the kernel table's buckets
         (tens of ms per second at 524k entries: an idle agent's largest cost)."""
         return self._quiet_mark is not None and self._counters()["packets"] == self._quiet_mark
 
@@ -515,17 +518,21 @@ class EbpfIngest(Ingest):
         with the table; once the kernel deleted rows they are emitted whatever fails after
         that (the counters then follow with the next drain: they are cumulative)."""
         started = time.perf_counter()
+        # whatever fails from here, neither this drain nor the last counts as clean after it
+        self._quiet_mark = None
+        prev_clean, self._last_drain_clean = self._last_drain_clean, False
         before = self._counters()  # read before the flip: what the old table got is in it
-        old, self.active = self.active, 1 - self.active
-        self.loader.set_active(self.active)
-        if not self.loader.synchronize():  # an RCU grace period: no program is still in `old`
+        old, new = self.active, 1 - self.active
+        self.loader.set_active(new)
+        self.active = new  # only once the kernel flipped too
+        synced = self.loader.synchronize()  # an RCU grace period: no program still in `old`
+        if not synced:
             time.sleep(FLIP_GRACE_S)
         offset = monotonic_to_wall_offset()
         ring: np.ndarray = flow_schema().empty()
         cnt: CounterDelta | None = None
         drained = 0
         errors = self.stats["drain_errors"]
-        self._quiet_mark = None
         try:
             drained = self._drain_table(old, offset)
             self.loader.reset_fill(old)
@@ -536,10 +543,8 @@ class EbpfIngest(Ingest):
             cnt = self.tracker.delta(self.loader.counters())
             for name, value in cnt.values.items():
                 self.kernel_counters[name] = self.kernel_counters.get(name, 0) + value
-            clean = self.stats["drain_errors"] == errors
-            if clean and self._last_drain_clean:  # both tables emptied: skip drains while quiet
-                self._quiet_mark = before["packets"]
-            self._last_drain_clean = clean
+            self._mark_quiet(prev_clean, synced and self.stats["drain_errors"] == errors,
+                             before["packets"])
         finally:
             self._emit(ring, cnt)
         elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
@@ -549,6 +554,24 @@ class EbpfIngest(Ingest):
         self.stats["table_peak"] = max(self.stats["table_peak"], drained)
         self.stats["drain_ms_last"] = elapsed_ms
         self.stats["drain_ms_max"] = max(self.stats["drain_ms_max"], elapsed_ms)
+
+    def _mark_quiet(self, prev_clean: bool, clean: bool, packets: int) -> None:
+        """After a drain that completed: whether both tables are known to be empty at kernel
+        packet count ``packets`` (read before this drain's flip), so that timer drains are
+        skipped while the count stays there (:meth:`_quiet`).
+
+        Known only when this drain and the one before emptied their tables after a real
+        grace period (``clean``: no drain error, synchronize() said every program returned)
+        and no packet was counted between the two counts read before their flips. A program
+        counts its packet at its start but picks its table later: one counted just before
+        this flip can write into the table now active after the flip. With the count unchanged
+        since the previous drain's read, every program counted started before the previous
+        flip and returned within the previous drain's grace period, so none is left to write
+        into the active table; a program counted later moves the count past the mark."""
+        if prev_clean and clean and packets == self._last_drain_packets:
+            self._quiet_mark = packets
+        self._last_drain_clean = clean
+        self._last_drain_packets = packets
 
     def _drain_table(self, index: int, offset: int) -> int:
         """Empty flow table ``index`` (and its slots) in steps of ``drain_chunk`` rows, each
