@@ -135,18 +135,18 @@ def _parents() -> dict[int, int]:
 
 def _read_usage(pid: int) -> tuple[float, int, int, int] | None:
     """CPU seconds (user + system), VmHWM, RssAnon and RssFile (KiB) of one process; None once
-    it is gone. The CPU is :func:`process_cpu_s`'s (ns), else ``stat``'s ticks."""
+    it is gone. The CPU is :func:`process_cpu_s`'s (ns); when that clock cannot be read the
+    process was reaped after ``status`` was read: gone too. (Falling back to ``stat``'s ticks
+    there made its CPU go backwards, up to 10 ms below the last ns sample.)"""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
-    fields = stat[stat.rindex(")") + 2:].split()
     kb = {k: int(v.split()[0]) for k, _, v in (line.partition(":") for line in status.splitlines())
           if k in ("VmHWM", "RssAnon", "RssFile")}
     cpu = process_cpu_s(pid)
     if cpu is None:
-        cpu = (int(fields[11]) + int(fields[12])) / TICK
+        return None
     return cpu, kb.get("VmHWM", 0), kb.get("RssAnon", 0), kb.get("RssFile", 0)
 
 

@@ -38,7 +38,7 @@ from netflow_agent.api import (
     hookimpl,
 )
 
-from .attach import Attacher, matching_links
+from .attach import Attacher, instance_slot, matching_links
 from .config import Config
 from .decode import (
     COUNTER_NAMES,
@@ -63,7 +63,8 @@ TUNNEL_COUNTERS = ("decapsulated", "decap_failed")
 
 #: when the kernel cannot wait for an RCU grace period (nohz_full): time for programs that read
 #: the old table index to finish (they run for microseconds with bottom halves off); a
-#: straggler later than this lands in the idle table and is drained next time.
+#: straggler later than this lands in the idle table and is drained next time (such a drain
+#: never marks the kernel quiet, so the timer keeps draining: _mark_quiet).
 FLIP_GRACE_S = 0.005
 
 #: how often the drain thread reads the kernel counters for an early drain or ring consume
@@ -250,8 +251,10 @@ class EbpfIngest(Ingest):
                       "slot_windows_scanned": 0, "kernel_memory_bytes": 0}
         # counter values at the last flip / ring consume: early-drain triggers (pressure)
         self._fill_base = self._lost_base = self._ring_base = 0
-        self._last_drain_clean = True  # the other table's last drain emptied it
-        self._quiet_mark: int | None = None  # kernel packet count at the last whole drain's flip
+        # the last drain emptied its table after a real grace period (see _drain's marks)
+        self._last_drain_clean = False
+        self._last_drain_packets = -1  # the kernel's packet count before that drain's flip
+        self._quiet_mark: int | None = None  # the packet count when both tables were empty
         self._fill_limit = self._ring_limit = 0
         # the pressure check's interval now, after a check that saw packets, and at most
         self._check_s = self._check_min_s = self._check_max_s = PRESSURE_CHECK_S
@@ -330,7 +333,8 @@ class EbpfIngest(Ingest):
                       sizes.table_bytes >> 20, self.cpu_slots, ncpu, sizes.slot_bytes >> 20,
                       cfg.sampling, fragments.mode, list(cfg.decapsulate) or "off",
                       " keeping the outer flows" if cfg.keep_outer else "")
-        self.attacher = Attacher(self.loader, cfg.mode, cfg.direction, cfg.promisc)
+        self.attacher = Attacher(self.loader, cfg.mode, cfg.direction, cfg.promisc,
+                                 instance_slot(self.name))
         try:
             self._rescan(initial=True)
         except BaseException:
@@ -342,10 +346,10 @@ class EbpfIngest(Ingest):
 
     @hookimpl
     def agent_stop(self) -> None:
-        """Detach everything, emit what the tables still hold, unload. Tables known to be
-        empty (:meth:`_empty_after_detach`) are not walked again: each stop drain of an
-        empty table walked every kernel bucket (~1 ms of CPU at 524k entries, two drains
-        and two RCU grace periods per stop)."""
+        """Detach everything, emit what the tables still hold, unload. Both tables are
+        drained whatever the quiet mark says: a packet whose program started before a
+        drain's flip can sit in the active table while the count equals the mark (skipping
+        here saved ~2.5 ms of CPU once per process and could lose it; docs/performance.md)."""
         self._stop.set()
         buffers = self._buffers  # a drain waiting for a merge: none follows until it is over
         if buffers is not None:
@@ -360,34 +364,14 @@ class EbpfIngest(Ingest):
         if self.loader is None:
             return
         self._detach_everything()
-        if self._empty_after_detach():
-            self.stats["quiet_skips"] += 2
-        else:
-            self._drain()  # the active table: flip and drain it
-            self._drain()  # the other one: stragglers of the previous flip
+        self._drain()  # the active table: flip and drain it
+        self._drain()  # the other one: stragglers of the previous flip
         self._release()
-
-    def _empty_after_detach(self) -> bool:
-        """Whether both tables are known to be empty once nothing is attached: the kernel was
-        quiet (:meth:`_quiet`: no packet reached the programs since the flip of the drain
-        that emptied the second table) after an RCU grace period, so that no program that
-        started before the detach still runs. A detach that failed or a counters read that
-        fails: not known, the tables are drained."""
-        if self._quiet_mark is None or (self.attacher is not None and self.attacher.attached):
-            return False
-        try:
-            if not self.loader.synchronize():
-                time.sleep(FLIP_GRACE_S)
-            return self._quiet()
-        except OSError as exc:
-            self.log.warning("%s: counters read at stop failed (%s); draining both tables",
-                             self.name, exc)
-            return False
 
     def _detach_everything(self) -> None:
         """Detach from every interface; a vanished netns took everything with it."""
         attacher = self.attacher
-        if attacher is None or not attacher.attached:
+        if attacher is None or not (attacher.attached or attacher.failed):
             return
         try:
             with NetnsScope(self.config.netns):
@@ -396,10 +380,22 @@ class EbpfIngest(Ingest):
             self.log.warning("%s: cannot enter netns %r to detach (%s); its interfaces and "
                              "filters are gone with it", self.name, self.config.netns, exc)
             attacher.forget_all()
+            attacher.failed.clear()
         self.stats["interfaces"] = 0
 
     def _release(self) -> None:
+        """Detach (retrying what failed to detach before), say what is still attached, unload."""
         self._detach_everything()
+        attacher = self.attacher
+        for att, exc in attacher.failed if attacher is not None else []:
+            where = "egress" if att.egress else "ingress"
+            self.log.warning("%s: the %s program on %s (%s) could not be detached: %s; it "
+                             "runs until the interface goes%s", self.name, att.kind,
+                             att.ifname, where, exc, "" if att.kind != "tc" else
+                             f" or 'tc filter del dev {att.ifname} {where} pref "
+                             f"{attacher.tc_priority}'")  # type: ignore[union-attr]
+        if attacher is not None:
+            attacher.failed.clear()
         if self.loader is not None:
             self.loader.close()
         self.loader = None
@@ -481,8 +477,8 @@ class EbpfIngest(Ingest):
             self._last_rescan_error = str(exc)
 
     def _quiet(self) -> bool:
-        """No packet reached the programs since the flip of the last drain that emptied its
-        table: both tables are empty, and a drain would only walk the kernel table's buckets
+        """No packet reached the programs since both tables were known empty
+        (:meth:`_mark_quiet`): a drain would only walk the kernel table's buckets
         (tens of ms per second at 524k entries: an idle agent's largest cost)."""
         return self._quiet_mark is not None and self._counters()["packets"] == self._quiet_mark
 
@@ -535,17 +531,21 @@ class EbpfIngest(Ingest):
         with the table; once the kernel deleted rows they are emitted whatever fails after
         that (the counters then follow with the next drain: they are cumulative)."""
         started = time.perf_counter()
+        # whatever fails from here, neither this drain nor the last counts as clean after it
+        self._quiet_mark = None
+        prev_clean, self._last_drain_clean = self._last_drain_clean, False
         before = self._counters()  # read before the flip: what the old table got is in it
-        old, self.active = self.active, 1 - self.active
-        self.loader.set_active(self.active)
-        if not self.loader.synchronize():  # an RCU grace period: no program is still in `old`
+        old, new = self.active, 1 - self.active
+        self.loader.set_active(new)
+        self.active = new  # only once the kernel flipped too
+        synced = self.loader.synchronize()  # an RCU grace period: no program still in `old`
+        if not synced:
             time.sleep(FLIP_GRACE_S)
         offset = monotonic_to_wall_offset()
         ring: np.ndarray = flow_schema().empty()
         cnt: CounterDelta | None = None
         drained = 0
         errors = self.stats["drain_errors"]
-        self._quiet_mark = None
         try:
             drained = self._drain_table(old, offset)
             self.loader.reset_fill(old)
@@ -556,10 +556,8 @@ class EbpfIngest(Ingest):
             cnt = self.tracker.delta(self.loader.counters())
             for name, value in cnt.values.items():
                 self.kernel_counters[name] = self.kernel_counters.get(name, 0) + value
-            clean = self.stats["drain_errors"] == errors
-            if clean and self._last_drain_clean:  # both tables emptied: skip drains while quiet
-                self._quiet_mark = before["packets"]
-            self._last_drain_clean = clean
+            self._mark_quiet(prev_clean, synced and self.stats["drain_errors"] == errors,
+                             before["packets"])
         finally:
             self._emit(ring, cnt)
         elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
@@ -569,6 +567,24 @@ class EbpfIngest(Ingest):
         self.stats["table_peak"] = max(self.stats["table_peak"], drained)
         self.stats["drain_ms_last"] = elapsed_ms
         self.stats["drain_ms_max"] = max(self.stats["drain_ms_max"], elapsed_ms)
+
+    def _mark_quiet(self, prev_clean: bool, clean: bool, packets: int) -> None:
+        """After a drain that completed: whether both tables are known to be empty at kernel
+        packet count ``packets`` (read before this drain's flip), so that timer drains are
+        skipped while the count stays there (:meth:`_quiet`).
+
+        Known only when this drain and the one before emptied their tables after a real
+        grace period (``clean``: no drain error, synchronize() said every program returned)
+        and no packet was counted between the two counts read before their flips. A program
+        counts its packet at its start but picks its table later: one counted just before
+        this flip can write into the table now active after the flip. With the count unchanged
+        since the previous drain's read, every program counted started before the previous
+        flip and returned within the previous drain's grace period, so none is left to write
+        into the active table; a program counted later moves the count past the mark."""
+        if prev_clean and clean and packets == self._last_drain_packets:
+            self._quiet_mark = packets
+        self._last_drain_clean = clean
+        self._last_drain_packets = packets
 
     def _drain_table(self, index: int, offset: int) -> int:
         """Empty flow table ``index`` (and its slots) in steps of ``drain_chunk`` rows, each

@@ -25,6 +25,7 @@ from netflow_agent.runtime import RunContext
 from tests.ingest_ebpf.test_decode import _record
 
 ROW = _record("10.0.0.1", "10.0.0.2", 3, 1000, 53, 17, 0, 0, 7, 700, 1, 2, 0)
+ROW_PACKETS = 7
 
 
 class FailingLoader:
@@ -150,6 +151,8 @@ def test_a_quiet_kernel_is_not_drained_again_until_a_packet_arrives():
     comp = ingest_with(loader)
     assert not comp._quiet()  # never drained: not known to be empty
     comp._drain()
+    assert not comp._quiet()  # a program counted before the first flip may write after it
+    comp._drain()  # the count unchanged since the first drain's: both tables empty
     assert comp._quiet()
     packets = COUNTER_NAMES.index("packets")
     loader.counters = lambda: tuple(1 if i == packets else 0  # type: ignore[method-assign]
@@ -212,7 +215,7 @@ class IdleLoader(FailingLoader):
 
 
 def test_an_idle_drain_thread_wakes_rarely():
-    """With no traffic the drain thread drains once (not known to be empty before), then
+    """With no traffic the drain thread drains twice (not known to be empty before), then
     skips every timer drain and checks the counters less and less often: at most 4 checks
     in the first 1.5 s, then one a second (it was 10 a second)."""
     loader = IdleLoader()
@@ -236,7 +239,7 @@ def test_an_idle_drain_thread_wakes_rarely():
         os.close(loader.fd)
     elapsed = time.monotonic() - started
     assert comp.stats["quiet_skips"] >= 2
-    assert comp.stats["drains"] == 1  # the first drain; every later one skipped as quiet
+    assert comp.stats["drains"] == 2  # the first two drains; every later one skipped as quiet
     assert comp.stats["pressure_checks"] <= 4 + elapsed
 
 
@@ -256,21 +259,21 @@ class StoppingLoader(FailingLoader):
         self.closed = True
 
 
-def test_the_stop_of_a_quiet_kernel_walks_no_table():
-    """Once a drain emptied both tables and no packet reached the programs since, the stop
-    detaches and unloads without walking either table again (each walk visits every kernel
-    bucket: ~1 ms of CPU at 524k entries); the flows drained before were emitted once."""
+def test_the_stop_drains_both_tables_of_a_quiet_kernel_too():
+    """Even after the timer took the kernel for quiet, the stop walks both tables: a packet
+    whose program was counted before a flip may still sit in one (emitted once, not lost)."""
     loader = StoppingLoader()
     comp = ingest_with(loader)
-    comp._drain()  # the timer's drain: emits the row, the kernel is then known empty
-    assert emitted(comp) == [1] and loader.walks == 1
+    comp._drain()
+    comp._drain()
+    assert comp._quiet() and emitted(comp) == [1, 1]
     comp.agent_stop()
-    assert loader.walks == 1 and loader.closed
-    assert emitted(comp) == []
-    assert comp.stats["drains"] == 1 and comp.stats["quiet_skips"] == 2
+    assert loader.walks == 4 and loader.closed
+    assert emitted(comp) == [1, 1]  # the fake hands its row at every walk
+    assert comp.stats["drains"] == 4
 
 
-def test_the_stop_drains_both_tables_when_a_packet_arrived_since_the_last_drain():
+def test_the_stop_drains_both_tables_after_a_new_packet():
     """A packet after the last drain's flip (the kernel's packet count moved): the stop
     drains both tables and every row they hold is emitted; never drained at all: the same."""
     loader = StoppingLoader()
@@ -281,20 +284,160 @@ def test_the_stop_drains_both_tables_when_a_packet_arrived_since_the_last_drain(
     loader.counters = lambda: tuple(1 if i == packets else 0  # type: ignore[method-assign]
                                     for i in range(len(COUNTER_NAMES)))
     comp.agent_stop()
-    assert loader.walks == 3 and emitted(comp) == [1, 1]  # the fake hands its row per walk
+    assert loader.walks == 3 and emitted(comp) == [1, 1]
     fresh = StoppingLoader()
     comp = ingest_with(fresh)
     comp.agent_stop()
     assert fresh.walks == 2 and emitted(comp) == [1, 1]
 
 
-def test_the_stop_drains_both_tables_when_the_counters_cannot_be_read(caplog):
+class KernelTables:
+    """Two flow tables and the packet counter as the BPF program uses them: a program counts
+    its packet at its start (``begin``) and writes into the table active when it reads the
+    index (``write``); in between, a drain may flip. ``late`` programs write at the next flip
+    (they read the index after it), or, with ``after_walk``, once the drain's walk is over
+    (later than the 5 ms a kernel without grace periods gets)."""
+
+    def __init__(self, synced: bool = True) -> None:
+        self.synced = synced
+        self.tables: list[list[int]] = [[], []]
+        self.active = 0
+        self.packets = 0
+        self.late: list[int] = []
+        self.after_walk: list[tuple[int, int]] = []  # (table, packets)
+        self.raise_next = False
+        self.left: list[int] = []
+        self.draining = 0
+
+    def begin(self) -> None:
+        self.packets += 1
+
+    def write(self, table: int | None = None) -> None:
+        self.tables[self.active if table is None else table].append(1)
+
+    def set_active(self, index: int) -> None:
+        self.active = index
+        for _ in self.late:
+            self.write()
+        self.late = []
+
+    def synchronize(self) -> bool:
+        return self.synced
+
+    def drain_begin(self, index: int) -> None:
+        self.draining = index
+
+    def drain_next(self, buffer: np.ndarray, layout: bytes | None = None,
+                   wall_offset: int = 0) -> tuple[int, int, bool]:
+        if self.raise_next:  # e.g. a MemoryError of the step's array: nothing deleted
+            self.raise_next = False
+            raise MemoryError("drain step")
+        table = self.tables[self.draining]
+        n = len(table)
+        rows = np.repeat(np.frombuffer(ROW, RECORD_DTYPE), n)
+        buffer[:n] = decode_rows(rows, wall_offset)
+        table.clear()
+        for where, count in self.after_walk:
+            self.tables[where].extend([1] * count)
+        self.after_walk = []
+        return n, 0, False
+
+    def reset_fill(self, index: int) -> None:
+        pass
+
+    def slot_info(self) -> dict[str, int]:
+        return {"windows_scanned": 0, "tag_errno": 0}
+
+    def consume(self) -> tuple[bytes, int]:
+        return b"", 0
+
+    def counters(self) -> tuple[int, ...]:
+        packets = COUNTER_NAMES.index("packets")
+        return tuple(self.packets if i == packets else 0 for i in range(len(COUNTER_NAMES)))
+
+
+def timer_tick(comp: EbpfIngest) -> None:
+    """What the drain thread does at each poll interval: skip while quiet, else drain."""
+    if comp._quiet():
+        comp.stats["quiet_skips"] += 1
+    else:
+        comp._drain()
+
+
+def test_a_packet_counted_before_a_flip_and_written_after_it_is_drained_by_the_timer():
+    """A program counted at its start, just before the drain read the count and flipped, reads
+    the table index after the flip and writes into the newly active table. That table is
+    not empty, though the count equals the one read before the flip: the timer must not
+    take the kernel for quiet, and its next drain emits the packet (it waited for the stop,
+    and a stop that skipped quiet tables lost it)."""
+    kernel = KernelTables()
+    comp = ingest_with(kernel)  # type: ignore[arg-type]
+    timer_tick(comp)  # both tables empty, nothing counted
+    kernel.begin()
+    kernel.late.append(1)  # counted now, writes after the next flip
+    for _ in range(4):
+        timer_tick(comp)
+    assert kernel.tables == [[], []]
+    assert emitted(comp) == [ROW_PACKETS]  # the packet's flow, once
+    assert comp._quiet()  # now every program counted has returned and been drained
+
+
+def test_a_straggler_later_than_the_grace_sleep_never_makes_the_kernel_quiet():
+    """A kernel that refuses the RCU grace period (nohz_full): the drain sleeps 5 ms instead,
+    and a program later than that writes into the table just drained. The timer keeps
+    draining (it never takes such a kernel for quiet) and emits the packet."""
+    kernel = KernelTables(synced=False)
+    comp = ingest_with(kernel)  # type: ignore[arg-type]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(component, "FLIP_GRACE_S", 0.0)
+        timer_tick(comp)
+        timer_tick(comp)
+        kernel.begin()
+        kernel.write()
+        timer_tick(comp)  # the flip: the packet's table is drained now
+        kernel.begin()
+        kernel.after_walk.append((kernel.active, 1))  # a straggler into the table drained next
+        timer_tick(comp)
+        for _ in range(3):
+            timer_tick(comp)
+    assert kernel.tables == [[], []]
+    assert emitted(comp) == [ROW_PACKETS] * 2  # each packet's flow, once
+    assert not comp._quiet() and comp.stats["quiet_skips"] == 0
+
+
+def test_a_drain_that_raised_part_way_never_makes_the_kernel_quiet():
+    """A drain that raised before its table was emptied (the rows stay in the kernel) leaves
+    it for the next drain of that table: the drain of the other table in between does not
+    take the kernel for quiet, so the timer gets to the rows before the stop."""
+    kernel = KernelTables()
+    comp = ingest_with(kernel)  # type: ignore[arg-type]
+    timer_tick(comp)
+    timer_tick(comp)  # quiet: both tables drained with the count unchanged
+    assert comp._quiet()
+    kernel.begin()
+    kernel.write()
+    kernel.raise_next = True
+    with pytest.raises(MemoryError):
+        timer_tick(comp)  # flips; the table holding the packet keeps it
+    assert kernel.tables[1 - kernel.active] == [1]
+    for _ in range(3):
+        timer_tick(comp)
+    assert kernel.tables == [[], []]
+    assert emitted(comp) == [ROW_PACKETS]  # the packet's flow, once
+
+
+def test_the_stop_names_a_filter_it_could_not_detach(caplog):
+    """A tc filter whose detach fails (at the stop, retried once) is named in the log with
+    the command that removes it; the tables are drained all the same."""
+    from netflow_agent.plugins.ingest_ebpf.attach import TC_PRIORITY, Attacher
+    from tests.ingest_ebpf.test_attach import TcLoader
+
     loader = StoppingLoader()
     comp = ingest_with(loader)
-    comp._drain()
-    emitted(comp)
-    loader.fail_at = loader.counter_calls + 1  # the stop's quiet check
+    comp.attacher = Attacher(TcLoader(detach_errno=errno.EBUSY), "tc", "ingress", slot=2)
+    comp.attacher.attach(98, "eth98")
     with caplog.at_level(logging.WARNING):
         comp.agent_stop()
-    assert loader.walks == 3 and emitted(comp) == [1, 1]
-    assert "draining both tables" in caplog.text
+    assert loader.walks == 2 and loader.closed
+    (line,) = [r.getMessage() for r in caplog.records if "could not be detached" in r.getMessage()]
+    assert f"tc filter del dev eth98 ingress pref {TC_PRIORITY + 2}" in line

@@ -127,9 +127,9 @@ def test_agent_exports_exact_flows_and_leaves_nothing(pair, tmp_path):
 
 def test_a_stop_after_the_kernel_went_quiet_exports_every_flow_and_leaves_nothing(
         pair, tmp_path):
-    """The stop of a kernel known to be empty (no packet since the drain that emptied both
-    tables) walks no table again; every flow drained before it is still exported, the exit
-    is clean, and no program or filter is left."""
+    """The stop after the timer took the kernel for quiet (it skipped a drain) still drains
+    both tables: every flow is exported exactly once, the exit is clean, and no program or
+    filter is left."""
     a, b = pair.a, pair.b
     conf, out = write_config(tmp_path, b.ns.name, b.ifname, "tcx")
     proc, ids = start_agent(conf, tmp_path / "agent.log", tmp_path / "agent.sock")
@@ -163,6 +163,31 @@ def test_tc_mode_survives_a_crash(pair, tmp_path):
     assert exported(out) == truth.table()
     assert "0x4e4641" not in tc_state(b.ns, b.ifname)
     assert not set(ids.values()) & bpf_prog_ids()
+
+
+def test_two_tc_instances_on_one_interface_both_observe_and_leave_nothing(pair, tmp_path):
+    """[[ingest.ebpf]] [0] and [1], tc mode, one interface and direction: each keeps a filter
+    of its own (they shared one handle and replaced each other's), both count every packet,
+    and the stop removes both filters and the clsact qdisc."""
+    a, b = pair.a, pair.b
+    conf, out = write_config(tmp_path, b.ns.name, b.ifname, "tc")
+    text = conf.read_text()
+    section = text[text.index("[[ingest.ebpf]]"):text.index("[[export")]
+    conf.write_text(text.replace(section, section + section))
+    proc, ids = start_agent(conf, tmp_path / "agent.log", tmp_path / "agent.sock")
+    try:
+        filters = tc_state(b.ns, b.ifname)
+        assert filters.count("handle 0x4e4641") == 2, filters  # [0]: ingress and egress
+        assert filters.count("handle 0x4e4642") == 2, filters  # [1]
+        send_udp(a.ns, b.addr, 9003, 5, 60, peer=b.ns)
+        proc.wait_for(lambda s: all(
+            s["components"][f"ingest.ebpf[{i}]"].get("kernel_packets", 0) >= 5
+            for i in (0, 1)), what="both instances counting the packets")
+    finally:
+        stop_agent(proc)
+    assert out.exists()
+    assert not set(ids.values()) & bpf_prog_ids()
+    assert tc_state(b.ns, b.ifname) == ""
 
 
 def test_agent_netflow_v9_to_nfcapd_exact(pair, tmp_path):

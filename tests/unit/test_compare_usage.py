@@ -40,3 +40,23 @@ def test_a_gone_process_has_no_cpu_clock():
     child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                            capture_output=True, text=True, check=True)
     assert RUN.process_cpu_s(int(child.stdout)) is None
+
+
+def test_a_process_reaped_while_sampled_keeps_its_last_cpu(monkeypatch):
+    """The process is reaped after its ``status`` was read but before its CPU clock: the
+    sample counts it as gone and keeps the last ns figure, never a ``stat`` tick figure up
+    to 10 ms below it (the tree's CPU went backwards)."""
+    child = subprocess.Popen([sys.executable, "-c", BURN], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    usage = RUN.Usage(child.pid)
+    try:
+        assert child.stdout is not None
+        child.stdout.readline()
+        first = usage.sample(find=False)
+        monkeypatch.setattr(RUN, "process_cpu_s", lambda pid: None)  # the clock of a reaped pid
+        assert RUN._read_usage(child.pid) is None
+        assert usage.sample(find=False) == first
+    finally:
+        usage._stop.set()
+        usage._thread.join()
+        child.communicate("")
