@@ -38,7 +38,7 @@ from netflow_agent.api import (
     hookimpl,
 )
 
-from .attach import Attacher, instance_slot, matching_links
+from .attach import Attacher, matching_links
 from .config import Config
 from .decode import (
     COUNTER_NAMES,
@@ -333,8 +333,7 @@ class EbpfIngest(Ingest):
                       sizes.table_bytes >> 20, self.cpu_slots, ncpu, sizes.slot_bytes >> 20,
                       cfg.sampling, fragments.mode, list(cfg.decapsulate) or "off",
                       " keeping the outer flows" if cfg.keep_outer else "")
-        self.attacher = Attacher(self.loader, cfg.mode, cfg.direction, cfg.promisc,
-                                 instance_slot(self.name))
+        self.attacher = Attacher(self.loader, cfg.mode, cfg.direction, cfg.promisc)
         try:
             self._rescan(initial=True)
         except BaseException:
@@ -371,7 +370,7 @@ class EbpfIngest(Ingest):
     def _detach_everything(self) -> None:
         """Detach from every interface; a vanished netns took everything with it."""
         attacher = self.attacher
-        if attacher is None or not (attacher.attached or attacher.failed):
+        if attacher is None or not attacher.attached:
             return
         try:
             with NetnsScope(self.config.netns):
@@ -380,22 +379,10 @@ class EbpfIngest(Ingest):
             self.log.warning("%s: cannot enter netns %r to detach (%s); its interfaces and "
                              "filters are gone with it", self.name, self.config.netns, exc)
             attacher.forget_all()
-            attacher.failed.clear()
         self.stats["interfaces"] = 0
 
     def _release(self) -> None:
-        """Detach (retrying what failed to detach before), say what is still attached, unload."""
         self._detach_everything()
-        attacher = self.attacher
-        for att, exc in attacher.failed if attacher is not None else []:
-            where = "egress" if att.egress else "ingress"
-            self.log.warning("%s: the %s program on %s (%s) could not be detached: %s; it "
-                             "runs until the interface goes%s", self.name, att.kind,
-                             att.ifname, where, exc, "" if att.kind != "tc" else
-                             f" or 'tc filter del dev {att.ifname} {where} pref "
-                             f"{attacher.tc_priority}'")  # type: ignore[union-attr]
-        if attacher is not None:
-            attacher.failed.clear()
         if self.loader is not None:
             self.loader.close()
         self.loader = None

@@ -126,10 +126,9 @@ class Config:
         return issues + check_decapsulate(list(self.decapsulate), self.keep_outer)
 
     def resources(self) -> list[Resource]:
-        """XDP holds one program per interface: exclusive. TCX chains programs and each
-        instance's tc filter has a handle and priority of its own (attach.instance_slot):
-        instances observing one interface in those modes each see every packet."""
-        if self.mode != "xdp":
+        """tc filters use one fixed handle and XDP one program per interface: exclusive."""
+        if self.mode == "tcx":
             return []
-        return [Resource("xdp-prog", f"netns={self.netns or '-'} interface={p}")
+        kind = "xdp-prog" if self.mode == "xdp" else "tc-ebpf-filter"
+        return [Resource(kind, f"netns={self.netns or '-'} interface={p}")
                 for p in self.interfaces]

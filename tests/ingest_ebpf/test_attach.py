@@ -11,11 +11,9 @@ from netflow_agent.netns import NetnsScope, netns_path
 from netflow_agent.plugins.ingest_ebpf.attach import (
     BPF_TCX_EGRESS,
     BPF_TCX_INGRESS,
-    MAX_SLOT,
     TC_HANDLE,
     TC_PRIORITY,
     Attacher,
-    instance_slot,
 )
 
 
@@ -111,74 +109,3 @@ def test_interface_without_a_promisc_reference_is_not_attached(monkeypatch):
     with pytest.raises(PermissionError):
         att.attach(5, "eth0")
     assert att.attached == {}
-
-
-class TcLoader(FakeLoader):
-    """Records the handle and priority of every tc call; ``detach_errno`` fails detaches."""
-
-    def __init__(self, detach_errno: int = 0, **kw):
-        super().__init__(**kw)
-        self.detach_errno = detach_errno
-
-    def tc_detach(self, ifindex, egress, handle, priority):
-        self.calls.append(("tc_detach", ifindex, egress, handle, priority))
-        if self.detach_errno:
-            raise OSError(self.detach_errno, os.strerror(self.detach_errno))
-        return False
-
-
-def test_instance_slots_follow_the_instance_index():
-    assert [instance_slot(n) for n in ("ingest.ebpf[0]", "ingest.ebpf[3]", "x", "a[999]")] == [
-        0, 3, 0, MAX_SLOT]
-
-
-def test_two_tc_instances_on_one_interface_keep_their_own_filters():
-    """[[ingest.ebpf]] [0] and [1] in tc mode on one interface and direction: each filter has
-    its own handle and priority (the second no longer replaces the first), and retiring
-    the instance that created the clsact qdisc leaves the other's filter in place; the
-    qdisc goes with the last of them."""
-    loader = TcLoader()
-    first = Attacher(loader, "tc", "ingress", slot=instance_slot("ingest.ebpf[0]"))
-    second = Attacher(loader, "tc", "ingress", slot=instance_slot("ingest.ebpf[1]"))
-    first.attach(7, "eth7")
-    second.attach(7, "eth7")
-    attaches = [c[4:] for c in loader.calls if c[0] == "tc_attach"]
-    assert attaches == [(TC_HANDLE, TC_PRIORITY), (TC_HANDLE + 1, TC_PRIORITY + 1)]
-    loader.calls.clear()
-    first.detach_all()  # created the qdisc (the fake's ingress attach says so)
-    assert loader.calls == [("tc_detach", 7, False, TC_HANDLE, TC_PRIORITY)]
-    loader.calls.clear()
-    second.detach_all()
-    assert loader.calls == [("tc_detach", 7, False, TC_HANDLE + 1, TC_PRIORITY + 1),
-                            ("destroy", 7)]
-
-
-def test_a_failed_detach_is_kept_and_retried_at_the_stop():
-    """A detach that fails is not forgotten: it is in ``failed`` (the stop logs it) and the
-    next detach_all tries it again."""
-    loader = TcLoader(detach_errno=errno.EBUSY)
-    att = Attacher(loader, "tc", "ingress")
-    att.attach(8, "eth8")
-    att.detach_all()
-    assert att.attached == {} and [a.ifname for a, _e in att.failed] == ["eth8"]
-    loader.detach_errno = 0
-    loader.calls.clear()
-    att.detach_all()
-    assert att.failed == [] and loader.calls == [("tc_detach", 8, False, TC_HANDLE, TC_PRIORITY),
-                                                 ("destroy", 8)]
-
-
-def test_a_rollback_that_cannot_detach_keeps_the_attachment_tracked():
-    """The egress attach fails and the rollback of the ingress filter fails too: the error of
-    the attach is raised, and the ingress filter (still in the kernel) stays tracked for the
-    stop to detach, not left running unknown."""
-    loader = TcLoader(detach_errno=errno.EBUSY, fail_egress_tc=True)
-    att = Attacher(loader, "tc", "both")
-    with pytest.raises(OSError) as raised:
-        att.attach(4, "eth2")
-    assert raised.value.errno == errno.EPERM  # the attach's, not the rollback's
-    assert att.attached == {} and [(a.ifname, a.egress) for a, _e in att.failed] == [
-        ("eth2", False)]
-    loader.detach_errno = 0
-    att.detach_all()
-    assert att.failed == [] and ("destroy", 4) in loader.calls

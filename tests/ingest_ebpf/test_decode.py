@@ -135,8 +135,7 @@ def test_config_checks():
     assert [i.path for i in issues] == ["direction"]
     bad = Config(interfaces=["a/b", "x" * 20]).check()
     assert [i.path for i in bad] == ["interfaces[0]", "interfaces[1]"]
-    assert Config(interfaces=["e*"], mode="xdp").resources()[0].kind == "xdp-prog"
-    assert Config(interfaces=["e*"], mode="tc").resources() == []  # a filter per instance
+    assert Config(interfaces=["e*"], mode="tc").resources()[0].kind == "tc-ebpf-filter"
     assert Config(interfaces=["e*"]).resources() == []
 
 

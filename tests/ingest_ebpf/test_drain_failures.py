@@ -424,20 +424,3 @@ def test_a_drain_that_raised_part_way_never_makes_the_kernel_quiet():
         timer_tick(comp)
     assert kernel.tables == [[], []]
     assert emitted(comp) == [ROW_PACKETS]  # the packet's flow, once
-
-
-def test_the_stop_names_a_filter_it_could_not_detach(caplog):
-    """A tc filter whose detach fails (at the stop, retried once) is named in the log with
-    the command that removes it; the tables are drained all the same."""
-    from netflow_agent.plugins.ingest_ebpf.attach import TC_PRIORITY, Attacher
-    from tests.ingest_ebpf.test_attach import TcLoader
-
-    loader = StoppingLoader()
-    comp = ingest_with(loader)
-    comp.attacher = Attacher(TcLoader(detach_errno=errno.EBUSY), "tc", "ingress", slot=2)
-    comp.attacher.attach(98, "eth98")
-    with caplog.at_level(logging.WARNING):
-        comp.agent_stop()
-    assert loader.walks == 2 and loader.closed
-    (line,) = [r.getMessage() for r in caplog.records if "could not be detached" in r.getMessage()]
-    assert f"tc filter del dev eth98 ingress pref {TC_PRIORITY + 2}" in line

@@ -165,31 +165,6 @@ def test_tc_mode_survives_a_crash(pair, tmp_path):
     assert not set(ids.values()) & bpf_prog_ids()
 
 
-def test_two_tc_instances_on_one_interface_both_observe_and_leave_nothing(pair, tmp_path):
-    """[[ingest.ebpf]] [0] and [1], tc mode, one interface and direction: each keeps a filter
-    of its own (they shared one handle and replaced each other's), both count every packet,
-    and the stop removes both filters and the clsact qdisc."""
-    a, b = pair.a, pair.b
-    conf, out = write_config(tmp_path, b.ns.name, b.ifname, "tc")
-    text = conf.read_text()
-    section = text[text.index("[[ingest.ebpf]]"):text.index("[[export")]
-    conf.write_text(text.replace(section, section + section))
-    proc, ids = start_agent(conf, tmp_path / "agent.log", tmp_path / "agent.sock")
-    try:
-        filters = tc_state(b.ns, b.ifname)
-        assert filters.count("handle 0x4e4641") == 2, filters  # [0]: ingress and egress
-        assert filters.count("handle 0x4e4642") == 2, filters  # [1]
-        send_udp(a.ns, b.addr, 9003, 5, 60, peer=b.ns)
-        proc.wait_for(lambda s: all(
-            s["components"][f"ingest.ebpf[{i}]"].get("kernel_packets", 0) >= 5
-            for i in (0, 1)), what="both instances counting the packets")
-    finally:
-        stop_agent(proc)
-    assert out.exists()
-    assert not set(ids.values()) & bpf_prog_ids()
-    assert tc_state(b.ns, b.ifname) == ""
-
-
 def test_agent_netflow_v9_to_nfcapd_exact(pair, tmp_path):
     """nfdump, an independent decoder, shows exactly the packets and bytes that were sent;
     the PyPI ``netflow`` package and tshark agree, for v9 and for IPFIX, and see the
