@@ -422,6 +422,8 @@ class FlowCache(Cache):
         self.stats.new += len(rows)
         self._note_peak(ts, rows)
         if masks is not None:
+            if len(masks) != len(slots):  # a refusal or discard left one of them unfiltered
+                raise ValueError(f"{len(masks)} masks for {len(slots)} rows")
             self.table.masks[slots[rows]] = masks[rows]
         if keys is None:
             return len(rows)

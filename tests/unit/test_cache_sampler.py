@@ -159,6 +159,7 @@ def test_hash_with_rules_keeps_the_flows_whose_aggregated_key_it_selects(path):
     got = {r.key() for r in c.agent_cache_expire(now_ns=T0, force=True)}
     assert got == kept and 0 < len(kept) < len(keys)
     assert c.stats.sampler_discarded_packets + c.stats.traffic_packets == len(keys)
+    assert c.stats.sampler_discarded_bytes + c.stats.traffic_bytes == 60 * len(keys)
 
 
 @pytest.mark.parametrize("path", ["packets", "deltas"])
@@ -179,3 +180,23 @@ def test_a_restored_flow_the_hash_does_not_select_keeps_counting(path):
     out = c.agent_cache_expire(now_ns=T0, force=True)
     assert {r.src_port: r.packets for r in out} == {p: 2 for p in unselected} | {
         1000 + p: 1 for p in unselected if hash_selects(key(1000 + p), N)}
+
+
+@pytest.mark.parametrize("path", ["packets", "deltas"])
+def test_flows_held_when_hash_sampling_starts_on_reload_keep_counting(path):
+    """No sampler, then ``hash:N`` on reload: the flows the table holds keep taking their
+    packets, those of keys the hash refuses included; new refused keys are discarded."""
+    _selected, unselected = _split(40)
+    c = FlowCache(CacheConfig())
+    feed(c, *[(key(p), 100, 0, T0, 0) for p in unselected])
+    c.reconfigure(CacheConfig(sampler=f"hash:{N}"))
+    more = [key(p) for p in unselected + [1000 + p for p in unselected]]
+    if path == "packets":
+        feed(c, *[(k, 100, 0, T0 + 1, 0) for k in more])
+    else:
+        c.agent_cache_flows(batch=FlowBatch("ebpf", [FlowDelta(k, 1, 100, T0 + 1, T0 + 1)
+                                                     for k in more]), now_ns=0)
+    out = c.agent_cache_expire(now_ns=T0, force=True)
+    assert {r.src_port: r.packets for r in out} == {p: 2 for p in unselected} | {
+        1000 + p: 1 for p in unselected if hash_selects(key(1000 + p), N)}
+
