@@ -21,7 +21,7 @@ from netflow_agent.stages.cache import CacheConfig, FlowCache
 from netflow_agent.stages.flowtable import record_layout
 from tests.support.aggregation import SEED_RULES
 from tests.unit.test_aggregate import per_key_rewrite, random_keys
-from tests.unit.test_cache import T0, feed, key
+from tests.unit.test_cache import T0, S, feed, key
 
 N = 4
 
@@ -200,3 +200,47 @@ def test_flows_held_when_hash_sampling_starts_on_reload_keep_counting(path):
     assert {r.src_port: r.packets for r in out} == {p: 2 for p in unselected} | {
         1000 + p: 1 for p in unselected if hash_selects(key(1000 + p), N)}
 
+
+def _lookups(c: FlowCache, monkeypatch) -> list[int]:
+    """The sizes of the cache's lookups that insert nothing (those of refused keys)."""
+    calls: list[int] = []
+    real = c.table.lookup
+
+    def spy(keys, insert=True, limit=0):
+        if not insert:
+            calls.append(len(keys))
+        return real(keys, insert, limit)
+
+    monkeypatch.setattr(c.table, "lookup", spy)
+    return calls
+
+
+@pytest.mark.parametrize("start", ["restore", "reload"])
+def test_refused_keys_are_no_longer_looked_up_once_the_held_flows_have_left(
+        start, monkeypatch):
+    """A busy table never empties: once every flow held at a restore or a sampler change
+    has been exported, a key the hash refuses is discarded without a lookup."""
+    selected, unselected = _split(40)
+    busy = key(selected[0])
+    plain = FlowCache(CacheConfig(inactive_timeout=10, active_timeout=60))
+    feed(plain, *[(key(p), 100, 0, T0, 0) for p in unselected[:3]])
+    config = CacheConfig(sampler=f"hash:{N}", inactive_timeout=10, active_timeout=60)
+    if start == "restore":
+        c = FlowCache(config)
+        c.restore(plain.dump())
+    else:
+        c = plain
+        c.reconfigure(config)
+    calls = _lookups(c, monkeypatch)
+    refused = [key(1000 + p) for p in unselected if not hash_selects(key(1000 + p), N)]
+    out = []
+    for s in range(0, 30, 5):  # the busy flow keeps the table from ever emptying
+        feed(c, (busy, 100, 0, T0 + s * S, 0), *[(k, 100, 0, T0 + s * S, 0) for k in refused])
+        out += c.agent_cache_expire(now_ns=T0 + s * S, force=False)
+        if s == 5:
+            assert calls  # held flows in the table: refused keys are looked up
+            calls.clear()
+    assert sorted(r.src_port for r in out) == unselected[:3]  # idle at T0 + 10 s
+    assert calls == [len(refused)]  # the batch at 10 s, before the scan that exports them
+    assert c.active_flows == 1
+    assert c.stats.sampler_discarded_packets == 6 * len(refused)
