@@ -395,3 +395,13 @@ def test_rows_refused_at_maxflows_leave_the_masks_of_the_flows_created(path):
     got = {shown(r.key())[0]: (r.packets, r.src_mask, r.dst_mask) for r in drain(cache)}
     assert got == {"8.8.4.4": (2, 0, 0), "192.168.0.0": (1, 16, 0)}
     assert cache.stats.maxflows == 2
+
+
+def test_the_rewrite_refuses_masks_that_are_not_uint16():
+    """Six bytes for three rows, but as uint8: the C writes 16-bit masks into them."""
+    rules = KeyRules(SEED)
+    rows = np.frombuffer(b"".join(random_keys(3, seed=1)), "V44").copy()
+    dtype = keyrules._key_dtype(44)
+    with pytest.raises(ValueError, match="masks"):
+        keyrules.rewrite_keys(rows, 44, keyrules._fields(dtype), rules._cuts,
+                              rules.port_map, keyrules._WITH_PORTS, np.zeros(6, np.uint8))

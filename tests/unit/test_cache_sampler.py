@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 
+from netflow_agent._flowindex import hash_select
 from netflow_agent.model import (
     SAMPLING_DETERMINISTIC,
     SAMPLING_HASH,
@@ -244,3 +245,24 @@ def test_refused_keys_are_no_longer_looked_up_once_the_held_flows_have_left(
     assert calls == [len(refused)]  # the batch at 10 s, before the scan that exports them
     assert c.active_flows == 1
     assert c.stats.sampler_discarded_packets == 6 * len(refused)
+
+
+def test_the_batch_hash_refuses_an_interval_it_cannot_take():
+    rows = np.frombuffer(b"".join(random_keys(3, seed=1)), "V44")
+    ops = key_ops(0, 44)
+    for interval in (0, -4):
+        with pytest.raises(ValueError, match="interval"):
+            hash_select(rows, 44, ops, interval)
+    with pytest.raises(OverflowError):  # not wrapped to 4
+        hash_select(rows, 44, ops, 2**64 + 4)
+
+
+def test_the_batch_hash_refuses_ops_that_place_a_key_past_the_largest_key():
+    """An op's destination sets the width of the key built per row: one at 0xFFFFFFF0
+    would allocate ~4 GB."""
+    rows = np.frombuffer(b"".join(random_keys(3, seed=1)), "V44")
+    far = np.array([[0, 0, 44, 0], [0, 0xFFFFFFF0, 4, 0]], np.uint32).tobytes()
+    with pytest.raises(ValueError, match="ops"):
+        hash_select(rows, 44, far, N)
+    wide = np.array([[0, 0, 44, 0], [0, 65531, 4, 0]], np.uint32).tobytes()  # ends at 65535
+    assert len(hash_select(rows, 44, wide, N)) == 3
