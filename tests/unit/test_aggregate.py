@@ -405,3 +405,18 @@ def test_the_rewrite_refuses_masks_that_are_not_uint16():
     with pytest.raises(ValueError, match="masks"):
         keyrules.rewrite_keys(rows, 44, keyrules._fields(dtype), rules._cuts,
                               rules.port_map, keyrules._WITH_PORTS, np.zeros(6, np.uint8))
+
+
+def test_kernel_rows_with_ports_in_two_byte_orders_aggregate_as_any_other():
+    """A record layout whose ports differ in byte order is merged with NumPy: the C merge's
+    rewrite reads both ports in one order and would refuse the batch."""
+    keys = random_keys(500, seed=5, directions=1)
+    flows = FlowBatch("x", [FlowDelta(k, 1, 60, T0, T0) for k in keys]).flows
+    mixed = flows.astype([(n, ">u2" if n == "dst_port" else t) for n, t in flows.dtype.descr])
+    assert mixed.dtype["dst_port"].isnative != mixed.dtype["src_port"].isnative
+    caches = [FlowCache(CacheConfig(aggregation=SEED)) for _ in range(2)]
+    for cache, rows in zip(caches, (flows, mixed), strict=True):
+        cache.agent_cache_flows(batch=FlowBatch("ingest.ebpf[0]", rows), now_ns=0)
+    want = {k: m for k, (_packets, m) in expected_flows(SEED, keys).items()}
+    got = [{k: m for k, (_packets, m) in exported(cache).items()} for cache in caches]
+    assert got[1] == got[0] == want and any(m for m in want.values())
