@@ -420,3 +420,9 @@ def test_kernel_rows_with_ports_in_two_byte_orders_aggregate_as_any_other():
     want = {k: m for k, (_packets, m) in expected_flows(SEED, keys).items()}
     got = [{k: m for k, (_packets, m) in exported(cache).items()} for cache in caches]
     assert got[1] == got[0] == want and any(m for m in want.values())
+
+
+@pytest.mark.parametrize("size", [0, 20, 43])
+def test_rewriting_a_key_shorter_than_the_base_key_says_so(size):
+    with pytest.raises(ValueError, match="base key"):
+        KeyRules(SEED).rewrite(bytes(size))
