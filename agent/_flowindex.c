@@ -1113,6 +1113,7 @@ static uint32_t crc32_update(uint32_t crc, const uint8_t *p, size_t n)
 }
 
 #define HASH_KEY_BYTES 44 /* the base key: version, protocol, ..., ports, addresses */
+#define MAX_KEY_BYTES 65535 /* FlowIndex's largest key: ops reaching past it are refused */
 
 PyDoc_STRVAR(hash_select_doc,
 	     "hash_select(records, stride, ops, interval) -> memoryview of bool\n\n"
@@ -1125,17 +1126,16 @@ PyDoc_STRVAR(hash_select_doc,
 static PyObject *module_hash_select(PyObject *Py_UNUSED(m), PyObject *args)
 {
 	PyObject *rec_obj, *ops_obj, *result = NULL;
-	Py_ssize_t stride;
-	unsigned long interval;
+	Py_ssize_t stride, interval;
 	Py_buffer rec, opv = {0};
 	const struct keyop *ops;
 	size_t nops, n, width = 0;
 	uint8_t *key = NULL, *out;
 
-	if (!PyArg_ParseTuple(args, "OnOk:hash_select", &rec_obj, &stride, &ops_obj, &interval))
+	if (!PyArg_ParseTuple(args, "OnOn:hash_select", &rec_obj, &stride, &ops_obj, &interval))
 		return NULL;
-	if (!interval)
-		return PyErr_Format(PyExc_ValueError, "interval: must be positive");
+	if (interval <= 0)
+		return PyErr_Format(PyExc_ValueError, "interval: %zd is not positive", interval);
 	if (get_records(rec_obj, stride, &rec) < 0)
 		return NULL;
 	if (PyObject_GetBuffer(ops_obj, &opv, PyBUF_C_CONTIGUOUS) < 0)
@@ -1145,6 +1145,7 @@ static PyObject *module_hash_select(PyObject *Py_UNUSED(m), PyObject *args)
 	for (size_t i = 0; i < nops; i++) {
 		const struct keyop *op = &ops[i];
 		if (!op->len || (uint64_t)op->src + op->len > (uint64_t)stride
+		    || (uint64_t)op->dst + op->len > MAX_KEY_BYTES
 		    || (op->swap && op->len != 2 && op->len != 4 && op->len != 8)) {
 			nops = 0;
 			break;
@@ -1154,7 +1155,7 @@ static PyObject *module_hash_select(PyObject *Py_UNUSED(m), PyObject *args)
 	}
 	if ((size_t)opv.len % sizeof(struct keyop) || !nops || width < HASH_KEY_BYTES) {
 		PyErr_SetString(PyExc_ValueError, "ops: need uint32 (src, dst, len, swap) "
-				"quadruples inside a row that fill a key of at least 44 bytes");
+				"quadruples inside a row that fill a key of 44 to 65535 bytes");
 		goto out;
 	}
 	key = PyMem_Calloc(1, width);
@@ -1169,7 +1170,7 @@ static PyObject *module_hash_select(PyObject *Py_UNUSED(m), PyObject *args)
 	for (size_t r = 0; r < n; r++) {
 		pack_key((const uint8_t *)rec.buf + r * (size_t)stride, ops, nops, key);
 		out[r] = crc32_update(crc32_update(0, key, 2), key + 8, HASH_KEY_BYTES - 8)
-			 % interval == 0;
+			 % (uint64_t)interval == 0;
 	}
 out:
 	PyMem_Free(key);
@@ -1317,7 +1318,7 @@ static PyObject *module_rewrite_keys(PyObject *Py_UNUSED(m), PyObject *args)
 	if (ports_obj != Py_None) {
 		if (PyObject_GetBuffer(ports_obj, &pv, PyBUF_C_CONTIGUOUS) < 0)
 			goto out;
-		if (pv.len != 65536 * 2) {
+		if (pv.len != 65536 * 2 || pv.itemsize != 2) {
 			PyErr_SetString(PyExc_ValueError, "ports: need 65536 uint16");
 			goto out;
 		}
@@ -1330,7 +1331,7 @@ static PyObject *module_rewrite_keys(PyObject *Py_UNUSED(m), PyObject *args)
 	w.rows = rec.buf;
 	w.stride = (size_t)stride;
 	w.n = (size_t)(rec.len / stride);
-	if (wv.len != 256 || (size_t)mv.len != w.n * 2) {
+	if (wv.len != 256 || mv.itemsize != 2 || (size_t)mv.len != w.n * 2) {
 		PyErr_Format(PyExc_ValueError, "with_ports/masks: need 256 bytes and %zu uint16", w.n);
 		goto out;
 	}

@@ -291,13 +291,16 @@ def _show_progress(pipeline: Pipeline, flag: bool | None) -> None:
 
 def final_summary(pipeline: Pipeline) -> str:
     """The totals of the run, for the last log line (a finite replay has no later chance to
-    ask ``agent stats``): flows exported, traffic accounted, and what was lost or refused."""
+    ask ``agent stats``): flows exported, traffic accounted, what was lost or refused, and
+    what ``hash:N`` discarded on entry: packets seen = traffic + dropped + sampler discarded."""
     core = pipeline.core_stats()
     return (f"{pipeline.exported_flows} flows exported; traffic "
             f"{core.get('traffic_packets', 0)} packets, {core.get('traffic_bytes', 0)} bytes; "
             f"dropped {core.get('drop_packets', 0)} packets, {core.get('drop_bytes', 0)} bytes "
             f"(refused at maxflows {core.get('maxflows', 0)}, truncated "
-            f"{core.get('trunc', 0)}); fragments {core.get('frag', 0)}"
+            f"{core.get('trunc', 0)}); sampler discarded "
+            f"{core.get('sampler_discarded_packets', 0)} packets, "
+            f"{core.get('sampler_discarded_bytes', 0)} bytes; fragments {core.get('frag', 0)}"
             f"{_state_summary(pipeline)}")
 
 

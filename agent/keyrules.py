@@ -31,6 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from netflow_agent._flowindex import rewrite_keys
+from netflow_agent.model import KEY
 from netflow_agent.packet import PORT_PROTOCOLS
 
 __all__ = ["KeyRules", "NetmaskRule", "PortRule", "parse_rule", "split_rules"]
@@ -148,13 +149,22 @@ class KeyRules:
         return masks
 
     def rewrite(self, key: bytes) -> tuple[bytes, int]:
-        """``(aggregated key, masks)`` of one packed key (any schema width): :meth:`apply`
-        on a row of one."""
+        """``(aggregated key, masks)`` of one packed key (any schema width: the 44-byte
+        base key, :data:`~agent.model.KEY`, and what a schema appends): :meth:`apply` on a
+        row of one.
+
+        :raises ValueError: ``key`` is shorter than the base key.
+        """
+        if len(key) < _BASE_KEY_BYTES:
+            raise ValueError(f"key: {len(key)} bytes, need at least the {_BASE_KEY_BYTES}-byte "
+                             "base key")
         row = np.frombuffer(key, np.dtype((np.void, len(key)))).copy()
         masks = self.apply(row.view(_key_dtype(len(key))))
         return row.tobytes(), int(masks[0])
 
 
+#: the packed base key (:data:`~agent.model.KEY`): every schema's key starts with it
+_BASE_KEY_BYTES = KEY.size
 #: per protocol number, 1 if the port rules rewrite its ports
 _WITH_PORTS = bytes(int(p in PORT_PROTOCOLS) for p in range(256))
 _FIELDS = (("ip_version", 1), ("protocol", 1), ("src_port", 2), ("dst_port", 2),

@@ -271,9 +271,11 @@ class FlowCache(Cache):
         self.deferred_since_ns = 0
         self.context: RunContext | None = None
         self.sampler = config.flow_sampler()
-        #: the table may hold flows ``hash:N`` did not select (restored, or from before a
-        #: sampler change): a key the hash refuses is then looked up before it is discarded
-        self._unsampled = False
+        #: the slots of the flows ``hash:N`` did not select (restored, or held at a sampler
+        #: change) still in the table, and how many: while any is, a key the hash refuses is
+        #: looked up before it is discarded (:meth:`_hold`, :meth:`_release`)
+        self._held = np.zeros(0, np.bool_)
+        self._held_count = 0
         self.rules = KeyRules(config.aggregation)
         self._key_buffer = np.empty(0, self.schema.key_dtype)  # reused by _keys_of
         self._rows_buffer = np.empty(0, self.schema.record_dtype)  # reused by _rows_copy
@@ -310,9 +312,36 @@ class FlowCache(Cache):
         sampler = config.flow_sampler()
         if str(sampler) != str(self.sampler):
             self.sampler = sampler
-            self._unsampled = self._unsampled or len(self.table) > 0
+            self._hold(self.table.occupied())
             self._declare_sampler()
         self.table.reserve(config.hashsize)
+
+    @property
+    def _unsampled(self) -> bool:
+        """The table holds flows ``hash:N`` did not select: refused keys are looked up."""
+        return self._held_count > 0
+
+    def _hold(self, slots: np.ndarray) -> None:
+        """Mark the flows at ``slots`` as not selected by this run's ``hash:N``."""
+        if not len(slots):
+            return
+        if len(self._held) <= int(slots.max()):
+            grown = np.zeros(int(slots.max()) + 1, np.bool_)
+            grown[:len(self._held)] = self._held
+            self._held = grown
+        fresh = np.unique(slots[~self._held[slots]])
+        self._held[fresh] = True
+        self._held_count += len(fresh)
+
+    def _release(self, slots: np.ndarray) -> None:
+        """``slots`` leave the table: forget those held; once none is, refused keys are
+        discarded without a lookup (a busy table that never empties stops paying for it)."""
+        inside = slots[slots < len(self._held)]
+        gone = inside[self._held[inside]]
+        self._held[gone] = False
+        self._held_count -= len(gone)
+        if not self._held_count:
+            self._held = np.zeros(0, np.bool_)
 
     @property
     def active_flows(self) -> int:
@@ -388,10 +417,7 @@ class FlowCache(Cache):
 
     def _keep_held(self, rows: np.ndarray, discard: np.ndarray) -> None:
         """Clear ``discard`` for the rows whose flow the table holds (packed keys, records
-        or packet rows); forget :attr:`_unsampled` once the table is empty."""
-        if not len(self.table):
-            self._unsampled = False
-            return
+        or packet rows)."""
         at = np.flatnonzero(discard)
         part = rows[at]
         if "key" in (part.dtype.names or ()):
@@ -422,6 +448,8 @@ class FlowCache(Cache):
         self.stats.new += len(rows)
         self._note_peak(ts, rows)
         if masks is not None:
+            if len(masks) != len(slots):  # a refusal or discard left one of them unfiltered
+                raise ValueError(f"{len(masks)} masks for {len(slots)} rows")
             self.table.masks[slots[rows]] = masks[rows]
         if keys is None:
             return len(rows)
@@ -682,6 +710,8 @@ class FlowCache(Cache):
         out = _populated(schema.empty(len(slots)))
         swaps = _key_swaps(schema.key_dtype, schema.record_dtype)
         take = self.table.take_drained if drained else self.table.take
+        if self._held_count:
+            self._release(slots)
         if swaps is not None:  # the packed keys straight into the rows, then native order
             taken = take(slots, out, out.itemsize)
             for name in swaps:
@@ -707,7 +737,9 @@ class FlowCache(Cache):
         :return: ``(key, packets, octets, first_ns, last_ns, tcp_flags, out_if)`` per flow;
             the table is empty afterwards (put them back with :meth:`restore`).
         """
-        t = self.table.take(self.table.occupied())
+        slots = self.table.occupied()
+        self._release(slots)
+        t = self.table.take(slots)
         ks = self.table.key_size
         keys = [t.keys[i:i + ks] for i in range(0, len(t.keys), ks)]
         self.ending.clear()
@@ -735,7 +767,7 @@ class FlowCache(Cache):
         slots, new = self.table.lookup(keys)
         self.table.add_deltas(slots, new, packets, octets, first, last, flags, out_if)
         self._mark_ending(slots, flags.astype(np.uint8))
-        self._unsampled = True  # not selected by this run's hash:N
+        self._hold(slots)  # not selected by this run's hash:N
         if masks is not None:
             created = np.flatnonzero(new)
             self.table.masks[slots[created]] = masks[created]

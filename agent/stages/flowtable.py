@@ -72,8 +72,9 @@ class RecordLayout:
 @lru_cache(maxsize=16)
 def record_layout(records: np.dtype, key: np.dtype) -> RecordLayout | None:
     """How to pack ``key`` (the schema's big-endian key dtype) from a row of ``records`` and
-    read its values in C; ``None`` when a field is missing or of another kind or width (the
-    caller merges with NumPy then). Adjacent fields copied as they are become one copy."""
+    read its values in C; ``None`` when a field is missing or of another kind or width, or
+    the two ports are in different byte orders (the caller merges with NumPy then).
+    Adjacent fields copied as they are become one copy."""
     fields: dict[str, tuple] = dict(records.fields or {})
     ops: list[list[int]] = []
     for name, (kd, dst, *_rest) in (key.fields or {}).items():
@@ -92,6 +93,8 @@ def record_layout(records: np.dtype, key: np.dtype) -> RecordLayout | None:
     if not all(name in fields and fields[name][0] == np.dtype(code)
                for name, code in _VALUE_FIELDS):
         return None
+    if len({fields[name][0].isnative for name in ("src_port", "dst_port") if name in fields}) > 1:
+        return None  # the aggregation rewrite (KeyRules.apply) reads both ports in one order
     return RecordLayout(records.itemsize, np.array(ops, np.uint32).tobytes(),
                         tuple(int(fields[name][1]) for name, _code in _VALUE_FIELDS))
 

@@ -9,8 +9,9 @@ CPU time per packet of each pass over the runs (the first pass meets every key f
 time, about 10 packets per flow; the second knows them all) and the flows in the table. The
 seed's ``10.0.0.0/8=16`` folds the 100,000 sources into two /16s, so the table keeps the
 flows that still differ by source port; the folding rules also map source ports 1024-65535
-to 1024, leaving 2 flows. The rules rewrite each batch's key columns with NumPy
-(``KeyRules.apply``), so a key costs the same on both passes.
+to 1024, leaving 2 flows. The rules rewrite each batch's key columns in C
+(``KeyRules.apply``: ``agent/_flowindex.c``'s ``rewrite_keys``), so a key costs the same on
+both passes.
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ cache's Python around them). ``--aggregation`` / ``--sampler`` set those ``[cach
 (e.g. ``"10.0.0.0/8=16,1024-65535=1024"``: the sources fold into /16s and their ports into
 1024, the destinations keep the flows apart; ``hash:10``): the hook then includes the key
 rewrite and the selection; the passes are timed only where the batch takes the C merge.
+With ``hash:N`` the table holds only the ~1/N keys the hash selects: the other rows are
+discarded on every pass (a row's selection is the hook's cost, not a lookup's).
 """
 
 from __future__ import annotations
@@ -84,7 +86,9 @@ def main() -> None:
     parser.add_argument("--sampler", default="", help="[cache] sampler, e.g. hash:10")
     args = parser.parse_args()
     config = CacheConfig(maxflows=0, aggregation=args.aggregation, sampler=args.sampler)
-    print(f"batches of {args.batch} rows, shuffled, every key present; CPU ns per row, "
+    present = ("every key present" if not args.sampler.startswith("hash")
+               else "only the keys hash:N selects present, the others discarded")
+    print(f"batches of {args.batch} rows, shuffled, {present}; CPU ns per row, "
           f"median of {args.runs} runs (min-max); aggregation {args.aggregation!r}, "
           f"sampler {args.sampler!r}")
     for flows in args.flows:

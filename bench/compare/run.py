@@ -439,7 +439,8 @@ protocol = 9
         text = (self.tmp / f"{self.name}.out").read_text()
         out = {}
         if match := SUMMARY.search(text):
-            out["traffic"], out["dropped"] = map(int, match.groups())
+            out["traffic"], out["dropped"] = int(match[1]), int(match[2])
+            out["sampler_discarded"] = int(match[3] or 0)  # hash:N, on entry
         lost = LOST.findall(text)
         out["lost_records"] = sum(int(records) for records, _packets in lost)
         # packets of records the exporter could not send are counted drops too: the agent
@@ -451,7 +452,8 @@ protocol = 9
         return out
 
 
-SUMMARY = re.compile(r"stopped; .*traffic (\d+) packets.*dropped (\d+) packets")
+SUMMARY = re.compile(r"stopped; .*traffic (\d+) packets.*dropped (\d+) packets"
+                     r"(?:.*sampler discarded (\d+) packets)?")
 LOST = re.compile(r"datagrams sent, (\d+) records lost \((\d+) packets")
 
 
@@ -740,6 +742,7 @@ def summarise(results: dict[str, list[dict]]) -> list[dict]:
 
         pps = statistics.median(r["pps"] for r in runs)
         balances = [r["sent"] - r["before_hook"] - r["exported"] - r["dropped"]
+                    - r.get("sampler_discarded", 0)
                     for r in runs if "dropped" in r and "exported" in r]
         rows.append({
             "observer": kind, "kpps": pps / 1000, "ratio": pps / base if base else None,

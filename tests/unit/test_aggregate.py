@@ -13,7 +13,9 @@ import pytest
 
 from netflow_agent import keyrules
 from netflow_agent.keyrules import KeyRules, NetmaskRule, PortRule, parse_rule, split_rules
+from netflow_agent.logutil import FLOW_DEBUG
 from netflow_agent.model import FlowBatch, FlowDelta, FlowRecord, PacketBatch, make_key, split_key
+from netflow_agent.runtime import RunContext
 from netflow_agent.stages.cache import CacheConfig, FlowCache
 from netflow_agent.stages.flowtable import FlowTable
 from tests.support.aggregation import SEED_RULES, seed_aggregate, thousand_hosts
@@ -339,3 +341,88 @@ def test_aggregated_flows_survive_dump_and_restore_with_their_masks():
     (r,) = drain(again)
     assert (shown(r.key()), r.src_mask, r.dst_mask) == (
         ("192.0.0.0", "10.1.0.0", 1000, 80), 16, 16)
+
+
+# --- masks of folded flows -------------------------------------------------------------------
+
+FOLD = "10.1.0.0/16=8"  # 10.1.2.3 -> 10.0.0.0 (mask 8): the key of 10.0.0.0 (no rule, mask 0)
+PATHS = ["packets", "deltas", "deltas-numpy"]
+
+
+def cache_on(path: str, **options) -> FlowCache:
+    """A cache with ``options``; ``deltas-numpy``: per-flow debug lines, so flow deltas merge
+    with NumPy rather than in C."""
+    cache = FlowCache(CacheConfig(**options))
+    if path == "deltas-numpy":
+        cache.agent_start(context=RunContext(debug=FLOW_DEBUG))
+    return cache
+
+
+def send(cache: FlowCache, path: str, keys: list[bytes]) -> None:
+    """One packet of 60 bytes per key, as a packet batch or as kernel flow deltas."""
+    if path == "packets":
+        feed(cache, [(k, 60, 0, T0 + n, 0) for n, k in enumerate(keys)])
+    else:
+        cache.agent_cache_flows(batch=FlowBatch("ingest.ebpf[0]", [
+            FlowDelta(k, 1, 60, T0 + n, T0 + n) for n, k in enumerate(keys)]), now_ns=0)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("batches", [1, 2])
+@pytest.mark.parametrize("first", ["10.0.0.0", "10.1.2.3"])
+def test_a_flow_folded_from_keys_with_other_masks_keeps_the_creating_rows_masks(
+        path, batches, first):
+    other = "10.1.2.3" if first == "10.0.0.0" else "10.0.0.0"
+    keys = [key(first, "8.8.8.8", 1000, 53), key(other, "8.8.8.8", 1000, 53)]
+    cache = cache_on(path, aggregation=FOLD)
+    for part in [keys] if batches == 1 else [[k] for k in keys]:
+        send(cache, path, part)
+    (r,) = drain(cache)
+    assert (shown(r.key())[0], r.packets) == ("10.0.0.0", 2)
+    assert (r.src_mask, r.dst_mask) == (8 if first == "10.1.2.3" else 0, 0)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_rows_refused_at_maxflows_leave_the_masks_of_the_flows_created(path):
+    """The table holds one flow (maxflows 2); of a batch of new keys only the first is
+    taken: the refused rows' masks must not shift onto the flows that are created."""
+    cache = cache_on(path, aggregation=SEED, maxflows=2)
+    send(cache, path, [key("8.8.4.4", "8.8.8.8", 1, 2)])  # no rule: masks 0
+    send(cache, path, [key("192.168.1.1", "8.8.8.8", 1, 2),  # created: /16
+                       key("8.8.4.4", "8.8.8.8", 1, 2),  # found
+                       key("1.1.1.1", "8.8.8.8", 1, 2),  # refused
+                       key("10.9.9.9", "8.8.8.8", 1, 2)])  # refused
+    got = {shown(r.key())[0]: (r.packets, r.src_mask, r.dst_mask) for r in drain(cache)}
+    assert got == {"8.8.4.4": (2, 0, 0), "192.168.0.0": (1, 16, 0)}
+    assert cache.stats.maxflows == 2
+
+
+def test_the_rewrite_refuses_masks_that_are_not_uint16():
+    """Six bytes for three rows, but as uint8: the C writes 16-bit masks into them."""
+    rules = KeyRules(SEED)
+    rows = np.frombuffer(b"".join(random_keys(3, seed=1)), "V44").copy()
+    dtype = keyrules._key_dtype(44)
+    with pytest.raises(ValueError, match="masks"):
+        keyrules.rewrite_keys(rows, 44, keyrules._fields(dtype), rules._cuts,
+                              rules.port_map, keyrules._WITH_PORTS, np.zeros(6, np.uint8))
+
+
+def test_kernel_rows_with_ports_in_two_byte_orders_aggregate_as_any_other():
+    """A record layout whose ports differ in byte order is merged with NumPy: the C merge's
+    rewrite reads both ports in one order and would refuse the batch."""
+    keys = random_keys(500, seed=5, directions=1)
+    flows = FlowBatch("x", [FlowDelta(k, 1, 60, T0, T0) for k in keys]).flows
+    mixed = flows.astype([(n, ">u2" if n == "dst_port" else t) for n, t in flows.dtype.descr])
+    assert mixed.dtype["dst_port"].isnative != mixed.dtype["src_port"].isnative
+    caches = [FlowCache(CacheConfig(aggregation=SEED)) for _ in range(2)]
+    for cache, rows in zip(caches, (flows, mixed), strict=True):
+        cache.agent_cache_flows(batch=FlowBatch("ingest.ebpf[0]", rows), now_ns=0)
+    want = {k: m for k, (_packets, m) in expected_flows(SEED, keys).items()}
+    got = [{k: m for k, (_packets, m) in exported(cache).items()} for cache in caches]
+    assert got[1] == got[0] == want and any(m for m in want.values())
+
+
+@pytest.mark.parametrize("size", [0, 20, 43])
+def test_rewriting_a_key_shorter_than_the_base_key_says_so(size):
+    with pytest.raises(ValueError, match="base key"):
+        KeyRules(SEED).rewrite(bytes(size))

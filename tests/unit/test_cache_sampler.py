@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 
+from netflow_agent._flowindex import hash_select
 from netflow_agent.model import (
     SAMPLING_DETERMINISTIC,
     SAMPLING_HASH,
@@ -21,7 +22,7 @@ from netflow_agent.stages.cache import CacheConfig, FlowCache
 from netflow_agent.stages.flowtable import record_layout
 from tests.support.aggregation import SEED_RULES
 from tests.unit.test_aggregate import per_key_rewrite, random_keys
-from tests.unit.test_cache import T0, feed, key
+from tests.unit.test_cache import T0, S, feed, key
 
 N = 4
 
@@ -159,6 +160,7 @@ def test_hash_with_rules_keeps_the_flows_whose_aggregated_key_it_selects(path):
     got = {r.key() for r in c.agent_cache_expire(now_ns=T0, force=True)}
     assert got == kept and 0 < len(kept) < len(keys)
     assert c.stats.sampler_discarded_packets + c.stats.traffic_packets == len(keys)
+    assert c.stats.sampler_discarded_bytes + c.stats.traffic_bytes == 60 * len(keys)
 
 
 @pytest.mark.parametrize("path", ["packets", "deltas"])
@@ -179,3 +181,88 @@ def test_a_restored_flow_the_hash_does_not_select_keeps_counting(path):
     out = c.agent_cache_expire(now_ns=T0, force=True)
     assert {r.src_port: r.packets for r in out} == {p: 2 for p in unselected} | {
         1000 + p: 1 for p in unselected if hash_selects(key(1000 + p), N)}
+
+
+@pytest.mark.parametrize("path", ["packets", "deltas"])
+def test_flows_held_when_hash_sampling_starts_on_reload_keep_counting(path):
+    """No sampler, then ``hash:N`` on reload: the flows the table holds keep taking their
+    packets, those of keys the hash refuses included; new refused keys are discarded."""
+    _selected, unselected = _split(40)
+    c = FlowCache(CacheConfig())
+    feed(c, *[(key(p), 100, 0, T0, 0) for p in unselected])
+    c.reconfigure(CacheConfig(sampler=f"hash:{N}"))
+    more = [key(p) for p in unselected + [1000 + p for p in unselected]]
+    if path == "packets":
+        feed(c, *[(k, 100, 0, T0 + 1, 0) for k in more])
+    else:
+        c.agent_cache_flows(batch=FlowBatch("ebpf", [FlowDelta(k, 1, 100, T0 + 1, T0 + 1)
+                                                     for k in more]), now_ns=0)
+    out = c.agent_cache_expire(now_ns=T0, force=True)
+    assert {r.src_port: r.packets for r in out} == {p: 2 for p in unselected} | {
+        1000 + p: 1 for p in unselected if hash_selects(key(1000 + p), N)}
+
+
+def _lookups(c: FlowCache, monkeypatch) -> list[int]:
+    """The sizes of the cache's lookups that insert nothing (those of refused keys)."""
+    calls: list[int] = []
+    real = c.table.lookup
+
+    def spy(keys, insert=True, limit=0):
+        if not insert:
+            calls.append(len(keys))
+        return real(keys, insert, limit)
+
+    monkeypatch.setattr(c.table, "lookup", spy)
+    return calls
+
+
+@pytest.mark.parametrize("start", ["restore", "reload"])
+def test_refused_keys_are_no_longer_looked_up_once_the_held_flows_have_left(
+        start, monkeypatch):
+    """A busy table never empties: once every flow held at a restore or a sampler change
+    has been exported, a key the hash refuses is discarded without a lookup."""
+    selected, unselected = _split(40)
+    busy = key(selected[0])
+    plain = FlowCache(CacheConfig(inactive_timeout=10, active_timeout=60))
+    feed(plain, *[(key(p), 100, 0, T0, 0) for p in unselected[:3]])
+    config = CacheConfig(sampler=f"hash:{N}", inactive_timeout=10, active_timeout=60)
+    if start == "restore":
+        c = FlowCache(config)
+        c.restore(plain.dump())
+    else:
+        c = plain
+        c.reconfigure(config)
+    calls = _lookups(c, monkeypatch)
+    refused = [key(1000 + p) for p in unselected if not hash_selects(key(1000 + p), N)]
+    out = []
+    for s in range(0, 30, 5):  # the busy flow keeps the table from ever emptying
+        feed(c, (busy, 100, 0, T0 + s * S, 0), *[(k, 100, 0, T0 + s * S, 0) for k in refused])
+        out += c.agent_cache_expire(now_ns=T0 + s * S, force=False)
+        if s == 5:
+            assert calls  # held flows in the table: refused keys are looked up
+            calls.clear()
+    assert sorted(r.src_port for r in out) == unselected[:3]  # idle at T0 + 10 s
+    assert calls == [len(refused)]  # the batch at 10 s, before the scan that exports them
+    assert c.active_flows == 1
+    assert c.stats.sampler_discarded_packets == 6 * len(refused)
+
+
+def test_the_batch_hash_refuses_an_interval_it_cannot_take():
+    rows = np.frombuffer(b"".join(random_keys(3, seed=1)), "V44")
+    ops = key_ops(0, 44)
+    for interval in (0, -4):
+        with pytest.raises(ValueError, match="interval"):
+            hash_select(rows, 44, ops, interval)
+    with pytest.raises(OverflowError):  # not wrapped to 4
+        hash_select(rows, 44, ops, 2**64 + 4)
+
+
+def test_the_batch_hash_refuses_ops_that_place_a_key_past_the_largest_key():
+    """An op's destination sets the width of the key built per row: one at 0xFFFFFFF0
+    would allocate ~4 GB."""
+    rows = np.frombuffer(b"".join(random_keys(3, seed=1)), "V44")
+    far = np.array([[0, 0, 44, 0], [0, 0xFFFFFFF0, 4, 0]], np.uint32).tobytes()
+    with pytest.raises(ValueError, match="ops"):
+        hash_select(rows, 44, far, N)
+    wide = np.array([[0, 0, 44, 0], [0, 65531, 4, 0]], np.uint32).tobytes()  # ends at 65535
+    assert len(hash_select(rows, 44, wide, N)) == 3

@@ -72,7 +72,33 @@ def test_a_finished_replay_logs_its_totals():
     octets = sum(int(f["bytes"]) for f in flows)
     last = proc.stderr.strip().splitlines()[-1]
     assert f"stopped; {len(flows)} flows exported; traffic {packets} packets, {octets} bytes; " \
-           "dropped 0 packets, 0 bytes" in last, last
+           "dropped 0 packets, 0 bytes" in last and "sampler discarded 0 packets" in last, last
+
+
+def test_a_hash_sampled_replay_balances_in_its_totals(tmp_path):
+    """With ``hash:N`` the last line counts the packets discarded on entry, so every packet
+    of the capture is in it: exported + dropped + sampler discarded (the compare harness
+    balances a sampled run from this line)."""
+    from tests.e2e.test_bench_compare import compare_harness
+
+    def run(sampler: str) -> str:
+        conf = (ROOT / "examples/quickstart.toml").read_text().replace(
+            "[cache]\n", f"[cache]\nsampler = \"{sampler}\"\n" if sampler else "[cache]\n", 1)
+        (tmp_path / "c.toml").write_text(conf.replace(
+            "examples/sample.pcap", str(ROOT / "examples/sample.pcap")))
+        proc = subprocess.run([sys.executable, "-m", "netflow_agent.cli", "-c",
+                               str(tmp_path / "c.toml")],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr.strip().splitlines()[-1]
+
+    summary = compare_harness().SUMMARY
+    whole = summary.search(run(""))
+    sampled = summary.search(run("hash:4"))
+    assert whole and sampled and whole[3] == "0"
+    assert int(sampled[3]) > 0 and int(sampled[1]) < int(whole[1])
+    assert int(sampled[1]) + int(sampled[2]) + int(sampled[3]) \
+        == int(whole[1]) + int(whole[2])
 
 
 def test_agent_sample_has_every_agent_key_with_its_doc_and_valid_values(capsys):
