@@ -53,7 +53,7 @@ from typing import Any
 
 import msgpack
 
-from netflow_agent import localfiles
+from netflow_agent import localfiles, logutil
 from netflow_agent.localserver import LocalServer, Rejected, refuse_pending
 
 log = logging.getLogger("agent.control")
@@ -336,7 +336,8 @@ def reload_and_wait(pipeline: Any, timeout: float = RELOAD_TIMEOUT_S,
     if asked.withdraw(why):  # the pipeline never started it, and now never will
         if timeout <= 0:  # the pipeline counts it when it gets there, as any withdrawn one
             pipeline.request_reload(asked)
-        log.warning("reload not applied: %s (asked over the control socket)", why)
+        log.warning("reload not applied: %s (asked over the control socket)", why,
+                    extra=logutil.NEVER_FOLD)  # each one is an event an operator must see
         return {"ok": False, "result": "failed", "message": f"not applied: {why}; nothing "
                 "changed"}
     if done.is_set():  # it finished just now

@@ -22,6 +22,7 @@ from netflow_agent.config.schema import option
 from netflow_agent.control import reload_and_wait
 from netflow_agent.discovery import build_registry
 from netflow_agent.lifecycle import StartupError
+from netflow_agent.logutil import RepeatFilter
 from netflow_agent.registry import Component
 from netflow_agent.reloading import release_frozen
 from tests.export_netflow.collect import UdpSink
@@ -147,6 +148,21 @@ def test_a_control_reload_the_pipeline_never_started_is_withdrawn_and_never_appl
     assert (history["ok"], history["failed"], history["last_result"]) == (0, 1, "failed")
     assert history["last_reason"] == (f"not applied: withdrawn before it started: {why}; "
                                       "still running generation 1")
+
+
+def test_every_withdrawn_reload_is_logged_never_folded(make_agent, collecting_plugin,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Three `agent reload` runs that time out within a minute: the log has three WARNING
+    lines, not one (the handlers' repeat filter folds identical lines unless told not to)."""
+    agent = make_agent(BASE, [collecting_plugin, FLAKY])
+    agent.pipeline.reloader = lambda: (None, [])
+    fold = RepeatFilter(60)
+    with caplog.at_level(logging.WARNING, logger="agent.control"):
+        for _ in range(3):
+            reload_and_wait(agent.pipeline, timeout=0.05)
+    warnings = [r for r in caplog.records if r.name == "agent.control"]
+    assert len(warnings) == 3
+    assert [fold.filter(r) for r in warnings] == [True, True, True]
 
 
 def test_a_reload_that_waited_its_whole_time_queued_is_not_applied(
