@@ -592,19 +592,23 @@ class FlowCache(Cache):
         if not len(self.table):  # nothing cached: no pass over the table's capacity
             self.ending.clear()
             return np.zeros(0, np.int64), np.zeros(0, np.uint8)
-        first, last = self.table.first, self.table.last
-        reasons = np.zeros(len(first), np.uint8)
-        reasons[first <= now_ns - self.config.active_timeout * _NS] = END_ACTIVE
-        reasons[last <= now_ns - self.config.inactive_timeout * _NS] = END_IDLE
+        slots, idle = self.table.due(now_ns - self.config.active_timeout * _NS,
+                                     now_ns - self.config.inactive_timeout * _NS)
+        reasons = np.where(idle, np.uint8(END_IDLE), np.uint8(END_ACTIVE))
         if self.ending:
             ended = np.fromiter(self.ending, np.int64, len(self.ending))
             # a mark counts where the slot's flow holds FIN or RST (a free slot holds no
             # flags; a mark a forced take left on a slot since reused is not the new flow's)
-            ended = ended[((self.table.flags[ended] & _END_FLAGS) != 0) & (reasons[ended] == 0)]
-            reasons[ended] = END_OF_FLOW
-        slots = np.flatnonzero(reasons)
+            # and the flow is not due by its times already
+            ended = ended[(self.table.flags[ended] & _END_FLAGS) != 0]
+            ended = ended[~np.isin(ended, slots)]
+            if len(ended):
+                slots = np.concatenate((slots, ended))
+                reasons = np.concatenate((reasons, np.full(len(ended), END_OF_FLOW, np.uint8)))
+                order = np.argsort(slots, kind="stable")
+                slots, reasons = slots[order], reasons[order]
         if limit and len(slots) > limit:
-            slots = self._defer(slots, reasons[slots], limit, now_ns)
+            slots, reasons = self._defer(slots, reasons, limit, now_ns)
         if self.deferred:
             if not was_deferred:
                 log.info("expiry spread over scans: %d flows due, %d leave now, the rest "
@@ -615,33 +619,34 @@ class FlowCache(Cache):
             if was_deferred:
                 log.info("expiry spread over scans: done, the %d flows due now all leave",
                          len(slots))
-        return slots, reasons[slots]
+        return slots, reasons
 
     def _defer(self, slots: np.ndarray, reasons: np.ndarray, limit: int,
-               now_ns: int) -> np.ndarray:
+               now_ns: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``limit`` (< 0: none) most overdue of the due ``slots``, ascending, and every
         one due for longer than the wait allows (module docstring); the others stay in the
         table, due, with their times and counters (ipt_NETFLOW's expiry spread over scans):
-        counted in :attr:`deferred`, their FIN/RST mark kept for the next scan."""
+        counted in :attr:`deferred`, their FIN/RST mark kept for the next scan. Returns the
+        slots that leave and their ``reasons``."""
         t, config = self.table, self.config
         due_at = np.minimum(t.last[slots] + config.inactive_timeout * _NS,
                             t.first[slots] + config.active_timeout * _NS)
         ended = reasons == END_OF_FLOW
         due_at[ended] = np.minimum(due_at[ended], t.last[slots[ended]])
         if config.maxflows and len(slots) - max(limit, 0) > config.maxflows // 2:
-            return slots  # deferring more would soon refuse new flows: all leave
+            return slots, reasons  # deferring more would soon refuse new flows: all leave
         taken = due_at <= now_ns - max(MAX_DEFER_S, config.inactive_timeout) * _NS
         if limit > 0:
             taken[np.argpartition(due_at, limit - 1)[:limit]] = True
         left = slots[~taken]
         if not len(left):
-            return slots
+            return slots, reasons
         if self.ending:
             self.ending.intersection_update(left.tolist())
         self.deferred = len(left)
         self.deferred_since_ns = int(due_at[~taken].min())
         self.stats.deferred_scans += 1
-        return slots[taken]
+        return slots[taken], reasons[taken]
 
     def _take(self, slots: np.ndarray, reasons: np.ndarray, drained: bool = False) -> FlowBatch:
         """Copy ``slots`` out as a batch (columns, no object per flow) and free them (with

@@ -49,6 +49,11 @@ _GROW_DIV = 16
 #: rows merged per step: a batch's contiguous copies of its columns (``_col``) stay a few MB
 #: (the eBPF drain and the NFLOG aggregator may hand over 100k+ flows at once); as fast
 _MERGE_ROWS = 1 << 16
+#: slots compared per step of :meth:`FlowTable.due`: its two boolean buffers (64 KiB each)
+#: are heap blocks below the agent's mmap threshold (agent/heap.py), reused step after step,
+#: where whole-column comparisons at 1M slots were fresh mappings of 1 MB each, faulted in
+#: at every scan
+_DUE_ROWS = 1 << 16
 _COLUMNS = (("packets", np.uint64, 0), ("octets", np.uint64, 0), ("first", np.int64, FREE_NS),
             ("last", np.int64, FREE_NS), ("flags", np.uint8, 0), ("out_if", np.uint32, 0),
             ("masks", np.uint16, 0))
@@ -301,6 +306,36 @@ class FlowTable:
             self.out_if[slots[known]] = out_if[known]  # repeated slots: the last row wins
 
     # --- out -------------------------------------------------------------------------------
+
+    def due(self, first_cut: int, last_cut: int) -> tuple[np.ndarray, np.ndarray]:
+        """Slots whose flow started at or before ``first_cut`` or was last seen at or before
+        ``last_cut`` (ns), ascending, and for each whether it was last seen by then (free
+        slots never qualify: :data:`FREE_NS`). Only slots below the index's slot count are
+        read (every slot above is free), :data:`_DUE_ROWS` at a time into two reused
+        buffers: no temporary the size of the columns.
+
+        :return: ``(slots, idle)``: int64 slot numbers and a bool per slot.
+        """
+        self.settle()
+        high = min(int(self.index.slot_count), self.rows)
+        step = min(high, _DUE_ROWS)
+        started, seen = np.empty(step, np.bool_), np.empty(step, np.bool_)
+        found: list[np.ndarray] = []
+        idle: list[np.ndarray] = []
+        for lo in range(0, high, _DUE_ROWS):
+            n = min(_DUE_ROWS, high - lo)
+            a, b = started[:n], seen[:n]
+            np.less_equal(self.first[lo:lo + n], first_cut, out=a)
+            np.less_equal(self.last[lo:lo + n], last_cut, out=b)
+            np.logical_or(a, b, out=a)
+            hits = np.flatnonzero(a)
+            if len(hits):
+                idle.append(b[hits])
+                hits += lo
+                found.append(hits)
+        if not found:
+            return np.zeros(0, np.int64), np.zeros(0, np.bool_)
+        return np.concatenate(found), np.concatenate(idle)
 
     def occupied(self, limit: int = 0) -> np.ndarray:
         """Slots holding a flow, ascending (with ``limit`` > 0: the lowest ``limit``)."""
