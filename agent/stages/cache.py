@@ -63,7 +63,13 @@ from netflow_agent.roles import Cache, CacheStats, FlowRow
 from netflow_agent.runtime import RunContext
 from netflow_agent.sampler import FlowSampler, hash_selects, parse_sampler
 from netflow_agent.schema import FlowSchema, active
-from netflow_agent.stages.flowtable import FREE_NS, FlowTable, RecordLayout, record_layout
+from netflow_agent.stages.flowtable import (
+    FREE_NS,
+    FlowTable,
+    RecordLayout,
+    record_layout,
+    value_fields,
+)
 
 __all__ = ["CacheConfig", "CacheStats", "FlowCache"]
 
@@ -211,13 +217,17 @@ def _key_swaps(key: np.dtype, record: np.dtype) -> tuple[str, ...] | None:
     return tuple(swaps)
 
 
-def _set_interfaces(out: np.ndarray, other: np.ndarray) -> None:
-    """Turn the key's observation interface (``in_if``) and the other one into
-    ingressInterface/egressInterface: an egress flow left through its key's interface."""
+def _set_interfaces(out: np.ndarray, other: np.ndarray | None) -> None:
+    """Turn the key's observation interface (``in_if``) and the other one (``None``: already
+    in ``out_if``) into ingressInterface/egressInterface: an egress flow left through its
+    key's interface."""
     egress = out["direction"] == DIRECTION_EGRESS
     if not egress.any():  # the usual batch: ingress flows only
-        out["out_if"] = other
+        if other is not None:
+            out["out_if"] = other
         return
+    if other is None:
+        other = out["out_if"].copy()
     observed = out["in_if"].copy()
     out["out_if"] = np.where(egress, observed, other)
     out["in_if"] = np.where(egress, np.where(other != observed, other, 0), observed)
@@ -656,6 +666,16 @@ class FlowCache(Cache):
             return FlowBatch("cache", schema.empty(0), schema=schema)
         out = _populated(schema.empty(len(slots)))
         swaps = _key_swaps(schema.key_dtype, schema.record_dtype)
+        fields = value_fields(schema.record_dtype)
+        if swaps is not None and fields is not None and not drained:
+            # a scan's take (slots anywhere): keys and counters straight into the rows
+            masks = self.table.take_records(slots, out, fields)
+            for name in swaps:
+                out[name].byteswap(inplace=True)
+            out["src_mask"], out["dst_mask"] = masks >> 8, masks & 0xFF
+            out["end_reason"] = reasons
+            _set_interfaces(out, None)
+            return FlowBatch("cache", out, schema=schema)
         take = self.table.take_drained if drained else self.table.take
         if swaps is not None:  # the packed keys straight into the rows, then native order
             taken = take(slots, out, out.itemsize)

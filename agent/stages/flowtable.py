@@ -36,9 +36,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from netflow_agent._flowindex import FlowIndex, merge_records
+from netflow_agent._flowindex import FlowIndex, merge_records, take_records
 
-__all__ = ["FREE_NS", "FlowTable", "Merged", "RecordLayout", "Taken", "record_layout"]
+__all__ = ["FREE_NS", "FlowTable", "Merged", "RecordLayout", "Taken", "record_layout",
+           "value_fields"]
 
 FREE_NS = 2**63 - 1  # first/last time of an unused slot: never expires
 _MIN_ROWS = 1024
@@ -99,6 +100,17 @@ def record_layout(records: np.dtype, key: np.dtype) -> RecordLayout | None:
         return None
     return RecordLayout(records.itemsize, np.array(ops, np.uint32).tobytes(),
                         tuple(int(fields[name][1]) for name, _code in _VALUE_FIELDS))
+
+
+@lru_cache(maxsize=16)
+def value_fields(records: np.dtype) -> tuple[int, ...] | None:
+    """Byte offsets in a row of ``records`` (a record dtype) of the :data:`_VALUE_FIELDS`,
+    for :meth:`FlowTable.take_records`; ``None`` when one is missing or of another type."""
+    fields: dict[str, tuple] = dict(np.dtype(records).fields or {})
+    if not all(name in fields and fields[name][0] == np.dtype(code)
+               for name, code in _VALUE_FIELDS):
+        return None
+    return tuple(int(fields[name][1]) for name, _code in _VALUE_FIELDS)
 
 
 class Merged(NamedTuple):
@@ -409,6 +421,25 @@ class FlowTable:
         for name, _dtype, fill in _COLUMNS:
             getattr(self, name)[slots] = fill
         return out
+
+    def take_records(self, slots: np.ndarray, out: np.ndarray,
+                     fields: tuple[int, ...]) -> np.ndarray:
+        """:meth:`take` straight into the rows of the record array ``out`` (C-contiguous, at
+        least ``len(slots)`` rows): row ``r`` gets the packed key of ``slots[r]`` as it is
+        (the caller swaps the key fields to native order) and its packets, octets, first,
+        last, flags and out_if at the byte offsets ``fields`` (:func:`value_fields`), in one
+        C pass with no array per column; the slots are freed.
+
+        :return: the slots' masks (uint16, ``src_mask << 8 | dst_mask``).
+        """
+        self.settle()
+        slots = np.ascontiguousarray(slots, np.int64)
+        masks = self.masks[slots]
+        self.index.take(slots, out, out.itemsize)
+        take_records(out, out.itemsize, fields, slots, self.packets, self.octets, self.first,
+                     self.last, self.flags, self.out_if)
+        self.masks[slots] = 0
+        return masks
 
     # --- read-only: no settle (a drain's stop or the stats between its parts free nothing)
 

@@ -384,3 +384,19 @@ def test_a_scan_in_steps_takes_idle_active_and_ended_flows_in_slot_order():
     assert (out["end_reason"] == END_OF_FLOW).all()
     assert (np.diff(out["src_port"].astype(np.int64)) != 0).all()
     assert c.active_flows == n - len(out)
+
+
+def test_a_timed_scan_reports_egress_flows_as_the_forced_one_does():
+    from netflow_agent.model import DIRECTION_EGRESS
+
+    src, dst = socket.inet_aton("10.0.0.1"), socket.inet_aton("10.0.0.2")
+    out2 = make_key(4, 17, src, dst, 1, 2, in_if=2, direction=DIRECTION_EGRESS)
+    out3 = make_key(4, 17, src, dst, 1, 2, in_if=3, direction=DIRECTION_EGRESS)
+    got = []
+    for force in (True, False):
+        c = FlowCache(CacheConfig(inactive_timeout=15))
+        feed(c, (out2, 100, 0, T0, 7), (out3, 100, 0, T0, 0), (key(1), 100, 0, T0, 9))
+        recs = c.agent_cache_expire(now_ns=T0 + 20 * S, force=force)
+        got.append(sorted((r.direction, r.in_if, r.out_if, r.packets) for r in recs))
+    assert got[0] == got[1] == [(0, 0, 9, 1), (DIRECTION_EGRESS, 0, 3, 1),
+                                (DIRECTION_EGRESS, 7, 2, 1)]
