@@ -1550,11 +1550,137 @@ out:
 	return result;
 }
 
+/* Copy each slot's values into its row (row r <- slot slots[r]), then reset the slots to a
+ * free slot's values (0 counters, FREE first/last): the counters of a take, written straight
+ * into the rows of a record array instead of gathered into one new array per column and
+ * copied into the rows' strided fields after. Two passes: a slot repeated in `slots` is
+ * copied whole into each of its rows before any reset. */
+static void take_rows(struct merge *m)
+{
+	for (size_t r = 0; r < m->n; r++) {
+		uint8_t *row = (uint8_t *)m->rows + r * m->stride;
+		int64_t slot = m->slots[r], next;
+
+		if (r + AHEAD < m->n) {
+			next = m->slots[r + AHEAD];
+			__builtin_prefetch(&m->packets[next]);
+			__builtin_prefetch(&m->octets[next]);
+			__builtin_prefetch(&m->first[next]);
+			__builtin_prefetch(&m->last[next]);
+		}
+		memcpy(row + m->field[COL_PACKETS], &m->packets[slot], 8);
+		memcpy(row + m->field[COL_OCTETS], &m->octets[slot], 8);
+		memcpy(row + m->field[COL_FIRST], &m->first[slot], 8);
+		memcpy(row + m->field[COL_LAST], &m->last[slot], 8);
+		memcpy(row + m->field[COL_OUT_IF], &m->out_if[slot], 4);
+		row[m->field[COL_FLAGS]] = m->flags[slot];
+	}
+	for (size_t r = 0; r < m->n; r++) {
+		int64_t slot = m->slots[r];
+
+		m->packets[slot] = 0;
+		m->octets[slot] = 0;
+		m->first[slot] = INT64_MAX;
+		m->last[slot] = INT64_MAX;
+		m->flags[slot] = 0;
+		m->out_if[slot] = 0;
+	}
+}
+
+PyDoc_STRVAR(take_records_doc,
+	     "take_records(records, stride, fields, slots, packets, octets, first, last, flags,\n"
+	     "             out_if) -> None\n\n"
+	     "Copy the values of slot slots[r] into row r of `records` (writable rows of `stride`\n"
+	     "bytes, at least len(slots) of them; `fields` as merge_records': byte offsets of\n"
+	     "packets, octets, start, end, tcp flags and out_if, native order), then reset every\n"
+	     "slot of `slots` to a free slot's values: 0 counters, flags and out_if, first and\n"
+	     "last 2**63 - 1. Every slot must lie inside every column (ValueError, nothing\n"
+	     "changed).");
+
+static PyObject *module_take_records(PyObject *Py_UNUSED(m), PyObject *args)
+{
+	PyObject *rec_obj, *fields, *slots_obj, *cols[NCOLS], *result = NULL;
+	Py_ssize_t stride;
+	Py_buffer rec = {0}, sl = {0}, col[NCOLS] = {{0}};
+	struct merge mg = {0};
+	size_t rows = SIZE_MAX;
+	int got = 0;
+
+	if (!PyArg_ParseTuple(args, "OnO!OOOOOOO:take_records", &rec_obj, &stride,
+			      &PyTuple_Type, &fields, &slots_obj, &cols[0], &cols[1], &cols[2],
+			      &cols[3], &cols[4], &cols[5]))
+		return NULL;
+	if (PyTuple_GET_SIZE(fields) != NCOLS)
+		return PyErr_Format(PyExc_ValueError, "fields: need %d offsets", NCOLS);
+	if (stride <= 0)
+		return PyErr_Format(PyExc_ValueError, "stride must be positive");
+	if (PyObject_GetBuffer(rec_obj, &rec, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+		return NULL;
+	for (int i = 0; i < NCOLS; i++) {
+		Py_ssize_t off = PyLong_AsSsize_t(PyTuple_GET_ITEM(fields, i));
+		if (off == -1 && PyErr_Occurred())
+			goto out;
+		if (off < 0 || off > stride - col_size[i]) {
+			PyErr_Format(PyExc_ValueError, "fields: %s at %zd is outside a %zd-byte row",
+				     col_name[i], off, stride);
+			goto out;
+		}
+		mg.field[i] = off;
+	}
+	if (PyObject_GetBuffer(slots_obj, &sl, PyBUF_C_CONTIGUOUS) < 0)
+		goto out;
+	mg.n = (size_t)sl.len / 8;
+	if ((size_t)sl.len % 8 || (size_t)(rec.len / stride) < mg.n) {
+		PyErr_Format(PyExc_ValueError, "slots: need int64 slots, at most one per row of "
+			     "records (%zd rows)", rec.len / stride);
+		goto out;
+	}
+	for (got = 0; got < NCOLS; got++) {
+		size_t len;
+		if (get_column(cols[got], col_size[got], col_name[got], &col[got]) < 0)
+			goto out;
+		len = (size_t)(col[got].len / col_size[got]);
+		rows = len < rows ? len : rows;
+	}
+	mg.slots = sl.buf;
+	for (size_t r = 0; r < mg.n; r++) {
+		if (mg.slots[r] < 0 || (uint64_t)mg.slots[r] >= rows) {
+			PyErr_Format(PyExc_ValueError, "slots: slot %lld (row %zu) is outside the "
+				     "columns (%zu rows)", (long long)mg.slots[r], r, rows);
+			goto out;
+		}
+	}
+	mg.rows = rec.buf;
+	mg.stride = (size_t)stride;
+	mg.packets = col[COL_PACKETS].buf;
+	mg.octets = col[COL_OCTETS].buf;
+	mg.first = col[COL_FIRST].buf;
+	mg.last = col[COL_LAST].buf;
+	mg.flags = col[COL_FLAGS].buf;
+	mg.out_if = col[COL_OUT_IF].buf;
+	if (mg.n >= NOGIL_ROWS) {
+		Py_BEGIN_ALLOW_THREADS
+		take_rows(&mg);
+		Py_END_ALLOW_THREADS
+	} else {
+		take_rows(&mg);
+	}
+	result = Py_NewRef(Py_None);
+out:
+	while (got-- > 0)
+		PyBuffer_Release(&col[got]);
+	if (sl.obj)
+		PyBuffer_Release(&sl);
+	PyBuffer_Release(&rec);
+	return result;
+}
+
 static PyMethodDef module_methods[] = {
 	{"siphash", (PyCFunction)module_siphash, METH_O, siphash_doc},
 	{"merge_records", (PyCFunction)module_merge_records, METH_VARARGS, merge_records_doc},
 	{"hash_select", (PyCFunction)module_hash_select, METH_VARARGS, hash_select_doc},
 	{"rewrite_keys", (PyCFunction)module_rewrite_keys, METH_VARARGS, rewrite_keys_doc},
+	{"take_records", (PyCFunction)module_take_records, METH_VARARGS, take_records_doc},
 	{NULL, NULL, 0, NULL},
 };
 

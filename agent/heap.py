@@ -19,9 +19,13 @@ This module owns the agent's calls to ``mallopt(3)`` and ``malloc_trim(3)``:
   part (a fifth of the stop's CPU). The heap then holds about one part's working set, the
   same memory the mappings held while a part was alive; afterwards the pinned settings
   return (and, unless the process is about to exit, the free heap is trimmed). The agent
-  opens it only for the stop's final scan (agent.loop), when the ingests have stopped: the
-  threshold is process-wide, and another thread's big blocks allocated inside the window
-  but freed after it would stay in the heap.
+  opens it for the stop's final scan (agent.loop), when the ingests have stopped, and,
+  trimmed when it closes, around the export of a timed scan's slices when a scan exports
+  more than one (a mass expiry), not for a cache hand-over. The threshold is process-wide:
+  a block of 128 KiB-4 MiB another thread allocates inside the window is a heap block too,
+  and one it frees after the trim stays in its heap until glibc trims there (at once when
+  it lies at the top: the trim threshold is back at 128 KiB). The ingests' big buffers
+  are their own and reused (eBPF drain steps, NFLOG rows), so that is rare.
 * :func:`faulted_in` / :func:`note_faulted_in`: inside that window, the address ranges
   whose pages were already faulted in (a part's rows populated by ``madvise``,
   agent/stages/cache.py): the next part's rows reuse the block the last part freed, and

@@ -205,9 +205,24 @@ class Loop:
         records = concat(parts, "cache")
         if records:
             log.debug("scan: %d flow records to export", len(records))
-        for part in export_parts(records, EXPORT_ROWS):
-            self._export(part)
+        slices = export_parts(records, EXPORT_ROWS)
+        with self._slice_reuse(len(slices)):
+            for part in slices:
+                self._export(part)
         return max((len(p) for p in parts), default=0)
+
+    @staticmethod
+    def _slice_reuse(slices: int) -> contextlib.AbstractContextManager[None]:
+        """A scan that exports several slices (a timed scan's mass expiry: up to the
+        exporters' room, 10k-100k+ flows) encodes them in the heap reuse window
+        (agent.heap.reuse_parts), as the stop's parts are: each slice's encoder arrays
+        (packed records, template groups, datagrams: ~0.6 MB, fresh mappings otherwise,
+        faulted in and unmapped slice after slice) reuse the blocks the previous slice
+        freed. The window closes with the export, before the inbox is read again, and gives
+        the free heap back (``malloc_trim``); inside the stop's window it changes nothing."""
+        if slices > 1:
+            return heap.reuse_parts(release=True)
+        return contextlib.nullcontext()
 
     def export_room(self) -> int:
         """The most records a scan may hand the exporters now: the smallest room any reports

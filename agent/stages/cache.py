@@ -62,7 +62,13 @@ from netflow_agent.roles import Cache, CacheStats, FlowRow
 from netflow_agent.runtime import RunContext
 from netflow_agent.sampler import FlowSampler, hash_select_rows, key_ops, parse_sampler
 from netflow_agent.schema import FlowSchema, active
-from netflow_agent.stages.flowtable import FREE_NS, FlowTable, RecordLayout, record_layout
+from netflow_agent.stages.flowtable import (
+    FREE_NS,
+    FlowTable,
+    RecordLayout,
+    record_layout,
+    value_fields,
+)
 
 __all__ = ["CacheConfig", "CacheStats", "FlowCache"]
 
@@ -216,13 +222,17 @@ def _key_swaps(key: np.dtype, record: np.dtype) -> tuple[str, ...] | None:
     return tuple(swaps)
 
 
-def _set_interfaces(out: np.ndarray, other: np.ndarray) -> None:
-    """Turn the key's observation interface (``in_if``) and the other one into
-    ingressInterface/egressInterface: an egress flow left through its key's interface."""
+def _set_interfaces(out: np.ndarray, other: np.ndarray | None) -> None:
+    """Turn the key's observation interface (``in_if``) and the other one (``None``: already
+    in ``out_if``) into ingressInterface/egressInterface: an egress flow left through its
+    key's interface."""
     egress = out["direction"] == DIRECTION_EGRESS
     if not egress.any():  # the usual batch: ingress flows only
-        out["out_if"] = other
+        if other is not None:
+            out["out_if"] = other
         return
+    if other is None:
+        other = out["out_if"].copy()
     observed = out["in_if"].copy()
     out["out_if"] = np.where(egress, observed, other)
     out["in_if"] = np.where(egress, np.where(other != observed, other, 0), observed)
@@ -650,19 +660,23 @@ class FlowCache(Cache):
         if not len(self.table):  # nothing cached: no pass over the table's capacity
             self.ending.clear()
             return np.zeros(0, np.int64), np.zeros(0, np.uint8)
-        first, last = self.table.first, self.table.last
-        reasons = np.zeros(len(first), np.uint8)
-        reasons[first <= now_ns - self.config.active_timeout * _NS] = END_ACTIVE
-        reasons[last <= now_ns - self.config.inactive_timeout * _NS] = END_IDLE
+        slots, idle = self.table.due(now_ns - self.config.active_timeout * _NS,
+                                     now_ns - self.config.inactive_timeout * _NS)
+        reasons = np.where(idle, np.uint8(END_IDLE), np.uint8(END_ACTIVE))
         if self.ending:
             ended = np.fromiter(self.ending, np.int64, len(self.ending))
             # a mark counts where the slot's flow holds FIN or RST (a free slot holds no
             # flags; a mark a forced take left on a slot since reused is not the new flow's)
-            ended = ended[((self.table.flags[ended] & _END_FLAGS) != 0) & (reasons[ended] == 0)]
-            reasons[ended] = END_OF_FLOW
-        slots = np.flatnonzero(reasons)
+            # and the flow is not due by its times already
+            ended = ended[(self.table.flags[ended] & _END_FLAGS) != 0]
+            ended = ended[~np.isin(ended, slots)]
+            if len(ended):
+                slots = np.concatenate((slots, ended))
+                reasons = np.concatenate((reasons, np.full(len(ended), END_OF_FLOW, np.uint8)))
+                order = np.argsort(slots, kind="stable")
+                slots, reasons = slots[order], reasons[order]
         if limit and len(slots) > limit:
-            slots = self._defer(slots, reasons[slots], limit, now_ns)
+            slots, reasons = self._defer(slots, reasons, limit, now_ns)
         if self.deferred:
             if not was_deferred:
                 log.info("expiry spread over scans: %d flows due, %d leave now, the rest "
@@ -673,33 +687,34 @@ class FlowCache(Cache):
             if was_deferred:
                 log.info("expiry spread over scans: done, the %d flows due now all leave",
                          len(slots))
-        return slots, reasons[slots]
+        return slots, reasons
 
     def _defer(self, slots: np.ndarray, reasons: np.ndarray, limit: int,
-               now_ns: int) -> np.ndarray:
+               now_ns: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``limit`` (< 0: none) most overdue of the due ``slots``, ascending, and every
         one due for longer than the wait allows (module docstring); the others stay in the
         table, due, with their times and counters (ipt_NETFLOW's expiry spread over scans):
-        counted in :attr:`deferred`, their FIN/RST mark kept for the next scan."""
+        counted in :attr:`deferred`, their FIN/RST mark kept for the next scan. Returns the
+        slots that leave and their ``reasons``."""
         t, config = self.table, self.config
         due_at = np.minimum(t.last[slots] + config.inactive_timeout * _NS,
                             t.first[slots] + config.active_timeout * _NS)
         ended = reasons == END_OF_FLOW
         due_at[ended] = np.minimum(due_at[ended], t.last[slots[ended]])
         if config.maxflows and len(slots) - max(limit, 0) > config.maxflows // 2:
-            return slots  # deferring more would soon refuse new flows: all leave
+            return slots, reasons  # deferring more would soon refuse new flows: all leave
         taken = due_at <= now_ns - max(MAX_DEFER_S, config.inactive_timeout) * _NS
         if limit > 0:
             taken[np.argpartition(due_at, limit - 1)[:limit]] = True
         left = slots[~taken]
         if not len(left):
-            return slots
+            return slots, reasons
         if self.ending:
             self.ending.intersection_update(left.tolist())
         self.deferred = len(left)
         self.deferred_since_ns = int(due_at[~taken].min())
         self.stats.deferred_scans += 1
-        return slots[taken]
+        return slots[taken], reasons[taken]
 
     def _take(self, slots: np.ndarray, reasons: np.ndarray, drained: bool = False) -> FlowBatch:
         """Copy ``slots`` out as a batch (columns, no object per flow) and free them (with
@@ -709,9 +724,19 @@ class FlowCache(Cache):
             return FlowBatch("cache", schema.empty(0), schema=schema)
         out = _populated(schema.empty(len(slots)))
         swaps = _key_swaps(schema.key_dtype, schema.record_dtype)
-        take = self.table.take_drained if drained else self.table.take
-        if self._held_count:
+        fields = value_fields(schema.record_dtype)
+        if self._held_count:  # held flows leaving (every take path)
             self._release(slots)
+        if swaps is not None and fields is not None and not drained:
+            # a scan's take (slots anywhere): keys and counters straight into the rows
+            masks = self.table.take_records(slots, out, fields)
+            for name in swaps:
+                out[name].byteswap(inplace=True)
+            out["src_mask"], out["dst_mask"] = masks >> 8, masks & 0xFF
+            out["end_reason"] = reasons
+            _set_interfaces(out, None)
+            return FlowBatch("cache", out, schema=schema)
+        take = self.table.take_drained if drained else self.table.take
         if swaps is not None:  # the packed keys straight into the rows, then native order
             taken = take(slots, out, out.itemsize)
             for name in swaps:

@@ -36,9 +36,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from netflow_agent._flowindex import FlowIndex, merge_records
+from netflow_agent._flowindex import FlowIndex, merge_records, take_records
 
-__all__ = ["FREE_NS", "FlowTable", "Merged", "RecordLayout", "Taken", "record_layout"]
+__all__ = ["FREE_NS", "FlowTable", "Merged", "RecordLayout", "Taken", "record_layout",
+           "value_fields"]
 
 FREE_NS = 2**63 - 1  # first/last time of an unused slot: never expires
 _MIN_ROWS = 1024
@@ -49,6 +50,11 @@ _GROW_DIV = 16
 #: rows merged per step: a batch's contiguous copies of its columns (``_col``) stay a few MB
 #: (the eBPF drain and the NFLOG aggregator may hand over 100k+ flows at once); as fast
 _MERGE_ROWS = 1 << 16
+#: slots compared per step of :meth:`FlowTable.due`: its two boolean buffers (64 KiB each)
+#: are heap blocks below the agent's mmap threshold (agent/heap.py), reused step after step,
+#: where whole-column comparisons at 1M slots were fresh mappings of 1 MB each, faulted in
+#: at every scan
+_DUE_ROWS = 1 << 16
 _COLUMNS = (("packets", np.uint64, 0), ("octets", np.uint64, 0), ("first", np.int64, FREE_NS),
             ("last", np.int64, FREE_NS), ("flags", np.uint8, 0), ("out_if", np.uint32, 0),
             ("masks", np.uint16, 0))
@@ -97,6 +103,17 @@ def record_layout(records: np.dtype, key: np.dtype) -> RecordLayout | None:
         return None  # the aggregation rewrite (KeyRules.apply) reads both ports in one order
     return RecordLayout(records.itemsize, np.array(ops, np.uint32).tobytes(),
                         tuple(int(fields[name][1]) for name, _code in _VALUE_FIELDS))
+
+
+@lru_cache(maxsize=16)
+def value_fields(records: np.dtype) -> tuple[int, ...] | None:
+    """Byte offsets in a row of ``records`` (a record dtype) of the :data:`_VALUE_FIELDS`,
+    for :meth:`FlowTable.take_records`; ``None`` when one is missing or of another type."""
+    fields: dict[str, tuple] = dict(np.dtype(records).fields or {})
+    if not all(name in fields and fields[name][0] == np.dtype(code)
+               for name, code in _VALUE_FIELDS):
+        return None
+    return tuple(int(fields[name][1]) for name, _code in _VALUE_FIELDS)
 
 
 class Merged(NamedTuple):
@@ -305,6 +322,36 @@ class FlowTable:
 
     # --- out -------------------------------------------------------------------------------
 
+    def due(self, first_cut: int, last_cut: int) -> tuple[np.ndarray, np.ndarray]:
+        """Slots whose flow started at or before ``first_cut`` or was last seen at or before
+        ``last_cut`` (ns), ascending, and for each whether it was last seen by then (free
+        slots never qualify: :data:`FREE_NS`). Only slots below the index's slot count are
+        read (every slot above is free), :data:`_DUE_ROWS` at a time into two reused
+        buffers: no temporary the size of the columns.
+
+        :return: ``(slots, idle)``: int64 slot numbers and a bool per slot.
+        """
+        self.settle()
+        high = min(int(self.index.slot_count), self.rows)
+        step = min(high, _DUE_ROWS)
+        started, seen = np.empty(step, np.bool_), np.empty(step, np.bool_)
+        found: list[np.ndarray] = []
+        idle: list[np.ndarray] = []
+        for lo in range(0, high, _DUE_ROWS):
+            n = min(_DUE_ROWS, high - lo)
+            a, b = started[:n], seen[:n]
+            np.less_equal(self.first[lo:lo + n], first_cut, out=a)
+            np.less_equal(self.last[lo:lo + n], last_cut, out=b)
+            np.logical_or(a, b, out=a)
+            hits = np.flatnonzero(a)
+            if len(hits):
+                idle.append(b[hits])
+                hits += lo
+                found.append(hits)
+        if not found:
+            return np.zeros(0, np.int64), np.zeros(0, np.bool_)
+        return np.concatenate(found), np.concatenate(idle)
+
     def occupied(self, limit: int = 0) -> np.ndarray:
         """Slots holding a flow, ascending (with ``limit`` > 0: the lowest ``limit``)."""
         self.settle()
@@ -377,6 +424,25 @@ class FlowTable:
         for name, _dtype, fill in _COLUMNS:
             getattr(self, name)[slots] = fill
         return out
+
+    def take_records(self, slots: np.ndarray, out: np.ndarray,
+                     fields: tuple[int, ...]) -> np.ndarray:
+        """:meth:`take` straight into the rows of the record array ``out`` (C-contiguous, at
+        least ``len(slots)`` rows): row ``r`` gets the packed key of ``slots[r]`` as it is
+        (the caller swaps the key fields to native order) and its packets, octets, first,
+        last, flags and out_if at the byte offsets ``fields`` (:func:`value_fields`), in one
+        C pass with no array per column; the slots are freed.
+
+        :return: the slots' masks (uint16, ``src_mask << 8 | dst_mask``).
+        """
+        self.settle()
+        slots = np.ascontiguousarray(slots, np.int64)
+        masks = self.masks[slots]
+        self.index.take(slots, out, out.itemsize)
+        take_records(out, out.itemsize, fields, slots, self.packets, self.octets, self.first,
+                     self.last, self.flags, self.out_if)
+        self.masks[slots] = 0
+        return masks
 
     # --- read-only: no settle (a drain's stop or the stats between its parts free nothing)
 

@@ -1,12 +1,14 @@
 """A stop's forced scan in a process of its own, for ``tests/unit/test_heap.py``.
 
-``python -m tests.support.heapstop stop reuse|plain FLOWS`` pins glibc's heap as the agent
+``python -m tests.support.heapstop stop|scan reuse|plain FLOWS`` pins glibc's heap as the agent
 does (:func:`agent.heap.pin`), fills a v9 exporter's pipeline with ``FLOWS`` varied flows
 (IPv4 and IPv6, TCP/UDP/ICMP, several interfaces, ToS, flags and counters), runs
 ``Pipeline.shutdown()`` to a UDP sink on loopback and prints one JSON line: the sha256 over
-every datagram in order, their count, the records exported and lost. ``plain`` turns the
-forced scan's heap reuse (:func:`agent.heap.reuse_parts`) off. The clock is frozen, so two
-runs export the same bytes unless the heap's reused blocks leak into a datagram.
+every datagram in order, their count, the records exported and lost, and the reuse windows
+opened (their ``release``). ``scan`` exports the flows in a timed scan first (all idle).
+``plain`` turns the scans' heap reuse (:func:`agent.heap.reuse_parts`) off. The clock is
+frozen, so two runs export the same bytes unless the heap's reused blocks leak into a
+datagram.
 
 ``python -m tests.support.heapstop mallinfo`` prints whether a 1 MiB array was its own
 mapping inside :func:`agent.heap.reuse_parts` before pinning (the window then does nothing),
@@ -63,8 +65,9 @@ def flows(n: int, now_ns: int):
     return FlowBatch.from_records(out, "ingest.fake[0]")
 
 
-def stop(mode: str, n: int) -> dict:
-    """The forced scan of ``n`` flows to a sink; what reached it."""
+def stop(mode: str, n: int, timed: bool = False) -> dict:
+    """The forced scan of ``n`` flows to a sink (``timed``: a timed scan 20 s after them,
+    where every flow is idle, then the stop); what reached it."""
     _frozen_clock()
     from netflow_agent import heap
     from netflow_agent.testing import fill_cache, v9_export_agent
@@ -73,7 +76,7 @@ def stop(mode: str, n: int) -> dict:
     windows = []
     reuse = heap.reuse_parts
 
-    def counted(release: bool = True):  # the stop must open the window once, without trim
+    def counted(release: bool = True):  # the stop opens the window once, without trim
         windows.append(release)
         return reuse(release) if mode == "reuse" else contextlib.nullcontext()
 
@@ -85,6 +88,8 @@ def stop(mode: str, n: int) -> dict:
         agent = v9_export_agent(sink.getsockname()[1], Path(tmp), "rate_limit = 0\n")
         pipeline = agent.pipeline
         fill_cache(agent, flows(n, FIXED_NS), 16_384)
+        if timed:
+            pipeline.scan(FIXED_NS + 20_000_000_000)
         pipeline.shutdown()
         stats = pipeline.components["export.netflow[0]"].agent_collect_stats()
     digest, count = hashlib.sha256(), 0
@@ -139,4 +144,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "mallinfo":
         print(json.dumps(mallinfo()))
     else:
-        print(json.dumps(stop(sys.argv[2], int(sys.argv[3]))))
+        print(json.dumps(stop(sys.argv[2], int(sys.argv[3]), sys.argv[1] == "scan")))

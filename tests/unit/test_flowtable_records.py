@@ -258,3 +258,53 @@ def test_fin_or_rst_only_in_rows_refused_for_maxflows_marks_nothing(fast):
     assert len(cache.table) == 100
     if fast:
         assert marks.call_count == 0
+
+
+@pytest.mark.parametrize("schema", SCHEMAS)
+def test_take_records_writes_what_take_copies_out_and_frees_the_slots(schema):
+    """A scan's take straight into record rows (one C pass, no array per column) gives each
+    row the key bytes and the counters take() gives, frees the same slots, returns the
+    masks; a repeated slot fills both of its rows."""
+    from netflow_agent.stages.flowtable import FREE_NS, value_fields
+
+    tables = [FlowTable(schema.key_size), FlowTable(schema.key_size)]
+    for table in tables:
+        for flows in _batches(schema, 11, 3):
+            slots, new, _ = table.merge_records(
+                flows, record_layout(flows.dtype, schema.key_dtype))
+            table.masks[slots[new]] = np.arange(int(new.sum()), dtype=np.uint16)
+    plain, direct = tables
+    slots = np.concatenate([plain.occupied()[::3], plain.occupied()[3:4]])  # [1] again
+    want = plain.take(slots[:-1])
+    out = schema.empty(len(slots))
+    masks = direct.take_records(slots, out, value_fields(schema.record_dtype))
+    keys = np.frombuffer(want.keys, np.uint8).reshape(len(slots) - 1, schema.key_size)
+    rows = out.view(np.uint8).reshape(len(out), -1)[:, :schema.key_size]
+    assert (rows[:-1] == keys).all()
+    for field, column in (("packets", "packets"), ("octets", "octets"), ("start_ns", "first"),
+                          ("end_ns", "last"), ("tcp_flags", "flags"), ("out_if", "out_if")):
+        assert (out[field][:-1] == getattr(want, column)).all(), field
+        assert out[field][-1] == out[field][np.flatnonzero(slots == slots[-1])[0]], field
+    assert (masks[:-1] == want.masks).all()
+    assert len(direct) == len(plain)
+    for name in COLUMNS:
+        assert (getattr(direct, name) == getattr(plain, name)).all(), name
+    assert (direct.first[slots] == FREE_NS).all() and not direct.packets[slots].any()
+
+
+def test_take_records_refuses_a_slot_outside_the_columns_and_changes_nothing():
+    from netflow_agent._flowindex import take_records
+    from netflow_agent.stages.flowtable import value_fields
+
+    schema = default_schema()
+    table = FlowTable(schema.key_size)
+    flows = _batches(schema, 5, 1)[0]
+    table.merge_records(flows, record_layout(flows.dtype, schema.key_dtype))
+    before = table.packets.copy()
+    out = schema.empty(2)
+    bad = np.array([0, table.rows], np.int64)
+    with pytest.raises(ValueError, match="outside the columns"):
+        take_records(out, out.itemsize, value_fields(schema.record_dtype), bad,
+                     table.packets, table.octets, table.first, table.last, table.flags,
+                     table.out_if)
+    assert (table.packets == before).all()

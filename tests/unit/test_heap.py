@@ -46,3 +46,15 @@ def test_a_stop_with_reused_part_buffers_exports_the_same_bytes():
     assert reused["datagrams"] == reused["sent"] > 2000
     assert reused["windows"] == plain["windows"] == [False]  # the stop's, without a trim
     assert reused == plain
+
+
+def test_a_timed_scan_of_many_slices_encodes_them_in_the_reuse_window():
+    # a mass expiry (60k idle flows, 8 slices) in a timed scan: its slices reuse heap blocks
+    # as the stop's parts do (one window, trimmed after, the ingests running meanwhile), and
+    # the datagrams are the same bytes as without the reuse
+    reused, plain = child("scan", "reuse", "60000"), child("scan", "plain", "60000")
+    assert reused["exported"] == plain["exported"] == 60000
+    assert reused["lost"] == plain["lost"] == 0
+    assert reused["datagrams"] == reused["sent"] > 2000
+    assert reused["windows"] == plain["windows"] == [True, False]  # the scan's, the stop's
+    assert reused == plain
