@@ -675,6 +675,9 @@ class FlowCache(Cache):
                 reasons = np.concatenate((reasons, np.full(len(ended), END_OF_FLOW, np.uint8)))
                 order = np.argsort(slots, kind="stable")
                 slots, reasons = slots[order], reasons[order]
+        # exactly once: each slot at most once (a FIN flow due by its times is left out of
+        # `ended` above), ascending (the take's order); one vector pass over the due slots
+        assert len(slots) < 2 or bool((slots[1:] > slots[:-1]).all()), "due slots repeat"
         if limit and len(slots) > limit:
             slots, reasons = self._defer(slots, reasons, limit, now_ns)
         if self.deferred:

@@ -9,7 +9,7 @@ time are in the cache's counters.
 
 from __future__ import annotations
 
-from netflow_agent.model import END_IDLE, END_OF_FLOW, TCP_FIN
+from netflow_agent.model import END_ACTIVE, END_IDLE, END_OF_FLOW, TCP_FIN
 from netflow_agent.stages.cache import MAX_DEFER_S, CacheConfig, FlowCache
 from tests.unit.test_cache import T0, S, feed, key
 
@@ -98,3 +98,36 @@ def test_deferring_half_of_maxflows_lets_everything_due_leave():
     feed(c, *[(key(2000 + i), 100, 0, T0 + S, 0) for i in range(6)])
     out = c.agent_cache_expire(now_ns=T0 + 17 * S, force=False, limit=2)
     assert len(out) == 10 and c.counters()["expiry_deferred"] == 0  # 8 would wait: > 5
+
+
+def test_a_fin_flow_due_by_its_times_leaves_once_with_the_time_reason():
+    """Exactly once: a flow that saw FIN and is idle (or too old) too is one record, its
+    flowEndReason the timeout (the scan finds it due by its times first), not also an
+    end-of-flow record for the same flow."""
+    c = FlowCache(CacheConfig(inactive_timeout=15, active_timeout=60))
+    feed(c, (key(1, proto=6), 40, TCP_FIN, T0, 0),  # idle since T0+15
+         (key(2, proto=6), 40, 0, T0, 0), (key(2, proto=6), 40, TCP_FIN, T0 + 55 * S, 0))
+    out = list(c.agent_cache_expire(now_ns=T0 + 61 * S, force=False))
+    assert sorted((r.src_port, r.end_reason) for r in out) == [(1, END_IDLE), (2, END_ACTIVE)]
+    assert c.active_flows == 0
+    assert len(c.agent_cache_expire(now_ns=T0 + 62 * S, force=False)) == 0
+
+
+def test_a_limited_scan_of_mixed_reasons_gives_each_taken_flow_its_own_reason():
+    """The taken flows are not the lowest slots: each keeps the reason it was due for."""
+    c = FlowCache(CacheConfig(inactive_timeout=15, active_timeout=60))
+    feed(c, (key(1, proto=6), 40, TCP_FIN, T0 + 70 * S, 0),  # slot 0: FIN, due at T0+70
+         (key(2), 100, 0, T0 + 40 * S, 0),  # slot 1: idle, due since T0+55
+         (key(3), 100, 0, T0, 0), (key(3), 100, 0, T0 + 65 * S, 0))  # slot 2: active, T0+60
+    first = c.agent_cache_expire(now_ns=T0 + 71 * S, force=False, limit=2)
+    assert [(r.src_port, r.end_reason) for r in first] == [(2, END_IDLE), (3, END_ACTIVE)]
+    (fin,) = c.agent_cache_expire(now_ns=T0 + 72 * S, force=False, limit=2)
+    assert (fin.src_port, fin.end_reason) == (1, END_OF_FLOW)
+
+
+def test_a_fin_flow_in_a_lower_slot_than_a_due_flow_leaves_in_slot_order():
+    c = FlowCache(CacheConfig(inactive_timeout=15))
+    feed(c, (key(1, proto=6), 40, TCP_FIN, T0 + 20 * S, 0),  # slot 0: FIN, not idle
+         (key(2), 100, 0, T0, 0))  # slot 1: idle
+    out = c.agent_cache_expire(now_ns=T0 + 21 * S, force=False)
+    assert [(r.src_port, r.end_reason) for r in out] == [(1, END_OF_FLOW), (2, END_IDLE)]
