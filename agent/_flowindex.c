@@ -492,11 +492,11 @@ static int get_keys(FlowIndex *s, PyObject *obj, Py_buffer *view)
 }
 
 /* int64 slot numbers (an int64/uint64 array, or raw bytes in host order), all in use. */
-static int get_slots(FlowIndex *s, PyObject *obj, Py_buffer *view)
+/* A C-contiguous buffer of native int64 slot numbers (or raw bytes holding them): the format
+ * and the length checked, not the values; -1 with ValueError and nothing held otherwise. */
+static int get_int64_slots(PyObject *obj, Py_buffer *view)
 {
 	const char *f;
-	const int64_t *v;
-	size_t n;
 
 	if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
 		return -1;
@@ -515,6 +515,27 @@ static int get_slots(FlowIndex *s, PyObject *obj, Py_buffer *view)
 			     view->len);
 		goto fail;
 	}
+	return 0;
+fail:
+	PyBuffer_Release(view);
+	return -1;
+}
+
+/* Whether two buffers share a byte: a write into one would change what the other holds. */
+static int overlaps(const Py_buffer *a, const Py_buffer *b)
+{
+	return a->len > 0 && b->len > 0
+	       && (const char *)a->buf < (const char *)b->buf + b->len
+	       && (const char *)b->buf < (const char *)a->buf + a->len;
+}
+
+static int get_slots(FlowIndex *s, PyObject *obj, Py_buffer *view)
+{
+	const int64_t *v;
+	size_t n;
+
+	if (get_int64_slots(obj, view) < 0)
+		return -1;
 	v = view->buf;
 	n = (size_t)view->len / 8;
 	for (size_t r = 0; r < n; r++) {
@@ -1463,9 +1484,10 @@ PyDoc_STRVAR(merge_records_doc,
 	     "slot), flags (uint8) ORed, a non-zero out_if (uint32) replaces the slot's. `fields`:\n"
 	     "byte offsets in a row of packets (u8), octets (u8), start (i8), end (i8), tcp flags\n"
 	     "(u1) and out_if (u4), native order. slots/new: lookup()'s result for the rows.\n"
-	     "Every slot must lie inside every column (ValueError, nothing changed).\n"
-	     "Returns the totals of the rows merged (slot >= 0): their count, the sums of their\n"
-	     "packets and octets (modulo 2**64) and the OR of their tcp flags.");
+	     "Every slot must lie inside every column and `slots` share no byte with a column\n"
+	     "(ValueError, nothing changed). Returns the totals of the rows merged (slot >= 0):\n"
+	     "their count, the sums of their packets and octets (modulo 2**64) and the OR of\n"
+	     "their tcp flags.");
 
 static PyObject *module_merge_records(PyObject *Py_UNUSED(m), PyObject *args)
 {
@@ -1498,7 +1520,7 @@ static PyObject *module_merge_records(PyObject *Py_UNUSED(m), PyObject *args)
 		}
 		mg.field[i] = off;
 	}
-	if (PyObject_GetBuffer(slots_obj, &sl, PyBUF_C_CONTIGUOUS) < 0)
+	if (get_int64_slots(slots_obj, &sl) < 0)
 		goto out;
 	if (PyObject_GetBuffer(new_obj, &nw, PyBUF_C_CONTIGUOUS) < 0)
 		goto out;
@@ -1513,6 +1535,11 @@ static PyObject *module_merge_records(PyObject *Py_UNUSED(m), PyObject *args)
 			goto out;
 		len = (size_t)(col[got].len / col_size[got]);
 		rows = len < rows ? len : rows;
+		if (overlaps(&sl, &col[got])) {	/* the merge would rewrite checked slots */
+			PyErr_Format(PyExc_ValueError, "%s: overlaps slots", col_name[got]);
+			got++;
+			goto out;
+		}
 	}
 	mg.slots = sl.buf;
 	mg.is_new = nw.buf;
@@ -1594,8 +1621,8 @@ PyDoc_STRVAR(take_records_doc,
 	     "bytes, at least len(slots) of them; `fields` as merge_records': byte offsets of\n"
 	     "packets, octets, start, end, tcp flags and out_if, native order), then reset every\n"
 	     "slot of `slots` to a free slot's values: 0 counters, flags and out_if, first and\n"
-	     "last 2**63 - 1. Every slot must lie inside every column (ValueError, nothing\n"
-	     "changed).");
+	     "last 2**63 - 1. Every slot must lie inside every column, and `slots` share no\n"
+	     "byte with `records` or a column (ValueError, nothing changed).");
 
 static PyObject *module_take_records(PyObject *Py_UNUSED(m), PyObject *args)
 {
@@ -1627,12 +1654,18 @@ static PyObject *module_take_records(PyObject *Py_UNUSED(m), PyObject *args)
 		}
 		mg.field[i] = off;
 	}
-	if (PyObject_GetBuffer(slots_obj, &sl, PyBUF_C_CONTIGUOUS) < 0)
+	if (get_int64_slots(slots_obj, &sl) < 0)
 		goto out;
 	mg.n = (size_t)sl.len / 8;
-	if ((size_t)sl.len % 8 || (size_t)(rec.len / stride) < mg.n) {
+	if ((size_t)(rec.len / stride) < mg.n) {
 		PyErr_Format(PyExc_ValueError, "slots: need int64 slots, at most one per row of "
 			     "records (%zd rows)", rec.len / stride);
+		goto out;
+	}
+	/* the slots are checked once, then read while rows and columns are written (without
+	 * the GIL): a write into them would turn a checked slot into any number */
+	if (overlaps(&sl, &rec)) {
+		PyErr_SetString(PyExc_ValueError, "records: overlaps slots");
 		goto out;
 	}
 	for (got = 0; got < NCOLS; got++) {
@@ -1641,6 +1674,11 @@ static PyObject *module_take_records(PyObject *Py_UNUSED(m), PyObject *args)
 			goto out;
 		len = (size_t)(col[got].len / col_size[got]);
 		rows = len < rows ? len : rows;
+		if (overlaps(&sl, &col[got])) {
+			PyErr_Format(PyExc_ValueError, "%s: overlaps slots", col_name[got]);
+			got++;
+			goto out;
+		}
 	}
 	mg.slots = sl.buf;
 	for (size_t r = 0; r < mg.n; r++) {

@@ -308,3 +308,68 @@ def test_take_records_refuses_a_slot_outside_the_columns_and_changes_nothing():
                      table.packets, table.octets, table.first, table.last, table.flags,
                      table.out_if)
     assert (table.packets == before).all()
+
+
+def _table_with_flows(schema, n: int = 5) -> FlowTable:
+    table = FlowTable(schema.key_size)
+    flows = _batches(schema, n, 1)[0]
+    table.merge_records(flows, record_layout(flows.dtype, schema.key_dtype))
+    return table
+
+
+def test_take_records_refuses_slots_that_share_bytes_with_the_rows_or_a_column():
+    """The slots are checked once, then read while rows and columns are written (without the
+    GIL for large takes): slots inside a buffer being written would be rewritten after
+    their check into any slot number. Refused, as FlowIndex.take refuses them."""
+    from netflow_agent._flowindex import take_records
+    from netflow_agent.stages.flowtable import value_fields
+
+    schema = default_schema()
+    table = _table_with_flows(schema)
+    fields = value_fields(schema.record_dtype)
+    out = schema.empty(4)
+    in_rows = out.view(np.uint8)[:16].view(np.int64)
+    in_rows[:] = (0, 1)
+    before = table.packets.copy()
+    with pytest.raises(ValueError, match="records: overlaps slots"):
+        take_records(out, out.itemsize, fields, in_rows, table.packets, table.octets,
+                     table.first, table.last, table.flags, table.out_if)
+    table.octets[:2] = (0, 1)  # slot numbers inside a column
+    with pytest.raises(ValueError, match="octets: overlaps slots"):
+        take_records(schema.empty(2), out.itemsize, fields, table.octets[:2].view(np.int64),
+                     table.packets, table.octets, table.first, table.last, table.flags,
+                     table.out_if)
+    assert (table.packets == before).all() and table.octets[1] == 1
+
+
+def test_take_records_and_merge_records_need_int64_slots():
+    from netflow_agent._flowindex import take_records
+    from netflow_agent.stages.flowtable import value_fields
+
+    schema = default_schema()
+    table = _table_with_flows(schema)
+    out = schema.empty(2)
+    with pytest.raises(ValueError, match="int64 slot numbers"):
+        take_records(out, out.itemsize, value_fields(schema.record_dtype),
+                     np.array([0.0, 1.0]), table.packets, table.octets, table.first,
+                     table.last, table.flags, table.out_if)
+    layout = record_layout(schema.record_dtype, schema.key_dtype)
+    with pytest.raises(ValueError, match="int64 slot numbers"):
+        merge_records(out, layout.stride, layout.fields, np.zeros(2), np.zeros(2, bool),
+                      table.packets, table.octets, table.first, table.last, table.flags,
+                      table.out_if)
+
+
+def test_merge_records_refuses_slots_inside_a_column():
+    """A merge writes the columns while it reads the slots: slots in a column are refused."""
+    schema = default_schema()
+    layout = record_layout(schema.record_dtype, schema.key_dtype)
+    table = FlowTable(schema.key_size)
+    flows = _batches(schema, 1, 1)[0][:2]
+    slots = table.last[:2].view(np.int64)
+    slots[:] = (0, 1)
+    with pytest.raises(ValueError, match="last: overlaps slots"):
+        merge_records(flows, layout.stride, layout.fields, slots, np.ones(2, bool),
+                      table.packets, table.octets, table.first, table.last, table.flags,
+                      table.out_if)
+    assert not table.packets.any()
