@@ -25,7 +25,10 @@ This module owns the agent's calls to ``mallopt(3)`` and ``malloc_trim(3)``:
   a block of 128 KiB-4 MiB another thread allocates inside the window is a heap block too,
   and one it frees after the trim stays in its heap until glibc trims there (at once when
   it lies at the top: the trim threshold is back at 128 KiB). The ingests' big buffers
-  are their own and reused (eBPF drain steps, NFLOG rows), so that is rare.
+  are allocated once and reused across batches (the eBPF ingest's pool of up to three
+  drain-step arrays, kept across drains; the NFLOG decoder's row buffers, kept until
+  the reader is idle), so that is rare; a step array beyond the pool (all three still
+  queued) or a batch copied out of a short step is still allocated inside the window.
 * :func:`faulted_in` / :func:`note_faulted_in`: inside that window, the address ranges
   whose pages were already faulted in (a part's rows populated by ``madvise``,
   agent/stages/cache.py): the next part's rows reuse the block the last part freed, and

@@ -107,21 +107,28 @@ class StepBuffers:
     that check exact under the GIL. How many references a free array shows is measured once
     (:data:`FREE_REFS`): interpreters differ in the references a call takes (CPython 3.14
     borrows where 3.11 counts), and where a held array cannot be told from a free one (or
-    without a GIL) every step gets a new array. One pool per drain: an idle agent keeps none.
+    without a GIL) every step gets a new array. The pool (``pool``) is the ingest's, kept
+    across drains (up to :data:`STEP_BUFFERS` arrays, ~1.2 MB at the default chunk, idle or
+    not): a pool per drain made every drain's arrays fresh blocks, which a drain inside a
+    mass expiry's heap reuse window (agent/heap.py) took from the heap and left there.
+    Its wait budget and counts are this drain's.
     """
 
     __slots__ = ("_rows", "_dtype", "_pool", "_wait_s", "_stop", "_let_go", "waited", "fresh",
                  "waited_s")
 
     def __init__(self, rows: int, dtype: np.dtype, wait_s: float = 0.0,
-                 stop: threading.Event | None = None):
+                 stop: threading.Event | None = None, pool: list[np.ndarray] | None = None):
         """:param wait_s: how long :meth:`take` may wait in all, over this pool's life, for a
             held array to be let go once the pool is full (0: never wait).
         :param stop: once set, :meth:`take` waits no more (:meth:`wake` ends a wait in
-            progress): the agent is stopping and nothing merges until the drain is over."""
+            progress): the agent is stopping and nothing merges until the drain is over.
+        :param pool: the arrays kept from earlier drains (of ``rows`` rows of ``dtype``),
+            which this one uses and adds to; one drain at a time (their owner's drains are
+            serial). A new list if not given."""
         self._rows = rows
         self._dtype = dtype
-        self._pool: list[np.ndarray] = []
+        self._pool: list[np.ndarray] = pool if pool is not None else []
         self._wait_s = wait_s
         self._stop = stop if stop is not None else threading.Event()
         #: set when a step's batch rows handed out by :meth:`lend` are let go (or by wake())
@@ -264,6 +271,9 @@ class EbpfIngest(Ingest):
         self._last_rescan_error = ""
         self._thread: threading.Thread | None = None
         self._buffers: StepBuffers | None = None  # the step arrays of the drain in progress
+        # the drain steps' record arrays, kept across drains (StepBuffers); only a drain
+        # (the drain thread, then agent_stop's after the join) touches the list
+        self._step_pool: list[np.ndarray] = []
         self._layout: bytes | None = None  # the loader's layout of a FlowBatch row
         self._record_dtype: np.dtype = np.dtype([])  # the rows that layout writes
 
@@ -386,6 +396,7 @@ class EbpfIngest(Ingest):
         if self.loader is not None:
             self.loader.close()
         self.loader = None
+        self._step_pool.clear()  # the batches still queued keep their arrays
 
     # --- drain thread ------------------------------------------------------------------------
 
@@ -582,11 +593,14 @@ class EbpfIngest(Ingest):
             schema = flow_schema()  # the rows and the layout from one schema
             self._layout, self._record_dtype = record_layout(schema), schema.record_dtype
         chunk = self.config.drain_chunk
-        # this drain's (none kept while idle); it waits for the merge only on the drain
+        # the ingest's arrays, this drain's wait; it waits for the merge only on the drain
         # thread: at stop the caller merges after the drain (agent_stop wakes a wait through
         # self._buffers)
+        pool = self._step_pool
+        if pool and (len(pool[0]) != chunk or pool[0].dtype != self._record_dtype):
+            pool.clear()  # (the chunk and the layout are fixed for a run: not expected)
         buffers = StepBuffers(chunk, self._record_dtype,
-                              0.0 if self._stop.is_set() else STEP_WAIT_S, self._stop)
+                              0.0 if self._stop.is_set() else STEP_WAIT_S, self._stop, pool)
         assert self.context is not None
         self._buffers = buffers
         self.loader.drain_begin(index)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -45,7 +46,9 @@ def test_queued_batches_keep_their_flows_through_later_drains():
     assert packets(got) == list(range(1, 257)) + list(range(1001, 1257))
     arrays = {id(b.flows.base) for b in got if len(b.flows) and b.flows.base is not None}
     assert len(arrays) == 8  # no two queued steps share an array
-    assert comp.stats["drain_steps_unpooled"] == 2  # the 4th step of each drain
+    # the first drain's 4th step, then all of the second's: the ingest's three kept arrays
+    # are still queued from the first drain
+    assert comp.stats["drain_steps_unpooled"] == 5
 
 
 def test_an_array_is_reused_once_its_batch_is_dropped():
@@ -244,3 +247,24 @@ def test_a_wake_with_nothing_free_yet_looks_again_soon():
     taker.join(timeout=30)
     assert not taker.is_alive()
     assert got[0].ctypes.data == first and buffers.waited == 1 and buffers.waited_s < 30
+
+
+def test_consecutive_drains_reuse_the_same_step_arrays():
+    """The step arrays are the ingest's, not a drain's: a drain after one whose batches the
+    cache let go writes into the same arrays (no new block per drain, which a drain inside a
+    mass expiry's heap reuse window would take from the heap and leave there)."""
+    loader = FailingLoader(rows=128)
+    comp = ingest_with(loader, chunk=64)
+    seen: list[list[weakref.ref]] = []
+    for i in range(3):
+        loader.table["packets"] += 1000 * (i > 0)
+        comp._drain()
+        got = batches(comp)
+        assert packets(got)[:2] == [1000 * i + 1, 1000 * i + 2]
+        seen.append([weakref.ref(b.flows.base) for b in got
+                     if len(b.flows) and b.flows.base is not None])
+        del got  # merged and dropped
+    first = {id(r()) for r in seen[0] if r() is not None}
+    assert len(first) == 2  # alive after the drain: the ingest keeps them
+    assert {id(r()) for r in seen[1]} == first and {id(r()) for r in seen[2]} == first
+    assert comp.stats["drain_steps_unpooled"] == 0
