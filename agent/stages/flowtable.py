@@ -437,12 +437,27 @@ class FlowTable:
         """
         self.settle()
         slots = np.ascontiguousarray(slots, np.int64)
+        self._check_rows(slots, out, fields)  # before the index lets go of the keys
         masks = self.masks[slots]
         self.index.take(slots, out, out.itemsize)
         take_records(out, out.itemsize, fields, slots, self.packets, self.octets, self.first,
                      self.last, self.flags, self.out_if)
         self.masks[slots] = 0
         return masks
+
+    def _check_rows(self, slots: np.ndarray, out: np.ndarray, fields: tuple[int, ...]) -> None:
+        """What :func:`take_records` would refuse, refused before the index's take: the
+        pair frees a slot's key and its counters together or neither (ValueError)."""
+        stride = out.itemsize
+        if not (out.flags.c_contiguous and out.flags.writeable and len(out) >= len(slots)):
+            raise ValueError(f"out: need {len(slots)} writable C-contiguous rows")
+        if len(fields) != len(_VALUE_FIELDS) or not all(
+                0 <= off <= stride - np.dtype(code).itemsize
+                for off, (_name, code) in zip(fields, _VALUE_FIELDS, strict=True)):
+            raise ValueError(f"fields: {fields} are not value offsets in a {stride}-byte row")
+        if slots.size and any(np.may_share_memory(slots, col) for col in (
+                self.packets, self.octets, self.first, self.last, self.flags, self.out_if)):
+            raise ValueError("slots: overlap a column")
 
     # --- read-only: no settle (a drain's stop or the stats between its parts free nothing)
 

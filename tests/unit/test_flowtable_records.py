@@ -373,3 +373,23 @@ def test_merge_records_refuses_slots_inside_a_column():
                       table.packets, table.octets, table.first, table.last, table.flags,
                       table.out_if)
     assert not table.packets.any()
+
+
+def test_a_refused_take_records_keeps_the_flows_keys_and_counters():
+    """FlowTable.take_records frees a slot's key (the index) and its counters (the C take)
+    together or not at all: arguments the C take refuses are refused before the index's."""
+    from netflow_agent.stages.flowtable import value_fields
+
+    schema = default_schema()
+    table = _table_with_flows(schema)
+    slots = table.occupied()[:2]
+    fields = value_fields(schema.record_dtype)
+    before = (len(table), table.packets.copy())
+    out = schema.empty(2)
+    with pytest.raises(ValueError, match="fields"):
+        table.take_records(slots, out, (out.itemsize, *fields[1:]))
+    with pytest.raises(ValueError, match="out"):
+        table.take_records(slots, schema.empty(1), fields)
+    assert len(table) == before[0] and (table.packets == before[1]).all()
+    table.take_records(slots, out, fields)  # the flows are all still there
+    assert len(table) == before[0] - 2 and list(out["packets"]) == list(before[1][slots])
