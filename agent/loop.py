@@ -211,17 +211,18 @@ class Loop:
                 self._export(part)
         return max((len(p) for p in parts), default=0)
 
-    @staticmethod
-    def _slice_reuse(slices: int) -> contextlib.AbstractContextManager[None]:
+    def _slice_reuse(self, slices: int) -> contextlib.AbstractContextManager[None]:
         """A scan that exports several slices (a timed scan's mass expiry: up to the
         exporters' room, 10k-100k+ flows) encodes them in the heap reuse window
         (agent.heap.reuse_parts), as the stop's parts are: each slice's encoder arrays
         (packed records, template groups, datagrams: ~0.6 MB, fresh mappings otherwise,
         faulted in and unmapped slice after slice) reuse the blocks the previous slice
         freed. The window closes with the export, before the inbox is read again, and gives
-        the free heap back (``malloc_trim``); inside the stop's window it changes nothing."""
+        the free heap back (``malloc_trim``, once per such scan), except while stopping (the
+        scan before the state is saved: the process exits after the final scan); inside
+        the stop's window it changes nothing."""
         if slices > 1:
-            return heap.reuse_parts(release=True)
+            return heap.reuse_parts(release=not self.context.stopping)
         return contextlib.nullcontext()
 
     def export_room(self) -> int:

@@ -73,3 +73,32 @@ def test_a_forced_scan_takes_the_table_out_in_steps(make_agent, collecting_plugi
         [100 + i for i in range(22)] + [40])
     assert {f.end_reason for f in flows if f.octets == 40} == {END_OF_FLOW}  # the FIN flow
     assert {f.end_reason for f in flows if f.octets != 40} == {END_FORCED}
+
+
+def test_a_sliced_timed_scan_trims_the_heap_after_it_unless_stopping(make_agent,
+                                                                    collecting_plugin,
+                                                                    monkeypatch):
+    """A timed scan exported in slices opens the heap reuse window and gives the free heap
+    back when it closes; the one before the state is saved at stop does not (the process
+    exits after the final scan: a malloc_trim then is CPU for nothing)."""
+    import contextlib
+
+    from netflow_agent import heap
+
+    monkeypatch.setattr(loop, "EXPORT_ROWS", 7)
+    windows: list[bool] = []
+    monkeypatch.setattr(heap, "reuse_parts",
+                        lambda release=True: windows.append(release) or contextlib.nullcontext())
+    opened = []
+    for stopping in (False, True):
+        agent = make_agent("[[ingest.fake]]\n[[export.collect]]\n", [collecting_plugin])
+        agent.feed(_packets(23))
+        lp = agent.pipeline.loop
+        lp.context.stopping = stopping
+        windows.clear()
+        lp._expire(T0 + 1000 * S, False)  # every flow idle: 23 records, 4 slices
+        opened.append(list(windows))
+        lp.context.stopping = False
+        assert len(agent["export.collect[0]"].flows) == 23
+        agent.finish()
+    assert opened == [[True], [False]]
