@@ -1399,6 +1399,17 @@ struct merge {
 	uint8_t flags_or;
 };
 
+/* Point m's column pointers at the table's columns (checked by the caller). */
+static void bind_columns(struct merge *m, const Py_buffer *col)
+{
+	m->packets = col[COL_PACKETS].buf;
+	m->octets = col[COL_OCTETS].buf;
+	m->first = col[COL_FIRST].buf;
+	m->last = col[COL_LAST].buf;
+	m->flags = col[COL_FLAGS].buf;
+	m->out_if = col[COL_OUT_IF].buf;
+}
+
 /* Add every row into its slot (slot -1: skipped), in row order: a row that is new starts its
  * slot at its own first/last time; packets and octets are summed (modulo 2**64, as NumPy),
  * the earliest first and latest last kept, flags ORed, a non-zero out_if replaces the slot's.
@@ -1550,12 +1561,7 @@ static PyObject *module_merge_records(PyObject *Py_UNUSED(m), PyObject *args)
 			goto out;
 		}
 	}
-	mg.packets = col[COL_PACKETS].buf;
-	mg.octets = col[COL_OCTETS].buf;
-	mg.first = col[COL_FIRST].buf;
-	mg.last = col[COL_LAST].buf;
-	mg.flags = col[COL_FLAGS].buf;
-	mg.out_if = col[COL_OUT_IF].buf;
+	bind_columns(&mg, col);
 	if (mg.n >= NOGIL_ROWS) {
 		Py_BEGIN_ALLOW_THREADS
 		merge_rows(&mg);
@@ -1690,12 +1696,7 @@ static PyObject *module_take_records(PyObject *Py_UNUSED(m), PyObject *args)
 	}
 	mg.rows = rec.buf;
 	mg.stride = (size_t)stride;
-	mg.packets = col[COL_PACKETS].buf;
-	mg.octets = col[COL_OCTETS].buf;
-	mg.first = col[COL_FIRST].buf;
-	mg.last = col[COL_LAST].buf;
-	mg.flags = col[COL_FLAGS].buf;
-	mg.out_if = col[COL_OUT_IF].buf;
+	bind_columns(&mg, col);
 	if (mg.n >= NOGIL_ROWS) {
 		Py_BEGIN_ALLOW_THREADS
 		take_rows(&mg);
