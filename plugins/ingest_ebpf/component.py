@@ -477,8 +477,9 @@ class EbpfIngest(Ingest):
 
     def _quiet(self) -> bool:
         """No packet reached the programs since both tables were known empty
-        (:meth:`_mark_quiet`): a drain would only walk the kernel table's buckets
-        (tens of ms per second at 524k entries: an idle agent's largest cost)."""
+        (:meth:`_mark_quiet`): a drain would only flip, wait for a grace period and find
+        nothing (its hash unmarked, no slot window touched), the drain thread's wake-up and
+        syscalls for nothing."""
         return self._quiet_mark is not None and self._counters()["packets"] == self._quiet_mark
 
     def _counters(self) -> dict[str, int]:
