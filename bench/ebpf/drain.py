@@ -105,7 +105,8 @@ def main() -> None:
         info = loader.slot_info()
         print(f"slot windows of {info['window']} entries scanned: {info['windows_scanned']} "
               f"({info['windows']} per CPU, {info['cpus']} CPUs); slot packets "
-              f"{loader.counters()[COUNTER_NAMES.index('slot_packets')]:,}")
+              f"{loader.counters()[COUNTER_NAMES.index('slot_packets')]:,}; hash walks "
+              f"skipped {info.get('hash_walks_skipped', 'n/a')}")
         with NetnsScope(b.name):
             attacher.detach_all()
         loader.close()
@@ -113,9 +114,12 @@ def main() -> None:
 
 def drain(loader: Loader, chunk: int, decode: str,
           cache: FlowCache | None) -> tuple[tuple[float, float, float], int]:
-    """Drain table 0 step by step: (seconds in C, decoding, merging), flows."""
+    """Drain table 0 step by step as the ingest does, after a flip to table 1 and a grace
+    period (then back to 0 for the next flood): (seconds in C, decoding, merging), flows."""
     c_s = py_s = merge_s = 0.0
     got, more = 0, True
+    loader.set_active(1)
+    loader.synchronize()
     loader.drain_begin(0)
     offset = monotonic_to_wall_offset()
     layout, rows_buf = record_layout(), np.empty(chunk, RECORD_DTYPE)
@@ -138,6 +142,8 @@ def drain(loader: Loader, chunk: int, decode: str,
         c_s, py_s = c_s + t1 - t0, py_s + t2 - t1
         merge_s += time.thread_time() - t2
         assert not err, err
+    loader.set_active(0)
+    loader.synchronize()
     return (c_s, py_s, merge_s), got
 
 

@@ -255,7 +255,8 @@ class EbpfIngest(Ingest):
                       "drain_wait_ms_last": 0.0, "drain_wait_ms_total": 0.0,
                       "table_peak": 0, "maxflows": 0,
                       "attach_errors": 0, "interfaces": 0, "cpu_slots": 0,
-                      "slot_windows_scanned": 0, "kernel_memory_bytes": 0}
+                      "slot_windows_scanned": 0, "hash_walks_skipped": 0,
+                      "kernel_memory_bytes": 0}
         # counter values at the last flip / ring consume: early-drain triggers (pressure)
         self._fill_base = self._lost_base = self._ring_base = 0
         # the last drain emptied its table after a real grace period (see _drain's marks)
@@ -476,8 +477,9 @@ class EbpfIngest(Ingest):
 
     def _quiet(self) -> bool:
         """No packet reached the programs since both tables were known empty
-        (:meth:`_mark_quiet`): a drain would only walk the kernel table's buckets
-        (tens of ms per second at 524k entries: an idle agent's largest cost)."""
+        (:meth:`_mark_quiet`): a drain would only flip, wait for a grace period and find
+        nothing (its hash unmarked, no slot window touched), the drain thread's wake-up and
+        syscalls for nothing."""
         return self._quiet_mark is not None and self._counters()["packets"] == self._quiet_mark
 
     def _counters(self) -> dict[str, int]:
@@ -560,7 +562,9 @@ class EbpfIngest(Ingest):
             self._emit(ring, cnt)
         elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
         self.stats["drains"] += 1
-        self.stats["slot_windows_scanned"] = self.loader.slot_info()["windows_scanned"]
+        info = self.loader.slot_info()
+        self.stats["slot_windows_scanned"] = info["windows_scanned"]
+        self.stats["hash_walks_skipped"] = info["hash_walks_skipped"]
         self.stats["flows_drained"] += drained
         self.stats["table_peak"] = max(self.stats["table_peak"], drained)
         self.stats["drain_ms_last"] = elapsed_ms

@@ -66,7 +66,7 @@ class FailingLoader:
         pass
 
     def slot_info(self) -> dict[str, int]:
-        return {"windows_scanned": 0, "tag_errno": self.tag_errno}
+        return {"windows_scanned": 0, "tag_errno": self.tag_errno, "hash_walks_skipped": 0}
 
     def consume(self) -> tuple[bytes, int]:
         return b"", 0
@@ -346,7 +346,7 @@ class KernelTables:
         pass
 
     def slot_info(self) -> dict[str, int]:
-        return {"windows_scanned": 0, "tag_errno": 0}
+        return {"windows_scanned": 0, "tag_errno": 0, "hash_walks_skipped": 0}
 
     def consume(self) -> tuple[bytes, int]:
         return b"", 0

@@ -33,6 +33,7 @@
 
 #define E2BIG_ 7
 #define EEXIST_ 17
+#define EINVAL_ 22
 #define ETH_P_8021AD_ 0x88A8
 #define MAX_VLAN_TAGS 2
 #define ETH_P_MPLS_UC_ 0x8847
@@ -749,6 +750,25 @@ static __always_inline void not_in_table(struct pkt_info *pi, __u64 segs, __u64 
 	}
 }
 
+/* Insert a new flow into hash table `table` (`map`), having marked the table as written by this
+ * CPU first (hash_touched): the loader walks a table only when a CPU marked it, so the mark
+ * must never miss an entry. It is set before the insert in the same run, and the loader reads
+ * it only after the flip and an RCU grace period (every program that wrote the table has
+ * returned), so a table with an entry has a mark. A write only when the mark is not set yet:
+ * once per table and drain on each CPU. Without the mark (no such entry: not expected) the
+ * flow is not inserted: not_in_table() counts its packet. */
+static __always_inline long hash_insert(void *map, __u32 table, const struct flow_key *key,
+					const struct flow_metrics *nm)
+{
+	__u64 *mark = bpf_map_lookup_elem(&hash_touched, &table);
+
+	if (!mark)		/* (never: table < FLOW_MAPS) not inserted unmarked: counted */
+		return -EINVAL_;
+	if (!*mark)
+		*mark = 1;
+	return bpf_map_update_elem(map, key, nm, BPF_NOEXIST);
+}
+
 /* Add one packet to the flow table `map`; hand it to not_in_table() when it cannot. */
 static __always_inline void account(void *map, __u32 table, struct pkt_info *pi, __u64 segs,
 				    __u64 bytes, struct flow_counters *cnt)
@@ -761,7 +781,7 @@ static __always_inline void account(void *map, __u32 table, struct pkt_info *pi,
 					   .last_ns = now, .tcp_flags = pi->tcp_flags };
 		/* E2BIG: table full; ENOMEM (no-prealloc maps), EDEADLK/ETIMEDOUT (bucket lock,
 		 * 6.15+): not inserted either */
-		long err = bpf_map_update_elem(map, &pi->key, &nm, BPF_NOEXIST);
+		long err = hash_insert(map, table, &pi->key, &nm);
 
 		if (!err) {
 			cnt->v[CNT_HASH_NEW]++;
