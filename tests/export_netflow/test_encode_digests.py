@@ -46,7 +46,8 @@ def random_batch(schema: FlowSchema, n: int, seed: int) -> FlowBatch:
         f[column] = [bytes(b) for b in rng.integers(0, 256, (n, 16), np.uint8)]
     routed = rng.integers(0, 4, n)  # 0: none, 1: next hop, 2: masks only, 3: both
     hops = rng.integers(0, 256, (n, 16), np.uint8)
-    f["next_hop"] = [bytes(h) if r in (1, 3) else bytes(16) for h, r in zip(hops, routed, strict=True)]
+    f["next_hop"] = [bytes(h) if r in (1, 3) else bytes(16)
+                     for h, r in zip(hops, routed, strict=True)]
     f["src_mask"] = np.where(routed >= 2, rng.integers(0, 129, n), 0)
     f["dst_mask"] = np.where(routed == 2, rng.integers(1, 129, n), 0)
     big = rng.integers(0, 8, n) == 0  # some counters over 32 bits
