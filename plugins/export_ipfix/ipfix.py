@@ -31,15 +31,19 @@ import numpy as np
 from netflow_agent.api import (
     IE_BY_ID,
     VARIABLE_LENGTH,
+    Constant,
     EncodeError,
+    EpochMs,
     FlowBatch,
     FlowField,
     FlowRecord,
+    IcmpTypeCode,
     PackedRecords,
+    RowClasses,
     any_bytes,
+    classify_rows,
     flow_columns,
     flow_schema,
-    group_rows,
     join_records,
     pack_template,
     template_dtype,
@@ -550,15 +554,19 @@ def _make_layout(ip_version: int, icmp: bool, routed: bool, micro: bool = False,
                         fields + tuple((f.element(ip_version), f.width) for f in extra),
                         0, name, extra)
 
+    # computed in the C pass with the plain fields: flowStart/EndMilliseconds, icmpTypeCode
+    # (these templates' rows are all ICMP: their destination port), selectorId
+    derived: dict[int, IcmpTypeCode | Constant | EpochMs] = {
+        32: IcmpTypeCode(), 139: IcmpTypeCode(), 302: Constant(selector_id)}
+    if not micro:
+        derived.update({152: EpochMs("start_ns"), 153: EpochMs("end_ns")})
+
     def pack(flows: np.ndarray, rows: np.ndarray | None = None) -> PackedRecords:
         def column(name: str) -> np.ndarray:
             return flows[name] if rows is None else flows[name][rows]
 
-        special = _times(column, micro)
-        special[32] = special[139] = lambda n: column("dst_port")  # icmpTypeCode
-        special[302] = lambda n: np.full(len(flows) if rows is None else len(rows),
-                                         selector_id, np.uint8)
-        return pack_template(flows, fields, extra, special, rows)
+        special = _times(column, micro) if micro else None  # NTP times: NumPy
+        return pack_template(flows, fields, extra, special, rows, derived=derived)
 
     assert template_dtype(fields, extra).itemsize == template.record_length
     return FlowLayout(template, pack, ip_version, micro, row_class)
@@ -617,19 +625,26 @@ def encode_flow_groups(
     """
     flows = flow_columns(records, on_error)
     micro = next(iter(layouts.values())).micro
-    if not micro and len(flows):
+    classes = flow_classes(flows)
+    if not micro and classes.lowest < 0:
         bad = (flows["start_ns"] < 0) | (flows["end_ns"] < 0)
-        if bad.any():
-            for r in FlowBatch("", flows[bad]).records():
-                on_error(r, EncodeError("flow time before 1970 (dateTimeMilliseconds)"))
-            flows = flows[~bad]
-    by_class = group_rows(flow_template_ids(flows))
+        for r in FlowBatch("", flows[bad]).records():
+            on_error(r, EncodeError("flow time before 1970 (dateTimeMilliseconds)"))
+        flows = flows[~bad]
+        classes = flow_classes(flows)
+    by_class = {FLOW_TEMPLATE_BASE + c: rows for c, rows in classes.rows.items()}
     groups = []
     for layout in layouts.values():
         if layout.row_class in by_class:  # the template's rows, packed where they lie
             groups.append(DataGroup(layout.template,
                                     layout.pack(flows, by_class[layout.row_class])))
     return groups
+
+
+def flow_classes(flows: np.ndarray) -> RowClasses:
+    """Each row's template (:func:`flow_template_id` less :data:`FLOW_TEMPLATE_BASE`) and
+    the batch's times, in one pass (:func:`~agent.wire.classify_rows`)."""
+    return classify_rows(flows, v6=1, icmp=2, routed=4, v6_exact=True)
 
 
 # --- reading back (loss accounting) --------------------------------------------------------
