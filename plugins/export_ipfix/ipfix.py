@@ -44,6 +44,7 @@ from netflow_agent.api import (
     classify_rows,
     flow_columns,
     flow_schema,
+    frame_packets,
     join_records,
     pack_template,
     template_dtype,
@@ -58,6 +59,7 @@ SEQUENCE_MODULO = 1 << 32
 
 # Version, Length, Export Time, Sequence Number, Observation Domain ID (section 3.1)
 HEADER = struct.Struct("!HHIII")
+_SEQUENCE_AT = 8  # the sequence number's offset in HEADER
 # Set ID, Length (section 3.3.2)
 SET_HEADER = struct.Struct("!HH")
 # Template ID, Field Count (section 3.4.1)
@@ -328,25 +330,24 @@ class _MessageBuilder:
         count = (n - i - 1) // k  # only messages the slow path would close too
         if s.refresh_packets:
             count = min(count, s.refresh_packets - s.messages_since_templates)
+        if count <= 0:
+            return i
         body = k * fixed
         pad = _pad(SET_HEADER.size + body)
         length = HEADER.size + SET_HEADER.size + body + pad
         set_head = SET_HEADER.pack(template.template_id, SET_HEADER.size + body + pad)
-        tail = bytes(pad)
-        seq, odid, export_time = s.sequence, s.observation_domain_id, self.export_time
-        append, pack = self.out.append, HEADER.pack
-        for _ in range(max(count, 0)):
-            append(Message(b"".join((pack(VERSION, length, export_time, seq, odid), set_head,
-                                     block[i * fixed:i * fixed + body], tail)), k))
-            seq = (seq + k) % SEQUENCE_MODULO
-            i += k
-        if count > 0:
-            s.sequence = seq
-            s.messages += count
-            s.records += count * k
-            s.octets += count * length
-            s.messages_since_templates += count
-        return i
+        head = HEADER.pack(VERSION, length, self.export_time, 0, s.observation_domain_id)
+        # each message: the header with its sequence number (k more each), the set header,
+        # k records, padding; in C, one bytes object per message (agent/_wirepack.c)
+        self.out += [Message(data, k) for data in frame_packets(
+            block, i * fixed, body, count, head, _SEQUENCE_AT, s.sequence, set_head,
+            bytes(pad), seq_step=k)]
+        s.sequence = (s.sequence + count * k) % SEQUENCE_MODULO
+        s.messages += count
+        s.records += count * k
+        s.octets += count * length
+        s.messages_since_templates += count
+        return i + count * k
 
     def _fit(self, records: Sequence[bytes], start: int, fixed: int) -> int:
         """Index after the last record (from ``start``) that fits into the current message."""

@@ -107,8 +107,9 @@ def v5_datagrams(batch: FlowBatch, part_rows: int) -> list[bytes]:
     return out
 
 
-def ipfix_datagrams(batch: FlowBatch, micro: bool, selector: int, part_rows: int) -> list[bytes]:
-    session = ipfix.Session(9, refresh_packets=5)
+def ipfix_datagrams(batch: FlowBatch, micro: bool, selector: int, part_rows: int,
+                    refresh: int = 5) -> list[bytes]:
+    session = ipfix.Session(9, refresh_packets=refresh)
     layouts = ipfix.flow_layouts(micro, selector_id=selector)
     errors: list[str] = []
     out: list[bytes] = []
@@ -136,6 +137,7 @@ CASES = {
     "ipfix-us": lambda b: ipfix_datagrams(b, True, 0, 1000),
     "ipfix-sel": lambda b: ipfix_datagrams(b, False, 3, 5000),
     "ipfix-neg": ipfix_with_negative_time,
+    "ipfix-tcp": lambda b: ipfix_datagrams(b, False, 0, 5000, refresh=0),
 }
 
 #: main's digests at 4f6f381 (default schema; MAC, VLAN and MPLS fields)
@@ -143,6 +145,7 @@ DIGESTS: dict[tuple[str, str], str] = {
     ("ipfix-ms", "default"): "cb86b120f95be8437a786e02df4ca4a1bf0cc1b573b862784662c8aead19dca8",
     ("ipfix-neg", "default"): "14262bd21898119e5bf65f755d7387226cafa3eee37edc20d2f623d3d1dec9c8",
     ("ipfix-sel", "default"): "ad983f7b098c33a3bd5f2c9cc02c5f52182a65628932355db08644d578551c61",
+    ("ipfix-tcp", "default"): "7541c2c26c18ea780efd8e68fbd7bf849705a479d2af4c2623e39aa0432f0429",
     ("ipfix-us", "default"): "cdbae09935cfb6230ddb2b0ef46e88a26b2faa62dda294344039131416aa7cef",
     ("v5", "default"): "4f9a23ab330f163aca012f5a447f4791eed340a4f7dcbf99e874c9da9d759925",
     ("v9-32", "default"): "9749e18719aa518eca704ed4450fa6ff5a7a766f1dea7a1e2447987bed9ec2a5",
@@ -151,6 +154,7 @@ DIGESTS: dict[tuple[str, str], str] = {
     ("ipfix-ms", "l2"): "a61e678b95016ba99ef0c535103f0e796f48d6d566b504fc9259d932946a2358",
     ("ipfix-neg", "l2"): "c05b2762f8cf7e827f19693e4d4827c5a07b82554a42373defe9adb8ffb403e5",
     ("ipfix-sel", "l2"): "0d33b3c856da0ad9c25deae01c181a4f10734b0c3ae358ea01ebda2bba0d21c8",
+    ("ipfix-tcp", "l2"): "0b53bba901e85f927e475574500f103f5b3d8ba6c99f854cc2198a1c77a7f60c",
     ("ipfix-us", "l2"): "bfe443abe8c946fa4afd3924484dbd7d60c811b098deae23c4df74c349076d0c",
     ("v5", "l2"): "4f9a23ab330f163aca012f5a447f4791eed340a4f7dcbf99e874c9da9d759925",
     ("v9-32", "l2"): "1c0a156f3b579697881544db6b1f46d65e6e7650d6b1a707267b9ebd41aea553",
