@@ -251,6 +251,10 @@ def address_column(flows: np.ndarray, name: str, width: int) -> np.ndarray:
     return np.ascontiguousarray(flows[name]).view(np.uint8).reshape(-1, 16)[:, :width]
 
 
+#: the IE id of a padding field (:func:`template_dtype`): zero bytes, no column
+PADDING = 0
+
+
 def _is_bytes(ie: int, length: int) -> bool:
     known = BY_ID.get(ie)
     return length not in _NATIVE_WIDTHS or (known is not None
@@ -262,10 +266,17 @@ def template_dtype(fields: Sequence[tuple[int, int]],
     """The packed big-endian record of a template: ``fields`` (named ``ie<id>``) then the
     schema fields ``extra`` (named as their columns).
 
-    :param fields: ``(IE id, length)`` pairs before ``extra``, in wire order.
+    :param fields: ``(IE id, length)`` pairs before ``extra``, in wire order; IE 0
+        (reserved by IANA) is ``length`` zero bytes (a fixed layout's padding: NetFlow v5),
+        named ``pad0``, ``pad1``... in their order.
     """
     spec: list[tuple[Any, ...]] = []
+    pads = 0
     for ie, length in fields:
+        if ie == PADDING:
+            spec.append((f"pad{pads}", "u1", (length,)))
+            pads += 1
+            continue
         spec.append((f"ie{ie}", "u1", (length,)) if _is_bytes(ie, length)
                     else (f"ie{ie}", f">u{length}"))
     spec += [(f.name, wire_code(f)) for f in extra]
@@ -357,7 +368,8 @@ def pack_template(flows: np.ndarray, fields: Sequence[tuple[int, int]],
 
     :param fields: the template's ``(IE id, length)`` pairs before ``extra``. Each is written
         from the column :data:`agent.ie.FLOW_FIELDS` names (addresses: their first
-        ``length`` bytes; integers: reduced to ``length`` bytes) unless ``special`` has it.
+        ``length`` bytes; integers: reduced to ``length`` bytes) unless ``special`` has it;
+        IE 0 (:data:`PADDING`) is ``length`` zero bytes.
     :param extra: the schema fields at the end of the template.
     :param special: IE id -> ``f(length)`` returning its values (a column, or one value for
         every row; with ``rows``, for those rows): the format's own conversions (times,
@@ -365,10 +377,10 @@ def pack_template(flows: np.ndarray, fields: Sequence[tuple[int, int]],
     :param rows: row numbers of ``flows`` to write (``None``: all, in order): integers
         (not bools) from 0 to ``len(flows) - 1``.
     :param derived: IE id -> a field computed from its row (:class:`UptimeMs`,
-        :class:`IcmpTypeCode`), written in the same pass as the plain fields (C), or by
-        NumPy where they take the cast; the bytes are the same either way. IEs that are
-        not in ``fields`` (or that ``special`` has) are ignored, so one mapping serves
-        every template of a format.
+        :class:`IcmpTypeCode`, :class:`EpochMs`, :class:`Constant`), written in the same
+        pass as the plain fields (C), or by NumPy where they take the cast; the bytes are
+        the same either way. IEs that are not in ``fields`` (or that ``special`` has) are
+        ignored, so one mapping serves every template of a format.
     :param base_ns: the base of the :class:`UptimeMs` fields.
     :raise ValueError: a row number that is not one of ``flows``' rows, or not an integer.
     """
@@ -394,7 +406,10 @@ def pack_template(flows: np.ndarray, fields: Sequence[tuple[int, int]],
         rows = _checked_rows(rows, len(flows))
         if ops is None or extra:  # NumPy writes from the rows' copy
             flows, rows = flows.take(rows), None
-    out = np.empty(len(flows) if rows is None else len(rows), dtype)
+    padded = any(ie == PADDING for ie, _ in plain)
+    out = (np.zeros if padded else np.empty)(len(flows) if rows is None else len(rows), dtype)
+    if padded:
+        plain = tuple((ie, length) for ie, length in plain if ie != PADDING)
     if (plain or (computed and ops is not None)) and len(out):
         # every plain (and computed) field in one pass: C, else one structured cast
         if ops is not None:
@@ -504,7 +519,12 @@ def _field_copies(record: np.dtype, fields: tuple[tuple[int, int], ...],
     ops: list[tuple[int, int, int, int]] = []
     columns: Mapping[str, Any] = record.fields or {}
     packed: Mapping[str, Any] = out.fields or {}
+    pads = 0
     for ie, length in fields:
+        if ie == PADDING:
+            ops.append((0, packed[f"pad{pads}"][1], length, _ZERO))
+            pads += 1
+            continue
         column, offset = columns[_COLUMN_OF_IE[ie]][:2]
         at = packed[f"ie{ie}"][1]
         if _is_bytes(ie, length):
