@@ -93,6 +93,10 @@ class Template:
     scope_count: int = 0
     name: str = ""
     extra: tuple[FlowField, ...] = ()
+    #: :meth:`encode`'s bytes and :attr:`record_length`, built once (every message that
+    #: announces or refreshes the template used to build them again)
+    _record: bytes = field(init=False, repr=False, compare=False)
+    _length: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not MIN_TEMPLATE_ID <= self.template_id <= 0xFFFF:
@@ -102,6 +106,10 @@ class Template:
         for ie_id, length in self.fields[:len(self.fields) - len(self.extra)]:
             if ie_id not in IE_BY_ID or length <= 0:
                 raise ValueError(f"template {self.template_id}: bad field ({ie_id}, {length})")
+        object.__setattr__(self, "_record", self._build())
+        fixed = all(length != VARIABLE_LENGTH for _, length in self.fields)
+        object.__setattr__(self, "_length",
+                           sum(length for _, length in self.fields) if fixed else 0)
 
     @property
     def is_options(self) -> bool:
@@ -116,12 +124,13 @@ class Template:
     @property
     def record_length(self) -> int:
         """Length of every Data Record of this template; 0 when a field is variable-length."""
-        if any(length == VARIABLE_LENGTH for _, length in self.fields):
-            return 0
-        return sum(length for _, length in self.fields)
+        return self._length
 
     def encode(self) -> bytes:
         """The (Options) Template Record, without set header."""
+        return self._record
+
+    def _build(self) -> bytes:
         count = len(self.fields)
         if self.is_options:
             head = OPTIONS_TEMPLATE_HEADER.pack(self.template_id, count, self.scope_count)
