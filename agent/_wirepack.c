@@ -217,7 +217,7 @@ static int check_rows(const Py_buffer *rows, size_t n)
  * call (compile_ops), not per field of every row. */
 enum {
 	C_COPY1, C_COPY2, C_COPY4, C_COPY8, C_COPY16, C_COPYN, C_SWAP2, C_SWAP4, C_SWAP8, C_SWAPN,
-	C_ZERO, C_DERIVED,
+	C_ZERO, C_MS_SINCE, C_ICMP, C_DERIVED,
 };
 
 struct runop {
@@ -248,7 +248,11 @@ static void compile_ops(struct runop *run, const struct fieldop *op, size_t n)
 	for (size_t i = 0; i < n; i++, op++) {
 		uint32_t kind = OP_KIND(op->kind), code;
 
-		if (kind >= OP_MS_SINCE)
+		if (kind == OP_MS_SINCE)
+			code = C_MS_SINCE;
+		else if (kind == OP_ICMP)
+			code = C_ICMP;
+		else if (kind > OP_ICMP)
 			code = C_DERIVED;
 		else if (kind == OP_ZERO)
 			code = C_ZERO;
@@ -305,6 +309,19 @@ static void pack_loop(uint8_t *dst, const uint8_t *base, size_t stride, const in
 					       v = __builtin_bswap64(v); memcpy(to, &v, 8)); break;
 			case C_SWAPN: EACH_ROW(copy_op(to, src, o->op)); break;
 			case C_ZERO: EACH_ROW(memset(to, 0, o->len)); break;
+			case C_MS_SINCE: EACH_ROW(uint32_t v = __builtin_bswap32(ms_since(src, since));
+						  memcpy(to, &v, 4)); break;
+			case C_ICMP: {
+				uint32_t at = o->op->kind >> 8;
+
+				EACH_ROW(uint8_t p = rowp[j][at]; uint16_t v = 0;
+					 if (p == 1 || p == 58) {
+						 memcpy(&v, src, 2);
+						 v = __builtin_bswap16(v);
+					 }
+					 memcpy(to, &v, 2));
+				break;
+			}
 			default: EACH_ROW(derived_op(to, rowp[j], o->op, since)); break;
 			}
 		}
