@@ -22,11 +22,20 @@
  * else 0). What NumPy did for them per template (a gather of each column at the template's
  * rows, the arithmetic, a strided assignment into the records) is done in the same pass.
  *
+ * IPFIX's ms since the epoch and a constant (selectorId) are two more kinds. The ops run
+ * over 64 rows at a time, each op's loop chosen once per block, and write into `out` or a
+ * new bytes object (the records without an array copied out by tobytes()).
+ *
  * frame() cuts whole export packets from such a block of records: a header whose sequence
- * number counts up, a set header, the next records, padding; one bytes object each, what a
- * b"".join per packet in Python built (v9's full packets, plugins/export_netflow/v9.py).
- * pack_rows' swaps turn native integers into network order on a little-endian host:
- * agent/wire.py uses it only there (np.little_endian).
+ * number counts up (by 1 or by the records of a packet), a set header, the next records,
+ * padding; one bytes object each, what a b"".join per packet in Python built (v9's, v5's
+ * and IPFIX's full packets). pack_rows' swaps turn native integers into network order on
+ * a little-endian host: agent/wire.py uses it only there (np.little_endian).
+ *
+ * classify() is the encoders' one pass over a part's rows before packing (agent/wire.py's
+ * classify_rows): each row's template class (IPv6, routed, ICMP), the rows grouped by class
+ * in row order, the latest/earliest/lowest times and the largest counter, which NumPy took
+ * a dozen passes and a stable sort for.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

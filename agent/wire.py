@@ -14,6 +14,8 @@ object per flow):
   width (an MPLS label stack entry: 3 bytes) as the low ``width`` bytes of the value
   (RFC 7011 section 6.2 reduced-size encoding), ``bytes`` fields (MAC addresses) as they are
   (:func:`wire_dtype`, :func:`wire_columns`);
+* :func:`classify_rows`: each row's template class and the batch's times and counters, in
+  one C pass (``_wirepack.classify``);
 * the loops per record and per packet in C (``agent/_wirepack.c``): :func:`pack_template`'s
   plain fields (one pass over a template's rows, where they lie unless the template has
   schema fields; NumPy's structured cast where a field is not a copy, a reversed copy or a
