@@ -35,9 +35,10 @@ Groups (see ``docs/hooks.md``):
   :class:`FlowSchema` and :func:`flow_schema` (the active one: key layout, record columns,
   the fields exporters add to their templates);
 * export records from columns (``agent/wire.py``): :func:`flow_columns`,
-  :func:`pack_template` (its computed fields :class:`UptimeMs`, :class:`IcmpTypeCode`),
-  :func:`template_dtype`, :func:`address_column`,
-  :func:`group_rows`, :func:`rows_of`, :func:`any_bytes`,
+  :func:`pack_template` (its computed fields :class:`UptimeMs`, :class:`IcmpTypeCode`,
+  :class:`EpochMs`, :class:`Constant`), :func:`template_dtype`, :func:`address_column`,
+  :func:`group_rows`, :func:`classify_rows` (:class:`RowClasses`), :func:`rows_of`,
+  :func:`any_bytes`,
   :class:`PackedRecords`, :func:`join_records`, :func:`frame_packets`, :func:`wire_columns`,
   :func:`wire_dtype`;
 * network namespaces: :func:`run_in_netns`, :class:`NetnsScope`, :func:`netns_path`,
@@ -159,11 +160,15 @@ from netflow_agent.tunnels import (
     make_parser,
 )
 from netflow_agent.wire import (
+    Constant,
+    EpochMs,
     IcmpTypeCode,
     PackedRecords,
+    RowClasses,
     UptimeMs,
     address_column,
     any_bytes,
+    classify_rows,
     flow_columns,
     frame_packets,
     group_rows,
@@ -176,7 +181,7 @@ from netflow_agent.wire import (
 )
 
 #: ``(major, minor)`` of this plugin API (see the module docstring).
-API_VERSION = (3, 7)
+API_VERSION = (3, 8)
 
 __all__ = [
     "API_VERSION",
@@ -264,11 +269,15 @@ __all__ = [
     "information_element",
     "concat",
     "flow_schema",
+    "Constant",
+    "EpochMs",
     "IcmpTypeCode",
     "PackedRecords",
+    "RowClasses",
     "UptimeMs",
     "address_column",
     "any_bytes",
+    "classify_rows",
     "flow_columns",
     "frame_packets",
     "group_rows",

@@ -14,6 +14,8 @@ object per flow):
   width (an MPLS label stack entry: 3 bytes) as the low ``width`` bytes of the value
   (RFC 7011 section 6.2 reduced-size encoding), ``bytes`` fields (MAC addresses) as they are
   (:func:`wire_dtype`, :func:`wire_columns`);
+* :func:`classify_rows`: each row's template class and the batch's times and counters, in
+  one C pass (``_wirepack.classify``);
 * the loops per record and per packet in C (``agent/_wirepack.c``): :func:`pack_template`'s
   plain fields (one pass over a template's rows, where they lie unless the template has
   schema fields; NumPy's structured cast where a field is not a copy, a reversed copy or a
@@ -41,8 +43,9 @@ from .model import FlowBatch, FlowRecord
 from .schema import FlowField
 
 __all__ = [
-    "IcmpTypeCode", "PackedRecords", "UptimeMs", "address_column", "any_bytes", "flow_columns",
-    "frame_packets", "group_rows", "join_records", "pack_template", "rows_of",
+    "IcmpTypeCode", "PackedRecords", "RowClasses", "UptimeMs", "address_column", "any_bytes",
+    "classify_rows", "flow_columns", "frame_packets", "group_rows", "join_records",
+    "pack_template", "rows_of",
     "template_dtype", "wire_code", "wire_columns", "wire_dtype",
 ]
 
@@ -141,6 +144,99 @@ def group_rows(classes: np.ndarray) -> dict[int, np.ndarray | None]:
             if bounds[c + 1] > bounds[c]}
 
 
+@dataclass(frozen=True, slots=True)
+class RowClasses:
+    """What one pass over a batch's rows tells the encoders (:func:`classify_rows`).
+
+    :ivar rows: class -> its ascending row numbers, as :func:`group_rows` gives them
+        (``None``: every row has that class).
+    :ivar latest: the latest start or end time (0 without rows).
+    :ivar earliest: the earliest start time that is not 0 (0: none).
+    :ivar lowest: the earliest start or end time (0 without rows).
+    :ivar largest: the largest packets or octets counter (0 without rows).
+    """
+
+    rows: dict[int, np.ndarray | None]
+    latest: int
+    earliest: int
+    lowest: int
+    largest: int
+
+
+#: the columns :func:`classify_rows` reads in C, and their native types
+_CLASSIFY_COLUMNS = {"ip_version": "u1", "next_hop": "V16", "src_mask": "u1",
+                     "dst_mask": "u1", "protocol": "u1", "packets": "<u8", "octets": "<u8",
+                     "start_ns": "<i8", "end_ns": "<i8"}
+
+
+def classify_rows(flows: np.ndarray, *, v6: int = 0, routed: int = 0, icmp: int = 0,
+                  v6_exact: bool = False) -> RowClasses:
+    """Each row's template class, its rows grouped, and the batch's times and counters.
+
+    A row's class is ``v6 * IPv6 + routed * routed + icmp * ICMP`` (below 8): IPv6 means an
+    ``ip_version`` other than 4 (``v6_exact``: equal to 6), routed a next hop that is not
+    all zeros or a prefix length that is not 0, ICMP protocol 1 or 58. One pass in C
+    (``_wirepack.classify``) where NumPy made a dozen (the class's parts, a stable sort, the
+    times' and counters' reductions); NumPy where the record array is not C-contiguous or
+    its columns are not the native ones.
+    """
+    offsets = _classify_offsets(flows.dtype) if flows.flags.c_contiguous else None
+    if offsets is None:
+        return _classify_numpy(flows, v6, routed, icmp, v6_exact)
+    rows, counts, latest, earliest, lowest, largest = _wirepack.classify(
+        flows, flows.itemsize, **offsets, v6_exact=v6_exact, v6_weight=v6,
+        routed_weight=routed, icmp_weight=icmp)
+    if rows is None:
+        return RowClasses({c: None for c, k in enumerate(counts) if k}, latest, earliest,
+                          lowest, largest)
+    order = np.frombuffer(rows, np.int64)
+    groups: dict[int, np.ndarray | None] = {}
+    at = 0
+    for c, k in enumerate(counts):
+        if k:
+            groups[c] = order[at:at + k]
+            at += k
+    return RowClasses(groups, latest, earliest, lowest, largest)
+
+
+@lru_cache(maxsize=16)  # a run has one record dtype or a few (schema changes)
+def _classify_offsets(record: np.dtype) -> dict[str, int] | None:
+    """``_wirepack.classify``'s column offsets in ``record``; ``None``: NumPy's path."""
+    columns: Mapping[str, Any] = record.fields or {}
+    names = {"ip_version": "version", "next_hop": "next_hop", "src_mask": "src_mask",
+             "dst_mask": "dst_mask", "protocol": "protocol", "packets": "packets",
+             "octets": "octets", "start_ns": "start", "end_ns": "end"}
+    if not np.little_endian:
+        return None
+    out = {}
+    for column, code in _CLASSIFY_COLUMNS.items():
+        found = columns.get(column)
+        if found is None or found[0] != np.dtype(code):
+            return None
+        out[names[column]] = found[1]
+    return out
+
+
+def _classify_numpy(flows: np.ndarray, v6: int, routed: int, icmp: int,
+                    v6_exact: bool) -> RowClasses:
+    """:func:`classify_rows` in NumPy (its reference)."""
+    version = flows["ip_version"]
+    is_v6 = (version == 6) if v6_exact else (version != 4)
+    protocol = flows["protocol"]
+    is_routed = (any_bytes(flows["next_hop"]) | (flows["src_mask"] != 0)
+                 | (flows["dst_mask"] != 0))
+    classes = (v6 * is_v6.astype(np.uint8) + routed * is_routed.astype(np.uint8)
+               + icmp * ((protocol == 1) | (protocol == 58)).astype(np.uint8))
+    if not len(flows):
+        return RowClasses({}, 0, 0, 0, 0)
+    starts, ends = flows["start_ns"], flows["end_ns"]
+    known = starts[starts != 0]
+    return RowClasses(
+        group_rows(classes), max(int(starts.max()), int(ends.max())),
+        int(known.min()) if len(known) else 0, min(int(starts.min()), int(ends.min())),
+        max(int(flows["packets"].max()), int(flows["octets"].max())))
+
+
 def rows_of(flows: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
     """``flows`` at ``rows`` (from :func:`group_rows`; ``None``: all of them, no copy)."""
     return flows if rows is None else flows.take(rows)
@@ -157,6 +253,10 @@ def address_column(flows: np.ndarray, name: str, width: int) -> np.ndarray:
     return np.ascontiguousarray(flows[name]).view(np.uint8).reshape(-1, 16)[:, :width]
 
 
+#: the IE id of a padding field (:func:`template_dtype`): zero bytes, no column
+PADDING = 0
+
+
 def _is_bytes(ie: int, length: int) -> bool:
     known = BY_ID.get(ie)
     return length not in _NATIVE_WIDTHS or (known is not None
@@ -168,10 +268,17 @@ def template_dtype(fields: Sequence[tuple[int, int]],
     """The packed big-endian record of a template: ``fields`` (named ``ie<id>``) then the
     schema fields ``extra`` (named as their columns).
 
-    :param fields: ``(IE id, length)`` pairs before ``extra``, in wire order.
+    :param fields: ``(IE id, length)`` pairs before ``extra``, in wire order; IE 0
+        (reserved by IANA) is ``length`` zero bytes (a fixed layout's padding: NetFlow v5),
+        named ``pad0``, ``pad1``... in their order.
     """
     spec: list[tuple[Any, ...]] = []
+    pads = 0
     for ie, length in fields:
+        if ie == PADDING:
+            spec.append((f"pad{pads}", "u1", (length,)))
+            pads += 1
+            continue
         spec.append((f"ie{ie}", "u1", (length,)) if _is_bytes(ie, length)
                     else (f"ie{ie}", f">u{length}"))
     spec += [(f.name, wire_code(f)) for f in extra]
@@ -223,8 +330,33 @@ class IcmpTypeCode:
         return np.where((protocol == 1) | (protocol == 58), flows[self.port], 0)
 
 
+@dataclass(frozen=True, slots=True)
+class EpochMs:
+    """An 8-byte field of the whole milliseconds of the int64 ns column ``column``,
+    ``floor(ns / 10**6)`` (IPFIX's dateTimeMilliseconds: flowStart/EndMilliseconds; the
+    encoder keeps times before 1970 out)."""
+
+    column: str
+
+    def values(self, flows: np.ndarray, base_ns: int) -> np.ndarray:
+        """The field's values for every row of ``flows`` (NumPy: the C op's reference)."""
+        return flows[self.column] // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Constant:
+    """A 1-, 2- or 4-byte field of the same unsigned ``value`` in every record (IPFIX's
+    selectorId while flow sampling is on)."""
+
+    value: int
+
+    def values(self, flows: np.ndarray, base_ns: int) -> np.ndarray:
+        """The field's values for every row of ``flows``."""
+        return np.full(len(flows), self.value, np.uint64)
+
+
 #: a field :func:`pack_template` computes from its row (``derived``)
-Derived = UptimeMs | IcmpTypeCode
+Derived = UptimeMs | IcmpTypeCode | EpochMs | Constant
 
 
 def pack_template(flows: np.ndarray, fields: Sequence[tuple[int, int]],
@@ -238,7 +370,8 @@ def pack_template(flows: np.ndarray, fields: Sequence[tuple[int, int]],
 
     :param fields: the template's ``(IE id, length)`` pairs before ``extra``. Each is written
         from the column :data:`agent.ie.FLOW_FIELDS` names (addresses: their first
-        ``length`` bytes; integers: reduced to ``length`` bytes) unless ``special`` has it.
+        ``length`` bytes; integers: reduced to ``length`` bytes) unless ``special`` has it;
+        IE 0 (:data:`PADDING`) is ``length`` zero bytes.
     :param extra: the schema fields at the end of the template.
     :param special: IE id -> ``f(length)`` returning its values (a column, or one value for
         every row; with ``rows``, for those rows): the format's own conversions (times,
@@ -246,10 +379,10 @@ def pack_template(flows: np.ndarray, fields: Sequence[tuple[int, int]],
     :param rows: row numbers of ``flows`` to write (``None``: all, in order): integers
         (not bools) from 0 to ``len(flows) - 1``.
     :param derived: IE id -> a field computed from its row (:class:`UptimeMs`,
-        :class:`IcmpTypeCode`), written in the same pass as the plain fields (C), or by
-        NumPy where they take the cast; the bytes are the same either way. IEs that are
-        not in ``fields`` (or that ``special`` has) are ignored, so one mapping serves
-        every template of a format.
+        :class:`IcmpTypeCode`, :class:`EpochMs`, :class:`Constant`), written in the same
+        pass as the plain fields (C), or by NumPy where they take the cast; the bytes are
+        the same either way. IEs that are not in ``fields`` (or that ``special`` has) are
+        ignored, so one mapping serves every template of a format.
     :param base_ns: the base of the :class:`UptimeMs` fields.
     :raise ValueError: a row number that is not one of ``flows``' rows, or not an integer.
     """
@@ -263,11 +396,22 @@ def pack_template(flows: np.ndarray, fields: Sequence[tuple[int, int]],
                   if ie not in special and ie not in dict(computed))
     ops = (_pack_ops(flows.dtype, plain, dtype, computed) if flows.flags.c_contiguous
            else None)
+    if ops is not None and not extra and len(plain) + len(computed) == len(fields):
+        # every field in C, straight into the bytes of the records (no array, no copy)
+        if rows is not None and not (isinstance(rows, np.ndarray) and rows.dtype == np.int64
+                                     and rows.ndim == 1 and rows.flags.c_contiguous):
+            rows = _checked_rows(rows, len(flows))  # C checks int64 rows' range itself
+        return PackedRecords(_wirepack.pack_rows(flows, flows.itemsize, ops, None,
+                                                 dtype.itemsize, rows, base_ns),
+                             dtype.itemsize)
     if rows is not None:
         rows = _checked_rows(rows, len(flows))
         if ops is None or extra:  # NumPy writes from the rows' copy
             flows, rows = flows.take(rows), None
-    out = np.empty(len(flows) if rows is None else len(rows), dtype)
+    padded = any(ie == PADDING for ie, _ in plain)
+    out = (np.zeros if padded else np.empty)(len(flows) if rows is None else len(rows), dtype)
+    if padded:
+        plain = tuple((ie, length) for ie, length in plain if ie != PADDING)
     if (plain or (computed and ops is not None)) and len(out):
         # every plain (and computed) field in one pass: C, else one structured cast
         if ops is not None:
@@ -312,8 +456,9 @@ def _template_dtype(fields: tuple[tuple[int, int], ...],
 
 
 #: ``_wirepack.pack_rows`` op kinds: copy, copy reversed (byte swap), write zeros, ms since
-#: a base (len 4), ICMP type/code (len 2; the protocol byte's offset in the kind's bits 8-31)
-_COPY, _SWAP, _ZERO, _MS_SINCE, _ICMP = 0, 1, 2, 3, 4
+#: a base (len 4), ICMP type/code (len 2; the protocol byte's offset in the kind's bits 8-31),
+#: ms since the epoch (len 8), a constant (len 1, 2 or 4: the value in ``src``)
+_COPY, _SWAP, _ZERO, _MS_SINCE, _ICMP, _EPOCH_MS, _CONST = 0, 1, 2, 3, 4, 5, 6
 
 
 @lru_cache(maxsize=_CACHED)
@@ -335,8 +480,9 @@ def _pack_ops(record: np.dtype, fields: tuple[tuple[int, int], ...],
 def _derived_ops(record: np.dtype, derived: tuple[tuple[int, Derived], ...],
                  out: np.dtype) -> bytes | None:
     """The ``pack_rows`` ops of computed fields: :class:`UptimeMs` from a native int64
-    column into a 4-byte field, :class:`IcmpTypeCode` from a native uint16 port and a uint8
-    protocol into a 2-byte field; ``None`` for anything else."""
+    column into a 4-byte field, :class:`EpochMs` into an 8-byte one, :class:`IcmpTypeCode`
+    from a native uint16 port and a uint8 protocol into a 2-byte field, :class:`Constant`
+    into an unsigned 1-, 2- or 4-byte field it fits; ``None`` for anything else."""
     columns: Mapping[str, Any] = record.fields or {}
     packed: Mapping[str, Any] = out.fields or {}
     ops: list[tuple[int, int, int, int]] = []
@@ -349,6 +495,17 @@ def _derived_ops(record: np.dtype, derived: tuple[tuple[int, Derived], ...],
             if column is None or column[0] != np.dtype("<i8") or target[0] != np.dtype(">u4"):
                 return None
             ops.append((column[1], target[1], 4, _MS_SINCE))
+        elif isinstance(field, EpochMs):
+            column = columns.get(field.column)
+            if column is None or column[0] != np.dtype("<i8") or target[0] != np.dtype(">u8"):
+                return None
+            ops.append((column[1], target[1], 8, _EPOCH_MS))
+        elif isinstance(field, Constant):
+            width = target[0].itemsize
+            if (target[0].kind != "u" or width not in (1, 2, 4)
+                    or not 0 <= field.value < 1 << 8 * width):
+                return None
+            ops.append((field.value, target[1], width, _CONST))
         else:
             port, proto = columns.get(field.port), columns.get(field.protocol)
             if (port is None or proto is None or port[0] != np.dtype("<u2")
@@ -364,7 +521,12 @@ def _field_copies(record: np.dtype, fields: tuple[tuple[int, int], ...],
     ops: list[tuple[int, int, int, int]] = []
     columns: Mapping[str, Any] = record.fields or {}
     packed: Mapping[str, Any] = out.fields or {}
+    pads = 0
     for ie, length in fields:
+        if ie == PADDING:
+            ops.append((0, packed[f"pad{pads}"][1], length, _ZERO))
+            pads += 1
+            continue
         column, offset = columns[_COLUMN_OF_IE[ie]][:2]
         at = packed[f"ie{ie}"][1]
         if _is_bytes(ie, length):

@@ -31,15 +31,20 @@ import numpy as np
 from netflow_agent.api import (
     IE_BY_ID,
     VARIABLE_LENGTH,
+    Constant,
     EncodeError,
+    EpochMs,
     FlowBatch,
     FlowField,
     FlowRecord,
+    IcmpTypeCode,
     PackedRecords,
+    RowClasses,
     any_bytes,
+    classify_rows,
     flow_columns,
     flow_schema,
-    group_rows,
+    frame_packets,
     join_records,
     pack_template,
     template_dtype,
@@ -54,6 +59,7 @@ SEQUENCE_MODULO = 1 << 32
 
 # Version, Length, Export Time, Sequence Number, Observation Domain ID (section 3.1)
 HEADER = struct.Struct("!HHIII")
+_SEQUENCE_AT = 8  # the sequence number's offset in HEADER
 # Set ID, Length (section 3.3.2)
 SET_HEADER = struct.Struct("!HH")
 # Template ID, Field Count (section 3.4.1)
@@ -87,6 +93,10 @@ class Template:
     scope_count: int = 0
     name: str = ""
     extra: tuple[FlowField, ...] = ()
+    #: :meth:`encode`'s bytes and :attr:`record_length`, built once (every message that
+    #: announces or refreshes the template used to build them again)
+    _record: bytes = field(init=False, repr=False, compare=False)
+    _length: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not MIN_TEMPLATE_ID <= self.template_id <= 0xFFFF:
@@ -96,6 +106,10 @@ class Template:
         for ie_id, length in self.fields[:len(self.fields) - len(self.extra)]:
             if ie_id not in IE_BY_ID or length <= 0:
                 raise ValueError(f"template {self.template_id}: bad field ({ie_id}, {length})")
+        object.__setattr__(self, "_record", self._build())
+        fixed = all(length != VARIABLE_LENGTH for _, length in self.fields)
+        object.__setattr__(self, "_length",
+                           sum(length for _, length in self.fields) if fixed else 0)
 
     @property
     def is_options(self) -> bool:
@@ -110,12 +124,13 @@ class Template:
     @property
     def record_length(self) -> int:
         """Length of every Data Record of this template; 0 when a field is variable-length."""
-        if any(length == VARIABLE_LENGTH for _, length in self.fields):
-            return 0
-        return sum(length for _, length in self.fields)
+        return self._length
 
     def encode(self) -> bytes:
         """The (Options) Template Record, without set header."""
+        return self._record
+
+    def _build(self) -> bytes:
         count = len(self.fields)
         if self.is_options:
             head = OPTIONS_TEMPLATE_HEADER.pack(self.template_id, count, self.scope_count)
@@ -324,25 +339,24 @@ class _MessageBuilder:
         count = (n - i - 1) // k  # only messages the slow path would close too
         if s.refresh_packets:
             count = min(count, s.refresh_packets - s.messages_since_templates)
+        if count <= 0:
+            return i
         body = k * fixed
         pad = _pad(SET_HEADER.size + body)
         length = HEADER.size + SET_HEADER.size + body + pad
         set_head = SET_HEADER.pack(template.template_id, SET_HEADER.size + body + pad)
-        tail = bytes(pad)
-        seq, odid, export_time = s.sequence, s.observation_domain_id, self.export_time
-        append, pack = self.out.append, HEADER.pack
-        for _ in range(max(count, 0)):
-            append(Message(b"".join((pack(VERSION, length, export_time, seq, odid), set_head,
-                                     block[i * fixed:i * fixed + body], tail)), k))
-            seq = (seq + k) % SEQUENCE_MODULO
-            i += k
-        if count > 0:
-            s.sequence = seq
-            s.messages += count
-            s.records += count * k
-            s.octets += count * length
-            s.messages_since_templates += count
-        return i
+        head = HEADER.pack(VERSION, length, self.export_time, 0, s.observation_domain_id)
+        # each message: the header with its sequence number (k more each), the set header,
+        # k records, padding; in C, one bytes object per message (agent/_wirepack.c)
+        self.out += [Message(data, k) for data in frame_packets(
+            block, i * fixed, body, count, head, _SEQUENCE_AT, s.sequence, set_head,
+            bytes(pad), seq_step=k)]
+        s.sequence = (s.sequence + count * k) % SEQUENCE_MODULO
+        s.messages += count
+        s.records += count * k
+        s.octets += count * length
+        s.messages_since_templates += count
+        return i + count * k
 
     def _fit(self, records: Sequence[bytes], start: int, fixed: int) -> int:
         """Index after the last record (from ``start``) that fits into the current message."""
@@ -550,15 +564,19 @@ def _make_layout(ip_version: int, icmp: bool, routed: bool, micro: bool = False,
                         fields + tuple((f.element(ip_version), f.width) for f in extra),
                         0, name, extra)
 
+    # computed in the C pass with the plain fields: flowStart/EndMilliseconds, icmpTypeCode
+    # (these templates' rows are all ICMP: their destination port), selectorId
+    derived: dict[int, IcmpTypeCode | Constant | EpochMs] = {
+        32: IcmpTypeCode(), 139: IcmpTypeCode(), 302: Constant(selector_id)}
+    if not micro:
+        derived.update({152: EpochMs("start_ns"), 153: EpochMs("end_ns")})
+
     def pack(flows: np.ndarray, rows: np.ndarray | None = None) -> PackedRecords:
         def column(name: str) -> np.ndarray:
             return flows[name] if rows is None else flows[name][rows]
 
-        special = _times(column, micro)
-        special[32] = special[139] = lambda n: column("dst_port")  # icmpTypeCode
-        special[302] = lambda n: np.full(len(flows) if rows is None else len(rows),
-                                         selector_id, np.uint8)
-        return pack_template(flows, fields, extra, special, rows)
+        special = _times(column, micro) if micro else None  # NTP times: NumPy
+        return pack_template(flows, fields, extra, special, rows, derived=derived)
 
     assert template_dtype(fields, extra).itemsize == template.record_length
     return FlowLayout(template, pack, ip_version, micro, row_class)
@@ -617,19 +635,26 @@ def encode_flow_groups(
     """
     flows = flow_columns(records, on_error)
     micro = next(iter(layouts.values())).micro
-    if not micro and len(flows):
+    classes = flow_classes(flows)
+    if not micro and classes.lowest < 0:
         bad = (flows["start_ns"] < 0) | (flows["end_ns"] < 0)
-        if bad.any():
-            for r in FlowBatch("", flows[bad]).records():
-                on_error(r, EncodeError("flow time before 1970 (dateTimeMilliseconds)"))
-            flows = flows[~bad]
-    by_class = group_rows(flow_template_ids(flows))
+        for r in FlowBatch("", flows[bad]).records():
+            on_error(r, EncodeError("flow time before 1970 (dateTimeMilliseconds)"))
+        flows = flows[~bad]
+        classes = flow_classes(flows)
+    by_class = {FLOW_TEMPLATE_BASE + c: rows for c, rows in classes.rows.items()}
     groups = []
     for layout in layouts.values():
         if layout.row_class in by_class:  # the template's rows, packed where they lie
             groups.append(DataGroup(layout.template,
                                     layout.pack(flows, by_class[layout.row_class])))
     return groups
+
+
+def flow_classes(flows: np.ndarray) -> RowClasses:
+    """Each row's template (:func:`flow_template_id` less :data:`FLOW_TEMPLATE_BASE`) and
+    the batch's times, in one pass (:func:`~agent.wire.classify_rows`)."""
+    return classify_rows(flows, v6=1, icmp=2, routed=4, v6_exact=True)
 
 
 # --- reading back (loss accounting) --------------------------------------------------------

@@ -15,8 +15,8 @@ sysUpTime counts from the agent's start.
   restarts a flow before its counters wrap.
 * The record has a fixed layout: the optional flow fields of ``[flow]`` (MAC, VLAN, MPLS,
   physdev, plugin fields) are not exported (a dry run warns).
-* Records are written from the batch columns in bulk (:data:`RECORD_DTYPE`, one NumPy
-  structured array per batch), never one Python object per flow.
+* Records are written from the batch columns in bulk (:data:`RECORD_FIELDS`: one C pass
+  over the IPv4 rows, ``agent/wire.py``), never one Python object per flow.
 * ICMP type/code travel in the destination port (``type << 8 | code``).
 * ``sampling_interval`` (header): mode in the top 2 bits (01 deterministic, 10 random, 11 hash
   flow sampling as ipt_NETFLOW), the
@@ -39,10 +39,15 @@ from netflow_agent.api import (
     FlowBatch,
     FlowRecord,
     PackedRecords,
+    RowClasses,
     Sampling,
-    address_column,
+    UptimeMs,
+    classify_rows,
     flow_columns,
+    frame_packets,
     join_records,
+    pack_template,
+    template_dtype,
 )
 
 from .state import UINT32_MASK, ExportState
@@ -55,22 +60,13 @@ COUNTER_MAX = UINT32_MASK
 # version(2) count(2) sys_uptime(4, ms) unix_secs(4) unix_nsecs(4) flow_sequence(4)
 # engine_type(1) engine_id(1) sampling_interval(2: mode 2 bits, interval 14 bits)
 HEADER = struct.Struct("!HHIIIIBBH")
+_SEQUENCE_AT = 16  # flow_sequence's offset in HEADER
 
 # Record, 48 bytes:
 # srcaddr(4) dstaddr(4) nexthop(4) input(2) output(2) dPkts(4) dOctets(4) First(4) Last(4)
 # srcport(2) dstport(2) pad1(1) tcp_flags(1) prot(1) tos(1) src_as(2) dst_as(2)
 # src_mask(1) dst_mask(1) pad2(2)
 RECORD = struct.Struct("!4s4s4sHHIIIIHHxBBBHHBB2x")
-#: the same record as a NumPy dtype, for writing a batch's columns in bulk
-RECORD_DTYPE = np.dtype([
-    ("srcaddr", "u1", (4,)), ("dstaddr", "u1", (4,)), ("nexthop", "u1", (4,)),
-    ("input", ">u2"), ("output", ">u2"), ("dPkts", ">u4"), ("dOctets", ">u4"),
-    ("First", ">u4"), ("Last", ">u4"), ("srcport", ">u2"), ("dstport", ">u2"),
-    ("pad1", "u1"), ("tcp_flags", "u1"), ("prot", "u1"), ("tos", "u1"),
-    ("src_as", ">u2"), ("dst_as", ">u2"), ("src_mask", "u1"), ("dst_mask", "u1"),
-    ("pad2", "u1", (2,)),
-])
-assert RECORD_DTYPE.itemsize == RECORD.size
 
 _NO_ADDR = b"\0\0\0\0"
 
@@ -152,26 +148,42 @@ def uptime_ms(ns: np.ndarray, boot_ns: int) -> np.ndarray:
     return (ns // 1_000_000 - boot_ns // 1_000_000) & UINT32_MASK
 
 
-def flow_bodies(flows: np.ndarray, state: ExportState, tally: Tally) -> PackedRecords:
+#: the record as template fields, (IE, length) in wire order, written from the columns in
+#: one C pass (:func:`~agent.wire.pack_template`); IE 0: zero bytes (pad1, src_as and
+#: dst_as, which the agent does not know, pad2)
+RECORD_FIELDS = (
+    (8, 4), (12, 4), (15, 4),  # srcaddr, dstaddr, nexthop: the addresses' first 4 bytes
+    (10, 2), (14, 2),  # input, output: the ifIndexes' low 16 bits
+    (2, 4), (1, 4),  # dPkts, dOctets (split to fit first)
+    (22, 4), (21, 4),  # First, Last: sysUpTime ms (_DERIVED)
+    (7, 2), (11, 2), (0, 1), (6, 1), (4, 1), (5, 1),  # ports, pad1, tcp_flags, prot, tos
+    (0, 4), (9, 1), (13, 1), (0, 2),  # src_as, dst_as, src_mask, dst_mask, pad2
+)
+_DERIVED = {22: UptimeMs("start_ns"), 21: UptimeMs("end_ns")}
+assert template_dtype(RECORD_FIELDS).itemsize == RECORD.size
+
+
+def flow_bodies(flows: np.ndarray, state: ExportState, tally: Tally,
+                classes: RowClasses | None = None) -> PackedRecords:
     """The 48-byte records of the IPv4 rows; IPv6 ones are counted as skipped, oversized
-    counters split (:func:`split_rows`)."""
-    v4 = flows["ip_version"] == 4
-    tally.skipped += len(flows) - int(v4.sum())
-    rows = split_rows(flows[v4], tally)
-    out = np.zeros(len(rows), RECORD_DTYPE)
-    out["srcaddr"] = address_column(rows, "src_addr", 4)
-    out["dstaddr"] = address_column(rows, "dst_addr", 4)
-    out["nexthop"] = address_column(rows, "next_hop", 4)
-    out["input"] = rows["in_if"] & 0xFFFF
-    out["output"] = rows["out_if"] & 0xFFFF
-    out["dPkts"], out["dOctets"] = rows["packets"], rows["octets"]
-    out["First"] = uptime_ms(rows["start_ns"], state.boot_ns)
-    out["Last"] = uptime_ms(rows["end_ns"], state.boot_ns)
-    for name, column in (("srcport", "src_port"), ("dstport", "dst_port"),
-                         ("tcp_flags", "tcp_flags"), ("prot", "protocol"), ("tos", "tos"),
-                         ("src_mask", "src_mask"), ("dst_mask", "dst_mask")):
-        out[name] = rows[column]
-    return PackedRecords.from_array(out)
+    counters split (:func:`split_rows`).
+
+    :param classes: :func:`flow_classes` of ``flows`` when the caller has them.
+    """
+    classes = classes if classes is not None else flow_classes(flows)
+    v4 = classes.rows.get(0, np.zeros(0, np.int64))
+    tally.skipped += len(flows) - (len(flows) if v4 is None else len(v4))
+    if classes.largest > COUNTER_MAX:  # the IPv4 rows' copy, split
+        flows, v4 = split_rows(flows if v4 is None else flows[v4], tally), None
+    # First/Last: the ms since boot_ns's whole ms (uptime_ms: each rounded down)
+    origin = state.boot_ns // 1_000_000 * 1_000_000
+    return pack_template(flows, RECORD_FIELDS, rows=v4, derived=_DERIVED, base_ns=origin)
+
+
+def flow_classes(flows: np.ndarray) -> RowClasses:
+    """Class 0: the IPv4 rows (the rest are skipped), with the batch's times and largest
+    counter, in one pass (:func:`~agent.wire.classify_rows`)."""
+    return classify_rows(flows, v6=1)
 
 
 def packets_from_bodies(
@@ -185,17 +197,26 @@ def packets_from_bodies(
     """
     uptime = state.uptime_ms(now_ns)
     secs, nsecs = divmod(now_ns, 1_000_000_000)
-    datagrams = []
-    for start in range(0, len(bodies), MAX_RECORDS):
-        chunk = bodies[start : start + MAX_RECORDS]
-        header = HEADER.pack(
-            VERSION, len(chunk), uptime, secs & UINT32_MASK, nsecs,
-            state.flows & UINT32_MASK, state.engine_type, state.source_id & 0xFF, sampling,
-        )
-        datagrams.append(header + join_records(chunk))
-        state.flows += len(chunk)
+
+    def header(count: int) -> bytes:
+        return HEADER.pack(VERSION, count, uptime, secs & UINT32_MASK, nsecs,
+                           state.flows & UINT32_MASK, state.engine_type,
+                           state.source_id & 0xFF, sampling)
+
+    full = len(bodies) // MAX_RECORDS
+    block = join_records(bodies)
+    # the full packets in C, one bytes object each, flow_sequence stepping by 30
+    datagrams = frame_packets(block, 0, MAX_RECORDS * RECORD.size, full, header(MAX_RECORDS),
+                              _SEQUENCE_AT, state.flows, b"", b"", seq_step=MAX_RECORDS)
+    state.flows += full * MAX_RECORDS
+    state.packets += full
+    tally.records += [MAX_RECORDS] * full
+    rest = len(bodies) - full * MAX_RECORDS
+    if rest:
+        datagrams.append(header(rest) + block[full * MAX_RECORDS * RECORD.size:])
+        state.flows += rest
         state.packets += 1
-        tally.records.append(len(chunk))
+        tally.records.append(rest)
     return datagrams
 
 
@@ -214,21 +235,8 @@ def encode_flows(
     """
     tally = tally if tally is not None else Tally()
     flows = flow_columns(records)
-    export_ns = state.stamp(now_ns, latest_time(flows))
-    state.observe(export_ns, earliest_time(flows))
-    return packets_from_bodies(flow_bodies(flows, state, tally), state, export_ns, tally,
-                               state.sampling_interval)
-
-
-def latest_time(flows: np.ndarray) -> int:
-    """The latest start or end time of ``flows`` (0 = none): the header must not precede it."""
-    if not len(flows):
-        return 0
-    return max(int(flows["start_ns"].max()), int(flows["end_ns"].max()))
-
-
-def earliest_time(flows: np.ndarray) -> int:
-    """The earliest known start time of ``flows`` (0 = none; 0 starts are unknown)."""
-    starts = flows["start_ns"]
-    known = starts[starts != 0]
-    return int(known.min()) if len(known) else 0
+    classes = flow_classes(flows)
+    export_ns = state.stamp(now_ns, classes.latest)
+    state.observe(export_ns, classes.earliest)
+    return packets_from_bodies(flow_bodies(flows, state, tally, classes), state, export_ns,
+                               tally, state.sampling_interval)

@@ -54,19 +54,20 @@ from netflow_agent.api import (
     FlowRecord,
     IcmpTypeCode,
     PackedRecords,
+    RowClasses,
     Sampling,
     UptimeMs,
     any_bytes,
+    classify_rows,
     flow_columns,
     flow_schema,
     frame_packets,
-    group_rows,
     join_records,
     pack_template,
 )
 
 from .state import NS_PER_MS, UINT32_MASK, ExportState, TemplateMark
-from .v5 import Tally, earliest_time, latest_time, split_rows
+from .v5 import Tally, split_rows
 
 VERSION = 9
 TEMPLATE_FLOWSET_ID = 0
@@ -283,29 +284,40 @@ def routed_rows(flows: np.ndarray) -> np.ndarray:
     return any_bytes(flows["next_hop"]) | (flows["src_mask"] != 0) | (flows["dst_mask"] != 0)
 
 
+def flow_classes(flows: np.ndarray) -> RowClasses:
+    """Each row's template (its id less :data:`TEMPLATE_FLOW4`: IPv6 1, routed 2), and
+    the times and counters :func:`encode_flows` needs, in one pass
+    (:func:`~agent.wire.classify_rows`)."""
+    return classify_rows(flows, v6=1, routed=2)
+
+
 def flow_groups(
     records: FlowBatch | np.ndarray | Sequence[FlowRecord],
     templates: dict[int, Template],
     state: ExportState,
     counters64: bool,
     tally: Tally,
+    classes: RowClasses | None = None,
 ) -> list[tuple[Template, PackedRecords]]:
     """Pack the flows with their templates, one block of records per template.
 
     Rows with next hop or prefix lengths use the routed templates. With 32-bit counters a row
     whose counters do not fit is split (see :func:`.v5.split_rows`). Within a template the
     rows keep their order.
+
+    :param classes: :func:`flow_classes` of ``records`` when the caller has them.
     """
     flows = flow_columns(records)
-    if not counters64:
+    if classes is None:
+        classes = flow_classes(flows)
+    if not counters64 and classes.largest > COUNTER32_MAX:
         flows = split_rows(flows, tally, COUNTER32_MAX)
-    classes = (flows["ip_version"] != 4) + 2 * routed_rows(flows).view(np.uint8)
+        classes = flow_classes(flows)
     groups = []
-    by_class = group_rows(classes)
     for tid, tpl in templates.items():
-        if tid - TEMPLATE_FLOW4 in by_class:  # the template's rows, packed where they lie
+        if tid - TEMPLATE_FLOW4 in classes.rows:  # the template's rows, packed where they lie
             groups.append((tpl, pack_flows(flows, tpl, state.boot_ns,
-                                           by_class[tid - TEMPLATE_FLOW4])))
+                                           classes.rows[tid - TEMPLATE_FLOW4])))
     return groups
 
 
@@ -533,7 +545,8 @@ def encode_flows(
     """
     tally = tally if tally is not None else Tally()
     flows = flow_columns(records)
-    export_ns = state.stamp(now_ns, latest_time(flows), NS_PER_S)
-    state.observe(export_ns, earliest_time(flows))
-    groups = flow_groups(flows, templates, state, counters64, tally)
+    classes = flow_classes(flows)
+    export_ns = state.stamp(now_ns, classes.latest, NS_PER_S)
+    state.observe(export_ns, classes.earliest)
+    groups = flow_groups(flows, templates, state, counters64, tally, classes)
     return assemble(groups, state, policy, export_ns, tally, options)

@@ -99,3 +99,30 @@ def test_v9_interface_names_follow_the_template_refresh_and_new_interfaces_go_at
     sent = {i: names for i, d in enumerate(datagrams) for names in v9_names([d])}
     assert sent == {1: {lo: "lo"}, 4: {lo: "lo"}, 5: {lo: "lo"}}
     assert exp.agent_collect_stats()["if_names_unresolved"] >= 1
+
+
+def test_v9_interface_names_resolved_once_per_scan_and_anew_after_it():
+    """The parts of one scan (no agent_tick between them) resolve names once, though every
+    part sends them again with the template refresh; after the scan's tick a renamed
+    interface goes out under its new name."""
+    lo = socket.if_nametoindex("lo")
+    names = {lo: "lo"}
+    calls = []
+
+    def resolve(indexes):
+        calls.append(sorted(indexes))
+        return {i: names[i] for i in indexes if i in names}
+
+    with UdpSink() as sink:
+        exp = v9_exporter(sink.port, refresh_rate=1)
+        assert exp.context is not None
+        exp.context.interface_names = resolve  # type: ignore[method-assign]
+        for _ in range(3):  # one scan's parts: each refreshes templates and names
+            exp.agent_export_flows(records=[dataclasses.replace(flows(1)[0], in_if=lo)])
+        assert calls == [[lo]]
+        names[lo] = "renamed"
+        exp.agent_tick(now_ns=0)  # the scan ended
+        exp.agent_export_flows(records=[dataclasses.replace(flows(1)[0], in_if=lo)])
+        sent = v9_names(sink.wait(4))
+    assert calls == [[lo], [lo]]
+    assert sent == [{lo: "lo"}] * 3 + [{lo: "renamed"}]

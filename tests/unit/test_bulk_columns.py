@@ -12,7 +12,7 @@ from netflow_agent import _wirepack, wire
 from netflow_agent.model import FlowBatch
 from netflow_agent.plugins.export_ipfix import ipfix
 from netflow_agent.plugins.export_netflow import v9
-from netflow_agent.schema import FlowOptions
+from netflow_agent.schema import FlowOptions, active
 from netflow_agent.stages.cache import CacheConfig, FlowCache
 from netflow_agent.wire import frame_packets, group_rows, pack_template, rows_of
 from tests.support.schemas import active_schema
@@ -301,3 +301,78 @@ def test_framed_packets_are_the_join_of_their_parts():
         frame_packets(block, 1000, 30, 2, head, 12, 0, b"", b"")
     with pytest.raises(ValueError, match="seq_at: 17 is not inside"):
         frame_packets(block, 0, 30, 2, head, 17, 0, b"", b"")
+
+
+def classify_fixture(n: int, seed: int) -> np.ndarray:
+    """Rows whose class parts and times vary: IP versions 4/6/other, next hops, masks, ICMP,
+    zero and negative times, counters up to 2**64 - 1."""
+    rng = np.random.default_rng(seed)
+    flows = random_flows(active(), n, seed)
+    flows["ip_version"] = rng.choice([4, 6, 0, 5], n)
+    flows["protocol"] = rng.choice([1, 58, 6, 17], n)
+    hop = rng.integers(0, 3, n)
+    flows["next_hop"] = [bytes(15) + b"\1" if h == 1 else bytes(16) for h in hop]
+    flows["src_mask"] = np.where(hop == 2, 24, 0)
+    flows["dst_mask"] = np.where(rng.random(n) < 0.1, 16, 0)
+    flows["start_ns"] = np.where(rng.random(n) < 0.1, 0, rng.integers(-10**15, 10**18, n))
+    flows["end_ns"] = rng.integers(-10**15, 10**18, n)
+    flows["packets"] = rng.integers(0, 2**63, n, dtype=np.uint64) * 2
+    flows["octets"] = rng.integers(0, 2**32, n, dtype=np.uint64)
+    flows["packets"][:1] = 2**64 - 1
+    return flows
+
+
+@pytest.mark.parametrize("weights", [dict(v6=1, routed=2), dict(v6=1, icmp=2, routed=4,
+                                                                v6_exact=True), dict(v6=1)])
+@pytest.mark.parametrize("n", [0, 1, 257])
+def test_classify_rows_in_c_is_numpy_s_classes_times_and_counters(weights, n):
+    """One C pass (_wirepack.classify) gives what the NumPy reference does: each class's
+    rows in row order (None for a class holding every row), the latest/earliest/lowest
+    times and the largest counter."""
+    flows = classify_fixture(n, seed=n)
+    with mock.patch.object(wire._wirepack, "classify", wraps=wire._wirepack.classify) as c:
+        got = wire.classify_rows(flows, **weights)
+    want = wire._classify_numpy(flows, weights.get("v6", 0), weights.get("routed", 0),
+                                weights.get("icmp", 0), weights.get("v6_exact", False))
+    assert c.call_count == 1
+    assert (got.latest, got.earliest, got.lowest, got.largest) == (
+        want.latest, want.earliest, want.lowest, want.largest)
+    assert list(got.rows) == list(want.rows)
+    for cls, rows in want.rows.items():
+        mine = got.rows[cls]
+        assert (mine is None) == (rows is None)
+        if rows is not None:
+            assert mine.tolist() == rows.tolist()
+    if n:  # a strided view takes NumPy's path, with the same answer
+        view = wire.classify_rows(flows[::1 if n == 1 else 2], **weights)
+        ref = wire._classify_numpy(flows[::1 if n == 1 else 2], weights.get("v6", 0),
+                                   weights.get("routed", 0), weights.get("icmp", 0),
+                                   weights.get("v6_exact", False))
+        assert (view.latest, view.largest) == (ref.latest, ref.largest)
+
+
+def test_one_class_of_every_row_is_none():
+    flows = classify_fixture(50, seed=3)
+    flows["ip_version"], flows["src_mask"], flows["dst_mask"] = 4, 0, 0
+    flows["next_hop"] = bytes(16)
+    assert wire.classify_rows(flows, v6=1, routed=2).rows == {0: None}
+
+
+def test_padding_epoch_ms_and_constants_are_the_same_in_c_and_numpy():
+    """Padding fields (IE 0) are zeros, EpochMs the floored ms of the epoch, Constant its
+    value, whether the C pass writes them or NumPy (ops refused)."""
+    flows = classify_fixture(40, seed=5)
+    flows["start_ns"] = np.abs(flows["start_ns"]) - 1_500_000  # some just below 0 too
+    fields = ((8, 4), (0, 3), (152, 8), (302, 1), (0, 1), (7, 2), (1000, 2))
+    derived = {152: wire.EpochMs("start_ns"), 302: wire.Constant(9), 1000: wire.Constant(700)}
+    with mock.patch.dict(wire._COLUMN_OF_IE, {1000: "dst_port"}):
+        rows = np.arange(39, -1, -3)
+        fast = pack_template(flows, fields, rows=rows, derived=derived).data
+        with mock.patch.object(wire, "_pack_ops", return_value=None):
+            slow = pack_template(flows, fields, rows=rows, derived=derived).data
+    assert fast == slow
+    rec = np.frombuffer(fast, [("a", "V4"), ("p", "V3"), ("ms", ">i8"), ("sel", "u1"),
+                               ("q", "V1"), ("port", ">u2"), ("c", ">u2")])
+    assert rec["ms"].tolist() == (flows["start_ns"][rows] // 10**6).tolist()
+    assert set(rec["sel"].tolist()) == {9} and set(rec["c"].tolist()) == {700}
+    assert set(rec["p"].tolist()) == {bytes(3)} and set(rec["q"].tolist()) == {bytes(1)}
