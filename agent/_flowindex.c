@@ -16,7 +16,8 @@
  *     bits: one false match in 16,384). When the slot storage outgrows slot_bits, the tags
  *     lose their lowest bits in one pass over the buckets (no key is hashed again).
  *     Removal shifts the following entries back (no tombstones), so lookups never slow
- *     down with churn. 4 B / 0.35..0.7 = 5.7..11.4 B per flow.
+ *     down with churn; a take or remove of every key at once (ascending) zeroes the
+ *     buckets and the in-use bits instead, as clear() does. 4 B / 0.35..0.7 = 5.7..11.4 B per flow.
  *   - per slot: the key (key_size B), the low 32 bits of its hash (4 B, the home bucket
  *     for removal and rehashing) and a bit "in use": key_size + 4.1 B per slot, grown by
  *     half (realloc).
@@ -36,6 +37,10 @@
  * row's key from the record itself (a few field copies and byte swaps per row, a chunk at
  * a time) instead of taking a packed key array; the module's merge_records() then adds the
  * rows' counters into the cache's NumPy value columns by slot in one pass.
+ *
+ * take_records() copies slots' counters into record rows and frees them (a timed scan's
+ * take; with keep, a drain's part); finish_rows() then turns each taken row's big-endian
+ * key fields to native order and writes its masks and end reason, in one pass.
  *
  * hash_select() answers the hash:N flow sampler (agent/sampler.py) for a batch of keys or
  * records at once: CRC-32 of each packed key's version, protocol, ports and addresses;
