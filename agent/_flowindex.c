@@ -16,7 +16,8 @@
  *     bits: one false match in 16,384). When the slot storage outgrows slot_bits, the tags
  *     lose their lowest bits in one pass over the buckets (no key is hashed again).
  *     Removal shifts the following entries back (no tombstones), so lookups never slow
- *     down with churn. 4 B / 0.35..0.7 = 5.7..11.4 B per flow.
+ *     down with churn; a take or remove of every key at once (ascending) zeroes the
+ *     buckets and the in-use bits instead, as clear() does. 4 B / 0.35..0.7 = 5.7..11.4 B per flow.
  *   - per slot: the key (key_size B), the low 32 bits of its hash (4 B, the home bucket
  *     for removal and rehashing) and a bit "in use": key_size + 4.1 B per slot, grown by
  *     half (realloc).
@@ -36,6 +37,10 @@
  * row's key from the record itself (a few field copies and byte swaps per row, a chunk at
  * a time) instead of taking a packed key array; the module's merge_records() then adds the
  * rows' counters into the cache's NumPy value columns by slot in one pass.
+ *
+ * take_records() copies slots' counters into record rows and frees them (a timed scan's
+ * take; with keep, a drain's part); finish_rows() then turns each taken row's big-endian
+ * key fields to native order and writes its masks and end reason, in one pass.
  *
  * hash_select() answers the hash:N flow sampler (agent/sampler.py) for a batch of keys or
  * records at once: CRC-32 of each packed key's version, protocol, ports and addresses;
@@ -60,6 +65,7 @@
 #define MAX_FLOWS 0x7FFFFFFFu
 #define CHUNK 32 /* rows hashed and prefetched ahead of probing */
 #define NOGIL_ROWS 256 /* release the GIL for lookups of at least this many keys */
+#define CLEAR_BUCKETS 16 /* a removal of every key clears the index at one key per 16 buckets */
 
 typedef struct {
 	PyObject_HEAD
@@ -787,14 +793,56 @@ out:
 	return result;
 }
 
+/* Every key out at once: the buckets and the in-use bits zeroed in one sequential pass each,
+ * numbering restarts at 0 (the slots' keys and hashes stay, unused, until reused). */
+static void clear_all(FlowIndex *s)
+{
+	if (s->nbuckets)
+		memset(s->buckets, 0, s->nbuckets * sizeof(uint32_t));
+	if (s->slot_cap) {
+		memset(s->used, 0, words_for(s->slot_cap) * sizeof(uint64_t));
+		memset(s->full, 0, words_for(words_for(s->slot_cap)) * sizeof(uint64_t));
+	}
+	s->count = 0;
+	s->high = 0;
+	s->free_word = 0;
+}
+
+/* Whether v[0:n] names every slot that holds a key: strictly ascending (so no slot twice),
+ * each one used, as many as the index holds (a timed scan that takes every flow, the
+ * saved state's dump), and clearing pays: at least a key per CLEAR_BUCKETS buckets (the
+ * buckets stay as large as the most keys ever held: zeroing ~2 MB of them, 0.5 ns a
+ * bucket, for a few keys left would cost more than removing those). One sequential pass
+ * over v, stopped at the first row that fails. */
+static int names_every_key(const FlowIndex *s, const int64_t *v, size_t n)
+{
+	if (n == 0 || n != s->count || n * CLEAR_BUCKETS < s->nbuckets)
+		return 0;
+	for (size_t r = 0; r < n; r++)
+		if ((uint64_t)v[r] >= s->high || (r && v[r] <= v[r - 1]) || !is_used(s, (size_t)v[r]))
+			return 0;
+	return 1;
+}
+
 /* Remove the keys of `n` slots (those that hold one); with `into`, copy each key there first
- * (row r at into + r * stride; `v` checked by get_slots). Rows go in chunks: prefetch a
- * chunk's buckets first (each a cache miss at a random place of the bucket array), then
- * remove. (Prefetching the next entries' hashes as well, a chunk ahead, was slower.) */
+ * (row r at into + r * stride; `v` checked by get_slots). When the rows name every key
+ * (names_every_key), the index is cleared at once after the copies (clear_all), as a drain
+ * does, instead of removing key after key: each removal reads its bucket and the hashes of
+ * the entries after it at random places (~65 ns a key at 1M keys). Else rows go in chunks:
+ * prefetch a chunk's buckets first (each a cache miss at a random place of the bucket
+ * array), then remove. (Prefetching the next entries' hashes as well, a chunk ahead, was
+ * slower; so was a rolling prefetch of both, 8-32 rows ahead.) */
 static void remove_rows(FlowIndex *s, const int64_t *v, size_t n, uint8_t *into,
 			size_t stride)
 {
 	size_t mask = s->nbuckets - 1, ks = (size_t)s->key_size;
+
+	if (names_every_key(s, v, n)) {
+		for (size_t r = 0; into && r < n; r++)
+			memcpy(into + r * stride, s->keys + (size_t)v[r] * ks, ks);
+		clear_all(s);
+		return;
+	}
 
 	for (size_t c = 0; c < n; c += CHUNK) {
 		size_t m = n - c < CHUNK ? n - c : CHUNK;
@@ -972,15 +1020,7 @@ static PyObject *FlowIndex_clear(FlowIndex *s, PyObject *Py_UNUSED(ignored))
 {
 	if (ready(s) < 0)
 		return NULL;
-	if (s->nbuckets)
-		memset(s->buckets, 0, s->nbuckets * sizeof(uint32_t));
-	if (s->slot_cap) {
-		memset(s->used, 0, words_for(s->slot_cap) * sizeof(uint64_t));
-		memset(s->full, 0, words_for(words_for(s->slot_cap)) * sizeof(uint64_t));
-	}
-	s->count = 0;
-	s->high = 0;
-	s->free_word = 0;
+	clear_all(s);
 	Py_RETURN_NONE;
 }
 
@@ -1583,12 +1623,13 @@ out:
 	return result;
 }
 
-/* Copy each slot's values into its row (row r <- slot slots[r]), then reset the slots to a
- * free slot's values (0 counters, FREE first/last): the counters of a take, written straight
- * into the rows of a record array instead of gathered into one new array per column and
- * copied into the rows' strided fields after. Two passes: a slot repeated in `slots` is
- * copied whole into each of its rows before any reset. */
-static void take_rows(struct merge *m)
+/* Copy each slot's values into its row (row r <- slot slots[r]), then, unless `keep`, reset
+ * the slots to a free slot's values (0 counters, FREE first/last): the counters of a take,
+ * written straight into the rows of a record array instead of gathered into one new array
+ * per column and copied into the rows' strided fields after. Two passes: a slot repeated in
+ * `slots` is copied whole into each of its rows before any reset. With `keep` (a drain's
+ * part, FlowTable.take_drained_records) the columns are reset all at once later. */
+static void take_rows(struct merge *m, int keep)
 {
 	for (size_t r = 0; r < m->n; r++) {
 		uint8_t *row = (uint8_t *)m->rows + r * m->stride;
@@ -1608,7 +1649,7 @@ static void take_rows(struct merge *m)
 		memcpy(row + m->field[COL_OUT_IF], &m->out_if[slot], 4);
 		row[m->field[COL_FLAGS]] = m->flags[slot];
 	}
-	for (size_t r = 0; r < m->n; r++) {
+	for (size_t r = 0; !keep && r < m->n; r++) {
 		int64_t slot = m->slots[r];
 
 		m->packets[slot] = 0;
@@ -1622,13 +1663,15 @@ static void take_rows(struct merge *m)
 
 PyDoc_STRVAR(take_records_doc,
 	     "take_records(records, stride, fields, slots, packets, octets, first, last, flags,\n"
-	     "             out_if) -> None\n\n"
+	     "             out_if, keep=False) -> None\n\n"
 	     "Copy the values of slot slots[r] into row r of `records` (writable rows of `stride`\n"
 	     "bytes, at least len(slots) of them; `fields` as merge_records': byte offsets of\n"
 	     "packets, octets, start, end, tcp flags and out_if, native order), then reset every\n"
 	     "slot of `slots` to a free slot's values: 0 counters, flags and out_if, first and\n"
-	     "last 2**63 - 1. Every slot must lie inside every column, and `slots` share no\n"
-	     "byte with `records` or a column (ValueError, nothing changed).");
+	     "last 2**63 - 1; with keep, the slots keep their values (a drain's part: the\n"
+	     "columns are reset all at once afterwards). Every slot must lie inside every\n"
+	     "column, and `slots` share no byte with `records` or a column (ValueError, nothing\n"
+	     "changed).");
 
 static PyObject *module_take_records(PyObject *Py_UNUSED(m), PyObject *args)
 {
@@ -1637,11 +1680,11 @@ static PyObject *module_take_records(PyObject *Py_UNUSED(m), PyObject *args)
 	Py_buffer rec = {0}, sl = {0}, col[NCOLS] = {{0}};
 	struct merge mg = {0};
 	size_t rows = SIZE_MAX;
-	int got = 0;
+	int got = 0, keep = 0;
 
-	if (!PyArg_ParseTuple(args, "OnO!OOOOOOO:take_records", &rec_obj, &stride,
+	if (!PyArg_ParseTuple(args, "OnO!OOOOOOO|p:take_records", &rec_obj, &stride,
 			      &PyTuple_Type, &fields, &slots_obj, &cols[0], &cols[1], &cols[2],
-			      &cols[3], &cols[4], &cols[5]))
+			      &cols[3], &cols[4], &cols[5], &keep))
 		return NULL;
 	if (PyTuple_GET_SIZE(fields) != NCOLS)
 		return PyErr_Format(PyExc_ValueError, "fields: need %d offsets", NCOLS);
@@ -1699,10 +1742,10 @@ static PyObject *module_take_records(PyObject *Py_UNUSED(m), PyObject *args)
 	bind_columns(&mg, col);
 	if (mg.n >= NOGIL_ROWS) {
 		Py_BEGIN_ALLOW_THREADS
-		take_rows(&mg);
+		take_rows(&mg, keep);
 		Py_END_ALLOW_THREADS
 	} else {
-		take_rows(&mg);
+		take_rows(&mg, keep);
 	}
 	result = Py_NewRef(Py_None);
 out:
@@ -1714,12 +1757,188 @@ out:
 	return result;
 }
 
+/* --- finishing taken rows ---------------------------------------------------------------- */
+
+#define MAX_SWAPS 16 /* key fields a row may need swapped (the widest schema has a few) */
+
+struct finish {
+	uint8_t *rows;
+	size_t stride, n, nswaps;
+	Py_ssize_t swap_at[MAX_SWAPS], swap_len[MAX_SWAPS];
+	const uint16_t *masks; /* src_mask << 8 | dst_mask per row */
+	const uint8_t *reasons;
+	Py_ssize_t src_mask, dst_mask, reason;
+};
+
+static void swap_field(uint8_t *p, Py_ssize_t len)
+{
+	if (len == 2) {
+		uint16_t v;
+		memcpy(&v, p, 2);
+		v = __builtin_bswap16(v);
+		memcpy(p, &v, 2);
+	} else if (len == 4) {
+		uint32_t v;
+		memcpy(&v, p, 4);
+		v = __builtin_bswap32(v);
+		memcpy(p, &v, 4);
+	} else {
+		uint64_t v;
+		memcpy(&v, p, 8);
+		v = __builtin_bswap64(v);
+		memcpy(p, &v, 8);
+	}
+}
+
+/* Each row, in one pass: its big-endian key fields to native order, its two mask bytes from
+ * the masks column, its end reason. */
+static void finish_rows(const struct finish *f)
+{
+	for (size_t r = 0; r < f->n; r++) {
+		uint8_t *row = f->rows + r * f->stride;
+		for (size_t k = 0; k < f->nswaps; k++)
+			swap_field(row + f->swap_at[k], f->swap_len[k]);
+		row[f->src_mask] = (uint8_t)(f->masks[r] >> 8);
+		row[f->dst_mask] = (uint8_t)(f->masks[r] & 0xFF);
+		row[f->reason] = f->reasons[r];
+	}
+}
+
+/* A row offset from `obj` for a field of `len` bytes in a `stride`-byte row; -1 on error. */
+static Py_ssize_t row_offset(PyObject *obj, Py_ssize_t len, Py_ssize_t stride, const char *name)
+{
+	Py_ssize_t off = PyLong_AsSsize_t(obj);
+
+	if (off == -1 && PyErr_Occurred())
+		return -1;
+	if (off < 0 || off > stride - len) {
+		PyErr_Format(PyExc_ValueError, "%s: %zd bytes at %zd are outside a %zd-byte row", name,
+			     len, off, stride);
+		return -1;
+	}
+	return off;
+}
+
+/* The (offset, width) pairs of `swaps` into f; -1 on error. */
+static int get_swaps(PyObject *swaps, Py_ssize_t stride, struct finish *f)
+{
+	Py_ssize_t n = PyTuple_GET_SIZE(swaps);
+
+	if (n > MAX_SWAPS) {
+		PyErr_Format(PyExc_ValueError, "swaps: at most %d fields", MAX_SWAPS);
+		return -1;
+	}
+	for (Py_ssize_t k = 0; k < n; k++) {
+		PyObject *pair = PyTuple_GET_ITEM(swaps, k);
+		Py_ssize_t len;
+		if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+			PyErr_SetString(PyExc_ValueError, "swaps: need (offset, width) pairs");
+			return -1;
+		}
+		len = PyLong_AsSsize_t(PyTuple_GET_ITEM(pair, 1));
+		if (len == -1 && PyErr_Occurred())
+			return -1;
+		if (len != 2 && len != 4 && len != 8) {
+			PyErr_Format(PyExc_ValueError, "swaps: width %zd is not 2, 4 or 8", len);
+			return -1;
+		}
+		f->swap_len[k] = len;
+		f->swap_at[k] = row_offset(PyTuple_GET_ITEM(pair, 0), len, stride, "swaps");
+		if (f->swap_at[k] < 0)
+			return -1;
+	}
+	f->nswaps = (size_t)n;
+	return 0;
+}
+
+/* A read-only C-contiguous buffer of integer items of `size` bytes; -1 on error. */
+static int get_items(PyObject *obj, Py_ssize_t size, const char *name, Py_buffer *view)
+{
+	if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+		return -1;
+	const char *fmt = view->format ? view->format : "B";
+	char code = fmt[0] ? fmt[strlen(fmt) - 1] : 'B';
+
+	if (view->itemsize != size || !strchr("bBhHiIlLqQnN", code)) {
+		PyErr_Format(PyExc_ValueError, "%s: need integer items of %zd bytes, got '%s' of %zd",
+			     name, size, fmt, view->itemsize);
+		PyBuffer_Release(view);
+		return -1;
+	}
+	return 0;
+}
+
+PyDoc_STRVAR(finish_rows_doc,
+	     "finish_rows(records, stride, swaps, masks, mask_fields, reasons, reason_field)\n"
+	     "            -> None\n\n"
+	     "For each row r < len(masks) of `records` (writable rows of `stride` bytes), in one\n"
+	     "pass: byteswap the fields `swaps` ((offset, width) pairs, widths 2, 4 or 8: the\n"
+	     "packed key's big-endian fields to native order), write masks[r] >> 8 and\n"
+	     "masks[r] & 0xFF (uint16) at the byte offsets `mask_fields` (src, dst) and\n"
+	     "reasons[r] (uint8, as many) at `reason_field`. Offsets outside a row, too few\n"
+	     "rows, or masks or reasons sharing a byte with `records` raise ValueError, nothing\n"
+	     "changed.");
+
+static PyObject *module_finish_rows(PyObject *Py_UNUSED(m), PyObject *args)
+{
+	PyObject *rec_obj, *swaps, *masks_obj, *reasons_obj, *mask_src, *mask_dst, *reason_obj;
+	PyObject *result = NULL;
+	Py_ssize_t stride;
+	Py_buffer rec = {0}, mv = {0}, rv = {0};
+	struct finish f = {0};
+
+	if (!PyArg_ParseTuple(args, "OnO!O(OO)OO:finish_rows", &rec_obj, &stride, &PyTuple_Type,
+			      &swaps, &masks_obj, &mask_src, &mask_dst, &reasons_obj, &reason_obj))
+		return NULL;
+	if (stride <= 0)
+		return PyErr_Format(PyExc_ValueError, "stride must be positive");
+	if (get_swaps(swaps, stride, &f) < 0
+	    || (f.src_mask = row_offset(mask_src, 1, stride, "mask_fields")) < 0
+	    || (f.dst_mask = row_offset(mask_dst, 1, stride, "mask_fields")) < 0
+	    || (f.reason = row_offset(reason_obj, 1, stride, "reason_field")) < 0)
+		return NULL;
+	if (PyObject_GetBuffer(rec_obj, &rec, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0)
+		return NULL;
+	if (get_items(masks_obj, 2, "masks", &mv) < 0 || get_items(reasons_obj, 1, "reasons", &rv) < 0)
+		goto out;
+	f.n = (size_t)(mv.len / 2);
+	if ((size_t)rv.len != f.n || (size_t)(rec.len / stride) < f.n) {
+		PyErr_Format(PyExc_ValueError, "need as many reasons as masks (%zu, got %zd) and "
+			     "as many rows (got %zd)", f.n, rv.len, rec.len / stride);
+		goto out;
+	}
+	if (overlaps(&mv, &rec) || overlaps(&rv, &rec)) {
+		PyErr_SetString(PyExc_ValueError, "records: overlaps masks or reasons");
+		goto out;
+	}
+	f.rows = rec.buf;
+	f.stride = (size_t)stride;
+	f.masks = mv.buf;
+	f.reasons = rv.buf;
+	if (f.n >= NOGIL_ROWS) {
+		Py_BEGIN_ALLOW_THREADS
+		finish_rows(&f);
+		Py_END_ALLOW_THREADS
+	} else {
+		finish_rows(&f);
+	}
+	result = Py_NewRef(Py_None);
+out:
+	if (rv.obj)
+		PyBuffer_Release(&rv);
+	if (mv.obj)
+		PyBuffer_Release(&mv);
+	PyBuffer_Release(&rec);
+	return result;
+}
+
 static PyMethodDef module_methods[] = {
 	{"siphash", (PyCFunction)module_siphash, METH_O, siphash_doc},
 	{"merge_records", (PyCFunction)module_merge_records, METH_VARARGS, merge_records_doc},
 	{"hash_select", (PyCFunction)module_hash_select, METH_VARARGS, hash_select_doc},
 	{"rewrite_keys", (PyCFunction)module_rewrite_keys, METH_VARARGS, rewrite_keys_doc},
 	{"take_records", (PyCFunction)module_take_records, METH_VARARGS, take_records_doc},
+	{"finish_rows", (PyCFunction)module_finish_rows, METH_VARARGS, finish_rows_doc},
 	{NULL, NULL, 0, NULL},
 };
 

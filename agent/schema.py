@@ -28,6 +28,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -243,9 +244,12 @@ class FlowSchema:
         return self.key_fields + self.value_fields + META + tuple(
             f for f in self.extra if f.role == "meta")
 
-    @property
+    @cached_property
     def key_dtype(self) -> np.dtype:
-        """The packed key as a big-endian structured dtype (no padding)."""
+        """The packed key as a big-endian structured dtype (no padding). Computed once per
+        schema (frozen): the cache's take and the encoders ask for it and for
+        :attr:`record_dtype` a few times per part, and building the field tuple each time
+        cost ~5 µs (~1 ns a flow of an 8,192-flow part per call)."""
         return _cached_dtype(tuple((f.name, f.key_column) for f in self.key_fields))
 
     @property
@@ -263,9 +267,10 @@ class FlowSchema:
         """Bytes of key after the 44-byte base (0 with the default fields)."""
         return self.key_size - BASE_KEY_SIZE
 
-    @property
+    @cached_property
     def record_dtype(self) -> np.dtype:
-        """One column per field, native byte order: the layout of a FlowBatch."""
+        """One column per field, native byte order: the layout of a FlowBatch (computed
+        once per schema, as :attr:`key_dtype`)."""
         return _cached_dtype(tuple((f.name, f.column) for f in self.fields))
 
     @property

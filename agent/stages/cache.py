@@ -40,6 +40,7 @@ from typing import Any, Literal
 import numpy as np
 
 from netflow_agent import heap, hookimpl
+from netflow_agent._flowindex import finish_rows
 from netflow_agent.config.schema import option
 from netflow_agent.errors import ConfigIssue
 from netflow_agent.fragments import FragmentPolicy
@@ -220,6 +221,30 @@ def _key_swaps(key: np.dtype, record: np.dtype) -> tuple[str, ...] | None:
         if not kind.isnative:
             swaps.append(name)
     return tuple(swaps)
+
+
+#: what :func:`finish_rows` does to a taken row: (offset, width) of each key field to swap,
+#: the src and dst mask bytes' offsets, the end reason's offset
+_Finish = tuple[tuple[tuple[int, int], ...], tuple[int, int], int]
+
+
+@functools.cache
+def _finish_layout(record: np.dtype, swaps: tuple[str, ...]) -> _Finish | None:
+    """Where :func:`finish_rows` finds a taken row's fields in ``record`` (the key fields
+    ``swaps`` of 2, 4 or 8 bytes; one-byte masks and end reason), or None (NumPy then).
+    In C, one pass over the rows does what six NumPy passes over strided fields did
+    (three byteswaps, the masks split and cast, the reasons): ~40 of ~90 ns a flow of a
+    timed take at 1M flows."""
+    fields: dict[str, tuple] = dict(record.fields or {})
+    byte = np.dtype(np.uint8)
+    if any(fields.get(name, (None,))[0] != byte for name in ("src_mask", "dst_mask",
+                                                              "end_reason")):
+        return None
+    pairs = tuple((int(fields[name][1]), fields[name][0].itemsize) for name in swaps)
+    if any(width not in (2, 4, 8) for _at, width in pairs):
+        return None
+    return (pairs, (int(fields["src_mask"][1]), int(fields["dst_mask"][1])),
+            int(fields["end_reason"][1]))
 
 
 def _set_interfaces(out: np.ndarray, other: np.ndarray | None) -> None:
@@ -730,13 +755,20 @@ class FlowCache(Cache):
         fields = value_fields(schema.record_dtype)
         if self._held_count:  # held flows leaving (every take path)
             self._release(slots)
-        if swaps is not None and fields is not None and not drained:
-            # a scan's take (slots anywhere): keys and counters straight into the rows
-            masks = self.table.take_records(slots, out, fields)
-            for name in swaps:
-                out[name].byteswap(inplace=True)
-            out["src_mask"], out["dst_mask"] = masks >> 8, masks & 0xFF
-            out["end_reason"] = reasons
+        if swaps is not None and fields is not None:
+            # keys and counters straight into the rows (a scan's take frees the slots; a
+            # drain's part leaves them to FlowTable.settle)
+            take_rows = self.table.take_drained_records if drained else self.table.take_records
+            masks = take_rows(slots, out, fields)
+            finish = _finish_layout(schema.record_dtype, swaps)
+            if finish is not None:  # key fields to native order, masks, reasons: one pass
+                finish_rows(out, out.itemsize, finish[0], np.ascontiguousarray(masks, np.uint16),
+                            finish[1], np.ascontiguousarray(reasons, np.uint8), finish[2])
+            else:
+                for name in swaps:
+                    out[name].byteswap(inplace=True)
+                out["src_mask"], out["dst_mask"] = masks >> 8, masks & 0xFF
+                out["end_reason"] = reasons
             _set_interfaces(out, None)
             return FlowBatch("cache", out, schema=schema)
         take = self.table.take_drained if drained else self.table.take

@@ -16,13 +16,15 @@ column holds that flow's counters. Whole batches go in and out with a few NumPy 
   :func:`record_layout` can describe; the second pass also totals the rows it merged
   (:class:`Merged`), which the cache counts without reading the rows again;
 * :meth:`FlowTable.take` copies slots out (keys and counters) and frees them;
-* :meth:`FlowTable.drain_slots` / :meth:`FlowTable.take_drained` empty the whole table part
-  after part (a forced scan: the stop, a cache hand-over): each part is copied out as
-  :meth:`~FlowTable.take` copies it, lowest slots first, but its slots are not freed one by
-  one: the index is cleared and the columns reset at once when the table is next used
-  (:meth:`FlowTable.settle`, run by every method that reads or changes flows), or never
-  when the process exits. The read-only statistics (:meth:`FlowTable.traffic`,
-  :meth:`FlowTable.memory_bytes`, ``len``) answer without settling, mid-drain too.
+* :meth:`FlowTable.drain_slots` / :meth:`FlowTable.take_drained` (or
+  :meth:`~FlowTable.take_drained_records`, straight into record rows) empty the whole table
+  part after part (a forced scan: the stop, a cache hand-over): each part is copied out as
+  :meth:`~FlowTable.take` (:meth:`~FlowTable.take_records`) copies it, lowest slots first,
+  but its slots are not freed one by one: the index is cleared and the columns reset at
+  once when the table is next used (:meth:`FlowTable.settle`, run by every method that
+  reads or changes flows), or never when the process exits. The read-only statistics
+  (:meth:`FlowTable.traffic`, :meth:`FlowTable.memory_bytes`, ``len``) answer without
+  settling, mid-drain too.
 
 A free slot holds zero counters and :data:`FREE_NS` as first and last time, so timeout scans
 over whole columns never select it and column sums equal the table's totals.
@@ -384,15 +386,54 @@ class FlowTable:
         n = len(slots)
         if not n:
             return self._gather(slots)
-        if self._window != (int(slots[0]), int(slots[-1]), n):
-            raise ValueError("take_drained: not the part drain_slots handed out")
+        self._check_part(slots, "take_drained")
         slots = np.ascontiguousarray(slots, np.int64)
         self.index.take(slots, keys, stride or self.key_size, True)
-        lo, hi = int(slots[0]), int(slots[-1]) + 1
-        out = self._gather(slice(lo, hi) if hi - lo == n else slots, keys)
-        self.drained += n
-        self._drain_from, self._window = hi, None
+        out = self._gather(self._part_at(slots), keys)
+        self._drained_part(slots)
         return out
+
+    def take_drained_records(self, slots: np.ndarray, out: np.ndarray,
+                             fields: tuple[int, ...]) -> np.ndarray:
+        """:meth:`take_records` of the part :meth:`drain_slots` just handed out, without
+        freeing its slots (:meth:`settle` frees them): keys and counters straight into the
+        rows of ``out`` in one C pass each, where :meth:`take_drained`'s counters are
+        copied into the rows' strided fields column after column by the caller.
+
+        :return: the slots' masks (a view of the column where the part's slots are
+            consecutive: read it before the table is used again).
+        :raise ValueError: ``slots`` is not that part, or ``out`` and ``fields`` as
+            :meth:`take_records` refuses them (nothing taken).
+        """
+        if not len(slots):
+            return self.masks[:0].copy()
+        self._check_part(slots, "take_drained_records")
+        slots = np.ascontiguousarray(slots, np.int64)
+        self._check_rows(slots, out, fields)
+        self.index.take(slots, out, out.itemsize, True)
+        take_records(out, out.itemsize, fields, slots, self.packets, self.octets, self.first,
+                     self.last, self.flags, self.out_if, True)
+        masks = self.masks[self._part_at(slots)]
+        self._drained_part(slots)
+        return masks
+
+    def _check_part(self, slots: np.ndarray, what: str) -> None:
+        """Refuse (ValueError) ``slots`` unless they are the part :meth:`drain_slots` handed
+        out last (first, last and count)."""
+        if self._window != (int(slots[0]), int(slots[-1]), len(slots)):
+            raise ValueError(f"{what}: not the part drain_slots handed out")
+
+    @staticmethod
+    def _part_at(slots: np.ndarray) -> np.ndarray | slice:
+        """A drain part's slots as a slice when they are consecutive (views), else as they
+        are (copies)."""
+        lo, hi = int(slots[0]), int(slots[-1]) + 1
+        return slice(lo, hi) if hi - lo == len(slots) else slots
+
+    def _drained_part(self, slots: np.ndarray) -> None:
+        """Count a drain part as copied out: the next part starts after its last slot."""
+        self.drained += len(slots)
+        self._drain_from, self._window = int(slots[-1]) + 1, None
 
     def _gather(self, at: np.ndarray | slice, keys: bytes | np.ndarray = b"") -> Taken:
         """The counters of the slots ``at`` (a slice: views, else copies)."""

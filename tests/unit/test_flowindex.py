@@ -213,6 +213,60 @@ def test_clear_takes_every_key_out_at_once() -> None:
     assert len(index) == 0
 
 
+def _emptied(index: FlowIndex, raw: list[bytes], slots: np.ndarray) -> None:
+    """``index`` after a take of every key: empty, numbering from 0, no key found, the same
+    keys inserted again get slots 0.. in order."""
+    assert len(index) == 0 and index.slot_count == 0 and list(index.occupied()) == []
+    assert _lookup(index, raw[:50], insert=False) == ([-1] * 50, [0] * 50)
+    assert _lookup(index, raw) == (list(range(len(raw))), [1] * len(raw))
+
+
+@pytest.mark.parametrize("stride", [KS, 100])
+def test_a_take_of_every_key_in_order_empties_the_index_as_one_by_one(stride: int) -> None:
+    """A take naming every key, ascending (a timed scan that takes the whole table; the
+    index clears at once) copies each key and leaves the index as removing them one at a
+    time does; a remove() of every key too."""
+    raw = _split(_keys(6000, seed=5))
+    index, one_by_one = FlowIndex(KS), FlowIndex(KS)
+    _lookup(index, raw)
+    _lookup(one_by_one, raw)
+    for part in (raw[:2000], raw[2000:2001]):  # holes: the taken slots are not 0..n-1
+        slots, _ = _lookup(index, part, insert=False)
+        index.remove(array("q", slots))
+        one_by_one.remove(array("q", slots))
+    every = np.frombuffer(index.occupied(), np.int64).copy()
+    into = np.zeros(len(every) * stride, np.uint8)
+    index.take(every, into, stride)
+    rows = into.reshape(len(every), stride)[:, :KS]
+    assert [bytes(r) for r in rows] == [raw[int(s)] for s in every]
+    for slot in every[::-1]:  # descending, one per call: the key after key removal
+        one_by_one.remove(array("q", [slot]))
+    _emptied(index, raw, every)
+    _emptied(one_by_one, raw, every)
+    index.remove(np.frombuffer(index.occupied(), np.int64).copy())
+    _emptied(index, raw, every)
+
+
+@pytest.mark.parametrize("case", ["all but one", "descending", "a repeat", "few keys"])
+def test_a_take_of_nearly_every_key_removes_exactly_those(case: str) -> None:
+    """Slots that do not name every key once in ascending order (or too few keys for the
+    buckets: a table that shrank) are removed key by key: the others stay found."""
+    raw = _split(_keys(5000, seed=6))
+    index = FlowIndex(KS)
+    slots, _ = _lookup(index, raw)
+    if case == "few keys":  # 5000 keys grew the buckets; 100 are left, all taken
+        index.remove(array("q", slots[100:]))
+        slots, raw = slots[:100], raw[:100]
+    taken = {"all but one": slots[:-1], "descending": slots[::-1], "few keys": slots,
+             "a repeat": [*slots[:-1], slots[-2]]}[case]
+    into = np.zeros(len(taken) * KS, np.uint8)
+    index.take(np.array(taken, np.int64), into)
+    assert _split(into.tobytes()) == [raw[s] for s in taken]
+    left = sorted(set(slots) - set(taken))
+    assert list(index.occupied()) == left and len(index) == len(left)
+    assert _lookup(index, raw, insert=False)[0] == [s if s in left else -1 for s in slots]
+
+
 def test_a_removed_key_is_gone_and_others_stay_found() -> None:
     """Backward-shift deletion keeps every other key reachable, at any load."""
     index = FlowIndex(KS)

@@ -393,3 +393,110 @@ def test_a_refused_take_records_keeps_the_flows_keys_and_counters():
     assert len(table) == before[0] and (table.packets == before[1]).all()
     table.take_records(slots, out, fields)  # the flows are all still there
     assert len(table) == before[0] - 2 and list(out["packets"]) == list(before[1][slots])
+
+
+def _twin_tables(schema: FlowSchema) -> list[FlowTable]:
+    """Two tables holding the same flows and masks, with holes (slots freed and not reused)."""
+    tables = [FlowTable(schema.key_size), FlowTable(schema.key_size)]
+    for table in tables:
+        for flows in _batches(schema, 21, 3):
+            slots, new, _ = table.merge_records(
+                flows, record_layout(flows.dtype, schema.key_dtype))
+            table.masks[slots[new]] = np.arange(int(new.sum()), dtype=np.uint16) * 7
+        table.take(table.occupied()[5:400:4])
+    return tables
+
+
+@pytest.mark.parametrize("schema", SCHEMAS)
+def test_a_drain_taken_into_rows_gives_each_part_as_take_records_and_frees_at_settle(schema):
+    """The stop's forced scan: each part of a drain, copied straight into record rows
+    (take_drained_records), holds the rows and masks take_records gives for the same
+    lowest flows; the table is empty at once and its slots are freed when it is next used."""
+    from netflow_agent.stages.flowtable import FREE_NS, value_fields
+
+    fields = value_fields(schema.record_dtype)
+    drained, taken = _twin_tables(schema)
+    flows = len(drained)
+    while len(taken):
+        part = drained.drain_slots(700)
+        slots = taken.occupied(700)
+        assert part.tolist() == slots.tolist()
+        got, want = schema.empty(len(part)), schema.empty(len(slots))
+        got_masks = drained.take_drained_records(part, got, fields).copy()
+        assert (got_masks == taken.take_records(slots, want, fields)).all()
+        assert got.tobytes() == want.tobytes()
+    assert len(drained) == 0 and drained.drained == flows
+    drained.lookup(b"\x01" * schema.key_size)  # settles: every drained slot freed at once
+    assert len(drained) == 1 and drained.occupied().tolist() == [0]
+    assert (drained.first[1:] == FREE_NS).all() and not drained.packets[1:].any()
+    assert not drained.masks.any()
+
+
+def test_take_drained_records_takes_only_the_part_handed_out_and_checks_the_rows():
+    from netflow_agent.stages.flowtable import value_fields
+
+    schema = default_schema()
+    fields = value_fields(schema.record_dtype)
+    table = _twin_tables(schema)[0]
+    flows, part = len(table), table.drain_slots(4)
+    with pytest.raises(ValueError, match="not the part drain_slots handed out"):
+        table.take_drained_records(part[1:], schema.empty(3), fields)
+    with pytest.raises(ValueError, match="writable C-contiguous rows"):
+        table.take_drained_records(part, schema.empty(3), fields)
+    assert len(table) == flows and table.drained == 0
+    out = schema.empty(4)
+    table.take_drained_records(part, out, fields)
+    assert len(table) == flows - 4 and out["packets"].tolist() == table.packets[part].tolist()
+
+
+@pytest.mark.parametrize("schema", SCHEMAS)
+def test_finish_rows_swaps_the_key_fields_and_writes_masks_and_reasons_as_numpy(schema):
+    """finish_rows in one C pass = the NumPy steps of the take: each big-endian key field
+    byteswapped in place, src/dst mask from the masks column, the end reason; every other
+    byte of a row as it was."""
+    from netflow_agent._flowindex import finish_rows
+    from netflow_agent.stages.cache import _finish_layout, _key_swaps
+
+    rng = np.random.default_rng(4)
+    n = 3000
+    rows = np.frombuffer(rng.bytes(n * schema.record_dtype.itemsize), schema.record_dtype).copy()
+    masks = rng.integers(0, 2**16, n, dtype=np.uint16)
+    reasons = rng.integers(0, 256, n, dtype=np.uint8)
+    swaps = _key_swaps(schema.key_dtype, schema.record_dtype)
+    assert swaps  # the ports and in_if at least
+    want = rows.copy()
+    for name in swaps:
+        want[name].byteswap(inplace=True)
+    want["src_mask"], want["dst_mask"], want["end_reason"] = masks >> 8, masks & 0xFF, reasons
+    layout = _finish_layout(schema.record_dtype, swaps)
+    assert layout is not None
+    finish_rows(rows, rows.itemsize, layout[0], masks, layout[1], reasons, layout[2])
+    assert rows.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"swaps": ((1, 3),)}, "width 3 is not 2, 4 or 8"),
+    ({"swaps": ((99, 2),)}, "swaps: 2 bytes at 99 are outside a 100-byte row"),
+    ({"mask_fields": (0, 100)}, "mask_fields: 1 bytes at 100"),
+    ({"reason_field": -1}, "reason_field: 1 bytes at -1"),
+    ({"reasons": np.zeros(3, np.uint8)}, "need as many reasons as masks"),
+    ({"rows": 3}, "as many rows"),
+    ({"masks": np.zeros(4, np.uint32)}, "masks: need integer items of 2 bytes"),
+    ({"overlap": True}, "records: overlaps masks or reasons"),
+])
+def test_finish_rows_refuses_what_lies_outside_the_rows_and_changes_nothing(change, message):
+    from netflow_agent._flowindex import finish_rows
+
+    schema = default_schema()
+    rows = schema.empty(8)
+    rows["src_port"] = 0x1234
+    before = rows.tobytes()
+    args = {"swaps": ((8, 2),), "masks": np.ones(4, np.uint16), "mask_fields": (97, 98),
+            "reasons": np.ones(4, np.uint8), "reason_field": 96, **change}
+    target = rows[:change["rows"]] if "rows" in change else rows
+    if change.get("overlap"):
+        args["masks"] = rows.view(np.uint8)[-8:].view(np.uint16)
+    with pytest.raises(ValueError, match=message):
+        finish_rows(target, rows.itemsize, args["swaps"], args["masks"], args["mask_fields"],
+                    args["reasons"], args["reason_field"])
+    assert rows.tobytes() == before
