@@ -38,8 +38,9 @@
  * a time) instead of taking a packed key array; the module's merge_records() then adds the
  * rows' counters into the cache's NumPy value columns by slot in one pass.
  *
- * take_records() copies slots' counters into record rows and frees them (a timed scan's
- * take; with keep, a drain's part); finish_rows() then turns each taken row's big-endian
+ * take_records() copies slots' counters into record rows and resets those columns (a timed
+ * scan's take, whose FlowIndex.take frees the keys; with keep, a drain's part, reset later
+ * at the table's settle); finish_rows() then turns each taken row's big-endian
  * key fields to native order and writes its masks and end reason, in one pass.
  *
  * hash_select() answers the hash:N flow sampler (agent/sampler.py) for a batch of keys or
@@ -1509,21 +1510,35 @@ static void merge_rows(struct merge *m)
 	m->flags_or = flags_or;
 }
 
-/* A writable C-contiguous column of items of `size` bytes. */
-static int get_column(PyObject *obj, Py_ssize_t size, const char *name, Py_buffer *view)
+/* A C-contiguous buffer of native-order integer items of `size` bytes, got with `flags`;
+ * -1 on error. */
+static int get_int_buffer(PyObject *obj, Py_ssize_t size, const char *name, Py_buffer *view,
+			  int flags)
 {
-	if (PyObject_GetBuffer(obj, view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+	if (PyObject_GetBuffer(obj, view, flags | PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
 		return -1;
 	const char *fmt = view->format ? view->format : "B";
 	char code = fmt[0] ? fmt[strlen(fmt) - 1] : 'B';
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	const char *foreign = ">!"; /* struct-module prefixes of the other byte order */
+#else
+	const char *foreign = "<";
+#endif
 
-	if (view->itemsize != size || !strchr("bBhHiIlLqQnN", code)) {	/* integer columns */
-		PyErr_Format(PyExc_ValueError, "%s: need integer items of %zd bytes, got '%s' of %zd",
+	if (view->itemsize != size || !strchr("bBhHiIlLqQnN", code)
+	    || (size > 1 && fmt[0] && strchr(foreign, fmt[0]))) {	/* integer columns */
+		PyErr_Format(PyExc_ValueError, "%s: need native-order integer items of %zd bytes, got '%s' of %zd",
 			     name, size, fmt, view->itemsize);
 		PyBuffer_Release(view);
 		return -1;
 	}
 	return 0;
+}
+
+/* A writable C-contiguous column of items of `size` bytes. */
+static int get_column(PyObject *obj, Py_ssize_t size, const char *name, Py_buffer *view)
+{
+	return get_int_buffer(obj, size, name, view, PyBUF_WRITABLE);
 }
 
 PyDoc_STRVAR(merge_records_doc,
@@ -1759,7 +1774,8 @@ out:
 
 /* --- finishing taken rows ---------------------------------------------------------------- */
 
-#define MAX_SWAPS 16 /* key fields a row may need swapped (the widest schema has a few) */
+#define MAX_SWAPS 64 /* key fields a row may have swapped (the widest built-in schema has 19;
+			    * the cache takes its NumPy path for a wider one: MAX_SWAPS) */
 
 struct finish {
 	uint8_t *rows;
@@ -1854,18 +1870,7 @@ static int get_swaps(PyObject *swaps, Py_ssize_t stride, struct finish *f)
 /* A read-only C-contiguous buffer of integer items of `size` bytes; -1 on error. */
 static int get_items(PyObject *obj, Py_ssize_t size, const char *name, Py_buffer *view)
 {
-	if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
-		return -1;
-	const char *fmt = view->format ? view->format : "B";
-	char code = fmt[0] ? fmt[strlen(fmt) - 1] : 'B';
-
-	if (view->itemsize != size || !strchr("bBhHiIlLqQnN", code)) {
-		PyErr_Format(PyExc_ValueError, "%s: need integer items of %zd bytes, got '%s' of %zd",
-			     name, size, fmt, view->itemsize);
-		PyBuffer_Release(view);
-		return -1;
-	}
-	return 0;
+	return get_int_buffer(obj, size, name, view, 0);
 }
 
 PyDoc_STRVAR(finish_rows_doc,
@@ -1966,7 +1971,8 @@ PyMODINIT_FUNC PyInit__flowindex(void)
 	if (!m)
 		return NULL;
 	if (PyModule_AddObjectRef(m, "FlowIndex", (PyObject *)&FlowIndexType) < 0
-	    || PyModule_AddIntConstant(m, "MAX_FLOWS", MAX_FLOWS) < 0) {
+	    || PyModule_AddIntConstant(m, "MAX_FLOWS", MAX_FLOWS) < 0
+	    || PyModule_AddIntConstant(m, "MAX_SWAPS", MAX_SWAPS) < 0) {
 		Py_DECREF(m);
 		return NULL;
 	}

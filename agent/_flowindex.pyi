@@ -9,6 +9,7 @@ import numpy as np
 Buffer: TypeAlias = bytes | bytearray | memoryview | array[Any] | np.ndarray[Any, Any]
 
 MAX_FLOWS: int
+MAX_SWAPS: int
 
 def siphash(data: Buffer, /) -> int: ...
 def merge_records(records: Buffer, stride: int, fields: tuple[int, ...], slots: Buffer,

@@ -40,7 +40,7 @@ from typing import Any, Literal
 import numpy as np
 
 from netflow_agent import heap, hookimpl
-from netflow_agent._flowindex import finish_rows
+from netflow_agent._flowindex import MAX_SWAPS, finish_rows
 from netflow_agent.config.schema import option
 from netflow_agent.errors import ConfigIssue
 from netflow_agent.fragments import FragmentPolicy
@@ -241,7 +241,7 @@ def _finish_layout(record: np.dtype, swaps: tuple[str, ...]) -> _Finish | None:
                                                               "end_reason")):
         return None
     pairs = tuple((int(fields[name][1]), fields[name][0].itemsize) for name in swaps)
-    if any(width not in (2, 4, 8) for _at, width in pairs):
+    if len(pairs) > MAX_SWAPS or any(width not in (2, 4, 8) for _at, width in pairs):
         return None
     return (pairs, (int(fields["src_mask"][1]), int(fields["dst_mask"][1])),
             int(fields["end_reason"][1]))
@@ -759,8 +759,8 @@ class FlowCache(Cache):
             # keys and counters straight into the rows (a scan's take frees the slots; a
             # drain's part leaves them to FlowTable.settle)
             take_rows = self.table.take_drained_records if drained else self.table.take_records
+            finish = _finish_layout(schema.record_dtype, swaps)  # before the take frees slots
             masks = take_rows(slots, out, fields)
-            finish = _finish_layout(schema.record_dtype, swaps)
             if finish is not None:  # key fields to native order, masks, reasons: one pass
                 finish_rows(out, out.itemsize, finish[0], np.ascontiguousarray(masks, np.uint16),
                             finish[1], np.ascontiguousarray(reasons, np.uint8), finish[2])

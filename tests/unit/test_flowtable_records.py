@@ -15,7 +15,11 @@ from netflow_agent.stages.cache import CacheConfig, FlowCache
 from netflow_agent.stages.flowtable import FlowTable, record_layout
 
 EXTENDED = FlowSchema.build(FlowOptions(mac=True, vlan=True, mpls_labels=2, tunnel_id=True))
-SCHEMAS = [pytest.param(default_schema(), id="base"), pytest.param(EXTENDED, id="extended")]
+#: the widest built-in key: 19 multi-byte key fields for finish_rows to swap
+WIDEST = FlowSchema.build(FlowOptions(mac=True, vlan=True, mpls_labels=10, physdev="export",
+                                      tunnel_id=True))
+SCHEMAS = [pytest.param(default_schema(), id="base"), pytest.param(EXTENDED, id="extended"),
+           pytest.param(WIDEST, id="widest")]
 COLUMNS = ("packets", "octets", "first", "last", "flags", "out_if", "masks")
 
 
@@ -481,7 +485,9 @@ def test_finish_rows_swaps_the_key_fields_and_writes_masks_and_reasons_as_numpy(
     ({"reason_field": -1}, "reason_field: 1 bytes at -1"),
     ({"reasons": np.zeros(3, np.uint8)}, "need as many reasons as masks"),
     ({"rows": 3}, "as many rows"),
-    ({"masks": np.zeros(4, np.uint32)}, "masks: need integer items of 2 bytes"),
+    ({"masks": np.zeros(4, np.uint32)}, "masks: need native-order integer items of 2 bytes"),
+    ({"masks": np.zeros(4, np.uint16).astype(">u2" if np.little_endian else "<u2")},
+     "masks: need native-order integer items"),
     ({"overlap": True}, "records: overlaps masks or reasons"),
 ])
 def test_finish_rows_refuses_what_lies_outside_the_rows_and_changes_nothing(change, message):
@@ -500,3 +506,30 @@ def test_finish_rows_refuses_what_lies_outside_the_rows_and_changes_nothing(chan
         finish_rows(target, rows.itemsize, args["swaps"], args["masks"], args["mask_fields"],
                     args["reasons"], args["reason_field"])
     assert rows.tobytes() == before
+
+
+@pytest.mark.parametrize("force", [True, False], ids=["stop", "timed"])
+def test_the_widest_key_is_exported_by_both_takes(force):
+    """A key with more multi-byte fields than finish_rows' table (19 in the widest built-in
+    schema; 16 was the limit) still leaves the cache as records: the take, timed or forced,
+    exports every flow it frees (before: ValueError after the slots were freed, the flows
+    gone and counted nowhere)."""
+    from netflow_agent import schema as schema_mod
+
+    before = schema_mod.active()
+    schema_mod.set_active(WIDEST)
+    try:
+        cache = FlowCache(CacheConfig(inactive_timeout=1))
+        rows = WIDEST.empty(3)
+        rows["ip_version"], rows["protocol"], rows["src_port"] = 4, 17, [1, 2, 3]
+        rows["packets"], rows["octets"] = 1, 100
+        rows["start_ns"] = rows["end_ns"] = 10**18
+        rows["mpls_label_10"], rows["tunnel_id"] = 0x12345, 2**40 + 7
+        cache.agent_cache_flows(batch=FlowBatch("t", rows), now_ns=10**18)
+        got = cache.agent_cache_expire(now_ns=10**18 + 5 * 10**9, force=force).flows
+        assert sorted(got["src_port"].tolist()) == [1, 2, 3]
+        assert got["mpls_label_10"].tolist() == [0x12345] * 3
+        assert got["tunnel_id"].tolist() == [2**40 + 7] * 3
+        assert cache.stats.exported_flows == 3 and cache.counters()["active_flows"] == 0
+    finally:
+        schema_mod.set_active(before)
