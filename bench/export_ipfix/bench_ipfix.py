@@ -4,9 +4,10 @@ What it measures, on one core (the pipeline thread does this work), for the same
 the same run:
 
 * ``ipfix encode``: the pure encoder alone (``encode_flow_groups`` + ``encode_messages``);
-* ``ipfix encode+send``: the component's ``agent_export_flows`` hook: encoding plus one
-  non-blocking ``send`` per message to a bound UDP socket on 127.0.0.1 that never reads (the
-  receiver drops; the sender still pays the full syscall and loopback path);
+* ``ipfix encode+send``: the component's ``agent_export_flows`` hook, unpaced: encoding plus
+  the part's messages handed to the destination at once (one ``sendmmsg``, as v9) to a bound
+  UDP socket on 127.0.0.1 that never reads (the receiver drops; the sender still pays the
+  full syscall and loopback path);
 * ``v9 encode+send``: ``[[export.netflow]] protocol = 9`` on the same records, side by side
   (IPFIX carries 64-bit counters and millisecond timestamps, so its records are larger).
 

@@ -6,8 +6,10 @@ This module owns the I/O side of IPFIX export; the encoders (``ipfix.py``, ``nel
 * **UDP** (RFC 7011 section 10.3): one :class:`~agent.transport.udp.UdpDestination` per
   destination; messages are encoded once, with one shared :class:`~.ipfix.Session`, and sent
   to every destination (mirroring: each destination sees the same stream, so the sequence
-  numbers are right for each). Templates are refreshed by time and by message count, and
-  at once when a destination becomes reachable again. Never any template withdrawal.
+  numbers are right for each). The messages of one export part go to each destination as
+  one batch (``send_batch``: one ``sendmmsg``, or one put into the paced backlog), as for
+  NetFlow v9. Templates are refreshed by time and by message count, and at once when a
+  destination becomes reachable again. Never any template withdrawal.
 * **TCP** (section 10.4): one :class:`~.tcp.TcpDestination` per destination with its own
   session, spool and reconnect backoff.
 * **File** (RFC 5655): :class:`~.file.IpfixFile` when ``path`` is set.
@@ -124,7 +126,7 @@ class IpfixExporter(NatExporter):
         self.cfg = config
         self.context: RunContext | None = None
         self.udp: list[UdpDestination] = []
-        self._late_losses: deque[bytes] = deque()
+        self._udp_losses: deque[tuple[bytes, int]] = deque()
         self.tcp: list[TcpDestination] = []
         self.file: IpfixFile | None = None
         self.session = Session(config.domain_id, config.refresh_rate,
@@ -187,7 +189,7 @@ class IpfixExporter(NatExporter):
             self.udp = [UdpDestination(e, source=cfg.source, sndbuf=cfg.sndbuf,
                                        rate_limit=cfg.rate_limit, backlog=cfg.backlog,
                                        flush_timeout_s=cfg.flush_timeout_s,
-                                       on_late_loss=self._late_loss, log=self.log)
+                                       on_loss=self._udp_loss, log=self.log)
                         for e in endpoints]
             for d in self.udp:
                 d.connect()
@@ -479,21 +481,21 @@ class IpfixExporter(NatExporter):
         c["lost_packets"] += packets
         c["lost_octets"] += octets
 
-    def _late_loss(self, data: bytes, records: int) -> None:
-        """A paced UDP destination's thread lost a message it had queued: count it later."""
-        self._late_losses.append(data)
+    def _udp_loss(self, data: bytes, records: int) -> None:
+        """A UDP destination lost a message (refused, backlog full, unconnected, or left in
+        the backlog at close), on whichever thread: counted later, by the exporter's."""
+        self._udp_losses.append((data, records))
 
-    def _count_late_losses(self) -> None:
-        """Count messages a paced UDP destination lost after queueing them (its thread
-        appends them to ``_late_losses``; deque appends and pops are thread-safe): lost, and
-        no longer in the ``udp_*`` counters, which counted them when they were queued."""
+    def _count_udp_losses(self) -> None:
+        """Count the messages the UDP destinations lost (``_udp_loss`` appends them; deque
+        appends and pops are thread-safe): lost with their records' packets and octets, and
+        no longer in the ``udp_*`` counters, which counted them when they were handed over."""
         from .ipfix import message_totals
 
         c = self.counters
-        while self._late_losses:
-            data = self._late_losses.popleft()
-            records, packets, octets = message_totals(data, self.templates)
-            self._lose(records, packets, octets)
+        while self._udp_losses:
+            data, records = self._udp_losses.popleft()
+            self._lose(*message_totals(data, self.templates))
             c["udp_messages"] -= 1
             c["udp_records"] -= records
             c["udp_octets"] -= len(data)
@@ -509,7 +511,13 @@ class IpfixExporter(NatExporter):
     # --- UDP -------------------------------------------------------------------------------
 
     def _send_udp(self, groups: list[DataGroup]) -> None:
-        from .ipfix import encode_messages, message_totals
+        """Encode ``groups`` into messages and hand them to every destination as one batch
+        (one ``sendmmsg`` unpaced, one backlog ``put`` paced), as NetFlow v9 does. Every
+        message is counted in ``udp_*`` here; one a destination loses, now or later from its
+        backlog, comes back through :meth:`_udp_loss` and is moved to ``lost_*`` by
+        :meth:`_count_udp_losses`. The sequence numbers were set by the encoding, whatever the
+        sends do: a lost message's records still count (RFC 7011 section 3.1)."""
+        from .ipfix import encode_messages
 
         if any(d.needs_templates for d in self.udp):
             self.session.force_templates = True
@@ -521,16 +529,16 @@ class IpfixExporter(NatExporter):
             self.counters["encode_errors"] += 1
             self.log.warning("%s: %s", self.name, exc)
             return
+        datagrams = [m.data for m in messages]
+        records = [m.records for m in messages]
         c = self.counters
         wait_s = self.cfg.flush_timeout_s if self.context and self.context.stopping else 0.0
-        for d in self.udp:
-            for m in messages:  # the final export may wait for room in the paced backlog
-                if d.send(m.data, m.records, wait_s):
-                    c["udp_messages"] += 1
-                    c["udp_records"] += m.records
-                    c["udp_octets"] += len(m.data)
-                else:
-                    self._lose(*message_totals(m.data, self.templates))
+        for d in self.udp:  # the final export may wait for room in the paced backlog
+            c["udp_messages"] += len(datagrams)
+            c["udp_records"] += sum(records)
+            c["udp_octets"] += sum(map(len, datagrams))
+            d.send_batch(datagrams, records, wait_s)
+        self._count_udp_losses()
 
     # --- options ---------------------------------------------------------------------------
 
@@ -540,8 +548,8 @@ class IpfixExporter(NatExporter):
 
         core = self.context.stats() if self.context is not None else {}
         c = self.counters
+        self._count_udp_losses()
         messages, records, octets = c["udp_messages"], c["udp_records"], c["udp_octets"]
-        self._count_late_losses()
         lost, lost_p, lost_o = c["lost_records"], c["lost_packets"], c["lost_octets"]
         for d in self.tcp:
             messages, records, octets = (messages + d.stats.messages, records + d.stats.records,
@@ -612,7 +620,7 @@ class IpfixExporter(NatExporter):
     @hookimpl
     def agent_collect_stats(self) -> dict[str, Any]:
         """Instance counters plus one mapping per destination."""
-        self._count_late_losses()
+        self._count_udp_losses()
         refresh_min = self.cfg.template_refresh_s / 60
         out: dict[str, Any] = {"protocol": 10, "refresh_rate": self.config.refresh_rate,
                                "timeout_rate": int(refresh_min) if refresh_min.is_integer()

@@ -1,0 +1,154 @@
+"""IPFIX over UDP hands a whole export part to each destination at once (one ``sendmmsg``
+unpaced, one put into the paced backlog), as NetFlow v9 does, and still counts every lost
+message on its own, with its records' packets and octets; the sequence numbers stay those of
+the stream (RFC 7011 section 3.1: a lost message's records still count)."""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+import pytest
+
+import netflow_agent.transport.udp as udp
+from netflow_agent.plugins.export_ipfix.component import IpfixExporter
+from netflow_agent.plugins.export_ipfix.config import Config
+from netflow_agent.plugins.export_ipfix.ipfix import HEADER, message_totals
+from netflow_agent.runtime import RunContext
+from netflow_agent.transport.pacing import PacedSender
+from tests.export_ipfix.helpers import flow
+from tests.export_netflow.collect import full_socket
+from tests.support.collectors import UdpSink
+
+RECORDS = [flow(i) for i in range(400)]  # a dozen messages or so at the default MTU
+
+
+def start(port: int, **cfg: object) -> IpfixExporter:
+    cfg.setdefault("rate_limit", 0)  # unpaced unless a test paces
+    exporter = IpfixExporter(Config(destination=[f"127.0.0.1:{port}"], options_interval_s=0,
+                                    **cfg), "export.ipfix[0]")
+    exporter.agent_start(RunContext())
+    return exporter
+
+
+def sequence(message: bytes) -> int:
+    return HEADER.unpack_from(message)[3]
+
+
+@pytest.fixture
+def no_gso(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(udp.UdpDestination, "use_gso", False)
+
+
+def test_an_unpaced_part_leaves_in_one_sendmmsg(monkeypatch, no_gso):
+    calls: list[int] = []
+    real = udp.send_burst
+
+    def counting(fd, datagrams, pos, count, gso_max):
+        calls.append(count)
+        return real(fd, datagrams, pos, count, gso_max)
+
+    monkeypatch.setattr(udp, "send_burst", counting)
+    with UdpSink() as sink:
+        exporter = start(sink.port)
+        exporter.agent_export_flows(records=RECORDS)
+        stats = exporter.agent_collect_stats()
+        got = sink.wait(stats["udp_messages"])
+        exporter.agent_stop()
+    assert stats["udp_messages"] > 5
+    assert calls == [stats["udp_messages"]]  # the whole part, one call
+    assert stats["udp_records"] == len(RECORDS) and stats["lost_records"] == 0
+    assert len(got) == stats["udp_messages"]
+
+
+def test_a_paced_part_goes_into_the_backlog_in_one_put(monkeypatch):
+    puts: list[int] = []
+    real = PacedSender.put
+
+    def counting(self, datagrams, records, wait_s=0.0):
+        puts.append(len(datagrams))
+        return real(self, datagrams, records, wait_s)
+
+    monkeypatch.setattr(PacedSender, "put", counting)
+    with UdpSink() as sink:
+        exporter = start(sink.port, rate_limit=100_000)
+        exporter.agent_export_flows(records=RECORDS)
+        exporter.agent_stop()
+        stats = exporter.agent_collect_stats()
+        sink.wait(stats["udp_messages"])
+    assert puts == [stats["udp_messages"]] and stats["udp_messages"] > 5
+    assert stats["udp_records"] == len(RECORDS) and stats["lost_records"] == 0
+
+
+def test_a_message_refused_inside_a_part_is_lost_alone_and_keeps_its_sequence(
+        monkeypatch, no_gso):
+    """The kernel refuses the third message of a part (send buffer full): that message is
+    lost with its packets and octets, the others arrive, and the next message's sequence
+    number still counts the lost records (the collector sees the gap)."""
+    real = udp.send_burst
+    refused: list[bytes] = []
+
+    def refuse_third(fd, datagrams, pos, count, gso_max):
+        if refused or not pos <= 2 < pos + count:
+            return real(fd, datagrams, pos, count, gso_max)
+        sent = real(fd, datagrams, pos, 2 - pos, gso_max)[0] if pos < 2 else 0
+        refused.append(datagrams[2])
+        return sent, errno.EAGAIN, 0
+
+    monkeypatch.setattr(udp, "send_burst", refuse_third)
+    with UdpSink() as sink:
+        exporter = start(sink.port)
+        exporter.agent_export_flows(records=RECORDS)
+        stats = exporter.agent_collect_stats()
+        got = sink.wait(stats["udp_messages"])
+        exporter.agent_stop()
+    lost, packets, octets = message_totals(refused[0], exporter.templates)
+    assert lost > 0 and len(got) == stats["udp_messages"]
+    assert (stats["lost_records"], stats["lost_packets"], stats["lost_octets"]) == (
+        lost, packets, octets)
+    assert stats["udp_records"] == len(RECORDS) - lost
+    dest = stats["destinations"][f"127.0.0.1:{sink.port}"]
+    assert (dest["fail"], dest["err_sndbuf"], dest["lost_records"]) == (1, 1, lost)
+    assert sequence(got[2]) == sequence(refused[0]) + lost  # the gap is the lost records
+    assert exporter.session.sequence == len(RECORDS)
+
+
+def test_a_full_send_buffer_loses_the_part_and_the_sequence_goes_on(no_gso):
+    exporter = start(9)
+    dest = exporter.udp[0]
+    dest._sock.close()
+    dest._sock, peer = full_socket()
+    first = RECORDS[:100]
+    exporter.agent_export_flows(records=first)
+    stats = exporter.agent_collect_stats()
+    assert (stats["udp_messages"], stats["udp_records"], stats["udp_octets"]) == (0, 0, 0)
+    assert stats["lost_records"] == len(first)
+    assert stats["lost_packets"] == sum(r.packets for r in first)
+    assert stats["lost_octets"] == sum(r.octets for r in first)
+    with UdpSink() as sink:  # the collector's socket is writable again
+        dest._sock.close()
+        dest._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        dest._sock.connect(("127.0.0.1", sink.port))
+        exporter.agent_export_flows(records=RECORDS[100:110])
+        got = sink.wait(1)
+        exporter.agent_stop()
+    peer.close()
+    assert sequence(got[0]) == len(first)
+    assert exporter.agent_collect_stats()["udp_records"] == 10
+
+
+def test_a_full_backlog_counts_the_messages_it_refused():
+    """A paced backlog of 2 messages and a part of more: the put takes what fits, the rest
+    is lost at once with its packets and octets; nothing is counted twice at stop."""
+    with UdpSink() as sink:
+        exporter = start(sink.port, rate_limit=10, backlog=2, flush_timeout_s=0)
+        exporter.udp[0].flush_timeout_s = 0
+        exporter.agent_export_flows(records=RECORDS)
+        during = exporter.agent_collect_stats()
+        exporter.agent_stop()
+        stats = exporter.agent_collect_stats()
+    dest = stats["destinations"][f"127.0.0.1:{sink.port}"]
+    assert during["lost_records"] > 0
+    assert stats["udp_records"] + stats["lost_records"] == len(RECORDS)
+    assert stats["udp_messages"] == dest["packets_ok"]
+    assert dest["lost_records"] == stats["lost_records"]
