@@ -124,7 +124,16 @@ typedef struct {
 	int active;		/* the table set_active() last chose, -1 before the first */
 	int synced;		/* a synchronize() returned since that set_active(): no program
 				 * writes the other table (hash_walk_done()) */
+	int walk_clean;		/* the drain in progress began synced on the inactive table and
+				 * no set_active() came since: its end may clear the hash marks */
+	int walk_flipped;	/* a set_active() came during the drain in progress: programs
+				 * may have taken slots in windows it did not read */
 	unsigned long long hash_skips;	/* drains that skipped an unmarked hash's walk */
+	unsigned long long hash_walks;	/* drains that walked the hash (marked or forced) */
+	unsigned long long mark_clear_errors;	/* whole walks whose mark clear failed */
+	unsigned long long slots_read;	/* slots the walks read (tagged ones, or all of a
+					 * window whose tags could not be mapped) */
+	unsigned long long tag_map_errors;	/* windows read without their tags (mmap failed) */
 	unsigned long long windows_scanned;	/* windows mapped and scanned since load */
 	__u32 key_size;		/* bytes the flow tables hash: the base key or all of it */
 	__u32 rec_size;		/* bytes of a drained row: FLOW_RECORD_BASE_SIZE or a flow_record */
@@ -497,6 +506,7 @@ static __u32 next_tagged(const Loader *self, __u32 pos)
  * window below `upto` not prefetched yet. */
 static void prefetch_tagged(Loader *self, __u32 upto)
 {
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__	/* byte i of the word is tag i: as next_tagged */
 	const __u64 low7 = 0x7f7f7f7f7f7f7f7fULL;
 
 	if (!self->win_tags || self->window < 8)
@@ -514,6 +524,10 @@ static void prefetch_tagged(Loader *self, __u32 upto)
 			__builtin_prefetch(self->win + (size_t)i * self->slot_size, 1);
 		}
 	}
+#else
+	(void)self;
+	(void)upto;
+#endif
 }
 
 /* Map the walk's next touched window: 1, 0 when there is none left, or -errno. */
@@ -529,8 +543,10 @@ static int next_window(Loader *self)
 
 	if (err)
 		return err;
-	if (map_window_tags(self))	/* no tags: the walk reads every slot of the window */
+	if (map_window_tags(self)) {	/* no tags: the walk reads every slot of the window */
 		self->win_tags = NULL;
+		self->tag_map_errors++;
+	}
 	self->walk_bits &= self->walk_bits - 1;
 	return 1;
 }
@@ -711,7 +727,9 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	self->hash_marks = calloc((size_t)self->slot_ncpu, sizeof(__u64));
 	self->active = -1;
 	self->synced = 0;
-	self->hash_skips = 0;
+	self->walk_clean = 0;
+	self->hash_skips = self->hash_walks = self->mark_clear_errors = 0;
+	self->slots_read = self->tag_map_errors = 0;
 	if (!self->touched || !self->hash_marks) {
 		loader_release(self);
 		PyErr_NoMemory();
@@ -859,6 +877,8 @@ static PyObject *Loader_set_active(Loader *self, PyObject *args)
 	if (index >= FLOW_MAPS)
 		return PyErr_Format(PyExc_ValueError, "flow table index %u out of range", index);
 	self->synced = 0;	/* before the flip: a failed one leaves the state unknown */
+	self->walk_clean = 0;	/* a flip during a drain: programs may write its table */
+	self->walk_flipped = 1;
 	err = bpf_map_update_elem(bpf_map__fd(self->skel->maps.flow_active), &zero, &index, 0);
 	if (err) {
 		self->active = -1;
@@ -1029,6 +1049,7 @@ static __u32 drain_slots(Loader *self, __u32 room, char *out, int *done, int *er
 								      self->slot_size);
 
 			prefetch_tagged(self, self->win_pos + PREFETCH_AHEAD);
+			self->slots_read++;
 
 			if (self->slot_line) {
 				if (!put_line_slot(self, out + (size_t)kept * out_row_size(self),
@@ -1059,7 +1080,10 @@ static __u32 drain_slots(Loader *self, __u32 room, char *out, int *done, int *er
 	}
 	/* a failed tag clear (slot_info()'s tag_errno, not *err: the rows are all out) keeps the
 	 * touched words, so the next drain of this table clears those windows' tags again */
-	if (*done && !*err && !self->tag_err && self->touched_any) {	/* all empty again */
+	/* a flip during the walk: programs may have marked windows it did not read (their
+	 * marks were read at drain_begin), so the marks stay for the next drain */
+	if (*done && !*err && !self->tag_err && self->touched_any &&
+	    !self->walk_flipped) {	/* all empty again */
 		memset(self->touched, 0, (size_t)self->slot_ncpu * sizeof(__u64));
 		bpf_map_update_elem(bpf_map__fd(self->skel->maps.slot_touched), &self->walk_index,
 				    self->touched, BPF_ANY);	/* clear the marks */
@@ -1092,20 +1116,25 @@ static int hash_marked(Loader *self, __u32 index)
 /*
  * The walk of the drained hash ended: `err` 0 (its end) or the -errno that stopped it. A
  * stopped walk leaves entries behind: the marks stay, so the next drain of the table walks
- * it. A whole walk clears the table's marks, but only when no program can write the table
- * meanwhile: it is not the active one and a synchronize() returned since the flip (without
- * one, a straggler could insert behind the walk and mark before the clear: the marks then
- * stay and the next drain walks again). If the clear fails the marks stay too.
+ * it. A whole walk clears the table's marks, but only when no program could write the table
+ * during it (walk_clean): when the walk began, the table was not the active one and a
+ * synchronize() had returned since the flip, and no set_active() came since. Otherwise a
+ * program could insert behind the walk (its CPU's mark already set, so it marks nothing new)
+ * and the clear would hide that entry from every later drain: the marks stay and the next
+ * drain walks again. If the clear fails the marks stay too (counted: mark_clear_errors).
+ * synchronize() is a real grace period only where membarrier's GLOBAL command waits for
+ * one: the ingest also forces a walk now and then and at stop (drain_begin(force=True)).
  */
 static void hash_walk_done(Loader *self, int err)
 {
 	__u32 index = self->walk_index;
 
-	if (err || !self->synced || self->active < 0 || (__u32)self->active == index)
+	if (err || !self->walk_clean || self->active < 0 || (__u32)self->active == index)
 		return;
 	memset(self->hash_marks, 0, (size_t)self->slot_ncpu * sizeof(__u64));
-	bpf_map_update_elem(bpf_map__fd(self->skel->maps.hash_touched), &index, self->hash_marks,
-			    BPF_ANY);
+	if (bpf_map_update_elem(bpf_map__fd(self->skel->maps.hash_touched), &index,
+				self->hash_marks, BPF_ANY))
+		self->mark_clear_errors++;
 }
 
 /* The drained table's slot_touched words into self->touched; all windows if unreadable. */
@@ -1124,33 +1153,49 @@ static void read_touched(Loader *self)
 }
 
 /* slot_info() -> dict: the per-CPU slots' geometry, the windows the drains scanned,
- * tag_errno: the errno of the first tag clear the current (or last) drain failed, else 0, and
- * hash_walks_skipped: drains whose hash no CPU had inserted into (hash_marked()). */
+ * tag_errno: the errno of the first tag clear the current (or last) drain failed, else 0,
+ * slots_read: slots the walks read (by their tags), tag_map_errors: windows read whole for
+ * want of their tags, hash_walks / hash_walks_skipped: drains that walked the hash / whose
+ * hash no CPU had inserted into (hash_marked()), mark_clear_errors: failed mark clears. All
+ * counts are since load. */
 static PyObject *Loader_slot_info(Loader *self, PyObject *unused)
 {
 	if (check_open(self))
 		return NULL;
-	return Py_BuildValue("{sIsisIsIsIsIsKsisK}", "slots", self->slots,
+	return Py_BuildValue("{sIsisIsIsIsIsKsisKsKsKsKsK}", "slots", self->slots,
 			     "cpus", self->slot_ncpu,
 			     "probes", self->probes, "slot_bytes", self->slot_size,
 			     "window", self->slots ? self->window : 0,
 			     "windows", self->slots ? self->slots / self->window : 0,
 			     "windows_scanned", self->windows_scanned,
 			     "tag_errno", -self->tag_err,
-			     "hash_walks_skipped", self->hash_skips);
+			     "slots_read", self->slots_read,
+			     "tag_map_errors", self->tag_map_errors,
+			     "hash_walks", self->hash_walks,
+			     "hash_walks_skipped", self->hash_skips,
+			     "mark_clear_errors", self->mark_clear_errors);
 }
 
-/* drain_begin(index): start emptying flow table `index` (and its slots) with drain_next(). */
-static PyObject *Loader_drain_begin(Loader *self, PyObject *args)
+/* drain_begin(index, force=False): start emptying flow table `index` (and its slots) with
+ * drain_next(); force: walk the hash even when no CPU marked it (hash_walk_done() says
+ * when the marks can miss an entry). */
+static PyObject *Loader_drain_begin(Loader *self, PyObject *args, PyObject *kw)
 {
+	static char *kwlist[] = { "index", "force", NULL };
 	__u32 index;
+	int force = 0;
 
-	if (!PyArg_ParseTuple(args, "I", &index) || check_open(self))
+	if (!PyArg_ParseTupleAndKeywords(args, kw, "I|p", kwlist, &index, &force) ||
+	    check_open(self))
 		return NULL;
 	if (index >= FLOW_MAPS)
 		return PyErr_Format(PyExc_ValueError, "flow table index %u out of range", index);
 	self->walk_index = index;
-	self->walk_phase = hash_marked(self, index) ? WALK_HASH : WALK_SLOTS;
+	/* no program writes the table during this walk unless a set_active() comes */
+	self->walk_clean = self->synced && self->active >= 0 && (__u32)self->active != index;
+	self->walk_flipped = 0;
+	self->walk_phase = force || hash_marked(self, index) ? WALK_HASH : WALK_SLOTS;
+	self->hash_walks += self->walk_phase == WALK_HASH;
 	self->walk_first = 1;
 	self->walk_batch = 0;
 	unmap_window(self);
@@ -1453,13 +1498,17 @@ static PyMethodDef Loader_methods[] = {
 	  "set_active(index): flow table the programs write to" },
 	{ "synchronize", (PyCFunction)Loader_synchronize, METH_NOARGS,
 	  "synchronize() -> True when every running BPF program has returned (RCU grace period)" },
-	{ "drain_begin", (PyCFunction)Loader_drain_begin, METH_VARARGS,
-	  "drain_begin(index): start emptying flow table index (and its slots)" },
+	{ "drain_begin", (PyCFunction)(void (*)(void))Loader_drain_begin,
+	  METH_VARARGS | METH_KEYWORDS,
+	  "drain_begin(index, force=False): start emptying flow table index (and its slots); "
+	  "force: walk its hash even when no CPU marked it" },
 	{ "slot_info", (PyCFunction)Loader_slot_info, METH_NOARGS,
 	  "slot_info() -> {slots, cpus, probes, slot_bytes, window, windows (per CPU), "
 	  "windows_scanned, "
-	  "tag_errno (the drain's first failed tag clear, else 0), hash_walks_skipped (drains "
-	  "that skipped the walk of a hash no CPU inserted into)}" },
+	  "tag_errno (the drain's first failed tag clear, else 0), slots_read (slots the walks "
+	  "read), tag_map_errors (windows read whole: their tags not mapped), hash_walks, "
+	  "hash_walks_skipped (drains that skipped the walk of a hash no CPU inserted into), "
+	  "mark_clear_errors (failed hash mark clears)}" },
 	{ "drain_next", (PyCFunction)Loader_drain_next, METH_VARARGS,
 	  "drain_next(buffer, layout=None, wall_offset=0) -> (rows written into buffer, errno, "
 	  "more): the next chunk, as flow_record rows or in a record layout" },

@@ -49,7 +49,7 @@ class FailingLoader:
     def synchronize(self) -> bool:
         return True
 
-    def drain_begin(self, index: int) -> None:
+    def drain_begin(self, index: int, force: bool = False) -> None:
         self.left = self.table
 
     def drain_next(self, buffer: np.ndarray, layout: bytes | None = None,
@@ -66,7 +66,8 @@ class FailingLoader:
         pass
 
     def slot_info(self) -> dict[str, int]:
-        return {"windows_scanned": 0, "tag_errno": self.tag_errno, "hash_walks_skipped": 0}
+        return {"windows_scanned": 0, "tag_errno": self.tag_errno, "hash_walks": 0,
+                "hash_walks_skipped": 0, "mark_clear_errors": 0}
 
     def consume(self) -> tuple[bytes, int]:
         return b"", 0
@@ -249,11 +250,13 @@ class StoppingLoader(FailingLoader):
     def __init__(self, rows: int = 1):
         super().__init__(rows=rows)
         self.walks = 0
+        self.forced: list[tuple[int, bool]] = []  # (table, force) of each walk
         self.closed = False
 
-    def drain_begin(self, index: int) -> None:
+    def drain_begin(self, index: int, force: bool = False) -> None:
         self.walks += 1
-        super().drain_begin(index)
+        self.forced.append((index, force))
+        super().drain_begin(index, force)
 
     def close(self) -> None:
         self.closed = True
@@ -291,6 +294,21 @@ def test_the_stop_drains_both_tables_after_a_new_packet():
     assert fresh.walks == 2 and emitted(comp) == [1, 1]
 
 
+def test_the_stop_and_every_seventh_drain_walk_the_hash_even_unmarked():
+    """Where synchronize() is no real grace period, a straggler's entry can sit in a hash
+    whose marks were cleared: every 7th timer drain (both tables in turn) and both drains of
+    the stop walk the hash whatever its marks say."""
+    loader = StoppingLoader()
+    comp = ingest_with(loader)
+    every = component.FORCED_WALK_EVERY
+    for _ in range(2 * every):
+        comp._drain()
+    forced = [(i, table) for i, (table, force) in enumerate(loader.forced) if force]
+    assert forced == [(every - 1, 0), (2 * every - 1, 1)]
+    comp.agent_stop()
+    assert loader.forced[2 * every:] == [(0, True), (1, True)]
+
+
 class KernelTables:
     """Two flow tables and the packet counter as the BPF program uses them: a program counts
     its packet at its start (``begin``) and writes into the table active when it reads the
@@ -324,7 +342,7 @@ class KernelTables:
     def synchronize(self) -> bool:
         return self.synced
 
-    def drain_begin(self, index: int) -> None:
+    def drain_begin(self, index: int, force: bool = False) -> None:
         self.draining = index
 
     def drain_next(self, buffer: np.ndarray, layout: bytes | None = None,
@@ -346,7 +364,8 @@ class KernelTables:
         pass
 
     def slot_info(self) -> dict[str, int]:
-        return {"windows_scanned": 0, "tag_errno": 0, "hash_walks_skipped": 0}
+        return {"windows_scanned": 0, "tag_errno": 0, "hash_walks": 0,
+                "hash_walks_skipped": 0, "mark_clear_errors": 0}
 
     def consume(self) -> tuple[bytes, int]:
         return b"", 0

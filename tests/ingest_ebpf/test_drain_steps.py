@@ -185,7 +185,7 @@ class StoppableLoader(FailingLoader):
             raise OSError(5, "drain: Input/output error")
         return super().drain_next(buffer, layout, wall_offset)
 
-    def drain_begin(self, index: int) -> None:
+    def drain_begin(self, index: int, force: bool = False) -> None:
         self.left, self.table = self.table, self.table[:0]
 
     def close(self) -> None:
