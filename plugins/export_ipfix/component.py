@@ -281,6 +281,11 @@ class IpfixExporter(NatExporter):
             self.counters["lost_records"] += left
         for u in self.udp:
             u.close()
+        self._count_udp_losses()  # what the backlogs still held at close: no stats read follows
+        for u in self.udp:
+            if u.stats.lost_records:
+                self.log.info("%s: %s: %d messages sent, %d records lost", self.name, u.endpoint,
+                              u.stats.packets_ok, u.stats.lost_records)
         if self.file is not None:
             self.file.close()
 
@@ -495,7 +500,10 @@ class IpfixExporter(NatExporter):
         c = self.counters
         while self._udp_losses:
             data, records = self._udp_losses.popleft()
-            self._lose(*message_totals(data, self.templates))
+            # the destination's record count (it counted them when handed over), so that a
+            # lost options message with a record of no registered template balances too
+            _records, packets, octets = message_totals(data, self.templates)
+            self._lose(records, packets, octets)
             c["udp_messages"] -= 1
             c["udp_records"] -= records
             c["udp_octets"] -= len(data)
@@ -516,7 +524,8 @@ class IpfixExporter(NatExporter):
         message is counted in ``udp_*`` here; one a destination loses, now or later from its
         backlog, comes back through :meth:`_udp_loss` and is moved to ``lost_*`` by
         :meth:`_count_udp_losses`. The sequence numbers were set by the encoding, whatever the
-        sends do: a lost message's records still count (RFC 7011 section 3.1)."""
+        sends do: a lost message's records still count, as in ipt_NETFLOW (the collector
+        sees the gap)."""
         from .ipfix import encode_messages
 
         if any(d.needs_templates for d in self.udp):

@@ -20,7 +20,7 @@ from tests.export_ipfix.helpers import flow
 from tests.export_netflow.collect import full_socket
 from tests.support.collectors import UdpSink
 
-RECORDS = [flow(i) for i in range(400)]  # a dozen messages or so at the default MTU
+RECORDS = [flow(i) for i in range(400)]  # ~17 messages at the default MTU
 
 
 def start(port: int, **cfg: object) -> IpfixExporter:
@@ -142,7 +142,6 @@ def test_a_full_backlog_counts_the_messages_it_refused():
     is lost at once with its packets and octets; nothing is counted twice at stop."""
     with UdpSink() as sink:
         exporter = start(sink.port, rate_limit=10, backlog=2, flush_timeout_s=0)
-        exporter.udp[0].flush_timeout_s = 0
         exporter.agent_export_flows(records=RECORDS)
         during = exporter.agent_collect_stats()
         exporter.agent_stop()
@@ -152,3 +151,54 @@ def test_a_full_backlog_counts_the_messages_it_refused():
     assert stats["udp_records"] + stats["lost_records"] == len(RECORDS)
     assert stats["udp_messages"] == dest["packets_ok"]
     assert dest["lost_records"] == stats["lost_records"]
+
+
+def test_the_backlog_left_at_close_is_lost_and_counted_by_the_stop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Messages still in the paced backlog when the close gives up are counted lost by
+    ``agent_stop`` itself (no stats read follows a stop: the control socket is closed first),
+    once, with their records: handed over = sent + lost."""
+    monkeypatch.setattr(udp, "MAX_CLOSE_S", 0.2)
+    records = [flow(i) for i in range(2000)]
+    with UdpSink() as sink:
+        exporter = start(sink.port, rate_limit=20, backlog=1000, flush_timeout_s=0)
+        exporter.agent_export_flows(records=records)
+        exporter.agent_stop()
+        after_stop = dict(exporter.counters)
+        stats = exporter.agent_collect_stats()
+    dest = exporter.udp[0].stats
+    assert after_stop["lost_records"] > 0
+    assert after_stop["udp_records"] + after_stop["lost_records"] == len(records)
+    assert after_stop["udp_messages"] == dest.packets_ok
+    assert stats["lost_records"] == after_stop["lost_records"] == dest.lost_records
+
+
+def test_a_lost_options_message_with_the_sampler_on_balances() -> None:
+    """With the flow sampler on, the options include a selector statistics record; a full
+    socket loses every message, and the records lost are those handed over (the
+    destination's count), not one short per options message."""
+    from netflow_agent.model import SAMPLING_DETERMINISTIC
+
+    core = {"exported_flows": 40, "sampler_unselected_flows": 360, "traffic_packets": 1000,
+            "memtraf_packets": 100, "sampler_discarded_packets": 5000}
+    ctx = RunContext(core_stats=lambda: core)
+    exporter = IpfixExporter(Config(destination=["127.0.0.1:9"], rate_limit=0,
+                                    options_interval_s=60), "export.ipfix[0]")
+    exporter.agent_start(ctx)
+    ctx.declare_sampling("cache", 10, SAMPLING_DETERMINISTIC, flows=True)
+    dest = exporter.udp[0]
+    dest._sock.close()
+    dest._sock, _peer = full_socket()
+    handed: list[int] = []
+    send_batch = dest.send_batch
+
+    def counting(datagrams: list[bytes], records: list[int], wait_s: float = 0.0) -> object:
+        handed.extend(records)
+        return send_batch(datagrams, records, wait_s)
+
+    dest.send_batch = counting  # type: ignore[method-assign]
+    exporter.agent_export_flows(records=RECORDS[:5])
+    exporter._send_options()
+    stats = exporter.agent_collect_stats()
+    assert stats["udp_records"] + stats["lost_records"] == sum(handed) > 5
+    assert stats["destinations"]["127.0.0.1:9"]["lost_records"] == stats["lost_records"]
