@@ -9,6 +9,13 @@ Owns the kernel attach points and their lifetime (KERNEL.md sections 2.4, 2.5 an
   the process, so ours use a fixed handle/priority (:data:`TC_HANDLE`, :data:`TC_PRIORITY`)
   and are *replaced* at the next start; the clsact qdisc is removed at stop when we created it.
 
+Two instances of one agent never share an exclusive attach point: our tc filter (one fixed
+handle per interface and direction) and an XDP program are claimed per network namespace and
+interface for the whole process (:class:`AttachClaims`), so a second instance whose globs
+overlap the first's (``eth*`` and ``eth0``) is refused with a clear error instead of
+silently replacing the first's filter, and a TCX instance's clean-up of a crashed agent's
+stale filter leaves a live one of this process alone.
+
 With ``promisc = true`` every attached interface also holds one promiscuity reference for as
 long as it is attached (``promisc.py``); it is taken with the hooks and dropped with them.
 
@@ -24,6 +31,7 @@ import fnmatch
 import logging
 import os
 import socket
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +57,44 @@ def matching_links(patterns: list[str]) -> dict[int, str]:
     }
 
 
+def netns_id() -> int:
+    """The inode of the calling thread's network namespace (its identity)."""
+    return os.stat("/proc/thread-self/ns/net").st_ino
+
+
+class AttachClaims:
+    """The process's exclusive attach points: ``(netns inode, ifindex, kind)`` to the owner
+    that attached there (``kind``: ``"tc"`` for our fixed-handle filter, ``"xdp"``)."""
+
+    def __init__(self) -> None:
+        self._owners: dict[tuple[int, int, str], tuple[int, str]] = {}
+        self._lock = threading.Lock()
+
+    def claim(self, point: tuple[int, int, str], owner: int, name: str, ifname: str) -> None:
+        """Take ``point`` for ``owner`` (again is fine); EBUSY when another owner holds it."""
+        with self._lock:
+            holder = self._owners.setdefault(point, (owner, name))
+        if holder[0] != owner:
+            raise OSError(errno.EBUSY, f"{ifname} is already observed by {holder[1]} with "
+                          f"{'a tc filter' if point[2] == 'tc' else 'an XDP program'}: "
+                          "two tc or XDP instances cannot share an interface (their "
+                          "interface globs overlap; use mode = \"tcx\" or disjoint globs)")
+
+    def held_by_other(self, point: tuple[int, int, str], owner: int) -> bool:
+        with self._lock:
+            holder = self._owners.get(point)
+        return holder is not None and holder[0] != owner
+
+    def release(self, point: tuple[int, int, str], owner: int) -> None:
+        with self._lock:
+            if self._owners.get(point, (None,))[0] == owner:
+                del self._owners[point]
+
+
+#: the claims of every Attacher in this process
+CLAIMS = AttachClaims()
+
+
 @dataclass(slots=True)
 class Attachment:
     """One program attached to one interface hook."""
@@ -59,6 +105,7 @@ class Attachment:
     egress: bool
     link_fd: int = -1  # tcx/xdp: closing it detaches
     created_qdisc: bool = False  # tc: we added the clsact qdisc
+    netns: int = 0  # the inode of the netns it was attached in (its claim's key)
 
 
 class Attacher:
@@ -69,10 +116,13 @@ class Attacher:
         the kernel rejects the TCX attach type.
     :param direction: ``"ingress"``, ``"egress"`` or ``"both"``.
     :param promisc: hold every attached interface in promiscuous mode while attached.
+    :param name: the owning instance's name, for the error a second claimant gets.
     """
 
-    def __init__(self, loader: Any, mode: str, direction: str, promisc: bool = False):
+    def __init__(self, loader: Any, mode: str, direction: str, promisc: bool = False,
+                 name: str = "another ingest.ebpf instance"):
         self.loader = loader
+        self.name = name
         self.promisc = PromiscHolds() if promisc else None
         self.mode = mode
         self.egress_flags = {"ingress": [False], "egress": [True], "both": [False, True]}[
@@ -98,12 +148,19 @@ class Attacher:
 
     def _attach_one(self, ifindex: int, ifname: str, egress: bool) -> Attachment:
         prog = "flow_tc_egress" if egress else "flow_tc_ingress"
-        if self.mode != "tc" and self.loader.tc_detach(ifindex, egress, TC_HANDLE, TC_PRIORITY):
+        netns = netns_id()
+        if (self.mode != "tc" and not CLAIMS.held_by_other((netns, ifindex, "tc"), id(self))
+                and self.loader.tc_detach(ifindex, egress, TC_HANDLE, TC_PRIORITY)):
             log.info("removed a stale tc filter of ours from %s (a crashed tc-mode agent)",
                      ifname)
         if self.mode == "xdp":
-            fd = self.loader.link_create("flow_xdp", ifindex, BPF_XDP, 0)
-            return Attachment(ifindex, ifname, "xdp", False, link_fd=fd)
+            CLAIMS.claim((netns, ifindex, "xdp"), id(self), self.name, ifname)
+            try:
+                fd = self.loader.link_create("flow_xdp", ifindex, BPF_XDP, 0)
+            except OSError:
+                CLAIMS.release((netns, ifindex, "xdp"), id(self))
+                raise
+            return Attachment(ifindex, ifname, "xdp", False, link_fd=fd, netns=netns)
         if self.mode == "tcx":
             try:
                 fd = self.loader.link_create(
@@ -115,19 +172,28 @@ class Attacher:
                     raise
                 log.warning("TCX is not available on this kernel (%s); using tc clsact", exc)
                 self.mode = "tc"
-        created = self.loader.tc_attach(prog, ifindex, egress, TC_HANDLE, TC_PRIORITY)
-        return Attachment(ifindex, ifname, "tc", egress, created_qdisc=created)
+        CLAIMS.claim((netns, ifindex, "tc"), id(self), self.name, ifname)
+        try:
+            created = self.loader.tc_attach(prog, ifindex, egress, TC_HANDLE, TC_PRIORITY)
+        except OSError:  # attach() then detaches the other direction, if it was attached
+            CLAIMS.release((netns, ifindex, "tc"), id(self))
+            raise
+        return Attachment(ifindex, ifname, "tc", egress, created_qdisc=created, netns=netns)
 
     def detach_one(self, att: Attachment) -> None:
-        """Detach one attachment; a vanished interface is not an error."""
-        if att.link_fd >= 0:
-            os.close(att.link_fd)
-            att.link_fd = -1
-            return
-        if att.kind == "tc":
-            self.loader.tc_detach(att.ifindex, att.egress, TC_HANDLE, TC_PRIORITY)
-            if att.created_qdisc:
-                self.loader.tc_destroy_clsact(att.ifindex)
+        """Detach one attachment; a vanished interface is not an error. Its claim goes once
+        it is detached (the other direction's, if any, is detached by the same caller)."""
+        try:
+            if att.link_fd >= 0:
+                os.close(att.link_fd)
+                att.link_fd = -1
+            elif att.kind == "tc":
+                self.loader.tc_detach(att.ifindex, att.egress, TC_HANDLE, TC_PRIORITY)
+                if att.created_qdisc:
+                    self.loader.tc_destroy_clsact(att.ifindex)
+        finally:
+            if att.kind in ("tc", "xdp"):
+                CLAIMS.release((att.netns, att.ifindex, att.kind), id(self))
 
     def detach(self, ifindex: int) -> None:
         """Detach everything on one interface and drop our promiscuity reference."""
@@ -151,6 +217,8 @@ class Attacher:
             self.promisc.release_all()
         for atts in self.attached.values():
             for att in atts:
+                if att.kind in ("tc", "xdp"):
+                    CLAIMS.release((att.netns, att.ifindex, att.kind), id(self))
                 if att.link_fd >= 0:
                     os.close(att.link_fd)
                     att.link_fd = -1

@@ -355,7 +355,7 @@ class EbpfIngest(Ingest):
                       sizes.table_bytes >> 20, self.cpu_slots, ncpu, sizes.slot_bytes >> 20,
                       cfg.sampling, fragments.mode, list(cfg.decapsulate) or "off",
                       " keeping the outer flows" if cfg.keep_outer else "")
-        self.attacher = Attacher(self.loader, cfg.mode, cfg.direction, cfg.promisc)
+        self.attacher = Attacher(self.loader, cfg.mode, cfg.direction, cfg.promisc, self.name)
         try:
             self._rescan(initial=True)
         except BaseException:

@@ -109,3 +109,49 @@ def test_interface_without_a_promisc_reference_is_not_attached(monkeypatch):
     with pytest.raises(PermissionError):
         att.attach(5, "eth0")
     assert att.attached == {}
+
+
+@pytest.mark.parametrize("mode", ["tc", "xdp"])
+def test_a_second_tc_or_xdp_instance_on_one_interface_is_refused(mode):
+    """Overlapping globs (``eth*`` and ``eth0``) put two instances on one interface: the
+    second's tc filter would replace the first's (one fixed handle) and XDP holds one program;
+    the second is refused, naming the first, and the first keeps its hook. Once the first
+    detaches, the interface is free."""
+    first = Attacher(FakeLoader(), mode, "both", name="ingest.ebpf[0]")
+    second_loader = FakeLoader()
+    second = Attacher(second_loader, mode, "both", name="ingest.ebpf[1]")
+    first.attach(7, "eth0")
+    with pytest.raises(OSError, match=r"eth0 is already observed by ingest\.ebpf\[0\]") as exc:
+        second.attach(7, "eth0")
+    assert exc.value.errno == errno.EBUSY
+    assert not [c for c in second_loader.calls if c[0] in ("tc_attach", "link")]
+    assert 7 in first.attached and 7 not in second.attached
+    second.attach(8, "eth1")  # another interface: no conflict
+    first.detach_all()
+    second.attach(7, "eth0")
+    second.detach_all()
+
+
+def test_a_tcx_instance_leaves_a_live_tc_filter_of_this_process_alone():
+    """A TCX attach removes a crashed agent's stale tc filter first; one that a tc-mode
+    instance of this same process holds is live, not stale, and stays."""
+    tc = Attacher(FakeLoader(), "tc", "ingress", name="ingest.ebpf[0]")
+    tc.attach(7, "eth0")
+    tcx_loader = FakeLoader()
+    tcx = Attacher(tcx_loader, "tcx", "ingress", name="ingest.ebpf[1]")
+    tcx.attach(7, "eth0")
+    assert not [c for c in tcx_loader.calls if c[0] == "tc_detach"]
+    tcx.attach(8, "eth1")  # no live filter there: the stale one is cleaned as before
+    assert ("tc_detach", 8, False) in tcx_loader.calls
+    tc.detach_all()
+    tcx.detach_all()
+
+
+def test_a_failed_attach_releases_the_claim():
+    """A tc attach the kernel refuses leaves the interface unclaimed for the next try."""
+    failing = Attacher(FakeLoader(fail_egress_tc=True), "tc", "both", name="ingest.ebpf[0]")
+    with pytest.raises(OSError):
+        failing.attach(7, "eth0")
+    other = Attacher(FakeLoader(), "tc", "both", name="ingest.ebpf[1]")
+    other.attach(7, "eth0")
+    other.detach_all()
