@@ -230,6 +230,8 @@ class LocalServer:
             oldest = next(iter(self._conns.values()))
             self._drop(sel, oldest, reply_bytes(self.busy_reply))  # not started: may retry
             self.counters.evicted += 1
+            log.warning("%s: %d connections open: the oldest was answered busy (not started; "
+                        "asking again is safe)", self.name, self.max_connections)
         sock.setblocking(False)
         now = time.monotonic()
         conn = _Conn(sock, now + self.request_deadline_s, accepted=now)
@@ -265,6 +267,8 @@ class LocalServer:
         except queue.Full:
             self.counters.busy += 1
             finish(conn.sock, reply_bytes(self.busy_reply))
+            log.warning("%s: every worker busy and the queue full: a request was answered "
+                        "busy (not started; asking again is safe)", self.name)
 
     def _expire(self, sel: selectors.BaseSelector) -> None:
         now = time.monotonic()

@@ -11,6 +11,7 @@ io thread is held in the middle of a request, deterministically, while the agent
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -128,9 +129,12 @@ def test_a_request_to_an_agent_that_stops_before_serving_is_told_so(tmp_path: Pa
 
 
 def test_a_reload_refused_as_busy_is_asked_again_and_applied_once(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     """One worker, one queue slot: the third reload is refused as busy (not started), and
-    ``request`` asks again until it is served; the pipeline sees each reload once."""
+    ``request`` asks again until it is served; the pipeline sees each reload once. The
+    refusal is logged (an operator sees why a client waited)."""
+    caplog.set_level(logging.WARNING, logger="agent.localserver")
     path = tmp_path / "agent.sock"
     monkeypatch.setattr(control, "RETRY_DELAYS_S", (0.2,) * 50, raising=False)
     holder: dict[str, Any] = {}
@@ -164,6 +168,7 @@ def test_a_reload_refused_as_busy_is_asked_again_and_applied_once(
         srv.close()
     assert [r.get("result") for r in replies] == ["ok"] * 3, replies
     assert len(pipeline.reloads) == 3 and counters.busy >= 1
+    assert "every worker busy and the queue full" in caplog.text
 
 
 def wait_until(condition: Any, timeout: float = 20) -> None:
@@ -248,10 +253,12 @@ def test_a_reload_whose_client_hung_up_while_queued_is_not_started(tmp_path: Pat
     assert len(pipeline.reloads) == 1 and pipeline.applied == 1
 
 
-def test_a_connection_pushed_out_by_newer_ones_is_told_to_retry(tmp_path: Path) -> None:
+def test_a_connection_pushed_out_by_newer_ones_is_told_to_retry(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """At ``max_connections`` open connections a new one pushes out the oldest: that client
     gets the busy reply (not started, ask again), not a silent close ("no reply": exit 75
-    for a reload that never reached the agent)."""
+    for a reload that never reached the agent), and the agent logs it."""
+    caplog.set_level(logging.WARNING, logger="agent.localserver")
     path = tmp_path / "agent.sock"
     srv = server(path, StubPipeline())
     srv.start()
@@ -272,6 +279,7 @@ def test_a_connection_pushed_out_by_newer_ones_is_told_to_retry(tmp_path: Path) 
             s.close()
         srv.close()
     assert reply.get("retry") is True and "busy" in reply["error"], reply
+    assert "2 connections open: the oldest was answered busy" in caplog.text
 
 
 def test_the_stopping_agent_leaves_a_new_agents_socket_in_place(tmp_path: Path) -> None:
