@@ -376,6 +376,11 @@ static PyObject *pack_rows(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kwd
 	if (check_ops(&ops, stride, size) < 0 || (have_rows && check_rows(&rows, n) < 0))
 		goto done;
 	m = have_rows ? (size_t)rows.len / 8 : n;
+	if (out_obj == Py_None && m && size > PY_SSIZE_T_MAX / (Py_ssize_t)m) {
+		PyErr_Format(PyExc_OverflowError, "%zu records of %zd bytes do not fit a bytes "
+			     "object", m, size);
+		goto done;
+	}
 	if (out_obj == Py_None) {  /* the records as a new bytes object, every byte written */
 		made = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(m * (size_t)size));
 		if (!made)
@@ -462,14 +467,16 @@ static PyObject *classify(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kwds
 		return NULL;
 	if (stride < 1)
 		return PyErr_Format(PyExc_ValueError, "stride: %zd is not positive", stride);
-	if (w6 < 0 || wr < 0 || wi < 0 || w6 + wr + wi > 7)
+	/* each weight checked before the sum: huge ones would overflow it (and a class above 7
+	 * would index past counts[8]) */
+	if (w6 < 0 || wr < 0 || wi < 0 || w6 > 7 || wr > 7 || wi > 7 || w6 + wr + wi > 7)
 		return PyErr_Format(PyExc_ValueError, "weights: classes must lie in 0..7");
 	/* widths: version 1, next hop 16, masks 1, protocol 1, counters 8, times 8 */
 	{
 		static const Py_ssize_t width[9] = {1, 16, 1, 1, 1, 8, 8, 8, 8};
 
 		for (int i = 0; i < 9; i++)
-			if (at[i] < 0 || at[i] + width[i] > stride)
+			if (at[i] < 0 || at[i] > stride - width[i])
 				return PyErr_Format(PyExc_ValueError,
 						    "column offset %zd lies outside a %zd-byte row",
 						    at[i], stride);

@@ -179,7 +179,14 @@ def classify_rows(flows: np.ndarray, *, v6: int = 0, routed: int = 0, icmp: int 
     (``_wirepack.classify``) where NumPy made a dozen (the class's parts, a stable sort, the
     times' and counters' reductions); NumPy where the record array is not C-contiguous or
     its columns are not the native ones.
+
+    :raise ValueError: a weight below 0, or weights whose sum exceeds 7 (both paths).
     """
+    weights = (v6, routed, icmp)
+    if not all(isinstance(w, int | np.integer) and 0 <= w <= 7 for w in weights) \
+            or sum(int(w) for w in weights) > 7:
+        raise ValueError(f"classify_rows: weights v6={v6}, routed={routed}, icmp={icmp}:"
+                         " each 0..7, classes below 8")
     offsets = _classify_offsets(flows.dtype) if flows.flags.c_contiguous else None
     if offsets is None:
         return _classify_numpy(flows, v6, routed, icmp, v6_exact)

@@ -376,3 +376,38 @@ def test_padding_epoch_ms_and_constants_are_the_same_in_c_and_numpy():
     assert rec["ms"].tolist() == (flows["start_ns"][rows] // 10**6).tolist()
     assert set(rec["sel"].tolist()) == {9} and set(rec["c"].tolist()) == {700}
     assert set(rec["p"].tolist()) == {bytes(3)} and set(rec["q"].tolist()) == {bytes(1)}
+
+
+@pytest.mark.parametrize("weights", [dict(v6=2**63 - 1, routed=1), dict(v6=-1, routed=2),
+                                     dict(icmp=8), dict(v6=4, routed=2, icmp=2),
+                                     dict(v6=2**62, routed=2**62, icmp=2**62)])
+def test_weights_outside_the_eight_classes_are_refused_by_either_path(weights):
+    """Huge or negative weights raise ValueError on the C and the NumPy path alike (huge
+    ones overflowed C's sum: a class past its 8 counters, memory written out of bounds)."""
+    flows = classify_fixture(100, seed=7)
+    with pytest.raises(ValueError, match="weights"):
+        wire.classify_rows(flows, **weights)
+    with pytest.raises(ValueError, match="weights"):
+        wire.classify_rows(flows[::2], **weights)  # not contiguous: NumPy's path
+    with pytest.raises(ValueError, match="weights"):  # the C function checks them itself
+        _wirepack.classify(flows, flows.itemsize, **wire._classify_offsets(flows.dtype),
+                           v6_exact=False, v6_weight=weights.get("v6", 0),
+                           routed_weight=weights.get("routed", 0),
+                           icmp_weight=weights.get("icmp", 0))
+
+
+def test_records_too_large_for_a_bytes_object_are_an_overflow_error():
+    """pack_rows(out=None) of more bytes than a bytes object holds raises OverflowError
+    (the size's product wrapped: a small buffer written as a huge one); a column offset
+    near the size's limit is refused, not wrapped past the row's end."""
+    rows = np.zeros(4, np.int64)
+    ops = np.array([(0, 0, 8, 0)], np.uint32)
+    with pytest.raises(OverflowError, match="do not fit"):
+        _wirepack.pack_rows(bytes(16), 16, ops, None, 2**62, rows)
+    with pytest.raises(OverflowError, match="do not fit"):
+        _wirepack.pack_rows(bytes(16 * 3), 16, ops, None, 2**62)
+    flows = classify_fixture(4, seed=1)
+    offsets = wire._classify_offsets(flows.dtype) | {"start": 2**63 - 4}
+    with pytest.raises(ValueError, match="outside"):
+        _wirepack.classify(flows, flows.itemsize, **offsets, v6_exact=False, v6_weight=1,
+                           routed_weight=0, icmp_weight=0)
