@@ -149,15 +149,17 @@ static inline void copy_op(uint8_t *dst, const uint8_t *src, const struct fieldo
 }
 
 PyDoc_STRVAR(pack_rows_doc,
-	     "pack_rows(records, stride, ops, out, size, rows=None, base=0) -> None | bytes\n\n"
+	     "pack_rows(records, stride, ops, out, size, rows=None, base_ms=0, base_rest=0)\n"
+	     "-> None | bytes\n\n"
 	     "Write one `size`-byte record into `out` (a writable C-contiguous buffer; None: a new\n"
 	     "bytes object, returned, whose bytes no op writes are zeros) per row of\n"
 	     "`records` (C-contiguous rows of `stride` bytes), or per entry of `rows` (int64 row\n"
 	     "numbers, in that order): for each uint32 quadruple (src, dst, len, kind) of `ops`,\n"
 	     "`len` bytes at `src` of the row to `dst` of the record, as they are (kind 0) or\n"
 	     "reversed (kind 1), or `len` zero bytes at `dst` (kind 2, `src` unused); kind 3\n"
-	     "(len 4): floor((int64 at `src` - `base`) / 10**6) mod 2**32 (the difference exact, not\n"
-	     "wrapped to int64), big-endian; kind 4\n"
+	     "(len 4): floor((int64 at `src` - base) / 10**6) mod 2**32, base = `base_ms` * 10**6 +\n"
+	     "`base_rest` (0..999999; the base need not fit int64, the difference is exact),\n"
+	     "big-endian; kind 4\n"
 	     "| p << 8 (len 2): the uint16 at `src` big-endian if the byte at p is 1 or 58, else 0;\n"
 	     "kind 5 (len 8): floor(int64 at `src` / 10**6) as int64, big-endian; kind 6 (len 1, 2\n"
 	     "or 4): the constant `src`, big-endian (it must fit `len` bytes).\n"
@@ -339,8 +341,9 @@ static void pack_loop(uint8_t *dst, const uint8_t *base, size_t stride, const in
 
 static PyObject *pack_rows(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kwds)
 {
-	static char *kwlist[] = {"records", "stride", "ops", "out", "size", "rows", "base", NULL};
-	long long base_ns = 0;
+	static char *kwlist[] = {"records", "stride", "ops", "out", "size", "rows", "base_ms",
+				 "base_rest", NULL};
+	long long base_ms = 0, base_rest = 0;
 	PyObject *rec_obj, *ops_obj, *out_obj, *rows_obj = Py_None;
 	Py_ssize_t stride, size;
 	Py_buffer rec = {0}, ops = {0}, out = {0}, rows = {0};
@@ -350,9 +353,15 @@ static PyObject *pack_rows(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kwd
 	int have_rows;
 	uint8_t *dst;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnOOn|OL:pack_rows", kwlist, &rec_obj,
-					 &stride, &ops_obj, &out_obj, &size, &rows_obj, &base_ns))
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnOOn|OLL:pack_rows", kwlist, &rec_obj,
+					 &stride, &ops_obj, &out_obj, &size, &rows_obj, &base_ms,
+					 &base_rest))
 		return NULL;
+	/* a base's ms within +-2**50 keeps floor_ms(ns) - base_ms inside int64 for every ns */
+	if (base_rest < 0 || base_rest >= 1000000 || base_ms < -(1LL << 50)
+	    || base_ms > (1LL << 50))
+		return PyErr_Format(PyExc_ValueError, "base: %lld ms + %lld ns is not a time",
+				    base_ms, base_rest);
 	have_rows = rows_obj != Py_None;
 	if (stride < 1 || size < 1)
 		return PyErr_Format(PyExc_ValueError, "%s: %zd is not positive",
@@ -406,7 +415,8 @@ static PyObject *pack_rows(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kwd
 			goto done;
 		}
 		compile_ops(run, ops.buf, nops);
-		since.ms = floor_ms(base_ns, &since.rest);
+		since.ms = base_ms;
+		since.rest = base_rest;
 		pack_loop(dst, rec.buf, (size_t)stride, pick, m, run, nops, (size_t)size, &since);
 		if (run != local)
 			PyMem_Free(run);

@@ -107,6 +107,32 @@ def test_v5_uptime_origin_moves_back_for_older_records():
     assert export_ms - (h.uptime - f.FIRST_SWITCHED) == (BOOT - 5_000_000_000) // 1_000_000
 
 
+
+def test_a_record_at_int64s_first_ms_does_not_stop_later_exports():
+    """A flow starting within 1 ms of int64's minimum moves the uptime origin there for good
+    (its whole ms lies below int64): v5 and v9 keep exporting every later batch, their
+    First/Last the ms since that origin modulo 2**32 as Python integers give them (the
+    encoders raised OverflowError and every later batch was lost as an encode error)."""
+    for encode in (lambda recs, st: v5.encode_flows(recs, st, NOW),
+                   lambda recs, st: v9_encode(recs, st)):
+        state = ExportState(boot_ns=BOOT)
+        pdus = encode([tcp4(start_ns=-2**63 + 1000)], state)
+        boot_ms = (-2**63 + 1000) // 1_000_000
+        assert state.boot_ns // 1_000_000 == boot_ms
+        laters = (tcp4(), tcp4(start_ns=NOW - 10**9, end_ns=NOW - 5))
+        for later in laters:
+            pdus += encode([later], state)
+        packets = decode(pdus)
+        assert len(packets) == 3
+        for later, packet in zip(laters, packets[1:], strict=True):
+            flow = packet.flows[0]
+            first, last = ((flow.FIRST_SWITCHED, flow.LAST_SWITCHED) if hasattr(
+                flow, "FIRST_SWITCHED") else (flow.data["FIRST_SWITCHED"],
+                                              flow.data["LAST_SWITCHED"]))
+            assert first == (later.start_ns // 1_000_000 - boot_ms) % 2**32
+            assert last == (later.end_ns // 1_000_000 - boot_ms) % 2**32
+
+
 # --- NetFlow v9 -----------------------------------------------------------------------------
 
 
