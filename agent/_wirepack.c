@@ -17,6 +17,7 @@
  *
  * Two kinds compute a field from its row: the milliseconds since a base of an int64 ns
  * column (v9's FIRST/LAST_SWITCHED: sysUpTime ms, floor((ns - base) / 10**6) modulo 2**32,
+ * 0 for a time before base,
  * the value of plugins/export_netflow/v5.py's uptime_ms()), and ICMP type/code (v9's
  * ICMP_TYPE: the 2-byte destination port when the row's protocol byte is ICMP or ICMPv6,
  * else 0). What NumPy did for them per template (a gather of each column at the template's
@@ -76,14 +77,15 @@ struct ms_base {
 };
 
 /* floor((ns - base) / 10**6) modulo 2**32, exact for every int64 ns and base: the floored
- * ms of each, less one where ns's rest is below base's (ns - base itself may not fit int64) */
+ * ms of each, less one where ns's rest is below base's (ns - base itself may not fit int64);
+ * 0 for a time before base (a record's uptime is never after its header's: RFC 3954) */
 static inline uint32_t ms_since(const uint8_t *src, const struct ms_base *base)
 {
 	int64_t ns, rest, q;
 
 	memcpy(&ns, src, 8);
-	q = floor_ms(ns, &rest) - base->ms;
-	return (uint32_t)(uint64_t)(q - (rest < base->rest));
+	q = floor_ms(ns, &rest) - base->ms - (rest < base->rest);
+	return q < 0 ? 0 : (uint32_t)(uint64_t)q;
 }
 
 static inline void derived_op(uint8_t *dst, const uint8_t *row, const struct fieldop *op,
@@ -157,7 +159,7 @@ PyDoc_STRVAR(pack_rows_doc,
 	     "numbers, in that order): for each uint32 quadruple (src, dst, len, kind) of `ops`,\n"
 	     "`len` bytes at `src` of the row to `dst` of the record, as they are (kind 0) or\n"
 	     "reversed (kind 1), or `len` zero bytes at `dst` (kind 2, `src` unused); kind 3\n"
-	     "(len 4): floor((int64 at `src` - base) / 10**6) mod 2**32, base = `base_ms` * 10**6 +\n"
+	     "(len 4): floor((int64 at `src` - base) / 10**6) mod 2**32 (0 before base), base = `base_ms` * 10**6 +\n"
 	     "`base_rest` (0..999999; the base need not fit int64, the difference is exact),\n"
 	     "big-endian; kind 4\n"
 	     "| p << 8 (len 2): the uint16 at `src` big-endian if the byte at p is 1 or 58, else 0;\n"

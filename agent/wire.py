@@ -297,7 +297,9 @@ class UptimeMs:
     """A 4-byte field of the milliseconds from ``pack_template``'s ``base_ns`` (an integer) to
     the ns column ``column``, rounded down, modulo 2**32 (sysUpTime ms of a wall-clock time:
     NetFlow v9's FIRST/LAST_SWITCHED): ``floor((ns - base_ns) / 10**6) mod 2**32``, exact
-    for every int64 ``ns`` and ``base_ns`` (their difference is not wrapped to int64).
+    for every int64 ``ns`` and ``base_ns`` (their difference is not wrapped to int64); 0 for
+    a time before ``base_ns`` (a 0 start of a crafted capture, an end before the start): a
+    record's uptime is then never after its header's sysUpTime (RFC 3954 section 5.2).
 
     The column is int64 (written in C), or another integer type whose values are taken as
     int64 (NumPy; a uint64 above 2**63 - 1 wraps as its bytes read as int64 would).
@@ -319,7 +321,7 @@ class UptimeMs:
         # floored ms of each, less one where ns's sub-ms rest is below base's: no int64
         # difference that could wrap (the C op's arithmetic)
         ms = ns // 1_000_000 - base_ms - (ns % 1_000_000 < base_rest)
-        return ms & 0xFFFFFFFF
+        return np.maximum(ms, 0) & 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,8 @@ sysUpTime counts from the agent's start.
 * Records are written from the batch columns in bulk (:data:`RECORD_FIELDS`: one C pass
   over the IPv4 rows, ``agent/wire.py``), never one Python object per flow.
 * ICMP type/code travel in the destination port (``type << 8 | code``).
+* First/Last of a time before the uptime origin (a start of 0 from a crafted capture, an end
+  before the agent's start) are 0, never after the header's sysUpTime (as v9's, RFC 3954).
 * ``sampling_interval`` (header): mode in the top 2 bits (01 deterministic, 10 random, 11 hash
   flow sampling as ipt_NETFLOW), the
   interval in the low 14 bits (:func:`sampling_field`); 0 when every packet is accounted.

@@ -133,6 +133,23 @@ def test_a_record_at_int64s_first_ms_does_not_stop_later_exports():
             assert last == (later.end_ns // 1_000_000 - boot_ms) % 2**32
 
 
+
+def test_times_before_boot_are_uptime_0_never_after_the_header():
+    """A start of 0 (a crafted capture replayed) or an end before the exporter's boot is
+    First/Last 0 in v5 and v9, not (t - boot) mod 2**32 ms, which lies days after the
+    header's sysUpTime (RFC 3954 5.2: a record's times are not after the export); the
+    usual record beside them keeps its exact times."""
+    records = [tcp4(start_ns=0), tcp4(start_ns=0, end_ns=BOOT - 5_000_000_000), tcp4()]
+    for encode in (lambda st: v5.encode_flows(records, st, NOW),
+                   lambda st: v9_encode(records, st)):
+        [packet] = decode(encode(ExportState(boot_ns=BOOT)))
+        times = [(f.FIRST_SWITCHED, f.LAST_SWITCHED) if hasattr(f, "FIRST_SWITCHED")
+                 else (f.data["FIRST_SWITCHED"], f.data["LAST_SWITCHED"])
+                 for f in packet.flows]
+        assert all(t <= packet.header.uptime for pair in times for t in pair)
+        assert times == [(0, 59000), (0, 0), (1500, 59000)]
+
+
 # --- NetFlow v9 -----------------------------------------------------------------------------
 
 
