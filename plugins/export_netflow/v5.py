@@ -57,6 +57,9 @@ from .state import UINT32_MASK, ExportState
 VERSION = 5
 MAX_RECORDS = 30
 COUNTER_MAX = UINT32_MASK
+#: the most records one flow is split into (:func:`split_rows`): 2**16 x (2**32 - 1) packets
+#: or octets; a larger counter is refused, not made into billions of rows
+MAX_SPLIT = 65_536
 
 # Header, 24 bytes:
 # version(2) count(2) sys_uptime(4, ms) unix_secs(4) unix_nsecs(4) flow_sequence(4)
@@ -122,6 +125,9 @@ def split_rows(flows: np.ndarray, tally: Tally, limit: int = COUNTER_MAX) -> np.
     :param flows: a record array (not modified).
     :param tally: ``split`` grows by the rows added.
     :return: ``flows`` itself when nothing overflows, else the expanded copy.
+    :raise EncodeError: a flow would need more than :data:`MAX_SPLIT` records (a counter
+        near 2**64 made 2**32 rows: MemoryError, the flows neither exported nor counted);
+        the exporter drops it and counts it as an encode error.
     """
     packets, octets = flows["packets"], flows["octets"]
     if not len(flows) or max(int(packets.max()), int(octets.max())) <= limit:
@@ -129,6 +135,10 @@ def split_rows(flows: np.ndarray, tally: Tally, limit: int = COUNTER_MAX) -> np.
     lim = np.uint64(limit)
     parts = np.maximum(np.maximum(packets // lim + (packets % lim != 0),
                                   octets // lim + (octets % lim != 0)), 1).astype(np.int64)
+    if int(parts.max()) > MAX_SPLIT:
+        raise EncodeError(f"a flow's counters ({int(packets[parts.argmax()])} packets,"
+                          f" {int(octets[parts.argmax()])} octets) need more than {MAX_SPLIT}"
+                          f" records of {limit}")
     rows = np.repeat(np.arange(len(flows)), parts)
     nth = (np.arange(len(rows)) - np.repeat(np.cumsum(parts) - parts, parts)).astype(np.uint64)
     n = parts[rows].astype(np.uint64)
