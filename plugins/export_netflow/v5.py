@@ -149,17 +149,6 @@ def split_rows(flows: np.ndarray, tally: Tally, limit: int = COUNTER_MAX) -> np.
     return out
 
 
-def uptime_ms(ns: np.ndarray, boot_ns: int) -> np.ndarray:
-    """sysUpTime milliseconds of wall-clock ``ns`` (modulo 2**32): the whole milliseconds of
-    ``ns`` minus those of ``boot_ns``, each rounded down, as :meth:`ExportState.uptime_ms`.
-
-    Rounding the difference instead would put a record's absolute time, as collectors
-    compute it (``header time - (sysUpTime - First)``), 1 ms after ``ns`` whenever the origin
-    is not a whole millisecond (it is the agent's start, or the earliest record of a replay).
-    """
-    return (ns // 1_000_000 - boot_ns // 1_000_000) & UINT32_MASK
-
-
 #: the record as template fields, (IE, length) in wire order, written from the columns in
 #: one C pass (:func:`~agent.wire.pack_template`); IE 0: zero bytes (pad1, src_as and
 #: dst_as, which the agent does not know, pad2)
@@ -187,7 +176,8 @@ def flow_bodies(flows: np.ndarray, state: ExportState, tally: Tally,
     tally.skipped += len(flows) - (len(flows) if v4 is None else len(v4))
     if classes.largest > COUNTER_MAX:  # the IPv4 rows' copy, split
         flows, v4 = split_rows(flows if v4 is None else flows[v4], tally), None
-    # First/Last: the ms since boot_ns's whole ms (uptime_ms: each rounded down)
+    # First/Last: the ms since boot_ns's whole ms (ExportState.uptime_ms: each rounded down;
+    # rounding the difference would put a collector's absolute time 1 ms late)
     origin = state.boot_ns // 1_000_000 * 1_000_000
     return pack_template(flows, RECORD_FIELDS, rows=v4, derived=_DERIVED, base_ns=origin)
 
