@@ -17,6 +17,7 @@
  *
  * Two kinds compute a field from its row: the milliseconds since a base of an int64 ns
  * column (v9's FIRST/LAST_SWITCHED: sysUpTime ms, floor((ns - base) / 10**6) modulo 2**32,
+ * 0 for a time before base,
  * the value of plugins/export_netflow/v5.py's uptime_ms()), and ICMP type/code (v9's
  * ICMP_TYPE: the 2-byte destination port when the row's protocol byte is ICMP or ICMPv6,
  * else 0). What NumPy did for them per template (a gather of each column at the template's
@@ -76,14 +77,15 @@ struct ms_base {
 };
 
 /* floor((ns - base) / 10**6) modulo 2**32, exact for every int64 ns and base: the floored
- * ms of each, less one where ns's rest is below base's (ns - base itself may not fit int64) */
+ * ms of each, less one where ns's rest is below base's (ns - base itself may not fit int64);
+ * 0 for a time before base (a record's uptime is never after its header's: RFC 3954) */
 static inline uint32_t ms_since(const uint8_t *src, const struct ms_base *base)
 {
 	int64_t ns, rest, q;
 
 	memcpy(&ns, src, 8);
-	q = floor_ms(ns, &rest) - base->ms;
-	return (uint32_t)(uint64_t)(q - (rest < base->rest));
+	q = floor_ms(ns, &rest) - base->ms - (rest < base->rest);
+	return q < 0 ? 0 : (uint32_t)(uint64_t)q;
 }
 
 static inline void derived_op(uint8_t *dst, const uint8_t *row, const struct fieldop *op,
@@ -149,15 +151,17 @@ static inline void copy_op(uint8_t *dst, const uint8_t *src, const struct fieldo
 }
 
 PyDoc_STRVAR(pack_rows_doc,
-	     "pack_rows(records, stride, ops, out, size, rows=None, base=0) -> None | bytes\n\n"
+	     "pack_rows(records, stride, ops, out, size, rows=None, base_ms=0, base_rest=0)\n"
+	     "-> None | bytes\n\n"
 	     "Write one `size`-byte record into `out` (a writable C-contiguous buffer; None: a new\n"
 	     "bytes object, returned, whose bytes no op writes are zeros) per row of\n"
 	     "`records` (C-contiguous rows of `stride` bytes), or per entry of `rows` (int64 row\n"
 	     "numbers, in that order): for each uint32 quadruple (src, dst, len, kind) of `ops`,\n"
 	     "`len` bytes at `src` of the row to `dst` of the record, as they are (kind 0) or\n"
 	     "reversed (kind 1), or `len` zero bytes at `dst` (kind 2, `src` unused); kind 3\n"
-	     "(len 4): floor((int64 at `src` - `base`) / 10**6) mod 2**32 (the difference exact, not\n"
-	     "wrapped to int64), big-endian; kind 4\n"
+	     "(len 4): floor((int64 at `src` - base) / 10**6) mod 2**32 (0 before base), base = `base_ms` * 10**6 +\n"
+	     "`base_rest` (0..999999; the base need not fit int64, the difference is exact),\n"
+	     "big-endian; kind 4\n"
 	     "| p << 8 (len 2): the uint16 at `src` big-endian if the byte at p is 1 or 58, else 0;\n"
 	     "kind 5 (len 8): floor(int64 at `src` / 10**6) as int64, big-endian; kind 6 (len 1, 2\n"
 	     "or 4): the constant `src`, big-endian (it must fit `len` bytes).\n"
@@ -339,8 +343,9 @@ static void pack_loop(uint8_t *dst, const uint8_t *base, size_t stride, const in
 
 static PyObject *pack_rows(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kwds)
 {
-	static char *kwlist[] = {"records", "stride", "ops", "out", "size", "rows", "base", NULL};
-	long long base_ns = 0;
+	static char *kwlist[] = {"records", "stride", "ops", "out", "size", "rows", "base_ms",
+				 "base_rest", NULL};
+	long long base_ms = 0, base_rest = 0;
 	PyObject *rec_obj, *ops_obj, *out_obj, *rows_obj = Py_None;
 	Py_ssize_t stride, size;
 	Py_buffer rec = {0}, ops = {0}, out = {0}, rows = {0};
@@ -350,9 +355,15 @@ static PyObject *pack_rows(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kwd
 	int have_rows;
 	uint8_t *dst;
 
-	if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnOOn|OL:pack_rows", kwlist, &rec_obj,
-					 &stride, &ops_obj, &out_obj, &size, &rows_obj, &base_ns))
+	if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnOOn|OLL:pack_rows", kwlist, &rec_obj,
+					 &stride, &ops_obj, &out_obj, &size, &rows_obj, &base_ms,
+					 &base_rest))
 		return NULL;
+	/* a base's ms within +-2**50 keeps floor_ms(ns) - base_ms inside int64 for every ns */
+	if (base_rest < 0 || base_rest >= 1000000 || base_ms < -(1LL << 50)
+	    || base_ms > (1LL << 50))
+		return PyErr_Format(PyExc_ValueError, "base: %lld ms + %lld ns is not a time",
+				    base_ms, base_rest);
 	have_rows = rows_obj != Py_None;
 	if (stride < 1 || size < 1)
 		return PyErr_Format(PyExc_ValueError, "%s: %zd is not positive",
@@ -376,6 +387,11 @@ static PyObject *pack_rows(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kwd
 	if (check_ops(&ops, stride, size) < 0 || (have_rows && check_rows(&rows, n) < 0))
 		goto done;
 	m = have_rows ? (size_t)rows.len / 8 : n;
+	if (out_obj == Py_None && m && size > PY_SSIZE_T_MAX / (Py_ssize_t)m) {
+		PyErr_Format(PyExc_OverflowError, "%zu records of %zd bytes do not fit a bytes "
+			     "object", m, size);
+		goto done;
+	}
 	if (out_obj == Py_None) {  /* the records as a new bytes object, every byte written */
 		made = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(m * (size_t)size));
 		if (!made)
@@ -401,7 +417,8 @@ static PyObject *pack_rows(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kwd
 			goto done;
 		}
 		compile_ops(run, ops.buf, nops);
-		since.ms = floor_ms(base_ns, &since.rest);
+		since.ms = base_ms;
+		since.rest = base_rest;
 		pack_loop(dst, rec.buf, (size_t)stride, pick, m, run, nops, (size_t)size, &since);
 		if (run != local)
 			PyMem_Free(run);
@@ -462,14 +479,16 @@ static PyObject *classify(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kwds
 		return NULL;
 	if (stride < 1)
 		return PyErr_Format(PyExc_ValueError, "stride: %zd is not positive", stride);
-	if (w6 < 0 || wr < 0 || wi < 0 || w6 + wr + wi > 7)
+	/* each weight checked before the sum: huge ones would overflow it (and a class above 7
+	 * would index past counts[8]) */
+	if (w6 < 0 || wr < 0 || wi < 0 || w6 > 7 || wr > 7 || wi > 7 || w6 + wr + wi > 7)
 		return PyErr_Format(PyExc_ValueError, "weights: classes must lie in 0..7");
 	/* widths: version 1, next hop 16, masks 1, protocol 1, counters 8, times 8 */
 	{
 		static const Py_ssize_t width[9] = {1, 16, 1, 1, 1, 8, 8, 8, 8};
 
 		for (int i = 0; i < 9; i++)
-			if (at[i] < 0 || at[i] + width[i] > stride)
+			if (at[i] < 0 || at[i] > stride - width[i])
 				return PyErr_Format(PyExc_ValueError,
 						    "column offset %zd lies outside a %zd-byte row",
 						    at[i], stride);

@@ -9,7 +9,7 @@ import numpy as np
 Buffer: TypeAlias = bytes | bytearray | memoryview | array[Any] | np.ndarray[Any, Any]
 
 def pack_rows(records: Buffer, stride: int, ops: Buffer, out: Buffer | None, size: int,
-              rows: Buffer | None = None, base: int = 0) -> Any: ...
+              rows: Buffer | None = None, base_ms: int = 0, base_rest: int = 0) -> Any: ...
 def classify(records: Buffer, stride: int, *, version: int, v6_exact: bool, next_hop: int,
              src_mask: int, dst_mask: int, protocol: int, packets: int, octets: int,
              start: int, end: int, v6_weight: int, routed_weight: int, icmp_weight: int

@@ -36,7 +36,8 @@ Groups (see ``docs/hooks.md``):
   the fields exporters add to their templates);
 * export records from columns (``agent/wire.py``): :func:`flow_columns`,
   :func:`pack_template` (its computed fields :class:`UptimeMs`, :class:`IcmpTypeCode`,
-  :class:`EpochMs`, :class:`Constant`), :func:`template_dtype`, :func:`address_column`,
+  :class:`EpochMs`, :class:`Constant`), :func:`template_dtype` (:data:`PADDING`: IE 0,
+  zero bytes), :func:`address_column`,
   :func:`group_rows`, :func:`classify_rows` (:class:`RowClasses`), :func:`rows_of`,
   :func:`any_bytes`,
   :class:`PackedRecords`, :func:`join_records`, :func:`frame_packets`, :func:`wire_columns`,
@@ -160,6 +161,7 @@ from netflow_agent.tunnels import (
     make_parser,
 )
 from netflow_agent.wire import (
+    PADDING,
     Constant,
     EpochMs,
     IcmpTypeCode,
@@ -269,6 +271,7 @@ __all__ = [
     "information_element",
     "concat",
     "flow_schema",
+    "PADDING",
     "Constant",
     "EpochMs",
     "IcmpTypeCode",

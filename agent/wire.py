@@ -179,7 +179,14 @@ def classify_rows(flows: np.ndarray, *, v6: int = 0, routed: int = 0, icmp: int 
     (``_wirepack.classify``) where NumPy made a dozen (the class's parts, a stable sort, the
     times' and counters' reductions); NumPy where the record array is not C-contiguous or
     its columns are not the native ones.
+
+    :raise ValueError: a weight below 0, or weights whose sum exceeds 7 (both paths).
     """
+    weights = (v6, routed, icmp)
+    if not all(isinstance(w, int | np.integer) and 0 <= w <= 7 for w in weights) \
+            or sum(int(w) for w in weights) > 7:
+        raise ValueError(f"classify_rows: weights v6={v6}, routed={routed}, icmp={icmp}:"
+                         " each 0..7, classes below 8")
     offsets = _classify_offsets(flows.dtype) if flows.flags.c_contiguous else None
     if offsets is None:
         return _classify_numpy(flows, v6, routed, icmp, v6_exact)
@@ -287,10 +294,12 @@ def template_dtype(fields: Sequence[tuple[int, int]],
 
 @dataclass(frozen=True, slots=True)
 class UptimeMs:
-    """A 4-byte field of the milliseconds from ``pack_template``'s ``base_ns`` (an int64) to
+    """A 4-byte field of the milliseconds from ``pack_template``'s ``base_ns`` (an integer) to
     the ns column ``column``, rounded down, modulo 2**32 (sysUpTime ms of a wall-clock time:
     NetFlow v9's FIRST/LAST_SWITCHED): ``floor((ns - base_ns) / 10**6) mod 2**32``, exact
-    for every int64 ``ns`` and ``base_ns`` (their difference is not wrapped to int64).
+    for every int64 ``ns`` and ``base_ns`` (their difference is not wrapped to int64); 0 for
+    a time before ``base_ns`` (a 0 start of a crafted capture, an end before the start): a
+    record's uptime is then never after its header's sysUpTime (RFC 3954 section 5.2).
 
     The column is int64 (written in C), or another integer type whose values are taken as
     int64 (NumPy; a uint64 above 2**63 - 1 wraps as its bytes read as int64 would).
@@ -308,11 +317,11 @@ class UptimeMs:
             raise TypeError(f"UptimeMs: column {self.column!r} holds {column.dtype},"
                             " not integer ns")
         ns = column.astype(np.int64)
-        base_ms, base_rest = divmod(np.int64(base_ns), np.int64(1_000_000))
+        base_ms, base_rest = divmod(int(base_ns), 1_000_000)  # base_ns may leave int64
         # floored ms of each, less one where ns's sub-ms rest is below base's: no int64
         # difference that could wrap (the C op's arithmetic)
         ms = ns // 1_000_000 - base_ms - (ns % 1_000_000 < base_rest)
-        return ms & 0xFFFFFFFF
+        return np.maximum(ms, 0) & 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,10 +392,12 @@ def pack_template(flows: np.ndarray, fields: Sequence[tuple[int, int]],
         pass as the plain fields (C), or by NumPy where they take the cast; the bytes are
         the same either way. IEs that are not in ``fields`` (or that ``special`` has) are
         ignored, so one mapping serves every template of a format.
-    :param base_ns: the base of the :class:`UptimeMs` fields.
+    :param base_ns: the base of the :class:`UptimeMs` fields (any integer: a whole-ms origin
+        rounded down from a time near int64's minimum may lie below it).
     :raise ValueError: a row number that is not one of ``flows``' rows, or not an integer.
     """
     fields = tuple((ie, length) for ie, length in fields)  # a plugin's [ie, length] lists too
+    base = divmod(int(base_ns), 1_000_000)  # C's (ms, rest): a base below int64's range too
     dtype = _template_dtype(fields, tuple(extra))
     special = special or {}
     present = {ie for ie, _ in fields}  # derived IEs the template lacks: ignored, as special's
@@ -402,7 +413,7 @@ def pack_template(flows: np.ndarray, fields: Sequence[tuple[int, int]],
                                      and rows.ndim == 1 and rows.flags.c_contiguous):
             rows = _checked_rows(rows, len(flows))  # C checks int64 rows' range itself
         return PackedRecords(_wirepack.pack_rows(flows, flows.itemsize, ops, None,
-                                                 dtype.itemsize, rows, base_ns),
+                                                 dtype.itemsize, rows, *base),
                              dtype.itemsize)
     if rows is not None:
         rows = _checked_rows(rows, len(flows))
@@ -415,8 +426,7 @@ def pack_template(flows: np.ndarray, fields: Sequence[tuple[int, int]],
     if (plain or (computed and ops is not None)) and len(out):
         # every plain (and computed) field in one pass: C, else one structured cast
         if ops is not None:
-            _wirepack.pack_rows(flows, flows.itemsize, ops, out, out.itemsize, rows,
-                                base_ns)
+            _wirepack.pack_rows(flows, flows.itemsize, ops, out, out.itemsize, rows, *base)
         else:
             out[[f"ie{ie}" for ie, _ in plain]] = flows.view(_source_dtype(flows.dtype, plain))
     if ops is None and len(out):  # the C pass wrote them with the plain fields

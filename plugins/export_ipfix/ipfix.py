@@ -40,7 +40,6 @@ from netflow_agent.api import (
     IcmpTypeCode,
     PackedRecords,
     RowClasses,
-    any_bytes,
     classify_rows,
     flow_columns,
     flow_schema,
@@ -610,14 +609,6 @@ def flow_layouts(micro: bool = False, extra: Sequence[FlowField] | None = None,
     if not added and not selector_id:
         return FLOW_LAYOUTS_US if micro else FLOW_LAYOUTS
     return _layouts(micro, added, selector_id)
-
-
-def flow_template_ids(flows: np.ndarray) -> np.ndarray:
-    """The template ID of every row (:func:`flow_template_id`): IPv6, ICMP, routed."""
-    protocol = flows["protocol"]
-    icmp = (protocol == 1) | (protocol == 58)
-    routed = any_bytes(flows["next_hop"]) | (flows["src_mask"] != 0) | (flows["dst_mask"] != 0)
-    return FLOW_TEMPLATE_BASE + (flows["ip_version"] == 6) + 2 * icmp + 4 * routed
 
 
 def encode_flow_groups(

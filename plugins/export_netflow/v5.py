@@ -18,6 +18,8 @@ sysUpTime counts from the agent's start.
 * Records are written from the batch columns in bulk (:data:`RECORD_FIELDS`: one C pass
   over the IPv4 rows, ``agent/wire.py``), never one Python object per flow.
 * ICMP type/code travel in the destination port (``type << 8 | code``).
+* First/Last of a time before the uptime origin (a start of 0 from a crafted capture, an end
+  before the agent's start) are 0, never after the header's sysUpTime (as v9's, RFC 3954).
 * ``sampling_interval`` (header): mode in the top 2 bits (01 deterministic, 10 random, 11 hash
   flow sampling as ipt_NETFLOW), the
   interval in the low 14 bits (:func:`sampling_field`); 0 when every packet is accounted.
@@ -55,6 +57,9 @@ from .state import UINT32_MASK, ExportState
 VERSION = 5
 MAX_RECORDS = 30
 COUNTER_MAX = UINT32_MASK
+#: the most records one flow is split into (:func:`split_rows`): 2**16 x (2**32 - 1) packets
+#: or octets; a larger counter is refused, not made into billions of rows
+MAX_SPLIT = 65_536
 
 # Header, 24 bytes:
 # version(2) count(2) sys_uptime(4, ms) unix_secs(4) unix_nsecs(4) flow_sequence(4)
@@ -120,6 +125,9 @@ def split_rows(flows: np.ndarray, tally: Tally, limit: int = COUNTER_MAX) -> np.
     :param flows: a record array (not modified).
     :param tally: ``split`` grows by the rows added.
     :return: ``flows`` itself when nothing overflows, else the expanded copy.
+    :raise EncodeError: a flow would need more than :data:`MAX_SPLIT` records (a counter
+        near 2**64 made 2**32 rows: MemoryError, the flows neither exported nor counted);
+        the exporter drops it and counts it as an encode error.
     """
     packets, octets = flows["packets"], flows["octets"]
     if not len(flows) or max(int(packets.max()), int(octets.max())) <= limit:
@@ -127,6 +135,10 @@ def split_rows(flows: np.ndarray, tally: Tally, limit: int = COUNTER_MAX) -> np.
     lim = np.uint64(limit)
     parts = np.maximum(np.maximum(packets // lim + (packets % lim != 0),
                                   octets // lim + (octets % lim != 0)), 1).astype(np.int64)
+    if int(parts.max()) > MAX_SPLIT:
+        raise EncodeError(f"a flow's counters ({int(packets[parts.argmax()])} packets,"
+                          f" {int(octets[parts.argmax()])} octets) need more than {MAX_SPLIT}"
+                          f" records of {limit}")
     rows = np.repeat(np.arange(len(flows)), parts)
     nth = (np.arange(len(rows)) - np.repeat(np.cumsum(parts) - parts, parts)).astype(np.uint64)
     n = parts[rows].astype(np.uint64)
@@ -135,17 +147,6 @@ def split_rows(flows: np.ndarray, tally: Tally, limit: int = COUNTER_MAX) -> np.
     out["octets"] = octets[rows] // n + (nth < octets[rows] % n)
     tally.split += len(rows) - len(flows)
     return out
-
-
-def uptime_ms(ns: np.ndarray, boot_ns: int) -> np.ndarray:
-    """sysUpTime milliseconds of wall-clock ``ns`` (modulo 2**32): the whole milliseconds of
-    ``ns`` minus those of ``boot_ns``, each rounded down, as :meth:`ExportState.uptime_ms`.
-
-    Rounding the difference instead would put a record's absolute time, as collectors
-    compute it (``header time - (sysUpTime - First)``), 1 ms after ``ns`` whenever the origin
-    is not a whole millisecond (it is the agent's start, or the earliest record of a replay).
-    """
-    return (ns // 1_000_000 - boot_ns // 1_000_000) & UINT32_MASK
 
 
 #: the record as template fields, (IE, length) in wire order, written from the columns in
@@ -175,7 +176,8 @@ def flow_bodies(flows: np.ndarray, state: ExportState, tally: Tally,
     tally.skipped += len(flows) - (len(flows) if v4 is None else len(v4))
     if classes.largest > COUNTER_MAX:  # the IPv4 rows' copy, split
         flows, v4 = split_rows(flows if v4 is None else flows[v4], tally), None
-    # First/Last: the ms since boot_ns's whole ms (uptime_ms: each rounded down)
+    # First/Last: the ms since boot_ns's whole ms (ExportState.uptime_ms: each rounded down;
+    # rounding the difference would put a collector's absolute time 1 ms late)
     origin = state.boot_ns // 1_000_000 * 1_000_000
     return pack_template(flows, RECORD_FIELDS, rows=v4, derived=_DERIVED, base_ns=origin)
 

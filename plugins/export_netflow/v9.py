@@ -57,7 +57,6 @@ from netflow_agent.api import (
     RowClasses,
     Sampling,
     UptimeMs,
-    any_bytes,
     classify_rows,
     flow_columns,
     flow_schema,
@@ -260,12 +259,12 @@ def pack_flows(flows: np.ndarray, tpl: Template, boot_ns: int,
     """The data records of ``tpl`` for every row of ``flows`` (or its ``rows``, in that
     order), from the columns in bulk.
 
-    FIRST/LAST_SWITCHED are sysUpTime ms (:func:`.v5.uptime_ms`), ICMP_TYPE the destination
-    port's ``type << 8 | code`` for ICMP/ICMPv6 and 0 otherwise, both computed in the pass
-    that writes the plain fields (:class:`~agent.wire.UptimeMs`,
+    FIRST/LAST_SWITCHED are sysUpTime ms (:meth:`.ExportState.uptime_ms`; 0 before boot),
+    ICMP_TYPE the destination port's ``type << 8 | code`` for ICMP/ICMPv6 and 0 otherwise,
+    both computed in the pass that writes the plain fields (:class:`~agent.wire.UptimeMs`,
     :class:`~agent.wire.IcmpTypeCode`), TCP_FLAGS the low byte (a plain field: its 1-byte
     cast is the low byte). The origin passed down is ``boot_ns`` rounded down to its
-    millisecond, so that ``(ns - origin) // 1 ms`` is :func:`.v5.uptime_ms`'s
+    millisecond, so that ``(ns - origin) // 1 ms`` is :meth:`.ExportState.uptime_ms`'s
     ``ns // 1 ms - boot_ns // 1 ms``: the header's sysUpTime and each record's times then
     decode to the records' own milliseconds.
     """
@@ -277,11 +276,6 @@ def pack_flows(flows: np.ndarray, tpl: Template, boot_ns: int,
 #: the template fields computed from their row: FIRST/LAST_SWITCHED, ICMP_TYPE
 _DERIVED: dict[int, UptimeMs | IcmpTypeCode] = {
     22: UptimeMs("start_ns"), 21: UptimeMs("end_ns"), 32: IcmpTypeCode()}
-
-
-def routed_rows(flows: np.ndarray) -> np.ndarray:
-    """Which rows know a next hop or a prefix length (they use the routed templates)."""
-    return any_bytes(flows["next_hop"]) | (flows["src_mask"] != 0) | (flows["dst_mask"] != 0)
 
 
 def flow_classes(flows: np.ndarray) -> RowClasses:

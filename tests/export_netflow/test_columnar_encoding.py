@@ -57,7 +57,8 @@ def split(r: FlowRecord, limit: int) -> list[tuple[int, int]]:
 
 
 def uptime(ns: int) -> int:
-    return ((ns - BOOT) // 1_000_000) & U32
+    """sysUpTime ms of ``ns``; 0 before boot (never after the header's)."""
+    return max((ns - BOOT) // 1_000_000, 0) & U32
 
 
 def routed(r: FlowRecord) -> bool:

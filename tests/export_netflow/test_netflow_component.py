@@ -151,6 +151,27 @@ def test_bad_record_is_counted_and_the_rest_exported():
     exporter.agent_stop()
 
 
+
+@pytest.mark.parametrize("protocol", [5, 9])
+def test_a_counter_too_large_to_split_is_counted_and_the_rest_exported(protocol):
+    """v5 and v9 (32-bit counters) split a flow over 2**32 - 1 packets into records; one
+    near 2**64 would need 2**32 of them (MemoryError: the batch neither exported nor
+    counted). It is dropped and counted as an encode error; the others go out."""
+    sink = UdpSink()
+    exporter = started(Config(destination=[sink.endpoint], protocol=protocol))  # 32-bit
+    records = flows(3)
+    records[1].packets = 2**64 - 1
+    records[2].octets = 3 * (2**32 - 1)  # split into 3 records, still exported
+    exporter.agent_export_flows(records=records)
+    packets = decode(sink.drain())
+    ports = [f.SRC_PORT if protocol == 5 else f.data["L4_SRC_PORT"]
+             for p in packets for f in p.flows]
+    assert ports == [1000, 1002, 1002, 1002]
+    stats = exporter.agent_collect_stats()
+    assert stats["encode_errors"] == 1 and stats["records_encoded"] == 4
+    exporter.agent_stop()
+
+
 def test_template_refresh_on_the_wire_by_packets_and_by_time():
     """Through real sockets: templates again after refresh_rate datagrams and timeout_rate."""
     clock = [time.time_ns()]

@@ -107,6 +107,49 @@ def test_v5_uptime_origin_moves_back_for_older_records():
     assert export_ms - (h.uptime - f.FIRST_SWITCHED) == (BOOT - 5_000_000_000) // 1_000_000
 
 
+
+def test_a_record_at_int64s_first_ms_does_not_stop_later_exports():
+    """A flow starting within 1 ms of int64's minimum moves the uptime origin there for good
+    (its whole ms lies below int64): v5 and v9 keep exporting every later batch, their
+    First/Last the ms since that origin modulo 2**32 as Python integers give them (the
+    encoders raised OverflowError and every later batch was lost as an encode error)."""
+    for encode in (lambda recs, st: v5.encode_flows(recs, st, NOW),
+                   lambda recs, st: v9_encode(recs, st)):
+        state = ExportState(boot_ns=BOOT)
+        pdus = encode([tcp4(start_ns=-2**63 + 1000)], state)
+        boot_ms = (-2**63 + 1000) // 1_000_000
+        assert state.boot_ns // 1_000_000 == boot_ms
+        laters = (tcp4(), tcp4(start_ns=NOW - 10**9, end_ns=NOW - 5))
+        for later in laters:
+            pdus += encode([later], state)
+        packets = decode(pdus)
+        assert len(packets) == 3
+        for later, packet in zip(laters, packets[1:], strict=True):
+            flow = packet.flows[0]
+            first, last = ((flow.FIRST_SWITCHED, flow.LAST_SWITCHED) if hasattr(
+                flow, "FIRST_SWITCHED") else (flow.data["FIRST_SWITCHED"],
+                                              flow.data["LAST_SWITCHED"]))
+            assert first == (later.start_ns // 1_000_000 - boot_ms) % 2**32
+            assert last == (later.end_ns // 1_000_000 - boot_ms) % 2**32
+
+
+
+def test_times_before_boot_are_uptime_0_never_after_the_header():
+    """A start of 0 (a crafted capture replayed) or an end before the exporter's boot is
+    First/Last 0 in v5 and v9, not (t - boot) mod 2**32 ms, which lies days after the
+    header's sysUpTime (RFC 3954 5.2: a record's times are not after the export); the
+    usual record beside them keeps its exact times."""
+    records = [tcp4(start_ns=0), tcp4(start_ns=0, end_ns=BOOT - 5_000_000_000), tcp4()]
+    for encode in (lambda st: v5.encode_flows(records, st, NOW),
+                   lambda st: v9_encode(records, st)):
+        [packet] = decode(encode(ExportState(boot_ns=BOOT)))
+        times = [(f.FIRST_SWITCHED, f.LAST_SWITCHED) if hasattr(f, "FIRST_SWITCHED")
+                 else (f.data["FIRST_SWITCHED"], f.data["LAST_SWITCHED"])
+                 for f in packet.flows]
+        assert all(t <= packet.header.uptime for pair in times for t in pair)
+        assert times == [(0, 59000), (0, 0), (1500, 59000)]
+
+
 # --- NetFlow v9 -----------------------------------------------------------------------------
 
 

@@ -140,8 +140,9 @@ def test_narrow_unsigned_column_packs_in_c_as_the_cast_extends_it():
 def _uptime_ms(ns, boot_ns) -> np.ndarray:
     """v5/v9's sysUpTime ms of each ``ns`` in Python integers (no int64 arithmetic to wrap):
     the whole ms of ``ns`` minus those of ``boot_ns``, each rounded down
-    (:meth:`~plugins.export_netflow.state.ExportState.uptime_ms`)."""
-    return np.array([(int(v) // 10**6 - boot_ns // 10**6) % 2**32 for v in ns], np.uint32)
+    (:meth:`~plugins.export_netflow.state.ExportState.uptime_ms`); 0 before ``boot_ns``."""
+    return np.array([max(int(v) // 10**6 - boot_ns // 10**6, 0) % 2**32 for v in ns],
+                    np.uint32)
 
 
 def _old_pack_flows(flows, tpl, boot_ns, rows):
@@ -200,8 +201,7 @@ def test_v9_times_and_icmp_type_computed_in_c_are_numpys_bytes(options):
 def test_derived_fields_of_other_column_types_take_numpy(dtype):
     """An UptimeMs of a column that is not native int64, or an IcmpTypeCode whose port is
     not a native uint16, gets no C op: NumPy computes it, the ms rounded down from the
-    column's integer values (before the base: 2**32 - 1 for the ms just before it), as the
-    C op would from the same int64s."""
+    column's integer values (0 before the base), as the C op would from the same int64s."""
     flows = np.zeros(3, [("start_ns", dtype), ("dst_port", "<u4"), ("protocol", "u1")])
     out = wire.template_dtype(((22, 4), (32, 2)))
     assert wire._derived_ops(flows.dtype, ((22, wire.UptimeMs("start_ns")),), out) is None
@@ -210,13 +210,13 @@ def test_derived_fields_of_other_column_types_take_numpy(dtype):
     derived = {22: wire.UptimeMs("start_ns"), 32: wire.IcmpTypeCode()}
     for base in (1_000_000, 1_700_000_000_000_000_000, -(2**63)):
         packed = pack_template(flows, ((22, 4), (32, 2)), derived=derived, base_ns=base).data
-        times = [((v - base) // 10**6) % 2**32 for v in (5_000_000, 0, 7)]
+        times = [max((v - base) // 10**6, 0) % 2**32 for v in (5_000_000, 0, 7)]
         assert packed == b"".join(v.to_bytes(4, "big") + b"\x03\x02" for v in times), base
         as_int64 = flows.astype([("start_ns", "<i8"), ("dst_port", "<u4"), ("protocol", "u1")])
         assert pack_template(as_int64, ((22, 4),), derived=derived, base_ns=base).data \
             == b"".join(v.to_bytes(4, "big") for v in times)
     assert pack_template(flows, ((22, 4),), derived=derived, base_ns=1_000_000).data[4:8] \
-        == b"\xff\xff\xff\xff"  # -1 ms
+        == bytes(4)  # 1 ms before the base: 0, not 2**32 - 1
 
 
 def test_uptime_ms_of_a_column_that_is_not_integers_is_refused():
@@ -376,3 +376,38 @@ def test_padding_epoch_ms_and_constants_are_the_same_in_c_and_numpy():
     assert rec["ms"].tolist() == (flows["start_ns"][rows] // 10**6).tolist()
     assert set(rec["sel"].tolist()) == {9} and set(rec["c"].tolist()) == {700}
     assert set(rec["p"].tolist()) == {bytes(3)} and set(rec["q"].tolist()) == {bytes(1)}
+
+
+@pytest.mark.parametrize("weights", [dict(v6=2**63 - 1, routed=1), dict(v6=-1, routed=2),
+                                     dict(icmp=8), dict(v6=4, routed=2, icmp=2),
+                                     dict(v6=2**62, routed=2**62, icmp=2**62)])
+def test_weights_outside_the_eight_classes_are_refused_by_either_path(weights):
+    """Huge or negative weights raise ValueError on the C and the NumPy path alike (huge
+    ones overflowed C's sum: a class past its 8 counters, memory written out of bounds)."""
+    flows = classify_fixture(100, seed=7)
+    with pytest.raises(ValueError, match="weights"):
+        wire.classify_rows(flows, **weights)
+    with pytest.raises(ValueError, match="weights"):
+        wire.classify_rows(flows[::2], **weights)  # not contiguous: NumPy's path
+    with pytest.raises(ValueError, match="weights"):  # the C function checks them itself
+        _wirepack.classify(flows, flows.itemsize, **wire._classify_offsets(flows.dtype),
+                           v6_exact=False, v6_weight=weights.get("v6", 0),
+                           routed_weight=weights.get("routed", 0),
+                           icmp_weight=weights.get("icmp", 0))
+
+
+def test_records_too_large_for_a_bytes_object_are_an_overflow_error():
+    """pack_rows(out=None) of more bytes than a bytes object holds raises OverflowError
+    (the size's product wrapped: a small buffer written as a huge one); a column offset
+    near the size's limit is refused, not wrapped past the row's end."""
+    rows = np.zeros(4, np.int64)
+    ops = np.array([(0, 0, 8, 0)], np.uint32)
+    with pytest.raises(OverflowError, match="do not fit"):
+        _wirepack.pack_rows(bytes(16), 16, ops, None, 2**62, rows)
+    with pytest.raises(OverflowError, match="do not fit"):
+        _wirepack.pack_rows(bytes(16 * 3), 16, ops, None, 2**62)
+    flows = classify_fixture(4, seed=1)
+    offsets = wire._classify_offsets(flows.dtype) | {"start": 2**63 - 4}
+    with pytest.raises(ValueError, match="outside"):
+        _wirepack.classify(flows, flows.itemsize, **offsets, v6_exact=False, v6_weight=1,
+                           routed_weight=0, icmp_weight=0)
