@@ -128,6 +128,37 @@ def test_a_flip_during_a_walk_keeps_the_marks(bench):
     assert sum(got) == first.packets + second.packets
 
 
+def test_a_flip_during_a_walk_keeps_the_slot_windows_marks(bench):
+    """A drain of table 0 reads its windows' touched marks at drain_begin (CPU 0's only);
+    after one row, a flip makes table 0 the active one and CPU 1 puts 20 flows in its own
+    slots, whose windows the walk never reads; the table goes idle again (grace period) and
+    the drain ends. The flip during the walk keeps the slot windows' marks, so later drains
+    read CPU 1's windows: all 120 packets come out (clearing the marks lost CPU 1's 60)."""
+    cpu0, cpu1 = Flood(flows=20, per_flow=3, concurrent=20), Flood(20, 3, 20)
+    got = []
+    with bench.loader(slots=4096) as loader:
+        bench.send(cpu0, 0)
+        buf = np.empty(1, RECORD_DTYPE)
+        loader.drain_begin(0)
+        rows, err, more = loader.drain_next(buf)
+        assert more and not err
+        got.append(packets(buf[:rows]))
+        loader.set_active(0)
+        bench.send(cpu1, 1)
+        loader.set_active(1)
+        assert loader.synchronize()
+        buf = np.empty(4096, RECORD_DTYPE)
+        while more:
+            rows, err, more = loader.drain_next(buf)
+            assert not err
+            got.append(packets(buf[:rows]))
+        loader.set_active(0)
+        assert loader.synchronize()
+        for _ in range(2):
+            got.append(packets(flip_and_drain(loader)))
+    assert sum(got) == cpu0.packets + cpu1.packets == 120
+
+
 def test_a_flip_without_a_grace_period_keeps_the_marks(bench):
     """The hash drained after a flip but without synchronize(): a program may still insert
     behind the walk, so its marks stay and the next drain walks it again, though nothing new
