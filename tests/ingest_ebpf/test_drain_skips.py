@@ -76,7 +76,7 @@ def test_a_hash_no_cpu_inserted_into_is_not_walked(bench, cpu):
     """Flows that all fit in the slots: the drain skips the hash walk and every packet is
     there; flows beyond the slots go to the hash, whose next drain walks it (no skip) and
     gets them all; the drain after that, with nothing new in the hash, skips again. A forced
-    drain walks the unmarked hash all the same (the ingest's stop and every 7th drain)."""
+    drain walks the unmarked hash all the same (the stop, every 8th drain of a table)."""
     few, many = Flood(flows=20, per_flow=3, concurrent=20), Flood(3000, 2, 3000)
     with bench.loader(slots=4096) as loader:
         before = skipped(loader)
