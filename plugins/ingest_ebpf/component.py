@@ -269,7 +269,7 @@ class EbpfIngest(Ingest):
                       "table_peak": 0, "maxflows": 0,
                       "attach_errors": 0, "interfaces": 0, "cpu_slots": 0,
                       "slot_windows_scanned": 0, "hash_walks": 0, "hash_walks_skipped": 0,
-                      "hash_mark_clear_errors": 0,
+                      "hash_mark_clear_errors": 0, "slots_read": 0, "tag_map_errors": 0,
                       "kernel_memory_bytes": 0}
         # counter values at the last flip / ring consume: early-drain triggers (pressure)
         self._fill_base = self._lost_base = self._ring_base = 0
@@ -283,6 +283,7 @@ class EbpfIngest(Ingest):
         self._checked_packets = -1  # the kernel's packet count at the last pressure check
         self._stop = threading.Event()
         self._begins = [0, 0]  # drain_begin calls per table: FORCED_WALK_EVERY's count
+        self._tag_map_warned = False  # the tag_map_errors warning was logged
         self._wake = -1  # eventfd that ends the drain thread's wait at stop
         self._last_rescan_error = ""
         self._thread: threading.Thread | None = None
@@ -582,6 +583,14 @@ class EbpfIngest(Ingest):
         self.stats["hash_walks"] = info["hash_walks"]
         self.stats["hash_walks_skipped"] = info["hash_walks_skipped"]
         self.stats["hash_mark_clear_errors"] = info["mark_clear_errors"]
+        self.stats["slots_read"] = info["slots_read"]
+        if info["tag_map_errors"] > self.stats["tag_map_errors"] and not self._tag_map_warned:
+            self._tag_map_warned = True  # once a run: the count shows the rest
+            self.log.warning("%s: %d slot window(s) read whole: their tags could not be "
+                             "mapped (exact, but each such window costs a read of every "
+                             "slot); tag_map_errors counts them", self.name,
+                             info["tag_map_errors"])
+        self.stats["tag_map_errors"] = info["tag_map_errors"]
         self.stats["flows_drained"] += drained
         self.stats["table_peak"] = max(self.stats["table_peak"], drained)
         self.stats["drain_ms_last"] = elapsed_ms

@@ -38,6 +38,7 @@ class FailingLoader:
                  tag_errno: int = 0):
         self.drain_errno, self.fail_at, self.counter_calls = drain_errno, fail_at, 0
         self.tag_errno = tag_errno
+        self.tag_map_errors = 0  # windows read whole: their tags not mapped
         self.table = np.repeat(np.frombuffer(ROW, RECORD_DTYPE), rows)
         self.table["packets"] = np.arange(1, rows + 1)
         self.left = self.table[:0]
@@ -67,7 +68,8 @@ class FailingLoader:
 
     def slot_info(self) -> dict[str, int]:
         return {"windows_scanned": 0, "tag_errno": self.tag_errno, "hash_walks": 0,
-                "hash_walks_skipped": 0, "mark_clear_errors": 0}
+                "hash_walks_skipped": 0, "mark_clear_errors": 0, "slots_read": self.chunks,
+                "tag_map_errors": self.tag_map_errors}
 
     def consume(self) -> tuple[bytes, int]:
         return b"", 0
@@ -244,6 +246,22 @@ def test_an_idle_drain_thread_wakes_rarely():
     assert comp.stats["pressure_checks"] <= 4 + elapsed
 
 
+def test_windows_read_without_their_tags_are_counted_and_warned_once(caplog):
+    """The loader's slots_read and tag_map_errors reach the stats after every drain; the
+    first drain that sees tag_map_errors grow logs a warning, later ones only count."""
+    loader = FailingLoader()
+    comp = ingest_with(loader)
+    comp._drain()
+    assert comp.stats["tag_map_errors"] == 0 and comp.stats["slots_read"] == loader.chunks
+    with caplog.at_level(logging.WARNING):
+        for errors in (2, 5):
+            loader.tag_map_errors = errors
+            comp._drain()
+    assert comp.stats["tag_map_errors"] == 5 and comp.stats["slots_read"] == loader.chunks
+    warnings = [r for r in caplog.records if "tags could not be mapped" in r.getMessage()]
+    assert len(warnings) == 1 and "2 slot window(s)" in warnings[0].getMessage()
+
+
 class StoppingLoader(FailingLoader):
     """A loader that counts table walks and can be closed (``agent_stop`` unloads it)."""
 
@@ -400,7 +418,8 @@ class KernelTables:
 
     def slot_info(self) -> dict[str, int]:
         return {"windows_scanned": 0, "tag_errno": 0, "hash_walks": 0,
-                "hash_walks_skipped": 0, "mark_clear_errors": 0}
+                "hash_walks_skipped": 0, "mark_clear_errors": 0, "slots_read": 0,
+                "tag_map_errors": 0}
 
     def consume(self) -> tuple[bytes, int]:
         return b"", 0
