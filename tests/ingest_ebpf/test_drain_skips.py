@@ -177,6 +177,25 @@ def test_a_flip_without_a_grace_period_keeps_the_marks(bench):
         assert skipped(loader) == before + 1
 
 
+def test_a_drain_without_a_grace_period_keeps_the_window_marks(bench):
+    """The slots drained after a flip but without synchronize(): a straggler may still write
+    a slot of a window the walk already read, so the windows' touched marks stay and the next
+    drain maps them again; that drain, after a grace period, clears them, and the one after
+    maps no window (drains that begin clean do not re-read windows forever)."""
+    flood = Flood(flows=20, per_flow=3, concurrent=20)
+    with bench.loader(slots=4096) as loader:
+        bench.send(flood, 1)
+        loader.set_active(1)  # no synchronize()
+        assert_one_row_per_flow(drain_table(loader, 0), flood)
+        loader.set_active(0)
+        scanned = loader.slot_info()["windows_scanned"]
+        assert len(flip_and_drain(loader)) == 0
+        assert loader.slot_info()["windows_scanned"] > scanned  # the marks stayed
+        scanned = loader.slot_info()["windows_scanned"]
+        assert len(flip_and_drain(loader)) == 0
+        assert loader.slot_info()["windows_scanned"] == scanned
+
+
 def test_a_sparse_drain_reads_only_the_tagged_slots(bench):
     """300 flows from CPU 1 in 65,536 slots per CPU: the drain reads one slot per flow it
     holds (by the tags, mapped without a failure), not the 4,096 of each window it maps."""
