@@ -80,8 +80,12 @@ PRESSURE_CHECK_S = 0.1
 #: synchronize_rcu() with one CPU online, and only an RT kernel runs tc/XDP preemptibly) a
 #: straggler inserting behind a walk, its CPU's mark already set, could have the mark cleared
 #: with the others, and its flow's later packets mark nothing: every skipping drain would
-#: leave that flow in the kernel. The walk of an empty hash costs ~0.4 ms of CPU at 524,288
-#: entries (median; ~0.7 ms at p90: bench/ebpf/forced_walk.py). The drains alternate the
+#: leave that flow in the kernel. A straggler's slot write after its window was read can lose
+#: that window's touched mark there too, and nothing forces a slot window: such hosts should
+#: set cpu_slots = 0 (the plugin README). On nohz_full, where synchronize() fails, no walk is
+#: clean and no mark is ever cleared, so every drain walks the hash. The walk of an empty
+#: hash costs ~0.4 ms of CPU at 524,288 entries (median; ~0.7 ms at p90:
+#: bench/ebpf/forced_walk.py). The drains alternate the
 #: tables, so at the 1 s poll each table is drained every 2 s and forced every 16 s: one
 #: forced walk per 8 s for both tables, ~0.05 ms/s (~0.09 ms/s at 0.7 ms a walk)
 FORCED_WALK_EVERY = 8
