@@ -125,9 +125,13 @@ typedef struct {
 	int synced;		/* a synchronize() returned since that set_active(): no program
 				 * writes the other table (hash_walk_done()) */
 	int walk_clean;		/* the drain in progress began synced on the inactive table and
-				 * no set_active() came since: its end may clear the hash marks */
+				 * no set_active() came since: its end may clear the hash marks
+				 * and the slot windows' touched marks */
 	int walk_flipped;	/* a set_active() came during the drain in progress: programs
 				 * may have taken slots in windows it did not read */
+	int force_next[FLOW_MAPS];	/* a hash walk of the table began and did not reach its
+					 * end (an error, or a new drain_begin): the next drain of
+					 * the table walks the hash, marked or not */
 	unsigned long long hash_skips;	/* drains that skipped an unmarked hash's walk */
 	unsigned long long hash_walks;	/* drains that walked the hash (marked or forced) */
 	unsigned long long mark_clear_errors;	/* whole walks whose mark clear failed */
@@ -728,6 +732,9 @@ static int Loader_init(Loader *self, PyObject *args, PyObject *kw)
 	self->active = -1;
 	self->synced = 0;
 	self->walk_clean = 0;
+	self->walk_flipped = 0;
+	for (int i = 0; i < FLOW_MAPS; i++)
+		self->force_next[i] = 0;
 	self->hash_skips = self->hash_walks = self->mark_clear_errors = 0;
 	self->slots_read = self->tag_map_errors = 0;
 	if (!self->touched || !self->hash_marks) {
@@ -1081,9 +1088,13 @@ static __u32 drain_slots(Loader *self, __u32 room, char *out, int *done, int *er
 	/* a failed tag clear (slot_info()'s tag_errno, not *err: the rows are all out) keeps the
 	 * touched words, so the next drain of this table clears those windows' tags again */
 	/* a flip during the walk: programs may have marked windows it did not read (their
-	 * marks were read at drain_begin), so the marks stay for the next drain */
+	 * marks were read at drain_begin), so the marks stay for the next drain; so they do
+	 * when the drain began without a grace period since the flip (walk_clean, as for the
+	 * hash marks): a straggler may write a slot of a window after it was read, and only
+	 * its window's mark gets that slot read again. The ingest's drains begin clean where
+	 * synchronize() works, so this keeps marks only where it fails (nohz_full) */
 	if (*done && !*err && !self->tag_err && self->touched_any &&
-	    !self->walk_flipped) {	/* all empty again */
+	    !self->walk_flipped && self->walk_clean) {	/* all empty again */
 		memset(self->touched, 0, (size_t)self->slot_ncpu * sizeof(__u64));
 		bpf_map_update_elem(bpf_map__fd(self->skel->maps.slot_touched), &self->walk_index,
 				    self->touched, BPF_ANY);	/* clear the marks */
@@ -1122,13 +1133,22 @@ static int hash_marked(Loader *self, __u32 index)
  * program could insert behind the walk (its CPU's mark already set, so it marks nothing new)
  * and the clear would hide that entry from every later drain: the marks stay and the next
  * drain walks again. If the clear fails the marks stay too (counted: mark_clear_errors).
- * synchronize() is a real grace period only where membarrier's GLOBAL command waits for
- * one: the ingest also forces a walk now and then and at stop (drain_begin(force=True)).
+ * Where membarrier is refused (nohz_full: the ingest waits 5 ms instead) synchronize()
+ * fails, no walk is clean and the marks are never cleared: every drain walks the hash
+ * (hash_walks_skipped stays 0). synchronize() returns without a real grace period only on
+ * PREEMPT_RT with one CPU online (membarrier's GLOBAL command skips synchronize_rcu() with
+ * one CPU online; elsewhere tc/XDP run with bottom halves off, so one CPU is still safe):
+ * there a straggler can insert behind a clean walk, so the ingest also forces a walk now
+ * and then and at stop (drain_begin(force=True)). A walk that stops part way forces the
+ * table's next walk (force_next).
  */
 static void hash_walk_done(Loader *self, int err)
 {
 	__u32 index = self->walk_index;
 
+	/* a walk that stopped part way may leave entries in a hash no CPU marked (a forced
+	 * walk): the next drain of the table walks it whatever the marks say */
+	self->force_next[index] = err != 0;
 	if (err || !self->walk_clean || self->active < 0 || (__u32)self->active == index)
 		return;
 	memset(self->hash_marks, 0, (size_t)self->slot_ncpu * sizeof(__u64));
@@ -1190,6 +1210,9 @@ static PyObject *Loader_drain_begin(Loader *self, PyObject *args, PyObject *kw)
 		return NULL;
 	if (index >= FLOW_MAPS)
 		return PyErr_Format(PyExc_ValueError, "flow table index %u out of range", index);
+	if (self->walk_phase == WALK_HASH)	/* the last hash walk was left part way */
+		self->force_next[self->walk_index] = 1;
+	force |= self->force_next[index];
 	self->walk_index = index;
 	/* no program writes the table during this walk unless a set_active() comes */
 	self->walk_clean = self->synced && self->active >= 0 && (__u32)self->active != index;

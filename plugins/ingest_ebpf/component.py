@@ -73,15 +73,22 @@ FLIP_GRACE_S = 0.005
 #: back to this at the first check that sees one (an idle agent wakes ~2 times a second)
 PRESSURE_CHECK_S = 0.1
 
-#: every this many drains, the drain walks its hash even when no CPU marked it (the stop's two
+#: every this many drain_begin calls of a table (counted per table, whether the drain then
+#: completes or raises), its drain walks the hash even when no CPU marked it (the stop's two
 #: drains always do). The marks are exact only after a real grace period: where synchronize()
-#: is not one (membarrier's GLOBAL command skips synchronize_rcu() with one CPU online;
-#: PREEMPT_RT) a straggler inserting behind a walk, its CPU's mark already set, has the mark
-#: cleared with the others, and its flow's later packets mark nothing: every skipping drain
-#: would leave that flow in the kernel. The walk of an empty hash costs ~1 ms at 524,288
-#: entries, so 1 ms per 7 drains, ~0.1 ms/s at the 1 s poll. Odd: the drains alternate the
-#: tables, so the forced walks do too
-FORCED_WALK_EVERY = 7
+#: is not one (PREEMPT_RT with one CPU online: membarrier's GLOBAL command skips
+#: synchronize_rcu() with one CPU online, and only an RT kernel runs tc/XDP preemptibly) a
+#: straggler inserting behind a walk, its CPU's mark already set, could have the mark cleared
+#: with the others, and its flow's later packets mark nothing: every skipping drain would
+#: leave that flow in the kernel. A straggler's slot write after its window was read can lose
+#: that window's touched mark there too, and nothing forces a slot window: such hosts should
+#: set cpu_slots = 0 (the plugin README). On nohz_full, where synchronize() fails, no walk is
+#: clean and no mark is ever cleared, so every drain walks the hash. The walk of an empty
+#: hash costs ~0.4 ms of CPU at 524,288 entries (median; ~0.7 ms at p90:
+#: bench/ebpf/forced_walk.py). The drains alternate the
+#: tables, so at the 1 s poll each table is drained every 2 s and forced every 16 s: one
+#: forced walk per 8 s for both tables, ~0.05 ms/s (~0.09 ms/s at 0.7 ms a walk)
+FORCED_WALK_EVERY = 8
 
 
 #: drain-step record arrays a drain keeps for reuse (drain_chunk x the record size each: 400 KB
@@ -266,7 +273,7 @@ class EbpfIngest(Ingest):
                       "table_peak": 0, "maxflows": 0,
                       "attach_errors": 0, "interfaces": 0, "cpu_slots": 0,
                       "slot_windows_scanned": 0, "hash_walks": 0, "hash_walks_skipped": 0,
-                      "hash_mark_clear_errors": 0,
+                      "hash_mark_clear_errors": 0, "slots_read": 0, "tag_map_errors": 0,
                       "kernel_memory_bytes": 0}
         # counter values at the last flip / ring consume: early-drain triggers (pressure)
         self._fill_base = self._lost_base = self._ring_base = 0
@@ -279,6 +286,8 @@ class EbpfIngest(Ingest):
         self._check_s = self._check_min_s = self._check_max_s = PRESSURE_CHECK_S
         self._checked_packets = -1  # the kernel's packet count at the last pressure check
         self._stop = threading.Event()
+        self._begins = [0, 0]  # drain_begin calls per table: FORCED_WALK_EVERY's count
+        self._tag_map_warned = False  # the tag_map_errors warning was logged
         self._wake = -1  # eventfd that ends the drain thread's wait at stop
         self._last_rescan_error = ""
         self._thread: threading.Thread | None = None
@@ -578,6 +587,14 @@ class EbpfIngest(Ingest):
         self.stats["hash_walks"] = info["hash_walks"]
         self.stats["hash_walks_skipped"] = info["hash_walks_skipped"]
         self.stats["hash_mark_clear_errors"] = info["mark_clear_errors"]
+        self.stats["slots_read"] = info["slots_read"]
+        if info["tag_map_errors"] > self.stats["tag_map_errors"] and not self._tag_map_warned:
+            self._tag_map_warned = True  # once a run: the count shows the rest
+            self.log.warning("%s: %d slot window(s) read whole: their tags could not be "
+                             "mapped (exact, but each such window costs a read of every "
+                             "slot); tag_map_errors counts them", self.name,
+                             info["tag_map_errors"])
+        self.stats["tag_map_errors"] = info["tag_map_errors"]
         self.stats["flows_drained"] += drained
         self.stats["table_peak"] = max(self.stats["table_peak"], drained)
         self.stats["drain_ms_last"] = elapsed_ms
@@ -620,9 +637,11 @@ class EbpfIngest(Ingest):
                               0.0 if self._stop.is_set() else STEP_WAIT_S, self._stop, pool)
         assert self.context is not None
         self._buffers = buffers
-        # the stop's drains and every FORCED_WALK_EVERY-th walk the hash, marked or not
-        force = (self._stop.is_set()
-                 or self.stats["drains"] % FORCED_WALK_EVERY == FORCED_WALK_EVERY - 1)
+        # the stop's drains and every FORCED_WALK_EVERY-th of this table walk the hash,
+        # marked or not; counted per table at the begin, so a drain that raises later still
+        # counts and neither table can drift out of the cadence
+        self._begins[index] += 1
+        force = self._stop.is_set() or self._begins[index] % FORCED_WALK_EVERY == 0
         self.loader.drain_begin(index, force=force)
         drained, more = 0, True
         try:

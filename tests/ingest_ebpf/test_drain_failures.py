@@ -38,6 +38,7 @@ class FailingLoader:
                  tag_errno: int = 0):
         self.drain_errno, self.fail_at, self.counter_calls = drain_errno, fail_at, 0
         self.tag_errno = tag_errno
+        self.tag_map_errors = 0  # windows read whole: their tags not mapped
         self.table = np.repeat(np.frombuffer(ROW, RECORD_DTYPE), rows)
         self.table["packets"] = np.arange(1, rows + 1)
         self.left = self.table[:0]
@@ -67,7 +68,8 @@ class FailingLoader:
 
     def slot_info(self) -> dict[str, int]:
         return {"windows_scanned": 0, "tag_errno": self.tag_errno, "hash_walks": 0,
-                "hash_walks_skipped": 0, "mark_clear_errors": 0}
+                "hash_walks_skipped": 0, "mark_clear_errors": 0, "slots_read": self.chunks,
+                "tag_map_errors": self.tag_map_errors}
 
     def consume(self) -> tuple[bytes, int]:
         return b"", 0
@@ -244,6 +246,22 @@ def test_an_idle_drain_thread_wakes_rarely():
     assert comp.stats["pressure_checks"] <= 4 + elapsed
 
 
+def test_windows_read_without_their_tags_are_counted_and_warned_once(caplog):
+    """The loader's slots_read and tag_map_errors reach the stats after every drain; the
+    first drain that sees tag_map_errors grow logs a warning, later ones only count."""
+    loader = FailingLoader()
+    comp = ingest_with(loader)
+    comp._drain()
+    assert comp.stats["tag_map_errors"] == 0 and comp.stats["slots_read"] == loader.chunks
+    with caplog.at_level(logging.WARNING):
+        for errors in (2, 5):
+            loader.tag_map_errors = errors
+            comp._drain()
+    assert comp.stats["tag_map_errors"] == 5 and comp.stats["slots_read"] == loader.chunks
+    warnings = [r for r in caplog.records if "tags could not be mapped" in r.getMessage()]
+    assert len(warnings) == 1 and "2 slot window(s)" in warnings[0].getMessage()
+
+
 class StoppingLoader(FailingLoader):
     """A loader that counts table walks and can be closed (``agent_stop`` unloads it)."""
 
@@ -294,19 +312,54 @@ def test_the_stop_drains_both_tables_after_a_new_packet():
     assert fresh.walks == 2 and emitted(comp) == [1, 1]
 
 
-def test_the_stop_and_every_seventh_drain_walk_the_hash_even_unmarked():
+def test_the_stop_and_every_eighth_drain_of_a_table_walk_the_hash_even_unmarked():
     """Where synchronize() is no real grace period, a straggler's entry can sit in a hash
-    whose marks were cleared: every 7th timer drain (both tables in turn) and both drains of
-    the stop walk the hash whatever its marks say."""
+    whose marks were cleared: every FORCED_WALK_EVERY-th drain of each table and both drains
+    of the stop walk the hash whatever its marks say."""
     loader = StoppingLoader()
     comp = ingest_with(loader)
     every = component.FORCED_WALK_EVERY
     for _ in range(2 * every):
         comp._drain()
     forced = [(i, table) for i, (table, force) in enumerate(loader.forced) if force]
-    assert forced == [(every - 1, 0), (2 * every - 1, 1)]
+    assert forced == [(2 * every - 2, 0), (2 * every - 1, 1)]  # each table's every-th drain
     comp.agent_stop()
     assert loader.forced[2 * every:] == [(0, True), (1, True)]
+
+
+class RaisingLoader(StoppingLoader):
+    """Every ``k``-th drain raises at its first step (after the flip and drain_begin)."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+
+    def drain_next(self, buffer: np.ndarray, layout: bytes | None = None,
+                   wall_offset: int = 0) -> tuple[int, int, bool]:
+        if self.walks % self.k == 0:
+            raise MemoryError("drain step")
+        return super().drain_next(buffer, layout, wall_offset)
+
+
+@pytest.mark.parametrize("k", [2, 3, 5, 7, 8])
+def test_drains_that_raise_do_not_shift_the_forced_walks(k):
+    """Drains that raise after the flip (every k-th) still count: each table's hash is
+    walked at every FORCED_WALK_EVERY-th of its own drains, so neither table goes unforced
+    (counting completed drains only, a raise shifted the cadence: one table could be forced
+    every time and the other never)."""
+    loader = RaisingLoader(k)
+    comp = ingest_with(loader)
+    every = component.FORCED_WALK_EVERY
+    for _ in range(8 * every):
+        try:
+            comp._drain()
+        except MemoryError:
+            pass
+    for table in (0, 1):
+        walks = [force for index, force in loader.forced if index == table]
+        assert len(walks) == 4 * every
+        assert [n for n, force in enumerate(walks, 1) if force] == [every * i
+                                                                     for i in range(1, 5)]
 
 
 class KernelTables:
@@ -365,7 +418,8 @@ class KernelTables:
 
     def slot_info(self) -> dict[str, int]:
         return {"windows_scanned": 0, "tag_errno": 0, "hash_walks": 0,
-                "hash_walks_skipped": 0, "mark_clear_errors": 0}
+                "hash_walks_skipped": 0, "mark_clear_errors": 0, "slots_read": 0,
+                "tag_map_errors": 0}
 
     def consume(self) -> tuple[bytes, int]:
         return b"", 0

@@ -14,7 +14,9 @@ Floods come from CPU 0 or CPU 1. Only counts are asserted, never times.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,7 +78,7 @@ def test_a_hash_no_cpu_inserted_into_is_not_walked(bench, cpu):
     """Flows that all fit in the slots: the drain skips the hash walk and every packet is
     there; flows beyond the slots go to the hash, whose next drain walks it (no skip) and
     gets them all; the drain after that, with nothing new in the hash, skips again. A forced
-    drain walks the unmarked hash all the same (the ingest's stop and every 7th drain)."""
+    drain walks the unmarked hash all the same (the stop, every 8th drain of a table)."""
     few, many = Flood(flows=20, per_flow=3, concurrent=20), Flood(3000, 2, 3000)
     with bench.loader(slots=4096) as loader:
         before = skipped(loader)
@@ -128,6 +130,37 @@ def test_a_flip_during_a_walk_keeps_the_marks(bench):
     assert sum(got) == first.packets + second.packets
 
 
+def test_a_flip_during_a_walk_keeps_the_slot_windows_marks(bench):
+    """A drain of table 0 reads its windows' touched marks at drain_begin (CPU 0's only);
+    after one row, a flip makes table 0 the active one and CPU 1 puts 20 flows in its own
+    slots, whose windows the walk never reads; the table goes idle again (grace period) and
+    the drain ends. The flip during the walk keeps the slot windows' marks, so later drains
+    read CPU 1's windows: all 120 packets come out (clearing the marks lost CPU 1's 60)."""
+    cpu0, cpu1 = Flood(flows=20, per_flow=3, concurrent=20), Flood(20, 3, 20)
+    got = []
+    with bench.loader(slots=4096) as loader:
+        bench.send(cpu0, 0)
+        buf = np.empty(1, RECORD_DTYPE)
+        loader.drain_begin(0)
+        rows, err, more = loader.drain_next(buf)
+        assert more and not err
+        got.append(packets(buf[:rows]))
+        loader.set_active(0)
+        bench.send(cpu1, 1)
+        loader.set_active(1)
+        assert loader.synchronize()
+        buf = np.empty(4096, RECORD_DTYPE)
+        while more:
+            rows, err, more = loader.drain_next(buf)
+            assert not err
+            got.append(packets(buf[:rows]))
+        loader.set_active(0)
+        assert loader.synchronize()
+        for _ in range(2):
+            got.append(packets(flip_and_drain(loader)))
+    assert sum(got) == cpu0.packets + cpu1.packets == 120
+
+
 def test_a_flip_without_a_grace_period_keeps_the_marks(bench):
     """The hash drained after a flip but without synchronize(): a program may still insert
     behind the walk, so its marks stay and the next drain walks it again, though nothing new
@@ -144,6 +177,25 @@ def test_a_flip_without_a_grace_period_keeps_the_marks(bench):
         assert skipped(loader) == before  # walked: the marks stayed
         assert len(flip_and_drain(loader)) == 0
         assert skipped(loader) == before + 1
+
+
+def test_a_drain_without_a_grace_period_keeps_the_window_marks(bench):
+    """The slots drained after a flip but without synchronize(): a straggler may still write
+    a slot of a window the walk already read, so the windows' touched marks stay and the next
+    drain maps them again; that drain, after a grace period, clears them, and the one after
+    maps no window (drains that begin clean do not re-read windows forever)."""
+    flood = Flood(flows=20, per_flow=3, concurrent=20)
+    with bench.loader(slots=4096) as loader:
+        bench.send(flood, 1)
+        loader.set_active(1)  # no synchronize()
+        assert_one_row_per_flow(drain_table(loader, 0), flood)
+        loader.set_active(0)
+        scanned = loader.slot_info()["windows_scanned"]
+        assert len(flip_and_drain(loader)) == 0
+        assert loader.slot_info()["windows_scanned"] > scanned  # the marks stayed
+        scanned = loader.slot_info()["windows_scanned"]
+        assert len(flip_and_drain(loader)) == 0
+        assert loader.slot_info()["windows_scanned"] == scanned
 
 
 def test_a_sparse_drain_reads_only_the_tagged_slots(bench):
@@ -194,3 +246,44 @@ def test_dense_slots_read_by_their_tags_give_every_flow_once(bench):
         info = loader.slot_info()
         assert counters[HASH_NEW] <= 3 * 300  # ~10 a period: the slots were freed each time
         assert info["tag_errno"] == 0 and info["tag_map_errors"] == 0  # read by their tags
+
+
+def clear_hash_marks(loader, index: int) -> None:
+    """Zero table ``index``'s hash_touched words on every CPU (bpftool, by the map ids of
+    this loader's programs): the marks as a straggler behind a walk can leave them."""
+    def bpftool(*args: str) -> object:
+        return json.loads(subprocess.run(["bpftool", "-j", *args], capture_output=True,
+                                         text=True, check=True).stdout)
+
+    maps = {m for pid in loader.prog_ids().values()
+            for m in bpftool("prog", "show", "id", str(pid)).get("map_ids", [])}
+    (touched,) = [m for m in maps if bpftool("map", "show", "id", str(m))["name"]
+                  == "hash_touched"]
+    subprocess.run(["bpftool", "map", "update", "id", str(touched), "key",
+                    *index.to_bytes(4, "little").hex(" ").split(), "value", *["0"] * 8],
+                   check=True)
+
+
+def test_a_walk_stopped_part_way_forces_the_next(bench):
+    """A hash holding entries but no marks (as a straggler's insert behind a clean walk can
+    leave it where synchronize() is no real grace period; here bpftool zeroes the marks)
+    drained forced in 1-row steps: the walk stops at the first bucket holding two entries
+    (ENOSPC). The table's next drain walks the unmarked hash all the same and gets every
+    packet left (without that it skipped the walk and they waited for a forced one)."""
+    flood = Flood(3000, 2, 3000)  # ~70 buckets of 65,536 hold two flows
+    with bench.loader(slots=64) as loader:
+        bench.send(flood)
+        loader.set_active(1)
+        assert loader.synchronize()
+        clear_hash_marks(loader, 0)
+        got, buf, more, stopped = [], np.empty(1, RECORD_DTYPE), True, 0
+        loader.drain_begin(0, force=True)
+        while more:
+            rows, err, more = loader.drain_next(buf)
+            stopped = stopped or err
+            got.append(packets(buf[:rows]))
+        assert stopped and sum(got) < flood.packets
+        walks, before = loader.slot_info()["hash_walks"], skipped(loader)
+        got.append(packets(drain_table(loader, 0)))
+        assert (loader.slot_info()["hash_walks"], skipped(loader)) == (walks + 1, before)
+    assert sum(got) == flood.packets
