@@ -205,6 +205,18 @@ bad:
 	return -1;
 }
 
+/* The number of `stride`-byte rows in `rec` into *n; -1 (ValueError) when it holds a part. */
+static int whole_rows(const Py_buffer *rec, Py_ssize_t stride, size_t *n)
+{
+	if (rec->len % stride) {
+		PyErr_Format(PyExc_ValueError, "records: buffer of %zd bytes is not a whole number "
+			     "of %zd-byte rows", rec->len, stride);
+		return -1;
+	}
+	*n = (size_t)(rec->len / stride);
+	return 0;
+}
+
 static int check_rows(const Py_buffer *rows, size_t n)
 {
 	const int64_t *v = rows->buf;
@@ -378,12 +390,8 @@ static PyObject *pack_rows(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kwd
 	if (rows_obj != Py_None
 	    && PyObject_GetBuffer(rows_obj, &rows, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
 		goto done;
-	if (rec.len % stride) {
-		PyErr_Format(PyExc_ValueError, "records: buffer of %zd bytes is not a whole number "
-			     "of %zd-byte rows", rec.len, stride);
+	if (whole_rows(&rec, stride, &n) < 0)
 		goto done;
-	}
-	n = (size_t)(rec.len / stride);
 	if (check_ops(&ops, stride, size) < 0 || (have_rows && check_rows(&rows, n) < 0))
 		goto done;
 	m = have_rows ? (size_t)rows.len / 8 : n;
@@ -495,12 +503,8 @@ static PyObject *classify(PyObject *Py_UNUSED(m), PyObject *args, PyObject *kwds
 	}
 	if (PyObject_GetBuffer(rec_obj, &rec, PyBUF_C_CONTIGUOUS) < 0)
 		return NULL;
-	if (rec.len % stride) {
-		PyErr_Format(PyExc_ValueError, "records: buffer of %zd bytes is not a whole number "
-			     "of %zd-byte rows", rec.len, stride);
+	if (whole_rows(&rec, stride, &n) < 0)
 		goto done;
-	}
-	n = (size_t)(rec.len / stride);
 	cls = PyMem_Malloc(n ? n : 1);
 	if (!cls) {
 		PyErr_NoMemory();

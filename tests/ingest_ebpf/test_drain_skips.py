@@ -15,18 +15,15 @@ Floods come from CPU 0 or CPU 1. Only counts are asserted, never times.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from netflow_agent.plugins.ingest_ebpf.decode import COUNTER_NAMES, RECORD_DTYPE
-from tests.ingest_ebpf.test_slot_probes import Bench, assert_one_row_per_flow
-from tests.support.flowgen import Flood, build
-from tests.support.netns import Netns, veth_pair
+from tests.ingest_ebpf.test_slot_probes import Bench, assert_one_row_per_flow, bench_pair
+from tests.support.flowgen import Flood
 
 pytestmark = pytest.mark.bpf
 
@@ -36,12 +33,8 @@ HASH_NEW = COUNTER_NAMES.index("hash_new")
 @pytest.fixture(scope="module")
 def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
     """Name: bench. Scope: module. A :class:`Bench` (the receiving namespace drops the UDP)."""
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("needs 2 CPUs")
-    with Netns() as a, Netns() as b:
-        pair = veth_pair(a, b)
-        b.run(["iptables", "-t", "raw", "-A", "PREROUTING", "-p", "udp", "-j", "DROP"])
-        yield Bench(pair, build(Path(tmp_path_factory.mktemp("flowgen"))), b.name)
+    with bench_pair(tmp_path_factory) as made:
+        yield made
 
 
 def drain_table(loader, index: int, chunk: int = 4096, force: bool = False) -> np.ndarray:
@@ -63,6 +56,19 @@ def flip_and_drain(loader, chunk: int = 4096, force: bool = False) -> np.ndarray
     loader.set_active(0)
     assert loader.synchronize()
     return rows
+
+
+def finish_then_drain_twice(loader, buf: np.ndarray, more: bool) -> list[int]:
+    """The packets of the rest of a walk begun on table 0 (table 1 active), then of two drains
+    the way the ingest does them, table 0 active again."""
+    got = []
+    while more:
+        rows, err, more = loader.drain_next(buf)
+        assert not err
+        got.append(packets(buf[:rows]))
+    loader.set_active(0)
+    assert loader.synchronize()
+    return got + [packets(flip_and_drain(loader)) for _ in range(2)]
 
 
 def skipped(loader) -> int:
@@ -119,14 +125,7 @@ def test_a_flip_during_a_walk_keeps_the_marks(bench):
         bench.send(second)
         loader.set_active(1)
         assert loader.synchronize()
-        while more:
-            rows, err, more = loader.drain_next(buf)
-            assert not err
-            got.append(packets(buf[:rows]))
-        loader.set_active(0)
-        assert loader.synchronize()
-        for _ in range(2):
-            got.append(packets(flip_and_drain(loader)))
+        got += finish_then_drain_twice(loader, buf, more)
     assert sum(got) == first.packets + second.packets
 
 
@@ -150,14 +149,7 @@ def test_a_flip_during_a_walk_keeps_the_slot_windows_marks(bench):
         loader.set_active(1)
         assert loader.synchronize()
         buf = np.empty(4096, RECORD_DTYPE)
-        while more:
-            rows, err, more = loader.drain_next(buf)
-            assert not err
-            got.append(packets(buf[:rows]))
-        loader.set_active(0)
-        assert loader.synchronize()
-        for _ in range(2):
-            got.append(packets(flip_and_drain(loader)))
+        got += finish_then_drain_twice(loader, buf, more)
     assert sum(got) == cpu0.packets + cpu1.packets == 120
 
 

@@ -80,15 +80,23 @@ class Bench:
                               self.pair.b.addr) == flood.packets
 
 
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
-    """Name: bench. Scope: module. A :class:`Bench` (the receiving namespace drops the UDP)."""
+@contextlib.contextmanager
+def bench_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
+    """A :class:`Bench` on a veth pair in two fresh namespaces (the receiving one drops the
+    UDP), for the module fixtures of this file and of test_drain_skips.py."""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs 2 CPUs")
     with Netns() as a, Netns() as b:
         pair = veth_pair(a, b)
         b.run(["iptables", "-t", "raw", "-A", "PREROUTING", "-p", "udp", "-j", "DROP"])
         yield Bench(pair, build(Path(tmp_path_factory.mktemp("flowgen"))), b.name)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bench]:
+    """Name: bench. Scope: module. A :class:`Bench` (the receiving namespace drops the UDP)."""
+    with bench_pair(tmp_path_factory) as made:
+        yield made
 
 
 def drain(loader, chunk: int = 4096, idle: bool = False) -> np.ndarray:
