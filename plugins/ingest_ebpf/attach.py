@@ -64,16 +64,21 @@ def netns_id() -> int:
 
 class AttachClaims:
     """The process's exclusive attach points: ``(netns inode, ifindex, kind)`` to the owner
-    that attached there (``kind``: ``"tc"`` for our fixed-handle filter, ``"xdp"``)."""
+    that attached there (``kind``: ``"tc"`` for our fixed-handle filter, ``"xdp"``) and how
+    many of its attachments use it (a tc filter per direction): the point is free again only
+    when the last of them is detached."""
 
     def __init__(self) -> None:
-        self._owners: dict[tuple[int, int, str], tuple[int, str]] = {}
+        self._owners: dict[tuple[int, int, str], list] = {}  # [owner, name, attachments]
         self._lock = threading.Lock()
 
     def claim(self, point: tuple[int, int, str], owner: int, name: str, ifname: str) -> None:
-        """Take ``point`` for ``owner`` (again is fine); EBUSY when another owner holds it."""
+        """Take ``point`` for one more attachment of ``owner``; EBUSY when another owner
+        holds it."""
         with self._lock:
-            holder = self._owners.setdefault(point, (owner, name))
+            holder = self._owners.setdefault(point, [owner, name, 0])
+            if holder[0] == owner:
+                holder[2] += 1
         if holder[0] != owner:
             raise OSError(errno.EBUSY, f"{ifname} is already observed by {holder[1]} with "
                           f"{'a tc filter' if point[2] == 'tc' else 'an XDP program'}: "
@@ -86,9 +91,13 @@ class AttachClaims:
         return holder is not None and holder[0] != owner
 
     def release(self, point: tuple[int, int, str], owner: int) -> None:
+        """One attachment of ``owner`` at ``point`` is gone (detached, or never made)."""
         with self._lock:
-            if self._owners.get(point, (None,))[0] == owner:
-                del self._owners[point]
+            holder = self._owners.get(point)
+            if holder is not None and holder[0] == owner:
+                holder[2] -= 1
+                if holder[2] <= 0:
+                    del self._owners[point]
 
 
 #: the claims of every Attacher in this process
@@ -175,14 +184,14 @@ class Attacher:
         CLAIMS.claim((netns, ifindex, "tc"), id(self), self.name, ifname)
         try:
             created = self.loader.tc_attach(prog, ifindex, egress, TC_HANDLE, TC_PRIORITY)
-        except OSError:  # attach() then detaches the other direction, if it was attached
+        except OSError:  # this direction's claim; the other's goes with its detach
             CLAIMS.release((netns, ifindex, "tc"), id(self))
             raise
         return Attachment(ifindex, ifname, "tc", egress, created_qdisc=created, netns=netns)
 
     def detach_one(self, att: Attachment) -> None:
-        """Detach one attachment; a vanished interface is not an error. Its claim goes once
-        it is detached (the other direction's, if any, is detached by the same caller)."""
+        """Detach one attachment; a vanished interface is not an error. Its share of the
+        interface's claim goes once it is detached (the point is free after the last)."""
         try:
             if att.link_fd >= 0:
                 os.close(att.link_fd)

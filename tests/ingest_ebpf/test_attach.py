@@ -155,3 +155,32 @@ def test_a_failed_attach_releases_the_claim():
     other = Attacher(FakeLoader(), "tc", "both", name="ingest.ebpf[1]")
     other.attach(7, "eth0")
     other.detach_all()
+
+
+def test_the_claim_outlives_one_direction_of_two():
+    """With both directions in tc mode, the interface stays claimed until the last of the
+    two filters is gone: a refused egress attach (the ingress filter still up until
+    ``attach`` detaches it) or the first detach of two frees nothing early."""
+    from netflow_agent.plugins.ingest_ebpf.attach import CLAIMS, netns_id
+
+    point = (netns_id(), 7, "tc")
+    owner = Attacher(FakeLoader(), "tc", "both", name="ingest.ebpf[0]")
+    owner.attach(7, "eth0")
+    first, second = owner.attached[7]
+    owner.detach_one(first)
+    assert CLAIMS.held_by_other(point, id(object()))  # still held: egress is up
+    owner.detach_one(second)
+    assert not CLAIMS.held_by_other(point, id(object()))
+
+    failing = Attacher(FakeLoader(fail_egress_tc=True), "tc", "both", name="ingest.ebpf[1]")
+    seen = []
+    real = failing.detach_one
+
+    def detach_one(att):  # the ingress filter is still attached when egress failed
+        seen.append(CLAIMS.held_by_other(point, id(object())))
+        real(att)
+
+    failing.detach_one = detach_one
+    with pytest.raises(OSError):
+        failing.attach(7, "eth0")
+    assert seen == [True] and not CLAIMS.held_by_other(point, id(object()))
