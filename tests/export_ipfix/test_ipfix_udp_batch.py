@@ -31,6 +31,18 @@ def start(port: int, **cfg: object) -> IpfixExporter:
     return exporter
 
 
+def export_unpaced() -> tuple[IpfixExporter, dict, list[bytes], int]:
+    """RECORDS exported unpaced to a sink: the exporter, its stats after the part, the
+    messages the sink got, the sink's port (the exporter stopped)."""
+    with UdpSink() as sink:
+        exporter = start(sink.port)
+        exporter.agent_export_flows(records=RECORDS)
+        stats = exporter.agent_collect_stats()
+        got = sink.wait(stats["udp_messages"])
+        exporter.agent_stop()
+    return exporter, stats, got, sink.port
+
+
 def sequence(message: bytes) -> int:
     return HEADER.unpack_from(message)[3]
 
@@ -49,12 +61,7 @@ def test_an_unpaced_part_leaves_in_one_sendmmsg(monkeypatch, no_gso):
         return real(fd, datagrams, pos, count, gso_max)
 
     monkeypatch.setattr(udp, "send_burst", counting)
-    with UdpSink() as sink:
-        exporter = start(sink.port)
-        exporter.agent_export_flows(records=RECORDS)
-        stats = exporter.agent_collect_stats()
-        got = sink.wait(stats["udp_messages"])
-        exporter.agent_stop()
+    exporter, stats, got, port = export_unpaced()
     assert stats["udp_messages"] > 5
     assert calls == [stats["udp_messages"]]  # the whole part, one call
     assert stats["udp_records"] == len(RECORDS) and stats["lost_records"] == 0
@@ -96,18 +103,13 @@ def test_a_message_refused_inside_a_part_is_lost_alone_and_keeps_its_sequence(
         return sent, errno.EAGAIN, 0
 
     monkeypatch.setattr(udp, "send_burst", refuse_third)
-    with UdpSink() as sink:
-        exporter = start(sink.port)
-        exporter.agent_export_flows(records=RECORDS)
-        stats = exporter.agent_collect_stats()
-        got = sink.wait(stats["udp_messages"])
-        exporter.agent_stop()
+    exporter, stats, got, port = export_unpaced()
     lost, packets, octets = message_totals(refused[0], exporter.templates)
     assert lost > 0 and len(got) == stats["udp_messages"]
     assert (stats["lost_records"], stats["lost_packets"], stats["lost_octets"]) == (
         lost, packets, octets)
     assert stats["udp_records"] == len(RECORDS) - lost
-    dest = stats["destinations"][f"127.0.0.1:{sink.port}"]
+    dest = stats["destinations"][f"127.0.0.1:{port}"]
     assert (dest["fail"], dest["err_sndbuf"], dest["lost_records"]) == (1, 1, lost)
     assert sequence(got[2]) == sequence(refused[0]) + lost  # the gap is the lost records
     assert exporter.session.sequence == len(RECORDS)
