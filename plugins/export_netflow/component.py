@@ -19,9 +19,7 @@ and an error is logged, since a wrong rate would silently mis-scale every flow.
 
 from __future__ import annotations
 
-import functools
 import struct
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
@@ -32,6 +30,7 @@ from netflow_agent.api import (
     FlowBatch,
     FlowRecord,
     InterfaceNames,
+    LossQueue,
     NatEvent,
     NatExporter,
     RunContext,
@@ -123,9 +122,9 @@ class NetflowExporter(NatExporter):
         self._names_mark: TemplateMark | None = None  # when they were resolved
         #: names resolved since the last scan ended (agent_tick): its later parts reuse them
         self._names_current = False
-        #: ``(destination index, datagram)`` lost by a destination, from any thread (deque
-        #: appends and pops are thread-safe); read back into packets and octets on this one
-        self._losses: deque[tuple[int, bytes]] = deque()
+        #: the datagrams the destinations lost, from any thread; read back into packets and
+        #: octets on this one
+        self._losses = LossQueue()
         #: per destination: ``[packets, octets]`` of the flow records it lost (in lost
         #: datagrams, and the encoder's refused records, which no destination got)
         self._lost_traffic: list[list[int]] = []
@@ -146,7 +145,7 @@ class NetflowExporter(NatExporter):
             dest = UdpDestination(endpoint, source=self.config.source,
                                   sndbuf=self.config.sndbuf, rate_limit=self.config.rate_limit,
                                   backlog=self.config.backlog, log=self.log,
-                                  on_loss=functools.partial(self._note_loss, i))
+                                  on_loss=self._losses.on_loss(i))
             dest.connect()
             self.destinations.append(dest)
             self._lost_traffic.append([0, 0])
@@ -202,15 +201,10 @@ class NetflowExporter(NatExporter):
                           self.name, dest.endpoint, dest.stats.packets_ok,
                           dest.stats.lost_records + self.stats.encode_errors, packets, octets)
 
-    def _note_loss(self, index: int, datagram: bytes, _records: int) -> None:
-        """Destination ``index`` lost ``datagram`` (any thread: a deque append only)."""
-        self._losses.append((index, datagram))
-
     def _count_losses(self) -> None:
         """Read the datagrams the destinations lost into ``lost_packets``/``lost_octets``
         (their records are in the destinations' ``lost_records`` already)."""
-        while self._losses:
-            i, datagram = self._losses.popleft()
+        for i, datagram, _records in self._losses.drain():
             packets, octets = datagram_totals(datagram, self.templates)
             self._lost_traffic[i][0] += packets
             self._lost_traffic[i][1] += octets
