@@ -356,7 +356,8 @@ class NetflowExporter(NatExporter):
         try:
             return encode(items, self.state, now, tally)
         except _ENCODE_ERRORS:
-            good, refused = [], []
+            good: list[Any] = []
+            refused: list[Any] = []
             for item in items:
                 (good if self._encodable(item, encode, now) else refused).append(item)
         self._count_refused(refused)
