@@ -29,30 +29,14 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from netflow_agent.transport.udp import UdpDestination  # noqa: E402
+from tests.support.collectors import free_udp_port, icmp_errors  # noqa: E402
 
 IP_RECVERR = 11  # linux/in.h
 
 
-def closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def error_queue(sock: socket.socket) -> int:
-    """Read and count the entries of ``sock``'s error queue."""
-    count = 0
-    while True:
-        try:
-            sock.recvmsg(2048, 512, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return count
-        count += 1
-
-
 def batches(parts: int, batch: int, poll: bool, rate: int = 0) -> str:
     UdpDestination.use_gso = False
-    dest = UdpDestination(f"127.0.0.1:{closed_port()}", rate_limit=rate)
+    dest = UdpDestination(f"127.0.0.1:{free_udp_port()}", rate_limit=rate)
     dest.connect()
     sock = dest._sock
     assert sock is not None
@@ -65,7 +49,7 @@ def batches(parts: int, batch: int, poll: bool, rate: int = 0) -> str:
             dest.poll()
     time.sleep(0.05)
     dest.poll()
-    icmp = error_queue(sock)
+    icmp = icmp_errors(sock)
     dest.close()
     return (f"batches{f' paced at {rate}/s' if rate else ''}"
             f"{' with a poll after each' if poll else ''}: {parts} x {batch} "
@@ -79,7 +63,7 @@ def queue_bound(count: int, rcvbuf: int) -> str:
         if rcvbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         sock.setblocking(False)
-        sock.connect(("127.0.0.1", closed_port()))
+        sock.connect(("127.0.0.1", free_udp_port()))
         sent = refused = 0
         for _ in range(count):
             try:
@@ -90,7 +74,7 @@ def queue_bound(count: int, rcvbuf: int) -> str:
         time.sleep(0.1)
         size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         return (f"error queue: {count} sends of 1400 bytes: sent {sent}, refused {refused}, "
-                f"queued ICMP errors {error_queue(sock)} (SO_RCVBUF {size})")
+                f"queued ICMP errors {icmp_errors(sock)} (SO_RCVBUF {size})")
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from netflow_agent.transport.udp import EndpointError, UdpDestination, parse_endpoint
 from tests.export_netflow.collect import UdpSink, full_socket
-from tests.support.collectors import free_udp_port
+from tests.support.collectors import free_udp_port, icmp_errors
 
 
 class FakeClock:
@@ -91,17 +91,6 @@ def test_a_batch_to_a_closed_port_counts_cberr_and_sends_every_datagram(gso, mon
     assert dest.stats.cberr in ((1,) if gso else (5, 6))
     assert dest.refused and dest.needs_templates
     dest.close()
-
-
-def icmp_errors(sock: socket.socket) -> int:
-    """The ICMP errors ``sock`` received (ip(7) ``IP_RECVERR`` error queue), read once."""
-    count = 0
-    while True:
-        try:
-            sock.recvmsg(512, 512, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            return count
-        count += 1
 
 
 def test_refused_batches_after_the_timer_count_every_icmp_error(monkeypatch):
