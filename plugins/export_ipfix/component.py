@@ -522,7 +522,7 @@ class IpfixExporter(NatExporter):
         ``lost_*`` by :meth:`_count_udp_losses`. The sequence numbers were set by the
         encoding, whatever the sends do: a lost message's records still count, as in
         ipt_NETFLOW (the collector sees the gap)."""
-        from .ipfix import encode_messages
+        from .ipfix import encode_messages, group_totals
 
         if any(d.needs_templates for d in self.udp):
             self.session.force_templates = True
@@ -530,9 +530,12 @@ class IpfixExporter(NatExporter):
             messages = encode_messages(self.session, groups, export_time=self._export_seconds(),
                                        max_length=self.max_udp_message,
                                        now_ns=time.monotonic_ns())
-        except EncodeError as exc:
+        except EncodeError as exc:  # no destination gets these records: lost, with their traffic
             self.counters["encode_errors"] += 1
-            self.log.warning("%s: %s", self.name, exc)
+            for group in groups:
+                self._lose(*group_totals(group))
+            self.log.warning("%s: %s: %d records lost", self.name, exc,
+                             sum(len(g.records) for g in groups))
             return
         datagrams = [m.data for m in messages]
         records = [m.records for m in messages]
