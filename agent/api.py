@@ -47,7 +47,8 @@ Groups (see ``docs/hooks.md``):
 * IPFIX Information Elements: :data:`IE_BY_ID`, :func:`information_element`,
   :data:`VARIABLE_LENGTH`, :func:`nat_event_value`;
 * UDP export: :class:`UdpDestination`, :func:`parse_endpoint`, :func:`address_family`,
-  :class:`EndpointError`, :func:`normal_endpoint`, and pacing: the defaults
+  :class:`EndpointError`, :func:`normal_endpoint`, :class:`LossQueue` (the datagrams a
+  destination's ``on_loss`` reported, read back on the exporter's thread), and pacing: the defaults
   :data:`DEFAULT_RATE_LIMIT`, :data:`DEFAULT_BACKLOG` and the shared options
   :func:`rate_limit_option`,
   :func:`backlog_option`, and :func:`records_room` (what a paced backlog can take, for the
@@ -138,6 +139,7 @@ from netflow_agent.roles import (
 from netflow_agent.runtime import RunContext
 from netflow_agent.schema import FlowField, FlowSchema
 from netflow_agent.schema import active as flow_schema
+from netflow_agent.transport.losses import LossQueue
 from netflow_agent.transport.pacing import (
     DEFAULT_BACKLOG,
     DEFAULT_RATE_LIMIT,
@@ -183,7 +185,7 @@ from netflow_agent.wire import (
 )
 
 #: ``(major, minor)`` of this plugin API (see the module docstring).
-API_VERSION = (3, 8)
+API_VERSION = (3, 9)
 
 __all__ = [
     "API_VERSION",
@@ -255,6 +257,7 @@ __all__ = [
     "InformationElement",
     "InterfaceNames",
     "Ingest",
+    "LossQueue",
     "NatEvent",
     "NatExporter",
     "NetnsScope",

@@ -108,9 +108,10 @@ DEST_COUNTERS = {
     "err_sndbuf": ("export_sndbuf_drops", "Datagrams dropped on a full send buffer."),
     "err_connect": ("export_connect_errors", "Failed connect attempts."),
     "err_other": ("export_other_errors", "Datagrams dropped on other errors."),
-    "lost_records": ("export_lost_records", "Flow/event records in datagrams not sent."),
+    "lost_records": ("export_lost_records", "Flow/event records in datagrams not "
+                     "sent (NetFlow: and those the encoder refused)."),
     "lost_packets": ("export_lost_packets", "Packets of the flow records in datagrams not "
-                     "sent (NetFlow)."),
+                     "sent or refused by the encoder (NetFlow)."),
     "lost_octets": ("export_lost_octets", "Octets of those flow records (NetFlow)."),
     "paced": ("export_paced_datagrams", "Datagrams that went through the paced backlog."),
     "backlog_dropped": ("export_backlog_dropped_datagrams", "Datagrams not queued (the "

@@ -17,7 +17,15 @@ follows ipt_NETFLOW's behaviour and statistics (README "HOW TO READ STAT", ``soc
   ``ECONNREFUSED`` retried once); when the kernel stops short after taking some (sendmmsg
   drops that error), the rest of the batch goes one datagram per call, so every later error
   is seen. Only the ICMP unreachable that stopped such a call short is consumed unseen by
-  the kernel: ``cberr`` may count one fewer per batch than separate sends would;
+  the kernel (``sock_error()`` takes it, ``sendmmsg`` returns the count only: a short count
+  does not say why). So while the destination is :attr:`~UdpDestination.refused`, unpaced
+  batches go one datagram per call from the start: ``cberr`` misses the refusal met by the
+  first batch of a refusal episode, and, paced, one per burst of the C loop that starts with
+  no refusal pending (after :meth:`~UdpDestination.poll` took it: at most one a second).
+  Counting every ICMP error exactly, as ipt_NETFLOW's ``sk_error_report`` does, would need
+  ``IP_RECVERR``'s error queue, bounded by ``SO_RCVBUF`` (166 errors at the default
+  212,992 bytes) and turning soft errors (host unreachable) into send errors: not used
+  (docs/performance.md, "cberr and sendmmsg");
 * where the socket takes ``UDP_SEGMENT`` (UDP GSO, Linux >= 4.18, udp(7)), runs of equal-size
   datagrams in a batch (the v9/IPFIX full packets) go as one GSO send each: the IP output
   path runs once per run and the kernel cuts the same datagrams (bytes, boundaries, order).
@@ -386,7 +394,8 @@ class UdpDestination:
             return queued
         if len(datagrams) != len(records):
             raise ValueError("datagrams and records differ in length")
-        lost = self._send_many(datagrams, records)
+        # refused: one per call, so no sendmmsg cut short by an ICMP error swallows it
+        lost = self._send_many(datagrams, records, single=self.refused)
         self._sample_fill()
         return len(datagrams) - len(lost)
 
@@ -411,17 +420,18 @@ class UdpDestination:
 
     def _send_many(self, datagrams: Sequence[bytes], records: Sequence[int], pos: int = 0,
                    end: int | None = None,
-                   result: tuple[int, int, int] | None = None) -> list[int]:
+                   result: tuple[int, int, int] | None = None, single: bool = False) -> list[int]:
         """Send ``datagrams[pos:end]`` in order with as few ``sendmmsg`` calls as the kernel
         allows; count every datagram's outcome as :meth:`_send_one` does (the caller holds
         the lock when paced). ``result``: what a call already made for them returned
         (``(0, errno, gso_errno)``: the paced loop's burst that stopped short at ``pos``).
+        ``single``: one datagram per call from the start (else from where the kernel stops
+        short or refuses one).
         :return: the indexes of the datagrams lost, in order."""
         lost: list[int] = []
         stats = self.stats
         end = len(datagrams) if end is None else end
         refused = 0  # ECONNREFUSED answers for datagrams[pos] (a pending one is retried once)
-        single = False  # the kernel stopped short or refused one: one per call from here
         while pos < end:
             count = 1 if single else end - pos
             if result is not None:

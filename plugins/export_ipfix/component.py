@@ -41,7 +41,6 @@ from __future__ import annotations
 import os
 import re
 import time
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -52,6 +51,7 @@ from netflow_agent.api import (
     FlowBatch,
     FlowRecord,
     InterfaceNames,
+    LossQueue,
     NatEvent,
     NatExporter,
     RunContext,
@@ -126,7 +126,9 @@ class IpfixExporter(NatExporter):
         self.cfg = config
         self.context: RunContext | None = None
         self.udp: list[UdpDestination] = []
-        self._udp_losses: deque[tuple[bytes, int]] = deque()
+        #: the messages the UDP destinations lost (refused, backlog full, unconnected, left
+        #: in the backlog at close), from any thread: counted on this one
+        self._udp_losses = LossQueue()
         self.tcp: list[TcpDestination] = []
         self.file: IpfixFile | None = None
         self.session = Session(config.domain_id, config.refresh_rate,
@@ -189,7 +191,7 @@ class IpfixExporter(NatExporter):
             self.udp = [UdpDestination(e, source=cfg.source, sndbuf=cfg.sndbuf,
                                        rate_limit=cfg.rate_limit, backlog=cfg.backlog,
                                        flush_timeout_s=cfg.flush_timeout_s,
-                                       on_loss=self._udp_loss, log=self.log)
+                                       on_loss=self._udp_losses.on_loss(), log=self.log)
                         for e in endpoints]
             for d in self.udp:
                 d.connect()
@@ -486,20 +488,14 @@ class IpfixExporter(NatExporter):
         c["lost_packets"] += packets
         c["lost_octets"] += octets
 
-    def _udp_loss(self, data: bytes, records: int) -> None:
-        """A UDP destination lost a message (refused, backlog full, unconnected, or left in
-        the backlog at close), on whichever thread: counted later, by the exporter's."""
-        self._udp_losses.append((data, records))
-
     def _count_udp_losses(self) -> None:
-        """Count the messages the UDP destinations lost (``_udp_loss`` appends them; deque
-        appends and pops are thread-safe): lost with their records' packets and octets, and
-        no longer in the ``udp_*`` counters, which counted them when they were handed over."""
+        """Count the messages the UDP destinations lost (:class:`LossQueue`): lost with their
+        records' packets and octets, and no longer in the ``udp_*`` counters, which counted
+        them when they were handed over."""
         from .ipfix import message_totals
 
         c = self.counters
-        while self._udp_losses:
-            data, records = self._udp_losses.popleft()
+        for _index, data, records in self._udp_losses.drain():
             # the destination's record count (it counted them when handed over), so that a
             # lost options message with a record of no registered template balances too
             _records, packets, octets = message_totals(data, self.templates)
@@ -522,11 +518,11 @@ class IpfixExporter(NatExporter):
         """Encode ``groups`` into messages and hand them to every destination as one batch
         (one ``sendmmsg`` unpaced, one backlog ``put`` paced), as NetFlow v9 does. Every
         message is counted in ``udp_*`` here; one a destination loses, now or later from its
-        backlog, comes back through :meth:`_udp_loss` and is moved to ``lost_*`` by
-        :meth:`_count_udp_losses`. The sequence numbers were set by the encoding, whatever the
-        sends do: a lost message's records still count, as in ipt_NETFLOW (the collector
-        sees the gap)."""
-        from .ipfix import encode_messages
+        backlog, comes back through its ``on_loss`` (:class:`LossQueue`) and is moved to
+        ``lost_*`` by :meth:`_count_udp_losses`. The sequence numbers were set by the
+        encoding, whatever the sends do: a lost message's records still count, as in
+        ipt_NETFLOW (the collector sees the gap)."""
+        from .ipfix import encode_messages, group_totals
 
         if any(d.needs_templates for d in self.udp):
             self.session.force_templates = True
@@ -534,9 +530,12 @@ class IpfixExporter(NatExporter):
             messages = encode_messages(self.session, groups, export_time=self._export_seconds(),
                                        max_length=self.max_udp_message,
                                        now_ns=time.monotonic_ns())
-        except EncodeError as exc:
+        except EncodeError as exc:  # no destination gets these records: lost, with their traffic
             self.counters["encode_errors"] += 1
-            self.log.warning("%s: %s", self.name, exc)
+            for group in groups:
+                self._lose(*group_totals(group))
+            self.log.warning("%s: %s: %d records lost", self.name, exc,
+                             sum(len(g.records) for g in groups))
             return
         datagrams = [m.data for m in messages]
         records = [m.records for m in messages]

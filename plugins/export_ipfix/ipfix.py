@@ -693,6 +693,14 @@ def message_totals(data: bytes, templates: dict[int, Template]) -> tuple[int, in
     return records, packets, octets
 
 
+def group_totals(group: DataGroup) -> tuple[int, int, int]:
+    """``(records, packets, octets)`` of a data group, as :func:`message_totals` counts them
+    in a message: for groups that never made it into one (the message encoder refused)."""
+    if not group.template.record_length:
+        return len(group.records), 0, 0
+    return _set_totals(join_records(group.records), group.template)
+
+
 def _set_totals(body: bytes, template: Template) -> tuple[int, int, int]:
     fixed = template.record_length
     if not fixed:

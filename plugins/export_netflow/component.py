@@ -19,9 +19,7 @@ and an error is logged, since a wrong rate would silently mis-scale every flow.
 
 from __future__ import annotations
 
-import functools
 import struct
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
@@ -32,6 +30,7 @@ from netflow_agent.api import (
     FlowBatch,
     FlowRecord,
     InterfaceNames,
+    LossQueue,
     NatEvent,
     NatExporter,
     RunContext,
@@ -62,13 +61,13 @@ class ExporterStats:
     records_encoded: int = 0  # data records put into datagrams (after splits)
     skipped: int = 0  # records the protocol cannot carry (IPv6 in v5)
     split: int = 0  # extra records from splitting counters over 32 bits
-    encode_errors: int = 0  # records rejected by the encoder (out-of-range fields)
+    encode_errors: int = 0  # records rejected by the encoder (out-of-range fields): lost
     pdus: int = 0  # datagrams encoded
     sampling_interval: int = 1  # the sampling interval announced to collectors (1 = none)
     if_names: int = 0  # v9: interfaces whose names are announced (interfaceName options)
     if_names_unresolved: int = 0  # v9: look-ups of a noted ifIndex that found no interface
-    lost_packets: int = 0  # packets of the flow records in lost datagrams (all destinations)
-    lost_octets: int = 0  # their octets
+    lost_packets: int = 0  # packets of the flow records lost (all destinations): in lost
+    lost_octets: int = 0  # datagrams, or refused by the encoder; their octets
 
 
 @dataclass(slots=True)
@@ -123,10 +122,11 @@ class NetflowExporter(NatExporter):
         self._names_mark: TemplateMark | None = None  # when they were resolved
         #: names resolved since the last scan ended (agent_tick): its later parts reuse them
         self._names_current = False
-        #: ``(destination index, datagram)`` lost by a destination, from any thread (deque
-        #: appends and pops are thread-safe); read back into packets and octets on this one
-        self._losses: deque[tuple[int, bytes]] = deque()
-        #: per destination: ``[packets, octets]`` of the flow records it lost
+        #: the datagrams the destinations lost, from any thread; read back into packets and
+        #: octets on this one
+        self._losses = LossQueue()
+        #: per destination: ``[packets, octets]`` of the flow records it lost (in lost
+        #: datagrams, and the encoder's refused records, which no destination got)
         self._lost_traffic: list[list[int]] = []
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -145,7 +145,7 @@ class NetflowExporter(NatExporter):
             dest = UdpDestination(endpoint, source=self.config.source,
                                   sndbuf=self.config.sndbuf, rate_limit=self.config.rate_limit,
                                   backlog=self.config.backlog, log=self.log,
-                                  on_loss=functools.partial(self._note_loss, i))
+                                  on_loss=self._losses.on_loss(i))
             dest.connect()
             self.destinations.append(dest)
             self._lost_traffic.append([0, 0])
@@ -199,20 +199,28 @@ class NetflowExporter(NatExporter):
             packets, octets = self._lost_traffic[i]
             self.log.info("%s: %s: %d datagrams sent, %d records lost (%d packets, %d octets)",
                           self.name, dest.endpoint, dest.stats.packets_ok,
-                          dest.stats.lost_records, packets, octets)
-
-    def _note_loss(self, index: int, datagram: bytes, _records: int) -> None:
-        """Destination ``index`` lost ``datagram`` (any thread: a deque append only)."""
-        self._losses.append((index, datagram))
+                          dest.stats.lost_records + self.stats.encode_errors, packets, octets)
 
     def _count_losses(self) -> None:
         """Read the datagrams the destinations lost into ``lost_packets``/``lost_octets``
         (their records are in the destinations' ``lost_records`` already)."""
-        while self._losses:
-            i, datagram = self._losses.popleft()
+        for i, datagram, _records in self._losses.drain():
             packets, octets = datagram_totals(datagram, self.templates)
             self._lost_traffic[i][0] += packets
             self._lost_traffic[i][1] += octets
+            self.stats.lost_packets += packets
+            self.stats.lost_octets += octets
+
+    def _count_refused(self, refused: Sequence[Any]) -> None:
+        """Records the encoder refused reach no destination: count them as lost by each
+        (``encode_errors``, in every ``sockN.lost_records``), with their flows' packets and
+        octets (NAT events carry none), so traffic = exported + dropped + lost holds."""
+        self.stats.encode_errors += len(refused)
+        packets = sum(getattr(r, "packets", 0) for r in refused)
+        octets = sum(getattr(r, "octets", 0) for r in refused)
+        for lost in self._lost_traffic:
+            lost[0] += packets
+            lost[1] += octets
             self.stats.lost_packets += packets
             self.stats.lost_octets += octets
 
@@ -348,10 +356,13 @@ class NetflowExporter(NatExporter):
         try:
             return encode(items, self.state, now, tally)
         except _ENCODE_ERRORS:
-            good = [item for item in items if self._encodable(item, encode, now)]
-        self.stats.encode_errors += len(items) - len(good)
-        self.log.warning("%s: %d record(s) could not be encoded and were dropped",
-                         self.name, len(items) - len(good))
+            good: list[Any] = []
+            refused: list[Any] = []
+            for item in items:
+                (good if self._encodable(item, encode, now) else refused).append(item)
+        self._count_refused(refused)
+        self.log.warning("%s: %d record(s) could not be encoded and were dropped (counted "
+                         "lost)", self.name, len(refused))
         tally.records.clear()
         tally.skipped = tally.split = 0
         return encode(good, self.state, now, tally) if good else []
@@ -391,6 +402,8 @@ class NetflowExporter(NatExporter):
         for i, dest in enumerate(self.destinations):
             snap = dest.snapshot()
             snap["lost_packets"], snap["lost_octets"] = self._lost_traffic[i]
+            # records the encoder refused: no destination got them
+            snap["lost_records"] = int(snap["lost_records"]) + self.stats.encode_errors
             out[f"sock{i}"] = snap
             for total, key in (("sock_ok", "packets_ok"), ("sock_fail", "fail"),
                                ("sock_cberr", "cberr"), ("sock_bytes", "bytes_ok"),

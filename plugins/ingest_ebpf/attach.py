@@ -14,7 +14,8 @@ handle per interface and direction) and an XDP program are claimed per network n
 interface for the whole process (:class:`AttachClaims`), so a second instance whose globs
 overlap the first's (``eth*`` and ``eth0``) is refused with a clear error instead of
 silently replacing the first's filter, and a TCX instance's clean-up of a crashed agent's
-stale filter leaves a live one of this process alone.
+stale filter leaves a live one of this process alone (checked and removed under the claims'
+lock, so a claim cannot come between the two).
 
 With ``promisc = true`` every attached interface also holds one promiscuity reference for as
 long as it is attached (``promisc.py``); it is taken with the hooks and dropped with them.
@@ -32,6 +33,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +91,18 @@ class AttachClaims:
         with self._lock:
             holder = self._owners.get(point)
         return holder is not None and holder[0] != owner
+
+    def clean_unless_held(self, point: tuple[int, int, str], owner: int,
+                          clean: Callable[[], bool]) -> bool:
+        """Run ``clean`` (remove what a crashed agent left at ``point``) unless another owner
+        holds ``point``; the check and ``clean`` hold the lock, so no claim comes between
+        them and a sibling's filter attached right after its claim is never removed.
+        :return: what ``clean`` returned, ``False`` when it did not run."""
+        with self._lock:
+            holder = self._owners.get(point)
+            if holder is not None and holder[0] != owner:
+                return False
+            return clean()
 
     def release(self, point: tuple[int, int, str], owner: int) -> None:
         """One attachment of ``owner`` at ``point`` is gone (detached, or never made)."""
@@ -158,8 +172,9 @@ class Attacher:
     def _attach_one(self, ifindex: int, ifname: str, egress: bool) -> Attachment:
         prog = "flow_tc_egress" if egress else "flow_tc_ingress"
         netns = netns_id()
-        if (self.mode != "tc" and not CLAIMS.held_by_other((netns, ifindex, "tc"), id(self))
-                and self.loader.tc_detach(ifindex, egress, TC_HANDLE, TC_PRIORITY)):
+        if self.mode != "tc" and CLAIMS.clean_unless_held(
+                (netns, ifindex, "tc"), id(self),
+                lambda: self.loader.tc_detach(ifindex, egress, TC_HANDLE, TC_PRIORITY)):
             log.info("removed a stale tc filter of ours from %s (a crashed tc-mode agent)",
                      ifname)
         if self.mode == "xdp":

@@ -204,3 +204,24 @@ def test_a_lost_options_message_with_the_sampler_on_balances() -> None:
     stats = exporter.agent_collect_stats()
     assert stats["udp_records"] + stats["lost_records"] == sum(handed) > 5
     assert stats["destinations"]["127.0.0.1:9"]["lost_records"] == stats["lost_records"]
+
+
+def test_a_part_the_message_encoder_refuses_is_counted_lost_with_its_packets(monkeypatch):
+    """A record or template too large for a message (possible with many schema fields at a
+    small ``mtu``) stops the part's encoding: one ``encode_errors``, and its records, with
+    their packets and octets, in ``lost_*`` (before: in no counter, the balance broke)."""
+    import netflow_agent.plugins.export_ipfix.ipfix as ipfix
+
+    def refuse(*_args, **_kwargs):
+        raise ipfix.EncodeError("a template record does not fit into 268 octets")
+
+    monkeypatch.setattr(ipfix, "encode_messages", refuse)
+    with UdpSink() as sink:
+        exporter = start(sink.port)
+        exporter.agent_export_flows(records=RECORDS[:50])
+        stats = exporter.agent_collect_stats()
+        exporter.agent_stop()
+    assert stats["encode_errors"] == 1 and stats["udp_records"] == 0
+    assert stats["lost_records"] == 50
+    assert stats["lost_packets"] == sum(r.packets for r in RECORDS[:50]) > 0
+    assert stats["lost_octets"] == sum(r.octets for r in RECORDS[:50]) > 0

@@ -56,3 +56,28 @@ def test_backlog_overflow_counts_lost_packets_and_octets(protocol, counters64, v
     assert sum(r["packets"] for r in got) + stats["lost_packets"] == sum(
         r.packets for r in records)
     assert sum(r["bytes"] for r in got) + stats["lost_octets"] == sum(r.octets for r in records)
+
+
+@pytest.mark.parametrize("protocol", [5, 9])
+def test_a_flow_the_encoder_refuses_is_counted_lost_with_its_packets(protocol, caplog):
+    """A flow whose counters would need more than 65,536 records of 32-bit counters is
+    refused by the encoder (``encode_errors``); no collector gets it, so its packets and
+    octets are counted lost (stats and the stop line) and the balance holds for it."""
+    records = varied_flows(3, 4)
+    records[1].packets, records[1].octets = 2**40, 2**64 - 1
+    with UdpSink() as sink:
+        exporter = NetflowExporter(Config(destination=[sink.endpoint], protocol=protocol),
+                                   "export.netflow[0]")
+        exporter.agent_start(context=RunContext(start_ns=time.time_ns()))
+        exporter.agent_export_flows(records=records)
+        with caplog.at_level("INFO"):
+            exporter.agent_stop()
+        stats = exporter.agent_collect_stats()
+        got = netflow_records(netflow_decode(sink.collect())[1])
+    assert stats["encode_errors"] == 1 and len(got) == 2
+    assert stats["lost_records"] == stats["sock0"]["lost_records"] == 1
+    assert stats["lost_packets"] == stats["sock0"]["lost_packets"] == 2**40
+    assert stats["lost_octets"] == stats["sock0"]["lost_octets"] == 2**64 - 1
+    assert sum(r["packets"] for r in got) + stats["lost_packets"] == sum(
+        r.packets for r in records)
+    assert f"1 records lost ({2**40} packets, {2**64 - 1} octets)" in caplog.text

@@ -9,7 +9,7 @@ import pytest
 
 from netflow_agent.transport.udp import EndpointError, UdpDestination, parse_endpoint
 from tests.export_netflow.collect import UdpSink, full_socket
-from tests.support.collectors import free_udp_port
+from tests.support.collectors import free_udp_port, icmp_errors
 
 
 class FakeClock:
@@ -90,6 +90,27 @@ def test_a_batch_to_a_closed_port_counts_cberr_and_sends_every_datagram(gso, mon
     # separate sends: 6 (one per datagram on loopback); one GSO send: 1
     assert dest.stats.cberr in ((1,) if gso else (5, 6))
     assert dest.refused and dest.needs_templates
+    dest.close()
+
+
+def test_refused_batches_after_the_timer_count_every_icmp_error(monkeypatch):
+    """The exporter's timer (poll) takes the pending refusal, so the next batch starts clean
+    and the kernel swallowed the ICMP error that stopped its sendmmsg short: one per batch
+    went uncounted. While the destination is refused its batches go one datagram per call:
+    ``cberr`` misses only the refusal met by the first batch (ipt_NETFLOW counts every ICMP
+    error the socket receives: read here from its error queue)."""
+    monkeypatch.setattr(UdpDestination, "use_gso", False)
+    dest = UdpDestination(f"127.0.0.1:{free_udp_port()}")
+    dest.connect()
+    dest._sock.setsockopt(socket.IPPROTO_IP, 11, 1)  # IP_RECVERR: queue each ICMP error
+    dest._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    for _ in range(10):
+        assert dest.send_batch([b"x" * 64] * 8, [1] * 8) == 8
+        time.sleep(0.002)
+        dest.poll()
+    received = icmp_errors(dest._sock)
+    assert received >= 10 and dest.stats.fail == 0
+    assert received - 1 <= dest.stats.cberr <= received  # before: received - 10
     dest.close()
 
 

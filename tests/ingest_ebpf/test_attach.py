@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 
 import pytest
 
@@ -144,6 +145,45 @@ def test_a_tcx_instance_leaves_a_live_tc_filter_of_this_process_alone():
     tcx.attach(8, "eth1")  # no live filter there: the stale one is cleaned as before
     assert ("tc_detach", 8, False) in tcx_loader.calls
     tc.detach_all()
+    tcx.detach_all()
+
+
+class RacingLoader(FakeLoader):
+    """A TCX instance's loader whose stale-filter removal lets a tc sibling of this process
+    attach to the same interface from another thread before it acts (the sibling claims,
+    then adds its filter); ``filters`` holds the interface's live tc filters."""
+
+    def __init__(self, sibling: Attacher, filters: set):
+        super().__init__()
+        self.sibling, self.filters = sibling, filters
+        self.raced = threading.Thread(target=sibling.attach, args=(7, "eth0"))
+
+    def tc_detach(self, ifindex, egress, handle, priority):
+        self.raced.start()
+        self.raced.join(0.3)  # the sibling attaches now unless a claim has to wait for us
+        had = ifindex in self.filters
+        self.filters.discard(ifindex)
+        return had
+
+
+def test_a_claim_between_the_stale_check_and_the_removal_keeps_the_live_filter():
+    """The stale-filter clean-up checks the sibling's claim and removes in one step: a tc
+    sibling that claims the interface in between attaches after the removal, so its live
+    filter stays (before: it was removed under the sibling, which saw no packets)."""
+    filters: set[int] = set()
+
+    class SiblingLoader(FakeLoader):
+        def tc_attach(self, prog, ifindex, egress, handle, priority):
+            filters.add(ifindex)
+            return super().tc_attach(prog, ifindex, egress, handle, priority)
+
+    sibling = Attacher(SiblingLoader(), "tc", "ingress", name="ingest.ebpf[0]")
+    loader = RacingLoader(sibling, filters)
+    tcx = Attacher(loader, "tcx", "ingress", name="ingest.ebpf[1]")
+    tcx.attach(7, "eth0")
+    loader.raced.join(5)
+    assert 7 in sibling.attached and filters == {7}
+    sibling.detach_all()
     tcx.detach_all()
 
 

@@ -86,6 +86,18 @@ def free_udp_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def icmp_errors(sock: socket.socket) -> int:
+    """Read and count the ICMP errors ``sock`` received (its ip(7) ``IP_RECVERR`` error
+    queue: one entry per error; reading clears the error a next send would report)."""
+    count = 0
+    while True:
+        try:
+            sock.recvmsg(2048, 512, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return count
+        count += 1
+
+
 class Nfcapd:
     """An ``nfcapd`` collector writing into its own directory.
 
