@@ -62,7 +62,8 @@ def agent_register_components(registry: ComponentRegistry) -> None:
 @hookimpl
 def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue]:
     """The kernel tables each instance would create on this host, and their memory (a note:
-    derived sizes depend on the CPUs and memory); with ``check_env``: the configured network
+    derived sizes depend on the CPUs and memory); a poll interval the cache's inactive timeout
+    allows (:func:`poll_issues`); with ``check_env``: the configured network
     namespace must exist, and ``promisc`` needs CAP_NET_RAW (its packet sockets)."""
     from netflow_agent.api import netns_path
 
@@ -71,6 +72,7 @@ def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue]:
         if inst.type_name != "ebpf":
             continue
         issues.append(sizes_note(inst, config))
+        issues += poll_issues(inst, config)
         if not check_env:
             continue
         if inst.config.promisc and not effective_caps() & (1 << CAP_NET_RAW):
@@ -86,6 +88,31 @@ def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue]:
                                       f"network namespace '{inst.config.netns}' not found "
                                       f"({path} does not exist)"))
     return issues
+
+
+def poll_issues(inst: Any, config: Any) -> list[ConfigIssue]:
+    """``poll_interval_ms`` must be shorter than the ``[cache] inactive_timeout``.
+
+    A packet reaches the cache only at the drain after it (up to a poll interval later), and
+    the cache exports a flow as idle ``inactive_timeout`` seconds after the last packet it
+    has seen: with a poll interval as long as the timeout, a flow sending steadily was
+    exported as idle at every drain while its next packets still sat in the kernel table
+    (one flow record per drain instead of one flow). Below it, only a flow pausing for
+    between ``inactive_timeout`` minus the poll interval and ``inactive_timeout`` can be
+    split that way."""
+    caches = config.by_stage("cache")
+    inactive = getattr(caches[0].config, "inactive_timeout", None) if caches else None
+    poll_ms = inst.config.poll_interval_ms
+    if not isinstance(inactive, int) or poll_ms < inactive * 1000:
+        return []
+    return [ConfigIssue(f"{inst.path}.poll_interval_ms",
+                        f"{poll_ms} ms is not shorter than [cache] inactive_timeout "
+                        f"({inactive} s): packets wait in the kernel table up to a poll "
+                        "interval, so the cache would export flows as idle while their "
+                        "next packets are still there (a flow split at every drain); set "
+                        f"poll_interval_ms below {inactive * 1000} (at most half of it "
+                        "keeps flows pausing up to half the timeout whole) or raise "
+                        "inactive_timeout")]
 
 
 def sizes_note(inst: Any, config: Any) -> ConfigIssue:

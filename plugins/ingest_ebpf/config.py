@@ -80,7 +80,10 @@ class Config:
                  "full (rounded up to a power of two); 0 = count them as dropped instead.",
         min=0, max=1024 * 1024)
     poll_interval_ms: int = option(
-        1000, doc="How often the flow table is drained into the cache.", min=20, max=60000)
+        1000, doc="How often the flow table is drained into the cache; shorter than the "
+                  "[cache] inactive_timeout (a packet waits in the kernel up to this long, "
+                  "so its flow could otherwise be exported as idle meanwhile).",
+        min=20, max=60000)
     rescan_interval_ms: int = option(
         2000, doc="How often interfaces are listed to attach new matching ones, in addition "
                   "to the rescan that every link notification (RTM_NEWLINK) triggers at once.",

@@ -73,6 +73,16 @@ BROKEN = [
     ("ebpf-decapsulate-twice",
      '[[ingest.ebpf]]\ninterfaces = ["eth0"]\ndecapsulate = ["ipip", "ipip"]\n',
      "ingest.ebpf[0].decapsulate: lists a tunnel twice"),
+    # a poll interval as long as the inactive timeout: flows exported as idle while their
+    # packets wait in the kernel table (the default poll with inactive_timeout = 1 too)
+    ("ebpf-poll-vs-inactive",
+     '[[ingest.ebpf]]\ninterfaces = ["eth0"]\npoll_interval_ms = 15000\n',
+     "ingest.ebpf[0].poll_interval_ms: 15000 ms is not shorter than [cache] inactive_timeout "
+     "(15 s)"),
+    ("ebpf-default-poll-vs-inactive-1",
+     '[cache]\ninactive_timeout = 1\n[[ingest.ebpf]]\ninterfaces = ["eth0"]\n'
+     '[[export.log]]\npath = "-"\n',
+     "set poll_interval_ms below 1000"),
 ]
 
 
@@ -108,6 +118,15 @@ def test_valid_config_exits_0(tmp_path, pcap, capsys):
     rc, err = _dry_run(cfg, capsys)
     assert rc == 0, err
     assert "configuration OK" in err
+
+
+def test_ebpf_poll_interval_below_the_inactive_timeout_is_valid(tmp_path, pcap, capsys):
+    cfg = tmp_path / "poll.toml"
+    cfg.write_text(VALID.format(pcap=pcap) + '[[ingest.ebpf]]\ninterfaces = ["eth0"]\n'
+                   "poll_interval_ms = 14999\n")
+    rc, err = _dry_run(cfg, capsys)
+    assert rc == 0, err
+    assert "poll_interval_ms" not in err
 
 
 def test_tunnel_option_warnings(tmp_path, pcap, capsys):
