@@ -99,9 +99,11 @@ def run_reader(mode: str, reader: str, topo, cfg: Config, send) -> dict:  # type
         sock.close()
 
 
-def run_agent(topo, tmp: Path, send) -> dict:  # type: ignore[no-untyped-def]
+def run_agent(topo, tmp: Path, cfg: Config, explicit: bool, send) -> dict:  # type: ignore[no-untyped-def]
     """bench/compare's agent-nflog observer through the flood, until it exited."""
     observer = OBSERVERS["agent-nflog"](topo, tmp)
+    if explicit:  # the agent's own default otherwise (it reads its config in its process)
+        observer.ingest = f"{observer.ingest}coalesce_ms = {cfg.coalesce_ms}\n"
     observer.start()
     try:
         assert observer.usage is not None
@@ -117,9 +119,12 @@ def run_agent(topo, tmp: Path, send) -> dict:  # type: ignore[no-untyped-def]
     return out
 
 
-def one_run(scenario: str, flood, flowgen: str, reader: str, seconds: float) -> dict:  # type: ignore[no-untyped-def]
-    """One flood through a fresh topology with ``scenario`` observing."""
-    cfg = Config(group=GROUP)
+def one_run(scenario: str, flood, flowgen: str, reader: str, seconds: float,  # type: ignore[no-untyped-def]
+            coalesce_ms: int | None = None) -> dict:
+    """One flood through a fresh topology with ``scenario`` observing (``coalesce_ms``: the
+    readers' pause instead of the default's)."""
+    cfg = Config(group=GROUP) if coalesce_ms is None else Config(group=GROUP,
+                                                                  coalesce_ms=coalesce_ms)
     with routed_topology() as topo, tempfile.TemporaryDirectory(prefix="nfa-floor-") as t:
         prepare(topo, scenario != "none")
         before = rx_dropped(topo.router_client)
@@ -132,7 +137,7 @@ def one_run(scenario: str, flood, flowgen: str, reader: str, seconds: float) -> 
         if scenario in ("recv", "walk"):
             out = run_reader(scenario, reader, topo, cfg, send)
         elif scenario == "agent":
-            out = run_agent(topo, Path(t), send)
+            out = run_agent(topo, Path(t), cfg, coalesce_ms is not None, send)
         else:
             out = send()
         out["before_hook"] = rx_dropped(topo.router_client) - before
@@ -151,7 +156,7 @@ def summary(results: dict[str, list[dict]]) -> str:
         us = [r["cpu_s"] / r["sent"] * 1e6 for r in runs if "cpu_s" in r]
         flood = [r["flood_cpu_s"] / r["sent"] * 1e6 for r in runs if "flood_cpu_s" in r]
         ratio = [r["pps"] / n["pps"] for r, n in zip(runs, none, strict=False)]
-        line = (f"{scenario:6s} observer {med(us)} us/packet (flood phase {med(flood)}); "
+        line = (f"{scenario:11s} observer {med(us)} us/packet (flood phase {med(flood)}); "
                 f"sender {statistics.median(r['pps'] for r in runs) / 1e3:.0f} kpps, "
                 f"vs none {med(ratio)}")
         last = runs[-1]
@@ -169,26 +174,36 @@ def summary(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def name(scenario: str, pause: int | None) -> str:
+    """A scenario's name in the results, with its pause when not the default."""
+    return scenario if pause is None or scenario in ("none", "rule") else f"{scenario}/{pause}ms"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workload", default="w1", choices=sorted(WORKLOADS))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", nargs="+", default=list(SCENARIOS), choices=SCENARIOS)
     ap.add_argument("--seconds", type=float, default=60, help="bound of each flood")
+    ap.add_argument("--coalesce-ms", type=int, nargs="+", default=[None],
+                    help="the readers' pause after a round that emptied the socket (default: "
+                    "the agent's); several values alternate within each round")
     ap.add_argument("--json", help="write the raw results here")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: namespaces, nftables, NFLOG")
     flood = WORKLOADS[args.workload]
-    results: dict[str, list[dict]] = {s: [] for s in args.only}
+    runs = list(dict.fromkeys((s, None if s in ("none", "rule") else c)
+                              for s in args.only for c in args.coalesce_ms))
+    results: dict[str, list[dict]] = {name(s, c): [] for s, c in runs}
     with tempfile.TemporaryDirectory(prefix="nfa-floor-build-") as tmp:
         flowgen, reader = build(Path(tmp)), build_reader(Path(tmp))
         for n in range(args.rounds):
-            for scenario in args.only:
-                r = one_run(scenario, flood, flowgen, reader, args.seconds)
-                results[scenario].append(r)
-                print(f"round {n} {args.workload} {scenario} {json.dumps(r)}", file=sys.stderr,
-                      flush=True)
+            for scenario, pause in runs:
+                r = one_run(scenario, flood, flowgen, reader, args.seconds, pause)
+                results[name(scenario, pause)].append(r)
+                print(f"round {n} {args.workload} {name(scenario, pause)} {json.dumps(r)}",
+                      file=sys.stderr, flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
     print(summary(results))
