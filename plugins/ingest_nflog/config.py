@@ -69,7 +69,7 @@ class Config:
         8 * 1024 * 1024, doc="Socket receive buffer in bytes (SO_RCVBUFFORCE); overruns are "
         "counted as dropped packets. 0 = system default.", min=0, max=1 << 30)
     coalesce_ms: int = option(
-        5, doc="After a read that emptied the socket, wait this long before the next read "
+        20, doc="After a read that emptied the socket, wait this long before the next read "
         "so that the kernel's batches arriving meanwhile are read and handed on together: "
         "one wakeup and one pipeline batch for many (less CPU per packet under load; the "
         "socket buffer holds them meanwhile). 0 = read each batch as soon as it arrives.",

@@ -197,6 +197,33 @@ def test_coalesce_ms_paces_the_wakeups(decoder: str, batch_ms: int, coalesce_ms:
     assert not reader.thread.is_alive()
 
 
+def test_default_reader_wakes_at_most_50_times_a_second_under_a_trickle() -> None:
+    """With the defaults, a datagram every 2 ms (as at ~30 kpps with 64-packet batches)
+    wakes the reader at most 50 times a second: each wakeup costs the reader CPU (~20 us
+    of system time on a VM, docs/performance.md), so the pause after a read that emptied
+    the socket gathers the batches of 20 ms; every packet still arrives."""
+    defaults = Config(group=7)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    count = 250
+    got: list[int] = []
+    reader = _reader(ours, defaults.batch_ms, defaults.coalesce_ms,
+                     lambda b: got.append(_packets(b)))
+    try:
+        start = time.monotonic()
+        for d in _sequenced(count, 1, lost=set()):
+            theirs.send(d)
+            time.sleep(0.002)
+        _wait_until(lambda: sum(got) >= count)
+        elapsed = time.monotonic() - start
+    finally:
+        reader.stopping.set()
+        reader.thread.join(timeout=10)
+        theirs.close()
+    stats = reader.stats()
+    assert sum(got) == stats["packets"] == count and stats["seq_gaps"] == 0
+    assert 1 <= stats["wakeups"] <= elapsed * 50 + 1, (stats, elapsed)
+
+
 def test_held_sums_go_on_at_stop_also_when_unbind_fails() -> None:
     """The UNBIND request fails (a socket pair here; a closed netlink socket in life): no
     stop drain, but the sums held for a long ``batch_ms`` still reach the pipeline."""
