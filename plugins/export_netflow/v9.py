@@ -121,21 +121,19 @@ class Template:
     extra: tuple[FlowField, ...] = ()
     record: struct.Struct = field(init=False, compare=False)
     flowset: bytes = field(init=False, compare=False)
+    #: bytes in one data record of this template (the packet builder asks per FlowSet)
+    size: int = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         base = self.fields[:len(self.fields) - len(self.extra)]
         codes = "".join(_code(ftype, length) for ftype, length in base)
         object.__setattr__(self, "record", struct.Struct("!" + codes))
+        object.__setattr__(self, "size", self.record.size + sum(f.width for f in self.extra))
         if self.scope_fields:
             flowset = _options_flowset(self.template_id, self.fields, self.scope_fields)
         else:
             flowset = _template_flowset(self.template_id, self.fields)
         object.__setattr__(self, "flowset", flowset)
-
-    @property
-    def size(self) -> int:
-        """Bytes in one data record of this template."""
-        return self.record.size + sum(f.width for f in self.extra)
 
 
 _BYTES_FIELDS = frozenset({8, 12, 15, 27, 28, 62, IF_NAME, 225, 226, 281, 282})
@@ -390,11 +388,7 @@ class _PacketBuilder:
 
     def fitting(self, tpl: Template, available: int) -> int:
         """How many records of ``tpl`` fit into one padded data FlowSet in ``self.room``."""
-        size = tpl.size
-        k = min(available, max(self.room - 4, 0) // size)
-        while k and 4 + k * size + (-(4 + k * size) % 4) > self.room:
-            k -= 1
-        return k
+        return min(available, _fitting(tpl.size, self.room))
 
     def packets_before_template(self, tpl: Template) -> int:
         """How many packets, from a fresh one on, can leave before ``tpl`` is due again
@@ -428,6 +422,28 @@ class _PacketBuilder:
         state.packets += count
         return i + count * k
 
+    def template_packet(self, tpl: Template, block: memoryview, i: int, k: int,
+                        data: bool) -> int:
+        """Close one packet of ``tpl``'s template and ``k`` records from ``block`` (record
+        ``i`` on), more records following: the bytes and marks :meth:`add_template`,
+        :meth:`add_data` and :meth:`flush` would write, in one step (a template comes due
+        every ``refresh_packets`` packets: ~400 times per 200k flows at the default 20). The
+        builder must be fresh. :return: the next record's index."""
+        state, size = self.state, tpl.size
+        body = k * size
+        pad = -(4 + body) % 4
+        self.datagrams.append(b"".join((
+            HEADER.pack(VERSION, 1 + k, state.uptime_ms(self.now_ns),
+                        (self.now_ns // NS_PER_S) & UINT32_MASK, state.packets & UINT32_MASK,
+                        state.source_id & UINT32_MASK),
+            tpl.flowset, FLOWSET_HEADER.pack(tpl.template_id, 4 + body + pad),
+            block[i * size:i * size + body], bytes(pad))))
+        self.tally.records.append(k if data else 0)
+        self.forced.add(tpl.template_id)
+        state.templates[tpl.template_id] = TemplateMark(state.packets, self.now_ns)
+        state.packets += 1
+        return i + k
+
     def flush(self) -> None:
         parts = self.parts
         if not parts:
@@ -442,6 +458,14 @@ class _PacketBuilder:
         self.tally.records.append(self.data_records)
         state.packets += 1
         self._reset()
+
+
+def _fitting(size: int, room: int) -> int:
+    """How many ``size``-byte records fit into one padded data FlowSet in ``room`` bytes."""
+    k = max(room - 4, 0) // size
+    while k and 4 + k * size + (-(4 + k * size) % 4) > room:
+        k -= 1
+    return k
 
 
 def assemble(
@@ -487,12 +511,16 @@ def _assemble_group(builder: _PacketBuilder, tpl: Template, bodies: Sequence[byt
     while per_packet and 4 + per_packet * size + (-(4 + per_packet * size) % 4) > (
             builder.policy.mtu - HEADER.size):
         per_packet -= 1
+    with_template = _fitting(size, builder.policy.mtu - HEADER.size - len(tpl.flowset))
     while i < n:
         if not builder.parts and per_packet:  # a fresh packet: whole ones in a tight loop
             # only packets that the slow path below would close too (more records follow)
             run = min(builder.packets_before_template(tpl), (n - i - 1) // per_packet)
             if run > 0:
                 i = builder.full_packets(tpl, block, i, per_packet, run, data)
+                continue
+            if 0 < with_template < n - i and builder.template_due(tpl):  # the refresh
+                i = builder.template_packet(tpl, block, i, with_template, data)
                 continue
         if builder.template_due(tpl):
             if builder.room < smallest:
