@@ -47,7 +47,6 @@ from typing import TYPE_CHECKING, Any
 
 from netflow_agent.api import (
     NS_PER_S,
-    EncodeError,
     FlowBatch,
     FlowRecord,
     InterfaceNames,
@@ -526,17 +525,17 @@ class IpfixExporter(NatExporter):
 
         if any(d.needs_templates for d in self.udp):
             self.session.force_templates = True
-        try:
-            messages = encode_messages(self.session, groups, export_time=self._export_seconds(),
-                                       max_length=self.max_udp_message,
-                                       now_ns=time.monotonic_ns())
-        except EncodeError as exc:  # no destination gets these records: lost, with their traffic
+        refused: list[DataGroup] = []
+        messages = encode_messages(self.session, groups, export_time=self._export_seconds(),
+                                   max_length=self.max_udp_message, now_ns=time.monotonic_ns(),
+                                   refused=refused)
+        for group in refused:  # no destination gets these records: lost, with their traffic
             self.counters["encode_errors"] += 1
-            for group in groups:
-                self._lose(*group_totals(group))
-            self.log.warning("%s: %s: %d records lost", self.name, exc,
-                             sum(len(g.records) for g in groups))
-            return
+            self._lose(*group_totals(group))
+            self.log.warning("%s: template %d: a record or the template does not fit into "
+                             "%d octets: %d records lost", self.name,
+                             group.template.template_id, self.max_udp_message,
+                             len(group.records))
         datagrams = [m.data for m in messages]
         records = [m.records for m in messages]
         c = self.counters
