@@ -328,7 +328,8 @@ class IpfixExporter(NatExporter):
             groups = self._encode_flows(records)
             self._send_udp(groups)
         if self.file is not None:
-            self.file.write(groups or self._encode_flows(records))
+            # the UDP part's groups, even none (every flow refused, counted once already)
+            self.file.write(groups if groups is not None else self._encode_flows(records))
         self._timers()
 
     @hookimpl
