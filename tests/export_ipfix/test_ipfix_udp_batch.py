@@ -236,3 +236,28 @@ def test_a_group_the_message_encoder_refuses_leaves_the_others_and_the_session_i
     assert stats["encode_errors"] == 1 and stats["lost_records"] == 2
     assert stats["udp_records"] == 10 and stats["sequence"] == 10
     assert stats["lost_packets"] == 0  # not flow records: the probe's template has none
+
+
+def test_mirrored_destinations_each_count_the_records_the_encoder_refused():
+    """Two mirrored collectors: records the encoder refuses (a group too large for a
+    message, flows with a start before the epoch) reach neither, so each counts them lost,
+    as each counts the messages it loses and as NetFlow does (``sockN.lost_records``): per
+    destination, records handed = sent + lost. Before: a refusal was counted once, and
+    ``udp_records + lost_records`` fell short of twice the records handed."""
+    bad = [flow(i, start_ns=-5_000_000_000, end_ns=-4_000_000_000) for i in range(3)]
+    with UdpSink() as a, UdpSink() as b:
+        exporter = IpfixExporter(Config(destination=[a.endpoint, b.endpoint],
+                                        options_interval_s=0, rate_limit=0), "export.ipfix[0]")
+        exporter.agent_start(RunContext())
+        exporter.templates.update({400: SMALL, 401: HUGE})
+        exporter.agent_export_flows(records=RECORDS[:50] + bad)
+        exporter._send_udp([DataGroup(SMALL, [SMALL_RECORD] * 5),
+                            DataGroup(HUGE, [bytes(2400)] * 2)])
+        stats = exporter.agent_collect_stats()
+        exporter.agent_stop()
+    handed = 50 + 3 + 5 + 2
+    assert stats["encode_errors"] == 3 + 1
+    assert stats["udp_records"] + stats["lost_records"] == 2 * handed
+    assert stats["lost_packets"] == 2 * sum(r.packets for r in bad) > 0
+    for d in (a, b):
+        assert stats["destinations"][d.endpoint]["lost_records"] == 3 + 2
