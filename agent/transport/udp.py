@@ -18,9 +18,11 @@ follows ipt_NETFLOW's behaviour and statistics (README "HOW TO READ STAT", ``soc
   drops that error), the rest of the batch goes one datagram per call, so every later error
   is seen. Only the ICMP unreachable that stopped such a call short is consumed unseen by
   the kernel (``sock_error()`` takes it, ``sendmmsg`` returns the count only: a short count
-  does not say why). So while the destination is :attr:`~UdpDestination.refused`, unpaced
-  batches go one datagram per call from the start: ``cberr`` misses the refusal met by the
-  first batch of a refusal episode, and, paced, one per burst of the C loop that starts with
+  does not say why). So after a send or :meth:`~UdpDestination.poll` met a refusal, the
+  next unpaced batch goes one datagram per call from the start, and so on while each meets
+  one; the first batch that meets none ends it (a collector that is back gets whole
+  batches at once again): ``cberr`` misses the refusal met by the first batch of a refusal
+  episode, and, paced, one per burst of the C loop that starts with
   no refusal pending (after :meth:`~UdpDestination.poll` took it: at most one a second).
   Counting every ICMP error exactly, as ipt_NETFLOW's ``sk_error_report`` does, would need
   ``IP_RECVERR``'s error queue, bounded by ``SO_RCVBUF`` (166 errors at the default
@@ -241,6 +243,9 @@ class UdpDestination:
         self.gso_max = 0
         self._last_attempt_ns: int | None = None
         self._last_cberr_ns: int | None = None
+        #: a send or :meth:`poll` met ``ECONNREFUSED`` since the last unpaced batch began:
+        #: the next one goes one datagram per call (see the module docstring)
+        self._met_refusal = False
         self._was_down = False
         self._reachable_again = False
         self._lock = threading.Lock()
@@ -394,8 +399,12 @@ class UdpDestination:
             return queued
         if len(datagrams) != len(records):
             raise ValueError("datagrams and records differ in length")
-        # refused: one per call, so no sendmmsg cut short by an ICMP error swallows it
-        lost = self._send_many(datagrams, records, single=self.refused)
+        # the collector refused the last batch (or poll saw it): one per call, so no
+        # sendmmsg cut short by an ICMP error swallows it; a batch that meets no refusal
+        # ends that, so a collector that is back gets whole batches again (not only after
+        # REFUSED_HOLD_NS)
+        single, self._met_refusal = self._met_refusal, False
+        lost = self._send_many(datagrams, records, single=single)
         self._sample_fill()
         return len(datagrams) - len(lost)
 
@@ -597,6 +606,7 @@ class UdpDestination:
     def _count_cberr(self) -> None:
         self.stats.cberr += 1
         self._last_cberr_ns = self._clock()
+        self._met_refusal = True
         self._was_down = True
 
     def _fill_from(self, state: array) -> None:

@@ -47,7 +47,6 @@ from typing import TYPE_CHECKING, Any
 
 from netflow_agent.api import (
     NS_PER_S,
-    EncodeError,
     FlowBatch,
     FlowRecord,
     InterfaceNames,
@@ -129,6 +128,9 @@ class IpfixExporter(NatExporter):
         #: the messages the UDP destinations lost (refused, backlog full, unconnected, left
         #: in the backlog at close), from any thread: counted on this one
         self._udp_losses = LossQueue()
+        #: records the encoder refused on the UDP path: every UDP destination lost them (in
+        #: each one's ``lost_records``, and once per destination in ``lost_*``)
+        self._refused_records = 0
         self.tcp: list[TcpDestination] = []
         self.file: IpfixFile | None = None
         self.session = Session(config.domain_id, config.refresh_rate,
@@ -285,9 +287,9 @@ class IpfixExporter(NatExporter):
             u.close()
         self._count_udp_losses()  # what the backlogs still held at close: no stats read follows
         for u in self.udp:
-            if u.stats.lost_records:
+            if u.stats.lost_records or self._refused_records:
                 self.log.info("%s: %s: %d messages sent, %d records lost", self.name, u.endpoint,
-                              u.stats.packets_ok, u.stats.lost_records)
+                              u.stats.packets_ok, u.stats.lost_records + self._refused_records)
         if self.file is not None:
             self.file.close()
 
@@ -329,7 +331,8 @@ class IpfixExporter(NatExporter):
             groups = self._encode_flows(records)
             self._send_udp(groups)
         if self.file is not None:
-            self.file.write(groups or self._encode_flows(records))
+            # the UDP part's groups, even none (every flow refused, counted once already)
+            self.file.write(groups if groups is not None else self._encode_flows(records))
         self._timers()
 
     @hookimpl
@@ -471,7 +474,7 @@ class IpfixExporter(NatExporter):
 
     def _encode_failed(self, record: FlowRecord, exc: Exception) -> None:
         self.counters["encode_errors"] += 1
-        self._lose(1, record.packets, record.octets)
+        self._refuse(1, record.packets, record.octets)
         self.log.debug("%s: cannot encode %s: %s", self.name, record, exc)
 
     def _nat_time_fixed(self, event: NatEvent) -> None:
@@ -481,6 +484,16 @@ class IpfixExporter(NatExporter):
         from .ipfix import message_totals
 
         return message_totals(data, self.templates)
+
+    def _refuse(self, records: int, packets: int, octets: int) -> None:
+        """Records the encoder refused: lost by every UDP destination, as a lost message is
+        counted for the destination that lost it (each collector's session accounts its own
+        notSent*, RFC 7011 section 4.3), so each destination's records handed = sent + its
+        lost; once without UDP (a file; each TCP destination encodes its own spool)."""
+        copies = len(self.udp)
+        self._refused_records += records if copies else 0
+        for _ in range(max(copies, 1)):
+            self._lose(records, packets, octets)
 
     def _lose(self, records: int, packets: int, octets: int) -> None:
         c = self.counters
@@ -526,17 +539,17 @@ class IpfixExporter(NatExporter):
 
         if any(d.needs_templates for d in self.udp):
             self.session.force_templates = True
-        try:
-            messages = encode_messages(self.session, groups, export_time=self._export_seconds(),
-                                       max_length=self.max_udp_message,
-                                       now_ns=time.monotonic_ns())
-        except EncodeError as exc:  # no destination gets these records: lost, with their traffic
+        refused: list[DataGroup] = []
+        messages = encode_messages(self.session, groups, export_time=self._export_seconds(),
+                                   max_length=self.max_udp_message, now_ns=time.monotonic_ns(),
+                                   refused=refused)
+        for group in refused:  # no destination gets these records: lost, with their traffic
             self.counters["encode_errors"] += 1
-            for group in groups:
-                self._lose(*group_totals(group))
-            self.log.warning("%s: %s: %d records lost", self.name, exc,
-                             sum(len(g.records) for g in groups))
-            return
+            self._refuse(*group_totals(group))
+            self.log.warning("%s: template %d: a record or the template does not fit into "
+                             "%d octets: %d records lost", self.name,
+                             group.template.template_id, self.max_udp_message,
+                             len(group.records))
         datagrams = [m.data for m in messages]
         records = [m.records for m in messages]
         c = self.counters
@@ -638,7 +651,10 @@ class IpfixExporter(NatExporter):
                                "templates_active": len(self._announced_ids())}
         out.update(self.counters)
         out["sequence"] = self.session.sequence
-        dests = [d.snapshot() for d in self.udp] + [d.snapshot() for d in self.tcp]
+        udp = [d.snapshot() for d in self.udp]
+        for snap in udp:  # the records the encoder refused: lost by each destination
+            snap["lost_records"] = int(snap["lost_records"]) + self._refused_records
+        dests = udp + [d.snapshot() for d in self.tcp]
         out["destinations"] = {str(d["destination"]): d for d in dests}
         if self.file is not None:
             out["file"] = {"path": self.file.path, "messages": self.file.messages,

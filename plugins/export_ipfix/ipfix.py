@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
@@ -223,6 +224,24 @@ class _MessageBuilder:
         self.records = 0
         self.refreshed = False  # holds a refresh: every announced template (or the first)
 
+    def checkpoint(self) -> tuple[Any, ...]:
+        """The builder's and the session's state now, for :meth:`rollback`."""
+        s = self.session
+        saved = {f.name: getattr(s, f.name) for f in fields(s)}
+        saved["announced"] = dict(s.announced)  # add_templates fills it in place
+        return (len(self.out), list(self.parts), self.length, self.records, self.refreshed,
+                saved)
+
+    def rollback(self, point: tuple[Any, ...]) -> None:
+        """Forget every message, set and session change since ``point`` (:meth:`checkpoint`):
+        the sequence number, the announced templates and the refresh state are as if the
+        records added since were never seen."""
+        out_len, parts, self.length, self.records, self.refreshed, saved = point
+        del self.out[out_len:]
+        self.parts = parts
+        for name, value in saved.items():
+            setattr(self.session, name, value)
+
     def room(self) -> int:
         """Octets still free in the current message."""
         return self.max_length - self.length
@@ -377,6 +396,7 @@ def encode_messages(
     max_length: int,
     now_ns: int,
     templates: Sequence[Template] = (),
+    refused: list[DataGroup] | None = None,
 ) -> list[Message]:
     """Encode data records (and templates) into IPFIX messages.
 
@@ -389,16 +409,31 @@ def encode_messages(
     :param max_length: largest message in octets (UDP: path MTU minus IP/UDP headers).
     :param now_ns: monotonic clock for the time-based template refresh.
     :param templates: templates to send now even without data (new TCP connection).
+    :param refused: when given, a group that cannot be encoded (a record or its template
+        does not fit into an empty message) is appended to it and left out, and the other
+        groups are encoded: neither the messages nor ``session`` keep a trace of it, so no
+        later data set goes without its template and the sequence number counts only the
+        records in the messages returned (RFC 7011 sections 3.1 and 8).
     :return: the messages, in order.
-    :raises EncodeError: a single record does not fit into an empty message.
+    :raises EncodeError: a single record does not fit into an empty message (without
+        ``refused``, or for ``templates``).
     """
     max_length = min(max_length, MAX_MESSAGE_LENGTH)
     builder = _MessageBuilder(session, export_time, max_length, now_ns)
     if templates:
         builder.add_templates(templates)
     for group in groups:
-        if group.records:
+        if not group.records:
+            continue
+        if refused is None:
             builder.add_group(group)
+            continue
+        point = builder.checkpoint()
+        try:
+            builder.add_group(group)
+        except EncodeError:
+            builder.rollback(point)
+            refused.append(group)
     builder.flush()
     return builder.out
 

@@ -253,3 +253,18 @@ def test_a_replacement_of_an_unsampled_stream_announces_nothing(caplog):
     audit.assert_clean()
     assert not [r for r in audit.records if 34 in r.values]
     assert "announcing sampling" not in caplog.text
+
+
+def test_udp_and_file_count_a_part_of_refused_flows_once(tmp_path):
+    """UDP plus a file share one encoding: a part whose every flow the encoder refuses (a
+    start time before the epoch) is counted once, not encoded and counted again for the file
+    because its empty list of groups read as "not encoded yet" (before: 6 and 6 for 3)."""
+    records = [flow(i, start_ns=-5_000_000_000, end_ns=-4_000_000_000) for i in range(3)]
+    with UdpSink() as sink:
+        exporter = start(Config(destination=[sink.endpoint], path=str(tmp_path / "f.ipfix"),
+                                options_interval_s=0, rate_limit=0))
+        exporter.agent_export_flows(records=records)
+        stats = exporter.agent_collect_stats()
+        exporter.agent_stop()
+    assert stats["encode_errors"] == 3 and stats["lost_records"] == 3
+    assert stats["lost_packets"] == sum(r.packets for r in records)

@@ -164,6 +164,30 @@ def test_too_small_message_is_an_encode_error():
         encode(Session(1), [flow(0, v6=True)], max_length=60)
 
 
+def test_a_refused_group_leaves_the_session_as_if_it_was_never_offered():
+    """``refused``: a group that fits no message is listed and left out, and the session
+    (sequence, announced templates, refresh state, counts) and the messages are those of
+    encoding the other groups alone, also when it came after groups sharing its message
+    and with a template refresh due."""
+    huge = Template(401, tuple((8, 4) for _ in range(600)))
+    small = Template(400, ((8, 4), (12, 4)))
+    good = [DataGroup(small, [bytes(8)] * 3), DataGroup(huge, [bytes(2400)]),
+            DataGroup(small, [bytes(8)] * 2)]
+    runs = []
+    for groups in (good, [good[0], good[2]]):
+        s = Session(1, refresh_packets=1)
+        encode_messages(s, [DataGroup(small, [bytes(8)])], export_time=1, max_length=1400,
+                        now_ns=0)
+        refused: list[DataGroup] = []
+        out = encode_messages(s, groups, export_time=1, max_length=1400, now_ns=0,
+                              refused=refused)
+        runs.append(([m.data for m in out], s, refused))
+    (with_bad, s1, refused1), (without, s2, refused2) = runs
+    assert refused1 == [good[1]] and not refused2
+    assert with_bad == without and s1 == s2 and s1.sequence == 6
+    assert list(s1.announced) == [400]
+
+
 def test_withdrawal_message():
     s = Session(3)
     encode(s, [flow(0)])

@@ -7,18 +7,20 @@ from __future__ import annotations
 
 import errno
 import socket
+import struct
 
 import pytest
 
 import netflow_agent.transport.udp as udp
 from netflow_agent.plugins.export_ipfix.component import IpfixExporter
 from netflow_agent.plugins.export_ipfix.config import Config
-from netflow_agent.plugins.export_ipfix.ipfix import HEADER, message_totals
+from netflow_agent.plugins.export_ipfix.ipfix import HEADER, DataGroup, Template, message_totals
 from netflow_agent.runtime import RunContext
 from netflow_agent.transport.pacing import PacedSender
 from tests.export_ipfix.helpers import flow
 from tests.export_netflow.collect import full_socket
 from tests.support.collectors import UdpSink
+from tests.support.wireaudit import WireAudit
 
 RECORDS = [flow(i) for i in range(400)]  # ~17 messages at the default MTU
 
@@ -206,22 +208,56 @@ def test_a_lost_options_message_with_the_sampler_on_balances() -> None:
     assert stats["destinations"]["127.0.0.1:9"]["lost_records"] == stats["lost_records"]
 
 
-def test_a_part_the_message_encoder_refuses_is_counted_lost_with_its_packets(monkeypatch):
-    """A record or template too large for a message (possible with many schema fields at a
-    small ``mtu``) stops the part's encoding: one ``encode_errors``, and its records, with
-    their packets and octets, in ``lost_*`` (before: in no counter, the balance broke)."""
-    import netflow_agent.plugins.export_ipfix.ipfix as ipfix
+SMALL = Template(400, ((8, 4), (12, 4), (2, 8), (1, 8)))  # addresses, packets, octets
+HUGE = Template(401, tuple((8, 4) for _ in range(600)))  # 2,400+ octets: fits no message
+SMALL_RECORD = struct.pack("!4s4sQQ", b"\n\0\0\1", b"\n\0\0\2", 3, 300)
 
-    def refuse(*_args, **_kwargs):
-        raise ipfix.EncodeError("a template record does not fit into 268 octets")
 
-    monkeypatch.setattr(ipfix, "encode_messages", refuse)
+def test_a_group_the_message_encoder_refuses_leaves_the_others_and_the_session_intact():
+    """A part whose second group fits no message (a record or template too large for the
+    ``mtu``): that group alone is refused, counted lost with its packets and octets; the
+    first group reaches the collector with its template, and the next part's data sets
+    decode with the template known and the sequence numbers counting only what was sent
+    (RFC 7011 sections 3.1, 8). Before: the whole part was dropped, but the session kept
+    the first group's template as announced and its records in the sequence, so the
+    collector got data sets of a template it never saw and a sequence gap."""
     with UdpSink() as sink:
         exporter = start(sink.port)
-        exporter.agent_export_flows(records=RECORDS[:50])
+        exporter.templates.update({400: SMALL, 401: HUGE})
+        exporter._send_udp([DataGroup(SMALL, [SMALL_RECORD] * 5),
+                            DataGroup(HUGE, [bytes(2400)] * 2)])
+        exporter._send_udp([DataGroup(SMALL, [SMALL_RECORD] * 5)])
+        got = sink.wait(2)
         stats = exporter.agent_collect_stats()
         exporter.agent_stop()
-    assert stats["encode_errors"] == 1 and stats["udp_records"] == 0
-    assert stats["lost_records"] == 50
-    assert stats["lost_packets"] == sum(r.packets for r in RECORDS[:50]) > 0
-    assert stats["lost_octets"] == sum(r.octets for r in RECORDS[:50]) > 0
+    audit = WireAudit(udp=True).feed_all(got)
+    audit.assert_clean()  # template before data, sequence = records sent before
+    assert [r.template for r in audit.records] == [400] * 10
+    assert stats["encode_errors"] == 1 and stats["lost_records"] == 2
+    assert stats["udp_records"] == 10 and stats["sequence"] == 10
+    assert stats["lost_packets"] == 0  # not flow records: the probe's template has none
+
+
+def test_mirrored_destinations_each_count_the_records_the_encoder_refused():
+    """Two mirrored collectors: records the encoder refuses (a group too large for a
+    message, flows with a start before the epoch) reach neither, so each counts them lost,
+    as each counts the messages it loses and as NetFlow does (``sockN.lost_records``): per
+    destination, records handed = sent + lost. Before: a refusal was counted once, and
+    ``udp_records + lost_records`` fell short of twice the records handed."""
+    bad = [flow(i, start_ns=-5_000_000_000, end_ns=-4_000_000_000) for i in range(3)]
+    with UdpSink() as a, UdpSink() as b:
+        exporter = IpfixExporter(Config(destination=[a.endpoint, b.endpoint],
+                                        options_interval_s=0, rate_limit=0), "export.ipfix[0]")
+        exporter.agent_start(RunContext())
+        exporter.templates.update({400: SMALL, 401: HUGE})
+        exporter.agent_export_flows(records=RECORDS[:50] + bad)
+        exporter._send_udp([DataGroup(SMALL, [SMALL_RECORD] * 5),
+                            DataGroup(HUGE, [bytes(2400)] * 2)])
+        stats = exporter.agent_collect_stats()
+        exporter.agent_stop()
+    handed = 50 + 3 + 5 + 2
+    assert stats["encode_errors"] == 3 + 1
+    assert stats["udp_records"] + stats["lost_records"] == 2 * handed
+    assert stats["lost_packets"] == 2 * sum(r.packets for r in bad) > 0
+    for d in (a, b):
+        assert stats["destinations"][d.endpoint]["lost_records"] == 3 + 2

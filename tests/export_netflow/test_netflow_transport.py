@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+import netflow_agent.transport.udp as udp
 from netflow_agent.transport.udp import EndpointError, UdpDestination, parse_endpoint
 from tests.export_netflow.collect import UdpSink, full_socket
 from tests.support.collectors import free_udp_port, icmp_errors
@@ -111,6 +112,40 @@ def test_refused_batches_after_the_timer_count_every_icmp_error(monkeypatch):
     received = icmp_errors(dest._sock)
     assert received >= 10 and dest.stats.fail == 0
     assert received - 1 <= dest.stats.cberr <= received  # before: received - 10
+    dest.close()
+
+
+def test_a_collector_that_is_back_gets_whole_batches_again(monkeypatch):
+    """After a refusal the next batch goes one datagram per call (every ICMP error seen);
+    once a batch meets no refusal the collector is back, and the batch after it is one
+    ``sendmmsg`` again. Before: one datagram per call for REFUSED_HOLD_NS (3 s) after the
+    last refusal, 280 calls for a batch the collector took whole."""
+    monkeypatch.setattr(UdpDestination, "use_gso", False)
+    calls: list[int] = []
+    real = udp.send_burst
+
+    def counting(fd, datagrams, pos, count, gso_max):
+        calls.append(count)
+        return real(fd, datagrams, pos, count, gso_max)
+
+    monkeypatch.setattr(udp, "send_burst", counting)
+    port = free_udp_port()
+    dest = UdpDestination(f"127.0.0.1:{port}")
+    dest.connect()
+    dest.send_batch([b"x" * 64] * 8, [1] * 8)
+    time.sleep(0.01)
+    dest.poll()
+    assert dest.stats.cberr > 0 and dest.refused
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        rx.bind(("127.0.0.1", port))  # the collector is back
+        rx.settimeout(2)
+        assert dest.send_batch([b"x" * 64] * 8, [1] * 8) == 8  # one per call: refused last
+        calls.clear()
+        assert dest.send_batch([b"y" * 64] * 280, [1] * 280) == 280
+        got = [rx.recv(2048) for _ in range(288)]
+    assert len(calls) <= 2 and dest.refused  # within REFUSED_HOLD_NS, yet batched
+    assert got[-1] == b"y" * 64 and dest.stats.fail == 0
     dest.close()
 
 
