@@ -322,7 +322,7 @@ class EbpfIngest(Ingest):
         # a packet waits in the kernel table up to a poll interval: the cache's idle cutoff
         # waits that long too (plus the drain's own time), so no flow is split by the wait
         context.declare_delivery_lag(
-            self.name, int((cfg.poll_interval_ms / 1000 + DELIVERY_MARGIN_S) * 1e9))
+            self.name, cfg.poll_interval_ms * 1_000_000 + round(DELIVERY_MARGIN_S * 1e9))
         percpu = cfg.map_type == "percpu"
         l2_fields, mpls_labels = kernel_fields(flow_schema())  # [flow]: what the key holds
         key_fields = bool(l2_fields or mpls_labels)

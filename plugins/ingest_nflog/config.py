@@ -121,7 +121,7 @@ class Config:
         ``batch_ms``; plus :data:`DELIVERY_MARGIN_S` for the reader's and the pipeline's own
         time."""
         wait_ms = self.flush_timeout_ms + self.coalesce_ms + (self.batch_ms if c_decoder else 0)
-        return wait_ms * 1_000_000 + int(DELIVERY_MARGIN_S * 1e9)
+        return wait_ms * 1_000_000 + round(DELIVERY_MARGIN_S * 1e9)
 
     def ip_versions(self) -> frozenset[int]:
         """IP versions this instance can produce: only the managed rules' families are known."""
