@@ -252,6 +252,7 @@ class Lifecycle:
             self.pm.subset("agent_start", [inst.path])(context=self.context)
         except HookFailed as exc:
             self._unregister(inst.path)
+            self._forget_declarations(inst.path)  # what it declared before it failed
             raise StartupError(f"{inst.path}: failed to start: {exc.error}") from exc.error
         self.started.append(inst.path)
         if inst.stage == "ingest" and obj.finite:
@@ -266,12 +267,17 @@ class Lifecycle:
         """Stop a removed or changed instance and forget it."""
         self._stop([path])
         self._unregister(path)
-        self.context.forget_sampling(path)
-        self.context.forget_netns(path)
+        self._forget_declarations(path)
         self.loop.forget_source(path)
         if path in self.started:
             self.started.remove(path)
         self.pending_finite.discard(path)
+
+    def _forget_declarations(self, path: str) -> None:
+        """Drop what an instance declared to the context (sampling, delivery lag, netns)."""
+        self.context.forget_sampling(path)
+        self.context.forget_delivery_lag(path)
+        self.context.forget_netns(path)
 
     # --- stopping ----------------------------------------------------------------------------
 

@@ -11,6 +11,14 @@ keeps no source per flow, so one agent carries one sampling: a second source tha
 different one is refused at its start (run a second agent for it). The cache's flow sampler
 (``[cache] sampler``) declares itself the same way, as source ``"cache"`` with ``flows=True``.
 
+How late a live ingest hands packets over is a property of the source too
+(:meth:`RunContext.declare_delivery_lag`): the eBPF ingest delivers a packet up to a poll
+interval after its kernel timestamp, the NFLOG ingest up to its batching time later. The cache
+judges inactivity only up to what every source has surely delivered
+(:meth:`RunContext.delivery_lag_ns`), so a flow is not exported as idle while its next packet
+is still on its way (which would split it in two records; ipt_NETFLOW, in the kernel, sees
+every packet at once).
+
 The network namespace an ingest observes is a property of the source too
 (:meth:`RunContext.declare_netns`): ifIndexes in flows are that namespace's, so exporters
 resolve interface names there (:meth:`RunContext.interface_names`), never in the agent's own.
@@ -67,6 +75,9 @@ class RunContext:
     core_stats: Callable[[], dict[str, Any]] = dict
     #: sampled sources: instance name -> its sampling (see :meth:`declare_sampling`)
     samplings: dict[str, Sampling] = field(default_factory=dict)
+    #: late sources: instance name -> the longest delay, ns, between a packet's timestamp and
+    #: its delivery to the pipeline (see :meth:`declare_delivery_lag`)
+    delivery_lags: dict[str, int] = field(default_factory=dict)
     #: observed namespaces: instance name -> netns ("" = the agent's own), see
     #: :meth:`declare_netns`
     observed_netns: dict[str, str] = field(default_factory=dict)
@@ -202,6 +213,37 @@ class RunContext:
         for sampling in self.samplings.values():
             return sampling
         return None
+
+    def declare_delivery_lag(self, source: str, lag_ns: int) -> None:
+        """Say that ``source`` emits a packet (or flow delta) up to ``lag_ns`` after the time
+        it carries (a kernel timestamp): the drain period of a kernel table, a batching time.
+
+        Call it from ``agent_start`` (pipeline thread). The cache then exports a flow as idle
+        only once it has been idle for ``inactive_timeout`` plus the largest declared lag
+        (:meth:`delivery_lag_ns`), so that a packet still on its way joins its flow instead of
+        starting a second record. Declare the bound, drains that may come earlier included
+        (they only shorten the wait); a source that declares nothing delivers at once (a pcap
+        replay, whose clock is its packets'). ``0`` withdraws a declaration; the core forgets
+        it when the ingest is retired (reload, removal).
+
+        :param source: the ingest instance name (``self.name``).
+        :param lag_ns: the longest delay, in ns.
+        :raises ValueError: a negative lag.
+        """
+        if lag_ns < 0:
+            raise ValueError(f"{source}: a delivery lag cannot be negative ({lag_ns} ns)")
+        if lag_ns:
+            self.delivery_lags[source] = int(lag_ns)
+        else:
+            self.delivery_lags.pop(source, None)
+
+    def forget_delivery_lag(self, source: str) -> None:
+        """Drop ``source``'s declaration (the core calls it when the ingest is retired)."""
+        self.delivery_lags.pop(source, None)
+
+    def delivery_lag_ns(self) -> int:
+        """The longest delivery lag the live sources declared, ns (0: none is late)."""
+        return max(self.delivery_lags.values(), default=0)
 
     def declare_netns(self, source: str, netns: str) -> None:
         """Say that the ifIndexes in ``source``'s flows belong to network namespace ``netns``.

@@ -52,6 +52,9 @@ class FakeIngestConfig:
     """``[[ingest.fake]]``."""
 
     finite: bool = option(True, doc="Whether the source ends by itself.")
+    delivery_lag_ms: int = option(
+        0, doc="The delivery lag it declares (RunContext.declare_delivery_lag), as a live "
+               "ingest that hands packets over late would.", min=0)
 
 
 class FakeIngest(Ingest):
@@ -67,8 +70,9 @@ class FakeIngest(Ingest):
 
     @hookimpl
     def agent_start(self, context: RunContext) -> None:
-        """Keep the context for :meth:`push`."""
+        """Keep the context for :meth:`push`; declare the configured delivery lag."""
         self.context = context
+        context.declare_delivery_lag(self.name, self.config.delivery_lag_ms * 1_000_000)
 
     def push(self, packets: list[Packet], **counters: int) -> None:
         """Emit one batch of packets."""

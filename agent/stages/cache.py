@@ -4,9 +4,14 @@ Semantics follow the ipt_NETFLOW README: a flow is keyed by IP version, addresse
 ports (ICMP type/code in the destination port), TOS, input interface (and direction); it
 holds packets, bytes, first/last time, the OR of TCP flags and the output interface. A flow is
 exported when it has been idle for ``inactive_timeout`` seconds, when it has lived for
-``active_timeout`` seconds, or at the next scan after a TCP FIN or RST. When ``maxflows``
-flows exist, packets of new flows are dropped and counted (``maxflows`` and ``drop``
-counters); existing flows keep being updated. The ``aggregation`` rules (ipt_NETFLOW's
+``active_timeout`` seconds, or at the next scan after a TCP FIN or RST. Idle is judged only up
+to what the ingests have surely delivered: a live ingest that hands packets over late (the
+eBPF drain period, NFLOG batching) declares how late (``RunContext.declare_delivery_lag``),
+and a flow leaves as idle only ``inactive_timeout`` plus the largest such lag after its last
+packet, so a packet still on its way joins its flow instead of starting a second record
+(ipt_NETFLOW, in the kernel, has no lag). The active timeout and FIN/RST do not wait for it.
+When ``maxflows`` flows exist, packets of new flows are dropped and counted (``maxflows`` and
+``drop`` counters); existing flows keep being updated. The ``aggregation`` rules (ipt_NETFLOW's
 option, :mod:`agent.keyrules`) rewrite every key before the lookup, in every entry path
 (packets, kernel deltas, restored flows), so the table, ``maxflows`` and the statistics count
 aggregated flows; a flow's masks are those its first packet was cut to.
@@ -685,8 +690,9 @@ class FlowCache(Cache):
         if not len(self.table):  # nothing cached: no pass over the table's capacity
             self.ending.clear()
             return np.zeros(0, np.int64), np.zeros(0, np.uint8)
+        lag = self._delivery_lag()
         slots, idle = self.table.due(now_ns - self.config.active_timeout * _NS,
-                                     now_ns - self.config.inactive_timeout * _NS)
+                                     now_ns - self.config.inactive_timeout * _NS - lag)
         reasons = np.where(idle, np.uint8(END_IDLE), np.uint8(END_ACTIVE))
         if self.ending:
             ended = np.fromiter(self.ending, np.int64, len(self.ending))
@@ -704,7 +710,7 @@ class FlowCache(Cache):
         # `ended` above), ascending (the take's order); one vector pass over the due slots
         assert len(slots) < 2 or bool((slots[1:] > slots[:-1]).all()), "due slots repeat"
         if limit and len(slots) > limit:
-            slots, reasons = self._defer(slots, reasons, limit, now_ns)
+            slots, reasons = self._defer(slots, reasons, limit, now_ns, lag)
         if self.deferred:
             if not was_deferred:
                 log.info("expiry spread over scans: %d flows due, %d leave now, the rest "
@@ -717,15 +723,20 @@ class FlowCache(Cache):
                          len(slots))
         return slots, reasons
 
+    def _delivery_lag(self) -> int:
+        """ns the idle cutoff waits for packets still on their way (module docstring)."""
+        return self.context.delivery_lag_ns() if self.context is not None else 0
+
     def _defer(self, slots: np.ndarray, reasons: np.ndarray, limit: int,
-               now_ns: int) -> tuple[np.ndarray, np.ndarray]:
+               now_ns: int, lag: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """The ``limit`` (< 0: none) most overdue of the due ``slots``, ascending, and every
-        one due for longer than the wait allows (module docstring); the others stay in the
+        one due for longer than the wait allows (module docstring; an idle flow is due
+        ``lag`` after its inactive timeout, as :meth:`_due` found it); the others stay in the
         table, due, with their times and counters (ipt_NETFLOW's expiry spread over scans):
         counted in :attr:`deferred`, their FIN/RST mark kept for the next scan. Returns the
         slots that leave and their ``reasons``."""
         t, config = self.table, self.config
-        due_at = np.minimum(t.last[slots] + config.inactive_timeout * _NS,
+        due_at = np.minimum(t.last[slots] + (config.inactive_timeout * _NS + lag),
                             t.first[slots] + config.active_timeout * _NS)
         ended = reasons == END_OF_FLOW
         due_at[ended] = np.minimum(due_at[ended], t.last[slots[ended]])

@@ -93,13 +93,13 @@ def agent_check_config(config: Any, check_env: bool) -> list[ConfigIssue]:
 def poll_issues(inst: Any, config: Any) -> list[ConfigIssue]:
     """``poll_interval_ms`` must be shorter than the ``[cache] inactive_timeout``.
 
-    A packet reaches the cache only at the drain after it (up to a poll interval later), and
-    the cache exports a flow as idle ``inactive_timeout`` seconds after the last packet it
-    has seen: with a poll interval as long as the timeout, a flow sending steadily was
-    exported as idle at every drain while its next packets still sat in the kernel table
-    (one flow record per drain instead of one flow). Below it, only a flow pausing for
-    between ``inactive_timeout`` minus the poll interval and ``inactive_timeout`` can be
-    split that way."""
+    A packet reaches the cache only at the drain after it (up to a poll interval later), so
+    the ingest declares that delay (``RunContext.declare_delivery_lag``: the poll interval
+    plus :data:`.component.DELIVERY_MARGIN_S`) and the cache waits as long past
+    ``inactive_timeout`` before it exports a flow as idle: no flow is split by the wait, at any
+    period. A period as long as the timeout is still refused: every idle flow would leave more
+    than twice ``inactive_timeout`` after its last packet, a FIN/RST flow up to a period
+    late, and the flows waiting meanwhile would fill the cache."""
     caches = config.by_stage("cache")
     inactive = getattr(caches[0].config, "inactive_timeout", None) if caches else None
     poll_ms = inst.config.poll_interval_ms
@@ -108,11 +108,12 @@ def poll_issues(inst: Any, config: Any) -> list[ConfigIssue]:
     return [ConfigIssue(f"{inst.path}.poll_interval_ms",
                         f"{poll_ms} ms is not shorter than [cache] inactive_timeout "
                         f"({inactive} s): packets wait in the kernel table up to a poll "
-                        "interval, so the cache would export flows as idle while their "
-                        "next packets are still there (a flow split at every drain); set "
-                        f"poll_interval_ms below {inactive * 1000} (at most half of it "
-                        "keeps flows pausing up to half the timeout whole) or raise "
-                        "inactive_timeout")]
+                        "interval and the cache waits as long again before it exports a "
+                        "flow as idle, so idle flows would leave more than twice "
+                        "inactive_timeout after their last packet (FIN/RST flows up to a "
+                        f"poll interval late); set poll_interval_ms below {inactive * 1000} "
+                        "(a small fraction of it keeps exports close to the timeout) or "
+                        "raise inactive_timeout")]
 
 
 def sizes_note(inst: Any, config: Any) -> ConfigIssue:

@@ -67,6 +67,14 @@ TUNNEL_COUNTERS = ("decapsulated", "decap_failed")
 #: never marks the kernel quiet, so the timer keeps draining: _mark_quiet).
 FLIP_GRACE_S = 0.005
 
+#: what the delivery lag this ingest declares adds to ``poll_interval_ms``: a packet reaches the
+#: cache up to a poll interval after its kernel timestamp, plus the drain's own time (the flip's
+#: grace period, ~0.12 s to walk and emit a 200k-flow table) and the pipeline's taking the
+#: batches; early drains only come sooner. The cache waits this much longer before it calls a
+#: flow idle (RunContext.declare_delivery_lag), so a packet still in the kernel table joins
+#: its flow instead of starting a second record.
+DELIVERY_MARGIN_S = 0.5
+
 #: how often the drain thread reads the kernel counters for an early drain or ring consume
 #: (a fallback: the program signals a filling table at once through the fill_signal ring);
 #: while checks see no new packet the interval doubles, up to the poll interval, and it is
@@ -311,6 +319,10 @@ class EbpfIngest(Ingest):
         # unscaled: exporters announce it to collectors (raises on a conflicting declaration)
         context.declare_sampling(self.name, cfg.sampling, SAMPLING_RANDOM)
         context.declare_netns(self.name, cfg.netns)  # exporters resolve ifIndexes there
+        # a packet waits in the kernel table up to a poll interval: the cache's idle cutoff
+        # waits that long too (plus the drain's own time), so no flow is split by the wait
+        context.declare_delivery_lag(
+            self.name, cfg.poll_interval_ms * 1_000_000 + round(DELIVERY_MARGIN_S * 1e9))
         percpu = cfg.map_type == "percpu"
         l2_fields, mpls_labels = kernel_fields(flow_schema())  # [flow]: what the key holds
         key_fields = bool(l2_fields or mpls_labels)

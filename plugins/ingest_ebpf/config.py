@@ -81,8 +81,10 @@ class Config:
         min=0, max=1024 * 1024)
     poll_interval_ms: int = option(
         1000, doc="How often the flow table is drained into the cache; shorter than the "
-                  "[cache] inactive_timeout (a packet waits in the kernel up to this long, "
-                  "so its flow could otherwise be exported as idle meanwhile).",
+                  "[cache] inactive_timeout. A packet waits in the kernel up to this long, "
+                  "so the cache waits this long plus 0.5 s past inactive_timeout before "
+                  "it exports a flow as idle (no flow is split by the wait; idle flows "
+                  "leave that much later).",
         min=20, max=60000)
     rescan_interval_ms: int = option(
         2000, doc="How often interfaces are listed to attach new matching ones, in addition "

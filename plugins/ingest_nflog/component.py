@@ -380,6 +380,9 @@ class NflogIngest(Ingest):
                 reader.sock.close()
             self.readers = []
             raise
+        # the cache waits for packets still in the kernel batch or the reader's sums
+        context.declare_delivery_lag(self.name, cfg.delivery_lag_ns(
+            any(reader.decoder.name == "c" for reader in self.readers)))
         for reader in self.readers:
             reader.start(context)
             self.log.info("%s: reading NFLOG group %d%s (rcvbuf %d, %s decoder)", self.name,

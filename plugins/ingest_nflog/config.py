@@ -25,6 +25,9 @@ GROUP_MAX = 65535
 SNAPLEN_MIN_USEFUL = 68
 #: ... and the inner ports of IPv6 in VXLAN in IPv6 with a VLAN tag (40+8+8+18+40+4)
 SNAPLEN_MIN_DECAP = 118
+#: what the delivery lag the ingest declares (:meth:`Config.delivery_lag_ns`) adds to the
+#: waits it configures: the reader's own time and the pipeline's taking the batch
+DELIVERY_MARGIN_S = 0.2
 NLBUFSIZ_MIN = 4096  # NLMSG_GOODSIZE on 4 KiB pages; the kernel raises smaller values to it
 #: nlbufsiz = 0 picks the first of these that fits. The kernel allocates a batch as one block
 #: of nlbufsiz + 320 bytes (skb_shared_info) rounded up to a power of two (above 8 KiB whole
@@ -80,7 +83,9 @@ class Config:
         "fewer rows per packet for the cache (a flow sending every few ms becomes one row "
         "per period, not one per packet; under a flood of new flows, where summing does "
         "not pay, one row per packet while appending) and less CPU; flows reach the cache "
-        "this much later. 0 = after every read.", min=0, max=1000)
+        "this much later, and the cache waits as much longer before it exports a flow as "
+        "idle (with flush_timeout_ms, coalesce_ms and 0.2 s: a late packet joins its flow). "
+        "0 = after every read.", min=0, max=1000)
     netns: str = option(
         "", doc="Network namespace to read: a name under /run/netns or a path such as "
         "/proc/PID/ns/net; empty = the agent's own.")
@@ -106,6 +111,17 @@ class Config:
         min=-1000, max=1000)
     decapsulate: list[TunnelName] = decapsulate_option()
     keep_outer: bool = keep_outer_option()
+
+    def delivery_lag_ns(self, c_decoder: bool) -> int:
+        """The longest time between a packet's timestamp (the kernel's, else its receive
+        time) and its delivery to the pipeline, declared to the core
+        (``RunContext.declare_delivery_lag``) so that the cache waits as long before it calls
+        a flow idle: the kernel holds the packet in a partial batch up to
+        ``flush_timeout_ms``, the reader pauses ``coalesce_ms``, the C decoder sums it up to
+        ``batch_ms``; plus :data:`DELIVERY_MARGIN_S` for the reader's and the pipeline's own
+        time."""
+        wait_ms = self.flush_timeout_ms + self.coalesce_ms + (self.batch_ms if c_decoder else 0)
+        return wait_ms * 1_000_000 + round(DELIVERY_MARGIN_S * 1e9)
 
     def ip_versions(self) -> frozenset[int]:
         """IP versions this instance can produce: only the managed rules' families are known."""

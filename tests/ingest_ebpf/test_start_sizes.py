@@ -186,3 +186,17 @@ def test_dry_run_notes_the_kernel_memory(tmp_path):
     ncpu = sizing.possible_cpus()
     assert ("ingest.ebpf[0]: note: on this host: kernel tables" in proc.stderr
             and f"(4096 per CPU on {ncpu} CPUs)" in proc.stderr), proc.stderr
+
+
+@pytest.mark.parametrize("poll_ms, lag_ms", [(1000, 1500), (250, 750)])
+def test_the_start_declares_the_poll_interval_as_its_delivery_lag(monkeypatch, poll_ms, lag_ms):
+    """A packet waits in the kernel table up to a poll interval (plus the drain's own time):
+    the cache waits as long past inactive_timeout before it calls a flow idle, so a flow
+    pausing for just under the timeout stays one record. Declared before the maps are made
+    (the core forgets it when the start fails)."""
+    monkeypatch.setattr(_loader, "Loader", RefusingLoader)
+    context = RunContext(core_stats=lambda: {"maxflows_limit": 2_000_000})
+    comp = EbpfIngest(Config(interfaces=["eth0"], poll_interval_ms=poll_ms), "ingest.ebpf[0]")
+    with pytest.raises(OSError):
+        comp.agent_start(context=context)
+    assert context.delivery_lags == {"ingest.ebpf[0]": lag_ms * 1_000_000}

@@ -111,3 +111,39 @@ def test_auto_batch_buffer_is_a_whole_kernel_block_that_holds_a_batch() -> None:
     assert Config(group=1, qthreshold=8).batch_buffer() == 8192 - 320
     assert Config(group=1, nlbufsiz=65536).batch_buffer() == 65536  # as configured
     assert all(NLBUFSIZ_MIN <= s <= NLBUFSIZ_MAX for s in NLBUFSIZ_AUTO)
+
+
+class _Socket:
+    """An NFLOG socket that binds nothing (agent_start without the kernel)."""
+
+    def __init__(self, group: int, netns: str, rcvbuf: int):
+        self.group, self.rcvbuf = group, rcvbuf
+
+    def bind(self, *args: object) -> list[bytes]:
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("decoder, options, lag_ms", [
+    ("c", {}, 100 + 5 + 200 + 200),  # flush_timeout_ms + coalesce_ms + batch_ms + margin
+    ("python", {}, 100 + 5 + 200),  # no batch_ms: every packet goes on at once
+    ("c", {"flush_timeout_ms": 1000, "batch_ms": 0, "coalesce_ms": 0}, 1000 + 200),
+])
+def test_the_ingest_declares_how_late_it_delivers(monkeypatch, decoder, options, lag_ms):
+    """The cache waits that much past inactive_timeout before it calls a flow idle, so a
+    packet still in a kernel batch or the reader's sums joins its flow (one record)."""
+    from netflow_agent.plugins.ingest_nflog import component, netlink
+    from netflow_agent.plugins.ingest_nflog.decoders import c_unavailable_reason
+    from netflow_agent.runtime import RunContext
+
+    if decoder == "c" and c_unavailable_reason() is not None:
+        pytest.skip(c_unavailable_reason())
+    monkeypatch.setattr(netlink, "NflogSocket", _Socket)
+    monkeypatch.setattr(component.GroupReader, "start", lambda self, context: None)
+    context = RunContext()
+    ingest = component.NflogIngest(Config(group=[7, 8], decoder=decoder, **options),
+                                   "ingest.nflog[0]")
+    ingest.agent_start(context=context)
+    assert context.delivery_lags == {"ingest.nflog[0]": lag_ms * 1_000_000}

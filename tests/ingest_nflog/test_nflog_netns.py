@@ -16,6 +16,7 @@ packets exactly with either. The forward test also decodes the tap's datagrams w
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -364,3 +365,29 @@ def test_held_sums_reach_the_cache_as_few_rows_and_every_packet(topo: RoutedTopo
         assert rows <= 2 * len(records) + 2, (rows, len(records))
     else:  # every read: a row per flow and wakeup (the burst spans many 5 ms wakeups)
         assert rows > 4, rows
+
+
+def test_a_pause_just_under_the_inactive_timeout_is_one_flow_record(topo: RoutedTopology,
+                                                                     tmp_path: Path) -> None:
+    """The kernel time of a packet is its NFLOG timestamp, but the C decoder hands it to the
+    cache up to ``batch_ms`` later: the cache used to call a flow idle ``inactive_timeout``
+    after its last packet whatever the reader still held, so a flow pausing for just under
+    the timeout was ended as idle and its next packet started a second record. With the
+    ingest's delivery lag declared the cache waits for it: one record of both packets. Here
+    the timeout is 2 s, batch_ms 1000, the pause 1.9 s."""
+    _add_rules(topo, "nft", ("forward",))
+    sock = tmp_path / "agent.sock"
+    with Nfcapd(tmp_path / "flows") as cap:
+        toml = _config(topo, cap.port, "c", sock, batch_ms=1000)
+        toml = toml.replace("scan_interval_ms = 200", "scan_interval_ms = 50")
+        agent = _started(tmp_path, toml + "\n[cache]\ninactive_timeout = 2\n", "c")
+        try:
+            for _ in range(2):
+                send_udp(topo.client_ns, topo.server.addr, 5302, 1, 100,
+                         peer=topo.server_ns, sport=40002)
+                time.sleep(1.9)  # the pause under test (after the second: harmless)
+            _cache_when(agent, lambda c: c["traffic_packets"] >= 2 and c["active_flows"] == 0)
+        finally:
+            assert agent.stop() == 0, agent.log()
+        records = [r for r in cap.flows() if r["dport"] == 5302]
+    assert [(r["sport"], r["packets"]) for r in records] == [(40002, 2)], records

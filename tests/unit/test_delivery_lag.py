@@ -1,0 +1,188 @@
+"""Ingest delivery lag: the cache judges inactivity only up to what every live ingest has
+surely delivered.
+
+The eBPF ingest hands a packet to the cache up to a poll interval after its kernel timestamp,
+the NFLOG ingest up to its ``batch_ms`` (and the kernel's flush timeout) later. Each declares
+that bound (``RunContext.declare_delivery_lag``); the cache exports a flow as idle only when
+``last + inactive_timeout + lag <= now``, so a flow that pauses for just under
+``inactive_timeout`` is one record, as with ipt_NETFLOW (which sees every packet at once),
+not two. The lag goes with the ingest that declared it (reload, removal).
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from netflow_agent import hookimpl
+from netflow_agent.config.check import validate
+from netflow_agent.discovery import build_registry
+from netflow_agent.lifecycle import StartupError
+from netflow_agent.model import END_ACTIVE, END_IDLE
+from netflow_agent.runtime import RunContext
+from netflow_agent.stages.cache import MAX_DEFER_S, CacheConfig, FlowCache
+from netflow_agent.testing import (
+    FakeIngest,
+    FakeIngestConfig,
+    build_agent,
+    collecting_plugin_module,
+)
+from tests.unit.test_cache import T0, S, feed, key
+
+MS = 1_000_000
+CONFIG = """
+[agent]
+control_socket = ""
+[cache]
+inactive_timeout = 15
+active_timeout = 1800
+{ingests}
+[[export.collect]]
+"""
+FAKE = "[[ingest.fake]]\n"
+
+
+def lagged_cache(lag_ns: int, **config: int) -> FlowCache:
+    """A cache started in a context where one live ingest declared ``lag_ns``."""
+    cache = FlowCache(CacheConfig(**{"inactive_timeout": 15, **config}))
+    context = RunContext()
+    context.declare_delivery_lag("ingest.live[0]", lag_ns)
+    cache.agent_start(context=context)
+    return cache
+
+
+def test_a_flow_idle_less_than_timeout_plus_lag_stays_and_its_late_packet_joins_it():
+    """The packet sent 14.9 s after the last one reaches the cache only at the next drain,
+    after the scan at T0+15.5: the flow must still be there to take it (one record)."""
+    c = lagged_cache(S)
+    feed(c, (key(1), 100, 0, T0, 0))
+    assert len(c.agent_cache_expire(now_ns=T0 + 15_500 * MS, force=False)) == 0
+    feed(c, (key(1), 60, 0, T0 + 14_900 * MS, 0))  # delivered late, kernel timestamp
+    assert len(c.agent_cache_expire(now_ns=T0 + 16 * S, force=False)) == 0
+    (flow,) = c.agent_cache_expire(now_ns=T0 + 31 * S, force=False)
+    assert (flow.packets, flow.octets, flow.start_ns, flow.end_ns, flow.end_reason) == (
+        2, 160, T0, T0 + 14_900 * MS, END_IDLE)
+
+
+def test_a_flow_idle_longer_than_timeout_plus_lag_leaves_as_idle():
+    c = lagged_cache(S)
+    feed(c, (key(1), 100, 0, T0, 0), (key(2), 100, 0, T0 + S, 0))
+    (flow,) = c.agent_cache_expire(now_ns=T0 + 16 * S, force=False)  # 16 >= 15 + 1
+    assert (flow.src_port, flow.end_reason) == (1, END_IDLE)
+    assert c.active_flows == 1  # flow 2: idle 15 s, lag not over
+
+
+def test_without_a_declared_lag_the_idle_cutoff_is_the_timeout():
+    """A third-party ingest that declares nothing, a pcap replay: exactly ipt_NETFLOW's
+    timing, as before."""
+    c = FlowCache(CacheConfig(inactive_timeout=15))
+    c.agent_start(context=RunContext())
+    feed(c, (key(1), 100, 0, T0, 0))
+    assert len(c.agent_cache_expire(now_ns=T0 + 15 * S, force=False)) == 1
+
+
+def test_the_lag_moves_neither_the_active_timeout_nor_a_forced_export():
+    c = lagged_cache(S, active_timeout=60)
+    feed(c, (key(1), 100, 0, T0, 0), (key(1), 100, 0, T0 + 59_500 * MS, 0),
+         (key(2), 100, 0, T0 + 59 * S, 0))
+    (old,) = c.agent_cache_expire(now_ns=T0 + 60 * S, force=False)
+    assert (old.src_port, old.end_reason) == (1, END_ACTIVE)
+    assert len(c.agent_cache_expire(now_ns=T0 + 61 * S, force=True)) == 1
+
+
+def test_a_deferred_flow_waits_for_room_as_long_as_without_a_lag():
+    """The wait bound counts from the flow's due time, which the lag moves too."""
+    c = lagged_cache(2 * S)
+    feed(c, (key(1), 100, 0, T0, 0))
+    due = T0 + 17 * S  # 15 s idle + 2 s lag
+    assert len(c.agent_cache_expire(now_ns=due, force=False, limit=-1)) == 0
+    assert c.counters()["expiry_deferred_since_ns"] == due
+    assert len(c.agent_cache_expire(now_ns=due + MAX_DEFER_S * S - S, force=False,
+                                    limit=-1)) == 0
+    assert len(c.agent_cache_expire(now_ns=due + MAX_DEFER_S * S, force=False, limit=-1)) == 1
+
+
+def test_the_largest_declared_lag_counts_and_zero_withdraws():
+    context = RunContext()
+    assert context.delivery_lag_ns() == 0
+    context.declare_delivery_lag("ingest.ebpf[0]", 1500 * MS)
+    context.declare_delivery_lag("ingest.nflog[0]", 400 * MS)
+    assert context.delivery_lag_ns() == 1500 * MS
+    context.declare_delivery_lag("ingest.ebpf[0]", 0)
+    assert context.delivery_lag_ns() == 400 * MS
+    context.forget_delivery_lag("ingest.nflog[0]")
+    assert context.delivery_lag_ns() == 0
+    with pytest.raises(ValueError):
+        context.declare_delivery_lag("ingest.nflog[0]", -1)
+
+
+def _reload(agent, tmp_path, ingests: str) -> None:
+    (tmp_path / "new.toml").write_text(CONFIG.format(ingests=ingests))
+    new, issues = validate(tmp_path / "new.toml", build_registry(agent.pipeline.pm), None)
+    assert new is not None, issues
+    agent.pipeline.reload(new)
+
+
+def _idle_flow_exported(agent, sport: int, idle_s: float) -> bool:
+    """Feed one packet of a new flow at T0 + sport s, scan ``idle_s`` later: exported?"""
+    sink = agent["export.collect[0]"]
+    before = len(sink.flows)
+    agent.feed([(key(sport), 100, 0, T0 + sport * S, 0)])
+    agent.scan(T0 + sport * S + int(idle_s * S))
+    return any(r.src_port == sport for r in sink.flows[before:])
+
+
+def test_the_pipeline_holds_idle_flows_for_a_live_ingests_lag_and_forgets_it_on_retire(
+        tmp_path):
+    lagged = FAKE + "delivery_lag_ms = 1000\n"
+    agent = build_agent(CONFIG.format(ingests=FAKE + lagged), tmp_path,
+                        [collecting_plugin_module])
+    try:
+        assert agent.pipeline.context.delivery_lag_ns() == S
+        assert not _idle_flow_exported(agent, 100, 15.5)
+        agent.feed([(key(100), 60, 0, T0 + 114_900 * MS, 0)])  # its late packet
+        agent.scan(T0 + 131 * S)
+        assert [(r.src_port, r.packets) for r in agent["export.collect[0]"].flows] == [(100, 2)]
+        _reload(agent, tmp_path, FAKE + FAKE + "delivery_lag_ms = 300\n")  # changed: replaced
+        assert agent.pipeline.context.delivery_lag_ns() == 300 * MS
+        assert not _idle_flow_exported(agent, 200, 15.2)
+        _reload(agent, tmp_path, FAKE)  # the lagged ingest removed: its lag goes with it
+        assert agent.pipeline.context.delivery_lag_ns() == 0
+        assert _idle_flow_exported(agent, 300, 15.0)
+    finally:
+        agent.finish()
+
+
+class _FailingIngest(FakeIngest):
+    """Declares a sampling, a lag and a namespace, then fails to start (as the eBPF ingest
+    does when the kernel refuses its maps)."""
+
+    type_name = "failing"
+
+    @hookimpl
+    def agent_start(self, context: RunContext) -> None:
+        context.declare_sampling(self.name, 10)
+        context.declare_delivery_lag(self.name, 5 * S)
+        context.declare_netns(self.name, "/proc/1/ns/net")
+        raise OSError("the kernel refused the maps")
+
+
+failing_plugin = types.SimpleNamespace(agent_register_components=hookimpl(
+    lambda registry: registry.add("ingest", "failing", _FailingIngest, FakeIngestConfig,
+                                  doc="fails to start")))
+
+
+def test_an_ingest_that_fails_to_start_on_reload_leaves_no_declaration(tmp_path):
+    """Its flows never come: a lag it declared before failing would hold every idle flow
+    (and its sampling and netns would mislabel the others' records)."""
+    agent = build_agent(CONFIG.format(ingests=FAKE), tmp_path,
+                        [collecting_plugin_module, failing_plugin])
+    try:
+        with pytest.raises(StartupError, match="refused the maps"):
+            _reload(agent, tmp_path, FAKE + "[[ingest.failing]]\n")
+        context = agent.pipeline.context
+        assert (context.delivery_lags, context.samplings, context.observed_netns) == ({}, {}, {})
+        assert _idle_flow_exported(agent, 100, 15.0)
+    finally:
+        agent.finish()
