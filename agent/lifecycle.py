@@ -252,7 +252,7 @@ class Lifecycle:
             self.pm.subset("agent_start", [inst.path])(context=self.context)
         except HookFailed as exc:
             self._unregister(inst.path)
-            self._forget_declarations(inst.path)  # what it declared before it failed
+            self._forget_declarations(inst.path, at_once=True)  # declared before it failed
             raise StartupError(f"{inst.path}: failed to start: {exc.error}") from exc.error
         self.started.append(inst.path)
         if inst.stage == "ingest" and obj.finite:
@@ -273,10 +273,12 @@ class Lifecycle:
             self.started.remove(path)
         self.pending_finite.discard(path)
 
-    def _forget_declarations(self, path: str) -> None:
-        """Drop what an instance declared to the context (sampling, delivery lag, netns)."""
+    def _forget_declarations(self, path: str, at_once: bool = False) -> None:
+        """Drop what an instance declared to the context (sampling, delivery lag, netns); a
+        retired ingest's lag lasts one more lag (its last packets are still queued) unless
+        ``at_once`` (it failed to start)."""
         self.context.forget_sampling(path)
-        self.context.forget_delivery_lag(path)
+        self.context.forget_delivery_lag(path, at_once=at_once)
         self.context.forget_netns(path)
 
     # --- stopping ----------------------------------------------------------------------------

@@ -78,6 +78,8 @@ class RunContext:
     #: late sources: instance name -> the longest delay, ns, between a packet's timestamp and
     #: its delivery to the pipeline (see :meth:`declare_delivery_lag`)
     delivery_lags: dict[str, int] = field(default_factory=dict)
+    #: retired source -> (until ns, its lag): what it emitted at its stop is still queued
+    retiring_lags: dict[str, tuple[int, int]] = field(default_factory=dict)
     #: observed namespaces: instance name -> netns ("" = the agent's own), see
     #: :meth:`declare_netns`
     observed_netns: dict[str, str] = field(default_factory=dict)
@@ -237,13 +239,25 @@ class RunContext:
         else:
             self.delivery_lags.pop(source, None)
 
-    def forget_delivery_lag(self, source: str) -> None:
-        """Drop ``source``'s declaration (the core calls it when the ingest is retired)."""
-        self.delivery_lags.pop(source, None)
+    def forget_delivery_lag(self, source: str, at_once: bool = False) -> None:
+        """Drop ``source``'s declaration (the core calls it when the ingest is retired).
+
+        A stopped ingest's last packets (the eBPF tables' final drains, NFLOG's held rows) are
+        still queued for the pipeline when it is retired, so its lag keeps counting for one
+        more lag from now, unless ``at_once`` (an ingest that never started delivering)."""
+        lag = self.delivery_lags.pop(source, None)
+        if lag and not at_once:
+            self.retiring_lags[source] = (self.now_ns() + lag, lag)
 
     def delivery_lag_ns(self) -> int:
-        """The longest delivery lag the live sources declared, ns (0: none is late)."""
-        return max(self.delivery_lags.values(), default=0)
+        """The longest delivery lag the live sources declared, or a retired source's for one
+        lag after its retirement, ns (0: none is late)."""
+        if self.retiring_lags:
+            now = self.now_ns()
+            for source in [s for s, (until, _) in self.retiring_lags.items() if until <= now]:
+                del self.retiring_lags[source]
+        return max(max(self.delivery_lags.values(), default=0),
+                   max((lag for _, lag in self.retiring_lags.values()), default=0))
 
     def declare_netns(self, source: str, netns: str) -> None:
         """Say that the ifIndexes in ``source``'s flows belong to network namespace ``netns``.

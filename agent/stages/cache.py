@@ -9,7 +9,9 @@ to what the ingests have surely delivered: a live ingest that hands packets over
 eBPF drain period, NFLOG batching) declares how late (``RunContext.declare_delivery_lag``),
 and a flow leaves as idle only ``inactive_timeout`` plus the largest such lag after its last
 packet, so a packet still on its way joins its flow instead of starting a second record
-(ipt_NETFLOW, in the kernel, has no lag). The active timeout and FIN/RST do not wait for it.
+(ipt_NETFLOW, in the kernel, has no lag). The active timeout and FIN/RST do not wait for it,
+nor does a table that is full or refused flows since the last scan (holding idle flows longer
+would refuse new ones); a flow due by both timeouts that is idle by the timeout leaves as idle.
 When ``maxflows`` flows exist, packets of new flows are dropped and counted (``maxflows`` and
 ``drop`` counters); existing flows keep being updated. The ``aggregation`` rules (ipt_NETFLOW's
 option, :mod:`agent.keyrules`) rewrite every key before the lookup, in every entry path
@@ -309,6 +311,8 @@ class FlowCache(Cache):
         #: full), and since when (ns) the oldest of them has been due; 0 when none
         self.deferred = 0
         self.deferred_since_ns = 0
+        #: ``stats.maxflows`` at the last scan: refusals since then drop the delivery lag
+        self._maxflows_at_scan = 0
         self.context: RunContext | None = None
         self.sampler = config.flow_sampler()
         #: the slots of the flows ``hash:N`` did not select (restored, or held at a sampler
@@ -691,8 +695,10 @@ class FlowCache(Cache):
             self.ending.clear()
             return np.zeros(0, np.int64), np.zeros(0, np.uint8)
         lag = self._delivery_lag()
-        slots, idle = self.table.due(now_ns - self.config.active_timeout * _NS,
-                                     now_ns - self.config.inactive_timeout * _NS - lag)
+        idle_ns = now_ns - self.config.inactive_timeout * _NS
+        slots, idle = self.table.due(now_ns - self.config.active_timeout * _NS, idle_ns - lag)
+        if lag:  # an active-timeout flow idle by ipt_NETFLOW's rule leaves as idle
+            idle |= self.table.last[slots] <= idle_ns
         reasons = np.where(idle, np.uint8(END_IDLE), np.uint8(END_ACTIVE))
         if self.ending:
             ended = np.fromiter(self.ending, np.int64, len(self.ending))
@@ -724,8 +730,16 @@ class FlowCache(Cache):
         return slots, reasons
 
     def _delivery_lag(self) -> int:
-        """ns the idle cutoff waits for packets still on their way (module docstring)."""
-        return self.context.delivery_lag_ns() if self.context is not None else 0
+        """ns the idle cutoff waits for packets still on their way (module docstring); none
+        while the table is full or refused flows since the last scan: a flow idle by the
+        timeout then leaves at once, as before the lag, so new flows are not refused for
+        one lag longer (a packet still on its way may then start a second record)."""
+        refused = self.stats.maxflows != self._maxflows_at_scan
+        self._maxflows_at_scan = self.stats.maxflows
+        if self.context is None or self.config.maxflows and (
+                refused or len(self.table) >= self.config.maxflows):
+            return 0
+        return self.context.delivery_lag_ns()
 
     def _defer(self, slots: np.ndarray, reasons: np.ndarray, limit: int,
                now_ns: int, lag: int = 0) -> tuple[np.ndarray, np.ndarray]:

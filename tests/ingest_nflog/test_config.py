@@ -127,8 +127,8 @@ class _Socket:
 
 
 @pytest.mark.parametrize("decoder, options, lag_ms", [
-    ("c", {}, 100 + 5 + 200 + 200),  # flush_timeout_ms + coalesce_ms + batch_ms + margin
-    ("python", {}, 100 + 5 + 200),  # no batch_ms: every packet goes on at once
+    ("c", {}, 100 + 20 + 200 + 200),  # flush_timeout_ms + coalesce_ms + batch_ms + margin
+    ("python", {}, 100 + 20 + 200),  # no batch_ms: every packet goes on at once
     ("c", {"flush_timeout_ms": 1000, "batch_ms": 0, "coalesce_ms": 0}, 1000 + 200),
 ])
 def test_the_ingest_declares_how_late_it_delivers(monkeypatch, decoder, options, lag_ms):

@@ -11,6 +11,7 @@ not two. The lag goes with the ingest that declared it (reload, removal).
 
 from __future__ import annotations
 
+import time
 import types
 
 import pytest
@@ -20,7 +21,7 @@ from netflow_agent.config.check import validate
 from netflow_agent.discovery import build_registry
 from netflow_agent.lifecycle import StartupError
 from netflow_agent.model import END_ACTIVE, END_IDLE
-from netflow_agent.runtime import RunContext
+from netflow_agent.runtime import ITEM_CALL, ITEM_STOP, RunContext
 from netflow_agent.stages.cache import MAX_DEFER_S, CacheConfig, FlowCache
 from netflow_agent.testing import (
     FakeIngest,
@@ -104,17 +105,58 @@ def test_a_deferred_flow_waits_for_room_as_long_as_without_a_lag():
 
 
 def test_the_largest_declared_lag_counts_and_zero_withdraws():
-    context = RunContext()
+    now = [T0]
+    context = RunContext(clock=lambda: now[0])
     assert context.delivery_lag_ns() == 0
     context.declare_delivery_lag("ingest.ebpf[0]", 1500 * MS)
     context.declare_delivery_lag("ingest.nflog[0]", 400 * MS)
     assert context.delivery_lag_ns() == 1500 * MS
     context.declare_delivery_lag("ingest.ebpf[0]", 0)
     assert context.delivery_lag_ns() == 400 * MS
-    context.forget_delivery_lag("ingest.nflog[0]")
+    context.forget_delivery_lag("ingest.nflog[0]", at_once=True)
     assert context.delivery_lag_ns() == 0
     with pytest.raises(ValueError):
         context.declare_delivery_lag("ingest.nflog[0]", -1)
+
+
+def test_a_retired_ingests_lag_lasts_one_lag_for_the_packets_its_stop_queued():
+    """The eBPF ingest's stop drains both kernel tables into the inbox, NFLOG's its held
+    rows: they are merged after the retirement, so its lag must still count until then."""
+    now = [T0]
+    context = RunContext(clock=lambda: now[0])
+    context.declare_delivery_lag("ingest.ebpf[0]", 1500 * MS)
+    context.declare_delivery_lag("ingest.nflog[0]", 400 * MS)
+    context.forget_delivery_lag("ingest.ebpf[0]")
+    assert context.delivery_lag_ns() == 1500 * MS
+    context.declare_delivery_lag("ingest.ebpf[0]", 300 * MS)  # its replacement, same path
+    now[0] += 1499 * MS
+    assert context.delivery_lag_ns() == 1500 * MS
+    now[0] += MS
+    assert context.delivery_lag_ns() == 400 * MS
+    assert context.retiring_lags == {}
+
+
+def test_a_full_table_calls_flows_idle_without_the_lag():
+    """Holding idle flows one lag longer in a full table would refuse new flows (maxflows
+    drops) that ipt_NETFLOW's timing takes: there the timeout alone decides."""
+    c = lagged_cache(2 * S, maxflows=4)
+    feed(c, *[(key(port), 100, 0, T0, 0) for port in range(4)])
+    assert c.active_flows == 4
+    assert len(c.agent_cache_expire(now_ns=T0 + 15_500 * MS, force=False)) == 4
+    c = lagged_cache(2 * S, maxflows=4)
+    feed(c, *[(key(port), 100, 0, T0, 0) for port in range(3)])
+    assert len(c.agent_cache_expire(now_ns=T0 + 15_500 * MS, force=False)) == 0  # room left
+    feed(c, (key(3), 100, 0, T0 + S, 0), (key(4), 100, 0, T0 + S, 0))  # one refused
+    assert c.counters()["maxflows"] == 1
+    assert len(c.agent_cache_expire(now_ns=T0 + 15_900 * MS, force=False)) == 3
+    assert len(c.agent_cache_expire(now_ns=T0 + 16_100 * MS, force=False)) == 0  # lag again
+
+
+def test_a_flow_due_by_both_timeouts_leaves_as_idle_when_idle_by_the_timeout():
+    c = lagged_cache(2 * S, active_timeout=60)
+    feed(c, (key(1), 100, 0, T0, 0), (key(1), 100, 0, T0 + 44_500 * MS, 0))
+    (flow,) = c.agent_cache_expire(now_ns=T0 + 60 * S, force=False)  # idle 15.5 s < 17
+    assert flow.end_reason == END_IDLE
 
 
 def _reload(agent, tmp_path, ingests: str) -> None:
@@ -144,11 +186,17 @@ def test_the_pipeline_holds_idle_flows_for_a_live_ingests_lag_and_forgets_it_on_
         agent.feed([(key(100), 60, 0, T0 + 114_900 * MS, 0)])  # its late packet
         agent.scan(T0 + 131 * S)
         assert [(r.src_port, r.packets) for r in agent["export.collect[0]"].flows] == [(100, 2)]
+        context = agent.pipeline.context
+        now = [context.now_ns()]
+        context.clock = lambda: now[0]
         _reload(agent, tmp_path, FAKE + FAKE + "delivery_lag_ms = 300\n")  # changed: replaced
-        assert agent.pipeline.context.delivery_lag_ns() == 300 * MS
+        assert context.delivery_lag_ns() == S  # the old one's stop drain may still be queued
+        now[0] += S
+        assert context.delivery_lag_ns() == 300 * MS
         assert not _idle_flow_exported(agent, 200, 15.2)
         _reload(agent, tmp_path, FAKE)  # the lagged ingest removed: its lag goes with it
-        assert agent.pipeline.context.delivery_lag_ns() == 0
+        now[0] += 300 * MS
+        assert context.delivery_lag_ns() == 0
         assert _idle_flow_exported(agent, 300, 15.0)
     finally:
         agent.finish()
@@ -186,3 +234,47 @@ def test_an_ingest_that_fails_to_start_on_reload_leaves_no_declaration(tmp_path)
         assert _idle_flow_exported(agent, 100, 15.0)
     finally:
         agent.finish()
+
+
+class _LateIngest(FakeIngest):
+    """A live ingest that holds a packet "in the kernel" and emits it at its stop, as the
+    eBPF ingest's stop drains its tables into the inbox."""
+
+    type_name = "late"
+    finite = False
+    held: list = []
+
+    @hookimpl
+    def agent_stop(self) -> None:
+        if self.held:
+            self.push(self.held)
+
+
+late_plugin = types.SimpleNamespace(agent_register_components=hookimpl(
+    lambda registry: registry.add("ingest", "late", _LateIngest, FakeIngestConfig,
+                                  doc="emits at stop")))
+
+
+def test_a_removed_ingests_last_packets_join_their_flow_though_a_scan_runs_first(tmp_path):
+    """The loop scans right after the reload item, before the stop's packets are merged:
+    the flow, idle 15.3 s of 15 s + 1 s, must wait for them (one record, not two)."""
+    live = "[[ingest.fake]]\nfinite = false\n"
+    agent = build_agent(CONFIG.format(ingests="[[ingest.late]]\ndelivery_lag_ms = 1000\n" + live),
+                        tmp_path, [collecting_plugin_module, late_plugin])
+    pipeline = agent.pipeline
+    now = time.time_ns()
+    agent.feed([(key(7), 100, 0, now - 15_300 * MS, 0)], source="ingest.late[0]")
+    _LateIngest.held = [(key(7), 60, 0, now - 400 * MS, 0)]
+    (tmp_path / "new.toml").write_text(CONFIG.format(ingests=live))
+    new, issues = validate(tmp_path / "new.toml", build_registry(pipeline.pm), None)
+    assert new is not None, issues
+    pipeline.context.inbox.put((ITEM_CALL, lambda pipe: pipe.reload(new)))
+    pipeline.context.inbox.put((ITEM_STOP, None))
+    pipeline.loop.next_scan_ns = 1  # a scan is due when the reload item is done
+    try:
+        pipeline.run()
+    finally:
+        _LateIngest.held = []
+        agent.finish()
+    assert [(r.packets, r.octets) for r in agent["export.collect[0]"].flows
+            if r.src_port == 7] == [(2, 160)]
