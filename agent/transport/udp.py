@@ -399,6 +399,8 @@ class UdpDestination:
             return queued
         if len(datagrams) != len(records):
             raise ValueError("datagrams and records differ in length")
+        if not datagrams:  # nothing sent: no news of the collector (keeps _met_refusal)
+            return 0
         # the collector refused the last batch (or poll saw it): one per call, so no
         # sendmmsg cut short by an ICMP error swallows it; a batch that meets no refusal
         # ends that, so a collector that is back gets whole batches again (not only after

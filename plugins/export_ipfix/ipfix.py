@@ -216,6 +216,10 @@ class _MessageBuilder:
         self.max_length = max_length
         self.now_ns = now_ns
         self.out: list[Message] = []
+        #: a refresh's templates went out and no data record since (they may fill whole
+        #: messages): the next message does not start another refresh, so a record that
+        #: fits only without them is not pushed out by templates for ever
+        self.refresh_pending_data = False
         self._reset()
 
     def _reset(self) -> None:
@@ -230,13 +234,14 @@ class _MessageBuilder:
         saved = {f.name: getattr(s, f.name) for f in fields(s)}
         saved["announced"] = dict(s.announced)  # add_templates fills it in place
         return (len(self.out), list(self.parts), self.length, self.records, self.refreshed,
-                saved)
+                self.refresh_pending_data, saved)
 
     def rollback(self, point: tuple[Any, ...]) -> None:
         """Forget every message, set and session change since ``point`` (:meth:`checkpoint`):
         the sequence number, the announced templates and the refresh state are as if the
         records added since were never seen."""
-        out_len, parts, self.length, self.records, self.refreshed, saved = point
+        (out_len, parts, self.length, self.records, self.refreshed, self.refresh_pending_data,
+         saved) = point
         del self.out[out_len:]
         self.parts = parts
         for name, value in saved.items():
@@ -254,6 +259,8 @@ class _MessageBuilder:
             self.parts.append(bytes(pad))
         self.length += SET_HEADER.size + len(body) + pad
         self.records += records
+        if records:
+            self.refresh_pending_data = False
 
     def flush(self) -> None:
         """Close the current message (if it has any set) and start a new one."""
@@ -275,7 +282,7 @@ class _MessageBuilder:
         """Start a message: put the refresh templates first when they are due."""
         if self.parts:
             return
-        if self.session.refresh_due(self.now_ns):
+        if self.session.refresh_due(self.now_ns) and not self.refresh_pending_data:
             self.add_templates(list(self.session.announced.values()))
 
     def add_templates(self, templates: Sequence[Template]) -> None:
@@ -285,7 +292,7 @@ class _MessageBuilder:
         refresh counters restart from this message."""
         s = self.session
         if s.announced.keys() <= {t.template_id for t in templates}:
-            self.refreshed = True
+            self.refreshed = self.refresh_pending_data = True
             s.templates_sent_ns = self.now_ns
             s.force_templates = False
         for set_id in (SET_ID_TEMPLATE, SET_ID_OPTIONS_TEMPLATE):
@@ -374,6 +381,7 @@ class _MessageBuilder:
         s.records += count * k
         s.octets += count * length
         s.messages_since_templates += count
+        self.refresh_pending_data = False  # data went out (as add_set notes)
         return i + count * k
 
     def _fit(self, records: Sequence[bytes], start: int, fixed: int) -> int:

@@ -188,6 +188,39 @@ def test_a_refused_group_leaves_the_session_as_if_it_was_never_offered():
     assert list(s1.announced) == [400]
 
 
+@pytest.mark.parametrize("refresh", [1, 2])
+def test_a_record_that_fits_only_without_the_refresh_templates_still_leaves(refresh):
+    """With a refresh due in every message (refresh_rate 1) the templates took the room a
+    record needs, the record moved to a new message, which began with the refresh again:
+    the encoder never returned. Now the templates go in a message of their own and the
+    record in the next; the stream keeps RFC 7011's order (templates before data)."""
+    small = Template(400, ((8, 4), (12, 4)))
+    var = Template(404, ((149, 4), (82, 65535)), scope_count=1)
+    session = Session(1, refresh_packets=refresh)
+    encode_messages(session, [DataGroup(small, [bytes(8)])], export_time=1, max_length=1400,
+                    now_ns=0)
+    record = bytes(4) + encode_varlen(b"x" * (1400 - 16 - 4 - 7 - 3))  # fills a message
+    refused: list = []
+    out = encode_messages(session, [DataGroup(small, [bytes(8)]), DataGroup(var, [record])],
+                          export_time=1, max_length=1400, now_ns=0, refused=refused)
+    assert not refused and sum(m.records for m in out) == 2 and session.sequence == 3
+    assert all(len(m.data) <= 1400 for m in out)
+
+
+def test_the_refresh_of_every_template_at_a_small_mtu_and_refresh_rate_1_ends():
+    """660 octets of flow and options templates, MTU 400: every message would begin with
+    templates that leave no room for a record (hung at MTU 296-819 with refresh_rate 1)."""
+    templates = [layout.template for layout in FLOW_LAYOUTS.values()] + list(
+        options.OPTIONS_TEMPLATES)
+    session = Session(1, refresh_packets=1)
+    encode_messages(session, [], export_time=1, max_length=372, now_ns=0, templates=templates)
+    for layout in FLOW_LAYOUTS.values():
+        rows = [bytes(layout.template.record_length)] * 3
+        out = encode_messages(session, [DataGroup(layout.template, rows)], export_time=1,
+                              max_length=372, now_ns=0, refused=[])
+        assert sum(m.records for m in out) == 3
+
+
 def test_withdrawal_message():
     s = Session(3)
     encode(s, [flow(0)])

@@ -149,6 +149,31 @@ def test_a_collector_that_is_back_gets_whole_batches_again(monkeypatch):
     dest.close()
 
 
+def test_an_empty_batch_does_not_end_a_refusal_episode(monkeypatch):
+    """An exporter whose every record was refused hands over no datagram: that says nothing
+    of the collector, so the next batch still goes one per call (each refusal counted)."""
+    monkeypatch.setattr(UdpDestination, "use_gso", False)
+    calls: list[int] = []
+    real = udp.send_burst
+
+    def counting(fd, datagrams, pos, count, gso_max):
+        calls.append(count)
+        return real(fd, datagrams, pos, count, gso_max)
+
+    monkeypatch.setattr(udp, "send_burst", counting)
+    dest = UdpDestination(f"127.0.0.1:{free_udp_port()}")
+    dest.connect()
+    dest.send_batch([b"x" * 64] * 8, [1] * 8)
+    time.sleep(0.01)
+    dest.poll()
+    assert dest.stats.cberr > 0
+    assert dest.send_batch([], []) == 0
+    calls.clear()
+    dest.send_batch([b"x" * 64] * 8, [1] * 8)
+    assert calls and max(calls) == 1
+    dest.close()
+
+
 def test_unconnectable_destination_is_retried_and_attempts_counted():
     clock = FakeClock()
     # 192.0.2.0/24 (TEST-NET-1) is not configured here: bind fails with EADDRNOTAVAIL
