@@ -20,6 +20,7 @@ from netflow_agent.transport.pacing import PacedSender
 from tests.export_ipfix.helpers import flow
 from tests.export_netflow.collect import full_socket
 from tests.support.collectors import UdpSink
+from tests.support.sendcalls import count_send_calls
 from tests.support.wireaudit import WireAudit
 
 RECORDS = [flow(i) for i in range(400)]  # ~17 messages at the default MTU
@@ -55,14 +56,7 @@ def no_gso(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_an_unpaced_part_leaves_in_one_sendmmsg(monkeypatch, no_gso):
-    calls: list[int] = []
-    real = udp.send_burst
-
-    def counting(fd, datagrams, pos, count, gso_max):
-        calls.append(count)
-        return real(fd, datagrams, pos, count, gso_max)
-
-    monkeypatch.setattr(udp, "send_burst", counting)
+    calls = count_send_calls(monkeypatch)
     exporter, stats, got, port = export_unpaced()
     assert stats["udp_messages"] > 5
     assert calls == [stats["udp_messages"]]  # the whole part, one call

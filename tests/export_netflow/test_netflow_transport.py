@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-import netflow_agent.transport.udp as udp
 from netflow_agent.transport.udp import EndpointError, UdpDestination, parse_endpoint
 from tests.export_netflow.collect import UdpSink, full_socket
 from tests.support.collectors import free_udp_port, icmp_errors
+from tests.support.sendcalls import count_send_calls
 
 
 class FakeClock:
@@ -121,14 +121,7 @@ def test_a_collector_that_is_back_gets_whole_batches_again(monkeypatch):
     ``sendmmsg`` again. Before: one datagram per call for REFUSED_HOLD_NS (3 s) after the
     last refusal, 280 calls for a batch the collector took whole."""
     monkeypatch.setattr(UdpDestination, "use_gso", False)
-    calls: list[int] = []
-    real = udp.send_burst
-
-    def counting(fd, datagrams, pos, count, gso_max):
-        calls.append(count)
-        return real(fd, datagrams, pos, count, gso_max)
-
-    monkeypatch.setattr(udp, "send_burst", counting)
+    calls = count_send_calls(monkeypatch)
     port = free_udp_port()
     dest = UdpDestination(f"127.0.0.1:{port}")
     dest.connect()
@@ -153,14 +146,7 @@ def test_an_empty_batch_does_not_end_a_refusal_episode(monkeypatch):
     """An exporter whose every record was refused hands over no datagram: that says nothing
     of the collector, so the next batch still goes one per call (each refusal counted)."""
     monkeypatch.setattr(UdpDestination, "use_gso", False)
-    calls: list[int] = []
-    real = udp.send_burst
-
-    def counting(fd, datagrams, pos, count, gso_max):
-        calls.append(count)
-        return real(fd, datagrams, pos, count, gso_max)
-
-    monkeypatch.setattr(udp, "send_burst", counting)
+    calls = count_send_calls(monkeypatch)
     dest = UdpDestination(f"127.0.0.1:{free_udp_port()}")
     dest.connect()
     dest.send_batch([b"x" * 64] * 8, [1] * 8)

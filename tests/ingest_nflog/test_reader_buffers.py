@@ -176,13 +176,21 @@ def test_coalesce_ms_paces_the_wakeups(decoder: str, batch_ms: int, coalesce_ms:
     again, whether or not the sums went on in between and however long the pause: a steady
     trickle of datagrams wakes it at most once per pause (plus the first wakeup; no round
     here reaches its 64-datagram bound), and every packet arrives."""
+    stats, elapsed = _trickle(batch_ms, coalesce_ms, every_s, count, decoder)
+    assert 1 <= stats["wakeups"] <= elapsed * 1000 / coalesce_ms + 1, (stats, elapsed)
+
+
+def _trickle(batch_ms: int, coalesce_ms: int, every_s: float, count: int,
+             decoder: str = "c") -> tuple[dict, float]:
+    """Send ``count`` one-packet datagrams ``every_s`` apart to a reader with these settings;
+    check every packet arrived with no sequence gap and the thread stopped. :return: the
+    reader's stats and the seconds the trickle took."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    datagrams = _sequenced(count, 1, lost=set())
     got: list[int] = []
     reader = _reader(ours, batch_ms, coalesce_ms, lambda b: got.append(_packets(b)), decoder)
     try:
         start = time.monotonic()
-        for d in datagrams:
+        for d in _sequenced(count, 1, lost=set()):
             theirs.send(d)
             time.sleep(every_s)
         _wait_until(lambda: sum(got) >= count)
@@ -193,8 +201,8 @@ def test_coalesce_ms_paces_the_wakeups(decoder: str, batch_ms: int, coalesce_ms:
         theirs.close()
     stats = reader.stats()
     assert sum(got) == stats["packets"] == count and stats["seq_gaps"] == 0
-    assert 1 <= stats["wakeups"] <= elapsed * 1000 / coalesce_ms + 1, (stats, elapsed)
     assert not reader.thread.is_alive()
+    return stats, elapsed
 
 
 def test_default_reader_wakes_at_most_50_times_a_second_under_a_trickle() -> None:
@@ -203,24 +211,7 @@ def test_default_reader_wakes_at_most_50_times_a_second_under_a_trickle() -> Non
     of system time on a VM, docs/performance.md), so the pause after a read that emptied
     the socket gathers the batches of 20 ms; every packet still arrives."""
     defaults = Config(group=7)
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    count = 250
-    got: list[int] = []
-    reader = _reader(ours, defaults.batch_ms, defaults.coalesce_ms,
-                     lambda b: got.append(_packets(b)))
-    try:
-        start = time.monotonic()
-        for d in _sequenced(count, 1, lost=set()):
-            theirs.send(d)
-            time.sleep(0.002)
-        _wait_until(lambda: sum(got) >= count)
-        elapsed = time.monotonic() - start
-    finally:
-        reader.stopping.set()
-        reader.thread.join(timeout=10)
-        theirs.close()
-    stats = reader.stats()
-    assert sum(got) == stats["packets"] == count and stats["seq_gaps"] == 0
+    stats, elapsed = _trickle(defaults.batch_ms, defaults.coalesce_ms, 0.002, 250)
     assert 1 <= stats["wakeups"] <= elapsed * 50 + 1, (stats, elapsed)
 
 
