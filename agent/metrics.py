@@ -109,7 +109,7 @@ DEST_COUNTERS = {
     "err_connect": ("export_connect_errors", "Failed connect attempts."),
     "err_other": ("export_other_errors", "Datagrams dropped on other errors."),
     "lost_records": ("export_lost_records", "Flow/event records in datagrams not "
-                     "sent (NetFlow: and those the encoder refused)."),
+                     "sent, or refused by the encoder."),
     "lost_packets": ("export_lost_packets", "Packets of the flow records in datagrams not "
                      "sent or refused by the encoder (NetFlow)."),
     "lost_octets": ("export_lost_octets", "Octets of those flow records (NetFlow)."),

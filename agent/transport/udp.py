@@ -184,7 +184,7 @@ class DestinationStats:
     err_connect: int = 0  # failed connect attempts ("connect")
     err_other: int = 0  # other send errors ("other")
     connect_attempts: int = 0  # all connect attempts, successful or not
-    lost_records: int = 0  # flow/event records inside datagrams that were not sent
+    lost_records: int = 0  # flow/event records in datagrams not sent, or never encoded
     sndbuf: int = 0  # socket send buffer size in bytes (SO_SNDBUF as the kernel reports it)
     filled: int = 0  # bytes in the send queue at the last sample (SIOCOUTQ)
     peak: int = 0  # largest ``filled`` seen
@@ -578,6 +578,13 @@ class UdpDestination:
                      lost: list[int]) -> None:
         for i in lost:
             self._late_loss(datagrams[i], records[i])
+
+    def count_unencoded(self, records: int) -> None:
+        """Count ``records`` this destination should have carried but that never became a
+        datagram (the exporter's encoder refused them) in ``lost_records``, as a lost
+        datagram's are; no datagram, so neither ``fail`` nor ``on_loss``."""
+        with self._lock:
+            self.stats.lost_records += records
 
     def _paced_lost(self, datagram: bytes, records: int) -> None:
         """A datagram still in the backlog when the flush time ran out at close."""

@@ -128,9 +128,6 @@ class IpfixExporter(NatExporter):
         #: the messages the UDP destinations lost (refused, backlog full, unconnected, left
         #: in the backlog at close), from any thread: counted on this one
         self._udp_losses = LossQueue()
-        #: records the encoder refused on the UDP path: every UDP destination lost them (in
-        #: each one's ``lost_records``, and once per destination in ``lost_*``)
-        self._refused_records = 0
         self.tcp: list[TcpDestination] = []
         self.file: IpfixFile | None = None
         self.session = Session(config.domain_id, config.refresh_rate,
@@ -287,9 +284,9 @@ class IpfixExporter(NatExporter):
             u.close()
         self._count_udp_losses()  # what the backlogs still held at close: no stats read follows
         for u in self.udp:
-            if u.stats.lost_records or self._refused_records:
+            if u.stats.lost_records:
                 self.log.info("%s: %s: %d messages sent, %d records lost", self.name, u.endpoint,
-                              u.stats.packets_ok, u.stats.lost_records + self._refused_records)
+                              u.stats.packets_ok, u.stats.lost_records)
         if self.file is not None:
             self.file.close()
 
@@ -490,9 +487,9 @@ class IpfixExporter(NatExporter):
         counted for the destination that lost it (each collector's session accounts its own
         notSent*, RFC 7011 section 4.3), so each destination's records handed = sent + its
         lost; once without UDP (a file; each TCP destination encodes its own spool)."""
-        copies = len(self.udp)
-        self._refused_records += records if copies else 0
-        for _ in range(max(copies, 1)):
+        for dest in self.udp:
+            dest.count_unencoded(records)
+        for _ in range(max(len(self.udp), 1)):
             self._lose(records, packets, octets)
 
     def _lose(self, records: int, packets: int, octets: int) -> None:
@@ -651,10 +648,7 @@ class IpfixExporter(NatExporter):
                                "templates_active": len(self._announced_ids())}
         out.update(self.counters)
         out["sequence"] = self.session.sequence
-        udp = [d.snapshot() for d in self.udp]
-        for snap in udp:  # the records the encoder refused: lost by each destination
-            snap["lost_records"] = int(snap["lost_records"]) + self._refused_records
-        dests = udp + [d.snapshot() for d in self.tcp]
+        dests = [d.snapshot() for d in self.udp] + [d.snapshot() for d in self.tcp]
         out["destinations"] = {str(d["destination"]): d for d in dests}
         if self.file is not None:
             out["file"] = {"path": self.file.path, "messages": self.file.messages,

@@ -199,7 +199,7 @@ class NetflowExporter(NatExporter):
             packets, octets = self._lost_traffic[i]
             self.log.info("%s: %s: %d datagrams sent, %d records lost (%d packets, %d octets)",
                           self.name, dest.endpoint, dest.stats.packets_ok,
-                          dest.stats.lost_records + self.stats.encode_errors, packets, octets)
+                          dest.stats.lost_records, packets, octets)
 
     def _count_losses(self) -> None:
         """Read the datagrams the destinations lost into ``lost_packets``/``lost_octets``
@@ -218,7 +218,8 @@ class NetflowExporter(NatExporter):
         self.stats.encode_errors += len(refused)
         packets = sum(getattr(r, "packets", 0) for r in refused)
         octets = sum(getattr(r, "octets", 0) for r in refused)
-        for lost in self._lost_traffic:
+        for dest, lost in zip(self.destinations, self._lost_traffic, strict=True):
+            dest.count_unencoded(len(refused))
             lost[0] += packets
             lost[1] += octets
             self.stats.lost_packets += packets
@@ -402,8 +403,6 @@ class NetflowExporter(NatExporter):
         for i, dest in enumerate(self.destinations):
             snap = dest.snapshot()
             snap["lost_packets"], snap["lost_octets"] = self._lost_traffic[i]
-            # records the encoder refused: no destination got them
-            snap["lost_records"] = int(snap["lost_records"]) + self.stats.encode_errors
             out[f"sock{i}"] = snap
             for total, key in (("sock_ok", "packets_ok"), ("sock_fail", "fail"),
                                ("sock_cberr", "cberr"), ("sock_bytes", "bytes_ok"),

@@ -507,11 +507,9 @@ def _assemble_group(builder: _PacketBuilder, tpl: Template, bodies: Sequence[byt
     smallest = len(tpl.flowset) + 4 + size + 3
     if smallest > builder.policy.mtu - HEADER.size:
         raise ValueError(f"mtu {builder.policy.mtu} cannot hold template {tpl.template_id}")
-    per_packet = (builder.policy.mtu - HEADER.size - 4) // size
-    while per_packet and 4 + per_packet * size + (-(4 + per_packet * size) % 4) > (
-            builder.policy.mtu - HEADER.size):
-        per_packet -= 1
-    with_template = _fitting(size, builder.policy.mtu - HEADER.size - len(tpl.flowset))
+    room = builder.policy.mtu - HEADER.size
+    per_packet = _fitting(size, room)
+    with_template = _fitting(size, room - len(tpl.flowset))
     while i < n:
         if not builder.parts and per_packet:  # a fresh packet: whole ones in a tight loop
             # only packets that the slow path below would close too (more records follow)
