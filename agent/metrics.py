@@ -98,6 +98,8 @@ CACHE_GAUGES = {
                         "left in the cache (the exporters' backlog was full)."),
     "expiry_deferred_age_s": ("expiry_deferred_age_seconds", "How long the oldest deferred "
                               "flow has been due (0 = none deferred)."),
+    "delivery_lag_s": ("delivery_lag_seconds", "How much longer than the inactive "
+                        "timeout an idle flow stays: the ingests' declared delivery lag."),
 }
 #: destination counter -> (metric, help)
 DEST_COUNTERS = {

@@ -316,10 +316,17 @@ def _hash_line(snap: dict[str, Any]) -> str:
             f"{_k(c.get('memtraf_bytes', 0))} (pdu 0, 0).")
 
 
+def _lag_note(c: dict[str, Any]) -> str:
+    """`` (+1.5 s delivery lag)`` when an ingest declared one: idle flows then leave that much
+    after ``inactive_timeout`` (agent.stages.cache), else nothing (ipt_NETFLOW's line)."""
+    lag_s = c.get("delivery_lag_s", 0)
+    return f" (+{lag_s:g} s delivery lag)" if lag_s else ""
+
+
 def _protocol_lines(snap: dict[str, Any]) -> list[str]:
     c = snap["cache"]
-    tail = (f"Timeouts: active {c['active_timeout']}, inactive {c['inactive_timeout']}. "
-            f"Maxflows {c.get('maxflows_limit', 0)}")
+    tail = (f"Timeouts: active {c['active_timeout']}, inactive {c['inactive_timeout']}"
+            f"{_lag_note(c)}. Maxflows {c.get('maxflows_limit', 0)}")
     lines = []
     for e in snap["exporters"] or [{"name": "none", "protocol": None}]:
         proto = e["protocol"]

@@ -887,7 +887,9 @@ class FlowCache(Cache):
         return self.table.traffic()
 
     def counters(self) -> dict[str, Any]:
-        """Cache counters plus active/peak flows, MemTraf, timeouts and memory."""
+        """Cache counters plus active/peak flows, MemTraf, timeouts, memory, and the ingests'
+        delivery lag (``delivery_lag_s``: how much longer than ``inactive_timeout`` an idle
+        flow stays, while the table has room)."""
         out: dict[str, Any] = self.stats.as_dict()
         mem_pkts, mem_bytes = self.mem_traffic()
         index_mem, table_mem = self.memory_usage()
@@ -896,7 +898,8 @@ class FlowCache(Cache):
                    slots=self.table.rows, active_timeout=self.config.active_timeout,
                    inactive_timeout=self.config.inactive_timeout,
                    hash_mem_bytes=index_mem, flows_mem_bytes=table_mem,
-                   expiry_deferred=self.deferred, expiry_deferred_since_ns=self.deferred_since_ns)
+                   expiry_deferred=self.deferred, expiry_deferred_since_ns=self.deferred_since_ns,
+                   delivery_lag_s=self.context.delivery_lag_ns() / 1e9 if self.context else 0.0)
         return out
 
     @hookimpl
