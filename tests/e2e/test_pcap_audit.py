@@ -7,21 +7,32 @@ agent got wrong:
 * a capture whose timestamps are not in order (``tcpdump -i any`` stamps packets per CPU;
   ``mergecap -a`` concatenates): a flow's first time is its earliest packet's, as tshark and
   RFC 7011's flowStart read it, not the first packet read;
+* a capture with a corrupt record header in the middle (a damaged or badly cut file): the
+  packets before it are accounted, as tshark shows them, and the ingest counts the file in
+  ``file_corrupt``; the replay used to drop the batch it had read so far, silently;
 """
 
 from __future__ import annotations
 
+import struct
+
+from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import CookedLinuxV2
+from scapy.packet import Raw
 
 from tests.e2e.test_pcap_differential import (
     T0,
+    assert_same_flows,
     check,
     framed,
     mixed,
+    replay,
     tcp_session,
     write_pcap,
 )
+from tests.support.pcapgen import pcapng_block
+from tests.support.tshark_truth import tshark_flows
 
 
 def test_out_of_order_timestamps_give_each_flow_its_earliest_and_latest_time(tmp_path):
@@ -39,3 +50,42 @@ def test_out_of_order_timestamps_give_each_flow_its_earliest_and_latest_time(tmp
     truth, _ingest = check(tmp_path, write_pcap(tmp_path / "c.pcap", frames + earlier, 276))
     first = truth.flows[(6, "10.1.0.1", "10.1.0.2", 40000, 80)].first_ns
     assert first == earlier[0][0] // 1000 * 1000  # the appended SYN (µs), read after the rest
+
+
+def _udp_frames(n: int, start: int) -> list[tuple[int, bytes]]:
+    return framed("ethernet", [IP(src="10.4.0.1", dst="10.4.0.2") / UDP(sport=5000 + i % 3,
+                                                                       dport=53)
+                               / Raw(b"q" * (20 + i)) for i in range(n)], start)
+
+
+def test_corrupt_pcap_record_keeps_the_packets_before_it(tmp_path):
+    """A record header claiming 2 GiB in the middle of a classic pcap: tshark shows the 40
+    packets before it and stops with "the file appears to be damaged or corrupt"; the agent
+    must account those 40 (one batch it had read but not handed over) and count the file."""
+    clean = write_pcap(tmp_path / "clean.pcap", _udp_frames(40, T0), 1)
+    more = write_pcap(tmp_path / "more.pcap", _udp_frames(5, T0 + 10**9), 1)
+    damaged = tmp_path / "c.pcap"
+    damaged.write_bytes(clean.read_bytes() + struct.pack("<IIII", 1, 0, 0x7FFFFFFF, 0x7FFFFFFF)
+                        + more.read_bytes()[24:])
+    truth = tshark_flows(clean)
+    flows, ingest, _core = replay(tmp_path, damaged)
+    assert_same_flows(truth, flows)
+    assert (ingest["packets"], ingest["file_corrupt"], ingest["file_truncated"]) == (40, 1, 0)
+
+
+def test_corrupt_pcapng_block_keeps_the_packets_before_it(tmp_path):
+    """The same in a pcapng: a block whose length is not a multiple of 4 after 40 EPBs."""
+    frames = _udp_frames(40, T0)
+    out = pcapng_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1), order="<")
+    out += pcapng_block(1, struct.pack("<HHI", 1, 0, 0), order="<")
+    for ts, frame in frames:
+        us = ts // 1000
+        out += pcapng_block(6, struct.pack("<IIIII", 0, us >> 32, us & 0xFFFFFFFF, len(frame),
+                                          len(frame)) + frame, order="<")
+    clean = tmp_path / "clean.pcapng"
+    clean.write_bytes(out)
+    damaged = tmp_path / "c.pcapng"
+    damaged.write_bytes(out + struct.pack("<II", 6, 33) + bytes(64))
+    flows, ingest, _core = replay(tmp_path, damaged)
+    assert_same_flows(tshark_flows(clean), flows)
+    assert (ingest["packets"], ingest["file_corrupt"]) == (40, 1)
