@@ -131,9 +131,7 @@ class PcapReader:
                 elif block_type == _SPB and interfaces:  # no timestamp: 0 = "same as before"
                     if len(body) < 4:
                         raise PcapError("pcapng simple packet block too short")
-                    (orig_len,) = struct.unpack_from(order + "I", body)
-                    frame = body[4:4 + orig_len]
-                    yield 0, interfaces[0][0], frame, max(orig_len, len(frame))
+                    yield _parse_spb(order, body, interfaces[0])
         except PcapError as exc:
             self.error = str(exc)
 
@@ -161,6 +159,19 @@ def _parse_idb(order: str, body: bytes) -> tuple[int, int, int, int]:
             offset_ns = struct.unpack_from(order + "q", body, off + 4)[0] * 1_000_000_000
         off += 4 + ((olen + 3) & ~3)
     return linktype, ticks_per_s, offset_ns, snaplen
+
+
+def _parse_spb(order: str, body: bytes, interface: tuple[int, int, int, int]
+               ) -> tuple[int, int, bytes, int]:
+    """A simple packet block of the section's first interface. It says only the original
+    length: the captured part is that or the interface's snap length, whichever is shorter,
+    and the block's padding after it is no part of the packet. No timestamp: 0, "the time
+    of the packet before"."""
+    (orig_len,) = struct.unpack_from(order + "I", body)
+    snaplen = interface[3]
+    captured = min(orig_len, snaplen) if snaplen else orig_len
+    frame = body[4:4 + captured]
+    return 0, interface[0], frame, max(orig_len, len(frame))
 
 
 def _parse_epb(order: str, body: bytes, interfaces: list[tuple[int, int, int, int]],

@@ -10,18 +10,22 @@ agent got wrong:
 * a capture with a corrupt record header in the middle (a damaged or badly cut file): the
   packets before it are accounted, as tshark shows them, and the ingest counts the file in
   ``file_corrupt``; the replay used to drop the batch it had read so far, silently;
+* a pcapng simple packet block (SPB) cut by its interface's snap length: the block's padding
+  is no part of the packet (it was read as TCP flags 0xff: FIN, SYN, RST ...).
 """
 
 from __future__ import annotations
 
 import struct
 
-from scapy.layers.inet import IP, UDP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
-from scapy.layers.l2 import CookedLinuxV2
+from scapy.layers.l2 import CookedLinuxV2, Ether
 from scapy.packet import Raw
 
 from tests.e2e.test_pcap_differential import (
+    MAC_A,
+    MAC_B,
     T0,
     assert_same_flows,
     check,
@@ -89,3 +93,22 @@ def test_corrupt_pcapng_block_keeps_the_packets_before_it(tmp_path):
     flows, ingest, _core = replay(tmp_path, damaged)
     assert_same_flows(tshark_flows(clean), flows)
     assert (ingest["packets"], ingest["file_corrupt"]) == (40, 1)
+
+
+def test_simple_packet_block_cut_by_the_snap_length_ends_before_its_padding(tmp_path):
+    """An SPB holds min(original length, the interface's snap length) bytes, then padding to
+    4 bytes. With a snap length of 45 a TCP SYN's frame ends 2 bytes before its flags, and
+    the 3 padding bytes (here 0xff, nothing says they are 0) are not its flags: tshark
+    reads no flags, and the flow must not say FIN, RST and the rest."""
+    frame = bytes(Ether(src=MAC_A, dst=MAC_B) / IP(src="10.5.0.1", dst="10.5.0.2")
+                  / TCP(sport=5, dport=6, flags="S") / Raw(b"a" * 100))
+    out = pcapng_block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1), order="<")
+    out += pcapng_block(1, struct.pack("<HHI", 1, 0, 45), order="<")
+    body = struct.pack("<I", len(frame)) + frame[:45] + b"\xff" * 3
+    out += struct.pack("<II", 3, len(body) + 12) + body + struct.pack("<I", len(body) + 12)
+    path = tmp_path / "c.pcapng"
+    path.write_bytes(out)
+    truth = tshark_flows(path)
+    flows, _ingest, _core = replay(tmp_path, path)
+    assert_same_flows(truth, flows, times=False)  # an SPB has no time (README)
+    assert flows[(6, "10.5.0.1", "10.5.0.2", 5, 6)][1:3] == [140, 0]
