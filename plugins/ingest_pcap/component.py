@@ -161,6 +161,9 @@ class PcapIngest(Ingest):
             packets.extend(self.parser.extra)
             self.parser.extra.clear()
         trunc, frag, _ = self.parser.take_counters()
+        # several captures at once: hand batches over in time order, whichever reads faster
+        context.wait_for_turn(self.name, packets[0][3] if packets else clock_ns,
+                              self._stop.is_set)
         context.wait_for_room()
         context.emit(PacketBatch(self.name, packets, trunc=trunc, frag=frag, clock_ns=clock_ns))
 

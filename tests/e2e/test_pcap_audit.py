@@ -11,7 +11,9 @@ agent got wrong:
   packets before it are accounted, as tshark shows them, and the ingest counts the file in
   ``file_corrupt``; the replay used to drop the batch it had read so far, silently;
 * a pcapng simple packet block (SPB) cut by its interface's snap length: the block's padding
-  is no part of the packet (it was read as TCP flags 0xff: FIN, SYN, RST ...).
+  is no part of the packet (it was read as TCP flags 0xff: FIN, SYN, RST ...);
+* two captures replayed at once (one per interface): each file's flows are what it gives
+  alone, whichever reader is faster.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import CookedLinuxV2, Ether
 from scapy.packet import Raw
 
+from netflow_agent.testing import build_agent, collecting_plugin_module
 from tests.e2e.test_pcap_differential import (
     MAC_A,
     MAC_B,
@@ -112,3 +115,32 @@ def test_simple_packet_block_cut_by_the_snap_length_ends_before_its_padding(tmp_
     flows, _ingest, _core = replay(tmp_path, path)
     assert_same_flows(truth, flows, times=False)  # an SPB has no time (README)
     assert flows[(6, "10.5.0.1", "10.5.0.2", 5, 6)][1:3] == [140, 0]
+
+
+def test_two_captures_replayed_at_once_keep_each_others_flows_whole(tmp_path):
+    """Two interfaces captured at the same time into two files, replayed by two
+    ``[[ingest.pcap]]`` (``in_if`` 1 and 2). One file is 50 flows of one packet a second for
+    a minute, the other one flow of a packet every 20 s, which a reader finishes at once.
+    Each file's flows must be what the same file alone gives: 50 records of 60 packets (no
+    gap over ``inactive_timeout``) and 4 records of 1 packet. The faster reader used to move
+    the capture clock a minute ahead, and the slower one's flows left as a record per batch,
+    a different number on each run."""
+    def udp(src: str, sport: int) -> bytes:
+        return bytes(Ether(src=MAC_A, dst=MAC_B) / IP(src=src, dst="10.6.0.9")
+                     / UDP(sport=sport, dport=53) / Raw(b"d" * 20))
+
+    dense = [(T0 + s * 10**9 + k * 1000, udp("10.6.0.1", 1000 + k))
+             for s in range(60) for k in range(50)]
+    sparse = [(T0 + s * 20 * 10**9, udp("10.6.0.2", 7)) for s in range(4)]
+    write_pcap(tmp_path / "dense.pcap", dense, 1)
+    write_pcap(tmp_path / "sparse.pcap", sparse, 1)
+    for _run in range(2):
+        agent = build_agent(f'[[ingest.pcap]]\npath = "{tmp_path / "dense.pcap"}"\nin_if = 1\n'
+                            f'[[ingest.pcap]]\npath = "{tmp_path / "sparse.pcap"}"\nin_if = 2\n'
+                            "[[export.collect]]\n", tmp_path, [collecting_plugin_module])
+        agent.pipeline.run()
+        agent.finish()
+        records = sorted((r.to_dict()["src_addr"], r.in_if, r.packets)
+                         for r in agent["export.collect[0]"].flows)
+        assert records == sorted([("10.6.0.1", 1, 60)] * 50 + [("10.6.0.2", 2, 1)] * 4)
+
