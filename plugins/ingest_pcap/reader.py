@@ -25,6 +25,9 @@ PCAP_MAGIC_MODIFIED = 0xA1B2CD34
 PCAPNG_SHB = 0x0A0D0D0A
 PCAPNG_BOM = 0x1A2B3C4D
 _IDB, _SPB, _EPB, _OPB = 1, 3, 6, 2
+#: compressed captures (Wireshark opens them): their magic, and the name a user knows
+_COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"),
+               (b"\x04\x22\x4d\x18", "lz4"), (b"BZh", "bzip2"), (b"\xfd7zX", "xz"))
 #: larger records are refused rather than allocated (snap lengths stop at 256 KiB in practice)
 MAX_RECORD = 64 << 20
 
@@ -57,6 +60,9 @@ class PcapReader:
             if magic in (PCAP_MAGIC_US, PCAP_MAGIC_NS, PCAP_MAGIC_MODIFIED):
                 return self._pcap(order, 1 if magic == PCAP_MAGIC_NS else 1000,
                                   8 if magic == PCAP_MAGIC_MODIFIED else 0)
+        packed = next((name for magic, name in _COMPRESSED if self._head.startswith(magic)), "")
+        if packed:  # tshark reads these; say what to do rather than "bad magic"
+            raise PcapError(f"a {packed}-compressed file: decompress it first")
         raise PcapError(f"not a pcap/pcapng file (magic 0x{be:08x})")
 
     # --- classic pcap ------------------------------------------------------------------------
