@@ -25,12 +25,14 @@ class Clock:
     def __init__(self) -> None:
         #: ``True`` when every ingest is a finite replay: the capture's time is the clock
         self.replay = False
-        #: the capture clock (0 before the first packet)
+        #: the capture clock (0 before the first packet, and at a capture's epoch 0)
         self.capture_ns = 0
+        #: whether the capture clock has moved: a capture stamped 0 (1970) starts it too
+        self.started = False
         #: the replays still emitting (set by the owner; each one holds the clock back)
         self.pending: Callable[[], Collection[str]] = tuple
         self._sources: dict[str, int] = {}  # replay -> its latest packet time
-        self._latest = 0  # the latest time of any replay
+        self._latest = -1  # the latest time of any replay (-1: none yet)
 
     def now_ns(self) -> int:
         """Wall clock, or the capture clock while replaying finite sources only."""
@@ -45,13 +47,14 @@ class Clock:
             time, where uptime starts counting.
         """
         if source:
-            if clock_ns > self._sources.get(source, 0):
+            if clock_ns > self._sources.get(source, -1):
                 self._sources[source] = clock_ns
             self._latest = max(self._latest, clock_ns)
             clock_ns = self._reached()
-        if clock_ns <= self.capture_ns:
+        if clock_ns < 0 or (self.started and clock_ns <= self.capture_ns):
             return False
-        first = not self.capture_ns
+        first = not self.started
+        self.started = True
         self.capture_ns = clock_ns
         return first
 
@@ -65,8 +68,8 @@ class Clock:
         return self.advance(self._reached() if self.pending() else self._latest)
 
     def _reached(self) -> int:
-        """The earliest latest time of the pending replays; 0 while one has sent nothing."""
-        times = [self._sources.get(s, 0) for s in self.pending()]
+        """The earliest latest time of the pending replays; -1 while one has sent nothing."""
+        times = [self._sources.get(s, -1) for s in self.pending()]
         if not times:
             return self._latest
         return min(times)

@@ -13,7 +13,9 @@ agent got wrong:
 * a pcapng simple packet block (SPB) cut by its interface's snap length: the block's padding
   is no part of the packet (it was read as TCP flags 0xff: FIN, SYN, RST ...);
 * two captures replayed at once (one per interface): each file's flows are what it gives
-  alone, whichever reader is faster.
+  alone, whichever reader is faster;
+* a compressed capture (tshark opens it): refused at start, saying so;
+* a capture stamped at the epoch (0 s): its flows are exported at their own times.
 """
 
 from __future__ import annotations
@@ -41,8 +43,11 @@ from tests.e2e.test_pcap_differential import (
     tcp_session,
     write_pcap,
 )
+from tests.support.collectors import UdpSink
+from tests.support.exportclock import assert_export_clock
 from tests.support.pcapgen import pcapng_block
 from tests.support.tshark_truth import tshark_flows
+from tests.support.wireaudit import WireAudit
 
 
 def test_out_of_order_timestamps_give_each_flow_its_earliest_and_latest_time(tmp_path):
@@ -157,3 +162,41 @@ def test_a_compressed_capture_is_refused_saying_so(tmp_path):
     with pytest.raises(StartupError, match="gzip-compressed file: decompress it first"):
         build_agent(f'[[ingest.pcap]]\npath = "{packed}"\n[[export.collect]]\n', tmp_path,
                     [collecting_plugin_module])
+
+
+def _exported(tmp_path, capture) -> dict[str, list[bytes]]:
+    """Replay ``capture`` to a v9 and an IPFIX exporter; each one's datagrams."""
+    with UdpSink() as v9, UdpSink() as ipfix:
+        agent = build_agent(f'[[ingest.pcap]]\npath = "{capture}"\n'
+                            f'[[export.netflow]]\nprotocol = 9\ndestination = ["{v9.endpoint}"]\n'
+                            f'[[export.ipfix]]\ndestination = ["{ipfix.endpoint}"]\n', tmp_path)
+        agent.pipeline.run()
+        agent.finish()
+        return {"v9": v9.wait(1), "ipfix": ipfix.wait(2)}
+
+
+@pytest.mark.parametrize("times", [(0, 0, 0), (0, 0, 5)], ids=["all-0", "0-then-5s"])
+def test_a_capture_stamped_at_the_epoch_exports_its_own_times(tmp_path, times):
+    """A capture whose records say 0 s (a generator that left the timestamps out, an
+    anonymiser that zeroed them): 0 is a time like any other. A v9 collector must read each
+    flow's first and last packet at the capture's times, and IPFIX's export time may not be
+    the machine's clock (it was, with records dated 1970 and statistics records after their
+    message's export time); every datagram keeps the RFC invariants."""
+    frames = [(t * 10**9, frame) for t, (_ts, frame) in zip(times, _udp_frames(3, 0),
+                                                              strict=True)]
+    got = _exported(tmp_path, write_pcap(tmp_path / "c.pcap", frames, 1))
+    want = {5000 + i: (t * 1000, t * 1000) for i, t in enumerate(times)}  # sport: ms
+    for name, data in got.items():
+        assert_export_clock(data)
+        audit = WireAudit().feed_all(data)
+        audit.assert_clean()
+        seen = {}
+        for r in audit.flows():
+            v = r.values
+            if name == "v9":
+                seen[v[7]] = tuple(r.export_time * 1000 - (audit.uptimes[r.packet] - v[t])
+                                   % 2**32 for t in (22, 21))
+            else:
+                seen[v[7]] = (v[152], v[153])
+                assert r.export_time == max(times)
+        assert seen == want, name
