@@ -15,12 +15,15 @@ agent got wrong:
 * two captures replayed at once (one per interface): each file's flows are what it gives
   alone, whichever reader is faster;
 * a compressed capture (tshark opens it): refused at start, saying so;
-* a capture stamped at the epoch (0 s): its flows are exported at their own times.
+* a capture stamped at the epoch (0 s): its flows are exported at their own times;
+* (held) the PyPI ``netflow`` package reads the v9 and IPFIX exports as tshark counts the
+  capture (the differential test decodes only v5 with it).
 """
 
 from __future__ import annotations
 
 import gzip
+import ipaddress
 import struct
 
 import pytest
@@ -43,7 +46,7 @@ from tests.e2e.test_pcap_differential import (
     tcp_session,
     write_pcap,
 )
-from tests.support.collectors import UdpSink
+from tests.support.collectors import UdpSink, netflow_decode, wait_udp_drained
 from tests.support.exportclock import assert_export_clock
 from tests.support.pcapgen import pcapng_block
 from tests.support.tshark_truth import tshark_flows
@@ -172,6 +175,8 @@ def _exported(tmp_path, capture) -> dict[str, list[bytes]]:
                             f'[[export.ipfix]]\ndestination = ["{ipfix.endpoint}"]\n', tmp_path)
         agent.pipeline.run()
         agent.finish()
+        for sink in (v9, ipfix):  # everything was sent: wait until it is read
+            wait_udp_drained(sink.port)
         return {"v9": v9.wait(1), "ipfix": ipfix.wait(2)}
 
 
@@ -200,3 +205,34 @@ def test_a_capture_stamped_at_the_epoch_exports_its_own_times(tmp_path, times):
                 seen[v[7]] = (v[152], v[153])
                 assert r.export_time == max(times)
         assert seen == want, name
+
+
+def _pypi_key(f: dict) -> tuple:
+    """A flow dict of the PyPI ``netflow`` package (v9 or IPFIX names) as a tshark key."""
+    src = f.get("IPV4_SRC_ADDR", f.get("IPV6_SRC_ADDR", f.get(
+        "sourceIPv4Address", f.get("sourceIPv6Address"))))
+    dst = f.get("IPV4_DST_ADDR", f.get("IPV6_DST_ADDR", f.get(
+        "destinationIPv4Address", f.get("destinationIPv6Address"))))
+    proto = f.get("PROTOCOL", f.get("protocolIdentifier"))
+    dport = f.get("L4_DST_PORT", f.get("destinationTransportPort", 0))
+    if proto in (1, 58):  # type << 8 | code: v9's ICMP_TYPE, IPFIX's icmpTypeCode IEs
+        dport = f.get("ICMP_TYPE", f.get("icmpTypeCodeIPv4", f.get("icmpTypeCodeIPv6", dport)))
+    return (proto, str(ipaddress.ip_address(src)), str(ipaddress.ip_address(dst)),
+            f.get("L4_SRC_PORT", f.get("sourceTransportPort", 0)), dport)
+
+
+def test_the_pypi_netflow_package_reads_v9_and_ipfix_as_tshark_counts_the_capture(tmp_path):
+    """The differential test reads v9 with nfdump, IPFIX with tshark and only v5 with the
+    PyPI ``netflow`` package; an outsider may decode all three with it. Its v9 and IPFIX
+    flows must be tshark's flows of the capture (packets, octets, per 5-tuple)."""
+    capture = write_pcap(tmp_path / "c.pcap", framed("ethernet", mixed()), 1)
+    want = {k: [f.packets, f.octets] for k, f in tshark_flows(capture).flows.items()}
+    for name, data in _exported(tmp_path, capture).items():
+        got: dict[tuple, list[int]] = {}
+        for f in netflow_decode(data)[1]:
+            if "IN_PKTS" not in f and "packetDeltaCount" not in f:
+                continue  # IPFIX options: the exporting process's statistics
+            counts = got.setdefault(_pypi_key(f), [0, 0])
+            counts[0] += f.get("IN_PKTS", f.get("packetDeltaCount"))
+            counts[1] += f.get("IN_BYTES", f.get("octetDeltaCount"))
+        assert got == want, name
