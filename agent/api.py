@@ -185,7 +185,7 @@ from netflow_agent.wire import (
 )
 
 #: ``(major, minor)`` of this plugin API (see the module docstring).
-API_VERSION = (3, 10)
+API_VERSION = (3, 11)
 
 __all__ = [
     "API_VERSION",

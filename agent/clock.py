@@ -3,11 +3,20 @@
 When every ingest is a finite replay (pcap), the capture's timestamps drive timeouts, export
 times and sysUpTime, so a replay gives the same flows on any machine, however fast. Otherwise
 the clock is the wall clock, in ns.
+
+With several captures replayed at once (one ``[[ingest.pcap]]`` per interface's file), each
+reader runs at its own speed: the capture clock is the earliest of the unfinished captures'
+latest times, the time every one of them has reached, so a fast reader never makes a slow
+one's flows look idle (they would leave as one record per batch, differently on every run),
+and :class:`ReplayOrder` makes the readers hand their batches over in time order, so a flow's
+idle gaps are seen at their capture times whichever reader is faster.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable, Collection
 
 
 class Clock:
@@ -16,21 +25,90 @@ class Clock:
     def __init__(self) -> None:
         #: ``True`` when every ingest is a finite replay: the capture's time is the clock
         self.replay = False
-        #: the latest capture timestamp seen (0 before the first packet)
+        #: the capture clock (0 before the first packet, and at a capture's epoch 0)
         self.capture_ns = 0
+        #: whether the capture clock has moved: a capture stamped 0 (1970) starts it too
+        self.started = False
+        #: the replays still emitting (set by the owner; each one holds the clock back)
+        self.pending: Callable[[], Collection[str]] = tuple
+        self._sources: dict[str, int] = {}  # replay -> its latest packet time
+        self._latest = -1  # the latest time of any replay (-1: none yet)
 
     def now_ns(self) -> int:
         """Wall clock, or the capture clock while replaying finite sources only."""
         return self.capture_ns if self.replay else time.time_ns()
 
-    def advance(self, clock_ns: int) -> bool:
-        """Move the capture clock forward to ``clock_ns`` (never backwards).
+    def advance(self, clock_ns: int, source: str = "") -> bool:
+        """Note that ``source`` (a replay) reached ``clock_ns``, and move the capture clock
+        forward (never backwards) to the time every pending replay has reached; without
+        ``source``, to ``clock_ns``.
 
-        :return: ``True`` on the first move: ``clock_ns`` is the capture's first packet,
-            where uptime starts counting.
+        :return: ``True`` on the first move: the capture clock is the capture's first packet
+            time, where uptime starts counting.
         """
-        if clock_ns <= self.capture_ns:
+        if source:
+            if clock_ns > self._sources.get(source, -1):
+                self._sources[source] = clock_ns
+            self._latest = max(self._latest, clock_ns)
+            clock_ns = self._reached()
+        if clock_ns < 0 or (self.started and clock_ns <= self.capture_ns):
             return False
-        first = not self.capture_ns
+        first = not self.started
+        self.started = True
         self.capture_ns = clock_ns
         return first
+
+    def source_done(self, source: str) -> bool:
+        """``source`` emitted everything (it is no longer :attr:`pending`): the clock may
+        move on to the others' times, or to the latest of all once none is left.
+
+        :return: as :meth:`advance`.
+        """
+        self._sources.pop(source, None)
+        return self.advance(self._reached() if self.pending() else self._latest)
+
+    def _reached(self) -> int:
+        """The earliest latest time of the pending replays; -1 while one has sent nothing."""
+        times = [self._sources.get(s, -1) for s in self.pending()]
+        if not times:
+            return self._latest
+        return min(times)
+
+
+class ReplayOrder:
+    """Several replays hand their batches over in the order of their first packets' times
+    (a merge at batch granularity): a reader whose next batch starts later than another
+    pending replay's waits for it, so the capture clock sees one time line whatever the
+    readers' speeds. The replay with the earliest next batch never waits (no deadlock); one
+    that has not said where it starts holds the others back. One replay: never waits.
+
+    :param pending: the replays still emitting (the lifecycle's set, read on any thread).
+    """
+
+    def __init__(self, pending: Callable[[], Collection[str]]) -> None:
+        self.pending = pending
+        self._cond = threading.Condition()
+        self._next: dict[str, int] = {}  # replay -> the first time of its next batch
+
+    def wait_turn(self, source: str, first_ns: int, cancel: Callable[[], bool]) -> None:
+        """Block until ``source``'s batch starting at ``first_ns`` is the earliest of the
+        pending replays' (or ``cancel()`` says stop; checked every 50 ms)."""
+        with self._cond:
+            self._next[source] = first_ns
+            self._cond.notify_all()
+            while not cancel() and not self._earliest(source, first_ns):
+                self._cond.wait(0.05)
+
+    def finish(self, source: str) -> None:
+        """``source`` emitted everything: nobody waits for it any more."""
+        with self._cond:
+            self._next[source] = _NEVER
+            self._cond.notify_all()
+
+    def _earliest(self, source: str, first_ns: int) -> bool:
+        mine = (first_ns, source)
+        return all((self._next.get(other, -1), other) >= mine
+                   for other in tuple(self.pending()) if other != source)
+
+
+_NEVER = 2**63 - 1

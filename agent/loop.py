@@ -160,15 +160,22 @@ class Loop:
         replay = self.clock.replay
         if replay and batch.packets:
             # expire what the capture's clock reached before this batch's first packet
-            self._advance_clock(batch.packets[0][3])
+            self._advance_clock(self.clock.advance(batch.packets[0][3], batch.source))
             self._scan_if_due()
         self.hook.agent_cache_packets(batch=batch, now_ns=self.clock.now_ns())
         if replay:
-            self._advance_clock(batch.clock_ns or (batch.packets[-1][3] if batch.packets else 0))
+            self._advance_clock(self.clock.advance(
+                batch.clock_ns or (batch.packets[-1][3] if batch.packets else 0), batch.source))
 
-    def _advance_clock(self, clock_ns: int) -> None:
-        if self.clock.advance(clock_ns):  # uptime counts from the capture's first packet
-            self.context.start_ns = clock_ns
+    def finite_done(self, source: str) -> None:
+        """A replay emitted everything: the capture clock no longer waits for it."""
+        if self.clock.replay:
+            self._advance_clock(self.clock.source_done(source))
+            self._scan_if_due()
+
+    def _advance_clock(self, first: bool) -> None:
+        if first:  # uptime counts from the capture's first packet
+            self.context.start_ns = self.clock.capture_ns
 
     # --- scans --------------------------------------------------------------------------------
 

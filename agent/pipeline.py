@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from netflow_agent import reloading, state
-from netflow_agent.clock import Clock
+from netflow_agent.clock import Clock, ReplayOrder
 from netflow_agent.config.model import AgentConfig
 from netflow_agent.discovery import AgentPluginManager
 from netflow_agent.lifecycle import Lifecycle, StartupError, fragment_policy
@@ -47,7 +47,8 @@ class Pipeline:
         self.lifecycle = Lifecycle(config, pm, self.context, self.loop)
         self.loop.finished = self.lifecycle.all_finite_done
         self.loop.traffic_totals = self._traffic_totals
-        self.loop.handlers.update({ITEM_DONE: self.lifecycle.finite_done,
+        self.clock.pending = lambda: self.lifecycle.pending_finite
+        self.loop.handlers.update({ITEM_DONE: self._finite_done,
                                    ITEM_RELOAD: self.lifecycle.reload_requested,
                                    ITEM_CALL: self._call})
 
@@ -56,6 +57,8 @@ class Pipeline:
     def build(self) -> None:
         """Instantiate every configured component and register it as a named plugin."""
         self.clock.replay = self.lifecycle.build()
+        if self.clock.replay:  # several captures: their batches in time order
+            self.context.replay_order = ReplayOrder(self.clock.pending)
 
     def start(self) -> None:
         """Call ``agent_start`` on every component, exporters first, ingests last."""
@@ -102,6 +105,11 @@ class Pipeline:
                        ) -> None:
         """Ask the loop to re-read the configuration (signal-handler safe)."""
         self.context.inbox.put((ITEM_RELOAD, reply))
+
+    def _finite_done(self, source: str) -> None:
+        """``ITEM_DONE``: a replay emitted everything; the capture clock stops waiting for it."""
+        self.lifecycle.finite_done(source)
+        self.loop.finite_done(source)
 
     def _call(self, item: Callable[[Pipeline], Any]) -> None:
         """``ITEM_CALL``: run a callable on the pipeline thread (control socket, metrics)."""

@@ -31,12 +31,15 @@ import queue
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from netflow_agent import netns as _netns
 from netflow_agent.fragments import DEFAULT_POLICY, FragmentPolicy
 from netflow_agent.model import SAMPLING_RANDOM, FlowBatch, NatEvent, PacketBatch, Sampling
 from netflow_agent.snmprules import SnmpIndexMap, parse_rules
+
+if TYPE_CHECKING:
+    from netflow_agent.clock import ReplayOrder
 
 log = logging.getLogger("agent.runtime")
 
@@ -97,6 +100,9 @@ class RunContext:
     #: exporter's stream (NetFlow sequence numbers go on across the reload); a reload that
     #: succeeds clears it (one that fails keeps it for the rollback), see :meth:`handed_over`
     handover: dict[Any, Any] = field(default_factory=dict)
+    #: several replays' batches in time order (see :meth:`wait_for_turn`); set by the core
+    #: when every ingest is a finite replay, else ``None``
+    replay_order: ReplayOrder | None = None
     #: problems already logged by :meth:`interface_names` (each is logged once)
     _netns_warned: set[str] = field(default_factory=set, init=False, repr=False)
 
@@ -133,7 +139,20 @@ class RunContext:
 
     def done(self, source: str) -> None:
         """A finite ingest (pcap replay) calls this once when it has emitted everything."""
+        if self.replay_order is not None:
+            self.replay_order.finish(source)
         self.inbox.put((ITEM_DONE, source))
+
+    def wait_for_turn(self, source: str, first_ns: int,
+                      cancel: Callable[[], bool] = lambda: False) -> None:
+        """A finite reader calls this before it emits a batch whose first packet is at
+        ``first_ns``: with several replays it blocks until no other still emitting has an
+        earlier batch to hand over (or one that has not said yet), so the pipeline sees the
+        captures merged in time order whatever the readers' speeds (a finite ingest that
+        never calls it is waited for until it is done). One replay, or a live agent: returns
+        at once. ``cancel()`` (the reader's stop) ends the wait."""
+        if self.replay_order is not None:
+            self.replay_order.wait_turn(source, first_ns, lambda: cancel() or self.stopping)
 
     def report_progress(self, source: str, done: int, total: int, packets: int,
                         finished: bool = False) -> None:

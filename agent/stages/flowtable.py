@@ -270,9 +270,11 @@ class FlowTable:
 
     def add_packets(self, slots: np.ndarray, new: np.ndarray, lengths: np.ndarray,
                     flags: np.ndarray, ts: np.ndarray, out_if: np.ndarray) -> None:
-        """Account one packet per row into its slot (every slot valid): a new flow starts at
-        its first packet's time; the last time is the latest; flags are ORed; the last
-        non-zero output interface wins."""
+        """Account one packet per row into its slot (every slot valid): a flow's first time
+        is the earliest of its packets' and its last time the latest (a capture's timestamps
+        are not always in order: ``tcpdump -i any`` across CPUs, merged files), as tshark and
+        the RFCs' flowStart/flowEnd read them; flags are ORed; the last non-zero output
+        interface wins."""
         self.settle()
         for part in _chunks(len(slots)):
             self._add_packets(slots[part], new[part], lengths[part], flags[part], ts[part],
@@ -284,7 +286,7 @@ class FlowTable:
         self._start(slots[new], ts[new], ts[new])
         np.add.at(self.packets, slots, np.uint64(1))
         np.add.at(self.octets, slots, _col(lengths, np.uint64))
-        self._merge(slots, None, ts, flags, out_if)
+        self._merge(slots, ts, ts, flags, out_if)  # ~4 ns a row for the earliest start
 
     def add_deltas(self, slots: np.ndarray, new: np.ndarray, packets: np.ndarray,
                    octets: np.ndarray, start: np.ndarray, end: np.ndarray,
@@ -310,10 +312,9 @@ class FlowTable:
         self.first[slots] = first
         self.last[slots] = last
 
-    def _merge(self, slots: np.ndarray, start: np.ndarray | None, end: np.ndarray,
+    def _merge(self, slots: np.ndarray, start: np.ndarray, end: np.ndarray,
                flags: np.ndarray, out_if: np.ndarray) -> None:
-        if start is not None:
-            np.minimum.at(self.first, slots, start)
+        np.minimum.at(self.first, slots, start)
         np.maximum.at(self.last, slots, end)
         flags, out_if = _col(flags, np.uint8), _col(out_if, np.uint32)
         if flags.any():

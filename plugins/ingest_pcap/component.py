@@ -50,7 +50,8 @@ class PcapIngest(Ingest):
     def __init__(self, config: Config, name: str):
         super().__init__(config, name)
         self.parser = PacketParser()
-        self.counters = {"packets": 0, "non_ip": 0, "bad_linktype": 0, "file_truncated": 0}
+        self.counters = {"packets": 0, "non_ip": 0, "bad_linktype": 0, "file_truncated": 0,
+                         "file_corrupt": 0}
         #: why frames were not accounted: "ethertype 0x0806", "mpls payload not IP", ...
         self.non_ip_reasons: dict[str, int] = {}
         self._thread: threading.Thread | None = None
@@ -88,6 +89,10 @@ class PcapIngest(Ingest):
                 self.counters["file_truncated"] += 1
                 self.log.warning("%s: %s ends in the middle of a packet", self.name,
                                  self.config.path)
+            if reader.error:  # the packets before the corrupt header were replayed
+                self.counters["file_corrupt"] += 1
+                self.log.error("%s: %s: %s: the rest of the file is not replayed", self.name,
+                               self.config.path, reader.error)
             context.done(self.name)
 
     def _emit_all(self, context: RunContext, packets: Any) -> None:
@@ -156,6 +161,9 @@ class PcapIngest(Ingest):
             packets.extend(self.parser.extra)
             self.parser.extra.clear()
         trunc, frag, _ = self.parser.take_counters()
+        # several captures at once: hand batches over in time order, whichever reads faster
+        context.wait_for_turn(self.name, packets[0][3] if packets else clock_ns,
+                              self._stop.is_set)
         context.wait_for_room()
         context.emit(PacketBatch(self.name, packets, trunc=trunc, frag=frag, clock_ns=clock_ns))
 

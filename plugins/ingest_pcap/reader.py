@@ -6,8 +6,10 @@ Formats: classic pcap (both byte orders, microsecond and nanosecond magic, and t
 magic ``0xA1B2CD34`` of Kuznetzov's patched libpcap, whose record headers are 24 bytes) and
 pcapng (draft-ietf-opsawg-pcapng: SHB, IDB with ``if_tsresol`` and ``if_tsoffset``, EPB, SPB,
 OPB; several sections; other blocks are skipped). A file that ends in the middle of a record
-stops the iteration and is reported by :attr:`PcapReader.truncated`; a file that is neither
-format raises :class:`PcapError`.
+stops the iteration and is reported by :attr:`PcapReader.truncated`; a record or block whose
+header is corrupt stops it too, after the packets before it (as tshark shows them), and is
+reported by :attr:`PcapReader.error`; a file that is neither format raises
+:class:`PcapError`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ PCAP_MAGIC_MODIFIED = 0xA1B2CD34
 PCAPNG_SHB = 0x0A0D0D0A
 PCAPNG_BOM = 0x1A2B3C4D
 _IDB, _SPB, _EPB, _OPB = 1, 3, 6, 2
+#: compressed captures (Wireshark opens them): their magic, and the name a user knows
+_COMPRESSED = ((b"\x1f\x8b", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd"),
+               (b"\x04\x22\x4d\x18", "lz4"), (b"BZh", "bzip2"), (b"\xfd7zX", "xz"))
 #: larger records are refused rather than allocated (snap lengths stop at 256 KiB in practice)
 MAX_RECORD = 64 << 20
 
@@ -37,6 +42,9 @@ class PcapReader:
     def __init__(self, f: BinaryIO):
         self.f = f
         self.truncated = False
+        #: why the iteration stopped before the end of the file (a corrupt header), or "".
+        #: Not raised: the caller would lose the packets it has read but not handed on yet
+        self.error = ""
         head = f.read(4)
         if len(head) < 4:
             raise PcapError("file too short for a capture header")
@@ -52,6 +60,9 @@ class PcapReader:
             if magic in (PCAP_MAGIC_US, PCAP_MAGIC_NS, PCAP_MAGIC_MODIFIED):
                 return self._pcap(order, 1 if magic == PCAP_MAGIC_NS else 1000,
                                   8 if magic == PCAP_MAGIC_MODIFIED else 0)
+        packed = next((name for magic, name in _COMPRESSED if self._head.startswith(magic)), "")
+        if packed:  # tshark reads these; say what to do rather than "bad magic"
+            raise PcapError(f"a {packed}-compressed file: decompress it first")
         raise PcapError(f"not a pcap/pcapng file (magic 0x{be:08x})")
 
     # --- classic pcap ------------------------------------------------------------------------
@@ -71,7 +82,8 @@ class PcapReader:
                 return
             sec, frac, incl, orig = rec.unpack(hdr)
             if incl > MAX_RECORD:
-                raise PcapError(f"pcap record of {incl} bytes (limit {MAX_RECORD})")
+                self.error = f"pcap record of {incl} bytes (limit {MAX_RECORD})"
+                return
             data = read(incl)
             if len(data) < incl:
                 self.truncated = True
@@ -82,59 +94,61 @@ class PcapReader:
 
     def _pcapng(self) -> Iterator[tuple[int, int, bytes, int]]:
         order = "<"
-        interfaces: list[tuple[int, int, int]] = []  # (linktype, ticks per second, offset ns)
+        interfaces: list[tuple[int, int, int, int]] = []  # see _parse_idb
         block_type = PCAPNG_SHB
         head = self._head
-        while True:
-            rest = self.f.read(4) if head else self.f.read(8)
-            if head:
-                raw = head + rest
-                head = b""
-            else:
-                raw = rest
-            if len(raw) < 8:
-                self.truncated = bool(raw)
-                return
-            if struct.unpack("<I", raw[:4])[0] == PCAPNG_SHB:
-                bom = self.f.read(4)
-                if len(bom) < 4:
+        try:  # a corrupt block ends the packets (free in Python >= 3.11 until it raises)
+            while True:
+                rest = self.f.read(4) if head else self.f.read(8)
+                if head:
+                    raw = head + rest
+                    head = b""
+                else:
+                    raw = rest
+                if len(raw) < 8:
+                    self.truncated = bool(raw)
+                    return
+                if struct.unpack("<I", raw[:4])[0] == PCAPNG_SHB:
+                    bom = self.f.read(4)
+                    if len(bom) < 4:
+                        self.truncated = True
+                        return
+                    order = "<" if struct.unpack("<I", bom)[0] == PCAPNG_BOM else ">"
+                    block_type, length = struct.unpack(order + "II", raw)
+                    if length < 28 or length % 4 or length > MAX_RECORD:
+                        raise PcapError(f"bad pcapng section header length {length}")
+                    body = bom + self.f.read(length - 16)
+                    interfaces = []
+                else:
+                    block_type, length = struct.unpack(order + "II", raw)
+                    if length < 12 or length % 4 or length > MAX_RECORD:
+                        raise PcapError(f"bad pcapng block length {length}")
+                    body = self.f.read(length - 12)
+                trailer = self.f.read(4)
+                if len(body) < length - 12 or len(trailer) < 4:
                     self.truncated = True
                     return
-                order = "<" if struct.unpack("<I", bom)[0] == PCAPNG_BOM else ">"
-                block_type, length = struct.unpack(order + "II", raw)
-                if length < 28 or length % 4 or length > MAX_RECORD:
-                    raise PcapError(f"bad pcapng section header length {length}")
-                body = bom + self.f.read(length - 16)
-                interfaces = []
-            else:
-                block_type, length = struct.unpack(order + "II", raw)
-                if length < 12 or length % 4 or length > MAX_RECORD:
-                    raise PcapError(f"bad pcapng block length {length}")
-                body = self.f.read(length - 12)
-            trailer = self.f.read(4)
-            if len(body) < length - 12 or len(trailer) < 4:
-                self.truncated = True
-                return
-            if block_type == _IDB:
-                interfaces.append(_parse_idb(order, body))
-            elif block_type in (_EPB, _OPB):
-                pkt = _parse_epb(order, body, interfaces, block_type == _OPB)
-                if pkt:
-                    yield pkt
-            elif block_type == _SPB and interfaces:  # no timestamp: 0 = "same as before"
-                if len(body) < 4:
-                    raise PcapError("pcapng simple packet block too short")
-                (orig_len,) = struct.unpack_from(order + "I", body)
-                frame = body[4:4 + orig_len]
-                yield 0, interfaces[0][0], frame, max(orig_len, len(frame))
+                if block_type == _IDB:
+                    interfaces.append(_parse_idb(order, body))
+                elif block_type in (_EPB, _OPB):
+                    pkt = _parse_epb(order, body, interfaces, block_type == _OPB)
+                    if pkt:
+                        yield pkt
+                elif block_type == _SPB and interfaces:  # no timestamp: 0 = "same as before"
+                    if len(body) < 4:
+                        raise PcapError("pcapng simple packet block too short")
+                    yield _parse_spb(order, body, interfaces[0])
+        except PcapError as exc:
+            self.error = str(exc)
 
 
-def _parse_idb(order: str, body: bytes) -> tuple[int, int, int]:
-    """``(linktype, timestamp ticks per second, offset in ns)`` of an interface: if_tsresol
-    (option 9) and if_tsoffset (option 14, seconds added to every timestamp)."""
+def _parse_idb(order: str, body: bytes) -> tuple[int, int, int, int]:
+    """``(linktype, timestamp ticks per second, offset in ns, snap length)`` of an
+    interface: if_tsresol (option 9) and if_tsoffset (option 14, seconds added to every
+    timestamp); a snap length of 0 is none."""
     if len(body) < 8:
         raise PcapError("pcapng interface description block too short")
-    linktype = struct.unpack_from(order + "H", body)[0]
+    linktype, _reserved, snaplen = struct.unpack_from(order + "HHI", body)
     ticks_per_s = 1_000_000  # default resolution: microseconds
     offset_ns = 0
     off = 8
@@ -150,10 +164,23 @@ def _parse_idb(order: str, body: bytes) -> tuple[int, int, int]:
         elif code == 14 and olen == 8:  # if_tsoffset
             offset_ns = struct.unpack_from(order + "q", body, off + 4)[0] * 1_000_000_000
         off += 4 + ((olen + 3) & ~3)
-    return linktype, ticks_per_s, offset_ns
+    return linktype, ticks_per_s, offset_ns, snaplen
 
 
-def _parse_epb(order: str, body: bytes, interfaces: list[tuple[int, int, int]],
+def _parse_spb(order: str, body: bytes, interface: tuple[int, int, int, int]
+               ) -> tuple[int, int, bytes, int]:
+    """A simple packet block of the section's first interface. It says only the original
+    length: the captured part is that or the interface's snap length, whichever is shorter,
+    and the block's padding after it is no part of the packet. No timestamp: 0, "the time
+    of the packet before"."""
+    (orig_len,) = struct.unpack_from(order + "I", body)
+    snaplen = interface[3]
+    captured = min(orig_len, snaplen) if snaplen else orig_len
+    frame = body[4:4 + captured]
+    return 0, interface[0], frame, max(orig_len, len(frame))
+
+
+def _parse_epb(order: str, body: bytes, interfaces: list[tuple[int, int, int, int]],
                obsolete: bool) -> tuple[int, int, bytes, int] | None:
     if len(body) < 20:
         raise PcapError("pcapng packet block too short")
@@ -163,7 +190,7 @@ def _parse_epb(order: str, body: bytes, interfaces: list[tuple[int, int, int]],
         iface, ts_hi, ts_lo, incl, orig = struct.unpack_from(order + "IIIII", body)
     if iface >= len(interfaces):
         raise PcapError(f"packet refers to undeclared interface {iface}")
-    linktype, ticks_per_s, offset_ns = interfaces[iface]
+    linktype, ticks_per_s, offset_ns, _snaplen = interfaces[iface]
     ticks = (ts_hi << 32) | ts_lo
     frame = body[20:20 + incl]
     return ticks * 1_000_000_000 // ticks_per_s + offset_ns, linktype, frame, max(orig, len(frame))

@@ -25,7 +25,7 @@ import pytest
 from netflow_agent.model import make_key
 from netflow_agent.sampler import hash_selects
 from tests.support.agentproc import run_agent
-from tests.support.collectors import Nfcapd, UdpSink, tshark_decode
+from tests.support.collectors import Nfcapd, UdpSink, tshark_decode, wait_udp_drained
 from tests.support.pcapgen import FlowSpec, PcapBuilder
 
 FLOWS = 1000
@@ -59,6 +59,7 @@ def _run(tmp_path: Path, pcap: Path, sampler: str,
             f'destination = ["127.0.0.1:{cap.port}", "{sink.endpoint}"]\n')
         result = run_agent("-c", str(config))
         assert result.returncode == 0, result.stderr
+        wait_udp_drained(sink.port)  # the final options round may still be queued
         datagrams = sink.wait(1)
         records = cap.flows()
     return records, tshark_decode(datagrams, sink.port)

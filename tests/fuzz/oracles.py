@@ -261,7 +261,8 @@ def check_conntrack(data: bytes) -> None:
 
 
 def read_pcap(data: bytes) -> tuple[list[tuple[int, int, bytes]], bool, str]:
-    """Every packet the reader yields, its ``truncated`` flag and its ``PcapError`` (or "")."""
+    """Every packet the reader yields, its ``truncated`` flag and its ``PcapError`` (a
+    file that is no capture) or its ``error`` (a corrupt header after the file's), or ""."""
     packets: list[tuple[int, int, bytes]] = []
     reader = None
     try:
@@ -273,7 +274,7 @@ def read_pcap(data: bytes) -> tuple[list[tuple[int, int, bytes]], bool, str]:
             packets.append((ts, linktype, frame))
     except PcapError as exc:
         return packets, bool(reader and reader.truncated), str(exc) or "PcapError"
-    return packets, reader.truncated, ""
+    return packets, reader.truncated, reader.error
 
 
 def check_pcap(data: bytes) -> None:

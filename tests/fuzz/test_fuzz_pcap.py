@@ -1,6 +1,7 @@
 """Fuzz the capture reader (``plugins/ingest_pcap/reader.py``).
 
-Contract: a file is read cleanly to its end or :class:`PcapError` is raised; nothing else
+Contract: a file is read cleanly to its end, or to a corrupt header (``error``), or
+:class:`PcapError` is raised; nothing else
 escapes; a valid file cut anywhere yields exactly the whole records before the cut, with
 ``truncated`` set exactly when the cut falls inside a record.
 """

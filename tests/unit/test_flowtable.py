@@ -23,12 +23,14 @@ def _key(k: int) -> bytes:
 
 
 def _sequential(rows: list[tuple[int, int, int, int, int]]) -> dict[bytes, list[int]]:
-    """The per-packet loop the cache ran before: [packets, octets, first, last, flags, out_if]."""
+    """The per-packet loop the cache ran before: [packets, octets, first, last, flags, out_if];
+    first the earliest time and last the latest, whatever the rows' order."""
     flows: dict[bytes, list[int]] = {}
     for k, length, flags, ts, out_if in rows:
         f = flows.setdefault(_key(k), [0, 0, ts, ts, 0, 0])
         f[0] += 1
         f[1] += length
+        f[2] = min(f[2], ts)
         f[3] = max(f[3], ts)
         f[4] |= flags
         if out_if:
