@@ -5,17 +5,20 @@ times and sysUpTime, so a replay gives the same flows on any machine, however fa
 the clock is the wall clock, in ns.
 
 With several captures replayed at once (one ``[[ingest.pcap]]`` per interface's file), each
-reader runs at its own speed: the capture clock is the earliest of the unfinished captures'
-latest times, the time every one of them has reached, so a fast reader never makes a slow
-one's flows look idle (they would leave as one record per batch, differently on every run),
-and :class:`ReplayOrder` makes the readers hand their batches over in time order, so a flow's
-idle gaps are seen at their capture times whichever reader is faster.
+reader runs at its own speed: the capture clock is the earliest time an unfinished capture may
+still hand over (the later of its last batch's time and the start of the batch it waits to
+hand over), so a fast reader never makes a slow one's flows look idle (they would leave as one
+record per batch, differently on every run), and a quiet, later-starting or non-IP capture
+never holds the others' clock back (their flows would merge across idle gaps and fill the
+table). :class:`ReplayOrder` makes the readers hand their batches over in time order, so a
+flow's idle gaps are seen at their capture times whichever reader is faster.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Collection
 
 
@@ -31,6 +34,12 @@ class Clock:
         self.started = False
         #: the replays still emitting (set by the owner; each one holds the clock back)
         self.pending: Callable[[], Collection[str]] = tuple
+        #: the earliest time a replay may still hand the loop: its oldest batch on its way,
+        #: else where it said its next one starts (:meth:`ReplayOrder.next_start`; -1:
+        #: unknown)
+        self.next_start: Callable[[str], int] = lambda source: -1
+        #: the loop took one of a replay's batches (:meth:`ReplayOrder.taken`)
+        self.taken: Callable[[str], None] = lambda source: None
         self._sources: dict[str, int] = {}  # replay -> its latest packet time
         self._latest = -1  # the latest time of any replay (-1: none yet)
 
@@ -68,8 +77,10 @@ class Clock:
         return self.advance(self._reached() if self.pending() else self._latest)
 
     def _reached(self) -> int:
-        """The earliest latest time of the pending replays; -1 while one has sent nothing."""
-        times = [self._sources.get(s, -1) for s in self.pending()]
+        """The earliest time a pending replay may still hand over: for each, the later of its
+        last batch's time and the start of its oldest batch on its way (or of the one it
+        said it hands over next); -1 while one has said nothing."""
+        times = [max(self._sources.get(s, -1), self.next_start(s)) for s in self.pending()]
         if not times:
             return self._latest
         return min(times)
@@ -82,28 +93,68 @@ class ReplayOrder:
     readers' speeds. The replay with the earliest next batch never waits (no deadlock); one
     that has not said where it starts holds the others back. One replay: never waits.
 
+    Each waiting reader has its own condition: a call wakes only the reader whose turn it
+    now is, so N readers cost O(N) per batch, not a wake-up of every reader.
+
     :param pending: the replays still emitting (the lifecycle's set, read on any thread).
     """
 
     def __init__(self, pending: Callable[[], Collection[str]]) -> None:
         self.pending = pending
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._next: dict[str, int] = {}  # replay -> the first time of its next batch
+        self._waiting: dict[str, threading.Condition] = {}
+        #: replay -> the first times of its batches handed over and not yet taken, in order
+        self._in_flight: dict[str, deque[int]] = {}
 
-    def wait_turn(self, source: str, first_ns: int, cancel: Callable[[], bool]) -> None:
+    def next_start(self, source: str) -> int:
+        """The earliest time ``source`` may still hand the loop: its oldest batch on its way
+        there, else where it said its next batch starts (-1: nothing said, or finished with
+        nothing left on its way, its end queued for the loop)."""
+        with self._lock:
+            queued = self._in_flight.get(source)
+            if queued:
+                return queued[0]
+            start = self._next.get(source, -1)
+            return -1 if start == _NEVER else start
+
+    def taken(self, source: str) -> None:
+        """The loop took ``source``'s oldest batch on its way (one :meth:`wait_turn` let go)."""
+        with self._lock:
+            queued = self._in_flight.get(source)
+            if queued:
+                queued.popleft()
+
+    def wait_turn(self, source: str, first_ns: int, cancel: Callable[[], bool],
+                  emits: bool = True) -> None:
         """Block until ``source``'s batch starting at ``first_ns`` is the earliest of the
-        pending replays' (or ``cancel()`` says stop; checked every 50 ms)."""
-        with self._cond:
+        pending replays' (or ``cancel()`` says stop; checked every 50 ms); ``emits``: the
+        caller then hands the batch over (else it only says how far it got)."""
+        with self._lock:
             self._next[source] = first_ns
-            self._cond.notify_all()
-            while not cancel() and not self._earliest(source, first_ns):
-                self._cond.wait(0.05)
+            self._wake_turn()
+            if not self._earliest(source, first_ns):
+                cond = self._waiting[source] = threading.Condition(self._lock)
+                try:
+                    while not cancel() and not self._earliest(source, first_ns):
+                        cond.wait(0.05)
+                finally:
+                    del self._waiting[source]
+            if emits:
+                self._in_flight.setdefault(source, deque()).append(first_ns)
 
     def finish(self, source: str) -> None:
         """``source`` emitted everything: nobody waits for it any more."""
-        with self._cond:
+        with self._lock:
             self._next[source] = _NEVER
-            self._cond.notify_all()
+            self._wake_turn()
+
+    def _wake_turn(self) -> None:
+        """Wake the waiting reader whose batch is now the earliest, if one is (lock held)."""
+        if self._waiting:
+            _, turn = min((self._next.get(s, -1), s) for s in (*self.pending(), *self._waiting))
+            if turn in self._waiting:
+                self._waiting[turn].notify()
 
     def _earliest(self, source: str, first_ns: int) -> bool:
         mine = (first_ns, source)

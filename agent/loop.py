@@ -164,6 +164,7 @@ class Loop:
             self._scan_if_due()
         self.hook.agent_cache_packets(batch=batch, now_ns=self.clock.now_ns())
         if replay:
+            self.clock.taken(batch.source)
             self._advance_clock(self.clock.advance(
                 batch.clock_ns or (batch.packets[-1][3] if batch.packets else 0), batch.source))
 

@@ -139,20 +139,28 @@ class RunContext:
 
     def done(self, source: str) -> None:
         """A finite ingest (pcap replay) calls this once when it has emitted everything."""
+        # queued before the others may go on: a batch of theirs the loop took first would
+        # find the capture clock still waiting for this replay
+        self.inbox.put((ITEM_DONE, source))
         if self.replay_order is not None:
             self.replay_order.finish(source)
-        self.inbox.put((ITEM_DONE, source))
 
     def wait_for_turn(self, source: str, first_ns: int,
-                      cancel: Callable[[], bool] = lambda: False) -> None:
+                      cancel: Callable[[], bool] = lambda: False, emits: bool = True) -> None:
         """A finite reader calls this before it emits a batch whose first packet is at
         ``first_ns``: with several replays it blocks until no other still emitting has an
         earlier batch to hand over (or one that has not said yet), so the pipeline sees the
         captures merged in time order whatever the readers' speeds (a finite ingest that
         never calls it is waited for until it is done). One replay, or a live agent: returns
-        at once. ``cancel()`` (the reader's stop) ends the wait."""
+        at once. ``cancel()`` (the reader's stop) ends the wait.
+
+        While it waits, the capture clock may move up to ``first_ns``: nothing it hands over
+        later may be earlier. With ``emits=False`` the reader only says how far it got (a
+        stretch of the capture with no packet to hand over, such as ARP only), so the
+        others' clock moves on; it must then emit nothing for this call."""
         if self.replay_order is not None:
-            self.replay_order.wait_turn(source, first_ns, lambda: cancel() or self.stopping)
+            self.replay_order.wait_turn(source, first_ns, lambda: cancel() or self.stopping,
+                                        emits)
 
     def report_progress(self, source: str, done: int, total: int, packets: int,
                         finished: bool = False) -> None:

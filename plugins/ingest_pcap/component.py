@@ -101,7 +101,8 @@ class PcapIngest(Ingest):
         parse = self.parser.parse
         extra = self.parser.extra
         batch: list[Any] = []
-        last_ts = batch_start = 0
+        last_ts = batch_start = said_ns = 0
+        frames_before = self.counters["packets"]
         pace = _Pacer(self._stop) if cfg.speed == "recorded" else None
         packer = L2KeyPacker(flow_schema())
         l2 = _L2Fields(packer).ext if packer.active else None  # defaults: one test per frame
@@ -121,6 +122,11 @@ class PcapIngest(Ingest):
             off = ip_offset(linktype, frame)
             if off < 0:
                 self._not_ip(linktype, frame)
+                if not batch and ts - said_ns >= _MAX_BATCH_SPAN_NS:
+                    # a stretch without IP (an ARP-only interface) still says how far this
+                    # capture got: several at once, the capture clock then moves on
+                    context.wait_for_turn(self.name, ts, self._stop.is_set, emits=False)
+                    said_ns = ts
                 continue
             if not batch:
                 batch_start = ts
@@ -138,7 +144,10 @@ class PcapIngest(Ingest):
                     pkt = (pkt[0] + l2(linktype, frame, off, pkt[0][0]), *pkt[1:])
                 batch.append(pkt)
         self.parser.flush()  # the end of the capture: nothing more can arrive
-        self._flush(context, batch, last_ts)
+        if self.counters["packets"] > frames_before:
+            self._flush(context, batch, last_ts)
+        # else a capture without frames says no time: 0 would start the capture clock (and
+        # uptime) at 1970 with another capture replayed next to it
 
     def _not_ip(self, linktype: int, frame: bytes) -> None:
         """Count a frame that carries no IP packet, by reason (the slow path)."""

@@ -14,6 +14,9 @@ agent got wrong:
   is no part of the packet (it was read as TCP flags 0xff: FIN, SYN, RST ...);
 * two captures replayed at once (one per interface): each file's flows are what it gives
   alone, whichever reader is faster;
+  and a quiet, non-IP or later-starting capture (a rotated one) does not hold the others'
+  capture clock back (their flows merged across idle gaps and filled the table), nor does
+  a replay's end reach the clock after the others' next batches;
 * a compressed capture (tshark opens it): refused at start, saying so;
 * a capture stamped at the epoch (0 s): its flows are exported at their own times;
 * (held) the PyPI ``netflow`` package reads the v9 and IPFIX exports as tshark counts the
@@ -24,7 +27,9 @@ from __future__ import annotations
 
 import gzip
 import ipaddress
+import queue
 import struct
+import time
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
@@ -32,8 +37,12 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import CookedLinuxV2, Ether
 from scapy.packet import Raw
 
+from netflow_agent.config.check import validate
+from netflow_agent.discovery import build_registry, make_manager
 from netflow_agent.lifecycle import StartupError
-from netflow_agent.testing import build_agent, collecting_plugin_module
+from netflow_agent.pipeline import Pipeline
+from netflow_agent.runtime import ITEM_DONE
+from netflow_agent.testing import AgentUnderTest, build_agent, collecting_plugin_module
 from tests.e2e.test_pcap_differential import (
     MAC_A,
     MAC_B,
@@ -154,6 +163,100 @@ def test_two_captures_replayed_at_once_keep_each_others_flows_whole(tmp_path):
         records = sorted((r.to_dict()["src_addr"], r.in_if, r.packets)
                          for r in agent["export.collect[0]"].flows)
         assert records == sorted([("10.6.0.1", 1, 60)] * 50 + [("10.6.0.2", 2, 1)] * 4)
+
+
+def _udp(src: str, sport: int) -> bytes:
+    return bytes(Ether(src=MAC_A, dst=MAC_B) / IP(src=src, dst="10.9.0.9")
+                 / UDP(sport=sport, dport=53) / Raw(b"d" * 20))
+
+
+def _replay_together(tmp_path, paths, cache="", inbox=None):
+    """``(records as (src, sport, in_if, packets), maxflows drops, start_ns)`` of replaying
+    ``paths`` at once, one ``[[ingest.pcap]]`` each (``in_if`` 1, 2, ...); ``inbox``: the
+    pipeline's, set before the readers start."""
+    conf = "".join(f'[[ingest.pcap]]\npath = "{p}"\nin_if = {i + 1}\n'
+                   for i, p in enumerate(paths))
+    (tmp_path / "agent.toml").write_text(conf + cache + "[[export.collect]]\n")
+    pm, _ = make_manager()
+    pm.register(collecting_plugin_module)
+    config, issues = validate(tmp_path / "agent.toml", build_registry(pm), pm.hook)
+    assert config is not None, issues
+    pipeline = Pipeline(config, pm)
+    if inbox is not None:
+        pipeline.context.inbox = inbox
+    pipeline.build()
+    pipeline.start()
+    agent = AgentUnderTest(pipeline)
+    pipeline.run()
+    drops = pipeline.collect_stats()["core"].get("maxflows", 0)
+    start_ns = pipeline.context.start_ns
+    agent.finish()
+    return sorted((r.to_dict()["src_addr"], r.src_port, r.in_if, r.packets)
+                  for r in agent["export.collect[0]"].flows), drops, start_ns
+
+
+S = 10**9
+
+
+@pytest.mark.parametrize("other", ["quiet", "arp only"])
+def test_a_quiet_or_non_ip_capture_leaves_the_others_idle_gaps_alone(tmp_path, other):
+    """busy.pcap: one flow with a 30 s gap (> inactive_timeout 15 s): two records alone. Next
+    to it a capture of another interface over the same minute, with a packet at 0 and at
+    60 s, or only ARP: the busy file's flow must still be two records (the other reader
+    held the capture clock at its last batch, and the gap went unseen: one record)."""
+    from scapy.layers.l2 import ARP
+    busy = write_pcap(tmp_path / "busy.pcap",
+                      [(T0, _udp("10.9.0.1", 1)), (T0 + 30 * S, _udp("10.9.0.1", 1))], 1)
+    if other == "quiet":
+        frames = [(T0, _udp("10.9.0.2", 2)), (T0 + 60 * S, _udp("10.9.0.2", 2))]
+    else:
+        arp = bytes(Ether(src=MAC_A, dst="ff:ff:ff:ff:ff:ff") / ARP(pdst="10.9.0.7"))
+        frames = [(T0 + s * S, arp) for s in range(0, 61, 5)]
+    second = write_pcap(tmp_path / "second.pcap", frames, 1)
+    alone, _, _ = _replay_together(tmp_path, [busy])
+    assert alone == [("10.9.0.1", 1, 1, 1)] * 2
+    merged, _, _ = _replay_together(tmp_path, [busy, second])
+    assert [r for r in merged if r[0] == "10.9.0.1"] == alone
+
+
+def test_rotated_captures_replayed_together_expire_as_one_capture(tmp_path):
+    """``tcpdump -G`` parts given as two ``[[ingest.pcap]]``: part 1 holds 200 one-packet
+    flows, one a second, part 2 starts at 300 s. With ``maxflows = 50`` the inactive
+    timeout frees room in time, as when part 1 is replayed alone: nothing may be refused
+    (part 2's reader, waiting its turn, held the clock and 151 flows were refused)."""
+    part1 = write_pcap(tmp_path / "p1.pcap",
+                       [(T0 + s * S, _udp("10.9.0.1", 1000 + s)) for s in range(200)], 1)
+    part2 = write_pcap(tmp_path / "p2.pcap",
+                       [(T0 + (300 + s) * S, _udp("10.9.0.1", 5000 + s)) for s in range(5)], 1)
+    records, drops, _ = _replay_together(tmp_path, [part1, part2],
+                                         "[cache]\nmaxflows = 50\n")
+    assert (len(records), drops) == (205, 0)
+
+
+class _LateDone(queue.SimpleQueue):  # type: ignore[type-arg]
+    """An inbox that takes 0.3 s to queue a replay's end: the window a thread switch opens
+    between a reader's end and the others' next batches, widened."""
+
+    def put(self, item, block=True, timeout=None):  # type: ignore[no-untyped-def]
+        if item[0] == ITEM_DONE:
+            time.sleep(0.3)
+        super().put(item, block, timeout)
+
+
+def test_a_replays_end_reaches_the_clock_before_the_others_next_batches(tmp_path):
+    """a.pcap ends at 4 s; b.pcap has a flow with a 20 s gap from 10 s on. If b's batches
+    reach the loop before a's end, the clock still waits for a (at 4 s) and b's gap goes
+    unseen: one record, not two. Same for uptime: a header-only capture's end must not
+    start the clock at 0 (1970)."""
+    short = write_pcap(tmp_path / "a.pcap",
+                       [(T0 + s * S, _udp("10.9.0.1", 1)) for s in range(5)], 1)
+    later = write_pcap(tmp_path / "b.pcap", [(T0 + 10 * S, _udp("10.9.0.2", 2)),
+                                             (T0 + 30 * S, _udp("10.9.0.2", 2))], 1)
+    merged, _, _ = _replay_together(tmp_path, [short, later], inbox=_LateDone())
+    assert [r for r in merged if r[0] == "10.9.0.2"] == [("10.9.0.2", 2, 2, 1)] * 2
+    empty = write_pcap(tmp_path / "empty.pcap", [], 1)
+    _, _, start_ns = _replay_together(tmp_path, [empty, later], inbox=_LateDone())
+    assert start_ns == T0 // 1000 * 1000 + 10 * S  # b's first packet (a µs pcap)
 
 
 def test_a_compressed_capture_is_refused_saying_so(tmp_path):
