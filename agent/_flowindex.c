@@ -157,9 +157,12 @@ static uint64_t siphash13(const uint8_t *in, size_t len)
  * huge only from BLOCK_HUGE_FILLED (16 MiB, ~380k flows: at most an eighth more; at 200k
  * flows 2 MiB would be 8 B a flow, 14 %, for ~5 ms of CPU); the buckets, written whole
  * when made, from 2 MiB. Where THP is off ("never") or the advice is refused the pages
- * stay 4 KiB: the advice is best effort, only speed depends on it. Blocks this large were
- * mappings of their own before (glibc, with the agent's mmap threshold at 128 KiB,
- * agent/heap.py); what is new is the advice and the alignment.
+ * stay 4 KiB: the advice is best effort, only speed depends on it. Before, glibc made these
+ * arrays mappings of their own from the agent's mmap threshold on (128 KiB, agent/heap.py),
+ * except inside heap.reuse_parts()'s window, where blocks below PART_MMAP_THRESHOLD (4 MiB)
+ * came from the heap; now they are mappings at every size, and what is new beyond that is
+ * the advice and the alignment. Where the address space is limited (RLIMIT_AS) and an
+ * aligned block does not fit, a block is unaligned: it needs no more than before.
  */
 #define HUGE_BYTES ((size_t)2 << 20)
 #define BLOCK_HUGE_WHOLE HUGE_BYTES /* a block written whole when made: the buckets */
@@ -181,13 +184,15 @@ static size_t block_bytes(size_t n, size_t huge_from)
 	return n ? (n + page - 1) / page * page : page;
 }
 
-/* `bytes` (a multiple of 2 MiB) of address space starting on a 2 MiB boundary, reserved
- * (PROT_NONE, nothing committed): a mapping of `bytes` + 2 MiB with the parts before and
- * after the aligned range unmapped. NULL when the kernel refuses. */
-static char *reserve_aligned(size_t bytes)
+/* `bytes` (a multiple of 2 MiB) of address space starting on a 2 MiB boundary: a mapping
+ * of `bytes` + 2 MiB with the parts before and after the aligned range unmapped, `prot`
+ * (PROT_NONE: a reservation, nothing committed). NULL when the kernel refuses, e.g. under
+ * RLIMIT_AS (prlimit --as), which the extra 2 MiB (and, when growing, the old block still
+ * mapped: twice the address space) can pass where the block alone would not. */
+static char *map_aligned(size_t bytes, int prot)
 {
-	char *r = mmap(NULL, bytes + HUGE_BYTES, PROT_NONE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	int flags = MAP_PRIVATE | MAP_ANONYMOUS | (prot == PROT_NONE ? MAP_NORESERVE : 0);
+	char *r = mmap(NULL, bytes + HUGE_BYTES, prot, flags, -1, 0);
 	char *a;
 
 	if (r == MAP_FAILED)
@@ -210,26 +215,23 @@ static void advise_huge(void *p, size_t bytes)
 }
 
 /* A block of at least n bytes (whole pages; *len gets its size), contents zero, huge from
- * huge_from bytes on (see above); NULL when out of memory. */
+ * huge_from bytes on (see above); NULL when out of memory. Where an aligned mapping does
+ * not fit the address space, an unaligned one (its whole 2 MiB ranges inside still get huge
+ * pages). */
 static void *block_new(size_t n, size_t huge_from, size_t *len)
 {
 	size_t bytes;
-	char *a = NULL;
-	void *p;
+	void *p = NULL;
 
 	if (n > SIZE_MAX / 2) /* no size this large is mapped: no rounding can wrap */
 		return NULL;
 	bytes = block_bytes(n, huge_from);
-	if (n >= huge_from && !(a = reserve_aligned(bytes)))
+	if (n >= huge_from)
+		p = map_aligned(bytes, PROT_READ | PROT_WRITE);
+	if (!p && (p = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+			    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)) == MAP_FAILED)
 		return NULL;
-	p = mmap(a, bytes, PROT_READ | PROT_WRITE,
-		 MAP_PRIVATE | MAP_ANONYMOUS | (a ? MAP_FIXED : 0), -1, 0);
-	if (p == MAP_FAILED) {
-		if (a)
-			munmap(a, bytes);
-		return NULL;
-	}
-	if (a)
+	if (n >= huge_from)
 		advise_huge(p, bytes);
 	*len = bytes;
 	return p;
@@ -237,7 +239,11 @@ static void *block_new(size_t n, size_t huge_from, size_t *len)
 
 /* Block p (*len bytes, or NULL) grown to at least n bytes, its contents kept (it may move),
  * huge from huge_from bytes on; NULL when out of memory, p then untouched and still *len
- * bytes. A block never shrinks. */
+ * bytes. A block never shrinks. A huge one grows in place when the addresses after it are
+ * free, else moves onto a 2 MiB-aligned reservation (the kernel moves its huge pages
+ * whole); where that reservation does not fit the address space (it needs the old block's
+ * and the new one's at once), it moves where the kernel puts it, as a block below
+ * huge_from does: mremap needs room for the growth only. */
 static void *block_grow(void *p, size_t *len, size_t n, size_t huge_from)
 {
 	size_t bytes;
@@ -251,18 +257,21 @@ static void *block_grow(void *p, size_t *len, size_t n, size_t huge_from)
 	bytes = block_bytes(n, huge_from);
 	if (bytes <= *len)
 		return p;
-	if (n < huge_from)
-		return (q = mremap(p, *len, bytes, MREMAP_MAYMOVE)) == MAP_FAILED ? NULL
-			: (*len = bytes, q);
-	if (!(a = reserve_aligned(bytes)))
-		return NULL;
-	/* onto the reservation, replacing it; aligned to aligned keeps huge pages whole */
-	q = mremap(p, *len, bytes, MREMAP_MAYMOVE | MREMAP_FIXED, a);
-	if (q == MAP_FAILED) {
-		munmap(a, bytes);
-		return NULL;
+	q = MAP_FAILED;
+	if (n >= huge_from && !((uintptr_t)p & (HUGE_BYTES - 1)))
+		q = mremap(p, *len, bytes, 0); /* in place: stays aligned */
+	if (q == MAP_FAILED && n >= huge_from && (a = map_aligned(bytes, PROT_NONE))) {
+		/* onto the reservation, replacing it; aligned to aligned keeps huge pages whole */
+		q = mremap(p, *len, bytes, MREMAP_MAYMOVE | MREMAP_FIXED, a);
+		if (q == MAP_FAILED)
+			munmap(a, bytes);
 	}
-	advise_huge(q, bytes); /* a block just past huge_from gets the advice here */
+	if (q == MAP_FAILED)
+		q = mremap(p, *len, bytes, MREMAP_MAYMOVE);
+	if (q == MAP_FAILED)
+		return NULL;
+	if (n >= huge_from)
+		advise_huge(q, bytes); /* a block just past huge_from gets the advice here */
 	*len = bytes;
 	return q;
 }

@@ -425,6 +425,52 @@ def test_a_large_index_faults_its_keys_in_as_huge_pages() -> None:
     assert index.keys(np.frombuffer(index.lookup(raw, insert=False)[0], np.int64)) == raw
 
 
+_ADDRESS_SPACE_RUN = """
+import os, resource, sys
+from netflow_agent._flowindex import FlowIndex
+ks, n = 44, 1_000_000
+raw = os.urandom(ks * n)
+size = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:"))
+limit = (size + int(sys.argv[1]) * 1024) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+index = FlowIndex(ks)
+try:
+    for i in range(0, len(raw), 4096 * ks):
+        index.lookup(raw[i:i + 4096 * ks])
+except MemoryError:
+    pass
+print(len(index))
+"""
+
+
+def test_a_million_keys_fit_the_address_space_they_need() -> None:
+    """Under an address-space limit (the agent runs under ``prlimit --as``), 1M keys of 44
+    bytes (57 MiB of C memory, ~62 MiB of address space at the peak of a growth) fit in
+    75 MiB over the process's size: growing a block past 16 MiB must not need its old and
+    new address space plus 2 MiB at once (that made MemoryError come at 716,800 keys)."""
+    out = subprocess.run([sys.executable, "-c", _ADDRESS_SPACE_RUN, "75"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert int(out) == 1_000_000
+
+
+def test_clear_and_reuse_past_the_huge_buckets() -> None:
+    """An index whose buckets are huge (2 MiB: 2**19 of them, over 183k flows) cleared and
+    filled again: no key found after the clear, the same keys get the same slots again, and
+    a third of them more keeps every key found."""
+    raw = _keys(250_000, seed=11)
+    index = FlowIndex(KS)
+    first = index.lookup(raw[:200_000 * KS])[0]
+    assert index.bucket_count >= 2**19
+    index.clear()
+    assert len(index) == 0 and index.slot_count == 0
+    assert np.all(np.frombuffer(index.lookup(raw, insert=False)[0], np.int64) == -1)
+    again, new = index.lookup(raw[:200_000 * KS])
+    assert bytes(again) == bytes(first) and bytes(new).count(1) == 200_000
+    slots, new = index.lookup(raw)
+    assert bytes(new).count(1) == 50_000 and len(index) == 250_000
+    assert index.keys(np.frombuffer(slots, np.int64)) == raw
+
+
 def test_capacity_preallocates() -> None:
     small, big = FlowIndex(KS), FlowIndex(KS, capacity=100_000)
     assert big.bucket_count * 0.7 >= 100_000 > small.bucket_count
