@@ -204,6 +204,25 @@ static char *map_aligned(size_t bytes, int prot)
 	return a;
 }
 
+/* Give back the reservation [a, a + bytes) after a mremap(MREMAP_FIXED) onto it failed. The
+ * kernel unmaps the destination before steps that can still fail, so the range may be free
+ * by now and, since lookups grow the index without the GIL, even hold another thread's new
+ * mapping: claim it whole first (MAP_FIXED_NOREPLACE) and unmap only what was claimed; a
+ * range still (partly) mapped is left alone, leaking address space at worst. */
+static void release_reservation(char *a, size_t bytes)
+{
+#ifdef MAP_FIXED_NOREPLACE
+	void *c = mmap(a, bytes, PROT_NONE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+
+	if (c != MAP_FAILED) /* a kernel before 4.17 takes the flag as a hint: c may differ */
+		munmap(c, bytes);
+#else
+	(void)a;
+	(void)bytes;
+#endif
+}
+
 static void advise_huge(void *p, size_t bytes)
 {
 #ifdef MADV_HUGEPAGE
@@ -264,7 +283,7 @@ static void *block_grow(void *p, size_t *len, size_t n, size_t huge_from)
 		/* onto the reservation, replacing it; aligned to aligned keeps huge pages whole */
 		q = mremap(p, *len, bytes, MREMAP_MAYMOVE | MREMAP_FIXED, a);
 		if (q == MAP_FAILED)
-			munmap(a, bytes);
+			release_reservation(a, bytes);
 	}
 	if (q == MAP_FAILED)
 		q = mremap(p, *len, bytes, MREMAP_MAYMOVE);

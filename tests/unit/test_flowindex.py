@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from array import array
@@ -451,6 +452,81 @@ def test_a_million_keys_fit_the_address_space_they_need() -> None:
     out = subprocess.run([sys.executable, "-c", _ADDRESS_SPACE_RUN, "75"],
                          capture_output=True, text=True, timeout=120, check=True).stdout
     assert int(out) == 1_000_000
+
+
+_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <sys/mman.h>
+/* The kernel's mremap(MREMAP_FIXED) unmaps its destination, then can still fail (ENOMEM);
+ * here another thread maps a page there in between. */
+static int armed;
+void *victim;
+void arm(void) { armed = 1; }
+void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
+{
+    static void *(*real)(void *, size_t, size_t, int, ...);
+    void *to = NULL;
+    va_list ap;
+
+    if (!real)
+        real = (void *(*)(void *, size_t, size_t, int, ...))dlsym(RTLD_NEXT, "mremap");
+    va_start(ap, flags);
+    if (flags & MREMAP_FIXED)
+        to = va_arg(ap, void *);
+    va_end(ap);
+    if (armed && (flags & MREMAP_FIXED)) {
+        armed = 0;
+        munmap(to, new_len);
+        victim = mmap(to, 4096, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+        errno = ENOMEM;
+        return MAP_FAILED;
+    }
+    return real(old, old_len, new_len, flags, to);
+}
+"""
+
+_RACE_RUN = """
+import ctypes, sys
+from netflow_agent._flowindex import FlowIndex
+shim = ctypes.CDLL(sys.argv[1])
+ks = 1024
+keys = b"".join(i.to_bytes(8, "little") * (ks // 8) for i in range(22_000))
+index = FlowIndex(ks)
+index.lookup(keys[:12_000 * ks])  # 12 MiB of keys: below the 16 MiB of huge blocks
+shim.arm()
+try:
+    index.lookup(keys[12_000 * ks:])  # grows the keys past 16 MiB: onto an aligned reservation
+except MemoryError:
+    pass
+victim = ctypes.c_void_p.in_dll(shim, "victim").value
+mapped = any(int(a, 16) <= victim < int(b, 16)
+             for a, b in (line.split()[0].split("-") for line in open("/proc/self/maps")))
+found = sum(s >= 0 for s in memoryview(index.lookup(keys, insert=False)[0]).cast("B").cast("q"))
+print(hex(victim), mapped, len(index), found)
+"""
+
+
+def test_a_failed_move_onto_a_reservation_unmaps_no_other_mapping(tmp_path: Path) -> None:
+    """A mremap(MREMAP_FIXED) that fails after the kernel unmapped its destination (here
+    injected: an LD_PRELOAD shim, with a page of "another thread" mapped there meanwhile)
+    leaves that page mapped, and the index grows anyway where the kernel puts it."""
+    src, shim = tmp_path / "shim.c", tmp_path / "shim.so"
+    src.write_text(_SHIM)
+    try:
+        subprocess.run(["cc", "-shared", "-fPIC", "-o", str(shim), str(src), "-ldl"],
+                       check=True, capture_output=True, timeout=60)
+    except OSError as exc:
+        pytest.skip(f"no C compiler to build the shim: {exc}")
+    env = {**os.environ, "LD_PRELOAD": str(shim)}
+    out = subprocess.run([sys.executable, "-c", _RACE_RUN, str(shim)], env=env,
+                         capture_output=True, text=True, timeout=120).stdout.split()
+    assert out[0] != "0x0", "the shim never saw an aligned move"
+    assert out[1:] == ["True", "22000", "22000"]
 
 
 def test_clear_and_reuse_past_the_huge_buckets() -> None:
