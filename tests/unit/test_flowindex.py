@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from array import array
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -384,6 +386,165 @@ def test_growth_past_a_million_keys() -> None:
     index.remove(slots[::2].copy())
     found = np.frombuffer(index.lookup(raw, insert=False)[0], dtype=np.int64)
     assert (found[::2] == -1).all() and np.array_equal(found[1::2], slots[1::2])
+
+
+def _smaps_kb(field: str) -> int:
+    text = Path("/proc/self/smaps_rollup").read_text()
+    return next(int(line.split()[1]) for line in text.splitlines() if line.startswith(field))
+
+
+def _thp_fallbacks() -> int:
+    for line in Path("/proc/vmstat").read_text().splitlines():
+        if line.startswith("thp_fault_fallback "):
+            return int(line.split()[1])
+    return 0
+
+
+def test_a_large_index_faults_its_keys_in_as_huge_pages() -> None:
+    """Where THP is available (``madvise`` or ``always``), the keys of an index past 16 MiB
+    of them (~380k flows of 44-byte keys; here 24k of 1 KiB) fault in as transparent huge
+    pages, 2 MiB at a time instead of 512 faults of 4 KiB (each ~2.4 us on a VM); RSS is
+    what 4 KiB pages would take plus at most one partly filled huge page per array."""
+    try:
+        mode = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        pytest.skip("no transparent huge pages here")
+    if "[never]" in mode:
+        pytest.skip("transparent huge pages are off")
+    ks, n = 1024, 24_000
+    raw = _keys(n * ks // KS + 1, seed=3)[:n * ks]  # (its NumPy array is freed by now)
+    index = FlowIndex(ks)
+    huge, rss, fallbacks = _smaps_kb("AnonHugePages:"), _smaps_kb("Rss:"), _thp_fallbacks()
+    for i in range(0, len(raw), 1024 * ks):
+        index.lookup(raw[i:i + 1024 * ks])
+    assert len(index) == n
+    grown_huge, grown_rss = _smaps_kb("AnonHugePages:") - huge, _smaps_kb("Rss:") - rss
+    if grown_huge < 8 << 10 and _thp_fallbacks() > fallbacks:
+        pytest.skip("the kernel had no free huge page for some faults (fragmented memory)")
+    assert grown_huge >= 8 << 10  # the keys' 2 MiB ranges from 16 to 24 MiB at least
+    assert grown_rss * 1024 <= index.memory_bytes() + 2 * (2 << 20)
+    assert index.keys(np.frombuffer(index.lookup(raw, insert=False)[0], np.int64)) == raw
+
+
+_ADDRESS_SPACE_RUN = """
+import os, resource, sys
+from netflow_agent._flowindex import FlowIndex
+ks, n = 44, 1_000_000
+raw = os.urandom(ks * n)
+size = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:"))
+limit = (size + int(sys.argv[1]) * 1024) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+index = FlowIndex(ks)
+try:
+    for i in range(0, len(raw), 4096 * ks):
+        index.lookup(raw[i:i + 4096 * ks])
+except MemoryError:
+    pass
+print(len(index))
+"""
+
+
+def test_a_million_keys_fit_the_address_space_they_need() -> None:
+    """Under an address-space limit (the agent runs under ``prlimit --as``), 1M keys of 44
+    bytes (57 MiB of C memory, ~62 MiB of address space at the peak of a growth) fit in
+    75 MiB over the process's size: growing a block past 16 MiB must not need its old and
+    new address space plus 2 MiB at once (that made MemoryError come at 716,800 keys)."""
+    out = subprocess.run([sys.executable, "-c", _ADDRESS_SPACE_RUN, "75"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert int(out) == 1_000_000
+
+
+_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <sys/mman.h>
+/* The kernel's mremap(MREMAP_FIXED) unmaps its destination, then can still fail (ENOMEM);
+ * here another thread maps a page there in between. */
+static int armed;
+void *victim;
+void arm(void) { armed = 1; }
+void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
+{
+    static void *(*real)(void *, size_t, size_t, int, ...);
+    void *to = NULL;
+    va_list ap;
+
+    if (!real)
+        real = (void *(*)(void *, size_t, size_t, int, ...))dlsym(RTLD_NEXT, "mremap");
+    va_start(ap, flags);
+    if (flags & MREMAP_FIXED)
+        to = va_arg(ap, void *);
+    va_end(ap);
+    if (armed && (flags & MREMAP_FIXED)) {
+        armed = 0;
+        munmap(to, new_len);
+        victim = mmap(to, 4096, PROT_READ | PROT_WRITE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+        errno = ENOMEM;
+        return MAP_FAILED;
+    }
+    return real(old, old_len, new_len, flags, to);
+}
+"""
+
+_RACE_RUN = """
+import ctypes, sys
+from netflow_agent._flowindex import FlowIndex
+shim = ctypes.CDLL(sys.argv[1])
+ks = 1024
+keys = b"".join(i.to_bytes(8, "little") * (ks // 8) for i in range(22_000))
+index = FlowIndex(ks)
+index.lookup(keys[:12_000 * ks])  # 12 MiB of keys: below the 16 MiB of huge blocks
+shim.arm()
+try:
+    index.lookup(keys[12_000 * ks:])  # grows the keys past 16 MiB: onto an aligned reservation
+except MemoryError:
+    pass
+victim = ctypes.c_void_p.in_dll(shim, "victim").value
+mapped = any(int(a, 16) <= victim < int(b, 16)
+             for a, b in (line.split()[0].split("-") for line in open("/proc/self/maps")))
+found = sum(s >= 0 for s in memoryview(index.lookup(keys, insert=False)[0]).cast("B").cast("q"))
+print(hex(victim), mapped, len(index), found)
+"""
+
+
+def test_a_failed_move_onto_a_reservation_unmaps_no_other_mapping(tmp_path: Path) -> None:
+    """A mremap(MREMAP_FIXED) that fails after the kernel unmapped its destination (here
+    injected: an LD_PRELOAD shim, with a page of "another thread" mapped there meanwhile)
+    leaves that page mapped, and the index grows anyway where the kernel puts it."""
+    src, shim = tmp_path / "shim.c", tmp_path / "shim.so"
+    src.write_text(_SHIM)
+    try:
+        subprocess.run(["cc", "-shared", "-fPIC", "-o", str(shim), str(src), "-ldl"],
+                       check=True, capture_output=True, timeout=60)
+    except OSError as exc:
+        pytest.skip(f"no C compiler to build the shim: {exc}")
+    env = {**os.environ, "LD_PRELOAD": str(shim)}
+    out = subprocess.run([sys.executable, "-c", _RACE_RUN, str(shim)], env=env,
+                         capture_output=True, text=True, timeout=120).stdout.split()
+    assert out[0] != "0x0", "the shim never saw an aligned move"
+    assert out[1:] == ["True", "22000", "22000"]
+
+
+def test_clear_and_reuse_past_the_huge_buckets() -> None:
+    """An index whose buckets are huge (2 MiB: 2**19 of them, over 183k flows) cleared and
+    filled again: no key found after the clear, the same keys get the same slots again, and
+    a third of them more keeps every key found."""
+    raw = _keys(250_000, seed=11)
+    index = FlowIndex(KS)
+    first = index.lookup(raw[:200_000 * KS])[0]
+    assert index.bucket_count >= 2**19
+    index.clear()
+    assert len(index) == 0 and index.slot_count == 0
+    assert np.all(np.frombuffer(index.lookup(raw, insert=False)[0], np.int64) == -1)
+    again, new = index.lookup(raw[:200_000 * KS])
+    assert bytes(again) == bytes(first) and bytes(new).count(1) == 200_000
+    slots, new = index.lookup(raw)
+    assert bytes(new).count(1) == 50_000 and len(index) == 250_000
+    assert index.keys(np.frombuffer(slots, np.int64)) == raw
 
 
 def test_capacity_preallocates() -> None:
