@@ -205,10 +205,14 @@ static char *map_aligned(size_t bytes, int prot)
 }
 
 /* Give back the reservation [a, a + bytes) after a mremap(MREMAP_FIXED) onto it failed. The
- * kernel unmaps the destination before steps that can still fail, so the range may be free
- * by now and, since lookups grow the index without the GIL, even hold another thread's new
- * mapping: claim it whole first (MAP_FIXED_NOREPLACE) and unmap only what was claimed; a
- * range still (partly) mapped is left alone, leaking address space at worst. */
+ * kernel unmaps the destination before some steps that can still fail (a memory charge), so
+ * the range may be free by now and, since lookups grow the index without the GIL, even hold
+ * another thread's new mapping: claim it whole first (MAP_FIXED_NOREPLACE) and unmap only
+ * what was claimed. A range still mapped is left alone: that is also our own reservation
+ * when the kernel refused before unmapping it (the map-count limit, checked first on 6.18),
+ * which cannot be told from another thread's mapping here, so it stays reserved: address
+ * space (PROT_NONE, no memory) and one mapping lost per such failure, which only happens at
+ * vm.max_map_count, where the growth fails anyway (review of s33-eflood). */
 static void release_reservation(char *a, size_t bytes)
 {
 #ifdef MAP_FIXED_NOREPLACE
