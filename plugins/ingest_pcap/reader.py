@@ -93,53 +93,56 @@ class PcapReader:
     # --- pcapng ------------------------------------------------------------------------------
 
     def _pcapng(self) -> Iterator[tuple[int, int, bytes, int]]:
+        try:  # a corrupt block ends the packets (free in Python >= 3.11 until it raises)
+            yield from self._pcapng_blocks()
+        except PcapError as exc:
+            self.error = str(exc)
+
+    def _pcapng_blocks(self) -> Iterator[tuple[int, int, bytes, int]]:
         order = "<"
         interfaces: list[tuple[int, int, int, int]] = []  # see _parse_idb
         block_type = PCAPNG_SHB
         head = self._head
-        try:  # a corrupt block ends the packets (free in Python >= 3.11 until it raises)
-            while True:
-                rest = self.f.read(4) if head else self.f.read(8)
-                if head:
-                    raw = head + rest
-                    head = b""
-                else:
-                    raw = rest
-                if len(raw) < 8:
-                    self.truncated = bool(raw)
-                    return
-                if struct.unpack("<I", raw[:4])[0] == PCAPNG_SHB:
-                    bom = self.f.read(4)
-                    if len(bom) < 4:
-                        self.truncated = True
-                        return
-                    order = "<" if struct.unpack("<I", bom)[0] == PCAPNG_BOM else ">"
-                    block_type, length = struct.unpack(order + "II", raw)
-                    if length < 28 or length % 4 or length > MAX_RECORD:
-                        raise PcapError(f"bad pcapng section header length {length}")
-                    body = bom + self.f.read(length - 16)
-                    interfaces = []
-                else:
-                    block_type, length = struct.unpack(order + "II", raw)
-                    if length < 12 or length % 4 or length > MAX_RECORD:
-                        raise PcapError(f"bad pcapng block length {length}")
-                    body = self.f.read(length - 12)
-                trailer = self.f.read(4)
-                if len(body) < length - 12 or len(trailer) < 4:
+        while True:
+            rest = self.f.read(4) if head else self.f.read(8)
+            if head:
+                raw = head + rest
+                head = b""
+            else:
+                raw = rest
+            if len(raw) < 8:
+                self.truncated = bool(raw)
+                return
+            if struct.unpack("<I", raw[:4])[0] == PCAPNG_SHB:
+                bom = self.f.read(4)
+                if len(bom) < 4:
                     self.truncated = True
                     return
-                if block_type == _IDB:
-                    interfaces.append(_parse_idb(order, body))
-                elif block_type in (_EPB, _OPB):
-                    pkt = _parse_epb(order, body, interfaces, block_type == _OPB)
-                    if pkt:
-                        yield pkt
-                elif block_type == _SPB and interfaces:  # no timestamp: 0 = "same as before"
-                    if len(body) < 4:
-                        raise PcapError("pcapng simple packet block too short")
-                    yield _parse_spb(order, body, interfaces[0])
-        except PcapError as exc:
-            self.error = str(exc)
+                order = "<" if struct.unpack("<I", bom)[0] == PCAPNG_BOM else ">"
+                block_type, length = struct.unpack(order + "II", raw)
+                if length < 28 or length % 4 or length > MAX_RECORD:
+                    raise PcapError(f"bad pcapng section header length {length}")
+                body = bom + self.f.read(length - 16)
+                interfaces = []
+            else:
+                block_type, length = struct.unpack(order + "II", raw)
+                if length < 12 or length % 4 or length > MAX_RECORD:
+                    raise PcapError(f"bad pcapng block length {length}")
+                body = self.f.read(length - 12)
+            trailer = self.f.read(4)
+            if len(body) < length - 12 or len(trailer) < 4:
+                self.truncated = True
+                return
+            if block_type == _IDB:
+                interfaces.append(_parse_idb(order, body))
+            elif block_type in (_EPB, _OPB):
+                pkt = _parse_epb(order, body, interfaces, block_type == _OPB)
+                if pkt:
+                    yield pkt
+            elif block_type == _SPB and interfaces:  # no timestamp: 0 = "same as before"
+                if len(body) < 4:
+                    raise PcapError("pcapng simple packet block too short")
+                yield _parse_spb(order, body, interfaces[0])
 
 
 def _parse_idb(order: str, body: bytes) -> tuple[int, int, int, int]:
