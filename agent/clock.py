@@ -34,12 +34,9 @@ class Clock:
         self.started = False
         #: the replays still emitting (set by the owner; each one holds the clock back)
         self.pending: Callable[[], Collection[str]] = tuple
-        #: the earliest time a replay may still hand the loop: its oldest batch on its way,
-        #: else where it said its next one starts (:meth:`ReplayOrder.next_start`; -1:
-        #: unknown)
-        self.next_start: Callable[[str], int] = lambda source: -1
-        #: the loop took one of a replay's batches (:meth:`ReplayOrder.taken`)
-        self.taken: Callable[[str], None] = lambda source: None
+        #: the replays' hand-over order (set by the owner with several possible): where
+        #: each may still hand the loop a batch (:meth:`ReplayOrder.next_start`)
+        self.order: ReplayOrder | None = None
         self._sources: dict[str, int] = {}  # replay -> its latest packet time
         self._latest = -1  # the latest time of any replay (-1: none yet)
 
@@ -67,6 +64,11 @@ class Clock:
         self.capture_ns = clock_ns
         return first
 
+    def taken(self, source: str) -> None:
+        """The loop took one of ``source``'s batches (:meth:`ReplayOrder.taken`)."""
+        if self.order is not None:
+            self.order.taken(source)
+
     def source_done(self, source: str) -> bool:
         """``source`` emitted everything (it is no longer :attr:`pending`): the clock may
         move on to the others' times, or to the latest of all once none is left.
@@ -80,7 +82,9 @@ class Clock:
         """The earliest time a pending replay may still hand over: for each, the later of its
         last batch's time and the start of its oldest batch on its way (or of the one it
         said it hands over next); -1 while one has said nothing."""
-        times = [max(self._sources.get(s, -1), self.next_start(s)) for s in self.pending()]
+        order = self.order
+        times = [max(self._sources.get(s, -1), order.next_start(s) if order else -1)
+                 for s in self.pending()]
         if not times:
             return self._latest
         return min(times)

@@ -58,9 +58,7 @@ class Pipeline:
         """Instantiate every configured component and register it as a named plugin."""
         self.clock.replay = self.lifecycle.build()
         if self.clock.replay:  # several captures: their batches in time order
-            self.context.replay_order = ReplayOrder(self.clock.pending)
-            self.clock.next_start = self.context.replay_order.next_start
-            self.clock.taken = self.context.replay_order.taken
+            self.context.replay_order = self.clock.order = ReplayOrder(self.clock.pending)
 
     def start(self) -> None:
         """Call ``agent_start`` on every component, exporters first, ingests last."""
